@@ -1,0 +1,1 @@
+"""reelhook: Kling video jobs in, verified and signed webhook events out."""

@@ -1,0 +1,33 @@
+"""``GET /v1/files/{token}``: a stored video by signed, expiring link, with HTTP Range support."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+
+from service.api.context import services
+from service.errors import Forbidden, Gone, NotFound
+from service.tokens import ExpiredToken, InvalidToken
+
+
+async def get_file(request: Request) -> Response:
+    state = services(request)
+    try:
+        digest, media_type = state.tokens.verify_file(
+            request.path_params["token"], state.settings.file_link_ttl
+        )
+    except ExpiredToken:
+        raise Gone("this link has expired; fetch the job again for a fresh one") from None
+    except InvalidToken:
+        raise Forbidden("this link is not valid") from None
+    try:
+        path = state.blobs.path(digest)
+    except ValueError:
+        raise Forbidden("this link is not valid") from None
+    if not await state.blobs.exists(digest):
+        raise NotFound("the file is no longer stored")
+    return FileResponse(
+        path,
+        media_type=media_type,
+        headers={"Cache-Control": "private, max-age=3600", "Accept-Ranges": "bytes"},
+    )

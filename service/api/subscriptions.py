@@ -1,0 +1,181 @@
+"""``/v1/subscriptions``: subscriber URLs with event-type and model filters."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from service import signing
+from service.api.context import Caller, authenticate, limit_param, read_json, services
+from service.catalog import MODELS
+from service.delivery.guard import check_url
+from service.errors import NotFound, ValidationFailed
+from service.events import publish
+from service.ids import new_id
+from service.models import EVENT_TYPES, Subscription
+from service.storage import subscriptions
+
+_FIELDS = {"url", "event_types", "models", "headers", "description"}
+_RESERVED_HEADERS = {
+    "content-type",
+    "content-length",
+    "host",
+    "user-agent",
+    "transfer-encoding",
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+    "connection",
+}
+
+
+def _strings(value: Any, name: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValidationFailed.field(name, "must be a list of strings")
+    unknown = [v for v in value if v not in allowed]
+    if unknown:
+        raise ValidationFailed.field(
+            name, f"unknown value {unknown[0]!r} (accepted: {', '.join(allowed)})"
+        )
+    return tuple(dict.fromkeys(value))
+
+
+def _headers(value: Any) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise ValidationFailed.field("headers", "must be an object of string values")
+    for name, header_value in value.items():
+        if name.lower() in _RESERVED_HEADERS:
+            raise ValidationFailed.field("headers", f"{name!r} is set by reelhook itself")
+        if not name or any(c in name for c in " :\r\n") or any(c in header_value for c in "\r\n"):
+            raise ValidationFailed.field("headers", f"{name!r} is not a valid header")
+    return dict(value)
+
+
+def _validated(request: Request, body: Any, *, partial: bool) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise ValidationFailed("the request body must be a JSON object")
+    unknown = sorted(set(body) - (_FIELDS | {"status"} if partial else _FIELDS))
+    if unknown:
+        raise ValidationFailed.fields({name: "unknown field" for name in unknown})
+    changes: dict[str, Any] = {}
+    if "url" in body or not partial:
+        url = body.get("url")
+        if not isinstance(url, str):
+            raise ValidationFailed.field("url", "is required and must be a string")
+        problem = check_url(url, services(request).settings.allow_private_subscribers)
+        if problem:
+            raise ValidationFailed.field("url", problem)
+        changes["url"] = url
+    if "event_types" in body:
+        changes["event_types"] = _strings(body["event_types"] or [], "event_types", EVENT_TYPES)
+    if "models" in body:
+        changes["models"] = _strings(body["models"] or [], "models", tuple(MODELS))
+    if "headers" in body:
+        changes["headers"] = _headers(body["headers"] or {})
+    if "description" in body:
+        if not isinstance(body["description"], str) or len(body["description"]) > 500:
+            raise ValidationFailed.field(
+                "description", "must be a string of at most 500 characters"
+            )
+        changes["description"] = body["description"]
+    if "status" in body:
+        if body["status"] not in ("active", "disabled"):
+            raise ValidationFailed.field("status", "must be active or disabled")
+        changes["status"] = body["status"]
+    return changes
+
+
+async def _owned(request: Request, caller: Caller) -> Subscription:
+    sub_id = request.path_params["subscription_id"]
+    sub = await subscriptions.get(services(request).db.reader, sub_id)
+    if (
+        sub is None
+        or sub.job_id is not None
+        or (caller.owner_filter and sub.owner_key_id != caller.key_id)
+    ):
+        raise NotFound(f"no subscription {sub_id!r}")
+    return sub
+
+
+async def create_subscription(request: Request) -> Response:
+    caller = await authenticate(request, "subscriptions:write")
+    changes = _validated(request, await read_json(request), partial=False)
+    now = services(request).clock()
+    sub = Subscription(
+        id=new_id("sub"),
+        owner_key_id=caller.key_id,
+        url=changes["url"],
+        secret=signing.new_secret(),
+        event_types=changes.get("event_types", ()),
+        models=changes.get("models", ()),
+        headers=changes.get("headers", {}),
+        description=changes.get("description", ""),
+        status="active",
+        created_at=now,
+        updated_at=now,
+    )
+    async with services(request).db.transaction() as conn:
+        await subscriptions.insert(conn, sub)
+    return JSONResponse(
+        sub.to_public(include_secret=True),
+        status_code=201,
+        headers={"Location": f"/v1/subscriptions/{sub.id}"},
+    )
+
+
+async def list_subscriptions(request: Request) -> Response:
+    caller = await authenticate(request, "subscriptions:read")
+    limit = limit_param(request)
+    page = await subscriptions.list_page(
+        services(request).db.reader,
+        owner_key_id=caller.owner_filter,
+        after_id=request.query_params.get("cursor"),
+        limit=limit + 1,
+    )
+    more = len(page) > limit
+    page = page[:limit]
+    return JSONResponse(
+        {"data": [s.to_public() for s in page], "next_cursor": page[-1].id if more else None}
+    )
+
+
+async def get_subscription(request: Request) -> Response:
+    caller = await authenticate(request, "subscriptions:read")
+    return JSONResponse((await _owned(request, caller)).to_public())
+
+
+async def update_subscription(request: Request) -> Response:
+    caller = await authenticate(request, "subscriptions:write")
+    sub = await _owned(request, caller)
+    changes = _validated(request, await read_json(request), partial=True)
+    updated = dataclasses.replace(sub, **changes, updated_at=services(request).clock())
+    async with services(request).db.transaction() as conn:
+        await subscriptions.save(conn, updated)
+    return JSONResponse(updated.to_public())
+
+
+async def delete_subscription(request: Request) -> Response:
+    caller = await authenticate(request, "subscriptions:write")
+    sub = await _owned(request, caller)
+    async with services(request).db.transaction() as conn:
+        await subscriptions.delete(conn, sub.id)
+    return Response(status_code=204)
+
+
+async def test_subscription(request: Request) -> Response:
+    """Send a ``ping`` event to this one subscription now."""
+    caller = await authenticate(request, "subscriptions:write")
+    sub = await _owned(request, caller)
+    state = services(request)
+    now = state.clock()
+    async with state.db.transaction() as conn:
+        event_id = await publish(
+            conn, "ping", now, data={"subscription_id": sub.id}, to_subscription=sub.id
+        )
+    state.dispatcher.wake()
+    return JSONResponse({"event_id": event_id}, status_code=202)

@@ -1,0 +1,69 @@
+"""First-start set-up: the itsdangerous secret keys and the first admin API key."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+import anyio
+
+from service.api.context import hash_key
+from service.clock import Clock
+from service.ids import new_id
+from service.settings import Settings
+from service.storage import keys
+from service.storage.database import Database
+
+
+async def secret_keys(settings: Settings) -> list[str]:
+    """The configured keys (oldest first), or the ones generated into the data dir."""
+    if settings.secret_keys:
+        return list(settings.secret_keys)
+    return await anyio.to_thread.run_sync(_load_or_create, settings.data_dir / "secret_keys")
+
+
+def _load_or_create(path: Path) -> list[str]:
+    if path.exists():
+        found = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        if found:
+            return found
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(48)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as out:
+        out.write(key + "\n")
+    return [key]
+
+
+async def admin_key(db: Database, settings: Settings, clock: Clock) -> str | None:
+    """Make sure an admin key exists; return it only when it was just generated (to print once).
+
+    ``REELHOOK_ADMIN_KEY`` is registered (by digest) if it is not yet; without it, a key is
+    generated on the first start, when the database holds no admin key.
+    """
+    async with db.transaction() as conn:
+        if settings.admin_key:
+            digest = hash_key(settings.admin_key)
+            if await keys.find_active(conn, digest) is None:
+                await keys.insert(
+                    conn,
+                    key_id=new_id("key"),
+                    name="admin (REELHOOK_ADMIN_KEY)",
+                    key_hash=digest,
+                    scopes=["admin"],
+                    created_at=clock(),
+                )
+            return None
+        if await keys.count_admins(conn) > 0:
+            return None
+        generated = "rh_" + secrets.token_urlsafe(32)
+        await keys.insert(
+            conn,
+            key_id=new_id("key"),
+            name="admin (generated at first start)",
+            key_hash=hash_key(generated),
+            scopes=["admin"],
+            created_at=clock(),
+        )
+        return generated

@@ -1,0 +1,270 @@
+"""The five Kling models reelhook serves, as declared by their providers' pages (shared/seeds)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from service.modelspec import Input, ModelSpec, Param, Price, Rule
+
+_AXES = ("horizontal", "vertical", "pan", "tilt", "roll", "zoom")
+_ASPECT_RATIOS = ("16:9", "9:16", "1:1")
+
+
+def _camera_control_problem(value: Any) -> str | None:
+    unknown = set(value) - {"type", "config"}
+    if unknown:
+        return f"unknown key {sorted(unknown)[0]!r} (accepted: type, config)"
+    if "type" in value and not isinstance(value["type"], str):
+        return "type must be a string"
+    config = value.get("config", {})
+    if not isinstance(config, dict):
+        return "config must be an object"
+    for axis, amount in config.items():
+        if axis not in _AXES:
+            return f"config.{axis} is not an axis (accepted: {', '.join(_AXES)})"
+        if isinstance(amount, bool) or not isinstance(amount, int | float):
+            return f"config.{axis} must be a number"
+        if not -10 <= amount <= 10:
+            return f"config.{axis} must be between -10 and 10"
+    return None
+
+
+def _url_problem(value: Any) -> str | None:
+    if not value.startswith(("https://", "http://")):
+        return "must be an http(s) URL"
+    return None
+
+
+def _prompt(max_length: int = 2500) -> Param:
+    return Param("prompt", "string", "What the video shows.", required=True, max_length=max_length)
+
+
+def _negative_prompt(max_length: int = 2500) -> Param:
+    return Param("negative_prompt", "string", "What to avoid.", max_length=max_length)
+
+
+def _image_url(description: str = "Start frame for image-to-video.") -> Param:
+    return Param("image_url", "string", description, check=_url_problem)
+
+
+def _last_frame_url(description: str) -> Param:
+    return Param("last_frame_url", "string", description, check=_url_problem)
+
+
+def _cfg_scale(default: float | None) -> Param:
+    return Param(
+        "cfg_scale", "number", "Prompt adherence, 0-1.", default=default, minimum=0, maximum=1
+    )
+
+
+_CAMERA_CONTROL = Param(
+    "camera_control",
+    "object",
+    "Camera movement {type, config: {horizontal, vertical, pan, tilt, roll, zoom}}, each -10..10.",
+    check=_camera_control_problem,
+)
+_RESOLUTION = Param(
+    "resolution",
+    "string",
+    "Output resolution; sets the price.",
+    default="720p",
+    choices=("720p", "1080p"),
+)
+
+
+def _needs_image_for_last_frame(data: Input) -> tuple[str, str] | None:
+    if "last_frame_url" in data and "image_url" not in data:
+        return ("last_frame_url", "requires image_url (the first frame)")
+    return None
+
+
+def _last_frame_only_5s(data: Input) -> tuple[str, str] | None:
+    if "last_frame_url" in data and data.get("duration") != 5:
+        return ("last_frame_url", "is supported on 5 s clips only (set duration to 5)")
+    return None
+
+
+_TRINETRA_LAST_FRAME_RULES: tuple[Rule, ...] = (_needs_image_for_last_frame, _last_frame_only_5s)
+
+
+def _trinetra_price(per_second: Mapping[str, float]) -> Price:
+    return Price(
+        unit="credits",
+        description="Credits (1 credit = INR 1) per second of output, by resolution; "
+        "billed on success.",
+        table=dict(per_second),
+        estimate=lambda data: per_second[data["resolution"]] * data["duration"],
+    )
+
+
+def _trinetra_duration(maximum: int) -> Param:
+    return Param(
+        "duration",
+        "number",
+        f"Clip length in seconds (1-{maximum}).",
+        default=5,
+        minimum=1,
+        maximum=maximum,
+    )
+
+
+_TRINETRA_LAST_FRAME = _last_frame_url(
+    "Last frame for image-to-video; requires image_url; 5 s clips only."
+)
+
+
+def _i2v_needs_image(data: Input) -> tuple[str, str] | None:
+    if data.get("mode") == "i2v" and "image_url" not in data:
+        return ("image_url", "is required in i2v mode")
+    return None
+
+
+def _v3_mode_default(data: Input) -> Input:
+    return {"mode": "i2v" if "image_url" in data else "t2v"}
+
+
+TRINETRA_V25 = ModelSpec(
+    id="trinetra/kling-v2.5",
+    provider="trinetra",
+    description="Kling V2.5 text/image-to-video with standard and pro modes (Trinetra).",
+    params=(
+        _prompt(),
+        _image_url("Optional start image for image-to-video."),
+        _TRINETRA_LAST_FRAME,
+        _trinetra_duration(10),
+        Param(
+            "aspect_ratio", "string", "Output aspect ratio.", default="9:16", choices=_ASPECT_RATIOS
+        ),
+        Param("mode", "string", "Quality mode.", default="std", choices=("std", "pro")),
+        _RESOLUTION,
+        _negative_prompt(),
+        _cfg_scale(0.5),
+        _CAMERA_CONTROL,
+    ),
+    price=_trinetra_price({"720p": 10, "1080p": 15}),
+    rules=_TRINETRA_LAST_FRAME_RULES,
+    notes=("cfg_scale may be ignored by Kling 2.x/3.0.",),
+)
+
+TRINETRA_V3 = ModelSpec(
+    id="trinetra/kling-v3",
+    provider="trinetra",
+    description="Kling V3 text-to-video and image-to-video (Trinetra).",
+    params=(
+        _prompt(),
+        Param(
+            "mode",
+            "string",
+            "t2v or i2v; defaults to i2v when image_url is set, else t2v.",
+            choices=("t2v", "i2v"),
+        ),
+        _image_url("Start image (required for i2v mode)."),
+        _TRINETRA_LAST_FRAME,
+        _trinetra_duration(10),
+        Param(
+            "aspect_ratio", "string", "Output aspect ratio.", default="16:9", choices=_ASPECT_RATIOS
+        ),
+        _RESOLUTION,
+        _negative_prompt(),
+        _cfg_scale(0.5),
+        _CAMERA_CONTROL,
+    ),
+    price=_trinetra_price({"720p": 19, "1080p": 30}),
+    rules=(*_TRINETRA_LAST_FRAME_RULES, _i2v_needs_image),
+    defaults_from=_v3_mode_default,
+)
+
+TRINETRA_V3_OMNI = ModelSpec(
+    id="trinetra/kling-v3-omni",
+    provider="trinetra",
+    description="Kling V3 Omni video generation with extended duration support (Trinetra).",
+    params=(
+        _prompt(),
+        _image_url("Optional start image for image-to-video."),
+        _TRINETRA_LAST_FRAME,
+        _trinetra_duration(15),
+        Param(
+            "aspect_ratio", "string", "Output aspect ratio.", default="16:9", choices=_ASPECT_RATIOS
+        ),
+        _RESOLUTION,
+        _negative_prompt(),
+        _cfg_scale(0.5),
+        _CAMERA_CONTROL,
+    ),
+    price=_trinetra_price({"720p": 29, "1080p": 46}),
+    rules=_TRINETRA_LAST_FRAME_RULES,
+)
+
+_APIFRAME_CREDITS = {"5": 4.0, "10": 7.0}
+
+APIFRAME_TURBO_PRO = ModelSpec(
+    id="apiframe/kling-2.5-turbo-pro",
+    provider="apiframe",
+    description="Kling 2.5 Turbo Pro: fast, low-cost video with end-image support (apiframe).",
+    params=(
+        _prompt(4000),
+        Param(
+            "duration", "integer", "Clip length in seconds: 5 or 10.", default=5, choices=(5, 10)
+        ),
+        Param("aspect_ratio", "string", "Output aspect ratio.", choices=_ASPECT_RATIOS),
+        _image_url("First frame (klingParams.start_image)."),
+        _last_frame_url("Last frame (klingParams.end_image); requires image_url."),
+        _negative_prompt(2500),
+        _cfg_scale(None),
+    ),
+    price=Price(
+        unit="credits",
+        description="apiframe credits per clip, by duration; refunded on failure.",
+        table=_APIFRAME_CREDITS,
+        estimate=lambda data: _APIFRAME_CREDITS[str(data["duration"])],
+    ),
+    rules=(_needs_image_for_last_frame,),
+)
+
+_SEGMIND_USD = {"5": 0.44, "10": 0.88}
+
+
+def _segmind_tail_needs_pro(data: Input) -> tuple[str, str] | None:
+    if "last_frame_url" in data and data.get("mode") != "pro":
+        return ("last_frame_url", "is available in pro mode only")
+    return None
+
+
+SEGMIND_TURBO = ModelSpec(
+    id="segmind/kling-2.5-turbo",
+    provider="segmind",
+    description="Kling 2.5 Turbo via Segmind's synchronous API (~134 s per generation).",
+    params=(
+        _prompt(),
+        _negative_prompt(),
+        _cfg_scale(0.7),
+        Param(
+            "duration", "integer", "Clip length in seconds: 5 or 10.", default=10, choices=(5, 10)
+        ),
+        Param(
+            "mode", "string", "Quality mode; only pro is offered.", default="pro", choices=("pro",)
+        ),
+        Param(
+            "aspect_ratio",
+            "string",
+            "Frame size; ignored when image_url is given.",
+            default="16:9",
+            choices=_ASPECT_RATIOS,
+        ),
+        _image_url("Start image."),
+        _last_frame_url("Final frame (tail_image_url); pro mode only, requires image_url."),
+    ),
+    price=Price(
+        unit="usd",
+        description="US dollars per generation, by duration.",
+        table=_SEGMIND_USD,
+        estimate=lambda data: _SEGMIND_USD[str(data["duration"])],
+    ),
+    rules=(_needs_image_for_last_frame, _segmind_tail_needs_pro),
+)
+
+MODELS: Mapping[str, ModelSpec] = {
+    spec.id: spec
+    for spec in (TRINETRA_V25, TRINETRA_V3, TRINETRA_V3_OMNI, APIFRAME_TURBO_PRO, SEGMIND_TURBO)
+}

@@ -1,0 +1,192 @@
+"""Segmind's held requests: a durable worker turns the synchronous answer into a job update.
+
+Pending Segmind jobs live in SQLite; the worker is woken when one is created, marks it submitted,
+holds the request open, streams the mp4 into the blob store and feeds the result into the same
+lifecycle path a webhook takes. A request that was in flight when reelhook stopped cannot be
+resumed, and sending it again would charge twice, so at start-up such jobs end ``interrupted``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+
+import anyio
+import anyio.abc
+import httpx
+
+from service.blobs import BlobStore, BlobTooLarge
+from service.clock import Clock
+from service.events import publish
+from service.jsonutil import dumps_bytes
+from service.lifecycle import apply_update
+from service.models import ErrorKind, Job, JobError, JobStatus, Output, ProviderUpdate
+from service.providers import ADAPTERS
+from service.providers.base import submit_failure
+from service.storage import jobs
+from service.storage.database import Database
+from service.submission import ProviderEndpoint
+
+log = logging.getLogger(__name__)
+
+PROVIDER = "segmind"
+
+
+class HeldRequests:
+    def __init__(
+        self,
+        *,
+        db: Database,
+        client: httpx.AsyncClient,
+        blobs: BlobStore,
+        endpoint: ProviderEndpoint,
+        clock: Clock,
+        file_url: Callable[[str, str], str],
+        on_commit: Callable[[], None],
+        concurrency: int,
+        timeout: float,
+        max_bytes: int,
+    ) -> None:
+        self._db = db
+        self._client = client
+        self._blobs = blobs
+        self._endpoint = endpoint
+        self._clock = clock
+        self._file_url = file_url
+        self._on_commit = on_commit
+        self._limit = anyio.Semaphore(concurrency)
+        self._timeout = timeout
+        self._max_bytes = max_bytes
+        self._wake = anyio.Event()
+        self._holding: set[str] = set()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        """End requests lost to a restart, then hold each pending job's request until cancelled."""
+        await self._interrupt_lost()
+        async with anyio.create_task_group() as tg:
+            while True:
+                self._wake = anyio.Event()
+                pending = await jobs.with_status(self._db.reader, PROVIDER, (JobStatus.PENDING,))
+                for job in pending:
+                    if job.id not in self._holding:
+                        self._holding.add(job.id)
+                        tg.start_soon(self._hold, job)
+                await self._wake.wait()
+
+    async def _interrupt_lost(self) -> None:
+        lost = await jobs.with_status(
+            self._db.reader, PROVIDER, (JobStatus.SUBMITTED, JobStatus.RUNNING)
+        )
+        for job in lost:
+            log.warning(
+                "segmind job %s was in flight at the last stop; marking it interrupted", job.id
+            )
+            await self._finish(
+                job,
+                ProviderUpdate(
+                    provider_job_id=None,
+                    status=JobStatus.FAILED,
+                    provider_status="interrupted",
+                    error=JobError(
+                        ErrorKind.INTERRUPTED,
+                        "reelhook restarted while holding the Segmind request; not resubmitted "
+                        "because that would be charged twice",
+                    ),
+                ),
+                {"interrupted": True},
+            )
+
+    async def _hold(self, job: Job) -> None:
+        try:
+            async with self._limit:
+                if await self._mark_submitted(job):
+                    update, summary = await self._request(job)
+                    await self._finish(job, update, summary)
+        except Exception:
+            log.exception("holding the Segmind request of job %s failed", job.id)
+        finally:
+            self._holding.discard(job.id)
+
+    async def _mark_submitted(self, job: Job) -> bool:
+        now = self._clock()
+        async with self._db.transaction() as conn:
+            current = await jobs.get(conn, job.id)
+            if current is None or current.status is not JobStatus.PENDING:
+                return False
+            submitted = dataclasses.replace(current, status=JobStatus.SUBMITTED, submitted_at=now)
+            await jobs.save(conn, submitted, now)
+            await publish(conn, "job.submitted", now, job=submitted)
+        self._on_commit()
+        return True
+
+    async def _request(self, job: Job) -> tuple[ProviderUpdate, dict[str, object]]:
+        request = ADAPTERS[PROVIDER].submit_request(job, "", self._endpoint.api_key)
+        url = self._endpoint.base_url + request.path
+        timeout = httpx.Timeout(self._timeout, connect=30.0)
+        try:
+            async with self._client.stream(
+                "POST", url, json=request.json, headers=request.headers, timeout=timeout
+            ) as response:
+                summary: dict[str, object] = {
+                    "status_code": response.status_code,
+                    "content_type": response.headers.get("content-type"),
+                    "credits_consumed": response.headers.get("x-credits-consumed"),
+                }
+                if response.status_code != 200:
+                    body = await response.aread()
+                    failure = submit_failure(response.status_code, body, response.headers)
+                    summary["error"] = failure.message
+                    error = JobError(failure.kind, failure.message, str(response.status_code))
+                    return _failed(error), summary
+                if not response.headers.get("content-type", "").startswith("video/"):
+                    error = JobError(ErrorKind.PROVIDER_ERROR, "Segmind answered without a video")
+                    return _failed(error), summary
+                digest, size = await self._blobs.write(response.aiter_bytes(), self._max_bytes)
+        except httpx.TimeoutException:
+            error = JobError(ErrorKind.TIMEOUT, "Segmind did not answer in time")
+            return _failed(error), {"error": "timeout"}
+        except httpx.HTTPError as exc:
+            error = JobError(ErrorKind.PROVIDER_ERROR, f"Segmind connection failed: {exc!r}")
+            return _failed(error), {"error": type(exc).__name__}
+        except BlobTooLarge as exc:
+            error = JobError(ErrorKind.PROVIDER_ERROR, f"the video is too large to keep: {exc}")
+            return _failed(error), {"error": "too large"}
+        summary.update(sha256=digest, bytes=size)
+        link = self._file_url(digest, "video/mp4")
+        credits = _number(summary["credits_consumed"])
+        update = ProviderUpdate(
+            provider_job_id=None,
+            status=JobStatus.SUCCEEDED,
+            provider_status="200",
+            outputs=(Output(url=link, type="video", mirror_url=link),),
+            charged=credits,
+        )
+        return update, summary
+
+    async def _finish(self, job: Job, update: ProviderUpdate, summary: dict[str, object]) -> None:
+        await apply_update(
+            self._db,
+            job_id=job.id,
+            provider=PROVIDER,
+            update=update,
+            raw=dumps_bytes({"held_response": summary}),
+            now=self._clock(),
+        )
+        self._on_commit()
+
+
+def _failed(error: JobError) -> ProviderUpdate:
+    return ProviderUpdate(
+        provider_job_id=None, status=JobStatus.FAILED, provider_status="error", error=error
+    )
+
+
+def _number(value: object) -> float | None:
+    try:
+        return float(str(value))
+    except ValueError:
+        return None

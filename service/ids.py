@@ -1,0 +1,18 @@
+"""Identifiers: a type prefix and a time-ordered random part, so ids sort by creation."""
+
+from __future__ import annotations
+
+import os
+import time
+
+_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
+
+
+def new_id(prefix: str) -> str:
+    """Return ``{prefix}_`` + 26 Crockford base32 characters (48-bit ms time, 80 random bits)."""
+    value = (int(time.time() * 1000) << 80) | int.from_bytes(os.urandom(10), "big")
+    chars = []
+    for _ in range(26):
+        value, index = divmod(value, 32)
+        chars.append(_ALPHABET[index])
+    return f"{prefix}_{''.join(reversed(chars))}"

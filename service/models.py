@@ -1,0 +1,201 @@
+"""The domain records reelhook stores and serves: jobs, subscriptions, provider updates."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from service.clock import isoformat
+
+
+class JobStatus(StrEnum):
+    PENDING = "pending"
+    SUBMITTED = "submitted"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+    EXPIRED = "expired"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset(
+    {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.EXPIRED}
+)
+
+
+class ErrorKind(StrEnum):
+    INVALID_INPUT = "invalid_input"
+    CONTENT_POLICY = "content_policy"
+    INSUFFICIENT_CREDITS = "insufficient_credits"
+    RATE_LIMITED = "rate_limited"
+    PROVIDER_ERROR = "provider_error"
+    TIMEOUT = "timeout"
+    INTERRUPTED = "interrupted"
+
+
+JOB_EVENT_TYPES = (
+    "job.submitted",
+    "job.running",
+    "job.succeeded",
+    "job.failed",
+    "job.expired",
+    "job.canceled",
+)
+EVENT_TYPES = (*JOB_EVENT_TYPES, "subscription.disabled", "ping")
+
+
+def event_type_for(status: JobStatus) -> str | None:
+    """The job event announcing a move into ``status`` (None for ``pending``)."""
+    name = f"job.{status.value}"
+    return name if name in JOB_EVENT_TYPES else None
+
+
+@dataclass(frozen=True, slots=True)
+class JobError:
+    kind: ErrorKind
+    message: str
+    provider_code: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind.value,
+            "message": self.message,
+            "provider_code": self.provider_code,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobError:
+        return cls(ErrorKind(data["kind"]), data["message"], data.get("provider_code"))
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    url: str
+    type: str = "video"
+    mirror_url: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"url": self.url, "type": self.type}
+        if self.mirror_url is not None:
+            data["mirror_url"] = self.mirror_url
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Output:
+        return cls(data["url"], data.get("type", "video"), data.get("mirror_url"))
+
+
+@dataclass(frozen=True, slots=True)
+class Cost:
+    estimated: float
+    unit: str
+    charged: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"estimated": self.estimated, "charged": self.charged, "unit": self.unit}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Cost:
+        return cls(data["estimated"], data["unit"], data.get("charged"))
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    id: str
+    owner_key_id: str
+    model: str
+    provider: str
+    status: JobStatus
+    input: dict[str, Any]
+    cost: Cost
+    created_at: float
+    deadline_at: float
+    metadata: dict[str, Any] = field(default_factory=dict)
+    provider_job_id: str | None = None
+    outputs: tuple[Output, ...] = ()
+    error: JobError | None = None
+    submitted_at: float | None = None
+    completed_at: float | None = None
+
+    def to_document(self) -> dict[str, Any]:
+        """The normalized job document served by the API and carried by every job event."""
+        return {
+            "id": self.id,
+            "object": "job",
+            "model": self.model,
+            "provider": self.provider,
+            "provider_job_id": self.provider_job_id,
+            "status": self.status.value,
+            "input": self.input,
+            "outputs": [output.to_dict() for output in self.outputs],
+            "error": self.error.to_dict() if self.error else None,
+            "cost": self.cost.to_dict(),
+            "metadata": self.metadata,
+            "created_at": isoformat(self.created_at),
+            "submitted_at": isoformat(self.submitted_at),
+            "completed_at": isoformat(self.completed_at),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderUpdate:
+    """What one callback (or Segmind's held answer) says about a job, in reelhook's vocabulary."""
+
+    provider_job_id: str | None
+    status: JobStatus
+    provider_status: str
+    outputs: tuple[Output, ...] = ()
+    error: JobError | None = None
+    charged: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    id: str
+    owner_key_id: str
+    url: str
+    secret: str
+    event_types: tuple[str, ...]
+    models: tuple[str, ...]
+    headers: dict[str, str]
+    description: str
+    status: str
+    created_at: float
+    updated_at: float
+    job_id: str | None = None
+
+    def matches(self, event_type: str, model: str | None, job_id: str | None) -> bool:
+        """Whether an event of ``event_type`` about a job of ``model`` goes to this subscription."""
+        if self.status != "active":
+            return False
+        if self.job_id is not None and self.job_id != job_id:
+            return False
+        if self.event_types:
+            if event_type not in self.event_types:
+                return False
+        elif not event_type.startswith("job.") and event_type != "subscription.disabled":
+            # An empty filter means every job event; pings are addressed explicitly.
+            return False
+        return not (self.models and model is not None and model not in self.models)
+
+    def to_public(self, *, include_secret: bool = False) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "id": self.id,
+            "object": "subscription",
+            "url": self.url,
+            "event_types": list(self.event_types),
+            "models": list(self.models),
+            "headers": {name: "********" for name in self.headers},
+            "description": self.description,
+            "status": self.status,
+            "created_at": isoformat(self.created_at),
+            "updated_at": isoformat(self.updated_at),
+        }
+        if include_secret:
+            data["secret"] = self.secret
+        return data

@@ -1,0 +1,140 @@
+"""Declarative model specs: parameters, rules and prices drive validation and the catalog."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from service.errors import ValidationFailed
+
+Input = dict[str, Any]
+Rule = Callable[[Input], tuple[str, str] | None]
+"""A cross-field rule: given the input with defaults applied, return (field, problem) or None."""
+
+_TYPE_NAMES: dict[str, type | tuple[type, ...]] = {
+    "string": str,
+    "integer": int,
+    "number": (int, float),
+    "object": dict,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Param:
+    name: str
+    type: str
+    description: str
+    required: bool = False
+    default: Any = None
+    choices: tuple[Any, ...] = ()
+    minimum: float | None = None
+    maximum: float | None = None
+    max_length: int | None = None
+    check: Callable[[Any], str | None] | None = None
+
+    def problem(self, raw: object) -> str | None:
+        """Why ``raw`` is not acceptable for this parameter, or None."""
+        if isinstance(raw, bool) or not isinstance(raw, _TYPE_NAMES[self.type]):
+            return f"must be {'an' if self.type[0] in 'aeio' else 'a'} {self.type}"
+        value: Any = raw
+        if self.choices and value not in self.choices:
+            return f"must be one of {', '.join(str(c) for c in self.choices)}"
+        if self.minimum is not None and value < self.minimum:
+            return f"must be at least {self.minimum:g}"
+        if self.maximum is not None and value > self.maximum:
+            return f"must be at most {self.maximum:g}"
+        if self.max_length is not None and len(value) > self.max_length:
+            return f"must be at most {self.max_length} characters"
+        if self.type == "string" and self.required and not value.strip():
+            return "must not be empty"
+        return self.check(value) if self.check else None
+
+    def describe(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"type": self.type, "required": self.required}
+        data["description"] = self.description
+        if self.default is not None:
+            data["default"] = self.default
+        if self.choices:
+            data["enum"] = list(self.choices)
+        if self.minimum is not None:
+            data["minimum"] = self.minimum
+        if self.maximum is not None:
+            data["maximum"] = self.maximum
+        if self.max_length is not None:
+            data["max_length"] = self.max_length
+        return data
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """How a job of this model is charged: ``estimate(input)`` in ``unit``."""
+
+    unit: str
+    description: str
+    table: Mapping[str, float]
+    estimate: Callable[[Input], float]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    id: str
+    provider: str
+    description: str
+    params: tuple[Param, ...]
+    price: Price
+    rules: tuple[Rule, ...] = ()
+    defaults_from: Callable[[Input], Input] | None = None
+    notes: tuple[str, ...] = field(default=())
+
+    def validate(self, raw: Any) -> Input:
+        """Return ``raw`` with defaults applied, or raise a 422 naming every bad field."""
+        if not isinstance(raw, dict):
+            raise ValidationFailed.field("input", "must be an object")
+        known = {p.name: p for p in self.params}
+        problems: dict[str, str] = {}
+        for name in raw:
+            if name not in known:
+                accepted = ", ".join(known)
+                problems[f"input.{name}"] = (
+                    f"unknown parameter for {self.id} (accepted: {accepted})"
+                )
+        clean: Input = {}
+        for param in self.params:
+            if param.name in raw and raw[param.name] is not None:
+                problem = param.problem(raw[param.name])
+                if problem:
+                    problems[f"input.{param.name}"] = problem
+                else:
+                    clean[param.name] = raw[param.name]
+            elif param.required:
+                problems[f"input.{param.name}"] = "is required"
+            elif param.default is not None:
+                clean[param.name] = param.default
+        if problems:
+            raise ValidationFailed.fields(problems)
+        if self.defaults_from:
+            clean = {**self.defaults_from(clean), **clean}
+        for rule in self.rules:
+            found = rule(clean)
+            if found:
+                problems[f"input.{found[0]}"] = found[1]
+        if problems:
+            raise ValidationFailed.fields(problems)
+        return clean
+
+    def describe(self) -> dict[str, Any]:
+        """The catalog entry served by ``GET /v1/models``."""
+        return {
+            "id": self.id,
+            "object": "model",
+            "provider": self.provider,
+            "description": self.description,
+            "parameters": {p.name: p.describe() for p in self.params},
+            "pricing": {
+                "unit": self.price.unit,
+                "description": self.price.description,
+                "table": dict(self.price.table),
+            },
+            "notes": list(self.notes),
+        }

@@ -1,0 +1,134 @@
+"""apiframe (API v2): Kling 2.5 Turbo Pro.
+
+Submit ``POST /v2/videos/generate`` with ``X-API-Key`` and ``Idempotency-Key``; 202
+``{"jobId", "status": "QUEUED"}``. Webhooks (``progress``, ``completed``, ``failed``) carry
+``X-Webhook-Signature: sha256=<hex>``, an HMAC-SHA256 of the raw body keyed with the SHA-256 digest
+of the API key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Mapping
+from typing import Any
+
+from service.models import ErrorKind, Job, JobError, JobStatus, Output, ProviderUpdate
+from service.providers.base import (
+    ForgedCallback,
+    InvalidCallback,
+    ProviderRequest,
+    kind_from_message,
+    load_object,
+)
+
+_STATUSES = {
+    "QUEUED": JobStatus.SUBMITTED,
+    "PROCESSING": JobStatus.RUNNING,
+    "COMPLETED": JobStatus.SUCCEEDED,
+    "FAILED": JobStatus.FAILED,
+    "CANCELLED": JobStatus.CANCELED,
+}
+_EVENTS = {
+    "progress": JobStatus.RUNNING,
+    "completed": JobStatus.SUCCEEDED,
+    "failed": JobStatus.FAILED,
+}
+# Our vocabulary → klingParams names, as on apiframe's Kling 2.5 Turbo Pro page.
+_KLING_PARAMS = {
+    "duration": "duration",
+    "aspect_ratio": "aspect_ratio",
+    "image_url": "start_image",
+    "last_frame_url": "end_image",
+    "negative_prompt": "negative_prompt",
+    "cfg_scale": "cfg_scale",
+}
+
+
+def signature(body: bytes, api_key: str) -> str:
+    """The ``X-Webhook-Signature`` value apiframe sends for ``body``."""
+    key = hashlib.sha256(api_key.encode()).digest()
+    return "sha256=" + hmac.new(key, body, hashlib.sha256).hexdigest()
+
+
+class ApiframeAdapter:
+    name = "apiframe"
+    holds_request = False
+
+    def submit_request(self, job: Job, callback_url: str, api_key: str) -> ProviderRequest:
+        params = {
+            theirs: job.input[ours] for ours, theirs in _KLING_PARAMS.items() if ours in job.input
+        }
+        body = {
+            "model": job.model.removeprefix("apiframe/"),
+            "prompt": job.input["prompt"],
+            "klingParams": params,
+            "webhookUrl": callback_url,
+            "webhookEvents": ["progress", "completed", "failed"],
+        }
+        # The job id as Idempotency-Key: a resubmission after a lost answer returns the same job.
+        headers = {"X-API-Key": api_key, "Idempotency-Key": job.id}
+        return ProviderRequest("/v2/videos/generate", body, headers)
+
+    def accepted_job_id(self, body: Any) -> str:
+        if not isinstance(body, dict) or not isinstance(body.get("jobId"), str):
+            raise InvalidCallback("apiframe's answer carries no jobId")
+        return str(body["jobId"])
+
+    def verify_callback(self, headers: Mapping[str, str], body: bytes, api_key: str) -> None:
+        given = headers.get("x-webhook-signature", "").strip()
+        expected = signature(body, api_key)
+        # The SDK accepts the bare hex too.
+        if not given or not (
+            hmac.compare_digest(given, expected)
+            or hmac.compare_digest(given, expected.removeprefix("sha256="))
+        ):
+            raise ForgedCallback("X-Webhook-Signature does not match the body")
+
+    def parse_callback(self, body: bytes) -> ProviderUpdate:
+        data = load_object(body)
+        job_id = data.get("jobId")
+        if not isinstance(job_id, str):
+            raise InvalidCallback("an apiframe webhook needs a string jobId")
+        raw_status = data.get("status")
+        event = data.get("event")
+        status = _STATUSES.get(raw_status) if isinstance(raw_status, str) else None
+        if status is None and isinstance(event, str):
+            status = _EVENTS.get(event)
+        if status is None:
+            raise InvalidCallback(f"unknown apiframe status {raw_status!r} / event {event!r}")
+        outputs: tuple[Output, ...] = ()
+        error = None
+        if status is JobStatus.SUCCEEDED:
+            url = _result_url(data.get("result"))
+            if url is None:
+                raise InvalidCallback("a completed apiframe webhook has no result URL")
+            outputs = (Output(url=url),)
+        elif status is JobStatus.FAILED:
+            message = str(data.get("error") or "apiframe reported the job failed")
+            error = JobError(kind_from_message(message, ErrorKind.PROVIDER_ERROR), message)
+        cost = data.get("creditCost")
+        return ProviderUpdate(
+            provider_job_id=job_id,
+            status=status,
+            provider_status=str(raw_status or event),
+            outputs=outputs,
+            error=error,
+            charged=float(cost) if isinstance(cost, int | float) else None,
+        )
+
+
+def _result_url(result: Any) -> str | None:
+    """``result`` is a URL string in docs-v2 and ``{"videoUrl"}`` (or ``{"videos"}``) elsewhere."""
+    if isinstance(result, str) and result:
+        return result
+    if isinstance(result, dict):
+        if isinstance(result.get("videoUrl"), str):
+            return str(result["videoUrl"])
+        videos = result.get("videos")
+        if isinstance(videos, list) and videos and isinstance(videos[0], str):
+            return videos[0]
+    return None
+
+
+ADAPTER = ApiframeAdapter()

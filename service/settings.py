@@ -1,0 +1,233 @@
+"""Settings, read once from ``REELHOOK_*`` environment variables."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+PROVIDERS = ("trinetra", "apiframe", "segmind")
+
+DEFAULT_BASE_URLS = {
+    "trinetra": "https://brahmand-api.bulletshorts.co",
+    "apiframe": "https://api.apiframe.ai",
+    "segmind": "https://api.segmind.com",
+}
+
+DEFAULT_RETRY_SCHEDULE = (0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
+
+
+class SettingsError(ValueError):
+    """A setting has a value reelhook cannot start with; the message names the variable."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderSettings:
+    """Where one provider's API is and how to authenticate; ``api_key`` None means simulated."""
+
+    name: str
+    base_url: str
+    api_key: str | None
+
+    @property
+    def simulated(self) -> bool:
+        return self.api_key is None
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything reelhook is configured with. Build it with :func:`load_settings`."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: Path = Path("./data")
+    public_url: str = "http://127.0.0.1:8000"
+    env: str = "development"
+    admin_key: str | None = None
+    secret_keys: tuple[str, ...] = ()
+    providers: Mapping[str, ProviderSettings] = field(default_factory=dict)
+    sim_delay: float = 5.0
+    allow_private_subscribers: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    retry_schedule: tuple[float, ...] = DEFAULT_RETRY_SCHEDULE
+    delivery_timeout: float = 15.0
+    disable_after: float = 432000.0
+    job_deadline: float = 3600.0
+    mirror_outputs: bool = True
+    mirror_max_bytes: int = 524288000
+    max_callback_bytes: int = 1048576
+    delivery_concurrency: int = 256
+    subscription_concurrency: int = 8
+    segmind_concurrency: int = 32
+    provider_timeout: float = 30.0
+    segmind_timeout: float = 600.0
+    file_link_ttl: float = 7 * 24 * 3600.0
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "reelhook.db"
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+    @property
+    def simulated_providers(self) -> list[str]:
+        return [name for name, p in self.providers.items() if p.simulated]
+
+
+class _Reader:
+    """Reads typed values from an environment mapping, naming the variable in every error."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self.environ = environ
+
+    def raw(self, name: str) -> str | None:
+        value = self.environ.get(f"REELHOOK_{name}")
+        if value is None or value.strip() == "":
+            return None
+        return value.strip()
+
+    def fail(self, name: str, message: str) -> SettingsError:
+        return SettingsError(f"REELHOOK_{name}: {message}")
+
+    def string(self, name: str, default: str) -> str:
+        return self.raw(name) or default
+
+    def number(self, name: str, default: float, *, minimum: float = 0.0) -> float:
+        raw = self.raw(name)
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise self.fail(name, f"expected a number, got {raw!r}") from None
+        if value < minimum:
+            raise self.fail(name, f"must be at least {minimum:g}, got {raw!r}")
+        return value
+
+    def integer(self, name: str, default: int, *, minimum: int = 0, maximum: int = 2**31) -> int:
+        raw = self.raw(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise self.fail(name, f"expected an integer, got {raw!r}") from None
+        if not minimum <= value <= maximum:
+            raise self.fail(name, f"must be between {minimum} and {maximum}, got {raw!r}")
+        return value
+
+    def boolean(self, name: str, default: bool) -> bool:
+        raw = self.raw(name)
+        if raw is None:
+            return default
+        lowered = raw.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise self.fail(name, f"expected true or false, got {raw!r}")
+
+    def url(self, name: str, default: str) -> str:
+        value = self.string(name, default).rstrip("/")
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise self.fail(name, f"expected an http(s) URL, got {value!r}")
+        if parts.query or parts.fragment:
+            raise self.fail(name, "must not carry a query or fragment")
+        return value
+
+
+def load_settings(environ: Mapping[str, str]) -> Settings:
+    """Build :class:`Settings` from ``environ`` (normally ``os.environ``).
+
+    Raises :class:`SettingsError` with one line naming the first bad variable.
+    """
+    read = _Reader(environ)
+    host = read.string("HOST", "127.0.0.1")
+    port = read.integer("PORT", 8000, minimum=0, maximum=65535)
+    env = read.string("ENV", "development")
+    if env not in ("development", "production"):
+        raise read.fail("ENV", f"expected development or production, got {env!r}")
+    public_url = read.url("PUBLIC_URL", f"http://{_url_host(host)}:{port}")
+
+    secret_keys = tuple(k.strip() for k in (read.raw("SECRET_KEYS") or "").split(",") if k.strip())
+    if any(len(k) < 16 for k in secret_keys):
+        raise read.fail("SECRET_KEYS", "each key must be at least 16 characters")
+
+    providers = {
+        name: ProviderSettings(
+            name=name,
+            base_url=read.url(f"{name.upper()}_BASE_URL", DEFAULT_BASE_URLS[name]),
+            api_key=read.raw(f"{name.upper()}_API_KEY"),
+        )
+        for name in PROVIDERS
+    }
+
+    if env == "production":
+        if urlsplit(public_url).scheme != "https":
+            raise read.fail("PUBLIC_URL", "production needs an https public URL")
+        if not secret_keys:
+            raise read.fail("SECRET_KEYS", "production needs configured secret keys")
+
+    return Settings(
+        host=host,
+        port=port,
+        data_dir=Path(read.string("DATA_DIR", "./data")),
+        public_url=public_url,
+        env=env,
+        admin_key=read.raw("ADMIN_KEY"),
+        secret_keys=secret_keys,
+        providers=providers,
+        sim_delay=read.number("SIM_DELAY", 5.0),
+        allow_private_subscribers=_networks(read, "ALLOW_PRIVATE_SUBSCRIBERS"),
+        retry_schedule=_schedule(read, "RETRY_SCHEDULE"),
+        delivery_timeout=read.number("DELIVERY_TIMEOUT", 15.0, minimum=0.1),
+        disable_after=read.number("DISABLE_AFTER", 432000.0),
+        job_deadline=read.number("JOB_DEADLINE", 3600.0, minimum=1.0),
+        mirror_outputs=read.boolean("MIRROR_OUTPUTS", True),
+        mirror_max_bytes=read.integer("MIRROR_MAX_BYTES", 524288000, minimum=1, maximum=2**62),
+        max_callback_bytes=read.integer("MAX_CALLBACK_BYTES", 1048576, minimum=1024),
+        delivery_concurrency=read.integer("DELIVERY_CONCURRENCY", 256, minimum=1),
+        subscription_concurrency=read.integer("SUBSCRIPTION_CONCURRENCY", 8, minimum=1),
+        segmind_concurrency=read.integer("SEGMIND_CONCURRENCY", 32, minimum=1),
+        provider_timeout=read.number("PROVIDER_TIMEOUT", 30.0, minimum=0.1),
+        segmind_timeout=read.number("SEGMIND_TIMEOUT", 600.0, minimum=1.0),
+        file_link_ttl=read.number("FILE_LINK_TTL", 7 * 24 * 3600.0, minimum=1.0),
+    )
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", "::", ""):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
+def _networks(
+    read: _Reader, name: str
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    raw = read.raw(name)
+    if raw is None:
+        return ()
+    networks = []
+    for item in raw.split(","):
+        try:
+            networks.append(ipaddress.ip_network(item.strip(), strict=False))
+        except ValueError:
+            raise read.fail(name, f"{item.strip()!r} is not a CIDR such as 127.0.0.0/8") from None
+    return tuple(networks)
+
+
+def _schedule(read: _Reader, name: str) -> tuple[float, ...]:
+    raw = read.raw(name)
+    if raw is None:
+        return DEFAULT_RETRY_SCHEDULE
+    try:
+        schedule = tuple(float(item) for item in raw.split(","))
+    except ValueError:
+        raise read.fail(name, f"expected comma-separated seconds, got {raw!r}") from None
+    if any(delay < 0 for delay in schedule):
+        raise read.fail(name, "delays must not be negative")
+    return schedule

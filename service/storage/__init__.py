@@ -1,0 +1,1 @@
+"""The storage layer: every SQL statement reelhook runs lives in this package."""

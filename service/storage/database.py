@@ -1,0 +1,119 @@
+"""The SQLite database: connections, pragmas, numbered migrations and write transactions."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib import resources
+from pathlib import Path
+
+import aiosqlite
+
+log = logging.getLogger(__name__)
+
+_PRAGMAS = (
+    "PRAGMA journal_mode = WAL",
+    # FULL: an acknowledged webhook survives power loss, which NORMAL does not promise in WAL mode.
+    "PRAGMA synchronous = FULL",
+    "PRAGMA foreign_keys = ON",
+    "PRAGMA busy_timeout = 5000",
+    "PRAGMA temp_store = MEMORY",
+    "PRAGMA cache_size = -16000",
+)
+
+
+class Database:
+    """One writer connection (writes serialised by a lock) and one reader connection.
+
+    WAL lets the reader see committed data while the writer holds a transaction, so API reads never
+    queue behind fan-out bookkeeping. Use :meth:`open` as an async context manager.
+    """
+
+    def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
+        self.writer = writer
+        self.reader = reader
+        self._write_lock = asyncio.Lock()
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, path: Path) -> AsyncIterator[Database]:
+        """Open (creating and migrating if needed) the database at ``path``; close on exit."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        writer = await _connect(path)
+        try:
+            await migrate(writer)
+            reader = await _connect(path)
+            try:
+                yield cls(writer, reader)
+            finally:
+                await reader.close()
+        finally:
+            await writer.close()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """Run the block in one ``BEGIN IMMEDIATE`` transaction; commit, or roll back on error."""
+        async with self._write_lock:
+            await self.writer.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.writer
+            except BaseException:
+                await self.writer.rollback()
+                raise
+            await self.writer.commit()
+
+    async def fetch_one(self, sql: str, params: tuple[object, ...] = ()) -> sqlite3.Row | None:
+        async with self.reader.execute(sql, params) as cursor:
+            row: sqlite3.Row | None = await cursor.fetchone()
+            return row
+
+    async def fetch_all(self, sql: str, params: tuple[object, ...] = ()) -> list[sqlite3.Row]:
+        async with self.reader.execute(sql, params) as cursor:
+            return list(await cursor.fetchall())
+
+    async def check_writable(self) -> None:
+        """Raise if a write transaction cannot be started (disk full, read-only, locked)."""
+        async with self.transaction() as conn:
+            await conn.execute("SELECT 1")
+
+
+async def _connect(path: Path) -> aiosqlite.Connection:
+    # isolation_level=None: reelhook issues BEGIN/COMMIT itself, so transactions are explicit.
+    conn = await aiosqlite.connect(path, isolation_level=None)
+    try:
+        conn.row_factory = sqlite3.Row
+        for pragma in _PRAGMAS:
+            await conn.execute(pragma)
+    except BaseException:
+        await conn.close()
+        raise
+    return conn
+
+
+def _migrations() -> list[tuple[int, str]]:
+    folder = resources.files("service.storage") / "migrations"
+    found = []
+    for entry in folder.iterdir():
+        if entry.name.endswith(".sql"):
+            found.append((int(entry.name.split("_", 1)[0]), entry.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+async def migrate(conn: aiosqlite.Connection) -> int:
+    """Apply every numbered migration newer than ``PRAGMA user_version``; return the new version."""
+    async with conn.execute("PRAGMA user_version") as cursor:
+        row = await cursor.fetchone()
+    current = int(row[0]) if row else 0
+    for version, script in _migrations():
+        if version <= current:
+            continue
+        log.info("applying migration %04d", version)
+        # executescript commits on its own; the version bump rides inside the same script.
+        await conn.executescript(
+            f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {version};\nCOMMIT;"
+        )
+        current = version
+    return current

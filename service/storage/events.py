@@ -1,0 +1,68 @@
+"""SQL for the append-only event log and the outbox rows each event fans out to."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+import aiosqlite
+
+from service.ids import new_id
+
+
+async def append(
+    conn: aiosqlite.Connection,
+    *,
+    event_id: str,
+    event_type: str,
+    job_id: str | None,
+    created_at: float,
+    payload: bytes,
+    subscription_ids: list[str],
+) -> None:
+    """Append one event and one pending delivery per subscription, in the caller's transaction."""
+    await conn.execute(
+        "INSERT INTO events (id, type, job_id, created_at, payload) VALUES (?, ?, ?, ?, ?)",
+        (event_id, event_type, job_id, created_at, payload),
+    )
+    if subscription_ids:
+        await conn.executemany(
+            "INSERT INTO deliveries (id, event_id, subscription_id, status, next_attempt_at, "
+            "created_at, updated_at) VALUES (?, ?, ?, 'pending', ?, ?, ?)",
+            [
+                (new_id("dlv"), event_id, sub_id, created_at, created_at, created_at)
+                for sub_id in subscription_ids
+            ],
+        )
+
+
+async def seq_of(conn: aiosqlite.Connection, event_id: str) -> int | None:
+    async with conn.execute("SELECT seq FROM events WHERE id = ?", (event_id,)) as cursor:
+        row = await cursor.fetchone()
+    return int(row["seq"]) if row else None
+
+
+async def list_page(
+    conn: aiosqlite.Connection,
+    *,
+    after_seq: int,
+    types: list[str],
+    job_ids_of_owner: str | None,
+    limit: int,
+) -> list[sqlite3.Row]:
+    """Events in log order after ``after_seq``, optionally of some types, oldest first."""
+    clauses = ["e.seq > ?"]
+    params: list[Any] = [after_seq]
+    if types:
+        clauses.append(f"e.type IN ({', '.join('?' for _ in types)})")
+        params.extend(types)
+    if job_ids_of_owner is not None:
+        clauses.append("e.job_id IN (SELECT id FROM jobs WHERE owner_key_id = ?)")
+        params.append(job_ids_of_owner)
+    params.append(limit)
+    sql = (
+        f"SELECT e.seq, e.id, e.type, e.payload FROM events e WHERE {' AND '.join(clauses)} "
+        "ORDER BY e.seq LIMIT ?"
+    )
+    async with conn.execute(sql, params) as cursor:
+        return list(await cursor.fetchall())

@@ -1,0 +1,180 @@
+"""SQL for jobs."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+import aiosqlite
+
+from service.jsonutil import dumps
+from service.models import Cost, Job, JobError, JobStatus, Output
+
+_COLUMNS = (
+    "id, owner_key_id, model, provider, provider_job_id, status, input, outputs, error, cost, "
+    "metadata, created_at, submitted_at, completed_at, deadline_at"
+)
+
+
+def _from_row(row: sqlite3.Row) -> Job:
+    error = json.loads(row["error"]) if row["error"] else None
+    return Job(
+        id=row["id"],
+        owner_key_id=row["owner_key_id"],
+        model=row["model"],
+        provider=row["provider"],
+        provider_job_id=row["provider_job_id"],
+        status=JobStatus(row["status"]),
+        input=json.loads(row["input"]),
+        outputs=tuple(Output.from_dict(o) for o in json.loads(row["outputs"])),
+        error=JobError.from_dict(error) if error else None,
+        cost=Cost.from_dict(json.loads(row["cost"])),
+        metadata=json.loads(row["metadata"]),
+        created_at=row["created_at"],
+        submitted_at=row["submitted_at"],
+        completed_at=row["completed_at"],
+        deadline_at=row["deadline_at"],
+    )
+
+
+async def insert(
+    conn: aiosqlite.Connection,
+    job: Job,
+    *,
+    idempotency_key: str | None = None,
+    request_hash: str | None = None,
+) -> None:
+    await conn.execute(
+        f"INSERT INTO jobs ({_COLUMNS}, idempotency_key, request_hash, updated_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            job.id,
+            job.owner_key_id,
+            job.model,
+            job.provider,
+            job.provider_job_id,
+            job.status.value,
+            dumps(job.input),
+            dumps([o.to_dict() for o in job.outputs]),
+            dumps(job.error.to_dict()) if job.error else None,
+            dumps(job.cost.to_dict()),
+            dumps(job.metadata),
+            job.created_at,
+            job.submitted_at,
+            job.completed_at,
+            job.deadline_at,
+            idempotency_key,
+            request_hash,
+            job.created_at,
+        ),
+    )
+
+
+async def save(conn: aiosqlite.Connection, job: Job, now: float) -> None:
+    """Write back every mutable field of ``job``."""
+    await conn.execute(
+        "UPDATE jobs SET provider_job_id = ?, status = ?, outputs = ?, error = ?, cost = ?, "
+        "submitted_at = ?, completed_at = ?, updated_at = ? WHERE id = ?",
+        (
+            job.provider_job_id,
+            job.status.value,
+            dumps([o.to_dict() for o in job.outputs]),
+            dumps(job.error.to_dict()) if job.error else None,
+            dumps(job.cost.to_dict()),
+            job.submitted_at,
+            job.completed_at,
+            now,
+            job.id,
+        ),
+    )
+
+
+async def get(conn: aiosqlite.Connection, job_id: str) -> Job | None:
+    async with conn.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)) as cursor:
+        row = await cursor.fetchone()
+    return _from_row(row) if row else None
+
+
+async def find_by_idempotency_key(
+    conn: aiosqlite.Connection, owner_key_id: str, key: str, not_before: float
+) -> tuple[Job, str] | None:
+    """The job created under ``key`` by this owner since ``not_before``, with its request hash."""
+    async with conn.execute(
+        f"SELECT {_COLUMNS}, request_hash FROM jobs "
+        "WHERE owner_key_id = ? AND idempotency_key = ? AND created_at >= ?",
+        (owner_key_id, key, not_before),
+    ) as cursor:
+        row = await cursor.fetchone()
+    return (_from_row(row), row["request_hash"]) if row else None
+
+
+async def release_idempotency_key(conn: aiosqlite.Connection, owner_key_id: str, key: str) -> None:
+    """Forget an expired idempotency key so it can name a new job."""
+    await conn.execute(
+        "UPDATE jobs SET idempotency_key = NULL WHERE owner_key_id = ? AND idempotency_key = ?",
+        (owner_key_id, key),
+    )
+
+
+async def list_page(
+    conn: aiosqlite.Connection,
+    *,
+    owner_key_id: str | None,
+    status: str | None,
+    model: str | None,
+    before_id: str | None,
+    limit: int,
+) -> list[Job]:
+    """Jobs newest first; ``before_id`` is the cursor (the last id of the previous page)."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    for column, value in (("owner_key_id", owner_key_id), ("status", status), ("model", model)):
+        if value is not None:
+            clauses.append(f"{column} = ?")
+            params.append(value)
+    if before_id is not None:
+        clauses.append("id < ?")
+        params.append(before_id)
+    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    params.append(limit)
+    sql = f"SELECT {_COLUMNS} FROM jobs {where} ORDER BY id DESC LIMIT ?"
+    async with conn.execute(sql, params) as cursor:
+        return [_from_row(row) for row in await cursor.fetchall()]
+
+
+async def with_status(
+    conn: aiosqlite.Connection, provider: str, statuses: tuple[JobStatus, ...]
+) -> list[Job]:
+    marks = ", ".join("?" for _ in statuses)
+    async with conn.execute(
+        f"SELECT {_COLUMNS} FROM jobs WHERE provider = ? AND status IN ({marks}) ORDER BY id",
+        (provider, *(s.value for s in statuses)),
+    ) as cursor:
+        return [_from_row(row) for row in await cursor.fetchall()]
+
+
+async def record_callback(
+    conn: aiosqlite.Connection,
+    *,
+    job_id: str,
+    provider: str,
+    received_at: float,
+    outcome: str,
+    body: bytes,
+) -> None:
+    await conn.execute(
+        "INSERT INTO callbacks (job_id, provider, received_at, outcome, body) "
+        "VALUES (?, ?, ?, ?, ?)",
+        (job_id, provider, received_at, outcome, body),
+    )
+
+
+async def callbacks_for(conn: aiosqlite.Connection, job_id: str) -> list[dict[str, Any]]:
+    async with conn.execute(
+        "SELECT received_at, outcome, body FROM callbacks WHERE job_id = ? ORDER BY id", (job_id,)
+    ) as cursor:
+        return [
+            {"received_at": row["received_at"], "outcome": row["outcome"], "body": row["body"]}
+            for row in await cursor.fetchall()
+        ]

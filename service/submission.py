@@ -1,0 +1,272 @@
+"""Submitting jobs: validate, store, send to the provider, and record what it answered."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from service import signing
+from service.catalog import MODELS
+from service.clock import Clock
+from service.delivery.guard import IPNetwork, check_url
+from service.errors import Conflict, ProviderFailed, ProviderUnavailable, ValidationFailed
+from service.events import publish
+from service.ids import new_id
+from service.jsonutil import dumps
+from service.models import JOB_EVENT_TYPES, Cost, ErrorKind, Job, JobError, JobStatus, Subscription
+from service.providers import ADAPTERS
+from service.providers.base import InvalidCallback, SubmitFailed, submit_failure
+from service.storage import jobs, subscriptions
+from service.storage.database import Database
+from service.tokens import Tokens
+
+log = logging.getLogger(__name__)
+
+IDEMPOTENCY_WINDOW = 24 * 3600.0
+_JOB_FIELDS = {"model", "input", "metadata", "callback_url"}
+_MAX_METADATA_BYTES = 8192
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderEndpoint:
+    """Where reelhook sends one provider's requests (the simulator when no key is configured)."""
+
+    name: str
+    base_url: str
+    api_key: str
+    simulated: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Created:
+    job: Job
+    replayed: bool = False
+    callback_secret: str | None = None
+
+
+class Submitter:
+    def __init__(
+        self,
+        *,
+        db: Database,
+        client: httpx.AsyncClient,
+        tokens: Tokens,
+        endpoints: dict[str, ProviderEndpoint],
+        public_url: str,
+        clock: Clock,
+        job_deadline: float,
+        allow_private: tuple[IPNetwork, ...],
+        on_commit: Callable[[], None],
+        on_held_job: Callable[[], None],
+    ) -> None:
+        self._db = db
+        self._client = client
+        self._tokens = tokens
+        self._endpoints = endpoints
+        self._public_url = public_url
+        self._clock = clock
+        self._job_deadline = job_deadline
+        self._allow_private = allow_private
+        self._on_commit = on_commit
+        self._on_held_job = on_held_job
+
+    def callback_url(self, job: Job) -> str:
+        token = self._tokens.callback(job.id, job.provider)
+        return f"{self._public_url}/v1/callbacks/{job.provider}/{token}"
+
+    async def create(self, owner_key_id: str, body: Any, idempotency_key: str | None) -> Created:
+        """Validate ``body`` (the ``POST /v1/jobs`` JSON), store the job and submit it.
+
+        Raises ``ValidationFailed`` for bad input, ``Conflict`` when ``idempotency_key`` was used
+        for a different body, and ``ProviderFailed`` when the provider refuses the job (which is
+        then stored as failed, with its event).
+        """
+        job, callback_url = self._parse(owner_key_id, body)
+        request_hash = hashlib.sha256(dumps(body).encode()).hexdigest()
+        now = self._clock()
+        callback_secret: str | None = None
+        async with self._db.transaction() as conn:
+            if idempotency_key is not None:
+                found = await jobs.find_by_idempotency_key(
+                    conn, owner_key_id, idempotency_key, now - IDEMPOTENCY_WINDOW
+                )
+                if found is not None:
+                    if found[1] != request_hash:
+                        raise Conflict(
+                            "Idempotency-Key was already used with a different request body",
+                            details={"job_id": found[0].id},
+                        )
+                    return Created(found[0], replayed=True)
+                await jobs.release_idempotency_key(conn, owner_key_id, idempotency_key)
+            await jobs.insert(conn, job, idempotency_key=idempotency_key, request_hash=request_hash)
+            if callback_url is not None:
+                callback_secret = signing.new_secret()
+                await subscriptions.insert(conn, self._one_off(job, callback_url, callback_secret))
+        if ADAPTERS[job.provider].holds_request:
+            self._on_held_job()
+            return Created(job, callback_secret=callback_secret)
+        return Created(await self.submit(job), callback_secret=callback_secret)
+
+    def _parse(self, owner_key_id: str, body: Any) -> tuple[Job, str | None]:
+        if not isinstance(body, dict):
+            raise ValidationFailed("the request body must be a JSON object")
+        unknown = sorted(set(body) - _JOB_FIELDS)
+        if unknown:
+            raise ValidationFailed.fields({name: "unknown field" for name in unknown})
+        model = body.get("model")
+        if not isinstance(model, str):
+            raise ValidationFailed.field("model", "is required (see GET /v1/models)")
+        spec = MODELS.get(model)
+        if spec is None:
+            raise ValidationFailed.field(
+                "model", f"unknown model {model!r} (available: {', '.join(MODELS)})"
+            )
+        if "input" not in body:
+            raise ValidationFailed.field("input", "is required")
+        clean = spec.validate(body["input"])
+        metadata = body.get("metadata", {})
+        if not isinstance(metadata, dict):
+            raise ValidationFailed.field("metadata", "must be an object")
+        if len(dumps(metadata)) > _MAX_METADATA_BYTES:
+            raise ValidationFailed.field("metadata", f"must be under {_MAX_METADATA_BYTES} bytes")
+        callback_url = body.get("callback_url")
+        if callback_url is not None:
+            problem = (
+                "must be a string"
+                if not isinstance(callback_url, str)
+                else check_url(callback_url, self._allow_private)
+            )
+            if problem:
+                raise ValidationFailed.field("callback_url", problem)
+        now = self._clock()
+        job = Job(
+            id=new_id("job"),
+            owner_key_id=owner_key_id,
+            model=model,
+            provider=spec.provider,
+            status=JobStatus.PENDING,
+            input=clean,
+            cost=Cost(estimated=round(spec.price.estimate(clean), 4), unit=spec.price.unit),
+            metadata=metadata,
+            created_at=now,
+            deadline_at=now + self._job_deadline,
+        )
+        return job, callback_url
+
+    def _one_off(self, job: Job, url: str, secret: str) -> Subscription:
+        return Subscription(
+            id=new_id("sub"),
+            owner_key_id=job.owner_key_id,
+            url=url,
+            secret=secret,
+            event_types=JOB_EVENT_TYPES,
+            models=(),
+            headers={},
+            description=f"callback_url of {job.id}",
+            status="active",
+            created_at=job.created_at,
+            updated_at=job.created_at,
+            job_id=job.id,
+        )
+
+    async def submit(self, job: Job) -> Job:
+        """Send a pending job to its provider and record the answer; return the job after it."""
+        endpoint = self._endpoints[job.provider]
+        adapter = ADAPTERS[job.provider]
+        request = adapter.submit_request(job, self.callback_url(job), endpoint.api_key)
+        try:
+            try:
+                response = await self._client.post(
+                    endpoint.base_url + request.path, json=request.json, headers=request.headers
+                )
+            except httpx.TimeoutException:
+                raise SubmitFailed(
+                    ErrorKind.TIMEOUT, f"{job.provider} did not answer in time", retryable=True
+                ) from None
+            except httpx.HTTPError as exc:
+                raise SubmitFailed(
+                    ErrorKind.PROVIDER_ERROR,
+                    f"could not reach {job.provider}: {type(exc).__name__}",
+                    retryable=True,
+                ) from None
+            if not response.is_success:
+                raise submit_failure(response.status_code, response.content, response.headers)
+            try:
+                provider_job_id = adapter.accepted_job_id(response.json())
+            except (ValueError, InvalidCallback) as exc:
+                raise SubmitFailed(
+                    ErrorKind.PROVIDER_ERROR, f"unreadable answer from {job.provider}: {exc}"
+                ) from None
+        except SubmitFailed as failure:
+            await self._fail(job, failure)
+            raise _client_error(job, failure) from None
+        return await self._mark_submitted(job, provider_job_id)
+
+    async def _mark_submitted(self, job: Job, provider_job_id: str | None) -> Job:
+        now = self._clock()
+        async with self._db.transaction() as conn:
+            current = await jobs.get(conn, job.id)
+            assert current is not None
+            if current.status is not JobStatus.PENDING:
+                # A callback overtook the submit answer; it already moved the job on.
+                if current.provider_job_id is None and provider_job_id is not None:
+                    current = dataclasses.replace(current, provider_job_id=provider_job_id)
+                    await jobs.save(conn, current, now)
+                return current
+            submitted = dataclasses.replace(
+                current,
+                status=JobStatus.SUBMITTED,
+                provider_job_id=provider_job_id,
+                submitted_at=now,
+            )
+            await jobs.save(conn, submitted, now)
+            await publish(conn, "job.submitted", now, job=submitted)
+        self._on_commit()
+        return submitted
+
+    async def _fail(self, job: Job, failure: SubmitFailed) -> None:
+        now = self._clock()
+        log.warning(
+            "%s refused job %s: HTTP %s %s", job.provider, job.id, failure.status_code, failure.kind
+        )
+        error = JobError(
+            failure.kind,
+            failure.message,
+            str(failure.status_code) if failure.status_code else failure.provider_code,
+        )
+        async with self._db.transaction() as conn:
+            current = await jobs.get(conn, job.id)
+            if current is None or current.status.terminal:
+                return
+            failed = dataclasses.replace(
+                current,
+                status=JobStatus.FAILED,
+                error=error,
+                cost=dataclasses.replace(current.cost, charged=0),
+                completed_at=now,
+            )
+            await jobs.save(conn, failed, now)
+            await publish(conn, "job.failed", now, job=failed)
+        self._on_commit()
+
+
+def _client_error(job: Job, failure: SubmitFailed) -> ProviderFailed | ValidationFailed:
+    details = {
+        "job_id": job.id,
+        "kind": failure.kind.value,
+        "provider": job.provider,
+        "provider_status": failure.status_code,
+    }
+    message = f"{job.provider} refused the job: {failure.message}"
+    if failure.kind in (ErrorKind.INVALID_INPUT, ErrorKind.CONTENT_POLICY):
+        return ValidationFailed(message, details=details)
+    if failure.retryable:
+        headers = {"Retry-After": str(int(failure.retry_after))} if failure.retry_after else None
+        return ProviderUnavailable(message, details=details, headers=headers)
+    return ProviderFailed(message, details=details)

@@ -1,0 +1,55 @@
+"""Signed tokens: the credential in each callback URL, and expiring links to stored files.
+
+Each purpose has its own salt, so a token minted for one can never be replayed as the other. Keys
+are a list (oldest first): itsdangerous signs with the newest and accepts any.
+"""
+
+from __future__ import annotations
+
+from itsdangerous import BadSignature, SignatureExpired, URLSafeSerializer, URLSafeTimedSerializer
+
+_CALLBACK_SALT = "reelhook.callback-url.v1"
+_FILE_SALT = "reelhook.file-link.v1"
+
+
+class InvalidToken(Exception):
+    """The token is not one reelhook signed for this purpose."""
+
+
+class ExpiredToken(InvalidToken):
+    """The token was genuine but has expired."""
+
+
+class Tokens:
+    def __init__(self, secret_keys: list[str]) -> None:
+        if not secret_keys:
+            raise ValueError("at least one secret key is required")
+        self._callbacks = URLSafeSerializer(secret_keys, salt=_CALLBACK_SALT)
+        self._files = URLSafeTimedSerializer(secret_keys, salt=_FILE_SALT)
+
+    def callback(self, job_id: str, provider: str) -> str:
+        """The token for ``{PUBLIC_URL}/v1/callbacks/{provider}/{token}`` of one job."""
+        return self._callbacks.dumps([job_id, provider])
+
+    def verify_callback(self, token: str, provider: str) -> str:
+        """Return the job id the token was minted for; raise :class:`InvalidToken` otherwise."""
+        try:
+            job_id, bound_provider = self._callbacks.loads(token)
+        except (BadSignature, ValueError, TypeError):
+            raise InvalidToken from None
+        if bound_provider != provider or not isinstance(job_id, str):
+            raise InvalidToken
+        return job_id
+
+    def file(self, digest: str, media_type: str) -> str:
+        return self._files.dumps([digest, media_type])
+
+    def verify_file(self, token: str, max_age: float) -> tuple[str, str]:
+        """Return (digest, media type); raise :class:`ExpiredToken` or :class:`InvalidToken`."""
+        try:
+            digest, media_type = self._files.loads(token, max_age=int(max_age))
+        except SignatureExpired:
+            raise ExpiredToken from None
+        except (BadSignature, ValueError, TypeError):
+            raise InvalidToken from None
+        return str(digest), str(media_type)

@@ -1,0 +1,97 @@
+"""Real uvicorn servers on 127.0.0.1 inside the test's event loop, and a recording subscriber."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp
+
+
+def loopback_socket() -> socket.socket:
+    """A listening-ready socket on a free loopback port (bind first, so the port is known early)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()
+    return f"http://{host}:{port}"
+
+
+@asynccontextmanager
+async def run_server(app: ASGIApp, sock: socket.socket | None = None) -> AsyncIterator[str]:
+    """Serve ``app`` with uvicorn on ``sock`` (or a fresh loopback socket); yield its base URL."""
+    sock = sock or loopback_socket()
+    config = uvicorn.Config(
+        app, lifespan="on", log_level="warning", timeout_graceful_shutdown=2, http="httptools"
+    )
+    server = uvicorn.Server(config)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(server.serve, [sock])
+        with anyio.fail_after(10):
+            while not server.started:
+                if server.should_exit:
+                    raise RuntimeError("server failed to start")
+                await anyio.sleep(0.01)
+        try:
+            yield url_of(sock)
+        finally:
+            server.should_exit = True
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class Sink:
+    """A subscriber endpoint that records every delivery and answers as scripted.
+
+    ``script`` maps a path to a function of the request count on that path returning
+    (status, headers); unscripted paths answer 204.
+    """
+
+    received: list[Received] = field(default_factory=list)
+    script: dict[str, Callable[[int], tuple[int, dict[str, str]]]] = field(default_factory=dict)
+    arrived: anyio.Event = field(default_factory=anyio.Event)
+
+    def app(self) -> Starlette:
+        async def receive(request: Request) -> Response:
+            body = await request.body()
+            path = request.url.path
+            self.received.append(Received(path, dict(request.headers), body))
+            count = sum(1 for r in self.received if r.path == path)
+            self.arrived.set()
+            self.arrived = anyio.Event()
+            status, headers = self.script.get(path, lambda _: (204, {}))(count)
+            return Response(status_code=status, headers=headers)
+
+        return Starlette(routes=[Route("/{path:path}", receive, methods=["POST"])])
+
+    def on(self, path: str) -> list[Received]:
+        return [r for r in self.received if r.path == path]
+
+    async def wait_for(self, predicate: Callable[[Sink], bool], timeout: float = 15.0) -> None:
+        """Wait until ``predicate(self)`` holds; fail the test after ``timeout`` seconds."""
+        with anyio.fail_after(timeout):
+            while not predicate(self):
+                await self.arrived.wait()
