@@ -62,6 +62,10 @@ class Received:
         return json.loads(self.body)
 
 
+def _no_content(count: int) -> tuple[int, dict[str, str]]:
+    return 204, {}
+
+
 @dataclass
 class Sink:
     """A subscriber endpoint that records every delivery and answers as scripted.
@@ -82,7 +86,7 @@ class Sink:
             count = sum(1 for r in self.received if r.path == path)
             self.arrived.set()
             self.arrived = anyio.Event()
-            status, headers = self.script.get(path, lambda _: (204, {}))(count)
+            status, headers = self.script.get(path, _no_content)(count)
             return Response(status_code=status, headers=headers)
 
         return Starlette(routes=[Route("/{path:path}", receive, methods=["POST"])])
@@ -90,8 +94,8 @@ class Sink:
     def on(self, path: str) -> list[Received]:
         return [r for r in self.received if r.path == path]
 
-    async def wait_for(self, predicate: Callable[[Sink], bool], timeout: float = 15.0) -> None:
-        """Wait until ``predicate(self)`` holds; fail the test after ``timeout`` seconds."""
-        with anyio.fail_after(timeout):
+    async def wait_for(self, predicate: Callable[[Sink], bool], within: float = 15.0) -> None:
+        """Wait until ``predicate(self)`` holds; fail the test after ``within`` seconds."""
+        with anyio.fail_after(within):
             while not predicate(self):
                 await self.arrived.wait()

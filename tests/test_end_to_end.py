@@ -53,7 +53,7 @@ async def submit_all_and_check(http: httpx.AsyncClient, sink: Sink, sink_url: st
         job_ids[response.json()["id"]] = model
 
     # Every job announces submitted and succeeded; apiframe's progress webhook adds running.
-    await sink.wait_for(lambda s: len(s.on("/hook")) >= 2 * len(JOBS) + 1, timeout=30)
+    await sink.wait_for(lambda s: len(s.on("/hook")) >= 2 * len(JOBS) + 1, within=30)
 
     for job_id in job_ids:
         job = (await http.get(f"/v1/jobs/{job_id}")).json()
