@@ -21,8 +21,8 @@ run: $(STAMP)
 test: lint typecheck pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check service tests
-	$(BIN)/ruff format --check service tests
+	$(BIN)/ruff check service tests examples
+	$(BIN)/ruff format --check service tests examples
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

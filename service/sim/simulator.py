@@ -142,7 +142,9 @@ def create_sim_app(simulator: Simulator) -> Starlette:
 
 def video_url(request: Request, name: str) -> str:
     """An absolute URL of a simulated output file, served under the same provider mount."""
-    return f"{str(request.base_url).rstrip('/')}/files/{name}"
+    # root_path includes every enclosing Mount (base_url only has the application's root).
+    mount = request.scope.get("root_path", "")
+    return str(request.url.replace(path=f"{mount}/files/{name}", query=""))
 
 
 async def serve_video(simulator: Simulator, request: Request) -> Response:

@@ -11,14 +11,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from service.catalog import MODELS
 from service.sim.simulator import Simulator, error, serve_video, video_url
 
-MODELS = ("kling-v2.5", "kling-v3", "kling-v3-omni")
+TRINETRA_MODELS = ("kling-v2.5", "kling-v3", "kling-v3-omni")
 
 
 async def submit(sim: Simulator, request: Request) -> Response:
     model = request.path_params["model"]
-    if model not in MODELS:
+    if model not in TRINETRA_MODELS:
         return error(404, f"unknown model {model!r}")
     if not request.headers.get("x-api-key"):
         return error(401, "missing or invalid API key")
@@ -28,6 +29,9 @@ async def submit(sim: Simulator, request: Request) -> Response:
         return error(400, "request body is not JSON")
     if not isinstance(body, dict) or not isinstance(body.get("prompt"), str) or not body["prompt"]:
         return error(400, "prompt is required")
+    duration = body.get("duration", 5)
+    if isinstance(duration, bool) or not isinstance(duration, int | float):
+        return error(400, "duration must be a number")
     scenario = sim.scenario
     if scenario.submit_status is not None:
         return error(scenario.submit_status, "simulated submit failure")
@@ -44,13 +48,22 @@ async def submit(sim: Simulator, request: Request) -> Response:
     return JSONResponse({"job_id": job_id, "status": "queued"}, status_code=202)
 
 
-async def _finish(sim: Simulator, job_id: str, callback_url: str, url: str, outcome: str) -> None:
+def _credits(model: str, body: dict[str, Any]) -> float:
+    """Credits per second of output by resolution, as on Trinetra's pricing tables."""
+    table = MODELS[f"trinetra/{model}"].price.table
+    duration = body.get("duration", 5)
+    return table.get(str(body.get("resolution", "720p")), table["720p"]) * float(duration)
+
+
+async def _finish(
+    sim: Simulator, job_id: str, callback_url: str, url: str, outcome: str, credits: float
+) -> None:
     document = sim.jobs[job_id]
     if outcome == "succeed":
         document.update(
             status="succeeded",
             output={"outputs": [{"url": url, "type": "video"}]},
-            credits_charged=10,
+            credits_charged=credits,
         )
     else:
         document.update(
