@@ -123,7 +123,7 @@ def _wire(
     blobs = BlobStore(settings.blob_dir)
     dispatcher = Dispatcher(
         db,
-        Sender(session, settings.allow_private_subscribers),
+        Sender(session),
         RetryPolicy(settings.retry_schedule, overload_floor=retry_overload_floor),
         clock=clock,
         timeout=settings.delivery_timeout,

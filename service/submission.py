@@ -111,7 +111,15 @@ class Submitter:
         if ADAPTERS[job.provider].holds_request:
             self._on_held_job()
             return Created(job, callback_secret=callback_secret)
-        return Created(await self.submit(job), callback_secret=callback_secret)
+        try:
+            submitted = await self.submit(job)
+        except (ProviderFailed, ValidationFailed) as refused:
+            if callback_secret is not None:
+                # The job.failed event still goes to callback_url; this is the only answer
+                # that can carry the secret to verify it.
+                refused.details["callback_secret"] = callback_secret
+            raise
+        return Created(submitted, callback_secret=callback_secret)
 
     def _parse(self, owner_key_id: str, body: Any) -> tuple[Job, str | None]:
         if not isinstance(body, dict):

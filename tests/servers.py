@@ -39,17 +39,20 @@ async def run_server(app: ASGIApp, sock: socket.socket | None = None) -> AsyncIt
         app, lifespan="on", log_level="warning", timeout_graceful_shutdown=2, http="httptools"
     )
     server = uvicorn.Server(config)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(server.serve, [sock])
-        with anyio.fail_after(10):
-            while not server.started:
-                if server.should_exit:
-                    raise RuntimeError("server failed to start")
-                await anyio.sleep(0.01)
-        try:
-            yield url_of(sock)
-        finally:
-            server.should_exit = True
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(server.serve, [sock])
+            with anyio.fail_after(10):
+                while not server.started:
+                    if server.should_exit:
+                        raise RuntimeError("server failed to start")
+                    await anyio.sleep(0.01)
+            try:
+                yield url_of(sock)
+            finally:
+                server.should_exit = True
+    finally:
+        sock.close()
 
 
 @dataclass

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import random
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -50,7 +49,7 @@ class Dispatcher:
         self._wake = anyio.Event()
         self._outcomes: list[Outcome] = []
         self._outcomes_ready = anyio.Event()
-        self._inflight: Counter[str] = Counter()
+        self._in_flight = 0
         self.running = False
 
     def wake(self) -> None:
@@ -72,11 +71,10 @@ class Dispatcher:
 
     async def _dispatch_once(self, tg: anyio.abc.TaskGroup) -> None:
         self._wake = anyio.Event()
-        capacity = self._concurrency - sum(self._inflight.values())
+        capacity = self._concurrency - self._in_flight
         claimed: list[Claimed] = []
         if capacity > 0:
             now = self._clock()
-            saturated = [s for s, n in self._inflight.items() if n >= self._per_subscription]
             async with self._db.transaction() as conn:
                 claimed = await deliveries.claim_due(
                     conn,
@@ -84,14 +82,13 @@ class Dispatcher:
                     lease_until=now + self._lease,
                     limit=capacity,
                     per_subscription=self._per_subscription,
-                    saturated=saturated,
                 )
             for delivery in claimed:
-                self._inflight[delivery.subscription_id] += 1
+                self._in_flight += 1
                 tg.start_soon(self._deliver, delivery)
             if len(claimed) == capacity:
                 return  # more may be due at once
-        await self._sleep(busy=bool(self._inflight))
+        await self._sleep(busy=self._in_flight > 0)
 
     async def _sleep(self, *, busy: bool) -> None:
         due = await deliveries.next_due_at(self._db.reader)
@@ -118,9 +115,7 @@ class Dispatcher:
             self._outcomes.append(self._judge(delivery, result))
             self._outcomes_ready.set()
         finally:
-            self._inflight[delivery.subscription_id] -= 1
-            if self._inflight[delivery.subscription_id] <= 0:
-                del self._inflight[delivery.subscription_id]
+            self._in_flight -= 1
             self.wake()
 
     def _judge(self, delivery: Claimed, result: AttemptResult) -> Outcome:

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 from urllib.parse import urlsplit
 
-import aiohttp
-from aiohttp.abc import AbstractResolver, ResolveResult
+from yarl import URL
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+AddrInfo = tuple[int, int, int, str, tuple[Any, ...]]
+
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
 
 
 class AddressRefused(OSError):
@@ -25,6 +29,8 @@ def address_allowed(address: IPAddress, allow: Sequence[IPNetwork]) -> bool:
         return True
     if isinstance(address, ipaddress.IPv6Address):
         embedded = address.ipv4_mapped or address.sixtofour or (address.teredo or (None, None))[1]
+        if embedded is None and (address in _NAT64 or address in _IPV4_COMPATIBLE):
+            embedded = ipaddress.IPv4Address(address.packed[-4:])
         if embedded is not None:
             return address_allowed(embedded, allow)
     return address.is_global and not address.is_multicast
@@ -43,7 +49,8 @@ def check_url(url: str, allow: Sequence[IPNetwork]) -> str | None:
         return "must name a host"
     if parts.username or parts.password:
         return "must not carry credentials; use headers instead"
-    host = parts.hostname.rstrip(".").lower()
+    # Normalise the host as the HTTP client will: yarl turns e.g. ideographic full stops into dots.
+    host = (URL(url).host or parts.hostname).rstrip(".").lower()
     address = ip_literal(host)
     if address is None and host in ("localhost", "localhost.localdomain"):
         address = ipaddress.ip_address("127.0.0.1")
@@ -59,27 +66,19 @@ def ip_literal(host: str) -> IPAddress | None:
         return None
 
 
-class GuardedResolver(AbstractResolver):
-    """Resolves names like aiohttp's threaded resolver, then drops refused addresses.
+def guarded_socket_factory(allow: Sequence[IPNetwork]) -> Callable[[AddrInfo], socket.socket]:
+    """An aiohttp ``socket_factory`` that refuses to open a socket to a refused address.
 
-    The addresses checked are the ones the connector dials, so DNS rebinding between a check and
-    the connection cannot reach an internal service.
+    It sees the address actually dialled, after every spelling of the host has been normalised and
+    resolved, so neither DNS rebinding nor an unusual IP spelling can reach an internal service.
     """
+    allowed = tuple(allow)
 
-    def __init__(self, allow: Sequence[IPNetwork]) -> None:
-        self._allow = tuple(allow)
-        self._inner = aiohttp.ThreadedResolver()
+    def open_socket(addr_info: AddrInfo) -> socket.socket:
+        family, kind, proto, _, sockaddr = addr_info
+        address = ip_literal(str(sockaddr[0]))
+        if address is None or not address_allowed(address, allowed):
+            raise AddressRefused(f"refused to connect to {sockaddr[0]}: not a public address")
+        return socket.socket(family, kind, proto)
 
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        results = await self._inner.resolve(host, port, family)
-        allowed = [
-            r for r in results if address_allowed(ipaddress.ip_address(r["host"]), self._allow)
-        ]
-        if not allowed:
-            raise AddressRefused(f"{host} resolves only to private or reserved addresses")
-        return allowed
-
-    async def close(self) -> None:
-        await self._inner.close()
+    return open_socket

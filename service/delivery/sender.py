@@ -5,12 +5,11 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 import aiohttp
 
 from service import signing
-from service.delivery.guard import GuardedResolver, IPNetwork, address_allowed, ip_literal
+from service.delivery.guard import IPNetwork, guarded_socket_factory
 
 RESPONSE_KEEP_BYTES = 20_000
 USER_AGENT = "reelhook/0.1 (+https://github.com/reelhook)"
@@ -33,16 +32,15 @@ class AttemptResult:
 class Sender:
     """Signs and posts deliveries through one pooled aiohttp session (see :meth:`session`)."""
 
-    def __init__(self, session: aiohttp.ClientSession, allow: Sequence[IPNetwork]) -> None:
+    def __init__(self, session: aiohttp.ClientSession) -> None:
         self._session = session
-        self._allow = tuple(allow)
 
     @classmethod
     def session(
         cls, *, allow: Sequence[IPNetwork], timeout: float, concurrency: int
     ) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(
-            limit=concurrency, resolver=GuardedResolver(allow), ttl_dns_cache=30
+            limit=concurrency, ttl_dns_cache=30, socket_factory=guarded_socket_factory(allow)
         )
         return aiohttp.ClientSession(
             connector=connector,
@@ -62,10 +60,6 @@ class Sender:
         timestamp: int,
     ) -> AttemptResult:
         """POST ``payload`` to ``url`` signed with ``secrets``; redirects are not followed."""
-        host = urlsplit(url).hostname or ""
-        literal = ip_literal(host)
-        if literal is not None and not address_allowed(literal, self._allow):
-            return AttemptResult(None, 0.0, error=f"refused: {literal} is a private address")
         request_headers = {
             **headers,
             "Content-Type": "application/json",
@@ -76,7 +70,7 @@ class Sender:
             async with self._session.post(
                 url, data=payload, headers=request_headers, allow_redirects=False
             ) as response:
-                body = await response.content.read(RESPONSE_KEEP_BYTES)
+                body = await _read_prefix(response.content, RESPONSE_KEEP_BYTES)
                 return AttemptResult(
                     response.status,
                     _elapsed_ms(started),
@@ -88,6 +82,17 @@ class Sender:
             return AttemptResult(None, _elapsed_ms(started), error="timed out", timed_out=True)
         except (aiohttp.ClientError, OSError) as exc:
             return AttemptResult(None, _elapsed_ms(started), error=_describe(exc))
+
+
+async def _read_prefix(stream: aiohttp.StreamReader, limit: int) -> bytes:
+    """Up to ``limit`` bytes of the body: ``read(n)`` returns whatever has arrived so far."""
+    body = bytearray()
+    while len(body) < limit:
+        chunk = await stream.read(limit - len(body))
+        if not chunk:
+            break
+        body += chunk
+    return bytes(body)
 
 
 def _elapsed_ms(started: float) -> float:

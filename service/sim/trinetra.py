@@ -39,12 +39,12 @@ async def submit(sim: Simulator, request: Request) -> Response:
     job_id = f"job_{model.replace('-', '').replace('.', '')}_{secrets.token_hex(6)}"
     document: dict[str, Any] = {"id": job_id, "model": model, "status": "queued"}
     sim.jobs[job_id] = document
+    credits = _credits(model, body)
     callback_url = body.get("callback_url")
     if isinstance(callback_url, str):
         url = video_url(request, f"{job_id}.mp4")
-        sim.later(
-            scenario.delay, partial(_finish, sim, job_id, callback_url, url, scenario.outcome)
-        )
+        finish = partial(_finish, sim, job_id, callback_url, url, scenario.outcome, credits)
+        sim.later(scenario.delay, finish)
     return JSONResponse({"job_id": job_id, "status": "queued"}, status_code=202)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,30 +52,32 @@ async def claim_due(
     lease_until: float,
     limit: int,
     per_subscription: int,
-    saturated: Collection[str],
 ) -> list[Claimed]:
-    """Lease up to ``limit`` due deliveries, at most ``per_subscription`` per subscription.
+    """Lease up to ``limit`` due deliveries, keeping each subscription under ``per_subscription``.
 
     Due means pending with ``next_attempt_at <= now``, or in flight with an expired lease (its
-    holder crashed). Subscriptions in ``saturated`` are skipped.
+    holder crashed). Unexpired leases count against their subscription's cap.
     """
-    skip = ", ".join("?" for _ in saturated)
-    skip_clause = f"AND subscription_id NOT IN ({skip})" if saturated else ""
-    sql = f"""
+    sql = """
         UPDATE deliveries SET status = 'inflight', lease_until = ?, attempts = attempts + 1,
             updated_at = ?
         WHERE id IN (
             SELECT id FROM (
-                SELECT id, ROW_NUMBER() OVER (
+                SELECT id, subscription_id, ROW_NUMBER() OVER (
                     PARTITION BY subscription_id ORDER BY next_attempt_at, id) AS rank
                 FROM deliveries
-                WHERE ((status = 'pending' AND next_attempt_at <= ?)
-                    OR (status = 'inflight' AND lease_until <= ?)) {skip_clause}
-            ) WHERE rank <= ? ORDER BY id LIMIT ?
+                WHERE (status = 'pending' AND next_attempt_at <= ?)
+                   OR (status = 'inflight' AND lease_until <= ?)
+            ) AS due
+            WHERE rank <= ? - (
+                SELECT count(*) FROM deliveries AS busy
+                WHERE busy.subscription_id = due.subscription_id
+                  AND busy.status = 'inflight' AND busy.lease_until > ?)
+            ORDER BY id LIMIT ?
         )
         RETURNING id, event_id, subscription_id, attempts
     """
-    params: list[Any] = [lease_until, now, now, now, *saturated, per_subscription, limit]
+    params = (lease_until, now, now, now, per_subscription, now, limit)
     async with conn.execute(sql, params) as cursor:
         rows = list(await cursor.fetchall())
     if not rows:

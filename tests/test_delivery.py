@@ -1,0 +1,750 @@
+"""Fan-out (design §5) over real loopback HTTP: an in-process reelhook and uvicorn subscribers.
+
+Most tests create a subscription and ``POST /v1/subscriptions/{id}/test`` to enqueue a ``ping``,
+which runs the real outbox and dispatcher without needing jobs. There is no delivery-log API yet,
+so delivery state is read straight from the service's SQLite file (read-only).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, closing
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from service import signing
+from service.models import JOB_EVENT_TYPES, Subscription
+from service.settings import Settings
+from tests.conftest import SettingsFactory
+from tests.servers import Sink, loopback_socket, run_server, url_of
+from tests.support import api_client
+
+pytestmark = pytest.mark.anyio
+
+Script = Callable[[int], tuple[int, dict[str, str]]]
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+async def subscribe(http: httpx.AsyncClient, url: str, **fields: Any) -> dict[str, Any]:
+    created = await http.post("/v1/subscriptions", json={"url": url, **fields})
+    assert created.status_code == 201, created.text
+    body: dict[str, Any] = created.json()
+    assert body["secret"].startswith("whsec_")
+    return body
+
+
+async def ping(http: httpx.AsyncClient, subscription_id: str) -> str:
+    response = await http.post(f"/v1/subscriptions/{subscription_id}/test")
+    assert response.status_code == 202, response.text
+    event_id: str = response.json()["event_id"]
+    assert event_id.startswith("evt_")
+    return event_id
+
+
+def _query(settings: Settings, sql: str, params: tuple[object, ...]) -> list[dict[str, Any]]:
+    uri = f"file:{settings.database_path}?mode=ro"
+    with closing(sqlite3.connect(uri, uri=True, timeout=5)) as db:
+        db.row_factory = sqlite3.Row
+        return [dict(row) for row in db.execute(sql, params).fetchall()]
+
+
+async def query(settings: Settings, sql: str, *params: object) -> list[dict[str, Any]]:
+    return await anyio.to_thread.run_sync(_query, settings, sql, params)
+
+
+async def delivery_of(settings: Settings, event_id: str) -> dict[str, Any]:
+    rows = await query(settings, "SELECT * FROM deliveries WHERE event_id = ?", event_id)
+    assert len(rows) == 1, rows
+    return rows[0]
+
+
+async def attempts_of(settings: Settings, event_id: str) -> list[dict[str, Any]]:
+    return await query(
+        settings,
+        "SELECT a.* FROM attempts a JOIN deliveries d ON a.delivery_id = d.id "
+        "WHERE d.event_id = ? ORDER BY a.id",
+        event_id,
+    )
+
+
+async def settled(
+    settings: Settings,
+    event_id: str,
+    predicate: Callable[[dict[str, Any]], bool],
+    within: float = 10.0,
+) -> dict[str, Any]:
+    """Poll the delivery row of ``event_id`` until ``predicate`` holds; fail after ``within`` s."""
+    with anyio.fail_after(within):
+        while True:
+            row = await delivery_of(settings, event_id)
+            if predicate(row):
+                return row
+            await anyio.sleep(0.02)
+
+
+def status_is(*statuses: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda row: row["status"] in statuses
+
+
+def first_then(first: tuple[int, dict[str, str]], then: int = 204) -> Script:
+    return lambda count: first if count == 1 else (then, {})
+
+
+@asynccontextmanager
+async def sink_and_service(
+    settings: Settings, **app_options: Any
+) -> AsyncIterator[tuple[Sink, str, httpx.AsyncClient]]:
+    sink = Sink()
+    async with run_server(sink.app()) as sink_url, api_client(settings, **app_options) as http:
+        yield sink, sink_url, http
+
+
+@dataclass
+class Hanging:
+    """A subscriber whose ``/hang`` requests hang until released (10 s at most).
+
+    ``/hang-once`` hangs on its first request only; ``/fast`` answers 204 at once; ``/big/<n>``
+    answers 500 with an ``n``-byte body sent in two pieces.
+    """
+
+    arrivals: list[str] = field(default_factory=list)
+    hanging: int = 0
+    release: anyio.Event = field(default_factory=anyio.Event)
+    changed: anyio.Event = field(default_factory=anyio.Event)
+
+    def _note(self) -> None:
+        self.changed.set()
+        self.changed = anyio.Event()
+
+    def app(self) -> Starlette:
+        async def receive(request: Request) -> Response:
+            await request.body()
+            path = request.url.path
+            self.arrivals.append(path)
+            if path.startswith("/big/"):
+                return StreamingResponse(_in_two_pieces(int(path.split("/")[2])), status_code=500)
+            hang = path == "/hang" or (path == "/hang-once" and self.arrivals.count(path) == 1)
+            if hang:
+                self.hanging += 1
+                self._note()
+                try:
+                    with anyio.move_on_after(10):
+                        await self.release.wait()
+                finally:
+                    self.hanging -= 1
+            self._note()
+            return Response(status_code=204)
+
+        return Starlette(routes=[Route("/{path:path}", receive, methods=["POST"])])
+
+    def on(self, path: str) -> int:
+        return self.arrivals.count(path)
+
+    async def wait_for(self, predicate: Callable[[Hanging], bool], within: float = 10.0) -> None:
+        with anyio.fail_after(within):
+            while not predicate(self):
+                await self.changed.wait()
+
+
+async def _in_two_pieces(size: int) -> AsyncIterator[bytes]:
+    yield b"a" * (size // 2)
+    await anyio.sleep(0.05)  # lets the first piece reach the client on its own
+    yield b"b" * (size - size // 2)
+
+
+class ShiftedClock:
+    """The system clock plus an adjustable offset, so retries can be made due at once."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+
+# --- signing and headers -----------------------------------------------------------------------
+
+
+async def test_a_ping_is_signed_per_standard_webhooks(settings_factory: SettingsFactory) -> None:
+    settings = settings_factory()
+    async with sink_and_service(settings) as (sink, sink_url, http):
+        sub = await subscribe(http, f"{sink_url}/hook")
+        before = int(time.time())
+        event_id = await ping(http, sub["id"])
+        await sink.wait_for(lambda s: len(s.on("/hook")) >= 1)
+        logged = (await http.get("/v1/events", params={"type": "ping"})).json()["data"]
+    (delivery,) = sink.on("/hook")
+    event = Webhook(sub["secret"]).verify(delivery.body, delivery.headers)
+    assert event["type"] == "ping"
+    assert event["data"] == {"subscription_id": sub["id"]}
+    assert delivery.headers["webhook-id"] == event_id
+    assert before - 1 <= int(delivery.headers["webhook-timestamp"]) <= int(time.time()) + 1
+    assert delivery.headers["webhook-signature"].startswith("v1,")
+    assert delivery.headers["content-type"] == "application/json"
+    assert delivery.headers["user-agent"].startswith("reelhook/")
+    assert [e["id"] for e in logged] == [event_id]
+    assert json.loads(delivery.body) == {k: v for k, v in logged[0].items() if k != "id"}
+
+    with pytest.raises(WebhookVerificationError):
+        Webhook(signing.new_secret()).verify(delivery.body, delivery.headers)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(sub["secret"]).verify(delivery.body + b" ", delivery.headers)
+
+
+async def test_static_subscription_headers_arrive(settings_factory: SettingsFactory) -> None:
+    headers = {"Authorization": "Bearer n8n-token", "X-Team": "video"}
+    async with sink_and_service(settings_factory()) as (sink, sink_url, http):
+        sub = await subscribe(http, f"{sink_url}/hook", headers=headers)
+        assert sub["headers"] == {"Authorization": "********", "X-Team": "********"}
+        await ping(http, sub["id"])
+        await sink.wait_for(lambda s: len(s.on("/hook")) >= 1)
+    (delivery,) = sink.on("/hook")
+    assert delivery.headers["authorization"] == "Bearer n8n-token"
+    assert delivery.headers["x-team"] == "video"
+    Webhook(sub["secret"]).verify(delivery.body, delivery.headers)
+
+
+# --- success, failure and retries --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [200, 201, 202, 204, 299])
+async def test_any_2xx_is_delivered_in_one_attempt(
+    settings_factory: SettingsFactory, status: int
+) -> None:
+    settings = settings_factory()
+    async with sink_and_service(settings) as (sink, sink_url, http):
+        sink.script["/hook"] = lambda count: (status, {})
+        sub = await subscribe(http, f"{sink_url}/hook")
+        event_id = await ping(http, sub["id"])
+        row = await settled(settings, event_id, status_is("succeeded", "failed"))
+        attempts = await attempts_of(settings, event_id)
+    assert row["status"] == "succeeded"
+    assert row["attempts"] == 1
+    assert row["last_status_code"] == status
+    assert [a["status_code"] for a in attempts] == [status]
+    assert len(sink.on("/hook")) == 1
+
+
+async def test_a_500_then_2xx_is_delivered_on_the_second_attempt(
+    settings_factory: SettingsFactory,
+) -> None:
+    settings = settings_factory()
+    async with sink_and_service(settings) as (sink, sink_url, http):
+        sink.script["/hook"] = first_then((500, {}))
+        sub = await subscribe(http, f"{sink_url}/hook")
+        event_id = await ping(http, sub["id"])
+        row = await settled(settings, event_id, status_is("succeeded", "failed"))
+        attempts = await attempts_of(settings, event_id)
+    assert row["status"] == "succeeded"
+    assert row["attempts"] == 2
+    assert [a["status_code"] for a in attempts] == [500, 204]
+    assert attempts[0]["error"] == "HTTP 500"
+    first, second = sink.on("/hook")
+    assert first.headers["webhook-id"] == second.headers["webhook-id"] == event_id
+    assert first.body == second.body
+    for delivery in (first, second):
+        Webhook(sub["secret"]).verify(delivery.body, delivery.headers)
+
+
+@pytest.mark.parametrize("status", [400, 401, 404, 422, 301, 304])
+async def test_anything_but_2xx_is_retried(settings_factory: SettingsFactory, status: int) -> None:
+    settings = settings_factory()
+    async with sink_and_service(settings) as (sink, sink_url, http):
+        sink.script["/hook"] = first_then((status, {}))
+        sub = await subscribe(http, f"{sink_url}/hook")
+        event_id = await ping(http, sub["id"])
+        row = await settled(settings, event_id, status_is("succeeded", "failed"))
+    assert row["status"] == "succeeded"
+    assert row["attempts"] == 2
+    assert len(sink.on("/hook")) == 2
+
+
+async def test_an_always_failing_subscriber_gets_exactly_the_scheduled_attempts(
+    settings_factory: SettingsFactory,
+) -> None:
+    settings = settings_factory()
+    assert len(settings.retry_schedule) == 3
+    async with sink_and_service(settings) as (sink, sink_url, http):
+        sink.script["/hook"] = lambda count: (500, {})
+        sub = await subscribe(http, f"{sink_url}/hook")
+        event_id = await ping(http, sub["id"])
+        row = await settled(settings, event_id, status_is("succeeded", "failed"))
+        attempts = await attempts_of(settings, event_id)
+        # Still there and still active: exhausting one delivery does not touch the subscription.
+        still = await http.get(f"/v1/subscriptions/{sub['id']}")
+    assert row["status"] == "failed"
+    assert row["attempts"] == 3
+    assert row["next_attempt_at"] is None
+    assert row["last_status_code"] == 500
+    assert [a["status_code"] for a in attempts] == [500, 500, 500]
+    assert len(sink.on("/hook")) == 3
+    assert {d.headers["webhook-id"] for d in sink.on("/hook")} == {event_id}
+    assert still.status_code == 200 and still.json()["status"] == "active"
+
+
+async def test_410_gone_deletes_the_subscription_and_is_not_retried(
+    settings_factory: SettingsFactory,
+) -> None:
+    settings = settings_factory()
+    async with sink_and_service(settings) as (sink, sink_url, http):
+        sink.script["/gone"] = lambda count: (410, {})
+        gone = await subscribe(http, f"{sink_url}/gone")
+        other = await subscribe(http, f"{sink_url}/other")
+        event_id = await ping(http, gone["id"])
+        # The outcome and the deletion are recorded in one transaction.
+        row = await settled(settings, event_id, status_is("succeeded", "failed", "canceled"))
+        fetched = await http.get(f"/v1/subscriptions/{gone['id']}")
+        again = await http.post(f"/v1/subscriptions/{gone['id']}/test")
+        listed = [s["id"] for s in (await http.get("/v1/subscriptions")).json()["data"]]
+        # The dispatcher carries on for everyone else.
+        await ping(http, other["id"])
+        await sink.wait_for(lambda s: len(s.on("/other")) >= 1)
+    assert fetched.status_code == 404
+    assert row["status"] == "failed"
+    assert row["attempts"] == 1
+    assert row["last_status_code"] == 410
+    assert row["next_attempt_at"] is None
+    assert len(sink.on("/gone")) == 1
+    assert again.status_code == 404
+    assert listed == [other["id"]]
+
+
+async def test_429_with_retry_after_zero_is_retried(settings_factory: SettingsFactory) -> None:
+    settings = settings_factory()
+    async with sink_and_service(settings, retry_overload_floor=0.0) as (sink, sink_url, http):
+        sink.script["/hook"] = first_then((429, {"Retry-After": "0"}))
+        sub = await subscribe(http, f"{sink_url}/hook")
+        event_id = await ping(http, sub["id"])
+        row = await settled(settings, event_id, status_is("succeeded", "failed"))
+        attempts = await attempts_of(settings, event_id)
+    assert row["status"] == "succeeded"
+    assert [a["status_code"] for a in attempts] == [429, 204]
+    assert len(sink.on("/hook")) == 2
+
+
+async def test_429_waits_at_least_the_overload_floor(settings_factory: SettingsFactory) -> None:
+    settings = settings_factory()
+    async with sink_and_service(settings) as (sink, sink_url, http):
+        sink.script["/hook"] = lambda count: (429, {"Retry-After": "0"})
+        sub = await subscribe(http, f"{sink_url}/hook")
+        event_id = await ping(http, sub["id"])
+        row = await settled(settings, event_id, lambda r: r["last_status_code"] == 429)
+    assert row["status"] == "pending"
+    assert row["attempts"] == 1
+    # updated_at is the attempt time; the schedule alone would retry 0.2 s later.
+    assert row["next_attempt_at"] - row["updated_at"] >= 60.0 - 0.01
+    assert len(sink.on("/hook")) == 1
+
+
+async def test_retry_after_lengthens_the_wait_up_to_the_longest_scheduled_delay(
+    settings_factory: SettingsFactory,
+) -> None:
+    settings = settings_factory(RETRY_SCHEDULE="0,0.2,300")
+    async with sink_and_service(settings) as (sink, sink_url, http):
+        sink.script["/hook"] = lambda count: (503, {"Retry-After": "100"})
+        sink.script["/long"] = lambda count: (503, {"Retry-After": "86400"})
+        sub = await subscribe(http, f"{sink_url}/hook")
+        long = await subscribe(http, f"{sink_url}/long")
+        event_id = await ping(http, sub["id"])
+        long_id = await ping(http, long["id"])
+        row = await settled(settings, event_id, lambda r: r["last_status_code"] == 503)
+        long_row = await settled(settings, long_id, lambda r: r["last_status_code"] == 503)
+    assert row["status"] == long_row["status"] == "pending"
+    assert row["next_attempt_at"] - row["updated_at"] == pytest.approx(100.0, abs=0.01)
+    assert long_row["next_attempt_at"] - long_row["updated_at"] == pytest.approx(300.0, abs=0.01)
+
+
+async def test_a_redirect_is_a_failure_and_is_not_followed(
+    settings_factory: SettingsFactory,
+) -> None:
+    settings = settings_factory()
+    async with sink_and_service(settings) as (sink, sink_url, http):
+        sink.script["/hook"] = first_then((302, {"Location": f"{sink_url}/elsewhere"}))
+        sink.script["/hook-307"] = first_then((307, {"Location": f"{sink_url}/elsewhere"}))
+        sub = await subscribe(http, f"{sink_url}/hook")
+        sub_307 = await subscribe(http, f"{sink_url}/hook-307")
+        event_id = await ping(http, sub["id"])
+        event_307 = await ping(http, sub_307["id"])
+        row = await settled(settings, event_id, status_is("succeeded", "failed"))
+        row_307 = await settled(settings, event_307, status_is("succeeded", "failed"))
+        attempts = await attempts_of(settings, event_id)
+    assert sink.on("/elsewhere") == []
+    assert row["status"] == row_307["status"] == "succeeded"
+    assert row["attempts"] == row_307["attempts"] == 2
+    assert [a["status_code"] for a in attempts] == [302, 204]
+    assert attempts[0]["error"] == "HTTP 302"
+    assert len(sink.on("/hook")) == len(sink.on("/hook-307")) == 2
+
+
+async def test_connection_refused_is_retried_and_others_still_get_theirs(
+    settings_factory: SettingsFactory,
+) -> None:
+    settings = settings_factory()
+    with closing(loopback_socket()) as nobody:  # bound, never listening: connections are refused
+        async with sink_and_service(settings) as (sink, sink_url, http):
+            dead = await subscribe(http, f"{url_of(nobody)}/hook")
+            alive = await subscribe(http, f"{sink_url}/hook")
+            dead_event = await ping(http, dead["id"])
+            await ping(http, alive["id"])
+            await sink.wait_for(lambda s: len(s.on("/hook")) >= 1)
+            row = await settled(settings, dead_event, status_is("succeeded", "failed"))
+            attempts = await attempts_of(settings, dead_event)
+            # The dispatcher survived three connection errors and keeps delivering.
+            await ping(http, alive["id"])
+            await sink.wait_for(lambda s: len(s.on("/hook")) >= 2)
+    assert row["status"] == "failed"
+    assert row["attempts"] == 3
+    assert row["last_status_code"] is None
+    assert len(attempts) == 3
+    assert all(a["status_code"] is None and a["error"] for a in attempts)
+
+
+async def test_a_timeout_is_retried(settings_factory: SettingsFactory) -> None:
+    settings = settings_factory(DELIVERY_TIMEOUT="0.3")
+    hanging = Hanging()
+    async with run_server(hanging.app()) as url:
+        try:
+            async with api_client(settings, retry_overload_floor=0.0) as http:
+                sub = await subscribe(http, f"{url}/hang-once")
+                event_id = await ping(http, sub["id"])
+                row = await settled(settings, event_id, status_is("succeeded", "failed"))
+                attempts = await attempts_of(settings, event_id)
+        finally:
+            hanging.release.set()
+    assert row["status"] == "succeeded"
+    assert row["attempts"] == 2
+    assert attempts[0]["status_code"] is None
+    assert attempts[0]["error"] == "timed out"
+    assert attempts[1]["status_code"] == 204
+    assert hanging.on("/hang-once") == 2
+
+
+async def test_a_timeout_waits_at_least_the_overload_floor(
+    settings_factory: SettingsFactory,
+) -> None:
+    settings = settings_factory(DELIVERY_TIMEOUT="0.3")
+    hanging = Hanging()
+    async with run_server(hanging.app()) as url:
+        try:
+            async with api_client(settings) as http:
+                sub = await subscribe(http, f"{url}/hang")
+                event_id = await ping(http, sub["id"])
+                row = await settled(settings, event_id, lambda r: r["last_error"] is not None)
+        finally:
+            hanging.release.set()
+    assert row["status"] == "pending"
+    assert row["last_error"] == "timed out"
+    assert row["next_attempt_at"] - row["updated_at"] >= 60.0 - 0.01
+
+
+async def test_a_slow_subscriber_does_not_hold_up_a_fast_one(
+    settings_factory: SettingsFactory,
+) -> None:
+    """With two slots per subscription and three overall, four pings to a hanging subscriber
+    take two slots; the fast subscriber's ping still goes out while they hang."""
+    settings = settings_factory(SUBSCRIPTION_CONCURRENCY="2", DELIVERY_CONCURRENCY="3")
+    hanging = Hanging()
+    async with run_server(hanging.app()) as url:
+        try:
+            async with api_client(settings) as http:
+                slow = await subscribe(http, f"{url}/hang")
+                fast = await subscribe(http, f"{url}/fast")
+                slow_events = [await ping(http, slow["id"]) for _ in range(4)]
+                await hanging.wait_for(lambda h: h.hanging == 2)
+                await ping(http, fast["id"])
+                await hanging.wait_for(lambda h: h.on("/fast") == 1)
+                # The fast ping went out while both slow requests were still hanging.
+                assert hanging.hanging == 2
+                assert hanging.on("/hang") == 2
+                hanging.release.set()
+                for event_id in slow_events:
+                    await settled(settings, event_id, status_is("succeeded", "failed"))
+        finally:
+            hanging.release.set()
+    assert hanging.on("/hang") == 4
+
+
+async def test_the_per_subscription_cap_counts_deliveries_already_in_flight(
+    settings_factory: SettingsFactory,
+) -> None:
+    """Two retries of a subscription fall due together while one of its deliveries is in flight;
+    with a cap of two, only one of them may be claimed."""
+    settings = settings_factory(SUBSCRIPTION_CONCURRENCY="2", RETRY_SCHEDULE="0,10,10")
+    clock = ShiftedClock()
+    hanging = Hanging()
+    async with run_server(hanging.app()) as url:
+        try:
+            async with api_client(settings, clock=clock) as http:
+                # Two pings whose first attempts fail at once (500), to be retried 8-12 s later.
+                flaky = await subscribe(http, f"{url}/big/10")
+                first = [await ping(http, flaky["id"]) for _ in range(2)]
+                for event_id in first:
+                    await settled(settings, event_id, lambda r: r["last_status_code"] == 500)
+                # Point the subscription at the hanging path and put one delivery in flight.
+                patched = await http.patch(
+                    f"/v1/subscriptions/{flaky['id']}", json={"url": f"{url}/hang"}
+                )
+                assert patched.status_code == 200, patched.text
+                await ping(http, flaky["id"])
+                await hanging.wait_for(lambda h: h.hanging == 1)
+                # Both retries are now due (leases of 35 s are not); a ping elsewhere wakes the
+                # dispatcher, which claims everything due in one go.
+                clock.offset = 13.0
+                other = await subscribe(http, f"{url}/fast")
+                other_event = await ping(http, other["id"])
+                await settled(settings, other_event, status_is("succeeded"))
+                inflight = await query(
+                    settings,
+                    "SELECT id FROM deliveries WHERE subscription_id = ? AND status = 'inflight'",
+                    flaky["id"],
+                )
+        finally:
+            hanging.release.set()
+    assert len(inflight) <= 2, f"{len(inflight)} deliveries in flight to one subscription"
+
+
+async def test_an_error_body_is_stored_whole_up_to_20_kb(settings_factory: SettingsFactory) -> None:
+    settings = settings_factory()
+    hanging = Hanging()
+    async with run_server(hanging.app()) as url, api_client(settings) as http:
+        small = await subscribe(http, f"{url}/big/15000")
+        large = await subscribe(http, f"{url}/big/50000")
+        small_event = await ping(http, small["id"])
+        large_event = await ping(http, large["id"])
+        await settled(settings, small_event, lambda r: r["last_error"] is not None)
+        await settled(settings, large_event, lambda r: r["last_error"] is not None)
+        small_body = (await attempts_of(settings, small_event))[0]["response_body"]
+        large_body = (await attempts_of(settings, large_event))[0]["response_body"]
+    assert small_body == b"a" * 7500 + b"b" * 7500
+    assert len(large_body) == 20_000
+    assert large_body == b"a" * 20_000
+
+
+# --- disabled subscriptions, filters -----------------------------------------------------------
+
+
+async def test_a_disabled_subscription_still_receives_an_explicit_test_ping(
+    settings_factory: SettingsFactory,
+) -> None:
+    """What the code does: ``/test`` addresses the subscription directly and the outbox does not
+    look at its status, so a disabled subscription still gets its ping. That is useful (check an
+    endpoint before re-enabling it); job events skip it (see the ``matches`` tests below)."""
+    settings = settings_factory()
+    async with sink_and_service(settings) as (sink, sink_url, http):
+        sub = await subscribe(http, f"{sink_url}/hook")
+        patched = await http.patch(f"/v1/subscriptions/{sub['id']}", json={"status": "disabled"})
+        assert patched.status_code == 200, patched.text
+        assert patched.json()["status"] == "disabled"
+        event_id = await ping(http, sub["id"])
+        await sink.wait_for(lambda s: len(s.on("/hook")) >= 1)
+        row = await settled(settings, event_id, status_is("succeeded", "failed"))
+        after = (await http.get(f"/v1/subscriptions/{sub['id']}")).json()
+    assert row["status"] == "succeeded"
+    assert sink.on("/hook")[0].headers["webhook-id"] == event_id
+    assert after["status"] == "disabled"
+
+
+def subscription(**changes: Any) -> Subscription:
+    fields: dict[str, Any] = {
+        "id": "sub_test",
+        "owner_key_id": "key_test",
+        "url": "https://example.com/hook",
+        "secret": signing.new_secret(),
+        "event_types": (),
+        "models": (),
+        "headers": {},
+        "description": "",
+        "status": "active",
+        "created_at": 0.0,
+        "updated_at": 0.0,
+    }
+    fields.update(changes)
+    return Subscription(**fields)
+
+
+def test_an_empty_event_filter_means_every_job_event_but_not_pings() -> None:
+    sub = subscription()
+    for event_type in JOB_EVENT_TYPES:
+        assert sub.matches(event_type, "trinetra/kling-v3", "job_1")
+    assert sub.matches("subscription.disabled", None, None)
+    assert not sub.matches("ping", None, None)
+
+
+def test_an_event_filter_admits_only_the_listed_types() -> None:
+    sub = subscription(event_types=("job.succeeded",))
+    assert sub.matches("job.succeeded", "trinetra/kling-v3", "job_1")
+    for event_type in ("job.submitted", "job.running", "job.failed", "subscription.disabled"):
+        assert not sub.matches(event_type, "trinetra/kling-v3", "job_1")
+    assert subscription(event_types=("ping",)).matches("ping", None, None)
+
+
+def test_a_model_filter_admits_only_the_listed_models() -> None:
+    sub = subscription(models=("trinetra/kling-v3",))
+    assert sub.matches("job.succeeded", "trinetra/kling-v3", "job_1")
+    assert not sub.matches("job.succeeded", "segmind/kling-2.5-turbo", "job_1")
+    # Events about no job at all are not filtered by model.
+    assert sub.matches("subscription.disabled", None, None)
+
+
+def test_a_disabled_subscription_matches_nothing() -> None:
+    sub = subscription(status="disabled")
+    for event_type in (*JOB_EVENT_TYPES, "subscription.disabled", "ping"):
+        assert not sub.matches(event_type, "trinetra/kling-v3", "job_1")
+
+
+def test_a_one_off_callback_subscription_matches_only_its_job() -> None:
+    sub = subscription(job_id="job_1", event_types=JOB_EVENT_TYPES)
+    assert sub.matches("job.succeeded", "trinetra/kling-v3", "job_1")
+    assert not sub.matches("job.succeeded", "trinetra/kling-v3", "job_2")
+    assert not sub.matches("subscription.disabled", None, None)
+
+
+# --- signing against the Standard Webhooks reference library ------------------------------------
+
+
+def test_signing_headers_verify_with_standardwebhooks() -> None:
+    secret = signing.new_secret()
+    body = b'{"type":"job.succeeded","data":{"id":"job_1","status":"succeeded"}}'
+    now = int(time.time())
+    headers = signing.headers([secret], "evt_1", now, body)
+    assert headers["webhook-id"] == "evt_1"
+    assert headers["webhook-timestamp"] == str(now)
+    assert Webhook(secret).verify(body, headers) == json.loads(body)
+
+
+def test_signing_matches_the_reference_implementation() -> None:
+    secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    body = b'{"test": 2432232314}'
+    expected = Webhook(secret).sign(
+        "msg_p5jXN8AQM9LWM0D4loKWxJek", datetime.fromtimestamp(1614265330, UTC), body.decode()
+    )
+    assert signing.sign(secret, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body) == expected
+    # The example from the Standard Webhooks specification.
+    assert expected == "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+
+
+def test_two_secrets_give_two_signatures_that_each_verify() -> None:
+    old, new, stranger = signing.new_secret(), signing.new_secret(), signing.new_secret()
+    body = b'{"type":"ping","data":{}}'
+    headers = signing.headers([old, new], "evt_2", int(time.time()), body)
+    signatures = headers["webhook-signature"].split(" ")
+    assert len(signatures) == 2
+    assert all(s.startswith("v1,") for s in signatures)
+    assert signatures[0] != signatures[1]
+    assert Webhook(old).verify(body, headers) == json.loads(body)
+    assert Webhook(new).verify(body, headers) == json.loads(body)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(stranger).verify(body, headers)
+
+
+def test_a_signature_covers_id_timestamp_and_body() -> None:
+    secret = signing.new_secret()
+    body = b'{"type":"ping"}'
+    now = int(time.time())
+    headers = signing.headers([secret], "evt_3", now, body)
+    for changed in (
+        {**headers, "webhook-id": "evt_4"},
+        {**headers, "webhook-timestamp": str(now - 1)},
+    ):
+        with pytest.raises(WebhookVerificationError):
+            Webhook(secret).verify(body, changed)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(secret).verify(b'{"type":"pong"}', headers)
+
+
+# --- callback_url: a one-off subscription per job ------------------------------------------------
+
+
+def provider_app() -> Starlette:
+    """Trinetra as far as submitting goes: ``/ok/...`` accepts the job, ``/broke/...`` is 402."""
+
+    async def submit(request: Request) -> Response:
+        body = await request.json()
+        if request.url.path.startswith("/broke/"):
+            return JSONResponse({"error": "insufficient credits"}, status_code=402)
+        return JSONResponse({"job_id": f"trinetra-{body['external_task_id']}", "status": "queued"})
+
+    return Starlette(routes=[Route("/{path:path}", submit, methods=["POST"])])
+
+
+def trinetra_at(base_url: str) -> dict[str, str]:
+    return {"TRINETRA_API_KEY": "key-trinetra", "TRINETRA_BASE_URL": base_url}
+
+
+JOB = {"model": "trinetra/kling-v2.5", "input": {"prompt": "A cat chasing a laser dot"}}
+
+
+async def test_callback_url_events_are_signed_with_the_callback_secret(
+    settings_factory: SettingsFactory,
+) -> None:
+    sink = Sink()
+    async with run_server(provider_app()) as provider_url, run_server(sink.app()) as sink_url:
+        settings = settings_factory(SIM_DELAY="60", **trinetra_at(f"{provider_url}/ok"))
+        async with api_client(settings) as http:
+            other = await http.post("/v1/jobs", json=JOB)
+            assert other.status_code == 202, other.text
+            assert "callback_secret" not in other.json()
+            created = await http.post("/v1/jobs", json={**JOB, "callback_url": f"{sink_url}/job"})
+            assert created.status_code == 202, created.text
+            job = created.json()
+            await sink.wait_for(lambda s: len(s.on("/job")) >= 1)
+            listed = (await http.get("/v1/subscriptions")).json()["data"]
+            to_other_job = await query(
+                settings,
+                "SELECT d.id FROM deliveries d JOIN events e ON d.event_id = e.id "
+                "WHERE e.job_id = ?",
+                other.json()["id"],
+            )
+    assert job["callback_secret"].startswith("whsec_")
+    (delivery,) = sink.on("/job")
+    event = Webhook(job["callback_secret"]).verify(delivery.body, delivery.headers)
+    assert event["type"] == "job.submitted"
+    assert event["data"]["id"] == job["id"]
+    assert event["data"]["status"] == "submitted"
+    assert "callback_secret" not in event["data"]
+    assert listed == []  # the one-off subscription is not a listed subscription
+    assert to_other_job == []  # and it hears nothing about other jobs
+
+
+async def test_a_callback_url_event_is_never_signed_with_a_secret_the_client_lacks(
+    settings_factory: SettingsFactory,
+) -> None:
+    """The provider refuses the job outright: ``POST /v1/jobs`` answers 502 and the job fails.
+    If its ``job.failed`` event goes to ``callback_url``, the client must be able to verify it."""
+    sink = Sink()
+    async with run_server(provider_app()) as provider_url, run_server(sink.app()) as sink_url:
+        settings = settings_factory(SIM_DELAY="60", **trinetra_at(f"{provider_url}/broke"))
+        async with api_client(settings) as http:
+            response = await http.post("/v1/jobs", json={**JOB, "callback_url": f"{sink_url}/job"})
+            assert response.status_code == 502, response.text
+            body = response.json()
+            job_id = body["error"]["details"]["job_id"]
+            queued = await query(
+                settings,
+                "SELECT d.id FROM deliveries d JOIN events e ON d.event_id = e.id "
+                "WHERE e.job_id = ? AND e.type = 'job.failed'",
+                job_id,
+            )
+            if queued:
+                await sink.wait_for(lambda s: len(s.on("/job")) >= 1)
+    if not queued:
+        return  # nothing is sent, so there is nothing the client would need to verify
+    secret = body.get("callback_secret") or body["error"]["details"].get("callback_secret")
+    assert secret, "job.failed goes to callback_url signed with a secret the client never saw"
+    delivery = sink.on("/job")[0]
+    assert Webhook(secret).verify(delivery.body, delivery.headers)["type"] == "job.failed"
