@@ -29,6 +29,7 @@ from service.errors import (
     handle_reelhook_error,
     handle_unexpected,
 )
+from service.events import Publisher
 from service.held_requests import HeldRequests
 from service.settings import Settings
 from service.sim import Scenario, Simulator
@@ -121,6 +122,11 @@ def _wire(
 ) -> Services:
     endpoints = provider_endpoints(settings)
     blobs = BlobStore(settings.blob_dir)
+
+    def file_url(digest: str, media_type: str) -> str:
+        return f"{settings.public_url}/v1/files/{tokens.file(digest, media_type)}"
+
+    publisher = Publisher(file_url)
     dispatcher = Dispatcher(
         db,
         Sender(session),
@@ -131,16 +137,13 @@ def _wire(
         per_subscription=settings.subscription_concurrency,
     )
 
-    def file_url(digest: str, media_type: str) -> str:
-        return f"{settings.public_url}/v1/files/{tokens.file(digest, media_type)}"
-
     held = HeldRequests(
         db=db,
+        publisher=publisher,
         client=client,
         blobs=blobs,
         endpoint=endpoints["segmind"],
         clock=clock,
-        file_url=file_url,
         on_commit=dispatcher.wake,
         concurrency=settings.segmind_concurrency,
         timeout=settings.segmind_timeout,
@@ -148,6 +151,7 @@ def _wire(
     )
     submitter = Submitter(
         db=db,
+        publisher=publisher,
         client=client,
         tokens=tokens,
         endpoints=endpoints,
@@ -162,6 +166,7 @@ def _wire(
         settings=settings,
         db=db,
         tokens=tokens,
+        publisher=publisher,
         clock=clock,
         blobs=blobs,
         endpoints=endpoints,

@@ -9,7 +9,7 @@ import aiosqlite
 from service.clock import isoformat
 from service.ids import new_id
 from service.jsonutil import dumps_bytes
-from service.models import Job
+from service.models import FileUrl, Job
 from service.storage import events, subscriptions
 
 
@@ -18,40 +18,47 @@ def payload(event_type: str, created_at: float, data: dict[str, Any]) -> bytes:
     return dumps_bytes({"type": event_type, "timestamp": isoformat(created_at), "data": data})
 
 
-async def publish(
-    conn: aiosqlite.Connection,
-    event_type: str,
-    now: float,
-    *,
-    job: Job | None = None,
-    data: dict[str, Any] | None = None,
-    to_subscription: str | None = None,
-) -> str:
-    """Append an event and queue a delivery to every matching subscription; return the event id.
+class Publisher:
+    """Appends events; ``file_url`` mints the links to stored outputs in job documents."""
 
-    A job event carries the job document; other events carry ``data``. ``to_subscription`` sends
-    the event to that one subscription only (a ``ping``). Runs in the caller's transaction, so the
-    event and its deliveries commit together with the state change they announce.
-    """
-    body = job.to_document() if job is not None else (data or {})
-    if to_subscription is not None:
-        targets = [to_subscription]
-    else:
-        model = job.model if job is not None else None
-        job_id = job.id if job is not None else None
-        targets = [
-            sub.id
-            for sub in await subscriptions.active(conn)
-            if sub.matches(event_type, model, job_id)
-        ]
-    event_id = new_id("evt")
-    await events.append(
-        conn,
-        event_id=event_id,
-        event_type=event_type,
-        job_id=job.id if job is not None else None,
-        created_at=now,
-        payload=payload(event_type, now, body),
-        subscription_ids=targets,
-    )
-    return event_id
+    def __init__(self, file_url: FileUrl) -> None:
+        self.file_url = file_url
+
+    async def publish(
+        self,
+        conn: aiosqlite.Connection,
+        event_type: str,
+        now: float,
+        *,
+        job: Job | None = None,
+        data: dict[str, Any] | None = None,
+        to_subscription: str | None = None,
+    ) -> str:
+        """Append an event and queue a delivery to every matching subscription; return its id.
+
+        A job event carries the job document; other events carry ``data``. ``to_subscription``
+        sends the event to that one subscription only (a ``ping``). Runs in the caller's
+        transaction, so the event and its deliveries commit with the change they announce.
+        """
+        body = job.to_document(self.file_url) if job is not None else (data or {})
+        if to_subscription is not None:
+            targets = [to_subscription]
+        else:
+            model = job.model if job is not None else None
+            job_id = job.id if job is not None else None
+            targets = [
+                sub.id
+                for sub in await subscriptions.active(conn)
+                if sub.matches(event_type, model, job_id)
+            ]
+        event_id = new_id("evt")
+        await events.append(
+            conn,
+            event_id=event_id,
+            event_type=event_type,
+            job_id=job.id if job is not None else None,
+            created_at=now,
+            payload=payload(event_type, now, body),
+            subscription_ids=targets,
+        )
+        return event_id

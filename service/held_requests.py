@@ -18,12 +18,11 @@ import httpx
 
 from service.blobs import BlobStore, BlobTooLarge
 from service.clock import Clock
-from service.events import publish
+from service.events import Publisher
 from service.jsonutil import dumps_bytes
 from service.lifecycle import apply_update
 from service.models import ErrorKind, Job, JobError, JobStatus, Output, ProviderUpdate
-from service.providers import ADAPTERS
-from service.providers.base import submit_failure
+from service.providers import segmind
 from service.storage import jobs
 from service.storage.database import Database
 from service.submission import ProviderEndpoint
@@ -38,22 +37,22 @@ class HeldRequests:
         self,
         *,
         db: Database,
+        publisher: Publisher,
         client: httpx.AsyncClient,
         blobs: BlobStore,
         endpoint: ProviderEndpoint,
         clock: Clock,
-        file_url: Callable[[str, str], str],
         on_commit: Callable[[], None],
         concurrency: int,
         timeout: float,
         max_bytes: int,
     ) -> None:
         self._db = db
+        self._publisher = publisher
         self._client = client
         self._blobs = blobs
         self._endpoint = endpoint
         self._clock = clock
-        self._file_url = file_url
         self._on_commit = on_commit
         self._limit = anyio.Semaphore(concurrency)
         self._timeout = timeout
@@ -119,12 +118,12 @@ class HeldRequests:
                 return False
             submitted = dataclasses.replace(current, status=JobStatus.SUBMITTED, submitted_at=now)
             await jobs.save(conn, submitted, now)
-            await publish(conn, "job.submitted", now, job=submitted)
+            await self._publisher.publish(conn, "job.submitted", now, job=submitted)
         self._on_commit()
         return True
 
     async def _request(self, job: Job) -> tuple[ProviderUpdate, dict[str, object]]:
-        request = ADAPTERS[PROVIDER].submit_request(job, "", self._endpoint.api_key)
+        request = segmind.ADAPTER.submit_request(job, "", self._endpoint.api_key)
         url = self._endpoint.base_url + request.path
         timeout = httpx.Timeout(self._timeout, connect=30.0)
         try:
@@ -138,7 +137,7 @@ class HeldRequests:
                 }
                 if response.status_code != 200:
                     body = await response.aread()
-                    failure = submit_failure(response.status_code, body, response.headers)
+                    failure = segmind.ADAPTER.failure(response.status_code, body, response.headers)
                     summary["error"] = failure.message
                     error = JobError(failure.kind, failure.message, str(response.status_code))
                     return _failed(error), summary
@@ -156,13 +155,12 @@ class HeldRequests:
             error = JobError(ErrorKind.PROVIDER_ERROR, f"the video is too large to keep: {exc}")
             return _failed(error), {"error": "too large"}
         summary.update(sha256=digest, bytes=size)
-        link = self._file_url(digest, "video/mp4")
         credits = _number(summary["credits_consumed"])
         update = ProviderUpdate(
             provider_job_id=None,
             status=JobStatus.SUCCEEDED,
             provider_status="200",
-            outputs=(Output(url=link, type="video", mirror_url=link),),
+            outputs=(Output(url=None, type="video", blob=digest, media_type="video/mp4"),),
             charged=credits,
         )
         return update, summary
@@ -170,6 +168,7 @@ class HeldRequests:
     async def _finish(self, job: Job, update: ProviderUpdate, summary: dict[str, object]) -> None:
         await apply_update(
             self._db,
+            self._publisher,
             job_id=job.id,
             provider=PROVIDER,
             update=update,

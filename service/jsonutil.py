@@ -1,14 +1,55 @@
-"""Compact, deterministic JSON encoding used for storage, signing and responses."""
+"""Strict JSON: compact encoding for storage and signing, and parsing that refuses what RFC 8259
+does not allow (NaN, Infinity) or what would exhaust the parser (absurd nesting)."""
 
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 
+class InvalidJSON(ValueError):
+    """The bytes are not a JSON document reelhook accepts."""
+
+
 def dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    # allow_nan=False: a non-finite number must fail here, before it is stored or signed.
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def dumps_bytes(value: Any) -> bytes:
     return dumps(value).encode()
+
+
+def loads(data: bytes) -> Any:
+    """Parse ``data``; raise :class:`InvalidJSON` with a readable reason."""
+    try:
+        value = json.loads(data, parse_constant=_reject_constant)
+    except UnicodeDecodeError:
+        raise InvalidJSON("the body is not UTF-8") from None
+    except RecursionError:
+        raise InvalidJSON("the body is nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, and integers past Python's digit limit
+        raise InvalidJSON(str(exc)) from None
+    if b"\\ud" in data.lower():
+        # A \ud800-style escape can decode to a lone surrogate, which no UTF-8 store accepts.
+        try:
+            dumps(value).encode()
+        except UnicodeEncodeError:
+            raise InvalidJSON("the body contains an unpaired UTF-16 surrogate") from None
+    return value
+
+
+def finite_number(value: Any) -> float | None:
+    """``value`` as a float if it is a finite JSON number (not a bool), else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _reject_constant(name: str) -> Any:
+    raise json.JSONDecodeError(f"{name} is not valid JSON", name, 0)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from enum import StrEnum
 
-from service.events import publish
+from service.events import Publisher
 from service.models import Job, JobStatus, ProviderUpdate, event_type_for
 from service.storage import jobs
 from service.storage.database import Database
@@ -67,6 +67,7 @@ def transition(job: Job, update: ProviderUpdate, now: float) -> tuple[Job | None
 
 async def apply_update(
     db: Database,
+    publisher: Publisher,
     *,
     job_id: str,
     provider: str,
@@ -97,5 +98,5 @@ async def apply_update(
         await jobs.save(conn, changed, now)
         event_type = event_type_for(changed.status)
         if event_type is not None:
-            await publish(conn, event_type, now, job=changed)
+            await publisher.publish(conn, event_type, now, job=changed)
         return changed, outcome

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 from service.clock import isoformat
+
+FileUrl = Callable[[str, str], str]
+"""Mints a link to a stored file from its digest and media type."""
 
 
 class JobStatus(StrEnum):
@@ -75,19 +79,39 @@ class JobError:
 
 @dataclass(frozen=True, slots=True)
 class Output:
-    url: str
+    """One produced file: the provider's URL, or reelhook's own copy (``blob``, a SHA-256 digest)
+    served by expiring ``/v1/files/`` links that are minted afresh whenever a job is rendered."""
+
+    url: str | None
     type: str = "video"
-    mirror_url: str | None = None
+    blob: str | None = None
+    media_type: str = "video/mp4"
 
     def to_dict(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"url": self.url, "type": self.type}
-        if self.mirror_url is not None:
-            data["mirror_url"] = self.mirror_url
-        return data
+        """The stored form."""
+        return {
+            "url": self.url,
+            "type": self.type,
+            "blob": self.blob,
+            "media_type": self.media_type,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Output:
-        return cls(data["url"], data.get("type", "video"), data.get("mirror_url"))
+        return cls(
+            data.get("url"),
+            data.get("type", "video"),
+            data.get("blob"),
+            data.get("media_type", "video/mp4"),
+        )
+
+    def public(self, file_url: FileUrl) -> dict[str, Any]:
+        """The form in job documents: ``url`` falls back to the mirror when there is no other."""
+        mirror = file_url(self.blob, self.media_type) if self.blob else None
+        data: dict[str, Any] = {"url": self.url or mirror, "type": self.type}
+        if mirror is not None:
+            data["mirror_url"] = mirror
+        return data
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,8 +146,11 @@ class Job:
     submitted_at: float | None = None
     completed_at: float | None = None
 
-    def to_document(self) -> dict[str, Any]:
-        """The normalized job document served by the API and carried by every job event."""
+    def to_document(self, file_url: FileUrl) -> dict[str, Any]:
+        """The normalized job document served by the API and carried by every job event.
+
+        ``file_url(digest, media_type)`` mints the link to a stored output.
+        """
         return {
             "id": self.id,
             "object": "job",
@@ -132,7 +159,7 @@ class Job:
             "provider_job_id": self.provider_job_id,
             "status": self.status.value,
             "input": self.input,
-            "outputs": [output.to_dict() for output in self.outputs],
+            "outputs": [output.public(file_url) for output in self.outputs],
             "error": self.error.to_dict() if self.error else None,
             "cost": self.cost.to_dict(),
             "metadata": self.metadata,

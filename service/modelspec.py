@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +39,8 @@ class Param:
         if isinstance(raw, bool) or not isinstance(raw, _TYPE_NAMES[self.type]):
             return f"must be {'an' if self.type[0] in 'aeio' else 'a'} {self.type}"
         value: Any = raw
+        if isinstance(value, float) and not math.isfinite(value):
+            return "must be a finite number"
         if self.choices and value not in self.choices:
             return f"must be one of {', '.join(str(c) for c in self.choices)}"
         if self.minimum is not None and value < self.minimum:

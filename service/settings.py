@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,6 +104,8 @@ class _Reader:
             value = float(raw)
         except ValueError:
             raise self.fail(name, f"expected a number, got {raw!r}") from None
+        if not math.isfinite(value):
+            raise self.fail(name, f"expected a finite number, got {raw!r}")
         if value < minimum:
             raise self.fail(name, f"must be at least {minimum:g}, got {raw!r}")
         return value
@@ -228,6 +231,8 @@ def _schedule(read: _Reader, name: str) -> tuple[float, ...]:
         schedule = tuple(float(item) for item in raw.split(","))
     except ValueError:
         raise read.fail(name, f"expected comma-separated seconds, got {raw!r}") from None
+    if not all(math.isfinite(delay) for delay in schedule):
+        raise read.fail(name, "delays must be finite numbers")
     if any(delay < 0 for delay in schedule):
         raise read.fail(name, "delays must not be negative")
     return schedule

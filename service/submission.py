@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from service.catalog import MODELS
 from service.clock import Clock
 from service.delivery.guard import IPNetwork, check_url
 from service.errors import Conflict, ProviderFailed, ProviderUnavailable, ValidationFailed
-from service.events import publish
+from service.events import Publisher
 from service.ids import new_id
 from service.jsonutil import dumps
 from service.models import JOB_EVENT_TYPES, Cost, ErrorKind, Job, JobError, JobStatus, Subscription
@@ -55,6 +56,7 @@ class Submitter:
         self,
         *,
         db: Database,
+        publisher: Publisher,
         client: httpx.AsyncClient,
         tokens: Tokens,
         endpoints: dict[str, ProviderEndpoint],
@@ -66,6 +68,7 @@ class Submitter:
         on_held_job: Callable[[], None],
     ) -> None:
         self._db = db
+        self._publisher = publisher
         self._client = client
         self._tokens = tokens
         self._endpoints = endpoints
@@ -88,7 +91,10 @@ class Submitter:
         then stored as failed, with its event).
         """
         job, callback_url = self._parse(owner_key_id, body)
-        request_hash = hashlib.sha256(dumps(body).encode()).hexdigest()
+        # Key order is not meaning: the same object sent twice must hash the same.
+        request_hash = hashlib.sha256(
+            json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+        ).hexdigest()
         now = self._clock()
         callback_secret: str | None = None
         async with self._db.transaction() as conn:
@@ -234,7 +240,7 @@ class Submitter:
                 submitted_at=now,
             )
             await jobs.save(conn, submitted, now)
-            await publish(conn, "job.submitted", now, job=submitted)
+            await self._publisher.publish(conn, "job.submitted", now, job=submitted)
         self._on_commit()
         return submitted
 
@@ -260,7 +266,7 @@ class Submitter:
                 completed_at=now,
             )
             await jobs.save(conn, failed, now)
-            await publish(conn, "job.failed", now, job=failed)
+            await self._publisher.publish(conn, "job.failed", now, job=failed)
         self._on_commit()
 
 

@@ -49,7 +49,13 @@ async def receive_callback(request: Request) -> Response:
         raise reject("bad_body", BadRequest(str(exc))) from None
     try:
         job, outcome = await apply_update(
-            state.db, job_id=job_id, provider=provider, update=update, raw=body, now=state.clock()
+            state.db,
+            state.publisher,
+            job_id=job_id,
+            provider=provider,
+            update=update,
+            raw=body,
+            now=state.clock(),
         )
     except UnknownJob:
         raise reject("unknown_job", NotFound("no such job")) from None

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
 from starlette.requests import Request
+from starlette.responses import Response
 
 from service.blobs import BlobStore
 from service.clock import Clock
 from service.delivery.dispatcher import Dispatcher
 from service.errors import BadRequest, Forbidden, PayloadTooLarge, Unauthorized, ValidationFailed
+from service.events import Publisher
 from service.held_requests import HeldRequests
+from service.jsonutil import InvalidJSON, loads
 from service.settings import Settings
 from service.storage import keys
 from service.storage.database import Database
@@ -22,6 +25,8 @@ from service.submission import ProviderEndpoint, Submitter
 from service.tokens import Tokens
 
 MAX_REQUEST_BYTES = 256 * 1024
+
+Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 @dataclass(slots=True)
@@ -31,6 +36,7 @@ class Services:
     settings: Settings
     db: Database
     tokens: Tokens
+    publisher: Publisher
     clock: Clock
     blobs: BlobStore
     endpoints: dict[str, ProviderEndpoint]
@@ -84,14 +90,14 @@ async def read_json(request: Request, limit: int = MAX_REQUEST_BYTES) -> Any:
     if not body:
         raise BadRequest("the request body is empty; send a JSON object")
     try:
-        return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return loads(body)
+    except InvalidJSON as exc:
         raise BadRequest(f"the request body is not valid JSON: {exc}") from None
 
 
 async def read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and is_decimal(declared) and int(declared) > limit:
         raise PayloadTooLarge(f"the body must be at most {limit} bytes")
     chunks = []
     size = 0
@@ -107,9 +113,14 @@ def limit_param(request: Request, default: int = 50, maximum: int = 200) -> int:
     raw = request.query_params.get("limit")
     if raw is None:
         return default
-    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+    if not is_decimal(raw) or not 1 <= int(raw) <= maximum:
         raise ValidationFailed.field("limit", f"must be an integer from 1 to {maximum}")
     return int(raw)
+
+
+def is_decimal(text: str) -> bool:
+    """ASCII digits only (``str.isdigit`` also accepts characters such as superscripts)."""
+    return text.isascii() and text.isdigit()
 
 
 def choice_param(request: Request, name: str, choices: tuple[str, ...]) -> str | None:

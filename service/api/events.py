@@ -7,7 +7,7 @@ import json
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from service.api.context import authenticate, limit_param, services
+from service.api.context import authenticate, is_decimal, limit_param, services
 from service.errors import ValidationFailed
 from service.models import EVENT_TYPES
 from service.storage import events
@@ -27,7 +27,7 @@ async def list_events(request: Request) -> Response:
     cursor = request.query_params.get("cursor")
     after = request.query_params.get("after")
     if cursor is not None:
-        if not cursor.isdigit():
+        if not is_decimal(cursor):
             raise ValidationFailed.field("cursor", "is not a cursor this API returned")
         after_seq = int(cursor)
     elif after is not None:

@@ -21,7 +21,7 @@ async def create_job(request: Request) -> Response:
     if key is not None and not 1 <= len(key) <= 255:
         raise ValidationFailed.field("Idempotency-Key", "must be 1 to 255 characters")
     created = await services(request).submitter.create(caller.key_id, body, key)
-    document = created.job.to_document()
+    document = created.job.to_document(services(request).publisher.file_url)
     if created.callback_secret is not None:
         # Shown once, like a subscription secret: it verifies the events sent to callback_url.
         document["callback_secret"] = created.callback_secret
@@ -36,7 +36,7 @@ async def get_job(request: Request) -> Response:
     job = await jobs.get(services(request).db.reader, request.path_params["job_id"])
     if job is None or (caller.owner_filter and job.owner_key_id != caller.key_id):
         raise NotFound(f"no job {request.path_params['job_id']!r}")
-    return JSONResponse(job.to_document())
+    return JSONResponse(job.to_document(services(request).publisher.file_url))
 
 
 async def list_jobs(request: Request) -> Response:
@@ -52,9 +52,10 @@ async def list_jobs(request: Request) -> Response:
     )
     more = len(page) > limit
     page = page[:limit]
+    file_url = services(request).publisher.file_url
     return JSONResponse(
         {
-            "data": [job.to_document() for job in page],
+            "data": [job.to_document(file_url) for job in page],
             "next_cursor": page[-1].id if more else None,
         }
     )

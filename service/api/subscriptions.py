@@ -13,7 +13,6 @@ from service.api.context import Caller, authenticate, limit_param, read_json, se
 from service.catalog import MODELS
 from service.delivery.guard import check_url
 from service.errors import NotFound, ValidationFailed
-from service.events import publish
 from service.ids import new_id
 from service.models import EVENT_TYPES, Subscription
 from service.storage import subscriptions
@@ -30,6 +29,10 @@ _RESERVED_HEADERS = {
     "webhook-signature",
     "connection",
 }
+
+
+def _or(value: Any, default: Any) -> Any:
+    return default if value is None else value
 
 
 def _strings(value: Any, name: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
@@ -71,12 +74,13 @@ def _validated(request: Request, body: Any, *, partial: bool) -> dict[str, Any]:
         if problem:
             raise ValidationFailed.field("url", problem)
         changes["url"] = url
+    # null clears a filter; any other value must have the right type.
     if "event_types" in body:
-        changes["event_types"] = _strings(body["event_types"] or [], "event_types", EVENT_TYPES)
+        changes["event_types"] = _strings(_or(body["event_types"], []), "event_types", EVENT_TYPES)
     if "models" in body:
-        changes["models"] = _strings(body["models"] or [], "models", tuple(MODELS))
+        changes["models"] = _strings(_or(body["models"], []), "models", tuple(MODELS))
     if "headers" in body:
-        changes["headers"] = _headers(body["headers"] or {})
+        changes["headers"] = _headers(_or(body["headers"], {}))
     if "description" in body:
         if not isinstance(body["description"], str) or len(body["description"]) > 500:
             raise ValidationFailed.field(
@@ -174,7 +178,7 @@ async def test_subscription(request: Request) -> Response:
     state = services(request)
     now = state.clock()
     async with state.db.transaction() as conn:
-        event_id = await publish(
+        event_id = await state.publisher.publish(
             conn, "ping", now, data={"subscription_id": sub.id}, to_subscription=sub.id
         )
     state.dispatcher.wake()

@@ -13,6 +13,7 @@ import hmac
 from collections.abc import Mapping
 from typing import Any
 
+from service.jsonutil import finite_number
 from service.models import ErrorKind, Job, JobError, JobStatus, Output, ProviderUpdate
 from service.providers.base import (
     ForgedCallback,
@@ -34,14 +35,16 @@ _EVENTS = {
     "completed": JobStatus.SUCCEEDED,
     "failed": JobStatus.FAILED,
 }
-# Our vocabulary → klingParams names, as on apiframe's Kling 2.5 Turbo Pro page.
+# Our vocabulary → klingParams names. The Kling 2.5 Turbo Pro page says cfg_scale, but apiframe's
+# OpenAPI schema (additionalProperties: false) names it guidance_scale, and the schema is what
+# rejects a request (providers.md §0.6).
 _KLING_PARAMS = {
     "duration": "duration",
     "aspect_ratio": "aspect_ratio",
     "image_url": "start_image",
     "last_frame_url": "end_image",
     "negative_prompt": "negative_prompt",
-    "cfg_scale": "cfg_scale",
+    "cfg_scale": "guidance_scale",
 }
 
 
@@ -76,12 +79,12 @@ class ApiframeAdapter:
         return str(body["jobId"])
 
     def verify_callback(self, headers: Mapping[str, str], body: bytes, api_key: str) -> None:
-        given = headers.get("x-webhook-signature", "").strip()
-        expected = signature(body, api_key)
+        given = headers.get("x-webhook-signature", "").strip().encode(errors="replace")
+        expected = signature(body, api_key).encode()
         # The SDK accepts the bare hex too.
         if not given or not (
             hmac.compare_digest(given, expected)
-            or hmac.compare_digest(given, expected.removeprefix("sha256="))
+            or hmac.compare_digest(given, expected.removeprefix(b"sha256="))
         ):
             raise ForgedCallback("X-Webhook-Signature does not match the body")
 
@@ -107,14 +110,13 @@ class ApiframeAdapter:
         elif status is JobStatus.FAILED:
             message = str(data.get("error") or "apiframe reported the job failed")
             error = JobError(kind_from_message(message, ErrorKind.PROVIDER_ERROR), message)
-        cost = data.get("creditCost")
         return ProviderUpdate(
             provider_job_id=job_id,
             status=status,
             provider_status=str(raw_status or event),
             outputs=outputs,
             error=error,
-            charged=float(cost) if isinstance(cost, int | float) else None,
+            charged=finite_number(data.get("creditCost")),
         )
 
 

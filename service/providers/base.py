@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 
+from service.jsonutil import InvalidJSON, loads
 from service.models import ErrorKind, Job, ProviderUpdate
 
 
@@ -80,8 +81,8 @@ class Adapter(Protocol):
 def load_object(body: bytes) -> dict[str, Any]:
     """Parse a callback body that must be a JSON object."""
     try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = loads(body)
+    except InvalidJSON as exc:
         raise InvalidCallback(f"body is not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise InvalidCallback("body is not a JSON object")
@@ -91,8 +92,8 @@ def load_object(body: bytes) -> dict[str, Any]:
 def error_message(body: bytes) -> str:
     """The provider's error message from an error response body, kept short."""
     try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        data = loads(body)
+    except InvalidJSON:
         return body[:200].decode(errors="replace").strip() or "no message"
     if isinstance(data, dict):
         for key in ("error", "message", "detail"):

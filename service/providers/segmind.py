@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from service.models import Job, ProviderUpdate
-from service.providers.base import InvalidCallback, ProviderRequest
+from service.models import ErrorKind, Job, ProviderUpdate
+from service.providers.base import InvalidCallback, ProviderRequest, SubmitFailed, submit_failure
 
 _FORWARDED = {
     "prompt": "prompt",
@@ -43,6 +43,14 @@ class SegmindAdapter:
 
     def parse_callback(self, body: bytes) -> ProviderUpdate:
         raise InvalidCallback("Segmind sends no callbacks")
+
+    def failure(self, status_code: int, body: bytes, headers: Mapping[str, str]) -> SubmitFailed:
+        """Classify an error answer: Segmind's page documents 406 as "Insufficient Credits"
+        (it is also used for a wrong Content-Type, which reelhook never sends)."""
+        failure = submit_failure(status_code, body, headers)
+        if status_code == 406 and "content-type" not in failure.message.lower():
+            failure.kind = ErrorKind.INSUFFICIENT_CREDITS
+        return failure
 
 
 ADAPTER = SegmindAdapter()

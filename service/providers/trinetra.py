@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from service.jsonutil import finite_number
 from service.models import ErrorKind, Job, JobError, JobStatus, Output, ProviderUpdate
 from service.providers.base import InvalidCallback, ProviderRequest, kind_from_message, load_object
 
@@ -73,14 +74,13 @@ class TrinetraAdapter:
                 raise InvalidCallback("a succeeded Trinetra job document has no output URL")
         elif status is JobStatus.FAILED:
             error = _error(data.get("error"), raw_status)
-        charged = data.get("credits_charged")
         return ProviderUpdate(
             provider_job_id=job_id,
             status=status,
             provider_status=raw_status,
             outputs=outputs,
             error=error,
-            charged=float(charged) if isinstance(charged, int | float) else None,
+            charged=finite_number(data.get("credits_charged")),
         )
 
 

@@ -1,0 +1,766 @@
+"""``/v1/jobs``, ``/v1/models``, authentication and routing errors, in-process.
+
+Validation happens before any provider call, so most tests need no provider at all. Where a job has
+to be accepted, a separate simulator server on loopback plays the provider (reelhook calls it over
+real HTTP); the ``PUBLIC_URL`` is a bound but never-listening loopback port, so anything sent there
+(the in-process simulator, a ``callback_url``) is refused at once instead of going anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from service.sim import Scenario, Simulator, create_sim_app
+from tests.conftest import SettingsFactory
+from tests.servers import loopback_socket, run_server, url_of
+from tests.support import api_client
+
+pytestmark = pytest.mark.anyio
+
+V3 = "trinetra/kling-v3"
+V25 = "trinetra/kling-v2.5"
+OMNI = "trinetra/kling-v3-omni"
+APIFRAME = "apiframe/kling-2.5-turbo-pro"
+SEGMIND = "segmind/kling-2.5-turbo"
+MAX_BODY = 256 * 1024
+
+
+def job_body(model: str = V3, **job_input: Any) -> dict[str, Any]:
+    return {"model": model, "input": {"prompt": "A lighthouse in a storm", **job_input}}
+
+
+def assert_error(
+    response: httpx.Response, status: int, code: str, field: str | None = None
+) -> dict[str, Any]:
+    """The response is reelhook's JSON error with ``status`` and ``code``, naming ``field``."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json"), response.headers
+    body = response.json()
+    assert set(body) == {"error"}, body
+    error: dict[str, Any] = body["error"]
+    assert set(error) <= {"code", "message", "details"}, error
+    assert error["code"] == code, error
+    assert isinstance(error["message"], str) and error["message"], error
+    assert "Traceback" not in response.text
+    if field is not None:
+        assert field in error["details"]["fields"], error
+        assert field in error["message"], error
+    return error
+
+
+async def assert_nothing_stored(api: httpx.AsyncClient) -> None:
+    """No job and no event exist: a rejected request left nothing half-way."""
+    jobs = await api.get("/v1/jobs")
+    assert jobs.status_code == 200, jobs.text
+    assert jobs.json() == {"data": [], "next_cursor": None}
+    events = await api.get("/v1/events")
+    assert events.status_code == 200, events.text
+    assert events.json() == {"data": [], "next_cursor": None}
+
+
+async def send_without_key(
+    api: httpx.AsyncClient, method: str, path: str, **options: Any
+) -> httpx.Response:
+    """Send a request through ``api`` with its X-API-Key header removed."""
+    request = api.build_request(method, path, **options)
+    del request.headers["X-API-Key"]
+    return await api.send(request)
+
+
+@pytest.fixture
+def dead_url() -> Iterator[str]:
+    """A loopback URL where nothing listens (bound, never listening): connections are refused."""
+    with loopback_socket() as sock:
+        yield url_of(sock)
+
+
+@pytest.fixture
+async def api(settings_factory: SettingsFactory, dead_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    """reelhook in-process with every provider simulated at an unreachable PUBLIC_URL."""
+    async with api_client(settings_factory(PUBLIC_URL=dead_url)) as http:
+        yield http
+
+
+@pytest.fixture
+async def simulator() -> AsyncIterator[tuple[Simulator, str]]:
+    """A provider simulator served on loopback whose jobs never finish during a test."""
+    sim = Simulator(Scenario(delay=3600))
+    async with run_server(create_sim_app(sim)) as url:
+        yield sim, url
+
+
+@pytest.fixture
+async def sim_api(
+    settings_factory: SettingsFactory, dead_url: str, simulator: tuple[Simulator, str]
+) -> AsyncIterator[httpx.AsyncClient]:
+    """reelhook in-process with Trinetra played by the loopback simulator (jobs are accepted)."""
+    settings = settings_factory(
+        PUBLIC_URL=dead_url,
+        TRINETRA_API_KEY="key-trinetra",
+        TRINETRA_BASE_URL=f"{simulator[1]}/trinetra",
+    )
+    async with api_client(settings) as http:
+        yield http
+
+
+# --- authentication ------------------------------------------------------------------------------
+
+PROTECTED = [
+    ("POST", "/v1/jobs"),
+    ("GET", "/v1/jobs"),
+    ("GET", "/v1/jobs/job_00000000000000000000000000"),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), PROTECTED)
+@pytest.mark.parametrize("key", [None, "", "rh_wrong_key", "rh_test_admin_key_0123456789abcdeF"])
+async def test_requests_without_a_valid_api_key_are_refused(
+    api: httpx.AsyncClient, method: str, path: str, key: str | None
+) -> None:
+    if key is None:
+        response = await send_without_key(api, method, path, json=job_body())
+    else:
+        response = await api.request(method, path, json=job_body(), headers={"X-API-Key": key})
+    assert_error(response, 401, "unauthorized")
+    await assert_nothing_stored(api)
+
+
+async def test_authentication_comes_before_reading_the_body(api: httpx.AsyncClient) -> None:
+    response = await send_without_key(api, "POST", "/v1/jobs", content=b"{not json")
+    too_large = await send_without_key(api, "POST", "/v1/jobs", content=b" " * (MAX_BODY + 1))
+    assert_error(response, 401, "unauthorized")
+    assert_error(too_large, 401, "unauthorized")
+
+
+async def test_models_catalog_lists_every_model_with_parameters_and_prices(
+    api: httpx.AsyncClient,
+) -> None:
+    response = await api.get("/v1/models")
+    assert response.status_code == 200, response.text
+    catalog = response.json()
+    assert catalog["next_cursor"] is None
+    models = {entry["id"]: entry for entry in catalog["data"]}
+    assert set(models) == {V25, V3, OMNI, APIFRAME, SEGMIND}
+    for model_id, entry in models.items():
+        assert entry["provider"] == model_id.split("/")[0]
+        assert entry["parameters"]["prompt"]["required"] is True
+        assert entry["pricing"]["table"], entry
+        assert entry["simulated"] is True
+    duration = models[V3]["parameters"]["duration"]
+    assert (duration["minimum"], duration["maximum"], duration["default"]) == (1, 10, 5)
+    assert models[OMNI]["parameters"]["duration"]["maximum"] == 15
+    assert "seed" not in models[V3]["parameters"]
+
+
+# --- POST /v1/jobs: validation -------------------------------------------------------------------
+
+INVALID_JOBS: list[tuple[str, dict[str, Any], str]] = [
+    ("unknown model", {"model": "trinetra/kling-v9", "input": {"prompt": "x"}}, "model"),
+    ("missing model", {"input": {"prompt": "x"}}, "model"),
+    ("model not a string", {"model": 3, "input": {"prompt": "x"}}, "model"),
+    ("model null", {"model": None, "input": {"prompt": "x"}}, "model"),
+    ("missing input", {"model": V3}, "input"),
+    ("input not an object", {"model": V3, "input": "a cat"}, "input"),
+    ("input a list", {"model": V3, "input": [{"prompt": "x"}]}, "input"),
+    ("missing prompt", {"model": V3, "input": {"duration": 5}}, "input.prompt"),
+    ("null prompt", {"model": V3, "input": {"prompt": None}}, "input.prompt"),
+    ("blank prompt", {"model": V3, "input": {"prompt": "   "}}, "input.prompt"),
+    ("prompt not a string", {"model": V3, "input": {"prompt": 42}}, "input.prompt"),
+    ("prompt too long", job_body(prompt="x" * 2501), "input.prompt"),
+    ("unknown input parameter", job_body(seed=7), "input.seed"),
+    (
+        "provider-native name",
+        job_body(APIFRAME, start_image="https://e.test/a.png"),
+        "input.start_image",
+    ),
+    ("parameter of another model", job_body(APIFRAME, camera_control={}), "input.camera_control"),
+    ("unknown top-level field", {**job_body(), "webhook": "https://e.test/h"}, "webhook"),
+    ("duration as string", job_body(duration="5"), "input.duration"),
+    ("duration as boolean", job_body(duration=True), "input.duration"),
+    ("duration above maximum", job_body(duration=11), "input.duration"),
+    ("duration below minimum", job_body(duration=0), "input.duration"),
+    ("negative duration", job_body(duration=-5), "input.duration"),
+    ("omni duration above 15", job_body(OMNI, duration=16), "input.duration"),
+    ("apiframe duration not 5 or 10", job_body(APIFRAME, duration=7), "input.duration"),
+    ("apiframe duration as float", job_body(APIFRAME, duration=5.0), "input.duration"),
+    ("segmind duration not 5 or 10", job_body(SEGMIND, duration=6), "input.duration"),
+    ("unknown aspect ratio", job_body(aspect_ratio="4:3"), "input.aspect_ratio"),
+    ("unknown resolution", job_body(resolution="4k"), "input.resolution"),
+    ("v2.5 mode not std or pro", job_body(V25, mode="turbo"), "input.mode"),
+    ("cfg_scale above 1", job_body(cfg_scale=1.5), "input.cfg_scale"),
+    ("cfg_scale as string", job_body(cfg_scale="0.5"), "input.cfg_scale"),
+    ("image_url not http", job_body(image_url="ftp://e.test/a.png"), "input.image_url"),
+    ("image_url not a string", job_body(image_url=["https://e.test/a.png"]), "input.image_url"),
+    (
+        "last frame without image",
+        job_body(last_frame_url="https://e.test/z.png", duration=5),
+        "input.last_frame_url",
+    ),
+    (
+        "last frame on a 10 s clip",
+        job_body(
+            image_url="https://e.test/a.png", last_frame_url="https://e.test/z.png", duration=10
+        ),
+        "input.last_frame_url",
+    ),
+    ("i2v mode without image", job_body(mode="i2v"), "input.image_url"),
+    ("camera_control not an object", job_body(camera_control="zoom"), "input.camera_control"),
+    (
+        "camera axis unknown",
+        job_body(camera_control={"config": {"spin": 1}}),
+        "input.camera_control",
+    ),
+    (
+        "camera amount out of range",
+        job_body(camera_control={"config": {"zoom": 11}}),
+        "input.camera_control",
+    ),
+    ("metadata a list", {**job_body(), "metadata": [1, 2]}, "metadata"),
+    ("metadata a string", {**job_body(), "metadata": "chat 42"}, "metadata"),
+    ("metadata null", {**job_body(), "metadata": None}, "metadata"),
+    ("metadata too large", {**job_body(), "metadata": {"blob": "x" * 9000}}, "metadata"),
+    ("callback_url not http", {**job_body(), "callback_url": "ftp://e.test/hook"}, "callback_url"),
+    ("callback_url not a URL", {**job_body(), "callback_url": "hook please"}, "callback_url"),
+    ("callback_url not a string", {**job_body(), "callback_url": 42}, "callback_url"),
+    (
+        "callback_url credentials",
+        {**job_body(), "callback_url": "https://u:p@e.test/h"},
+        "callback_url",
+    ),
+    (
+        "callback_url private",
+        {**job_body(), "callback_url": "http://10.0.0.5/hook"},
+        "callback_url",
+    ),
+    (
+        "callback_url cloud metadata",
+        {**job_body(), "callback_url": "http://169.254.169.254/latest/meta-data/"},
+        "callback_url",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [pytest.param(body, field, id=name) for name, body, field in INVALID_JOBS],
+)
+async def test_invalid_job_is_a_422_naming_the_field_and_stores_nothing(
+    api: httpx.AsyncClient, body: dict[str, Any], field: str
+) -> None:
+    response = await api.post("/v1/jobs", json=body)
+    assert_error(response, 422, "validation_failed", field)
+    await assert_nothing_stored(api)
+
+
+async def test_every_bad_input_field_is_named_at_once(api: httpx.AsyncClient) -> None:
+    response = await api.post(
+        "/v1/jobs", json={"model": V3, "input": {"duration": 99, "seed": 1, "aspect_ratio": "2:1"}}
+    )
+    error = assert_error(response, 422, "validation_failed")
+    assert set(error["details"]["fields"]) == {
+        "input.prompt",
+        "input.duration",
+        "input.seed",
+        "input.aspect_ratio",
+    }
+    await assert_nothing_stored(api)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        pytest.param(b"[]", id="list"),
+        pytest.param(b'["model", "input"]', id="list of strings"),
+        pytest.param(b'"trinetra/kling-v3"', id="string"),
+        pytest.param(b"42", id="number"),
+        pytest.param(b"null", id="null"),
+        pytest.param(b"true", id="boolean"),
+    ],
+)
+async def test_a_body_that_is_not_an_object_is_a_422(
+    api: httpx.AsyncClient, content: bytes
+) -> None:
+    response = await api.post(
+        "/v1/jobs", content=content, headers={"Content-Type": "application/json"}
+    )
+    error = assert_error(response, 422, "validation_failed")
+    assert "object" in error["message"]
+    await assert_nothing_stored(api)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        pytest.param(b"{not json", id="malformed"),
+        pytest.param(b'{"model": "trinetra/kling-v3",}', id="trailing comma"),
+        pytest.param(b"{'model': 'trinetra/kling-v3'}", id="single quotes"),
+        pytest.param(b'{"model": "trinetra/kling-v3"} {}', id="two documents"),
+        pytest.param(b'{"model": "\xff\xfe"}', id="not utf-8"),
+        pytest.param(b"model=trinetra/kling-v3", id="form encoded"),
+    ],
+)
+async def test_a_body_that_is_not_json_is_a_400(api: httpx.AsyncClient, content: bytes) -> None:
+    response = await api.post(
+        "/v1/jobs", content=content, headers={"Content-Type": "application/json"}
+    )
+    assert_error(response, 400, "bad_request")
+    await assert_nothing_stored(api)
+
+
+async def test_an_empty_body_is_a_400(api: httpx.AsyncClient) -> None:
+    response = await api.post("/v1/jobs")
+    error = assert_error(response, 400, "bad_request")
+    assert "empty" in error["message"]
+    await assert_nothing_stored(api)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        pytest.param(
+            b'{"model": "trinetra/kling-v3", "input": {"prompt": "x", "cfg_scale": NaN}}',
+            id="NaN input",
+        ),
+        pytest.param(
+            b'{"model": "trinetra/kling-v3", "input": {"prompt": "x"}, "metadata": {"n": NaN}}',
+            id="NaN metadata",
+        ),
+        pytest.param(
+            b'{"model": "trinetra/kling-v3", "input": {"prompt": "x"}, '
+            + b'"metadata": {"n": Infinity}}',
+            id="Infinity metadata",
+        ),
+        pytest.param(b'{"model": ' + b"9" * 5000 + b"}", id="5000-digit integer"),
+        pytest.param(b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", id="deeply nested"),
+        pytest.param(
+            b'{"model": "trinetra/kling-v3", "input": {"prompt": "\\ud800"}}', id="lone surrogate"
+        ),
+    ],
+)
+async def test_hostile_json_is_a_client_error_never_a_500(
+    api: httpx.AsyncClient, content: bytes
+) -> None:
+    """Python's json module accepts or chokes on these; none is valid input (RFC 8259)."""
+    response = await api.post(
+        "/v1/jobs", content=content, headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code in (400, 422), response.text
+    assert_error(response, response.status_code, response.json()["error"]["code"])
+    await assert_nothing_stored(api)
+
+
+def _body_of_size(size: int) -> bytes:
+    head, tail = b'{"model": "trinetra/kling-v3", "input": {"prompt": "', b'"}}'
+    return head + b"x" * (size - len(head) - len(tail)) + tail
+
+
+async def test_a_body_over_256_kib_is_a_413(api: httpx.AsyncClient) -> None:
+    response = await api.post(
+        "/v1/jobs",
+        content=_body_of_size(MAX_BODY + 1),
+        headers={"Content-Type": "application/json"},
+    )
+    assert_error(response, 413, "payload_too_large")
+    await assert_nothing_stored(api)
+
+
+async def test_a_body_of_exactly_256_kib_is_read_and_validated(api: httpx.AsyncClient) -> None:
+    response = await api.post(
+        "/v1/jobs", content=_body_of_size(MAX_BODY), headers={"Content-Type": "application/json"}
+    )
+    assert_error(response, 422, "validation_failed", "input.prompt")
+
+
+async def test_a_chunked_body_over_256_kib_is_a_413(api: httpx.AsyncClient) -> None:
+    """Without Content-Length the cap is enforced while streaming."""
+    body = _body_of_size(MAX_BODY * 2)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(body), 65536):
+            yield body[start : start + 65536]
+
+    response = await api.post(
+        "/v1/jobs", content=chunks(), headers={"Content-Type": "application/json"}
+    )
+    assert "content-length" not in response.request.headers
+    assert_error(response, 413, "payload_too_large")
+    await assert_nothing_stored(api)
+
+
+# --- POST /v1/jobs: accepted jobs ----------------------------------------------------------------
+
+
+async def test_a_valid_job_is_accepted_with_202_and_its_document(
+    sim_api: httpx.AsyncClient,
+) -> None:
+    body = {**job_body(V3, duration=5, resolution="1080p"), "metadata": {"chat_id": 42}}
+    response = await sim_api.post("/v1/jobs", json=body)
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert job["id"].startswith("job_")
+    assert response.headers["location"] == f"/v1/jobs/{job['id']}"
+    assert "idempotent-replayed" not in response.headers
+    assert job["status"] == "submitted"
+    assert job["provider"] == "trinetra" and job["provider_job_id"]
+    assert job["cost"] == {"estimated": 150, "charged": None, "unit": "credits"}
+    assert job["input"] == {
+        "prompt": "A lighthouse in a storm",
+        "duration": 5,
+        "resolution": "1080p",
+        "mode": "t2v",
+        "aspect_ratio": "16:9",
+        "cfg_scale": 0.5,
+    }
+    assert job["metadata"] == {"chat_id": 42}
+    assert job["error"] is None and job["outputs"] == []
+    assert "callback_secret" not in job
+
+    fetched = await sim_api.get(f"/v1/jobs/{job['id']}")
+    assert fetched.status_code == 200
+    assert fetched.json() == job
+
+
+async def test_a_held_segmind_job_is_accepted_pending(api: httpx.AsyncClient) -> None:
+    response = await api.post("/v1/jobs", json=job_body(SEGMIND))
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert job["status"] == "pending"
+    assert job["cost"] == {"estimated": 0.88, "charged": None, "unit": "usd"}
+    assert response.headers["location"] == f"/v1/jobs/{job['id']}"
+
+
+async def test_callback_url_secret_is_shown_once(api: httpx.AsyncClient, dead_url: str) -> None:
+    body = {**job_body(SEGMIND), "callback_url": f"{dead_url}/hook"}
+    response = await api.post("/v1/jobs", json=body)
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert job["callback_secret"].startswith("whsec_")
+    fetched = (await api.get(f"/v1/jobs/{job['id']}")).json()
+    assert "callback_secret" not in fetched
+    listed = (await api.get("/v1/jobs")).json()["data"]
+    assert [j["id"] for j in listed] == [job["id"]]
+    assert "callback_secret" not in listed[0]
+    # The one-off subscription is the job's, not a listed subscription.
+    subscriptions = await api.get("/v1/subscriptions")
+    assert subscriptions.json() == {"data": [], "next_cursor": None}
+
+
+# --- provider failures ---------------------------------------------------------------------------
+
+
+async def test_an_unreachable_provider_fails_the_job_and_answers_503(
+    api: httpx.AsyncClient,
+) -> None:
+    response = await api.post("/v1/jobs", json=job_body(V3))
+    error = assert_error(response, 503, "provider_unavailable")
+    job_id = error["details"]["job_id"]
+    assert error["details"]["provider"] == "trinetra"
+    assert error["details"]["kind"] == "provider_error"
+
+    job = (await api.get(f"/v1/jobs/{job_id}")).json()
+    assert job["status"] == "failed"
+    assert job["error"]["kind"] == "provider_error"
+    assert job["cost"]["charged"] == 0
+    assert job["completed_at"] is not None
+    events = (await api.get("/v1/events")).json()["data"]
+    assert [(e["type"], e["data"]["id"]) for e in events] == [("job.failed", job_id)]
+
+
+@pytest.mark.parametrize(
+    ("provider_status", "status", "code", "kind"),
+    [
+        (429, 503, "provider_unavailable", "rate_limited"),
+        (500, 503, "provider_unavailable", "provider_error"),
+        (503, 503, "provider_unavailable", "provider_error"),
+        (402, 502, "provider_error", "insufficient_credits"),
+        (401, 502, "provider_error", "provider_error"),
+        (400, 422, "validation_failed", "invalid_input"),
+    ],
+)
+async def test_a_provider_refusal_fails_the_job_with_a_json_error(
+    sim_api: httpx.AsyncClient,
+    simulator: tuple[Simulator, str],
+    provider_status: int,
+    status: int,
+    code: str,
+    kind: str,
+) -> None:
+    simulator[0].scenario = Scenario(delay=3600, submit_status=provider_status)
+    response = await sim_api.post("/v1/jobs", json=job_body(V3))
+    error = assert_error(response, status, code)
+    assert error["details"]["kind"] == kind
+    assert error["details"]["provider_status"] == provider_status
+    job = (await sim_api.get(f"/v1/jobs/{error['details']['job_id']}")).json()
+    assert job["status"] == "failed"
+    assert job["error"]["kind"] == kind
+    assert job["error"]["provider_code"] == str(provider_status)
+    assert job["cost"]["charged"] == 0
+
+
+# --- Idempotency-Key ---------------------------------------------------------------------------
+
+
+async def test_same_idempotency_key_and_body_replays_the_same_job(
+    sim_api: httpx.AsyncClient,
+) -> None:
+    body = {**job_body(V3), "metadata": {"attempt": 1}}
+    first = await sim_api.post("/v1/jobs", json=body, headers={"Idempotency-Key": "order-17"})
+    assert first.status_code == 202, first.text
+    assert "idempotent-replayed" not in first.headers
+    again = await sim_api.post("/v1/jobs", json=body, headers={"Idempotency-Key": "order-17"})
+    assert again.status_code == 202, again.text
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.json()["id"] == first.json()["id"]
+    assert again.headers["location"] == first.headers["location"]
+    listed = (await sim_api.get("/v1/jobs")).json()["data"]
+    assert [j["id"] for j in listed] == [first.json()["id"]]
+
+
+async def test_same_idempotency_key_with_another_body_is_a_409(api: httpx.AsyncClient) -> None:
+    first = await api.post("/v1/jobs", json=job_body(SEGMIND), headers={"Idempotency-Key": "k-1"})
+    assert first.status_code == 202, first.text
+    other = await api.post(
+        "/v1/jobs", json=job_body(SEGMIND, duration=5), headers={"Idempotency-Key": "k-1"}
+    )
+    error = assert_error(other, 409, "conflict")
+    assert error["details"]["job_id"] == first.json()["id"]
+    listed = (await api.get("/v1/jobs")).json()["data"]
+    assert [j["id"] for j in listed] == [first.json()["id"]]
+
+
+async def test_idempotency_body_comparison_ignores_json_key_order(api: httpx.AsyncClient) -> None:
+    """The same JSON object serialised with its keys in another order is the same body."""
+    first = await api.post(
+        "/v1/jobs",
+        content=json.dumps({"model": SEGMIND, "input": {"prompt": "p", "duration": 5}}),
+        headers={"Idempotency-Key": "k-order", "Content-Type": "application/json"},
+    )
+    assert first.status_code == 202, first.text
+    again = await api.post(
+        "/v1/jobs",
+        content=json.dumps({"input": {"duration": 5, "prompt": "p"}, "model": SEGMIND}),
+        headers={"Idempotency-Key": "k-order", "Content-Type": "application/json"},
+    )
+    assert again.status_code == 202, again.text
+    assert again.json()["id"] == first.json()["id"]
+    assert again.headers["idempotent-replayed"] == "true"
+
+
+async def test_different_idempotency_keys_make_different_jobs(api: httpx.AsyncClient) -> None:
+    ids = set()
+    for key in ("k-a", "k-b"):
+        response = await api.post(
+            "/v1/jobs", json=job_body(SEGMIND), headers={"Idempotency-Key": key}
+        )
+        assert response.status_code == 202, response.text
+        ids.add(response.json()["id"])
+    assert len(ids) == 2
+
+
+async def test_concurrent_requests_with_one_idempotency_key_make_one_job(
+    api: httpx.AsyncClient,
+) -> None:
+    responses: list[httpx.Response] = []
+
+    async def post() -> None:
+        responses.append(
+            await api.post("/v1/jobs", json=job_body(SEGMIND), headers={"Idempotency-Key": "race"})
+        )
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(5):
+            tg.start_soon(post)
+    assert [r.status_code for r in responses] == [202] * 5, [r.text for r in responses]
+    assert len({r.json()["id"] for r in responses}) == 1
+    assert sum("idempotent-replayed" in r.headers for r in responses) == 4
+    assert len((await api.get("/v1/jobs")).json()["data"]) == 1
+
+
+@pytest.mark.parametrize("key", ["", "k" * 256], ids=["empty", "256 characters"])
+async def test_a_bad_idempotency_key_is_a_422(api: httpx.AsyncClient, key: str) -> None:
+    response = await api.post("/v1/jobs", json=job_body(SEGMIND), headers={"Idempotency-Key": key})
+    assert_error(response, 422, "validation_failed", "Idempotency-Key")
+    await assert_nothing_stored(api)
+
+
+async def test_an_idempotency_key_of_255_characters_is_accepted(api: httpx.AsyncClient) -> None:
+    key = "k" * 255
+    first = await api.post("/v1/jobs", json=job_body(SEGMIND), headers={"Idempotency-Key": key})
+    assert first.status_code == 202, first.text
+    again = await api.post("/v1/jobs", json=job_body(SEGMIND), headers={"Idempotency-Key": key})
+    assert again.json()["id"] == first.json()["id"]
+
+
+async def test_a_rejected_request_does_not_consume_its_idempotency_key(
+    api: httpx.AsyncClient,
+) -> None:
+    bad = await api.post(
+        "/v1/jobs", json=job_body(SEGMIND, duration=7), headers={"Idempotency-Key": "k-retry"}
+    )
+    assert_error(bad, 422, "validation_failed", "input.duration")
+    good = await api.post(
+        "/v1/jobs", json=job_body(SEGMIND, duration=5), headers={"Idempotency-Key": "k-retry"}
+    )
+    assert good.status_code == 202, good.text
+    assert "idempotent-replayed" not in good.headers
+
+
+# --- GET /v1/jobs/{id} and GET /v1/jobs ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("job_id", ["job_00000000000000000000000000", "nope", "sub_x", "%00"])
+async def test_an_unknown_job_is_a_404(api: httpx.AsyncClient, job_id: str) -> None:
+    response = await api.get(f"/v1/jobs/{job_id}")
+    assert_error(response, 404, "not_found")
+
+
+async def _submit_mixed_jobs(
+    sim_api: httpx.AsyncClient, simulator: Simulator
+) -> dict[str, list[str]]:
+    """3 submitted v3 jobs, 2 submitted v2.5 jobs and 2 failed v3 jobs; ids by kind."""
+    made: dict[str, list[str]] = {"v3": [], "v25": [], "failed": []}
+    for model, kind, count in ((V3, "v3", 3), (V25, "v25", 2)):
+        for _ in range(count):
+            response = await sim_api.post("/v1/jobs", json=job_body(model))
+            assert response.status_code == 202, response.text
+            made[kind].append(response.json()["id"])
+    simulator.scenario = Scenario(delay=3600, submit_status=500)
+    for _ in range(2):
+        response = await sim_api.post("/v1/jobs", json=job_body(V3))
+        assert response.status_code == 503, response.text
+        made["failed"].append(response.json()["error"]["details"]["job_id"])
+    return made
+
+
+async def _ids(http: httpx.AsyncClient, **params: str) -> list[str]:
+    response = await http.get("/v1/jobs", params=params)
+    assert response.status_code == 200, response.text
+    assert response.json()["next_cursor"] is None
+    return [job["id"] for job in response.json()["data"]]
+
+
+async def test_job_listing_filters_by_status_and_model(
+    sim_api: httpx.AsyncClient, simulator: tuple[Simulator, str]
+) -> None:
+    made = await _submit_mixed_jobs(sim_api, simulator[0])
+    everything = made["v3"] + made["v25"] + made["failed"]
+    assert await _ids(sim_api) == sorted(everything, reverse=True)  # newest first
+    assert set(await _ids(sim_api, status="submitted")) == set(made["v3"] + made["v25"])
+    assert set(await _ids(sim_api, status="failed")) == set(made["failed"])
+    assert await _ids(sim_api, status="succeeded") == []
+    assert set(await _ids(sim_api, model=V25)) == set(made["v25"])
+    assert set(await _ids(sim_api, model=V3)) == set(made["v3"] + made["failed"])
+    assert set(await _ids(sim_api, model=V3, status="failed")) == set(made["failed"])
+    assert await _ids(sim_api, model=APIFRAME) == []
+    for job in (await sim_api.get("/v1/jobs", params={"status": "failed"})).json()["data"]:
+        assert job["status"] == "failed"
+
+
+async def _walk(http: httpx.AsyncClient, **params: str) -> list[list[str]]:
+    pages: list[list[str]] = []
+    cursor: str | None = None
+    while True:
+        query = dict(params) if cursor is None else {**params, "cursor": cursor}
+        response = await http.get("/v1/jobs", params=query)
+        assert response.status_code == 200, response.text
+        page = response.json()
+        pages.append([job["id"] for job in page["data"]])
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return pages
+        assert len(pages) < 20, "pagination does not end"
+
+
+async def test_job_listing_pages_with_a_cursor(
+    sim_api: httpx.AsyncClient, simulator: tuple[Simulator, str]
+) -> None:
+    made = await _submit_mixed_jobs(sim_api, simulator[0])
+    everything = sorted(made["v3"] + made["v25"] + made["failed"], reverse=True)
+
+    pages = await _walk(sim_api, limit="3")
+    assert [len(page) for page in pages] == [3, 3, 1]
+    assert [job_id for page in pages for job_id in page] == everything
+
+    exact = await _walk(sim_api, limit="7")
+    assert exact == [everything]  # a full last page still ends with next_cursor null
+
+    submitted = await _walk(sim_api, limit="2", status="submitted")
+    assert [len(page) for page in submitted] == [2, 2, 1]
+    flat = [job_id for page in submitted for job_id in page]
+    assert len(set(flat)) == len(flat) == 5
+    assert set(flat) == set(made["v3"] + made["v25"])
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"status": "done"}, "status"),
+        ({"status": "SUCCEEDED"}, "status"),
+        ({"status": ""}, "status"),
+        ({"model": "trinetra/kling-v9"}, "model"),
+        ({"model": "kling-v3"}, "model"),
+        ({"limit": "0"}, "limit"),
+        ({"limit": "-1"}, "limit"),
+        ({"limit": "201"}, "limit"),
+        ({"limit": "abc"}, "limit"),
+        ({"limit": "1.5"}, "limit"),
+        ({"limit": ""}, "limit"),
+        ({"limit": "1e2"}, "limit"),
+        ({"limit": "\u00b2"}, "limit"),  # superscript two: str.isdigit() says yes, int() says no
+    ],
+)
+async def test_a_bad_job_listing_query_is_a_422(
+    api: httpx.AsyncClient, params: dict[str, str], field: str
+) -> None:
+    response = await api.get("/v1/jobs", params=params)
+    assert_error(response, 422, "validation_failed", field)
+
+
+# --- routing -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/v1/nope", "/v2/jobs", "/", "/v1/jobs/a/b"])
+@pytest.mark.parametrize("key", [True, False], ids=["with key", "without key"])
+async def test_an_unknown_route_is_a_json_404(api: httpx.AsyncClient, path: str, key: bool) -> None:
+    response = await (api.get(path) if key else send_without_key(api, "GET", path))
+    assert_error(response, 404, "not_found")
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("DELETE", "/v1/jobs"),
+        ("PUT", "/v1/jobs"),
+        ("PATCH", "/v1/jobs/job_00000000000000000000000000"),
+        ("DELETE", "/v1/jobs/job_00000000000000000000000000"),
+        ("POST", "/v1/models"),
+    ],
+)
+async def test_a_wrong_method_is_a_json_405(api: httpx.AsyncClient, method: str, path: str) -> None:
+    response = await api.request(method, path)
+    assert_error(response, 405, "method_not_allowed")
+    assert response.headers.get("allow"), response.headers
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("DELETE", "/v1/jobs", {"GET", "POST"}),
+        ("PUT", "/v1/jobs/job_00000000000000000000000000", {"GET"}),
+        ("PUT", "/v1/subscriptions/sub_00000000000000000000000000", {"GET", "PATCH", "DELETE"}),
+    ],
+)
+async def test_a_405_allow_header_lists_every_supported_method(
+    api: httpx.AsyncClient, method: str, path: str, allowed: set[str]
+) -> None:
+    """RFC 9110 §15.5.6: a 405 carries Allow with the resource's supported methods."""
+    response = await api.request(method, path)
+    assert response.status_code == 405, response.text
+    listed = {m.strip() for m in response.headers["allow"].split(",")} - {"HEAD"}
+    assert listed == allowed

@@ -1,0 +1,202 @@
+"""Segmind's held synchronous request (design §6) over real loopback HTTP, embedded simulator."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator, Collection
+from contextlib import asynccontextmanager
+from importlib import resources
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from service.app import create_app
+from service.settings import Settings
+from tests.conftest import SettingsFactory
+from tests.servers import loopback_socket, run_server, url_of
+from tests.support import ADMIN_KEY
+
+pytestmark = pytest.mark.anyio
+
+SEGMIND = "segmind/kling-2.5-turbo"
+SAMPLE_MP4 = resources.files("service.sim").joinpath("assets/sample.mp4").read_bytes()
+TERMINAL = ("succeeded", "failed", "canceled", "expired")
+
+
+@asynccontextmanager
+async def reelhook(settings: Settings, sock: socket.socket) -> AsyncIterator[httpx.AsyncClient]:
+    """reelhook served by uvicorn on ``sock``, and an admin client for it."""
+    async with (
+        run_server(create_app(settings), sock) as base_url,
+        httpx.AsyncClient(base_url=base_url, headers={"X-API-Key": ADMIN_KEY}) as http,
+    ):
+        yield http
+
+
+async def submit(http: httpx.AsyncClient, **job_input: Any) -> dict[str, Any]:
+    response = await http.post(
+        "/v1/jobs",
+        json={"model": SEGMIND, "input": {"prompt": "A 1920s street carnival", **job_input}},
+    )
+    assert response.status_code == 202, response.text
+    job: dict[str, Any] = response.json()
+    assert job["model"] == SEGMIND
+    assert job["provider"] == "segmind"
+    return job
+
+
+async def wait_for_job(
+    http: httpx.AsyncClient, job_id: str, statuses: Collection[str] = TERMINAL, within: float = 15
+) -> dict[str, Any]:
+    """Poll ``GET /v1/jobs/{id}`` until its status is one of ``statuses``; fail after ``within``."""
+    with anyio.fail_after(within):
+        while True:
+            response = await http.get(f"/v1/jobs/{job_id}")
+            assert response.status_code == 200, response.text
+            job: dict[str, Any] = response.json()
+            if job["status"] in statuses:
+                return job
+            await anyio.sleep(0.02)
+
+
+async def sim_stats(http: httpx.AsyncClient) -> dict[str, Any]:
+    response = await http.get("/sim/_sim/stats")
+    assert response.status_code == 200, response.text
+    stats: dict[str, Any] = response.json()
+    return stats
+
+
+async def job_events(http: httpx.AsyncClient, job_id: str) -> list[str]:
+    response = await http.get("/v1/events", params={"limit": 1000})
+    assert response.status_code == 200, response.text
+    return [e["type"] for e in response.json()["data"] if e["data"]["id"] == job_id]
+
+
+async def finished_segmind_job(
+    http: httpx.AsyncClient, **job_input: Any
+) -> tuple[dict[str, Any], str]:
+    """Run one Segmind job to success; return the job and its /v1/files link."""
+    created = await submit(http, **job_input)
+    job = await wait_for_job(http, created["id"])
+    assert job["status"] == "succeeded", job
+    assert len(job["outputs"]) == 1, job
+    link: str = job["outputs"][0]["url"]
+    return job, link
+
+
+async def test_a_segmind_job_succeeds_with_a_mirrored_mp4(
+    settings_factory: SettingsFactory,
+) -> None:
+    sock = loopback_socket()
+    public_url = url_of(sock)
+    settings = settings_factory(PUBLIC_URL=public_url, SIM_DELAY="0.3")
+    assert "segmind" in settings.simulated_providers
+
+    async with reelhook(settings, sock) as http:
+        created = await submit(http, duration=5)
+        assert created["status"] in ("pending", "submitted")
+        assert created["cost"]["estimated"] == pytest.approx(0.44)
+        assert created["cost"]["unit"] == "usd"
+
+        job = await wait_for_job(http, created["id"])
+        assert job["status"] == "succeeded", job
+        assert job["error"] is None
+        assert job["cost"] == {"estimated": 0.44, "charged": 0.44, "unit": "usd"}
+        assert job["submitted_at"] is not None and job["completed_at"] is not None
+
+        (output,) = job["outputs"]
+        assert output["type"] == "video"
+        assert output["url"].startswith(f"{public_url}/v1/files/"), output
+        assert output["mirror_url"] == output["url"]
+
+        # The link is the credential: it works without an API key.
+        async with httpx.AsyncClient() as anonymous:
+            video = await anonymous.get(output["url"])
+        assert video.status_code == 200, video.text
+        assert video.headers["content-type"] == "video/mp4"
+        assert video.content == SAMPLE_MP4
+        assert int(video.headers["content-length"]) == len(SAMPLE_MP4)
+
+        assert await job_events(http, job["id"]) == ["job.submitted", "job.succeeded"]
+        stats = await sim_stats(http)
+        assert stats["submits"] == {"segmind": 1}
+        assert stats["status_requests_total"] == 0, "Segmind must never be polled"
+
+
+async def test_a_ten_second_segmind_clip_is_charged_0_88(
+    settings_factory: SettingsFactory,
+) -> None:
+    sock = loopback_socket()
+    settings = settings_factory(PUBLIC_URL=url_of(sock), SIM_DELAY="0.1")
+    async with reelhook(settings, sock) as http:
+        job, _ = await finished_segmind_job(http)
+    assert job["input"]["duration"] == 10
+    assert job["cost"] == {"estimated": 0.88, "charged": 0.88, "unit": "usd"}
+
+
+@pytest.mark.parametrize(
+    ("scenario", "kind"),
+    [
+        ({"outcome": "fail"}, "content_policy"),
+        # Segmind documents 406 as "Insufficient Credits" (shared/seeds, Common Error Codes).
+        ({"submit_status": 406}, "insufficient_credits"),
+        ({"submit_status": 401}, "provider_error"),
+    ],
+)
+async def test_a_segmind_error_answer_fails_the_job_with_its_kind(
+    settings_factory: SettingsFactory, scenario: dict[str, Any], kind: str
+) -> None:
+    sock = loopback_socket()
+    settings = settings_factory(PUBLIC_URL=url_of(sock), SIM_DELAY="0.1")
+    async with reelhook(settings, sock) as http:
+        changed = await http.put("/sim/_sim/scenario", json=scenario)
+        assert changed.status_code == 200, changed.text
+        created = await submit(http, duration=5)
+        job = await wait_for_job(http, created["id"])
+        events = await job_events(http, job["id"])
+
+    assert job["status"] == "failed", job
+    assert job["error"]["kind"] == kind, job["error"]
+    assert job["outputs"] == []
+    assert events == ["job.submitted", "job.failed"]
+
+
+async def test_a_held_request_lost_to_a_restart_ends_interrupted_and_is_not_resent(
+    settings_factory: SettingsFactory,
+) -> None:
+    first_sock = loopback_socket()
+    first = settings_factory(PUBLIC_URL=url_of(first_sock), SIM_DELAY="30")
+    async with reelhook(first, first_sock) as http:
+        created = await submit(http, duration=5)
+        job_id = created["id"]
+        submitted = await wait_for_job(http, job_id, ("submitted", *TERMINAL))
+        assert submitted["status"] == "submitted", submitted
+        with anyio.fail_after(10):
+            while True:
+                if (await sim_stats(http))["submits"].get("segmind", 0) >= 1:
+                    break
+                await anyio.sleep(0.02)
+    # The server has stopped with the held request still open.
+
+    second_sock = loopback_socket()
+    second = settings_factory(PUBLIC_URL=url_of(second_sock), SIM_DELAY="0.1")
+    assert second.data_dir == first.data_dir
+    async with reelhook(second, second_sock) as http:
+        job = await wait_for_job(http, job_id)
+        assert job["status"] == "failed", job
+        assert job["error"]["kind"] == "interrupted", job["error"]
+        assert job["outputs"] == []
+        assert job["completed_at"] is not None
+
+        failed = await http.get("/v1/events", params={"type": "job.failed"})
+        assert [e["data"]["id"] for e in failed.json()["data"]] == [job_id]
+        assert failed.json()["data"][0]["data"]["error"]["kind"] == "interrupted"
+        assert await job_events(http, job_id) == ["job.submitted", "job.failed"]
+
+        # A new job still works after the restart, and the lost one was never sent again.
+        fresh, _ = await finished_segmind_job(http, duration=5)
+        assert fresh["id"] != job_id
+        assert (await sim_stats(http))["submits"] == {"segmind": 1}
+        assert (await http.get(f"/v1/jobs/{job_id}")).json()["status"] == "failed"
