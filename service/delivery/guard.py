@@ -52,6 +52,9 @@ def check_url(url: str, allow: Sequence[IPNetwork]) -> str | None:
     # Normalise the host as the HTTP client will: yarl turns e.g. ideographic full stops into dots.
     host = (URL(url).host or parts.hostname).rstrip(".").lower()
     address = ip_literal(host)
+    if address is None and host.replace(".", "").isdigit():
+        # 127.1 or 2130706433: shorthand some resolvers read as 127.0.0.1; never a real name.
+        return "is not a valid IP address or host name"
     if address is None and host in ("localhost", "localhost.localdomain"):
         address = ipaddress.ip_address("127.0.0.1")
     if address is not None and not address_allowed(address, allow):
