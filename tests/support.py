@@ -1,7 +1,8 @@
-"""In-process access to a reelhook app for fast API tests."""
+"""Ways to reach a reelhook under test, and assertions shared by the API tests."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -11,6 +12,7 @@ from asgi_lifespan import LifespanManager
 
 from service.app import create_app
 from service.settings import Settings
+from tests.servers import run_server
 
 ADMIN_KEY = "rh_test_admin_key_0123456789abcdef"
 
@@ -28,3 +30,31 @@ async def api_client(settings: Settings, **app_options: Any) -> AsyncIterator[ht
         ) as http,
     ):
         yield http
+
+
+@asynccontextmanager
+async def served(settings: Settings, sock: socket.socket) -> AsyncIterator[httpx.AsyncClient]:
+    """reelhook served by a real uvicorn on ``sock``, and an admin client for it."""
+    async with (
+        run_server(create_app(settings), sock) as base_url,
+        httpx.AsyncClient(base_url=base_url, headers={"X-API-Key": ADMIN_KEY}) as http,
+    ):
+        yield http
+
+
+def assert_error(
+    response: httpx.Response, status: int, code: str, field: str | None = None
+) -> dict[str, Any]:
+    """The response is reelhook's JSON error with ``status`` and ``code``, naming ``field``."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json"), response.headers
+    body = response.json()
+    assert set(body) == {"error"}, body
+    error: dict[str, Any] = body["error"]
+    assert set(error) <= {"code", "message", "details"}, error
+    assert error["code"] == code, error
+    assert isinstance(error["message"], str) and error["message"], error
+    if field is not None:
+        assert field in error["details"]["fields"], error
+        assert field in error["message"], error
+    return error

@@ -14,34 +14,14 @@ from typing import Any
 import httpx
 import pytest
 
-from service.app import create_app
-from service.settings import Settings
 from tests.conftest import SettingsFactory
 from tests.servers import Sink, loopback_socket, run_server, url_of
-from tests.support import ADMIN_KEY, api_client
+from tests.support import api_client, assert_error, served
 
 pytestmark = pytest.mark.anyio
 
 V3 = "trinetra/kling-v3"
 SEGMIND = "segmind/kling-2.5-turbo"
-
-
-def assert_error(
-    response: httpx.Response, status: int, code: str, field: str | None = None
-) -> dict[str, Any]:
-    """The response is reelhook's JSON error with ``status`` and ``code``, naming ``field``."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json"), response.headers
-    body = response.json()
-    assert set(body) == {"error"}, body
-    error: dict[str, Any] = body["error"]
-    assert set(error) <= {"code", "message", "details"}, error
-    assert error["code"] == code, error
-    assert isinstance(error["message"], str) and error["message"], error
-    if field is not None:
-        assert field in error["details"]["fields"], error
-        assert field in error["message"], error
-    return error
 
 
 async def events(http: httpx.AsyncClient, **params: str) -> dict[str, Any]:
@@ -164,23 +144,14 @@ async def test_published_events_are_listed_in_order_and_filtered(
 
 
 @asynccontextmanager
-async def reelhook(settings: Settings, sock: Any) -> AsyncIterator[httpx.AsyncClient]:
-    async with (
-        run_server(create_app(settings), sock) as base_url,
-        httpx.AsyncClient(base_url=base_url, headers={"X-API-Key": ADMIN_KEY}) as http,
-    ):
-        yield http
-
-
-@asynccontextmanager
-async def served(
+async def served_with_sink(
     settings_factory: SettingsFactory,
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Sink, str]]:
     """reelhook served on loopback (its simulator calls back to it) and a recording sink."""
     sink = Sink()
     with loopback_socket() as sock:
         settings = settings_factory(PUBLIC_URL=url_of(sock), SIM_DELAY="0.1")
-        async with run_server(sink.app()) as sink_url, reelhook(settings, sock) as http:
+        async with run_server(sink.app()) as sink_url, served(settings, sock) as http:
             yield http, sink, sink_url
 
 
@@ -209,7 +180,7 @@ async def finished(
     settings_factory: SettingsFactory,
 ) -> AsyncIterator[tuple[httpx.AsyncClient, list[str]]]:
     """A served reelhook after two (Segmind) jobs were submitted and finished; their ids."""
-    async with served(settings_factory) as (http, sink, sink_url):
+    async with served_with_sink(settings_factory) as (http, sink, sink_url):
         yield http, await submit_and_finish(http, sink, sink_url, SEGMIND, 2)
 
 
@@ -234,7 +205,7 @@ async def test_a_finished_job_leaves_submitted_then_succeeded(
 async def test_a_trinetra_job_finished_by_callback_is_logged(
     settings_factory: SettingsFactory,
 ) -> None:
-    async with served(settings_factory) as (http, sink, sink_url):
+    async with served_with_sink(settings_factory) as (http, sink, sink_url):
         [job_id] = await submit_and_finish(http, sink, sink_url, V3, 1)
         log = (await events(http))["data"]
     assert [(e["type"], e["data"]["id"]) for e in log] == [

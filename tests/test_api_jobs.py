@@ -19,7 +19,7 @@ import pytest
 from service.sim import Scenario, Simulator, create_sim_app
 from tests.conftest import SettingsFactory
 from tests.servers import loopback_socket, run_server, url_of
-from tests.support import api_client
+from tests.support import api_client, assert_error
 
 pytestmark = pytest.mark.anyio
 
@@ -33,25 +33,6 @@ MAX_BODY = 256 * 1024
 
 def job_body(model: str = V3, **job_input: Any) -> dict[str, Any]:
     return {"model": model, "input": {"prompt": "A lighthouse in a storm", **job_input}}
-
-
-def assert_error(
-    response: httpx.Response, status: int, code: str, field: str | None = None
-) -> dict[str, Any]:
-    """The response is reelhook's JSON error with ``status`` and ``code``, naming ``field``."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json"), response.headers
-    body = response.json()
-    assert set(body) == {"error"}, body
-    error: dict[str, Any] = body["error"]
-    assert set(error) <= {"code", "message", "details"}, error
-    assert error["code"] == code, error
-    assert isinstance(error["message"], str) and error["message"], error
-    assert "Traceback" not in response.text
-    if field is not None:
-        assert field in error["details"]["fields"], error
-        assert field in error["message"], error
-    return error
 
 
 async def assert_nothing_stored(api: httpx.AsyncClient) -> None:

@@ -17,31 +17,13 @@ from standardwebhooks.webhooks import Webhook
 
 from tests.conftest import SettingsFactory
 from tests.servers import Sink, run_server
-from tests.support import api_client
+from tests.support import api_client, assert_error
 
 pytestmark = pytest.mark.anyio
 
 HOOK = "https://hooks.example.test/reelhook"
 V3 = "trinetra/kling-v3"
 MISSING = "sub_00000000000000000000000000"
-
-
-def assert_error(
-    response: httpx.Response, status: int, code: str, field: str | None = None
-) -> dict[str, Any]:
-    """The response is reelhook's JSON error with ``status`` and ``code``, naming ``field``."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json"), response.headers
-    body = response.json()
-    assert set(body) == {"error"}, body
-    error: dict[str, Any] = body["error"]
-    assert set(error) <= {"code", "message", "details"}, error
-    assert error["code"] == code, error
-    assert isinstance(error["message"], str) and error["message"], error
-    if field is not None:
-        assert field in error["details"]["fields"], error
-        assert field in error["message"], error
-    return error
 
 
 async def create(http: httpx.AsyncClient, **fields: Any) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from service.settings import Settings
 from service.tokens import Tokens
 from tests.conftest import SettingsFactory
 from tests.servers import loopback_socket, run_server, url_of
-from tests.support import ADMIN_KEY
+from tests.support import ADMIN_KEY, assert_error
 
 pytestmark = pytest.mark.anyio
 
@@ -174,12 +174,6 @@ def apiframe_progress(provider_job_id: str) -> dict[str, Any]:
         "progress": 45,
         "model": "kling-2.5-turbo-pro",
     }
-
-
-def assert_error(response: httpx.Response, status_code: int, code: str) -> None:
-    assert response.status_code == status_code, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    assert response.json()["error"]["code"] == code, response.text
 
 
 # --- accepted callbacks --------------------------------------------------------------------------

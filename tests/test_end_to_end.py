@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from service.app import create_app
-from service.settings import Settings
 from service.sim import Scenario, Simulator, create_sim_app
 from tests.conftest import SettingsFactory
 from tests.servers import Sink, loopback_socket, run_server, url_of
-from tests.support import ADMIN_KEY
+from tests.support import served
 
 pytestmark = pytest.mark.anyio
 
@@ -27,15 +23,6 @@ JOBS: dict[str, dict[str, Any]] = {
     "apiframe/kling-2.5-turbo-pro": {"prompt": "A flower blooming", "aspect_ratio": "16:9"},
     "segmind/kling-2.5-turbo": {"prompt": "A 1920s street carnival", "duration": 5},
 }
-
-
-@asynccontextmanager
-async def reelhook(settings: Settings, sock: Any) -> AsyncIterator[httpx.AsyncClient]:
-    async with (
-        run_server(create_app(settings), sock) as base_url,
-        httpx.AsyncClient(base_url=base_url, headers={"X-API-Key": ADMIN_KEY}) as http,
-    ):
-        yield http
 
 
 async def submit_all_and_check(http: httpx.AsyncClient, sink: Sink, sink_url: str) -> None:
@@ -99,7 +86,7 @@ async def test_every_model_against_a_separate_simulator(settings_factory: Settin
             },
         )
         assert settings.simulated_providers == []
-        async with reelhook(settings, service_sock) as http:
+        async with served(settings, service_sock) as http:
             await submit_all_and_check(http, sink, sink_url)
     assert simulator.stats()["status_requests_total"] == 0
     assert simulator.stats()["submits"] == {"trinetra": 3, "apiframe": 1, "segmind": 1}
@@ -112,7 +99,7 @@ async def test_embedded_default_serves_the_whole_loop(settings_factory: Settings
     async with run_server(sink.app()) as sink_url:
         settings = settings_factory(PUBLIC_URL=url_of(service_sock), SIM_DELAY="1")
         assert sorted(settings.simulated_providers) == ["apiframe", "segmind", "trinetra"]
-        async with reelhook(settings, service_sock) as http:
+        async with served(settings, service_sock) as http:
             await submit_all_and_check(http, sink, sink_url)
             stats = (await http.get("/sim/_sim/stats")).json()
     assert stats["status_requests_total"] == 0

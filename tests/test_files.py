@@ -16,8 +16,8 @@ from service.settings import Settings
 from service.tokens import _FILE_SALT, Tokens
 from tests.conftest import SettingsFactory
 from tests.servers import loopback_socket, url_of
-from tests.support import api_client
-from tests.test_segmind import finished_segmind_job, reelhook
+from tests.support import api_client, served
+from tests.test_segmind import finished_segmind_job
 
 pytestmark = pytest.mark.anyio
 
@@ -190,7 +190,7 @@ async def test_links_survive_a_key_rotation(settings_factory: SettingsFactory) -
 async def test_a_segmind_output_link_supports_ranges(settings_factory: SettingsFactory) -> None:
     sock = loopback_socket()
     settings = settings_factory(PUBLIC_URL=url_of(sock), SIM_DELAY="0.1")
-    async with reelhook(settings, sock) as http:
+    async with served(settings, sock) as http:
         _, link = await finished_segmind_job(http, duration=5)
         assert link.startswith(f"{url_of(sock)}/v1/files/")
         async with httpx.AsyncClient() as anonymous:
@@ -212,7 +212,7 @@ async def test_after_a_link_expires_the_job_hands_out_a_fresh_one(
     """The 410 says "fetch the job again for a fresh one"; the job document must then oblige."""
     sock = loopback_socket()
     settings = settings_factory(PUBLIC_URL=url_of(sock), SIM_DELAY="0.1", FILE_LINK_TTL="1")
-    async with reelhook(settings, sock) as http:
+    async with served(settings, sock) as http:
         job, link = await finished_segmind_job(http, duration=5)
         async with httpx.AsyncClient() as anonymous:
             # Wait (bounded) for the one-second TTL to run out; itsdangerous counts whole seconds.

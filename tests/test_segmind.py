@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import socket
-from collections.abc import AsyncIterator, Collection
-from contextlib import asynccontextmanager
+from collections.abc import Collection
 from importlib import resources
 from typing import Any
 
@@ -12,27 +10,15 @@ import anyio
 import httpx
 import pytest
 
-from service.app import create_app
-from service.settings import Settings
 from tests.conftest import SettingsFactory
-from tests.servers import loopback_socket, run_server, url_of
-from tests.support import ADMIN_KEY
+from tests.servers import loopback_socket, url_of
+from tests.support import served
 
 pytestmark = pytest.mark.anyio
 
 SEGMIND = "segmind/kling-2.5-turbo"
 SAMPLE_MP4 = resources.files("service.sim").joinpath("assets/sample.mp4").read_bytes()
 TERMINAL = ("succeeded", "failed", "canceled", "expired")
-
-
-@asynccontextmanager
-async def reelhook(settings: Settings, sock: socket.socket) -> AsyncIterator[httpx.AsyncClient]:
-    """reelhook served by uvicorn on ``sock``, and an admin client for it."""
-    async with (
-        run_server(create_app(settings), sock) as base_url,
-        httpx.AsyncClient(base_url=base_url, headers={"X-API-Key": ADMIN_KEY}) as http,
-    ):
-        yield http
 
 
 async def submit(http: httpx.AsyncClient, **job_input: Any) -> dict[str, Any]:
@@ -94,7 +80,7 @@ async def test_a_segmind_job_succeeds_with_a_mirrored_mp4(
     settings = settings_factory(PUBLIC_URL=public_url, SIM_DELAY="0.3")
     assert "segmind" in settings.simulated_providers
 
-    async with reelhook(settings, sock) as http:
+    async with served(settings, sock) as http:
         created = await submit(http, duration=5)
         assert created["status"] in ("pending", "submitted")
         assert created["cost"]["estimated"] == pytest.approx(0.44)
@@ -130,7 +116,7 @@ async def test_a_ten_second_segmind_clip_is_charged_0_88(
 ) -> None:
     sock = loopback_socket()
     settings = settings_factory(PUBLIC_URL=url_of(sock), SIM_DELAY="0.1")
-    async with reelhook(settings, sock) as http:
+    async with served(settings, sock) as http:
         job, _ = await finished_segmind_job(http)
     assert job["input"]["duration"] == 10
     assert job["cost"] == {"estimated": 0.88, "charged": 0.88, "unit": "usd"}
@@ -150,7 +136,7 @@ async def test_a_segmind_error_answer_fails_the_job_with_its_kind(
 ) -> None:
     sock = loopback_socket()
     settings = settings_factory(PUBLIC_URL=url_of(sock), SIM_DELAY="0.1")
-    async with reelhook(settings, sock) as http:
+    async with served(settings, sock) as http:
         changed = await http.put("/sim/_sim/scenario", json=scenario)
         assert changed.status_code == 200, changed.text
         created = await submit(http, duration=5)
@@ -168,7 +154,7 @@ async def test_a_held_request_lost_to_a_restart_ends_interrupted_and_is_not_rese
 ) -> None:
     first_sock = loopback_socket()
     first = settings_factory(PUBLIC_URL=url_of(first_sock), SIM_DELAY="30")
-    async with reelhook(first, first_sock) as http:
+    async with served(first, first_sock) as http:
         created = await submit(http, duration=5)
         job_id = created["id"]
         submitted = await wait_for_job(http, job_id, ("submitted", *TERMINAL))
@@ -183,7 +169,7 @@ async def test_a_held_request_lost_to_a_restart_ends_interrupted_and_is_not_rese
     second_sock = loopback_socket()
     second = settings_factory(PUBLIC_URL=url_of(second_sock), SIM_DELAY="0.1")
     assert second.data_dir == first.data_dir
-    async with reelhook(second, second_sock) as http:
+    async with served(second, second_sock) as http:
         job = await wait_for_job(http, job_id)
         assert job["status"] == "failed", job
         assert job["error"]["kind"] == "interrupted", job["error"]
