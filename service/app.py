@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
@@ -43,15 +42,15 @@ SIMULATED_API_KEY = "sim_{name}_key"
 
 
 def provider_endpoints(settings: Settings) -> dict[str, ProviderEndpoint]:
-    """Each provider's base URL and key: the real ones, or the in-process simulator's."""
+    """Each available provider's base URL and key: the real ones, or the simulator's."""
     endpoints = {}
     for name, provider in settings.providers.items():
-        if provider.api_key is None:
+        if provider.api_key is not None:
+            endpoints[name] = ProviderEndpoint(name, provider.base_url, provider.api_key, False)
+        elif name in settings.simulated_providers:
             endpoints[name] = ProviderEndpoint(
                 name, f"{settings.public_url}/sim/{name}", SIMULATED_API_KEY.format(name=name), True
             )
-        else:
-            endpoints[name] = ProviderEndpoint(name, provider.base_url, provider.api_key, False)
     return endpoints
 
 
@@ -126,13 +125,14 @@ def _wire(
     def file_url(digest: str, media_type: str) -> str:
         return f"{settings.public_url}/v1/files/{tokens.file(digest, media_type)}"
 
-    publisher = Publisher(file_url)
+    publisher = Publisher(file_url, first_delay=settings.retry_schedule[0])
     dispatcher = Dispatcher(
         db,
         Sender(session),
         RetryPolicy(settings.retry_schedule, overload_floor=retry_overload_floor),
         clock=clock,
-        timeout=settings.delivery_timeout,
+        # A lease outlives the slowest attempt, with room for a claimed row to wait for a slot.
+        lease=2 * settings.delivery_timeout + 5,
         concurrency=settings.delivery_concurrency,
         per_subscription=settings.subscription_concurrency,
     )
@@ -142,7 +142,7 @@ def _wire(
         publisher=publisher,
         client=client,
         blobs=blobs,
-        endpoint=endpoints["segmind"],
+        endpoint=endpoints.get("segmind"),
         clock=clock,
         on_commit=dispatcher.wake,
         concurrency=settings.segmind_concurrency,
@@ -173,7 +173,6 @@ def _wire(
         submitter=submitter,
         dispatcher=dispatcher,
         held=held,
-        counters=Counter(),
     )
 
 

@@ -225,12 +225,6 @@ APIFRAME_TURBO_PRO = ModelSpec(
 _SEGMIND_USD = {"5": 0.44, "10": 0.88}
 
 
-def _segmind_tail_needs_pro(data: Input) -> tuple[str, str] | None:
-    if "last_frame_url" in data and data.get("mode") != "pro":
-        return ("last_frame_url", "is available in pro mode only")
-    return None
-
-
 SEGMIND_TURBO = ModelSpec(
     id="segmind/kling-2.5-turbo",
     provider="segmind",
@@ -261,7 +255,8 @@ SEGMIND_TURBO = ModelSpec(
         table=_SEGMIND_USD,
         estimate=lambda data: _SEGMIND_USD[str(data["duration"])],
     ),
-    rules=(_needs_image_for_last_frame, _segmind_tail_needs_pro),
+    # tail_image_url is pro-only on Segmind; pro is the only mode it offers, so no rule is needed.
+    rules=(_needs_image_for_last_frame,),
 )
 
 MODELS: Mapping[str, ModelSpec] = {

@@ -19,10 +19,12 @@ def payload(event_type: str, created_at: float, data: dict[str, Any]) -> bytes:
 
 
 class Publisher:
-    """Appends events; ``file_url`` mints the links to stored outputs in job documents."""
+    """Appends events. ``file_url`` mints the links to stored outputs in job documents;
+    ``first_delay`` is how long after an event its first delivery attempt is due."""
 
-    def __init__(self, file_url: FileUrl) -> None:
+    def __init__(self, file_url: FileUrl, first_delay: float = 0.0) -> None:
         self.file_url = file_url
+        self.first_delay = first_delay
 
     async def publish(
         self,
@@ -46,11 +48,9 @@ class Publisher:
         else:
             model = job.model if job is not None else None
             job_id = job.id if job is not None else None
-            targets = [
-                sub.id
-                for sub in await subscriptions.active(conn)
-                if sub.matches(event_type, model, job_id)
-            ]
+            owner = job.owner_key_id if job is not None else None
+            candidates = await subscriptions.candidates(conn, owner_key_id=owner, job_id=job_id)
+            targets = [sub.id for sub in candidates if sub.matches(event_type, model, job_id)]
         event_id = new_id("evt")
         await events.append(
             conn,
@@ -60,5 +60,6 @@ class Publisher:
             created_at=now,
             payload=payload(event_type, now, body),
             subscription_ids=targets,
+            first_attempt_at=now + self.first_delay,
         )
         return event_id

@@ -8,7 +8,7 @@ resumed, and sending it again would charge twice, so at start-up such jobs end `
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import logging
 from collections.abc import Callable
 
@@ -19,8 +19,8 @@ import httpx
 from service.blobs import BlobStore, BlobTooLarge
 from service.clock import Clock
 from service.events import Publisher
-from service.jsonutil import dumps_bytes
-from service.lifecycle import apply_update
+from service.jsonutil import dumps_bytes, finite_number
+from service.lifecycle import apply_update, mark_submitted
 from service.models import ErrorKind, Job, JobError, JobStatus, Output, ProviderUpdate
 from service.providers import segmind
 from service.storage import jobs
@@ -40,7 +40,7 @@ class HeldRequests:
         publisher: Publisher,
         client: httpx.AsyncClient,
         blobs: BlobStore,
-        endpoint: ProviderEndpoint,
+        endpoint: ProviderEndpoint | None,
         clock: Clock,
         on_commit: Callable[[], None],
         concurrency: int,
@@ -66,10 +66,19 @@ class HeldRequests:
     async def run(self) -> None:
         """End requests lost to a restart, then hold each pending job's request until cancelled."""
         await self._interrupt_lost()
+        if self._endpoint is None:
+            return  # Segmind is not configured, so no job can be waiting for it
         async with anyio.create_task_group() as tg:
             while True:
                 self._wake = anyio.Event()
-                pending = await jobs.with_status(self._db.reader, PROVIDER, (JobStatus.PENDING,))
+                try:
+                    pending = await jobs.with_status(
+                        self._db.reader, PROVIDER, (JobStatus.PENDING,)
+                    )
+                except Exception:
+                    log.exception("could not read pending Segmind jobs; retrying in a second")
+                    await anyio.sleep(1)
+                    continue
                 for job in pending:
                     if job.id not in self._holding:
                         self._holding.add(job.id)
@@ -89,7 +98,6 @@ class HeldRequests:
                 ProviderUpdate(
                     provider_job_id=None,
                     status=JobStatus.FAILED,
-                    provider_status="interrupted",
                     error=JobError(
                         ErrorKind.INTERRUPTED,
                         "reelhook restarted while holding the Segmind request; not resubmitted "
@@ -105,24 +113,22 @@ class HeldRequests:
                 if await self._mark_submitted(job):
                     update, summary = await self._request(job)
                     await self._finish(job, update, summary)
-        except Exception:
+        except Exception as exc:
             log.exception("holding the Segmind request of job %s failed", job.id)
+            with contextlib.suppress(Exception):
+                error = JobError(ErrorKind.PROVIDER_ERROR, f"internal error: {type(exc).__name__}")
+                await self._finish(job, _failed(error), {"error": type(exc).__name__})
         finally:
             self._holding.discard(job.id)
 
     async def _mark_submitted(self, job: Job) -> bool:
-        now = self._clock()
-        async with self._db.transaction() as conn:
-            current = await jobs.get(conn, job.id)
-            if current is None or current.status is not JobStatus.PENDING:
-                return False
-            submitted = dataclasses.replace(current, status=JobStatus.SUBMITTED, submitted_at=now)
-            await jobs.save(conn, submitted, now)
-            await self._publisher.publish(conn, "job.submitted", now, job=submitted)
-        self._on_commit()
-        return True
+        _, moved = await mark_submitted(self._db, self._publisher, job.id, None, self._clock())
+        if moved:
+            self._on_commit()
+        return moved
 
     async def _request(self, job: Job) -> tuple[ProviderUpdate, dict[str, object]]:
+        assert self._endpoint is not None
         request = segmind.ADAPTER.submit_request(job, "", self._endpoint.api_key)
         url = self._endpoint.base_url + request.path
         timeout = httpx.Timeout(self._timeout, connect=30.0)
@@ -155,11 +161,10 @@ class HeldRequests:
             error = JobError(ErrorKind.PROVIDER_ERROR, f"the video is too large to keep: {exc}")
             return _failed(error), {"error": "too large"}
         summary.update(sha256=digest, bytes=size)
-        credits = _number(summary["credits_consumed"])
+        credits = _number(response.headers.get("x-credits-consumed"))
         update = ProviderUpdate(
             provider_job_id=None,
             status=JobStatus.SUCCEEDED,
-            provider_status="200",
             outputs=(Output(url=None, type="video", blob=digest, media_type="video/mp4"),),
             charged=credits,
         )
@@ -179,13 +184,11 @@ class HeldRequests:
 
 
 def _failed(error: JobError) -> ProviderUpdate:
-    return ProviderUpdate(
-        provider_job_id=None, status=JobStatus.FAILED, provider_status="error", error=error
-    )
+    return ProviderUpdate(provider_job_id=None, status=JobStatus.FAILED, error=error)
 
 
-def _number(value: object) -> float | None:
+def _number(header: str | None) -> float | None:
     try:
-        return float(str(value))
+        return finite_number(float(header)) if header else None
     except ValueError:
         return None

@@ -10,7 +10,7 @@ import dataclasses
 from enum import StrEnum
 
 from service.events import Publisher
-from service.models import Job, JobStatus, ProviderUpdate, event_type_for
+from service.models import Job, JobError, JobStatus, ProviderUpdate, event_type_for
 from service.storage import jobs
 from service.storage.database import Database
 
@@ -100,3 +100,52 @@ async def apply_update(
         if event_type is not None:
             await publisher.publish(conn, event_type, now, job=changed)
         return changed, outcome
+
+
+async def mark_submitted(
+    db: Database, publisher: Publisher, job_id: str, provider_job_id: str | None, now: float
+) -> tuple[Job | None, bool]:
+    """The provider accepted a pending job: move it to submitted and announce it.
+
+    Returns the job as it now is and whether it moved. A callback that overtook the provider's
+    answer has already moved the job on; then only its provider job id is filled in.
+    """
+    async with db.transaction() as conn:
+        current = await jobs.get(conn, job_id)
+        if current is None:
+            return None, False
+        if current.status is not JobStatus.PENDING:
+            if current.provider_job_id is None and provider_job_id is not None:
+                current = dataclasses.replace(current, provider_job_id=provider_job_id)
+                await jobs.save(conn, current, now)
+            return current, False
+        submitted = dataclasses.replace(
+            current, status=JobStatus.SUBMITTED, provider_job_id=provider_job_id, submitted_at=now
+        )
+        await jobs.save(conn, submitted, now)
+        await publisher.publish(conn, "job.submitted", now, job=submitted)
+        return submitted, True
+
+
+async def refuse(
+    db: Database, publisher: Publisher, job_id: str, error: JobError, now: float
+) -> bool:
+    """The provider refused a pending job: fail it (nothing charged) and announce it.
+
+    A job that is no longer pending was moved on by a callback, which is the better witness of
+    what the provider did, so it is left alone. Returns whether the job was failed.
+    """
+    async with db.transaction() as conn:
+        current = await jobs.get(conn, job_id)
+        if current is None or current.status is not JobStatus.PENDING:
+            return False
+        failed = dataclasses.replace(
+            current,
+            status=JobStatus.FAILED,
+            error=error,
+            cost=dataclasses.replace(current.cost, charged=0),
+            completed_at=now,
+        )
+        await jobs.save(conn, failed, now)
+        await publisher.publish(conn, "job.failed", now, job=failed)
+        return True

@@ -175,7 +175,6 @@ class ProviderUpdate:
 
     provider_job_id: str | None
     status: JobStatus
-    provider_status: str
     outputs: tuple[Output, ...] = ()
     error: JobError | None = None
     charged: float | None = None

@@ -26,15 +26,11 @@ class SettingsError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class ProviderSettings:
-    """Where one provider's API is and how to authenticate; ``api_key`` None means simulated."""
+    """Where one provider's API is and how to authenticate (``api_key`` None: no account)."""
 
     name: str
     base_url: str
     api_key: str | None
-
-    @property
-    def simulated(self) -> bool:
-        return self.api_key is None
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +71,14 @@ class Settings:
 
     @property
     def simulated_providers(self) -> list[str]:
-        return [name for name, p in self.providers.items() if p.simulated]
+        """Providers served by the built-in simulator: those without a key, in development only.
+
+        In production an unauthenticated simulator would let anyone make reelhook send requests,
+        so a provider without a key is simply unavailable there.
+        """
+        if self.env == "production":
+            return []
+        return [name for name, p in self.providers.items() if p.api_key is None]
 
 
 class _Reader:
@@ -233,6 +236,8 @@ def _schedule(read: _Reader, name: str) -> tuple[float, ...]:
         raise read.fail(name, f"expected comma-separated seconds, got {raw!r}") from None
     if not all(math.isfinite(delay) for delay in schedule):
         raise read.fail(name, "delays must be finite numbers")
+    if not schedule:
+        raise read.fail(name, "needs at least one delay")
     if any(delay < 0 for delay in schedule):
         raise read.fail(name, "delays must not be negative")
     return schedule

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -20,6 +19,7 @@ from service.errors import Conflict, ProviderFailed, ProviderUnavailable, Valida
 from service.events import Publisher
 from service.ids import new_id
 from service.jsonutil import dumps
+from service.lifecycle import mark_submitted, refuse
 from service.models import JOB_EVENT_TYPES, Cost, ErrorKind, Job, JobError, JobStatus, Subscription
 from service.providers import ADAPTERS
 from service.providers.base import InvalidCallback, SubmitFailed, submit_failure
@@ -141,6 +141,12 @@ class Submitter:
             raise ValidationFailed.field(
                 "model", f"unknown model {model!r} (available: {', '.join(MODELS)})"
             )
+        if spec.provider not in self._endpoints:
+            variable = f"REELHOOK_{spec.provider.upper()}_API_KEY"
+            raise ProviderUnavailable(
+                f"{spec.provider} is not configured on this server (it needs {variable})",
+                details={"provider": spec.provider},
+            )
         if "input" not in body:
             raise ValidationFailed.field("input", "is required")
         clean = spec.validate(body["input"])
@@ -222,30 +228,15 @@ class Submitter:
             raise _client_error(job, failure) from None
         return await self._mark_submitted(job, provider_job_id)
 
-    async def _mark_submitted(self, job: Job, provider_job_id: str | None) -> Job:
-        now = self._clock()
-        async with self._db.transaction() as conn:
-            current = await jobs.get(conn, job.id)
-            assert current is not None
-            if current.status is not JobStatus.PENDING:
-                # A callback overtook the submit answer; it already moved the job on.
-                if current.provider_job_id is None and provider_job_id is not None:
-                    current = dataclasses.replace(current, provider_job_id=provider_job_id)
-                    await jobs.save(conn, current, now)
-                return current
-            submitted = dataclasses.replace(
-                current,
-                status=JobStatus.SUBMITTED,
-                provider_job_id=provider_job_id,
-                submitted_at=now,
-            )
-            await jobs.save(conn, submitted, now)
-            await self._publisher.publish(conn, "job.submitted", now, job=submitted)
-        self._on_commit()
-        return submitted
+    async def _mark_submitted(self, job: Job, provider_job_id: str) -> Job:
+        current, moved = await mark_submitted(
+            self._db, self._publisher, job.id, provider_job_id, self._clock()
+        )
+        if moved:
+            self._on_commit()
+        return current or job
 
     async def _fail(self, job: Job, failure: SubmitFailed) -> None:
-        now = self._clock()
         log.warning(
             "%s refused job %s: HTTP %s %s", job.provider, job.id, failure.status_code, failure.kind
         )
@@ -254,20 +245,8 @@ class Submitter:
             failure.message,
             str(failure.status_code) if failure.status_code else failure.provider_code,
         )
-        async with self._db.transaction() as conn:
-            current = await jobs.get(conn, job.id)
-            if current is None or current.status.terminal:
-                return
-            failed = dataclasses.replace(
-                current,
-                status=JobStatus.FAILED,
-                error=error,
-                cost=dataclasses.replace(current.cost, charged=0),
-                completed_at=now,
-            )
-            await jobs.save(conn, failed, now)
-            await self._publisher.publish(conn, "job.failed", now, job=failed)
-        self._on_commit()
+        if await refuse(self._db, self._publisher, job.id, error, self._clock()):
+            self._on_commit()
 
 
 def _client_error(job: Job, failure: SubmitFailed) -> ProviderFailed | ValidationFailed:

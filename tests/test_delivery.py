@@ -538,25 +538,53 @@ async def test_an_error_body_is_stored_whole_up_to_20_kb(settings_factory: Setti
 # --- disabled subscriptions, filters -----------------------------------------------------------
 
 
-async def test_a_disabled_subscription_still_receives_an_explicit_test_ping(
+async def test_a_disabled_subscription_refuses_a_test_ping(
     settings_factory: SettingsFactory,
 ) -> None:
-    """What the code does: ``/test`` addresses the subscription directly and the outbox does not
-    look at its status, so a disabled subscription still gets its ping. That is useful (check an
-    endpoint before re-enabling it); job events skip it (see the ``matches`` tests below)."""
     settings = settings_factory()
     async with sink_and_service(settings) as (sink, sink_url, http):
         sub = await subscribe(http, f"{sink_url}/hook")
         patched = await http.patch(f"/v1/subscriptions/{sub['id']}", json={"status": "disabled"})
         assert patched.status_code == 200, patched.text
-        assert patched.json()["status"] == "disabled"
-        event_id = await ping(http, sub["id"])
-        await sink.wait_for(lambda s: len(s.on("/hook")) >= 1)
+        refused = await http.post(f"/v1/subscriptions/{sub['id']}/test")
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["error"]["code"] == "conflict"
+    assert sink.received == []
+
+
+async def test_retries_wait_while_a_subscription_is_disabled_and_resume_when_enabled(
+    settings_factory: SettingsFactory,
+) -> None:
+    """A retry that falls due while its subscription is disabled is held, not sent; enabling the
+    subscription releases it. "Not sent" is shown causally: a later ping to another subscription,
+    claimed after the retry was due, arrives first."""
+    settings = settings_factory(RETRY_SCHEDULE="0,1,1")
+    clock = ShiftedClock()
+    sink = Sink(script={"/flaky": lambda n: (500, {}) if n == 1 else (204, {})})
+    async with run_server(sink.app()) as sink_url, api_client(settings, clock=clock) as http:
+        flaky = await subscribe(http, f"{sink_url}/flaky")
+        other = await subscribe(http, f"{sink_url}/other")
+        event_id = await ping(http, flaky["id"])
+        await settled(
+            settings, event_id, lambda row: row["attempts"] == 1 and row["status"] == "pending"
+        )
+        patched = await http.patch(f"/v1/subscriptions/{flaky['id']}", json={"status": "disabled"})
+        assert patched.status_code == 200, patched.text
+        clock.offset = 60.0  # the retry is now long overdue
+        await ping(http, other["id"])
+        await sink.wait_for(lambda s: len(s.on("/other")) == 1)
+        assert len(sink.on("/flaky")) == 1
+        held = await delivery_of(settings, event_id)
+        assert held["status"] == "pending" and held["attempts"] == 1
+
+        enabled = await http.patch(f"/v1/subscriptions/{flaky['id']}", json={"status": "active"})
+        assert enabled.status_code == 200, enabled.text
+        await sink.wait_for(lambda s: len(s.on("/flaky")) == 2)
         row = await settled(settings, event_id, status_is("succeeded", "failed"))
-        after = (await http.get(f"/v1/subscriptions/{sub['id']}")).json()
     assert row["status"] == "succeeded"
-    assert sink.on("/hook")[0].headers["webhook-id"] == event_id
-    assert after["status"] == "disabled"
+    assert row["attempts"] == 2
+    first, second = sink.on("/flaky")
+    assert first.headers["webhook-id"] == second.headers["webhook-id"] == event_id
 
 
 def subscription(**changes: Any) -> Subscription:

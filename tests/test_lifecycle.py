@@ -51,9 +51,7 @@ def make_job(status: JobStatus, **changes: object) -> Job:
 
 
 def update(status: JobStatus, **changes: object) -> ProviderUpdate:
-    base = ProviderUpdate(
-        provider_job_id="job_klingv25_a1b2c3", status=status, provider_status=status.value
-    )
+    base = ProviderUpdate(provider_job_id="job_klingv25_a1b2c3", status=status)
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 
 

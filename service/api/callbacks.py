@@ -1,7 +1,7 @@
 """``POST /v1/callbacks/{provider}/{token}``: inbound provider webhooks.
 
 Verified before anything is parsed or stored: the URL token, then the provider's own signature,
-then the body's job id against the stored one. Rejected callbacks only move a counter.
+then the body's job id against the stored one. Rejected callbacks store nothing.
 """
 
 from __future__ import annotations
@@ -26,11 +26,9 @@ async def receive_callback(request: Request) -> Response:
     provider = request.path_params["provider"]
     adapter = ADAPTERS.get(provider)
     if adapter is None or adapter.holds_request:
-        state.counters["callbacks.unknown_provider"] += 1
         raise NotFound(f"no callbacks are accepted for {provider!r}")
 
     def reject(outcome: str, error: Exception) -> Exception:
-        state.counters[f"callbacks.{provider}.{outcome}"] += 1
         log.info("rejected %s callback: %s", provider, outcome)
         return error
 
@@ -61,6 +59,5 @@ async def receive_callback(request: Request) -> Response:
         raise reject("unknown_job", NotFound("no such job")) from None
     except JobMismatch:
         raise reject("job_mismatch", Unauthorized("the body names a different job")) from None
-    state.counters[f"callbacks.{provider}.{outcome.value}"] += 1
     state.dispatcher.wake()
     return JSONResponse({"received": True, "job_id": job.id, "outcome": outcome.value})

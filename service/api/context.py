@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -43,7 +42,6 @@ class Services:
     submitter: Submitter
     dispatcher: Dispatcher
     held: HeldRequests
-    counters: Counter[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,8 +117,9 @@ def limit_param(request: Request, default: int = 50, maximum: int = 200) -> int:
 
 
 def is_decimal(text: str) -> bool:
-    """ASCII digits only (``str.isdigit`` also accepts characters such as superscripts)."""
-    return text.isascii() and text.isdigit()
+    """A non-negative integer SQLite can hold: ASCII digits only (``str.isdigit`` also accepts
+    superscripts), at most 18 of them."""
+    return text.isascii() and text.isdigit() and len(text) <= 18
 
 
 def choice_param(request: Request, name: str, choices: tuple[str, ...]) -> str | None:

@@ -39,7 +39,7 @@ async def list_events(request: Request) -> Response:
         db.reader,
         after_seq=after_seq,
         types=types,
-        job_ids_of_owner=caller.owner_filter,
+        owner_key_id=caller.owner_filter,
         limit=limit + 1,
     )
     more = len(rows) > limit

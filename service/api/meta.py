@@ -14,7 +14,9 @@ async def list_models(request: Request) -> Response:
     data = []
     for spec in MODELS.values():
         entry = spec.describe()
-        entry["simulated"] = endpoints[spec.provider].simulated
+        endpoint = endpoints.get(spec.provider)
+        entry["available"] = endpoint is not None
+        entry["simulated"] = endpoint is not None and endpoint.simulated
         data.append(entry)
     return JSONResponse({"data": data, "next_cursor": None})
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any
 
 from starlette.requests import Request
@@ -12,12 +13,15 @@ from service import signing
 from service.api.context import Caller, authenticate, limit_param, read_json, services
 from service.catalog import MODELS
 from service.delivery.guard import check_url
-from service.errors import NotFound, ValidationFailed
+from service.errors import Conflict, NotFound, ValidationFailed
 from service.ids import new_id
 from service.models import EVENT_TYPES, Subscription
 from service.storage import subscriptions
 
 _FIELDS = {"url", "event_types", "models", "headers", "description"}
+# RFC 9110 §5.1 token characters, and visible ASCII plus space/tab in a value.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,256}")
+_FIELD_VALUE = re.compile(r"[\t\x20-\x7e]*")
 _RESERVED_HEADERS = {
     "content-type",
     "content-length",
@@ -54,8 +58,10 @@ def _headers(value: Any) -> dict[str, str]:
     for name, header_value in value.items():
         if name.lower() in _RESERVED_HEADERS:
             raise ValidationFailed.field("headers", f"{name!r} is set by reelhook itself")
-        if not name or any(c in name for c in " :\r\n") or any(c in header_value for c in "\r\n"):
-            raise ValidationFailed.field("headers", f"{name!r} is not a valid header")
+        if not _TOKEN.fullmatch(name):
+            raise ValidationFailed.field("headers", f"{name!r} is not a valid header name")
+        if not _FIELD_VALUE.fullmatch(header_value) or len(header_value) > 4096:
+            raise ValidationFailed.field("headers", f"the value of {name!r} is not valid")
     return dict(value)
 
 
@@ -160,6 +166,8 @@ async def update_subscription(request: Request) -> Response:
     updated = dataclasses.replace(sub, **changes, updated_at=services(request).clock())
     async with services(request).db.transaction() as conn:
         await subscriptions.save(conn, updated)
+    # Re-enabling releases deliveries held while the subscription was disabled.
+    services(request).dispatcher.wake()
     return JSONResponse(updated.to_public())
 
 
@@ -175,6 +183,8 @@ async def test_subscription(request: Request) -> Response:
     """Send a ``ping`` event to this one subscription now."""
     caller = await authenticate(request, "subscriptions:write")
     sub = await _owned(request, caller)
+    if sub.status != "active":
+        raise Conflict("the subscription is disabled; enable it to send a test event")
     state = services(request)
     now = state.clock()
     async with state.db.transaction() as conn:

@@ -20,7 +20,7 @@ from service.delivery.sender import AttemptResult, Sender
 from service.providers.base import parse_retry_after
 from service.storage import deliveries, subscriptions
 from service.storage.database import Database
-from service.storage.deliveries import Claimed, Outcome
+from service.storage.deliveries import AttemptOutcome, Claimed
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ class Dispatcher:
         policy: RetryPolicy,
         *,
         clock: Clock,
-        timeout: float,
+        lease: float,
         concurrency: int,
         per_subscription: int,
         rng: Callable[[], float] = random.random,
@@ -42,12 +42,12 @@ class Dispatcher:
         self._sender = sender
         self._policy = policy
         self._clock = clock
-        self._lease = 2 * timeout + 5
+        self._lease = lease
         self._concurrency = concurrency
         self._per_subscription = per_subscription
         self._rng = rng
         self._wake = anyio.Event()
-        self._outcomes: list[Outcome] = []
+        self._outcomes: list[AttemptOutcome] = []
         self._outcomes_ready = anyio.Event()
         self._in_flight = 0
         self.running = False
@@ -63,7 +63,11 @@ class Dispatcher:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._record_outcomes)
                 while True:
-                    await self._dispatch_once(tg)
+                    try:
+                        await self._dispatch_once(tg)
+                    except Exception:
+                        log.exception("dispatcher cycle failed; retrying in a second")
+                        await anyio.sleep(1)
         finally:
             self.running = False
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
@@ -104,23 +108,30 @@ class Dispatcher:
 
     async def _deliver(self, delivery: Claimed) -> None:
         try:
-            result = await self._sender.send(
-                url=delivery.url,
-                event_id=delivery.event_id,
-                payload=delivery.payload,
-                secrets=[delivery.secret],
-                headers=delivery.headers,
-                timestamp=int(self._clock()),
-            )
-            self._outcomes.append(self._judge(delivery, result))
+            try:
+                result = await self._sender.send(
+                    url=delivery.url,
+                    event_id=delivery.event_id,
+                    payload=delivery.payload,
+                    secrets=[delivery.secret],
+                    headers=delivery.headers,
+                    timestamp=int(self._clock()),
+                )
+                outcome = self._judge(delivery, result)
+            except Exception as exc:
+                # Whatever one subscriber's answer does, it must not stop the dispatcher.
+                log.exception("delivery %s failed unexpectedly", delivery.id)
+                error = AttemptResult(None, 0.0, error=f"internal error: {type(exc).__name__}")
+                outcome = self._judge(delivery, error)
+            self._outcomes.append(outcome)
             self._outcomes_ready.set()
         finally:
             self._in_flight -= 1
             self.wake()
 
-    def _judge(self, delivery: Claimed, result: AttemptResult) -> Outcome:
+    def _judge(self, delivery: Claimed, result: AttemptResult) -> AttemptOutcome:
         now = self._clock()
-        outcome = Outcome(
+        outcome = AttemptOutcome(
             delivery_id=delivery.id,
             subscription_id=delivery.subscription_id,
             attempted_at=now,
@@ -150,19 +161,26 @@ class Dispatcher:
         while True:
             await self._outcomes_ready.wait()
             self._outcomes_ready = anyio.Event()
-            await self._flush()
+            if not await self._flush():
+                await anyio.sleep(1)
+                self._outcomes_ready.set()
             self.wake()
 
-    async def _flush(self) -> None:
+    async def _flush(self) -> bool:
+        """Record the outcomes received so far; on failure keep them for the next try."""
         batch, self._outcomes = self._outcomes, []
         if not batch:
-            return
+            return True
         try:
             async with self._db.transaction() as conn:
                 await deliveries.record(conn, batch)
                 for outcome in batch:
                     if outcome.delete_subscription:
                         await subscriptions.delete(conn, outcome.subscription_id)
-        except Exception:
-            # The rows keep their leases, so they are delivered again once the leases expire.
+        except BaseException as exc:
+            self._outcomes[:0] = batch
+            if not isinstance(exc, Exception):
+                raise
             log.exception("could not record %d delivery outcomes", len(batch))
+            return False
+        return True

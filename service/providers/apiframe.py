@@ -113,7 +113,6 @@ class ApiframeAdapter:
         return ProviderUpdate(
             provider_job_id=job_id,
             status=status,
-            provider_status=str(raw_status or event),
             outputs=outputs,
             error=error,
             charged=finite_number(data.get("creditCost")),

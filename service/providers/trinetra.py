@@ -77,7 +77,6 @@ class TrinetraAdapter:
         return ProviderUpdate(
             provider_job_id=job_id,
             status=status,
-            provider_status=raw_status,
             outputs=outputs,
             error=error,
             charged=finite_number(data.get("credits_charged")),

@@ -11,6 +11,7 @@ from importlib import resources
 from pathlib import Path
 
 import aiosqlite
+import anyio
 
 log = logging.getLogger(__name__)
 
@@ -57,27 +58,17 @@ class Database:
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         """Run the block in one ``BEGIN IMMEDIATE`` transaction; commit, or roll back on error."""
         async with self._write_lock:
-            await self.writer.execute("BEGIN IMMEDIATE")
             try:
+                await self.writer.execute("BEGIN IMMEDIATE")
                 yield self.writer
+                await self.writer.commit()
             except BaseException:
-                await self.writer.rollback()
+                # A failed BEGIN or COMMIT (or a cancellation) must not leave the shared writer
+                # inside a transaction, or every later write would fail.
+                if self.writer.in_transaction:
+                    with anyio.CancelScope(shield=True):
+                        await self.writer.rollback()
                 raise
-            await self.writer.commit()
-
-    async def fetch_one(self, sql: str, params: tuple[object, ...] = ()) -> sqlite3.Row | None:
-        async with self.reader.execute(sql, params) as cursor:
-            row: sqlite3.Row | None = await cursor.fetchone()
-            return row
-
-    async def fetch_all(self, sql: str, params: tuple[object, ...] = ()) -> list[sqlite3.Row]:
-        async with self.reader.execute(sql, params) as cursor:
-            return list(await cursor.fetchall())
-
-    async def check_writable(self) -> None:
-        """Raise if a write transaction cannot be started (disk full, read-only, locked)."""
-        async with self.transaction() as conn:
-            await conn.execute("SELECT 1")
 
 
 async def _connect(path: Path) -> aiosqlite.Connection:

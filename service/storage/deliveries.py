@@ -6,7 +6,6 @@ import json
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import aiosqlite
 
@@ -26,7 +25,7 @@ class Claimed:
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
+class AttemptOutcome:
     """The result of one attempt and what happens next.
 
     ``status`` is the delivery's new state: ``succeeded``, ``pending`` (retry at
@@ -56,7 +55,8 @@ async def claim_due(
     """Lease up to ``limit`` due deliveries, keeping each subscription under ``per_subscription``.
 
     Due means pending with ``next_attempt_at <= now``, or in flight with an expired lease (its
-    holder crashed). Unexpired leases count against their subscription's cap.
+    holder crashed). Unexpired leases count against their subscription's cap; deliveries of a
+    disabled subscription wait until it is enabled again.
     """
     sql = """
         UPDATE deliveries SET status = 'inflight', lease_until = ?, attempts = attempts + 1,
@@ -66,8 +66,9 @@ async def claim_due(
                 SELECT id, subscription_id, ROW_NUMBER() OVER (
                     PARTITION BY subscription_id ORDER BY next_attempt_at, id) AS rank
                 FROM deliveries
-                WHERE (status = 'pending' AND next_attempt_at <= ?)
-                   OR (status = 'inflight' AND lease_until <= ?)
+                WHERE ((status = 'pending' AND next_attempt_at <= ?)
+                   OR (status = 'inflight' AND lease_until <= ?))
+                  AND subscription_id IN (SELECT id FROM subscriptions WHERE status = 'active')
             ) AS due
             WHERE rank <= ? - (
                 SELECT count(*) FROM deliveries AS busy
@@ -114,7 +115,7 @@ async def _by_id(conn: aiosqlite.Connection, select: str, ids: set[str]) -> dict
         return {row["id"]: row for row in await cursor.fetchall()}
 
 
-async def record(conn: aiosqlite.Connection, outcomes: Sequence[Outcome]) -> None:
+async def record(conn: aiosqlite.Connection, outcomes: Sequence[AttemptOutcome]) -> None:
     """Store each attempt and move each delivery to its next state, in the caller's transaction."""
     await conn.executemany(
         "INSERT INTO attempts (delivery_id, attempted_at, status_code, latency_ms, error, "
@@ -139,49 +140,8 @@ async def next_due_at(conn: aiosqlite.Connection) -> float | None:
     async with conn.execute(
         "SELECT min(t) FROM ("
         " SELECT min(next_attempt_at) AS t FROM deliveries WHERE status = 'pending'"
+        "  AND subscription_id IN (SELECT id FROM subscriptions WHERE status = 'active')"
         " UNION ALL SELECT min(lease_until) FROM deliveries WHERE status = 'inflight')"
     ) as cursor:
         row = await cursor.fetchone()
     return float(row[0]) if row and row[0] is not None else None
-
-
-async def list_page(
-    conn: aiosqlite.Connection,
-    *,
-    subscription_id: str | None,
-    status: str | None,
-    event_id: str | None,
-    after_id: str | None,
-    limit: int,
-) -> list[sqlite3.Row]:
-    clauses: list[str] = []
-    params: list[Any] = []
-    for column, value in (
-        ("subscription_id", subscription_id),
-        ("status", status),
-        ("event_id", event_id),
-    ):
-        if value is not None:
-            clauses.append(f"{column} = ?")
-            params.append(value)
-    if after_id is not None:
-        clauses.append("id > ?")
-        params.append(after_id)
-    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-    params.append(limit)
-    sql = (
-        "SELECT id, event_id, subscription_id, status, attempts, next_attempt_at, "
-        f"last_status_code, last_error, created_at, updated_at FROM deliveries {where} "
-        "ORDER BY id LIMIT ?"
-    )
-    async with conn.execute(sql, params) as cursor:
-        return list(await cursor.fetchall())
-
-
-async def attempts_for(conn: aiosqlite.Connection, delivery_id: str) -> list[sqlite3.Row]:
-    async with conn.execute(
-        "SELECT attempted_at, status_code, latency_ms, error, response_body FROM attempts "
-        "WHERE delivery_id = ? ORDER BY id",
-        (delivery_id,),
-    ) as cursor:
-        return list(await cursor.fetchall())

@@ -19,6 +19,7 @@ async def append(
     created_at: float,
     payload: bytes,
     subscription_ids: list[str],
+    first_attempt_at: float,
 ) -> None:
     """Append one event and one pending delivery per subscription, in the caller's transaction."""
     await conn.execute(
@@ -30,7 +31,7 @@ async def append(
             "INSERT INTO deliveries (id, event_id, subscription_id, status, next_attempt_at, "
             "created_at, updated_at) VALUES (?, ?, ?, 'pending', ?, ?, ?)",
             [
-                (new_id("dlv"), event_id, sub_id, created_at, created_at, created_at)
+                (new_id("dlv"), event_id, sub_id, first_attempt_at, created_at, created_at)
                 for sub_id in subscription_ids
             ],
         )
@@ -47,7 +48,7 @@ async def list_page(
     *,
     after_seq: int,
     types: list[str],
-    job_ids_of_owner: str | None,
+    owner_key_id: str | None,
     limit: int,
 ) -> list[sqlite3.Row]:
     """Events in log order after ``after_seq``, optionally of some types, oldest first."""
@@ -56,9 +57,9 @@ async def list_page(
     if types:
         clauses.append(f"e.type IN ({', '.join('?' for _ in types)})")
         params.extend(types)
-    if job_ids_of_owner is not None:
+    if owner_key_id is not None:
         clauses.append("e.job_id IN (SELECT id FROM jobs WHERE owner_key_id = ?)")
-        params.append(job_ids_of_owner)
+        params.append(owner_key_id)
     params.append(limit)
     sql = (
         f"SELECT e.seq, e.id, e.type, e.payload FROM events e WHERE {' AND '.join(clauses)} "

@@ -168,13 +168,3 @@ async def record_callback(
         "VALUES (?, ?, ?, ?, ?)",
         (job_id, provider, received_at, outcome, body),
     )
-
-
-async def callbacks_for(conn: aiosqlite.Connection, job_id: str) -> list[dict[str, Any]]:
-    async with conn.execute(
-        "SELECT received_at, outcome, body FROM callbacks WHERE job_id = ? ORDER BY id", (job_id,)
-    ) as cursor:
-        return [
-            {"received_at": row["received_at"], "outcome": row["outcome"], "body": row["body"]}
-            for row in await cursor.fetchall()
-        ]

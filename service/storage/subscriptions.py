@@ -107,8 +107,20 @@ async def list_page(
         return [_from_row(row) for row in await cursor.fetchall()]
 
 
-async def active(conn: aiosqlite.Connection) -> list[Subscription]:
+async def candidates(
+    conn: aiosqlite.Connection, *, owner_key_id: str | None, job_id: str | None
+) -> list[Subscription]:
+    """Active subscriptions that may hear of this job (or of a job-less event when None).
+
+    A subscription hears of its own key's jobs, an admin key's subscriptions of every job, and a
+    one-off ``callback_url`` subscription of its own job only; type and model filters are
+    applied by :meth:`Subscription.matches`.
+    """
     async with conn.execute(
         f"SELECT {_COLUMNS} FROM subscriptions WHERE status = 'active'"
+        " AND (job_id IS NULL OR job_id = ?)"
+        " AND (? IS NULL OR owner_key_id = ? OR owner_key_id IN"
+        "      (SELECT id FROM api_keys WHERE scopes LIKE '%\"admin\"%'))",
+        (job_id, owner_key_id, owner_key_id),
     ) as cursor:
         return [_from_row(row) for row in await cursor.fetchall()]

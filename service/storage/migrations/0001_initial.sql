@@ -72,6 +72,7 @@ CREATE TABLE subscriptions (
     created_at    REAL NOT NULL,
     updated_at    REAL NOT NULL
 );
+CREATE INDEX subscriptions_job ON subscriptions (job_id);
 
 -- The outbox: one row per (event, subscription); the dispatcher claims due rows under a lease.
 CREATE TABLE deliveries (
