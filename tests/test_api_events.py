@@ -91,16 +91,27 @@ async def test_an_empty_log_is_an_empty_page(api: httpx.AsyncClient) -> None:
         ({"cursor": ""}, "cursor"),
         ({"cursor": "evt_00000000000000000000000000"}, "cursor"),
         ({"cursor": "\u00b2"}, "cursor"),  # superscript two: str.isdigit() says yes, int() says no
+        ({"cursor": "9" * 19}, "cursor"),  # past SQLite's 64-bit integers
+        ({"cursor": "1" * 30}, "cursor"),
+        ({"cursor": "1" * 5000}, "cursor"),  # past int()'s default digit limit
         ({"limit": "0"}, "limit"),
         ({"limit": "1001"}, "limit"),
         ({"limit": "many"}, "limit"),
         ({"limit": "-5"}, "limit"),
+        ({"limit": "1" * 30}, "limit"),
+        ({"limit": "1" * 5000}, "limit"),
     ],
 )
 async def test_a_bad_event_query_is_a_422_naming_the_parameter(
     api: httpx.AsyncClient, params: dict[str, str], field: str
 ) -> None:
     assert_error(await api.get("/v1/events", params=params), 422, "validation_failed", field)
+
+
+async def test_the_longest_cursor_accepted_is_18_digits(api: httpx.AsyncClient) -> None:
+    """Integer parameters are capped at 18 digits, which every SQLite integer comparison holds."""
+    assert await events(api, cursor="9" * 18) == {"data": [], "next_cursor": None}
+    assert await events(api, cursor="0" * 18) == {"data": [], "next_cursor": None}
 
 
 @pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH"])

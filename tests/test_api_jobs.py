@@ -694,6 +694,9 @@ async def test_job_listing_pages_with_a_cursor(
         ({"limit": ""}, "limit"),
         ({"limit": "1e2"}, "limit"),
         ({"limit": "\u00b2"}, "limit"),  # superscript two: str.isdigit() says yes, int() says no
+        ({"limit": "0" * 19 + "1"}, "limit"),  # the value is 1, but no more than 18 digits
+        ({"limit": "1" * 30}, "limit"),
+        ({"limit": "1" * 5000}, "limit"),  # past int()'s default digit limit: not a 500
     ],
 )
 async def test_a_bad_job_listing_query_is_a_422(

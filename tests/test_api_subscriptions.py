@@ -171,7 +171,11 @@ async def test_subscriptions_list_pages_with_a_cursor(client: httpx.AsyncClient)
     assert [sub_id for page in pages for sub_id in page] == sorted(made)
 
 
-@pytest.mark.parametrize("limit", ["0", "-3", "201", "ten", ""])
+@pytest.mark.parametrize(
+    "limit",
+    ["0", "-3", "201", "ten", "", "\u00b2", "1" * 30, "1" * 5000],
+    ids=lambda limit: repr(limit) if len(limit) < 20 else f"{len(limit)} digits",
+)
 async def test_a_bad_list_limit_is_a_422(client: httpx.AsyncClient, limit: str) -> None:
     response = await client.get("/v1/subscriptions", params={"limit": limit})
     assert_error(response, 422, "validation_failed", "limit")
@@ -251,6 +255,16 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("header name with space", {"url": HOOK, "headers": {"X Auth": "a"}}, "headers"),
     ("empty header name", {"url": HOOK, "headers": {"": "a"}}, "headers"),
     ("header value with CRLF", {"url": HOOK, "headers": {"X-Auth": "a\r\nX-Evil: 1"}}, "headers"),
+    ("header value with NUL", {"url": HOOK, "headers": {"X-Ok": "v\u0000x"}}, "headers"),
+    ("header value with DEL", {"url": HOOK, "headers": {"X-Ok": "v\u007fx"}}, "headers"),
+    ("header value with a lone LF", {"url": HOOK, "headers": {"X-Ok": "v\nx"}}, "headers"),
+    ("header value not ASCII", {"url": HOOK, "headers": {"X-Ok": "caf\u00e9"}}, "headers"),
+    ("header value over 4096", {"url": HOOK, "headers": {"X-Ok": "v" * 4097}}, "headers"),
+    ("header name with parentheses", {"url": HOOK, "headers": {"X(y)": "v"}}, "headers"),
+    ("header name with a slash", {"url": HOOK, "headers": {"X/y": "v"}}, "headers"),
+    ("header name with NUL", {"url": HOOK, "headers": {"X-\u0000": "v"}}, "headers"),
+    ("header name not ASCII", {"url": HOOK, "headers": {"X-N\u00e4me": "v"}}, "headers"),
+    ("header name over 256", {"url": HOOK, "headers": {"X" * 257: "v"}}, "headers"),
     ("description too long", {"url": HOOK, "description": "d" * 501}, "description"),
     ("description a number", {"url": HOOK, "description": 5}, "description"),
     ("unknown field", {"url": HOOK, "secret": "whsec_mine"}, "secret"),
@@ -387,32 +401,64 @@ def _attempt_errors(database: str) -> list[str | None]:
         return [row[0] for row in db.execute("SELECT error FROM attempts")]
 
 
-@pytest.mark.parametrize("host", ["127.1", "2130706433", "0x7f.1"])
+@pytest.mark.parametrize("host", ["127.1", "2130706433", "0177.1", "127.0.1", "017700000001"])
+async def test_numeric_shorthand_hosts_are_refused_up_front(
+    settings_factory: SettingsFactory, host: str
+) -> None:
+    """Dotted or bare numbers that are not an IP address are shorthand some resolvers read as
+    127.0.0.1, never a real host name: they are refused at creation, allow-list or not."""
+    for allow in ("", "127.0.0.0/8"):
+        async with api_client(settings_factory(ALLOW_PRIVATE_SUBSCRIBERS=allow)) as http:
+            created = await http.post("/v1/subscriptions", json={"url": f"http://{host}:9/hook"})
+            error = assert_error(created, 422, "validation_failed", "url")
+            assert "not a valid IP address or host name" in error["details"]["fields"]["url"]
+            sub = await create(http)
+            moved = await http.patch(
+                f"/v1/subscriptions/{sub['id']}", json={"url": f"http://{host}:9/hook"}
+            )
+            assert_error(moved, 422, "validation_failed", "url")
+
+
+async def _first_attempt_error(database: str) -> str | None:
+    """The error of the first delivery attempt, once one is recorded (within 5 s)."""
+    with anyio.fail_after(5):
+        # No API shows delivery attempts yet, so read them from the database (read-only).
+        while True:
+            errors = _attempt_errors(database)
+            if errors:
+                assert len(errors) == 1, errors
+                return errors[0]
+            await anyio.sleep(0.02)
+
+
+@pytest.mark.parametrize("host", ["0x7f.1", "0x7f000001", "0x7f.0.0.1"])
 async def test_a_name_resolving_to_loopback_is_refused_at_connect_time(
     settings_factory: SettingsFactory, sink: tuple[Sink, str], host: str
 ) -> None:
-    """Numeric host forms the URL check cannot read as an address resolve to 127.0.0.1 when
-    dialled; the connect-time guard must refuse them, so the sink never hears from reelhook."""
-    settings = settings_factory(ALLOW_PRIVATE_SUBSCRIBERS="", RETRY_SCHEDULE="0")
-    port = sink[1].rsplit(":", 1)[1]
-    async with api_client(settings) as http:
-        created = await http.post("/v1/subscriptions", json={"url": f"http://{host}:{port}/hook"})
-        if created.status_code == 422:  # refused up front: just as good
-            assert_error(created, 422, "validation_failed", "url")
-            return
+    """Hex host forms pass the URL check (they are not IP literals) but resolve to 127.0.0.1 when
+    dialled; the connect-time guard refuses them, so the sink never hears from reelhook. With
+    loopback allowed, the same URL reaches the sink: only the guard stood in the way."""
+    recorder, sink_url = sink
+    port = sink_url.rsplit(":", 1)[1]
+    url = f"http://{host}:{port}/hook"
+    strict = settings_factory(ALLOW_PRIVATE_SUBSCRIBERS="", RETRY_SCHEDULE="0")
+    async with api_client(strict) as http:
+        created = await http.post("/v1/subscriptions", json={"url": url})
         assert created.status_code == 201, created.text
         ping = await http.post(f"/v1/subscriptions/{created.json()['id']}/test")
         assert ping.status_code == 202, ping.text
-        database = str(settings.database_path)
-        with anyio.fail_after(5):
-            # No API shows delivery attempts yet, so read them from the database (read-only).
-            while True:
-                errors = _attempt_errors(database)
-                if errors:
-                    break
-                await anyio.sleep(0.02)
-    assert sink[0].received == []
-    assert len(errors) == 1 and errors[0], errors  # the one attempt failed without connecting
+        error = await _first_attempt_error(str(strict.database_path))
+    assert error, "the one attempt failed without connecting"
+    assert recorder.received == []
+
+    allowed = settings_factory(ALLOW_PRIVATE_SUBSCRIBERS="127.0.0.0/8", RETRY_SCHEDULE="0")
+    async with api_client(allowed) as http:
+        created = await http.post("/v1/subscriptions", json={"url": url})
+        assert created.status_code == 201, created.text
+        ping = await http.post(f"/v1/subscriptions/{created.json()['id']}/test")
+        assert ping.status_code == 202, ping.text
+        await recorder.wait_for(lambda s: len(s.on("/hook")) == 1, within=5)
+    assert recorder.on("/hook")[0].headers["webhook-id"] == ping.json()["event_id"]
 
 
 # --- PATCH ---------------------------------------------------------------------------------------
@@ -463,6 +509,8 @@ async def test_patch_changes_only_the_fields_sent(client: httpx.AsyncClient) -> 
         ({"models": ["nope/model"]}, "models"),
         ({"headers": {"Webhook-Signature": "v1,forged"}}, "headers"),
         ({"headers": {"X-Auth": 7}}, "headers"),
+        ({"headers": {"X(y)": "v"}}, "headers"),
+        ({"headers": {"X-Ok": "v\u0000x"}}, "headers"),
         ({"description": "d" * 501}, "description"),
         ({"secret": "whsec_mine"}, "secret"),
         ({"id": "sub_other"}, "id"),
@@ -548,3 +596,31 @@ async def test_header_values_are_masked_but_delivered(
     assert changed.json()["headers"] == {"X-N8N-Auth": "********"}
     headers = await _ping(client, recorder, sub["id"], 2)
     assert headers["x-n8n-auth"] == "rotated"
+
+
+async def test_a_header_value_with_spaces_is_accepted_masked_and_delivered(
+    client: httpx.AsyncClient, sink: tuple[Sink, str]
+) -> None:
+    """Header names are RFC 9110 tokens and values visible ASCII, where spaces and tabs are fine:
+    the tightened check must not refuse a value such as ``secret value``."""
+    recorder, url = sink
+    headers = {
+        "X-N8N-Auth": "secret value",
+        "X-Tab": "a\tb",
+        "X-Token-Chars!#$%&'*+.^_`|~": "v",
+        "X-Long": "v" * 4096,
+        "X" * 256: "longest name",
+    }
+    response = await client.post(
+        "/v1/subscriptions", json={"url": f"{url}/hook", "headers": headers}
+    )
+    assert response.status_code == 201, response.text
+    sub = response.json()
+    assert sub["headers"] == dict.fromkeys(headers, "********")
+    assert "secret value" not in response.text
+    delivered = await _ping(client, recorder, sub["id"], 1)
+    assert delivered["x-n8n-auth"] == "secret value"
+    assert delivered["x-tab"] == "a\tb"
+    assert delivered["x-token-chars!#$%&'*+.^_`|~"] == "v"
+    assert delivered["x-long"] == "v" * 4096
+    assert delivered["x" * 256] == "longest name"

@@ -24,13 +24,18 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from service import signing
+from service.api.context import hash_key
+from service.ids import new_id
 from service.models import JOB_EVENT_TYPES, Subscription
 from service.settings import Settings
+from service.storage import keys
+from service.storage.database import Database
 from tests.conftest import SettingsFactory
 from tests.servers import Sink, loopback_socket, run_server, url_of
-from tests.support import api_client
+from tests.support import api_client, assert_error
 
 pytestmark = pytest.mark.anyio
 
@@ -414,6 +419,105 @@ async def test_connection_refused_is_retried_and_others_still_get_theirs(
     assert all(a["status_code"] is None and a["error"] for a in attempts)
 
 
+@dataclass
+class RawReplies:
+    """A subscriber written as a bare ASGI app, so it can send header bytes Starlette would not.
+
+    ``/odd`` answers its first request 503 with ``Retry-After: ²`` (UTF-8 superscript two, which
+    ``str.isdigit`` accepts and ``float`` does not); every other request is a 204.
+    """
+
+    arrivals: list[str] = field(default_factory=list)
+    changed: anyio.Event = field(default_factory=anyio.Event)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        assert scope["type"] == "http"
+        while (await receive()).get("more_body", False):
+            pass
+        path: str = scope["path"]
+        self.arrivals.append(path)
+        self.changed.set()
+        self.changed = anyio.Event()
+        headers = [(b"content-length", b"0")]
+        status = 204
+        if path == "/odd" and self.arrivals.count(path) == 1:
+            status = 503
+            headers.append((b"retry-after", b"\xc2\xb2"))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def wait_for(self, predicate: Callable[[RawReplies], bool], within: float = 10.0) -> None:
+        with anyio.fail_after(within):
+            while not predicate(self):
+                await self.changed.wait()
+
+
+async def test_an_unreadable_retry_after_is_ignored_and_the_dispatcher_carries_on(
+    settings_factory: SettingsFactory,
+) -> None:
+    """A subscriber's ``Retry-After: ²`` once stopped the dispatcher and the lifespan with it.
+    Now the 503 is an ordinary failed attempt retried on schedule, later deliveries still go out,
+    and the service stays healthy."""
+    settings = settings_factory()
+    subscriber = RawReplies()
+    async with run_server(subscriber) as url, api_client(settings) as http:
+        odd = await subscribe(http, f"{url}/odd")
+        other = await subscribe(http, f"{url}/other")
+        odd_event = await ping(http, odd["id"])
+        await settled(settings, odd_event, lambda r: r["last_status_code"] is not None)
+        # The 503 has been judged and recorded; the dispatcher still claims and sends.
+        await ping(http, other["id"])
+        await subscriber.wait_for(lambda s: s.arrivals.count("/other") == 1)
+        row = await settled(settings, odd_event, status_is("succeeded", "failed"))
+        attempts = await attempts_of(settings, odd_event)
+        health = await http.get("/healthz")
+    assert [a["status_code"] for a in attempts] == [503, 204], attempts
+    assert attempts[0]["error"] == "HTTP 503"
+    assert row["status"] == "succeeded"
+    assert row["attempts"] == 2
+    assert subscriber.arrivals.count("/odd") == 2
+    assert health.status_code == 200, health.text
+    assert health.json() == {"status": "ok", "dispatcher": "running"}
+
+
+async def test_the_first_attempt_waits_for_the_first_scheduled_delay(
+    settings_factory: SettingsFactory,
+) -> None:
+    """``REELHOOK_RETRY_SCHEDULE[0]`` is the delay before the first attempt: a ping is queued 5 s
+    out and sent only once the clock has passed that point."""
+    settings = settings_factory(RETRY_SCHEDULE="5,0.2")
+    clock = ShiftedClock()
+    async with sink_and_service(settings, clock=clock) as (sink, sink_url, http):
+        first = await subscribe(http, f"{sink_url}/first")
+        second = await subscribe(http, f"{sink_url}/second")
+        first_event = await ping(http, first["id"])
+        queued = await delivery_of(settings, first_event)
+        attempts_before = await attempts_of(settings, first_event)
+        # Past the first ping's due time; the second ping's commit wakes the dispatcher.
+        clock.offset = 5.1
+        second_event = await ping(http, second["id"])
+        await sink.wait_for(lambda s: len(s.on("/first")) == 1)
+        sent = await settled(settings, first_event, status_is("succeeded"))
+        not_yet = await delivery_of(settings, second_event)
+    assert queued["status"] == "pending"
+    assert queued["attempts"] == 0
+    assert queued["next_attempt_at"] == pytest.approx(queued["created_at"] + 5.0, abs=0.01)
+    assert attempts_before == []
+    assert sent["attempts"] == 1
+    # The dispatcher ran after the second ping was queued and left it alone: it is not due yet.
+    assert not_yet["status"] == "pending" and not_yet["attempts"] == 0, not_yet
+    assert not_yet["next_attempt_at"] == pytest.approx(not_yet["created_at"] + 5.0, abs=0.01)
+    assert sink.on("/second") == []
+
+
 async def test_a_timeout_is_retried(settings_factory: SettingsFactory) -> None:
     settings = settings_factory(DELIVERY_TIMEOUT="0.3")
     hanging = Hanging()
@@ -483,7 +587,8 @@ async def test_the_per_subscription_cap_counts_deliveries_already_in_flight(
     settings_factory: SettingsFactory,
 ) -> None:
     """Two retries of a subscription fall due together while one of its deliveries is in flight;
-    with a cap of two, only one of them may be claimed."""
+    with a cap of two, exactly one of them is claimed, so exactly two are in flight at once, and
+    the other waits until a slot frees up."""
     settings = settings_factory(SUBSCRIPTION_CONCURRENCY="2", RETRY_SCHEDULE="0,10,10")
     clock = ShiftedClock()
     hanging = Hanging()
@@ -500,22 +605,45 @@ async def test_the_per_subscription_cap_counts_deliveries_already_in_flight(
                     f"/v1/subscriptions/{flaky['id']}", json={"url": f"{url}/hang"}
                 )
                 assert patched.status_code == 200, patched.text
-                await ping(http, flaky["id"])
+                third = await ping(http, flaky["id"])
                 await hanging.wait_for(lambda h: h.hanging == 1)
                 # Both retries are now due (leases of 35 s are not); a ping elsewhere wakes the
                 # dispatcher, which claims everything due in one go.
                 clock.offset = 13.0
                 other = await subscribe(http, f"{url}/fast")
-                other_event = await ping(http, other["id"])
-                await settled(settings, other_event, status_is("succeeded"))
+                await settled(settings, await ping(http, other["id"]), status_is("succeeded"))
+                # The one retry claimed alongside it reaches the subscriber and hangs too.
+                await hanging.wait_for(lambda h: h.hanging == 2)
                 inflight = await query(
                     settings,
-                    "SELECT id FROM deliveries WHERE subscription_id = ? AND status = 'inflight'",
+                    "SELECT event_id FROM deliveries WHERE subscription_id = ? "
+                    "AND status = 'inflight'",
                     flaky["id"],
                 )
+                # Waking the dispatcher again changes nothing while both slots are taken.
+                await settled(settings, await ping(http, other["id"]), status_is("succeeded"))
+                waiting = await query(
+                    settings,
+                    "SELECT event_id, attempts FROM deliveries WHERE subscription_id = ? "
+                    "AND status = 'pending'",
+                    flaky["id"],
+                )
+                still_hanging = (hanging.hanging, hanging.on("/hang"))
+                # Freeing the slots lets the waiting retry go out; all three end delivered.
+                hanging.release.set()
+                rows = [
+                    await settled(settings, event_id, status_is("succeeded", "failed"))
+                    for event_id in [*first, third]
+                ]
         finally:
             hanging.release.set()
-    assert len(inflight) <= 2, f"{len(inflight)} deliveries in flight to one subscription"
+    assert len(inflight) == 2, f"{len(inflight)} deliveries in flight to one subscription"
+    assert third in {row["event_id"] for row in inflight}
+    assert len(waiting) == 1 and waiting[0]["attempts"] == 1, waiting
+    assert waiting[0]["event_id"] in first
+    assert still_hanging == (2, 2)
+    assert [row["status"] for row in rows] == ["succeeded"] * 3
+    assert hanging.on("/hang") == 3  # the third ping once, and each retry once
 
 
 async def test_an_error_body_is_stored_whole_up_to_20_kb(settings_factory: SettingsFactory) -> None:
@@ -642,6 +770,94 @@ def test_a_one_off_callback_subscription_matches_only_its_job() -> None:
     assert not sub.matches("subscription.disabled", None, None)
 
 
+# --- who hears of a job: owner-scoped fan-out ----------------------------------------------------
+
+KEY_B = "rh_test_key_b_0123456789abcdef0123"
+KEY_C = "rh_test_key_c_0123456789abcdef0123"
+MEMBER_SCOPES = ["jobs:write", "jobs:read", "subscriptions:write", "subscriptions:read"]
+
+
+async def add_member_keys(settings: Settings, *raw_keys: str) -> None:
+    """Register non-admin API keys straight in the database, before the service starts."""
+    async with Database.open(settings.database_path) as db, db.transaction() as conn:
+        for number, raw_key in enumerate(raw_keys):
+            await keys.insert(
+                conn,
+                key_id=new_id("key"),
+                name=f"member {number}",
+                key_hash=hash_key(raw_key),
+                scopes=MEMBER_SCOPES,
+                created_at=time.time(),
+            )
+
+
+def as_key(raw_key: str) -> dict[str, str]:
+    return {"X-API-Key": raw_key}
+
+
+async def subscribe_as(http: httpx.AsyncClient, raw_key: str, url: str) -> dict[str, Any]:
+    created = await http.post("/v1/subscriptions", json={"url": url}, headers=as_key(raw_key))
+    assert created.status_code == 201, created.text
+    body: dict[str, Any] = created.json()
+    return body
+
+
+async def test_a_job_event_reaches_its_owners_and_admin_subscriptions_only(
+    settings_factory: SettingsFactory,
+) -> None:
+    """Key B's job fails at once (its provider, the in-process simulator, is unreachable). B's
+    subscription and the admin's hear ``job.failed``; key C's hears nothing of it: C's path
+    receives only the ping C sends it afterwards, and C cannot see the job at all."""
+    with closing(loopback_socket()) as nobody:  # bound, never listening: the submit is refused
+        settings = settings_factory(PUBLIC_URL=url_of(nobody))
+        await add_member_keys(settings, KEY_B, KEY_C)
+        async with sink_and_service(settings) as (sink, sink_url, http):
+            sub_b = await subscribe_as(http, KEY_B, f"{sink_url}/b")
+            sub_c = await subscribe_as(http, KEY_C, f"{sink_url}/c")
+            sub_admin = await subscribe(http, f"{sink_url}/admin")
+            refused = await http.post("/v1/jobs", json=JOB, headers=as_key(KEY_B))
+            assert refused.status_code == 503, refused.text
+            job_id = refused.json()["error"]["details"]["job_id"]
+            await sink.wait_for(lambda s: len(s.on("/b")) == 1 and len(s.on("/admin")) == 1)
+
+            pinged = await http.post(f"/v1/subscriptions/{sub_c['id']}/test", headers=as_key(KEY_C))
+            assert pinged.status_code == 202, pinged.text
+            await sink.wait_for(lambda s: len(s.on("/c")) == 1)
+            queued_for_c = await query(
+                settings,
+                "SELECT e.type FROM deliveries d JOIN events e ON d.event_id = e.id "
+                "WHERE d.subscription_id = ?",
+                sub_c["id"],
+            )
+
+            listed_by_c = await http.get("/v1/jobs", headers=as_key(KEY_C))
+            fetched_by_c = await http.get(f"/v1/jobs/{job_id}", headers=as_key(KEY_C))
+            log_of_c = await http.get("/v1/events", headers=as_key(KEY_C))
+            listed_by_b = await http.get("/v1/jobs", headers=as_key(KEY_B))
+            fetched_by_b = await http.get(f"/v1/jobs/{job_id}", headers=as_key(KEY_B))
+
+    for path, sub in (("/b", sub_b), ("/admin", sub_admin)):
+        (delivery,) = sink.on(path)
+        event = Webhook(sub["secret"]).verify(delivery.body, delivery.headers)
+        assert event["type"] == "job.failed", (path, event)
+        assert event["data"]["id"] == job_id
+    assert [d.json()["type"] for d in sink.on("/c")] == ["ping"]
+    (ping_delivery,) = sink.on("/c")
+    event = Webhook(sub_c["secret"]).verify(ping_delivery.body, ping_delivery.headers)
+    assert event["type"] == "ping"
+    assert event["data"] == {"subscription_id": sub_c["id"]}
+    assert queued_for_c == [{"type": "ping"}]
+
+    assert listed_by_c.status_code == 200, listed_by_c.text
+    assert listed_by_c.json() == {"data": [], "next_cursor": None}
+    assert_error(fetched_by_c, 404, "not_found")
+    assert log_of_c.status_code == 200, log_of_c.text
+    assert all(e["data"].get("id") != job_id for e in log_of_c.json()["data"])
+    # B, the owner, sees its own job.
+    assert [j["id"] for j in listed_by_b.json()["data"]] == [job_id]
+    assert fetched_by_b.status_code == 200 and fetched_by_b.json()["status"] == "failed"
+
+
 # --- signing against the Standard Webhooks reference library ------------------------------------
 
 
@@ -749,11 +965,12 @@ async def test_callback_url_events_are_signed_with_the_callback_secret(
     assert to_other_job == []  # and it hears nothing about other jobs
 
 
-async def test_a_callback_url_event_is_never_signed_with_a_secret_the_client_lacks(
+async def test_a_refused_jobs_failure_goes_to_callback_url_signed_with_the_secret_in_the_error(
     settings_factory: SettingsFactory,
 ) -> None:
     """The provider refuses the job outright: ``POST /v1/jobs`` answers 502 and the job fails.
-    If its ``job.failed`` event goes to ``callback_url``, the client must be able to verify it."""
+    Its ``job.failed`` event goes to ``callback_url``, signed with the one-off subscription's
+    secret, which the 502 is the only answer to carry."""
     sink = Sink()
     async with run_server(provider_app()) as provider_url, run_server(sink.app()) as sink_url:
         settings = settings_factory(SIM_DELAY="60", **trinetra_at(f"{provider_url}/broke"))
@@ -768,11 +985,16 @@ async def test_a_callback_url_event_is_never_signed_with_a_secret_the_client_lac
                 "WHERE e.job_id = ? AND e.type = 'job.failed'",
                 job_id,
             )
-            if queued:
-                await sink.wait_for(lambda s: len(s.on("/job")) >= 1)
-    if not queued:
-        return  # nothing is sent, so there is nothing the client would need to verify
-    secret = body.get("callback_secret") or body["error"]["details"].get("callback_secret")
-    assert secret, "job.failed goes to callback_url signed with a secret the client never saw"
-    delivery = sink.on("/job")[0]
-    assert Webhook(secret).verify(delivery.body, delivery.headers)["type"] == "job.failed"
+            await sink.wait_for(lambda s: len(s.on("/job")) >= 1)
+            fetched = await http.get(f"/v1/jobs/{job_id}")
+    assert len(queued) == 1, queued
+    secret = body["error"]["details"]["callback_secret"]
+    assert secret.startswith("whsec_")
+    assert "callback_secret" not in fetched.json()
+    (delivery,) = sink.on("/job")
+    event = Webhook(secret).verify(delivery.body, delivery.headers)
+    assert event["type"] == "job.failed"
+    assert event["data"]["id"] == job_id
+    assert event["data"]["status"] == "failed"
+    assert event["data"]["error"]["kind"] == "insufficient_credits"
+    assert "callback_secret" not in event["data"]

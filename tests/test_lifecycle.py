@@ -1,4 +1,4 @@
-"""The pure job state machine, ``transition()`` (design §3).
+"""The job state machine, ``transition()`` (design §3), and the writes built on it.
 
 pending/submitted → running → one terminal state, and a terminal state never changes again:
 duplicates, late and out-of-order updates are classified and change nothing.
@@ -7,10 +7,13 @@ duplicates, late and out-of-order updates are classified and change nothing.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
-from service.lifecycle import Outcome, transition
+from service.events import Publisher
+from service.lifecycle import Outcome, apply_update, mark_submitted, refuse, transition
 from service.models import (
     TERMINAL_STATUSES,
     Cost,
@@ -21,6 +24,10 @@ from service.models import (
     Output,
     ProviderUpdate,
 )
+from service.storage import jobs
+from service.storage.database import Database
+
+pytestmark = pytest.mark.anyio
 
 CREATED = 1_700_000_000.0
 SUBMITTED = CREATED + 1.5
@@ -257,3 +264,132 @@ def test_outcome_values_are_the_stored_vocabulary() -> None:
 
 def test_non_terminal_statuses_are_the_documented_ones() -> None:
     assert NON_TERMINAL == [JobStatus.PENDING, JobStatus.SUBMITTED, JobStatus.RUNNING]
+
+
+# --- the submit race, against a real database ---------------------------------------------------
+#
+# POST /v1/jobs stores the job as pending, then sends it to the provider. The provider's callback
+# can arrive (and move the job on) before its answer to the submit request does; whatever that
+# answer then says, the callback is the better witness and is left standing.
+
+UNREACHABLE = JobError(ErrorKind.PROVIDER_ERROR, "could not reach trinetra: ConnectError")
+
+
+def file_url(digest: str, media_type: str) -> str:
+    return f"https://reelhook.example.test/v1/files/{digest}"
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[Database]:
+    async with Database.open(tmp_path / "reelhook.sqlite3") as database:
+        yield database
+
+
+async def stored(db: Database, job: Job) -> Job:
+    async with db.transaction() as conn:
+        await jobs.insert(conn, job)
+    return job
+
+
+async def logged(db: Database) -> list[tuple[str, str | None]]:
+    """The event log as (type, job id), oldest first."""
+    async with db.reader.execute("SELECT type, job_id FROM events ORDER BY seq") as cursor:
+        return [(row["type"], row["job_id"]) for row in await cursor.fetchall()]
+
+
+async def test_a_refusal_after_a_callback_moved_the_job_on_changes_nothing(db: Database) -> None:
+    publisher = Publisher(file_url)
+    job = await stored(db, make_job(JobStatus.PENDING))
+    running, outcome = await apply_update(
+        db,
+        publisher,
+        job_id=job.id,
+        provider="trinetra",
+        update=update(JobStatus.RUNNING),
+        raw=b'{"status": "processing"}',
+        now=NOW,
+    )
+    assert outcome is Outcome.APPLIED and running.status is JobStatus.RUNNING
+
+    refused = await refuse(db, publisher, job.id, UNREACHABLE, NOW + 1)
+
+    assert refused is False
+    after = await jobs.get(db.reader, job.id)
+    assert after == running
+    assert after is not None and after.error is None and after.completed_at is None
+    assert await logged(db) == [("job.running", job.id)]
+
+
+@pytest.mark.parametrize("terminal", [JobStatus.SUCCEEDED, JobStatus.FAILED])
+async def test_a_refusal_after_a_terminal_callback_changes_nothing(
+    db: Database, terminal: JobStatus
+) -> None:
+    publisher = Publisher(file_url)
+    job = await stored(db, make_job(JobStatus.PENDING))
+    arrival = succeeded() if terminal is JobStatus.SUCCEEDED else failed()
+    done, _ = await apply_update(
+        db, publisher, job_id=job.id, provider="trinetra", update=arrival, raw=b"{}", now=NOW
+    )
+    assert await refuse(db, publisher, job.id, UNREACHABLE, NOW + 1) is False
+    assert await jobs.get(db.reader, job.id) == done
+    assert await logged(db) == [(f"job.{terminal.value}", job.id)]
+
+
+async def test_a_refusal_of_a_pending_job_fails_it_and_announces_it(db: Database) -> None:
+    """The control for the tests above: with no callback first, the refusal does apply."""
+    publisher = Publisher(file_url)
+    job = await stored(db, make_job(JobStatus.PENDING))
+
+    assert await refuse(db, publisher, job.id, UNREACHABLE, NOW) is True
+
+    after = await jobs.get(db.reader, job.id)
+    assert after is not None
+    assert after.status is JobStatus.FAILED
+    assert after.error == UNREACHABLE
+    assert after.cost.charged == 0
+    assert after.completed_at == NOW
+    assert await logged(db) == [("job.failed", job.id)]
+    # A second refusal (or one for a job that does not exist) is a no-op.
+    assert await refuse(db, publisher, job.id, UNREACHABLE, NOW + 1) is False
+    assert await refuse(db, publisher, "job_00000000000000000000000000", UNREACHABLE, NOW) is False
+    assert await logged(db) == [("job.failed", job.id)]
+
+
+async def test_an_acceptance_after_a_callback_only_fills_in_the_provider_job_id(
+    db: Database,
+) -> None:
+    publisher = Publisher(file_url)
+    job = await stored(db, make_job(JobStatus.PENDING))
+    running, _ = await apply_update(
+        db,
+        publisher,
+        job_id=job.id,
+        provider="trinetra",
+        update=update(JobStatus.RUNNING, provider_job_id=None),
+        raw=b"{}",
+        now=NOW,
+    )
+    assert running.provider_job_id is None
+
+    current, moved = await mark_submitted(db, publisher, job.id, "job_klingv25_a1b2c3", NOW + 1)
+
+    assert moved is False
+    expected = dataclasses.replace(running, provider_job_id="job_klingv25_a1b2c3")
+    assert current == expected
+    assert await jobs.get(db.reader, job.id) == expected
+    assert await logged(db) == [("job.running", job.id)]
+
+
+async def test_an_acceptance_of_a_pending_job_submits_it(db: Database) -> None:
+    publisher = Publisher(file_url)
+    job = await stored(db, make_job(JobStatus.PENDING))
+
+    current, moved = await mark_submitted(db, publisher, job.id, "job_klingv25_a1b2c3", NOW)
+
+    assert moved is True
+    assert current is not None
+    assert current.status is JobStatus.SUBMITTED
+    assert current.provider_job_id == "job_klingv25_a1b2c3"
+    assert current.submitted_at == NOW
+    assert await jobs.get(db.reader, job.id) == current
+    assert await logged(db) == [("job.submitted", job.id)]
