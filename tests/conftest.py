@@ -1,13 +1,14 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from service.settings import Settings, load_settings
+from tests.servers import loopback_socket, url_of
 from tests.support import ADMIN_KEY, api_client
 
 SettingsFactory = Callable[..., Settings]
@@ -49,4 +50,18 @@ def settings_factory(tmp_path: Path) -> SettingsFactory:
 async def client(settings_factory: SettingsFactory) -> AsyncIterator[httpx.AsyncClient]:
     """An in-process client for a fresh reelhook (lifespan running), authenticated as admin."""
     async with api_client(settings_factory()) as http:
+        yield http
+
+
+@pytest.fixture
+def dead_url() -> Iterator[str]:
+    """A loopback URL where nothing listens (bound, never listening): connections are refused."""
+    with loopback_socket() as sock:
+        yield url_of(sock)
+
+
+@pytest.fixture
+async def api(settings_factory: SettingsFactory, dead_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    """reelhook in-process; its simulated providers sit at an unreachable PUBLIC_URL."""
+    async with api_client(settings_factory(PUBLIC_URL=dead_url)) as http:
         yield http

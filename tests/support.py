@@ -58,3 +58,12 @@ def assert_error(
         assert field in error["details"]["fields"], error
         assert field in error["message"], error
     return error
+
+
+async def send_without_key(
+    http: httpx.AsyncClient, method: str, path: str, **options: Any
+) -> httpx.Response:
+    """Send a request through ``http`` with its X-API-Key header removed."""
+    request = http.build_request(method, path, **options)
+    del request.headers["X-API-Key"]
+    return await http.send(request)

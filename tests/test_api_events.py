@@ -7,7 +7,7 @@ server whose in-process simulator finishes jobs and calls back over loopback.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import SettingsFactory
 from tests.servers import Sink, loopback_socket, run_server, url_of
-from tests.support import api_client, assert_error, served
+from tests.support import assert_error, served
 
 pytestmark = pytest.mark.anyio
 
@@ -42,19 +42,6 @@ async def walk(http: httpx.AsyncClient, **params: str) -> list[list[dict[str, An
         if cursor is None:
             return pages
         assert len(pages) < 50, "pagination does not end"
-
-
-@pytest.fixture
-def dead_url() -> Iterator[str]:
-    """A loopback URL where nothing listens: provider calls and deliveries are refused at once."""
-    with loopback_socket() as sock:
-        yield url_of(sock)
-
-
-@pytest.fixture
-async def api(settings_factory: SettingsFactory, dead_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with api_client(settings_factory(PUBLIC_URL=dead_url)) as http:
-        yield http
 
 
 # --- errors --------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ real HTTP); the ``PUBLIC_URL`` is a bound but never-listening loopback port, so 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -18,8 +18,8 @@ import pytest
 
 from service.sim import Scenario, Simulator, create_sim_app
 from tests.conftest import SettingsFactory
-from tests.servers import loopback_socket, run_server, url_of
-from tests.support import api_client, assert_error
+from tests.servers import run_server
+from tests.support import api_client, assert_error, send_without_key
 
 pytestmark = pytest.mark.anyio
 
@@ -43,29 +43,6 @@ async def assert_nothing_stored(api: httpx.AsyncClient) -> None:
     events = await api.get("/v1/events")
     assert events.status_code == 200, events.text
     assert events.json() == {"data": [], "next_cursor": None}
-
-
-async def send_without_key(
-    api: httpx.AsyncClient, method: str, path: str, **options: Any
-) -> httpx.Response:
-    """Send a request through ``api`` with its X-API-Key header removed."""
-    request = api.build_request(method, path, **options)
-    del request.headers["X-API-Key"]
-    return await api.send(request)
-
-
-@pytest.fixture
-def dead_url() -> Iterator[str]:
-    """A loopback URL where nothing listens (bound, never listening): connections are refused."""
-    with loopback_socket() as sock:
-        yield url_of(sock)
-
-
-@pytest.fixture
-async def api(settings_factory: SettingsFactory, dead_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    """reelhook in-process with every provider simulated at an unreachable PUBLIC_URL."""
-    async with api_client(settings_factory(PUBLIC_URL=dead_url)) as http:
-        yield http
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from standardwebhooks.webhooks import Webhook
 
 from tests.conftest import SettingsFactory
 from tests.servers import Sink, run_server
-from tests.support import api_client, assert_error
+from tests.support import api_client, assert_error, send_without_key
 
 pytestmark = pytest.mark.anyio
 
@@ -37,14 +37,6 @@ async def assert_no_subscriptions(http: httpx.AsyncClient) -> None:
     response = await http.get("/v1/subscriptions")
     assert response.status_code == 200, response.text
     assert response.json() == {"data": [], "next_cursor": None}
-
-
-async def send_without_key(
-    http: httpx.AsyncClient, method: str, path: str, **options: Any
-) -> httpx.Response:
-    request = http.build_request(method, path, **options)
-    del request.headers["X-API-Key"]
-    return await http.send(request)
 
 
 @pytest.fixture
