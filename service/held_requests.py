@@ -147,9 +147,11 @@ class HeldRequests:
                     summary["error"] = failure.message
                     error = JobError(failure.kind, failure.message, str(response.status_code))
                     return _failed(error), summary
-                if not response.headers.get("content-type", "").startswith("video/"):
+                media_type = response.headers.get("content-type", "").split(";")[0].strip()
+                if not media_type.startswith("video/"):
                     error = JobError(ErrorKind.PROVIDER_ERROR, "Segmind answered without a video")
                     return _failed(error), summary
+                credits = _number(response.headers.get("x-credits-consumed"))
                 digest, size = await self._blobs.write(response.aiter_bytes(), self._max_bytes)
         except httpx.TimeoutException:
             error = JobError(ErrorKind.TIMEOUT, "Segmind did not answer in time")
@@ -161,11 +163,10 @@ class HeldRequests:
             error = JobError(ErrorKind.PROVIDER_ERROR, f"the video is too large to keep: {exc}")
             return _failed(error), {"error": "too large"}
         summary.update(sha256=digest, bytes=size)
-        credits = _number(response.headers.get("x-credits-consumed"))
         update = ProviderUpdate(
             provider_job_id=None,
             status=JobStatus.SUCCEEDED,
-            outputs=(Output(url=None, type="video", blob=digest, media_type="video/mp4"),),
+            outputs=(Output(url=None, type="video", blob=digest, media_type=media_type),),
             charged=credits,
         )
         return update, summary

@@ -27,6 +27,7 @@ from service.tokens import Tokens
 from tests.conftest import SettingsFactory
 from tests.servers import loopback_socket, run_server, url_of
 from tests.support import ADMIN_KEY, assert_error
+from tests.test_adapters import APIFRAME_COMPLETED
 
 pytestmark = pytest.mark.anyio
 
@@ -154,16 +155,8 @@ def trinetra_failed(provider_job_id: str) -> bytes:
 
 
 def apiframe_completed(provider_job_id: str) -> dict[str, Any]:
-    return {
-        "event": "completed",
-        "jobId": provider_job_id,
-        "status": "COMPLETED",
-        "progress": 100,
-        "result": "https://cdn.apiframe.ai/results/a1b2.mp4",
-        "model": "kling-2.5-turbo-pro",
-        "creditCost": 4,
-        "completedAt": "2026-03-15T10:00:32.000Z",
-    }
+    """apiframe's documented ``completed`` webhook, for this job."""
+    return {**APIFRAME_COMPLETED, "jobId": provider_job_id}
 
 
 def apiframe_progress(provider_job_id: str) -> dict[str, Any]:
