@@ -14,7 +14,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute, Mount
 
-from service import bootstrap
+from service import bootstrap, console
 from service.api import routes
 from service.api.context import Services
 from service.blobs import BlobStore
@@ -67,7 +67,7 @@ def create_app(
     simulator = (
         Simulator(Scenario(delay=settings.sim_delay)) if settings.simulated_providers else None
     )
-    app_routes: list[BaseRoute] = routes()
+    app_routes: list[BaseRoute] = routes() + console.routes()
     if simulator is not None:
         app_routes.append(Mount("/sim", routes=simulator.routes()))
 

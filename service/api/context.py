@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, cast
 
 from starlette.requests import Request
@@ -72,8 +73,14 @@ async def authenticate(request: Request, scope: str | None = None) -> Caller:
     key = request.headers.get("x-api-key")
     if not key:
         raise Unauthorized("send your API key in the X-API-Key header")
+    return await authenticate_digest(request, hash_key(key), scope)
+
+
+async def authenticate_digest(request: Request, key_hash: str, scope: str | None = None) -> Caller:
+    """The caller whose active key has digest ``key_hash`` (the console's session carries only the
+    digest); 401 when there is none, 403 without ``scope``."""
     # Only digests are stored, so the lookup compares digests, never the secret itself.
-    found = await keys.find_active(services(request).db.reader, hash_key(key))
+    found = await keys.find_active(services(request).db.reader, key_hash)
     if found is None:
         raise Unauthorized("the API key is not valid")
     caller = Caller(found[0], tuple(found[1]))
@@ -120,6 +127,22 @@ def is_decimal(text: str) -> bool:
     """A non-negative integer SQLite can hold: ASCII digits only (``str.isdigit`` also accepts
     superscripts), at most 18 of them."""
     return text.isascii() and text.isdigit() and len(text) <= 18
+
+
+def time_param(request: Request, name: str) -> float | None:
+    """An ISO-8601 time query parameter as epoch seconds (UTC when it names no offset)."""
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        moment = datetime.fromisoformat(raw)
+    except ValueError:
+        raise ValidationFailed.field(
+            name, "must be an ISO-8601 time such as 2026-11-21T10:00:00Z"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
 
 
 def choice_param(request: Request, name: str, choices: tuple[str, ...]) -> str | None:
