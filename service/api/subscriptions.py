@@ -100,8 +100,8 @@ def _validated(request: Request, body: Any, *, partial: bool) -> dict[str, Any]:
     return changes
 
 
-async def _owned(request: Request, caller: Caller) -> Subscription:
-    sub_id = request.path_params["subscription_id"]
+async def owned(request: Request, caller: Caller, sub_id: str) -> Subscription:
+    """The subscription, if ``caller`` may see it; :class:`NotFound` otherwise."""
     sub = await subscriptions.get(services(request).db.reader, sub_id)
     if (
         sub is None
@@ -114,7 +114,17 @@ async def _owned(request: Request, caller: Caller) -> Subscription:
 
 async def create_subscription(request: Request) -> Response:
     caller = await authenticate(request, "subscriptions:write")
-    changes = _validated(request, await read_json(request), partial=False)
+    sub = await create(request, caller, await read_json(request))
+    return JSONResponse(
+        sub.to_public(include_secret=True),
+        status_code=201,
+        headers={"Location": f"/v1/subscriptions/{sub.id}"},
+    )
+
+
+async def create(request: Request, caller: Caller, body: Any) -> Subscription:
+    """Validate ``body`` (the API's JSON shape) and store a new subscription owned by ``caller``."""
+    changes = _validated(request, body, partial=False)
     now = services(request).clock()
     sub = Subscription(
         id=new_id("sub"),
@@ -131,15 +141,20 @@ async def create_subscription(request: Request) -> Response:
     )
     async with services(request).db.transaction() as conn:
         await subscriptions.insert(conn, sub)
-    return JSONResponse(
-        sub.to_public(include_secret=True),
-        status_code=201,
-        headers={"Location": f"/v1/subscriptions/{sub.id}"},
-    )
+    return sub
 
 
 async def list_subscriptions(request: Request) -> Response:
     caller = await authenticate(request, "subscriptions:read")
+    page, next_cursor = await subscription_page(request, caller)
+    return JSONResponse({"data": [s.to_public() for s in page], "next_cursor": next_cursor})
+
+
+async def subscription_page(
+    request: Request, caller: Caller
+) -> tuple[list[Subscription], str | None]:
+    """One page of the subscriptions ``caller`` may see (query parameters ``cursor`` and
+    ``limit``), with the cursor of the next page, if any."""
     limit = limit_param(request)
     page = await subscriptions.list_page(
         services(request).db.reader,
@@ -149,40 +164,58 @@ async def list_subscriptions(request: Request) -> Response:
     )
     more = len(page) > limit
     page = page[:limit]
-    return JSONResponse(
-        {"data": [s.to_public() for s in page], "next_cursor": page[-1].id if more else None}
-    )
+    return page, page[-1].id if more else None
 
 
 async def get_subscription(request: Request) -> Response:
     caller = await authenticate(request, "subscriptions:read")
-    return JSONResponse((await _owned(request, caller)).to_public())
+    sub = await owned(request, caller, request.path_params["subscription_id"])
+    return JSONResponse(sub.to_public())
 
 
 async def update_subscription(request: Request) -> Response:
     caller = await authenticate(request, "subscriptions:write")
-    sub = await _owned(request, caller)
-    changes = _validated(request, await read_json(request), partial=True)
+    sub_id = request.path_params["subscription_id"]
+    await owned(request, caller, sub_id)
+    updated = await update(request, caller, sub_id, await read_json(request))
+    return JSONResponse(updated.to_public())
+
+
+async def update(request: Request, caller: Caller, sub_id: str, body: Any) -> Subscription:
+    """Apply ``body`` (the API's PATCH shape) to the subscription; return it as stored."""
+    sub = await owned(request, caller, sub_id)
+    changes = _validated(request, body, partial=True)
     updated = dataclasses.replace(sub, **changes, updated_at=services(request).clock())
     async with services(request).db.transaction() as conn:
         await subscriptions.save(conn, updated)
     # Re-enabling releases deliveries held while the subscription was disabled.
     services(request).dispatcher.wake()
-    return JSONResponse(updated.to_public())
+    return updated
 
 
 async def delete_subscription(request: Request) -> Response:
     caller = await authenticate(request, "subscriptions:write")
-    sub = await _owned(request, caller)
+    await delete(request, caller, request.path_params["subscription_id"])
+    return Response(status_code=204)
+
+
+async def delete(request: Request, caller: Caller, sub_id: str) -> None:
+    """Delete the subscription and cancel its open deliveries."""
+    sub = await owned(request, caller, sub_id)
     async with services(request).db.transaction() as conn:
         await subscriptions.delete(conn, sub.id)
-    return Response(status_code=204)
 
 
 async def test_subscription(request: Request) -> Response:
     """Send a ``ping`` event to this one subscription now."""
     caller = await authenticate(request, "subscriptions:write")
-    sub = await _owned(request, caller)
+    event_id = await ping(request, caller, request.path_params["subscription_id"])
+    return JSONResponse({"event_id": event_id}, status_code=202)
+
+
+async def ping(request: Request, caller: Caller, sub_id: str) -> str:
+    """Queue a ``ping`` event to this one subscription; return the event's id."""
+    sub = await owned(request, caller, sub_id)
     if sub.status != "active":
         raise Conflict("the subscription is disabled; enable it to send a test event")
     state = services(request)
@@ -192,4 +225,4 @@ async def test_subscription(request: Request) -> Response:
             conn, "ping", now, data={"subscription_id": sub.id}, to_subscription=sub.id
         )
     state.dispatcher.wake()
-    return JSONResponse({"event_id": event_id}, status_code=202)
+    return event_id

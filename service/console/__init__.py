@@ -15,7 +15,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from service.api import resource
-from service.console import jobs, signin
+from service.console import jobs, signin, subscriptions
 from service.console.view import Handler, endpoint
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -73,6 +73,28 @@ def routes() -> list[BaseRoute]:
                 resource("/sign-out", post=page(signin.sign_out, None)),
                 resource("/jobs", get=page(jobs.jobs_page, "jobs:read")),
                 resource("/jobs/{job_id}", get=page(jobs.job_page_view, "jobs:read")),
+                resource(
+                    "/subscriptions",
+                    get=page(subscriptions.subscriptions_page, "subscriptions:read"),
+                    post=page(subscriptions.create, "subscriptions:write"),
+                ),
+                resource(
+                    "/subscriptions/{subscription_id}",
+                    get=page(subscriptions.subscription_page, "subscriptions:read"),
+                    post=page(subscriptions.edit, "subscriptions:write"),
+                ),
+                resource(
+                    "/subscriptions/{subscription_id}/status",
+                    post=page(subscriptions.set_status, "subscriptions:write"),
+                ),
+                resource(
+                    "/subscriptions/{subscription_id}/test",
+                    post=page(subscriptions.ping, "subscriptions:write"),
+                ),
+                resource(
+                    "/subscriptions/{subscription_id}/delete",
+                    post=page(subscriptions.delete, "subscriptions:write"),
+                ),
                 Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="console-static"),
             ],
         )

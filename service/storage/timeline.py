@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import aiosqlite
 
+from service.storage.health import excerpt_text
+
 # Enough of a raw callback to recognise it; the whole body stays in the database for audit.
 EXCERPT_BYTES = 2048
 
@@ -39,7 +41,7 @@ async def callbacks_of(conn: aiosqlite.Connection, job_id: str) -> list[Callback
             provider=row["provider"],
             received_at=row["received_at"],
             outcome=row["outcome"],
-            excerpt=_text(row["excerpt"]),
+            excerpt=excerpt_text(row["excerpt"]),
             size=row["size"],
         )
         for row in rows
@@ -53,15 +55,3 @@ async def events_of(conn: aiosqlite.Connection, job_id: str) -> list[EventRecord
     ) as cursor:
         rows = await cursor.fetchall()
     return [EventRecord(row["id"], row["type"], row["created_at"]) for row in rows]
-
-
-def _text(excerpt: bytes | str | None) -> str:
-    if excerpt is None:
-        return ""
-    if isinstance(excerpt, str):
-        return excerpt
-    # Segmind's held answer is the mp4 itself: say so rather than show its bytes. The excerpt may
-    # end inside a UTF-8 sequence, hence the replacement rather than strict decoding.
-    if b"\x00" in excerpt:
-        return "(binary data)"
-    return excerpt.decode("utf-8", errors="replace")
