@@ -29,9 +29,10 @@ class Moment:
 async def jobs_page(view: View) -> Response:
     page, next_cursor = await job_page(view.request, view.signed_in_caller)
     filters = {name: view.request.query_params.get(name, "") for name in FILTERS}
+    chosen = {name: value for name, value in filters.items() if value}
     next_link = None
     if next_cursor is not None:
-        next_link = "?" + urlencode({**{k: v for k, v in filters.items() if v}, "cursor": next_cursor})
+        next_link = "?" + urlencode({**chosen, "cursor": next_cursor})
     file_url = view.state.publisher.file_url
     return view.render(
         "jobs.html",
@@ -42,7 +43,7 @@ async def jobs_page(view: View) -> Response:
         models=tuple(MODELS),
         next_link=next_link,
         first_page=view.request.query_params.get("cursor") is None,
-        first_link="?" + urlencode({k: v for k, v in filters.items() if v}),
+        first_link="?" + urlencode(chosen),
     )
 
 

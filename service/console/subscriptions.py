@@ -94,7 +94,9 @@ async def subscription_page(view: View) -> Response:
     return await detail(view, sub)
 
 
-async def detail(view: View, sub: Subscription, *, status_code: int = 200, **extra: Any) -> Response:
+async def detail(
+    view: View, sub: Subscription, *, status_code: int = 200, **extra: Any
+) -> Response:
     return view.render(
         "subscription.html",
         status_code=status_code,
