@@ -40,7 +40,6 @@ NOTICES = {
     "ping-sent": "A ping event is on its way.",
     "deleted": "The subscription is deleted.",
     "resent": "The delivery is queued to be sent again.",
-    "recovered": "The failed deliveries are queued to be sent again.",
 }
 
 # Pages are built from the service's own origin only; media may come from a provider's host.

@@ -1,0 +1,105 @@
+"""The console in headless Chromium against a real reelhook on loopback, as a person would use it.
+
+reelhook runs under uvicorn with its in-process provider simulator; subscribers are loopback sinks.
+Outside CI a machine without Chromium skips these tests, saying why; under ``CI=true`` that is a
+failure, never a skip.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+from tests.browser import chromium, missing
+from tests.conftest import SettingsFactory
+from tests.servers import loopback_socket, url_of
+from tests.support import ADMIN_KEY, served
+
+pytestmark = pytest.mark.anyio
+
+if (reason := missing()) is not None:
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"the console's browser tests cannot run under CI: {reason}", pytrace=False)
+    pytest.skip(f"browser tests skipped: {reason}", allow_module_level=True)
+
+from playwright.async_api import BrowserContext, Page, expect  # noqa: E402
+
+V3 = "trinetra/kling-v3"
+
+
+@dataclass
+class Scene:
+    api: httpx.AsyncClient  # the admin's API client
+    url: str  # reelhook's base URL
+    browser: BrowserContext
+
+
+@pytest.fixture
+async def scene(settings_factory: SettingsFactory) -> AsyncIterator[Scene]:
+    sock = loopback_socket()
+    settings = settings_factory(PUBLIC_URL=url_of(sock), SIM_DELAY="1")
+    async with served(settings, sock) as api, chromium() as browser:
+        yield Scene(api, url_of(sock), browser)
+
+
+async def sign_in(page: Page, base_url: str, key: str) -> None:
+    await page.goto(f"{base_url}/console/jobs")
+    await expect(page).to_have_url(f"{base_url}/console/sign-in?next=%2Fconsole%2Fjobs")
+    await page.get_by_label("API key").fill(key)
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.get_by_role("heading", name="Jobs", exact=True)).to_be_visible()
+
+
+async def submit(api: httpx.AsyncClient, key: str = ADMIN_KEY, prompt: str = "A red kite") -> str:
+    response = await api.post(
+        "/v1/jobs",
+        json={"model": V3, "input": {"prompt": prompt, "duration": 5}},
+        headers={"X-API-Key": key},
+    )
+    assert response.status_code == 202, response.text
+    job_id: str = response.json()["id"]
+    return job_id
+
+
+async def test_sign_in_see_a_job_finish_live_and_play_its_video(scene: Scene) -> None:
+    page = await scene.browser.new_page()
+    await sign_in(page, scene.url, ADMIN_KEY)
+    live = await scene.browser.new_page()
+    await live.goto(f"{scene.url}/console/live")
+    await expect(live.locator("#stream-state")).to_have_text("Following live events.")
+
+    job_id = await submit(scene.api)
+    await page.goto(f"{scene.url}/console/jobs/{job_id}")
+    status = page.locator("#job-status")
+    # The simulator finishes the job a second later; the page follows the event stream.
+    await expect(status).to_have_text("submitted")
+    await expect(status).to_have_text("succeeded", timeout=15_000)
+    await expect(page.get_by_role("heading", name="Outputs")).to_be_visible()
+    await expect(page.locator(".timeline")).to_contain_text("job.succeeded")
+    await expect(page.locator(".timeline")).to_contain_text("callback from trinetra")
+
+    video = page.locator("video")
+    await expect(video).to_have_count(1)
+    played = await video.evaluate(
+        """async (v) => {
+            v.muted = true;
+            await v.play();
+            await new Promise((done) => {
+                const check = () => (v.currentTime > 0.2 ? done() : setTimeout(check, 50));
+                check();
+            });
+            return {error: v.error && v.error.code, readyState: v.readyState, time: v.currentTime};
+        }"""
+    )
+    assert played["error"] is None, played
+    assert played["readyState"] >= 2 and played["time"] > 0.2, played
+
+    # The live view saw the same job go by.
+    await expect(
+        live.locator(f'#live-log li[data-event-type="job.succeeded"] >> text={job_id}')
+    ).to_be_visible()
+    await expect(live.locator("#live-log")).to_contain_text("job.submitted")
