@@ -25,8 +25,8 @@ from service.sim import Scenario, Simulator, create_sim_app
 from service.storage import keys
 from service.storage.database import Database
 from tests.conftest import SettingsFactory
-from tests.servers import run_server
-from tests.support import ADMIN_KEY
+from tests.servers import Sink, loopback_socket, run_server, url_of
+from tests.support import ADMIN_KEY, served
 
 pytestmark = pytest.mark.anyio
 
@@ -479,3 +479,32 @@ async def test_edit_keeps_headers_unless_asked_and_toggles_status(service: Reelh
         gone = await browser.post(f"{path}/delete", data={"csrf": token})
         assert gone.headers["location"] == "/console/subscriptions?notice=deleted"
         assert (await service.api.get(f"/v1/subscriptions/{sub_id}")).status_code == 404
+
+
+async def test_a_failed_job_shows_its_error_and_the_callback(
+    settings_factory: SettingsFactory,
+) -> None:
+    sim = Simulator(Scenario(delay=0.1, outcome="fail"))
+    sock = loopback_socket()
+    async with run_server(create_sim_app(sim)) as sim_url:
+        settings = settings_factory(
+            PUBLIC_URL=url_of(sock),
+            TRINETRA_API_KEY="key-trinetra",
+            TRINETRA_BASE_URL=f"{sim_url}/trinetra",
+        )
+        sink = Sink()
+        async with run_server(sink.app()) as sink_url, served(settings, sock) as api:
+            await api.post("/v1/subscriptions", json={"url": f"{sink_url}/hook"})
+            job_id = await submit(api)
+            await sink.wait_for(lambda s: any(b"job.failed" in r.body for r in s.received))
+            async with httpx.AsyncClient(base_url=url_of(sock)) as browser:
+                await sign_in(browser, ADMIN_KEY)
+                page = await browser.get(f"/console/jobs/{job_id}")
+    assert page.status_code == 200
+    assert 'status-failed" id="job-status"' in page.text
+    assert "data-follow-job" not in page.text  # terminal: nothing left to follow
+    error = page.text[page.text.index('id="h-error"') :]
+    assert "content_policy" in error
+    timeline = page.text[page.text.index('id="h-timeline"') :]
+    assert timeline.index("job.submitted") < timeline.index("callback from trinetra")
+    assert timeline.index("callback from trinetra") < timeline.index("job.failed")

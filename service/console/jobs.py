@@ -64,7 +64,8 @@ async def job_page_view(view: View) -> Response:
         )
         for callback in await timeline.callbacks_of(state.db.reader, job.id)
     ]
-    moments.sort(key=lambda moment: moment.at)
+    # A callback and the event it causes share one timestamp: the cause goes first.
+    moments.sort(key=lambda moment: (moment.at, moment.kind != "callback"))
     return view.render(
         "job.html",
         section="jobs",
