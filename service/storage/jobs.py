@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Iterable
 from typing import Any
 
 import aiosqlite
@@ -38,6 +39,37 @@ def _from_row(row: sqlite3.Row) -> Job:
     )
 
 
+_INSERT = (
+    f"INSERT INTO jobs ({_COLUMNS}, idempotency_key, request_hash, updated_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _values(
+    job: Job, idempotency_key: str | None = None, request_hash: str | None = None
+) -> tuple[Any, ...]:
+    return (
+        job.id,
+        job.owner_key_id,
+        job.model,
+        job.provider,
+        job.provider_job_id,
+        job.status.value,
+        dumps(job.input),
+        dumps([o.to_dict() for o in job.outputs]),
+        dumps(job.error.to_dict()) if job.error else None,
+        dumps(job.cost.to_dict()),
+        dumps(job.metadata),
+        job.created_at,
+        job.submitted_at,
+        job.completed_at,
+        job.deadline_at,
+        idempotency_key,
+        request_hash,
+        job.created_at,
+    )
+
+
 async def insert(
     conn: aiosqlite.Connection,
     job: Job,
@@ -45,30 +77,12 @@ async def insert(
     idempotency_key: str | None = None,
     request_hash: str | None = None,
 ) -> None:
-    await conn.execute(
-        f"INSERT INTO jobs ({_COLUMNS}, idempotency_key, request_hash, updated_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            job.id,
-            job.owner_key_id,
-            job.model,
-            job.provider,
-            job.provider_job_id,
-            job.status.value,
-            dumps(job.input),
-            dumps([o.to_dict() for o in job.outputs]),
-            dumps(job.error.to_dict()) if job.error else None,
-            dumps(job.cost.to_dict()),
-            dumps(job.metadata),
-            job.created_at,
-            job.submitted_at,
-            job.completed_at,
-            job.deadline_at,
-            idempotency_key,
-            request_hash,
-            job.created_at,
-        ),
-    )
+    await conn.execute(_INSERT, _values(job, idempotency_key, request_hash))
+
+
+async def insert_many(conn: aiosqlite.Connection, batch: Iterable[Job]) -> None:
+    """Insert jobs in one statement (imports and benchmark fixtures; no idempotency keys)."""
+    await conn.executemany(_INSERT, (_values(job) for job in batch))
 
 
 async def save(conn: aiosqlite.Connection, job: Job, now: float) -> None:
