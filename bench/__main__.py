@@ -25,10 +25,10 @@ from typing import Any
 import httpx
 
 from bench import report
+from bench.backlog import seed_backlog
 from bench.load import callback_body, percentiles
 from bench.procs import Process, free_port, run_load, start_bare, start_service, start_sink
 from bench.seed import database_bytes, disk_fsync_probe, job_id, seed_jobs
-from bench.backlog import seed_backlog
 
 ADMIN_KEY = "rh_bench_admin_key_not_secret"
 SECRET_KEY = "bench-secret-key-0123456789abcdef"
@@ -164,7 +164,8 @@ class Bench:
                 (low, high),
             ).fetchone()[0]
             applied = conn.execute(
-                "SELECT count(*) FROM callbacks WHERE job_id BETWEEN ? AND ? AND outcome = 'applied'",
+                "SELECT count(*) FROM callbacks"
+                " WHERE job_id BETWEEN ? AND ? AND outcome = 'applied'",
                 (low, high),
             ).fetchone()[0]
         return int(jobs), int(applied)
@@ -183,7 +184,9 @@ class Bench:
         first = self.take_jobs(count)
         got = self.callbacks(service.url, sink, first, count, mode="closed", concurrency=50)
         jobs, applied = self.stored(first, count)
-        ok = self.ledger("ingest", sent=got["sent"], acked=got["acked"], stored=jobs, applied=applied)
+        ok = self.ledger(
+            "ingest", sent=got["sent"], acked=got["acked"], stored=jobs, applied=applied
+        )
         rate = got["rate_per_s"]
         self.figures.append(
             Figure(
@@ -239,7 +242,9 @@ class Bench:
             retry_503=True,
         )
         jobs, applied = self.stored(first, count)
-        ok = self.ledger("burst", sent=got["sent"], acked=got["acked"], stored=jobs, applied=applied)
+        ok = self.ledger(
+            "burst", sent=got["sent"], acked=got["acked"], stored=jobs, applied=applied
+        )
         allowed = all(s.startswith("2") or s == "503" for s in got["statuses"])
         refused = got["statuses"].get("503", 0)
         self.figures.append(
@@ -285,7 +290,7 @@ class Bench:
         spread = percentiles(lags)
         self.figures.append(
             Figure(
-                f"5. end-to-end lag p50 at {rate}/s × {subscribers} subscribers",
+                f"5. end-to-end lag p50 at {rate}/s x {subscribers} subscribers",
                 spread["p50"],
                 "ms",
                 "p50 ≤ 20 ms",
@@ -295,7 +300,7 @@ class Bench:
         )
         self.figures.append(
             Figure(
-                f"5. end-to-end lag p99 at {rate}/s × {subscribers} subscribers",
+                f"5. end-to-end lag p99 at {rate}/s x {subscribers} subscribers",
                 spread["p99"],
                 "ms",
                 "p99 ≤ 100 ms",
@@ -322,7 +327,7 @@ class Bench:
                 rate = expected / (times[-1] - times[0]) if len(times) > 1 else 0.0
                 unique = len({(path, event) for path, event, _, _ in records})
                 ok = self.ledger(
-                    f"fan-out × {subscribers}",
+                    f"fan-out x {subscribers}",
                     expected=expected,
                     received_unique=unique,
                     delivered_in_db=self.delivered(ids),

@@ -48,12 +48,14 @@ def markdown(result: dict[str, Any]) -> str:
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(result["started_at"]))
     box = result["machine"]
     lines = [
-        "# reelhook benchmark report" + (" (quick smoke run, not a measurement)" if result["quick"] else ""),
+        "# reelhook benchmark report"
+        + (" (quick smoke run, not a measurement)" if result["quick"] else ""),
         "",
         f"Run {when}, {result['duration_s']:.0f} s, by `make bench`. Every ratio is against a bare",
         "baseline measured in the same run on the same machine; all traffic on 127.0.0.1.",
         "",
-        f"Machine: {box['cpus']} CPUs ({box['cpu']}), {box['memory_gib']} GiB RAM, Linux {box['kernel']}.",
+        f"Machine: {box['cpus']} CPUs ({box['cpu']}), {box['memory_gib']} GiB RAM,"
+        f" Linux {box['kernel']}.",
         "Data disk 1 KiB write + fdatasync: "
         f"p50 {result['fsync']['p50_us']:.0f} µs, p99 {result['fsync']['p99_us']:.0f} µs.",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in result["versions"].items()) + ".",
@@ -70,7 +72,7 @@ def markdown(result: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        f"Peak RSS of reelhook across scenarios 1–3 and 5: {result['rss_under_load_mb']:.0f} MiB.",
+        f"Peak RSS of reelhook across scenarios 1-3 and 5: {result['rss_under_load_mb']:.0f} MiB.",
         "",
         "## Ledgers",
         "",
