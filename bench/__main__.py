@@ -447,10 +447,13 @@ def wait_for_records(
     """The sink's records once ``expected`` unique deliveries arrived (or the time ran out)."""
     deadline = time.monotonic() + within
     while True:
-        records = [tuple(r) for r in httpx.get(f"{sink.url}/_records", timeout=30).json()]
-        unique = {(r[0], r[1]) for r in records}
+        records = [
+            (str(path), str(event), str(job), float(at))
+            for path, event, job, at in httpx.get(f"{sink.url}/_records", timeout=30).json()
+        ]
+        unique = {(path, event) for path, event, _, _ in records}
         if len(unique) >= expected or time.monotonic() > deadline:
-            return records  # type: ignore[return-value]
+            return records
         time.sleep(0.5)
 
 
