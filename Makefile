@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test lint typecheck pytest screenshots clean
+.PHONY: run test bench lint typecheck pytest screenshots clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "reelhook needs $(PYTHON) (Python 3.11) on PATH"; exit 1; }
@@ -21,14 +21,18 @@ run: $(STAMP)
 test: lint typecheck pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check service tests examples
-	$(BIN)/ruff format --check service tests examples
+	$(BIN)/ruff check service tests examples bench
+	$(BIN)/ruff format --check service tests examples bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
 pytest: $(STAMP)
 	$(BIN)/pytest
+
+## bench: run the performance suite (about 5 minutes; loopback only) and write bench/results/latest.md
+bench: $(STAMP)
+	$(BIN)/python -m bench
 
 ## screenshots: regenerate docs/screenshots/ (the console's main pages) in headless Chromium
 screenshots: $(STAMP)

@@ -30,6 +30,7 @@ from service.errors import (
 )
 from service.events import Publisher
 from service.held_requests import HeldRequests
+from service.ingest import Ingest
 from service.settings import Settings
 from service.sim import Scenario, Simulator
 from service.storage.database import Database
@@ -93,6 +94,7 @@ def create_app(
             tasks = await stack.enter_async_context(anyio.create_task_group())
             tasks.start_soon(services.dispatcher.run)
             tasks.start_soon(services.held.run)
+            tasks.start_soon(services.ingest.run)
             _announce(settings, generated)
             try:
                 yield {"services": services}
@@ -173,6 +175,14 @@ def _wire(
         submitter=submitter,
         dispatcher=dispatcher,
         held=held,
+        ingest=Ingest(
+            db,
+            publisher,
+            clock=clock,
+            capacity=settings.ingest_queue,
+            batch_size=settings.ingest_batch,
+            on_commit=dispatcher.wake,
+        ),
     )
 
 

@@ -122,6 +122,13 @@ class TooManyRequests(ReelhookError):
     code = "rate_limited"
 
 
+class ServiceUnavailable(ReelhookError):
+    """reelhook cannot take this request right now; retry after the given delay."""
+
+    status_code = 503
+    code = "unavailable"
+
+
 class ProviderFailed(ReelhookError):
     """The video provider failed to accept the job."""
 

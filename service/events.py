@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import aiosqlite
@@ -42,24 +43,52 @@ class Publisher:
         sends the event to that one subscription only (a ``ping``). Runs in the caller's
         transaction, so the event and its deliveries commit with the change they announce.
         """
+        if job is not None and to_subscription is None:
+            return (await self.publish_jobs(conn, [(event_type, job)], now))[0]
         body = job.to_document(self.file_url) if job is not None else (data or {})
         if to_subscription is not None:
             targets = [to_subscription]
         else:
-            model = job.model if job is not None else None
-            job_id = job.id if job is not None else None
-            owner = job.owner_key_id if job is not None else None
-            candidates = await subscriptions.candidates(conn, owner_key_id=owner, job_id=job_id)
-            targets = [sub.id for sub in candidates if sub.matches(event_type, model, job_id)]
-        event_id = new_id("evt")
-        await events.append(
-            conn,
-            event_id=event_id,
-            event_type=event_type,
-            job_id=job.id if job is not None else None,
+            (heard,) = await subscriptions.listeners(conn, [(None, None)])
+            targets = [sub.id for sub in heard if sub.matches(event_type, None, None)]
+        event = self._event(event_type, now, body, job.id if job else None, targets)
+        await events.append(conn, [event])
+        return event.id
+
+    async def publish_jobs(
+        self, conn: aiosqlite.Connection, announced: Sequence[tuple[str, Job]], now: float
+    ) -> list[str]:
+        """:meth:`publish` for many job events at once (one query for their audiences)."""
+        audiences = await subscriptions.listeners(
+            conn, [(job.owner_key_id, job.id) for _, job in announced]
+        )
+        batch = [
+            self._event(
+                event_type,
+                now,
+                job.to_document(self.file_url),
+                job.id,
+                [sub.id for sub in heard if sub.matches(event_type, job.model, job.id)],
+            )
+            for (event_type, job), heard in zip(announced, audiences, strict=True)
+        ]
+        await events.append(conn, batch)
+        return [event.id for event in batch]
+
+    def _event(
+        self,
+        event_type: str,
+        now: float,
+        body: dict[str, Any],
+        job_id: str | None,
+        targets: list[str],
+    ) -> events.NewEvent:
+        return events.NewEvent(
+            id=new_id("evt"),
+            type=event_type,
+            job_id=job_id,
             created_at=now,
             payload=payload(event_type, now, body),
             subscription_ids=targets,
             first_attempt_at=now + self.first_delay,
         )
-        return event_id

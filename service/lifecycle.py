@@ -7,7 +7,11 @@ audit with their outcome and change nothing, so each job announces each state at
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
 from enum import StrEnum
+
+import aiosqlite
 
 from service.events import Publisher
 from service.models import Job, JobError, JobStatus, ProviderUpdate, event_type_for
@@ -65,6 +69,64 @@ def transition(job: Job, update: ProviderUpdate, now: float) -> tuple[Job | None
     return None, Outcome.STALE
 
 
+@dataclass(frozen=True, slots=True)
+class Update:
+    """A verified provider update (callback or held answer) for one job, with its raw body."""
+
+    job_id: str
+    provider: str
+    update: ProviderUpdate
+    raw: bytes
+
+
+Applied = tuple[Job, Outcome]
+"""The job as it now is, and how the update was classified."""
+
+
+async def apply_updates(
+    conn: aiosqlite.Connection, publisher: Publisher, batch: Sequence[Update], now: float
+) -> list[Applied | UnknownJob | JobMismatch]:
+    """Apply updates in order inside the caller's transaction, with a fixed number of statements.
+
+    Each applied or ignored update is stored for audit, each job moves at most once per update,
+    and every move appends its event with deliveries. An update naming an unknown job or a
+    different provider job gets :class:`UnknownJob` or :class:`JobMismatch` as its result and
+    writes nothing.
+    """
+    current = await jobs.get_many(conn, [item.job_id for item in batch])
+    results: list[Applied | UnknownJob | JobMismatch] = []
+    records: list[jobs.CallbackRecord] = []
+    changed: dict[str, Job] = {}
+    announced: list[tuple[str, Job]] = []
+    for item in batch:
+        job = current.get(item.job_id)
+        if job is None or job.provider != item.provider:
+            results.append(UnknownJob(item.job_id))
+            continue
+        claimed = item.update.provider_job_id
+        if (
+            job.provider_job_id is not None
+            and claimed is not None
+            and job.provider_job_id != claimed
+        ):
+            results.append(JobMismatch(item.job_id))
+            continue
+        moved, outcome = transition(job, item.update, now)
+        records.append(jobs.CallbackRecord(job.id, item.provider, now, outcome.value, item.raw))
+        if moved is not None:
+            current[job.id] = changed[job.id] = moved
+            event_type = event_type_for(moved.status)
+            if event_type is not None:
+                announced.append((event_type, moved))
+        results.append((moved or job, outcome))
+    await jobs.record_callbacks(conn, records)
+    if changed:
+        await jobs.save_many(conn, changed.values(), now)
+    if announced:
+        await publisher.publish_jobs(conn, announced, now)
+    return results
+
+
 async def apply_update(
     db: Database,
     publisher: Publisher,
@@ -74,32 +136,19 @@ async def apply_update(
     update: ProviderUpdate,
     raw: bytes,
     now: float,
-) -> tuple[Job, Outcome]:
-    """Store ``raw``, move the job and append its event with deliveries, all in one transaction.
+) -> Applied:
+    """:func:`apply_updates` for one update in its own transaction.
 
-    Raises :class:`UnknownJob` or :class:`JobMismatch` before anything is written.
+    Raises :class:`UnknownJob` or :class:`JobMismatch` (having written nothing) instead of
+    returning them.
     """
     async with db.transaction() as conn:
-        job = await jobs.get(conn, job_id)
-        if job is None or job.provider != provider:
-            raise UnknownJob(job_id)
-        if (
-            job.provider_job_id is not None
-            and update.provider_job_id is not None
-            and job.provider_job_id != update.provider_job_id
-        ):
-            raise JobMismatch(job_id)
-        changed, outcome = transition(job, update, now)
-        await jobs.record_callback(
-            conn, job_id=job_id, provider=provider, received_at=now, outcome=outcome, body=raw
+        (result,) = await apply_updates(
+            conn, publisher, [Update(job_id, provider, update, raw)], now
         )
-        if changed is None:
-            return job, outcome
-        await jobs.save(conn, changed, now)
-        event_type = event_type_for(changed.status)
-        if event_type is not None:
-            await publisher.publish(conn, event_type, now, job=changed)
-        return changed, outcome
+    if isinstance(result, Exception):
+        raise result
+    return result
 
 
 async def mark_submitted(

@@ -54,6 +54,8 @@ class Settings:
     mirror_outputs: bool = True
     mirror_max_bytes: int = 524288000
     max_callback_bytes: int = 1048576
+    ingest_queue: int = 5000
+    ingest_batch: int = 256
     delivery_concurrency: int = 256
     subscription_concurrency: int = 8
     segmind_concurrency: int = 32
@@ -196,6 +198,8 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         mirror_outputs=read.boolean("MIRROR_OUTPUTS", True),
         mirror_max_bytes=read.integer("MIRROR_MAX_BYTES", 524288000, minimum=1, maximum=2**62),
         max_callback_bytes=read.integer("MAX_CALLBACK_BYTES", 1048576, minimum=1024),
+        ingest_queue=read.integer("INGEST_QUEUE", 5000, minimum=1),
+        ingest_batch=read.integer("INGEST_BATCH", 256, minimum=1, maximum=10000),
         delivery_concurrency=read.integer("DELIVERY_CONCURRENCY", 256, minimum=1),
         subscription_concurrency=read.integer("SUBSCRIPTION_CONCURRENCY", 8, minimum=1),
         segmind_concurrency=read.integer("SEGMIND_CONCURRENCY", 32, minimum=1),

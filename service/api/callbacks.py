@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse, Response
 
 from service.api.context import read_body, services
 from service.errors import BadRequest, NotFound, Unauthorized
-from service.lifecycle import JobMismatch, UnknownJob, apply_update
+from service.lifecycle import JobMismatch, UnknownJob, Update
 from service.providers import ADAPTERS
 from service.providers.base import ForgedCallback, InvalidCallback
 from service.tokens import InvalidToken
@@ -46,18 +46,9 @@ async def receive_callback(request: Request) -> Response:
     except InvalidCallback as exc:
         raise reject("bad_body", BadRequest(str(exc))) from None
     try:
-        job, outcome = await apply_update(
-            state.db,
-            state.publisher,
-            job_id=job_id,
-            provider=provider,
-            update=update,
-            raw=body,
-            now=state.clock(),
-        )
+        job, outcome = await state.ingest.store(Update(job_id, provider, update, body))
     except UnknownJob:
         raise reject("unknown_job", NotFound("no such job")) from None
     except JobMismatch:
         raise reject("job_mismatch", Unauthorized("the body names a different job")) from None
-    state.dispatcher.wake()
     return JSONResponse({"received": True, "job_id": job.id, "outcome": outcome.value})

@@ -17,6 +17,7 @@ from service.delivery.dispatcher import Dispatcher
 from service.errors import BadRequest, Forbidden, PayloadTooLarge, Unauthorized, ValidationFailed
 from service.events import Publisher
 from service.held_requests import HeldRequests
+from service.ingest import Ingest
 from service.jsonutil import InvalidJSON, loads
 from service.settings import Settings
 from service.storage import keys
@@ -43,6 +44,7 @@ class Services:
     submitter: Submitter
     dispatcher: Dispatcher
     held: HeldRequests
+    ingest: Ingest
 
 
 @dataclass(frozen=True, slots=True)

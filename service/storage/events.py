@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import aiosqlite
@@ -10,30 +12,35 @@ import aiosqlite
 from service.ids import new_id
 
 
-async def append(
-    conn: aiosqlite.Connection,
-    *,
-    event_id: str,
-    event_type: str,
-    job_id: str | None,
-    created_at: float,
-    payload: bytes,
-    subscription_ids: list[str],
-    first_attempt_at: float,
-) -> None:
-    """Append one event and one pending delivery per subscription, in the caller's transaction."""
-    await conn.execute(
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event to append, with the subscriptions its deliveries go to."""
+
+    id: str
+    type: str
+    job_id: str | None
+    created_at: float
+    payload: bytes
+    subscription_ids: list[str]
+    first_attempt_at: float
+
+
+async def append(conn: aiosqlite.Connection, batch: Sequence[NewEvent]) -> None:
+    """Append events and one pending delivery per subscription each, in the caller's transaction."""
+    await conn.executemany(
         "INSERT INTO events (id, type, job_id, created_at, payload) VALUES (?, ?, ?, ?, ?)",
-        (event_id, event_type, job_id, created_at, payload),
+        [(e.id, e.type, e.job_id, e.created_at, e.payload) for e in batch],
     )
-    if subscription_ids:
+    rows = [
+        (new_id("dlv"), e.id, sub_id, e.first_attempt_at, e.created_at, e.created_at)
+        for e in batch
+        for sub_id in e.subscription_ids
+    ]
+    if rows:
         await conn.executemany(
             "INSERT INTO deliveries (id, event_id, subscription_id, status, next_attempt_at, "
             "created_at, updated_at) VALUES (?, ?, ?, 'pending', ?, ?, ?)",
-            [
-                (new_id("dlv"), event_id, sub_id, first_attempt_at, created_at, created_at)
-                for sub_id in subscription_ids
-            ],
+            rows,
         )
 
 

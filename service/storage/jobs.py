@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import aiosqlite
@@ -38,6 +40,37 @@ def _from_row(row: sqlite3.Row) -> Job:
     )
 
 
+_INSERT = (
+    f"INSERT INTO jobs ({_COLUMNS}, idempotency_key, request_hash, updated_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _values(
+    job: Job, idempotency_key: str | None = None, request_hash: str | None = None
+) -> tuple[Any, ...]:
+    return (
+        job.id,
+        job.owner_key_id,
+        job.model,
+        job.provider,
+        job.provider_job_id,
+        job.status.value,
+        dumps(job.input),
+        dumps([o.to_dict() for o in job.outputs]),
+        dumps(job.error.to_dict()) if job.error else None,
+        dumps(job.cost.to_dict()),
+        dumps(job.metadata),
+        job.created_at,
+        job.submitted_at,
+        job.completed_at,
+        job.deadline_at,
+        idempotency_key,
+        request_hash,
+        job.created_at,
+    )
+
+
 async def insert(
     conn: aiosqlite.Connection,
     job: Job,
@@ -45,55 +78,56 @@ async def insert(
     idempotency_key: str | None = None,
     request_hash: str | None = None,
 ) -> None:
-    await conn.execute(
-        f"INSERT INTO jobs ({_COLUMNS}, idempotency_key, request_hash, updated_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            job.id,
-            job.owner_key_id,
-            job.model,
-            job.provider,
-            job.provider_job_id,
-            job.status.value,
-            dumps(job.input),
-            dumps([o.to_dict() for o in job.outputs]),
-            dumps(job.error.to_dict()) if job.error else None,
-            dumps(job.cost.to_dict()),
-            dumps(job.metadata),
-            job.created_at,
-            job.submitted_at,
-            job.completed_at,
-            job.deadline_at,
-            idempotency_key,
-            request_hash,
-            job.created_at,
-        ),
+    await conn.execute(_INSERT, _values(job, idempotency_key, request_hash))
+
+
+async def insert_many(conn: aiosqlite.Connection, batch: Iterable[Job]) -> None:
+    """Insert jobs in one statement (imports and benchmark fixtures; no idempotency keys)."""
+    await conn.executemany(_INSERT, (_values(job) for job in batch))
+
+
+def _mutable(job: Job, now: float) -> tuple[Any, ...]:
+    return (
+        job.provider_job_id,
+        job.status.value,
+        dumps([o.to_dict() for o in job.outputs]),
+        dumps(job.error.to_dict()) if job.error else None,
+        dumps(job.cost.to_dict()),
+        job.submitted_at,
+        job.completed_at,
+        now,
+        job.id,
     )
+
+
+_UPDATE = (
+    "UPDATE jobs SET provider_job_id = ?, status = ?, outputs = ?, error = ?, cost = ?, "
+    "submitted_at = ?, completed_at = ?, updated_at = ? WHERE id = ?"
+)
 
 
 async def save(conn: aiosqlite.Connection, job: Job, now: float) -> None:
     """Write back every mutable field of ``job``."""
-    await conn.execute(
-        "UPDATE jobs SET provider_job_id = ?, status = ?, outputs = ?, error = ?, cost = ?, "
-        "submitted_at = ?, completed_at = ?, updated_at = ? WHERE id = ?",
-        (
-            job.provider_job_id,
-            job.status.value,
-            dumps([o.to_dict() for o in job.outputs]),
-            dumps(job.error.to_dict()) if job.error else None,
-            dumps(job.cost.to_dict()),
-            job.submitted_at,
-            job.completed_at,
-            now,
-            job.id,
-        ),
-    )
+    await conn.execute(_UPDATE, _mutable(job, now))
+
+
+async def save_many(conn: aiosqlite.Connection, batch: Iterable[Job], now: float) -> None:
+    """:func:`save` for many jobs in one statement."""
+    await conn.executemany(_UPDATE, (_mutable(job, now) for job in batch))
 
 
 async def get(conn: aiosqlite.Connection, job_id: str) -> Job | None:
     async with conn.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)) as cursor:
         row = await cursor.fetchone()
     return _from_row(row) if row else None
+
+
+async def get_many(conn: aiosqlite.Connection, job_ids: Iterable[str]) -> dict[str, Job]:
+    """The jobs that exist among ``job_ids``, by id."""
+    wanted = list(dict.fromkeys(job_ids))
+    marks = ", ".join("?" for _ in wanted)
+    async with conn.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id IN ({marks})", wanted) as cursor:
+        return {row["id"]: _from_row(row) for row in await cursor.fetchall()}
 
 
 async def find_by_idempotency_key(
@@ -165,17 +199,20 @@ async def with_status(
         return [_from_row(row) for row in await cursor.fetchall()]
 
 
-async def record_callback(
-    conn: aiosqlite.Connection,
-    *,
-    job_id: str,
-    provider: str,
-    received_at: float,
-    outcome: str,
-    body: bytes,
-) -> None:
-    await conn.execute(
+@dataclass(frozen=True, slots=True)
+class CallbackRecord:
+    """A callback (or held answer) as kept for audit, with what it did to its job."""
+
+    job_id: str
+    provider: str
+    received_at: float
+    outcome: str
+    body: bytes
+
+
+async def record_callbacks(conn: aiosqlite.Connection, records: Iterable[CallbackRecord]) -> None:
+    await conn.executemany(
         "INSERT INTO callbacks (job_id, provider, received_at, outcome, body) "
         "VALUES (?, ?, ?, ?, ?)",
-        (job_id, provider, received_at, outcome, body),
+        ((r.job_id, r.provider, r.received_at, r.outcome, r.body) for r in records),
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Sequence
 
 import aiosqlite
 
@@ -107,20 +108,47 @@ async def list_page(
         return [_from_row(row) for row in await cursor.fetchall()]
 
 
-async def candidates(
-    conn: aiosqlite.Connection, *, owner_key_id: str | None, job_id: str | None
-) -> list[Subscription]:
-    """Active subscriptions that may hear of this job (or of a job-less event when None).
+Audience = tuple[str | None, str | None]
+"""Whom an event is about: (owner key id, job id); (None, None) for an event of no job."""
+
+
+async def listeners(
+    conn: aiosqlite.Connection, audiences: Sequence[Audience]
+) -> list[list[Subscription]]:
+    """For each audience, the active subscriptions that may hear of it, in one query.
 
     A subscription hears of its own key's jobs, an admin key's subscriptions of every job, and a
-    one-off ``callback_url`` subscription of its own job only; type and model filters are
-    applied by :meth:`Subscription.matches`.
+    one-off ``callback_url`` subscription of its own job only; an event of no job reaches every
+    subscription that is not one-off. Type and model filters are left to
+    :meth:`Subscription.matches`.
     """
-    async with conn.execute(
-        f"SELECT {_COLUMNS} FROM subscriptions WHERE status = 'active'"
-        " AND (job_id IS NULL OR job_id = ?)"
-        " AND (? IS NULL OR owner_key_id = ? OR owner_key_id IN"
-        "      (SELECT id FROM api_keys WHERE scopes LIKE '%\"admin\"%'))",
-        (job_id, owner_key_id, owner_key_id),
-    ) as cursor:
-        return [_from_row(row) for row in await cursor.fetchall()]
+    job_ids = sorted({job for _, job in audiences if job is not None})
+    owners = sorted({owner for owner, _ in audiences if owner is not None})
+    clauses = ["status = 'active'", f"(job_id IS NULL OR job_id IN ({_marks(job_ids)}))"]
+    params: list[str] = [*job_ids]
+    if all(owner is not None for owner, _ in audiences):
+        clauses.append(f"(owner_key_id IN ({_marks(owners)}) OR {_ADMIN_OWNER})")
+        params.extend(owners)
+    sql = (
+        f"SELECT {_COLUMNS}, {_ADMIN_OWNER} AS admin_owner FROM subscriptions"
+        f" WHERE {' AND '.join(clauses)} ORDER BY id"
+    )
+    async with conn.execute(sql, params) as cursor:
+        rows = [(_from_row(row), bool(row["admin_owner"])) for row in await cursor.fetchall()]
+    return [
+        [
+            sub
+            for sub, admin_owner in rows
+            if (sub.job_id is None or sub.job_id == job_id)
+            and (owner is None or admin_owner or sub.owner_key_id == owner)
+            and (job_id is not None or sub.job_id is None)
+        ]
+        for owner, job_id in audiences
+    ]
+
+
+_ADMIN_OWNER = "owner_key_id IN (SELECT id FROM api_keys WHERE scopes LIKE '%\"admin\"%')"
+
+
+def _marks(values: Sequence[object]) -> str:
+    return ", ".join("?" for _ in values)

@@ -1,0 +1,110 @@
+"""Processes of a benchmark run: reelhook, the bare baselines, the sink and the load generator."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class Process:
+    """A child process serving HTTP on a loopback port; stopped with SIGTERM on exit."""
+
+    def __init__(self, name: str, argv: list[str], port: int, env: dict[str, str], log: Path):
+        self.name = name
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self._log = log.open("ab")
+        self.popen = subprocess.Popen(argv, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        self._wait_listening()
+
+    def _wait_listening(self, within: float = 30.0) -> None:
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            if self.popen.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.popen.returncode}; see the log")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"{self.name} did not listen on port {self.port} within {within} s")
+
+    def rss_mb(self) -> float:
+        """Resident set size of the process, in MiB."""
+        for line in Path(f"/proc/{self.popen.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        raise RuntimeError(f"no VmRSS for {self.name}")
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        self._log.close()
+
+    def __enter__(self) -> Process:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def python(*args: str) -> list[str]:
+    return [sys.executable, *args]
+
+
+def start_sink(log: Path) -> Process:
+    port = free_port()
+    return Process("sink", python("-m", "bench.sink", str(port)), port, dict(os.environ), log)
+
+
+def start_bare(log: Path) -> Process:
+    port = free_port()
+    return Process("bare", python("-m", "bench.bare", str(port)), port, dict(os.environ), log)
+
+
+def start_service(env: dict[str, str], log: Path) -> Process:
+    service = Process(
+        "reelhook", python("-m", "service", "serve"), int(env["REELHOOK_PORT"]), env, log
+    )
+    with httpx.Client(base_url=service.url, timeout=10) as client:
+        deadline = time.monotonic() + 30
+        while client.get("/healthz").status_code != 200:
+            if time.monotonic() > deadline:
+                raise RuntimeError("reelhook is not healthy")
+            time.sleep(0.05)
+    return service
+
+
+def run_load(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run the load generator as its own process and return its JSON result."""
+    done = subprocess.run(
+        python("-m", "bench.load", json.dumps(spec)),
+        capture_output=True,
+        check=False,
+        timeout=300,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"load generator failed: {done.stderr.decode()[-2000:]}")
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result

@@ -1,0 +1,86 @@
+"""The benchmark report: machine, versions, figures with baselines and ratios, ledgers."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sqlite3
+import time
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+PACKAGES = ("starlette", "uvicorn", "httptools", "uvloop", "aiosqlite", "aiohttp", "httpx")
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    memory_kb = 0
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            memory_kb = int(line.split()[1])
+    return {
+        "cpus": os.cpu_count(),
+        "cpu": cpu,
+        "memory_gib": round(memory_kb / 2**20, 1),
+        "kernel": platform.release(),
+    }
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version(), "sqlite": sqlite3.sqlite_version}
+    found.update({name: version(name) for name in PACKAGES})
+    return found
+
+
+def _number(value: float | None, unit: str = "") -> str:
+    if value is None:
+        return "—"
+    text = f"{value:,.0f}" if abs(value) >= 100 else f"{value:,.1f}"
+    return f"{text} {unit}".strip()
+
+
+def markdown(result: dict[str, Any]) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(result["started_at"]))
+    box = result["machine"]
+    lines = [
+        "# reelhook benchmark report"
+        + (" (quick smoke run, not a measurement)" if result["quick"] else ""),
+        "",
+        f"Run {when}, {result['duration_s']:.0f} s, by `make bench`. Every ratio is against a bare",
+        "baseline measured in the same run on the same machine; all traffic on 127.0.0.1.",
+        "",
+        f"Machine: {box['cpus']} CPUs ({box['cpu']}), {box['memory_gib']} GiB RAM,"
+        f" Linux {box['kernel']}.",
+        "Data disk 1 KiB write + fdatasync: "
+        f"p50 {result['fsync']['p50_us']:.0f} µs, p99 {result['fsync']['p99_us']:.0f} µs.",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in result["versions"].items()) + ".",
+        "",
+        "| figure | reelhook | bare baseline | ratio | target | met |",
+        "|---|---|---|---|---|---|",
+    ]
+    for figure in result["figures"]:
+        ratio = f"{figure['ratio'] * 100:.0f} %" if figure["ratio"] is not None else "—"
+        lines.append(
+            f"| {figure['name']} | {_number(figure['value'], figure['unit'])} | "
+            f"{_number(figure['baseline'], figure['unit'])} | {ratio} | {figure['target']} | "
+            f"{'yes' if figure['met'] else '**no**'} |"
+        )
+    lines += [
+        "",
+        f"Peak RSS of reelhook across scenarios 1-3 and 5: {result['rss_under_load_mb']:.0f} MiB.",
+        "",
+        "## Ledgers",
+        "",
+        "| scenario | counts | balanced |",
+        "|---|---|---|",
+    ]
+    for ledger in result["ledgers"]:
+        counts = ", ".join(f"{k} {v:,}" for k, v in ledger["entries"].items())
+        verdict = "yes" if ledger["balanced"] else "**no — void**"
+        lines.append(f"| {ledger['scenario']} | {counts} | {verdict} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,72 @@
+"""A minimal subscriber for the benchmarks: answers 204 and records what arrived and when.
+
+Plain ASGI under uvicorn (httptools, uvloop) so the sink costs as little CPU as possible. Paths
+under ``/lag/`` also record the job id of the event, for end-to-end lag.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+import uvicorn
+
+Scope = dict[str, Any]
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.records: list[tuple[str, str, str, float]] = []
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body = bytearray()
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        path: str = scope["path"]
+        if path == "/_records":
+            await _reply(send, 200, json.dumps(self.records).encode())
+            return
+        if path == "/_reset":
+            self.records.clear()
+            await _reply(send, 204, b"")
+            return
+        received = time.time()
+        event_id = ""
+        for name, value in scope["headers"]:
+            if name == b"webhook-id":
+                event_id = value.decode()
+        job_id = ""
+        if path.startswith("/lag/"):
+            job_id = json.loads(body)["data"]["id"]
+        self.records.append((path, event_id, job_id, received))
+        await _reply(send, 204, b"")
+
+
+async def _reply(send: Any, status: int, body: bytes) -> None:
+    headers = [(b"content-type", b"application/json")] if body else []
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def main() -> None:
+    uvicorn.run(
+        Sink(),
+        host="127.0.0.1",
+        port=int(sys.argv[1]),
+        loop="uvloop",
+        http="httptools",
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""Group commit for verified callbacks: one writer stores many callbacks per transaction.
+
+SQLite on WAL with ``synchronous=FULL`` pays one fsync per commit, and aiosqlite one thread hop
+per statement; storing callbacks one by one caps ingest at a few thousand per second. Here each
+request hands its verified update to a bounded queue and waits; the writer takes everything
+queued (up to a batch size), applies it with :func:`lifecycle.apply_updates` in one transaction,
+and only after the commit answers every request in the batch. No request is answered before its
+callback is durable, and none waits for a timer: an idle writer commits a batch of one at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from service.clock import Clock
+from service.errors import ServiceUnavailable
+from service.events import Publisher
+from service.lifecycle import Applied, JobMismatch, UnknownJob, Update, apply_updates
+from service.storage.database import Database
+
+log = logging.getLogger(__name__)
+
+_Result = Applied | UnknownJob | JobMismatch | ServiceUnavailable
+
+
+class Ingest:
+    """The callback writer. Run :meth:`run` in the lifespan task group; call :meth:`store`."""
+
+    def __init__(
+        self,
+        db: Database,
+        publisher: Publisher,
+        *,
+        clock: Clock,
+        capacity: int,
+        batch_size: int,
+        on_commit: Callable[[], None],
+    ) -> None:
+        self._db = db
+        self._publisher = publisher
+        self._clock = clock
+        self._batch_size = batch_size
+        self._on_commit = on_commit
+        self._queue: asyncio.Queue[tuple[Update, asyncio.Future[_Result]]] = asyncio.Queue(capacity)
+
+    @property
+    def depth(self) -> int:
+        """Callbacks waiting for their commit."""
+        return self._queue.qsize()
+
+    async def store(self, update: Update) -> Applied:
+        """Store ``update`` durably and return what it did to its job.
+
+        Raises :class:`ServiceUnavailable` (503 + Retry-After) at once when the queue is full, so
+        a burst costs memory up to the queue's bound and no more; the provider sends again.
+        Raises :class:`UnknownJob` or :class:`JobMismatch` when the update was refused.
+        """
+        future: asyncio.Future[_Result] = asyncio.get_running_loop().create_future()
+        try:
+            self._queue.put_nowait((update, future))
+        except asyncio.QueueFull:
+            raise ServiceUnavailable(
+                "reelhook is storing a burst of callbacks; send this one again shortly",
+                headers={"Retry-After": "1"},
+            ) from None
+        # Shielded: a client that hangs up must not undo a callback the writer is committing.
+        result = await asyncio.shield(future)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    async def run(self) -> None:
+        """Commit queued callbacks in batches until cancelled."""
+        try:
+            while True:
+                batch = [await self._queue.get()]
+                while len(batch) < self._batch_size and not self._queue.empty():
+                    batch.append(self._queue.get_nowait())
+                await self._commit(batch)
+        finally:
+            self._refuse_waiting()
+
+    async def _commit(self, batch: list[tuple[Update, asyncio.Future[_Result]]]) -> None:
+        results: list[_Result] = [ServiceUnavailable("reelhook is shutting down; send it again")]
+        results *= len(batch)
+        try:
+            async with self._db.transaction() as conn:
+                applied = await apply_updates(
+                    conn, self._publisher, [update for update, _ in batch], self._clock()
+                )
+            results = list(applied)
+            self._on_commit()
+        except Exception:
+            log.exception("could not store a batch of %d callbacks", len(batch))
+            results = [ServiceUnavailable("the callback could not be stored; send it again")]
+            results *= len(batch)
+        finally:
+            # Results, errors included, are values: a future whose requester hung up is then
+            # dropped silently instead of logging an unretrieved exception.
+            for (_, future), result in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
+
+    def _refuse_waiting(self) -> None:
+        while not self._queue.empty():
+            _, future = self._queue.get_nowait()
+            if not future.done():
+                future.set_result(ServiceUnavailable("reelhook is shutting down; send it again"))
