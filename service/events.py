@@ -35,12 +35,15 @@ class Publisher:
         job: Job | None = None,
         data: dict[str, Any] | None = None,
         to_subscription: str | None = None,
+        owner_key_id: str | None = None,
     ) -> str:
         """Append an event and queue a delivery to every matching subscription; return its id.
 
         A job event carries the job document; other events carry ``data``. ``to_subscription``
-        sends the event to that one subscription only (a ``ping``). Runs in the caller's
-        transaction, so the event and its deliveries commit with the change they announce.
+        sends the event to that one subscription only (a ``ping``). An event about no job reaches
+        the subscriptions of ``owner_key_id`` and of admin keys (every subscription when None).
+        Runs in the caller's transaction, so the event and its deliveries commit with the change
+        they announce.
         """
         body = job.to_document(self.file_url) if job is not None else (data or {})
         if to_subscription is not None:
@@ -48,7 +51,7 @@ class Publisher:
         else:
             model = job.model if job is not None else None
             job_id = job.id if job is not None else None
-            owner = job.owner_key_id if job is not None else None
+            owner = job.owner_key_id if job is not None else owner_key_id
             candidates = await subscriptions.candidates(conn, owner_key_id=owner, job_id=job_id)
             targets = [sub.id for sub in candidates if sub.matches(event_type, model, job_id)]
         event_id = new_id("evt")

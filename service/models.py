@@ -194,6 +194,18 @@ class Subscription:
     created_at: float
     updated_at: float
     job_id: str | None = None
+    previous_secret: str | None = None
+    previous_secret_until: float | None = None
+    failing_since: float | None = None
+    disabled_reason: str | None = None
+
+    def signing_secrets(self, now: float) -> list[str]:
+        """The secrets a message sent at ``now`` is signed with: the current one, and the one it
+        replaced while that one's rotation grace period lasts."""
+        secrets = [self.secret]
+        if self.previous_secret and (self.previous_secret_until or 0.0) > now:
+            secrets.append(self.previous_secret)
+        return secrets
 
     def matches(self, event_type: str, model: str | None, job_id: str | None) -> bool:
         """Whether an event of ``event_type`` about a job of ``model`` goes to this subscription."""
@@ -219,6 +231,11 @@ class Subscription:
             "headers": {name: "********" for name in self.headers},
             "description": self.description,
             "status": self.status,
+            "disabled_reason": self.disabled_reason,
+            "failing_since": isoformat(self.failing_since),
+            "previous_secret_expires_at": (
+                isoformat(self.previous_secret_until) if self.previous_secret else None
+            ),
             "created_at": isoformat(self.created_at),
             "updated_at": isoformat(self.updated_at),
         }
