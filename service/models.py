@@ -199,14 +199,6 @@ class Subscription:
     failing_since: float | None = None
     disabled_reason: str | None = None
 
-    def signing_secrets(self, now: float) -> list[str]:
-        """The secrets a message sent at ``now`` is signed with: the current one, and the one it
-        replaced while that one's rotation grace period lasts."""
-        secrets = [self.secret]
-        if self.previous_secret and (self.previous_secret_until or 0.0) > now:
-            secrets.append(self.previous_secret)
-        return secrets
-
     def matches(self, event_type: str, model: str | None, job_id: str | None) -> bool:
         """Whether an event of ``event_type`` about a job of ``model`` goes to this subscription."""
         if self.status != "active":

@@ -718,6 +718,22 @@ async def test_re_enabling_restarts_the_failure_window(settings_factory: Setting
     assert first["type"] == second["type"] == "subscription.disabled"
 
 
+async def test_patching_an_active_subscription_keeps_its_failure_window(
+    settings_factory: SettingsFactory,
+) -> None:
+    """Only a real change of status restarts the window: re-sending ``"active"`` or editing other
+    fields of a failing subscription does not buy it more time."""
+    async with sink_and_service(settings_factory(RETRY_SCHEDULE="0")) as (sink, sink_url, http):
+        sink.script["/down"] = lambda count: (500, {})
+        sub = await subscribe(http, f"{sink_url}/down")
+        await exhausted(http, sub["id"])
+        opened = (await http.get(f"/v1/subscriptions/{sub['id']}")).json()["failing_since"]
+        same = await http.patch(f"/v1/subscriptions/{sub['id']}", json={"status": "active"})
+        edited = await http.patch(f"/v1/subscriptions/{sub['id']}", json={"description": "x"})
+    assert opened is not None
+    assert same.json()["failing_since"] == edited.json()["failing_since"] == opened
+
+
 async def test_disabling_through_the_api_gives_a_reason_and_no_event(
     settings_factory: SettingsFactory,
 ) -> None:

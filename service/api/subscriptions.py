@@ -175,7 +175,7 @@ async def update_subscription(request: Request) -> Response:
     updated = dataclasses.replace(sub, **changes, updated_at=now)
     async with services(request).db.transaction() as conn:
         await subscriptions.save(conn, updated)
-        if "status" in changes:
+        if changes.get("status", sub.status) != sub.status:
             # Either way the failure window starts afresh: a re-enabled subscription gets the
             # whole window again before it can be disabled for failing.
             await subscriptions.set_status(
