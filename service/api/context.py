@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import math
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, cast
 
 from starlette.requests import Request
@@ -128,4 +131,39 @@ def choice_param(request: Request, name: str, choices: tuple[str, ...]) -> str |
     value = request.query_params.get(name)
     if value is not None and value not in choices:
         raise ValidationFailed.field(name, f"must be one of {', '.join(choices)}")
+    return value
+
+
+_UNIX_SECONDS = re.compile(r"[0-9]{1,12}(\.[0-9]{1,9})?")
+_TIME_HINT = "an ISO 8601 time such as 2026-11-21T10:00:00Z, or Unix seconds"
+
+
+def time_param(request: Request, name: str, *, required: bool = False) -> float | None:
+    """A point in time from the query string, as epoch seconds: ISO 8601 (without a zone it is
+    UTC) or Unix seconds. 422 naming ``name`` when missing (if ``required``) or unreadable."""
+    raw = request.query_params.get(name, "").strip()
+    if not raw:
+        if required:
+            raise ValidationFailed.field(name, f"is required: {_TIME_HINT}")
+        return None
+    if _UNIX_SECONDS.fullmatch(raw):
+        return float(raw)
+    # An unencoded "+02:00" in a query string arrives as " 02:00", hence the second spelling.
+    head, _, tail = raw.rpartition(" ")
+    for spelling in (raw, f"{head}+{tail}" if head else raw):
+        try:
+            moment = datetime.fromisoformat(spelling)
+            break
+        except ValueError:
+            continue
+    else:
+        raise ValidationFailed.field(name, f"{raw!r} is not {_TIME_HINT}")
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    try:
+        value = moment.timestamp()
+    except (OverflowError, OSError, ValueError):
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise ValidationFailed.field(name, f"{raw!r} is out of range")
     return value

@@ -10,13 +10,21 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from service import signing
-from service.api.context import Caller, authenticate, limit_param, read_json, services
+from service.api.context import (
+    Caller,
+    authenticate,
+    limit_param,
+    read_json,
+    services,
+    time_param,
+)
 from service.catalog import MODELS
+from service.clock import isoformat
 from service.delivery.guard import check_url
 from service.errors import Conflict, NotFound, ValidationFailed
 from service.ids import new_id
 from service.models import EVENT_TYPES, Subscription
-from service.storage import subscriptions
+from service.storage import deliveries, subscriptions
 
 _FIELDS = {"url", "event_types", "models", "headers", "description"}
 # RFC 9110 §5.1 token characters, and visible ASCII plus space/tab in a value.
@@ -163,9 +171,17 @@ async def update_subscription(request: Request) -> Response:
     caller = await authenticate(request, "subscriptions:write")
     sub = await _owned(request, caller)
     changes = _validated(request, await read_json(request), partial=True)
-    updated = dataclasses.replace(sub, **changes, updated_at=services(request).clock())
+    now = services(request).clock()
+    updated = dataclasses.replace(sub, **changes, updated_at=now)
     async with services(request).db.transaction() as conn:
         await subscriptions.save(conn, updated)
+        if changes.get("status", sub.status) != sub.status:
+            # Either way the failure window starts afresh: a re-enabled subscription gets the
+            # whole window again before it can be disabled for failing.
+            await subscriptions.set_status(
+                conn, sub.id, changes["status"], reason="disabled through the API", now=now
+            )
+        updated = await subscriptions.get(conn, sub.id) or updated
     # Re-enabling releases deliveries held while the subscription was disabled.
     services(request).dispatcher.wake()
     return JSONResponse(updated.to_public())
@@ -193,3 +209,53 @@ async def test_subscription(request: Request) -> Response:
         )
     state.dispatcher.wake()
     return JSONResponse({"event_id": event_id}, status_code=202)
+
+
+async def rotate_secret(request: Request) -> Response:
+    """Give the subscription a new secret, shown in this answer only. For the rotation grace
+    period every message carries a second signature made with the secret it replaced."""
+    caller = await authenticate(request, "subscriptions:write")
+    sub = await _owned(request, caller)
+    state = services(request)
+    now = state.clock()
+    async with state.db.transaction() as conn:
+        await subscriptions.rotate_secret(
+            conn,
+            sub.id,
+            signing.new_secret(),
+            previous_until=now + state.settings.secret_rotation_grace,
+            now=now,
+        )
+        rotated = await subscriptions.get(conn, sub.id)
+    assert rotated is not None  # read back inside the transaction that updated it
+    return JSONResponse(rotated.to_public(include_secret=True))
+
+
+async def recover_subscription(request: Request) -> Response:
+    """Resend every failed delivery of this subscription created since ``since`` (and before
+    ``until``, if given): each gets one attempt now."""
+    caller = await authenticate(request, "subscriptions:write")
+    sub = await _owned(request, caller)
+    state = services(request)
+    now = state.clock()
+    since = time_param(request, "since", required=True)
+    until = time_param(request, "until")
+    assert since is not None  # required
+    if since > now:
+        raise ValidationFailed.field("since", "is in the future")
+    if until is not None and until <= since:
+        raise ValidationFailed.field("until", "must be later than since")
+    if sub.status != "active":
+        raise Conflict("the subscription is disabled; enable it to recover its deliveries")
+    async with state.db.transaction() as conn:
+        count = await deliveries.recover(conn, sub.id, since=since, until=until, now=now)
+    state.dispatcher.wake()
+    return JSONResponse(
+        {
+            "subscription_id": sub.id,
+            "recovered": count,
+            "since": isoformat(since),
+            "until": isoformat(until),
+        },
+        status_code=202,
+    )

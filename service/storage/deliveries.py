@@ -1,4 +1,5 @@
-"""SQL for the delivery outbox: claiming due rows under a lease and recording attempt outcomes."""
+"""SQL for the delivery outbox: claiming due rows under a lease, recording attempt outcomes,
+releasing leases, resending, and reading the delivery log."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import aiosqlite
 
@@ -19,9 +21,10 @@ class Claimed:
     subscription_id: str
     attempt: int
     url: str
-    secret: str
+    secrets: tuple[str, ...]
     headers: dict[str, str]
     payload: bytes
+    manual: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +79,7 @@ async def claim_due(
                   AND busy.status = 'inflight' AND busy.lease_until > ?)
             ORDER BY id LIMIT ?
         )
-        RETURNING id, event_id, subscription_id, attempts
+        RETURNING id, event_id, subscription_id, attempts, manual
     """
     params = (lease_until, now, now, now, per_subscription, now, limit)
     async with conn.execute(sql, params) as cursor:
@@ -86,7 +89,8 @@ async def claim_due(
     payloads = await _by_id(conn, "SELECT id, payload FROM events", {r["event_id"] for r in rows})
     subs = await _by_id(
         conn,
-        "SELECT id, url, secret, headers FROM subscriptions",
+        "SELECT id, url, secret, previous_secret, previous_secret_until, headers "
+        "FROM subscriptions",
         {r["subscription_id"] for r in rows},
     )
     claimed = []
@@ -101,12 +105,21 @@ async def claim_due(
                 subscription_id=row["subscription_id"],
                 attempt=row["attempts"],
                 url=sub["url"],
-                secret=sub["secret"],
+                secrets=_signing_secrets(sub, now),
                 headers=json.loads(sub["headers"]),
                 payload=payloads[row["event_id"]]["payload"],
+                manual=bool(row["manual"]),
             )
         )
     return claimed
+
+
+def _signing_secrets(sub: sqlite3.Row, now: float) -> tuple[str, ...]:
+    """The current secret, and the one it replaced while its rotation grace period lasts."""
+    previous, until = sub["previous_secret"], sub["previous_secret_until"]
+    if previous and until is not None and until > now:
+        return (sub["secret"], previous)
+    return (sub["secret"],)
 
 
 async def _by_id(conn: aiosqlite.Connection, select: str, ids: set[str]) -> dict[str, sqlite3.Row]:
@@ -126,7 +139,7 @@ async def record(conn: aiosqlite.Connection, outcomes: Sequence[AttemptOutcome])
         ],
     )
     await conn.executemany(
-        "UPDATE deliveries SET status = ?, next_attempt_at = ?, lease_until = NULL, "
+        "UPDATE deliveries SET status = ?, next_attempt_at = ?, lease_until = NULL, manual = 0, "
         "last_status_code = ?, last_error = ?, updated_at = ? WHERE id = ? AND status = 'inflight'",
         [
             (o.status, o.next_attempt_at, o.status_code, o.error, o.attempted_at, o.delivery_id)
@@ -145,3 +158,179 @@ async def next_due_at(conn: aiosqlite.Connection) -> float | None:
     ) as cursor:
         row = await cursor.fetchone()
     return float(row[0]) if row and row[0] is not None else None
+
+
+async def release(
+    conn: aiosqlite.Connection, delivery_ids: Sequence[str] | None, now: float
+) -> int:
+    """Hand leased deliveries back as due at ``now``, as if never claimed; return how many.
+
+    ``delivery_ids`` None releases every lease: at start-up, a lease can only be a previous run's,
+    since one process owns the SQLite database. The unfinished attempt is not counted, so it does
+    not use up a place in the retry schedule.
+    """
+    sql = (
+        "UPDATE deliveries SET status = 'pending', lease_until = NULL, next_attempt_at = ?, "
+        "attempts = max(attempts - 1, 0), updated_at = ? WHERE status = 'inflight'"
+    )
+    params: list[Any] = [now, now]
+    if delivery_ids is not None:
+        if not delivery_ids:
+            return 0
+        sql += f" AND id IN ({', '.join('?' for _ in delivery_ids)})"
+        params.extend(delivery_ids)
+    cursor = await conn.execute(sql, params)
+    return cursor.rowcount
+
+
+# --- the delivery log ----------------------------------------------------------------------------
+
+STATUSES = ("pending", "inflight", "succeeded", "failed", "canceled")
+"""Every state a delivery can be in."""
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One (event, subscription) pair as the delivery log shows it."""
+
+    id: str
+    event_id: str
+    event_type: str
+    job_id: str | None
+    subscription_id: str
+    status: str
+    attempts: int
+    next_attempt_at: float | None
+    last_status_code: int | None
+    last_error: str | None
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    attempted_at: float
+    status_code: int | None
+    latency_ms: float
+    error: str | None
+    response_body: bytes | None
+
+
+_DELIVERY_SELECT = (
+    "SELECT d.id, d.event_id, e.type AS event_type, e.job_id, d.subscription_id, d.status, "
+    "d.attempts, d.next_attempt_at, d.last_status_code, d.last_error, d.created_at, d.updated_at "
+    "FROM deliveries d JOIN events e ON e.id = d.event_id"
+)
+
+
+def _delivery(row: sqlite3.Row) -> Delivery:
+    return Delivery(**{name: row[name] for name in Delivery.__dataclass_fields__})
+
+
+def _owned_by(owner_key_id: str) -> tuple[str, list[Any]]:
+    return "d.subscription_id IN (SELECT id FROM subscriptions WHERE owner_key_id = ?)", [
+        owner_key_id
+    ]
+
+
+async def list_page(
+    conn: aiosqlite.Connection,
+    *,
+    owner_key_id: str | None,
+    subscription_id: str | None = None,
+    status: str | None = None,
+    event_id: str | None = None,
+    job_id: str | None = None,
+    before_id: str | None = None,
+    limit: int,
+) -> list[Delivery]:
+    """Deliveries newest first, filtered; ``owner_key_id`` limits them to that key's
+    subscriptions (None: everyone's)."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    if owner_key_id is not None:
+        clause, values = _owned_by(owner_key_id)
+        clauses.append(clause)
+        params.extend(values)
+    for column, value in (
+        ("d.subscription_id", subscription_id),
+        ("d.status", status),
+        ("d.event_id", event_id),
+        ("e.job_id", job_id),
+    ):
+        if value is not None:
+            clauses.append(f"{column} = ?")
+            params.append(value)
+    if before_id is not None:
+        clauses.append("d.id < ?")
+        params.append(before_id)
+    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    params.append(limit)
+    async with conn.execute(f"{_DELIVERY_SELECT} {where} ORDER BY d.id DESC LIMIT ?", params) as c:
+        return [_delivery(row) for row in await c.fetchall()]
+
+
+async def get(
+    conn: aiosqlite.Connection, delivery_id: str, *, owner_key_id: str | None
+) -> Delivery | None:
+    """One delivery, if it exists and (with ``owner_key_id``) belongs to that key."""
+    clauses, params = ["d.id = ?"], [delivery_id]
+    if owner_key_id is not None:
+        clause, values = _owned_by(owner_key_id)
+        clauses.append(clause)
+        params.extend(values)
+    async with conn.execute(f"{_DELIVERY_SELECT} WHERE {' AND '.join(clauses)}", params) as c:
+        row = await c.fetchone()
+    return _delivery(row) if row else None
+
+
+async def attempts_of(conn: aiosqlite.Connection, delivery_id: str) -> list[Attempt]:
+    """Every attempt of a delivery, oldest first."""
+    async with conn.execute(
+        "SELECT attempted_at, status_code, latency_ms, error, response_body FROM attempts "
+        "WHERE delivery_id = ? ORDER BY id",
+        (delivery_id,),
+    ) as cursor:
+        return [Attempt(*row) for row in await cursor.fetchall()]
+
+
+async def payload_of(conn: aiosqlite.Connection, event_id: str) -> bytes | None:
+    async with conn.execute("SELECT payload FROM events WHERE id = ?", (event_id,)) as cursor:
+        row = await cursor.fetchone()
+    return bytes(row["payload"]) if row else None
+
+
+async def resend(conn: aiosqlite.Connection, delivery_id: str, now: float) -> bool:
+    """Make a delivery due at ``now``; False if it is in flight or canceled (nothing changes).
+
+    A pending delivery keeps its schedule, only brought forward; a finished one (succeeded or
+    failed) gets one attempt marked manual, which is not rescheduled if it fails.
+    """
+    cursor = await conn.execute(
+        "UPDATE deliveries SET manual = CASE WHEN status = 'pending' THEN manual ELSE 1 END, "
+        "status = 'pending', next_attempt_at = ?, updated_at = ? "
+        "WHERE id = ? AND status IN ('pending', 'succeeded', 'failed')",
+        (now, now, delivery_id),
+    )
+    return cursor.rowcount > 0
+
+
+async def recover(
+    conn: aiosqlite.Connection,
+    subscription_id: str,
+    *,
+    since: float,
+    until: float | None,
+    now: float,
+) -> int:
+    """Resend every failed delivery of a subscription created in [since, until); return how many.
+
+    Each gets one manual attempt at ``now``, as with :func:`resend`.
+    """
+    cursor = await conn.execute(
+        "UPDATE deliveries SET status = 'pending', manual = 1, next_attempt_at = ?, updated_at = ? "
+        "WHERE subscription_id = ? AND status = 'failed' AND created_at >= ? "
+        "AND (? IS NULL OR created_at < ?)",
+        (now, now, subscription_id, since, until, until),
+    )
+    return cursor.rowcount
