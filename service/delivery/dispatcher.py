@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -71,6 +72,8 @@ class Dispatcher:
         self._outcomes: list[AttemptOutcome] = []
         self._outcomes_ready = anyio.Event()
         self._in_flight = 0
+        # Attempts in flight per subscription: the fairness cap, counted where it is enforced.
+        self._busy: Counter[str] = Counter()
         self._slot_freed = anyio.Event()
         # Claimed deliveries whose outcome has not arrived: released, not lost, at shutdown.
         self._unfinished: set[str] = set()
@@ -160,9 +163,11 @@ class Dispatcher:
                     lease_until=now + self._lease,
                     limit=capacity,
                     per_subscription=self._per_subscription,
+                    busy=self._busy,
                 )
             for delivery in claimed:
                 self._in_flight += 1
+                self._busy[delivery.subscription_id] += 1
                 self._unfinished.add(delivery.id)
                 senders.start_soon(self._deliver, delivery)
             if len(claimed) == capacity:
@@ -203,6 +208,9 @@ class Dispatcher:
             self._outcomes_ready.set()
         finally:
             self._in_flight -= 1
+            self._busy[delivery.subscription_id] -= 1
+            if not self._busy[delivery.subscription_id]:
+                del self._busy[delivery.subscription_id]
             self._slot_freed.set()
             self._slot_freed = anyio.Event()
             self.wake()

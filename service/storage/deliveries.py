@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +47,9 @@ class AttemptOutcome:
     delete_subscription: bool = False
 
 
+_ACTIVE = "(SELECT id FROM subscriptions WHERE status = 'active')"
+
+
 async def claim_due(
     conn: aiosqlite.Connection,
     *,
@@ -54,35 +57,56 @@ async def claim_due(
     lease_until: float,
     limit: int,
     per_subscription: int,
+    busy: Mapping[str, int],
 ) -> list[Claimed]:
     """Lease up to ``limit`` due deliveries, keeping each subscription under ``per_subscription``.
 
     Due means pending with ``next_attempt_at <= now``, or in flight with an expired lease (its
-    holder crashed). Unexpired leases count against their subscription's cap; deliveries of a
-    disabled subscription wait until it is enabled again.
+    holder crashed). ``busy`` counts the attempts the caller has in flight per subscription (one
+    process owns the database, so its own count is the whole count). Deliveries of a disabled
+    subscription wait until it is enabled again. The due rows are read in due order from their
+    index, a bounded number at a time, so a claim costs the same with ten or a million waiting;
+    subscriptions already at their cap are skipped in the query, so one hanging endpoint's
+    backlog does not hide everyone else's.
     """
-    sql = """
-        UPDATE deliveries SET status = 'inflight', lease_until = ?, attempts = attempts + 1,
-            updated_at = ?
-        WHERE id IN (
-            SELECT id FROM (
-                SELECT id, subscription_id, ROW_NUMBER() OVER (
-                    PARTITION BY subscription_id ORDER BY next_attempt_at, id) AS rank
-                FROM deliveries
-                WHERE ((status = 'pending' AND next_attempt_at <= ?)
-                   OR (status = 'inflight' AND lease_until <= ?))
-                  AND subscription_id IN (SELECT id FROM subscriptions WHERE status = 'active')
-            ) AS due
-            WHERE rank <= ? - (
-                SELECT count(*) FROM deliveries AS busy
-                WHERE busy.subscription_id = due.subscription_id
-                  AND busy.status = 'inflight' AND busy.lease_until > ?)
-            ORDER BY id LIMIT ?
-        )
-        RETURNING id, event_id, subscription_id, attempts, manual
+    saturated = sorted(sub for sub, count in busy.items() if count >= per_subscription)
+    marks = ", ".join("?" for _ in saturated)
+    # Read more than ``limit``: some rows will be over their subscription's cap.
+    window = limit * 4
+    sql = f"""
+        SELECT id, subscription_id FROM (
+            SELECT id, subscription_id, next_attempt_at AS due FROM deliveries
+            WHERE status = 'pending' AND next_attempt_at <= ?
+              AND subscription_id NOT IN ({marks}) AND subscription_id IN {_ACTIVE}
+            ORDER BY next_attempt_at LIMIT ?)
+        UNION ALL
+        SELECT id, subscription_id FROM (
+            SELECT id, subscription_id, lease_until AS due FROM deliveries
+            WHERE status = 'inflight' AND lease_until <= ? AND subscription_id IN {_ACTIVE}
+            ORDER BY lease_until LIMIT ?)
     """
-    params = (lease_until, now, now, now, per_subscription, now, limit)
+    params = (now, *saturated, window, now, window)
     async with conn.execute(sql, params) as cursor:
+        due = list(await cursor.fetchall())
+    taken: dict[str, int] = {}
+    chosen: list[str] = []
+    for row in due:
+        sub = row["subscription_id"]
+        if busy.get(sub, 0) + taken.get(sub, 0) >= per_subscription:
+            continue
+        taken[sub] = taken.get(sub, 0) + 1
+        chosen.append(row["id"])
+        if len(chosen) == limit:
+            break
+    if not chosen:
+        return []
+    marks = ", ".join("?" for _ in chosen)
+    async with conn.execute(
+        f"UPDATE deliveries SET status = 'inflight', lease_until = ?, attempts = attempts + 1, "
+        f"updated_at = ? WHERE id IN ({marks}) "
+        "RETURNING id, event_id, subscription_id, attempts, manual",
+        (lease_until, now, *chosen),
+    ) as cursor:
         rows = list(await cursor.fetchall())
     if not rows:
         return []
