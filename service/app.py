@@ -99,6 +99,8 @@ def create_app(
             try:
                 yield {"services": services}
             finally:
+                # In-flight deliveries get the grace period; the rest are left for the next start.
+                await services.dispatcher.stop()
                 tasks.cancel_scope.cancel()
 
     return Starlette(
@@ -137,6 +139,9 @@ def _wire(
         lease=2 * settings.delivery_timeout + 5,
         concurrency=settings.delivery_concurrency,
         per_subscription=settings.subscription_concurrency,
+        publisher=publisher,
+        disable_after=settings.disable_after,
+        shutdown_grace=settings.shutdown_grace,
     )
 
     held = HeldRequests(

@@ -36,12 +36,15 @@ class Publisher:
         job: Job | None = None,
         data: dict[str, Any] | None = None,
         to_subscription: str | None = None,
+        owner_key_id: str | None = None,
     ) -> str:
         """Append an event and queue a delivery to every matching subscription; return its id.
 
         A job event carries the job document; other events carry ``data``. ``to_subscription``
-        sends the event to that one subscription only (a ``ping``). Runs in the caller's
-        transaction, so the event and its deliveries commit with the change they announce.
+        sends the event to that one subscription only (a ``ping``). An event about no job reaches
+        the subscriptions of ``owner_key_id`` and of admin keys (every subscription when None).
+        Runs in the caller's transaction, so the event and its deliveries commit with the change
+        they announce.
         """
         if job is not None and to_subscription is None:
             return (await self.publish_jobs(conn, [(event_type, job)], now))[0]
@@ -49,7 +52,7 @@ class Publisher:
         if to_subscription is not None:
             targets = [to_subscription]
         else:
-            (heard,) = await subscriptions.listeners(conn, [(None, None)])
+            (heard,) = await subscriptions.listeners(conn, [(owner_key_id, None)])
             targets = [sub.id for sub in heard if sub.matches(event_type, None, None)]
         event = self._event(event_type, now, body, job.id if job else None, targets)
         await events.append(conn, [event])

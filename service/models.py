@@ -194,6 +194,10 @@ class Subscription:
     created_at: float
     updated_at: float
     job_id: str | None = None
+    previous_secret: str | None = None
+    previous_secret_until: float | None = None
+    failing_since: float | None = None
+    disabled_reason: str | None = None
 
     def matches(self, event_type: str, model: str | None, job_id: str | None) -> bool:
         """Whether an event of ``event_type`` about a job of ``model`` goes to this subscription."""
@@ -219,6 +223,11 @@ class Subscription:
             "headers": {name: "********" for name in self.headers},
             "description": self.description,
             "status": self.status,
+            "disabled_reason": self.disabled_reason,
+            "failing_since": isoformat(self.failing_since),
+            "previous_secret_expires_at": (
+                isoformat(self.previous_secret_until) if self.previous_secret else None
+            ),
             "created_at": isoformat(self.created_at),
             "updated_at": isoformat(self.updated_at),
         }

@@ -62,6 +62,8 @@ class Settings:
     provider_timeout: float = 30.0
     segmind_timeout: float = 600.0
     file_link_ttl: float = 7 * 24 * 3600.0
+    secret_rotation_grace: float = 86400.0
+    shutdown_grace: float = 10.0
 
     @property
     def database_path(self) -> Path:
@@ -206,6 +208,8 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         provider_timeout=read.number("PROVIDER_TIMEOUT", 30.0, minimum=0.1),
         segmind_timeout=read.number("SEGMIND_TIMEOUT", 600.0, minimum=1.0),
         file_link_ttl=read.number("FILE_LINK_TTL", 7 * 24 * 3600.0, minimum=1.0),
+        secret_rotation_grace=read.number("SECRET_ROTATION_GRACE", 86400.0),
+        shutdown_grace=read.number("SHUTDOWN_GRACE", 10.0),
     )
 
 

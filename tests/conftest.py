@@ -39,6 +39,8 @@ def settings_factory(tmp_path: Path) -> SettingsFactory:
             "REELHOOK_SIM_DELAY": "0.2",
             "REELHOOK_ALLOW_PRIVATE_SUBSCRIBERS": "127.0.0.0/8,::1/128",
             "REELHOOK_RETRY_SCHEDULE": "0,0.2,0.2",
+            # Below asgi-lifespan's 5 s shutdown timeout, for tests that leave an attempt hanging.
+            "REELHOOK_SHUTDOWN_GRACE": "1",
         }
         environ.update({f"REELHOOK_{key}": value for key, value in overrides.items()})
         return load_settings(environ)

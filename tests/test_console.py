@@ -357,7 +357,7 @@ async def test_jobs_filter_by_time_in_the_console_and_the_api(
         assert 'value="2027-01-15T08:30"' in page.text  # the filter stays filled in
         bad = await browser.get("/console/jobs", params={"since": "yesterday"})
         assert bad.status_code == 422
-        assert "since: must be an ISO-8601 time" in bad.text
+        assert "is not an ISO 8601 time" in bad.text and "since:" in bad.text
     refused = await service.api.get("/v1/jobs", params={"until": "soon"})
     assert refused.status_code == 422
 

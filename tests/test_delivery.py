@@ -1,8 +1,9 @@
 """Fan-out (design §5) over real loopback HTTP: an in-process reelhook and uvicorn subscribers.
 
 Most tests create a subscription and ``POST /v1/subscriptions/{id}/test`` to enqueue a ``ping``,
-which runs the real outbox and dispatcher without needing jobs. There is no delivery-log API yet,
-so delivery state is read straight from the service's SQLite file (read-only).
+which runs the real outbox and dispatcher without needing jobs. These tests read delivery state
+straight from the service's SQLite file (read-only), which also shows columns the API does not;
+tests/test_delivery_api.py covers the delivery-log API itself.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from service.api import callbacks, events, files, jobs, meta, subscriptions
+from service.api import callbacks, deliveries, events, files, jobs, meta, subscriptions
 from service.api.context import Endpoint
 
 
@@ -42,6 +42,16 @@ def routes() -> list[BaseRoute]:
             delete=subscriptions.delete_subscription,
         ),
         resource("/v1/subscriptions/{subscription_id}/test", post=subscriptions.test_subscription),
+        resource(
+            "/v1/subscriptions/{subscription_id}/rotate-secret", post=subscriptions.rotate_secret
+        ),
+        resource(
+            "/v1/subscriptions/{subscription_id}/recover",
+            post=subscriptions.recover_subscription,
+        ),
+        resource("/v1/deliveries", get=deliveries.list_deliveries),
+        resource("/v1/deliveries/{delivery_id}", get=deliveries.get_delivery),
+        resource("/v1/deliveries/{delivery_id}/retry", post=deliveries.retry_delivery),
         resource("/v1/events", get=events.list_events),
         resource("/v1/callbacks/{provider}/{token}", post=callbacks.receive_callback),
         resource("/v1/files/{token}", get=files.get_file),

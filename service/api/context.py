@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import math
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -131,24 +133,48 @@ def is_decimal(text: str) -> bool:
     return text.isascii() and text.isdigit() and len(text) <= 18
 
 
-def time_param(request: Request, name: str) -> float | None:
-    """An ISO-8601 time query parameter as epoch seconds (UTC when it names no offset)."""
-    raw = request.query_params.get(name)
-    if raw is None or raw == "":
-        return None
-    try:
-        moment = datetime.fromisoformat(raw)
-    except ValueError:
-        raise ValidationFailed.field(
-            name, "must be an ISO-8601 time such as 2026-11-21T10:00:00Z"
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
-
-
 def choice_param(request: Request, name: str, choices: tuple[str, ...]) -> str | None:
     value = request.query_params.get(name)
     if value is not None and value not in choices:
         raise ValidationFailed.field(name, f"must be one of {', '.join(choices)}")
+    return value
+
+
+_UNIX_SECONDS = re.compile(r"[0-9]{1,12}(\.[0-9]{1,9})?")
+_TIME_HINT = "an ISO 8601 time such as 2026-11-21T10:00:00Z, or Unix seconds"
+
+
+def time_param(request: Request, name: str, *, required: bool = False) -> float | None:
+    """A point in time from the query string, as epoch seconds (see :func:`parse_time`)."""
+    return parse_time(request.query_params.get(name, ""), name, required=required)
+
+
+def parse_time(text: str, name: str, *, required: bool = False) -> float | None:
+    """A point in time as epoch seconds: ISO 8601 (without a zone it is UTC) or Unix seconds.
+    422 naming ``name`` when missing (if ``required``) or unreadable; None when empty."""
+    raw = text.strip()
+    if not raw:
+        if required:
+            raise ValidationFailed.field(name, f"is required: {_TIME_HINT}")
+        return None
+    if _UNIX_SECONDS.fullmatch(raw):
+        return float(raw)
+    # An unencoded "+02:00" in a query string arrives as " 02:00", hence the second spelling.
+    head, _, tail = raw.rpartition(" ")
+    for spelling in (raw, f"{head}+{tail}" if head else raw):
+        try:
+            moment = datetime.fromisoformat(spelling)
+            break
+        except ValueError:
+            continue
+    else:
+        raise ValidationFailed.field(name, f"{raw!r} is not {_TIME_HINT}")
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    try:
+        value = moment.timestamp()
+    except (OverflowError, OSError, ValueError):
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise ValidationFailed.field(name, f"{raw!r} is out of range")
     return value

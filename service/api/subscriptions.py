@@ -10,13 +10,21 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from service import signing
-from service.api.context import Caller, authenticate, limit_param, read_json, services
+from service.api.context import (
+    Caller,
+    authenticate,
+    limit_param,
+    read_json,
+    services,
+    time_param,
+)
 from service.catalog import MODELS
+from service.clock import isoformat
 from service.delivery.guard import check_url
 from service.errors import Conflict, NotFound, ValidationFailed
 from service.ids import new_id
 from service.models import EVENT_TYPES, Subscription
-from service.storage import subscriptions
+from service.storage import deliveries, subscriptions
 
 _FIELDS = {"url", "event_types", "models", "headers", "description"}
 # RFC 9110 §5.1 token characters, and visible ASCII plus space/tab in a value.
@@ -185,9 +193,17 @@ async def update(request: Request, caller: Caller, sub_id: str, body: Any) -> Su
     """Apply ``body`` (the API's PATCH shape) to the subscription; return it as stored."""
     sub = await owned(request, caller, sub_id)
     changes = _validated(request, body, partial=True)
-    updated = dataclasses.replace(sub, **changes, updated_at=services(request).clock())
+    now = services(request).clock()
+    updated = dataclasses.replace(sub, **changes, updated_at=now)
     async with services(request).db.transaction() as conn:
         await subscriptions.save(conn, updated)
+        if changes.get("status", sub.status) != sub.status:
+            # Either way the failure window starts afresh: a re-enabled subscription gets the
+            # whole window again before it can be disabled for failing.
+            await subscriptions.set_status(
+                conn, sub.id, changes["status"], reason="disabled through the API", now=now
+            )
+        updated = await subscriptions.get(conn, sub.id) or updated
     # Re-enabling releases deliveries held while the subscription was disabled.
     services(request).dispatcher.wake()
     return updated
@@ -226,3 +242,69 @@ async def ping(request: Request, caller: Caller, sub_id: str) -> str:
         )
     state.dispatcher.wake()
     return event_id
+
+
+async def rotate_secret(request: Request) -> Response:
+    caller = await authenticate(request, "subscriptions:write")
+    rotated = await rotate(request, caller, request.path_params["subscription_id"])
+    return JSONResponse(rotated.to_public(include_secret=True))
+
+
+async def rotate(request: Request, caller: Caller, sub_id: str) -> Subscription:
+    """Give the subscription a new secret (returned, to be shown once). For the rotation grace
+    period every message carries a second signature made with the secret it replaced."""
+    sub = await owned(request, caller, sub_id)
+    state = services(request)
+    now = state.clock()
+    async with state.db.transaction() as conn:
+        await subscriptions.rotate_secret(
+            conn,
+            sub.id,
+            signing.new_secret(),
+            previous_until=now + state.settings.secret_rotation_grace,
+            now=now,
+        )
+        rotated = await subscriptions.get(conn, sub.id)
+    assert rotated is not None  # read back inside the transaction that updated it
+    return rotated
+
+
+async def recover_subscription(request: Request) -> Response:
+    """Resend every failed delivery of this subscription created since ``since`` (and before
+    ``until``, if given): each gets one attempt now."""
+    caller = await authenticate(request, "subscriptions:write")
+    sub_id = request.path_params["subscription_id"]
+    await owned(request, caller, sub_id)
+    since = time_param(request, "since", required=True)
+    until = time_param(request, "until")
+    assert since is not None  # required
+    count = await recover(request, caller, sub_id, since=since, until=until)
+    return JSONResponse(
+        {
+            "subscription_id": sub_id,
+            "recovered": count,
+            "since": isoformat(since),
+            "until": isoformat(until),
+        },
+        status_code=202,
+    )
+
+
+async def recover(
+    request: Request, caller: Caller, sub_id: str, *, since: float, until: float | None
+) -> int:
+    """Queue one attempt now for every delivery of the subscription that failed for good and was
+    created in [since, until); return how many."""
+    sub = await owned(request, caller, sub_id)
+    state = services(request)
+    now = state.clock()
+    if since > now:
+        raise ValidationFailed.field("since", "is in the future")
+    if until is not None and until <= since:
+        raise ValidationFailed.field("until", "must be later than since")
+    if sub.status != "active":
+        raise Conflict("the subscription is disabled; enable it to recover its deliveries")
+    async with state.db.transaction() as conn:
+        count = await deliveries.recover(conn, sub.id, since=since, until=until, now=now)
+    state.dispatcher.wake()
+    return count

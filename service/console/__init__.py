@@ -15,7 +15,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from service.api import resource
-from service.console import jobs, signin, subscriptions
+from service.console import deliveries, jobs, signin, subscriptions
 from service.console.view import Handler, endpoint
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -94,6 +94,23 @@ def routes() -> list[BaseRoute]:
                 resource(
                     "/subscriptions/{subscription_id}/delete",
                     post=page(subscriptions.delete, "subscriptions:write"),
+                ),
+                resource(
+                    "/subscriptions/{subscription_id}/rotate-secret",
+                    post=page(subscriptions.rotate, "subscriptions:write"),
+                ),
+                resource(
+                    "/subscriptions/{subscription_id}/recover",
+                    post=page(deliveries.recover, "subscriptions:write"),
+                ),
+                resource("/deliveries", get=page(deliveries.deliveries_page, "subscriptions:read")),
+                resource(
+                    "/deliveries/{delivery_id}",
+                    get=page(deliveries.delivery_page, "subscriptions:read"),
+                ),
+                resource(
+                    "/deliveries/{delivery_id}/retry",
+                    post=page(deliveries.resend, "subscriptions:write"),
                 ),
                 Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="console-static"),
             ],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from starlette.responses import Response
@@ -104,6 +105,7 @@ async def detail(
         sub=sub.to_public(),
         health=await _health(view, sub),
         health_hours=HEALTH_WINDOW // 3600,
+        recover_since=_form_time(view.state.clock() - HEALTH_WINDOW),
         draft=extra.pop("draft", None) or _stored_draft(sub),
         **_choices(),
         **extra,
@@ -129,6 +131,13 @@ async def set_status(view: View) -> Response:
     return view.redirect(f"/console/subscriptions/{sub_id}", notice)
 
 
+async def rotate(view: View) -> Response:
+    rotated = await api.rotate(
+        view.request, view.signed_in_caller, view.request.path_params["subscription_id"]
+    )
+    return await detail(view, rotated, new_secret=rotated.secret)
+
+
 async def ping(view: View) -> Response:
     sub_id = view.request.path_params["subscription_id"]
     await api.ping(view.request, view.signed_in_caller, sub_id)
@@ -140,6 +149,11 @@ async def delete(view: View) -> Response:
         view.request, view.signed_in_caller, view.request.path_params["subscription_id"]
     )
     return view.redirect("/console/subscriptions", "deleted")
+
+
+def _form_time(moment: float) -> str:
+    """``moment`` as a datetime-local input's value (UTC, to the second)."""
+    return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def _draft(view: View) -> dict[str, Any]:

@@ -3,26 +3,42 @@
 It is woken in-process when deliveries are committed and otherwise sleeps until the next delivery
 is due or the next lease expires; it never polls on a fixed tick. Outcomes are written in batches
 by a separate recorder so one slow fsync does not stall sending.
+
+Recording an outcome also moves the subscription's failure window: a subscription whose every
+attempt has failed for ``disable_after`` seconds is disabled, and a ``subscription.disabled`` event
+goes to its owner's other subscriptions.
+
+On :meth:`Dispatcher.stop` it claims nothing more, gives the attempts in flight ``shutdown_grace``
+seconds to finish, records them, and hands the leases of the rest back for the next start.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import replace
+from typing import Any
 
+import aiosqlite
 import anyio
+import anyio.abc
 
-from service.clock import Clock
+from service.clock import Clock, isoformat
 from service.delivery.retry import RetryPolicy
 from service.delivery.sender import AttemptResult, Sender
+from service.events import Publisher
+from service.models import Subscription
 from service.providers.base import parse_retry_after
 from service.storage import deliveries, subscriptions
 from service.storage.database import Database
 from service.storage.deliveries import AttemptOutcome, Claimed
 
 log = logging.getLogger(__name__)
+
+# How long the final bookkeeping at shutdown (record outcomes, release leases) may take.
+_FINAL_WRITE_TIMEOUT = 5.0
 
 
 class Dispatcher:
@@ -36,6 +52,9 @@ class Dispatcher:
         lease: float,
         concurrency: int,
         per_subscription: int,
+        publisher: Publisher,
+        disable_after: float = 0.0,
+        shutdown_grace: float = 0.0,
         rng: Callable[[], float] = random.random,
     ) -> None:
         self._db = db
@@ -45,35 +64,93 @@ class Dispatcher:
         self._lease = lease
         self._concurrency = concurrency
         self._per_subscription = per_subscription
+        self._publisher = publisher
+        self._disable_after = disable_after
+        self._shutdown_grace = shutdown_grace
         self._rng = rng
         self._wake = anyio.Event()
         self._outcomes: list[AttemptOutcome] = []
         self._outcomes_ready = anyio.Event()
         self._in_flight = 0
+        # Attempts in flight per subscription: the fairness cap, counted where it is enforced.
+        self._busy: Counter[str] = Counter()
+        self._slot_freed = anyio.Event()
+        # Claimed deliveries whose outcome has not arrived: released, not lost, at shutdown.
+        self._unfinished: set[str] = set()
+        self._stop_requested = anyio.Event()
+        self._stopped = anyio.Event()
+        self._started = False
         self.running = False
 
     def wake(self) -> None:
         """Tell the dispatcher new deliveries may be due (call after their commit)."""
         self._wake.set()
 
+    async def stop(self) -> None:
+        """Stop claiming, let attempts in flight finish within the shutdown grace period, record
+        them, release the leases of the rest; return once :meth:`run` has ended."""
+        if not self._started:
+            return
+        self._stop_requested.set()
+        await self._stopped.wait()
+
     async def run(self) -> None:
-        """Deliver until cancelled; outcomes already received are recorded before returning."""
-        self.running = True
+        """Deliver until :meth:`stop` or cancellation; what has finished is always recorded."""
+        self._started = True
         try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._record_outcomes)
-                while True:
-                    try:
-                        await self._dispatch_once(tg)
-                    except Exception:
-                        log.exception("dispatcher cycle failed; retrying in a second")
-                        await anyio.sleep(1)
+            await self._release_previous_leases()
+            self.running = True
+            async with anyio.create_task_group() as senders:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._record_outcomes)
+                    tg.start_soon(self._claim_loop, senders)
+                    await self._stop_requested.wait()
+                    tg.cancel_scope.cancel()
+                with anyio.move_on_after(self._shutdown_grace):
+                    while self._in_flight:
+                        await self._slot_freed.wait()
+                if self._in_flight:
+                    log.info("shutdown: releasing %d unfinished deliveries", self._in_flight)
+                senders.cancel_scope.cancel()
         finally:
             self.running = False
-            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+            with anyio.CancelScope(shield=True), anyio.move_on_after(_FINAL_WRITE_TIMEOUT):
                 await self._flush()
+                await self._release_unfinished()
+            self._stopped.set()
 
-    async def _dispatch_once(self, tg: anyio.abc.TaskGroup) -> None:
+    async def _claim_loop(self, senders: anyio.abc.TaskGroup) -> None:
+        while True:
+            try:
+                await self._dispatch_once(senders)
+            except Exception:
+                log.exception("dispatcher cycle failed; retrying in a second")
+                await anyio.sleep(1)
+
+    async def _release_previous_leases(self) -> None:
+        try:
+            async with self._db.transaction() as conn:
+                released = await deliveries.release(conn, None, self._clock())
+        except Exception:
+            # Not fatal: those leases expire on their own and are claimed again then.
+            log.exception("could not release the leases of the previous run")
+            return
+        if released:
+            log.info("released %d deliveries left in flight by the previous run", released)
+
+    async def _release_unfinished(self) -> None:
+        unfinished = sorted(self._unfinished)
+        if not unfinished:
+            return
+        try:
+            async with self._db.transaction() as conn:
+                await deliveries.release(conn, unfinished, self._clock())
+        except Exception:
+            log.exception("could not release %d leases; they expire on their own", len(unfinished))
+        else:
+            self._unfinished.difference_update(unfinished)
+
+    async def _dispatch_once(self, senders: anyio.abc.TaskGroup) -> None:
         self._wake = anyio.Event()
         capacity = self._concurrency - self._in_flight
         claimed: list[Claimed] = []
@@ -86,10 +163,13 @@ class Dispatcher:
                     lease_until=now + self._lease,
                     limit=capacity,
                     per_subscription=self._per_subscription,
+                    busy=self._busy,
                 )
             for delivery in claimed:
                 self._in_flight += 1
-                tg.start_soon(self._deliver, delivery)
+                self._busy[delivery.subscription_id] += 1
+                self._unfinished.add(delivery.id)
+                senders.start_soon(self._deliver, delivery)
             if len(claimed) == capacity:
                 return  # more may be due at once
         await self._sleep(busy=self._in_flight > 0)
@@ -113,7 +193,7 @@ class Dispatcher:
                     url=delivery.url,
                     event_id=delivery.event_id,
                     payload=delivery.payload,
-                    secrets=[delivery.secret],
+                    secrets=list(delivery.secrets),
                     headers=delivery.headers,
                     timestamp=int(self._clock()),
                 )
@@ -123,10 +203,16 @@ class Dispatcher:
                 log.exception("delivery %s failed unexpectedly", delivery.id)
                 error = AttemptResult(None, 0.0, error=f"internal error: {type(exc).__name__}")
                 outcome = self._judge(delivery, error)
+            self._unfinished.discard(delivery.id)
             self._outcomes.append(outcome)
             self._outcomes_ready.set()
         finally:
             self._in_flight -= 1
+            self._busy[delivery.subscription_id] -= 1
+            if not self._busy[delivery.subscription_id]:
+                del self._busy[delivery.subscription_id]
+            self._slot_freed.set()
+            self._slot_freed = anyio.Event()
             self.wake()
 
     def _judge(self, delivery: Claimed, result: AttemptResult) -> AttemptOutcome:
@@ -147,6 +233,9 @@ class Dispatcher:
             # Zapier REST Hooks: 410 Gone means the subscriber is gone for good.
             log.info("subscription %s answered 410 Gone; deleting it", delivery.subscription_id)
             return replace(outcome, status="failed", delete_subscription=True)
+        if delivery.manual:
+            # A resend by hand is one attempt; the schedule it had is over (as with Svix).
+            return replace(outcome, status="failed")
         next_at = self._policy.next_attempt_at(
             delivery.attempt,
             now,
@@ -174,6 +263,7 @@ class Dispatcher:
         try:
             async with self._db.transaction() as conn:
                 await deliveries.record(conn, batch)
+                await self._update_failure_windows(conn, batch)
                 for outcome in batch:
                     if outcome.delete_subscription:
                         await subscriptions.delete(conn, outcome.subscription_id)
@@ -184,3 +274,56 @@ class Dispatcher:
             log.exception("could not record %d delivery outcomes", len(batch))
             return False
         return True
+
+    async def _update_failure_windows(
+        self, conn: aiosqlite.Connection, batch: Sequence[AttemptOutcome]
+    ) -> None:
+        windows = failure_windows(batch)
+        await subscriptions.note_failure_windows(conn, windows)
+        if self._disable_after <= 0:
+            return  # disabling is turned off
+        now = self._clock()
+        failing = [sub_id for sub_id, (_, first) in windows.items() if first is not None]
+        disabled = await subscriptions.disable_failing(
+            conn, failing, failing_before=now - self._disable_after, now=now
+        )
+        for sub in disabled:
+            log.warning("disabled subscription %s: %s", sub.id, sub.disabled_reason)
+            await self._publisher.publish(
+                conn,
+                "subscription.disabled",
+                now,
+                data=disabled_event_data(sub),
+                owner_key_id=sub.owner_key_id,
+            )
+
+
+def failure_windows(batch: Sequence[AttemptOutcome]) -> dict[str, tuple[bool, float | None]]:
+    """Per subscription: whether an attempt in ``batch`` succeeded, and when the first failure
+    after the last success happened (None when the last attempt succeeded)."""
+    windows: dict[str, tuple[bool, float | None]] = {}
+    for outcome in batch:
+        if outcome.status == "succeeded":
+            windows[outcome.subscription_id] = (True, None)
+        else:
+            succeeded, first = windows.get(outcome.subscription_id, (False, None))
+            windows[outcome.subscription_id] = (
+                succeeded,
+                first if first is not None else outcome.attempted_at,
+            )
+    return windows
+
+
+def disabled_event_data(sub: Subscription) -> dict[str, Any]:
+    """What the ``subscription.disabled`` event says. The URL stays out: webhook URLs often carry
+    a token, and the event goes to other endpoints."""
+    return {
+        "id": sub.id,
+        "object": "subscription",
+        "description": sub.description,
+        "status": sub.status,
+        "disabled_reason": sub.disabled_reason,
+        "failing_since": isoformat(sub.failing_since),
+        "event_types": list(sub.event_types),
+        "models": list(sub.models),
+    }

@@ -1,11 +1,13 @@
-"""SQL for the delivery outbox: claiming due rows under a lease and recording attempt outcomes."""
+"""SQL for the delivery outbox: claiming due rows under a lease, recording attempt outcomes,
+releasing leases, resending, and reading the delivery log."""
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import aiosqlite
 
@@ -19,9 +21,10 @@ class Claimed:
     subscription_id: str
     attempt: int
     url: str
-    secret: str
+    secrets: tuple[str, ...]
     headers: dict[str, str]
     payload: bytes
+    manual: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +47,9 @@ class AttemptOutcome:
     delete_subscription: bool = False
 
 
+_ACTIVE = "(SELECT id FROM subscriptions WHERE status = 'active')"
+
+
 async def claim_due(
     conn: aiosqlite.Connection,
     *,
@@ -51,42 +57,64 @@ async def claim_due(
     lease_until: float,
     limit: int,
     per_subscription: int,
+    busy: Mapping[str, int],
 ) -> list[Claimed]:
     """Lease up to ``limit`` due deliveries, keeping each subscription under ``per_subscription``.
 
     Due means pending with ``next_attempt_at <= now``, or in flight with an expired lease (its
-    holder crashed). Unexpired leases count against their subscription's cap; deliveries of a
-    disabled subscription wait until it is enabled again.
+    holder crashed). ``busy`` counts the attempts the caller has in flight per subscription (one
+    process owns the database, so its own count is the whole count). Deliveries of a disabled
+    subscription wait until it is enabled again. The due rows are read in due order from their
+    index, a bounded number at a time, so a claim costs the same with ten or a million waiting;
+    subscriptions already at their cap are skipped in the query, so one hanging endpoint's
+    backlog does not hide everyone else's.
     """
-    sql = """
-        UPDATE deliveries SET status = 'inflight', lease_until = ?, attempts = attempts + 1,
-            updated_at = ?
-        WHERE id IN (
-            SELECT id FROM (
-                SELECT id, subscription_id, ROW_NUMBER() OVER (
-                    PARTITION BY subscription_id ORDER BY next_attempt_at, id) AS rank
-                FROM deliveries
-                WHERE ((status = 'pending' AND next_attempt_at <= ?)
-                   OR (status = 'inflight' AND lease_until <= ?))
-                  AND subscription_id IN (SELECT id FROM subscriptions WHERE status = 'active')
-            ) AS due
-            WHERE rank <= ? - (
-                SELECT count(*) FROM deliveries AS busy
-                WHERE busy.subscription_id = due.subscription_id
-                  AND busy.status = 'inflight' AND busy.lease_until > ?)
-            ORDER BY id LIMIT ?
-        )
-        RETURNING id, event_id, subscription_id, attempts
+    saturated = sorted(sub for sub, count in busy.items() if count >= per_subscription)
+    marks = ", ".join("?" for _ in saturated)
+    # Read more than ``limit``: some rows will be over their subscription's cap.
+    window = limit * 4
+    sql = f"""
+        SELECT id, subscription_id FROM (
+            SELECT id, subscription_id, next_attempt_at AS due FROM deliveries
+            WHERE status = 'pending' AND next_attempt_at <= ?
+              AND subscription_id NOT IN ({marks}) AND subscription_id IN {_ACTIVE}
+            ORDER BY next_attempt_at LIMIT ?)
+        UNION ALL
+        SELECT id, subscription_id FROM (
+            SELECT id, subscription_id, lease_until AS due FROM deliveries
+            WHERE status = 'inflight' AND lease_until <= ? AND subscription_id IN {_ACTIVE}
+            ORDER BY lease_until LIMIT ?)
     """
-    params = (lease_until, now, now, now, per_subscription, now, limit)
+    params = (now, *saturated, window, now, window)
     async with conn.execute(sql, params) as cursor:
+        due = list(await cursor.fetchall())
+    taken: dict[str, int] = {}
+    chosen: list[str] = []
+    for row in due:
+        sub = row["subscription_id"]
+        if busy.get(sub, 0) + taken.get(sub, 0) >= per_subscription:
+            continue
+        taken[sub] = taken.get(sub, 0) + 1
+        chosen.append(row["id"])
+        if len(chosen) == limit:
+            break
+    if not chosen:
+        return []
+    marks = ", ".join("?" for _ in chosen)
+    async with conn.execute(
+        f"UPDATE deliveries SET status = 'inflight', lease_until = ?, attempts = attempts + 1, "
+        f"updated_at = ? WHERE id IN ({marks}) "
+        "RETURNING id, event_id, subscription_id, attempts, manual",
+        (lease_until, now, *chosen),
+    ) as cursor:
         rows = list(await cursor.fetchall())
     if not rows:
         return []
     payloads = await _by_id(conn, "SELECT id, payload FROM events", {r["event_id"] for r in rows})
     subs = await _by_id(
         conn,
-        "SELECT id, url, secret, headers FROM subscriptions",
+        "SELECT id, url, secret, previous_secret, previous_secret_until, headers "
+        "FROM subscriptions",
         {r["subscription_id"] for r in rows},
     )
     claimed = []
@@ -101,12 +129,21 @@ async def claim_due(
                 subscription_id=row["subscription_id"],
                 attempt=row["attempts"],
                 url=sub["url"],
-                secret=sub["secret"],
+                secrets=_signing_secrets(sub, now),
                 headers=json.loads(sub["headers"]),
                 payload=payloads[row["event_id"]]["payload"],
+                manual=bool(row["manual"]),
             )
         )
     return claimed
+
+
+def _signing_secrets(sub: sqlite3.Row, now: float) -> tuple[str, ...]:
+    """The current secret, and the one it replaced while its rotation grace period lasts."""
+    previous, until = sub["previous_secret"], sub["previous_secret_until"]
+    if previous and until is not None and until > now:
+        return (sub["secret"], previous)
+    return (sub["secret"],)
 
 
 async def _by_id(conn: aiosqlite.Connection, select: str, ids: set[str]) -> dict[str, sqlite3.Row]:
@@ -126,7 +163,7 @@ async def record(conn: aiosqlite.Connection, outcomes: Sequence[AttemptOutcome])
         ],
     )
     await conn.executemany(
-        "UPDATE deliveries SET status = ?, next_attempt_at = ?, lease_until = NULL, "
+        "UPDATE deliveries SET status = ?, next_attempt_at = ?, lease_until = NULL, manual = 0, "
         "last_status_code = ?, last_error = ?, updated_at = ? WHERE id = ? AND status = 'inflight'",
         [
             (o.status, o.next_attempt_at, o.status_code, o.error, o.attempted_at, o.delivery_id)
@@ -145,3 +182,179 @@ async def next_due_at(conn: aiosqlite.Connection) -> float | None:
     ) as cursor:
         row = await cursor.fetchone()
     return float(row[0]) if row and row[0] is not None else None
+
+
+async def release(
+    conn: aiosqlite.Connection, delivery_ids: Sequence[str] | None, now: float
+) -> int:
+    """Hand leased deliveries back as due at ``now``, as if never claimed; return how many.
+
+    ``delivery_ids`` None releases every lease: at start-up, a lease can only be a previous run's,
+    since one process owns the SQLite database. The unfinished attempt is not counted, so it does
+    not use up a place in the retry schedule.
+    """
+    sql = (
+        "UPDATE deliveries SET status = 'pending', lease_until = NULL, next_attempt_at = ?, "
+        "attempts = max(attempts - 1, 0), updated_at = ? WHERE status = 'inflight'"
+    )
+    params: list[Any] = [now, now]
+    if delivery_ids is not None:
+        if not delivery_ids:
+            return 0
+        sql += f" AND id IN ({', '.join('?' for _ in delivery_ids)})"
+        params.extend(delivery_ids)
+    cursor = await conn.execute(sql, params)
+    return cursor.rowcount
+
+
+# --- the delivery log ----------------------------------------------------------------------------
+
+STATUSES = ("pending", "inflight", "succeeded", "failed", "canceled")
+"""Every state a delivery can be in."""
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One (event, subscription) pair as the delivery log shows it."""
+
+    id: str
+    event_id: str
+    event_type: str
+    job_id: str | None
+    subscription_id: str
+    status: str
+    attempts: int
+    next_attempt_at: float | None
+    last_status_code: int | None
+    last_error: str | None
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    attempted_at: float
+    status_code: int | None
+    latency_ms: float
+    error: str | None
+    response_body: bytes | None
+
+
+_DELIVERY_SELECT = (
+    "SELECT d.id, d.event_id, e.type AS event_type, e.job_id, d.subscription_id, d.status, "
+    "d.attempts, d.next_attempt_at, d.last_status_code, d.last_error, d.created_at, d.updated_at "
+    "FROM deliveries d JOIN events e ON e.id = d.event_id"
+)
+
+
+def _delivery(row: sqlite3.Row) -> Delivery:
+    return Delivery(**{name: row[name] for name in Delivery.__dataclass_fields__})
+
+
+def _owned_by(owner_key_id: str) -> tuple[str, list[Any]]:
+    return "d.subscription_id IN (SELECT id FROM subscriptions WHERE owner_key_id = ?)", [
+        owner_key_id
+    ]
+
+
+async def list_page(
+    conn: aiosqlite.Connection,
+    *,
+    owner_key_id: str | None,
+    subscription_id: str | None = None,
+    status: str | None = None,
+    event_id: str | None = None,
+    job_id: str | None = None,
+    before_id: str | None = None,
+    limit: int,
+) -> list[Delivery]:
+    """Deliveries newest first, filtered; ``owner_key_id`` limits them to that key's
+    subscriptions (None: everyone's)."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    if owner_key_id is not None:
+        clause, values = _owned_by(owner_key_id)
+        clauses.append(clause)
+        params.extend(values)
+    for column, value in (
+        ("d.subscription_id", subscription_id),
+        ("d.status", status),
+        ("d.event_id", event_id),
+        ("e.job_id", job_id),
+    ):
+        if value is not None:
+            clauses.append(f"{column} = ?")
+            params.append(value)
+    if before_id is not None:
+        clauses.append("d.id < ?")
+        params.append(before_id)
+    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    params.append(limit)
+    async with conn.execute(f"{_DELIVERY_SELECT} {where} ORDER BY d.id DESC LIMIT ?", params) as c:
+        return [_delivery(row) for row in await c.fetchall()]
+
+
+async def get(
+    conn: aiosqlite.Connection, delivery_id: str, *, owner_key_id: str | None
+) -> Delivery | None:
+    """One delivery, if it exists and (with ``owner_key_id``) belongs to that key."""
+    clauses, params = ["d.id = ?"], [delivery_id]
+    if owner_key_id is not None:
+        clause, values = _owned_by(owner_key_id)
+        clauses.append(clause)
+        params.extend(values)
+    async with conn.execute(f"{_DELIVERY_SELECT} WHERE {' AND '.join(clauses)}", params) as c:
+        row = await c.fetchone()
+    return _delivery(row) if row else None
+
+
+async def attempts_of(conn: aiosqlite.Connection, delivery_id: str) -> list[Attempt]:
+    """Every attempt of a delivery, oldest first."""
+    async with conn.execute(
+        "SELECT attempted_at, status_code, latency_ms, error, response_body FROM attempts "
+        "WHERE delivery_id = ? ORDER BY id",
+        (delivery_id,),
+    ) as cursor:
+        return [Attempt(*row) for row in await cursor.fetchall()]
+
+
+async def payload_of(conn: aiosqlite.Connection, event_id: str) -> bytes | None:
+    async with conn.execute("SELECT payload FROM events WHERE id = ?", (event_id,)) as cursor:
+        row = await cursor.fetchone()
+    return bytes(row["payload"]) if row else None
+
+
+async def resend(conn: aiosqlite.Connection, delivery_id: str, now: float) -> bool:
+    """Make a delivery due at ``now``; False if it is in flight or canceled (nothing changes).
+
+    A pending delivery keeps its schedule, only brought forward; a finished one (succeeded or
+    failed) gets one attempt marked manual, which is not rescheduled if it fails.
+    """
+    cursor = await conn.execute(
+        "UPDATE deliveries SET manual = CASE WHEN status = 'pending' THEN manual ELSE 1 END, "
+        "status = 'pending', next_attempt_at = ?, updated_at = ? "
+        "WHERE id = ? AND status IN ('pending', 'succeeded', 'failed')",
+        (now, now, delivery_id),
+    )
+    return cursor.rowcount > 0
+
+
+async def recover(
+    conn: aiosqlite.Connection,
+    subscription_id: str,
+    *,
+    since: float,
+    until: float | None,
+    now: float,
+) -> int:
+    """Resend every failed delivery of a subscription created in [since, until); return how many.
+
+    Each gets one manual attempt at ``now``, as with :func:`resend`.
+    """
+    cursor = await conn.execute(
+        "UPDATE deliveries SET status = 'pending', manual = 1, next_attempt_at = ?, updated_at = ? "
+        "WHERE subscription_id = ? AND status = 'failed' AND created_at >= ? "
+        "AND (? IS NULL OR created_at < ?)",
+        (now, now, subscription_id, since, until, until),
+    )
+    return cursor.rowcount

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Sequence
+from dataclasses import replace
 
 import aiosqlite
 
+from service.clock import isoformat
 from service.jsonutil import dumps
 from service.models import Subscription
 
@@ -15,6 +17,9 @@ _COLUMNS = (
     "id, owner_key_id, url, secret, event_types, models, headers, description, status, job_id, "
     "created_at, updated_at"
 )
+# Columns the delivery engine maintains: read with every subscription, written only by the
+# functions below, so a PATCH holding an older copy never undoes a rotation or a disable.
+_SELECT = f"{_COLUMNS}, previous_secret, previous_secret_until, failing_since, disabled_reason"
 
 
 def _from_row(row: sqlite3.Row) -> Subscription:
@@ -31,6 +36,10 @@ def _from_row(row: sqlite3.Row) -> Subscription:
         job_id=row["job_id"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
+        previous_secret=row["previous_secret"],
+        previous_secret_until=row["previous_secret_until"],
+        failing_since=row["failing_since"],
+        disabled_reason=row["disabled_reason"],
     )
 
 
@@ -55,17 +64,17 @@ async def insert(conn: aiosqlite.Connection, sub: Subscription) -> None:
 
 
 async def save(conn: aiosqlite.Connection, sub: Subscription) -> None:
+    """Store the fields a client edits. The secret and the status change only through
+    :func:`rotate_secret`, :func:`set_status` and :func:`disable_failing`."""
     await conn.execute(
-        "UPDATE subscriptions SET url = ?, secret = ?, event_types = ?, models = ?, headers = ?, "
-        "description = ?, status = ?, updated_at = ? WHERE id = ?",
+        "UPDATE subscriptions SET url = ?, event_types = ?, models = ?, headers = ?, "
+        "description = ?, updated_at = ? WHERE id = ?",
         (
             sub.url,
-            sub.secret,
             dumps(list(sub.event_types)),
             dumps(list(sub.models)),
             dumps(sub.headers),
             sub.description,
-            sub.status,
             sub.updated_at,
             sub.id,
         ),
@@ -74,7 +83,7 @@ async def save(conn: aiosqlite.Connection, sub: Subscription) -> None:
 
 async def get(conn: aiosqlite.Connection, sub_id: str) -> Subscription | None:
     async with conn.execute(
-        f"SELECT {_COLUMNS} FROM subscriptions WHERE id = ?", (sub_id,)
+        f"SELECT {_SELECT} FROM subscriptions WHERE id = ?", (sub_id,)
     ) as cursor:
         row = await cursor.fetchone()
     return _from_row(row) if row else None
@@ -103,7 +112,7 @@ async def list_page(
         clauses.append("id > ?")
         params.append(after_id)
     params.append(limit)
-    sql = f"SELECT {_COLUMNS} FROM subscriptions WHERE {' AND '.join(clauses)} ORDER BY id LIMIT ?"
+    sql = f"SELECT {_SELECT} FROM subscriptions WHERE {' AND '.join(clauses)} ORDER BY id LIMIT ?"
     async with conn.execute(sql, params) as cursor:
         return [_from_row(row) for row in await cursor.fetchall()]
 
@@ -130,7 +139,7 @@ async def listeners(
         clauses.append(f"(owner_key_id IN ({_marks(owners)}) OR {_ADMIN_OWNER})")
         params.extend(owners)
     sql = (
-        f"SELECT {_COLUMNS}, {_ADMIN_OWNER} AS admin_owner FROM subscriptions"
+        f"SELECT {_SELECT}, {_ADMIN_OWNER} AS admin_owner FROM subscriptions"
         f" WHERE {' AND '.join(clauses)} ORDER BY id"
     )
     async with conn.execute(sql, params) as cursor:
@@ -152,3 +161,73 @@ _ADMIN_OWNER = "owner_key_id IN (SELECT id FROM api_keys WHERE scopes LIKE '%\"a
 
 def _marks(values: Sequence[object]) -> str:
     return ", ".join("?" for _ in values)
+
+
+async def rotate_secret(
+    conn: aiosqlite.Connection, sub_id: str, new_secret: str, *, previous_until: float, now: float
+) -> None:
+    """Make ``new_secret`` current; the secret it replaces keeps signing until ``previous_until``.
+
+    Only the secret being replaced is kept: one from an earlier rotation stops signing now.
+    """
+    # On the right-hand side SQLite reads the row's old values, so the old secret moves over.
+    await conn.execute(
+        "UPDATE subscriptions SET previous_secret = secret, previous_secret_until = ?, "
+        "secret = ?, updated_at = ? WHERE id = ?",
+        (previous_until, new_secret, now, sub_id),
+    )
+
+
+async def set_status(
+    conn: aiosqlite.Connection, sub_id: str, status: str, *, reason: str | None, now: float
+) -> None:
+    """Enable or disable by request; either way the failure window starts afresh."""
+    await conn.execute(
+        "UPDATE subscriptions SET status = ?, disabled_reason = ?, failing_since = NULL, "
+        "updated_at = ? WHERE id = ?",
+        (status, reason if status == "disabled" else None, now, sub_id),
+    )
+
+
+async def note_failure_windows(
+    conn: aiosqlite.Connection, windows: dict[str, tuple[bool, float | None]]
+) -> None:
+    """Move each subscription's failure window: ``windows[id] = (succeeded, first_failure)``.
+
+    ``succeeded`` means an attempt succeeded, which closes the window; ``first_failure`` is when
+    the first failure after the last success (or after the window already open) happened.
+    """
+    await conn.executemany(
+        "UPDATE subscriptions SET failing_since = "
+        "CASE WHEN ? THEN ? ELSE coalesce(failing_since, ?) END WHERE id = ?",
+        [(succeeded, first, first, sub_id) for sub_id, (succeeded, first) in windows.items()],
+    )
+
+
+async def disable_failing(
+    conn: aiosqlite.Connection, sub_ids: list[str], *, failing_before: float, now: float
+) -> list[Subscription]:
+    """Disable those of ``sub_ids`` that are active and have failed since ``failing_before`` or
+    earlier; return them as disabled."""
+    if not sub_ids:
+        return []
+    marks = ", ".join("?" for _ in sub_ids)
+    async with conn.execute(
+        f"SELECT {_SELECT} FROM subscriptions WHERE id IN ({marks}) AND status = 'active' "
+        "AND failing_since IS NOT NULL AND failing_since <= ?",
+        (*sub_ids, failing_before),
+    ) as cursor:
+        failing = [_from_row(row) for row in await cursor.fetchall()]
+    disabled = []
+    for sub in failing:
+        reason = (
+            f"every delivery attempt since {isoformat(sub.failing_since)} failed "
+            f"({(now - (sub.failing_since or now)) / 3600:.1f} h)"
+        )
+        await conn.execute(
+            "UPDATE subscriptions SET status = 'disabled', disabled_reason = ?, updated_at = ? "
+            "WHERE id = ?",
+            (reason, now, sub.id),
+        )
+        disabled.append(replace(sub, status="disabled", disabled_reason=reason, updated_at=now))
+    return disabled

@@ -1,0 +1,261 @@
+"""Crash safety (design §5): reelhook as a real process, killed with SIGKILL in the middle of a
+fan-out and started again. Every event must reach every subscriber at least once, and the only
+duplicates allowed are deliveries that were in flight (claimed, outcome not yet recorded) at the
+moment of the kill.
+
+How the numbers are bounded: a delivery is sent only after it has been claimed, which marks it
+``inflight`` in SQLite; its outcome is recorded (``succeeded``) in a later transaction. A delivery
+can therefore reach a subscriber twice only if the kill fell between the two: the subscriber got it
+but the database still says ``inflight``. After the kill, before the restart, the test counts the
+``inflight`` rows in the killed process's database; that count is the bound.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager, closing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+import httpx
+import pytest
+from standardwebhooks.webhooks import Webhook
+from starlette.types import Receive, Scope, Send
+
+from tests.servers import loopback_socket, run_server
+from tests.support import ADMIN_KEY
+
+pytestmark = pytest.mark.anyio
+
+JOBS = 500  # two events each (job.submitted, job.succeeded), each to every subscriber
+PINGS_EACH = 250  # test events, each to one subscriber
+SUBSCRIBERS = 4
+KILL_AT = 0.4  # the share of all deliveries received when the process is killed
+
+
+@dataclass
+class Counting:
+    """A lean subscriber for many deliveries: counts each (path, webhook-id) and keeps the first
+    request per path for a signature check. Requests wait at ``gate`` until it opens."""
+
+    gate: anyio.Event = field(default_factory=anyio.Event)
+    counts: Counter[tuple[str, str]] = field(default_factory=Counter)
+    total: int = 0
+    first: dict[str, tuple[bytes, dict[str, str]]] = field(default_factory=dict)
+    changed: anyio.Event = field(default_factory=anyio.Event)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                kind = message["type"].rsplit(".", 1)[-1]
+                await send({"type": f"lifespan.{kind}.complete"})
+                if kind == "shutdown":
+                    return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+        await self.gate.wait()
+        headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+        path: str = scope["path"]
+        self.counts[(path, headers["webhook-id"])] += 1
+        self.total += 1
+        self.first.setdefault(path, (body, headers))
+        self.changed.set()
+        self.changed = anyio.Event()
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def wait_for_total(self, total: int, within: float) -> None:
+        with anyio.fail_after(within):
+            while self.total < total:
+                await self.changed.wait()
+
+
+def free_port() -> int:
+    with closing(loopback_socket()) as sock:
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def environment(tmp_path: Path, port: int) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("REELHOOK_") and "proxy" not in k.lower()
+    }
+    env.update(
+        REELHOOK_DATA_DIR=str(tmp_path / "data"),
+        REELHOOK_PORT=str(port),
+        REELHOOK_ADMIN_KEY=ADMIN_KEY,
+        REELHOOK_SECRET_KEYS="crash-test-secret-key-0123456789",
+        REELHOOK_ALLOW_PRIVATE_SUBSCRIBERS="127.0.0.0/8",
+        REELHOOK_SIM_DELAY="0.1",
+        # Long enough that nothing times out while the gate is shut; retries are never needed.
+        REELHOOK_DELIVERY_TIMEOUT="30",
+        REELHOOK_RETRY_SCHEDULE="0,0.5,0.5,0.5",
+        REELHOOK_LOG_LEVEL="WARNING",
+    )
+    return env
+
+
+@asynccontextmanager
+async def reelhook_process(
+    env: dict[str, str], log: Path
+) -> AsyncIterator[tuple[anyio.abc.Process, httpx.AsyncClient]]:
+    """``python -m service`` with ``env``, once it answers /healthz; SIGTERM on exit if alive."""
+    with log.open("ab") as log_file:
+        process = await anyio.open_process(
+            [sys.executable, "-m", "service", "serve"], env=env, stdout=log_file, stderr=log_file
+        )
+    base_url = f"http://127.0.0.1:{env['REELHOOK_PORT']}"
+    try:
+        async with httpx.AsyncClient(
+            base_url=base_url, headers={"X-API-Key": ADMIN_KEY}, trust_env=False, timeout=30
+        ) as http:
+            with anyio.fail_after(15):
+                while True:
+                    if process.returncode is not None:
+                        raise RuntimeError(f"reelhook exited; see {log}")
+                    try:
+                        if (await http.get("/healthz")).status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        pass
+                    await anyio.sleep(0.05)
+            yield process, http
+    finally:
+        if process.returncode is None:
+            process.terminate()
+            with anyio.move_on_after(15):
+                await process.wait()
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+def read_db(path: Path, sql: str) -> list[tuple[Any, ...]]:
+    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)) as db:
+        return db.execute(sql).fetchall()
+
+
+async def query(path: Path, sql: str) -> list[tuple[Any, ...]]:
+    return await anyio.to_thread.run_sync(read_db, path, sql)
+
+
+async def produce(http: httpx.AsyncClient, subscription_ids: list[str]) -> None:
+    """Create the events through the API: jobs the simulator finishes (each event fans out to
+    every subscriber) and test pings (one subscriber each), 32 requests at a time."""
+    limit = anyio.Semaphore(32)
+
+    async def submit(number: int) -> None:
+        async with limit:
+            job = {"model": "trinetra/kling-v2.5", "input": {"prompt": f"shot {number}"}}
+            response = await http.post("/v1/jobs", json=job)
+            assert response.status_code == 202, response.text
+
+    async def ping(subscription_id: str) -> None:
+        async with limit:
+            response = await http.post(f"/v1/subscriptions/{subscription_id}/test")
+            assert response.status_code == 202, response.text
+
+    async with anyio.create_task_group() as tg:
+        for number in range(JOBS):
+            tg.start_soon(submit, number)
+            for subscription_id in subscription_ids if number < PINGS_EACH else ():
+                tg.start_soon(ping, subscription_id)
+
+
+async def eventually_count(database: Path, sql: str, count: int, within: float) -> None:
+    with anyio.fail_after(within):
+        while True:
+            if (await query(database, sql))[0][0] >= count:
+                return
+            await anyio.sleep(0.1)
+
+
+async def test_a_sigkill_mid_fan_out_loses_nothing_and_duplicates_only_what_was_in_flight(
+    tmp_path: Path,
+) -> None:
+    subscriber = Counting()
+    database = tmp_path / "data" / "reelhook.db"
+    env = environment(tmp_path, free_port())
+    log = tmp_path / "reelhook.log"
+    events = 2 * JOBS + SUBSCRIBERS * PINGS_EACH
+    expected = 2 * JOBS * SUBSCRIBERS + SUBSCRIBERS * PINGS_EACH
+    async with AsyncExitStack() as servers:
+        # Several subscriber servers, one path each, all counted by the same app.
+        paths = [f"/hook/{n}" for n in range(SUBSCRIBERS)]
+        urls = [await servers.enter_async_context(run_server(subscriber)) for _ in paths]
+
+        # 1. Subscribe, then produce every event while the subscribers hold their requests, so
+        #    that all of the fan-out is still to come when the last event exists.
+        async with reelhook_process(env, log) as (process, http):
+            secrets, path_of = {}, {}
+            for url, path in zip(urls, paths, strict=True):
+                created = await http.post("/v1/subscriptions", json={"url": f"{url}{path}"})
+                assert created.status_code == 201, created.text
+                secrets[path] = created.json()["secret"]
+                path_of[created.json()["id"]] = path
+            await produce(http, list(path_of))
+            await eventually_count(database, "SELECT count(*) FROM events", events, within=30)
+            await eventually_count(database, "SELECT count(*) FROM deliveries", expected, 5)
+
+            # 2. Let the fan-out run, and kill the process part-way through it.
+            subscriber.gate.set()
+            await subscriber.wait_for_total(int(expected * KILL_AT), within=60)
+            process.send_signal(signal.SIGKILL)
+            await process.wait()
+        received_at_kill = subscriber.total
+        by_status = "SELECT status, count(*) FROM deliveries GROUP BY status"
+        at_kill = dict(await query(database, by_status))
+        in_flight_at_kill = at_kill.get("inflight", 0)
+
+        # 3. Start again on the same data; wait until no delivery is left to do.
+        async with reelhook_process(env, log) as (_, http):
+            with anyio.fail_after(60):
+                while True:
+                    left = [
+                        (
+                            await http.get("/v1/deliveries", params={"status": s, "limit": "1"})
+                        ).json()["data"]
+                        for s in ("pending", "inflight")
+                    ]
+                    if left == [[], []]:
+                        break
+                    await anyio.sleep(0.1)
+        after = dict(await query(database, by_status))
+        pairs = await query(database, "SELECT event_id, subscription_id FROM deliveries")
+        fan_out = dict(await query(database, "SELECT type, count(*) FROM events GROUP BY type"))
+
+    # Every job event went to all subscribers, every ping to its own: the outbox was complete.
+    pings = SUBSCRIBERS * PINGS_EACH
+    assert fan_out == {"job.submitted": JOBS, "job.succeeded": JOBS, "ping": pings}, fan_out
+    assert len(pairs) == expected
+    # Killed mid-way: some deliveries were done, some were not.
+    assert 0 < at_kill.get("succeeded", 0) < expected, at_kill
+    assert after == {"succeeded": expected}, after
+    missing = [(e, s) for e, s in pairs if subscriber.counts[(path_of[s], e)] == 0]
+    assert missing == [], f"{len(missing)} deliveries never reached their subscriber"
+    strays = set(subscriber.counts) - {(path_of[s], e) for e, s in pairs}
+    assert strays == set()
+    duplicates = sum(n - 1 for n in subscriber.counts.values() if n > 1)
+    assert duplicates <= in_flight_at_kill, (duplicates, in_flight_at_kill)
+    assert subscriber.total == expected + duplicates
+    for path, (body, headers) in subscriber.first.items():
+        Webhook(secrets[path]).verify(body, headers)
+    print(
+        f"\ncrash test: {events} events, {expected} deliveries; killed after {received_at_kill} "
+        f"received; at the kill {at_kill}; {duplicates} duplicates (bound {in_flight_at_kill})"
+    )
