@@ -27,6 +27,7 @@ from service.storage.database import Database
 from tests.conftest import SettingsFactory
 from tests.servers import Sink, loopback_socket, run_server, url_of
 from tests.support import ADMIN_KEY, served
+from tests.test_delivery_api import detail, exhausted, finished, replies_app, until_delivery
 
 pytestmark = pytest.mark.anyio
 
@@ -508,3 +509,102 @@ async def test_a_failed_job_shows_its_error_and_the_callback(
     timeline = page.text[page.text.index('id="h-timeline"') :]
     assert timeline.index("job.submitted") < timeline.index("callback from trinetra")
     assert timeline.index("callback from trinetra") < timeline.index("job.failed")
+
+
+# --- deliveries ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def failing(service: Reelhook) -> AsyncIterator[tuple[Reelhook, str, str]]:
+    """A subscription whose endpoint answers 500 with a reason, and its ping delivery, failed
+    after every scheduled attempt."""
+    async with run_server(replies_app()) as sink_url:
+        created = await service.api.post("/v1/subscriptions", json={"url": f"{sink_url}/text"})
+        sub_id = created.json()["id"]
+        _, row = await exhausted(service.api, sub_id)
+        yield service, sub_id, row["id"]
+
+
+async def test_a_failed_delivery_shows_each_attempt_and_resends(
+    failing: tuple[Reelhook, str, str],
+) -> None:
+    service, sub_id, delivery_id = failing
+    async with service.signed_in() as browser:
+        listing = await browser.get("/console/deliveries", params={"subscription": sub_id})
+        assert listing.status_code == 200
+        assert delivery_id in listing.text and "status-failed" in listing.text
+        page = await browser.get(f"/console/deliveries/{delivery_id}")
+        assert page.text.count("HTTP 500") == 3
+        assert "upstream said: no — try later" in page.text
+        assert "&#34;type&#34;: &#34;ping&#34;" in page.text  # the payload, escaped
+        assert 'http-equiv="refresh"' not in page.text  # finished: nothing to follow
+        answer = await browser.post(
+            f"/console/deliveries/{delivery_id}/retry", data={"csrf": csrf_of(page)}
+        )
+        assert answer.status_code == 303
+        assert answer.headers["location"] == f"/console/deliveries/{delivery_id}?notice=resent"
+    row = await until_delivery(
+        service.api, (await detail(service.api, delivery_id))["event_id"], finished
+    )
+    assert row["attempt_count"] == 4
+
+
+async def test_recover_from_the_subscription_page(failing: tuple[Reelhook, str, str]) -> None:
+    service, sub_id, delivery_id = failing
+    path = f"/console/subscriptions/{sub_id}"
+    async with service.signed_in() as browser:
+        page = await browser.get(path)
+        assert "Last failure" in page.text and "HTTP 500" in page.text
+        token = csrf_of(page)
+        for since, problem in (("", "since: is required"), ("2999-01-01T00:00", "in the future")):
+            refused = await browser.post(f"{path}/recover", data={"csrf": token, "since": since})
+            assert refused.status_code == 422 and problem in refused.text, refused.text
+        answer = await browser.post(
+            f"{path}/recover", data={"csrf": token, "since": "2020-01-01T00:00:00"}
+        )
+        assert answer.status_code == 303
+        assert answer.headers["location"] == (
+            f"/console/deliveries?subscription={sub_id}&recovered=1"
+        )
+        shown = await browser.get(answer.headers["location"])
+        assert "1 failed delivery is queued to be sent again." in shown.text
+    event_id = (await detail(service.api, delivery_id))["event_id"]
+    row = await until_delivery(
+        service.api, event_id, lambda r: r["attempt_count"] == 4 and finished(r)
+    )
+    assert row["status"] == "failed"  # one more attempt, not a new schedule
+
+
+async def test_rotate_shows_the_new_secret_once(service: Reelhook) -> None:
+    created = await service.api.post("/v1/subscriptions", json={"url": "http://127.0.0.1:9/a"})
+    sub_id, old = created.json()["id"], created.json()["secret"]
+    async with service.signed_in() as browser:
+        page = await browser.get(f"/console/subscriptions/{sub_id}")
+        assert "whsec_" not in page.text
+        rotated = await browser.post(
+            f"/console/subscriptions/{sub_id}/rotate-secret", data={"csrf": csrf_of(page)}
+        )
+        found = re.search(r'id="new-secret">(whsec_[^<]+)<', rotated.text)
+        assert found and found.group(1) != old
+        assert "Old secret signs until" in rotated.text
+        assert "whsec_" not in (await browser.get(f"/console/subscriptions/{sub_id}")).text
+    stored = (await service.api.get(f"/v1/subscriptions/{sub_id}")).json()
+    assert stored["previous_secret_expires_at"] is not None
+
+
+async def test_another_keys_deliveries_stay_hidden(failing: tuple[Reelhook, str, str]) -> None:
+    service, sub_id, delivery_id = failing
+    key = await service.new_key("subscriptions:read", "subscriptions:write")
+    async with service.signed_in(key) as browser:
+        listing = await browser.get("/console/deliveries")
+        assert listing.status_code == 200 and delivery_id not in listing.text
+        assert "No deliveries" in listing.text
+        assert (await browser.get(f"/console/deliveries/{delivery_id}")).status_code == 404
+        token = csrf_of(listing)
+        retry = await browser.post(f"/console/deliveries/{delivery_id}/retry", data={"csrf": token})
+        assert retry.status_code == 404
+        recover = await browser.post(
+            f"/console/subscriptions/{sub_id}/recover", data={"csrf": token, "since": "2020-01-01"}
+        )
+        assert recover.status_code == 404
+    assert (await detail(service.api, delivery_id))["attempt_count"] == 3

@@ -13,10 +13,14 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
 
 from tests.browser import chromium, missing
 from tests.conftest import SettingsFactory
-from tests.servers import loopback_socket, url_of
+from tests.servers import loopback_socket, run_server, url_of
 from tests.support import ADMIN_KEY, served
 
 pytestmark = pytest.mark.anyio
@@ -103,3 +107,58 @@ async def test_sign_in_see_a_job_finish_live_and_play_its_video(scene: Scene) ->
         live.locator(f'#live-log li[data-event-type="job.succeeded"] >> text={job_id}')
     ).to_be_visible()
     await expect(live.locator("#live-log")).to_contain_text("job.submitted")
+
+
+@dataclass
+class Flaky:
+    """A subscriber that answers 500 with a reason until it recovers, then 204."""
+
+    down: bool = True
+    requests: int = 0
+
+    def app(self) -> Starlette:
+        async def hook(request: Request) -> Response:
+            await request.body()
+            self.requests += 1
+            if self.down:
+                return PlainTextResponse("database is down", status_code=500)
+            return Response(status_code=204)
+
+        return Starlette(routes=[Route("/hook", hook, methods=["POST"])])
+
+
+async def test_create_a_subscription_watch_it_fail_and_resend(scene: Scene) -> None:
+    flaky = Flaky()
+    async with run_server(flaky.app()) as sink_url:
+        page = await scene.browser.new_page()
+        await sign_in(page, scene.url, ADMIN_KEY)
+        await page.get_by_role("link", name="Subscriptions").click()
+        await page.get_by_label("Endpoint URL").fill(f"{sink_url}/hook")
+        await page.get_by_label("Description").fill("chat bot")
+        await page.get_by_role("button", name="Create subscription").click()
+        await expect(page.locator("#new-secret")).to_contain_text("whsec_")
+
+        await page.get_by_role("button", name="Send test ping").click()
+        await expect(page.get_by_role("status")).to_contain_text("A ping event is on its way.")
+        await page.get_by_role("link", name="Deliveries to this endpoint").click()
+        await page.locator("a[href^='/console/deliveries/dlv_']").first.click()
+        # The page reloads itself while the delivery is under way; every retry fails.
+        status = page.locator("#delivery-status")
+        await expect(status).to_have_text("failed", timeout=15_000)
+        attempts = page.locator("#attempts tbody tr")
+        await expect(attempts).to_have_count(3)
+        await expect(attempts.first).to_contain_text("HTTP 500")
+        await expect(attempts.first).to_contain_text("database is down")
+        await expect(attempts.first).to_contain_text(" ms")
+
+        await page.locator("a[href^='/console/subscriptions/sub_']").first.click()
+        await expect(page.locator("#success-rate")).to_contain_text("0 %")
+        await expect(page.locator("#last-failure")).to_contain_text("HTTP 500")
+        await page.go_back()
+
+        flaky.down = False
+        await page.get_by_role("button", name="Resend now").click()
+        await expect(status).to_have_text("succeeded", timeout=15_000)
+        await expect(attempts).to_have_count(4)
+        await expect(attempts.last).to_contain_text("HTTP 204")
+        assert flaky.requests == 4

@@ -16,7 +16,7 @@ from service.storage import deliveries
 # The console's filter names are the API's short ones; the API reads the same query parameters.
 FILTERS = ("subscription", "status", "job")
 # A delivery page that is waiting for an attempt reloads itself this often (seconds).
-REFRESH_WHILE_UNDER_WAY = 2
+REFRESH_WHILE_UNDER_WAY = 1
 
 
 async def deliveries_page(view: View) -> Response:
