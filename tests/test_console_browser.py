@@ -18,9 +18,14 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
+from service.api.context import hash_key
+from service.ids import new_id
+from service.settings import Settings
+from service.storage import keys
+from service.storage.database import Database
 from tests.browser import chromium, missing
 from tests.conftest import SettingsFactory
-from tests.servers import loopback_socket, run_server, url_of
+from tests.servers import Sink, loopback_socket, run_server, url_of
 from tests.support import ADMIN_KEY, served
 
 pytestmark = pytest.mark.anyio
@@ -40,6 +45,7 @@ class Scene:
     api: httpx.AsyncClient  # the admin's API client
     url: str  # reelhook's base URL
     browser: BrowserContext
+    settings: Settings
 
 
 @pytest.fixture
@@ -47,7 +53,7 @@ async def scene(settings_factory: SettingsFactory) -> AsyncIterator[Scene]:
     sock = loopback_socket()
     settings = settings_factory(PUBLIC_URL=url_of(sock), SIM_DELAY="1")
     async with served(settings, sock) as api, chromium() as browser:
-        yield Scene(api, url_of(sock), browser)
+        yield Scene(api, url_of(sock), browser, settings)
 
 
 async def sign_in(page: Page, base_url: str, key: str) -> None:
@@ -56,6 +62,21 @@ async def sign_in(page: Page, base_url: str, key: str) -> None:
     await page.get_by_label("API key").fill(key)
     await page.get_by_role("button", name="Sign in").click()
     await expect(page.get_by_role("heading", name="Jobs", exact=True)).to_be_visible()
+
+
+async def new_key(scene: Scene, *scopes: str) -> str:
+    """A key with ``scopes``, registered as the key store registers keys."""
+    key = f"rh_{new_id('test')}"
+    async with Database.open(scene.settings.database_path) as db, db.transaction() as conn:
+        await keys.insert(
+            conn,
+            key_id=new_id("key"),
+            name="browser test",
+            key_hash=hash_key(key),
+            scopes=list(scopes),
+            created_at=0.0,
+        )
+    return key
 
 
 async def submit(api: httpx.AsyncClient, key: str = ADMIN_KEY, prompt: str = "A red kite") -> str:
@@ -162,3 +183,36 @@ async def test_create_a_subscription_watch_it_fail_and_resend(scene: Scene) -> N
         await expect(attempts).to_have_count(4)
         await expect(attempts.last).to_contain_text("HTTP 204")
         assert flaky.requests == 4
+
+
+async def test_a_key_without_rights_sees_nothing_of_others(scene: Scene) -> None:
+    sink = Sink()
+    async with run_server(sink.app()) as sink_url:
+        subscribed = await scene.api.post("/v1/subscriptions", json={"url": f"{sink_url}/hook"})
+        sub_id = subscribed.json()["id"]
+        admins_job = await submit(scene.api, prompt="The admin's own job")
+        await sink.wait_for(lambda s: len(s.on("/hook")) >= 1)
+        key = await new_key(scene, "jobs:read", "jobs:write", "subscriptions:read")
+
+        page = await scene.browser.new_page()
+        await sign_in(page, scene.url, key)
+        await expect(page.locator("main")).to_contain_text("No jobs.")
+        await page.goto(f"{scene.url}/console/jobs/{admins_job}")
+        await expect(page.get_by_role("heading", level=1)).to_have_text("404: not found")
+        await page.goto(f"{scene.url}/console/subscriptions")
+        await expect(page.locator("main")).to_contain_text("No subscriptions yet.")
+        await expect(page.get_by_role("button", name="Create subscription")).to_have_count(0)
+        await page.goto(f"{scene.url}/console/subscriptions/{sub_id}")
+        await expect(page.get_by_role("heading", level=1)).to_have_text("404: not found")
+        await page.goto(f"{scene.url}/console/deliveries")
+        await expect(page.locator("main")).to_contain_text("No deliveries.")
+
+        # Live: the admin's next job happens first, then this key's own; only its own shows.
+        await page.goto(f"{scene.url}/console/live")
+        await expect(page.locator("#stream-state")).to_have_text("Following live events.")
+        others = await submit(scene.api, prompt="Another of the admin's jobs")
+        own = await submit(scene.api, key, prompt="This key's job")
+        log = page.locator("#live-log")
+        await expect(log).to_contain_text(own)
+        await expect(log.locator("li")).to_have_count(1)
+        assert others not in await log.inner_text()
