@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 
 import aiohttp
@@ -19,6 +19,7 @@ from service.api import routes
 from service.api.context import Services
 from service.blobs import BlobStore
 from service.clock import Clock, system_clock
+from service.deadlines import DeadlineTimer
 from service.delivery.dispatcher import Dispatcher
 from service.delivery.retry import RetryPolicy
 from service.delivery.sender import Sender
@@ -29,7 +30,9 @@ from service.errors import (
     handle_unexpected,
 )
 from service.events import Publisher
+from service.guarded_http import guarded_client, origin_of
 from service.held_requests import HeldRequests
+from service.mirroring import RETRY_DELAYS, Mirrors
 from service.settings import Settings
 from service.sim import Scenario, Simulator
 from service.storage.database import Database
@@ -59,10 +62,12 @@ def create_app(
     *,
     clock: Clock = system_clock,
     retry_overload_floor: float = 60.0,
+    mirror_retry_delays: Sequence[float] = RETRY_DELAYS,
 ) -> Starlette:
     """Build reelhook for ``settings``. Nothing is opened until the lifespan starts.
 
-    ``clock`` and ``retry_overload_floor`` exist so tests can drive time-based behaviour.
+    ``clock``, ``retry_overload_floor`` and ``mirror_retry_delays`` exist so tests can drive
+    time-based behaviour.
     """
     simulator = (
         Simulator(Scenario(delay=settings.sim_delay)) if settings.simulated_providers else None
@@ -87,12 +92,32 @@ def create_app(
                     concurrency=settings.delivery_concurrency,
                 )
             )
+            downloads = await stack.enter_async_context(
+                guarded_client(
+                    settings.allow_private_subscribers,
+                    # The in-process simulator serves its videos from reelhook's own address.
+                    trusted=[origin_of(settings.public_url)] if simulator is not None else [],
+                    timeout=httpx.Timeout(60.0, connect=30.0),
+                )
+            )
             if simulator is not None:
                 await stack.enter_async_context(simulator.running())
-            services = _wire(settings, clock, retry_overload_floor, db, tokens, client, session)
+            services = _wire(
+                settings,
+                clock,
+                retry_overload_floor,
+                db,
+                tokens,
+                client,
+                session,
+                downloads,
+                mirror_retry_delays,
+            )
             tasks = await stack.enter_async_context(anyio.create_task_group())
             tasks.start_soon(services.dispatcher.run)
             tasks.start_soon(services.held.run)
+            tasks.start_soon(services.deadlines.run)
+            tasks.start_soon(services.mirrors.run)
             _announce(settings, generated)
             try:
                 yield {"services": services}
@@ -118,6 +143,8 @@ def _wire(
     tokens: Tokens,
     client: httpx.AsyncClient,
     session: aiohttp.ClientSession,
+    downloads: httpx.AsyncClient,
+    mirror_retry_delays: Sequence[float],
 ) -> Services:
     endpoints = provider_endpoints(settings)
     blobs = BlobStore(settings.blob_dir)
@@ -148,6 +175,19 @@ def _wire(
         concurrency=settings.segmind_concurrency,
         timeout=settings.segmind_timeout,
         max_bytes=settings.mirror_max_bytes,
+        resubmit=settings.segmind_resubmit,
+    )
+    deadlines = DeadlineTimer(db, publisher, clock=clock, on_commit=dispatcher.wake)
+    mirrors = Mirrors(
+        db=db,
+        publisher=publisher,
+        blobs=blobs,
+        client=downloads,
+        clock=clock,
+        on_commit=dispatcher.wake,
+        max_bytes=settings.mirror_max_bytes,
+        timeout=settings.mirror_timeout,
+        retry_delays=mirror_retry_delays,
     )
     submitter = Submitter(
         db=db,
@@ -161,6 +201,8 @@ def _wire(
         allow_private=settings.allow_private_subscribers,
         on_commit=dispatcher.wake,
         on_held_job=held.wake,
+        deadlines=settings.job_deadlines,
+        on_deadline=deadlines.schedule,
     )
     return Services(
         settings=settings,
@@ -173,6 +215,8 @@ def _wire(
         submitter=submitter,
         dispatcher=dispatcher,
         held=held,
+        deadlines=deadlines,
+        mirrors=mirrors,
     )
 
 

@@ -1,7 +1,9 @@
 """The job lifecycle: how a provider update moves a job, applied in one durable transaction.
 
 A terminal state never changes again. Duplicate, late and out-of-order callbacks are stored for
-audit with their outcome and change nothing, so each job announces each state at most once.
+audit with their outcome and change nothing, so each job announces each state at most once. A job
+with no terminal callback by its deadline is expired by reelhook itself (:func:`expire_overdue`);
+a callback arriving after that is stored as ``late`` and does not revive it.
 """
 
 from __future__ import annotations
@@ -10,9 +12,10 @@ import dataclasses
 from enum import StrEnum
 
 from service.events import Publisher
-from service.models import Job, JobError, JobStatus, ProviderUpdate, event_type_for
-from service.storage import jobs
+from service.models import ErrorKind, Job, JobError, JobStatus, ProviderUpdate, event_type_for
+from service.storage import jobs, mirrors
 from service.storage.database import Database
+from service.storage.mirrors import MirrorTask
 
 
 class Outcome(StrEnum):
@@ -20,6 +23,15 @@ class Outcome(StrEnum):
     DUPLICATE = "duplicate"  # the same terminal state again
     LATE = "late"  # anything after a terminal state
     STALE = "stale"  # a non-terminal state the job has already passed
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Mirrored:
+    """A provider-hosted output, now stored in the blob store."""
+
+    digest: str
+    size: int
+    media_type: str
 
 
 class UnknownJob(Exception):
@@ -74,10 +86,14 @@ async def apply_update(
     update: ProviderUpdate,
     raw: bytes,
     now: float,
+    mirror: bool = False,
 ) -> tuple[Job, Outcome]:
     """Store ``raw``, move the job and append its event with deliveries, all in one transaction.
 
-    Raises :class:`UnknownJob` or :class:`JobMismatch` before anything is written.
+    With ``mirror``, a success with provider-hosted outputs queues their downloads instead of
+    announcing it: :func:`record_mirror` publishes ``job.succeeded`` once the last one ends, so
+    the event can carry ``mirror_url``. Raises :class:`UnknownJob` or :class:`JobMismatch` before
+    anything is written.
     """
     async with db.transaction() as conn:
         job = await jobs.get(conn, job_id)
@@ -96,10 +112,83 @@ async def apply_update(
         if changed is None:
             return job, outcome
         await jobs.save(conn, changed, now)
+        to_copy = _provider_hosted(changed) if mirror else []
+        if to_copy:
+            await mirrors.enqueue(conn, job_id, to_copy, now)
+            return changed, outcome
         event_type = event_type_for(changed.status)
         if event_type is not None:
             await publisher.publish(conn, event_type, now, job=changed)
         return changed, outcome
+
+
+def _provider_hosted(job: Job) -> list[tuple[int, str]]:
+    """(index, url) of each output of a succeeded job that only the provider holds."""
+    if job.status is not JobStatus.SUCCEEDED:
+        return []
+    return [(i, o.url) for i, o in enumerate(job.outputs) if o.url and o.blob is None]
+
+
+async def record_mirror(
+    db: Database,
+    publisher: Publisher,
+    task: MirrorTask,
+    result: Mirrored | str,
+    now: float,
+) -> Job | None:
+    """Record how one queued download ended: the stored copy, or the reason it failed.
+
+    When it was the job's last pending download, ``job.succeeded`` is published, carrying a
+    ``mirror_url`` for each copied output and ``mirror_error`` for each that could not be copied
+    (its provider ``url`` stays). Returns the job when its event was published.
+    """
+    async with db.transaction() as conn:
+        job = await jobs.get(conn, task.job_id)
+        if job is None or task.output_index >= len(job.outputs):
+            await mirrors.finish(conn, task, error="the job or output no longer exists", now=now)
+            return None
+        output = job.outputs[task.output_index]
+        if isinstance(result, Mirrored):
+            output = dataclasses.replace(
+                output, blob=result.digest, media_type=result.media_type, mirror_error=None
+            )
+            await mirrors.finish(conn, task, error=None, now=now)
+        else:
+            output = dataclasses.replace(output, mirror_error=result)
+            await mirrors.finish(conn, task, error=result, now=now)
+        outputs = list(job.outputs)
+        outputs[task.output_index] = output
+        job = dataclasses.replace(job, outputs=tuple(outputs))
+        await jobs.save(conn, job, now)
+        if await mirrors.open_for_job(conn, job.id):
+            return None
+        event_type = event_type_for(job.status)
+        if event_type is not None:
+            await publisher.publish(conn, event_type, now, job=job)
+        return job
+
+
+async def expire_overdue(db: Database, publisher: Publisher, now: float, limit: int) -> list[Job]:
+    """Expire up to ``limit`` unfinished jobs whose deadline has passed, each with its
+    ``job.expired`` event and deliveries, in one transaction; return them."""
+    async with db.transaction() as conn:
+        overdue = await jobs.past_deadline(conn, now, limit)
+        expired = []
+        for job in overdue:
+            waited = job.deadline_at - job.created_at
+            changed = dataclasses.replace(
+                job,
+                status=JobStatus.EXPIRED,
+                error=JobError(
+                    ErrorKind.TIMEOUT,
+                    f"{job.provider} sent no result within {waited:g} seconds",
+                ),
+                completed_at=now,
+            )
+            await jobs.save(conn, changed, now)
+            await publisher.publish(conn, "job.expired", now, job=changed)
+            expired.append(changed)
+        return expired
 
 
 async def mark_submitted(

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from service.blobs import BlobStore
+from service.callback_outcomes import CallbackObserver
 from service.clock import Clock
+from service.deadlines import DeadlineTimer
 from service.delivery.dispatcher import Dispatcher
 from service.errors import BadRequest, Forbidden, PayloadTooLarge, Unauthorized, ValidationFailed
 from service.events import Publisher
 from service.held_requests import HeldRequests
 from service.jsonutil import InvalidJSON, loads
+from service.mirroring import Mirrors
 from service.settings import Settings
 from service.storage import keys
 from service.storage.database import Database
@@ -42,6 +45,9 @@ class Services:
     submitter: Submitter
     dispatcher: Dispatcher
     held: HeldRequests
+    deadlines: DeadlineTimer
+    mirrors: Mirrors
+    callback_observers: list[CallbackObserver] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

@@ -168,3 +168,39 @@ async def record_callback(
         "VALUES (?, ?, ?, ?, ?)",
         (job_id, provider, received_at, outcome, body),
     )
+
+
+_UNFINISHED = "('pending', 'submitted', 'running')"  # the predicate of the jobs_deadline index
+
+
+async def next_deadline(conn: aiosqlite.Connection) -> float | None:
+    """The earliest deadline of a job that has not reached a terminal state, if any."""
+    async with conn.execute(
+        f"SELECT min(deadline_at) FROM jobs WHERE status IN {_UNFINISHED}"
+    ) as cursor:
+        row = await cursor.fetchone()
+    return float(row[0]) if row and row[0] is not None else None
+
+
+async def past_deadline(conn: aiosqlite.Connection, now: float, limit: int) -> list[Job]:
+    """Unfinished jobs whose deadline is at or before ``now``, earliest first."""
+    async with conn.execute(
+        f"SELECT {_COLUMNS} FROM jobs WHERE status IN {_UNFINISHED} AND deadline_at <= ? "
+        "ORDER BY deadline_at LIMIT ?",
+        (now, limit),
+    ) as cursor:
+        return [_from_row(row) for row in await cursor.fetchall()]
+
+
+async def held_resubmits(conn: aiosqlite.Connection, job_id: str) -> int:
+    """How many times the held request of ``job_id`` was sent again after a restart."""
+    async with conn.execute("SELECT held_resubmits FROM jobs WHERE id = ?", (job_id,)) as cursor:
+        row = await cursor.fetchone()
+    return int(row[0]) if row else 0
+
+
+async def count_held_resubmit(conn: aiosqlite.Connection, job_id: str, now: float) -> None:
+    await conn.execute(
+        "UPDATE jobs SET held_resubmits = held_resubmits + 1, updated_at = ? WHERE id = ?",
+        (now, job_id),
+    )
