@@ -18,6 +18,7 @@ from service import bootstrap
 from service.api import routes
 from service.api.context import Services
 from service.blobs import BlobStore
+from service.callback_outcomes import CallbackObserver
 from service.clock import Clock, system_clock
 from service.deadlines import DeadlineTimer
 from service.delivery.dispatcher import Dispatcher
@@ -63,11 +64,12 @@ def create_app(
     clock: Clock = system_clock,
     retry_overload_floor: float = 60.0,
     mirror_retry_delays: Sequence[float] = RETRY_DELAYS,
+    callback_observers: Sequence[CallbackObserver] = (),
 ) -> Starlette:
     """Build reelhook for ``settings``. Nothing is opened until the lifespan starts.
 
     ``clock``, ``retry_overload_floor`` and ``mirror_retry_delays`` exist so tests can drive
-    time-based behaviour.
+    time-based behaviour; ``callback_observers`` hear the outcome of every provider callback.
     """
     simulator = (
         Simulator(Scenario(delay=settings.sim_delay)) if settings.simulated_providers else None
@@ -113,6 +115,8 @@ def create_app(
                 downloads,
                 mirror_retry_delays,
             )
+            services.callback_observers.extend(callback_observers)
+            await services.blobs.remove_leftovers()
             tasks = await stack.enter_async_context(anyio.create_task_group())
             tasks.start_soon(services.dispatcher.run)
             tasks.start_soon(services.held.run)

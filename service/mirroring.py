@@ -161,9 +161,6 @@ class Mirrors:
         if status != 200:
             transient = status in (408, 425, 429) or status >= 500
             return Failure(f"the output URL answered HTTP {status}", transient)
-        declared = response.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self._max_bytes:
-            return Failure(f"the video is larger than {self._max_bytes} bytes", False)
         media_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
         chunks = response.aiter_bytes()
         head = b""
@@ -179,6 +176,9 @@ class Mirrors:
                     f"the output URL served {media_type or 'no type'}, not a video", False
                 )
             media_type = "video/mp4"
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self._max_bytes:
+            return Failure(f"the video is larger than {self._max_bytes} bytes", False)
 
         async def body() -> AsyncIterator[bytes]:
             yield head
