@@ -84,8 +84,12 @@ def create_app(
             tokens = Tokens(await bootstrap.secret_keys(settings))
             db = await stack.enter_async_context(Database.open(settings.database_path))
             generated = await bootstrap.admin_key(db, settings, clock)
+            # One TLS context (loading the CA bundle is slow) for provider calls and downloads.
+            ssl_context = httpx.create_ssl_context()
             client = await stack.enter_async_context(
-                httpx.AsyncClient(timeout=settings.provider_timeout, follow_redirects=False)
+                httpx.AsyncClient(
+                    verify=ssl_context, timeout=settings.provider_timeout, follow_redirects=False
+                )
             )
             session = await stack.enter_async_context(
                 Sender.session(
@@ -97,6 +101,7 @@ def create_app(
             downloads = await stack.enter_async_context(
                 guarded_client(
                     settings.allow_private_subscribers,
+                    ssl_context=ssl_context,
                     # The in-process simulator serves its videos from reelhook's own address.
                     trusted=[origin_of(settings.public_url)] if simulator is not None else [],
                     timeout=httpx.Timeout(60.0, connect=30.0),

@@ -170,14 +170,17 @@ async def record_callback(
     )
 
 
-_UNFINISHED = "('pending', 'submitted', 'running')"  # the predicate of the jobs_deadline index
+_UNFINISHED = ("pending", "submitted", "running")
 
 
 async def next_deadline(conn: aiosqlite.Connection) -> float | None:
     """The earliest deadline of a job that has not reached a terminal state, if any."""
-    async with conn.execute(
-        f"SELECT min(deadline_at) FROM jobs WHERE status IN {_UNFINISHED}"
-    ) as cursor:
+    # One min() per status: each is a single index probe, where min() over an IN list would
+    # scan every unfinished job.
+    per_status = " UNION ALL ".join(
+        "SELECT min(deadline_at) AS t FROM jobs WHERE status = ?" for _ in _UNFINISHED
+    )
+    async with conn.execute(f"SELECT min(t) FROM ({per_status})", _UNFINISHED) as cursor:
         row = await cursor.fetchone()
     return float(row[0]) if row and row[0] is not None else None
 
@@ -185,9 +188,9 @@ async def next_deadline(conn: aiosqlite.Connection) -> float | None:
 async def past_deadline(conn: aiosqlite.Connection, now: float, limit: int) -> list[Job]:
     """Unfinished jobs whose deadline is at or before ``now``, earliest first."""
     async with conn.execute(
-        f"SELECT {_COLUMNS} FROM jobs WHERE status IN {_UNFINISHED} AND deadline_at <= ? "
+        f"SELECT {_COLUMNS} FROM jobs WHERE status IN (?, ?, ?) AND deadline_at <= ? "
         "ORDER BY deadline_at LIMIT ?",
-        (now, limit),
+        (*_UNFINISHED, now, limit),
     ) as cursor:
         return [_from_row(row) for row in await cursor.fetchall()]
 

@@ -1,6 +1,5 @@
--- The deadline timer asks for the earliest deadline of an unfinished job.
-CREATE INDEX jobs_deadline ON jobs (deadline_at)
-    WHERE status IN ('pending', 'submitted', 'running');
+-- The deadline timer asks for the earliest deadline of each unfinished status.
+CREATE INDEX jobs_deadline ON jobs (status, deadline_at);
 
 -- How many times a held (Segmind) request lost to a restart was sent again.
 ALTER TABLE jobs ADD COLUMN held_resubmits INTEGER NOT NULL DEFAULT 0;
