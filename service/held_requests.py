@@ -3,7 +3,8 @@
 Pending Segmind jobs live in SQLite; the worker is woken when one is created, marks it submitted,
 holds the request open, streams the mp4 into the blob store and feeds the result into the same
 lifecycle path a webhook takes. A request that was in flight when reelhook stopped cannot be
-resumed, and sending it again would charge twice, so at start-up such jobs end ``interrupted``.
+resumed, and sending it again would charge twice, so at start-up such jobs end ``interrupted`` —
+unless ``REELHOOK_SEGMIND_RESUBMIT`` allows sending each such job once more.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class HeldRequests:
         concurrency: int,
         timeout: float,
         max_bytes: int,
+        resubmit: bool = False,
     ) -> None:
         self._db = db
         self._publisher = publisher
@@ -57,6 +59,7 @@ class HeldRequests:
         self._limit = anyio.Semaphore(concurrency)
         self._timeout = timeout
         self._max_bytes = max_bytes
+        self._resubmit = resubmit
         self._wake = anyio.Event()
         self._holding: set[str] = set()
 
@@ -65,10 +68,13 @@ class HeldRequests:
 
     async def run(self) -> None:
         """End requests lost to a restart, then hold each pending job's request until cancelled."""
-        await self._interrupt_lost()
+        resend = await self._recover_lost()
         if self._endpoint is None:
             return  # Segmind is not configured, so no job can be waiting for it
         async with anyio.create_task_group() as tg:
+            for job in resend:
+                self._holding.add(job.id)
+                tg.start_soon(self._hold, job, True)
             while True:
                 self._wake = anyio.Event()
                 try:
@@ -85,33 +91,61 @@ class HeldRequests:
                         tg.start_soon(self._hold, job)
                 await self._wake.wait()
 
-    async def _interrupt_lost(self) -> None:
+    async def _recover_lost(self) -> list[Job]:
+        """End each job whose request was in flight at the last stop ``interrupted``, or, where
+        resubmitting is allowed and was not used yet for it, return it to be sent once more."""
         lost = await jobs.with_status(
             self._db.reader, PROVIDER, (JobStatus.SUBMITTED, JobStatus.RUNNING)
         )
+        resend = []
         for job in lost:
+            if await self._claim_resubmit(job):
+                log.warning(
+                    "segmind job %s was in flight at the last stop; sending it again", job.id
+                )
+                resend.append(job)
+                continue
             log.warning(
                 "segmind job %s was in flight at the last stop; marking it interrupted", job.id
             )
+            if self._resubmit:
+                message = (
+                    "reelhook restarted while holding the Segmind request, which had already "
+                    "been sent again once; not sent a third time"
+                )
+            else:
+                message = (
+                    "reelhook restarted while holding the Segmind request; not resubmitted "
+                    "because that would be charged twice (REELHOOK_SEGMIND_RESUBMIT allows it)"
+                )
             await self._finish(
                 job,
                 ProviderUpdate(
                     provider_job_id=None,
                     status=JobStatus.FAILED,
-                    error=JobError(
-                        ErrorKind.INTERRUPTED,
-                        "reelhook restarted while holding the Segmind request; not resubmitted "
-                        "because that would be charged twice",
-                    ),
+                    error=JobError(ErrorKind.INTERRUPTED, message),
                 ),
                 {"interrupted": True},
             )
+        return resend
 
-    async def _hold(self, job: Job) -> None:
+    async def _claim_resubmit(self, job: Job) -> bool:
+        """Durably use up the one resubmission of ``job``; False when it is not allowed."""
+        if not self._resubmit or self._endpoint is None or job.deadline_at <= self._clock():
+            return False
+        async with self._db.transaction() as conn:
+            if await jobs.held_resubmits(conn, job.id) >= 1:
+                return False
+            await jobs.count_held_resubmit(conn, job.id, self._clock())
+        return True
+
+    async def _hold(self, job: Job, resubmitted: bool = False) -> None:
         try:
             async with self._limit:
-                if await self._mark_submitted(job):
+                if resubmitted or await self._mark_submitted(job):
                     update, summary = await self._request(job)
+                    if resubmitted:
+                        summary["resubmitted"] = True
                     await self._finish(job, update, summary)
         except Exception as exc:
             log.exception("holding the Segmind request of job %s failed", job.id)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,6 +66,8 @@ class Submitter:
         allow_private: tuple[IPNetwork, ...],
         on_commit: Callable[[], None],
         on_held_job: Callable[[], None],
+        deadlines: Mapping[str, float] | None = None,
+        on_deadline: Callable[[float], None] | None = None,
     ) -> None:
         self._db = db
         self._publisher = publisher
@@ -78,6 +80,8 @@ class Submitter:
         self._allow_private = allow_private
         self._on_commit = on_commit
         self._on_held_job = on_held_job
+        self._deadlines = deadlines or {}
+        self._on_deadline = on_deadline
 
     def callback_url(self, job: Job) -> str:
         token = self._tokens.callback(job.id, job.provider)
@@ -114,6 +118,8 @@ class Submitter:
             if callback_url is not None:
                 callback_secret = signing.new_secret()
                 await subscriptions.insert(conn, self._one_off(job, callback_url, callback_secret))
+        if self._on_deadline is not None:
+            self._on_deadline(job.deadline_at)
         if ADAPTERS[job.provider].holds_request:
             self._on_held_job()
             return Created(job, callback_secret=callback_secret)
@@ -175,7 +181,7 @@ class Submitter:
             cost=Cost(estimated=round(spec.price.estimate(clean), 4), unit=spec.price.unit),
             metadata=metadata,
             created_at=now,
-            deadline_at=now + self._job_deadline,
+            deadline_at=now + self._deadlines.get(model, self._job_deadline),
         )
         return job, callback_url
 
