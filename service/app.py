@@ -34,6 +34,7 @@ from service.settings import Settings
 from service.sim import Scenario, Simulator
 from service.storage.database import Database
 from service.submission import ProviderEndpoint, Submitter
+from service.submit_retry import SubmitRetryPolicy
 from service.tokens import Tokens
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,7 @@ def create_app(
             tasks = await stack.enter_async_context(anyio.create_task_group())
             tasks.start_soon(services.dispatcher.run)
             tasks.start_soon(services.held.run)
+            tasks.start_soon(services.submitter.run_retries)
             _announce(settings, generated)
             try:
                 yield {"services": services}
@@ -137,6 +139,7 @@ def _wire(
         per_subscription=settings.subscription_concurrency,
     )
 
+    submit_retries = SubmitRetryPolicy(settings.submit_retry_schedule)
     held = HeldRequests(
         db=db,
         publisher=publisher,
@@ -148,6 +151,7 @@ def _wire(
         concurrency=settings.segmind_concurrency,
         timeout=settings.segmind_timeout,
         max_bytes=settings.mirror_max_bytes,
+        retry_policy=submit_retries,
     )
     submitter = Submitter(
         db=db,
@@ -161,6 +165,9 @@ def _wire(
         allow_private=settings.allow_private_subscribers,
         on_commit=dispatcher.wake,
         on_held_job=held.wake,
+        retry_policy=submit_retries,
+        # An attempt left unanswered by a stop is sent again once its request has surely ended.
+        lease=settings.provider_timeout + 30,
     )
     return Services(
         settings=settings,

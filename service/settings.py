@@ -18,6 +18,9 @@ DEFAULT_BASE_URLS = {
 }
 
 DEFAULT_RETRY_SCHEDULE = (0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
+# Seconds before each resubmission of a throttled or failed provider submit (about 42 min in all,
+# inside the default one-hour job deadline).
+DEFAULT_SUBMIT_RETRY_SCHEDULE = (5.0, 30.0, 120.0, 600.0, 1800.0)
 
 
 class SettingsError(ValueError):
@@ -60,6 +63,7 @@ class Settings:
     provider_timeout: float = 30.0
     segmind_timeout: float = 600.0
     file_link_ttl: float = 7 * 24 * 3600.0
+    submit_retry_schedule: tuple[float, ...] = DEFAULT_SUBMIT_RETRY_SCHEDULE
 
     @property
     def database_path(self) -> Path:
@@ -202,6 +206,9 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         provider_timeout=read.number("PROVIDER_TIMEOUT", 30.0, minimum=0.1),
         segmind_timeout=read.number("SEGMIND_TIMEOUT", 600.0, minimum=1.0),
         file_link_ttl=read.number("FILE_LINK_TTL", 7 * 24 * 3600.0, minimum=1.0),
+        submit_retry_schedule=_schedule(
+            read, "SUBMIT_RETRY_SCHEDULE", DEFAULT_SUBMIT_RETRY_SCHEDULE
+        ),
     )
 
 
@@ -226,10 +233,12 @@ def _networks(
     return tuple(networks)
 
 
-def _schedule(read: _Reader, name: str) -> tuple[float, ...]:
+def _schedule(
+    read: _Reader, name: str, default: tuple[float, ...] = DEFAULT_RETRY_SCHEDULE
+) -> tuple[float, ...]:
     raw = read.raw(name)
     if raw is None:
-        return DEFAULT_RETRY_SCHEDULE
+        return default
     try:
         schedule = tuple(float(item) for item in raw.split(","))
     except ValueError:

@@ -62,6 +62,8 @@ def dead_url() -> Iterator[str]:
 
 @pytest.fixture
 async def api(settings_factory: SettingsFactory, dead_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    """reelhook in-process; its simulated providers sit at an unreachable PUBLIC_URL."""
-    async with api_client(settings_factory(PUBLIC_URL=dead_url)) as http:
+    """reelhook in-process; its simulated providers sit at an unreachable PUBLIC_URL, and a submit
+    that cannot reach them is tried once more at once, then fails."""
+    settings = settings_factory(PUBLIC_URL=dead_url, SUBMIT_RETRY_SCHEDULE="0")
+    async with api_client(settings) as http:
         yield http
