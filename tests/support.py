@@ -34,10 +34,12 @@ async def api_client(settings: Settings, **app_options: Any) -> AsyncIterator[ht
 
 
 @asynccontextmanager
-async def served(settings: Settings, sock: socket.socket) -> AsyncIterator[httpx.AsyncClient]:
+async def served(
+    settings: Settings, sock: socket.socket, **app_options: Any
+) -> AsyncIterator[httpx.AsyncClient]:
     """reelhook served by a real uvicorn on ``sock``, and an admin client for it."""
     async with (
-        run_server(create_app(settings), sock) as base_url,
+        run_server(create_app(settings, **app_options), sock) as base_url,
         httpx.AsyncClient(base_url=base_url, headers={"X-API-Key": ADMIN_KEY}) as http,
     ):
         yield http

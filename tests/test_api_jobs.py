@@ -9,12 +9,17 @@ real HTTP); the ``PUBLIC_URL`` is a bound but never-listening loopback port, so 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
 import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from service.sim import Scenario, Simulator, create_sim_app
 from tests.conftest import SettingsFactory
@@ -751,3 +756,49 @@ async def test_a_405_allow_header_lists_every_supported_method(
     assert response.status_code == 405, response.text
     listed = {m.strip() for m in response.headers["allow"].split(",")} - {"HEAD"}
     assert listed == allowed
+
+
+# --- API keys are never echoed ---------------------------------------------------------------
+
+
+SECRET_PROVIDER_KEY = "trk_live_do_not_leak_0123456789"
+
+
+def echoing_provider(status: int) -> Starlette:
+    """A provider whose error message repeats the API key it was sent."""
+
+    async def refuse(request: Request) -> Response:
+        key = request.headers.get("x-api-key", "")
+        return JSONResponse({"error": f"the key {key} is not valid here"}, status_code=status)
+
+    return Starlette(routes=[Route("/v1/video/{model}", refuse, methods=["POST"])])
+
+
+@pytest.mark.parametrize("status", [400, 401, 500])
+async def test_a_provider_echoing_its_api_key_never_gets_it_repeated(
+    settings_factory: SettingsFactory,
+    dead_url: str,
+    caplog: pytest.LogCaptureFixture,
+    status: int,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with run_server(echoing_provider(status)) as provider_url:
+        settings = settings_factory(
+            PUBLIC_URL=dead_url,
+            TRINETRA_API_KEY=SECRET_PROVIDER_KEY,
+            TRINETRA_BASE_URL=provider_url,
+            SUBMIT_RETRY_SCHEDULE="0",
+        )
+        async with api_client(settings) as http:
+            response = await http.post("/v1/jobs", json=job_body(V3))
+            job_id = (
+                response.json()["id"]
+                if response.status_code == 202
+                else response.json()["error"]["details"]["job_id"]
+            )
+            job = await wait_for_job(http, job_id, ("failed",))
+            events = (await http.get("/v1/events")).json()
+
+    assert job["error"]["message"].count("[redacted]") == 1, job["error"]
+    for text in (response.text, json.dumps(job), json.dumps(events), caplog.text):
+        assert SECRET_PROVIDER_KEY not in text

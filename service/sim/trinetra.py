@@ -108,8 +108,13 @@ async def submit(sim: Simulator, request: Request) -> Response:
 
 
 def _tampered(url: str) -> str:
-    """The callback URL with its token altered: a callback that did not come from Trinetra."""
-    return url[:-1] + ("A" if url[-1] != "A" else "B")
+    """The callback URL with its token's signature altered: a callback Trinetra did not send.
+
+    The first character of the signature is changed, as all six of its bits are significant
+    (the last character of a base64 string may carry padding bits only).
+    """
+    at = url.rfind(".") + 1
+    return url[:at] + ("A" if url[at] != "A" else "B") + url[at + 1 :]
 
 
 def _credits(model: str, body: dict[str, Any]) -> float:
