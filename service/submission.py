@@ -88,7 +88,7 @@ class Submitter:
         self._allow_private = allow_private
         self._on_commit = on_commit
         self._on_held_job = on_held_job
-        self.retry_policy = retry_policy
+        self._retry_policy = retry_policy
         self._lease = lease
         self._retry_concurrency = retry_concurrency
         self._rng = rng
@@ -103,9 +103,11 @@ class Submitter:
     async def create(self, owner_key_id: str, body: Any, idempotency_key: str | None) -> Created:
         """Validate ``body`` (the ``POST /v1/jobs`` JSON), store the job and submit it.
 
-        Raises ``ValidationFailed`` for bad input, ``Conflict`` when ``idempotency_key`` was used
-        for a different body, and ``ProviderFailed`` when the provider refuses the job (which is
-        then stored as failed, with its event).
+        The job comes back submitted, or still pending when the provider throttled, failed or did
+        not answer (the next attempt is scheduled). Raises ``ValidationFailed`` for bad input or a
+        provider's refusal of the input, ``Conflict`` when ``idempotency_key`` was used for a
+        different body, and ``ProviderFailed`` when the provider refuses the job for any other
+        reason (the job is then stored as failed, with its event).
         """
         job, callback_url = self._parse(owner_key_id, body)
         # Key order is not meaning: the same object sent twice must hash the same.
@@ -280,7 +282,7 @@ class Submitter:
         """
         now = self._clock()
         if failure.retryable:
-            next_at = self.retry_policy.next_attempt_at(
+            next_at = self._retry_policy.next_attempt_at(
                 attempt,
                 now,
                 deadline=job.deadline_at,
@@ -316,13 +318,11 @@ class Submitter:
         picked up when their lease ends.
         """
         in_flight = 0
-        limit = anyio.Semaphore(self._retry_concurrency)
 
         async def attempt(job: Job, number: int) -> None:
             nonlocal in_flight
             try:
-                async with limit:
-                    await self._attempt(job, number)
+                await self._attempt(job, number)
             except (ProviderFailed, ValidationFailed):
                 pass  # the job failed with its event; there is no client waiting for an answer
             except Exception:
