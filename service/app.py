@@ -39,6 +39,7 @@ from service.settings import Settings
 from service.sim import Scenario, Simulator
 from service.storage.database import Database
 from service.submission import ProviderEndpoint, Submitter
+from service.submit_retry import SubmitRetryPolicy
 from service.tokens import Tokens
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,7 @@ def create_app(
             tasks.start_soon(services.ingest.run)
             tasks.start_soon(services.deadlines.run)
             tasks.start_soon(services.mirrors.run)
+            tasks.start_soon(services.submitter.run_retries)
             _announce(settings, generated)
             try:
                 yield {"services": services}
@@ -180,6 +182,7 @@ def _wire(
         shutdown_grace=settings.shutdown_grace,
     )
 
+    submit_retries = SubmitRetryPolicy(settings.submit_retry_schedule)
     held = HeldRequests(
         db=db,
         publisher=publisher,
@@ -192,6 +195,7 @@ def _wire(
         timeout=settings.segmind_timeout,
         max_bytes=settings.mirror_max_bytes,
         resubmit=settings.segmind_resubmit,
+        retry_policy=submit_retries,
     )
     deadlines = DeadlineTimer(db, publisher, clock=clock, on_commit=dispatcher.wake)
     mirrors = Mirrors(
@@ -219,6 +223,9 @@ def _wire(
         on_held_job=held.wake,
         deadlines=settings.job_deadlines,
         on_deadline=deadlines.schedule,
+        retry_policy=submit_retries,
+        # An attempt left unanswered by a stop is sent again once its request has surely ended.
+        lease=settings.provider_timeout + 30,
     )
 
     def after_callbacks() -> None:

@@ -17,7 +17,7 @@ import aiosqlite
 
 from service.events import Publisher
 from service.models import ErrorKind, Job, JobError, JobStatus, ProviderUpdate, event_type_for
-from service.storage import jobs, mirrors
+from service.storage import jobs, mirrors, submissions
 from service.storage.database import Database
 from service.storage.mirrors import MirrorTask
 
@@ -268,10 +268,15 @@ async def mark_submitted(
                 await jobs.save(conn, current, now)
             return current, False
         submitted = dataclasses.replace(
-            current, status=JobStatus.SUBMITTED, provider_job_id=provider_job_id, submitted_at=now
+            current,
+            status=JobStatus.SUBMITTED,
+            provider_job_id=provider_job_id or current.provider_job_id,
+            submitted_at=current.submitted_at or now,
         )
         await jobs.save(conn, submitted, now)
-        await publisher.publish(conn, "job.submitted", now, job=submitted)
+        if current.submitted_at is None:
+            # Announced once: a held request sent again after the provider throttled it is no news.
+            await publisher.publish(conn, "job.submitted", now, job=submitted)
         return submitted, True
 
 
@@ -296,4 +301,26 @@ async def refuse(
         )
         await jobs.save(conn, failed, now)
         await publisher.publish(conn, "job.failed", now, job=failed)
+        return True
+
+
+async def defer_submit(
+    db: Database, job_id: str, next_at: float, reason: str, now: float, *, requeue: bool = False
+) -> bool:
+    """Schedule another submit attempt of a job the provider throttled or did not answer.
+
+    A pending job stays pending, due again at ``next_at``. With ``requeue``, a submitted job (a
+    held request the provider refused before doing any work) goes back to pending; it keeps its
+    ``submitted_at``, so it is not announced twice. A job a callback has moved on is left alone.
+    Returns whether the attempt was scheduled.
+    """
+    async with db.transaction() as conn:
+        current = await jobs.get(conn, job_id)
+        if current is None:
+            return False
+        if current.status is JobStatus.SUBMITTED and requeue:
+            await jobs.save(conn, dataclasses.replace(current, status=JobStatus.PENDING), now)
+        elif current.status is not JobStatus.PENDING:
+            return False
+        await submissions.schedule(conn, job_id, next_at=next_at, last_error=reason[:500])
         return True

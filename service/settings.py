@@ -20,6 +20,9 @@ DEFAULT_BASE_URLS = {
 }
 
 DEFAULT_RETRY_SCHEDULE = (0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
+# Seconds before each resubmission of a throttled or failed provider submit (about 42 min in all,
+# inside the default one-hour job deadline).
+DEFAULT_SUBMIT_RETRY_SCHEDULE = (5.0, 30.0, 120.0, 600.0, 1800.0)
 
 
 class SettingsError(ValueError):
@@ -69,6 +72,7 @@ class Settings:
     file_link_ttl: float = 7 * 24 * 3600.0
     secret_rotation_grace: float = 86400.0
     shutdown_grace: float = 10.0
+    submit_retry_schedule: tuple[float, ...] = DEFAULT_SUBMIT_RETRY_SCHEDULE
 
     @property
     def database_path(self) -> Path:
@@ -222,6 +226,9 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         file_link_ttl=read.number("FILE_LINK_TTL", 7 * 24 * 3600.0, minimum=1.0),
         secret_rotation_grace=read.number("SECRET_ROTATION_GRACE", 86400.0),
         shutdown_grace=read.number("SHUTDOWN_GRACE", 10.0),
+        submit_retry_schedule=_schedule(
+            read, "SUBMIT_RETRY_SCHEDULE", DEFAULT_SUBMIT_RETRY_SCHEDULE
+        ),
     )
 
 
@@ -246,10 +253,12 @@ def _networks(
     return tuple(networks)
 
 
-def _schedule(read: _Reader, name: str) -> tuple[float, ...]:
+def _schedule(
+    read: _Reader, name: str, default: tuple[float, ...] = DEFAULT_RETRY_SCHEDULE
+) -> tuple[float, ...]:
     raw = read.raw(name)
     if raw is None:
-        return DEFAULT_RETRY_SCHEDULE
+        return default
     try:
         schedule = tuple(float(item) for item in raw.split(","))
     except ValueError:

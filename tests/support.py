@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 import httpx
 from asgi_lifespan import LifespanManager
 
@@ -61,6 +62,20 @@ def assert_error(
         assert field in error["details"]["fields"], error
         assert field in error["message"], error
     return error
+
+
+async def wait_for_job(
+    http: httpx.AsyncClient, job_id: str, statuses: Collection[str], within: float = 15
+) -> dict[str, Any]:
+    """Read ``GET /v1/jobs/{id}`` until its status is one of ``statuses``; fail after ``within``."""
+    with anyio.fail_after(within):
+        while True:
+            response = await http.get(f"/v1/jobs/{job_id}")
+            assert response.status_code == 200, response.text
+            job: dict[str, Any] = response.json()
+            if job["status"] in statuses:
+                return job
+            await anyio.sleep(0.02)
 
 
 async def send_without_key(
