@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 
 import aiohttp
@@ -18,7 +18,9 @@ from service import bootstrap, console
 from service.api import routes
 from service.api.context import Services
 from service.blobs import BlobStore
+from service.callback_outcomes import CallbackObserver
 from service.clock import Clock, system_clock
+from service.deadlines import DeadlineTimer
 from service.delivery.dispatcher import Dispatcher
 from service.delivery.retry import RetryPolicy
 from service.delivery.sender import Sender
@@ -29,12 +31,15 @@ from service.errors import (
     handle_unexpected,
 )
 from service.events import Publisher
+from service.guarded_http import guarded_client, origin_of
 from service.held_requests import HeldRequests
 from service.ingest import Ingest
+from service.mirroring import RETRY_DELAYS, Mirrors
 from service.settings import Settings
 from service.sim import Scenario, Simulator
 from service.storage.database import Database
 from service.submission import ProviderEndpoint, Submitter
+from service.submit_retry import SubmitRetryPolicy
 from service.tokens import Tokens
 
 log = logging.getLogger(__name__)
@@ -60,10 +65,13 @@ def create_app(
     *,
     clock: Clock = system_clock,
     retry_overload_floor: float = 60.0,
+    mirror_retry_delays: Sequence[float] = RETRY_DELAYS,
+    callback_observers: Sequence[CallbackObserver] = (),
 ) -> Starlette:
     """Build reelhook for ``settings``. Nothing is opened until the lifespan starts.
 
-    ``clock`` and ``retry_overload_floor`` exist so tests can drive time-based behaviour.
+    ``clock``, ``retry_overload_floor`` and ``mirror_retry_delays`` exist so tests can drive
+    time-based behaviour; ``callback_observers`` hear the outcome of every provider callback.
     """
     simulator = (
         Simulator(Scenario(delay=settings.sim_delay)) if settings.simulated_providers else None
@@ -78,8 +86,12 @@ def create_app(
             tokens = Tokens(await bootstrap.secret_keys(settings))
             db = await stack.enter_async_context(Database.open(settings.database_path))
             generated = await bootstrap.admin_key(db, settings, clock)
+            # One TLS context (loading the CA bundle is slow) for provider calls and downloads.
+            ssl_context = httpx.create_ssl_context()
             client = await stack.enter_async_context(
-                httpx.AsyncClient(timeout=settings.provider_timeout, follow_redirects=False)
+                httpx.AsyncClient(
+                    verify=ssl_context, timeout=settings.provider_timeout, follow_redirects=False
+                )
             )
             session = await stack.enter_async_context(
                 Sender.session(
@@ -88,13 +100,37 @@ def create_app(
                     concurrency=settings.delivery_concurrency,
                 )
             )
+            downloads = await stack.enter_async_context(
+                guarded_client(
+                    settings.allow_private_subscribers,
+                    ssl_context=ssl_context,
+                    # The in-process simulator serves its videos from reelhook's own address.
+                    trusted=[origin_of(settings.public_url)] if simulator is not None else [],
+                    timeout=httpx.Timeout(60.0, connect=30.0),
+                )
+            )
             if simulator is not None:
                 await stack.enter_async_context(simulator.running())
-            services = _wire(settings, clock, retry_overload_floor, db, tokens, client, session)
+            services = _wire(
+                settings,
+                clock,
+                retry_overload_floor,
+                db,
+                tokens,
+                client,
+                session,
+                downloads,
+                mirror_retry_delays,
+            )
+            services.callback_observers.extend(callback_observers)
+            await services.blobs.remove_leftovers()
             tasks = await stack.enter_async_context(anyio.create_task_group())
             tasks.start_soon(services.dispatcher.run)
             tasks.start_soon(services.held.run)
             tasks.start_soon(services.ingest.run)
+            tasks.start_soon(services.deadlines.run)
+            tasks.start_soon(services.mirrors.run)
+            tasks.start_soon(services.submitter.run_retries)
             _announce(settings, generated)
             try:
                 yield {"services": services}
@@ -122,6 +158,8 @@ def _wire(
     tokens: Tokens,
     client: httpx.AsyncClient,
     session: aiohttp.ClientSession,
+    downloads: httpx.AsyncClient,
+    mirror_retry_delays: Sequence[float],
 ) -> Services:
     endpoints = provider_endpoints(settings)
     blobs = BlobStore(settings.blob_dir)
@@ -144,6 +182,7 @@ def _wire(
         shutdown_grace=settings.shutdown_grace,
     )
 
+    submit_retries = SubmitRetryPolicy(settings.submit_retry_schedule)
     held = HeldRequests(
         db=db,
         publisher=publisher,
@@ -155,6 +194,20 @@ def _wire(
         concurrency=settings.segmind_concurrency,
         timeout=settings.segmind_timeout,
         max_bytes=settings.mirror_max_bytes,
+        resubmit=settings.segmind_resubmit,
+        retry_policy=submit_retries,
+    )
+    deadlines = DeadlineTimer(db, publisher, clock=clock, on_commit=dispatcher.wake)
+    mirrors = Mirrors(
+        db=db,
+        publisher=publisher,
+        blobs=blobs,
+        client=downloads,
+        clock=clock,
+        on_commit=dispatcher.wake,
+        max_bytes=settings.mirror_max_bytes,
+        timeout=settings.mirror_timeout,
+        retry_delays=mirror_retry_delays,
     )
     submitter = Submitter(
         db=db,
@@ -168,7 +221,17 @@ def _wire(
         allow_private=settings.allow_private_subscribers,
         on_commit=dispatcher.wake,
         on_held_job=held.wake,
+        deadlines=settings.job_deadlines,
+        on_deadline=deadlines.schedule,
+        retry_policy=submit_retries,
+        # An attempt left unanswered by a stop is sent again once its request has surely ended.
+        lease=settings.provider_timeout + 30,
     )
+
+    def after_callbacks() -> None:
+        dispatcher.wake()
+        mirrors.wake()
+
     return Services(
         settings=settings,
         db=db,
@@ -186,8 +249,11 @@ def _wire(
             clock=clock,
             capacity=settings.ingest_queue,
             batch_size=settings.ingest_batch,
-            on_commit=dispatcher.wake,
+            mirror=settings.mirror_outputs,
+            on_commit=after_callbacks,
         ),
+        deadlines=deadlines,
+        mirrors=mirrors,
     )
 
 

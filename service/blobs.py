@@ -43,8 +43,24 @@ class BlobStore:
             await anyio.Path(final.parent).mkdir(parents=True, exist_ok=True)
             await anyio.Path(temporary).rename(final)
         finally:
-            await anyio.Path(temporary).unlink(missing_ok=True)
+            # Shielded: a download cancelled by shutdown must still not leave its partial file.
+            with anyio.CancelScope(shield=True):
+                await anyio.Path(temporary).unlink(missing_ok=True)
         return digest.hexdigest(), size
+
+    async def remove_leftovers(self) -> int:
+        """Delete partial files an earlier process left behind (it was killed mid-write);
+        return how many. This process's own files in progress are kept."""
+        folder = anyio.Path(self.root / "tmp")
+        if not await folder.is_dir():
+            return 0
+        ours = f"{os.getpid()}-"
+        removed = 0
+        async for entry in folder.iterdir():
+            if not entry.name.startswith(ours):
+                await entry.unlink(missing_ok=True)
+                removed += 1
+        return removed
 
     async def exists(self, digest: str) -> bool:
         return await anyio.Path(self.path(digest)).is_file()

@@ -73,19 +73,33 @@ _RESOLUTION = Param(
 )
 
 
-def _needs_image_for_last_frame(data: Input) -> tuple[str, str] | None:
+def _last_frame_without_image(data: Input) -> tuple[str, str] | None:
     if "last_frame_url" in data and "image_url" not in data:
         return ("last_frame_url", "requires image_url (the first frame)")
     return None
 
 
-def _last_frame_only_5s(data: Input) -> tuple[str, str] | None:
+def _last_frame_not_5s(data: Input) -> tuple[str, str] | None:
     if "last_frame_url" in data and data.get("duration") != 5:
         return ("last_frame_url", "is supported on 5 s clips only (set duration to 5)")
     return None
 
 
+_needs_image_for_last_frame = Rule("last_frame_url requires image_url", _last_frame_without_image)
+_last_frame_only_5s = Rule("last_frame_url is for 5 s clips only", _last_frame_not_5s)
+
+
 _TRINETRA_LAST_FRAME_RULES: tuple[Rule, ...] = (_needs_image_for_last_frame, _last_frame_only_5s)
+
+_CALLBACK_URL = "pass callback_url next to input to hear this job's events"
+_TRINETRA_RESERVED = {
+    "callback_url": _CALLBACK_URL,
+    "external_task_id": "send an Idempotency-Key header to make the request idempotent",
+}
+_APIFRAME_RESERVED = {
+    "webhookUrl": _CALLBACK_URL,
+    "webhookEvents": "subscriptions choose event types",
+}
 
 
 def _trinetra_price(per_second: Mapping[str, float]) -> Price:
@@ -114,10 +128,13 @@ _TRINETRA_LAST_FRAME = _last_frame_url(
 )
 
 
-def _i2v_needs_image(data: Input) -> tuple[str, str] | None:
+def _i2v_without_image(data: Input) -> tuple[str, str] | None:
     if data.get("mode") == "i2v" and "image_url" not in data:
         return ("image_url", "is required in i2v mode")
     return None
+
+
+_i2v_needs_image = Rule("mode i2v requires image_url", _i2v_without_image)
 
 
 def _v3_mode_default(data: Input) -> Input:
@@ -145,6 +162,7 @@ TRINETRA_V25 = ModelSpec(
     price=_trinetra_price({"720p": 10, "1080p": 15}),
     rules=_TRINETRA_LAST_FRAME_RULES,
     notes=("cfg_scale may be ignored by Kling 2.x/3.0.",),
+    reserved=_TRINETRA_RESERVED,
 )
 
 TRINETRA_V3 = ModelSpec(
@@ -173,6 +191,8 @@ TRINETRA_V3 = ModelSpec(
     price=_trinetra_price({"720p": 19, "1080p": 30}),
     rules=(*_TRINETRA_LAST_FRAME_RULES, _i2v_needs_image),
     defaults_from=_v3_mode_default,
+    notes=("cfg_scale may be ignored by Kling 2.x/3.0.",),
+    reserved=_TRINETRA_RESERVED,
 )
 
 TRINETRA_V3_OMNI = ModelSpec(
@@ -194,6 +214,8 @@ TRINETRA_V3_OMNI = ModelSpec(
     ),
     price=_trinetra_price({"720p": 29, "1080p": 46}),
     rules=_TRINETRA_LAST_FRAME_RULES,
+    notes=("cfg_scale may be ignored by Kling 2.x/3.0.",),
+    reserved=_TRINETRA_RESERVED,
 )
 
 _APIFRAME_CREDITS = {"5": 4.0, "10": 7.0}
@@ -220,6 +242,8 @@ APIFRAME_TURBO_PRO = ModelSpec(
         estimate=lambda data: _APIFRAME_CREDITS[str(data["duration"])],
     ),
     rules=(_needs_image_for_last_frame,),
+    notes=("cfg_scale is sent as klingParams.guidance_scale, the name apiframe's schema takes.",),
+    reserved=_APIFRAME_RESERVED,
 )
 
 _SEGMIND_USD = {"5": 0.44, "10": 0.88}
@@ -231,7 +255,13 @@ SEGMIND_TURBO = ModelSpec(
     description="Kling 2.5 Turbo via Segmind's synchronous API (~134 s per generation).",
     params=(
         _prompt(),
-        _negative_prompt(),
+        Param(
+            "negative_prompt",
+            "string",
+            "What to avoid.",
+            default="no dark tones, no blur, no distort",
+            max_length=2500,
+        ),
         _cfg_scale(0.7),
         Param(
             "duration", "integer", "Clip length in seconds: 5 or 10.", default=10, choices=(5, 10)
@@ -257,6 +287,10 @@ SEGMIND_TURBO = ModelSpec(
     ),
     # tail_image_url is pro-only on Segmind; pro is the only mode it offers, so no rule is needed.
     rules=(_needs_image_for_last_frame,),
+    notes=(
+        "aspect_ratio is ignored when image_url is given: the video follows the image.",
+        "last_frame_url (Segmind's tail_image_url) is pro-only, and pro is the only mode.",
+    ),
 )
 
 MODELS: Mapping[str, ModelSpec] = {

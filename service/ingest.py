@@ -26,7 +26,11 @@ _Result = Applied | UnknownJob | JobMismatch | ServiceUnavailable
 
 
 class Ingest:
-    """The callback writer. Run :meth:`run` in the lifespan task group; call :meth:`store`."""
+    """The callback writer. Run :meth:`run` in the lifespan task group; call :meth:`store`.
+
+    ``mirror`` is :func:`apply_updates`'s; ``on_commit`` runs after each batch is durable (to
+    wake whoever acts on what it queued: the dispatcher, the mirror worker).
+    """
 
     def __init__(
         self,
@@ -36,12 +40,14 @@ class Ingest:
         clock: Clock,
         capacity: int,
         batch_size: int,
+        mirror: bool,
         on_commit: Callable[[], None],
     ) -> None:
         self._db = db
         self._publisher = publisher
         self._clock = clock
         self._batch_size = batch_size
+        self._mirror = mirror
         self._on_commit = on_commit
         self._queue: asyncio.Queue[tuple[Update, asyncio.Future[_Result]]] = asyncio.Queue(capacity)
 
@@ -88,7 +94,11 @@ class Ingest:
         try:
             async with self._db.transaction() as conn:
                 applied = await apply_updates(
-                    conn, self._publisher, [update for update, _ in batch], self._clock()
+                    conn,
+                    self._publisher,
+                    [update for update, _ in batch],
+                    self._clock(),
+                    mirror=self._mirror,
                 )
             results = list(applied)
             self._on_commit()

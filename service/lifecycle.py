@@ -1,7 +1,9 @@
 """The job lifecycle: how a provider update moves a job, applied in one durable transaction.
 
 A terminal state never changes again. Duplicate, late and out-of-order callbacks are stored for
-audit with their outcome and change nothing, so each job announces each state at most once.
+audit with their outcome and change nothing, so each job announces each state at most once. A job
+with no terminal callback by its deadline is expired by reelhook itself (:func:`expire_overdue`);
+a callback arriving after that is stored as ``late`` and does not revive it.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ from enum import StrEnum
 import aiosqlite
 
 from service.events import Publisher
-from service.models import Job, JobError, JobStatus, ProviderUpdate, event_type_for
-from service.storage import jobs
+from service.models import ErrorKind, Job, JobError, JobStatus, ProviderUpdate, event_type_for
+from service.storage import jobs, mirrors, submissions
 from service.storage.database import Database
+from service.storage.mirrors import MirrorTask
 
 
 class Outcome(StrEnum):
@@ -24,6 +27,15 @@ class Outcome(StrEnum):
     DUPLICATE = "duplicate"  # the same terminal state again
     LATE = "late"  # anything after a terminal state
     STALE = "stale"  # a non-terminal state the job has already passed
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Mirrored:
+    """A provider-hosted output, now stored in the blob store."""
+
+    digest: str
+    size: int
+    media_type: str
 
 
 class UnknownJob(Exception):
@@ -84,7 +96,12 @@ Applied = tuple[Job, Outcome]
 
 
 async def apply_updates(
-    conn: aiosqlite.Connection, publisher: Publisher, batch: Sequence[Update], now: float
+    conn: aiosqlite.Connection,
+    publisher: Publisher,
+    batch: Sequence[Update],
+    now: float,
+    *,
+    mirror: bool = False,
 ) -> list[Applied | UnknownJob | JobMismatch]:
     """Apply updates in order inside the caller's transaction, with a fixed number of statements.
 
@@ -92,12 +109,17 @@ async def apply_updates(
     and every move appends its event with deliveries. An update naming an unknown job or a
     different provider job gets :class:`UnknownJob` or :class:`JobMismatch` as its result and
     writes nothing.
+
+    With ``mirror``, a success with provider-hosted outputs queues their downloads instead of
+    announcing it: :func:`record_mirror` publishes ``job.succeeded`` once the last one ends, so
+    the event can carry ``mirror_url``.
     """
     current = await jobs.get_many(conn, [item.job_id for item in batch])
     results: list[Applied | UnknownJob | JobMismatch] = []
     records: list[jobs.CallbackRecord] = []
     changed: dict[str, Job] = {}
     announced: list[tuple[str, Job]] = []
+    copies: list[tuple[str, list[tuple[int, str]]]] = []
     for item in batch:
         job = current.get(item.job_id)
         if job is None or job.provider != item.provider:
@@ -115,13 +137,18 @@ async def apply_updates(
         records.append(jobs.CallbackRecord(job.id, item.provider, now, outcome.value, item.raw))
         if moved is not None:
             current[job.id] = changed[job.id] = moved
+            to_copy = _provider_hosted(moved) if mirror else []
             event_type = event_type_for(moved.status)
-            if event_type is not None:
+            if to_copy:
+                copies.append((job.id, to_copy))
+            elif event_type is not None:
                 announced.append((event_type, moved))
         results.append((moved or job, outcome))
     await jobs.record_callbacks(conn, records)
     if changed:
         await jobs.save_many(conn, changed.values(), now)
+    for job_id, to_copy in copies:
+        await mirrors.enqueue(conn, job_id, to_copy, now)
     if announced:
         await publisher.publish_jobs(conn, announced, now)
     return results
@@ -136,6 +163,7 @@ async def apply_update(
     update: ProviderUpdate,
     raw: bytes,
     now: float,
+    mirror: bool = False,
 ) -> Applied:
     """:func:`apply_updates` for one update in its own transaction.
 
@@ -144,11 +172,82 @@ async def apply_update(
     """
     async with db.transaction() as conn:
         (result,) = await apply_updates(
-            conn, publisher, [Update(job_id, provider, update, raw)], now
+            conn, publisher, [Update(job_id, provider, update, raw)], now, mirror=mirror
         )
     if isinstance(result, Exception):
         raise result
     return result
+
+
+def _provider_hosted(job: Job) -> list[tuple[int, str]]:
+    """(index, url) of each output of a succeeded job that only the provider holds."""
+    if job.status is not JobStatus.SUCCEEDED:
+        return []
+    return [(i, o.url) for i, o in enumerate(job.outputs) if o.url and o.blob is None]
+
+
+async def record_mirror(
+    db: Database,
+    publisher: Publisher,
+    task: MirrorTask,
+    result: Mirrored | str,
+    now: float,
+) -> Job | None:
+    """Record how one queued download ended: the stored copy, or the reason it failed.
+
+    When it was the job's last pending download, ``job.succeeded`` is published, carrying a
+    ``mirror_url`` for each copied output and ``mirror_error`` for each that could not be copied
+    (its provider ``url`` stays). Returns the job when its event was published.
+    """
+    async with db.transaction() as conn:
+        job = await jobs.get(conn, task.job_id)
+        if job is None or task.output_index >= len(job.outputs):
+            await mirrors.finish(conn, task, error="the job or output no longer exists", now=now)
+            return None
+        error = None if isinstance(result, Mirrored) else result
+        if not await mirrors.finish(conn, task, error=error, now=now):
+            # Already recorded (and announced) by another run of the same download.
+            return None
+        output = job.outputs[task.output_index]
+        if isinstance(result, Mirrored):
+            output = dataclasses.replace(
+                output, blob=result.digest, media_type=result.media_type, mirror_error=None
+            )
+        else:
+            output = dataclasses.replace(output, mirror_error=result)
+        outputs = list(job.outputs)
+        outputs[task.output_index] = output
+        job = dataclasses.replace(job, outputs=tuple(outputs))
+        await jobs.save(conn, job, now)
+        if await mirrors.open_for_job(conn, job.id):
+            return None
+        event_type = event_type_for(job.status)
+        if event_type is not None:
+            await publisher.publish(conn, event_type, now, job=job)
+        return job
+
+
+async def expire_overdue(db: Database, publisher: Publisher, now: float, limit: int) -> list[Job]:
+    """Expire up to ``limit`` unfinished jobs whose deadline has passed, each with its
+    ``job.expired`` event and deliveries, in one transaction; return them."""
+    async with db.transaction() as conn:
+        overdue = await jobs.past_deadline(conn, now, limit)
+        expired = []
+        for job in overdue:
+            waited = job.deadline_at - job.created_at
+            changed = dataclasses.replace(
+                job,
+                status=JobStatus.EXPIRED,
+                error=JobError(
+                    ErrorKind.TIMEOUT,
+                    f"{job.provider} sent no result within {waited:g} seconds",
+                ),
+                completed_at=now,
+            )
+            await jobs.save(conn, changed, now)
+            await publisher.publish(conn, "job.expired", now, job=changed)
+            expired.append(changed)
+        return expired
 
 
 async def mark_submitted(
@@ -169,10 +268,15 @@ async def mark_submitted(
                 await jobs.save(conn, current, now)
             return current, False
         submitted = dataclasses.replace(
-            current, status=JobStatus.SUBMITTED, provider_job_id=provider_job_id, submitted_at=now
+            current,
+            status=JobStatus.SUBMITTED,
+            provider_job_id=provider_job_id or current.provider_job_id,
+            submitted_at=current.submitted_at or now,
         )
         await jobs.save(conn, submitted, now)
-        await publisher.publish(conn, "job.submitted", now, job=submitted)
+        if current.submitted_at is None:
+            # Announced once: a held request sent again after the provider throttled it is no news.
+            await publisher.publish(conn, "job.submitted", now, job=submitted)
         return submitted, True
 
 
@@ -197,4 +301,26 @@ async def refuse(
         )
         await jobs.save(conn, failed, now)
         await publisher.publish(conn, "job.failed", now, job=failed)
+        return True
+
+
+async def defer_submit(
+    db: Database, job_id: str, next_at: float, reason: str, now: float, *, requeue: bool = False
+) -> bool:
+    """Schedule another submit attempt of a job the provider throttled or did not answer.
+
+    A pending job stays pending, due again at ``next_at``. With ``requeue``, a submitted job (a
+    held request the provider refused before doing any work) goes back to pending; it keeps its
+    ``submitted_at``, so it is not announced twice. A job a callback has moved on is left alone.
+    Returns whether the attempt was scheduled.
+    """
+    async with db.transaction() as conn:
+        current = await jobs.get(conn, job_id)
+        if current is None:
+            return False
+        if current.status is JobStatus.SUBMITTED and requeue:
+            await jobs.save(conn, dataclasses.replace(current, status=JobStatus.PENDING), now)
+        elif current.status is not JobStatus.PENDING:
+            return False
+        await submissions.schedule(conn, job_id, next_at=next_at, last_error=reason[:500])
         return True

@@ -80,21 +80,26 @@ class JobError:
 @dataclass(frozen=True, slots=True)
 class Output:
     """One produced file: the provider's URL, or reelhook's own copy (``blob``, a SHA-256 digest)
-    served by expiring ``/v1/files/`` links that are minted afresh whenever a job is rendered."""
+    served by expiring ``/v1/files/`` links that are minted afresh whenever a job is rendered.
+    ``mirror_error`` says why a provider-hosted file could not be copied."""
 
     url: str | None
     type: str = "video"
     blob: str | None = None
     media_type: str = "video/mp4"
+    mirror_error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The stored form."""
-        return {
+        data: dict[str, Any] = {
             "url": self.url,
             "type": self.type,
             "blob": self.blob,
             "media_type": self.media_type,
         }
+        if self.mirror_error is not None:
+            data["mirror_error"] = self.mirror_error
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Output:
@@ -103,6 +108,7 @@ class Output:
             data.get("type", "video"),
             data.get("blob"),
             data.get("media_type", "video/mp4"),
+            data.get("mirror_error"),
         )
 
     def public(self, file_url: FileUrl) -> dict[str, Any]:
@@ -111,6 +117,8 @@ class Output:
         data: dict[str, Any] = {"url": self.url or mirror, "type": self.type}
         if mirror is not None:
             data["mirror_url"] = mirror
+        if self.mirror_error is not None:
+            data["mirror_error"] = self.mirror_error
         return data
 
 

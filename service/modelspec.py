@@ -10,8 +10,19 @@ from typing import Any
 from service.errors import ValidationFailed
 
 Input = dict[str, Any]
-Rule = Callable[[Input], tuple[str, str] | None]
-"""A cross-field rule: given the input with defaults applied, return (field, problem) or None."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """A cross-field rule: ``check`` is given the input with defaults applied and returns
+    ``(field, problem)`` or None; ``description`` is how the catalog states it."""
+
+    description: str
+    check: Callable[[Input], tuple[str, str] | None]
+
+    def __call__(self, data: Input) -> tuple[str, str] | None:
+        return self.check(data)
+
 
 _TYPE_NAMES: dict[str, type | tuple[type, ...]] = {
     "string": str,
@@ -89,6 +100,8 @@ class ModelSpec:
     rules: tuple[Rule, ...] = ()
     defaults_from: Callable[[Input], Input] | None = None
     notes: tuple[str, ...] = field(default=())
+    reserved: Mapping[str, str] = field(default_factory=dict)
+    """Provider parameters reelhook sets itself, with what to use instead."""
 
     def validate(self, raw: Any) -> Input:
         """Return ``raw`` with defaults applied, or raise a 422 naming every bad field."""
@@ -97,7 +110,9 @@ class ModelSpec:
         known = {p.name: p for p in self.params}
         problems: dict[str, str] = {}
         for name in raw:
-            if name not in known:
+            if name in self.reserved:
+                problems[f"input.{name}"] = f"is set by reelhook; {self.reserved[name]}"
+            elif name not in known:
                 accepted = ", ".join(known)
                 problems[f"input.{name}"] = (
                     f"unknown parameter for {self.id} (accepted: {accepted})"
@@ -139,5 +154,6 @@ class ModelSpec:
                 "description": self.price.description,
                 "table": dict(self.price.table),
             },
+            "rules": [rule.description for rule in self.rules],
             "notes": list(self.notes),
         }

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from service.catalog import MODELS
+
 PROVIDERS = ("trinetra", "apiframe", "segmind")
 
 DEFAULT_BASE_URLS = {
@@ -18,6 +20,9 @@ DEFAULT_BASE_URLS = {
 }
 
 DEFAULT_RETRY_SCHEDULE = (0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
+# Seconds before each resubmission of a throttled or failed provider submit (about 42 min in all,
+# inside the default one-hour job deadline).
+DEFAULT_SUBMIT_RETRY_SCHEDULE = (5.0, 30.0, 120.0, 600.0, 1800.0)
 
 
 class SettingsError(ValueError):
@@ -51,8 +56,10 @@ class Settings:
     delivery_timeout: float = 15.0
     disable_after: float = 432000.0
     job_deadline: float = 3600.0
+    job_deadlines: Mapping[str, float] = field(default_factory=dict)
     mirror_outputs: bool = True
     mirror_max_bytes: int = 524288000
+    mirror_timeout: float = 600.0
     max_callback_bytes: int = 1048576
     ingest_queue: int = 5000
     ingest_batch: int = 256
@@ -61,9 +68,11 @@ class Settings:
     segmind_concurrency: int = 32
     provider_timeout: float = 30.0
     segmind_timeout: float = 600.0
+    segmind_resubmit: bool = False
     file_link_ttl: float = 7 * 24 * 3600.0
     secret_rotation_grace: float = 86400.0
     shutdown_grace: float = 10.0
+    submit_retry_schedule: tuple[float, ...] = DEFAULT_SUBMIT_RETRY_SCHEDULE
 
     @property
     def database_path(self) -> Path:
@@ -72,6 +81,10 @@ class Settings:
     @property
     def blob_dir(self) -> Path:
         return self.data_dir / "blobs"
+
+    def deadline_for(self, model: str) -> float:
+        """Seconds a job of ``model`` may wait for its terminal callback."""
+        return self.job_deadlines.get(model, self.job_deadline)
 
     @property
     def simulated_providers(self) -> list[str]:
@@ -197,8 +210,10 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         delivery_timeout=read.number("DELIVERY_TIMEOUT", 15.0, minimum=0.1),
         disable_after=read.number("DISABLE_AFTER", 432000.0),
         job_deadline=read.number("JOB_DEADLINE", 3600.0, minimum=1.0),
+        job_deadlines=_per_model_seconds(read, "JOB_DEADLINES"),
         mirror_outputs=read.boolean("MIRROR_OUTPUTS", True),
         mirror_max_bytes=read.integer("MIRROR_MAX_BYTES", 524288000, minimum=1, maximum=2**62),
+        mirror_timeout=read.number("MIRROR_TIMEOUT", 600.0, minimum=1.0),
         max_callback_bytes=read.integer("MAX_CALLBACK_BYTES", 1048576, minimum=1024),
         ingest_queue=read.integer("INGEST_QUEUE", 5000, minimum=1),
         ingest_batch=read.integer("INGEST_BATCH", 256, minimum=1, maximum=10000),
@@ -207,9 +222,13 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         segmind_concurrency=read.integer("SEGMIND_CONCURRENCY", 32, minimum=1),
         provider_timeout=read.number("PROVIDER_TIMEOUT", 30.0, minimum=0.1),
         segmind_timeout=read.number("SEGMIND_TIMEOUT", 600.0, minimum=1.0),
+        segmind_resubmit=read.boolean("SEGMIND_RESUBMIT", False),
         file_link_ttl=read.number("FILE_LINK_TTL", 7 * 24 * 3600.0, minimum=1.0),
         secret_rotation_grace=read.number("SECRET_ROTATION_GRACE", 86400.0),
         shutdown_grace=read.number("SHUTDOWN_GRACE", 10.0),
+        submit_retry_schedule=_schedule(
+            read, "SUBMIT_RETRY_SCHEDULE", DEFAULT_SUBMIT_RETRY_SCHEDULE
+        ),
     )
 
 
@@ -234,10 +253,12 @@ def _networks(
     return tuple(networks)
 
 
-def _schedule(read: _Reader, name: str) -> tuple[float, ...]:
+def _schedule(
+    read: _Reader, name: str, default: tuple[float, ...] = DEFAULT_RETRY_SCHEDULE
+) -> tuple[float, ...]:
     raw = read.raw(name)
     if raw is None:
-        return DEFAULT_RETRY_SCHEDULE
+        return default
     try:
         schedule = tuple(float(item) for item in raw.split(","))
     except ValueError:
@@ -249,3 +270,25 @@ def _schedule(read: _Reader, name: str) -> tuple[float, ...]:
     if any(delay < 0 for delay in schedule):
         raise read.fail(name, "delays must not be negative")
     return schedule
+
+
+def _per_model_seconds(read: _Reader, name: str) -> dict[str, float]:
+    """``model=seconds`` pairs, comma-separated, e.g. ``segmind/kling-2.5-turbo=900``."""
+    raw = read.raw(name)
+    if raw is None:
+        return {}
+    values: dict[str, float] = {}
+    for item in raw.split(","):
+        model, equals, seconds = (part.strip() for part in item.partition("="))
+        if not equals or not model:
+            raise read.fail(name, f"expected model=seconds pairs, got {item.strip()!r}")
+        if model not in MODELS:
+            raise read.fail(name, f"unknown model {model!r} (models: {', '.join(MODELS)})")
+        try:
+            value = float(seconds)
+        except ValueError:
+            raise read.fail(name, f"expected seconds for {model}, got {seconds!r}") from None
+        if not math.isfinite(value) or value < 1:
+            raise read.fail(name, f"{model} needs a deadline of at least 1 second, got {seconds!r}")
+        values[model] = value
+    return values

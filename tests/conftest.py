@@ -3,11 +3,13 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from service.settings import Settings, load_settings
+from service.sim import Simulator
 from tests.servers import loopback_socket, url_of
 from tests.support import ADMIN_KEY, api_client
 
@@ -27,23 +29,53 @@ def _no_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
+def assert_never_polled(simulators: list[Simulator]) -> None:
+    """No simulator's status endpoint was asked: reelhook learns everything by callback."""
+    polled = [sim.stats()["status_requests"] for sim in simulators if sim.status_requests]
+    assert not polled, f"reelhook polled a provider's status endpoint: {polled}"
+
+
+@pytest.fixture(autouse=True)
+def simulators(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Simulator]]:
+    """Every simulator a test creates (embedded in reelhook or served on its own); when the test
+    ends, each must have answered zero status requests. Autouse: it holds across the suite."""
+    created: list[Simulator] = []
+    original = Simulator.__init__
+
+    def tracked(self: Simulator, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        created.append(self)
+
+    monkeypatch.setattr(Simulator, "__init__", tracked)
+    yield created
+    assert_never_polled(created)
+
+
+def settings_for(data_dir: Path, **overrides: str) -> Settings:
+    """Settings for a test whose data lives in ``data_dir``; ``overrides`` drop the prefix."""
+    environ = {
+        "REELHOOK_DATA_DIR": str(data_dir),
+        "REELHOOK_ADMIN_KEY": ADMIN_KEY,
+        "REELHOOK_SECRET_KEYS": "test-secret-key-0123456789",
+        "REELHOOK_SIM_DELAY": "0.2",
+        "REELHOOK_ALLOW_PRIVATE_SUBSCRIBERS": "127.0.0.0/8,::1/128",
+        "REELHOOK_RETRY_SCHEDULE": "0,0.2,0.2",
+        # Below asgi-lifespan's 5 s shutdown timeout, for tests that leave an attempt hanging.
+        "REELHOOK_SHUTDOWN_GRACE": "1",
+        # Tests name provider URLs like https://cdn.trinetra.ai/... that must never be
+        # fetched; a test about mirroring turns it on (and serves its files on loopback).
+        "REELHOOK_MIRROR_OUTPUTS": "false",
+    }
+    environ.update({f"REELHOOK_{key}": value for key, value in overrides.items()})
+    return load_settings(environ)
+
+
 @pytest.fixture
 def settings_factory(tmp_path: Path) -> SettingsFactory:
     """Settings as the environment would give them: ``settings_factory(SIM_DELAY="0.2", ...)``."""
 
     def build(**overrides: str) -> Settings:
-        environ = {
-            "REELHOOK_DATA_DIR": str(tmp_path / "data"),
-            "REELHOOK_ADMIN_KEY": ADMIN_KEY,
-            "REELHOOK_SECRET_KEYS": "test-secret-key-0123456789",
-            "REELHOOK_SIM_DELAY": "0.2",
-            "REELHOOK_ALLOW_PRIVATE_SUBSCRIBERS": "127.0.0.0/8,::1/128",
-            "REELHOOK_RETRY_SCHEDULE": "0,0.2,0.2",
-            # Below asgi-lifespan's 5 s shutdown timeout, for tests that leave an attempt hanging.
-            "REELHOOK_SHUTDOWN_GRACE": "1",
-        }
-        environ.update({f"REELHOOK_{key}": value for key, value in overrides.items()})
-        return load_settings(environ)
+        return settings_for(tmp_path / "data", **overrides)
 
     return build
 
@@ -64,6 +96,8 @@ def dead_url() -> Iterator[str]:
 
 @pytest.fixture
 async def api(settings_factory: SettingsFactory, dead_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    """reelhook in-process; its simulated providers sit at an unreachable PUBLIC_URL."""
-    async with api_client(settings_factory(PUBLIC_URL=dead_url)) as http:
+    """reelhook in-process; its simulated providers sit at an unreachable PUBLIC_URL, and a submit
+    that cannot reach them is tried once more at once, then fails."""
+    settings = settings_factory(PUBLIC_URL=dead_url, SUBMIT_RETRY_SCHEDULE="0")
+    async with api_client(settings) as http:
         yield http

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 import httpx
 from asgi_lifespan import LifespanManager
 
@@ -33,10 +34,13 @@ async def api_client(settings: Settings, **app_options: Any) -> AsyncIterator[ht
 
 
 @asynccontextmanager
-async def served(settings: Settings, sock: socket.socket) -> AsyncIterator[httpx.AsyncClient]:
-    """reelhook served by a real uvicorn on ``sock``, and an admin client for it."""
+async def served(
+    settings: Settings, sock: socket.socket, **app_options: Any
+) -> AsyncIterator[httpx.AsyncClient]:
+    """reelhook (``create_app(settings, **app_options)``) served by a real uvicorn on ``sock``,
+    and an admin client for it."""
     async with (
-        run_server(create_app(settings), sock) as base_url,
+        run_server(create_app(settings, **app_options), sock) as base_url,
         httpx.AsyncClient(base_url=base_url, headers={"X-API-Key": ADMIN_KEY}) as http,
     ):
         yield http
@@ -58,6 +62,20 @@ def assert_error(
         assert field in error["details"]["fields"], error
         assert field in error["message"], error
     return error
+
+
+async def wait_for_job(
+    http: httpx.AsyncClient, job_id: str, statuses: Collection[str], within: float = 15
+) -> dict[str, Any]:
+    """Read ``GET /v1/jobs/{id}`` until its status is one of ``statuses``; fail after ``within``."""
+    with anyio.fail_after(within):
+        while True:
+            response = await http.get(f"/v1/jobs/{job_id}")
+            assert response.status_code == 200, response.text
+            job: dict[str, Any] = response.json()
+            if job["status"] in statuses:
+                return job
+            await anyio.sleep(0.02)
 
 
 async def send_without_key(

@@ -10,18 +10,21 @@ import hashlib
 import hmac
 import json
 import math
+import time
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from starlette.datastructures import Headers
 
 from service.catalog import MODELS
-from service.models import Cost, ErrorKind, Job, JobStatus, Output, ProviderUpdate
-from service.providers import ADAPTERS
+from service.models import Cost, ErrorKind, Job, JobError, JobStatus, Output, ProviderUpdate
+from service.providers import ADAPTERS, trinetra
 from service.providers.apiframe import ADAPTER as APIFRAME
 from service.providers.apiframe import signature
-from service.providers.base import ForgedCallback, InvalidCallback
+from service.providers.base import ForgedCallback, InvalidCallback, redact
 from service.providers.segmind import ADAPTER as SEGMIND
+from service.providers.segmind import reset_after
 from service.providers.trinetra import ADAPTER as TRINETRA
 
 JOB_ID = "job_01JTESTADAPTERS0000000000"
@@ -521,3 +524,499 @@ def test_segmind_has_no_callbacks() -> None:
         SEGMIND.verify_callback(Headers({}), b"{}", "sgk_key")
     with pytest.raises(InvalidCallback):
         SEGMIND.accepted_job_id({"request_id": "x"})
+
+
+# --- The documented examples, replayed byte for byte ------------------------------------------
+
+# providers.md §2's completed webhook, compact as apiframe sends it, and its signature under the
+# API key below, computed outside Python: with the key digest from
+#   printf %s afk_test_0123456789abcdef | openssl dgst -sha256
+# as the HMAC key in
+#   printf %s "$BODY" | openssl dgst -sha256 -mac HMAC -macopt hexkey:<digest>
+KNOWN_BODY = (
+    b'{"event":"completed","jobId":"a1b2c3d4-0000-4000-8000-000000000001","status":"COMPLETED",'
+    b'"progress":100,"result":"https://cdn.apiframe.ai/results/a1b2.mp4",'
+    b'"model":"kling-2.5-turbo-pro","creditCost":4,"completedAt":"2026-03-15T10:00:32.000Z"}'
+)
+KNOWN_SIGNATURE = "sha256=7e60f73c21ce1f734335ee9e988b782b7ddc489c0136eaf058dc2ed1328f7139"
+
+
+def test_apiframe_signature_known_vector() -> None:
+    assert signature(KNOWN_BODY, API_KEY) == KNOWN_SIGNATURE
+    headers = Headers({"X-Webhook-Signature": KNOWN_SIGNATURE, "X-Webhook-Event": "completed"})
+    APIFRAME.verify_callback(headers, KNOWN_BODY, API_KEY)
+    update = APIFRAME.parse_callback(KNOWN_BODY)
+    assert update.status is JobStatus.SUCCEEDED
+    assert update.outputs == (Output(url="https://cdn.apiframe.ai/results/a1b2.mp4"),)
+    assert update.charged == 4
+
+
+@pytest.mark.parametrize(
+    "tampered",
+    [
+        KNOWN_BODY.replace(b'"creditCost":4', b'"creditCost":0'),
+        KNOWN_BODY.replace(b"a1b2.mp4", b"evil.mp4"),
+        KNOWN_BODY.replace(b"COMPLETED", b"FAILED", 1),
+        KNOWN_BODY + b"\n",
+        KNOWN_BODY[:-1],
+    ],
+    ids=["charge", "result", "status", "trailing-newline", "truncated"],
+)
+def test_apiframe_known_signature_does_not_cover_a_tampered_body(tampered: bytes) -> None:
+    headers = Headers({"X-Webhook-Signature": KNOWN_SIGNATURE})
+    with pytest.raises(ForgedCallback):
+        APIFRAME.verify_callback(headers, tampered, API_KEY)
+
+
+def test_apiframe_seed_request_example() -> None:
+    """shared/seeds 003: the curl body, plus the webhook fields reelhook always adds."""
+    job = make_job(
+        "apiframe/kling-2.5-turbo-pro",
+        {"prompt": "a timelapse of a flower blooming in a garden", "aspect_ratio": "16:9"},
+    )
+    request = APIFRAME.submit_request(job, "https://cb.example/x", "afk_your_api_key_here")
+    assert request.json == {
+        "prompt": "a timelapse of a flower blooming in a garden",
+        "model": "kling-2.5-turbo-pro",
+        "klingParams": {"duration": 5, "aspect_ratio": "16:9"},
+        "webhookUrl": "https://cb.example/x",
+        "webhookEvents": ["progress", "completed", "failed"],
+    }
+    assert request.headers["X-API-Key"] == "afk_your_api_key_here"
+
+
+def test_segmind_seed_request_example() -> None:
+    """shared/seeds 004: the Python example's body (its duration is the string "10"; the parameter
+    table says integer, which is what reelhook sends)."""
+    seed = {
+        "prompt": "A beloved community figure moves through a 1920s street carnival",
+        "negative_prompt": "no dark tones, no blur, no distort",
+        "cfg_scale": 0.7,
+        "duration": "10",
+        "mode": "pro",
+        "aspect_ratio": "16:9",
+    }
+    job = make_job("segmind/kling-2.5-turbo", {"prompt": seed["prompt"]})
+    request = SEGMIND.submit_request(job, "", "YOUR_API_KEY")
+    assert request.path == "/v1/kling-2.5-turbo"
+    assert request.headers == {"x-api-key": "YOUR_API_KEY"}
+    assert request.json == {**seed, "duration": 10}
+
+
+@pytest.mark.parametrize(
+    ("model", "seed"),
+    [
+        ("kling-v2.5", {"prompt": "A cat chasing a laser dot across a living room", "duration": 5}),
+        ("kling-v3", {"prompt": "A drone shot flying over a misty mountain range", "duration": 5}),
+        ("kling-v3-omni", {"prompt": "A timelapse of clouds over a city skyline", "duration": 10}),
+    ],
+)
+def test_trinetra_seed_request_examples(model: str, seed: dict[str, Any]) -> None:
+    """shared/seeds 000-002: each page's request body goes out as sent, with the spec's defaults
+    and the fields reelhook owns (external_task_id, callback_url)."""
+    job = make_job(f"trinetra/{model}", seed)
+    request = TRINETRA.submit_request(job, "https://cb.example/x", "trk")
+    assert request.path == f"/v1/video/{model}"
+    assert {k: request.json[k] for k in seed} == seed
+    assert request.json["external_task_id"] == JOB_ID
+    assert request.json["callback_url"] == "https://cb.example/x"
+    defaults = {p.name for p in MODELS[f"trinetra/{model}"].params if p.default is not None}
+    if model == "kling-v3":
+        defaults.add("mode")  # t2v, as no image_url is given
+    assert set(request.json) - {"external_task_id", "callback_url"} == set(seed) | defaults
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        {
+            "id": "job_klingv3_a1b2c3",
+            "model": "kling-v3",
+            "status": "succeeded",
+            "output": {
+                "outputs": [
+                    {"url": "https://cdn.trinetra.ai/out/kling-v3/a1b2c3.mp4", "type": "video"}
+                ]
+            },
+            "credits_charged": 10,
+        },
+        {
+            "id": "job_klingv3omni_a1b2c3",
+            "model": "kling-v3-omni",
+            "status": "succeeded",
+            "output": {
+                "outputs": [
+                    {"url": "https://cdn.trinetra.ai/out/kling-v3-omni/a1b2c3.mp4", "type": "video"}
+                ]
+            },
+            "credits_charged": 10,
+        },
+    ],
+    ids=["v3", "v3-omni"],
+)
+def test_trinetra_seed_terminal_documents(document: dict[str, Any]) -> None:
+    update = TRINETRA.parse_callback(encode(document))
+    assert update.provider_job_id == document["id"]
+    assert update.status is JobStatus.SUCCEEDED
+    assert update.outputs == (Output(url=document["output"]["outputs"][0]["url"], type="video"),)
+    assert update.charged == 10
+
+
+# --- Status vocabularies (providers.md §7) --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw_status", "ours"),
+    [
+        # providers.md §7: queued→submitted; running/processing→running; succeeded; failed.
+        ("queued", JobStatus.SUBMITTED),
+        ("running", JobStatus.RUNNING),
+        ("processing", JobStatus.RUNNING),
+        ("succeeded", JobStatus.SUCCEEDED),
+        ("failed", JobStatus.FAILED),
+        # Kling's own spellings, which a Trinetra document may carry through.
+        ("submitted", JobStatus.SUBMITTED),
+        ("succeed", JobStatus.SUCCEEDED),
+        ("SUCCEEDED", JobStatus.SUCCEEDED),
+        (" Processing ", JobStatus.RUNNING),
+        ("cancelled", JobStatus.CANCELED),
+        ("canceled", JobStatus.CANCELED),
+        # Anything outside the vocabulary ends the job as a failure (providers.md §1).
+        ("exploded", JobStatus.FAILED),
+        ("expired", JobStatus.FAILED),
+    ],
+)
+def test_trinetra_status_vocabulary(raw_status: str, ours: JobStatus) -> None:
+    document: dict[str, Any] = {"id": "job_x", "status": raw_status}
+    if ours is JobStatus.SUCCEEDED:
+        document["output"] = TRINETRA_DONE["output"]
+    update = TRINETRA.parse_callback(encode(document))
+    assert update.status is ours
+    if ours is JobStatus.FAILED:
+        assert update.error is not None
+        assert update.error.kind is ErrorKind.PROVIDER_ERROR
+
+
+def test_trinetra_vocabulary_table_is_complete() -> None:
+    assert set(trinetra.STATUSES.values()) == {
+        JobStatus.SUBMITTED,
+        JobStatus.RUNNING,
+        JobStatus.SUCCEEDED,
+        JobStatus.FAILED,
+        JobStatus.CANCELED,
+    }
+    for raw_status, ours in trinetra.STATUSES.items():
+        document: dict[str, Any] = {"id": "job_x", "status": raw_status, **TRINETRA_DONE}
+        document["status"] = raw_status
+        assert TRINETRA.parse_callback(encode(document)).status is ours, raw_status
+
+
+@pytest.mark.parametrize(
+    ("raw_status", "event", "ours"),
+    [
+        ("QUEUED", None, JobStatus.SUBMITTED),
+        ("PROCESSING", "progress", JobStatus.RUNNING),
+        ("COMPLETED", "completed", JobStatus.SUCCEEDED),
+        ("FAILED", "failed", JobStatus.FAILED),
+        ("CANCELLED", None, JobStatus.CANCELED),
+        ("processing", None, JobStatus.RUNNING),
+        ("Completed", None, JobStatus.SUCCEEDED),
+        (None, "completed", JobStatus.SUCCEEDED),
+        (None, "failed", JobStatus.FAILED),
+        (None, "PROGRESS", JobStatus.RUNNING),
+        ("SOMETHING_NEW", "completed", JobStatus.SUCCEEDED),
+    ],
+)
+def test_apiframe_status_vocabulary(
+    raw_status: str | None, event: str | None, ours: JobStatus
+) -> None:
+    document: dict[str, Any] = {"jobId": APIFRAME_JOB, "result": "https://cdn.example/v.mp4"}
+    if raw_status is not None:
+        document["status"] = raw_status
+    if event is not None:
+        document["event"] = event
+    assert APIFRAME.parse_callback(encode(document)).status is ours
+
+
+# --- Failed documents and unknown fields ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("document", "kind", "message", "code"),
+    [
+        (
+            {"status": "failed", "error": "content policy violation"},
+            ErrorKind.CONTENT_POLICY,
+            "content policy violation",
+            None,
+        ),
+        (
+            {"status": "failed", "error": {"message": "Failure to pass the risk control system"}},
+            ErrorKind.CONTENT_POLICY,
+            "Failure to pass the risk control system",
+            None,
+        ),
+        (
+            {"status": "failed", "error": {"code": 1102, "message": "resource pack depleted"}},
+            ErrorKind.PROVIDER_ERROR,
+            "resource pack depleted",
+            "1102",
+        ),
+        (
+            {"status": "failed", "task_status_msg": "insufficient credit balance"},
+            ErrorKind.INSUFFICIENT_CREDITS,
+            "insufficient credit balance",
+            None,
+        ),
+        (
+            {"status": "failed", "error": None, "message": "GPU node lost"},
+            ErrorKind.PROVIDER_ERROR,
+            "GPU node lost",
+            None,
+        ),
+        (
+            {"status": "failed"},
+            ErrorKind.PROVIDER_ERROR,
+            "Trinetra reported status 'failed'",
+            None,
+        ),
+        (
+            {"status": "error", "error": {"message": ""}, "output": {"outputs": []}},
+            ErrorKind.PROVIDER_ERROR,
+            "Trinetra reported status 'error'",
+            None,
+        ),
+    ],
+    ids=["string", "kling-risk", "coded", "kling-msg", "message", "bare", "empty"],
+)
+def test_trinetra_failed_documents_in_any_shape(
+    document: dict[str, Any], kind: ErrorKind, message: str, code: str | None
+) -> None:
+    update = TRINETRA.parse_callback(encode({"id": "job_x", "model": "kling-v3", **document}))
+    assert update.status is JobStatus.FAILED
+    assert update.outputs == ()
+    assert update.error == JobError(kind, message, code)
+
+
+def test_trinetra_outputs_in_other_shapes_and_videos_first() -> None:
+    video = {"url": "https://cdn.example/v.mp4", "type": "video"}
+    thumb = {"url": "https://cdn.example/t.jpg", "type": "image"}
+    for document in (
+        {"id": "j", "status": "succeeded", "output": {"outputs": [thumb, video]}},
+        {"id": "j", "status": "succeeded", "outputs": [thumb, video]},
+        {"id": "j", "status": "succeeded", "output": [thumb, video]},
+    ):
+        update = TRINETRA.parse_callback(encode(document))
+        assert [o.url for o in update.outputs] == [video["url"], thumb["url"]], document
+
+
+def test_apiframe_tolerates_unknown_fields_and_an_error_object() -> None:
+    completed = {**APIFRAME_COMPLETED, "webhookStatus": "sent", "input": {"x": 1}, "new": [1]}
+    assert APIFRAME.parse_callback(encode(completed)) == APIFRAME.parse_callback(
+        encode(APIFRAME_COMPLETED)
+    )
+    failed = {**APIFRAME_FAILED, "error": {"message": "NSFW content detected", "code": "E42"}}
+    update = APIFRAME.parse_callback(encode(failed))
+    assert update.error == JobError(ErrorKind.CONTENT_POLICY, "NSFW content detected", "E42")
+    bare = {k: v for k, v in APIFRAME_FAILED.items() if k != "error"}
+    update = APIFRAME.parse_callback(encode({**bare, "creditCost": 0}))
+    assert update.error == JobError(ErrorKind.PROVIDER_ERROR, "apiframe reported a failure")
+    assert update.charged == 0  # refunded on failure
+
+
+# --- Submit failures: the providers' error answers (providers.md §2, §3, §7) ---------------
+
+
+def answer(body: dict[str, Any] | str) -> bytes:
+    return body.encode() if isinstance(body, str) else encode(body)
+
+
+@pytest.mark.parametrize(
+    ("adapter", "status", "body", "headers", "kind", "retryable", "retry_after"),
+    [
+        (
+            "trinetra",
+            400,
+            {"error": "prompt is required"},
+            {},
+            ErrorKind.INVALID_INPUT,
+            False,
+            None,
+        ),
+        (
+            "trinetra",
+            400,
+            {"code": 1301, "message": "content security check failed"},
+            {},
+            ErrorKind.CONTENT_POLICY,
+            False,
+            None,
+        ),
+        ("trinetra", 401, {"error": "bad key"}, {}, ErrorKind.PROVIDER_ERROR, False, None),
+        ("trinetra", 402, {"error": "pay up"}, {}, ErrorKind.INSUFFICIENT_CREDITS, False, None),
+        ("trinetra", 403, {"error": "no policy"}, {}, ErrorKind.PROVIDER_ERROR, False, None),
+        ("trinetra", 404, "<html>nope</html>", {}, ErrorKind.PROVIDER_ERROR, False, None),
+        ("trinetra", 406, {"error": "no"}, {}, ErrorKind.PROVIDER_ERROR, False, None),
+        ("trinetra", 408, {"error": "slow"}, {}, ErrorKind.TIMEOUT, True, None),
+        (
+            "trinetra",
+            429,
+            {"error": "slow down"},
+            {"Retry-After": "7"},
+            ErrorKind.RATE_LIMITED,
+            True,
+            7,
+        ),
+        ("trinetra", 500, {"error": "boom"}, {}, ErrorKind.PROVIDER_ERROR, True, None),
+        (
+            "trinetra",
+            503,
+            {"error": "down"},
+            {"Retry-After": "3"},
+            ErrorKind.PROVIDER_ERROR,
+            True,
+            3,
+        ),
+        ("trinetra", 504, "", {}, ErrorKind.TIMEOUT, True, None),
+        (
+            "apiframe",
+            400,
+            {
+                "error": "Validation failed",
+                "details": {"klingParams.duration": ["Must be 5 or 10"]},
+            },
+            {"x-request-id": "r1"},
+            ErrorKind.INVALID_INPUT,
+            False,
+            None,
+        ),
+        (
+            "apiframe",
+            402,
+            {"error": "Insufficient credits", "creditsRequired": 4, "creditsAvailable": 1},
+            {},
+            ErrorKind.INSUFFICIENT_CREDITS,
+            False,
+            None,
+        ),
+        (
+            "apiframe",
+            409,
+            {"error": "Idempotency conflict"},
+            {},
+            ErrorKind.PROVIDER_ERROR,
+            False,
+            None,
+        ),
+        (
+            "apiframe",
+            429,
+            {"error": "Rate limit"},
+            {"Retry-After": "30"},
+            ErrorKind.RATE_LIMITED,
+            True,
+            30,
+        ),
+        ("apiframe", 503, {"error": "queue outage"}, {}, ErrorKind.PROVIDER_ERROR, True, None),
+        ("segmind", 400, {"error": "bad"}, {}, ErrorKind.INVALID_INPUT, False, None),
+        ("segmind", 401, {"error": "key"}, {}, ErrorKind.PROVIDER_ERROR, False, None),
+        (
+            "segmind",
+            406,
+            {"error": "Insufficient credits"},
+            {},
+            ErrorKind.INSUFFICIENT_CREDITS,
+            False,
+            None,
+        ),
+        (
+            "segmind",
+            406,
+            {"error": "Content-Type must be application/json"},
+            {},
+            ErrorKind.INVALID_INPUT,
+            False,
+            None,
+        ),
+        ("segmind", 500, {"error": "bad cfg"}, {}, ErrorKind.PROVIDER_ERROR, False, None),
+        ("segmind", 502, {"error": "gateway"}, {}, ErrorKind.PROVIDER_ERROR, False, None),
+        ("segmind", 504, {"error": "timed out"}, {}, ErrorKind.TIMEOUT, False, None),
+    ],
+)
+def test_submit_failures_are_classified(
+    adapter: str,
+    status: int,
+    body: dict[str, Any] | str,
+    headers: dict[str, str],
+    kind: ErrorKind,
+    retryable: bool,
+    retry_after: float | None,
+) -> None:
+    failure = ADAPTERS[adapter].failure(status, answer(body), Headers(headers))
+    assert failure.kind is kind
+    assert failure.retryable is retryable
+    assert failure.retry_after == retry_after
+    assert failure.status_code == status
+    assert failure.message
+
+
+def test_submit_failure_messages_carry_the_providers_words() -> None:
+    refused = APIFRAME.failure(
+        400,
+        encode({"error": "Validation failed", "details": {"prompt": ["Required"]}}),
+        Headers({}),
+    )
+    assert refused.message == "Validation failed (prompt: Required)"
+    broke = APIFRAME.failure(
+        402,
+        encode({"error": "Insufficient credits", "creditsRequired": 7, "creditsAvailable": 2}),
+        Headers({}),
+    )
+    assert broke.message == "Insufficient credits (creditsRequired 7, creditsAvailable 2)"
+    kling = TRINETRA.failure(
+        429,
+        encode({"code": 1303, "message": "parallel task over resource pack limit"}),
+        Headers({}),
+    )
+    assert kling.kind is ErrorKind.RATE_LIMITED
+    assert kling.provider_code == "1303"
+    assert kling.message == "parallel task over resource pack limit"
+
+
+def test_segmind_429_waits_until_the_reset_time() -> None:
+    now = time.time()
+    reset = datetime.fromtimestamp(now + 42, UTC).isoformat()
+    failure = SEGMIND.failure(
+        429, encode({"error": "Too many"}), Headers({"x-rate-limit-reset-at-utc": reset})
+    )
+    assert failure.retryable is True
+    assert failure.kind is ErrorKind.RATE_LIMITED
+    assert failure.retry_after == pytest.approx(42, abs=2)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("2026-01-01T00:01:00Z", 60),
+        ("2026-01-01T00:01:00+00:00", 60),
+        ("2026-01-01T00:01:00", 60),  # no zone: the header's name says UTC
+        ("2026-01-01T01:01:00+01:00", 60),
+        ("1767225660", 60),
+        ("Thu, 01 Jan 2026 00:01:00 GMT", 60),
+        ("2025-12-31T23:59:00Z", 0),  # already past
+        ("", None),
+        (None, None),
+        ("soon", None),
+        ("nan", None),
+    ],
+)
+def test_segmind_reset_header_forms(value: str | None, expected: float | None) -> None:
+    assert reset_after(value, now=NEW_YEAR_2026) == expected
+
+
+NEW_YEAR_2026 = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
+
+
+def test_an_echoed_key_is_redacted() -> None:
+    assert redact("bad key afk_secret given", "afk_secret") == "bad key [redacted] given"
+    assert redact("nothing to hide", "") == "nothing to hide"

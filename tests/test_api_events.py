@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import SettingsFactory
 from tests.servers import Sink, loopback_socket, run_server, url_of
-from tests.support import assert_error, served
+from tests.support import assert_error, served, wait_for_job
 
 pytestmark = pytest.mark.anyio
 
@@ -112,10 +112,11 @@ async def test_the_event_log_is_read_only(api: httpx.AsyncClient, method: str) -
 async def test_published_events_are_listed_in_order_and_filtered(
     api: httpx.AsyncClient, dead_url: str
 ) -> None:
-    """A refused submit and a ping publish events without any provider accepting a job."""
+    """A failed submit and a ping publish events without any provider accepting a job."""
     failed = await api.post("/v1/jobs", json={"model": V3, "input": {"prompt": "a"}})
-    assert failed.status_code == 503, failed.text
-    job_id = failed.json()["error"]["details"]["job_id"]
+    assert failed.status_code == 202, failed.text
+    job_id = failed.json()["id"]
+    await wait_for_job(api, job_id, ("failed",))
     sub = await api.post("/v1/subscriptions", json={"url": f"{dead_url}/hook"})
     assert sub.status_code == 201, sub.text
     ping = await api.post(f"/v1/subscriptions/{sub.json()['id']}/test")

@@ -9,17 +9,22 @@ real HTTP); the ``PUBLIC_URL`` is a bound but never-listening loopback port, so 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
 import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from service.sim import Scenario, Simulator, create_sim_app
 from tests.conftest import SettingsFactory
 from tests.servers import run_server
-from tests.support import api_client, assert_error, send_without_key
+from tests.support import api_client, assert_error, send_without_key, wait_for_job
 
 pytestmark = pytest.mark.anyio
 
@@ -412,19 +417,22 @@ async def test_callback_url_secret_is_shown_once(api: httpx.AsyncClient, dead_ur
 # --- provider failures ---------------------------------------------------------------------------
 
 
-async def test_an_unreachable_provider_fails_the_job_and_answers_503(
+async def test_an_unreachable_provider_is_tried_again_then_the_job_fails(
     api: httpx.AsyncClient,
 ) -> None:
+    """A connection error is retryable: the client gets the pending job, and once the retry
+    budget (one immediate retry in the ``api`` fixture) is spent the job fails."""
     response = await api.post("/v1/jobs", json=job_body(V3))
-    error = assert_error(response, 503, "provider_unavailable")
-    job_id = error["details"]["job_id"]
-    assert error["details"]["provider"] == "trinetra"
-    assert error["details"]["kind"] == "provider_error"
+    assert response.status_code == 202, response.text
+    assert response.json()["status"] == "pending"
+    job_id = response.json()["id"]
 
-    job = (await api.get(f"/v1/jobs/{job_id}")).json()
-    assert job["status"] == "failed"
+    job = await wait_for_job(api, job_id, ("failed",))
     assert job["error"]["kind"] == "provider_error"
+    assert "after 2 attempts" in job["error"]["message"], job["error"]
+    assert "could not reach trinetra" in job["error"]["message"], job["error"]
     assert job["cost"]["charged"] == 0
+    assert job["submitted_at"] is None
     assert job["completed_at"] is not None
     events = (await api.get("/v1/events")).json()["data"]
     assert [(e["type"], e["data"]["id"]) for e in events] == [("job.failed", job_id)]
@@ -433,11 +441,11 @@ async def test_an_unreachable_provider_fails_the_job_and_answers_503(
 @pytest.mark.parametrize(
     ("provider_status", "status", "code", "kind"),
     [
-        (429, 503, "provider_unavailable", "rate_limited"),
-        (500, 503, "provider_unavailable", "provider_error"),
-        (503, 503, "provider_unavailable", "provider_error"),
         (402, 502, "provider_error", "insufficient_credits"),
         (401, 502, "provider_error", "provider_error"),
+        (403, 502, "provider_error", "provider_error"),
+        (406, 502, "provider_error", "provider_error"),
+        (409, 502, "provider_error", "provider_error"),
         (400, 422, "validation_failed", "invalid_input"),
     ],
 )
@@ -454,11 +462,34 @@ async def test_a_provider_refusal_fails_the_job_with_a_json_error(
     error = assert_error(response, status, code)
     assert error["details"]["kind"] == kind
     assert error["details"]["provider_status"] == provider_status
+    assert error["message"].startswith("trinetra refused the job: "), error
     job = (await sim_api.get(f"/v1/jobs/{error['details']['job_id']}")).json()
     assert job["status"] == "failed"
     assert job["error"]["kind"] == kind
     assert job["error"]["provider_code"] == str(provider_status)
+    # The provider's own message reaches both the client and the job.
+    assert job["error"]["message"] in error["message"]
     assert job["cost"]["charged"] == 0
+    events = (await sim_api.get("/v1/events")).json()["data"]
+    assert [e["type"] for e in events] == ["job.failed"]
+    assert simulator[0].stats()["submit_requests"] == {"trinetra": 1}
+
+
+@pytest.mark.parametrize("provider_status", [429, 500, 502, 503, 504, 408])
+async def test_a_retryable_refusal_leaves_the_job_pending(
+    sim_api: httpx.AsyncClient, simulator: tuple[Simulator, str], provider_status: int
+) -> None:
+    """429, 408 and 5xx are retried later (the default schedule waits 5 s first): the client gets
+    the pending job at once and nothing is announced yet."""
+    simulator[0].scenario = Scenario(delay=3600, submit_status=provider_status)
+    response = await sim_api.post("/v1/jobs", json=job_body(V3))
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert job["status"] == "pending"
+    assert job["error"] is None
+    assert (await sim_api.get(f"/v1/jobs/{job['id']}")).json()["status"] == "pending"
+    assert (await sim_api.get("/v1/events")).json()["data"] == []
+    assert simulator[0].stats()["submit_requests"] == {"trinetra": 1}
 
 
 # --- Idempotency-Key ---------------------------------------------------------------------------
@@ -588,10 +619,10 @@ async def _submit_mixed_jobs(
             response = await sim_api.post("/v1/jobs", json=job_body(model))
             assert response.status_code == 202, response.text
             made[kind].append(response.json()["id"])
-    simulator.scenario = Scenario(delay=3600, submit_status=500)
+    simulator.scenario = Scenario(delay=3600, submit_status=400)
     for _ in range(2):
         response = await sim_api.post("/v1/jobs", json=job_body(V3))
-        assert response.status_code == 503, response.text
+        assert response.status_code == 422, response.text
         made["failed"].append(response.json()["error"]["details"]["job_id"])
     return made
 
@@ -725,3 +756,49 @@ async def test_a_405_allow_header_lists_every_supported_method(
     assert response.status_code == 405, response.text
     listed = {m.strip() for m in response.headers["allow"].split(",")} - {"HEAD"}
     assert listed == allowed
+
+
+# --- API keys are never echoed ---------------------------------------------------------------
+
+
+SECRET_PROVIDER_KEY = "trk_live_do_not_leak_0123456789"
+
+
+def echoing_provider(status: int) -> Starlette:
+    """A provider whose error message repeats the API key it was sent."""
+
+    async def refuse(request: Request) -> Response:
+        key = request.headers.get("x-api-key", "")
+        return JSONResponse({"error": f"the key {key} is not valid here"}, status_code=status)
+
+    return Starlette(routes=[Route("/v1/video/{model}", refuse, methods=["POST"])])
+
+
+@pytest.mark.parametrize("status", [400, 401, 500])
+async def test_a_provider_echoing_its_api_key_never_gets_it_repeated(
+    settings_factory: SettingsFactory,
+    dead_url: str,
+    caplog: pytest.LogCaptureFixture,
+    status: int,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with run_server(echoing_provider(status)) as provider_url:
+        settings = settings_factory(
+            PUBLIC_URL=dead_url,
+            TRINETRA_API_KEY=SECRET_PROVIDER_KEY,
+            TRINETRA_BASE_URL=provider_url,
+            SUBMIT_RETRY_SCHEDULE="0",
+        )
+        async with api_client(settings) as http:
+            response = await http.post("/v1/jobs", json=job_body(V3))
+            job_id = (
+                response.json()["id"]
+                if response.status_code == 202
+                else response.json()["error"]["details"]["job_id"]
+            )
+            job = await wait_for_job(http, job_id, ("failed",))
+            events = (await http.get("/v1/events")).json()
+
+    assert job["error"]["message"].count("[redacted]") == 1, job["error"]
+    for text in (response.text, json.dumps(job), json.dumps(events), caplog.text):
+        assert SECRET_PROVIDER_KEY not in text

@@ -75,6 +75,13 @@ VALID: list[tuple[str, dict[str, Any], dict[str, Any], set[str]]] = [
     ),
     (V3, _with_prompt(duration=10, resolution="1080p"), {"duration": 10}, set()),
     (
+        V3,
+        _with_prompt(aspect_ratio="9:16", negative_prompt="blur", cfg_scale=0.2),
+        {"aspect_ratio": "9:16", "negative_prompt": "blur", "cfg_scale": 0.2},
+        set(),
+    ),
+    (V3, _with_prompt(camera_control=CAMERA, duration=1), {"camera_control": CAMERA}, set()),
+    (
         OMNI,
         _with_prompt(),
         {"duration": 5, "aspect_ratio": "16:9", "resolution": "720p", "cfg_scale": 0.5},
@@ -82,6 +89,15 @@ VALID: list[tuple[str, dict[str, Any], dict[str, Any], set[str]]] = [
     ),
     (OMNI, _with_prompt(duration=15), {"duration": 15}, set()),
     (OMNI, _with_prompt(duration=12), {"duration": 12}, set()),
+    (OMNI, _with_prompt(duration=1, resolution="1080p"), {"duration": 1}, set()),
+    (
+        OMNI,
+        _with_prompt(
+            aspect_ratio="1:1", negative_prompt="blur", cfg_scale=1, camera_control=CAMERA
+        ),
+        {"aspect_ratio": "1:1", "negative_prompt": "blur", "cfg_scale": 1},
+        set(),
+    ),
     (
         OMNI,
         _with_prompt(image_url=IMAGE, last_frame_url=LAST),
@@ -111,6 +127,18 @@ VALID: list[tuple[str, dict[str, Any], dict[str, Any], set[str]]] = [
         {"image_url", "last_frame_url"},
     ),
     (SEGMIND, _with_prompt(duration=5, aspect_ratio="1:1"), {"duration": 5}, set()),
+    (
+        SEGMIND,
+        _with_prompt(negative_prompt="blur", cfg_scale=0, aspect_ratio="9:16"),
+        {"negative_prompt": "blur", "cfg_scale": 0, "aspect_ratio": "9:16"},
+        set(),
+    ),
+    (
+        SEGMIND,
+        _with_prompt(image_url=IMAGE),
+        {"negative_prompt": "no dark tones, no blur, no distort", "image_url": IMAGE},
+        {"last_frame_url"},
+    ),
     (
         SEGMIND,
         _with_prompt(image_url=IMAGE, last_frame_url=LAST, mode="pro"),
@@ -169,8 +197,19 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     (V25, _with_prompt(camera_control="zoom"), "input.camera_control"),
     (V25, _with_prompt(seed=7), "input.seed"),
     (V25, _with_prompt(image_tail=IMAGE), "input.image_tail"),
+    (V25, {"prompt": "x" * 2501}, "input.prompt"),
+    (V25, _with_prompt(negative_prompt="n" * 2501), "input.negative_prompt"),
+    (V25, _with_prompt(negative_prompt=["blur"]), "input.negative_prompt"),
+    (V25, _with_prompt(camera_control={"type": 5}), "input.camera_control"),
+    (V25, _with_prompt(external_task_id="mine"), "input.external_task_id"),
     # Trinetra Kling V3
+    (V3, {"negative_prompt": "blur"}, "input.prompt"),
     (V3, _with_prompt(mode="i2v"), "input.image_url"),
+    (V3, _with_prompt(mode="i2v", image_url="file:///etc/passwd"), "input.image_url"),
+    (V3, _with_prompt(aspect_ratio="4:3"), "input.aspect_ratio"),
+    (V3, _with_prompt(resolution="480p"), "input.resolution"),
+    (V3, _with_prompt(negative_prompt="n" * 2501), "input.negative_prompt"),
+    (V3, _with_prompt(cfg_scale=1.5), "input.cfg_scale"),
     (V3, _with_prompt(mode="std"), "input.mode"),
     (V3, _with_prompt(duration=11), "input.duration"),
     (V3, _with_prompt(duration=False), "input.duration"),
@@ -178,12 +217,24 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     (V3, _with_prompt(last_frame_url=LAST), "input.last_frame_url"),
     (V3, _with_prompt(camera_control={"config": {"tilt": -11}}), "input.camera_control"),
     # Trinetra Kling V3 Omni
+    (OMNI, {"prompt": ""}, "input.prompt"),
     (OMNI, _with_prompt(duration=16), "input.duration"),
+    (OMNI, _with_prompt(duration=0), "input.duration"),
+    (OMNI, _with_prompt(last_frame_url=LAST), "input.last_frame_url"),
+    (OMNI, _with_prompt(image_url="example.org/a.png"), "input.image_url"),
+    (OMNI, _with_prompt(resolution="4k"), "input.resolution"),
+    (OMNI, _with_prompt(negative_prompt="n" * 2501), "input.negative_prompt"),
+    (OMNI, _with_prompt(cfg_scale=-1), "input.cfg_scale"),
+    (OMNI, _with_prompt(camera_control={"config": {"zoom": -10.01}}), "input.camera_control"),
     (OMNI, _with_prompt(duration=0.5), "input.duration"),
     (OMNI, _with_prompt(mode="pro"), "input.mode"),
     (OMNI, _with_prompt(image_url=IMAGE, last_frame_url=LAST, duration=15), "input.last_frame_url"),
     (OMNI, _with_prompt(aspect_ratio="21:9"), "input.aspect_ratio"),
     # apiframe Kling 2.5 Turbo Pro
+    (APIFRAME, {}, "input.prompt"),
+    (APIFRAME, _with_prompt(image_url="//img.example/a.png"), "input.image_url"),
+    (APIFRAME, _with_prompt(image_url=IMAGE, last_frame_url="last.png"), "input.last_frame_url"),
+    (APIFRAME, _with_prompt(webhookUrl="https://example.org/hook"), "input.webhookUrl"),
     (APIFRAME, _with_prompt(duration=7), "input.duration"),
     (APIFRAME, _with_prompt(duration="5"), "input.duration"),
     (APIFRAME, _with_prompt(duration=True), "input.duration"),
@@ -198,6 +249,8 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     (APIFRAME, _with_prompt(mode="pro"), "input.mode"),
     (APIFRAME, _with_prompt(klingParams={"duration": 5}), "input.klingParams"),
     # Segmind Kling 2.5 Turbo
+    (SEGMIND, {"prompt": None}, "input.prompt"),
+    (SEGMIND, _with_prompt(negative_prompt="n" * 2501), "input.negative_prompt"),
     (SEGMIND, _with_prompt(duration=7), "input.duration"),
     (SEGMIND, _with_prompt(duration="10"), "input.duration"),
     (SEGMIND, _with_prompt(mode="std"), "input.mode"),
@@ -341,3 +394,68 @@ async def test_the_jobs_api_answers_a_bad_input_with_a_422_naming_the_field(
     assert set(error["details"]["fields"]) == {"input.duration", "input.camera_control"}
     listed = await client.get("/v1/jobs")
     assert listed.json()["data"] == [], "a rejected job must not be stored"
+
+
+# --- every parameter and every rule of every model is exercised by the tables above -------------
+
+
+def _rules_fired(model: str, raw: dict[str, Any]) -> set[str]:
+    """The descriptions of the cross-field rules ``raw`` breaks once defaults are applied."""
+    spec = MODELS[model]
+    data = {p.name: p.default for p in spec.params if p.default is not None}
+    data.update({k: v for k, v in raw.items() if v is not None})
+    if spec.defaults_from:
+        data = {**spec.defaults_from(data), **data}
+    return {rule.description for rule in spec.rules if rule(data)}
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+def test_every_rule_has_an_invalid_case_naming_its_field(model: str) -> None:
+    for rule in MODELS[model].rules:
+        cases = [
+            field
+            for case_model, raw, field in INVALID
+            if case_model == model and rule.description in _rules_fired(model, raw)
+        ]
+        assert cases, f"{model}: no invalid case breaks the rule {rule.description!r}"
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+def test_every_constrained_parameter_has_an_invalid_case(model: str) -> None:
+    named = {field for case_model, _, field in INVALID if case_model == model}
+    for param in MODELS[model].params:
+        assert f"input.{param.name}" in named, f"{model}: no invalid case for {param.name}"
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+def test_every_parameter_has_a_valid_case(model: str) -> None:
+    given = {name for case_model, raw, _, _ in VALID if case_model == model for name in raw}
+    for param in MODELS[model].params:
+        assert param.name in given, f"{model}: no valid case passes {param.name}"
+
+
+@pytest.mark.parametrize(
+    ("model", "name"),
+    [
+        (V25, "external_task_id"),
+        (V3, "callback_url"),
+        (OMNI, "external_task_id"),
+        (APIFRAME, "webhookUrl"),
+        (APIFRAME, "webhookEvents"),
+    ],
+)
+def test_a_parameter_reelhook_sets_itself_is_refused_saying_so(model: str, name: str) -> None:
+    with pytest.raises(ValidationFailed) as raised:
+        MODELS[model].validate(_with_prompt(**{name: "x"}))
+    problem = raised.value.details["fields"][f"input.{name}"]
+    assert problem.startswith("is set by reelhook"), problem
+
+
+def test_the_catalog_states_each_models_cross_field_rules() -> None:
+    assert MODELS[V3].describe()["rules"] == [
+        "last_frame_url requires image_url",
+        "last_frame_url is for 5 s clips only",
+        "mode i2v requires image_url",
+    ]
+    assert MODELS[APIFRAME].describe()["rules"] == ["last_frame_url requires image_url"]
+    assert MODELS[SEGMIND].describe()["rules"] == ["last_frame_url requires image_url"]

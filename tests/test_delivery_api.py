@@ -23,7 +23,7 @@ from service.settings import SettingsError, load_settings
 from service.storage.deliveries import AttemptOutcome
 from tests.conftest import SettingsFactory
 from tests.servers import Sink, loopback_socket, run_server, url_of
-from tests.support import api_client, assert_error
+from tests.support import api_client, assert_error, wait_for_job
 from tests.test_delivery import (
     JOB,
     KEY_B,
@@ -167,15 +167,16 @@ async def test_the_log_pages_with_a_cursor(settings_factory: SettingsFactory) ->
 
 
 async def test_the_log_filters_by_job(settings_factory: SettingsFactory, dead_url: str) -> None:
-    """A job refused at submit (its provider is unreachable) fails at once: its ``job.failed``
+    """A job whose provider is unreachable fails once its one retry is spent: its ``job.failed``
     delivery is found by ``job_id``, and no other delivery is."""
-    settings = settings_factory(PUBLIC_URL=dead_url)
+    settings = settings_factory(PUBLIC_URL=dead_url, SUBMIT_RETRY_SCHEDULE="0")
     async with sink_and_service(settings) as (sink, sink_url, http):
         sub = await subscribe(http, f"{sink_url}/hook")
         await ping(http, sub["id"])
-        refused = await http.post("/v1/jobs", json=JOB)
-        assert refused.status_code == 503, refused.text
-        job_id = refused.json()["error"]["details"]["job_id"]
+        accepted = await http.post("/v1/jobs", json=JOB)
+        assert accepted.status_code == 202, accepted.text
+        job_id = accepted.json()["id"]
+        await wait_for_job(http, job_id, {"failed"})
         await sink.wait_for(lambda s: len(s.on("/hook")) == 2)
         by_job = (await http.get("/v1/deliveries", params={"job_id": job_id})).json()["data"]
         by_short = (await http.get("/v1/deliveries", params={"job": job_id})).json()["data"]

@@ -46,6 +46,8 @@ async def submit_all_and_check(http: httpx.AsyncClient, sink: Sink, sink_url: st
         job = (await http.get(f"/v1/jobs/{job_id}")).json()
         assert job["status"] == "succeeded", job
         assert job["outputs"] and job["outputs"][0]["url"].startswith("http"), job
+        # Every video is also kept by reelhook: mirrored, or (Segmind) stored from the answer.
+        assert "/v1/files/" in job["outputs"][0]["mirror_url"], job
         assert job["metadata"] == {"chat_id": 42}
 
     verifier = Webhook(secret)
@@ -79,6 +81,7 @@ async def test_every_model_against_a_separate_simulator(settings_factory: Settin
         settings = settings_factory(
             PUBLIC_URL=url_of(service_sock),
             SIM_DELAY="1",
+            MIRROR_OUTPUTS="true",
             **{
                 f"{name.upper()}_{suffix}": value
                 for name in ("trinetra", "apiframe", "segmind")
@@ -97,7 +100,9 @@ async def test_embedded_default_serves_the_whole_loop(settings_factory: Settings
     sink = Sink()
     service_sock = loopback_socket()
     async with run_server(sink.app()) as sink_url:
-        settings = settings_factory(PUBLIC_URL=url_of(service_sock), SIM_DELAY="1")
+        settings = settings_factory(
+            PUBLIC_URL=url_of(service_sock), SIM_DELAY="1", MIRROR_OUTPUTS="true"
+        )
         assert sorted(settings.simulated_providers) == ["apiframe", "segmind", "trinetra"]
         async with served(settings, service_sock) as http:
             await submit_all_and_check(http, sink, sink_url)

@@ -173,6 +173,7 @@ async def test_a_held_request_lost_to_a_restart_ends_interrupted_and_is_not_rese
         job = await wait_for_job(http, job_id)
         assert job["status"] == "failed", job
         assert job["error"]["kind"] == "interrupted", job["error"]
+        assert "REELHOOK_SEGMIND_RESUBMIT" in job["error"]["message"]
         assert job["outputs"] == []
         assert job["completed_at"] is not None
 

@@ -1,7 +1,9 @@
 """``POST /v1/callbacks/{provider}/{token}``: inbound provider webhooks.
 
-Verified before anything is parsed or stored: the URL token, then the provider's own signature,
-then the body's job id against the stored one. Rejected callbacks store nothing.
+Verified before anything is parsed or stored: the URL token, then the body size, then the
+provider's own signature, then the body's job id against the stored one. A rejected callback
+changes and stores nothing; every callback, accepted or not, ends in one named
+:class:`~service.callback_outcomes.CallbackOutcome`, reported in one place (:func:`_report`).
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ import logging
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from service.api.context import read_body, services
-from service.errors import BadRequest, NotFound, Unauthorized
-from service.lifecycle import JobMismatch, UnknownJob, Update
+from service.api.context import Services, read_body, services
+from service.callback_outcomes import CallbackOutcome
+from service.errors import BadRequest, NotFound, PayloadTooLarge, ReelhookError, Unauthorized
+from service.lifecycle import JobMismatch, Outcome, UnknownJob, Update
+from service.models import Job
 from service.providers import ADAPTERS
 from service.providers.base import ForgedCallback, InvalidCallback
 from service.tokens import InvalidToken
@@ -21,34 +25,74 @@ from service.tokens import InvalidToken
 log = logging.getLogger(__name__)
 
 
+class _Rejected(Exception):
+    def __init__(self, outcome: CallbackOutcome, error: ReelhookError) -> None:
+        super().__init__(outcome.value)
+        self.outcome = outcome
+        self.error = error
+
+
 async def receive_callback(request: Request) -> Response:
     state = services(request)
     provider = request.path_params["provider"]
+    # The path segment is the caller's: only known provider names may become a metric label.
+    label = provider if provider in ADAPTERS else "unknown"
+    try:
+        job, outcome = await _receive(state, request, provider)
+    except _Rejected as rejected:
+        _report(state, label, rejected.outcome)
+        raise rejected.error from None
+    _report(state, label, CallbackOutcome(outcome.value))
+    return JSONResponse({"received": True, "job_id": job.id, "outcome": outcome.value})
+
+
+async def _receive(state: Services, request: Request, provider: str) -> tuple[Job, Outcome]:
     adapter = ADAPTERS.get(provider)
     if adapter is None or adapter.holds_request:
-        raise NotFound(f"no callbacks are accepted for {provider!r}")
-
-    def reject(outcome: str, error: Exception) -> Exception:
-        log.info("rejected %s callback: %s", provider, outcome)
-        return error
-
+        raise _Rejected(
+            CallbackOutcome.UNKNOWN_PROVIDER,
+            NotFound(f"no callbacks are accepted for {provider!r}"),
+        )
     try:
         job_id = state.tokens.verify_callback(request.path_params["token"], provider)
     except InvalidToken:
-        raise reject("bad_token", Unauthorized("the callback token is not valid")) from None
-    body = await read_body(request, state.settings.max_callback_bytes)
+        raise _Rejected(
+            CallbackOutcome.BAD_TOKEN, Unauthorized("the callback token is not valid")
+        ) from None
+    try:
+        body = await read_body(request, state.settings.max_callback_bytes)
+    except PayloadTooLarge as exc:
+        raise _Rejected(CallbackOutcome.TOO_LARGE, exc) from None
     try:
         adapter.verify_callback(request.headers, body, state.endpoints[provider].api_key)
     except ForgedCallback as exc:
-        raise reject("bad_signature", Unauthorized(str(exc))) from None
+        raise _Rejected(CallbackOutcome.BAD_SIGNATURE, Unauthorized(str(exc))) from None
     try:
         update = adapter.parse_callback(body)
     except InvalidCallback as exc:
-        raise reject("bad_body", BadRequest(str(exc))) from None
+        raise _Rejected(CallbackOutcome.BAD_BODY, BadRequest(str(exc))) from None
     try:
-        job, outcome = await state.ingest.store(Update(job_id, provider, update, body))
+        return await state.ingest.store(Update(job_id, provider, update, body))
     except UnknownJob:
-        raise reject("unknown_job", NotFound("no such job")) from None
+        raise _Rejected(CallbackOutcome.UNKNOWN_JOB, NotFound("no such job")) from None
     except JobMismatch:
-        raise reject("job_mismatch", Unauthorized("the body names a different job")) from None
-    return JSONResponse({"received": True, "job_id": job.id, "outcome": outcome.value})
+        raise _Rejected(
+            CallbackOutcome.JOB_MISMATCH, Unauthorized("the body names a different job")
+        ) from None
+
+
+def _report(state: Services, provider: str, outcome: CallbackOutcome) -> None:
+    """The one place every callback's outcome is reported: the log, then each observer."""
+    level = logging.DEBUG if outcome.accepted else logging.INFO
+    log.log(
+        level,
+        "%s callback %s",
+        provider,
+        outcome.value,
+        extra={"provider": provider, "callback_outcome": outcome.value},
+    )
+    for observe in state.callback_observers:
+        try:
+            observe(provider, outcome)
+        except Exception:
+            log.exception("a callback observer failed")

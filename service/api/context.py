@@ -6,7 +6,7 @@ import hashlib
 import math
 import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -14,13 +14,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service.blobs import BlobStore
+from service.callback_outcomes import CallbackObserver
 from service.clock import Clock
+from service.deadlines import DeadlineTimer
 from service.delivery.dispatcher import Dispatcher
 from service.errors import BadRequest, Forbidden, PayloadTooLarge, Unauthorized, ValidationFailed
 from service.events import Publisher
 from service.held_requests import HeldRequests
 from service.ingest import Ingest
 from service.jsonutil import InvalidJSON, loads
+from service.mirroring import Mirrors
 from service.settings import Settings
 from service.storage import keys
 from service.storage.database import Database
@@ -47,6 +50,9 @@ class Services:
     dispatcher: Dispatcher
     held: HeldRequests
     ingest: Ingest
+    deadlines: DeadlineTimer
+    mirrors: Mirrors
+    callback_observers: list[CallbackObserver] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

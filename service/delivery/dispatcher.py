@@ -97,9 +97,9 @@ class Dispatcher:
     async def run(self) -> None:
         """Deliver until :meth:`stop` or cancellation; what has finished is always recorded."""
         self._started = True
+        self.running = True
         try:
             await self._release_previous_leases()
-            self.running = True
             async with anyio.create_task_group() as senders:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._record_outcomes)

@@ -13,28 +13,33 @@ import hmac
 from collections.abc import Mapping
 from typing import Any
 
-from service.jsonutil import finite_number
+from service.jsonutil import InvalidJSON, finite_number, loads
 from service.models import ErrorKind, Job, JobError, JobStatus, Output, ProviderUpdate
 from service.providers.base import (
     ForgedCallback,
     InvalidCallback,
     ProviderRequest,
+    SubmitFailed,
     kind_from_message,
     load_object,
+    submit_failure,
 )
 
-_STATUSES = {
+STATUSES: Mapping[str, JobStatus] = {
     "QUEUED": JobStatus.SUBMITTED,
     "PROCESSING": JobStatus.RUNNING,
     "COMPLETED": JobStatus.SUCCEEDED,
     "FAILED": JobStatus.FAILED,
-    "CANCELLED": JobStatus.CANCELED,
+    "CANCELLED": JobStatus.CANCELED,  # the OpenAPI Job schema's spelling
+    "CANCELED": JobStatus.CANCELED,
 }
-_EVENTS = {
+"""apiframe's job statuses (providers.md §2, §7) in reelhook's vocabulary, matched ignoring case."""
+EVENTS: Mapping[str, JobStatus] = {
     "progress": JobStatus.RUNNING,
     "completed": JobStatus.SUCCEEDED,
     "failed": JobStatus.FAILED,
 }
+"""apiframe's webhook events, used when a body carries no status reelhook knows."""
 # Our vocabulary → klingParams names. The Kling 2.5 Turbo Pro page says cfg_scale, but apiframe's
 # OpenAPI schema (additionalProperties: false) names it guidance_scale, and the schema is what
 # rejects a request (providers.md §0.6).
@@ -95,9 +100,9 @@ class ApiframeAdapter:
             raise InvalidCallback("an apiframe webhook needs a string jobId")
         raw_status = data.get("status")
         event = data.get("event")
-        status = _STATUSES.get(raw_status) if isinstance(raw_status, str) else None
+        status = STATUSES.get(raw_status.strip().upper()) if isinstance(raw_status, str) else None
         if status is None and isinstance(event, str):
-            status = _EVENTS.get(event)
+            status = EVENTS.get(event.strip().lower())
         if status is None:
             raise InvalidCallback(f"unknown apiframe status {raw_status!r} / event {event!r}")
         outputs: tuple[Output, ...] = ()
@@ -108,8 +113,7 @@ class ApiframeAdapter:
                 raise InvalidCallback("a completed apiframe webhook has no result URL")
             outputs = (Output(url=url),)
         elif status is JobStatus.FAILED:
-            message = str(data.get("error") or "apiframe reported the job failed")
-            error = JobError(kind_from_message(message, ErrorKind.PROVIDER_ERROR), message)
+            error = _error(data.get("error"))
         return ProviderUpdate(
             provider_job_id=job_id,
             status=status,
@@ -117,6 +121,49 @@ class ApiframeAdapter:
             error=error,
             charged=finite_number(data.get("creditCost")),
         )
+
+    def failure(self, status_code: int, body: bytes, headers: Mapping[str, str]) -> SubmitFailed:
+        """apiframe's error answers (providers.md §2): ``{"error"}``, a 400 with ``details`` per
+        field, a 402 with the credits required and available."""
+        failure = submit_failure(status_code, body, headers)
+        extra = _error_extra(body)
+        if extra:
+            failure.message = f"{failure.message} ({extra})"
+        return failure
+
+
+def _error(error: Any) -> JobError:
+    """``error`` is a string in the documented webhook; an object with a message is tolerated."""
+    code = None
+    if isinstance(error, dict):
+        code = error.get("code")
+        error = error.get("message")
+    message = error[:500] if isinstance(error, str) and error else "apiframe reported a failure"
+    return JobError(
+        kind_from_message(message, ErrorKind.PROVIDER_ERROR),
+        message,
+        str(code)[:40] if code not in (None, "") else None,
+    )
+
+
+def _error_extra(body: bytes) -> str:
+    """The field problems of a 400 or the credit figures of a 402, as one short phrase."""
+    try:
+        data = loads(body)
+    except InvalidJSON:
+        return ""
+    if not isinstance(data, dict):
+        return ""
+    parts = []
+    details = data.get("details")
+    if isinstance(details, dict):
+        for path, problems in list(details.items())[:5]:
+            text = "; ".join(str(p) for p in problems) if isinstance(problems, list) else problems
+            parts.append(f"{path}: {text}")
+    for key in ("creditsRequired", "creditsAvailable"):
+        if isinstance(data.get(key), int | float) and not isinstance(data.get(key), bool):
+            parts.append(f"{key} {data[key]}")
+    return ", ".join(parts)[:500]
 
 
 def _result_url(result: Any) -> str | None:

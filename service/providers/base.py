@@ -77,6 +77,10 @@ class Adapter(Protocol):
         """Read a verified callback body; raise :class:`InvalidCallback` if it is not one."""
         ...
 
+    def failure(self, status_code: int, body: bytes, headers: Mapping[str, str]) -> SubmitFailed:
+        """Classify the provider's non-2xx answer to a submit request."""
+        ...
+
 
 def load_object(body: bytes) -> dict[str, Any]:
     """Parse a callback body that must be a JSON object."""
@@ -91,53 +95,101 @@ def load_object(body: bytes) -> dict[str, Any]:
 
 def error_message(body: bytes) -> str:
     """The provider's error message from an error response body, kept short."""
+    return error_details(body)[0]
+
+
+def error_details(body: bytes) -> tuple[str, str | None]:
+    """``(message, code)`` from an error response body: ``{"error": "…"}`` (apiframe, Segmind),
+    ``{"error": {"message", "code"}}``, or Kling's ``{"code", "message"}``; the code may be None."""
     try:
         data = loads(body)
     except InvalidJSON:
-        return body[:200].decode(errors="replace").strip() or "no message"
-    if isinstance(data, dict):
-        for key in ("error", "message", "detail"):
-            value = data.get(key)
-            if isinstance(value, str) and value:
-                return value[:500]
-            if isinstance(value, dict) and isinstance(value.get("message"), str):
-                return str(value["message"])[:500]
-    return json.dumps(data)[:500]
+        return body[:200].decode(errors="replace").strip() or "no message", None
+    if not isinstance(data, dict):
+        return json.dumps(data)[:500], None
+    code = _code(data.get("code"))
+    for key in ("error", "message", "detail"):
+        value = data.get(key)
+        if isinstance(value, str) and value:
+            return value[:500], code
+        if isinstance(value, dict) and isinstance(value.get("message"), str):
+            return str(value["message"])[:500], code or _code(value.get("code"))
+    return json.dumps(data)[:500], code
+
+
+def _code(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int | str) or value in ("", 0):
+        return None
+    return str(value)[:40]
+
+
+# Words providers use for a refusal on content grounds (Kling: "risk control", "content security").
+_CONTENT_WORDS = ("policy", "moderation", "nsfw", "unsafe", "risk", "content security")
+
+# Kling's documented business codes (providers.md §4), for providers that pass them through.
+_KLING_CODES = {
+    "1102": ErrorKind.INSUFFICIENT_CREDITS,
+    "1200": ErrorKind.INVALID_INPUT,
+    "1201": ErrorKind.INVALID_INPUT,
+    "1300": ErrorKind.CONTENT_POLICY,
+    "1301": ErrorKind.CONTENT_POLICY,
+    "1302": ErrorKind.RATE_LIMITED,
+    "1303": ErrorKind.RATE_LIMITED,
+}
 
 
 def kind_from_message(message: str, default: ErrorKind) -> ErrorKind:
+    """The error kind a provider's message names (content policy, credits), else ``default``."""
     lowered = message.lower()
-    if any(word in lowered for word in ("content", "policy", "moderation", "risk", "nsfw")):
+    if any(word in lowered for word in _CONTENT_WORDS):
         return ErrorKind.CONTENT_POLICY
-    if "credit" in lowered or "balance" in lowered:
+    if "credit" in lowered or "balance" in lowered or "quota" in lowered:
         return ErrorKind.INSUFFICIENT_CREDITS
     return default
 
 
 def submit_failure(status_code: int, body: bytes, headers: Mapping[str, str]) -> SubmitFailed:
-    """Classify a non-2xx answer to a submit request (providers.md §7 heuristics)."""
-    message = error_message(body)
+    """Classify a non-2xx answer to a submit request (providers.md §2, §7 heuristics).
+
+    429, 408 and 5xx are retryable: the request is sent again under the same idempotency key.
+    400/413/422 are the input's fault (``invalid_input`` or ``content_policy``); 402 is
+    ``insufficient_credits``; any other 4xx (401, 403, 404, 406, 409, …) is reelhook's account or
+    configuration, a ``provider_error``.
+    """
+    message, code = error_details(body)
     retry_after = parse_retry_after(headers.get("retry-after"))
-    if status_code == 429:
-        return SubmitFailed(
-            ErrorKind.RATE_LIMITED,
-            message,
-            status_code=429,
-            retryable=True,
-            retry_after=retry_after,
-        )
-    if status_code >= 500:
-        kind = ErrorKind.TIMEOUT if status_code == 504 else ErrorKind.PROVIDER_ERROR
-        return SubmitFailed(
-            kind, message, status_code=status_code, retryable=True, retry_after=retry_after
-        )
-    if status_code == 402:
-        return SubmitFailed(ErrorKind.INSUFFICIENT_CREDITS, message, status_code=402)
-    if status_code in (401, 403):
-        return SubmitFailed(ErrorKind.PROVIDER_ERROR, message, status_code=status_code)
+    provider_code = code or str(status_code)
+    coded = _KLING_CODES.get(code or "")
+    if status_code == 429 or coded is ErrorKind.RATE_LIMITED:
+        kind = ErrorKind.RATE_LIMITED
+    elif status_code in (408, 504):
+        kind = ErrorKind.TIMEOUT
+    elif status_code >= 500:
+        kind = ErrorKind.PROVIDER_ERROR
+    elif coded is not None:
+        kind = coded
+    elif status_code == 402:
+        kind = ErrorKind.INSUFFICIENT_CREDITS
+    elif status_code in (400, 413, 422):
+        kind = kind_from_message(message, ErrorKind.INVALID_INPUT)
+    else:
+        kind = kind_from_message(message, ErrorKind.PROVIDER_ERROR)
+        if kind is ErrorKind.CONTENT_POLICY:
+            kind = ErrorKind.PROVIDER_ERROR  # e.g. "no permission under the key's policy"
+    retryable = status_code in (408, 429) or status_code >= 500 or kind is ErrorKind.RATE_LIMITED
     return SubmitFailed(
-        kind_from_message(message, ErrorKind.INVALID_INPUT), message, status_code=status_code
+        kind,
+        message,
+        status_code=status_code,
+        provider_code=provider_code,
+        retryable=retryable,
+        retry_after=retry_after if retryable else None,
     )
+
+
+def redact(text: str, secret: str) -> str:
+    """``text`` with every occurrence of ``secret`` (an API key a provider echoed) masked."""
+    return text.replace(secret, "[redacted]") if secret else text
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:

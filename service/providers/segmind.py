@@ -7,11 +7,20 @@ so reelhook holds the request in a durable worker instead (design §6).
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from service.models import ErrorKind, Job, ProviderUpdate
-from service.providers.base import InvalidCallback, ProviderRequest, SubmitFailed, submit_failure
+from service.providers.base import (
+    InvalidCallback,
+    ProviderRequest,
+    SubmitFailed,
+    parse_retry_after,
+    submit_failure,
+)
 
 _FORWARDED = {
     "prompt": "prompt",
@@ -45,12 +54,52 @@ class SegmindAdapter:
         raise InvalidCallback("Segmind sends no callbacks")
 
     def failure(self, status_code: int, body: bytes, headers: Mapping[str, str]) -> SubmitFailed:
-        """Classify an error answer: Segmind's page documents 406 as "Insufficient Credits"
-        (it is also used for a wrong Content-Type, which reelhook never sends)."""
+        """Classify an error answer (providers.md §3).
+
+        406 is "Insufficient Credits" on the model page (also a wrong Content-Type, which reelhook
+        never sends). A 429 is refused before any work and is retried after
+        ``x-rate-limit-reset-at-utc`` (Segmind sends no Retry-After). Nothing else is retried:
+        Segmind has no idempotency key, and a 5xx after a held request may come from a generation
+        that was charged, so sending it again could charge twice.
+        """
         failure = submit_failure(status_code, body, headers)
-        if status_code == 406 and "content-type" not in failure.message.lower():
-            failure.kind = ErrorKind.INSUFFICIENT_CREDITS
+        if status_code == 406:
+            content_type = "content-type" in failure.message.lower()
+            failure.kind = (
+                ErrorKind.INVALID_INPUT if content_type else ErrorKind.INSUFFICIENT_CREDITS
+            )
+        if status_code == 429:
+            failure.retryable = True
+            failure.retry_after = failure.retry_after or reset_after(
+                headers.get("x-rate-limit-reset-at-utc")
+            )
+        else:
+            failure.retryable = False
+            failure.retry_after = None
         return failure
+
+
+def reset_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds from ``now`` (epoch s, default the system clock) until ``x-rate-limit-reset-at-utc``:
+    an ISO-8601 time (UTC when it names no zone), epoch seconds or an HTTP date; None when absent or
+    unreadable."""
+    if not value or not value.strip():
+        return None
+    value = value.strip()
+    now = time.time() if now is None else now
+    try:
+        epoch = float(value)
+    except ValueError:
+        pass
+    else:
+        return max(0.0, epoch - now) if math.isfinite(epoch) else None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return parse_retry_after(value, now)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return max(0.0, moment.timestamp() - now)
 
 
 ADAPTER = SegmindAdapter()

@@ -2,7 +2,8 @@
 
 Submit ``POST /v1/video/{model}`` with ``X-API-Key``; 202 ``{"job_id", "status": "queued"}``. The
 callback body is the terminal job document. Trinetra documents no callback signature, so the token
-in the callback URL is the credential.
+in the callback URL is the credential. Only ``queued`` and ``succeeded`` are documented; the failure
+shape and the intermediate statuses are inferred (providers.md §1), so the parser is lenient.
 """
 
 from __future__ import annotations
@@ -12,18 +13,36 @@ from typing import Any
 
 from service.jsonutil import finite_number
 from service.models import ErrorKind, Job, JobError, JobStatus, Output, ProviderUpdate
-from service.providers.base import InvalidCallback, ProviderRequest, kind_from_message, load_object
+from service.providers.base import (
+    InvalidCallback,
+    ProviderRequest,
+    SubmitFailed,
+    kind_from_message,
+    load_object,
+    submit_failure,
+)
 
-_STATUSES = {
+STATUSES: Mapping[str, JobStatus] = {
+    # Documented on the seed pages.
     "queued": JobStatus.SUBMITTED,
+    "succeeded": JobStatus.SUCCEEDED,
+    # Inferred (providers.md §1, §7): usual spellings, and those of Kling, which Trinetra fronts.
     "pending": JobStatus.SUBMITTED,
+    "submitted": JobStatus.SUBMITTED,
     "running": JobStatus.RUNNING,
     "processing": JobStatus.RUNNING,
-    "succeeded": JobStatus.SUCCEEDED,
+    "in_progress": JobStatus.RUNNING,
+    "succeed": JobStatus.SUCCEEDED,
+    "success": JobStatus.SUCCEEDED,
+    "completed": JobStatus.SUCCEEDED,
     "failed": JobStatus.FAILED,
+    "error": JobStatus.FAILED,
     "canceled": JobStatus.CANCELED,
     "cancelled": JobStatus.CANCELED,
 }
+"""Trinetra's job statuses in reelhook's vocabulary; any other status is a terminal failure."""
+# Where a failed document may carry its reason, after ``error`` (providers.md §1: unknown).
+_MESSAGE_FIELDS = ("message", "error_message", "failure_reason", "task_status_msg")
 _FORWARDED = (
     "prompt",
     "image_url",
@@ -65,15 +84,15 @@ class TrinetraAdapter:
         if not isinstance(job_id, str) or not isinstance(raw_status, str):
             raise InvalidCallback("a Trinetra job document needs string id and status")
         # Anything outside the known vocabulary is treated as a terminal failure (providers.md §1).
-        status = _STATUSES.get(raw_status.lower(), JobStatus.FAILED)
+        status = STATUSES.get(raw_status.strip().lower(), JobStatus.FAILED)
         outputs: tuple[Output, ...] = ()
         error = None
         if status is JobStatus.SUCCEEDED:
-            outputs = _outputs(data.get("output"))
+            outputs = _outputs(data)
             if not outputs:
                 raise InvalidCallback("a succeeded Trinetra job document has no output URL")
         elif status is JobStatus.FAILED:
-            error = _error(data.get("error"), raw_status)
+            error = _error(data, raw_status)
         return ProviderUpdate(
             provider_job_id=job_id,
             status=status,
@@ -82,30 +101,46 @@ class TrinetraAdapter:
             charged=finite_number(data.get("credits_charged")),
         )
 
+    def failure(self, status_code: int, body: bytes, headers: Mapping[str, str]) -> SubmitFailed:
+        return submit_failure(status_code, body, headers)
 
-def _outputs(output: Any) -> tuple[Output, ...]:
-    items = output.get("outputs") if isinstance(output, dict) else None
+
+def _outputs(data: dict[str, Any]) -> tuple[Output, ...]:
+    """``output.outputs[]`` as documented; also a bare ``outputs[]`` or ``output`` list."""
+    output = data.get("output")
+    items = output.get("outputs") if isinstance(output, dict) else output
+    if not isinstance(items, list):
+        items = data.get("outputs")
     if not isinstance(items, list):
         return ()
-    return tuple(
-        Output(url=item["url"], type=str(item.get("type", "video")))
+    found = tuple(
+        Output(url=item["url"], type=str(item.get("type") or "video"))
         for item in items
-        if isinstance(item, dict) and isinstance(item.get("url"), str)
+        if isinstance(item, dict) and isinstance(item.get("url"), str) and item["url"]
     )
+    # Videos first (providers.md §7: the output URL is the one of type video).
+    return tuple(sorted(found, key=lambda output: output.type != "video"))
 
 
-def _error(error: Any, raw_status: str) -> JobError:
+def _error(data: dict[str, Any], raw_status: str) -> JobError:
+    error = data.get("error")
+    message: str | None = None
+    code: Any = None
     if isinstance(error, dict):
-        message = str(error.get("message") or "the provider reported a failure")
-        code = error.get("code")
-        return JobError(
-            kind_from_message(message, ErrorKind.PROVIDER_ERROR),
-            message,
-            str(code) if code is not None else None,
-        )
-    if isinstance(error, str) and error:
-        return JobError(kind_from_message(error, ErrorKind.PROVIDER_ERROR), error)
-    return JobError(ErrorKind.PROVIDER_ERROR, f"the provider reported status {raw_status!r}")
+        message, code = error.get("message"), error.get("code")
+    elif isinstance(error, str):
+        message = error
+    if not isinstance(message, str) or not message.strip():
+        found = (data.get(key) for key in _MESSAGE_FIELDS)
+        message = next((m for m in found if isinstance(m, str) and m.strip()), None)
+    if message is None:
+        return JobError(ErrorKind.PROVIDER_ERROR, f"Trinetra reported status {raw_status!r}")
+    message = message[:500]
+    return JobError(
+        kind_from_message(message, ErrorKind.PROVIDER_ERROR),
+        message,
+        str(code)[:40] if code not in (None, "") else None,
+    )
 
 
 ADAPTER = TrinetraAdapter()

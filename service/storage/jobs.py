@@ -216,3 +216,42 @@ async def record_callbacks(conn: aiosqlite.Connection, records: Iterable[Callbac
         "VALUES (?, ?, ?, ?, ?)",
         ((r.job_id, r.provider, r.received_at, r.outcome, r.body) for r in records),
     )
+
+
+_UNFINISHED = ("pending", "submitted", "running")
+
+
+async def next_deadline(conn: aiosqlite.Connection) -> float | None:
+    """The earliest deadline of a job that has not reached a terminal state, if any."""
+    # One min() per status: each is a single index probe, where min() over an IN list would
+    # scan every unfinished job.
+    per_status = " UNION ALL ".join(
+        "SELECT min(deadline_at) AS t FROM jobs WHERE status = ?" for _ in _UNFINISHED
+    )
+    async with conn.execute(f"SELECT min(t) FROM ({per_status})", _UNFINISHED) as cursor:
+        row = await cursor.fetchone()
+    return float(row[0]) if row and row[0] is not None else None
+
+
+async def past_deadline(conn: aiosqlite.Connection, now: float, limit: int) -> list[Job]:
+    """Unfinished jobs whose deadline is at or before ``now``, earliest first."""
+    async with conn.execute(
+        f"SELECT {_COLUMNS} FROM jobs WHERE status IN (?, ?, ?) AND deadline_at <= ? "
+        "ORDER BY deadline_at LIMIT ?",
+        (*_UNFINISHED, now, limit),
+    ) as cursor:
+        return [_from_row(row) for row in await cursor.fetchall()]
+
+
+async def held_resubmits(conn: aiosqlite.Connection, job_id: str) -> int:
+    """How many times the held request of ``job_id`` was sent again after a restart."""
+    async with conn.execute("SELECT held_resubmits FROM jobs WHERE id = ?", (job_id,)) as cursor:
+        row = await cursor.fetchone()
+    return int(row[0]) if row else 0
+
+
+async def count_held_resubmit(conn: aiosqlite.Connection, job_id: str, now: float) -> None:
+    await conn.execute(
+        "UPDATE jobs SET held_resubmits = held_resubmits + 1, updated_at = ? WHERE id = ?",
+        (now, job_id),
+    )

@@ -1,0 +1,77 @@
+"""The deadline timer: a job with no terminal callback by its deadline becomes ``expired``.
+
+reelhook never asks a provider how a job is doing, so silence is the only sign of a lost job. The
+timer sleeps until the earliest deadline of an unfinished job and is woken in-process when a job
+with an earlier deadline is stored; it never polls the database on a fixed tick.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import anyio
+
+from service.clock import Clock
+from service.events import Publisher
+from service.lifecycle import expire_overdue
+from service.storage import jobs
+from service.storage.database import Database
+
+log = logging.getLogger(__name__)
+
+BATCH = 200  # jobs expired per transaction, so a long outage does not hold the writer for long
+
+
+class DeadlineTimer:
+    def __init__(
+        self,
+        db: Database,
+        publisher: Publisher,
+        *,
+        clock: Clock,
+        on_commit: Callable[[], None],
+    ) -> None:
+        self._db = db
+        self._publisher = publisher
+        self._clock = clock
+        self._on_commit = on_commit
+        self._wake = anyio.Event()
+        # The deadline the timer sleeps towards; None while no job is unfinished.
+        self._target: float | None = None
+
+    def schedule(self, deadline_at: float) -> None:
+        """A job with this deadline was stored (call after its commit).
+
+        The timer is woken when the deadline is earlier than the one it sleeps towards, or when
+        that one has already passed by the clock (the sleep ran long, e.g. after the wall clock
+        jumped), so an overdue job is expired now rather than at the next wake-up.
+        """
+        target = self._target
+        if target is None or deadline_at < target or target <= self._clock():
+            self._wake.set()
+
+    async def run(self) -> None:
+        """Expire overdue jobs until cancelled."""
+        while True:
+            self._wake = anyio.Event()
+            try:
+                if await self._expire_overdue():
+                    continue  # a full batch: more may be overdue
+                self._target = await jobs.next_deadline(self._db.reader)
+            except Exception:
+                log.exception("the deadline timer failed; retrying in a second")
+                await anyio.sleep(1)
+                continue
+            timeout = None if self._target is None else max(0.0, self._target - self._clock())
+            with anyio.move_on_after(timeout):
+                await self._wake.wait()
+
+    async def _expire_overdue(self) -> bool:
+        """Expire one batch of overdue jobs; return whether the batch was full."""
+        expired = await expire_overdue(self._db, self._publisher, self._clock(), BATCH)
+        if expired:
+            for job in expired:
+                log.info("job %s expired: no terminal callback by its deadline", job.id)
+            self._on_commit()
+        return len(expired) == BATCH

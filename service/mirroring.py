@@ -1,0 +1,196 @@
+"""Output mirroring: copies of provider-hosted videos in reelhook's blob store.
+
+Provider output URLs expire (apiframe's after a day, some after an hour). When a job succeeds
+with such URLs, the callback's transaction queues one download per output in SQLite (see
+:func:`service.lifecycle.apply_update`); this worker copies each into the blob store and the
+last one to end publishes ``job.succeeded``, so the event carries a ``mirror_url`` for every
+output — or, where a copy could not be made, the provider's URL and the reason. The queue is
+durable: a download cut short by a restart is started again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+
+import anyio
+import anyio.abc
+import httpx
+
+from service.blobs import BlobStore, BlobTooLarge
+from service.clock import Clock
+from service.events import Publisher
+from service.guarded_http import refused
+from service.lifecycle import Mirrored, record_mirror
+from service.storage import mirrors
+from service.storage.database import Database
+from service.storage.mirrors import MirrorTask
+
+log = logging.getLogger(__name__)
+
+# Seconds before the 2nd, 3rd and 4th try of a download that failed in a way that may pass.
+RETRY_DELAYS = (1.0, 10.0, 60.0)
+# Served as a generic binary type, a file is still taken if it starts like an MP4 (ISO BMFF).
+_GENERIC_TYPES = ("", "application/octet-stream", "binary/octet-stream")
+_SNIFF_BYTES = 12
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    reason: str
+    retryable: bool
+
+
+class Mirrors:
+    def __init__(
+        self,
+        *,
+        db: Database,
+        publisher: Publisher,
+        blobs: BlobStore,
+        client: httpx.AsyncClient,
+        clock: Clock,
+        on_commit: Callable[[], None],
+        max_bytes: int,
+        timeout: float,
+        retry_delays: Sequence[float] = RETRY_DELAYS,
+        concurrency: int = 4,
+    ) -> None:
+        self._db = db
+        self._publisher = publisher
+        self._blobs = blobs
+        self._client = client
+        self._clock = clock
+        self._on_commit = on_commit
+        self._max_bytes = max_bytes
+        self._timeout = timeout
+        self._retry_delays = tuple(retry_delays)
+        self._concurrency = concurrency
+        self._wake = anyio.Event()
+        self._active: set[tuple[str, int]] = set()
+
+    def wake(self) -> None:
+        """Tell the worker downloads may have been queued (call after their commit)."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Download queued outputs until cancelled; a cancelled download stays queued."""
+        async with anyio.create_task_group() as tg:
+            while True:
+                self._wake = anyio.Event()
+                try:
+                    timeout = await self._start_due(tg)
+                except Exception:
+                    log.exception("could not read the mirror queue; retrying in a second")
+                    await anyio.sleep(1)
+                    continue
+                with anyio.move_on_after(timeout):
+                    await self._wake.wait()
+
+    async def _start_due(self, tg: anyio.abc.TaskGroup) -> float | None:
+        """Start what is due and free to run; return how long to sleep (None: until woken)."""
+        now = self._clock()
+        free = self._concurrency - len(self._active)
+        if free > 0:
+            due = await mirrors.due(self._db.reader, now, limit=free + len(self._active))
+            # A download that ended while the query ran is in ``due`` but no longer active:
+            # record_mirror ignores a second finish, so at worst it is fetched twice.
+            for task in due:
+                key = (task.job_id, task.output_index)
+                if key in self._active or free <= 0:
+                    continue
+                self._active.add(key)
+                free -= 1
+                tg.start_soon(self._mirror, task)
+        # Due tasks left waiting for a slot are picked up when a running one ends and wakes us.
+        next_at = await mirrors.next_due_after(self._db.reader, now)
+        return None if next_at is None else max(0.0, next_at - self._clock())
+
+    async def _mirror(self, task: MirrorTask) -> None:
+        try:
+            try:
+                result = await self.download(task.url)
+            except Exception as exc:
+                log.exception("mirroring output %d of %s failed", task.output_index, task.job_id)
+                result = Failure(f"internal error: {type(exc).__name__}", retryable=False)
+            await self._record(task, result)
+        except Exception:
+            # The row stays pending; the next wake-up tries again.
+            log.exception("could not record the mirror of %s", task.job_id)
+        finally:
+            self._active.discard((task.job_id, task.output_index))
+            self.wake()
+
+    async def _record(self, task: MirrorTask, result: Mirrored | Failure) -> None:
+        now = self._clock()
+        if isinstance(result, Failure) and result.retryable:
+            if task.attempts < len(self._retry_delays):
+                at = now + self._retry_delays[task.attempts]
+                async with self._db.transaction() as conn:
+                    await mirrors.retry_later(conn, task, at, result.reason, now)
+                log.info("mirroring %s will be tried again: %s", task.job_id, result.reason)
+                return
+            result = Failure(f"{result.reason} (after {task.attempts + 1} attempts)", False)
+        outcome = result if isinstance(result, Mirrored) else result.reason
+        if isinstance(result, Failure):
+            log.warning("could not mirror an output of %s: %s", task.job_id, result.reason)
+        if await record_mirror(self._db, self._publisher, task, outcome, now) is not None:
+            self._on_commit()
+
+    async def download(self, url: str) -> Mirrored | Failure:
+        """Copy the video at ``url`` into the blob store, or say why it could not be."""
+        try:
+            with anyio.fail_after(self._timeout):
+                async with self._client.stream("GET", url) as response:
+                    return await self._store(response)
+        except TimeoutError:
+            return Failure(f"the download took longer than {self._timeout:g} seconds", True)
+        except httpx.InvalidURL as exc:
+            return Failure(f"the output URL is not valid: {exc}", False)
+        except httpx.HTTPError as exc:
+            if refused(exc):
+                return Failure(str(exc), False)
+            transient = isinstance(
+                exc, httpx.TimeoutException | httpx.NetworkError | httpx.RemoteProtocolError
+            )
+            return Failure(f"the download failed: {_describe(exc)}", transient)
+        except BlobTooLarge:
+            return Failure(f"the video is larger than {self._max_bytes} bytes", False)
+
+    async def _store(self, response: httpx.Response) -> Mirrored | Failure:
+        status = response.status_code
+        if status != 200:
+            transient = status in (408, 425, 429) or status >= 500
+            return Failure(f"the output URL answered HTTP {status}", transient)
+        media_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
+        chunks = response.aiter_bytes()
+        head = b""
+        async for chunk in chunks:
+            head += chunk
+            if len(head) >= _SNIFF_BYTES:
+                break
+        if not head:
+            return Failure("the output URL served an empty file", False)
+        if not media_type.startswith("video/"):
+            if media_type not in _GENERIC_TYPES or head[4:8] != b"ftyp":
+                return Failure(
+                    f"the output URL served {media_type or 'no type'}, not a video", False
+                )
+            media_type = "video/mp4"
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self._max_bytes:
+            return Failure(f"the video is larger than {self._max_bytes} bytes", False)
+
+        async def body() -> AsyncIterator[bytes]:
+            yield head
+            async for chunk in chunks:
+                yield chunk
+
+        digest, size = await self._blobs.write(body(), self._max_bytes)
+        return Mirrored(digest, size, media_type)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"[:300]

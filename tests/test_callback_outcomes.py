@@ -1,0 +1,158 @@
+"""Every inbound callback ends in one named outcome, reported in one place (design §4).
+
+The outcomes are what a metrics counter by provider and outcome hooks into; this drives reelhook
+through each of them over real loopback HTTP and checks what observers and the log hear, and that
+no rejected callback touched the job.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from typing import Any
+
+import httpx
+import pytest
+
+from service.callback_outcomes import CallbackOutcome
+from service.lifecycle import Outcome
+from service.providers.apiframe import signature
+from tests.conftest import SettingsFactory
+from tests.servers import loopback_socket, url_of
+from tests.support import served
+from tests.test_callbacks import (
+    APIFRAME_KEY,
+    TOKENS,
+    apiframe_completed,
+    apiframe_progress,
+    encode,
+    stored_callbacks,
+    trinetra_done,
+)
+
+pytestmark = pytest.mark.anyio
+
+Out = CallbackOutcome
+
+
+async def create(http: httpx.AsyncClient, model: str) -> dict[str, Any]:
+    response = await http.post("/v1/jobs", json={"model": model, "input": {"prompt": "A fox"}})
+    assert response.status_code == 202, response.text
+    job: dict[str, Any] = response.json()
+    return job
+
+
+async def event_types(http: httpx.AsyncClient, job_id: str) -> Counter[str]:
+    events = (await http.get("/v1/events", params={"limit": 1000})).json()["data"]
+    return Counter(e["type"] for e in events if e["data"].get("id") == job_id)
+
+
+async def test_each_outcome_is_named_once_and_rejections_touch_nothing(
+    settings_factory: SettingsFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="service.api.callbacks")
+    heard: list[tuple[str, CallbackOutcome]] = []
+
+    def broken(provider: str, outcome: CallbackOutcome) -> None:
+        raise RuntimeError("an observer that fails must not fail the callback")
+
+    sock = loopback_socket()
+    public_url = url_of(sock)
+    settings = settings_factory(
+        PUBLIC_URL=public_url,
+        SIM_DELAY="3600",
+        APIFRAME_API_KEY=APIFRAME_KEY,
+        APIFRAME_BASE_URL=f"{public_url}/sim/apiframe",
+        MAX_CALLBACK_BYTES="2048",
+    )
+    observers = [lambda provider, outcome: heard.append((provider, outcome)), broken]
+    async with served(settings, sock, callback_observers=observers) as http:
+        trinetra = await create(http, "trinetra/kling-v3")
+        other = await create(http, "trinetra/kling-v3")
+        apiframe = await create(http, "apiframe/kling-2.5-turbo-pro")
+        t_token = TOKENS.callback(trinetra["id"], "trinetra")
+        a_token = TOKENS.callback(apiframe["id"], "apiframe")
+        done = trinetra_done(trinetra["provider_job_id"])
+        padded = json.loads(done)
+        padded["padding"] = "x" * 4000
+
+        async def post(
+            provider: str, token: str, body: bytes, headers: dict[str, str] | None = None
+        ) -> int:
+            response = await http.post(
+                f"/v1/callbacks/{provider}/{token}", content=body, headers=headers or {}
+            )
+            return response.status_code
+
+        async def apiframe_post(document: dict[str, Any], key: str = APIFRAME_KEY) -> int:
+            body = encode(document)
+            return await post(
+                "apiframe", a_token, body, {"X-Webhook-Signature": signature(body, key)}
+            )
+
+        rejected = [
+            await post("kling", t_token, done),
+            await post("segmind", t_token, done),
+            await post("trinetra", t_token[:-2] + "xx", done),
+            await post("trinetra", t_token, encode(padded)),
+            await apiframe_post(apiframe_completed(apiframe["provider_job_id"]), key="afk_wrong"),
+            await post("trinetra", t_token, b"{not json"),
+            await post(
+                "trinetra", TOKENS.callback("job_01JNOSUCHJOB0000000000000", "trinetra"), done
+            ),
+            await post("trinetra", t_token, trinetra_done(other["provider_job_id"])),
+        ]
+        untouched = [(await http.get(f"/v1/jobs/{j['id']}")).json() for j in (trinetra, apiframe)]
+        untouched_events = [await event_types(http, j["id"]) for j in (trinetra, apiframe)]
+
+        progress = apiframe_progress(apiframe["provider_job_id"])
+        completed = apiframe_completed(apiframe["provider_job_id"])
+        accepted = [
+            await apiframe_post(progress),
+            await apiframe_post({**progress, "progress": 60}),
+            await apiframe_post(completed),
+            await apiframe_post(completed),
+            await apiframe_post(progress),
+        ]
+        final = (await http.get(f"/v1/jobs/{apiframe['id']}")).json()
+        final_events = await event_types(http, apiframe["id"])
+
+    assert rejected == [404, 404, 401, 413, 401, 400, 404, 401]
+    assert untouched == [trinetra, apiframe]
+    assert untouched_events == [{"job.submitted": 1}, {"job.submitted": 1}]
+    assert accepted == [200] * 5
+    assert final["status"] == "succeeded"
+    assert final_events == {"job.submitted": 1, "job.running": 1, "job.succeeded": 1}
+
+    expected = [
+        ("unknown", Out.UNKNOWN_PROVIDER),  # the path segment is never used as a label
+        ("segmind", Out.UNKNOWN_PROVIDER),
+        ("trinetra", Out.BAD_TOKEN),
+        ("trinetra", Out.TOO_LARGE),
+        ("apiframe", Out.BAD_SIGNATURE),
+        ("trinetra", Out.BAD_BODY),
+        ("trinetra", Out.UNKNOWN_JOB),
+        ("trinetra", Out.JOB_MISMATCH),
+        ("apiframe", Out.APPLIED),
+        ("apiframe", Out.STALE),
+        ("apiframe", Out.APPLIED),
+        ("apiframe", Out.DUPLICATE),
+        ("apiframe", Out.LATE),
+    ]
+    assert heard == expected
+    assert {outcome for _, outcome in heard} == set(CallbackOutcome)
+    logged = [
+        (getattr(r, "provider", None), r.callback_outcome)
+        for r in caplog.records
+        if hasattr(r, "callback_outcome")
+    ]
+    assert logged == [(provider, outcome.value) for provider, outcome in expected]
+    # Only the accepted callbacks were stored, all for the apiframe job.
+    assert [(row[0], row[2]) for row in stored_callbacks(settings)] == [
+        (apiframe["id"], outcome.value) for _, outcome in expected[8:]
+    ]
+
+
+def test_accepted_outcomes_are_the_lifecycles_own() -> None:
+    assert {o.value for o in CallbackOutcome if o.accepted} == {o.value for o in Outcome}

@@ -1,0 +1,178 @@
+"""Durable submit retries: the schedule, and the claims under a lease kept in SQLite.
+
+Time is passed in (``now``), never slept through; the database is a real SQLite file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator
+from importlib import resources
+from pathlib import Path
+
+import aiosqlite
+import pytest
+
+from service.events import Publisher
+from service.lifecycle import defer_submit, mark_submitted
+from service.models import Cost, Job, JobStatus
+from service.storage import jobs, submissions
+from service.storage.database import Database, migrate
+from service.submit_retry import SubmitRetryPolicy
+
+pytestmark = pytest.mark.anyio
+
+NOW = 1_700_000_000.0
+DEADLINE = NOW + 3600
+POLICY = SubmitRetryPolicy((5.0, 30.0, 120.0))
+
+
+def no_jitter() -> float:
+    return 0.5
+
+
+# --- the schedule ------------------------------------------------------------------------------
+
+
+def test_each_retry_waits_its_scheduled_delay() -> None:
+    assert POLICY.attempts == 4
+    waits = [POLICY.next_attempt_at(n, NOW, deadline=DEADLINE, rng=no_jitter) for n in (1, 2, 3)]
+    assert waits == [NOW + 5, NOW + 30, NOW + 120]
+
+
+def test_the_budget_is_spent_after_the_last_scheduled_retry() -> None:
+    assert POLICY.next_attempt_at(4, NOW, deadline=DEADLINE, rng=no_jitter) is None
+    assert POLICY.next_attempt_at(0, NOW, deadline=DEADLINE, rng=no_jitter) is None
+
+
+@pytest.mark.parametrize(("rng", "factor"), [(0.0, 0.8), (1.0, 1.2), (0.25, 0.9)])
+def test_jitter_spreads_a_delay_by_a_fifth_either_way(rng: float, factor: float) -> None:
+    due = POLICY.next_attempt_at(2, NOW, deadline=DEADLINE, rng=lambda: rng)
+    assert due == pytest.approx(NOW + 30 * factor)
+
+
+def test_retry_after_is_a_floor_not_a_ceiling() -> None:
+    longer = POLICY.next_attempt_at(1, NOW, deadline=DEADLINE, retry_after=90, rng=no_jitter)
+    shorter = POLICY.next_attempt_at(2, NOW, deadline=DEADLINE, retry_after=1, rng=no_jitter)
+    assert (longer, shorter) == (NOW + 90, NOW + 30)
+
+
+def test_no_retry_is_scheduled_past_the_deadline() -> None:
+    assert POLICY.next_attempt_at(1, NOW, deadline=NOW + 5.5, rng=no_jitter) == NOW + 5
+    assert POLICY.next_attempt_at(1, NOW, deadline=NOW + 5, rng=no_jitter) is None
+    far = POLICY.next_attempt_at(1, NOW, deadline=DEADLINE, retry_after=7200, rng=no_jitter)
+    assert far is None
+
+
+# --- claims under a lease ----------------------------------------------------------------------
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[Database]:
+    async with Database.open(tmp_path / "reelhook.db") as database:
+        yield database
+
+
+def make_job(number: int, provider: str = "trinetra", **changes: object) -> Job:
+    job = Job(
+        id=f"job_01JTESTSUBMITRETRY{number:08d}",
+        owner_key_id="key_test",
+        model=f"{provider}/kling-x",
+        provider=provider,
+        status=JobStatus.PENDING,
+        input={"prompt": "A cat"},
+        cost=Cost(estimated=1.0, unit="credits"),
+        created_at=NOW,
+        deadline_at=DEADLINE,
+    )
+    return dataclasses.replace(job, **changes)  # type: ignore[arg-type]
+
+
+async def store(db: Database, job: Job, due: float | None, attempts: int = 0) -> None:
+    async with db.transaction() as conn:
+        await jobs.insert(conn, job)
+        await submissions.schedule(conn, job.id, next_at=due, attempts=attempts)
+
+
+async def claim(db: Database, now: float, providers: tuple[str, ...] = ("trinetra",)) -> list[str]:
+    async with db.transaction() as conn:
+        claimed = await submissions.claim_due(
+            conn, providers=providers, now=now, lease_until=now + 60, limit=10
+        )
+    return [f"{job.id[-1]}#{attempt}" for job, attempt in claimed]
+
+
+async def test_a_claim_takes_due_jobs_in_order_and_leases_them(db: Database) -> None:
+    await store(db, make_job(1), due=NOW + 10)
+    await store(db, make_job(2), due=NOW - 5, attempts=2)
+    await store(db, make_job(3), due=NOW)
+    await store(db, make_job(4, provider="apiframe"), due=NOW)
+    await store(db, make_job(5, status=JobStatus.SUBMITTED), due=NOW)
+
+    assert await submissions.next_due_at(db.reader, ["trinetra"]) == NOW - 5
+    assert await claim(db, NOW) == ["2#3", "3#1"]
+    # Leased: not claimed again while the attempt may still be in flight ...
+    assert await claim(db, NOW + 59) == ["1#1"]
+    assert await submissions.next_due_at(db.reader, ["trinetra"]) == NOW + 60
+    assert await submissions.attempts_of(db.reader, "job_01JTESTSUBMITRETRY00000002") == (
+        3,
+        NOW + 60,
+    )
+    # ... but once the lease has run out (reelhook stopped mid-attempt), they are due again.
+    assert await claim(db, NOW + 60) == ["2#4", "3#2"]
+    assert await claim(db, NOW + 60, ("apiframe",)) == ["4#1"]
+    assert await claim(db, NOW + 60, ()) == []
+
+
+async def test_a_deferred_attempt_keeps_the_job_pending_until_due(db: Database) -> None:
+    job = make_job(1)
+    await store(db, job, due=NOW + 60, attempts=1)
+    assert await defer_submit(db, job.id, NOW + 5, "rate_limited: slow down", NOW)
+    assert await submissions.attempts_of(db.reader, job.id) == (1, NOW + 5)
+    assert (await jobs.get(db.reader, job.id)) == job
+    assert await claim(db, NOW + 4) == []
+    assert await claim(db, NOW + 5) == ["1#2"]
+
+
+async def test_a_job_a_callback_moved_on_is_not_deferred(db: Database) -> None:
+    job = make_job(1, status=JobStatus.RUNNING)
+    await store(db, job, due=None)
+    assert not await defer_submit(db, job.id, NOW + 5, "timeout", NOW)
+    assert not await defer_submit(db, job.id, NOW + 5, "timeout", NOW, requeue=True)
+    assert not await defer_submit(db, "job_missing", NOW + 5, "timeout", NOW)
+    assert await claim(db, NOW + 10) == []
+
+
+async def test_a_requeued_held_request_is_announced_once(db: Database) -> None:
+    """Segmind refused a held request before doing any work: the job goes back to pending and,
+    sent again, is not announced as submitted a second time."""
+    publisher = Publisher(lambda digest, media_type: "")
+    job = make_job(1, provider="segmind")
+    await store(db, job, due=NOW)
+    _, moved = await mark_submitted(db, publisher, job.id, None, NOW)
+    assert moved
+    assert await defer_submit(db, job.id, NOW + 5, "rate_limited", NOW + 1, requeue=True)
+    requeued = await jobs.get(db.reader, job.id)
+    assert requeued is not None
+    assert requeued.status is JobStatus.PENDING
+    assert requeued.submitted_at == NOW
+
+    current, moved = await mark_submitted(db, publisher, job.id, None, NOW + 5)
+    assert moved and current is not None and current.status is JobStatus.SUBMITTED
+    async with db.reader.execute("SELECT type FROM events ORDER BY seq") as cursor:
+        assert [row[0] for row in await cursor.fetchall()] == ["job.submitted"]
+
+
+async def test_jobs_left_pending_by_an_older_version_are_due_at_once(tmp_path: Path) -> None:
+    """Migration 0002 gives every pending job a due time (its creation), so the worker sends it."""
+    path = tmp_path / "old.db"
+    first = (resources.files("service.storage") / "migrations" / "0001_initial.sql").read_text()
+    async with aiosqlite.connect(path, isolation_level=None) as conn:
+        await conn.executescript(f"BEGIN;\n{first}\nPRAGMA user_version = 1;\nCOMMIT;")
+        await jobs.insert(conn, make_job(1))
+        await jobs.insert(conn, make_job(2, status=JobStatus.SUBMITTED))
+        assert await migrate(conn) >= 2
+    async with Database.open(path) as db:
+        assert await submissions.attempts_of(db.reader, make_job(1).id) == (0, NOW)
+        assert await submissions.attempts_of(db.reader, make_job(2).id) == (0, None)
+        assert await claim(db, NOW) == ["1#1"]
