@@ -10,11 +10,11 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
-from starlette.routing import BaseRoute, Mount
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from service.api import resource
+from service.api.context import Endpoint
 from service.console import deliveries, jobs, signin, subscriptions
 from service.console.view import Handler, endpoint
 
@@ -47,6 +47,20 @@ def when(value: float | str | None) -> str:
 
 def pretty(value: Any) -> str:
     return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True)
+
+
+def resource(path: str, **handlers: Endpoint) -> Route:
+    """One console route for ``path`` with a handler per method (HEAD wherever GET is).
+
+    Pages are HTML for people, not part of the JSON API, so they stay out of its route table.
+    """
+    if "get" in handlers:
+        handlers.setdefault("head", handlers["get"])
+
+    async def dispatch(request: Request) -> Response:
+        return await handlers[request.method.lower()](request)
+
+    return Route(path, dispatch, methods=[method.upper() for method in handlers])
 
 
 async def _home(request: Request) -> Response:
