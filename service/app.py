@@ -14,14 +14,13 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute, Mount
 
-from service import bootstrap
+from service import bootstrap, datadir, startup_checks
 from service.api import routes
 from service.api.context import Services
 from service.blobs import BlobStore
 from service.clock import Clock, system_clock
 from service.delivery.dispatcher import Dispatcher
 from service.delivery.retry import RetryPolicy
-from service.delivery.sender import Sender
 from service.errors import (
     ReelhookError,
     handle_http_exception,
@@ -30,6 +29,10 @@ from service.errors import (
 )
 from service.events import Publisher
 from service.held_requests import HeldRequests
+from service.instrumentation import MeteredSender, MeteredTransport
+from service.metrics import Metrics
+from service.ratelimit import RateLimiter
+from service.retention import Retention
 from service.settings import Settings
 from service.sim import Scenario, Simulator
 from service.storage.database import Database
@@ -67,6 +70,9 @@ def create_app(
     simulator = (
         Simulator(Scenario(delay=settings.sim_delay)) if settings.simulated_providers else None
     )
+    # Per application, never global: two apps in one process (tests) must not share counts.
+    metrics = Metrics()
+    limiter = RateLimiter(settings.rate_limit, settings.rate_burst)
     app_routes: list[BaseRoute] = routes()
     if simulator is not None:
         app_routes.append(Mount("/sim", routes=simulator.routes()))
@@ -74,14 +80,20 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Services]]:
         async with AsyncExitStack() as stack:
+            stack.enter_context(datadir.locked(settings.data_dir))
             tokens = Tokens(await bootstrap.secret_keys(settings))
             db = await stack.enter_async_context(Database.open(settings.database_path))
             generated = await bootstrap.admin_key(db, settings, clock)
+            bases = {e.base_url: e.name for e in provider_endpoints(settings).values()}
             client = await stack.enter_async_context(
-                httpx.AsyncClient(timeout=settings.provider_timeout, follow_redirects=False)
+                httpx.AsyncClient(
+                    timeout=settings.provider_timeout,
+                    follow_redirects=False,
+                    transport=MeteredTransport(httpx.AsyncHTTPTransport(), metrics, bases),
+                )
             )
             session = await stack.enter_async_context(
-                Sender.session(
+                MeteredSender.session(
                     allow=settings.allow_private_subscribers,
                     timeout=settings.delivery_timeout,
                     concurrency=settings.delivery_concurrency,
@@ -89,11 +101,16 @@ def create_app(
             )
             if simulator is not None:
                 await stack.enter_async_context(simulator.running())
-            services = _wire(settings, clock, retry_overload_floor, db, tokens, client, session)
+            services = _wire(
+                settings, clock, retry_overload_floor, db, tokens, client, session, metrics, limiter
+            )
+            retention = Retention(db, metrics, clock=clock, max_age=settings.retention)
             tasks = await stack.enter_async_context(anyio.create_task_group())
             tasks.start_soon(services.dispatcher.run)
             tasks.start_soon(services.held.run)
+            tasks.start_soon(retention.run)
             _announce(settings, generated)
+            startup_checks.warn_if_unreachable(settings)
             try:
                 yield {"services": services}
             finally:
@@ -118,6 +135,8 @@ def _wire(
     tokens: Tokens,
     client: httpx.AsyncClient,
     session: aiohttp.ClientSession,
+    metrics: Metrics,
+    limiter: RateLimiter,
 ) -> Services:
     endpoints = provider_endpoints(settings)
     blobs = BlobStore(settings.blob_dir)
@@ -128,7 +147,7 @@ def _wire(
     publisher = Publisher(file_url, first_delay=settings.retry_schedule[0])
     dispatcher = Dispatcher(
         db,
-        Sender(session),
+        MeteredSender(session, metrics),
         RetryPolicy(settings.retry_schedule, overload_floor=retry_overload_floor),
         clock=clock,
         # A lease outlives the slowest attempt, with room for a claimed row to wait for a slot.
@@ -173,6 +192,8 @@ def _wire(
         submitter=submitter,
         dispatcher=dispatcher,
         held=held,
+        limiter=limiter,
+        metrics=metrics,
     )
 
 

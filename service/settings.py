@@ -21,7 +21,8 @@ DEFAULT_RETRY_SCHEDULE = (0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 360
 
 
 class SettingsError(ValueError):
-    """A setting has a value reelhook cannot start with; the message names the variable."""
+    """A setting has a value reelhook cannot start with; each line of the message names one
+    variable and its problem."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +61,11 @@ class Settings:
     provider_timeout: float = 30.0
     segmind_timeout: float = 600.0
     file_link_ttl: float = 7 * 24 * 3600.0
+    retention: float = 30 * 24 * 3600.0
+    rate_limit: float = 100.0
+    rate_burst: int = 200
+    log_format: str = "text"
+    log_level: str = "INFO"
 
     @property
     def database_path(self) -> Path:
@@ -173,10 +179,25 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     }
 
     if env == "production":
+        # Every missing production requirement at once, one line each, so one restart fixes all.
+        problems = []
         if urlsplit(public_url).scheme != "https":
-            raise read.fail("PUBLIC_URL", "production needs an https public URL")
+            problems.append(
+                read.fail(
+                    "PUBLIC_URL",
+                    f"production needs the https URL providers call back (got {public_url!r})",
+                )
+            )
         if not secret_keys:
-            raise read.fail("SECRET_KEYS", "production needs configured secret keys")
+            problems.append(
+                read.fail(
+                    "SECRET_KEYS",
+                    "production needs configured secret keys (comma-separated, newest last, "
+                    "each at least 16 characters)",
+                )
+            )
+        if problems:
+            raise SettingsError("\n".join(str(problem) for problem in problems))
 
     return Settings(
         host=host,
@@ -202,7 +223,22 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         provider_timeout=read.number("PROVIDER_TIMEOUT", 30.0, minimum=0.1),
         segmind_timeout=read.number("SEGMIND_TIMEOUT", 600.0, minimum=1.0),
         file_link_ttl=read.number("FILE_LINK_TTL", 7 * 24 * 3600.0, minimum=1.0),
+        retention=read.number("RETENTION", 30 * 24 * 3600.0),
+        rate_limit=read.number("RATE_LIMIT", 100.0),
+        rate_burst=read.integer("RATE_BURST", 200, minimum=1),
+        log_format=_choice(read, "LOG_FORMAT", ("text", "json"), "text"),
+        log_level=_choice(read, "LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), "INFO"),
     )
+
+
+def _choice(read: _Reader, name: str, choices: tuple[str, ...], default: str) -> str:
+    raw = read.raw(name)
+    if raw is None:
+        return default
+    for choice in choices:
+        if raw.lower() == choice.lower():
+            return choice
+    raise read.fail(name, f"expected one of {', '.join(choices)}, got {raw!r}")
 
 
 def _url_host(host: str) -> str:

@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from service.api.context import read_body, services
-from service.errors import BadRequest, NotFound, Unauthorized
+from service.errors import BadRequest, NotFound, PayloadTooLarge, Unauthorized
 from service.lifecycle import JobMismatch, UnknownJob, apply_update
 from service.providers import ADAPTERS
 from service.providers.base import ForgedCallback, InvalidCallback
@@ -25,18 +25,24 @@ async def receive_callback(request: Request) -> Response:
     state = services(request)
     provider = request.path_params["provider"]
     adapter = ADAPTERS.get(provider)
-    if adapter is None or adapter.holds_request:
-        raise NotFound(f"no callbacks are accepted for {provider!r}")
 
     def reject(outcome: str, error: Exception) -> Exception:
-        log.info("rejected %s callback: %s", provider, outcome)
+        log.info("rejected %s callback: %s", provider if adapter else "unknown", outcome)
+        # Only known names become labels: the path is the sender's to choose.
+        state.metrics.callback(provider if adapter else "unknown", outcome)
         return error
+
+    if adapter is None or adapter.holds_request:
+        raise reject("no_callbacks", NotFound(f"no callbacks are accepted for {provider!r}"))
 
     try:
         job_id = state.tokens.verify_callback(request.path_params["token"], provider)
     except InvalidToken:
         raise reject("bad_token", Unauthorized("the callback token is not valid")) from None
-    body = await read_body(request, state.settings.max_callback_bytes)
+    try:
+        body = await read_body(request, state.settings.max_callback_bytes)
+    except PayloadTooLarge as exc:
+        raise reject("too_large", exc) from None
     try:
         adapter.verify_callback(request.headers, body, state.endpoints[provider].api_key)
     except ForgedCallback as exc:
@@ -60,4 +66,6 @@ async def receive_callback(request: Request) -> Response:
     except JobMismatch:
         raise reject("job_mismatch", Unauthorized("the body names a different job")) from None
     state.dispatcher.wake()
+    state.metrics.callback(provider, outcome.value)
+    log.debug("%s callback for %s: %s", provider, job.id, outcome.value)
     return JSONResponse({"received": True, "job_id": job.id, "outcome": outcome.value})
