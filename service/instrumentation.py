@@ -6,7 +6,6 @@ the code deciding what to send stays free of metrics.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -16,8 +15,6 @@ import httpx
 from service import ids
 from service.delivery.sender import AttemptResult, Sender
 from service.metrics import Metrics
-
-log = logging.getLogger(__name__)
 
 
 class MeteredTransport(httpx.AsyncBaseTransport):
@@ -95,13 +92,6 @@ class MeteredSender(Sender):
                 pass
             else:
                 self._metrics.delivery_lag.observe(max(0.0, lag))
-        log.debug(
-            "attempt to deliver %s: %s (%s) in %.1f ms",
-            event_id,
-            outcome,
-            result.status_code,
-            result.latency_ms,
-        )
         return result
 
 

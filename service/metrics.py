@@ -7,13 +7,11 @@ status, outbox depth, oldest waiting delivery) are read from SQLite indexes when
 from __future__ import annotations
 
 import aiosqlite
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import choose_encoder
 
 from service.models import JobStatus
 from service.storage import stats
-
-CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 # From loopback fan-out (milliseconds) to a subscriber that was down for a day.
 _LAG_BUCKETS = (
@@ -94,6 +92,8 @@ class Metrics:
         self.outbox_depth.set(depth)
         self.oldest_pending_delivery.set(max(0.0, now - oldest) if oldest is not None else 0.0)
 
-    def render(self) -> bytes:
-        """The registry in the Prometheus text exposition format."""
-        return generate_latest(self.registry)
+    def render(self, accept: str | None) -> tuple[bytes, str]:
+        """The registry in the format the ``Accept`` header asks for (OpenMetrics, or the
+        Prometheus text format, 0.0.4 unless a newer version is asked for), with its type."""
+        encode, content_type = choose_encoder(accept or "")
+        return encode(self.registry), content_type

@@ -9,7 +9,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from service.api.context import services
-from service.metrics import CONTENT_TYPE
 
 # How long /readyz waits for the database to take its write before calling it not writable.
 READY_WRITE_WAIT = 2.0
@@ -39,6 +38,5 @@ async def metrics(request: Request) -> Response:
     """Prometheus text exposition of this process's metrics."""
     state = services(request)
     await state.metrics.refresh(state.db.reader, state.clock())
-    return Response(
-        state.metrics.render(), media_type=CONTENT_TYPE, headers={"Cache-Control": "no-store"}
-    )
+    body, content_type = state.metrics.render(request.headers.get("accept"))
+    return Response(body, headers={"Content-Type": content_type, "Cache-Control": "no-store"})
