@@ -14,7 +14,8 @@ import json
 import logging
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -114,13 +115,39 @@ def handler_for(settings: Settings, stream: TextIO | None = None) -> logging.Han
     return handler
 
 
+# Loggers that would say too much below these levels: httpx logs every request URL at INFO
+# (output URLs carry signed query strings), aiosqlite every statement with its parameters at DEBUG.
+_CAPS = {"httpx": logging.WARNING, "httpcore": logging.WARNING, "aiosqlite": logging.INFO}
+
+
 def configure_logging(settings: Settings) -> None:
     """Send every log record (reelhook's and uvicorn's) to stderr as ``settings`` say."""
     root = logging.getLogger()
     for existing in list(root.handlers):
         root.removeHandler(existing)
     root.addHandler(handler_for(settings))
-    root.setLevel(settings.log_level)
-    # httpx logs every request URL at INFO, and output URLs can carry signed query strings.
-    for noisy in ("httpx", "httpcore"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    _set_levels(settings.log_level)
+
+
+@contextmanager
+def logging_to(stream: TextIO, settings: Settings) -> Iterator[logging.Handler]:
+    """Like :func:`configure_logging`, to ``stream`` and for the block only (for tests and
+    tools that run reelhook inside another program); levels are restored afterwards."""
+    root = logging.getLogger()
+    saved = {name: logging.getLogger(name).level for name in ("", *_CAPS)}
+    handler = handler_for(settings, stream)
+    root.addHandler(handler)
+    _set_levels(settings.log_level)
+    try:
+        yield handler
+    finally:
+        root.removeHandler(handler)
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def _set_levels(level: str) -> None:
+    root = logging.getLogger()
+    root.setLevel(level)
+    for name, floor in _CAPS.items():
+        logging.getLogger(name).setLevel(max(floor, root.level))
