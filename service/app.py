@@ -21,6 +21,7 @@ from service.blobs import BlobStore
 from service.clock import Clock, system_clock
 from service.delivery.dispatcher import Dispatcher
 from service.delivery.retry import RetryPolicy
+from service.delivery.sender import Sender
 from service.errors import (
     ReelhookError,
     handle_http_exception,
@@ -93,7 +94,7 @@ def create_app(
                 )
             )
             session = await stack.enter_async_context(
-                MeteredSender.session(
+                Sender.session(
                     allow=settings.allow_private_subscribers,
                     timeout=settings.delivery_timeout,
                     concurrency=settings.delivery_concurrency,

@@ -36,8 +36,14 @@ _ID_FIELDS = {
     "sub": "subscription_id",
     "key": "key_id",
 }
-# Attributes every LogRecord has; anything else on a record came from ``extra=``.
-_STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
+# Attributes every LogRecord has; anything else on a record came from ``extra=`` (but uvicorn's
+# ``color_message``, the message again with terminal colour codes).
+_STANDARD = set(logging.makeLogRecord({}).__dict__) | {
+    "message",
+    "asctime",
+    "taskName",
+    "color_message",
+}
 
 
 class Scrubber:

@@ -273,6 +273,7 @@ def test_serve_writes_json_lines_to_stderr_and_warns_once(tmp_path: Path) -> Non
         stdout, rest = process.communicate(timeout=20)
     lines += [json.loads(raw) for raw in rest.splitlines() if raw.strip()]
 
+    assert not any("color_message" in line for line in lines), "no terminal colour codes"
     warnings = [line for line in lines if "REELHOOK_PUBLIC_URL" in line["message"]]
     assert len(warnings) == 1, lines
     assert warnings[0]["level"] == "WARNING"
