@@ -34,7 +34,7 @@ async def create_job(request: Request) -> Response:
 async def get_job(request: Request) -> Response:
     caller = await authenticate(request, "jobs:read")
     job = await jobs.get(services(request).db.reader, request.path_params["job_id"])
-    if job is None or (caller.owner_filter and job.owner_key_id != caller.key_id):
+    if job is None or not caller.can_see(job.owner_key_id):
         raise NotFound(f"no job {request.path_params['job_id']!r}")
     return JSONResponse(job.to_document(services(request).publisher.file_url))
 
