@@ -126,6 +126,7 @@ class Bench:
             "REELHOOK_ALLOW_PRIVATE_SUBSCRIBERS": "127.0.0.0/8",
             "REELHOOK_MIRROR_OUTPUTS": "false",
             "REELHOOK_LOG_LEVEL": "WARNING",
+            "REELHOOK_RATE_LIMIT": "0",
         }
 
     def take_jobs(self, count: int) -> int:

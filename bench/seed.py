@@ -34,7 +34,7 @@ async def seed_jobs(env: dict[str, str], start: int, stop: int) -> None:
         async with db.transaction() as conn:
             found = await keys.find_active(conn, hash_key(settings.admin_key))
         assert found is not None
-        owner = found[0]
+        owner = found.id
         for first in range(start, stop, BATCH):
             batch = [
                 Job(

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 
 import uvicorn
 
+from service import backup
 from service.app import create_app
+from service.logging_setup import configure_logging
 from service.settings import SettingsError, load_settings
 
 
@@ -17,12 +18,10 @@ def serve(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(os.environ)
     except SettingsError as exc:
-        print(f"reelhook: cannot start: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines():
+            print(f"reelhook: cannot start: {line}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=os.environ.get("REELHOOK_LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(settings)
     config = uvicorn.Config(
         create_app(settings),
         host=settings.host,
@@ -49,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     serve_parser.add_argument("--access-log", action="store_true", help="log every HTTP request")
     serve_parser.set_defaults(handler=serve)
+    backup.register(commands)
     args = parser.parse_args(argv)
     if args.command is None:
         args = parser.parse_args(["serve", *(argv or sys.argv[1:])])

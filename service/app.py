@@ -14,7 +14,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute, Mount
 
-from service import bootstrap, console
+from service import bootstrap, console, datadir, startup_checks
 from service.api import routes
 from service.api.context import Services
 from service.blobs import BlobStore
@@ -34,7 +34,11 @@ from service.events import Publisher
 from service.guarded_http import guarded_client, origin_of
 from service.held_requests import HeldRequests
 from service.ingest import Ingest
+from service.instrumentation import MeteredSender, MeteredTransport
+from service.metrics import Metrics
 from service.mirroring import RETRY_DELAYS, Mirrors
+from service.ratelimit import RateLimiter
+from service.retention import Retention
 from service.settings import Settings
 from service.sim import Scenario, Simulator
 from service.storage.database import Database
@@ -76,6 +80,9 @@ def create_app(
     simulator = (
         Simulator(Scenario(delay=settings.sim_delay)) if settings.simulated_providers else None
     )
+    # Per application, never global: two apps in one process (tests) must not share counts.
+    metrics = Metrics()
+    limiter = RateLimiter(settings.rate_limit, settings.rate_burst)
     app_routes: list[BaseRoute] = routes() + console.routes()
     if simulator is not None:
         app_routes.append(Mount("/sim", routes=simulator.routes()))
@@ -83,14 +90,20 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Services]]:
         async with AsyncExitStack() as stack:
+            stack.enter_context(datadir.locked(settings.data_dir))
             tokens = Tokens(await bootstrap.secret_keys(settings))
             db = await stack.enter_async_context(Database.open(settings.database_path))
             generated = await bootstrap.admin_key(db, settings, clock)
             # One TLS context (loading the CA bundle is slow) for provider calls and downloads.
             ssl_context = httpx.create_ssl_context()
+            bases = {e.base_url: e.name for e in provider_endpoints(settings).values()}
             client = await stack.enter_async_context(
                 httpx.AsyncClient(
-                    verify=ssl_context, timeout=settings.provider_timeout, follow_redirects=False
+                    timeout=settings.provider_timeout,
+                    follow_redirects=False,
+                    transport=MeteredTransport(
+                        httpx.AsyncHTTPTransport(verify=ssl_context), metrics, bases
+                    ),
                 )
             )
             session = await stack.enter_async_context(
@@ -121,9 +134,13 @@ def create_app(
                 session,
                 downloads,
                 mirror_retry_delays,
+                metrics,
+                limiter,
             )
+            services.callback_observers.append(metrics.callback_outcome)
             services.callback_observers.extend(callback_observers)
             await services.blobs.remove_leftovers()
+            retention = Retention(db, metrics, clock=clock, max_age=settings.retention)
             tasks = await stack.enter_async_context(anyio.create_task_group())
             tasks.start_soon(services.dispatcher.run)
             tasks.start_soon(services.held.run)
@@ -131,7 +148,9 @@ def create_app(
             tasks.start_soon(services.deadlines.run)
             tasks.start_soon(services.mirrors.run)
             tasks.start_soon(services.submitter.run_retries)
+            tasks.start_soon(retention.run)
             _announce(settings, generated)
+            startup_checks.warn_if_unreachable(settings)
             try:
                 yield {"services": services}
             finally:
@@ -160,6 +179,8 @@ def _wire(
     session: aiohttp.ClientSession,
     downloads: httpx.AsyncClient,
     mirror_retry_delays: Sequence[float],
+    metrics: Metrics,
+    limiter: RateLimiter,
 ) -> Services:
     endpoints = provider_endpoints(settings)
     blobs = BlobStore(settings.blob_dir)
@@ -170,7 +191,7 @@ def _wire(
     publisher = Publisher(file_url, first_delay=settings.retry_schedule[0])
     dispatcher = Dispatcher(
         db,
-        Sender(session),
+        MeteredSender(session, metrics),
         RetryPolicy(settings.retry_schedule, overload_floor=retry_overload_floor),
         clock=clock,
         # A lease outlives the slowest attempt, with room for a claimed row to wait for a slot.
@@ -254,6 +275,8 @@ def _wire(
         ),
         deadlines=deadlines,
         mirrors=mirrors,
+        limiter=limiter,
+        metrics=metrics,
     )
 
 

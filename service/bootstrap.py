@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 from pathlib import Path
@@ -14,6 +15,8 @@ from service.ids import new_id
 from service.settings import Settings
 from service.storage import keys
 from service.storage.database import Database
+
+log = logging.getLogger(__name__)
 
 
 async def secret_keys(settings: Settings) -> list[str]:
@@ -45,7 +48,15 @@ async def admin_key(db: Database, settings: Settings, clock: Clock) -> str | Non
     async with db.transaction() as conn:
         if settings.admin_key:
             digest = hash_key(settings.admin_key)
-            if await keys.find_active(conn, digest) is None:
+            known = await keys.find_by_hash(conn, digest)
+            if known is not None and known.revoked_at is not None:
+                # Revoked through the API: the environment must not bring it back to life.
+                log.warning(
+                    "REELHOOK_ADMIN_KEY names revoked key %s; it stays revoked "
+                    "(set a new value to register a new admin key)",
+                    known.id,
+                )
+            elif known is None:
                 await keys.insert(
                     conn,
                     key_id=new_id("key"),

@@ -26,7 +26,8 @@ DEFAULT_SUBMIT_RETRY_SCHEDULE = (5.0, 30.0, 120.0, 600.0, 1800.0)
 
 
 class SettingsError(ValueError):
-    """A setting has a value reelhook cannot start with; the message names the variable."""
+    """A setting has a value reelhook cannot start with; each line of the message names one
+    variable and its problem."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +74,11 @@ class Settings:
     secret_rotation_grace: float = 86400.0
     shutdown_grace: float = 10.0
     submit_retry_schedule: tuple[float, ...] = DEFAULT_SUBMIT_RETRY_SCHEDULE
+    retention: float = 30 * 24 * 3600.0
+    rate_limit: float = 100.0
+    rate_burst: int = 200
+    log_format: str = "text"
+    log_level: str = "INFO"
 
     @property
     def database_path(self) -> Path:
@@ -190,10 +196,25 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     }
 
     if env == "production":
+        # Every missing production requirement at once, one line each, so one restart fixes all.
+        problems = []
         if urlsplit(public_url).scheme != "https":
-            raise read.fail("PUBLIC_URL", "production needs an https public URL")
+            problems.append(
+                read.fail(
+                    "PUBLIC_URL",
+                    f"production needs the https URL providers call back (got {public_url!r})",
+                )
+            )
         if not secret_keys:
-            raise read.fail("SECRET_KEYS", "production needs configured secret keys")
+            problems.append(
+                read.fail(
+                    "SECRET_KEYS",
+                    "production needs configured secret keys (comma-separated, newest last, "
+                    "each at least 16 characters)",
+                )
+            )
+        if problems:
+            raise SettingsError("\n".join(str(problem) for problem in problems))
 
     return Settings(
         host=host,
@@ -229,7 +250,22 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         submit_retry_schedule=_schedule(
             read, "SUBMIT_RETRY_SCHEDULE", DEFAULT_SUBMIT_RETRY_SCHEDULE
         ),
+        retention=read.number("RETENTION", 30 * 24 * 3600.0),
+        rate_limit=read.number("RATE_LIMIT", 100.0),
+        rate_burst=read.integer("RATE_BURST", 200, minimum=1),
+        log_format=_choice(read, "LOG_FORMAT", ("text", "json"), "text"),
+        log_level=_choice(read, "LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), "INFO"),
     )
+
+
+def _choice(read: _Reader, name: str, choices: tuple[str, ...], default: str) -> str:
+    raw = read.raw(name)
+    if raw is None:
+        return default
+    for choice in choices:
+        if raw.lower() == choice.lower():
+            return choice
+    raise read.fail(name, f"expected one of {', '.join(choices)}, got {raw!r}")
 
 
 def _url_host(host: str) -> str:

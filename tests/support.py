@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
 from typing import Any
@@ -85,3 +86,16 @@ async def send_without_key(
     request = http.build_request(method, path, **options)
     del request.headers["X-API-Key"]
     return await http.send(request)
+
+
+class ManualClock:
+    """A clock that stands still until the test moves it (for ``create_app(clock=...)``)."""
+
+    def __init__(self, now: float | None = None) -> None:
+        self.now = time.time() if now is None else now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds

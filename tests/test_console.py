@@ -19,11 +19,8 @@ from asgi_lifespan import LifespanManager
 from service.api.context import hash_key
 from service.app import create_app
 from service.console.session import COOKIE, SessionCodec
-from service.ids import new_id
 from service.settings import Settings
 from service.sim import Scenario, Simulator, create_sim_app
-from service.storage import keys
-from service.storage.database import Database
 from tests.conftest import SettingsFactory
 from tests.servers import Sink, loopback_socket, run_server, url_of
 from tests.support import ADMIN_KEY, served
@@ -63,18 +60,15 @@ class Reelhook:
             yield browser
 
     async def new_key(self, *scopes: str) -> str:
-        """An API key with ``scopes``, registered as the key store registers keys."""
-        key = f"rh_{new_id('test')}"
-        async with Database.open(self.settings.database_path) as db, db.transaction() as conn:
-            await keys.insert(
-                conn,
-                key_id=new_id("key"),
-                name="test",
-                key_hash=hash_key(key),
-                scopes=list(scopes),
-                created_at=0.0,
-            )
-        return key
+        """A new API key with ``scopes``, made by the admin through the API."""
+        return await new_key(self.api, *scopes)
+
+
+async def new_key(api: httpx.AsyncClient, *scopes: str) -> str:
+    created = await api.post("/v1/keys", json={"name": "console test", "scopes": list(scopes)})
+    assert created.status_code == 201, created.text
+    key: str = created.json()["key"]
+    return key
 
 
 async def sign_in(browser: httpx.AsyncClient, key: str, next_page: str = "") -> httpx.Response:
@@ -609,3 +603,13 @@ async def test_another_keys_deliveries_stay_hidden(failing: tuple[Reelhook, str,
         )
         assert recover.status_code == 404
     assert (await detail(service.api, delivery_id))["attempt_count"] == 3
+
+
+async def test_revoking_the_key_ends_its_console_session(service: Reelhook) -> None:
+    created = await service.api.post("/v1/keys", json={"name": "temp", "scopes": ["jobs:read"]})
+    key_id, key = created.json()["id"], created.json()["key"]
+    async with service.signed_in(key) as browser:
+        assert (await browser.get("/console/jobs")).status_code == 200
+        assert (await service.api.delete(f"/v1/keys/{key_id}")).status_code in (200, 204)
+        page = await browser.get("/console/jobs")
+        assert page.headers["location"] == "/console/sign-in?notice=session-ended"

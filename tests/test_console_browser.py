@@ -18,15 +18,12 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from service.api.context import hash_key
-from service.ids import new_id
 from service.settings import Settings
-from service.storage import keys
-from service.storage.database import Database
 from tests.browser import chromium, missing
 from tests.conftest import SettingsFactory
 from tests.servers import Sink, loopback_socket, run_server, url_of
 from tests.support import ADMIN_KEY, served
+from tests.test_console import new_key
 
 pytestmark = pytest.mark.anyio
 
@@ -62,21 +59,6 @@ async def sign_in(page: Page, base_url: str, key: str) -> None:
     await page.get_by_label("API key").fill(key)
     await page.get_by_role("button", name="Sign in").click()
     await expect(page.get_by_role("heading", name="Jobs", exact=True)).to_be_visible()
-
-
-async def new_key(scene: Scene, *scopes: str) -> str:
-    """A key with ``scopes``, registered as the key store registers keys."""
-    key = f"rh_{new_id('test')}"
-    async with Database.open(scene.settings.database_path) as db, db.transaction() as conn:
-        await keys.insert(
-            conn,
-            key_id=new_id("key"),
-            name="browser test",
-            key_hash=hash_key(key),
-            scopes=list(scopes),
-            created_at=0.0,
-        )
-    return key
 
 
 async def submit(api: httpx.AsyncClient, key: str = ADMIN_KEY, prompt: str = "A red kite") -> str:
@@ -192,7 +174,7 @@ async def test_a_key_without_rights_sees_nothing_of_others(scene: Scene) -> None
         sub_id = subscribed.json()["id"]
         admins_job = await submit(scene.api, prompt="The admin's own job")
         await sink.wait_for(lambda s: len(s.on("/hook")) >= 1)
-        key = await new_key(scene, "jobs:read", "jobs:write", "subscriptions:read")
+        key = await new_key(scene.api, "jobs:write", "subscriptions:read")
 
         page = await scene.browser.new_page()
         await sign_in(page, scene.url, key)

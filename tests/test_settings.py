@@ -216,7 +216,14 @@ def _serve(tmp_path: Path, **variables: str) -> subprocess.CompletedProcess[str]
     ("variables", "named"),
     [
         ({"PORT": "abc"}, "REELHOOK_PORT"),
-        ({"ENV": "production", "PUBLIC_URL": "http://x.example"}, "REELHOOK_PUBLIC_URL"),
+        (
+            {
+                "ENV": "production",
+                "PUBLIC_URL": "http://x.example",
+                "SECRET_KEYS": "a-configured-secret-key-0123",
+            },
+            "REELHOOK_PUBLIC_URL",
+        ),
     ],
 )
 def test_serve_with_a_bad_setting_prints_one_line_and_exits_2(

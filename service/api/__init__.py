@@ -6,7 +6,17 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from service.api import callbacks, deliveries, events, files, jobs, meta, subscriptions
+from service.api import (
+    callbacks,
+    deliveries,
+    events,
+    files,
+    jobs,
+    keys,
+    meta,
+    operations,
+    subscriptions,
+)
 from service.api.context import Endpoint
 
 
@@ -27,6 +37,10 @@ def resource(path: str, **handlers: Endpoint) -> Route:
 def routes() -> list[BaseRoute]:
     return [
         resource("/healthz", get=meta.healthz),
+        resource("/readyz", get=operations.readyz),
+        resource("/metrics", get=operations.metrics),
+        resource("/v1/keys", get=keys.list_keys, post=keys.create_key),
+        resource("/v1/keys/{key_id}", get=keys.get_key, delete=keys.revoke_key),
         resource("/v1/models", get=meta.list_models),
         resource("/v1/jobs", get=jobs.list_jobs, post=jobs.create_job),
         resource("/v1/jobs/{job_id}", get=jobs.get_job),

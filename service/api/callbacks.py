@@ -42,7 +42,7 @@ async def receive_callback(request: Request) -> Response:
     except _Rejected as rejected:
         _report(state, label, rejected.outcome)
         raise rejected.error from None
-    _report(state, label, CallbackOutcome(outcome.value))
+    _report(state, label, CallbackOutcome(outcome.value), job.id)
     return JSONResponse({"received": True, "job_id": job.id, "outcome": outcome.value})
 
 
@@ -81,14 +81,17 @@ async def _receive(state: Services, request: Request, provider: str) -> tuple[Jo
         ) from None
 
 
-def _report(state: Services, provider: str, outcome: CallbackOutcome) -> None:
+def _report(
+    state: Services, provider: str, outcome: CallbackOutcome, job_id: str | None = None
+) -> None:
     """The one place every callback's outcome is reported: the log, then each observer."""
     level = logging.DEBUG if outcome.accepted else logging.INFO
     log.log(
         level,
-        "%s callback %s",
+        "%s callback %s%s",
         provider,
         outcome.value,
+        f" for {job_id}" if job_id else "",
         extra={"provider": provider, "callback_outcome": outcome.value},
     )
     for observe in state.callback_observers:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import math
 import re
+import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -13,17 +15,27 @@ from typing import Any, cast
 from starlette.requests import Request
 from starlette.responses import Response
 
+from service import scopes
 from service.blobs import BlobStore
 from service.callback_outcomes import CallbackObserver
 from service.clock import Clock
 from service.deadlines import DeadlineTimer
 from service.delivery.dispatcher import Dispatcher
-from service.errors import BadRequest, Forbidden, PayloadTooLarge, Unauthorized, ValidationFailed
+from service.errors import (
+    BadRequest,
+    Forbidden,
+    PayloadTooLarge,
+    TooManyRequests,
+    Unauthorized,
+    ValidationFailed,
+)
 from service.events import Publisher
 from service.held_requests import HeldRequests
 from service.ingest import Ingest
 from service.jsonutil import InvalidJSON, loads
+from service.metrics import Metrics
 from service.mirroring import Mirrors
+from service.ratelimit import RateLimiter
 from service.settings import Settings
 from service.storage import keys
 from service.storage.database import Database
@@ -52,6 +64,8 @@ class Services:
     ingest: Ingest
     deadlines: DeadlineTimer
     mirrors: Mirrors
+    limiter: RateLimiter
+    metrics: Metrics
     callback_observers: list[CallbackObserver] = field(default_factory=list)
 
 
@@ -62,12 +76,17 @@ class Caller:
 
     @property
     def is_admin(self) -> bool:
-        return "admin" in self.scopes
+        return scopes.ADMIN in self.scopes
 
     @property
     def owner_filter(self) -> str | None:
         """The owner to restrict listings to: None (everything) for admins."""
         return None if self.is_admin else self.key_id
+
+    def can_see(self, owner_key_id: str) -> bool:
+        """Whether a resource owned by ``owner_key_id`` is visible to this caller (answer 404
+        otherwise, so another key's ids are not even confirmed to exist)."""
+        return self.is_admin or owner_key_id == self.key_id
 
 
 def services(request: Request) -> Services:
@@ -78,8 +97,17 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+def generate_api_key() -> str:
+    """A new API key: ``rh_`` and 256 random bits. Only its :func:`hash_key` digest is stored."""
+    return "rh_" + secrets.token_urlsafe(32)
+
+
 async def authenticate(request: Request, scope: str | None = None) -> Caller:
-    """The caller named by ``X-API-Key``; 401 without a valid key, 403 without ``scope``."""
+    """The caller named by ``X-API-Key``.
+
+    401 without a valid key, 429 (with ``Retry-After``) when the key is over its request rate,
+    403 naming ``scope`` when the key does not hold it (see :mod:`service.scopes`).
+    """
     key = request.headers.get("x-api-key")
     if not key:
         raise Unauthorized("send your API key in the X-API-Key header")
@@ -88,14 +116,23 @@ async def authenticate(request: Request, scope: str | None = None) -> Caller:
 
 async def authenticate_digest(request: Request, key_hash: str, scope: str | None = None) -> Caller:
     """The caller whose active key has digest ``key_hash`` (the console's session carries only the
-    digest); 401 when there is none, 403 without ``scope``."""
-    # Only digests are stored, so the lookup compares digests, never the secret itself.
-    found = await keys.find_active(services(request).db.reader, key_hash)
-    if found is None:
+    digest): 401 when there is none, 429 over its request rate, 403 without ``scope``."""
+    state = services(request)
+    # Only digests are stored, so the lookup compares digests, never the secret itself; the
+    # final comparison is constant-time all the same.
+    found = await keys.find_active(state.db.reader, key_hash)
+    if found is None or not hmac.compare_digest(found.key_hash, key_hash):
         raise Unauthorized("the API key is not valid")
-    caller = Caller(found[0], tuple(found[1]))
-    if scope is not None and not caller.is_admin and scope not in caller.scopes:
-        raise Forbidden(f"this API key lacks the {scope!r} scope")
+    wait = state.limiter.take(found.id)
+    if wait > 0:
+        state.metrics.rate_limited.inc()
+        raise TooManyRequests(
+            "this API key is over its request rate; retry after the given delay",
+            headers={"Retry-After": str(max(1, math.ceil(wait)))},
+        )
+    caller = Caller(found.id, found.scopes)
+    if scope is not None and not scopes.grants(caller.scopes, scope):
+        raise Forbidden(f"this API key lacks the {scope!r} scope", details={"missing_scope": scope})
     return caller
 
 

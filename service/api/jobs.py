@@ -49,7 +49,7 @@ async def get_job(request: Request) -> Response:
 async def find_job(state: Services, caller: Caller, job_id: str) -> Job:
     """The job, if ``caller`` may see it; :class:`NotFound` otherwise (also for others' jobs)."""
     job = await jobs.get(state.db.reader, job_id)
-    if job is None or (caller.owner_filter and job.owner_key_id != caller.key_id):
+    if job is None or not caller.can_see(job.owner_key_id):
         raise NotFound(f"no job {job_id!r}")
     return job
 

@@ -111,11 +111,7 @@ def _validated(request: Request, body: Any, *, partial: bool) -> dict[str, Any]:
 async def owned(request: Request, caller: Caller, sub_id: str) -> Subscription:
     """The subscription, if ``caller`` may see it; :class:`NotFound` otherwise."""
     sub = await subscriptions.get(services(request).db.reader, sub_id)
-    if (
-        sub is None
-        or sub.job_id is not None
-        or (caller.owner_filter and sub.owner_key_id != caller.key_id)
-    ):
+    if sub is None or sub.job_id is not None or not caller.can_see(sub.owner_key_id):
         raise NotFound(f"no subscription {sub_id!r}")
     return sub
 

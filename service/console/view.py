@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.templating import Jinja2Templates
 
+from service import scopes
 from service.api.context import (
     Caller,
     Endpoint,
@@ -110,8 +111,7 @@ class View:
 
     def may(self, scope: str) -> bool:
         """Whether the signed-in key holds ``scope`` (the same rule as the API's scope check)."""
-        caller = self.caller
-        return caller is not None and (caller.is_admin or scope in caller.scopes)
+        return self.caller is not None and scopes.grants(self.caller.scopes, scope)
 
     def start_session(self, key_hash: str | None) -> None:
         """Replace the session (a new nonce, so no token from before survives it)."""

@@ -203,6 +203,14 @@ class Dispatcher:
                 log.exception("delivery %s failed unexpectedly", delivery.id)
                 error = AttemptResult(None, 0.0, error=f"internal error: {type(exc).__name__}")
                 outcome = self._judge(delivery, error)
+            log.debug(
+                "delivery %s of %s to %s: %s (%s)",
+                delivery.id,
+                delivery.event_id,
+                delivery.subscription_id,
+                outcome.status,
+                outcome.status_code or outcome.error,
+            )
             self._unfinished.discard(delivery.id)
             self._outcomes.append(outcome)
             self._outcomes_ready.set()

@@ -15,12 +15,16 @@ import anyio
 
 log = logging.getLogger(__name__)
 
+BUSY_TIMEOUT_MS = 5000
+
 _PRAGMAS = (
     "PRAGMA journal_mode = WAL",
     # FULL: an acknowledged webhook survives power loss, which NORMAL does not promise in WAL mode.
     "PRAGMA synchronous = FULL",
     "PRAGMA foreign_keys = ON",
-    "PRAGMA busy_timeout = 5000",
+    f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}",
+    # After each checkpoint that resets the WAL, shrink its file back to 64 MiB at most.
+    "PRAGMA journal_size_limit = 67108864",
     "PRAGMA temp_store = MEMORY",
     "PRAGMA cache_size = -16000",
 )
@@ -70,6 +74,61 @@ class Database:
                         await self.writer.rollback()
                 raise
 
+    @asynccontextmanager
+    async def _writer_waiting_at_most(self, wait: float) -> AsyncIterator[aiosqlite.Connection]:
+        """The writer, to ourselves, with SQLite's busy wait cut to ``wait`` seconds.
+
+        Holding the write lock means no transaction is using the writer, so changing its busy
+        timeout affects only what the block runs; it is restored even on cancellation.
+        """
+        with anyio.fail_after(wait):
+            await self._write_lock.acquire()
+        try:
+            await self.writer.execute(f"PRAGMA busy_timeout = {max(1, int(wait * 1000))}")
+            try:
+                yield self.writer
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self.writer.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        finally:
+            self._write_lock.release()
+
+    async def checkpoint(self, *, wait: float = 0.1) -> bool:
+        """Copy the WAL into the database file and truncate it, holding reelhook's writes off.
+
+        Gives up rather than stall writers: returns False when readers kept the WAL busy for
+        ``wait`` seconds (the next checkpoint catches up).
+        """
+        try:
+            async with self._writer_waiting_at_most(wait) as conn:
+                with anyio.CancelScope(shield=True):
+                    async with conn.execute("PRAGMA wal_checkpoint(TRUNCATE)") as cursor:
+                        row = await cursor.fetchone()
+        except TimeoutError:
+            return False
+        return row is not None and row[0] == 0
+
+    async def probe_write(self, now: float, *, wait: float) -> None:
+        """Commit one tiny write, waiting at most about ``wait`` seconds for the write lock.
+
+        Raises TimeoutError or ``sqlite3.Error`` when the database does not take the write.
+        """
+        async with self._writer_waiting_at_most(wait) as conn:
+            # Shielded: an abandoned BEGIN or COMMIT would leave the shared writer mid-transaction.
+            with anyio.CancelScope(shield=True):
+                try:
+                    await conn.execute("BEGIN IMMEDIATE")
+                    await conn.execute(
+                        "INSERT INTO readiness (id, checked_at) VALUES (1, ?) "
+                        "ON CONFLICT (id) DO UPDATE SET checked_at = excluded.checked_at",
+                        (now,),
+                    )
+                    await conn.commit()
+                except BaseException:
+                    if conn.in_transaction:
+                        await conn.rollback()
+                    raise
+
 
 async def _connect(path: Path) -> aiosqlite.Connection:
     # isolation_level=None: reelhook issues BEGIN/COMMIT itself, so transactions are explicit.
@@ -91,6 +150,11 @@ def _migrations() -> list[tuple[int, str]]:
         if entry.name.endswith(".sql"):
             found.append((int(entry.name.split("_", 1)[0]), entry.read_text(encoding="utf-8")))
     return sorted(found)
+
+
+def latest_migration() -> int:
+    """The schema version this reelhook migrates databases to."""
+    return max(version for version, _ in _migrations())
 
 
 async def migrate(conn: aiosqlite.Connection) -> int:

@@ -3,10 +3,39 @@
 from __future__ import annotations
 
 import json
+import sqlite3
+from dataclasses import dataclass
 
 import aiosqlite
 
 from service.jsonutil import dumps
+
+_COLUMNS = "id, name, key_hash, scopes, created_at, revoked_at"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredKey:
+    id: str
+    name: str
+    key_hash: str
+    scopes: tuple[str, ...]
+    created_at: float
+    revoked_at: float | None
+
+    @property
+    def is_admin(self) -> bool:
+        return "admin" in self.scopes
+
+
+def _from_row(row: sqlite3.Row) -> StoredKey:
+    return StoredKey(
+        id=row["id"],
+        name=row["name"],
+        key_hash=row["key_hash"],
+        scopes=tuple(json.loads(row["scopes"])),
+        created_at=row["created_at"],
+        revoked_at=row["revoked_at"],
+    )
 
 
 async def insert(
@@ -24,18 +53,50 @@ async def insert(
     )
 
 
-async def find_active(conn: aiosqlite.Connection, key_hash: str) -> tuple[str, list[str]] | None:
-    """The (id, scopes) of the unrevoked key with this digest."""
+async def find_by_hash(conn: aiosqlite.Connection, key_hash: str) -> StoredKey | None:
+    """The key with this digest, revoked or not."""
     async with conn.execute(
-        "SELECT id, scopes FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL", (key_hash,)
+        f"SELECT {_COLUMNS} FROM api_keys WHERE key_hash = ?", (key_hash,)
     ) as cursor:
         row = await cursor.fetchone()
-    return (row["id"], json.loads(row["scopes"])) if row else None
+    return _from_row(row) if row else None
 
 
-async def count_admins(conn: aiosqlite.Connection) -> int:
+async def find_active(conn: aiosqlite.Connection, key_hash: str) -> StoredKey | None:
+    """The unrevoked key with this digest."""
+    found = await find_by_hash(conn, key_hash)
+    return found if found is not None and found.revoked_at is None else None
+
+
+async def get(conn: aiosqlite.Connection, key_id: str) -> StoredKey | None:
+    async with conn.execute(f"SELECT {_COLUMNS} FROM api_keys WHERE id = ?", (key_id,)) as cursor:
+        row = await cursor.fetchone()
+    return _from_row(row) if row else None
+
+
+async def list_page(
+    conn: aiosqlite.Connection, *, after_id: str | None, limit: int
+) -> list[StoredKey]:
+    """Keys oldest first; ``after_id`` is the cursor (the last id of the previous page)."""
+    async with conn.execute(
+        f"SELECT {_COLUMNS} FROM api_keys WHERE ? IS NULL OR id > ? ORDER BY id LIMIT ?",
+        (after_id, after_id, limit),
+    ) as cursor:
+        return [_from_row(row) for row in await cursor.fetchall()]
+
+
+async def revoke(conn: aiosqlite.Connection, key_id: str, now: float) -> None:
+    await conn.execute(
+        "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (now, key_id)
+    )
+
+
+async def count_admins(conn: aiosqlite.Connection, *, excluding: str | None = None) -> int:
+    """Unrevoked admin keys, leaving out the key ``excluding``."""
     async with conn.execute(
         "SELECT count(*) FROM api_keys WHERE revoked_at IS NULL AND scopes LIKE '%\"admin\"%'"
+        " AND id IS NOT ?",
+        (excluding,),
     ) as cursor:
         row = await cursor.fetchone()
     return int(row[0]) if row else 0

@@ -1,0 +1,42 @@
+"""Operations endpoints: ``/readyz`` and ``/metrics`` (no API key: keep them off the public
+site, as the Caddyfile in ``deploy/`` does)."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from service.api.context import services
+
+# How long /readyz waits for the database to take its write before calling it not writable.
+READY_WRITE_WAIT = 2.0
+
+
+async def readyz(request: Request) -> Response:
+    """200 when the database takes a write and the dispatcher runs; 503 naming what fails."""
+    state = services(request)
+    checks: dict[str, str] = {}
+    try:
+        await state.db.probe_write(state.clock(), wait=READY_WRITE_WAIT)
+        checks["database"] = "writable"
+    except TimeoutError:
+        checks["database"] = f"not writable: no write lock within {READY_WRITE_WAIT:g} s"
+    except sqlite3.Error as exc:
+        checks["database"] = f"not writable: {exc}"
+    checks["dispatcher"] = "running" if state.dispatcher.running else "not running"
+    ready = checks["database"] == "writable" and checks["dispatcher"] == "running"
+    return JSONResponse(
+        {"status": "ready" if ready else "not ready", "checks": checks},
+        status_code=200 if ready else 503,
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+async def metrics(request: Request) -> Response:
+    """Prometheus text exposition of this process's metrics."""
+    state = services(request)
+    await state.metrics.refresh(state.db.reader, state.clock())
+    body, content_type = state.metrics.render(request.headers.get("accept"))
+    return Response(body, headers={"Content-Type": content_type, "Cache-Control": "no-store"})

@@ -1,0 +1,111 @@
+"""Measuring what crosses reelhook's edges: provider submissions and subscriber deliveries.
+
+Both wrap the component that does the I/O (the provider HTTP transport, the delivery sender), so
+the code deciding what to send stays free of metrics.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+
+from service import ids
+from service.delivery.sender import AttemptResult, Sender
+from service.metrics import Metrics
+
+
+class MeteredTransport(httpx.AsyncBaseTransport):
+    """Times each job submission (a POST under a provider's base URL) and counts failures.
+
+    ``providers`` maps each provider's base URL to its name; other requests (e.g. downloading an
+    output) pass through unmeasured.
+    """
+
+    def __init__(
+        self, inner: httpx.AsyncBaseTransport, metrics: Metrics, providers: Mapping[str, str]
+    ) -> None:
+        self._inner = inner
+        self._metrics = metrics
+        # Longest prefix first, so a base URL nested in another is matched by its own name.
+        self._providers = sorted(providers.items(), key=lambda item: -len(item[0]))
+
+    def _provider_of(self, request: httpx.Request) -> str | None:
+        if request.method != "POST":
+            return None
+        url = str(request.url)
+        for base, name in self._providers:
+            if url.startswith(base + "/"):
+                return name
+        return None
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        provider = self._provider_of(request)
+        if provider is None:
+            return await self._inner.handle_async_request(request)
+        started = time.perf_counter()
+        try:
+            response = await self._inner.handle_async_request(request)
+        except httpx.TimeoutException:
+            self._metrics.provider_errors.labels(provider=provider, reason="timeout").inc()
+            raise
+        except httpx.TransportError:
+            self._metrics.provider_errors.labels(provider=provider, reason="connection").inc()
+            raise
+        self._metrics.provider_latency.labels(provider=provider).observe(
+            time.perf_counter() - started
+        )
+        if response.status_code >= 400:
+            reason = _status_reason(response.status_code)
+            self._metrics.provider_errors.labels(provider=provider, reason=reason).inc()
+        return response
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def _status_reason(status: int) -> str:
+    if status == 429:
+        return "http_429"
+    return "http_5xx" if status >= 500 else "http_4xx"
+
+
+class MeteredSender(Sender):
+    """A :class:`Sender` that counts each attempt's outcome and, for a 2xx, observes the lag
+    from the event's creation (encoded in its id) to its delivery."""
+
+    def __init__(self, session: Any, metrics: Metrics) -> None:
+        super().__init__(session)
+        self._metrics = metrics
+
+    async def send(self, **options: Any) -> AttemptResult:
+        result = await super().send(**options)
+        outcome = attempt_outcome(result)
+        self._metrics.delivery_attempts.labels(outcome=outcome).inc()
+        event_id = str(options.get("event_id", ""))
+        if result.succeeded:
+            try:
+                lag = time.time() - ids.timestamp_of(event_id)
+            except ValueError:
+                pass
+            else:
+                self._metrics.delivery_lag.observe(max(0.0, lag))
+        return result
+
+
+def attempt_outcome(result: AttemptResult) -> str:
+    """A small, fixed vocabulary for what one delivery attempt came to."""
+    if result.succeeded:
+        return "succeeded"
+    status = result.status_code
+    if status is None:
+        return "timeout" if result.timed_out else "unreachable"
+    if status == 410:
+        return "gone"
+    if status == 429:
+        return "throttled"
+    if 300 <= status < 400:
+        return "redirected"
+    return "rejected" if status < 500 else "server_error"

@@ -1,0 +1,101 @@
+"""reelhook's Prometheus metrics, in a registry of their own (one per application).
+
+Counters and histograms move as things happen; the gauges that describe stored state (jobs by
+status, outbox depth, oldest waiting delivery) are read from SQLite indexes when scraped.
+"""
+
+from __future__ import annotations
+
+import aiosqlite
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import choose_encoder
+
+from service.callback_outcomes import CallbackOutcome
+from service.models import JobStatus
+from service.storage import stats
+
+# From loopback fan-out (milliseconds) to a subscriber that was down for a day.
+_LAG_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600, 21600, 86400,
+)  # fmt: skip
+# Trinetra and apiframe answer a submit in well under a second; a held Segmind request lasts
+# as long as the video takes to render.
+_PROVIDER_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        registry = self.registry
+        self.callbacks = Counter(
+            "reelhook_callbacks",
+            "Provider callbacks received, by provider and verification outcome",
+            ["provider", "outcome"],
+            registry=registry,
+        )
+        self.delivery_attempts = Counter(
+            "reelhook_delivery_attempts",
+            "Delivery attempts to subscribers, by outcome",
+            ["outcome"],
+            registry=registry,
+        )
+        self.delivery_lag = Histogram(
+            "reelhook_delivery_lag_seconds",
+            "Time from an event's creation to its successful (2xx) delivery",
+            buckets=_LAG_BUCKETS,
+            registry=registry,
+        )
+        self.provider_latency = Histogram(
+            "reelhook_provider_request_seconds",
+            "Latency of job submissions to providers, until the answer's headers",
+            ["provider"],
+            buckets=_PROVIDER_BUCKETS,
+            registry=registry,
+        )
+        self.provider_errors = Counter(
+            "reelhook_provider_errors",
+            "Job submissions to providers that failed, by reason",
+            ["provider", "reason"],
+            registry=registry,
+        )
+        self.rate_limited = Counter(
+            "reelhook_rate_limited_requests",
+            "API requests refused with 429 because their key was over its rate",
+            registry=registry,
+        )
+        self.pruned = Counter(
+            "reelhook_pruned_rows",
+            "Rows deleted by retention, by table",
+            ["table"],
+            registry=registry,
+        )
+        self.jobs = Gauge("reelhook_jobs", "Stored jobs by status", ["status"], registry=registry)
+        self.outbox_depth = Gauge(
+            "reelhook_outbox_depth",
+            "Deliveries waiting to be sent or in flight",
+            registry=registry,
+        )
+        self.oldest_pending_delivery = Gauge(
+            "reelhook_oldest_pending_delivery_age_seconds",
+            "Age of the oldest delivery waiting to be sent or in flight (0 when none)",
+            registry=registry,
+        )
+
+    def callback_outcome(self, provider: str, outcome: CallbackOutcome) -> None:
+        """A callback observer (see :mod:`service.callback_outcomes`)."""
+        self.callbacks.labels(provider=provider, outcome=outcome.value).inc()
+
+    async def refresh(self, conn: aiosqlite.Connection, now: float) -> None:
+        """Read the gauges that describe stored state (called at scrape time)."""
+        counts = await stats.jobs_by_status(conn)
+        for status in JobStatus:
+            self.jobs.labels(status=status.value).set(counts.get(status.value, 0))
+        depth, oldest = await stats.outbox(conn)
+        self.outbox_depth.set(depth)
+        self.oldest_pending_delivery.set(max(0.0, now - oldest) if oldest is not None else 0.0)
+
+    def render(self, accept: str | None) -> tuple[bytes, str]:
+        """The registry in the format the ``Accept`` header asks for (OpenMetrics, or the
+        Prometheus text format, 0.0.4 unless a newer version is asked for), with its type."""
+        encode, content_type = choose_encoder(accept or "")
+        return encode(self.registry), content_type

@@ -1,0 +1,136 @@
+"""SQL for retention: deleting old events, attempts and raw callbacks in small batches.
+
+Each function runs one batch in the caller's write transaction. A batch walks its table in key
+order from ``after`` (keys grow with time, so the old rows come first) and stops at the first row
+that is still young enough to keep. Deliveries still pending or in flight are never deleted, nor
+the events they belong to, nor their attempts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import aiosqlite
+
+_OPEN = "('pending', 'inflight')"
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """What one batch did. ``last`` is the key to continue after; ``young_at`` is the time of
+    the first row kept for being too young (None when the batch reached the end of the table
+    without meeting one); ``finished`` says whether the pass over this table is over."""
+
+    deleted: dict[str, int]
+    last: int
+    young_at: float | None
+    finished: bool
+
+
+def _marks(values: list[str] | list[int]) -> str:
+    return ", ".join("?" for _ in values)
+
+
+async def _walk(
+    conn: aiosqlite.Connection, select: str, after: int, cutoff: float, limit: int
+) -> tuple[list[tuple[int, str]], int, float | None, bool]:
+    """Rows (key, id) older than ``cutoff`` from one ordered batch of ``select``."""
+    async with conn.execute(select, (after, limit)) as cursor:
+        rows = list(await cursor.fetchall())
+    old: list[tuple[int, str]] = []
+    last = after
+    for row in rows:
+        if row[2] >= cutoff:
+            return old, last, float(row[2]), True
+        old.append((int(row[0]), str(row[1])))
+        last = int(row[0])
+    return old, last, None, len(rows) < limit
+
+
+async def prune_events(
+    conn: aiosqlite.Connection, *, cutoff: float, after: int, limit: int
+) -> Batch:
+    """Delete events created before ``cutoff`` whose deliveries are all settled, with those
+    deliveries and their attempts."""
+    old, last, young_at, finished = await _walk(
+        conn,
+        "SELECT seq, id, created_at FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+        after,
+        cutoff,
+        limit,
+    )
+    ids = [event_id for _, event_id in old]
+    if not ids:
+        return Batch({}, last, young_at, finished)
+    async with conn.execute(
+        f"SELECT DISTINCT event_id FROM deliveries WHERE event_id IN ({_marks(ids)}) "
+        f"AND status IN {_OPEN}",
+        ids,
+    ) as cursor:
+        held = {row[0] for row in await cursor.fetchall()}
+    ids = [event_id for event_id in ids if event_id not in held]
+    if not ids:
+        return Batch({}, last, young_at, finished)
+    marks = _marks(ids)
+    attempts = await conn.execute(
+        f"DELETE FROM attempts WHERE delivery_id IN "
+        f"(SELECT id FROM deliveries WHERE event_id IN ({marks}))",
+        ids,
+    )
+    deliveries = await conn.execute(f"DELETE FROM deliveries WHERE event_id IN ({marks})", ids)
+    events = await conn.execute(f"DELETE FROM events WHERE id IN ({marks})", ids)
+    deleted = {
+        "events": events.rowcount,
+        "deliveries": deliveries.rowcount,
+        "attempts": attempts.rowcount,
+    }
+    return Batch(deleted, last, young_at, finished)
+
+
+async def prune_attempts(
+    conn: aiosqlite.Connection, *, cutoff: float, after: int, limit: int
+) -> Batch:
+    """Delete attempts made before ``cutoff`` by deliveries that are settled (the attempts of
+    an event that must stay because another of its deliveries is still open)."""
+    async with conn.execute(
+        "SELECT a.id, d.status, a.attempted_at FROM attempts a "
+        "JOIN deliveries d ON d.id = a.delivery_id WHERE a.id > ? ORDER BY a.id LIMIT ?",
+        (after, limit),
+    ) as cursor:
+        rows = list(await cursor.fetchall())
+    doomed: list[int] = []
+    last = after
+    for row in rows:
+        if row[2] >= cutoff:
+            return await _delete_attempts(conn, doomed, last, float(row[2]), True)
+        if row[1] not in ("pending", "inflight"):
+            doomed.append(int(row[0]))
+        last = int(row[0])
+    return await _delete_attempts(conn, doomed, last, None, len(rows) < limit)
+
+
+async def _delete_attempts(
+    conn: aiosqlite.Connection, doomed: list[int], last: int, young_at: float | None, done: bool
+) -> Batch:
+    if not doomed:
+        return Batch({}, last, young_at, done)
+    cursor = await conn.execute(f"DELETE FROM attempts WHERE id IN ({_marks(doomed)})", doomed)
+    return Batch({"attempts": cursor.rowcount}, last, young_at, done)
+
+
+async def prune_callbacks(
+    conn: aiosqlite.Connection, *, cutoff: float, after: int, limit: int
+) -> Batch:
+    """Delete raw callbacks received before ``cutoff`` (the jobs they moved are kept)."""
+    old, last, young_at, finished = await _walk(
+        conn,
+        "SELECT id, id, received_at FROM callbacks WHERE id > ? ORDER BY id LIMIT ?",
+        after,
+        cutoff,
+        limit,
+    )
+    if not old:
+        return Batch({}, last, young_at, finished)
+    keys = [key for key, _ in old]
+    cursor = await conn.execute(f"DELETE FROM callbacks WHERE id IN ({_marks(keys)})", keys)
+    return Batch({"callbacks": cursor.rowcount}, last, young_at, finished)
