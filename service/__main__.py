@@ -10,6 +10,7 @@ import sys
 import uvicorn
 
 from service.app import create_app
+from service.server import Server
 from service.settings import SettingsError, load_settings
 
 
@@ -23,8 +24,9 @@ def serve(args: argparse.Namespace) -> int:
         level=os.environ.get("REELHOOK_LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    app = create_app(settings)
     config = uvicorn.Config(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         lifespan="on",
@@ -34,7 +36,7 @@ def serve(args: argparse.Namespace) -> int:
         log_config=None,
         access_log=args.access_log,
     )
-    uvicorn.Server(config).run()
+    Server(config, on_shutdown=app.state.end_streams).run()
     return 0
 
 

@@ -28,6 +28,7 @@ from service.errors import (
     handle_reelhook_error,
     handle_unexpected,
 )
+from service.eventfeed import EventFeed
 from service.events import Publisher
 from service.held_requests import HeldRequests
 from service.settings import Settings
@@ -67,6 +68,7 @@ def create_app(
     simulator = (
         Simulator(Scenario(delay=settings.sim_delay)) if settings.simulated_providers else None
     )
+    feed = EventFeed()
     app_routes: list[BaseRoute] = routes()
     if simulator is not None:
         app_routes.append(Mount("/sim", routes=simulator.routes()))
@@ -76,6 +78,8 @@ def create_app(
         async with AsyncExitStack() as stack:
             tokens = Tokens(await bootstrap.secret_keys(settings))
             db = await stack.enter_async_context(Database.open(settings.database_path))
+            feed.open()
+            db.on_commit(feed.notify)
             generated = await bootstrap.admin_key(db, settings, clock)
             client = await stack.enter_async_context(
                 httpx.AsyncClient(timeout=settings.provider_timeout, follow_redirects=False)
@@ -89,7 +93,9 @@ def create_app(
             )
             if simulator is not None:
                 await stack.enter_async_context(simulator.running())
-            services = _wire(settings, clock, retry_overload_floor, db, tokens, client, session)
+            services = _wire(
+                settings, clock, retry_overload_floor, db, tokens, client, session, feed
+            )
             tasks = await stack.enter_async_context(anyio.create_task_group())
             tasks.start_soon(services.dispatcher.run)
             tasks.start_soon(services.held.run)
@@ -97,9 +103,10 @@ def create_app(
             try:
                 yield {"services": services}
             finally:
+                feed.close()
                 tasks.cancel_scope.cancel()
 
-    return Starlette(
+    app = Starlette(
         routes=app_routes,
         lifespan=lifespan,
         exception_handlers={
@@ -108,6 +115,10 @@ def create_app(
             Exception: handle_unexpected,
         },
     )
+    # uvicorn waits for open responses before it runs the lifespan exit, and a live event stream
+    # never ends by itself: service.server calls this as shutdown begins.
+    app.state.end_streams = feed.close
+    return app
 
 
 def _wire(
@@ -118,6 +129,7 @@ def _wire(
     tokens: Tokens,
     client: httpx.AsyncClient,
     session: aiohttp.ClientSession,
+    feed: EventFeed,
 ) -> Services:
     endpoints = provider_endpoints(settings)
     blobs = BlobStore(settings.blob_dir)
@@ -173,6 +185,7 @@ def _wire(
         submitter=submitter,
         dispatcher=dispatcher,
         held=held,
+        feed=feed,
     )
 
 

@@ -60,6 +60,7 @@ class Settings:
     provider_timeout: float = 30.0
     segmind_timeout: float = 600.0
     file_link_ttl: float = 7 * 24 * 3600.0
+    stream_keepalive: float = 15.0
 
     @property
     def database_path(self) -> Path:
@@ -202,6 +203,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         provider_timeout=read.number("PROVIDER_TIMEOUT", 30.0, minimum=0.1),
         segmind_timeout=read.number("SEGMIND_TIMEOUT", 600.0, minimum=1.0),
         file_link_ttl=read.number("FILE_LINK_TTL", 7 * 24 * 3600.0, minimum=1.0),
+        stream_keepalive=read.number("STREAM_KEEPALIVE", 15.0, minimum=0.01),
     )
 
 

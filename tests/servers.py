@@ -17,6 +17,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
+from service.server import Server
+
 
 def loopback_socket() -> socket.socket:
     """A listening-ready socket on a free loopback port (bind first, so the port is known early)."""
@@ -32,13 +34,26 @@ def url_of(sock: socket.socket) -> str:
 
 
 @asynccontextmanager
-async def run_server(app: ASGIApp, sock: socket.socket | None = None) -> AsyncIterator[str]:
-    """Serve ``app`` with uvicorn on ``sock`` (or a fresh loopback socket); yield its base URL."""
+async def run_server(
+    app: ASGIApp,
+    sock: socket.socket | None = None,
+    *,
+    on_shutdown: Callable[[], None] | None = None,
+    graceful_timeout: int = 2,
+) -> AsyncIterator[str]:
+    """Serve ``app`` with uvicorn on ``sock`` (or a fresh loopback socket); yield its base URL.
+
+    ``on_shutdown`` runs as shutdown begins, as ``reelhook serve`` does (see service.server).
+    """
     sock = sock or loopback_socket()
     config = uvicorn.Config(
-        app, lifespan="on", log_level="warning", timeout_graceful_shutdown=2, http="httptools"
+        app,
+        lifespan="on",
+        log_level="warning",
+        timeout_graceful_shutdown=graceful_timeout,
+        http="httptools",
     )
-    server = uvicorn.Server(config)
+    server = Server(config, on_shutdown=on_shutdown or (lambda: None))
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(server.serve, [sock])

@@ -35,8 +35,9 @@ async def api_client(settings: Settings, **app_options: Any) -> AsyncIterator[ht
 @asynccontextmanager
 async def served(settings: Settings, sock: socket.socket) -> AsyncIterator[httpx.AsyncClient]:
     """reelhook served by a real uvicorn on ``sock``, and an admin client for it."""
+    app = create_app(settings)
     async with (
-        run_server(create_app(settings), sock) as base_url,
+        run_server(app, sock, on_shutdown=app.state.end_streams) as base_url,
         httpx.AsyncClient(base_url=base_url, headers={"X-API-Key": ADMIN_KEY}) as http,
     ):
         yield http

@@ -6,7 +6,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from service.api import callbacks, events, files, jobs, meta, subscriptions
+from service.api import callbacks, events, files, jobs, meta, stream, subscriptions
 from service.api.context import Endpoint
 
 
@@ -43,6 +43,7 @@ def routes() -> list[BaseRoute]:
         ),
         resource("/v1/subscriptions/{subscription_id}/test", post=subscriptions.test_subscription),
         resource("/v1/events", get=events.list_events),
+        resource("/v1/events/stream", get=stream.stream_events),
         resource("/v1/callbacks/{provider}/{token}", post=callbacks.receive_callback),
         resource("/v1/files/{token}", get=files.get_file),
     ]

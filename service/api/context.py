@@ -14,6 +14,7 @@ from service.blobs import BlobStore
 from service.clock import Clock
 from service.delivery.dispatcher import Dispatcher
 from service.errors import BadRequest, Forbidden, PayloadTooLarge, Unauthorized, ValidationFailed
+from service.eventfeed import EventFeed
 from service.events import Publisher
 from service.held_requests import HeldRequests
 from service.jsonutil import InvalidJSON, loads
@@ -42,6 +43,7 @@ class Services:
     submitter: Submitter
     dispatcher: Dispatcher
     held: HeldRequests
+    feed: EventFeed
 
 
 @dataclass(frozen=True, slots=True)

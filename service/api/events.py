@@ -13,16 +13,22 @@ from service.models import EVENT_TYPES
 from service.storage import events
 
 
-async def list_events(request: Request) -> Response:
-    caller = await authenticate(request, "jobs:read")
-    db = services(request).db
-    limit = limit_param(request, default=100, maximum=1000)
+def type_param(request: Request) -> list[str]:
+    """The ``type`` filter: comma-separated event types (empty: every type)."""
     types = [t for t in request.query_params.get("type", "").split(",") if t]
     for event_type in types:
         if event_type not in EVENT_TYPES:
             raise ValidationFailed.field(
                 "type", f"unknown event type {event_type!r} (accepted: {', '.join(EVENT_TYPES)})"
             )
+    return types
+
+
+async def list_events(request: Request) -> Response:
+    caller = await authenticate(request, "jobs:read")
+    db = services(request).db
+    limit = limit_param(request, default=100, maximum=1000)
+    types = type_param(request)
     after_seq = 0
     cursor = request.query_params.get("cursor")
     after = request.query_params.get("after")
