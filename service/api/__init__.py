@@ -44,6 +44,7 @@ def routes() -> list[BaseRoute]:
         resource("/v1/subscriptions/{subscription_id}/test", post=subscriptions.test_subscription),
         resource("/v1/events", get=events.list_events),
         resource("/v1/events/stream", get=stream.stream_events),
+        resource("/v1/events/sample", get=events.sample_events),
         resource("/v1/callbacks/{provider}/{token}", post=callbacks.receive_callback),
         resource("/v1/files/{token}", get=files.get_file),
     ]

@@ -10,6 +10,7 @@ from starlette.responses import JSONResponse, Response
 from service.api.context import authenticate, is_decimal, limit_param, services
 from service.errors import ValidationFailed
 from service.models import EVENT_TYPES
+from service.samples import sample_event
 from service.storage import events
 
 
@@ -52,3 +53,16 @@ async def list_events(request: Request) -> Response:
     rows = rows[:limit]
     data = [{"id": row["id"], **json.loads(row["payload"])} for row in rows]
     return JSONResponse({"data": data, "next_cursor": str(rows[-1]["seq"]) if more else None})
+
+
+async def sample_events(request: Request) -> Response:
+    """One sample event per requested ``type`` (every type when none is given), shaped exactly
+    like the real ones, for tools that show fields before the first event arrives."""
+    await authenticate(request, "jobs:read")
+    state = services(request)
+    now = state.clock()
+    data = [
+        sample_event(event_type, now=now, file_url=state.publisher.file_url)
+        for event_type in type_param(request) or EVENT_TYPES
+    ]
+    return JSONResponse({"data": data, "next_cursor": None})

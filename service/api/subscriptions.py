@@ -14,6 +14,7 @@ from service.api.context import Caller, authenticate, limit_param, read_json, se
 from service.catalog import MODELS
 from service.delivery.guard import check_url
 from service.errors import Conflict, NotFound, ValidationFailed
+from service.events import ping_data
 from service.ids import new_id
 from service.models import EVENT_TYPES, Subscription
 from service.storage import subscriptions
@@ -189,7 +190,7 @@ async def test_subscription(request: Request) -> Response:
     now = state.clock()
     async with state.db.transaction() as conn:
         event_id = await state.publisher.publish(
-            conn, "ping", now, data={"subscription_id": sub.id}, to_subscription=sub.id
+            conn, "ping", now, data=ping_data(sub.id), to_subscription=sub.id
         )
     state.dispatcher.wake()
     return JSONResponse({"event_id": event_id}, status_code=202)
