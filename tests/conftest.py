@@ -27,21 +27,26 @@ def _no_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
+def make_settings(data_dir: Path, **overrides: str) -> Settings:
+    """Settings for a reelhook under test, as the environment would give them."""
+    environ = {
+        "REELHOOK_DATA_DIR": str(data_dir),
+        "REELHOOK_ADMIN_KEY": ADMIN_KEY,
+        "REELHOOK_SECRET_KEYS": "test-secret-key-0123456789",
+        "REELHOOK_SIM_DELAY": "0.2",
+        "REELHOOK_ALLOW_PRIVATE_SUBSCRIBERS": "127.0.0.0/8,::1/128",
+        "REELHOOK_RETRY_SCHEDULE": "0,0.2,0.2",
+    }
+    environ.update({f"REELHOOK_{key}": value for key, value in overrides.items()})
+    return load_settings(environ)
+
+
 @pytest.fixture
 def settings_factory(tmp_path: Path) -> SettingsFactory:
     """Settings as the environment would give them: ``settings_factory(SIM_DELAY="0.2", ...)``."""
 
     def build(**overrides: str) -> Settings:
-        environ = {
-            "REELHOOK_DATA_DIR": str(tmp_path / "data"),
-            "REELHOOK_ADMIN_KEY": ADMIN_KEY,
-            "REELHOOK_SECRET_KEYS": "test-secret-key-0123456789",
-            "REELHOOK_SIM_DELAY": "0.2",
-            "REELHOOK_ALLOW_PRIVATE_SUBSCRIBERS": "127.0.0.0/8,::1/128",
-            "REELHOOK_RETRY_SCHEDULE": "0,0.2,0.2",
-        }
-        environ.update({f"REELHOOK_{key}": value for key, value in overrides.items()})
-        return load_settings(environ)
+        return make_settings(tmp_path / "data", **overrides)
 
     return build
 

@@ -2,31 +2,27 @@
 
 from __future__ import annotations
 
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 
-from service.api import callbacks, events, files, jobs, meta, stream, subscriptions
+from service.api import callbacks, events, files, jobs, meta, openapi, stream, subscriptions
 from service.api.context import Endpoint
+from service.api.operation import Resource
 
 
-def resource(path: str, **handlers: Endpoint) -> Route:
-    """One route for ``path`` with a handler per method, so a 405 lists every allowed method."""
+def resource(path: str, **handlers: Endpoint) -> Resource:
+    """One route for ``path`` with a handler per method, so a 405 lists every allowed method.
 
-    if "get" in handlers:
-        # Starlette answers HEAD wherever GET is allowed.
-        handlers.setdefault("head", handlers["get"])
-
-    async def dispatch(request: Request) -> Response:
-        return await handlers[request.method.lower()](request)
-
-    methods = [method.upper() for method in handlers]
-    return Route(path, dispatch, methods=methods)
+    Each handler should be declared with ``@operation`` (service.api.operation), which is how it
+    appears in ``/openapi.json``; the test suite fails for one that is not.
+    """
+    return Resource(path, handlers)
 
 
 def routes() -> list[BaseRoute]:
     return [
         resource("/healthz", get=meta.healthz),
+        resource("/openapi.json", get=openapi.openapi_json),
+        resource("/docs", get=openapi.docs),
         resource("/v1/models", get=meta.list_models),
         resource("/v1/jobs", get=jobs.list_jobs, post=jobs.create_job),
         resource("/v1/jobs/{job_id}", get=jobs.get_job),

@@ -17,7 +17,8 @@ from starlette.responses import Response, StreamingResponse
 
 from service import sse
 from service.api.context import authenticate, is_decimal, services
-from service.api.events import type_param
+from service.api.events import AFTER_QUERY, TYPE_QUERY, type_param
+from service.api.operation import Param, Reply, operation
 from service.errors import ValidationFailed
 from service.eventfeed import EventFeed
 from service.jsonutil import dumps
@@ -33,7 +34,38 @@ _HEADERS = {
 }
 
 
+_POSITION = {"type": "string", "pattern": "^[0-9]{1,18}$"}
+
+
+@operation(
+    summary="Follow the event log (Server-Sent Events)",
+    tag="events",
+    params=(
+        TYPE_QUERY,
+        Param(
+            "Last-Event-ID",
+            "header",
+            _POSITION,
+            "Resume after this SSE id (browsers send it when they reconnect); 0: from the start.",
+        ),
+        Param("last_event_id", "query", _POSITION, "Last-Event-ID, for clients without headers."),
+        AFTER_QUERY,
+    ),
+    replies={
+        200: Reply(
+            "`text/event-stream`: one message per event (`id`: its position, `event`: its type, "
+            "`data`: the event as GET /v1/events lists it), keep-alive comments while idle.",
+            {"type": "string"},
+            media_type="text/event-stream",
+        )
+    },
+    errors=(422,),
+)
 async def stream_events(request: Request) -> Response:
+    """The event log, live. Without a position the stream starts at the end of the log; it
+    first sends an id-only message naming that position, so a client that reconnects with
+    `Last-Event-ID` misses nothing even if no event came in between. Same filters and owner
+    scope as GET /v1/events."""
     caller = await authenticate(request, "jobs:read")
     types = type_param(request)
     state = services(request)
@@ -61,9 +93,9 @@ async def _start(request: Request, db: Database) -> int:
     ):
         if raw is None:
             continue
-        if not is_decimal(raw.strip()) or int(raw.strip()) > head:
+        if not is_decimal(raw) or int(raw) > head:
             raise ValidationFailed.field(name, "is not an event id this stream sent")
-        return int(raw.strip())
+        return int(raw)
     after = request.query_params.get("after")
     if after is not None:
         seq = await events.seq_of(db.reader, after)
