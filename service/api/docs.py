@@ -103,7 +103,9 @@ def _operation(method: str, path: str, op: dict[str, Any]) -> str:
         for media, content in answer.get("content", {}).items():
             cell.append(f"<br><code>{_e(media)}</code> " + _schema(content.get("schema", {}), 1))
         for header, spec in answer.get("headers", {}).items():
-            cell.append(f"<br>header <code>{_e(header)}</code>: {_e(spec.get('description', ''))}")
+            cell.append(
+                f"<br>header <code>{_e(header)}</code>: {_inline(spec.get('description', ''))}"
+            )
         parts.append(f"<tr><td>{_e(status)}</td><td>{''.join(cell)}</td></tr>")
     parts.append("</table>")
     return "".join(parts)

@@ -35,7 +35,7 @@ Kling video jobs in, verified and signed webhook events out, with no polling of 
 
 **Lists** answer `{"data": [...], "next_cursor": "..." | null}`; pass `cursor=` for the next page.
 
-**Events** (see *webhooks*) are POSTed to each subscription, signed per Standard Webhooks
+**Events** (see Webhooks) are POSTed to each subscription, signed per Standard Webhooks
 (`webhook-id`, `webhook-timestamp`, `webhook-signature`), at least once and unordered:
 deduplicate on `webhook-id`. Answer 2xx to acknowledge; 410 Gone deletes the subscription.
 """
