@@ -186,6 +186,16 @@ def test_jobs_lists_and_shows_jobs(service: Service, cli: Callable[..., Ran]) ->
     assert json.loads(as_json.stdout)["id"] == job_id
     page = json.loads(cli("jobs", "--limit", "1", "--json", service=service).stdout)
     assert len(page["data"]) == 1 and page["next_cursor"]
+    finished(service, job_id)  # so its events do not land in a later test's tail
+
+
+def finished(service: Service, job_id: str) -> None:
+    """Wait (10 s at most) until the job is terminal."""
+    deadline = time.monotonic() + 10
+    with service.api() as api:
+        while api.get(f"/v1/jobs/{job_id}").json()["completed_at"] is None:
+            assert time.monotonic() < deadline, f"{job_id} did not finish"
+            time.sleep(0.05)
 
 
 def test_subscribe_and_unsubscribe(service: Service, cli: Callable[..., Ran]) -> None:

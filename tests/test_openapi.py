@@ -40,7 +40,7 @@ from service.app import create_app
 from service.catalog import MODELS
 from tests.conftest import SettingsFactory
 from tests.servers import free_port, run_service
-from tests.support import ADMIN_KEY
+from tests.support import ADMIN_KEY, assert_error
 
 # The simulator's mount imitates the providers' APIs; it is not reelhook's API.
 EXEMPT = ("/sim",)
@@ -226,3 +226,15 @@ def test_no_subscriber_outside_loopback_was_stored(live: Live) -> None:
     with sqlite3.connect(live.data_dir / "reelhook.db") as db:
         hosts = {urlsplit(url).hostname for (url,) in db.execute("SELECT url FROM subscriptions")}
     assert hosts <= {"127.0.0.1"}
+
+
+@pytest.mark.anyio
+async def test_unknown_query_parameters_are_refused_by_name(api: httpx.AsyncClient) -> None:
+    response = await api.get("/v1/jobs", params={"stauts": "failed", "limit": "5"})
+    error = assert_error(response, 422, "validation_failed", "stauts")
+    assert "accepted: status, model, cursor, limit" in error["message"]
+    # Links reelhook hands out stay lenient: a provider or chat may decorate them.
+    lenient = await api.post("/v1/callbacks/trinetra/not-a-token", params={"x": "1"}, json={})
+    assert_error(lenient, 401, "unauthorized")
+    link = await api.get("/v1/files/not-a-token", params={"utm_source": "chat"})
+    assert_error(link, 403, "forbidden")

@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
     },
     errors=(400, 401, 404, 413),
     authenticated=False,
+    # A provider that decorates the URL it was given must not have its webhook refused.
+    strict_query=False,
 )
 async def receive_callback(request: Request) -> Response:
     """Where providers deliver job updates; reelhook puts this URL in each submit. The token in

@@ -22,6 +22,8 @@ _VIDEO = {"type": "string", "format": "binary"}
     },
     errors=(403, 404, 410),
     authenticated=False,
+    # Links travel through chats and tools that append tracking parameters.
+    strict_query=False,
 )
 async def get_file(request: Request) -> Response:
     """A video reelhook stored, by the signed, expiring link found in a job's outputs. Supports

@@ -50,7 +50,8 @@ class Operation:
     """A handler and its contract; calling it calls the handler.
 
     ``errors`` are the statuses answered with reelhook's JSON error body beyond those implied:
-    401/403 when ``authenticated``, 400/413/422 when there is a ``body``.
+    401/403 when ``authenticated``, 400/413/422 when there is a ``body``. Query parameters not
+    in ``params`` are refused unless ``strict_query`` is off (URLs reelhook hands to others).
     """
 
     endpoint: Endpoint
@@ -63,6 +64,7 @@ class Operation:
     body: Schema | None = None
     body_required: bool = True
     authenticated: bool = True
+    strict_query: bool = True
 
     @property
     def operation_id(self) -> str:
@@ -73,7 +75,7 @@ class Operation:
         # not a silently unfiltered answer.
         accepted = [p.name for p in self.params if p.where == "query"]
         unknown = sorted(set(request.query_params) - set(accepted))
-        if unknown:
+        if unknown and self.strict_query:
             listed = ", ".join(accepted) or "none"
             raise ValidationFailed.fields(
                 {name: f"unknown query parameter (accepted: {listed})" for name in unknown}
@@ -91,6 +93,7 @@ def operation(
     body: Schema | None = None,
     body_required: bool = True,
     authenticated: bool = True,
+    strict_query: bool = True,
 ) -> Callable[[Endpoint], Operation]:
     """Declare a handler's contract; its docstring becomes the operation's description."""
 
@@ -106,6 +109,7 @@ def operation(
             body=body,
             body_required=body_required,
             authenticated=authenticated,
+            strict_query=strict_query,
         )
 
     return declare
