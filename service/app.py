@@ -30,6 +30,7 @@ from service.errors import (
     handle_reelhook_error,
     handle_unexpected,
 )
+from service.eventfeed import EventFeed
 from service.events import Publisher
 from service.guarded_http import guarded_client, origin_of
 from service.held_requests import HeldRequests
@@ -83,6 +84,7 @@ def create_app(
     # Per application, never global: two apps in one process (tests) must not share counts.
     metrics = Metrics()
     limiter = RateLimiter(settings.rate_limit, settings.rate_burst)
+    feed = EventFeed()
     app_routes: list[BaseRoute] = routes() + console.routes()
     if simulator is not None:
         app_routes.append(Mount("/sim", routes=simulator.routes()))
@@ -93,6 +95,8 @@ def create_app(
             stack.enter_context(datadir.locked(settings.data_dir))
             tokens = Tokens(await bootstrap.secret_keys(settings))
             db = await stack.enter_async_context(Database.open(settings.database_path))
+            feed.open()
+            db.on_commit(feed.notify)
             generated = await bootstrap.admin_key(db, settings, clock)
             # One TLS context (loading the CA bundle is slow) for provider calls and downloads.
             ssl_context = httpx.create_ssl_context()
@@ -136,6 +140,7 @@ def create_app(
                 mirror_retry_delays,
                 metrics,
                 limiter,
+                feed,
             )
             services.callback_observers.append(metrics.callback_outcome)
             services.callback_observers.extend(callback_observers)
@@ -156,9 +161,10 @@ def create_app(
             finally:
                 # In-flight deliveries get the grace period; the rest are left for the next start.
                 await services.dispatcher.stop()
+                feed.close()
                 tasks.cancel_scope.cancel()
 
-    return Starlette(
+    app = Starlette(
         routes=app_routes,
         lifespan=lifespan,
         exception_handlers={
@@ -167,6 +173,10 @@ def create_app(
             Exception: handle_unexpected,
         },
     )
+    # uvicorn waits for open responses before it runs the lifespan exit, and a live event stream
+    # never ends by itself: service.server calls this as shutdown begins.
+    app.state.end_streams = feed.close
+    return app
 
 
 def _wire(
@@ -181,6 +191,7 @@ def _wire(
     mirror_retry_delays: Sequence[float],
     metrics: Metrics,
     limiter: RateLimiter,
+    feed: EventFeed,
 ) -> Services:
     endpoints = provider_endpoints(settings)
     blobs = BlobStore(settings.blob_dir)
@@ -277,6 +288,7 @@ def _wire(
         mirrors=mirrors,
         limiter=limiter,
         metrics=metrics,
+        feed=feed,
     )
 
 

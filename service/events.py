@@ -10,13 +10,23 @@ import aiosqlite
 from service.clock import isoformat
 from service.ids import new_id
 from service.jsonutil import dumps_bytes
-from service.models import FileUrl, Job
+from service.models import FileUrl, Job, Subscription
 from service.storage import events, subscriptions
 
 
 def payload(event_type: str, created_at: float, data: dict[str, Any]) -> bytes:
     """The exact body every subscriber receives (and the bytes that are signed)."""
     return dumps_bytes({"type": event_type, "timestamp": isoformat(created_at), "data": data})
+
+
+def ping_data(subscription_id: str) -> dict[str, Any]:
+    """The ``data`` of a ``ping`` event (``POST /v1/subscriptions/{id}/test``)."""
+    return {"subscription_id": subscription_id}
+
+
+def subscription_disabled_data(sub: Subscription) -> dict[str, Any]:
+    """The ``data`` of a ``subscription.disabled`` event: the subscription, without its secret."""
+    return sub.to_public()
 
 
 class Publisher:

@@ -64,6 +64,28 @@ class Param:
             return "must not be empty"
         return self.check(value) if self.check else None
 
+    def json_schema(self) -> dict[str, Any]:
+        """This parameter as JSON Schema (for OpenAPI): what :meth:`problem` accepts, as far as
+        JSON Schema can say it (``check`` functions stay prose in the description)."""
+        schema: dict[str, Any] = {
+            # An optional parameter sent as null counts as absent (see ModelSpec.validate).
+            "type": self.type if self.required else [self.type, "null"],
+            "description": self.description,
+        }
+        if self.default is not None:
+            schema["default"] = self.default
+        if self.choices:
+            schema["enum"] = [*self.choices, *([] if self.required else [None])]
+        if self.minimum is not None:
+            schema["minimum"] = self.minimum
+        if self.maximum is not None:
+            schema["maximum"] = self.maximum
+        if self.max_length is not None:
+            schema["maxLength"] = self.max_length
+        if self.type == "string" and self.required:
+            schema["pattern"] = r"\S"  # not empty or only whitespace
+        return schema
+
     def describe(self) -> dict[str, Any]:
         data: dict[str, Any] = {"type": self.type, "required": self.required}
         data["description"] = self.description
@@ -140,6 +162,19 @@ class ModelSpec:
         if problems:
             raise ValidationFailed.fields(problems)
         return clean
+
+    def input_schema(self) -> dict[str, Any]:
+        """JSON Schema of ``input`` for this model: its parameters, no others. Cross-field rules
+        are listed in the description; they are checked by :meth:`validate`."""
+        notes = " ".join(self.notes)
+        return {
+            "type": "object",
+            "title": f"{self.id} input",
+            "description": f"{self.description} {notes}".strip(),
+            "properties": {p.name: p.json_schema() for p in self.params},
+            "required": [p.name for p in self.params if p.required],
+            "additionalProperties": False,
+        }
 
     def describe(self) -> dict[str, Any]:
         """The catalog entry served by ``GET /v1/models``."""

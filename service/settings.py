@@ -79,6 +79,7 @@ class Settings:
     rate_burst: int = 200
     log_format: str = "text"
     log_level: str = "INFO"
+    stream_keepalive: float = 15.0
 
     @property
     def database_path(self) -> Path:
@@ -255,6 +256,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         rate_burst=read.integer("RATE_BURST", 200, minimum=1),
         log_format=_choice(read, "LOG_FORMAT", ("text", "json"), "text"),
         log_level=_choice(read, "LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), "INFO"),
+        stream_keepalive=read.number("STREAM_KEEPALIVE", 15.0, minimum=0.01),
     )
 
 

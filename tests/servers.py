@@ -3,19 +3,28 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import httpx
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
+
+from service.server import Server
 
 
 def loopback_socket() -> socket.socket:
@@ -32,13 +41,26 @@ def url_of(sock: socket.socket) -> str:
 
 
 @asynccontextmanager
-async def run_server(app: ASGIApp, sock: socket.socket | None = None) -> AsyncIterator[str]:
-    """Serve ``app`` with uvicorn on ``sock`` (or a fresh loopback socket); yield its base URL."""
+async def run_server(
+    app: ASGIApp,
+    sock: socket.socket | None = None,
+    *,
+    on_shutdown: Callable[[], None] | None = None,
+    graceful_timeout: int = 2,
+) -> AsyncIterator[str]:
+    """Serve ``app`` with uvicorn on ``sock`` (or a fresh loopback socket); yield its base URL.
+
+    ``on_shutdown`` runs as shutdown begins, as ``reelhook serve`` does (see service.server).
+    """
     sock = sock or loopback_socket()
     config = uvicorn.Config(
-        app, lifespan="on", log_level="warning", timeout_graceful_shutdown=2, http="httptools"
+        app,
+        lifespan="on",
+        log_level="warning",
+        timeout_graceful_shutdown=graceful_timeout,
+        http="httptools",
     )
-    server = uvicorn.Server(config)
+    server = Server(config, on_shutdown=on_shutdown or (lambda: None))
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(server.serve, [sock])
@@ -53,6 +75,55 @@ async def run_server(app: ASGIApp, sock: socket.socket | None = None) -> AsyncIt
                 server.should_exit = True
     finally:
         sock.close()
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now (for a server started in another process)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+@contextmanager
+def run_service(environ: dict[str, str]) -> Iterator[str]:
+    """``reelhook serve`` in its own process, configured by ``environ`` (REELHOOK_* variables,
+    with REELHOOK_PORT on loopback); yields its base URL once /healthz answers, and stops it with
+    SIGTERM, as an operator would, on exit."""
+    url = f"http://127.0.0.1:{environ['REELHOOK_PORT']}"
+    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    env.update({"REELHOOK_HOST": "127.0.0.1", "REELHOOK_LOG_LEVEL": "WARNING", **environ})
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service", "serve"], env=env, stdout=log, stderr=log
+        )
+
+        def output() -> str:
+            log.seek(0)
+            return log.read().decode(errors="replace")[-4000:]
+
+        try:
+            deadline = time.monotonic() + 20
+            with httpx.Client(trust_env=False) as http:
+                while True:
+                    if process.poll() is not None:
+                        raise RuntimeError(f"reelhook exited at start:\n{output()}")
+                    try:
+                        if http.get(f"{url}/healthz", timeout=1).status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        pass
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"reelhook did not start in 20 s:\n{output()}")
+                    time.sleep(0.05)
+            yield url
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 @dataclass

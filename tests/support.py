@@ -40,8 +40,9 @@ async def served(
 ) -> AsyncIterator[httpx.AsyncClient]:
     """reelhook (``create_app(settings, **app_options)``) served by a real uvicorn on ``sock``,
     and an admin client for it."""
+    app = create_app(settings, **app_options)
     async with (
-        run_server(create_app(settings, **app_options), sock) as base_url,
+        run_server(app, sock, on_shutdown=app.state.end_streams) as base_url,
         httpx.AsyncClient(base_url=base_url, headers={"X-API-Key": ADMIN_KEY}) as http,
     ):
         yield http

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 
 from service.api import (
     callbacks,
@@ -14,24 +12,22 @@ from service.api import (
     jobs,
     keys,
     meta,
+    openapi,
     operations,
+    stream,
     subscriptions,
 )
 from service.api.context import Endpoint
+from service.api.operation import Resource
 
 
-def resource(path: str, **handlers: Endpoint) -> Route:
-    """One route for ``path`` with a handler per method, so a 405 lists every allowed method."""
+def resource(path: str, **handlers: Endpoint) -> Resource:
+    """One route for ``path`` with a handler per method, so a 405 lists every allowed method.
 
-    if "get" in handlers:
-        # Starlette answers HEAD wherever GET is allowed.
-        handlers.setdefault("head", handlers["get"])
-
-    async def dispatch(request: Request) -> Response:
-        return await handlers[request.method.lower()](request)
-
-    methods = [method.upper() for method in handlers]
-    return Route(path, dispatch, methods=methods)
+    Each handler should be declared with ``@operation`` (service.api.operation), which is how it
+    appears in ``/openapi.json``; the test suite fails for one that is not.
+    """
+    return Resource(path, handlers)
 
 
 def routes() -> list[BaseRoute]:
@@ -41,6 +37,8 @@ def routes() -> list[BaseRoute]:
         resource("/metrics", get=operations.metrics),
         resource("/v1/keys", get=keys.list_keys, post=keys.create_key),
         resource("/v1/keys/{key_id}", get=keys.get_key, delete=keys.revoke_key),
+        resource("/openapi.json", get=openapi.openapi_json),
+        resource("/docs", get=openapi.docs),
         resource("/v1/models", get=meta.list_models),
         resource("/v1/jobs", get=jobs.list_jobs, post=jobs.create_job),
         resource("/v1/jobs/{job_id}", get=jobs.get_job),
@@ -67,6 +65,8 @@ def routes() -> list[BaseRoute]:
         resource("/v1/deliveries/{delivery_id}", get=deliveries.get_delivery),
         resource("/v1/deliveries/{delivery_id}/retry", post=deliveries.retry_delivery),
         resource("/v1/events", get=events.list_events),
+        resource("/v1/events/stream", get=stream.stream_events),
+        resource("/v1/events/sample", get=events.sample_events),
         resource("/v1/callbacks/{provider}/{token}", post=callbacks.receive_callback),
         resource("/v1/files/{token}", get=files.get_file),
     ]

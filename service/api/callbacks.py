@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from service.api.context import Services, read_body, services
+from service.api.operation import Param, Reply, operation
 from service.callback_outcomes import CallbackOutcome
 from service.errors import BadRequest, NotFound, PayloadTooLarge, ReelhookError, Unauthorized
 from service.lifecycle import JobMismatch, Outcome, UnknownJob, Update
@@ -32,7 +33,41 @@ class _Rejected(Exception):
         self.error = error
 
 
+@operation(
+    summary="Receive a provider webhook",
+    tag="providers",
+    params=(
+        Param(
+            "provider",
+            "path",
+            {"enum": [name for name, adapter in ADAPTERS.items() if not adapter.holds_request]},
+            "The provider calling back.",
+        ),
+    ),
+    body={"type": "object", "description": "The provider's own callback body."},
+    replies={
+        200: Reply(
+            "Verified and stored (duplicates and late callbacks too, for audit).",
+            {
+                "type": "object",
+                "required": ["received", "job_id", "outcome"],
+                "properties": {
+                    "received": {"const": True},
+                    "job_id": {"type": "string"},
+                    "outcome": {"enum": [outcome.value for outcome in Outcome]},
+                },
+            },
+        )
+    },
+    errors=(400, 401, 404, 413),
+    authenticated=False,
+    # A provider that decorates the URL it was given must not have its webhook refused.
+    strict_query=False,
+)
 async def receive_callback(request: Request) -> Response:
+    """Where providers deliver job updates; reelhook puts this URL in each submit. The token in
+    the path is the credential: it is verified, then the provider's signature, then that the
+    body names the stored job, before anything is stored."""
     state = services(request)
     provider = request.path_params["provider"]
     # The path segment is the caller's: only known provider names may become a metric label.

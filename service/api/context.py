@@ -29,6 +29,7 @@ from service.errors import (
     Unauthorized,
     ValidationFailed,
 )
+from service.eventfeed import EventFeed
 from service.events import Publisher
 from service.held_requests import HeldRequests
 from service.ingest import Ingest
@@ -66,6 +67,7 @@ class Services:
     mirrors: Mirrors
     limiter: RateLimiter
     metrics: Metrics
+    feed: EventFeed
     callback_observers: list[CallbackObserver] = field(default_factory=list)
 
 

@@ -6,11 +6,28 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 
 from service.api.context import services
+from service.api.operation import Reply, operation
 from service.errors import Forbidden, Gone, NotFound
 from service.tokens import ExpiredToken, InvalidToken
 
+_VIDEO = {"type": "string", "format": "binary"}
 
+
+@operation(
+    summary="Download a stored video",
+    tag="files",
+    replies={
+        200: Reply("The file.", _VIDEO, media_type="video/*"),
+        206: Reply("The requested byte range (HTTP Range).", _VIDEO, media_type="video/*"),
+    },
+    errors=(403, 404, 410),
+    authenticated=False,
+    # Links travel through chats and tools that append tracking parameters.
+    strict_query=False,
+)
 async def get_file(request: Request) -> Response:
+    """A video reelhook stored, by the signed, expiring link found in a job's outputs. Supports
+    HTTP Range requests."""
     state = services(request)
     try:
         digest, media_type = state.tokens.verify_file(

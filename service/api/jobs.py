@@ -15,6 +15,8 @@ from service.api.context import (
     services,
     time_param,
 )
+from service.api.operation import Param, Reply, cursor_query, limit_query, operation
+from service.api.schemas import page_of, ref
 from service.catalog import MODELS
 from service.errors import NotFound, ValidationFailed
 from service.models import Job, JobStatus
@@ -23,7 +25,33 @@ from service.storage import jobs
 STATUSES = tuple(status.value for status in JobStatus)
 
 
+@operation(
+    summary="Submit a job",
+    tag="jobs",
+    body=ref("JobRequest"),
+    params=(
+        Param(
+            "Idempotency-Key",
+            "header",
+            {"type": "string", "minLength": 1, "maxLength": 255},
+            "The same key and body within 24 h return the same job; another body is a 409.",
+        ),
+    ),
+    replies={
+        202: Reply(
+            "Stored and accepted by the provider (or queued for a held Segmind request).",
+            ref("CreatedJob"),
+            headers={
+                "Location": "The job's URL.",
+                "Idempotent-Replayed": "`true` when an earlier job was returned for the key.",
+            },
+        )
+    },
+    errors=(409, 502, 503),
+)
 async def create_job(request: Request) -> Response:
+    """Validate the input against the model's spec, store the job and submit it to the provider
+    with a callback URL pointing back at reelhook. Events follow as the job moves on."""
     caller = await authenticate(request, "jobs:write")
     body = await read_json(request)
     key = request.headers.get("idempotency-key")
@@ -40,7 +68,14 @@ async def create_job(request: Request) -> Response:
     return JSONResponse(document, status_code=202, headers=headers)
 
 
+@operation(
+    summary="Get a job",
+    tag="jobs",
+    replies={200: Reply("The job document.", ref("Job"))},
+    errors=(404,),
+)
 async def get_job(request: Request) -> Response:
+    """The job as it is now; outputs carry fresh file links."""
     caller = await authenticate(request, "jobs:read")
     job = await find_job(services(request), caller, request.path_params["job_id"])
     return JSONResponse(job.to_document(services(request).publisher.file_url))
@@ -54,7 +89,33 @@ async def find_job(state: Services, caller: Caller, job_id: str) -> Job:
     return job
 
 
+@operation(
+    summary="List jobs",
+    tag="jobs",
+    params=(
+        Param("status", "query", {"enum": list(STATUSES)}, "Only jobs in this status."),
+        Param("model", "query", {"enum": list(MODELS)}, "Only jobs of this model."),
+        Param(
+            "since",
+            "query",
+            {"type": "string"},
+            "Only jobs created at or after this time: ISO 8601 (UTC without an offset) or Unix "
+            "seconds.",
+        ),
+        Param(
+            "until",
+            "query",
+            {"type": "string"},
+            "Only jobs created before this time: ISO 8601 (UTC without an offset) or Unix seconds.",
+        ),
+        cursor_query("The `next_cursor` of the previous page."),
+        limit_query(50, 200),
+    ),
+    replies={200: Reply("Jobs, newest first.", page_of(ref("Job")))},
+    errors=(422,),
+)
 async def list_jobs(request: Request) -> Response:
+    """Your jobs (an admin key sees everyone's), newest first."""
     caller = await authenticate(request, "jobs:read")
     page, next_cursor = await job_page(request, caller)
     file_url = services(request).publisher.file_url

@@ -18,10 +18,13 @@ from service.api.context import (
     services,
     time_param,
 )
+from service.api.operation import Reply, cursor_query, limit_query, operation
+from service.api.schemas import page_of, ref
 from service.catalog import MODELS
 from service.clock import isoformat
 from service.delivery.guard import check_url
 from service.errors import Conflict, NotFound, ValidationFailed
+from service.events import ping_data
 from service.ids import new_id
 from service.models import EVENT_TYPES, Subscription
 from service.storage import deliveries, subscriptions
@@ -40,6 +43,54 @@ _RESERVED_HEADERS = {
     "webhook-timestamp",
     "webhook-signature",
     "connection",
+}
+
+
+_FIELD_SCHEMAS: dict[str, Any] = {
+    "url": {
+        "type": "string",
+        "description": "Where events are POSTed (http or https; private addresses are refused "
+        "unless REELHOOK_ALLOW_PRIVATE_SUBSCRIBERS covers them).",
+    },
+    "event_types": {
+        "type": ["array", "null"],
+        "items": {"enum": list(EVENT_TYPES)},
+        "description": "Event types to receive; empty or null: every job event.",
+    },
+    "models": {
+        "type": ["array", "null"],
+        "items": {"enum": list(MODELS)},
+        "description": "Only events about jobs of these models; empty or null: all.",
+    },
+    "headers": {
+        "type": ["object", "null"],
+        "propertyNames": {"pattern": f"^{_TOKEN.pattern}$"},
+        "additionalProperties": {
+            "type": "string",
+            "maxLength": 4096,
+            "pattern": f"^{_FIELD_VALUE.pattern}$",
+        },
+        "description": "Static headers sent with every delivery (e.g. n8n Header Auth). The "
+        "Standard Webhooks headers, Content-Type, Host and the like are reelhook's own.",
+    },
+    "description": {"type": "string", "maxLength": 500},
+}
+_CREATE_SCHEMA = {
+    "type": "object",
+    "required": ["url"],
+    "additionalProperties": False,
+    "properties": _FIELD_SCHEMAS,
+}
+_UPDATE_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        **_FIELD_SCHEMAS,
+        "status": {
+            "enum": ["active", "disabled"],
+            "description": "disabled holds its deliveries until it is active again.",
+        },
+    },
 }
 
 
@@ -116,7 +167,21 @@ async def owned(request: Request, caller: Caller, sub_id: str) -> Subscription:
     return sub
 
 
+@operation(
+    summary="Subscribe a URL",
+    tag="subscriptions",
+    body=_CREATE_SCHEMA,
+    replies={
+        201: Reply(
+            "Subscribed; the `secret` is shown only in this answer.",
+            ref("CreatedSubscription"),
+            headers={"Location": "The subscription's URL."},
+        )
+    },
+)
 async def create_subscription(request: Request) -> Response:
+    """Signed events (Standard Webhooks) go to `url` from now on. This is the Zapier REST Hooks
+    subscribe call: 201 with an `id` to unsubscribe with."""
     caller = await authenticate(request, "subscriptions:write")
     sub = await create(request, caller, await read_json(request))
     return JSONResponse(
@@ -148,7 +213,15 @@ async def create(request: Request, caller: Caller, body: Any) -> Subscription:
     return sub
 
 
+@operation(
+    summary="List subscriptions",
+    tag="subscriptions",
+    params=(cursor_query("The `next_cursor` of the previous page."), limit_query(50, 200)),
+    replies={200: Reply("Subscriptions, oldest first.", page_of(ref("Subscription")))},
+    errors=(422,),
+)
 async def list_subscriptions(request: Request) -> Response:
+    """Your subscriptions (an admin key sees everyone's); header values are masked."""
     caller = await authenticate(request, "subscriptions:read")
     page, next_cursor = await subscription_page(request, caller)
     return JSONResponse({"data": [s.to_public() for s in page], "next_cursor": next_cursor})
@@ -171,13 +244,28 @@ async def subscription_page(
     return page, page[-1].id if more else None
 
 
+@operation(
+    summary="Get a subscription",
+    tag="subscriptions",
+    replies={200: Reply("The subscription.", ref("Subscription"))},
+    errors=(404,),
+)
 async def get_subscription(request: Request) -> Response:
+    """One subscription; its secret is never shown again."""
     caller = await authenticate(request, "subscriptions:read")
     sub = await owned(request, caller, request.path_params["subscription_id"])
     return JSONResponse(sub.to_public())
 
 
+@operation(
+    summary="Change a subscription",
+    tag="subscriptions",
+    body=_UPDATE_SCHEMA,
+    replies={200: Reply("The subscription as changed.", ref("Subscription"))},
+    errors=(404,),
+)
 async def update_subscription(request: Request) -> Response:
+    """Change any field; null clears a filter. `{"status": "disabled"}` pauses deliveries."""
     caller = await authenticate(request, "subscriptions:write")
     sub_id = request.path_params["subscription_id"]
     await owned(request, caller, sub_id)
@@ -205,7 +293,15 @@ async def update(request: Request, caller: Caller, sub_id: str, body: Any) -> Su
     return updated
 
 
+@operation(
+    summary="Unsubscribe",
+    tag="subscriptions",
+    replies={204: Reply("Deleted; its pending deliveries are canceled.")},
+    errors=(404,),
+)
 async def delete_subscription(request: Request) -> Response:
+    """The Zapier REST Hooks unsubscribe call. A subscriber answering a delivery with 410 Gone
+    is deleted the same way."""
     caller = await authenticate(request, "subscriptions:write")
     await delete(request, caller, request.path_params["subscription_id"])
     return Response(status_code=204)
@@ -218,8 +314,23 @@ async def delete(request: Request, caller: Caller, sub_id: str) -> None:
         await subscriptions.delete(conn, sub.id)
 
 
+@operation(
+    summary="Send a test event",
+    tag="subscriptions",
+    replies={
+        202: Reply(
+            "The ping is queued for delivery.",
+            {
+                "type": "object",
+                "required": ["event_id"],
+                "properties": {"event_id": {"type": "string", "pattern": "^evt_"}},
+            },
+        )
+    },
+    errors=(404, 409),
+)
 async def test_subscription(request: Request) -> Response:
-    """Send a ``ping`` event to this one subscription now."""
+    """Send a `ping` event to this one subscription now."""
     caller = await authenticate(request, "subscriptions:write")
     event_id = await ping(request, caller, request.path_params["subscription_id"])
     return JSONResponse({"event_id": event_id}, status_code=202)
@@ -234,7 +345,7 @@ async def ping(request: Request, caller: Caller, sub_id: str) -> str:
     now = state.clock()
     async with state.db.transaction() as conn:
         event_id = await state.publisher.publish(
-            conn, "ping", now, data={"subscription_id": sub.id}, to_subscription=sub.id
+            conn, "ping", now, data=ping_data(sub.id), to_subscription=sub.id
         )
     state.dispatcher.wake()
     return event_id

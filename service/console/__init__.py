@@ -15,7 +15,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from service.api.context import Endpoint
-from service.console import deliveries, jobs, signin, subscriptions
+from service.console import deliveries, jobs, live, signin, subscriptions
 from service.console.view import Handler, endpoint
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -126,6 +126,8 @@ def routes() -> list[BaseRoute]:
                     "/deliveries/{delivery_id}/retry",
                     post=page(deliveries.resend, "subscriptions:write"),
                 ),
+                resource("/live", get=page(live.live_page, "jobs:read")),
+                resource("/stream", get=page(live.stream, "jobs:read")),
                 Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="console-static"),
             ],
         )

@@ -9,6 +9,7 @@ from starlette.responses import Response
 
 from service.api.jobs import STATUSES, find_job, job_page
 from service.catalog import MODELS
+from service.console.live import follow
 from service.console.view import View
 from service.storage import timeline
 
@@ -44,6 +45,7 @@ async def jobs_page(view: View) -> Response:
         next_link=next_link,
         first_page=view.request.query_params.get("cursor") is None,
         first_link="?" + urlencode(chosen),
+        live=await follow(view),
     )
 
 
@@ -72,4 +74,5 @@ async def job_page_view(view: View) -> Response:
         job=job.to_document(state.publisher.file_url),
         terminal=job.status.terminal,
         moments=moments,
+        live=None if job.status.terminal else await follow(view),
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
@@ -41,6 +41,12 @@ class Database:
         self.writer = writer
         self.reader = reader
         self._write_lock = asyncio.Lock()
+        self._commit_listeners: list[Callable[[], None]] = []
+
+    def on_commit(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` after every committed :meth:`transaction` (it must be quick and not
+        raise): how live event streams learn that the log may have grown."""
+        self._commit_listeners.append(listener)
 
     @classmethod
     @asynccontextmanager
@@ -66,6 +72,8 @@ class Database:
                 await self.writer.execute("BEGIN IMMEDIATE")
                 yield self.writer
                 await self.writer.commit()
+                for listener in self._commit_listeners:
+                    listener()
             except BaseException:
                 # A failed BEGIN or COMMIT (or a cancellation) must not leave the shared writer
                 # inside a transaction, or every later write would fail.

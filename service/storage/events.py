@@ -74,3 +74,10 @@ async def list_page(
     )
     async with conn.execute(sql, params) as cursor:
         return list(await cursor.fetchall())
+
+
+async def last_seq(conn: aiosqlite.Connection) -> int:
+    """The position of the newest event in the log (0 when it is empty)."""
+    async with conn.execute("SELECT COALESCE(MAX(seq), 0) AS seq FROM events") as cursor:
+        row = await cursor.fetchone()
+    return int(row["seq"]) if row else 0

@@ -1,0 +1,1 @@
+"""Runnable examples (each file also runs as a script)."""

@@ -1,0 +1,1 @@
+"""A Telegram bot that posts reelhook videos to chats."""

@@ -1,0 +1,179 @@
+"""Operations: an endpoint together with its OpenAPI description, declared next to the handler.
+
+``@operation(...)`` wraps a handler; the route table (``service.api.routes``) mounts it with
+:func:`service.api.resource`, and ``service.api.openapi`` reads the same route objects to build
+``/openapi.json``, so the document describes exactly the routes that run. A handler mounted
+without ``@operation`` is reported by :func:`undocumented` (and fails the test suite).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from service.api.context import Endpoint
+from service.errors import ValidationFailed
+
+Schema = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Param:
+    """A query, header or path parameter. ``explode=False`` marks a comma-separated list."""
+
+    name: str
+    where: Literal["query", "header", "path"]
+    schema: Schema
+    description: str
+    required: bool = False
+    explode: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One documented answer: its description, body schema and media type, response headers."""
+
+    description: str
+    schema: Schema | None = None
+    media_type: str = "application/json"
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """A handler and its contract; calling it calls the handler.
+
+    ``errors`` are the statuses answered with reelhook's JSON error body beyond those implied:
+    401/403 when ``authenticated``, 400/413/422 when there is a ``body``. Query parameters not
+    in ``params`` are refused unless ``strict_query`` is off (URLs reelhook hands to others).
+    """
+
+    endpoint: Endpoint
+    summary: str
+    description: str
+    tag: str
+    replies: Mapping[int, Reply]
+    errors: tuple[int, ...] = ()
+    params: tuple[Param, ...] = ()
+    body: Schema | None = None
+    body_required: bool = True
+    authenticated: bool = True
+    strict_query: bool = True
+
+    @property
+    def operation_id(self) -> str:
+        return self.endpoint.__name__
+
+    async def __call__(self, request: Request) -> Response:
+        # The declaration is the contract: a misspelt filter (?stauts=failed) is a 422 naming it,
+        # not a silently unfiltered answer.
+        accepted = [p.name for p in self.params if p.where == "query"]
+        unknown = sorted(set(request.query_params) - set(accepted))
+        if unknown and self.strict_query:
+            listed = ", ".join(accepted) or "none"
+            raise ValidationFailed.fields(
+                {name: f"unknown query parameter (accepted: {listed})" for name in unknown}
+            )
+        return await self.endpoint(request)
+
+
+def operation(
+    *,
+    summary: str,
+    tag: str,
+    replies: Mapping[int, Reply],
+    errors: tuple[int, ...] = (),
+    params: tuple[Param, ...] = (),
+    body: Schema | None = None,
+    body_required: bool = True,
+    authenticated: bool = True,
+    strict_query: bool = True,
+) -> Callable[[Endpoint], Operation]:
+    """Declare a handler's contract; its docstring becomes the operation's description."""
+
+    def declare(endpoint: Endpoint) -> Operation:
+        return Operation(
+            endpoint=endpoint,
+            summary=summary,
+            description=inspect.getdoc(endpoint) or "",
+            tag=tag,
+            replies=replies,
+            errors=errors,
+            params=params,
+            body=body,
+            body_required=body_required,
+            authenticated=authenticated,
+            strict_query=strict_query,
+        )
+
+    return declare
+
+
+class Resource(Route):
+    """One path with a handler per method (what :func:`service.api.resource` builds).
+
+    ``handlers`` holds the methods as declared, without the HEAD Starlette adds for GET.
+    """
+
+    def __init__(self, path: str, handlers: Mapping[str, Endpoint]) -> None:
+        self.handlers = dict(handlers)
+        served = dict(handlers)
+        if "get" in served:
+            # Starlette answers HEAD wherever GET is allowed.
+            served.setdefault("head", served["get"])
+
+        async def dispatch(request: Request) -> Response:
+            return await served[request.method.lower()](request)
+
+        super().__init__(path, dispatch, methods=[method.upper() for method in served])
+
+
+def operations(routes: list[BaseRoute]) -> list[tuple[str, str, Operation]]:
+    """Every documented (path, method, operation) in ``routes``, in route order."""
+    found = []
+    for route in routes:
+        if isinstance(route, Resource):
+            for method, handler in route.handlers.items():
+                if isinstance(handler, Operation):
+                    found.append((route.path, method, handler))
+    return found
+
+
+def undocumented(routes: list[BaseRoute], exempt: tuple[str, ...] = ()) -> list[str]:
+    """``"METHOD /path"`` for every route in ``routes`` without an :class:`Operation` (mounts
+    whose path is in ``exempt`` aside): what ``/openapi.json`` would silently leave out."""
+    missing: list[str] = []
+    for route in routes:
+        path = getattr(route, "path", repr(route))
+        if path in exempt:
+            continue
+        if isinstance(route, Resource):
+            missing.extend(
+                f"{method.upper()} {path}"
+                for method, handler in route.handlers.items()
+                if not isinstance(handler, Operation)
+            )
+        else:
+            methods = sorted(getattr(route, "methods", None) or ["*"])
+            missing.append(f"{','.join(methods)} {path} (not built with resource())")
+    return missing
+
+
+def limit_query(default: int, maximum: int) -> Param:
+    """The ``limit`` parameter as :func:`service.api.context.limit_param` reads it."""
+    return Param(
+        "limit",
+        "query",
+        {"type": "integer", "minimum": 1, "maximum": maximum, "default": default},
+        "Page size.",
+    )
+
+
+def cursor_query(description: str, schema: Schema | None = None) -> Param:
+    return Param("cursor", "query", schema or {"type": "string"}, description)

@@ -1,0 +1,256 @@
+"""JSON Schemas of the documents the API answers with, referenced by ``ref(name)``.
+
+The documents themselves are built by the models (``Job.to_document``, ``Subscription.to_public``,
+``ModelSpec.describe``); enumerations come from the same constants the code checks against, and
+the job request is derived from the model specs. The schemathesis test validates every answer
+against these schemas, so a document that drifts from its schema fails the suite.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from service.catalog import MODELS
+from service.models import EVENT_TYPES, JOB_EVENT_TYPES, ErrorKind, JobStatus
+from service.settings import PROVIDERS
+
+Schema = dict[str, Any]
+
+_PREFIX = "#/components/schemas/"
+
+
+def ref(name: str) -> Schema:
+    return {"$ref": _PREFIX + name}
+
+
+def nullable(schema: Schema) -> Schema:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def page_of(item: Schema) -> Schema:
+    """A list answer: ``{"data": [...], "next_cursor": "..." | null}``."""
+    return {
+        "type": "object",
+        "required": ["data", "next_cursor"],
+        "properties": {
+            "data": {"type": "array", "items": item},
+            "next_cursor": {
+                "type": ["string", "null"],
+                "description": "Pass as `cursor` for the next page; null on the last page.",
+            },
+        },
+    }
+
+
+def _obj(required: list[str], **properties: Schema) -> Schema:
+    return {"type": "object", "required": required, "properties": properties}
+
+
+_TIME = {"type": "string", "format": "date-time"}
+_MAYBE_TIME = {"type": ["string", "null"], "format": "date-time"}
+
+
+def model_request_name(model_id: str) -> str:
+    return "JobRequest." + model_id.replace("/", ".")
+
+
+def _job_request(model_id: str) -> Schema:
+    return {
+        "type": "object",
+        "title": f"A {model_id} job",
+        "required": ["model", "input"],
+        "additionalProperties": False,
+        "properties": {
+            "model": {"const": model_id},
+            "input": MODELS[model_id].input_schema(),
+            "metadata": {
+                "type": "object",
+                "description": "Yours, returned untouched in every event (at most 8 kB).",
+            },
+            "callback_url": {
+                "type": ["string", "null"],
+                "description": "Also send this job's events here, signed with the "
+                "`callback_secret` returned once.",
+            },
+        },
+    }
+
+
+def components() -> dict[str, Schema]:
+    """Every schema ``ref()`` may name."""
+    job_events = [t for t in EVENT_TYPES if t in JOB_EVENT_TYPES]
+    schemas: dict[str, Schema] = {
+        "Error": _obj(
+            ["error"],
+            error=_obj(
+                ["code", "message"],
+                code={"type": "string", "examples": ["validation_failed"]},
+                message={"type": "string"},
+                details={"type": "object", "description": "e.g. `fields`: problem per field"},
+            ),
+        ),
+        "JobRequest": {
+            "description": "A job for one model; `input` takes that model's parameters "
+            "(GET /v1/models lists them).",
+            "oneOf": [ref(model_request_name(m)) for m in MODELS],
+            "discriminator": {
+                "propertyName": "model",
+                "mapping": {m: _PREFIX + model_request_name(m) for m in MODELS},
+            },
+        },
+        **{model_request_name(m): _job_request(m) for m in MODELS},
+        "Output": _obj(
+            ["url", "type"],
+            url={
+                "type": ["string", "null"],
+                "description": "The provider's URL, or reelhook's copy when it has no other.",
+            },
+            type={"type": "string", "examples": ["video"]},
+            mirror_url={
+                "type": "string",
+                "description": "reelhook's own copy (GET /v1/files/…): a signed, expiring link "
+                "minted afresh whenever the job is rendered.",
+            },
+        ),
+        "JobError": _obj(
+            ["kind", "message", "provider_code"],
+            kind={"enum": [kind.value for kind in ErrorKind]},
+            message={"type": "string"},
+            provider_code={"type": ["string", "null"]},
+        ),
+        "Job": _obj(
+            [
+                "id",
+                "object",
+                "model",
+                "provider",
+                "provider_job_id",
+                "status",
+                "input",
+                "outputs",
+                "error",
+                "cost",
+                "metadata",
+                "created_at",
+                "submitted_at",
+                "completed_at",
+            ],
+            id={"type": "string", "pattern": "^job_"},
+            object={"const": "job"},
+            model={"enum": list(MODELS)},
+            provider={"enum": list(PROVIDERS)},
+            provider_job_id={"type": ["string", "null"]},
+            status={"enum": [status.value for status in JobStatus]},
+            input={"type": "object", "description": "The input as validated, defaults applied."},
+            outputs={"type": "array", "items": ref("Output")},
+            error=nullable(ref("JobError")),
+            cost=_obj(
+                ["estimated", "charged", "unit"],
+                estimated={"type": "number"},
+                charged={"type": ["number", "null"]},
+                unit={"type": "string", "examples": ["credits", "usd"]},
+            ),
+            metadata={"type": "object"},
+            created_at=_TIME,
+            submitted_at=_MAYBE_TIME,
+            completed_at=_MAYBE_TIME,
+        ),
+        "CreatedJob": {
+            "allOf": [ref("Job")],
+            "properties": {
+                "callback_secret": {
+                    "type": "string",
+                    "description": "Only when callback_url was given, and only in this answer.",
+                }
+            },
+        },
+        "Subscription": _obj(
+            [
+                "id",
+                "object",
+                "url",
+                "event_types",
+                "models",
+                "headers",
+                "description",
+                "status",
+                "created_at",
+                "updated_at",
+            ],
+            id={"type": "string", "pattern": "^sub_"},
+            object={"const": "subscription"},
+            url={"type": "string"},
+            event_types={"type": "array", "items": {"enum": list(EVENT_TYPES)}},
+            models={"type": "array", "items": {"enum": list(MODELS)}},
+            headers={
+                "type": "object",
+                "additionalProperties": {"const": "********"},
+                "description": "Static headers sent with each delivery; values are masked.",
+            },
+            description={"type": "string"},
+            status={"enum": ["active", "disabled"]},
+            created_at=_TIME,
+            updated_at=_TIME,
+        ),
+        "CreatedSubscription": {
+            "allOf": [ref("Subscription")],
+            "required": ["secret"],
+            "properties": {
+                "secret": {
+                    "type": "string",
+                    "pattern": "^whsec_",
+                    "description": "Verifies the Standard Webhooks signatures; shown only here.",
+                }
+            },
+        },
+        "Ping": _obj(["subscription_id"], subscription_id={"type": "string"}),
+        "Event": {
+            "description": "One entry of the event log: `id` (sent to subscribers as "
+            "`webhook-id`) and the exact body subscribers receive.",
+            "oneOf": [ref(_event_name(t)) for t in EVENT_TYPES],
+        },
+        **{_event_name(t): _event(t, ref("Job")) for t in job_events},
+        _event_name("ping"): _event("ping", ref("Ping")),
+        _event_name("subscription.disabled"): _event("subscription.disabled", ref("Subscription")),
+        "Model": _obj(
+            ["id", "object", "provider", "parameters", "pricing", "available", "simulated"],
+            id={"enum": list(MODELS)},
+            object={"const": "model"},
+            provider={"enum": list(PROVIDERS)},
+            description={"type": "string"},
+            parameters={"type": "object", "additionalProperties": {"type": "object"}},
+            pricing=_obj(["unit", "table"], unit={"type": "string"}, table={"type": "object"}),
+            notes={"type": "array", "items": {"type": "string"}},
+            available={"type": "boolean"},
+            simulated={"type": "boolean"},
+        ),
+    }
+    return schemas
+
+
+def _event_name(event_type: str) -> str:
+    return "Event." + event_type
+
+
+def event_body(event_type: str, data: Schema) -> Schema:
+    """The body a subscriber receives for ``event_type`` (also the webhook's documentation)."""
+    return _obj(
+        ["type", "timestamp", "data"],
+        type={"const": event_type},
+        timestamp=_TIME,
+        data=data,
+    )
+
+
+def _event(event_type: str, data: Schema) -> Schema:
+    body = event_body(event_type, data)
+    body["required"] = ["id", *body["required"]]
+    body["properties"] = {"id": {"type": "string", "pattern": "^evt_"}, **body["properties"]}
+    return body
+
+
+def event_data(event_type: str) -> Schema:
+    """The schema of ``data`` in an event of ``event_type``."""
+    if event_type in JOB_EVENT_TYPES:
+        return ref("Job")
+    return ref("Ping") if event_type == "ping" else ref("Subscription")

@@ -1,0 +1,54 @@
+"""``reelhook serve``: run the service, configured by ``REELHOOK_*`` environment variables."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from service.cli.base import Commands
+
+
+def register(commands: Commands) -> None:
+    parser = commands.add_parser(
+        "serve",
+        help="run the service",
+        description="Run reelhook: the API, the provider callbacks, the delivery dispatcher and, "
+        "for providers without an API key, the built-in simulator. Every setting comes from "
+        "REELHOOK_* environment variables (see README, Settings); a bad value stops start-up "
+        "with one line naming it.",
+    )
+    parser.add_argument("--access-log", action="store_true", help="log every HTTP request")
+    parser.set_defaults(handler=serve)
+
+
+def serve(args: argparse.Namespace) -> int:
+    # Imported here so client commands start without loading the server.
+    import uvicorn
+
+    from service.app import create_app
+    from service.logging_setup import configure_logging
+    from service.server import Server
+    from service.settings import SettingsError, load_settings
+
+    try:
+        settings = load_settings(os.environ)
+    except SettingsError as exc:
+        for line in str(exc).splitlines():
+            print(f"reelhook: cannot start: {line}", file=sys.stderr)
+        return 2
+    configure_logging(settings)
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        lifespan="on",
+        loop="uvloop",
+        http="httptools",
+        timeout_graceful_shutdown=10,
+        log_config=None,
+        access_log=args.access_log,
+    )
+    Server(config, on_shutdown=app.state.end_streams).run()
+    return 0

@@ -1,0 +1,241 @@
+"""``/openapi.json`` and ``/docs``: generated from the routes that run, valid, and honest.
+
+The document is checked by an OpenAPI validator, every route must declare its contract, and
+schemathesis sends property-based requests to a real server, finding no 5xx and no answer that
+contradicts the document.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+import requests
+import schemathesis
+from hypothesis import HealthCheck, settings
+from openapi_spec_validator import validate
+from schemathesis.checks import not_a_server_error
+from schemathesis.config import SchemathesisConfig
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    negative_data_rejection,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Mount, Route
+
+from service.api import resource, routes
+from service.api.openapi import build_document
+from service.api.operation import Resource, undocumented
+from service.app import create_app
+from service.catalog import MODELS
+from tests.conftest import SettingsFactory
+from tests.servers import free_port, run_service
+from tests.support import ADMIN_KEY, assert_error
+
+# The simulator's mount imitates the providers' APIs, and the console's serves HTML pages to
+# people; neither is reelhook's JSON API.
+EXEMPT = ("/console", "/sim")
+
+
+async def document(http: httpx.AsyncClient) -> dict[str, Any]:
+    response = await http.get("/openapi.json")
+    assert response.status_code == 200, response.text
+    doc: dict[str, Any] = response.json()
+    return doc
+
+
+@pytest.mark.anyio
+async def test_the_document_is_valid_openapi_3_1(client: httpx.AsyncClient) -> None:
+    doc = await document(client)
+    assert doc["openapi"] == "3.1.0"
+    validate(doc)
+    # Served without a key: tools fetch it before they have one.
+    del client.headers["X-API-Key"]
+    assert await document(client) == doc
+
+
+def test_every_route_that_runs_declares_its_contract(settings_factory: SettingsFactory) -> None:
+    """A route added without ``@operation`` fails here, naming itself."""
+    app = create_app(settings_factory())
+    assert [r.path for r in app.routes if isinstance(r, Mount)] == ["/console", "/sim"]
+    assert undocumented(app.routes, exempt=EXEMPT) == []
+
+
+def test_an_undeclared_route_is_reported() -> None:
+    async def plain(request: Request) -> Response:
+        return Response()
+
+    table = [*routes(), resource("/v1/new", get=plain), Route("/raw", plain)]
+    assert undocumented(table) == ["GET /v1/new", "GET,HEAD /raw (not built with resource())"]
+
+
+@pytest.mark.anyio
+async def test_the_document_lists_exactly_the_routes_that_run(client: httpx.AsyncClient) -> None:
+    doc = await document(client)
+    served = {
+        (route.path, method)
+        for route in routes()
+        if isinstance(route, Resource)
+        for method in route.handlers
+    }
+    documented = {(path, method) for path, item in doc["paths"].items() for method in item}
+    assert documented == served
+    for path, item in doc["paths"].items():
+        for name in re.findall(r"{(\w+)}", path):
+            for op in item.values():
+                assert any(p["in"] == "path" and p["name"] == name for p in op["parameters"])
+
+
+@pytest.mark.anyio
+async def test_the_job_request_is_derived_from_the_model_specs(client: httpx.AsyncClient) -> None:
+    schemas = (await document(client))["components"]["schemas"]
+    variants = [v["$ref"].rsplit("/", 1)[-1] for v in schemas["JobRequest"]["oneOf"]]
+    assert len(variants) == len(MODELS)
+    for name, (model_id, spec) in zip(variants, MODELS.items(), strict=True):
+        request = schemas[name]
+        assert request["properties"]["model"] == {"const": model_id}
+        assert request["properties"]["input"] == spec.input_schema()
+        params = {p.name: p for p in spec.params}
+        assert set(request["properties"]["input"]["properties"]) == set(params)
+        assert request["properties"]["input"]["required"] == [
+            p.name for p in spec.params if p.required
+        ]
+    models = await client.get("/v1/models")
+    for entry in models.json()["data"]:
+        declared = schemas[f"JobRequest.{entry['id'].replace('/', '.')}"]["properties"]["input"]
+        for name, described in entry["parameters"].items():
+            assert declared["properties"][name]["description"] == described["description"]
+
+
+@pytest.mark.anyio
+async def test_docs_render_every_operation_without_fetching_anything(
+    client: httpx.AsyncClient,
+) -> None:
+    doc = await document(client)
+    del client.headers["X-API-Key"]
+    page = await client.get("/docs")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    text = page.text
+    for path, item in doc["paths"].items():
+        for method, op in item.items():
+            assert f"{method.upper()}</span><code>{path}</code>" in text
+            assert op["summary"] in text
+    for name in doc["components"]["schemas"]:
+        assert f'id="schema-{name}"' in text
+    for event_type in doc["webhooks"]:
+        assert f"<h3>{event_type}</h3>" in text
+    # Self-contained: no scripts, and every link or resource stays on this server.
+    assert "<script" not in text.lower()
+    assert re.findall(r'(?:src|href)="(https?:)?//', text) == []
+
+
+# --- schemathesis against a running server -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Live:
+    url: str
+    subscriber: str
+    data_dir: Path
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    """``reelhook serve`` in its own process on loopback, its simulator finishing jobs;
+    subscribers point at a loopback port where nothing listens."""
+    data_dir = tmp_path_factory.mktemp("schemathesis") / "data"
+    environ = {
+        "REELHOOK_PORT": str(free_port()),
+        "REELHOOK_DATA_DIR": str(data_dir),
+        "REELHOOK_ADMIN_KEY": ADMIN_KEY,
+        "REELHOOK_SIM_DELAY": "0.05",
+        "REELHOOK_ALLOW_PRIVATE_SUBSCRIBERS": "127.0.0.0/8",
+        "REELHOOK_RETRY_SCHEDULE": "0,0.2",
+    }
+    with run_service(environ) as url:
+        yield Live(url, f"http://127.0.0.1:{free_port()}/hook", data_dir)
+
+
+@pytest.fixture(scope="module")
+def session() -> Iterator[requests.Session]:
+    with requests.Session() as http:
+        http.trust_env = False  # loopback only: no proxy from the environment
+        yield http
+
+
+# Built by the same function that serves /openapi.json (a test below checks the served one is
+# identical), so schemathesis can parametrize at collection time, before any server runs.
+DOCUMENT = build_document(routes(), server_url="http://127.0.0.1")
+# The stream never ends by design; tests/test_stream.py covers it.
+schema = schemathesis.openapi.from_dict(
+    DOCUMENT,
+    config=SchemathesisConfig.from_dict({"auth": {"openapi": {"ApiKey": {"api_key": ADMIN_KEY}}}}),
+).exclude(path="/v1/events/stream")
+
+
+def test_the_tested_document_is_the_served_one(live: Live, session: requests.Session) -> None:
+    served = session.get(f"{live.url}/openapi.json", timeout=10).json()
+    assert served["servers"] == [{"url": live.url}]
+    assert {**served, "servers": DOCUMENT["servers"]} == DOCUMENT
+
+
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    response_headers_conformance,
+    negative_data_rejection,
+]
+
+
+def keep_subscribers_on_loopback(case: Any, subscriber: str) -> None:
+    """Generated subscriber URLs would be real hosts: tests send traffic to loopback only."""
+    if isinstance(case.body, dict):
+        for field in ("url", "callback_url"):
+            if isinstance(case.body.get(field), str):
+                case.body[field] = subscriber
+
+
+@schema.parametrize()
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    derandomize=True,
+)
+def test_answers_conform_to_the_document(case: Any, live: Live, session: requests.Session) -> None:
+    keep_subscribers_on_loopback(case, live.subscriber)
+    case.call_and_validate(base_url=live.url, session=session, checks=CHECKS)
+
+
+def test_no_subscriber_outside_loopback_was_stored(live: Live) -> None:
+    """The guard above held: every stored subscriber URL is the loopback one."""
+    import sqlite3
+
+    with sqlite3.connect(live.data_dir / "reelhook.db") as db:
+        hosts = {urlsplit(url).hostname for (url,) in db.execute("SELECT url FROM subscriptions")}
+    assert hosts <= {"127.0.0.1"}
+
+
+@pytest.mark.anyio
+async def test_unknown_query_parameters_are_refused_by_name(api: httpx.AsyncClient) -> None:
+    response = await api.get("/v1/jobs", params={"stauts": "failed", "limit": "5"})
+    error = assert_error(response, 422, "validation_failed", "stauts")
+    assert "accepted: status, model, cursor, limit" in error["message"]
+    # Links reelhook hands out stay lenient: a provider or chat may decorate them.
+    lenient = await api.post("/v1/callbacks/trinetra/not-a-token", params={"x": "1"}, json={})
+    assert_error(lenient, 401, "unauthorized")
+    link = await api.get("/v1/files/not-a-token", params={"utm_source": "chat"})
+    assert_error(link, 403, "forbidden")
