@@ -48,7 +48,8 @@ class Scene:
 @pytest.fixture
 async def scene(settings_factory: SettingsFactory) -> AsyncIterator[Scene]:
     sock = loopback_socket()
-    settings = settings_factory(PUBLIC_URL=url_of(sock), SIM_DELAY="1")
+    # Mirroring on: the simulator serves its videos on loopback, so the player gets reelhook's copy.
+    settings = settings_factory(PUBLIC_URL=url_of(sock), SIM_DELAY="1", MIRROR_OUTPUTS="true")
     async with served(settings, sock) as api, chromium() as browser:
         yield Scene(api, url_of(sock), browser, settings)
 
@@ -91,6 +92,8 @@ async def test_sign_in_see_a_job_finish_live_and_play_its_video(scene: Scene) ->
 
     video = page.locator("video")
     await expect(video).to_have_count(1)
+    # reelhook's own copy (mirror_url), served by /v1/files/ with Range support.
+    assert "/v1/files/" in (await video.get_attribute("src") or "")
     played = await video.evaluate(
         """async (v) => {
             v.muted = true;
