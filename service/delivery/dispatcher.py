@@ -171,7 +171,7 @@ class Dispatcher:
         claimed: list[Claimed] = []
         if capacity > 0:
             now = self._clock()
-            async with self._db.transaction() as conn:
+            async with self._db.transaction(durable=False) as conn:
                 claimed = await deliveries.claim_due(
                     conn,
                     now=now,
@@ -305,7 +305,7 @@ class Dispatcher:
         if not batch:
             return True
         try:
-            async with self._db.transaction() as conn:
+            async with self._db.transaction(durable=False) as conn:
                 await deliveries.record(conn, batch)
                 await self._update_failure_windows(conn, batch)
                 for outcome in batch:
