@@ -21,7 +21,7 @@ from service.blobs import BlobStore
 from service.callback_outcomes import CallbackObserver
 from service.clock import Clock, system_clock
 from service.deadlines import DeadlineTimer
-from service.delivery.dispatcher import Dispatcher
+from service.delivery.dispatcher import PREFETCH, Dispatcher
 from service.delivery.retry import RetryPolicy
 from service.delivery.sender import Sender
 from service.errors import (
@@ -205,8 +205,8 @@ def _wire(
         MeteredSender(session, metrics),
         RetryPolicy(settings.retry_schedule, overload_floor=retry_overload_floor),
         clock=clock,
-        # A lease outlives the slowest attempt, with room for a claimed row to wait for a slot.
-        lease=2 * settings.delivery_timeout + 5,
+        # A lease outlives the slowest attempts of everything claimed ahead of a row, and its own.
+        lease=(PREFETCH + 1) * settings.delivery_timeout + 5,
         concurrency=settings.delivery_concurrency,
         per_subscription=settings.subscription_concurrency,
         publisher=publisher,
@@ -262,7 +262,8 @@ def _wire(
 
     def after_callbacks() -> None:
         dispatcher.wake()
-        mirrors.wake()
+        if settings.mirror_outputs:
+            mirrors.wake()
 
     return Services(
         settings=settings,

@@ -65,15 +65,21 @@ class Database:
             await writer.close()
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        """Run the block in one ``BEGIN IMMEDIATE`` transaction; commit, or roll back on error."""
+    async def transaction(self, *, durable: bool = True) -> AsyncIterator[aiosqlite.Connection]:
+        """Run the block in one ``BEGIN IMMEDIATE`` transaction; commit, or roll back on error.
+
+        ``durable=False`` commits without an fsync (``synchronous = NORMAL``), for bookkeeping
+        whose loss in a power cut is harmless because it is redone: delivery leases and attempt
+        outcomes (a delivery whose outcome was lost is sent again, which at-least-once allows).
+        The next durable commit makes it durable too; it can never be torn or reordered.
+        """
         async with self._write_lock:
+            if not durable:
+                await self.writer.execute("PRAGMA synchronous = NORMAL")
             try:
                 await self.writer.execute("BEGIN IMMEDIATE")
                 yield self.writer
                 await self.writer.commit()
-                for listener in self._commit_listeners:
-                    listener()
             except BaseException:
                 # A failed BEGIN or COMMIT (or a cancellation) must not leave the shared writer
                 # inside a transaction, or every later write would fail.
@@ -81,6 +87,12 @@ class Database:
                     with anyio.CancelScope(shield=True):
                         await self.writer.rollback()
                 raise
+            finally:
+                if not durable:
+                    with anyio.CancelScope(shield=True):
+                        await self.writer.execute("PRAGMA synchronous = FULL")
+            for listener in self._commit_listeners:
+                listener()
 
     @asynccontextmanager
     async def _writer_waiting_at_most(self, wait: float) -> AsyncIterator[aiosqlite.Connection]:
