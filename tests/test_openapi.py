@@ -233,7 +233,7 @@ def test_no_subscriber_outside_loopback_was_stored(live: Live) -> None:
 async def test_unknown_query_parameters_are_refused_by_name(api: httpx.AsyncClient) -> None:
     response = await api.get("/v1/jobs", params={"stauts": "failed", "limit": "5"})
     error = assert_error(response, 422, "validation_failed", "stauts")
-    assert "accepted: status, model, cursor, limit" in error["message"]
+    assert "accepted: status, model, since, until, cursor, limit" in error["message"]
     # Links reelhook hands out stay lenient: a provider or chat may decorate them.
     lenient = await api.post("/v1/callbacks/trinetra/not-a-token", params={"x": "1"}, json={})
     assert_error(lenient, 401, "unauthorized")
