@@ -25,8 +25,18 @@ def ping_data(subscription_id: str) -> dict[str, Any]:
 
 
 def subscription_disabled_data(sub: Subscription) -> dict[str, Any]:
-    """The ``data`` of a ``subscription.disabled`` event: the subscription, without its secret."""
-    return sub.to_public()
+    """The ``data`` of a ``subscription.disabled`` event. The URL stays out: webhook URLs often
+    carry a token, and the event goes to other endpoints."""
+    return {
+        "id": sub.id,
+        "object": "subscription",
+        "description": sub.description,
+        "status": sub.status,
+        "disabled_reason": sub.disabled_reason,
+        "failing_since": isoformat(sub.failing_since),
+        "event_types": list(sub.event_types),
+        "models": list(sub.models),
+    }
 
 
 class Publisher:

@@ -17,7 +17,7 @@ import pytest
 from service.ratelimit import RateLimiter
 from service.scopes import SCOPES, grants
 from tests.conftest import SettingsFactory
-from tests.support import ADMIN_KEY, api_client, assert_error, send_without_key
+from tests.support import ADMIN_KEY, api_client, assert_error, send_without_key, wait_for_job
 
 pytestmark = pytest.mark.anyio
 
@@ -307,6 +307,10 @@ async def test_a_key_cannot_read_or_change_another_keys_jobs_or_subscriptions(
         error = assert_error(response, 404, "not_found")
         assert "alice" not in error["message"]
 
+    # Each job's job.failed event comes once its retry has failed too: wait for both, so Alice's
+    # is in the log to be hidden and Mallory's to be seen.
+    for job in (job_id, mallory_job):
+        await wait_for_job(api, job, {"failed"})
     jobs_seen = (await api.get("/v1/jobs", headers=as_mallory)).json()["data"]
     subs_seen = (await api.get("/v1/subscriptions", headers=as_mallory)).json()["data"]
     events_seen = (await api.get("/v1/events", headers=as_mallory)).json()["data"]

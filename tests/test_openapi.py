@@ -8,6 +8,7 @@ contradicts the document.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,6 +163,9 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         "REELHOOK_SIM_DELAY": "0.05",
         "REELHOOK_ALLOW_PRIVATE_SUBSCRIBERS": "127.0.0.0/8",
         "REELHOOK_RETRY_SCHEDULE": "0,0.2",
+        # Hundreds of requests in seconds with one key: without this most would only meet the
+        # (documented) 429 instead of the operation under test.
+        "REELHOOK_RATE_LIMIT": "0",
     }
     with run_service(environ) as url:
         yield Live(url, f"http://127.0.0.1:{free_port()}/hook", data_dir)
@@ -218,6 +222,89 @@ def keep_subscribers_on_loopback(case: Any, subscriber: str) -> None:
 def test_answers_conform_to_the_document(case: Any, live: Live, session: requests.Session) -> None:
     keep_subscribers_on_loopback(case, live.subscriber)
     case.call_and_validate(base_url=live.url, session=session, checks=CHECKS)
+
+
+def conforms(response: requests.Response, method: str, path: str, status: int) -> Any:
+    """Assert ``response`` has ``status`` and matches what the document says of it; its JSON."""
+    assert response.status_code == status, response.text
+    schema[path][method].validate_response(response)
+    media = response.headers["content-type"].split(";")[0]
+    assert media in DOCUMENT["paths"][path][method.lower()]["responses"][str(status)]["content"]
+    return response.json() if media == "application/json" else response.text
+
+
+def test_answers_that_need_existing_resources_conform(
+    live: Live, session: requests.Session
+) -> None:
+    """Schemathesis reaches deliveries and keys only by made-up ids (404s): here real ones, a
+    failed delivery with its attempts among them, are checked against the document."""
+
+    def call(method: str, path: str, accept: str = "*/*", **options: Any) -> requests.Response:
+        headers = {"X-API-Key": ADMIN_KEY, "Accept": accept}
+        return session.request(method, live.url + path, headers=headers, timeout=10, **options)
+
+    def delivery_when_failed(event_id: str) -> Any:
+        for _ in range(500):
+            listed = conforms(
+                call("GET", "/v1/deliveries", params={"event": event_id}),
+                "GET",
+                "/v1/deliveries",
+                200,
+            )
+            if listed["data"] and listed["data"][0]["status"] == "failed":
+                return listed["data"][0]
+            time.sleep(0.02)
+        raise AssertionError(f"the delivery of {event_id} never failed")
+
+    sub = call("POST", "/v1/subscriptions", json={"url": live.subscriber}).json()
+    sub_path = "/v1/subscriptions/{subscription_id}"
+    ping = conforms(
+        call("POST", f"/v1/subscriptions/{sub['id']}/test"), "POST", sub_path + "/test", 202
+    )
+    # Nothing listens at the subscriber URL: every attempt fails.
+    delivery = delivery_when_failed(ping["event_id"])
+    one = "/v1/deliveries/{delivery_id}"
+    detail = conforms(call("GET", f"/v1/deliveries/{delivery['id']}"), "GET", one, 200)
+    assert detail["payload"]["type"] == "ping"
+    assert detail["attempts"] and detail["attempts"][0]["status_code"] is None
+
+    recovered = conforms(
+        call("POST", f"/v1/subscriptions/{sub['id']}/recover", params={"since": "0"}),
+        "POST",
+        sub_path + "/recover",
+        202,
+    )
+    assert recovered["recovered"] == 1 and recovered["until"] is None
+    delivery_when_failed(ping["event_id"])
+    resent = conforms(
+        call("POST", f"/v1/deliveries/{delivery['id']}/retry"), "POST", one + "/retry", 202
+    )
+    assert resent["status"] == "pending"
+    rotated = conforms(
+        call("POST", f"/v1/subscriptions/{sub['id']}/rotate-secret"),
+        "POST",
+        sub_path + "/rotate-secret",
+        200,
+    )
+    assert rotated["secret"] != sub["secret"] and rotated["previous_secret_expires_at"]
+
+    body = {"name": "schemathesis", "scopes": ["read"]}
+    created = conforms(call("POST", "/v1/keys", json=body), "POST", "/v1/keys", 201)
+    key_path = "/v1/keys/{key_id}"
+    assert (
+        conforms(call("GET", f"/v1/keys/{created['id']}"), "GET", key_path, 200)["name"]
+        == body["name"]
+    )
+    assert call("DELETE", f"/v1/keys/{created['id']}").status_code == 204
+    listed = conforms(call("GET", "/v1/keys", params={"limit": "200"}), "GET", "/v1/keys", 200)
+    (revoked,) = [k for k in listed["data"] if k["id"] == created["id"]]
+    assert revoked["revoked_at"] is not None
+
+    assert conforms(call("GET", "/readyz"), "GET", "/readyz", 200)["status"] == "ready"
+    text = conforms(call("GET", "/metrics"), "GET", "/metrics", 200)
+    assert "reelhook_delivery_attempts_total" in text
+    openmetrics = call("GET", "/metrics", accept="application/openmetrics-text")
+    assert conforms(openmetrics, "GET", "/metrics", 200).endswith("# EOF\n")
 
 
 def test_no_subscriber_outside_loopback_was_stored(live: Live) -> None:

@@ -139,8 +139,8 @@ async def test_type_filters_and_owner_scope_match_the_event_log(
     settings_factory: SettingsFactory, dead_url: str
 ) -> None:
     with loopback_socket() as sock:
-        # The in-process simulator is unreachable at dead_url, so every job fails after its one
-        # immediate retry.
+        # The in-process simulator is unreachable at dead_url, so every job is accepted and then
+        # fails as soon as its one immediate resubmission fails too.
         settings = settings_factory(
             PUBLIC_URL=dead_url, STREAM_KEEPALIVE="60", SUBMIT_RETRY_SCHEDULE="0"
         )
@@ -154,22 +154,23 @@ async def test_type_filters_and_owner_scope_match_the_event_log(
                 await failed_only.position()
                 await c_only.position()
                 await ping(http, sub_id)
-                refused = await http.post(
+                doomed = await http.post(
                     "/v1/jobs",
                     json={"model": "trinetra/kling-v3", "input": {"prompt": "p"}},
                     headers=as_key(KEY_B),
                 )
-                assert refused.status_code == 202, refused.text
+                assert doomed.status_code == 202, doomed.text
                 [failed] = await failed_only.events(1)
-                assert failed["data"]["id"] == refused.json()["id"]
+                assert failed["data"]["id"] == doomed.json()["id"]
                 # Key C hears neither the admin's ping nor B's job; its own job does arrive.
-                refused_c = await http.post(
+                doomed_c = await http.post(
                     "/v1/jobs",
                     json={"model": "trinetra/kling-v3", "input": {"prompt": "p"}},
                     headers=as_key(KEY_C),
                 )
+                assert doomed_c.status_code == 202, doomed_c.text
                 [own] = await c_only.events(1)
-                assert own["data"]["id"] == refused_c.json()["id"]
+                assert own["data"]["id"] == doomed_c.json()["id"]
                 assert own["type"] == "job.failed"
 
 

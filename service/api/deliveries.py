@@ -11,6 +11,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from service.api.context import Caller, authenticate, choice_param, limit_param, services
+from service.api.operation import Param, Reply, cursor_query, limit_query, operation
+from service.api.schemas import page_of, ref
 from service.clock import isoformat
 from service.errors import Conflict, NotFound, ValidationFailed
 from service.storage import deliveries, subscriptions
@@ -18,7 +20,7 @@ from service.storage.deliveries import Attempt, Delivery
 
 # Each filter, and the shorter name the design spells it with.
 _FILTERS = {"subscription_id": "subscription", "event_id": "event", "job_id": "job"}
-_QUERY = {"status", "cursor", "limit", *_FILTERS, *_FILTERS.values()}
+_ID = {"type": "string"}
 
 
 def delivery_public(delivery: Delivery) -> dict[str, Any]:
@@ -70,23 +72,36 @@ def _filter(request: Request, name: str) -> str | None:
     return value if value is not None else alias
 
 
+@operation(
+    summary="List deliveries",
+    tag="deliveries",
+    params=(
+        Param("subscription_id", "query", _ID, "Only deliveries to this subscription."),
+        Param("subscription", "query", _ID, "The same as `subscription_id`."),
+        Param("status", "query", {"enum": list(deliveries.STATUSES)}, "Only those in this state."),
+        Param("event_id", "query", _ID, "Only deliveries of this event."),
+        Param("event", "query", _ID, "The same as `event_id`."),
+        Param("job_id", "query", _ID, "Only deliveries of this job's events."),
+        Param("job", "query", _ID, "The same as `job_id`."),
+        cursor_query("The `next_cursor` of the previous page."),
+        limit_query(50, 200),
+    ),
+    replies={200: Reply("Deliveries, newest first.", page_of(ref("Delivery")))},
+    errors=(422,),
+)
 async def list_deliveries(request: Request) -> Response:
-    """Newest first; filter by ``subscription_id``, ``status``, ``event_id`` and ``job_id``."""
+    """Deliveries to your subscriptions (an admin key sees everyone's), newest first. Filter by
+    ``subscription_id``, ``status``, ``event_id`` and ``job_id`` (or their short spellings
+    ``subscription``, ``event`` and ``job``; a filter given both ways must agree)."""
     caller = await authenticate(request, "subscriptions:read")
-    unknown = sorted(set(request.query_params) - _QUERY)
-    if unknown:
-        accepted = ", ".join(sorted(_QUERY))
-        raise ValidationFailed.fields(
-            {name: f"unknown query parameter (accepted: {accepted})" for name in unknown}
-        )
     page, next_cursor = await delivery_page(request, caller)
     return JSONResponse({"data": [delivery_public(d) for d in page], "next_cursor": next_cursor})
 
 
 async def delivery_page(request: Request, caller: Caller) -> tuple[list[Delivery], str | None]:
     """One page of the deliveries ``caller`` may see, newest first, filtered by the query
-    parameters (``subscription_id``, ``status``, ``event_id``, ``job_id``, ``cursor``, ``limit``);
-    with the cursor of the next page, if any."""
+    parameters (``subscription_id``, ``status``, ``event_id``, ``job_id`` or their short
+    spellings, ``cursor``, ``limit``); with the cursor of the next page, if any."""
     limit = limit_param(request)
     page = await deliveries.list_page(
         services(request).db.reader,
@@ -113,16 +128,15 @@ async def find_delivery(request: Request, caller: Caller, delivery_id: str) -> D
     return found
 
 
-async def delivery_details(request: Request, delivery: Delivery) -> tuple[Any, list[Attempt]]:
-    """The delivery's event payload (None once pruned) and its attempts, oldest first."""
-    reader = services(request).db.reader
-    payload = await deliveries.payload_of(reader, delivery.event_id)
-    attempts = await deliveries.attempts_of(reader, delivery.id)
-    return (json.loads(payload) if payload is not None else None), attempts
-
-
+@operation(
+    summary="Get a delivery",
+    tag="deliveries",
+    replies={200: Reply("The delivery, its payload and its attempts.", ref("DeliveryDetail"))},
+    errors=(404,),
+)
 async def get_delivery(request: Request) -> Response:
-    """One delivery with its event's payload and every attempt, oldest first."""
+    """One delivery with the event body its subscriber receives (`payload`) and every attempt,
+    oldest first, with the start of each answer."""
     caller = await authenticate(request, "subscriptions:read")
     delivery = await find_delivery(request, caller, request.path_params["delivery_id"])
     payload, attempts = await delivery_details(request, delivery)
@@ -135,20 +149,35 @@ async def get_delivery(request: Request) -> Response:
     )
 
 
+async def delivery_details(request: Request, delivery: Delivery) -> tuple[Any, list[Attempt]]:
+    """The delivery's event payload (None once pruned) and its attempts, oldest first."""
+    reader = services(request).db.reader
+    payload = await deliveries.payload_of(reader, delivery.event_id)
+    attempts = await deliveries.attempts_of(reader, delivery.id)
+    return (json.loads(payload) if payload is not None else None), attempts
+
+
+@operation(
+    summary="Resend a delivery",
+    tag="deliveries",
+    replies={202: Reply("Queued for an attempt now.", ref("Delivery"))},
+    errors=(404, 409),
+)
 async def retry_delivery(request: Request) -> Response:
-    """Send one delivery again now (see :func:`resend`)."""
+    """Send one delivery again now, whatever its state; 409 while an attempt is under way, or
+    when its subscription is disabled or deleted.
+
+    A delivery still waiting for a retry keeps its schedule, brought forward to now; a finished
+    one (succeeded or failed, retries exhausted or not) gets one more attempt, not rescheduled if
+    it fails.
+    """
     caller = await authenticate(request, "subscriptions:write")
     updated = await resend(request, caller, request.path_params["delivery_id"])
     return JSONResponse(delivery_public(updated), status_code=202)
 
 
 async def resend(request: Request, caller: Caller, delivery_id: str) -> Delivery:
-    """Send one delivery again now, whatever its state, unless an attempt is under way.
-
-    A delivery still waiting for a retry keeps its schedule, brought forward to now; a finished
-    one (succeeded or failed, retries exhausted or not) gets one more attempt, not rescheduled if
-    it fails.
-    """
+    """Queue one more attempt of the delivery now (see :func:`retry_delivery`); return it."""
     delivery = await find_delivery(request, caller, delivery_id)
     state = services(request)
     sub = await subscriptions.get(state.db.reader, delivery.subscription_id)

@@ -17,6 +17,8 @@ from service.api.context import (
     read_json,
     services,
 )
+from service.api.operation import Reply, cursor_query, limit_query, operation
+from service.api.schemas import page_of, ref
 from service.clock import isoformat
 from service.errors import Conflict, NotFound, ValidationFailed
 from service.ids import new_id
@@ -27,6 +29,28 @@ log = logging.getLogger(__name__)
 
 _FIELDS = {"name", "scopes"}
 _MAX_NAME = 100
+_CREATE_SCHEMA = {
+    "type": "object",
+    "required": ["name", "scopes"],
+    "additionalProperties": False,
+    "properties": {
+        "name": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": _MAX_NAME,
+            "description": "What the key is for; surrounding whitespace is trimmed, and it must "
+            "not be blank.",
+        },
+        "scopes": {
+            "type": "array",
+            "minItems": 1,
+            "items": {"enum": list(scopes.SCOPES)},
+            "description": "What the key may do: "
+            + "; ".join(f"`{name}`: {text}" for name, text in scopes.SCOPES.items())
+            + ".",
+        },
+    },
+}
 
 
 def _public(key: StoredKey) -> dict[str, Any]:
@@ -46,7 +70,7 @@ def _validated(body: Any) -> tuple[str, list[str]]:
     if unknown_fields:
         raise ValidationFailed.fields({name: "unknown field" for name in unknown_fields})
     name = body.get("name")
-    if not isinstance(name, str) or not 1 <= len(name.strip()) <= _MAX_NAME:
+    if not isinstance(name, str) or len(name) > _MAX_NAME or not name.strip():
         raise ValidationFailed.field(
             "name", f"is required: a string of 1 to {_MAX_NAME} characters"
         )
@@ -68,7 +92,21 @@ def _validated(body: Any) -> tuple[str, list[str]]:
     return name.strip(), list(dict.fromkeys(requested))
 
 
+@operation(
+    summary="Create an API key",
+    tag="keys",
+    body=_CREATE_SCHEMA,
+    replies={
+        201: Reply(
+            "Created; the `key` is shown only in this answer.",
+            ref("CreatedApiKey"),
+            headers={"Location": "The key's URL."},
+        )
+    },
+)
 async def create_key(request: Request) -> Response:
+    """A new API key with the given scopes. Only its digest is stored: the `key` itself is in
+    this answer and nowhere else. Needs an admin key."""
     caller = await authenticate(request, scopes.ADMIN)
     name, granted = _validated(await read_json(request))
     state = services(request)
@@ -94,7 +132,15 @@ async def create_key(request: Request) -> Response:
     )
 
 
+@operation(
+    summary="List API keys",
+    tag="keys",
+    params=(cursor_query("The `next_cursor` of the previous page."), limit_query(50, 200)),
+    replies={200: Reply("API keys, revoked ones included, oldest first.", page_of(ref("ApiKey")))},
+    errors=(422,),
+)
 async def list_keys(request: Request) -> Response:
+    """Every API key, without its secret. Needs an admin key."""
     await authenticate(request, scopes.ADMIN)
     limit = limit_param(request)
     page = await keys.list_page(
@@ -117,11 +163,24 @@ async def _found(request: Request) -> StoredKey:
     return found
 
 
+@operation(
+    summary="Get an API key",
+    tag="keys",
+    replies={200: Reply("The key, without its secret.", ref("ApiKey"))},
+    errors=(404,),
+)
 async def get_key(request: Request) -> Response:
+    """One API key, revoked or not; its secret is never shown again. Needs an admin key."""
     await authenticate(request, scopes.ADMIN)
     return JSONResponse(_public(await _found(request)))
 
 
+@operation(
+    summary="Revoke an API key",
+    tag="keys",
+    replies={204: Reply("Revoked (or already revoked).")},
+    errors=(404, 409),
+)
 async def revoke_key(request: Request) -> Response:
     """Revoke a key: it stops authenticating at once. Its jobs and subscriptions stay (an admin
     still sees them). The last active admin key cannot be revoked."""

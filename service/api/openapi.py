@@ -46,8 +46,10 @@ _TAGS = [
     ("subscriptions", "Subscriber URLs that receive signed events (Zapier REST Hooks, n8n)."),
     ("events", "The event log: list, sample, follow live."),
     ("providers", "Inbound provider webhooks."),
+    ("deliveries", "The delivery log: every attempt to each subscriber, and resending."),
     ("files", "Stored videos."),
-    ("operations", "Health and this document."),
+    ("keys", "API keys and their scopes (admin keys only)."),
+    ("operations", "Health, readiness, metrics and this document."),
 ]
 
 
@@ -117,18 +119,25 @@ def _operation(path: str, op: Operation, errors: dict[int, str]) -> dict[str, An
 
     statuses = set(op.errors)
     if op.authenticated:
-        statuses |= {401, 403}
+        # authenticate() also enforces the key's request rate.
+        statuses |= {401, 403, 429}
     if op.body is not None:
         statuses |= {400, 413, 422}
     responses: dict[str, Any] = {str(code): _reply(reply) for code, reply in op.replies.items()}
     for code in sorted(statuses):
-        responses.setdefault(
-            str(code),
-            {
-                "description": errors.get(code, "Error."),
-                "content": {"application/json": {"schema": ref("Error")}},
-            },
-        )
+        answer = {
+            "description": errors.get(code, "Error."),
+            "content": {"application/json": {"schema": ref("Error")}},
+        }
+        if code == 429:
+            answer["headers"] = {
+                "Retry-After": {
+                    "description": "Seconds to wait before the next request.",
+                    "required": True,
+                    "schema": {"type": "string", "pattern": "^[0-9]+$"},
+                }
+            }
+        responses.setdefault(str(code), answer)
 
     document: dict[str, Any] = {
         "operationId": op.operation_id,
@@ -152,7 +161,10 @@ def _operation(path: str, op: Operation, errors: dict[int, str]) -> dict[str, An
 def _reply(reply: Reply) -> dict[str, Any]:
     answer: dict[str, Any] = {"description": reply.description}
     if reply.schema is not None:
-        answer["content"] = {reply.media_type: {"schema": reply.schema}}
+        answer["content"] = {
+            media_type: {"schema": reply.schema}
+            for media_type in (reply.media_type, *reply.alternatives)
+        }
     if reply.headers:
         answer["headers"] = {
             name: {"description": text, "schema": {"type": "string"}}

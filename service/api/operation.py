@@ -37,12 +37,17 @@ class Param:
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """One documented answer: its description, body schema and media type, response headers."""
+    """One documented answer: its description, body schema and media type, response headers.
+
+    ``alternatives`` are further media types the same answer may take, chosen by the request's
+    ``Accept`` header.
+    """
 
     description: str
     schema: Schema | None = None
     media_type: str = "application/json"
     headers: Mapping[str, str] = field(default_factory=dict)
+    alternatives: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +55,7 @@ class Operation:
     """A handler and its contract; calling it calls the handler.
 
     ``errors`` are the statuses answered with reelhook's JSON error body beyond those implied:
-    401/403 when ``authenticated``, 400/413/422 when there is a ``body``. Query parameters not
+    401/403/429 when ``authenticated``, 400/413/422 when there is a ``body``. Query parameters not
     in ``params`` are refused unless ``strict_query`` is off (URLs reelhook hands to others).
     """
 

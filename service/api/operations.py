@@ -9,11 +9,41 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from service.api.context import services
+from service.api.operation import Reply, operation
 
 # How long /readyz waits for the database to take its write before calling it not writable.
 READY_WRITE_WAIT = 2.0
 
+_READINESS = {
+    "type": "object",
+    "required": ["status", "checks"],
+    "properties": {
+        "status": {"enum": ["ready", "not ready"]},
+        "checks": {
+            "type": "object",
+            "required": ["database", "dispatcher"],
+            "properties": {
+                "database": {
+                    "type": "string",
+                    "description": "`writable`, or `not writable: ` and the reason.",
+                },
+                "dispatcher": {"enum": ["running", "not running"]},
+            },
+        },
+    },
+}
+_EXPOSITION = {"type": "string", "description": "Prometheus text or OpenMetrics exposition."}
 
+
+@operation(
+    summary="Readiness",
+    tag="operations",
+    replies={
+        200: Reply("The database takes writes and the dispatcher runs.", _READINESS),
+        503: Reply("Not ready; `checks` names what fails.", _READINESS),
+    },
+    authenticated=False,
+)
 async def readyz(request: Request) -> Response:
     """200 when the database takes a write and the dispatcher runs; 503 naming what fails."""
     state = services(request)
@@ -34,8 +64,24 @@ async def readyz(request: Request) -> Response:
     )
 
 
+@operation(
+    summary="Prometheus metrics",
+    tag="operations",
+    replies={
+        200: Reply(
+            "The metrics, as Prometheus text format 0.0.4 unless `Accept` asks for OpenMetrics.",
+            _EXPOSITION,
+            media_type="text/plain",
+            alternatives=("application/openmetrics-text",),
+        )
+    },
+    authenticated=False,
+)
 async def metrics(request: Request) -> Response:
-    """Prometheus text exposition of this process's metrics."""
+    """This process's metrics for a Prometheus scrape: provider callbacks, delivery attempts and
+    lag, provider submissions, rate-limited requests and pruned rows, and gauges of stored state
+    (jobs by status, outbox depth) read at scrape time. The format follows the `Accept` header:
+    Prometheus text by default, or OpenMetrics."""
     state = services(request)
     await state.metrics.refresh(state.db.reader, state.clock())
     body, content_type = state.metrics.render(request.headers.get("accept"))

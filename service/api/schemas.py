@@ -1,9 +1,10 @@
 """JSON Schemas of the documents the API answers with, referenced by ``ref(name)``.
 
 The documents themselves are built by the models (``Job.to_document``, ``Subscription.to_public``,
-``ModelSpec.describe``); enumerations come from the same constants the code checks against, and
-the job request is derived from the model specs. The schemathesis test validates every answer
-against these schemas, so a document that drifts from its schema fails the suite.
+``ModelSpec.describe``) and by the API modules (``service.api.deliveries``, ``service.api.keys``);
+enumerations come from the same constants the code checks against, and the job request is derived
+from the model specs. The schemathesis test validates every answer against these schemas, so a
+document that drifts from its schema fails the suite.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from typing import Any
 
 from service.catalog import MODELS
 from service.models import EVENT_TYPES, JOB_EVENT_TYPES, ErrorKind, JobStatus
+from service.scopes import SCOPES
 from service.settings import PROVIDERS
+from service.storage.deliveries import STATUSES as DELIVERY_STATUSES
 
 Schema = dict[str, Any]
 
@@ -189,8 +192,32 @@ def components() -> dict[str, Schema]:
             },
             description={"type": "string"},
             status={"enum": ["active", "disabled"]},
+            disabled_reason={
+                "type": ["string", "null"],
+                "description": "Why it is disabled (failing for too long, or through the API).",
+            },
+            failing_since={
+                **_MAYBE_TIME,
+                "description": "Since when every attempt has failed; null while it succeeds.",
+            },
+            previous_secret_expires_at={
+                **_MAYBE_TIME,
+                "description": "After a secret rotation: until when the replaced secret still "
+                "signs each message too.",
+            },
             created_at=_TIME,
             updated_at=_TIME,
+        ),
+        "DisabledSubscription": _obj(
+            ["id", "object", "description", "status", "disabled_reason", "failing_since"],
+            id={"type": "string", "pattern": "^sub_"},
+            object={"const": "subscription"},
+            description={"type": "string"},
+            status={"enum": ["active", "disabled"]},
+            disabled_reason={"type": ["string", "null"]},
+            failing_since=_MAYBE_TIME,
+            event_types={"type": "array", "items": {"enum": list(EVENT_TYPES)}},
+            models={"type": "array", "items": {"enum": list(MODELS)}},
         ),
         "CreatedSubscription": {
             "allOf": [ref("Subscription")],
@@ -211,7 +238,113 @@ def components() -> dict[str, Schema]:
         },
         **{_event_name(t): _event(t, ref("Job")) for t in job_events},
         _event_name("ping"): _event("ping", ref("Ping")),
-        _event_name("subscription.disabled"): _event("subscription.disabled", ref("Subscription")),
+        _event_name("subscription.disabled"): _event(
+            "subscription.disabled", event_data("subscription.disabled")
+        ),
+        "EventPayload": {
+            "description": "The body subscribers receive (the event without its `id`, which "
+            "travels as `webhook-id`).",
+            "oneOf": [event_body(t, event_data(t)) for t in EVENT_TYPES],
+        },
+        "Delivery": _obj(
+            [
+                "id",
+                "object",
+                "event_id",
+                "event_type",
+                "job_id",
+                "subscription_id",
+                "status",
+                "attempt_count",
+                "next_attempt_at",
+                "last_status_code",
+                "last_error",
+                "created_at",
+                "updated_at",
+            ],
+            id={"type": "string", "pattern": "^dlv_"},
+            object={"const": "delivery"},
+            event_id={"type": "string", "pattern": "^evt_"},
+            event_type={"enum": list(EVENT_TYPES)},
+            job_id={"type": ["string", "null"], "description": "Null for events about no job."},
+            subscription_id={"type": "string", "pattern": "^sub_"},
+            status={
+                "enum": list(DELIVERY_STATUSES),
+                "description": "pending (waiting for its next attempt), inflight, succeeded, "
+                "failed (retries exhausted) or canceled (its subscription was deleted).",
+            },
+            attempt_count={"type": "integer", "minimum": 0},
+            next_attempt_at={
+                **_MAYBE_TIME,
+                "description": "When the next attempt is due, while pending.",
+            },
+            last_status_code={
+                "type": ["integer", "null"],
+                "description": "The subscriber's HTTP status in the last attempt.",
+            },
+            last_error={
+                "type": ["string", "null"],
+                "description": "Why the last attempt failed, when it did.",
+            },
+            created_at=_TIME,
+            updated_at=_TIME,
+        ),
+        "DeliveryAttempt": _obj(
+            [
+                "attempted_at",
+                "status_code",
+                "latency_ms",
+                "error",
+                "response_body",
+                "response_body_encoding",
+            ],
+            attempted_at=_TIME,
+            status_code={
+                "type": ["integer", "null"],
+                "description": "The subscriber's HTTP status; null when no answer came.",
+            },
+            latency_ms={"type": "number", "minimum": 0},
+            error={"type": ["string", "null"]},
+            response_body={
+                "type": ["string", "null"],
+                "description": "The start of the subscriber's answer (at most 20 kB).",
+            },
+            response_body_encoding={
+                "enum": ["utf-8", "base64", None],
+                "description": "base64 when the answer is not UTF-8 text.",
+            },
+        ),
+        "DeliveryDetail": {
+            "allOf": [ref("Delivery")],
+            "required": ["payload", "attempts"],
+            "properties": {
+                "payload": nullable(ref("EventPayload")),
+                "attempts": {
+                    "type": "array",
+                    "items": ref("DeliveryAttempt"),
+                    "description": "Every attempt, oldest first.",
+                },
+            },
+        },
+        "ApiKey": _obj(
+            ["id", "name", "scopes", "created_at", "revoked_at"],
+            id={"type": "string", "pattern": "^key_"},
+            name={"type": "string"},
+            scopes={"type": "array", "items": {"enum": list(SCOPES)}},
+            created_at=_TIME,
+            revoked_at={**_MAYBE_TIME, "description": "Null while the key is active."},
+        ),
+        "CreatedApiKey": {
+            "allOf": [ref("ApiKey")],
+            "required": ["key"],
+            "properties": {
+                "key": {
+                    "type": "string",
+                    "pattern": "^rh_",
+                    "description": "The key to send as X-API-Key; shown only here.",
+                }
+            },
+        },
         "Model": _obj(
             ["id", "object", "provider", "parameters", "pricing", "available", "simulated"],
             id={"enum": list(MODELS)},
@@ -253,4 +386,4 @@ def event_data(event_type: str) -> Schema:
     """The schema of ``data`` in an event of ``event_type``."""
     if event_type in JOB_EVENT_TYPES:
         return ref("Job")
-    return ref("Ping") if event_type == "ping" else ref("Subscription")
+    return ref("Ping") if event_type == "ping" else ref("DisabledSubscription")

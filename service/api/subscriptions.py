@@ -18,7 +18,7 @@ from service.api.context import (
     services,
     time_param,
 )
-from service.api.operation import Reply, cursor_query, limit_query, operation
+from service.api.operation import Param, Reply, cursor_query, limit_query, operation
 from service.api.schemas import page_of, ref
 from service.catalog import MODELS
 from service.clock import isoformat
@@ -351,6 +351,17 @@ async def ping(request: Request, caller: Caller, sub_id: str) -> str:
     return event_id
 
 
+@operation(
+    summary="Rotate the signing secret",
+    tag="subscriptions",
+    replies={
+        200: Reply(
+            "The subscription with its new `secret`, shown only in this answer.",
+            ref("CreatedSubscription"),
+        )
+    },
+    errors=(404,),
+)
 async def rotate_secret(request: Request) -> Response:
     caller = await authenticate(request, "subscriptions:write")
     rotated = await rotate(request, caller, request.path_params["subscription_id"])
@@ -376,9 +387,48 @@ async def rotate(request: Request, caller: Caller, sub_id: str) -> Subscription:
     return rotated
 
 
+_TIME_QUERY = {"type": "string", "examples": ["2026-11-21T10:00:00Z", "1795255200"]}
+
+
+@operation(
+    summary="Resend failed deliveries",
+    tag="subscriptions",
+    params=(
+        Param(
+            "since",
+            "query",
+            _TIME_QUERY,
+            "Deliveries created at or after this time: ISO 8601 (UTC without a zone) or Unix "
+            "seconds; not in the future.",
+            required=True,
+        ),
+        Param("until", "query", _TIME_QUERY, "And before this time (later than `since`)."),
+    ),
+    replies={
+        202: Reply(
+            "The failed deliveries are queued for an attempt now.",
+            {
+                "type": "object",
+                "required": ["subscription_id", "recovered", "since", "until"],
+                "properties": {
+                    "subscription_id": {"type": "string", "pattern": "^sub_"},
+                    "recovered": {
+                        "type": "integer",
+                        "minimum": 0,
+                        "description": "How many failed deliveries are sent again.",
+                    },
+                    "since": {"type": "string", "format": "date-time"},
+                    "until": {"type": ["string", "null"], "format": "date-time"},
+                },
+            },
+        )
+    },
+    errors=(404, 409, 422),
+)
 async def recover_subscription(request: Request) -> Response:
-    """Resend every failed delivery of this subscription created since ``since`` (and before
-    ``until``, if given): each gets one attempt now."""
+    """Resend every failed delivery (retries exhausted) of this subscription created since
+    ``since`` (and before ``until``, if given): each gets one attempt now, and is not rescheduled
+    if it fails. 409 while the subscription is disabled."""
     caller = await authenticate(request, "subscriptions:write")
     sub_id = request.path_params["subscription_id"]
     await owned(request, caller, sub_id)

@@ -19,17 +19,15 @@ import random
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any
 
 import aiosqlite
 import anyio
 import anyio.abc
 
-from service.clock import Clock, isoformat
+from service.clock import Clock
 from service.delivery.retry import RetryPolicy
 from service.delivery.sender import AttemptResult, Sender
-from service.events import Publisher
-from service.models import Subscription
+from service.events import Publisher, subscription_disabled_data
 from service.providers.base import parse_retry_after
 from service.storage import deliveries, subscriptions
 from service.storage.database import Database
@@ -337,7 +335,7 @@ class Dispatcher:
                 conn,
                 "subscription.disabled",
                 now,
-                data=disabled_event_data(sub),
+                data=subscription_disabled_data(sub),
                 owner_key_id=sub.owner_key_id,
             )
 
@@ -356,18 +354,3 @@ def failure_windows(batch: Sequence[AttemptOutcome]) -> dict[str, tuple[bool, fl
                 first if first is not None else outcome.attempted_at,
             )
     return windows
-
-
-def disabled_event_data(sub: Subscription) -> dict[str, Any]:
-    """What the ``subscription.disabled`` event says. The URL stays out: webhook URLs often carry
-    a token, and the event goes to other endpoints."""
-    return {
-        "id": sub.id,
-        "object": "subscription",
-        "description": sub.description,
-        "status": sub.status,
-        "disabled_reason": sub.disabled_reason,
-        "failing_since": isoformat(sub.failing_since),
-        "event_types": list(sub.event_types),
-        "models": list(sub.models),
-    }
