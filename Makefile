@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test bench lint typecheck pytest clean
+.PHONY: run test bench lint typecheck pytest screenshots clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "reelhook needs $(PYTHON) (Python 3.11) on PATH"; exit 1; }
@@ -33,6 +33,10 @@ pytest: $(STAMP)
 ## bench: run the performance suite (about 5 minutes; loopback only) and write bench/results/latest.md
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+## screenshots: regenerate docs/screenshots/ (the console's main pages) in headless Chromium
+screenshots: $(STAMP)
+	$(BIN)/python -m tests.screenshots docs/screenshots
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

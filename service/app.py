@@ -14,7 +14,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute, Mount
 
-from service import bootstrap, datadir, startup_checks
+from service import bootstrap, console, datadir, startup_checks
 from service.api import routes
 from service.api.context import Services
 from service.blobs import BlobStore
@@ -85,7 +85,7 @@ def create_app(
     metrics = Metrics()
     limiter = RateLimiter(settings.rate_limit, settings.rate_burst)
     feed = EventFeed()
-    app_routes: list[BaseRoute] = routes()
+    app_routes: list[BaseRoute] = routes() + console.routes()
     if simulator is not None:
         app_routes.append(Mount("/sim", routes=simulator.routes()))
 

@@ -24,6 +24,9 @@ class Tokens:
     def __init__(self, secret_keys: list[str]) -> None:
         if not secret_keys:
             raise ValueError("at least one secret key is required")
+        # Oldest first; other signed artefacts (the console's session cookie) derive from them
+        # with salts of their own.
+        self.secret_keys: tuple[str, ...] = tuple(secret_keys)
         self._callbacks = URLSafeSerializer(secret_keys, salt=_CALLBACK_SALT)
         self._files = URLSafeTimedSerializer(secret_keys, salt=_FILE_SALT)
 

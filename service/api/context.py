@@ -113,12 +113,17 @@ async def authenticate(request: Request, scope: str | None = None) -> Caller:
     key = request.headers.get("x-api-key")
     if not key:
         raise Unauthorized("send your API key in the X-API-Key header")
+    return await authenticate_digest(request, hash_key(key), scope)
+
+
+async def authenticate_digest(request: Request, key_hash: str, scope: str | None = None) -> Caller:
+    """The caller whose active key has digest ``key_hash`` (the console's session carries only the
+    digest): 401 when there is none, 429 over its request rate, 403 without ``scope``."""
     state = services(request)
-    digest = hash_key(key)
     # Only digests are stored, so the lookup compares digests, never the secret itself; the
     # final comparison is constant-time all the same.
-    found = await keys.find_active(state.db.reader, digest)
-    if found is None or not hmac.compare_digest(found.key_hash, digest):
+    found = await keys.find_active(state.db.reader, key_hash)
+    if found is None or not hmac.compare_digest(found.key_hash, key_hash):
         raise Unauthorized("the API key is not valid")
     wait = state.limiter.take(found.id)
     if wait > 0:
@@ -185,9 +190,14 @@ _TIME_HINT = "an ISO 8601 time such as 2026-11-21T10:00:00Z, or Unix seconds"
 
 
 def time_param(request: Request, name: str, *, required: bool = False) -> float | None:
-    """A point in time from the query string, as epoch seconds: ISO 8601 (without a zone it is
-    UTC) or Unix seconds. 422 naming ``name`` when missing (if ``required``) or unreadable."""
-    raw = request.query_params.get(name, "").strip()
+    """A point in time from the query string, as epoch seconds (see :func:`parse_time`)."""
+    return parse_time(request.query_params.get(name, ""), name, required=required)
+
+
+def parse_time(text: str, name: str, *, required: bool = False) -> float | None:
+    """A point in time as epoch seconds: ISO 8601 (without a zone it is UTC) or Unix seconds.
+    422 naming ``name`` when missing (if ``required``) or unreadable; None when empty."""
+    raw = text.strip()
     if not raw:
         if required:
             raise ValidationFailed.field(name, f"is required: {_TIME_HINT}")

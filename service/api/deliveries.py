@@ -94,6 +94,14 @@ async def list_deliveries(request: Request) -> Response:
     ``subscription_id``, ``status``, ``event_id`` and ``job_id`` (or their short spellings
     ``subscription``, ``event`` and ``job``; a filter given both ways must agree)."""
     caller = await authenticate(request, "subscriptions:read")
+    page, next_cursor = await delivery_page(request, caller)
+    return JSONResponse({"data": [delivery_public(d) for d in page], "next_cursor": next_cursor})
+
+
+async def delivery_page(request: Request, caller: Caller) -> tuple[list[Delivery], str | None]:
+    """One page of the deliveries ``caller`` may see, newest first, filtered by the query
+    parameters (``subscription_id``, ``status``, ``event_id``, ``job_id`` or their short
+    spellings, ``cursor``, ``limit``); with the cursor of the next page, if any."""
     limit = limit_param(request)
     page = await deliveries.list_page(
         services(request).db.reader,
@@ -107,13 +115,11 @@ async def list_deliveries(request: Request) -> Response:
     )
     more = len(page) > limit
     page = page[:limit]
-    return JSONResponse(
-        {"data": [delivery_public(d) for d in page], "next_cursor": page[-1].id if more else None}
-    )
+    return page, page[-1].id if more else None
 
 
-async def _owned(request: Request, caller: Caller) -> Delivery:
-    delivery_id = request.path_params["delivery_id"]
+async def find_delivery(request: Request, caller: Caller, delivery_id: str) -> Delivery:
+    """The delivery, if ``caller`` may see it; :class:`NotFound` otherwise."""
     found = await deliveries.get(
         services(request).db.reader, delivery_id, owner_key_id=caller.owner_filter
     )
@@ -132,17 +138,23 @@ async def get_delivery(request: Request) -> Response:
     """One delivery with the event body its subscriber receives (`payload`) and every attempt,
     oldest first, with the start of each answer."""
     caller = await authenticate(request, "subscriptions:read")
-    delivery = await _owned(request, caller)
-    reader = services(request).db.reader
-    payload = await deliveries.payload_of(reader, delivery.event_id)
-    attempts = await deliveries.attempts_of(reader, delivery.id)
+    delivery = await find_delivery(request, caller, request.path_params["delivery_id"])
+    payload, attempts = await delivery_details(request, delivery)
     return JSONResponse(
         {
             **delivery_public(delivery),
-            "payload": json.loads(payload) if payload is not None else None,
+            "payload": payload,
             "attempts": [attempt_public(a) for a in attempts],
         }
     )
+
+
+async def delivery_details(request: Request, delivery: Delivery) -> tuple[Any, list[Attempt]]:
+    """The delivery's event payload (None once pruned) and its attempts, oldest first."""
+    reader = services(request).db.reader
+    payload = await deliveries.payload_of(reader, delivery.event_id)
+    attempts = await deliveries.attempts_of(reader, delivery.id)
+    return (json.loads(payload) if payload is not None else None), attempts
 
 
 @operation(
@@ -160,7 +172,13 @@ async def retry_delivery(request: Request) -> Response:
     it fails.
     """
     caller = await authenticate(request, "subscriptions:write")
-    delivery = await _owned(request, caller)
+    updated = await resend(request, caller, request.path_params["delivery_id"])
+    return JSONResponse(delivery_public(updated), status_code=202)
+
+
+async def resend(request: Request, caller: Caller, delivery_id: str) -> Delivery:
+    """Queue one more attempt of the delivery now (see :func:`retry_delivery`); return it."""
+    delivery = await find_delivery(request, caller, delivery_id)
     state = services(request)
     sub = await subscriptions.get(state.db.reader, delivery.subscription_id)
     if sub is None or delivery.status == "canceled":
@@ -173,4 +191,4 @@ async def retry_delivery(request: Request) -> Response:
     if not resent or updated is None:
         raise Conflict("an attempt of this delivery is in flight; try again when it has ended")
     state.dispatcher.wake()
-    return JSONResponse(delivery_public(updated), status_code=202)
+    return updated

@@ -5,15 +5,24 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from service.api.context import authenticate, choice_param, limit_param, read_json, services
+from service.api.context import (
+    Caller,
+    Services,
+    authenticate,
+    choice_param,
+    limit_param,
+    read_json,
+    services,
+    time_param,
+)
 from service.api.operation import Param, Reply, cursor_query, limit_query, operation
 from service.api.schemas import page_of, ref
 from service.catalog import MODELS
 from service.errors import NotFound, ValidationFailed
-from service.models import JobStatus
+from service.models import Job, JobStatus
 from service.storage import jobs
 
-_STATUSES = tuple(status.value for status in JobStatus)
+STATUSES = tuple(status.value for status in JobStatus)
 
 
 @operation(
@@ -68,18 +77,37 @@ async def create_job(request: Request) -> Response:
 async def get_job(request: Request) -> Response:
     """The job as it is now; outputs carry fresh file links."""
     caller = await authenticate(request, "jobs:read")
-    job = await jobs.get(services(request).db.reader, request.path_params["job_id"])
-    if job is None or not caller.can_see(job.owner_key_id):
-        raise NotFound(f"no job {request.path_params['job_id']!r}")
+    job = await find_job(services(request), caller, request.path_params["job_id"])
     return JSONResponse(job.to_document(services(request).publisher.file_url))
+
+
+async def find_job(state: Services, caller: Caller, job_id: str) -> Job:
+    """The job, if ``caller`` may see it; :class:`NotFound` otherwise (also for others' jobs)."""
+    job = await jobs.get(state.db.reader, job_id)
+    if job is None or not caller.can_see(job.owner_key_id):
+        raise NotFound(f"no job {job_id!r}")
+    return job
 
 
 @operation(
     summary="List jobs",
     tag="jobs",
     params=(
-        Param("status", "query", {"enum": list(_STATUSES)}, "Only jobs in this status."),
+        Param("status", "query", {"enum": list(STATUSES)}, "Only jobs in this status."),
         Param("model", "query", {"enum": list(MODELS)}, "Only jobs of this model."),
+        Param(
+            "since",
+            "query",
+            {"type": "string"},
+            "Only jobs created at or after this time: ISO 8601 (UTC without an offset) or Unix "
+            "seconds.",
+        ),
+        Param(
+            "until",
+            "query",
+            {"type": "string"},
+            "Only jobs created before this time: ISO 8601 (UTC without an offset) or Unix seconds.",
+        ),
         cursor_query("The `next_cursor` of the previous page."),
         limit_query(50, 200),
     ),
@@ -89,21 +117,28 @@ async def get_job(request: Request) -> Response:
 async def list_jobs(request: Request) -> Response:
     """Your jobs (an admin key sees everyone's), newest first."""
     caller = await authenticate(request, "jobs:read")
+    page, next_cursor = await job_page(request, caller)
+    file_url = services(request).publisher.file_url
+    return JSONResponse(
+        {"data": [job.to_document(file_url) for job in page], "next_cursor": next_cursor}
+    )
+
+
+async def job_page(request: Request, caller: Caller) -> tuple[list[Job], str | None]:
+    """One page of the jobs ``caller`` may see, newest first, filtered by the query parameters
+    ``status``, ``model``, ``since``, ``until`` (ISO-8601), ``cursor`` and ``limit``; with the
+    cursor of the next page, if any."""
     limit = limit_param(request)
     page = await jobs.list_page(
         services(request).db.reader,
         owner_key_id=caller.owner_filter,
-        status=choice_param(request, "status", _STATUSES),
+        status=choice_param(request, "status", STATUSES),
         model=choice_param(request, "model", tuple(MODELS)),
         before_id=request.query_params.get("cursor"),
         limit=limit + 1,
+        created_since=time_param(request, "since"),
+        created_until=time_param(request, "until"),
     )
     more = len(page) > limit
     page = page[:limit]
-    file_url = services(request).publisher.file_url
-    return JSONResponse(
-        {
-            "data": [job.to_document(file_url) for job in page],
-            "next_cursor": page[-1].id if more else None,
-        }
-    )
+    return page, page[-1].id if more else None

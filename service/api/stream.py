@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from service import sse
-from service.api.context import authenticate, is_decimal, services
+from service.api.context import Caller, authenticate, is_decimal, services
 from service.api.events import AFTER_QUERY, TYPE_QUERY, type_param
 from service.api.operation import Param, Reply, operation
 from service.errors import ValidationFailed
@@ -67,6 +67,12 @@ async def stream_events(request: Request) -> Response:
     `Last-Event-ID` misses nothing even if no event came in between. Same filters and owner
     scope as GET /v1/events."""
     caller = await authenticate(request, "jobs:read")
+    return await event_stream(request, caller)
+
+
+async def event_stream(request: Request, caller: Caller) -> Response:
+    """The SSE response following the log for ``caller`` from where the request's position
+    (``Last-Event-ID``, ``last_event_id``, ``after``) says, with its ``type`` filter."""
     types = type_param(request)
     state = services(request)
     after_seq = await _start(request, state.db)

@@ -159,8 +159,8 @@ def _validated(request: Request, body: Any, *, partial: bool) -> dict[str, Any]:
     return changes
 
 
-async def _owned(request: Request, caller: Caller) -> Subscription:
-    sub_id = request.path_params["subscription_id"]
+async def owned(request: Request, caller: Caller, sub_id: str) -> Subscription:
+    """The subscription, if ``caller`` may see it; :class:`NotFound` otherwise."""
     sub = await subscriptions.get(services(request).db.reader, sub_id)
     if sub is None or sub.job_id is not None or not caller.can_see(sub.owner_key_id):
         raise NotFound(f"no subscription {sub_id!r}")
@@ -183,7 +183,17 @@ async def create_subscription(request: Request) -> Response:
     """Signed events (Standard Webhooks) go to `url` from now on. This is the Zapier REST Hooks
     subscribe call: 201 with an `id` to unsubscribe with."""
     caller = await authenticate(request, "subscriptions:write")
-    changes = _validated(request, await read_json(request), partial=False)
+    sub = await create(request, caller, await read_json(request))
+    return JSONResponse(
+        sub.to_public(include_secret=True),
+        status_code=201,
+        headers={"Location": f"/v1/subscriptions/{sub.id}"},
+    )
+
+
+async def create(request: Request, caller: Caller, body: Any) -> Subscription:
+    """Validate ``body`` (the API's JSON shape) and store a new subscription owned by ``caller``."""
+    changes = _validated(request, body, partial=False)
     now = services(request).clock()
     sub = Subscription(
         id=new_id("sub"),
@@ -200,11 +210,7 @@ async def create_subscription(request: Request) -> Response:
     )
     async with services(request).db.transaction() as conn:
         await subscriptions.insert(conn, sub)
-    return JSONResponse(
-        sub.to_public(include_secret=True),
-        status_code=201,
-        headers={"Location": f"/v1/subscriptions/{sub.id}"},
-    )
+    return sub
 
 
 @operation(
@@ -217,6 +223,15 @@ async def create_subscription(request: Request) -> Response:
 async def list_subscriptions(request: Request) -> Response:
     """Your subscriptions (an admin key sees everyone's); header values are masked."""
     caller = await authenticate(request, "subscriptions:read")
+    page, next_cursor = await subscription_page(request, caller)
+    return JSONResponse({"data": [s.to_public() for s in page], "next_cursor": next_cursor})
+
+
+async def subscription_page(
+    request: Request, caller: Caller
+) -> tuple[list[Subscription], str | None]:
+    """One page of the subscriptions ``caller`` may see (query parameters ``cursor`` and
+    ``limit``), with the cursor of the next page, if any."""
     limit = limit_param(request)
     page = await subscriptions.list_page(
         services(request).db.reader,
@@ -226,9 +241,7 @@ async def list_subscriptions(request: Request) -> Response:
     )
     more = len(page) > limit
     page = page[:limit]
-    return JSONResponse(
-        {"data": [s.to_public() for s in page], "next_cursor": page[-1].id if more else None}
-    )
+    return page, page[-1].id if more else None
 
 
 @operation(
@@ -240,7 +253,8 @@ async def list_subscriptions(request: Request) -> Response:
 async def get_subscription(request: Request) -> Response:
     """One subscription; its secret is never shown again."""
     caller = await authenticate(request, "subscriptions:read")
-    return JSONResponse((await _owned(request, caller)).to_public())
+    sub = await owned(request, caller, request.path_params["subscription_id"])
+    return JSONResponse(sub.to_public())
 
 
 @operation(
@@ -253,8 +267,16 @@ async def get_subscription(request: Request) -> Response:
 async def update_subscription(request: Request) -> Response:
     """Change any field; null clears a filter. `{"status": "disabled"}` pauses deliveries."""
     caller = await authenticate(request, "subscriptions:write")
-    sub = await _owned(request, caller)
-    changes = _validated(request, await read_json(request), partial=True)
+    sub_id = request.path_params["subscription_id"]
+    await owned(request, caller, sub_id)
+    updated = await update(request, caller, sub_id, await read_json(request))
+    return JSONResponse(updated.to_public())
+
+
+async def update(request: Request, caller: Caller, sub_id: str, body: Any) -> Subscription:
+    """Apply ``body`` (the API's PATCH shape) to the subscription; return it as stored."""
+    sub = await owned(request, caller, sub_id)
+    changes = _validated(request, body, partial=True)
     now = services(request).clock()
     updated = dataclasses.replace(sub, **changes, updated_at=now)
     async with services(request).db.transaction() as conn:
@@ -268,7 +290,7 @@ async def update_subscription(request: Request) -> Response:
         updated = await subscriptions.get(conn, sub.id) or updated
     # Re-enabling releases deliveries held while the subscription was disabled.
     services(request).dispatcher.wake()
-    return JSONResponse(updated.to_public())
+    return updated
 
 
 @operation(
@@ -281,10 +303,15 @@ async def delete_subscription(request: Request) -> Response:
     """The Zapier REST Hooks unsubscribe call. A subscriber answering a delivery with 410 Gone
     is deleted the same way."""
     caller = await authenticate(request, "subscriptions:write")
-    sub = await _owned(request, caller)
+    await delete(request, caller, request.path_params["subscription_id"])
+    return Response(status_code=204)
+
+
+async def delete(request: Request, caller: Caller, sub_id: str) -> None:
+    """Delete the subscription and cancel its open deliveries."""
+    sub = await owned(request, caller, sub_id)
     async with services(request).db.transaction() as conn:
         await subscriptions.delete(conn, sub.id)
-    return Response(status_code=204)
 
 
 @operation(
@@ -305,7 +332,13 @@ async def delete_subscription(request: Request) -> Response:
 async def test_subscription(request: Request) -> Response:
     """Send a `ping` event to this one subscription now."""
     caller = await authenticate(request, "subscriptions:write")
-    sub = await _owned(request, caller)
+    event_id = await ping(request, caller, request.path_params["subscription_id"])
+    return JSONResponse({"event_id": event_id}, status_code=202)
+
+
+async def ping(request: Request, caller: Caller, sub_id: str) -> str:
+    """Queue a ``ping`` event to this one subscription; return the event's id."""
+    sub = await owned(request, caller, sub_id)
     if sub.status != "active":
         raise Conflict("the subscription is disabled; enable it to send a test event")
     state = services(request)
@@ -315,7 +348,7 @@ async def test_subscription(request: Request) -> Response:
             conn, "ping", now, data=ping_data(sub.id), to_subscription=sub.id
         )
     state.dispatcher.wake()
-    return JSONResponse({"event_id": event_id}, status_code=202)
+    return event_id
 
 
 @operation(
@@ -330,10 +363,15 @@ async def test_subscription(request: Request) -> Response:
     errors=(404,),
 )
 async def rotate_secret(request: Request) -> Response:
-    """Give the subscription a new secret, shown in this answer only. For the rotation grace
-    period every message carries a second signature made with the secret it replaced."""
     caller = await authenticate(request, "subscriptions:write")
-    sub = await _owned(request, caller)
+    rotated = await rotate(request, caller, request.path_params["subscription_id"])
+    return JSONResponse(rotated.to_public(include_secret=True))
+
+
+async def rotate(request: Request, caller: Caller, sub_id: str) -> Subscription:
+    """Give the subscription a new secret (returned, to be shown once). For the rotation grace
+    period every message carries a second signature made with the secret it replaced."""
+    sub = await owned(request, caller, sub_id)
     state = services(request)
     now = state.clock()
     async with state.db.transaction() as conn:
@@ -346,7 +384,7 @@ async def rotate_secret(request: Request) -> Response:
         )
         rotated = await subscriptions.get(conn, sub.id)
     assert rotated is not None  # read back inside the transaction that updated it
-    return JSONResponse(rotated.to_public(include_secret=True))
+    return rotated
 
 
 _TIME_QUERY = {"type": "string", "examples": ["2026-11-21T10:00:00Z", "1795255200"]}
@@ -392,12 +430,31 @@ async def recover_subscription(request: Request) -> Response:
     ``since`` (and before ``until``, if given): each gets one attempt now, and is not rescheduled
     if it fails. 409 while the subscription is disabled."""
     caller = await authenticate(request, "subscriptions:write")
-    sub = await _owned(request, caller)
-    state = services(request)
-    now = state.clock()
+    sub_id = request.path_params["subscription_id"]
+    await owned(request, caller, sub_id)
     since = time_param(request, "since", required=True)
     until = time_param(request, "until")
     assert since is not None  # required
+    count = await recover(request, caller, sub_id, since=since, until=until)
+    return JSONResponse(
+        {
+            "subscription_id": sub_id,
+            "recovered": count,
+            "since": isoformat(since),
+            "until": isoformat(until),
+        },
+        status_code=202,
+    )
+
+
+async def recover(
+    request: Request, caller: Caller, sub_id: str, *, since: float, until: float | None
+) -> int:
+    """Queue one attempt now for every delivery of the subscription that failed for good and was
+    created in [since, until); return how many."""
+    sub = await owned(request, caller, sub_id)
+    state = services(request)
+    now = state.clock()
     if since > now:
         raise ValidationFailed.field("since", "is in the future")
     if until is not None and until <= since:
@@ -407,12 +464,4 @@ async def recover_subscription(request: Request) -> Response:
     async with state.db.transaction() as conn:
         count = await deliveries.recover(conn, sub.id, since=since, until=until, now=now)
     state.dispatcher.wake()
-    return JSONResponse(
-        {
-            "subscription_id": sub.id,
-            "recovered": count,
-            "since": isoformat(since),
-            "until": isoformat(until),
-        },
-        status_code=202,
-    )
+    return count

@@ -159,14 +159,25 @@ async def list_page(
     model: str | None,
     before_id: str | None,
     limit: int,
+    created_since: float | None = None,
+    created_until: float | None = None,
 ) -> list[Job]:
-    """Jobs newest first; ``before_id`` is the cursor (the last id of the previous page)."""
+    """Jobs newest first; ``before_id`` is the cursor (the last id of the previous page).
+
+    ``created_since`` is inclusive and ``created_until`` exclusive (epoch seconds).
+    """
     clauses: list[str] = []
     params: list[Any] = []
     for column, value in (("owner_key_id", owner_key_id), ("status", status), ("model", model)):
         if value is not None:
             clauses.append(f"{column} = ?")
             params.append(value)
+    if created_since is not None:
+        clauses.append("created_at >= ?")
+        params.append(created_since)
+    if created_until is not None:
+        clauses.append("created_at < ?")
+        params.append(created_until)
     if before_id is not None:
         clauses.append("id < ?")
         params.append(before_id)

@@ -1,0 +1,78 @@
+"""The jobs pages: a filterable list, and one job with its timeline and its video."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import urlencode
+
+from starlette.responses import Response
+
+from service.api.jobs import STATUSES, find_job, job_page
+from service.catalog import MODELS
+from service.console.live import follow
+from service.console.view import View
+from service.storage import timeline
+
+FILTERS = ("status", "model", "since", "until")
+
+
+@dataclass(frozen=True, slots=True)
+class Moment:
+    """One line of a job's timeline."""
+
+    at: float
+    kind: str  # "event" or "callback"
+    title: str
+    detail: str = ""
+    body: str = ""
+
+
+async def jobs_page(view: View) -> Response:
+    page, next_cursor = await job_page(view.request, view.signed_in_caller)
+    filters = {name: view.request.query_params.get(name, "") for name in FILTERS}
+    chosen = {name: value for name, value in filters.items() if value}
+    next_link = None
+    if next_cursor is not None:
+        next_link = "?" + urlencode({**chosen, "cursor": next_cursor})
+    file_url = view.state.publisher.file_url
+    return view.render(
+        "jobs.html",
+        section="jobs",
+        jobs=[job.to_document(file_url) for job in page],
+        filters=filters,
+        statuses=STATUSES,
+        models=tuple(MODELS),
+        next_link=next_link,
+        first_page=view.request.query_params.get("cursor") is None,
+        first_link="?" + urlencode(chosen),
+        live=await follow(view),
+    )
+
+
+async def job_page_view(view: View) -> Response:
+    state = view.state
+    job = await find_job(state, view.signed_in_caller, view.request.path_params["job_id"])
+    moments = [
+        Moment(event.created_at, "event", event.type, event.id)
+        for event in await timeline.events_of(state.db.reader, job.id)
+    ]
+    moments += [
+        Moment(
+            callback.received_at,
+            "callback",
+            f"callback from {callback.provider}",
+            f"{callback.outcome}, {callback.size} bytes",
+            callback.excerpt,
+        )
+        for callback in await timeline.callbacks_of(state.db.reader, job.id)
+    ]
+    # A callback and the event it causes share one timestamp: the cause goes first.
+    moments.sort(key=lambda moment: (moment.at, moment.kind != "callback"))
+    return view.render(
+        "job.html",
+        section="jobs",
+        job=job.to_document(state.publisher.file_url),
+        terminal=job.status.terminal,
+        moments=moments,
+        live=None if job.status.terminal else await follow(view),
+    )

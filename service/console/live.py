@@ -1,0 +1,32 @@
+"""The live view, and the event stream that pages showing jobs follow (``EventSource``)."""
+
+from __future__ import annotations
+
+import json
+
+from starlette.responses import Response
+
+from service.api.stream import event_stream
+from service.console.view import View
+from service.models import EVENT_TYPES
+from service.storage import events
+
+
+async def follow(view: View) -> dict[str, str]:
+    """What a page needs to follow the log from now on: the stream's URL, positioned at the
+    current end of the log (so nothing that happens after the page was built is missed), and the
+    event types to listen for."""
+    head = await events.last_seq(view.state.db.reader)
+    return {
+        "stream": f"/console/stream?last_event_id={head}",
+        "event_types_json": json.dumps(EVENT_TYPES),
+    }
+
+
+async def live_page(view: View) -> Response:
+    return view.render("live.html", section="live", live=await follow(view))
+
+
+async def stream(view: View) -> Response:
+    """``GET /v1/events/stream`` for the signed-in key: the same function, the same scope."""
+    return await event_stream(view.request, view.signed_in_caller)

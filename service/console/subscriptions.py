@@ -1,0 +1,178 @@
+"""The subscriptions pages: list with health, create, edit, disable/enable, ping, delete."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.responses import Response
+
+from service.api import subscriptions as api
+from service.catalog import MODELS
+from service.console.view import Form, View
+from service.errors import ValidationFailed
+from service.models import EVENT_TYPES, Subscription
+from service.storage import health
+
+# The success rate covers the last day of attempts: long enough to mean something, short enough
+# that a subscriber that has recovered stops looking sick.
+HEALTH_WINDOW = 24 * 3600
+
+
+def headers_from_text(text: str) -> dict[str, str]:
+    """``Name: value`` lines (blank lines ignored) as a headers object for the API to validate."""
+    headers: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        name, colon, value = line.partition(":")
+        if not colon or not name.strip():
+            raise ValidationFailed.field("headers", f"line {number} is not 'Name: value'")
+        if name.strip() in headers:
+            raise ValidationFailed.field("headers", f"{name.strip()!r} is given twice")
+        headers[name.strip()] = value.strip()
+    return headers
+
+
+def body_from_form(form: Form, *, editing: bool) -> dict[str, Any]:
+    """The API's JSON body for the create or edit form; the API validates it as it would JSON."""
+    body: dict[str, Any] = {
+        "url": form.get("url"),
+        "description": form.get("description"),
+        "event_types": form.getlist("event_types"),
+        "models": form.getlist("models"),
+    }
+    if editing and form.get("clear_headers"):
+        body["headers"] = {}
+    elif form.get("headers"):
+        # Header values are masked in answers, so an edit that names none keeps the ones stored.
+        body["headers"] = headers_from_text(form.get("headers"))
+    return body
+
+
+def _choices() -> dict[str, Any]:
+    return {"event_types": EVENT_TYPES, "models": tuple(MODELS)}
+
+
+async def _health(view: View, sub: Subscription) -> health.Health:
+    since = view.state.clock() - HEALTH_WINDOW
+    return await health.of_subscription(view.state.db.reader, sub.id, since=since)
+
+
+async def list_page(view: View, *, status_code: int = 200, **extra: Any) -> Response:
+    page, next_cursor = await api.subscription_page(view.request, view.signed_in_caller)
+    rows = [(sub.to_public(), await _health(view, sub)) for sub in page]
+    return view.render(
+        "subscriptions.html",
+        status_code=status_code,
+        section="subscriptions",
+        rows=rows,
+        next_cursor=next_cursor,
+        draft=extra.pop("draft", {}),
+        **_choices(),
+        **extra,
+    )
+
+
+async def subscriptions_page(view: View) -> Response:
+    return await list_page(view)
+
+
+async def create(view: View) -> Response:
+    try:
+        sub = await api.create(
+            view.request, view.signed_in_caller, body_from_form(view.form, editing=False)
+        )
+    except ValidationFailed as error:
+        return await list_page(view, status_code=422, problem=error.message, draft=_draft(view))
+    return await detail(view, sub, status_code=201, new_secret=sub.secret)
+
+
+async def subscription_page(view: View) -> Response:
+    sub = await api.owned(
+        view.request, view.signed_in_caller, view.request.path_params["subscription_id"]
+    )
+    return await detail(view, sub)
+
+
+async def detail(
+    view: View, sub: Subscription, *, status_code: int = 200, **extra: Any
+) -> Response:
+    return view.render(
+        "subscription.html",
+        status_code=status_code,
+        section="subscriptions",
+        sub=sub.to_public(),
+        health=await _health(view, sub),
+        health_hours=HEALTH_WINDOW // 3600,
+        recover_since=_form_time(view.state.clock() - HEALTH_WINDOW),
+        draft=extra.pop("draft", None) or _stored_draft(sub),
+        **_choices(),
+        **extra,
+    )
+
+
+async def edit(view: View) -> Response:
+    sub_id = view.request.path_params["subscription_id"]
+    caller = view.signed_in_caller
+    try:
+        await api.update(view.request, caller, sub_id, body_from_form(view.form, editing=True))
+    except ValidationFailed as error:
+        sub = await api.owned(view.request, caller, sub_id)
+        return await detail(view, sub, status_code=422, problem=error.message, draft=_draft(view))
+    return view.redirect(f"/console/subscriptions/{sub_id}", "saved")
+
+
+async def set_status(view: View) -> Response:
+    sub_id = view.request.path_params["subscription_id"]
+    wanted = view.form.get("status")
+    await api.update(view.request, view.signed_in_caller, sub_id, {"status": wanted})
+    notice = "enabled" if wanted == "active" else "disabled"
+    return view.redirect(f"/console/subscriptions/{sub_id}", notice)
+
+
+async def rotate(view: View) -> Response:
+    rotated = await api.rotate(
+        view.request, view.signed_in_caller, view.request.path_params["subscription_id"]
+    )
+    return await detail(view, rotated, new_secret=rotated.secret)
+
+
+async def ping(view: View) -> Response:
+    sub_id = view.request.path_params["subscription_id"]
+    await api.ping(view.request, view.signed_in_caller, sub_id)
+    return view.redirect(f"/console/subscriptions/{sub_id}", "ping-sent")
+
+
+async def delete(view: View) -> Response:
+    await api.delete(
+        view.request, view.signed_in_caller, view.request.path_params["subscription_id"]
+    )
+    return view.redirect("/console/subscriptions", "deleted")
+
+
+def _form_time(moment: float) -> str:
+    """``moment`` as a datetime-local input's value (UTC, to the second)."""
+    return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def _draft(view: View) -> dict[str, Any]:
+    """What was typed into a form that failed, to show it again."""
+    form = view.form
+    return {
+        "url": form.get("url"),
+        "description": form.get("description"),
+        "event_types": form.getlist("event_types"),
+        "models": form.getlist("models"),
+        "headers": form.get("headers"),
+    }
+
+
+def _stored_draft(sub: Subscription) -> dict[str, Any]:
+    return {
+        "url": sub.url,
+        "description": sub.description,
+        "event_types": list(sub.event_types),
+        "models": list(sub.models),
+        "headers": "",
+    }
