@@ -166,8 +166,10 @@ class Dispatcher:
     async def _dispatch_once(self, senders: anyio.abc.TaskGroup) -> None:
         self._wake = anyio.Event()
         capacity = self._claim_limit - self._in_flight
-        claimed: list[Claimed] = []
-        if capacity > 0:
+        # Asked of the reader first: a wake-up with nothing due (a batch of callbacks no one
+        # subscribes to) must not take the write lock from the writers that have work.
+        due = await deliveries.next_due_at(self._db.reader)
+        if capacity > 0 and due is not None and due <= self._clock():
             now = self._clock()
             async with self._db.transaction(durable=False) as conn:
                 claimed = await deliveries.claim_due(
@@ -189,10 +191,11 @@ class Dispatcher:
                 senders.start_soon(self._deliver, delivery)
             if len(claimed) == capacity:
                 return  # more may be due at once
-        await self._sleep(busy=self._in_flight > 0)
+            if claimed:
+                due = await deliveries.next_due_at(self._db.reader)
+        await self._sleep(due, busy=self._in_flight > 0)
 
-    async def _sleep(self, *, busy: bool) -> None:
-        due = await deliveries.next_due_at(self._db.reader)
+    async def _sleep(self, due: float | None, *, busy: bool) -> None:
         timeout: float | None = None
         if due is not None:
             timeout = due - self._clock()

@@ -94,8 +94,7 @@ async def claim_due(
     # stopping at LIMIT costs the same with a million rows due, where sorting one subscription's
     # due rows cost milliseconds per claim.
     params = (now, *saturated, window, now, window)
-    async with conn.execute(sql, params) as cursor:
-        due = list(await cursor.fetchall())
+    due = list(await conn.execute_fetchall(sql, params))
     taken: dict[str, int] = {}
     chosen: list[str] = []
     for row in due:
@@ -109,13 +108,14 @@ async def claim_due(
     if not chosen:
         return []
     marks = ", ".join("?" for _ in chosen)
-    async with conn.execute(
-        f"UPDATE deliveries SET status = 'inflight', lease_until = ?, attempts = attempts + 1, "
-        f"updated_at = ? WHERE id IN ({marks}) "
-        "RETURNING id, event_id, subscription_id, attempts, manual",
-        (lease_until, now, *chosen),
-    ) as cursor:
-        rows = list(await cursor.fetchall())
+    rows = list(
+        await conn.execute_fetchall(
+            f"UPDATE deliveries SET status = 'inflight', lease_until = ?, "
+            f"attempts = attempts + 1, updated_at = ? WHERE id IN ({marks}) "
+            "RETURNING id, event_id, subscription_id, attempts, manual",
+            (lease_until, now, *chosen),
+        )
+    )
     if not rows:
         return []
     payloads = await _by_id(conn, "SELECT id, payload FROM events", {r["event_id"] for r in rows})
@@ -156,8 +156,8 @@ def _signing_secrets(sub: sqlite3.Row, now: float) -> tuple[str, ...]:
 
 async def _by_id(conn: aiosqlite.Connection, select: str, ids: set[str]) -> dict[str, sqlite3.Row]:
     marks = ", ".join("?" for _ in ids)
-    async with conn.execute(f"{select} WHERE id IN ({marks})", tuple(ids)) as cursor:
-        return {row["id"]: row for row in await cursor.fetchall()}
+    rows = await conn.execute_fetchall(f"{select} WHERE id IN ({marks})", tuple(ids))
+    return {row["id"]: row for row in rows}
 
 
 async def record(conn: aiosqlite.Connection, outcomes: Sequence[AttemptOutcome]) -> None:
@@ -182,13 +182,13 @@ async def record(conn: aiosqlite.Connection, outcomes: Sequence[AttemptOutcome])
 
 async def next_due_at(conn: aiosqlite.Connection) -> float | None:
     """When the earliest pending delivery is due or the earliest lease expires, if ever."""
-    async with conn.execute(
+    rows = await conn.execute_fetchall(
         "SELECT min(t) FROM ("
         " SELECT min(next_attempt_at) AS t FROM deliveries WHERE status = 'pending'"
         "  AND +subscription_id IN (SELECT id FROM subscriptions WHERE status = 'active')"
         " UNION ALL SELECT min(lease_until) FROM deliveries WHERE status = 'inflight')"
-    ) as cursor:
-        row = await cursor.fetchone()
+    )
+    row = next(iter(rows), None)
     return float(row[0]) if row and row[0] is not None else None
 
 

@@ -126,8 +126,9 @@ async def get_many(conn: aiosqlite.Connection, job_ids: Iterable[str]) -> dict[s
     """The jobs that exist among ``job_ids``, by id."""
     wanted = list(dict.fromkeys(job_ids))
     marks = ", ".join("?" for _ in wanted)
-    async with conn.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id IN ({marks})", wanted) as cursor:
-        return {row["id"]: _from_row(row) for row in await cursor.fetchall()}
+    # execute_fetchall: one trip to the database thread instead of three (execute, fetch, close).
+    rows = await conn.execute_fetchall(f"SELECT {_COLUMNS} FROM jobs WHERE id IN ({marks})", wanted)
+    return {row["id"]: _from_row(row) for row in rows}
 
 
 async def find_by_idempotency_key(

@@ -142,8 +142,8 @@ async def listeners(
         f"SELECT {_SELECT}, {_ADMIN_OWNER} AS admin_owner FROM subscriptions"
         f" WHERE {' AND '.join(clauses)} ORDER BY id"
     )
-    async with conn.execute(sql, params) as cursor:
-        rows = [(_from_row(row), bool(row["admin_owner"])) for row in await cursor.fetchall()]
+    found = await conn.execute_fetchall(sql, params)
+    rows = [(_from_row(row), bool(row["admin_owner"])) for row in found]
     return [
         [
             sub
