@@ -70,6 +70,16 @@ def markdown(result: dict[str, Any]) -> str:
             f"{_number(figure['baseline'], figure['unit'])} | {ratio} | {figure['target']} | "
             f"{'yes' if figure['met'] else '**no**'} |"
         )
+    missed = [f for f in result["figures"] if not f["met"]]
+    if missed:
+        lines += ["", "## Targets missed, and by how much", ""]
+        for figure in missed:
+            share = figure["ratio"]
+            ratio = f", {share * 100:.0f} % of bare" if share is not None else ""
+            lines.append(
+                f"- {figure['name']}: {_number(figure['value'], figure['unit'])}{ratio}; "
+                f"the target is {figure['target']}."
+            )
     lines += [
         "",
         f"Peak RSS of reelhook across scenarios 1-3 and 5: {result['rss_under_load_mb']:.0f} MiB.",
