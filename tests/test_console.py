@@ -370,6 +370,10 @@ async def test_jobs_page_through_with_a_cursor(
         assert found, first.text
         second = await browser.get("/console/jobs" + found.group(1).replace("&amp;", "&"))
         assert ids[0] in second.text and ids[1] not in second.text
+        assert 'href="/console/jobs">First page</a>' in second.text
+        assert "First page" not in first.text
+        none = await browser.get("/console/jobs", params={"status": "canceled"})
+        assert "No jobs match these filters." in none.text
 
 
 async def test_the_job_page_shows_input_timeline_and_cost(
