@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -100,3 +104,23 @@ class ManualClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_serve(tmp_path: Path, **variables: str) -> subprocess.CompletedProcess[str]:
+    """``python -m service serve`` with only these ``REELHOOK_*`` variables (prefix dropped) and
+    a data dir in ``tmp_path``; for start-up checks that end the process."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("REELHOOK_")}
+    environ.update({f"REELHOOK_{name}": value for name, value in variables.items()})
+    environ["REELHOOK_DATA_DIR"] = str(tmp_path / "data")
+    return subprocess.run(
+        [sys.executable, "-m", "service", "serve"],
+        cwd=REPO,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )

@@ -18,11 +18,10 @@ from service.backup import BackupError, backup, restore
 from service.datadir import DataDirInUse
 from tests.conftest import SettingsFactory
 from tests.servers import loopback_socket, url_of
-from tests.support import api_client, served
+from tests.support import REPO, api_client, served
 
 pytestmark = pytest.mark.anyio
 
-REPO = Path(__file__).resolve().parent.parent
 JOB = {"model": "trinetra/kling-v3", "input": {"prompt": "A kite festival on a beach"}}
 
 

@@ -23,9 +23,8 @@ import pytest
 from service.settings import load_settings
 from tests.conftest import SettingsFactory
 from tests.servers import loopback_socket, url_of
-from tests.support import served
+from tests.support import REPO, served
 
-REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
 INSTALLED_COMMAND = "/opt/reelhook/.venv/bin/reelhook"
 

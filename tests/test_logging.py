@@ -27,11 +27,10 @@ from service.sim import Scenario, Simulator, create_sim_app
 from service.tokens import Tokens
 from tests.conftest import SettingsFactory
 from tests.servers import Sink, loopback_socket, run_server, url_of
-from tests.support import ADMIN_KEY, served
+from tests.support import ADMIN_KEY, REPO, served
 
 pytestmark = pytest.mark.anyio
 
-REPO = Path(__file__).resolve().parent.parent
 SECRET_KEY = "test-secret-key-0123456789"  # as conftest's settings_factory sets it
 PROVIDER_KEYS = {
     "trinetra": "trinetra-live-key-7c1f0e9a",

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import sqlite3
 import stat
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -20,10 +17,10 @@ from asgi_lifespan import LifespanManager
 from service.app import create_app
 from service.settings import Settings, SettingsError, load_settings
 from tests.conftest import SettingsFactory
+from tests.support import run_serve
 
 pytestmark = pytest.mark.anyio
 
-REPO = Path(__file__).resolve().parents[1]
 
 DOCUMENTED_BASE_URLS = {
     "trinetra": "https://brahmand-api.bulletshorts.co",
@@ -197,21 +194,6 @@ def test_a_provider_with_a_key_is_not_simulated(provider: str) -> None:
 # --- the command line ---------------------------------------------------------------------------
 
 
-def _serve(tmp_path: Path, **variables: str) -> subprocess.CompletedProcess[str]:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("REELHOOK_")}
-    environ.update({f"REELHOOK_{name}": value for name, value in variables.items()})
-    environ["REELHOOK_DATA_DIR"] = str(tmp_path / "data")
-    return subprocess.run(
-        [sys.executable, "-m", "service", "serve"],
-        cwd=REPO,
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 @pytest.mark.parametrize(
     ("variables", "named"),
     [
@@ -229,7 +211,7 @@ def _serve(tmp_path: Path, **variables: str) -> subprocess.CompletedProcess[str]
 def test_serve_with_a_bad_setting_prints_one_line_and_exits_2(
     tmp_path: Path, variables: dict[str, str], named: str
 ) -> None:
-    done = _serve(tmp_path, **variables)
+    done = run_serve(tmp_path, **variables)
 
     assert done.returncode == 2, (done.stdout, done.stderr)
     lines = done.stderr.splitlines()

@@ -4,41 +4,21 @@ development warns once when providers could not call its public URL back."""
 from __future__ import annotations
 
 import logging
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from service.startup_checks import is_public_host
 from tests.conftest import SettingsFactory
-from tests.support import api_client
+from tests.support import api_client, run_serve
 
 pytestmark = pytest.mark.anyio
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def serve(tmp_path: Path, **variables: str) -> subprocess.CompletedProcess[str]:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("REELHOOK_")}
-    environ.update({f"REELHOOK_{name}": value for name, value in variables.items()})
-    environ["REELHOOK_DATA_DIR"] = str(tmp_path / "data")
-    return subprocess.run(
-        [sys.executable, "-m", "service", "serve"],
-        cwd=REPO,
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def test_production_without_https_or_secret_keys_names_both_one_line_each(
     tmp_path: Path,
 ) -> None:
-    done = serve(tmp_path, ENV="production", PUBLIC_URL="http://reelhook.example.org")
+    done = run_serve(tmp_path, ENV="production", PUBLIC_URL="http://reelhook.example.org")
 
     assert done.returncode == 2, (done.stdout, done.stderr)
     first, second = done.stderr.splitlines()
