@@ -205,7 +205,8 @@ def _wire(
         MeteredSender(session, metrics),
         RetryPolicy(settings.retry_schedule, overload_floor=retry_overload_floor),
         clock=clock,
-        # A lease outlives the slowest attempts of everything claimed ahead of a row, and its own.
+        # Shown in the delivery log as when a claimed row would be given up; the row is only ever
+        # taken back by the next start (the one process owning the database released it).
         lease=(PREFETCH + 1) * settings.delivery_timeout + 5,
         concurrency=settings.delivery_concurrency,
         per_subscription=settings.subscription_concurrency,

@@ -48,6 +48,7 @@ class Ingest:
         self._clock = clock
         self._batch_size = batch_size
         self._mirror = mirror
+        self._closed = False
         self._on_commit = on_commit
         self._queue: asyncio.Queue[tuple[Update, asyncio.Future[_Result]]] = asyncio.Queue(capacity)
 
@@ -63,6 +64,8 @@ class Ingest:
         a burst costs memory up to the queue's bound and no more; the provider sends again.
         Raises :class:`UnknownJob` or :class:`JobMismatch` when the update was refused.
         """
+        if self._closed:
+            raise _shutting_down()
         future: asyncio.Future[_Result] = asyncio.get_running_loop().create_future()
         try:
             self._queue.put_nowait((update, future))
@@ -89,8 +92,7 @@ class Ingest:
             self._refuse_waiting()
 
     async def _commit(self, batch: list[tuple[Update, asyncio.Future[_Result]]]) -> None:
-        results: list[_Result] = [ServiceUnavailable("reelhook is shutting down; send it again")]
-        results *= len(batch)
+        results: list[_Result] = [_shutting_down() for _ in batch]
         try:
             async with self._db.transaction() as conn:
                 applied = await apply_updates(
@@ -104,8 +106,9 @@ class Ingest:
             self._on_commit()
         except Exception:
             log.exception("could not store a batch of %d callbacks", len(batch))
-            results = [ServiceUnavailable("the callback could not be stored; send it again")]
-            results *= len(batch)
+            results = [
+                ServiceUnavailable("the callback could not be stored; send it again") for _ in batch
+            ]
         finally:
             # Results, errors included, are values: a future whose requester hung up is then
             # dropped silently instead of logging an unretrieved exception.
@@ -114,7 +117,13 @@ class Ingest:
                     future.set_result(result)
 
     def _refuse_waiting(self) -> None:
+        self._closed = True
         while not self._queue.empty():
             _, future = self._queue.get_nowait()
             if not future.done():
-                future.set_result(ServiceUnavailable("reelhook is shutting down; send it again"))
+                future.set_result(_shutting_down())
+
+
+def _shutting_down() -> ServiceUnavailable:
+    # One instance per request: an exception raised in many tasks would share its traceback.
+    return ServiceUnavailable("reelhook is shutting down; send the callback again")

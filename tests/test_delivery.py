@@ -991,3 +991,32 @@ async def test_a_refused_jobs_failure_goes_to_callback_url_signed_with_the_secre
     assert event["data"]["status"] == "failed"
     assert event["data"]["error"]["kind"] == "insufficient_credits"
     assert "callback_secret" not in event["data"]
+
+
+async def test_a_running_dispatcher_never_takes_over_its_own_expired_lease(
+    settings_factory: SettingsFactory,
+) -> None:
+    """A claimed row whose lease runs out while its attempt is still under way (a slow
+    subscriber, a long queue) is not claimed and sent a second time: only the next start
+    takes leases back."""
+    settings = settings_factory()
+    clock = ShiftedClock()
+    hanging = Hanging()
+    async with run_server(hanging.app()) as url:
+        try:
+            async with api_client(settings, clock=clock) as http:
+                slow = await subscribe(http, f"{url}/hang")
+                event_id = await ping(http, slow["id"])
+                await hanging.wait_for(lambda h: h.hanging == 1)
+                # Far past any lease; another ping wakes the dispatcher, which claims what is due.
+                clock.offset = 3600.0
+                other = await subscribe(http, f"{url}/fast")
+                await settled(settings, await ping(http, other["id"]), status_is("succeeded"))
+                sent_while_held = hanging.on("/hang")
+                hanging.release.set()
+                row = await settled(settings, event_id, status_is("succeeded"))
+        finally:
+            hanging.release.set()
+    assert sent_while_held == 1
+    assert hanging.on("/hang") == 1
+    assert row["attempts"] == 1

@@ -41,8 +41,8 @@ _FINAL_WRITE_TIMEOUT = 5.0
 PREFETCH = 4
 """Deliveries claimed ahead per subscription, in multiples of its concurrency cap. Claiming is a
 write transaction; claiming one row each time a slot frees made claims, not sending, the limit
-(about 800 deliveries/s to one subscriber). Claimed rows wait for a slot under their lease, so a
-lease must outlast ``PREFETCH + 1`` attempts."""
+(about 800 deliveries/s to one subscriber). Claimed rows wait for a slot under their lease, which
+no one takes over while this process runs; a process that dies leaves them to the next start."""
 
 
 class Dispatcher:
@@ -172,7 +172,7 @@ class Dispatcher:
         if capacity > 0 and due is not None and due <= self._clock():
             now = self._clock()
             async with self._db.transaction(durable=False) as conn:
-                claimed = await deliveries.claim_due(
+                claimed, more = await deliveries.claim_due(
                     conn,
                     now=now,
                     lease_until=now + self._lease,
@@ -189,7 +189,7 @@ class Dispatcher:
                     self._lanes[sub] = anyio.CapacityLimiter(self._per_subscription)
                 self._unfinished.add(delivery.id)
                 senders.start_soon(self._deliver, delivery)
-            if len(claimed) == capacity:
+            if len(claimed) == capacity or more:
                 return  # more may be due at once
             if claimed:
                 due = await deliveries.next_due_at(self._db.reader)

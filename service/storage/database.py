@@ -74,12 +74,15 @@ class Database:
         The next durable commit makes it durable too; it can never be torn or reordered.
         """
         async with self._write_lock:
-            if not durable:
-                await self.writer.execute("PRAGMA synchronous = NORMAL")
             try:
+                if not durable:
+                    await self.writer.execute("PRAGMA synchronous = NORMAL")
                 await self.writer.execute("BEGIN IMMEDIATE")
                 yield self.writer
-                await self.writer.commit()
+                # Shielded: a commit cut short by a cancellation would leave it unknown whether
+                # the transaction landed, and the rollback below would fail instead.
+                with anyio.CancelScope(shield=True):
+                    await self.writer.commit()
             except BaseException:
                 # A failed BEGIN or COMMIT (or a cancellation) must not leave the shared writer
                 # inside a transaction, or every later write would fail.

@@ -58,43 +58,38 @@ async def claim_due(
     limit: int,
     per_subscription: int,
     busy: Mapping[str, int],
-    refill_below: int | None = None,
-) -> list[Claimed]:
-    """Lease up to ``limit`` due deliveries, keeping each subscription under ``per_subscription``.
+    refill_below: int,
+) -> tuple[list[Claimed], bool]:
+    """Lease up to ``limit`` due deliveries, keeping each subscription under ``per_subscription``;
+    return them, and whether more may be due right now.
 
-    Due means pending with ``next_attempt_at <= now``, or in flight with an expired lease (its
-    holder crashed). ``busy`` counts the deliveries the caller has claimed per subscription (one
-    process owns the database, so its own count is the whole count); subscriptions with
-    ``refill_below`` or more claimed get none this time. Deliveries of a disabled
-    subscription wait until it is enabled again. The due rows are read in due order from their
-    index, a bounded number at a time, so a claim costs the same with ten or a million waiting;
-    subscriptions already at their cap are skipped in the query, so one hanging endpoint's
-    backlog does not hide everyone else's.
+    Due means pending with ``next_attempt_at <= now``. One process owns the database: ``busy``
+    counts what it has claimed per subscription, and a lease left by a process that died is
+    released when the next one starts (:func:`release`), never taken over while it runs, since a
+    running process's expired lease is its own row still waiting to be sent. Subscriptions with
+    ``refill_below`` or more claimed get none this time. Deliveries of a disabled subscription
+    wait until it is enabled again. The due rows are read in due order from their index, a
+    bounded window at a time, so a claim costs the same with ten or a million waiting.
     """
-    refill = per_subscription if refill_below is None else refill_below
     # A subscription with ``refill`` or more already claimed is left out, so it is topped up in
     # batches rather than one row per claim.
-    saturated = sorted(sub for sub, count in busy.items() if count >= refill)
+    saturated = sorted(sub for sub, count in busy.items() if count >= refill_below)
     marks = ", ".join("?" for _ in saturated)
     # Read more than ``limit``: some rows will be over their subscription's cap.
     window = limit * 4
     sql = f"""
-        SELECT id, subscription_id FROM (
-            SELECT id, subscription_id, next_attempt_at AS due FROM deliveries
-            WHERE status = 'pending' AND next_attempt_at <= ?
-              AND +subscription_id NOT IN ({marks}) AND +subscription_id IN {_ACTIVE}
-            ORDER BY next_attempt_at LIMIT ?)
-        UNION ALL
-        SELECT id, subscription_id FROM (
-            SELECT id, subscription_id, lease_until AS due FROM deliveries
-            WHERE status = 'inflight' AND lease_until <= ? AND +subscription_id IN {_ACTIVE}
-            ORDER BY lease_until LIMIT ?)
+        SELECT id, subscription_id FROM deliveries
+        WHERE status = 'pending' AND next_attempt_at <= ?
+          AND +subscription_id NOT IN ({marks}) AND +subscription_id IN {_ACTIVE}
+        ORDER BY next_attempt_at LIMIT ?
     """
     # The unary ``+`` keeps SQLite off the subscription index: walking the due-time index and
     # stopping at LIMIT costs the same with a million rows due, where sorting one subscription's
     # due rows cost milliseconds per claim.
-    params = (now, *saturated, window, now, window)
+    params = (now, *saturated, window)
     due = list(await conn.execute_fetchall(sql, params))
+    # A full window may hide more due rows behind those over their subscription's cap.
+    more = len(due) == window
     taken: dict[str, int] = {}
     chosen: list[str] = []
     for row in due:
@@ -106,7 +101,7 @@ async def claim_due(
         if len(chosen) == limit:
             break
     if not chosen:
-        return []
+        return [], more
     marks = ", ".join("?" for _ in chosen)
     rows = list(
         await conn.execute_fetchall(
@@ -117,7 +112,7 @@ async def claim_due(
         )
     )
     if not rows:
-        return []
+        return [], more
     payloads = await _by_id(conn, "SELECT id, payload FROM events", {r["event_id"] for r in rows})
     subs = await _by_id(
         conn,
@@ -143,7 +138,7 @@ async def claim_due(
                 manual=bool(row["manual"]),
             )
         )
-    return claimed
+    return claimed, more
 
 
 def _signing_secrets(sub: sqlite3.Row, now: float) -> tuple[str, ...]:
@@ -181,12 +176,10 @@ async def record(conn: aiosqlite.Connection, outcomes: Sequence[AttemptOutcome])
 
 
 async def next_due_at(conn: aiosqlite.Connection) -> float | None:
-    """When the earliest pending delivery is due or the earliest lease expires, if ever."""
+    """When the earliest pending delivery of an active subscription is due, if ever."""
     rows = await conn.execute_fetchall(
-        "SELECT min(t) FROM ("
-        " SELECT min(next_attempt_at) AS t FROM deliveries WHERE status = 'pending'"
-        "  AND +subscription_id IN (SELECT id FROM subscriptions WHERE status = 'active')"
-        " UNION ALL SELECT min(lease_until) FROM deliveries WHERE status = 'inflight')"
+        "SELECT min(next_attempt_at) FROM deliveries WHERE status = 'pending'"
+        " AND +subscription_id IN (SELECT id FROM subscriptions WHERE status = 'active')"
     )
     row = next(iter(rows), None)
     return float(row[0]) if row and row[0] is not None else None
