@@ -70,8 +70,11 @@ def assert_error(
     return error
 
 
+TERMINAL = ("succeeded", "failed", "canceled", "expired")
+
+
 async def wait_for_job(
-    http: httpx.AsyncClient, job_id: str, statuses: Collection[str], within: float = 15
+    http: httpx.AsyncClient, job_id: str, statuses: Collection[str] = TERMINAL, within: float = 15
 ) -> dict[str, Any]:
     """Read ``GET /v1/jobs/{id}`` until its status is one of ``statuses``; fail after ``within``."""
     with anyio.fail_after(within):

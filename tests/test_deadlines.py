@@ -18,10 +18,9 @@ from standardwebhooks.webhooks import Webhook
 from service.settings import SettingsError, load_settings
 from tests.conftest import SettingsFactory
 from tests.servers import Sink, loopback_socket, run_server, url_of
-from tests.support import served
+from tests.support import served, wait_for_job
 from tests.test_callbacks import TOKENS, stored_callbacks, trinetra_done, trinetra_failed
 from tests.test_delivery import ShiftedClock, subscribe
-from tests.test_segmind import wait_for_job
 
 pytestmark = pytest.mark.anyio
 

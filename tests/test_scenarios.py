@@ -26,11 +26,10 @@ from service.storage.database import Database
 from service.storage.submissions import attempts_of
 from tests.conftest import SettingsFactory, settings_for
 from tests.servers import loopback_socket, run_server, url_of
-from tests.support import served, wait_for_job
+from tests.support import TERMINAL, served, wait_for_job
 
 pytestmark = pytest.mark.anyio
 
-TERMINAL = ("succeeded", "failed", "canceled", "expired")
 MODELS = {
     "trinetra": ("trinetra/kling-v3", {"duration": 5}),
     "apiframe": ("apiframe/kling-2.5-turbo-pro", {"duration": 5}),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
 from importlib import resources
 from typing import Any
 
@@ -12,13 +11,12 @@ import pytest
 
 from tests.conftest import SettingsFactory
 from tests.servers import loopback_socket, url_of
-from tests.support import served
+from tests.support import TERMINAL, served, wait_for_job
 
 pytestmark = pytest.mark.anyio
 
 SEGMIND = "segmind/kling-2.5-turbo"
 SAMPLE_MP4 = resources.files("service.sim").joinpath("assets/sample.mp4").read_bytes()
-TERMINAL = ("succeeded", "failed", "canceled", "expired")
 
 
 async def submit(http: httpx.AsyncClient, **job_input: Any) -> dict[str, Any]:
@@ -31,20 +29,6 @@ async def submit(http: httpx.AsyncClient, **job_input: Any) -> dict[str, Any]:
     assert job["model"] == SEGMIND
     assert job["provider"] == "segmind"
     return job
-
-
-async def wait_for_job(
-    http: httpx.AsyncClient, job_id: str, statuses: Collection[str] = TERMINAL, within: float = 15
-) -> dict[str, Any]:
-    """Poll ``GET /v1/jobs/{id}`` until its status is one of ``statuses``; fail after ``within``."""
-    with anyio.fail_after(within):
-        while True:
-            response = await http.get(f"/v1/jobs/{job_id}")
-            assert response.status_code == 200, response.text
-            job: dict[str, Any] = response.json()
-            if job["status"] in statuses:
-                return job
-            await anyio.sleep(0.02)
 
 
 async def sim_stats(http: httpx.AsyncClient) -> dict[str, Any]:

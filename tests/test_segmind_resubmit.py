@@ -17,8 +17,8 @@ import pytest
 from service.settings import Settings, SettingsError, load_settings
 from tests.conftest import SettingsFactory
 from tests.servers import loopback_socket, url_of
-from tests.support import served
-from tests.test_segmind import SAMPLE_MP4, TERMINAL, job_events, sim_stats, submit, wait_for_job
+from tests.support import TERMINAL, served, wait_for_job
+from tests.test_segmind import SAMPLE_MP4, job_events, sim_stats, submit
 
 pytestmark = pytest.mark.anyio
 
