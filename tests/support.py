@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -15,17 +15,20 @@ from typing import Any
 import anyio
 import httpx
 from asgi_lifespan import LifespanManager
+from starlette.types import ASGIApp
 
 from service.app import create_app
 from service.settings import Settings
-from tests.servers import run_server
+from tests.servers import Sink, loopback_socket, run_server, url_of
 
 ADMIN_KEY = "rh_test_admin_key_0123456789abcdef"
 
 
 @asynccontextmanager
-async def api_client(settings: Settings, **app_options: Any) -> AsyncIterator[httpx.AsyncClient]:
-    """A client for ``create_app(settings)`` with its lifespan running, sending the admin key."""
+async def in_process(
+    settings: Settings, **app_options: Any
+) -> AsyncIterator[tuple[httpx.AsyncClient, ASGIApp]]:
+    """``create_app(settings)`` with its lifespan running, and a client sending the admin key."""
     app = create_app(settings, **app_options)
     async with (
         LifespanManager(app) as manager,
@@ -35,6 +38,13 @@ async def api_client(settings: Settings, **app_options: Any) -> AsyncIterator[ht
             headers={"X-API-Key": ADMIN_KEY},
         ) as http,
     ):
+        yield http, manager.app
+
+
+@asynccontextmanager
+async def api_client(settings: Settings, **app_options: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """A client for ``create_app(settings)`` with its lifespan running, sending the admin key."""
+    async with in_process(settings, **app_options) as (http, _):
         yield http
 
 
@@ -50,6 +60,19 @@ async def served(
         httpx.AsyncClient(base_url=base_url, headers={"X-API-Key": ADMIN_KEY}) as http,
     ):
         yield http
+
+
+@asynccontextmanager
+async def served_with_sink(
+    settings_for_url: Callable[..., Settings], **overrides: str
+) -> AsyncIterator[tuple[httpx.AsyncClient, Sink, str]]:
+    """reelhook served on loopback (so its simulator can call back to it), and a recording sink:
+    (admin client, sink, sink URL). ``settings_for_url`` is the ``settings_factory`` fixture."""
+    sink = Sink()
+    with loopback_socket() as sock:
+        settings = settings_for_url(PUBLIC_URL=url_of(sock), **overrides)
+        async with run_server(sink.app()) as sink_url, served(settings, sock) as http:
+            yield http, sink, sink_url
 
 
 def assert_error(

@@ -8,15 +8,14 @@ server whose in-process simulator finishes jobs and calls back over loopback.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
 import pytest
 
 from tests.conftest import SettingsFactory
-from tests.servers import Sink, loopback_socket, run_server, url_of
-from tests.support import assert_error, served, wait_for_job
+from tests.servers import Sink
+from tests.support import assert_error, served_with_sink, wait_for_job
 
 pytestmark = pytest.mark.anyio
 
@@ -142,18 +141,6 @@ async def test_published_events_are_listed_in_order_and_filtered(
 # --- against a real server whose simulator finishes jobs -----------------------------------------
 
 
-@asynccontextmanager
-async def served_with_sink(
-    settings_factory: SettingsFactory,
-) -> AsyncIterator[tuple[httpx.AsyncClient, Sink, str]]:
-    """reelhook served on loopback (its simulator calls back to it) and a recording sink."""
-    sink = Sink()
-    with loopback_socket() as sock:
-        settings = settings_factory(PUBLIC_URL=url_of(sock), SIM_DELAY="0.1")
-        async with run_server(sink.app()) as sink_url, served(settings, sock) as http:
-            yield http, sink, sink_url
-
-
 async def submit_and_finish(
     http: httpx.AsyncClient, sink: Sink, sink_url: str, model: str, count: int
 ) -> list[str]:
@@ -179,7 +166,7 @@ async def finished(
     settings_factory: SettingsFactory,
 ) -> AsyncIterator[tuple[httpx.AsyncClient, list[str]]]:
     """A served reelhook after two (Segmind) jobs were submitted and finished; their ids."""
-    async with served_with_sink(settings_factory) as (http, sink, sink_url):
+    async with served_with_sink(settings_factory, SIM_DELAY="0.1") as (http, sink, sink_url):
         yield http, await submit_and_finish(http, sink, sink_url, SEGMIND, 2)
 
 
@@ -204,7 +191,7 @@ async def test_a_finished_job_leaves_submitted_then_succeeded(
 async def test_a_trinetra_job_finished_by_callback_is_logged(
     settings_factory: SettingsFactory,
 ) -> None:
-    async with served_with_sink(settings_factory) as (http, sink, sink_url):
+    async with served_with_sink(settings_factory, SIM_DELAY="0.1") as (http, sink, sink_url):
         [job_id] = await submit_and_finish(http, sink, sink_url, V3, 1)
         log = (await events(http))["data"]
     assert [(e["type"], e["data"]["id"]) for e in log] == [

@@ -23,7 +23,7 @@ from service.settings import Settings
 from service.sim import Scenario, Simulator, create_sim_app
 from tests.conftest import SettingsFactory
 from tests.servers import Sink, loopback_socket, run_server, url_of
-from tests.support import ADMIN_KEY, served
+from tests.support import ADMIN_KEY, in_process, served
 from tests.test_delivery_api import detail, exhausted, finished, replies_app, until_delivery
 
 pytestmark = pytest.mark.anyio
@@ -81,16 +81,8 @@ async def sign_in(browser: httpx.AsyncClient, key: str, next_page: str = "") -> 
 
 @asynccontextmanager
 async def reelhook(settings: Settings) -> AsyncIterator[Reelhook]:
-    app = create_app(settings)
-    async with (
-        LifespanManager(app) as manager,
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=manager.app),
-            base_url="http://reelhook.test",
-            headers={"X-API-Key": ADMIN_KEY},
-        ) as api,
-    ):
-        yield Reelhook(api, manager.app, settings)
+    async with in_process(settings) as (api, app):
+        yield Reelhook(api, app, settings)
 
 
 @pytest.fixture

@@ -6,8 +6,6 @@ simulator finishing Segmind jobs (their video is stored, so events carry ``mirro
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
@@ -16,23 +14,11 @@ from standardwebhooks.webhooks import Webhook
 
 from service.models import EVENT_TYPES, JOB_EVENT_TYPES
 from tests.conftest import SettingsFactory
-from tests.servers import Sink, loopback_socket, run_server, url_of
-from tests.support import assert_error, send_without_key, served, wait_for_job
+from tests.support import assert_error, send_without_key, served_with_sink, wait_for_job
 
 pytestmark = pytest.mark.anyio
 
 SEGMIND = "segmind/kling-2.5-turbo"
-
-
-@asynccontextmanager
-async def zapier_and_reelhook(
-    settings_factory: SettingsFactory,
-) -> AsyncIterator[tuple[httpx.AsyncClient, Sink, str]]:
-    sink = Sink()
-    with loopback_socket() as sock:
-        settings = settings_factory(PUBLIC_URL=url_of(sock), SIM_DELAY="0.05")
-        async with run_server(sink.app()) as sink_url, served(settings, sock) as http:
-            yield http, sink, sink_url
 
 
 async def submit(http: httpx.AsyncClient) -> str:
@@ -56,7 +42,7 @@ def shape(value: Any) -> Any:
 async def test_a_zap_subscribes_receives_and_unsubscribes(
     settings_factory: SettingsFactory,
 ) -> None:
-    async with zapier_and_reelhook(settings_factory) as (http, sink, sink_url):
+    async with served_with_sink(settings_factory, SIM_DELAY="0.05") as (http, sink, sink_url):
         # performSubscribe: POST the target URL with the API key; 201 with an id.
         subscribed = await http.post(
             "/v1/subscriptions",
@@ -101,7 +87,7 @@ async def test_a_zap_subscribes_receives_and_unsubscribes(
 async def test_a_410_from_a_deleted_zap_removes_its_subscription(
     settings_factory: SettingsFactory,
 ) -> None:
-    async with zapier_and_reelhook(settings_factory) as (http, sink, sink_url):
+    async with served_with_sink(settings_factory, SIM_DELAY="0.05") as (http, sink, sink_url):
         sink.script["/zap/gone"] = lambda count: (410, {})
         gone = await http.post("/v1/subscriptions", json={"url": f"{sink_url}/zap/gone"})
         kept = await http.post("/v1/subscriptions", json={"url": f"{sink_url}/zap/kept"})
