@@ -66,7 +66,6 @@ class Dispatcher:
         self._policy = policy
         self._clock = clock
         self._lease = lease
-        self._concurrency = concurrency
         self._per_subscription = per_subscription
         self._publisher = publisher
         self._disable_after = disable_after
