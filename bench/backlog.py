@@ -6,12 +6,12 @@ import time
 
 from bench.load import callback_body
 from bench.seed import job_id
-from service.events import Publisher
-from service.lifecycle import apply_update
+from service.app.settings import load_settings
+from service.core.tokens import Tokens
+from service.delivery.publisher import Publisher
+from service.jobs.lifecycle import apply_update
 from service.providers import ADAPTERS
-from service.settings import load_settings
 from service.storage.database import Database
-from service.tokens import Tokens
 
 
 async def seed_backlog(env: dict[str, str], first: int, count: int, video_url: str) -> None:

@@ -19,7 +19,7 @@ import aiohttp
 import uvloop
 
 from bench.seed import job_id, provider_job_id
-from service.tokens import Tokens
+from service.core.tokens import Tokens
 
 
 def callback_body(index: int, video_url: str) -> bytes:

@@ -6,10 +6,10 @@ import os
 import time
 from pathlib import Path
 
-from service import bootstrap
 from service.api.context import hash_key
-from service.models import Cost, Job, JobStatus
-from service.settings import load_settings
+from service.app import bootstrap
+from service.app.settings import load_settings
+from service.core.models import Cost, Job, JobStatus
 from service.storage import jobs, keys
 from service.storage.database import Database
 

@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from service.settings import Settings, load_settings
+from service.app.settings import Settings, load_settings
 from service.sim import Simulator
 from tests.servers import loopback_socket, url_of
 from tests.support import ADMIN_KEY, api_client

@@ -14,7 +14,7 @@ import anyio
 import httpx
 from playwright.async_api import Page, expect
 
-from service.settings import load_settings
+from service.app.settings import load_settings
 from tests.browser import chromium, missing
 from tests.servers import Sink, loopback_socket, run_server, url_of
 from tests.support import ADMIN_KEY, served

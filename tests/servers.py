@@ -24,7 +24,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from service.server import Server
+from service.app.server import Server
 
 
 def loopback_socket() -> socket.socket:

@@ -10,7 +10,7 @@ from typing import Any
 import anyio
 import httpx
 
-from service import sse
+from service.core import sse
 
 
 class Stream:

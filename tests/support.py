@@ -17,8 +17,8 @@ import httpx
 from asgi_lifespan import LifespanManager
 from starlette.types import ASGIApp
 
-from service.app import create_app
-from service.settings import Settings
+from service.app.factory import create_app
+from service.app.settings import Settings
 from tests.servers import Sink, loopback_socket, run_server, url_of
 
 ADMIN_KEY = "rh_test_admin_key_0123456789abcdef"

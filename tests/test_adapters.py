@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from starlette.datastructures import Headers
 
-from service.catalog import MODELS
-from service.models import Cost, ErrorKind, Job, JobError, JobStatus, Output, ProviderUpdate
+from service.core.models import Cost, ErrorKind, Job, JobError, JobStatus, Output, ProviderUpdate
+from service.jobs.catalog import MODELS
 from service.providers import ADAPTERS, trinetra
 from service.providers.apiframe import ADAPTER as APIFRAME
 from service.providers.apiframe import signature

@@ -14,8 +14,8 @@ import anyio
 import httpx
 import pytest
 
-from service.backup import BackupError, backup, restore
-from service.datadir import DataDirInUse
+from service.ops.backup import BackupError, backup, restore
+from service.storage.datadir import DataDirInUse
 from tests.conftest import SettingsFactory
 from tests.servers import loopback_socket, url_of
 from tests.support import REPO, api_client, served

@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
-from service.callback_outcomes import CallbackOutcome
-from service.lifecycle import Outcome
+from service.jobs.callback_outcomes import CallbackOutcome
+from service.jobs.lifecycle import Outcome
 from service.providers.apiframe import signature
 from tests.conftest import SettingsFactory
 from tests.servers import loopback_socket, url_of

@@ -20,10 +20,10 @@ import httpx
 import pytest
 from itsdangerous import URLSafeSerializer
 
-from service.app import create_app
+from service.app.factory import create_app
+from service.app.settings import Settings
+from service.core.tokens import Tokens
 from service.providers.apiframe import signature
-from service.settings import Settings
-from service.tokens import Tokens
 from tests.conftest import SettingsFactory
 from tests.servers import loopback_socket, run_server, url_of
 from tests.support import ADMIN_KEY, assert_error

@@ -7,8 +7,8 @@ from typing import Any
 import httpx
 import pytest
 
-from service.catalog import MODELS
-from service.errors import ValidationFailed
+from service.core.errors import ValidationFailed
+from service.jobs.catalog import MODELS
 
 pytestmark = pytest.mark.anyio
 

@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from examples.chatbot.bot import BotConfig, create_bot
-from service import signing
+from service.delivery import signing
 from tests.conftest import SettingsFactory
 from tests.servers import loopback_socket, run_server, url_of
 from tests.support import ADMIN_KEY, served

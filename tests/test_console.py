@@ -17,9 +17,9 @@ import pytest
 from asgi_lifespan import LifespanManager
 
 from service.api.context import hash_key
-from service.app import create_app
+from service.app.factory import create_app
+from service.app.settings import Settings
 from service.console.session import COOKIE, SessionCodec
-from service.settings import Settings
 from service.sim import Scenario, Simulator, create_sim_app
 from tests.conftest import SettingsFactory
 from tests.servers import Sink, loopback_socket, run_server, url_of

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from service.settings import SettingsError, load_settings
+from service.app.settings import SettingsError, load_settings
 from tests.conftest import SettingsFactory
 from tests.servers import Sink, loopback_socket, run_server, url_of
 from tests.support import served, wait_for_job

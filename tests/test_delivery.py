@@ -27,11 +27,11 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from service import signing
 from service.api.context import hash_key
-from service.ids import new_id
-from service.models import JOB_EVENT_TYPES, Subscription
-from service.settings import Settings
+from service.app.settings import Settings
+from service.core.ids import new_id
+from service.core.models import JOB_EVENT_TYPES, Subscription
+from service.delivery import signing
 from service.storage import keys
 from service.storage.database import Database
 from tests.conftest import SettingsFactory

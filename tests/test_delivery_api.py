@@ -16,10 +16,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from service import signing
-from service.clock import isoformat
+from service.app.settings import SettingsError, load_settings
+from service.core.clock import isoformat
+from service.delivery import signing
 from service.delivery.dispatcher import failure_windows
-from service.settings import SettingsError, load_settings
 from service.storage.deliveries import AttemptOutcome
 from tests.conftest import SettingsFactory
 from tests.servers import Sink, loopback_socket, run_server, url_of

@@ -20,7 +20,7 @@ import anyio
 import httpx
 import pytest
 
-from service.settings import load_settings
+from service.app.settings import load_settings
 from tests.conftest import SettingsFactory
 from tests.servers import loopback_socket, url_of
 from tests.support import REPO, served

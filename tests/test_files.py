@@ -11,9 +11,9 @@ import httpx
 import pytest
 from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 
-from service.blobs import BlobStore
-from service.settings import Settings
-from service.tokens import _FILE_SALT, Tokens
+from service.app.settings import Settings
+from service.core.tokens import _FILE_SALT, Tokens
+from service.storage.blobs import BlobStore
 from tests.conftest import SettingsFactory
 from tests.servers import loopback_socket, url_of
 from tests.support import api_client, served

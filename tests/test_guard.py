@@ -13,7 +13,8 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from service.delivery.guard import (
+from service.delivery.sender import AttemptResult, Sender
+from service.net.guard import (
     AddressRefused,
     AddrInfo,
     IPNetwork,
@@ -21,7 +22,6 @@ from service.delivery.guard import (
     check_url,
     guarded_socket_factory,
 )
-from service.delivery.sender import AttemptResult, Sender
 from tests.conftest import SettingsFactory
 from tests.servers import Sink, run_server
 from tests.support import api_client

@@ -12,9 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from service.events import Publisher
-from service.lifecycle import Outcome, apply_update, mark_submitted, refuse, transition
-from service.models import (
+from service.core.models import (
     TERMINAL_STATUSES,
     Cost,
     ErrorKind,
@@ -24,6 +22,8 @@ from service.models import (
     Output,
     ProviderUpdate,
 )
+from service.delivery.publisher import Publisher
+from service.jobs.lifecycle import Outcome, apply_update, mark_submitted, refuse, transition
 from service.storage import jobs
 from service.storage.database import Database
 

@@ -21,10 +21,10 @@ from typing import Any
 
 import pytest
 
-from service.logging_setup import JsonFormatter, Scrubber, TextFormatter, logging_to
-from service.settings import Settings, load_settings
+from service.app.settings import Settings, load_settings
+from service.core.tokens import Tokens
+from service.ops.logs import JsonFormatter, Scrubber, TextFormatter, logging_to
 from service.sim import Scenario, Simulator, create_sim_app
-from service.tokens import Tokens
 from tests.conftest import SettingsFactory
 from tests.servers import Sink, loopback_socket, run_server, url_of
 from tests.support import ADMIN_KEY, REPO, served

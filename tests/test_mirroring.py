@@ -25,9 +25,9 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from service.models import Output
-from service.settings import Settings, SettingsError, load_settings
-from service.tokens import Tokens
+from service.app.settings import Settings, SettingsError, load_settings
+from service.core.models import Output
+from service.core.tokens import Tokens
 from tests.conftest import SettingsFactory
 from tests.servers import Sink, loopback_socket, run_server, url_of
 from tests.support import api_client, served

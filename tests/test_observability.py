@@ -19,8 +19,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.api import operations
+from service.core.ids import new_id, timestamp_of
 from service.delivery.dispatcher import Dispatcher
-from service.ids import new_id, timestamp_of
 from tests.conftest import SettingsFactory
 from tests.servers import Sink, loopback_socket, run_server, url_of
 from tests.support import ManualClock, api_client, served

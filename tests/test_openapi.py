@@ -37,8 +37,8 @@ from starlette.routing import Mount, Route
 from service.api import resource, routes
 from service.api.openapi import build_document
 from service.api.operation import Resource, undocumented
-from service.app import create_app
-from service.catalog import MODELS
+from service.app.factory import create_app
+from service.jobs.catalog import MODELS
 from tests.conftest import SettingsFactory
 from tests.servers import free_port, run_service
 from tests.support import ADMIN_KEY, assert_error

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from service.models import EVENT_TYPES, JOB_EVENT_TYPES
+from service.core.models import EVENT_TYPES, JOB_EVENT_TYPES
 from tests.conftest import SettingsFactory
 from tests.support import assert_error, send_without_key, served_with_sink, wait_for_job
 

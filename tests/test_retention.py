@@ -16,10 +16,10 @@ import anyio
 import httpx
 import pytest
 
-from service.app import create_app
-from service.metrics import Metrics
-from service.retention import Retention
-from service.settings import Settings
+from service.app.factory import create_app
+from service.app.settings import Settings
+from service.ops.metrics import Metrics
+from service.ops.retention import Retention
 from service.storage.database import Database
 from tests.conftest import SettingsFactory
 from tests.servers import Sink, loopback_socket, run_server, url_of

@@ -14,7 +14,7 @@ import anyio
 import httpx
 import pytest
 
-from service.settings import Settings, SettingsError, load_settings
+from service.app.settings import Settings, SettingsError, load_settings
 from tests.conftest import SettingsFactory
 from tests.servers import loopback_socket, url_of
 from tests.support import TERMINAL, served, wait_for_job

@@ -14,8 +14,8 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 
-from service.app import create_app
-from service.settings import Settings, SettingsError, load_settings
+from service.app.factory import create_app
+from service.app.settings import Settings, SettingsError, load_settings
 from tests.conftest import SettingsFactory
 from tests.support import run_serve
 

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from service.api import stream as stream_module
-from service.app import create_app
+from service.app.factory import create_app
 from tests.conftest import SettingsFactory
 from tests.servers import loopback_socket, run_server, url_of
 from tests.sse_client import open_stream

@@ -13,12 +13,12 @@ from pathlib import Path
 import aiosqlite
 import pytest
 
-from service.events import Publisher
-from service.lifecycle import defer_submit, mark_submitted
-from service.models import Cost, Job, JobStatus
+from service.core.models import Cost, Job, JobStatus
+from service.delivery.publisher import Publisher
+from service.jobs.lifecycle import defer_submit, mark_submitted
+from service.jobs.submit_retry import SubmitRetryPolicy
 from service.storage import jobs, submissions
 from service.storage.database import Database, migrate
-from service.submit_retry import SubmitRetryPolicy
 
 pytestmark = pytest.mark.anyio
 

@@ -15,13 +15,13 @@ from starlette.responses import JSONResponse, Response
 
 from service.api.context import Services, read_body, services
 from service.api.operation import Param, Reply, operation
-from service.callback_outcomes import CallbackOutcome
-from service.errors import BadRequest, NotFound, PayloadTooLarge, ReelhookError, Unauthorized
-from service.lifecycle import JobMismatch, Outcome, UnknownJob, Update
-from service.models import Job
+from service.core.errors import BadRequest, NotFound, PayloadTooLarge, ReelhookError, Unauthorized
+from service.core.models import Job
+from service.core.tokens import InvalidToken
+from service.jobs.callback_outcomes import CallbackOutcome
+from service.jobs.lifecycle import JobMismatch, Outcome, UnknownJob, Update
 from service.providers import ADAPTERS
 from service.providers.base import ForgedCallback, InvalidCallback
-from service.tokens import InvalidToken
 
 log = logging.getLogger(__name__)
 

@@ -15,13 +15,10 @@ from typing import Any, cast
 from starlette.requests import Request
 from starlette.responses import Response
 
-from service import scopes
-from service.blobs import BlobStore
-from service.callback_outcomes import CallbackObserver
-from service.clock import Clock
-from service.deadlines import DeadlineTimer
-from service.delivery.dispatcher import Dispatcher
-from service.errors import (
+from service.app.settings import Settings
+from service.core import scopes
+from service.core.clock import Clock
+from service.core.errors import (
     BadRequest,
     Forbidden,
     PayloadTooLarge,
@@ -29,19 +26,22 @@ from service.errors import (
     Unauthorized,
     ValidationFailed,
 )
-from service.eventfeed import EventFeed
-from service.events import Publisher
-from service.held_requests import HeldRequests
-from service.ingest import Ingest
-from service.jsonutil import InvalidJSON, loads
-from service.metrics import Metrics
-from service.mirroring import Mirrors
-from service.ratelimit import RateLimiter
-from service.settings import Settings
+from service.core.jsonutil import InvalidJSON, loads
+from service.core.tokens import Tokens
+from service.delivery.dispatcher import Dispatcher
+from service.delivery.eventfeed import EventFeed
+from service.delivery.publisher import Publisher
+from service.jobs.callback_outcomes import CallbackObserver
+from service.jobs.deadlines import DeadlineTimer
+from service.jobs.held_requests import HeldRequests
+from service.jobs.ingest import Ingest
+from service.jobs.mirroring import Mirrors
+from service.jobs.submission import ProviderEndpoint, Submitter
+from service.ops.metrics import Metrics
+from service.ops.ratelimit import RateLimiter
 from service.storage import keys
+from service.storage.blobs import BlobStore
 from service.storage.database import Database
-from service.submission import ProviderEndpoint, Submitter
-from service.tokens import Tokens
 
 MAX_REQUEST_BYTES = 256 * 1024
 

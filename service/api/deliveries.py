@@ -13,8 +13,8 @@ from starlette.responses import JSONResponse, Response
 from service.api.context import Caller, authenticate, choice_param, limit_param, services
 from service.api.operation import Param, Reply, cursor_query, limit_query, operation
 from service.api.schemas import page_of, ref
-from service.clock import isoformat
-from service.errors import Conflict, NotFound, ValidationFailed
+from service.core.clock import isoformat
+from service.core.errors import Conflict, NotFound, ValidationFailed
 from service.storage import deliveries, subscriptions
 from service.storage.deliveries import Attempt, Delivery
 

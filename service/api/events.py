@@ -10,9 +10,9 @@ from starlette.responses import JSONResponse, Response
 from service.api.context import authenticate, is_decimal, limit_param, services
 from service.api.operation import Param, Reply, cursor_query, limit_query, operation
 from service.api.schemas import page_of, ref
-from service.errors import ValidationFailed
-from service.models import EVENT_TYPES
-from service.samples import sample_event
+from service.core.errors import ValidationFailed
+from service.core.models import EVENT_TYPES
+from service.delivery.samples import sample_event
 from service.storage import events
 
 TYPE_QUERY = Param(

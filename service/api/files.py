@@ -7,8 +7,8 @@ from starlette.responses import FileResponse, Response
 
 from service.api.context import services
 from service.api.operation import Reply, operation
-from service.errors import Forbidden, Gone, NotFound
-from service.tokens import ExpiredToken, InvalidToken
+from service.core.errors import Forbidden, Gone, NotFound
+from service.core.tokens import ExpiredToken, InvalidToken
 
 _VIDEO = {"type": "string", "format": "binary"}
 

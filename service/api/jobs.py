@@ -17,9 +17,9 @@ from service.api.context import (
 )
 from service.api.operation import Param, Reply, cursor_query, limit_query, operation
 from service.api.schemas import page_of, ref
-from service.catalog import MODELS
-from service.errors import NotFound, ValidationFailed
-from service.models import Job, JobStatus
+from service.core.errors import NotFound, ValidationFailed
+from service.core.models import Job, JobStatus
+from service.jobs.catalog import MODELS
 from service.storage import jobs
 
 STATUSES = tuple(status.value for status in JobStatus)

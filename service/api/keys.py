@@ -8,7 +8,6 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from service import scopes
 from service.api.context import (
     authenticate,
     generate_api_key,
@@ -19,9 +18,10 @@ from service.api.context import (
 )
 from service.api.operation import Reply, cursor_query, limit_query, operation
 from service.api.schemas import page_of, ref
-from service.clock import isoformat
-from service.errors import Conflict, NotFound, ValidationFailed
-from service.ids import new_id
+from service.core import scopes
+from service.core.clock import isoformat
+from service.core.errors import Conflict, NotFound, ValidationFailed
+from service.core.ids import new_id
 from service.storage import keys
 from service.storage.keys import StoredKey
 

@@ -8,7 +8,7 @@ from starlette.responses import JSONResponse, Response
 from service.api.context import services
 from service.api.operation import Reply, operation
 from service.api.schemas import page_of, ref
-from service.catalog import MODELS
+from service.jobs.catalog import MODELS
 
 _HEALTH = {
     "type": "object",

@@ -20,8 +20,8 @@ from service.api.context import services
 from service.api.docs import render
 from service.api.operation import Operation, Reply, Schema, operation, operations
 from service.api.schemas import components, event_body, event_data, ref
-from service.errors import ReelhookError
-from service.models import EVENT_TYPES
+from service.core.errors import ReelhookError
+from service.core.models import EVENT_TYPES
 
 _PATH_PARAM = re.compile(r"{([^}:]+)(?::[^}]*)?}")
 

@@ -18,7 +18,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from service.api.context import Endpoint
-from service.errors import ValidationFailed
+from service.core.errors import ValidationFailed
 
 Schema = dict[str, Any]
 

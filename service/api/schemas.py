@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.catalog import MODELS
-from service.models import EVENT_TYPES, JOB_EVENT_TYPES, ErrorKind, JobStatus
-from service.scopes import SCOPES
-from service.settings import PROVIDERS
+from service.app.settings import PROVIDERS
+from service.core.models import EVENT_TYPES, JOB_EVENT_TYPES, ErrorKind, JobStatus
+from service.core.scopes import SCOPES
+from service.jobs.catalog import MODELS
 from service.storage.deliveries import STATUSES as DELIVERY_STATUSES
 
 Schema = dict[str, Any]

@@ -15,13 +15,13 @@ import anyio
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from service import sse
 from service.api.context import Caller, authenticate, is_decimal, services
 from service.api.events import AFTER_QUERY, TYPE_QUERY, type_param
 from service.api.operation import Param, Reply, operation
-from service.errors import ValidationFailed
-from service.eventfeed import EventFeed
-from service.jsonutil import dumps
+from service.core import sse
+from service.core.errors import ValidationFailed
+from service.core.jsonutil import dumps
+from service.delivery.eventfeed import EventFeed
 from service.storage import events
 from service.storage.database import Database
 

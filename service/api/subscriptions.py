@@ -9,7 +9,6 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from service import signing
 from service.api.context import (
     Caller,
     authenticate,
@@ -20,13 +19,14 @@ from service.api.context import (
 )
 from service.api.operation import Param, Reply, cursor_query, limit_query, operation
 from service.api.schemas import page_of, ref
-from service.catalog import MODELS
-from service.clock import isoformat
-from service.delivery.guard import check_url
-from service.errors import Conflict, NotFound, ValidationFailed
-from service.events import ping_data
-from service.ids import new_id
-from service.models import EVENT_TYPES, Subscription
+from service.core.clock import isoformat
+from service.core.errors import Conflict, NotFound, ValidationFailed
+from service.core.ids import new_id
+from service.core.models import EVENT_TYPES, Subscription
+from service.delivery import signing
+from service.delivery.publisher import ping_data
+from service.jobs.catalog import MODELS
+from service.net.guard import check_url
 from service.storage import deliveries, subscriptions
 
 _FIELDS = {"url", "event_types", "models", "headers", "description"}

@@ -11,9 +11,9 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from service import backup
 from service.cli import events, jobs, serve
 from service.cli.base import CliError, Commands
+from service.ops import backup
 
 COMMANDS: tuple[Callable[[Commands], None], ...] = (
     serve.register,

@@ -9,7 +9,7 @@ from typing import Any
 
 from service.cli.base import CliError, Commands, client_options, print_json, video_url
 from service.cli.remote import Remote
-from service.models import EVENT_TYPES
+from service.core.models import EVENT_TYPES
 
 
 def register(commands: Commands) -> None:

@@ -10,10 +10,10 @@ import threading
 import time
 from typing import Any, TextIO
 
-from service.catalog import MODELS
 from service.cli.base import CliError, Commands, client_options, print_json, video_url
 from service.cli.remote import Remote
-from service.models import JOB_EVENT_TYPES, JobStatus
+from service.core.models import JOB_EVENT_TYPES, JobStatus
+from service.jobs.catalog import MODELS
 
 _TERMINAL = {"succeeded", "failed", "canceled", "expired"}
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import httpx
 
-from service import sse
 from service.cli.base import CliError
+from service.core import sse
 
 # A stream sends a keep-alive comment every 15 s by default: a minute of silence is a dead link.
 _STREAM_TIMEOUT = httpx.Timeout(10.0, read=60.0)

@@ -26,10 +26,10 @@ def serve(args: argparse.Namespace) -> int:
     # Imported here so client commands start without loading the server.
     import uvicorn
 
-    from service.app import create_app
-    from service.logging_setup import configure_logging
-    from service.server import Server
-    from service.settings import SettingsError, load_settings
+    from service.app.factory import create_app
+    from service.app.server import Server
+    from service.app.settings import SettingsError, load_settings
+    from service.ops.logs import configure_logging
 
     try:
         settings = load_settings(os.environ)

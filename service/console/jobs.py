@@ -8,9 +8,9 @@ from urllib.parse import urlencode
 from starlette.responses import Response
 
 from service.api.jobs import STATUSES, find_job, job_page
-from service.catalog import MODELS
 from service.console.live import follow
 from service.console.view import View
+from service.jobs.catalog import MODELS
 from service.storage import timeline
 
 FILTERS = ("status", "model", "since", "until")

@@ -8,7 +8,7 @@ from starlette.responses import Response
 
 from service.api.stream import event_stream
 from service.console.view import View
-from service.models import EVENT_TYPES
+from service.core.models import EVENT_TYPES
 from service.storage import events
 
 

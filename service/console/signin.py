@@ -6,7 +6,7 @@ from starlette.responses import Response
 
 from service.api.context import authenticate_digest, hash_key
 from service.console.view import View, safe_next
-from service.errors import Unauthorized
+from service.core.errors import Unauthorized
 
 
 async def sign_in_page(view: View) -> Response:

@@ -8,10 +8,10 @@ from typing import Any
 from starlette.responses import Response
 
 from service.api import subscriptions as api
-from service.catalog import MODELS
 from service.console.view import Form, View
-from service.errors import ValidationFailed
-from service.models import EVENT_TYPES, Subscription
+from service.core.errors import ValidationFailed
+from service.core.models import EVENT_TYPES, Subscription
+from service.jobs.catalog import MODELS
 from service.storage import health
 
 # The success rate covers the last day of attempts: long enough to mean something, short enough

@@ -17,7 +17,6 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.templating import Jinja2Templates
 
-from service import scopes
 from service.api.context import (
     Caller,
     Endpoint,
@@ -27,7 +26,8 @@ from service.api.context import (
     services,
 )
 from service.console.session import COOKIE, COOKIE_PATH, SESSION_TTL, Session, SessionCodec
-from service.errors import BadRequest, Forbidden, ReelhookError, Unauthorized
+from service.core import scopes
+from service.core.errors import BadRequest, Forbidden, ReelhookError, Unauthorized
 
 MAX_FORM_BYTES = 64 * 1024
 

@@ -1,1 +1,1 @@
-"""Outbound fan-out: the outbox dispatcher, the signed HTTP sender and the retry policy."""
+"""Events out: publishing to the log and outbox, signing, the dispatcher, the sender, retries."""

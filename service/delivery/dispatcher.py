@@ -24,10 +24,10 @@ import aiosqlite
 import anyio
 import anyio.abc
 
-from service.clock import Clock
+from service.core.clock import Clock
+from service.delivery.publisher import Publisher, subscription_disabled_data
 from service.delivery.retry import RetryPolicy
 from service.delivery.sender import AttemptResult, Sender
-from service.events import Publisher, subscription_disabled_data
 from service.providers.base import parse_retry_after
 from service.storage import deliveries, subscriptions
 from service.storage.database import Database

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from service import signing
-from service.delivery.guard import IPNetwork, guarded_socket_factory
+from service.delivery import signing
+from service.net.guard import IPNetwork, guarded_socket_factory
 
 RESPONSE_KEEP_BYTES = 20_000
 USER_AGENT = "reelhook/0.1 (+https://github.com/reelhook)"

@@ -13,8 +13,8 @@ import hmac
 from collections.abc import Mapping
 from typing import Any
 
-from service.jsonutil import InvalidJSON, finite_number, loads
-from service.models import ErrorKind, Job, JobError, JobStatus, Output, ProviderUpdate
+from service.core.jsonutil import InvalidJSON, finite_number, loads
+from service.core.models import ErrorKind, Job, JobError, JobStatus, Output, ProviderUpdate
 from service.providers.base import (
     ForgedCallback,
     InvalidCallback,

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 
-from service.jsonutil import InvalidJSON, loads
-from service.models import ErrorKind, Job, ProviderUpdate
+from service.core.jsonutil import InvalidJSON, loads
+from service.core.models import ErrorKind, Job, ProviderUpdate
 
 
 @dataclass(frozen=True, slots=True)

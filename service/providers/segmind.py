@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from service.models import ErrorKind, Job, ProviderUpdate
+from service.core.models import ErrorKind, Job, ProviderUpdate
 from service.providers.base import (
     InvalidCallback,
     ProviderRequest,

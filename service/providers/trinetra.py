@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from service.jsonutil import finite_number
-from service.models import ErrorKind, Job, JobError, JobStatus, Output, ProviderUpdate
+from service.core.jsonutil import finite_number
+from service.core.models import ErrorKind, Job, JobError, JobStatus, Output, ProviderUpdate
 from service.providers.base import (
     InvalidCallback,
     ProviderRequest,

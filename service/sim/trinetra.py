@@ -18,8 +18,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from service.catalog import MODELS
-from service.errors import ValidationFailed
+from service.core.errors import ValidationFailed
+from service.jobs.catalog import MODELS
 from service.sim.simulator import (
     Plan,
     Simulator,

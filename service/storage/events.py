@@ -9,7 +9,7 @@ from typing import Any
 
 import aiosqlite
 
-from service.ids import new_id
+from service.core.ids import new_id
 
 
 @dataclass(frozen=True, slots=True)

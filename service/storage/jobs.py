@@ -10,8 +10,8 @@ from typing import Any
 
 import aiosqlite
 
-from service.jsonutil import dumps
-from service.models import Cost, Job, JobError, JobStatus, Output
+from service.core.jsonutil import dumps
+from service.core.models import Cost, Job, JobError, JobStatus, Output
 
 _COLUMNS = (
     "id, owner_key_id, model, provider, provider_job_id, status, input, outputs, error, cost, "

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import aiosqlite
 
-from service.jsonutil import dumps
+from service.core.jsonutil import dumps
 
 _COLUMNS = "id, name, key_hash, scopes, created_at, revoked_at"
 

@@ -11,7 +11,7 @@ from collections.abc import Collection
 
 import aiosqlite
 
-from service.models import Job, JobStatus
+from service.core.models import Job, JobStatus
 from service.storage import jobs
 
 

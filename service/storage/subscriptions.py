@@ -9,9 +9,9 @@ from dataclasses import replace
 
 import aiosqlite
 
-from service.clock import isoformat
-from service.jsonutil import dumps
-from service.models import Subscription
+from service.core.clock import isoformat
+from service.core.jsonutil import dumps
+from service.core.models import Subscription
 
 _COLUMNS = (
     "id, owner_key_id, url, secret, event_types, models, headers, description, status, job_id, "

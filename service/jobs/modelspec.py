@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.errors import ValidationFailed
+from service.core.errors import ValidationFailed
 
 Input = dict[str, Any]
 

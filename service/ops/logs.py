@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from service.settings import Settings
+from service.app.settings import Settings
 
 _SHAPES = (
     (re.compile(r"whsec_[A-Za-z0-9+/=]+"), "whsec_[redacted]"),

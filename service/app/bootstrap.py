@@ -10,9 +10,9 @@ from pathlib import Path
 import anyio
 
 from service.api.context import hash_key
-from service.clock import Clock
-from service.ids import new_id
-from service.settings import Settings
+from service.app.settings import Settings
+from service.core.clock import Clock
+from service.core.ids import new_id
 from service.storage import keys
 from service.storage.database import Database
 

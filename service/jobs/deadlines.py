@@ -12,9 +12,9 @@ from collections.abc import Callable
 
 import anyio
 
-from service.clock import Clock
-from service.events import Publisher
-from service.lifecycle import expire_overdue
+from service.core.clock import Clock
+from service.delivery.publisher import Publisher
+from service.jobs.lifecycle import expire_overdue
 from service.storage import jobs
 from service.storage.database import Database
 

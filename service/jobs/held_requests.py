@@ -20,18 +20,18 @@ import anyio
 import anyio.abc
 import httpx
 
-from service.blobs import BlobStore, BlobTooLarge
-from service.clock import Clock
-from service.events import Publisher
-from service.jsonutil import dumps_bytes, finite_number
-from service.lifecycle import apply_update, defer_submit, mark_submitted
-from service.models import ErrorKind, Job, JobError, JobStatus, Output, ProviderUpdate
+from service.core.clock import Clock
+from service.core.jsonutil import dumps_bytes, finite_number
+from service.core.models import ErrorKind, Job, JobError, JobStatus, Output, ProviderUpdate
+from service.delivery.publisher import Publisher
+from service.jobs.lifecycle import apply_update, defer_submit, mark_submitted
+from service.jobs.submission import ProviderEndpoint
+from service.jobs.submit_retry import SubmitRetryPolicy
 from service.providers import segmind
 from service.providers.base import SubmitFailed, redact
 from service.storage import jobs, submissions
+from service.storage.blobs import BlobStore, BlobTooLarge
 from service.storage.database import Database
-from service.submission import ProviderEndpoint
-from service.submit_retry import SubmitRetryPolicy
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from service import datadir
+from service.storage import datadir
 from service.storage.database import latest_migration
 
 DATABASE_NAME = "reelhook.db"

@@ -15,8 +15,8 @@ from enum import StrEnum
 
 import aiosqlite
 
-from service.events import Publisher
-from service.models import ErrorKind, Job, JobError, JobStatus, ProviderUpdate, event_type_for
+from service.core.models import ErrorKind, Job, JobError, JobStatus, ProviderUpdate, event_type_for
+from service.delivery.publisher import Publisher
 from service.storage import jobs, mirrors, submissions
 from service.storage.database import Database
 from service.storage.mirrors import MirrorTask

@@ -6,7 +6,7 @@ import ipaddress
 import logging
 from urllib.parse import urlsplit
 
-from service.settings import Settings
+from service.app.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from service.modelspec import Input, ModelSpec, Param, Price, Rule
+from service.jobs.modelspec import Input, ModelSpec, Param, Price, Rule
 
 _AXES = ("horizontal", "vertical", "pan", "tilt", "roll", "zoom")
 _ASPECT_RATIOS = ("16:9", "9:16", "1:1")

@@ -7,10 +7,10 @@ from typing import Any
 
 import aiosqlite
 
-from service.clock import isoformat
-from service.ids import new_id
-from service.jsonutil import dumps_bytes
-from service.models import FileUrl, Job, Subscription
+from service.core.clock import isoformat
+from service.core.ids import new_id
+from service.core.jsonutil import dumps_bytes
+from service.core.models import FileUrl, Job, Subscription
 from service.storage import events, subscriptions
 
 

@@ -12,9 +12,9 @@ from typing import Any
 
 import httpx
 
-from service import ids
+from service.core import ids
 from service.delivery.sender import AttemptResult, Sender
-from service.metrics import Metrics
+from service.ops.metrics import Metrics
 
 
 class MeteredTransport(httpx.AsyncBaseTransport):

@@ -19,7 +19,7 @@ import anyio
 import httpcore
 import httpx
 
-from service.delivery.guard import IPNetwork, address_allowed, ip_literal
+from service.net.guard import IPNetwork, address_allowed, ip_literal
 
 USER_AGENT = "reelhook/0.1 (+https://github.com/reelhook)"
 

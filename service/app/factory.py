@@ -14,38 +14,41 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute, Mount
 
-from service import bootstrap, console, datadir, startup_checks
+from service import console
 from service.api import routes
 from service.api.context import Services
-from service.blobs import BlobStore
-from service.callback_outcomes import CallbackObserver
-from service.clock import Clock, system_clock
-from service.deadlines import DeadlineTimer
-from service.delivery.dispatcher import PREFETCH, Dispatcher
-from service.delivery.retry import RetryPolicy
-from service.delivery.sender import Sender
-from service.errors import (
+from service.app import bootstrap
+from service.app.settings import Settings
+from service.core.clock import Clock, system_clock
+from service.core.errors import (
     ReelhookError,
     handle_http_exception,
     handle_reelhook_error,
     handle_unexpected,
 )
-from service.eventfeed import EventFeed
-from service.events import Publisher
-from service.guarded_http import guarded_client, origin_of
-from service.held_requests import HeldRequests
-from service.ingest import Ingest
-from service.instrumentation import MeteredSender, MeteredTransport
-from service.metrics import Metrics
-from service.mirroring import RETRY_DELAYS, Mirrors
-from service.ratelimit import RateLimiter
-from service.retention import Retention
-from service.settings import Settings
+from service.core.tokens import Tokens
+from service.delivery.dispatcher import PREFETCH, Dispatcher
+from service.delivery.eventfeed import EventFeed
+from service.delivery.publisher import Publisher
+from service.delivery.retry import RetryPolicy
+from service.delivery.sender import Sender
+from service.jobs.callback_outcomes import CallbackObserver
+from service.jobs.deadlines import DeadlineTimer
+from service.jobs.held_requests import HeldRequests
+from service.jobs.ingest import Ingest
+from service.jobs.mirroring import RETRY_DELAYS, Mirrors
+from service.jobs.submission import ProviderEndpoint, Submitter
+from service.jobs.submit_retry import SubmitRetryPolicy
+from service.net.client import guarded_client, origin_of
+from service.ops import startup_checks
+from service.ops.instrumentation import MeteredSender, MeteredTransport
+from service.ops.metrics import Metrics
+from service.ops.ratelimit import RateLimiter
+from service.ops.retention import Retention
 from service.sim import Scenario, Simulator
+from service.storage import datadir
+from service.storage.blobs import BlobStore
 from service.storage.database import Database
-from service.submission import ProviderEndpoint, Submitter
-from service.submit_retry import SubmitRetryPolicy
-from service.tokens import Tokens
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from service.catalog import MODELS
+from service.jobs.catalog import MODELS
 
 PROVIDERS = ("trinetra", "apiframe", "segmind")
 

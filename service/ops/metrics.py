@@ -10,8 +10,8 @@ import aiosqlite
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 
-from service.callback_outcomes import CallbackOutcome
-from service.models import JobStatus
+from service.core.models import JobStatus
+from service.jobs.callback_outcomes import CallbackOutcome
 from service.storage import stats
 
 # From loopback fan-out (milliseconds) to a subscriber that was down for a day.

@@ -13,22 +13,30 @@ from typing import Any
 import anyio
 import httpx
 
-from service import signing
-from service.catalog import MODELS
-from service.clock import Clock
-from service.delivery.guard import IPNetwork, check_url
-from service.errors import Conflict, ProviderFailed, ProviderUnavailable, ValidationFailed
-from service.events import Publisher
-from service.ids import new_id
-from service.jsonutil import dumps
-from service.lifecycle import defer_submit, mark_submitted, refuse
-from service.models import JOB_EVENT_TYPES, Cost, ErrorKind, Job, JobError, JobStatus, Subscription
+from service.core.clock import Clock
+from service.core.errors import Conflict, ProviderFailed, ProviderUnavailable, ValidationFailed
+from service.core.ids import new_id
+from service.core.jsonutil import dumps
+from service.core.models import (
+    JOB_EVENT_TYPES,
+    Cost,
+    ErrorKind,
+    Job,
+    JobError,
+    JobStatus,
+    Subscription,
+)
+from service.core.tokens import Tokens
+from service.delivery import signing
+from service.delivery.publisher import Publisher
+from service.jobs.catalog import MODELS
+from service.jobs.lifecycle import defer_submit, mark_submitted, refuse
+from service.jobs.submit_retry import SubmitRetryPolicy
+from service.net.guard import IPNetwork, check_url
 from service.providers import ADAPTERS
 from service.providers.base import InvalidCallback, SubmitFailed, redact
 from service.storage import jobs, submissions, subscriptions
 from service.storage.database import Database
-from service.submit_retry import SubmitRetryPolicy
-from service.tokens import Tokens
 
 log = logging.getLogger(__name__)
 

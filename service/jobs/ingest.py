@@ -14,10 +14,10 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from service.clock import Clock
-from service.errors import ServiceUnavailable
-from service.events import Publisher
-from service.lifecycle import Applied, JobMismatch, UnknownJob, Update, apply_updates
+from service.core.clock import Clock
+from service.core.errors import ServiceUnavailable
+from service.delivery.publisher import Publisher
+from service.jobs.lifecycle import Applied, JobMismatch, UnknownJob, Update, apply_updates
 from service.storage.database import Database
 
 log = logging.getLogger(__name__)

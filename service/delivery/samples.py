@@ -11,10 +11,8 @@ import hashlib
 import json
 from typing import Any
 
-from service.catalog import MODELS
-from service.events import payload, ping_data, subscription_disabled_data
-from service.ids import new_id
-from service.models import (
+from service.core.ids import new_id
+from service.core.models import (
     JOB_EVENT_TYPES,
     Cost,
     ErrorKind,
@@ -25,6 +23,8 @@ from service.models import (
     Output,
     Subscription,
 )
+from service.delivery.publisher import payload, ping_data, subscription_disabled_data
+from service.jobs.catalog import MODELS
 
 SAMPLE_MODEL = "trinetra/kling-v3"
 _SAMPLE_VIDEO = hashlib.sha256(b"reelhook sample video").hexdigest()

@@ -18,12 +18,12 @@ import anyio
 import anyio.abc
 import httpx
 
-from service.blobs import BlobStore, BlobTooLarge
-from service.clock import Clock
-from service.events import Publisher
-from service.guarded_http import refused
-from service.lifecycle import Mirrored, record_mirror
+from service.core.clock import Clock
+from service.delivery.publisher import Publisher
+from service.jobs.lifecycle import Mirrored, record_mirror
+from service.net.client import refused
 from service.storage import mirrors
+from service.storage.blobs import BlobStore, BlobTooLarge
 from service.storage.database import Database
 from service.storage.mirrors import MirrorTask
 

@@ -15,8 +15,8 @@ from collections.abc import Awaitable, Callable
 import aiosqlite
 import anyio
 
-from service.clock import Clock
-from service.metrics import Metrics
+from service.core.clock import Clock
+from service.ops.metrics import Metrics
 from service.storage import retention
 from service.storage.database import Database
 from service.storage.retention import Batch

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from service.clock import isoformat
+from service.core.clock import isoformat
 
 FileUrl = Callable[[str, str], str]
 """Mints a link to a stored file from its digest and media type."""

@@ -1,0 +1,1 @@
+"""The composition root: settings, the application factory, serving, and first-start set-up."""

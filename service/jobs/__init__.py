@@ -1,0 +1,1 @@
+"""Jobs: the catalog, submission, lifecycle, callback ingest, deadlines, held requests, mirrors."""

@@ -1,0 +1,1 @@
+"""Outbound HTTP to addresses reelhook was handed, behind one SSRF guard."""

@@ -1,0 +1,1 @@
+"""Running reelhook: metrics, logging, rate limits, retention, backups and start-up checks."""
