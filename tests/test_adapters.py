@@ -104,16 +104,16 @@ def test_trinetra_submit_forwards_every_parameter(model: str) -> None:
         assert request.json[name] == value
 
 
-def test_trinetra_submit_of_a_minimal_job_sends_the_defaults() -> None:
+def test_trinetra_submit_of_a_minimal_job_sends_only_the_documented_defaults() -> None:
+    """duration 5 and aspect_ratio 9:16 are in the page's Default column; resolution (in no
+    table), cfg_scale (0.5 only in a description) and mode (default garbled: "stdstdpro") are
+    left to the provider unless the caller sets them (issue 15)."""
     job = make_job("trinetra/kling-v2.5", {"prompt": "Waves"})
     request = TRINETRA.submit_request(job, "https://cb.example/x", "k")
     assert request.json == {
         "prompt": "Waves",
         "duration": 5,
         "aspect_ratio": "9:16",
-        "mode": "std",
-        "resolution": "720p",
-        "cfg_scale": 0.5,
         "external_task_id": JOB_ID,
         "callback_url": "https://cb.example/x",
     }

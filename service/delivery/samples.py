@@ -70,6 +70,7 @@ def _sample_job(status: JobStatus, now: float) -> Job:
             estimated,
             spec.price.unit,
             charged=estimated if succeeded else (0 if terminal else None),
+            assumed=spec.price.assumes(clean),
         ),
         created_at=started,
         deadline_at=started + 3600,
