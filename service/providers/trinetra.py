@@ -8,6 +8,7 @@ shape and the intermediate statuses are inferred (providers.md §1), so the pars
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -97,7 +98,12 @@ class TrinetraAdapter:
         lenient: an unknown status word never fails a job by itself."""
         data = load_object(body)
         if is_kling_document(data):
-            return kling_update(data)
+            update = kling_update(data)
+            if update.external_id is not None:
+                # Passed through from Kling, task_id is Kling's id, not the job_id Trinetra
+                # answered with; the echoed external_task_id (reelhook's job id) names the job.
+                update = dataclasses.replace(update, provider_job_id=None)
+            return update
         job_id = data.get("id") or data.get("job_id")
         raw_status = data.get("status")
         if not isinstance(job_id, str) or not isinstance(raw_status, str):
