@@ -27,7 +27,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from service.api.context import hash_key
+from service.access.callers import hash_key
 from service.app.settings import Settings
 from service.core.ids import new_id
 from service.core.models import JOB_EVENT_TYPES, Subscription
