@@ -190,5 +190,4 @@ async def resend(request: Request, caller: Caller, delivery_id: str) -> Delivery
         updated = await deliveries.get(conn, delivery.id, owner_key_id=None)
     if not resent or updated is None:
         raise Conflict("an attempt of this delivery is in flight; try again when it has ended")
-    state.dispatcher.wake()
     return updated

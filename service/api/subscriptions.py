@@ -288,8 +288,6 @@ async def update(request: Request, caller: Caller, sub_id: str, body: Any) -> Su
                 conn, sub.id, changes["status"], reason="disabled through the API", now=now
             )
         updated = await subscriptions.get(conn, sub.id) or updated
-    # Re-enabling releases deliveries held while the subscription was disabled.
-    services(request).dispatcher.wake()
     return updated
 
 
@@ -347,7 +345,6 @@ async def ping(request: Request, caller: Caller, sub_id: str) -> str:
         event_id = await state.publisher.publish(
             conn, "ping", now, data=ping_data(sub.id), to_subscription=sub.id
         )
-    state.dispatcher.wake()
     return event_id
 
 
@@ -463,5 +460,4 @@ async def recover(
         raise Conflict("the subscription is disabled; enable it to recover its deliveries")
     async with state.db.transaction() as conn:
         count = await deliveries.recover(conn, sub.id, since=since, until=until, now=now)
-    state.dispatcher.wake()
     return count
