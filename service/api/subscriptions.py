@@ -30,7 +30,7 @@ from service.net.guard import check_url
 from service.storage import deliveries, subscriptions
 
 _FIELDS = {"url", "event_types", "models", "headers", "description"}
-# RFC 9110 §5.1 token characters, and visible ASCII plus space/tab in a value.
+# RFC 9110 section 5.1 token characters, and visible ASCII plus space/tab in a value.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,256}")
 _FIELD_VALUE = re.compile(r"[\t\x20-\x7e]*")
 _RESERVED_HEADERS = {
