@@ -8,10 +8,11 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from service.api.context import authenticate, services
+from service.access.scopes import Scope
+from service.api.context import authenticate
 from service.api.operation import Reply, operation
 from service.api.schemas import page_of
-from service.core import scopes
+from service.app.services import services
 from service.jobs.catalog import MODELS
 from service.providers import ADAPTERS
 
@@ -58,7 +59,7 @@ async def list_providers(request: Request) -> Response:
     back, and the account webhook URL to paste into the provider's dashboard (Trinetra: "set a
     webhook_url on your API key"). The URL carries a secret bound to the configured API key: a
     new key gets a new URL. Needs an admin key."""
-    await authenticate(request, scopes.ADMIN)
+    await authenticate(request, Scope.ADMIN)
     endpoints = services(request).endpoints
     data: list[dict[str, Any]] = []
     for name, adapter in ADAPTERS.items():

@@ -3,7 +3,7 @@
 Submit ``POST /v1/video/{model}`` with ``X-API-Key``; 202 ``{"job_id", "status": "queued"}``. The
 callback body is the terminal job document. Trinetra documents no callback signature, so the token
 in the callback URL is the credential. Only ``queued`` and ``succeeded`` are documented; the failure
-shape and the intermediate statuses are inferred (providers.md §1), so the parser is lenient.
+shape and the intermediate statuses are inferred (docs/providers.md §1), so the parser is lenient.
 """
 
 from __future__ import annotations

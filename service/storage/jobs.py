@@ -290,7 +290,7 @@ async def count_unmatched(conn: aiosqlite.Connection, provider: str | None = Non
     return int(next(iter(rows))[0])
 
 
-_UNFINISHED = ("pending", "submitted", "running")
+_UNFINISHED = tuple(status.value for status in JobStatus if not status.terminal)
 
 
 async def next_deadline(conn: aiosqlite.Connection) -> float | None:
