@@ -19,7 +19,7 @@ from service.access.callers import Authenticator
 from service.access.keys import ApiKeys
 from service.api import routes
 from service.api.errors import handle_http_exception, handle_reelhook_error, handle_unexpected
-from service.app import bootstrap
+from service.app import bootstrap, startup_checks
 from service.app.services import Services
 from service.app.settings import Settings
 from service.core.clock import Clock, system_clock
@@ -42,7 +42,6 @@ from service.jobs.mirroring import RETRY_DELAYS, Mirrors
 from service.jobs.submission import ProviderEndpoint, Submitter
 from service.jobs.submit_retry import SubmitRetryPolicy
 from service.net.client import guarded_client, origin_of
-from service.ops import startup_checks
 from service.ops.instrumentation import MeteredSender, MeteredTransport
 from service.ops.metrics import Metrics
 from service.ops.ratelimit import RateLimiter
