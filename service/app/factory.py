@@ -84,7 +84,17 @@ def create_app(
     time-based behaviour; ``callback_observers`` hear the outcome of every provider callback.
     """
     simulator = (
-        Simulator(Scenario(delay=settings.sim_delay)) if settings.simulated_providers else None
+        Simulator(
+            Scenario(delay=settings.sim_delay),
+            # The simulator checks the key each provider is sent: its own, or the configured one
+            # when a provider's base URL points at the simulator.
+            api_keys={
+                name: provider.api_key or SIMULATED_API_KEY.format(name=name)
+                for name, provider in settings.providers.items()
+            },
+        )
+        if settings.simulated_providers
+        else None
     )
     # Per application, never global: two apps in one process (tests) must not share counts.
     metrics = Metrics()
@@ -99,6 +109,13 @@ def create_app(
         async with AsyncExitStack() as stack:
             stack.enter_context(datadir.locked(settings.data_dir))
             tokens = Tokens(await bootstrap.secret_keys(settings))
+            if simulator is not None and "trinetra" in settings.simulated_providers:
+                # As an operator pastes it into Trinetra's dashboard (GET /v1/providers).
+                key = SIMULATED_API_KEY.format(name="trinetra")
+                token = tokens.account_webhook("trinetra", key)
+                simulator.account_webhooks["trinetra"] = (
+                    f"{settings.public_url}/v1/callbacks/trinetra/account/{token}"
+                )
             db = await stack.enter_async_context(Database.open(settings.database_path))
             feed.open()
             generated = await bootstrap.admin_key(db, settings, clock)

@@ -290,7 +290,7 @@ def kling_update(data: Mapping[str, Any]) -> ProviderUpdate:
         error=error if status is JobStatus.FAILED else None,
         charged=finite_number(charged),
         unknown_status=unknown,
-        external_id=external if isinstance(external, str) else None,
+        external_id=external if isinstance(external, str) and external else None,
     )
 
 

@@ -125,7 +125,7 @@ class TrinetraAdapter:
             error=error if status is JobStatus.FAILED else None,
             charged=finite_number(data.get("credits_charged")),
             unknown_status=unknown,
-            external_id=external if isinstance(external, str) else None,
+            external_id=external if isinstance(external, str) and external else None,
         )
 
     def failure(self, status_code: int, body: bytes, headers: Mapping[str, str]) -> SubmitFailed:
