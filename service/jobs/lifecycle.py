@@ -90,15 +90,27 @@ def transition(job: Job, update: ProviderUpdate, now: float) -> tuple[Job | None
             )
         return None, Outcome.DUPLICATE if same else Outcome.LATE
     if update.unknown_status is not None and not update.status.terminal:
-        notice = Notice(
-            "unknown_status",
-            f"{job.provider} reported status {update.unknown_status!r}, which reelhook does not "
-            "know; the job stays open until a status it knows (or its deadline) arrives",
-            now,
-        )
-        return dataclasses.replace(job, notices=with_notice(job.notices, notice)), (
-            Outcome.UNRECOGNISED
-        )
+        # Noted once per word (each one is still logged and counted by the callback route).
+        word = repr(update.unknown_status)
+        noted = job
+        if not any(n.kind == "unknown_status" and word in n.message for n in job.notices):
+            notice = Notice(
+                "unknown_status",
+                f"{job.provider} reported status {word}, which reelhook does not know; the job "
+                "stays open until a status it knows (or its deadline) arrives",
+                now,
+            )
+            noted = dataclasses.replace(job, notices=with_notice(job.notices, notice))
+        if update.status is JobStatus.RUNNING and job.status is not JobStatus.RUNNING:
+            # The rest of the body says it is in progress (apiframe's event name).
+            running = dataclasses.replace(
+                noted,
+                status=JobStatus.RUNNING,
+                provider_job_id=job.provider_job_id or update.provider_job_id,
+                submitted_at=job.submitted_at or now,
+            )
+            return running, Outcome.APPLIED
+        return (noted if noted is not job else None), Outcome.UNRECOGNISED
     if update.status.terminal:
         cost = job.cost
         if update.charged is not None:

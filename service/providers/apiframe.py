@@ -121,6 +121,10 @@ class ApiframeAdapter:
         outputs = tuple(Output(url=url) for url in video_urls(data.get("result")))
         error = _error(data.get("error")) if data.get("error") else None
         status, unknown = read_status(status, str(word), outputs, error)
+        word_is_new = isinstance(raw_status, str) and raw_status.strip().upper() not in STATUSES
+        if unknown is None and word_is_new and isinstance(raw_status, str) and raw_status.strip():
+            # Read from the event name, but the status word is still news: noted and counted.
+            unknown = raw_status.strip()[:64]
         if status is JobStatus.SUCCEEDED and not outputs:
             raise InvalidCallback("a completed apiframe webhook has no result URL")
         if status is JobStatus.FAILED and error is None:
