@@ -21,7 +21,7 @@ from tests.servers import free_port, run_service
 from tests.support import ADMIN_KEY
 
 REELHOOK = str(Path(sys.executable).parent / "reelhook")
-COMMANDS = ("serve", "submit", "jobs", "subscribe", "unsubscribe", "tail")
+COMMANDS = ("serve", "submit", "jobs", "subscribe", "unsubscribe", "tail", "providers")
 
 
 @dataclass(frozen=True)
@@ -322,3 +322,30 @@ def test_user_errors_are_one_clear_line(service: Service, cli: Callable[..., Ran
     user_error(cli("subscribe", "u", "-H", "novalue", service=service), 2, "NAME: VALUE")
     usage = cli("tail", "--type", "job.done", service=service)
     assert usage.returncode == 2 and "invalid choice" in usage.stderr
+
+
+def test_providers_shows_the_account_webhook_url(service: Service, cli: Callable[..., Ran]) -> None:
+    shown = cli("providers", service=service)
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert lines[0].split() == ["trinetra", "simulated", "results:", "per_job"]
+    label, url = lines[1].split(": ", 1)
+    assert label.strip() == "account webhook URL"
+    assert "/v1/callbacks/trinetra/account/" in url
+    assert [line.split()[0] for line in lines[2:]] == ["apiframe", "segmind"]
+    page = json.loads(cli("providers", "--json", service=service).stdout)
+    assert [p["account_webhook_url"] for p in page["data"]] == [url, None, None]
+    # The URL takes Trinetra's terminal document for a job of this service.
+    with service.api() as api:
+        created = api.post(
+            "/v1/jobs", json={"model": "trinetra/kling-v3", "input": {"prompt": "A fox"}}
+        ).json()
+        document = {
+            "id": created["provider_job_id"],
+            "status": "succeeded",
+            "output": {"outputs": [{"url": "https://cdn.example/a.mp4", "type": "video"}]},
+        }
+        answer = api.post(url, json=document)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["job_id"] == created["id"]
+    finished(service, created["id"])

@@ -383,6 +383,38 @@ async def test_the_job_page_shows_input_timeline_and_cost(
         assert f"estimated {job['cost']['estimated']} {job['cost']['unit']}" in page.text
 
 
+async def test_the_job_page_shows_the_job_s_notices(
+    with_jobs: tuple[Reelhook, Callable[[float], None]],
+) -> None:
+    """Issue 15: an unknown status word and a success after a failure are shown, with the late
+    result's video link."""
+    from tests.test_callbacks import TOKENS
+
+    service, _ = with_jobs
+    job_id = await submit(service.api)
+    job = (await service.api.get(f"/v1/jobs/{job_id}")).json()
+    url = f"/v1/callbacks/trinetra/{TOKENS.callback(job_id, 'trinetra')}"
+    late = "https://cdn.example/late<b>.mp4"
+    for document in (
+        {"id": job["provider_job_id"], "status": "rendering"},
+        {"id": job["provider_job_id"], "status": "failed", "error": "GPU fell over"},
+        {
+            "id": job["provider_job_id"],
+            "status": "succeeded",
+            "output": {"outputs": [{"url": late, "type": "video"}]},
+        },
+    ):
+        answer = await service.api.post(url, json=document)
+        assert answer.status_code == 200, answer.text
+    async with service.signed_in() as browser:
+        page = await browser.get(f"/console/jobs/{job_id}")
+    assert page.status_code == 200
+    assert "Notices" in page.text
+    assert "unknown_status" in page.text and "&#39;rendering&#39;" in page.text
+    assert "late_result" in page.text
+    assert 'href="https://cdn.example/late&lt;b&gt;.mp4"' in page.text  # escaped, still a link
+
+
 # --- subscriptions -------------------------------------------------------------------------------
 
 

@@ -23,7 +23,7 @@ from service.delivery.publisher import Publisher
 from service.jobs.lifecycle import mark_submitted
 from service.providers.apiframe import ADAPTER as APIFRAME
 from service.providers.trinetra import ADAPTER as TRINETRA
-from service.storage import jobs
+from service.storage import jobs, retention
 from service.storage.database import Database
 from tests.conftest import SettingsFactory
 from tests.servers import loopback_socket, url_of
@@ -414,3 +414,22 @@ async def test_a_held_request_that_failed_after_it_started_has_an_unknown_charge
     assert job["status"] == "failed"
     assert job["cost"]["charged"] == charged
     assert job["cost"].get("charged_unknown", False) is unknown
+
+
+async def test_retention_prunes_old_unmatched_account_documents(tmp_path: Path) -> None:
+    async with Database.open(tmp_path / "reelhook.sqlite3") as db:
+        async with db.transaction() as conn:
+            for received_at in (10.0, 20.0, 500.0):
+                await jobs.record_unmatched(
+                    conn,
+                    provider="trinetra",
+                    provider_job_id=f"job_{received_at:g}",
+                    received_at=received_at,
+                    reason="no job yet",
+                    body=b"{}",
+                )
+        async with db.transaction() as conn:
+            batch = await retention.prune_unmatched(conn, cutoff=100.0, after=0, limit=100)
+        left = await db.reader.execute_fetchall("SELECT provider_job_id FROM unmatched_callbacks")
+    assert batch.deleted == {"unmatched_callbacks": 2}
+    assert [row[0] for row in left] == ["job_500"]
