@@ -55,7 +55,10 @@ def sample_event(event_type: str, *, now: float, file_url: FileUrl) -> dict[str,
 
 def _sample_job(status: JobStatus, now: float) -> Job:
     spec = MODELS[SAMPLE_MODEL]
-    clean = spec.validate({"prompt": "A drone shot over misty mountains at sunrise"})
+    # With a resolution, so the sample's cost has the plain shape most events carry.
+    clean = spec.validate(
+        {"prompt": "A drone shot over misty mountains at sunrise", "resolution": "720p"}
+    )
     estimated = round(spec.price.estimate(clean), 4)
     started = now - 95.0
     terminal = status.terminal

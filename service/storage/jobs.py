@@ -41,9 +41,10 @@ def _from_row(row: sqlite3.Row) -> Job:
     )
 
 
+# A new job has no notices yet: the column's default ('[]') fills it.
 _INSERT = (
-    f"INSERT INTO jobs ({_COLUMNS}, idempotency_key, request_hash, updated_at) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    f"INSERT INTO jobs ({_COLUMNS.removesuffix(', notices')}, idempotency_key, request_hash, "
+    "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -66,7 +67,6 @@ def _values(
         job.submitted_at,
         job.completed_at,
         job.deadline_at,
-        dumps([n.to_dict() for n in job.notices]),
         idempotency_key,
         request_hash,
         job.created_at,
