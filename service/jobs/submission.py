@@ -7,7 +7,7 @@ import json
 import logging
 import random
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -57,6 +57,32 @@ class ProviderEndpoint:
 
 
 @dataclass(frozen=True, slots=True)
+class Providers:
+    """How reelhook reaches the providers (``client``, one endpoint per available provider) and
+    how they call it back (callback URLs under ``public_url``, with tokens from ``tokens``)."""
+
+    client: httpx.AsyncClient
+    endpoints: Mapping[str, ProviderEndpoint]
+    tokens: Tokens
+    public_url: str
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitPolicy:
+    """The rules a submission follows: how long a job may wait for its terminal callback
+    (``deadlines`` per model, else ``job_deadline``), which private networks a callback_url may
+    point to, and how submits are retried (``lease``: how long an attempt left unanswered by a
+    stop is trusted to be still running; ``retry_concurrency``: retries in flight at once)."""
+
+    job_deadline: float
+    allow_private: tuple[IPNetwork, ...]
+    retry_policy: SubmitRetryPolicy
+    lease: float
+    deadlines: Mapping[str, float] = field(default_factory=dict)
+    retry_concurrency: int = 16
+
+
+@dataclass(frozen=True, slots=True)
 class Created:
     job: Job
     replayed: bool = False
@@ -69,45 +95,39 @@ class Submitter:
 
     def __init__(
         self,
-        *,
         db: Database,
         publisher: Publisher,
-        client: httpx.AsyncClient,
-        tokens: Tokens,
-        endpoints: dict[str, ProviderEndpoint],
-        public_url: str,
         clock: Clock,
-        job_deadline: float,
-        allow_private: tuple[IPNetwork, ...],
+        providers: Providers,
+        policy: SubmitPolicy,
+        *,
         on_commit: Callable[[], None],
         on_held_job: Callable[[], None],
-        deadlines: Mapping[str, float] | None = None,
         on_deadline: Callable[[float], None] | None = None,
-        retry_policy: SubmitRetryPolicy,
-        lease: float,
-        retry_concurrency: int = 16,
         rng: Callable[[], float] = random.random,
     ) -> None:
         self._db = db
         self._publisher = publisher
-        self._client = client
-        self._tokens = tokens
-        self._endpoints = endpoints
-        self._public_url = public_url
+        self._client = providers.client
+        self._tokens = providers.tokens
+        self._endpoints = providers.endpoints
+        self._public_url = providers.public_url
         self._clock = clock
-        self._job_deadline = job_deadline
-        self._allow_private = allow_private
+        self._job_deadline = policy.job_deadline
+        self._allow_private = policy.allow_private
         self._on_commit = on_commit
         self._on_held_job = on_held_job
-        self._deadlines = deadlines or {}
+        self._deadlines = policy.deadlines
         self._on_deadline = on_deadline
-        self._retry_policy = retry_policy
-        self._lease = lease
-        self._retry_concurrency = retry_concurrency
+        self._retry_policy = policy.retry_policy
+        self._lease = policy.lease
+        self._retry_concurrency = policy.retry_concurrency
         self._rng = rng
         self._retries_wake = anyio.Event()
         # Providers whose submits this Submitter sends itself (Segmind's are held elsewhere).
-        self._sent_here = tuple(name for name in endpoints if not ADAPTERS[name].holds_request)
+        self._sent_here = tuple(
+            name for name in providers.endpoints if not ADAPTERS[name].holds_request
+        )
 
     def callback_url(self, job: Job) -> str:
         token = self._tokens.callback(job.id, job.provider)
