@@ -1,4 +1,5 @@
-"""Fan-out (design §5) over real loopback HTTP: an in-process reelhook and uvicorn subscribers.
+"""Fan-out (docs/contract.md §5) over real loopback HTTP: an in-process reelhook and uvicorn
+subscribers.
 
 Most tests create a subscription and ``POST /v1/subscriptions/{id}/test`` to enqueue a ``ping``,
 which runs the real outbox and dispatcher without needing jobs. These tests read delivery state

@@ -1,5 +1,5 @@
 """The delivery log, resend and recover, secret rotation, auto-disable and graceful shutdown,
-driven through the API against scripted loopback subscribers (design §5)."""
+driven through the API against scripted loopback subscribers (docs/contract.md §5)."""
 
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ from service.access.callers import Authenticator
 from service.access.keys import ApiKeys
 from service.api import routes
 from service.api.errors import handle_http_exception, handle_reelhook_error, handle_unexpected
-from service.app import bootstrap
+from service.app import bootstrap, startup_checks
 from service.app.services import Services, Workers
 from service.app.settings import Settings
 from service.core.clock import Clock, system_clock
@@ -43,13 +43,13 @@ from service.jobs.mirroring import Mirrors
 from service.jobs.submission import ProviderEndpoint, Providers, SubmitPolicy, Submitter
 from service.jobs.submit_retry import SubmitRetryPolicy
 from service.net.client import guarded_client, origin_of
-from service.ops import startup_checks
 from service.ops.instrumentation import MeteredSender, MeteredTransport
 from service.ops.metrics import Metrics
 from service.ops.ratelimit import RateLimiter
 from service.ops.retention import Retention
 from service.sim import Scenario, Simulator
 from service.storage import datadir
+from service.storage.announcements import Work
 from service.storage.blobs import BlobStore
 from service.storage.database import Database
 
@@ -102,7 +102,6 @@ def create_app(
             tokens = Tokens(await bootstrap.secret_keys(settings))
             db = await stack.enter_async_context(Database.open(settings.database_path))
             shared.feed.open()
-            db.on_commit(shared.feed.notify)
             generated = await bootstrap.admin_key(db, settings, clock)
             # One TLS context (loading the CA bundle is slow) for provider calls and downloads.
             ssl_context = httpx.create_ssl_context()
@@ -230,21 +229,19 @@ def _wire(settings: Settings, clock: Clock, opened: Opened, shared: Shared) -> S
         blobs=blobs,
         endpoint=endpoints.get("segmind"),
         clock=clock,
-        on_commit=dispatcher.wake,
         concurrency=settings.segmind_concurrency,
         timeout=settings.segmind_timeout,
         max_bytes=settings.mirror_max_bytes,
         resubmit=settings.segmind_resubmit,
         retry_policy=submit_retries,
     )
-    deadlines = DeadlineTimer(db, publisher, clock=clock, on_commit=dispatcher.wake)
+    deadlines = DeadlineTimer(db, publisher, clock=clock)
     mirrors = Mirrors(
         db=db,
         publisher=publisher,
         blobs=blobs,
         client=opened.clients.downloads,
         clock=clock,
-        on_commit=dispatcher.wake,
         max_bytes=settings.mirror_max_bytes,
         timeout=settings.mirror_timeout,
         retry_delays=settings.mirror_retry_schedule,
@@ -263,15 +260,15 @@ def _wire(settings: Settings, clock: Clock, opened: Opened, shared: Shared) -> S
             # ended.
             lease=settings.provider_timeout + 30,
         ),
-        on_commit=dispatcher.wake,
-        on_held_job=held.wake,
-        on_deadline=deadlines.schedule,
     )
 
-    def after_callbacks() -> None:
-        dispatcher.wake()
-        if settings.mirror_outputs:
-            mirrors.wake()
+    # Every writer's commit announces the work it created; here each worker hears its kinds.
+    db.subscribe(Work.EVENTS, shared.feed.notify)
+    db.subscribe(Work.DELIVERIES, dispatcher.wake)
+    db.subscribe(Work.SUBMITS, submitter.wake)
+    db.subscribe(Work.SUBMITS, held.wake)
+    db.subscribe(Work.DEADLINES, deadlines.wake)
+    db.subscribe(Work.MIRRORS, mirrors.wake)
 
     ingest = Ingest(
         db,
@@ -280,7 +277,6 @@ def _wire(settings: Settings, clock: Clock, opened: Opened, shared: Shared) -> S
         capacity=settings.ingest_queue,
         batch_size=settings.ingest_batch,
         mirror=settings.mirror_outputs,
-        on_commit=after_callbacks,
     )
     return Services(
         settings=settings,
@@ -301,11 +297,10 @@ def _wire(settings: Settings, clock: Clock, opened: Opened, shared: Shared) -> S
             db,
             clock,
             publisher,
-            wake=dispatcher.wake,
             allow_private=settings.allow_private_subscribers,
             rotation_grace=settings.secret_rotation_grace,
         ),
-        deliveries=Deliveries(db, clock, wake=dispatcher.wake),
+        deliveries=Deliveries(db, clock),
         events=EventLog(db, shared.feed, keepalive=settings.stream_keepalive),
         workers=Workers(
             dispatcher=dispatcher,

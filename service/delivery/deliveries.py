@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import codecs
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,13 +101,11 @@ class DeliveryDetails:
 
 
 class Deliveries:
-    """Reading the delivery log and resending. ``wake`` is called after a commit that makes a
-    delivery due."""
+    """Reading the delivery log and resending (the store's announcement wakes the dispatcher)."""
 
-    def __init__(self, db: Database, clock: Clock, *, wake: Callable[[], None]) -> None:
+    def __init__(self, db: Database, clock: Clock) -> None:
         self._db = db
         self._clock = clock
-        self._wake = wake
 
     async def page(
         self, caller: Caller, chosen: DeliveryFilter, *, cursor: str | None, limit: int
@@ -166,5 +163,4 @@ class Deliveries:
             updated = await deliveries.get(conn, delivery.id, owner_key_id=None)
         if not resent or updated is None:
             raise Conflict("an attempt of this delivery is in flight; try again when it has ended")
-        self._wake()
         return updated

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,8 +133,8 @@ class Recovered:
 
 
 class Subscriptions:
-    """The operations on subscriptions. ``wake`` is called after a commit that makes a delivery
-    due (a ping, a re-enable, a recovery)."""
+    """The operations on subscriptions. A commit that makes a delivery due (a ping, a re-enable, a
+    recovery) wakes the dispatcher through the store's work announcements."""
 
     def __init__(
         self,
@@ -142,14 +142,12 @@ class Subscriptions:
         clock: Clock,
         publisher: Publisher,
         *,
-        wake: Callable[[], None],
         allow_private: Sequence[IPNetwork],
         rotation_grace: float,
     ) -> None:
         self._db = db
         self._clock = clock
         self._publisher = publisher
-        self._wake = wake
         self._allow_private = allow_private
         self._rotation_grace = rotation_grace
 
@@ -216,8 +214,6 @@ class Subscriptions:
                 )
             updated = await subscriptions.get(conn, sub.id)
         assert updated is not None  # read back inside the transaction that saved it
-        # Re-enabling releases deliveries held while the subscription was disabled.
-        self._wake()
         return updated
 
     async def delete(self, caller: Caller, sub_id: str) -> None:
@@ -236,7 +232,6 @@ class Subscriptions:
             event_id = await self._publisher.publish(
                 conn, "ping", self._clock(), data=ping_data(sub.id), to_subscription=sub.id
             )
-        self._wake()
         return event_id
 
     async def rotate(self, caller: Caller, sub_id: str) -> Subscription:
@@ -276,5 +271,4 @@ class Subscriptions:
             if sub.status != SubscriptionStatus.ACTIVE:
                 raise Conflict("the subscription is disabled; enable it to recover its deliveries")
             count = await deliveries.recover(conn, sub.id, since=start, until=end, now=now)
-        self._wake()
         return Recovered(count, start, end)

@@ -101,9 +101,6 @@ class Submitter:
         providers: Providers,
         policy: SubmitPolicy,
         *,
-        on_commit: Callable[[], None],
-        on_held_job: Callable[[], None],
-        on_deadline: Callable[[float], None] | None = None,
         rng: Callable[[], float] = random.random,
     ) -> None:
         self._db = db
@@ -115,10 +112,7 @@ class Submitter:
         self._clock = clock
         self._job_deadline = policy.job_deadline
         self._allow_private = policy.allow_private
-        self._on_commit = on_commit
-        self._on_held_job = on_held_job
         self._deadlines = policy.deadlines
-        self._on_deadline = on_deadline
         self._retry_policy = policy.retry_policy
         self._lease = policy.lease
         self._retry_concurrency = policy.retry_concurrency
@@ -128,6 +122,10 @@ class Submitter:
         self._sent_here = tuple(
             name for name in providers.endpoints if not ADAPTERS[name].holds_request
         )
+
+    def wake(self) -> None:
+        """A submit may be due sooner than the retry worker sleeps (``Work.SUBMITS``)."""
+        self._retries_wake.set()
 
     def callback_url(self, job: Job) -> str:
         token = self._tokens.callback(job.id, job.provider)
@@ -175,10 +173,7 @@ class Submitter:
             if callback_url is not None:
                 callback_secret = signing.new_secret()
                 await subscriptions.insert(conn, self._one_off(job, callback_url, callback_secret))
-        if self._on_deadline is not None:
-            self._on_deadline(job.deadline_at)
         if held:
-            self._on_held_job()
             return Created(job, callback_secret=callback_secret)
         try:
             submitted = await self._attempt(job, 1)
@@ -335,8 +330,7 @@ class Submitter:
                     next_at - now,
                 )
                 reason = f"{failure.kind}: {failure.message}"
-                if await defer_submit(self._db, job.id, next_at, reason, now):
-                    self._retries_wake.set()
+                await defer_submit(self._db, job.id, next_at, reason, now)
                 return True
             failure.message = (
                 f"{job.provider} did not accept the job after {attempt} "
@@ -399,11 +393,9 @@ class Submitter:
                     await self._retries_wake.wait()
 
     async def _mark_submitted(self, job: Job, provider_job_id: str) -> Job:
-        current, moved = await mark_submitted(
+        current, _ = await mark_submitted(
             self._db, self._publisher, job.id, provider_job_id, self._clock()
         )
-        if moved:
-            self._on_commit()
         return current or job
 
     async def _fail(self, job: Job, failure: SubmitFailed) -> None:
@@ -415,8 +407,7 @@ class Submitter:
             failure.message,
             failure.provider_code or (str(failure.status_code) if failure.status_code else None),
         )
-        if await refuse(self._db, self._publisher, job.id, error, self._clock()):
-            self._on_commit()
+        await refuse(self._db, self._publisher, job.id, error, self._clock())
 
 
 def _client_error(job: Job, failure: SubmitFailed) -> ProviderFailed | ValidationFailed:
