@@ -26,11 +26,11 @@ from service.core.errors import (
     handle_reelhook_error,
     handle_unexpected,
 )
+from service.core.retry import RetrySchedule
 from service.core.tokens import Tokens
 from service.delivery.dispatcher import PREFETCH, Dispatcher
 from service.delivery.eventfeed import EventFeed
 from service.delivery.publisher import Publisher
-from service.delivery.retry import RetryPolicy
 from service.delivery.sender import Sender
 from service.jobs.callback_outcomes import CallbackObserver
 from service.jobs.deadlines import DeadlineTimer
@@ -38,7 +38,6 @@ from service.jobs.held_requests import HeldRequests
 from service.jobs.ingest import Ingest
 from service.jobs.mirroring import RETRY_DELAYS, Mirrors
 from service.jobs.submission import ProviderEndpoint, Submitter
-from service.jobs.submit_retry import SubmitRetryPolicy
 from service.net.client import guarded_client, origin_of
 from service.ops import startup_checks
 from service.ops.instrumentation import MeteredSender, MeteredTransport
@@ -206,7 +205,7 @@ def _wire(
     dispatcher = Dispatcher(
         db,
         MeteredSender(session, metrics),
-        RetryPolicy(settings.retry_schedule, overload_floor=retry_overload_floor),
+        RetrySchedule.for_deliveries(settings.retry_schedule, overload_floor=retry_overload_floor),
         clock=clock,
         # Shown in the delivery log as when a claimed row would be given up; the row is only ever
         # taken back by the next start (the one process owning the database released it).
@@ -218,7 +217,7 @@ def _wire(
         shutdown_grace=settings.shutdown_grace,
     )
 
-    submit_retries = SubmitRetryPolicy(settings.submit_retry_schedule)
+    submit_retries = RetrySchedule.for_retries(settings.submit_retry_schedule)
     held = HeldRequests(
         db=db,
         publisher=publisher,
@@ -230,7 +229,7 @@ def _wire(
         timeout=settings.segmind_timeout,
         max_bytes=settings.mirror_max_bytes,
         resubmit=settings.segmind_resubmit,
-        retry_policy=submit_retries,
+        retry_schedule=submit_retries,
     )
     deadlines = DeadlineTimer(db, publisher, clock=clock)
     mirrors = Mirrors(
@@ -254,7 +253,7 @@ def _wire(
         job_deadline=settings.job_deadline,
         allow_private=settings.allow_private_subscribers,
         deadlines=settings.job_deadlines,
-        retry_policy=submit_retries,
+        retry_schedule=submit_retries,
         # An attempt left unanswered by a stop is sent again once its request has surely ended.
         lease=settings.provider_timeout + 30,
     )

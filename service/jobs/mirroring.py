@@ -13,12 +13,15 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import anyio
 import anyio.abc
 import httpx
 
 from service.core.clock import Clock
+from service.core.retry import RetrySchedule
+from service.core.worker import Wakeup, run_worker, until
 from service.delivery.publisher import Publisher
 from service.jobs.lifecycle import Mirrored, record_mirror
 from service.net.client import refused
@@ -63,28 +66,20 @@ class Mirrors:
         self._clock = clock
         self._max_bytes = max_bytes
         self._timeout = timeout
-        self._retry_delays = tuple(retry_delays)
+        # Downloads are retried at fixed intervals, without jitter.
+        self._retries = RetrySchedule.for_retries(retry_delays, jitter=0.0)
         self._concurrency = concurrency
-        self._wake = anyio.Event()
+        self._wakeup = Wakeup()
         self._active: set[tuple[str, int]] = set()
 
     def wake(self) -> None:
         """Tell the worker downloads may have been queued (call after their commit)."""
-        self._wake.set()
+        self._wakeup.set()
 
     async def run(self) -> None:
         """Download queued outputs until cancelled; a cancelled download stays queued."""
         async with anyio.create_task_group() as tg:
-            while True:
-                self._wake = anyio.Event()
-                try:
-                    timeout = await self._start_due(tg)
-                except Exception:
-                    log.exception("could not read the mirror queue; retrying in a second")
-                    await anyio.sleep(1)
-                    continue
-                with anyio.move_on_after(timeout):
-                    await self._wake.wait()
+            await run_worker("the mirroring worker", partial(self._start_due, tg), self._wakeup)
 
     async def _start_due(self, tg: anyio.abc.TaskGroup) -> float | None:
         """Start what is due and free to run; return how long to sleep (None: until woken)."""
@@ -102,8 +97,7 @@ class Mirrors:
                 free -= 1
                 tg.start_soon(self._mirror, task)
         # Due tasks left waiting for a slot are picked up when a running one ends and wakes us.
-        next_at = await mirrors.next_due_after(self._db.reader, now)
-        return None if next_at is None else max(0.0, next_at - self._clock())
+        return until(await mirrors.next_due_after(self._db.reader, now), self._clock())
 
     async def _mirror(self, task: MirrorTask) -> None:
         try:
@@ -123,8 +117,8 @@ class Mirrors:
     async def _record(self, task: MirrorTask, result: Mirrored | Failure) -> None:
         now = self._clock()
         if isinstance(result, Failure) and result.retryable:
-            if task.attempts < len(self._retry_delays):
-                at = now + self._retry_delays[task.attempts]
+            at = self._retries.next_attempt_at(task.attempts + 1, now)
+            if at is not None:
                 async with self._db.transaction() as conn:
                     await mirrors.retry_later(conn, task, at, result.reason, now)
                 log.info("mirroring %s will be tried again: %s", task.job_id, result.reason)
