@@ -15,31 +15,32 @@ from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute, Mount
 
 from service import console
+from service.access.callers import Authenticator
+from service.access.keys import ApiKeys
 from service.api import routes
-from service.api.context import Services
-from service.app import bootstrap
+from service.api.errors import handle_http_exception, handle_reelhook_error, handle_unexpected
+from service.app import bootstrap, startup_checks
+from service.app.services import Services
 from service.app.settings import Settings
 from service.core.clock import Clock, system_clock
-from service.core.errors import (
-    ReelhookError,
-    handle_http_exception,
-    handle_reelhook_error,
-    handle_unexpected,
-)
+from service.core.errors import ReelhookError
 from service.core.retry import RetrySchedule
 from service.core.tokens import Tokens
+from service.delivery.deliveries import Deliveries
 from service.delivery.dispatcher import PREFETCH, Dispatcher
 from service.delivery.eventfeed import EventFeed
+from service.delivery.eventlog import EventLog
 from service.delivery.publisher import Publisher
 from service.delivery.sender import Sender
+from service.delivery.subscriptions import Subscriptions
 from service.jobs.callback_outcomes import CallbackObserver
 from service.jobs.deadlines import DeadlineTimer
 from service.jobs.held_requests import HeldRequests
 from service.jobs.ingest import Ingest
+from service.jobs.listing import JobReader
 from service.jobs.mirroring import RETRY_DELAYS, Mirrors
 from service.jobs.submission import ProviderEndpoint, Submitter
 from service.net.client import guarded_client, origin_of
-from service.ops import startup_checks
 from service.ops.instrumentation import MeteredSender, MeteredTransport
 from service.ops.metrics import Metrics
 from service.ops.ratelimit import RateLimiter
@@ -290,6 +291,18 @@ def _wire(
         limiter=limiter,
         metrics=metrics,
         feed=feed,
+        access=Authenticator(db, limiter, metrics),
+        keys=ApiKeys(db, clock, limiter),
+        jobs=JobReader(db),
+        subscriptions=Subscriptions(
+            db,
+            clock,
+            publisher,
+            allow_private=settings.allow_private_subscribers,
+            rotation_grace=settings.secret_rotation_grace,
+        ),
+        deliveries=Deliveries(db, clock),
+        events=EventLog(db, feed, keepalive=settings.stream_keepalive),
     )
 
 

@@ -27,6 +27,7 @@ from service.core.models import (
     JobError,
     JobStatus,
     Subscription,
+    SubscriptionStatus,
 )
 from service.core.retry import RetrySchedule
 from service.core.tokens import Tokens
@@ -238,7 +239,7 @@ class Submitter:
             models=(),
             headers={},
             description=f"callback_url of {job.id}",
-            status="active",
+            status=SubscriptionStatus.ACTIVE,
             created_at=job.created_at,
             updated_at=job.created_at,
             job_id=job.id,

@@ -3,7 +3,7 @@
 ``POST /v1/kling-2.5-turbo`` with ``x-api-key`` is held open until the video is ready (~2 min) and
 answered with the mp4 bytes and an ``x-credits-consumed`` header. Segmind has no per-job callback,
 so this is a :class:`~service.providers.base.HeldAdapter`: reelhook holds the request in a durable
-worker instead (:mod:`service.jobs.held_requests`).
+worker instead (:mod:`service.jobs.held_requests`; docs/contract.md §6).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ class SegmindAdapter:
         )
 
     def failure(self, status_code: int, body: bytes, headers: Mapping[str, str]) -> Refusal:
-        """Classify an error answer (providers.md §3).
+        """Classify an error answer (docs/providers.md §3).
 
         406 is "Insufficient Credits" on the model page (also a wrong Content-Type, which reelhook
         never sends). A 429 is refused before any work and is retried after
