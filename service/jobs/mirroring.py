@@ -24,7 +24,7 @@ from service.core.retry import RetrySchedule
 from service.core.worker import Wakeup, run_worker, until
 from service.delivery.publisher import Publisher
 from service.jobs.lifecycle import Mirrored, record_mirror
-from service.net.client import refused
+from service.net.failures import NETWORK_ERRORS, NetworkFailure, classify, describe
 from service.storage import mirrors
 from service.storage.blobs import BlobStore, BlobTooLarge
 from service.storage.database import Database
@@ -137,15 +137,13 @@ class Mirrors:
                     return await self._store(response)
         except TimeoutError:
             return Failure(f"the download took longer than {self._timeout:g} seconds", True)
-        except httpx.InvalidURL as exc:
-            return Failure(f"the output URL is not valid: {exc}", False)
-        except httpx.HTTPError as exc:
-            if refused(exc):
+        except NETWORK_ERRORS as exc:
+            what = classify(exc)
+            if what is NetworkFailure.REFUSED:
                 return Failure(str(exc), False)
-            transient = isinstance(
-                exc, httpx.TimeoutException | httpx.NetworkError | httpx.RemoteProtocolError
-            )
-            return Failure(f"the download failed: {_describe(exc)}", transient)
+            if what is NetworkFailure.INVALID_URL:
+                return Failure(f"the output URL is not valid: {exc}", False)
+            return Failure(f"the download failed: {describe(exc)}", what.transient)
         except BlobTooLarge:
             return Failure(f"the video is larger than {self._max_bytes} bytes", False)
 
@@ -180,8 +178,3 @@ class Mirrors:
 
         digest, size = await self._blobs.write(body(), self._max_bytes)
         return Mirrored(digest, size, media_type)
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}"[:300]

@@ -67,7 +67,13 @@ def classify(error: BaseException) -> NetworkFailure:
     ``TimeoutError`` of a deadline around it) says about the exchange."""
     if _refused_by_guard(error):
         return NetworkFailure.REFUSED
-    if isinstance(error, httpx.InvalidURL | httpx.UnsupportedProtocol | aiohttp.InvalidURL):
+    if isinstance(
+        error,
+        httpx.InvalidURL
+        | httpx.UnsupportedProtocol
+        | aiohttp.InvalidURL
+        | aiohttp.NonHttpUrlClientError,
+    ):
         return NetworkFailure.INVALID_URL
     if isinstance(error, httpx.ConnectTimeout | httpx.PoolTimeout | aiohttp.ConnectionTimeoutError):
         return NetworkFailure.CONNECT_TIMEOUT
