@@ -17,7 +17,7 @@ import segmind  # type: ignore[import-untyped]  # the SDK ships no type hints
 
 from service.core.models import Cost, Job, JobStatus
 from service.jobs.catalog import MODELS
-from service.providers import ADAPTERS
+from service.providers import CALLBACK_ADAPTERS, HELD_ADAPTERS
 from service.sim import Scenario, Simulator, create_sim_app
 from service.sim.simulator import HOSTS, create_provider_app
 from tests.servers import run_server
@@ -48,7 +48,7 @@ def request_for(model: str, raw: dict[str, Any]) -> tuple[str, dict[str, Any], d
     """(path, body, headers) of reelhook's own request for a catalog-accepted input."""
     job = job_for(model, raw)
     provider = job.provider
-    request = ADAPTERS[provider].submit_request(job, CALLBACK, KEYS[provider])
+    request = CALLBACK_ADAPTERS[provider].submit_request(job, CALLBACK, KEYS[provider])
     return f"/{provider}{request.path}", request.json, request.headers
 
 
@@ -226,7 +226,7 @@ async def test_segmind_s_sdk_runs_unmodified_against_the_simulator(segmind_url: 
 
     # reelhook's own request for the same choices (the integer the table documents).
     job = job_for("segmind/kling-2.5-turbo", {**example, "duration": "10"})
-    ours = ADAPTERS["segmind"].submit_request(job, "", KEYS["segmind"]).json
+    ours = HELD_ADAPTERS["segmind"].submit_request(job, KEYS["segmind"]).json
     assert ours["duration"] == 10
     answer = await anyio.to_thread.run_sync(lambda: run_sync(segmind_url, KEYS["segmind"], **ours))
     assert answer.status_code == 200

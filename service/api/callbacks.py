@@ -24,8 +24,8 @@ from service.core.models import Job, ProviderUpdate
 from service.core.tokens import InvalidToken
 from service.jobs.callback_outcomes import CallbackOutcome
 from service.jobs.lifecycle import JobMismatch, Outcome, UnknownJob, Update
-from service.providers import ADAPTERS
-from service.providers.base import Adapter, ForgedCallback, InvalidCallback
+from service.providers import ADAPTERS, CALLBACK_ADAPTERS
+from service.providers.base import CallbackAdapter, ForgedCallback, InvalidCallback
 from service.storage import jobs as job_store
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ class _Rejected(Exception):
         Param(
             "provider",
             "path",
-            {"enum": [name for name, adapter in ADAPTERS.items() if not adapter.holds_request]},
+            {"enum": list(CALLBACK_ADAPTERS)},
             "The provider calling back.",
         ),
     ),
@@ -90,8 +90,8 @@ async def receive_callback(request: Request) -> Response:
 
 
 async def _receive(state: Services, request: Request, provider: str) -> tuple[Job, Outcome]:
-    adapter = ADAPTERS.get(provider)
-    if adapter is None or adapter.holds_request:
+    adapter = CALLBACK_ADAPTERS.get(provider)
+    if adapter is None:
         raise _Rejected(
             CallbackOutcome.UNKNOWN_PROVIDER,
             NotFound(f"no callbacks are accepted for {provider!r}"),
@@ -148,8 +148,8 @@ def _note_unknown_status(
     state.metrics.unknown_status(provider, update.unknown_status)
 
 
-def _account_adapter(provider: str) -> Adapter | None:
-    adapter = ADAPTERS.get(provider)
+def _account_adapter(provider: str) -> CallbackAdapter | None:
+    adapter = CALLBACK_ADAPTERS.get(provider)
     return adapter if adapter is not None and adapter.account_webhook else None
 
 

@@ -14,7 +14,7 @@ from service.api.operation import Reply, operation
 from service.api.schemas import page_of
 from service.app.services import services
 from service.jobs.catalog import MODELS
-from service.providers import ADAPTERS
+from service.providers import ADAPTERS, CALLBACK_ADAPTERS
 
 _PROVIDER = {
     "type": "object",
@@ -41,7 +41,7 @@ _PROVIDER = {
 def account_webhook_url(request: Request, provider: str) -> str | None:
     """The account webhook URL of ``provider``'s configured account, if it has one."""
     state = services(request)
-    adapter = ADAPTERS.get(provider)
+    adapter = CALLBACK_ADAPTERS.get(provider)
     endpoint = state.endpoints.get(provider)
     if adapter is None or not adapter.account_webhook or endpoint is None:
         return None

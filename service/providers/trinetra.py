@@ -17,7 +17,7 @@ from service.core.models import ErrorKind, Job, JobError, JobStatus, Output, Pro
 from service.providers.base import (
     InvalidCallback,
     ProviderRequest,
-    SubmitFailed,
+    Refusal,
     is_kling_document,
     kind_from_message,
     kling_update,
@@ -128,7 +128,7 @@ class TrinetraAdapter:
             external_id=external if isinstance(external, str) and external else None,
         )
 
-    def failure(self, status_code: int, body: bytes, headers: Mapping[str, str]) -> SubmitFailed:
+    def failure(self, status_code: int, body: bytes, headers: Mapping[str, str]) -> Refusal:
         return submit_failure(status_code, body, headers)
 
 
