@@ -28,8 +28,9 @@ from service.delivery import signing
 from service.delivery.publisher import Publisher, ping_data
 from service.jobs.catalog import MODELS
 from service.net.guard import IPNetwork, check_url
-from service.storage import deliveries, subscriptions
+from service.storage import deliveries, health, subscriptions
 from service.storage.database import Database
+from service.storage.health import Health
 
 # RFC 9110 §5.1 token characters, and visible ASCII plus space/tab in a value.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,256}")
@@ -163,6 +164,10 @@ class Subscriptions:
         if sub is None or sub.job_id is not None or not caller.can_see(sub.owner_key_id):
             raise NotFound(f"no subscription {sub_id!r}")
         return sub
+
+    async def health(self, sub: Subscription, *, since: float) -> Health:
+        """How the subscription's deliveries have fared since ``since``."""
+        return await health.of_subscription(self._db.reader, sub.id, since=since)
 
     async def page(self, caller: Caller, *, cursor: str | None, limit: int) -> Page[Subscription]:
         """The subscriptions ``caller`` may see, oldest first."""
