@@ -8,8 +8,8 @@ from starlette.responses import JSONResponse, Response
 
 from service.api.operation import Param, Reply, operation
 from service.app.services import services
-from service.jobs.callbacks import accepting_providers
 from service.jobs.lifecycle import Outcome
+from service.providers import CALLBACK_ADAPTERS
 
 
 @operation(
@@ -19,7 +19,7 @@ from service.jobs.lifecycle import Outcome
         Param(
             "provider",
             "path",
-            {"enum": accepting_providers()},
+            {"enum": list(CALLBACK_ADAPTERS)},
             "The provider calling back.",
         ),
     ),

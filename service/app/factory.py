@@ -25,13 +25,13 @@ from service.app.services import Services, Workers
 from service.app.settings import Settings
 from service.core.clock import Clock, system_clock
 from service.core.errors import ReelhookError
+from service.core.retry import RetrySchedule
 from service.core.tokens import Tokens
 from service.delivery.deliveries import Deliveries
 from service.delivery.dispatcher import PREFETCH, Dispatcher
 from service.delivery.eventfeed import EventFeed
 from service.delivery.eventlog import EventLog
 from service.delivery.publisher import Publisher
-from service.delivery.retry import RetryPolicy
 from service.delivery.sender import Sender
 from service.delivery.subscriptions import Subscriptions
 from service.jobs.callback_outcomes import CallbackObserver
@@ -42,7 +42,6 @@ from service.jobs.ingest import Ingest
 from service.jobs.listing import JobReader
 from service.jobs.mirroring import Mirrors
 from service.jobs.submission import ProviderEndpoint, Providers, SubmitPolicy, Submitter
-from service.jobs.submit_retry import SubmitRetryPolicy
 from service.net.client import guarded_client, origin_of
 from service.ops.instrumentation import MeteredSender, MeteredTransport
 from service.ops.metrics import Metrics
@@ -211,7 +210,9 @@ def _wire(settings: Settings, clock: Clock, opened: Opened, shared: Shared) -> S
     dispatcher = Dispatcher(
         db,
         MeteredSender(opened.clients.subscribers, shared.metrics),
-        RetryPolicy(settings.retry_schedule, overload_floor=settings.retry_overload_floor),
+        RetrySchedule.for_deliveries(
+            settings.retry_schedule, overload_floor=settings.retry_overload_floor
+        ),
         clock=clock,
         # Shown in the delivery log as when a claimed row would be given up; the row is only ever
         # taken back by the next start (the one process owning the database released it).
@@ -223,7 +224,7 @@ def _wire(settings: Settings, clock: Clock, opened: Opened, shared: Shared) -> S
         shutdown_grace=settings.shutdown_grace,
     )
 
-    submit_retries = SubmitRetryPolicy(settings.submit_retry_schedule)
+    submit_retries = RetrySchedule.for_retries(settings.submit_retry_schedule)
     held = HeldRequests(
         db=db,
         publisher=publisher,
@@ -235,7 +236,7 @@ def _wire(settings: Settings, clock: Clock, opened: Opened, shared: Shared) -> S
         timeout=settings.segmind_timeout,
         max_bytes=settings.mirror_max_bytes,
         resubmit=settings.segmind_resubmit,
-        retry_policy=submit_retries,
+        retry_schedule=submit_retries,
     )
     deadlines = DeadlineTimer(db, publisher, clock=clock)
     mirrors = Mirrors(
@@ -257,7 +258,7 @@ def _wire(settings: Settings, clock: Clock, opened: Opened, shared: Shared) -> S
             job_deadline=settings.job_deadline,
             deadlines=settings.job_deadlines,
             allow_private=settings.allow_private_subscribers,
-            retry_policy=submit_retries,
+            retry_schedule=submit_retries,
             # An attempt left unanswered by a stop is sent again once its request has surely
             # ended.
             lease=settings.provider_timeout + 30,

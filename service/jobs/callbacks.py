@@ -19,7 +19,7 @@ from service.jobs.callback_outcomes import CallbackObserver, CallbackOutcome
 from service.jobs.ingest import Ingest
 from service.jobs.lifecycle import JobMismatch, Outcome, UnknownJob, Update
 from service.jobs.submission import ProviderEndpoint
-from service.providers import ADAPTERS
+from service.providers import ADAPTERS, CALLBACK_ADAPTERS
 from service.providers.base import ForgedCallback, InvalidCallback
 
 log = logging.getLogger(__name__)
@@ -30,11 +30,6 @@ class _Rejected(Exception):
         super().__init__(outcome.value)
         self.outcome = outcome
         self.error = error
-
-
-def accepting_providers() -> list[str]:
-    """The providers that call back (a held request is answered, not called back)."""
-    return [name for name, adapter in ADAPTERS.items() if not adapter.holds_request]
 
 
 class Callbacks:
@@ -82,8 +77,8 @@ class Callbacks:
         chunks: AsyncIterable[bytes],
         declared_length: str | None,
     ) -> tuple[Job, Outcome]:
-        adapter = ADAPTERS.get(provider)
-        if adapter is None or adapter.holds_request:
+        adapter = CALLBACK_ADAPTERS.get(provider)
+        if adapter is None:
             raise _Rejected(
                 CallbackOutcome.UNKNOWN_PROVIDER,
                 NotFound(f"no callbacks are accepted for {provider!r}"),
