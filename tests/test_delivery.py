@@ -37,7 +37,7 @@ from service.storage import keys
 from service.storage.database import Database
 from tests.conftest import SettingsFactory
 from tests.servers import Sink, loopback_socket, run_server, url_of
-from tests.support import api_client, assert_error
+from tests.support import FakeClock, api_client, assert_error
 
 pytestmark = pytest.mark.anyio
 
@@ -172,16 +172,6 @@ async def _in_two_pieces(size: int) -> AsyncIterator[bytes]:
     yield b"a" * (size // 2)
     await anyio.sleep(0.05)  # lets the first piece reach the client on its own
     yield b"b" * (size - size // 2)
-
-
-class ShiftedClock:
-    """The system clock plus an adjustable offset, so retries can be made due at once."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def __call__(self) -> float:
-        return time.time() + self.offset
 
 
 # --- signing and headers -----------------------------------------------------------------------
@@ -496,7 +486,7 @@ async def test_the_first_attempt_waits_for_the_first_scheduled_delay(
     """``REELHOOK_RETRY_SCHEDULE[0]`` is the delay before the first attempt: a ping is queued 5 s
     out and sent only once the clock has passed that point."""
     settings = settings_factory(RETRY_SCHEDULE="5,0.2")
-    clock = ShiftedClock()
+    clock = FakeClock()
     async with sink_and_service(settings, clock=clock) as (sink, sink_url, http):
         first = await subscribe(http, f"{sink_url}/first")
         second = await subscribe(http, f"{sink_url}/second")
@@ -592,7 +582,7 @@ async def test_the_per_subscription_cap_counts_deliveries_already_in_flight(
     with a cap of two, both are claimed ahead (prefetch) but exactly one of them is sent, so
     exactly two reach the subscriber at once, and the other waits until a slot frees up."""
     settings = settings_factory(SUBSCRIPTION_CONCURRENCY="2", RETRY_SCHEDULE="0,10,10")
-    clock = ShiftedClock()
+    clock = FakeClock()
     hanging = Hanging()
     async with run_server(hanging.app()) as url:
         try:
@@ -681,7 +671,7 @@ async def test_retries_wait_while_a_subscription_is_disabled_and_resume_when_ena
     subscription releases it. "Not sent" is shown causally: a later ping to another subscription,
     claimed after the retry was due, arrives first."""
     settings = settings_factory(RETRY_SCHEDULE="0,1,1")
-    clock = ShiftedClock()
+    clock = FakeClock()
     sink = Sink(script={"/flaky": lambda n: (500, {}) if n == 1 else (204, {})})
     async with run_server(sink.app()) as sink_url, api_client(settings, clock=clock) as http:
         flaky = await subscribe(http, f"{sink_url}/flaky")
@@ -1001,7 +991,7 @@ async def test_a_running_dispatcher_never_takes_over_its_own_expired_lease(
     subscriber, a long queue) is not claimed and sent a second time: only the next start
     takes leases back."""
     settings = settings_factory()
-    clock = ShiftedClock()
+    clock = FakeClock()
     hanging = Hanging()
     async with run_server(hanging.app()) as url:
         try:

@@ -23,13 +23,12 @@ from service.delivery.dispatcher import failure_windows
 from service.storage.deliveries import AttemptOutcome
 from tests.conftest import SettingsFactory
 from tests.servers import Sink, loopback_socket, run_server, url_of
-from tests.support import api_client, assert_error, wait_for_job
+from tests.support import FakeClock, api_client, assert_error, wait_for_job
 from tests.test_delivery import (
     JOB,
     KEY_B,
     KEY_C,
     Hanging,
-    ShiftedClock,
     add_member_keys,
     as_key,
     attempts_of,
@@ -401,7 +400,7 @@ async def test_recover_resends_the_failed_deliveries_since_a_time(
     """Three pings fail for good, an hour apart by the service's clock. Recovering since the
     second resends the second and third (once each) and leaves the first failed."""
     settings = settings_factory(RETRY_SCHEDULE="0")
-    clock = ShiftedClock()
+    clock = FakeClock()
     async with sink_and_service(settings, clock=clock) as (sink, sink_url, http):
         broken = True
         sink.script["/hook"] = lambda count: (500, {}) if broken else (204, {})
@@ -439,7 +438,7 @@ async def test_recover_resends_the_failed_deliveries_since_a_time(
 
 async def test_recover_takes_an_until_and_unix_seconds(settings_factory: SettingsFactory) -> None:
     settings = settings_factory(RETRY_SCHEDULE="0")
-    clock = ShiftedClock()
+    clock = FakeClock()
     async with sink_and_service(settings, clock=clock) as (sink, sink_url, http):
         sink.script["/hook"] = lambda count: (500, {}) if count <= 3 else (204, {})
         sub = await subscribe(http, f"{sink_url}/hook")
@@ -513,7 +512,7 @@ async def test_during_the_grace_period_both_secrets_verify(
     settings_factory: SettingsFactory,
 ) -> None:
     settings = settings_factory()
-    clock = ShiftedClock()
+    clock = FakeClock()
     async with sink_and_service(settings, clock=clock) as (sink, sink_url, http):
         sub = await subscribe(http, f"{sink_url}/hook")
         old = sub["secret"]
@@ -608,7 +607,7 @@ async def test_a_subscription_failing_for_the_whole_window_is_disabled_and_other
     ``subscription.disabled`` (filters apply); another key's subscription does not."""
     settings = settings_factory(DISABLE_AFTER="100", RETRY_SCHEDULE="0,3,3")
     await add_member_keys(settings, KEY_B)
-    clock = ShiftedClock()
+    clock = FakeClock()
     async with sink_and_service(settings, clock=clock) as (sink, sink_url, http):
         sink.script["/down"] = lambda count: (500, {})
         down = await subscribe(http, f"{sink_url}/down", description="the n8n flow")
@@ -658,7 +657,7 @@ async def test_a_subscription_failing_for_the_whole_window_is_disabled_and_other
 
 async def test_a_success_closes_the_failure_window(settings_factory: SettingsFactory) -> None:
     settings = settings_factory(DISABLE_AFTER="100", RETRY_SCHEDULE="0")
-    clock = ShiftedClock()
+    clock = FakeClock()
     async with sink_and_service(settings, clock=clock) as (sink, sink_url, http):
         failing = True
         sink.script["/flaky"] = lambda count: (500, {}) if failing else (204, {})
@@ -684,7 +683,7 @@ async def test_re_enabling_restarts_the_failure_window(settings_factory: Setting
     retry goes out, fails, and it stays enabled; only failing for another full window disables
     it again."""
     settings = settings_factory(DISABLE_AFTER="100", RETRY_SCHEDULE="0,3,3,3")
-    clock = ShiftedClock()
+    clock = FakeClock()
     async with sink_and_service(settings, clock=clock) as (sink, sink_url, http):
         sink.script["/down"] = lambda count: (500, {})
         down = await subscribe(http, f"{sink_url}/down")
@@ -753,7 +752,7 @@ async def test_disabling_through_the_api_gives_a_reason_and_no_event(
 
 async def test_a_zero_disable_after_never_disables(settings_factory: SettingsFactory) -> None:
     settings = settings_factory(DISABLE_AFTER="0", RETRY_SCHEDULE="0")
-    clock = ShiftedClock()
+    clock = FakeClock()
     async with sink_and_service(settings, clock=clock) as (sink, sink_url, http):
         sink.script["/down"] = lambda count: (500, {})
         sub = await subscribe(http, f"{sink_url}/down")

@@ -101,7 +101,8 @@ def create_app(
             feed.open()
             db.on_commit(feed.notify)
             generated = await bootstrap.admin_key(db, settings, clock)
-            # One TLS context (loading the CA bundle is slow) for provider calls and downloads.
+            # One TLS context (loading the CA bundle is slow) for provider calls, downloads and the
+            # embedded simulator's callbacks.
             ssl_context = httpx.create_ssl_context()
             bases = {e.base_url: e.name for e in provider_endpoints(settings).values()}
             client = await stack.enter_async_context(
@@ -130,7 +131,7 @@ def create_app(
                 )
             )
             if simulator is not None:
-                await stack.enter_async_context(simulator.running())
+                await stack.enter_async_context(simulator.running(verify=ssl_context))
             services = _wire(
                 settings,
                 clock,
