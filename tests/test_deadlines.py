@@ -18,10 +18,10 @@ from standardwebhooks.webhooks import Webhook
 
 from service.app.settings import SettingsError, load_settings
 from tests.conftest import SettingsFactory
+from tests.helpers.callbacks import TOKENS, stored_callbacks, trinetra_done, trinetra_failed
+from tests.helpers.delivery import subscribe
 from tests.servers import Sink, loopback_socket, run_server, url_of
 from tests.support import FakeClock, served, wait_for_job
-from tests.test_callbacks import TOKENS, stored_callbacks, trinetra_done, trinetra_failed
-from tests.test_delivery import subscribe
 
 pytestmark = pytest.mark.anyio
 
@@ -128,6 +128,7 @@ async def test_a_callback_after_expiry_is_kept_for_audit_and_revives_nothing(
     ]
 
 
+@pytest.mark.slow
 async def test_a_model_with_a_shorter_deadline_wakes_the_timer_early(
     settings_factory: SettingsFactory,
 ) -> None:
