@@ -1,11 +1,14 @@
 from __future__ import annotations
 
 import os
+import ssl
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import httpx._config as httpx_config
+import httpx._transports.default as httpx_transports
 import pytest
 
 from service.app.settings import Settings, load_settings
@@ -14,6 +17,31 @@ from tests.servers import loopback_socket, url_of
 from tests.support import ADMIN_KEY, api_client
 
 SettingsFactory = Callable[..., Settings]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_tls_context() -> Iterator[None]:
+    """One default TLS context per test process, handed to every httpx client and app that asks
+    for one. Loading the CA bundle costs about 65 ms of CPU per context, and the suite starts
+    well over a thousand clients and apps; the contexts are built identically (certifi's bundle,
+    verification on), so sharing one changes nothing a test can observe. Contexts built with
+    other options (``verify=False``, a custom bundle) are still built fresh."""
+    build = httpx_config.create_ssl_context
+    default: list[ssl.SSLContext] = []
+
+    def shared(
+        verify: ssl.SSLContext | str | bool = True, cert: Any = None, trust_env: bool = True
+    ) -> ssl.SSLContext:
+        if verify is not True or cert is not None:
+            return build(verify=verify, cert=cert, trust_env=trust_env)
+        if not default:
+            default.append(build())
+        return default[0]
+
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setattr(httpx, "create_ssl_context", shared)
+        monkeypatch.setattr(httpx_transports, "create_ssl_context", shared)
+        yield
 
 
 @pytest.fixture(scope="module")
