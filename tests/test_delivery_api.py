@@ -12,6 +12,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from service.app.settings import SettingsError, load_settings
 from service.core.clock import isoformat
+from service.core.models import DeliveryStatus
 from service.delivery import signing
 from service.delivery.dispatcher import failure_windows
 from service.storage.deliveries import AttemptOutcome
@@ -710,7 +711,7 @@ async def test_a_zero_disable_after_never_disables(settings_factory: SettingsFac
 def outcome(sub_id: str, at: float, status: str) -> AttemptOutcome:
     return AttemptOutcome(
         delivery_id=f"dlv_{at}", subscription_id=sub_id, attempted_at=at, latency_ms=1.0,
-        status=status,
+        status=DeliveryStatus(status),
     )  # fmt: skip
 
 

@@ -10,6 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# Response headers of a stream.
+STREAM_HEADERS = {
+    "Cache-Control": "no-cache",
+    # Tell nginx-style proxies not to buffer: an event must reach the client when it happens.
+    "X-Accel-Buffering": "no",
+}
+
 
 def message(
     *,

@@ -6,7 +6,7 @@ import time
 
 import httpx
 
-from service.api.context import hash_key
+from service.access.callers import hash_key
 from service.app.settings import Settings
 from service.core.ids import new_id
 from service.storage import keys
