@@ -31,7 +31,7 @@ from service.net.guard import IPNetwork, check_url
 from service.storage import deliveries, subscriptions
 from service.storage.database import Database
 
-# RFC 9110 §5.1 token characters, and visible ASCII plus space/tab in a value.
+# RFC 9110 section 5.1 token characters, and visible ASCII plus space/tab in a value.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,256}")
 _FIELD_VALUE = re.compile(r"[\t\x20-\x7e]*")
 _MAX_HEADER_VALUE = 4096
