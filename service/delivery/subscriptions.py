@@ -133,6 +133,15 @@ class Recovered:
     until: float | None
 
 
+async def _owned(conn: aiosqlite.Connection, caller: Caller, sub_id: str) -> Subscription:
+    # Operations that change a subscription read it on their own transaction's connection, so
+    # what they checked is what they change.
+    sub = await subscriptions.get(conn, sub_id)
+    if sub is None or sub.job_id is not None or not caller.can_see(sub.owner_key_id):
+        raise NotFound(f"no subscription {sub_id!r}")
+    return sub
+
+
 class Subscriptions:
     """The operations on subscriptions. A commit that makes a delivery due (a ping, a re-enable, a
     recovery) wakes the dispatcher through the store's work announcements."""
@@ -155,15 +164,9 @@ class Subscriptions:
     def _validated(self, body: Body, raw: Any) -> dict[str, Any]:
         return body.validate(raw, {"url": lambda url: check_url(url, self._allow_private)})
 
-    async def owned(
-        self, caller: Caller, sub_id: str, conn: aiosqlite.Connection | None = None
-    ) -> Subscription:
-        """The subscription, if ``caller`` may see it; :class:`NotFound` otherwise. Read on
-        ``conn`` when given (inside the transaction that acts on it)."""
-        sub = await subscriptions.get(conn or self._db.reader, sub_id)
-        if sub is None or sub.job_id is not None or not caller.can_see(sub.owner_key_id):
-            raise NotFound(f"no subscription {sub_id!r}")
-        return sub
+    async def owned(self, caller: Caller, sub_id: str) -> Subscription:
+        """The subscription, if ``caller`` may see it; :class:`NotFound` otherwise."""
+        return await _owned(self._db.reader, caller, sub_id)
 
     async def health(self, sub: Subscription, *, since: float) -> Health:
         """How the subscription's deliveries have fared since ``since``."""
@@ -202,7 +205,7 @@ class Subscriptions:
         """Apply ``body`` (:data:`UPDATE_BODY`: any field; null clears a filter); return the
         subscription as stored."""
         async with self._db.transaction() as conn:
-            sub = await self.owned(caller, sub_id, conn)
+            sub = await _owned(conn, caller, sub_id)
             changes = self._validated(UPDATE_BODY, body)
             now = self._clock()
             status = changes.pop("status", sub.status)
@@ -224,14 +227,14 @@ class Subscriptions:
     async def delete(self, caller: Caller, sub_id: str) -> None:
         """Delete the subscription and cancel its open deliveries."""
         async with self._db.transaction() as conn:
-            sub = await self.owned(caller, sub_id, conn)
+            sub = await _owned(conn, caller, sub_id)
             await subscriptions.delete(conn, sub.id)
 
     async def ping(self, caller: Caller, sub_id: str) -> str:
         """Queue a ``ping`` event to this one subscription; return the event's id.
         :class:`Conflict` while it is disabled."""
         async with self._db.transaction() as conn:
-            sub = await self.owned(caller, sub_id, conn)
+            sub = await _owned(conn, caller, sub_id)
             if sub.status != SubscriptionStatus.ACTIVE:
                 raise Conflict("the subscription is disabled; enable it to send a test event")
             event_id = await self._publisher.publish(
@@ -244,7 +247,7 @@ class Subscriptions:
         grace period every message carries a second signature made with the secret it
         replaced."""
         async with self._db.transaction() as conn:
-            sub = await self.owned(caller, sub_id, conn)
+            sub = await _owned(conn, caller, sub_id)
             now = self._clock()
             await subscriptions.rotate_secret(
                 conn,
@@ -264,7 +267,7 @@ class Subscriptions:
         time, a ``since`` in the future or an ``until`` not after it; :class:`Conflict` while
         the subscription is disabled."""
         async with self._db.transaction() as conn:
-            sub = await self.owned(caller, sub_id, conn)
+            sub = await _owned(conn, caller, sub_id)
             start = params.parse_time(since, "since", required=True)
             end = params.parse_time(until, "until")
             assert start is not None  # required
