@@ -3,7 +3,8 @@ with them (create, change, disable, test, rotate the secret, recover failed deli
 
 Every operation takes the :class:`Caller`; one that names a subscription the caller may not see
 raises :class:`NotFound`, as if it did not exist. The body of a create or a change is declared
-once (:data:`CREATE_BODY`, :data:`UPDATE_BODY`), which gives both its checks and its schema.
+once (:data:`NEW_SUBSCRIPTION`, :data:`SUBSCRIPTION_CHANGES`), which gives both its checks and
+its schema.
 """
 
 from __future__ import annotations
@@ -112,8 +113,8 @@ _FIELDS = (
     ),
     Field("description", Text("must be a string of at most 500 characters", max_length=500)),
 )
-CREATE_BODY = Body(_FIELDS)
-UPDATE_BODY = Body(
+NEW_SUBSCRIPTION = Body(_FIELDS)
+SUBSCRIPTION_CHANGES = Body(
     (
         *_FIELDS,
         Field(
@@ -180,9 +181,9 @@ class Subscriptions:
         return page_of(rows, limit, lambda sub: sub.id)
 
     async def create(self, caller: Caller, body: Any) -> Subscription:
-        """Validate ``body`` (:data:`CREATE_BODY`) and store a new subscription owned by
+        """Validate ``body`` (:data:`NEW_SUBSCRIPTION`) and store a new subscription owned by
         ``caller``; its secret is in the answer, to be shown once."""
-        fields = self._validated(CREATE_BODY, body)
+        fields = self._validated(NEW_SUBSCRIPTION, body)
         now = self._clock()
         sub = Subscription(
             id=new_id("sub"),
@@ -202,11 +203,11 @@ class Subscriptions:
         return sub
 
     async def update(self, caller: Caller, sub_id: str, body: Any) -> Subscription:
-        """Apply ``body`` (:data:`UPDATE_BODY`: any field; null clears a filter); return the
-        subscription as stored."""
+        """Apply ``body`` (:data:`SUBSCRIPTION_CHANGES`: any field; null clears a filter); return
+        the subscription as stored."""
         async with self._db.transaction() as conn:
             sub = await _owned(conn, caller, sub_id)
-            changes = self._validated(UPDATE_BODY, body)
+            changes = self._validated(SUBSCRIPTION_CHANGES, body)
             now = self._clock()
             status = changes.pop("status", sub.status)
             await subscriptions.save(conn, dataclasses.replace(sub, **changes, updated_at=now))
