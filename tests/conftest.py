@@ -10,11 +10,12 @@ import httpx
 import httpx._config as httpx_config
 import httpx._transports.default as httpx_transports
 import pytest
+from starlette.types import ASGIApp
 
 from service.app.settings import Settings, load_settings
 from service.sim import Simulator
 from tests.servers import loopback_socket, url_of
-from tests.support import ADMIN_KEY, api_client
+from tests.support import ADMIN_KEY, api_client, in_process
 
 SettingsFactory = Callable[..., Settings]
 
@@ -142,15 +143,10 @@ async def api(settings_factory: SettingsFactory, dead_url: str) -> AsyncIterator
 
 
 @pytest.fixture(scope="module")
-async def shared_api(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[httpx.AsyncClient]:
-    """One reelhook in-process for a whole test module, configured as ``api`` (simulated providers
-    at an unreachable PUBLIC_URL), authenticated as admin, without a rate limit.
-
-    Only for tests that read or are refused: a test using it must leave nothing stored, so the
-    next one (which may assert that nothing is stored) sees the same empty service. A test that
-    creates anything takes a fresh ``api`` or ``client`` instead. Starting an app costs tens of
-    milliseconds; a module of refusals pays it once.
-    """
+async def shared_app(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ASGIApp]:
+    """One reelhook in-process (lifespan running) for a whole test module, configured as ``api``
+    (simulated providers at an unreachable PUBLIC_URL), without a rate limit. Use it through
+    ``shared_api``."""
     with pytest.MonkeyPatch.context() as monkeypatch, loopback_socket() as dead:
         _clear_proxies(monkeypatch)
         created = _track_simulators(monkeypatch)
@@ -160,6 +156,23 @@ async def shared_api(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[
             SUBMIT_RETRY_SCHEDULE="0",
             RATE_LIMIT="0",
         )
-        async with api_client(settings) as http:
-            yield http
+        async with in_process(settings) as (_, app):
+            yield app
         assert_never_polled(created)
+
+
+@pytest.fixture
+async def shared_api(shared_app: ASGIApp) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of its own, sending the admin key, for the module's ``shared_app``.
+
+    Only for tests that read or are refused: a test using it must leave nothing stored, so the
+    next one (which may assert that nothing is stored) sees the same empty service. A test that
+    creates anything takes a fresh ``api`` or ``client`` instead. Starting an app costs tens of
+    milliseconds; a module of refusals pays it once.
+    """
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=shared_app),
+        base_url="http://reelhook.test",
+        headers={"X-API-Key": ADMIN_KEY},
+    ) as http:
+        yield http
