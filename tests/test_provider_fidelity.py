@@ -26,10 +26,8 @@ from service.providers.trinetra import ADAPTER as TRINETRA
 from service.storage import jobs, retention
 from service.storage.database import Database
 from tests.conftest import SettingsFactory
-from tests.servers import loopback_socket, url_of
-from tests.support import send_without_key, served, wait_for_job
-from tests.test_adapters import APIFRAME_COMPLETED, TRINETRA_DONE
-from tests.test_callbacks import (
+from tests.helpers.callbacks import (
+    APIFRAME_COMPLETED,
     APIFRAME_KEY,
     TOKENS,
     encode,
@@ -37,12 +35,28 @@ from tests.test_callbacks import (
     stored_callbacks,
     trinetra_done,
 )
-from tests.test_lifecycle import file_url, make_job
+from tests.helpers.jobs import make_job
+from tests.servers import loopback_socket, url_of
+from tests.support import send_without_key, served, wait_for_job
 
 pytestmark = pytest.mark.anyio
 
 SIM_TRINETRA_KEY = "sim_trinetra_key"  # what reelhook sends to its built-in simulator
 VIDEO = "https://cdn.example/v/a1.mp4"
+# Trinetra's documented terminal job document (docs/providers.md §1).
+TRINETRA_DONE: dict[str, Any] = {
+    "id": "job_klingv25_a1b2c3",
+    "model": "kling-v2.5",
+    "status": "succeeded",
+    "output": {
+        "outputs": [{"url": "https://cdn.trinetra.ai/out/kling-v2.5/a1b2c3.mp4", "type": "video"}]
+    },
+    "credits_charged": 10,
+}
+
+
+def file_url(digest: str, media_type: str) -> str:
+    return f"https://reelhook.test/v1/files/{digest}"
 
 
 # --- Unknown status words (adapters) -----------------------------------------------------------
@@ -369,7 +383,7 @@ async def test_an_early_account_document_completes_its_job_when_the_id_is_record
     """The result overtook the provider's answer to the submit: it is applied the moment the
     provider's job id is recorded."""
     publisher = Publisher(file_url)
-    job = make_job(JobStatus.PENDING)
+    job = make_job(1, model="trinetra/kling-v2.5")
     async with Database.open(tmp_path / "reelhook.sqlite3") as db:
         async with db.transaction() as conn:
             await jobs.insert(conn, job)
