@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import aiosqlite
 
+from service.storage.announcements import Work, announce
+
 
 @dataclass(frozen=True, slots=True)
 class MirrorTask:
@@ -27,6 +29,7 @@ async def enqueue(
         "VALUES (?, ?, ?, ?, ?, ?)",
         [(job_id, index, url, now, now, now) for index, url in outputs],
     )
+    announce(conn, Work.MIRRORS)
 
 
 async def due(conn: aiosqlite.Connection, now: float, limit: int) -> list[MirrorTask]:
