@@ -16,7 +16,7 @@ from service.storage import events, jobs, submissions, subscriptions
 from service.storage.announcements import Work
 from service.storage.database import Database
 from service.storage.events import NewEvent
-from tests.test_submit_retry import NOW, make_job, store
+from tests.helpers.jobs import NOW, make_job, store
 
 pytestmark = pytest.mark.anyio
 

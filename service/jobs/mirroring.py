@@ -32,8 +32,6 @@ from service.storage.mirrors import MirrorTask
 
 log = logging.getLogger(__name__)
 
-# Seconds before the 2nd, 3rd and 4th try of a download that failed in a way that may pass.
-RETRY_DELAYS = (1.0, 10.0, 60.0)
 # Served as a generic binary type, a file is still taken if it starts like an MP4 (ISO BMFF).
 _GENERIC_TYPES = ("", "application/octet-stream", "binary/octet-stream")
 _SNIFF_BYTES = 12
@@ -56,7 +54,7 @@ class Mirrors:
         clock: Clock,
         max_bytes: int,
         timeout: float,
-        retry_delays: Sequence[float] = RETRY_DELAYS,
+        retry_delays: Sequence[float],
         concurrency: int = 4,
     ) -> None:
         self._db = db

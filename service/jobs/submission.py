@@ -8,7 +8,7 @@ import json
 import logging
 import random
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -62,6 +62,32 @@ class ProviderEndpoint:
 
 
 @dataclass(frozen=True, slots=True)
+class Providers:
+    """How reelhook reaches the providers (``client``, one endpoint per available provider) and
+    how they call it back (callback URLs under ``public_url``, with tokens from ``tokens``)."""
+
+    client: httpx.AsyncClient
+    endpoints: Mapping[str, ProviderEndpoint]
+    tokens: Tokens
+    public_url: str
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitPolicy:
+    """The rules a submission follows: how long a job may wait for its terminal callback
+    (``deadlines`` per model, else ``job_deadline``), which private networks a callback_url may
+    point to, and how submits are retried (``lease``: how long an attempt left unanswered by a
+    stop is trusted to be still running; ``retry_concurrency``: retries in flight at once)."""
+
+    job_deadline: float
+    allow_private: tuple[IPNetwork, ...]
+    retry_schedule: RetrySchedule
+    lease: float
+    deadlines: Mapping[str, float] = field(default_factory=dict)
+    retry_concurrency: int = 16
+
+
+@dataclass(frozen=True, slots=True)
 class Created:
     job: Job
     replayed: bool = False
@@ -74,37 +100,29 @@ class Submitter:
 
     def __init__(
         self,
-        *,
         db: Database,
         publisher: Publisher,
-        client: httpx.AsyncClient,
-        tokens: Tokens,
-        endpoints: dict[str, ProviderEndpoint],
-        public_url: str,
         clock: Clock,
-        job_deadline: float,
-        allow_private: tuple[IPNetwork, ...],
-        deadlines: Mapping[str, float] | None = None,
-        retry_schedule: RetrySchedule,
-        lease: float,
-        retry_concurrency: int = 16,
+        providers: Providers,
+        policy: SubmitPolicy,
+        *,
         rng: Callable[[], float] = random.random,
     ) -> None:
         self._db = db
         self._publisher = publisher
-        self._client = client
-        self._tokens = tokens
-        self._endpoints = endpoints
-        self._public_url = public_url
+        self._client = providers.client
+        self._tokens = providers.tokens
+        self._endpoints = providers.endpoints
+        self._public_url = providers.public_url
         self._clock = clock
-        self._job_deadline = job_deadline
-        self._allow_private = allow_private
-        self._deadlines = deadlines or {}
-        self._retry_schedule = retry_schedule
-        self._lease = lease
+        self._job_deadline = policy.job_deadline
+        self._allow_private = policy.allow_private
+        self._deadlines = policy.deadlines
+        self._retry_schedule = policy.retry_schedule
+        self._lease = policy.lease
         self._rng = rng
         # Providers whose submits this Submitter sends itself (Segmind's are held elsewhere).
-        self._sent_here = tuple(name for name in endpoints if name in CALLBACK_ADAPTERS)
+        self._sent_here = tuple(name for name in providers.endpoints if name in CALLBACK_ADAPTERS)
         self._retries = SubmitQueue(
             db,
             clock=clock,
@@ -112,7 +130,7 @@ class Submitter:
             claim=self._claim,
             next_due=partial(submissions.next_due_at, providers=self._sent_here),
             attempt=self._retry,
-            concurrency=retry_concurrency,
+            concurrency=policy.retry_concurrency,
         )
 
     def wake(self) -> None:
