@@ -51,7 +51,7 @@ async def event_types(http: httpx.AsyncClient, job_id: str) -> Counter[str]:
 async def test_each_outcome_is_named_once_and_rejections_touch_nothing(
     settings_factory: SettingsFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="service.api.callbacks")
+    caplog.set_level(logging.DEBUG, logger="service.jobs.callbacks")
     heard: list[tuple[str, CallbackOutcome]] = []
 
     def broken(provider: str, outcome: CallbackOutcome) -> None:
