@@ -19,9 +19,7 @@ from service.jobs.callback_outcomes import CallbackOutcome
 from service.jobs.lifecycle import Outcome
 from service.providers.apiframe import signature
 from tests.conftest import SettingsFactory
-from tests.servers import loopback_socket, url_of
-from tests.support import served
-from tests.test_callbacks import (
+from tests.helpers.callbacks import (
     APIFRAME_KEY,
     TOKENS,
     apiframe_completed,
@@ -30,6 +28,8 @@ from tests.test_callbacks import (
     stored_callbacks,
     trinetra_done,
 )
+from tests.servers import loopback_socket, url_of
+from tests.support import served
 
 pytestmark = pytest.mark.anyio
 

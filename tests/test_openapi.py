@@ -212,6 +212,7 @@ def keep_subscribers_on_loopback(case: Any, subscriber: str) -> None:
                 case.body[field] = subscriber
 
 
+@pytest.mark.slow
 @schema.parametrize()
 @settings(
     max_examples=25,

@@ -105,7 +105,8 @@ def create_app(
             db = await stack.enter_async_context(Database.open(settings.database_path))
             shared.feed.open()
             generated = await bootstrap.admin_key(db, settings, clock)
-            # One TLS context (loading the CA bundle is slow) for provider calls and downloads.
+            # One TLS context (loading the CA bundle is slow) for provider calls, downloads and the
+            # embedded simulator's callbacks.
             ssl_context = httpx.create_ssl_context()
             bases = {e.base_url: e.name for e in provider_endpoints(settings).values()}
             clients = Clients(
@@ -136,7 +137,7 @@ def create_app(
                 ),
             )
             if simulator is not None:
-                await stack.enter_async_context(simulator.running())
+                await stack.enter_async_context(simulator.running(verify=ssl_context))
             services = _wire(settings, clock, Opened(db, tokens, clients), shared)
             await services.blobs.remove_leftovers()
             tasks = await stack.enter_async_context(anyio.create_task_group())

@@ -33,7 +33,7 @@ from service.storage import deliveries, health, subscriptions
 from service.storage.database import Database
 from service.storage.health import Health
 
-# RFC 9110 §5.1 token characters, and visible ASCII plus space/tab in a value.
+# RFC 9110 section 5.1 token characters, and visible ASCII plus space/tab in a value.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,256}")
 _FIELD_VALUE = re.compile(r"[\t\x20-\x7e]*")
 _MAX_HEADER_VALUE = 4096
