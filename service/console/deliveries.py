@@ -43,7 +43,7 @@ async def delivery_page(view: View) -> Response:
     delivery = await api.find_delivery(view.request, caller, delivery_id)
     payload, attempts = await api.delivery_details(view.request, delivery)
     document = api.delivery_public(delivery)
-    under_way = delivery.status in ("pending", "inflight")
+    under_way = delivery.status in ("queued", "pending", "inflight")
     return view.render(
         "delivery.html",
         section="deliveries",

@@ -14,6 +14,7 @@ seconds to finish, records them, and hands the leases of the rest back for the n
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from collections import Counter
@@ -28,6 +29,7 @@ from service.core.clock import Clock
 from service.delivery.publisher import Publisher, subscription_disabled_data
 from service.delivery.retry import RetryPolicy
 from service.delivery.sender import AttemptResult, Sender
+from service.delivery.transform import Renderer, TemplateError
 from service.providers.base import parse_retry_after
 from service.storage import deliveries, subscriptions
 from service.storage.database import Database
@@ -60,6 +62,7 @@ class Dispatcher:
         disable_after: float = 0.0,
         shutdown_grace: float = 0.0,
         rng: Callable[[], float] = random.random,
+        renderer: Renderer | None = None,
     ) -> None:
         self._db = db
         self._sender = sender
@@ -71,6 +74,7 @@ class Dispatcher:
         self._disable_after = disable_after
         self._shutdown_grace = shutdown_grace
         self._rng = rng
+        self._renderer = renderer or Renderer()
         self._wake = anyio.Event()
         self._outcomes: list[AttemptOutcome] = []
         self._outcomes_ready = anyio.Event()
@@ -143,6 +147,7 @@ class Dispatcher:
         try:
             async with self._db.transaction() as conn:
                 released = await deliveries.release(conn, None, self._clock())
+                await deliveries.restart_queues(conn, self._clock())
         except Exception:
             # Not fatal: those leases expire on their own and are claimed again then.
             log.exception("could not release the leases of the previous run")
@@ -233,15 +238,20 @@ class Dispatcher:
 
     async def _attempt(self, delivery: Claimed) -> None:
         try:
-            result = await self._sender.send(
-                url=delivery.url,
-                event_id=delivery.event_id,
-                payload=delivery.payload,
-                secrets=list(delivery.secrets),
-                headers=delivery.headers,
-                timestamp=int(self._clock()),
-            )
-            outcome = self._judge(delivery, result)
+            body = self._body(delivery)
+            if isinstance(body, AttemptOutcome):
+                outcome = body
+            else:
+                result = await self._sender.send(
+                    url=delivery.url,
+                    event_id=delivery.event_id,
+                    payload=body,
+                    secrets=list(delivery.secrets),
+                    headers=delivery.headers,
+                    timestamp=int(self._clock()),
+                    content_type=delivery.content_type,
+                )
+                outcome = self._judge(delivery, result)
         except Exception as exc:
             # Whatever one subscriber's answer does, it must not stop the dispatcher.
             log.exception("delivery %s failed unexpectedly", delivery.id)
@@ -258,6 +268,29 @@ class Dispatcher:
         self._unfinished.discard(delivery.id)
         self._outcomes.append(outcome)
         self._outcomes_ready.set()
+
+    def _body(self, delivery: Claimed) -> bytes | AttemptOutcome:
+        """The bytes to send: the event body, or its rendering through the subscription's
+        template. A template that fails on this event fails the delivery for good without sending
+        (rendering again would fail again); the error is in the delivery log."""
+        if delivery.template is None:
+            return delivery.payload
+        try:
+            return self._renderer.render(
+                delivery.template,
+                delivery.content_type,
+                delivery.event_id,
+                json.loads(delivery.payload),
+            )
+        except TemplateError as exc:
+            return AttemptOutcome(
+                delivery_id=delivery.id,
+                subscription_id=delivery.subscription_id,
+                attempted_at=self._clock(),
+                latency_ms=0.0,
+                status="failed",
+                error=f"template: {exc}"[:500],
+            )
 
     def _judge(self, delivery: Claimed, result: AttemptResult) -> AttemptOutcome:
         now = self._clock()

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import aiosqlite
 
-_OPEN = "('pending', 'inflight')"
+_OPEN = "('queued', 'pending', 'inflight')"
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +103,7 @@ async def prune_attempts(
     for row in rows:
         if row[2] >= cutoff:
             return await _delete_attempts(conn, doomed, last, float(row[2]), True)
-        if row[1] not in ("pending", "inflight"):
+        if row[1] not in ("queued", "pending", "inflight"):
             doomed.append(int(row[0]))
         last = int(row[0])
     return await _delete_attempts(conn, doomed, last, None, len(rows) < limit)

@@ -19,7 +19,7 @@ async def outbox(conn: aiosqlite.Connection) -> tuple[int, float | None]:
     """
     depth = 0
     oldest: float | None = None
-    for status in ("pending", "inflight"):
+    for status in ("queued", "pending", "inflight"):
         # A literal status, not a parameter: the planner matches partial indexes on literals.
         async with conn.execute(
             f"SELECT count(*), min(created_at) FROM deliveries WHERE status = '{status}'"
