@@ -31,6 +31,7 @@ from service.core.tokens import Tokens
 from service.delivery.dispatcher import Dispatcher
 from service.delivery.eventfeed import EventFeed
 from service.delivery.publisher import Publisher
+from service.delivery.transform import Renderer
 from service.jobs.callback_outcomes import CallbackObserver
 from service.jobs.deadlines import DeadlineTimer
 from service.jobs.held_requests import HeldRequests
@@ -69,6 +70,8 @@ class Services:
     metrics: Metrics
     feed: EventFeed
     callback_observers: list[CallbackObserver] = field(default_factory=list)
+    # Compiles and renders body templates: the dispatcher's, for validation and previews.
+    renderer: Renderer = field(default_factory=Renderer)
 
 
 @dataclass(frozen=True, slots=True)

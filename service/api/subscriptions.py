@@ -18,18 +18,38 @@ from service.api.context import (
     time_param,
 )
 from service.api.operation import Param, Reply, cursor_query, limit_query, operation
-from service.api.schemas import page_of, ref
+from service.api.schemas import nullable, page_of, ref
 from service.core.clock import isoformat
 from service.core.errors import Conflict, NotFound, ValidationFailed
 from service.core.ids import new_id
-from service.core.models import EVENT_TYPES, Subscription
+from service.core.jsonutil import dumps
+from service.core.models import EVENT_TYPES, JOB_EVENT_TYPES, Subscription
 from service.delivery import signing
+from service.delivery.filters import FilterError, parse
 from service.delivery.publisher import ping_data
+from service.delivery.samples import event_fields, sample_event
+from service.delivery.transform import (
+    CONTENT_TYPES,
+    DEFAULT_CONTENT_TYPE,
+    TemplateError,
+)
 from service.jobs.catalog import MODELS
 from service.net.guard import check_url
 from service.storage import deliveries, subscriptions
 
-_FIELDS = {"url", "event_types", "models", "headers", "description"}
+_FIELDS = {
+    "url",
+    "event_types",
+    "models",
+    "headers",
+    "description",
+    "filter",
+    "template",
+    "content_type",
+    "signature_scheme",
+    "ordering",
+}
+ORDERINGS = ("none", "fifo")
 # RFC 9110 §5.1 token characters, and visible ASCII plus space/tab in a value.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,256}")
 _FIELD_VALUE = re.compile(r"[\t\x20-\x7e]*")
@@ -74,6 +94,35 @@ _FIELD_SCHEMAS: dict[str, Any] = {
         "Standard Webhooks headers, Content-Type, Host and the like are reelhook's own.",
     },
     "description": {"type": "string", "maxLength": 500},
+    "filter": {
+        **nullable(ref("PayloadFilter")),
+        "description": "Deliver only events whose body passes this filter (after event_types "
+        "and models); null: no payload filter. A path no event can have is refused.",
+    },
+    "template": {
+        "type": ["string", "null"],
+        "maxLength": 16384,
+        "description": "A Jinja2 template (sandboxed; 0.1 s, 64 kB) rendering the body to send "
+        "instead of the event, e.g. a Slack or Discord message; null: send the event. It sees "
+        "type, timestamp, data, event and event_id. Checked against a sample of each event "
+        "type the subscription receives.",
+    },
+    "content_type": {
+        "enum": list(CONTENT_TYPES),
+        "description": "What the template produces (application/json must render JSON); "
+        "without a template only application/json.",
+    },
+    "signature_scheme": {
+        "enum": list(signing.SCHEMES),
+        "description": "v1 (default): HMAC-SHA256 with a shared whsec_ secret. v1a: Ed25519; "
+        "verify with the whpk_ public_key. Changing it on an existing subscription is a "
+        "rotation: both signatures are sent for the grace period.",
+    },
+    "ordering": {
+        "enum": list(ORDERINGS),
+        "description": "fifo: at most one delivery in flight, each after the previous one "
+        "succeeded or exhausted its retries, so a failing endpoint holds back the rest.",
+    },
 }
 _CREATE_SCHEMA = {
     "type": "object",
@@ -156,7 +205,61 @@ def _validated(request: Request, body: Any, *, partial: bool) -> dict[str, Any]:
         if body["status"] not in ("active", "disabled"):
             raise ValidationFailed.field("status", "must be active or disabled")
         changes["status"] = body["status"]
+    if "filter" in body:
+        changes["filter"] = _filter(body["filter"])
+    if "template" in body:
+        template = body["template"]
+        if template is not None and (not isinstance(template, str) or not template.strip()):
+            raise ValidationFailed.field("template", "must be a non-empty string or null")
+        changes["template"] = template
+    for name, accepted in (
+        ("content_type", CONTENT_TYPES),
+        ("signature_scheme", signing.SCHEMES),
+        ("ordering", ORDERINGS),
+    ):
+        if name in body:
+            if body[name] not in accepted:
+                raise ValidationFailed.field(name, f"must be one of {', '.join(accepted)}")
+            changes[name] = body[name]
     return changes
+
+
+def _filter(spec: Any) -> dict[str, Any] | None:
+    if spec is None:
+        return None
+    try:
+        return parse(spec, event_fields()).spec
+    except FilterError as exc:
+        raise ValidationFailed.field(exc.where, exc.problem) from None
+
+
+def _check_body(request: Request, sub: Subscription) -> None:
+    """The template compiles and renders a sample of every event type ``sub`` receives within
+    the limits, in its content type; with no template only JSON is sent. Pings (the test button)
+    go through the template too but are not required to render: a template made for videos may
+    have nothing to say about a ping, and its failure shows in the delivery log."""
+    if sub.template is None:
+        if sub.content_type != DEFAULT_CONTENT_TYPE:
+            raise ValidationFailed.field(
+                "content_type", f"only {DEFAULT_CONTENT_TYPE} without a template"
+            )
+        return
+    renderer = services(request).renderer
+    try:
+        renderer.compile(sub.template)
+    except TemplateError as exc:
+        raise ValidationFailed.field("template", str(exc)) from None
+    now = services(request).clock()
+    received = sub.event_types or (*JOB_EVENT_TYPES, "subscription.disabled")
+    for event_type in received:
+        event = sample_event(event_type, now=now, file_url=services(request).publisher.file_url)
+        event_id = event.pop("id")
+        try:
+            renderer.render(sub.template, sub.content_type, event_id, event)
+        except TemplateError as exc:
+            raise ValidationFailed.field(
+                "template", f"rendering a sample {event_type} event: {exc}"
+            ) from None
 
 
 async def owned(request: Request, caller: Caller, sub_id: str) -> Subscription:
@@ -199,7 +302,7 @@ async def create(request: Request, caller: Caller, body: Any) -> Subscription:
         id=new_id("sub"),
         owner_key_id=caller.key_id,
         url=changes["url"],
-        secret=signing.new_secret(),
+        secret=signing.new_secret(changes.get("signature_scheme", "v1")),
         event_types=changes.get("event_types", ()),
         models=changes.get("models", ()),
         headers=changes.get("headers", {}),
@@ -207,7 +310,12 @@ async def create(request: Request, caller: Caller, body: Any) -> Subscription:
         status="active",
         created_at=now,
         updated_at=now,
+        filter=changes.get("filter"),
+        template=changes.get("template"),
+        content_type=changes.get("content_type", DEFAULT_CONTENT_TYPE),
+        ordering=changes.get("ordering", "none"),
     )
+    _check_body(request, sub)
     async with services(request).db.transaction() as conn:
         await subscriptions.insert(conn, sub)
     return sub
@@ -277,10 +385,23 @@ async def update(request: Request, caller: Caller, sub_id: str, body: Any) -> Su
     """Apply ``body`` (the API's PATCH shape) to the subscription; return it as stored."""
     sub = await owned(request, caller, sub_id)
     changes = _validated(request, body, partial=True)
+    scheme = changes.pop("signature_scheme", sub.signature_scheme)
     now = services(request).clock()
     updated = dataclasses.replace(sub, **changes, updated_at=now)
+    _check_body(request, updated)
     async with services(request).db.transaction() as conn:
         await subscriptions.save(conn, updated)
+        if scheme != sub.signature_scheme:
+            # A switch of scheme is a rotation: both signatures for the grace period.
+            await subscriptions.rotate_secret(
+                conn,
+                sub.id,
+                signing.new_secret(scheme),
+                previous_until=now + services(request).settings.secret_rotation_grace,
+                now=now,
+            )
+        if sub.ordering == "fifo" and updated.ordering != "fifo":
+            await deliveries.release_queue(conn, sub.id, now)
         if changes.get("status", sub.status) != sub.status:
             # Either way the failure window starts afresh: a re-enabled subscription gets the
             # whole window again before it can be disabled for failing.
@@ -378,7 +499,7 @@ async def rotate(request: Request, caller: Caller, sub_id: str) -> Subscription:
         await subscriptions.rotate_secret(
             conn,
             sub.id,
-            signing.new_secret(),
+            signing.new_secret(sub.signature_scheme),
             previous_until=now + state.settings.secret_rotation_grace,
             now=now,
         )
@@ -465,3 +586,95 @@ async def recover(
         count = await deliveries.recover(conn, sub.id, since=since, until=until, now=now)
     state.dispatcher.wake()
     return count
+
+
+_PREVIEW_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "event_type": {
+            "enum": list(EVENT_TYPES),
+            "description": "Which sample event to use (default job.succeeded).",
+        },
+        "template": _FIELD_SCHEMAS["template"],
+        "content_type": _FIELD_SCHEMAS["content_type"],
+        "filter": _FIELD_SCHEMAS["filter"],
+    },
+}
+
+
+@operation(
+    summary="Preview a template and a filter",
+    tag="subscriptions",
+    body=_PREVIEW_SCHEMA,
+    replies={
+        200: Reply(
+            "The sample event, whether the filter lets it through, and the body the template "
+            "renders from it.",
+            {
+                "type": "object",
+                "required": ["event", "filter_matches", "content_type", "body"],
+                "properties": {
+                    "event": ref("Event"),
+                    "filter_matches": {
+                        "type": ["boolean", "null"],
+                        "description": "null when no filter was given.",
+                    },
+                    "content_type": {"enum": list(CONTENT_TYPES)},
+                    "body": {
+                        "type": "string",
+                        "description": "Exactly what would be sent (the event itself without a "
+                        "template).",
+                    },
+                },
+            },
+        )
+    },
+)
+async def preview_subscription(request: Request) -> Response:
+    """Render a sample event (as `GET /v1/events/samples` builds it) through `template`, and test
+    it against `filter`, without saving anything: the errors are those a subscription with these
+    fields would get."""
+    await authenticate(request, "subscriptions:read")
+    return JSONResponse(preview(request, await read_json(request)))
+
+
+def preview(request: Request, body: Any) -> dict[str, Any]:
+    """What a subscription with ``body``'s template and filter would do with a sample event."""
+    if not isinstance(body, dict):
+        raise ValidationFailed("the request body must be a JSON object")
+    unknown = sorted(set(body) - {"event_type", "template", "content_type", "filter"})
+    if unknown:
+        raise ValidationFailed.fields({name: "unknown field" for name in unknown})
+    event_type = body.get("event_type", "job.succeeded")
+    if event_type not in EVENT_TYPES:
+        raise ValidationFailed.field("event_type", f"must be one of {', '.join(EVENT_TYPES)}")
+    changes = _validated(
+        request, {k: v for k, v in body.items() if k != "event_type"}, partial=True
+    )
+    template = changes.get("template")
+    content_type = changes.get("content_type", DEFAULT_CONTENT_TYPE)
+    state = services(request)
+    event = sample_event(event_type, now=state.clock(), file_url=state.publisher.file_url)
+    delivered = {key: value for key, value in event.items() if key != "id"}
+    spec = changes.get("filter")
+    matches = parse(spec, event_fields()).matches(delivered) if spec is not None else None
+    if template is None:
+        if content_type != DEFAULT_CONTENT_TYPE:
+            raise ValidationFailed.field(
+                "content_type", f"only {DEFAULT_CONTENT_TYPE} without a template"
+            )
+        rendered = dumps(delivered)
+    else:
+        try:
+            rendered = state.renderer.render(
+                template, content_type, event["id"], delivered
+            ).decode()
+        except TemplateError as exc:
+            raise ValidationFailed.field("template", str(exc)) from None
+    return {
+        "event": event,
+        "filter_matches": matches,
+        "content_type": content_type,
+        "body": rendered,
+    }

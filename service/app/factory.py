@@ -32,6 +32,7 @@ from service.delivery.eventfeed import EventFeed
 from service.delivery.publisher import Publisher
 from service.delivery.retry import RetryPolicy
 from service.delivery.sender import Sender
+from service.delivery.transform import Renderer
 from service.jobs.callback_outcomes import CallbackObserver
 from service.jobs.deadlines import DeadlineTimer
 from service.jobs.held_requests import HeldRequests
@@ -203,6 +204,7 @@ def _wire(
         return f"{settings.public_url}/v1/files/{tokens.file(digest, media_type)}"
 
     publisher = Publisher(file_url, first_delay=settings.retry_schedule[0])
+    renderer = Renderer()
     dispatcher = Dispatcher(
         db,
         MeteredSender(session, metrics),
@@ -216,6 +218,7 @@ def _wire(
         publisher=publisher,
         disable_after=settings.disable_after,
         shutdown_grace=settings.shutdown_grace,
+        renderer=renderer,
     )
 
     submit_retries = SubmitRetryPolicy(settings.submit_retry_schedule)
@@ -294,6 +297,7 @@ def _wire(
         limiter=limiter,
         metrics=metrics,
         feed=feed,
+        renderer=renderer,
     )
 
 

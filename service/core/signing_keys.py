@@ -49,7 +49,9 @@ def public_key(secret: str) -> str | None:
     """The ``whpk_`` public key of a ``v1a`` signing key; None for a ``v1`` secret."""
     if scheme_of(secret) != "v1a":
         return None
-    raw = private_key(secret).public_key().public_bytes(
-        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    raw = (
+        private_key(secret)
+        .public_key()
+        .public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     )
     return PUBLIC_KEY_PREFIX + base64.b64encode(raw).decode()

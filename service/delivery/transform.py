@@ -117,7 +117,11 @@ class _Sandbox(ImmutableSandboxedEnvironment):
     intercepted_binops = frozenset({"*", "**", "+", "%", "//"})
 
     def __init__(self, limits: Limits) -> None:
-        super().__init__(autoescape=False, keep_trailing_newline=True)
+        # Chainable: ``data.metadata.channel`` is simply undefined (falsy, renders empty) on an
+        # event without metadata, so one template can serve several event types.
+        super().__init__(
+            autoescape=False, keep_trailing_newline=True, undefined=jinja2.ChainableUndefined
+        )
         self.limits = limits
         for name in ("lipsum",):
             self.globals.pop(name, None)
