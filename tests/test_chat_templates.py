@@ -8,13 +8,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 
 from service.delivery.samples import sample_event
 from service.delivery.transform import Renderer
 from tests.chat_receivers import BOT_TOKEN, ChatReceivers, Refused, check_slack
-from tests.servers import run_server
+from tests.conftest import SettingsFactory
+from tests.servers import loopback_socket, run_server, url_of
+from tests.support import served, wait_for_job
 
 pytestmark = pytest.mark.anyio
 
@@ -82,3 +85,56 @@ async def test_the_receivers_refuse_what_the_services_refuse() -> None:
     assert [service for service, _ in receivers.refused] == ["slack", "discord", "telegram"]
     with pytest.raises(Refused, match="invalid_blocks"):
         check_slack({"text": "x", "blocks": [{"type": "header", "text": {"type": "mrkdwn"}}]})
+
+
+async def test_a_finished_job_reaches_slack_discord_and_telegram_with_templates_only(
+    settings_factory: SettingsFactory,
+) -> None:
+    """No code on the subscriber's side: three subscriptions, each only a URL and a template
+    from examples/templates/, and a finished job lands in each chat correctly shaped."""
+    receivers = ChatReceivers()
+    with loopback_socket() as sock:
+        settings = settings_factory(PUBLIC_URL=url_of(sock), SIM_DELAY="0.05")
+        async with run_server(receivers.app()) as chat, served(settings, sock) as http:
+            for name, path, event_types in (
+                ("slack.json.j2", "/slack", ["job.succeeded", "job.failed"]),
+                ("discord.json.j2", "/discord", ["job.succeeded", "job.failed"]),
+                ("telegram-sendvideo.json.j2", f"/bot{BOT_TOKEN}/sendVideo", ["job.succeeded"]),
+            ):
+                created = await http.post(
+                    "/v1/subscriptions",
+                    json={
+                        "url": chat + path,
+                        "template": template(name),
+                        "event_types": event_types,
+                    },
+                )
+                assert created.status_code == 201, created.text
+            submitted = await http.post(
+                "/v1/jobs",
+                json={
+                    "model": "segmind/kling-2.5-turbo",
+                    "input": {"prompt": "a fox in the snow"},
+                    "metadata": {"chat_id": 777},
+                },
+            )
+            assert submitted.status_code == 202, submitted.text
+            job = await wait_for_job(http, submitted.json()["id"])
+            assert job["status"] == "succeeded"
+            with anyio.fail_after(15):
+                while sum(map(len, receivers.accepted.values())) < 3 and not receivers.refused:
+                    await receivers.arrived.wait()
+    assert receivers.refused == []
+    video = job["outputs"][0]["url"]
+    [slack] = receivers.accepted["slack"]
+    assert slack["text"] == "Video ready: segmind/kling-2.5-turbo"
+    assert video in slack["blocks"][1]["text"]["text"]
+    [discord] = receivers.accepted["discord"]
+    assert discord["content"] == f"Video ready: {video}"
+    [telegram] = receivers.accepted["telegram"]
+    assert telegram == {
+        "chat_id": 777,
+        "video": video,
+        "caption": "Your video is ready: a fox in the snow",
+        "supports_streaming": True,
+    }
