@@ -24,7 +24,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from service.core.ids import new_id
-from service.core.models import Subscription
+from service.core.models import DeliveryStatus, Subscription, SubscriptionStatus
 from service.storage import deliveries, events, subscriptions
 from service.storage.database import Database
 from service.storage.deliveries import AttemptOutcome, Claimed
@@ -49,7 +49,7 @@ def subscription(sub_id: str, ordering: str) -> Subscription:
         models=(),
         headers={},
         description="",
-        status="active",
+        status=SubscriptionStatus.ACTIVE,
         created_at=T0,
         updated_at=T0,
         ordering=ordering,
@@ -89,12 +89,13 @@ async def claim(db: Database, now: float, busy: dict[str, int] | None = None) ->
 
 
 async def finish(db: Database, delivery: Claimed, at: float, status: str, **more: Any) -> None:
+    """Record one attempt of ``delivery`` with the outcome ``status``."""
     outcome = AttemptOutcome(
         delivery_id=delivery.id,
         subscription_id=delivery.subscription_id,
         attempted_at=at,
         latency_ms=1.0,
-        status=status,
+        status=DeliveryStatus(status),
         status_code=204 if status == "succeeded" else 500,
         **more,
     )
