@@ -453,6 +453,11 @@ class Bench:
             times = sorted(t for *_, t in records)
             rate = expected / (times[-1] - times[0]) if len(times) > 1 else 0.0
             unique = len({(path, event) for path, event, _, _ in records})
+            # Outcomes are recorded in batches after the answers arrive: give the last ones a
+            # moment (bounded) to land before the ledger is read.
+            deadline = time.monotonic() + 30
+            while self.delivered(ids) < expected and time.monotonic() < deadline:
+                time.sleep(0.2)
             ok = self.ledger(
                 f"fan-out x {subscribers} ({label})",
                 expected=expected,
