@@ -10,6 +10,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 import httpx
 import nacl.signing
 import pytest
@@ -190,6 +191,36 @@ async def test_a_template_that_fails_on_one_event_fails_that_delivery_without_se
         assert failed[0]["last_error"].startswith("template: ")
         assert failed[0]["attempt_count"] == 1, failed
         assert len(sink.on("/t")) == 1
+
+
+async def test_a_template_out_of_time_on_one_event_is_retried_then_fails(
+    settings_factory: SettingsFactory,
+) -> None:
+    # Running out of time may be a busy moment, so it is retried on the schedule (three
+    # attempts here), unlike a template error, which would recur.
+    template = (
+        "{% if data.metadata.slow %}{% for a in range(100000) %}{% for b in range(100000) %}"
+        '{% endfor %}{% endfor %}{% endif %}{"id": {{ (data.id or "")|tojson }}}'
+    )
+    async with served_with_sink(settings_factory, SIM_DELAY="0.05") as (http, sink, sink_url):
+        sub = await subscribe(
+            http, url=f"{sink_url}/slow", template=template, event_types=["job.succeeded"]
+        )
+        submitted = await http.post(
+            "/v1/jobs",
+            json={"model": SEGMIND, "input": {"prompt": "p"}, "metadata": {"slow": True}},
+        )
+        job_id = submitted.json()["id"]
+        with anyio.fail_after(15):
+            while True:
+                log = await http.get("/v1/deliveries", params={"subscription_id": sub["id"]})
+                found = [d for d in log.json()["data"] if d["job_id"] == job_id]
+                if found and found[0]["status"] == "failed":
+                    break
+                await anyio.sleep(0.05)
+        assert found[0]["attempt_count"] == 3, found
+        assert "longer than" in found[0]["last_error"]
+        assert sink.on("/slow") == []
 
 
 @pytest.mark.parametrize(

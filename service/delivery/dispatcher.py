@@ -273,7 +273,8 @@ class Dispatcher:
     def _body(self, delivery: Claimed) -> bytes | AttemptOutcome:
         """The bytes to send: the event body, or its rendering through the subscription's
         template. A template that fails on this event fails the delivery for good without sending
-        (rendering again would fail again); the error is in the delivery log."""
+        (rendering again would fail again), except when it ran out of time, which is retried; the
+        error is in the delivery log."""
         if delivery.template is None:
             return delivery.payload
         try:
@@ -284,6 +285,10 @@ class Dispatcher:
                 json.loads(delivery.payload),
             )
         except TemplateError as exc:
+            if exc.transient:
+                # Out of time, perhaps only because the machine was busy: retried on schedule.
+                failed = AttemptResult(None, 0.0, error=f"template: {exc}"[:500])
+                return self._judge(delivery, failed)
             return AttemptOutcome(
                 delivery_id=delivery.id,
                 subscription_id=delivery.subscription_id,

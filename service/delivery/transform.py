@@ -55,7 +55,12 @@ DEFAULT_CONTENT_TYPE = "application/json"
 
 
 class TemplateError(ValueError):
-    """A template that cannot be compiled, or a render that failed or broke a limit."""
+    """A template that cannot be compiled, or a render that failed or broke a limit.
+    ``transient``: it ran out of time, which a less busy moment might not."""
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +141,9 @@ class _Sandbox(ImmutableSandboxedEnvironment):
     def _tick(self) -> None:
         budget = _BUDGET.get()
         if budget is not None and time.monotonic() > budget.deadline:
-            raise TemplateError(f"rendering took longer than {self.limits.seconds:g} s")
+            raise TemplateError(
+                f"rendering took longer than {self.limits.seconds:g} s", transient=True
+            )
 
     def _spend(self, size: int) -> None:
         budget = _BUDGET.get()
