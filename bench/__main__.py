@@ -519,9 +519,14 @@ class Bench:
             ).fetchone()
         return int(row[0])
 
-    def run(self) -> None:
+    def run(self, only_fanout: bool = False) -> None:
         self.fsync = disk_fsync_probe(self.work)
         asyncio.run(seed_jobs(self.env, 0, self.sizes.jobs))
+        self.under_load_rss = 0.0
+        if only_fanout:
+            with start_sink(self.log) as sink:
+                self.fanout(sink)
+            return
         with start_sink(self.log) as sink:
             with start_service(self.env, self.log) as service, RssSampler(service) as rss:
                 self.ingest(service, sink)
@@ -580,13 +585,18 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a small smoke run (not a report)")
     parser.add_argument("--keep", action="store_true", help="keep the work dir and its logs")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument(
+        "--fanout-only",
+        action="store_true",
+        help="only the fan-out scenarios (4 and 4f): a partial report, named fanout.md",
+    )
     args = parser.parse_args()
     sizes = Sizes.quick() if args.quick else Sizes()
     started = time.time()
     with workdir(args.keep) as work:
         bench = Bench(work, sizes)
         try:
-            bench.run()
+            bench.run(only_fanout=args.fanout_only)
         except Exception:
             print(f"benchmark failed; process log:\n{bench.log.read_text()[-4000:]}")
             raise
@@ -601,7 +611,7 @@ def main() -> None:
         "figures": [asdict(f) for f in bench.figures],
         "ledgers": [asdict(entry) for entry in bench.ledgers],
     }
-    name = "quick" if args.quick else "latest"
+    name = "quick" if args.quick else "fanout" if args.fanout_only else "latest"
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.out / f"{name}.md").write_text(report.markdown(result))
