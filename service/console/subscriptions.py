@@ -14,7 +14,7 @@ from service.core.errors import ValidationFailed
 from service.core.models import EVENT_TYPES, Subscription, SubscriptionStatus
 from service.delivery.transform import CONTENT_TYPES
 from service.jobs.catalog import MODELS
-from service.storage import deliveries, health
+from service.storage.health import Health
 
 # The success rate covers the last day of attempts: long enough to mean something, short enough
 # that a subscriber that has recovered stops looking sick.
@@ -68,9 +68,8 @@ def _choices() -> dict[str, Any]:
     return {"event_types": EVENT_TYPES, "models": tuple(MODELS), "content_types": CONTENT_TYPES}
 
 
-async def _health(view: View, sub: Subscription) -> health.Health:
-    since = view.state.clock() - HEALTH_WINDOW
-    return await health.of_subscription(view.state.db.reader, sub.id, since=since)
+async def _health(view: View, sub: Subscription) -> Health:
+    return await view.state.subscriptions.health(sub, since=view.state.clock() - HEALTH_WINDOW)
 
 
 async def list_page(view: View, *, status_code: int = 200, **extra: Any) -> Response:
@@ -124,11 +123,7 @@ async def detail(
         health_hours=HEALTH_WINDOW // 3600,
         recover_since=_form_time(view.state.clock() - HEALTH_WINDOW),
         draft=extra.pop("draft", None) or _stored_draft(sub),
-        queue=(
-            await deliveries.queue_of(view.state.db.reader, sub.id)
-            if sub.ordering == "fifo"
-            else None
-        ),
+        queue=(await view.state.subscriptions.queue(sub) if sub.ordering == "fifo" else None),
         **_choices(),
         **extra,
     )
