@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import jsonschema
 import pytest
 
+from service.api.schemas import components
+from service.core.errors import ValidationFailed
 from service.delivery.filters import MAX_CONDITIONS, MAX_DEPTH, FilterError, parse
 from service.delivery.samples import event_fields
+from service.delivery.subscriptions import NEW_SUBSCRIPTION
 
 FIELDS = event_fields()
 
@@ -152,3 +156,41 @@ def test_size_limits() -> None:
     wide = {"any": [{"path": "data.status", "eq": str(i)} for i in range(MAX_CONDITIONS + 1)]}
     with pytest.raises(FilterError, match="more than"):
         parse(wide, FIELDS)
+
+
+# The create body's published schema, with the document's components, against the validator:
+# they agree on the shape of a filter (that a path exists is beyond JSON Schema).
+SHAPES: list[Any] = [
+    {"path": "data.status", "eq": "succeeded"},
+    {"path": "data.input.duration", "gt": 5},
+    {"all": [{"path": "data.status", "in": ["a", "b"]}, {"not": {"path": "type", "eq": "x"}}]},
+    {"any": [{"path": "data.error", "exists": False}]},
+    None,
+    {"path": "data.status"},
+    {"path": "data.status", "eq": "a", "ne": "b"},
+    {"path": "data.input.duration", "gt": "5"},
+    {"path": "data.error", "exists": "yes"},
+    {"all": []},
+    {"all": [{"path": "data.status", "eq": "x"}], "any": []},
+    {"path": "data.status", "like": "x"},
+    {"path": "data.status", "eq": ["a"]},
+    {"path": "data.status", "eq": "x" * 1001},
+    {"path": "", "eq": "x"},
+    {"path": "data.status", "in": [{"a": 1}]},
+    {"not": {"path": "type", "eq": "x"}, "all": []},
+    "data.status == 'x'",
+]
+
+
+@pytest.mark.parametrize("spec", SHAPES)
+def test_the_published_filter_schema_agrees_with_the_validator(spec: Any) -> None:
+    body = {"url": "https://hooks.example.test/x", "filter": spec}
+    document = {**NEW_SUBSCRIPTION.schema(), "components": {"schemas": components()}}
+    published = jsonschema.Draft202012Validator(document).is_valid(body)
+    try:
+        NEW_SUBSCRIPTION.validate(body)
+    except ValidationFailed:
+        accepted = False
+    else:
+        accepted = True
+    assert published == accepted

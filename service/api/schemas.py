@@ -58,6 +58,7 @@ def _obj(required: list[str], **properties: Schema) -> Schema:
 
 
 _TIME = {"type": "string", "format": "date-time"}
+_SCALAR = {"type": ["string", "number", "boolean", "null"], "maxLength": 1000}
 _MAYBE_TIME = {"type": ["string", "null"], "format": "date-time"}
 
 
@@ -256,17 +257,32 @@ def components() -> dict[str, Schema]:
                     "minProperties": 2,
                     "maxProperties": 2,
                     "properties": {
-                        "path": {"type": "string", "examples": ["data.metadata.channel"]},
-                        **{op: {} for op in ("eq", "ne")},
-                        "in": {"type": "array", "minItems": 1, "maxItems": 100},
+                        "path": {
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": 200,
+                            "examples": ["data.metadata.channel"],
+                        },
+                        **{op: _SCALAR for op in ("eq", "ne")},
+                        "in": {"type": "array", "items": _SCALAR, "minItems": 1, "maxItems": 100},
                         "exists": {"type": "boolean"},
                         **{op: {"type": "number"} for op in ("gt", "gte", "lt", "lte")},
                     },
                     "additionalProperties": False,
                 },
-                _obj(["all"], all={"type": "array", "items": ref("PayloadFilter"), "minItems": 1}),
-                _obj(["any"], any={"type": "array", "items": ref("PayloadFilter"), "minItems": 1}),
-                _obj(["not"], **{"not": ref("PayloadFilter")}),
+                *(
+                    {
+                        **_obj(
+                            [key],
+                            **{
+                                key: {"type": "array", "items": ref("PayloadFilter"), "minItems": 1}
+                            },
+                        ),
+                        "additionalProperties": False,
+                    }
+                    for key in ("all", "any")
+                ),
+                {**_obj(["not"], **{"not": ref("PayloadFilter")}), "additionalProperties": False},
             ],
         },
         "DisabledSubscription": _obj(
