@@ -42,6 +42,7 @@ def routes() -> list[BaseRoute]:
         resource("/v1/models", get=meta.list_models),
         resource("/v1/jobs", get=jobs.list_jobs, post=jobs.create_job),
         resource("/v1/jobs/{job_id}", get=jobs.get_job),
+        resource("/v1/jobs/{job_id}/cancel", post=jobs.cancel_job),
         resource(
             "/v1/subscriptions",
             get=subscriptions.list_subscriptions,

@@ -17,8 +17,9 @@ from service.api.context import (
 )
 from service.api.operation import Param, Reply, cursor_query, limit_query, operation
 from service.api.schemas import page_of, ref
-from service.core.errors import NotFound, ValidationFailed
+from service.core.errors import Conflict, NotFound, ValidationFailed
 from service.core.models import Job, JobStatus
+from service.jobs import lifecycle
 from service.jobs.catalog import MODELS
 from service.storage import jobs
 
@@ -87,6 +88,36 @@ async def find_job(state: Services, caller: Caller, job_id: str) -> Job:
     if job is None or not caller.can_see(job.owner_key_id):
         raise NotFound(f"no job {job_id!r}")
     return job
+
+
+@operation(
+    summary="Cancel a job",
+    tag="jobs",
+    replies={200: Reply("The job, now canceled.", ref("Job"))},
+    errors=(404, 409),
+)
+async def cancel_job(request: Request) -> Response:
+    """Stop waiting for an unfinished job: it becomes `canceled` and `job.canceled` is sent. The
+    provider is not told (none offers a cancel call) and may still finish; a result arriving
+    later is stored for audit and changes nothing. 409 when the job has already finished."""
+    caller = await authenticate(request, "jobs:write")
+    job = await cancel(services(request), caller, request.path_params["job_id"])
+    return JSONResponse(job.to_document(services(request).publisher.file_url))
+
+
+async def cancel(state: Services, caller: Caller, job_id: str) -> Job:
+    """Cancel the job if ``caller`` may see it (see :func:`service.jobs.lifecycle.cancel`)."""
+    await find_job(state, caller, job_id)
+    try:
+        canceled = await lifecycle.cancel(state.db, state.publisher, job_id, state.clock())
+    except lifecycle.NotCancelable as exc:
+        raise Conflict(
+            f"the job has already finished ({exc}); only an unfinished job can be canceled"
+        ) from None
+    if canceled is None:
+        raise NotFound(f"no job {job_id!r}")
+    state.dispatcher.wake()
+    return canceled
 
 
 @operation(

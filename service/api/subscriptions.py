@@ -10,9 +10,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from service.api.context import (
+    MAX_REQUEST_BYTES,
     Caller,
     authenticate,
     limit_param,
+    read_body,
     read_json,
     services,
     time_param,
@@ -20,11 +22,13 @@ from service.api.context import (
 from service.api.operation import Param, Reply, cursor_query, limit_query, operation
 from service.api.schemas import page_of, ref
 from service.core.clock import isoformat
-from service.core.errors import Conflict, NotFound, ValidationFailed
+from service.core.errors import BadRequest, Conflict, NotFound, ValidationFailed
 from service.core.ids import new_id
+from service.core.jsonutil import InvalidJSON, loads
 from service.core.models import EVENT_TYPES, Subscription
 from service.delivery import signing
 from service.delivery.publisher import ping_data
+from service.delivery.samples import sample_event
 from service.jobs.catalog import MODELS
 from service.net.guard import check_url
 from service.storage import deliveries, subscriptions
@@ -314,38 +318,82 @@ async def delete(request: Request, caller: Caller, sub_id: str) -> None:
         await subscriptions.delete(conn, sub.id)
 
 
+_TEST_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "type": {
+            "enum": list(EVENT_TYPES),
+            "description": "Send a realistic sample of this event type instead of a `ping` "
+            "(the same shape as `GET /v1/events/sample`; its job is not a real one).",
+        }
+    },
+}
+
+
 @operation(
     summary="Send a test event",
     tag="subscriptions",
+    body=_TEST_SCHEMA,
+    body_required=False,
     replies={
         202: Reply(
-            "The ping is queued for delivery.",
+            "The event is queued for delivery.",
             {
                 "type": "object",
-                "required": ["event_id"],
-                "properties": {"event_id": {"type": "string", "pattern": "^evt_"}},
+                "required": ["event_id", "type"],
+                "properties": {
+                    "event_id": {"type": "string", "pattern": "^evt_"},
+                    "type": {"enum": list(EVENT_TYPES)},
+                },
             },
         )
     },
-    errors=(404, 409),
+    errors=(404, 409, 422),
 )
 async def test_subscription(request: Request) -> Response:
-    """Send a `ping` event to this one subscription now."""
+    """Send a `ping` event to this one subscription now; with `{"type": "job.succeeded"}` a
+    sample of that type instead (what `reelhook trigger` sends), whatever the subscription's
+    filters. Signed and retried like any delivery."""
     caller = await authenticate(request, "subscriptions:write")
-    event_id = await ping(request, caller, request.path_params["subscription_id"])
-    return JSONResponse({"event_id": event_id}, status_code=202)
+    sub_id = request.path_params["subscription_id"]
+    await owned(request, caller, sub_id)  # 404 before any complaint about the body
+    event_type = "ping"
+    raw = await read_body(request, MAX_REQUEST_BYTES)
+    if raw.strip():
+        try:
+            body = loads(raw)
+        except InvalidJSON as exc:
+            raise BadRequest(f"the request body is not valid JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise ValidationFailed("the request body must be a JSON object")
+        unknown = sorted(set(body) - {"type"})
+        if unknown:
+            raise ValidationFailed.fields({name: "unknown field" for name in unknown})
+        event_type = body.get("type", "ping")
+        if event_type not in EVENT_TYPES:
+            raise ValidationFailed.field(
+                "type", f"unknown event type {event_type!r} (accepted: {', '.join(EVENT_TYPES)})"
+            )
+    event_id = await ping(request, caller, sub_id, event_type=event_type)
+    return JSONResponse({"event_id": event_id, "type": event_type}, status_code=202)
 
 
-async def ping(request: Request, caller: Caller, sub_id: str) -> str:
-    """Queue a ``ping`` event to this one subscription; return the event's id."""
+async def ping(request: Request, caller: Caller, sub_id: str, *, event_type: str = "ping") -> str:
+    """Queue a ``ping`` (or a sample of ``event_type``) to this one subscription; return the
+    event's id."""
     sub = await owned(request, caller, sub_id)
     if sub.status != "active":
         raise Conflict("the subscription is disabled; enable it to send a test event")
     state = services(request)
     now = state.clock()
+    if event_type == "ping":
+        data = ping_data(sub.id)
+    else:
+        data = sample_event(event_type, now=now, file_url=state.publisher.file_url)["data"]
     async with state.db.transaction() as conn:
         event_id = await state.publisher.publish(
-            conn, "ping", now, data=ping_data(sub.id), to_subscription=sub.id
+            conn, event_type, now, data=data, to_subscription=sub.id
         )
     state.dispatcher.wake()
     return event_id
