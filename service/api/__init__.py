@@ -67,6 +67,7 @@ def routes() -> list[BaseRoute]:
         resource("/v1/deliveries/{delivery_id}/retry", post=deliveries.retry_delivery),
         resource("/v1/events", get=events.list_events),
         resource("/v1/events/stream", get=stream.stream_events),
+        resource("/v1/events/stream-token", post=stream.create_stream_token),
         resource("/v1/events/sample", get=events.sample_events),
         resource("/v1/callbacks/{provider}/{token}", post=callbacks.receive_callback),
         resource("/v1/files/{token}", get=files.get_file),

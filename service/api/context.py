@@ -27,7 +27,7 @@ from service.core.errors import (
     ValidationFailed,
 )
 from service.core.jsonutil import InvalidJSON, loads
-from service.core.tokens import Tokens
+from service.core.tokens import ExpiredToken, InvalidToken, Tokens
 from service.delivery.dispatcher import Dispatcher
 from service.delivery.eventfeed import EventFeed
 from service.delivery.publisher import Publisher
@@ -134,6 +134,27 @@ async def authenticate_digest(request: Request, key_hash: str, scope: str | None
         )
     caller = Caller(found.id, found.scopes)
     if scope is not None and not scopes.grants(caller.scopes, scope):
+        raise Forbidden(f"this API key lacks the {scope!r} scope", details={"missing_scope": scope})
+    return caller
+
+
+async def authenticate_stream_token(request: Request, token: str, scope: str) -> Caller:
+    """The caller a stream token (``POST /v1/events/stream-token``) was minted for: 401 when the
+    token is not genuine, has expired, or its key has been revoked since; 403 without ``scope``.
+    Only the event stream accepts these tokens, so a leaked one can read events and nothing else,
+    and only until it expires."""
+    state = services(request)
+    try:
+        key_id = state.tokens.verify_stream(token, state.settings.stream_token_ttl)
+    except ExpiredToken:
+        raise Unauthorized("the stream token has expired; ask for a new one") from None
+    except InvalidToken:
+        raise Unauthorized("the stream token is not valid") from None
+    found = await keys.get(state.db.reader, key_id)
+    if found is None or found.revoked_at is not None:
+        raise Unauthorized("the stream token's API key has been revoked")
+    caller = Caller(found.id, found.scopes)
+    if not scopes.grants(caller.scopes, scope):
         raise Forbidden(f"this API key lacks the {scope!r} scope", details={"missing_scope": scope})
     return caller
 

@@ -12,6 +12,8 @@ import anyio
 import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import BaseRoute, Mount
 
 from service import console
@@ -167,8 +169,24 @@ def create_app(
                 feed.close()
                 tasks.cancel_scope.cancel()
 
+    middleware = []
+    if settings.cors_origins:
+        # Browsers on these origins may call the API and open the event stream. Credentials
+        # (cookies) are never allowed cross-origin: the console's session stays same-origin.
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(settings.cors_origins),
+                allow_methods=["GET", "POST", "PATCH", "DELETE"],
+                allow_headers=["X-API-Key", "Content-Type", "Idempotency-Key", "Last-Event-ID"],
+                expose_headers=["Location", "Retry-After", "Idempotent-Replayed"],
+                allow_credentials=False,
+                max_age=600,
+            )
+        )
     app = Starlette(
         routes=app_routes,
+        middleware=middleware,
         lifespan=lifespan,
         exception_handlers={
             ReelhookError: handle_reelhook_error,

@@ -80,6 +80,8 @@ class Settings:
     log_format: str = "text"
     log_level: str = "INFO"
     stream_keepalive: float = 15.0
+    cors_origins: tuple[str, ...] = ()
+    stream_token_ttl: float = 600.0
 
     @property
     def database_path(self) -> Path:
@@ -257,7 +259,34 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         log_format=_choice(read, "LOG_FORMAT", ("text", "json"), "text"),
         log_level=_choice(read, "LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), "INFO"),
         stream_keepalive=read.number("STREAM_KEEPALIVE", 15.0, minimum=0.01),
+        cors_origins=_origins(read, "CORS_ORIGINS"),
+        stream_token_ttl=read.number("STREAM_TOKEN_TTL", 600.0, minimum=1.0),
     )
+
+
+def _origins(read: _Reader, name: str) -> tuple[str, ...]:
+    """Browser origins allowed to call the API (CORS): ``scheme://host[:port]``, comma-separated,
+    or ``*`` for any. Credentials are never allowed cross-origin, so ``*`` exposes nothing a page
+    could not already send with an API key it holds."""
+    raw = read.raw(name)
+    if raw is None:
+        return ()
+    origins = []
+    for item in (part.strip() for part in raw.split(",")):
+        if item == "*":
+            origins.append(item)
+            continue
+        parts = urlsplit(item)
+        if (
+            parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or parts.path not in ("", "/")
+            or parts.query
+            or parts.fragment
+        ):
+            raise read.fail(name, f"{item!r} is not an origin such as https://app.example.com or *")
+        origins.append(f"{parts.scheme}://{parts.netloc}")
+    return tuple(origins)
 
 
 def _choice(read: _Reader, name: str, choices: tuple[str, ...], default: str) -> str:
