@@ -858,3 +858,26 @@ async def test_cancel_an_unknown_or_others_job_is_a_404(client: httpx.AsyncClien
     assert_error(await client.post("/v1/jobs/job_missing/cancel"), 404, "not_found")
     response = await send_without_key(client, "POST", "/v1/jobs/job_missing/cancel")
     assert_error(response, 401, "unauthorized")
+
+
+@pytest.mark.parametrize(
+    ("path", "good"),
+    [
+        ("/v1/jobs", "job_00000000000000000000000000"),
+        ("/v1/deliveries", "dlv_00000000000000000000000000"),
+        ("/v1/subscriptions", "sub_00000000000000000000000000"),
+        ("/v1/keys", "key_00000000000000000000000000"),
+    ],
+)
+@pytest.mark.parametrize(
+    "cursor", ["garbage", "zzz", "", "job_", "sub_0000000000000000000000000!", "evt_0" + "0" * 25]
+)
+async def test_a_bad_cursor_is_a_422_on_every_list(
+    client: httpx.AsyncClient, path: str, good: str, cursor: str
+) -> None:
+    # One rule for every list, as GET /v1/events has it: a cursor not from next_cursor is a 422.
+    response = await client.get(path, params={"cursor": cursor})
+    assert_error(response, 422, "validation_failed", "cursor")
+    wrong_kind = good.replace(good[:3], "evt")
+    assert_error(await client.get(path, params={"cursor": wrong_kind}), 422, "validation_failed")
+    assert (await client.get(path, params={"cursor": good})).status_code == 200

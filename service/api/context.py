@@ -26,6 +26,7 @@ from service.core.errors import (
     Unauthorized,
     ValidationFailed,
 )
+from service.core.ids import timestamp_of
 from service.core.jsonutil import InvalidJSON, loads
 from service.core.tokens import ExpiredToken, InvalidToken, Tokens
 from service.delivery.dispatcher import Dispatcher
@@ -191,6 +192,23 @@ def limit_param(request: Request, default: int = 50, maximum: int = 200) -> int:
     if not is_decimal(raw) or not 1 <= int(raw) <= maximum:
         raise ValidationFailed.field("limit", f"must be an integer from 1 to {maximum}")
     return int(raw)
+
+
+def cursor_param(request: Request, prefix: str) -> str | None:
+    """The ``cursor`` query parameter: the id ``next_cursor`` named (``{prefix}_`` and 26 base32
+    characters). Anything else is a 422, the same rule for every list, rather than an empty or
+    a first page that would look like an answer."""
+    raw = request.query_params.get("cursor")
+    if raw is None:
+        return None
+    head, _, _ = raw.partition("_")
+    try:
+        timestamp_of(raw)
+    except ValueError:
+        head = ""
+    if head != prefix:
+        raise ValidationFailed.field("cursor", "is not a cursor this API returned")
+    return raw
 
 
 def is_decimal(text: str) -> bool:

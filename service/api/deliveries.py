@@ -10,7 +10,14 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from service.api.context import Caller, authenticate, choice_param, limit_param, services
+from service.api.context import (
+    Caller,
+    authenticate,
+    choice_param,
+    cursor_param,
+    limit_param,
+    services,
+)
 from service.api.operation import Param, Reply, cursor_query, limit_query, operation
 from service.api.schemas import page_of, ref
 from service.core.clock import isoformat
@@ -110,7 +117,7 @@ async def delivery_page(request: Request, caller: Caller) -> tuple[list[Delivery
         status=choice_param(request, "status", deliveries.STATUSES),
         event_id=_filter(request, "event_id"),
         job_id=_filter(request, "job_id"),
-        before_id=request.query_params.get("cursor"),
+        before_id=cursor_param(request, "dlv"),
         limit=limit + 1,
     )
     more = len(page) > limit

@@ -10,6 +10,7 @@ from starlette.responses import JSONResponse, Response
 
 from service.api.context import (
     authenticate,
+    cursor_param,
     generate_api_key,
     hash_key,
     limit_param,
@@ -145,7 +146,7 @@ async def list_keys(request: Request) -> Response:
     limit = limit_param(request)
     page = await keys.list_page(
         services(request).db.reader,
-        after_id=request.query_params.get("cursor"),
+        after_id=cursor_param(request, "key"),
         limit=limit + 1,
     )
     more = len(page) > limit

@@ -13,6 +13,7 @@ from service.api.context import (
     MAX_REQUEST_BYTES,
     Caller,
     authenticate,
+    cursor_param,
     limit_param,
     read_body,
     read_json,
@@ -139,7 +140,12 @@ def _validated(request: Request, body: Any, *, partial: bool) -> dict[str, Any]:
         url = body.get("url")
         if not isinstance(url, str):
             raise ValidationFailed.field("url", "is required and must be a string")
-        problem = check_url(url, services(request).settings.allow_private_subscribers)
+        settings = services(request).settings
+        problem = check_url(
+            url,
+            settings.allow_private_subscribers,
+            require_https=not settings.allow_http_subscribers,
+        )
         if problem:
             raise ValidationFailed.field("url", problem)
         changes["url"] = url
@@ -240,7 +246,7 @@ async def subscription_page(
     page = await subscriptions.list_page(
         services(request).db.reader,
         owner_key_id=caller.owner_filter,
-        after_id=request.query_params.get("cursor"),
+        after_id=cursor_param(request, "sub"),
         limit=limit + 1,
     )
     more = len(page) > limit

@@ -273,6 +273,7 @@ def _wire(
         clock=clock,
         job_deadline=settings.job_deadline,
         allow_private=settings.allow_private_subscribers,
+        require_https=not settings.allow_http_subscribers,
         on_commit=dispatcher.wake,
         on_held_job=held.wake,
         deadlines=settings.job_deadlines,

@@ -81,6 +81,7 @@ class Settings:
     log_level: str = "INFO"
     stream_keepalive: float = 15.0
     cors_origins: tuple[str, ...] = ()
+    allow_http_subscribers: bool = True
     stream_token_ttl: float = 600.0
 
     @property
@@ -260,6 +261,8 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         log_level=_choice(read, "LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), "INFO"),
         stream_keepalive=read.number("STREAM_KEEPALIVE", 15.0, minimum=0.01),
         cors_origins=_origins(read, "CORS_ORIGINS"),
+        # Production refuses plain-http subscriber and callback URLs unless told otherwise.
+        allow_http_subscribers=read.boolean("ALLOW_HTTP_SUBSCRIBERS", env != "production"),
         stream_token_ttl=read.number("STREAM_TOKEN_TTL", 600.0, minimum=1.0),
     )
 

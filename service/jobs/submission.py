@@ -86,8 +86,10 @@ class Submitter:
         lease: float,
         retry_concurrency: int = 16,
         rng: Callable[[], float] = random.random,
+        require_https: bool = False,
     ) -> None:
         self._db = db
+        self._require_https = require_https
         self._publisher = publisher
         self._client = client
         self._tokens = tokens
@@ -202,7 +204,7 @@ class Submitter:
             problem = (
                 "must be a string"
                 if not isinstance(callback_url, str)
-                else check_url(callback_url, self._allow_private)
+                else check_url(callback_url, self._allow_private, require_https=self._require_https)
             )
             if problem:
                 raise ValidationFailed.field("callback_url", problem)
