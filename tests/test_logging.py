@@ -275,6 +275,10 @@ def test_serve_writes_json_lines_to_stderr_and_warns_once(tmp_path: Path) -> Non
     assert not any("color_message" in line for line in lines), "no terminal colour codes"
     warnings = [line for line in lines if "REELHOOK_PUBLIC_URL" in line["message"]]
     assert len(warnings) == 1, lines
+    # The banner says where a newcomer goes next.
+    [banner] = [line for line in lines if line["message"].startswith("console: ")]
+    assert "/console · API docs: " in banner["message"] and "/docs · data: " in banner["message"]
+    assert str((tmp_path / "data").resolve()) in banner["message"]
     assert warnings[0]["level"] == "WARNING"
     assert "trinetra" in warnings[0]["message"]
     assert PROVIDER_KEYS["trinetra"] not in stdout + json.dumps(lines)

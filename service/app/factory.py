@@ -319,6 +319,12 @@ def _wire(
 def _announce(settings: Settings, generated_admin_key: str | None) -> None:
     simulated = ", ".join(settings.simulated_providers) or "none"
     log.info("reelhook serving at %s (simulated providers: %s)", settings.public_url, simulated)
+    log.info(
+        "console: %s/console · API docs: %s/docs · data: %s",
+        settings.public_url,
+        settings.public_url,
+        settings.data_dir.resolve(),
+    )
     if generated_admin_key is not None:
         # Printed, not logged: this is the only time the key exists outside the caller's hands.
         sys.stdout.write(

@@ -199,6 +199,14 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         for name in PROVIDERS
     }
 
+    admin_key = read.raw("ADMIN_KEY")
+    if admin_key is not None and len(admin_key) < 16:
+        # An admin key can do everything, including minting keys; a short one is guessable.
+        raise read.fail(
+            "ADMIN_KEY",
+            "must be at least 16 characters (leave it unset and reelhook generates one)",
+        )
+
     if env == "production":
         # Every missing production requirement at once, one line each, so one restart fixes all.
         problems = []
@@ -226,7 +234,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         data_dir=Path(read.string("DATA_DIR", "./data")),
         public_url=public_url,
         env=env,
-        admin_key=read.raw("ADMIN_KEY"),
+        admin_key=admin_key,
         secret_keys=secret_keys,
         providers=providers,
         sim_delay=read.number("SIM_DELAY", 5.0),
