@@ -881,3 +881,13 @@ async def test_a_bad_cursor_is_a_422_on_every_list(
     wrong_kind = good.replace(good[:3], "evt")
     assert_error(await client.get(path, params={"cursor": wrong_kind}), 422, "validation_failed")
     assert (await client.get(path, params={"cursor": good})).status_code == 200
+
+
+async def test_a_model_parameter_beside_input_is_told_where_it_goes(api: httpx.AsyncClient) -> None:
+    response = await api.post("/v1/jobs", json={"model": V3, "prompt": "a cat", "colour": 1})
+    error = assert_error(response, 422, "validation_failed", "prompt")
+    assert error["details"]["fields"]["prompt"] == (
+        'unknown field; model parameters go in input: {"input": {"prompt": …}}'
+    )
+    assert error["details"]["fields"]["colour"] == "unknown field"
+    await assert_nothing_stored(api)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,6 +13,8 @@ from service.core.ids import new_id
 from service.core.jsonutil import dumps_bytes
 from service.core.models import FileUrl, Job, Subscription
 from service.storage import events, subscriptions
+
+log = logging.getLogger(__name__)
 
 
 def payload(event_type: str, created_at: float, data: dict[str, Any]) -> bytes:
@@ -96,6 +99,16 @@ class Publisher:
             for (event_type, job), heard in zip(announced, audiences, strict=True)
         ]
         await events.append(conn, batch)
+        for (event_type, job), event in zip(announced, batch, strict=True):
+            # The job lifecycle at INFO: every state change of every job passes through here.
+            log.info(
+                "%s %s (%s) as %s to %d subscriptions",
+                event_type,
+                job.id,
+                job.model,
+                event.id,
+                len(event.subscription_ids),
+            )
         return [event.id for event in batch]
 
     def _event(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -9,10 +10,10 @@ from dataclasses import dataclass
 import aiohttp
 
 from service.delivery import signing
-from service.net.guard import IPNetwork, guarded_socket_factory
+from service.net.guard import AddressRefused, IPNetwork, guarded_socket_factory
 
 RESPONSE_KEEP_BYTES = 20_000
-USER_AGENT = "reelhook/0.1 (+https://github.com/reelhook)"
+USER_AGENT = "reelhook/0.1.0 (Standard Webhooks)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +82,7 @@ class Sender:
         except TimeoutError:
             return AttemptResult(None, _elapsed_ms(started), error="timed out", timed_out=True)
         except (aiohttp.ClientError, OSError) as exc:
-            return AttemptResult(None, _elapsed_ms(started), error=_describe(exc))
+            return AttemptResult(None, _elapsed_ms(started), error=describe(exc))
 
 
 async def _read_prefix(stream: aiohttp.StreamReader, limit: int) -> bytes:
@@ -99,6 +100,29 @@ def _elapsed_ms(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 3)
 
 
-def _describe(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}"[:500]
+def describe(exc: BaseException) -> str:
+    """What went wrong, in words a subscriber's owner can act on (shown in the delivery log),
+    rather than the HTTP client's own exception text."""
+    cause = exc
+    while isinstance(cause, aiohttp.ClientConnectorError) and cause.__cause__ is not None:
+        cause = cause.__cause__
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        text = "the subscriber's TLS certificate was not accepted"
+    elif isinstance(exc, aiohttp.ClientSSLError):
+        text = "the TLS handshake with the subscriber failed"
+    elif isinstance(exc, AddressRefused) or isinstance(cause, AddressRefused):
+        text = f"not sent: {cause}"
+    elif isinstance(exc, aiohttp.ClientConnectorDNSError):
+        text = f"the subscriber's host name {exc.host!r} did not resolve"
+    elif isinstance(exc, aiohttp.ClientConnectorError):
+        errno = exc.os_error.errno
+        reason = os.strerror(errno) if errno else type(exc.os_error).__name__
+        text = f"could not connect to {exc.host}:{exc.port} ({reason.lower()})"
+    elif isinstance(exc, aiohttp.ServerDisconnectedError):
+        text = "the subscriber closed the connection without answering"
+    elif isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ClientResponseError):
+        text = f"the subscriber's answer could not be read ({type(exc).__name__})"
+    else:
+        detail = str(exc)
+        text = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+    return text[:500]

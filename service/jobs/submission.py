@@ -42,6 +42,16 @@ log = logging.getLogger(__name__)
 
 IDEMPOTENCY_WINDOW = 24 * 3600.0
 _JOB_FIELDS = {"model", "input", "metadata", "callback_url"}
+
+
+def _unknown_field(name: str) -> str:
+    """The complaint about an unknown top-level field: a model parameter put beside ``input``
+    (``{"prompt": …}`` is the usual first try) is told where it goes."""
+    if any(param.name == name for spec in MODELS.values() for param in spec.params):
+        return f'unknown field; model parameters go in input: {{"input": {{"{name}": …}}}}'
+    return "unknown field"
+
+
 _MAX_METADATA_BYTES = 8192
 
 
@@ -176,7 +186,7 @@ class Submitter:
             raise ValidationFailed("the request body must be a JSON object")
         unknown = sorted(set(body) - _JOB_FIELDS)
         if unknown:
-            raise ValidationFailed.fields({name: "unknown field" for name in unknown})
+            raise ValidationFailed.fields({name: _unknown_field(name) for name in unknown})
         model = body.get("model")
         if not isinstance(model, str):
             raise ValidationFailed.field("model", "is required (see GET /v1/models)")

@@ -21,7 +21,7 @@ import httpx
 
 from service.net.guard import IPNetwork, address_allowed, ip_literal
 
-USER_AGENT = "reelhook/0.1 (+https://github.com/reelhook)"
+USER_AGENT = "reelhook/0.1.0"
 
 
 class ConnectionRefused(httpcore.ConnectError):
