@@ -1,4 +1,5 @@
-"""Fan-out (design §5) over real loopback HTTP: an in-process reelhook and uvicorn subscribers.
+"""Fan-out (docs/contract.md §5) over real loopback HTTP: an in-process reelhook and uvicorn
+subscribers.
 
 Most tests create a subscription and ``POST /v1/subscriptions/{id}/test`` to enqueue a ``ping``,
 which runs the real outbox and dispatcher without needing jobs. These tests read delivery state
@@ -27,7 +28,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from service.api.context import hash_key
+from service.access.callers import hash_key
 from service.app.settings import Settings
 from service.core.ids import new_id
 from service.core.models import JOB_EVENT_TYPES, Subscription
@@ -331,8 +332,8 @@ async def test_410_gone_deletes_the_subscription_and_is_not_retried(
 
 
 async def test_429_with_retry_after_zero_is_retried(settings_factory: SettingsFactory) -> None:
-    settings = settings_factory()
-    async with sink_and_service(settings, retry_overload_floor=0.0) as (sink, sink_url, http):
+    settings = settings_factory(RETRY_OVERLOAD_FLOOR="0")
+    async with sink_and_service(settings) as (sink, sink_url, http):
         sink.script["/hook"] = first_then((429, {"Retry-After": "0"}))
         sub = await subscribe(http, f"{sink_url}/hook")
         event_id = await ping(http, sub["id"])
@@ -523,11 +524,11 @@ async def test_the_first_attempt_waits_for_the_first_scheduled_delay(
 
 
 async def test_a_timeout_is_retried(settings_factory: SettingsFactory) -> None:
-    settings = settings_factory(DELIVERY_TIMEOUT="0.3")
+    settings = settings_factory(DELIVERY_TIMEOUT="0.3", RETRY_OVERLOAD_FLOOR="0")
     hanging = Hanging()
     async with run_server(hanging.app()) as url:
         try:
-            async with api_client(settings, retry_overload_floor=0.0) as http:
+            async with api_client(settings) as http:
                 sub = await subscribe(http, f"{url}/hang-once")
                 event_id = await ping(http, sub["id"])
                 row = await settled(settings, event_id, status_is("succeeded", "failed"))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from service.ops.startup_checks import is_public_host
+from service.app.startup_checks import is_public_host
 from tests.conftest import SettingsFactory
 from tests.servers import free_port, run_service
 from tests.support import ADMIN_KEY, api_client, run_serve

@@ -16,8 +16,8 @@ from starlette.applications import Starlette
 from starlette.responses import HTMLResponse
 from starlette.routing import Route
 
+from service.app.logs import logging_to
 from service.app.settings import SettingsError, load_settings
-from service.ops.logs import logging_to
 from tests.browser import chromium, missing
 from tests.conftest import SettingsFactory
 from tests.servers import run_server

@@ -5,9 +5,9 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from service.api.context import services
 from service.api.operation import Reply, operation
 from service.api.schemas import page_of, ref
+from service.app.services import services
 from service.jobs.catalog import MODELS
 
 _HEALTH = {
@@ -51,8 +51,8 @@ async def list_models(request: Request) -> Response:
 async def healthz(request: Request) -> Response:
     """200 while the delivery dispatcher runs."""
     state = services(request)
-    dispatcher = "running" if state.dispatcher.running else "stopped"
+    dispatcher = "running" if state.workers.dispatcher.running else "stopped"
     return JSONResponse(
         {"status": "ok", "dispatcher": dispatcher},
-        status_code=200 if state.dispatcher.running else 503,
+        status_code=200 if state.workers.dispatcher.running else 503,
     )

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from service.access import scopes
 from service.cli.base import (
     CliError,
     Commands,
@@ -20,7 +21,6 @@ from service.cli.base import (
     print_table,
 )
 from service.cli.remote import Remote
-from service.core import scopes
 from service.core.models import EVENT_TYPES
 
 DELIVERY_STATUSES = ("pending", "succeeded", "failed", "canceled")

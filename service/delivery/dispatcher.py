@@ -19,14 +19,17 @@ import random
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from functools import partial
 
 import aiosqlite
 import anyio
 import anyio.abc
 
 from service.core.clock import Clock, isoformat
+from service.core.models import DeliveryStatus
+from service.core.retry import RetrySchedule
+from service.core.worker import Wakeup, run_worker
 from service.delivery.publisher import Publisher, subscription_disabled_data
-from service.delivery.retry import RetryPolicy
 from service.delivery.sender import AttemptResult, Sender
 from service.providers.base import parse_retry_after
 from service.storage import deliveries, subscriptions
@@ -50,7 +53,7 @@ class Dispatcher:
         self,
         db: Database,
         sender: Sender,
-        policy: RetryPolicy,
+        policy: RetrySchedule,
         *,
         clock: Clock,
         lease: float,
@@ -71,7 +74,7 @@ class Dispatcher:
         self._disable_after = disable_after
         self._shutdown_grace = shutdown_grace
         self._rng = rng
-        self._wake = anyio.Event()
+        self._wakeup = Wakeup()
         self._outcomes: list[AttemptOutcome] = []
         self._outcomes_ready = anyio.Event()
         self._in_flight = 0  # claimed and not yet recorded
@@ -95,8 +98,8 @@ class Dispatcher:
         self.running = False
 
     def wake(self) -> None:
-        """Tell the dispatcher new deliveries may be due (call after their commit)."""
-        self._wake.set()
+        """New deliveries may be due (``Work.DELIVERIES``), or a slot or outcome is free."""
+        self._wakeup.set()
 
     async def stop(self) -> None:
         """Stop claiming, let attempts in flight finish within the shutdown grace period, record
@@ -115,7 +118,12 @@ class Dispatcher:
             async with anyio.create_task_group() as senders:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._record_outcomes)
-                    tg.start_soon(self._claim_loop, senders)
+                    tg.start_soon(
+                        run_worker,
+                        "the dispatcher",
+                        partial(self._dispatch_once, senders),
+                        self._wakeup,
+                    )
                     await self._stop_requested.wait()
                     tg.cancel_scope.cancel()
                 with anyio.move_on_after(self._shutdown_grace):
@@ -130,14 +138,6 @@ class Dispatcher:
                 await self._flush()
                 await self._release_unfinished()
             self._stopped.set()
-
-    async def _claim_loop(self, senders: anyio.abc.TaskGroup) -> None:
-        while True:
-            try:
-                await self._dispatch_once(senders)
-            except Exception:
-                log.exception("dispatcher cycle failed; retrying in a second")
-                await anyio.sleep(1)
 
     async def _release_previous_leases(self) -> None:
         try:
@@ -162,8 +162,8 @@ class Dispatcher:
         else:
             self._unfinished.difference_update(unfinished)
 
-    async def _dispatch_once(self, senders: anyio.abc.TaskGroup) -> None:
-        self._wake = anyio.Event()
+    async def _dispatch_once(self, senders: anyio.abc.TaskGroup) -> float | None:
+        """Claim what is due and start sending it; return how long to sleep."""
         capacity = self._claim_limit - self._in_flight
         # Asked of the reader first: a wake-up with nothing due (a batch of callbacks no one
         # subscribes to) must not take the write lock from the writers that have work.
@@ -189,21 +189,17 @@ class Dispatcher:
                 self._unfinished.add(delivery.id)
                 senders.start_soon(self._deliver, delivery)
             if len(claimed) == capacity or more:
-                return  # more may be due at once
+                return 0  # more may be due at once
             if claimed:
                 due = await deliveries.next_due_at(self._db.reader)
-        await self._sleep(due, busy=self._in_flight > 0)
-
-    async def _sleep(self, due: float | None, *, busy: bool) -> None:
-        timeout: float | None = None
-        if due is not None:
-            timeout = due - self._clock()
-            if timeout <= 0:
-                # Due rows that could not be claimed wait for a busy subscription to free a slot,
-                # which wakes us; without one in flight, back off briefly instead of spinning.
-                timeout = None if busy else 0.05
-        with anyio.move_on_after(timeout):
-            await self._wake.wait()
+        if due is None:
+            return None
+        delay = due - self._clock()
+        if delay <= 0:
+            # Due rows that could not be claimed wait for a busy subscription to free a slot,
+            # which wakes us; without one in flight, back off briefly instead of spinning.
+            return None if self._in_flight > 0 else 0.05
+        return delay
 
     async def _deliver(self, delivery: Claimed) -> None:
         sub = delivery.subscription_id
@@ -250,12 +246,12 @@ class Dispatcher:
         # A failed attempt is news an operator wants at INFO (a subscriber is down); a success
         # is routine (DEBUG), and there may be thousands a minute.
         log.log(
-            logging.DEBUG if outcome.status == "succeeded" else logging.INFO,
+            logging.DEBUG if outcome.status == DeliveryStatus.SUCCEEDED else logging.INFO,
             "delivery %s of %s to %s: %s (%s)%s",
             delivery.id,
             delivery.event_id,
             delivery.subscription_id,
-            "failed for good" if outcome.status == "failed" else outcome.status,
+            "failed for good" if outcome.status == DeliveryStatus.FAILED else outcome.status,
             outcome.status_code or outcome.error,
             (
                 f"; next attempt due {isoformat(outcome.next_attempt_at)}"
@@ -274,7 +270,7 @@ class Dispatcher:
             subscription_id=delivery.subscription_id,
             attempted_at=now,
             latency_ms=result.latency_ms,
-            status="succeeded",
+            status=DeliveryStatus.SUCCEEDED,
             status_code=result.status_code,
             error=result.error,
             response_body=result.response_body,
@@ -284,10 +280,10 @@ class Dispatcher:
         if result.status_code == 410:
             # Zapier REST Hooks: 410 Gone means the subscriber is gone for good.
             log.info("subscription %s answered 410 Gone; deleting it", delivery.subscription_id)
-            return replace(outcome, status="failed", delete_subscription=True)
+            return replace(outcome, status=DeliveryStatus.FAILED, delete_subscription=True)
         if delivery.manual:
             # A resend by hand is one attempt; the schedule it had is over (as with Svix).
-            return replace(outcome, status="failed")
+            return replace(outcome, status=DeliveryStatus.FAILED)
         next_at = self._policy.next_attempt_at(
             delivery.attempt,
             now,
@@ -295,7 +291,7 @@ class Dispatcher:
             retry_after=parse_retry_after(result.retry_after, now),
             rng=self._rng,
         )
-        status = "failed" if next_at is None else "pending"
+        status = DeliveryStatus.FAILED if next_at is None else DeliveryStatus.PENDING
         return replace(outcome, status=status, next_attempt_at=next_at)
 
     async def _record_outcomes(self) -> None:
@@ -355,7 +351,7 @@ def failure_windows(batch: Sequence[AttemptOutcome]) -> dict[str, tuple[bool, fl
     after the last success happened (None when the last attempt succeeded)."""
     windows: dict[str, tuple[bool, float | None]] = {}
     for outcome in batch:
-        if outcome.status == "succeeded":
+        if outcome.status == DeliveryStatus.SUCCEEDED:
             windows[outcome.subscription_id] = (True, None)
         else:
             succeeded, first = windows.get(outcome.subscription_id, (False, None))

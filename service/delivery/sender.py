@@ -1,8 +1,11 @@
-"""Sends one signed delivery over aiohttp and reports what happened, never raising."""
+"""Sends one signed delivery over aiohttp and reports what happened, never raising.
+
+aiohttp is the fan-out client by choice (see :mod:`service.net.client` for the split and the
+guard); a failed exchange is classified by :func:`service.net.failures.classify`.
+"""
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -10,10 +13,11 @@ from dataclasses import dataclass
 import aiohttp
 
 from service.delivery import signing
-from service.net.guard import AddressRefused, IPNetwork, guarded_socket_factory
+from service.net.client import guarded_session
+from service.net.failures import classify, describe
+from service.net.guard import IPNetwork
 
 RESPONSE_KEEP_BYTES = 20_000
-USER_AGENT = "reelhook/0.1.0 (Standard Webhooks)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,15 +44,7 @@ class Sender:
     def session(
         cls, *, allow: Sequence[IPNetwork], timeout: float, concurrency: int
     ) -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(
-            limit=concurrency, ttl_dns_cache=30, socket_factory=guarded_socket_factory(allow)
-        )
-        return aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(total=timeout),
-            headers={"User-Agent": USER_AGENT},
-            auto_decompress=False,
-        )
+        return guarded_session(allow, timeout=timeout, concurrency=concurrency)
 
     async def send(
         self,
@@ -79,10 +75,10 @@ class Sender:
                     response_body=body,
                     retry_after=response.headers.get("Retry-After"),
                 )
-        except TimeoutError:
-            return AttemptResult(None, _elapsed_ms(started), error="timed out", timed_out=True)
-        except (aiohttp.ClientError, OSError) as exc:
-            return AttemptResult(None, _elapsed_ms(started), error=describe(exc))
+        except (aiohttp.ClientError, OSError) as exc:  # TimeoutError is an OSError
+            if classify(exc).timed_out:
+                return AttemptResult(None, _elapsed_ms(started), error="timed out", timed_out=True)
+            return AttemptResult(None, _elapsed_ms(started), error=describe(exc, 500))
 
 
 async def _read_prefix(stream: aiohttp.StreamReader, limit: int) -> bytes:
@@ -98,31 +94,3 @@ async def _read_prefix(stream: aiohttp.StreamReader, limit: int) -> bytes:
 
 def _elapsed_ms(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 3)
-
-
-def describe(exc: BaseException) -> str:
-    """What went wrong, in words a subscriber's owner can act on (shown in the delivery log),
-    rather than the HTTP client's own exception text."""
-    cause = exc
-    while isinstance(cause, aiohttp.ClientConnectorError) and cause.__cause__ is not None:
-        cause = cause.__cause__
-    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-        text = "the subscriber's TLS certificate was not accepted"
-    elif isinstance(exc, aiohttp.ClientSSLError):
-        text = "the TLS handshake with the subscriber failed"
-    elif isinstance(exc, AddressRefused) or isinstance(cause, AddressRefused):
-        text = f"not sent: {cause}"
-    elif isinstance(exc, aiohttp.ClientConnectorDNSError):
-        text = f"the subscriber's host name {exc.host!r} did not resolve"
-    elif isinstance(exc, aiohttp.ClientConnectorError):
-        errno = exc.os_error.errno
-        reason = os.strerror(errno) if errno else type(exc.os_error).__name__
-        text = f"could not connect to {exc.host}:{exc.port} ({reason.lower()})"
-    elif isinstance(exc, aiohttp.ServerDisconnectedError):
-        text = "the subscriber closed the connection without answering"
-    elif isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ClientResponseError):
-        text = f"the subscriber's answer could not be read ({type(exc).__name__})"
-    else:
-        detail = str(exc)
-        text = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
-    return text[:500]

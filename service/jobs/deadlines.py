@@ -1,18 +1,16 @@
 """The deadline timer: a job with no terminal callback by its deadline becomes ``expired``.
 
 reelhook never asks a provider how a job is doing, so silence is the only sign of a lost job. The
-timer sleeps until the earliest deadline of an unfinished job and is woken in-process when a job
-with an earlier deadline is stored; it never polls the database on a fixed tick.
+timer sleeps until the earliest deadline of an unfinished job and is woken when a job is stored
+(``Work.DEADLINES``), to read the earliest deadline again; it never polls on a fixed tick.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-
-import anyio
 
 from service.core.clock import Clock
+from service.core.worker import Wakeup, run_worker, until
 from service.delivery.publisher import Publisher
 from service.jobs.lifecycle import expire_overdue
 from service.storage import jobs
@@ -30,42 +28,24 @@ class DeadlineTimer:
         publisher: Publisher,
         *,
         clock: Clock,
-        on_commit: Callable[[], None],
     ) -> None:
         self._db = db
         self._publisher = publisher
         self._clock = clock
-        self._on_commit = on_commit
-        self._wake = anyio.Event()
-        # The deadline the timer sleeps towards; None while no job is unfinished.
-        self._target: float | None = None
+        self._wakeup = Wakeup()
 
-    def schedule(self, deadline_at: float) -> None:
-        """A job with this deadline was stored (call after its commit).
-
-        The timer is woken when the deadline is earlier than the one it sleeps towards, or when
-        that one has already passed by the clock (the sleep ran long, e.g. after the wall clock
-        jumped), so an overdue job is expired now rather than at the next wake-up.
-        """
-        target = self._target
-        if target is None or deadline_at < target or target <= self._clock():
-            self._wake.set()
+    def wake(self) -> None:
+        """A job was stored: its deadline may be the earliest (subscribed to ``Work.DEADLINES``)."""
+        self._wakeup.set()
 
     async def run(self) -> None:
         """Expire overdue jobs until cancelled."""
-        while True:
-            self._wake = anyio.Event()
-            try:
-                if await self._expire_overdue():
-                    continue  # a full batch: more may be overdue
-                self._target = await jobs.next_deadline(self._db.reader)
-            except Exception:
-                log.exception("the deadline timer failed; retrying in a second")
-                await anyio.sleep(1)
-                continue
-            timeout = None if self._target is None else max(0.0, self._target - self._clock())
-            with anyio.move_on_after(timeout):
-                await self._wake.wait()
+        await run_worker("the deadline timer", self._step, self._wakeup)
+
+    async def _step(self) -> float | None:
+        if await self._expire_overdue():
+            return 0  # a full batch: more may be overdue
+        return until(await jobs.next_deadline(self._db.reader), self._clock())
 
     async def _expire_overdue(self) -> bool:
         """Expire one batch of overdue jobs; return whether the batch was full."""
@@ -73,5 +53,4 @@ class DeadlineTimer:
         if expired:
             for job in expired:
                 log.info("job %s expired: no terminal callback by its deadline", job.id)
-            self._on_commit()
         return len(expired) == BATCH

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from service.core.jsonutil import InvalidJSON, finite_number, loads
@@ -19,7 +20,7 @@ from service.providers.base import (
     ForgedCallback,
     InvalidCallback,
     ProviderRequest,
-    SubmitFailed,
+    Refusal,
     kind_from_message,
     load_object,
     submit_failure,
@@ -33,7 +34,8 @@ STATUSES: Mapping[str, JobStatus] = {
     "CANCELLED": JobStatus.CANCELED,  # the OpenAPI Job schema's spelling
     "CANCELED": JobStatus.CANCELED,
 }
-"""apiframe's job statuses (providers.md §2, §7) in reelhook's vocabulary, matched ignoring case."""
+"""apiframe's job statuses (docs/providers.md §2, §7) in reelhook's vocabulary, matched ignoring
+case."""
 EVENTS: Mapping[str, JobStatus] = {
     "progress": JobStatus.RUNNING,
     "completed": JobStatus.SUCCEEDED,
@@ -42,7 +44,7 @@ EVENTS: Mapping[str, JobStatus] = {
 """apiframe's webhook events, used when a body carries no status reelhook knows."""
 # Our vocabulary → klingParams names. The Kling 2.5 Turbo Pro page says cfg_scale, but apiframe's
 # OpenAPI schema (additionalProperties: false) names it guidance_scale, and the schema is what
-# rejects a request (providers.md §0.6).
+# rejects a request (docs/providers.md §0.6).
 _KLING_PARAMS = {
     "duration": "duration",
     "aspect_ratio": "aspect_ratio",
@@ -122,14 +124,12 @@ class ApiframeAdapter:
             charged=finite_number(data.get("creditCost")),
         )
 
-    def failure(self, status_code: int, body: bytes, headers: Mapping[str, str]) -> SubmitFailed:
-        """apiframe's error answers (providers.md §2): ``{"error"}``, a 400 with ``details`` per
-        field, a 402 with the credits required and available."""
+    def failure(self, status_code: int, body: bytes, headers: Mapping[str, str]) -> Refusal:
+        """apiframe's error answers (docs/providers.md §2): ``{"error"}``, a 400 with ``details``
+        per field, a 402 with the credits required and available."""
         failure = submit_failure(status_code, body, headers)
         extra = _error_extra(body)
-        if extra:
-            failure.message = f"{failure.message} ({extra})"
-        return failure
+        return replace(failure, message=f"{failure.message} ({extra})") if extra else failure
 
 
 def _error(error: Any) -> JobError:
