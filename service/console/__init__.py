@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from service.console import deliveries, jobs, live, signin, subscriptions
+from service.console.reveal import OneTimeSecrets
 from service.console.view import Endpoint, Handler, endpoint
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -69,6 +71,8 @@ async def _home(request: Request) -> Response:
 def routes() -> list[BaseRoute]:
     """The ``/console`` mount."""
     pages = templates()
+    # Per app: the secrets a POST made, waiting for the GET it redirects to (see reveal.py).
+    shown_once = OneTimeSecrets()
 
     def page(handler: Handler, scope: str | None, *, public: bool = False) -> Any:
         return endpoint(pages, handler, scope, public=public)
@@ -89,11 +93,17 @@ def routes() -> list[BaseRoute]:
                 resource(
                     "/subscriptions",
                     get=page(subscriptions.subscriptions_page, "subscriptions:read"),
-                    post=page(subscriptions.create, "subscriptions:write"),
+                    post=page(
+                        partial(subscriptions.create, shown_once=shown_once),
+                        "subscriptions:write",
+                    ),
                 ),
                 resource(
                     "/subscriptions/{subscription_id}",
-                    get=page(subscriptions.subscription_page, "subscriptions:read"),
+                    get=page(
+                        partial(subscriptions.subscription_page, shown_once=shown_once),
+                        "subscriptions:read",
+                    ),
                     post=page(subscriptions.edit, "subscriptions:write"),
                 ),
                 resource(
@@ -110,7 +120,10 @@ def routes() -> list[BaseRoute]:
                 ),
                 resource(
                     "/subscriptions/{subscription_id}/rotate-secret",
-                    post=page(subscriptions.rotate, "subscriptions:write"),
+                    post=page(
+                        partial(subscriptions.rotate, shown_once=shown_once),
+                        "subscriptions:write",
+                    ),
                 ),
                 resource(
                     "/subscriptions/{subscription_id}/recover",

@@ -3,19 +3,36 @@
 from __future__ import annotations
 
 import json
+import math
 from urllib.parse import urlencode
 
 from starlette.responses import Response
 
 from service.console.view import View
 from service.core import params
+from service.core.errors import NotFound
 from service.core.models import DeliveryStatus
 from service.delivery.deliveries import attempt_document, delivery_document, delivery_filter
 
 # The console's filter names are the API's short ones, read by the same function.
 FILTERS = ("subscription", "status", "job")
-# A delivery page that is waiting for an attempt reloads itself this often (seconds).
-REFRESH_WHILE_UNDER_WAY = 1
+# A delivery page reloads itself only while something is about to change: an attempt running, or
+# the next one due within this many seconds. A wait of minutes or hours (the retry schedule) is
+# shown as a time instead, so open sections and the scroll position stay put.
+REFRESH_HORIZON = 10.0
+
+
+def refresh_after(status: DeliveryStatus, next_attempt_at: float | None, now: float) -> int | None:
+    """Seconds until the delivery page should reload itself, or None (it waits for the reader)."""
+    if status is DeliveryStatus.INFLIGHT:
+        return 1
+    if status is not DeliveryStatus.PENDING or next_attempt_at is None:
+        return None
+    due_in = next_attempt_at - now
+    if due_in > REFRESH_HORIZON:
+        return None
+    # Just after the attempt is due, so the reload shows its outcome.
+    return max(1, math.ceil(due_in) + 1)
 
 
 async def deliveries_page(view: View) -> Response:
@@ -48,14 +65,20 @@ async def delivery_page(view: View) -> Response:
     delivery_id = view.request.path_params["delivery_id"]
     found = await view.state.deliveries.details(caller, delivery_id)
     payload = found.payload
-    under_way = found.delivery.status.under_way
+    delivery = found.delivery
+    try:
+        await view.state.subscriptions.owned(caller, delivery.subscription_id)
+        subscription_gone = False
+    except NotFound:
+        subscription_gone = True
     return view.render(
         "delivery.html",
         section="deliveries",
-        delivery=delivery_document(found.delivery),
+        delivery=delivery_document(delivery),
         payload=None if payload is None else json.dumps(payload, indent=2, ensure_ascii=False),
         attempts=[attempt_document(attempt) for attempt in found.attempts],
-        refresh=REFRESH_WHILE_UNDER_WAY if under_way else None,
+        refresh=refresh_after(delivery.status, delivery.next_attempt_at, view.state.clock()),
+        subscription_gone=subscription_gone,
     )
 
 

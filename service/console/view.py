@@ -32,6 +32,9 @@ NOTICES = {
     "signed-out": "You are signed out.",
     "session-ended": "Your API key is no longer valid; sign in again.",
     "saved": "Saved.",
+    "created": "Subscribed.",
+    "rotated": "The signing secret is rotated; the previous one keeps signing for the grace "
+    "period.",
     "enabled": "The subscription is active again; held deliveries are being sent.",
     "disabled": "The subscription is disabled; its deliveries are held until you enable it.",
     "ping-sent": "A ping event is on its way.",
