@@ -184,3 +184,57 @@ async def test_a_delivery_waiting_hours_for_its_next_attempt_does_not_reload(
         await page.evaluate("window.reelhookMarker = 1")
         await anyio.sleep(2.5)
         assert await page.evaluate("window.reelhookMarker") == 1
+
+
+async def test_a_job_submitted_from_the_form_finishes_plays_and_is_not_resubmitted_by_a_reload(
+    settings_factory: SettingsFactory,
+) -> None:
+    sock = loopback_socket()
+    settings = settings_factory(PUBLIC_URL=url_of(sock), SIM_DELAY="0.5", MIRROR_OUTPUTS="true")
+    async with served(settings, sock) as api, chromium() as browser:
+        base_url = url_of(sock)
+        page = await browser.new_page()
+        await sign_in(page, base_url)
+        await page.get_by_role("link", name="New job").click()
+        await page.locator("#j-model-pick").select_option("trinetra/kling-v3")
+        await page.get_by_role("button", name="Show its parameters").click()
+        # The form is the model's parameters from GET /v1/models.
+        await expect(page.locator("#j-duration")).to_be_visible()
+        await expect(page.locator("#j-aspect_ratio option")).to_have_count(4)  # default + 3
+        await page.locator("#j-prompt").fill("A paper boat on a rainy street")
+        # The browser itself checks min/max; without that, reelhook's own check answers.
+        await page.locator("#j-duration").evaluate("(e) => e.removeAttribute('max')")
+        await page.locator("#j-duration").fill("99")
+        await page.get_by_role("button", name="Submit job").click()
+        await expect(page.get_by_role("alert")).to_contain_text("input.duration")
+        await expect(page.locator("#j-prompt")).to_have_value("A paper boat on a rainy street")
+        assert (await api.get("/v1/jobs")).json()["data"] == []  # nothing stored half-way
+        await page.locator("#j-duration").fill("5")
+        await page.locator("#j-aspect_ratio").select_option("9:16")
+        await page.locator("#j-metadata").fill('{"from": "console"}')
+        await page.get_by_role("button", name="Submit job").click()
+        await expect(page.locator("p.notice")).to_contain_text("Submitted")
+        await expect(page.locator("#job-status")).to_have_text("succeeded", timeout=15_000)
+        await reload_is_a_get(page)
+        [job] = (await api.get("/v1/jobs")).json()["data"]
+        assert job["input"]["prompt"] == "A paper boat on a rainy street"
+        assert job["input"]["duration"] == 5 and job["input"]["aspect_ratio"] == "9:16"
+        assert job["metadata"] == {"from": "console"}
+        video = page.locator("video")
+        played = await video.evaluate(
+            """async (v) => {
+                v.muted = true;
+                await v.play();
+                await new Promise((done) => {
+                    const check = () => (v.currentTime > 0.2 ? done() : setTimeout(check, 50));
+                    check();
+                });
+                return {error: v.error && v.error.code, time: v.currentTime};
+            }"""
+        )
+        assert played["error"] is None and played["time"] > 0.2, played
+        # The list shows its prompt and a thumbnail of its video.
+        await page.goto(f"{base_url}/console/jobs")
+        await expect(page.locator("td.prompt").first).to_have_text("A paper boat on a rainy street")
+        await expect(page.locator("video.thumb")).to_have_count(1)
+        await expect(page.locator("#signed-in-as")).to_contain_text("admin")

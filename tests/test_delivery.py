@@ -421,7 +421,7 @@ async def test_connection_refused_is_retried_and_others_still_get_theirs(
     assert len(attempts) == 3
     assert all(a["status_code"] is None and a["error"] for a in attempts)
     # In words, not the HTTP client's exception text.
-    assert attempts[0]["error"] == f"could not connect to {host_port} (connection refused)"
+    assert attempts[0]["error"] == f"could not connect to {host_port} (Connection refused)"
 
 
 @dataclass

@@ -32,6 +32,7 @@ def templates() -> Jinja2Templates:
     )
     env.filters["when"] = when
     env.filters["pretty"] = pretty
+    env.filters["amount"] = amount
     return Jinja2Templates(env=env)
 
 
@@ -44,6 +45,11 @@ def when(value: float | str | None) -> str:
     else:
         moment = datetime.fromtimestamp(value, UTC)
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def amount(value: float | None) -> str:
+    """A cost as people write it: ``95``, ``0.44`` (never ``95.0``)."""
+    return "—" if value is None else f"{value:g}"
 
 
 def pretty(value: Any) -> str:
@@ -88,7 +94,12 @@ def routes() -> list[BaseRoute]:
                     post=page(signin.sign_in, None, public=True),
                 ),
                 resource("/sign-out", post=page(signin.sign_out, None)),
-                resource("/jobs", get=page(jobs.jobs_page, "jobs:read")),
+                resource(
+                    "/jobs",
+                    get=page(jobs.jobs_page, "jobs:read"),
+                    post=page(jobs.submit_job, "jobs:write"),
+                ),
+                resource("/jobs/new", get=page(jobs.new_job_page, "jobs:write")),
                 resource("/jobs/{job_id}", get=page(jobs.job_page_view, "jobs:read")),
                 resource(
                     "/subscriptions",

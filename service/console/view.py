@@ -32,6 +32,7 @@ NOTICES = {
     "signed-out": "You are signed out.",
     "session-ended": "Your API key is no longer valid; sign in again.",
     "saved": "Saved.",
+    "submitted": "Submitted; this page follows the job live.",
     "created": "Subscribed.",
     "rotated": "The signing secret is rotated; the previous one keeps signing for the grace "
     "period.",
@@ -70,6 +71,9 @@ class Form:
     def getlist(self, name: str) -> list[str]:
         return [value.strip() for value in self._fields.get(name, []) if value.strip()]
 
+    def names(self) -> list[str]:
+        return list(self._fields)
+
     def __contains__(self, name: str) -> bool:
         return name in self._fields
 
@@ -100,6 +104,7 @@ class View:
     caller: Caller | None = None
     form: Form = field(default_factory=Form)
     session_changed: bool = False
+    key_name: str = ""
 
     @property
     def state(self) -> Services:
@@ -126,6 +131,7 @@ class View:
             template,
             {
                 "caller": self.caller,
+                "key_name": self.key_name,
                 "may": self.may,
                 "csrf": self.codec.csrf_token(self.session),
                 "notice": notice,
@@ -197,6 +203,8 @@ async def _handle(view: View, handler: Handler, scope: str | None, *, public: bo
             return view.redirect("/console/sign-in", next=_here(request))
         try:
             view.caller = await view.state.access.caller(view.session.key_hash, scope)
+            # The header names the key as people named it, not by its id.
+            view.key_name = (await view.state.keys.get(view.caller.key_id)).name
         except Unauthorized:
             view.start_session(None)
             return view.redirect("/console/sign-in", "session-ended")
