@@ -238,3 +238,40 @@ async def test_a_job_submitted_from_the_form_finishes_plays_and_is_not_resubmitt
         await expect(page.locator("td.prompt").first).to_have_text("A paper boat on a rainy street")
         await expect(page.locator("video.thumb")).to_have_count(1)
         await expect(page.locator("#signed-in-as")).to_contain_text("admin")
+
+
+async def test_admins_manage_api_keys_and_a_reload_makes_no_second_key(
+    world: tuple[httpx.AsyncClient, str, BrowserContext],
+) -> None:
+    api, base_url, browser = world
+    page = await browser.new_page()
+    await sign_in(page, base_url)
+    await page.get_by_role("link", name="API keys").click()
+    await page.get_by_label("Name").fill("ci bot")
+    await page.locator("input[name=scopes][value='jobs:read']").check()
+    await page.get_by_role("button", name="Create key").click()
+    await expect(page.locator("#new-key")).to_contain_text("rh_")
+    secret = (await page.locator("#new-key").text_content() or "").strip()
+    assert secret not in page.url
+    await reload_is_a_get(page)
+    await expect(page.locator("#key-gone")).to_be_visible()
+    named = [k for k in (await api.get("/v1/keys")).json()["data"] if k["name"] == "ci bot"]
+    assert len(named) == 1 and named[0]["scopes"] == ["jobs:read"]
+    key_id = named[0]["id"]
+    # The new key works, and is read-only: no API keys page for it.
+    async with httpx.AsyncClient(base_url=base_url, headers={"X-API-Key": secret}) as as_bot:
+        assert (await as_bot.get("/v1/jobs")).status_code == 200
+    page.on("dialog", lambda dialog: dialog.accept())
+    await page.locator(f"tr[data-key='{key_id}'] button", has_text="Revoke").click()
+    await expect(page.locator("p.notice")).to_contain_text("revoked")
+    await reload_is_a_get(page)
+    async with httpx.AsyncClient(base_url=base_url, headers={"X-API-Key": secret}) as as_bot:
+        assert (await as_bot.get("/v1/jobs")).status_code == 401
+    other = await browser.new_page()
+    created = await api.post("/v1/keys", json={"name": "reader", "scopes": ["read"]})
+    await other.goto(f"{base_url}/console/sign-in")
+    await other.get_by_label("API key").fill(created.json()["key"])
+    await other.get_by_role("button", name="Sign in").click()
+    await expect(other.get_by_role("link", name="API keys")).to_have_count(0)
+    response = await other.goto(f"{base_url}/console/keys")
+    assert response is not None and response.status == 403

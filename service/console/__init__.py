@@ -15,7 +15,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from service.console import deliveries, jobs, live, signin, subscriptions
+from service.console import deliveries, jobs, keys, live, signin, subscriptions
 from service.console.reveal import OneTimeSecrets
 from service.console.view import Endpoint, Handler, endpoint
 
@@ -149,6 +149,12 @@ def routes() -> list[BaseRoute]:
                     "/deliveries/{delivery_id}/retry",
                     post=page(deliveries.resend, "subscriptions:write"),
                 ),
+                resource(
+                    "/keys",
+                    get=page(partial(keys.keys_page, shown_once=shown_once), "admin"),
+                    post=page(partial(keys.create, shown_once=shown_once), "admin"),
+                ),
+                resource("/keys/{key_id}/revoke", post=page(keys.revoke, "admin")),
                 resource("/live", get=page(live.live_page, "jobs:read")),
                 resource("/stream", get=page(live.stream, "jobs:read")),
                 Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="console-static"),

@@ -32,6 +32,8 @@ NOTICES = {
     "signed-out": "You are signed out.",
     "session-ended": "Your API key is no longer valid; sign in again.",
     "saved": "Saved.",
+    "key-created": "API key created.",
+    "key-revoked": "The API key is revoked; it stops working at once.",
     "submitted": "Submitted; this page follows the job live.",
     "created": "Subscribed.",
     "rotated": "The signing secret is rotated; the previous one keeps signing for the grace "
