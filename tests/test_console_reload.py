@@ -106,20 +106,22 @@ async def test_reloading_any_page_a_post_reached_does_nothing_twice(
 
         # Ping: one event.
         await page.get_by_role("button", name="Send test ping").click()
-        await expect(page.get_by_role("status")).to_contain_text("A ping event is on its way.")
+        await expect(page.locator("p.notice")).to_contain_text("A ping event is on its way.")
         await reload_is_a_get(page)
         assert len(await events_of(api, "ping", sub_id)) == 1
 
         # Save, disable, enable: each a redirect; a reload changes nothing.
         await page.locator("#s-description").fill("saved once")
         await page.get_by_role("button", name="Save changes").click()
-        await expect(page.get_by_role("status")).to_contain_text("Saved.")
+        await expect(page.locator("p.notice")).to_contain_text("Saved.")
         stamp = (await api.get(f"/v1/subscriptions/{sub_id}")).json()["updated_at"]
         await reload_is_a_get(page)
         assert (await api.get(f"/v1/subscriptions/{sub_id}")).json()["updated_at"] == stamp
         await page.get_by_role("button", name="Disable").click()
+        await expect(page.locator("p.notice")).to_contain_text("is disabled")
         await reload_is_a_get(page)
         await page.get_by_role("button", name="Enable").click()
+        await expect(page.locator("p.notice")).to_contain_text("active again")
         await reload_is_a_get(page)
         assert (await api.get(f"/v1/subscriptions/{sub_id}")).json()["status"] == "active"
 
@@ -129,7 +131,7 @@ async def test_reloading_any_page_a_post_reached_does_nothing_twice(
         delivery_id = deliveries["data"][0]["id"]
         await page.goto(f"{base_url}/console/deliveries/{delivery_id}")
         await page.get_by_role("button", name="Resend now").click()
-        await expect(page.get_by_role("status")).to_contain_text("queued to be sent again")
+        await expect(page.locator("p.notice")).to_contain_text("queued to be sent again")
         await sink.wait_for(lambda s: len(s.on("/hook")) == 2)
         await reload_is_a_get(page)
         await anyio.sleep(0.5)  # a second resend, had there been one, would have gone out
@@ -146,7 +148,7 @@ async def test_reloading_any_page_a_post_reached_does_nothing_twice(
         # Delete, then its delivery offers no resend.
         await page.goto(f"{base_url}/console/subscriptions/{sub_id}")
         await page.get_by_role("button", name="Delete").click()
-        await expect(page.get_by_role("status")).to_contain_text("deleted")
+        await expect(page.locator("p.notice")).to_contain_text("deleted")
         await reload_is_a_get(page)
         await page.goto(f"{base_url}/console/deliveries/{delivery_id}")
         await expect(page.locator("#subscription-gone")).to_be_visible()
@@ -275,3 +277,47 @@ async def test_admins_manage_api_keys_and_a_reload_makes_no_second_key(
     await expect(other.get_by_role("link", name="API keys")).to_have_count(0)
     response = await other.goto(f"{base_url}/console/keys")
     assert response is not None and response.status == 403
+
+
+async def test_filter_deliveries_and_retry_the_filtered_set_once(
+    settings_factory: SettingsFactory, dead_url: str
+) -> None:
+    sock = loopback_socket()
+    settings = settings_factory(PUBLIC_URL=url_of(sock), RETRY_SCHEDULE="0")
+    async with served(settings, sock) as api, chromium() as browser:
+        base_url = url_of(sock)
+        sub_id = (await api.post("/v1/subscriptions", json={"url": f"{dead_url}/h"})).json()["id"]
+        for _ in range(2):
+            assert (await api.post(f"/v1/subscriptions/{sub_id}/test")).status_code == 202
+        with anyio.fail_after(10):
+            while True:
+                failed = await api.get("/v1/deliveries", params={"status": "failed"})
+                if len(failed.json()["data"]) == 2:
+                    break
+                await anyio.sleep(0.05)
+        page = await browser.new_page()
+        await sign_in(page, base_url)
+        await page.goto(f"{base_url}/console/deliveries")
+        await page.locator("#f-event-type").select_option("ping")
+        await page.locator("#f-dstatus").select_option("failed")
+        await page.get_by_role("button", name="Filter").click()
+        await expect(page.locator("[data-delivery-status]")).to_have_count(2)
+        await page.locator("#f-event-type").select_option("job.succeeded")
+        await page.get_by_role("button", name="Filter").click()
+        await expect(page.locator("[data-delivery-status]")).to_have_count(0)
+        await page.locator("#f-event-type").select_option("ping")
+        await page.get_by_role("button", name="Filter").click()
+        page.on("dialog", lambda dialog: dialog.accept())
+        await page.get_by_role("button", name="Retry all matching").click()
+        await expect(page.locator("#bulk-result")).to_contain_text("2 deliveries are queued")
+        assert "event_type=ping" in page.url and "status=failed" in page.url
+        with anyio.fail_after(10):
+            while True:
+                listed = (await api.get("/v1/deliveries")).json()["data"]
+                if all(d["attempt_count"] == 2 and d["status"] == "failed" for d in listed):
+                    break
+                await anyio.sleep(0.05)
+        await reload_is_a_get(page)
+        await anyio.sleep(0.5)  # a second bulk retry, had there been one, would have started
+        listed = (await api.get("/v1/deliveries")).json()["data"]
+        assert [d["attempt_count"] for d in listed] == [2, 2]

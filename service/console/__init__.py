@@ -142,6 +142,10 @@ def routes() -> list[BaseRoute]:
                 ),
                 resource("/deliveries", get=page(deliveries.deliveries_page, "subscriptions:read")),
                 resource(
+                    "/deliveries/retry",
+                    post=page(deliveries.retry_matching, "subscriptions:write"),
+                ),
+                resource(
                     "/deliveries/{delivery_id}",
                     get=page(deliveries.delivery_page, "subscriptions:read"),
                 ),

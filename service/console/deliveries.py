@@ -11,11 +11,11 @@ from starlette.responses import Response
 from service.console.view import View
 from service.core import params
 from service.core.errors import NotFound
-from service.core.models import DeliveryStatus
+from service.core.models import EVENT_TYPES, DeliveryStatus
 from service.delivery.deliveries import attempt_document, delivery_document, delivery_filter
 
 # The console's filter names are the API's short ones, read by the same function.
-FILTERS = ("subscription", "status", "job")
+FILTERS = ("subscription", "status", "job", "event_type", "since", "until")
 # A delivery page reloads itself only while something is about to change: an attempt running, or
 # the next one due within this many seconds. A wait of minutes or hours (the retry schedule) is
 # shown as a time instead, so open sections and the scroll position stay put.
@@ -37,9 +37,11 @@ def refresh_after(status: DeliveryStatus, next_attempt_at: float | None, now: fl
 
 async def deliveries_page(view: View) -> Response:
     query = view.request.query_params
+    # A filter form sends its empty fields too; empty means "any", not "equal to nothing".
+    given = {name: value for name, value in query.items() if value}
     page = await view.state.deliveries.page(
         view.signed_in_caller,
-        delivery_filter(query),
+        delivery_filter(given),
         cursor=query.get("cursor"),
         limit=params.limit(query),
     )
@@ -47,6 +49,7 @@ async def deliveries_page(view: View) -> Response:
     filters = {name: view.request.query_params.get(name, "") for name in FILTERS}
     chosen = {name: value for name, value in filters.items() if value}
     recovered = view.request.query_params.get("recovered", "")
+    bulk = {name: view.request.query_params.get(name, "") for name in ("resent", "skipped")}
     return view.render(
         "deliveries.html",
         section="deliveries",
@@ -57,7 +60,22 @@ async def deliveries_page(view: View) -> Response:
         first_page=view.request.query_params.get("cursor") is None,
         first_link="?" + urlencode(chosen) if chosen else "",
         recovered=int(recovered) if recovered.isascii() and recovered.isdigit() else None,
+        event_types=EVENT_TYPES,
+        bulk=(
+            {name: int(value) for name, value in bulk.items()}
+            if all(v.isascii() and v.isdigit() for v in bulk.values())
+            else None
+        ),
     )
+
+
+async def retry_matching(view: View) -> Response:
+    """Bulk retry of the filtered set; redirected back to the same filter with the counts."""
+    chosen = {name: view.form.get(name) for name in FILTERS if view.form.get(name)}
+    resent, skipped = await view.state.deliveries.resend_matching(
+        view.signed_in_caller, delivery_filter(chosen)
+    )
+    return view.redirect("/console/deliveries", **chosen, resent=str(resent), skipped=str(skipped))
 
 
 async def delivery_page(view: View) -> Response:
