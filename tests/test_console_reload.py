@@ -181,6 +181,11 @@ async def test_a_delivery_waiting_hours_for_its_next_attempt_does_not_reload(
         await sign_in(page, base_url)
         await page.goto(f"{base_url}/console/deliveries/{delivery['id']}")
         await expect(page.locator("#refresh-note")).to_contain_text("Waiting for the next attempt")
+        # Each attempt's request headers, the signature masked.
+        sent = page.locator("details.request-headers").first
+        await expect(sent).to_contain_text(f"webhook-id: {delivery['event_id']}")
+        await expect(sent).to_contain_text("webhook-signature: v1,********")
+        assert "whsec_" not in await page.content()
         assert await page.locator("meta[http-equiv=refresh]").count() == 0
         # A marker in the page survives as long as the page is not reloaded.
         await page.evaluate("window.reelhookMarker = 1")

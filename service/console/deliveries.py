@@ -13,6 +13,8 @@ from service.core import params
 from service.core.errors import NotFound
 from service.core.models import EVENT_TYPES, DeliveryStatus
 from service.delivery.deliveries import attempt_document, delivery_document, delivery_filter
+from service.net.client import USER_AGENT
+from service.storage.deliveries import Attempt
 
 # The console's filter names are the API's short ones, read by the same function.
 FILTERS = ("subscription", "status", "job", "event_type", "since", "until")
@@ -78,6 +80,26 @@ async def retry_matching(view: View) -> Response:
     return view.redirect("/console/deliveries", **chosen, resent=str(resent), skipped=str(skipped))
 
 
+MASK = "********"
+
+
+def request_headers(
+    event_id: str, attempt: Attempt, static_headers: list[str]
+) -> list[tuple[str, str]]:
+    """The headers an attempt was sent with, rebuilt from what is stored (the request itself is
+    not kept): the subscription's static headers and the signature masked, the timestamp the
+    attempt's start to the second."""
+    started = int(attempt.attempted_at - attempt.latency_ms / 1000)
+    return [
+        *[(name, MASK) for name in static_headers],
+        ("Content-Type", "application/json"),
+        ("User-Agent", USER_AGENT),
+        ("webhook-id", event_id),
+        ("webhook-timestamp", str(started)),
+        ("webhook-signature", f"v1,{MASK} (one per signing secret)"),
+    ]
+
+
 async def delivery_page(view: View) -> Response:
     caller = view.signed_in_caller
     delivery_id = view.request.path_params["delivery_id"]
@@ -85,16 +107,22 @@ async def delivery_page(view: View) -> Response:
     payload = found.payload
     delivery = found.delivery
     try:
-        await view.state.subscriptions.owned(caller, delivery.subscription_id)
-        subscription_gone = False
+        sub = await view.state.subscriptions.owned(caller, delivery.subscription_id)
+        subscription_gone, static_headers = False, list(sub.headers)
     except NotFound:
-        subscription_gone = True
+        subscription_gone, static_headers = True, []
     return view.render(
         "delivery.html",
         section="deliveries",
         delivery=delivery_document(delivery),
         payload=None if payload is None else json.dumps(payload, indent=2, ensure_ascii=False),
-        attempts=[attempt_document(attempt) for attempt in found.attempts],
+        attempts=[
+            {
+                **attempt_document(attempt),
+                "request_headers": request_headers(delivery.event_id, attempt, static_headers),
+            }
+            for attempt in found.attempts
+        ],
         refresh=refresh_after(delivery.status, delivery.next_attempt_at, view.state.clock()),
         subscription_gone=subscription_gone,
     )
