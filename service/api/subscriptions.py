@@ -16,13 +16,13 @@ from service.core.clock import isoformat
 from service.core.errors import BadRequest
 from service.core.jsonutil import InvalidJSON, loads
 from service.core.models import EVENT_TYPES
-from service.delivery.subscriptions import CREATE_BODY, TEST_BODY, UPDATE_BODY
+from service.delivery.subscriptions import NEW_SUBSCRIPTION, SUBSCRIPTION_CHANGES, TEST_BODY
 
 
 @operation(
     summary="Subscribe a URL",
     tag="subscriptions",
-    body=CREATE_BODY.schema(),
+    body=NEW_SUBSCRIPTION.schema(),
     replies={
         201: Reply(
             "Subscribed; the `secret` is shown only in this answer.",
@@ -80,7 +80,7 @@ async def get_subscription(request: Request) -> Response:
 @operation(
     summary="Change a subscription",
     tag="subscriptions",
-    body=UPDATE_BODY.schema(),
+    body=SUBSCRIPTION_CHANGES.schema(),
     replies={200: Reply("The subscription as changed.", ref("Subscription"))},
     errors=(404,),
 )
