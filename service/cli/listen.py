@@ -29,6 +29,7 @@ from service.cli.base import CliError, Commands, client_options, print_json
 from service.cli.remote import Remote
 from service.core.jsonutil import dumps_bytes
 from service.core.models import EVENT_TYPES
+from service.core.signing_keys import SECRET_PREFIX
 from service.delivery import signing
 
 _FORWARD_TIMEOUT = httpx.Timeout(10.0)
@@ -102,7 +103,7 @@ def _secret(given: str | None) -> str:
     if given is None:
         return signing.new_secret()
     try:
-        key = base64.b64decode(given.removeprefix(signing.SECRET_PREFIX), validate=True)
+        key = base64.b64decode(given.removeprefix(SECRET_PREFIX), validate=True)
     except ValueError:
         key = b""
     if len(key) < 16:
@@ -110,7 +111,7 @@ def _secret(given: str | None) -> str:
             "--secret: expected a whsec_ secret (at least 16 bytes, base64 after the prefix)",
             code=2,
         )
-    return given if given.startswith(signing.SECRET_PREFIX) else signing.SECRET_PREFIX + given
+    return given if given.startswith(SECRET_PREFIX) else SECRET_PREFIX + given
 
 
 def listen(args: argparse.Namespace) -> int:
