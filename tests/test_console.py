@@ -248,7 +248,10 @@ async def test_a_form_without_this_sessions_token_is_refused(service: Reelhook) 
         # The same form with its own token goes through.
         own = csrf_of(await browser.get("/console/subscriptions"))
         created = await browser.post("/console/subscriptions", data={"url": sink, "csrf": own})
-        assert created.status_code == 201, created.text
+        # Created, and redirected (a reload must not create it again): the secret is on the GET.
+        assert created.status_code == 303, created.text
+        shown = await browser.get(created.headers["location"])
+        assert shown.status_code == 200 and "whsec_" in shown.text
 
 
 async def test_sign_in_itself_needs_the_token(service: Reelhook) -> None:
@@ -444,9 +447,14 @@ async def test_subscription_forms_go_through_the_api_validation(service: Reelhoo
                 "description": "n8n",
             },
         )
-        assert created.status_code == 201
-        secret = re.search(r"whsec_[A-Za-z0-9+/=]+", created.text)
-        assert secret, created.text
+        assert created.status_code == 303  # redirected: a reload does not create it again
+        shown = await browser.get(created.headers["location"])
+        assert shown.status_code == 200
+        secret = re.search(r"whsec_[A-Za-z0-9+/=]+", shown.text)
+        assert secret, shown.text
+        # Shown once: the same page again no longer has it.
+        again = await browser.get(created.headers["location"])
+        assert not re.search(r"whsec_[A-Za-z0-9+/=]+", again.text)
     stored = (await service.api.get("/v1/subscriptions")).json()["data"]
     assert len(stored) == 1
     assert stored[0]["event_types"] == ["job.succeeded", "job.failed"]
@@ -597,13 +605,17 @@ async def test_rotate_shows_the_new_secret_once(service: Reelhook) -> None:
     async with service.signed_in() as browser:
         page = await browser.get(f"/console/subscriptions/{sub_id}")
         assert "whsec_" not in page.text
-        rotated = await browser.post(
+        posted = await browser.post(
             f"/console/subscriptions/{sub_id}/rotate-secret", data={"csrf": csrf_of(page)}
         )
+        # Redirected (a reload must not rotate again); the GET shows the secret, once.
+        assert posted.status_code == 303
+        rotated = await browser.get(posted.headers["location"])
         found = re.search(r'id="new-secret">(whsec_[^<]+)<', rotated.text)
         assert found and found.group(1) != old
         assert "Old secret signs until" in rotated.text
         assert "whsec_" not in (await browser.get(f"/console/subscriptions/{sub_id}")).text
+        assert "whsec_" not in (await browser.get(posted.headers["location"])).text
     stored = (await service.api.get(f"/v1/subscriptions/{sub_id}")).json()
     assert stored["previous_secret_expires_at"] is not None
 

@@ -13,6 +13,8 @@ import anyio
 import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import BaseRoute, Mount
 
 from service import console
@@ -171,8 +173,24 @@ def create_app(
                 shared.feed.close()
                 tasks.cancel_scope.cancel()
 
+    middleware = []
+    if settings.cors_origins:
+        # Browsers on these origins may call the API and open the event stream. Credentials
+        # (cookies) are never allowed cross-origin: the console's session stays same-origin.
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(settings.cors_origins),
+                allow_methods=["GET", "POST", "PATCH", "DELETE"],
+                allow_headers=["X-API-Key", "Content-Type", "Idempotency-Key", "Last-Event-ID"],
+                expose_headers=["Location", "Retry-After", "Idempotent-Replayed"],
+                allow_credentials=False,
+                max_age=600,
+            )
+        )
     app = Starlette(
         routes=app_routes,
+        middleware=middleware,
         lifespan=lifespan,
         exception_handlers={
             ReelhookError: handle_reelhook_error,
@@ -279,6 +297,7 @@ def _wire(settings: Settings, clock: Clock, opened: Opened, shared: Shared) -> S
             job_deadline=settings.job_deadline,
             deadlines=settings.job_deadlines,
             allow_private=settings.allow_private_subscribers,
+            require_https=not settings.allow_http_subscribers,
             retry_schedule=submit_retries,
             # An attempt left unanswered by a stop is sent again once its request has surely
             # ended.
@@ -333,6 +352,7 @@ def _wire(settings: Settings, clock: Clock, opened: Opened, shared: Shared) -> S
             publisher,
             allow_private=settings.allow_private_subscribers,
             rotation_grace=settings.secret_rotation_grace,
+            require_https=not settings.allow_http_subscribers,
             renderer=renderer,
         ),
         deliveries=Deliveries(db, clock),
@@ -352,6 +372,12 @@ def _wire(settings: Settings, clock: Clock, opened: Opened, shared: Shared) -> S
 def _announce(settings: Settings, generated_admin_key: str | None) -> None:
     simulated = ", ".join(settings.simulated_providers) or "none"
     log.info("reelhook serving at %s (simulated providers: %s)", settings.public_url, simulated)
+    log.info(
+        "console: %s/console · API docs: %s/docs · data: %s",
+        settings.public_url,
+        settings.public_url,
+        settings.data_dir.resolve(),
+    )
     if generated_admin_key is not None:
         # Printed, not logged: this is the only time the key exists outside the caller's hands.
         sys.stdout.write(

@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from service.cli import events, jobs, providers, serve
+from service.cli import events, jobs, listen, providers, resources, serve
 from service.cli.base import CliError, Commands
 from service.ops import backup
 
@@ -20,6 +20,8 @@ COMMANDS: tuple[Callable[[Commands], None], ...] = (
     jobs.register,
     events.register,
     providers.register,
+    resources.register,
+    listen.register,
     backup.register,
 )
 

@@ -78,6 +78,7 @@ class ErrorKind(StrEnum):
     PROVIDER_ERROR = "provider_error"
     TIMEOUT = "timeout"
     INTERRUPTED = "interrupted"
+    CANCELED = "canceled"  # POST /v1/jobs/{id}/cancel
 
 
 JOB_EVENT_TYPES = (

@@ -13,6 +13,7 @@ from itsdangerous import BadSignature, SignatureExpired, URLSafeSerializer, URLS
 _CALLBACK_SALT = "reelhook.callback-url.v1"
 _FILE_SALT = "reelhook.file-link.v1"
 _ACCOUNT_SALT = "reelhook.account-webhook.v1"
+_STREAM_SALT = "reelhook.stream-token.v1"
 
 
 class InvalidToken(Exception):
@@ -33,6 +34,7 @@ class Tokens:
         self._callbacks = URLSafeSerializer(secret_keys, salt=_CALLBACK_SALT)
         self._files = URLSafeTimedSerializer(secret_keys, salt=_FILE_SALT)
         self._accounts = URLSafeSerializer(secret_keys, salt=_ACCOUNT_SALT)
+        self._streams = URLSafeTimedSerializer(secret_keys, salt=_STREAM_SALT)
 
     def callback(self, job_id: str, provider: str) -> str:
         """The token for ``{PUBLIC_URL}/v1/callbacks/{provider}/{token}`` of one job."""
@@ -76,6 +78,23 @@ class Tokens:
         except (BadSignature, ValueError, TypeError):
             raise InvalidToken from None
         return str(digest), str(media_type)
+
+    def stream(self, key_id: str) -> str:
+        """A read-only token for ``GET /v1/events/stream?token=…`` on behalf of ``key_id``."""
+        return self._streams.dumps(["stream", key_id])
+
+    def verify_stream(self, token: str, max_age: float) -> str:
+        """Return the key id the stream token was minted for; raise :class:`ExpiredToken` or
+        :class:`InvalidToken`."""
+        try:
+            purpose, key_id = self._streams.loads(token, max_age=int(max_age))
+        except SignatureExpired:
+            raise ExpiredToken from None
+        except (BadSignature, ValueError, TypeError):
+            raise InvalidToken from None
+        if purpose != "stream" or not isinstance(key_id, str):
+            raise InvalidToken
+        return key_id
 
 
 def _fingerprint(provider: str, api_key: str) -> str:

@@ -26,7 +26,7 @@ import aiosqlite
 import anyio
 import anyio.abc
 
-from service.core.clock import Clock
+from service.core.clock import Clock, isoformat
 from service.core.models import DeliveryStatus
 from service.core.retry import RetrySchedule
 from service.core.worker import Wakeup, run_worker
@@ -253,13 +253,21 @@ class Dispatcher:
             log.exception("delivery %s failed unexpectedly", delivery.id)
             error = AttemptResult(None, 0.0, error=f"internal error: {type(exc).__name__}")
             outcome = self._judge(delivery, error)
-        log.debug(
-            "delivery %s of %s to %s: %s (%s)",
+        # A failed attempt is news an operator wants at INFO (a subscriber is down); a success
+        # is routine (DEBUG), and there may be thousands a minute.
+        log.log(
+            logging.DEBUG if outcome.status == DeliveryStatus.SUCCEEDED else logging.INFO,
+            "delivery %s of %s to %s: %s (%s)%s",
             delivery.id,
             delivery.event_id,
             delivery.subscription_id,
-            outcome.status,
+            "failed for good" if outcome.status == DeliveryStatus.FAILED else outcome.status,
             outcome.status_code or outcome.error,
+            (
+                f"; next attempt due {isoformat(outcome.next_attempt_at)}"
+                if outcome.next_attempt_at is not None
+                else ""
+            ),
         )
         self._unfinished.discard(delivery.id)
         self._outcomes.append(outcome)

@@ -345,6 +345,49 @@ async def expire_overdue(db: Database, publisher: Publisher, now: float, limit: 
         return expired
 
 
+class NotCancelable(Exception):
+    """The job has already finished (its status is the message)."""
+
+
+async def cancel(db: Database, publisher: Publisher, job_id: str, now: float) -> Job | None:
+    """Cancel an unfinished job and announce ``job.canceled``; return it (None: no such job).
+
+    The provider is not told (none of the three offers a cancel call), so it may still finish
+    the work: a result arriving afterwards meets a terminal job, is stored for audit as ``late``
+    and changes nothing (:func:`transition`). A pending job is never submitted (the submit queue
+    takes only pending jobs) and costs nothing; a submitted one may still be charged by the
+    provider, so its charge stays unknown. Raises :class:`NotCancelable` for a finished job.
+    """
+    async with db.transaction() as conn:
+        current = await jobs.get(conn, job_id)
+        if current is None:
+            return None
+        if current.status.terminal:
+            raise NotCancelable(current.status.value)
+        canceled = dataclasses.replace(
+            current,
+            status=JobStatus.CANCELED,
+            error=JobError(
+                ErrorKind.CANCELED,
+                "canceled through the API"
+                + (
+                    ""
+                    if current.status is JobStatus.PENDING
+                    else f"; {current.provider} was not told and may still finish it"
+                ),
+            ),
+            cost=(
+                dataclasses.replace(current.cost, charged=0)
+                if current.status is JobStatus.PENDING
+                else current.cost
+            ),
+            completed_at=now,
+        )
+        await jobs.save(conn, canceled, now)
+        await publisher.publish(conn, "job.canceled", now, job=canceled)
+        return canceled
+
+
 async def mark_submitted(
     db: Database, publisher: Publisher, job_id: str, provider_job_id: str | None, now: float
 ) -> tuple[Job | None, bool]:
