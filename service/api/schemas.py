@@ -24,6 +24,7 @@ from service.core.models import (
 from service.core.signing_keys import SCHEMES
 from service.delivery.transform import CONTENT_TYPES
 from service.jobs.catalog import MODELS
+from service.jobs.submission import JOB_EXTRAS
 
 Schema = dict[str, Any]
 
@@ -75,15 +76,7 @@ def _job_request(model_id: str) -> Schema:
         "properties": {
             "model": {"const": model_id},
             "input": MODELS[model_id].input_schema(),
-            "metadata": {
-                "type": "object",
-                "description": "Yours, returned untouched in every event (at most 8 kB).",
-            },
-            "callback_url": {
-                "type": ["string", "null"],
-                "description": "Also send this job's events here, signed with the "
-                "`callback_secret` returned once.",
-            },
+            **JOB_EXTRAS.schema()["properties"],
         },
     }
 

@@ -12,6 +12,7 @@ from typing import Any
 import aiosqlite
 
 from service.core.models import DeliveryStatus
+from service.storage.announcements import Work, announce
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,6 +265,9 @@ async def record(conn: aiosqlite.Connection, outcomes: Sequence[AttemptOutcome])
     if finished:
         now = max(o.attempted_at for o in outcomes)
         await promote_queued(conn, sorted(await fifo_among(conn, finished)), now)
+    # Retries were scheduled (announced per batch, not checked per outcome: the dispatcher that
+    # records is awake anyway).
+    announce(conn, Work.DELIVERIES)
 
 
 async def next_due_at(conn: aiosqlite.Connection) -> float | None:
@@ -296,6 +300,8 @@ async def release(
         sql += f" AND id IN ({', '.join('?' for _ in delivery_ids)})"
         params.extend(delivery_ids)
     cursor = await conn.execute(sql, params)
+    if cursor.rowcount > 0:
+        announce(conn, Work.DELIVERIES)
     return cursor.rowcount
 
 
@@ -426,6 +432,8 @@ async def resend(conn: aiosqlite.Connection, delivery_id: str, now: float) -> bo
         "WHERE id = ? AND status IN ('pending', 'succeeded', 'failed')",
         (now, now, delivery_id),
     )
+    if cursor.rowcount > 0:
+        announce(conn, Work.DELIVERIES)
     return cursor.rowcount > 0
 
 
@@ -447,4 +455,6 @@ async def recover(
         "AND (? IS NULL OR created_at < ?)",
         (now, now, subscription_id, since, until, until),
     )
+    if cursor.rowcount > 0:
+        announce(conn, Work.DELIVERIES)
     return cursor.rowcount

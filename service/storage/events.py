@@ -10,6 +10,7 @@ from typing import Any
 import aiosqlite
 
 from service.core.ids import new_id
+from service.storage.announcements import Work, announce
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,10 +28,13 @@ class NewEvent:
 
 async def append(conn: aiosqlite.Connection, batch: Sequence[NewEvent]) -> None:
     """Append events and one pending delivery per subscription each, in the caller's transaction."""
+    if not batch:
+        return
     await conn.executemany(
         "INSERT INTO events (id, type, job_id, created_at, payload) VALUES (?, ?, ?, ?, ?)",
         [(e.id, e.type, e.job_id, e.created_at, e.payload) for e in batch],
     )
+    announce(conn, Work.EVENTS)
     rows = [
         (new_id("dlv"), e.id, sub_id, e.first_attempt_at, e.created_at, e.created_at)
         for e in batch
@@ -52,6 +56,7 @@ async def append(conn: aiosqlite.Connection, batch: Sequence[NewEvent]) -> None:
                 for id_, event, sub, due, at, _ in rows
             ],
         )
+        announce(conn, Work.DELIVERIES)
 
 
 _QUEUES = (

@@ -12,6 +12,7 @@ import aiosqlite
 from service.core.clock import isoformat
 from service.core.jsonutil import dumps
 from service.core.models import Subscription, SubscriptionStatus
+from service.storage.announcements import Work, announce
 
 _COLUMNS = (
     "id, owner_key_id, url, secret, event_types, models, headers, description, status, job_id, "
@@ -206,6 +207,9 @@ async def set_status(
         "updated_at = ? WHERE id = ?",
         (status, reason if status == SubscriptionStatus.DISABLED else None, now, sub_id),
     )
+    if status == SubscriptionStatus.ACTIVE:
+        # Deliveries wait while their subscription is not active; they may be due now.
+        announce(conn, Work.DELIVERIES)
 
 
 async def note_failure_windows(
