@@ -327,3 +327,21 @@ async def test_the_console_shows_the_head_of_line(settings_factory: SettingsFact
     assert "FIFO queue" in text and head["id"] in text
     assert '<dd id="fifo-queued">3</dd>' in text
     assert "head-of-line blocking" in text
+
+
+async def test_turning_fifo_off_sends_the_queue_at_once(settings_factory: SettingsFactory) -> None:
+    receiver = OneAtATime()
+    settings = settings_factory(RETRY_SCHEDULE="0,3600")
+    async with run_server(receiver.app()) as url, api_client(settings) as http:
+        created = await http.post("/v1/subscriptions", json={"url": url + "/", "ordering": "fifo"})
+        sub = created.json()
+        receiver.fail = {0: 1000}  # the head is stuck for an hour
+        published = await ping_many(http, sub["id"], 4)
+        with anyio.fail_after(10):
+            while not receiver.seen:
+                await receiver.arrived.wait()
+        assert receiver.accepted == []
+        changed = await http.patch(f"/v1/subscriptions/{sub['id']}", json={"ordering": "none"})
+        assert changed.status_code == 200 and changed.json()["ordering"] == "none"
+        await receiver.wait_for(3)  # the three behind the head, without waiting for it
+    assert sorted(receiver.accepted) == sorted(published[1:])
