@@ -463,6 +463,56 @@ async def test_subscription_forms_go_through_the_api_validation(service: Reelhoo
     assert stored[0]["description"] == "n8n"
 
 
+async def test_the_subscription_form_sets_filter_template_scheme_and_ordering(
+    service: Reelhook,
+) -> None:
+    async with service.signed_in() as browser:
+        page = await browser.get("/console/subscriptions")
+        token = csrf_of(page)
+        assert '<option value="text/plain">text/plain</option>' in page.text
+        bad_filter = await browser.post(
+            "/console/subscriptions",
+            data={"csrf": token, "url": "http://127.0.0.1:9/", "filter": "{nope"},
+        )
+        assert bad_filter.status_code == 422 and "filter: is not JSON" in bad_filter.text
+        unknown_field = await browser.post(
+            "/console/subscriptions",
+            data={
+                "csrf": token,
+                "url": "http://127.0.0.1:9/",
+                "filter": '{"path": "data.colour", "eq": "red"}',
+            },
+        )
+        assert unknown_field.status_code == 422
+        assert "filter.path" in unknown_field.text and "data.colour" in unknown_field.text
+        assert (await service.api.get("/v1/subscriptions")).json()["data"] == []
+        created = await browser.post(
+            "/console/subscriptions",
+            data={
+                "csrf": token,
+                "url": "http://127.0.0.1:9/chat",
+                "event_types": ["job.succeeded"],
+                "filter": '{"path": "data.metadata.channel", "eq": "bots"}',
+                "template": "{{ type }} {{ data.id }}",
+                "content_type": "text/plain",
+                "signature_scheme": "v1a",
+                "ordering": "fifo",
+            },
+        )
+        assert created.status_code == 201, created.text
+        assert "whsk_" not in created.text and "whsec_" not in created.text
+        assert 'id="public-key">whpk_' in created.text
+        assert "FIFO: one delivery at a time" in created.text
+        assert '<dd id="fifo-queued">0</dd>' in created.text
+    [stored] = (await service.api.get("/v1/subscriptions")).json()["data"]
+    assert stored["filter"] == {"path": "data.metadata.channel", "eq": "bots"}
+    assert (stored["template"], stored["content_type"]) == (
+        "{{ type }} {{ data.id }}",
+        "text/plain",
+    )
+    assert (stored["signature_scheme"], stored["ordering"]) == ("v1a", "fifo")
+
+
 async def test_edit_keeps_headers_unless_asked_and_toggles_status(service: Reelhook) -> None:
     created = await service.api.post(
         "/v1/subscriptions",
