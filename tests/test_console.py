@@ -499,11 +499,12 @@ async def test_the_subscription_form_sets_filter_template_scheme_and_ordering(
                 "ordering": "fifo",
             },
         )
-        assert created.status_code == 201, created.text
-        assert "whsk_" not in created.text and "whsec_" not in created.text
-        assert 'id="public-key">whpk_' in created.text
-        assert "FIFO: one delivery at a time" in created.text
-        assert '<dd id="fifo-queued">0</dd>' in created.text
+        assert created.status_code == 303, created.text  # POST-redirect-GET
+        shown = await browser.get(created.headers["location"])
+        assert "whsk_" not in shown.text and "whsec_" not in shown.text
+        assert 'id="public-key">whpk_' in shown.text
+        assert "FIFO: one delivery at a time" in shown.text
+        assert '<dd id="fifo-queued">0</dd>' in shown.text
     [stored] = (await service.api.get("/v1/subscriptions")).json()["data"]
     assert stored["filter"] == {"path": "data.metadata.channel", "eq": "bots"}
     assert (stored["template"], stored["content_type"]) == (
