@@ -34,6 +34,7 @@ from service.delivery.eventlog import EventLog
 from service.delivery.publisher import Publisher
 from service.delivery.sender import Sender
 from service.delivery.subscriptions import Subscriptions
+from service.delivery.transform import Renderer
 from service.jobs.callback_outcomes import CallbackObserver
 from service.jobs.callbacks import Callbacks
 from service.jobs.deadlines import DeadlineTimer
@@ -208,6 +209,7 @@ def _wire(settings: Settings, clock: Clock, opened: Opened, shared: Shared) -> S
         return f"{settings.public_url}/v1/files/{tokens.file(digest, media_type)}"
 
     publisher = Publisher(file_url, first_delay=settings.retry_schedule[0])
+    renderer = Renderer()
     dispatcher = Dispatcher(
         db,
         MeteredSender(opened.clients.subscribers, shared.metrics),
@@ -223,6 +225,7 @@ def _wire(settings: Settings, clock: Clock, opened: Opened, shared: Shared) -> S
         publisher=publisher,
         disable_after=settings.disable_after,
         shutdown_grace=settings.shutdown_grace,
+        renderer=renderer,
     )
 
     submit_retries = RetrySchedule.for_retries(settings.submit_retry_schedule)
@@ -310,6 +313,7 @@ def _wire(settings: Settings, clock: Clock, opened: Opened, shared: Shared) -> S
             publisher,
             allow_private=settings.allow_private_subscribers,
             rotation_grace=settings.secret_rotation_grace,
+            renderer=renderer,
         ),
         deliveries=Deliveries(db, clock),
         events=EventLog(db, shared.feed, keepalive=settings.stream_keepalive),

@@ -14,6 +14,7 @@ seconds to finish, records them, and hands the leases of the rest back for the n
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from collections import Counter
@@ -31,6 +32,7 @@ from service.core.retry import RetrySchedule
 from service.core.worker import Wakeup, run_worker
 from service.delivery.publisher import Publisher, subscription_disabled_data
 from service.delivery.sender import AttemptResult, Sender
+from service.delivery.transform import Renderer, TemplateError
 from service.providers.base import parse_retry_after
 from service.storage import deliveries, subscriptions
 from service.storage.database import Database
@@ -63,6 +65,7 @@ class Dispatcher:
         disable_after: float = 0.0,
         shutdown_grace: float = 0.0,
         rng: Callable[[], float] = random.random,
+        renderer: Renderer | None = None,
     ) -> None:
         self._db = db
         self._sender = sender
@@ -74,6 +77,7 @@ class Dispatcher:
         self._disable_after = disable_after
         self._shutdown_grace = shutdown_grace
         self._rng = rng
+        self._renderer = renderer or Renderer()
         self._wakeup = Wakeup()
         self._outcomes: list[AttemptOutcome] = []
         self._outcomes_ready = Wakeup()
@@ -148,6 +152,7 @@ class Dispatcher:
         try:
             async with self._db.transaction() as conn:
                 released = await deliveries.release(conn, None, self._clock())
+                await deliveries.restart_queues(conn, self._clock())
         except Exception:
             # Not fatal: those leases expire on their own and are claimed again then.
             log.exception("could not release the leases of the previous run")
@@ -234,15 +239,20 @@ class Dispatcher:
 
     async def _attempt(self, delivery: Claimed) -> None:
         try:
-            result = await self._sender.send(
-                url=delivery.url,
-                event_id=delivery.event_id,
-                payload=delivery.payload,
-                secrets=list(delivery.secrets),
-                headers=delivery.headers,
-                timestamp=int(self._clock()),
-            )
-            outcome = self._judge(delivery, result)
+            body = self._body(delivery)
+            if isinstance(body, AttemptOutcome):
+                outcome = body
+            else:
+                result = await self._sender.send(
+                    url=delivery.url,
+                    event_id=delivery.event_id,
+                    payload=body,
+                    secrets=list(delivery.secrets),
+                    headers=delivery.headers,
+                    timestamp=int(self._clock()),
+                    content_type=delivery.content_type,
+                )
+                outcome = self._judge(delivery, result)
         except Exception as exc:
             # Whatever one subscriber's answer does, it must not stop the dispatcher.
             log.exception("delivery %s failed unexpectedly", delivery.id)
@@ -259,6 +269,34 @@ class Dispatcher:
         self._unfinished.discard(delivery.id)
         self._outcomes.append(outcome)
         self._outcomes_ready.set()
+
+    def _body(self, delivery: Claimed) -> bytes | AttemptOutcome:
+        """The bytes to send: the event body, or its rendering through the subscription's
+        template. A template that fails on this event fails the delivery for good without sending
+        (rendering again would fail again), except when it ran out of time, which is retried; the
+        error is in the delivery log."""
+        if delivery.template is None:
+            return delivery.payload
+        try:
+            return self._renderer.render(
+                delivery.template,
+                delivery.content_type,
+                delivery.event_id,
+                json.loads(delivery.payload),
+            )
+        except TemplateError as exc:
+            if exc.transient:
+                # Out of time, perhaps only because the machine was busy: retried on schedule.
+                failed = AttemptResult(None, 0.0, error=f"template: {exc}"[:500])
+                return self._judge(delivery, failed)
+            return AttemptOutcome(
+                delivery_id=delivery.id,
+                subscription_id=delivery.subscription_id,
+                attempted_at=self._clock(),
+                latency_ms=0.0,
+                status=DeliveryStatus.FAILED,
+                error=f"template: {exc}"[:500],
+            )
 
     def _judge(self, delivery: Claimed, result: AttemptResult) -> AttemptOutcome:
         now = self._clock()

@@ -28,6 +28,8 @@ class Claimed:
     headers: dict[str, str]
     payload: bytes
     manual: bool = False
+    template: str | None = None
+    content_type: str = "application/json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +75,10 @@ async def claim_due(
     ``refill_below`` or more claimed get none this time. Deliveries of a disabled subscription
     wait until it is enabled again. The due rows are read in due order from their index, a
     bounded window at a time, so a claim costs the same with ten or a million waiting.
+
+    A FIFO subscription gets one delivery claimed at a time, and none while one is claimed: its
+    later deliveries wait as ``queued`` (see :func:`promote_queued`), so at most a manual resend
+    is due beside its head.
     """
     # A subscription with ``refill`` or more already claimed is left out, so it is topped up in
     # batches rather than one row per claim.
@@ -93,11 +99,13 @@ async def claim_due(
     due = list(await conn.execute_fetchall(sql, params))
     # A full window may hide more due rows behind those over their subscription's cap.
     more = len(due) == window
+    fifo = await fifo_among(conn, {row["subscription_id"] for row in due})
     taken: dict[str, int] = {}
     chosen: list[str] = []
     for row in due:
         sub = row["subscription_id"]
-        if busy.get(sub, 0) + taken.get(sub, 0) >= per_subscription:
+        cap = 1 if sub in fifo else per_subscription
+        if busy.get(sub, 0) + taken.get(sub, 0) >= cap:
             continue
         taken[sub] = taken.get(sub, 0) + 1
         chosen.append(row["id"])
@@ -119,8 +127,8 @@ async def claim_due(
     payloads = await _by_id(conn, "SELECT id, payload FROM events", {r["event_id"] for r in rows})
     subs = await _by_id(
         conn,
-        "SELECT id, url, secret, previous_secret, previous_secret_until, headers "
-        "FROM subscriptions",
+        "SELECT id, url, secret, previous_secret, previous_secret_until, headers, template, "
+        "content_type FROM subscriptions",
         {r["subscription_id"] for r in rows},
     )
     claimed = []
@@ -139,9 +147,85 @@ async def claim_due(
                 headers=json.loads(sub["headers"]),
                 payload=payloads[row["event_id"]]["payload"],
                 manual=bool(row["manual"]),
+                template=sub["template"],
+                content_type=sub["content_type"],
             )
         )
     return claimed, more
+
+
+async def fifo_among(conn: aiosqlite.Connection, sub_ids: set[str]) -> set[str]:
+    """Those of ``sub_ids`` that deliver in order."""
+    if not sub_ids:
+        return set()
+    marks = ", ".join("?" for _ in sub_ids)
+    rows = await conn.execute_fetchall(
+        f"SELECT id FROM subscriptions WHERE id IN ({marks}) AND ordering = 'fifo'",
+        tuple(sub_ids),
+    )
+    return {row["id"] for row in rows}
+
+
+async def promote_queued(conn: aiosqlite.Connection, sub_ids: Sequence[str], now: float) -> int:
+    """For each FIFO subscription in ``sub_ids`` with nothing pending or in flight, make its
+    first queued delivery (in event order) due at ``now``; return how many were promoted.
+
+    Called in the transaction that finishes a head delivery (succeeded, failed for good), so the
+    queue moves on exactly when its head is done, and a crash in between changes nothing.
+    """
+    promoted = 0
+    for sub_id in sub_ids:
+        cursor = await conn.execute(
+            "UPDATE deliveries SET status = 'pending', next_attempt_at = ?, queue_seq = NULL, "
+            "updated_at = ? WHERE id = (SELECT id FROM deliveries WHERE subscription_id = ? "
+            "AND status = 'queued' ORDER BY queue_seq LIMIT 1) AND NOT EXISTS (SELECT 1 FROM "
+            "deliveries WHERE subscription_id = ? AND status IN ('pending', 'inflight'))",
+            (now, now, sub_id, sub_id),
+        )
+        promoted += cursor.rowcount
+    return promoted
+
+
+async def restart_queues(conn: aiosqlite.Connection, now: float) -> int:
+    """At start-up: promote the head of every queue that has none (a subscription switched back
+    to FIFO, or a queue whose head was canceled by hand in the database); return how many."""
+    rows = await conn.execute_fetchall(
+        "SELECT DISTINCT subscription_id FROM deliveries WHERE status = 'queued'"
+    )
+    return await promote_queued(conn, [row[0] for row in rows], now)
+
+
+async def release_queue(conn: aiosqlite.Connection, sub_id: str, now: float) -> int:
+    """Make every queued delivery of ``sub_id`` due at ``now`` (it no longer delivers in order)."""
+    cursor = await conn.execute(
+        "UPDATE deliveries SET status = 'pending', next_attempt_at = ?, queue_seq = NULL, "
+        "updated_at = ? WHERE subscription_id = ? AND status = 'queued'",
+        (now, now, sub_id),
+    )
+    return cursor.rowcount
+
+
+@dataclass(frozen=True, slots=True)
+class Queue:
+    """A FIFO subscription's line: the delivery at its head (pending or in flight), if any, and
+    how many wait behind it."""
+
+    head: Delivery | None
+    queued: int
+
+
+async def queue_of(conn: aiosqlite.Connection, sub_id: str) -> Queue:
+    rows = await conn.execute_fetchall(
+        f"{_DELIVERY_SELECT} WHERE d.subscription_id = ? AND d.status IN ('pending', 'inflight') "
+        "ORDER BY d.next_attempt_at LIMIT 1",
+        (sub_id,),
+    )
+    head = _delivery(next(iter(rows))) if rows else None
+    counted = await conn.execute_fetchall(
+        "SELECT count(*) FROM deliveries WHERE subscription_id = ? AND status = 'queued'",
+        (sub_id,),
+    )
+    return Queue(head, int(next(iter(counted))[0]))
 
 
 def _signing_secrets(sub: sqlite3.Row, now: float) -> tuple[str, ...]:
@@ -176,6 +260,11 @@ async def record(conn: aiosqlite.Connection, outcomes: Sequence[AttemptOutcome])
             for o in outcomes
         ],
     )
+    # A FIFO subscription's head that is done lets the next queued delivery go.
+    finished = {o.subscription_id for o in outcomes if o.status != "pending"}
+    if finished:
+        now = max(o.attempted_at for o in outcomes)
+        await promote_queued(conn, sorted(await fifo_among(conn, finished)), now)
     # Retries were scheduled (announced per batch, not checked per outcome: the dispatcher that
     # records is awake anyway).
     announce(conn, Work.DELIVERIES)
