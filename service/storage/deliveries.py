@@ -204,7 +204,7 @@ async def release_queue(conn: aiosqlite.Connection, sub_id: str, now: float) -> 
         "updated_at = ? WHERE subscription_id = ? AND status = 'queued'",
         (now, now, sub_id),
     )
-    if cursor.rowcount:
+    if cursor.rowcount > 0:
         announce(conn, Work.DELIVERIES)
     return cursor.rowcount
 
