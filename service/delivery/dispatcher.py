@@ -74,6 +74,8 @@ class Dispatcher:
         self._wake = anyio.Event()
         self._outcomes: list[AttemptOutcome] = []
         self._outcomes_ready = anyio.Event()
+        # Set when recorded outcomes may change what is due next (a retry, a deletion, an event).
+        self._rescheduled = False
         self._in_flight = 0  # claimed and not yet recorded
         self._sending = 0
         # Claimed deliveries per subscription, counted where the claim cap is enforced; each
@@ -165,20 +167,20 @@ class Dispatcher:
     async def _dispatch_once(self, senders: anyio.abc.TaskGroup) -> None:
         self._wake = anyio.Event()
         capacity = self._claim_limit - self._in_flight
+        # Saturated subscriptions are left out before anything is read: their rows are never
+        # walked, and a wake-up while only they have work due takes no write lock at all.
+        saturated = [sub for sub, count in self._busy.items() if count >= self._refill_below]
         # Asked of the reader first: a wake-up with nothing due (a batch of callbacks no one
         # subscribes to) must not take the write lock from the writers that have work.
-        due = await deliveries.next_due_at(self._db.reader)
-        if capacity > 0 and due is not None and due <= self._clock():
-            now = self._clock()
+        ready = await deliveries.due_subscriptions(
+            self._db.reader, skip=saturated, limit=max(1, capacity)
+        )
+        now = self._clock()
+        rooms = self._rooms(ready, now, capacity)
+        if rooms:
             async with self._db.transaction(durable=False) as conn:
-                claimed, more = await deliveries.claim_due(
-                    conn,
-                    now=now,
-                    lease_until=now + self._lease,
-                    limit=capacity,
-                    per_subscription=self._prefetch,
-                    refill_below=self._refill_below,
-                    busy=self._busy,
+                claimed = await deliveries.claim_due(
+                    conn, now=now, lease_until=now + self._lease, rooms=rooms
                 )
             for delivery in claimed:
                 sub = delivery.subscription_id
@@ -188,11 +190,24 @@ class Dispatcher:
                     self._lanes[sub] = anyio.CapacityLimiter(self._per_subscription)
                 self._unfinished.add(delivery.id)
                 senders.start_soon(self._deliver, delivery)
-            if len(claimed) == capacity or more:
-                return  # more may be due at once
             if claimed:
-                due = await deliveries.next_due_at(self._db.reader)
+                return  # more may be due at once; the next pass skips whoever is now saturated
+        due = ready[0][1] if ready else None
         await self._sleep(due, busy=self._in_flight > 0)
+
+    def _rooms(self, ready: list[tuple[str, float]], now: float, capacity: int) -> dict[str, int]:
+        """How many deliveries to claim of each subscription with work due, earliest due first,
+        topping each up to its prefetch until the dispatcher's capacity is used."""
+        rooms: dict[str, int] = {}
+        left = capacity
+        for sub, due in ready:
+            if due > now or left <= 0:
+                break
+            room = min(self._prefetch - self._busy.get(sub, 0), left)
+            if room > 0:
+                rooms[sub] = room
+                left -= room
+        return rooms
 
     async def _sleep(self, due: float | None, *, busy: bool) -> None:
         timeout: float | None = None
@@ -297,7 +312,13 @@ class Dispatcher:
             if not await self._flush():
                 await anyio.sleep(1)
                 self._outcomes_ready.set()
-            self.wake()
+            if self._rescheduled:
+                # A retry may now fall due before the claim loop's timer, or a
+                # ``subscription.disabled`` event was queued. Plain successes change nothing
+                # the claim loop waits for, so they do not wake it (it would only find the
+                # same saturated subscriptions again).
+                self._rescheduled = False
+                self.wake()
 
     async def _flush(self) -> bool:
         """Record the outcomes received so far; on failure keep them for the next try."""
@@ -307,6 +328,8 @@ class Dispatcher:
         try:
             async with self._db.transaction(durable=False) as conn:
                 await deliveries.record(conn, batch)
+                if any(o.status == "pending" or o.delete_subscription for o in batch):
+                    self._rescheduled = True
                 await self._update_failure_windows(conn, batch)
                 for outcome in batch:
                     if outcome.delete_subscription:
@@ -331,6 +354,8 @@ class Dispatcher:
         disabled = await subscriptions.disable_failing(
             conn, failing, failing_before=now - self._disable_after, now=now
         )
+        if disabled:
+            self._rescheduled = True
         for sub in disabled:
             log.warning("disabled subscription %s: %s", sub.id, sub.disabled_reason)
             await self._publisher.publish(
