@@ -216,6 +216,7 @@ def _wire(
         publisher=publisher,
         disable_after=settings.disable_after,
         shutdown_grace=settings.shutdown_grace,
+        observe_claim=metrics.claim_duration.observe,
     )
 
     submit_retries = SubmitRetryPolicy(settings.submit_retry_schedule)

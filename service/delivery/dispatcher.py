@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -60,6 +61,7 @@ class Dispatcher:
         disable_after: float = 0.0,
         shutdown_grace: float = 0.0,
         rng: Callable[[], float] = random.random,
+        observe_claim: Callable[[float], None] = lambda seconds: None,
     ) -> None:
         self._db = db
         self._sender = sender
@@ -71,6 +73,7 @@ class Dispatcher:
         self._disable_after = disable_after
         self._shutdown_grace = shutdown_grace
         self._rng = rng
+        self._observe_claim = observe_claim
         self._wake = anyio.Event()
         self._outcomes: list[AttemptOutcome] = []
         self._outcomes_ready = anyio.Event()
@@ -179,9 +182,11 @@ class Dispatcher:
         rooms = self._rooms(ready, now, capacity)
         if rooms:
             async with self._db.transaction(durable=False) as conn:
+                started = time.perf_counter()
                 claimed = await deliveries.claim_due(
                     conn, now=now, lease_until=now + self._lease, rooms=rooms
                 )
+                self._observe_claim(time.perf_counter() - started)
             for delivery in claimed:
                 sub = delivery.subscription_id
                 self._in_flight += 1
