@@ -14,6 +14,7 @@ seconds to finish, records them, and hands the leases of the rest back for the n
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
@@ -23,7 +24,6 @@ from dataclasses import replace
 
 import aiosqlite
 import anyio
-import anyio.abc
 
 from service.core.clock import Clock
 from service.delivery.publisher import Publisher, subscription_disabled_data
@@ -74,9 +74,12 @@ class Dispatcher:
         self._shutdown_grace = shutdown_grace
         self._rng = rng
         self._observe_claim = observe_claim
-        self._wake = anyio.Event()
+        # Plain asyncio primitives on the per-delivery path: anyio's CapacityLimiter, Event (which
+        # asks sniffio for the backend on every creation) and start_soon cost ~60 µs of event-loop
+        # time per delivery, a third of it (docs/performance.md). Events are cleared, not replaced.
+        self._wake = asyncio.Event()
         self._outcomes: list[AttemptOutcome] = []
-        self._outcomes_ready = anyio.Event()
+        self._outcomes_ready = asyncio.Event()
         # Set when recorded outcomes may change what is due next (a retry, a deletion, an event).
         self._rescheduled = False
         self._in_flight = 0  # claimed and not yet recorded
@@ -85,13 +88,14 @@ class Dispatcher:
         # subscription's lane lets ``per_subscription`` of them send at once, so a hanging
         # endpoint holds only its own slots.
         self._busy: Counter[str] = Counter()
-        self._lanes: dict[str, anyio.CapacityLimiter] = {}
-        self._sends = anyio.CapacityLimiter(concurrency)
+        self._lanes: dict[str, asyncio.Semaphore] = {}
+        self._sends = asyncio.Semaphore(concurrency)
+        self._senders: set[asyncio.Task[None]] = set()
         self._claim_limit = concurrency * PREFETCH
         self._prefetch = per_subscription * PREFETCH
         # A subscription is topped up once fewer than this many of its deliveries are claimed.
         self._refill_below = max(1, self._prefetch // 2)
-        self._slot_freed = anyio.Event()
+        self._slot_freed = asyncio.Event()
         # Claimed deliveries whose outcome has not arrived: released, not lost, at shutdown.
         self._unfinished: set[str] = set()
         self._stop_requested = anyio.Event()
@@ -117,18 +121,22 @@ class Dispatcher:
         self.running = True
         try:
             await self._release_previous_leases()
-            async with anyio.create_task_group() as senders:
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._record_outcomes)
-                    tg.start_soon(self._claim_loop, senders)
-                    await self._stop_requested.wait()
-                    tg.cancel_scope.cancel()
-                with anyio.move_on_after(self._shutdown_grace):
-                    while self._sending:
-                        await self._slot_freed.wait()
-                if self._in_flight:
-                    log.info("shutdown: releasing %d unfinished deliveries", self._in_flight)
-                senders.cancel_scope.cancel()
+            async with asyncio.TaskGroup() as senders:
+                try:
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(self._record_outcomes)
+                        tg.start_soon(self._claim_loop, senders)
+                        await self._stop_requested.wait()
+                        tg.cancel_scope.cancel()
+                    with anyio.move_on_after(self._shutdown_grace):
+                        while self._sending:
+                            self._slot_freed.clear()
+                            await self._slot_freed.wait()
+                    if self._in_flight:
+                        log.info("shutdown: releasing %d unfinished deliveries", self._in_flight)
+                finally:
+                    for task in self._senders:
+                        task.cancel()
         finally:
             self.running = False
             with anyio.CancelScope(shield=True), anyio.move_on_after(_FINAL_WRITE_TIMEOUT):
@@ -136,7 +144,7 @@ class Dispatcher:
                 await self._release_unfinished()
             self._stopped.set()
 
-    async def _claim_loop(self, senders: anyio.abc.TaskGroup) -> None:
+    async def _claim_loop(self, senders: asyncio.TaskGroup) -> None:
         while True:
             try:
                 await self._dispatch_once(senders)
@@ -167,8 +175,8 @@ class Dispatcher:
         else:
             self._unfinished.difference_update(unfinished)
 
-    async def _dispatch_once(self, senders: anyio.abc.TaskGroup) -> None:
-        self._wake = anyio.Event()
+    async def _dispatch_once(self, senders: asyncio.TaskGroup) -> None:
+        self._wake.clear()
         capacity = self._claim_limit - self._in_flight
         # Saturated subscriptions are left out before anything is read: their rows are never
         # walked, and a wake-up while only they have work due takes no write lock at all.
@@ -192,9 +200,11 @@ class Dispatcher:
                 self._in_flight += 1
                 self._busy[sub] += 1
                 if sub not in self._lanes:
-                    self._lanes[sub] = anyio.CapacityLimiter(self._per_subscription)
+                    self._lanes[sub] = asyncio.Semaphore(self._per_subscription)
                 self._unfinished.add(delivery.id)
-                senders.start_soon(self._deliver, delivery)
+                task = senders.create_task(self._deliver(delivery))
+                self._senders.add(task)
+                task.add_done_callback(self._senders.discard)
             if claimed:
                 return  # more may be due at once; the next pass skips whoever is now saturated
         due = ready[0][1] if ready else None
@@ -243,7 +253,6 @@ class Dispatcher:
                 del self._busy[sub]
                 del self._lanes[sub]
             self._slot_freed.set()
-            self._slot_freed = anyio.Event()
             # Claim again once this subscription, or the dispatcher as a whole, runs low.
             if (
                 self._busy.get(sub, 0) == self._refill_below - 1
@@ -313,7 +322,7 @@ class Dispatcher:
     async def _record_outcomes(self) -> None:
         while True:
             await self._outcomes_ready.wait()
-            self._outcomes_ready = anyio.Event()
+            self._outcomes_ready.clear()
             if not await self._flush():
                 await anyio.sleep(1)
                 self._outcomes_ready.set()
