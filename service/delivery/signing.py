@@ -7,6 +7,7 @@ secret is ``whsec_`` + base64 of 24 random bytes, so any Standard Webhooks libra
 from __future__ import annotations
 
 import base64
+import hashlib
 import hmac
 import os
 
@@ -21,7 +22,7 @@ def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
     """The ``v1,<base64>`` signature of ``body`` sent as ``msg_id`` at ``timestamp`` (Unix s)."""
     key = base64.b64decode(secret.removeprefix(SECRET_PREFIX))
     # hmac.digest is OpenSSL's one-shot HMAC, without building an HMAC object per signature.
-    digest = hmac.digest(key, f"{msg_id}.{timestamp}.".encode() + body, "sha256")
+    digest = hmac.digest(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256)
     return "v1," + base64.b64encode(digest).decode()
 
 
