@@ -106,7 +106,7 @@ def throughput(
     floor: float = 5000,
     **cpu: Any,
 ) -> Figure:
-    """A throughput figure against design §9: at least ``floor``/s and half of the bare
+    """A throughput figure against docs/contract.md §9: at least ``floor``/s and half of the bare
     baseline."""
     return Figure(
         name,

@@ -8,8 +8,8 @@ import sqlite3
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from service.api.context import services
 from service.api.operation import Reply, operation
+from service.app.services import services
 
 # How long /readyz waits for the database to take its write before calling it not writable.
 READY_WRITE_WAIT = 2.0

@@ -26,6 +26,7 @@ import aiosqlite
 import anyio
 
 from service.core.clock import Clock
+from service.core.models import DeliveryStatus
 from service.delivery.publisher import Publisher, subscription_disabled_data
 from service.delivery.retry import RetryPolicy
 from service.delivery.sender import AttemptResult, Sender
@@ -80,8 +81,6 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._outcomes: list[AttemptOutcome] = []
         self._outcomes_ready = asyncio.Event()
-        # Set when recorded outcomes may change what is due next (a retry, a deletion, an event).
-        self._rescheduled = False
         self._in_flight = 0  # claimed and not yet recorded
         self._sending = 0
         # Claimed deliveries per subscription, counted where the claim cap is enforced; each
@@ -295,7 +294,7 @@ class Dispatcher:
             subscription_id=delivery.subscription_id,
             attempted_at=now,
             latency_ms=result.latency_ms,
-            status="succeeded",
+            status=DeliveryStatus.SUCCEEDED,
             status_code=result.status_code,
             error=result.error,
             response_body=result.response_body,
@@ -305,10 +304,10 @@ class Dispatcher:
         if result.status_code == 410:
             # Zapier REST Hooks: 410 Gone means the subscriber is gone for good.
             log.info("subscription %s answered 410 Gone; deleting it", delivery.subscription_id)
-            return replace(outcome, status="failed", delete_subscription=True)
+            return replace(outcome, status=DeliveryStatus.FAILED, delete_subscription=True)
         if delivery.manual:
             # A resend by hand is one attempt; the schedule it had is over (as with Svix).
-            return replace(outcome, status="failed")
+            return replace(outcome, status=DeliveryStatus.FAILED)
         next_at = self._policy.next_attempt_at(
             delivery.attempt,
             now,
@@ -316,7 +315,7 @@ class Dispatcher:
             retry_after=parse_retry_after(result.retry_after, now),
             rng=self._rng,
         )
-        status = "failed" if next_at is None else "pending"
+        status = DeliveryStatus.FAILED if next_at is None else DeliveryStatus.PENDING
         return replace(outcome, status=status, next_attempt_at=next_at)
 
     async def _record_outcomes(self) -> None:
@@ -326,13 +325,9 @@ class Dispatcher:
             if not await self._flush():
                 await anyio.sleep(1)
                 self._outcomes_ready.set()
-            if self._rescheduled:
-                # A retry may now fall due before the claim loop's timer, or a
-                # ``subscription.disabled`` event was queued. Plain successes change nothing
-                # the claim loop waits for, so they do not wake it (it would only find the
-                # same saturated subscriptions again).
-                self._rescheduled = False
-                self.wake()
+            # No wake-up here: a retry scheduled or a ``subscription.disabled`` event queued
+            # announces itself on commit (Work.DELIVERIES), and plain successes change nothing
+            # the claim loop waits for (it would only find the same saturated subscriptions).
 
     async def _flush(self) -> bool:
         """Record the outcomes received so far; on failure keep them for the next try."""
@@ -342,8 +337,6 @@ class Dispatcher:
         try:
             async with self._db.transaction(durable=False) as conn:
                 await deliveries.record(conn, batch)
-                if any(o.status == "pending" or o.delete_subscription for o in batch):
-                    self._rescheduled = True
                 await self._update_failure_windows(conn, batch)
                 for outcome in batch:
                     if outcome.delete_subscription:
@@ -368,8 +361,6 @@ class Dispatcher:
         disabled = await subscriptions.disable_failing(
             conn, failing, failing_before=now - self._disable_after, now=now
         )
-        if disabled:
-            self._rescheduled = True
         for sub in disabled:
             log.warning("disabled subscription %s: %s", sub.id, sub.disabled_reason)
             await self._publisher.publish(
@@ -386,7 +377,7 @@ def failure_windows(batch: Sequence[AttemptOutcome]) -> dict[str, tuple[bool, fl
     after the last success happened (None when the last attempt succeeded)."""
     windows: dict[str, tuple[bool, float | None]] = {}
     for outcome in batch:
-        if outcome.status == "succeeded":
+        if outcome.status == DeliveryStatus.SUCCEEDED:
             windows[outcome.subscription_id] = (True, None)
         else:
             succeeded, first = windows.get(outcome.subscription_id, (False, None))

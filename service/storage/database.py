@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
 
 import aiosqlite
 import anyio
+
+from service.storage.announcements import ANNOUNCE_FUNCTION, TRIGGERS, Announcements, Listener, Work
 
 log = logging.getLogger(__name__)
 
@@ -35,18 +37,31 @@ class Database:
 
     WAL lets the reader see committed data while the writer holds a transaction, so API reads never
     queue behind fan-out bookkeeping. Use :meth:`open` as an async context manager.
+
+    Each transaction announces the kinds of work it created (see
+    :mod:`service.storage.announcements`); :meth:`subscribe` is how a worker hears of them.
     """
 
     def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
         self.writer = writer
         self.reader = reader
         self._write_lock = asyncio.Lock()
-        self._commit_listeners: list[Callable[[], None]] = []
+        self._announcements = Announcements()
+        # Kinds announced by the open transaction. Filled by the writer's triggers on aiosqlite's
+        # thread while a statement runs, read on the event loop after it: the write lock and the
+        # statement's await order the two.
+        self._announced: set[str] = set()
 
-    def on_commit(self, listener: Callable[[], None]) -> None:
-        """Call ``listener`` after every committed :meth:`transaction` (it must be quick and not
-        raise): how live event streams learn that the log may have grown."""
-        self._commit_listeners.append(listener)
+    def subscribe(self, kind: Work, listener: Listener) -> None:
+        """Call ``listener`` (quick, never raising) after every commit that announced ``kind``."""
+        self._announcements.subscribe(kind, listener)
+
+    async def _install_announcements(self) -> None:
+        await self.writer.create_function(
+            ANNOUNCE_FUNCTION, 1, self._announced.add, deterministic=False
+        )
+        for trigger in TRIGGERS:
+            await self.writer.execute(trigger)
 
     @classmethod
     @asynccontextmanager
@@ -58,7 +73,9 @@ class Database:
             await migrate(writer)
             reader = await _connect(path)
             try:
-                yield cls(writer, reader)
+                db = cls(writer, reader)
+                await db._install_announcements()
+                yield db
             finally:
                 await reader.close()
         finally:
@@ -74,6 +91,7 @@ class Database:
         The next durable commit makes it durable too; it can never be torn or reordered.
         """
         async with self._write_lock:
+            self._announced.clear()
             try:
                 if not durable:
                     await self.writer.execute("PRAGMA synchronous = NORMAL")
@@ -94,8 +112,11 @@ class Database:
                 if not durable:
                     with anyio.CancelScope(shield=True):
                         await self.writer.execute("PRAGMA synchronous = FULL")
-            for listener in self._commit_listeners:
-                listener()
+            if self._announced:
+                # The set is the one the triggers add to: copied and cleared, never replaced.
+                announced = tuple(self._announced)
+                self._announced.clear()
+                self._announcements.deliver(announced)
 
     @asynccontextmanager
     async def _writer_waiting_at_most(self, wait: float) -> AsyncIterator[aiosqlite.Connection]:

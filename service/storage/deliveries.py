@@ -11,6 +11,8 @@ from typing import Any
 
 import aiosqlite
 
+from service.core.models import DeliveryStatus
+
 
 @dataclass(frozen=True, slots=True)
 class Claimed:
@@ -31,15 +33,15 @@ class Claimed:
 class AttemptOutcome:
     """The result of one attempt and what happens next.
 
-    ``status`` is the delivery's new state: ``succeeded``, ``pending`` (retry at
-    ``next_attempt_at``) or ``failed`` (retries exhausted). ``delete_subscription`` is set on 410.
+    ``status`` is the delivery's new state: succeeded, pending (retry at ``next_attempt_at``)
+    or failed (retries exhausted). ``delete_subscription`` is set on 410.
     """
 
     delivery_id: str
     subscription_id: str
     attempted_at: float
     latency_ms: float
-    status: str
+    status: DeliveryStatus
     status_code: int | None = None
     error: str | None = None
     response_body: bytes | None = None
@@ -205,9 +207,6 @@ async def release(
 
 # --- the delivery log ----------------------------------------------------------------------------
 
-STATUSES = ("pending", "inflight", "succeeded", "failed", "canceled")
-"""Every state a delivery can be in."""
-
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
@@ -218,7 +217,7 @@ class Delivery:
     event_type: str
     job_id: str | None
     subscription_id: str
-    status: str
+    status: DeliveryStatus
     attempts: int
     next_attempt_at: float | None
     last_status_code: int | None
@@ -244,7 +243,8 @@ _DELIVERY_SELECT = (
 
 
 def _delivery(row: sqlite3.Row) -> Delivery:
-    return Delivery(**{name: row[name] for name in Delivery.__dataclass_fields__})
+    fields = {name: row[name] for name in Delivery.__dataclass_fields__}
+    return Delivery(**{**fields, "status": DeliveryStatus(row["status"])})
 
 
 def _owned_by(owner_key_id: str) -> tuple[str, list[Any]]:

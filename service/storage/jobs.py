@@ -219,7 +219,7 @@ async def record_callbacks(conn: aiosqlite.Connection, records: Iterable[Callbac
     )
 
 
-_UNFINISHED = ("pending", "submitted", "running")
+_UNFINISHED = tuple(status.value for status in JobStatus if not status.terminal)
 
 
 async def next_deadline(conn: aiosqlite.Connection) -> float | None:

@@ -22,10 +22,6 @@ class StoredKey:
     created_at: float
     revoked_at: float | None
 
-    @property
-    def is_admin(self) -> bool:
-        return "admin" in self.scopes
-
 
 def _from_row(row: sqlite3.Row) -> StoredKey:
     return StoredKey(
@@ -91,12 +87,15 @@ async def revoke(conn: aiosqlite.Connection, key_id: str, now: float) -> None:
     )
 
 
-async def count_admins(conn: aiosqlite.Connection, *, excluding: str | None = None) -> int:
-    """Unrevoked admin keys, leaving out the key ``excluding``."""
+async def count_holding(
+    conn: aiosqlite.Connection, scope: str, *, excluding: str | None = None
+) -> int:
+    """Unrevoked keys that hold ``scope`` itself, leaving out the key ``excluding``."""
+    # Scopes are a JSON array: look for the element itself, not for text inside the document.
     async with conn.execute(
-        "SELECT count(*) FROM api_keys WHERE revoked_at IS NULL AND scopes LIKE '%\"admin\"%'"
-        " AND id IS NOT ?",
-        (excluding,),
+        "SELECT count(*) FROM api_keys WHERE revoked_at IS NULL AND id IS NOT ? "
+        "AND EXISTS (SELECT 1 FROM json_each(api_keys.scopes) WHERE value = ?)",
+        (excluding, scope),
     ) as cursor:
         row = await cursor.fetchone()
     return int(row[0]) if row else 0

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import aiosqlite
 
+from service.core.models import DeliveryStatus
+
 _OPEN = "('pending', 'inflight')"
 
 
@@ -103,7 +105,7 @@ async def prune_attempts(
     for row in rows:
         if row[2] >= cutoff:
             return await _delete_attempts(conn, doomed, last, float(row[2]), True)
-        if row[1] not in ("pending", "inflight"):
+        if not DeliveryStatus(row[1]).under_way:
             doomed.append(int(row[0]))
         last = int(row[0])
     return await _delete_attempts(conn, doomed, last, None, len(rows) < limit)

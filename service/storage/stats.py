@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import aiosqlite
 
+from service.core.models import DeliveryStatus
+
 
 async def jobs_by_status(conn: aiosqlite.Connection) -> dict[str, int]:
     """The number of stored jobs in each status (a scan of the ``jobs_status`` index)."""
@@ -19,10 +21,10 @@ async def outbox(conn: aiosqlite.Connection) -> tuple[int, float | None]:
     """
     depth = 0
     oldest: float | None = None
-    for status in ("pending", "inflight"):
+    for status in (DeliveryStatus.PENDING, DeliveryStatus.INFLIGHT):
         # A literal status, not a parameter: the planner matches partial indexes on literals.
         async with conn.execute(
-            f"SELECT count(*), min(created_at) FROM deliveries WHERE status = '{status}'"
+            f"SELECT count(*), min(created_at) FROM deliveries WHERE status = '{status.value}'"
         ) as cursor:
             row = await cursor.fetchone()
         if row is None:
