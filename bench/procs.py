@@ -17,6 +17,10 @@ from typing import Any
 import httpx
 
 
+class LoadTimedOut(RuntimeError):
+    """The load generator did not finish in time (the server could not keep up)."""
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -131,7 +135,7 @@ def start_service(env: dict[str, str], log: Path) -> Process:
     return service
 
 
-def run_load(spec: dict[str, Any]) -> dict[str, Any]:
+def run_load(spec: dict[str, Any], *, timeout: float = 300) -> dict[str, Any]:
     """Run the load generator as its own process and return its JSON result (which includes
     the CPU seconds the generator used, ``cpu_s``).
 
@@ -146,10 +150,11 @@ def run_load(spec: dict[str, Any]) -> dict[str, Any]:
             stderr=subprocess.PIPE,
         ) as child:
             try:
-                _, stderr = child.communicate(timeout=300)
+                _, stderr = child.communicate(timeout=timeout)
             except subprocess.TimeoutExpired:
                 child.kill()
-                raise
+                child.wait()
+                raise LoadTimedOut(f"the load did not finish within {timeout:.0f} s") from None
         if child.returncode != 0:
             raise RuntimeError(f"load generator failed: {stderr.decode()[-2000:]}")
         result: dict[str, Any] = json.loads(out.read_text())
