@@ -9,13 +9,14 @@ changes and stores nothing; every callback, accepted or not, ends in one named
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterable, Mapping
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from service.api.context import read_body
 from service.api.operation import Param, Reply, operation
 from service.app.services import Services, services
+from service.core.body import read_capped
 from service.core.errors import BadRequest, NotFound, PayloadTooLarge, ReelhookError, Unauthorized
 from service.core.models import Job
 from service.core.tokens import InvalidToken
@@ -69,12 +70,29 @@ async def receive_callback(request: Request) -> Response:
     """Where providers deliver job updates; reelhook puts this URL in each submit. The token in
     the path is the credential: it is verified, then the provider's signature, then that the
     body names the stored job, before anything is stored."""
-    state = services(request)
-    provider = request.path_params["provider"]
+    return await answer_callback(
+        services(request),
+        request.path_params["provider"],
+        request.path_params["token"],
+        request.headers,
+        request.stream(),
+    )
+
+
+async def answer_callback(
+    state: Services,
+    provider: str,
+    token: str,
+    headers: Mapping[str, str],
+    chunks: AsyncIterable[bytes],
+) -> Response:
+    """The callback route's work, for the routed handler above and for the lean ASGI path in
+    front of the framework (:mod:`service.api.fastpath`): the same checks in the same order, the
+    same answer; raises :class:`ReelhookError` for the error answer."""
     # The path segment is the caller's: only known provider names may become a metric label.
     label = provider if provider in ADAPTERS else "unknown"
     try:
-        job, outcome = await _receive(state, request, provider)
+        job, outcome = await _receive(state, provider, token, headers, chunks)
     except _Rejected as rejected:
         _report(state, label, rejected.outcome)
         raise rejected.error from None
@@ -82,7 +100,13 @@ async def receive_callback(request: Request) -> Response:
     return JSONResponse({"received": True, "job_id": job.id, "outcome": outcome.value})
 
 
-async def _receive(state: Services, request: Request, provider: str) -> tuple[Job, Outcome]:
+async def _receive(
+    state: Services,
+    provider: str,
+    token: str,
+    headers: Mapping[str, str],
+    chunks: AsyncIterable[bytes],
+) -> tuple[Job, Outcome]:
     adapter = ADAPTERS.get(provider)
     if adapter is None or adapter.holds_request:
         raise _Rejected(
@@ -90,17 +114,19 @@ async def _receive(state: Services, request: Request, provider: str) -> tuple[Jo
             NotFound(f"no callbacks are accepted for {provider!r}"),
         )
     try:
-        job_id = state.tokens.verify_callback(request.path_params["token"], provider)
+        job_id = state.tokens.verify_callback(token, provider)
     except InvalidToken:
         raise _Rejected(
             CallbackOutcome.BAD_TOKEN, Unauthorized("the callback token is not valid")
         ) from None
     try:
-        body = await read_body(request, state.settings.max_callback_bytes)
+        body = await read_capped(
+            chunks, headers.get("content-length"), state.settings.max_callback_bytes
+        )
     except PayloadTooLarge as exc:
         raise _Rejected(CallbackOutcome.TOO_LARGE, exc) from None
     try:
-        adapter.verify_callback(request.headers, body, state.endpoints[provider].api_key)
+        adapter.verify_callback(headers, body, state.endpoints[provider].api_key)
     except ForgedCallback as exc:
         raise _Rejected(CallbackOutcome.BAD_SIGNATURE, Unauthorized(str(exc))) from None
     try:

@@ -12,6 +12,7 @@ import anyio
 import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Mount
 
 from service import console
@@ -19,6 +20,7 @@ from service.access.callers import Authenticator
 from service.access.keys import ApiKeys
 from service.api import routes
 from service.api.errors import handle_http_exception, handle_reelhook_error, handle_unexpected
+from service.api.fastpath import CallbackFastPath
 from service.app import bootstrap, startup_checks
 from service.app.services import Services
 from service.app.settings import Settings
@@ -171,6 +173,8 @@ def create_app(
     app = Starlette(
         routes=app_routes,
         lifespan=lifespan,
+        # Provider callbacks, the hottest route, skip the router (docs/performance.md §4).
+        middleware=[Middleware(CallbackFastPath)],
         exception_handlers={
             ReelhookError: handle_reelhook_error,
             HTTPException: handle_http_exception,
