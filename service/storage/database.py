@@ -92,15 +92,25 @@ class Database:
         """
         async with self._write_lock:
             self._announced.clear()
+            relaxed = False
             try:
-                if not durable:
-                    await self.writer.execute("PRAGMA synchronous = NORMAL")
-                await self.writer.execute("BEGIN IMMEDIATE")
+                if durable:
+                    await self.writer.execute("BEGIN IMMEDIATE")
+                else:
+                    # One trip to the database thread instead of two (each costs ~0.1-1 ms).
+                    relaxed = True
+                    await self.writer.executescript("PRAGMA synchronous = NORMAL; BEGIN IMMEDIATE")
                 yield self.writer
                 # Shielded: a commit cut short by a cancellation would leave it unknown whether
                 # the transaction landed, and the rollback below would fail instead.
                 with anyio.CancelScope(shield=True):
-                    await self.writer.commit()
+                    if relaxed:
+                        # executescript commits the open transaction before its script (the
+                        # sqlite3 module documents it): commit and restore FULL in one trip.
+                        await self.writer.executescript("PRAGMA synchronous = FULL")
+                        relaxed = False
+                    else:
+                        await self.writer.commit()
             except BaseException:
                 # A failed BEGIN or COMMIT (or a cancellation) must not leave the shared writer
                 # inside a transaction, or every later write would fail.
@@ -109,7 +119,7 @@ class Database:
                         await self.writer.rollback()
                 raise
             finally:
-                if not durable:
+                if relaxed:
                     with anyio.CancelScope(shield=True):
                         await self.writer.execute("PRAGMA synchronous = FULL")
             if self._announced:
