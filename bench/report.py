@@ -78,6 +78,15 @@ def markdown(result: dict[str, Any]) -> str:
         f"p50 {result['fsync']['p50_us']:.0f} µs, p99 {result['fsync']['p99_us']:.0f} µs.",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in result["versions"].items()) + ".",
         "",
+        *(
+            [
+                f"**Incomplete run**: stopped by {result['failed']}; the figures below are those",
+                "measured before it.",
+                "",
+            ]
+            if result.get("failed")
+            else []
+        ),
         "CPU µs per item is read from /proc for each process (reelhook split into its event-loop",
         "thread and its other threads, mostly aiosqlite's); it moves far less than throughput when",
         "neighbours share the machine.",

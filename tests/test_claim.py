@@ -36,7 +36,7 @@ NOW = 1_800_000_000.0
 T = TypeVar("T")
 
 
-def _subscription(sub_id: str, url: str = "http://127.0.0.1:9/") -> Subscription:
+def subscription_row(sub_id: str, url: str = "http://127.0.0.1:9/") -> Subscription:
     return Subscription(
         id=sub_id,
         owner_key_id="key_test",
@@ -77,8 +77,8 @@ async def backlog(tmp_path: Path, rows: int) -> AsyncIterator[Database]:
     ``fast`` has 5."""
     async with Database.open(tmp_path / f"backlog-{rows}.sqlite") as db:
         async with db.transaction() as conn:
-            await subscriptions.insert(conn, _subscription("sub_slow"))
-            await subscriptions.insert(conn, _subscription("sub_fast"))
+            await subscriptions.insert(conn, subscription_row("sub_slow"))
+            await subscriptions.insert(conn, subscription_row("sub_fast"))
         await _queue(db, "sub_slow", rows, due=NOW - 60)
         await _queue(db, "sub_fast", 5, due=NOW - 30)
         yield db
@@ -214,8 +214,8 @@ async def test_a_saturated_subscription_is_not_claimed_for_again(tmp_path: Path)
         Sender.session(allow=[ip_network("127.0.0.0/8")], timeout=30, concurrency=64) as session,
     ):
         async with db.transaction() as conn:
-            await subscriptions.insert(conn, _subscription("sub_slow", f"{url}/hang"))
-            await subscriptions.insert(conn, _subscription("sub_fast", f"{url}/fast"))
+            await subscriptions.insert(conn, subscription_row("sub_slow", f"{url}/hang"))
+            await subscriptions.insert(conn, subscription_row("sub_fast", f"{url}/fast"))
         await _queue(db, "sub_slow", 50, due=0)
         dispatcher = Dispatcher(
             db,

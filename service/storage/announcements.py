@@ -70,9 +70,11 @@ def _trigger(name: str, event: str, table: str, when: str, kind: Work) -> str:
 # lease, an outcome it records) are left out where the condition allows, so they cost nothing.
 TRIGGERS: tuple[str, ...] = (
     _trigger("events", "AFTER INSERT", "events", "", Work.EVENTS),
-    _trigger(
-        "new_deliveries", "AFTER INSERT", "deliveries", "NEW.status = 'pending'", Work.DELIVERIES
-    ),
+    # New deliveries are only ever inserted with their event (storage/events.py), so the event's
+    # insert announces them: once per event, not once per subscriber. A trigger per delivery row
+    # cost ~3 µs of each row's ~12 at ingest, 3 ms per event with 1,000 subscribers (measured;
+    # docs/performance.md §4). An event no one hears costs the dispatcher one read.
+    _trigger("new_deliveries", "AFTER INSERT", "events", "", Work.DELIVERIES),
     # A resend, a recovery, or a retry the dispatcher scheduled itself (it is awake anyway).
     _trigger(
         "due_deliveries",
