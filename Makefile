@@ -50,8 +50,11 @@ lint-imports: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+## pytest: the suite on two workers (pytest-xdist). Bytecode caching is switched back on for it
+## (an environment with PYTHONDONTWRITEBYTECODE=1 would otherwise have every worker and every
+## reelhook process the tests start compile, and pytest re-rewrite, every module from source).
 pytest: $(STAMP)
-	$(BIN)/pytest
+	PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -n 2
 
 ## bench: run the performance suite (about 5 minutes; loopback only) and write bench/results/latest.md
 bench: $(STAMP)

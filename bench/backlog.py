@@ -12,7 +12,7 @@ from service.core.ids import new_id
 from service.core.tokens import Tokens
 from service.delivery.publisher import Publisher
 from service.jobs.lifecycle import apply_update
-from service.providers import ADAPTERS
+from service.providers import CALLBACK_ADAPTERS
 from service.storage import events
 from service.storage.database import Database
 
@@ -26,7 +26,7 @@ async def seed_backlog(env: dict[str, str], first: int, count: int, video_url: s
         return f"{settings.public_url}/v1/files/{tokens.file(digest, media_type)}"
 
     publisher = Publisher(file_url)
-    adapter = ADAPTERS["trinetra"]
+    adapter = CALLBACK_ADAPTERS["trinetra"]
     async with Database.open(settings.database_path) as db:
         for index in range(first, first + count):
             body = callback_body(index, video_url)

@@ -15,8 +15,8 @@ from service.core.ids import new_id
 from service.storage import deliveries, events, jobs, submissions, subscriptions
 from service.storage.announcements import Work
 from service.storage.database import Database
+from tests.helpers.jobs import NOW, make_job, store
 from tests.test_claim import subscription_row
-from tests.test_submit_retry import NOW, make_job, store
 
 pytestmark = pytest.mark.anyio
 

@@ -20,7 +20,7 @@ from tests.conftest import SettingsFactory
 from tests.servers import loopback_socket, url_of
 from tests.support import REPO, api_client, served
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
 JOB = {"model": "trinetra/kling-v3", "input": {"prompt": "A kite festival on a beach"}}
 
@@ -46,6 +46,7 @@ def pragma(database: Path, name: str) -> Any:
         return db.execute(f"PRAGMA {name}").fetchone()[0]
 
 
+@pytest.mark.slow
 async def test_a_backup_under_write_load_opens_and_holds_every_acknowledged_job(
     settings_factory: SettingsFactory, tmp_path: Path
 ) -> None:

@@ -21,14 +21,14 @@ import pytest
 
 from service.core.ids import new_id
 from service.core.models import Subscription, SubscriptionStatus
+from service.core.retry import RetrySchedule
 from service.delivery.dispatcher import PREFETCH, Dispatcher
 from service.delivery.publisher import Publisher
-from service.delivery.retry import RetryPolicy
 from service.delivery.sender import Sender
 from service.storage import deliveries, events, subscriptions
 from service.storage.database import Database
+from tests.helpers.delivery import Hanging
 from tests.servers import run_server
-from tests.test_delivery import Hanging
 
 pytestmark = pytest.mark.anyio
 
@@ -220,7 +220,7 @@ async def test_a_saturated_subscription_is_not_claimed_for_again(tmp_path: Path)
         dispatcher = Dispatcher(
             db,
             Sender(session),
-            RetryPolicy((0.0, 10.0)),
+            RetrySchedule.for_deliveries((0.0, 10.0)),
             clock=lambda: NOW,
             lease=60,
             concurrency=64,

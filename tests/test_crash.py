@@ -33,7 +33,7 @@ from starlette.types import Receive, Scope, Send
 from tests.servers import loopback_socket, run_server
 from tests.support import ADMIN_KEY
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e, pytest.mark.slow]
 
 JOBS = 500  # two events each (job.submitted, job.succeeded), each to every subscriber
 PINGS_EACH = 250  # test events, each to one subscriber

@@ -29,11 +29,11 @@ from service.app.settings import Settings, SettingsError, load_settings
 from service.core.models import Output
 from service.core.tokens import Tokens
 from tests.conftest import SettingsFactory
+from tests.helpers.callbacks import SECRET_KEY, TOKENS, encode
+from tests.helpers.delivery import subscribe
+from tests.helpers.files import minted_ago, tamper
 from tests.servers import Sink, loopback_socket, run_server, url_of
 from tests.support import api_client, served
-from tests.test_callbacks import SECRET_KEY, TOKENS, encode
-from tests.test_delivery import subscribe
-from tests.test_files import _tamper, minted_ago
 
 pytestmark = pytest.mark.anyio
 
@@ -166,6 +166,7 @@ def digest_of(mirror_url: str) -> str:
 # --- the simulator's videos ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_the_simulators_mp4_is_mirrored_and_served_by_a_signed_link(
     settings_factory: SettingsFactory,
 ) -> None:
@@ -191,7 +192,7 @@ async def test_the_simulators_mp4_is_mirrored_and_served_by_a_signed_link(
                         await anonymous.get(output["url"]),
                         await anonymous.get(link),
                         await anonymous.get(link, headers={"Range": "bytes=100-1123"}),
-                        await anonymous.get(_tamper(link, len(link) - 3)),
+                        await anonymous.get(tamper(link, len(link) - 3)),
                         await anonymous.get(
                             f"{public_url}/v1/files/{minted_ago(8 * 86400, digest_of(link))}"
                         ),
@@ -347,10 +348,15 @@ async def test_a_transient_failure_is_retried_and_a_persistent_one_given_up(
 ) -> None:
     files = Files()
     sock = loopback_socket()
-    settings = settings_factory(PUBLIC_URL=url_of(sock), SIM_DELAY="3600", MIRROR_OUTPUTS="true")
+    settings = settings_factory(
+        PUBLIC_URL=url_of(sock),
+        SIM_DELAY="3600",
+        MIRROR_OUTPUTS="true",
+        MIRROR_RETRY_SCHEDULE="0.05,0.05",
+    )
     async with (
         run_server(files.app()) as files_url,
-        served(settings, sock, mirror_retry_delays=(0.05, 0.05)) as http,
+        served(settings, sock) as http,
     ):
         flaky = await create(http)
         await finish(http, flaky, f"{files_url}/flaky")

@@ -28,7 +28,7 @@ from tests.conftest import SettingsFactory, settings_for
 from tests.servers import loopback_socket, run_server, url_of
 from tests.support import TERMINAL, served, wait_for_job
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
 MODELS = {
     "trinetra": ("trinetra/kling-v3", {"duration": 5}),
@@ -266,18 +266,21 @@ async def test_a_refused_segmind_request_fails_the_held_job(stack: Stack, status
 # --- retried submits ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("provider", list(MODELS))
 async def test_a_429_is_retried_after_retry_after_and_then_accepted(
     stack: Stack, provider: str
 ) -> None:
     """The provider throttles the first submit and asks for a second's pause (Retry-After, or
-    Segmind's x-rate-limit-reset-at-utc); the job stays pending, is sent again no sooner, once,
-    and runs to the end with each event announced once."""
+    Segmind's x-rate-limit-reset-at-utc); the job stays pending (a held Segmind request stays
+    submitted: a job's status only moves forward), is sent again no sooner, once, and runs to the
+    end with each event announced once."""
     marker = new_marker()
     await given(stack, marker, submit_status=429, submit_failures=1, retry_after=1)
     created = await accepted(stack, provider, marker)
     started = time.monotonic()
-    pending = await wait_for_job(stack.http, created["id"], ("pending",))
+    waiting = ("submitted",) if provider == "segmind" else ("pending",)
+    pending = await wait_for_job(stack.http, created["id"], waiting)
     assert pending["error"] is None
 
     job = await wait_for_job(stack.http, created["id"], TERMINAL)
@@ -364,6 +367,7 @@ async def test_a_segmind_server_error_is_not_sent_twice(stack: Stack) -> None:
     assert_never_polled(stack)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("provider", CALLBACK_PROVIDERS)
 async def test_a_lost_submit_answer_is_resent_under_the_same_idempotency_key(
     stack: Stack, provider: str

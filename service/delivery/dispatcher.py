@@ -21,14 +21,16 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from functools import partial
 
 import aiosqlite
 import anyio
 
 from service.core.clock import Clock
 from service.core.models import DeliveryStatus
+from service.core.retry import RetrySchedule
+from service.core.worker import Wakeup, run_worker
 from service.delivery.publisher import Publisher, subscription_disabled_data
-from service.delivery.retry import RetryPolicy
 from service.delivery.sender import AttemptResult, Sender
 from service.providers.base import parse_retry_after
 from service.storage import deliveries, subscriptions
@@ -52,7 +54,7 @@ class Dispatcher:
         self,
         db: Database,
         sender: Sender,
-        policy: RetryPolicy,
+        policy: RetrySchedule,
         *,
         clock: Clock,
         lease: float,
@@ -75,10 +77,11 @@ class Dispatcher:
         self._shutdown_grace = shutdown_grace
         self._rng = rng
         self._observe_claim = observe_claim
+        self._wakeup = Wakeup()
         # Plain asyncio primitives on the per-delivery path: anyio's CapacityLimiter, Event (which
         # asks sniffio for the backend on every creation) and start_soon cost ~60 µs of event-loop
-        # time per delivery, a third of it (docs/performance.md). Events are cleared, not replaced.
-        self._wake = asyncio.Event()
+        # time per delivery, a third of it (docs/performance.md §4). Events are cleared, not
+        # replaced.
         self._outcomes: list[AttemptOutcome] = []
         self._outcomes_ready = asyncio.Event()
         self._in_flight = 0  # claimed and not yet recorded
@@ -103,8 +106,8 @@ class Dispatcher:
         self.running = False
 
     def wake(self) -> None:
-        """Tell the dispatcher new deliveries may be due (call after their commit)."""
-        self._wake.set()
+        """New deliveries may be due (``Work.DELIVERIES``), or a slot or outcome is free."""
+        self._wakeup.set()
 
     async def stop(self) -> None:
         """Stop claiming, let attempts in flight finish within the shutdown grace period, record
@@ -124,7 +127,12 @@ class Dispatcher:
                 try:
                     async with anyio.create_task_group() as tg:
                         tg.start_soon(self._record_outcomes)
-                        tg.start_soon(self._claim_loop, senders)
+                        tg.start_soon(
+                            run_worker,
+                            "the dispatcher",
+                            partial(self._dispatch_once, senders),
+                            self._wakeup,
+                        )
                         await self._stop_requested.wait()
                         tg.cancel_scope.cancel()
                     with anyio.move_on_after(self._shutdown_grace):
@@ -142,14 +150,6 @@ class Dispatcher:
                 await self._flush()
                 await self._release_unfinished()
             self._stopped.set()
-
-    async def _claim_loop(self, senders: asyncio.TaskGroup) -> None:
-        while True:
-            try:
-                await self._dispatch_once(senders)
-            except Exception:
-                log.exception("dispatcher cycle failed; retrying in a second")
-                await anyio.sleep(1)
 
     async def _release_previous_leases(self) -> None:
         try:
@@ -174,8 +174,8 @@ class Dispatcher:
         else:
             self._unfinished.difference_update(unfinished)
 
-    async def _dispatch_once(self, senders: asyncio.TaskGroup) -> None:
-        self._wake.clear()
+    async def _dispatch_once(self, senders: asyncio.TaskGroup) -> float | None:
+        """Claim what is due and start sending it; return how long to sleep."""
         capacity = self._claim_limit - self._in_flight
         # Saturated subscriptions are left out before anything is read: their rows are never
         # walked, and a wake-up while only they have work due takes no write lock at all.
@@ -205,9 +205,15 @@ class Dispatcher:
                 self._senders.add(task)
                 task.add_done_callback(self._senders.discard)
             if claimed:
-                return  # more may be due at once; the next pass skips whoever is now saturated
-        due = ready[0][1] if ready else None
-        await self._sleep(due, busy=self._in_flight > 0)
+                return 0  # more may be due at once; the next pass skips whoever is now saturated
+        if not ready:
+            return None
+        delay = ready[0][1] - self._clock()
+        if delay <= 0:
+            # Due rows that could not be claimed wait for a busy subscription to free a slot,
+            # which wakes us; without one in flight, back off briefly instead of spinning.
+            return None if self._in_flight > 0 else 0.05
+        return delay
 
     def _rooms(self, ready: list[tuple[str, float]], now: float, capacity: int) -> dict[str, int]:
         """How many deliveries to claim of each subscription with work due, earliest due first,
@@ -222,17 +228,6 @@ class Dispatcher:
                 rooms[sub] = room
                 left -= room
         return rooms
-
-    async def _sleep(self, due: float | None, *, busy: bool) -> None:
-        timeout: float | None = None
-        if due is not None:
-            timeout = due - self._clock()
-            if timeout <= 0:
-                # Due rows that could not be claimed wait for a busy subscription to free a slot,
-                # which wakes us; without one in flight, back off briefly instead of spinning.
-                timeout = None if busy else 0.05
-        with anyio.move_on_after(timeout):
-            await self._wake.wait()
 
     async def _deliver(self, delivery: Claimed) -> None:
         sub = delivery.subscription_id

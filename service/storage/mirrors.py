@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import aiosqlite
 
+from service.core.models import MirrorStatus
+
 
 @dataclass(frozen=True, slots=True)
 class MirrorTask:
@@ -71,7 +73,13 @@ async def finish(
     async with conn.execute(
         "UPDATE mirrors SET status = ?, attempts = attempts + 1, error = ?, updated_at = ? "
         "WHERE job_id = ? AND output_index = ? AND status = 'pending'",
-        ("done" if error is None else "failed", error, now, task.job_id, task.output_index),
+        (
+            MirrorStatus.DONE if error is None else MirrorStatus.FAILED,
+            error,
+            now,
+            task.job_id,
+            task.output_index,
+        ),
     ) as cursor:
         return cursor.rowcount == 1
 
