@@ -106,7 +106,10 @@ async def _measure(db: Database) -> dict[str, tuple[object, int]]:
     with ``slow`` claimed for (eight rows)."""
     out: dict[str, tuple[object, int]] = {}
     out["due"] = await steps(
-        db.reader, lambda: deliveries.due_subscriptions(db.reader, skip=["sub_slow"], limit=100)
+        db.reader,
+        lambda: deliveries.due_subscriptions(
+            db.reader, skip=["sub_slow"], now=NOW, cap=32, limit=100
+        ),
     )
     async with db.transaction(durable=False) as conn:
         fast, n = await steps(
@@ -133,7 +136,7 @@ async def test_a_claim_costs_the_same_with_100k_rows_waiting_as_with_1k(tmp_path
         big = await _measure(big_db)
     # Same answers: the saturated subscription is skipped, the other one gets all five of its
     # rows, and claiming for the big one takes exactly its room.
-    assert small["due"][0] == big["due"][0] == [("sub_fast", NOW - 30)]
+    assert small["due"][0] == big["due"][0] == [deliveries.Ready("sub_fast", NOW - 30, 5)]
     assert small["claim_fast"][0] == big["claim_fast"][0] == ["sub_fast"] * 5
     assert small["claim_slow"][0] == big["claim_slow"][0] == ["sub_slow"] * 8
     # Same work, within a B-tree level: a walk over the backlog would be ~100x.
@@ -150,7 +153,7 @@ async def test_the_claim_query_plans_read_indexes_never_scan_the_outbox(tmp_path
 
         # EXPLAIN QUERY PLAN of exactly the statements the claim runs.
         await db.reader.set_trace_callback(trace)
-        await deliveries.due_subscriptions(db.reader, skip=["sub_slow"], limit=10)
+        await deliveries.due_subscriptions(db.reader, skip=["sub_slow"], now=NOW, cap=8, limit=10)
         await db.reader.set_trace_callback(None)  # type: ignore[arg-type]
         await db.writer.set_trace_callback(trace)
         async with db.transaction(durable=False) as conn:
@@ -175,13 +178,13 @@ async def test_due_subscriptions_orders_by_earliest_due_and_leaves_disabled_ones
     tmp_path: Path,
 ) -> None:
     async with backlog(tmp_path, 3) as db:
-        assert await deliveries.due_subscriptions(db.reader, skip=[], limit=10) == [
-            ("sub_slow", NOW - 60),
-            ("sub_fast", NOW - 30),
+        assert await deliveries.due_subscriptions(db.reader, skip=[], now=NOW, cap=2, limit=10) == [
+            deliveries.Ready("sub_slow", NOW - 60, 2),
+            deliveries.Ready("sub_fast", NOW - 30, 2),
         ]
-        assert await deliveries.due_subscriptions(db.reader, skip=[], limit=1) == [
-            ("sub_slow", NOW - 60)
-        ]
+        assert await deliveries.due_subscriptions(
+            db.reader, skip=[], now=NOW - 45, cap=10, limit=1
+        ) == [deliveries.Ready("sub_slow", NOW - 60, 3)]
         async with db.transaction() as conn:
             await subscriptions.set_status(
                 conn, "sub_slow", SubscriptionStatus.DISABLED, reason="test", now=NOW
@@ -193,9 +196,9 @@ async def test_due_subscriptions_orders_by_earliest_due_and_leaves_disabled_ones
                 )
                 == []
             )
-        assert await deliveries.due_subscriptions(db.reader, skip=[], limit=10) == [
-            ("sub_fast", NOW - 30)
-        ]
+        assert await deliveries.due_subscriptions(
+            db.reader, skip=[], now=NOW, cap=10, limit=10
+        ) == [deliveries.Ready("sub_fast", NOW - 30, 5)]
 
 
 async def test_a_saturated_subscription_is_not_claimed_for_again(tmp_path: Path) -> None:
@@ -283,3 +286,45 @@ async def _ids_of(path: Path, sub_id: str) -> list[str]:
             "SELECT id FROM deliveries WHERE subscription_id = ?", (sub_id,)
         )
     return [row[0] for row in rows]
+
+
+async def test_one_claim_takes_one_due_delivery_from_each_of_a_hundred_subscriptions(
+    tmp_path: Path,
+) -> None:
+    """Rooms are sized by what is due: a hundred subscriptions with one delivery each are all
+    claimed in one transaction, not a prefetch's worth of subscriptions per claim."""
+    hanging = Hanging()
+    claims: set[str] = set()
+
+    def trace(sql: str) -> None:
+        if "SET status = 'inflight'" in sql:
+            claims.add(sql)  # a set: the per-row announcement triggers trace it once per row
+
+    async with (
+        run_server(hanging.app()) as url,
+        Database.open(tmp_path / "many.sqlite") as db,
+        Sender.session(allow=[ip_network("127.0.0.0/8")], timeout=30, concurrency=64) as session,
+    ):
+        names = [f"sub_{n:03d}" for n in range(100)]
+        async with db.transaction() as conn:
+            for name in names:
+                await subscriptions.insert(conn, subscription_row(name, f"{url}/fast"))
+        for name in names:
+            await _queue(db, name, 1, due=0)
+        await db.writer.set_trace_callback(trace)
+        dispatcher = Dispatcher(
+            db,
+            Sender(session),
+            RetrySchedule.for_deliveries((0.0, 10.0)),
+            clock=lambda: NOW,
+            lease=60,
+            concurrency=64,
+            per_subscription=8,
+            publisher=Publisher(lambda digest, media_type: ""),
+        )
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(dispatcher.run)
+            await hanging.wait_for(lambda h: h.on("/fast") == 100)
+            await dispatcher.stop()
+        await db.writer.set_trace_callback(None)  # type: ignore[arg-type]
+    assert len(claims) == 1

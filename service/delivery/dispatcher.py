@@ -182,11 +182,11 @@ class Dispatcher:
         saturated = [sub for sub, count in self._busy.items() if count >= self._refill_below]
         # Asked of the reader first: a wake-up with nothing due (a batch of callbacks no one
         # subscribes to) must not take the write lock from the writers that have work.
-        ready = await deliveries.due_subscriptions(
-            self._db.reader, skip=saturated, limit=max(1, capacity)
-        )
         now = self._clock()
-        rooms = self._rooms(ready, now, capacity)
+        ready = await deliveries.due_subscriptions(
+            self._db.reader, skip=saturated, now=now, cap=self._prefetch, limit=max(1, capacity)
+        )
+        rooms = self._rooms(ready, capacity)
         if rooms:
             async with self._db.transaction(durable=False) as conn:
                 started = time.perf_counter()
@@ -208,24 +208,25 @@ class Dispatcher:
                 return 0  # more may be due at once; the next pass skips whoever is now saturated
         if not ready:
             return None
-        delay = ready[0][1] - self._clock()
+        delay = ready[0].due - self._clock()
         if delay <= 0:
             # Due rows that could not be claimed wait for a busy subscription to free a slot,
             # which wakes us; without one in flight, back off briefly instead of spinning.
             return None if self._in_flight > 0 else 0.05
         return delay
 
-    def _rooms(self, ready: list[tuple[str, float]], now: float, capacity: int) -> dict[str, int]:
-        """How many deliveries to claim of each subscription with work due, earliest due first,
-        topping each up to its prefetch until the dispatcher's capacity is used."""
+    def _rooms(self, ready: list[deliveries.Ready], capacity: int) -> dict[str, int]:
+        """How many deliveries to claim of each subscription with work due now, earliest due
+        first: what is due, up to its prefetch, until the dispatcher's capacity is used. Sized
+        by the counts, so the claim reads no row it does not take."""
         rooms: dict[str, int] = {}
         left = capacity
-        for sub, due in ready:
-            if due > now or left <= 0:
+        for sub in ready:
+            if left <= 0:
                 break
-            room = min(self._prefetch - self._busy.get(sub, 0), left)
+            room = min(self._prefetch - self._busy.get(sub.subscription_id, 0), sub.due_now, left)
             if room > 0:
-                rooms[sub] = room
+                rooms[sub.subscription_id] = room
                 left -= room
         return rooms
 

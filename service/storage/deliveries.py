@@ -49,31 +49,50 @@ class AttemptOutcome:
     delete_subscription: bool = False
 
 
-async def due_subscriptions(
-    conn: aiosqlite.Connection, *, skip: Collection[str], limit: int
-) -> list[tuple[str, float]]:
-    """Active subscriptions with a pending delivery, each with when its earliest one is due,
-    earliest first, at most ``limit``; subscriptions in ``skip`` (saturated ones) are left out.
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """A subscription with pending deliveries: when the earliest is due, and how many are due
+    now (counted up to the cap it was asked with)."""
 
-    One seek per active subscription into ``deliveries_pending`` (its min is the first entry of
-    the subscription's stretch), so the cost follows the number of subscriptions, never the
-    number of rows waiting: a saturated subscription with a million due rows costs one skipped
-    subscription. Meant for the reader connection, outside the write lock.
+    subscription_id: str
+    due: float
+    due_now: int
+
+
+async def due_subscriptions(
+    conn: aiosqlite.Connection, *, skip: Collection[str], now: float, cap: int, limit: int
+) -> list[Ready]:
+    """Active subscriptions with a pending delivery, earliest due first, at most ``limit``;
+    subscriptions in ``skip`` (saturated ones) are left out. ``due_now`` counts the deliveries
+    due at ``now``, stopping at ``cap``.
+
+    One seek per active subscription into ``deliveries_pending`` for the earliest (the first
+    entry of its stretch) and at most ``cap`` entries read for the count, so the cost follows the
+    number of subscriptions, never the number of rows waiting: a saturated subscription with a
+    million due rows costs one skipped subscription. Meant for the reader connection, outside
+    the write lock; the counts let the claim that follows read only the rows it takes.
     """
     rows = await conn.execute_fetchall(
         """
         SELECT s.id, (
             SELECT min(d.next_attempt_at) FROM deliveries d
             WHERE d.subscription_id = s.id AND d.status = 'pending'
-        ) AS due
+        ) AS due, (
+            SELECT count(*) FROM (
+                SELECT 1 FROM deliveries x
+                WHERE x.subscription_id = s.id AND x.status = 'pending'
+                  AND x.next_attempt_at <= ?
+                LIMIT ?
+            )
+        ) AS due_now
         FROM subscriptions s
         WHERE s.status = 'active' AND s.id NOT IN (SELECT value FROM json_each(?))
           AND due IS NOT NULL
         ORDER BY due LIMIT ?
         """,
-        (json.dumps(sorted(skip)), limit),
+        (now, cap, json.dumps(sorted(skip)), limit),
     )
-    return [(row[0], float(row[1])) for row in rows]
+    return [Ready(row[0], float(row[1]), int(row[2])) for row in rows]
 
 
 async def claim_due(
