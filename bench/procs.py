@@ -62,6 +62,14 @@ class Process:
                 return int(line.split()[1]) / 1024
         raise RuntimeError(f"no VmRSS for {self.name}")
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the process has used so far (``/proc/<pid>/stat``)."""
+        stat = Path(f"/proc/{self.popen.pid}/stat").read_text()
+        # Fields after the command name (which may hold spaces) start after its closing ")".
+        fields = stat.rsplit(")", 1)[1].split()
+        ticks = int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+        return ticks / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         if self.popen.poll() is None:
             self.popen.send_signal(signal.SIGTERM)

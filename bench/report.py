@@ -120,9 +120,13 @@ def markdown(result: dict[str, Any]) -> str:
                 f"- {figure['name']}: {_number(figure['value'], figure['unit'])}{ratio}; "
                 f"the target is {figure['target']}."
             )
+    if result["rss_under_load_mb"]:
+        lines += [
+            "",
+            f"Peak RSS of reelhook across scenarios 1-3 and 5: "
+            f"{result['rss_under_load_mb']:.0f} MiB.",
+        ]
     lines += [
-        "",
-        f"Peak RSS of reelhook across scenarios 1-3 and 5: {result['rss_under_load_mb']:.0f} MiB.",
         "",
         "## Ledgers",
         "",

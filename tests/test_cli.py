@@ -18,7 +18,7 @@ import pytest
 
 from service.cli import main
 from tests.servers import free_port, run_service
-from tests.support import ADMIN_KEY
+from tests.support import ADMIN_KEY, REPO
 
 pytestmark = pytest.mark.e2e
 
@@ -227,6 +227,44 @@ def test_subscribe_and_unsubscribe(service: Service, cli: Callable[..., Ran]) ->
         assert gone.returncode == 0 and gone.stdout.strip() == f"{sub_id} deleted"
         assert api.get(f"/v1/subscriptions/{sub_id}").status_code == 404
     user_error(cli("unsubscribe", sub_id, service=service), 1, "404")
+
+
+def test_subscribe_with_a_filter_a_template_v1a_and_fifo(
+    service: Service, cli: Callable[..., Ran]
+) -> None:
+    done = cli(
+        "subscribe",
+        "http://127.0.0.1:9/slack",
+        "-e",
+        "job.succeeded",
+        "--filter",
+        '{"path": "data.metadata.channel", "eq": "bots"}',
+        "--template",
+        str(REPO / "examples" / "templates" / "slack.json.j2"),
+        "--v1a",
+        "--fifo",
+        service=service,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[2].split(": ")[-1].startswith("whpk_")
+    with service.api() as api:
+        sub = api.get(f"/v1/subscriptions/{lines[0].split()[0]}").json()
+    assert sub["filter"] == {"path": "data.metadata.channel", "eq": "bots"}
+    assert sub["template"].startswith("{#- Slack incoming webhook")
+    assert (sub["signature_scheme"], sub["ordering"]) == ("v1a", "fifo")
+    user_error(cli("subscribe", "u", "--filter", "{", service=service), 2, "--filter")
+    user_error(
+        cli(
+            "subscribe",
+            "http://127.0.0.1:9/x",
+            "--filter",
+            '{"path": "data.nope", "eq": 1}',
+            service=service,
+        ),
+        1,
+        "filter.path",
+    )
 
 
 def last_event_id(service: Service) -> str:

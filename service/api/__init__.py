@@ -47,6 +47,7 @@ def routes() -> list[BaseRoute]:
             get=subscriptions.list_subscriptions,
             post=subscriptions.create_subscription,
         ),
+        resource("/v1/subscriptions/preview", post=subscriptions.preview_subscription),
         resource(
             "/v1/subscriptions/{subscription_id}",
             get=subscriptions.get_subscription,

@@ -13,7 +13,8 @@ from service.api.schemas import page_of, ref
 from service.app.services import services
 from service.core import params
 from service.core.clock import isoformat
-from service.delivery.subscriptions import NEW_SUBSCRIPTION, SUBSCRIPTION_CHANGES
+from service.delivery.subscriptions import NEW_SUBSCRIPTION, PREVIEW_BODY, SUBSCRIPTION_CHANGES
+from service.delivery.transform import CONTENT_TYPES
 
 
 @operation(
@@ -204,4 +205,48 @@ async def recover_subscription(request: Request) -> Response:
             "until": isoformat(recovered.until),
         },
         status_code=202,
+    )
+
+
+@operation(
+    summary="Preview a template and a filter",
+    tag="subscriptions",
+    body=PREVIEW_BODY.schema(),
+    replies={
+        200: Reply(
+            "The sample event, whether the filter lets it through, and the body the template "
+            "renders from it.",
+            {
+                "type": "object",
+                "required": ["event", "filter_matches", "content_type", "body"],
+                "properties": {
+                    "event": ref("Event"),
+                    "filter_matches": {
+                        "type": ["boolean", "null"],
+                        "description": "null when no filter was given.",
+                    },
+                    "content_type": {"enum": list(CONTENT_TYPES)},
+                    "body": {
+                        "type": "string",
+                        "description": "Exactly what would be sent (the event itself without a "
+                        "template).",
+                    },
+                },
+            },
+        )
+    },
+)
+async def preview_subscription(request: Request) -> Response:
+    """Render a sample event (as `GET /v1/events/sample` builds it) through `template`, and test
+    it against `filter`, without saving anything: the errors are those a subscription with these
+    fields would get."""
+    await authenticate(request, Scope.SUBSCRIPTIONS_READ)
+    found = services(request).subscriptions.preview(await read_json(request))
+    return JSONResponse(
+        {
+            "event": found.event,
+            "filter_matches": found.filter_matches,
+            "content_type": found.content_type,
+            "body": found.body,
+        }
     )

@@ -36,6 +36,7 @@ from service.delivery.eventlog import EventLog
 from service.delivery.publisher import Publisher
 from service.delivery.sender import Sender
 from service.delivery.subscriptions import Subscriptions
+from service.delivery.transform import Renderer
 from service.jobs.callback_outcomes import CallbackObserver
 from service.jobs.callbacks import Callbacks
 from service.jobs.deadlines import DeadlineTimer
@@ -212,6 +213,7 @@ def _wire(settings: Settings, clock: Clock, opened: Opened, shared: Shared) -> S
         return f"{settings.public_url}/v1/files/{tokens.file(digest, media_type)}"
 
     publisher = Publisher(file_url, first_delay=settings.retry_schedule[0])
+    renderer = Renderer()
     dispatcher = Dispatcher(
         db,
         MeteredSender(opened.clients.subscribers, shared.metrics),
@@ -228,6 +230,7 @@ def _wire(settings: Settings, clock: Clock, opened: Opened, shared: Shared) -> S
         disable_after=settings.disable_after,
         shutdown_grace=settings.shutdown_grace,
         observe_claim=shared.metrics.claim_duration.observe,
+        renderer=renderer,
     )
 
     submit_retries = RetrySchedule.for_retries(settings.submit_retry_schedule)
@@ -315,6 +318,7 @@ def _wire(settings: Settings, clock: Clock, opened: Opened, shared: Shared) -> S
             publisher,
             allow_private=settings.allow_private_subscribers,
             rotation_grace=settings.secret_rotation_grace,
+            renderer=renderer,
         ),
         deliveries=Deliveries(db, clock),
         events=EventLog(db, shared.feed, keepalive=settings.stream_keepalive),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,6 +12,7 @@ from service.console.view import Form, View
 from service.core import params
 from service.core.errors import ValidationFailed
 from service.core.models import EVENT_TYPES, Subscription, SubscriptionStatus
+from service.delivery.transform import CONTENT_TYPES
 from service.jobs.catalog import MODELS
 from service.storage.health import Health
 
@@ -42,6 +44,18 @@ def body_from_form(form: Form, *, editing: bool) -> dict[str, Any]:
         "event_types": form.getlist("event_types"),
         "models": form.getlist("models"),
     }
+    filter_text = form.get("filter").strip()
+    if filter_text or editing:
+        try:
+            body["filter"] = json.loads(filter_text) if filter_text else None
+        except ValueError as exc:
+            raise ValidationFailed.field("filter", f"is not JSON: {exc}") from None
+    template = form.get("template")
+    if template.strip() or editing:
+        body["template"] = template if template.strip() else None
+    for name in ("content_type", "signature_scheme", "ordering"):
+        if form.get(name):
+            body[name] = form.get(name)
     if editing and form.get("clear_headers"):
         body["headers"] = {}
     elif form.get("headers"):
@@ -51,7 +65,7 @@ def body_from_form(form: Form, *, editing: bool) -> dict[str, Any]:
 
 
 def _choices() -> dict[str, Any]:
-    return {"event_types": EVENT_TYPES, "models": tuple(MODELS)}
+    return {"event_types": EVENT_TYPES, "models": tuple(MODELS), "content_types": CONTENT_TYPES}
 
 
 async def _health(view: View, sub: Subscription) -> Health:
@@ -87,7 +101,7 @@ async def create(view: View) -> Response:
         )
     except ValidationFailed as error:
         return await list_page(view, status_code=422, problem=error.message, draft=_draft(view))
-    return await detail(view, sub, status_code=201, new_secret=sub.secret)
+    return await detail(view, sub, status_code=201, new_secret=_shown_secret(sub))
 
 
 async def subscription_page(view: View) -> Response:
@@ -109,6 +123,7 @@ async def detail(
         health_hours=HEALTH_WINDOW // 3600,
         recover_since=_form_time(view.state.clock() - HEALTH_WINDOW),
         draft=extra.pop("draft", None) or _stored_draft(sub),
+        queue=(await view.state.subscriptions.queue(sub) if sub.ordering == "fifo" else None),
         **_choices(),
         **extra,
     )
@@ -138,7 +153,7 @@ async def rotate(view: View) -> Response:
     rotated = await view.state.subscriptions.rotate(
         view.signed_in_caller, view.request.path_params["subscription_id"]
     )
-    return await detail(view, rotated, new_secret=rotated.secret)
+    return await detail(view, rotated, new_secret=_shown_secret(rotated))
 
 
 async def ping(view: View) -> Response:
@@ -152,6 +167,12 @@ async def delete(view: View) -> Response:
         view.signed_in_caller, view.request.path_params["subscription_id"]
     )
     return view.redirect("/console/subscriptions", "deleted")
+
+
+def _shown_secret(sub: Subscription) -> str | None:
+    """The secret to show once: a v1 secret is the subscriber's; a v1a signing key never leaves
+    reelhook (its public key is on the page)."""
+    return sub.secret if sub.signature_scheme == "v1" else None
 
 
 def _form_time(moment: float) -> str:
@@ -168,6 +189,11 @@ def _draft(view: View) -> dict[str, Any]:
         "event_types": form.getlist("event_types"),
         "models": form.getlist("models"),
         "headers": form.get("headers"),
+        "filter": form.get("filter"),
+        "template": form.get("template"),
+        "content_type": form.get("content_type"),
+        "signature_scheme": form.get("signature_scheme"),
+        "ordering": form.get("ordering"),
     }
 
 
@@ -178,4 +204,9 @@ def _stored_draft(sub: Subscription) -> dict[str, Any]:
         "event_types": list(sub.event_types),
         "models": list(sub.models),
         "headers": "",
+        "filter": json.dumps(sub.filter, indent=2) if sub.filter is not None else "",
+        "template": sub.template or "",
+        "content_type": sub.content_type,
+        "signature_scheme": sub.signature_scheme,
+        "ordering": sub.ordering,
     }

@@ -8,6 +8,7 @@ from enum import StrEnum
 from typing import Any
 
 from service.core.clock import isoformat
+from service.core.signing_keys import public_key, scheme_of
 
 FileUrl = Callable[[str, str], str]
 """Mints a link to a stored file from its digest and media type."""
@@ -44,9 +45,11 @@ class SubscriptionStatus(StrEnum):
 
 
 class DeliveryStatus(StrEnum):
-    """pending (waiting for its next attempt), inflight, succeeded, failed (retries exhausted)
-    or canceled (its subscription was deleted)."""
+    """queued (a FIFO subscription's, behind the delivery ahead of it), pending (waiting for its
+    next attempt), inflight, succeeded, failed (retries exhausted) or canceled (its subscription
+    was deleted)."""
 
+    QUEUED = "queued"
     PENDING = "pending"
     INFLIGHT = "inflight"
     SUCCEEDED = "succeeded"
@@ -56,7 +59,7 @@ class DeliveryStatus(StrEnum):
     @property
     def under_way(self) -> bool:
         """Whether an attempt is still to come (or running) without anyone asking for it."""
-        return self in (DeliveryStatus.PENDING, DeliveryStatus.INFLIGHT)
+        return self in (DeliveryStatus.QUEUED, DeliveryStatus.PENDING, DeliveryStatus.INFLIGHT)
 
 
 class MirrorStatus(StrEnum):
@@ -241,6 +244,18 @@ class Subscription:
     previous_secret_until: float | None = None
     failing_since: float | None = None
     disabled_reason: str | None = None
+    filter: dict[str, Any] | None = None
+    """A payload filter (service/delivery/filters.py), as given; None: every matching event."""
+    template: str | None = None
+    """A body template (service/delivery/transform.py); None: the event body as JSON."""
+    content_type: str = "application/json"
+    """The Content-Type of each delivery (what the template produces)."""
+    ordering: str = "none"
+    """``fifo``: one delivery in flight at a time, in event order (docs/ordered-delivery.md)."""
+
+    @property
+    def signature_scheme(self) -> str:
+        return scheme_of(self.secret)
 
     def matches(self, event_type: str, model: str | None, job_id: str | None) -> bool:
         """Whether an event of ``event_type`` about a job of ``model`` goes to this subscription."""
@@ -271,9 +286,20 @@ class Subscription:
             "previous_secret_expires_at": (
                 isoformat(self.previous_secret_until) if self.previous_secret else None
             ),
+            "filter": self.filter,
+            "template": self.template,
+            "content_type": self.content_type,
+            "ordering": self.ordering,
+            "signature_scheme": self.signature_scheme,
+            # Ed25519 (v1a): what subscribers verify with; the signing key is never shown.
+            "public_key": public_key(self.secret),
+            "previous_public_key": (
+                public_key(self.previous_secret) if self.previous_secret else None
+            ),
             "created_at": isoformat(self.created_at),
             "updated_at": isoformat(self.updated_at),
         }
         if include_secret:
-            data["secret"] = self.secret
+            # A v1 secret is shared with the subscriber (shown once); a v1a key stays here.
+            data["secret"] = self.secret if self.signature_scheme == "v1" else None
         return data

@@ -15,6 +15,7 @@ seconds to finish, records them, and hands the leases of the rest back for the n
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import time
@@ -32,6 +33,7 @@ from service.core.retry import RetrySchedule
 from service.core.worker import Wakeup, run_worker
 from service.delivery.publisher import Publisher, subscription_disabled_data
 from service.delivery.sender import AttemptResult, Sender
+from service.delivery.transform import Renderer, TemplateError
 from service.providers.base import parse_retry_after
 from service.storage import deliveries, subscriptions
 from service.storage.database import Database
@@ -65,6 +67,7 @@ class Dispatcher:
         shutdown_grace: float = 0.0,
         rng: Callable[[], float] = random.random,
         observe_claim: Callable[[float], None] = lambda seconds: None,
+        renderer: Renderer | None = None,
     ) -> None:
         self._db = db
         self._sender = sender
@@ -77,6 +80,7 @@ class Dispatcher:
         self._shutdown_grace = shutdown_grace
         self._rng = rng
         self._observe_claim = observe_claim
+        self._renderer = renderer or Renderer()
         self._wakeup = Wakeup()
         # Plain asyncio primitives on the per-delivery path: anyio's CapacityLimiter, Event (which
         # asks sniffio for the backend on every creation) and start_soon cost ~60 µs of event-loop
@@ -155,6 +159,7 @@ class Dispatcher:
         try:
             async with self._db.transaction() as conn:
                 released = await deliveries.release(conn, None, self._clock())
+                await deliveries.restart_queues(conn, self._clock())
         except Exception:
             # Not fatal: those leases expire on their own and are claimed again then.
             log.exception("could not release the leases of the previous run")
@@ -186,7 +191,9 @@ class Dispatcher:
         ready = await deliveries.due_subscriptions(
             self._db.reader, skip=saturated, now=now, cap=self._prefetch, limit=max(1, capacity)
         )
-        rooms = self._rooms(ready, capacity)
+        rooms = deliveries.rooms_for(
+            ready, self._busy, per_subscription=self._prefetch, limit=capacity
+        )
         if rooms:
             async with self._db.transaction(durable=False) as conn:
                 started = time.perf_counter()
@@ -215,21 +222,6 @@ class Dispatcher:
             return None if self._in_flight > 0 else 0.05
         return delay
 
-    def _rooms(self, ready: list[deliveries.Ready], capacity: int) -> dict[str, int]:
-        """How many deliveries to claim of each subscription with work due now, earliest due
-        first: what is due, up to its prefetch, until the dispatcher's capacity is used. Sized
-        by the counts, so the claim reads no row it does not take."""
-        rooms: dict[str, int] = {}
-        left = capacity
-        for sub in ready:
-            if left <= 0:
-                break
-            room = min(self._prefetch - self._busy.get(sub.subscription_id, 0), sub.due_now, left)
-            if room > 0:
-                rooms[sub.subscription_id] = room
-                left -= room
-        return rooms
-
     async def _deliver(self, delivery: Claimed) -> None:
         sub = delivery.subscription_id
         try:
@@ -257,15 +249,20 @@ class Dispatcher:
 
     async def _attempt(self, delivery: Claimed) -> None:
         try:
-            result = await self._sender.send(
-                url=delivery.url,
-                event_id=delivery.event_id,
-                payload=delivery.payload,
-                secrets=list(delivery.secrets),
-                headers=delivery.headers,
-                timestamp=int(self._clock()),
-            )
-            outcome = self._judge(delivery, result)
+            body = self._body(delivery)
+            if isinstance(body, AttemptOutcome):
+                outcome = body
+            else:
+                result = await self._sender.send(
+                    url=delivery.url,
+                    event_id=delivery.event_id,
+                    payload=body,
+                    secrets=list(delivery.secrets),
+                    headers=delivery.headers,
+                    timestamp=int(self._clock()),
+                    content_type=delivery.content_type,
+                )
+                outcome = self._judge(delivery, result)
         except Exception as exc:
             # Whatever one subscriber's answer does, it must not stop the dispatcher.
             log.exception("delivery %s failed unexpectedly", delivery.id)
@@ -282,6 +279,34 @@ class Dispatcher:
         self._unfinished.discard(delivery.id)
         self._outcomes.append(outcome)
         self._outcomes_ready.set()
+
+    def _body(self, delivery: Claimed) -> bytes | AttemptOutcome:
+        """The bytes to send: the event body, or its rendering through the subscription's
+        template. A template that fails on this event fails the delivery for good without sending
+        (rendering again would fail again), except when it ran out of time, which is retried; the
+        error is in the delivery log."""
+        if delivery.template is None:
+            return delivery.payload
+        try:
+            return self._renderer.render(
+                delivery.template,
+                delivery.content_type,
+                delivery.event_id,
+                json.loads(delivery.payload),
+            )
+        except TemplateError as exc:
+            if exc.transient:
+                # Out of time, perhaps only because the machine was busy: retried on schedule.
+                failed = AttemptResult(None, 0.0, error=f"template: {exc}"[:500])
+                return self._judge(delivery, failed)
+            return AttemptOutcome(
+                delivery_id=delivery.id,
+                subscription_id=delivery.subscription_id,
+                attempted_at=self._clock(),
+                latency_ms=0.0,
+                status=DeliveryStatus.FAILED,
+                error=f"template: {exc}"[:500],
+            )
 
     def _judge(self, delivery: Claimed, result: AttemptResult) -> AttemptOutcome:
         now = self._clock()

@@ -13,6 +13,7 @@ from typing import Any
 
 from service.core.ids import new_id
 from service.core.models import (
+    EVENT_TYPES,
     JOB_EVENT_TYPES,
     Cost,
     ErrorKind,
@@ -24,6 +25,7 @@ from service.core.models import (
     Subscription,
     SubscriptionStatus,
 )
+from service.delivery.filters import FieldTree, field_tree
 from service.delivery.publisher import payload, ping_data, subscription_disabled_data
 from service.jobs.catalog import MODELS
 
@@ -101,3 +103,21 @@ def _sample_subscription(now: float) -> Subscription:
         created_at=now - 6 * 86400,
         updated_at=now,
     )
+
+
+# Free-form parts of an event: a job's own metadata and its model's input parameters.
+_OPEN_FIELDS = ("data.metadata", "data.input")
+
+
+def event_fields() -> FieldTree:
+    """Every field an event body can have, from one sample of each event type; payload filters
+    are validated against it (a path no event has is refused)."""
+
+    def link(digest: str, media_type: str) -> str:
+        return f"https://reelhook.example/v1/files/{digest}"
+
+    bodies = []
+    for event_type in EVENT_TYPES:
+        sample = sample_event(event_type, now=0.0, file_url=link)
+        bodies.append({key: value for key, value in sample.items() if key != "id"})
+    return field_tree(bodies, _OPEN_FIELDS)

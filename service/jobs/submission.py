@@ -15,10 +15,10 @@ from typing import Any
 import aiosqlite
 import httpx
 
+from service.core.body import Body, Field, JsonObject, Text
 from service.core.clock import Clock
 from service.core.errors import Conflict, ProviderFailed, ProviderUnavailable, ValidationFailed
 from service.core.ids import new_id
-from service.core.jsonutil import dumps
 from service.core.models import (
     JOB_EVENT_TYPES,
     Cost,
@@ -47,8 +47,24 @@ from service.storage.database import Database
 log = logging.getLogger(__name__)
 
 IDEMPOTENCY_WINDOW = 24 * 3600.0
-_JOB_FIELDS = {"model", "input", "metadata", "callback_url"}
-_MAX_METADATA_BYTES = 8192
+# The members of a job request besides ``model`` and ``input`` (which the model's spec declares).
+JOB_EXTRAS = Body(
+    (
+        Field(
+            "metadata",
+            JsonObject(max_bytes=8192),
+            "Yours, returned untouched in every event (at most 8 kB).",
+        ),
+        Field(
+            "callback_url",
+            Text("must be a string"),
+            "Also send this job's events here, signed with the `callback_secret` returned once.",
+            nullable=True,
+        ),
+    ),
+    partial=True,
+)
+_JOB_FIELDS = {"model", "input", *(field.name for field in JOB_EXTRAS.fields)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,20 +234,12 @@ class Submitter:
         if "input" not in body:
             raise ValidationFailed.field("input", "is required")
         clean = spec.validate(body["input"])
-        metadata = body.get("metadata", {})
-        if not isinstance(metadata, dict):
-            raise ValidationFailed.field("metadata", "must be an object")
-        if len(dumps(metadata)) > _MAX_METADATA_BYTES:
-            raise ValidationFailed.field("metadata", f"must be under {_MAX_METADATA_BYTES} bytes")
-        callback_url = body.get("callback_url")
-        if callback_url is not None:
-            problem = (
-                "must be a string"
-                if not isinstance(callback_url, str)
-                else check_url(callback_url, self._allow_private)
-            )
-            if problem:
-                raise ValidationFailed.field("callback_url", problem)
+        extras = JOB_EXTRAS.validate(
+            {name: value for name, value in body.items() if name not in ("model", "input")},
+            {"callback_url": lambda url: check_url(url, self._allow_private)},
+        )
+        metadata = extras.get("metadata", {})
+        callback_url: str | None = extras.get("callback_url")
         now = self._clock()
         job = Job(
             id=new_id("job"),

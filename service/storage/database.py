@@ -7,13 +7,15 @@ import logging
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from importlib import resources
 from pathlib import Path
+from typing import TypeVar
 
 import aiosqlite
 import anyio
 
-from service.storage.announcements import ANNOUNCE_FUNCTION, TRIGGERS, Announcements, Listener, Work
+from service.storage.announcements import Announcements, Listener, Work, Writer
 
 log = logging.getLogger(__name__)
 
@@ -42,40 +44,27 @@ class Database:
     :mod:`service.storage.announcements`); :meth:`subscribe` is how a worker hears of them.
     """
 
-    def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
+    def __init__(self, writer: Writer, reader: aiosqlite.Connection) -> None:
         self.writer = writer
         self.reader = reader
         self._write_lock = asyncio.Lock()
         self._announcements = Announcements()
-        # Kinds announced by the open transaction. Filled by the writer's triggers on aiosqlite's
-        # thread while a statement runs, read on the event loop after it: the write lock and the
-        # statement's await order the two.
-        self._announced: set[str] = set()
 
     def subscribe(self, kind: Work, listener: Listener) -> None:
         """Call ``listener`` (quick, never raising) after every commit that announced ``kind``."""
         self._announcements.subscribe(kind, listener)
-
-    async def _install_announcements(self) -> None:
-        await self.writer.create_function(
-            ANNOUNCE_FUNCTION, 1, self._announced.add, deterministic=False
-        )
-        for trigger in TRIGGERS:
-            await self.writer.execute(trigger)
 
     @classmethod
     @asynccontextmanager
     async def open(cls, path: Path) -> AsyncIterator[Database]:
         """Open (creating and migrating if needed) the database at ``path``; close on exit."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        writer = await _connect(path)
+        writer = await _connect(path, Writer)
         try:
             await migrate(writer)
-            reader = await _connect(path)
+            reader = await _connect(path, aiosqlite.Connection)
             try:
-                db = cls(writer, reader)
-                await db._install_announcements()
-                yield db
+                yield cls(writer, reader)
             finally:
                 await reader.close()
         finally:
@@ -91,15 +80,21 @@ class Database:
         The next durable commit makes it durable too; it can never be torn or reordered.
         """
         async with self._write_lock:
-            self._announced.clear()
+            self.writer.announced.clear()
             relaxed = False
             try:
-                if durable:
-                    await self.writer.execute("BEGIN IMMEDIATE")
-                else:
-                    # One trip to the database thread instead of two (each costs ~0.1-1 ms).
-                    relaxed = True
-                    await self.writer.executescript("PRAGMA synchronous = NORMAL; BEGIN IMMEDIATE")
+                # Shielded: a cancelled await would not stop the statement on the database
+                # thread, and a BEGIN landing after the rollback check below would leave the
+                # writer inside a transaction.
+                with anyio.CancelScope(shield=True):
+                    if durable:
+                        await self.writer.execute("BEGIN IMMEDIATE")
+                    else:
+                        # One trip to the database thread instead of two (~0.1-1 ms each).
+                        relaxed = True
+                        await self.writer.executescript(
+                            "PRAGMA synchronous = NORMAL; BEGIN IMMEDIATE"
+                        )
                 yield self.writer
                 # Shielded: a commit cut short by a cancellation would leave it unknown whether
                 # the transaction landed, and the rollback below would fail instead.
@@ -122,10 +117,9 @@ class Database:
                 if relaxed:
                     with anyio.CancelScope(shield=True):
                         await self.writer.execute("PRAGMA synchronous = FULL")
-            if self._announced:
-                # The set is the one the triggers add to: copied and cleared, never replaced.
-                announced = tuple(self._announced)
-                self._announced.clear()
+            if self.writer.announced:
+                announced = tuple(self.writer.announced)
+                self.writer.announced.clear()
                 self._announcements.deliver(announced)
 
     @asynccontextmanager
@@ -184,9 +178,13 @@ class Database:
                     raise
 
 
-async def _connect(path: Path) -> aiosqlite.Connection:
+_Conn = TypeVar("_Conn", bound=aiosqlite.Connection)
+
+
+async def _connect(path: Path, kind: type[_Conn]) -> _Conn:
     # isolation_level=None: reelhook issues BEGIN/COMMIT itself, so transactions are explicit.
-    conn = await aiosqlite.connect(path, isolation_level=None)
+    conn = kind(partial(sqlite3.connect, path, isolation_level=None), 64)
+    await conn  # starts its thread and opens the database
     try:
         conn.row_factory = sqlite3.Row
         for pragma in _PRAGMAS:

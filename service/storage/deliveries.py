@@ -12,6 +12,7 @@ from typing import Any
 import aiosqlite
 
 from service.core.models import DeliveryStatus
+from service.storage.announcements import Work, announce
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +28,8 @@ class Claimed:
     headers: dict[str, str]
     payload: bytes
     manual: bool = False
+    template: str | None = None
+    content_type: str = "application/json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,12 +54,13 @@ class AttemptOutcome:
 
 @dataclass(frozen=True, slots=True)
 class Ready:
-    """A subscription with pending deliveries: when the earliest is due, and how many are due
-    now (counted up to the cap it was asked with)."""
+    """A subscription with pending deliveries: when the earliest is due, how many are due now
+    (counted up to the cap it was asked with), and whether it delivers in order (FIFO)."""
 
     subscription_id: str
     due: float
     due_now: int
+    fifo: bool = False
 
 
 async def due_subscriptions(
@@ -84,7 +88,7 @@ async def due_subscriptions(
                   AND x.next_attempt_at <= ?
                 LIMIT ?
             )
-        ) AS due_now
+        ) AS due_now, s.ordering = 'fifo' AS fifo
         FROM subscriptions s
         WHERE s.status = 'active' AND s.id NOT IN (SELECT value FROM json_each(?))
           AND due IS NOT NULL
@@ -92,7 +96,27 @@ async def due_subscriptions(
         """,
         (now, cap, json.dumps(sorted(skip)), limit),
     )
-    return [Ready(row[0], float(row[1]), int(row[2])) for row in rows]
+    return [Ready(row[0], float(row[1]), int(row[2]), bool(row[3])) for row in rows]
+
+
+def rooms_for(
+    ready: Sequence[Ready], busy: Mapping[str, int], *, per_subscription: int, limit: int
+) -> dict[str, int]:
+    """How many deliveries to claim of each subscription in ``ready`` (earliest due first):
+    what is due now, keeping each under ``per_subscription`` claimed (one for a FIFO
+    subscription: its next delivery waits for its head) counting ``busy``, ``limit`` in all.
+    Sized by the counts, so the claim reads no row it does not take."""
+    rooms: dict[str, int] = {}
+    left = limit
+    for sub in ready:
+        if left <= 0:
+            break
+        cap = 1 if sub.fifo else per_subscription
+        room = min(cap - busy.get(sub.subscription_id, 0), sub.due_now, left)
+        if room > 0:
+            rooms[sub.subscription_id] = room
+            left -= room
+    return rooms
 
 
 async def claim_due(
@@ -109,7 +133,9 @@ async def claim_due(
     stretch of ``deliveries_pending`` and reading stops at its room, so a claim reads at most
     ``max(rooms) * len(rooms)`` rows whatever the backlog (the dispatcher keeps that near its
     claim limit; a store must keep this O(claim), never O(backlog), since it runs under the write
-    lock). Deliveries of a subscription that is not active are not claimed. One process owns the
+    lock). Rooms come from :func:`rooms_for`, which keeps a FIFO subscription to one delivery
+    claimed at a time (its later deliveries wait as ``queued``, see :func:`promote_queued`).
+    Deliveries of a subscription that is not active are not claimed. One process owns the
     database: a lease left by a process that died is released when the next one starts
     (:func:`release`), never taken over while it runs.
     """
@@ -121,7 +147,8 @@ async def claim_due(
     rows = await conn.execute_fetchall(
         """
         SELECT d.id, d.event_id, d.subscription_id, d.attempts, d.manual, d.next_attempt_at,
-               e.payload, s.url, s.secret, s.previous_secret, s.previous_secret_until, s.headers
+               e.payload, s.url, s.secret, s.previous_secret, s.previous_secret_until, s.headers,
+               s.template, s.content_type
         FROM json_each(?) AS w
         JOIN subscriptions s ON s.id = w.value AND s.status = 'active'
         JOIN deliveries d ON d.rowid IN (
@@ -168,9 +195,85 @@ async def claim_due(
                 headers=headers[sub],
                 payload=row["payload"],
                 manual=bool(row["manual"]),
+                template=row["template"],
+                content_type=row["content_type"],
             )
         )
     return claimed
+
+
+async def fifo_among(conn: aiosqlite.Connection, sub_ids: set[str]) -> set[str]:
+    """Those of ``sub_ids`` that deliver in order."""
+    if not sub_ids:
+        return set()
+    marks = ", ".join("?" for _ in sub_ids)
+    rows = await conn.execute_fetchall(
+        f"SELECT id FROM subscriptions WHERE id IN ({marks}) AND ordering = 'fifo'",
+        tuple(sub_ids),
+    )
+    return {row["id"] for row in rows}
+
+
+async def promote_queued(conn: aiosqlite.Connection, sub_ids: Sequence[str], now: float) -> int:
+    """For each FIFO subscription in ``sub_ids`` with nothing pending or in flight, make its
+    first queued delivery (in event order) due at ``now``; return how many were promoted.
+
+    Called in the transaction that finishes a head delivery (succeeded, failed for good), so the
+    queue moves on exactly when its head is done, and a crash in between changes nothing.
+    """
+    promoted = 0
+    for sub_id in sub_ids:
+        cursor = await conn.execute(
+            "UPDATE deliveries SET status = 'pending', next_attempt_at = ?, queue_seq = NULL, "
+            "updated_at = ? WHERE id = (SELECT id FROM deliveries WHERE subscription_id = ? "
+            "AND status = 'queued' ORDER BY queue_seq LIMIT 1) AND NOT EXISTS (SELECT 1 FROM "
+            "deliveries WHERE subscription_id = ? AND status IN ('pending', 'inflight'))",
+            (now, now, sub_id, sub_id),
+        )
+        promoted += cursor.rowcount
+    return promoted
+
+
+async def restart_queues(conn: aiosqlite.Connection, now: float) -> int:
+    """At start-up: promote the head of every queue that has none (a subscription switched back
+    to FIFO, or a queue whose head was canceled by hand in the database); return how many."""
+    rows = await conn.execute_fetchall(
+        "SELECT DISTINCT subscription_id FROM deliveries WHERE status = 'queued'"
+    )
+    return await promote_queued(conn, [row[0] for row in rows], now)
+
+
+async def release_queue(conn: aiosqlite.Connection, sub_id: str, now: float) -> int:
+    """Make every queued delivery of ``sub_id`` due at ``now`` (it no longer delivers in order)."""
+    cursor = await conn.execute(
+        "UPDATE deliveries SET status = 'pending', next_attempt_at = ?, queue_seq = NULL, "
+        "updated_at = ? WHERE subscription_id = ? AND status = 'queued'",
+        (now, now, sub_id),
+    )
+    return cursor.rowcount
+
+
+@dataclass(frozen=True, slots=True)
+class Queue:
+    """A FIFO subscription's line: the delivery at its head (pending or in flight), if any, and
+    how many wait behind it."""
+
+    head: Delivery | None
+    queued: int
+
+
+async def queue_of(conn: aiosqlite.Connection, sub_id: str) -> Queue:
+    rows = await conn.execute_fetchall(
+        f"{_DELIVERY_SELECT} WHERE d.subscription_id = ? AND d.status IN ('pending', 'inflight') "
+        "ORDER BY d.next_attempt_at LIMIT 1",
+        (sub_id,),
+    )
+    head = _delivery(next(iter(rows))) if rows else None
+    counted = await conn.execute_fetchall(
+        "SELECT count(*) FROM deliveries WHERE subscription_id = ? AND status = 'queued'",
+        (sub_id,),
+    )
+    return Queue(head, int(next(iter(counted))[0]))
 
 
 def _signing_secrets(sub: sqlite3.Row, now: float) -> tuple[str, ...]:
@@ -199,6 +302,14 @@ async def record(conn: aiosqlite.Connection, outcomes: Sequence[AttemptOutcome])
             for o in outcomes
         ],
     )
+    # A FIFO subscription's head that is done lets the next queued delivery go.
+    finished = {o.subscription_id for o in outcomes if o.status != "pending"}
+    if finished:
+        now = max(o.attempted_at for o in outcomes)
+        await promote_queued(conn, sorted(await fifo_among(conn, finished)), now)
+    # Retries were scheduled (announced per batch, not checked per outcome: the dispatcher that
+    # records is awake anyway).
+    announce(conn, Work.DELIVERIES)
 
 
 async def release(
@@ -221,6 +332,8 @@ async def release(
         sql += f" AND id IN ({', '.join('?' for _ in delivery_ids)})"
         params.extend(delivery_ids)
     cursor = await conn.execute(sql, params)
+    if cursor.rowcount > 0:
+        announce(conn, Work.DELIVERIES)
     return cursor.rowcount
 
 
@@ -351,6 +464,8 @@ async def resend(conn: aiosqlite.Connection, delivery_id: str, now: float) -> bo
         "WHERE id = ? AND status IN ('pending', 'succeeded', 'failed')",
         (now, now, delivery_id),
     )
+    if cursor.rowcount > 0:
+        announce(conn, Work.DELIVERIES)
     return cursor.rowcount > 0
 
 
@@ -372,4 +487,6 @@ async def recover(
         "AND (? IS NULL OR created_at < ?)",
         (now, now, subscription_id, since, until, until),
     )
+    if cursor.rowcount > 0:
+        announce(conn, Work.DELIVERIES)
     return cursor.rowcount

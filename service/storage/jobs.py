@@ -12,6 +12,7 @@ import aiosqlite
 
 from service.core.jsonutil import dumps
 from service.core.models import Cost, Job, JobError, JobStatus, Output
+from service.storage.announcements import Work, announce
 
 _COLUMNS = (
     "id, owner_key_id, model, provider, provider_job_id, status, input, outputs, error, cost, "
@@ -79,11 +80,13 @@ async def insert(
     request_hash: str | None = None,
 ) -> None:
     await conn.execute(_INSERT, _values(job, idempotency_key, request_hash))
+    announce(conn, Work.DEADLINES)
 
 
 async def insert_many(conn: aiosqlite.Connection, batch: Iterable[Job]) -> None:
     """Insert jobs in one statement (imports and benchmark fixtures; no idempotency keys)."""
     await conn.executemany(_INSERT, (_values(job) for job in batch))
+    announce(conn, Work.DEADLINES)
 
 
 def _mutable(job: Job, now: float) -> tuple[Any, ...]:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import aiosqlite
 
 from service.core.models import MirrorStatus
+from service.storage.announcements import Work, announce
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +30,7 @@ async def enqueue(
         "VALUES (?, ?, ?, ?, ?, ?)",
         [(job_id, index, url, now, now, now) for index, url in outputs],
     )
+    announce(conn, Work.MIRRORS)
 
 
 async def due(conn: aiosqlite.Connection, now: float, limit: int) -> list[MirrorTask]:

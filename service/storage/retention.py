@@ -14,7 +14,7 @@ import aiosqlite
 
 from service.core.models import DeliveryStatus
 
-_OPEN = "('pending', 'inflight')"
+_OPEN = "('queued', 'pending', 'inflight')"
 
 
 @dataclass(frozen=True, slots=True)

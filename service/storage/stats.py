@@ -21,7 +21,7 @@ async def outbox(conn: aiosqlite.Connection) -> tuple[int, float | None]:
     """
     depth = 0
     oldest: float | None = None
-    for status in (DeliveryStatus.PENDING, DeliveryStatus.INFLIGHT):
+    for status in (DeliveryStatus.QUEUED, DeliveryStatus.PENDING, DeliveryStatus.INFLIGHT):
         # A literal status, not a parameter: the planner matches partial indexes on literals.
         async with conn.execute(
             f"SELECT count(*), min(created_at) FROM deliveries WHERE status = '{status.value}'"

@@ -17,6 +17,7 @@ import aiosqlite
 
 from service.core.models import Job, JobStatus
 from service.storage import jobs
+from service.storage.announcements import Work, announce
 
 
 async def schedule(
@@ -28,6 +29,18 @@ async def schedule(
     last_error: str | None = None,
 ) -> None:
     """Set when ``job_id``'s next submit is due, and if given its attempt count and last error."""
+    await _set_due(conn, job_id, next_at, attempts, last_error)
+    if next_at is not None:
+        announce(conn, Work.SUBMITS)
+
+
+async def _set_due(
+    conn: aiosqlite.Connection,
+    job_id: str,
+    next_at: float | None,
+    attempts: int | None = None,
+    last_error: str | None = None,
+) -> None:
     await conn.execute(
         "UPDATE jobs SET next_submit_at = ?, "
         "submit_attempts = COALESCE(?, submit_attempts), "
@@ -66,7 +79,8 @@ async def claim_due(
     rows = sorted(rows)[:limit]
     claimed = []
     for _, job_id, attempt in rows:
-        await schedule(conn, job_id, next_at=lease_until, attempts=attempt)
+        # A lease or a held request is no new work: the claiming worker is awake.
+        await _set_due(conn, job_id, lease_until, attempt)
         job = await jobs.get(conn, job_id)
         if job is not None:
             claimed.append((job, attempt))
