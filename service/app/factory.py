@@ -22,6 +22,7 @@ from service.access.callers import Authenticator
 from service.access.keys import ApiKeys
 from service.api import routes
 from service.api.errors import handle_http_exception, handle_reelhook_error, handle_unexpected
+from service.api.fastpath import CallbackFastPath
 from service.app import bootstrap, startup_checks
 from service.app.services import Services, Workers
 from service.app.settings import Settings
@@ -173,7 +174,8 @@ def create_app(
                 shared.feed.close()
                 tasks.cancel_scope.cancel()
 
-    middleware = []
+    # Provider callbacks, the hottest route, skip the router (docs/performance.md §4).
+    middleware = [Middleware(CallbackFastPath)]
     if settings.cors_origins:
         # Browsers on these origins may call the API and open the event stream. Credentials
         # (cookies) are never allowed cross-origin: the console's session stays same-origin.
@@ -260,6 +262,7 @@ def _wire(settings: Settings, clock: Clock, opened: Opened, shared: Shared) -> S
         publisher=publisher,
         disable_after=settings.disable_after,
         shutdown_grace=settings.shutdown_grace,
+        observe_claim=shared.metrics.claim_duration.observe,
         renderer=renderer,
     )
 
