@@ -419,7 +419,6 @@ async def test_a_valid_job_is_accepted_with_202_and_its_document(
         "resolution": "1080p",
         "mode": "t2v",
         "aspect_ratio": "16:9",
-        "cfg_scale": 0.5,
     }
     assert job["metadata"] == {"chat_id": 42}
     assert job["error"] is None and job["outputs"] == []
@@ -428,6 +427,21 @@ async def test_a_valid_job_is_accepted_with_202_and_its_document(
     fetched = await sim_api.get(f"/v1/jobs/{job['id']}")
     assert fetched.status_code == 200
     assert fetched.json() == job
+
+
+async def test_a_job_without_resolution_states_the_one_its_estimate_assumed(
+    sim_api: httpx.AsyncClient,
+) -> None:
+    response = await sim_api.post("/v1/jobs", json=job_body(V3, duration=5))
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert "resolution" not in job["input"] and "cfg_scale" not in job["input"]
+    assert job["cost"] == {
+        "estimated": 95,
+        "charged": None,
+        "unit": "credits",
+        "assumed": {"resolution": "720p"},
+    }
 
 
 async def test_a_held_segmind_job_is_accepted_pending(api: httpx.AsyncClient) -> None:
@@ -884,7 +898,9 @@ async def test_cancel_announces_once_and_a_later_result_is_kept_for_audit_only(
                 if outcomes:
                     break
                 await anyio.sleep(0.05)
-        assert outcomes == ["late"]
+        # A success after the cancel is surfaced as a late_result notice (docs/providers.md):
+        # the job keeps its state and outputs.
+        assert outcomes == ["late_result"]
         after = (await http.get(f"/v1/jobs/{job_id}")).json()
         assert after["status"] == "canceled" and after["outputs"] == []
         events = (await http.get("/v1/events")).json()["data"]

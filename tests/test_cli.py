@@ -51,6 +51,7 @@ COMMANDS = (
     "revoke-key",
     "listen",
     "trigger",
+    "providers",
 )
 
 
@@ -281,6 +282,8 @@ def test_subscribe_with_a_filter_a_template_v1a_and_fifo(
     assert sub["filter"] == {"path": "data.metadata.channel", "eq": "bots"}
     assert sub["template"].startswith("{#- Slack incoming webhook")
     assert (sub["signature_scheme"], sub["ordering"]) == ("v1a", "fifo")
+    # The service is shared by the module: leave no subscription for `trigger` to find later.
+    assert cli("unsubscribe", sub["id"], service=service).returncode == 0
     user_error(cli("subscribe", "u", "--filter", "{", service=service), 2, "--filter")
     user_error(
         cli(
@@ -409,6 +412,50 @@ def settled(service: Service) -> None:
             for job in api.get("/v1/jobs", params={"limit": "200"}).json()["data"]
         ):
             assert time.monotonic() < deadline, "a job of an earlier test did not finish"
+            time.sleep(0.05)
+
+
+def test_providers_shows_the_account_webhook_url(service: Service, cli: Callable[..., Ran]) -> None:
+    shown = cli("providers", service=service)
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert lines[0].split() == ["trinetra", "simulated", "results:", "per_job"]
+    label, url = lines[1].split(": ", 1)
+    assert label.strip() == "account webhook URL"
+    assert "/v1/callbacks/trinetra/account/" in url
+    assert [line.split()[0] for line in lines[2:]] == ["apiframe", "segmind"]
+    page = json.loads(cli("providers", "--json", service=service).stdout)
+    assert [p["account_webhook_url"] for p in page["data"]] == [url, None, None]
+    # The URL takes Trinetra's terminal document for a job of this service.
+    with service.api() as api:
+        created = api.post(
+            "/v1/jobs", json={"model": "trinetra/kling-v3", "input": {"prompt": "A fox"}}
+        ).json()
+        document = {
+            "id": created["provider_job_id"],
+            "status": "succeeded",
+            # The simulator's own file, so the mirror copies it at once and job.succeeded is
+            # published now, not after download retries, in the middle of a later test.
+            "output": {
+                "outputs": [{"url": f"{service.url}/sim/trinetra/files/a.mp4", "type": "video"}]
+            },
+        }
+        answer = api.post(url, json=document)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["job_id"] == created["id"]
+    finished(service, created["id"])
+    # job.succeeded is published once the output is mirrored: wait for it, so that no later
+    # test following the event stream sees this job's event.
+    deadline = time.monotonic() + 10
+    with service.api() as api:
+        while not [
+            e
+            for e in api.get(
+                "/v1/events", params={"type": "job.succeeded", "limit": "1000"}
+            ).json()["data"]
+            if e["data"]["id"] == created["id"]
+        ]:
+            assert time.monotonic() < deadline, "job.succeeded was not published"
             time.sleep(0.05)
 
 

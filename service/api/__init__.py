@@ -14,6 +14,7 @@ from service.api import (
     meta,
     openapi,
     operations,
+    providers,
     stream,
     subscriptions,
 )
@@ -71,5 +72,9 @@ def routes() -> list[BaseRoute]:
         resource("/v1/events/stream-token", post=stream.create_stream_token),
         resource("/v1/events/sample", get=events.sample_events),
         resource("/v1/callbacks/{provider}/{token}", post=callbacks.receive_callback),
+        resource(
+            "/v1/callbacks/{provider}/account/{token}", post=callbacks.receive_account_callback
+        ),
+        resource("/v1/providers", get=providers.list_providers),
         resource("/v1/files/{token}", get=files.get_file),
     ]

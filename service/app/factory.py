@@ -86,7 +86,17 @@ def create_app(
     outcome of every provider callback (the metrics are one of them).
     """
     simulator = (
-        Simulator(Scenario(delay=settings.sim_delay)) if settings.simulated_providers else None
+        Simulator(
+            Scenario(delay=settings.sim_delay),
+            # The simulator checks the key each provider is sent: its own, or the configured one
+            # when a provider's base URL points at the simulator.
+            api_keys={
+                name: provider.api_key or SIMULATED_API_KEY.format(name=name)
+                for name, provider in settings.providers.items()
+            },
+        )
+        if settings.simulated_providers
+        else None
     )
     # Per application, never global: two apps in one process (tests) must not share counts.
     metrics = Metrics()
@@ -105,6 +115,13 @@ def create_app(
         async with AsyncExitStack() as stack:
             stack.enter_context(datadir.locked(settings.data_dir))
             tokens = Tokens(await bootstrap.secret_keys(settings))
+            if simulator is not None and "trinetra" in settings.simulated_providers:
+                # As an operator pastes it into Trinetra's dashboard (GET /v1/providers).
+                key = SIMULATED_API_KEY.format(name="trinetra")
+                token = tokens.account_webhook("trinetra", key)
+                simulator.account_webhooks["trinetra"] = (
+                    f"{settings.public_url}/v1/callbacks/trinetra/account/{token}"
+                )
             db = await stack.enter_async_context(Database.open(settings.database_path))
             shared.feed.open()
             generated = await bootstrap.admin_key(db, settings, clock)
@@ -323,8 +340,11 @@ def _wire(settings: Settings, clock: Clock, opened: Opened, shared: Shared) -> S
             tokens,
             endpoints,
             ingest,
+            db=db,
+            clock=clock,
             max_bytes=settings.max_callback_bytes,
             observers=shared.callback_observers,
+            on_unknown_status=shared.metrics.unknown_status,
         ),
         subscriptions=Subscriptions(
             db,

@@ -80,7 +80,7 @@ class Dispatcher:
         self._renderer = renderer or Renderer()
         self._wakeup = Wakeup()
         self._outcomes: list[AttemptOutcome] = []
-        self._outcomes_ready = anyio.Event()
+        self._outcomes_ready = Wakeup()
         self._in_flight = 0  # claimed and not yet recorded
         self._sending = 0
         # Claimed deliveries per subscription, counted where the claim cap is enforced; each
@@ -121,7 +121,12 @@ class Dispatcher:
             await self._release_previous_leases()
             async with anyio.create_task_group() as senders:
                 async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._record_outcomes)
+                    tg.start_soon(
+                        run_worker,
+                        "the outcome recorder",
+                        self._record_outcomes,
+                        self._outcomes_ready,
+                    )
                     tg.start_soon(
                         run_worker,
                         "the dispatcher",
@@ -332,14 +337,13 @@ class Dispatcher:
         status = DeliveryStatus.FAILED if next_at is None else DeliveryStatus.PENDING
         return replace(outcome, status=status, next_attempt_at=next_at)
 
-    async def _record_outcomes(self) -> None:
-        while True:
-            await self._outcomes_ready.wait()
-            self._outcomes_ready = anyio.Event()
-            if not await self._flush():
-                await anyio.sleep(1)
-                self._outcomes_ready.set()
-            self.wake()
+    async def _record_outcomes(self) -> float | None:
+        """Record the outcomes received so far, then sleep until more arrive."""
+        if not await self._flush():
+            await anyio.sleep(1)  # the store failed; the outcomes are kept for the next try
+            return 0.0
+        self.wake()  # slots and retries were freed
+        return None
 
     async def _flush(self) -> bool:
         """Record the outcomes received so far; on failure keep them for the next try."""

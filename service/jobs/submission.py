@@ -262,7 +262,11 @@ class Submitter:
             provider=spec.provider,
             status=JobStatus.PENDING,
             input=clean,
-            cost=Cost(estimated=round(spec.price.estimate(clean), 4), unit=spec.price.unit),
+            cost=Cost(
+                estimated=round(spec.price.estimate(clean), 4),
+                unit=spec.price.unit,
+                assumed=spec.price.assumes(clean),
+            ),
             metadata=metadata,
             created_at=now,
             deadline_at=now + self._deadlines.get(model, self._job_deadline),

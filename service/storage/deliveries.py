@@ -183,6 +183,8 @@ async def promote_queued(conn: aiosqlite.Connection, sub_ids: Sequence[str], now
             (now, now, sub_id, sub_id),
         )
         promoted += cursor.rowcount
+    if promoted:
+        announce(conn, Work.DELIVERIES)
     return promoted
 
 
@@ -202,6 +204,8 @@ async def release_queue(conn: aiosqlite.Connection, sub_id: str, now: float) -> 
         "updated_at = ? WHERE subscription_id = ? AND status = 'queued'",
         (now, now, sub_id),
     )
+    if cursor.rowcount > 0:
+        announce(conn, Work.DELIVERIES)
     return cursor.rowcount
 
 
