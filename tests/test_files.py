@@ -11,7 +11,7 @@ import pytest
 
 from service.app.settings import Settings
 from service.core.tokens import Tokens
-from service.storage.blobs import BlobStore
+from service.storage.blobs import LocalBlobStore
 from tests.conftest import SettingsFactory
 from tests.helpers.files import SECRET, minted_ago, tamper
 from tests.helpers.segmind import finished_segmind_job
@@ -29,7 +29,7 @@ async def _chunks(data: bytes) -> AsyncIterator[bytes]:
 
 
 async def store(settings: Settings, data: bytes = SAMPLE_MP4) -> str:
-    digest, size = await BlobStore(settings.blob_dir).write(_chunks(data), max_bytes=10**9)
+    digest, size = await LocalBlobStore(settings.blob_dir).write(_chunks(data), max_bytes=10**9)
     assert size == len(data)
     return digest
 

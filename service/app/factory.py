@@ -8,9 +8,11 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
+import aiobotocore.session
 import aiohttp
 import anyio
 import httpx
+from aiobotocore.config import AioConfig
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -54,8 +56,9 @@ from service.ops.retention import Retention
 from service.sim import Scenario, Simulator
 from service.storage import datadir
 from service.storage.announcements import Work
-from service.storage.blobs import BlobStore
+from service.storage.blobs import BlobStore, LocalBlobStore
 from service.storage.database import Database
+from service.storage.s3blobs import S3BlobStore
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +162,8 @@ def create_app(
             )
             if simulator is not None:
                 await stack.enter_async_context(simulator.running(verify=ssl_context))
-            services = _wire(settings, clock, Opened(db, tokens, clients), shared)
+            blobs = await stack.enter_async_context(open_blob_store(settings))
+            services = _wire(settings, clock, Opened(db, tokens, clients, blobs), shared)
             await services.blobs.remove_leftovers()
             tasks = await stack.enter_async_context(anyio.create_task_group())
             for loop in services.workers.loops():
@@ -234,13 +238,44 @@ class Opened:
     db: Database
     tokens: Tokens
     clients: Clients
+    blobs: BlobStore
+
+
+@asynccontextmanager
+async def open_blob_store(settings: Settings) -> AsyncIterator[BlobStore]:
+    """The blob store settings choose: the data directory's ``blobs/`` folder, or an S3 bucket
+    (``REELHOOK_BLOB_URL=s3://…``) whose client lives as long as the application."""
+    if settings.s3 is None:
+        yield LocalBlobStore(settings.blob_dir)
+        return
+    s3 = settings.s3
+    config = AioConfig(
+        connect_timeout=10,
+        read_timeout=60,
+        # botocore retries throttling and 5xx itself a few times; longer outages are the mirror
+        # worker's retry schedule's business.
+        retries={"max_attempts": 3, "mode": "standard"},
+        # Path-style addressing works with every S3-compatible server, virtual hosts need DNS.
+        s3={"addressing_style": "path"} if s3.endpoint_url else None,
+    )
+    session = aiobotocore.session.get_session()
+    async with session.create_client(
+        "s3",
+        endpoint_url=s3.endpoint_url,
+        region_name=s3.region,
+        aws_access_key_id=s3.access_key_id,
+        aws_secret_access_key=s3.secret_access_key,
+        config=config,
+    ) as client:
+        # Writes in progress are spooled locally (service/storage/s3blobs.py).
+        yield S3BlobStore(client, s3.bucket, s3.prefix, settings.blob_dir / "tmp")
 
 
 def _wire(settings: Settings, clock: Clock, opened: Opened, shared: Shared) -> Services:
     """Assemble the operations and workers from what was opened."""
     db, tokens = opened.db, opened.tokens
     endpoints = provider_endpoints(settings)
-    blobs = BlobStore(settings.blob_dir)
+    blobs = opened.blobs
 
     def file_url(digest: str, media_type: str) -> str:
         return f"{settings.public_url}/v1/files/{tokens.file(digest, media_type)}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,20 @@ class ProviderSettings:
     name: str
     base_url: str
     api_key: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class S3Settings:
+    """Where blobs live when ``REELHOOK_BLOB_URL`` is ``s3://bucket/prefix``. Credentials None:
+    botocore's own chain (``AWS_*`` variables, instance roles). The secret is left out of
+    ``repr`` so it cannot reach a log line."""
+
+    bucket: str
+    prefix: str
+    endpoint_url: str | None = None
+    region: str = "us-east-1"
+    access_key_id: str | None = None
+    secret_access_key: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +103,8 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     allow_http_subscribers: bool = True
     stream_token_ttl: float = 600.0
+    # None: blobs in the data directory's ``blobs/`` folder (the default).
+    s3: S3Settings | None = None
 
     @property
     def database_path(self) -> Path:
@@ -281,6 +298,57 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         # Production refuses plain-http subscriber and callback URLs unless told otherwise.
         allow_http_subscribers=read.boolean("ALLOW_HTTP_SUBSCRIBERS", env != "production"),
         stream_token_ttl=read.number("STREAM_TOKEN_TTL", 600.0, minimum=1.0),
+        s3=_s3(read),
+    )
+
+
+_S3_SETTINGS = ("S3_ENDPOINT_URL", "S3_REGION", "S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY")
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+
+def _s3(read: _Reader) -> S3Settings | None:
+    """``REELHOOK_BLOB_URL=s3://bucket/prefix`` and its ``REELHOOK_S3_*`` companions. No error
+    message ever quotes a credential."""
+    raw = read.raw("BLOB_URL")
+    if raw is None:
+        for name in _S3_SETTINGS:
+            if read.raw(name) is not None:
+                raise read.fail(name, "is only used with REELHOOK_BLOB_URL=s3://bucket/prefix")
+        return None
+    parts = urlsplit(raw)
+    if parts.scheme != "s3" or not parts.netloc:
+        raise read.fail("BLOB_URL", f"expected s3://bucket/prefix, got {raw!r}")
+    if parts.query or parts.fragment or "@" in parts.netloc:
+        raise read.fail("BLOB_URL", "must be s3://bucket/prefix, with no credentials or query")
+    if not _BUCKET.fullmatch(parts.netloc):
+        raise read.fail("BLOB_URL", f"{parts.netloc!r} is not a valid S3 bucket name")
+    prefix = parts.path.strip("/")
+    if prefix and any(segment in ("", ".", "..") for segment in prefix.split("/")):
+        raise read.fail("BLOB_URL", f"the prefix {prefix!r} has an empty or dot segment")
+    endpoint = read.raw("S3_ENDPOINT_URL")
+    if endpoint is not None:
+        endpoint_parts = urlsplit(endpoint)
+        if endpoint_parts.scheme not in ("http", "https") or not endpoint_parts.hostname:
+            raise read.fail("S3_ENDPOINT_URL", f"expected an http(s) URL, got {endpoint!r}")
+        if endpoint_parts.username or endpoint_parts.password:
+            raise read.fail("S3_ENDPOINT_URL", "must not carry credentials (use the S3_* keys)")
+    region = read.string("S3_REGION", "us-east-1")
+    if not re.fullmatch(r"[a-z0-9-]{1,64}", region):
+        raise read.fail("S3_REGION", f"expected a region such as eu-west-1, got {region!r}")
+    key_id = read.raw("S3_ACCESS_KEY_ID")
+    secret = read.raw("S3_SECRET_ACCESS_KEY")
+    if (key_id is None) != (secret is None):
+        missing = "S3_SECRET_ACCESS_KEY" if secret is None else "S3_ACCESS_KEY_ID"
+        raise read.fail(
+            missing, "set both REELHOOK_S3_ACCESS_KEY_ID and _SECRET_ACCESS_KEY, or neither"
+        )
+    return S3Settings(
+        bucket=parts.netloc,
+        prefix=prefix,
+        endpoint_url=endpoint.rstrip("/") if endpoint else None,
+        region=region,
+        access_key_id=key_id,
+        secret_access_key=secret,
     )
 
 

@@ -120,6 +120,13 @@ class TooManyRequests(ReelhookError):
     code = "rate_limited"
 
 
+class RangeNotSatisfiable(ReelhookError):
+    """The requested byte range lies outside the file."""
+
+    status_code = 416
+    code = "range_not_satisfiable"
+
+
 class ServiceUnavailable(ReelhookError):
     """reelhook cannot take this request right now; retry after the given delay."""
 

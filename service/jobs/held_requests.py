@@ -36,7 +36,7 @@ from service.net.failures import NETWORK_ERRORS, classify
 from service.providers import segmind
 from service.providers.base import Refusal
 from service.storage import jobs, submissions
-from service.storage.blobs import BlobStore, BlobTooLarge
+from service.storage.blobs import BlobStore, BlobTooLarge, BlobUnavailable
 from service.storage.database import Database
 
 log = logging.getLogger(__name__)
@@ -223,13 +223,18 @@ class HeldRequests:
                 return update, {"error": "timeout"}, None
             error = JobError(ErrorKind.PROVIDER_ERROR, f"Segmind connection failed: {exc!r}")
             return _failed(error, charge_unknown=True), {"error": type(exc).__name__}, None
-        except BlobTooLarge as exc:
-            error = JobError(ErrorKind.PROVIDER_ERROR, f"the video is too large to keep: {exc}")
+        except (BlobTooLarge, BlobUnavailable) as exc:
+            # Segmind's answer is the video itself, gone once read: a store that cannot keep it
+            # (too large, or S3 unreachable) fails the job.
+            too_large = isinstance(exc, BlobTooLarge)
+            kind = "too large" if too_large else "blob store unavailable"
+            problem = "is too large to keep" if too_large else "could not be stored"
+            error = JobError(ErrorKind.PROVIDER_ERROR, f"the video {problem}: {exc}")
             # The video was made, so it was billed: the header's figure when there was one.
             update = _failed(error, charge_unknown=credits is None)
             if credits is not None:
                 update = dataclasses.replace(update, charged=credits)
-            return update, {"error": "too large"}, None
+            return update, {"error": kind}, None
         summary.update(sha256=digest, bytes=size)
         update = ProviderUpdate(
             provider_job_id=None,

@@ -26,7 +26,7 @@ from service.delivery.publisher import Publisher
 from service.jobs.lifecycle import Mirrored, record_mirror
 from service.net.failures import NETWORK_ERRORS, NetworkFailure, classify, describe
 from service.storage import mirrors
-from service.storage.blobs import BlobStore, BlobTooLarge
+from service.storage.blobs import BlobStore, BlobTooLarge, BlobUnavailable
 from service.storage.database import Database
 from service.storage.mirrors import MirrorTask
 
@@ -144,6 +144,9 @@ class Mirrors:
             return Failure(f"the download failed: {describe(exc)}", what.transient)
         except BlobTooLarge:
             return Failure(f"the video is larger than {self._max_bytes} bytes", False)
+        except BlobUnavailable as exc:
+            # The blob store (S3) is down or unreachable: the download is tried again later.
+            return Failure(f"the blob store is unavailable: {exc}", True)
 
     async def _store(self, response: httpx.Response) -> Mirrored | Failure:
         status = response.status_code
