@@ -230,7 +230,7 @@ def test_the_readme_documents_every_setting() -> None:
     readme = (REPO / "README.md").read_text()
     table = readme[readme.index("## Settings") :].split("\n## ", 1)[0]
     documented: set[str] = set()
-    for token in re.findall(r"`(REELHOOK_[A-Z_{},]+)`", table):
+    for token in re.findall(r"`(REELHOOK_[A-Z0-9_{},]+)`", table):
         group = re.search(r"\{([A-Z,]+)\}", token)
         if group is None:
             documented.add(token)
