@@ -16,7 +16,8 @@ import pytest
 
 from service.app.factory import open_blob_store
 from service.app.settings import Settings, SettingsError, load_settings
-from service.storage.blobs import BlobUnavailable
+from service.core.tokens import Tokens
+from service.storage.blobs import BlobTooLarge, BlobUnavailable
 from service.storage.s3blobs import PART_SIZE, S3BlobStore
 from tests.conftest import SettingsFactory, settings_for
 from tests.helpers.s3 import (
@@ -28,8 +29,9 @@ from tests.helpers.s3 import (
     s3_client,
     s3_settings,
 )
+from tests.helpers.segmind import finished_segmind_job
 from tests.servers import loopback_socket, url_of
-from tests.support import api_client, served
+from tests.support import api_client, run_serve, served
 from tests.test_mirroring import V3, create, digest_of, mirror_rows, succeeded_event
 
 pytestmark = pytest.mark.anyio
@@ -172,9 +174,26 @@ def _tried(settings: Settings) -> bool:
 
 
 def _link_for(secret_keys: tuple[str, ...], digest: str) -> str:
-    from service.core.tokens import Tokens
-
     return Tokens(list(secret_keys)).file(digest, "video/mp4")
+
+
+@pytest.mark.slow
+async def test_a_segmind_video_is_stored_in_the_bucket_and_served_with_range(
+    settings_factory: SettingsFactory, moto: str, bucket: str
+) -> None:
+    sock = loopback_socket()
+    settings = settings_factory(
+        PUBLIC_URL=url_of(sock), SIM_DELAY="0.1", **s3_settings(moto, bucket, "segmind")
+    )
+    async with served(settings, sock) as http:
+        _, link = await finished_segmind_job(http, duration=5)
+        async with httpx.AsyncClient() as anonymous:
+            part = await anonymous.get(link, headers={"Range": "bytes=10-99"})
+
+    assert part.status_code == 206
+    assert part.content == SAMPLE_MP4[10:100]
+    assert part.headers["content-range"] == f"bytes 10-99/{len(SAMPLE_MP4)}"
+    assert await _keys(moto, bucket) == [f"segmind/{hashlib.sha256(SAMPLE_MP4).hexdigest()}"]
 
 
 async def test_the_same_digest_written_twice_is_stored_once(
@@ -222,8 +241,6 @@ async def test_the_same_digest_written_twice_is_stored_once(
 async def test_a_too_large_stream_leaves_nothing_in_the_bucket(
     tmp_path: Path, moto: str, bucket: str
 ) -> None:
-    from service.storage.blobs import BlobTooLarge
-
     async with s3_client(moto) as client:
         store = S3BlobStore(client, bucket, "p", tmp_path / "spool")
         with pytest.raises(BlobTooLarge):
@@ -326,6 +343,20 @@ async def test_the_store_is_chosen_by_the_settings(tmp_path: Path, moto: str) ->
 # --- settings -------------------------------------------------------------------------------------
 
 GOOD = {"REELHOOK_BLOB_URL": "s3://reelhook-videos/prod/blobs"}
+
+
+def test_reelhook_serve_refuses_a_bad_blob_setting_in_one_line(tmp_path: Path) -> None:
+    done = run_serve(
+        tmp_path,
+        BLOB_URL="s3://reelhook-videos/b",
+        S3_SECRET_ACCESS_KEY=SECRET_ACCESS_KEY,
+    )
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("reelhook: cannot start: REELHOOK_S3_ACCESS_KEY_ID: set both")
+    assert SECRET_ACCESS_KEY not in done.stderr + done.stdout
+    assert not (tmp_path / "data").exists()
 
 
 def test_s3_settings_are_read_once() -> None:
