@@ -215,6 +215,18 @@ async def test_the_same_digest_written_twice_is_stored_once(
         async with anyio.create_task_group() as tg:
             for store in (one, two):
                 tg.start_soon(write, store, large)
+        # Four nodes racing on a small blob: each HEAD may miss, and the PUTs after the first
+        # are refused with 412 — which is success for the writer.
+        racing: list[tuple[str, int]] = []
+        small = os.urandom(5000)
+
+        async def write_small(folder: str) -> None:
+            store = S3BlobStore(client, bucket, "p", tmp_path / folder)
+            racing.append(await store.write(_chunks(small), max_bytes=10**9))
+
+        async with anyio.create_task_group() as tg:
+            for folder in ("r1", "r2", "r3", "r4"):
+                tg.start_soon(write_small, folder)
         slice_ = b"".join(
             [chunk async for chunk in two.read(results[0][0], PART_SIZE - 5, PART_SIZE + 4)]
         )
@@ -230,7 +242,11 @@ async def test_the_same_digest_written_twice_is_stored_once(
     assert stored == SAMPLE_MP4
     assert slice_ == large[PART_SIZE - 5 : PART_SIZE + 5]
     assert sizes == (len(SAMPLE_MP4), len(large))
-    assert await _keys(moto, bucket) == sorted([f"p/{small_digest}", f"p/{large_digest}"])
+    racing_digest = hashlib.sha256(small).hexdigest()
+    assert racing == [(racing_digest, 5000)] * 4
+    assert await _keys(moto, bucket) == sorted(
+        [f"p/{small_digest}", f"p/{large_digest}", f"p/{racing_digest}"]
+    )
     # The spool folders are empty again.
     assert _files(tmp_path) == []
     async with s3_client(moto) as client:
