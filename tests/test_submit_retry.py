@@ -18,7 +18,8 @@ from service.delivery.publisher import Publisher
 from service.jobs.lifecycle import defer_submit, mark_submitted
 from service.jobs.submit_retry import SubmitRetryPolicy
 from service.storage import jobs, submissions
-from service.storage.database import Database, migrate
+from service.storage.database import Database
+from service.storage.sqlite import SqliteConnection, migrate
 
 pytestmark = pytest.mark.anyio
 
@@ -166,11 +167,13 @@ async def test_a_requeued_held_request_is_announced_once(db: Database) -> None:
 async def test_jobs_left_pending_by_an_older_version_are_due_at_once(tmp_path: Path) -> None:
     """Migration 0002 gives every pending job a due time (its creation), so the worker sends it."""
     path = tmp_path / "old.db"
-    first = (resources.files("service.storage") / "migrations" / "0001_initial.sql").read_text()
+    first = (
+        resources.files("service.storage") / "migrations" / "sqlite" / "0001_initial.sql"
+    ).read_text()
     async with aiosqlite.connect(path, isolation_level=None) as conn:
         await conn.executescript(f"BEGIN;\n{first}\nPRAGMA user_version = 1;\nCOMMIT;")
-        await jobs.insert(conn, make_job(1))
-        await jobs.insert(conn, make_job(2, status=JobStatus.SUBMITTED))
+        await jobs.insert(SqliteConnection(conn), make_job(1))
+        await jobs.insert(SqliteConnection(conn), make_job(2, status=JobStatus.SUBMITTED))
         assert await migrate(conn) >= 2
     async with Database.open(path) as db:
         assert await submissions.attempts_of(db.reader, make_job(1).id) == (0, NOW)

@@ -97,7 +97,7 @@ def create_app(
         async with AsyncExitStack() as stack:
             stack.enter_context(datadir.locked(settings.data_dir))
             tokens = Tokens(await bootstrap.secret_keys(settings))
-            db = await stack.enter_async_context(Database.open(settings.database_path))
+            db = await stack.enter_async_context(Database.open(settings.database_url))
             feed.open()
             db.on_commit(feed.notify)
             generated = await bootstrap.admin_key(db, settings, clock)

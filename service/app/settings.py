@@ -46,6 +46,8 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     data_dir: Path = Path("./data")
+    # None: the embedded SQLite file in ``data_dir``; else a sqlite:/// or postgresql:// URL.
+    database_url_setting: str | None = None
     public_url: str = "http://127.0.0.1:8000"
     env: str = "development"
     admin_key: str | None = None
@@ -83,7 +85,17 @@ class Settings:
 
     @property
     def database_path(self) -> Path:
+        """The embedded SQLite file (used when no ``REELHOOK_DATABASE_URL`` names another)."""
         return self.data_dir / "reelhook.db"
+
+    @property
+    def database_url(self) -> str:
+        """Where the store is: ``REELHOOK_DATABASE_URL``, or the SQLite file in ``data_dir``."""
+        return self.database_url_setting or f"sqlite:///{self.database_path}"
+
+    @property
+    def uses_postgresql(self) -> bool:
+        return self.database_url.startswith(("postgresql://", "postgres://"))
 
     @property
     def blob_dir(self) -> Path:
@@ -221,6 +233,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         host=host,
         port=port,
         data_dir=Path(read.string("DATA_DIR", "./data")),
+        database_url_setting=_database_url(read),
         public_url=public_url,
         env=env,
         admin_key=read.raw("ADMIN_KEY"),
@@ -330,3 +343,24 @@ def _per_model_seconds(read: _Reader, name: str) -> dict[str, float]:
             raise read.fail(name, f"{model} needs a deadline of at least 1 second, got {seconds!r}")
         values[model] = value
     return values
+
+
+def _database_url(read: _Reader) -> str | None:
+    """``REELHOOK_DATABASE_URL``: unset, ``sqlite:///path`` or ``postgresql://…``."""
+    value = read.raw("DATABASE_URL")
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    scheme = urlsplit(value).scheme
+    if scheme == "sqlite":
+        if not value.startswith("sqlite:///") or len(value) == len("sqlite:///"):
+            raise read.fail("DATABASE_URL", "a SQLite URL needs a file path: sqlite:///path")
+        return value
+    if scheme in ("postgresql", "postgres"):
+        if not urlsplit(value).hostname and "host=" not in value:
+            raise read.fail("DATABASE_URL", "a PostgreSQL URL needs a host: postgresql://host/db")
+        return value
+    raise read.fail(
+        "DATABASE_URL",
+        f"unknown scheme {scheme!r}: use sqlite:///path or postgresql://user@host/database",
+    )

@@ -20,7 +20,6 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-import aiosqlite
 import anyio
 import anyio.abc
 
@@ -30,7 +29,7 @@ from service.delivery.retry import RetryPolicy
 from service.delivery.sender import AttemptResult, Sender
 from service.providers.base import parse_retry_after
 from service.storage import deliveries, subscriptions
-from service.storage.database import Database
+from service.storage.database import Connection, Database
 from service.storage.deliveries import AttemptOutcome, Claimed
 
 log = logging.getLogger(__name__)
@@ -320,7 +319,7 @@ class Dispatcher:
         return True
 
     async def _update_failure_windows(
-        self, conn: aiosqlite.Connection, batch: Sequence[AttemptOutcome]
+        self, conn: Connection, batch: Sequence[AttemptOutcome]
     ) -> None:
         windows = failure_windows(batch)
         await subscriptions.note_failure_windows(conn, windows)

@@ -5,13 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import aiosqlite
-
 from service.core.clock import isoformat
 from service.core.ids import new_id
 from service.core.jsonutil import dumps_bytes
 from service.core.models import FileUrl, Job, Subscription
 from service.storage import events, subscriptions
+from service.storage.database import Connection
 
 
 def payload(event_type: str, created_at: float, data: dict[str, Any]) -> bytes:
@@ -49,7 +48,7 @@ class Publisher:
 
     async def publish(
         self,
-        conn: aiosqlite.Connection,
+        conn: Connection,
         event_type: str,
         now: float,
         *,
@@ -79,7 +78,7 @@ class Publisher:
         return event.id
 
     async def publish_jobs(
-        self, conn: aiosqlite.Connection, announced: Sequence[tuple[str, Job]], now: float
+        self, conn: Connection, announced: Sequence[tuple[str, Job]], now: float
     ) -> list[str]:
         """:meth:`publish` for many job events at once (one query for their audiences)."""
         audiences = await subscriptions.listeners(

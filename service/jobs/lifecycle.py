@@ -13,12 +13,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-import aiosqlite
-
 from service.core.models import ErrorKind, Job, JobError, JobStatus, ProviderUpdate, event_type_for
 from service.delivery.publisher import Publisher
 from service.storage import jobs, mirrors, submissions
-from service.storage.database import Database
+from service.storage.database import Connection, Database
 from service.storage.mirrors import MirrorTask
 
 
@@ -96,7 +94,7 @@ Applied = tuple[Job, Outcome]
 
 
 async def apply_updates(
-    conn: aiosqlite.Connection,
+    conn: Connection,
     publisher: Publisher,
     batch: Sequence[Update],
     now: float,

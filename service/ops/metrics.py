@@ -6,13 +6,13 @@ status, outbox depth, oldest waiting delivery) are read from SQLite indexes when
 
 from __future__ import annotations
 
-import aiosqlite
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 
 from service.core.models import JobStatus
 from service.jobs.callback_outcomes import CallbackOutcome
 from service.storage import stats
+from service.storage.database import Connection
 
 # From loopback fan-out (milliseconds) to a subscriber that was down for a day.
 _LAG_BUCKETS = (
@@ -85,7 +85,7 @@ class Metrics:
         """A callback observer (see :mod:`service.callback_outcomes`)."""
         self.callbacks.labels(provider=provider, outcome=outcome.value).inc()
 
-    async def refresh(self, conn: aiosqlite.Connection, now: float) -> None:
+    async def refresh(self, conn: Connection, now: float) -> None:
         """Read the gauges that describe stored state (called at scrape time)."""
         counts = await stats.jobs_by_status(conn)
         for status in JobStatus:

@@ -12,13 +12,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
-import aiosqlite
 import anyio
 
 from service.core.clock import Clock
 from service.ops.metrics import Metrics
 from service.storage import retention
-from service.storage.database import Database
+from service.storage.database import Connection, Database
 from service.storage.retention import Batch
 
 log = logging.getLogger(__name__)
@@ -109,6 +108,6 @@ class Retention:
 
 
 async def _run(
-    prune_batch: Pruner, conn: aiosqlite.Connection, cutoff: float, after: int, limit: int
+    prune_batch: Pruner, conn: Connection, cutoff: float, after: int, limit: int
 ) -> Batch:
     return await prune_batch(conn, cutoff=cutoff, after=after, limit=limit)

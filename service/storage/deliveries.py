@@ -4,12 +4,11 @@ releasing leases, resending, and reading the delivery log."""
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import aiosqlite
+from service.storage.database import Connection, Row
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,8 +49,15 @@ class AttemptOutcome:
 _ACTIVE = "(SELECT id FROM subscriptions WHERE status = 'active')"
 
 
+def _index_hint(conn: Connection) -> str:
+    """SQLite's unary ``+`` before a column keeps its planner off that column's index (walking
+    the due-time index and stopping at LIMIT is what stays cheap); PostgreSQL has no such
+    operator for text and plans from statistics."""
+    return "+" if conn.dialect == "sqlite" else ""
+
+
 async def claim_due(
-    conn: aiosqlite.Connection,
+    conn: Connection,
     *,
     now: float,
     lease_until: float,
@@ -77,10 +83,11 @@ async def claim_due(
     marks = ", ".join("?" for _ in saturated)
     # Read more than ``limit``: some rows will be over their subscription's cap.
     window = limit * 4
+    hint = _index_hint(conn)
     sql = f"""
         SELECT id, subscription_id FROM deliveries
         WHERE status = 'pending' AND next_attempt_at <= ?
-          AND +subscription_id NOT IN ({marks}) AND +subscription_id IN {_ACTIVE}
+          AND {hint}subscription_id NOT IN ({marks}) AND {hint}subscription_id IN {_ACTIVE}
         ORDER BY next_attempt_at LIMIT ?
     """
     # The unary ``+`` keeps SQLite off the subscription index: walking the due-time index and
@@ -141,7 +148,7 @@ async def claim_due(
     return claimed, more
 
 
-def _signing_secrets(sub: sqlite3.Row, now: float) -> tuple[str, ...]:
+def _signing_secrets(sub: Row, now: float) -> tuple[str, ...]:
     """The current secret, and the one it replaced while its rotation grace period lasts."""
     previous, until = sub["previous_secret"], sub["previous_secret_until"]
     if previous and until is not None and until > now:
@@ -149,13 +156,13 @@ def _signing_secrets(sub: sqlite3.Row, now: float) -> tuple[str, ...]:
     return (sub["secret"],)
 
 
-async def _by_id(conn: aiosqlite.Connection, select: str, ids: set[str]) -> dict[str, sqlite3.Row]:
+async def _by_id(conn: Connection, select: str, ids: set[str]) -> dict[str, Row]:
     marks = ", ".join("?" for _ in ids)
     rows = await conn.execute_fetchall(f"{select} WHERE id IN ({marks})", tuple(ids))
     return {row["id"]: row for row in rows}
 
 
-async def record(conn: aiosqlite.Connection, outcomes: Sequence[AttemptOutcome]) -> None:
+async def record(conn: Connection, outcomes: Sequence[AttemptOutcome]) -> None:
     """Store each attempt and move each delivery to its next state, in the caller's transaction."""
     await conn.executemany(
         "INSERT INTO attempts (delivery_id, attempted_at, status_code, latency_ms, error, "
@@ -175,19 +182,18 @@ async def record(conn: aiosqlite.Connection, outcomes: Sequence[AttemptOutcome])
     )
 
 
-async def next_due_at(conn: aiosqlite.Connection) -> float | None:
+async def next_due_at(conn: Connection) -> float | None:
     """When the earliest pending delivery of an active subscription is due, if ever."""
     rows = await conn.execute_fetchall(
         "SELECT min(next_attempt_at) FROM deliveries WHERE status = 'pending'"
-        " AND +subscription_id IN (SELECT id FROM subscriptions WHERE status = 'active')"
+        f" AND {_index_hint(conn)}subscription_id IN"
+        " (SELECT id FROM subscriptions WHERE status = 'active')"
     )
     row = next(iter(rows), None)
     return float(row[0]) if row and row[0] is not None else None
 
 
-async def release(
-    conn: aiosqlite.Connection, delivery_ids: Sequence[str] | None, now: float
-) -> int:
+async def release(conn: Connection, delivery_ids: Sequence[str] | None, now: float) -> int:
     """Hand leased deliveries back as due at ``now``, as if never claimed; return how many.
 
     ``delivery_ids`` None releases every lease: at start-up, a lease can only be a previous run's,
@@ -196,7 +202,8 @@ async def release(
     """
     sql = (
         "UPDATE deliveries SET status = 'pending', lease_until = NULL, next_attempt_at = ?, "
-        "attempts = max(attempts - 1, 0), updated_at = ? WHERE status = 'inflight'"
+        "attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END, updated_at = ? "
+        "WHERE status = 'inflight'"
     )
     params: list[Any] = [now, now]
     if delivery_ids is not None:
@@ -248,7 +255,7 @@ _DELIVERY_SELECT = (
 )
 
 
-def _delivery(row: sqlite3.Row) -> Delivery:
+def _delivery(row: Row) -> Delivery:
     return Delivery(**{name: row[name] for name in Delivery.__dataclass_fields__})
 
 
@@ -259,7 +266,7 @@ def _owned_by(owner_key_id: str) -> tuple[str, list[Any]]:
 
 
 async def list_page(
-    conn: aiosqlite.Connection,
+    conn: Connection,
     *,
     owner_key_id: str | None,
     subscription_id: str | None = None,
@@ -295,9 +302,7 @@ async def list_page(
         return [_delivery(row) for row in await c.fetchall()]
 
 
-async def get(
-    conn: aiosqlite.Connection, delivery_id: str, *, owner_key_id: str | None
-) -> Delivery | None:
+async def get(conn: Connection, delivery_id: str, *, owner_key_id: str | None) -> Delivery | None:
     """One delivery, if it exists and (with ``owner_key_id``) belongs to that key."""
     clauses, params = ["d.id = ?"], [delivery_id]
     if owner_key_id is not None:
@@ -309,7 +314,7 @@ async def get(
     return _delivery(row) if row else None
 
 
-async def attempts_of(conn: aiosqlite.Connection, delivery_id: str) -> list[Attempt]:
+async def attempts_of(conn: Connection, delivery_id: str) -> list[Attempt]:
     """Every attempt of a delivery, oldest first."""
     async with conn.execute(
         "SELECT attempted_at, status_code, latency_ms, error, response_body FROM attempts "
@@ -319,13 +324,13 @@ async def attempts_of(conn: aiosqlite.Connection, delivery_id: str) -> list[Atte
         return [Attempt(*row) for row in await cursor.fetchall()]
 
 
-async def payload_of(conn: aiosqlite.Connection, event_id: str) -> bytes | None:
+async def payload_of(conn: Connection, event_id: str) -> bytes | None:
     async with conn.execute("SELECT payload FROM events WHERE id = ?", (event_id,)) as cursor:
         row = await cursor.fetchone()
     return bytes(row["payload"]) if row else None
 
 
-async def resend(conn: aiosqlite.Connection, delivery_id: str, now: float) -> bool:
+async def resend(conn: Connection, delivery_id: str, now: float) -> bool:
     """Make a delivery due at ``now``; False if it is in flight or canceled (nothing changes).
 
     A pending delivery keeps its schedule, only brought forward; a finished one (succeeded or
@@ -341,7 +346,7 @@ async def resend(conn: aiosqlite.Connection, delivery_id: str, now: float) -> bo
 
 
 async def recover(
-    conn: aiosqlite.Connection,
+    conn: Connection,
     subscription_id: str,
     *,
     since: float,
@@ -355,7 +360,7 @@ async def recover(
     cursor = await conn.execute(
         "UPDATE deliveries SET status = 'pending', manual = 1, next_attempt_at = ?, updated_at = ? "
         "WHERE subscription_id = ? AND status = 'failed' AND created_at >= ? "
-        "AND (? IS NULL OR created_at < ?)",
+        "AND (CAST(? AS DOUBLE PRECISION) IS NULL OR created_at < ?)",
         (now, now, subscription_id, since, until, until),
     )
     return cursor.rowcount

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import aiosqlite
-
 from service.core.ids import new_id
+from service.storage.database import Connection, Row
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +23,7 @@ class NewEvent:
     first_attempt_at: float
 
 
-async def append(conn: aiosqlite.Connection, batch: Sequence[NewEvent]) -> None:
+async def append(conn: Connection, batch: Sequence[NewEvent]) -> None:
     """Append events and one pending delivery per subscription each, in the caller's transaction."""
     await conn.executemany(
         "INSERT INTO events (id, type, job_id, created_at, payload) VALUES (?, ?, ?, ?, ?)",
@@ -44,20 +42,20 @@ async def append(conn: aiosqlite.Connection, batch: Sequence[NewEvent]) -> None:
         )
 
 
-async def seq_of(conn: aiosqlite.Connection, event_id: str) -> int | None:
+async def seq_of(conn: Connection, event_id: str) -> int | None:
     async with conn.execute("SELECT seq FROM events WHERE id = ?", (event_id,)) as cursor:
         row = await cursor.fetchone()
     return int(row["seq"]) if row else None
 
 
 async def list_page(
-    conn: aiosqlite.Connection,
+    conn: Connection,
     *,
     after_seq: int,
     types: list[str],
     owner_key_id: str | None,
     limit: int,
-) -> list[sqlite3.Row]:
+) -> list[Row]:
     """Events in log order after ``after_seq``, optionally of some types, oldest first."""
     clauses = ["e.seq > ?"]
     params: list[Any] = [after_seq]
@@ -76,7 +74,7 @@ async def list_page(
         return list(await cursor.fetchall())
 
 
-async def last_seq(conn: aiosqlite.Connection) -> int:
+async def last_seq(conn: Connection) -> int:
     """The position of the newest event in the log (0 when it is empty)."""
     async with conn.execute("SELECT COALESCE(MAX(seq), 0) AS seq FROM events") as cursor:
         row = await cursor.fetchone()

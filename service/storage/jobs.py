@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import aiosqlite
-
 from service.core.jsonutil import dumps
 from service.core.models import Cost, Job, JobError, JobStatus, Output
+from service.storage.database import Connection, Row
 
 _COLUMNS = (
     "id, owner_key_id, model, provider, provider_job_id, status, input, outputs, error, cost, "
@@ -19,7 +17,7 @@ _COLUMNS = (
 )
 
 
-def _from_row(row: sqlite3.Row) -> Job:
+def _from_row(row: Row) -> Job:
     error = json.loads(row["error"]) if row["error"] else None
     return Job(
         id=row["id"],
@@ -72,7 +70,7 @@ def _values(
 
 
 async def insert(
-    conn: aiosqlite.Connection,
+    conn: Connection,
     job: Job,
     *,
     idempotency_key: str | None = None,
@@ -81,7 +79,7 @@ async def insert(
     await conn.execute(_INSERT, _values(job, idempotency_key, request_hash))
 
 
-async def insert_many(conn: aiosqlite.Connection, batch: Iterable[Job]) -> None:
+async def insert_many(conn: Connection, batch: Iterable[Job]) -> None:
     """Insert jobs in one statement (imports and benchmark fixtures; no idempotency keys)."""
     await conn.executemany(_INSERT, (_values(job) for job in batch))
 
@@ -106,23 +104,23 @@ _UPDATE = (
 )
 
 
-async def save(conn: aiosqlite.Connection, job: Job, now: float) -> None:
+async def save(conn: Connection, job: Job, now: float) -> None:
     """Write back every mutable field of ``job``."""
     await conn.execute(_UPDATE, _mutable(job, now))
 
 
-async def save_many(conn: aiosqlite.Connection, batch: Iterable[Job], now: float) -> None:
+async def save_many(conn: Connection, batch: Iterable[Job], now: float) -> None:
     """:func:`save` for many jobs in one statement."""
     await conn.executemany(_UPDATE, (_mutable(job, now) for job in batch))
 
 
-async def get(conn: aiosqlite.Connection, job_id: str) -> Job | None:
+async def get(conn: Connection, job_id: str) -> Job | None:
     async with conn.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)) as cursor:
         row = await cursor.fetchone()
     return _from_row(row) if row else None
 
 
-async def get_many(conn: aiosqlite.Connection, job_ids: Iterable[str]) -> dict[str, Job]:
+async def get_many(conn: Connection, job_ids: Iterable[str]) -> dict[str, Job]:
     """The jobs that exist among ``job_ids``, by id."""
     wanted = list(dict.fromkeys(job_ids))
     marks = ", ".join("?" for _ in wanted)
@@ -132,7 +130,7 @@ async def get_many(conn: aiosqlite.Connection, job_ids: Iterable[str]) -> dict[s
 
 
 async def find_by_idempotency_key(
-    conn: aiosqlite.Connection, owner_key_id: str, key: str, not_before: float
+    conn: Connection, owner_key_id: str, key: str, not_before: float
 ) -> tuple[Job, str] | None:
     """The job created under ``key`` by this owner since ``not_before``, with its request hash."""
     async with conn.execute(
@@ -144,7 +142,7 @@ async def find_by_idempotency_key(
     return (_from_row(row), row["request_hash"]) if row else None
 
 
-async def release_idempotency_key(conn: aiosqlite.Connection, owner_key_id: str, key: str) -> None:
+async def release_idempotency_key(conn: Connection, owner_key_id: str, key: str) -> None:
     """Forget an expired idempotency key so it can name a new job."""
     await conn.execute(
         "UPDATE jobs SET idempotency_key = NULL WHERE owner_key_id = ? AND idempotency_key = ?",
@@ -153,7 +151,7 @@ async def release_idempotency_key(conn: aiosqlite.Connection, owner_key_id: str,
 
 
 async def list_page(
-    conn: aiosqlite.Connection,
+    conn: Connection,
     *,
     owner_key_id: str | None,
     status: str | None,
@@ -190,7 +188,7 @@ async def list_page(
 
 
 async def with_status(
-    conn: aiosqlite.Connection, provider: str, statuses: tuple[JobStatus, ...]
+    conn: Connection, provider: str, statuses: tuple[JobStatus, ...]
 ) -> list[Job]:
     marks = ", ".join("?" for _ in statuses)
     async with conn.execute(
@@ -211,7 +209,7 @@ class CallbackRecord:
     body: bytes
 
 
-async def record_callbacks(conn: aiosqlite.Connection, records: Iterable[CallbackRecord]) -> None:
+async def record_callbacks(conn: Connection, records: Iterable[CallbackRecord]) -> None:
     await conn.executemany(
         "INSERT INTO callbacks (job_id, provider, received_at, outcome, body) "
         "VALUES (?, ?, ?, ?, ?)",
@@ -222,19 +220,19 @@ async def record_callbacks(conn: aiosqlite.Connection, records: Iterable[Callbac
 _UNFINISHED = ("pending", "submitted", "running")
 
 
-async def next_deadline(conn: aiosqlite.Connection) -> float | None:
+async def next_deadline(conn: Connection) -> float | None:
     """The earliest deadline of a job that has not reached a terminal state, if any."""
     # One min() per status: each is a single index probe, where min() over an IN list would
     # scan every unfinished job.
     per_status = " UNION ALL ".join(
         "SELECT min(deadline_at) AS t FROM jobs WHERE status = ?" for _ in _UNFINISHED
     )
-    async with conn.execute(f"SELECT min(t) FROM ({per_status})", _UNFINISHED) as cursor:
+    async with conn.execute(f"SELECT min(t) FROM ({per_status}) AS per_status", _UNFINISHED) as cursor:
         row = await cursor.fetchone()
     return float(row[0]) if row and row[0] is not None else None
 
 
-async def past_deadline(conn: aiosqlite.Connection, now: float, limit: int) -> list[Job]:
+async def past_deadline(conn: Connection, now: float, limit: int) -> list[Job]:
     """Unfinished jobs whose deadline is at or before ``now``, earliest first."""
     async with conn.execute(
         f"SELECT {_COLUMNS} FROM jobs WHERE status IN (?, ?, ?) AND deadline_at <= ? "
@@ -244,14 +242,14 @@ async def past_deadline(conn: aiosqlite.Connection, now: float, limit: int) -> l
         return [_from_row(row) for row in await cursor.fetchall()]
 
 
-async def held_resubmits(conn: aiosqlite.Connection, job_id: str) -> int:
+async def held_resubmits(conn: Connection, job_id: str) -> int:
     """How many times the held request of ``job_id`` was sent again after a restart."""
     async with conn.execute("SELECT held_resubmits FROM jobs WHERE id = ?", (job_id,)) as cursor:
         row = await cursor.fetchone()
     return int(row[0]) if row else 0
 
 
-async def count_held_resubmit(conn: aiosqlite.Connection, job_id: str, now: float) -> None:
+async def count_held_resubmit(conn: Connection, job_id: str, now: float) -> None:
     await conn.execute(
         "UPDATE jobs SET held_resubmits = held_resubmits + 1, updated_at = ? WHERE id = ?",
         (now, job_id),

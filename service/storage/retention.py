@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import aiosqlite
+from service.storage.database import Connection
 
 _OPEN = "('pending', 'inflight')"
 
@@ -32,7 +32,7 @@ def _marks(values: list[str] | list[int]) -> str:
 
 
 async def _walk(
-    conn: aiosqlite.Connection, select: str, after: int, cutoff: float, limit: int
+    conn: Connection, select: str, after: int, cutoff: float, limit: int
 ) -> tuple[list[tuple[int, str]], int, float | None, bool]:
     """Rows (key, id) older than ``cutoff`` from one ordered batch of ``select``."""
     async with conn.execute(select, (after, limit)) as cursor:
@@ -47,9 +47,7 @@ async def _walk(
     return old, last, None, len(rows) < limit
 
 
-async def prune_events(
-    conn: aiosqlite.Connection, *, cutoff: float, after: int, limit: int
-) -> Batch:
+async def prune_events(conn: Connection, *, cutoff: float, after: int, limit: int) -> Batch:
     """Delete events created before ``cutoff`` whose deliveries are all settled, with those
     deliveries and their attempts."""
     old, last, young_at, finished = await _walk(
@@ -87,9 +85,7 @@ async def prune_events(
     return Batch(deleted, last, young_at, finished)
 
 
-async def prune_attempts(
-    conn: aiosqlite.Connection, *, cutoff: float, after: int, limit: int
-) -> Batch:
+async def prune_attempts(conn: Connection, *, cutoff: float, after: int, limit: int) -> Batch:
     """Delete attempts made before ``cutoff`` by deliveries that are settled (the attempts of
     an event that must stay because another of its deliveries is still open)."""
     async with conn.execute(
@@ -110,7 +106,7 @@ async def prune_attempts(
 
 
 async def _delete_attempts(
-    conn: aiosqlite.Connection, doomed: list[int], last: int, young_at: float | None, done: bool
+    conn: Connection, doomed: list[int], last: int, young_at: float | None, done: bool
 ) -> Batch:
     if not doomed:
         return Batch({}, last, young_at, done)
@@ -118,9 +114,7 @@ async def _delete_attempts(
     return Batch({"attempts": cursor.rowcount}, last, young_at, done)
 
 
-async def prune_callbacks(
-    conn: aiosqlite.Connection, *, cutoff: float, after: int, limit: int
-) -> Batch:
+async def prune_callbacks(conn: Connection, *, cutoff: float, after: int, limit: int) -> Batch:
     """Delete raw callbacks received before ``cutoff`` (the jobs they moved are kept)."""
     old, last, young_at, finished = await _walk(
         conn,

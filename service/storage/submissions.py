@@ -9,14 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-import aiosqlite
-
 from service.core.models import Job, JobStatus
 from service.storage import jobs
+from service.storage.database import Connection
 
 
 async def schedule(
-    conn: aiosqlite.Connection,
+    conn: Connection,
     job_id: str,
     *,
     next_at: float | None,
@@ -33,7 +32,7 @@ async def schedule(
 
 
 async def claim_due(
-    conn: aiosqlite.Connection,
+    conn: Connection,
     *,
     providers: Collection[str],
     now: float,
@@ -64,7 +63,7 @@ async def claim_due(
     return claimed
 
 
-async def next_due_at(conn: aiosqlite.Connection, providers: Collection[str]) -> float | None:
+async def next_due_at(conn: Connection, providers: Collection[str]) -> float | None:
     """When the earliest pending submit of ``providers`` is due, or None if none is pending."""
     if not providers:
         return None
@@ -77,7 +76,7 @@ async def next_due_at(conn: aiosqlite.Connection, providers: Collection[str]) ->
     return float(row[0]) if row and row[0] is not None else None
 
 
-async def attempts_of(conn: aiosqlite.Connection, job_id: str) -> tuple[int, float | None] | None:
+async def attempts_of(conn: Connection, job_id: str) -> tuple[int, float | None] | None:
     """``(submit_attempts, next_submit_at)`` of a job, or None if there is no such job."""
     async with conn.execute(
         "SELECT submit_attempts, next_submit_at FROM jobs WHERE id = ?", (job_id,)

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import replace
-
-import aiosqlite
 
 from service.core.clock import isoformat
 from service.core.jsonutil import dumps
 from service.core.models import Subscription
+from service.storage.database import Connection, Row
 
 _COLUMNS = (
     "id, owner_key_id, url, secret, event_types, models, headers, description, status, job_id, "
@@ -22,7 +20,7 @@ _COLUMNS = (
 _SELECT = f"{_COLUMNS}, previous_secret, previous_secret_until, failing_since, disabled_reason"
 
 
-def _from_row(row: sqlite3.Row) -> Subscription:
+def _from_row(row: Row) -> Subscription:
     return Subscription(
         id=row["id"],
         owner_key_id=row["owner_key_id"],
@@ -43,7 +41,7 @@ def _from_row(row: sqlite3.Row) -> Subscription:
     )
 
 
-async def insert(conn: aiosqlite.Connection, sub: Subscription) -> None:
+async def insert(conn: Connection, sub: Subscription) -> None:
     await conn.execute(
         f"INSERT INTO subscriptions ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
@@ -63,7 +61,7 @@ async def insert(conn: aiosqlite.Connection, sub: Subscription) -> None:
     )
 
 
-async def save(conn: aiosqlite.Connection, sub: Subscription) -> None:
+async def save(conn: Connection, sub: Subscription) -> None:
     """Store the fields a client edits. The secret and the status change only through
     :func:`rotate_secret`, :func:`set_status` and :func:`disable_failing`."""
     await conn.execute(
@@ -81,7 +79,7 @@ async def save(conn: aiosqlite.Connection, sub: Subscription) -> None:
     )
 
 
-async def get(conn: aiosqlite.Connection, sub_id: str) -> Subscription | None:
+async def get(conn: Connection, sub_id: str) -> Subscription | None:
     async with conn.execute(
         f"SELECT {_SELECT} FROM subscriptions WHERE id = ?", (sub_id,)
     ) as cursor:
@@ -89,7 +87,7 @@ async def get(conn: aiosqlite.Connection, sub_id: str) -> Subscription | None:
     return _from_row(row) if row else None
 
 
-async def delete(conn: aiosqlite.Connection, sub_id: str) -> bool:
+async def delete(conn: Connection, sub_id: str) -> bool:
     """Delete it and cancel its open deliveries (kept for audit); True if it existed."""
     await conn.execute(
         "UPDATE deliveries SET status = 'canceled', lease_until = NULL "
@@ -101,7 +99,7 @@ async def delete(conn: aiosqlite.Connection, sub_id: str) -> bool:
 
 
 async def list_page(
-    conn: aiosqlite.Connection, *, owner_key_id: str | None, after_id: str | None, limit: int
+    conn: Connection, *, owner_key_id: str | None, after_id: str | None, limit: int
 ) -> list[Subscription]:
     clauses = ["job_id IS NULL"]
     params: list[object] = []
@@ -121,9 +119,7 @@ Audience = tuple[str | None, str | None]
 """Whom an event is about: (owner key id, job id); (None, None) for an event of no job."""
 
 
-async def listeners(
-    conn: aiosqlite.Connection, audiences: Sequence[Audience]
-) -> list[list[Subscription]]:
+async def listeners(conn: Connection, audiences: Sequence[Audience]) -> list[list[Subscription]]:
     """For each audience, the active subscriptions that may hear of it, in one query.
 
     A subscription hears of its own key's jobs, an admin key's subscriptions of every job, and a
@@ -164,7 +160,7 @@ def _marks(values: Sequence[object]) -> str:
 
 
 async def rotate_secret(
-    conn: aiosqlite.Connection, sub_id: str, new_secret: str, *, previous_until: float, now: float
+    conn: Connection, sub_id: str, new_secret: str, *, previous_until: float, now: float
 ) -> None:
     """Make ``new_secret`` current; the secret it replaces keeps signing until ``previous_until``.
 
@@ -179,7 +175,7 @@ async def rotate_secret(
 
 
 async def set_status(
-    conn: aiosqlite.Connection, sub_id: str, status: str, *, reason: str | None, now: float
+    conn: Connection, sub_id: str, status: str, *, reason: str | None, now: float
 ) -> None:
     """Enable or disable by request; either way the failure window starts afresh."""
     await conn.execute(
@@ -190,7 +186,7 @@ async def set_status(
 
 
 async def note_failure_windows(
-    conn: aiosqlite.Connection, windows: dict[str, tuple[bool, float | None]]
+    conn: Connection, windows: dict[str, tuple[bool, float | None]]
 ) -> None:
     """Move each subscription's failure window: ``windows[id] = (succeeded, first_failure)``.
 
@@ -205,7 +201,7 @@ async def note_failure_windows(
 
 
 async def disable_failing(
-    conn: aiosqlite.Connection, sub_ids: list[str], *, failing_before: float, now: float
+    conn: Connection, sub_ids: list[str], *, failing_before: float, now: float
 ) -> list[Subscription]:
     """Disable those of ``sub_ids`` that are active and have failed since ``failing_before`` or
     earlier; return them as disabled."""

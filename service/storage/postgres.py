@@ -1,0 +1,248 @@
+"""The shared store: a PostgreSQL database several reelhook nodes use at once, through asyncpg.
+
+Reads go through a small pool (:attr:`PostgresDatabase.reader`); each write transaction takes a
+pooled connection of its own. Within one node, write transactions still run one at a time, as on
+SQLite, so code written for one writer keeps its in-process ordering; what several nodes do at
+once is made safe in SQL (row locks, advisory transaction locks, fencing tokens), see
+docs/scaling.md. Migrations run under a session advisory lock, so nodes starting together apply
+each one once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, cast
+
+import anyio
+import asyncpg
+
+from service.storage.database import (
+    Connection,
+    Database,
+    Result,
+    Row,
+    migrations,
+    refuse_newer,
+)
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    from asyncpg.pool import PoolConnectionProxy
+
+    RawConnection: TypeAlias = (
+        asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
+    )
+
+log = logging.getLogger(__name__)
+
+
+# pg_advisory_lock keys (one 64-bit space per database): distinct, stable, arbitrary.
+MIGRATION_LOCK = 0x7265_656C_0001
+
+# Per session: a transaction left open by a stalled node must not hold the xmin horizon (queue
+# tables bloat) or its row locks forever; server-side keepalives notice a vanished node's
+# connection (and so release its advisory locks) in about 20 s instead of TCP's hours.
+SERVER_SETTINGS = {
+    "idle_in_transaction_session_timeout": "60000",
+    "tcp_keepalives_idle": "10",
+    "tcp_keepalives_interval": "5",
+    "tcp_keepalives_count": "2",
+    "jit": "off",
+}
+
+_ROWS = re.compile(r"^\s*(SELECT|WITH|VALUES)\b|\bRETURNING\b", re.IGNORECASE)
+
+
+def numbered(sql: str) -> str:
+    """``sql`` with each ``?`` placeholder outside quotes replaced by ``$1``, ``$2``, …"""
+    out: list[str] = []
+    quote: str | None = None
+    n = 0
+    for char in sql:
+        if quote is not None:
+            if char == quote:
+                quote = None
+        elif char in ("'", '"'):
+            quote = char
+        elif char == "?":
+            n += 1
+            out.append(f"${n}")
+            continue
+        out.append(char)
+    return "".join(out)
+
+
+def _rowcount(status: str) -> int:
+    """Rows a command changed, from its status tag (``UPDATE 3``, ``INSERT 0 1``)."""
+    last = status.rsplit(" ", 1)[-1]
+    return int(last) if last.isdigit() else 0
+
+
+class _Statements:
+    """Each SQL text's PostgreSQL form, translated once per database (a bounded set: the SQL is
+    written in the code, with lists of values expanded to at most a few hundred placeholders)."""
+
+    def __init__(self) -> None:
+        self._known: dict[str, tuple[str, bool]] = {}
+
+    def __call__(self, sql: str) -> tuple[str, bool]:
+        found = self._known.get(sql)
+        if found is None:
+            if len(self._known) > 4096:
+                self._known.clear()
+            found = self._known[sql] = (numbered(sql), bool(_ROWS.search(sql)))
+        return found
+
+
+class PgConnection(Connection):
+    """One asyncpg connection (inside a transaction) seen through :class:`Connection`."""
+
+    dialect = "postgresql"
+
+    def __init__(self, raw: RawConnection, statements: _Statements) -> None:
+        self.raw = raw
+        self._statements = statements
+
+    async def run(self, sql: str, params: Sequence[Any]) -> Result:
+        text, returns_rows = self._statements(sql)
+        if returns_rows:
+            rows = await self.raw.fetch(text, *params)
+            return Result(cast(list[Row], rows), len(rows))
+        status = await self.raw.execute(text, *params)
+        return Result([], _rowcount(status))
+
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        batch = list(rows)
+        if batch:
+            await self.raw.executemany(self._statements(sql)[0], batch)
+
+
+class PgReader(Connection):
+    """Reads outside any transaction, each on a connection borrowed from the pool."""
+
+    dialect = "postgresql"
+
+    def __init__(self, pool: asyncpg.Pool, statements: _Statements) -> None:
+        self._pool = pool
+        self._statements = statements
+
+    async def run(self, sql: str, params: Sequence[Any]) -> Result:
+        async with self._pool.acquire() as raw:
+            return await PgConnection(raw, self._statements).run(sql, params)
+
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        async with self._pool.acquire() as raw:
+            await PgConnection(raw, self._statements).executemany(sql, rows)
+
+
+class PostgresDatabase(Database):
+    """A pool of connections to one PostgreSQL database."""
+
+    dialect = "postgresql"
+
+    def __init__(self, pool: asyncpg.Pool, url: str) -> None:
+        super().__init__()
+        self.pool = pool
+        self.url = url
+        self._statements = _Statements()
+        self.reader = PgReader(pool, self._statements)
+        self._write_lock = asyncio.Lock()
+
+    @classmethod
+    @asynccontextmanager
+    async def open_url(cls, url: str, *, pool_size: int = 8) -> AsyncIterator[PostgresDatabase]:
+        """Connect to ``url``, migrate it (under an advisory lock), and close on exit."""
+        conn = await asyncpg.connect(url, server_settings=SERVER_SETTINGS)
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+        pool = await asyncpg.create_pool(
+            url, min_size=1, max_size=pool_size, server_settings=SERVER_SETTINGS
+        )
+        try:
+            yield cls(pool, url)
+        finally:
+            await pool.close()
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[PgConnection]:
+        """A pooled connection outside the node's write order, for work that waits on locks of
+        its own (advisory locks, ``LISTEN``) and must not hold other writes up."""
+        async with self.pool.acquire() as raw:
+            yield PgConnection(raw, self._statements)
+
+    @asynccontextmanager
+    async def transaction(self, *, durable: bool = True) -> AsyncIterator[Connection]:
+        """One transaction (READ COMMITTED) on a pooled connection; ``durable=False`` commits
+        without waiting for the WAL flush (``synchronous_commit = off``)."""
+        async with self._write_lock, self.pool.acquire() as raw:
+            tx = raw.transaction()
+            await tx.start()
+            try:
+                if not durable:
+                    await raw.execute("SET LOCAL synchronous_commit = off")
+                yield PgConnection(raw, self._statements)
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await tx.rollback()
+                raise
+            # Shielded: a commit cut short would leave it unknown whether the transaction landed.
+            with anyio.CancelScope(shield=True):
+                await tx.commit()
+        self._committed()
+
+    async def checkpoint(self, *, wait: float = 0.1) -> bool:
+        """PostgreSQL checkpoints on its own schedule; nothing to do."""
+        return True
+
+    async def probe_write(self, now: float, *, wait: float) -> None:
+        """Commit one tiny write within ``wait`` seconds (TimeoutError otherwise)."""
+        with anyio.fail_after(wait):
+            async with self.pool.acquire() as raw, raw.transaction():
+                await raw.execute(
+                    "INSERT INTO readiness (id, checked_at) VALUES (1, $1) "
+                    "ON CONFLICT (id) DO UPDATE SET checked_at = excluded.checked_at",
+                    now,
+                )
+
+
+async def schema_version(conn: asyncpg.Connection) -> int:
+    """The version the database was migrated to (0 when it is empty)."""
+    exists = await conn.fetchval("SELECT to_regclass('schema_version') IS NOT NULL")
+    if not exists:
+        return 0
+    return int(await conn.fetchval("SELECT COALESCE(max(version), 0) FROM schema_version"))
+
+
+async def migrate(conn: asyncpg.Connection) -> int:
+    """Apply every numbered migration newer than the database's version; return the new version.
+
+    Holds a session advisory lock throughout, so of several nodes starting at once one migrates
+    and the others then find nothing to do. Each migration commits with its version row.
+    Raises :class:`~service.storage.database.SchemaTooNew` when the database is newer.
+    """
+    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
+    try:
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version ("
+            " version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+        )
+        current = await schema_version(conn)
+        refuse_newer("postgresql", current)
+        for version, script in migrations("postgresql"):
+            if version <= current:
+                continue
+            log.info("applying postgresql migration %04d", version)
+            async with conn.transaction():
+                await conn.execute(script)
+                await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
+            current = version
+        return current
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
