@@ -27,8 +27,10 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+## pytest: the suite on SQLite, then again on PostgreSQL (the conformance run: both must pass)
 pytest: $(STAMP)
 	$(BIN)/pytest
+	$(BIN)/pytest --store postgresql
 
 ## bench: run the performance suite (about 5 minutes; loopback only) and write bench/results/latest.md
 bench: $(STAMP)
