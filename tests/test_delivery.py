@@ -9,7 +9,6 @@ tests/test_delivery_api.py covers the delivery-log API itself.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, closing
@@ -36,7 +35,7 @@ from service.storage import keys
 from service.storage.database import Database
 from tests.conftest import SettingsFactory
 from tests.servers import Sink, loopback_socket, run_server, url_of
-from tests.support import api_client, assert_error
+from tests.support import api_client, assert_error, stored_dicts
 
 pytestmark = pytest.mark.anyio
 
@@ -63,10 +62,7 @@ async def ping(http: httpx.AsyncClient, subscription_id: str) -> str:
 
 
 def _query(settings: Settings, sql: str, params: tuple[object, ...]) -> list[dict[str, Any]]:
-    uri = f"file:{settings.database_path}?mode=ro"
-    with closing(sqlite3.connect(uri, uri=True, timeout=5)) as db:
-        db.row_factory = sqlite3.Row
-        return [dict(row) for row in db.execute(sql, params).fetchall()]
+    return stored_dicts(settings, sql, params)
 
 
 async def query(settings: Settings, sql: str, *params: object) -> list[dict[str, Any]]:
@@ -772,7 +768,7 @@ MEMBER_SCOPES = ["jobs:write", "jobs:read", "subscriptions:write", "subscription
 
 async def add_member_keys(settings: Settings, *raw_keys: str) -> None:
     """Register non-admin API keys straight in the database, before the service starts."""
-    async with Database.open(settings.database_path) as db, db.transaction() as conn:
+    async with Database.open(settings.database_url) as db, db.transaction() as conn:
         for number, raw_key in enumerate(raw_keys):
             await keys.insert(
                 conn,
