@@ -97,7 +97,9 @@ def create_app(
         async with AsyncExitStack() as stack:
             stack.enter_context(datadir.locked(settings.data_dir))
             tokens = Tokens(await bootstrap.secret_keys(settings))
-            db = await stack.enter_async_context(Database.open(settings.database_url))
+            db = await stack.enter_async_context(
+                Database.open(settings.database_url, node_timeout=settings.node_timeout)
+            )
             feed.open()
             db.on_commit(feed.notify)
             generated = await bootstrap.admin_key(db, settings, clock)
@@ -150,6 +152,7 @@ def create_app(
             await services.blobs.remove_leftovers()
             retention = Retention(db, metrics, clock=clock, max_age=settings.retention)
             tasks = await stack.enter_async_context(anyio.create_task_group())
+            tasks.start_soon(db.run)
             tasks.start_soon(services.dispatcher.run)
             tasks.start_soon(services.held.run)
             tasks.start_soon(services.ingest.run)

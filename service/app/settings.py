@@ -82,6 +82,8 @@ class Settings:
     log_format: str = "text"
     log_level: str = "INFO"
     stream_keepalive: float = 15.0
+    # PostgreSQL only: seconds without a heartbeat after which a node counts as dead.
+    node_timeout: float = 10.0
 
     @property
     def database_path(self) -> Path:
@@ -270,6 +272,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         log_format=_choice(read, "LOG_FORMAT", ("text", "json"), "text"),
         log_level=_choice(read, "LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), "INFO"),
         stream_keepalive=read.number("STREAM_KEEPALIVE", 15.0, minimum=0.01),
+        node_timeout=read.number("NODE_TIMEOUT", 10.0, minimum=0.2),
     )
 
 

@@ -141,7 +141,13 @@ class Dispatcher:
     async def _release_previous_leases(self) -> None:
         try:
             async with self._db.transaction() as conn:
-                released = await deliveries.release(conn, None, self._clock())
+                if self._db.dialect == "sqlite":
+                    released = await deliveries.release(conn, None, self._clock())
+                else:
+                    # Never another live node's: only leases of dead or unknown nodes.
+                    released = await deliveries.release_orphaned(
+                        conn, self._clock(), node_timeout=self._db.node_timeout
+                    )
         except Exception:
             # Not fatal: those leases expire on their own and are claimed again then.
             log.exception("could not release the leases of the previous run")
@@ -155,7 +161,7 @@ class Dispatcher:
             return
         try:
             async with self._db.transaction() as conn:
-                await deliveries.release(conn, unfinished, self._clock())
+                await deliveries.release(conn, unfinished, self._clock(), owner=self._db.node_id)
         except Exception:
             log.exception("could not release %d leases; they expire on their own", len(unfinished))
         else:
@@ -178,6 +184,8 @@ class Dispatcher:
                     per_subscription=self._prefetch,
                     refill_below=self._refill_below,
                     busy=self._busy,
+                    owner=self._db.node_id,
+                    cluster_cap=self._per_subscription,
                 )
             for delivery in claimed:
                 sub = delivery.subscription_id
@@ -266,6 +274,7 @@ class Dispatcher:
             attempted_at=now,
             latency_ms=result.latency_ms,
             status="succeeded",
+            token=delivery.token,
             status_code=result.status_code,
             error=result.error,
             response_body=result.response_body,
@@ -305,9 +314,15 @@ class Dispatcher:
             return True
         try:
             async with self._db.transaction(durable=False) as conn:
-                await deliveries.record(conn, batch)
-                await self._update_failure_windows(conn, batch)
-                for outcome in batch:
+                # Outcomes of claims no longer current (this node lost them) are refused.
+                accepted = await deliveries.record(conn, batch)
+                if len(accepted) < len(batch):
+                    log.warning(
+                        "refused %d outcomes of deliveries this node no longer holds",
+                        len(batch) - len(accepted),
+                    )
+                await self._update_failure_windows(conn, accepted)
+                for outcome in accepted:
                     if outcome.delete_subscription:
                         await subscriptions.delete(conn, outcome.subscription_id)
         except BaseException as exc:

@@ -55,6 +55,11 @@ class DeadlineTimer:
         """Expire overdue jobs until cancelled."""
         while True:
             self._wake = anyio.Event()
+            if not self._db.is_leader:
+                # A singleton: only the leader node expires jobs (docs/scaling.md); look again
+                # when leadership may have moved.
+                await anyio.sleep(self._db.node_timeout / 4)
+                continue
             try:
                 if await self._expire_overdue():
                     continue  # a full batch: more may be overdue

@@ -23,6 +23,8 @@ from urllib.parse import unquote, urlsplit
 
 import asyncpg
 
+from service.core.ids import new_id
+
 DIALECTS = ("sqlite", "postgresql")
 
 
@@ -101,6 +103,12 @@ class Connection(ABC):
     """
 
     dialect: str
+    for_update = ""
+    """Appended to a SELECT of rows the transaction will change: on PostgreSQL inside a write
+    transaction `` FOR UPDATE`` (row locks, so concurrent nodes' read-modify-writes queue instead
+    of overwriting each other), elsewhere nothing (SQLite has one writer at a time)."""
+    skip_locked = ""
+    """As :attr:`for_update`, for work another node may take instead: rows it holds are skipped."""
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Query:
         return Query(self, sql, params)
@@ -125,9 +133,24 @@ class Database(ABC):
 
     dialect: str
     reader: Connection
+    node_timeout: float = 10.0
+    """Seconds without a heartbeat after which a node is dead (its leases handed back)."""
 
     def __init__(self) -> None:
         self._commit_listeners: list[Callable[[], None]] = []
+        # This process's identity among the nodes sharing the store (one node on SQLite).
+        self.node_id = new_id("node")
+
+    @property
+    def is_leader(self) -> bool:
+        """Whether the singleton work (deadlines, retention, the stale-node sweep) runs here:
+        always on SQLite, on the holder of the leader lease on PostgreSQL."""
+        return True
+
+    async def run(self) -> None:
+        """The store's own background work, until cancelled: on PostgreSQL heartbeats, the
+        leader lease, the stale-node sweep and cross-node wake-ups; on SQLite nothing."""
+        return None
 
     def on_commit(self, listener: Callable[[], None]) -> None:
         """Call ``listener`` after every committed :meth:`transaction` (it must be quick and not
@@ -139,7 +162,9 @@ class Database(ABC):
             listener()
 
     @staticmethod
-    def open(target: Path | str) -> AbstractAsyncContextManager[Database]:
+    def open(
+        target: Path | str, *, node_timeout: float = 10.0
+    ) -> AbstractAsyncContextManager[Database]:
         """Open (creating and migrating if needed) the store at ``target``: a SQLite file path,
         a ``sqlite:///path`` URL or a ``postgresql://`` URL; close it on exit.
 
@@ -153,7 +178,7 @@ class Database(ABC):
             return SqliteDatabase.open_file(Path(location))
         from service.storage.postgres import PostgresDatabase
 
-        return PostgresDatabase.open_url(location)
+        return PostgresDatabase.open_url(location, node_timeout=node_timeout)
 
     @abstractmethod
     def transaction(self, *, durable: bool = True) -> AbstractAsyncContextManager[Connection]:

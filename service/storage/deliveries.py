@@ -4,6 +4,7 @@ releasing leases, resending, and reading the delivery log."""
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,8 @@ class Claimed:
     headers: dict[str, str]
     payload: bytes
     manual: bool = False
+    token: int = 0
+    """The claim's fencing token: its outcome is recorded only while the claim is current."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +47,8 @@ class AttemptOutcome:
     response_body: bytes | None = None
     next_attempt_at: float | None = None
     delete_subscription: bool = False
+    token: int = 0
+    """The fencing token of the claim this attempt was made under (:attr:`Claimed.token`)."""
 
 
 _ACTIVE = "(SELECT id FROM subscriptions WHERE status = 'active')"
@@ -65,6 +70,8 @@ async def claim_due(
     per_subscription: int,
     busy: Mapping[str, int],
     refill_below: int,
+    owner: str | None = None,
+    cluster_cap: int | None = None,
 ) -> tuple[list[Claimed], bool]:
     """Lease up to ``limit`` due deliveries, keeping each subscription under ``per_subscription``;
     return them, and whether more may be due right now.
@@ -76,7 +83,25 @@ async def claim_due(
     ``refill_below`` or more claimed get none this time. Deliveries of a disabled subscription
     wait until it is enabled again. The due rows are read in due order from their index, a
     bounded window at a time, so a claim costs the same with ten or a million waiting.
+
+    Each claim gets a fresh fencing token and ``owner`` (the claiming node) on its rows. On
+    PostgreSQL several nodes claim from the same table: there the claim also keeps every
+    subscription's deliveries in flight across all nodes at ``cluster_cap`` at most, counting
+    them in SQL under a transaction-scoped advisory lock, so claimers never decide from stale
+    counts (docs/scaling.md; unlocked claimers each counting in their own snapshot overshot a cap
+    of 8 fourfold).
     """
+    token = secrets.randbits(62)
+    if conn.dialect == "postgresql":
+        shared, more = await _choose_shared(
+            conn,
+            now=now,
+            limit=limit,
+            cap=min(per_subscription, cluster_cap or per_subscription),
+            busy=busy,
+            refill_below=refill_below,
+        )
+        return await _lease(conn, shared, now, lease_until, owner, token), more
     # A subscription with ``refill`` or more already claimed is left out, so it is topped up in
     # batches rather than one row per claim.
     saturated = sorted(sub for sub, count in busy.items() if count >= refill_below)
@@ -107,19 +132,90 @@ async def claim_due(
         chosen.append(row["id"])
         if len(chosen) == limit:
             break
+    return await _lease(conn, chosen, now, lease_until, owner, token), more
+
+
+# Serialises claims across nodes (pg_advisory_xact_lock key; see claim_due).
+CLAIM_LOCK = 0x7265_656C_0002
+
+
+async def _choose_shared(
+    conn: Connection,
+    *,
+    now: float,
+    limit: int,
+    cap: int,
+    busy: Mapping[str, int],
+    refill_below: int,
+) -> tuple[list[str], bool]:
+    """PostgreSQL: the ids to claim, chosen under the claim lock from counts every node shares.
+
+    The lock is taken before the choosing statement starts, so (READ COMMITTED) its snapshot
+    includes every claim committed before ours; rows leaving 'inflight' meanwhile only make the
+    counts err high, never past the cap.
+    """
+    await conn.execute("SELECT pg_advisory_xact_lock(?)", (CLAIM_LOCK,))
+    saturated = sorted(sub for sub, count in busy.items() if count >= refill_below)
+    window = limit * 4
+    rows = await conn.execute_fetchall(
+        """
+        WITH due AS (
+            SELECT id, subscription_id, next_attempt_at FROM deliveries
+            WHERE status = 'pending' AND next_attempt_at <= ?
+              AND NOT (subscription_id = ANY(?::text[]))
+              AND subscription_id IN (SELECT id FROM subscriptions WHERE status = 'active')
+            ORDER BY next_attempt_at LIMIT ?
+        ), ranked AS (
+            SELECT id, subscription_id, next_attempt_at, row_number() OVER (
+                PARTITION BY subscription_id ORDER BY next_attempt_at, id) AS rank
+            FROM due
+        ), busy AS (
+            SELECT subscription_id, count(*) AS n FROM deliveries
+            WHERE status = 'inflight'
+              AND subscription_id IN (SELECT DISTINCT subscription_id FROM due)
+            GROUP BY subscription_id
+        )
+        SELECT ranked.id, (SELECT count(*) FROM due) AS seen FROM ranked
+        LEFT JOIN busy USING (subscription_id)
+        WHERE ranked.rank + COALESCE(busy.n, 0) <= ?
+        ORDER BY ranked.next_attempt_at, ranked.id LIMIT ?
+        """,
+        (now, saturated, window, cap, limit),
+    )
+    more = bool(rows) and rows[0]["seen"] == window
+    if not rows:
+        seen = await conn.execute_fetchall(
+            "SELECT count(*) FROM (SELECT 1 FROM deliveries WHERE status = 'pending' "
+            "AND next_attempt_at <= ? LIMIT ?) AS due",
+            (now, window),
+        )
+        more = seen[0][0] == window
+    return [row["id"] for row in rows], more
+
+
+async def _lease(
+    conn: Connection,
+    chosen: Sequence[str],
+    now: float,
+    lease_until: float,
+    owner: str | None,
+    token: int,
+) -> list[Claimed]:
+    """Mark ``chosen`` in flight under ``token`` and ``owner``; return them ready to send."""
     if not chosen:
-        return [], more
+        return []
     marks = ", ".join("?" for _ in chosen)
     rows = list(
         await conn.execute_fetchall(
             f"UPDATE deliveries SET status = 'inflight', lease_until = ?, "
-            f"attempts = attempts + 1, updated_at = ? WHERE id IN ({marks}) "
+            f"attempts = attempts + 1, updated_at = ?, claim_token = ?, lease_owner = ? "
+            f"WHERE id IN ({marks}) AND status = 'pending' "
             "RETURNING id, event_id, subscription_id, attempts, manual",
-            (lease_until, now, *chosen),
+            (lease_until, now, token, owner, *chosen),
         )
     )
     if not rows:
-        return [], more
+        return []
     payloads = await _by_id(conn, "SELECT id, payload FROM events", {r["event_id"] for r in rows})
     subs = await _by_id(
         conn,
@@ -141,11 +237,12 @@ async def claim_due(
                 url=sub["url"],
                 secrets=_signing_secrets(sub, now),
                 headers=json.loads(sub["headers"]),
-                payload=payloads[row["event_id"]]["payload"],
+                payload=bytes(payloads[row["event_id"]]["payload"]),
                 manual=bool(row["manual"]),
+                token=token,
             )
         )
-    return claimed, more
+    return claimed
 
 
 def _signing_secrets(sub: Row, now: float) -> tuple[str, ...]:
@@ -162,8 +259,34 @@ async def _by_id(conn: Connection, select: str, ids: set[str]) -> dict[str, Row]
     return {row["id"]: row for row in rows}
 
 
-async def record(conn: Connection, outcomes: Sequence[AttemptOutcome]) -> None:
-    """Store each attempt and move each delivery to its next state, in the caller's transaction."""
+async def record(conn: Connection, outcomes: Sequence[AttemptOutcome]) -> list[AttemptOutcome]:
+    """Store each attempt and move each delivery to its next state, in the caller's transaction;
+    return the outcomes recorded.
+
+    An outcome whose claim is no longer current (the delivery was handed back and claimed again
+    under another token, or finished) is refused: a node that lost its lease, say one paused
+    past its heartbeat, must not overwrite what the node that took over does. The rows are
+    locked first (in id order, so two recorders cannot deadlock) so no claim slips in between.
+    """
+    if not outcomes:
+        return []
+    ids = sorted({o.delivery_id for o in outcomes})
+    lock = " FOR UPDATE" if conn.dialect == "postgresql" else ""
+    current = {
+        row["id"]: row["claim_token"]
+        for row in await conn.execute_fetchall(
+            f"SELECT id, claim_token FROM deliveries WHERE id IN ({', '.join('?' for _ in ids)}) "
+            f"AND status = 'inflight' ORDER BY id{lock}",
+            ids,
+        )
+    }
+    accepted = [o for o in outcomes if current.get(o.delivery_id, -1) == (o.token or None)]
+    if accepted:
+        await _store_outcomes(conn, accepted)
+    return accepted
+
+
+async def _store_outcomes(conn: Connection, outcomes: Sequence[AttemptOutcome]) -> None:
     await conn.executemany(
         "INSERT INTO attempts (delivery_id, attempted_at, status_code, latency_ms, error, "
         "response_body) VALUES (?, ?, ?, ?, ?, ?)",
@@ -174,7 +297,8 @@ async def record(conn: Connection, outcomes: Sequence[AttemptOutcome]) -> None:
     )
     await conn.executemany(
         "UPDATE deliveries SET status = ?, next_attempt_at = ?, lease_until = NULL, manual = 0, "
-        "last_status_code = ?, last_error = ?, updated_at = ? WHERE id = ? AND status = 'inflight'",
+        "last_status_code = ?, last_error = ?, updated_at = ?, claim_token = NULL, "
+        "lease_owner = NULL WHERE id = ? AND status = 'inflight'",
         [
             (o.status, o.next_attempt_at, o.status_code, o.error, o.attempted_at, o.delivery_id)
             for o in outcomes
@@ -193,25 +317,56 @@ async def next_due_at(conn: Connection) -> float | None:
     return float(row[0]) if row and row[0] is not None else None
 
 
-async def release(conn: Connection, delivery_ids: Sequence[str] | None, now: float) -> int:
+async def release(
+    conn: Connection,
+    delivery_ids: Sequence[str] | None,
+    now: float,
+    *,
+    owner: str | None = None,
+) -> int:
     """Hand leased deliveries back as due at ``now``, as if never claimed; return how many.
 
-    ``delivery_ids`` None releases every lease: at start-up, a lease can only be a previous run's,
-    since one process owns the SQLite database. The unfinished attempt is not counted, so it does
-    not use up a place in the retry schedule.
+    ``delivery_ids`` None releases every lease: on SQLite at start-up a lease can only be a
+    previous run's, since one process owns the file (PostgreSQL nodes use
+    :func:`release_orphaned` instead). With ``owner``, only rows that node still holds are
+    released, so a node handing back its unfinished work never touches a row taken over by
+    another. The unfinished attempt is not counted, so it does not use up a place in the retry
+    schedule.
     """
-    sql = (
-        "UPDATE deliveries SET status = 'pending', lease_until = NULL, next_attempt_at = ?, "
-        "attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END, updated_at = ? "
-        "WHERE status = 'inflight'"
-    )
+    sql = f"{_RELEASE} WHERE status = 'inflight'"
     params: list[Any] = [now, now]
     if delivery_ids is not None:
         if not delivery_ids:
             return 0
         sql += f" AND id IN ({', '.join('?' for _ in delivery_ids)})"
         params.extend(delivery_ids)
+    if owner is not None:
+        sql += " AND lease_owner = ?"
+        params.append(owner)
     cursor = await conn.execute(sql, params)
+    return cursor.rowcount
+
+
+_RELEASE = (
+    "UPDATE deliveries SET status = 'pending', lease_until = NULL, next_attempt_at = ?, "
+    "attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END, updated_at = ?, "
+    "claim_token = NULL, lease_owner = NULL"
+)
+
+
+async def release_orphaned(conn: Connection, now: float, *, node_timeout: float) -> int:
+    """PostgreSQL: hand back every lease whose node is dead (no heartbeat within
+    ``node_timeout`` seconds of the database's clock) or unknown; return how many.
+
+    What a live node holds is never touched, whatever its lease time says: start-up and the
+    stale-node sweep both use this, so a starting node cannot steal a running node's work.
+    """
+    cursor = await conn.execute(
+        f"{_RELEASE} WHERE status = 'inflight' AND (lease_owner IS NULL OR lease_owner NOT IN "
+        "(SELECT id FROM nodes WHERE heartbeat_at >= "
+        "extract(epoch from clock_timestamp()) - ?))",
+        (now, now, node_timeout),
+    )
     return cursor.rowcount
 
 

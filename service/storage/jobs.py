@@ -115,7 +115,8 @@ async def save_many(conn: Connection, batch: Iterable[Job], now: float) -> None:
 
 
 async def get(conn: Connection, job_id: str) -> Job | None:
-    async with conn.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)) as cursor:
+    sql = f"SELECT {_COLUMNS} FROM jobs WHERE id = ?{conn.for_update}"
+    async with conn.execute(sql, (job_id,)) as cursor:
         row = await cursor.fetchone()
     return _from_row(row) if row else None
 
@@ -125,7 +126,10 @@ async def get_many(conn: Connection, job_ids: Iterable[str]) -> dict[str, Job]:
     wanted = list(dict.fromkeys(job_ids))
     marks = ", ".join("?" for _ in wanted)
     # execute_fetchall: one trip to the database thread instead of three (execute, fetch, close).
-    rows = await conn.execute_fetchall(f"SELECT {_COLUMNS} FROM jobs WHERE id IN ({marks})", wanted)
+    # In id order: two nodes locking overlapping batches then queue instead of deadlocking.
+    rows = await conn.execute_fetchall(
+        f"SELECT {_COLUMNS} FROM jobs WHERE id IN ({marks}) ORDER BY id{conn.for_update}", wanted
+    )
     return {row["id"]: _from_row(row) for row in rows}
 
 
@@ -227,7 +231,8 @@ async def next_deadline(conn: Connection) -> float | None:
     per_status = " UNION ALL ".join(
         "SELECT min(deadline_at) AS t FROM jobs WHERE status = ?" for _ in _UNFINISHED
     )
-    async with conn.execute(f"SELECT min(t) FROM ({per_status}) AS per_status", _UNFINISHED) as cursor:
+    sql = f"SELECT min(t) FROM ({per_status}) AS per_status"
+    async with conn.execute(sql, _UNFINISHED) as cursor:
         row = await cursor.fetchone()
     return float(row[0]) if row and row[0] is not None else None
 
@@ -236,7 +241,7 @@ async def past_deadline(conn: Connection, now: float, limit: int) -> list[Job]:
     """Unfinished jobs whose deadline is at or before ``now``, earliest first."""
     async with conn.execute(
         f"SELECT {_COLUMNS} FROM jobs WHERE status IN (?, ?, ?) AND deadline_at <= ? "
-        "ORDER BY deadline_at LIMIT ?",
+        f"ORDER BY deadline_at LIMIT ?{conn.skip_locked}",
         (*_UNFINISHED, now, limit),
     ) as cursor:
         return [_from_row(row) for row in await cursor.fetchall()]

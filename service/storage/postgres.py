@@ -11,8 +11,10 @@ each one once.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, cast
@@ -20,7 +22,9 @@ from typing import TYPE_CHECKING, Any, cast
 import anyio
 import asyncpg
 
+from service.storage import deliveries, nodes
 from service.storage.database import (
+    DATABASE_ERRORS,
     Connection,
     Database,
     Result,
@@ -43,6 +47,14 @@ log = logging.getLogger(__name__)
 
 # pg_advisory_lock keys (one 64-bit space per database): distinct, stable, arbitrary.
 MIGRATION_LOCK = 0x7265_656C_0001
+
+# Every committed write transaction notifies this channel (payload: the committing node), and
+# each node LISTENs on a dedicated connection: how a commit on one node wakes the workers of all.
+CHANNEL = "reelhook_commit"
+
+BACKSTOP = 5.0
+"""Seconds between wake-ups of every worker even without a notification: a LISTEN connection can
+die silently (asyncpg issues #519, #283), and a lost wake-up must cost at most this much delay."""
 
 # Per session: a transaction left open by a stalled node must not hold the xmin horizon (queue
 # tables bloat) or its row locks forever; server-side keepalives notice a vanished node's
@@ -103,6 +115,8 @@ class PgConnection(Connection):
     """One asyncpg connection (inside a transaction) seen through :class:`Connection`."""
 
     dialect = "postgresql"
+    for_update = " FOR UPDATE"
+    skip_locked = " FOR UPDATE SKIP LOCKED"
 
     def __init__(self, raw: RawConnection, statements: _Statements) -> None:
         self.raw = raw
@@ -145,18 +159,29 @@ class PostgresDatabase(Database):
 
     dialect = "postgresql"
 
-    def __init__(self, pool: asyncpg.Pool, url: str) -> None:
+    def __init__(self, pool: asyncpg.Pool, url: str, *, node_timeout: float) -> None:
         super().__init__()
         self.pool = pool
         self.url = url
+        self.node_timeout = node_timeout
+        self.backstop = BACKSTOP
         self._statements = _Statements()
         self.reader = PgReader(pool, self._statements)
         self._write_lock = asyncio.Lock()
+        self._leader = False
+        self.listening = anyio.Event()
+
+    @property
+    def is_leader(self) -> bool:
+        return self._leader
 
     @classmethod
     @asynccontextmanager
-    async def open_url(cls, url: str, *, pool_size: int = 8) -> AsyncIterator[PostgresDatabase]:
-        """Connect to ``url``, migrate it (under an advisory lock), and close on exit."""
+    async def open_url(
+        cls, url: str, *, pool_size: int = 8, node_timeout: float = 10.0
+    ) -> AsyncIterator[PostgresDatabase]:
+        """Connect to ``url``, migrate it (under an advisory lock), enter this node among the
+        live ones, and on exit leave (handing the leader lease on) and close."""
         conn = await asyncpg.connect(url, server_settings=SERVER_SETTINGS)
         try:
             await migrate(conn)
@@ -166,9 +191,94 @@ class PostgresDatabase(Database):
             url, min_size=1, max_size=pool_size, server_settings=SERVER_SETTINGS
         )
         try:
-            yield cls(pool, url)
+            db = cls(pool, url, node_timeout=node_timeout)
+            async with db.connection() as joined:
+                await nodes.register(joined, db.node_id)
+            try:
+                yield db
+            finally:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                    async with db.connection() as leaving:
+                        await nodes.leave(leaving, db.node_id)
         finally:
             await pool.close()
+
+    async def run(self) -> None:
+        """Heartbeats, the leader lease and its stale-node sweep, and the LISTEN connection."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._upkeep)
+            tg.start_soon(self._listen)
+
+    async def upkeep_once(self) -> None:
+        """One heartbeat: renew this node, take or renew the leader lease, and as leader sweep
+        the dead nodes and hand their leases back (waking the workers to claim them)."""
+        async with self.connection() as conn, conn.raw.transaction():
+            await conn.execute("SET LOCAL synchronous_commit = off")
+            if not await nodes.heartbeat(conn, self.node_id):
+                log.warning(
+                    "node %s was declared dead (no heartbeat for %g s): its leases went to "
+                    "other nodes, and its late outcomes will be refused",
+                    self.node_id,
+                    self.node_timeout,
+                )
+            term = await nodes.lead(conn, self.node_id, self.node_timeout)
+        if (term is not None) != self._leader:
+            log.info("node %s %s the leader", self.node_id, "is now" if term else "is no longer")
+        self._leader = term is not None
+        if not self._leader:
+            return
+        async with self.transaction() as tx:
+            dead = await nodes.sweep(tx, self.node_timeout)
+            released = await deliveries.release_orphaned(
+                tx, time.time(), node_timeout=self.node_timeout
+            )
+        if dead or released:
+            log.warning("nodes %s are dead: %d of their deliveries handed back", dead, released)
+
+    async def _upkeep(self) -> None:
+        while True:
+            try:
+                await self.upkeep_once()
+            except DATABASE_ERRORS as exc:
+                # Without the database no singleton may run here: another node may lead now.
+                self._leader = False
+                log.warning("heartbeat failed (%s); retrying", type(exc).__name__)
+            await anyio.sleep(self.node_timeout / 4)
+
+    def _notified(self, conn: object, pid: int, channel: str, payload: object) -> None:
+        if payload != self.node_id:
+            self._committed()
+
+    async def _listen(self) -> None:
+        """LISTEN on a dedicated connection (outside the pool) for as long as the node runs;
+        reconnect when it drops, waking every worker then and every :attr:`backstop` seconds."""
+        delay = 0.1
+        while True:
+            conn: asyncpg.Connection[asyncpg.Record] | None = None
+            lost = anyio.Event()
+            try:
+                conn = await asyncpg.connect(self.url, server_settings=SERVER_SETTINGS)
+                conn.add_termination_listener(functools.partial(_set, lost))
+                await conn.add_listener(CHANNEL, self._notified)
+                delay = 0.1
+                self.listening.set()
+                # Anything may have been committed while no one listened.
+                self._committed()
+                while not lost.is_set():
+                    with anyio.move_on_after(self.backstop):
+                        await lost.wait()
+                    self._committed()
+                    # A connection that died without a word is found out here.
+                    with anyio.fail_after(self.backstop):
+                        await conn.fetchval("SELECT 1")
+            except DATABASE_ERRORS as exc:  # (TimeoutError is an OSError)
+                log.warning("LISTEN connection lost (%s); reconnecting", type(exc).__name__)
+            finally:
+                self.listening = anyio.Event()
+                if conn is not None:
+                    conn.terminate()
+            await anyio.sleep(delay)
+            delay = min(delay * 2, self.backstop)
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[PgConnection]:
@@ -188,6 +298,8 @@ class PostgresDatabase(Database):
                 if not durable:
                     await raw.execute("SET LOCAL synchronous_commit = off")
                 yield PgConnection(raw, self._statements)
+                # Delivered to the listeners of every node only once (and if) this commits.
+                await raw.execute("SELECT pg_notify($1, $2)", CHANNEL, self.node_id)
             except BaseException:
                 with anyio.CancelScope(shield=True):
                     await tx.rollback()
@@ -210,6 +322,10 @@ class PostgresDatabase(Database):
                     "ON CONFLICT (id) DO UPDATE SET checked_at = excluded.checked_at",
                     now,
                 )
+
+
+def _set(event: anyio.Event, _: object) -> None:
+    event.set()
 
 
 async def schema_version(conn: asyncpg.Connection) -> int:

@@ -50,7 +50,7 @@ async def claim_due(
     async with conn.execute(
         "SELECT id, submit_attempts FROM jobs "
         f"WHERE status = ? AND next_submit_at <= ? AND provider IN ({marks}) "
-        "ORDER BY next_submit_at LIMIT ?",
+        f"ORDER BY next_submit_at LIMIT ?{conn.skip_locked}",
         (JobStatus.PENDING.value, now, *providers, limit),
     ) as cursor:
         rows = [(row[0], int(row[1]) + 1) for row in await cursor.fetchall()]

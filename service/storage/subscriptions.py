@@ -81,7 +81,7 @@ async def save(conn: Connection, sub: Subscription) -> None:
 
 async def get(conn: Connection, sub_id: str) -> Subscription | None:
     async with conn.execute(
-        f"SELECT {_SELECT} FROM subscriptions WHERE id = ?", (sub_id,)
+        f"SELECT {_SELECT} FROM subscriptions WHERE id = ?{conn.for_update}", (sub_id,)
     ) as cursor:
         row = await cursor.fetchone()
     return _from_row(row) if row else None
@@ -210,7 +210,7 @@ async def disable_failing(
     marks = ", ".join("?" for _ in sub_ids)
     async with conn.execute(
         f"SELECT {_SELECT} FROM subscriptions WHERE id IN ({marks}) AND status = 'active' "
-        "AND failing_since IS NOT NULL AND failing_since <= ?",
+        f"AND failing_since IS NOT NULL AND failing_since <= ? ORDER BY id{conn.for_update}",
         (*sub_ids, failing_before),
     ) as cursor:
         failing = [_from_row(row) for row in await cursor.fetchall()]
