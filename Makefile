@@ -2,27 +2,50 @@
 PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip --disable-pip-version-check --quiet
+# Two installs into one venv: what serving needs (`make run`), and that plus the dev tools
+# (`make test`; a superset, so it also satisfies `make run`).
+RUNTIME_STAMP := $(VENV)/.runtime-stamp
 STAMP  := $(VENV)/.installed-stamp
+EXAMPLES_STAMP := $(VENV)/.examples-stamp
 
-.PHONY: run test bench lint typecheck pytest screenshots clean
+.PHONY: run test bench lint lint-imports typecheck pytest examples screenshots clean
 
-$(STAMP): pyproject.toml
+$(BIN)/python:
 	@command -v $(PYTHON) >/dev/null || { echo "reelhook needs $(PYTHON) (Python 3.11) on PATH"; exit 1; }
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet --editable '.[dev]'
+	$(PYTHON) -m venv $(VENV)
+
+$(RUNTIME_STAMP): pyproject.toml | $(BIN)/python
+	$(PIP) install --editable .
 	touch $@
 
-## run: set up, then start reelhook on its embedded default (SQLite in ./data, simulated providers)
-run: $(STAMP)
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(PIP) install --upgrade pip
+	$(PIP) install --editable '.[dev]'
+	touch $@ $(RUNTIME_STAMP) $(EXAMPLES_STAMP)
+
+$(EXAMPLES_STAMP): pyproject.toml $(RUNTIME_STAMP)
+	$(PIP) install --editable '.[examples]'
+	touch $@
+
+## run: set up (runtime dependencies only), then start reelhook on its embedded default
+## (SQLite in ./data, simulated providers)
+run: $(RUNTIME_STAMP)
 	$(BIN)/reelhook serve
 
-## test: set up, then lint, type-check and run the whole test suite
-test: lint typecheck pytest
+## examples: also install what examples/ needs (the Standard Webhooks library the receivers use)
+examples: $(EXAMPLES_STAMP)
+
+## test: set up (with the dev tools), then lint, check the layering, type-check and run the suite
+test: lint lint-imports typecheck pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check service tests examples bench
 	$(BIN)/ruff format --check service tests examples bench
+
+## lint-imports: the layering contracts in pyproject.toml ([tool.importlinter])
+lint-imports: $(STAMP)
+	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -83,7 +83,8 @@ class Ledger:
 def throughput(
     name: str, rate: float, unit: str, bare: float, balanced: bool, detail: dict[str, Any]
 ) -> Figure:
-    """A throughput figure against design §9: at least 5,000/s and half of the bare baseline."""
+    """A throughput figure against docs/contract.md §9: at least 5,000/s and half of the bare
+    baseline."""
     return Figure(
         name,
         rate,

@@ -6,7 +6,7 @@ import os
 import time
 from pathlib import Path
 
-from service.api.context import hash_key
+from service.access.callers import hash_key
 from service.app import bootstrap
 from service.app.settings import load_settings
 from service.core.models import Cost, Job, JobStatus

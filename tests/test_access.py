@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from service.core.scopes import SCOPES, grants
+from service.access.scopes import SCOPES, grants
 from service.ops.ratelimit import RateLimiter
 from tests.conftest import SettingsFactory
 from tests.support import (

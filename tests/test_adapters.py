@@ -1,4 +1,4 @@
-"""Provider adapters, replayed against the documented examples (shared/reference/providers.md).
+"""Provider adapters, replayed against the documented examples (docs/providers.md).
 
 Pure: no server, no database. Each adapter must turn a job into its provider's own request and the
 provider's callback bodies back into a :class:`ProviderUpdate`.
@@ -60,7 +60,7 @@ def test_registry_names_every_adapter() -> None:
         assert adapter.name == name
 
 
-# --- Trinetra (providers.md §1) -----------------------------------------------------------------
+# --- Trinetra (docs/providers.md §1) --------------------------------------------------------------
 
 TRINETRA_DONE = {
     "id": "job_klingv25_a1b2c3",
@@ -226,7 +226,7 @@ def test_trinetra_has_no_signature_to_check() -> None:
     TRINETRA.verify_callback(Headers({}), encode(TRINETRA_DONE), "trk_key")
 
 
-# --- apiframe (providers.md §2) -----------------------------------------------------------------
+# --- apiframe (docs/providers.md §2) --------------------------------------------------------------
 
 APIFRAME_JOB = "a1b2c3d4-0000-4000-8000-000000000001"
 APIFRAME_COMPLETED = {
@@ -284,14 +284,14 @@ def test_apiframe_submit_translates_to_kling_params() -> None:
         "negative_prompt": "blur",
     }
     assert body["webhookUrl"] == callback_url
-    # Terminal events always; progress too, since it moves the job to running (design §4).
+    # Terminal events always; progress too, since it moves the job to running (docs/contract.md §4).
     assert {"completed", "failed", "progress"} <= set(body["webhookEvents"])
     # The OpenAPI body has additionalProperties:false: nothing of ours leaks to the top level.
     assert set(body) == {"model", "prompt", "klingParams", "webhookUrl", "webhookEvents"}
 
 
 def test_apiframe_submit_sends_cfg_scale_as_guidance_scale() -> None:
-    """providers.md §0.6/§2: the OpenAPI schema (additionalProperties:false) names it
+    """docs/providers.md §0.6/§2: the OpenAPI schema (additionalProperties:false) names it
     ``guidance_scale``; ``cfg_scale`` may be refused with a 400."""
     job = make_job("apiframe/kling-2.5-turbo-pro", {"prompt": "A flower", "cfg_scale": 0.4})
     params = APIFRAME.submit_request(job, "https://cb.example/x", API_KEY).json["klingParams"]
@@ -381,7 +381,7 @@ def test_apiframe_rejects_documents_it_cannot_read(document: dict[str, Any]) -> 
         APIFRAME.parse_callback(encode(document))
 
 
-# The signature, computed here independently of the adapter (providers.md §2 "Signing").
+# The signature, computed here independently of the adapter (docs/providers.md §2 "Signing").
 SIGNED_BODY = encode(APIFRAME_COMPLETED)
 SIGNATURE_HEX = hmac.new(
     hashlib.sha256(API_KEY.encode()).digest(), SIGNED_BODY, hashlib.sha256
@@ -485,7 +485,7 @@ def test_deeply_nested_json_is_invalid_not_a_crash(provider: str) -> None:
         ADAPTERS[provider].parse_callback(b"[" * 100_000)
 
 
-# --- Segmind (providers.md §3) ------------------------------------------------------------------
+# --- Segmind (docs/providers.md §3) ---------------------------------------------------------------
 
 
 def test_segmind_submit_translates_the_tail_image() -> None:
@@ -528,8 +528,8 @@ def test_segmind_has_no_callbacks() -> None:
 
 # --- The documented examples, replayed byte for byte ------------------------------------------
 
-# providers.md §2's completed webhook, compact as apiframe sends it, and its signature under the
-# API key below, computed outside Python: with the key digest from
+# docs/providers.md §2's completed webhook, compact as apiframe sends it, and its signature under
+# the API key below, computed outside Python: with the key digest from
 #   printf %s afk_test_0123456789abcdef | openssl dgst -sha256
 # as the HMAC key in
 #   printf %s "$BODY" | openssl dgst -sha256 -mac HMAC -macopt hexkey:<digest>
@@ -569,7 +569,8 @@ def test_apiframe_known_signature_does_not_cover_a_tampered_body(tampered: bytes
 
 
 def test_apiframe_seed_request_example() -> None:
-    """shared/seeds 003: the curl body, plus the webhook fields reelhook always adds."""
+    """docs/seeds/apiframe-kling-2.5-turbo-pro.txt: the curl body, plus the webhook fields reelhook
+    always adds."""
     job = make_job(
         "apiframe/kling-2.5-turbo-pro",
         {"prompt": "a timelapse of a flower blooming in a garden", "aspect_ratio": "16:9"},
@@ -586,8 +587,8 @@ def test_apiframe_seed_request_example() -> None:
 
 
 def test_segmind_seed_request_example() -> None:
-    """shared/seeds 004: the Python example's body (its duration is the string "10"; the parameter
-    table says integer, which is what reelhook sends)."""
+    """docs/seeds/segmind-kling-2.5-turbo.txt: the Python example's body (its duration is the
+    string "10"; the parameter table says integer, which is what reelhook sends)."""
     seed = {
         "prompt": "A beloved community figure moves through a 1920s street carnival",
         "negative_prompt": "no dark tones, no blur, no distort",
@@ -612,8 +613,8 @@ def test_segmind_seed_request_example() -> None:
     ],
 )
 def test_trinetra_seed_request_examples(model: str, seed: dict[str, Any]) -> None:
-    """shared/seeds 000-002: each page's request body goes out as sent, with the spec's defaults
-    and the fields reelhook owns (external_task_id, callback_url)."""
+    """docs/seeds/trinetra-*.txt: each page's request body goes out as sent, with the spec's
+    defaults and the fields reelhook owns (external_task_id, callback_url)."""
     job = make_job(f"trinetra/{model}", seed)
     request = TRINETRA.submit_request(job, "https://cb.example/x", "trk")
     assert request.path == f"/v1/video/{model}"
@@ -662,13 +663,13 @@ def test_trinetra_seed_terminal_documents(document: dict[str, Any]) -> None:
     assert update.charged == 10
 
 
-# --- Status vocabularies (providers.md §7) --------------------------------------------------
+# --- Status vocabularies (docs/providers.md §7) --------------------------------------------------
 
 
 @pytest.mark.parametrize(
     ("raw_status", "ours"),
     [
-        # providers.md §7: queued→submitted; running/processing→running; succeeded; failed.
+        # docs/providers.md §7: queued→submitted; running/processing→running; succeeded; failed.
         ("queued", JobStatus.SUBMITTED),
         ("running", JobStatus.RUNNING),
         ("processing", JobStatus.RUNNING),
@@ -681,7 +682,7 @@ def test_trinetra_seed_terminal_documents(document: dict[str, Any]) -> None:
         (" Processing ", JobStatus.RUNNING),
         ("cancelled", JobStatus.CANCELED),
         ("canceled", JobStatus.CANCELED),
-        # Anything outside the vocabulary ends the job as a failure (providers.md §1).
+        # Anything outside the vocabulary ends the job as a failure (docs/providers.md §1).
         ("exploded", JobStatus.FAILED),
         ("expired", JobStatus.FAILED),
     ],
@@ -824,7 +825,7 @@ def test_apiframe_tolerates_unknown_fields_and_an_error_object() -> None:
     assert update.charged == 0  # refunded on failure
 
 
-# --- Submit failures: the providers' error answers (providers.md §2, §3, §7) ---------------
+# --- Submit failures: the providers' error answers (docs/providers.md §2, §3, §7) ---------------
 
 
 def answer(body: dict[str, Any] | str) -> bytes:

@@ -751,7 +751,7 @@ async def test_a_wrong_method_is_a_json_405(api: httpx.AsyncClient, method: str,
 async def test_a_405_allow_header_lists_every_supported_method(
     api: httpx.AsyncClient, method: str, path: str, allowed: set[str]
 ) -> None:
-    """RFC 9110 §15.5.6: a 405 carries Allow with the resource's supported methods."""
+    """RFC 9110 section 15.5.6: a 405 carries Allow with the resource's supported methods."""
     response = await api.request(method, path)
     assert response.status_code == 405, response.text
     listed = {m.strip() for m in response.headers["allow"].split(",")} - {"HEAD"}

@@ -1,4 +1,4 @@
-"""Every inbound callback ends in one named outcome, reported in one place (design §4).
+"""Every inbound callback ends in one named outcome, reported in one place (docs/contract.md §4).
 
 The outcomes are what a metrics counter by provider and outcome hooks into; this drives reelhook
 through each of them over real loopback HTTP and checks what observers and the log hear, and that

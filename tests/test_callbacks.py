@@ -1,4 +1,4 @@
-"""``POST /v1/callbacks/{provider}/{token}`` over real loopback HTTP (design §3-§4).
+"""``POST /v1/callbacks/{provider}/{token}`` over real loopback HTTP (docs/contract.md §3-§4).
 
 reelhook runs under uvicorn with its in-process simulator; the simulator's own callbacks are pushed
 an hour out (SIM_DELAY) so the test plays the provider itself. Each test then checks the job, the
@@ -125,7 +125,7 @@ def encode(document: dict[str, Any]) -> bytes:
 
 
 def trinetra_done(provider_job_id: str, url: str = "https://cdn.trinetra.ai/out/a1.mp4") -> bytes:
-    """The terminal job document exactly as providers.md §1 shows it."""
+    """The terminal job document exactly as docs/providers.md §1 shows it."""
     return encode(
         {
             "id": provider_job_id,

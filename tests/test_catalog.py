@@ -1,4 +1,5 @@
-"""The declarative model specs (design §1) against the providers' own pages (shared/seeds)."""
+"""The declarative model specs (docs/contract.md §1) against the providers' own pages
+(docs/seeds/)."""
 
 from __future__ import annotations
 

@@ -17,10 +17,11 @@ import anyio
 import pytest
 
 from service.core.ids import new_id
-from service.core.models import Cost, Job, JobStatus, Output, ProviderUpdate
+from service.core.models import Cost, DeliveryStatus, Job, JobStatus, Output, ProviderUpdate
 from service.delivery.publisher import Publisher
 from service.jobs import lifecycle
 from service.storage import deliveries, events, jobs
+from service.storage.announcements import Work
 from service.storage.deliveries import AttemptOutcome, Claimed
 from service.storage.events import NewEvent
 from service.storage.postgres import PostgresDatabase
@@ -93,7 +94,7 @@ def succeeded(delivery: Claimed) -> AttemptOutcome:
         subscription_id=delivery.subscription_id,
         attempted_at=time.time(),
         latency_ms=1.0,
-        status="succeeded",
+        status=DeliveryStatus.SUCCEEDED,
         status_code=200,
         token=delivery.token,
     )
@@ -365,32 +366,36 @@ async def test_a_stalled_leader_loses_the_lease_once_it_expires(pg_database: str
 async def test_a_commit_on_one_node_wakes_the_others_even_after_the_listener_dropped(
     pg_database: str,
 ) -> None:
+    """Work committed on A wakes B's workers through LISTEN/NOTIFY; when B's listening
+    connection is killed, B reconnects, wakes every worker once (work may have been committed
+    meanwhile) and hears A again."""
     async with cluster(pg_database, 2) as (a, b):
         woken = anyio.Event()
 
         def wake() -> None:
             woken.set()
 
-        b.on_commit(wake)
+        b.subscribe(Work.DELIVERIES, wake)
         b.backstop = 3600.0  # only a notification (or a reconnect) may wake B here
+        sub_id = await subscription(a)
         async with anyio.create_task_group() as tg:
             tg.start_soon(b.run)
             with anyio.fail_after(10):
                 await b.listening.wait()
                 woken = anyio.Event()
-                await subscription(a)
+                await due_deliveries(a, sub_id, 1)
                 await woken.wait()
-            # Kill B's LISTEN connection from the server side: B reconnects, wakes everyone
-            # (work may have been committed meanwhile), and hears A's commits again.
+            woken = anyio.Event()
             async with a.connection() as conn:
                 await conn.execute(
                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                     "WHERE query LIKE 'LISTEN%' AND pid <> pg_backend_pid()"
                 )
             with anyio.fail_after(10):
+                await woken.wait()  # the reconnect's wake-up
                 while not b.listening.is_set():  # noqa: ASYNC110 - a new Event per connection
                     await anyio.sleep(0.01)
                 woken = anyio.Event()
-                await subscription(a)
+                await due_deliveries(a, sub_id, 1)
                 await woken.wait()
             tg.cancel_scope.cancel()

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 
-from service.api.context import hash_key
+from service.access.callers import hash_key
 from service.app.factory import create_app
 from service.app.settings import Settings
 from service.console.session import COOKIE, SessionCodec

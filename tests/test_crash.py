@@ -1,7 +1,7 @@
-"""Crash safety (design §5): reelhook as a real process, killed with SIGKILL in the middle of a
-fan-out and started again. Every event must reach every subscriber at least once, and the only
-duplicates allowed are deliveries that were in flight (claimed, outcome not yet recorded) at the
-moment of the kill.
+"""Crash safety (docs/contract.md §5): reelhook as a real process, killed with SIGKILL in the
+middle of a fan-out and started again. Every event must reach every subscriber at least once, and
+the only duplicates allowed are deliveries that were in flight (claimed, outcome not yet recorded)
+at the moment of the kill.
 
 How the numbers are bounded: a delivery is sent only after it has been claimed, which marks it
 ``inflight`` in SQLite; its outcome is recorded (``succeeded``) in a later transaction. A delivery

@@ -1,4 +1,5 @@
-"""Deadlines (design §3): a job with no terminal callback by its deadline becomes ``expired``.
+"""Deadlines (docs/contract.md §3): a job with no terminal callback by its deadline becomes
+``expired``.
 
 reelhook runs under uvicorn with its in-process simulator, whose callbacks are pushed an hour out
 (SIM_DELAY): they are lost as far as each test can tell. Time moves by an injectable clock.

@@ -1,4 +1,5 @@
-"""Fan-out (design §5) over real loopback HTTP: an in-process reelhook and uvicorn subscribers.
+"""Fan-out (docs/contract.md §5) over real loopback HTTP: an in-process reelhook and uvicorn
+subscribers.
 
 Most tests create a subscription and ``POST /v1/subscriptions/{id}/test`` to enqueue a ``ping``,
 which runs the real outbox and dispatcher without needing jobs. These tests read delivery state
@@ -26,7 +27,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from service.api.context import hash_key
+from service.access.callers import hash_key
 from service.app.settings import Settings
 from service.core.ids import new_id
 from service.core.models import JOB_EVENT_TYPES, Subscription

@@ -1,5 +1,5 @@
 """The delivery log, resend and recover, secret rotation, auto-disable and graceful shutdown,
-driven through the API against scripted loopback subscribers (design §5)."""
+driven through the API against scripted loopback subscribers (docs/contract.md §5)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from starlette.routing import Route
 
 from service.app.settings import SettingsError, load_settings
 from service.core.clock import isoformat
+from service.core.models import DeliveryStatus
 from service.delivery import signing
 from service.delivery.dispatcher import failure_windows
 from service.storage.deliveries import AttemptOutcome
@@ -768,7 +769,7 @@ async def test_a_zero_disable_after_never_disables(settings_factory: SettingsFac
 def outcome(sub_id: str, at: float, status: str) -> AttemptOutcome:
     return AttemptOutcome(
         delivery_id=f"dlv_{at}", subscription_id=sub_id, attempted_at=at, latency_ms=1.0,
-        status=status,
+        status=DeliveryStatus(status),
     )  # fmt: skip
 
 

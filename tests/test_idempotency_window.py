@@ -1,4 +1,5 @@
-"""``Idempotency-Key`` on ``POST /v1/jobs`` over time (design §2): a key names one job for 24 h.
+"""``Idempotency-Key`` on ``POST /v1/jobs`` over time (docs/contract.md §2): a key names one job
+for 24 h.
 
 reelhook runs in-process with Trinetra played by a simulator on loopback, whose submit counter
 shows what reached the provider; time moves by an injectable clock.

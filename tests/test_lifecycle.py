@@ -1,4 +1,4 @@
-"""The job state machine, ``transition()`` (design §3), and the writes built on it.
+"""The job state machine, ``transition()`` (docs/contract.md §3), and the writes built on it.
 
 pending/submitted → running → one terminal state, and a terminal state never changes again:
 duplicates, late and out-of-order updates are classified and change nothing.

@@ -21,9 +21,9 @@ from typing import Any
 
 import pytest
 
+from service.app.logs import JsonFormatter, Scrubber, TextFormatter, logging_to
 from service.app.settings import Settings, load_settings
 from service.core.tokens import Tokens
-from service.ops.logs import JsonFormatter, Scrubber, TextFormatter, logging_to
 from service.sim import Scenario, Simulator, create_sim_app
 from tests.conftest import SettingsFactory
 from tests.servers import Sink, loopback_socket, run_server, url_of

@@ -1,4 +1,4 @@
-"""Output mirroring (design §6): provider-hosted videos copied into the blob store.
+"""Output mirroring (docs/contract.md §6): provider-hosted videos copied into the blob store.
 
 reelhook runs under uvicorn with its in-process simulator. Where a test plays the provider itself
 (its simulator's callbacks are pushed an hour out), the output URLs point at a loopback file
@@ -106,7 +106,7 @@ async def create(http: httpx.AsyncClient, model: str = V3) -> dict[str, Any]:
 
 
 def succeeded_document(provider_job_id: str, *urls: str) -> bytes:
-    """Trinetra's terminal job document (providers.md §1) with these output URLs."""
+    """Trinetra's terminal job document (docs/providers.md §1) with these output URLs."""
     outputs = [{"url": url, "type": "video"} for url in urls]
     return encode(
         {

@@ -1,4 +1,4 @@
-"""Every simulator scenario, end to end through the running service (design §7).
+"""Every simulator scenario, end to end through the running service (docs/contract.md §7).
 
 One reelhook and one provider simulator run as real uvicorn servers on loopback for the whole
 module; reelhook talks to the simulator as it would to the real providers (keys and base URLs

@@ -1,4 +1,5 @@
-"""Segmind's held synchronous request (design §6) over real loopback HTTP, embedded simulator."""
+"""Segmind's held synchronous request (docs/contract.md §6) over real loopback HTTP, embedded
+simulator."""
 
 from __future__ import annotations
 
@@ -110,7 +111,8 @@ async def test_a_ten_second_segmind_clip_is_charged_0_88(
     ("scenario", "kind"),
     [
         ({"outcome": "fail"}, "content_policy"),
-        # Segmind documents 406 as "Insufficient Credits" (shared/seeds, Common Error Codes).
+        # Segmind documents 406 as "Insufficient Credits" (docs/seeds/segmind-kling-2.5-turbo.txt,
+        # Common Error Codes).
         ({"submit_status": 406}, "insufficient_credits"),
         ({"submit_status": 401}, "provider_error"),
     ],

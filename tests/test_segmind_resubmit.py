@@ -1,4 +1,5 @@
-"""``REELHOOK_SEGMIND_RESUBMIT``: a held request lost to a restart may be sent once more (§6).
+"""``REELHOOK_SEGMIND_RESUBMIT``: a held request lost to a restart may be sent once more
+(docs/contract.md §6).
 
 Without the setting the job ends ``interrupted`` (tests/test_segmind.py); with it, the request is
 sent again once, and a job lost a second time ends ``interrupted`` after all.

@@ -1,4 +1,5 @@
-"""Settings (design §10), the ``reelhook serve`` command line, and first-start bootstrap."""
+"""Settings (docs/contract.md §10), the ``reelhook serve`` command line, and first-start
+bootstrap."""
 
 from __future__ import annotations
 

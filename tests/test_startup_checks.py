@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from service.ops.startup_checks import is_public_host
+from service.app.startup_checks import is_public_host
 from tests.conftest import SettingsFactory
 from tests.support import api_client, run_serve
 

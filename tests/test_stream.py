@@ -13,8 +13,8 @@ import anyio
 import httpx
 import pytest
 
-from service.api import stream as stream_module
 from service.app.factory import create_app
+from service.delivery import eventlog
 from tests.conftest import SettingsFactory
 from tests.servers import loopback_socket, run_server, url_of
 from tests.sse_client import open_stream
@@ -107,7 +107,7 @@ async def test_resuming_after_a_dropped_connection_misses_nothing_and_repeats_no
 async def test_resuming_from_the_start_replays_the_whole_log_across_pages(
     settings_factory: SettingsFactory, dead_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(stream_module, "PAGE", 3)
+    monkeypatch.setattr(eventlog, "STREAM_PAGE", 3)
     async with service(settings_factory) as http:
         sub_id = await subscription(http, dead_url)
         sent = [await ping(http, sub_id) for _ in range(8)]

@@ -13,8 +13,9 @@ import logging
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from service.api.context import Services, read_body, services
+from service.api.context import read_body
 from service.api.operation import Param, Reply, operation
+from service.app.services import Services, services
 from service.core.errors import BadRequest, NotFound, PayloadTooLarge, ReelhookError, Unauthorized
 from service.core.models import Job
 from service.core.tokens import InvalidToken

@@ -5,8 +5,8 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 
-from service.api.context import services
 from service.api.operation import Reply, operation
+from service.app.services import services
 from service.core.errors import Forbidden, Gone, NotFound
 from service.core.tokens import ExpiredToken, InvalidToken
 

@@ -5,24 +5,16 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from service.api.context import (
-    Caller,
-    Services,
-    authenticate,
-    choice_param,
-    limit_param,
-    read_json,
-    services,
-    time_param,
-)
+from service.access.scopes import Scope
+from service.api.context import authenticate, read_json
 from service.api.operation import Param, Reply, cursor_query, limit_query, operation
 from service.api.schemas import page_of, ref
-from service.core.errors import NotFound, ValidationFailed
-from service.core.models import Job, JobStatus
+from service.app.services import services
+from service.core import params
+from service.core.errors import ValidationFailed
+from service.core.models import JobStatus
 from service.jobs.catalog import MODELS
-from service.storage import jobs
-
-STATUSES = tuple(status.value for status in JobStatus)
+from service.jobs.listing import job_filter
 
 
 @operation(
@@ -52,7 +44,7 @@ STATUSES = tuple(status.value for status in JobStatus)
 async def create_job(request: Request) -> Response:
     """Validate the input against the model's spec, store the job and submit it to the provider
     with a callback URL pointing back at reelhook. Events follow as the job moves on."""
-    caller = await authenticate(request, "jobs:write")
+    caller = await authenticate(request, Scope.JOBS_WRITE)
     body = await read_json(request)
     key = request.headers.get("idempotency-key")
     if key is not None and not 1 <= len(key) <= 255:
@@ -76,24 +68,16 @@ async def create_job(request: Request) -> Response:
 )
 async def get_job(request: Request) -> Response:
     """The job as it is now; outputs carry fresh file links."""
-    caller = await authenticate(request, "jobs:read")
-    job = await find_job(services(request), caller, request.path_params["job_id"])
+    caller = await authenticate(request, Scope.JOBS_READ)
+    job = await services(request).jobs.find(caller, request.path_params["job_id"])
     return JSONResponse(job.to_document(services(request).publisher.file_url))
-
-
-async def find_job(state: Services, caller: Caller, job_id: str) -> Job:
-    """The job, if ``caller`` may see it; :class:`NotFound` otherwise (also for others' jobs)."""
-    job = await jobs.get(state.db.reader, job_id)
-    if job is None or not caller.can_see(job.owner_key_id):
-        raise NotFound(f"no job {job_id!r}")
-    return job
 
 
 @operation(
     summary="List jobs",
     tag="jobs",
     params=(
-        Param("status", "query", {"enum": list(STATUSES)}, "Only jobs in this status."),
+        Param("status", "query", {"enum": list(JobStatus)}, "Only jobs in this status."),
         Param("model", "query", {"enum": list(MODELS)}, "Only jobs of this model."),
         Param(
             "since",
@@ -116,29 +100,13 @@ async def find_job(state: Services, caller: Caller, job_id: str) -> Job:
 )
 async def list_jobs(request: Request) -> Response:
     """Your jobs (an admin key sees everyone's), newest first."""
-    caller = await authenticate(request, "jobs:read")
-    page, next_cursor = await job_page(request, caller)
-    file_url = services(request).publisher.file_url
+    caller = await authenticate(request, Scope.JOBS_READ)
+    query = request.query_params
+    state = services(request)
+    page = await state.jobs.page(
+        caller, job_filter(query), cursor=query.get("cursor"), limit=params.limit(query)
+    )
+    file_url = state.publisher.file_url
     return JSONResponse(
-        {"data": [job.to_document(file_url) for job in page], "next_cursor": next_cursor}
+        {"data": [job.to_document(file_url) for job in page.items], "next_cursor": page.next_cursor}
     )
-
-
-async def job_page(request: Request, caller: Caller) -> tuple[list[Job], str | None]:
-    """One page of the jobs ``caller`` may see, newest first, filtered by the query parameters
-    ``status``, ``model``, ``since``, ``until`` (ISO-8601), ``cursor`` and ``limit``; with the
-    cursor of the next page, if any."""
-    limit = limit_param(request)
-    page = await jobs.list_page(
-        services(request).db.reader,
-        owner_key_id=caller.owner_filter,
-        status=choice_param(request, "status", STATUSES),
-        model=choice_param(request, "model", tuple(MODELS)),
-        before_id=request.query_params.get("cursor"),
-        limit=limit + 1,
-        created_since=time_param(request, "since"),
-        created_until=time_param(request, "until"),
-    )
-    more = len(page) > limit
-    page = page[:limit]
-    return page, page[-1].id if more else None

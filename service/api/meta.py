@@ -5,9 +5,9 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from service.api.context import services
 from service.api.operation import Reply, operation
 from service.api.schemas import page_of, ref
+from service.app.services import services
 from service.jobs.catalog import MODELS
 
 _HEALTH = {

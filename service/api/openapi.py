@@ -16,10 +16,10 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute
 
-from service.api.context import services
 from service.api.docs import render
 from service.api.operation import Operation, Reply, Schema, operation, operations
 from service.api.schemas import components, event_body, event_data, ref
+from service.app.services import services
 from service.core.errors import ReelhookError
 from service.core.models import EVENT_TYPES
 

@@ -171,7 +171,7 @@ def undocumented(routes: list[BaseRoute], exempt: tuple[str, ...] = ()) -> list[
 
 
 def limit_query(default: int, maximum: int) -> Param:
-    """The ``limit`` parameter as :func:`service.api.context.limit_param` reads it."""
+    """The ``limit`` parameter as :func:`service.core.params.limit` reads it."""
     return Param(
         "limit",
         "query",

@@ -6,8 +6,8 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from service.api.context import services
 from service.api.operation import Reply, operation
+from service.app.services import services
 from service.storage.database import DATABASE_ERRORS
 
 # How long /readyz waits for the database to take its write before calling it not writable.

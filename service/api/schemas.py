@@ -11,11 +11,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from service.access.scopes import SCOPES
 from service.app.settings import PROVIDERS
-from service.core.models import EVENT_TYPES, JOB_EVENT_TYPES, ErrorKind, JobStatus
-from service.core.scopes import SCOPES
+from service.core.models import (
+    EVENT_TYPES,
+    JOB_EVENT_TYPES,
+    DeliveryStatus,
+    ErrorKind,
+    JobStatus,
+    SubscriptionStatus,
+)
 from service.jobs.catalog import MODELS
-from service.storage.deliveries import STATUSES as DELIVERY_STATUSES
 
 Schema = dict[str, Any]
 
@@ -143,7 +149,7 @@ def components() -> dict[str, Schema]:
             model={"enum": list(MODELS)},
             provider={"enum": list(PROVIDERS)},
             provider_job_id={"type": ["string", "null"]},
-            status={"enum": [status.value for status in JobStatus]},
+            status={"enum": list(JobStatus)},
             input={"type": "object", "description": "The input as validated, defaults applied."},
             outputs={"type": "array", "items": ref("Output")},
             error=nullable(ref("JobError")),
@@ -191,7 +197,7 @@ def components() -> dict[str, Schema]:
                 "description": "Static headers sent with each delivery; values are masked.",
             },
             description={"type": "string"},
-            status={"enum": ["active", "disabled"]},
+            status={"enum": list(SubscriptionStatus)},
             disabled_reason={
                 "type": ["string", "null"],
                 "description": "Why it is disabled (failing for too long, or through the API).",
@@ -213,7 +219,7 @@ def components() -> dict[str, Schema]:
             id={"type": "string", "pattern": "^sub_"},
             object={"const": "subscription"},
             description={"type": "string"},
-            status={"enum": ["active", "disabled"]},
+            status={"enum": list(SubscriptionStatus)},
             disabled_reason={"type": ["string", "null"]},
             failing_since=_MAYBE_TIME,
             event_types={"type": "array", "items": {"enum": list(EVENT_TYPES)}},
@@ -269,7 +275,7 @@ def components() -> dict[str, Schema]:
             job_id={"type": ["string", "null"], "description": "Null for events about no job."},
             subscription_id={"type": "string", "pattern": "^sub_"},
             status={
-                "enum": list(DELIVERY_STATUSES),
+                "enum": list(DeliveryStatus),
                 "description": "pending (waiting for its next attempt), inflight, succeeded, "
                 "failed (retries exhausted) or canceled (its subscription was deleted).",
             },

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import anyio
 
-from service.api.context import hash_key
+from service.access.callers import generate_api_key, hash_key
+from service.access.scopes import Scope
 from service.app.settings import Settings
 from service.core.clock import Clock
 from service.core.ids import new_id
@@ -62,19 +63,19 @@ async def admin_key(db: Database, settings: Settings, clock: Clock) -> str | Non
                     key_id=new_id("key"),
                     name="admin (REELHOOK_ADMIN_KEY)",
                     key_hash=digest,
-                    scopes=["admin"],
+                    scopes=[Scope.ADMIN],
                     created_at=clock(),
                 )
             return None
-        if await keys.count_admins(conn) > 0:
+        if await keys.count_holding(conn, Scope.ADMIN) > 0:
             return None
-        generated = "rh_" + secrets.token_urlsafe(32)
+        generated = generate_api_key()
         await keys.insert(
             conn,
             key_id=new_id("key"),
             name="admin (generated at first start)",
             key_hash=hash_key(generated),
-            scopes=["admin"],
+            scopes=[Scope.ADMIN],
             created_at=clock(),
         )
         return generated

@@ -15,38 +15,40 @@ from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute, Mount
 
 from service import console
+from service.access.callers import Authenticator
+from service.access.keys import ApiKeys
 from service.api import routes
-from service.api.context import Services
-from service.app import bootstrap
+from service.api.errors import handle_http_exception, handle_reelhook_error, handle_unexpected
+from service.app import bootstrap, startup_checks
+from service.app.services import Services
 from service.app.settings import Settings
 from service.core.clock import Clock, system_clock
-from service.core.errors import (
-    ReelhookError,
-    handle_http_exception,
-    handle_reelhook_error,
-    handle_unexpected,
-)
+from service.core.errors import ReelhookError
 from service.core.tokens import Tokens
+from service.delivery.deliveries import Deliveries
 from service.delivery.dispatcher import PREFETCH, Dispatcher
 from service.delivery.eventfeed import EventFeed
+from service.delivery.eventlog import EventLog
 from service.delivery.publisher import Publisher
 from service.delivery.retry import RetryPolicy
 from service.delivery.sender import Sender
+from service.delivery.subscriptions import Subscriptions
 from service.jobs.callback_outcomes import CallbackObserver
 from service.jobs.deadlines import DeadlineTimer
 from service.jobs.held_requests import HeldRequests
 from service.jobs.ingest import Ingest
+from service.jobs.listing import JobReader
 from service.jobs.mirroring import RETRY_DELAYS, Mirrors
 from service.jobs.submission import ProviderEndpoint, Submitter
 from service.jobs.submit_retry import SubmitRetryPolicy
 from service.net.client import guarded_client, origin_of
-from service.ops import startup_checks
 from service.ops.instrumentation import MeteredSender, MeteredTransport
 from service.ops.metrics import Metrics
 from service.ops.ratelimit import RateLimiter
 from service.ops.retention import Retention
 from service.sim import Scenario, Simulator
 from service.storage import datadir
+from service.storage.announcements import Work
 from service.storage.blobs import BlobStore
 from service.storage.database import Database
 
@@ -101,7 +103,6 @@ def create_app(
                 Database.open(settings.database_url, node_timeout=settings.node_timeout)
             )
             feed.open()
-            db.on_commit(feed.notify)
             generated = await bootstrap.admin_key(db, settings, clock)
             # One TLS context (loading the CA bundle is slow) for provider calls and downloads.
             ssl_context = httpx.create_ssl_context()
@@ -229,21 +230,19 @@ def _wire(
         blobs=blobs,
         endpoint=endpoints.get("segmind"),
         clock=clock,
-        on_commit=dispatcher.wake,
         concurrency=settings.segmind_concurrency,
         timeout=settings.segmind_timeout,
         max_bytes=settings.mirror_max_bytes,
         resubmit=settings.segmind_resubmit,
         retry_policy=submit_retries,
     )
-    deadlines = DeadlineTimer(db, publisher, clock=clock, on_commit=dispatcher.wake)
+    deadlines = DeadlineTimer(db, publisher, clock=clock)
     mirrors = Mirrors(
         db=db,
         publisher=publisher,
         blobs=blobs,
         client=downloads,
         clock=clock,
-        on_commit=dispatcher.wake,
         max_bytes=settings.mirror_max_bytes,
         timeout=settings.mirror_timeout,
         retry_delays=mirror_retry_delays,
@@ -258,19 +257,19 @@ def _wire(
         clock=clock,
         job_deadline=settings.job_deadline,
         allow_private=settings.allow_private_subscribers,
-        on_commit=dispatcher.wake,
-        on_held_job=held.wake,
         deadlines=settings.job_deadlines,
-        on_deadline=deadlines.schedule,
         retry_policy=submit_retries,
         # An attempt left unanswered by a stop is sent again once its request has surely ended.
         lease=settings.provider_timeout + 30,
     )
 
-    def after_callbacks() -> None:
-        dispatcher.wake()
-        if settings.mirror_outputs:
-            mirrors.wake()
+    # Every writer's commit announces the work it created; here each worker hears its kinds.
+    db.subscribe(Work.EVENTS, feed.notify)
+    db.subscribe(Work.DELIVERIES, dispatcher.wake)
+    db.subscribe(Work.SUBMITS, submitter.wake)
+    db.subscribe(Work.SUBMITS, held.wake)
+    db.subscribe(Work.DEADLINES, deadlines.wake)
+    db.subscribe(Work.MIRRORS, mirrors.wake)
 
     return Services(
         settings=settings,
@@ -290,13 +289,24 @@ def _wire(
             capacity=settings.ingest_queue,
             batch_size=settings.ingest_batch,
             mirror=settings.mirror_outputs,
-            on_commit=after_callbacks,
         ),
         deadlines=deadlines,
         mirrors=mirrors,
         limiter=limiter,
         metrics=metrics,
         feed=feed,
+        access=Authenticator(db, limiter, metrics),
+        keys=ApiKeys(db, clock, limiter),
+        jobs=JobReader(db),
+        subscriptions=Subscriptions(
+            db,
+            clock,
+            publisher,
+            allow_private=settings.allow_private_subscribers,
+            rotation_grace=settings.secret_rotation_grace,
+        ),
+        deliveries=Deliveries(db, clock),
+        events=EventLog(db, feed, keepalive=settings.stream_keepalive),
     )
 
 

@@ -15,7 +15,7 @@ from service.cli.remote import Remote
 from service.core.models import JOB_EVENT_TYPES, JobStatus
 from service.jobs.catalog import MODELS
 
-_TERMINAL = {"succeeded", "failed", "canceled", "expired"}
+_TERMINAL = {status.value for status in JobStatus if status.terminal}
 
 
 def register(commands: Commands) -> None:
@@ -122,7 +122,7 @@ def submit(args: argparse.Namespace) -> int:
         print_json(job)
     elif args.wait:
         _print_outcome(job)
-    return 0 if not args.wait or job["status"] == "succeeded" else 1
+    return 0 if not args.wait or job["status"] == JobStatus.SUCCEEDED else 1
 
 
 def _print_outcome(job: dict[str, Any]) -> None:

@@ -27,9 +27,9 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.app.factory import create_app
+    from service.app.logs import configure_logging
     from service.app.server import Server
     from service.app.settings import SettingsError, load_settings
-    from service.ops.logs import configure_logging
 
     try:
         settings = load_settings(os.environ)

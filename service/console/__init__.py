@@ -14,9 +14,8 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from service.api.context import Endpoint
 from service.console import deliveries, jobs, live, signin, subscriptions
-from service.console.view import Handler, endpoint
+from service.console.view import Endpoint, Handler, endpoint
 
 STATIC_DIR = Path(__file__).parent / "static"
 

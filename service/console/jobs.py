@@ -7,10 +7,12 @@ from urllib.parse import urlencode
 
 from starlette.responses import Response
 
-from service.api.jobs import STATUSES, find_job, job_page
 from service.console.live import follow
 from service.console.view import View
+from service.core import params
+from service.core.models import JobStatus
 from service.jobs.catalog import MODELS
+from service.jobs.listing import job_filter
 from service.storage import timeline
 
 FILTERS = ("status", "model", "since", "until")
@@ -28,7 +30,14 @@ class Moment:
 
 
 async def jobs_page(view: View) -> Response:
-    page, next_cursor = await job_page(view.request, view.signed_in_caller)
+    query = view.request.query_params
+    page = await view.state.jobs.page(
+        view.signed_in_caller,
+        job_filter(query),
+        cursor=query.get("cursor"),
+        limit=params.limit(query),
+    )
+    next_cursor = page.next_cursor
     filters = {name: view.request.query_params.get(name, "") for name in FILTERS}
     chosen = {name: value for name, value in filters.items() if value}
     next_link = None
@@ -38,9 +47,9 @@ async def jobs_page(view: View) -> Response:
     return view.render(
         "jobs.html",
         section="jobs",
-        jobs=[job.to_document(file_url) for job in page],
+        jobs=[job.to_document(file_url) for job in page.items],
         filters=filters,
-        statuses=STATUSES,
+        statuses=tuple(JobStatus),
         models=tuple(MODELS),
         next_link=next_link,
         first_page=view.request.query_params.get("cursor") is None,
@@ -51,7 +60,7 @@ async def jobs_page(view: View) -> Response:
 
 async def job_page_view(view: View) -> Response:
     state = view.state
-    job = await find_job(state, view.signed_in_caller, view.request.path_params["job_id"])
+    job = await state.jobs.find(view.signed_in_caller, view.request.path_params["job_id"])
     moments = [
         Moment(event.created_at, "event", event.type, event.id)
         for event in await timeline.events_of(state.db.reader, job.id)

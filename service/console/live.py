@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
-from service.api.stream import event_stream
 from service.console.view import View
 from service.core.models import EVENT_TYPES
+from service.core.sse import STREAM_HEADERS
 from service.storage import events
 
 
@@ -28,5 +28,11 @@ async def live_page(view: View) -> Response:
 
 
 async def stream(view: View) -> Response:
-    """``GET /v1/events/stream`` for the signed-in key: the same function, the same scope."""
-    return await event_stream(view.request, view.signed_in_caller)
+    """``GET /v1/events/stream`` for the signed-in key: the same stream, the same scope."""
+    request = view.request
+    body = await view.state.events.stream(
+        view.signed_in_caller, request.query_params, request.headers.get("last-event-id")
+    )
+    if request.method == "HEAD":
+        return Response(media_type="text/event-stream", headers=STREAM_HEADERS)
+    return StreamingResponse(body, media_type="text/event-stream", headers=STREAM_HEADERS)

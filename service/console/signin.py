@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.responses import Response
 
-from service.api.context import authenticate_digest, hash_key
+from service.access.callers import hash_key
 from service.console.view import View, safe_next
 from service.core.errors import Unauthorized
 
@@ -23,7 +23,7 @@ async def sign_in(view: View) -> Response:
     try:
         # The same lookup as an X-API-Key header; any valid key may open the console, and each
         # page then asks for the scope its API endpoint asks for.
-        await authenticate_digest(view.request, hash_key(key))
+        await view.state.access.caller(hash_key(key))
     except Unauthorized:
         return view.render(
             "sign_in.html", status_code=401, problem="That API key is not valid.", next=target

@@ -7,10 +7,10 @@ from typing import Any
 
 from starlette.responses import Response
 
-from service.api import subscriptions as api
 from service.console.view import Form, View
+from service.core import params
 from service.core.errors import ValidationFailed
-from service.core.models import EVENT_TYPES, Subscription
+from service.core.models import EVENT_TYPES, Subscription, SubscriptionStatus
 from service.jobs.catalog import MODELS
 from service.storage import health
 
@@ -20,7 +20,7 @@ HEALTH_WINDOW = 24 * 3600
 
 
 def headers_from_text(text: str) -> dict[str, str]:
-    """``Name: value`` lines (blank lines ignored) as a headers object for the API to validate."""
+    """``Name: value`` lines (blank lines ignored) as a headers object to validate as JSON's."""
     headers: dict[str, str] = {}
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -35,7 +35,7 @@ def headers_from_text(text: str) -> dict[str, str]:
 
 
 def body_from_form(form: Form, *, editing: bool) -> dict[str, Any]:
-    """The API's JSON body for the create or edit form; the API validates it as it would JSON."""
+    """The JSON body the create or edit form stands for, validated as the API's would be."""
     body: dict[str, Any] = {
         "url": form.get("url"),
         "description": form.get("description"),
@@ -60,14 +60,17 @@ async def _health(view: View, sub: Subscription) -> health.Health:
 
 
 async def list_page(view: View, *, status_code: int = 200, **extra: Any) -> Response:
-    page, next_cursor = await api.subscription_page(view.request, view.signed_in_caller)
-    rows = [(sub.to_public(), await _health(view, sub)) for sub in page]
+    query = view.request.query_params
+    page = await view.state.subscriptions.page(
+        view.signed_in_caller, cursor=query.get("cursor"), limit=params.limit(query)
+    )
+    rows = [(sub.to_public(), await _health(view, sub)) for sub in page.items]
     return view.render(
         "subscriptions.html",
         status_code=status_code,
         section="subscriptions",
         rows=rows,
-        next_cursor=next_cursor,
+        next_cursor=page.next_cursor,
         draft=extra.pop("draft", {}),
         **_choices(),
         **extra,
@@ -80,8 +83,8 @@ async def subscriptions_page(view: View) -> Response:
 
 async def create(view: View) -> Response:
     try:
-        sub = await api.create(
-            view.request, view.signed_in_caller, body_from_form(view.form, editing=False)
+        sub = await view.state.subscriptions.create(
+            view.signed_in_caller, body_from_form(view.form, editing=False)
         )
     except ValidationFailed as error:
         return await list_page(view, status_code=422, problem=error.message, draft=_draft(view))
@@ -89,8 +92,8 @@ async def create(view: View) -> Response:
 
 
 async def subscription_page(view: View) -> Response:
-    sub = await api.owned(
-        view.request, view.signed_in_caller, view.request.path_params["subscription_id"]
+    sub = await view.state.subscriptions.owned(
+        view.signed_in_caller, view.request.path_params["subscription_id"]
     )
     return await detail(view, sub)
 
@@ -115,10 +118,11 @@ async def detail(
 async def edit(view: View) -> Response:
     sub_id = view.request.path_params["subscription_id"]
     caller = view.signed_in_caller
+    operations = view.state.subscriptions
     try:
-        await api.update(view.request, caller, sub_id, body_from_form(view.form, editing=True))
+        await operations.update(caller, sub_id, body_from_form(view.form, editing=True))
     except ValidationFailed as error:
-        sub = await api.owned(view.request, caller, sub_id)
+        sub = await operations.owned(caller, sub_id)
         return await detail(view, sub, status_code=422, problem=error.message, draft=_draft(view))
     return view.redirect(f"/console/subscriptions/{sub_id}", "saved")
 
@@ -126,27 +130,27 @@ async def edit(view: View) -> Response:
 async def set_status(view: View) -> Response:
     sub_id = view.request.path_params["subscription_id"]
     wanted = view.form.get("status")
-    await api.update(view.request, view.signed_in_caller, sub_id, {"status": wanted})
-    notice = "enabled" if wanted == "active" else "disabled"
+    await view.state.subscriptions.update(view.signed_in_caller, sub_id, {"status": wanted})
+    notice = "enabled" if wanted == SubscriptionStatus.ACTIVE else "disabled"
     return view.redirect(f"/console/subscriptions/{sub_id}", notice)
 
 
 async def rotate(view: View) -> Response:
-    rotated = await api.rotate(
-        view.request, view.signed_in_caller, view.request.path_params["subscription_id"]
+    rotated = await view.state.subscriptions.rotate(
+        view.signed_in_caller, view.request.path_params["subscription_id"]
     )
     return await detail(view, rotated, new_secret=rotated.secret)
 
 
 async def ping(view: View) -> Response:
     sub_id = view.request.path_params["subscription_id"]
-    await api.ping(view.request, view.signed_in_caller, sub_id)
+    await view.state.subscriptions.ping(view.signed_in_caller, sub_id)
     return view.redirect(f"/console/subscriptions/{sub_id}", "ping-sent")
 
 
 async def delete(view: View) -> Response:
-    await api.delete(
-        view.request, view.signed_in_caller, view.request.path_params["subscription_id"]
+    await view.state.subscriptions.delete(
+        view.signed_in_caller, view.request.path_params["subscription_id"]
     )
     return view.redirect("/console/subscriptions", "deleted")
 

@@ -17,19 +17,15 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.templating import Jinja2Templates
 
-from service.api.context import (
-    Caller,
-    Endpoint,
-    Services,
-    authenticate_digest,
-    read_body,
-    services,
-)
+from service.access.callers import Caller
+from service.app.services import Services, services
 from service.console.session import COOKIE, COOKIE_PATH, SESSION_TTL, Session, SessionCodec
-from service.core import scopes
+from service.core.body import read_capped
 from service.core.errors import BadRequest, Forbidden, ReelhookError, Unauthorized
 
 MAX_FORM_BYTES = 64 * 1024
+
+Endpoint = Callable[[Request], Awaitable[Response]]
 
 # What a redirect after a successful action says; a code, so a URL cannot put words on the page.
 NOTICES = {
@@ -80,7 +76,9 @@ async def read_form(request: Request) -> Form:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "application/x-www-form-urlencoded":
         raise BadRequest("the console accepts application/x-www-form-urlencoded forms only")
-    body = await read_body(request, MAX_FORM_BYTES)
+    body = await read_capped(
+        request.stream(), request.headers.get("content-length"), MAX_FORM_BYTES
+    )
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
@@ -111,7 +109,7 @@ class View:
 
     def may(self, scope: str) -> bool:
         """Whether the signed-in key holds ``scope`` (the same rule as the API's scope check)."""
-        return self.caller is not None and scopes.grants(self.caller.scopes, scope)
+        return self.caller is not None and self.caller.may(scope)
 
     def start_session(self, key_hash: str | None) -> None:
         """Replace the session (a new nonce, so no token from before survives it)."""
@@ -195,7 +193,7 @@ async def _handle(view: View, handler: Handler, scope: str | None, *, public: bo
         if view.session.key_hash is None:
             return view.redirect("/console/sign-in", next=_here(request))
         try:
-            view.caller = await authenticate_digest(request, view.session.key_hash, scope)
+            view.caller = await view.state.access.caller(view.session.key_hash, scope)
         except Unauthorized:
             view.start_session(None)
             return view.redirect("/console/sign-in", "session-ended")

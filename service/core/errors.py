@@ -1,4 +1,5 @@
-"""The exception tree reelhook raises, and its one mapping to HTTP.
+"""The exception tree reelhook raises, each with its HTTP status and error code (turned into
+responses in one place: :mod:`service.api.errors`).
 
     ReelhookError                    500 internal
     ├── BadRequest                   400 bad_request
@@ -20,9 +21,6 @@ the names of the offending fields.
 from __future__ import annotations
 
 from typing import Any, ClassVar
-
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
 
 
 class ReelhookError(Exception):
@@ -141,25 +139,3 @@ class ProviderUnavailable(ProviderFailed):
 
     status_code = 503
     code = "provider_unavailable"
-
-
-def error_response(error: ReelhookError) -> JSONResponse:
-    return JSONResponse(error.body(), status_code=error.status_code, headers=error.headers)
-
-
-async def handle_reelhook_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ReelhookError)
-    return error_response(exc)
-
-
-async def handle_http_exception(request: Request, exc: Exception) -> Response:
-    """Starlette's own 404/405 answers, in reelhook's error shape."""
-    status_code: int = getattr(exc, "status_code", 500)
-    detail = str(getattr(exc, "detail", "")) or "error"
-    codes = {404: "not_found", 405: "method_not_allowed"}
-    body = {"error": {"code": codes.get(status_code, "http_error"), "message": detail}}
-    return JSONResponse(body, status_code=status_code, headers=getattr(exc, "headers", None))
-
-
-async def handle_unexpected(request: Request, exc: Exception) -> Response:
-    return error_response(ReelhookError())

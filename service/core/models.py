@@ -32,6 +32,29 @@ TERMINAL_STATUSES = frozenset(
 )
 
 
+class SubscriptionStatus(StrEnum):
+    """An active subscription receives deliveries; a disabled one holds them until enabled."""
+
+    ACTIVE = "active"
+    DISABLED = "disabled"
+
+
+class DeliveryStatus(StrEnum):
+    """pending (waiting for its next attempt), inflight, succeeded, failed (retries exhausted)
+    or canceled (its subscription was deleted)."""
+
+    PENDING = "pending"
+    INFLIGHT = "inflight"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+    @property
+    def under_way(self) -> bool:
+        """Whether an attempt is still to come (or running) without anyone asking for it."""
+        return self in (DeliveryStatus.PENDING, DeliveryStatus.INFLIGHT)
+
+
 class ErrorKind(StrEnum):
     INVALID_INPUT = "invalid_input"
     CONTENT_POLICY = "content_policy"
@@ -198,7 +221,7 @@ class Subscription:
     models: tuple[str, ...]
     headers: dict[str, str]
     description: str
-    status: str
+    status: SubscriptionStatus
     created_at: float
     updated_at: float
     job_id: str | None = None
@@ -209,7 +232,7 @@ class Subscription:
 
     def matches(self, event_type: str, model: str | None, job_id: str | None) -> bool:
         """Whether an event of ``event_type`` about a job of ``model`` goes to this subscription."""
-        if self.status != "active":
+        if self.status != SubscriptionStatus.ACTIVE:
             return False
         if self.job_id is not None and self.job_id != job_id:
             return False
@@ -230,7 +253,7 @@ class Subscription:
             "models": list(self.models),
             "headers": {name: "********" for name in self.headers},
             "description": self.description,
-            "status": self.status,
+            "status": self.status.value,
             "disabled_reason": self.disabled_reason,
             "failing_since": isoformat(self.failing_since),
             "previous_secret_expires_at": (

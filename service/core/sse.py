@@ -1,4 +1,5 @@
-"""The Server-Sent Events wire format (WHATWG HTML §9.2): writing messages, and reading them back.
+"""The Server-Sent Events wire format (WHATWG HTML, section 9.2): writing messages, and reading them
+back.
 
 The service writes with :func:`message` and :func:`comment`; the CLI and tests read with
 :class:`Reader`, which follows the specification's parsing rules (so a browser's ``EventSource``
@@ -8,6 +9,13 @@ would see the same messages).
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+# Response headers of a stream.
+STREAM_HEADERS = {
+    "Cache-Control": "no-cache",
+    # Tell nginx-style proxies not to buffer: an event must reach the client when it happens.
+    "X-Accel-Buffering": "no",
+}
 
 
 def message(

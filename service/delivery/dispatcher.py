@@ -24,6 +24,7 @@ import anyio
 import anyio.abc
 
 from service.core.clock import Clock
+from service.core.models import DeliveryStatus
 from service.delivery.publisher import Publisher, subscription_disabled_data
 from service.delivery.retry import RetryPolicy
 from service.delivery.sender import AttemptResult, Sender
@@ -273,7 +274,7 @@ class Dispatcher:
             subscription_id=delivery.subscription_id,
             attempted_at=now,
             latency_ms=result.latency_ms,
-            status="succeeded",
+            status=DeliveryStatus.SUCCEEDED,
             token=delivery.token,
             status_code=result.status_code,
             error=result.error,
@@ -284,10 +285,10 @@ class Dispatcher:
         if result.status_code == 410:
             # Zapier REST Hooks: 410 Gone means the subscriber is gone for good.
             log.info("subscription %s answered 410 Gone; deleting it", delivery.subscription_id)
-            return replace(outcome, status="failed", delete_subscription=True)
+            return replace(outcome, status=DeliveryStatus.FAILED, delete_subscription=True)
         if delivery.manual:
             # A resend by hand is one attempt; the schedule it had is over (as with Svix).
-            return replace(outcome, status="failed")
+            return replace(outcome, status=DeliveryStatus.FAILED)
         next_at = self._policy.next_attempt_at(
             delivery.attempt,
             now,
@@ -295,7 +296,7 @@ class Dispatcher:
             retry_after=parse_retry_after(result.retry_after, now),
             rng=self._rng,
         )
-        status = "failed" if next_at is None else "pending"
+        status = DeliveryStatus.FAILED if next_at is None else DeliveryStatus.PENDING
         return replace(outcome, status=status, next_attempt_at=next_at)
 
     async def _record_outcomes(self) -> None:
@@ -361,7 +362,7 @@ def failure_windows(batch: Sequence[AttemptOutcome]) -> dict[str, tuple[bool, fl
     after the last success happened (None when the last attempt succeeded)."""
     windows: dict[str, tuple[bool, float | None]] = {}
     for outcome in batch:
-        if outcome.status == "succeeded":
+        if outcome.status == DeliveryStatus.SUCCEEDED:
             windows[outcome.subscription_id] = (True, None)
         else:
             succeeded, first = windows.get(outcome.subscription_id, (False, None))

@@ -22,6 +22,7 @@ from service.core.models import (
     JobStatus,
     Output,
     Subscription,
+    SubscriptionStatus,
 )
 from service.delivery.publisher import payload, ping_data, subscription_disabled_data
 from service.jobs.catalog import MODELS
@@ -96,7 +97,7 @@ def _sample_subscription(now: float) -> Subscription:
         models=(),
         headers={},
         description="disabled after failing continuously",
-        status="disabled",
+        status=SubscriptionStatus.DISABLED,
         created_at=now - 6 * 86400,
         updated_at=now,
     )

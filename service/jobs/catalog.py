@@ -1,4 +1,4 @@
-"""The five Kling models reelhook serves, as declared by their providers' pages (shared/seeds)."""
+"""The five Kling models reelhook serves, as declared by their providers' pages (docs/seeds/)."""
 
 from __future__ import annotations
 

@@ -1,14 +1,13 @@
 """The deadline timer: a job with no terminal callback by its deadline becomes ``expired``.
 
 reelhook never asks a provider how a job is doing, so silence is the only sign of a lost job. The
-timer sleeps until the earliest deadline of an unfinished job and is woken in-process when a job
-with an earlier deadline is stored; it never polls the database on a fixed tick.
+timer sleeps until the earliest deadline of an unfinished job and is woken when a job is stored
+(``Work.DEADLINES``), to read the earliest deadline again; it never polls on a fixed tick.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
 import anyio
 
@@ -30,26 +29,17 @@ class DeadlineTimer:
         publisher: Publisher,
         *,
         clock: Clock,
-        on_commit: Callable[[], None],
     ) -> None:
         self._db = db
         self._publisher = publisher
         self._clock = clock
-        self._on_commit = on_commit
         self._wake = anyio.Event()
         # The deadline the timer sleeps towards; None while no job is unfinished.
         self._target: float | None = None
 
-    def schedule(self, deadline_at: float) -> None:
-        """A job with this deadline was stored (call after its commit).
-
-        The timer is woken when the deadline is earlier than the one it sleeps towards, or when
-        that one has already passed by the clock (the sleep ran long, e.g. after the wall clock
-        jumped), so an overdue job is expired now rather than at the next wake-up.
-        """
-        target = self._target
-        if target is None or deadline_at < target or target <= self._clock():
-            self._wake.set()
+    def wake(self) -> None:
+        """A job was stored: its deadline may be the earliest (subscribed to ``Work.DEADLINES``)."""
+        self._wake.set()
 
     async def run(self) -> None:
         """Expire overdue jobs until cancelled."""
@@ -78,5 +68,4 @@ class DeadlineTimer:
         if expired:
             for job in expired:
                 log.info("job %s expired: no terminal callback by its deadline", job.id)
-            self._on_commit()
         return len(expired) == BATCH

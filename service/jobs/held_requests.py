@@ -49,7 +49,6 @@ class HeldRequests:
         blobs: BlobStore,
         endpoint: ProviderEndpoint | None,
         clock: Clock,
-        on_commit: Callable[[], None],
         concurrency: int,
         timeout: float,
         max_bytes: int,
@@ -63,7 +62,6 @@ class HeldRequests:
         self._blobs = blobs
         self._endpoint = endpoint
         self._clock = clock
-        self._on_commit = on_commit
         self._concurrency = concurrency
         self._timeout = timeout
         self._max_bytes = max_bytes
@@ -193,8 +191,6 @@ class HeldRequests:
 
     async def _mark_submitted(self, job: Job) -> bool:
         _, moved = await mark_submitted(self._db, self._publisher, job.id, None, self._clock())
-        if moved:
-            self._on_commit()
         return moved
 
     async def _retry_later(self, job: Job, attempt: int, refused: SubmitFailed) -> bool:
@@ -285,7 +281,6 @@ class HeldRequests:
             raw=dumps_bytes({"held_response": summary}),
             now=self._clock(),
         )
-        self._on_commit()
 
 
 def _failed(error: JobError) -> ProviderUpdate:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 
 from service.core.clock import Clock
 from service.core.errors import ServiceUnavailable
@@ -28,8 +27,8 @@ _Result = Applied | UnknownJob | JobMismatch | ServiceUnavailable
 class Ingest:
     """The callback writer. Run :meth:`run` in the lifespan task group; call :meth:`store`.
 
-    ``mirror`` is :func:`apply_updates`'s; ``on_commit`` runs after each batch is durable (to
-    wake whoever acts on what it queued: the dispatcher, the mirror worker).
+    ``mirror`` is :func:`apply_updates`'s. What a batch queued (deliveries, downloads) is
+    announced by its commit (:mod:`service.storage.announcements`).
     """
 
     def __init__(
@@ -41,7 +40,6 @@ class Ingest:
         capacity: int,
         batch_size: int,
         mirror: bool,
-        on_commit: Callable[[], None],
     ) -> None:
         self._db = db
         self._publisher = publisher
@@ -49,7 +47,6 @@ class Ingest:
         self._batch_size = batch_size
         self._mirror = mirror
         self._closed = False
-        self._on_commit = on_commit
         self._queue: asyncio.Queue[tuple[Update, asyncio.Future[_Result]]] = asyncio.Queue(capacity)
 
     @property
@@ -103,7 +100,6 @@ class Ingest:
                     mirror=self._mirror,
                 )
             results = list(applied)
-            self._on_commit()
         except Exception:
             log.exception("could not store a batch of %d callbacks", len(batch))
             results = [

@@ -11,7 +11,7 @@ durable: a download cut short by a restart is started again.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 import anyio
@@ -51,7 +51,6 @@ class Mirrors:
         blobs: BlobStore,
         client: httpx.AsyncClient,
         clock: Clock,
-        on_commit: Callable[[], None],
         max_bytes: int,
         timeout: float,
         retry_delays: Sequence[float] = RETRY_DELAYS,
@@ -62,7 +61,6 @@ class Mirrors:
         self._blobs = blobs
         self._client = client
         self._clock = clock
-        self._on_commit = on_commit
         self._max_bytes = max_bytes
         self._timeout = timeout
         self._retry_delays = tuple(retry_delays)
@@ -135,8 +133,7 @@ class Mirrors:
         outcome = result if isinstance(result, Mirrored) else result.reason
         if isinstance(result, Failure):
             log.warning("could not mirror an output of %s: %s", task.job_id, result.reason)
-        if await record_mirror(self._db, self._publisher, task, outcome, now) is not None:
-            self._on_commit()
+        await record_mirror(self._db, self._publisher, task, outcome, now)
 
     async def download(self, url: str) -> Mirrored | Failure:
         """Copy the video at ``url`` into the blob store, or say why it could not be."""

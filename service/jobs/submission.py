@@ -25,6 +25,7 @@ from service.core.models import (
     JobError,
     JobStatus,
     Subscription,
+    SubscriptionStatus,
 )
 from service.core.tokens import Tokens
 from service.delivery import signing
@@ -78,10 +79,7 @@ class Submitter:
         clock: Clock,
         job_deadline: float,
         allow_private: tuple[IPNetwork, ...],
-        on_commit: Callable[[], None],
-        on_held_job: Callable[[], None],
         deadlines: Mapping[str, float] | None = None,
-        on_deadline: Callable[[float], None] | None = None,
         retry_policy: SubmitRetryPolicy,
         lease: float,
         retry_concurrency: int = 16,
@@ -96,10 +94,7 @@ class Submitter:
         self._clock = clock
         self._job_deadline = job_deadline
         self._allow_private = allow_private
-        self._on_commit = on_commit
-        self._on_held_job = on_held_job
         self._deadlines = deadlines or {}
-        self._on_deadline = on_deadline
         self._retry_policy = retry_policy
         self._lease = lease
         self._retry_concurrency = retry_concurrency
@@ -107,6 +102,10 @@ class Submitter:
         self._retries_wake = anyio.Event()
         # Providers whose submits this Submitter sends itself (Segmind's are held elsewhere).
         self._sent_here = tuple(name for name in endpoints if not ADAPTERS[name].holds_request)
+
+    def wake(self) -> None:
+        """A submit may be due sooner than the retry worker sleeps (``Work.SUBMITS``)."""
+        self._retries_wake.set()
 
     def callback_url(self, job: Job) -> str:
         token = self._tokens.callback(job.id, job.provider)
@@ -154,10 +153,7 @@ class Submitter:
             if callback_url is not None:
                 callback_secret = signing.new_secret()
                 await subscriptions.insert(conn, self._one_off(job, callback_url, callback_secret))
-        if self._on_deadline is not None:
-            self._on_deadline(job.deadline_at)
         if held:
-            self._on_held_job()
             return Created(job, callback_secret=callback_secret)
         try:
             submitted = await self._attempt(job, 1)
@@ -231,7 +227,7 @@ class Submitter:
             models=(),
             headers={},
             description=f"callback_url of {job.id}",
-            status="active",
+            status=SubscriptionStatus.ACTIVE,
             created_at=job.created_at,
             updated_at=job.created_at,
             job_id=job.id,
@@ -314,8 +310,7 @@ class Submitter:
                     next_at - now,
                 )
                 reason = f"{failure.kind}: {failure.message}"
-                if await defer_submit(self._db, job.id, next_at, reason, now):
-                    self._retries_wake.set()
+                await defer_submit(self._db, job.id, next_at, reason, now)
                 return True
             failure.message = (
                 f"{job.provider} did not accept the job after {attempt} "
@@ -378,11 +373,9 @@ class Submitter:
                     await self._retries_wake.wait()
 
     async def _mark_submitted(self, job: Job, provider_job_id: str) -> Job:
-        current, moved = await mark_submitted(
+        current, _ = await mark_submitted(
             self._db, self._publisher, job.id, provider_job_id, self._clock()
         )
-        if moved:
-            self._on_commit()
         return current or job
 
     async def _fail(self, job: Job, failure: SubmitFailed) -> None:
@@ -394,8 +387,7 @@ class Submitter:
             failure.message,
             failure.provider_code or (str(failure.status_code) if failure.status_code else None),
         )
-        if await refuse(self._db, self._publisher, job.id, error, self._clock()):
-            self._on_commit()
+        await refuse(self._db, self._publisher, job.id, error, self._clock())
 
 
 def _client_error(job: Job, failure: SubmitFailed) -> ProviderFailed | ValidationFailed:

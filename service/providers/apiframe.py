@@ -33,7 +33,8 @@ STATUSES: Mapping[str, JobStatus] = {
     "CANCELLED": JobStatus.CANCELED,  # the OpenAPI Job schema's spelling
     "CANCELED": JobStatus.CANCELED,
 }
-"""apiframe's job statuses (providers.md §2, §7) in reelhook's vocabulary, matched ignoring case."""
+"""apiframe's job statuses (docs/providers.md §2, §7) in reelhook's vocabulary, matched ignoring
+case."""
 EVENTS: Mapping[str, JobStatus] = {
     "progress": JobStatus.RUNNING,
     "completed": JobStatus.SUCCEEDED,
@@ -42,7 +43,7 @@ EVENTS: Mapping[str, JobStatus] = {
 """apiframe's webhook events, used when a body carries no status reelhook knows."""
 # Our vocabulary → klingParams names. The Kling 2.5 Turbo Pro page says cfg_scale, but apiframe's
 # OpenAPI schema (additionalProperties: false) names it guidance_scale, and the schema is what
-# rejects a request (providers.md §0.6).
+# rejects a request (docs/providers.md §0.6).
 _KLING_PARAMS = {
     "duration": "duration",
     "aspect_ratio": "aspect_ratio",
@@ -123,8 +124,8 @@ class ApiframeAdapter:
         )
 
     def failure(self, status_code: int, body: bytes, headers: Mapping[str, str]) -> SubmitFailed:
-        """apiframe's error answers (providers.md §2): ``{"error"}``, a 400 with ``details`` per
-        field, a 402 with the credits required and available."""
+        """apiframe's error answers (docs/providers.md §2): ``{"error"}``, a 400 with ``details``
+        per field, a 402 with the credits required and available."""
         failure = submit_failure(status_code, body, headers)
         extra = _error_extra(body)
         if extra:

@@ -126,7 +126,7 @@ def _code(value: Any) -> str | None:
 # Words providers use for a refusal on content grounds (Kling: "risk control", "content security").
 _CONTENT_WORDS = ("policy", "moderation", "nsfw", "unsafe", "risk", "content security")
 
-# Kling's documented business codes (providers.md §4), for providers that pass them through.
+# Kling's documented business codes (docs/providers.md §4), for providers that pass them through.
 _KLING_CODES = {
     "1102": ErrorKind.INSUFFICIENT_CREDITS,
     "1200": ErrorKind.INVALID_INPUT,
@@ -149,7 +149,7 @@ def kind_from_message(message: str, default: ErrorKind) -> ErrorKind:
 
 
 def submit_failure(status_code: int, body: bytes, headers: Mapping[str, str]) -> SubmitFailed:
-    """Classify a non-2xx answer to a submit request (providers.md §2, §7 heuristics).
+    """Classify a non-2xx answer to a submit request (docs/providers.md §2, §7 heuristics).
 
     429, 408 and 5xx are retryable: the request is sent again under the same idempotency key.
     400/413/422 are the input's fault (``invalid_input`` or ``content_policy``); 402 is

@@ -2,7 +2,7 @@
 
 ``POST /v1/kling-2.5-turbo`` with ``x-api-key`` is held open until the video is ready (~2 min) and
 answered with the mp4 bytes and an ``x-credits-consumed`` header. Segmind has no per-job callback,
-so reelhook holds the request in a durable worker instead (design §6).
+so reelhook holds the request in a durable worker instead (docs/contract.md §6).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class SegmindAdapter:
         raise InvalidCallback("Segmind sends no callbacks")
 
     def failure(self, status_code: int, body: bytes, headers: Mapping[str, str]) -> SubmitFailed:
-        """Classify an error answer (providers.md §3).
+        """Classify an error answer (docs/providers.md §3).
 
         406 is "Insufficient Credits" on the model page (also a wrong Content-Type, which reelhook
         never sends). A 429 is refused before any work and is retried after

@@ -3,7 +3,7 @@
 Submit ``POST /v1/video/{model}`` with ``X-API-Key``; 202 ``{"job_id", "status": "queued"}``. The
 callback body is the terminal job document. Trinetra documents no callback signature, so the token
 in the callback URL is the credential. Only ``queued`` and ``succeeded`` are documented; the failure
-shape and the intermediate statuses are inferred (providers.md §1), so the parser is lenient.
+shape and the intermediate statuses are inferred (docs/providers.md §1), so the parser is lenient.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ STATUSES: Mapping[str, JobStatus] = {
     # Documented on the seed pages.
     "queued": JobStatus.SUBMITTED,
     "succeeded": JobStatus.SUCCEEDED,
-    # Inferred (providers.md §1, §7): usual spellings, and those of Kling, which Trinetra fronts.
+    # Inferred (docs/providers.md §1, §7): usual spellings, and those of Kling, which Trinetra
+    # fronts.
     "pending": JobStatus.SUBMITTED,
     "submitted": JobStatus.SUBMITTED,
     "running": JobStatus.RUNNING,
@@ -41,7 +42,7 @@ STATUSES: Mapping[str, JobStatus] = {
     "cancelled": JobStatus.CANCELED,
 }
 """Trinetra's job statuses in reelhook's vocabulary; any other status is a terminal failure."""
-# Where a failed document may carry its reason, after ``error`` (providers.md §1: unknown).
+# Where a failed document may carry its reason, after ``error`` (docs/providers.md §1: unknown).
 _MESSAGE_FIELDS = ("message", "error_message", "failure_reason", "task_status_msg")
 _FORWARDED = (
     "prompt",
@@ -83,7 +84,8 @@ class TrinetraAdapter:
         raw_status = data.get("status")
         if not isinstance(job_id, str) or not isinstance(raw_status, str):
             raise InvalidCallback("a Trinetra job document needs string id and status")
-        # Anything outside the known vocabulary is treated as a terminal failure (providers.md §1).
+        # Anything outside the known vocabulary is treated as a terminal failure
+        # (docs/providers.md §1).
         status = STATUSES.get(raw_status.strip().lower(), JobStatus.FAILED)
         outputs: tuple[Output, ...] = ()
         error = None
@@ -118,7 +120,7 @@ def _outputs(data: dict[str, Any]) -> tuple[Output, ...]:
         for item in items
         if isinstance(item, dict) and isinstance(item.get("url"), str) and item["url"]
     )
-    # Videos first (providers.md §7: the output URL is the one of type video).
+    # Videos first (docs/providers.md §7: the output URL is the one of type video).
     return tuple(sorted(found, key=lambda output: output.type != "video"))
 
 

@@ -144,7 +144,7 @@ async def _callback(
                 credits_charged=credits,
             )
         else:
-            # An assumed failure shape (providers.md §1): status, error.message, no output.
+            # An assumed failure shape (docs/providers.md §1): status, error.message, no output.
             document.update(
                 status="failed",
                 output=None,

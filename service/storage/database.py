@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sqlite3
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from importlib import resources
 from pathlib import Path
@@ -24,6 +24,7 @@ from urllib.parse import unquote, urlsplit
 import asyncpg
 
 from service.core.ids import new_id
+from service.storage.announcements import Announcements, Listener, Work
 
 DIALECTS = ("sqlite", "postgresql")
 
@@ -137,7 +138,7 @@ class Database(ABC):
     """Seconds without a heartbeat after which a node is dead (its leases handed back)."""
 
     def __init__(self) -> None:
-        self._commit_listeners: list[Callable[[], None]] = []
+        self._announcements = Announcements()
         # This process's identity among the nodes sharing the store (one node on SQLite).
         self.node_id = new_id("node")
 
@@ -152,14 +153,13 @@ class Database(ABC):
         leader lease, the stale-node sweep and cross-node wake-ups; on SQLite nothing."""
         return None
 
-    def on_commit(self, listener: Callable[[], None]) -> None:
-        """Call ``listener`` after every committed :meth:`transaction` (it must be quick and not
-        raise): how live event streams learn that the log may have grown."""
-        self._commit_listeners.append(listener)
+    def subscribe(self, kind: Work, listener: Listener) -> None:
+        """Call ``listener`` (quick, never raising) after every commit that announced ``kind``
+        (see :mod:`service.storage.announcements`); on PostgreSQL, a commit on any node."""
+        self._announcements.subscribe(kind, listener)
 
-    def _committed(self) -> None:
-        for listener in self._commit_listeners:
-            listener()
+    def _announce(self, kinds: Iterable[str]) -> None:
+        self._announcements.deliver(kinds)
 
     @staticmethod
     def open(

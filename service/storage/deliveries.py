@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from service.core.models import DeliveryStatus
 from service.storage.database import Connection, Row
 
 
@@ -33,15 +34,15 @@ class Claimed:
 class AttemptOutcome:
     """The result of one attempt and what happens next.
 
-    ``status`` is the delivery's new state: ``succeeded``, ``pending`` (retry at
-    ``next_attempt_at``) or ``failed`` (retries exhausted). ``delete_subscription`` is set on 410.
+    ``status`` is the delivery's new state: succeeded, pending (retry at ``next_attempt_at``)
+    or failed (retries exhausted). ``delete_subscription`` is set on 410.
     """
 
     delivery_id: str
     subscription_id: str
     attempted_at: float
     latency_ms: float
-    status: str
+    status: DeliveryStatus
     status_code: int | None = None
     error: str | None = None
     response_body: bytes | None = None
@@ -372,9 +373,6 @@ async def release_orphaned(conn: Connection, now: float, *, node_timeout: float)
 
 # --- the delivery log ----------------------------------------------------------------------------
 
-STATUSES = ("pending", "inflight", "succeeded", "failed", "canceled")
-"""Every state a delivery can be in."""
-
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
@@ -385,7 +383,7 @@ class Delivery:
     event_type: str
     job_id: str | None
     subscription_id: str
-    status: str
+    status: DeliveryStatus
     attempts: int
     next_attempt_at: float | None
     last_status_code: int | None
@@ -411,7 +409,8 @@ _DELIVERY_SELECT = (
 
 
 def _delivery(row: Row) -> Delivery:
-    return Delivery(**{name: row[name] for name in Delivery.__dataclass_fields__})
+    fields = {name: row[name] for name in Delivery.__dataclass_fields__}
+    return Delivery(**{**fields, "status": DeliveryStatus(row["status"])})
 
 
 def _owned_by(owner_key_id: str) -> tuple[str, list[Any]]:

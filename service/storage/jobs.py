@@ -221,7 +221,7 @@ async def record_callbacks(conn: Connection, records: Iterable[CallbackRecord]) 
     )
 
 
-_UNFINISHED = ("pending", "submitted", "running")
+_UNFINISHED = tuple(status.value for status in JobStatus if not status.terminal)
 
 
 async def next_deadline(conn: Connection) -> float | None:

@@ -20,10 +20,6 @@ class StoredKey:
     created_at: float
     revoked_at: float | None
 
-    @property
-    def is_admin(self) -> bool:
-        return "admin" in self.scopes
-
 
 def _from_row(row: Row) -> StoredKey:
     return StoredKey(
@@ -88,12 +84,20 @@ async def revoke(conn: Connection, key_id: str, now: float) -> None:
     )
 
 
-async def count_admins(conn: Connection, *, excluding: str | None = None) -> int:
-    """Unrevoked admin keys, leaving out the key ``excluding``."""
+async def count_holding(conn: Connection, scope: str, *, excluding: str | None = None) -> int:
+    """Unrevoked keys that hold ``scope`` itself, leaving out the key ``excluding``."""
+    # Scopes are a JSON array: look for the element itself, not for text inside the document.
+    # The dialects spell "is distinct from" and "the elements of a JSON array" differently.
+    elements = (
+        "json_each(api_keys.scopes)"
+        if conn.dialect == "sqlite"
+        else "jsonb_array_elements_text(api_keys.scopes::jsonb) AS element(value)"
+    )
     async with conn.execute(
-        "SELECT count(*) FROM api_keys WHERE revoked_at IS NULL AND scopes LIKE '%\"admin\"%'"
-        " AND id IS NOT ?",
-        (excluding,),
+        "SELECT count(*) FROM api_keys WHERE revoked_at IS NULL "
+        "AND (CAST(? AS TEXT) IS NULL OR id <> ?) "
+        f"AND EXISTS (SELECT 1 FROM {elements} WHERE value = ?)",
+        (excluding, excluding, scope),
     ) as cursor:
         row = await cursor.fetchone()
     return int(row[0]) if row else 0

@@ -23,6 +23,7 @@ import anyio
 import asyncpg
 
 from service.storage import deliveries, nodes
+from service.storage.announcements import Work
 from service.storage.database import (
     DATABASE_ERRORS,
     Connection,
@@ -48,9 +49,10 @@ log = logging.getLogger(__name__)
 # pg_advisory_lock keys (one 64-bit space per database): distinct, stable, arbitrary.
 MIGRATION_LOCK = 0x7265_656C_0001
 
-# Every committed write transaction notifies this channel (payload: the committing node), and
-# each node LISTENs on a dedicated connection: how a commit on one node wakes the workers of all.
-CHANNEL = "reelhook_commit"
+# Triggers notify this channel with the kind of work a change created (migration 0003); each
+# node LISTENs on a dedicated connection: how a commit on one node wakes the workers of all.
+CHANNEL = "reelhook_work"
+_KINDS = frozenset(kind.value for kind in Work)
 
 BACKSTOP = 5.0
 """Seconds between wake-ups of every worker even without a notification: a LISTEN connection can
@@ -246,8 +248,11 @@ class PostgresDatabase(Database):
             await anyio.sleep(self.node_timeout / 4)
 
     def _notified(self, conn: object, pid: int, channel: str, payload: object) -> None:
-        if payload != self.node_id:
-            self._committed()
+        if payload in _KINDS:
+            self._announce([str(payload)])
+
+    def _wake_everything(self) -> None:
+        self._announce(_KINDS)
 
     async def _listen(self) -> None:
         """LISTEN on a dedicated connection (outside the pool) for as long as the node runs;
@@ -263,11 +268,11 @@ class PostgresDatabase(Database):
                 delay = 0.1
                 self.listening.set()
                 # Anything may have been committed while no one listened.
-                self._committed()
+                self._wake_everything()
                 while not lost.is_set():
                     with anyio.move_on_after(self.backstop):
                         await lost.wait()
-                    self._committed()
+                    self._wake_everything()
                     # A connection that died without a word is found out here.
                     with anyio.fail_after(self.backstop):
                         await conn.fetchval("SELECT 1")
@@ -298,8 +303,6 @@ class PostgresDatabase(Database):
                 if not durable:
                     await raw.execute("SET LOCAL synchronous_commit = off")
                 yield PgConnection(raw, self._statements)
-                # Delivered to the listeners of every node only once (and if) this commits.
-                await raw.execute("SELECT pg_notify($1, $2)", CHANNEL, self.node_id)
             except BaseException:
                 with anyio.CancelScope(shield=True):
                     await tx.rollback()
@@ -307,7 +310,6 @@ class PostgresDatabase(Database):
             # Shielded: a commit cut short would leave it unknown whether the transaction landed.
             with anyio.CancelScope(shield=True):
                 await tx.commit()
-        self._committed()
 
     async def checkpoint(self, *, wait: float = 0.1) -> bool:
         """PostgreSQL checkpoints on its own schedule; nothing to do."""

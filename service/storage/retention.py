@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from service.core.models import DeliveryStatus
 from service.storage.database import Connection
 
 _OPEN = "('pending', 'inflight')"
@@ -99,7 +100,7 @@ async def prune_attempts(conn: Connection, *, cutoff: float, after: int, limit: 
     for row in rows:
         if row[2] >= cutoff:
             return await _delete_attempts(conn, doomed, last, float(row[2]), True)
-        if row[1] not in ("pending", "inflight"):
+        if not DeliveryStatus(row[1]).under_way:
             doomed.append(int(row[0]))
         last = int(row[0])
     return await _delete_attempts(conn, doomed, last, None, len(rows) < limit)

@@ -13,6 +13,7 @@ from typing import Any, cast
 import aiosqlite
 import anyio
 
+from service.storage.announcements import ANNOUNCE_FUNCTION, TRIGGERS
 from service.storage.database import (
     Connection,
     Database,
@@ -61,6 +62,9 @@ class SqliteDatabase(Database):
 
     WAL lets the reader see committed data while the writer holds a transaction, so API reads never
     queue behind fan-out bookkeeping. One process owns the file.
+
+    Each transaction announces the kinds of work it created (temporary triggers on the writer,
+    see :mod:`service.storage.announcements`), delivered once it has committed.
     """
 
     dialect = "sqlite"
@@ -71,6 +75,17 @@ class SqliteDatabase(Database):
         self._writer = SqliteConnection(writer)
         self.reader = SqliteConnection(reader)
         self._write_lock = asyncio.Lock()
+        # Kinds announced by the open transaction. Filled by the writer's triggers on aiosqlite's
+        # thread while a statement runs, read on the event loop after it: the write lock and the
+        # statement's await order the two.
+        self._announced: set[str] = set()
+
+    async def _install_announcements(self) -> None:
+        await self.writer.create_function(
+            ANNOUNCE_FUNCTION, 1, self._announced.add, deterministic=False
+        )
+        for trigger in TRIGGERS:
+            await self.writer.execute(trigger)
 
     @classmethod
     @asynccontextmanager
@@ -82,7 +97,9 @@ class SqliteDatabase(Database):
             await migrate(writer)
             reader = await _connect(path)
             try:
-                yield cls(writer, reader)
+                db = cls(writer, reader)
+                await db._install_announcements()
+                yield db
             finally:
                 await reader.close()
         finally:
@@ -93,6 +110,7 @@ class SqliteDatabase(Database):
         """One ``BEGIN IMMEDIATE`` transaction; ``durable=False`` commits without an fsync
         (``synchronous = NORMAL``)."""
         async with self._write_lock:
+            self._announced.clear()
             try:
                 if not durable:
                     await self.writer.execute("PRAGMA synchronous = NORMAL")
@@ -113,7 +131,11 @@ class SqliteDatabase(Database):
                 if not durable:
                     with anyio.CancelScope(shield=True):
                         await self.writer.execute("PRAGMA synchronous = FULL")
-            self._committed()
+            if self._announced:
+                # The set is the one the triggers add to: copied and cleared, never replaced.
+                announced = tuple(self._announced)
+                self._announced.clear()
+                self._announce(announced)
 
     @asynccontextmanager
     async def _writer_waiting_at_most(self, wait: float) -> AsyncIterator[aiosqlite.Connection]:

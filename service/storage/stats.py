@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from service.core.models import DeliveryStatus
 from service.storage.database import Connection
 
 
@@ -19,10 +20,10 @@ async def outbox(conn: Connection) -> tuple[int, float | None]:
     """
     depth = 0
     oldest: float | None = None
-    for status in ("pending", "inflight"):
+    for status in (DeliveryStatus.PENDING, DeliveryStatus.INFLIGHT):
         # A literal status, not a parameter: the planner matches partial indexes on literals.
         async with conn.execute(
-            f"SELECT count(*), min(created_at) FROM deliveries WHERE status = '{status}'"
+            f"SELECT count(*), min(created_at) FROM deliveries WHERE status = '{status.value}'"
         ) as cursor:
             row = await cursor.fetchone()
         if row is None:

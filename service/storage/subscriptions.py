@@ -8,7 +8,7 @@ from dataclasses import replace
 
 from service.core.clock import isoformat
 from service.core.jsonutil import dumps
-from service.core.models import Subscription
+from service.core.models import Subscription, SubscriptionStatus
 from service.storage.database import Connection, Row
 
 _COLUMNS = (
@@ -30,7 +30,7 @@ def _from_row(row: Row) -> Subscription:
         models=tuple(json.loads(row["models"])),
         headers=json.loads(row["headers"]),
         description=row["description"],
-        status=row["status"],
+        status=SubscriptionStatus(row["status"]),
         job_id=row["job_id"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
@@ -175,13 +175,18 @@ async def rotate_secret(
 
 
 async def set_status(
-    conn: Connection, sub_id: str, status: str, *, reason: str | None, now: float
+    conn: Connection,
+    sub_id: str,
+    status: SubscriptionStatus,
+    *,
+    reason: str | None,
+    now: float,
 ) -> None:
     """Enable or disable by request; either way the failure window starts afresh."""
     await conn.execute(
         "UPDATE subscriptions SET status = ?, disabled_reason = ?, failing_since = NULL, "
         "updated_at = ? WHERE id = ?",
-        (status, reason if status == "disabled" else None, now, sub_id),
+        (status, reason if status == SubscriptionStatus.DISABLED else None, now, sub_id),
     )
 
 
@@ -225,5 +230,7 @@ async def disable_failing(
             "WHERE id = ?",
             (reason, now, sub.id),
         )
-        disabled.append(replace(sub, status="disabled", disabled_reason=reason, updated_at=now))
+        disabled.append(
+            replace(sub, status=SubscriptionStatus.DISABLED, disabled_reason=reason, updated_at=now)
+        )
     return disabled

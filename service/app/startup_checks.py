@@ -1,4 +1,5 @@
-"""Start-up checks that warn rather than refuse (the refusals live in :mod:`service.settings`)."""
+"""Start-up checks that warn rather than refuse (the refusals live in
+:mod:`service.app.settings`)."""
 
 from __future__ import annotations
 

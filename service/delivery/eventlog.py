@@ -1,0 +1,142 @@
+"""Reading the event log: a page of it, and following it live as Server-Sent Events.
+
+Each streamed event is one SSE message: ``id`` is its position in the log (``seq``), ``event`` its
+type and ``data`` the same JSON object a page lists. A client that reconnects with
+``Last-Event-ID`` gets every later event exactly once. The stream reads the log, then sleeps until
+a commit wakes it (see :mod:`service.delivery.eventfeed`) or a keep-alive comment is due.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import anyio
+
+from service.access.callers import Caller
+from service.core import params, sse
+from service.core.errors import ValidationFailed
+from service.core.jsonutil import dumps
+from service.core.models import EVENT_TYPES
+from service.core.paging import Page, page_of
+from service.core.params import Query, is_decimal
+from service.delivery.eventfeed import EventFeed
+from service.storage import events
+from service.storage.database import Database
+
+STREAM_PAGE = 200
+RECONNECT_MS = 2000
+
+
+def event_types(query: Query) -> list[str]:
+    """The ``type`` filter: comma-separated event types (empty: every type)."""
+    return params.choices_list(query, "type", EVENT_TYPES, "event type")
+
+
+class EventLog:
+    def __init__(self, db: Database, feed: EventFeed, *, keepalive: float) -> None:
+        self._db = db
+        self._feed = feed
+        self._keepalive = keepalive
+
+    async def _seq_of(self, name: str, event_id: str) -> int:
+        seq = await events.seq_of(self._db.reader, event_id)
+        if seq is None:
+            raise ValidationFailed.field(name, f"no event {event_id!r}")
+        return seq
+
+    async def page(
+        self,
+        caller: Caller,
+        types: Sequence[str],
+        *,
+        cursor: str | None,
+        after: str | None,
+        limit: int,
+    ) -> Page[dict[str, Any]]:
+        """The events ``caller`` may see (a non-admin key: those of its own jobs), oldest first,
+        from ``cursor`` (a position this returned), else after the event ``after``."""
+        after_seq = 0
+        if cursor is not None:
+            if not is_decimal(cursor):
+                raise ValidationFailed.field("cursor", "is not a cursor this API returned")
+            after_seq = int(cursor)
+        elif after is not None:
+            after_seq = await self._seq_of("after", after)
+        rows = await events.list_page(
+            self._db.reader,
+            after_seq=after_seq,
+            types=list(types),
+            owner_key_id=caller.owner_filter,
+            limit=limit + 1,
+        )
+        found = page_of(rows, limit, lambda row: str(row["seq"]))
+        data = [{"id": row["id"], **json.loads(row["payload"])} for row in found.items]
+        return Page(data, found.next_cursor)
+
+    async def start(
+        self, last_event_ids: Sequence[tuple[str, str | None]], after: str | None
+    ) -> int:
+        """Where a stream starts: after the first position given in ``last_event_ids`` (pairs of
+        parameter name and value, e.g. the ``Last-Event-ID`` header then a query parameter for
+        clients that cannot set headers), else after the event ``after``, else at the current
+        end of the log."""
+        head = await events.last_seq(self._db.reader)
+        for name, raw in last_event_ids:
+            if raw is None:
+                continue
+            if not is_decimal(raw) or int(raw) > head:
+                raise ValidationFailed.field(name, "is not an event id this stream sent")
+            return int(raw)
+        if after is not None:
+            return await self._seq_of("after", after)
+        return head
+
+    async def stream(
+        self, caller: Caller, query: Query, last_event_id: str | None
+    ) -> AsyncIterator[bytes]:
+        """The live stream an edge answers with, positioned and filtered as the query string
+        says (``type``, ``last_event_id``, ``after``) and the ``Last-Event-ID`` header
+        (``last_event_id``). Bad parameters raise :class:`ValidationFailed` here, before any
+        byte is sent."""
+        types = event_types(query)
+        after_seq = await self.start(
+            [("Last-Event-ID", last_event_id), ("last_event_id", query.get("last_event_id"))],
+            query.get("after"),
+        )
+        return self.follow(caller, types, after_seq=after_seq)
+
+    async def follow(
+        self, caller: Caller, types: Sequence[str], *, after_seq: int
+    ) -> AsyncIterator[bytes]:
+        """The log from ``after_seq`` on, as SSE bytes, until the feed closes (shutdown)."""
+        # An id-only block: the client's Last-Event-ID is right even before the first event
+        # arrives.
+        yield sse.message(id=str(after_seq), retry_ms=RECONNECT_MS)
+        while not self._feed.closed:
+            # Taken before the read: a commit landing after the read still wakes the wait below.
+            changed = self._feed.changed()
+            rows = await events.list_page(
+                self._db.reader,
+                after_seq=after_seq,
+                types=list(types),
+                owner_key_id=caller.owner_filter,
+                limit=STREAM_PAGE,
+            )
+            if rows:
+                yield b"".join(
+                    sse.message(
+                        id=str(row["seq"]),
+                        event=row["type"],
+                        data=dumps({"id": row["id"], **json.loads(row["payload"])}),
+                    )
+                    for row in rows
+                )
+                after_seq = rows[-1]["seq"]
+                if len(rows) == STREAM_PAGE:
+                    continue
+            with anyio.move_on_after(self._keepalive) as idle:
+                await changed.wait()
+            if idle.cancelled_caught:
+                yield sse.comment("keep-alive")
