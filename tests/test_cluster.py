@@ -20,6 +20,7 @@ from service.core.ids import new_id
 from service.core.models import Cost, DeliveryStatus, Job, JobStatus, Output, ProviderUpdate
 from service.delivery.publisher import Publisher
 from service.jobs import lifecycle
+from service.ops.ratelimit import SharedRateLimiter
 from service.storage import deliveries, events, jobs
 from service.storage.announcements import Work
 from service.storage.deliveries import AttemptOutcome, Claimed
@@ -399,3 +400,20 @@ async def test_a_commit_on_one_node_wakes_the_others_even_after_the_listener_dro
                 await due_deliveries(a, sub_id, 1)
                 await woken.wait()
             tg.cancel_scope.cancel()
+
+
+# --- the per-key rate limit ---------------------------------------------------------------------
+
+
+async def test_a_keys_rate_limit_is_shared_by_every_node(pg_database: str) -> None:
+    """Three nodes serving one key with a burst of 10 (and almost no refill) allow 10 requests
+    in all, not 10 each."""
+    async with cluster(pg_database, 3) as nodes:
+        limiters = [SharedRateLimiter(node, rate=0.001, burst=10, chunk=2) for node in nodes]
+        allowed = 0
+        for _ in range(10):
+            for limiter in limiters:
+                allowed += await limiter.acquire("key_shared") == 0.0
+        assert allowed == 10
+        refused = await limiters[0].acquire("key_shared")
+        assert refused > 0, "a refused request is told how long to wait"

@@ -44,7 +44,7 @@ from service.jobs.submit_retry import SubmitRetryPolicy
 from service.net.client import guarded_client, origin_of
 from service.ops.instrumentation import MeteredSender, MeteredTransport
 from service.ops.metrics import Metrics
-from service.ops.ratelimit import RateLimiter
+from service.ops.ratelimit import Limiter, RateLimiter, SharedRateLimiter
 from service.ops.retention import Retention
 from service.sim import Scenario, Simulator
 from service.storage import datadir
@@ -88,7 +88,6 @@ def create_app(
     )
     # Per application, never global: two apps in one process (tests) must not share counts.
     metrics = Metrics()
-    limiter = RateLimiter(settings.rate_limit, settings.rate_burst)
     feed = EventFeed()
     app_routes: list[BaseRoute] = routes() + console.routes()
     if simulator is not None:
@@ -145,7 +144,7 @@ def create_app(
                 downloads,
                 mirror_retry_delays,
                 metrics,
-                limiter,
+                limiter_for(db, settings),
                 feed,
             )
             services.callback_observers.append(metrics.callback_outcome)
@@ -197,7 +196,7 @@ def _wire(
     downloads: httpx.AsyncClient,
     mirror_retry_delays: Sequence[float],
     metrics: Metrics,
-    limiter: RateLimiter,
+    limiter: Limiter,
     feed: EventFeed,
 ) -> Services:
     endpoints = provider_endpoints(settings)
@@ -320,3 +319,11 @@ def _announce(settings: Settings, generated_admin_key: str | None) -> None:
             f"    {generated_admin_key}\n\n"
         )
         sys.stdout.flush()
+
+
+def limiter_for(db: Database, settings: Settings) -> Limiter:
+    """The per-key request limit: in memory on SQLite (one process), shared through the
+    database when several nodes run on PostgreSQL (otherwise each node would allow the limit)."""
+    if db.dialect == "postgresql":
+        return SharedRateLimiter(db, settings.rate_limit, settings.rate_burst)
+    return RateLimiter(settings.rate_limit, settings.rate_burst)

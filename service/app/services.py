@@ -27,7 +27,7 @@ from service.jobs.listing import JobReader
 from service.jobs.mirroring import Mirrors
 from service.jobs.submission import ProviderEndpoint, Submitter
 from service.ops.metrics import Metrics
-from service.ops.ratelimit import RateLimiter
+from service.ops.ratelimit import Limiter
 from service.storage.blobs import BlobStore
 from service.storage.database import Database
 
@@ -49,7 +49,7 @@ class Services:
     ingest: Ingest
     deadlines: DeadlineTimer
     mirrors: Mirrors
-    limiter: RateLimiter
+    limiter: Limiter
     metrics: Metrics
     feed: EventFeed
     access: Authenticator

@@ -65,6 +65,11 @@ class Retention:
             return
         while True:
             self._wake = anyio.Event()
+            if not self._db.is_leader:
+                # A singleton: only the leader node prunes (docs/scaling.md); look again when
+                # leadership may have moved.
+                await anyio.sleep(self._db.node_timeout / 4)
+                continue
             try:
                 next_due = await self.prune(self._clock())
             except Exception:
