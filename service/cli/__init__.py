@@ -11,12 +11,13 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from service.cli import events, jobs, serve
+from service.cli import events, jobs, migrate, serve
 from service.cli.base import CliError, Commands
 from service.ops import backup
 
 COMMANDS: tuple[Callable[[Commands], None], ...] = (
     serve.register,
+    migrate.register,
     jobs.register,
     events.register,
     backup.register,

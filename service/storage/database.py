@@ -242,3 +242,16 @@ def refuse_newer(dialect: str, current: int) -> None:
             f"the {dialect} database is at schema version {current}, newer than this reelhook's "
             f"{latest}: it was migrated by a newer version; run that version (or newer)"
         )
+
+
+async def migrate_store(target: Path | str) -> tuple[str, int]:
+    """Migrate the store at ``target`` (as :meth:`Database.open` names it) without starting a
+    node; return its dialect and schema version. Raises :class:`SchemaTooNew`."""
+    dialect, location = parse_url(target)
+    if dialect == "sqlite":
+        from service.storage.sqlite import migrate_file
+
+        return dialect, await migrate_file(Path(location))
+    from service.storage.postgres import migrate_url
+
+    return dialect, await migrate_url(location)

@@ -184,11 +184,7 @@ class PostgresDatabase(Database):
     ) -> AsyncIterator[PostgresDatabase]:
         """Connect to ``url``, migrate it (under an advisory lock), enter this node among the
         live ones, and on exit leave (handing the leader lease on) and close."""
-        conn = await asyncpg.connect(url, server_settings=SERVER_SETTINGS)
-        try:
-            await migrate(conn)
-        finally:
-            await conn.close()
+        await migrate_url(url)
         pool = await asyncpg.create_pool(
             url, min_size=1, max_size=pool_size, server_settings=SERVER_SETTINGS
         )
@@ -364,3 +360,12 @@ async def migrate(conn: asyncpg.Connection) -> int:
         return current
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
+
+
+async def migrate_url(url: str) -> int:
+    """Migrate the PostgreSQL database at ``url``; return its schema version."""
+    conn = await asyncpg.connect(url, server_settings=SERVER_SETTINGS)
+    try:
+        return await migrate(conn)
+    finally:
+        await conn.close()

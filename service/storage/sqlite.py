@@ -223,3 +223,13 @@ async def migrate(conn: aiosqlite.Connection) -> int:
         )
         current = version
     return current
+
+
+async def migrate_file(path: Path) -> int:
+    """Create and migrate the SQLite file at ``path``; return its schema version."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = await _connect(path)
+    try:
+        return await migrate(conn)
+    finally:
+        await conn.close()

@@ -1,0 +1,131 @@
+"""Choosing the store (REELHOOK_DATABASE_URL), its per-dialect migrations, and refusing a schema
+newer than the code: on SQLite and on PostgreSQL alike."""
+
+from __future__ import annotations
+
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+
+import anyio
+import asyncpg
+import pytest
+
+from service.app.settings import SettingsError
+from service.cli import main
+from service.storage.database import Database, SchemaTooNew, latest_migration
+from service.storage.postgres import PostgresDatabase, numbered
+from service.storage.sqlite import SqliteDatabase
+from tests.conftest import settings_for
+
+pytestmark = pytest.mark.anyio
+
+
+def test_the_default_store_is_the_sqlite_file_in_the_data_directory(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path, DATABASE_URL="")
+    assert settings.database_url == f"sqlite:///{tmp_path / 'reelhook.db'}"
+    assert not settings.uses_postgresql
+    assert settings_for(tmp_path, DATABASE_URL="postgresql://db.internal/reelhook").uses_postgresql
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("mysql://db/reelhook", "unknown scheme 'mysql'"),
+        ("sqlite://", "needs a file path"),
+        ("postgresql:///reelhook", "needs a host"),
+    ],
+)
+def test_a_bad_database_url_is_refused_naming_the_setting(
+    tmp_path: Path, url: str, problem: str
+) -> None:
+    with pytest.raises(SettingsError) as refused:
+        settings_for(tmp_path, DATABASE_URL=url)
+    assert str(refused.value).startswith("REELHOOK_DATABASE_URL: ")
+    assert problem in str(refused.value)
+
+
+def test_a_password_in_the_url_is_never_echoed(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError) as refused:
+        settings_for(tmp_path, DATABASE_URL="mysql://user:hunter2@db/reelhook")
+    assert "hunter2" not in str(refused.value)
+
+
+def test_placeholders_are_numbered_outside_quotes_only() -> None:
+    assert numbered("SELECT ? , '?' , \"?\" , ?") == "SELECT $1 , '?' , \"?\" , $2"
+
+
+async def test_a_sqlite_file_of_a_newer_schema_is_refused_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "reelhook.db"
+    async with Database.open(path):
+        pass
+    newer = latest_migration("sqlite") + 1
+    with closing(sqlite3.connect(path)) as conn:
+        conn.execute(f"PRAGMA user_version = {newer}")
+    with pytest.raises(SchemaTooNew, match=f"schema version {newer}"):
+        async with Database.open(f"sqlite:///{path}"):
+            pass
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == newer
+
+
+async def test_a_postgresql_database_of_a_newer_schema_is_refused(pg_database: str) -> None:
+    async with Database.open(pg_database) as db:
+        assert isinstance(db, PostgresDatabase)
+    newer = latest_migration("postgresql") + 1
+    conn = await asyncpg.connect(pg_database)
+    try:
+        await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", newer)
+    finally:
+        await conn.close()
+    with pytest.raises(SchemaTooNew, match=f"schema version {newer}"):
+        async with Database.open(pg_database):
+            pass
+
+
+async def test_nodes_starting_together_apply_each_migration_once(pg_database: str) -> None:
+    """Migrations run under an advisory lock: of four nodes opening a fresh database at once,
+    one migrates, the others find it done (no duplicate-object errors)."""
+
+    async def start() -> None:
+        async with Database.open(pg_database):
+            pass
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(4):
+            tg.start_soon(start)
+    conn = await asyncpg.connect(pg_database)
+    try:
+        versions = [row[0] for row in await conn.fetch("SELECT version FROM schema_version")]
+    finally:
+        await conn.close()
+    assert sorted(versions) == list(range(1, latest_migration("postgresql") + 1))
+
+
+async def test_the_sqlite_url_and_the_path_open_the_same_file(tmp_path: Path) -> None:
+    path = tmp_path / "reelhook.db"
+    async with Database.open(f"sqlite:///{path}") as db:
+        assert isinstance(db, SqliteDatabase)
+    assert path.exists()
+
+
+def test_reelhook_migrate_brings_the_store_up_to_date(
+    tmp_path: Path,
+    pg_database: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("REELHOOK_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("REELHOOK_DATABASE_URL", raising=False)
+    assert main(["migrate"]) == 0
+    assert capsys.readouterr().out == f"sqlite schema at version {latest_migration()}\n"
+    monkeypatch.setenv("REELHOOK_DATABASE_URL", pg_database)
+    assert main(["migrate"]) == 0
+    assert capsys.readouterr().out == (
+        f"postgresql schema at version {latest_migration('postgresql')}\n"
+    )
+    with closing(sqlite3.connect(tmp_path / "reelhook.db")) as conn:
+        conn.execute("PRAGMA user_version = 999")
+    monkeypatch.delenv("REELHOOK_DATABASE_URL")
+    assert main(["migrate"]) == 1
+    assert "newer than this reelhook" in capsys.readouterr().err
