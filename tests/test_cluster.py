@@ -417,3 +417,27 @@ async def test_a_keys_rate_limit_is_shared_by_every_node(pg_database: str) -> No
         assert allowed == 10
         refused = await limiters[0].acquire("key_shared")
         assert refused > 0, "a refused request is told how long to wait"
+
+
+# --- Segmind held requests ----------------------------------------------------------------------
+
+
+async def test_a_held_request_is_recovered_only_once_its_node_is_dead(pg_database: str) -> None:
+    """Node A holds a Segmind job's request; B starting up leaves it alone while A lives (ending
+    it 'interrupted' would fail a job A is about to finish), and recovers it once A is dead."""
+    publisher = Publisher(lambda digest, media_type: "")
+    held = dataclasses.replace(
+        a_job(7), provider="segmind", status=JobStatus.PENDING, provider_job_id=None
+    )
+    in_flight = (JobStatus.SUBMITTED, JobStatus.RUNNING)
+    async with cluster(pg_database, 2) as (a, b):
+        async with a.transaction() as conn:
+            await jobs.insert(conn, held)
+        _, moved = await lifecycle.mark_submitted(
+            a, publisher, held.id, None, time.time(), held_by=a.node_id
+        )
+        assert moved
+        assert await jobs.held_by_the_dead(b.reader, "segmind", in_flight, b.node_timeout) == []
+        await declare_dead(b, a.node_id)
+        (orphan,) = await jobs.held_by_the_dead(b.reader, "segmind", in_flight, b.node_timeout)
+        assert orphan.id == held.id

@@ -118,9 +118,15 @@ class HeldRequests:
     async def _recover_lost(self) -> list[Job]:
         """End each job whose request was in flight at the last stop ``interrupted``, or, where
         resubmitting is allowed and was not used yet for it, return it to be sent once more."""
-        lost = await jobs.with_status(
-            self._db.reader, PROVIDER, (JobStatus.SUBMITTED, JobStatus.RUNNING)
-        )
+        in_flight = (JobStatus.SUBMITTED, JobStatus.RUNNING)
+        if self._db.dialect == "sqlite":
+            # One process owns the file: every held request was the previous run's.
+            lost = await jobs.with_status(self._db.reader, PROVIDER, in_flight)
+        else:
+            # Several nodes: only requests whose node is dead (docs/scaling.md).
+            lost = await jobs.held_by_the_dead(
+                self._db.reader, PROVIDER, in_flight, self._db.node_timeout
+            )
         resend = []
         for job in lost:
             if await self._claim_resubmit(job):
@@ -161,6 +167,7 @@ class HeldRequests:
             if await jobs.held_resubmits(conn, job.id) >= 1:
                 return False
             await jobs.count_held_resubmit(conn, job.id, self._clock())
+            await jobs.hold(conn, job.id, self._db.node_id)
         return True
 
     async def _hold(self, job: Job, attempt: int, resubmitted: bool = False) -> None:
@@ -190,7 +197,9 @@ class HeldRequests:
             self.wake()
 
     async def _mark_submitted(self, job: Job) -> bool:
-        _, moved = await mark_submitted(self._db, self._publisher, job.id, None, self._clock())
+        _, moved = await mark_submitted(
+            self._db, self._publisher, job.id, None, self._clock(), held_by=self._db.node_id
+        )
         return moved
 
     async def _retry_later(self, job: Job, attempt: int, refused: SubmitFailed) -> bool:

@@ -249,9 +249,18 @@ async def expire_overdue(db: Database, publisher: Publisher, now: float, limit: 
 
 
 async def mark_submitted(
-    db: Database, publisher: Publisher, job_id: str, provider_job_id: str | None, now: float
+    db: Database,
+    publisher: Publisher,
+    job_id: str,
+    provider_job_id: str | None,
+    now: float,
+    *,
+    held_by: str | None = None,
 ) -> tuple[Job | None, bool]:
     """The provider accepted a pending job: move it to submitted and announce it.
+
+    ``held_by`` records, in the same transaction, the node that holds the job's synchronous
+    request (Segmind), so no other node recovers it while that node lives.
 
     Returns the job as it now is and whether it moved. A callback that overtook the provider's
     answer has already moved the job on; then only its provider job id is filled in.
@@ -272,6 +281,8 @@ async def mark_submitted(
             submitted_at=current.submitted_at or now,
         )
         await jobs.save(conn, submitted, now)
+        if held_by is not None:
+            await jobs.hold(conn, job_id, held_by)
         if current.submitted_at is None:
             # Announced once: a held request sent again after the provider throttled it is no news.
             await publisher.publish(conn, "job.submitted", now, job=submitted)

@@ -202,6 +202,26 @@ async def with_status(
         return [_from_row(row) for row in await cursor.fetchall()]
 
 
+async def held_by_the_dead(
+    conn: Connection, provider: str, statuses: tuple[JobStatus, ...], node_timeout: float
+) -> list[Job]:
+    """PostgreSQL: the jobs of ``with_status`` whose held request belongs to no live node (its
+    holder's heartbeat is older than ``node_timeout`` seconds, or it has none)."""
+    marks = ", ".join("?" for _ in statuses)
+    async with conn.execute(
+        f"SELECT {_COLUMNS} FROM jobs WHERE provider = ? AND status IN ({marks}) "
+        "AND (held_by IS NULL OR held_by NOT IN (SELECT id FROM nodes WHERE heartbeat_at >= "
+        "extract(epoch from clock_timestamp()) - ?)) ORDER BY id",
+        (provider, *(s.value for s in statuses), node_timeout),
+    ) as cursor:
+        return [_from_row(row) for row in await cursor.fetchall()]
+
+
+async def hold(conn: Connection, job_id: str, node_id: str) -> None:
+    """Record that ``node_id`` holds ``job_id``'s request."""
+    await conn.execute("UPDATE jobs SET held_by = ? WHERE id = ?", (node_id, job_id))
+
+
 @dataclass(frozen=True, slots=True)
 class CallbackRecord:
     """A callback (or held answer) as kept for audit, with what it did to its job."""
@@ -249,7 +269,9 @@ async def past_deadline(conn: Connection, now: float, limit: int) -> list[Job]:
 
 async def held_resubmits(conn: Connection, job_id: str) -> int:
     """How many times the held request of ``job_id`` was sent again after a restart."""
-    async with conn.execute("SELECT held_resubmits FROM jobs WHERE id = ?", (job_id,)) as cursor:
+    # Locked: of two nodes recovering the same dead node's job, one resubmits it.
+    sql = f"SELECT held_resubmits FROM jobs WHERE id = ?{conn.for_update}"
+    async with conn.execute(sql, (job_id,)) as cursor:
         row = await cursor.fetchone()
     return int(row[0]) if row else 0
 
