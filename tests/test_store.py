@@ -116,6 +116,7 @@ def test_reelhook_migrate_brings_the_store_up_to_date(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.setenv("REELHOOK_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("REELHOOK_SECRET_KEYS", "shared-secret-key-0123456789")
     monkeypatch.delenv("REELHOOK_DATABASE_URL", raising=False)
     assert main(["migrate"]) == 0
     assert capsys.readouterr().out == f"sqlite schema at version {latest_migration()}\n"
@@ -129,3 +130,11 @@ def test_reelhook_migrate_brings_the_store_up_to_date(
     monkeypatch.delenv("REELHOOK_DATABASE_URL")
     assert main(["migrate"]) == 1
     assert "newer than this reelhook" in capsys.readouterr().err
+
+
+def test_nodes_on_postgresql_must_be_given_their_shared_secret_keys(tmp_path: Path) -> None:
+    """Generated keys live in one node's data directory: the callback URLs and file links it
+    signs would not verify on the others."""
+    with pytest.raises(SettingsError) as refused:
+        settings_for(tmp_path, DATABASE_URL="postgresql://db.internal/reelhook", SECRET_KEYS="")
+    assert str(refused.value).startswith("REELHOOK_SECRET_KEYS: several nodes on PostgreSQL")

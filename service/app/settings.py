@@ -200,6 +200,15 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     secret_keys = tuple(k.strip() for k in (read.raw("SECRET_KEYS") or "").split(",") if k.strip())
     if any(len(k) < 16 for k in secret_keys):
         raise read.fail("SECRET_KEYS", "each key must be at least 16 characters")
+    database_url = _database_url(read)
+    if database_url is not None and not database_url.startswith("sqlite:") and not secret_keys:
+        # Keys generated into one node's data directory would sign callback URLs and file links
+        # the other nodes cannot verify.
+        raise read.fail(
+            "SECRET_KEYS",
+            "several nodes on PostgreSQL must share their secret keys: set the same "
+            "REELHOOK_SECRET_KEYS on every node",
+        )
 
     providers = {
         name: ProviderSettings(
@@ -235,7 +244,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         host=host,
         port=port,
         data_dir=Path(read.string("DATA_DIR", "./data")),
-        database_url_setting=_database_url(read),
+        database_url_setting=database_url,
         public_url=public_url,
         env=env,
         admin_key=read.raw("ADMIN_KEY"),
