@@ -10,7 +10,7 @@ from service.app.settings import load_settings
 from service.core.tokens import Tokens
 from service.delivery.publisher import Publisher
 from service.jobs.lifecycle import apply_update
-from service.providers import ADAPTERS
+from service.providers import CALLBACK_ADAPTERS
 from service.storage.database import Database
 
 
@@ -23,7 +23,7 @@ async def seed_backlog(env: dict[str, str], first: int, count: int, video_url: s
         return f"{settings.public_url}/v1/files/{tokens.file(digest, media_type)}"
 
     publisher = Publisher(file_url)
-    adapter = ADAPTERS["trinetra"]
+    adapter = CALLBACK_ADAPTERS["trinetra"]
     async with Database.open(settings.database_path) as db:
         for index in range(first, first + count):
             body = callback_body(index, video_url)

@@ -19,7 +19,7 @@ from starlette.datastructures import Headers
 
 from service.core.models import Cost, ErrorKind, Job, JobError, JobStatus, Output, ProviderUpdate
 from service.jobs.catalog import MODELS
-from service.providers import ADAPTERS, trinetra
+from service.providers import ADAPTERS, CALLBACK_ADAPTERS, HELD_ADAPTERS, trinetra
 from service.providers.apiframe import ADAPTER as APIFRAME
 from service.providers.apiframe import signature
 from service.providers.base import ForgedCallback, InvalidCallback, redact
@@ -442,7 +442,7 @@ def test_apiframe_rejects_a_bad_signature(
 
 # --- Hostile but well-formed bodies (both callback adapters) -------------------------------------
 
-CALLBACK_ADAPTERS = pytest.mark.parametrize("provider", ["trinetra", "apiframe"])
+EACH_CALLBACK_ADAPTER = pytest.mark.parametrize("provider", ["trinetra", "apiframe"])
 
 
 def terminal_document(provider: str, charge: str) -> bytes:
@@ -454,7 +454,7 @@ def terminal_document(provider: str, charge: str) -> bytes:
     return encode(document).replace(b'"CHARGE"', charge.encode())
 
 
-@CALLBACK_ADAPTERS
+@EACH_CALLBACK_ADAPTER
 @pytest.mark.parametrize(
     "charge", ["1e999", "NaN", "1" + "0" * 400], ids=["1e999", "NaN", "10^400"]
 )
@@ -466,23 +466,23 @@ def test_a_non_finite_charge_never_reaches_the_job(provider: str, charge: str) -
     """
     body = terminal_document(provider, charge)
     try:
-        update = ADAPTERS[provider].parse_callback(body)
+        update = CALLBACK_ADAPTERS[provider].parse_callback(body)
     except InvalidCallback:
         return
     assert update.charged is None or math.isfinite(update.charged), update.charged
 
 
-@CALLBACK_ADAPTERS
+@EACH_CALLBACK_ADAPTER
 def test_a_finite_charge_is_read(provider: str) -> None:
-    update = ADAPTERS[provider].parse_callback(terminal_document(provider, "12.5"))
+    update = CALLBACK_ADAPTERS[provider].parse_callback(terminal_document(provider, "12.5"))
     assert update.charged == 12.5
 
 
-@CALLBACK_ADAPTERS
+@EACH_CALLBACK_ADAPTER
 def test_deeply_nested_json_is_invalid_not_a_crash(provider: str) -> None:
     """100 kB of ``[`` is well under the body cap but deeper than the JSON decoder's recursion."""
     with pytest.raises(InvalidCallback):
-        ADAPTERS[provider].parse_callback(b"[" * 100_000)
+        CALLBACK_ADAPTERS[provider].parse_callback(b"[" * 100_000)
 
 
 # --- Segmind (docs/providers.md §3) ---------------------------------------------------------------
@@ -501,7 +501,7 @@ def test_segmind_submit_translates_the_tail_image() -> None:
             "cfg_scale": 0.6,
         },
     )
-    request = SEGMIND.submit_request(job, "https://cb.example/unused", "sgk_key")
+    request = SEGMIND.submit_request(job, "sgk_key")
     assert request.path == "/v1/kling-2.5-turbo"
     assert request.headers == {"x-api-key": "sgk_key"}
     assert request.json == {
@@ -517,13 +517,12 @@ def test_segmind_submit_translates_the_tail_image() -> None:
 
 
 def test_segmind_has_no_callbacks() -> None:
+    """Segmind is a held adapter: it offers nothing a callback or a job id could reach."""
     assert SEGMIND.holds_request is True
-    with pytest.raises(InvalidCallback):
-        SEGMIND.parse_callback(encode(TRINETRA_DONE))
-    with pytest.raises(InvalidCallback):
-        SEGMIND.verify_callback(Headers({}), b"{}", "sgk_key")
-    with pytest.raises(InvalidCallback):
-        SEGMIND.accepted_job_id({"request_id": "x"})
+    assert dict(HELD_ADAPTERS) == {"segmind": SEGMIND}
+    assert "segmind" not in CALLBACK_ADAPTERS
+    for method in ("parse_callback", "verify_callback", "accepted_job_id"):
+        assert not hasattr(SEGMIND, method), method
 
 
 # --- The documented examples, replayed byte for byte ------------------------------------------
@@ -598,7 +597,7 @@ def test_segmind_seed_request_example() -> None:
         "aspect_ratio": "16:9",
     }
     job = make_job("segmind/kling-2.5-turbo", {"prompt": seed["prompt"]})
-    request = SEGMIND.submit_request(job, "", "YOUR_API_KEY")
+    request = SEGMIND.submit_request(job, "YOUR_API_KEY")
     assert request.path == "/v1/kling-2.5-turbo"
     assert request.headers == {"x-api-key": "YOUR_API_KEY"}
     assert request.json == {**seed, "duration": 10}

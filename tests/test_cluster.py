@@ -21,7 +21,7 @@ from service.core.models import Cost, DeliveryStatus, Job, JobStatus, Output, Pr
 from service.delivery.publisher import Publisher
 from service.jobs import lifecycle
 from service.ops.ratelimit import SharedRateLimiter
-from service.storage import deliveries, events, jobs
+from service.storage import deliveries, events, jobs, submissions
 from service.storage.announcements import Work
 from service.storage.deliveries import AttemptOutcome, Claimed
 from service.storage.events import NewEvent
@@ -429,15 +429,18 @@ async def test_a_held_request_is_recovered_only_once_its_node_is_dead(pg_databas
     held = dataclasses.replace(
         a_job(7), provider="segmind", status=JobStatus.PENDING, provider_job_id=None
     )
-    in_flight = (JobStatus.SUBMITTED, JobStatus.RUNNING)
     async with cluster(pg_database, 2) as (a, b):
         async with a.transaction() as conn:
             await jobs.insert(conn, held)
-        _, moved = await lifecycle.mark_submitted(
-            a, publisher, held.id, None, time.time(), held_by=a.node_id
-        )
-        assert moved
-        assert await jobs.held_by_the_dead(b.reader, "segmind", in_flight, b.node_timeout) == []
+            await submissions.schedule(conn, held.id, next_at=NOW - 1)
+        async with a.transaction() as conn:
+            claimed = await lifecycle.hold_due_requests(
+                conn, publisher, ["segmind"], time.time(), 10, held_by=a.node_id
+            )
+        assert [job.id for job, _ in claimed] == [held.id]
+        assert await submissions.in_flight(b.reader, ["segmind"], alive_within=10) == []
         await declare_dead(b, a.node_id)
-        (orphan,) = await jobs.held_by_the_dead(b.reader, "segmind", in_flight, b.node_timeout)
+        (orphan,) = await submissions.in_flight(b.reader, ["segmind"], alive_within=10)
         assert orphan.id == held.id
+        # One process owns a SQLite file: there every held request is the previous run's.
+        assert len(await submissions.in_flight(b.reader, ["segmind"])) == 1

@@ -328,8 +328,8 @@ async def test_410_gone_deletes_the_subscription_and_is_not_retried(
 
 
 async def test_429_with_retry_after_zero_is_retried(settings_factory: SettingsFactory) -> None:
-    settings = settings_factory()
-    async with sink_and_service(settings, retry_overload_floor=0.0) as (sink, sink_url, http):
+    settings = settings_factory(RETRY_OVERLOAD_FLOOR="0")
+    async with sink_and_service(settings) as (sink, sink_url, http):
         sink.script["/hook"] = first_then((429, {"Retry-After": "0"}))
         sub = await subscribe(http, f"{sink_url}/hook")
         event_id = await ping(http, sub["id"])
@@ -517,11 +517,11 @@ async def test_the_first_attempt_waits_for_the_first_scheduled_delay(
 
 
 async def test_a_timeout_is_retried(settings_factory: SettingsFactory) -> None:
-    settings = settings_factory(DELIVERY_TIMEOUT="0.3")
+    settings = settings_factory(DELIVERY_TIMEOUT="0.3", RETRY_OVERLOAD_FLOOR="0")
     hanging = Hanging()
     async with run_server(hanging.app()) as url:
         try:
-            async with api_client(settings, retry_overload_floor=0.0) as http:
+            async with api_client(settings) as http:
                 sub = await subscribe(http, f"{url}/hang-once")
                 event_id = await ping(http, sub["id"])
                 row = await settled(settings, event_id, status_is("succeeded", "failed"))

@@ -341,10 +341,15 @@ async def test_a_transient_failure_is_retried_and_a_persistent_one_given_up(
 ) -> None:
     files = Files()
     sock = loopback_socket()
-    settings = settings_factory(PUBLIC_URL=url_of(sock), SIM_DELAY="3600", MIRROR_OUTPUTS="true")
+    settings = settings_factory(
+        PUBLIC_URL=url_of(sock),
+        SIM_DELAY="3600",
+        MIRROR_OUTPUTS="true",
+        MIRROR_RETRY_SCHEDULE="0.05,0.05",
+    )
     async with (
         run_server(files.app()) as files_url,
-        served(settings, sock, mirror_retry_delays=(0.05, 0.05)) as http,
+        served(settings, sock) as http,
     ):
         flaky = await create(http)
         await finish(http, flaky, f"{files_url}/flaky")

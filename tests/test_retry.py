@@ -1,4 +1,5 @@
-"""RetryPolicy (schedule, jitter, back-off floor, Retry-After) and Retry-After parsing, pure."""
+"""The delivery retry schedule (schedule, jitter, back-off floor, Retry-After) and Retry-After
+parsing, pure."""
 
 from __future__ import annotations
 
@@ -6,10 +7,11 @@ from email.utils import formatdate
 
 import pytest
 
-from service.delivery.retry import RetryPolicy
+from service.core.retry import RetrySchedule
 from service.providers.base import parse_retry_after
 
 NOW = 1_700_000_000.0
+RetryPolicy = RetrySchedule.for_deliveries
 SCHEDULE = (0.0, 5.0, 300.0, 1800.0)
 
 
@@ -27,7 +29,7 @@ def highest() -> float:
 
 
 def delay(
-    policy: RetryPolicy,
+    policy: RetrySchedule,
     attempts_made: int,
     *,
     overloaded: bool = False,

@@ -14,9 +14,9 @@ import aiosqlite
 import pytest
 
 from service.core.models import Cost, Job, JobStatus
+from service.core.retry import RetrySchedule
 from service.delivery.publisher import Publisher
-from service.jobs.lifecycle import defer_submit, mark_submitted
-from service.jobs.submit_retry import SubmitRetryPolicy
+from service.jobs.lifecycle import defer_submit, hold_due_requests
 from service.storage import jobs, submissions
 from service.storage.database import Database
 from service.storage.sqlite import SqliteConnection, migrate
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.anyio
 
 NOW = 1_700_000_000.0
 DEADLINE = NOW + 3600
-POLICY = SubmitRetryPolicy((5.0, 30.0, 120.0))
+POLICY = RetrySchedule.for_retries((5.0, 30.0, 120.0))
 
 
 def no_jitter() -> float:
@@ -43,7 +43,9 @@ def test_each_retry_waits_its_scheduled_delay() -> None:
 
 def test_the_budget_is_spent_after_the_last_scheduled_retry() -> None:
     assert POLICY.next_attempt_at(4, NOW, deadline=DEADLINE, rng=no_jitter) is None
-    assert POLICY.next_attempt_at(0, NOW, deadline=DEADLINE, rng=no_jitter) is None
+    # Before any attempt, the first is due at once: schedule[n] is the wait before attempt n + 1.
+    assert POLICY.next_attempt_at(0, NOW, deadline=DEADLINE, rng=no_jitter) == NOW
+    assert POLICY.next_attempt_at(-1, NOW, deadline=DEADLINE, rng=no_jitter) is None
 
 
 @pytest.mark.parametrize(("rng", "factor"), [(0.0, 0.8), (1.0, 1.2), (0.25, 0.9)])
@@ -139,27 +141,39 @@ async def test_a_job_a_callback_moved_on_is_not_deferred(db: Database) -> None:
     job = make_job(1, status=JobStatus.RUNNING)
     await store(db, job, due=None)
     assert not await defer_submit(db, job.id, NOW + 5, "timeout", NOW)
-    assert not await defer_submit(db, job.id, NOW + 5, "timeout", NOW, requeue=True)
+    assert not await defer_submit(db, job.id, NOW + 5, "timeout", NOW, held=True)
     assert not await defer_submit(db, "job_missing", NOW + 5, "timeout", NOW)
     assert await claim(db, NOW + 10) == []
 
 
-async def test_a_requeued_held_request_is_announced_once(db: Database) -> None:
-    """Segmind refused a held request before doing any work: the job goes back to pending and,
-    sent again, is not announced as submitted a second time."""
+async def test_a_held_request_refused_unworked_stays_submitted_and_is_announced_once(
+    db: Database,
+) -> None:
+    """Segmind refused a held request before doing any work: the job stays submitted (its status
+    only moves forward), is due again, and sent again is not announced a second time. While its
+    request is held it has no submit due, which is how a restart finds it in flight."""
     publisher = Publisher(lambda digest, media_type: "")
     job = make_job(1, provider="segmind")
     await store(db, job, due=NOW)
-    _, moved = await mark_submitted(db, publisher, job.id, None, NOW)
-    assert moved
-    assert await defer_submit(db, job.id, NOW + 5, "rate_limited", NOW + 1, requeue=True)
-    requeued = await jobs.get(db.reader, job.id)
-    assert requeued is not None
-    assert requeued.status is JobStatus.PENDING
-    assert requeued.submitted_at == NOW
 
-    current, moved = await mark_submitted(db, publisher, job.id, None, NOW + 5)
-    assert moved and current is not None and current.status is JobStatus.SUBMITTED
+    async def hold(now: float) -> list[tuple[Job, int]]:
+        async with db.transaction() as conn:
+            return await hold_due_requests(conn, publisher, ["segmind"], now, 10)
+
+    ((held, attempt),) = await hold(NOW)
+    assert (held.status, held.submitted_at, attempt) == (JobStatus.SUBMITTED, NOW, 1)
+    assert [j.id for j in await submissions.in_flight(db.reader, ["segmind"])] == [job.id]
+    assert await hold(NOW + 1) == []
+
+    assert await defer_submit(db, job.id, NOW + 5, "rate_limited", NOW + 1, held=True)
+    waiting = await jobs.get(db.reader, job.id)
+    assert waiting is not None
+    assert (waiting.status, waiting.submitted_at) == (JobStatus.SUBMITTED, NOW)
+    assert await submissions.in_flight(db.reader, ["segmind"]) == []
+    assert await hold(NOW + 4) == []
+
+    ((again, attempt),) = await hold(NOW + 5)
+    assert (again.status, again.submitted_at, attempt) == (JobStatus.SUBMITTED, NOW, 2)
     async with db.reader.execute("SELECT type FROM events ORDER BY seq") as cursor:
         assert [row[0] for row in await cursor.fetchall()] == ["job.submitted"]
 

@@ -21,7 +21,7 @@ from service.core.models import Job
 from service.core.tokens import InvalidToken
 from service.jobs.callback_outcomes import CallbackOutcome
 from service.jobs.lifecycle import JobMismatch, Outcome, UnknownJob, Update
-from service.providers import ADAPTERS
+from service.providers import ADAPTERS, CALLBACK_ADAPTERS
 from service.providers.base import ForgedCallback, InvalidCallback
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ class _Rejected(Exception):
         Param(
             "provider",
             "path",
-            {"enum": [name for name, adapter in ADAPTERS.items() if not adapter.holds_request]},
+            {"enum": list(CALLBACK_ADAPTERS)},
             "The provider calling back.",
         ),
     ),
@@ -83,8 +83,8 @@ async def receive_callback(request: Request) -> Response:
 
 
 async def _receive(state: Services, request: Request, provider: str) -> tuple[Job, Outcome]:
-    adapter = ADAPTERS.get(provider)
-    if adapter is None or adapter.holds_request:
+    adapter = CALLBACK_ADAPTERS.get(provider)
+    if adapter is None:
         raise _Rejected(
             CallbackOutcome.UNKNOWN_PROVIDER,
             NotFound(f"no callbacks are accepted for {provider!r}"),

@@ -51,8 +51,8 @@ async def list_models(request: Request) -> Response:
 async def healthz(request: Request) -> Response:
     """200 while the delivery dispatcher runs."""
     state = services(request)
-    dispatcher = "running" if state.dispatcher.running else "stopped"
+    dispatcher = "running" if state.workers.dispatcher.running else "stopped"
     return JSONResponse(
         {"status": "ok", "dispatcher": dispatcher},
-        status_code=200 if state.dispatcher.running else 503,
+        status_code=200 if state.workers.dispatcher.running else 503,
     )

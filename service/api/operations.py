@@ -54,7 +54,7 @@ async def readyz(request: Request) -> Response:
         checks["database"] = f"not writable: no write lock within {READY_WRITE_WAIT:g} s"
     except DATABASE_ERRORS as exc:
         checks["database"] = f"not writable: {exc}"
-    checks["dispatcher"] = "running" if state.dispatcher.running else "not running"
+    checks["dispatcher"] = "running" if state.workers.dispatcher.running else "not running"
     ready = checks["database"] == "writable" and checks["dispatcher"] == "running"
     return JSONResponse(
         {"status": "ready" if ready else "not ready", "checks": checks},

@@ -6,6 +6,7 @@ import logging
 import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 
 import aiohttp
 import anyio
@@ -20,17 +21,17 @@ from service.access.keys import ApiKeys
 from service.api import routes
 from service.api.errors import handle_http_exception, handle_reelhook_error, handle_unexpected
 from service.app import bootstrap, startup_checks
-from service.app.services import Services
+from service.app.services import Services, Workers
 from service.app.settings import Settings
 from service.core.clock import Clock, system_clock
 from service.core.errors import ReelhookError
+from service.core.retry import RetrySchedule
 from service.core.tokens import Tokens
 from service.delivery.deliveries import Deliveries
 from service.delivery.dispatcher import PREFETCH, Dispatcher
 from service.delivery.eventfeed import EventFeed
 from service.delivery.eventlog import EventLog
 from service.delivery.publisher import Publisher
-from service.delivery.retry import RetryPolicy
 from service.delivery.sender import Sender
 from service.delivery.subscriptions import Subscriptions
 from service.jobs.callback_outcomes import CallbackObserver
@@ -38,9 +39,8 @@ from service.jobs.deadlines import DeadlineTimer
 from service.jobs.held_requests import HeldRequests
 from service.jobs.ingest import Ingest
 from service.jobs.listing import JobReader
-from service.jobs.mirroring import RETRY_DELAYS, Mirrors
-from service.jobs.submission import ProviderEndpoint, Submitter
-from service.jobs.submit_retry import SubmitRetryPolicy
+from service.jobs.mirroring import Mirrors
+from service.jobs.submission import ProviderEndpoint, Providers, SubmitPolicy, Submitter
 from service.net.client import guarded_client, origin_of
 from service.ops.instrumentation import MeteredSender, MeteredTransport
 from service.ops.metrics import Metrics
@@ -74,21 +74,22 @@ def create_app(
     settings: Settings,
     *,
     clock: Clock = system_clock,
-    retry_overload_floor: float = 60.0,
-    mirror_retry_delays: Sequence[float] = RETRY_DELAYS,
     callback_observers: Sequence[CallbackObserver] = (),
 ) -> Starlette:
     """Build reelhook for ``settings``. Nothing is opened until the lifespan starts.
 
-    ``clock``, ``retry_overload_floor`` and ``mirror_retry_delays`` exist so tests can drive
-    time-based behaviour; ``callback_observers`` hear the outcome of every provider callback.
+    ``clock`` is what every component reads the time from; ``callback_observers`` hear the
+    outcome of every provider callback (the metrics are one of them).
     """
     simulator = (
         Simulator(Scenario(delay=settings.sim_delay)) if settings.simulated_providers else None
     )
     # Per application, never global: two apps in one process (tests) must not share counts.
-    metrics = Metrics()
-    feed = EventFeed()
+    shared = Shared(
+        metrics=Metrics(),
+        limiter=RateLimiter(settings.rate_limit, settings.rate_burst),
+        feed=EventFeed(),
+    )
     app_routes: list[BaseRoute] = routes() + console.routes()
     if simulator is not None:
         app_routes.append(Mount("/sim", routes=simulator.routes()))
@@ -101,73 +102,57 @@ def create_app(
             db = await stack.enter_async_context(
                 Database.open(settings.database_url, node_timeout=settings.node_timeout)
             )
-            feed.open()
+            shared.feed.open()
             generated = await bootstrap.admin_key(db, settings, clock)
             # One TLS context (loading the CA bundle is slow) for provider calls and downloads.
             ssl_context = httpx.create_ssl_context()
             bases = {e.base_url: e.name for e in provider_endpoints(settings).values()}
-            client = await stack.enter_async_context(
-                httpx.AsyncClient(
-                    timeout=settings.provider_timeout,
-                    follow_redirects=False,
-                    transport=MeteredTransport(
-                        httpx.AsyncHTTPTransport(verify=ssl_context), metrics, bases
-                    ),
-                )
-            )
-            session = await stack.enter_async_context(
-                Sender.session(
-                    allow=settings.allow_private_subscribers,
-                    timeout=settings.delivery_timeout,
-                    concurrency=settings.delivery_concurrency,
-                )
-            )
-            downloads = await stack.enter_async_context(
-                guarded_client(
-                    settings.allow_private_subscribers,
-                    ssl_context=ssl_context,
-                    # The in-process simulator serves its videos from reelhook's own address.
-                    trusted=[origin_of(settings.public_url)] if simulator is not None else [],
-                    timeout=httpx.Timeout(60.0, connect=30.0),
-                )
+            clients = Clients(
+                providers=await stack.enter_async_context(
+                    httpx.AsyncClient(
+                        timeout=settings.provider_timeout,
+                        follow_redirects=False,
+                        transport=MeteredTransport(
+                            httpx.AsyncHTTPTransport(verify=ssl_context), shared.metrics, bases
+                        ),
+                    )
+                ),
+                subscribers=await stack.enter_async_context(
+                    Sender.session(
+                        allow=settings.allow_private_subscribers,
+                        timeout=settings.delivery_timeout,
+                        concurrency=settings.delivery_concurrency,
+                    )
+                ),
+                downloads=await stack.enter_async_context(
+                    guarded_client(
+                        settings.allow_private_subscribers,
+                        ssl_context=ssl_context,
+                        # The in-process simulator serves its videos from reelhook's own address.
+                        trusted=[origin_of(settings.public_url)] if simulator is not None else [],
+                        timeout=httpx.Timeout(60.0, connect=30.0),
+                    )
+                ),
             )
             if simulator is not None:
                 await stack.enter_async_context(simulator.running())
-            services = _wire(
-                settings,
-                clock,
-                retry_overload_floor,
-                db,
-                tokens,
-                client,
-                session,
-                downloads,
-                mirror_retry_delays,
-                metrics,
-                limiter_for(db, settings),
-                feed,
-            )
-            services.callback_observers.append(metrics.callback_outcome)
+            services = _wire(settings, clock, Opened(db, tokens, clients), shared)
+            services.callback_observers.append(shared.metrics.callback_outcome)
             services.callback_observers.extend(callback_observers)
             await services.blobs.remove_leftovers()
-            retention = Retention(db, metrics, clock=clock, max_age=settings.retention)
             tasks = await stack.enter_async_context(anyio.create_task_group())
+            # The store's own upkeep (PostgreSQL: heartbeats, leader lease, LISTEN) first.
             tasks.start_soon(db.run)
-            tasks.start_soon(services.dispatcher.run)
-            tasks.start_soon(services.held.run)
-            tasks.start_soon(services.ingest.run)
-            tasks.start_soon(services.deadlines.run)
-            tasks.start_soon(services.mirrors.run)
-            tasks.start_soon(services.submitter.run_retries)
-            tasks.start_soon(retention.run)
+            for loop in services.workers.loops():
+                tasks.start_soon(loop)
             _announce(settings, generated)
             startup_checks.warn_if_unreachable(settings)
             try:
                 yield {"services": services}
             finally:
                 # In-flight deliveries get the grace period; the rest are left for the next start.
-                await services.dispatcher.stop()
-                feed.close()
+                await services.workers.dispatcher.stop()
+                shared.feed.close()
                 tasks.cancel_scope.cancel()
 
     app = Starlette(
@@ -181,24 +166,43 @@ def create_app(
     )
     # uvicorn waits for open responses before it runs the lifespan exit, and a live event stream
     # never ends by itself: service.server calls this as shutdown begins.
-    app.state.end_streams = feed.close
+    app.state.end_streams = shared.feed.close
     return app
 
 
-def _wire(
-    settings: Settings,
-    clock: Clock,
-    retry_overload_floor: float,
-    db: Database,
-    tokens: Tokens,
-    client: httpx.AsyncClient,
-    session: aiohttp.ClientSession,
-    downloads: httpx.AsyncClient,
-    mirror_retry_delays: Sequence[float],
-    metrics: Metrics,
-    limiter: Limiter,
-    feed: EventFeed,
-) -> Services:
+@dataclass(frozen=True, slots=True)
+class Shared:
+    """Built with the app, before its lifespan: what outlives one start (counters, rate-limit
+    buckets, and the feed the server closes when it stops)."""
+
+    metrics: Metrics
+    limiter: RateLimiter
+    feed: EventFeed
+
+
+@dataclass(frozen=True, slots=True)
+class Clients:
+    """The outbound HTTP clients the lifespan opened: to the providers, to subscribers (each
+    address checked on connect), and for downloading outputs to mirror."""
+
+    providers: httpx.AsyncClient
+    subscribers: aiohttp.ClientSession
+    downloads: httpx.AsyncClient
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """What the lifespan opened for one start."""
+
+    db: Database
+    tokens: Tokens
+    clients: Clients
+
+
+def _wire(settings: Settings, clock: Clock, opened: Opened, shared: Shared) -> Services:
+    """Assemble the operations and workers from what was opened."""
+    db, tokens = opened.db, opened.tokens
+    limiter = limiter_for(db, settings, shared.limiter)
     endpoints = provider_endpoints(settings)
     blobs = BlobStore(settings.blob_dir)
 
@@ -208,8 +212,10 @@ def _wire(
     publisher = Publisher(file_url, first_delay=settings.retry_schedule[0])
     dispatcher = Dispatcher(
         db,
-        MeteredSender(session, metrics),
-        RetryPolicy(settings.retry_schedule, overload_floor=retry_overload_floor),
+        MeteredSender(opened.clients.subscribers, shared.metrics),
+        RetrySchedule.for_deliveries(
+            settings.retry_schedule, overload_floor=settings.retry_overload_floor
+        ),
         clock=clock,
         # Shown in the delivery log as when a claimed row would be given up; the row is only ever
         # taken back by the next start (the one process owning the database released it).
@@ -221,11 +227,11 @@ def _wire(
         shutdown_grace=settings.shutdown_grace,
     )
 
-    submit_retries = SubmitRetryPolicy(settings.submit_retry_schedule)
+    submit_retries = RetrySchedule.for_retries(settings.submit_retry_schedule)
     held = HeldRequests(
         db=db,
         publisher=publisher,
-        client=client,
+        client=opened.clients.providers,
         blobs=blobs,
         endpoint=endpoints.get("segmind"),
         clock=clock,
@@ -233,70 +239,66 @@ def _wire(
         timeout=settings.segmind_timeout,
         max_bytes=settings.mirror_max_bytes,
         resubmit=settings.segmind_resubmit,
-        retry_policy=submit_retries,
+        retry_schedule=submit_retries,
     )
     deadlines = DeadlineTimer(db, publisher, clock=clock)
     mirrors = Mirrors(
         db=db,
         publisher=publisher,
         blobs=blobs,
-        client=downloads,
+        client=opened.clients.downloads,
         clock=clock,
         max_bytes=settings.mirror_max_bytes,
         timeout=settings.mirror_timeout,
-        retry_delays=mirror_retry_delays,
+        retry_delays=settings.mirror_retry_schedule,
     )
     submitter = Submitter(
-        db=db,
-        publisher=publisher,
-        client=client,
-        tokens=tokens,
-        endpoints=endpoints,
-        public_url=settings.public_url,
-        clock=clock,
-        job_deadline=settings.job_deadline,
-        allow_private=settings.allow_private_subscribers,
-        deadlines=settings.job_deadlines,
-        retry_policy=submit_retries,
-        # An attempt left unanswered by a stop is sent again once its request has surely ended.
-        lease=settings.provider_timeout + 30,
+        db,
+        publisher,
+        clock,
+        Providers(opened.clients.providers, endpoints, tokens, settings.public_url),
+        SubmitPolicy(
+            job_deadline=settings.job_deadline,
+            deadlines=settings.job_deadlines,
+            allow_private=settings.allow_private_subscribers,
+            retry_schedule=submit_retries,
+            # An attempt left unanswered by a stop is sent again once its request has surely
+            # ended.
+            lease=settings.provider_timeout + 30,
+        ),
     )
 
     # Every writer's commit announces the work it created; here each worker hears its kinds.
-    db.subscribe(Work.EVENTS, feed.notify)
+    db.subscribe(Work.EVENTS, shared.feed.notify)
     db.subscribe(Work.DELIVERIES, dispatcher.wake)
     db.subscribe(Work.SUBMITS, submitter.wake)
     db.subscribe(Work.SUBMITS, held.wake)
     db.subscribe(Work.DEADLINES, deadlines.wake)
     db.subscribe(Work.MIRRORS, mirrors.wake)
 
+    ingest = Ingest(
+        db,
+        publisher,
+        clock=clock,
+        capacity=settings.ingest_queue,
+        batch_size=settings.ingest_batch,
+        mirror=settings.mirror_outputs,
+    )
     return Services(
         settings=settings,
+        clock=clock,
         db=db,
         tokens=tokens,
         publisher=publisher,
-        clock=clock,
         blobs=blobs,
         endpoints=endpoints,
-        submitter=submitter,
-        dispatcher=dispatcher,
-        held=held,
-        ingest=Ingest(
-            db,
-            publisher,
-            clock=clock,
-            capacity=settings.ingest_queue,
-            batch_size=settings.ingest_batch,
-            mirror=settings.mirror_outputs,
-        ),
-        deadlines=deadlines,
-        mirrors=mirrors,
-        limiter=limiter,
-        metrics=metrics,
-        feed=feed,
-        access=Authenticator(db, limiter, metrics),
+        metrics=shared.metrics,
+        feed=shared.feed,
+        access=Authenticator(db, limiter, shared.metrics),
         keys=ApiKeys(db, clock, limiter),
         jobs=JobReader(db),
+        submitter=submitter,
+        ingest=ingest,
         subscriptions=Subscriptions(
             db,
             clock,
@@ -305,7 +307,16 @@ def _wire(
             rotation_grace=settings.secret_rotation_grace,
         ),
         deliveries=Deliveries(db, clock),
-        events=EventLog(db, feed, keepalive=settings.stream_keepalive),
+        events=EventLog(db, shared.feed, keepalive=settings.stream_keepalive),
+        workers=Workers(
+            dispatcher=dispatcher,
+            held=held,
+            ingest=ingest,
+            deadlines=deadlines,
+            mirrors=mirrors,
+            submitter=submitter,
+            retention=Retention(db, shared.metrics, clock=clock, max_age=settings.retention),
+        ),
     )
 
 
@@ -321,9 +332,10 @@ def _announce(settings: Settings, generated_admin_key: str | None) -> None:
         sys.stdout.flush()
 
 
-def limiter_for(db: Database, settings: Settings) -> Limiter:
-    """The per-key request limit: in memory on SQLite (one process), shared through the
-    database when several nodes run on PostgreSQL (otherwise each node would allow the limit)."""
+def limiter_for(db: Database, settings: Settings, local: RateLimiter) -> Limiter:
+    """The per-key request limit: ``local`` (in memory, kept across starts) on SQLite, where one
+    process serves; shared through the database when several nodes run on PostgreSQL, where
+    each node's own buckets would let a key through N times over (docs/scaling.md)."""
     if db.dialect == "postgresql":
         return SharedRateLimiter(db, settings.rate_limit, settings.rate_burst)
-    return RateLimiter(settings.rate_limit, settings.rate_burst)
+    return local

@@ -3,8 +3,9 @@ store, and the domain operations the API and the console call."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 from starlette.requests import Request
 
@@ -27,37 +28,59 @@ from service.jobs.listing import JobReader
 from service.jobs.mirroring import Mirrors
 from service.jobs.submission import ProviderEndpoint, Submitter
 from service.ops.metrics import Metrics
-from service.ops.ratelimit import Limiter
+from service.ops.retention import Retention
 from service.storage.blobs import BlobStore
 from service.storage.database import Database
 
 
-@dataclass(slots=True)
-class Services:
-    """Everything the lifespan opened, shared by the edges."""
+@dataclass(frozen=True, slots=True)
+class Workers:
+    """The background loops the lifespan runs in its task group, each durable in the store."""
 
-    settings: Settings
-    db: Database
-    tokens: Tokens
-    publisher: Publisher
-    clock: Clock
-    blobs: BlobStore
-    endpoints: dict[str, ProviderEndpoint]
-    submitter: Submitter
     dispatcher: Dispatcher
     held: HeldRequests
     ingest: Ingest
     deadlines: DeadlineTimer
     mirrors: Mirrors
-    limiter: Limiter
+    submitter: Submitter
+    retention: Retention
+
+    def loops(self) -> list[Callable[[], Coroutine[Any, Any, None]]]:
+        return [
+            self.dispatcher.run,
+            self.held.run,
+            self.ingest.run,
+            self.deadlines.run,
+            self.mirrors.run,
+            self.submitter.run_retries,
+            self.retention.run,
+        ]
+
+
+@dataclass(slots=True)
+class Services:
+    """What the edges work with: the settings and the store, the operations they call (each
+    taking plain arguments and the :class:`~service.access.callers.Caller`), and the workers."""
+
+    settings: Settings
+    clock: Clock
+    db: Database
+    tokens: Tokens
+    publisher: Publisher
+    blobs: BlobStore
+    endpoints: dict[str, ProviderEndpoint]
     metrics: Metrics
     feed: EventFeed
+    # The operations.
     access: Authenticator
     keys: ApiKeys
     jobs: JobReader
+    submitter: Submitter
+    ingest: Ingest
     subscriptions: Subscriptions
     deliveries: Deliveries
     events: EventLog
+    workers: Workers
     callback_observers: list[CallbackObserver] = field(default_factory=list)
 
 

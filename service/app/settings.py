@@ -23,6 +23,8 @@ DEFAULT_RETRY_SCHEDULE = (0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 360
 # Seconds before each resubmission of a throttled or failed provider submit (about 42 min in all,
 # inside the default one-hour job deadline).
 DEFAULT_SUBMIT_RETRY_SCHEDULE = (5.0, 30.0, 120.0, 600.0, 1800.0)
+# Seconds before the 2nd, 3rd and 4th try of an output download that failed in a way that may pass.
+DEFAULT_MIRROR_RETRY_SCHEDULE = (1.0, 10.0, 60.0)
 
 
 class SettingsError(ValueError):
@@ -56,6 +58,8 @@ class Settings:
     sim_delay: float = 5.0
     allow_private_subscribers: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     retry_schedule: tuple[float, ...] = DEFAULT_RETRY_SCHEDULE
+    # The least delay before retrying a delivery that timed out or was answered 429.
+    retry_overload_floor: float = 60.0
     delivery_timeout: float = 15.0
     disable_after: float = 432000.0
     job_deadline: float = 3600.0
@@ -63,6 +67,7 @@ class Settings:
     mirror_outputs: bool = True
     mirror_max_bytes: int = 524288000
     mirror_timeout: float = 600.0
+    mirror_retry_schedule: tuple[float, ...] = DEFAULT_MIRROR_RETRY_SCHEDULE
     max_callback_bytes: int = 1048576
     ingest_queue: int = 5000
     ingest_batch: int = 256
@@ -253,6 +258,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         sim_delay=read.number("SIM_DELAY", 5.0),
         allow_private_subscribers=_networks(read, "ALLOW_PRIVATE_SUBSCRIBERS"),
         retry_schedule=_schedule(read, "RETRY_SCHEDULE"),
+        retry_overload_floor=read.number("RETRY_OVERLOAD_FLOOR", 60.0),
         delivery_timeout=read.number("DELIVERY_TIMEOUT", 15.0, minimum=0.1),
         disable_after=read.number("DISABLE_AFTER", 432000.0),
         job_deadline=read.number("JOB_DEADLINE", 3600.0, minimum=1.0),
@@ -260,6 +266,9 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         mirror_outputs=read.boolean("MIRROR_OUTPUTS", True),
         mirror_max_bytes=read.integer("MIRROR_MAX_BYTES", 524288000, minimum=1, maximum=2**62),
         mirror_timeout=read.number("MIRROR_TIMEOUT", 600.0, minimum=1.0),
+        mirror_retry_schedule=_schedule(
+            read, "MIRROR_RETRY_SCHEDULE", DEFAULT_MIRROR_RETRY_SCHEDULE
+        ),
         max_callback_bytes=read.integer("MAX_CALLBACK_BYTES", 1048576, minimum=1024),
         ingest_queue=read.integer("INGEST_QUEUE", 5000, minimum=1),
         ingest_batch=read.integer("INGEST_BATCH", 256, minimum=1, maximum=10000),

@@ -32,6 +32,10 @@ TERMINAL_STATUSES = frozenset(
 )
 
 
+# The SQL in service/storage spells these values as literals (SQLite matches partial indexes on
+# literals only); tests/test_bodies.py checks every status literal there is one of these.
+
+
 class SubscriptionStatus(StrEnum):
     """An active subscription receives deliveries; a disabled one holds them until enabled."""
 
@@ -53,6 +57,14 @@ class DeliveryStatus(StrEnum):
     def under_way(self) -> bool:
         """Whether an attempt is still to come (or running) without anyone asking for it."""
         return self in (DeliveryStatus.PENDING, DeliveryStatus.INFLIGHT)
+
+
+class MirrorStatus(StrEnum):
+    """A download of a job's output into the blob store: pending until it is done or failed."""
+
+    PENDING = "pending"
+    DONE = "done"
+    FAILED = "failed"
 
 
 class ErrorKind(StrEnum):

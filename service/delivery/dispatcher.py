@@ -19,14 +19,16 @@ import random
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from functools import partial
 
 import anyio
 import anyio.abc
 
 from service.core.clock import Clock
 from service.core.models import DeliveryStatus
+from service.core.retry import RetrySchedule
+from service.core.worker import Wakeup, run_worker
 from service.delivery.publisher import Publisher, subscription_disabled_data
-from service.delivery.retry import RetryPolicy
 from service.delivery.sender import AttemptResult, Sender
 from service.providers.base import parse_retry_after
 from service.storage import deliveries, subscriptions
@@ -50,7 +52,7 @@ class Dispatcher:
         self,
         db: Database,
         sender: Sender,
-        policy: RetryPolicy,
+        policy: RetrySchedule,
         *,
         clock: Clock,
         lease: float,
@@ -71,7 +73,7 @@ class Dispatcher:
         self._disable_after = disable_after
         self._shutdown_grace = shutdown_grace
         self._rng = rng
-        self._wake = anyio.Event()
+        self._wakeup = Wakeup()
         self._outcomes: list[AttemptOutcome] = []
         self._outcomes_ready = anyio.Event()
         self._in_flight = 0  # claimed and not yet recorded
@@ -95,8 +97,8 @@ class Dispatcher:
         self.running = False
 
     def wake(self) -> None:
-        """Tell the dispatcher new deliveries may be due (call after their commit)."""
-        self._wake.set()
+        """New deliveries may be due (``Work.DELIVERIES``), or a slot or outcome is free."""
+        self._wakeup.set()
 
     async def stop(self) -> None:
         """Stop claiming, let attempts in flight finish within the shutdown grace period, record
@@ -115,7 +117,12 @@ class Dispatcher:
             async with anyio.create_task_group() as senders:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._record_outcomes)
-                    tg.start_soon(self._claim_loop, senders)
+                    tg.start_soon(
+                        run_worker,
+                        "the dispatcher",
+                        partial(self._dispatch_once, senders),
+                        self._wakeup,
+                    )
                     await self._stop_requested.wait()
                     tg.cancel_scope.cancel()
                 with anyio.move_on_after(self._shutdown_grace):
@@ -130,14 +137,6 @@ class Dispatcher:
                 await self._flush()
                 await self._release_unfinished()
             self._stopped.set()
-
-    async def _claim_loop(self, senders: anyio.abc.TaskGroup) -> None:
-        while True:
-            try:
-                await self._dispatch_once(senders)
-            except Exception:
-                log.exception("dispatcher cycle failed; retrying in a second")
-                await anyio.sleep(1)
 
     async def _release_previous_leases(self) -> None:
         try:
@@ -168,8 +167,8 @@ class Dispatcher:
         else:
             self._unfinished.difference_update(unfinished)
 
-    async def _dispatch_once(self, senders: anyio.abc.TaskGroup) -> None:
-        self._wake = anyio.Event()
+    async def _dispatch_once(self, senders: anyio.abc.TaskGroup) -> float | None:
+        """Claim what is due and start sending it; return how long to sleep."""
         capacity = self._claim_limit - self._in_flight
         # Asked of the reader first: a wake-up with nothing due (a batch of callbacks no one
         # subscribes to) must not take the write lock from the writers that have work.
@@ -197,21 +196,17 @@ class Dispatcher:
                 self._unfinished.add(delivery.id)
                 senders.start_soon(self._deliver, delivery)
             if len(claimed) == capacity or more:
-                return  # more may be due at once
+                return 0  # more may be due at once
             if claimed:
                 due = await deliveries.next_due_at(self._db.reader)
-        await self._sleep(due, busy=self._in_flight > 0)
-
-    async def _sleep(self, due: float | None, *, busy: bool) -> None:
-        timeout: float | None = None
-        if due is not None:
-            timeout = due - self._clock()
-            if timeout <= 0:
-                # Due rows that could not be claimed wait for a busy subscription to free a slot,
-                # which wakes us; without one in flight, back off briefly instead of spinning.
-                timeout = None if busy else 0.05
-        with anyio.move_on_after(timeout):
-            await self._wake.wait()
+        if due is None:
+            return None
+        delay = due - self._clock()
+        if delay <= 0:
+            # Due rows that could not be claimed wait for a busy subscription to free a slot,
+            # which wakes us; without one in flight, back off briefly instead of spinning.
+            return None if self._in_flight > 0 else 0.05
+        return delay
 
     async def _deliver(self, delivery: Claimed) -> None:
         sub = delivery.subscription_id

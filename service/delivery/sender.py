@@ -1,4 +1,8 @@
-"""Sends one signed delivery over aiohttp and reports what happened, never raising."""
+"""Sends one signed delivery over aiohttp and reports what happened, never raising.
+
+aiohttp is the fan-out client by choice (see :mod:`service.net.client` for the split and the
+guard); a failed exchange is classified by :func:`service.net.failures.classify`.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +13,11 @@ from dataclasses import dataclass
 import aiohttp
 
 from service.delivery import signing
-from service.net.guard import IPNetwork, guarded_socket_factory
+from service.net.client import guarded_session
+from service.net.failures import classify, describe
+from service.net.guard import IPNetwork
 
 RESPONSE_KEEP_BYTES = 20_000
-USER_AGENT = "reelhook/0.1 (+https://github.com/reelhook)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,15 +44,7 @@ class Sender:
     def session(
         cls, *, allow: Sequence[IPNetwork], timeout: float, concurrency: int
     ) -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(
-            limit=concurrency, ttl_dns_cache=30, socket_factory=guarded_socket_factory(allow)
-        )
-        return aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(total=timeout),
-            headers={"User-Agent": USER_AGENT},
-            auto_decompress=False,
-        )
+        return guarded_session(allow, timeout=timeout, concurrency=concurrency)
 
     async def send(
         self,
@@ -78,10 +75,10 @@ class Sender:
                     response_body=body,
                     retry_after=response.headers.get("Retry-After"),
                 )
-        except TimeoutError:
-            return AttemptResult(None, _elapsed_ms(started), error="timed out", timed_out=True)
-        except (aiohttp.ClientError, OSError) as exc:
-            return AttemptResult(None, _elapsed_ms(started), error=_describe(exc))
+        except (aiohttp.ClientError, OSError) as exc:  # TimeoutError is an OSError
+            if classify(exc).timed_out:
+                return AttemptResult(None, _elapsed_ms(started), error="timed out", timed_out=True)
+            return AttemptResult(None, _elapsed_ms(started), error=describe(exc, 500))
 
 
 async def _read_prefix(stream: aiohttp.StreamReader, limit: int) -> bytes:
@@ -97,8 +94,3 @@ async def _read_prefix(stream: aiohttp.StreamReader, limit: int) -> bytes:
 
 def _elapsed_ms(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 3)
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}"[:500]

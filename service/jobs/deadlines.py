@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import logging
 
-import anyio
-
 from service.core.clock import Clock
+from service.core.worker import Wakeup, run_worker, until
 from service.delivery.publisher import Publisher
 from service.jobs.lifecycle import expire_overdue
 from service.storage import jobs
@@ -33,34 +32,24 @@ class DeadlineTimer:
         self._db = db
         self._publisher = publisher
         self._clock = clock
-        self._wake = anyio.Event()
-        # The deadline the timer sleeps towards; None while no job is unfinished.
-        self._target: float | None = None
+        self._wakeup = Wakeup()
 
     def wake(self) -> None:
         """A job was stored: its deadline may be the earliest (subscribed to ``Work.DEADLINES``)."""
-        self._wake.set()
+        self._wakeup.set()
 
     async def run(self) -> None:
         """Expire overdue jobs until cancelled."""
-        while True:
-            self._wake = anyio.Event()
-            if not self._db.is_leader:
-                # A singleton: only the leader node expires jobs (docs/scaling.md); look again
-                # when leadership may have moved.
-                await anyio.sleep(self._db.node_timeout / 4)
-                continue
-            try:
-                if await self._expire_overdue():
-                    continue  # a full batch: more may be overdue
-                self._target = await jobs.next_deadline(self._db.reader)
-            except Exception:
-                log.exception("the deadline timer failed; retrying in a second")
-                await anyio.sleep(1)
-                continue
-            timeout = None if self._target is None else max(0.0, self._target - self._clock())
-            with anyio.move_on_after(timeout):
-                await self._wake.wait()
+        await run_worker("the deadline timer", self._step, self._wakeup)
+
+    async def _step(self) -> float | None:
+        if not self._db.is_leader:
+            # A singleton: only the leader node expires jobs (docs/scaling.md); look again when
+            # leadership may have moved.
+            return self._db.node_timeout / 4
+        if await self._expire_overdue():
+            return 0  # a full batch: more may be overdue
+        return until(await jobs.next_deadline(self._db.reader), self._clock())
 
     async def _expire_overdue(self) -> bool:
         """Expire one batch of overdue jobs; return whether the batch was full."""

@@ -249,18 +249,9 @@ async def expire_overdue(db: Database, publisher: Publisher, now: float, limit: 
 
 
 async def mark_submitted(
-    db: Database,
-    publisher: Publisher,
-    job_id: str,
-    provider_job_id: str | None,
-    now: float,
-    *,
-    held_by: str | None = None,
+    db: Database, publisher: Publisher, job_id: str, provider_job_id: str | None, now: float
 ) -> tuple[Job | None, bool]:
     """The provider accepted a pending job: move it to submitted and announce it.
-
-    ``held_by`` records, in the same transaction, the node that holds the job's synchronous
-    request (Segmind), so no other node recovers it while that node lives.
 
     Returns the job as it now is and whether it moved. A callback that overtook the provider's
     answer has already moved the job on; then only its provider job id is filled in.
@@ -281,10 +272,8 @@ async def mark_submitted(
             submitted_at=current.submitted_at or now,
         )
         await jobs.save(conn, submitted, now)
-        if held_by is not None:
-            await jobs.hold(conn, job_id, held_by)
         if current.submitted_at is None:
-            # Announced once: a held request sent again after the provider throttled it is no news.
+            # Announced once (a Segmind job an older reelhook put back to pending was sent).
             await publisher.publish(conn, "job.submitted", now, job=submitted)
         return submitted, True
 
@@ -314,22 +303,65 @@ async def refuse(
 
 
 async def defer_submit(
-    db: Database, job_id: str, next_at: float, reason: str, now: float, *, requeue: bool = False
+    db: Database, job_id: str, next_at: float, reason: str, now: float, *, held: bool = False
 ) -> bool:
     """Schedule another submit attempt of a job the provider throttled or did not answer.
 
-    A pending job stays pending, due again at ``next_at``. With ``requeue``, a submitted job (a
-    held request the provider refused before doing any work) goes back to pending; it keeps its
-    ``submitted_at``, so it is not announced twice. A job a callback has moved on is left alone.
-    Returns whether the attempt was scheduled.
+    A pending job stays pending, due again at ``next_at``; so does a ``held`` request the provider
+    refused before doing any work, which stays submitted (a job's status only moves forward). A
+    job a callback has moved on is left alone. Returns whether the attempt was scheduled.
     """
+    waiting = (JobStatus.PENDING, JobStatus.SUBMITTED) if held else (JobStatus.PENDING,)
     async with db.transaction() as conn:
         current = await jobs.get(conn, job_id)
-        if current is None:
-            return False
-        if current.status is JobStatus.SUBMITTED and requeue:
-            await jobs.save(conn, dataclasses.replace(current, status=JobStatus.PENDING), now)
-        elif current.status is not JobStatus.PENDING:
+        if current is None or current.status not in waiting:
             return False
         await submissions.schedule(conn, job_id, next_at=next_at, last_error=reason[:500])
         return True
+
+
+async def hold_due_requests(
+    conn: Connection,
+    publisher: Publisher,
+    providers: Sequence[str],
+    now: float,
+    limit: int,
+    *,
+    held_by: str | None = None,
+) -> list[tuple[Job, int]]:
+    """Claim up to ``limit`` due held requests of ``providers``, each as it will be sent.
+
+    ``held_by`` (the claiming node) is recorded on each job, so that with several nodes only a
+    dead node's held requests are ever recovered (docs/scaling.md).
+
+    A pending job becomes submitted, announced once; one sent before (refused without any work
+    done, or resubmitted after a restart) already is. Either way it has no submit due while its
+    request is held, which is how a restart recognises a request that was in flight. Returns the
+    jobs with their attempt numbers. Run inside a write transaction.
+    """
+    claimed = await submissions.claim_due(
+        conn,
+        providers=providers,
+        now=now,
+        lease_until=None,
+        limit=limit,
+        statuses=HELD_WAITING,
+    )
+    sent = []
+    for job, attempt in claimed:
+        if job.status is JobStatus.PENDING:
+            announce = job.submitted_at is None  # else put back to pending by an older reelhook
+            job = dataclasses.replace(
+                job, status=JobStatus.SUBMITTED, submitted_at=job.submitted_at or now
+            )
+            await jobs.save(conn, job, now)
+            if announce:
+                await publisher.publish(conn, "job.submitted", now, job=job)
+        if held_by is not None:
+            await jobs.hold(conn, job.id, held_by)
+        sent.append((job, attempt))
+    return sent
+
+
+#: The statuses of a held request waiting to be sent: never sent, or sent and refused unworked.
+HELD_WAITING = (JobStatus.PENDING, JobStatus.SUBMITTED)

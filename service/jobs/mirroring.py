@@ -13,15 +13,18 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import anyio
 import anyio.abc
 import httpx
 
 from service.core.clock import Clock
+from service.core.retry import RetrySchedule
+from service.core.worker import Wakeup, run_worker, until
 from service.delivery.publisher import Publisher
 from service.jobs.lifecycle import Mirrored, record_mirror
-from service.net.client import refused
+from service.net.failures import NETWORK_ERRORS, NetworkFailure, classify, describe
 from service.storage import mirrors
 from service.storage.blobs import BlobStore, BlobTooLarge
 from service.storage.database import Database
@@ -29,8 +32,6 @@ from service.storage.mirrors import MirrorTask
 
 log = logging.getLogger(__name__)
 
-# Seconds before the 2nd, 3rd and 4th try of a download that failed in a way that may pass.
-RETRY_DELAYS = (1.0, 10.0, 60.0)
 # Served as a generic binary type, a file is still taken if it starts like an MP4 (ISO BMFF).
 _GENERIC_TYPES = ("", "application/octet-stream", "binary/octet-stream")
 _SNIFF_BYTES = 12
@@ -53,7 +54,7 @@ class Mirrors:
         clock: Clock,
         max_bytes: int,
         timeout: float,
-        retry_delays: Sequence[float] = RETRY_DELAYS,
+        retry_delays: Sequence[float],
         concurrency: int = 4,
     ) -> None:
         self._db = db
@@ -63,28 +64,20 @@ class Mirrors:
         self._clock = clock
         self._max_bytes = max_bytes
         self._timeout = timeout
-        self._retry_delays = tuple(retry_delays)
+        # Downloads are retried at fixed intervals, without jitter.
+        self._retries = RetrySchedule.for_retries(retry_delays, jitter=0.0)
         self._concurrency = concurrency
-        self._wake = anyio.Event()
+        self._wakeup = Wakeup()
         self._active: set[tuple[str, int]] = set()
 
     def wake(self) -> None:
         """Tell the worker downloads may have been queued (call after their commit)."""
-        self._wake.set()
+        self._wakeup.set()
 
     async def run(self) -> None:
         """Download queued outputs until cancelled; a cancelled download stays queued."""
         async with anyio.create_task_group() as tg:
-            while True:
-                self._wake = anyio.Event()
-                try:
-                    timeout = await self._start_due(tg)
-                except Exception:
-                    log.exception("could not read the mirror queue; retrying in a second")
-                    await anyio.sleep(1)
-                    continue
-                with anyio.move_on_after(timeout):
-                    await self._wake.wait()
+            await run_worker("the mirroring worker", partial(self._start_due, tg), self._wakeup)
 
     async def _start_due(self, tg: anyio.abc.TaskGroup) -> float | None:
         """Start what is due and free to run; return how long to sleep (None: until woken)."""
@@ -102,8 +95,7 @@ class Mirrors:
                 free -= 1
                 tg.start_soon(self._mirror, task)
         # Due tasks left waiting for a slot are picked up when a running one ends and wakes us.
-        next_at = await mirrors.next_due_after(self._db.reader, now)
-        return None if next_at is None else max(0.0, next_at - self._clock())
+        return until(await mirrors.next_due_after(self._db.reader, now), self._clock())
 
     async def _mirror(self, task: MirrorTask) -> None:
         try:
@@ -123,8 +115,8 @@ class Mirrors:
     async def _record(self, task: MirrorTask, result: Mirrored | Failure) -> None:
         now = self._clock()
         if isinstance(result, Failure) and result.retryable:
-            if task.attempts < len(self._retry_delays):
-                at = now + self._retry_delays[task.attempts]
+            at = self._retries.next_attempt_at(task.attempts + 1, now)
+            if at is not None:
                 async with self._db.transaction() as conn:
                     await mirrors.retry_later(conn, task, at, result.reason, now)
                 log.info("mirroring %s will be tried again: %s", task.job_id, result.reason)
@@ -143,15 +135,13 @@ class Mirrors:
                     return await self._store(response)
         except TimeoutError:
             return Failure(f"the download took longer than {self._timeout:g} seconds", True)
-        except httpx.InvalidURL as exc:
-            return Failure(f"the output URL is not valid: {exc}", False)
-        except httpx.HTTPError as exc:
-            if refused(exc):
+        except NETWORK_ERRORS as exc:
+            what = classify(exc)
+            if what is NetworkFailure.REFUSED:
                 return Failure(str(exc), False)
-            transient = isinstance(
-                exc, httpx.TimeoutException | httpx.NetworkError | httpx.RemoteProtocolError
-            )
-            return Failure(f"the download failed: {_describe(exc)}", transient)
+            if what is NetworkFailure.INVALID_URL:
+                return Failure(f"the output URL is not valid: {exc}", False)
+            return Failure(f"the download failed: {describe(exc)}", what.transient)
         except BlobTooLarge:
             return Failure(f"the video is larger than {self._max_bytes} bytes", False)
 
@@ -186,8 +176,3 @@ class Mirrors:
 
         digest, size = await self._blobs.write(body(), self._max_bytes)
         return Mirrored(digest, size, media_type)
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}"[:300]

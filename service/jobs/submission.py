@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import random
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
-import anyio
 import httpx
 
 from service.core.clock import Clock
@@ -27,17 +28,20 @@ from service.core.models import (
     Subscription,
     SubscriptionStatus,
 )
+from service.core.retry import RetrySchedule
 from service.core.tokens import Tokens
 from service.delivery import signing
 from service.delivery.publisher import Publisher
 from service.jobs.catalog import MODELS
 from service.jobs.lifecycle import defer_submit, mark_submitted, refuse
-from service.jobs.submit_retry import SubmitRetryPolicy
+from service.jobs.submit_queue import SubmitQueue
+from service.jobs.submit_retry import RetryAt, decide
+from service.net.failures import NETWORK_ERRORS, classify
 from service.net.guard import IPNetwork, check_url
-from service.providers import ADAPTERS
-from service.providers.base import InvalidCallback, SubmitFailed, redact
+from service.providers import CALLBACK_ADAPTERS, HELD_ADAPTERS
+from service.providers.base import InvalidCallback, Refusal, redact
 from service.storage import jobs, submissions, subscriptions
-from service.storage.database import Database
+from service.storage.database import Connection, Database
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +61,32 @@ class ProviderEndpoint:
 
 
 @dataclass(frozen=True, slots=True)
+class Providers:
+    """How reelhook reaches the providers (``client``, one endpoint per available provider) and
+    how they call it back (callback URLs under ``public_url``, with tokens from ``tokens``)."""
+
+    client: httpx.AsyncClient
+    endpoints: Mapping[str, ProviderEndpoint]
+    tokens: Tokens
+    public_url: str
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitPolicy:
+    """The rules a submission follows: how long a job may wait for its terminal callback
+    (``deadlines`` per model, else ``job_deadline``), which private networks a callback_url may
+    point to, and how submits are retried (``lease``: how long an attempt left unanswered by a
+    stop is trusted to be still running; ``retry_concurrency``: retries in flight at once)."""
+
+    job_deadline: float
+    allow_private: tuple[IPNetwork, ...]
+    retry_schedule: RetrySchedule
+    lease: float
+    deadlines: Mapping[str, float] = field(default_factory=dict)
+    retry_concurrency: int = 16
+
+
+@dataclass(frozen=True, slots=True)
 class Created:
     job: Job
     replayed: bool = False
@@ -69,43 +99,42 @@ class Submitter:
 
     def __init__(
         self,
-        *,
         db: Database,
         publisher: Publisher,
-        client: httpx.AsyncClient,
-        tokens: Tokens,
-        endpoints: dict[str, ProviderEndpoint],
-        public_url: str,
         clock: Clock,
-        job_deadline: float,
-        allow_private: tuple[IPNetwork, ...],
-        deadlines: Mapping[str, float] | None = None,
-        retry_policy: SubmitRetryPolicy,
-        lease: float,
-        retry_concurrency: int = 16,
+        providers: Providers,
+        policy: SubmitPolicy,
+        *,
         rng: Callable[[], float] = random.random,
     ) -> None:
         self._db = db
         self._publisher = publisher
-        self._client = client
-        self._tokens = tokens
-        self._endpoints = endpoints
-        self._public_url = public_url
+        self._client = providers.client
+        self._tokens = providers.tokens
+        self._endpoints = providers.endpoints
+        self._public_url = providers.public_url
         self._clock = clock
-        self._job_deadline = job_deadline
-        self._allow_private = allow_private
-        self._deadlines = deadlines or {}
-        self._retry_policy = retry_policy
-        self._lease = lease
-        self._retry_concurrency = retry_concurrency
+        self._job_deadline = policy.job_deadline
+        self._allow_private = policy.allow_private
+        self._deadlines = policy.deadlines
+        self._retry_schedule = policy.retry_schedule
+        self._lease = policy.lease
         self._rng = rng
-        self._retries_wake = anyio.Event()
         # Providers whose submits this Submitter sends itself (Segmind's are held elsewhere).
-        self._sent_here = tuple(name for name in endpoints if not ADAPTERS[name].holds_request)
+        self._sent_here = tuple(name for name in providers.endpoints if name in CALLBACK_ADAPTERS)
+        self._retries = SubmitQueue(
+            db,
+            clock=clock,
+            name="the submit retry worker",
+            claim=self._claim,
+            next_due=partial(submissions.next_due_at, providers=self._sent_here),
+            attempt=self._retry,
+            concurrency=policy.retry_concurrency,
+        )
 
     def wake(self) -> None:
         """A submit may be due sooner than the retry worker sleeps (``Work.SUBMITS``)."""
-        self._retries_wake.set()
+        self._retries.wake()
 
     def callback_url(self, job: Job) -> str:
         token = self._tokens.callback(job.id, job.provider)
@@ -141,7 +170,7 @@ class Submitter:
                     return Created(found[0], replayed=True)
                 await jobs.release_idempotency_key(conn, owner_key_id, idempotency_key)
             await jobs.insert(conn, job, idempotency_key=idempotency_key, request_hash=request_hash)
-            held = ADAPTERS[job.provider].holds_request
+            held = job.provider in HELD_ADAPTERS
             # The first attempt is made right here, under a lease: should reelhook stop before it
             # is answered, the retry worker sends it again (idempotently) once the lease ends.
             await submissions.schedule(
@@ -240,137 +269,79 @@ class Submitter:
         raises the client's error (``ValidationFailed`` for the input's fault, ``ProviderFailed``
         otherwise), carrying the provider's message.
         """
-        try:
-            provider_job_id = await self._send(job)
-        except SubmitFailed as failure:
-            if await self._retry_later(job, attempt, failure):
-                return await jobs.get(self._db.reader, job.id) or job
-            raise _client_error(job, failure) from None
-        return await self._mark_submitted(job, provider_job_id)
+        answer = await self._send(job)
+        if isinstance(answer, str):
+            return await self._mark_submitted(job, answer)
+        now = self._clock()
+        decision = decide(job, answer, attempt, now, self._retry_schedule, self._rng)
+        if isinstance(decision, RetryAt):
+            log.warning(
+                "%s did not accept job %s (attempt %d: %s, HTTP %s); next attempt in %.1f s",
+                job.provider,
+                job.id,
+                attempt,
+                answer.kind,
+                answer.status_code,
+                decision.at - now,
+            )
+            reason = f"{answer.kind}: {answer.message}"
+            await defer_submit(self._db, job.id, decision.at, reason, now)
+            return await jobs.get(self._db.reader, job.id) or job
+        await self._fail(job, decision.refusal)
+        raise _client_error(job, decision.refusal)
 
-    async def _send(self, job: Job) -> str:
-        """Send ``job`` to its provider; the provider's job id, or :class:`SubmitFailed`."""
+    async def _send(self, job: Job) -> str | Refusal:
+        """Send ``job`` to its provider: the provider's job id, or why it was not accepted."""
         endpoint = self._endpoints[job.provider]
-        adapter = ADAPTERS[job.provider]
+        adapter = CALLBACK_ADAPTERS[job.provider]
         request = adapter.submit_request(job, self.callback_url(job), endpoint.api_key)
         try:
-            try:
-                response = await self._client.post(
-                    endpoint.base_url + request.path, json=request.json, headers=request.headers
-                )
-            except httpx.TimeoutException:
-                raise SubmitFailed(
+            response = await self._client.post(
+                endpoint.base_url + request.path, json=request.json, headers=request.headers
+            )
+        except NETWORK_ERRORS as exc:
+            if classify(exc).timed_out:
+                return Refusal(
                     ErrorKind.TIMEOUT, f"{job.provider} did not answer in time", retryable=True
-                ) from None
-            except httpx.HTTPError as exc:
-                raise SubmitFailed(
-                    ErrorKind.PROVIDER_ERROR,
-                    f"could not reach {job.provider}: {type(exc).__name__}",
-                    retryable=True,
-                ) from None
-            if not response.is_success:
-                raise adapter.failure(response.status_code, response.content, response.headers)
-            try:
-                return adapter.accepted_job_id(response.json())
-            except (ValueError, InvalidCallback) as exc:
-                # It may have accepted the job all the same; sending it again is idempotent.
-                raise SubmitFailed(
-                    ErrorKind.PROVIDER_ERROR,
-                    f"unreadable answer from {job.provider}: {exc}",
-                    status_code=response.status_code,
-                    retryable=True,
-                ) from None
-        except SubmitFailed as failure:
-            # Whatever a provider echoes back, reelhook's key for it is never repeated.
-            failure.message = redact(failure.message, endpoint.api_key)
-            raise
-
-    async def _retry_later(self, job: Job, attempt: int, failure: SubmitFailed) -> bool:
-        """Schedule the next attempt after a retryable failure; otherwise fail the job.
-
-        Returns True when another attempt is scheduled (or a callback already moved the job on).
-        """
-        now = self._clock()
-        if failure.retryable:
-            next_at = self._retry_policy.next_attempt_at(
-                attempt,
-                now,
-                deadline=job.deadline_at,
-                retry_after=failure.retry_after,
-                rng=self._rng,
-            )
-            if next_at is not None:
-                log.warning(
-                    "%s did not accept job %s (attempt %d: %s, HTTP %s); next attempt in %.1f s",
-                    job.provider,
-                    job.id,
-                    attempt,
-                    failure.kind,
-                    failure.status_code,
-                    next_at - now,
                 )
-                reason = f"{failure.kind}: {failure.message}"
-                await defer_submit(self._db, job.id, next_at, reason, now)
-                return True
-            failure.message = (
-                f"{job.provider} did not accept the job after {attempt} "
-                f"attempt{'s' if attempt > 1 else ''}: {failure.message}"
+            return Refusal(
+                ErrorKind.PROVIDER_ERROR,
+                f"could not reach {job.provider}: {type(exc).__name__}",
+                retryable=True,
             )
-        await self._fail(job, failure)
-        return False
+        if not response.is_success:
+            # Whatever a provider echoes back, reelhook's key for it is never repeated.
+            failure = adapter.failure(response.status_code, response.content, response.headers)
+            return failure.redacted(endpoint.api_key)
+        try:
+            return adapter.accepted_job_id(response.json())
+        except (ValueError, InvalidCallback) as exc:
+            # It may have accepted the job all the same; sending it again is idempotent.
+            return Refusal(
+                ErrorKind.PROVIDER_ERROR,
+                redact(f"unreadable answer from {job.provider}: {exc}", endpoint.api_key),
+                status_code=response.status_code,
+                retryable=True,
+            )
 
     async def run_retries(self) -> None:
         """The lifespan worker: resubmit pending jobs when due, until cancelled.
 
-        Sleeps until the earliest due attempt (or lease end) and is woken in-process when a retry
-        is scheduled; it never polls the database on a fixed tick. Jobs left pending by a stop are
-        picked up when their lease ends.
+        Sleeps until the earliest due attempt (or lease end) and is woken when a retry is
+        scheduled (``Work.SUBMITS``); it never polls the database on a fixed tick. Jobs left
+        pending by a stop are picked up when their lease ends.
         """
-        in_flight = 0
+        await self._retries.run()
 
-        async def attempt(job: Job, number: int) -> None:
-            nonlocal in_flight
-            try:
-                await self._attempt(job, number)
-            except (ProviderFailed, ValidationFailed):
-                pass  # the job failed with its event; there is no client waiting for an answer
-            except Exception:
-                log.exception(
-                    "resubmitting job %s failed; it is retried when its lease ends", job.id
-                )
-            finally:
-                in_flight -= 1
-                self._retries_wake.set()
+    async def _claim(self, conn: Connection, now: float, limit: int) -> list[tuple[Job, int]]:
+        return await submissions.claim_due(
+            conn, providers=self._sent_here, now=now, lease_until=now + self._lease, limit=limit
+        )
 
-        async with anyio.create_task_group() as tg:
-            while True:
-                self._retries_wake = anyio.Event()
-                capacity = self._retry_concurrency - in_flight
-                try:
-                    now = self._clock()
-                    async with self._db.transaction() as conn:
-                        claimed = await submissions.claim_due(
-                            conn,
-                            providers=self._sent_here,
-                            now=now,
-                            lease_until=now + self._lease,
-                            limit=capacity,
-                        )
-                    due = await submissions.next_due_at(self._db.reader, self._sent_here)
-                except Exception:
-                    log.exception("could not read the jobs due for a submit; retrying in a second")
-                    await anyio.sleep(1)
-                    continue
-                for job, number in claimed:
-                    in_flight += 1
-                    tg.start_soon(attempt, job, number)
-                timeout: float | None = None
-                if due is not None:
-                    timeout = max(0.0, due - self._clock())
-                if capacity <= len(claimed) and timeout == 0.0:
-                    timeout = None  # all slots busy: a finishing attempt wakes us
-                with anyio.move_on_after(timeout):
-                    await self._retries_wake.wait()
+    async def _retry(self, job: Job, attempt: int) -> None:
+        # A refused job failed with its event; there is no client waiting for an answer.
+        with contextlib.suppress(ProviderFailed, ValidationFailed):
+            await self._attempt(job, attempt)
 
     async def _mark_submitted(self, job: Job, provider_job_id: str) -> Job:
         current, _ = await mark_submitted(
@@ -378,7 +349,7 @@ class Submitter:
         )
         return current or job
 
-    async def _fail(self, job: Job, failure: SubmitFailed) -> None:
+    async def _fail(self, job: Job, failure: Refusal) -> None:
         log.warning(
             "%s refused job %s: HTTP %s %s", job.provider, job.id, failure.status_code, failure.kind
         )
@@ -390,7 +361,7 @@ class Submitter:
         await refuse(self._db, self._publisher, job.id, error, self._clock())
 
 
-def _client_error(job: Job, failure: SubmitFailed) -> ProviderFailed | ValidationFailed:
+def _client_error(job: Job, failure: Refusal) -> ProviderFailed | ValidationFailed:
     details = {
         "job_id": job.id,
         "kind": failure.kind.value,

@@ -1,4 +1,7 @@
-"""SSRF guard: subscriber URLs may only reach public addresses, unless an allow-list names them."""
+"""The SSRF guard: URLs reelhook was handed may only reach public addresses, unless an allow-list
+names them. One policy (:func:`permitted`), checked on the address actually dialled by both HTTP
+clients (see :mod:`service.net.client`), and up front on a URL's literal host (:func:`check_url`).
+"""
 
 from __future__ import annotations
 
@@ -19,7 +22,13 @@ _IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
 
 
 class AddressRefused(OSError):
-    """The destination resolves only to addresses subscribers may not use."""
+    """The destination resolves only to addresses reelhook may not connect to."""
+
+
+def permitted(host: str, allow: Sequence[IPNetwork]) -> bool:
+    """Whether a connection may be dialled to ``host``, an address as a resolver returned it."""
+    address = ip_literal(host)
+    return address is not None and address_allowed(address, allow)
 
 
 def address_allowed(address: IPAddress, allow: Sequence[IPNetwork]) -> bool:
@@ -79,8 +88,7 @@ def guarded_socket_factory(allow: Sequence[IPNetwork]) -> Callable[[AddrInfo], s
 
     def open_socket(addr_info: AddrInfo) -> socket.socket:
         family, kind, proto, _, sockaddr = addr_info
-        address = ip_literal(str(sockaddr[0]))
-        if address is None or not address_allowed(address, allowed):
+        if not permitted(str(sockaddr[0]), allowed):
             raise AddressRefused(f"refused to connect to {sockaddr[0]}: not a public address")
         return socket.socket(family, kind, proto)
 

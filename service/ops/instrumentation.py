@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from enum import StrEnum
 from typing import Any
 
 import httpx
@@ -83,7 +84,7 @@ class MeteredSender(Sender):
     async def send(self, **options: Any) -> AttemptResult:
         result = await super().send(**options)
         outcome = attempt_outcome(result)
-        self._metrics.delivery_attempts.labels(outcome=outcome).inc()
+        self._metrics.delivery_attempts.labels(outcome=outcome.value).inc()
         event_id = str(options.get("event_id", ""))
         if result.succeeded:
             try:
@@ -95,17 +96,30 @@ class MeteredSender(Sender):
         return result
 
 
-def attempt_outcome(result: AttemptResult) -> str:
-    """A small, fixed vocabulary for what one delivery attempt came to."""
+class AttemptKind(StrEnum):
+    """A small, fixed vocabulary for what one delivery attempt came to (a metrics label)."""
+
+    SUCCEEDED = "succeeded"
+    TIMEOUT = "timeout"
+    UNREACHABLE = "unreachable"
+    GONE = "gone"
+    THROTTLED = "throttled"
+    REDIRECTED = "redirected"
+    REJECTED = "rejected"
+    SERVER_ERROR = "server_error"
+
+
+def attempt_outcome(result: AttemptResult) -> AttemptKind:
+    """What one delivery attempt came to."""
     if result.succeeded:
-        return "succeeded"
+        return AttemptKind.SUCCEEDED
     status = result.status_code
     if status is None:
-        return "timeout" if result.timed_out else "unreachable"
+        return AttemptKind.TIMEOUT if result.timed_out else AttemptKind.UNREACHABLE
     if status == 410:
-        return "gone"
+        return AttemptKind.GONE
     if status == 429:
-        return "throttled"
+        return AttemptKind.THROTTLED
     if 300 <= status < 400:
-        return "redirected"
-    return "rejected" if status < 500 else "server_error"
+        return AttemptKind.REDIRECTED
+    return AttemptKind.REJECTED if status < 500 else AttemptKind.SERVER_ERROR

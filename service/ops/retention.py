@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 import anyio
 
 from service.core.clock import Clock
+from service.core.worker import Wakeup, run_worker
 from service.ops.metrics import Metrics
 from service.storage import retention
 from service.storage.database import Connection, Database
@@ -53,33 +54,26 @@ class Retention:
         self._max_age = max_age
         self._batch_size = batch_size
         self._pause = pause
-        self._wake = anyio.Event()
+        self._wakeup = Wakeup()
 
     def wake(self) -> None:
         """Start a pass now instead of at the next due time."""
-        self._wake.set()
+        self._wakeup.set()
 
     async def run(self) -> None:
         """Prune until cancelled (returns at once when retention is off)."""
         if self._max_age <= 0:
             return
-        while True:
-            self._wake = anyio.Event()
-            if not self._db.is_leader:
-                # A singleton: only the leader node prunes (docs/scaling.md); look again when
-                # leadership may have moved.
-                await anyio.sleep(self._db.node_timeout / 4)
-                continue
-            try:
-                next_due = await self.prune(self._clock())
-            except Exception:
-                log.exception("retention pass failed; trying again in a minute")
-                next_due = None
-                delay = MIN_PASS_INTERVAL
-            else:
-                delay = self._max_age if next_due is None else next_due - self._clock()
-            with anyio.move_on_after(max(MIN_PASS_INTERVAL, delay)):
-                await self._wake.wait()
+        await run_worker("retention", self._step, self._wakeup, backoff=MIN_PASS_INTERVAL)
+
+    async def _step(self) -> float:
+        if not self._db.is_leader:
+            # A singleton: only the leader node prunes (docs/scaling.md); look again when
+            # leadership may have moved.
+            return self._db.node_timeout / 4
+        next_due = await self.prune(self._clock())
+        delay = self._max_age if next_due is None else next_due - self._clock()
+        return max(MIN_PASS_INTERVAL, delay)
 
     async def prune(self, now: float) -> float | None:
         """One pass over every table as of ``now``; return when the next row comes of age

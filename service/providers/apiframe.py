@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from service.core.jsonutil import InvalidJSON, finite_number, loads
@@ -19,7 +20,7 @@ from service.providers.base import (
     ForgedCallback,
     InvalidCallback,
     ProviderRequest,
-    SubmitFailed,
+    Refusal,
     kind_from_message,
     load_object,
     submit_failure,
@@ -123,14 +124,12 @@ class ApiframeAdapter:
             charged=finite_number(data.get("creditCost")),
         )
 
-    def failure(self, status_code: int, body: bytes, headers: Mapping[str, str]) -> SubmitFailed:
+    def failure(self, status_code: int, body: bytes, headers: Mapping[str, str]) -> Refusal:
         """apiframe's error answers (docs/providers.md §2): ``{"error"}``, a 400 with ``details``
         per field, a 402 with the credits required and available."""
         failure = submit_failure(status_code, body, headers)
         extra = _error_extra(body)
-        if extra:
-            failure.message = f"{failure.message} ({extra})"
-        return failure
+        return replace(failure, message=f"{failure.message} ({extra})") if extra else failure
 
 
 def _error(error: Any) -> JobError:

@@ -1,11 +1,17 @@
-"""What every provider adapter offers, and the errors a provider call can end in."""
+"""What provider adapters offer, and how a provider's refusal of a job is described.
+
+Two kinds of provider, two protocols: a :class:`CallbackAdapter` accepts a job with its own job id
+and reports on it by callback (Trinetra, apiframe); a :class:`HeldAdapter` answers the submit
+request itself, with the finished video, after holding it open (Segmind). Both describe a
+refusal the same way, as a :class:`Refusal` value.
+"""
 
 from __future__ import annotations
 
 import json
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 
@@ -30,36 +36,32 @@ class ForgedCallback(Exception):
     """A callback whose provider signature does not verify."""
 
 
-class SubmitFailed(Exception):
-    """The provider did not accept the job.
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """The provider did not accept the job (or could not be asked).
 
-    ``retryable`` failures (429, 5xx, timeouts, connection errors) may succeed if sent again with
-    the same idempotency key; the others are final and become a failed job of ``kind``.
+    ``retryable`` refusals (429, 5xx, timeouts, connection errors) may succeed if sent again with
+    the same idempotency key, no sooner than ``retry_after`` seconds; the others are final and
+    become a failed job of ``kind``.
     """
 
-    def __init__(
-        self,
-        kind: ErrorKind,
-        message: str,
-        *,
-        status_code: int | None = None,
-        provider_code: str | None = None,
-        retryable: bool = False,
-        retry_after: float | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
-        self.status_code = status_code
-        self.provider_code = provider_code
-        self.retryable = retryable
-        self.retry_after = retry_after
+    kind: ErrorKind
+    message: str
+    status_code: int | None = None
+    provider_code: str | None = None
+    retryable: bool = False
+    retry_after: float | None = None
+
+    def redacted(self, secret: str) -> Refusal:
+        """This refusal with ``secret`` (an API key the provider echoed) masked in its message."""
+        return replace(self, message=redact(self.message, secret))
 
 
-class Adapter(Protocol):
+class CallbackAdapter(Protocol):
+    """A provider that accepts a job with its own job id and reports on it by callback."""
+
     name: str
-    #: True when the provider answers the submit request with the finished video (no callback).
-    holds_request: bool
+    holds_request: bool  # False
 
     def submit_request(self, job: Job, callback_url: str, api_key: str) -> ProviderRequest:
         """The provider's own request for ``job``, announcing ``callback_url`` where it can."""
@@ -77,8 +79,25 @@ class Adapter(Protocol):
         """Read a verified callback body; raise :class:`InvalidCallback` if it is not one."""
         ...
 
-    def failure(self, status_code: int, body: bytes, headers: Mapping[str, str]) -> SubmitFailed:
+    def failure(self, status_code: int, body: bytes, headers: Mapping[str, str]) -> Refusal:
         """Classify the provider's non-2xx answer to a submit request."""
+        ...
+
+
+class HeldAdapter(Protocol):
+    """A provider that answers the submit request itself with the finished video: reelhook holds
+    the request open instead of waiting for a callback (see :mod:`service.jobs.held_requests`)."""
+
+    name: str
+    holds_request: bool  # True
+
+    def submit_request(self, job: Job, api_key: str) -> ProviderRequest:
+        """The provider's own request for ``job``."""
+        ...
+
+    def failure(self, status_code: int, body: bytes, headers: Mapping[str, str]) -> Refusal:
+        """Classify the provider's non-200 answer: whether it did any work decides whether the
+        request may be sent again."""
         ...
 
 
@@ -148,7 +167,7 @@ def kind_from_message(message: str, default: ErrorKind) -> ErrorKind:
     return default
 
 
-def submit_failure(status_code: int, body: bytes, headers: Mapping[str, str]) -> SubmitFailed:
+def submit_failure(status_code: int, body: bytes, headers: Mapping[str, str]) -> Refusal:
     """Classify a non-2xx answer to a submit request (docs/providers.md §2, §7 heuristics).
 
     429, 408 and 5xx are retryable: the request is sent again under the same idempotency key.
@@ -177,7 +196,7 @@ def submit_failure(status_code: int, body: bytes, headers: Mapping[str, str]) ->
         if kind is ErrorKind.CONTENT_POLICY:
             kind = ErrorKind.PROVIDER_ERROR  # e.g. "no permission under the key's policy"
     retryable = status_code in (408, 429) or status_code >= 500 or kind is ErrorKind.RATE_LIMITED
-    return SubmitFailed(
+    return Refusal(
         kind,
         message,
         status_code=status_code,

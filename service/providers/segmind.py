@@ -2,7 +2,8 @@
 
 ``POST /v1/kling-2.5-turbo`` with ``x-api-key`` is held open until the video is ready (~2 min) and
 answered with the mp4 bytes and an ``x-credits-consumed`` header. Segmind has no per-job callback,
-so reelhook holds the request in a durable worker instead (docs/contract.md §6).
+so this is a :class:`~service.providers.base.HeldAdapter`: reelhook holds the request in a durable
+worker instead (:mod:`service.jobs.held_requests`; docs/contract.md §6).
 """
 
 from __future__ import annotations
@@ -10,14 +11,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any
 
-from service.core.models import ErrorKind, Job, ProviderUpdate
+from service.core.models import ErrorKind, Job
 from service.providers.base import (
-    InvalidCallback,
     ProviderRequest,
-    SubmitFailed,
+    Refusal,
     parse_retry_after,
     submit_failure,
 )
@@ -38,22 +38,13 @@ class SegmindAdapter:
     name = "segmind"
     holds_request = True
 
-    def submit_request(self, job: Job, callback_url: str, api_key: str) -> ProviderRequest:
+    def submit_request(self, job: Job, api_key: str) -> ProviderRequest:
         body = {theirs: job.input[ours] for ours, theirs in _FORWARDED.items() if ours in job.input}
         return ProviderRequest(
             f"/v1/{job.model.removeprefix('segmind/')}", body, {"x-api-key": api_key}
         )
 
-    def accepted_job_id(self, body: Any) -> str:
-        raise InvalidCallback("Segmind answers with the video, not a job id")
-
-    def verify_callback(self, headers: Mapping[str, str], body: bytes, api_key: str) -> None:
-        raise InvalidCallback("Segmind sends no callbacks")
-
-    def parse_callback(self, body: bytes) -> ProviderUpdate:
-        raise InvalidCallback("Segmind sends no callbacks")
-
-    def failure(self, status_code: int, body: bytes, headers: Mapping[str, str]) -> SubmitFailed:
+    def failure(self, status_code: int, body: bytes, headers: Mapping[str, str]) -> Refusal:
         """Classify an error answer (docs/providers.md §3).
 
         406 is "Insufficient Credits" on the model page (also a wrong Content-Type, which reelhook
@@ -63,20 +54,16 @@ class SegmindAdapter:
         that was charged, so sending it again could charge twice.
         """
         failure = submit_failure(status_code, body, headers)
+        kind = failure.kind
         if status_code == 406:
             content_type = "content-type" in failure.message.lower()
-            failure.kind = (
-                ErrorKind.INVALID_INPUT if content_type else ErrorKind.INSUFFICIENT_CREDITS
-            )
+            kind = ErrorKind.INVALID_INPUT if content_type else ErrorKind.INSUFFICIENT_CREDITS
         if status_code == 429:
-            failure.retryable = True
-            failure.retry_after = failure.retry_after or reset_after(
+            retry_after = failure.retry_after or reset_after(
                 headers.get("x-rate-limit-reset-at-utc")
             )
-        else:
-            failure.retryable = False
-            failure.retry_after = None
-        return failure
+            return replace(failure, kind=kind, retryable=True, retry_after=retry_after)
+        return replace(failure, kind=kind, retryable=False, retry_after=None)
 
 
 def reset_after(value: str | None, now: float | None = None) -> float | None:

@@ -16,7 +16,7 @@ from service.core.models import ErrorKind, Job, JobError, JobStatus, Output, Pro
 from service.providers.base import (
     InvalidCallback,
     ProviderRequest,
-    SubmitFailed,
+    Refusal,
     kind_from_message,
     load_object,
     submit_failure,
@@ -103,7 +103,7 @@ class TrinetraAdapter:
             charged=finite_number(data.get("credits_charged")),
         )
 
-    def failure(self, status_code: int, body: bytes, headers: Mapping[str, str]) -> SubmitFailed:
+    def failure(self, status_code: int, body: bytes, headers: Mapping[str, str]) -> Refusal:
         return submit_failure(status_code, body, headers)
 
 

@@ -124,6 +124,8 @@ async def get(conn: Connection, job_id: str) -> Job | None:
 async def get_many(conn: Connection, job_ids: Iterable[str]) -> dict[str, Job]:
     """The jobs that exist among ``job_ids``, by id."""
     wanted = list(dict.fromkeys(job_ids))
+    if not wanted:
+        return {}  # PostgreSQL refuses an empty IN ()
     marks = ", ".join("?" for _ in wanted)
     # execute_fetchall: one trip to the database thread instead of three (execute, fetch, close).
     # In id order: two nodes locking overlapping batches then queue instead of deadlocking.
@@ -198,21 +200,6 @@ async def with_status(
     async with conn.execute(
         f"SELECT {_COLUMNS} FROM jobs WHERE provider = ? AND status IN ({marks}) ORDER BY id",
         (provider, *(s.value for s in statuses)),
-    ) as cursor:
-        return [_from_row(row) for row in await cursor.fetchall()]
-
-
-async def held_by_the_dead(
-    conn: Connection, provider: str, statuses: tuple[JobStatus, ...], node_timeout: float
-) -> list[Job]:
-    """PostgreSQL: the jobs of ``with_status`` whose held request belongs to no live node (its
-    holder's heartbeat is older than ``node_timeout`` seconds, or it has none)."""
-    marks = ", ".join("?" for _ in statuses)
-    async with conn.execute(
-        f"SELECT {_COLUMNS} FROM jobs WHERE provider = ? AND status IN ({marks}) "
-        "AND (held_by IS NULL OR held_by NOT IN (SELECT id FROM nodes WHERE heartbeat_at >= "
-        "extract(epoch from clock_timestamp()) - ?)) ORDER BY id",
-        (provider, *(s.value for s in statuses), node_timeout),
     ) as cursor:
         return [_from_row(row) for row in await cursor.fetchall()]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from service.core.models import MirrorStatus
 from service.storage.database import Connection
 
 
@@ -69,7 +70,13 @@ async def finish(conn: Connection, task: MirrorTask, *, error: str | None, now: 
     async with conn.execute(
         "UPDATE mirrors SET status = ?, attempts = attempts + 1, error = ?, updated_at = ? "
         "WHERE job_id = ? AND output_index = ? AND status = 'pending'",
-        ("done" if error is None else "failed", error, now, task.job_id, task.output_index),
+        (
+            MirrorStatus.DONE if error is None else MirrorStatus.FAILED,
+            error,
+            now,
+            task.job_id,
+            task.output_index,
+        ),
     ) as cursor:
         return cursor.rowcount == 1
 

@@ -109,7 +109,9 @@ class _Statements:
         if found is None:
             if len(self._known) > 4096:
                 self._known.clear()
-            found = self._known[sql] = (numbered(sql), bool(_ROWS.search(sql)))
+            # SQLite takes ``IN ()`` (an empty list); PostgreSQL wants an empty subquery.
+            text = numbered(sql).replace("IN ()", "IN (SELECT NULL WHERE FALSE)")
+            found = self._known[sql] = (text, bool(_ROWS.search(sql)))
         return found
 
 

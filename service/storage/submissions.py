@@ -3,11 +3,15 @@
 A pending job's ``next_submit_at`` is when its next submit attempt is due; while an attempt is in
 flight it is that attempt's lease, so a crash leaves the job to be sent again (with the same
 idempotency key) once the lease runs out instead of losing it.
+
+A held request (Segmind) is claimed without a lease: while it is held, ``next_submit_at`` is NULL,
+and a job found like that at start-up was in flight when reelhook stopped. One the provider
+refused before doing any work waits as a submitted job with ``next_submit_at`` set.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 
 from service.core.models import Job, JobStatus
 from service.storage import jobs
@@ -36,26 +40,31 @@ async def claim_due(
     *,
     providers: Collection[str],
     now: float,
-    lease_until: float,
+    lease_until: float | None,
     limit: int,
+    statuses: Sequence[JobStatus] = (JobStatus.PENDING,),
 ) -> list[tuple[Job, int]]:
-    """Claim up to ``limit`` pending jobs of ``providers`` whose submit is due.
+    """Claim up to ``limit`` jobs of ``providers`` in ``statuses`` whose submit is due.
 
-    Each claimed job counts one more attempt and is leased until ``lease_until``. Returns the jobs
-    with their attempt numbers (1 for the first attempt). Run inside a write transaction.
+    Each claimed job counts one more attempt and is leased until ``lease_until`` (None: held, no
+    lease). Returns the jobs with their attempt numbers (1 for the first attempt). Run inside a
+    write transaction.
     """
     if not providers or limit <= 0:
         return []
     marks = ", ".join("?" for _ in providers)
-    async with conn.execute(
-        "SELECT id, submit_attempts FROM jobs "
-        f"WHERE status = ? AND next_submit_at <= ? AND provider IN ({marks}) "
-        f"ORDER BY next_submit_at LIMIT ?{conn.skip_locked}",
-        (JobStatus.PENDING.value, now, *providers, limit),
-    ) as cursor:
-        rows = [(row[0], int(row[1]) + 1) for row in await cursor.fetchall()]
+    rows: list[tuple[float, str, int]] = []
+    for status in statuses:
+        async with conn.execute(
+            "SELECT id, submit_attempts, next_submit_at FROM jobs "
+            f"WHERE status = ? AND next_submit_at <= ? AND provider IN ({marks}) "
+            f"ORDER BY next_submit_at LIMIT ?{conn.skip_locked}",
+            (status.value, now, *providers, limit),
+        ) as cursor:
+            rows += [(row[2], row[0], int(row[1]) + 1) for row in await cursor.fetchall()]
+    rows = sorted(rows)[:limit]
     claimed = []
-    for job_id, attempt in rows:
+    for _, job_id, attempt in rows:
         await schedule(conn, job_id, next_at=lease_until, attempts=attempt)
         job = await jobs.get(conn, job_id)
         if job is not None:
@@ -63,17 +72,53 @@ async def claim_due(
     return claimed
 
 
-async def next_due_at(conn: Connection, providers: Collection[str]) -> float | None:
-    """When the earliest pending submit of ``providers`` is due, or None if none is pending."""
-    if not providers:
+async def next_due_at(
+    conn: Connection,
+    providers: Collection[str],
+    statuses: Sequence[JobStatus] = (JobStatus.PENDING,),
+) -> float | None:
+    """When the earliest submit of ``providers`` in ``statuses`` is due, or None if none waits."""
+    if not providers or not statuses:
         return None
     marks = ", ".join("?" for _ in providers)
-    async with conn.execute(
-        f"SELECT MIN(next_submit_at) FROM jobs WHERE status = ? AND provider IN ({marks})",
-        (JobStatus.PENDING.value, *providers),
-    ) as cursor:
+    # One MIN per status: each can use its index, where ``status IN (...)`` could not.
+    per_status = " UNION ALL ".join(
+        f"SELECT MIN(next_submit_at) AS t FROM jobs WHERE status = ? AND provider IN ({marks})"
+        for _ in statuses
+    )
+    params = [value for status in statuses for value in (status.value, *providers)]
+    async with conn.execute(f"SELECT MIN(t) FROM ({per_status}) AS per_status", params) as cursor:
         row = await cursor.fetchone()
     return float(row[0]) if row and row[0] is not None else None
+
+
+async def in_flight(
+    conn: Connection, providers: Collection[str], *, alive_within: float | None = None
+) -> list[Job]:
+    """Held requests claimed and not answered: submitted or running jobs of ``providers`` with no
+    next submit due (see the module docstring).
+
+    ``alive_within`` (PostgreSQL): only those whose holding node has no heartbeat within that
+    many seconds of the database's clock, or has none.
+    """
+    if not providers:
+        return []
+    marks = ", ".join("?" for _ in providers)
+    orphaned = (
+        ""
+        if alive_within is None
+        else " AND (held_by IS NULL OR held_by NOT IN (SELECT id FROM nodes "
+        "WHERE heartbeat_at >= extract(epoch from clock_timestamp()) - ?))"
+    )
+    params = (JobStatus.SUBMITTED.value, JobStatus.RUNNING.value, *providers)
+    async with conn.execute(
+        "SELECT id FROM jobs WHERE status IN (?, ?) AND next_submit_at IS NULL "
+        f"AND provider IN ({marks}){orphaned} ORDER BY id",
+        params if alive_within is None else (*params, alive_within),
+    ) as cursor:
+        ids = [row[0] for row in await cursor.fetchall()]
+    found = await jobs.get_many(conn, ids)
+    return [found[job_id] for job_id in ids if job_id in found]
 
 
 async def attempts_of(conn: Connection, job_id: str) -> tuple[int, float | None] | None:

@@ -1,0 +1,64 @@
+"""The loop every background worker runs: a step, then sleep until it is due again or woken.
+
+A worker's step does what is due and says how long to sleep: seconds, 0 to run again at once, or
+None to sleep until woken. A :class:`Wakeup` set while the step runs is not lost: the sleep after
+it ends at once. A failing step is logged and retried after ``backoff`` seconds, so one bad row
+or a database hiccup never ends a worker. Nothing polls on a fixed tick.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import NoReturn
+
+import anyio
+
+log = logging.getLogger(__name__)
+
+Step = Callable[[], Awaitable[float | None]]
+
+
+class Wakeup:
+    """A level-triggered wake-up: :meth:`set` (cheap, from anywhere on the event loop) makes the
+    current or the next :meth:`wait` return."""
+
+    def __init__(self) -> None:
+        self._set = False
+        # Created only while someone waits: anyio events need a running event loop.
+        self._event: anyio.Event | None = None
+
+    def set(self) -> None:
+        self._set = True
+        if self._event is not None:
+            self._event.set()
+
+    async def wait(self, delay: float | None) -> None:
+        """Return once set (since the last wait returned) or after ``delay`` seconds (None: no
+        limit); either way the wake-up is used up."""
+        try:
+            if self._set or (delay is not None and delay <= 0):
+                return
+            self._event = anyio.Event()
+            with anyio.move_on_after(delay):
+                await self._event.wait()
+        finally:
+            self._set = False
+            self._event = None
+
+
+async def run_worker(name: str, step: Step, wakeup: Wakeup, *, backoff: float = 1.0) -> NoReturn:
+    """Run ``step`` until cancelled, sleeping as it asks between runs (see the module docstring)."""
+    while True:
+        try:
+            delay = await step()
+        except Exception:
+            log.exception("%s failed; trying again in %g s", name, backoff)
+            await anyio.sleep(backoff)
+            continue
+        await wakeup.wait(delay)
+
+
+def until(due: float | None, now: float) -> float | None:
+    """Seconds from ``now`` to ``due`` (never negative); None when nothing is due."""
+    return None if due is None else max(0.0, due - now)
