@@ -20,6 +20,7 @@ from service.core.ids import new_id
 from service.core.models import Cost, DeliveryStatus, Job, JobStatus, Output, ProviderUpdate
 from service.delivery.publisher import Publisher
 from service.jobs import lifecycle
+from service.ops.metrics import Metrics
 from service.ops.ratelimit import SharedRateLimiter
 from service.storage import deliveries, events, jobs, submissions
 from service.storage.announcements import Work
@@ -348,6 +349,19 @@ async def test_one_leader_at_a_time_and_the_lease_moves_when_it_leaves(pg_databa
         # B left (its lease with it): the next to renew takes over.
         await a.upkeep_once()
         assert a.is_leader
+
+
+async def test_metrics_show_the_nodes_alive_and_whether_this_one_leads(pg_database: str) -> None:
+    async with cluster(pg_database, 3) as nodes:
+        for node in nodes:
+            await node.upkeep_once()
+        metrics = Metrics()
+        metrics.cluster(await nodes[1].nodes_alive(), nodes[1].is_leader)
+        text = metrics.render(None)[0].decode()
+        assert "reelhook_cluster_nodes_alive 3.0" in text
+        assert "reelhook_cluster_leader 0.0" in text
+        await declare_dead(nodes[0], nodes[2].node_id)
+        assert await nodes[0].nodes_alive() == 2
 
 
 async def test_a_stalled_leader_loses_the_lease_once_it_expires(pg_database: str) -> None:

@@ -83,5 +83,6 @@ async def metrics(request: Request) -> Response:
     Prometheus text by default, or OpenMetrics."""
     state = services(request)
     await state.metrics.refresh(state.db.reader, state.clock())
+    state.metrics.cluster(await state.db.nodes_alive(), state.db.is_leader)
     body, content_type = state.metrics.render(request.headers.get("accept"))
     return Response(body, headers={"Content-Type": content_type, "Cache-Control": "no-store"})

@@ -70,6 +70,16 @@ class Metrics:
             registry=registry,
         )
         self.jobs = Gauge("reelhook_jobs", "Stored jobs by status", ["status"], registry=registry)
+        self.nodes_alive = Gauge(
+            "reelhook_cluster_nodes_alive",
+            "Nodes sharing the store with a fresh heartbeat (1 on SQLite)",
+            registry=registry,
+        )
+        self.leader = Gauge(
+            "reelhook_cluster_leader",
+            "1 when this node runs the singletons (deadlines, retention, stale-node sweep)",
+            registry=registry,
+        )
         self.outbox_depth = Gauge(
             "reelhook_outbox_depth",
             "Deliveries waiting to be sent or in flight",
@@ -93,6 +103,11 @@ class Metrics:
         depth, oldest = await stats.outbox(conn)
         self.outbox_depth.set(depth)
         self.oldest_pending_delivery.set(max(0.0, now - oldest) if oldest is not None else 0.0)
+
+    def cluster(self, nodes_alive: int, leader: bool) -> None:
+        """Set the cluster figures (called at scrape time)."""
+        self.nodes_alive.set(nodes_alive)
+        self.leader.set(1 if leader else 0)
 
     def render(self, accept: str | None) -> tuple[bytes, str]:
         """The registry in the format the ``Accept`` header asks for (OpenMetrics, or the

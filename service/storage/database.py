@@ -148,6 +148,10 @@ class Database(ABC):
         always on SQLite, on the holder of the leader lease on PostgreSQL."""
         return True
 
+    async def nodes_alive(self) -> int:
+        """How many nodes share the store now (always this one on SQLite)."""
+        return 1
+
     async def run(self) -> None:
         """The store's own background work, until cancelled: on PostgreSQL heartbeats, the
         leader lease, the stale-node sweep and cross-node wake-ups; on SQLite nothing."""

@@ -209,6 +209,9 @@ class PostgresDatabase(Database):
             tg.start_soon(self._upkeep)
             tg.start_soon(self._listen)
 
+    async def nodes_alive(self) -> int:
+        return len(await nodes.alive(self.reader, self.node_timeout))
+
     async def upkeep_once(self) -> None:
         """One heartbeat: renew this node, take or renew the leader lease, and as leader sweep
         the dead nodes and hand their leases back (waking the workers to claim them)."""
