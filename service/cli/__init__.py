@@ -18,6 +18,7 @@ from service.ops import backup
 COMMANDS: tuple[Callable[[Commands], None], ...] = (
     serve.register,
     migrate.register,
+    migrate.register_copy,
     jobs.register,
     events.register,
     backup.register,
