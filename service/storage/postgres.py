@@ -16,7 +16,7 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, Any, cast
 
 import anyio
@@ -212,10 +212,18 @@ class PostgresDatabase(Database):
     async def nodes_alive(self) -> int:
         return len(await nodes.alive(self.reader, self.node_timeout))
 
-    async def upkeep_once(self) -> None:
+    async def upkeep_once(self, raw: RawConnection | None = None) -> None:
         """One heartbeat: renew this node, take or renew the leader lease, and as leader sweep
-        the dead nodes and hand their leases back (waking the workers to claim them)."""
-        async with self.connection() as conn, conn.raw.transaction():
+        the dead nodes and hand their leases back (waking the workers to claim them).
+
+        ``raw``: the connection to beat on (the upkeep loop keeps one of its own, so a busy pool
+        never delays a heartbeat into a false death); by default one from the pool.
+        """
+        async with AsyncExitStack() as stack:
+            if raw is None:
+                raw = (await stack.enter_async_context(self.connection())).raw
+            conn = PgConnection(raw, self._statements)
+            await stack.enter_async_context(raw.transaction())
             await conn.execute("SET LOCAL synchronous_commit = off")
             if not await nodes.heartbeat(conn, self.node_id):
                 log.warning(
@@ -239,14 +247,25 @@ class PostgresDatabase(Database):
             log.warning("nodes %s are dead: %d of their deliveries handed back", dead, released)
 
     async def _upkeep(self) -> None:
-        while True:
-            try:
-                await self.upkeep_once()
-            except DATABASE_ERRORS as exc:
-                # Without the database no singleton may run here: another node may lead now.
-                self._leader = False
-                log.warning("heartbeat failed (%s); retrying", type(exc).__name__)
-            await anyio.sleep(self.node_timeout / 4)
+        beating: asyncpg.Connection[asyncpg.Record] | None = None
+        try:
+            while True:
+                try:
+                    if beating is None or beating.is_closed():
+                        beating = await asyncpg.connect(self.url, server_settings=SERVER_SETTINGS)
+                    with anyio.fail_after(self.node_timeout):
+                        await self.upkeep_once(beating)
+                except DATABASE_ERRORS as exc:  # (TimeoutError is an OSError)
+                    # Without the database no singleton may run here: another node may lead.
+                    self._leader = False
+                    log.warning("heartbeat failed (%s); retrying", type(exc).__name__)
+                    if beating is not None:
+                        beating.terminate()
+                        beating = None
+                await anyio.sleep(self.node_timeout / 4)
+        finally:
+            if beating is not None:
+                beating.terminate()
 
     def _notified(self, conn: object, pid: int, channel: str, payload: object) -> None:
         if payload in _KINDS:
