@@ -108,8 +108,9 @@ def environment(tmp_path: Path, port: int, store: Store | None = None) -> dict[s
         REELHOOK_SECRET_KEYS="crash-test-secret-key-0123456789",
         REELHOOK_ALLOW_PRIVATE_SUBSCRIBERS="127.0.0.0/8",
         REELHOOK_SIM_DELAY="0.1",
-        # Long enough that nothing times out while the gate is shut; retries are never needed.
-        REELHOOK_DELIVERY_TIMEOUT="30",
+        # Long enough that nothing times out while the gate is shut (two nodes on PostgreSQL on a
+        # busy machine take minutes to produce everything); retries are never needed.
+        REELHOOK_DELIVERY_TIMEOUT="600",
         REELHOOK_RETRY_SCHEDULE="0,0.5,0.5,0.5",
         REELHOOK_LOG_LEVEL="WARNING",
         # Thousands of API calls in a few seconds: a benchmark-like client, not a tenant to limit.

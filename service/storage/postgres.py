@@ -91,6 +91,18 @@ def numbered(sql: str) -> str:
     return "".join(out)
 
 
+def _without_nul(params: Sequence[Any]) -> Sequence[Any]:
+    """``params`` with U+0000 in strings replaced by U+FFFD: PostgreSQL text cannot hold NUL,
+    where SQLite takes it. Stored JSON escapes it (``\\u0000``) and ids are generated, so a NUL
+    only arrives in an identifier from a request (``/v1/jobs/%00``), which matches nothing
+    either way; without this it would be a 500 instead of a 404."""
+    if not any(isinstance(value, str) and "\x00" in value for value in params):
+        return params
+    return [
+        value.replace("\x00", "\ufffd") if isinstance(value, str) else value for value in params
+    ]
+
+
 def _rowcount(status: str) -> int:
     """Rows a command changed, from its status tag (``UPDATE 3``, ``INSERT 0 1``)."""
     last = status.rsplit(" ", 1)[-1]
@@ -128,6 +140,7 @@ class PgConnection(Connection):
 
     async def run(self, sql: str, params: Sequence[Any]) -> Result:
         text, returns_rows = self._statements(sql)
+        params = _without_nul(params)
         if returns_rows:
             rows = await self.raw.fetch(text, *params)
             return Result(cast(list[Row], rows), len(rows))
@@ -135,7 +148,7 @@ class PgConnection(Connection):
         return Result([], _rowcount(status))
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        batch = list(rows)
+        batch = [_without_nul(row) for row in rows]
         if batch:
             await self.raw.executemany(self._statements(sql)[0], batch)
 
