@@ -2,18 +2,22 @@ from __future__ import annotations
 
 import itertools
 import os
+import ssl
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import httpx._config as httpx_config
+import httpx._transports.default as httpx_transports
 import pytest
+from starlette.types import ASGIApp
 
 from service.app.settings import Settings, load_settings
 from service.sim import Simulator
 from tests.postgres import Cluster, throwaway_cluster
 from tests.servers import loopback_socket, url_of
-from tests.support import ADMIN_KEY, api_client
+from tests.support import ADMIN_KEY, api_client, in_process
 
 SettingsFactory = Callable[..., Settings]
 
@@ -77,17 +81,47 @@ def _store(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("REELHOOK_TEST_DATABASE_URL", url)
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True, scope="session")
+def _one_tls_context() -> Iterator[None]:
+    """One default TLS context per test process, handed to every httpx client and app that asks
+    for one. Loading the CA bundle costs about 65 ms of CPU per context, and the suite starts
+    well over a thousand clients and apps; the contexts are built identically (certifi's bundle,
+    verification on), so sharing one changes nothing a test can observe. Contexts built with
+    other options (``verify=False``, a custom bundle) are still built fresh."""
+    build = httpx_config.create_ssl_context
+    default: list[ssl.SSLContext] = []
+
+    def shared(
+        verify: ssl.SSLContext | str | bool = True, cert: Any = None, trust_env: bool = True
+    ) -> ssl.SSLContext:
+        if verify is not True or cert is not None:
+            return build(verify=verify, cert=cert, trust_env=trust_env)
+        if not default:
+            default.append(build())
+        return default[0]
+
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setattr(httpx, "create_ssl_context", shared)
+        monkeypatch.setattr(httpx_transports, "create_ssl_context", shared)
+        yield
+
+
+@pytest.fixture(scope="module")
 def anyio_backend() -> str:
+    """Module-scoped (as anyio's own default) so module-scoped async fixtures can share a loop."""
     return "asyncio"
+
+
+def _clear_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.lower() in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+            monkeypatch.delenv(name)
 
 
 @pytest.fixture(autouse=True)
 def _no_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests talk to loopback only; a proxy from the environment must not intercept them."""
-    for name in list(os.environ):
-        if name.lower() in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
-            monkeypatch.delenv(name)
+    _clear_proxies(monkeypatch)
 
 
 def assert_never_polled(simulators: list[Simulator]) -> None:
@@ -96,10 +130,7 @@ def assert_never_polled(simulators: list[Simulator]) -> None:
     assert not polled, f"reelhook polled a provider's status endpoint: {polled}"
 
 
-@pytest.fixture(autouse=True)
-def simulators(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Simulator]]:
-    """Every simulator a test creates (embedded in reelhook or served on its own); when the test
-    ends, each must have answered zero status requests. Autouse: it holds across the suite."""
+def _track_simulators(monkeypatch: pytest.MonkeyPatch) -> list[Simulator]:
     created: list[Simulator] = []
     original = Simulator.__init__
 
@@ -108,6 +139,14 @@ def simulators(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Simulator]]:
         created.append(self)
 
     monkeypatch.setattr(Simulator, "__init__", tracked)
+    return created
+
+
+@pytest.fixture(autouse=True)
+def simulators(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Simulator]]:
+    """Every simulator a test creates (embedded in reelhook or served on its own); when the test
+    ends, each must have answered zero status requests. Autouse: it holds across the suite."""
+    created = _track_simulators(monkeypatch)
     yield created
     assert_never_polled(created)
 
@@ -164,4 +203,49 @@ async def api(settings_factory: SettingsFactory, dead_url: str) -> AsyncIterator
     that cannot reach them is tried once more at once, then fails."""
     settings = settings_factory(PUBLIC_URL=dead_url, SUBMIT_RETRY_SCHEDULE="0")
     async with api_client(settings) as http:
+        yield http
+
+
+@pytest.fixture(scope="module")
+async def shared_app(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> AsyncIterator[ASGIApp]:
+    """One reelhook in-process (lifespan running) for a whole test module, configured as ``api``
+    (simulated providers at an unreachable PUBLIC_URL), without a rate limit. Use it through
+    ``shared_api``. Under ``--store postgresql`` it has a database of its own for the module."""
+    with pytest.MonkeyPatch.context() as monkeypatch, loopback_socket() as dead:
+        _clear_proxies(monkeypatch)
+        created = _track_simulators(monkeypatch)
+        store: dict[str, str] = {"DATABASE_URL": ""}
+        if request.config.getoption("--store") == "postgresql":
+            cluster: Cluster = request.getfixturevalue("pg_cluster")
+            name = f"m_{os.getpid()}_{next(_database_numbers)}"
+            store["DATABASE_URL"] = cluster.create_database(name)
+            request.addfinalizer(lambda: cluster.drop_database(name))
+        settings = settings_for(
+            tmp_path_factory.mktemp("shared") / "data",
+            PUBLIC_URL=url_of(dead),
+            SUBMIT_RETRY_SCHEDULE="0",
+            RATE_LIMIT="0",
+            **store,
+        )
+        async with in_process(settings) as (_, app):
+            yield app
+        assert_never_polled(created)
+
+
+@pytest.fixture
+async def shared_api(shared_app: ASGIApp) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of its own, sending the admin key, for the module's ``shared_app``.
+
+    Only for tests that read or are refused: a test using it must leave nothing stored, so the
+    next one (which may assert that nothing is stored) sees the same empty service. A test that
+    creates anything takes a fresh ``api`` or ``client`` instead. Starting an app costs tens of
+    milliseconds; a module of refusals pays it once.
+    """
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=shared_app),
+        base_url="http://reelhook.test",
+        headers={"X-API-Key": ADMIN_KEY},
+    ) as http:
         yield http

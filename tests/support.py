@@ -124,17 +124,27 @@ async def send_without_key(
     return await http.send(request)
 
 
-class ManualClock:
-    """A clock that stands still until the test moves it (for ``create_app(clock=...)``)."""
+class FakeClock:
+    """The tests' one clock, for ``create_app(clock=...)`` and the workers (epoch seconds).
 
-    def __init__(self, now: float | None = None) -> None:
-        self.now = time.time() if now is None else now
+    ``FakeClock()`` follows the system clock shifted by ``offset``, so a test can make retries and
+    deadlines due at once while real waits still pass; ``FakeClock.frozen(at)`` stands still at
+    ``at`` (default: now) until the test moves it. ``advance`` moves either kind forward.
+    """
+
+    def __init__(self, *, at: float | None = None) -> None:
+        self._at = at
+        self.offset = 0.0
+
+    @classmethod
+    def frozen(cls, at: float | None = None) -> FakeClock:
+        return cls(at=time.time() if at is None else at)
 
     def __call__(self) -> float:
-        return self.now
+        return (time.time() if self._at is None else self._at) + self.offset
 
     def advance(self, seconds: float) -> None:
-        self.now += seconds
+        self.offset += seconds
 
 
 REPO = Path(__file__).resolve().parent.parent

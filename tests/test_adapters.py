@@ -26,6 +26,7 @@ from service.providers.base import ForgedCallback, InvalidCallback, redact
 from service.providers.segmind import ADAPTER as SEGMIND
 from service.providers.segmind import reset_after
 from service.providers.trinetra import ADAPTER as TRINETRA
+from tests.helpers.callbacks import APIFRAME_COMPLETED, APIFRAME_JOB
 
 JOB_ID = "job_01JTESTADAPTERS0000000000"
 CALLBACK_URL = "https://reelhook.example/v1/callbacks/{provider}/tok.en-123"
@@ -228,17 +229,6 @@ def test_trinetra_has_no_signature_to_check() -> None:
 
 # --- apiframe (docs/providers.md §2) --------------------------------------------------------------
 
-APIFRAME_JOB = "a1b2c3d4-0000-4000-8000-000000000001"
-APIFRAME_COMPLETED = {
-    "event": "completed",
-    "jobId": APIFRAME_JOB,
-    "status": "COMPLETED",
-    "progress": 100,
-    "result": "https://cdn.apiframe.ai/results/a1b2.mp4",
-    "model": "kling-2.5-turbo-pro",
-    "creditCost": 4,
-    "completedAt": "2026-03-15T10:00:32.000Z",
-}
 APIFRAME_FAILED = {
     "event": "failed",
     "jobId": APIFRAME_JOB,

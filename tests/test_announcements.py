@@ -14,7 +14,7 @@ import pytest
 from service.storage import jobs, submissions
 from service.storage.announcements import Work
 from service.storage.database import Database
-from tests.test_submit_retry import NOW, make_job, store
+from tests.helpers.jobs import NOW, make_job, store
 
 pytestmark = pytest.mark.anyio
 

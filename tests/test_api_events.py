@@ -46,18 +46,18 @@ async def walk(http: httpx.AsyncClient, **params: str) -> list[list[dict[str, An
 # --- errors --------------------------------------------------------------------------------------
 
 
-async def test_the_event_log_requires_an_api_key(api: httpx.AsyncClient) -> None:
-    request = api.build_request("GET", "/v1/events")
+async def test_the_event_log_requires_an_api_key(shared_api: httpx.AsyncClient) -> None:
+    request = shared_api.build_request("GET", "/v1/events")
     del request.headers["X-API-Key"]
-    assert_error(await api.send(request), 401, "unauthorized")
-    wrong = await api.get("/v1/events", headers={"X-API-Key": "rh_not_a_key"})
+    assert_error(await shared_api.send(request), 401, "unauthorized")
+    wrong = await shared_api.get("/v1/events", headers={"X-API-Key": "rh_not_a_key"})
     assert_error(wrong, 401, "unauthorized")
 
 
-async def test_an_empty_log_is_an_empty_page(api: httpx.AsyncClient) -> None:
-    assert await events(api) == {"data": [], "next_cursor": None}
-    assert await events(api, type="") == {"data": [], "next_cursor": None}
-    assert await events(api, type="job.succeeded,ping") == {"data": [], "next_cursor": None}
+async def test_an_empty_log_is_an_empty_page(shared_api: httpx.AsyncClient) -> None:
+    assert await events(shared_api) == {"data": [], "next_cursor": None}
+    assert await events(shared_api, type="") == {"data": [], "next_cursor": None}
+    assert await events(shared_api, type="job.succeeded,ping") == {"data": [], "next_cursor": None}
 
 
 @pytest.mark.parametrize(
@@ -89,20 +89,20 @@ async def test_an_empty_log_is_an_empty_page(api: httpx.AsyncClient) -> None:
     ],
 )
 async def test_a_bad_event_query_is_a_422_naming_the_parameter(
-    api: httpx.AsyncClient, params: dict[str, str], field: str
+    shared_api: httpx.AsyncClient, params: dict[str, str], field: str
 ) -> None:
-    assert_error(await api.get("/v1/events", params=params), 422, "validation_failed", field)
+    assert_error(await shared_api.get("/v1/events", params=params), 422, "validation_failed", field)
 
 
-async def test_the_longest_cursor_accepted_is_18_digits(api: httpx.AsyncClient) -> None:
+async def test_the_longest_cursor_accepted_is_18_digits(shared_api: httpx.AsyncClient) -> None:
     """Integer parameters are capped at 18 digits, which every SQLite integer comparison holds."""
-    assert await events(api, cursor="9" * 18) == {"data": [], "next_cursor": None}
-    assert await events(api, cursor="0" * 18) == {"data": [], "next_cursor": None}
+    assert await events(shared_api, cursor="9" * 18) == {"data": [], "next_cursor": None}
+    assert await events(shared_api, cursor="0" * 18) == {"data": [], "next_cursor": None}
 
 
 @pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH"])
-async def test_the_event_log_is_read_only(api: httpx.AsyncClient, method: str) -> None:
-    assert_error(await api.request(method, "/v1/events"), 405, "method_not_allowed")
+async def test_the_event_log_is_read_only(shared_api: httpx.AsyncClient, method: str) -> None:
+    assert_error(await shared_api.request(method, "/v1/events"), 405, "method_not_allowed")
 
 
 # --- in-process log ---------------------------------------------------------------------------

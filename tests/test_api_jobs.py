@@ -21,6 +21,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from service.core.errors import ValidationFailed
+from service.jobs.catalog import MODELS
 from service.sim import Scenario, Simulator, create_sim_app
 from tests.conftest import SettingsFactory
 from tests.servers import run_server
@@ -84,27 +86,31 @@ PROTECTED = [
 @pytest.mark.parametrize(("method", "path"), PROTECTED)
 @pytest.mark.parametrize("key", [None, "", "rh_wrong_key", "rh_test_admin_key_0123456789abcdeF"])
 async def test_requests_without_a_valid_api_key_are_refused(
-    api: httpx.AsyncClient, method: str, path: str, key: str | None
+    shared_api: httpx.AsyncClient, method: str, path: str, key: str | None
 ) -> None:
     if key is None:
-        response = await send_without_key(api, method, path, json=job_body())
+        response = await send_without_key(shared_api, method, path, json=job_body())
     else:
-        response = await api.request(method, path, json=job_body(), headers={"X-API-Key": key})
+        response = await shared_api.request(
+            method, path, json=job_body(), headers={"X-API-Key": key}
+        )
     assert_error(response, 401, "unauthorized")
-    await assert_nothing_stored(api)
+    await assert_nothing_stored(shared_api)
 
 
-async def test_authentication_comes_before_reading_the_body(api: httpx.AsyncClient) -> None:
-    response = await send_without_key(api, "POST", "/v1/jobs", content=b"{not json")
-    too_large = await send_without_key(api, "POST", "/v1/jobs", content=b" " * (MAX_BODY + 1))
+async def test_authentication_comes_before_reading_the_body(shared_api: httpx.AsyncClient) -> None:
+    response = await send_without_key(shared_api, "POST", "/v1/jobs", content=b"{not json")
+    too_large = await send_without_key(
+        shared_api, "POST", "/v1/jobs", content=b" " * (MAX_BODY + 1)
+    )
     assert_error(response, 401, "unauthorized")
     assert_error(too_large, 401, "unauthorized")
 
 
 async def test_models_catalog_lists_every_model_with_parameters_and_prices(
-    api: httpx.AsyncClient,
+    shared_api: httpx.AsyncClient,
 ) -> None:
-    response = await api.get("/v1/models")
+    response = await shared_api.get("/v1/models")
     assert response.status_code == 200, response.text
     catalog = response.json()
     assert catalog["next_cursor"] is None
@@ -209,20 +215,44 @@ INVALID_JOBS: list[tuple[str, dict[str, Any], str]] = [
 ]
 
 
+SPEC_CASES = [
+    pytest.param(body["model"], body["input"], field, id=name)
+    for name, body, field in INVALID_JOBS
+    if field.startswith("input") and "input" in body and body.get("model") in MODELS
+]
+
+
+@pytest.mark.parametrize(("model", "job_input", "field"), SPEC_CASES)
+def test_the_models_spec_names_the_bad_input_field(model: str, job_input: Any, field: str) -> None:
+    """The input cases above as pure unit tests of the model's spec, the one validation of
+    ``input`` (no app): the error names the field, in its details and its message."""
+    with pytest.raises(ValidationFailed) as refused:
+        MODELS[model].validate(job_input)
+    assert field in refused.value.details["fields"], refused.value.details
+    assert field in str(refused.value)
+    assert refused.value.status_code == 422
+
+
+def test_every_input_case_is_also_a_spec_case() -> None:
+    """Every ``input`` case above reaches the spec's unit test (none is filtered out by mistake)."""
+    input_cases = [name for name, body, field in INVALID_JOBS if field.startswith("input.")]
+    assert {case.id for case in SPEC_CASES} >= set(input_cases)
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [pytest.param(body, field, id=name) for name, body, field in INVALID_JOBS],
 )
 async def test_invalid_job_is_a_422_naming_the_field_and_stores_nothing(
-    api: httpx.AsyncClient, body: dict[str, Any], field: str
+    shared_api: httpx.AsyncClient, body: dict[str, Any], field: str
 ) -> None:
-    response = await api.post("/v1/jobs", json=body)
+    response = await shared_api.post("/v1/jobs", json=body)
     assert_error(response, 422, "validation_failed", field)
-    await assert_nothing_stored(api)
+    await assert_nothing_stored(shared_api)
 
 
-async def test_every_bad_input_field_is_named_at_once(api: httpx.AsyncClient) -> None:
-    response = await api.post(
+async def test_every_bad_input_field_is_named_at_once(shared_api: httpx.AsyncClient) -> None:
+    response = await shared_api.post(
         "/v1/jobs", json={"model": V3, "input": {"duration": 99, "seed": 1, "aspect_ratio": "2:1"}}
     )
     error = assert_error(response, 422, "validation_failed")
@@ -232,7 +262,7 @@ async def test_every_bad_input_field_is_named_at_once(api: httpx.AsyncClient) ->
         "input.seed",
         "input.aspect_ratio",
     }
-    await assert_nothing_stored(api)
+    await assert_nothing_stored(shared_api)
 
 
 @pytest.mark.parametrize(
@@ -247,14 +277,14 @@ async def test_every_bad_input_field_is_named_at_once(api: httpx.AsyncClient) ->
     ],
 )
 async def test_a_body_that_is_not_an_object_is_a_422(
-    api: httpx.AsyncClient, content: bytes
+    shared_api: httpx.AsyncClient, content: bytes
 ) -> None:
-    response = await api.post(
+    response = await shared_api.post(
         "/v1/jobs", content=content, headers={"Content-Type": "application/json"}
     )
     error = assert_error(response, 422, "validation_failed")
     assert "object" in error["message"]
-    await assert_nothing_stored(api)
+    await assert_nothing_stored(shared_api)
 
 
 @pytest.mark.parametrize(
@@ -268,19 +298,21 @@ async def test_a_body_that_is_not_an_object_is_a_422(
         pytest.param(b"model=trinetra/kling-v3", id="form encoded"),
     ],
 )
-async def test_a_body_that_is_not_json_is_a_400(api: httpx.AsyncClient, content: bytes) -> None:
-    response = await api.post(
+async def test_a_body_that_is_not_json_is_a_400(
+    shared_api: httpx.AsyncClient, content: bytes
+) -> None:
+    response = await shared_api.post(
         "/v1/jobs", content=content, headers={"Content-Type": "application/json"}
     )
     assert_error(response, 400, "bad_request")
-    await assert_nothing_stored(api)
+    await assert_nothing_stored(shared_api)
 
 
-async def test_an_empty_body_is_a_400(api: httpx.AsyncClient) -> None:
-    response = await api.post("/v1/jobs")
+async def test_an_empty_body_is_a_400(shared_api: httpx.AsyncClient) -> None:
+    response = await shared_api.post("/v1/jobs")
     error = assert_error(response, 400, "bad_request")
     assert "empty" in error["message"]
-    await assert_nothing_stored(api)
+    await assert_nothing_stored(shared_api)
 
 
 @pytest.mark.parametrize(
@@ -307,15 +339,15 @@ async def test_an_empty_body_is_a_400(api: httpx.AsyncClient) -> None:
     ],
 )
 async def test_hostile_json_is_a_client_error_never_a_500(
-    api: httpx.AsyncClient, content: bytes
+    shared_api: httpx.AsyncClient, content: bytes
 ) -> None:
     """Python's json module accepts or chokes on these; none is valid input (RFC 8259)."""
-    response = await api.post(
+    response = await shared_api.post(
         "/v1/jobs", content=content, headers={"Content-Type": "application/json"}
     )
     assert response.status_code in (400, 422), response.text
     assert_error(response, response.status_code, response.json()["error"]["code"])
-    await assert_nothing_stored(api)
+    await assert_nothing_stored(shared_api)
 
 
 def _body_of_size(size: int) -> bytes:
@@ -323,24 +355,26 @@ def _body_of_size(size: int) -> bytes:
     return head + b"x" * (size - len(head) - len(tail)) + tail
 
 
-async def test_a_body_over_256_kib_is_a_413(api: httpx.AsyncClient) -> None:
-    response = await api.post(
+async def test_a_body_over_256_kib_is_a_413(shared_api: httpx.AsyncClient) -> None:
+    response = await shared_api.post(
         "/v1/jobs",
         content=_body_of_size(MAX_BODY + 1),
         headers={"Content-Type": "application/json"},
     )
     assert_error(response, 413, "payload_too_large")
-    await assert_nothing_stored(api)
+    await assert_nothing_stored(shared_api)
 
 
-async def test_a_body_of_exactly_256_kib_is_read_and_validated(api: httpx.AsyncClient) -> None:
-    response = await api.post(
+async def test_a_body_of_exactly_256_kib_is_read_and_validated(
+    shared_api: httpx.AsyncClient,
+) -> None:
+    response = await shared_api.post(
         "/v1/jobs", content=_body_of_size(MAX_BODY), headers={"Content-Type": "application/json"}
     )
     assert_error(response, 422, "validation_failed", "input.prompt")
 
 
-async def test_a_chunked_body_over_256_kib_is_a_413(api: httpx.AsyncClient) -> None:
+async def test_a_chunked_body_over_256_kib_is_a_413(shared_api: httpx.AsyncClient) -> None:
     """Without Content-Length the cap is enforced while streaming."""
     body = _body_of_size(MAX_BODY * 2)
 
@@ -348,12 +382,12 @@ async def test_a_chunked_body_over_256_kib_is_a_413(api: httpx.AsyncClient) -> N
         for start in range(0, len(body), 65536):
             yield body[start : start + 65536]
 
-    response = await api.post(
+    response = await shared_api.post(
         "/v1/jobs", content=chunks(), headers={"Content-Type": "application/json"}
     )
     assert "content-length" not in response.request.headers
     assert_error(response, 413, "payload_too_large")
-    await assert_nothing_stored(api)
+    await assert_nothing_stored(shared_api)
 
 
 # --- POST /v1/jobs: accepted jobs ----------------------------------------------------------------
@@ -572,10 +606,12 @@ async def test_concurrent_requests_with_one_idempotency_key_make_one_job(
 
 
 @pytest.mark.parametrize("key", ["", "k" * 256], ids=["empty", "256 characters"])
-async def test_a_bad_idempotency_key_is_a_422(api: httpx.AsyncClient, key: str) -> None:
-    response = await api.post("/v1/jobs", json=job_body(SEGMIND), headers={"Idempotency-Key": key})
+async def test_a_bad_idempotency_key_is_a_422(shared_api: httpx.AsyncClient, key: str) -> None:
+    response = await shared_api.post(
+        "/v1/jobs", json=job_body(SEGMIND), headers={"Idempotency-Key": key}
+    )
     assert_error(response, 422, "validation_failed", "Idempotency-Key")
-    await assert_nothing_stored(api)
+    await assert_nothing_stored(shared_api)
 
 
 async def test_an_idempotency_key_of_255_characters_is_accepted(api: httpx.AsyncClient) -> None:
@@ -604,8 +640,8 @@ async def test_a_rejected_request_does_not_consume_its_idempotency_key(
 
 
 @pytest.mark.parametrize("job_id", ["job_00000000000000000000000000", "nope", "sub_x", "%00"])
-async def test_an_unknown_job_is_a_404(api: httpx.AsyncClient, job_id: str) -> None:
-    response = await api.get(f"/v1/jobs/{job_id}")
+async def test_an_unknown_job_is_a_404(shared_api: httpx.AsyncClient, job_id: str) -> None:
+    response = await shared_api.get(f"/v1/jobs/{job_id}")
     assert_error(response, 404, "not_found")
 
 
@@ -708,9 +744,9 @@ async def test_job_listing_pages_with_a_cursor(
     ],
 )
 async def test_a_bad_job_listing_query_is_a_422(
-    api: httpx.AsyncClient, params: dict[str, str], field: str
+    shared_api: httpx.AsyncClient, params: dict[str, str], field: str
 ) -> None:
-    response = await api.get("/v1/jobs", params=params)
+    response = await shared_api.get("/v1/jobs", params=params)
     assert_error(response, 422, "validation_failed", field)
 
 
@@ -719,8 +755,10 @@ async def test_a_bad_job_listing_query_is_a_422(
 
 @pytest.mark.parametrize("path", ["/v1/nope", "/v2/jobs", "/", "/v1/jobs/a/b"])
 @pytest.mark.parametrize("key", [True, False], ids=["with key", "without key"])
-async def test_an_unknown_route_is_a_json_404(api: httpx.AsyncClient, path: str, key: bool) -> None:
-    response = await (api.get(path) if key else send_without_key(api, "GET", path))
+async def test_an_unknown_route_is_a_json_404(
+    shared_api: httpx.AsyncClient, path: str, key: bool
+) -> None:
+    response = await (shared_api.get(path) if key else send_without_key(shared_api, "GET", path))
     assert_error(response, 404, "not_found")
 
 
@@ -734,8 +772,10 @@ async def test_an_unknown_route_is_a_json_404(api: httpx.AsyncClient, path: str,
         ("POST", "/v1/models"),
     ],
 )
-async def test_a_wrong_method_is_a_json_405(api: httpx.AsyncClient, method: str, path: str) -> None:
-    response = await api.request(method, path)
+async def test_a_wrong_method_is_a_json_405(
+    shared_api: httpx.AsyncClient, method: str, path: str
+) -> None:
+    response = await shared_api.request(method, path)
     assert_error(response, 405, "method_not_allowed")
     assert response.headers.get("allow"), response.headers
 
@@ -749,10 +789,10 @@ async def test_a_wrong_method_is_a_json_405(api: httpx.AsyncClient, method: str,
     ],
 )
 async def test_a_405_allow_header_lists_every_supported_method(
-    api: httpx.AsyncClient, method: str, path: str, allowed: set[str]
+    shared_api: httpx.AsyncClient, method: str, path: str, allowed: set[str]
 ) -> None:
     """RFC 9110 section 15.5.6: a 405 carries Allow with the resource's supported methods."""
-    response = await api.request(method, path)
+    response = await shared_api.request(method, path)
     assert response.status_code == 405, response.text
     listed = {m.strip() for m in response.headers["allow"].split(",")} - {"HEAD"}
     assert listed == allowed

@@ -68,13 +68,15 @@ async def sink() -> AsyncIterator[tuple[Sink, str]]:
     ],
 )
 async def test_subscription_endpoints_require_an_api_key(
-    client: httpx.AsyncClient, method: str, path: str
+    shared_api: httpx.AsyncClient, method: str, path: str
 ) -> None:
-    missing = await send_without_key(client, method, path, json={"url": HOOK})
+    missing = await send_without_key(shared_api, method, path, json={"url": HOOK})
     assert_error(missing, 401, "unauthorized")
-    wrong = await client.request(method, path, json={"url": HOOK}, headers={"X-API-Key": "nope"})
+    wrong = await shared_api.request(
+        method, path, json={"url": HOOK}, headers={"X-API-Key": "nope"}
+    )
     assert_error(wrong, 401, "unauthorized")
-    await assert_no_subscriptions(client)
+    await assert_no_subscriptions(shared_api)
 
 
 async def test_an_existing_subscription_is_hidden_from_a_bad_key(client: httpx.AsyncClient) -> None:
@@ -168,8 +170,8 @@ async def test_subscriptions_list_pages_with_a_cursor(client: httpx.AsyncClient)
     ["0", "-3", "201", "ten", "", "\u00b2", "1" * 30, "1" * 5000],
     ids=lambda limit: repr(limit) if len(limit) < 20 else f"{len(limit)} digits",
 )
-async def test_a_bad_list_limit_is_a_422(client: httpx.AsyncClient, limit: str) -> None:
-    response = await client.get("/v1/subscriptions", params={"limit": limit})
+async def test_a_bad_list_limit_is_a_422(shared_api: httpx.AsyncClient, limit: str) -> None:
+    response = await shared_api.get("/v1/subscriptions", params={"limit": limit})
     assert_error(response, 422, "validation_failed", "limit")
 
 
@@ -179,9 +181,9 @@ async def test_a_bad_list_limit_is_a_422(client: httpx.AsyncClient, limit: str) 
 )
 @pytest.mark.parametrize("sub_id", [MISSING, "nope", "job_00000000000000000000000000"])
 async def test_an_unknown_subscription_is_a_404(
-    client: httpx.AsyncClient, method: str, suffix: str, sub_id: str
+    shared_api: httpx.AsyncClient, method: str, suffix: str, sub_id: str
 ) -> None:
-    response = await client.request(
+    response = await shared_api.request(
         method, f"/v1/subscriptions/{sub_id}{suffix}", json={"description": "x"}
     )
     assert_error(response, 404, "not_found")
@@ -269,11 +271,11 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("body", "field"), [pytest.param(body, field, id=name) for name, body, field in INVALID]
 )
 async def test_an_invalid_subscription_is_a_422_naming_the_field(
-    client: httpx.AsyncClient, body: dict[str, Any], field: str
+    shared_api: httpx.AsyncClient, body: dict[str, Any], field: str
 ) -> None:
-    response = await client.post("/v1/subscriptions", json=body)
+    response = await shared_api.post("/v1/subscriptions", json=body)
     assert_error(response, 422, "validation_failed", field)
-    await assert_no_subscriptions(client)
+    await assert_no_subscriptions(shared_api)
 
 
 @pytest.mark.parametrize(
@@ -290,12 +292,12 @@ async def test_an_invalid_subscription_is_a_422_naming_the_field(
     ],
 )
 async def test_a_falsy_value_of_the_wrong_type_is_a_422(
-    client: httpx.AsyncClient, body: dict[str, Any], field: str
+    shared_api: httpx.AsyncClient, body: dict[str, Any], field: str
 ) -> None:
     """``false``, ``0``, ``""`` and ``[]`` are not lists or objects and must not pass as empty."""
-    response = await client.post("/v1/subscriptions", json={"url": HOOK, **body})
+    response = await shared_api.post("/v1/subscriptions", json={"url": HOOK, **body})
     assert_error(response, 422, "validation_failed", field)
-    await assert_no_subscriptions(client)
+    await assert_no_subscriptions(shared_api)
 
 
 @pytest.mark.parametrize(
@@ -310,13 +312,13 @@ async def test_a_falsy_value_of_the_wrong_type_is_a_422(
     ids=["empty", "not json", "list", "string", "over 256 KiB"],
 )
 async def test_an_unreadable_body_is_rejected(
-    client: httpx.AsyncClient, content: bytes, status: int, code: str
+    shared_api: httpx.AsyncClient, content: bytes, status: int, code: str
 ) -> None:
-    response = await client.post(
+    response = await shared_api.post(
         "/v1/subscriptions", content=content, headers={"Content-Type": "application/json"}
     )
     assert_error(response, status, code)
-    await assert_no_subscriptions(client)
+    await assert_no_subscriptions(shared_api)
 
 
 @pytest.mark.parametrize(
@@ -329,9 +331,9 @@ async def test_an_unreadable_body_is_rejected(
     ],
 )
 async def test_a_wrong_method_is_a_json_405(
-    client: httpx.AsyncClient, method: str, path: str
+    shared_api: httpx.AsyncClient, method: str, path: str
 ) -> None:
-    assert_error(await client.request(method, path), 405, "method_not_allowed")
+    assert_error(await shared_api.request(method, path), 405, "method_not_allowed")
 
 
 # --- private addresses ---------------------------------------------------------------------------

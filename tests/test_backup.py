@@ -22,6 +22,7 @@ from tests.support import REPO, api_client, served
 
 pytestmark = [
     pytest.mark.anyio,
+    pytest.mark.e2e,
     pytest.mark.sqlite_only("backups copy the SQLite file; PostgreSQL has pg_dump"),
 ]
 
@@ -49,6 +50,7 @@ def pragma(database: Path, name: str) -> Any:
         return db.execute(f"PRAGMA {name}").fetchone()[0]
 
 
+@pytest.mark.slow
 async def test_a_backup_under_write_load_opens_and_holds_every_acknowledged_job(
     settings_factory: SettingsFactory, tmp_path: Path
 ) -> None:

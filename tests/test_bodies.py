@@ -13,14 +13,14 @@ from typing import Any
 import jsonschema
 import pytest
 
-from service.access.keys import CREATE_BODY as KEY_BODY
+from service.access.keys import NEW_KEY
 from service.access.scopes import SCOPES
 from service.core import params
 from service.core.body import Body, Choices, Field, Text, read_capped
 from service.core.errors import PayloadTooLarge, ValidationFailed
 from service.core.models import EVENT_TYPES
 from service.core.paging import page_of
-from service.delivery.subscriptions import CREATE_BODY, UPDATE_BODY
+from service.delivery.subscriptions import NEW_SUBSCRIPTION, SUBSCRIPTION_CHANGES
 
 HOOK = "https://hooks.example.test/x"
 
@@ -70,7 +70,7 @@ SUBSCRIPTION_BODIES: list[Any] = [
 
 @pytest.mark.parametrize("raw", SUBSCRIPTION_BODIES)
 def test_the_subscription_schema_accepts_what_the_validator_accepts(raw: Any) -> None:
-    assert schema_accepts(CREATE_BODY, raw) == validator_accepts(CREATE_BODY, raw)
+    assert schema_accepts(NEW_SUBSCRIPTION, raw) == validator_accepts(NEW_SUBSCRIPTION, raw)
 
 
 @pytest.mark.parametrize(
@@ -85,7 +85,7 @@ def test_the_subscription_schema_accepts_what_the_validator_accepts(raw: Any) ->
     ],
 )
 def test_the_patch_schema_accepts_what_the_validator_accepts(raw: Any) -> None:
-    assert schema_accepts(UPDATE_BODY, raw) == validator_accepts(UPDATE_BODY, raw)
+    assert schema_accepts(SUBSCRIPTION_CHANGES, raw) == validator_accepts(SUBSCRIPTION_CHANGES, raw)
 
 
 @pytest.mark.parametrize(
@@ -106,19 +106,19 @@ def test_the_patch_schema_accepts_what_the_validator_accepts(raw: Any) -> None:
     ],
 )
 def test_the_key_schema_accepts_what_the_validator_accepts(raw: Any) -> None:
-    assert schema_accepts(KEY_BODY, raw) == validator_accepts(KEY_BODY, raw)
+    assert schema_accepts(NEW_KEY, raw) == validator_accepts(NEW_KEY, raw)
 
 
 def test_what_json_schema_cannot_say_is_still_refused() -> None:
     # Reserved header names and a blank key name pass the schema, not the checks behind it.
     reserved = {"url": HOOK, "headers": {"Webhook-Signature": "v1,forged"}}
-    assert schema_accepts(CREATE_BODY, reserved)
-    assert problem(CREATE_BODY, reserved) == {
+    assert schema_accepts(NEW_SUBSCRIPTION, reserved)
+    assert problem(NEW_SUBSCRIPTION, reserved) == {
         "headers": "'Webhook-Signature' is set by reelhook itself"
     }
     blank = {"name": "   ", "scopes": ["read"]}
-    assert schema_accepts(KEY_BODY, blank)
-    assert problem(KEY_BODY, blank) == {"name": "is required: a string of 1 to 100 characters"}
+    assert schema_accepts(NEW_KEY, blank)
+    assert problem(NEW_KEY, blank) == {"name": "is required: a string of 1 to 100 characters"}
 
 
 @pytest.mark.parametrize(
@@ -144,32 +144,36 @@ def test_what_json_schema_cannot_say_is_still_refused() -> None:
     ],
 )
 def test_a_bad_subscription_body_names_its_first_problem(raw: Any, fields: dict[str, str]) -> None:
-    assert problem(CREATE_BODY, raw) == fields
+    assert problem(NEW_SUBSCRIPTION, raw) == fields
 
 
 def test_status_is_only_for_a_patch() -> None:
-    assert problem(CREATE_BODY, {"url": HOOK, "status": "active"}) == {"status": "unknown field"}
-    assert problem(UPDATE_BODY, {"status": "paused"}) == {"status": "must be active or disabled"}
-    assert UPDATE_BODY.validate({"status": "disabled"}) == {"status": "disabled"}
+    assert problem(NEW_SUBSCRIPTION, {"url": HOOK, "status": "active"}) == {
+        "status": "unknown field"
+    }
+    assert problem(SUBSCRIPTION_CHANGES, {"status": "paused"}) == {
+        "status": "must be active or disabled"
+    }
+    assert SUBSCRIPTION_CHANGES.validate({"status": "disabled"}) == {"status": "disabled"}
 
 
 def test_null_clears_a_filter_and_duplicates_collapse() -> None:
-    assert CREATE_BODY.validate(
+    assert NEW_SUBSCRIPTION.validate(
         {"url": HOOK, "event_types": None, "models": None, "headers": None}
     ) == {"url": HOOK, "event_types": (), "models": (), "headers": {}}
-    assert CREATE_BODY.validate({"url": HOOK, "event_types": ["ping", "ping"]})["event_types"] == (
-        "ping",
-    )
+    assert NEW_SUBSCRIPTION.validate({"url": HOOK, "event_types": ["ping", "ping"]})[
+        "event_types"
+    ] == ("ping",)
 
 
 def test_a_key_body_is_trimmed_and_its_scopes_named() -> None:
-    assert KEY_BODY.validate({"name": "  ci  ", "scopes": ["read", "read"]}) == {
+    assert NEW_KEY.validate({"name": "  ci  ", "scopes": ["read", "read"]}) == {
         "name": "ci",
         "scopes": ("read",),
     }
-    fields = problem(KEY_BODY, {"name": "ci", "scopes": ["read", "jobs:delete"]})
+    fields = problem(NEW_KEY, {"name": "ci", "scopes": ["read", "jobs:delete"]})
     assert fields == {"scopes": f"unknown scope 'jobs:delete' (accepted: {', '.join(SCOPES)})"}
-    assert problem(KEY_BODY, {"name": "ci", "scopes": []}) == {
+    assert problem(NEW_KEY, {"name": "ci", "scopes": []}) == {
         "scopes": f"is required: a non-empty list from {', '.join(SCOPES)}"
     }
 

@@ -19,9 +19,7 @@ from service.jobs.callback_outcomes import CallbackOutcome
 from service.jobs.lifecycle import Outcome
 from service.providers.apiframe import signature
 from tests.conftest import SettingsFactory
-from tests.servers import loopback_socket, url_of
-from tests.support import served
-from tests.test_callbacks import (
+from tests.helpers.callbacks import (
     APIFRAME_KEY,
     TOKENS,
     apiframe_completed,
@@ -30,6 +28,8 @@ from tests.test_callbacks import (
     stored_callbacks,
     trinetra_done,
 )
+from tests.servers import loopback_socket, url_of
+from tests.support import served
 
 pytestmark = pytest.mark.anyio
 
@@ -51,7 +51,7 @@ async def event_types(http: httpx.AsyncClient, job_id: str) -> Counter[str]:
 async def test_each_outcome_is_named_once_and_rejections_touch_nothing(
     settings_factory: SettingsFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="service.api.callbacks")
+    caplog.set_level(logging.DEBUG, logger="service.jobs.callbacks")
     heard: list[tuple[str, CallbackOutcome]] = []
 
     def broken(provider: str, outcome: CallbackOutcome) -> None:

@@ -28,7 +28,7 @@ from tests.conftest import SettingsFactory
 from tests.servers import loopback_socket, run_server, url_of
 from tests.support import ADMIN_KEY, served
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
 BOT_TOKEN = "123456:TEST-token"
 TELEGRAM_SECRET = "telegram-secret-token"

@@ -20,6 +20,8 @@ from service.cli import main
 from tests.servers import free_port, run_service
 from tests.support import ADMIN_KEY
 
+pytestmark = pytest.mark.e2e
+
 REELHOOK = str(Path(sys.executable).parent / "reelhook")
 COMMANDS = ("serve", "submit", "jobs", "subscribe", "unsubscribe", "tail")
 
@@ -264,6 +266,7 @@ def test_tail_prints_new_events(service: Service) -> None:
     assert parts[-1].startswith("http")
 
 
+@pytest.mark.slow
 def test_tail_resumes_across_a_restart_without_missing_or_repeating(
     tmp_path: Path,
 ) -> None:

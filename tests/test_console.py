@@ -22,9 +22,10 @@ from service.app.settings import Settings
 from service.console.session import COOKIE, SessionCodec
 from service.sim import Scenario, Simulator, create_sim_app
 from tests.conftest import SettingsFactory
+from tests.helpers.delivery import detail, exhausted, finished, replies_app, until_delivery
+from tests.helpers.keys import new_key
 from tests.servers import Sink, loopback_socket, run_server, url_of
 from tests.support import ADMIN_KEY, in_process, served
-from tests.test_delivery_api import detail, exhausted, finished, replies_app, until_delivery
 
 pytestmark = pytest.mark.anyio
 
@@ -62,13 +63,6 @@ class Reelhook:
     async def new_key(self, *scopes: str) -> str:
         """A new API key with ``scopes``, made by the admin through the API."""
         return await new_key(self.api, *scopes)
-
-
-async def new_key(api: httpx.AsyncClient, *scopes: str) -> str:
-    created = await api.post("/v1/keys", json={"name": "console test", "scopes": list(scopes)})
-    assert created.status_code == 201, created.text
-    key: str = created.json()["key"]
-    return key
 
 
 async def sign_in(browser: httpx.AsyncClient, key: str, next_page: str = "") -> httpx.Response:

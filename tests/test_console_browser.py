@@ -21,11 +21,11 @@ from starlette.routing import Route
 from service.app.settings import Settings
 from tests.browser import chromium, missing
 from tests.conftest import SettingsFactory
+from tests.helpers.keys import new_key
 from tests.servers import Sink, loopback_socket, run_server, url_of
 from tests.support import ADMIN_KEY, served
-from tests.test_console import new_key
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.browser, pytest.mark.e2e, pytest.mark.slow]
 
 if (reason := missing()) is not None:
     if os.environ.get("CI") == "true":

@@ -35,7 +35,7 @@ from starlette.types import Receive, Scope, Send
 from tests.servers import loopback_socket, run_server
 from tests.support import ADMIN_KEY
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e, pytest.mark.slow]
 
 # Where the processes keep their state: the SQLite file in their data directory, or (under
 # ``--store postgresql``, and for the two-node test) a PostgreSQL database URL.

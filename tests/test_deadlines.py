@@ -18,10 +18,10 @@ from standardwebhooks.webhooks import Webhook
 
 from service.app.settings import SettingsError, load_settings
 from tests.conftest import SettingsFactory
+from tests.helpers.callbacks import TOKENS, stored_callbacks, trinetra_done, trinetra_failed
+from tests.helpers.delivery import subscribe
 from tests.servers import Sink, loopback_socket, run_server, url_of
-from tests.support import served, wait_for_job
-from tests.test_callbacks import TOKENS, stored_callbacks, trinetra_done, trinetra_failed
-from tests.test_delivery import ShiftedClock, subscribe
+from tests.support import FakeClock, served, wait_for_job
 
 pytestmark = pytest.mark.anyio
 
@@ -48,7 +48,7 @@ async def job_events(http: httpx.AsyncClient, job_id: str) -> list[dict[str, Any
 async def test_a_lost_callback_expires_the_job_at_its_deadline(
     settings_factory: SettingsFactory,
 ) -> None:
-    clock = ShiftedClock()
+    clock = FakeClock()
     sink = Sink()
     sock = loopback_socket()
     settings = settings_factory(PUBLIC_URL=url_of(sock), SIM_DELAY="3600")
@@ -98,7 +98,7 @@ async def test_a_callback_after_expiry_is_kept_for_audit_and_revives_nothing(
     """The choice documented in the README: ``expired`` is terminal like any other state, so the
     late result is stored (raw, with outcome ``late``) but the job and its events stay as they
     were; a subscriber never hears of a job succeeding after it was told it expired."""
-    clock = ShiftedClock()
+    clock = FakeClock()
     sock = loopback_socket()
     settings = settings_factory(PUBLIC_URL=url_of(sock), SIM_DELAY="3600")
     async with served(settings, sock, clock=clock) as http:
@@ -128,6 +128,7 @@ async def test_a_callback_after_expiry_is_kept_for_audit_and_revives_nothing(
     ]
 
 
+@pytest.mark.slow
 async def test_a_model_with_a_shorter_deadline_wakes_the_timer_early(
     settings_factory: SettingsFactory,
 ) -> None:
@@ -154,7 +155,7 @@ async def test_a_deadline_that_passed_while_stopped_expires_the_job_at_start(
 
     second_sock = loopback_socket()
     second = settings_factory(PUBLIC_URL=url_of(second_sock), SIM_DELAY="3600")
-    clock = ShiftedClock()
+    clock = FakeClock()
     clock.offset = 3601
     async with served(second, second_sock, clock=clock) as http:
         expired = await wait_for_job(http, job["id"], ("expired",))

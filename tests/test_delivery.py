@@ -11,32 +11,39 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager, closing
+from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import anyio
-import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from service.access.callers import hash_key
 from service.app.settings import Settings
-from service.core.ids import new_id
 from service.core.models import JOB_EVENT_TYPES, Subscription
 from service.delivery import signing
-from service.storage import keys
-from service.storage.database import Database
 from tests.conftest import SettingsFactory
+from tests.helpers.delivery import (
+    JOB,
+    Hanging,
+    attempts_of,
+    delivery_of,
+    ping,
+    query,
+    sink_and_service,
+    subscribe,
+    subscribe_as,
+)
+from tests.helpers.keys import KEY_B, KEY_C, add_member_keys, as_key
 from tests.servers import Sink, loopback_socket, run_server, url_of
-from tests.support import api_client, assert_error, stored_dicts
+from tests.support import FakeClock, api_client, assert_error
 
 pytestmark = pytest.mark.anyio
 
@@ -44,45 +51,6 @@ Script = Callable[[int], tuple[int, dict[str, str]]]
 
 
 # --- helpers -----------------------------------------------------------------------------------
-
-
-async def subscribe(http: httpx.AsyncClient, url: str, **fields: Any) -> dict[str, Any]:
-    created = await http.post("/v1/subscriptions", json={"url": url, **fields})
-    assert created.status_code == 201, created.text
-    body: dict[str, Any] = created.json()
-    assert body["secret"].startswith("whsec_")
-    return body
-
-
-async def ping(http: httpx.AsyncClient, subscription_id: str) -> str:
-    response = await http.post(f"/v1/subscriptions/{subscription_id}/test")
-    assert response.status_code == 202, response.text
-    event_id: str = response.json()["event_id"]
-    assert event_id.startswith("evt_")
-    return event_id
-
-
-def _query(settings: Settings, sql: str, params: tuple[object, ...]) -> list[dict[str, Any]]:
-    return stored_dicts(settings, sql, params)
-
-
-async def query(settings: Settings, sql: str, *params: object) -> list[dict[str, Any]]:
-    return await anyio.to_thread.run_sync(_query, settings, sql, params)
-
-
-async def delivery_of(settings: Settings, event_id: str) -> dict[str, Any]:
-    rows = await query(settings, "SELECT * FROM deliveries WHERE event_id = ?", event_id)
-    assert len(rows) == 1, rows
-    return rows[0]
-
-
-async def attempts_of(settings: Settings, event_id: str) -> list[dict[str, Any]]:
-    return await query(
-        settings,
-        "SELECT a.* FROM attempts a JOIN deliveries d ON a.delivery_id = d.id "
-        "WHERE d.event_id = ? ORDER BY a.id",
-        event_id,
-    )
 
 
 async def settled(
@@ -106,78 +74,6 @@ def status_is(*statuses: str) -> Callable[[dict[str, Any]], bool]:
 
 def first_then(first: tuple[int, dict[str, str]], then: int = 204) -> Script:
     return lambda count: first if count == 1 else (then, {})
-
-
-@asynccontextmanager
-async def sink_and_service(
-    settings: Settings, **app_options: Any
-) -> AsyncIterator[tuple[Sink, str, httpx.AsyncClient]]:
-    sink = Sink()
-    async with run_server(sink.app()) as sink_url, api_client(settings, **app_options) as http:
-        yield sink, sink_url, http
-
-
-@dataclass
-class Hanging:
-    """A subscriber whose ``/hang`` requests hang until released (10 s at most).
-
-    ``/hang-once`` hangs on its first request only; ``/fast`` answers 204 at once; ``/big/<n>``
-    answers 500 with an ``n``-byte body sent in two pieces.
-    """
-
-    arrivals: list[str] = field(default_factory=list)
-    hanging: int = 0
-    release: anyio.Event = field(default_factory=anyio.Event)
-    changed: anyio.Event = field(default_factory=anyio.Event)
-
-    def _note(self) -> None:
-        self.changed.set()
-        self.changed = anyio.Event()
-
-    def app(self) -> Starlette:
-        async def receive(request: Request) -> Response:
-            await request.body()
-            path = request.url.path
-            self.arrivals.append(path)
-            if path.startswith("/big/"):
-                return StreamingResponse(_in_two_pieces(int(path.split("/")[2])), status_code=500)
-            hang = path == "/hang" or (path == "/hang-once" and self.arrivals.count(path) == 1)
-            if hang:
-                self.hanging += 1
-                self._note()
-                try:
-                    with anyio.move_on_after(10):
-                        await self.release.wait()
-                finally:
-                    self.hanging -= 1
-            self._note()
-            return Response(status_code=204)
-
-        return Starlette(routes=[Route("/{path:path}", receive, methods=["POST"])])
-
-    def on(self, path: str) -> int:
-        return self.arrivals.count(path)
-
-    async def wait_for(self, predicate: Callable[[Hanging], bool], within: float = 10.0) -> None:
-        with anyio.fail_after(within):
-            while not predicate(self):
-                await self.changed.wait()
-
-
-async def _in_two_pieces(size: int) -> AsyncIterator[bytes]:
-    yield b"a" * (size // 2)
-    await anyio.sleep(0.05)  # lets the first piece reach the client on its own
-    yield b"b" * (size - size // 2)
-
-
-class ShiftedClock:
-    """The system clock plus an adjustable offset, so retries can be made due at once."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def __call__(self) -> float:
-        return time.time() + self.offset
 
 
 # --- signing and headers -----------------------------------------------------------------------
@@ -492,7 +388,7 @@ async def test_the_first_attempt_waits_for_the_first_scheduled_delay(
     """``REELHOOK_RETRY_SCHEDULE[0]`` is the delay before the first attempt: a ping is queued 5 s
     out and sent only once the clock has passed that point."""
     settings = settings_factory(RETRY_SCHEDULE="5,0.2")
-    clock = ShiftedClock()
+    clock = FakeClock()
     async with sink_and_service(settings, clock=clock) as (sink, sink_url, http):
         first = await subscribe(http, f"{sink_url}/first")
         second = await subscribe(http, f"{sink_url}/second")
@@ -588,7 +484,7 @@ async def test_the_per_subscription_cap_counts_deliveries_already_in_flight(
     with a cap of two, both are claimed ahead (prefetch) but exactly one of them is sent, so
     exactly two reach the subscriber at once, and the other waits until a slot frees up."""
     settings = settings_factory(SUBSCRIPTION_CONCURRENCY="2", RETRY_SCHEDULE="0,10,10")
-    clock = ShiftedClock()
+    clock = FakeClock()
     hanging = Hanging()
     async with run_server(hanging.app()) as url:
         try:
@@ -682,7 +578,7 @@ async def test_retries_wait_while_a_subscription_is_disabled_and_resume_when_ena
     subscription releases it. "Not sent" is shown causally: a later ping to another subscription,
     claimed after the retry was due, arrives first."""
     settings = settings_factory(RETRY_SCHEDULE="0,1,1")
-    clock = ShiftedClock()
+    clock = FakeClock()
     sink = Sink(script={"/flaky": lambda n: (500, {}) if n == 1 else (204, {})})
     async with run_server(sink.app()) as sink_url, api_client(settings, clock=clock) as http:
         flaky = await subscribe(http, f"{sink_url}/flaky")
@@ -766,35 +662,6 @@ def test_a_one_off_callback_subscription_matches_only_its_job() -> None:
 
 
 # --- who hears of a job: owner-scoped fan-out ----------------------------------------------------
-
-KEY_B = "rh_test_key_b_0123456789abcdef0123"
-KEY_C = "rh_test_key_c_0123456789abcdef0123"
-MEMBER_SCOPES = ["jobs:write", "jobs:read", "subscriptions:write", "subscriptions:read"]
-
-
-async def add_member_keys(settings: Settings, *raw_keys: str) -> None:
-    """Register non-admin API keys straight in the database, before the service starts."""
-    async with Database.open(settings.database_url) as db, db.transaction() as conn:
-        for number, raw_key in enumerate(raw_keys):
-            await keys.insert(
-                conn,
-                key_id=new_id("key"),
-                name=f"member {number}",
-                key_hash=hash_key(raw_key),
-                scopes=MEMBER_SCOPES,
-                created_at=time.time(),
-            )
-
-
-def as_key(raw_key: str) -> dict[str, str]:
-    return {"X-API-Key": raw_key}
-
-
-async def subscribe_as(http: httpx.AsyncClient, raw_key: str, url: str) -> dict[str, Any]:
-    created = await http.post("/v1/subscriptions", json={"url": url}, headers=as_key(raw_key))
-    assert created.status_code == 201, created.text
-    body: dict[str, Any] = created.json()
-    return body
 
 
 async def test_a_job_event_reaches_its_owners_and_admin_subscriptions_only(
@@ -925,9 +792,6 @@ def trinetra_at(base_url: str) -> dict[str, str]:
     return {"TRINETRA_API_KEY": "key-trinetra", "TRINETRA_BASE_URL": base_url}
 
 
-JOB = {"model": "trinetra/kling-v2.5", "input": {"prompt": "A cat chasing a laser dot"}}
-
-
 async def test_callback_url_events_are_signed_with_the_callback_secret(
     settings_factory: SettingsFactory,
 ) -> None:
@@ -1002,7 +866,7 @@ async def test_a_running_dispatcher_never_takes_over_its_own_expired_lease(
     subscriber, a long queue) is not claimed and sent a second time: only the next start
     takes leases back."""
     settings = settings_factory()
-    clock = ShiftedClock()
+    clock = FakeClock()
     hanging = Hanging()
     async with run_server(hanging.app()) as url:
         try:

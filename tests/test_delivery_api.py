@@ -3,18 +3,12 @@ driven through the API against scripted loopback subscribers (docs/contract.md Â
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from contextlib import closing
-from typing import Any
 
 import anyio
 import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
 from service.app.settings import SettingsError, load_settings
 from service.core.clock import isoformat
@@ -23,86 +17,34 @@ from service.delivery import signing
 from service.delivery.dispatcher import failure_windows
 from service.storage.deliveries import AttemptOutcome
 from tests.conftest import SettingsFactory
-from tests.servers import Sink, loopback_socket, run_server, url_of
-from tests.support import api_client, assert_error, wait_for_job
-from tests.test_delivery import (
+from tests.helpers.delivery import (
     JOB,
-    KEY_B,
-    KEY_C,
     Hanging,
-    ShiftedClock,
-    add_member_keys,
-    as_key,
     attempts_of,
+    delivery_for,
     delivery_of,
+    detail,
+    exhausted,
+    finished,
     ping,
+    replies_app,
     sink_and_service,
     subscribe,
     subscribe_as,
+    until_delivery,
 )
+from tests.helpers.keys import KEY_B, KEY_C, add_member_keys, as_key
+from tests.servers import Sink, loopback_socket, run_server, url_of
+from tests.support import FakeClock, api_client, assert_error, wait_for_job
 
 pytestmark = pytest.mark.anyio
-
-Row = dict[str, Any]
 
 
 # --- helpers -----------------------------------------------------------------------------------
 
 
-async def delivery_for(http: httpx.AsyncClient, event_id: str, **params: str) -> Row:
-    """The one delivery of ``event_id``, as ``GET /v1/deliveries?event_id=`` lists it."""
-    listed = await http.get("/v1/deliveries", params={"event_id": event_id, **params})
-    assert listed.status_code == 200, listed.text
-    (row,) = listed.json()["data"]
-    assert isinstance(row, dict)
-    return row
-
-
-async def until_delivery(
-    http: httpx.AsyncClient, event_id: str, predicate: Callable[[Row], bool], within: float = 10.0
-) -> Row:
-    """Poll the delivery log until ``event_id``'s delivery satisfies ``predicate``."""
-    with anyio.fail_after(within):
-        while True:
-            row = await delivery_for(http, event_id)
-            if predicate(row):
-                return row
-            await anyio.sleep(0.02)
-
-
-def finished(row: Row) -> bool:
-    return row["status"] in ("succeeded", "failed", "canceled")
-
-
-async def detail(http: httpx.AsyncClient, delivery_id: str) -> Row:
-    response = await http.get(f"/v1/deliveries/{delivery_id}")
-    assert response.status_code == 200, response.text
-    body: Row = response.json()
-    return body
-
-
-async def exhausted(http: httpx.AsyncClient, sub_id: str) -> tuple[str, Row]:
-    """Ping ``sub_id`` and wait until its delivery has failed every scheduled attempt."""
-    event_id = await ping(http, sub_id)
-    row = await until_delivery(http, event_id, finished)
-    assert row["status"] == "failed", row
-    return event_id, row
-
-
 def signatures(headers: dict[str, str]) -> list[str]:
     return headers["webhook-signature"].split(" ")
-
-
-def replies_app() -> Starlette:
-    """``/text`` answers 500 with a UTF-8 body; ``/binary`` answers 500 with bytes that are not."""
-
-    async def answer(request: Request) -> Response:
-        await request.body()
-        if request.url.path == "/text":
-            return Response("upstream said: no â€” try later", status_code=500)
-        return Response(b"\xff\xfe\x00binary", status_code=500)
-
-    return Starlette(routes=[Route("/{path:path}", answer, methods=["POST"])])
 
 
 # --- the delivery log --------------------------------------------------------------------------
@@ -402,7 +344,7 @@ async def test_recover_resends_the_failed_deliveries_since_a_time(
     """Three pings fail for good, an hour apart by the service's clock. Recovering since the
     second resends the second and third (once each) and leaves the first failed."""
     settings = settings_factory(RETRY_SCHEDULE="0")
-    clock = ShiftedClock()
+    clock = FakeClock()
     async with sink_and_service(settings, clock=clock) as (sink, sink_url, http):
         broken = True
         sink.script["/hook"] = lambda count: (500, {}) if broken else (204, {})
@@ -440,7 +382,7 @@ async def test_recover_resends_the_failed_deliveries_since_a_time(
 
 async def test_recover_takes_an_until_and_unix_seconds(settings_factory: SettingsFactory) -> None:
     settings = settings_factory(RETRY_SCHEDULE="0")
-    clock = ShiftedClock()
+    clock = FakeClock()
     async with sink_and_service(settings, clock=clock) as (sink, sink_url, http):
         sink.script["/hook"] = lambda count: (500, {}) if count <= 3 else (204, {})
         sub = await subscribe(http, f"{sink_url}/hook")
@@ -514,7 +456,7 @@ async def test_during_the_grace_period_both_secrets_verify(
     settings_factory: SettingsFactory,
 ) -> None:
     settings = settings_factory()
-    clock = ShiftedClock()
+    clock = FakeClock()
     async with sink_and_service(settings, clock=clock) as (sink, sink_url, http):
         sub = await subscribe(http, f"{sink_url}/hook")
         old = sub["secret"]
@@ -609,7 +551,7 @@ async def test_a_subscription_failing_for_the_whole_window_is_disabled_and_other
     ``subscription.disabled`` (filters apply); another key's subscription does not."""
     settings = settings_factory(DISABLE_AFTER="100", RETRY_SCHEDULE="0,3,3")
     await add_member_keys(settings, KEY_B)
-    clock = ShiftedClock()
+    clock = FakeClock()
     async with sink_and_service(settings, clock=clock) as (sink, sink_url, http):
         sink.script["/down"] = lambda count: (500, {})
         down = await subscribe(http, f"{sink_url}/down", description="the n8n flow")
@@ -659,7 +601,7 @@ async def test_a_subscription_failing_for_the_whole_window_is_disabled_and_other
 
 async def test_a_success_closes_the_failure_window(settings_factory: SettingsFactory) -> None:
     settings = settings_factory(DISABLE_AFTER="100", RETRY_SCHEDULE="0")
-    clock = ShiftedClock()
+    clock = FakeClock()
     async with sink_and_service(settings, clock=clock) as (sink, sink_url, http):
         failing = True
         sink.script["/flaky"] = lambda count: (500, {}) if failing else (204, {})
@@ -685,7 +627,7 @@ async def test_re_enabling_restarts_the_failure_window(settings_factory: Setting
     retry goes out, fails, and it stays enabled; only failing for another full window disables
     it again."""
     settings = settings_factory(DISABLE_AFTER="100", RETRY_SCHEDULE="0,3,3,3")
-    clock = ShiftedClock()
+    clock = FakeClock()
     async with sink_and_service(settings, clock=clock) as (sink, sink_url, http):
         sink.script["/down"] = lambda count: (500, {})
         down = await subscribe(http, f"{sink_url}/down")
@@ -754,7 +696,7 @@ async def test_disabling_through_the_api_gives_a_reason_and_no_event(
 
 async def test_a_zero_disable_after_never_disables(settings_factory: SettingsFactory) -> None:
     settings = settings_factory(DISABLE_AFTER="0", RETRY_SCHEDULE="0")
-    clock = ShiftedClock()
+    clock = FakeClock()
     async with sink_and_service(settings, clock=clock) as (sink, sink_url, http):
         sink.script["/down"] = lambda count: (500, {})
         sub = await subscribe(http, f"{sink_url}/down")

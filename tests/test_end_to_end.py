@@ -14,7 +14,7 @@ from tests.conftest import SettingsFactory
 from tests.servers import Sink, loopback_socket, run_server, url_of
 from tests.support import served
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
 JOBS: dict[str, dict[str, Any]] = {
     "trinetra/kling-v2.5": {"prompt": "A cat chasing a laser dot across a living room"},
@@ -70,6 +70,7 @@ async def submit_all_and_check(http: httpx.AsyncClient, sink: Sink, sink_url: st
     }
 
 
+@pytest.mark.slow
 async def test_every_model_against_a_separate_simulator(settings_factory: SettingsFactory) -> None:
     simulator = Simulator(Scenario(delay=1.0))
     sink = Sink()
@@ -95,6 +96,7 @@ async def test_every_model_against_a_separate_simulator(settings_factory: Settin
     assert simulator.stats()["submits"] == {"trinetra": 3, "apiframe": 1, "segmind": 1}
 
 
+@pytest.mark.slow
 async def test_embedded_default_serves_the_whole_loop(settings_factory: SettingsFactory) -> None:
     """What ``make run`` starts: no provider keys, the simulator mounted in-process."""
     sink = Sink()

@@ -2,44 +2,25 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from importlib import resources
 
 import anyio
 import httpx
 import pytest
-from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 
 from service.app.settings import Settings
-from service.core.tokens import _FILE_SALT, Tokens
+from service.core.tokens import Tokens
 from service.storage.blobs import BlobStore
 from tests.conftest import SettingsFactory
+from tests.helpers.files import SECRET, minted_ago, tamper
+from tests.helpers.segmind import finished_segmind_job
 from tests.servers import loopback_socket, url_of
 from tests.support import api_client, served
-from tests.test_segmind import finished_segmind_job
 
 pytestmark = pytest.mark.anyio
 
-SECRET = "test-secret-key-0123456789"  # what settings_factory configures
 SAMPLE_MP4 = resources.files("service.sim").joinpath("assets/sample.mp4").read_bytes()
-
-
-def minted_ago(seconds: int, digest: str, media_type: str = "video/mp4") -> str:
-    """A file token signed ``seconds`` ago: a link made old without waiting.
-
-    The timestamp comes from the signer (``TimestampSigner.get_timestamp``), so pin it there.
-    """
-    timestamp = int(time.time()) - seconds
-
-    class Then(TimestampSigner):
-        def get_timestamp(self) -> int:
-            return timestamp
-
-    serializer = URLSafeTimedSerializer([SECRET], salt=_FILE_SALT, signer=Then)
-    token = serializer.dumps([digest, media_type])
-    assert isinstance(token, str)
-    return token
 
 
 async def _chunks(data: bytes) -> AsyncIterator[bytes]:
@@ -107,14 +88,9 @@ async def test_an_unsatisfiable_range_is_a_416(client: httpx.AsyncClient, stored
     assert response.headers["content-range"] == f"bytes */{len(SAMPLE_MP4)}"
 
 
-def _tamper(token: str, position: int) -> str:
-    flipped = "A" if token[position] != "A" else "B"
-    return token[:position] + flipped + token[position + 1 :]
-
-
 async def test_a_tampered_link_is_forbidden(client: httpx.AsyncClient, stored: str) -> None:
     token = stored.removeprefix("/v1/files/")
-    for tampered in (_tamper(token, len(token) - 3), _tamper(token, 2), token + "x", "junk"):
+    for tampered in (tamper(token, len(token) - 3), tamper(token, 2), token + "x", "junk"):
         response = await client.get(f"/v1/files/{tampered}")
         assert response.status_code == 403, (tampered, response.text)
         assert response.json()["error"]["code"] == "forbidden"
@@ -164,7 +140,7 @@ async def test_an_expired_link_is_gone(settings_factory: SettingsFactory) -> Non
 
         # An old but tampered link is refused as forged, not reported as merely expired.
         old = minted_ago(60, digest)
-        forged = _tamper(old, len(old) - 3)
+        forged = tamper(old, len(old) - 3)
         assert (await http.get(f"/v1/files/{forged}")).status_code == 403
 
 
@@ -196,7 +172,7 @@ async def test_a_segmind_output_link_supports_ranges(settings_factory: SettingsF
         async with httpx.AsyncClient() as anonymous:
             whole = await anonymous.get(link)
             part = await anonymous.get(link, headers={"Range": "bytes=10-99"})
-            tampered = await anonymous.get(_tamper(link, len(link) - 3))
+            tampered = await anonymous.get(tamper(link, len(link) - 3))
 
     assert whole.status_code == 200
     assert whole.content == SAMPLE_MP4
@@ -206,6 +182,7 @@ async def test_a_segmind_output_link_supports_ranges(settings_factory: SettingsF
     assert tampered.status_code == 403
 
 
+@pytest.mark.slow
 async def test_after_a_link_expires_the_job_hands_out_a_fresh_one(
     settings_factory: SettingsFactory,
 ) -> None:

@@ -15,8 +15,7 @@ import pytest
 from service.sim import Scenario, Simulator, create_sim_app
 from tests.conftest import SettingsFactory
 from tests.servers import run_server
-from tests.support import api_client, assert_error
-from tests.test_delivery import ShiftedClock
+from tests.support import FakeClock, api_client, assert_error
 
 pytestmark = pytest.mark.anyio
 
@@ -37,7 +36,7 @@ async def test_a_key_replays_for_24_hours_then_names_a_new_job(
     settings_factory: SettingsFactory, dead_url: str
 ) -> None:
     sim = Simulator(Scenario(delay=3600))
-    clock = ShiftedClock()
+    clock = FakeClock()
     async with run_server(create_sim_app(sim)) as sim_url:
         settings = settings_factory(
             PUBLIC_URL=dead_url, TRINETRA_API_KEY="key-t", TRINETRA_BASE_URL=f"{sim_url}/trinetra"

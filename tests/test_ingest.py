@@ -16,8 +16,7 @@ import httpx
 import pytest
 
 from tests.conftest import SettingsFactory
-from tests.support import assert_error
-from tests.test_callbacks import (
+from tests.helpers.callbacks import (
     TOKENS,
     TRINETRA_MODEL,
     Service,
@@ -25,6 +24,7 @@ from tests.test_callbacks import (
     stored_callbacks,
     trinetra_done,
 )
+from tests.support import assert_error
 
 pytestmark = pytest.mark.anyio
 
@@ -45,6 +45,7 @@ async def finish(service: Service, job: dict[str, str]) -> httpx.Response:
     return await service.callback("trinetra", token, trinetra_done(job["provider_job_id"]))
 
 
+@pytest.mark.slow
 async def test_a_burst_of_callbacks_is_stored_and_announced_once_each(
     settings_factory: SettingsFactory,
 ) -> None:

@@ -27,11 +27,11 @@ from service.app.settings import Settings, SettingsError, load_settings
 from service.core.models import Output
 from service.core.tokens import Tokens
 from tests.conftest import SettingsFactory
+from tests.helpers.callbacks import SECRET_KEY, TOKENS, encode
+from tests.helpers.delivery import subscribe
+from tests.helpers.files import minted_ago, tamper
 from tests.servers import Sink, loopback_socket, run_server, url_of
 from tests.support import api_client, served, stored_dicts
-from tests.test_callbacks import SECRET_KEY, TOKENS, encode
-from tests.test_delivery import subscribe
-from tests.test_files import _tamper, minted_ago
 
 pytestmark = pytest.mark.anyio
 
@@ -160,6 +160,7 @@ def digest_of(mirror_url: str) -> str:
 # --- the simulator's videos ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_the_simulators_mp4_is_mirrored_and_served_by_a_signed_link(
     settings_factory: SettingsFactory,
 ) -> None:
@@ -185,7 +186,7 @@ async def test_the_simulators_mp4_is_mirrored_and_served_by_a_signed_link(
                         await anonymous.get(output["url"]),
                         await anonymous.get(link),
                         await anonymous.get(link, headers={"Range": "bytes=100-1123"}),
-                        await anonymous.get(_tamper(link, len(link) - 3)),
+                        await anonymous.get(tamper(link, len(link) - 3)),
                         await anonymous.get(
                             f"{public_url}/v1/files/{minted_ago(8 * 86400, digest_of(link))}"
                         ),

@@ -23,7 +23,7 @@ from service.core.ids import new_id, timestamp_of
 from service.delivery.dispatcher import Dispatcher
 from tests.conftest import SettingsFactory
 from tests.servers import Sink, loopback_socket, run_server, url_of
-from tests.support import ManualClock, api_client, served
+from tests.support import FakeClock, api_client, served
 
 pytestmark = pytest.mark.anyio
 
@@ -142,7 +142,7 @@ async def test_an_unreachable_provider_is_a_connection_error(api: httpx.AsyncCli
 async def test_the_outbox_gauges_show_a_waiting_delivery_and_its_age(
     settings_factory: SettingsFactory, dead_url: str
 ) -> None:
-    clock = ManualClock()
+    clock = FakeClock.frozen()
     settings = settings_factory(RETRY_SCHEDULE="0,3600")
     async with api_client(settings, clock=clock) as http:
         sub = await http.post("/v1/subscriptions", json={"url": f"{dead_url}/hook"})

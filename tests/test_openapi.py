@@ -81,8 +81,10 @@ def test_an_undeclared_route_is_reported() -> None:
 
 
 @pytest.mark.anyio
-async def test_the_document_lists_exactly_the_routes_that_run(client: httpx.AsyncClient) -> None:
-    doc = await document(client)
+async def test_the_document_lists_exactly_the_routes_that_run(
+    shared_api: httpx.AsyncClient,
+) -> None:
+    doc = await document(shared_api)
     served = {
         (route.path, method)
         for route in routes()
@@ -98,8 +100,10 @@ async def test_the_document_lists_exactly_the_routes_that_run(client: httpx.Asyn
 
 
 @pytest.mark.anyio
-async def test_the_job_request_is_derived_from_the_model_specs(client: httpx.AsyncClient) -> None:
-    schemas = (await document(client))["components"]["schemas"]
+async def test_the_job_request_is_derived_from_the_model_specs(
+    shared_api: httpx.AsyncClient,
+) -> None:
+    schemas = (await document(shared_api))["components"]["schemas"]
     variants = [v["$ref"].rsplit("/", 1)[-1] for v in schemas["JobRequest"]["oneOf"]]
     assert len(variants) == len(MODELS)
     for name, (model_id, spec) in zip(variants, MODELS.items(), strict=True):
@@ -111,7 +115,7 @@ async def test_the_job_request_is_derived_from_the_model_specs(client: httpx.Asy
         assert request["properties"]["input"]["required"] == [
             p.name for p in spec.params if p.required
         ]
-    models = await client.get("/v1/models")
+    models = await shared_api.get("/v1/models")
     for entry in models.json()["data"]:
         declared = schemas[f"JobRequest.{entry['id'].replace('/', '.')}"]["properties"]["input"]
         for name, described in entry["parameters"].items():
@@ -212,6 +216,7 @@ def keep_subscribers_on_loopback(case: Any, subscriber: str) -> None:
                 case.body[field] = subscriber
 
 
+@pytest.mark.slow
 @schema.parametrize()
 @settings(
     max_examples=25,
@@ -317,12 +322,14 @@ def test_no_subscriber_outside_loopback_was_stored(live: Live) -> None:
 
 
 @pytest.mark.anyio
-async def test_unknown_query_parameters_are_refused_by_name(api: httpx.AsyncClient) -> None:
-    response = await api.get("/v1/jobs", params={"stauts": "failed", "limit": "5"})
+async def test_unknown_query_parameters_are_refused_by_name(shared_api: httpx.AsyncClient) -> None:
+    response = await shared_api.get("/v1/jobs", params={"stauts": "failed", "limit": "5"})
     error = assert_error(response, 422, "validation_failed", "stauts")
     assert "accepted: status, model, since, until, cursor, limit" in error["message"]
     # Links reelhook hands out stay lenient: a provider or chat may decorate them.
-    lenient = await api.post("/v1/callbacks/trinetra/not-a-token", params={"x": "1"}, json={})
+    lenient = await shared_api.post(
+        "/v1/callbacks/trinetra/not-a-token", params={"x": "1"}, json={}
+    )
     assert_error(lenient, 401, "unauthorized")
-    link = await api.get("/v1/files/not-a-token", params={"utm_source": "chat"})
+    link = await shared_api.get("/v1/files/not-a-token", params={"utm_source": "chat"})
     assert_error(link, 403, "forbidden")

@@ -1,6 +1,6 @@
 """Retention: old events, attempts and raw callbacks are pruned; open deliveries never are.
 
-Time is a :class:`ManualClock` handed to the service, so rows are made "old" by moving the clock,
+Time is a :class:`FakeClock` handed to the service, so rows are made "old" by moving the clock,
 not by waiting. Traffic is real: the simulator over loopback sends the callbacks, a sink and an
 unreachable subscriber receive (or do not receive) the deliveries.
 """
@@ -20,7 +20,7 @@ from service.ops.retention import Retention
 from service.storage.database import Database
 from tests.conftest import SettingsFactory
 from tests.servers import Sink, loopback_socket, run_server, url_of
-from tests.support import ADMIN_KEY, ManualClock, api_client, stored_dicts
+from tests.support import ADMIN_KEY, FakeClock, api_client, stored_dicts
 
 pytestmark = pytest.mark.anyio
 
@@ -44,7 +44,7 @@ async def test_a_pass_prunes_what_is_old_and_settled_and_keeps_the_rest(
     settings_factory: SettingsFactory, dead_url: str
 ) -> None:
     start = 1_790_000_000.0
-    clock = ManualClock(start)
+    clock = FakeClock.frozen(start)
     sink = Sink()
     service_sock = loopback_socket()
     settings = settings_factory(
@@ -123,7 +123,7 @@ async def test_the_background_task_prunes_at_start_and_answers_for_it_in_metrics
     sink = Sink()
     settings = settings_factory(RETENTION="60")
     async with run_server(sink.app()) as sink_url:
-        async with api_client(settings, clock=ManualClock(start)) as http:
+        async with api_client(settings, clock=FakeClock.frozen(start)) as http:
             sub = (await http.post("/v1/subscriptions", json={"url": f"{sink_url}/a"})).json()
             assert (await http.post(f"/v1/subscriptions/{sub['id']}/test")).status_code == 202
             await sink.wait_for(lambda s: len(s.on("/a")) == 1)
@@ -131,7 +131,7 @@ async def test_the_background_task_prunes_at_start_and_answers_for_it_in_metrics
             assert len((await http.get("/v1/events")).json()["data"]) == 1
 
         # Two minutes later the ping is older than REELHOOK_RETENTION: the start-up pass goes.
-        async with api_client(settings, clock=ManualClock(start + 120)) as http:
+        async with api_client(settings, clock=FakeClock.frozen(start + 120)) as http:
             with anyio.fail_after(10):
                 while True:
                     if not (await http.get("/v1/events")).json()["data"]:
@@ -145,11 +145,34 @@ async def test_the_background_task_prunes_at_start_and_answers_for_it_in_metrics
 
 
 async def test_retention_zero_keeps_everything(settings_factory: SettingsFactory) -> None:
-    settings = settings_factory(RETENTION="0")
+    """``REELHOOK_RETENTION=0``: however old the rows, neither a start of the service nor a run of
+    the task deletes any (and the run returns at once instead of looping)."""
+    start = 1_790_000_000.0
+    sink = Sink()
+    service_sock = loopback_socket()
+    settings = settings_factory(PUBLIC_URL=url_of(service_sock), RETENTION="0")
+    async with (
+        run_server(sink.app()) as sink_url,
+        run_server(create_app(settings, clock=FakeClock.frozen(start)), service_sock) as base_url,
+        httpx.AsyncClient(base_url=base_url, headers={"X-API-Key": ADMIN_KEY}) as http,
+    ):
+        subscribed = await http.post("/v1/subscriptions", json={"url": f"{sink_url}/ok"})
+        assert subscribed.status_code == 201, subscribed.text
+        assert (await http.post("/v1/jobs", json=JOB)).status_code == 202
+        await sink.wait_for(lambda s: len(s.on("/ok")) == 2)  # job.submitted, job.succeeded
+        await wait_for_rows(settings, "SELECT * FROM attempts", 2)
+    before = {table: await rows(settings, f"SELECT * FROM {table}") for table in TABLES}
+    assert [len(before[table]) for table in TABLES] == [2, 2, 2, 1, 1], before
+
+    ten_years_on = FakeClock.frozen(start + 10 * 365 * 24 * HOUR)
+    async with api_client(settings, clock=ten_years_on) as http:  # its retention task is off
+        assert (await http.get("/v1/jobs")).status_code == 200
     async with Database.open(settings.database_url) as db:
-        retention = Retention(db, Metrics(), clock=ManualClock(), max_age=0)
+        retention = Retention(db, Metrics(), clock=ten_years_on, max_age=0)
         with anyio.fail_after(1):
             await retention.run()  # returns at once instead of looping
+    after = {table: await rows(settings, f"SELECT * FROM {table}") for table in TABLES}
+    assert after == before
 
 
 async def test_an_empty_database_needs_no_pass_until_something_is_stored(
@@ -157,5 +180,5 @@ async def test_an_empty_database_needs_no_pass_until_something_is_stored(
 ) -> None:
     settings = settings_factory()
     async with Database.open(settings.database_url) as db:
-        retention = Retention(db, Metrics(), clock=ManualClock(), max_age=HOUR)
+        retention = Retention(db, Metrics(), clock=FakeClock.frozen(), max_age=HOUR)
         assert await retention.prune(2_000_000_000.0) is None

@@ -28,7 +28,7 @@ from tests.conftest import SettingsFactory, settings_for
 from tests.servers import loopback_socket, run_server, url_of
 from tests.support import TERMINAL, served, wait_for_job
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
 MODELS = {
     "trinetra": ("trinetra/kling-v3", {"duration": 5}),
@@ -266,6 +266,7 @@ async def test_a_refused_segmind_request_fails_the_held_job(stack: Stack, status
 # --- retried submits ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("provider", list(MODELS))
 async def test_a_429_is_retried_after_retry_after_and_then_accepted(
     stack: Stack, provider: str
@@ -366,6 +367,7 @@ async def test_a_segmind_server_error_is_not_sent_twice(stack: Stack) -> None:
     assert_never_polled(stack)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("provider", CALLBACK_PROVIDERS)
 async def test_a_lost_submit_answer_is_resent_under_the_same_idempotency_key(
     stack: Stack, provider: str

@@ -3,7 +3,6 @@ simulator."""
 
 from __future__ import annotations
 
-from importlib import resources
 from typing import Any
 
 import anyio
@@ -11,50 +10,11 @@ import httpx
 import pytest
 
 from tests.conftest import SettingsFactory
+from tests.helpers.segmind import SAMPLE_MP4, finished_segmind_job, job_events, sim_stats, submit
 from tests.servers import loopback_socket, url_of
 from tests.support import TERMINAL, served, wait_for_job
 
 pytestmark = pytest.mark.anyio
-
-SEGMIND = "segmind/kling-2.5-turbo"
-SAMPLE_MP4 = resources.files("service.sim").joinpath("assets/sample.mp4").read_bytes()
-
-
-async def submit(http: httpx.AsyncClient, **job_input: Any) -> dict[str, Any]:
-    response = await http.post(
-        "/v1/jobs",
-        json={"model": SEGMIND, "input": {"prompt": "A 1920s street carnival", **job_input}},
-    )
-    assert response.status_code == 202, response.text
-    job: dict[str, Any] = response.json()
-    assert job["model"] == SEGMIND
-    assert job["provider"] == "segmind"
-    return job
-
-
-async def sim_stats(http: httpx.AsyncClient) -> dict[str, Any]:
-    response = await http.get("/sim/_sim/stats")
-    assert response.status_code == 200, response.text
-    stats: dict[str, Any] = response.json()
-    return stats
-
-
-async def job_events(http: httpx.AsyncClient, job_id: str) -> list[str]:
-    response = await http.get("/v1/events", params={"limit": 1000})
-    assert response.status_code == 200, response.text
-    return [e["type"] for e in response.json()["data"] if e["data"]["id"] == job_id]
-
-
-async def finished_segmind_job(
-    http: httpx.AsyncClient, **job_input: Any
-) -> tuple[dict[str, Any], str]:
-    """Run one Segmind job to success; return the job and its /v1/files link."""
-    created = await submit(http, **job_input)
-    job = await wait_for_job(http, created["id"])
-    assert job["status"] == "succeeded", job
-    assert len(job["outputs"]) == 1, job
-    link: str = job["outputs"][0]["url"]
-    return job, link
 
 
 async def test_a_segmind_job_succeeds_with_a_mirrored_mp4(
@@ -135,6 +95,7 @@ async def test_a_segmind_error_answer_fails_the_job_with_its_kind(
     assert events == ["job.submitted", "job.failed"]
 
 
+@pytest.mark.slow
 async def test_a_held_request_lost_to_a_restart_ends_interrupted_and_is_not_resent(
     settings_factory: SettingsFactory,
 ) -> None:

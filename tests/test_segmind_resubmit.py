@@ -15,9 +15,9 @@ import pytest
 
 from service.app.settings import Settings, SettingsError, load_settings
 from tests.conftest import SettingsFactory
+from tests.helpers.segmind import SAMPLE_MP4, job_events, sim_stats, submit
 from tests.servers import loopback_socket, url_of
 from tests.support import TERMINAL, served, stored, wait_for_job
-from tests.test_segmind import SAMPLE_MP4, job_events, sim_stats, submit
 
 pytestmark = pytest.mark.anyio
 
@@ -47,6 +47,7 @@ def held_summaries(settings: Settings, job_id: str) -> list[dict[str, object]]:
     return [json.loads(body)["held_response"] for (body,) in rows]
 
 
+@pytest.mark.slow
 async def test_a_lost_request_is_sent_once_more_when_allowed(
     settings_factory: SettingsFactory,
 ) -> None:
@@ -71,6 +72,7 @@ async def test_a_lost_request_is_sent_once_more_when_allowed(
     assert summary["status_code"] == 200
 
 
+@pytest.mark.slow
 async def test_a_request_lost_twice_is_not_sent_a_third_time(
     settings_factory: SettingsFactory,
 ) -> None:

@@ -16,10 +16,10 @@ import pytest
 from service.app.factory import create_app
 from service.delivery import eventlog
 from tests.conftest import SettingsFactory
+from tests.helpers.keys import KEY_B, KEY_C, add_member_keys, as_key
 from tests.servers import loopback_socket, run_server, url_of
 from tests.sse_client import open_stream
 from tests.support import ADMIN_KEY, assert_error, send_without_key, served
-from tests.test_delivery import KEY_B, KEY_C, add_member_keys, as_key
 
 pytestmark = pytest.mark.anyio
 

@@ -5,7 +5,6 @@ Time is passed in (``now``), never slept through; the database is a real SQLite 
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import AsyncIterator
 from importlib import resources
 from pathlib import Path
@@ -13,18 +12,17 @@ from pathlib import Path
 import aiosqlite
 import pytest
 
-from service.core.models import Cost, Job, JobStatus
+from service.core.models import Job, JobStatus
 from service.core.retry import RetrySchedule
 from service.delivery.publisher import Publisher
 from service.jobs.lifecycle import defer_submit, hold_due_requests
 from service.storage import jobs, submissions
 from service.storage.database import Database
 from service.storage.sqlite import SqliteConnection, migrate
+from tests.helpers.jobs import DEADLINE, NOW, make_job, store
 
 pytestmark = pytest.mark.anyio
 
-NOW = 1_700_000_000.0
-DEADLINE = NOW + 3600
 POLICY = RetrySchedule.for_retries((5.0, 30.0, 120.0))
 
 
@@ -74,27 +72,6 @@ def test_no_retry_is_scheduled_past_the_deadline() -> None:
 async def db(tmp_path: Path) -> AsyncIterator[Database]:
     async with Database.open(tmp_path / "reelhook.db") as database:
         yield database
-
-
-def make_job(number: int, provider: str = "trinetra", **changes: object) -> Job:
-    job = Job(
-        id=f"job_01JTESTSUBMITRETRY{number:08d}",
-        owner_key_id="key_test",
-        model=f"{provider}/kling-x",
-        provider=provider,
-        status=JobStatus.PENDING,
-        input={"prompt": "A cat"},
-        cost=Cost(estimated=1.0, unit="credits"),
-        created_at=NOW,
-        deadline_at=DEADLINE,
-    )
-    return dataclasses.replace(job, **changes)  # type: ignore[arg-type]
-
-
-async def store(db: Database, job: Job, due: float | None, attempts: int = 0) -> None:
-    async with db.transaction() as conn:
-        await jobs.insert(conn, job)
-        await submissions.schedule(conn, job.id, next_at=due, attempts=attempts)
 
 
 async def claim(db: Database, now: float, providers: tuple[str, ...] = ("trinetra",)) -> list[str]:
@@ -181,9 +158,8 @@ async def test_a_held_request_refused_unworked_stays_submitted_and_is_announced_
 async def test_jobs_left_pending_by_an_older_version_are_due_at_once(tmp_path: Path) -> None:
     """Migration 0002 gives every pending job a due time (its creation), so the worker sends it."""
     path = tmp_path / "old.db"
-    first = (
-        resources.files("service.storage") / "migrations" / "sqlite" / "0001_initial.sql"
-    ).read_text()
+    folder = resources.files("service.storage") / "migrations" / "sqlite"
+    first = (folder / "0001_initial.sql").read_text()
     async with aiosqlite.connect(path, isolation_level=None) as conn:
         await conn.executescript(f"BEGIN;\n{first}\nPRAGMA user_version = 1;\nCOMMIT;")
         await jobs.insert(SqliteConnection(conn), make_job(1))

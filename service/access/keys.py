@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 MAX_NAME = 100
 
-CREATE_BODY = Body(
+NEW_KEY = Body(
     (
         Field(
             "name",
@@ -79,8 +79,8 @@ class ApiKeys:
         self._limiter = limiter
 
     async def create(self, caller: Caller, body: Any) -> CreatedKey:
-        """Validate ``body`` (see :data:`CREATE_BODY`) and store a new key."""
-        fields = CREATE_BODY.validate(body)
+        """Validate ``body`` (see :data:`NEW_KEY`) and store a new key."""
+        fields = NEW_KEY.validate(body)
         granted = list(fields["scopes"])
         secret = generate_api_key()
         key_id = new_id("key")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from service.access.keys import CREATE_BODY, key_document
+from service.access.keys import NEW_KEY, key_document
 from service.access.scopes import Scope
 from service.api.context import authenticate, read_json
 from service.api.operation import Reply, cursor_query, limit_query, operation
@@ -17,7 +17,7 @@ from service.core import params
 @operation(
     summary="Create an API key",
     tag="keys",
-    body=CREATE_BODY.schema(),
+    body=NEW_KEY.schema(),
     replies={
         201: Reply(
             "Created; the `key` is shown only in this answer.",

@@ -1,10 +1,10 @@
 """JSON Schemas of the documents the API answers with, referenced by ``ref(name)``.
 
 The documents themselves are built by the models (``Job.to_document``, ``Subscription.to_public``,
-``ModelSpec.describe``) and by the API modules (``service.api.deliveries``, ``service.api.keys``);
-enumerations come from the same constants the code checks against, and the job request is derived
-from the model specs. The schemathesis test validates every answer against these schemas, so a
-document that drifts from its schema fails the suite.
+``ModelSpec.describe``) and by the domain modules (``service.delivery.deliveries``,
+``service.access.keys``); enumerations come from the same constants the code checks against, and
+the job request is derived from the model specs. The schemathesis test validates every answer
+against these schemas, so a document that drifts from its schema fails the suite.
 """
 
 from __future__ import annotations

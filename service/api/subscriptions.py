@@ -13,13 +13,13 @@ from service.api.schemas import page_of, ref
 from service.app.services import services
 from service.core import params
 from service.core.clock import isoformat
-from service.delivery.subscriptions import CREATE_BODY, UPDATE_BODY
+from service.delivery.subscriptions import NEW_SUBSCRIPTION, SUBSCRIPTION_CHANGES
 
 
 @operation(
     summary="Subscribe a URL",
     tag="subscriptions",
-    body=CREATE_BODY.schema(),
+    body=NEW_SUBSCRIPTION.schema(),
     replies={
         201: Reply(
             "Subscribed; the `secret` is shown only in this answer.",
@@ -77,7 +77,7 @@ async def get_subscription(request: Request) -> Response:
 @operation(
     summary="Change a subscription",
     tag="subscriptions",
-    body=UPDATE_BODY.schema(),
+    body=SUBSCRIPTION_CHANGES.schema(),
     replies={200: Reply("The subscription as changed.", ref("Subscription"))},
     errors=(404,),
 )

@@ -35,6 +35,7 @@ from service.delivery.publisher import Publisher
 from service.delivery.sender import Sender
 from service.delivery.subscriptions import Subscriptions
 from service.jobs.callback_outcomes import CallbackObserver
+from service.jobs.callbacks import Callbacks
 from service.jobs.deadlines import DeadlineTimer
 from service.jobs.held_requests import HeldRequests
 from service.jobs.ingest import Ingest
@@ -85,10 +86,12 @@ def create_app(
         Simulator(Scenario(delay=settings.sim_delay)) if settings.simulated_providers else None
     )
     # Per application, never global: two apps in one process (tests) must not share counts.
+    metrics = Metrics()
     shared = Shared(
-        metrics=Metrics(),
+        metrics=metrics,
         limiter=RateLimiter(settings.rate_limit, settings.rate_burst),
         feed=EventFeed(),
+        callback_observers=(metrics.callback_outcome, *callback_observers),
     )
     app_routes: list[BaseRoute] = routes() + console.routes()
     if simulator is not None:
@@ -104,7 +107,8 @@ def create_app(
             )
             shared.feed.open()
             generated = await bootstrap.admin_key(db, settings, clock)
-            # One TLS context (loading the CA bundle is slow) for provider calls and downloads.
+            # One TLS context (loading the CA bundle is slow) for provider calls, downloads and the
+            # embedded simulator's callbacks.
             ssl_context = httpx.create_ssl_context()
             bases = {e.base_url: e.name for e in provider_endpoints(settings).values()}
             clients = Clients(
@@ -135,10 +139,8 @@ def create_app(
                 ),
             )
             if simulator is not None:
-                await stack.enter_async_context(simulator.running())
+                await stack.enter_async_context(simulator.running(verify=ssl_context))
             services = _wire(settings, clock, Opened(db, tokens, clients), shared)
-            services.callback_observers.append(shared.metrics.callback_outcome)
-            services.callback_observers.extend(callback_observers)
             await services.blobs.remove_leftovers()
             tasks = await stack.enter_async_context(anyio.create_task_group())
             # The store's own upkeep (PostgreSQL: heartbeats, leader lease, LISTEN) first.
@@ -173,11 +175,12 @@ def create_app(
 @dataclass(frozen=True, slots=True)
 class Shared:
     """Built with the app, before its lifespan: what outlives one start (counters, rate-limit
-    buckets, and the feed the server closes when it stops)."""
+    buckets, the feed the server closes when it stops, and who hears each callback's outcome)."""
 
     metrics: Metrics
     limiter: RateLimiter
     feed: EventFeed
+    callback_observers: tuple[CallbackObserver, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,6 +302,13 @@ def _wire(settings: Settings, clock: Clock, opened: Opened, shared: Shared) -> S
         jobs=JobReader(db),
         submitter=submitter,
         ingest=ingest,
+        callbacks=Callbacks(
+            tokens,
+            endpoints,
+            ingest,
+            max_bytes=settings.max_callback_bytes,
+            observers=shared.callback_observers,
+        ),
         subscriptions=Subscriptions(
             db,
             clock,

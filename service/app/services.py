@@ -4,7 +4,7 @@ store, and the domain operations the API and the console call."""
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, cast
 
 from starlette.requests import Request
@@ -20,7 +20,7 @@ from service.delivery.eventfeed import EventFeed
 from service.delivery.eventlog import EventLog
 from service.delivery.publisher import Publisher
 from service.delivery.subscriptions import Subscriptions
-from service.jobs.callback_outcomes import CallbackObserver
+from service.jobs.callbacks import Callbacks
 from service.jobs.deadlines import DeadlineTimer
 from service.jobs.held_requests import HeldRequests
 from service.jobs.ingest import Ingest
@@ -77,11 +77,11 @@ class Services:
     jobs: JobReader
     submitter: Submitter
     ingest: Ingest
+    callbacks: Callbacks
     subscriptions: Subscriptions
     deliveries: Deliveries
     events: EventLog
     workers: Workers
-    callback_observers: list[CallbackObserver] = field(default_factory=list)
 
 
 def services(request: Request) -> Services:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from urllib.parse import urlencode
 
 from starlette.responses import Response
@@ -13,20 +12,8 @@ from service.core import params
 from service.core.models import JobStatus
 from service.jobs.catalog import MODELS
 from service.jobs.listing import job_filter
-from service.storage import timeline
 
 FILTERS = ("status", "model", "since", "until")
-
-
-@dataclass(frozen=True, slots=True)
-class Moment:
-    """One line of a job's timeline."""
-
-    at: float
-    kind: str  # "event" or "callback"
-    title: str
-    detail: str = ""
-    body: str = ""
 
 
 async def jobs_page(view: View) -> Response:
@@ -61,22 +48,7 @@ async def jobs_page(view: View) -> Response:
 async def job_page_view(view: View) -> Response:
     state = view.state
     job = await state.jobs.find(view.signed_in_caller, view.request.path_params["job_id"])
-    moments = [
-        Moment(event.created_at, "event", event.type, event.id)
-        for event in await timeline.events_of(state.db.reader, job.id)
-    ]
-    moments += [
-        Moment(
-            callback.received_at,
-            "callback",
-            f"callback from {callback.provider}",
-            f"{callback.outcome}, {callback.size} bytes",
-            callback.excerpt,
-        )
-        for callback in await timeline.callbacks_of(state.db.reader, job.id)
-    ]
-    # A callback and the event it causes share one timestamp: the cause goes first.
-    moments.sort(key=lambda moment: (moment.at, moment.kind != "callback"))
+    moments = await state.jobs.timeline(job)
     return view.render(
         "job.html",
         section="jobs",

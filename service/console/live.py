@@ -9,14 +9,13 @@ from starlette.responses import Response, StreamingResponse
 from service.console.view import View
 from service.core.models import EVENT_TYPES
 from service.core.sse import STREAM_HEADERS
-from service.storage import events
 
 
 async def follow(view: View) -> dict[str, str]:
     """What a page needs to follow the log from now on: the stream's URL, positioned at the
     current end of the log (so nothing that happens after the page was built is missed), and the
     event types to listen for."""
-    head = await events.last_seq(view.state.db.reader)
+    head = await view.state.events.head()
     return {
         "stream": f"/console/stream?last_event_id={head}",
         "event_types_json": json.dumps(EVENT_TYPES),

@@ -12,7 +12,7 @@ from service.core import params
 from service.core.errors import ValidationFailed
 from service.core.models import EVENT_TYPES, Subscription, SubscriptionStatus
 from service.jobs.catalog import MODELS
-from service.storage import health
+from service.storage.health import Health
 
 # The success rate covers the last day of attempts: long enough to mean something, short enough
 # that a subscriber that has recovered stops looking sick.
@@ -54,9 +54,8 @@ def _choices() -> dict[str, Any]:
     return {"event_types": EVENT_TYPES, "models": tuple(MODELS)}
 
 
-async def _health(view: View, sub: Subscription) -> health.Health:
-    since = view.state.clock() - HEALTH_WINDOW
-    return await health.of_subscription(view.state.db.reader, sub.id, since=since)
+async def _health(view: View, sub: Subscription) -> Health:
+    return await view.state.subscriptions.health(sub, since=view.state.clock() - HEALTH_WINDOW)
 
 
 async def list_page(view: View, *, status_code: int = 200, **extra: Any) -> Response:

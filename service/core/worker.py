@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import NoReturn
 
 import anyio
+import anyio.lowlevel
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,8 @@ class Wakeup:
         limit); either way the wake-up is used up."""
         try:
             if self._set or (delay is not None and delay <= 0):
+                # Still a checkpoint: a worker with work at once must let other tasks run.
+                await anyio.lowlevel.checkpoint()
                 return
             self._event = anyio.Event()
             with anyio.move_on_after(delay):

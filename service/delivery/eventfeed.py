@@ -1,6 +1,7 @@
 """In-process wake-ups for live event streams, and the signal that ends them at shutdown.
 
-Every committed write transaction calls :meth:`EventFeed.notify`; a stream takes
+Every commit that appended events calls :meth:`EventFeed.notify` (it listens for ``Work.EVENTS``,
+see :mod:`service.storage.announcements`); a stream takes
 :meth:`EventFeed.changed` *before* it reads the log, so a commit that lands between its read and
 its wait still wakes it. Nothing here polls: a stream with nothing new sleeps until woken, or
 until its keep-alive is due.

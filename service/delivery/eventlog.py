@@ -40,6 +40,10 @@ class EventLog:
         self._feed = feed
         self._keepalive = keepalive
 
+    async def head(self) -> int:
+        """The position of the last event in the log (0 when empty)."""
+        return await events.last_seq(self._db.reader)
+
     async def _seq_of(self, name: str, event_id: str) -> int:
         seq = await events.seq_of(self._db.reader, event_id)
         if seq is None:

@@ -3,7 +3,8 @@ with them (create, change, disable, test, rotate the secret, recover failed deli
 
 Every operation takes the :class:`Caller`; one that names a subscription the caller may not see
 raises :class:`NotFound`, as if it did not exist. The body of a create or a change is declared
-once (:data:`CREATE_BODY`, :data:`UPDATE_BODY`), which gives both its checks and its schema.
+once (:data:`NEW_SUBSCRIPTION`, :data:`SUBSCRIPTION_CHANGES`), which gives both its checks and
+its schema.
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ from service.delivery import signing
 from service.delivery.publisher import Publisher, ping_data
 from service.jobs.catalog import MODELS
 from service.net.guard import IPNetwork, check_url
-from service.storage import deliveries, subscriptions
+from service.storage import deliveries, health, subscriptions
 from service.storage.database import Connection, Database
+from service.storage.health import Health
 
-# RFC 9110 §5.1 token characters, and visible ASCII plus space/tab in a value.
+# RFC 9110 section 5.1 token characters, and visible ASCII plus space/tab in a value.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,256}")
 _FIELD_VALUE = re.compile(r"[\t\x20-\x7e]*")
 _MAX_HEADER_VALUE = 4096
@@ -109,8 +111,8 @@ _FIELDS = (
     ),
     Field("description", Text("must be a string of at most 500 characters", max_length=500)),
 )
-CREATE_BODY = Body(_FIELDS)
-UPDATE_BODY = Body(
+NEW_SUBSCRIPTION = Body(_FIELDS)
+SUBSCRIPTION_CHANGES = Body(
     (
         *_FIELDS,
         Field(
@@ -128,6 +130,15 @@ class Recovered:
     count: int
     since: float
     until: float | None
+
+
+async def _owned(conn: Connection, caller: Caller, sub_id: str) -> Subscription:
+    # Operations that change a subscription read it on their own transaction's connection, so
+    # what they checked is what they change.
+    sub = await subscriptions.get(conn, sub_id)
+    if sub is None or sub.job_id is not None or not caller.can_see(sub.owner_key_id):
+        raise NotFound(f"no subscription {sub_id!r}")
+    return sub
 
 
 class Subscriptions:
@@ -152,15 +163,13 @@ class Subscriptions:
     def _validated(self, body: Body, raw: Any) -> dict[str, Any]:
         return body.validate(raw, {"url": lambda url: check_url(url, self._allow_private)})
 
-    async def owned(
-        self, caller: Caller, sub_id: str, conn: Connection | None = None
-    ) -> Subscription:
-        """The subscription, if ``caller`` may see it; :class:`NotFound` otherwise. Read on
-        ``conn`` when given (inside the transaction that acts on it)."""
-        sub = await subscriptions.get(conn or self._db.reader, sub_id)
-        if sub is None or sub.job_id is not None or not caller.can_see(sub.owner_key_id):
-            raise NotFound(f"no subscription {sub_id!r}")
-        return sub
+    async def owned(self, caller: Caller, sub_id: str) -> Subscription:
+        """The subscription, if ``caller`` may see it; :class:`NotFound` otherwise."""
+        return await _owned(self._db.reader, caller, sub_id)
+
+    async def health(self, sub: Subscription, *, since: float) -> Health:
+        """How the subscription's deliveries have fared since ``since``."""
+        return await health.of_subscription(self._db.reader, sub.id, since=since)
 
     async def page(self, caller: Caller, *, cursor: str | None, limit: int) -> Page[Subscription]:
         """The subscriptions ``caller`` may see, oldest first."""
@@ -170,9 +179,9 @@ class Subscriptions:
         return page_of(rows, limit, lambda sub: sub.id)
 
     async def create(self, caller: Caller, body: Any) -> Subscription:
-        """Validate ``body`` (:data:`CREATE_BODY`) and store a new subscription owned by
+        """Validate ``body`` (:data:`NEW_SUBSCRIPTION`) and store a new subscription owned by
         ``caller``; its secret is in the answer, to be shown once."""
-        fields = self._validated(CREATE_BODY, body)
+        fields = self._validated(NEW_SUBSCRIPTION, body)
         now = self._clock()
         sub = Subscription(
             id=new_id("sub"),
@@ -192,11 +201,11 @@ class Subscriptions:
         return sub
 
     async def update(self, caller: Caller, sub_id: str, body: Any) -> Subscription:
-        """Apply ``body`` (:data:`UPDATE_BODY`: any field; null clears a filter); return the
-        subscription as stored."""
+        """Apply ``body`` (:data:`SUBSCRIPTION_CHANGES`: any field; null clears a filter); return
+        the subscription as stored."""
         async with self._db.transaction() as conn:
-            sub = await self.owned(caller, sub_id, conn)
-            changes = self._validated(UPDATE_BODY, body)
+            sub = await _owned(conn, caller, sub_id)
+            changes = self._validated(SUBSCRIPTION_CHANGES, body)
             now = self._clock()
             status = changes.pop("status", sub.status)
             await subscriptions.save(conn, dataclasses.replace(sub, **changes, updated_at=now))
@@ -217,14 +226,14 @@ class Subscriptions:
     async def delete(self, caller: Caller, sub_id: str) -> None:
         """Delete the subscription and cancel its open deliveries."""
         async with self._db.transaction() as conn:
-            sub = await self.owned(caller, sub_id, conn)
+            sub = await _owned(conn, caller, sub_id)
             await subscriptions.delete(conn, sub.id)
 
     async def ping(self, caller: Caller, sub_id: str) -> str:
         """Queue a ``ping`` event to this one subscription; return the event's id.
         :class:`Conflict` while it is disabled."""
         async with self._db.transaction() as conn:
-            sub = await self.owned(caller, sub_id, conn)
+            sub = await _owned(conn, caller, sub_id)
             if sub.status != SubscriptionStatus.ACTIVE:
                 raise Conflict("the subscription is disabled; enable it to send a test event")
             event_id = await self._publisher.publish(
@@ -237,7 +246,7 @@ class Subscriptions:
         grace period every message carries a second signature made with the secret it
         replaced."""
         async with self._db.transaction() as conn:
-            sub = await self.owned(caller, sub_id, conn)
+            sub = await _owned(conn, caller, sub_id)
             now = self._clock()
             await subscriptions.rotate_secret(
                 conn,
@@ -257,7 +266,7 @@ class Subscriptions:
         time, a ``since`` in the future or an ``until`` not after it; :class:`Conflict` while
         the subscription is disabled."""
         async with self._db.transaction() as conn:
-            sub = await self.owned(caller, sub_id, conn)
+            sub = await _owned(conn, caller, sub_id)
             start = params.parse_time(since, "since", required=True)
             end = params.parse_time(until, "until")
             assert start is not None  # required

@@ -1,8 +1,8 @@
 """Every way an inbound provider callback can end, named once.
 
-Each callback ends in exactly one :class:`CallbackOutcome`, and the callback endpoint reports it
-in one place: to the log and to every :data:`CallbackObserver` in ``Services.callback_observers``
-(where, for example, a metrics counter by provider and outcome hooks in).
+Each callback ends in exactly one :class:`CallbackOutcome`, and :mod:`service.jobs.callbacks`
+reports it in one place: to the log and to every :data:`CallbackObserver` (where, for example, a
+metrics counter by provider and outcome hooks in).
 """
 
 from __future__ import annotations

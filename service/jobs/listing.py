@@ -1,4 +1,4 @@
-"""Reading jobs: one job as its caller may see it, and a filtered page of them."""
+"""Reading jobs: one job as its caller may see it, its timeline, and a filtered page of them."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from service.core.models import Job, JobStatus
 from service.core.paging import Page, page_of
 from service.core.params import Query
 from service.jobs.catalog import MODELS
-from service.storage import jobs
+from service.storage import jobs, timeline
 from service.storage.database import Database
 
 
@@ -35,6 +35,17 @@ def job_filter(query: Query) -> JobFilter:
         since=params.time(query, "since"),
         until=params.time(query, "until"),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Moment:
+    """One line of a job's timeline."""
+
+    at: float
+    kind: str  # "event" or "callback"
+    title: str
+    detail: str = ""
+    body: str = ""
 
 
 class JobReader:
@@ -64,3 +75,24 @@ class JobReader:
             created_until=chosen.until,
         )
         return page_of(rows, limit, lambda job: job.id)
+
+    async def timeline(self, job: Job) -> list[Moment]:
+        """The job's events and the provider callbacks behind them, oldest first."""
+        reader = self._db.reader
+        moments = [
+            Moment(event.created_at, "event", event.type, event.id)
+            for event in await timeline.events_of(reader, job.id)
+        ]
+        moments += [
+            Moment(
+                callback.received_at,
+                "callback",
+                f"callback from {callback.provider}",
+                f"{callback.outcome}, {callback.size} bytes",
+                callback.excerpt,
+            )
+            for callback in await timeline.callbacks_of(reader, job.id)
+        ]
+        # A callback and the event it causes share one timestamp: the cause goes first.
+        moments.sort(key=lambda moment: (moment.at, moment.kind != "callback"))
+        return moments

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import ssl
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -197,10 +198,14 @@ class Simulator:
             plan.rule.accepted += 1
 
     @asynccontextmanager
-    async def running(self) -> AsyncIterator[Simulator]:
-        """Run the simulator's background work (delayed callbacks) for the duration of the block."""
+    async def running(self, verify: ssl.SSLContext | bool = True) -> AsyncIterator[Simulator]:
+        """Run the simulator's background work (delayed callbacks) for the duration of the block.
+
+        ``verify`` is the TLS context callbacks are sent with; an embedding service passes the one
+        it already has, since loading the CA bundle for another costs tens of milliseconds.
+        """
         async with (
-            httpx.AsyncClient(timeout=10.0, trust_env=False) as client,
+            httpx.AsyncClient(timeout=10.0, trust_env=False, verify=verify) as client,
             anyio.create_task_group() as tasks,
         ):
             self._client, self._tasks = client, tasks
