@@ -26,8 +26,6 @@ import asyncpg
 from service.core.ids import new_id
 from service.storage.announcements import Announcements, Listener, Work
 
-DIALECTS = ("sqlite", "postgresql")
-
 
 class StoreError(Exception):
     """The store cannot be used as configured (the message says why)."""
