@@ -282,6 +282,7 @@ async def test_a_configured_admin_key_is_never_printed(
     assert "rh_" not in capsys.readouterr().out
 
 
+@pytest.mark.sqlite_only("nodes on PostgreSQL must be given shared keys: tests/test_store.py")
 async def test_secret_keys_are_generated_private_and_kept_across_restarts(
     settings_factory: SettingsFactory,
 ) -> None:

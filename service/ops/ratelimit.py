@@ -10,6 +10,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import anyio
+
 from service.storage import ratelimits
 from service.storage.database import Database
 
@@ -72,6 +74,7 @@ class SharedRateLimiter:
         # A tenth of a second's worth per trip, at least one, never more than a burst.
         self._chunk = chunk or max(1, min(int(rate / 10), int(self._burst)))
         self._local: dict[str, int] = {}
+        self._trips: dict[str, anyio.Lock] = {}
 
     @property
     def enabled(self) -> bool:
@@ -80,20 +83,31 @@ class SharedRateLimiter:
     async def acquire(self, key: str) -> float:
         if not self.enabled:
             return 0.0
-        if self._local.get(key, 0) > 0:
-            self._local[key] -= 1
+        if self._spend_local(key):
             return 0.0
-        async with self._db.transaction(durable=False) as conn:
-            granted, tokens = await ratelimits.take(
-                conn, key, want=self._chunk, rate=self._rate, burst=self._burst
-            )
+        # One trip to the database per key at a time: requests arriving meanwhile spend the
+        # chunk it brings instead of each taking one (and being refused once the bucket is dry).
+        async with self._trips.setdefault(key, anyio.Lock()):
+            if self._spend_local(key):
+                return 0.0
+            async with self._db.transaction(durable=False) as conn:
+                granted, tokens = await ratelimits.take(
+                    conn, key, want=self._chunk, rate=self._rate, burst=self._burst
+                )
         if granted == 0:
             return (1.0 - tokens) / self._rate
-        self._local[key] = granted - 1
+        self._local[key] = self._local.get(key, 0) + granted - 1
         return 0.0
+
+    def _spend_local(self, key: str) -> bool:
+        if self._local.get(key, 0) > 0:
+            self._local[key] -= 1
+            return True
+        return False
 
     def forget(self, key: str) -> None:
         self._local.pop(key, None)
+        self._trips.pop(key, None)
 
 
 Limiter = RateLimiter | SharedRateLimiter
