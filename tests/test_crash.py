@@ -247,7 +247,7 @@ async def sigkill_mid_fan_out(tmp_path: Path, url: str | None, *, survivor: bool
             )
         # Before the node to be killed starts, the only node alive is the survivor.
         survivors = (
-            {row[0] for row in await query(database, "SELECT id FROM nodes")} if url else set()
+            {row[0] for row in await query(database, "SELECT id FROM nodes")} if survivor else set()
         )
 
         # 1. Subscribe, then produce every event while the subscribers hold their requests, so
