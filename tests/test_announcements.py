@@ -1,6 +1,6 @@
-"""Work announcements: a commit wakes the listeners of the kinds of work it created, and only then.
-
-A real SQLite file; the writes are the storage functions the service uses.
+"""Work announcements: a commit wakes the listeners of the kinds of work it created, once per kind
+and only after the commit. A real SQLite file; the writes are the storage functions the service
+uses.
 """
 
 from __future__ import annotations
@@ -11,10 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from service.storage import jobs, submissions
+from service.core.ids import new_id
+from service.core.models import SubscriptionStatus
+from service.storage import deliveries, events, jobs, submissions, subscriptions
 from service.storage.announcements import Work
 from service.storage.database import Database
+from service.storage.events import NewEvent
 from tests.helpers.jobs import NOW, make_job, store
+from tests.test_claim import subscription_row
 
 pytestmark = pytest.mark.anyio
 
@@ -52,6 +56,39 @@ async def test_a_rolled_back_transaction_announces_nothing(db: Database) -> None
     assert heard == Counter()
 
 
+async def test_events_and_their_deliveries_are_announced_once_per_commit(db: Database) -> None:
+    heard = listen(db)
+    batch = [
+        NewEvent(
+            id=f"evt_{n}",
+            type="ping",
+            job_id=None,
+            created_at=NOW,
+            payload=b"{}",
+            subscription_ids=["sub_a", "sub_b"] if n else [],
+            first_attempt_at=NOW,
+        )
+        for n in range(3)
+    ]
+    async with db.transaction() as conn:
+        await events.append(conn, batch)
+    assert heard == Counter({Work.EVENTS: 1, Work.DELIVERIES: 1})
+
+
+async def test_re_enabling_a_subscription_announces_its_waiting_deliveries(db: Database) -> None:
+    heard = listen(db)
+    async with db.transaction() as conn:
+        await subscriptions.set_status(
+            conn, "sub_a", SubscriptionStatus.DISABLED, reason="by hand", now=NOW
+        )
+    assert heard == Counter()
+    async with db.transaction() as conn:
+        await subscriptions.set_status(
+            conn, "sub_a", SubscriptionStatus.ACTIVE, reason=None, now=NOW
+        )
+    assert heard == Counter({Work.DELIVERIES: 1})
+
+
 async def test_a_claim_moving_a_submit_later_wakes_no_one(db: Database) -> None:
     await store(db, make_job(3), due=NOW)
     heard = listen(db)
@@ -64,3 +101,36 @@ async def test_a_claim_moving_a_submit_later_wakes_no_one(db: Database) -> None:
     async with db.transaction() as conn:
         await submissions.schedule(conn, claimed[0][0].id, next_at=NOW + 5)
     assert heard == Counter({Work.SUBMITS: 1})
+
+
+async def test_an_event_with_deliveries_announces_them_and_a_claim_wakes_no_one(
+    db: Database,
+) -> None:
+    async with db.transaction() as conn:
+        for sub_id in ("sub_a", "sub_b", "sub_c"):
+            await subscriptions.insert(conn, subscription_row(sub_id))
+    heard = listen(db)
+    async with db.transaction() as conn:
+        await events.append(
+            conn,
+            [
+                events.NewEvent(
+                    id=new_id("evt"),
+                    type="ping",
+                    job_id=None,
+                    created_at=NOW,
+                    payload=b"{}",
+                    subscription_ids=["sub_a", "sub_b", "sub_c"],
+                    first_attempt_at=NOW,
+                )
+            ],
+        )
+    # One commit, one wake-up per kind, however many subscribers the event fans out to.
+    assert heard == Counter({Work.EVENTS: 1, Work.DELIVERIES: 1})
+    heard.clear()
+    async with db.transaction(durable=False) as conn:
+        claimed = await deliveries.claim_due(
+            conn, now=NOW, lease_until=NOW + 60, rooms={"sub_a": 1, "sub_b": 1}
+        )
+    assert len(claimed) == 2
+    assert heard == Counter()

@@ -21,6 +21,7 @@ from service.core.errors import PayloadTooLarge, ValidationFailed
 from service.core.models import EVENT_TYPES
 from service.core.paging import page_of
 from service.delivery.subscriptions import NEW_SUBSCRIPTION, SUBSCRIPTION_CHANGES
+from service.jobs.submission import JOB_EXTRAS
 
 HOOK = "https://hooks.example.test/x"
 
@@ -282,3 +283,31 @@ def test_a_page_has_a_cursor_only_when_more_rows_follow() -> None:
     assert page_of([1, 2, 3], 2, str).next_cursor == "2"
     assert page_of([1, 2], 2, str).next_cursor is None
     assert page_of([], 2, str).items == []
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {},
+        {"metadata": {"order": 7}},
+        {"metadata": None},
+        {"metadata": ["x"]},
+        {"metadata": {"x": "y" * 9000}},
+        {"callback_url": None},
+        {"callback_url": HOOK},
+        {"callback_url": 3},
+    ],
+)
+def test_the_job_extras_schema_accepts_what_the_validator_accepts(raw: Any) -> None:
+    # Only the size limit of metadata is beyond JSON Schema.
+    expected = validator_accepts(JOB_EXTRAS, raw) or raw == {"metadata": {"x": "y" * 9000}}
+    assert schema_accepts(JOB_EXTRAS, raw) == expected
+
+
+def test_job_extras_messages_and_a_null_callback_url() -> None:
+    assert JOB_EXTRAS.validate({"callback_url": None}) == {}
+    assert problem(JOB_EXTRAS, {"metadata": []}) == {"metadata": "must be an object"}
+    assert problem(JOB_EXTRAS, {"metadata": {"x": "y" * 9000}}) == {
+        "metadata": "must be under 8192 bytes"
+    }
+    assert problem(JOB_EXTRAS, {"callback_url": 3}) == {"callback_url": "must be a string"}

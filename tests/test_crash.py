@@ -281,6 +281,12 @@ async def sigkill_mid_fan_out(tmp_path: Path, url: str | None, *, survivor: bool
                 )
             )
             in_flight_at_kill = sum(n for owner, n in owners.items() if owner not in survivors)
+        # On a loaded machine a request held at the gate can outlast the delivery timeout: that
+        # attempt is recorded as failed and sent again, a duplicate at-least-once allows. Each
+        # such attempt is on record, so the bound below stays exact.
+        failed_before_kill = (
+            await query(database, "SELECT count(*) FROM attempts WHERE status_code IS NULL")
+        )[0][0]
 
         # 3. Start again on the same data (one node), or let the survivor go on (two nodes);
         #    wait until no delivery is left to do.
@@ -315,7 +321,11 @@ async def sigkill_mid_fan_out(tmp_path: Path, url: str | None, *, survivor: bool
     strays = set(subscriber.counts) - {(path_of[s], e) for e, s in pairs}
     assert strays == set()
     duplicates = sum(n - 1 for n in subscriber.counts.values() if n > 1)
-    assert duplicates <= in_flight_at_kill, (duplicates, in_flight_at_kill)
+    assert duplicates <= in_flight_at_kill + failed_before_kill, (
+        duplicates,
+        in_flight_at_kill,
+        failed_before_kill,
+    )
     assert subscriber.total == expected + duplicates
     for path, (body, headers) in subscriber.first.items():
         Webhook(secrets[path]).verify(body, headers)

@@ -13,7 +13,13 @@ import pytest
 
 from service.app.settings import SettingsError
 from service.cli import main
-from service.storage.database import Database, SchemaTooNew, latest_migration
+from service.storage.database import (
+    Database,
+    SchemaTooNew,
+    StoreError,
+    latest_migration,
+    migrations,
+)
 from service.storage.postgres import PostgresDatabase, numbered
 from service.storage.sqlite import SqliteDatabase
 from tests.conftest import settings_for
@@ -55,6 +61,19 @@ def test_a_password_in_the_url_is_never_echoed(tmp_path: Path) -> None:
 
 def test_placeholders_are_numbered_outside_quotes_only() -> None:
     assert numbered("SELECT ? , '?' , \"?\" , ?") == "SELECT $1 , '?' , \"?\" , $2"
+
+
+def test_two_migrations_with_one_number_are_refused(tmp_path: Path) -> None:
+    for name in ("0001_initial.sql", "0002_mine.sql", "0002_theirs.sql"):
+        (tmp_path / name).write_text("SELECT 1;")
+    with pytest.raises(StoreError, match="two sqlite migrations numbered 2"):
+        migrations("sqlite", tmp_path)
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
+def test_the_shipped_migrations_are_numbered_one_to_latest(dialect: str) -> None:
+    versions = [version for version, _ in migrations(dialect)]
+    assert versions == list(range(1, latest_migration(dialect) + 1))
 
 
 async def test_a_sqlite_file_of_a_newer_schema_is_refused_untouched(tmp_path: Path) -> None:

@@ -21,7 +21,10 @@ from service.core.models import (
     JobStatus,
     SubscriptionStatus,
 )
+from service.core.signing_keys import SCHEMES
+from service.delivery.transform import CONTENT_TYPES
 from service.jobs.catalog import MODELS
+from service.jobs.submission import JOB_EXTRAS
 
 Schema = dict[str, Any]
 
@@ -56,6 +59,7 @@ def _obj(required: list[str], **properties: Schema) -> Schema:
 
 
 _TIME = {"type": "string", "format": "date-time"}
+_SCALAR = {"type": ["string", "number", "boolean", "null"], "maxLength": 1000}
 _MAYBE_TIME = {"type": ["string", "null"], "format": "date-time"}
 
 
@@ -72,15 +76,7 @@ def _job_request(model_id: str) -> Schema:
         "properties": {
             "model": {"const": model_id},
             "input": MODELS[model_id].input_schema(),
-            "metadata": {
-                "type": "object",
-                "description": "Yours, returned untouched in every event (at most 8 kB).",
-            },
-            "callback_url": {
-                "type": ["string", "null"],
-                "description": "Also send this job's events here, signed with the "
-                "`callback_secret` returned once.",
-            },
+            **JOB_EXTRAS.schema()["properties"],
         },
     }
 
@@ -143,6 +139,7 @@ def components() -> dict[str, Schema]:
                 "created_at",
                 "submitted_at",
                 "completed_at",
+                "notices",
             ],
             id={"type": "string", "pattern": "^job_"},
             object={"const": "job"},
@@ -150,7 +147,12 @@ def components() -> dict[str, Schema]:
             provider={"enum": list(PROVIDERS)},
             provider_job_id={"type": ["string", "null"]},
             status={"enum": list(JobStatus)},
-            input={"type": "object", "description": "The input as validated, defaults applied."},
+            input={
+                "type": "object",
+                "description": "The input as validated, with the defaults the provider's page "
+                "documents; what neither the caller nor the page set is left out (and left to "
+                "the provider).",
+            },
             outputs={"type": "array", "items": ref("Output")},
             error=nullable(ref("JobError")),
             cost=_obj(
@@ -158,11 +160,36 @@ def components() -> dict[str, Schema]:
                 estimated={"type": "number"},
                 charged={"type": ["number", "null"]},
                 unit={"type": "string", "examples": ["credits", "usd"]},
+                assumed={
+                    "type": "object",
+                    "description": "What the estimate assumed that the input left to the "
+                    'provider, e.g. {"resolution": "720p"}. Absent when nothing was.',
+                },
+                charged_unknown={
+                    "const": True,
+                    "description": "The provider may have billed but gave no figure (a held "
+                    "request that failed after it started, a job never heard from): `charged` "
+                    "is null. Absent otherwise.",
+                },
             ),
             metadata={"type": "object"},
             created_at=_TIME,
             submitted_at=_MAYBE_TIME,
             completed_at=_MAYBE_TIME,
+            notices={
+                "type": "array",
+                "description": "What the status cannot say: `unknown_status` (a status word "
+                "reelhook does not know; the job stayed open), `unreadable_callback` (a verified "
+                "callback that could not be read; kept for audit), `late_result` (a success "
+                "after the job had ended; its outputs are listed).",
+                "items": _obj(
+                    ["kind", "message", "at"],
+                    kind={"enum": ["unknown_status", "unreadable_callback", "late_result"]},
+                    message={"type": "string"},
+                    at=_TIME,
+                    outputs={"type": "array", "items": ref("Output")},
+                ),
+            },
         ),
         "CreatedJob": {
             "allOf": [ref("Job")],
@@ -211,9 +238,77 @@ def components() -> dict[str, Schema]:
                 "description": "After a secret rotation: until when the replaced secret still "
                 "signs each message too.",
             },
+            filter=nullable(ref("PayloadFilter")),
+            template={
+                "type": ["string", "null"],
+                "description": "The body template (Jinja2, sandboxed); null sends the event.",
+            },
+            content_type={"enum": list(CONTENT_TYPES)},
+            ordering={
+                "enum": ["none", "fifo"],
+                "description": "fifo: one delivery in flight at a time, in event order; a "
+                "failing delivery holds back the ones behind it until it succeeds or its retries "
+                "are exhausted.",
+            },
+            signature_scheme={
+                "enum": list(SCHEMES),
+                "description": "v1: HMAC-SHA256 with the shared secret; v1a: Ed25519, verified "
+                "with public_key.",
+            },
+            public_key={
+                "type": ["string", "null"],
+                "pattern": "^whpk_",
+                "description": "v1a: the Ed25519 public key (base64) that verifies signatures.",
+            },
+            previous_public_key={
+                "type": ["string", "null"],
+                "pattern": "^whpk_",
+                "description": "v1a, after a rotation: the replaced key's public key, which "
+                "verifies the second signature until previous_secret_expires_at.",
+            },
             created_at=_TIME,
             updated_at=_TIME,
         ),
+        "PayloadFilter": {
+            "description": "Which events to deliver, tested on the delivered body: a condition "
+            "on one field (path: dot-separated keys from the body's root, e.g. "
+            "data.metadata.channel; a number picks a list item) with one operator, or all/any/not "
+            "of filters.",
+            "oneOf": [
+                {
+                    "type": "object",
+                    "required": ["path"],
+                    "minProperties": 2,
+                    "maxProperties": 2,
+                    "properties": {
+                        "path": {
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": 200,
+                            "examples": ["data.metadata.channel"],
+                        },
+                        **{op: _SCALAR for op in ("eq", "ne")},
+                        "in": {"type": "array", "items": _SCALAR, "minItems": 1, "maxItems": 100},
+                        "exists": {"type": "boolean"},
+                        **{op: {"type": "number"} for op in ("gt", "gte", "lt", "lte")},
+                    },
+                    "additionalProperties": False,
+                },
+                *(
+                    {
+                        **_obj(
+                            [key],
+                            **{
+                                key: {"type": "array", "items": ref("PayloadFilter"), "minItems": 1}
+                            },
+                        ),
+                        "additionalProperties": False,
+                    }
+                    for key in ("all", "any")
+                ),
+                {**_obj(["not"], **{"not": ref("PayloadFilter")}), "additionalProperties": False},
+            ],
+        },
         "DisabledSubscription": _obj(
             ["id", "object", "description", "status", "disabled_reason", "failing_since"],
             id={"type": "string", "pattern": "^sub_"},
@@ -230,9 +325,11 @@ def components() -> dict[str, Schema]:
             "required": ["secret"],
             "properties": {
                 "secret": {
-                    "type": "string",
+                    "type": ["string", "null"],
                     "pattern": "^whsec_",
-                    "description": "Verifies the Standard Webhooks signatures; shown only here.",
+                    "description": "v1: verifies the Standard Webhooks signatures; shown only "
+                    "here. Null for v1a, whose signing key never leaves reelhook (verify with "
+                    "public_key).",
                 }
             },
         },

@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from service.cli import events, jobs, migrate, serve
+from service.cli import events, jobs, listen, migrate, providers, resources, serve
 from service.cli.base import CliError, Commands
 from service.ops import backup
 
@@ -21,6 +21,9 @@ COMMANDS: tuple[Callable[[Commands], None], ...] = (
     migrate.register_copy,
     jobs.register,
     events.register,
+    providers.register,
+    resources.register,
+    listen.register,
     backup.register,
 )
 

@@ -38,6 +38,31 @@ def register(commands: Commands) -> None:
         help="a static header sent with every delivery (n8n Header Auth); repeatable",
     )
     subscribe_parser.add_argument("--description", help="a note for yourself")
+    subscribe_parser.add_argument(
+        "--filter",
+        metavar="JSON",
+        help='a payload filter, e.g. \'{"path": "data.metadata.channel", "eq": "bots"}\' '
+        "(docs/filters-and-templates.md)",
+    )
+    subscribe_parser.add_argument(
+        "--template",
+        metavar="FILE",
+        type=argparse.FileType("r", encoding="utf-8"),
+        help="a body template (Jinja2), e.g. examples/templates/slack.json.j2",
+    )
+    subscribe_parser.add_argument(
+        "--content-type", help="what the template produces (default application/json)"
+    )
+    subscribe_parser.add_argument(
+        "--v1a",
+        action="store_true",
+        help="sign with Ed25519 (v1a): verify with the whpk_ public key printed here",
+    )
+    subscribe_parser.add_argument(
+        "--fifo",
+        action="store_true",
+        help="deliver in event order, one at a time (docs/ordered-delivery.md)",
+    )
     subscribe_parser.set_defaults(handler=subscribe)
 
     unsubscribe_parser = commands.add_parser(
@@ -92,6 +117,20 @@ def subscribe(args: argparse.Namespace) -> int:
         body["headers"] = _headers(args.header)
     if args.description is not None:
         body["description"] = args.description
+    if args.filter is not None:
+        try:
+            body["filter"] = json.loads(args.filter)
+        except ValueError as exc:
+            raise CliError(f"--filter: not JSON ({exc})", code=2) from None
+    if args.template is not None:
+        with args.template:
+            body["template"] = args.template.read()
+    if args.content_type is not None:
+        body["content_type"] = args.content_type
+    if args.v1a:
+        body["signature_scheme"] = "v1a"
+    if args.fifo:
+        body["ordering"] = "fifo"
     with Remote(args.url, args.api_key) as remote:
         sub = remote.request("POST", "/v1/subscriptions", json=body)
     if args.json:
@@ -99,7 +138,10 @@ def subscribe(args: argparse.Namespace) -> int:
         return 0
     print(f"{sub['id']} → {sub['url']}")
     print(f"events: {', '.join(sub['event_types']) or 'every job event'}")
-    print(f"secret (shown once; it verifies the signatures): {sub['secret']}")
+    if sub.get("public_key"):
+        print(f"public key (v1a, Ed25519; it verifies the signatures): {sub['public_key']}")
+    else:
+        print(f"secret (shown once; it verifies the signatures): {sub['secret']}")
     return 0
 
 

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
 from starlette.responses import Response
 
+from service.console.reveal import OneTimeSecrets
 from service.console.view import Form, View
 from service.core import params
 from service.core.errors import ValidationFailed
 from service.core.models import EVENT_TYPES, Subscription, SubscriptionStatus
+from service.delivery.transform import CONTENT_TYPES
 from service.jobs.catalog import MODELS
 from service.storage.health import Health
 
@@ -42,6 +45,18 @@ def body_from_form(form: Form, *, editing: bool) -> dict[str, Any]:
         "event_types": form.getlist("event_types"),
         "models": form.getlist("models"),
     }
+    filter_text = form.get("filter").strip()
+    if filter_text or editing:
+        try:
+            body["filter"] = json.loads(filter_text) if filter_text else None
+        except ValueError as exc:
+            raise ValidationFailed.field("filter", f"is not JSON: {exc}") from None
+    template = form.get("template")
+    if template.strip() or editing:
+        body["template"] = template if template.strip() else None
+    for name in ("content_type", "signature_scheme", "ordering"):
+        if form.get(name):
+            body[name] = form.get(name)
     if editing and form.get("clear_headers"):
         body["headers"] = {}
     elif form.get("headers"):
@@ -51,7 +66,7 @@ def body_from_form(form: Form, *, editing: bool) -> dict[str, Any]:
 
 
 def _choices() -> dict[str, Any]:
-    return {"event_types": EVENT_TYPES, "models": tuple(MODELS)}
+    return {"event_types": EVENT_TYPES, "models": tuple(MODELS), "content_types": CONTENT_TYPES}
 
 
 async def _health(view: View, sub: Subscription) -> Health:
@@ -80,21 +95,30 @@ async def subscriptions_page(view: View) -> Response:
     return await list_page(view)
 
 
-async def create(view: View) -> Response:
+async def create(view: View, shown_once: OneTimeSecrets) -> Response:
+    caller = view.signed_in_caller
     try:
         sub = await view.state.subscriptions.create(
-            view.signed_in_caller, body_from_form(view.form, editing=False)
+            caller, body_from_form(view.form, editing=False)
         )
     except ValidationFailed as error:
         return await list_page(view, status_code=422, problem=error.message, draft=_draft(view))
-    return await detail(view, sub, status_code=201, new_secret=sub.secret)
+    # Redirected, so a reload shows the page again instead of subscribing a second time.
+    secret = _shown_secret(sub)
+    handle = shown_once.put(caller.key_id, sub.id, secret) if secret else ""
+    return view.redirect(f"/console/subscriptions/{sub.id}", "created", reveal=handle)
 
 
-async def subscription_page(view: View) -> Response:
-    sub = await view.state.subscriptions.owned(
-        view.signed_in_caller, view.request.path_params["subscription_id"]
-    )
-    return await detail(view, sub)
+async def subscription_page(view: View, shown_once: OneTimeSecrets) -> Response:
+    caller = view.signed_in_caller
+    sub = await view.state.subscriptions.owned(caller, view.request.path_params["subscription_id"])
+    handle = view.request.query_params.get("reveal")
+    if handle is None:
+        return await detail(view, sub)
+    secret = shown_once.take(handle, caller.key_id, sub.id)
+    if secret is None:
+        return await detail(view, sub, secret_gone=True)
+    return await detail(view, sub, new_secret=secret)
 
 
 async def detail(
@@ -109,6 +133,7 @@ async def detail(
         health_hours=HEALTH_WINDOW // 3600,
         recover_since=_form_time(view.state.clock() - HEALTH_WINDOW),
         draft=extra.pop("draft", None) or _stored_draft(sub),
+        queue=(await view.state.subscriptions.queue(sub) if sub.ordering == "fifo" else None),
         **_choices(),
         **extra,
     )
@@ -134,11 +159,16 @@ async def set_status(view: View) -> Response:
     return view.redirect(f"/console/subscriptions/{sub_id}", notice)
 
 
-async def rotate(view: View) -> Response:
+async def rotate(view: View, shown_once: OneTimeSecrets) -> Response:
+    caller = view.signed_in_caller
     rotated = await view.state.subscriptions.rotate(
-        view.signed_in_caller, view.request.path_params["subscription_id"]
+        caller, view.request.path_params["subscription_id"]
     )
-    return await detail(view, rotated, new_secret=rotated.secret)
+    # Redirected: a reload must not rotate again (a second rotation inside the grace period
+    # retires the secret the subscriber still verifies with).
+    secret = _shown_secret(rotated)
+    handle = shown_once.put(caller.key_id, rotated.id, secret) if secret else ""
+    return view.redirect(f"/console/subscriptions/{rotated.id}", "rotated", reveal=handle)
 
 
 async def ping(view: View) -> Response:
@@ -152,6 +182,12 @@ async def delete(view: View) -> Response:
         view.signed_in_caller, view.request.path_params["subscription_id"]
     )
     return view.redirect("/console/subscriptions", "deleted")
+
+
+def _shown_secret(sub: Subscription) -> str | None:
+    """The secret to show once: a v1 secret is the subscriber's; a v1a signing key never leaves
+    reelhook (its public key is on the page)."""
+    return sub.secret if sub.signature_scheme == "v1" else None
 
 
 def _form_time(moment: float) -> str:
@@ -168,6 +204,11 @@ def _draft(view: View) -> dict[str, Any]:
         "event_types": form.getlist("event_types"),
         "models": form.getlist("models"),
         "headers": form.get("headers"),
+        "filter": form.get("filter"),
+        "template": form.get("template"),
+        "content_type": form.get("content_type"),
+        "signature_scheme": form.get("signature_scheme"),
+        "ordering": form.get("ordering"),
     }
 
 
@@ -178,4 +219,9 @@ def _stored_draft(sub: Subscription) -> dict[str, Any]:
         "event_types": list(sub.event_types),
         "models": list(sub.models),
         "headers": "",
+        "filter": json.dumps(sub.filter, indent=2) if sub.filter is not None else "",
+        "template": sub.template or "",
+        "content_type": sub.content_type,
+        "signature_scheme": sub.signature_scheme,
+        "ordering": sub.ordering,
     }

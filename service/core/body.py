@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from service.core.errors import PayloadTooLarge, ValidationFailed
+from service.core.jsonutil import dumps
 from service.core.params import is_decimal
 
 Schema = dict[str, Any]
@@ -128,9 +129,27 @@ class Choices:
 
 
 @dataclass(frozen=True, slots=True)
+class JsonObject:
+    """Any JSON object, at most ``max_bytes`` long as compact JSON."""
+
+    max_bytes: int
+
+    def parse(self, value: Any) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise Problem("must be an object")
+        if len(dumps(value)) > self.max_bytes:
+            raise Problem(f"must be under {self.max_bytes} bytes")
+        return value
+
+    def schema(self) -> Schema:
+        return {"type": "object"}
+
+
+@dataclass(frozen=True, slots=True)
 class Field:
     """One member of a body. ``required`` fields must be present (except in a partial body);
-    a ``nullable`` field sent as null is read as ``empty`` (null clears a filter)."""
+    a ``nullable`` field sent as null is read as ``empty`` (null clears a filter), or as absent
+    when ``empty`` is None."""
 
     name: str
     kind: Kind
@@ -171,6 +190,8 @@ class Body:
                 continue
             value = raw.get(field.name)
             if value is None and field.nullable:
+                if field.empty is None:
+                    continue
                 value = field.empty
             try:
                 clean[field.name] = field.kind.parse(value)

@@ -14,22 +14,25 @@ seconds to finish, records them, and hands the leases of the rest back for the n
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import random
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from functools import partial
 
 import anyio
-import anyio.abc
 
-from service.core.clock import Clock
+from service.core.clock import Clock, isoformat
 from service.core.models import DeliveryStatus
 from service.core.retry import RetrySchedule
 from service.core.worker import Wakeup, run_worker
 from service.delivery.publisher import Publisher, subscription_disabled_data
 from service.delivery.sender import AttemptResult, Sender
+from service.delivery.transform import Renderer, TemplateError
 from service.providers.base import parse_retry_after
 from service.storage import deliveries, subscriptions
 from service.storage.database import Connection, Database
@@ -62,6 +65,8 @@ class Dispatcher:
         disable_after: float = 0.0,
         shutdown_grace: float = 0.0,
         rng: Callable[[], float] = random.random,
+        observe_claim: Callable[[float], None] = lambda seconds: None,
+        renderer: Renderer | None = None,
     ) -> None:
         self._db = db
         self._sender = sender
@@ -73,22 +78,29 @@ class Dispatcher:
         self._disable_after = disable_after
         self._shutdown_grace = shutdown_grace
         self._rng = rng
+        self._observe_claim = observe_claim
+        self._renderer = renderer or Renderer()
         self._wakeup = Wakeup()
+        # Plain asyncio primitives on the per-delivery path: anyio's CapacityLimiter, Event (which
+        # asks sniffio for the backend on every creation) and start_soon cost ~60 µs of event-loop
+        # time per delivery, a third of it (docs/performance.md §4). Events are cleared, not
+        # replaced.
         self._outcomes: list[AttemptOutcome] = []
-        self._outcomes_ready = anyio.Event()
+        self._outcomes_ready = Wakeup()
         self._in_flight = 0  # claimed and not yet recorded
         self._sending = 0
         # Claimed deliveries per subscription, counted where the claim cap is enforced; each
         # subscription's lane lets ``per_subscription`` of them send at once, so a hanging
         # endpoint holds only its own slots.
         self._busy: Counter[str] = Counter()
-        self._lanes: dict[str, anyio.CapacityLimiter] = {}
-        self._sends = anyio.CapacityLimiter(concurrency)
+        self._lanes: dict[str, asyncio.Semaphore] = {}
+        self._sends = asyncio.Semaphore(concurrency)
+        self._senders: set[asyncio.Task[None]] = set()
         self._claim_limit = concurrency * PREFETCH
         self._prefetch = per_subscription * PREFETCH
         # A subscription is topped up once fewer than this many of its deliveries are claimed.
         self._refill_below = max(1, self._prefetch // 2)
-        self._slot_freed = anyio.Event()
+        self._slot_freed = asyncio.Event()
         # Claimed deliveries whose outcome has not arrived: released, not lost, at shutdown.
         self._unfinished: set[str] = set()
         self._stop_requested = anyio.Event()
@@ -114,23 +126,32 @@ class Dispatcher:
         self.running = True
         try:
             await self._release_previous_leases()
-            async with anyio.create_task_group() as senders:
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._record_outcomes)
-                    tg.start_soon(
-                        run_worker,
-                        "the dispatcher",
-                        partial(self._dispatch_once, senders),
-                        self._wakeup,
-                    )
-                    await self._stop_requested.wait()
-                    tg.cancel_scope.cancel()
-                with anyio.move_on_after(self._shutdown_grace):
-                    while self._sending:
-                        await self._slot_freed.wait()
-                if self._in_flight:
-                    log.info("shutdown: releasing %d unfinished deliveries", self._in_flight)
-                senders.cancel_scope.cancel()
+            async with asyncio.TaskGroup() as senders:
+                try:
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(
+                            run_worker,
+                            "the outcome recorder",
+                            self._record_outcomes,
+                            self._outcomes_ready,
+                        )
+                        tg.start_soon(
+                            run_worker,
+                            "the dispatcher",
+                            partial(self._dispatch_once, senders),
+                            self._wakeup,
+                        )
+                        await self._stop_requested.wait()
+                        tg.cancel_scope.cancel()
+                    with anyio.move_on_after(self._shutdown_grace):
+                        while self._sending:
+                            self._slot_freed.clear()
+                            await self._slot_freed.wait()
+                    if self._in_flight:
+                        log.info("shutdown: releasing %d unfinished deliveries", self._in_flight)
+                finally:
+                    for task in self._senders:
+                        task.cancel()
         finally:
             self.running = False
             with anyio.CancelScope(shield=True), anyio.move_on_after(_FINAL_WRITE_TIMEOUT):
@@ -148,6 +169,7 @@ class Dispatcher:
                     released = await deliveries.release_orphaned(
                         conn, self._clock(), node_timeout=self._db.node_timeout
                     )
+                await deliveries.restart_queues(conn, self._clock())
         except Exception:
             # Not fatal: those leases expire on their own and are claimed again then.
             log.exception("could not release the leases of the previous run")
@@ -167,41 +189,49 @@ class Dispatcher:
         else:
             self._unfinished.difference_update(unfinished)
 
-    async def _dispatch_once(self, senders: anyio.abc.TaskGroup) -> float | None:
+    async def _dispatch_once(self, senders: asyncio.TaskGroup) -> float | None:
         """Claim what is due and start sending it; return how long to sleep."""
         capacity = self._claim_limit - self._in_flight
+        # Saturated subscriptions are left out before anything is read: their rows are never
+        # walked, and a wake-up while only they have work due takes no write lock at all.
+        saturated = [sub for sub, count in self._busy.items() if count >= self._refill_below]
         # Asked of the reader first: a wake-up with nothing due (a batch of callbacks no one
         # subscribes to) must not take the write lock from the writers that have work.
-        due = await deliveries.next_due_at(self._db.reader)
-        if capacity > 0 and due is not None and due <= self._clock():
-            now = self._clock()
+        now = self._clock()
+        ready = await deliveries.due_subscriptions(
+            self._db.reader, skip=saturated, now=now, cap=self._prefetch, limit=max(1, capacity)
+        )
+        rooms = deliveries.rooms_for(
+            ready, self._busy, per_subscription=self._prefetch, limit=capacity
+        )
+        if rooms:
             async with self._db.transaction(durable=False) as conn:
-                claimed, more = await deliveries.claim_due(
+                started = time.perf_counter()
+                claimed = await deliveries.claim_due(
                     conn,
                     now=now,
                     lease_until=now + self._lease,
-                    limit=capacity,
-                    per_subscription=self._prefetch,
-                    refill_below=self._refill_below,
-                    busy=self._busy,
+                    rooms=rooms,
                     owner=self._db.node_id,
+                    # PostgreSQL: every node's deliveries in flight count against the cap.
                     cluster_cap=self._per_subscription,
                 )
+                self._observe_claim(time.perf_counter() - started)
             for delivery in claimed:
                 sub = delivery.subscription_id
                 self._in_flight += 1
                 self._busy[sub] += 1
                 if sub not in self._lanes:
-                    self._lanes[sub] = anyio.CapacityLimiter(self._per_subscription)
+                    self._lanes[sub] = asyncio.Semaphore(self._per_subscription)
                 self._unfinished.add(delivery.id)
-                senders.start_soon(self._deliver, delivery)
-            if len(claimed) == capacity or more:
-                return 0  # more may be due at once
+                task = senders.create_task(self._deliver(delivery))
+                self._senders.add(task)
+                task.add_done_callback(self._senders.discard)
             if claimed:
-                due = await deliveries.next_due_at(self._db.reader)
-        if due is None:
+                return 0  # more may be due at once; the next pass skips whoever is now saturated
+        if not ready:
             return None
-        delay = due - self._clock()
+        delay = ready[0].due - self._clock()
         if delay <= 0:
             # Due rows that could not be claimed wait for a busy subscription to free a slot,
             # which wakes us; without one in flight, back off briefly instead of spinning.
@@ -226,7 +256,6 @@ class Dispatcher:
                 del self._busy[sub]
                 del self._lanes[sub]
             self._slot_freed.set()
-            self._slot_freed = anyio.Event()
             # Claim again once this subscription, or the dispatcher as a whole, runs low.
             if (
                 self._busy.get(sub, 0) == self._refill_below - 1
@@ -236,31 +265,72 @@ class Dispatcher:
 
     async def _attempt(self, delivery: Claimed) -> None:
         try:
-            result = await self._sender.send(
-                url=delivery.url,
-                event_id=delivery.event_id,
-                payload=delivery.payload,
-                secrets=list(delivery.secrets),
-                headers=delivery.headers,
-                timestamp=int(self._clock()),
-            )
-            outcome = self._judge(delivery, result)
+            body = self._body(delivery)
+            if isinstance(body, AttemptOutcome):
+                outcome = body
+            else:
+                result = await self._sender.send(
+                    url=delivery.url,
+                    event_id=delivery.event_id,
+                    payload=body,
+                    secrets=list(delivery.secrets),
+                    headers=delivery.headers,
+                    timestamp=int(self._clock()),
+                    content_type=delivery.content_type,
+                )
+                outcome = self._judge(delivery, result)
         except Exception as exc:
             # Whatever one subscriber's answer does, it must not stop the dispatcher.
             log.exception("delivery %s failed unexpectedly", delivery.id)
             error = AttemptResult(None, 0.0, error=f"internal error: {type(exc).__name__}")
             outcome = self._judge(delivery, error)
-        log.debug(
-            "delivery %s of %s to %s: %s (%s)",
+        # A failed attempt is news an operator wants at INFO (a subscriber is down); a success
+        # is routine (DEBUG), and there may be thousands a minute.
+        log.log(
+            logging.DEBUG if outcome.status == DeliveryStatus.SUCCEEDED else logging.INFO,
+            "delivery %s of %s to %s: %s (%s)%s",
             delivery.id,
             delivery.event_id,
             delivery.subscription_id,
-            outcome.status,
+            "failed for good" if outcome.status == DeliveryStatus.FAILED else outcome.status,
             outcome.status_code or outcome.error,
+            (
+                f"; next attempt due {isoformat(outcome.next_attempt_at)}"
+                if outcome.next_attempt_at is not None
+                else ""
+            ),
         )
         self._unfinished.discard(delivery.id)
         self._outcomes.append(outcome)
         self._outcomes_ready.set()
+
+    def _body(self, delivery: Claimed) -> bytes | AttemptOutcome:
+        """The bytes to send: the event body, or its rendering through the subscription's
+        template. A template that fails on this event fails the delivery for good without sending
+        (rendering again would fail again), except when it ran out of time, which is retried; the
+        error is in the delivery log."""
+        if delivery.template is None:
+            return delivery.payload
+        try:
+            return self._renderer.render(
+                delivery.template,
+                delivery.content_type,
+                delivery.event_id,
+                json.loads(delivery.payload),
+            )
+        except TemplateError as exc:
+            if exc.transient:
+                # Out of time, perhaps only because the machine was busy: retried on schedule.
+                failed = AttemptResult(None, 0.0, error=f"template: {exc}"[:500])
+                return self._judge(delivery, failed)
+            return AttemptOutcome(
+                delivery_id=delivery.id,
+                subscription_id=delivery.subscription_id,
+                attempted_at=self._clock(),
+                latency_ms=0.0,
+                status=DeliveryStatus.FAILED,
+                error=f"template: {exc}"[:500],
+            )
 
     def _judge(self, delivery: Claimed, result: AttemptResult) -> AttemptOutcome:
         now = self._clock()
@@ -294,14 +364,15 @@ class Dispatcher:
         status = DeliveryStatus.FAILED if next_at is None else DeliveryStatus.PENDING
         return replace(outcome, status=status, next_attempt_at=next_at)
 
-    async def _record_outcomes(self) -> None:
-        while True:
-            await self._outcomes_ready.wait()
-            self._outcomes_ready = anyio.Event()
-            if not await self._flush():
-                await anyio.sleep(1)
-                self._outcomes_ready.set()
-            self.wake()
+    async def _record_outcomes(self) -> float | None:
+        """Record the outcomes received so far, then sleep until more arrive."""
+        if not await self._flush():
+            await anyio.sleep(1)  # the store failed; the outcomes are kept for the next try
+            return 0.0
+        # No wake-up here: a retry scheduled or a ``subscription.disabled`` event queued
+        # announces itself on commit (Work.DELIVERIES), and a freed slot wakes the claim loop
+        # from the sender that freed it.
+        return None
 
     async def _flush(self) -> bool:
         """Record the outcomes received so far; on failure keep them for the next try."""

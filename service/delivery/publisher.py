@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
 from service.core.clock import isoformat
 from service.core.ids import new_id
-from service.core.jsonutil import dumps_bytes
+from service.core.jsonutil import dumps, dumps_bytes
 from service.core.models import FileUrl, Job, Subscription
+from service.delivery.filters import FieldTree, Filter, FilterError, parse
 from service.storage import events, subscriptions
 from service.storage.database import Connection
+
+log = logging.getLogger(__name__)
 
 
 def payload(event_type: str, created_at: float, data: dict[str, Any]) -> bytes:
@@ -38,6 +42,9 @@ def subscription_disabled_data(sub: Subscription) -> dict[str, Any]:
     }
 
 
+_ANY_FIELD = FieldTree({}, open=True)
+
+
 class Publisher:
     """Appends events. ``file_url`` mints the links to stored outputs in job documents;
     ``first_delay`` is how long after an event its first delivery attempt is due."""
@@ -45,6 +52,25 @@ class Publisher:
     def __init__(self, file_url: FileUrl, first_delay: float = 0.0) -> None:
         self.file_url = file_url
         self.first_delay = first_delay
+        # Parsed payload filters by their JSON text: a subscription's filter is parsed once, not
+        # per event. Bounded, since filters change.
+        self._filters: dict[str, Filter] = {}
+
+    def _passes(self, sub: Subscription, event_type: str, now: float, data: dict[str, Any]) -> bool:
+        """Whether the event gets past ``sub``'s payload filter (applied after type and model)."""
+        if sub.filter is None:
+            return True
+        key = dumps(sub.filter)
+        parsed = self._filters.get(key)
+        if parsed is None:
+            if len(self._filters) >= 4096:
+                self._filters.clear()
+            try:
+                # Its paths were checked against the event shape when it was saved.
+                parsed = self._filters[key] = parse(sub.filter, _ANY_FIELD)
+            except FilterError:
+                return False  # unreachable for a saved filter; deliver nothing rather than all
+        return parsed.matches({"type": event_type, "timestamp": isoformat(now), "data": data})
 
     async def publish(
         self,
@@ -72,7 +98,11 @@ class Publisher:
             targets = [to_subscription]
         else:
             (heard,) = await subscriptions.listeners(conn, [(owner_key_id, None)])
-            targets = [sub.id for sub in heard if sub.matches(event_type, None, None)]
+            targets = [
+                sub.id
+                for sub in heard
+                if sub.matches(event_type, None, None) and self._passes(sub, event_type, now, body)
+            ]
         event = self._event(event_type, now, body, job.id if job else None, targets)
         await events.append(conn, [event])
         return event.id
@@ -84,17 +114,27 @@ class Publisher:
         audiences = await subscriptions.listeners(
             conn, [(job.owner_key_id, job.id) for _, job in announced]
         )
-        batch = [
-            self._event(
-                event_type,
-                now,
-                job.to_document(self.file_url),
-                job.id,
-                [sub.id for sub in heard if sub.matches(event_type, job.model, job.id)],
-            )
-            for (event_type, job), heard in zip(announced, audiences, strict=True)
-        ]
+        batch = []
+        for (event_type, job), heard in zip(announced, audiences, strict=True):
+            document = job.to_document(self.file_url)
+            targets = [
+                sub.id
+                for sub in heard
+                if sub.matches(event_type, job.model, job.id)
+                and self._passes(sub, event_type, now, document)
+            ]
+            batch.append(self._event(event_type, now, document, job.id, targets))
         await events.append(conn, batch)
+        for (event_type, job), event in zip(announced, batch, strict=True):
+            # The job lifecycle at INFO: every state change of every job passes through here.
+            log.info(
+                "%s %s (%s) as %s to %d subscriptions",
+                event_type,
+                job.id,
+                job.model,
+                event.id,
+                len(event.subscription_ids),
+            )
         return [event.id for event in batch]
 
     def _event(

@@ -13,6 +13,7 @@ from typing import Any
 
 from service.core.ids import new_id
 from service.core.models import (
+    EVENT_TYPES,
     JOB_EVENT_TYPES,
     Cost,
     ErrorKind,
@@ -24,6 +25,7 @@ from service.core.models import (
     Subscription,
     SubscriptionStatus,
 )
+from service.delivery.filters import FieldTree, field_tree
 from service.delivery.publisher import payload, ping_data, subscription_disabled_data
 from service.jobs.catalog import MODELS
 
@@ -55,7 +57,10 @@ def sample_event(event_type: str, *, now: float, file_url: FileUrl) -> dict[str,
 
 def _sample_job(status: JobStatus, now: float) -> Job:
     spec = MODELS[SAMPLE_MODEL]
-    clean = spec.validate({"prompt": "A drone shot over misty mountains at sunrise"})
+    # With a resolution, so the sample's cost has the plain shape most events carry.
+    clean = spec.validate(
+        {"prompt": "A drone shot over misty mountains at sunrise", "resolution": "720p"}
+    )
     estimated = round(spec.price.estimate(clean), 4)
     started = now - 95.0
     terminal = status.terminal
@@ -71,6 +76,7 @@ def _sample_job(status: JobStatus, now: float) -> Job:
             estimated,
             spec.price.unit,
             charged=estimated if succeeded else (0 if terminal else None),
+            assumed=spec.price.assumes(clean),
         ),
         created_at=started,
         deadline_at=started + 3600,
@@ -101,3 +107,21 @@ def _sample_subscription(now: float) -> Subscription:
         created_at=now - 6 * 86400,
         updated_at=now,
     )
+
+
+# Free-form parts of an event: a job's own metadata and its model's input parameters.
+_OPEN_FIELDS = ("data.metadata", "data.input")
+
+
+def event_fields() -> FieldTree:
+    """Every field an event body can have, from one sample of each event type; payload filters
+    are validated against it (a path no event has is refused)."""
+
+    def link(digest: str, media_type: str) -> str:
+        return f"https://reelhook.example/v1/files/{digest}"
+
+    bodies = []
+    for event_type in EVENT_TYPES:
+        sample = sample_event(event_type, now=0.0, file_url=link)
+        bodies.append({key: value for key, value in sample.items() if key != "id"})
+    return field_tree(bodies, _OPEN_FIELDS)

@@ -55,11 +55,13 @@ class Sender:
         secrets: list[str],
         headers: dict[str, str],
         timestamp: int,
+        content_type: str = "application/json",
     ) -> AttemptResult:
-        """POST ``payload`` to ``url`` signed with ``secrets``; redirects are not followed."""
+        """POST ``payload`` (exactly these bytes, which are the ones signed) to ``url`` signed
+        with ``secrets``; redirects are not followed."""
         request_headers = {
             **headers,
-            "Content-Type": "application/json",
+            "Content-Type": content_type,
             **signing.headers(secrets, event_id, timestamp, payload),
         }
         started = time.perf_counter()

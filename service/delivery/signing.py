@@ -1,7 +1,11 @@
-"""Standard Webhooks (v1, HMAC-SHA256) signatures for outbound events.
+"""Standard Webhooks signatures for outbound events: ``v1`` (HMAC-SHA256) and ``v1a`` (Ed25519).
 
-The signed content is ``{webhook-id}.{webhook-timestamp}.{body}`` over the raw body bytes; the
-secret is ``whsec_`` + base64 of 24 random bytes, so any Standard Webhooks library verifies it.
+The signed content is ``{webhook-id}.{webhook-timestamp}.{body}`` over the raw body bytes — the
+bytes sent, whether the event body or a template's rendering. The scheme follows the secret's
+prefix (service/core/signing_keys.py): a ``whsec_`` secret signs ``v1``, so any Standard Webhooks
+library verifies it; a ``whsk_`` key signs ``v1a``, verified with its ``whpk_`` public key, which
+cannot forge a signature. Several secrets (a rotation's grace period) give space-separated
+signatures. Ed25519 comes from ``cryptography`` (OpenSSL underneath).
 """
 
 from __future__ import annotations
@@ -9,19 +13,28 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import os
 
-SECRET_PREFIX = "whsec_"
+from service.core.signing_keys import (
+    SCHEMES,
+    SECRET_PREFIX,
+    new_secret,
+    private_key,
+    public_key,
+    scheme_of,
+)
 
-
-def new_secret() -> str:
-    return SECRET_PREFIX + base64.b64encode(os.urandom(24)).decode()
+__all__ = ["SCHEMES", "headers", "new_secret", "public_key", "scheme_of", "sign"]
 
 
 def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
-    """The ``v1,<base64>`` signature of ``body`` sent as ``msg_id`` at ``timestamp`` (Unix s)."""
+    """The ``v1,<base64>`` or ``v1a,<base64>`` signature of ``body`` sent as ``msg_id`` at
+    ``timestamp`` (Unix s), by the scheme of ``secret``."""
+    content = f"{msg_id}.{timestamp}.".encode() + body
+    if scheme_of(secret) == "v1a":
+        return "v1a," + base64.b64encode(private_key(secret).sign(content)).decode()
     key = base64.b64decode(secret.removeprefix(SECRET_PREFIX))
-    digest = hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    # hmac.digest is OpenSSL's one-shot HMAC, without building an HMAC object per signature.
+    digest = hmac.digest(key, content, hashlib.sha256)
     return "v1," + base64.b64encode(digest).decode()
 
 

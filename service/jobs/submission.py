@@ -14,10 +14,10 @@ from typing import Any
 
 import httpx
 
+from service.core.body import Body, Field, JsonObject, Text
 from service.core.clock import Clock
 from service.core.errors import Conflict, ProviderFailed, ProviderUnavailable, ValidationFailed
 from service.core.ids import new_id
-from service.core.jsonutil import dumps
 from service.core.models import (
     JOB_EVENT_TYPES,
     Cost,
@@ -46,8 +46,32 @@ from service.storage.database import Connection, Database
 log = logging.getLogger(__name__)
 
 IDEMPOTENCY_WINDOW = 24 * 3600.0
-_JOB_FIELDS = {"model", "input", "metadata", "callback_url"}
-_MAX_METADATA_BYTES = 8192
+# The members of a job request besides ``model`` and ``input`` (which the model's spec declares).
+JOB_EXTRAS = Body(
+    (
+        Field(
+            "metadata",
+            JsonObject(max_bytes=8192),
+            "Yours, returned untouched in every event (at most 8 kB).",
+        ),
+        Field(
+            "callback_url",
+            Text("must be a string"),
+            "Also send this job's events here, signed with the `callback_secret` returned once.",
+            nullable=True,
+        ),
+    ),
+    partial=True,
+)
+_JOB_FIELDS = {"model", "input", *(field.name for field in JOB_EXTRAS.fields)}
+
+
+def _unknown_field(name: str) -> str:
+    """The complaint about an unknown top-level field: a model parameter put beside ``input``
+    (``{"prompt": …}`` is the usual first try) is told where it goes."""
+    if any(param.name == name for spec in MODELS.values() for param in spec.params):
+        return f'unknown field; model parameters go in input: {{"input": {{"{name}": …}}}}'
+    return "unknown field"
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +108,7 @@ class SubmitPolicy:
     lease: float
     deadlines: Mapping[str, float] = field(default_factory=dict)
     retry_concurrency: int = 16
+    require_https: bool = False  # a plain-http callback_url is refused (production)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +133,7 @@ class Submitter:
         rng: Callable[[], float] = random.random,
     ) -> None:
         self._db = db
+        self._require_https = policy.require_https
         self._publisher = publisher
         self._client = providers.client
         self._tokens = providers.tokens
@@ -199,7 +225,7 @@ class Submitter:
             raise ValidationFailed("the request body must be a JSON object")
         unknown = sorted(set(body) - _JOB_FIELDS)
         if unknown:
-            raise ValidationFailed.fields({name: "unknown field" for name in unknown})
+            raise ValidationFailed.fields({name: _unknown_field(name) for name in unknown})
         model = body.get("model")
         if not isinstance(model, str):
             raise ValidationFailed.field("model", "is required (see GET /v1/models)")
@@ -217,20 +243,16 @@ class Submitter:
         if "input" not in body:
             raise ValidationFailed.field("input", "is required")
         clean = spec.validate(body["input"])
-        metadata = body.get("metadata", {})
-        if not isinstance(metadata, dict):
-            raise ValidationFailed.field("metadata", "must be an object")
-        if len(dumps(metadata)) > _MAX_METADATA_BYTES:
-            raise ValidationFailed.field("metadata", f"must be under {_MAX_METADATA_BYTES} bytes")
-        callback_url = body.get("callback_url")
-        if callback_url is not None:
-            problem = (
-                "must be a string"
-                if not isinstance(callback_url, str)
-                else check_url(callback_url, self._allow_private)
-            )
-            if problem:
-                raise ValidationFailed.field("callback_url", problem)
+        extras = JOB_EXTRAS.validate(
+            {name: value for name, value in body.items() if name not in ("model", "input")},
+            {
+                "callback_url": lambda url: check_url(
+                    url, self._allow_private, require_https=self._require_https
+                )
+            },
+        )
+        metadata = extras.get("metadata", {})
+        callback_url: str | None = extras.get("callback_url")
         now = self._clock()
         job = Job(
             id=new_id("job"),
@@ -239,7 +261,11 @@ class Submitter:
             provider=spec.provider,
             status=JobStatus.PENDING,
             input=clean,
-            cost=Cost(estimated=round(spec.price.estimate(clean), 4), unit=spec.price.unit),
+            cost=Cost(
+                estimated=round(spec.price.estimate(clean), 4),
+                unit=spec.price.unit,
+                assumed=spec.price.assumes(clean),
+            ),
             metadata=metadata,
             created_at=now,
             deadline_at=now + self._deadlines.get(model, self._job_deadline),

@@ -15,6 +15,7 @@ import httpx
 
 from service.core import ids
 from service.delivery.sender import AttemptResult, Sender
+from service.net.failures import classify
 from service.ops.metrics import Metrics
 
 
@@ -49,11 +50,9 @@ class MeteredTransport(httpx.AsyncBaseTransport):
         started = time.perf_counter()
         try:
             response = await self._inner.handle_async_request(request)
-        except httpx.TimeoutException:
-            self._metrics.provider_errors.labels(provider=provider, reason="timeout").inc()
-            raise
-        except httpx.TransportError:
-            self._metrics.provider_errors.labels(provider=provider, reason="connection").inc()
+        except httpx.TransportError as exc:
+            reason = "timeout" if classify(exc).timed_out else "connection"
+            self._metrics.provider_errors.labels(provider=provider, reason=reason).inc()
             raise
         self._metrics.provider_latency.labels(provider=provider).observe(
             time.perf_counter() - started

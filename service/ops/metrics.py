@@ -20,6 +20,7 @@ _LAG_BUCKETS = (
 )  # fmt: skip
 # Trinetra and apiframe answer a submit in well under a second; a held Segmind request lasts
 # as long as the video takes to render.
+_CLAIM_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 _PROVIDER_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 
@@ -33,6 +34,12 @@ class Metrics:
             ["provider", "outcome"],
             registry=registry,
         )
+        self.unknown_statuses = Counter(
+            "reelhook_provider_unknown_statuses",
+            "Verified provider updates whose status word reelhook does not know, by word",
+            ["provider", "status"],
+            registry=registry,
+        )
         self.delivery_attempts = Counter(
             "reelhook_delivery_attempts",
             "Delivery attempts to subscribers, by outcome",
@@ -43,6 +50,14 @@ class Metrics:
             "reelhook_delivery_lag_seconds",
             "Time from an event's creation to its successful (2xx) delivery",
             buckets=_LAG_BUCKETS,
+            registry=registry,
+        )
+        # The claim runs under the write lock, so every ingest commit can wait behind it; it must
+        # stay O(claim), never O(backlog) (docs/performance.md). 2 ms is the bound the bench checks.
+        self.claim_duration = Histogram(
+            "reelhook_delivery_claim_seconds",
+            "Time the outbox claim's statements took inside its write transaction",
+            buckets=_CLAIM_BUCKETS,
             registry=registry,
         )
         self.provider_latency = Histogram(
@@ -94,6 +109,11 @@ class Metrics:
     def callback_outcome(self, provider: str, outcome: CallbackOutcome) -> None:
         """A callback observer (see :mod:`service.callback_outcomes`)."""
         self.callbacks.labels(provider=provider, outcome=outcome.value).inc()
+
+    def unknown_status(self, provider: str, word: str) -> None:
+        """Count an unknown status word (from a verified callback; cut to a short label)."""
+        label = "".join(c for c in word.lower() if c.isalnum() or c in "_-")[:32] or "empty"
+        self.unknown_statuses.labels(provider=provider, status=label).inc()
 
     async def refresh(self, conn: Connection, now: float) -> None:
         """Read the gauges that describe stored state (called at scrape time)."""

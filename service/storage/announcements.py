@@ -1,13 +1,17 @@
 """Work announcements: a commit says what kind of work it created; whoever acts on it is woken.
 
-Writers never call the workers. The store itself notices, inside each write transaction, which
-kinds of work the transaction created (SQLite: temporary triggers on the writer connection, see
-:data:`TRIGGERS`), and once the transaction has committed it wakes every listener of those kinds.
-A rolled-back transaction announces nothing. A listener gets a wake-up, never data: it reads the
-store to learn what is due, so a missed or doubled wake-up costs at most one extra read.
+Domain code never calls the workers. The store's own write functions (``storage/*.py``) that
+create work say so with :func:`announce` inside the transaction — appending events and their
+deliveries, making deliveries due again, re-enabling a subscription, storing a job, scheduling a
+submit, queueing a download — and once the transaction has committed, the store wakes every
+listener of the kinds it announced. A rolled-back transaction announces nothing. A listener gets a
+wake-up, never data: it reads the store to learn what is due, so a spurious wake-up costs one read.
 
-This is the seam a second store implements the same way: PostgreSQL triggers calling
-``pg_notify`` (delivered by the server only after commit) and a ``LISTEN`` connection that calls
+Announcing is a set insertion per statement, not a trigger per row: a fan-out inserts thousands
+of deliveries, and a trigger would add its cost to every one of them.
+
+This is the seam a second store implements the same way: PostgreSQL's write functions calling
+``NOTIFY`` (delivered by the server only after commit) and a ``LISTEN`` connection that calls
 :meth:`Announcements.deliver`.
 """
 
@@ -48,56 +52,24 @@ class Announcements:
     def subscribe(self, kind: Work, listener: Listener) -> None:
         self._listeners[kind].append(listener)
 
-    def deliver(self, kinds: Iterable[str]) -> None:
+    def deliver(self, kinds: Iterable[Work]) -> None:
         """Wake every listener of ``kinds`` (work announced by a transaction that committed)."""
         for kind in kinds:
-            for listener in self._listeners[Work(kind)]:
+            for listener in self._listeners[kind]:
                 listener()
 
 
-ANNOUNCE_FUNCTION = "reelhook_announce"
+class Announcing(Protocol):
+    """A connection that may collect what its open write transaction announces: a set on a
+    store's write transaction (:class:`service.storage.database.Connection`), None elsewhere."""
+
+    announced: set[Work] | None
 
 
-def _trigger(name: str, event: str, table: str, when: str, kind: Work) -> str:
-    return (
-        f"CREATE TEMP TRIGGER IF NOT EXISTS announce_{name} {event} ON main.{table} "
-        f"{'WHEN ' + when if when else ''} "
-        f"BEGIN SELECT {ANNOUNCE_FUNCTION}('{kind.value}'); END"
-    )
-
-
-# Each row change that creates work, and its kind. Changes a worker makes for itself (a claim, a
-# lease, an outcome it records) are left out where the condition allows, so they cost nothing.
-TRIGGERS: tuple[str, ...] = (
-    _trigger("events", "AFTER INSERT", "events", "", Work.EVENTS),
-    _trigger(
-        "new_deliveries", "AFTER INSERT", "deliveries", "NEW.status = 'pending'", Work.DELIVERIES
-    ),
-    # A resend, a recovery, or a retry the dispatcher scheduled itself (it is awake anyway).
-    _trigger(
-        "due_deliveries",
-        "AFTER UPDATE OF status, next_attempt_at",
-        "deliveries",
-        "NEW.status = 'pending'",
-        Work.DELIVERIES,
-    ),
-    # Deliveries of a subscription that is not active wait; they are due again once it is.
-    _trigger(
-        "active_subscriptions",
-        "AFTER UPDATE OF status",
-        "subscriptions",
-        "NEW.status = 'active' AND OLD.status <> 'active'",
-        Work.DELIVERIES,
-    ),
-    _trigger("deadlines", "AFTER INSERT", "jobs", "", Work.DEADLINES),
-    # Only a submit due sooner than before: a worker's own lease moves it later.
-    _trigger(
-        "submits",
-        "AFTER UPDATE OF next_submit_at",
-        "jobs",
-        "NEW.next_submit_at IS NOT NULL"
-        " AND (OLD.next_submit_at IS NULL OR NEW.next_submit_at < OLD.next_submit_at)",
-        Work.SUBMITS,
-    ),
-    _trigger("mirrors", "AFTER INSERT", "mirrors", "", Work.MIRRORS),
-)
+def announce(conn: Announcing, kind: Work) -> None:
+    """Inside a write transaction on ``conn``: its commit creates work of ``kind``. Cheap (a set
+    insertion); the store wakes the listeners after commit (PostgreSQL: ``pg_notify`` issued just
+    before ``COMMIT``, which the server delivers only if it commits, to every node). A connection
+    outside a store transaction (a script's own, the reader) announces nothing."""
+    if conn.announced is not None:
+        conn.announced.add(kind)

@@ -108,6 +108,9 @@ class Connection(ABC):
     of overwriting each other), elsewhere nothing (SQLite has one writer at a time)."""
     skip_locked = ""
     """As :attr:`for_update`, for work another node may take instead: rows it holds are skipped."""
+    announced: set[Work] | None = None
+    """Inside a write transaction, the kinds of work it announced (:func:`announce`), woken after
+    its commit; None on the reader and outside transactions."""
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Query:
         return Query(self, sql, params)
@@ -160,7 +163,7 @@ class Database(ABC):
         (see :mod:`service.storage.announcements`); on PostgreSQL, a commit on any node."""
         self._announcements.subscribe(kind, listener)
 
-    def _announce(self, kinds: Iterable[str]) -> None:
+    def _announce(self, kinds: Iterable[Work]) -> None:
         self._announcements.deliver(kinds)
 
     @staticmethod
@@ -221,14 +224,27 @@ def parse_url(target: Path | str) -> tuple[str, str]:
     )
 
 
-def migrations(dialect: str) -> list[tuple[int, str]]:
-    """The numbered migrations of ``dialect``, oldest first, as (version, SQL script)."""
-    folder = resources.files("service.storage") / "migrations" / dialect
-    found = []
+def migrations(dialect: str, folder: Any = None) -> list[tuple[int, str]]:
+    """The numbered migrations of ``dialect`` (or of ``folder``), oldest first, as (version, SQL
+    script).
+
+    Raises :class:`StoreError` when two files carry the same number: which would run first, and
+    whether a database that has one would get the other, would be left to chance (two branches
+    each adding their "next" migration is how it happens).
+    """
+    if folder is None:
+        folder = resources.files("service.storage") / "migrations" / dialect
+    found: dict[int, tuple[str, str]] = {}
     for entry in folder.iterdir():
         if entry.name.endswith(".sql"):
-            found.append((int(entry.name.split("_", 1)[0]), entry.read_text(encoding="utf-8")))
-    return sorted(found)
+            version = int(entry.name.split("_", 1)[0])
+            if version in found:
+                raise StoreError(
+                    f"two {dialect} migrations numbered {version}: "
+                    f"{found[version][0]} and {entry.name}"
+                )
+            found[version] = (entry.name, entry.read_text(encoding="utf-8"))
+    return [(version, found[version][1]) for version in sorted(found)]
 
 
 def latest_migration(dialect: str = "sqlite") -> int:

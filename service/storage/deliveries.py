@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from service.core.models import DeliveryStatus
+from service.storage.announcements import Work, announce
 from service.storage.database import Connection, Row
 
 
@@ -28,6 +29,8 @@ class Claimed:
     manual: bool = False
     token: int = 0
     """The claim's fencing token: its outcome is recorded only while the claim is current."""
+    template: str | None = None
+    content_type: str = "application/json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +55,97 @@ class AttemptOutcome:
     """The fencing token of the claim this attempt was made under (:attr:`Claimed.token`)."""
 
 
-_ACTIVE = "(SELECT id FROM subscriptions WHERE status = 'active')"
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """A subscription with pending deliveries: when the earliest is due, how many are due now
+    (counted up to the cap it was asked with), and whether it delivers in order (FIFO)."""
+
+    subscription_id: str
+    due: float
+    due_now: int
+    fifo: bool = False
+
+
+async def due_subscriptions(
+    conn: Connection, *, skip: Collection[str], now: float, cap: int, limit: int
+) -> list[Ready]:
+    """Active subscriptions with a pending delivery, earliest due first, at most ``limit``;
+    subscriptions in ``skip`` (saturated ones) are left out. ``due_now`` counts the deliveries
+    due at ``now``, stopping at ``cap``.
+
+    One seek per active subscription into ``deliveries_pending`` for the earliest (the first
+    entry of its stretch) and at most ``cap`` entries read for the count, so the cost follows the
+    number of subscriptions, never the number of rows waiting: a saturated subscription with a
+    million due rows costs one skipped subscription. Meant for the reader connection, outside
+    the write lock; the counts let the claim that follows read only the rows it takes.
+    """
+    if conn.dialect == "postgresql":
+        # The same plan on PostgreSQL: an array instead of json_each, and the alias filtered
+        # outside (PostgreSQL does not let WHERE name a select-list alias).
+        rows = await conn.execute_fetchall(
+            """
+            SELECT id, due, due_now, fifo FROM (
+                SELECT s.id, (
+                    SELECT min(d.next_attempt_at) FROM deliveries d
+                    WHERE d.subscription_id = s.id AND d.status = 'pending'
+                ) AS due, (
+                    SELECT count(*) FROM (
+                        SELECT 1 FROM deliveries x
+                        WHERE x.subscription_id = s.id AND x.status = 'pending'
+                          AND x.next_attempt_at <= ?
+                        LIMIT ?
+                    ) AS c
+                ) AS due_now, s.ordering = 'fifo' AS fifo
+                FROM subscriptions s
+                WHERE s.status = 'active' AND NOT (s.id = ANY(?::text[]))
+            ) AS ready
+            WHERE due IS NOT NULL
+            ORDER BY due LIMIT ?
+            """,
+            (now, cap, sorted(skip), limit),
+        )
+        return [Ready(row[0], float(row[1]), int(row[2]), bool(row[3])) for row in rows]
+    rows = await conn.execute_fetchall(
+        """
+        SELECT s.id, (
+            SELECT min(d.next_attempt_at) FROM deliveries d
+            WHERE d.subscription_id = s.id AND d.status = 'pending'
+        ) AS due, (
+            SELECT count(*) FROM (
+                SELECT 1 FROM deliveries x
+                WHERE x.subscription_id = s.id AND x.status = 'pending'
+                  AND x.next_attempt_at <= ?
+                LIMIT ?
+            )
+        ) AS due_now, s.ordering = 'fifo' AS fifo
+        FROM subscriptions s
+        WHERE s.status = 'active' AND s.id NOT IN (SELECT value FROM json_each(?))
+          AND due IS NOT NULL
+        ORDER BY due LIMIT ?
+        """,
+        (now, cap, json.dumps(sorted(skip)), limit),
+    )
+    return [Ready(row[0], float(row[1]), int(row[2]), bool(row[3])) for row in rows]
+
+
+def rooms_for(
+    ready: Sequence[Ready], busy: Mapping[str, int], *, per_subscription: int, limit: int
+) -> dict[str, int]:
+    """How many deliveries to claim of each subscription in ``ready`` (earliest due first):
+    what is due now, keeping each under ``per_subscription`` claimed (one for a FIFO
+    subscription: its next delivery waits for its head) counting ``busy``, ``limit`` in all.
+    Sized by the counts, so the claim reads no row it does not take."""
+    rooms: dict[str, int] = {}
+    left = limit
+    for sub in ready:
+        if left <= 0:
+            break
+        cap = 1 if sub.fifo else per_subscription
+        room = min(cap - busy.get(sub.subscription_id, 0), sub.due_now, left)
+        if room > 0:
+            rooms[sub.subscription_id] = room
+            left -= room
+    return rooms
 
 
 def _index_hint(conn: Connection) -> str:
@@ -67,183 +160,219 @@ async def claim_due(
     *,
     now: float,
     lease_until: float,
-    limit: int,
-    per_subscription: int,
-    busy: Mapping[str, int],
-    refill_below: int,
+    rooms: Mapping[str, int],
     owner: str | None = None,
     cluster_cap: int | None = None,
-) -> tuple[list[Claimed], bool]:
-    """Lease up to ``limit`` due deliveries, keeping each subscription under ``per_subscription``;
-    return them, and whether more may be due right now.
+) -> list[Claimed]:
+    """Lease up to ``rooms[subscription]`` due deliveries of each subscription, earliest due
+    first, in the caller's write transaction; return them with everything needed to send them.
 
-    Due means pending with ``next_attempt_at <= now``. One process owns the database: ``busy``
-    counts what it has claimed per subscription, and a lease left by a process that died is
-    released when the next one starts (:func:`release`), never taken over while it runs, since a
-    running process's expired lease is its own row still waiting to be sent. Subscriptions with
-    ``refill_below`` or more claimed get none this time. Deliveries of a disabled subscription
-    wait until it is enabled again. The due rows are read in due order from their index, a
-    bounded window at a time, so a claim costs the same with ten or a million waiting.
+    Due means pending with ``next_attempt_at <= now``. The rows are read from each subscription's
+    stretch of ``deliveries_pending`` and reading stops at its room, so a claim reads at most
+    ``max(rooms) * len(rooms)`` rows whatever the backlog (the dispatcher keeps that near its
+    claim limit; a store must keep this O(claim), never O(backlog), since it runs under the write
+    lock; docs/performance.md §3). Rooms come from :func:`rooms_for`, which keeps a FIFO
+    subscription to one delivery claimed at a time (its later deliveries wait as ``queued``, see
+    :func:`promote_queued`). Deliveries of a subscription that is not active are not claimed.
 
     Each claim gets a fresh fencing token and ``owner`` (the claiming node) on its rows. On
-    PostgreSQL several nodes claim from the same table: there the claim also keeps every
-    subscription's deliveries in flight across all nodes at ``cluster_cap`` at most, counting
-    them in SQL under a transaction-scoped advisory lock, so claimers never decide from stale
+    PostgreSQL several nodes claim from the same table: there each room is also cut so that a
+    subscription's deliveries in flight across all nodes stay at ``cluster_cap`` at most,
+    counted in SQL under a transaction-scoped advisory lock, so claimers never decide from stale
     counts (docs/scaling.md; unlocked claimers each counting in their own snapshot overshot a cap
     of 8 fourfold).
     """
+    rooms = {sub: room for sub, room in rooms.items() if room > 0}
+    if not rooms:
+        return []
     token = secrets.randbits(62)
     if conn.dialect == "postgresql":
-        shared, more = await _choose_shared(
-            conn,
-            now=now,
-            limit=limit,
-            cap=min(per_subscription, cluster_cap or per_subscription),
-            busy=busy,
-            refill_below=refill_below,
+        rows = await _due_shared(conn, now=now, rooms=rooms, cluster_cap=cluster_cap)
+    else:
+        # ``json_each`` keeps the statement text (and SQLite's prepared statement) the same
+        # whatever the subscriptions; LIMIT must be a constant, so it is the largest room,
+        # trimmed below.
+        rows = await conn.execute_fetchall(
+            """
+            SELECT d.id, d.event_id, d.subscription_id, d.attempts, d.manual, d.next_attempt_at,
+                   e.payload, s.url, s.secret, s.previous_secret, s.previous_secret_until,
+                   s.headers, s.template, s.content_type
+            FROM json_each(?) AS w
+            JOIN subscriptions s ON s.id = w.value AND s.status = 'active'
+            JOIN deliveries d ON d.rowid IN (
+                SELECT x.rowid FROM deliveries x
+                WHERE x.subscription_id = w.value AND x.status = 'pending'
+                  AND x.next_attempt_at <= ?
+                ORDER BY x.next_attempt_at LIMIT ?
+            )
+            JOIN events e ON e.id = d.event_id
+            """,
+            (json.dumps(sorted(rooms)), now, max(rooms.values())),
         )
-        return await _lease(conn, shared, now, lease_until, owner, token), more
-    # A subscription with ``refill`` or more already claimed is left out, so it is topped up in
-    # batches rather than one row per claim.
-    saturated = sorted(sub for sub, count in busy.items() if count >= refill_below)
-    marks = ", ".join("?" for _ in saturated)
-    # Read more than ``limit``: some rows will be over their subscription's cap.
-    window = limit * 4
-    hint = _index_hint(conn)
-    sql = f"""
-        SELECT id, subscription_id FROM deliveries
-        WHERE status = 'pending' AND next_attempt_at <= ?
-          AND {hint}subscription_id NOT IN ({marks}) AND {hint}subscription_id IN {_ACTIVE}
-        ORDER BY next_attempt_at LIMIT ?
-    """
-    # The unary ``+`` keeps SQLite off the subscription index: walking the due-time index and
-    # stopping at LIMIT costs the same with a million rows due, where sorting one subscription's
-    # due rows cost milliseconds per claim.
-    params = (now, *saturated, window)
-    due = list(await conn.execute_fetchall(sql, params))
-    # A full window may hide more due rows behind those over their subscription's cap.
-    more = len(due) == window
     taken: dict[str, int] = {}
-    chosen: list[str] = []
-    for row in due:
+    chosen: list[Row] = []
+    for row in sorted(rows, key=lambda r: (r["next_attempt_at"], r["id"])):
         sub = row["subscription_id"]
-        if busy.get(sub, 0) + taken.get(sub, 0) >= per_subscription:
+        if taken.get(sub, 0) < rooms[sub]:
+            taken[sub] = taken.get(sub, 0) + 1
+            chosen.append(row)
+    if not chosen:
+        return []
+    marks = ", ".join("?" for _ in chosen)
+    leased = await conn.execute_fetchall(
+        f"UPDATE deliveries SET status = 'inflight', lease_until = ?, attempts = attempts + 1, "
+        f"updated_at = ?, claim_token = ?, lease_owner = ? "
+        f"WHERE id IN ({marks}) AND status = 'pending' RETURNING id",
+        (lease_until, now, token, owner, *(row["id"] for row in chosen)),
+    )
+    # On PostgreSQL a row another node took between the read and the lease is not ours.
+    ours = {row["id"] for row in leased}
+    # Parsed once per subscription, not once per delivery.
+    headers: dict[str, dict[str, str]] = {}
+    signing: dict[str, tuple[str, ...]] = {}
+    claimed = []
+    for row in chosen:
+        if row["id"] not in ours:
             continue
-        taken[sub] = taken.get(sub, 0) + 1
-        chosen.append(row["id"])
-        if len(chosen) == limit:
-            break
-    return await _lease(conn, chosen, now, lease_until, owner, token), more
+        sub = row["subscription_id"]
+        if sub not in headers:
+            headers[sub] = json.loads(row["headers"])
+            signing[sub] = _signing_secrets(row, now)
+        claimed.append(
+            Claimed(
+                id=row["id"],
+                event_id=row["event_id"],
+                subscription_id=sub,
+                attempt=row["attempts"] + 1,
+                url=row["url"],
+                secrets=signing[sub],
+                headers=headers[sub],
+                payload=bytes(row["payload"]),
+                manual=bool(row["manual"]),
+                token=token,
+                template=row["template"],
+                content_type=row["content_type"],
+            )
+        )
+    return claimed
 
 
 # Serialises claims across nodes (pg_advisory_xact_lock key; see claim_due).
 CLAIM_LOCK = 0x7265_656C_0002
 
 
-async def _choose_shared(
-    conn: Connection,
-    *,
-    now: float,
-    limit: int,
-    cap: int,
-    busy: Mapping[str, int],
-    refill_below: int,
-) -> tuple[list[str], bool]:
-    """PostgreSQL: the ids to claim, chosen under the claim lock from counts every node shares.
+async def _due_shared(
+    conn: Connection, *, now: float, rooms: Mapping[str, int], cluster_cap: int | None
+) -> list[Row]:
+    """PostgreSQL: each subscription's earliest due rows, at most its room and, with
+    ``cluster_cap``, at most what keeps its deliveries in flight on every node under the cap.
 
     The lock is taken before the choosing statement starts, so (READ COMMITTED) its snapshot
     includes every claim committed before ours; rows leaving 'inflight' meanwhile only make the
     counts err high, never past the cap.
     """
     await conn.execute("SELECT pg_advisory_xact_lock(?)", (CLAIM_LOCK,))
-    saturated = sorted(sub for sub, count in busy.items() if count >= refill_below)
-    window = limit * 4
-    rows = await conn.execute_fetchall(
+    subs = sorted(rooms)
+    cap = cluster_cap if cluster_cap is not None else max(rooms.values())
+    return await conn.execute_fetchall(
         """
-        WITH due AS (
-            SELECT id, subscription_id, next_attempt_at FROM deliveries
-            WHERE status = 'pending' AND next_attempt_at <= ?
-              AND NOT (subscription_id = ANY(?::text[]))
-              AND subscription_id IN (SELECT id FROM subscriptions WHERE status = 'active')
-            ORDER BY next_attempt_at LIMIT ?
-        ), ranked AS (
-            SELECT id, subscription_id, next_attempt_at, row_number() OVER (
-                PARTITION BY subscription_id ORDER BY next_attempt_at, id) AS rank
-            FROM due
-        ), busy AS (
-            SELECT subscription_id, count(*) AS n FROM deliveries
-            WHERE status = 'inflight'
-              AND subscription_id IN (SELECT DISTINCT subscription_id FROM due)
-            GROUP BY subscription_id
-        )
-        SELECT ranked.id, (SELECT count(*) FROM due) AS seen FROM ranked
-        LEFT JOIN busy USING (subscription_id)
-        WHERE ranked.rank + COALESCE(busy.n, 0) <= ?
-        ORDER BY ranked.next_attempt_at, ranked.id LIMIT ?
+        SELECT d.id, d.event_id, d.subscription_id, d.attempts, d.manual, d.next_attempt_at,
+               e.payload, s.url, s.secret, s.previous_secret, s.previous_secret_until,
+               s.headers, s.template, s.content_type
+        FROM unnest(?::text[], ?::int[]) AS w(sub, room)
+        JOIN subscriptions s ON s.id = w.sub AND s.status = 'active'
+        CROSS JOIN LATERAL (
+            SELECT count(*) AS n FROM deliveries b
+            WHERE b.subscription_id = w.sub AND b.status = 'inflight'
+        ) AS busy
+        CROSS JOIN LATERAL (
+            SELECT x.* FROM deliveries x
+            WHERE x.subscription_id = w.sub AND x.status = 'pending' AND x.next_attempt_at <= ?
+            ORDER BY x.next_attempt_at, x.id
+            LIMIT GREATEST(0, LEAST(w.room, ? - busy.n))
+        ) AS d
+        JOIN events e ON e.id = d.event_id
         """,
-        (now, saturated, window, cap, limit),
+        (subs, [rooms[sub] for sub in subs], now, cap),
     )
-    more = bool(rows) and rows[0]["seen"] == window
-    if not rows:
-        seen = await conn.execute_fetchall(
-            "SELECT count(*) FROM (SELECT 1 FROM deliveries WHERE status = 'pending' "
-            "AND next_attempt_at <= ? LIMIT ?) AS due",
-            (now, window),
-        )
-        more = seen[0][0] == window
-    return [row["id"] for row in rows], more
 
 
-async def _lease(
-    conn: Connection,
-    chosen: Sequence[str],
-    now: float,
-    lease_until: float,
-    owner: str | None,
-    token: int,
-) -> list[Claimed]:
-    """Mark ``chosen`` in flight under ``token`` and ``owner``; return them ready to send."""
-    if not chosen:
-        return []
-    marks = ", ".join("?" for _ in chosen)
-    rows = list(
-        await conn.execute_fetchall(
-            f"UPDATE deliveries SET status = 'inflight', lease_until = ?, "
-            f"attempts = attempts + 1, updated_at = ?, claim_token = ?, lease_owner = ? "
-            f"WHERE id IN ({marks}) AND status = 'pending' "
-            "RETURNING id, event_id, subscription_id, attempts, manual",
-            (lease_until, now, token, owner, *chosen),
-        )
+async def fifo_among(conn: Connection, sub_ids: set[str]) -> set[str]:
+    """Those of ``sub_ids`` that deliver in order."""
+    if not sub_ids:
+        return set()
+    marks = ", ".join("?" for _ in sub_ids)
+    rows = await conn.execute_fetchall(
+        f"SELECT id FROM subscriptions WHERE id IN ({marks}) AND ordering = 'fifo'",
+        tuple(sub_ids),
     )
-    if not rows:
-        return []
-    payloads = await _by_id(conn, "SELECT id, payload FROM events", {r["event_id"] for r in rows})
-    subs = await _by_id(
-        conn,
-        "SELECT id, url, secret, previous_secret, previous_secret_until, headers "
-        "FROM subscriptions",
-        {r["subscription_id"] for r in rows},
-    )
-    claimed = []
-    for row in rows:
-        sub = subs.get(row["subscription_id"])
-        if sub is None:
-            continue  # unreachable while deleting a subscription cancels its open deliveries
-        claimed.append(
-            Claimed(
-                id=row["id"],
-                event_id=row["event_id"],
-                subscription_id=row["subscription_id"],
-                attempt=row["attempts"],
-                url=sub["url"],
-                secrets=_signing_secrets(sub, now),
-                headers=json.loads(sub["headers"]),
-                payload=bytes(payloads[row["event_id"]]["payload"]),
-                manual=bool(row["manual"]),
-                token=token,
-            )
+    return {row["id"] for row in rows}
+
+
+async def promote_queued(conn: Connection, sub_ids: Sequence[str], now: float) -> int:
+    """For each FIFO subscription in ``sub_ids`` with nothing pending or in flight, make its
+    first queued delivery (in event order) due at ``now``; return how many were promoted.
+
+    Called in the transaction that finishes a head delivery (succeeded, failed for good), so the
+    queue moves on exactly when its head is done, and a crash in between changes nothing.
+    """
+    promoted = 0
+    for sub_id in sub_ids:
+        cursor = await conn.execute(
+            "UPDATE deliveries SET status = 'pending', next_attempt_at = ?, queue_seq = NULL, "
+            "updated_at = ? WHERE id = (SELECT id FROM deliveries WHERE subscription_id = ? "
+            "AND status = 'queued' ORDER BY queue_seq LIMIT 1) AND NOT EXISTS (SELECT 1 FROM "
+            "deliveries WHERE subscription_id = ? AND status IN ('pending', 'inflight'))",
+            (now, now, sub_id, sub_id),
         )
-    return claimed
+        promoted += cursor.rowcount
+    if promoted:
+        announce(conn, Work.DELIVERIES)
+    return promoted
+
+
+async def restart_queues(conn: Connection, now: float) -> int:
+    """At start-up: promote the head of every queue that has none (a subscription switched back
+    to FIFO, or a queue whose head was canceled by hand in the database); return how many."""
+    rows = await conn.execute_fetchall(
+        "SELECT DISTINCT subscription_id FROM deliveries WHERE status = 'queued'"
+    )
+    return await promote_queued(conn, [row[0] for row in rows], now)
+
+
+async def release_queue(conn: Connection, sub_id: str, now: float) -> int:
+    """Make every queued delivery of ``sub_id`` due at ``now`` (it no longer delivers in order)."""
+    cursor = await conn.execute(
+        "UPDATE deliveries SET status = 'pending', next_attempt_at = ?, queue_seq = NULL, "
+        "updated_at = ? WHERE subscription_id = ? AND status = 'queued'",
+        (now, now, sub_id),
+    )
+    if cursor.rowcount > 0:
+        announce(conn, Work.DELIVERIES)
+    return cursor.rowcount
+
+
+@dataclass(frozen=True, slots=True)
+class Queue:
+    """A FIFO subscription's line: the delivery at its head (pending or in flight), if any, and
+    how many wait behind it."""
+
+    head: Delivery | None
+    queued: int
+
+
+async def queue_of(conn: Connection, sub_id: str) -> Queue:
+    rows = await conn.execute_fetchall(
+        f"{_DELIVERY_SELECT} WHERE d.subscription_id = ? AND d.status IN ('pending', 'inflight') "
+        "ORDER BY d.next_attempt_at LIMIT 1",
+        (sub_id,),
+    )
+    head = _delivery(next(iter(rows))) if rows else None
+    counted = await conn.execute_fetchall(
+        "SELECT count(*) FROM deliveries WHERE subscription_id = ? AND status = 'queued'",
+        (sub_id,),
+    )
+    return Queue(head, int(next(iter(counted))[0]))
 
 
 def _signing_secrets(sub: Row, now: float) -> tuple[str, ...]:
@@ -305,6 +434,14 @@ async def _store_outcomes(conn: Connection, outcomes: Sequence[AttemptOutcome]) 
             for o in outcomes
         ],
     )
+    # A FIFO subscription's head that is done lets the next queued delivery go.
+    finished = {o.subscription_id for o in outcomes if o.status != "pending"}
+    if finished:
+        now = max(o.attempted_at for o in outcomes)
+        await promote_queued(conn, sorted(await fifo_among(conn, finished)), now)
+    # Retries were scheduled (announced per batch, not checked per outcome: the dispatcher that
+    # records is awake anyway).
+    announce(conn, Work.DELIVERIES)
 
 
 async def next_due_at(conn: Connection) -> float | None:
@@ -345,6 +482,8 @@ async def release(
         sql += " AND lease_owner = ?"
         params.append(owner)
     cursor = await conn.execute(sql, params)
+    if cursor.rowcount > 0:
+        announce(conn, Work.DELIVERIES)
     return cursor.rowcount
 
 
@@ -427,11 +566,14 @@ async def list_page(
     status: str | None = None,
     event_id: str | None = None,
     job_id: str | None = None,
+    event_type: str | None = None,
+    created_since: float | None = None,
+    created_until: float | None = None,
     before_id: str | None = None,
     limit: int,
 ) -> list[Delivery]:
     """Deliveries newest first, filtered; ``owner_key_id`` limits them to that key's
-    subscriptions (None: everyone's)."""
+    subscriptions (None: everyone's); ``created_since`` inclusive, ``created_until`` not."""
     clauses: list[str] = []
     params: list[Any] = []
     if owner_key_id is not None:
@@ -443,10 +585,17 @@ async def list_page(
         ("d.status", status),
         ("d.event_id", event_id),
         ("e.job_id", job_id),
+        ("e.type", event_type),
     ):
         if value is not None:
             clauses.append(f"{column} = ?")
             params.append(value)
+    if created_since is not None:
+        clauses.append("d.created_at >= ?")
+        params.append(created_since)
+    if created_until is not None:
+        clauses.append("d.created_at < ?")
+        params.append(created_until)
     if before_id is not None:
         clauses.append("d.id < ?")
         params.append(before_id)
@@ -496,6 +645,8 @@ async def resend(conn: Connection, delivery_id: str, now: float) -> bool:
         "WHERE id = ? AND status IN ('pending', 'succeeded', 'failed')",
         (now, now, delivery_id),
     )
+    if cursor.rowcount > 0:
+        announce(conn, Work.DELIVERIES)
     return cursor.rowcount > 0
 
 
@@ -517,4 +668,6 @@ async def recover(
         "AND (CAST(? AS DOUBLE PRECISION) IS NULL OR created_at < ?)",
         (now, now, subscription_id, since, until, until),
     )
+    if cursor.rowcount > 0:
+        announce(conn, Work.DELIVERIES)
     return cursor.rowcount

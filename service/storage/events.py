@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from service.core.ids import new_id
+from service.storage.announcements import Work, announce
 from service.storage.database import Connection, Row
 
 
@@ -45,17 +46,35 @@ async def append(conn: Connection, batch: Sequence[NewEvent]) -> None:
         "INSERT INTO events (id, type, job_id, created_at, payload) VALUES (?, ?, ?, ?, ?)",
         [(e.id, e.type, e.job_id, e.created_at, e.payload) for e in batch],
     )
+    announce(conn, Work.EVENTS)
     rows = [
         (new_id("dlv"), e.id, sub_id, e.first_attempt_at, e.created_at, e.created_at)
         for e in batch
         for sub_id in e.subscription_ids
     ]
     if rows:
+        # A delivery to a FIFO subscription that still has one open waits behind it, queued in
+        # event order (service/storage/deliveries.promote_queued); rows of one batch are inserted
+        # in order, so each sees the ones before it.
         await conn.executemany(
             "INSERT INTO deliveries (id, event_id, subscription_id, status, next_attempt_at, "
-            "created_at, updated_at) VALUES (?, ?, ?, 'pending', ?, ?, ?)",
-            rows,
+            "queue_seq, created_at, updated_at) "
+            "SELECT :id, :event, :sub, CASE WHEN q THEN 'queued' ELSE 'pending' END, "
+            "CASE WHEN q THEN NULL ELSE :due END, "
+            "CASE WHEN q THEN (SELECT seq FROM events WHERE id = :event) END, :at, :at "
+            f"FROM (SELECT {_QUEUES} AS q)",
+            [
+                {"id": id_, "event": event, "sub": sub, "due": due, "at": at}
+                for id_, event, sub, due, at, _ in rows
+            ],
         )
+        announce(conn, Work.DELIVERIES)
+
+
+_QUEUES = (
+    "(SELECT ordering FROM subscriptions WHERE id = :sub) = 'fifo' AND EXISTS (SELECT 1 FROM "
+    "deliveries WHERE subscription_id = :sub AND status IN ('pending', 'inflight', 'queued'))"
+)
 
 
 async def seq_of(conn: Connection, event_id: str) -> int | None:

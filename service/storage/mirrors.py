@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from service.core.models import MirrorStatus
+from service.storage.announcements import Work, announce
 from service.storage.database import Connection
 
 
@@ -28,6 +29,7 @@ async def enqueue(
         "VALUES (?, ?, ?, ?, ?, ?)",
         [(job_id, index, url, now, now, now) for index, url in outputs],
     )
+    announce(conn, Work.MIRRORS)
 
 
 async def due(conn: Connection, now: float, limit: int) -> list[MirrorTask]:

@@ -49,10 +49,10 @@ log = logging.getLogger(__name__)
 # pg_advisory_lock keys (one 64-bit space per database): distinct, stable, arbitrary.
 MIGRATION_LOCK = 0x7265_656C_0001
 
-# Triggers notify this channel with the kind of work a change created (migration 0003); each
+# Each transaction notifies this channel with the kinds of work it announced; each
 # node LISTENs on a dedicated connection: how a commit on one node wakes the workers of all.
 CHANNEL = "reelhook_work"
-_KINDS = frozenset(kind.value for kind in Work)
+_KINDS = {kind.value: kind for kind in Work}
 
 BACKSTOP = 5.0
 """Seconds between wake-ups of every worker even without a notification: a LISTEN connection can
@@ -281,11 +281,11 @@ class PostgresDatabase(Database):
                 beating.terminate()
 
     def _notified(self, conn: object, pid: int, channel: str, payload: object) -> None:
-        if payload in _KINDS:
-            self._announce([str(payload)])
+        if isinstance(payload, str) and payload in _KINDS:
+            self._announce([_KINDS[payload]])
 
     def _wake_everything(self) -> None:
-        self._announce(_KINDS)
+        self._announce(_KINDS.values())
 
     async def _listen(self) -> None:
         """LISTEN on a dedicated connection (outside the pool) for as long as the node runs;
@@ -335,7 +335,15 @@ class PostgresDatabase(Database):
             try:
                 if not durable:
                     await raw.execute("SET LOCAL synchronous_commit = off")
-                yield PgConnection(raw, self._statements)
+                conn = PgConnection(raw, self._statements)
+                conn.announced = set()
+                yield conn
+                # The server delivers these only if (and once) the commit lands, to every node
+                # LISTENing, this one included (docs/architecture.md; migration 0009 dropped the
+                # triggers that used to notify instead).
+                for kind in sorted(conn.announced):
+                    await raw.execute("SELECT pg_notify($1, $2)", CHANNEL, kind.value)
+                conn.announced = None
             except BaseException:
                 with anyio.CancelScope(shield=True):
                     await tx.rollback()

@@ -15,12 +15,12 @@ async def jobs_by_status(conn: Connection) -> dict[str, int]:
 async def outbox(conn: Connection) -> tuple[int, float | None]:
     """Deliveries waiting or in flight, and when the oldest of them was created.
 
-    One query per status so each reads its own partial index (``deliveries_due``,
+    One query per status so each reads its own partial index (``deliveries_pending``,
     ``deliveries_lease``).
     """
     depth = 0
     oldest: float | None = None
-    for status in (DeliveryStatus.PENDING, DeliveryStatus.INFLIGHT):
+    for status in (DeliveryStatus.QUEUED, DeliveryStatus.PENDING, DeliveryStatus.INFLIGHT):
         # A literal status, not a parameter: the planner matches partial indexes on literals.
         async with conn.execute(
             f"SELECT count(*), min(created_at) FROM deliveries WHERE status = '{status.value}'"

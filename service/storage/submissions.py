@@ -15,6 +15,7 @@ from collections.abc import Collection, Sequence
 
 from service.core.models import Job, JobStatus
 from service.storage import jobs
+from service.storage.announcements import Work, announce
 from service.storage.database import Connection
 
 
@@ -27,6 +28,18 @@ async def schedule(
     last_error: str | None = None,
 ) -> None:
     """Set when ``job_id``'s next submit is due, and if given its attempt count and last error."""
+    await _set_due(conn, job_id, next_at, attempts, last_error)
+    if next_at is not None:
+        announce(conn, Work.SUBMITS)
+
+
+async def _set_due(
+    conn: Connection,
+    job_id: str,
+    next_at: float | None,
+    attempts: int | None = None,
+    last_error: str | None = None,
+) -> None:
     await conn.execute(
         "UPDATE jobs SET next_submit_at = ?, "
         "submit_attempts = COALESCE(?, submit_attempts), "
@@ -55,17 +68,21 @@ async def claim_due(
     marks = ", ".join("?" for _ in providers)
     rows: list[tuple[float, str, int]] = []
     for status in statuses:
+        # The status is written into the SQL (an enum value, never input) so that SQLite can
+        # use the partial index made for it.
         async with conn.execute(
             "SELECT id, submit_attempts, next_submit_at FROM jobs "
-            f"WHERE status = ? AND next_submit_at <= ? AND provider IN ({marks}) "
+            f"WHERE status = '{status.value}' AND next_submit_at IS NOT NULL "
+            f"AND next_submit_at <= ? AND provider IN ({marks}) "
             f"ORDER BY next_submit_at LIMIT ?{conn.skip_locked}",
-            (status.value, now, *providers, limit),
+            (now, *providers, limit),
         ) as cursor:
             rows += [(row[2], row[0], int(row[1]) + 1) for row in await cursor.fetchall()]
     rows = sorted(rows)[:limit]
     claimed = []
     for _, job_id, attempt in rows:
-        await schedule(conn, job_id, next_at=lease_until, attempts=attempt)
+        # A lease or a held request is no new work: the claiming worker is awake.
+        await _set_due(conn, job_id, lease_until, attempt)
         job = await jobs.get(conn, job_id)
         if job is not None:
             claimed.append((job, attempt))
@@ -81,12 +98,14 @@ async def next_due_at(
     if not providers or not statuses:
         return None
     marks = ", ".join("?" for _ in providers)
-    # One MIN per status: each can use its index, where ``status IN (...)`` could not.
+    # One MIN per status, its value written into the SQL (an enum value, never input): each can
+    # use its partial index (jobs_submit_due, jobs_resend_due), where ``status IN (?)`` could not.
     per_status = " UNION ALL ".join(
-        f"SELECT MIN(next_submit_at) AS t FROM jobs WHERE status = ? AND provider IN ({marks})"
-        for _ in statuses
+        f"SELECT MIN(next_submit_at) AS t FROM jobs WHERE status = '{status.value}' "
+        f"AND next_submit_at IS NOT NULL AND provider IN ({marks})"
+        for status in statuses
     )
-    params = [value for status in statuses for value in (status.value, *providers)]
+    params = [provider for _ in statuses for provider in providers]
     async with conn.execute(f"SELECT MIN(t) FROM ({per_status}) AS per_status", params) as cursor:
         row = await cursor.fetchone()
     return float(row[0]) if row and row[0] is not None else None

@@ -9,11 +9,12 @@ from dataclasses import replace
 from service.core.clock import isoformat
 from service.core.jsonutil import dumps
 from service.core.models import Subscription, SubscriptionStatus
+from service.storage.announcements import Work, announce
 from service.storage.database import Connection, Row
 
 _COLUMNS = (
     "id, owner_key_id, url, secret, event_types, models, headers, description, status, job_id, "
-    "created_at, updated_at"
+    "created_at, updated_at, filter, template, content_type, ordering"
 )
 # Columns the delivery engine maintains: read with every subscription, written only by the
 # functions below, so a PATCH holding an older copy never undoes a rotation or a disable.
@@ -38,12 +39,17 @@ def _from_row(row: Row) -> Subscription:
         previous_secret_until=row["previous_secret_until"],
         failing_since=row["failing_since"],
         disabled_reason=row["disabled_reason"],
+        filter=json.loads(row["filter"]) if row["filter"] is not None else None,
+        template=row["template"],
+        content_type=row["content_type"],
+        ordering=row["ordering"],
     )
 
 
 async def insert(conn: Connection, sub: Subscription) -> None:
     await conn.execute(
-        f"INSERT INTO subscriptions ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        f"INSERT INTO subscriptions ({_COLUMNS}) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             sub.id,
             sub.owner_key_id,
@@ -57,6 +63,10 @@ async def insert(conn: Connection, sub: Subscription) -> None:
             sub.job_id,
             sub.created_at,
             sub.updated_at,
+            dumps(sub.filter) if sub.filter is not None else None,
+            sub.template,
+            sub.content_type,
+            sub.ordering,
         ),
     )
 
@@ -66,13 +76,18 @@ async def save(conn: Connection, sub: Subscription) -> None:
     :func:`rotate_secret`, :func:`set_status` and :func:`disable_failing`."""
     await conn.execute(
         "UPDATE subscriptions SET url = ?, event_types = ?, models = ?, headers = ?, "
-        "description = ?, updated_at = ? WHERE id = ?",
+        "description = ?, filter = ?, template = ?, content_type = ?, ordering = ?, "
+        "updated_at = ? WHERE id = ?",
         (
             sub.url,
             dumps(list(sub.event_types)),
             dumps(list(sub.models)),
             dumps(sub.headers),
             sub.description,
+            dumps(sub.filter) if sub.filter is not None else None,
+            sub.template,
+            sub.content_type,
+            sub.ordering,
             sub.updated_at,
             sub.id,
         ),
@@ -91,7 +106,7 @@ async def delete(conn: Connection, sub_id: str) -> bool:
     """Delete it and cancel its open deliveries (kept for audit); True if it existed."""
     await conn.execute(
         "UPDATE deliveries SET status = 'canceled', lease_until = NULL "
-        "WHERE subscription_id = ? AND status IN ('pending', 'inflight')",
+        "WHERE subscription_id = ? AND status IN ('pending', 'inflight', 'queued')",
         (sub_id,),
     )
     cursor = await conn.execute("DELETE FROM subscriptions WHERE id = ?", (sub_id,))
@@ -188,6 +203,9 @@ async def set_status(
         "updated_at = ? WHERE id = ?",
         (status, reason if status == SubscriptionStatus.DISABLED else None, now, sub_id),
     )
+    if status == SubscriptionStatus.ACTIVE:
+        # Deliveries wait while their subscription is not active; they may be due now.
+        announce(conn, Work.DELIVERIES)
 
 
 async def note_failure_windows(
