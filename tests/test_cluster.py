@@ -69,14 +69,13 @@ async def due_deliveries(db: PostgresDatabase, sub_id: str, count: int) -> None:
 
 async def claim(db: PostgresDatabase, *, cap: int = 8, limit: int = 64) -> list[Claimed]:
     async with db.transaction(durable=False) as conn:
-        claimed, _ = await deliveries.claim_due(
+        now = time.time()
+        ready = await deliveries.due_subscriptions(conn, skip=[], now=now, cap=cap * 4, limit=limit)
+        claimed = await deliveries.claim_due(
             conn,
-            now=time.time(),
-            lease_until=time.time() + 60,
-            limit=limit,
-            per_subscription=cap * 4,
-            busy={},
-            refill_below=cap * 2,
+            now=now,
+            lease_until=now + 60,
+            rooms=deliveries.rooms_for(ready, {}, per_subscription=cap * 4, limit=limit),
             owner=db.node_id,
             cluster_cap=cap,
         )

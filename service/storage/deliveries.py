@@ -507,6 +507,8 @@ async def release_orphaned(conn: Connection, now: float, *, node_timeout: float)
         "extract(epoch from clock_timestamp()) - ?))",
         (now, now, node_timeout),
     )
+    if cursor.rowcount > 0:
+        announce(conn, Work.DELIVERIES)
     return cursor.rowcount
 
 

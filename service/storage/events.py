@@ -59,12 +59,15 @@ async def append(conn: Connection, batch: Sequence[NewEvent]) -> None:
         await conn.executemany(
             "INSERT INTO deliveries (id, event_id, subscription_id, status, next_attempt_at, "
             "queue_seq, created_at, updated_at) "
-            "SELECT :id, :event, :sub, CASE WHEN q THEN 'queued' ELSE 'pending' END, "
-            "CASE WHEN q THEN NULL ELSE :due END, "
-            "CASE WHEN q THEN (SELECT seq FROM events WHERE id = :event) END, :at, :at "
-            f"FROM (SELECT {_QUEUES} AS q)",
+            "SELECT CAST(? AS TEXT), CAST(? AS TEXT), CAST(? AS TEXT), "
+            "CASE WHEN q THEN 'queued' ELSE 'pending' END, "
+            "CASE WHEN q THEN NULL ELSE CAST(? AS DOUBLE PRECISION) END, "
+            "CASE WHEN q THEN (SELECT seq FROM events WHERE id = ?) END, "
+            "CAST(? AS DOUBLE PRECISION), CAST(? AS DOUBLE PRECISION) "
+            f"FROM (SELECT {_QUEUES} AS q) AS queues",
+            # Positional (both engines number ``?``): id, event, sub, due, event, at, at, sub, sub.
             [
-                {"id": id_, "event": event, "sub": sub, "due": due, "at": at}
+                (id_, event, sub, due, event, at, at, sub, sub)
                 for id_, event, sub, due, at, _ in rows
             ],
         )
@@ -72,8 +75,9 @@ async def append(conn: Connection, batch: Sequence[NewEvent]) -> None:
 
 
 _QUEUES = (
-    "(SELECT ordering FROM subscriptions WHERE id = :sub) = 'fifo' AND EXISTS (SELECT 1 FROM "
-    "deliveries WHERE subscription_id = :sub AND status IN ('pending', 'inflight', 'queued'))"
+    "(SELECT ordering FROM subscriptions WHERE id = CAST(? AS TEXT)) = 'fifo' AND EXISTS (SELECT 1 "
+    "FROM deliveries WHERE subscription_id = CAST(? AS TEXT) "
+    "AND status IN ('pending', 'inflight', 'queued'))"
 )
 
 
