@@ -329,6 +329,7 @@ class Dispatcher:
                 attempted_at=self._clock(),
                 latency_ms=0.0,
                 status=DeliveryStatus.FAILED,
+                token=delivery.token,
                 error=f"template: {exc}"[:500],
             )
 
