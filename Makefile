@@ -50,11 +50,13 @@ lint-imports: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-## pytest: the suite on two workers (pytest-xdist). Bytecode caching is switched back on for it
+## pytest: the suite on two workers (pytest-xdist), on SQLite and then again on PostgreSQL (the
+## conformance run: both must pass). Bytecode caching is switched back on for it
 ## (an environment with PYTHONDONTWRITEBYTECODE=1 would otherwise have every worker and every
 ## reelhook process the tests start compile, and pytest re-rewrite, every module from source).
 pytest: $(STAMP)
 	PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -n 2
+	PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -n 2 --store postgresql
 
 ## bench: run the performance suite (about 5 minutes; loopback only) and write bench/results/latest.md
 bench: $(STAMP)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import os
 import ssl
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -14,10 +15,70 @@ from starlette.types import ASGIApp
 
 from service.app.settings import Settings, load_settings
 from service.sim import Simulator
+from tests.postgres import Cluster, throwaway_cluster
 from tests.servers import loopback_socket, url_of
 from tests.support import ADMIN_KEY, api_client, in_process
 
 SettingsFactory = Callable[..., Settings]
+
+
+STORES = ("sqlite", "postgresql")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--store",
+        choices=STORES,
+        default=os.environ.get("REELHOOK_TEST_STORE", "sqlite"),
+        help="the store every reelhook in the suite runs on (the conformance run: both pass); "
+        "default $REELHOOK_TEST_STORE or sqlite",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "sqlite_only(reason): the test is about SQLite itself (its files, backups)"
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--store") == "sqlite":
+        return
+    for item in items:
+        marker = item.get_closest_marker("sqlite_only")
+        if marker is not None:
+            reason = marker.args[0] if marker.args else "about SQLite itself"
+            item.add_marker(pytest.mark.skip(reason=f"SQLite only: {reason}"))
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Cluster]:
+    """A throwaway PostgreSQL 15 cluster for the whole session (see tests/postgres.py)."""
+    with throwaway_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def pg_database(pg_cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    """The URL of a fresh, empty database on the session's cluster, dropped after the test."""
+    name = f"t_{os.getpid()}_{next(_database_numbers)}"
+    url = pg_cluster.create_database(name)
+    yield url
+    pg_cluster.drop_database(name)
+
+
+_database_numbers = itertools.count(1)
+
+
+@pytest.fixture(autouse=True)
+def _store(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under ``--store postgresql`` every test's reelhook runs on a fresh PostgreSQL database:
+    :func:`settings_for` reads it from ``REELHOOK_TEST_DATABASE_URL``."""
+    if request.config.getoption("--store") != "postgresql":
+        monkeypatch.delenv("REELHOOK_TEST_DATABASE_URL", raising=False)
+        return
+    url = request.getfixturevalue("pg_database")
+    monkeypatch.setenv("REELHOOK_TEST_DATABASE_URL", url)
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -105,6 +166,9 @@ def settings_for(data_dir: Path, **overrides: str) -> Settings:
         # fetched; a test about mirroring turns it on (and serves its files on loopback).
         "REELHOOK_MIRROR_OUTPUTS": "false",
     }
+    store = os.environ.get("REELHOOK_TEST_DATABASE_URL")
+    if store:
+        environ["REELHOOK_DATABASE_URL"] = store
     environ.update({f"REELHOOK_{key}": value for key, value in overrides.items()})
     return load_settings(environ)
 
@@ -143,18 +207,27 @@ async def api(settings_factory: SettingsFactory, dead_url: str) -> AsyncIterator
 
 
 @pytest.fixture(scope="module")
-async def shared_app(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ASGIApp]:
+async def shared_app(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> AsyncIterator[ASGIApp]:
     """One reelhook in-process (lifespan running) for a whole test module, configured as ``api``
     (simulated providers at an unreachable PUBLIC_URL), without a rate limit. Use it through
-    ``shared_api``."""
+    ``shared_api``. Under ``--store postgresql`` it has a database of its own for the module."""
     with pytest.MonkeyPatch.context() as monkeypatch, loopback_socket() as dead:
         _clear_proxies(monkeypatch)
         created = _track_simulators(monkeypatch)
+        store: dict[str, str] = {"DATABASE_URL": ""}
+        if request.config.getoption("--store") == "postgresql":
+            cluster: Cluster = request.getfixturevalue("pg_cluster")
+            name = f"m_{os.getpid()}_{next(_database_numbers)}"
+            store["DATABASE_URL"] = cluster.create_database(name)
+            request.addfinalizer(lambda: cluster.drop_database(name))
         settings = settings_for(
             tmp_path_factory.mktemp("shared") / "data",
             PUBLIC_URL=url_of(dead),
             SUBMIT_RETRY_SCHEDULE="0",
             RATE_LIMIT="0",
+            **store,
         )
         async with in_process(settings) as (_, app):
             yield app

@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Collection
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager, closing
 from pathlib import Path
 from typing import Any
 
 import anyio
+import asyncpg
 import httpx
 from asgi_lifespan import LifespanManager
 from starlette.types import ASGIApp
 
 from service.app.factory import create_app
 from service.app.settings import Settings
+from service.storage.postgres import numbered
 from tests.servers import Sink, loopback_socket, run_server, url_of
 
 ADMIN_KEY = "rh_test_admin_key_0123456789abcdef"
@@ -160,3 +165,47 @@ def run_serve(tmp_path: Path, **variables: str) -> subprocess.CompletedProcess[s
         timeout=60,
         check=False,
     )
+
+
+def stored_dicts(settings: Settings, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+    """:func:`stored`, each row a dict by column name."""
+    return [dict(zip(names, row, strict=True)) for names, row in _stored(settings, sql, params)]
+
+
+def stored(settings: Settings, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    """Rows ``sql`` (``?`` placeholders) reads from the store of ``settings``, whichever engine:
+    the SQLite file opened read-only, or the PostgreSQL database on a connection of its own.
+
+    Blocking (a short query outside the event loop of the reelhook under test): call it from a
+    thread, or where the service is stopped.
+    """
+    return [row for _, row in _stored(settings, sql, params)]
+
+
+def _stored(
+    settings: Settings, sql: str, params: Sequence[Any]
+) -> list[tuple[list[str], tuple[Any, ...]]]:
+    if settings.uses_postgresql:
+
+        async def fetch() -> list[tuple[list[str], tuple[Any, ...]]]:
+            conn = await asyncpg.connect(settings.database_url)
+            try:
+                rows = await conn.fetch(numbered(sql), *params)
+                return [(list(row.keys()), tuple(row.values())) for row in rows]
+            finally:
+                await conn.close()
+
+        with ThreadPoolExecutor(1) as pool:
+            return pool.submit(asyncio.run, fetch()).result()
+    uri = f"file:{settings.database_path}?mode=ro"
+    with closing(sqlite3.connect(uri, uri=True, timeout=10)) as db:
+        cursor = db.execute(sql, tuple(params))
+        names = [column[0] for column in cursor.description or ()]
+        return [(names, tuple(row)) for row in cursor.fetchall()]
+
+
+async def stored_async(
+    settings: Settings, sql: str, params: Sequence[Any] = ()
+) -> list[tuple[Any, ...]]:
+    """:func:`stored` from async code, without blocking the event loop."""
+    return await anyio.to_thread.run_sync(stored, settings, sql, params)

@@ -8,7 +8,6 @@ fixture), so a submitted job is stored and fails at once: enough to own, list an
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 from typing import Any
 
 import httpx
@@ -17,7 +16,14 @@ import pytest
 from service.access.scopes import SCOPES, grants
 from service.ops.ratelimit import RateLimiter
 from tests.conftest import SettingsFactory
-from tests.support import ADMIN_KEY, api_client, assert_error, send_without_key, wait_for_job
+from tests.support import (
+    ADMIN_KEY,
+    api_client,
+    assert_error,
+    send_without_key,
+    stored_async,
+    wait_for_job,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -80,14 +86,12 @@ async def test_a_new_key_is_shown_once_stored_as_a_digest_and_works(
     mine = await api.get(f"/v1/jobs/{job_id}", headers=as_key(body))
     assert mine.status_code == 200, mine.text
 
-    database = settings_factory().database_path
-    with sqlite3.connect(database) as conn:
-        stored = conn.execute(
-            "SELECT key_hash, scopes FROM api_keys WHERE id = ?", (body["id"],)
-        ).fetchone()
-        everything = repr(conn.execute("SELECT * FROM api_keys").fetchall())
-    conn.close()
-    assert stored == (hashlib.sha256(body["key"].encode()).hexdigest(), '["jobs:write"]')
+    settings = settings_factory()
+    found = await stored_async(
+        settings, "SELECT key_hash, scopes FROM api_keys WHERE id = ?", (body["id"],)
+    )
+    everything = repr(await stored_async(settings, "SELECT * FROM api_keys"))
+    assert found[0] == (hashlib.sha256(body["key"].encode()).hexdigest(), '["jobs:write"]')
     assert body["key"] not in everything
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -25,6 +24,7 @@ from starlette.routing import Route
 from service.core.errors import ValidationFailed
 from service.jobs.catalog import MODELS
 from service.sim import Scenario, Simulator, create_sim_app
+from service.storage.database import Database
 from tests.conftest import SettingsFactory
 from tests.servers import run_server
 from tests.support import (
@@ -885,19 +885,19 @@ async def test_cancel_announces_once_and_a_later_result_is_kept_for_audit_only(
         await sink.wait_for(lambda s: len(s.on("/hook")) == 1)
         assert sink.on("/hook")[0].json()["data"]["id"] == job_id
         # The simulator finishes the job anyway and calls back: stored as late, nothing moves.
-        database = settings_factory().database_path
-        with anyio.fail_after(10):
-            while True:
-                with sqlite3.connect(database) as db:
+        # Read through the store (SQLite file or PostgreSQL database, whichever the run uses).
+        async with Database.open(settings_factory().database_url) as store:
+            with anyio.fail_after(10):
+                while True:
                     outcomes = [
                         row[0]
-                        for row in db.execute(
+                        for row in await store.reader.execute_fetchall(
                             "SELECT outcome FROM callbacks WHERE job_id = ?", (job_id,)
                         )
                     ]
-                if outcomes:
-                    break
-                await anyio.sleep(0.05)
+                    if outcomes:
+                        break
+                    await anyio.sleep(0.05)
         # A success after the cancel is surfaced as a late_result notice (docs/providers.md):
         # the job keeps its state and outputs.
         assert outcomes == ["late_result"]

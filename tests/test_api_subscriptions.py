@@ -6,7 +6,6 @@ is ever published to them; deliveries that are sent go to a loopback :class:`Sin
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,9 +14,10 @@ import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook
 
+from service.app.settings import Settings
 from tests.conftest import SettingsFactory
 from tests.servers import Sink, run_server
-from tests.support import api_client, assert_error, send_without_key
+from tests.support import api_client, assert_error, send_without_key, stored
 
 pytestmark = pytest.mark.anyio
 
@@ -390,9 +390,8 @@ async def test_the_allow_list_admits_loopback(
     assert sub.status_code == 201, sub.text
 
 
-def _attempt_errors(database: str) -> list[str | None]:
-    with sqlite3.connect(database) as db:
-        return [row[0] for row in db.execute("SELECT error FROM attempts")]
+def _attempt_errors(settings: Settings) -> list[str | None]:
+    return [row[0] for row in stored(settings, "SELECT error FROM attempts")]
 
 
 @pytest.mark.parametrize("host", ["127.1", "2130706433", "0177.1", "127.0.1", "017700000001"])
@@ -413,12 +412,12 @@ async def test_numeric_shorthand_hosts_are_refused_up_front(
             assert_error(moved, 422, "validation_failed", "url")
 
 
-async def _first_attempt_error(database: str) -> str | None:
+async def _first_attempt_error(settings: Settings) -> str | None:
     """The error of the first delivery attempt, once one is recorded (within 5 s)."""
     with anyio.fail_after(5):
         # No API shows delivery attempts yet, so read them from the database (read-only).
         while True:
-            errors = _attempt_errors(database)
+            errors = await anyio.to_thread.run_sync(_attempt_errors, settings)
             if errors:
                 assert len(errors) == 1, errors
                 return errors[0]
@@ -441,7 +440,7 @@ async def test_a_name_resolving_to_loopback_is_refused_at_connect_time(
         assert created.status_code == 201, created.text
         ping = await http.post(f"/v1/subscriptions/{created.json()['id']}/test")
         assert ping.status_code == 202, ping.text
-        error = await _first_attempt_error(str(strict.database_path))
+        error = await _first_attempt_error(strict)
     assert error, "the one attempt failed without connecting"
     assert recorder.received == []
 

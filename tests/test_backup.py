@@ -20,7 +20,11 @@ from tests.conftest import SettingsFactory
 from tests.servers import loopback_socket, url_of
 from tests.support import REPO, api_client, served
 
-pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.e2e,
+    pytest.mark.sqlite_only("backups copy the SQLite file; PostgreSQL has pg_dump"),
+]
 
 JOB = {"model": "trinetra/kling-v3", "input": {"prompt": "A kite festival on a beach"}}
 

@@ -26,7 +26,8 @@ from service.delivery.dispatcher import PREFETCH, Dispatcher
 from service.delivery.publisher import Publisher
 from service.delivery.sender import Sender
 from service.storage import deliveries, events, subscriptions
-from service.storage.database import Database
+from service.storage.database import Connection, Database
+from service.storage.sqlite import SqliteConnection, SqliteDatabase
 from tests.helpers.delivery import Hanging
 from tests.servers import run_server
 
@@ -84,8 +85,20 @@ async def backlog(tmp_path: Path, rows: int) -> AsyncIterator[Database]:
         yield db
 
 
-async def steps(conn: aiosqlite.Connection, work: Callable[[], Awaitable[T]]) -> tuple[T, int]:
-    """Run ``work`` and count the SQLite VM steps it took on ``conn``."""
+def _writer(db: Database) -> aiosqlite.Connection:
+    """The SQLite store's raw write connection (these tests count SQLite's own work)."""
+    assert isinstance(db, SqliteDatabase)
+    return db.writer
+
+
+def _raw(conn: Connection) -> aiosqlite.Connection:
+    assert isinstance(conn, SqliteConnection)
+    return conn.raw
+
+
+async def steps(store: Connection, work: Callable[[], Awaitable[T]]) -> tuple[T, int]:
+    """Run ``work`` and count the SQLite VM steps it took on ``store``."""
+    conn = _raw(store)
     counted = 0
 
     def tick() -> int:
@@ -152,13 +165,13 @@ async def test_the_claim_query_plans_read_indexes_never_scan_the_outbox(tmp_path
             plans.append(sql)
 
         # EXPLAIN QUERY PLAN of exactly the statements the claim runs.
-        await db.reader.set_trace_callback(trace)
+        await _raw(db.reader).set_trace_callback(trace)
         await deliveries.due_subscriptions(db.reader, skip=["sub_slow"], now=NOW, cap=8, limit=10)
-        await db.reader.set_trace_callback(None)  # type: ignore[arg-type]
-        await db.writer.set_trace_callback(trace)
+        await _raw(db.reader).set_trace_callback(None)  # type: ignore[arg-type]
+        await _writer(db).set_trace_callback(trace)
         async with db.transaction(durable=False) as conn:
             await deliveries.claim_due(conn, now=NOW, lease_until=NOW + 60, rooms={"sub_slow": 2})
-        await db.writer.set_trace_callback(None)  # type: ignore[arg-type]
+        await _writer(db).set_trace_callback(None)  # type: ignore[arg-type]
         # Each row an UPDATE changes traces it again (the announcement triggers run per row).
         selects = list(
             dict.fromkeys(
@@ -236,7 +249,7 @@ async def test_a_saturated_subscription_is_not_claimed_for_again(tmp_path: Path)
                 await hanging.wait_for(lambda h: h.hanging == 1)
                 prefetch = PREFETCH * 1
                 await _until(lambda: _count_inflight(db, "sub_slow"), prefetch)
-                await db.writer.set_trace_callback(trace)
+                await _writer(db).set_trace_callback(trace)
                 for _ in range(5):
                     dispatcher.wake()
                     await anyio.sleep(0.01)
@@ -247,7 +260,7 @@ async def test_a_saturated_subscription_is_not_claimed_for_again(tmp_path: Path)
                 dispatcher.wake()
                 await hanging.wait_for(lambda h: h.on("/fast") == 3)
                 await _until(lambda: _count_inflight(db, "sub_fast"), 0)
-                await db.writer.set_trace_callback(None)  # type: ignore[arg-type]
+                await _writer(db).set_trace_callback(None)  # type: ignore[arg-type]
                 slow_inflight = await _inflight(db, "sub_slow")
                 hanging.release.set()
                 await dispatcher.stop()
@@ -311,7 +324,7 @@ async def test_one_claim_takes_one_due_delivery_from_each_of_a_hundred_subscript
                 await subscriptions.insert(conn, subscription_row(name, f"{url}/fast"))
         for name in names:
             await _queue(db, name, 1, due=0)
-        await db.writer.set_trace_callback(trace)
+        await _writer(db).set_trace_callback(trace)
         dispatcher = Dispatcher(
             db,
             Sender(session),
@@ -326,5 +339,5 @@ async def test_one_claim_takes_one_due_delivery_from_each_of_a_hundred_subscript
             tg.start_soon(dispatcher.run)
             await hanging.wait_for(lambda h: h.on("/fast") == 100)
             await dispatcher.stop()
-        await db.writer.set_trace_callback(None)  # type: ignore[arg-type]
+        await _writer(db).set_trace_callback(None)  # type: ignore[arg-type]
     assert len(claims) == 1

@@ -12,6 +12,7 @@ but the database still says ``inflight``. After the kill, before the restart, th
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import sqlite3
@@ -25,6 +26,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import asyncpg
 import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook
@@ -34,6 +36,10 @@ from tests.servers import loopback_socket, run_server
 from tests.support import ADMIN_KEY
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e, pytest.mark.slow]
+
+# Where the processes keep their state: the SQLite file in their data directory, or (under
+# ``--store postgresql``, and for the two-node test) a PostgreSQL database URL.
+Store = Path | str
 
 JOBS = 500  # two events each (job.submitted, job.succeeded), each to every subscriber
 PINGS_EACH = 250  # test events, each to one subscriber
@@ -89,7 +95,7 @@ def free_port() -> int:
     return port
 
 
-def environment(tmp_path: Path, port: int) -> dict[str, str]:
+def environment(tmp_path: Path, port: int, store: Store | None = None) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
@@ -102,13 +108,18 @@ def environment(tmp_path: Path, port: int) -> dict[str, str]:
         REELHOOK_SECRET_KEYS="crash-test-secret-key-0123456789",
         REELHOOK_ALLOW_PRIVATE_SUBSCRIBERS="127.0.0.0/8",
         REELHOOK_SIM_DELAY="0.1",
-        # Long enough that nothing times out while the gate is shut; retries are never needed.
-        REELHOOK_DELIVERY_TIMEOUT="30",
+        # Long enough that nothing times out while the gate is shut (two nodes on PostgreSQL on a
+        # busy machine take minutes to produce everything); retries are never needed.
+        REELHOOK_DELIVERY_TIMEOUT="600",
         REELHOOK_RETRY_SCHEDULE="0,0.5,0.5,0.5",
         REELHOOK_LOG_LEVEL="WARNING",
         # Thousands of API calls in a few seconds: a benchmark-like client, not a tenant to limit.
         REELHOOK_RATE_LIMIT="0",
     )
+    if isinstance(store, str):
+        # A killed node counts as dead five seconds after its last heartbeat (a busy node on
+        # this shared machine can miss a beat for longer than one).
+        env.update(REELHOOK_DATABASE_URL=store, REELHOOK_NODE_TIMEOUT="5")
     return env
 
 
@@ -147,13 +158,23 @@ async def reelhook_process(
             await process.wait()
 
 
-def read_db(path: Path, sql: str) -> list[tuple[Any, ...]]:
-    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)) as db:
+def read_db(store: Store, sql: str) -> list[tuple[Any, ...]]:
+    if isinstance(store, str):
+
+        async def fetch() -> list[tuple[Any, ...]]:
+            conn = await asyncpg.connect(store)
+            try:
+                return [tuple(row) for row in await conn.fetch(sql)]
+            finally:
+                await conn.close()
+
+        return asyncio.run(fetch())  # in a worker thread (see query): no loop runs there
+    with closing(sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=10)) as db:
         return db.execute(sql).fetchall()
 
 
-async def query(path: Path, sql: str) -> list[tuple[Any, ...]]:
-    return await anyio.to_thread.run_sync(read_db, path, sql)
+async def query(store: Store, sql: str) -> list[tuple[Any, ...]]:
+    return await anyio.to_thread.run_sync(read_db, store, sql)
 
 
 async def produce(http: httpx.AsyncClient, subscription_ids: list[str]) -> None:
@@ -179,7 +200,7 @@ async def produce(http: httpx.AsyncClient, subscription_ids: list[str]) -> None:
                 tg.start_soon(ping, subscription_id)
 
 
-async def eventually_count(database: Path, sql: str, count: int, within: float) -> None:
+async def eventually_count(database: Store, sql: str, count: int, within: float) -> None:
     with anyio.fail_after(within):
         while True:
             if (await query(database, sql))[0][0] >= count:
@@ -190,16 +211,44 @@ async def eventually_count(database: Path, sql: str, count: int, within: float) 
 async def test_a_sigkill_mid_fan_out_loses_nothing_and_duplicates_only_what_was_in_flight(
     tmp_path: Path,
 ) -> None:
+    """One process, killed and started again on its store (SQLite, or PostgreSQL under
+    ``--store postgresql``, where the new start is another node and the killed one's leases
+    come back once it counts as dead)."""
+    await sigkill_mid_fan_out(tmp_path, os.environ.get("REELHOOK_TEST_DATABASE_URL"))
+
+
+async def test_a_sigkilled_nodes_fan_out_is_finished_by_the_surviving_node(
+    tmp_path: Path, pg_database: str
+) -> None:
+    """Two nodes on PostgreSQL share the fan-out; one is SIGKILLed part-way. The other, never
+    restarted, takes the dead node's leases over within seconds and finishes everything; the
+    only duplicates are what the dead node had in flight."""
+    await sigkill_mid_fan_out(tmp_path, pg_database, survivor=True)
+
+
+async def sigkill_mid_fan_out(tmp_path: Path, url: str | None, *, survivor: bool = False) -> None:
     subscriber = Counting()
-    database = tmp_path / "data" / "reelhook.db"
-    env = environment(tmp_path, free_port())
+    database: Store = url if url is not None else tmp_path / "data" / "reelhook.db"
+    env = environment(tmp_path, free_port(), database)
     log = tmp_path / "reelhook.log"
     events = 2 * JOBS + SUBSCRIBERS * PINGS_EACH
     expected = 2 * JOBS * SUBSCRIBERS + SUBSCRIBERS * PINGS_EACH
+    by_status = "SELECT status, count(*) FROM deliveries GROUP BY status"
     async with AsyncExitStack() as servers:
         # Several subscriber servers, one path each, all counted by the same app.
         paths = [f"/hook/{n}" for n in range(SUBSCRIBERS)]
         urls = [await servers.enter_async_context(run_server(subscriber)) for _ in paths]
+        # The second node (two-node test): running throughout, never killed.
+        other: httpx.AsyncClient | None = None
+        if survivor:
+            other_env = environment(tmp_path / "other", free_port(), database)
+            _, other = await servers.enter_async_context(
+                reelhook_process(other_env, tmp_path / "survivor.log")
+            )
+        # Before the node to be killed starts, the only node alive is the survivor.
+        survivors = (
+            {row[0] for row in await query(database, "SELECT id FROM nodes")} if survivor else set()
+        )
 
         # 1. Subscribe, then produce every event while the subscribers hold their requests, so
         #    that all of the fan-out is still to come when the last event exists.
@@ -220,9 +269,18 @@ async def test_a_sigkill_mid_fan_out_loses_nothing_and_duplicates_only_what_was_
             process.send_signal(signal.SIGKILL)
             await process.wait()
         received_at_kill = subscriber.total
-        by_status = "SELECT status, count(*) FROM deliveries GROUP BY status"
         at_kill = dict(await query(database, by_status))
         in_flight_at_kill = at_kill.get("inflight", 0)
+        if survivor:
+            # The bound is what the killed node held, not the survivor's own claims.
+            owners = dict(
+                await query(
+                    database,
+                    "SELECT lease_owner, count(*) FROM deliveries WHERE status = 'inflight' "
+                    "GROUP BY lease_owner",
+                )
+            )
+            in_flight_at_kill = sum(n for owner, n in owners.items() if owner not in survivors)
         # On a loaded machine a request held at the gate can outlast the delivery timeout: that
         # attempt is recorded as failed and sent again, a duplicate at-least-once allows. Each
         # such attempt is on record, so the bound below stays exact.
@@ -230,13 +288,17 @@ async def test_a_sigkill_mid_fan_out_loses_nothing_and_duplicates_only_what_was_
             await query(database, "SELECT count(*) FROM attempts WHERE status_code IS NULL")
         )[0][0]
 
-        # 3. Start again on the same data; wait until no delivery is left to do.
-        async with reelhook_process(env, log) as (_, http):
+        # 3. Start again on the same data (one node), or let the survivor go on (two nodes);
+        #    wait until no delivery is left to do.
+        async with AsyncExitStack() as restarted:
+            if other is None:
+                _, other = await restarted.enter_async_context(reelhook_process(env, log))
+            assert other is not None
             with anyio.fail_after(60):
                 while True:
                     left = [
                         (
-                            await http.get("/v1/deliveries", params={"status": s, "limit": "1"})
+                            await other.get("/v1/deliveries", params={"status": s, "limit": "1"})
                         ).json()["data"]
                         for s in ("pending", "inflight")
                     ]

@@ -278,3 +278,47 @@ async def test_the_dockerfile_healthcheck_passes_against_a_running_reelhook(
     async with served(settings_factory(PORT=str(port)), sock):
         assert await probe(port) == 0
     assert await probe(port) != 0  # stopped: the check fails
+
+
+# --- several nodes: the template unit and the load balancer ---------------------------------------
+
+
+def test_the_node_template_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    """reelhook@.service, as instance 2: its own port and data directory, migrate before serve,
+    hardened like the single unit."""
+    text = (DEPLOY / "reelhook@.service").read_text()
+    here = str(Path(sys.executable).parent / "reelhook")
+    path = tmp_path / "reelhook@2.service"
+    path.write_text(text.replace(INSTALLED_COMMAND, here))
+    done = run(tool("systemd-analyze"), "verify", str(path))
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.strip() == "", done.stderr
+    assert f"ExecStartPre={INSTALLED_COMMAND} migrate" in text
+    assert "Environment=REELHOOK_PORT=800%i REELHOOK_DATA_DIR=/var/lib/reelhook/%i" in text
+    single = (DEPLOY / "reelhook.service").read_text()
+    hardening = [line for line in single.splitlines() if line.startswith(("Protect", "Restrict"))]
+    assert all(line in text for line in hardening)
+
+
+def test_the_cluster_caddyfile_balances_healthy_nodes_and_passes_caddy_validate(
+    tmp_path: Path,
+) -> None:
+    caddy = tool("caddy")
+    config = DEPLOY / "Caddyfile.cluster"
+    done = run(
+        caddy,
+        "validate",
+        "--config",
+        str(config),
+        "--adapter",
+        "caddyfile",
+        env={**caddy_environ(tmp_path), "REELHOOK_DOMAIN": "reelhook.example.org"},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    formatted = run(caddy, "fmt", str(config))
+    assert formatted.stdout == config.read_text(), "run caddy fmt --overwrite"
+    text = config.read_text()
+    assert "health_uri /readyz" in text and "lb_policy" in text
+    # The same redaction of credentials in paths as the single-node Caddyfile.
+    single = (DEPLOY / "Caddyfile").read_text()
+    assert single[single.index("\tlog {") :] in text

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiosqlite
 import anyio
 import httpx
 import pytest
@@ -26,7 +25,7 @@ from starlette.routing import Route
 from service.core.ids import new_id
 from service.core.models import DeliveryStatus, Subscription, SubscriptionStatus
 from service.storage import deliveries, events, subscriptions
-from service.storage.database import Database
+from service.storage.database import Connection, Database
 from service.storage.deliveries import AttemptOutcome, Claimed
 from tests.conftest import SettingsFactory
 from tests.servers import run_server
@@ -56,7 +55,7 @@ def subscription(sub_id: str, ordering: str) -> Subscription:
     )
 
 
-async def publish(conn: aiosqlite.Connection, count: int, at: float, subs: list[str]) -> list[str]:
+async def publish(conn: Connection, count: int, at: float, subs: list[str]) -> list[str]:
     """``count`` events, one transaction, each to every one of ``subs``; their ids in order."""
     batch = [
         events.NewEvent(
@@ -94,6 +93,7 @@ async def finish(db: Database, delivery: Claimed, at: float, status: str, **more
         latency_ms=1.0,
         status=DeliveryStatus(status),
         status_code=204 if status == "succeeded" else 500,
+        token=delivery.token,
         **more,
     )
     async with db.transaction() as conn:

@@ -71,6 +71,7 @@ async def test_a_burst_of_callbacks_is_stored_and_announced_once_each(
     assert sorted(outcome for _, _, outcome, _ in stored).count("applied") == 12
 
 
+@pytest.mark.sqlite_only("stalls the writer by holding SQLite's write lock")
 async def test_a_full_queue_answers_503_with_retry_after_and_stores_nothing_of_it(
     settings_factory: SettingsFactory,
 ) -> None:

@@ -8,10 +8,8 @@ server whose answers the test scripts.
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
-from contextlib import closing
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -33,7 +31,7 @@ from tests.helpers.callbacks import SECRET_KEY, TOKENS, encode
 from tests.helpers.delivery import subscribe
 from tests.helpers.files import minted_ago, tamper
 from tests.servers import Sink, loopback_socket, run_server, url_of
-from tests.support import api_client, served
+from tests.support import api_client, served, stored_dicts
 
 pytestmark = pytest.mark.anyio
 
@@ -151,11 +149,7 @@ async def succeeded_event(
 
 
 def mirror_rows(settings: Settings) -> list[dict[str, Any]]:
-    uri = f"{settings.database_path.as_uri()}?mode=ro"
-    with closing(sqlite3.connect(uri, uri=True)) as conn:
-        conn.row_factory = sqlite3.Row
-        rows = conn.execute("SELECT * FROM mirrors ORDER BY job_id, output_index").fetchall()
-    return [dict(row) for row in rows]
+    return stored_dicts(settings, "SELECT * FROM mirrors ORDER BY job_id, output_index")
 
 
 def digest_of(mirror_url: str) -> str:

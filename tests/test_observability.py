@@ -226,6 +226,7 @@ async def write_lock_held(database: Path) -> AsyncIterator[None]:
         other.close()
 
 
+@pytest.mark.sqlite_only("holds SQLite's write lock from another connection")
 async def test_not_ready_while_the_database_cannot_be_written(
     settings_factory: SettingsFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:

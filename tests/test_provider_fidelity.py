@@ -372,7 +372,7 @@ async def test_an_account_document_for_no_known_job_is_kept_not_refused(
     assert answer.status_code == 202
     assert answer.json() == {"received": True, "job_id": None, "outcome": "unmatched"}
     assert unreadable.status_code == 400
-    db = service.settings.database_path
+    db = service.settings.database_url
     async with Database.open(db) as database:
         assert await jobs.count_unmatched(database.reader, "trinetra") == 2
 

@@ -583,7 +583,7 @@ async def test_a_pending_submit_survives_a_restart(settings_factory: SettingsFac
             assert response.status_code == 202, response.text
             job_id = response.json()["id"]
             assert response.json()["status"] == "pending"
-        async with Database.open(settings.database_path) as db:
+        async with Database.open(settings.database_url) as db:
             attempts, next_at = await attempts_of(db.reader, job_id) or (0, None)
         assert attempts == 1
         assert next_at is not None and next_at - time.time() > 20

@@ -8,8 +8,6 @@ sent again once, and a job lost a second time ends ``interrupted`` after all.
 from __future__ import annotations
 
 import json
-import sqlite3
-from contextlib import closing
 
 import anyio
 import httpx
@@ -19,7 +17,7 @@ from service.app.settings import Settings, SettingsError, load_settings
 from tests.conftest import SettingsFactory
 from tests.helpers.segmind import SAMPLE_MP4, job_events, sim_stats, submit
 from tests.servers import loopback_socket, url_of
-from tests.support import TERMINAL, served, wait_for_job
+from tests.support import TERMINAL, served, stored, wait_for_job
 
 pytestmark = pytest.mark.anyio
 
@@ -45,10 +43,8 @@ async def hold_and_stop(
 
 
 def held_summaries(settings: Settings, job_id: str) -> list[dict[str, object]]:
-    uri = f"{settings.database_path.as_uri()}?mode=ro"
-    with closing(sqlite3.connect(uri, uri=True)) as conn:
-        rows = conn.execute("SELECT body FROM callbacks WHERE job_id = ? ORDER BY id", (job_id,))
-        return [json.loads(body)["held_response"] for (body,) in rows.fetchall()]
+    rows = stored(settings, "SELECT body FROM callbacks WHERE job_id = ? ORDER BY id", (job_id,))
+    return [json.loads(body)["held_response"] for (body,) in rows]
 
 
 @pytest.mark.slow

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import sqlite3
 import stat
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,7 +17,7 @@ from asgi_lifespan import LifespanManager
 from service.app.factory import create_app
 from service.app.settings import Settings, SettingsError, load_settings
 from tests.conftest import SettingsFactory
-from tests.support import run_serve
+from tests.support import run_serve, stored
 
 pytestmark = pytest.mark.anyio
 
@@ -266,14 +265,11 @@ async def test_an_admin_key_is_generated_once_printed_once_and_stored_hashed(
         assert capsys.readouterr().out == "", "the key is printed on the first start only"
         assert await _authenticates(http, key)
 
-    uri = f"file:{settings.database_path}?mode=ro"
-    with sqlite3.connect(uri, uri=True) as conn:
-        rows = conn.execute("SELECT * FROM api_keys").fetchall()
-    conn.close()
+    rows = stored(settings, "SELECT * FROM api_keys")
     assert len(rows) == 1, "a second start must not generate another admin key"
-    stored = repr(rows)
-    assert key not in stored
-    assert hashlib.sha256(key.encode()).hexdigest() in stored
+    everything = repr(rows)
+    assert key not in everything
+    assert hashlib.sha256(key.encode()).hexdigest() in everything
 
 
 async def test_a_configured_admin_key_is_never_printed(
@@ -286,6 +282,7 @@ async def test_a_configured_admin_key_is_never_printed(
     assert "rh_" not in capsys.readouterr().out
 
 
+@pytest.mark.sqlite_only("nodes on PostgreSQL must be given shared keys: tests/test_store.py")
 async def test_secret_keys_are_generated_private_and_kept_across_restarts(
     settings_factory: SettingsFactory,
 ) -> None:

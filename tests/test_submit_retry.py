@@ -17,7 +17,8 @@ from service.core.retry import RetrySchedule
 from service.delivery.publisher import Publisher
 from service.jobs.lifecycle import defer_submit, hold_due_requests
 from service.storage import jobs, submissions
-from service.storage.database import Database, migrate
+from service.storage.database import Database
+from service.storage.sqlite import SqliteConnection, migrate
 from tests.helpers.jobs import DEADLINE, NOW, make_job, store
 
 pytestmark = pytest.mark.anyio
@@ -157,11 +158,12 @@ async def test_a_held_request_refused_unworked_stays_submitted_and_is_announced_
 async def test_jobs_left_pending_by_an_older_version_are_due_at_once(tmp_path: Path) -> None:
     """Migration 0002 gives every pending job a due time (its creation), so the worker sends it."""
     path = tmp_path / "old.db"
-    first = (resources.files("service.storage") / "migrations" / "0001_initial.sql").read_text()
+    folder = resources.files("service.storage") / "migrations" / "sqlite"
+    first = (folder / "0001_initial.sql").read_text()
     async with aiosqlite.connect(path, isolation_level=None) as conn:
         await conn.executescript(f"BEGIN;\n{first}\nPRAGMA user_version = 1;\nCOMMIT;")
-        await jobs.insert(conn, make_job(1))
-        await jobs.insert(conn, make_job(2, status=JobStatus.SUBMITTED))
+        await jobs.insert(SqliteConnection(conn), make_job(1))
+        await jobs.insert(SqliteConnection(conn), make_job(2, status=JobStatus.SUBMITTED))
         assert await migrate(conn) >= 2
     async with Database.open(path) as db:
         assert await submissions.attempts_of(db.reader, make_job(1).id) == (0, NOW)
@@ -175,17 +177,18 @@ async def test_a_held_request_in_flight_under_an_older_version_is_found_in_fligh
     """Before migration 0007 a held request in flight kept its claim's lease as its due time; it
     must be recognised as in flight (never sent twice), and a pending one stays due."""
     path = tmp_path / "old.db"
-    folder = resources.files("service.storage") / "migrations"
+    folder = resources.files("service.storage") / "migrations" / "sqlite"
     scripts = sorted(e.name for e in folder.iterdir() if e.name.endswith(".sql"))
     async with aiosqlite.connect(path, isolation_level=None) as conn:
         for name in scripts[:6]:
             version = int(name.split("_", 1)[0])
             script = (folder / name).read_text()
             await conn.executescript(f"BEGIN;\n{script}\nPRAGMA user_version = {version};\nCOMMIT;")
-        await jobs.insert(conn, make_job(1, provider="segmind", status=JobStatus.SUBMITTED))
-        await jobs.insert(conn, make_job(2, provider="segmind"))
-        await submissions.schedule(conn, make_job(1).id, next_at=NOW + 60, attempts=1)
-        await submissions.schedule(conn, make_job(2).id, next_at=NOW)
+        old = SqliteConnection(conn)
+        await jobs.insert(old, make_job(1, provider="segmind", status=JobStatus.SUBMITTED))
+        await jobs.insert(old, make_job(2, provider="segmind"))
+        await submissions.schedule(old, make_job(1).id, next_at=NOW + 60, attempts=1)
+        await submissions.schedule(old, make_job(2).id, next_at=NOW)
         assert await migrate(conn) >= 7
     async with Database.open(path) as db:
         lost = await submissions.in_flight(db.reader, ["segmind"])

@@ -9,10 +9,16 @@ import aiosqlite
 import pytest
 
 from service.storage.database import Database
+from service.storage.sqlite import SqliteDatabase
 
 pytestmark = pytest.mark.anyio
 
 FULL, NORMAL = 2, 1
+
+
+def _writer(db: Database) -> aiosqlite.Connection:
+    assert isinstance(db, SqliteDatabase)
+    return db.writer
 
 
 async def _synchronous(conn: aiosqlite.Connection) -> int:
@@ -31,10 +37,10 @@ async def test_a_transaction_commits_and_leaves_the_writer_on_full(
 ) -> None:
     async with Database.open(tmp_path / "db.sqlite") as db:
         async with db.transaction(durable=durable) as conn:
-            assert await _synchronous(conn) == (FULL if durable else NORMAL)
+            assert await _synchronous(_writer(db)) == (FULL if durable else NORMAL)
             await conn.execute("INSERT INTO readiness (id, checked_at) VALUES (1, 1.0)")
-        assert not db.writer.in_transaction
-        assert await _synchronous(db.writer) == FULL
+        assert not _writer(db).in_transaction
+        assert await _synchronous(_writer(db)) == FULL
         assert await _count(db) == 1
 
 
@@ -47,8 +53,8 @@ async def test_a_failed_transaction_rolls_back_and_leaves_the_writer_on_full(
             async with db.transaction(durable=durable) as conn:
                 await conn.execute("INSERT INTO readiness (id, checked_at) VALUES (1, 1.0)")
                 raise RuntimeError("boom")
-        assert not db.writer.in_transaction
-        assert await _synchronous(db.writer) == FULL
+        assert not _writer(db).in_transaction
+        assert await _synchronous(_writer(db)) == FULL
         assert await _count(db) == 0
         # The writer is usable again.
         async with db.transaction(durable=durable) as conn:

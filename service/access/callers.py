@@ -17,7 +17,7 @@ from service.access import scopes
 from service.access.scopes import Scope
 from service.core.errors import Forbidden, TooManyRequests, Unauthorized
 from service.ops.metrics import Metrics
-from service.ops.ratelimit import RateLimiter
+from service.ops.ratelimit import Limiter
 from service.storage import keys
 from service.storage.database import Database
 
@@ -59,7 +59,7 @@ def generate_api_key() -> str:
 class Authenticator:
     """Turns a key digest into a :class:`Caller`, applying the per-key request rate."""
 
-    def __init__(self, db: Database, limiter: RateLimiter, metrics: Metrics) -> None:
+    def __init__(self, db: Database, limiter: Limiter, metrics: Metrics) -> None:
         self._db = db
         self._limiter = limiter
         self._metrics = metrics
@@ -76,7 +76,7 @@ class Authenticator:
         found = await keys.find_active(self._db.reader, key_hash)
         if found is None or not hmac.compare_digest(found.key_hash, key_hash):
             raise Unauthorized("the API key is not valid")
-        return self._admit(found, scope)
+        return await self._admit(found, scope)
 
     async def caller_by_id(self, key_id: str, scope: str) -> Caller:
         """The caller a signed stream token names (its signature already checked): as
@@ -84,10 +84,10 @@ class Authenticator:
         found = await keys.get(self._db.reader, key_id)
         if found is None or found.revoked_at is not None:
             raise Unauthorized("the stream token's API key has been revoked")
-        return self._admit(found, scope)
+        return await self._admit(found, scope)
 
-    def _admit(self, found: keys.StoredKey, scope: str | None) -> Caller:
-        wait = self._limiter.take(found.id)
+    async def _admit(self, found: keys.StoredKey, scope: str | None) -> Caller:
+        wait = await self._limiter.acquire(found.id)
         if wait > 0:
             self._metrics.rate_limited.inc()
             raise TooManyRequests(

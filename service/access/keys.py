@@ -13,7 +13,7 @@ from service.core.clock import Clock, isoformat
 from service.core.errors import Conflict, NotFound
 from service.core.ids import new_id
 from service.core.paging import Page, page_of
-from service.ops.ratelimit import RateLimiter
+from service.ops.ratelimit import Limiter
 from service.storage import keys
 from service.storage.database import Database
 from service.storage.keys import StoredKey
@@ -73,7 +73,7 @@ class CreatedKey:
 class ApiKeys:
     """API key management. The caller's admin scope is checked by the edge that authenticates."""
 
-    def __init__(self, db: Database, clock: Clock, limiter: RateLimiter) -> None:
+    def __init__(self, db: Database, clock: Clock, limiter: Limiter) -> None:
         self._db = db
         self._clock = clock
         self._limiter = limiter

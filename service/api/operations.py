@@ -3,13 +3,12 @@ site, as the Caddyfile in ``deploy/`` does)."""
 
 from __future__ import annotations
 
-import sqlite3
-
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from service.api.operation import Reply, operation
 from service.app.services import services
+from service.storage.database import DATABASE_ERRORS
 
 # How long /readyz waits for the database to take its write before calling it not writable.
 READY_WRITE_WAIT = 2.0
@@ -53,7 +52,7 @@ async def readyz(request: Request) -> Response:
         checks["database"] = "writable"
     except TimeoutError:
         checks["database"] = f"not writable: no write lock within {READY_WRITE_WAIT:g} s"
-    except sqlite3.Error as exc:
+    except DATABASE_ERRORS as exc:
         checks["database"] = f"not writable: {exc}"
     checks["dispatcher"] = "running" if state.workers.dispatcher.running else "not running"
     ready = checks["database"] == "writable" and checks["dispatcher"] == "running"
@@ -84,5 +83,6 @@ async def metrics(request: Request) -> Response:
     Prometheus text by default, or OpenMetrics."""
     state = services(request)
     await state.metrics.refresh(state.db.reader, state.clock())
+    state.metrics.cluster(await state.db.nodes_alive(), state.db.is_leader)
     body, content_type = state.metrics.render(request.headers.get("accept"))
     return Response(body, headers={"Content-Type": content_type, "Cache-Control": "no-store"})

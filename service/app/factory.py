@@ -51,7 +51,7 @@ from service.jobs.submission import ProviderEndpoint, Providers, SubmitPolicy, S
 from service.net.client import guarded_client, origin_of
 from service.ops.instrumentation import MeteredSender, MeteredTransport
 from service.ops.metrics import Metrics
-from service.ops.ratelimit import RateLimiter
+from service.ops.ratelimit import Limiter, RateLimiter, SharedRateLimiter
 from service.ops.retention import Retention
 from service.sim import Scenario, Simulator
 from service.storage import datadir
@@ -126,7 +126,9 @@ def create_app(
                 simulator.account_webhooks["trinetra"] = (
                     f"{settings.public_url}/v1/callbacks/trinetra/account/{token}"
                 )
-            db = await stack.enter_async_context(Database.open(settings.database_path))
+            db = await stack.enter_async_context(
+                Database.open(settings.database_url, node_timeout=settings.node_timeout)
+            )
             shared.feed.open()
             generated = await bootstrap.admin_key(db, settings, clock)
             # One TLS context (loading the CA bundle is slow) for provider calls, downloads and the
@@ -166,6 +168,8 @@ def create_app(
             services = _wire(settings, clock, Opened(db, tokens, clients, blobs), shared)
             await services.blobs.remove_leftovers()
             tasks = await stack.enter_async_context(anyio.create_task_group())
+            # The store's own upkeep (PostgreSQL: heartbeats, leader lease, LISTEN) first.
+            tasks.start_soon(db.run)
             for loop in services.workers.loops():
                 tasks.start_soon(loop)
             _announce(settings, generated)
@@ -274,6 +278,7 @@ async def open_blob_store(settings: Settings) -> AsyncIterator[BlobStore]:
 def _wire(settings: Settings, clock: Clock, opened: Opened, shared: Shared) -> Services:
     """Assemble the operations and workers from what was opened."""
     db, tokens = opened.db, opened.tokens
+    limiter = limiter_for(db, settings, shared.limiter)
     endpoints = provider_endpoints(settings)
     blobs = opened.blobs
 
@@ -369,8 +374,8 @@ def _wire(settings: Settings, clock: Clock, opened: Opened, shared: Shared) -> S
         endpoints=endpoints,
         metrics=shared.metrics,
         feed=shared.feed,
-        access=Authenticator(db, shared.limiter, shared.metrics),
-        keys=ApiKeys(db, clock, shared.limiter),
+        access=Authenticator(db, limiter, shared.metrics),
+        keys=ApiKeys(db, clock, limiter),
         jobs=JobReader(db),
         submitter=submitter,
         ingest=ingest,
@@ -423,3 +428,12 @@ def _announce(settings: Settings, generated_admin_key: str | None) -> None:
             f"    {generated_admin_key}\n\n"
         )
         sys.stdout.flush()
+
+
+def limiter_for(db: Database, settings: Settings, local: RateLimiter) -> Limiter:
+    """The per-key request limit: ``local`` (in memory, kept across starts) on SQLite, where one
+    process serves; shared through the database when several nodes run on PostgreSQL, where
+    each node's own buckets would let a key through N times over (docs/scaling.md)."""
+    if db.dialect == "postgresql":
+        return SharedRateLimiter(db, settings.rate_limit, settings.rate_burst)
+    return local

@@ -63,6 +63,8 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     data_dir: Path = Path("./data")
+    # None: the embedded SQLite file in ``data_dir``; else a sqlite:/// or postgresql:// URL.
+    database_url_setting: str | None = None
     public_url: str = "http://127.0.0.1:8000"
     env: str = "development"
     admin_key: str | None = None
@@ -100,6 +102,8 @@ class Settings:
     log_format: str = "text"
     log_level: str = "INFO"
     stream_keepalive: float = 15.0
+    # PostgreSQL only: seconds without a heartbeat after which a node counts as dead.
+    node_timeout: float = 10.0
     cors_origins: tuple[str, ...] = ()
     allow_http_subscribers: bool = True
     stream_token_ttl: float = 600.0
@@ -108,7 +112,17 @@ class Settings:
 
     @property
     def database_path(self) -> Path:
+        """The embedded SQLite file (used when no ``REELHOOK_DATABASE_URL`` names another)."""
         return self.data_dir / "reelhook.db"
+
+    @property
+    def database_url(self) -> str:
+        """Where the store is: ``REELHOOK_DATABASE_URL``, or the SQLite file in ``data_dir``."""
+        return self.database_url_setting or f"sqlite:///{self.database_path}"
+
+    @property
+    def uses_postgresql(self) -> bool:
+        return self.database_url.startswith(("postgresql://", "postgres://"))
 
     @property
     def blob_dir(self) -> Path:
@@ -211,6 +225,15 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     secret_keys = tuple(k.strip() for k in (read.raw("SECRET_KEYS") or "").split(",") if k.strip())
     if any(len(k) < 16 for k in secret_keys):
         raise read.fail("SECRET_KEYS", "each key must be at least 16 characters")
+    database_url = _database_url(read)
+    if database_url is not None and not database_url.startswith("sqlite:") and not secret_keys:
+        # Keys generated into one node's data directory would sign callback URLs and file links
+        # the other nodes cannot verify.
+        raise read.fail(
+            "SECRET_KEYS",
+            "several nodes on PostgreSQL must share their secret keys: set the same "
+            "REELHOOK_SECRET_KEYS on every node",
+        )
 
     providers = {
         name: ProviderSettings(
@@ -254,6 +277,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         host=host,
         port=port,
         data_dir=Path(read.string("DATA_DIR", "./data")),
+        database_url_setting=database_url,
         public_url=public_url,
         env=env,
         admin_key=admin_key,
@@ -294,6 +318,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         log_format=_choice(read, "LOG_FORMAT", ("text", "json"), "text"),
         log_level=_choice(read, "LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), "INFO"),
         stream_keepalive=read.number("STREAM_KEEPALIVE", 15.0, minimum=0.01),
+        node_timeout=read.number("NODE_TIMEOUT", 10.0, minimum=0.2),
         cors_origins=_origins(read, "CORS_ORIGINS"),
         # Production refuses plain-http subscriber and callback URLs unless told otherwise.
         allow_http_subscribers=read.boolean("ALLOW_HTTP_SUBSCRIBERS", env != "production"),
@@ -447,3 +472,24 @@ def _per_model_seconds(read: _Reader, name: str) -> dict[str, float]:
             raise read.fail(name, f"{model} needs a deadline of at least 1 second, got {seconds!r}")
         values[model] = value
     return values
+
+
+def _database_url(read: _Reader) -> str | None:
+    """``REELHOOK_DATABASE_URL``: unset, ``sqlite:///path`` or ``postgresql://…``."""
+    value = read.raw("DATABASE_URL")
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    scheme = urlsplit(value).scheme
+    if scheme == "sqlite":
+        if not value.startswith("sqlite:///") or len(value) == len("sqlite:///"):
+            raise read.fail("DATABASE_URL", "a SQLite URL needs a file path: sqlite:///path")
+        return value
+    if scheme in ("postgresql", "postgres"):
+        if not urlsplit(value).hostname and "host=" not in value:
+            raise read.fail("DATABASE_URL", "a PostgreSQL URL needs a host: postgresql://host/db")
+        return value
+    raise read.fail(
+        "DATABASE_URL",
+        f"unknown scheme {scheme!r}: use sqlite:///path or postgresql://user@host/database",
+    )

@@ -11,12 +11,14 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from service.cli import events, jobs, listen, providers, resources, serve
+from service.cli import events, jobs, listen, migrate, providers, resources, serve
 from service.cli.base import CliError, Commands
 from service.ops import backup
 
 COMMANDS: tuple[Callable[[Commands], None], ...] = (
     serve.register,
+    migrate.register,
+    migrate.register_copy,
     jobs.register,
     events.register,
     providers.register,

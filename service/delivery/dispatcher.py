@@ -24,7 +24,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from functools import partial
 
-import aiosqlite
 import anyio
 
 from service.core.clock import Clock, isoformat
@@ -36,7 +35,7 @@ from service.delivery.sender import AttemptResult, Sender
 from service.delivery.transform import Renderer, TemplateError
 from service.providers.base import parse_retry_after
 from service.storage import deliveries, subscriptions
-from service.storage.database import Database
+from service.storage.database import Connection, Database
 from service.storage.deliveries import AttemptOutcome, Claimed
 
 log = logging.getLogger(__name__)
@@ -163,7 +162,13 @@ class Dispatcher:
     async def _release_previous_leases(self) -> None:
         try:
             async with self._db.transaction() as conn:
-                released = await deliveries.release(conn, None, self._clock())
+                if self._db.dialect == "sqlite":
+                    released = await deliveries.release(conn, None, self._clock())
+                else:
+                    # Never another live node's: only leases of dead or unknown nodes.
+                    released = await deliveries.release_orphaned(
+                        conn, self._clock(), node_timeout=self._db.node_timeout
+                    )
                 await deliveries.restart_queues(conn, self._clock())
         except Exception:
             # Not fatal: those leases expire on their own and are claimed again then.
@@ -178,7 +183,7 @@ class Dispatcher:
             return
         try:
             async with self._db.transaction() as conn:
-                await deliveries.release(conn, unfinished, self._clock())
+                await deliveries.release(conn, unfinished, self._clock(), owner=self._db.node_id)
         except Exception:
             log.exception("could not release %d leases; they expire on their own", len(unfinished))
         else:
@@ -203,7 +208,13 @@ class Dispatcher:
             async with self._db.transaction(durable=False) as conn:
                 started = time.perf_counter()
                 claimed = await deliveries.claim_due(
-                    conn, now=now, lease_until=now + self._lease, rooms=rooms
+                    conn,
+                    now=now,
+                    lease_until=now + self._lease,
+                    rooms=rooms,
+                    owner=self._db.node_id,
+                    # PostgreSQL: every node's deliveries in flight count against the cap.
+                    cluster_cap=self._per_subscription,
                 )
                 self._observe_claim(time.perf_counter() - started)
             for delivery in claimed:
@@ -318,6 +329,7 @@ class Dispatcher:
                 attempted_at=self._clock(),
                 latency_ms=0.0,
                 status=DeliveryStatus.FAILED,
+                token=delivery.token,
                 error=f"template: {exc}"[:500],
             )
 
@@ -329,6 +341,7 @@ class Dispatcher:
             attempted_at=now,
             latency_ms=result.latency_ms,
             status=DeliveryStatus.SUCCEEDED,
+            token=delivery.token,
             status_code=result.status_code,
             error=result.error,
             response_body=result.response_body,
@@ -369,9 +382,15 @@ class Dispatcher:
             return True
         try:
             async with self._db.transaction(durable=False) as conn:
-                await deliveries.record(conn, batch)
-                await self._update_failure_windows(conn, batch)
-                for outcome in batch:
+                # Outcomes of claims no longer current (this node lost them) are refused.
+                accepted = await deliveries.record(conn, batch)
+                if len(accepted) < len(batch):
+                    log.warning(
+                        "refused %d outcomes of deliveries this node no longer holds",
+                        len(batch) - len(accepted),
+                    )
+                await self._update_failure_windows(conn, accepted)
+                for outcome in accepted:
                     if outcome.delete_subscription:
                         await subscriptions.delete(conn, outcome.subscription_id)
         except BaseException as exc:
@@ -383,7 +402,7 @@ class Dispatcher:
         return True
 
     async def _update_failure_windows(
-        self, conn: aiosqlite.Connection, batch: Sequence[AttemptOutcome]
+        self, conn: Connection, batch: Sequence[AttemptOutcome]
     ) -> None:
         windows = failure_windows(batch)
         await subscriptions.note_failure_windows(conn, windows)

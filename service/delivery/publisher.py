@@ -6,14 +6,13 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-import aiosqlite
-
 from service.core.clock import isoformat
 from service.core.ids import new_id
 from service.core.jsonutil import dumps, dumps_bytes
 from service.core.models import FileUrl, Job, Subscription
 from service.delivery.filters import FieldTree, Filter, FilterError, parse
 from service.storage import events, subscriptions
+from service.storage.database import Connection
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +74,7 @@ class Publisher:
 
     async def publish(
         self,
-        conn: aiosqlite.Connection,
+        conn: Connection,
         event_type: str,
         now: float,
         *,
@@ -109,7 +108,7 @@ class Publisher:
         return event.id
 
     async def publish_jobs(
-        self, conn: aiosqlite.Connection, announced: Sequence[tuple[str, Job]], now: float
+        self, conn: Connection, announced: Sequence[tuple[str, Job]], now: float
     ) -> list[str]:
         """:meth:`publish` for many job events at once (one query for their audiences)."""
         audiences = await subscriptions.listeners(

@@ -15,8 +15,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import aiosqlite
-
 from service.access.callers import Caller
 from service.core import params
 from service.core.body import Body, Choice, Choices, Field, Problem, Schema, Text
@@ -41,7 +39,7 @@ from service.delivery.transform import (
 from service.jobs.catalog import MODELS
 from service.net.guard import IPNetwork, check_url
 from service.storage import deliveries, health, subscriptions
-from service.storage.database import Database
+from service.storage.database import Connection, Database
 from service.storage.health import Health
 
 # RFC 9110 section 5.1 token characters, and visible ASCII plus space/tab in a value.
@@ -241,7 +239,7 @@ class Recovered:
     until: float | None
 
 
-async def _owned(conn: aiosqlite.Connection, caller: Caller, sub_id: str) -> Subscription:
+async def _owned(conn: Connection, caller: Caller, sub_id: str) -> Subscription:
     # Operations that change a subscription read it on their own transaction's connection, so
     # what they checked is what they change.
     sub = await subscriptions.get(conn, sub_id)

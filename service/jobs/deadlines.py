@@ -43,6 +43,10 @@ class DeadlineTimer:
         await run_worker("the deadline timer", self._step, self._wakeup)
 
     async def _step(self) -> float | None:
+        if not self._db.is_leader:
+            # A singleton: only the leader node expires jobs (docs/scaling.md); look again when
+            # leadership may have moved.
+            return self._db.node_timeout / 4
         if await self._expire_overdue():
             return 0  # a full batch: more may be overdue
         return until(await jobs.next_deadline(self._db.reader), self._clock())

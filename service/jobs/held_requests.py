@@ -20,7 +20,6 @@ import random
 from collections.abc import Callable
 from functools import partial
 
-import aiosqlite
 import httpx
 
 from service.core.clock import Clock
@@ -37,7 +36,7 @@ from service.providers import segmind
 from service.providers.base import Refusal
 from service.storage import jobs, submissions
 from service.storage.blobs import BlobStore, BlobTooLarge, BlobUnavailable
-from service.storage.database import Database
+from service.storage.database import Connection, Database
 
 log = logging.getLogger(__name__)
 
@@ -94,15 +93,20 @@ class HeldRequests:
             return  # Segmind is not configured, so no job can be waiting for it
         await self._queue.run()
 
-    async def _claim(
-        self, conn: aiosqlite.Connection, now: float, limit: int
-    ) -> list[tuple[Job, int]]:
-        return await hold_due_requests(conn, self._publisher, _PROVIDERS, now, limit)
+    async def _claim(self, conn: Connection, now: float, limit: int) -> list[tuple[Job, int]]:
+        return await hold_due_requests(
+            conn, self._publisher, _PROVIDERS, now, limit, held_by=self._db.node_id
+        )
 
     async def _recover_lost(self) -> None:
         """End each job whose request was in flight at the last stop ``interrupted``, or, where
         resubmitting is allowed and was not used yet for it, make it due once more."""
-        for job in await submissions.in_flight(self._db.reader, _PROVIDERS):
+        # With several nodes (PostgreSQL), only the held requests of dead nodes: a live node's
+        # are its own business (docs/scaling.md). One process owns a SQLite file.
+        alive_within = None if self._db.dialect == "sqlite" else self._db.node_timeout
+        for job in await submissions.in_flight(
+            self._db.reader, _PROVIDERS, alive_within=alive_within
+        ):
             if await self._resubmit_once(job):
                 log.warning(
                     "segmind job %s was in flight at the last stop; sending it again", job.id

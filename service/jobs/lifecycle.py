@@ -13,8 +13,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-import aiosqlite
-
 from service.core.models import (
     ErrorKind,
     Job,
@@ -29,7 +27,7 @@ from service.delivery.publisher import Publisher
 from service.providers import CALLBACK_ADAPTERS
 from service.providers.base import InvalidCallback
 from service.storage import jobs, mirrors, submissions
-from service.storage.database import Database
+from service.storage.database import Connection, Database
 from service.storage.mirrors import MirrorTask
 
 
@@ -165,7 +163,7 @@ Applied = tuple[Job, Outcome]
 
 
 async def apply_updates(
-    conn: aiosqlite.Connection,
+    conn: Connection,
     publisher: Publisher,
     batch: Sequence[Update],
     now: float,
@@ -422,7 +420,7 @@ async def mark_submitted(
 
 
 async def _apply_unmatched(
-    conn: aiosqlite.Connection, publisher: Publisher, job: Job, now: float
+    conn: Connection, publisher: Publisher, job: Job, now: float
 ) -> Job | None:
     """Apply account-webhook documents that arrived for ``job``'s provider job id before reelhook
     knew it (the result overtook the provider's answer to the submit). Returns the job after them,
@@ -487,13 +485,18 @@ async def defer_submit(
 
 
 async def hold_due_requests(
-    conn: aiosqlite.Connection,
+    conn: Connection,
     publisher: Publisher,
     providers: Sequence[str],
     now: float,
     limit: int,
+    *,
+    held_by: str | None = None,
 ) -> list[tuple[Job, int]]:
     """Claim up to ``limit`` due held requests of ``providers``, each as it will be sent.
+
+    ``held_by`` (the claiming node) is recorded on each job, so that with several nodes only a
+    dead node's held requests are ever recovered (docs/scaling.md).
 
     A pending job becomes submitted, announced once; one sent before (refused without any work
     done, or resubmitted after a restart) already is. Either way it has no submit due while its
@@ -518,6 +521,8 @@ async def hold_due_requests(
             await jobs.save(conn, job, now)
             if announce:
                 await publisher.publish(conn, "job.submitted", now, job=job)
+        if held_by is not None:
+            await jobs.hold(conn, job.id, held_by)
         sent.append((job, attempt))
     return sent
 

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-import aiosqlite
 import httpx
 
 from service.core.body import Body, Field, JsonObject, Text
@@ -42,7 +41,7 @@ from service.net.guard import IPNetwork, check_url
 from service.providers import CALLBACK_ADAPTERS, HELD_ADAPTERS
 from service.providers.base import InvalidCallback, Refusal, redact
 from service.storage import jobs, submissions, subscriptions
-from service.storage.database import Database
+from service.storage.database import Connection, Database
 
 log = logging.getLogger(__name__)
 
@@ -360,9 +359,7 @@ class Submitter:
         """
         await self._retries.run()
 
-    async def _claim(
-        self, conn: aiosqlite.Connection, now: float, limit: int
-    ) -> list[tuple[Job, int]]:
+    async def _claim(self, conn: Connection, now: float, limit: int) -> list[tuple[Job, int]]:
         return await submissions.claim_due(
             conn, providers=self._sent_here, now=now, lease_until=now + self._lease, limit=limit
         )

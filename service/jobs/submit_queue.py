@@ -13,21 +13,20 @@ import logging
 from collections.abc import Awaitable, Callable
 from functools import partial
 
-import aiosqlite
 import anyio
 import anyio.abc
 
 from service.core.clock import Clock
 from service.core.models import Job
 from service.core.worker import Wakeup, run_worker, until
-from service.storage.database import Database
+from service.storage.database import Connection, Database
 
 log = logging.getLogger(__name__)
 
 #: Claims up to ``limit`` due jobs as of ``now`` inside a write transaction: (job, attempt number).
-Claim = Callable[[aiosqlite.Connection, float, int], Awaitable[list[tuple[Job, int]]]]
+Claim = Callable[[Connection, float, int], Awaitable[list[tuple[Job, int]]]]
 #: When the earliest job ``Claim`` would take is due (None: none is waiting).
-NextDue = Callable[[aiosqlite.Connection], Awaitable[float | None]]
+NextDue = Callable[[Connection], Awaitable[float | None]]
 Attempt = Callable[[Job, int], Awaitable[None]]
 
 

@@ -6,13 +6,13 @@ status, outbox depth, oldest waiting delivery) are read from SQLite indexes when
 
 from __future__ import annotations
 
-import aiosqlite
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 
 from service.core.models import JobStatus
 from service.jobs.callback_outcomes import CallbackOutcome
 from service.storage import stats
+from service.storage.database import Connection
 
 # From loopback fan-out (milliseconds) to a subscriber that was down for a day.
 _LAG_BUCKETS = (
@@ -85,6 +85,16 @@ class Metrics:
             registry=registry,
         )
         self.jobs = Gauge("reelhook_jobs", "Stored jobs by status", ["status"], registry=registry)
+        self.nodes_alive = Gauge(
+            "reelhook_cluster_nodes_alive",
+            "Nodes sharing the store with a fresh heartbeat (1 on SQLite)",
+            registry=registry,
+        )
+        self.leader = Gauge(
+            "reelhook_cluster_leader",
+            "1 when this node runs the singletons (deadlines, retention, stale-node sweep)",
+            registry=registry,
+        )
         self.outbox_depth = Gauge(
             "reelhook_outbox_depth",
             "Deliveries waiting to be sent or in flight",
@@ -105,7 +115,7 @@ class Metrics:
         label = "".join(c for c in word.lower() if c.isalnum() or c in "_-")[:32] or "empty"
         self.unknown_statuses.labels(provider=provider, status=label).inc()
 
-    async def refresh(self, conn: aiosqlite.Connection, now: float) -> None:
+    async def refresh(self, conn: Connection, now: float) -> None:
         """Read the gauges that describe stored state (called at scrape time)."""
         counts = await stats.jobs_by_status(conn)
         for status in JobStatus:
@@ -113,6 +123,11 @@ class Metrics:
         depth, oldest = await stats.outbox(conn)
         self.outbox_depth.set(depth)
         self.oldest_pending_delivery.set(max(0.0, now - oldest) if oldest is not None else 0.0)
+
+    def cluster(self, nodes_alive: int, leader: bool) -> None:
+        """Set the cluster figures (called at scrape time)."""
+        self.nodes_alive.set(nodes_alive)
+        self.leader.set(1 if leader else 0)
 
     def render(self, accept: str | None) -> tuple[bytes, str]:
         """The registry in the format the ``Accept`` header asks for (OpenMetrics, or the

@@ -13,14 +13,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
-import aiosqlite
 import anyio
 
 from service.core.clock import Clock
 from service.core.worker import Wakeup, run_worker
 from service.ops.metrics import Metrics
 from service.storage import retention
-from service.storage.database import Database
+from service.storage.database import Connection, Database
 from service.storage.retention import Batch
 
 log = logging.getLogger(__name__)
@@ -70,6 +69,10 @@ class Retention:
         await run_worker("retention", self._step, self._wakeup, backoff=MIN_PASS_INTERVAL)
 
     async def _step(self) -> float:
+        if not self._db.is_leader:
+            # A singleton: only the leader node prunes (docs/scaling.md); look again when
+            # leadership may have moved.
+            return self._db.node_timeout / 4
         next_due = await self.prune(self._clock())
         delay = self._max_age if next_due is None else next_due - self._clock()
         return max(MIN_PASS_INTERVAL, delay)
@@ -106,6 +109,6 @@ class Retention:
 
 
 async def _run(
-    prune_batch: Pruner, conn: aiosqlite.Connection, cutoff: float, after: int, limit: int
+    prune_batch: Pruner, conn: Connection, cutoff: float, after: int, limit: int
 ) -> Batch:
     return await prune_batch(conn, cutoff=cutoff, after=after, limit=limit)

@@ -17,12 +17,9 @@ This is the seam a second store implements the same way: PostgreSQL's write func
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Iterable
 from enum import StrEnum
 from typing import Protocol
-
-import aiosqlite
 
 
 class Work(StrEnum):
@@ -62,18 +59,17 @@ class Announcements:
                 listener()
 
 
-class Writer(aiosqlite.Connection):
-    """The store's write connection: an aiosqlite connection that also collects the kinds of work
-    its open transaction announced (see :func:`announce`)."""
+class Announcing(Protocol):
+    """A connection that may collect what its open write transaction announces: a set on a
+    store's write transaction (:class:`service.storage.database.Connection`), None elsewhere."""
 
-    def __init__(self, connector: Callable[[], sqlite3.Connection], iter_chunk_size: int) -> None:
-        super().__init__(connector, iter_chunk_size)
-        self.announced: set[Work] = set()
+    announced: set[Work] | None
 
 
-def announce(conn: aiosqlite.Connection, kind: Work) -> None:
-    """Inside a write transaction on ``conn``: its commit creates work of ``kind`` (PostgreSQL:
-    ``NOTIFY``). Cheap (a set insertion); a connection that is not a :class:`Writer` (a script's
-    own) announces nothing."""
-    if isinstance(conn, Writer):
+def announce(conn: Announcing, kind: Work) -> None:
+    """Inside a write transaction on ``conn``: its commit creates work of ``kind``. Cheap (a set
+    insertion); the store wakes the listeners after commit (PostgreSQL: ``pg_notify`` issued just
+    before ``COMMIT``, which the server delivers only if it commits, to every node). A connection
+    outside a store transaction (a script's own, the reader) announces nothing."""
+    if conn.announced is not None:
         conn.announced.add(kind)

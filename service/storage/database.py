@@ -1,226 +1,275 @@
-"""The SQLite database: connections, pragmas, numbered migrations and write transactions."""
+"""The store reelhook keeps its state in, behind one interface for both engines.
+
+``sqlite:///path`` (or a plain path) opens the embedded default, one SQLite file
+(:mod:`service.storage.sqlite`); ``postgresql://…`` opens a PostgreSQL database shared by several
+nodes (:mod:`service.storage.postgres`). The storage operations (``service/storage/*``) are
+written once against :class:`Connection`, with ``?`` placeholders; SQL differs by dialect only
+where the engines truly differ (each such place checks :attr:`Connection.dialect`). Each dialect
+has its own numbered migrations in ``migrations/<dialect>/``; a node refuses a schema newer than
+its code (:class:`SchemaTooNew`). See docs/scaling.md.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import sqlite3
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from functools import partial
+from abc import ABC, abstractmethod
+from collections.abc import Generator, Iterable, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager
 from importlib import resources
 from pathlib import Path
-from typing import TypeVar
+from types import TracebackType
+from typing import Any, Protocol
+from urllib.parse import unquote, urlsplit
 
-import aiosqlite
-import anyio
+import asyncpg
 
-from service.storage.announcements import Announcements, Listener, Work, Writer
+from service.core.ids import new_id
+from service.storage.announcements import Announcements, Listener, Work
 
-log = logging.getLogger(__name__)
 
-BUSY_TIMEOUT_MS = 5000
+class StoreError(Exception):
+    """The store cannot be used as configured (the message says why)."""
 
-_PRAGMAS = (
-    "PRAGMA journal_mode = WAL",
-    # FULL: an acknowledged webhook survives power loss, which NORMAL does not promise in WAL mode.
-    "PRAGMA synchronous = FULL",
-    "PRAGMA foreign_keys = ON",
-    f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}",
-    # After each checkpoint that resets the WAL, shrink its file back to 64 MiB at most.
-    "PRAGMA journal_size_limit = 67108864",
-    "PRAGMA temp_store = MEMORY",
-    "PRAGMA cache_size = -16000",
+
+class SchemaTooNew(StoreError):
+    """The database was migrated by a newer reelhook than this one: starting could corrupt it."""
+
+
+# What a failing database raises, whichever the engine (for checks that report instead of crash).
+DATABASE_ERRORS: tuple[type[BaseException], ...] = (
+    sqlite3.Error,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    OSError,
 )
 
 
-class Database:
-    """One writer connection (writes serialised by a lock) and one reader connection.
+class Row(Protocol):
+    """A result row: columns by name or position (``sqlite3.Row`` and ``asyncpg.Record``)."""
 
-    WAL lets the reader see committed data while the writer holds a transaction, so API reads never
-    queue behind fan-out bookkeeping. Use :meth:`open` as an async context manager.
+    def __getitem__(self, key: Any, /) -> Any: ...
 
-    Each transaction announces the kinds of work it created (see
-    :mod:`service.storage.announcements`); :meth:`subscribe` is how a worker hears of them.
+    def keys(self) -> Any: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class Result:
+    """Every row a statement returned (already fetched) and how many rows it changed."""
+
+    __slots__ = ("rowcount", "rows")
+
+    def __init__(self, rows: list[Row], rowcount: int) -> None:
+        self.rows = rows
+        self.rowcount = rowcount
+
+    async def fetchone(self) -> Row | None:
+        return self.rows[0] if self.rows else None
+
+    async def fetchall(self) -> list[Row]:
+        return self.rows
+
+
+class Query:
+    """One statement about to run: ``await`` it, or use it as ``async with … as result``."""
+
+    __slots__ = ("_conn", "_params", "_sql")
+
+    def __init__(self, conn: Connection, sql: str, params: Sequence[Any]) -> None:
+        self._conn = conn
+        self._sql = sql
+        self._params = params
+
+    def __await__(self) -> Generator[Any, None, Result]:
+        return self._conn.run(self._sql, self._params).__await__()
+
+    async def __aenter__(self) -> Result:
+        return await self._conn.run(self._sql, self._params)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
+
+
+class Connection(ABC):
+    """Where storage operations run SQL: a transaction, or the reader outside any transaction.
+
+    SQL uses ``?`` placeholders on both engines; the PostgreSQL connection numbers them.
     """
 
-    def __init__(self, writer: Writer, reader: aiosqlite.Connection) -> None:
-        self.writer = writer
-        self.reader = reader
-        self._write_lock = asyncio.Lock()
+    dialect: str
+    for_update = ""
+    """Appended to a SELECT of rows the transaction will change: on PostgreSQL inside a write
+    transaction `` FOR UPDATE`` (row locks, so concurrent nodes' read-modify-writes queue instead
+    of overwriting each other), elsewhere nothing (SQLite has one writer at a time)."""
+    skip_locked = ""
+    """As :attr:`for_update`, for work another node may take instead: rows it holds are skipped."""
+    announced: set[Work] | None = None
+    """Inside a write transaction, the kinds of work it announced (:func:`announce`), woken after
+    its commit; None on the reader and outside transactions."""
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Query:
+        return Query(self, sql, params)
+
+    async def execute_fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        return (await self.run(sql, params)).rows
+
+    @abstractmethod
+    async def run(self, sql: str, params: Sequence[Any]) -> Result:
+        """Run one statement and fetch every row it returns."""
+
+    @abstractmethod
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        """Run one statement once per parameter row."""
+
+
+class Database(ABC):
+    """An open store: a :attr:`reader` for reads outside transactions, and write transactions.
+
+    Use :meth:`open` as an async context manager.
+    """
+
+    dialect: str
+    reader: Connection
+    node_timeout: float = 10.0
+    """Seconds without a heartbeat after which a node is dead (its leases handed back)."""
+
+    def __init__(self) -> None:
         self._announcements = Announcements()
+        # This process's identity among the nodes sharing the store (one node on SQLite).
+        self.node_id = new_id("node")
+
+    @property
+    def is_leader(self) -> bool:
+        """Whether the singleton work (deadlines, retention, the stale-node sweep) runs here:
+        always on SQLite, on the holder of the leader lease on PostgreSQL."""
+        return True
+
+    async def nodes_alive(self) -> int:
+        """How many nodes share the store now (always this one on SQLite)."""
+        return 1
+
+    async def run(self) -> None:
+        """The store's own background work, until cancelled: on PostgreSQL heartbeats, the
+        leader lease, the stale-node sweep and cross-node wake-ups; on SQLite nothing."""
+        return None
 
     def subscribe(self, kind: Work, listener: Listener) -> None:
-        """Call ``listener`` (quick, never raising) after every commit that announced ``kind``."""
+        """Call ``listener`` (quick, never raising) after every commit that announced ``kind``
+        (see :mod:`service.storage.announcements`); on PostgreSQL, a commit on any node."""
         self._announcements.subscribe(kind, listener)
 
-    @classmethod
-    @asynccontextmanager
-    async def open(cls, path: Path) -> AsyncIterator[Database]:
-        """Open (creating and migrating if needed) the database at ``path``; close on exit."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        writer = await _connect(path, Writer)
-        try:
-            await migrate(writer)
-            reader = await _connect(path, aiosqlite.Connection)
-            try:
-                yield cls(writer, reader)
-            finally:
-                await reader.close()
-        finally:
-            await writer.close()
+    def _announce(self, kinds: Iterable[Work]) -> None:
+        self._announcements.deliver(kinds)
 
-    @asynccontextmanager
-    async def transaction(self, *, durable: bool = True) -> AsyncIterator[aiosqlite.Connection]:
-        """Run the block in one ``BEGIN IMMEDIATE`` transaction; commit, or roll back on error.
+    @staticmethod
+    def open(
+        target: Path | str, *, node_timeout: float = 10.0
+    ) -> AbstractAsyncContextManager[Database]:
+        """Open (creating and migrating if needed) the store at ``target``: a SQLite file path,
+        a ``sqlite:///path`` URL or a ``postgresql://`` URL; close it on exit.
 
-        ``durable=False`` commits without an fsync (``synchronous = NORMAL``), for bookkeeping
-        whose loss in a power cut is harmless because it is redone: delivery leases and attempt
-        outcomes (a delivery whose outcome was lost is sent again, which at-least-once allows).
-        The next durable commit makes it durable too; it can never be torn or reordered.
+        Raises :class:`SchemaTooNew` when the database's schema is newer than this code's, and
+        :class:`StoreError` for a URL of no known engine.
         """
-        async with self._write_lock:
-            self.writer.announced.clear()
-            relaxed = False
-            try:
-                # Shielded: a cancelled await would not stop the statement on the database
-                # thread, and a BEGIN landing after the rollback check below would leave the
-                # writer inside a transaction.
-                with anyio.CancelScope(shield=True):
-                    if durable:
-                        await self.writer.execute("BEGIN IMMEDIATE")
-                    else:
-                        # One trip to the database thread instead of two (~0.1-1 ms each).
-                        relaxed = True
-                        await self.writer.executescript(
-                            "PRAGMA synchronous = NORMAL; BEGIN IMMEDIATE"
-                        )
-                yield self.writer
-                # Shielded: a commit cut short by a cancellation would leave it unknown whether
-                # the transaction landed, and the rollback below would fail instead.
-                with anyio.CancelScope(shield=True):
-                    if relaxed:
-                        # executescript commits the open transaction before its script (the
-                        # sqlite3 module documents it): commit and restore FULL in one trip.
-                        await self.writer.executescript("PRAGMA synchronous = FULL")
-                        relaxed = False
-                    else:
-                        await self.writer.commit()
-            except BaseException:
-                # A failed BEGIN or COMMIT (or a cancellation) must not leave the shared writer
-                # inside a transaction, or every later write would fail.
-                if self.writer.in_transaction:
-                    with anyio.CancelScope(shield=True):
-                        await self.writer.rollback()
-                raise
-            finally:
-                if relaxed:
-                    with anyio.CancelScope(shield=True):
-                        await self.writer.execute("PRAGMA synchronous = FULL")
-            if self.writer.announced:
-                announced = tuple(self.writer.announced)
-                self.writer.announced.clear()
-                self._announcements.deliver(announced)
+        dialect, location = parse_url(target)
+        if dialect == "sqlite":
+            from service.storage.sqlite import SqliteDatabase
 
-    @asynccontextmanager
-    async def _writer_waiting_at_most(self, wait: float) -> AsyncIterator[aiosqlite.Connection]:
-        """The writer, to ourselves, with SQLite's busy wait cut to ``wait`` seconds.
+            return SqliteDatabase.open_file(Path(location))
+        from service.storage.postgres import PostgresDatabase
 
-        Holding the write lock means no transaction is using the writer, so changing its busy
-        timeout affects only what the block runs; it is restored even on cancellation.
+        return PostgresDatabase.open_url(location, node_timeout=node_timeout)
+
+    @abstractmethod
+    def transaction(self, *, durable: bool = True) -> AbstractAsyncContextManager[Connection]:
+        """Run the block in one write transaction; commit, or roll back on error.
+
+        ``durable=False`` may commit without waiting for the disk, for bookkeeping whose loss in
+        a power cut is harmless because it is redone (delivery leases and attempt outcomes: a
+        delivery whose outcome was lost is sent again, which at-least-once allows). The next
+        durable commit makes it durable too; it can never be torn or reordered.
         """
-        with anyio.fail_after(wait):
-            await self._write_lock.acquire()
-        try:
-            await self.writer.execute(f"PRAGMA busy_timeout = {max(1, int(wait * 1000))}")
-            try:
-                yield self.writer
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await self.writer.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        finally:
-            self._write_lock.release()
 
+    @abstractmethod
     async def checkpoint(self, *, wait: float = 0.1) -> bool:
-        """Copy the WAL into the database file and truncate it, holding reelhook's writes off.
+        """Let the engine fold its write-ahead log back; False when it had to give up."""
 
-        Gives up rather than stall writers: returns False when readers kept the WAL busy for
-        ``wait`` seconds (the next checkpoint catches up).
-        """
-        try:
-            async with self._writer_waiting_at_most(wait) as conn:
-                with anyio.CancelScope(shield=True):
-                    async with conn.execute("PRAGMA wal_checkpoint(TRUNCATE)") as cursor:
-                        row = await cursor.fetchone()
-        except TimeoutError:
-            return False
-        return row is not None and row[0] == 0
-
+    @abstractmethod
     async def probe_write(self, now: float, *, wait: float) -> None:
-        """Commit one tiny write, waiting at most about ``wait`` seconds for the write lock.
-
-        Raises TimeoutError or ``sqlite3.Error`` when the database does not take the write.
-        """
-        async with self._writer_waiting_at_most(wait) as conn:
-            # Shielded: an abandoned BEGIN or COMMIT would leave the shared writer mid-transaction.
-            with anyio.CancelScope(shield=True):
-                try:
-                    await conn.execute("BEGIN IMMEDIATE")
-                    await conn.execute(
-                        "INSERT INTO readiness (id, checked_at) VALUES (1, ?) "
-                        "ON CONFLICT (id) DO UPDATE SET checked_at = excluded.checked_at",
-                        (now,),
-                    )
-                    await conn.commit()
-                except BaseException:
-                    if conn.in_transaction:
-                        await conn.rollback()
-                    raise
+        """Commit one tiny write within about ``wait`` seconds, or raise TimeoutError or one of
+        :data:`DATABASE_ERRORS`."""
 
 
-_Conn = TypeVar("_Conn", bound=aiosqlite.Connection)
+def parse_url(target: Path | str) -> tuple[str, str]:
+    """``(dialect, location)`` of a store: the file path for SQLite, the URL for PostgreSQL."""
+    if isinstance(target, Path):
+        return "sqlite", str(target)
+    parts = urlsplit(target)
+    if parts.scheme == "sqlite":
+        # sqlite:///relative/or/absolute: the path is everything after the third slash, as
+        # SQLAlchemy reads it; sqlite:////abs has an absolute path.
+        path = unquote(target[len("sqlite:///") :]) if target.startswith("sqlite:///") else ""
+        if not path:
+            raise StoreError(f"a SQLite URL needs a file path: sqlite:///path (got {target!r})")
+        return "sqlite", path
+    if parts.scheme in ("postgresql", "postgres"):
+        return "postgresql", target
+    raise StoreError(
+        f"unknown database URL scheme {parts.scheme!r}: use sqlite:/// or postgresql://"
+    )
 
 
-async def _connect(path: Path, kind: type[_Conn]) -> _Conn:
-    # isolation_level=None: reelhook issues BEGIN/COMMIT itself, so transactions are explicit.
-    conn = kind(partial(sqlite3.connect, path, isolation_level=None), 64)
-    await conn  # starts its thread and opens the database
-    try:
-        conn.row_factory = sqlite3.Row
-        for pragma in _PRAGMAS:
-            await conn.execute(pragma)
-    except BaseException:
-        await conn.close()
-        raise
-    return conn
+def migrations(dialect: str, folder: Any = None) -> list[tuple[int, str]]:
+    """The numbered migrations of ``dialect`` (or of ``folder``), oldest first, as (version, SQL
+    script).
 
-
-def _migrations() -> list[tuple[int, str]]:
-    folder = resources.files("service.storage") / "migrations"
-    found = []
+    Raises :class:`StoreError` when two files carry the same number: which would run first, and
+    whether a database that has one would get the other, would be left to chance (two branches
+    each adding their "next" migration is how it happens).
+    """
+    if folder is None:
+        folder = resources.files("service.storage") / "migrations" / dialect
+    found: dict[int, tuple[str, str]] = {}
     for entry in folder.iterdir():
         if entry.name.endswith(".sql"):
-            found.append((int(entry.name.split("_", 1)[0]), entry.read_text(encoding="utf-8")))
-    return sorted(found)
+            version = int(entry.name.split("_", 1)[0])
+            if version in found:
+                raise StoreError(
+                    f"two {dialect} migrations numbered {version}: "
+                    f"{found[version][0]} and {entry.name}"
+                )
+            found[version] = (entry.name, entry.read_text(encoding="utf-8"))
+    return [(version, found[version][1]) for version in sorted(found)]
 
 
-def latest_migration() -> int:
-    """The schema version this reelhook migrates databases to."""
-    return max(version for version, _ in _migrations())
+def latest_migration(dialect: str = "sqlite") -> int:
+    """The schema version this reelhook migrates ``dialect``'s databases to."""
+    return max(version for version, _ in migrations(dialect))
 
 
-async def migrate(conn: aiosqlite.Connection) -> int:
-    """Apply every numbered migration newer than ``PRAGMA user_version``; return the new version."""
-    async with conn.execute("PRAGMA user_version") as cursor:
-        row = await cursor.fetchone()
-    current = int(row[0]) if row else 0
-    for version, script in _migrations():
-        if version <= current:
-            continue
-        log.info("applying migration %04d", version)
-        # executescript commits on its own; the version bump rides inside the same script.
-        await conn.executescript(
-            f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {version};\nCOMMIT;"
+def refuse_newer(dialect: str, current: int) -> None:
+    """Raise :class:`SchemaTooNew` when ``current`` is past what this code knows."""
+    latest = latest_migration(dialect)
+    if current > latest:
+        raise SchemaTooNew(
+            f"the {dialect} database is at schema version {current}, newer than this reelhook's "
+            f"{latest}: it was migrated by a newer version; run that version (or newer)"
         )
-        current = version
-    return current
+
+
+async def migrate_store(target: Path | str) -> tuple[str, int]:
+    """Migrate the store at ``target`` (as :meth:`Database.open` names it) without starting a
+    node; return its dialect and schema version. Raises :class:`SchemaTooNew`."""
+    dialect, location = parse_url(target)
+    if dialect == "sqlite":
+        from service.storage.sqlite import migrate_file
+
+        return dialect, await migrate_file(Path(location))
+    from service.storage.postgres import migrate_url
+
+    return dialect, await migrate_url(location)

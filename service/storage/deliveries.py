@@ -4,15 +4,14 @@ releasing leases, resending, and reading the delivery log."""
 from __future__ import annotations
 
 import json
-import sqlite3
+import secrets
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import aiosqlite
-
 from service.core.models import DeliveryStatus
 from service.storage.announcements import Work, announce
+from service.storage.database import Connection, Row
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +27,8 @@ class Claimed:
     headers: dict[str, str]
     payload: bytes
     manual: bool = False
+    token: int = 0
+    """The claim's fencing token: its outcome is recorded only while the claim is current."""
     template: str | None = None
     content_type: str = "application/json"
 
@@ -50,6 +51,8 @@ class AttemptOutcome:
     response_body: bytes | None = None
     next_attempt_at: float | None = None
     delete_subscription: bool = False
+    token: int = 0
+    """The fencing token of the claim this attempt was made under (:attr:`Claimed.token`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +67,7 @@ class Ready:
 
 
 async def due_subscriptions(
-    conn: aiosqlite.Connection, *, skip: Collection[str], now: float, cap: int, limit: int
+    conn: Connection, *, skip: Collection[str], now: float, cap: int, limit: int
 ) -> list[Ready]:
     """Active subscriptions with a pending delivery, earliest due first, at most ``limit``;
     subscriptions in ``skip`` (saturated ones) are left out. ``due_now`` counts the deliveries
@@ -76,6 +79,32 @@ async def due_subscriptions(
     million due rows costs one skipped subscription. Meant for the reader connection, outside
     the write lock; the counts let the claim that follows read only the rows it takes.
     """
+    if conn.dialect == "postgresql":
+        # The same plan on PostgreSQL: an array instead of json_each, and the alias filtered
+        # outside (PostgreSQL does not let WHERE name a select-list alias).
+        rows = await conn.execute_fetchall(
+            """
+            SELECT id, due, due_now, fifo FROM (
+                SELECT s.id, (
+                    SELECT min(d.next_attempt_at) FROM deliveries d
+                    WHERE d.subscription_id = s.id AND d.status = 'pending'
+                ) AS due, (
+                    SELECT count(*) FROM (
+                        SELECT 1 FROM deliveries x
+                        WHERE x.subscription_id = s.id AND x.status = 'pending'
+                          AND x.next_attempt_at <= ?
+                        LIMIT ?
+                    ) AS c
+                ) AS due_now, s.ordering = 'fifo' AS fifo
+                FROM subscriptions s
+                WHERE s.status = 'active' AND NOT (s.id = ANY(?::text[]))
+            ) AS ready
+            WHERE due IS NOT NULL
+            ORDER BY due LIMIT ?
+            """,
+            (now, cap, sorted(skip), limit),
+        )
+        return [Ready(row[0], float(row[1]), int(row[2]), bool(row[3])) for row in rows]
     rows = await conn.execute_fetchall(
         """
         SELECT s.id, (
@@ -119,12 +148,21 @@ def rooms_for(
     return rooms
 
 
+def _index_hint(conn: Connection) -> str:
+    """SQLite's unary ``+`` before a column keeps its planner off that column's index (walking
+    the due-time index and stopping at LIMIT is what stays cheap); PostgreSQL has no such
+    operator for text and plans from statistics."""
+    return "+" if conn.dialect == "sqlite" else ""
+
+
 async def claim_due(
-    conn: aiosqlite.Connection,
+    conn: Connection,
     *,
     now: float,
     lease_until: float,
     rooms: Mapping[str, int],
+    owner: str | None = None,
+    cluster_cap: int | None = None,
 ) -> list[Claimed]:
     """Lease up to ``rooms[subscription]`` due deliveries of each subscription, earliest due
     first, in the caller's write transaction; return them with everything needed to send them.
@@ -133,35 +171,46 @@ async def claim_due(
     stretch of ``deliveries_pending`` and reading stops at its room, so a claim reads at most
     ``max(rooms) * len(rooms)`` rows whatever the backlog (the dispatcher keeps that near its
     claim limit; a store must keep this O(claim), never O(backlog), since it runs under the write
-    lock). Rooms come from :func:`rooms_for`, which keeps a FIFO subscription to one delivery
-    claimed at a time (its later deliveries wait as ``queued``, see :func:`promote_queued`).
-    Deliveries of a subscription that is not active are not claimed. One process owns the
-    database: a lease left by a process that died is released when the next one starts
-    (:func:`release`), never taken over while it runs.
+    lock; docs/performance.md §3). Rooms come from :func:`rooms_for`, which keeps a FIFO
+    subscription to one delivery claimed at a time (its later deliveries wait as ``queued``, see
+    :func:`promote_queued`). Deliveries of a subscription that is not active are not claimed.
+
+    Each claim gets a fresh fencing token and ``owner`` (the claiming node) on its rows. On
+    PostgreSQL several nodes claim from the same table: there each room is also cut so that a
+    subscription's deliveries in flight across all nodes stay at ``cluster_cap`` at most,
+    counted in SQL under a transaction-scoped advisory lock, so claimers never decide from stale
+    counts (docs/scaling.md; unlocked claimers each counting in their own snapshot overshot a cap
+    of 8 fourfold).
     """
     rooms = {sub: room for sub, room in rooms.items() if room > 0}
     if not rooms:
         return []
-    # ``json_each`` keeps the statement text (and SQLite's prepared statement) the same whatever
-    # the subscriptions; LIMIT must be a constant, so it is the largest room, trimmed below.
-    rows = await conn.execute_fetchall(
-        """
-        SELECT d.id, d.event_id, d.subscription_id, d.attempts, d.manual, d.next_attempt_at,
-               e.payload, s.url, s.secret, s.previous_secret, s.previous_secret_until, s.headers,
-               s.template, s.content_type
-        FROM json_each(?) AS w
-        JOIN subscriptions s ON s.id = w.value AND s.status = 'active'
-        JOIN deliveries d ON d.rowid IN (
-            SELECT x.rowid FROM deliveries x
-            WHERE x.subscription_id = w.value AND x.status = 'pending' AND x.next_attempt_at <= ?
-            ORDER BY x.next_attempt_at LIMIT ?
+    token = secrets.randbits(62)
+    if conn.dialect == "postgresql":
+        rows = await _due_shared(conn, now=now, rooms=rooms, cluster_cap=cluster_cap)
+    else:
+        # ``json_each`` keeps the statement text (and SQLite's prepared statement) the same
+        # whatever the subscriptions; LIMIT must be a constant, so it is the largest room,
+        # trimmed below.
+        rows = await conn.execute_fetchall(
+            """
+            SELECT d.id, d.event_id, d.subscription_id, d.attempts, d.manual, d.next_attempt_at,
+                   e.payload, s.url, s.secret, s.previous_secret, s.previous_secret_until,
+                   s.headers, s.template, s.content_type
+            FROM json_each(?) AS w
+            JOIN subscriptions s ON s.id = w.value AND s.status = 'active'
+            JOIN deliveries d ON d.rowid IN (
+                SELECT x.rowid FROM deliveries x
+                WHERE x.subscription_id = w.value AND x.status = 'pending'
+                  AND x.next_attempt_at <= ?
+                ORDER BY x.next_attempt_at LIMIT ?
+            )
+            JOIN events e ON e.id = d.event_id
+            """,
+            (json.dumps(sorted(rooms)), now, max(rooms.values())),
         )
-        JOIN events e ON e.id = d.event_id
-        """,
-        (json.dumps(sorted(rooms)), now, max(rooms.values())),
-    )
     taken: dict[str, int] = {}
-    chosen: list[sqlite3.Row] = []
+    chosen: list[Row] = []
     for row in sorted(rows, key=lambda r: (r["next_attempt_at"], r["id"])):
         sub = row["subscription_id"]
         if taken.get(sub, 0) < rooms[sub]:
@@ -170,20 +219,25 @@ async def claim_due(
     if not chosen:
         return []
     marks = ", ".join("?" for _ in chosen)
-    await conn.execute(
+    leased = await conn.execute_fetchall(
         f"UPDATE deliveries SET status = 'inflight', lease_until = ?, attempts = attempts + 1, "
-        f"updated_at = ? WHERE id IN ({marks}) AND status = 'pending'",
-        (lease_until, now, *(row["id"] for row in chosen)),
+        f"updated_at = ?, claim_token = ?, lease_owner = ? "
+        f"WHERE id IN ({marks}) AND status = 'pending' RETURNING id",
+        (lease_until, now, token, owner, *(row["id"] for row in chosen)),
     )
+    # On PostgreSQL a row another node took between the read and the lease is not ours.
+    ours = {row["id"] for row in leased}
     # Parsed once per subscription, not once per delivery.
     headers: dict[str, dict[str, str]] = {}
-    secrets: dict[str, tuple[str, ...]] = {}
+    signing: dict[str, tuple[str, ...]] = {}
     claimed = []
     for row in chosen:
+        if row["id"] not in ours:
+            continue
         sub = row["subscription_id"]
         if sub not in headers:
             headers[sub] = json.loads(row["headers"])
-            secrets[sub] = _signing_secrets(row, now)
+            signing[sub] = _signing_secrets(row, now)
         claimed.append(
             Claimed(
                 id=row["id"],
@@ -191,10 +245,11 @@ async def claim_due(
                 subscription_id=sub,
                 attempt=row["attempts"] + 1,
                 url=row["url"],
-                secrets=secrets[sub],
+                secrets=signing[sub],
                 headers=headers[sub],
-                payload=row["payload"],
+                payload=bytes(row["payload"]),
                 manual=bool(row["manual"]),
+                token=token,
                 template=row["template"],
                 content_type=row["content_type"],
             )
@@ -202,7 +257,47 @@ async def claim_due(
     return claimed
 
 
-async def fifo_among(conn: aiosqlite.Connection, sub_ids: set[str]) -> set[str]:
+# Serialises claims across nodes (pg_advisory_xact_lock key; see claim_due).
+CLAIM_LOCK = 0x7265_656C_0002
+
+
+async def _due_shared(
+    conn: Connection, *, now: float, rooms: Mapping[str, int], cluster_cap: int | None
+) -> list[Row]:
+    """PostgreSQL: each subscription's earliest due rows, at most its room and, with
+    ``cluster_cap``, at most what keeps its deliveries in flight on every node under the cap.
+
+    The lock is taken before the choosing statement starts, so (READ COMMITTED) its snapshot
+    includes every claim committed before ours; rows leaving 'inflight' meanwhile only make the
+    counts err high, never past the cap.
+    """
+    await conn.execute("SELECT pg_advisory_xact_lock(?)", (CLAIM_LOCK,))
+    subs = sorted(rooms)
+    cap = cluster_cap if cluster_cap is not None else max(rooms.values())
+    return await conn.execute_fetchall(
+        """
+        SELECT d.id, d.event_id, d.subscription_id, d.attempts, d.manual, d.next_attempt_at,
+               e.payload, s.url, s.secret, s.previous_secret, s.previous_secret_until,
+               s.headers, s.template, s.content_type
+        FROM unnest(?::text[], ?::int[]) AS w(sub, room)
+        JOIN subscriptions s ON s.id = w.sub AND s.status = 'active'
+        CROSS JOIN LATERAL (
+            SELECT count(*) AS n FROM deliveries b
+            WHERE b.subscription_id = w.sub AND b.status = 'inflight'
+        ) AS busy
+        CROSS JOIN LATERAL (
+            SELECT x.* FROM deliveries x
+            WHERE x.subscription_id = w.sub AND x.status = 'pending' AND x.next_attempt_at <= ?
+            ORDER BY x.next_attempt_at, x.id
+            LIMIT GREATEST(0, LEAST(w.room, ? - busy.n))
+        ) AS d
+        JOIN events e ON e.id = d.event_id
+        """,
+        (subs, [rooms[sub] for sub in subs], now, cap),
+    )
+
+
+async def fifo_among(conn: Connection, sub_ids: set[str]) -> set[str]:
     """Those of ``sub_ids`` that deliver in order."""
     if not sub_ids:
         return set()
@@ -214,7 +309,7 @@ async def fifo_among(conn: aiosqlite.Connection, sub_ids: set[str]) -> set[str]:
     return {row["id"] for row in rows}
 
 
-async def promote_queued(conn: aiosqlite.Connection, sub_ids: Sequence[str], now: float) -> int:
+async def promote_queued(conn: Connection, sub_ids: Sequence[str], now: float) -> int:
     """For each FIFO subscription in ``sub_ids`` with nothing pending or in flight, make its
     first queued delivery (in event order) due at ``now``; return how many were promoted.
 
@@ -236,7 +331,7 @@ async def promote_queued(conn: aiosqlite.Connection, sub_ids: Sequence[str], now
     return promoted
 
 
-async def restart_queues(conn: aiosqlite.Connection, now: float) -> int:
+async def restart_queues(conn: Connection, now: float) -> int:
     """At start-up: promote the head of every queue that has none (a subscription switched back
     to FIFO, or a queue whose head was canceled by hand in the database); return how many."""
     rows = await conn.execute_fetchall(
@@ -245,7 +340,7 @@ async def restart_queues(conn: aiosqlite.Connection, now: float) -> int:
     return await promote_queued(conn, [row[0] for row in rows], now)
 
 
-async def release_queue(conn: aiosqlite.Connection, sub_id: str, now: float) -> int:
+async def release_queue(conn: Connection, sub_id: str, now: float) -> int:
     """Make every queued delivery of ``sub_id`` due at ``now`` (it no longer delivers in order)."""
     cursor = await conn.execute(
         "UPDATE deliveries SET status = 'pending', next_attempt_at = ?, queue_seq = NULL, "
@@ -266,7 +361,7 @@ class Queue:
     queued: int
 
 
-async def queue_of(conn: aiosqlite.Connection, sub_id: str) -> Queue:
+async def queue_of(conn: Connection, sub_id: str) -> Queue:
     rows = await conn.execute_fetchall(
         f"{_DELIVERY_SELECT} WHERE d.subscription_id = ? AND d.status IN ('pending', 'inflight') "
         "ORDER BY d.next_attempt_at LIMIT 1",
@@ -280,7 +375,7 @@ async def queue_of(conn: aiosqlite.Connection, sub_id: str) -> Queue:
     return Queue(head, int(next(iter(counted))[0]))
 
 
-def _signing_secrets(sub: sqlite3.Row, now: float) -> tuple[str, ...]:
+def _signing_secrets(sub: Row, now: float) -> tuple[str, ...]:
     """The current secret, and the one it replaced while its rotation grace period lasts."""
     previous, until = sub["previous_secret"], sub["previous_secret_until"]
     if previous and until is not None and until > now:
@@ -288,8 +383,40 @@ def _signing_secrets(sub: sqlite3.Row, now: float) -> tuple[str, ...]:
     return (sub["secret"],)
 
 
-async def record(conn: aiosqlite.Connection, outcomes: Sequence[AttemptOutcome]) -> None:
-    """Store each attempt and move each delivery to its next state, in the caller's transaction."""
+async def _by_id(conn: Connection, select: str, ids: set[str]) -> dict[str, Row]:
+    marks = ", ".join("?" for _ in ids)
+    rows = await conn.execute_fetchall(f"{select} WHERE id IN ({marks})", tuple(ids))
+    return {row["id"]: row for row in rows}
+
+
+async def record(conn: Connection, outcomes: Sequence[AttemptOutcome]) -> list[AttemptOutcome]:
+    """Store each attempt and move each delivery to its next state, in the caller's transaction;
+    return the outcomes recorded.
+
+    An outcome whose claim is no longer current (the delivery was handed back and claimed again
+    under another token, or finished) is refused: a node that lost its lease, say one paused
+    past its heartbeat, must not overwrite what the node that took over does. The rows are
+    locked first (in id order, so two recorders cannot deadlock) so no claim slips in between.
+    """
+    if not outcomes:
+        return []
+    ids = sorted({o.delivery_id for o in outcomes})
+    lock = " FOR UPDATE" if conn.dialect == "postgresql" else ""
+    current = {
+        row["id"]: row["claim_token"]
+        for row in await conn.execute_fetchall(
+            f"SELECT id, claim_token FROM deliveries WHERE id IN ({', '.join('?' for _ in ids)}) "
+            f"AND status = 'inflight' ORDER BY id{lock}",
+            ids,
+        )
+    }
+    accepted = [o for o in outcomes if current.get(o.delivery_id, -1) == (o.token or None)]
+    if accepted:
+        await _store_outcomes(conn, accepted)
+    return accepted
+
+
+async def _store_outcomes(conn: Connection, outcomes: Sequence[AttemptOutcome]) -> None:
     await conn.executemany(
         "INSERT INTO attempts (delivery_id, attempted_at, status_code, latency_ms, error, "
         "response_body) VALUES (?, ?, ?, ?, ?, ?)",
@@ -300,7 +427,8 @@ async def record(conn: aiosqlite.Connection, outcomes: Sequence[AttemptOutcome])
     )
     await conn.executemany(
         "UPDATE deliveries SET status = ?, next_attempt_at = ?, lease_until = NULL, manual = 0, "
-        "last_status_code = ?, last_error = ?, updated_at = ? WHERE id = ? AND status = 'inflight'",
+        "last_status_code = ?, last_error = ?, updated_at = ?, claim_token = NULL, "
+        "lease_owner = NULL WHERE id = ? AND status = 'inflight'",
         [
             (o.status, o.next_attempt_at, o.status_code, o.error, o.attempted_at, o.delivery_id)
             for o in outcomes
@@ -316,26 +444,69 @@ async def record(conn: aiosqlite.Connection, outcomes: Sequence[AttemptOutcome])
     announce(conn, Work.DELIVERIES)
 
 
+async def next_due_at(conn: Connection) -> float | None:
+    """When the earliest pending delivery of an active subscription is due, if ever."""
+    rows = await conn.execute_fetchall(
+        "SELECT min(next_attempt_at) FROM deliveries WHERE status = 'pending'"
+        f" AND {_index_hint(conn)}subscription_id IN"
+        " (SELECT id FROM subscriptions WHERE status = 'active')"
+    )
+    row = next(iter(rows), None)
+    return float(row[0]) if row and row[0] is not None else None
+
+
 async def release(
-    conn: aiosqlite.Connection, delivery_ids: Sequence[str] | None, now: float
+    conn: Connection,
+    delivery_ids: Sequence[str] | None,
+    now: float,
+    *,
+    owner: str | None = None,
 ) -> int:
     """Hand leased deliveries back as due at ``now``, as if never claimed; return how many.
 
-    ``delivery_ids`` None releases every lease: at start-up, a lease can only be a previous run's,
-    since one process owns the SQLite database. The unfinished attempt is not counted, so it does
-    not use up a place in the retry schedule.
+    ``delivery_ids`` None releases every lease: on SQLite at start-up a lease can only be a
+    previous run's, since one process owns the file (PostgreSQL nodes use
+    :func:`release_orphaned` instead). With ``owner``, only rows that node still holds are
+    released, so a node handing back its unfinished work never touches a row taken over by
+    another. The unfinished attempt is not counted, so it does not use up a place in the retry
+    schedule.
     """
-    sql = (
-        "UPDATE deliveries SET status = 'pending', lease_until = NULL, next_attempt_at = ?, "
-        "attempts = max(attempts - 1, 0), updated_at = ? WHERE status = 'inflight'"
-    )
+    sql = f"{_RELEASE} WHERE status = 'inflight'"
     params: list[Any] = [now, now]
     if delivery_ids is not None:
         if not delivery_ids:
             return 0
         sql += f" AND id IN ({', '.join('?' for _ in delivery_ids)})"
         params.extend(delivery_ids)
+    if owner is not None:
+        sql += " AND lease_owner = ?"
+        params.append(owner)
     cursor = await conn.execute(sql, params)
+    if cursor.rowcount > 0:
+        announce(conn, Work.DELIVERIES)
+    return cursor.rowcount
+
+
+_RELEASE = (
+    "UPDATE deliveries SET status = 'pending', lease_until = NULL, next_attempt_at = ?, "
+    "attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END, updated_at = ?, "
+    "claim_token = NULL, lease_owner = NULL"
+)
+
+
+async def release_orphaned(conn: Connection, now: float, *, node_timeout: float) -> int:
+    """PostgreSQL: hand back every lease whose node is dead (no heartbeat within
+    ``node_timeout`` seconds of the database's clock) or unknown; return how many.
+
+    What a live node holds is never touched, whatever its lease time says: start-up and the
+    stale-node sweep both use this, so a starting node cannot steal a running node's work.
+    """
+    cursor = await conn.execute(
+        f"{_RELEASE} WHERE status = 'inflight' AND (lease_owner IS NULL OR lease_owner NOT IN "
+        "(SELECT id FROM nodes WHERE heartbeat_at >= "
+        "extract(epoch from clock_timestamp()) - ?))",
+        (now, now, node_timeout),
+    )
     if cursor.rowcount > 0:
         announce(conn, Work.DELIVERIES)
     return cursor.rowcount
@@ -378,7 +549,7 @@ _DELIVERY_SELECT = (
 )
 
 
-def _delivery(row: sqlite3.Row) -> Delivery:
+def _delivery(row: Row) -> Delivery:
     fields = {name: row[name] for name in Delivery.__dataclass_fields__}
     return Delivery(**{**fields, "status": DeliveryStatus(row["status"])})
 
@@ -390,7 +561,7 @@ def _owned_by(owner_key_id: str) -> tuple[str, list[Any]]:
 
 
 async def list_page(
-    conn: aiosqlite.Connection,
+    conn: Connection,
     *,
     owner_key_id: str | None,
     subscription_id: str | None = None,
@@ -436,9 +607,7 @@ async def list_page(
         return [_delivery(row) for row in await c.fetchall()]
 
 
-async def get(
-    conn: aiosqlite.Connection, delivery_id: str, *, owner_key_id: str | None
-) -> Delivery | None:
+async def get(conn: Connection, delivery_id: str, *, owner_key_id: str | None) -> Delivery | None:
     """One delivery, if it exists and (with ``owner_key_id``) belongs to that key."""
     clauses, params = ["d.id = ?"], [delivery_id]
     if owner_key_id is not None:
@@ -450,7 +619,7 @@ async def get(
     return _delivery(row) if row else None
 
 
-async def attempts_of(conn: aiosqlite.Connection, delivery_id: str) -> list[Attempt]:
+async def attempts_of(conn: Connection, delivery_id: str) -> list[Attempt]:
     """Every attempt of a delivery, oldest first."""
     async with conn.execute(
         "SELECT attempted_at, status_code, latency_ms, error, response_body FROM attempts "
@@ -460,13 +629,13 @@ async def attempts_of(conn: aiosqlite.Connection, delivery_id: str) -> list[Atte
         return [Attempt(*row) for row in await cursor.fetchall()]
 
 
-async def payload_of(conn: aiosqlite.Connection, event_id: str) -> bytes | None:
+async def payload_of(conn: Connection, event_id: str) -> bytes | None:
     async with conn.execute("SELECT payload FROM events WHERE id = ?", (event_id,)) as cursor:
         row = await cursor.fetchone()
     return bytes(row["payload"]) if row else None
 
 
-async def resend(conn: aiosqlite.Connection, delivery_id: str, now: float) -> bool:
+async def resend(conn: Connection, delivery_id: str, now: float) -> bool:
     """Make a delivery due at ``now``; False if it is in flight or canceled (nothing changes).
 
     A pending delivery keeps its schedule, only brought forward; a finished one (succeeded or
@@ -484,7 +653,7 @@ async def resend(conn: aiosqlite.Connection, delivery_id: str, now: float) -> bo
 
 
 async def recover(
-    conn: aiosqlite.Connection,
+    conn: Connection,
     subscription_id: str,
     *,
     since: float,
@@ -498,7 +667,7 @@ async def recover(
     cursor = await conn.execute(
         "UPDATE deliveries SET status = 'pending', manual = 1, next_attempt_at = ?, updated_at = ? "
         "WHERE subscription_id = ? AND status = 'failed' AND created_at >= ? "
-        "AND (? IS NULL OR created_at < ?)",
+        "AND (CAST(? AS DOUBLE PRECISION) IS NULL OR created_at < ?)",
         (now, now, subscription_id, since, until, until),
     )
     if cursor.rowcount > 0:

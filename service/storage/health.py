@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import aiosqlite
+from service.storage.database import Connection
 
 # The console shows the start of a failed answer; the attempt log keeps up to 20 kB of it.
 EXCERPT_BYTES = 300
@@ -33,10 +33,11 @@ class Health:
         return self.succeeded / self.attempts if self.attempts else None
 
 
-async def of_subscription(conn: aiosqlite.Connection, sub_id: str, *, since: float) -> Health:
+async def of_subscription(conn: Connection, sub_id: str, *, since: float) -> Health:
     async with conn.execute(
         "SELECT count(*) AS attempts,"
-        " coalesce(sum(a.status_code BETWEEN 200 AND 299), 0) AS succeeded"
+        " coalesce(sum(CASE WHEN a.status_code BETWEEN 200 AND 299 THEN 1 ELSE 0 END), 0)"
+        " AS succeeded"
         " FROM attempts a JOIN deliveries d ON d.id = a.delivery_id"
         " WHERE d.subscription_id = ? AND a.attempted_at >= ?",
         (sub_id, since),

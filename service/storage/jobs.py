@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import aiosqlite
-
 from service.core.jsonutil import dumps
 from service.core.models import Cost, Job, JobError, JobStatus, Notice, Output
 from service.storage.announcements import Work, announce
+from service.storage.database import Connection, Row
 
 _COLUMNS = (
     "id, owner_key_id, model, provider, provider_job_id, status, input, outputs, error, cost, "
@@ -20,7 +18,7 @@ _COLUMNS = (
 )
 
 
-def _from_row(row: sqlite3.Row) -> Job:
+def _from_row(row: Row) -> Job:
     error = json.loads(row["error"]) if row["error"] else None
     return Job(
         id=row["id"],
@@ -75,7 +73,7 @@ def _values(
 
 
 async def insert(
-    conn: aiosqlite.Connection,
+    conn: Connection,
     job: Job,
     *,
     idempotency_key: str | None = None,
@@ -85,7 +83,7 @@ async def insert(
     announce(conn, Work.DEADLINES)
 
 
-async def insert_many(conn: aiosqlite.Connection, batch: Iterable[Job]) -> None:
+async def insert_many(conn: Connection, batch: Iterable[Job]) -> None:
     """Insert jobs in one statement (imports and benchmark fixtures; no idempotency keys)."""
     await conn.executemany(_INSERT, (_values(job) for job in batch))
     announce(conn, Work.DEADLINES)
@@ -112,33 +110,39 @@ _UPDATE = (
 )
 
 
-async def save(conn: aiosqlite.Connection, job: Job, now: float) -> None:
+async def save(conn: Connection, job: Job, now: float) -> None:
     """Write back every mutable field of ``job``."""
     await conn.execute(_UPDATE, _mutable(job, now))
 
 
-async def save_many(conn: aiosqlite.Connection, batch: Iterable[Job], now: float) -> None:
+async def save_many(conn: Connection, batch: Iterable[Job], now: float) -> None:
     """:func:`save` for many jobs in one statement."""
     await conn.executemany(_UPDATE, (_mutable(job, now) for job in batch))
 
 
-async def get(conn: aiosqlite.Connection, job_id: str) -> Job | None:
-    async with conn.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)) as cursor:
+async def get(conn: Connection, job_id: str) -> Job | None:
+    sql = f"SELECT {_COLUMNS} FROM jobs WHERE id = ?{conn.for_update}"
+    async with conn.execute(sql, (job_id,)) as cursor:
         row = await cursor.fetchone()
     return _from_row(row) if row else None
 
 
-async def get_many(conn: aiosqlite.Connection, job_ids: Iterable[str]) -> dict[str, Job]:
+async def get_many(conn: Connection, job_ids: Iterable[str]) -> dict[str, Job]:
     """The jobs that exist among ``job_ids``, by id."""
     wanted = list(dict.fromkeys(job_ids))
+    if not wanted:
+        return {}  # PostgreSQL refuses an empty IN ()
     marks = ", ".join("?" for _ in wanted)
     # execute_fetchall: one trip to the database thread instead of three (execute, fetch, close).
-    rows = await conn.execute_fetchall(f"SELECT {_COLUMNS} FROM jobs WHERE id IN ({marks})", wanted)
+    # In id order: two nodes locking overlapping batches then queue instead of deadlocking.
+    rows = await conn.execute_fetchall(
+        f"SELECT {_COLUMNS} FROM jobs WHERE id IN ({marks}) ORDER BY id{conn.for_update}", wanted
+    )
     return {row["id"]: _from_row(row) for row in rows}
 
 
 async def find_by_idempotency_key(
-    conn: aiosqlite.Connection, owner_key_id: str, key: str, not_before: float
+    conn: Connection, owner_key_id: str, key: str, not_before: float
 ) -> tuple[Job, str] | None:
     """The job created under ``key`` by this owner since ``not_before``, with its request hash."""
     async with conn.execute(
@@ -150,7 +154,7 @@ async def find_by_idempotency_key(
     return (_from_row(row), row["request_hash"]) if row else None
 
 
-async def release_idempotency_key(conn: aiosqlite.Connection, owner_key_id: str, key: str) -> None:
+async def release_idempotency_key(conn: Connection, owner_key_id: str, key: str) -> None:
     """Forget an expired idempotency key so it can name a new job."""
     await conn.execute(
         "UPDATE jobs SET idempotency_key = NULL WHERE owner_key_id = ? AND idempotency_key = ?",
@@ -159,7 +163,7 @@ async def release_idempotency_key(conn: aiosqlite.Connection, owner_key_id: str,
 
 
 async def list_page(
-    conn: aiosqlite.Connection,
+    conn: Connection,
     *,
     owner_key_id: str | None,
     status: str | None,
@@ -196,7 +200,7 @@ async def list_page(
 
 
 async def with_status(
-    conn: aiosqlite.Connection, provider: str, statuses: tuple[JobStatus, ...]
+    conn: Connection, provider: str, statuses: tuple[JobStatus, ...]
 ) -> list[Job]:
     marks = ", ".join("?" for _ in statuses)
     async with conn.execute(
@@ -204,6 +208,11 @@ async def with_status(
         (provider, *(s.value for s in statuses)),
     ) as cursor:
         return [_from_row(row) for row in await cursor.fetchall()]
+
+
+async def hold(conn: Connection, job_id: str, node_id: str) -> None:
+    """Record that ``node_id`` holds ``job_id``'s request."""
+    await conn.execute("UPDATE jobs SET held_by = ? WHERE id = ?", (node_id, job_id))
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,7 +228,7 @@ class CallbackRecord:
     route: str = "job"
 
 
-async def record_callbacks(conn: aiosqlite.Connection, records: Iterable[CallbackRecord]) -> None:
+async def record_callbacks(conn: Connection, records: Iterable[CallbackRecord]) -> None:
     await conn.executemany(
         "INSERT INTO callbacks (job_id, provider, received_at, outcome, body, route) "
         "VALUES (?, ?, ?, ?, ?, ?)",
@@ -228,7 +237,7 @@ async def record_callbacks(conn: aiosqlite.Connection, records: Iterable[Callbac
 
 
 async def find_for_provider(
-    conn: aiosqlite.Connection, provider: str, *, job_id: str | None, provider_job_id: str | None
+    conn: Connection, provider: str, *, job_id: str | None, provider_job_id: str | None
 ) -> str | None:
     """The id of ``provider``'s job that is ``job_id`` (reelhook's id, echoed by the provider as
     its external id) or, failing that, has ``provider_job_id``; None when neither names one."""
@@ -249,7 +258,7 @@ async def find_for_provider(
 
 
 async def record_unmatched(
-    conn: aiosqlite.Connection,
+    conn: Connection,
     *,
     provider: str,
     provider_job_id: str | None,
@@ -266,7 +275,7 @@ async def record_unmatched(
 
 
 async def claim_unmatched(
-    conn: aiosqlite.Connection, provider: str, provider_job_id: str, job_id: str
+    conn: Connection, provider: str, provider_job_id: str, job_id: str
 ) -> list[bytes]:
     """The unmatched bodies naming ``provider_job_id``, oldest first, now matched to ``job_id``."""
     rows = list(
@@ -284,7 +293,7 @@ async def claim_unmatched(
     return [bytes(row[1]) for row in rows]
 
 
-async def count_unmatched(conn: aiosqlite.Connection, provider: str | None = None) -> int:
+async def count_unmatched(conn: Connection, provider: str | None = None) -> int:
     """Unmatched account-webhook bodies still waiting for their job."""
     sql = "SELECT count(*) FROM unmatched_callbacks WHERE matched_job_id IS NULL"
     rows = await conn.execute_fetchall(
@@ -296,36 +305,39 @@ async def count_unmatched(conn: aiosqlite.Connection, provider: str | None = Non
 _UNFINISHED = tuple(status.value for status in JobStatus if not status.terminal)
 
 
-async def next_deadline(conn: aiosqlite.Connection) -> float | None:
+async def next_deadline(conn: Connection) -> float | None:
     """The earliest deadline of a job that has not reached a terminal state, if any."""
     # One min() per status: each is a single index probe, where min() over an IN list would
     # scan every unfinished job.
     per_status = " UNION ALL ".join(
         "SELECT min(deadline_at) AS t FROM jobs WHERE status = ?" for _ in _UNFINISHED
     )
-    async with conn.execute(f"SELECT min(t) FROM ({per_status})", _UNFINISHED) as cursor:
+    sql = f"SELECT min(t) FROM ({per_status}) AS per_status"
+    async with conn.execute(sql, _UNFINISHED) as cursor:
         row = await cursor.fetchone()
     return float(row[0]) if row and row[0] is not None else None
 
 
-async def past_deadline(conn: aiosqlite.Connection, now: float, limit: int) -> list[Job]:
+async def past_deadline(conn: Connection, now: float, limit: int) -> list[Job]:
     """Unfinished jobs whose deadline is at or before ``now``, earliest first."""
     async with conn.execute(
         f"SELECT {_COLUMNS} FROM jobs WHERE status IN (?, ?, ?) AND deadline_at <= ? "
-        "ORDER BY deadline_at LIMIT ?",
+        f"ORDER BY deadline_at LIMIT ?{conn.skip_locked}",
         (*_UNFINISHED, now, limit),
     ) as cursor:
         return [_from_row(row) for row in await cursor.fetchall()]
 
 
-async def held_resubmits(conn: aiosqlite.Connection, job_id: str) -> int:
+async def held_resubmits(conn: Connection, job_id: str) -> int:
     """How many times the held request of ``job_id`` was sent again after a restart."""
-    async with conn.execute("SELECT held_resubmits FROM jobs WHERE id = ?", (job_id,)) as cursor:
+    # Locked: of two nodes recovering the same dead node's job, one resubmits it.
+    sql = f"SELECT held_resubmits FROM jobs WHERE id = ?{conn.for_update}"
+    async with conn.execute(sql, (job_id,)) as cursor:
         row = await cursor.fetchone()
     return int(row[0]) if row else 0
 
 
-async def count_held_resubmit(conn: aiosqlite.Connection, job_id: str, now: float) -> None:
+async def count_held_resubmit(conn: Connection, job_id: str, now: float) -> None:
     await conn.execute(
         "UPDATE jobs SET held_resubmits = held_resubmits + 1, updated_at = ? WHERE id = ?",
         (now, job_id),

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import dataclass
 
-import aiosqlite
-
 from service.core.jsonutil import dumps
+from service.storage.database import Connection, Row
 
 _COLUMNS = "id, name, key_hash, scopes, created_at, revoked_at"
 
@@ -23,7 +21,7 @@ class StoredKey:
     revoked_at: float | None
 
 
-def _from_row(row: sqlite3.Row) -> StoredKey:
+def _from_row(row: Row) -> StoredKey:
     return StoredKey(
         id=row["id"],
         name=row["name"],
@@ -35,7 +33,7 @@ def _from_row(row: sqlite3.Row) -> StoredKey:
 
 
 async def insert(
-    conn: aiosqlite.Connection,
+    conn: Connection,
     *,
     key_id: str,
     name: str,
@@ -49,7 +47,7 @@ async def insert(
     )
 
 
-async def find_by_hash(conn: aiosqlite.Connection, key_hash: str) -> StoredKey | None:
+async def find_by_hash(conn: Connection, key_hash: str) -> StoredKey | None:
     """The key with this digest, revoked or not."""
     async with conn.execute(
         f"SELECT {_COLUMNS} FROM api_keys WHERE key_hash = ?", (key_hash,)
@@ -58,44 +56,48 @@ async def find_by_hash(conn: aiosqlite.Connection, key_hash: str) -> StoredKey |
     return _from_row(row) if row else None
 
 
-async def find_active(conn: aiosqlite.Connection, key_hash: str) -> StoredKey | None:
+async def find_active(conn: Connection, key_hash: str) -> StoredKey | None:
     """The unrevoked key with this digest."""
     found = await find_by_hash(conn, key_hash)
     return found if found is not None and found.revoked_at is None else None
 
 
-async def get(conn: aiosqlite.Connection, key_id: str) -> StoredKey | None:
+async def get(conn: Connection, key_id: str) -> StoredKey | None:
     async with conn.execute(f"SELECT {_COLUMNS} FROM api_keys WHERE id = ?", (key_id,)) as cursor:
         row = await cursor.fetchone()
     return _from_row(row) if row else None
 
 
-async def list_page(
-    conn: aiosqlite.Connection, *, after_id: str | None, limit: int
-) -> list[StoredKey]:
+async def list_page(conn: Connection, *, after_id: str | None, limit: int) -> list[StoredKey]:
     """Keys oldest first; ``after_id`` is the cursor (the last id of the previous page)."""
     async with conn.execute(
-        f"SELECT {_COLUMNS} FROM api_keys WHERE ? IS NULL OR id > ? ORDER BY id LIMIT ?",
+        f"SELECT {_COLUMNS} FROM api_keys WHERE CAST(? AS TEXT) IS NULL OR id > ? "
+        "ORDER BY id LIMIT ?",
         (after_id, after_id, limit),
     ) as cursor:
         return [_from_row(row) for row in await cursor.fetchall()]
 
 
-async def revoke(conn: aiosqlite.Connection, key_id: str, now: float) -> None:
+async def revoke(conn: Connection, key_id: str, now: float) -> None:
     await conn.execute(
         "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (now, key_id)
     )
 
 
-async def count_holding(
-    conn: aiosqlite.Connection, scope: str, *, excluding: str | None = None
-) -> int:
+async def count_holding(conn: Connection, scope: str, *, excluding: str | None = None) -> int:
     """Unrevoked keys that hold ``scope`` itself, leaving out the key ``excluding``."""
     # Scopes are a JSON array: look for the element itself, not for text inside the document.
+    # The dialects spell "is distinct from" and "the elements of a JSON array" differently.
+    elements = (
+        "json_each(api_keys.scopes)"
+        if conn.dialect == "sqlite"
+        else "jsonb_array_elements_text(api_keys.scopes::jsonb) AS element(value)"
+    )
     async with conn.execute(
-        "SELECT count(*) FROM api_keys WHERE revoked_at IS NULL AND id IS NOT ? "
-        "AND EXISTS (SELECT 1 FROM json_each(api_keys.scopes) WHERE value = ?)",
-        (excluding, scope),
+        "SELECT count(*) FROM api_keys WHERE revoked_at IS NULL "
+        "AND (CAST(? AS TEXT) IS NULL OR id <> ?) "
+        f"AND EXISTS (SELECT 1 FROM {elements} WHERE value = ?)",
+        (excluding, excluding, scope),
     ) as cursor:
         row = await cursor.fetchone()
     return int(row[0]) if row else 0

@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import aiosqlite
-
 from service.core.models import MirrorStatus
 from service.storage.announcements import Work, announce
+from service.storage.database import Connection
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,7 +21,7 @@ class MirrorTask:
 
 
 async def enqueue(
-    conn: aiosqlite.Connection, job_id: str, outputs: Sequence[tuple[int, str]], now: float
+    conn: Connection, job_id: str, outputs: Sequence[tuple[int, str]], now: float
 ) -> None:
     """Queue ``(output index, url)`` pairs of ``job_id``, due now, in the caller's transaction."""
     await conn.executemany(
@@ -33,7 +32,7 @@ async def enqueue(
     announce(conn, Work.MIRRORS)
 
 
-async def due(conn: aiosqlite.Connection, now: float, limit: int) -> list[MirrorTask]:
+async def due(conn: Connection, now: float, limit: int) -> list[MirrorTask]:
     """Pending downloads due at ``now``, oldest due first."""
     async with conn.execute(
         "SELECT job_id, output_index, url, attempts FROM mirrors "
@@ -44,7 +43,7 @@ async def due(conn: aiosqlite.Connection, now: float, limit: int) -> list[Mirror
     return [MirrorTask(r["job_id"], r["output_index"], r["url"], r["attempts"]) for r in rows]
 
 
-async def next_due_after(conn: aiosqlite.Connection, now: float) -> float | None:
+async def next_due_after(conn: Connection, now: float) -> float | None:
     """When the next pending download that is not yet due falls due, if any."""
     async with conn.execute(
         "SELECT min(next_attempt_at) FROM mirrors WHERE status = 'pending' AND next_attempt_at > ?",
@@ -55,7 +54,7 @@ async def next_due_after(conn: aiosqlite.Connection, now: float) -> float | None
 
 
 async def retry_later(
-    conn: aiosqlite.Connection, task: MirrorTask, at: float, error: str, now: float
+    conn: Connection, task: MirrorTask, at: float, error: str, now: float
 ) -> None:
     await conn.execute(
         "UPDATE mirrors SET attempts = attempts + 1, next_attempt_at = ?, error = ?, "
@@ -64,9 +63,7 @@ async def retry_later(
     )
 
 
-async def finish(
-    conn: aiosqlite.Connection, task: MirrorTask, *, error: str | None, now: float
-) -> bool:
+async def finish(conn: Connection, task: MirrorTask, *, error: str | None, now: float) -> bool:
     """Close the download: ``done`` without ``error``, ``failed`` with it.
 
     Returns False when it was already closed (a second worker finished the same task), so the
@@ -86,7 +83,7 @@ async def finish(
         return cursor.rowcount == 1
 
 
-async def open_for_job(conn: aiosqlite.Connection, job_id: str) -> int:
+async def open_for_job(conn: Connection, job_id: str) -> int:
     """How many of ``job_id``'s downloads are still pending."""
     async with conn.execute(
         "SELECT count(*) FROM mirrors WHERE job_id = ? AND status = 'pending'", (job_id,)

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import aiosqlite
-
 from service.core.models import DeliveryStatus
+from service.storage.database import Connection
 
 _OPEN = "('queued', 'pending', 'inflight')"
 
@@ -34,7 +33,7 @@ def _marks(values: list[str] | list[int]) -> str:
 
 
 async def _walk(
-    conn: aiosqlite.Connection, select: str, after: int, cutoff: float, limit: int
+    conn: Connection, select: str, after: int, cutoff: float, limit: int
 ) -> tuple[list[tuple[int, str]], int, float | None, bool]:
     """Rows (key, id) older than ``cutoff`` from one ordered batch of ``select``."""
     async with conn.execute(select, (after, limit)) as cursor:
@@ -49,9 +48,7 @@ async def _walk(
     return old, last, None, len(rows) < limit
 
 
-async def prune_events(
-    conn: aiosqlite.Connection, *, cutoff: float, after: int, limit: int
-) -> Batch:
+async def prune_events(conn: Connection, *, cutoff: float, after: int, limit: int) -> Batch:
     """Delete events created before ``cutoff`` whose deliveries are all settled, with those
     deliveries and their attempts."""
     old, last, young_at, finished = await _walk(
@@ -89,9 +86,7 @@ async def prune_events(
     return Batch(deleted, last, young_at, finished)
 
 
-async def prune_attempts(
-    conn: aiosqlite.Connection, *, cutoff: float, after: int, limit: int
-) -> Batch:
+async def prune_attempts(conn: Connection, *, cutoff: float, after: int, limit: int) -> Batch:
     """Delete attempts made before ``cutoff`` by deliveries that are settled (the attempts of
     an event that must stay because another of its deliveries is still open)."""
     async with conn.execute(
@@ -112,7 +107,7 @@ async def prune_attempts(
 
 
 async def _delete_attempts(
-    conn: aiosqlite.Connection, doomed: list[int], last: int, young_at: float | None, done: bool
+    conn: Connection, doomed: list[int], last: int, young_at: float | None, done: bool
 ) -> Batch:
     if not doomed:
         return Batch({}, last, young_at, done)
@@ -120,9 +115,7 @@ async def _delete_attempts(
     return Batch({"attempts": cursor.rowcount}, last, young_at, done)
 
 
-async def prune_callbacks(
-    conn: aiosqlite.Connection, *, cutoff: float, after: int, limit: int
-) -> Batch:
+async def prune_callbacks(conn: Connection, *, cutoff: float, after: int, limit: int) -> Batch:
     """Delete raw callbacks received before ``cutoff`` (the jobs they moved are kept)."""
     old, last, young_at, finished = await _walk(
         conn,
@@ -138,9 +131,7 @@ async def prune_callbacks(
     return Batch({"callbacks": cursor.rowcount}, last, young_at, finished)
 
 
-async def prune_unmatched(
-    conn: aiosqlite.Connection, *, cutoff: float, after: int, limit: int
-) -> Batch:
+async def prune_unmatched(conn: Connection, *, cutoff: float, after: int, limit: int) -> Batch:
     """Delete account-webhook documents received before ``cutoff`` that never found their job
     (or were applied long ago): by then no submit answer will record their provider job id."""
     old, last, young_at, finished = await _walk(

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import aiosqlite
-
 from service.core.models import DeliveryStatus
+from service.storage.database import Connection
 
 
-async def jobs_by_status(conn: aiosqlite.Connection) -> dict[str, int]:
+async def jobs_by_status(conn: Connection) -> dict[str, int]:
     """The number of stored jobs in each status (a scan of the ``jobs_status`` index)."""
     async with conn.execute("SELECT status, count(*) FROM jobs GROUP BY status") as cursor:
         return {row[0]: int(row[1]) for row in await cursor.fetchall()}
 
 
-async def outbox(conn: aiosqlite.Connection) -> tuple[int, float | None]:
+async def outbox(conn: Connection) -> tuple[int, float | None]:
     """Deliveries waiting or in flight, and when the oldest of them was created.
 
     One query per status so each reads its own partial index (``deliveries_pending``,

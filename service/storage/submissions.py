@@ -13,15 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 
-import aiosqlite
-
 from service.core.models import Job, JobStatus
 from service.storage import jobs
 from service.storage.announcements import Work, announce
+from service.storage.database import Connection
 
 
 async def schedule(
-    conn: aiosqlite.Connection,
+    conn: Connection,
     job_id: str,
     *,
     next_at: float | None,
@@ -35,7 +34,7 @@ async def schedule(
 
 
 async def _set_due(
-    conn: aiosqlite.Connection,
+    conn: Connection,
     job_id: str,
     next_at: float | None,
     attempts: int | None = None,
@@ -50,7 +49,7 @@ async def _set_due(
 
 
 async def claim_due(
-    conn: aiosqlite.Connection,
+    conn: Connection,
     *,
     providers: Collection[str],
     now: float,
@@ -75,7 +74,7 @@ async def claim_due(
             "SELECT id, submit_attempts, next_submit_at FROM jobs "
             f"WHERE status = '{status.value}' AND next_submit_at IS NOT NULL "
             f"AND next_submit_at <= ? AND provider IN ({marks}) "
-            "ORDER BY next_submit_at LIMIT ?",
+            f"ORDER BY next_submit_at LIMIT ?{conn.skip_locked}",
             (now, *providers, limit),
         ) as cursor:
             rows += [(row[2], row[0], int(row[1]) + 1) for row in await cursor.fetchall()]
@@ -91,7 +90,7 @@ async def claim_due(
 
 
 async def next_due_at(
-    conn: aiosqlite.Connection,
+    conn: Connection,
     providers: Collection[str],
     statuses: Sequence[JobStatus] = (JobStatus.PENDING,),
 ) -> float | None:
@@ -107,28 +106,41 @@ async def next_due_at(
         for status in statuses
     )
     params = [provider for _ in statuses for provider in providers]
-    async with conn.execute(f"SELECT MIN(t) FROM ({per_status})", params) as cursor:
+    async with conn.execute(f"SELECT MIN(t) FROM ({per_status}) AS per_status", params) as cursor:
         row = await cursor.fetchone()
     return float(row[0]) if row and row[0] is not None else None
 
 
-async def in_flight(conn: aiosqlite.Connection, providers: Collection[str]) -> list[Job]:
+async def in_flight(
+    conn: Connection, providers: Collection[str], *, alive_within: float | None = None
+) -> list[Job]:
     """Held requests claimed and not answered: submitted or running jobs of ``providers`` with no
-    next submit due (see the module docstring)."""
+    next submit due (see the module docstring).
+
+    ``alive_within`` (PostgreSQL): only those whose holding node has no heartbeat within that
+    many seconds of the database's clock, or has none.
+    """
     if not providers:
         return []
     marks = ", ".join("?" for _ in providers)
+    orphaned = (
+        ""
+        if alive_within is None
+        else " AND (held_by IS NULL OR held_by NOT IN (SELECT id FROM nodes "
+        "WHERE heartbeat_at >= extract(epoch from clock_timestamp()) - ?))"
+    )
+    params = (JobStatus.SUBMITTED.value, JobStatus.RUNNING.value, *providers)
     async with conn.execute(
         "SELECT id FROM jobs WHERE status IN (?, ?) AND next_submit_at IS NULL "
-        f"AND provider IN ({marks}) ORDER BY id",
-        (JobStatus.SUBMITTED.value, JobStatus.RUNNING.value, *providers),
+        f"AND provider IN ({marks}){orphaned} ORDER BY id",
+        params if alive_within is None else (*params, alive_within),
     ) as cursor:
         ids = [row[0] for row in await cursor.fetchall()]
     found = await jobs.get_many(conn, ids)
     return [found[job_id] for job_id in ids if job_id in found]
 
 
-async def attempts_of(conn: aiosqlite.Connection, job_id: str) -> tuple[int, float | None] | None:
+async def attempts_of(conn: Connection, job_id: str) -> tuple[int, float | None] | None:
     """``(submit_attempts, next_submit_at)`` of a job, or None if there is no such job."""
     async with conn.execute(
         "SELECT submit_attempts, next_submit_at FROM jobs WHERE id = ?", (job_id,)

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import replace
-
-import aiosqlite
 
 from service.core.clock import isoformat
 from service.core.jsonutil import dumps
 from service.core.models import Subscription, SubscriptionStatus
 from service.storage.announcements import Work, announce
+from service.storage.database import Connection, Row
 
 _COLUMNS = (
     "id, owner_key_id, url, secret, event_types, models, headers, description, status, job_id, "
@@ -23,7 +21,7 @@ _COLUMNS = (
 _SELECT = f"{_COLUMNS}, previous_secret, previous_secret_until, failing_since, disabled_reason"
 
 
-def _from_row(row: sqlite3.Row) -> Subscription:
+def _from_row(row: Row) -> Subscription:
     return Subscription(
         id=row["id"],
         owner_key_id=row["owner_key_id"],
@@ -48,7 +46,7 @@ def _from_row(row: sqlite3.Row) -> Subscription:
     )
 
 
-async def insert(conn: aiosqlite.Connection, sub: Subscription) -> None:
+async def insert(conn: Connection, sub: Subscription) -> None:
     await conn.execute(
         f"INSERT INTO subscriptions ({_COLUMNS}) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -73,7 +71,7 @@ async def insert(conn: aiosqlite.Connection, sub: Subscription) -> None:
     )
 
 
-async def save(conn: aiosqlite.Connection, sub: Subscription) -> None:
+async def save(conn: Connection, sub: Subscription) -> None:
     """Store the fields a client edits. The secret and the status change only through
     :func:`rotate_secret`, :func:`set_status` and :func:`disable_failing`."""
     await conn.execute(
@@ -96,15 +94,15 @@ async def save(conn: aiosqlite.Connection, sub: Subscription) -> None:
     )
 
 
-async def get(conn: aiosqlite.Connection, sub_id: str) -> Subscription | None:
+async def get(conn: Connection, sub_id: str) -> Subscription | None:
     async with conn.execute(
-        f"SELECT {_SELECT} FROM subscriptions WHERE id = ?", (sub_id,)
+        f"SELECT {_SELECT} FROM subscriptions WHERE id = ?{conn.for_update}", (sub_id,)
     ) as cursor:
         row = await cursor.fetchone()
     return _from_row(row) if row else None
 
 
-async def delete(conn: aiosqlite.Connection, sub_id: str) -> bool:
+async def delete(conn: Connection, sub_id: str) -> bool:
     """Delete it and cancel its open deliveries (kept for audit); True if it existed."""
     await conn.execute(
         "UPDATE deliveries SET status = 'canceled', lease_until = NULL "
@@ -116,7 +114,7 @@ async def delete(conn: aiosqlite.Connection, sub_id: str) -> bool:
 
 
 async def list_page(
-    conn: aiosqlite.Connection, *, owner_key_id: str | None, after_id: str | None, limit: int
+    conn: Connection, *, owner_key_id: str | None, after_id: str | None, limit: int
 ) -> list[Subscription]:
     clauses = ["job_id IS NULL"]
     params: list[object] = []
@@ -136,9 +134,7 @@ Audience = tuple[str | None, str | None]
 """Whom an event is about: (owner key id, job id); (None, None) for an event of no job."""
 
 
-async def listeners(
-    conn: aiosqlite.Connection, audiences: Sequence[Audience]
-) -> list[list[Subscription]]:
+async def listeners(conn: Connection, audiences: Sequence[Audience]) -> list[list[Subscription]]:
     """For each audience, the active subscriptions that may hear of it, in one query.
 
     A subscription hears of its own key's jobs, an admin key's subscriptions of every job, and a
@@ -179,7 +175,7 @@ def _marks(values: Sequence[object]) -> str:
 
 
 async def rotate_secret(
-    conn: aiosqlite.Connection, sub_id: str, new_secret: str, *, previous_until: float, now: float
+    conn: Connection, sub_id: str, new_secret: str, *, previous_until: float, now: float
 ) -> None:
     """Make ``new_secret`` current; the secret it replaces keeps signing until ``previous_until``.
 
@@ -194,7 +190,7 @@ async def rotate_secret(
 
 
 async def set_status(
-    conn: aiosqlite.Connection,
+    conn: Connection,
     sub_id: str,
     status: SubscriptionStatus,
     *,
@@ -213,7 +209,7 @@ async def set_status(
 
 
 async def note_failure_windows(
-    conn: aiosqlite.Connection, windows: dict[str, tuple[bool, float | None]]
+    conn: Connection, windows: dict[str, tuple[bool, float | None]]
 ) -> None:
     """Move each subscription's failure window: ``windows[id] = (succeeded, first_failure)``.
 
@@ -228,7 +224,7 @@ async def note_failure_windows(
 
 
 async def disable_failing(
-    conn: aiosqlite.Connection, sub_ids: list[str], *, failing_before: float, now: float
+    conn: Connection, sub_ids: list[str], *, failing_before: float, now: float
 ) -> list[Subscription]:
     """Disable those of ``sub_ids`` that are active and have failed since ``failing_before`` or
     earlier; return them as disabled."""
@@ -237,7 +233,7 @@ async def disable_failing(
     marks = ", ".join("?" for _ in sub_ids)
     async with conn.execute(
         f"SELECT {_SELECT} FROM subscriptions WHERE id IN ({marks}) AND status = 'active' "
-        "AND failing_since IS NOT NULL AND failing_since <= ?",
+        f"AND failing_since IS NOT NULL AND failing_since <= ? ORDER BY id{conn.for_update}",
         (*sub_ids, failing_before),
     ) as cursor:
         failing = [_from_row(row) for row in await cursor.fetchall()]

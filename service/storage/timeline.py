@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import aiosqlite
-
+from service.storage.database import Connection
 from service.storage.health import excerpt_text
 
 # Enough of a raw callback to recognise it; the whole body stays in the database for audit.
@@ -28,7 +27,7 @@ class EventRecord:
     created_at: float
 
 
-async def callbacks_of(conn: aiosqlite.Connection, job_id: str) -> list[CallbackRecord]:
+async def callbacks_of(conn: Connection, job_id: str) -> list[CallbackRecord]:
     """Every stored callback (or held answer) for the job, oldest first."""
     async with conn.execute(
         "SELECT provider, received_at, outcome, substr(body, 1, ?) AS excerpt, "
@@ -48,7 +47,7 @@ async def callbacks_of(conn: aiosqlite.Connection, job_id: str) -> list[Callback
     ]
 
 
-async def events_of(conn: aiosqlite.Connection, job_id: str) -> list[EventRecord]:
+async def events_of(conn: Connection, job_id: str) -> list[EventRecord]:
     """The events about the job, in log order."""
     async with conn.execute(
         "SELECT id, type, created_at FROM events WHERE job_id = ? ORDER BY seq", (job_id,)

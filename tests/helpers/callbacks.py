@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sqlite3
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from service.core.tokens import Tokens
 from service.providers.apiframe import signature
 from tests.conftest import SettingsFactory
 from tests.servers import loopback_socket, run_server, url_of
-from tests.support import ADMIN_KEY
+from tests.support import ADMIN_KEY, stored
 
 SECRET_KEY = "test-secret-key-0123456789"  # REELHOOK_SECRET_KEYS in settings_factory
 
@@ -112,11 +111,7 @@ async def serve(settings_factory: SettingsFactory, **overrides: str) -> AsyncIte
 
 def stored_callbacks(settings: Settings) -> list[tuple[str, str, str, bytes]]:
     """(job id, provider, outcome, raw body) of every stored callback, read after shutdown."""
-    uri = f"{settings.database_path.as_uri()}?mode=ro"
-    with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:
-        rows = conn.execute(
-            "SELECT job_id, provider, outcome, body FROM callbacks ORDER BY id"
-        ).fetchall()
+    rows = stored(settings, "SELECT job_id, provider, outcome, body FROM callbacks ORDER BY id")
     return [(str(j), str(p), str(o), bytes(b)) for j, p, o, b in rows]
 
 

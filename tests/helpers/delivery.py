@@ -3,9 +3,8 @@ failing, replying), and reading the delivery log and the outbox rows."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager, closing
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +18,7 @@ from starlette.routing import Route
 from service.app.settings import Settings
 from tests.helpers.keys import as_key
 from tests.servers import Sink, run_server
-from tests.support import api_client
+from tests.support import api_client, stored_dicts
 
 
 async def subscribe(http: httpx.AsyncClient, url: str, **fields: Any) -> dict[str, Any]:
@@ -185,7 +184,4 @@ async def delivery_for(http: httpx.AsyncClient, event_id: str, **params: str) ->
 
 
 def _query(settings: Settings, sql: str, params: tuple[object, ...]) -> list[dict[str, Any]]:
-    uri = f"file:{settings.database_path}?mode=ro"
-    with closing(sqlite3.connect(uri, uri=True, timeout=5)) as db:
-        db.row_factory = sqlite3.Row
-        return [dict(row) for row in db.execute(sql, params).fetchall()]
+    return stored_dicts(settings, sql, params)

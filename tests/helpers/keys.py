@@ -20,7 +20,7 @@ KEY_C = "rh_test_key_c_0123456789abcdef0123"
 
 async def add_member_keys(settings: Settings, *raw_keys: str) -> None:
     """Register non-admin API keys straight in the database, before the service starts."""
-    async with Database.open(settings.database_path) as db, db.transaction() as conn:
+    async with Database.open(settings.database_url) as db, db.transaction() as conn:
         for number, raw_key in enumerate(raw_keys):
             await keys.insert(
                 conn,

@@ -1,0 +1,237 @@
+"""The embedded store: one SQLite file, pragmas, numbered migrations and write transactions."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, cast
+
+import aiosqlite
+import anyio
+
+from service.storage.announcements import Work
+from service.storage.database import (
+    Connection,
+    Database,
+    Result,
+    Row,
+    migrations,
+    refuse_newer,
+)
+
+log = logging.getLogger(__name__)
+
+BUSY_TIMEOUT_MS = 5000
+
+_PRAGMAS = (
+    "PRAGMA journal_mode = WAL",
+    # FULL: an acknowledged webhook survives power loss, which NORMAL does not promise in WAL mode.
+    "PRAGMA synchronous = FULL",
+    "PRAGMA foreign_keys = ON",
+    f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}",
+    # After each checkpoint that resets the WAL, shrink its file back to 64 MiB at most.
+    "PRAGMA journal_size_limit = 67108864",
+    "PRAGMA temp_store = MEMORY",
+    "PRAGMA cache_size = -16000",
+)
+
+
+class SqliteConnection(Connection):
+    """An aiosqlite connection seen through :class:`Connection`."""
+
+    dialect = "sqlite"
+
+    def __init__(self, raw: aiosqlite.Connection) -> None:
+        self.raw = raw
+
+    async def run(self, sql: str, params: Sequence[Any]) -> Result:
+        async with self.raw.execute(sql, params) as cursor:
+            rows = await cursor.fetchall()
+            return Result(cast(list[Row], list(rows)), cursor.rowcount)
+
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        await self.raw.executemany(sql, rows)
+
+
+class SqliteDatabase(Database):
+    """One writer connection (writes serialised by a lock) and one reader connection.
+
+    WAL lets the reader see committed data while the writer holds a transaction, so API reads never
+    queue behind fan-out bookkeeping. One process owns the file.
+
+    Each transaction collects the kinds of work its storage functions announced
+    (:func:`service.storage.announcements.announce`), delivered once it has committed.
+    """
+
+    dialect = "sqlite"
+
+    def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
+        super().__init__()
+        self.writer = writer
+        self._writer = SqliteConnection(writer)
+        self.reader = SqliteConnection(reader)
+        self._write_lock = asyncio.Lock()
+
+    @classmethod
+    @asynccontextmanager
+    async def open_file(cls, path: Path) -> AsyncIterator[SqliteDatabase]:
+        """Open (creating and migrating if needed) the database at ``path``; close on exit."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        writer = await _connect(path)
+        try:
+            await migrate(writer)
+            reader = await _connect(path)
+            try:
+                yield cls(writer, reader)
+            finally:
+                await reader.close()
+        finally:
+            await writer.close()
+
+    @asynccontextmanager
+    async def transaction(self, *, durable: bool = True) -> AsyncIterator[Connection]:
+        """One ``BEGIN IMMEDIATE`` transaction; ``durable=False`` commits without an fsync
+        (``synchronous = NORMAL``)."""
+        async with self._write_lock:
+            announced: set[Work] = set()
+            self._writer.announced = announced
+            relaxed = False
+            try:
+                # Shielded: a cancelled await would not stop the statement on the database
+                # thread, and a BEGIN landing after the rollback check below would leave the
+                # writer inside a transaction.
+                with anyio.CancelScope(shield=True):
+                    if durable:
+                        await self.writer.execute("BEGIN IMMEDIATE")
+                    else:
+                        # One trip to the database thread instead of two (~0.1-1 ms each).
+                        relaxed = True
+                        await self.writer.executescript(
+                            "PRAGMA synchronous = NORMAL; BEGIN IMMEDIATE"
+                        )
+                yield self._writer
+                # Shielded: a commit cut short by a cancellation would leave it unknown whether
+                # the transaction landed, and the rollback below would fail instead.
+                with anyio.CancelScope(shield=True):
+                    if relaxed:
+                        # executescript commits the open transaction before its script (the
+                        # sqlite3 module documents it): commit and restore FULL in one trip.
+                        await self.writer.executescript("PRAGMA synchronous = FULL")
+                        relaxed = False
+                    else:
+                        await self.writer.commit()
+            except BaseException:
+                # A failed BEGIN or COMMIT (or a cancellation) must not leave the shared writer
+                # inside a transaction, or every later write would fail.
+                if self.writer.in_transaction:
+                    with anyio.CancelScope(shield=True):
+                        await self.writer.rollback()
+                raise
+            finally:
+                self._writer.announced = None
+                if relaxed:
+                    with anyio.CancelScope(shield=True):
+                        await self.writer.execute("PRAGMA synchronous = FULL")
+            if announced:
+                self._announce(tuple(announced))
+
+    @asynccontextmanager
+    async def _writer_waiting_at_most(self, wait: float) -> AsyncIterator[aiosqlite.Connection]:
+        """The writer, to ourselves, with SQLite's busy wait cut to ``wait`` seconds.
+
+        Holding the write lock means no transaction is using the writer, so changing its busy
+        timeout affects only what the block runs; it is restored even on cancellation.
+        """
+        with anyio.fail_after(wait):
+            await self._write_lock.acquire()
+        try:
+            await self.writer.execute(f"PRAGMA busy_timeout = {max(1, int(wait * 1000))}")
+            try:
+                yield self.writer
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self.writer.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        finally:
+            self._write_lock.release()
+
+    async def checkpoint(self, *, wait: float = 0.1) -> bool:
+        """Copy the WAL into the database file and truncate it, holding reelhook's writes off.
+
+        Gives up rather than stall writers: returns False when readers kept the WAL busy for
+        ``wait`` seconds (the next checkpoint catches up).
+        """
+        try:
+            async with self._writer_waiting_at_most(wait) as conn:
+                with anyio.CancelScope(shield=True):
+                    async with conn.execute("PRAGMA wal_checkpoint(TRUNCATE)") as cursor:
+                        row = await cursor.fetchone()
+        except TimeoutError:
+            return False
+        return row is not None and row[0] == 0
+
+    async def probe_write(self, now: float, *, wait: float) -> None:
+        """Commit one tiny write, waiting at most about ``wait`` seconds for the write lock."""
+        async with self._writer_waiting_at_most(wait) as conn:
+            # Shielded: an abandoned BEGIN or COMMIT would leave the shared writer mid-transaction.
+            with anyio.CancelScope(shield=True):
+                try:
+                    await conn.execute("BEGIN IMMEDIATE")
+                    await conn.execute(
+                        "INSERT INTO readiness (id, checked_at) VALUES (1, ?) "
+                        "ON CONFLICT (id) DO UPDATE SET checked_at = excluded.checked_at",
+                        (now,),
+                    )
+                    await conn.commit()
+                except BaseException:
+                    if conn.in_transaction:
+                        await conn.rollback()
+                    raise
+
+
+async def _connect(path: Path) -> aiosqlite.Connection:
+    # isolation_level=None: reelhook issues BEGIN/COMMIT itself, so transactions are explicit.
+    conn = await aiosqlite.connect(path, isolation_level=None)
+    try:
+        conn.row_factory = sqlite3.Row
+        for pragma in _PRAGMAS:
+            await conn.execute(pragma)
+    except BaseException:
+        await conn.close()
+        raise
+    return conn
+
+
+async def migrate(conn: aiosqlite.Connection) -> int:
+    """Apply every numbered migration newer than ``PRAGMA user_version``; return the new version.
+
+    Raises :class:`~service.storage.database.SchemaTooNew` (changing nothing) when the file's
+    version is newer than this code's.
+    """
+    async with conn.execute("PRAGMA user_version") as cursor:
+        row = await cursor.fetchone()
+    current = int(row[0]) if row else 0
+    refuse_newer("sqlite", current)
+    for version, script in migrations("sqlite"):
+        if version <= current:
+            continue
+        log.info("applying migration %04d", version)
+        # executescript commits on its own; the version bump rides inside the same script.
+        await conn.executescript(
+            f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {version};\nCOMMIT;"
+        )
+        current = version
+    return current
+
+
+async def migrate_file(path: Path) -> int:
+    """Create and migrate the SQLite file at ``path``; return its schema version."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = await _connect(path)
+    try:
+        return await migrate(conn)
+    finally:
+        await conn.close()

@@ -1,0 +1,205 @@
+"""Choosing the store (REELHOOK_DATABASE_URL), its per-dialect migrations, and refusing a schema
+newer than the code: on SQLite and on PostgreSQL alike."""
+
+from __future__ import annotations
+
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+
+import anyio
+import asyncpg
+import pytest
+
+from service.app.settings import SettingsError
+from service.cli import main
+from service.storage.database import (
+    Database,
+    SchemaTooNew,
+    StoreError,
+    latest_migration,
+    migrations,
+)
+from service.storage.postgres import PostgresDatabase, numbered
+from service.storage.sqlite import SqliteDatabase
+from tests.conftest import settings_for
+from tests.servers import Sink, loopback_socket, run_server, url_of
+from tests.support import api_client, served, wait_for_job
+
+pytestmark = pytest.mark.anyio
+
+
+def test_the_default_store_is_the_sqlite_file_in_the_data_directory(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path, DATABASE_URL="")
+    assert settings.database_url == f"sqlite:///{tmp_path / 'reelhook.db'}"
+    assert not settings.uses_postgresql
+    assert settings_for(tmp_path, DATABASE_URL="postgresql://db.internal/reelhook").uses_postgresql
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("mysql://db/reelhook", "unknown scheme 'mysql'"),
+        ("sqlite://", "needs a file path"),
+        ("postgresql:///reelhook", "needs a host"),
+    ],
+)
+def test_a_bad_database_url_is_refused_naming_the_setting(
+    tmp_path: Path, url: str, problem: str
+) -> None:
+    with pytest.raises(SettingsError) as refused:
+        settings_for(tmp_path, DATABASE_URL=url)
+    assert str(refused.value).startswith("REELHOOK_DATABASE_URL: ")
+    assert problem in str(refused.value)
+
+
+def test_a_password_in_the_url_is_never_echoed(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError) as refused:
+        settings_for(tmp_path, DATABASE_URL="mysql://user:hunter2@db/reelhook")
+    assert "hunter2" not in str(refused.value)
+
+
+def test_placeholders_are_numbered_outside_quotes_only() -> None:
+    assert numbered("SELECT ? , '?' , \"?\" , ?") == "SELECT $1 , '?' , \"?\" , $2"
+
+
+def test_two_migrations_with_one_number_are_refused(tmp_path: Path) -> None:
+    for name in ("0001_initial.sql", "0002_mine.sql", "0002_theirs.sql"):
+        (tmp_path / name).write_text("SELECT 1;")
+    with pytest.raises(StoreError, match="two sqlite migrations numbered 2"):
+        migrations("sqlite", tmp_path)
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
+def test_the_shipped_migrations_are_numbered_one_to_latest(dialect: str) -> None:
+    versions = [version for version, _ in migrations(dialect)]
+    assert versions == list(range(1, latest_migration(dialect) + 1))
+
+
+async def test_a_sqlite_file_of_a_newer_schema_is_refused_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "reelhook.db"
+    async with Database.open(path):
+        pass
+    newer = latest_migration("sqlite") + 1
+    with closing(sqlite3.connect(path)) as conn:
+        conn.execute(f"PRAGMA user_version = {newer}")
+    with pytest.raises(SchemaTooNew, match=f"schema version {newer}"):
+        async with Database.open(f"sqlite:///{path}"):
+            pass
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == newer
+
+
+async def test_a_postgresql_database_of_a_newer_schema_is_refused(pg_database: str) -> None:
+    async with Database.open(pg_database) as db:
+        assert isinstance(db, PostgresDatabase)
+    newer = latest_migration("postgresql") + 1
+    conn = await asyncpg.connect(pg_database)
+    try:
+        await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", newer)
+    finally:
+        await conn.close()
+    with pytest.raises(SchemaTooNew, match=f"schema version {newer}"):
+        async with Database.open(pg_database):
+            pass
+
+
+async def test_nodes_starting_together_apply_each_migration_once(pg_database: str) -> None:
+    """Migrations run under an advisory lock: of four nodes opening a fresh database at once,
+    one migrates, the others find it done (no duplicate-object errors)."""
+
+    async def start() -> None:
+        async with Database.open(pg_database):
+            pass
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(4):
+            tg.start_soon(start)
+    conn = await asyncpg.connect(pg_database)
+    try:
+        versions = [row[0] for row in await conn.fetch("SELECT version FROM schema_version")]
+    finally:
+        await conn.close()
+    assert sorted(versions) == list(range(1, latest_migration("postgresql") + 1))
+
+
+async def test_the_sqlite_url_and_the_path_open_the_same_file(tmp_path: Path) -> None:
+    path = tmp_path / "reelhook.db"
+    async with Database.open(f"sqlite:///{path}") as db:
+        assert isinstance(db, SqliteDatabase)
+    assert path.exists()
+
+
+def test_reelhook_migrate_brings_the_store_up_to_date(
+    tmp_path: Path,
+    pg_database: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("REELHOOK_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("REELHOOK_SECRET_KEYS", "shared-secret-key-0123456789")
+    monkeypatch.delenv("REELHOOK_DATABASE_URL", raising=False)
+    assert main(["migrate"]) == 0
+    assert capsys.readouterr().out == f"sqlite schema at version {latest_migration()}\n"
+    monkeypatch.setenv("REELHOOK_DATABASE_URL", pg_database)
+    assert main(["migrate"]) == 0
+    assert capsys.readouterr().out == (
+        f"postgresql schema at version {latest_migration('postgresql')}\n"
+    )
+    with closing(sqlite3.connect(tmp_path / "reelhook.db")) as conn:
+        conn.execute("PRAGMA user_version = 999")
+    monkeypatch.delenv("REELHOOK_DATABASE_URL")
+    assert main(["migrate"]) == 1
+    assert "newer than this reelhook" in capsys.readouterr().err
+
+
+def test_nodes_on_postgresql_must_be_given_their_shared_secret_keys(tmp_path: Path) -> None:
+    """Generated keys live in one node's data directory: the callback URLs and file links it
+    signs would not verify on the others."""
+    with pytest.raises(SettingsError) as refused:
+        settings_for(tmp_path, DATABASE_URL="postgresql://db.internal/reelhook", SECRET_KEYS="")
+    assert str(refused.value).startswith("REELHOOK_SECRET_KEYS: several nodes on PostgreSQL")
+
+
+# --- reelhook copy ------------------------------------------------------------------------------
+
+
+async def test_reelhook_copy_moves_a_sqlite_deployment_to_postgresql_once(
+    tmp_path: Path, pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Jobs, events (with their stream positions), subscriptions, deliveries, attempts, callbacks
+    and keys arrive in PostgreSQL as they were, verified by counts; the same API reads the same
+    answers from the copy; a second copy is refused."""
+    job = {"model": "trinetra/kling-v3", "input": {"prompt": "A ferry at dawn"}}
+    sink = Sink()
+    with loopback_socket() as sock:
+        # Served, so that its simulator can call back.
+        sqlite = settings_for(tmp_path / "data", DATABASE_URL="", PUBLIC_URL=url_of(sock))
+        async with run_server(sink.app()) as sink_url, served(sqlite, sock) as http:
+            created = await http.post("/v1/subscriptions", json={"url": f"{sink_url}/hook"})
+            assert created.status_code == 201, created.text
+            ids = []
+            for _ in range(3):
+                response = await http.post("/v1/jobs", json=job)
+                assert response.status_code == 202, response.text
+                ids.append(response.json()["id"])
+            for job_id in ids:
+                await wait_for_job(http, job_id)
+            with anyio.fail_after(10):
+                await sink.wait_for(lambda s: len(s.received) == 6)
+            before = {path: (await http.get(path)).json() for path in READ_BACK}
+
+    monkeypatch.setenv("REELHOOK_DATA_DIR", str(sqlite.data_dir))
+    monkeypatch.setenv("REELHOOK_SECRET_KEYS", "test-secret-key-0123456789")
+    assert await anyio.to_thread.run_sync(main, ["copy", "--to", pg_database]) == 0
+    assert await anyio.to_thread.run_sync(main, ["copy", "--to", pg_database]) == 1
+
+    on_postgresql = settings_for(tmp_path / "node", DATABASE_URL=pg_database)
+    async with api_client(on_postgresql) as http:
+        after = {path: (await http.get(path)).json() for path in READ_BACK}
+    assert after == before
+    assert len(before["/v1/jobs"]["data"]) == 3 and len(before["/v1/events"]["data"]) == 6
+    assert {d["status"] for d in before["/v1/deliveries"]["data"]} == {"succeeded"}
+
+
+READ_BACK = ("/v1/jobs", "/v1/events", "/v1/deliveries", "/v1/subscriptions", "/v1/keys")
