@@ -133,9 +133,17 @@ async def test_provider_errors_are_counted_by_reason(settings_factory: SettingsF
 async def test_an_unreachable_provider_is_a_connection_error(api: httpx.AsyncClient) -> None:
     pending = await api.post("/v1/jobs", json=TRINETRA)  # the simulator's URL is dead here
     assert pending.status_code == 202, pending.text
+    # Sent once by the request and once more at once by the retry worker (the fixture's schedule
+    # is "0"), then failed: wait for the end, so the count does not race the retry.
+    with anyio.fail_after(10):
+        while True:
+            job = (await api.get(f"/v1/jobs/{pending.json()['id']}")).json()
+            if job["status"] == "failed":
+                break
+            await anyio.sleep(0.02)
     samples = await scrape(api)
     reason = "connection"
-    assert value(samples, "reelhook_provider_errors_total", provider="trinetra", reason=reason) == 1
+    assert value(samples, "reelhook_provider_errors_total", provider="trinetra", reason=reason) == 2
     assert value(samples, "reelhook_provider_request_seconds_count", provider="trinetra") == 0
 
 
