@@ -314,9 +314,15 @@ def _wire(settings: Settings, clock: Clock, opened: Opened, shared: Shared) -> S
             allow_private=settings.allow_private_subscribers,
             rotation_grace=settings.secret_rotation_grace,
             renderer=renderer,
+            max_per_key=settings.max_subscriptions_per_key,
         ),
         deliveries=Deliveries(db, clock),
-        events=EventLog(db, shared.feed, keepalive=settings.stream_keepalive),
+        events=EventLog(
+            db,
+            shared.feed,
+            keepalive=settings.stream_keepalive,
+            max_streams_per_key=settings.max_streams_per_key,
+        ),
         workers=Workers(
             dispatcher=dispatcher,
             held=held,

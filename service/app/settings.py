@@ -85,6 +85,10 @@ class Settings:
     log_format: str = "text"
     log_level: str = "INFO"
     stream_keepalive: float = 15.0
+    # Per-key quotas (docs/architecture.md, "Fair sharing"): standing subscriptions and open
+    # event streams one API key may hold.
+    max_subscriptions_per_key: int = 1000
+    max_streams_per_key: int = 100
 
     @property
     def database_path(self) -> Path:
@@ -266,6 +270,8 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         log_format=_choice(read, "LOG_FORMAT", ("text", "json"), "text"),
         log_level=_choice(read, "LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), "INFO"),
         stream_keepalive=read.number("STREAM_KEEPALIVE", 15.0, minimum=0.01),
+        max_subscriptions_per_key=read.integer("MAX_SUBSCRIPTIONS_PER_KEY", 1000, minimum=1),
+        max_streams_per_key=read.integer("MAX_STREAMS_PER_KEY", 100, minimum=1),
     )
 
 

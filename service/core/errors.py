@@ -11,6 +11,7 @@ responses in one place: :mod:`service.api.errors`).
     ├── Conflict                     409 conflict
     ├── Gone                         410 gone
     ├── TooManyRequests              429 rate_limited
+    │   └── QuotaExceeded            429 quota_exceeded
     └── ProviderFailed               502 provider_error
         └── ProviderUnavailable      503 provider_unavailable
 
@@ -118,6 +119,21 @@ class TooManyRequests(ReelhookError):
 
     status_code = 429
     code = "rate_limited"
+
+
+class QuotaExceeded(TooManyRequests):
+    """This API key is at one of its quotas."""
+
+    code = "quota_exceeded"
+
+    @classmethod
+    def of(cls, setting: str, limit: int, what: str) -> QuotaExceeded:
+        """The error for a key holding ``limit`` of ``what`` already, the most its quota
+        (``setting``, an environment variable) allows."""
+        return cls(
+            f"this API key already has {limit} {what}, the most {setting} allows",
+            details={"quota": setting, "limit": limit},
+        )
 
 
 class ServiceUnavailable(ReelhookError):

@@ -30,6 +30,7 @@ from service.core.clock import Clock
 from service.core.models import DeliveryStatus
 from service.core.retry import RetrySchedule
 from service.core.worker import Wakeup, run_worker
+from service.delivery.fairness import Lanes
 from service.delivery.publisher import Publisher, subscription_disabled_data
 from service.delivery.sender import AttemptResult, Sender
 from service.delivery.transform import Renderer, TemplateError
@@ -85,9 +86,10 @@ class Dispatcher:
         self._sending = 0
         # Claimed deliveries per subscription, counted where the claim cap is enforced; each
         # subscription's lane lets ``per_subscription`` of them send at once, so a hanging
-        # endpoint holds only its own slots.
+        # endpoint holds only its own slots, and one that times out is narrowed to a single slot
+        # of a small shared probation pool (see service.delivery.fairness).
         self._busy: Counter[str] = Counter()
-        self._lanes: dict[str, anyio.CapacityLimiter] = {}
+        self._lanes = Lanes(per_subscription=per_subscription, concurrency=concurrency)
         self._sends = anyio.CapacityLimiter(concurrency)
         self._claim_limit = concurrency * PREFETCH
         self._prefetch = per_subscription * PREFETCH
@@ -184,13 +186,12 @@ class Dispatcher:
                     per_subscription=self._prefetch,
                     refill_below=self._refill_below,
                     busy=self._busy,
+                    caps=self._probation_caps(),
                 )
             for delivery in claimed:
                 sub = delivery.subscription_id
                 self._in_flight += 1
                 self._busy[sub] += 1
-                if sub not in self._lanes:
-                    self._lanes[sub] = anyio.CapacityLimiter(self._per_subscription)
                 self._unfinished.add(delivery.id)
                 senders.start_soon(self._deliver, delivery)
             if len(claimed) == capacity or more:
@@ -206,10 +207,19 @@ class Dispatcher:
             return None if self._in_flight > 0 else 0.05
         return delay
 
+    def _probation_caps(self) -> dict[str, int]:
+        """Claim caps of the subscriptions on probation: one delivery claimed each, and none
+        at all once a quarter of the claim capacity is theirs, so hanging subscribers cannot hold
+        the claims healthy ones need."""
+        subs = self._lanes.on_probation_ids
+        held = sum(self._busy.get(sub, 0) for sub in subs)
+        cap = 1 if held < max(1, self._claim_limit // 4) else 0
+        return dict.fromkeys(subs, cap)
+
     async def _deliver(self, delivery: Claimed) -> None:
         sub = delivery.subscription_id
         try:
-            async with self._lanes[sub], self._sends:
+            async with self._lanes.slot(sub), self._sends:
                 if self._stop_requested.is_set():
                     return  # claimed but not started: its lease is released for the next start
                 self._sending += 1
@@ -222,7 +232,6 @@ class Dispatcher:
             self._busy[sub] -= 1
             if not self._busy[sub]:
                 del self._busy[sub]
-                del self._lanes[sub]
             self._slot_freed.set()
             self._slot_freed = anyio.Event()
             # Claim again once this subscription, or the dispatcher as a whole, runs low.
@@ -246,6 +255,11 @@ class Dispatcher:
                     headers=delivery.headers,
                     timestamp=int(self._clock()),
                     content_type=delivery.content_type,
+                )
+                self._lanes.observe(
+                    delivery.subscription_id,
+                    succeeded=result.succeeded,
+                    timed_out=result.timed_out,
                 )
                 outcome = self._judge(delivery, result)
         except Exception as exc:

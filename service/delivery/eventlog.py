@@ -9,6 +9,7 @@ a commit wakes it (see :mod:`service.delivery.eventfeed`) or a keep-alive commen
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -16,7 +17,7 @@ import anyio
 
 from service.access.callers import Caller
 from service.core import params, sse
-from service.core.errors import ValidationFailed
+from service.core.errors import QuotaExceeded, ValidationFailed
 from service.core.jsonutil import dumps
 from service.core.models import EVENT_TYPES
 from service.core.paging import Page, page_of
@@ -35,10 +36,15 @@ def event_types(query: Query) -> list[str]:
 
 
 class EventLog:
-    def __init__(self, db: Database, feed: EventFeed, *, keepalive: float) -> None:
+    def __init__(
+        self, db: Database, feed: EventFeed, *, keepalive: float, max_streams_per_key: int = 100
+    ) -> None:
         self._db = db
         self._feed = feed
         self._keepalive = keepalive
+        self._max_streams = max_streams_per_key
+        # Open streams per API key (the stream quota).
+        self._open: Counter[str] = Counter()
 
     async def head(self) -> int:
         """The position of the last event in the log (0 when empty)."""
@@ -103,8 +109,12 @@ class EventLog:
         """The live stream an edge answers with, positioned and filtered as the query string
         says (``type``, ``last_event_id``, ``after``) and the ``Last-Event-ID`` header
         (``last_event_id``). Bad parameters raise :class:`ValidationFailed` here, before any
-        byte is sent."""
+        byte is sent; a key with its quota of streams open gets :class:`QuotaExceeded`."""
         types = event_types(query)
+        if self._open[caller.key_id] >= self._max_streams:
+            raise QuotaExceeded.of(
+                "REELHOOK_MAX_STREAMS_PER_KEY", self._max_streams, "event streams open"
+            )
         after_seq = await self.start(
             [("Last-Event-ID", last_event_id), ("last_event_id", query.get("last_event_id"))],
             query.get("after"),
@@ -114,7 +124,20 @@ class EventLog:
     async def follow(
         self, caller: Caller, types: Sequence[str], *, after_seq: int
     ) -> AsyncIterator[bytes]:
-        """The log from ``after_seq`` on, as SSE bytes, until the feed closes (shutdown)."""
+        """The log from ``after_seq`` on, as SSE bytes, until the feed closes (shutdown).
+        Counted against the caller's stream quota from its first byte until it is closed."""
+        self._open[caller.key_id] += 1
+        try:
+            async for chunk in self._follow(caller, types, after_seq=after_seq):
+                yield chunk
+        finally:
+            self._open[caller.key_id] -= 1
+            if not self._open[caller.key_id]:
+                del self._open[caller.key_id]
+
+    async def _follow(
+        self, caller: Caller, types: Sequence[str], *, after_seq: int
+    ) -> AsyncIterator[bytes]:
         # An id-only block: the client's Last-Event-ID is right even before the first event
         # arrives.
         yield sse.message(id=str(after_seq), retry_ms=RECONNECT_MS)

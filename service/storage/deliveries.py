@@ -64,6 +64,7 @@ async def claim_due(
     per_subscription: int,
     busy: Mapping[str, int],
     refill_below: int,
+    caps: Mapping[str, int] | None = None,
 ) -> tuple[list[Claimed], bool]:
     """Lease up to ``limit`` due deliveries, keeping each subscription under ``per_subscription``;
     return them, and whether more may be due right now.
@@ -79,10 +80,19 @@ async def claim_due(
     A FIFO subscription gets one delivery claimed at a time, and none while one is claimed: its
     later deliveries wait as ``queued`` (see :func:`promote_queued`), so at most a manual resend
     is due beside its head.
+
+    ``caps`` lowers ``per_subscription`` for the subscriptions it names (0: claim none of theirs
+    now); the dispatcher narrows subscriptions that time out this way
+    (:mod:`service.delivery.fairness`).
     """
+    caps = caps or {}
     # A subscription with ``refill`` or more already claimed is left out, so it is topped up in
     # batches rather than one row per claim.
-    saturated = sorted(sub for sub, count in busy.items() if count >= refill_below)
+    saturated = sorted(
+        sub
+        for sub in {*busy, *caps}
+        if busy.get(sub, 0) >= min(refill_below, caps.get(sub, per_subscription))
+    )
     marks = ", ".join("?" for _ in saturated)
     # Read more than ``limit``: some rows will be over their subscription's cap.
     window = limit * 4
@@ -104,7 +114,7 @@ async def claim_due(
     chosen: list[str] = []
     for row in due:
         sub = row["subscription_id"]
-        cap = 1 if sub in fifo else per_subscription
+        cap = 1 if sub in fifo else caps.get(sub, per_subscription)
         if busy.get(sub, 0) + taken.get(sub, 0) >= cap:
             continue
         taken[sub] = taken.get(sub, 0) + 1
