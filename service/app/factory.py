@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -19,7 +20,12 @@ from service import console
 from service.access.callers import Authenticator
 from service.access.keys import ApiKeys
 from service.api import routes
-from service.api.errors import handle_http_exception, handle_reelhook_error, handle_unexpected
+from service.api.errors import (
+    handle_http_exception,
+    handle_reelhook_error,
+    handle_storage_error,
+    handle_unexpected,
+)
 from service.app import bootstrap, startup_checks
 from service.app.services import Services, Workers
 from service.app.settings import Settings
@@ -160,6 +166,8 @@ def create_app(
         exception_handlers={
             ReelhookError: handle_reelhook_error,
             HTTPException: handle_http_exception,
+            sqlite3.Error: handle_storage_error,
+            OSError: handle_storage_error,
             Exception: handle_unexpected,
         },
     )

@@ -29,7 +29,7 @@ import anyio.abc
 from service.core.clock import Clock
 from service.core.models import DeliveryStatus
 from service.core.retry import RetrySchedule
-from service.core.worker import Wakeup, run_worker
+from service.core.worker import Backoff, Wakeup, run_worker
 from service.delivery.fairness import Lanes
 from service.delivery.publisher import Publisher, subscription_disabled_data
 from service.delivery.sender import AttemptResult, Sender
@@ -38,6 +38,7 @@ from service.providers.base import parse_retry_after
 from service.storage import deliveries, subscriptions
 from service.storage.database import Database
 from service.storage.deliveries import AttemptOutcome, Claimed
+from service.storage.space import out_of_space
 
 log = logging.getLogger(__name__)
 
@@ -339,11 +340,16 @@ class Dispatcher:
         return replace(outcome, status=status, next_attempt_at=next_at)
 
     async def _record_outcomes(self) -> None:
+        # Outcomes that cannot be recorded (a full disk) are kept and tried again, less often
+        # the longer it lasts.
+        backoff = Backoff(1.0, 30.0)
         while True:
             await self._outcomes_ready.wait()
             self._outcomes_ready = anyio.Event()
-            if not await self._flush():
-                await anyio.sleep(1)
+            if await self._flush():
+                backoff.reset()
+            else:
+                await anyio.sleep(backoff.next())
                 self._outcomes_ready.set()
             self.wake()
 
@@ -363,7 +369,10 @@ class Dispatcher:
             self._outcomes[:0] = batch
             if not isinstance(exc, Exception):
                 raise
-            log.exception("could not record %d delivery outcomes", len(batch))
+            if out_of_space(exc):
+                log.warning("could not record %d delivery outcomes: out of space", len(batch))
+            else:
+                log.exception("could not record %d delivery outcomes", len(batch))
             return False
         return True
 
