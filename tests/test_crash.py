@@ -223,6 +223,12 @@ async def test_a_sigkill_mid_fan_out_loses_nothing_and_duplicates_only_what_was_
         by_status = "SELECT status, count(*) FROM deliveries GROUP BY status"
         at_kill = dict(await query(database, by_status))
         in_flight_at_kill = at_kill.get("inflight", 0)
+        # On a loaded machine a request held at the gate can outlast the delivery timeout: that
+        # attempt is recorded as failed and sent again, a duplicate at-least-once allows. Each
+        # such attempt is on record, so the bound below stays exact.
+        failed_before_kill = (
+            await query(database, "SELECT count(*) FROM attempts WHERE status_code IS NULL")
+        )[0][0]
 
         # 3. Start again on the same data; wait until no delivery is left to do.
         async with reelhook_process(env, log) as (_, http):
@@ -253,7 +259,11 @@ async def test_a_sigkill_mid_fan_out_loses_nothing_and_duplicates_only_what_was_
     strays = set(subscriber.counts) - {(path_of[s], e) for e, s in pairs}
     assert strays == set()
     duplicates = sum(n - 1 for n in subscriber.counts.values() if n > 1)
-    assert duplicates <= in_flight_at_kill, (duplicates, in_flight_at_kill)
+    assert duplicates <= in_flight_at_kill + failed_before_kill, (
+        duplicates,
+        in_flight_at_kill,
+        failed_before_kill,
+    )
     assert subscriber.total == expected + duplicates
     for path, (body, headers) in subscriber.first.items():
         Webhook(secrets[path]).verify(body, headers)
