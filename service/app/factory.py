@@ -150,6 +150,7 @@ def create_app(
             tasks = await stack.enter_async_context(anyio.create_task_group())
             for loop in services.workers.loops():
                 tasks.start_soon(loop)
+            tasks.start_soon(shared.feed.run, db.reader)
             _announce(settings, generated)
             startup_checks.warn_if_unreachable(settings)
             try:

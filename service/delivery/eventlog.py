@@ -13,16 +13,13 @@ from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-import anyio
-
 from service.access.callers import Caller
 from service.core import params, sse
 from service.core.errors import QuotaExceeded, ValidationFailed
-from service.core.jsonutil import dumps
 from service.core.models import EVENT_TYPES
 from service.core.paging import Page, page_of
 from service.core.params import Query, is_decimal
-from service.delivery.eventfeed import EventFeed
+from service.delivery.eventfeed import EventFeed, render
 from service.storage import events
 from service.storage.database import Database
 
@@ -141,29 +138,39 @@ class EventLog:
         # An id-only block: the client's Last-Event-ID is right even before the first event
         # arrives.
         yield sse.message(id=str(after_seq), retry_ms=RECONNECT_MS)
-        while not self._feed.closed:
-            # Taken before the read: a commit landing after the read still wakes the wait below.
-            changed = self._feed.changed()
-            rows = await events.list_page(
-                self._db.reader,
-                after_seq=after_seq,
-                types=list(types),
-                owner_key_id=caller.owner_filter,
-                limit=STREAM_PAGE,
-            )
-            if rows:
-                yield b"".join(
-                    sse.message(
-                        id=str(row["seq"]),
-                        event=row["type"],
-                        data=dumps({"id": row["id"], **json.loads(row["payload"])}),
+        with self._feed.listen(caller.owner_filter, types) as listener:
+            while not self._feed.closed:
+                # Taken before the read: an event the tail finds after it still wakes the wait.
+                wakes = listener.wakes
+                recent = self._feed.since(after_seq)
+                if recent is None:
+                    # Behind what the shared tail keeps in memory: read the log itself.
+                    seen = self._feed.head or after_seq
+                    rows = await events.list_page(
+                        self._db.reader,
+                        after_seq=after_seq,
+                        types=list(types),
+                        owner_key_id=caller.owner_filter,
+                        limit=STREAM_PAGE,
                     )
-                    for row in rows
-                )
-                after_seq = rows[-1]["seq"]
-                if len(rows) == STREAM_PAGE:
-                    continue
-            with anyio.move_on_after(self._keepalive) as idle:
-                await changed.wait()
-            if idle.cancelled_caught:
-                yield sse.comment("keep-alive")
+                    if rows:
+                        yield b"".join(
+                            render(row["seq"], row["id"], row["type"], row["payload"])
+                            for row in rows
+                        )
+                        after_seq = rows[-1]["seq"]
+                        if len(rows) == STREAM_PAGE:
+                            continue
+                    # Every event up to the tail's position was committed before the read.
+                    after_seq = max(after_seq, seen)
+                else:
+                    visible = [event.message for event in recent if listener.may_see(event)]
+                    if visible:
+                        yield b"".join(visible)
+                    if recent:
+                        after_seq = recent[-1].seq
+                if listener.wakes != wakes:
+                    continue  # woken while reading: look again at once
+                await listener.wakeup.wait(self._keepalive)
+                if listener.wakes == wakes:
+                    yield sse.comment("keep-alive")

@@ -97,6 +97,17 @@ async def list_page(
         return list(await cursor.fetchall())
 
 
+async def tail(conn: aiosqlite.Connection, *, after_seq: int, limit: int) -> list[sqlite3.Row]:
+    """Every event after ``after_seq`` in log order, with the API key owning its job
+    (``owner_key_id``, None for an event of no job): what the live streams' shared tail reads."""
+    sql = (
+        "SELECT e.seq, e.id, e.type, e.payload, j.owner_key_id FROM events e "
+        "LEFT JOIN jobs j ON j.id = e.job_id WHERE e.seq > ? ORDER BY e.seq LIMIT ?"
+    )
+    async with conn.execute(sql, (after_seq, limit)) as cursor:
+        return list(await cursor.fetchall())
+
+
 async def last_seq(conn: aiosqlite.Connection) -> int:
     """The position of the newest event in the log (0 when it is empty)."""
     async with conn.execute("SELECT COALESCE(MAX(seq), 0) AS seq FROM events") as cursor:
