@@ -45,6 +45,7 @@ from service.jobs.callback_outcomes import CallbackObserver
 from service.jobs.callbacks import Callbacks
 from service.jobs.deadlines import DeadlineTimer
 from service.jobs.held_requests import HeldRequests
+from service.jobs.inbound import InboundBudget
 from service.jobs.ingest import Ingest
 from service.jobs.listing import JobReader
 from service.jobs.mirroring import Mirrors
@@ -315,6 +316,10 @@ def _wire(settings: Settings, clock: Clock, opened: Opened, shared: Shared) -> S
             ingest,
             max_bytes=settings.max_callback_bytes,
             observers=shared.callback_observers,
+            budget=InboundBudget(
+                max_bytes=settings.inbound_buffer_bytes, per_route=settings.callback_concurrency
+            ),
+            body_timeout=settings.body_timeout,
         ),
         subscriptions=Subscriptions(
             db,

@@ -89,6 +89,11 @@ class Settings:
     # event streams one API key may hold.
     max_subscriptions_per_key: int = 1000
     max_streams_per_key: int = 100
+    # Bounded inbound memory (service/jobs/inbound.py) and slow clients (service/app/server.py).
+    inbound_buffer_bytes: int = 67108864
+    callback_concurrency: int = 256
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
 
     @property
     def database_path(self) -> Path:
@@ -272,6 +277,12 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         stream_keepalive=read.number("STREAM_KEEPALIVE", 15.0, minimum=0.01),
         max_subscriptions_per_key=read.integer("MAX_SUBSCRIPTIONS_PER_KEY", 1000, minimum=1),
         max_streams_per_key=read.integer("MAX_STREAMS_PER_KEY", 100, minimum=1),
+        inbound_buffer_bytes=read.integer(
+            "INBOUND_BUFFER_BYTES", 67108864, minimum=1024, maximum=2**62
+        ),
+        callback_concurrency=read.integer("CALLBACK_CONCURRENCY", 256, minimum=1),
+        header_timeout=read.number("HEADER_TIMEOUT", 10.0, minimum=0.1),
+        body_timeout=read.number("BODY_TIMEOUT", 30.0, minimum=0.1),
     )
 
 

@@ -3,7 +3,8 @@ responses in one place: :mod:`service.api.errors`).
 
     ReelhookError                    500 internal
     ├── BadRequest                   400 bad_request
-    │   └── PayloadTooLarge          413 payload_too_large
+    │   ├── PayloadTooLarge          413 payload_too_large
+    │   └── RequestTimeout           408 request_timeout
     ├── ValidationFailed             422 validation_failed
     ├── Unauthorized                 401 unauthorized
     ├── Forbidden                    403 forbidden
@@ -61,6 +62,13 @@ class PayloadTooLarge(BadRequest):
 
     status_code = 413
     code = "payload_too_large"
+
+
+class RequestTimeout(BadRequest):
+    """The request body did not arrive in time."""
+
+    status_code = 408
+    code = "request_timeout"
 
 
 class ValidationFailed(ReelhookError):
