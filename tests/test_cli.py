@@ -160,7 +160,7 @@ def test_submit_wait_json_prints_the_final_job_and_a_failure_exits_1(service: Se
     job = json.loads(done.stdout)
     assert job["status"] == "succeeded" and job["outputs"][0]["url"].startswith("http")
 
-    with httpx.Client(trust_env=False) as http:
+    with httpx.Client(trust_env=False, headers={"X-API-Key": ADMIN_KEY}) as http:
         scenario = f"{service.url}/sim/_sim/scenario"
         assert http.put(scenario, json={"outcome": "fail"}).status_code == 200
         try:

@@ -14,13 +14,18 @@ import anyio
 import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.routing import BaseRoute, Mount
+from starlette.requests import Request
+from starlette.routing import BaseRoute, Mount, Router
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service import console
 from service.access.callers import Authenticator
 from service.access.keys import ApiKeys
+from service.access.scopes import Scope as ApiScope
 from service.api import routes
+from service.api.context import authenticate
 from service.api.errors import (
+    error_response,
     handle_http_exception,
     handle_reelhook_error,
     handle_storage_error,
@@ -103,7 +108,8 @@ def create_app(
     )
     app_routes: list[BaseRoute] = routes() + console.routes()
     if simulator is not None:
-        app_routes.append(Mount("/sim", routes=simulator.routes()))
+        simulator.callbacks_only_to(f"{settings.public_url}/v1/callbacks/")
+        app_routes.append(Mount("/sim", app=admin_only_control(Router(simulator.routes()))))
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Services]]:
@@ -177,6 +183,24 @@ def create_app(
     # never ends by itself: service.server calls this as shutdown begins.
     app.state.end_streams = shared.feed.close
     return app
+
+
+def admin_only_control(app: ASGIApp) -> ASGIApp:
+    """The simulator with its control endpoints (``/_sim/...``: stats, and the scenario that
+    decides how every user's jobs end) open to the admin key only; its provider routes stay as
+    the real providers' (reelhook itself calls them without a reelhook key)."""
+
+    async def guarded(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and "/_sim/" in scope["path"] + "/":
+            request = Request(scope, receive)
+            try:
+                await authenticate(request, ApiScope.ADMIN)
+            except ReelhookError as exc:
+                await error_response(exc)(scope, receive, send)
+                return
+        await app(scope, receive, send)
+
+    return guarded
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,6 +54,8 @@ class Settings:
     secret_keys: tuple[str, ...] = ()
     providers: Mapping[str, ProviderSettings] = field(default_factory=dict)
     sim_delay: float = 5.0
+    # Mount the simulator even though the server listens beyond loopback (development only).
+    sim_public: bool = False
     allow_private_subscribers: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     retry_schedule: tuple[float, ...] = DEFAULT_RETRY_SCHEDULE
     # The least delay before retrying a delivery that timed out or was answered 429.
@@ -115,6 +117,9 @@ class Settings:
         so a provider without a key is simply unavailable there.
         """
         if self.env == "production":
+            return []
+        if not self.sim_public and not _loopback(self.host):
+            # Reachable from other machines: only when asked for (REELHOOK_SIM_PUBLIC=true).
             return []
         return [name for name, p in self.providers.items() if p.api_key is None]
 
@@ -241,6 +246,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         secret_keys=secret_keys,
         providers=providers,
         sim_delay=read.number("SIM_DELAY", 5.0),
+        sim_public=read.boolean("SIM_PUBLIC", False),
         allow_private_subscribers=_networks(read, "ALLOW_PRIVATE_SUBSCRIBERS"),
         retry_schedule=_schedule(read, "RETRY_SCHEDULE"),
         retry_overload_floor=read.number("RETRY_OVERLOAD_FLOOR", 60.0),
@@ -294,6 +300,16 @@ def _choice(read: _Reader, name: str, choices: tuple[str, ...], default: str) ->
         if raw.lower() == choice.lower():
             return choice
     raise read.fail(name, f"expected one of {', '.join(choices)}, got {raw!r}")
+
+
+def _loopback(host: str) -> bool:
+    """Whether a server bound to ``host`` is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _url_host(host: str) -> str:
