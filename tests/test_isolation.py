@@ -207,3 +207,33 @@ async def test_a_key_has_at_most_its_quota_of_open_streams(
                             break
                     except AssertionError:
                         await anyio.sleep(0.05)
+
+
+async def test_after_another_keys_event_is_answered_as_an_unknown_one(
+    settings_factory: SettingsFactory,
+) -> None:
+    """``after=`` naming another key's event gets the same 422 as an unknown id, on the page and
+    on the stream, so a key cannot confirm that another's event exists."""
+    settings = settings_factory()
+    await add_member_keys(settings, KEY_B)
+    async with api_client(settings) as http:
+        sub = await subscribe(http, "https://example.com/hook")
+        theirs = await ping(http, sub["id"])  # the admin's event, of no job of KEY_B's
+        answers = {
+            name: await http.get(path, params={"after": event_id}, headers=as_key(KEY_B))
+            for name, event_id in (("theirs", theirs), ("unknown", "evt_unknown"))
+            for path in ["/v1/events"]
+        }
+        stream = await http.get(
+            "/v1/events/stream", params={"after": theirs}, headers=as_key(KEY_B)
+        )
+        own = await http.get("/v1/events", params={"after": theirs})
+    bodies = {
+        name: assert_error(answer, 422, "validation_failed", "after")
+        for name, answer in answers.items()
+    }
+    assert bodies["theirs"]["message"].replace(theirs, "X") == bodies["unknown"]["message"].replace(
+        "evt_unknown", "X"
+    )
+    assert_error(stream, 422, "validation_failed", "after")
+    assert own.status_code == 200, own.text

@@ -54,8 +54,9 @@ class Listener:
     def __init__(self, owner_key_id: str | None, types: Sequence[str]) -> None:
         self.owner_key_id = owner_key_id
         self.types = frozenset(types)
-        self.wakeup = Wakeup()
         self.wakes = 0
+        # Created only while the stream waits: anyio events need a running event loop.
+        self._event: anyio.Event | None = None
 
     def may_see(self, event: TailEvent) -> bool:
         if self.types and event.type not in self.types:
@@ -64,7 +65,20 @@ class Listener:
 
     def wake(self) -> None:
         self.wakes += 1
-        self.wakeup.set()
+        if self._event is not None:
+            self._event.set()
+
+    async def wait(self, wakes_seen: int, idle: float) -> bool:
+        """Wait until woken after the ``wakes_seen``-th wake-up (at once if already), at most
+        ``idle`` seconds; False when the time ran out without one."""
+        if self.wakes == wakes_seen:
+            self._event = anyio.Event()
+            try:
+                with anyio.move_on_after(idle):
+                    await self._event.wait()
+            finally:
+                self._event = None
+        return self.wakes != wakes_seen
 
 
 class EventFeed:

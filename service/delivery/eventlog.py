@@ -47,8 +47,9 @@ class EventLog:
         """The position of the last event in the log (0 when empty)."""
         return await events.last_seq(self._db.reader)
 
-    async def _seq_of(self, name: str, event_id: str) -> int:
-        seq = await events.seq_of(self._db.reader, event_id)
+    async def _seq_of(self, name: str, event_id: str, caller: Caller) -> int:
+        # Another key's event is answered as an unknown one: its existence is not confirmed.
+        seq = await events.seq_of(self._db.reader, event_id, caller.owner_filter)
         if seq is None:
             raise ValidationFailed.field(name, f"no event {event_id!r}")
         return seq
@@ -70,7 +71,7 @@ class EventLog:
                 raise ValidationFailed.field("cursor", "is not a cursor this API returned")
             after_seq = int(cursor)
         elif after is not None:
-            after_seq = await self._seq_of("after", after)
+            after_seq = await self._seq_of("after", after, caller)
         rows = await events.list_page(
             self._db.reader,
             after_seq=after_seq,
@@ -83,7 +84,10 @@ class EventLog:
         return Page(data, found.next_cursor)
 
     async def start(
-        self, last_event_ids: Sequence[tuple[str, str | None]], after: str | None
+        self,
+        last_event_ids: Sequence[tuple[str, str | None]],
+        after: str | None,
+        caller: Caller,
     ) -> int:
         """Where a stream starts: after the first position given in ``last_event_ids`` (pairs of
         parameter name and value, e.g. the ``Last-Event-ID`` header then a query parameter for
@@ -97,7 +101,7 @@ class EventLog:
                 raise ValidationFailed.field(name, "is not an event id this stream sent")
             return int(raw)
         if after is not None:
-            return await self._seq_of("after", after)
+            return await self._seq_of("after", after, caller)
         return head
 
     async def stream(
@@ -115,6 +119,7 @@ class EventLog:
         after_seq = await self.start(
             [("Last-Event-ID", last_event_id), ("last_event_id", query.get("last_event_id"))],
             query.get("after"),
+            caller,
         )
         return self.follow(caller, types, after_seq=after_seq)
 
@@ -169,8 +174,6 @@ class EventLog:
                         yield b"".join(visible)
                     if recent:
                         after_seq = recent[-1].seq
-                if listener.wakes != wakes:
-                    continue  # woken while reading: look again at once
-                await listener.wakeup.wait(self._keepalive)
-                if listener.wakes == wakes:
+                # Woken while reading: look again at once; idle for the keep-alive: say so.
+                if not await listener.wait(wakes, self._keepalive):
                     yield sse.comment("keep-alive")

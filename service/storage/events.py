@@ -65,8 +65,17 @@ _QUEUES = (
 )
 
 
-async def seq_of(conn: aiosqlite.Connection, event_id: str) -> int | None:
-    async with conn.execute("SELECT seq FROM events WHERE id = ?", (event_id,)) as cursor:
+async def seq_of(
+    conn: aiosqlite.Connection, event_id: str, owner_key_id: str | None = None
+) -> int | None:
+    """The position of ``event_id`` in the log; None when there is no such event, or (with
+    ``owner_key_id``) when it is not an event of that key's jobs."""
+    sql = "SELECT seq FROM events WHERE id = ?"
+    params: tuple[str, ...] = (event_id,)
+    if owner_key_id is not None:
+        sql += " AND job_id IN (SELECT id FROM jobs WHERE owner_key_id = ?)"
+        params = (event_id, owner_key_id)
+    async with conn.execute(sql, params) as cursor:
         row = await cursor.fetchone()
     return int(row["seq"]) if row else None
 
