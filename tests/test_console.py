@@ -193,6 +193,27 @@ async def test_sign_out_ends_the_session(service: Reelhook) -> None:
         assert (await browser.get("/console/jobs")).status_code == 303
 
 
+async def test_sign_out_revokes_the_session_on_the_server(service: Reelhook) -> None:
+    """A copy of the cookie taken before sign-out (and the CSRF token issued with it) no longer
+    works after it, though it is still validly signed and within its 12 hours."""
+    async with service.signed_in() as browser:
+        jobs = await browser.get("/console/jobs")
+        token = csrf_of(jobs)
+        copied = dict(browser.cookies)
+        out = await browser.post("/console/sign-out", data={"csrf": token})
+        assert out.status_code == 303
+    async with service.browser() as thief:
+        for name, value in copied.items():
+            thief.cookies.set(name, value, domain="reelhook.test", path="/console")
+        page = await thief.get("/console/jobs")
+        sub_id = "sub_x"
+        form = await thief.post(f"/console/subscriptions/{sub_id}/delete", data={"csrf": token})
+    assert page.status_code == 303
+    assert page.headers["location"].startswith("/console/sign-in")
+    assert form.status_code in (303, 403)
+    assert "sign-in" in form.headers.get("location", "/console/sign-in")
+
+
 # --- forged cookies and forms --------------------------------------------------------------------
 
 
