@@ -85,6 +85,10 @@ async def take(output: Path) -> None:
             await _show_frame(page)
             await page.screenshot(path=output / "job.png", full_page=True)
 
+            await page.goto(f"{base}/console/jobs/new?model=trinetra/kling-v3")
+            await page.screenshot(path=output / "new-job.png", full_page=True)
+            await page.goto(f"{base}/console/keys")
+            await page.screenshot(path=output / "keys.png")
             await page.goto(f"{base}/console/subscriptions")
             await page.screenshot(path=output / "subscriptions.png")
             await page.goto(f"{base}/console/subscriptions/{flaky_id}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -26,7 +27,13 @@ from service.jobs.catalog import MODELS
 from service.sim import Scenario, Simulator, create_sim_app
 from tests.conftest import SettingsFactory
 from tests.servers import run_server
-from tests.support import api_client, assert_error, send_without_key, wait_for_job
+from tests.support import (
+    api_client,
+    assert_error,
+    send_without_key,
+    served_with_sink,
+    wait_for_job,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -412,7 +419,6 @@ async def test_a_valid_job_is_accepted_with_202_and_its_document(
         "resolution": "1080p",
         "mode": "t2v",
         "aspect_ratio": "16:9",
-        "cfg_scale": 0.5,
     }
     assert job["metadata"] == {"chat_id": 42}
     assert job["error"] is None and job["outputs"] == []
@@ -421,6 +427,21 @@ async def test_a_valid_job_is_accepted_with_202_and_its_document(
     fetched = await sim_api.get(f"/v1/jobs/{job['id']}")
     assert fetched.status_code == 200
     assert fetched.json() == job
+
+
+async def test_a_job_without_resolution_states_the_one_its_estimate_assumed(
+    sim_api: httpx.AsyncClient,
+) -> None:
+    response = await sim_api.post("/v1/jobs", json=job_body(V3, duration=5))
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert "resolution" not in job["input"] and "cfg_scale" not in job["input"]
+    assert job["cost"] == {
+        "estimated": 95,
+        "charged": None,
+        "unit": "credits",
+        "assumed": {"resolution": "720p"},
+    }
 
 
 async def test_a_held_segmind_job_is_accepted_pending(api: httpx.AsyncClient) -> None:
@@ -842,3 +863,87 @@ async def test_a_provider_echoing_its_api_key_never_gets_it_repeated(
     assert job["error"]["message"].count("[redacted]") == 1, job["error"]
     for text in (response.text, json.dumps(job), json.dumps(events), caplog.text):
         assert SECRET_PROVIDER_KEY not in text
+
+
+async def test_cancel_announces_once_and_a_later_result_is_kept_for_audit_only(
+    settings_factory: SettingsFactory,
+) -> None:
+    async with served_with_sink(settings_factory, SIM_DELAY="0.5") as (http, sink, sink_url):
+        sub = await http.post(
+            "/v1/subscriptions", json={"url": sink_url + "/hook", "event_types": ["job.canceled"]}
+        )
+        assert sub.status_code == 201, sub.text
+        created = await http.post("/v1/jobs", json=job_body())
+        job_id = created.json()["id"]
+        canceled = await http.post(f"/v1/jobs/{job_id}/cancel")
+        assert canceled.status_code == 200, canceled.text
+        job = canceled.json()
+        assert job["status"] == "canceled" and job["error"]["kind"] == "canceled"
+        assert job["completed_at"] is not None
+        again = await http.post(f"/v1/jobs/{job_id}/cancel")
+        assert "already finished (canceled)" in assert_error(again, 409, "conflict")["message"]
+        await sink.wait_for(lambda s: len(s.on("/hook")) == 1)
+        assert sink.on("/hook")[0].json()["data"]["id"] == job_id
+        # The simulator finishes the job anyway and calls back: stored as late, nothing moves.
+        database = settings_factory().database_path
+        with anyio.fail_after(10):
+            while True:
+                with sqlite3.connect(database) as db:
+                    outcomes = [
+                        row[0]
+                        for row in db.execute(
+                            "SELECT outcome FROM callbacks WHERE job_id = ?", (job_id,)
+                        )
+                    ]
+                if outcomes:
+                    break
+                await anyio.sleep(0.05)
+        # A success after the cancel is surfaced as a late_result notice (docs/providers.md):
+        # the job keeps its state and outputs.
+        assert outcomes == ["late_result"]
+        after = (await http.get(f"/v1/jobs/{job_id}")).json()
+        assert after["status"] == "canceled" and after["outputs"] == []
+        events = (await http.get("/v1/events")).json()["data"]
+        assert [e["type"] for e in events if e["data"].get("id") == job_id] == [
+            "job.submitted",
+            "job.canceled",
+        ]
+
+
+async def test_cancel_an_unknown_or_others_job_is_a_404(client: httpx.AsyncClient) -> None:
+    assert_error(await client.post("/v1/jobs/job_missing/cancel"), 404, "not_found")
+    response = await send_without_key(client, "POST", "/v1/jobs/job_missing/cancel")
+    assert_error(response, 401, "unauthorized")
+
+
+@pytest.mark.parametrize(
+    ("path", "good"),
+    [
+        ("/v1/jobs", "job_00000000000000000000000000"),
+        ("/v1/deliveries", "dlv_00000000000000000000000000"),
+        ("/v1/subscriptions", "sub_00000000000000000000000000"),
+        ("/v1/keys", "key_00000000000000000000000000"),
+    ],
+)
+@pytest.mark.parametrize(
+    "cursor", ["garbage", "zzz", "", "job_", "sub_0000000000000000000000000!", "evt_0" + "0" * 25]
+)
+async def test_a_bad_cursor_is_a_422_on_every_list(
+    client: httpx.AsyncClient, path: str, good: str, cursor: str
+) -> None:
+    # One rule for every list, as GET /v1/events has it: a cursor not from next_cursor is a 422.
+    response = await client.get(path, params={"cursor": cursor})
+    assert_error(response, 422, "validation_failed", "cursor")
+    wrong_kind = good.replace(good[:3], "evt")
+    assert_error(await client.get(path, params={"cursor": wrong_kind}), 422, "validation_failed")
+    assert (await client.get(path, params={"cursor": good})).status_code == 200
+
+
+async def test_a_model_parameter_beside_input_is_told_where_it_goes(api: httpx.AsyncClient) -> None:
+    response = await api.post("/v1/jobs", json={"model": V3, "prompt": "a cat", "colour": 1})
+    error = assert_error(response, 422, "validation_failed", "prompt")
+    assert error["details"]["fields"]["prompt"] == (
+        'unknown field; model parameters go in input: {"input": {"prompt": …}}'
+    )
+    assert error["details"]["fields"]["colour"] == "unknown field"
+    await assert_nothing_stored(api)

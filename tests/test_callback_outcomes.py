@@ -97,7 +97,8 @@ async def test_each_outcome_is_named_once_and_rejections_touch_nothing(
             await post("trinetra", t_token[:-2] + "xx", done),
             await post("trinetra", t_token, encode(padded)),
             await apiframe_post(apiframe_completed(apiframe["provider_job_id"]), key="afk_wrong"),
-            await post("trinetra", t_token, b"{not json"),
+            # Verified by its token but unreadable: kept and noted on its own job (issue 15).
+            await post("trinetra", TOKENS.callback(other["id"], "trinetra"), b"{not json"),
             await post(
                 "trinetra", TOKENS.callback("job_01JNOSUCHJOB0000000000000", "trinetra"), done
             ),
@@ -118,7 +119,26 @@ async def test_each_outcome_is_named_once_and_rejections_touch_nothing(
         final = (await http.get(f"/v1/jobs/{apiframe['id']}")).json()
         final_events = await event_types(http, apiframe["id"])
 
+        # Issue 15: the account webhook, unknown status words, a success after a failure.
+        account = TOKENS.account_webhook("trinetra", "sim_trinetra_key")
+        provider_id = trinetra["provider_job_id"]
+        failed = {"id": provider_id, "status": "failed", "error": {"message": "GPU fell over"}}
+        issue15 = [
+            await post("trinetra", f"account/{account}", b"{not json"),
+            await post("trinetra", f"account/{account}", trinetra_done("job_nobody_knows")),
+            await post("trinetra", t_token, encode({"id": provider_id, "status": "rendering"})),
+            await post("trinetra", t_token, encode(failed)),
+            await post("trinetra", f"account/{account}", trinetra_done(provider_id)),
+        ]
+        noted = (await http.get(f"/v1/jobs/{trinetra['id']}")).json()
+
     assert rejected == [404, 404, 401, 413, 401, 400, 404, 401]
+    assert issue15 == [400, 202, 200, 200, 200]
+    assert noted["status"] == "failed"
+    assert [n["kind"] for n in noted["notices"]] == ["unknown_status", "late_result"]
+    assert noted["notices"][1]["outputs"] == [
+        {"url": "https://cdn.trinetra.ai/out/a1.mp4", "type": "video"}
+    ]
     assert untouched == [trinetra, apiframe]
     assert untouched_events == [{"job.submitted": 1}, {"job.submitted": 1}]
     assert accepted == [200] * 5
@@ -131,7 +151,7 @@ async def test_each_outcome_is_named_once_and_rejections_touch_nothing(
         ("trinetra", Out.BAD_TOKEN),
         ("trinetra", Out.TOO_LARGE),
         ("apiframe", Out.BAD_SIGNATURE),
-        ("trinetra", Out.BAD_BODY),
+        ("trinetra", Out.UNREADABLE),
         ("trinetra", Out.UNKNOWN_JOB),
         ("trinetra", Out.JOB_MISMATCH),
         ("apiframe", Out.APPLIED),
@@ -139,6 +159,11 @@ async def test_each_outcome_is_named_once_and_rejections_touch_nothing(
         ("apiframe", Out.APPLIED),
         ("apiframe", Out.DUPLICATE),
         ("apiframe", Out.LATE),
+        ("trinetra", Out.BAD_BODY),
+        ("trinetra", Out.UNMATCHED),
+        ("trinetra", Out.UNRECOGNISED),
+        ("trinetra", Out.APPLIED),
+        ("trinetra", Out.LATE_RESULT),
     ]
     assert heard == expected
     assert {outcome for _, outcome in heard} == set(CallbackOutcome)
@@ -148,11 +173,18 @@ async def test_each_outcome_is_named_once_and_rejections_touch_nothing(
         if hasattr(r, "callback_outcome")
     ]
     assert logged == [(provider, outcome.value) for provider, outcome in expected]
-    # Only the accepted callbacks were stored, all for the apiframe job.
+    # Stored: the unreadable body (on its job), the accepted apiframe callbacks, and the
+    # Trinetra ones that reached a job; the unmatched account documents are kept apart.
     assert [(row[0], row[2]) for row in stored_callbacks(settings)] == [
-        (apiframe["id"], outcome.value) for _, outcome in expected[8:]
+        (other["id"], "unreadable"),
+        *((apiframe["id"], outcome.value) for _, outcome in expected[8:13]),
+        *((trinetra["id"], outcome.value) for _, outcome in expected[15:]),
     ]
 
 
 def test_accepted_outcomes_are_the_lifecycles_own() -> None:
-    assert {o.value for o in CallbackOutcome if o.accepted} == {o.value for o in Outcome}
+    # An unreadable body is stored by the lifecycle but answered 400; an unmatched account
+    # document is accepted (202) before any job is known.
+    assert {o.value for o in CallbackOutcome if o.accepted} == (
+        {o.value for o in Outcome} - {"unreadable"}
+    ) | {"unmatched"}

@@ -8,6 +8,7 @@ to the fake Telegram, which records every call.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -22,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from examples.chatbot.bot import BotConfig, create_bot
+from examples.chatbot.bot import BotConfig, configure_logging, create_bot
 from service.delivery import signing
 from tests.conftest import SettingsFactory
 from tests.servers import loopback_socket, run_server, url_of
@@ -205,3 +206,21 @@ async def test_telegram_updates_need_the_secret_token(settings_factory: Settings
             {"chat_id": 4242, "text": "Usage: /video <prompt>"}
         ]
         assert (await w.reelhook.get("/v1/jobs")).json()["data"] == []
+
+
+async def test_the_bot_never_logs_its_telegram_token(
+    settings_factory: SettingsFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    httpx_logger = logging.getLogger("httpx")
+    level = httpx_logger.level
+    configure_logging()  # as `python -m examples.chatbot.bot` does
+    caplog.set_level(logging.INFO)  # everything at INFO, as the bot runs
+    try:
+        async with world(settings_factory, "trinetra/kling-v3") as w:
+            assert await from_telegram(w.bot, update("/video a quiet log")) == 204
+            await w.telegram.wait_for(lambda t: len(t.sent("sendVideo")) == 1)
+    finally:
+        httpx_logger.setLevel(level)
+    assert caplog.records  # the run did log at INFO
+    assert BOT_TOKEN not in caplog.text
+    assert BOT_TOKEN.split(":")[1] not in caplog.text

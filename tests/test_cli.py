@@ -7,14 +7,17 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import standardwebhooks
 
 from service.cli import main
 from tests.servers import free_port, run_service
@@ -23,7 +26,31 @@ from tests.support import ADMIN_KEY, REPO
 pytestmark = pytest.mark.e2e
 
 REELHOOK = str(Path(sys.executable).parent / "reelhook")
-COMMANDS = ("serve", "submit", "jobs", "subscribe", "unsubscribe", "tail")
+COMMANDS = (
+    "serve",
+    "submit",
+    "jobs",
+    "cancel",
+    "models",
+    "subscribe",
+    "unsubscribe",
+    "subscriptions",
+    "test",
+    "rotate-secret",
+    "pause",
+    "resume",
+    "recover",
+    "deliveries",
+    "retry",
+    "events",
+    "tail",
+    "keys",
+    "create-key",
+    "revoke-key",
+    "listen",
+    "trigger",
+    "providers",
+)
 
 
 @dataclass(frozen=True)
@@ -253,6 +280,8 @@ def test_subscribe_with_a_filter_a_template_v1a_and_fifo(
     assert sub["filter"] == {"path": "data.metadata.channel", "eq": "bots"}
     assert sub["template"].startswith("{#- Slack incoming webhook")
     assert (sub["signature_scheme"], sub["ordering"]) == ("v1a", "fifo")
+    # The service is shared by the module: leave no subscription for `trigger` to find later.
+    assert cli("unsubscribe", sub["id"], service=service).returncode == 0
     user_error(cli("subscribe", "u", "--filter", "{", service=service), 2, "--filter")
     user_error(
         cli(
@@ -363,3 +392,329 @@ def test_user_errors_are_one_clear_line(service: Service, cli: Callable[..., Ran
     user_error(cli("subscribe", "u", "-H", "novalue", service=service), 2, "NAME: VALUE")
     usage = cli("tail", "--type", "job.done", service=service)
     assert usage.returncode == 2 and "invalid choice" in usage.stderr
+
+
+def test_providers_shows_the_account_webhook_url(service: Service, cli: Callable[..., Ran]) -> None:
+    shown = cli("providers", service=service)
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert lines[0].split() == ["trinetra", "simulated", "results:", "per_job"]
+    label, url = lines[1].split(": ", 1)
+    assert label.strip() == "account webhook URL"
+    assert "/v1/callbacks/trinetra/account/" in url
+    assert [line.split()[0] for line in lines[2:]] == ["apiframe", "segmind"]
+    page = json.loads(cli("providers", "--json", service=service).stdout)
+    assert [p["account_webhook_url"] for p in page["data"]] == [url, None, None]
+    # The URL takes Trinetra's terminal document for a job of this service.
+    with service.api() as api:
+        created = api.post(
+            "/v1/jobs", json={"model": "trinetra/kling-v3", "input": {"prompt": "A fox"}}
+        ).json()
+        document = {
+            "id": created["provider_job_id"],
+            "status": "succeeded",
+            # The simulator's own file, so the mirror copies it at once and job.succeeded is
+            # published now, not after download retries, in the middle of a later test.
+            "output": {
+                "outputs": [{"url": f"{service.url}/sim/trinetra/files/a.mp4", "type": "video"}]
+            },
+        }
+        answer = api.post(url, json=document)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["job_id"] == created["id"]
+    finished(service, created["id"])
+    # job.succeeded is published once the output is mirrored: wait for it, so that no later
+    # test following the event stream sees this job's event.
+    deadline = time.monotonic() + 10
+    with service.api() as api:
+        while not [
+            e
+            for e in api.get(
+                "/v1/events", params={"type": "job.succeeded", "limit": "1000"}
+            ).json()["data"]
+            if e["data"]["id"] == created["id"]
+        ]:
+            assert time.monotonic() < deadline, "job.succeeded was not published"
+            time.sleep(0.05)
+
+
+class Receiver:
+    """A loopback webhook endpoint in a thread that verifies every request with the
+    ``standardwebhooks`` library (the secret is set once it is known) and records what it got."""
+
+    def __init__(self) -> None:
+        self.secret: str | None = None
+        self.verified: list[dict[str, Any]] = []
+        self.rejected: list[str] = []
+        self.headers: list[dict[str, str]] = []
+        self.arrived = threading.Condition()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                headers = {name.lower(): value for name, value in self.headers.items()}
+                problem: str | None = None
+                try:
+                    assert receiver.secret is not None
+                    payload = standardwebhooks.Webhook(receiver.secret).verify(body, headers)
+                except Exception as exc:  # any failure is a rejection to report
+                    problem, status = repr(exc), 400
+                else:
+                    status = 204
+                with receiver.arrived:
+                    if problem is None:
+                        receiver.verified.append(payload)
+                        receiver.headers.append(headers)
+                    else:
+                        receiver.rejected.append(problem)
+                    receiver.arrived.notify_all()
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def wait_for(self, count: int, within: float = 20.0) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + within
+        with self.arrived:
+            while len(self.verified) < count:
+                assert not self.rejected, self.rejected
+                left = deadline - time.monotonic()
+                assert left > 0, f"{len(self.verified)} of {count} requests arrived"
+                self.arrived.wait(left)
+        assert not self.rejected, self.rejected
+        return list(self.verified)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    received = Receiver()
+    yield received
+    received.close()
+
+
+def test_listen_forwards_signed_events_and_trigger_sends_samples(
+    service: Service, cli: Callable[..., Ran], receiver: Receiver
+) -> None:
+    subscriber = Receiver()
+    try:
+        subscribed = cli(
+            "subscribe", subscriber.url, "-e", "job.succeeded", "--json", service=service
+        )
+        assert subscribed.returncode == 0, subscribed.stderr
+        sub = json.loads(subscribed.stdout)
+        subscriber.secret = sub["secret"]
+        listen = subprocess.Popen(
+            [
+                *(REELHOOK, "listen", "--forward-to", receiver.url, "-e", "job.succeeded"),
+                *("-n", "2", "--json", "-H", "X-Local: yes"),
+            ],
+            env=cli_env(REELHOOK_URL=service.url, REELHOOK_API_KEY=ADMIN_KEY),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert listen.stdout is not None and listen.stderr is not None
+            started = json.loads(listen.stdout.readline())
+            assert started["forward_to"] == receiver.url
+            receiver.secret = started["secret"]
+            assert receiver.secret.startswith("whsec_") and receiver.secret != sub["secret"]
+            assert listen.stderr.readline().startswith("Ready! Forwarding job.succeeded events")
+            # trigger: to every active subscription listening to the type, then to one by id.
+            triggered = cli("trigger", "job.succeeded", service=service)
+            assert triggered.returncode == 0, triggered.stderr
+            assert f"queued for {sub['id']}" in triggered.stdout
+            job_id = submit_and_finish(service, "listen to me")
+            out, err = listen.communicate(timeout=30)
+        finally:
+            if listen.poll() is None:
+                listen.kill()
+                listen.communicate()
+        assert listen.returncode == 0, err
+        forwarded = receiver.wait_for(2)
+        assert [e["type"] for e in forwarded] == ["job.succeeded", "job.succeeded"]
+        assert forwarded[0]["data"]["model"] == "trinetra/kling-v3"  # the sample
+        assert forwarded[1]["data"]["id"] == job_id
+        assert all(h["x-local"] == "yes" for h in receiver.headers)
+        assert [o["status_code"] for o in read_ndjson(out)] == [204, 204]
+        # The subscription got the same sample (and the real event), signed with its own secret.
+        got = subscriber.wait_for(2)
+        assert [e["type"] for e in got] == ["job.succeeded", "job.succeeded"]
+        assert sorted(e["data"]["id"] == job_id for e in got) == [False, True]
+        one = cli("trigger", "ping", "--subscription", sub["id"], "--json", service=service)
+        assert one.returncode == 0, one.stderr
+        assert json.loads(one.stdout)["data"][0]["type"] == "ping"
+        assert subscriber.wait_for(3)[-1]["type"] == "ping"
+    finally:
+        subscriber.close()
+        cli("unsubscribe", sub["id"], service=service)
+    user_error(cli("trigger", "job.expired", service=service), 1, "no active subscription")
+    user_error(
+        cli("listen", "--forward-to", "ftp://x", service=service), 2, "expected an http(s) URL"
+    )
+    user_error(
+        cli("listen", "-f", receiver.url, "--secret", "whsec_!!", service=service), 2, "--secret"
+    )
+
+
+def test_listen_reports_a_local_handler_that_is_down(service: Service) -> None:
+    port = free_port()
+    listen = subprocess.Popen(
+        [
+            REELHOOK,
+            "listen",
+            "-f",
+            f"http://127.0.0.1:{port}/hook",
+            "-e",
+            "job.succeeded",
+            "-n",
+            "1",
+        ],
+        env=cli_env(REELHOOK_URL=service.url, REELHOOK_API_KEY=ADMIN_KEY),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert listen.stderr is not None
+    assert listen.stderr.readline().startswith("Ready!")
+    submit_and_finish(service, "nobody home")
+    out, err = listen.communicate(timeout=30)
+    assert listen.returncode == 0, err
+    first, line = out.splitlines()
+    assert first.startswith("Your webhook signing secret is whsec_")
+    assert "--> job.succeeded" in line and "[failed: ConnectError" in line
+
+
+def test_models_subscriptions_deliveries_events_as_tables_and_json(
+    service: Service, cli: Callable[..., Ran], receiver: Receiver
+) -> None:
+    models = cli("models", service=service)
+    assert models.returncode == 0, models.stderr
+    header, *rows = models.stdout.splitlines()
+    assert header.split()[:3] == ["MODEL", "PROVIDER", "AVAILABLE"]
+    assert any(row.startswith("trinetra/kling-v3 ") for row in rows)
+    one = cli("models", "trinetra/kling-v3", "--api-key", "", REELHOOK_URL=service.url)
+    assert one.returncode == 0, one.stderr  # the catalog needs no key
+    assert "duration" in one.stdout and "PARAMETER" in one.stdout
+    assert json.loads(cli("models", "--json", service=service).stdout)["data"]
+    user_error(cli("models", "nope/x", service=service), 1, "no model 'nope/x'")
+
+    subscribed = json.loads(
+        cli("subscribe", receiver.url, "-e", "ping", "--json", service=service).stdout
+    )
+    sub_id = subscribed["id"]
+    receiver.secret = subscribed["secret"]
+    listed = cli("subscriptions", service=service)
+    assert listed.returncode == 0 and sub_id in listed.stdout and "URL" in listed.stdout
+    shown = cli("subscriptions", sub_id, service=service)
+    assert "url:" in shown.stdout and receiver.url in shown.stdout
+    assert (
+        json.loads(cli("subscriptions", sub_id, "--json", service=service).stdout)["id"] == sub_id
+    )
+
+    tested = cli("test", sub_id, service=service)
+    assert tested.returncode == 0 and tested.stdout.startswith("ping evt_")
+    receiver.wait_for(1)
+    deliveries = json.loads(
+        cli("deliveries", "--subscription", sub_id, "--json", service=service).stdout
+    )["data"]
+    delivery_id = deliveries[0]["id"]
+    table = cli("deliveries", "--subscription", sub_id, "--status", "succeeded", service=service)
+    assert table.stdout.splitlines()[0].split()[:3] == ["ID", "STATUS", "EVENT"]
+    assert delivery_id in table.stdout
+    detail = cli("deliveries", delivery_id, service=service)
+    assert "ATTEMPTED" in detail.stdout and "204" in detail.stdout
+    retried = cli("retry", delivery_id, service=service)
+    assert retried.returncode == 0 and retried.stdout.startswith(f"{delivery_id} queued")
+    receiver.wait_for(2)
+
+    rotated = cli("rotate-secret", sub_id, service=service)
+    new_secret = rotated.stdout.split("shown once): ")[1].split()[0]
+    assert new_secret.startswith("whsec_") and new_secret != subscribed["secret"]
+    # Within the grace period both secrets sign, so the old one still verifies.
+    cli("test", sub_id, service=service)
+    receiver.wait_for(3)
+    receiver.secret = new_secret
+    cli("test", sub_id, service=service)
+    receiver.wait_for(4)
+
+    paused = cli("pause", sub_id, service=service)
+    assert paused.stdout.strip() == f"{sub_id} disabled"
+    user_error(cli("test", sub_id, service=service), 1, "disabled")
+    assert cli("resume", sub_id, service=service).stdout.strip() == f"{sub_id} active"
+    recovered = cli("recover", sub_id, "--since", "2020-01-01T00:00:00Z", service=service)
+    assert recovered.returncode == 0 and recovered.stdout.startswith("0 failed deliveries")
+
+    events = cli("events", "--type", "ping", "--limit", "2", service=service)
+    assert events.stdout.splitlines()[0].split() == ["ID", "TYPE", "TIME", "ABOUT"]
+    assert sub_id in events.stdout
+    assert (
+        len(json.loads(cli("events", "--json", "--limit", "2", service=service).stdout)["data"])
+        == 2
+    )
+
+    cli("unsubscribe", sub_id, service=service)
+    user_error(cli("retry", delivery_id, service=service), 1, "deleted")
+    user_error(cli("subscriptions", sub_id, service=service), 1, "404")
+
+
+def test_keys_create_list_revoke(service: Service, cli: Callable[..., Ran]) -> None:
+    created = cli("create-key", "ci bot", "-s", "jobs:read", service=service)
+    assert created.returncode == 0, created.stderr
+    key_id = created.stdout.split()[0]
+    secret = created.stdout.split("shown once): ")[1].strip()
+    assert secret.startswith("rh_")
+    listed = cli("keys", service=service)
+    assert key_id in listed.stdout and "ci bot" in listed.stdout
+    assert cli("jobs", "--api-key", secret, REELHOOK_URL=service.url).returncode == 0
+    user_error(cli("keys", "--api-key", secret, REELHOOK_URL=service.url), 1, "403")
+    shown = json.loads(cli("keys", key_id, "--json", service=service).stdout)
+    assert shown["scopes"] == ["jobs:read"] and shown["revoked_at"] is None
+    assert cli("revoke-key", key_id, service=service).stdout.strip() == f"{key_id} revoked"
+    user_error(cli("jobs", "--api-key", secret, REELHOOK_URL=service.url), 1, "401")
+    usage = cli("create-key", "x", "-s", "root", service=service)
+    assert usage.returncode == 2 and "invalid choice" in usage.stderr
+
+
+def test_cancel_a_job_and_its_late_result_changes_nothing(
+    service: Service, cli: Callable[..., Ran]
+) -> None:
+    with httpx.Client(trust_env=False) as http:
+        rule = {"match": "cancel-me", "delay": 1.0}
+        assert http.post(f"{service.url}/sim/_sim/scenario", json=rule).status_code == 201
+        submitted = cli("submit", "trinetra/kling-v3", "cancel-me", service=service)
+        job_id = submitted.stdout.split()[0]
+        canceled = cli("cancel", job_id, service=service)
+        assert canceled.returncode == 0, canceled.stderr
+        assert canceled.stdout.strip() == f"{job_id} canceled"
+        # The simulator still finishes the job and calls back: stored, nothing changes.
+        deadline = time.monotonic() + 15
+        while True:
+            rules = http.get(f"{service.url}/sim/_sim/scenario").json()["rules"]
+            if any(r["match"] == "cancel-me" and r["callbacks"] for r in rules):
+                break
+            assert time.monotonic() < deadline, "the simulator never called back"
+            time.sleep(0.05)
+        time.sleep(0.3)  # the callback's answer is applied before the simulator records it
+    job = json.loads(cli("jobs", job_id, "--json", service=service).stdout)
+    assert job["status"] == "canceled" and job["outputs"] == []
+    assert job["error"]["kind"] == "canceled"
+    with service.api() as api:
+        types = [
+            e["type"]
+            for e in api.get("/v1/events", params={"limit": "1000"}).json()["data"]
+            if e["data"].get("id") == job_id
+        ]
+    assert types.count("job.canceled") == 1 and "job.succeeded" not in types
+    user_error(cli("cancel", job_id, service=service), 1, "already finished")

@@ -22,6 +22,7 @@ from service.app.settings import Settings
 from service.console.session import COOKIE, SessionCodec
 from service.sim import Scenario, Simulator, create_sim_app
 from tests.conftest import SettingsFactory
+from tests.helpers.callbacks import TOKENS
 from tests.helpers.delivery import detail, exhausted, finished, replies_app, until_delivery
 from tests.helpers.keys import new_key
 from tests.servers import Sink, loopback_socket, run_server, url_of
@@ -268,7 +269,10 @@ async def test_a_form_without_this_sessions_token_is_refused(service: Reelhook) 
         # The same form with its own token goes through.
         own = csrf_of(await browser.get("/console/subscriptions"))
         created = await browser.post("/console/subscriptions", data={"url": sink, "csrf": own})
-        assert created.status_code == 201, created.text
+        # Created, and redirected (a reload must not create it again): the secret is on the GET.
+        assert created.status_code == 303, created.text
+        shown = await browser.get(created.headers["location"])
+        assert shown.status_code == 200 and "whsec_" in shown.text
 
 
 async def test_sign_in_itself_needs_the_token(service: Reelhook) -> None:
@@ -398,6 +402,36 @@ async def test_the_job_page_shows_input_timeline_and_cost(
         assert f"estimated {job['cost']['estimated']} {job['cost']['unit']}" in page.text
 
 
+async def test_the_job_page_shows_the_job_s_notices(
+    with_jobs: tuple[Reelhook, Callable[[float], None]],
+) -> None:
+    """Issue 15: an unknown status word and a success after a failure are shown, with the late
+    result's video link."""
+    service, _ = with_jobs
+    job_id = await submit(service.api)
+    job = (await service.api.get(f"/v1/jobs/{job_id}")).json()
+    url = f"/v1/callbacks/trinetra/{TOKENS.callback(job_id, 'trinetra')}"
+    late = "https://cdn.example/late<b>.mp4"
+    for document in (
+        {"id": job["provider_job_id"], "status": "rendering"},
+        {"id": job["provider_job_id"], "status": "failed", "error": "GPU fell over"},
+        {
+            "id": job["provider_job_id"],
+            "status": "succeeded",
+            "output": {"outputs": [{"url": late, "type": "video"}]},
+        },
+    ):
+        answer = await service.api.post(url, json=document)
+        assert answer.status_code == 200, answer.text
+    async with service.signed_in() as browser:
+        page = await browser.get(f"/console/jobs/{job_id}")
+    assert page.status_code == 200
+    assert "Notices" in page.text
+    assert "unknown_status" in page.text and "&#39;rendering&#39;" in page.text
+    assert "late_result" in page.text
+    assert 'href="https://cdn.example/late&lt;b&gt;.mp4"' in page.text  # escaped, still a link
+
+
 # --- subscriptions -------------------------------------------------------------------------------
 
 
@@ -434,15 +468,71 @@ async def test_subscription_forms_go_through_the_api_validation(service: Reelhoo
                 "description": "n8n",
             },
         )
-        assert created.status_code == 201
-        secret = re.search(r"whsec_[A-Za-z0-9+/=]+", created.text)
-        assert secret, created.text
+        assert created.status_code == 303  # redirected: a reload does not create it again
+        shown = await browser.get(created.headers["location"])
+        assert shown.status_code == 200
+        secret = re.search(r"whsec_[A-Za-z0-9+/=]+", shown.text)
+        assert secret, shown.text
+        # Shown once: the same page again no longer has it.
+        again = await browser.get(created.headers["location"])
+        assert not re.search(r"whsec_[A-Za-z0-9+/=]+", again.text)
     stored = (await service.api.get("/v1/subscriptions")).json()["data"]
     assert len(stored) == 1
     assert stored[0]["event_types"] == ["job.succeeded", "job.failed"]
     assert stored[0]["models"] == [V3]
     assert stored[0]["headers"] == {"X-N8N-Auth": "********", "X-Team": "********"}
     assert stored[0]["description"] == "n8n"
+
+
+async def test_the_subscription_form_sets_filter_template_scheme_and_ordering(
+    service: Reelhook,
+) -> None:
+    async with service.signed_in() as browser:
+        page = await browser.get("/console/subscriptions")
+        token = csrf_of(page)
+        assert '<option value="text/plain">text/plain</option>' in page.text
+        bad_filter = await browser.post(
+            "/console/subscriptions",
+            data={"csrf": token, "url": "http://127.0.0.1:9/", "filter": "{nope"},
+        )
+        assert bad_filter.status_code == 422 and "filter: is not JSON" in bad_filter.text
+        unknown_field = await browser.post(
+            "/console/subscriptions",
+            data={
+                "csrf": token,
+                "url": "http://127.0.0.1:9/",
+                "filter": '{"path": "data.colour", "eq": "red"}',
+            },
+        )
+        assert unknown_field.status_code == 422
+        assert "filter.path" in unknown_field.text and "data.colour" in unknown_field.text
+        assert (await service.api.get("/v1/subscriptions")).json()["data"] == []
+        created = await browser.post(
+            "/console/subscriptions",
+            data={
+                "csrf": token,
+                "url": "http://127.0.0.1:9/chat",
+                "event_types": ["job.succeeded"],
+                "filter": '{"path": "data.metadata.channel", "eq": "bots"}',
+                "template": "{{ type }} {{ data.id }}",
+                "content_type": "text/plain",
+                "signature_scheme": "v1a",
+                "ordering": "fifo",
+            },
+        )
+        assert created.status_code == 303, created.text  # POST-redirect-GET
+        shown = await browser.get(created.headers["location"])
+        assert "whsk_" not in shown.text and "whsec_" not in shown.text
+        assert 'id="public-key">whpk_' in shown.text
+        assert "FIFO: one delivery at a time" in shown.text
+        assert '<dd id="fifo-queued">0</dd>' in shown.text
+    [stored] = (await service.api.get("/v1/subscriptions")).json()["data"]
+    assert stored["filter"] == {"path": "data.metadata.channel", "eq": "bots"}
+    assert (stored["template"], stored["content_type"]) == (
+        "{{ type }} {{ data.id }}",
+        "text/plain",
+    )
+    assert (stored["signature_scheme"], stored["ordering"]) == ("v1a", "fifo")
 
 
 async def test_edit_keeps_headers_unless_asked_and_toggles_status(service: Reelhook) -> None:
@@ -587,13 +677,17 @@ async def test_rotate_shows_the_new_secret_once(service: Reelhook) -> None:
     async with service.signed_in() as browser:
         page = await browser.get(f"/console/subscriptions/{sub_id}")
         assert "whsec_" not in page.text
-        rotated = await browser.post(
+        posted = await browser.post(
             f"/console/subscriptions/{sub_id}/rotate-secret", data={"csrf": csrf_of(page)}
         )
+        # Redirected (a reload must not rotate again); the GET shows the secret, once.
+        assert posted.status_code == 303
+        rotated = await browser.get(posted.headers["location"])
         found = re.search(r'id="new-secret">(whsec_[^<]+)<', rotated.text)
         assert found and found.group(1) != old
         assert "Old secret signs until" in rotated.text
         assert "whsec_" not in (await browser.get(f"/console/subscriptions/{sub_id}")).text
+        assert "whsec_" not in (await browser.get(posted.headers["location"])).text
     stored = (await service.api.get(f"/v1/subscriptions/{sub_id}")).json()
     assert stored["previous_secret_expires_at"] is not None
 

@@ -116,13 +116,19 @@ async def test_a_callback_after_expiry_is_kept_for_audit_and_revives_nothing(
         after = (await http.get(f"/v1/jobs/{job['id']}")).json()
         events = Counter(e["type"] for e in await job_events(http, job["id"]))
 
-    for response in responses:
+    # Issue 15: the first late success is surfaced on the job (a notice with its video), once.
+    outcomes = ["late_result", "late", "late"]
+    for response, outcome in zip(responses, outcomes, strict=True):
         assert response.status_code == 200, response.text
-        assert response.json() == {"received": True, "job_id": job["id"], "outcome": "late"}
-    assert after == expired
+        assert response.json() == {"received": True, "job_id": job["id"], "outcome": outcome}
+    notices = after.pop("notices")
+    assert after == {k: v for k, v in expired.items() if k != "notices"}
+    assert [(n["kind"], n["outputs"]) for n in notices] == [
+        ("late_result", [{"url": "https://cdn.trinetra.ai/out/a1.mp4", "type": "video"}])
+    ]
     assert events == {"job.submitted": 1, "job.expired": 1}
     assert stored_callbacks(settings) == [
-        (job["id"], "trinetra", "late", late_result),
+        (job["id"], "trinetra", "late_result", late_result),
         (job["id"], "trinetra", "late", late_result),
         (job["id"], "trinetra", "late", trinetra_failed(job["provider_job_id"])),
     ]

@@ -295,6 +295,7 @@ async def test_connection_refused_is_retried_and_others_still_get_theirs(
 ) -> None:
     settings = settings_factory()
     with closing(loopback_socket()) as nobody:  # bound, never listening: connections are refused
+        host_port = url_of(nobody).removeprefix("http://")
         async with sink_and_service(settings) as (sink, sink_url, http):
             dead = await subscribe(http, f"{url_of(nobody)}/hook")
             alive = await subscribe(http, f"{sink_url}/hook")
@@ -311,6 +312,8 @@ async def test_connection_refused_is_retried_and_others_still_get_theirs(
     assert row["last_status_code"] is None
     assert len(attempts) == 3
     assert all(a["status_code"] is None and a["error"] for a in attempts)
+    # In words, not the HTTP client's exception text.
+    assert attempts[0]["error"] == f"could not connect to {host_port} (Connection refused)"
 
 
 @dataclass

@@ -829,3 +829,28 @@ async def test_connection_refused_stays_in_the_log_until_recovered(
     assert recovered.json()["recovered"] == 1
     assert after["status"] == "succeeded"
     assert sink.on("/hook")[0].headers["webhook-id"] == event_id
+
+
+async def test_deliveries_filter_by_event_type_and_creation_time(
+    settings_factory: SettingsFactory, dead_url: str
+) -> None:
+    async with api_client(settings_factory(RETRY_SCHEDULE="0")) as http:
+        sub = (await http.post("/v1/subscriptions", json={"url": f"{dead_url}/h"})).json()
+        assert (await http.post(f"/v1/subscriptions/{sub['id']}/test")).status_code == 202
+        sample = {"type": "job.failed"}
+        sent = await http.post(f"/v1/subscriptions/{sub['id']}/test", json=sample)
+        assert sent.status_code == 202 and sent.json()["type"] == "job.failed"
+        pings = (await http.get("/v1/deliveries", params={"event_type": "ping"})).json()["data"]
+        assert [d["event_type"] for d in pings] == ["ping"]
+        failed = await http.get("/v1/deliveries", params={"event_type": "job.failed"})
+        assert [d["event_type"] for d in failed.json()["data"]] == ["job.failed"]
+        later = await http.get("/v1/deliveries", params={"since": "2100-01-01T00:00:00"})
+        assert later.json()["data"] == []
+        both = await http.get("/v1/deliveries", params={"until": "2100-01-01T00:00:00"})
+        assert len(both.json()["data"]) == 2
+        bad = await http.get("/v1/deliveries", params={"event_type": "job.done"})
+        assert_error(bad, 422, "validation_failed", "event_type")
+        bad_type = await http.post(f"/v1/subscriptions/{sub['id']}/test", json={"type": "x"})
+        assert_error(bad_type, 422, "validation_failed", "type")
+        extra = await http.post(f"/v1/subscriptions/{sub['id']}/test", json={"kind": "ping"})
+        assert_error(extra, 422, "validation_failed", "kind")

@@ -212,9 +212,11 @@ async def test_turning_fifo_off_releases_the_queue(db: Database) -> None:
 @dataclass
 class OneAtATime:
     """A receiver that takes a while per request, records the order and the most requests it
-    had at once, and fails the first ``fail_first`` requests carrying a given ``webhook-id``."""
+    had at once. ``fail[n]`` is how many times to fail the n-th distinct event to arrive (0 is
+    the first), so the plan holds however soon the first one arrives."""
 
-    fail: dict[str, int] = field(default_factory=dict)
+    fail: dict[int, int] = field(default_factory=dict)
+    order: list[str] = field(default_factory=list)
     seen: list[str] = field(default_factory=list)
     accepted: list[str] = field(default_factory=list)
     now: int = 0
@@ -228,9 +230,12 @@ class OneAtATime:
             try:
                 event_id = request.headers["webhook-id"]
                 self.seen.append(event_id)
+                if event_id not in self.order:
+                    self.order.append(event_id)
+                position = self.order.index(event_id)
                 await anyio.sleep(0.03)
-                if self.fail.get(event_id, 0) > 0:
-                    self.fail[event_id] -= 1
+                if self.fail.get(position, 0) > 0:
+                    self.fail[position] -= 1
                     return Response(status_code=503)
                 self.accepted.append(event_id)
                 return Response(status_code=204)
@@ -266,13 +271,8 @@ async def test_fifo_delivers_one_at_a_time_in_order_and_waits_for_a_failing_head
         assert created.status_code == 201, created.text
         sub = created.json()
         assert sub["ordering"] == "fifo"
-        # Queue them while the dispatcher is held back: the subscription is disabled.
-        paused = await http.patch(f"/v1/subscriptions/{sub['id']}", json={"status": "disabled"})
-        assert paused.status_code == 200
-        await http.patch(f"/v1/subscriptions/{sub['id']}", json={"status": "active"})
+        receiver.fail = {0: 2, 3: 1}  # the first fails twice, the fourth once
         published = await ping_many(http, sub["id"], 6)
-        receiver.fail[published[0]] = 2  # the head fails twice, then succeeds
-        receiver.fail[published[3]] = 1
         await receiver.wait_for(6)
     assert receiver.accepted == published
     assert receiver.seen == [published[0]] * 3 + published[1:3] + [published[3]] * 2 + published[4:]
@@ -286,8 +286,8 @@ async def test_an_exhausted_head_lets_the_rest_through(settings_factory: Setting
         sub = (
             await http.post("/v1/subscriptions", json={"url": url + "/", "ordering": "fifo"})
         ).json()
+        receiver.fail = {0: 1000}
         published = await ping_many(http, sub["id"], 3)
-        receiver.fail[published[0]] = 1000
         await receiver.wait_for(2)
         log = await http.get("/v1/deliveries", params={"subscription_id": sub["id"]})
         states = {d["event_id"]: d["status"] for d in log.json()["data"]}
@@ -303,8 +303,8 @@ async def test_the_console_shows_the_head_of_line(settings_factory: SettingsFact
         sub = (
             await http.post("/v1/subscriptions", json={"url": url + "/", "ordering": "fifo"})
         ).json()
+        receiver.fail = {0: 1}
         published = await ping_many(http, sub["id"], 4)
-        receiver.fail[published[0]] = 1
         with anyio.fail_after(10):
             while True:
                 log = await http.get("/v1/deliveries", params={"event_id": published[0]})
@@ -327,3 +327,21 @@ async def test_the_console_shows_the_head_of_line(settings_factory: SettingsFact
     assert "FIFO queue" in text and head["id"] in text
     assert '<dd id="fifo-queued">3</dd>' in text
     assert "head-of-line blocking" in text
+
+
+async def test_turning_fifo_off_sends_the_queue_at_once(settings_factory: SettingsFactory) -> None:
+    receiver = OneAtATime()
+    settings = settings_factory(RETRY_SCHEDULE="0,3600")
+    async with run_server(receiver.app()) as url, api_client(settings) as http:
+        created = await http.post("/v1/subscriptions", json={"url": url + "/", "ordering": "fifo"})
+        sub = created.json()
+        receiver.fail = {0: 1000}  # the head is stuck for an hour
+        published = await ping_many(http, sub["id"], 4)
+        with anyio.fail_after(10):
+            while not receiver.seen:
+                await receiver.arrived.wait()
+        assert receiver.accepted == []
+        changed = await http.patch(f"/v1/subscriptions/{sub['id']}", json={"ordering": "none"})
+        assert changed.status_code == 200 and changed.json()["ordering"] == "none"
+        await receiver.wait_for(3)  # the three behind the head, without waiting for it
+    assert sorted(receiver.accepted) == sorted(published[1:])

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from service.app.logs import JsonFormatter, Scrubber, TextFormatter, logging_to
@@ -27,7 +28,7 @@ from service.core.tokens import Tokens
 from service.sim import Scenario, Simulator, create_sim_app
 from tests.conftest import SettingsFactory
 from tests.servers import Sink, loopback_socket, run_server, url_of
-from tests.support import ADMIN_KEY, REPO, served
+from tests.support import ADMIN_KEY, REPO, served, served_with_sink, wait_for_job
 
 pytestmark = pytest.mark.anyio
 
@@ -275,6 +276,10 @@ def test_serve_writes_json_lines_to_stderr_and_warns_once(tmp_path: Path) -> Non
     assert not any("color_message" in line for line in lines), "no terminal colour codes"
     warnings = [line for line in lines if "REELHOOK_PUBLIC_URL" in line["message"]]
     assert len(warnings) == 1, lines
+    # The banner says where a newcomer goes next.
+    [banner] = [line for line in lines if line["message"].startswith("console: ")]
+    assert "/console · API docs: " in banner["message"] and "/docs · data: " in banner["message"]
+    assert str((tmp_path / "data").resolve()) in banner["message"]
     assert warnings[0]["level"] == "WARNING"
     assert "trinetra" in warnings[0]["message"]
     assert PROVIDER_KEYS["trinetra"] not in stdout + json.dumps(lines)
@@ -284,3 +289,33 @@ def test_serve_writes_json_lines_to_stderr_and_warns_once(tmp_path: Path) -> Non
         "rh_" in line["message"] and "[redacted]" not in line["message"] for line in lines
     )
     load_settings(environ)  # the environment used is a valid one
+
+
+@pytest.mark.anyio
+async def test_job_lifecycle_and_failing_deliveries_are_logged_at_info(
+    settings_factory: SettingsFactory, dead_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    async with served_with_sink(settings_factory, SIM_DELAY="0.1", RETRY_SCHEDULE="0,60") as (
+        http,
+        _sink,
+        _sink_url,
+    ):
+        sub = await http.post("/v1/subscriptions", json={"url": dead_url + "/hook"})
+        assert sub.status_code == 201, sub.text
+        created = await http.post(
+            "/v1/jobs", json={"model": "trinetra/kling-v3", "input": {"prompt": "log me"}}
+        )
+        job_id = created.json()["id"]
+        await wait_for_job(http, job_id)
+        with anyio.fail_after(10):
+            while True:
+                logged = [r.getMessage() for r in caplog.records]
+                if any(m.startswith("delivery ") for m in logged):
+                    break
+                await anyio.sleep(0.05)
+    info = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert any(m.startswith(f"job.submitted {job_id} (trinetra/kling-v3)") for m in info), info
+    assert any(m.startswith(f"job.succeeded {job_id} (trinetra/kling-v3)") for m in info), info
+    failing = [m for m in info if m.startswith("delivery ") and sub.json()["id"] in m]
+    assert failing and "could not connect" in failing[0] and "next attempt due" in failing[0]

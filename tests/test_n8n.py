@@ -36,6 +36,9 @@ def resolve(value: Any, path: str) -> Any:
 
 async def test_the_workflow_uses_fields_real_events_have(client: httpx.AsyncClient) -> None:
     workflow = json.loads(WORKFLOW.read_text())
+    # `n8n import:workflow --input=…` refuses a workflow without "active" (the UI import does not).
+    assert workflow["active"] is False
+    assert {"name", "nodes", "connections"} <= set(workflow)
     nodes = {node["name"]: node for node in workflow["nodes"]}
     [trigger] = [n for n in nodes.values() if n["type"] == "n8n-nodes-base.webhook"]
     assert trigger["parameters"]["httpMethod"] == "POST"

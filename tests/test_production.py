@@ -124,3 +124,46 @@ async def test_a_job_for_a_provider_with_a_key_goes_to_its_configured_url(
     assert fetched["error"]["kind"] == "provider_error"
     assert "could not reach trinetra" in fetched["error"]["message"], fetched["error"]
     assert "API_KEY" not in fetched["error"]["message"]
+
+
+async def test_production_refuses_plain_http_subscriber_and_callback_urls(
+    production: httpx.AsyncClient,
+) -> None:
+    refused = await production.post("/v1/subscriptions", json={"url": "http://hooks.example/x"})
+    error = assert_error(refused, 422, "validation_failed", "url")
+    assert "https" in error["message"] and "REELHOOK_ALLOW_HTTP_SUBSCRIBERS" in error["message"]
+    job = {
+        "model": "trinetra/kling-v3",
+        "input": {"prompt": "p"},
+        "callback_url": "http://hooks.example/cb",
+    }
+    assert_error(await production.post("/v1/jobs", json=job), 422, "validation_failed")
+    await assert_nothing_stored(production)
+    listed = await production.get("/v1/subscriptions")
+    assert listed.json()["data"] == []
+    accepted = await production.post("/v1/subscriptions", json={"url": "https://hooks.example/x"})
+    assert accepted.status_code == 201, accepted.text
+
+
+async def test_production_accepts_http_subscribers_when_the_setting_says_so(
+    settings_factory: SettingsFactory,
+) -> None:
+    settings = settings_factory(
+        ENV="production",
+        PUBLIC_URL="https://reelhook.example.test",
+        ALLOW_HTTP_SUBSCRIBERS="true",
+    )
+    async with api_client(settings) as http:
+        created = await http.post("/v1/subscriptions", json={"url": "http://hooks.example/x"})
+        assert created.status_code == 201, created.text
+
+
+async def test_development_accepts_http_and_a_private_address_names_the_setting(
+    settings_factory: SettingsFactory,
+) -> None:
+    async with api_client(settings_factory()) as http:
+        created = await http.post("/v1/subscriptions", json={"url": "http://hooks.example/x"})
+        assert created.status_code == 201, created.text
+        private = await http.post("/v1/subscriptions", json={"url": "http://10.1.2.3:3000/h"})
+        error = assert_error(private, 422, "validation_failed", "url")
+        assert "REELHOOK_ALLOW_PRIVATE_SUBSCRIBERS=10.1.2.3/32" in error["message"]

@@ -129,7 +129,13 @@ async def test_a_sample_job_has_the_shape_of_a_stored_job(api: httpx.AsyncClient
     """The job inside a sample is rendered by the same code as GET /v1/jobs/{id}."""
     accepted = await api.post(
         "/v1/jobs",
-        json={"model": "trinetra/kling-v3", "input": {"prompt": "p"}, "metadata": {"chat_id": 1}},
+        # With a resolution, as the sample has one: without, the cost also names the resolution
+        # its estimate assumed (issue 15).
+        json={
+            "model": "trinetra/kling-v3",
+            "input": {"prompt": "p", "resolution": "720p"},
+            "metadata": {"chat_id": 1},
+        },
     )
     # The provider is unreachable here: the job fails once its one retry is spent.
     job = await wait_for_job(api, accepted.json()["id"], {"failed"})

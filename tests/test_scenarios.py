@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from service.sim import Scenario, Simulator, create_sim_app
+from service.sim.simulator import RESULT_SHAPES
 from service.storage.database import Database
 from service.storage.submissions import attempts_of
 from tests.conftest import SettingsFactory, settings_for
@@ -417,7 +418,7 @@ async def test_duplicate_callbacks_announce_the_end_once(stack: Stack, provider:
     marker = new_marker()
     await given(stack, marker, callback="duplicate")
     created = await accepted(stack, provider, marker)
-    expected = 3 if provider == "apiframe" else 2  # apiframe reports progress first
+    expected = 5 if provider == "apiframe" else 2  # apiframe reports progress three times first
 
     callbacks = await callbacks_once(stack, marker, expected)
     job = await wait_for_job(stack.http, created["id"], TERMINAL)
@@ -459,7 +460,8 @@ async def test_a_lost_callback_leaves_the_job_waiting(
     await given(stack, marker, callback="lost")
     created = await accepted(stack, provider, marker)
 
-    callbacks = await callbacks_once(stack, marker, 2 if provider == "apiframe" else 1)
+    # apiframe reports progress three times first.
+    callbacks = await callbacks_once(stack, marker, 4 if provider == "apiframe" else 1)
 
     assert callbacks[-1] == {
         "provider": provider,
@@ -485,7 +487,8 @@ async def test_a_forged_callback_is_refused_and_changes_nothing(
     await given(stack, marker, callback="forged")
     created = await accepted(stack, provider, marker)
 
-    callbacks = await callbacks_once(stack, marker, 2 if provider == "apiframe" else 1)
+    # apiframe reports progress three times first.
+    callbacks = await callbacks_once(stack, marker, 4 if provider == "apiframe" else 1)
 
     assert [c["status"] for c in callbacks] == [401] * len(callbacks), callbacks
     job = (await stack.http.get(f"/v1/jobs/{created['id']}")).json()
@@ -627,3 +630,89 @@ async def test_an_unreachable_provider_is_retried_then_fails(
                 *announced,
                 "job.failed",
             ]
+
+
+# --- issue 15: unknown status words, result shapes, the account webhook -------------------------
+
+
+@pytest.mark.parametrize("provider", CALLBACK_PROVIDERS)
+async def test_an_unknown_status_word_leaves_the_job_open_until_its_result(
+    stack: Stack, provider: str
+) -> None:
+    marker = new_marker()
+    await given(stack, marker, status_word="rendering", delay=0.4)
+    created = await accepted(stack, provider, marker)
+
+    job = await wait_for_job(stack.http, created["id"], TERMINAL)
+
+    assert job["status"] == "succeeded", job
+    assert job["outputs"][0]["url"].endswith(f"{job['provider_job_id']}.mp4")
+    # Noted once however often the word came (apiframe reports progress three times).
+    assert [n["kind"] for n in job["notices"]] == ["unknown_status"]
+    assert "'rendering'" in job["notices"][0]["message"]
+    # apiframe's event name ("progress") still says the job runs; Trinetra's word says nothing.
+    assert await events_of(stack, job["id"]) == happy_events(provider)
+    assert_never_polled(stack)
+
+
+@pytest.mark.parametrize(
+    ("provider", "shape"),
+    [(provider, shape) for provider in CALLBACK_PROVIDERS for shape in RESULT_SHAPES],
+)
+async def test_every_result_shape_succeeds_with_its_video(
+    stack: Stack, provider: str, shape: str
+) -> None:
+    marker = new_marker()
+    await given(stack, marker, result_shape=shape)
+    created = await accepted(stack, provider, marker)
+
+    job = await wait_for_job(stack.http, created["id"], TERMINAL)
+
+    assert job["status"] == "succeeded", job
+    assert [o["url"] for o in job["outputs"]] == [
+        f"{str(stack.sim.base_url).rstrip('/')}/{provider}/files/{job['provider_job_id']}.mp4"
+    ]
+    assert job["notices"] == []
+    assert await events_of(stack, job["id"]) == happy_events(provider)
+    assert_never_polled(stack)
+
+
+async def set_account_webhook(stack: Stack) -> None:
+    """Paste reelhook's account webhook URL into the (simulated) Trinetra dashboard."""
+    listed = (await stack.http.get("/v1/providers")).json()["data"]
+    (trinetra,) = [p for p in listed if p["name"] == "trinetra"]
+    answer = await stack.sim.put(
+        "/_sim/accounts/trinetra", json={"webhook_url": trinetra["account_webhook_url"]}
+    )
+    assert answer.status_code == 200, answer.text
+
+
+async def test_a_result_only_on_the_account_webhook_completes_the_job(stack: Stack) -> None:
+    await set_account_webhook(stack)
+    marker = new_marker()
+    await given(stack, marker, route="account")
+    created = await accepted(stack, "trinetra", marker)
+
+    job = await wait_for_job(stack.http, created["id"], TERMINAL)
+
+    assert job["status"] == "succeeded", job
+    assert job["outputs"][0]["url"].endswith(f"{job['provider_job_id']}.mp4")
+    assert await events_of(stack, job["id"]) == happy_events("trinetra")
+    callbacks = (await rule_state(stack, marker))["callbacks"]
+    assert [(c["kind"], c["status"]) for c in callbacks] == [("terminal", 200)]
+    assert_never_polled(stack)
+
+
+async def test_a_result_on_both_routes_is_announced_once(stack: Stack) -> None:
+    await set_account_webhook(stack)
+    marker = new_marker()
+    await given(stack, marker, route="both")
+    created = await accepted(stack, "trinetra", marker)
+
+    callbacks = await callbacks_once(stack, marker, 2)
+    job = await wait_for_job(stack.http, created["id"], TERMINAL)
+
+    assert [(c["kind"], c["status"]) for c in callbacks] == [("terminal", 200)] * 2
+    assert job["status"] == "succeeded", job
+    assert await events_of(stack, job["id"]) == happy_events("trinetra")
+    assert_never_polled(stack)

@@ -10,7 +10,8 @@ import pytest
 
 from service.app.startup_checks import is_public_host
 from tests.conftest import SettingsFactory
-from tests.support import api_client, run_serve
+from tests.servers import free_port, run_service
+from tests.support import ADMIN_KEY, api_client, run_serve
 
 pytestmark = pytest.mark.anyio
 
@@ -103,3 +104,26 @@ async def test_no_warning_for_a_public_url_or_in_production(
 )
 def test_which_hosts_count_as_reachable_from_the_internet(host: str, public: bool) -> None:
     assert is_public_host(host) is public
+
+
+def test_a_second_serve_on_the_same_data_directory_says_so_in_one_line(tmp_path: Path) -> None:
+    environ = {
+        "REELHOOK_PORT": str(free_port()),
+        "REELHOOK_DATA_DIR": str(tmp_path / "data"),
+        "REELHOOK_ADMIN_KEY": ADMIN_KEY,
+    }
+    with run_service(environ):
+        second = run_serve(tmp_path, PORT=str(free_port()), ADMIN_KEY=ADMIN_KEY)
+    assert second.returncode == 2
+    assert "Traceback" not in second.stderr
+    [line] = second.stderr.strip().splitlines()
+    assert line.startswith("reelhook: cannot start: the data directory ")
+    assert str((tmp_path / "data").resolve()) in line and "REELHOOK_DATA_DIR" in line
+
+
+def test_a_short_admin_key_is_refused_naming_the_setting(tmp_path: Path) -> None:
+    done = run_serve(tmp_path, ADMIN_KEY="short")
+    assert done.returncode == 2
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("reelhook: cannot start: REELHOOK_ADMIN_KEY: must be at least 16")
+    assert "'short'" not in line  # the value itself is a secret: not echoed

@@ -167,3 +167,27 @@ async def test_jobs_left_pending_by_an_older_version_are_due_at_once(tmp_path: P
         assert await submissions.attempts_of(db.reader, make_job(1).id) == (0, NOW)
         assert await submissions.attempts_of(db.reader, make_job(2).id) == (0, None)
         assert await claim(db, NOW) == ["1#1"]
+
+
+async def test_a_held_request_in_flight_under_an_older_version_is_found_in_flight(
+    tmp_path: Path,
+) -> None:
+    """Before migration 0007 a held request in flight kept its claim's lease as its due time; it
+    must be recognised as in flight (never sent twice), and a pending one stays due."""
+    path = tmp_path / "old.db"
+    folder = resources.files("service.storage") / "migrations"
+    scripts = sorted(e.name for e in folder.iterdir() if e.name.endswith(".sql"))
+    async with aiosqlite.connect(path, isolation_level=None) as conn:
+        for name in scripts[:6]:
+            version = int(name.split("_", 1)[0])
+            script = (folder / name).read_text()
+            await conn.executescript(f"BEGIN;\n{script}\nPRAGMA user_version = {version};\nCOMMIT;")
+        await jobs.insert(conn, make_job(1, provider="segmind", status=JobStatus.SUBMITTED))
+        await jobs.insert(conn, make_job(2, provider="segmind"))
+        await submissions.schedule(conn, make_job(1).id, next_at=NOW + 60, attempts=1)
+        await submissions.schedule(conn, make_job(2).id, next_at=NOW)
+        assert await migrate(conn) >= 7
+    async with Database.open(path) as db:
+        lost = await submissions.in_flight(db.reader, ["segmind"])
+        assert [job.id for job in lost] == [make_job(1).id]
+        assert await submissions.attempts_of(db.reader, make_job(2).id) == (0, NOW)

@@ -209,11 +209,18 @@ def create_bot(config: BotConfig) -> Starlette:
     )
 
 
+def configure_logging() -> None:
+    """INFO lines to stderr, without the bot token: httpx logs every request's URL at INFO, and
+    Telegram's Bot API carries the token in the URL path (``/bot<token>/sendMessage``)."""
+    logging.basicConfig(level=logging.INFO)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="reelhook's Telegram bot example")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9100)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO)
+    configure_logging()
     bot = create_bot(BotConfig.from_environ(os.environ))
     uvicorn.run(bot, host=args.host, port=args.port, log_level="info")

@@ -76,6 +76,17 @@ class Authenticator:
         found = await keys.find_active(self._db.reader, key_hash)
         if found is None or not hmac.compare_digest(found.key_hash, key_hash):
             raise Unauthorized("the API key is not valid")
+        return self._admit(found, scope)
+
+    async def caller_by_id(self, key_id: str, scope: str) -> Caller:
+        """The caller a signed stream token names (its signature already checked): as
+        :meth:`caller`, and :class:`Unauthorized` once that key has been revoked."""
+        found = await keys.get(self._db.reader, key_id)
+        if found is None or found.revoked_at is not None:
+            raise Unauthorized("the stream token's API key has been revoked")
+        return self._admit(found, scope)
+
+    def _admit(self, found: keys.StoredKey, scope: str | None) -> Caller:
         wait = self._limiter.take(found.id)
         if wait > 0:
             self._metrics.rate_limited.inc()

@@ -14,6 +14,7 @@ from service.api import (
     meta,
     openapi,
     operations,
+    providers,
     stream,
     subscriptions,
 )
@@ -42,6 +43,7 @@ def routes() -> list[BaseRoute]:
         resource("/v1/models", get=meta.list_models),
         resource("/v1/jobs", get=jobs.list_jobs, post=jobs.create_job),
         resource("/v1/jobs/{job_id}", get=jobs.get_job),
+        resource("/v1/jobs/{job_id}/cancel", post=jobs.cancel_job),
         resource(
             "/v1/subscriptions",
             get=subscriptions.list_subscriptions,
@@ -67,7 +69,12 @@ def routes() -> list[BaseRoute]:
         resource("/v1/deliveries/{delivery_id}/retry", post=deliveries.retry_delivery),
         resource("/v1/events", get=events.list_events),
         resource("/v1/events/stream", get=stream.stream_events),
+        resource("/v1/events/stream-token", post=stream.create_stream_token),
         resource("/v1/events/sample", get=events.sample_events),
         resource("/v1/callbacks/{provider}/{token}", post=callbacks.receive_callback),
+        resource(
+            "/v1/callbacks/{provider}/account/{token}", post=callbacks.receive_account_callback
+        ),
+        resource("/v1/providers", get=providers.list_providers),
         resource("/v1/files/{token}", get=files.get_file),
     ]

@@ -1,5 +1,5 @@
-"""``POST /v1/callbacks/{provider}/{token}``: inbound provider webhooks, verified and applied by
-:class:`service.jobs.callbacks.Callbacks`."""
+"""``POST /v1/callbacks/{provider}/{token}`` and ``POST /v1/callbacks/{provider}/account/{token}``:
+inbound provider webhooks, verified and applied by :class:`service.jobs.callbacks.Callbacks`."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from starlette.responses import JSONResponse, Response
 
 from service.api.operation import Param, Reply, operation
 from service.app.services import services
+from service.jobs.callbacks import account_adapter
 from service.jobs.lifecycle import Outcome
 from service.providers import CALLBACK_ADAPTERS
 
@@ -54,4 +55,67 @@ async def receive_callback(request: Request) -> Response:
         request.stream(),
         request.headers.get("content-length"),
     )
+    return JSONResponse({"received": True, "job_id": job.id, "outcome": outcome.value})
+
+
+@operation(
+    summary="Receive a provider account webhook",
+    tag="providers",
+    params=(
+        Param(
+            "provider",
+            "path",
+            {"enum": [name for name in CALLBACK_ADAPTERS if account_adapter(name) is not None]},
+            "The provider calling back.",
+        ),
+    ),
+    body={"type": "object", "description": "The provider's terminal job document."},
+    replies={
+        200: Reply(
+            "Verified, matched to its job and stored (duplicates and late ones too, for audit).",
+            {
+                "type": "object",
+                "required": ["received", "job_id", "outcome"],
+                "properties": {
+                    "received": {"const": True},
+                    "job_id": {"type": "string"},
+                    "outcome": {"enum": [outcome.value for outcome in Outcome]},
+                },
+            },
+        ),
+        202: Reply(
+            "Verified but naming no job reelhook knows yet: kept, and applied when the "
+            "provider's job id is recorded.",
+            {
+                "type": "object",
+                "required": ["received", "job_id", "outcome"],
+                "properties": {
+                    "received": {"const": True},
+                    "job_id": {"type": "null"},
+                    "outcome": {"const": "unmatched"},
+                },
+            },
+        ),
+    },
+    errors=(400, 401, 404, 413),
+    authenticated=False,
+    strict_query=False,
+)
+async def receive_account_callback(request: Request) -> Response:
+    """The webhook URL to set on a provider API key (Trinetra: "set a webhook_url on your API
+    key"); see `GET /v1/providers` for it. The token in the path is bound to that account. The
+    document is matched to its job by `external_task_id` (reelhook's job id, which it sends)
+    and the provider's job id, with the same checks, audit and dedupe as per-job callbacks: a
+    result that arrives on both routes moves the job once."""
+    job, outcome = await services(request).callbacks.receive_account(
+        request.path_params["provider"],
+        request.path_params["token"],
+        request.headers,
+        request.stream(),
+        request.headers.get("content-length"),
+    )
+    if job is None or outcome is None:
+        return JSONResponse(
+            {"received": True, "job_id": None, "outcome": "unmatched"}, status_code=202
+        )
     return JSONResponse({"received": True, "job_id": job.id, "outcome": outcome.value})

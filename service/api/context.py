@@ -14,6 +14,7 @@ from service.app.services import services
 from service.core.body import read_capped
 from service.core.errors import BadRequest, Unauthorized
 from service.core.jsonutil import InvalidJSON, loads
+from service.core.tokens import ExpiredToken, InvalidToken
 
 MAX_REQUEST_BYTES = 256 * 1024
 
@@ -30,6 +31,21 @@ async def authenticate(request: Request, scope: str | None = None) -> Caller:
     if not key:
         raise Unauthorized("send your API key in the X-API-Key header")
     return await services(request).access.caller(hash_key(key), scope)
+
+
+async def authenticate_stream_token(request: Request, token: str, scope: str) -> Caller:
+    """The caller a stream token (``POST /v1/events/stream-token``) was minted for: 401 when the
+    token is not genuine, has expired, or its key has been revoked since; 403 without ``scope``.
+    Only the event stream accepts these tokens, so a leaked one can read events and nothing else,
+    and only until it expires."""
+    state = services(request)
+    try:
+        key_id = state.tokens.verify_stream(token, state.settings.stream_token_ttl)
+    except ExpiredToken:
+        raise Unauthorized("the stream token has expired; ask for a new one") from None
+    except InvalidToken:
+        raise Unauthorized("the stream token is not valid") from None
+    return await state.access.caller_by_id(key_id, scope)
 
 
 async def read_json(request: Request, limit: int = MAX_REQUEST_BYTES) -> Any:

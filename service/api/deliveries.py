@@ -11,7 +11,7 @@ from service.api.operation import Param, Reply, cursor_query, limit_query, opera
 from service.api.schemas import page_of, ref
 from service.app.services import services
 from service.core import params
-from service.core.models import DeliveryStatus
+from service.core.models import EVENT_TYPES, DeliveryStatus
 from service.delivery.deliveries import attempt_document, delivery_document, delivery_filter
 
 _ID = {"type": "string"}
@@ -28,6 +28,14 @@ _ID = {"type": "string"}
         Param("event", "query", _ID, "The same as `event_id`."),
         Param("job_id", "query", _ID, "Only deliveries of this job's events."),
         Param("job", "query", _ID, "The same as `job_id`."),
+        Param("event_type", "query", {"enum": list(EVENT_TYPES)}, "Only deliveries of this type."),
+        Param(
+            "since",
+            "query",
+            {"type": "string"},
+            "Only deliveries created at or after this time: ISO 8601 or Unix seconds.",
+        ),
+        Param("until", "query", {"type": "string"}, "Only deliveries created before this time."),
         cursor_query("The `next_cursor` of the previous page."),
         limit_query(50, 200),
     ),
@@ -37,11 +45,15 @@ _ID = {"type": "string"}
 async def list_deliveries(request: Request) -> Response:
     """Deliveries to your subscriptions (an admin key sees everyone's), newest first. Filter by
     ``subscription_id``, ``status``, ``event_id`` and ``job_id`` (or their short spellings
-    ``subscription``, ``event`` and ``job``; a filter given both ways must agree)."""
+    ``subscription``, ``event`` and ``job``; a filter given both ways must agree), by
+    ``event_type``, and by creation time (``since``, ``until``)."""
     caller = await authenticate(request, Scope.SUBSCRIPTIONS_READ)
     query = request.query_params
     page = await services(request).deliveries.page(
-        caller, delivery_filter(query), cursor=query.get("cursor"), limit=params.limit(query)
+        caller,
+        delivery_filter(query),
+        cursor=params.cursor(query, "dlv"),
+        limit=params.limit(query),
     )
     return JSONResponse(
         {"data": [delivery_document(d) for d in page.items], "next_cursor": page.next_cursor}

@@ -11,8 +11,9 @@ from service.api.operation import Param, Reply, cursor_query, limit_query, opera
 from service.api.schemas import page_of, ref
 from service.app.services import services
 from service.core import params
-from service.core.errors import ValidationFailed
+from service.core.errors import Conflict, NotFound, ValidationFailed
 from service.core.models import JobStatus
+from service.jobs import lifecycle
 from service.jobs.catalog import MODELS
 from service.jobs.listing import job_filter
 
@@ -74,6 +75,31 @@ async def get_job(request: Request) -> Response:
 
 
 @operation(
+    summary="Cancel a job",
+    tag="jobs",
+    replies={200: Reply("The job, now canceled.", ref("Job"))},
+    errors=(404, 409),
+)
+async def cancel_job(request: Request) -> Response:
+    """Stop waiting for an unfinished job: it becomes `canceled` and `job.canceled` is sent. The
+    provider is not told (none offers a cancel call) and may still finish; a result arriving
+    later is stored for audit and changes nothing. 409 when the job has already finished."""
+    caller = await authenticate(request, Scope.JOBS_WRITE)
+    state = services(request)
+    job_id = request.path_params["job_id"]
+    await state.jobs.find(caller, job_id)  # 404 for another key's job
+    try:
+        canceled = await lifecycle.cancel(state.db, state.publisher, job_id, state.clock())
+    except lifecycle.NotCancelable as exc:
+        raise Conflict(
+            f"the job has already finished ({exc}); only an unfinished job can be canceled"
+        ) from None
+    if canceled is None:
+        raise NotFound(f"no job {job_id!r}")
+    return JSONResponse(canceled.to_document(state.publisher.file_url))
+
+
+@operation(
     summary="List jobs",
     tag="jobs",
     params=(
@@ -104,7 +130,7 @@ async def list_jobs(request: Request) -> Response:
     query = request.query_params
     state = services(request)
     page = await state.jobs.page(
-        caller, job_filter(query), cursor=query.get("cursor"), limit=params.limit(query)
+        caller, job_filter(query), cursor=params.cursor(query, "job"), limit=params.limit(query)
     )
     file_url = state.publisher.file_url
     return JSONResponse(

@@ -50,7 +50,9 @@ async def list_keys(request: Request) -> Response:
     """Every API key, without its secret. Needs an admin key."""
     await authenticate(request, Scope.ADMIN)
     query = request.query_params
-    page = await services(request).keys.page(cursor=query.get("cursor"), limit=params.limit(query))
+    page = await services(request).keys.page(
+        cursor=params.cursor(query, "key"), limit=params.limit(query)
+    )
     return JSONResponse(
         {"data": [key_document(k) for k in page.items], "next_cursor": page.next_cursor}
     )

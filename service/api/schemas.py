@@ -139,6 +139,7 @@ def components() -> dict[str, Schema]:
                 "created_at",
                 "submitted_at",
                 "completed_at",
+                "notices",
             ],
             id={"type": "string", "pattern": "^job_"},
             object={"const": "job"},
@@ -146,7 +147,12 @@ def components() -> dict[str, Schema]:
             provider={"enum": list(PROVIDERS)},
             provider_job_id={"type": ["string", "null"]},
             status={"enum": list(JobStatus)},
-            input={"type": "object", "description": "The input as validated, defaults applied."},
+            input={
+                "type": "object",
+                "description": "The input as validated, with the defaults the provider's page "
+                "documents; what neither the caller nor the page set is left out (and left to "
+                "the provider).",
+            },
             outputs={"type": "array", "items": ref("Output")},
             error=nullable(ref("JobError")),
             cost=_obj(
@@ -154,11 +160,36 @@ def components() -> dict[str, Schema]:
                 estimated={"type": "number"},
                 charged={"type": ["number", "null"]},
                 unit={"type": "string", "examples": ["credits", "usd"]},
+                assumed={
+                    "type": "object",
+                    "description": "What the estimate assumed that the input left to the "
+                    'provider, e.g. {"resolution": "720p"}. Absent when nothing was.',
+                },
+                charged_unknown={
+                    "const": True,
+                    "description": "The provider may have billed but gave no figure (a held "
+                    "request that failed after it started, a job never heard from): `charged` "
+                    "is null. Absent otherwise.",
+                },
             ),
             metadata={"type": "object"},
             created_at=_TIME,
             submitted_at=_MAYBE_TIME,
             completed_at=_MAYBE_TIME,
+            notices={
+                "type": "array",
+                "description": "What the status cannot say: `unknown_status` (a status word "
+                "reelhook does not know; the job stayed open), `unreadable_callback` (a verified "
+                "callback that could not be read; kept for audit), `late_result` (a success "
+                "after the job had ended; its outputs are listed).",
+                "items": _obj(
+                    ["kind", "message", "at"],
+                    kind={"enum": ["unknown_status", "unreadable_callback", "late_result"]},
+                    message={"type": "string"},
+                    at=_TIME,
+                    outputs={"type": "array", "items": ref("Output")},
+                ),
+            },
         ),
         "CreatedJob": {
             "allOf": [ref("Job")],

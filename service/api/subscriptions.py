@@ -7,13 +7,21 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from service.access.scopes import Scope
-from service.api.context import authenticate, read_json
+from service.api.context import MAX_REQUEST_BYTES, authenticate, read_body, read_json
 from service.api.operation import Param, Reply, cursor_query, limit_query, operation
 from service.api.schemas import page_of, ref
 from service.app.services import services
 from service.core import params
 from service.core.clock import isoformat
-from service.delivery.subscriptions import NEW_SUBSCRIPTION, PREVIEW_BODY, SUBSCRIPTION_CHANGES
+from service.core.errors import BadRequest
+from service.core.jsonutil import InvalidJSON, loads
+from service.core.models import EVENT_TYPES
+from service.delivery.subscriptions import (
+    NEW_SUBSCRIPTION,
+    PREVIEW_BODY,
+    SUBSCRIPTION_CHANGES,
+    TEST_BODY,
+)
 from service.delivery.transform import CONTENT_TYPES
 
 
@@ -53,7 +61,7 @@ async def list_subscriptions(request: Request) -> Response:
     caller = await authenticate(request, Scope.SUBSCRIPTIONS_READ)
     query = request.query_params
     page = await services(request).subscriptions.page(
-        caller, cursor=query.get("cursor"), limit=params.limit(query)
+        caller, cursor=params.cursor(query, "sub"), limit=params.limit(query)
     )
     return JSONResponse(
         {"data": [s.to_public() for s in page.items], "next_cursor": page.next_cursor}
@@ -108,25 +116,41 @@ async def delete_subscription(request: Request) -> Response:
 @operation(
     summary="Send a test event",
     tag="subscriptions",
+    body=TEST_BODY.schema(),
+    body_required=False,
     replies={
         202: Reply(
-            "The ping is queued for delivery.",
+            "The event is queued for delivery.",
             {
                 "type": "object",
-                "required": ["event_id"],
-                "properties": {"event_id": {"type": "string", "pattern": "^evt_"}},
+                "required": ["event_id", "type"],
+                "properties": {
+                    "event_id": {"type": "string", "pattern": "^evt_"},
+                    "type": {"enum": list(EVENT_TYPES)},
+                },
             },
         )
     },
-    errors=(404, 409),
+    errors=(404, 409, 422),
 )
 async def test_subscription(request: Request) -> Response:
-    """Send a `ping` event to this one subscription now."""
+    """Send a `ping` event to this one subscription now; with `{"type": "job.succeeded"}` a
+    realistic sample of that type instead (what `reelhook trigger` sends), whatever the
+    subscription's filters. Signed, retried and logged like any delivery."""
     caller = await authenticate(request, Scope.SUBSCRIPTIONS_WRITE)
-    event_id = await services(request).subscriptions.ping(
-        caller, request.path_params["subscription_id"]
-    )
-    return JSONResponse({"event_id": event_id}, status_code=202)
+    state = services(request)
+    sub_id = request.path_params["subscription_id"]
+    await state.subscriptions.owned(caller, sub_id)  # 404 before any complaint about the body
+    raw = await read_body(request, MAX_REQUEST_BYTES)
+    event_type = "ping"
+    if raw.strip():
+        try:
+            body = loads(raw)
+        except InvalidJSON as exc:
+            raise BadRequest(f"the request body is not valid JSON: {exc}") from None
+        event_type = TEST_BODY.validate(body).get("type", "ping")
+    event_id = await state.subscriptions.ping(caller, sub_id, event_type=event_type)
+    return JSONResponse({"event_id": event_id, "type": event_type}, status_code=202)
 
 
 @operation(

@@ -14,6 +14,8 @@ import anyio
 import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.routing import BaseRoute, Mount, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -96,7 +98,17 @@ def create_app(
     outcome of every provider callback (the metrics are one of them).
     """
     simulator = (
-        Simulator(Scenario(delay=settings.sim_delay)) if settings.simulated_providers else None
+        Simulator(
+            Scenario(delay=settings.sim_delay),
+            # The simulator checks the key each provider is sent: its own, or the configured one
+            # when a provider's base URL points at the simulator.
+            api_keys={
+                name: provider.api_key or SIMULATED_API_KEY.format(name=name)
+                for name, provider in settings.providers.items()
+            },
+        )
+        if settings.simulated_providers
+        else None
     )
     # Per application, never global: two apps in one process (tests) must not share counts.
     metrics = Metrics()
@@ -116,6 +128,13 @@ def create_app(
         async with AsyncExitStack() as stack:
             stack.enter_context(datadir.locked(settings.data_dir))
             tokens = Tokens(await bootstrap.secret_keys(settings))
+            if simulator is not None and "trinetra" in settings.simulated_providers:
+                # As an operator pastes it into Trinetra's dashboard (GET /v1/providers).
+                key = SIMULATED_API_KEY.format(name="trinetra")
+                token = tokens.account_webhook("trinetra", key)
+                simulator.account_webhooks["trinetra"] = (
+                    f"{settings.public_url}/v1/callbacks/trinetra/account/{token}"
+                )
             db = await stack.enter_async_context(Database.open(settings.database_path))
             shared.feed.open()
             generated = await bootstrap.admin_key(db, settings, clock)
@@ -168,8 +187,24 @@ def create_app(
                 shared.feed.close()
                 tasks.cancel_scope.cancel()
 
+    middleware = []
+    if settings.cors_origins:
+        # Browsers on these origins may call the API and open the event stream. Credentials
+        # (cookies) are never allowed cross-origin: the console's session stays same-origin.
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(settings.cors_origins),
+                allow_methods=["GET", "POST", "PATCH", "DELETE"],
+                allow_headers=["X-API-Key", "Content-Type", "Idempotency-Key", "Last-Event-ID"],
+                expose_headers=["Location", "Retry-After", "Idempotent-Replayed"],
+                allow_credentials=False,
+                max_age=600,
+            )
+        )
     app = Starlette(
         routes=app_routes,
+        middleware=middleware,
         lifespan=lifespan,
         exception_handlers={
             ReelhookError: handle_reelhook_error,
@@ -296,6 +331,7 @@ def _wire(settings: Settings, clock: Clock, opened: Opened, shared: Shared) -> S
             job_deadline=settings.job_deadline,
             deadlines=settings.job_deadlines,
             allow_private=settings.allow_private_subscribers,
+            require_https=not settings.allow_http_subscribers,
             retry_schedule=submit_retries,
             # An attempt left unanswered by a stop is sent again once its request has surely
             # ended.
@@ -338,12 +374,15 @@ def _wire(settings: Settings, clock: Clock, opened: Opened, shared: Shared) -> S
             tokens,
             endpoints,
             ingest,
+            db=db,
+            clock=clock,
             max_bytes=settings.max_callback_bytes,
             observers=shared.callback_observers,
             budget=InboundBudget(
                 max_bytes=settings.inbound_buffer_bytes, per_route=settings.callback_concurrency
             ),
             body_timeout=settings.body_timeout,
+            on_unknown_status=shared.metrics.unknown_status,
         ),
         subscriptions=Subscriptions(
             db,
@@ -351,6 +390,7 @@ def _wire(settings: Settings, clock: Clock, opened: Opened, shared: Shared) -> S
             publisher,
             allow_private=settings.allow_private_subscribers,
             rotation_grace=settings.secret_rotation_grace,
+            require_https=not settings.allow_http_subscribers,
             renderer=renderer,
             max_per_key=settings.max_subscriptions_per_key,
         ),
@@ -376,6 +416,12 @@ def _wire(settings: Settings, clock: Clock, opened: Opened, shared: Shared) -> S
 def _announce(settings: Settings, generated_admin_key: str | None) -> None:
     simulated = ", ".join(settings.simulated_providers) or "none"
     log.info("reelhook serving at %s (simulated providers: %s)", settings.public_url, simulated)
+    log.info(
+        "console: %s/console · API docs: %s/docs · data: %s",
+        settings.public_url,
+        settings.public_url,
+        settings.data_dir.resolve(),
+    )
     if generated_admin_key is not None:
         # Printed, not logged: this is the only time the key exists outside the caller's hands.
         sys.stdout.write(

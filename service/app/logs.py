@@ -27,6 +27,8 @@ _SHAPES = (
     # A backslash ends a token too: in a JSON line it starts an escaped quote.
     (re.compile(r"(/v1/callbacks/[^/\s\"'\\]+/)[^\s\"'?\\]+"), r"\1[redacted]"),
     (re.compile(r"(/v1/files/)[^\s\"'?\\]+"), r"\1[redacted]"),
+    # A stream token in an EventSource URL (GET /v1/events/stream?token=…).
+    (re.compile(r"([?&]token=)[^\s\"'&\\]+"), r"\1[redacted]"),
 )
 _IDS = re.compile(r"\b(job|evt|dlv|sub|key)_[0-9a-hjkmnp-tv-z]{26}\b")
 _ID_FIELDS = {

@@ -96,6 +96,9 @@ class Settings:
     callback_concurrency: int = 256
     header_timeout: float = 10.0
     body_timeout: float = 30.0
+    cors_origins: tuple[str, ...] = ()
+    allow_http_subscribers: bool = True
+    stream_token_ttl: float = 600.0
 
     @property
     def database_path(self) -> Path:
@@ -215,6 +218,14 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         for name in PROVIDERS
     }
 
+    admin_key = read.raw("ADMIN_KEY")
+    if admin_key is not None and len(admin_key) < 16:
+        # An admin key can do everything, including minting keys; a short one is guessable.
+        raise read.fail(
+            "ADMIN_KEY",
+            "must be at least 16 characters (leave it unset and reelhook generates one)",
+        )
+
     if env == "production":
         # Every missing production requirement at once, one line each, so one restart fixes all.
         problems = []
@@ -242,7 +253,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         data_dir=Path(read.string("DATA_DIR", "./data")),
         public_url=public_url,
         env=env,
-        admin_key=read.raw("ADMIN_KEY"),
+        admin_key=admin_key,
         secret_keys=secret_keys,
         providers=providers,
         sim_delay=read.number("SIM_DELAY", 5.0),
@@ -289,7 +300,36 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         callback_concurrency=read.integer("CALLBACK_CONCURRENCY", 256, minimum=1),
         header_timeout=read.number("HEADER_TIMEOUT", 10.0, minimum=0.1),
         body_timeout=read.number("BODY_TIMEOUT", 30.0, minimum=0.1),
+        cors_origins=_origins(read, "CORS_ORIGINS"),
+        # Production refuses plain-http subscriber and callback URLs unless told otherwise.
+        allow_http_subscribers=read.boolean("ALLOW_HTTP_SUBSCRIBERS", env != "production"),
+        stream_token_ttl=read.number("STREAM_TOKEN_TTL", 600.0, minimum=1.0),
     )
+
+
+def _origins(read: _Reader, name: str) -> tuple[str, ...]:
+    """Browser origins allowed to call the API (CORS): ``scheme://host[:port]``, comma-separated,
+    or ``*`` for any. Credentials are never allowed cross-origin, so ``*`` exposes nothing a page
+    could not already send with an API key it holds."""
+    raw = read.raw(name)
+    if raw is None:
+        return ()
+    origins = []
+    for item in (part.strip() for part in raw.split(",")):
+        if item == "*":
+            origins.append(item)
+            continue
+        parts = urlsplit(item)
+        if (
+            parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or parts.path not in ("", "/")
+            or parts.query
+            or parts.fragment
+        ):
+            raise read.fail(name, f"{item!r} is not an origin such as https://app.example.com or *")
+        origins.append(f"{parts.scheme}://{parts.netloc}")
+    return tuple(origins)
 
 
 def _choice(read: _Reader, name: str, choices: tuple[str, ...], default: str) -> str:

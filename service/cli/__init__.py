@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from service.cli import events, jobs, serve
+from service.cli import events, jobs, listen, providers, resources, serve
 from service.cli.base import CliError, Commands
 from service.ops import backup
 
@@ -19,6 +19,9 @@ COMMANDS: tuple[Callable[[Commands], None], ...] = (
     serve.register,
     jobs.register,
     events.register,
+    providers.register,
+    resources.register,
+    listen.register,
     backup.register,
 )
 

@@ -56,3 +56,41 @@ def video_url(job: dict[str, Any]) -> str | None:
         if url:
             return str(url)
     return None
+
+
+def print_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]], empty: str) -> None:
+    """Rows as an aligned table for people: ``columns`` are (heading, key) pairs; a missing or
+    null value shows as ``-``. ``empty`` goes to stderr when there are no rows, so a pipe reading
+    stdout sees nothing rather than a sentence."""
+    if not rows:
+        print(empty, file=sys.stderr)
+        return
+    cells = [[cell(row.get(key)) for _, key in columns] for row in rows]
+    headings = [heading for heading, _ in columns]
+    widths = [max(len(text) for text in column) for column in zip(headings, *cells, strict=False)]
+    for line in [headings, *cells]:
+        print(
+            "  ".join(text.ljust(width) for text, width in zip(line, widths, strict=True)).rstrip()
+        )
+
+
+def print_fields(fields: list[tuple[str, Any]]) -> None:
+    """One ``name: value`` line per field, the values aligned."""
+    width = max(len(name) for name, _ in fields) + 2
+    for name, value in fields:
+        print(f"{name + ':':<{width}}{cell(value)}")
+
+
+def cell(value: Any) -> str:
+    """A value as table text: ``-`` for none, lists comma-separated, numbers without ``.0``."""
+    if value is None or value == "" or value == []:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list):
+        return ", ".join(cell(item) for item in value)
+    if isinstance(value, dict):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)

@@ -19,13 +19,17 @@ _MAX_RECONNECT_DELAY = 10.0
 
 
 class Remote:
-    def __init__(self, url: str, api_key: str | None) -> None:
-        if not api_key:
+    def __init__(self, url: str, api_key: str | None, *, required: bool = True) -> None:
+        """``required``: the commands use endpoints that need a key (all but ``models``)."""
+        if not api_key and required:
             raise CliError("no API key: pass --api-key or set REELHOOK_API_KEY", code=2)
         self.url = url.rstrip("/")
+        headers = {"User-Agent": "reelhook-cli"}
+        if api_key:
+            headers["X-API-Key"] = api_key
         self._http = httpx.Client(
             base_url=self.url,
-            headers={"X-API-Key": api_key, "User-Agent": "reelhook-cli"},
+            headers=headers,
             timeout=30.0,
             # The CLI talks to one known service; a proxy from the environment is not wanted.
             trust_env=False,

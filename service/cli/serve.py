@@ -30,12 +30,25 @@ def serve(args: argparse.Namespace) -> int:
     from service.app.logs import configure_logging
     from service.app.server import Server, guarded_http
     from service.app.settings import SettingsError, load_settings
+    from service.storage import datadir
 
     try:
         settings = load_settings(os.environ)
     except SettingsError as exc:
         for line in str(exc).splitlines():
             print(f"reelhook: cannot start: {line}", file=sys.stderr)
+        return 2
+    try:
+        # Checked before uvicorn starts, which would report it as a traceback; the lifespan
+        # takes the lock for good (a start racing this one still fails there, safely).
+        with datadir.locked(settings.data_dir):
+            pass
+    except datadir.DataDirInUse:
+        print(
+            f"reelhook: cannot start: the data directory {settings.data_dir.resolve()} is in use "
+            "by another reelhook (stop it, or set REELHOOK_DATA_DIR to another directory)",
+            file=sys.stderr,
+        )
         return 2
     configure_logging(settings)
     app = create_app(settings)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,8 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from service.console import deliveries, jobs, live, signin, subscriptions
+from service.console import deliveries, jobs, keys, live, signin, subscriptions
+from service.console.reveal import OneTimeSecrets
 from service.console.view import Endpoint, Handler, endpoint
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -31,6 +33,7 @@ def templates() -> Jinja2Templates:
     env.filters["when"] = when
     env.filters["pretty"] = pretty
     env.tests["web_url"] = web_url
+    env.filters["amount"] = amount
     return Jinja2Templates(env=env)
 
 
@@ -49,6 +52,11 @@ def when(value: float | str | None) -> str:
     else:
         moment = datetime.fromtimestamp(value, UTC)
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def amount(value: float | None) -> str:
+    """A cost as people write it: ``95``, ``0.44`` (never ``95.0``)."""
+    return "—" if value is None else f"{value:g}"
 
 
 def pretty(value: Any) -> str:
@@ -76,6 +84,8 @@ async def _home(request: Request) -> Response:
 def routes() -> list[BaseRoute]:
     """The ``/console`` mount."""
     pages = templates()
+    # Per app: the secrets a POST made, waiting for the GET it redirects to (see reveal.py).
+    shown_once = OneTimeSecrets()
 
     def page(handler: Handler, scope: str | None, *, public: bool = False) -> Any:
         return endpoint(pages, handler, scope, public=public)
@@ -91,16 +101,27 @@ def routes() -> list[BaseRoute]:
                     post=page(signin.sign_in, None, public=True),
                 ),
                 resource("/sign-out", post=page(signin.sign_out, None)),
-                resource("/jobs", get=page(jobs.jobs_page, "jobs:read")),
+                resource(
+                    "/jobs",
+                    get=page(jobs.jobs_page, "jobs:read"),
+                    post=page(jobs.submit_job, "jobs:write"),
+                ),
+                resource("/jobs/new", get=page(jobs.new_job_page, "jobs:write")),
                 resource("/jobs/{job_id}", get=page(jobs.job_page_view, "jobs:read")),
                 resource(
                     "/subscriptions",
                     get=page(subscriptions.subscriptions_page, "subscriptions:read"),
-                    post=page(subscriptions.create, "subscriptions:write"),
+                    post=page(
+                        partial(subscriptions.create, shown_once=shown_once),
+                        "subscriptions:write",
+                    ),
                 ),
                 resource(
                     "/subscriptions/{subscription_id}",
-                    get=page(subscriptions.subscription_page, "subscriptions:read"),
+                    get=page(
+                        partial(subscriptions.subscription_page, shown_once=shown_once),
+                        "subscriptions:read",
+                    ),
                     post=page(subscriptions.edit, "subscriptions:write"),
                 ),
                 resource(
@@ -117,13 +138,20 @@ def routes() -> list[BaseRoute]:
                 ),
                 resource(
                     "/subscriptions/{subscription_id}/rotate-secret",
-                    post=page(subscriptions.rotate, "subscriptions:write"),
+                    post=page(
+                        partial(subscriptions.rotate, shown_once=shown_once),
+                        "subscriptions:write",
+                    ),
                 ),
                 resource(
                     "/subscriptions/{subscription_id}/recover",
                     post=page(deliveries.recover, "subscriptions:write"),
                 ),
                 resource("/deliveries", get=page(deliveries.deliveries_page, "subscriptions:read")),
+                resource(
+                    "/deliveries/retry",
+                    post=page(deliveries.retry_matching, "subscriptions:write"),
+                ),
                 resource(
                     "/deliveries/{delivery_id}",
                     get=page(deliveries.delivery_page, "subscriptions:read"),
@@ -132,6 +160,12 @@ def routes() -> list[BaseRoute]:
                     "/deliveries/{delivery_id}/retry",
                     post=page(deliveries.resend, "subscriptions:write"),
                 ),
+                resource(
+                    "/keys",
+                    get=page(partial(keys.keys_page, shown_once=shown_once), "admin"),
+                    post=page(partial(keys.create, shown_once=shown_once), "admin"),
+                ),
+                resource("/keys/{key_id}/revoke", post=page(keys.revoke, "admin")),
                 resource("/live", get=page(live.live_page, "jobs:read")),
                 resource("/stream", get=page(live.stream, "jobs:read")),
                 Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="console-static"),

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
 from urllib.parse import urlencode
 
 from starlette.responses import Response
 
 from service.console.live import follow
-from service.console.view import View
+from service.console.view import Form, View
 from service.core import params
+from service.core.errors import ProviderFailed, ProviderUnavailable, ValidationFailed
 from service.core.models import JobStatus
 from service.jobs.catalog import MODELS
 from service.jobs.listing import job_filter
@@ -57,3 +60,78 @@ async def job_page_view(view: View) -> Response:
         moments=moments,
         live=None if job.status.terminal else await follow(view),
     )
+
+
+def _available_models(view: View) -> list[dict[str, Any]]:
+    """The catalog as ``GET /v1/models`` serves it, for models whose provider is configured."""
+    endpoints = view.state.endpoints
+    return [spec.describe() for spec in MODELS.values() if spec.provider in endpoints]
+
+
+def input_from_form(form: Form, model: dict[str, Any]) -> dict[str, Any]:
+    """The job's ``input`` from the playground form: each parameter of ``model`` that was filled
+    in, read as its type says (an empty field is left out, so the model's default applies)."""
+    job_input: dict[str, Any] = {}
+    for name, spec in model["parameters"].items():
+        raw = form.get(f"p_{name}").strip()
+        if not raw:
+            continue
+        kind = spec["type"]
+        try:
+            if kind == "integer":
+                job_input[name] = int(raw)
+            elif kind == "number":
+                job_input[name] = float(raw) if "." in raw else int(raw)
+            elif kind == "boolean":
+                job_input[name] = raw == "true"
+            elif kind in ("object", "array"):
+                job_input[name] = json.loads(raw)
+            else:
+                job_input[name] = raw
+        except ValueError:
+            raise ValidationFailed.field(f"input.{name}", f"must be a {kind}") from None
+    return job_input
+
+
+async def new_job_page(view: View) -> Response:
+    return _new_job(view, view.request.query_params.get("model", ""))
+
+
+def _new_job(view: View, chosen: str, *, status_code: int = 200, **extra: Any) -> Response:
+    models = _available_models(view)
+    model = next((m for m in models if m["id"] == chosen), models[0] if models else None)
+    return view.render(
+        "new_job.html",
+        status_code=status_code,
+        section="jobs",
+        models=models,
+        model=model,
+        values=extra.pop("values", {}),
+        **extra,
+    )
+
+
+async def submit_job(view: View) -> Response:
+    """The playground's POST: the same submission as ``POST /v1/jobs``, then a redirect to the
+    job's page (a reload shows the job again; it does not submit another)."""
+    form = view.form
+    models = _available_models(view)
+    model = next((m for m in models if m["id"] == form.get("model")), None)
+    if model is None:
+        return _new_job(view, "", status_code=422, problem="Choose a model.")
+    try:
+        body: dict[str, Any] = {"model": model["id"], "input": input_from_form(form, model)}
+        if form.get("metadata").strip():
+            try:
+                body["metadata"] = json.loads(form.get("metadata"))
+            except ValueError:
+                raise ValidationFailed.field("metadata", "must be a JSON object") from None
+        created = await view.state.submitter.create(
+            view.signed_in_caller.key_id, body, form.get("idempotency_key") or None
+        )
+    except (ValidationFailed, ProviderFailed, ProviderUnavailable) as error:
+        values = {key: form.get(key) for key in form.names()}
+        return _new_job(
+            view, model["id"], status_code=error.status_code, problem=error.message, values=values
+        )
+    return view.redirect(f"/console/jobs/{created.job.id}", "submitted")

@@ -8,6 +8,7 @@ from typing import Any
 
 from starlette.responses import Response
 
+from service.console.reveal import OneTimeSecrets
 from service.console.view import Form, View
 from service.core import params
 from service.core.errors import ValidationFailed
@@ -94,21 +95,30 @@ async def subscriptions_page(view: View) -> Response:
     return await list_page(view)
 
 
-async def create(view: View) -> Response:
+async def create(view: View, shown_once: OneTimeSecrets) -> Response:
+    caller = view.signed_in_caller
     try:
         sub = await view.state.subscriptions.create(
-            view.signed_in_caller, body_from_form(view.form, editing=False)
+            caller, body_from_form(view.form, editing=False)
         )
     except ValidationFailed as error:
         return await list_page(view, status_code=422, problem=error.message, draft=_draft(view))
-    return await detail(view, sub, status_code=201, new_secret=_shown_secret(sub))
+    # Redirected, so a reload shows the page again instead of subscribing a second time.
+    secret = _shown_secret(sub)
+    handle = shown_once.put(caller.key_id, sub.id, secret) if secret else ""
+    return view.redirect(f"/console/subscriptions/{sub.id}", "created", reveal=handle)
 
 
-async def subscription_page(view: View) -> Response:
-    sub = await view.state.subscriptions.owned(
-        view.signed_in_caller, view.request.path_params["subscription_id"]
-    )
-    return await detail(view, sub)
+async def subscription_page(view: View, shown_once: OneTimeSecrets) -> Response:
+    caller = view.signed_in_caller
+    sub = await view.state.subscriptions.owned(caller, view.request.path_params["subscription_id"])
+    handle = view.request.query_params.get("reveal")
+    if handle is None:
+        return await detail(view, sub)
+    secret = shown_once.take(handle, caller.key_id, sub.id)
+    if secret is None:
+        return await detail(view, sub, secret_gone=True)
+    return await detail(view, sub, new_secret=secret)
 
 
 async def detail(
@@ -149,11 +159,16 @@ async def set_status(view: View) -> Response:
     return view.redirect(f"/console/subscriptions/{sub_id}", notice)
 
 
-async def rotate(view: View) -> Response:
+async def rotate(view: View, shown_once: OneTimeSecrets) -> Response:
+    caller = view.signed_in_caller
     rotated = await view.state.subscriptions.rotate(
-        view.signed_in_caller, view.request.path_params["subscription_id"]
+        caller, view.request.path_params["subscription_id"]
     )
-    return await detail(view, rotated, new_secret=_shown_secret(rotated))
+    # Redirected: a reload must not rotate again (a second rotation inside the grace period
+    # retires the secret the subscriber still verifies with).
+    secret = _shown_secret(rotated)
+    handle = shown_once.put(caller.key_id, rotated.id, secret) if secret else ""
+    return view.redirect(f"/console/subscriptions/{rotated.id}", "rotated", reveal=handle)
 
 
 async def ping(view: View) -> Response:

@@ -39,6 +39,12 @@ NOTICES = {
     "signed-out": "You are signed out.",
     "session-ended": "Your API key is no longer valid; sign in again.",
     "saved": "Saved.",
+    "key-created": "API key created.",
+    "key-revoked": "The API key is revoked; it stops working at once.",
+    "submitted": "Submitted; this page follows the job live.",
+    "created": "Subscribed.",
+    "rotated": "The signing secret is rotated; the previous one keeps signing for the grace "
+    "period.",
     "enabled": "The subscription is active again; held deliveries are being sent.",
     "disabled": "The subscription is disabled; its deliveries are held until you enable it.",
     "ping-sent": "A ping event is on its way.",
@@ -74,6 +80,9 @@ class Form:
     def getlist(self, name: str) -> list[str]:
         return [value.strip() for value in self._fields.get(name, []) if value.strip()]
 
+    def names(self) -> list[str]:
+        return list(self._fields)
+
     def __contains__(self, name: str) -> bool:
         return name in self._fields
 
@@ -104,6 +113,7 @@ class View:
     caller: Caller | None = None
     form: Form = field(default_factory=Form)
     session_changed: bool = False
+    key_name: str = ""
 
     @property
     def state(self) -> Services:
@@ -130,6 +140,7 @@ class View:
             template,
             {
                 "caller": self.caller,
+                "key_name": self.key_name,
                 "may": self.may,
                 "csrf": self.codec.csrf_token(self.session),
                 "notice": notice,
@@ -212,6 +223,8 @@ async def _handle(view: View, handler: Handler, scope: str | None, *, public: bo
             return view.redirect("/console/sign-in", next=_here(request))
         try:
             view.caller = await view.state.access.caller(view.session.key_hash, scope)
+            # The header names the key as people named it, not by its id.
+            view.key_name = (await view.state.keys.get(view.caller.key_id)).name
         except Unauthorized:
             view.start_session(None)
             return view.redirect("/console/sign-in", "session-ended")

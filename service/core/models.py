@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -78,6 +78,7 @@ class ErrorKind(StrEnum):
     PROVIDER_ERROR = "provider_error"
     TIMEOUT = "timeout"
     INTERRUPTED = "interrupted"
+    CANCELED = "canceled"  # POST /v1/jobs/{id}/cancel
 
 
 JOB_EVENT_TYPES = (
@@ -162,16 +163,88 @@ class Output:
 
 @dataclass(frozen=True, slots=True)
 class Cost:
+    """``estimated`` from the model's price table; ``charged`` as the provider reported it.
+
+    ``assumed`` names what the estimate assumed that the input left to the provider (e.g. the
+    resolution a Trinetra price depends on but nobody chose). ``charged_unknown`` is set when the
+    provider may have billed but gave no figure (a held request that failed after it started, a
+    job that never reported back): then ``charged`` is null, never a confident 0. Both keys appear
+    in the document only when they say something.
+    """
+
     estimated: float
     unit: str
     charged: float | None = None
+    assumed: Mapping[str, Any] = field(default_factory=dict)
+    charged_unknown: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {"estimated": self.estimated, "charged": self.charged, "unit": self.unit}
+        data: dict[str, Any] = {
+            "estimated": self.estimated,
+            "charged": self.charged,
+            "unit": self.unit,
+        }
+        if self.assumed:
+            data["assumed"] = dict(self.assumed)
+        if self.charged_unknown:
+            data["charged_unknown"] = True
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Cost:
-        return cls(data["estimated"], data["unit"], data.get("charged"))
+        return cls(
+            data["estimated"],
+            data["unit"],
+            data.get("charged"),
+            dict(data.get("assumed") or {}),
+            bool(data.get("charged_unknown", False)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """Something about a job its status cannot say, kept on the job for whoever reads it.
+
+    ``kind``: ``unknown_status`` (the provider used a status word reelhook does not know; the job
+    stayed open), ``unreadable_callback`` (a verified callback whose body reelhook could not read;
+    the body is in the audit log), ``late_result`` (the provider reported a success after the job
+    had already ended failed, expired or canceled; ``outputs`` holds what it delivered).
+    """
+
+    kind: str
+    message: str
+    at: float
+    outputs: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stored form (``at`` in epoch seconds)."""
+        data: dict[str, Any] = {"kind": self.kind, "message": self.message, "at": self.at}
+        if self.outputs:
+            data["outputs"] = list(self.outputs)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Notice:
+        return cls(data["kind"], data["message"], data["at"], tuple(data.get("outputs", ())))
+
+    def public(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"kind": self.kind, "message": self.message}
+        data["at"] = isoformat(self.at)
+        if self.outputs:
+            data["outputs"] = [{"url": url, "type": "video"} for url in self.outputs]
+        return data
+
+
+MAX_NOTICES = 20
+"""Notices kept per job: the first ones, then the newest (a chatty provider cannot grow a row)."""
+
+
+def with_notice(notices: tuple[Notice, ...], notice: Notice) -> tuple[Notice, ...]:
+    """``notices`` plus ``notice``, bounded by :data:`MAX_NOTICES` (the oldest extra is dropped)."""
+    kept = (*notices, notice)
+    if len(kept) > MAX_NOTICES:
+        kept = (*kept[: MAX_NOTICES - 1], kept[-1])
+    return kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +264,7 @@ class Job:
     error: JobError | None = None
     submitted_at: float | None = None
     completed_at: float | None = None
+    notices: tuple[Notice, ...] = ()
 
     def to_document(self, file_url: FileUrl) -> dict[str, Any]:
         """The normalized job document served by the API and carried by every job event.
@@ -212,6 +286,7 @@ class Job:
             "created_at": isoformat(self.created_at),
             "submitted_at": isoformat(self.submitted_at),
             "completed_at": isoformat(self.completed_at),
+            "notices": [notice.public() for notice in self.notices],
         }
 
 
@@ -224,6 +299,14 @@ class ProviderUpdate:
     outputs: tuple[Output, ...] = ()
     error: JobError | None = None
     charged: float | None = None
+    #: The provider's own status word when reelhook does not know it (``status`` is then only a
+    #: reading of the rest of the body: a success with outputs, a failure with an error, or, with
+    #: neither, a non-terminal update that leaves the job open).
+    unknown_status: str | None = None
+    #: ``external_task_id`` (Trinetra, Kling) echoed back: reelhook sends its own job id there.
+    external_id: str | None = None
+    #: The provider may have billed this failure but said nothing (``charged`` is then None).
+    charge_unknown: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 
 from service.core.errors import ValidationFailed
+from service.core.ids import timestamp_of
 
 Query = Mapping[str, str]
 
@@ -28,6 +29,23 @@ def limit(query: Query, default: int = 50, maximum: int = 200) -> int:
     if not is_decimal(raw) or not 1 <= int(raw) <= maximum:
         raise ValidationFailed.field("limit", f"must be an integer from 1 to {maximum}")
     return int(raw)
+
+
+def cursor(query: Query, prefix: str) -> str | None:
+    """The ``cursor`` of an id-ordered listing: an id a ``next_cursor`` named (``{prefix}_`` and
+    26 base32 characters). Anything else is a 422, one rule for every list (as the event log's
+    positions have it), rather than an empty or a first page that would look like an answer."""
+    raw = query.get("cursor")
+    if raw is None:
+        return None
+    try:
+        timestamp_of(raw)
+        valid = raw.partition("_")[0] == prefix
+    except ValueError:
+        valid = False
+    if not valid:
+        raise ValidationFailed.field("cursor", "is not a cursor this API returned")
+    return raw
 
 
 def choice(query: Query, name: str, choices: Iterable[str]) -> str | None:

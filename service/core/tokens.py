@@ -6,10 +6,14 @@ are a list (oldest first): itsdangerous signs with the newest and accepts any.
 
 from __future__ import annotations
 
+import hashlib
+
 from itsdangerous import BadSignature, SignatureExpired, URLSafeSerializer, URLSafeTimedSerializer
 
 _CALLBACK_SALT = "reelhook.callback-url.v1"
 _FILE_SALT = "reelhook.file-link.v1"
+_ACCOUNT_SALT = "reelhook.account-webhook.v1"
+_STREAM_SALT = "reelhook.stream-token.v1"
 
 
 class InvalidToken(Exception):
@@ -29,6 +33,8 @@ class Tokens:
         self.secret_keys: tuple[str, ...] = tuple(secret_keys)
         self._callbacks = URLSafeSerializer(secret_keys, salt=_CALLBACK_SALT)
         self._files = URLSafeTimedSerializer(secret_keys, salt=_FILE_SALT)
+        self._accounts = URLSafeSerializer(secret_keys, salt=_ACCOUNT_SALT)
+        self._streams = URLSafeTimedSerializer(secret_keys, salt=_STREAM_SALT)
 
     def callback(self, job_id: str, provider: str) -> str:
         """The token for ``{PUBLIC_URL}/v1/callbacks/{provider}/{token}`` of one job."""
@@ -44,6 +50,22 @@ class Tokens:
             raise InvalidToken
         return job_id
 
+    def account_webhook(self, provider: str, api_key: str) -> str:
+        """The token for ``{PUBLIC_URL}/v1/callbacks/{provider}/account/{token}``: bound to the
+        provider account (its API key, by a fingerprint that reveals nothing of it), so a new
+        API key, which needs its webhook URL set anew anyway, gets a new URL and the old one
+        stops working. The same key always gives the same URL."""
+        return self._accounts.dumps([provider, _fingerprint(provider, api_key)])
+
+    def verify_account_webhook(self, token: str, provider: str, api_key: str) -> None:
+        """Raise :class:`InvalidToken` unless ``token`` was minted for this provider account."""
+        try:
+            bound_provider, fingerprint = self._accounts.loads(token)
+        except (BadSignature, ValueError, TypeError):
+            raise InvalidToken from None
+        if bound_provider != provider or fingerprint != _fingerprint(provider, api_key):
+            raise InvalidToken
+
     def file(self, digest: str, media_type: str) -> str:
         return self._files.dumps([digest, media_type])
 
@@ -56,3 +78,26 @@ class Tokens:
         except (BadSignature, ValueError, TypeError):
             raise InvalidToken from None
         return str(digest), str(media_type)
+
+    def stream(self, key_id: str) -> str:
+        """A read-only token for ``GET /v1/events/stream?token=…`` on behalf of ``key_id``."""
+        return self._streams.dumps(["stream", key_id])
+
+    def verify_stream(self, token: str, max_age: float) -> str:
+        """Return the key id the stream token was minted for; raise :class:`ExpiredToken` or
+        :class:`InvalidToken`."""
+        try:
+            purpose, key_id = self._streams.loads(token, max_age=int(max_age))
+        except SignatureExpired:
+            raise ExpiredToken from None
+        except (BadSignature, ValueError, TypeError):
+            raise InvalidToken from None
+        if purpose != "stream" or not isinstance(key_id, str):
+            raise InvalidToken
+        return key_id
+
+
+def _fingerprint(provider: str, api_key: str) -> str:
+    # Salted and truncated: the token is visible to the provider, the key must not be.
+    digest = hashlib.sha256(f"reelhook.account\0{provider}\0{api_key}".encode()).hexdigest()
+    return digest[:16]

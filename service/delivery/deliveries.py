@@ -17,7 +17,7 @@ from service.access.callers import Caller
 from service.core import params
 from service.core.clock import Clock, isoformat
 from service.core.errors import Conflict, NotFound
-from service.core.models import DeliveryStatus, SubscriptionStatus
+from service.core.models import EVENT_TYPES, DeliveryStatus, SubscriptionStatus
 from service.core.paging import Page, page_of
 from service.core.params import Query
 from service.storage import deliveries, subscriptions
@@ -33,6 +33,9 @@ class DeliveryFilter:
     status: DeliveryStatus | None = None
     event_id: str | None = None
     job_id: str | None = None
+    event_type: str | None = None
+    since: float | None = None  # created at or after (epoch seconds)
+    until: float | None = None  # created before
 
 
 # Each filter, and the shorter name the design spells it with.
@@ -47,6 +50,9 @@ def delivery_filter(query: Query) -> DeliveryFilter:
         status=DeliveryStatus(status) if status is not None else None,
         event_id=params.one_of_two(query, "event_id", FILTERS["event_id"]),
         job_id=params.one_of_two(query, "job_id", FILTERS["job_id"]),
+        event_type=params.choice(query, "event_type", EVENT_TYPES),
+        since=params.time(query, "since"),
+        until=params.time(query, "until"),
     )
 
 
@@ -118,10 +124,40 @@ class Deliveries:
             status=chosen.status,
             event_id=chosen.event_id,
             job_id=chosen.job_id,
+            event_type=chosen.event_type,
+            created_since=chosen.since,
+            created_until=chosen.until,
             before_id=cursor,
             limit=limit + 1,
         )
         return page_of(rows, limit, lambda delivery: delivery.id)
+
+    async def resend_matching(
+        self, caller: Caller, chosen: DeliveryFilter, *, limit: int = 500
+    ) -> tuple[int, int]:
+        """Bulk retry: :meth:`resend` every delivery ``chosen`` selects (at most ``limit``,
+        newest first) that can be resent; return (resent, skipped). Deliveries whose attempt is
+        running, or whose subscription is disabled or deleted, are skipped, not errors."""
+        rows = await deliveries.list_page(
+            self._db.reader,
+            owner_key_id=caller.owner_filter,
+            subscription_id=chosen.subscription_id,
+            status=chosen.status,
+            event_id=chosen.event_id,
+            job_id=chosen.job_id,
+            event_type=chosen.event_type,
+            created_since=chosen.since,
+            created_until=chosen.until,
+            limit=limit,
+        )
+        resent = skipped = 0
+        for delivery in rows:
+            try:
+                await self.resend(caller, delivery.id)
+                resent += 1
+            except (Conflict, NotFound):
+                skipped += 1
+        return resent, skipped
 
     async def find(self, caller: Caller, delivery_id: str) -> Delivery:
         """The delivery, if ``caller`` may see it; :class:`NotFound` otherwise."""

@@ -26,7 +26,7 @@ import aiosqlite
 import anyio
 import anyio.abc
 
-from service.core.clock import Clock
+from service.core.clock import Clock, isoformat
 from service.core.models import DeliveryStatus
 from service.core.retry import RetrySchedule
 from service.core.worker import Backoff, Wakeup, run_worker
@@ -82,7 +82,8 @@ class Dispatcher:
         self._renderer = renderer or Renderer()
         self._wakeup = Wakeup()
         self._outcomes: list[AttemptOutcome] = []
-        self._outcomes_ready = anyio.Event()
+        self._outcomes_ready = Wakeup()
+        self._record_backoff = Backoff(1.0, 30.0)
         self._in_flight = 0  # claimed and not yet recorded
         self._sending = 0
         # Claimed deliveries per subscription, counted where the claim cap is enforced; each
@@ -124,7 +125,12 @@ class Dispatcher:
             await self._release_previous_leases()
             async with anyio.create_task_group() as senders:
                 async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._record_outcomes)
+                    tg.start_soon(
+                        run_worker,
+                        "the outcome recorder",
+                        self._record_outcomes,
+                        self._outcomes_ready,
+                    )
                     tg.start_soon(
                         run_worker,
                         "the dispatcher",
@@ -268,13 +274,21 @@ class Dispatcher:
             log.exception("delivery %s failed unexpectedly", delivery.id)
             error = AttemptResult(None, 0.0, error=f"internal error: {type(exc).__name__}")
             outcome = self._judge(delivery, error)
-        log.debug(
-            "delivery %s of %s to %s: %s (%s)",
+        # A failed attempt is news an operator wants at INFO (a subscriber is down); a success
+        # is routine (DEBUG), and there may be thousands a minute.
+        log.log(
+            logging.DEBUG if outcome.status == DeliveryStatus.SUCCEEDED else logging.INFO,
+            "delivery %s of %s to %s: %s (%s)%s",
             delivery.id,
             delivery.event_id,
             delivery.subscription_id,
-            outcome.status,
+            "failed for good" if outcome.status == DeliveryStatus.FAILED else outcome.status,
             outcome.status_code or outcome.error,
+            (
+                f"; next attempt due {isoformat(outcome.next_attempt_at)}"
+                if outcome.next_attempt_at is not None
+                else ""
+            ),
         )
         self._unfinished.discard(delivery.id)
         self._outcomes.append(outcome)
@@ -339,19 +353,16 @@ class Dispatcher:
         status = DeliveryStatus.FAILED if next_at is None else DeliveryStatus.PENDING
         return replace(outcome, status=status, next_attempt_at=next_at)
 
-    async def _record_outcomes(self) -> None:
-        # Outcomes that cannot be recorded (a full disk) are kept and tried again, less often
-        # the longer it lasts.
-        backoff = Backoff(1.0, 30.0)
-        while True:
-            await self._outcomes_ready.wait()
-            self._outcomes_ready = anyio.Event()
-            if await self._flush():
-                backoff.reset()
-            else:
-                await anyio.sleep(backoff.next())
-                self._outcomes_ready.set()
-            self.wake()
+    async def _record_outcomes(self) -> float | None:
+        """Record the outcomes received so far, then sleep until more arrive."""
+        if not await self._flush():
+            # The store failed (a full disk): the outcomes are kept and tried again, less often
+            # the longer it lasts.
+            await anyio.sleep(self._record_backoff.next())
+            return 0.0
+        self._record_backoff.reset()
+        self.wake()  # slots and retries were freed
+        return None
 
     async def _flush(self) -> bool:
         """Record the outcomes received so far; on failure keep them for the next try."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,6 +14,8 @@ from service.core.jsonutil import dumps, dumps_bytes
 from service.core.models import FileUrl, Job, Subscription
 from service.delivery.filters import FieldTree, Filter, FilterError, parse
 from service.storage import events, subscriptions
+
+log = logging.getLogger(__name__)
 
 
 def payload(event_type: str, created_at: float, data: dict[str, Any]) -> bytes:
@@ -123,6 +126,16 @@ class Publisher:
             ]
             batch.append(self._event(event_type, now, document, job.id, targets))
         await events.append(conn, batch)
+        for (event_type, job), event in zip(announced, batch, strict=True):
+            # The job lifecycle at INFO: every state change of every job passes through here.
+            log.info(
+                "%s %s (%s) as %s to %d subscriptions",
+                event_type,
+                job.id,
+                job.model,
+                event.id,
+                len(event.subscription_ids),
+            )
         return [event.id for event in batch]
 
     def _event(

@@ -57,7 +57,10 @@ def sample_event(event_type: str, *, now: float, file_url: FileUrl) -> dict[str,
 
 def _sample_job(status: JobStatus, now: float) -> Job:
     spec = MODELS[SAMPLE_MODEL]
-    clean = spec.validate({"prompt": "A drone shot over misty mountains at sunrise"})
+    # With a resolution, so the sample's cost has the plain shape most events carry.
+    clean = spec.validate(
+        {"prompt": "A drone shot over misty mountains at sunrise", "resolution": "720p"}
+    )
     estimated = round(spec.price.estimate(clean), 4)
     started = now - 95.0
     terminal = status.terminal
@@ -73,6 +76,7 @@ def _sample_job(status: JobStatus, now: float) -> Job:
             estimated,
             spec.price.unit,
             charged=estimated if succeeded else (0 if terminal else None),
+            assumed=spec.price.assumes(clean),
         ),
         created_at=started,
         deadline_at=started + 3600,

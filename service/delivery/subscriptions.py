@@ -211,6 +211,16 @@ PREVIEW_BODY = Body(
     partial=True,
 )
 NEW_SUBSCRIPTION = Body(_FIELDS)
+TEST_BODY = Body(
+    (
+        Field(
+            "type",
+            Choice(EVENT_TYPES, f"must be one of {', '.join(EVENT_TYPES)}"),
+            "Send a realistic sample of this event type instead of a `ping` (the shape of "
+            "`GET /v1/events/sample`; its job is not a real one).",
+        ),
+    )
+)
 SUBSCRIPTION_CHANGES = Body(
     (
         *_FIELDS,
@@ -252,10 +262,12 @@ class Subscriptions:
         *,
         allow_private: Sequence[IPNetwork],
         rotation_grace: float,
+        require_https: bool = False,
         renderer: Renderer | None = None,
         max_per_key: int = 1000,
     ) -> None:
         self._db = db
+        self._require_https = require_https
         self._clock = clock
         self._publisher = publisher
         self._allow_private = allow_private
@@ -264,7 +276,14 @@ class Subscriptions:
         self._max_per_key = max_per_key
 
     def _validated(self, body: Body, raw: Any) -> dict[str, Any]:
-        return body.validate(raw, {"url": lambda url: check_url(url, self._allow_private)})
+        return body.validate(
+            raw,
+            {
+                "url": lambda url: check_url(
+                    url, self._allow_private, require_https=self._require_https
+                )
+            },
+        )
 
     async def owned(self, caller: Caller, sub_id: str) -> Subscription:
         """The subscription, if ``caller`` may see it; :class:`NotFound` otherwise."""
@@ -360,15 +379,22 @@ class Subscriptions:
             sub = await _owned(conn, caller, sub_id)
             await subscriptions.delete(conn, sub.id)
 
-    async def ping(self, caller: Caller, sub_id: str) -> str:
-        """Queue a ``ping`` event to this one subscription; return the event's id.
-        :class:`Conflict` while it is disabled."""
+    async def ping(self, caller: Caller, sub_id: str, *, event_type: str = "ping") -> str:
+        """Queue a ``ping`` event (or a realistic sample of ``event_type``, whatever the
+        subscription's filters: what ``reelhook trigger`` sends) to this one subscription; return
+        the event's id. :class:`Conflict` while it is disabled."""
         async with self._db.transaction() as conn:
             sub = await _owned(conn, caller, sub_id)
             if sub.status != SubscriptionStatus.ACTIVE:
                 raise Conflict("the subscription is disabled; enable it to send a test event")
+            now = self._clock()
+            data = (
+                ping_data(sub.id)
+                if event_type == "ping"
+                else sample_event(event_type, now=now, file_url=self._publisher.file_url)["data"]
+            )
             event_id = await self._publisher.publish(
-                conn, "ping", self._clock(), data=ping_data(sub.id), to_subscription=sub.id
+                conn, event_type, now, data=data, to_subscription=sub.id
             )
         return event_id
 

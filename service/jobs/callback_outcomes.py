@@ -17,12 +17,16 @@ class CallbackOutcome(StrEnum):
     DUPLICATE = "duplicate"  # the same terminal state again
     LATE = "late"  # anything after a terminal state (including after expiry)
     STALE = "stale"  # a non-terminal state the job has already passed
-    # Rejected: nothing about the job is stored or changed.
+    LATE_RESULT = "late_result"  # a success after the job ended otherwise: noted on the job
+    UNRECOGNISED = "unrecognised"  # an unknown status word, neither success nor failure: noted
+    UNMATCHED = "unmatched"  # 202: an account-webhook document naming no known job yet: kept
+    # Rejected: nothing about the job is changed; only the bodies marked "kept" are stored.
     UNKNOWN_PROVIDER = "unknown_provider"  # 404: no callbacks for this provider path
     BAD_TOKEN = "bad_token"  # 401: the URL token is not one reelhook signed for this provider
     TOO_LARGE = "too_large"  # 413: the body is over REELHOOK_MAX_CALLBACK_BYTES
     BAD_SIGNATURE = "bad_signature"  # 401: the provider's own signature does not verify
-    BAD_BODY = "bad_body"  # 400: not JSON, or not this provider's job document
+    BAD_BODY = "bad_body"  # 400: an account-webhook body that is not a job document: kept
+    UNREADABLE = "unreadable"  # 400: a per-job callback reelhook cannot read: kept, noted on job
     UNKNOWN_JOB = "unknown_job"  # 404: the token names a job reelhook does not have
     JOB_MISMATCH = "job_mismatch"  # 401: the body names another provider job
 
@@ -37,6 +41,9 @@ _ACCEPTED = frozenset(
         CallbackOutcome.DUPLICATE,
         CallbackOutcome.LATE,
         CallbackOutcome.STALE,
+        CallbackOutcome.LATE_RESULT,
+        CallbackOutcome.UNRECOGNISED,
+        CallbackOutcome.UNMATCHED,
     }
 )
 

@@ -1,19 +1,25 @@
 """Receiving a provider's callback: verified before anything is parsed or stored, then applied.
 
+Two routes: ``/v1/callbacks/{provider}/{token}`` (one URL per job) and
+``/v1/callbacks/{provider}/account/{token}`` (one URL per provider account, for providers that
+post results to a webhook set on the API key; docs/providers.md §1).
+
 The order is the URL token, then the body size, then the provider's own signature, then the
-body's job id against the stored one. A rejected callback changes and stores nothing; every
-callback, accepted or not, ends in one named :class:`CallbackOutcome`, reported in one place
-(:meth:`Callbacks._report`): the log, then each observer.
+body's job id against the stored one. A callback failing those checks changes and stores nothing.
+A verified body reelhook cannot read is kept for audit and noted on its job (docs/providers.md
+§8). Every callback, accepted or not, ends in one named :class:`CallbackOutcome`, reported in one
+place (:meth:`Callbacks._report`): the log, then each observer.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterable, Mapping, Sequence
+from collections.abc import AsyncIterable, Callable, Mapping, Sequence
 
 import anyio
 
 from service.core.body import read_capped
+from service.core.clock import Clock
 from service.core.errors import (
     BadRequest,
     NotFound,
@@ -22,7 +28,7 @@ from service.core.errors import (
     RequestTimeout,
     Unauthorized,
 )
-from service.core.models import Job
+from service.core.models import Job, ProviderUpdate
 from service.core.params import is_decimal
 from service.core.tokens import InvalidToken, Tokens
 from service.jobs.callback_outcomes import CallbackObserver, CallbackOutcome
@@ -32,15 +38,29 @@ from service.jobs.lifecycle import JobMismatch, Outcome, UnknownJob, Update
 from service.jobs.submission import ProviderEndpoint
 from service.providers import ADAPTERS, CALLBACK_ADAPTERS
 from service.providers.base import CallbackAdapter, ForgedCallback, InvalidCallback
+from service.storage import jobs as job_store
+from service.storage.database import Database
+
+UnknownStatusObserver = Callable[[str, str], None]
+"""Called with (provider, status word) for each status word reelhook does not know."""
 
 log = logging.getLogger(__name__)
 
 
 class _Rejected(Exception):
-    def __init__(self, outcome: CallbackOutcome, error: ReelhookError) -> None:
+    def __init__(
+        self, outcome: CallbackOutcome, error: ReelhookError, job_id: str | None = None
+    ) -> None:
         super().__init__(outcome.value)
         self.outcome = outcome
         self.error = error
+        self.job_id = job_id
+
+
+def account_adapter(provider: str) -> CallbackAdapter | None:
+    """The adapter of ``provider`` when it posts results to an account webhook."""
+    adapter = CALLBACK_ADAPTERS.get(provider)
+    return adapter if adapter is not None and adapter.account_webhook else None
 
 
 class Callbacks:
@@ -50,18 +70,24 @@ class Callbacks:
         endpoints: Mapping[str, ProviderEndpoint],
         ingest: Ingest,
         *,
+        db: Database,
+        clock: Clock,
         max_bytes: int,
         observers: Sequence[CallbackObserver],
         budget: InboundBudget | None = None,
         body_timeout: float = 30.0,
+        on_unknown_status: UnknownStatusObserver | None = None,
     ) -> None:
         self._tokens = tokens
         self._endpoints = endpoints
         self._ingest = ingest
+        self._db = db
+        self._clock = clock
         self._max_bytes = max_bytes
         self._observers = observers
         self._budget = budget or InboundBudget(max_bytes=64 * max_bytes, per_route=256)
         self._body_timeout = body_timeout
+        self._on_unknown_status = on_unknown_status
 
     async def receive(
         self,
@@ -79,10 +105,130 @@ class Callbacks:
         try:
             job, outcome = await self._receive(provider, token, headers, body, declared_length)
         except _Rejected as rejected:
-            self._report(label, rejected.outcome)
+            self._report(label, rejected.outcome, rejected.job_id)
             raise rejected.error from None
         self._report(label, CallbackOutcome(outcome.value), job.id)
         return job, outcome
+
+    async def receive_account(
+        self,
+        provider: str,
+        token: str,
+        headers: Mapping[str, str],
+        body: AsyncIterable[bytes],
+        declared_length: str | None,
+    ) -> tuple[Job | None, Outcome | None]:
+        """Verify and apply one document posted to a provider account's webhook,
+        ``/v1/callbacks/{provider}/account/{token}``: the same checks, audit and dedupe as
+        :meth:`receive`, the job found by ``external_task_id`` (reelhook's job id, which it sends)
+        or else the provider's job id. A document naming no job reelhook knows yet is kept and
+        applied when the provider's job id is recorded: then ``(None, None)`` is returned."""
+        label = provider if provider in ADAPTERS else "unknown"
+        try:
+            job, outcome = await self._receive_account(
+                provider, token, headers, body, declared_length
+            )
+        except _Rejected as rejected:
+            self._report(label, rejected.outcome, rejected.job_id, route="account")
+            raise rejected.error from None
+        if job is None or outcome is None:
+            self._report(label, CallbackOutcome.UNMATCHED, route="account")
+            return None, None
+        self._report(label, CallbackOutcome(outcome.value), job.id, route="account")
+        return job, outcome
+
+    async def _receive_account(
+        self,
+        provider: str,
+        token: str,
+        headers: Mapping[str, str],
+        chunks: AsyncIterable[bytes],
+        declared_length: str | None,
+    ) -> tuple[Job | None, Outcome | None]:
+        adapter = account_adapter(provider)
+        endpoint = self._endpoints.get(provider)
+        if adapter is None or endpoint is None:
+            raise _Rejected(
+                CallbackOutcome.UNKNOWN_PROVIDER,
+                NotFound(f"no account webhook is accepted for {provider!r}"),
+            )
+        try:
+            self._tokens.verify_account_webhook(token, provider, endpoint.api_key)
+        except InvalidToken:
+            raise _Rejected(
+                CallbackOutcome.BAD_TOKEN, Unauthorized("the account webhook token is not valid")
+            ) from None
+        try:
+            body = await read_capped(chunks, declared_length, self._max_bytes)
+        except PayloadTooLarge as exc:
+            raise _Rejected(CallbackOutcome.TOO_LARGE, exc) from None
+        try:
+            adapter.verify_callback(headers, body, endpoint.api_key)
+        except ForgedCallback as exc:
+            raise _Rejected(CallbackOutcome.BAD_SIGNATURE, Unauthorized(str(exc))) from None
+        now = self._clock()
+        try:
+            update = adapter.parse_callback(body)
+        except InvalidCallback as exc:
+            # No job to note it on: kept with the unmatched documents, for audit.
+            async with self._db.transaction() as conn:
+                await job_store.record_unmatched(
+                    conn,
+                    provider=provider,
+                    provider_job_id=None,
+                    received_at=now,
+                    reason=f"unreadable: {exc}",
+                    body=body,
+                )
+            raise _Rejected(CallbackOutcome.BAD_BODY, BadRequest(str(exc))) from None
+        async with self._db.transaction() as conn:
+            # One transaction: a submit answer recording the provider job id lands either before
+            # (the job is found) or after (and claims this document; lifecycle.mark_submitted).
+            job_id = await job_store.find_for_provider(
+                conn, provider, job_id=update.external_id, provider_job_id=update.provider_job_id
+            )
+            if job_id is None:
+                await job_store.record_unmatched(
+                    conn,
+                    provider=provider,
+                    provider_job_id=update.provider_job_id,
+                    received_at=now,
+                    reason="no job with this provider job id or external_task_id yet",
+                    body=body,
+                )
+        self._note_unknown_status(provider, update, job_id)
+        if job_id is None:
+            return None, None
+        try:
+            return await self._ingest.store(Update(job_id, provider, update, body, "account"))
+        except UnknownJob:
+            raise _Rejected(CallbackOutcome.UNKNOWN_JOB, NotFound("no such job")) from None
+        except JobMismatch:
+            raise _Rejected(
+                CallbackOutcome.JOB_MISMATCH,
+                Unauthorized("the body names a different job"),
+                job_id,
+            ) from None
+
+    def _note_unknown_status(
+        self, provider: str, update: ProviderUpdate, job_id: str | None
+    ) -> None:
+        """Log and count a status word reelhook does not know (docs/providers.md §8)."""
+        if update.unknown_status is None:
+            return
+        log.warning(
+            "%s reported unknown status %r for %s; read as %s",
+            provider,
+            update.unknown_status,
+            job_id or f"provider job {update.provider_job_id}",
+            update.status.value,
+            extra={"provider": provider, "provider_status": update.unknown_status},
+        )
+        if self._on_unknown_status is not None:
+            try:
+                self._on_unknown_status(provider, update.unknown_status)
+            except Exception:
+                log.exception("an unknown-status observer failed")
 
     async def _receive(
         self,
@@ -142,7 +288,14 @@ class Callbacks:
         try:
             update = adapter.parse_callback(body)
         except InvalidCallback as exc:
-            raise _Rejected(CallbackOutcome.BAD_BODY, BadRequest(str(exc))) from None
+            # Verified by the token (and signature), so kept for audit and noted on the job: a
+            # result in a shape reelhook does not read must not turn into a silent expiry.
+            try:
+                await self._ingest.store(Update(job_id, provider, None, body, "job", str(exc)))
+            except UnknownJob:
+                raise _Rejected(CallbackOutcome.UNKNOWN_JOB, NotFound("no such job")) from None
+            raise _Rejected(CallbackOutcome.UNREADABLE, BadRequest(str(exc)), job_id) from None
+        self._note_unknown_status(provider, update, job_id)
         try:
             return await self._ingest.store(Update(job_id, provider, update, body))
         except UnknownJob:
@@ -152,16 +305,26 @@ class Callbacks:
                 CallbackOutcome.JOB_MISMATCH, Unauthorized("the body names a different job")
             ) from None
 
-    def _report(self, provider: str, outcome: CallbackOutcome, job_id: str | None = None) -> None:
+    def _report(
+        self,
+        provider: str,
+        outcome: CallbackOutcome,
+        job_id: str | None = None,
+        *,
+        route: str = "job",
+    ) -> None:
         """The one place every callback's outcome is reported: the log, then each observer."""
         level = logging.DEBUG if outcome.accepted else logging.INFO
+        if outcome in (CallbackOutcome.LATE_RESULT, CallbackOutcome.UNMATCHED):
+            level = logging.WARNING  # a result that reached no job (yet): someone should look
         log.log(
             level,
-            "%s callback %s%s",
+            "%s %scallback %s%s",
             provider,
+            "account " if route == "account" else "",
             outcome.value,
             f" for {job_id}" if job_id else "",
-            extra={"provider": provider, "callback_outcome": outcome.value},
+            extra={"provider": provider, "callback_outcome": outcome.value, "route": route},
         )
         for observe in self._observers:
             try:

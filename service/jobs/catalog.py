@@ -52,10 +52,15 @@ def _last_frame_url(description: str) -> Param:
     return Param("last_frame_url", "string", description, check=_url_problem)
 
 
-def _cfg_scale(default: float | None) -> Param:
-    return Param(
-        "cfg_scale", "number", "Prompt adherence, 0-1.", default=default, minimum=0, maximum=1
-    )
+def _cfg_scale(default: float | None, description: str = "Prompt adherence, 0-1.") -> Param:
+    return Param("cfg_scale", "number", description, default=default, minimum=0, maximum=1)
+
+
+# Trinetra's tables give cfg_scale's 0.5 in the description, not as a sent default ("—" in the
+# Default column), and say it "may be ignored by Kling 2.x/3.0": sent only when set.
+_TRINETRA_CFG_SCALE = _cfg_scale(
+    None, "Prompt adherence, 0-1 (the provider's default is 0.5). Sent only when set."
+)
 
 
 _CAMERA_CONTROL = Param(
@@ -64,11 +69,14 @@ _CAMERA_CONTROL = Param(
     "Camera movement {type, config: {horizontal, vertical, pan, tilt, roll, zoom}}, each -10..10.",
     check=_camera_control_problem,
 )
+# Trinetra's pricing text says "pass resolution in your request" but no parameter table lists it
+# or a default, so reelhook sends it only when the caller chose one; the estimate then states the
+# resolution it assumed (docs/providers.md, Trinetra).
 _RESOLUTION = Param(
     "resolution",
     "string",
-    "Output resolution; sets the price.",
-    default="720p",
+    "Output resolution; sets the price. Sent only when set: the provider's default applies "
+    "otherwise, and the cost estimate states the resolution it assumed.",
     choices=("720p", "1080p"),
 )
 
@@ -102,13 +110,24 @@ _APIFRAME_RESERVED = {
 }
 
 
+def _assumed_resolution(data: Input) -> str:
+    """The resolution a Trinetra job is priced at when the caller chose none: 720p, the base
+    price, except with ``mode: pro``, which is Kling's 1080p tier (docs/providers.md)."""
+    return "1080p" if data.get("mode") == "pro" else "720p"
+
+
 def _trinetra_price(per_second: Mapping[str, float]) -> Price:
+    def resolution(data: Input) -> str:
+        return str(data.get("resolution") or _assumed_resolution(data))
+
     return Price(
         unit="credits",
         description="Credits (1 credit = INR 1) per second of output, by resolution; "
-        "billed on success.",
+        "billed on success. Without a resolution the estimate assumes 720p (1080p with mode "
+        "pro) and says so.",
         table=dict(per_second),
-        estimate=lambda data: per_second[data["resolution"]] * data["duration"],
+        estimate=lambda data: per_second[resolution(data)] * data["duration"],
+        assumes=lambda data: {} if "resolution" in data else {"resolution": resolution(data)},
     )
 
 
@@ -153,10 +172,17 @@ TRINETRA_V25 = ModelSpec(
         Param(
             "aspect_ratio", "string", "Output aspect ratio.", default="9:16", choices=_ASPECT_RATIOS
         ),
-        Param("mode", "string", "Quality mode.", default="std", choices=("std", "pro")),
+        # The page's Default column reads "stdstdpro" (garbled): std|pro, default not certain,
+        # so the provider's own default applies unless the caller chooses.
+        Param(
+            "mode",
+            "string",
+            "Quality mode, std or pro. Sent only when set (the page's default is garbled).",
+            choices=("std", "pro"),
+        ),
         _RESOLUTION,
         _negative_prompt(),
-        _cfg_scale(0.5),
+        _TRINETRA_CFG_SCALE,
         _CAMERA_CONTROL,
     ),
     price=_trinetra_price({"720p": 10, "1080p": 15}),
@@ -185,7 +211,7 @@ TRINETRA_V3 = ModelSpec(
         ),
         _RESOLUTION,
         _negative_prompt(),
-        _cfg_scale(0.5),
+        _TRINETRA_CFG_SCALE,
         _CAMERA_CONTROL,
     ),
     price=_trinetra_price({"720p": 19, "1080p": 30}),
@@ -209,7 +235,7 @@ TRINETRA_V3_OMNI = ModelSpec(
         ),
         _RESOLUTION,
         _negative_prompt(),
-        _cfg_scale(0.5),
+        _TRINETRA_CFG_SCALE,
         _CAMERA_CONTROL,
     ),
     price=_trinetra_price({"720p": 29, "1080p": 46}),
@@ -263,8 +289,15 @@ SEGMIND_TURBO = ModelSpec(
             max_length=2500,
         ),
         _cfg_scale(0.7),
+        # Segmind's own example sends "duration": "10" (a string) while its table says integer:
+        # both are accepted; reelhook stores and sends the integer the table documents.
         Param(
-            "duration", "integer", "Clip length in seconds: 5 or 10.", default=10, choices=(5, 10)
+            "duration",
+            "integer",
+            'Clip length in seconds: 5 or 10 (also "5" or "10", as Segmind\'s example sends it).',
+            default=10,
+            choices=(5, 10),
+            numeric_strings=True,
         ),
         Param(
             "mode", "string", "Quality mode; only pro is offered.", default="pro", choices=("pro",)

@@ -14,6 +14,7 @@ allows sending each such job once more (it is then due again at once).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 from collections.abc import Callable
@@ -121,7 +122,8 @@ class HeldRequests:
                     "because that would be charged twice (REELHOOK_SEGMIND_RESUBMIT allows it)"
                 )
             error = JobError(ErrorKind.INTERRUPTED, message)
-            await self._finish(job, _failed(error), {"interrupted": True})
+            # The request was in flight: Segmind may have rendered and billed it.
+            await self._finish(job, _failed(error, charge_unknown=True), {"interrupted": True})
 
     async def _resubmit_once(self, job: Job) -> bool:
         """Durably use up the one resubmission of ``job`` and make it due now; False when it is
@@ -191,11 +193,19 @@ class HeldRequests:
                     ).redacted(api_key)
                     summary["error"] = failure.message
                     error = JobError(failure.kind, failure.message, failure.provider_code)
-                    return _failed(error), summary, failure if failure.retryable else None
+                    # A 4xx is a refusal before any work (nothing billed); after a 5xx the
+                    # generation may have run and been billed, and Segmind gave no figure.
+                    unknown = response.status_code >= 500 or response.status_code == 408
+                    update = _failed(error, charge_unknown=unknown)
+                    return update, summary, failure if failure.retryable else None
                 media_type = response.headers.get("content-type", "").split(";")[0].strip()
                 if not media_type.startswith("video/"):
                     error = JobError(ErrorKind.PROVIDER_ERROR, "Segmind answered without a video")
-                    return _failed(error), summary, None
+                    credits = _number(response.headers.get("x-credits-consumed"))
+                    update = _failed(error, charge_unknown=credits is None)
+                    if credits is not None:
+                        update = dataclasses.replace(update, charged=credits)
+                    return update, summary, None
                 credits = _number(response.headers.get("x-credits-consumed"))
                 digest, size = await self._blobs.write(response.aiter_bytes(), self._max_bytes)
         except NETWORK_ERRORS as exc:
@@ -208,12 +218,18 @@ class HeldRequests:
                 return _failed(error), {"error": type(exc).__name__}, refusal
             if what.timed_out:
                 message = f"Segmind did not answer within {self._timeout:g} s"
-                return _failed(JobError(ErrorKind.TIMEOUT, message)), {"error": "timeout"}, None
+                # The request was sent and may have been rendered and billed: unknown, not 0.
+                update = _failed(JobError(ErrorKind.TIMEOUT, message), charge_unknown=True)
+                return update, {"error": "timeout"}, None
             error = JobError(ErrorKind.PROVIDER_ERROR, f"Segmind connection failed: {exc!r}")
-            return _failed(error), {"error": type(exc).__name__}, None
+            return _failed(error, charge_unknown=True), {"error": type(exc).__name__}, None
         except BlobTooLarge as exc:
             error = JobError(ErrorKind.PROVIDER_ERROR, f"the video is too large to keep: {exc}")
-            return _failed(error), {"error": "too large"}, None
+            # The video was made, so it was billed: the header's figure when there was one.
+            update = _failed(error, charge_unknown=credits is None)
+            if credits is not None:
+                update = dataclasses.replace(update, charged=credits)
+            return update, {"error": "too large"}, None
         summary.update(sha256=digest, bytes=size)
         update = ProviderUpdate(
             provider_job_id=None,
@@ -232,11 +248,14 @@ class HeldRequests:
             update=update,
             raw=dumps_bytes({"held_response": summary}),
             now=self._clock(),
+            route="held",
         )
 
 
-def _failed(error: JobError) -> ProviderUpdate:
-    return ProviderUpdate(provider_job_id=None, status=JobStatus.FAILED, error=error)
+def _failed(error: JobError, *, charge_unknown: bool = False) -> ProviderUpdate:
+    return ProviderUpdate(
+        provider_job_id=None, status=JobStatus.FAILED, error=error, charge_unknown=charge_unknown
+    )
 
 
 def _number(header: str | None) -> float | None:

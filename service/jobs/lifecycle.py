@@ -15,8 +15,19 @@ from enum import StrEnum
 
 import aiosqlite
 
-from service.core.models import ErrorKind, Job, JobError, JobStatus, ProviderUpdate, event_type_for
+from service.core.models import (
+    ErrorKind,
+    Job,
+    JobError,
+    JobStatus,
+    Notice,
+    ProviderUpdate,
+    event_type_for,
+    with_notice,
+)
 from service.delivery.publisher import Publisher
+from service.providers import CALLBACK_ADAPTERS
+from service.providers.base import InvalidCallback
 from service.storage import jobs, mirrors, submissions
 from service.storage.database import Database
 from service.storage.mirrors import MirrorTask
@@ -27,6 +38,14 @@ class Outcome(StrEnum):
     DUPLICATE = "duplicate"  # the same terminal state again
     LATE = "late"  # anything after a terminal state
     STALE = "stale"  # a non-terminal state the job has already passed
+    # A success after the job ended failed, expired or canceled: the job keeps its terminal state
+    # (each job announces one), and the delivered outputs are kept on it as a notice.
+    LATE_RESULT = "late_result"
+    # A status word reelhook does not know, with neither outputs nor an error: kept, noted on the
+    # job, and the job stays open (docs/providers.md: unknown statuses never destroy a result).
+    UNRECOGNISED = "unrecognised"
+    # A verified callback whose body reelhook cannot read: kept for audit and noted on the job.
+    UNREADABLE = "unreadable"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -47,14 +66,57 @@ class JobMismatch(Exception):
 
 
 def transition(job: Job, update: ProviderUpdate, now: float) -> tuple[Job | None, Outcome]:
-    """The job after ``update`` (None when unchanged) and how the update was classified."""
+    """The job after ``update`` (None when unchanged) and how the update was classified.
+
+    A terminal job never changes state; a success arriving after it ended otherwise is kept as a
+    ``late_result`` notice carrying the delivered URLs, so a paid-for video is never dropped
+    silently. An unknown status word that says neither success nor failure leaves the job open
+    with an ``unknown_status`` notice.
+    """
     if job.status.terminal:
         same = update.status is job.status
+        urls = tuple(o.url for o in update.outputs if o.url)
+        known = any(n.kind == "late_result" and n.outputs == urls for n in job.notices)
+        if not same and update.status is JobStatus.SUCCEEDED and urls and not known:
+            notice = Notice(
+                "late_result",
+                f"{job.provider} reported a success after the job had ended {job.status.value}; "
+                "its output is listed here and the job keeps its state",
+                now,
+                urls,
+            )
+            return dataclasses.replace(job, notices=with_notice(job.notices, notice)), (
+                Outcome.LATE_RESULT
+            )
         return None, Outcome.DUPLICATE if same else Outcome.LATE
+    if update.unknown_status is not None and not update.status.terminal:
+        # Noted once per word (each one is still logged and counted by the callback route).
+        word = repr(update.unknown_status)
+        noted = job
+        if not any(n.kind == "unknown_status" and word in n.message for n in job.notices):
+            notice = Notice(
+                "unknown_status",
+                f"{job.provider} reported status {word}, which reelhook does not know; the job "
+                "stays open until a status it knows (or its deadline) arrives",
+                now,
+            )
+            noted = dataclasses.replace(job, notices=with_notice(job.notices, notice))
+        if update.status is JobStatus.RUNNING and job.status is not JobStatus.RUNNING:
+            # The rest of the body says it is in progress (apiframe's event name).
+            running = dataclasses.replace(
+                noted,
+                status=JobStatus.RUNNING,
+                provider_job_id=job.provider_job_id or update.provider_job_id,
+                submitted_at=job.submitted_at or now,
+            )
+            return running, Outcome.APPLIED
+        return (noted if noted is not job else None), Outcome.UNRECOGNISED
     if update.status.terminal:
         cost = job.cost
         if update.charged is not None:
-            cost = dataclasses.replace(cost, charged=update.charged)
+            cost = dataclasses.replace(cost, charged=update.charged, charged_unknown=False)
+        elif update.charge_unknown:
+            cost = dataclasses.replace(cost, charged=None, charged_unknown=True)
         elif update.status is not JobStatus.SUCCEEDED:
             cost = dataclasses.replace(cost, charged=0)
         return (
@@ -83,12 +145,19 @@ def transition(job: Job, update: ProviderUpdate, now: float) -> tuple[Job | None
 
 @dataclass(frozen=True, slots=True)
 class Update:
-    """A verified provider update (callback or held answer) for one job, with its raw body."""
+    """A verified provider update (callback or held answer) for one job, with its raw body.
+
+    ``update`` is None for a verified body reelhook could not read (``problem`` says why): it is
+    stored for audit as ``unreadable`` and noted on the job, which it does not move. ``route`` is
+    how it arrived: ``job``, ``account`` or ``held``.
+    """
 
     job_id: str
     provider: str
-    update: ProviderUpdate
+    update: ProviderUpdate | None
     raw: bytes
+    route: str = "job"
+    problem: str | None = None
 
 
 Applied = tuple[Job, Outcome]
@@ -125,6 +194,22 @@ async def apply_updates(
         if job is None or job.provider != item.provider:
             results.append(UnknownJob(item.job_id))
             continue
+        if item.update is None:
+            notice = Notice(
+                "unreadable_callback",
+                f"a verified {item.provider} callback could not be read "
+                f"({item.problem or 'unknown problem'}); its body is kept in the audit log",
+                now,
+            )
+            noted = dataclasses.replace(job, notices=with_notice(job.notices, notice))
+            current[job.id] = changed[job.id] = noted
+            records.append(
+                jobs.CallbackRecord(
+                    job.id, item.provider, now, Outcome.UNREADABLE.value, item.raw, item.route
+                )
+            )
+            results.append((noted, Outcome.UNREADABLE))
+            continue
         claimed = item.update.provider_job_id
         if (
             job.provider_job_id is not None
@@ -134,15 +219,19 @@ async def apply_updates(
             results.append(JobMismatch(item.job_id))
             continue
         moved, outcome = transition(job, item.update, now)
-        records.append(jobs.CallbackRecord(job.id, item.provider, now, outcome.value, item.raw))
+        records.append(
+            jobs.CallbackRecord(job.id, item.provider, now, outcome.value, item.raw, item.route)
+        )
         if moved is not None:
             current[job.id] = changed[job.id] = moved
-            to_copy = _provider_hosted(moved) if mirror else []
-            event_type = event_type_for(moved.status)
-            if to_copy:
-                copies.append((job.id, to_copy))
-            elif event_type is not None:
-                announced.append((event_type, moved))
+            # A notice alone (late result, unknown status) is saved but announces nothing.
+            if moved.status is not job.status:
+                to_copy = _provider_hosted(moved) if mirror else []
+                event_type = event_type_for(moved.status)
+                if to_copy:
+                    copies.append((job.id, to_copy))
+                elif event_type is not None:
+                    announced.append((event_type, moved))
         results.append((moved or job, outcome))
     await jobs.record_callbacks(conn, records)
     if changed:
@@ -164,6 +253,7 @@ async def apply_update(
     raw: bytes,
     now: float,
     mirror: bool = False,
+    route: str = "job",
 ) -> Applied:
     """:func:`apply_updates` for one update in its own transaction.
 
@@ -172,7 +262,7 @@ async def apply_update(
     """
     async with db.transaction() as conn:
         (result,) = await apply_updates(
-            conn, publisher, [Update(job_id, provider, update, raw)], now, mirror=mirror
+            conn, publisher, [Update(job_id, provider, update, raw, route)], now, mirror=mirror
         )
     if isinstance(result, Exception):
         raise result
@@ -235,9 +325,14 @@ async def expire_overdue(db: Database, publisher: Publisher, now: float, limit: 
         expired = []
         for job in overdue:
             waited = job.deadline_at - job.created_at
+            # Nothing was heard, so whether the provider billed is unknown (not zero).
+            cost = job.cost
+            if cost.charged is None:
+                cost = dataclasses.replace(cost, charged_unknown=True)
             changed = dataclasses.replace(
                 job,
                 status=JobStatus.EXPIRED,
+                cost=cost,
                 error=JobError(
                     ErrorKind.TIMEOUT,
                     f"{job.provider} sent no result within {waited:g} seconds",
@@ -248,6 +343,49 @@ async def expire_overdue(db: Database, publisher: Publisher, now: float, limit: 
             await publisher.publish(conn, "job.expired", now, job=changed)
             expired.append(changed)
         return expired
+
+
+class NotCancelable(Exception):
+    """The job has already finished (its status is the message)."""
+
+
+async def cancel(db: Database, publisher: Publisher, job_id: str, now: float) -> Job | None:
+    """Cancel an unfinished job and announce ``job.canceled``; return it (None: no such job).
+
+    The provider is not told (none of the three offers a cancel call), so it may still finish
+    the work: a result arriving afterwards meets a terminal job, is stored for audit as ``late``
+    and changes nothing (:func:`transition`). A pending job is never submitted (the submit queue
+    takes only pending jobs) and costs nothing; a submitted one may still be charged by the
+    provider, so its charge stays unknown. Raises :class:`NotCancelable` for a finished job.
+    """
+    async with db.transaction() as conn:
+        current = await jobs.get(conn, job_id)
+        if current is None:
+            return None
+        if current.status.terminal:
+            raise NotCancelable(current.status.value)
+        canceled = dataclasses.replace(
+            current,
+            status=JobStatus.CANCELED,
+            error=JobError(
+                ErrorKind.CANCELED,
+                "canceled through the API"
+                + (
+                    ""
+                    if current.status is JobStatus.PENDING
+                    else f"; {current.provider} was not told and may still finish it"
+                ),
+            ),
+            cost=(
+                dataclasses.replace(current.cost, charged=0)
+                if current.status is JobStatus.PENDING
+                else current.cost
+            ),
+            completed_at=now,
+        )
+        await jobs.save(conn, canceled, now)
+        await publisher.publish(conn, "job.canceled", now, job=canceled)
+        return canceled
 
 
 async def mark_submitted(
@@ -266,6 +404,7 @@ async def mark_submitted(
             if current.provider_job_id is None and provider_job_id is not None:
                 current = dataclasses.replace(current, provider_job_id=provider_job_id)
                 await jobs.save(conn, current, now)
+                current = await _apply_unmatched(conn, publisher, current, now) or current
             return current, False
         submitted = dataclasses.replace(
             current,
@@ -277,7 +416,32 @@ async def mark_submitted(
         if current.submitted_at is None:
             # Announced once (a Segmind job an older reelhook put back to pending was sent).
             await publisher.publish(conn, "job.submitted", now, job=submitted)
+        if submitted.provider_job_id is not None:
+            submitted = await _apply_unmatched(conn, publisher, submitted, now) or submitted
         return submitted, True
+
+
+async def _apply_unmatched(
+    conn: aiosqlite.Connection, publisher: Publisher, job: Job, now: float
+) -> Job | None:
+    """Apply account-webhook documents that arrived for ``job``'s provider job id before reelhook
+    knew it (the result overtook the provider's answer to the submit). Returns the job after them,
+    or None when there were none."""
+    assert job.provider_job_id is not None
+    bodies = await jobs.claim_unmatched(conn, job.provider, job.provider_job_id, job.id)
+    if not bodies:
+        return None
+    adapter = CALLBACK_ADAPTERS[job.provider]
+    batch = []
+    for body in bodies:
+        try:
+            update = adapter.parse_callback(body)
+            batch.append(Update(job.id, job.provider, update, body, "account"))
+        except InvalidCallback as exc:
+            batch.append(Update(job.id, job.provider, None, body, "account", str(exc)))
+    results = await apply_updates(conn, publisher, batch, now)
+    applied = [result for result in results if not isinstance(result, Exception)]
+    return applied[-1][0] if applied else None
 
 
 async def refuse(

@@ -87,7 +87,12 @@ class JobReader:
             Moment(
                 callback.received_at,
                 "callback",
-                f"callback from {callback.provider}",
+                # Segmind answers the held request itself; the others call back.
+                (
+                    f"held answer from {callback.provider}"
+                    if callback.provider == "segmind"
+                    else f"callback from {callback.provider}"
+                ),
                 f"{callback.outcome}, {callback.size} bytes",
                 callback.excerpt,
             )

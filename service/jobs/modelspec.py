@@ -44,9 +44,27 @@ class Param:
     maximum: float | None = None
     max_length: int | None = None
     check: Callable[[Any], str | None] | None = None
+    #: Also accept the number written as a string ("10"), where the provider's own example sends
+    #: it so (Segmind's duration); it is stored and sent as the number.
+    numeric_strings: bool = False
+
+    def normalize(self, raw: object) -> object:
+        """``raw`` as stored: a numeric string becomes its number where that is accepted."""
+        if self.numeric_strings and isinstance(raw, str):
+            text = raw.strip()
+            if self.type == "integer" and text.isascii() and text.isdigit() and len(text) <= 9:
+                return int(text)
+            if self.type == "number":
+                try:
+                    number = float(text)
+                except ValueError:
+                    return raw
+                return int(number) if number.is_integer() else number
+        return raw
 
     def problem(self, raw: object) -> str | None:
         """Why ``raw`` is not acceptable for this parameter, or None."""
+        raw = self.normalize(raw)
         if isinstance(raw, bool) or not isinstance(raw, _TYPE_NAMES[self.type]):
             return f"must be {'an' if self.type[0] in 'aeio' else 'a'} {self.type}"
         value: Any = raw
@@ -67,15 +85,17 @@ class Param:
     def json_schema(self) -> dict[str, Any]:
         """This parameter as JSON Schema (for OpenAPI): what :meth:`problem` accepts, as far as
         JSON Schema can say it (``check`` functions stay prose in the description)."""
+        types = [self.type, *(["string"] if self.numeric_strings else [])]
         schema: dict[str, Any] = {
             # An optional parameter sent as null counts as absent (see ModelSpec.validate).
-            "type": self.type if self.required else [self.type, "null"],
+            "type": (types[0] if len(types) == 1 else types) if self.required else [*types, "null"],
             "description": self.description,
         }
         if self.default is not None:
             schema["default"] = self.default
         if self.choices:
-            schema["enum"] = [*self.choices, *([] if self.required else [None])]
+            written = [str(c) for c in self.choices] if self.numeric_strings else []
+            schema["enum"] = [*self.choices, *written, *([] if self.required else [None])]
         if self.minimum is not None:
             schema["minimum"] = self.minimum
         if self.maximum is not None:
@@ -102,14 +122,23 @@ class Param:
         return data
 
 
+def _nothing_assumed(data: Input) -> dict[str, Any]:
+    return {}
+
+
 @dataclass(frozen=True, slots=True)
 class Price:
-    """How a job of this model is charged: ``estimate(input)`` in ``unit``."""
+    """How a job of this model is charged: ``estimate(input)`` in ``unit``.
+
+    ``assumes(input)`` names what the estimate had to assume because the input leaves it to the
+    provider (Trinetra prices by a resolution nobody need send); the job's cost states it.
+    """
 
     unit: str
     description: str
     table: Mapping[str, float]
     estimate: Callable[[Input], float]
+    assumes: Callable[[Input], dict[str, Any]] = _nothing_assumed
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +175,7 @@ class ModelSpec:
                 if problem:
                     problems[f"input.{param.name}"] = problem
                 else:
-                    clean[param.name] = raw[param.name]
+                    clean[param.name] = param.normalize(raw[param.name])
             elif param.required:
                 problems[f"input.{param.name}"] = "is required"
             elif param.default is not None:

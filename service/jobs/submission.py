@@ -67,6 +67,14 @@ JOB_EXTRAS = Body(
 _JOB_FIELDS = {"model", "input", *(field.name for field in JOB_EXTRAS.fields)}
 
 
+def _unknown_field(name: str) -> str:
+    """The complaint about an unknown top-level field: a model parameter put beside ``input``
+    (``{"prompt": …}`` is the usual first try) is told where it goes."""
+    if any(param.name == name for spec in MODELS.values() for param in spec.params):
+        return f'unknown field; model parameters go in input: {{"input": {{"{name}": …}}}}'
+    return "unknown field"
+
+
 @dataclass(frozen=True, slots=True)
 class ProviderEndpoint:
     """Where reelhook sends one provider's requests (the simulator when no key is configured)."""
@@ -101,6 +109,7 @@ class SubmitPolicy:
     lease: float
     deadlines: Mapping[str, float] = field(default_factory=dict)
     retry_concurrency: int = 16
+    require_https: bool = False  # a plain-http callback_url is refused (production)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +134,7 @@ class Submitter:
         rng: Callable[[], float] = random.random,
     ) -> None:
         self._db = db
+        self._require_https = policy.require_https
         self._publisher = publisher
         self._client = providers.client
         self._tokens = providers.tokens
@@ -216,7 +226,7 @@ class Submitter:
             raise ValidationFailed("the request body must be a JSON object")
         unknown = sorted(set(body) - _JOB_FIELDS)
         if unknown:
-            raise ValidationFailed.fields({name: "unknown field" for name in unknown})
+            raise ValidationFailed.fields({name: _unknown_field(name) for name in unknown})
         model = body.get("model")
         if not isinstance(model, str):
             raise ValidationFailed.field("model", "is required (see GET /v1/models)")
@@ -236,7 +246,11 @@ class Submitter:
         clean = spec.validate(body["input"])
         extras = JOB_EXTRAS.validate(
             {name: value for name, value in body.items() if name not in ("model", "input")},
-            {"callback_url": lambda url: check_url(url, self._allow_private)},
+            {
+                "callback_url": lambda url: check_url(
+                    url, self._allow_private, require_https=self._require_https
+                )
+            },
         )
         metadata = extras.get("metadata", {})
         callback_url: str | None = extras.get("callback_url")
@@ -248,7 +262,11 @@ class Submitter:
             provider=spec.provider,
             status=JobStatus.PENDING,
             input=clean,
-            cost=Cost(estimated=round(spec.price.estimate(clean), 4), unit=spec.price.unit),
+            cost=Cost(
+                estimated=round(spec.price.estimate(clean), 4),
+                unit=spec.price.unit,
+                assumed=spec.price.assumes(clean),
+            ),
             metadata=metadata,
             created_at=now,
             deadline_at=now + self._deadlines.get(model, self._job_deadline),

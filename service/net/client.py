@@ -33,7 +33,7 @@ import httpx
 
 from service.net.guard import AddressRefused, IPNetwork, guarded_socket_factory, permitted
 
-USER_AGENT = "reelhook/0.1 (+https://github.com/reelhook)"
+USER_AGENT = "reelhook/0.1.0"
 
 
 class _Refused(httpcore.ConnectError):

@@ -8,6 +8,7 @@ twice would charge twice), whether it was slowness, whether it may pass.
 
 from __future__ import annotations
 
+import os
 from enum import StrEnum
 
 import aiohttp
@@ -94,18 +95,41 @@ def classify(error: BaseException) -> NetworkFailure:
 
 
 def describe(error: BaseException, limit: int = 300) -> str:
-    """``Type: message`` of ``error``, short enough for a stored record."""
-    text = str(error) or type(error).__name__
-    return f"{type(error).__name__}: {text}"[:limit]
+    """What went wrong, in words the owner of the other end can act on (it is shown in the
+    delivery log and the job's error), short enough for a stored record; the client's own
+    ``Type: message`` only where there are no better words."""
+    refusal = _guard_refusal(error)
+    if refusal is not None:
+        text = f"not sent: {refusal} (REELHOOK_ALLOW_PRIVATE_SUBSCRIBERS can allow it)"
+    elif isinstance(error, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
+        text = "the TLS handshake failed (is the certificate valid for this host?)"
+    elif isinstance(error, aiohttp.ClientConnectorDNSError):
+        text = f"the host name {error.host!r} did not resolve"
+    elif isinstance(error, aiohttp.ClientConnectorError):
+        errno = error.os_error.errno
+        reason = os.strerror(errno) if errno else type(error.os_error).__name__
+        text = f"could not connect to {error.host}:{error.port} ({reason})"
+    elif isinstance(error, aiohttp.ServerDisconnectedError):
+        text = "the connection was closed without an answer"
+    elif isinstance(error, aiohttp.ClientPayloadError | aiohttp.ClientResponseError):
+        text = f"the answer could not be read ({type(error).__name__})"
+    else:
+        detail = str(error)
+        text = f"{type(error).__name__}: {detail}" if detail else type(error).__name__
+    return text[:limit]
 
 
 def _refused_by_guard(error: BaseException) -> bool:
+    return _guard_refusal(error) is not None
+
+
+def _guard_refusal(error: BaseException) -> AddressRefused | None:
     seen: BaseException | None = error
     for _ in range(5):  # the guard's error is wrapped by the client once or twice
         if seen is None:
-            return False
+            return None
         if isinstance(seen, AddressRefused):
-            return True
+            return seen
         os_error = getattr(seen, "os_error", None)  # aiohttp's ClientOSError keeps it here
         seen = os_error if isinstance(os_error, AddressRefused) else seen.__cause__
-    return False
+    return None

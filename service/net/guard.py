@@ -45,8 +45,9 @@ def address_allowed(address: IPAddress, allow: Sequence[IPNetwork]) -> bool:
     return address.is_global and not address.is_multicast
 
 
-def check_url(url: str, allow: Sequence[IPNetwork]) -> str | None:
-    """Why ``url`` can never be a subscriber URL, or None (names are rechecked on connect)."""
+def check_url(url: str, allow: Sequence[IPNetwork], *, require_https: bool = False) -> str | None:
+    """Why ``url`` can never be a subscriber URL, or None (names are rechecked on connect).
+    ``require_https``: plain http is refused too (production's default)."""
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError on a malformed port
@@ -56,6 +57,12 @@ def check_url(url: str, allow: Sequence[IPNetwork]) -> str | None:
         return "must be an http or https URL"
     if not parts.hostname:
         return "must name a host"
+    if require_https and parts.scheme != "https":
+        # Over plain http every event, its metadata and its signature can be read on the way.
+        return (
+            "must be an https URL in production (plain http can be read on the way); "
+            "set REELHOOK_ALLOW_HTTP_SUBSCRIBERS=true to accept http"
+        )
     if parts.username or parts.password:
         return "must not carry credentials; use headers instead"
     # Normalise the host as the HTTP client will: yarl turns e.g. ideographic full stops into dots.
@@ -67,7 +74,11 @@ def check_url(url: str, allow: Sequence[IPNetwork]) -> str | None:
     if address is None and host in ("localhost", "localhost.localdomain"):
         address = ipaddress.ip_address("127.0.0.1")
     if address is not None and not address_allowed(address, allow):
-        return f"points to {address}, a private or reserved address"
+        network = f"{address}/{32 if address.version == 4 else 128}"
+        return (
+            f"points to {address}, a private or reserved address; to deliver there, set "
+            f"REELHOOK_ALLOW_PRIVATE_SUBSCRIBERS={network} (a comma-separated CIDR list)"
+        )
     return None
 
 

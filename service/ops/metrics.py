@@ -33,6 +33,12 @@ class Metrics:
             ["provider", "outcome"],
             registry=registry,
         )
+        self.unknown_statuses = Counter(
+            "reelhook_provider_unknown_statuses",
+            "Verified provider updates whose status word reelhook does not know, by word",
+            ["provider", "status"],
+            registry=registry,
+        )
         self.delivery_attempts = Counter(
             "reelhook_delivery_attempts",
             "Delivery attempts to subscribers, by outcome",
@@ -84,6 +90,11 @@ class Metrics:
     def callback_outcome(self, provider: str, outcome: CallbackOutcome) -> None:
         """A callback observer (see :mod:`service.callback_outcomes`)."""
         self.callbacks.labels(provider=provider, outcome=outcome.value).inc()
+
+    def unknown_status(self, provider: str, word: str) -> None:
+        """Count an unknown status word (from a verified callback; cut to a short label)."""
+        label = "".join(c for c in word.lower() if c.isalnum() or c in "_-")[:32] or "empty"
+        self.unknown_statuses.labels(provider=provider, status=label).inc()
 
     async def refresh(self, conn: aiosqlite.Connection, now: float) -> None:
         """Read the gauges that describe stored state (called at scrape time)."""

@@ -1,5 +1,6 @@
-"""Retention: events, delivery attempts and raw callbacks older than ``REELHOOK_RETENTION`` are
-deleted in the background, in small batches, and the WAL is truncated after each pass.
+"""Retention: events, delivery attempts and raw callbacks (unmatched account-webhook documents
+too) older than ``REELHOOK_RETENTION`` are deleted in the background, in small batches, and the
+WAL is truncated after each pass.
 
 Jobs and subscriptions are kept. A delivery still pending or in flight is never deleted, nor its
 event, nor its attempts, however old. Between passes the task sleeps until the oldest row it kept
@@ -32,6 +33,7 @@ _PASSES: tuple[Pruner, ...] = (
     retention.prune_events,
     retention.prune_attempts,
     retention.prune_callbacks,
+    retention.prune_unmatched,
 )
 
 

@@ -21,9 +21,13 @@ from service.providers.base import (
     InvalidCallback,
     ProviderRequest,
     Refusal,
+    is_kling_document,
     kind_from_message,
+    kling_update,
     load_object,
+    read_status,
     submit_failure,
+    video_urls,
 )
 
 STATUSES: Mapping[str, JobStatus] = {
@@ -64,6 +68,7 @@ def signature(body: bytes, api_key: str) -> str:
 class ApiframeAdapter:
     name = "apiframe"
     holds_request = False
+    account_webhook = False  # webhooks are per job (webhookUrl); no account webhook is documented
 
     def submit_request(self, job: Job, callback_url: str, api_key: str) -> ProviderRequest:
         params = {
@@ -86,7 +91,8 @@ class ApiframeAdapter:
         return str(body["jobId"])
 
     def verify_callback(self, headers: Mapping[str, str], body: bytes, api_key: str) -> None:
-        given = headers.get("x-webhook-signature", "").strip().encode(errors="replace")
+        # Hex is case-insensitive: an uppercase digest (or prefix) is the same signature.
+        given = headers.get("x-webhook-signature", "").strip().lower().encode(errors="replace")
         expected = signature(body, api_key).encode()
         # The SDK accepts the bare hex too.
         if not given or not (
@@ -96,8 +102,13 @@ class ApiframeAdapter:
             raise ForgedCallback("X-Webhook-Signature does not match the body")
 
     def parse_callback(self, body: bytes) -> ProviderUpdate:
+        """Read a webhook. ``result`` may be a URL string (docs-v2), ``{videoUrl}``, ``{url}``,
+        ``{videos: [...]}`` or a bare list; a Kling body passed through is read as Kling's. An
+        unknown status word is read from the rest of the body, never failed by itself."""
         data = load_object(body)
-        job_id = data.get("jobId")
+        if is_kling_document(data):
+            return kling_update(data)
+        job_id = data.get("jobId", data.get("id"))
         if not isinstance(job_id, str):
             raise InvalidCallback("an apiframe webhook needs a string jobId")
         raw_status = data.get("status")
@@ -105,23 +116,27 @@ class ApiframeAdapter:
         status = STATUSES.get(raw_status.strip().upper()) if isinstance(raw_status, str) else None
         if status is None and isinstance(event, str):
             status = EVENTS.get(event.strip().lower())
-        if status is None:
-            raise InvalidCallback(f"unknown apiframe status {raw_status!r} / event {event!r}")
-        outputs: tuple[Output, ...] = ()
-        error = None
-        if status is JobStatus.SUCCEEDED:
-            url = _result_url(data.get("result"))
-            if url is None:
-                raise InvalidCallback("a completed apiframe webhook has no result URL")
-            outputs = (Output(url=url),)
-        elif status is JobStatus.FAILED:
-            error = _error(data.get("error"))
+        word = raw_status if isinstance(raw_status, str) else event
+        if status is None and not isinstance(word, str):
+            raise InvalidCallback("an apiframe webhook needs a status or an event")
+        outputs = tuple(Output(url=url) for url in video_urls(data.get("result")))
+        error = _error(data.get("error")) if data.get("error") else None
+        status, unknown = read_status(status, str(word), outputs, error)
+        word_is_new = isinstance(raw_status, str) and raw_status.strip().upper() not in STATUSES
+        if unknown is None and word_is_new and isinstance(raw_status, str) and raw_status.strip():
+            # Read from the event name, but the status word is still news: noted and counted.
+            unknown = raw_status.strip()[:64]
+        if status is JobStatus.SUCCEEDED and not outputs:
+            raise InvalidCallback("a completed apiframe webhook has no result URL")
+        if status is JobStatus.FAILED and error is None:
+            error = _error(None)
         return ProviderUpdate(
             provider_job_id=job_id,
             status=status,
-            outputs=outputs,
-            error=error,
+            outputs=outputs if status is JobStatus.SUCCEEDED else (),
+            error=error if status is JobStatus.FAILED else None,
             charged=finite_number(data.get("creditCost")),
+            unknown_status=unknown,
         )
 
     def failure(self, status_code: int, body: bytes, headers: Mapping[str, str]) -> Refusal:
@@ -164,19 +179,6 @@ def _error_extra(body: bytes) -> str:
         if isinstance(data.get(key), int | float) and not isinstance(data.get(key), bool):
             parts.append(f"{key} {data[key]}")
     return ", ".join(parts)[:500]
-
-
-def _result_url(result: Any) -> str | None:
-    """``result`` is a URL string in docs-v2 and ``{"videoUrl"}`` (or ``{"videos"}``) elsewhere."""
-    if isinstance(result, str) and result:
-        return result
-    if isinstance(result, dict):
-        if isinstance(result.get("videoUrl"), str):
-            return str(result["videoUrl"])
-        videos = result.get("videos")
-        if isinstance(videos, list) and videos and isinstance(videos[0], str):
-            return videos[0]
-    return None
 
 
 ADAPTER = ApiframeAdapter()

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field, replace
 from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 
-from service.core.jsonutil import InvalidJSON, loads
-from service.core.models import ErrorKind, Job, ProviderUpdate
+from service.core.jsonutil import InvalidJSON, finite_number, loads
+from service.core.models import ErrorKind, Job, JobError, JobStatus, Output, ProviderUpdate
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +62,9 @@ class CallbackAdapter(Protocol):
 
     name: str
     holds_request: bool  # False
+    #: True when the provider can also POST results to one webhook URL set on the account (the
+    #: API key), besides or instead of the per-job callback URL reelhook sends.
+    account_webhook: bool
 
     def submit_request(self, job: Job, callback_url: str, api_key: str) -> ProviderRequest:
         """The provider's own request for ``job``, announcing ``callback_url`` where it can."""
@@ -228,3 +231,102 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     if moment.tzinfo is None:
         return None
     return max(0.0, moment.timestamp() - (time.time() if now is None else now))
+
+
+# Keys under which providers (and the Kling API they front) put a video URL in a result object.
+_URL_KEYS = ("url", "videoUrl", "video_url", "resource_without_watermark", "resource")
+_LIST_KEYS = ("videos", "outputs", "works", "urls", "resultUrls")
+
+
+def video_urls(value: Any, depth: int = 0) -> tuple[str, ...]:
+    """Every http(s) URL in a result of any of the shapes providers use: a string; a list of
+    strings or objects; an object with ``url``/``videoUrl``/``video_url``, or with a list under
+    ``videos``/``outputs``/``works``/``urls``, or a ``video`` object. Order is kept, duplicates
+    dropped. Nesting is bounded (a result is never deep)."""
+    if depth > 4:
+        return ()
+    found: list[str] = []
+    if isinstance(value, str):
+        if value.startswith(("https://", "http://")):
+            found.append(value)
+    elif isinstance(value, list):
+        for item in value[:50]:
+            found.extend(video_urls(item, depth + 1))
+    elif isinstance(value, dict):
+        for key in _URL_KEYS:
+            if isinstance(value.get(key), str) and value[key].startswith(("https://", "http://")):
+                found.append(value[key])
+                break
+        for key in (*_LIST_KEYS, "video", "output", "result", "task_result"):
+            if key in value:
+                found.extend(video_urls(value[key], depth + 1))
+    return tuple(dict.fromkeys(found))
+
+
+KLING_STATUSES: Mapping[str, JobStatus] = {
+    "submitted": JobStatus.SUBMITTED,
+    "processing": JobStatus.RUNNING,
+    "succeed": JobStatus.SUCCEEDED,
+    "failed": JobStatus.FAILED,
+}
+"""Kling's own ``task_status`` words (docs/providers.md, Kling callback protocol)."""
+
+
+def is_kling_document(data: Mapping[str, Any]) -> bool:
+    """Whether ``data`` is Kling's own callback body, which a gateway may pass through."""
+    return "task_id" in data and "task_status" in data
+
+
+def kling_update(data: Mapping[str, Any]) -> ProviderUpdate:
+    """Read Kling's own callback body (``task_id``, ``task_status``, ``task_result.videos[].url``,
+    ``task_status_msg``, ``task_info.external_task_id``, ``final_unit_deduction``)."""
+    task_id = data.get("task_id")
+    word = data.get("task_status")
+    if not isinstance(task_id, str | int) or isinstance(task_id, bool) or not isinstance(word, str):
+        raise InvalidCallback("a Kling document needs a task_id and a string task_status")
+    outputs = tuple(Output(url=url) for url in video_urls(data.get("task_result")))
+    message = data.get("task_status_msg")
+    error = None
+    if isinstance(message, str) and message.strip():
+        error = JobError(kind_from_message(message, ErrorKind.PROVIDER_ERROR), message[:500])
+    status, unknown = read_status(KLING_STATUSES.get(word.strip().lower()), word, outputs, error)
+    if status is JobStatus.SUCCEEDED and not outputs:
+        raise InvalidCallback("a succeeded Kling document has no video URL")
+    if status is JobStatus.FAILED and error is None:
+        error = JobError(ErrorKind.PROVIDER_ERROR, f"Kling reported task_status {word!r}")
+    info = data.get("task_info")
+    external = info.get("external_task_id") if isinstance(info, dict) else None
+    charged = data.get("final_unit_deduction")
+    if isinstance(charged, str):
+        try:
+            charged = float(charged)
+        except ValueError:
+            charged = None
+    return ProviderUpdate(
+        provider_job_id=str(task_id),
+        status=status,
+        outputs=outputs if status is JobStatus.SUCCEEDED else (),
+        error=error if status is JobStatus.FAILED else None,
+        charged=finite_number(charged),
+        unknown_status=unknown,
+        external_id=external if isinstance(external, str) and external else None,
+    )
+
+
+def read_status(
+    known: JobStatus | None, word: str, outputs: tuple[Output, ...], error: JobError | None
+) -> tuple[JobStatus, str | None]:
+    """The status of a document whose status word is ``word`` (``known``: what it means, or None).
+
+    An unknown word never destroys a result (docs/providers.md): with output URLs it is a
+    success, with an error a failure, and otherwise a non-terminal update that leaves the job
+    open. Returns the status and, when the word was unknown, the word (for the notice, the log
+    line and the metric)."""
+    if known is not None:
+        return known, None
+    word = word.strip()[:64] or "(empty)"
+    if outputs:
+        return JobStatus.SUCCEEDED, word
+    if error is not None:
+        return JobStatus.FAILED, word
+    return JobStatus.SUBMITTED, word

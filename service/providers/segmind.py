@@ -37,6 +37,7 @@ _FORWARDED = {
 class SegmindAdapter:
     name = "segmind"
     holds_request = True
+    account_webhook = False  # account webhooks exist only for PixelFlow and fine-tune events
 
     def submit_request(self, job: Job, api_key: str) -> ProviderRequest:
         body = {theirs: job.input[ours] for ours, theirs in _FORWARDED.items() if ours in job.input}

@@ -1,7 +1,12 @@
 """Simulated Segmind v1: the request is held until the video is ready, then answered with mp4 bytes
-and credit headers. Errors are ``{"error": "…"}`` with the model page's status codes (406 is
-"Insufficient Credits"); a 429 carries ``x-rate-limit-reset-at-utc`` and no ``Retry-After``. The
-v2 status endpoints exist only to count polling, which must never happen."""
+and credit headers. Fields and types are checked as the model page lists them
+(docs/seeds/segmind-kling-2.5-turbo.txt), never with reelhook's catalog; ``duration`` is also
+accepted as the string the page's own example sends (``"10"``). Segmind's SDK
+(``segmind.SegmindClient(base_url=…/v1).run_sync("kling-2.5-turbo", …)``) works against it
+unmodified (:func:`~service.sim.simulator.create_provider_app`). Errors are ``{"error": "…"}``
+with the model page's status codes (406 is "Insufficient Credits"); a 429 carries
+``x-rate-limit-reset-at-utc`` and no ``Retry-After``. The v2 status endpoints exist only to
+count polling, which must never happen."""
 
 from __future__ import annotations
 
@@ -43,10 +48,19 @@ def refusal(status: int, retry_after: float | None) -> Response:
     return error(status, _MESSAGES.get(status, "Request failed"), headers)
 
 
+_STRINGS = ("prompt", "negative_prompt", "aspect_ratio", "mode", "image_url", "tail_image_url")
+
+
 def _problem(body: dict[str, Any]) -> str | None:
+    """Why the page's parameter list refuses ``body``, or None. Fields the page does not list
+    are ignored (it is silent on them; an assumption)."""
+    for name in _STRINGS:
+        if name in body and not isinstance(body[name], str):
+            return f"{name} must be a string"
     if not isinstance(body.get("prompt"), str) or not body["prompt"]:
         return "prompt is required"
-    if str(body.get("duration", 10)) not in ("5", "10"):
+    duration = body.get("duration", 10)
+    if isinstance(duration, bool) or str(duration).strip() not in ("5", "10"):
         return "duration must be 5 or 10"
     if body.get("mode", "pro") != "pro":
         return "mode must be pro"
@@ -55,6 +69,9 @@ def _problem(body: dict[str, Any]) -> str | None:
     cfg = body.get("cfg_scale", 0.7)
     if isinstance(cfg, bool) or not isinstance(cfg, int | float) or not 0 <= cfg <= 1:
         return "cfg_scale must be between 0 and 1"
+    for name in ("image_url", "tail_image_url"):
+        if name in body and not body[name].startswith(("https://", "http://")):
+            return f"{name} must be a URI"
     if "tail_image_url" in body and "image_url" not in body:
         return "tail_image_url requires pro mode and image_url"
     return None
@@ -63,7 +80,7 @@ def _problem(body: dict[str, Any]) -> str | None:
 async def generate(sim: Simulator, request: Request) -> Response:
     if request.path_params["model"] not in MODELS:
         return error(404, "Model not found")
-    if not request.headers.get("x-api-key"):
+    if not sim.key_ok("segmind", request.headers.get("x-api-key")):
         return error(401, _MESSAGES[401])
     if "application/json" not in request.headers.get("content-type", ""):
         return error(406, "Content-Type must be application/json")
@@ -86,7 +103,7 @@ async def generate(sim: Simulator, request: Request) -> Response:
     await anyio.sleep(plan.scenario.delay)
     if plan.scenario.outcome != "succeed":
         return error(400, "Prompt flagged by content moderation policy")
-    credits = "0.88" if str(body.get("duration", 10)) == "10" else "0.44"
+    credits = "0.88" if str(body.get("duration", 10)).strip() == "10" else "0.44"
     return Response(
         sim.video,
         media_type="video/mp4",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 import math
 import ssl
@@ -18,13 +19,29 @@ import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Mount, Route
+from starlette.routing import BaseRoute, Host, Mount, Route, Router
 
 log = logging.getLogger(__name__)
 
 OUTCOMES = ("succeed", "fail")
 CALLBACK_MODES = ("normal", "duplicate", "out_of_order", "lost", "forged")
 PROVIDERS = ("trinetra", "apiframe", "segmind")
+# Each provider's real host, so a client (the providers' own SDKs among them) can use the real
+# base URL with its requests routed here (``Host`` header), or the provider's own port
+# (:func:`create_provider_app`); both serve the provider's real path layout.
+HOSTS = {
+    "trinetra": "brahmand-api.bulletshorts.co",
+    "apiframe": "api.apiframe.ai",
+    "segmind": "api.segmind.com",
+}
+# How a success is shaped (docs/providers.md: the readings reelhook must accept). Trinetra:
+# documented (output.outputs[]), url_object (output: {url}), list (outputs: [url]), kling (Kling's
+# own body passed through). apiframe: documented (result: "url"), url_object ({videoUrl}), videos
+# ({videos: [{url}]}), list ([url]), kling.
+RESULT_SHAPES = ("documented", "url_object", "videos", "list", "kling")
+# Where a Trinetra result goes: the per-job callback_url, only the account's webhook_url (set on
+# the API key), or both.
+ROUTES = ("job", "account", "both")
 # A second callback of a duplicate or out-of-order pair follows the first this much later.
 _FOLLOW_UP = 0.05
 
@@ -43,6 +60,10 @@ class Scenario:
     ``out_of_order`` (a progress callback after the terminal one), ``lost`` (the terminal callback
     is never sent) or ``forged`` (callbacks a provider did not sign: a wrong apiframe signature, a
     tampered Trinetra callback token). ``hang``: Segmind holds the request and never answers.
+    ``status_word``: before the end, report progress under this status word (one reelhook does not
+    know, e.g. ``rendering``). ``result_shape``: how a success carries its URL (one of
+    :data:`RESULT_SHAPES`). ``route``: where Trinetra sends the result (:data:`ROUTES`; ``account``
+    and ``both`` need the account's webhook URL, ``PUT /_sim/accounts/trinetra``).
     """
 
     delay: float = 5.0
@@ -53,6 +74,9 @@ class Scenario:
     submit_delay: float = 0.0
     callback: str = "normal"
     hang: bool = False
+    status_word: str | None = None
+    result_shape: str = "documented"
+    route: str = "job"
 
     def updated(self, changes: Mapping[str, Any]) -> Scenario:
         """This scenario with ``changes``; ValueError naming a bad field."""
@@ -91,6 +115,13 @@ def _problem(name: str, value: Any) -> str | None:
         return None if ok else "must be null (always) or a count >= 0"
     if name == "hang":
         return None if isinstance(value, bool) else "must be true or false"
+    if name == "status_word":
+        ok = value is None or (isinstance(value, str) and 0 < len(value) <= 40)
+        return None if ok else "must be null or a word of 1-40 characters"
+    if name == "result_shape":
+        return None if value in RESULT_SHAPES else f"must be one of {', '.join(RESULT_SHAPES)}"
+    if name == "route":
+        return None if value in ROUTES else f"must be one of {', '.join(ROUTES)}"
     return None
 
 
@@ -132,9 +163,22 @@ class Plan:
 
 
 class Simulator:
-    """One simulator for all three providers; enter :meth:`running` before serving requests."""
+    """One simulator for all three providers; enter :meth:`running` before serving requests.
 
-    def __init__(self, scenario: Scenario) -> None:
+    ``api_keys``: the one key each provider accepts (any other is answered as that provider
+    answers a bad key); a provider not named accepts any non-empty key. ``account_webhooks``:
+    the webhook URL set on a provider account (Trinetra: "set a webhook_url on your API key").
+    """
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        *,
+        api_keys: Mapping[str, str] | None = None,
+        account_webhooks: Mapping[str, str] | None = None,
+    ) -> None:
+        self.api_keys = dict(api_keys or {})
+        self.account_webhooks = dict(account_webhooks or {})
         self._initial = scenario
         self._scenario = scenario
         self._failures_left = scenario.submit_failures
@@ -173,6 +217,13 @@ class Simulator:
         self.rules = [r for r in self.rules if (r.match, r.provider) != (match, provider)]
         self.rules.append(rule)
         return rule
+
+    def key_ok(self, provider: str, key: str | None) -> bool:
+        """Whether ``key`` is the account's API key (any non-empty key when none is set)."""
+        if not key:
+            return False
+        expected = self.api_keys.get(provider)
+        return expected is None or hmac.compare_digest(key.encode(), expected.encode())
 
     def reset(self) -> None:
         self.scenario = self._initial
@@ -297,20 +348,58 @@ class Simulator:
             "scenario": asdict(self._scenario),
         }
 
-    def routes(self) -> list[BaseRoute]:
+    def provider_routes(self, provider: str) -> list[BaseRoute]:
+        """``provider``'s own routes, at its real paths."""
         from service.sim import apiframe, segmind, trinetra
 
+        if provider == "trinetra":
+            return trinetra.routes(self)
+        if provider == "apiframe":
+            return apiframe.routes(self)
+        return segmind.routes(self)
+
+    def control_routes(self) -> list[BaseRoute]:
+        """``/_sim/...``: counters, scenarios and account settings."""
         return [
-            Mount("/trinetra", routes=trinetra.routes(self)),
-            Mount("/apiframe", routes=apiframe.routes(self)),
-            Mount("/segmind", routes=segmind.routes(self)),
             Route("/_sim/stats", self._stats_endpoint, methods=["GET"]),
             Route(
                 "/_sim/scenario",
                 self._scenario_endpoint,
                 methods=["GET", "PUT", "POST", "DELETE"],
             ),
+            Route("/_sim/accounts/{provider}", self._account_endpoint, methods=["GET", "PUT"]),
         ]
+
+    def routes(self) -> list[BaseRoute]:
+        """Each provider under its own host name (its real base URL, routed here) and under
+        ``/{provider}`` (one port for all three), plus the control routes."""
+        return [
+            *(Host(HOSTS[name], Router(self.provider_routes(name))) for name in PROVIDERS),
+            *(Mount(f"/{name}", routes=self.provider_routes(name)) for name in PROVIDERS),
+            *self.control_routes(),
+        ]
+
+    async def _account_endpoint(self, request: Request) -> Response:
+        """GET: the account's settings. PUT ``{"webhook_url": "…" | null}``: set the webhook URL
+        of the account, as an operator does in the provider's dashboard."""
+        provider = request.path_params["provider"]
+        if provider not in PROVIDERS:
+            return JSONResponse({"error": f"no provider {provider!r}"}, status_code=404)
+        if request.method == "PUT":
+            try:
+                body = await request.json()
+            except ValueError:
+                body = None
+            url = body.get("webhook_url") if isinstance(body, dict) else ""
+            if url is not None and not (isinstance(url, str) and url.startswith("http")):
+                return JSONResponse(
+                    {"error": "webhook_url must be an http(s) URL or null"}, status_code=400
+                )
+            if url is None:
+                self.account_webhooks.pop(provider, None)
+            else:
+                self.account_webhooks[provider] = url
+        return JSONResponse({"webhook_url": self.account_webhooks.get(provider)})
 
     def _describe(self) -> dict[str, Any]:
         return {"scenario": asdict(self._scenario), "rules": [r.describe() for r in self.rules]}
@@ -349,7 +438,8 @@ class Simulator:
 
 
 def create_sim_app(simulator: Simulator) -> Starlette:
-    """A standalone simulator app: ``/trinetra``, ``/apiframe``, ``/segmind`` and ``/_sim``."""
+    """A standalone simulator app: ``/trinetra``, ``/apiframe``, ``/segmind`` and ``/_sim``, and
+    each provider at its real paths under its real host name."""
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -359,6 +449,19 @@ def create_sim_app(simulator: Simulator) -> Starlette:
     return Starlette(routes=simulator.routes(), lifespan=lifespan)
 
 
+def create_provider_app(simulator: Simulator, provider: str) -> Starlette:
+    """One provider on a port of its own, at its real path layout (``/v1/kling-2.5-turbo`` for
+    Segmind): point a provider's own SDK's base URL here and it works unmodified."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with simulator.running():
+            yield
+
+    routes = [*simulator.provider_routes(provider), *simulator.control_routes()]
+    return Starlette(routes=routes, lifespan=lifespan)
+
+
 def callback_steps(scenario: Scenario, *, progress: bool) -> list[tuple[float, str]]:
     """When each callback of a job goes out, as ``(seconds after submit, kind)``.
 
@@ -366,7 +469,11 @@ def callback_steps(scenario: Scenario, *, progress: bool) -> list[tuple[float, s
     ``progress``: whether the provider reports progress before the end (apiframe does).
     """
     delay = scenario.delay
-    before = [(delay / 2, "progress")] if progress else []
+    # Several progress reports (apiframe sends one per progress change), or one under an unknown
+    # status word when the scenario asks for it.
+    before = [(delay * share, "progress") for share in (0.5, 0.65, 0.8)] if progress else []
+    if scenario.status_word is not None and not before:
+        before = [(delay / 2, "progress")]
     mode = scenario.callback
     if mode == "duplicate":
         return [*before, (delay, "terminal"), (delay + _FOLLOW_UP, "terminal")]

@@ -193,6 +193,8 @@ async def promote_queued(conn: aiosqlite.Connection, sub_ids: Sequence[str], now
             (now, now, sub_id, sub_id),
         )
         promoted += cursor.rowcount
+    if promoted:
+        announce(conn, Work.DELIVERIES)
     return promoted
 
 
@@ -212,6 +214,8 @@ async def release_queue(conn: aiosqlite.Connection, sub_id: str, now: float) -> 
         "updated_at = ? WHERE subscription_id = ? AND status = 'queued'",
         (now, now, sub_id),
     )
+    if cursor.rowcount > 0:
+        announce(conn, Work.DELIVERIES)
     return cursor.rowcount
 
 
@@ -371,11 +375,14 @@ async def list_page(
     status: str | None = None,
     event_id: str | None = None,
     job_id: str | None = None,
+    event_type: str | None = None,
+    created_since: float | None = None,
+    created_until: float | None = None,
     before_id: str | None = None,
     limit: int,
 ) -> list[Delivery]:
     """Deliveries newest first, filtered; ``owner_key_id`` limits them to that key's
-    subscriptions (None: everyone's)."""
+    subscriptions (None: everyone's); ``created_since`` inclusive, ``created_until`` not."""
     clauses: list[str] = []
     params: list[Any] = []
     if owner_key_id is not None:
@@ -387,10 +394,17 @@ async def list_page(
         ("d.status", status),
         ("d.event_id", event_id),
         ("e.job_id", job_id),
+        ("e.type", event_type),
     ):
         if value is not None:
             clauses.append(f"{column} = ?")
             params.append(value)
+    if created_since is not None:
+        clauses.append("d.created_at >= ?")
+        params.append(created_since)
+    if created_until is not None:
+        clauses.append("d.created_at < ?")
+        params.append(created_until)
     if before_id is not None:
         clauses.append("d.id < ?")
         params.append(before_id)

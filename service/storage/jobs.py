@@ -11,12 +11,12 @@ from typing import Any
 import aiosqlite
 
 from service.core.jsonutil import dumps
-from service.core.models import Cost, Job, JobError, JobStatus, Output
+from service.core.models import Cost, Job, JobError, JobStatus, Notice, Output
 from service.storage.announcements import Work, announce
 
 _COLUMNS = (
     "id, owner_key_id, model, provider, provider_job_id, status, input, outputs, error, cost, "
-    "metadata, created_at, submitted_at, completed_at, deadline_at"
+    "metadata, created_at, submitted_at, completed_at, deadline_at, notices"
 )
 
 
@@ -38,12 +38,14 @@ def _from_row(row: sqlite3.Row) -> Job:
         submitted_at=row["submitted_at"],
         completed_at=row["completed_at"],
         deadline_at=row["deadline_at"],
+        notices=tuple(Notice.from_dict(n) for n in json.loads(row["notices"])),
     )
 
 
+# A new job has no notices yet: the column's default ('[]') fills it.
 _INSERT = (
-    f"INSERT INTO jobs ({_COLUMNS}, idempotency_key, request_hash, updated_at) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    f"INSERT INTO jobs ({_COLUMNS.removesuffix(', notices')}, idempotency_key, request_hash, "
+    "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -98,6 +100,7 @@ def _mutable(job: Job, now: float) -> tuple[Any, ...]:
         dumps(job.cost.to_dict()),
         job.submitted_at,
         job.completed_at,
+        dumps([n.to_dict() for n in job.notices]),
         now,
         job.id,
     )
@@ -105,7 +108,7 @@ def _mutable(job: Job, now: float) -> tuple[Any, ...]:
 
 _UPDATE = (
     "UPDATE jobs SET provider_job_id = ?, status = ?, outputs = ?, error = ?, cost = ?, "
-    "submitted_at = ?, completed_at = ?, updated_at = ? WHERE id = ?"
+    "submitted_at = ?, completed_at = ?, notices = ?, updated_at = ? WHERE id = ?"
 )
 
 
@@ -212,14 +215,82 @@ class CallbackRecord:
     received_at: float
     outcome: str
     body: bytes
+    #: ``job`` (the per-job token URL), ``account`` (the provider account's webhook) or ``held``.
+    route: str = "job"
 
 
 async def record_callbacks(conn: aiosqlite.Connection, records: Iterable[CallbackRecord]) -> None:
     await conn.executemany(
-        "INSERT INTO callbacks (job_id, provider, received_at, outcome, body) "
-        "VALUES (?, ?, ?, ?, ?)",
-        ((r.job_id, r.provider, r.received_at, r.outcome, r.body) for r in records),
+        "INSERT INTO callbacks (job_id, provider, received_at, outcome, body, route) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        ((r.job_id, r.provider, r.received_at, r.outcome, r.body, r.route) for r in records),
     )
+
+
+async def find_for_provider(
+    conn: aiosqlite.Connection, provider: str, *, job_id: str | None, provider_job_id: str | None
+) -> str | None:
+    """The id of ``provider``'s job that is ``job_id`` (reelhook's id, echoed by the provider as
+    its external id) or, failing that, has ``provider_job_id``; None when neither names one."""
+    if job_id:
+        rows = await conn.execute_fetchall(
+            "SELECT id FROM jobs WHERE id = ? AND provider = ?", (job_id, provider)
+        )
+        if rows:
+            return str(next(iter(rows))[0])
+    if provider_job_id:
+        rows = await conn.execute_fetchall(
+            "SELECT id FROM jobs WHERE provider = ? AND provider_job_id = ?",
+            (provider, provider_job_id),
+        )
+        if rows:
+            return str(next(iter(rows))[0])
+    return None
+
+
+async def record_unmatched(
+    conn: aiosqlite.Connection,
+    *,
+    provider: str,
+    provider_job_id: str | None,
+    received_at: float,
+    reason: str,
+    body: bytes,
+) -> None:
+    """Keep an account-webhook body that names no known job, for audit and a later match."""
+    await conn.execute(
+        "INSERT INTO unmatched_callbacks (provider, provider_job_id, received_at, reason, body) "
+        "VALUES (?, ?, ?, ?, ?)",
+        (provider, provider_job_id, received_at, reason[:500], body),
+    )
+
+
+async def claim_unmatched(
+    conn: aiosqlite.Connection, provider: str, provider_job_id: str, job_id: str
+) -> list[bytes]:
+    """The unmatched bodies naming ``provider_job_id``, oldest first, now matched to ``job_id``."""
+    rows = list(
+        await conn.execute_fetchall(
+            "SELECT id, body FROM unmatched_callbacks "
+            "WHERE provider = ? AND provider_job_id = ? AND matched_job_id IS NULL ORDER BY id",
+            (provider, provider_job_id),
+        )
+    )
+    if rows:
+        await conn.executemany(
+            "UPDATE unmatched_callbacks SET matched_job_id = ? WHERE id = ?",
+            ((job_id, row[0]) for row in rows),
+        )
+    return [bytes(row[1]) for row in rows]
+
+
+async def count_unmatched(conn: aiosqlite.Connection, provider: str | None = None) -> int:
+    """Unmatched account-webhook bodies still waiting for their job."""
+    sql = "SELECT count(*) FROM unmatched_callbacks WHERE matched_job_id IS NULL"
+    rows = await conn.execute_fetchall(
+        sql + (" AND provider = ?" if provider else ""), (provider,) if provider else ()
+    )
+    return int(next(iter(rows))[0])
 
 
 _UNFINISHED = tuple(status.value for status in JobStatus if not status.terminal)

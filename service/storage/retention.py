@@ -136,3 +136,24 @@ async def prune_callbacks(
     keys = [key for key, _ in old]
     cursor = await conn.execute(f"DELETE FROM callbacks WHERE id IN ({_marks(keys)})", keys)
     return Batch({"callbacks": cursor.rowcount}, last, young_at, finished)
+
+
+async def prune_unmatched(
+    conn: aiosqlite.Connection, *, cutoff: float, after: int, limit: int
+) -> Batch:
+    """Delete account-webhook documents received before ``cutoff`` that never found their job
+    (or were applied long ago): by then no submit answer will record their provider job id."""
+    old, last, young_at, finished = await _walk(
+        conn,
+        "SELECT id, id, received_at FROM unmatched_callbacks WHERE id > ? ORDER BY id LIMIT ?",
+        after,
+        cutoff,
+        limit,
+    )
+    if not old:
+        return Batch({}, last, young_at, finished)
+    keys = [key for key, _ in old]
+    cursor = await conn.execute(
+        f"DELETE FROM unmatched_callbacks WHERE id IN ({_marks(keys)})", keys
+    )
+    return Batch({"unmatched_callbacks": cursor.rowcount}, last, young_at, finished)

@@ -69,11 +69,14 @@ async def claim_due(
     marks = ", ".join("?" for _ in providers)
     rows: list[tuple[float, str, int]] = []
     for status in statuses:
+        # The status is written into the SQL (an enum value, never input) so that SQLite can
+        # use the partial index made for it.
         async with conn.execute(
             "SELECT id, submit_attempts, next_submit_at FROM jobs "
-            f"WHERE status = ? AND next_submit_at <= ? AND provider IN ({marks}) "
+            f"WHERE status = '{status.value}' AND next_submit_at IS NOT NULL "
+            f"AND next_submit_at <= ? AND provider IN ({marks}) "
             "ORDER BY next_submit_at LIMIT ?",
-            (status.value, now, *providers, limit),
+            (now, *providers, limit),
         ) as cursor:
             rows += [(row[2], row[0], int(row[1]) + 1) for row in await cursor.fetchall()]
     rows = sorted(rows)[:limit]
@@ -96,12 +99,14 @@ async def next_due_at(
     if not providers or not statuses:
         return None
     marks = ", ".join("?" for _ in providers)
-    # One MIN per status: each can use its index, where ``status IN (...)`` could not.
+    # One MIN per status, its value written into the SQL (an enum value, never input): each can
+    # use its partial index (jobs_submit_due, jobs_resend_due), where ``status IN (?)`` could not.
     per_status = " UNION ALL ".join(
-        f"SELECT MIN(next_submit_at) AS t FROM jobs WHERE status = ? AND provider IN ({marks})"
-        for _ in statuses
+        f"SELECT MIN(next_submit_at) AS t FROM jobs WHERE status = '{status.value}' "
+        f"AND next_submit_at IS NOT NULL AND provider IN ({marks})"
+        for status in statuses
     )
-    params = [value for status in statuses for value in (status.value, *providers)]
+    params = [provider for _ in statuses for provider in providers]
     async with conn.execute(f"SELECT MIN(t) FROM ({per_status})", params) as cursor:
         row = await cursor.fetchone()
     return float(row[0]) if row and row[0] is not None else None

@@ -9,6 +9,17 @@
     });
   });
 
+  // Copy buttons: data-copy names the element whose text goes to the clipboard.
+  document.querySelectorAll("button[data-copy]").forEach(function (button) {
+    button.addEventListener("click", function () {
+      var source = document.querySelector(button.getAttribute("data-copy"));
+      if (!source || !navigator.clipboard) return;
+      navigator.clipboard.writeText(source.textContent.trim()).then(function () {
+        button.textContent = "Copied";
+      });
+    });
+  });
+
   var body = document.body;
   var streamUrl = body.getAttribute("data-stream");
   if (!streamUrl || !window.EventSource) return;
