@@ -690,7 +690,7 @@ def test_keys_create_list_revoke(service: Service, cli: Callable[..., Ran]) -> N
 def test_cancel_a_job_and_its_late_result_changes_nothing(
     service: Service, cli: Callable[..., Ran]
 ) -> None:
-    with httpx.Client(trust_env=False) as http:
+    with httpx.Client(trust_env=False, headers={"X-API-Key": ADMIN_KEY}) as http:
         rule = {"match": "cancel-me", "delay": 1.0}
         assert http.post(f"{service.url}/sim/_sim/scenario", json=rule).status_code == 201
         submitted = cli("submit", "trinetra/kling-v3", "cancel-me", service=service)
