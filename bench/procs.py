@@ -8,11 +8,17 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+
+
+class LoadTimedOut(RuntimeError):
+    """The load generator did not finish in time (the server could not keep up)."""
 
 
 def free_port() -> int:
@@ -44,6 +50,10 @@ class Process:
             except OSError:
                 time.sleep(0.05)
         raise RuntimeError(f"{self.name} did not listen on port {self.port} within {within} s")
+
+    def cpu(self) -> CpuTimes:
+        """CPU seconds used so far, read from /proc (see :func:`cpu_times`)."""
+        return cpu_times(self.popen.pid)
 
     def rss_mb(self) -> float:
         """Resident set size of the process, in MiB."""
@@ -77,6 +87,35 @@ class Process:
         self.stop()
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class CpuTimes:
+    """CPU seconds (user + system) of a process: all its threads, and its main thread (the
+    event loop's, for reelhook and the sink); the rest is aiosqlite's and other threads'."""
+
+    total: float
+    main: float
+
+    def __sub__(self, other: CpuTimes) -> CpuTimes:
+        return CpuTimes(self.total - other.total, self.main - other.main)
+
+
+def _stat_seconds(path: Path) -> float:
+    # Fields after the command name (which may contain spaces): utime and stime are 14 and 15.
+    fields = path.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def cpu_times(pid: int) -> CpuTimes:
+    """Per /proc: the whole thread group (finished threads included) and the main thread."""
+    return CpuTimes(
+        total=_stat_seconds(Path(f"/proc/{pid}/stat")),
+        main=_stat_seconds(Path(f"/proc/{pid}/task/{pid}/stat")),
+    )
+
+
 def python(*args: str) -> list[str]:
     return [sys.executable, *args]
 
@@ -104,15 +143,27 @@ def start_service(env: dict[str, str], log: Path) -> Process:
     return service
 
 
-def run_load(spec: dict[str, Any]) -> dict[str, Any]:
-    """Run the load generator as its own process and return its JSON result."""
-    done = subprocess.run(
-        python("-m", "bench.load", json.dumps(spec)),
-        capture_output=True,
-        check=False,
-        timeout=300,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"load generator failed: {done.stderr.decode()[-2000:]}")
-    result: dict[str, Any] = json.loads(done.stdout)
+def run_load(spec: dict[str, Any], *, timeout: float = 300) -> dict[str, Any]:
+    """Run the load generator as its own process and return its JSON result (which includes
+    the CPU seconds the generator used, ``cpu_s``).
+
+    The result comes back through a file, not a pipe: a large result written to a pipe under
+    ``PYTHONUNBUFFERED=1`` was cut at 131,072 bytes.
+    """
+    with tempfile.TemporaryDirectory(prefix="reelhook-load-") as folder:
+        out = Path(folder) / "result.json"
+        with subprocess.Popen(
+            python("-m", "bench.load", json.dumps({**spec, "result_path": str(out)})),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        ) as child:
+            try:
+                _, stderr = child.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+                raise LoadTimedOut(f"the load did not finish within {timeout:.0f} s") from None
+        if child.returncode != 0:
+            raise RuntimeError(f"load generator failed: {stderr.decode()[-2000:]}")
+        result: dict[str, Any] = json.loads(out.read_text())
     return result

@@ -44,6 +44,24 @@ def _number(value: float | None, unit: str = "") -> str:
     return f"{text} {unit}".strip()
 
 
+def _cpu(per_item: dict[str, float]) -> str:
+    """``reelhook 150 (loop 110 + threads 40) · load 60 · sink 30``; — when not measured."""
+    if not per_item:
+        return "—"
+    parts = []
+    for name, value in per_item.items():
+        if name in ("reelhook loop", "reelhook threads"):
+            continue
+        text = f"{name} {value:,.0f}"
+        if name == "reelhook" and "reelhook loop" in per_item:
+            text += (
+                f" (loop {per_item['reelhook loop']:,.0f} + "
+                f"threads {per_item['reelhook threads']:,.0f})"
+            )
+        parts.append(text)
+    return " · ".join(parts)
+
+
 def markdown(result: dict[str, Any]) -> str:
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(result["started_at"]))
     box = result["machine"]
@@ -60,16 +78,38 @@ def markdown(result: dict[str, Any]) -> str:
         f"p50 {result['fsync']['p50_us']:.0f} µs, p99 {result['fsync']['p99_us']:.0f} µs.",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in result["versions"].items()) + ".",
         "",
-        "| figure | reelhook | bare baseline | ratio | target | met |",
-        "|---|---|---|---|---|---|",
+        *(
+            [
+                f"**Incomplete run**: stopped by {result['failed']}; the figures below are those",
+                "measured before it.",
+                "",
+            ]
+            if result.get("failed")
+            else []
+        ),
+        "CPU µs per item is read from /proc for each process (reelhook split into its event-loop",
+        "thread and its other threads, mostly aiosqlite's); it moves far less than throughput when",
+        "neighbours share the machine.",
+        "",
+        "| figure | reelhook | bare baseline | ratio | CPU µs/item | target | met |",
+        "|---|---|---|---|---|---|---|",
     ]
     for figure in result["figures"]:
         ratio = f"{figure['ratio'] * 100:.0f} %" if figure["ratio"] is not None else "—"
         lines.append(
             f"| {figure['name']} | {_number(figure['value'], figure['unit'])} | "
-            f"{_number(figure['baseline'], figure['unit'])} | {ratio} | {figure['target']} | "
+            f"{_number(figure['baseline'], figure['unit'])} | {ratio} | "
+            f"{_cpu(figure.get('cpu_us') or {})} | {figure['target']} | "
             f"{'yes' if figure['met'] else '**no**'} |"
         )
+    capped = [f for f in result["figures"] if f.get("baseline_cap")]
+    if capped:
+        lines += ["", "## What caps each bare baseline", ""]
+        for figure in capped:
+            lines.append(
+                f"- {figure['name']}: {_number(figure['baseline'], figure['unit'])}, capped by "
+                f"{figure['baseline_cap']}; CPU µs/item {_cpu(figure['baseline_cpu_us'])}."
+            )
     missed = [f for f in result["figures"] if not f["met"]]
     if missed:
         lines += ["", "## Targets missed, and by how much", ""]

@@ -1,11 +1,13 @@
 """A minimal subscriber for the benchmarks: answers 204 and records what arrived and when.
 
 Plain ASGI under uvicorn (httptools, uvloop) so the sink costs as little CPU as possible. Paths
-under ``/lag/`` also record the job id of the event, for end-to-end lag.
+under ``/lag/`` also record the job id of the event, for end-to-end lag; paths under ``/slow/``
+answer after a second and are not recorded.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 import time
@@ -35,6 +37,11 @@ class Sink:
             return
         if path == "/_reset":
             self.records.clear()
+            await _reply(send, 204, b"")
+            return
+        if path.startswith("/slow/"):
+            # A subscriber that is slow but succeeding: every answer takes a second.
+            await asyncio.sleep(1)
             await _reply(send, 204, b"")
             return
         received = time.time()

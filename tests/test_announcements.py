@@ -11,12 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from service.core.ids import new_id
 from service.core.models import SubscriptionStatus
-from service.storage import events, jobs, submissions, subscriptions
+from service.storage import deliveries, events, jobs, submissions, subscriptions
 from service.storage.announcements import Work
 from service.storage.database import Database
 from service.storage.events import NewEvent
 from tests.helpers.jobs import NOW, make_job, store
+from tests.test_claim import subscription_row
 
 pytestmark = pytest.mark.anyio
 
@@ -99,3 +101,36 @@ async def test_a_claim_moving_a_submit_later_wakes_no_one(db: Database) -> None:
     async with db.transaction() as conn:
         await submissions.schedule(conn, claimed[0][0].id, next_at=NOW + 5)
     assert heard == Counter({Work.SUBMITS: 1})
+
+
+async def test_an_event_with_deliveries_announces_them_and_a_claim_wakes_no_one(
+    db: Database,
+) -> None:
+    async with db.transaction() as conn:
+        for sub_id in ("sub_a", "sub_b", "sub_c"):
+            await subscriptions.insert(conn, subscription_row(sub_id))
+    heard = listen(db)
+    async with db.transaction() as conn:
+        await events.append(
+            conn,
+            [
+                events.NewEvent(
+                    id=new_id("evt"),
+                    type="ping",
+                    job_id=None,
+                    created_at=NOW,
+                    payload=b"{}",
+                    subscription_ids=["sub_a", "sub_b", "sub_c"],
+                    first_attempt_at=NOW,
+                )
+            ],
+        )
+    # One commit, one wake-up per kind, however many subscribers the event fans out to.
+    assert heard == Counter({Work.EVENTS: 1, Work.DELIVERIES: 1})
+    heard.clear()
+    async with db.transaction(durable=False) as conn:
+        claimed = await deliveries.claim_due(
+            conn, now=NOW, lease_until=NOW + 60, rooms={"sub_a": 1, "sub_b": 1}
+        )
+    assert len(claimed) == 2
+    assert heard == Counter()

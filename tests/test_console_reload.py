@@ -156,6 +156,7 @@ async def test_reloading_any_page_a_post_reached_does_nothing_twice(
 
         # Sign out.
         await page.get_by_role("button", name="Sign out").click()
+        await expect(page.locator("p.notice")).to_contain_text("signed out")
         await reload_is_a_get(page)
         await expect(page.get_by_label("API key")).to_be_visible()
 

@@ -75,17 +75,14 @@ async def publish(conn: aiosqlite.Connection, count: int, at: float, subs: list[
 
 
 async def claim(db: Database, now: float, busy: dict[str, int] | None = None) -> list[Claimed]:
+    """A claim as the dispatcher makes one: what is due, sized by ``busy`` (8 each at most)."""
+    busy = busy or {}
+    ready = await deliveries.due_subscriptions(
+        db.reader, skip=[sub for sub, n in busy.items() if n >= 8], now=now, cap=8, limit=100
+    )
+    rooms = deliveries.rooms_for(ready, busy, per_subscription=8, limit=100)
     async with db.transaction() as conn:
-        claimed, _ = await deliveries.claim_due(
-            conn,
-            now=now,
-            lease_until=now + 60,
-            limit=100,
-            per_subscription=8,
-            busy=busy or {},
-            refill_below=8,
-        )
-    return claimed
+        return await deliveries.claim_due(conn, now=now, lease_until=now + 60, rooms=rooms)
 
 
 async def finish(db: Database, delivery: Claimed, at: float, status: str, **more: Any) -> None:

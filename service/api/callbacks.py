@@ -3,11 +3,13 @@ inbound provider webhooks, verified and applied by :class:`service.jobs.callback
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterable, Mapping
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from service.api.operation import Param, Reply, operation
-from service.app.services import services
+from service.app.services import Services, services
 from service.jobs.callbacks import account_adapter
 from service.jobs.lifecycle import Outcome
 from service.providers import CALLBACK_ADAPTERS
@@ -48,12 +50,27 @@ async def receive_callback(request: Request) -> Response:
     """Where providers deliver job updates; reelhook puts this URL in each submit. The token in
     the path is the credential: it is verified, then the provider's signature, then that the
     body names the stored job, before anything is stored."""
-    job, outcome = await services(request).callbacks.receive(
+    return await answer_callback(
+        services(request),
         request.path_params["provider"],
         request.path_params["token"],
         request.headers,
         request.stream(),
-        request.headers.get("content-length"),
+    )
+
+
+async def answer_callback(
+    state: Services,
+    provider: str,
+    token: str,
+    headers: Mapping[str, str],
+    chunks: AsyncIterable[bytes],
+) -> Response:
+    """The callback route's answer, for the routed handler above and for the lean ASGI path in
+    front of the framework (:mod:`service.api.fastpath`); raises the :class:`ReelhookError` to
+    answer with when the callback is rejected."""
+    job, outcome = await state.callbacks.receive(
+        provider, token, headers, chunks, headers.get("content-length")
     )
     return JSONResponse({"received": True, "job_id": job.id, "outcome": outcome.value})
 

@@ -33,6 +33,7 @@ from service.api.errors import (
     handle_storage_error,
     handle_unexpected,
 )
+from service.api.fastpath import CallbackFastPath
 from service.app import bootstrap, startup_checks
 from service.app.services import Services, Workers
 from service.app.settings import Settings
@@ -187,7 +188,8 @@ def create_app(
                 shared.feed.close()
                 tasks.cancel_scope.cancel()
 
-    middleware = []
+    # Provider callbacks, the hottest route, skip the router (docs/performance.md §4).
+    middleware = [Middleware(CallbackFastPath)]
     if settings.cors_origins:
         # Browsers on these origins may call the API and open the event stream. Credentials
         # (cookies) are never allowed cross-origin: the console's session stays same-origin.
@@ -294,6 +296,7 @@ def _wire(settings: Settings, clock: Clock, opened: Opened, shared: Shared) -> S
         publisher=publisher,
         disable_after=settings.disable_after,
         shutdown_grace=settings.shutdown_grace,
+        observe_claim=shared.metrics.claim_duration.observe,
         renderer=renderer,
     )
 

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
+
+import orjson
+
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
 
 
 class InvalidJSON(ValueError):
@@ -22,7 +27,23 @@ def dumps_bytes(value: Any) -> bytes:
 
 
 def loads(data: bytes) -> Any:
-    """Parse ``data``; raise :class:`InvalidJSON` with a readable reason."""
+    """Parse ``data``; raise :class:`InvalidJSON` with a readable reason.
+
+    orjson parses first (about a quarter of the stdlib's time per callback body); it refuses
+    NaN, Infinity, numbers that overflow to infinity, invalid UTF-8 and lone surrogates, so what
+    it accepts reelhook accepts too. Anything it refuses goes through the stdlib parser below,
+    which decides, with its own readable reason; so do bodies with a 19-digit run, since orjson
+    turns integers past 64 bits into floats where the stdlib keeps them exact.
+    """
+    if not _LONG_DIGITS.search(data):
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass
+    return _stdlib_loads(data)
+
+
+def _stdlib_loads(data: bytes) -> Any:
     try:
         value = json.loads(data, parse_constant=_reject_constant)
     except UnicodeDecodeError:

@@ -14,9 +14,11 @@ seconds to finish, records them, and hands the leases of the rest back for the n
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import random
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -24,7 +26,6 @@ from functools import partial
 
 import aiosqlite
 import anyio
-import anyio.abc
 
 from service.core.clock import Clock, isoformat
 from service.core.models import DeliveryStatus
@@ -67,6 +68,7 @@ class Dispatcher:
         disable_after: float = 0.0,
         shutdown_grace: float = 0.0,
         rng: Callable[[], float] = random.random,
+        observe_claim: Callable[[float], None] = lambda seconds: None,
         renderer: Renderer | None = None,
     ) -> None:
         self._db = db
@@ -79,8 +81,13 @@ class Dispatcher:
         self._disable_after = disable_after
         self._shutdown_grace = shutdown_grace
         self._rng = rng
+        self._observe_claim = observe_claim
         self._renderer = renderer or Renderer()
         self._wakeup = Wakeup()
+        # Plain asyncio primitives on the per-delivery path: anyio's CapacityLimiter, Event (which
+        # asks sniffio for the backend on every creation) and start_soon cost ~60 µs of event-loop
+        # time per delivery, a third of it (docs/performance.md §4). Events are cleared, not
+        # replaced.
         self._outcomes: list[AttemptOutcome] = []
         self._outcomes_ready = Wakeup()
         self._record_backoff = Backoff(1.0, 30.0)
@@ -92,12 +99,13 @@ class Dispatcher:
         # of a small shared probation pool (see service.delivery.fairness).
         self._busy: Counter[str] = Counter()
         self._lanes = Lanes(per_subscription=per_subscription, concurrency=concurrency)
-        self._sends = anyio.CapacityLimiter(concurrency)
+        self._sends = asyncio.Semaphore(concurrency)
+        self._senders: set[asyncio.Task[None]] = set()
         self._claim_limit = concurrency * PREFETCH
         self._prefetch = per_subscription * PREFETCH
         # A subscription is topped up once fewer than this many of its deliveries are claimed.
         self._refill_below = max(1, self._prefetch // 2)
-        self._slot_freed = anyio.Event()
+        self._slot_freed = asyncio.Event()
         # Claimed deliveries whose outcome has not arrived: released, not lost, at shutdown.
         self._unfinished: set[str] = set()
         self._stop_requested = anyio.Event()
@@ -123,28 +131,32 @@ class Dispatcher:
         self.running = True
         try:
             await self._release_previous_leases()
-            async with anyio.create_task_group() as senders:
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(
-                        run_worker,
-                        "the outcome recorder",
-                        self._record_outcomes,
-                        self._outcomes_ready,
-                    )
-                    tg.start_soon(
-                        run_worker,
-                        "the dispatcher",
-                        partial(self._dispatch_once, senders),
-                        self._wakeup,
-                    )
-                    await self._stop_requested.wait()
-                    tg.cancel_scope.cancel()
-                with anyio.move_on_after(self._shutdown_grace):
-                    while self._sending:
-                        await self._slot_freed.wait()
-                if self._in_flight:
-                    log.info("shutdown: releasing %d unfinished deliveries", self._in_flight)
-                senders.cancel_scope.cancel()
+            async with asyncio.TaskGroup() as senders:
+                try:
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(
+                            run_worker,
+                            "the outcome recorder",
+                            self._record_outcomes,
+                            self._outcomes_ready,
+                        )
+                        tg.start_soon(
+                            run_worker,
+                            "the dispatcher",
+                            partial(self._dispatch_once, senders),
+                            self._wakeup,
+                        )
+                        await self._stop_requested.wait()
+                        tg.cancel_scope.cancel()
+                    with anyio.move_on_after(self._shutdown_grace):
+                        while self._sending:
+                            self._slot_freed.clear()
+                            await self._slot_freed.wait()
+                    if self._in_flight:
+                        log.info("shutdown: releasing %d unfinished deliveries", self._in_flight)
+                finally:
+                    for task in self._senders:
+                        task.cancel()
         finally:
             self.running = False
             with anyio.CancelScope(shield=True), anyio.move_on_after(_FINAL_WRITE_TIMEOUT):
@@ -176,38 +188,55 @@ class Dispatcher:
         else:
             self._unfinished.difference_update(unfinished)
 
-    async def _dispatch_once(self, senders: anyio.abc.TaskGroup) -> float | None:
+    async def _dispatch_once(self, senders: asyncio.TaskGroup) -> float | None:
         """Claim what is due and start sending it; return how long to sleep."""
         capacity = self._claim_limit - self._in_flight
+        # Saturated subscriptions are left out before anything is read: their rows are never
+        # walked, and a wake-up while only they have work due takes no write lock at all.
+        saturated = [sub for sub, count in self._busy.items() if count >= self._refill_below]
+        # Subscriptions on probation (they timed out) claim at most their cap (fairness.py).
+        caps = self._probation_caps()
+        saturated += [
+            sub
+            for sub, cap in caps.items()
+            if self._busy.get(sub, 0) >= cap and self._busy.get(sub, 0) < self._refill_below
+        ]
         # Asked of the reader first: a wake-up with nothing due (a batch of callbacks no one
         # subscribes to) must not take the write lock from the writers that have work.
-        due = await deliveries.next_due_at(self._db.reader)
-        if capacity > 0 and due is not None and due <= self._clock():
-            now = self._clock()
+        now = self._clock()
+        ready = await deliveries.due_subscriptions(
+            self._db.reader, skip=saturated, now=now, cap=self._prefetch, limit=max(1, capacity)
+        )
+        rooms = deliveries.rooms_for(
+            ready, self._busy, per_subscription=self._prefetch, limit=capacity
+        )
+        for sub, cap in caps.items():
+            if sub in rooms:
+                room = min(rooms[sub], cap - self._busy.get(sub, 0))
+                if room > 0:
+                    rooms[sub] = room
+                else:
+                    del rooms[sub]
+        if rooms:
             async with self._db.transaction(durable=False) as conn:
-                claimed, more = await deliveries.claim_due(
-                    conn,
-                    now=now,
-                    lease_until=now + self._lease,
-                    limit=capacity,
-                    per_subscription=self._prefetch,
-                    refill_below=self._refill_below,
-                    busy=self._busy,
-                    caps=self._probation_caps(),
+                started = time.perf_counter()
+                claimed = await deliveries.claim_due(
+                    conn, now=now, lease_until=now + self._lease, rooms=rooms
                 )
+                self._observe_claim(time.perf_counter() - started)
             for delivery in claimed:
                 sub = delivery.subscription_id
                 self._in_flight += 1
                 self._busy[sub] += 1
                 self._unfinished.add(delivery.id)
-                senders.start_soon(self._deliver, delivery)
-            if len(claimed) == capacity or more:
-                return 0  # more may be due at once
+                task = senders.create_task(self._deliver(delivery))
+                self._senders.add(task)
+                task.add_done_callback(self._senders.discard)
             if claimed:
-                due = await deliveries.next_due_at(self._db.reader)
-        if due is None:
+                return 0  # more may be due at once; the next pass skips whoever is now saturated
+        if not ready:
             return None
-        delay = due - self._clock()
+        delay = ready[0].due - self._clock()
         if delay <= 0:
             # Due rows that could not be claimed wait for a busy subscription to free a slot,
             # which wakes us; without one in flight, back off briefly instead of spinning.
@@ -240,7 +269,6 @@ class Dispatcher:
             if not self._busy[sub]:
                 del self._busy[sub]
             self._slot_freed.set()
-            self._slot_freed = anyio.Event()
             # Claim again once this subscription, or the dispatcher as a whole, runs low.
             if (
                 self._busy.get(sub, 0) == self._refill_below - 1
@@ -361,7 +389,9 @@ class Dispatcher:
             await anyio.sleep(self._record_backoff.next())
             return 0.0
         self._record_backoff.reset()
-        self.wake()  # slots and retries were freed
+        # No wake-up here: a retry scheduled or a ``subscription.disabled`` event queued
+        # announces itself on commit (Work.DELIVERIES), and a freed slot wakes the claim loop
+        # from the sender that freed it.
         return None
 
     async def _flush(self) -> bool:

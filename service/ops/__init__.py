@@ -1,1 +1,1 @@
-"""Running reelhook: metrics, logging, rate limits, retention, backups and start-up checks."""
+"""Running reelhook: metrics and instrumentation, rate limits, retention and backups."""

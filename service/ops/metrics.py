@@ -20,6 +20,7 @@ _LAG_BUCKETS = (
 )  # fmt: skip
 # Trinetra and apiframe answer a submit in well under a second; a held Segmind request lasts
 # as long as the video takes to render.
+_CLAIM_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 _PROVIDER_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 
@@ -49,6 +50,14 @@ class Metrics:
             "reelhook_delivery_lag_seconds",
             "Time from an event's creation to its successful (2xx) delivery",
             buckets=_LAG_BUCKETS,
+            registry=registry,
+        )
+        # The claim runs under the write lock, so every ingest commit can wait behind it; it must
+        # stay O(claim), never O(backlog) (docs/performance.md). 2 ms is the bound the bench checks.
+        self.claim_duration = Histogram(
+            "reelhook_delivery_claim_seconds",
+            "Time the outbox claim's statements took inside its write transaction",
+            buckets=_CLAIM_BUCKETS,
             registry=registry,
         )
         self.provider_latency = Histogram(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,7 +52,71 @@ class AttemptOutcome:
     delete_subscription: bool = False
 
 
-_ACTIVE = "(SELECT id FROM subscriptions WHERE status = 'active')"
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """A subscription with pending deliveries: when the earliest is due, how many are due now
+    (counted up to the cap it was asked with), and whether it delivers in order (FIFO)."""
+
+    subscription_id: str
+    due: float
+    due_now: int
+    fifo: bool = False
+
+
+async def due_subscriptions(
+    conn: aiosqlite.Connection, *, skip: Collection[str], now: float, cap: int, limit: int
+) -> list[Ready]:
+    """Active subscriptions with a pending delivery, earliest due first, at most ``limit``;
+    subscriptions in ``skip`` (saturated ones) are left out. ``due_now`` counts the deliveries
+    due at ``now``, stopping at ``cap``.
+
+    One seek per active subscription into ``deliveries_pending`` for the earliest (the first
+    entry of its stretch) and at most ``cap`` entries read for the count, so the cost follows the
+    number of subscriptions, never the number of rows waiting: a saturated subscription with a
+    million due rows costs one skipped subscription. Meant for the reader connection, outside
+    the write lock; the counts let the claim that follows read only the rows it takes.
+    """
+    rows = await conn.execute_fetchall(
+        """
+        SELECT s.id, (
+            SELECT min(d.next_attempt_at) FROM deliveries d
+            WHERE d.subscription_id = s.id AND d.status = 'pending'
+        ) AS due, (
+            SELECT count(*) FROM (
+                SELECT 1 FROM deliveries x
+                WHERE x.subscription_id = s.id AND x.status = 'pending'
+                  AND x.next_attempt_at <= ?
+                LIMIT ?
+            )
+        ) AS due_now, s.ordering = 'fifo' AS fifo
+        FROM subscriptions s
+        WHERE s.status = 'active' AND s.id NOT IN (SELECT value FROM json_each(?))
+          AND due IS NOT NULL
+        ORDER BY due LIMIT ?
+        """,
+        (now, cap, json.dumps(sorted(skip)), limit),
+    )
+    return [Ready(row[0], float(row[1]), int(row[2]), bool(row[3])) for row in rows]
+
+
+def rooms_for(
+    ready: Sequence[Ready], busy: Mapping[str, int], *, per_subscription: int, limit: int
+) -> dict[str, int]:
+    """How many deliveries to claim of each subscription in ``ready`` (earliest due first):
+    what is due now, keeping each under ``per_subscription`` claimed (one for a FIFO
+    subscription: its next delivery waits for its head) counting ``busy``, ``limit`` in all.
+    Sized by the counts, so the claim reads no row it does not take."""
+    rooms: dict[str, int] = {}
+    left = limit
+    for sub in ready:
+        if left <= 0:
+            break
+        cap = 1 if sub.fifo else per_subscription
+        room = min(cap - busy.get(sub.subscription_id, 0), sub.due_now, left)
+        if room > 0:
+            rooms[sub.subscription_id] = room
+            left -= room
+    return rooms
 
 
 async def claim_due(
@@ -60,108 +124,82 @@ async def claim_due(
     *,
     now: float,
     lease_until: float,
-    limit: int,
-    per_subscription: int,
-    busy: Mapping[str, int],
-    refill_below: int,
-    caps: Mapping[str, int] | None = None,
-) -> tuple[list[Claimed], bool]:
-    """Lease up to ``limit`` due deliveries, keeping each subscription under ``per_subscription``;
-    return them, and whether more may be due right now.
+    rooms: Mapping[str, int],
+) -> list[Claimed]:
+    """Lease up to ``rooms[subscription]`` due deliveries of each subscription, earliest due
+    first, in the caller's write transaction; return them with everything needed to send them.
 
-    Due means pending with ``next_attempt_at <= now``. One process owns the database: ``busy``
-    counts what it has claimed per subscription, and a lease left by a process that died is
-    released when the next one starts (:func:`release`), never taken over while it runs, since a
-    running process's expired lease is its own row still waiting to be sent. Subscriptions with
-    ``refill_below`` or more claimed get none this time. Deliveries of a disabled subscription
-    wait until it is enabled again. The due rows are read in due order from their index, a
-    bounded window at a time, so a claim costs the same with ten or a million waiting.
-
-    A FIFO subscription gets one delivery claimed at a time, and none while one is claimed: its
-    later deliveries wait as ``queued`` (see :func:`promote_queued`), so at most a manual resend
-    is due beside its head.
-
-    ``caps`` lowers ``per_subscription`` for the subscriptions it names (0: claim none of theirs
-    now); the dispatcher narrows subscriptions that time out this way
-    (:mod:`service.delivery.fairness`).
+    Due means pending with ``next_attempt_at <= now``. The rows are read from each subscription's
+    stretch of ``deliveries_pending`` and reading stops at its room, so a claim reads at most
+    ``max(rooms) * len(rooms)`` rows whatever the backlog (the dispatcher keeps that near its
+    claim limit; a store must keep this O(claim), never O(backlog), since it runs under the write
+    lock). Rooms come from :func:`rooms_for`, which keeps a FIFO subscription to one delivery
+    claimed at a time (its later deliveries wait as ``queued``, see :func:`promote_queued`).
+    Deliveries of a subscription that is not active are not claimed. One process owns the
+    database: a lease left by a process that died is released when the next one starts
+    (:func:`release`), never taken over while it runs.
     """
-    caps = caps or {}
-    # A subscription with ``refill`` or more already claimed is left out, so it is topped up in
-    # batches rather than one row per claim.
-    saturated = sorted(
-        sub
-        for sub in {*busy, *caps}
-        if busy.get(sub, 0) >= min(refill_below, caps.get(sub, per_subscription))
-    )
-    marks = ", ".join("?" for _ in saturated)
-    # Read more than ``limit``: some rows will be over their subscription's cap.
-    window = limit * 4
-    sql = f"""
-        SELECT id, subscription_id FROM deliveries
-        WHERE status = 'pending' AND next_attempt_at <= ?
-          AND +subscription_id NOT IN ({marks}) AND +subscription_id IN {_ACTIVE}
-        ORDER BY next_attempt_at LIMIT ?
-    """
-    # The unary ``+`` keeps SQLite off the subscription index: walking the due-time index and
-    # stopping at LIMIT costs the same with a million rows due, where sorting one subscription's
-    # due rows cost milliseconds per claim.
-    params = (now, *saturated, window)
-    due = list(await conn.execute_fetchall(sql, params))
-    # A full window may hide more due rows behind those over their subscription's cap.
-    more = len(due) == window
-    fifo = await fifo_among(conn, {row["subscription_id"] for row in due})
-    taken: dict[str, int] = {}
-    chosen: list[str] = []
-    for row in due:
-        sub = row["subscription_id"]
-        cap = 1 if sub in fifo else caps.get(sub, per_subscription)
-        if busy.get(sub, 0) + taken.get(sub, 0) >= cap:
-            continue
-        taken[sub] = taken.get(sub, 0) + 1
-        chosen.append(row["id"])
-        if len(chosen) == limit:
-            break
-    if not chosen:
-        return [], more
-    marks = ", ".join("?" for _ in chosen)
-    rows = list(
-        await conn.execute_fetchall(
-            f"UPDATE deliveries SET status = 'inflight', lease_until = ?, "
-            f"attempts = attempts + 1, updated_at = ? WHERE id IN ({marks}) "
-            "RETURNING id, event_id, subscription_id, attempts, manual",
-            (lease_until, now, *chosen),
+    rooms = {sub: room for sub, room in rooms.items() if room > 0}
+    if not rooms:
+        return []
+    # ``json_each`` keeps the statement text (and SQLite's prepared statement) the same whatever
+    # the subscriptions; LIMIT must be a constant, so it is the largest room, trimmed below.
+    rows = await conn.execute_fetchall(
+        """
+        SELECT d.id, d.event_id, d.subscription_id, d.attempts, d.manual, d.next_attempt_at,
+               e.payload, s.url, s.secret, s.previous_secret, s.previous_secret_until, s.headers,
+               s.template, s.content_type
+        FROM json_each(?) AS w
+        JOIN subscriptions s ON s.id = w.value AND s.status = 'active'
+        JOIN deliveries d ON d.rowid IN (
+            SELECT x.rowid FROM deliveries x
+            WHERE x.subscription_id = w.value AND x.status = 'pending' AND x.next_attempt_at <= ?
+            ORDER BY x.next_attempt_at LIMIT ?
         )
+        JOIN events e ON e.id = d.event_id
+        """,
+        (json.dumps(sorted(rooms)), now, max(rooms.values())),
     )
-    if not rows:
-        return [], more
-    payloads = await _by_id(conn, "SELECT id, payload FROM events", {r["event_id"] for r in rows})
-    subs = await _by_id(
-        conn,
-        "SELECT id, url, secret, previous_secret, previous_secret_until, headers, template, "
-        "content_type FROM subscriptions",
-        {r["subscription_id"] for r in rows},
+    taken: dict[str, int] = {}
+    chosen: list[sqlite3.Row] = []
+    for row in sorted(rows, key=lambda r: (r["next_attempt_at"], r["id"])):
+        sub = row["subscription_id"]
+        if taken.get(sub, 0) < rooms[sub]:
+            taken[sub] = taken.get(sub, 0) + 1
+            chosen.append(row)
+    if not chosen:
+        return []
+    marks = ", ".join("?" for _ in chosen)
+    await conn.execute(
+        f"UPDATE deliveries SET status = 'inflight', lease_until = ?, attempts = attempts + 1, "
+        f"updated_at = ? WHERE id IN ({marks}) AND status = 'pending'",
+        (lease_until, now, *(row["id"] for row in chosen)),
     )
+    # Parsed once per subscription, not once per delivery.
+    headers: dict[str, dict[str, str]] = {}
+    secrets: dict[str, tuple[str, ...]] = {}
     claimed = []
-    for row in rows:
-        sub = subs.get(row["subscription_id"])
-        if sub is None:
-            continue  # unreachable while deleting a subscription cancels its open deliveries
+    for row in chosen:
+        sub = row["subscription_id"]
+        if sub not in headers:
+            headers[sub] = json.loads(row["headers"])
+            secrets[sub] = _signing_secrets(row, now)
         claimed.append(
             Claimed(
                 id=row["id"],
                 event_id=row["event_id"],
-                subscription_id=row["subscription_id"],
-                attempt=row["attempts"],
-                url=sub["url"],
-                secrets=_signing_secrets(sub, now),
-                headers=json.loads(sub["headers"]),
-                payload=payloads[row["event_id"]]["payload"],
+                subscription_id=sub,
+                attempt=row["attempts"] + 1,
+                url=row["url"],
+                secrets=secrets[sub],
+                headers=headers[sub],
+                payload=row["payload"],
                 manual=bool(row["manual"]),
-                template=sub["template"],
-                content_type=sub["content_type"],
+                template=row["template"],
+                content_type=row["content_type"],
             )
         )
-    return claimed, more
+    return claimed
 
 
 async def fifo_among(conn: aiosqlite.Connection, sub_ids: set[str]) -> set[str]:
@@ -250,12 +288,6 @@ def _signing_secrets(sub: sqlite3.Row, now: float) -> tuple[str, ...]:
     return (sub["secret"],)
 
 
-async def _by_id(conn: aiosqlite.Connection, select: str, ids: set[str]) -> dict[str, sqlite3.Row]:
-    marks = ", ".join("?" for _ in ids)
-    rows = await conn.execute_fetchall(f"{select} WHERE id IN ({marks})", tuple(ids))
-    return {row["id"]: row for row in rows}
-
-
 async def record(conn: aiosqlite.Connection, outcomes: Sequence[AttemptOutcome]) -> None:
     """Store each attempt and move each delivery to its next state, in the caller's transaction."""
     await conn.executemany(
@@ -282,16 +314,6 @@ async def record(conn: aiosqlite.Connection, outcomes: Sequence[AttemptOutcome])
     # Retries were scheduled (announced per batch, not checked per outcome: the dispatcher that
     # records is awake anyway).
     announce(conn, Work.DELIVERIES)
-
-
-async def next_due_at(conn: aiosqlite.Connection) -> float | None:
-    """When the earliest pending delivery of an active subscription is due, if ever."""
-    rows = await conn.execute_fetchall(
-        "SELECT min(next_attempt_at) FROM deliveries WHERE status = 'pending'"
-        " AND +subscription_id IN (SELECT id FROM subscriptions WHERE status = 'active')"
-    )
-    row = next(iter(rows), None)
-    return float(row[0]) if row and row[0] is not None else None
 
 
 async def release(

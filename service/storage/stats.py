@@ -16,7 +16,7 @@ async def jobs_by_status(conn: aiosqlite.Connection) -> dict[str, int]:
 async def outbox(conn: aiosqlite.Connection) -> tuple[int, float | None]:
     """Deliveries waiting or in flight, and when the oldest of them was created.
 
-    One query per status so each reads its own partial index (``deliveries_due``,
+    One query per status so each reads its own partial index (``deliveries_pending``,
     ``deliveries_lease``).
     """
     depth = 0

@@ -1,0 +1,48 @@
+"""Strict JSON parsing: the fast parser and the stdlib one agree on what reelhook accepts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from service.core.jsonutil import InvalidJSON, loads
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"id": "tri_1", "status": "succeeded", "credits": 50, "ratio": 0.5, "ok": true}',
+        b'  [1, -0, 1.5e3, "\\u00e9", "\\ud83d\\ude00", null, {"a": 1, "a": 2}]  ',
+        b'{"big": 123456789012345678901234567890}',
+        b'{"neg": -98765432109876543210}',
+        b"[" * 500 + b"]" * 500,
+    ],
+    ids=["callback", "mixed", "big-int", "big-negative", "deep-but-allowed"],
+)
+def test_what_is_accepted_parses_exactly_as_the_stdlib_does(body: bytes) -> None:
+    parsed = loads(body)
+    assert parsed == json.loads(body)
+    assert type(parsed) is type(json.loads(body))
+
+
+def test_integers_past_64_bits_stay_exact() -> None:
+    assert loads(b'{"n": 123456789012345678901234567890}')["n"] == 123456789012345678901234567890
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b'{"n": NaN}', "NaN is not valid JSON"),
+        (b"[Infinity]", "Infinity is not valid JSON"),
+        (b'{"n": -Infinity}', "-Infinity is not valid JSON"),
+        (b'"\\ud800"', "unpaired UTF-16 surrogate"),
+        (b'"\xff"', "not UTF-8"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        (b'{"a": 1', "Expecting"),
+    ],
+    ids=["nan", "infinity", "minus-infinity", "lone-surrogate", "bad-utf8", "too-deep", "cut"],
+)
+def test_what_is_refused_is_refused_with_a_readable_reason(body: bytes, reason: str) -> None:
+    with pytest.raises(InvalidJSON, match=reason):
+        loads(body)
