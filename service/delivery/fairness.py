@@ -42,7 +42,7 @@ class _Lane:
         except BaseException:
             if waiter.done() and not waiter.cancelled():
                 self.release()  # granted, then cancelled before it could be used
-            else:
+            elif waiter in self.waiters:  # wake() may have dropped it already
                 self.waiters.remove(waiter)
             raise
 
