@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import subprocess
 import sys
 from contextlib import closing
 from pathlib import Path
@@ -236,3 +237,31 @@ async def test_a_second_reelhook_on_the_same_data_refuses_to_start(
             async with api_client(settings):
                 pass
         assert (await http.get("/healthz")).status_code == 200
+
+
+async def test_a_killed_backups_leftovers_are_removed_by_the_next(
+    settings_factory: SettingsFactory, tmp_path: Path
+) -> None:
+    """A backup killed mid-copy leaves its partial file (5 kills left 365 MiB); the next backup
+    to the same place removes those of dead processes and keeps a running one's."""
+    settings = settings_factory()
+    async with api_client(settings):
+        pass
+    pid = _a_dead_pid()
+    left = tmp_path / f".b.db.partial-{pid}"
+    left.write_bytes(b"x" * 4096)
+    journal = tmp_path / f".b.db.partial-{pid}-journal"
+    journal.write_bytes(b"j")
+    running = tmp_path / f".b.db.partial-{os.getppid()}"
+    running.write_bytes(b"in progress")
+    backup(settings.database_path, tmp_path / "b.db")
+    assert not left.exists() and not journal.exists()
+    assert running.exists()
+    assert (tmp_path / "b.db").exists()
+
+
+def _a_dead_pid() -> int:
+    """The id of a process that has ended."""
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    return ended.pid

@@ -189,7 +189,7 @@ def test_submit_wait_json_prints_the_final_job_and_a_failure_exits_1(service: Se
     job = json.loads(done.stdout)
     assert job["status"] == "succeeded" and job["outputs"][0]["url"].startswith("http")
 
-    with httpx.Client(trust_env=False) as http:
+    with httpx.Client(trust_env=False, headers={"X-API-Key": ADMIN_KEY}) as http:
         scenario = f"{service.url}/sim/_sim/scenario"
         assert http.put(scenario, json={"outcome": "fail"}).status_code == 200
         try:
@@ -738,7 +738,7 @@ def test_keys_create_list_revoke(service: Service, cli: Callable[..., Ran]) -> N
 def test_cancel_a_job_and_its_late_result_changes_nothing(
     service: Service, cli: Callable[..., Ran]
 ) -> None:
-    with httpx.Client(trust_env=False) as http:
+    with httpx.Client(trust_env=False, headers={"X-API-Key": ADMIN_KEY}) as http:
         rule = {"match": "cancel-me", "delay": 1.0}
         assert http.post(f"{service.url}/sim/_sim/scenario", json=rule).status_code == 201
         submitted = cli("submit", "trinetra/kling-v3", "cancel-me", service=service)

@@ -194,6 +194,27 @@ async def test_sign_out_ends_the_session(service: Reelhook) -> None:
         assert (await browser.get("/console/jobs")).status_code == 303
 
 
+async def test_sign_out_revokes_the_session_on_the_server(service: Reelhook) -> None:
+    """A copy of the cookie taken before sign-out (and the CSRF token issued with it) no longer
+    works after it, though it is still validly signed and within its 12 hours."""
+    async with service.signed_in() as browser:
+        jobs = await browser.get("/console/jobs")
+        token = csrf_of(jobs)
+        copied = dict(browser.cookies)
+        out = await browser.post("/console/sign-out", data={"csrf": token})
+        assert out.status_code == 303
+    async with service.browser() as thief:
+        for name, value in copied.items():
+            thief.cookies.set(name, value, domain="reelhook.test", path="/console")
+        page = await thief.get("/console/jobs")
+        sub_id = "sub_x"
+        form = await thief.post(f"/console/subscriptions/{sub_id}/delete", data={"csrf": token})
+    assert page.status_code == 303
+    assert page.headers["location"].startswith("/console/sign-in")
+    assert form.status_code in (303, 403)
+    assert "sign-in" in form.headers.get("location", "/console/sign-in")
+
+
 # --- forged cookies and forms --------------------------------------------------------------------
 
 
@@ -697,3 +718,49 @@ async def test_revoking_the_key_ends_its_console_session(service: Reelhook) -> N
         assert (await service.api.delete(f"/v1/keys/{key_id}")).status_code in (200, 204)
         page = await browser.get("/console/jobs")
         assert page.headers["location"] == "/console/sign-in?notice=session-ended"
+
+
+def test_only_http_output_urls_become_links_or_video_sources() -> None:
+    """The job page shows a provider output URL with a ``javascript:`` scheme as text, never as a
+    link or a video source (the page's CSP would block it; it is not relied on)."""
+    from service.console import templates
+
+    hostile = "javascript:alert(document.cookie)"
+    safe = "https://cdn.example/v.mp4"
+    job = {
+        "id": "job_1",
+        "status": "succeeded",
+        "model": "trinetra/kling-v3",
+        "provider": "trinetra",
+        "provider_job_id": "p_1",
+        "created_at": 1.0,
+        "submitted_at": None,
+        "completed_at": None,
+        "cost": {"estimated": 1, "charged": None, "unit": "credits"},
+        "input": {},
+        "metadata": {},
+        "error": None,
+        "outputs": [
+            {"type": "video", "url": hostile},
+            {"type": "video", "url": safe},
+        ],
+    }
+    body = (
+        templates()
+        .env.get_template("job.html")
+        .render(
+            job=job,
+            terminal=True,
+            moments=[],
+            live=None,
+            section="jobs",
+            csrf="t",
+            caller=None,
+            may=lambda scope: True,
+            notice=None,
+            request=None,
+        )
+    )
+    assert 'href="javascript:' not in body and 'src="javascript:' not in body
+    assert "not a web link): <code>javascript:alert(document.cookie)</code>" in body
+    assert f'src="{safe}"' in body and f'href="{safe}"' in body

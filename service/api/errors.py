@@ -5,14 +5,23 @@ The console renders the same errors as pages (:mod:`service.console.view`).
 
 from __future__ import annotations
 
+import logging
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from service.core.errors import ReelhookError
+from service.core.errors import ReelhookError, ServiceUnavailable
+from service.storage.space import RETRY_AFTER, out_of_space
+
+log = logging.getLogger(__name__)
 
 
 def error_response(error: ReelhookError) -> JSONResponse:
-    return JSONResponse(error.body(), status_code=error.status_code, headers=error.headers)
+    headers = dict(error.headers)
+    if error.status_code == 503:
+        # Every 503 says when to come back (a client without a hint retries at once).
+        headers.setdefault("Retry-After", "1")
+    return JSONResponse(error.body(), status_code=error.status_code, headers=headers)
 
 
 async def handle_reelhook_error(request: Request, exc: Exception) -> Response:
@@ -30,4 +39,26 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
 
 
 async def handle_unexpected(request: Request, exc: Exception) -> Response:
+    return error_response(ReelhookError())
+
+
+def disk_full() -> ServiceUnavailable:
+    """The answer while the disk or the database is full: nothing was stored, try again."""
+    return ServiceUnavailable(
+        "reelhook is out of storage space and stored nothing; try again later",
+        headers={"Retry-After": str(RETRY_AFTER)},
+    )
+
+
+async def handle_storage_error(request: Request, exc: Exception) -> Response:
+    """A database or file error: 503 + Retry-After when the disk is full, else a 500.
+
+    Registered for these exception classes (not ``Exception``), so Starlette answers from its
+    exception middleware and the keep-alive connection stays open, where the catch-all handler
+    re-raises after answering and the server closes the connection.
+    """
+    if out_of_space(exc):
+        log.warning("%s %s: out of space (%s)", request.method, request.url.path, exc)
+        return error_response(disk_full())
+    log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
     return error_response(ReelhookError())

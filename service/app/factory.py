@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -17,13 +18,23 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.routing import BaseRoute, Mount
+from starlette.requests import Request
+from starlette.routing import BaseRoute, Mount, Router
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service import console
 from service.access.callers import Authenticator
 from service.access.keys import ApiKeys
+from service.access.scopes import Scope as ApiScope
 from service.api import routes
-from service.api.errors import handle_http_exception, handle_reelhook_error, handle_unexpected
+from service.api.context import authenticate
+from service.api.errors import (
+    error_response,
+    handle_http_exception,
+    handle_reelhook_error,
+    handle_storage_error,
+    handle_unexpected,
+)
 from service.api.fastpath import CallbackFastPath
 from service.app import bootstrap, startup_checks
 from service.app.services import Services, Workers
@@ -44,6 +55,7 @@ from service.jobs.callback_outcomes import CallbackObserver
 from service.jobs.callbacks import Callbacks
 from service.jobs.deadlines import DeadlineTimer
 from service.jobs.held_requests import HeldRequests
+from service.jobs.inbound import InboundBudget
 from service.jobs.ingest import Ingest
 from service.jobs.listing import JobReader
 from service.jobs.mirroring import Mirrors
@@ -112,7 +124,8 @@ def create_app(
     )
     app_routes: list[BaseRoute] = routes() + console.routes()
     if simulator is not None:
-        app_routes.append(Mount("/sim", routes=simulator.routes()))
+        simulator.callbacks_only_to(f"{settings.public_url}/v1/callbacks/")
+        app_routes.append(Mount("/sim", app=admin_only_control(Router(simulator.routes()))))
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Services]]:
@@ -172,6 +185,7 @@ def create_app(
             tasks.start_soon(db.run)
             for loop in services.workers.loops():
                 tasks.start_soon(loop)
+            tasks.start_soon(shared.feed.run, db.reader)
             _announce(settings, generated)
             startup_checks.warn_if_unreachable(settings)
             try:
@@ -205,6 +219,8 @@ def create_app(
         exception_handlers={
             ReelhookError: handle_reelhook_error,
             HTTPException: handle_http_exception,
+            sqlite3.Error: handle_storage_error,
+            OSError: handle_storage_error,
             Exception: handle_unexpected,
         },
     )
@@ -212,6 +228,24 @@ def create_app(
     # never ends by itself: service.server calls this as shutdown begins.
     app.state.end_streams = shared.feed.close
     return app
+
+
+def admin_only_control(app: ASGIApp) -> ASGIApp:
+    """The simulator with its control endpoints (``/_sim/...``: stats, and the scenario that
+    decides how every user's jobs end) open to the admin key only; its provider routes stay as
+    the real providers' (reelhook itself calls them without a reelhook key)."""
+
+    async def guarded(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and "/_sim/" in scope["path"] + "/":
+            request = Request(scope, receive)
+            try:
+                await authenticate(request, ApiScope.ADMIN)
+            except ReelhookError as exc:
+                await error_response(exc)(scope, receive, send)
+                return
+        await app(scope, receive, send)
+
+    return guarded
 
 
 @dataclass(frozen=True, slots=True)
@@ -387,6 +421,10 @@ def _wire(settings: Settings, clock: Clock, opened: Opened, shared: Shared) -> S
             clock=clock,
             max_bytes=settings.max_callback_bytes,
             observers=shared.callback_observers,
+            budget=InboundBudget(
+                max_bytes=settings.inbound_buffer_bytes, per_route=settings.callback_concurrency
+            ),
+            body_timeout=settings.body_timeout,
             on_unknown_status=shared.metrics.unknown_status,
         ),
         subscriptions=Subscriptions(
@@ -397,9 +435,15 @@ def _wire(settings: Settings, clock: Clock, opened: Opened, shared: Shared) -> S
             rotation_grace=settings.secret_rotation_grace,
             require_https=not settings.allow_http_subscribers,
             renderer=renderer,
+            max_per_key=settings.max_subscriptions_per_key,
         ),
         deliveries=Deliveries(db, clock),
-        events=EventLog(db, shared.feed, keepalive=settings.stream_keepalive),
+        events=EventLog(
+            db,
+            shared.feed,
+            keepalive=settings.stream_keepalive,
+            max_streams_per_key=settings.max_streams_per_key,
+        ),
         workers=Workers(
             dispatcher=dispatcher,
             held=held,

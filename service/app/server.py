@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import socket
 from collections.abc import Callable
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 
 class Server(uvicorn.Server):
@@ -36,3 +38,51 @@ class Server(uvicorn.Server):
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         self._on_shutdown()
         await super().shutdown(sockets=sockets)
+
+
+def guarded_http(header_timeout: float) -> type[HttpToolsProtocol]:
+    """uvicorn's httptools protocol with a deadline for each request's headers.
+
+    uvicorn 0.x starts no timer on a new connection, and each byte received cancels its
+    keep-alive timer, so a client dribbling its headers (slowloris) held a connection for ever
+    (3,000 of them were all held). Here the headers of every request, the first and each one on
+    a kept-alive connection, must be complete ``header_timeout`` seconds after the connection
+    opened or the previous response ended; otherwise the connection is closed. Body read
+    timeouts are the routes' (see service/jobs/callbacks.py).
+    """
+
+    class GuardedHttpToolsProtocol(HttpToolsProtocol):
+        _header_timer: asyncio.TimerHandle | None = None
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._header_timer = self.loop.call_later(header_timeout, self._headers_too_slow)
+
+        def _disarm(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _headers_too_slow(self) -> None:
+            self._header_timer = None
+            if not self.transport.is_closing():
+                self.transport.close()
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def on_headers_complete(self) -> None:
+            self._disarm()
+            super().on_headers_complete()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return GuardedHttpToolsProtocol

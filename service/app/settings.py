@@ -71,6 +71,8 @@ class Settings:
     secret_keys: tuple[str, ...] = ()
     providers: Mapping[str, ProviderSettings] = field(default_factory=dict)
     sim_delay: float = 5.0
+    # Mount the simulator even though the server listens beyond loopback (development only).
+    sim_public: bool = False
     allow_private_subscribers: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     retry_schedule: tuple[float, ...] = DEFAULT_RETRY_SCHEDULE
     # The least delay before retrying a delivery that timed out or was answered 429.
@@ -104,6 +106,15 @@ class Settings:
     stream_keepalive: float = 15.0
     # PostgreSQL only: seconds without a heartbeat after which a node counts as dead.
     node_timeout: float = 10.0
+    # Per-key quotas (docs/architecture.md, "Fair sharing"): standing subscriptions and open
+    # event streams one API key may hold.
+    max_subscriptions_per_key: int = 1000
+    max_streams_per_key: int = 100
+    # Bounded inbound memory (service/jobs/inbound.py) and slow clients (service/app/server.py).
+    inbound_buffer_bytes: int = 67108864
+    callback_concurrency: int = 256
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
     cors_origins: tuple[str, ...] = ()
     allow_http_subscribers: bool = True
     stream_token_ttl: float = 600.0
@@ -140,6 +151,9 @@ class Settings:
         so a provider without a key is simply unavailable there.
         """
         if self.env == "production":
+            return []
+        if not self.sim_public and not _loopback(self.host):
+            # Reachable from other machines: only when asked for (REELHOOK_SIM_PUBLIC=true).
             return []
         return [name for name, p in self.providers.items() if p.api_key is None]
 
@@ -284,6 +298,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         secret_keys=secret_keys,
         providers=providers,
         sim_delay=read.number("SIM_DELAY", 5.0),
+        sim_public=read.boolean("SIM_PUBLIC", False),
         allow_private_subscribers=_networks(read, "ALLOW_PRIVATE_SUBSCRIBERS"),
         retry_schedule=_schedule(read, "RETRY_SCHEDULE"),
         retry_overload_floor=read.number("RETRY_OVERLOAD_FLOOR", 60.0),
@@ -319,6 +334,14 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         log_level=_choice(read, "LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), "INFO"),
         stream_keepalive=read.number("STREAM_KEEPALIVE", 15.0, minimum=0.01),
         node_timeout=read.number("NODE_TIMEOUT", 10.0, minimum=0.2),
+        max_subscriptions_per_key=read.integer("MAX_SUBSCRIPTIONS_PER_KEY", 1000, minimum=1),
+        max_streams_per_key=read.integer("MAX_STREAMS_PER_KEY", 100, minimum=1),
+        inbound_buffer_bytes=read.integer(
+            "INBOUND_BUFFER_BYTES", 67108864, minimum=1024, maximum=2**62
+        ),
+        callback_concurrency=read.integer("CALLBACK_CONCURRENCY", 256, minimum=1),
+        header_timeout=read.number("HEADER_TIMEOUT", 10.0, minimum=0.1),
+        body_timeout=read.number("BODY_TIMEOUT", 30.0, minimum=0.1),
         cors_origins=_origins(read, "CORS_ORIGINS"),
         # Production refuses plain-http subscriber and callback URLs unless told otherwise.
         allow_http_subscribers=read.boolean("ALLOW_HTTP_SUBSCRIBERS", env != "production"),
@@ -410,6 +433,16 @@ def _choice(read: _Reader, name: str, choices: tuple[str, ...], default: str) ->
         if raw.lower() == choice.lower():
             return choice
     raise read.fail(name, f"expected one of {', '.join(choices)}, got {raw!r}")
+
+
+def _loopback(host: str) -> bool:
+    """Whether a server bound to ``host`` is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _url_host(host: str) -> str:

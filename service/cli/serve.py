@@ -28,7 +28,7 @@ def serve(args: argparse.Namespace) -> int:
 
     from service.app.factory import create_app
     from service.app.logs import configure_logging
-    from service.app.server import Server
+    from service.app.server import Server, guarded_http
     from service.app.settings import SettingsError, load_settings
     from service.storage import datadir
 
@@ -58,7 +58,7 @@ def serve(args: argparse.Namespace) -> int:
         port=settings.port,
         lifespan="on",
         loop="uvloop",
-        http="httptools",
+        http=guarded_http(settings.header_timeout),
         timeout_graceful_shutdown=10,
         log_config=None,
         access_log=args.access_log,

@@ -32,8 +32,15 @@ def templates() -> Jinja2Templates:
     )
     env.filters["when"] = when
     env.filters["pretty"] = pretty
+    env.tests["web_url"] = web_url
     env.filters["amount"] = amount
     return Jinja2Templates(env=env)
+
+
+def web_url(value: Any) -> bool:
+    """Whether ``value`` is an http(s) URL: the only kind the console renders as a link or a
+    video source (a provider's ``javascript:`` URL stays text; the page's CSP is not relied on)."""
+    return isinstance(value, str) and value.lower().startswith(("http://", "https://"))
 
 
 def when(value: float | str | None) -> str:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import hmac
 import secrets
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 from itsdangerous import BadSignature, URLSafeSerializer, URLSafeTimedSerializer
 
@@ -74,3 +75,21 @@ class SessionCodec:
         except (BadSignature, ValueError, TypeError):
             return False
         return isinstance(nonce, str) and hmac.compare_digest(nonce, session.nonce)
+
+
+@dataclass
+class SignedOut:
+    """Sessions ended by signing out, refused even though their cookie is still validly signed
+    (a copied cookie, and its CSRF tokens, must not outlive the sign-out). Kept for the session
+    lifetime, in memory: a restart forgets them (one per app, built with it)."""
+
+    until: dict[str, float] = field(default_factory=dict)
+
+    def revoke(self, session: Session, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        for nonce in [n for n, expiry in self.until.items() if expiry <= now]:
+            del self.until[nonce]
+        self.until[session.nonce] = now + SESSION_TTL
+
+    def __contains__(self, session: Session) -> bool:
+        return session.nonce in self.until

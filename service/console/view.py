@@ -19,7 +19,14 @@ from starlette.templating import Jinja2Templates
 
 from service.access.callers import Caller
 from service.app.services import Services, services
-from service.console.session import COOKIE, COOKIE_PATH, SESSION_TTL, Session, SessionCodec
+from service.console.session import (
+    COOKIE,
+    COOKIE_PATH,
+    SESSION_TTL,
+    Session,
+    SessionCodec,
+    SignedOut,
+)
 from service.core.body import read_capped
 from service.core.errors import BadRequest, Forbidden, ReelhookError, Unauthorized
 
@@ -175,6 +182,15 @@ class View:
 Handler = Callable[[View], Awaitable[Response]]
 
 
+def signed_out(request: Request) -> SignedOut:
+    """The app's record of sessions ended by signing out (``app.state.signed_out``)."""
+    state = request.app.state
+    if not hasattr(state, "signed_out"):
+        state.signed_out = SignedOut()
+    found: SignedOut = state.signed_out
+    return found
+
+
 def endpoint(
     templates: Jinja2Templates, handler: Handler, scope: str | None, *, public: bool = False
 ) -> Endpoint:
@@ -187,6 +203,8 @@ def endpoint(
     async def run(request: Request) -> Response:
         codec = SessionCodec(services(request).tokens.secret_keys)
         found = codec.loads(request.cookies.get(COOKIE))
+        if found is not None and found in signed_out(request):
+            found = None  # signed out: the cookie is no session any more
         view = View(request, templates, codec, found or codec.new())
         view.session_changed = found is None
         try:

@@ -3,7 +3,8 @@ responses in one place: :mod:`service.api.errors`).
 
     ReelhookError                    500 internal
     ├── BadRequest                   400 bad_request
-    │   └── PayloadTooLarge          413 payload_too_large
+    │   ├── PayloadTooLarge          413 payload_too_large
+    │   └── RequestTimeout           408 request_timeout
     ├── ValidationFailed             422 validation_failed
     ├── Unauthorized                 401 unauthorized
     ├── Forbidden                    403 forbidden
@@ -11,6 +12,7 @@ responses in one place: :mod:`service.api.errors`).
     ├── Conflict                     409 conflict
     ├── Gone                         410 gone
     ├── TooManyRequests              429 rate_limited
+    │   └── QuotaExceeded            429 quota_exceeded
     └── ProviderFailed               502 provider_error
         └── ProviderUnavailable      503 provider_unavailable
 
@@ -60,6 +62,13 @@ class PayloadTooLarge(BadRequest):
 
     status_code = 413
     code = "payload_too_large"
+
+
+class RequestTimeout(BadRequest):
+    """The request body did not arrive in time."""
+
+    status_code = 408
+    code = "request_timeout"
 
 
 class ValidationFailed(ReelhookError):
@@ -125,6 +134,21 @@ class RangeNotSatisfiable(ReelhookError):
 
     status_code = 416
     code = "range_not_satisfiable"
+
+
+class QuotaExceeded(TooManyRequests):
+    """This API key is at one of its quotas."""
+
+    code = "quota_exceeded"
+
+    @classmethod
+    def of(cls, setting: str, limit: int, what: str) -> QuotaExceeded:
+        """The error for a key holding ``limit`` of ``what`` already, the most its quota
+        (``setting``, an environment variable) allows."""
+        return cls(
+            f"this API key already has {limit} {what}, the most {setting} allows",
+            details={"quota": setting, "limit": limit},
+        )
 
 
 class ServiceUnavailable(ReelhookError):

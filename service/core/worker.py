@@ -2,8 +2,10 @@
 
 A worker's step does what is due and says how long to sleep: seconds, 0 to run again at once, or
 None to sleep until woken. A :class:`Wakeup` set while the step runs is not lost: the sleep after
-it ends at once. A failing step is logged and retried after ``backoff`` seconds, so one bad row
-or a database hiccup never ends a worker. Nothing polls on a fixed tick.
+it ends at once. A failing step is logged and retried after ``backoff`` seconds, doubling with
+each failure in a row up to ``max_backoff`` (:class:`Backoff`), so one bad row or a database
+hiccup never ends a worker, and a failure it cannot even record (a full disk) does not become a
+hot loop of retries and tracebacks. Nothing polls on a fixed tick.
 """
 
 from __future__ import annotations
@@ -50,15 +52,51 @@ class Wakeup:
             self._event = None
 
 
-async def run_worker(name: str, step: Step, wakeup: Wakeup, *, backoff: float = 1.0) -> NoReturn:
+class Backoff:
+    """Delays after failures in a row: ``first``, then doubling up to ``most``; a success
+    (:meth:`reset`) starts again from ``first``."""
+
+    def __init__(self, first: float, most: float = 60.0) -> None:
+        self._first = first
+        self._most = max(first, most)
+        self._next = first
+        self.failures = 0
+
+    def next(self) -> float:
+        """The delay after one more failure."""
+        delay = self._next
+        self._next = min(self._most, max(self._next * 2, 0.0))
+        self.failures += 1
+        return delay
+
+    def reset(self) -> None:
+        self._next = self._first
+        self.failures = 0
+
+
+async def run_worker(
+    name: str, step: Step, wakeup: Wakeup, *, backoff: float = 1.0, max_backoff: float = 60.0
+) -> NoReturn:
     """Run ``step`` until cancelled, sleeping as it asks between runs (see the module docstring)."""
+    delays = Backoff(backoff, max_backoff)
     while True:
         try:
             delay = await step()
         except Exception:
-            log.exception("%s failed; trying again in %g s", name, backoff)
-            await anyio.sleep(backoff)
+            wait = delays.next()
+            if delays.failures == 1 or wait >= max_backoff:
+                log.exception("%s failed; trying again in %g s", name, wait)
+            else:
+                # The traceback was logged with the first failure; the rest are one line each.
+                log.error(
+                    "%s failed again (%d in a row); trying again in %g s",
+                    name,
+                    delays.failures,
+                    wait,
+                )
+            await anyio.sleep(wait)
             continue
+        delays.reset()
         await wakeup.wait(delay)
 
 

@@ -29,7 +29,8 @@ import anyio
 from service.core.clock import Clock, isoformat
 from service.core.models import DeliveryStatus
 from service.core.retry import RetrySchedule
-from service.core.worker import Wakeup, run_worker
+from service.core.worker import Backoff, Wakeup, run_worker
+from service.delivery.fairness import Lanes
 from service.delivery.publisher import Publisher, subscription_disabled_data
 from service.delivery.sender import AttemptResult, Sender
 from service.delivery.transform import Renderer, TemplateError
@@ -37,6 +38,7 @@ from service.providers.base import parse_retry_after
 from service.storage import deliveries, subscriptions
 from service.storage.database import Connection, Database
 from service.storage.deliveries import AttemptOutcome, Claimed
+from service.storage.space import out_of_space
 
 log = logging.getLogger(__name__)
 
@@ -87,13 +89,15 @@ class Dispatcher:
         # replaced.
         self._outcomes: list[AttemptOutcome] = []
         self._outcomes_ready = Wakeup()
+        self._record_backoff = Backoff(1.0, 30.0)
         self._in_flight = 0  # claimed and not yet recorded
         self._sending = 0
         # Claimed deliveries per subscription, counted where the claim cap is enforced; each
         # subscription's lane lets ``per_subscription`` of them send at once, so a hanging
-        # endpoint holds only its own slots.
+        # endpoint holds only its own slots, and one that times out is narrowed to a single slot
+        # of a small shared probation pool (see service.delivery.fairness).
         self._busy: Counter[str] = Counter()
-        self._lanes: dict[str, asyncio.Semaphore] = {}
+        self._lanes = Lanes(per_subscription=per_subscription, concurrency=concurrency)
         self._sends = asyncio.Semaphore(concurrency)
         self._senders: set[asyncio.Task[None]] = set()
         self._claim_limit = concurrency * PREFETCH
@@ -195,6 +199,13 @@ class Dispatcher:
         # Saturated subscriptions are left out before anything is read: their rows are never
         # walked, and a wake-up while only they have work due takes no write lock at all.
         saturated = [sub for sub, count in self._busy.items() if count >= self._refill_below]
+        # Subscriptions on probation (they timed out) claim at most their cap (fairness.py).
+        caps = self._probation_caps()
+        saturated += [
+            sub
+            for sub, cap in caps.items()
+            if self._busy.get(sub, 0) >= cap and self._busy.get(sub, 0) < self._refill_below
+        ]
         # Asked of the reader first: a wake-up with nothing due (a batch of callbacks no one
         # subscribes to) must not take the write lock from the writers that have work.
         now = self._clock()
@@ -204,6 +215,13 @@ class Dispatcher:
         rooms = deliveries.rooms_for(
             ready, self._busy, per_subscription=self._prefetch, limit=capacity
         )
+        for sub, cap in caps.items():
+            if sub in rooms:
+                room = min(rooms[sub], cap - self._busy.get(sub, 0))
+                if room > 0:
+                    rooms[sub] = room
+                else:
+                    del rooms[sub]
         if rooms:
             async with self._db.transaction(durable=False) as conn:
                 started = time.perf_counter()
@@ -221,8 +239,6 @@ class Dispatcher:
                 sub = delivery.subscription_id
                 self._in_flight += 1
                 self._busy[sub] += 1
-                if sub not in self._lanes:
-                    self._lanes[sub] = asyncio.Semaphore(self._per_subscription)
                 self._unfinished.add(delivery.id)
                 task = senders.create_task(self._deliver(delivery))
                 self._senders.add(task)
@@ -238,10 +254,19 @@ class Dispatcher:
             return None if self._in_flight > 0 else 0.05
         return delay
 
+    def _probation_caps(self) -> dict[str, int]:
+        """Claim caps of the subscriptions on probation: one delivery claimed each, and none
+        at all once a quarter of the claim capacity is theirs, so hanging subscribers cannot hold
+        the claims healthy ones need."""
+        subs = self._lanes.on_probation_ids
+        held = sum(self._busy.get(sub, 0) for sub in subs)
+        cap = 1 if held < max(1, self._claim_limit // 4) else 0
+        return dict.fromkeys(subs, cap)
+
     async def _deliver(self, delivery: Claimed) -> None:
         sub = delivery.subscription_id
         try:
-            async with self._lanes[sub], self._sends:
+            async with self._lanes.slot(sub), self._sends:
                 if self._stop_requested.is_set():
                     return  # claimed but not started: its lease is released for the next start
                 self._sending += 1
@@ -254,7 +279,6 @@ class Dispatcher:
             self._busy[sub] -= 1
             if not self._busy[sub]:
                 del self._busy[sub]
-                del self._lanes[sub]
             self._slot_freed.set()
             # Claim again once this subscription, or the dispatcher as a whole, runs low.
             if (
@@ -277,6 +301,11 @@ class Dispatcher:
                     headers=delivery.headers,
                     timestamp=int(self._clock()),
                     content_type=delivery.content_type,
+                )
+                self._lanes.observe(
+                    delivery.subscription_id,
+                    succeeded=result.succeeded,
+                    timed_out=result.timed_out,
                 )
                 outcome = self._judge(delivery, result)
         except Exception as exc:
@@ -368,8 +397,11 @@ class Dispatcher:
     async def _record_outcomes(self) -> float | None:
         """Record the outcomes received so far, then sleep until more arrive."""
         if not await self._flush():
-            await anyio.sleep(1)  # the store failed; the outcomes are kept for the next try
+            # The store failed (a full disk): the outcomes are kept and tried again, less often
+            # the longer it lasts.
+            await anyio.sleep(self._record_backoff.next())
             return 0.0
+        self._record_backoff.reset()
         # No wake-up here: a retry scheduled or a ``subscription.disabled`` event queued
         # announces itself on commit (Work.DELIVERIES), and a freed slot wakes the claim loop
         # from the sender that freed it.
@@ -397,7 +429,10 @@ class Dispatcher:
             self._outcomes[:0] = batch
             if not isinstance(exc, Exception):
                 raise
-            log.exception("could not record %d delivery outcomes", len(batch))
+            if out_of_space(exc):
+                log.warning("could not record %d delivery outcomes: out of space", len(batch))
+            else:
+                log.exception("could not record %d delivery outcomes", len(batch))
             return False
         return True
 

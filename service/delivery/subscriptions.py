@@ -19,7 +19,7 @@ from service.access.callers import Caller
 from service.core import params
 from service.core.body import Body, Choice, Choices, Field, Problem, Schema, Text
 from service.core.clock import Clock
-from service.core.errors import Conflict, NotFound, ValidationFailed
+from service.core.errors import Conflict, NotFound, QuotaExceeded, ValidationFailed
 from service.core.ids import new_id
 from service.core.jsonutil import dumps
 from service.core.models import EVENT_TYPES, JOB_EVENT_TYPES, Subscription, SubscriptionStatus
@@ -262,6 +262,7 @@ class Subscriptions:
         rotation_grace: float,
         require_https: bool = False,
         renderer: Renderer | None = None,
+        max_per_key: int = 1000,
     ) -> None:
         self._db = db
         self._require_https = require_https
@@ -270,6 +271,7 @@ class Subscriptions:
         self._allow_private = allow_private
         self._rotation_grace = rotation_grace
         self._renderer = renderer or Renderer()
+        self._max_per_key = max_per_key
 
     def _validated(self, body: Body, raw: Any) -> dict[str, Any]:
         return body.validate(
@@ -324,6 +326,11 @@ class Subscriptions:
         )
         self._check_body(sub)
         async with self._db.transaction() as conn:
+            # Counted in the write transaction, so concurrent creates cannot overshoot.
+            if await subscriptions.count_standing(conn, caller.key_id) >= self._max_per_key:
+                raise QuotaExceeded.of(
+                    "REELHOOK_MAX_SUBSCRIPTIONS_PER_KEY", self._max_per_key, "subscriptions"
+                )
             await subscriptions.insert(conn, sub)
         return sub
 

@@ -16,12 +16,23 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterable, Callable, Mapping, Sequence
 
+import anyio
+
 from service.core.body import read_capped
 from service.core.clock import Clock
-from service.core.errors import BadRequest, NotFound, PayloadTooLarge, ReelhookError, Unauthorized
+from service.core.errors import (
+    BadRequest,
+    NotFound,
+    PayloadTooLarge,
+    ReelhookError,
+    RequestTimeout,
+    Unauthorized,
+)
 from service.core.models import Job, ProviderUpdate
+from service.core.params import is_decimal
 from service.core.tokens import InvalidToken, Tokens
 from service.jobs.callback_outcomes import CallbackObserver, CallbackOutcome
+from service.jobs.inbound import InboundBudget, Reservation
 from service.jobs.ingest import Ingest
 from service.jobs.lifecycle import JobMismatch, Outcome, UnknownJob, Update
 from service.jobs.submission import ProviderEndpoint
@@ -63,6 +74,8 @@ class Callbacks:
         clock: Clock,
         max_bytes: int,
         observers: Sequence[CallbackObserver],
+        budget: InboundBudget | None = None,
+        body_timeout: float = 30.0,
         on_unknown_status: UnknownStatusObserver | None = None,
     ) -> None:
         self._tokens = tokens
@@ -72,6 +85,8 @@ class Callbacks:
         self._clock = clock
         self._max_bytes = max_bytes
         self._observers = observers
+        self._budget = budget or InboundBudget(max_bytes=64 * max_bytes, per_route=256)
+        self._body_timeout = body_timeout
         self._on_unknown_status = on_unknown_status
 
     async def receive(
@@ -235,10 +250,37 @@ class Callbacks:
             raise _Rejected(
                 CallbackOutcome.BAD_TOKEN, Unauthorized("the callback token is not valid")
             ) from None
+        declared = int(declared_length) if declared_length and is_decimal(declared_length) else None
+        # What the body may take, held until its commit is done (service.jobs.inbound); a body
+        # declared too large is refused (413) without reserving anything.
+        reserve = self._max_bytes if declared is None else declared
+        if reserve > self._max_bytes:
+            reserve = 0
+        with self._budget.hold(provider, reserve) as held:
+            return await self._read_and_store(
+                provider, adapter, job_id, headers, chunks, declared_length, held
+            )
+
+    async def _read_and_store(
+        self,
+        provider: str,
+        adapter: CallbackAdapter,
+        job_id: str,
+        headers: Mapping[str, str],
+        chunks: AsyncIterable[bytes],
+        declared_length: str | None,
+        held: Reservation,
+    ) -> tuple[Job, Outcome]:
         try:
-            body = await read_capped(chunks, declared_length, self._max_bytes)
+            with anyio.fail_after(self._body_timeout):
+                body = await read_capped(chunks, declared_length, self._max_bytes)
         except PayloadTooLarge as exc:
             raise _Rejected(CallbackOutcome.TOO_LARGE, exc) from None
+        except TimeoutError:
+            raise RequestTimeout(
+                f"the body did not arrive within {self._body_timeout:g} seconds"
+            ) from None
+        held.shrink(len(body))
         try:
             adapter.verify_callback(headers, body, self._endpoints[provider].api_key)
         except ForgedCallback as exc:

@@ -18,6 +18,7 @@ from service.core.errors import ServiceUnavailable
 from service.delivery.publisher import Publisher
 from service.jobs.lifecycle import Applied, JobMismatch, UnknownJob, Update, apply_updates
 from service.storage.database import Database
+from service.storage.space import RETRY_AFTER, out_of_space
 
 log = logging.getLogger(__name__)
 
@@ -100,10 +101,19 @@ class Ingest:
                     mirror=self._mirror,
                 )
             results = list(applied)
-        except Exception:
-            log.exception("could not store a batch of %d callbacks", len(batch))
+        except Exception as exc:
+            full = out_of_space(exc)
+            if full:
+                log.warning("could not store a batch of %d callbacks: out of space", len(batch))
+            else:
+                log.exception("could not store a batch of %d callbacks", len(batch))
+            wait = str(RETRY_AFTER if full else 1)
             results = [
-                ServiceUnavailable("the callback could not be stored; send it again") for _ in batch
+                ServiceUnavailable(
+                    "the callback could not be stored; send it again",
+                    headers={"Retry-After": wait},
+                )
+                for _ in batch
             ]
         finally:
             # Results, errors included, are values: a future whose requester hung up is then
@@ -122,4 +132,6 @@ class Ingest:
 
 def _shutting_down() -> ServiceUnavailable:
     # One instance per request: an exception raised in many tasks would share its traceback.
-    return ServiceUnavailable("reelhook is shutting down; send the callback again")
+    return ServiceUnavailable(
+        "reelhook is shutting down; send the callback again", headers={"Retry-After": "1"}
+    )

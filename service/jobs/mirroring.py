@@ -21,7 +21,7 @@ import httpx
 
 from service.core.clock import Clock
 from service.core.retry import RetrySchedule
-from service.core.worker import Wakeup, run_worker, until
+from service.core.worker import Backoff, Wakeup, run_worker, until
 from service.delivery.publisher import Publisher
 from service.jobs.lifecycle import Mirrored, record_mirror
 from service.net.failures import NETWORK_ERRORS, NetworkFailure, classify, describe
@@ -29,6 +29,7 @@ from service.storage import mirrors
 from service.storage.blobs import BlobStore, BlobTooLarge, BlobUnavailable
 from service.storage.database import Database
 from service.storage.mirrors import MirrorTask
+from service.storage.space import out_of_space
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,9 @@ _SNIFF_BYTES = 12
 class Failure:
     reason: str
     retryable: bool
+    # Not the download's fault (reelhook's disk is full): tried again later without using up
+    # one of its attempts, so it never turns into a permanent mirror error.
+    deferred: bool = False
 
 
 class Mirrors:
@@ -69,6 +73,11 @@ class Mirrors:
         self._concurrency = concurrency
         self._wakeup = Wakeup()
         self._active: set[tuple[str, int]] = set()
+        # A full disk defers a download by the longest scheduled delay.
+        self._defer = max(retry_delays, default=60.0)
+        # After an outcome that could not be recorded, a download's slot stays taken for a
+        # growing while, so the same row is not fetched again and again (a hot loop).
+        self._unrecorded = Backoff(min(retry_delays, default=1.0), 60.0)
 
     def wake(self) -> None:
         """Tell the worker downloads may have been queued (call after their commit)."""
@@ -102,18 +111,35 @@ class Mirrors:
             try:
                 result = await self.download(task.url)
             except Exception as exc:
-                log.exception("mirroring output %d of %s failed", task.output_index, task.job_id)
-                result = Failure(f"internal error: {type(exc).__name__}", retryable=False)
+                if out_of_space(exc):
+                    result = _no_space()
+                else:
+                    log.exception(
+                        "mirroring output %d of %s failed", task.output_index, task.job_id
+                    )
+                    result = Failure(f"internal error: {type(exc).__name__}", retryable=False)
             await self._record(task, result)
-        except Exception:
-            # The row stays pending; the next wake-up tries again.
-            log.exception("could not record the mirror of %s", task.job_id)
+        except Exception as exc:
+            # The row stays pending and is tried again once the back-off has passed.
+            wait = self._unrecorded.next()
+            if out_of_space(exc):
+                log.warning("could not record the mirror of %s: out of space", task.job_id)
+            else:
+                log.exception("could not record the mirror of %s", task.job_id)
+            await anyio.sleep(wait)
+        else:
+            self._unrecorded.reset()
         finally:
             self._active.discard((task.job_id, task.output_index))
             self.wake()
 
     async def _record(self, task: MirrorTask, result: Mirrored | Failure) -> None:
         now = self._clock()
+        if isinstance(result, Failure) and result.deferred:
+            async with self._db.transaction() as conn:
+                await mirrors.defer(conn, task, now + self._defer, result.reason, now)
+            log.warning("mirroring %s deferred: %s", task.job_id, result.reason)
+            return
         if isinstance(result, Failure) and result.retryable:
             at = self._retries.next_attempt_at(task.attempts + 1, now)
             if at is not None:
@@ -147,6 +173,10 @@ class Mirrors:
         except BlobUnavailable as exc:
             # The blob store (S3) is down or unreachable: the download is tried again later.
             return Failure(f"the blob store is unavailable: {exc}", True)
+        except OSError as exc:
+            if out_of_space(exc):
+                return _no_space()
+            raise
 
     async def _store(self, response: httpx.Response) -> Mirrored | Failure:
         status = response.status_code
@@ -179,3 +209,7 @@ class Mirrors:
 
         digest, size = await self._blobs.write(body(), self._max_bytes)
         return Mirrored(digest, size, media_type)
+
+
+def _no_space() -> Failure:
+    return Failure("no space left to store the copy", retryable=True, deferred=True)

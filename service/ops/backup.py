@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import sqlite3
 import sys
 import time
@@ -123,6 +124,7 @@ def restore(source: Path, data_dir: Path, *, force: bool) -> tuple[Summary, Path
 def _copy(source: sqlite3.Connection, destination: Path, owner: Path | None = None) -> Summary:
     """Copy ``source`` into a new file at ``destination`` atomically, private to its owner."""
     partial = destination.with_name(f".{destination.name}.partial-{os.getpid()}")
+    _remove_leftovers(destination)
     partial.unlink(missing_ok=True)
     descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     os.close(descriptor)
@@ -149,6 +151,29 @@ def _copy(source: sqlite3.Connection, destination: Path, owner: Path | None = No
             stale.unlink(missing_ok=True)
         raise
     return _inspect(destination)
+
+
+def _remove_leftovers(destination: Path) -> list[Path]:
+    """Delete the partial copies (and their journals) a killed backup or restore to
+    ``destination`` left behind, keeping those of processes still running; return them."""
+    removed = []
+    for leftover in destination.parent.glob(f".{destination.name}.partial-*"):
+        found = re.search(r"\.partial-(\d+)", leftover.name)
+        if found and int(found[1]) != os.getpid() and _alive(int(found[1])):
+            continue
+        leftover.unlink(missing_ok=True)
+        removed.append(leftover)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
 
 
 def _inspect(path: Path) -> Summary:

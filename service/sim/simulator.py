@@ -192,6 +192,13 @@ class Simulator:
         self.video = resources.files("service.sim").joinpath("assets/sample.mp4").read_bytes()
         self._client: httpx.AsyncClient | None = None
         self._tasks: anyio.abc.TaskGroup | None = None
+        self._callback_prefix: str | None = None
+
+    def callbacks_only_to(self, prefix: str) -> None:
+        """Send callbacks only to URLs starting with ``prefix`` (reelhook's own callback
+        routes): a simulator mounted in reelhook must not be a relay that makes reelhook POST
+        wherever an anonymous submit's ``callback_url`` or ``webhookUrl`` says."""
+        self._callback_prefix = prefix
 
     @property
     def scenario(self) -> Scenario:
@@ -303,6 +310,15 @@ class Simulator:
         """
         assert self._client is not None
         status: int | None = None
+        if self._callback_prefix is not None and not url.startswith(self._callback_prefix):
+            log.warning(
+                "simulated %s callback to %s refused: only %s... is allowed",
+                plan.provider,
+                url,
+                self._callback_prefix,
+            )
+            self.record(plan, job_id=job_id, kind=kind, status=None)
+            return None
         try:
             response = await self._client.post(
                 url, content=body, headers={"Content-Type": "application/json", **(headers or {})}

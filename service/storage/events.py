@@ -81,8 +81,15 @@ _QUEUES = (
 )
 
 
-async def seq_of(conn: Connection, event_id: str) -> int | None:
-    async with conn.execute("SELECT seq FROM events WHERE id = ?", (event_id,)) as cursor:
+async def seq_of(conn: Connection, event_id: str, owner_key_id: str | None = None) -> int | None:
+    """The position of ``event_id`` in the log; None when there is no such event, or (with
+    ``owner_key_id``) when it is not an event of that key's jobs."""
+    sql = "SELECT seq FROM events WHERE id = ?"
+    params: tuple[str, ...] = (event_id,)
+    if owner_key_id is not None:
+        sql += " AND job_id IN (SELECT id FROM jobs WHERE owner_key_id = ?)"
+        params = (event_id, owner_key_id)
+    async with conn.execute(sql, params) as cursor:
         row = await cursor.fetchone()
     return int(row["seq"]) if row else None
 
@@ -110,6 +117,17 @@ async def list_page(
         "ORDER BY e.seq LIMIT ?"
     )
     async with conn.execute(sql, params) as cursor:
+        return list(await cursor.fetchall())
+
+
+async def tail(conn: Connection, *, after_seq: int, limit: int) -> list[Row]:
+    """Every event after ``after_seq`` in log order, with the API key owning its job
+    (``owner_key_id``, None for an event of no job): what the live streams' shared tail reads."""
+    sql = (
+        "SELECT e.seq, e.id, e.type, e.payload, j.owner_key_id FROM events e "
+        "LEFT JOIN jobs j ON j.id = e.job_id WHERE e.seq > ? ORDER BY e.seq LIMIT ?"
+    )
+    async with conn.execute(sql, (after_seq, limit)) as cursor:
         return list(await cursor.fetchall())
 
 

@@ -63,6 +63,16 @@ async def retry_later(
     )
 
 
+async def defer(conn: Connection, task: MirrorTask, at: float, error: str, now: float) -> None:
+    """Try the download again at ``at`` without counting this attempt (the failure was
+    reelhook's, not the download's)."""
+    await conn.execute(
+        "UPDATE mirrors SET next_attempt_at = ?, error = ?, updated_at = ? "
+        "WHERE job_id = ? AND output_index = ? AND status = 'pending'",
+        (at, error, now, task.job_id, task.output_index),
+    )
+
+
 async def finish(conn: Connection, task: MirrorTask, *, error: str | None, now: float) -> bool:
     """Close the download: ``done`` without ``error``, ``failed`` with it.
 

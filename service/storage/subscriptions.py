@@ -113,6 +113,17 @@ async def delete(conn: Connection, sub_id: str) -> bool:
     return cursor.rowcount > 0
 
 
+async def count_standing(conn: Connection, owner_key_id: str) -> int:
+    """How many standing subscriptions (not a job's one-off callback) ``owner_key_id`` owns."""
+    rows = list(
+        await conn.execute_fetchall(
+            "SELECT count(*) FROM subscriptions WHERE owner_key_id = ? AND job_id IS NULL",
+            (owner_key_id,),
+        )
+    )
+    return int(rows[0][0])
+
+
 async def list_page(
     conn: Connection, *, owner_key_id: str | None, after_id: str | None, limit: int
 ) -> list[Subscription]:

@@ -1,0 +1,196 @@
+"""Bounded inbound memory (service/jobs/inbound.py, service/app/server.py): a byte budget for
+callback bodies in flight and queued, a concurrency limit per provider route, a body read timeout
+and a header read timeout. Beyond a limit the answer is 503 + Retry-After, before any of the
+body is read."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+
+import anyio
+import httpx
+import pytest
+import uvicorn
+from starlette.types import Receive, Scope, Send
+
+from service.app.server import Server, guarded_http
+from tests.conftest import SettingsFactory
+from tests.helpers.callbacks import TOKENS
+from tests.servers import loopback_socket, url_of
+from tests.support import api_client, assert_error
+
+pytestmark = pytest.mark.anyio
+
+BODY = b'{"id": "p_1", "status": "succeeded"}'
+
+
+class Stalled:
+    """A request body that sends its first bytes, then waits until released."""
+
+    def __init__(self) -> None:
+        self.release = anyio.Event()
+        self.started = 0
+
+    def body(self) -> AsyncIterator[bytes]:
+        async def chunks() -> AsyncIterator[bytes]:
+            self.started += 1
+            yield BODY[:5]
+            await self.release.wait()
+            yield BODY[5:]
+
+        return chunks()
+
+
+async def until(predicate: Callable[[], bool]) -> None:
+    with anyio.fail_after(10):
+        while True:
+            if predicate():
+                return
+            await anyio.sleep(0.01)
+
+
+async def post_callback(
+    http: httpx.AsyncClient, content: bytes | AsyncIterator[bytes], job: str = "job_x"
+) -> httpx.Response:
+    token = TOKENS.callback(job, "trinetra")
+    return await http.post(
+        f"/v1/callbacks/trinetra/{token}",
+        content=content,
+        headers={"Content-Length": str(len(BODY))},
+    )
+
+
+async def hold_stalled(
+    http: httpx.AsyncClient, stalled: Stalled, count: int, answers: list[httpx.Response]
+) -> None:
+    async def one() -> None:
+        answers.append(await post_callback(http, stalled.body()))
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(count):
+            tg.start_soon(one)
+
+
+async def test_callback_bodies_beyond_the_byte_budget_get_503_before_being_read(
+    settings_factory: SettingsFactory,
+) -> None:
+    settings = settings_factory(
+        INBOUND_BUFFER_BYTES="1024", MAX_CALLBACK_BYTES="1024", CALLBACK_CONCURRENCY="100"
+    )
+    big = 1000  # declared length of each stalled body: one fits in 1024 bytes, two do not
+    stalled = Stalled()
+    async with api_client(settings) as http:
+        token = TOKENS.callback("job_x", "trinetra")
+
+        async def held() -> httpx.Response:
+            async def chunks() -> AsyncIterator[bytes]:
+                stalled.started += 1
+                yield b"x" * 10
+                await stalled.release.wait()
+                yield b"x" * (big - 10)
+
+            return await http.post(
+                f"/v1/callbacks/trinetra/{token}",
+                content=chunks(),
+                headers={"Content-Length": str(big)},
+            )
+
+        answers: list[httpx.Response] = []
+
+        async def keep() -> None:
+            answers.append(await held())
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(keep)
+            await until(lambda: stalled.started >= 1)
+            # The held body has its 1000 bytes reserved: a second one is refused at once.
+            refused = await http.post(
+                f"/v1/callbacks/trinetra/{token}",
+                content=b"y" * 100,
+            )
+            stalled.release.set()
+        # Its commit done (an unknown job here), the budget is free again.
+        after = await post_callback(http, BODY)
+    error = assert_error(refused, 503, "unavailable")
+    assert "REELHOOK_INBOUND_BUFFER_BYTES" in error["message"]
+    assert refused.headers["Retry-After"] == "1"
+    # The held body was read whole, then judged (not refused for want of budget).
+    assert len(answers) == 1 and answers[0].status_code not in (503, 408), answers[0].text
+    assert after.status_code != 503, after.text
+
+
+async def test_a_provider_route_takes_at_most_its_concurrency_of_callbacks(
+    settings_factory: SettingsFactory,
+) -> None:
+    settings = settings_factory(CALLBACK_CONCURRENCY="2")
+    stalled = Stalled()
+    answers: list[httpx.Response] = []
+    async with api_client(settings) as http:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(hold_stalled, http, stalled, 2, answers)
+            await until(lambda: stalled.started >= 2)
+            refused = await post_callback(http, BODY)
+            # Another provider's route has its own limit.
+            other = await http.post(
+                f"/v1/callbacks/apiframe/{TOKENS.callback('job_x', 'apiframe')}", content=BODY
+            )
+            stalled.release.set()
+        after = await post_callback(http, BODY)
+    error = assert_error(refused, 503, "unavailable")
+    assert "REELHOOK_CALLBACK_CONCURRENCY" in error["message"]
+    assert refused.headers["Retry-After"] == "1"
+    assert other.status_code != 503, other.text
+    assert len(answers) == 2 and all(a.status_code != 503 for a in answers)
+    assert after.status_code != 503, after.text
+
+
+async def test_a_callback_body_that_does_not_arrive_in_time_gets_408(
+    settings_factory: SettingsFactory,
+) -> None:
+    settings = settings_factory(BODY_TIMEOUT="0.2")
+    stalled = Stalled()
+    async with api_client(settings) as http:
+        answer = await post_callback(http, stalled.body())
+        stalled.release.set()
+        after = await post_callback(http, BODY)
+    error = assert_error(answer, 408, "request_timeout")
+    assert "0.2 seconds" in error["message"]
+    assert after.status_code != 408
+
+
+async def _ok(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 204, "headers": []})
+    await send({"type": "http.response.body", "body": b""})
+
+
+async def test_a_client_dribbling_its_headers_is_disconnected() -> None:
+    sock = loopback_socket()
+    config = uvicorn.Config(_ok, lifespan="off", log_level="warning", http=guarded_http(0.3))
+    server = Server(config, on_shutdown=lambda: None)
+    host, port = sock.getsockname()[:2]
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(server.serve, [sock])
+        await until(lambda: server.started)
+        # A well-behaved client gets its answer, and its kept-alive connection stays usable.
+        async with httpx.AsyncClient(base_url=url_of(sock)) as http:
+            assert (await http.get("/")).status_code == 204
+            assert (await http.get("/")).status_code == 204
+        # A slowloris client sends a byte of header at a time and never finishes.
+        stream = await anyio.connect_tcp(host, port)
+        closed = False
+        with anyio.fail_after(10):
+            await stream.send(b"GET / HTTP/1.1\r\nHost: x\r\n")
+            try:
+                while True:
+                    await stream.send(b"X")
+                    with anyio.move_on_after(0.05):
+                        if await stream.receive() == b"":
+                            break
+            except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                closed = True
+        await stream.aclose()
+        server.should_exit = True
+    sock.close()
+    assert closed

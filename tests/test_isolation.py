@@ -1,0 +1,239 @@
+"""No tenant can hurt another: fair sharing of outbound capacity (hanging subscribers lose their
+claim on the send pool) and per-key quotas on subscriptions and open event streams."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import anyio
+import pytest
+from starlette.types import Receive, Scope, Send
+
+from service.delivery.fairness import Lanes
+from tests.conftest import SettingsFactory
+from tests.helpers.delivery import ping, subscribe
+from tests.helpers.keys import KEY_B, add_member_keys, as_key
+from tests.servers import loopback_socket, run_server, url_of
+from tests.sse_client import open_stream
+from tests.support import api_client, assert_error, served
+
+pytestmark = pytest.mark.anyio
+
+
+@dataclass
+class Hangers:
+    """A subscriber (bare ASGI, so it sees the client hang up): ``/hang/<n>`` requests never get
+    an answer and count as open until reelhook gives up on them; ``/ok`` answers 204 at once and
+    notes how many hanging requests were open when it arrived."""
+
+    open: Counter[str] = field(default_factory=Counter)
+    ended: Counter[str] = field(default_factory=Counter)
+    open_at_ok: list[int] = field(default_factory=list)
+    changed: anyio.Event = field(default_factory=anyio.Event)
+
+    def _note(self) -> None:
+        self.changed.set()
+        self.changed = anyio.Event()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        while (await receive()).get("more_body", False):
+            pass
+        path: str = scope["path"]
+        if path.startswith("/hang/"):
+            self.open[path] += 1
+            self._note()
+            try:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+            finally:
+                self.open[path] -= 1
+                self.ended[path] += 1
+                self._note()
+            return
+        self.open_at_ok.append(sum(self.open.values()))
+        self._note()
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def wait_for(self, predicate: Callable[[Hangers], bool], within: float = 20.0) -> None:
+        with anyio.fail_after(within):
+            while not predicate(self):
+                await self.changed.wait()
+
+
+async def test_hanging_subscribers_cannot_hold_the_send_pool(
+    settings_factory: SettingsFactory,
+) -> None:
+    """Four hanging subscriptions with two slots each could hold all four send slots (as 32 x 8
+    held all 256 in production). Once each has timed out (twice, so the attempts it started
+    before its first timeout are over too), they share the one probation slot: every delivery
+    of a healthy subscription then goes out while at most one hanging request is open."""
+    settings = settings_factory(
+        DELIVERY_CONCURRENCY="4",
+        SUBSCRIPTION_CONCURRENCY="2",
+        DELIVERY_TIMEOUT="0.5",
+        RETRY_OVERLOAD_FLOOR="0",
+        RETRY_SCHEDULE=",".join(["0"] + ["0.05"] * 40),
+    )
+    hangers = Hangers()
+    paths = [f"/hang/{n}" for n in range(4)]
+    async with run_server(hangers) as url, api_client(settings) as http:
+        hanging = [await subscribe(http, f"{url}{path}") for path in paths]
+        for sub in hanging:
+            for _ in range(3):
+                await ping(http, sub["id"])
+        healthy = await subscribe(http, f"{url}/ok")
+        await hangers.wait_for(lambda h: all(h.ended[path] >= 2 for path in paths))
+        for count in range(1, 6):
+            await ping(http, healthy["id"])
+            await hangers.wait_for(_oks(count))
+        # The hanging subscribers are still being tried, one at a time.
+        ended = sum(hangers.ended.values())
+        await hangers.wait_for(lambda h: sum(h.ended.values()) > ended)
+    assert max(hangers.open_at_ok) <= 1, hangers.open_at_ok
+
+
+def _oks(count: int) -> Callable[[Hangers], bool]:
+    return lambda h: len(h.open_at_ok) == count
+
+
+def test_a_lane_narrows_on_a_timeout_and_widens_on_success() -> None:
+    lanes = Lanes(per_subscription=8, concurrency=16)
+    assert lanes.width("sub_a") == 8 and not lanes.on_probation("sub_a")
+    lanes.observe("sub_a", succeeded=False, timed_out=False)  # a quick 500 changes nothing
+    assert lanes.width("sub_a") == 8
+    lanes.observe("sub_a", succeeded=False, timed_out=True)
+    assert lanes.width("sub_a") == 1 and lanes.on_probation("sub_a")
+    assert lanes.on_probation_ids == ["sub_a"]
+    widths = []
+    for _ in range(4):
+        lanes.observe("sub_a", succeeded=True, timed_out=False)
+        widths.append(lanes.width("sub_a"))
+    assert widths == [2, 4, 8, 8]
+    assert not lanes.on_probation("sub_a") and lanes.on_probation_ids == []
+    assert lanes.probation_slots == 4
+    assert lanes.width("sub_b") == 8
+
+
+async def test_a_narrowed_lane_lets_one_attempt_at_a_time_through() -> None:
+    lanes = Lanes(per_subscription=2, concurrency=8)
+    lanes.observe("sub_a", succeeded=False, timed_out=True)
+    inside = 0
+    most = 0
+    gate = anyio.Event()
+
+    async def attempt() -> None:
+        nonlocal inside, most
+        async with lanes.slot("sub_a"):
+            inside += 1
+            most = max(most, inside)
+            await gate.wait()
+            inside -= 1
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(3):
+            tg.start_soon(attempt)
+        await anyio.wait_all_tasks_blocked()
+        assert inside == 1
+        # A success widens the lane to two: a waiting attempt gets in at once.
+        lanes.observe("sub_a", succeeded=True, timed_out=False)
+        await anyio.wait_all_tasks_blocked()
+        assert inside == 2
+        gate.set()
+    assert most == 2
+
+
+async def test_a_key_has_at_most_its_quota_of_subscriptions(
+    settings_factory: SettingsFactory,
+) -> None:
+    settings = settings_factory(MAX_SUBSCRIPTIONS_PER_KEY="2")
+    await add_member_keys(settings, KEY_B)
+    async with api_client(settings) as http:
+        first = await subscribe(http, "https://example.com/a")
+        await subscribe(http, "https://example.com/b")
+        refused = await http.post("/v1/subscriptions", json={"url": "https://example.com/c"})
+        error = assert_error(refused, 429, "quota_exceeded")
+        assert "REELHOOK_MAX_SUBSCRIPTIONS_PER_KEY" in error["message"]
+        assert error["details"] == {"quota": "REELHOOK_MAX_SUBSCRIPTIONS_PER_KEY", "limit": 2}
+        listed = (await http.get("/v1/subscriptions")).json()["data"]
+        assert len(listed) == 2  # nothing stored half-way
+        # Another key has its own quota.
+        other = await http.post(
+            "/v1/subscriptions", json={"url": "https://example.com/c"}, headers=as_key(KEY_B)
+        )
+        assert other.status_code == 201, other.text
+        # Deleting one makes room again.
+        assert (await http.delete(f"/v1/subscriptions/{first['id']}")).status_code == 204
+        again = await http.post("/v1/subscriptions", json={"url": "https://example.com/c"})
+        assert again.status_code == 201, again.text
+
+
+async def test_a_key_has_at_most_its_quota_of_open_streams(
+    settings_factory: SettingsFactory,
+) -> None:
+    with loopback_socket() as sock:
+        settings = settings_factory(
+            PUBLIC_URL=url_of(sock), STREAM_KEEPALIVE="60", MAX_STREAMS_PER_KEY="2"
+        )
+        await add_member_keys(settings, KEY_B)
+        async with served(settings, sock) as http:
+            async with open_stream(http) as one, open_stream(http) as two:
+                await one.position()
+                await two.position()
+                refused = await http.get("/v1/events/stream")
+                error = assert_error(refused, 429, "quota_exceeded")
+                assert "REELHOOK_MAX_STREAMS_PER_KEY" in error["message"]
+                assert error["details"]["limit"] == 2
+                # Another key's streams are counted apart.
+                async with open_stream(http, x_api_key=KEY_B) as other:
+                    await other.position()
+            # Closed streams give their places back (once the server has seen them go).
+            with anyio.fail_after(10):
+                while True:
+                    try:
+                        async with open_stream(http) as three, open_stream(http) as four:
+                            await three.position()
+                            await four.position()
+                            break
+                    except AssertionError:
+                        await anyio.sleep(0.05)
+
+
+async def test_after_another_keys_event_is_answered_as_an_unknown_one(
+    settings_factory: SettingsFactory,
+) -> None:
+    """``after=`` naming another key's event gets the same 422 as an unknown id, on the page and
+    on the stream, so a key cannot confirm that another's event exists."""
+    settings = settings_factory()
+    await add_member_keys(settings, KEY_B)
+    async with api_client(settings) as http:
+        sub = await subscribe(http, "https://example.com/hook")
+        theirs = await ping(http, sub["id"])  # the admin's event, of no job of KEY_B's
+        answers = {
+            name: await http.get(path, params={"after": event_id}, headers=as_key(KEY_B))
+            for name, event_id in (("theirs", theirs), ("unknown", "evt_unknown"))
+            for path in ["/v1/events"]
+        }
+        stream = await http.get(
+            "/v1/events/stream", params={"after": theirs}, headers=as_key(KEY_B)
+        )
+        own = await http.get("/v1/events", params={"after": theirs})
+    bodies = {
+        name: assert_error(answer, 422, "validation_failed", "after")
+        for name, answer in answers.items()
+    }
+    assert bodies["theirs"]["message"].replace(theirs, "X") == bodies["unknown"]["message"].replace(
+        "evt_unknown", "X"
+    )
+    assert_error(stream, 422, "validation_failed", "after")
+    assert own.status_code == 200, own.text

@@ -1,0 +1,110 @@
+"""Streams that cost nothing while idle: one shared tail of the event log, fanned out in memory,
+wakes a stream only for events it may see (service/delivery/eventfeed.py).
+
+Real components: a SQLite store in tmp_path, the feed's tail task and the streams' generators;
+the feed's counters show who read and who was woken."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import anyio
+import pytest
+
+from service.access.callers import Caller
+from service.access.scopes import Scope
+from service.core.ids import new_id
+from service.delivery.eventfeed import EventFeed
+from service.delivery.eventlog import EventLog
+from service.storage import events
+from service.storage.announcements import Work
+from service.storage.database import Database
+from service.storage.sqlite import SqliteConnection
+
+pytestmark = pytest.mark.anyio
+
+ADMIN = Caller("key_admin", (Scope.ADMIN,))
+
+
+async def append(db: Database, type_: str, count: int = 1) -> None:
+    """``count`` events of ``type_``, one commit each."""
+    for _ in range(count):
+        now = time.time()
+        async with db.transaction() as conn:
+            await events.append(
+                conn,
+                [
+                    events.NewEvent(
+                        id=new_id("evt"),
+                        type=type_,
+                        job_id=None,
+                        created_at=now,
+                        payload=b'{"type": "%s", "data": {}}' % type_.encode(),
+                        subscription_ids=[],
+                        first_attempt_at=now,
+                    )
+                ],
+            )
+
+
+async def next_chunk(stream: AsyncIterator[bytes]) -> bytes:
+    with anyio.fail_after(10):
+        return await anext(stream)
+
+
+async def drain(stream: AsyncIterator[bytes], into: list[bytes]) -> None:
+    async for chunk in stream:
+        into.append(chunk)
+
+
+async def until(predicate: Callable[[], bool]) -> None:
+    with anyio.fail_after(10):
+        while True:
+            if predicate():
+                return
+            await anyio.sleep(0.01)
+
+
+@pytest.mark.sqlite_only("it reads the statements SQLite runs, through its trace callback")
+async def test_idle_streams_are_neither_woken_nor_read_for_events_they_do_not_want(
+    tmp_path: Path,
+) -> None:
+    """Twenty streams wait for ``job.succeeded``; thirty commits of pings wake none of them and
+    cost one tail read each (or fewer), not one per stream; then one ``job.succeeded`` wakes
+    each exactly once, and none of them queried the log itself."""
+    feed = EventFeed()
+    statements: list[str] = []
+    async with Database.open(tmp_path / "db.sqlite") as db, anyio.create_task_group() as tg:
+        db.subscribe(Work.EVENTS, feed.notify)
+        log = EventLog(db, feed, keepalive=60, max_streams_per_key=100)
+        tg.start_soon(feed.run, db.reader)
+        await append(db, "ping", 3)
+        streams = [log.follow(ADMIN, ["job.succeeded"], after_seq=3) for _ in range(20)]
+        received: list[list[bytes]] = [[] for _ in streams]
+        for stream, into in zip(streams, received, strict=True):
+            assert b"id: 3" in await next_chunk(stream)  # the position block
+            tg.start_soon(drain, stream, into)
+        await until(lambda: len(feed.listeners) == 20 and feed.head == 3)
+        await anyio.sleep(0.1)  # let the streams settle into their wait
+        woken = {id(listener): listener.wakes for listener in feed.listeners}
+        reads = feed.reads
+        assert isinstance(db.reader, SqliteConnection)
+        await db.reader.raw.set_trace_callback(statements.append)
+        await append(db, "ping", 30)
+        await until(lambda: feed.head == 33)
+        quiet = {id(listener): listener.wakes for listener in feed.listeners}
+        await append(db, "job.succeeded")
+        await until(lambda: all(any(b"job.succeeded" in c for c in r) for r in received))
+        after = {id(listener): listener.wakes for listener in feed.listeners}
+        await db.reader.raw.set_trace_callback(lambda sql: None)
+        tg.cancel_scope.cancel()
+    assert quiet == woken  # no stream was woken by the pings
+    assert all(after[key] == woken[key] + 1 for key in woken)
+    assert feed.reads - reads <= 31
+    own_reads = [sql for sql in statements if "FROM events e WHERE" in sql]
+    assert own_reads == []  # the streams never queried the log themselves
+    for chunks in received:
+        text = b"".join(chunks)
+        assert text.count(b"event: job.succeeded") == 1 and b"ping" not in text, text
