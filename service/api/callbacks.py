@@ -15,6 +15,22 @@ from service.jobs.lifecycle import Outcome
 from service.providers import CALLBACK_ADAPTERS
 
 
+def _stored(description: str) -> Reply:
+    """The 200 answer of both callback routes: the callback was stored, and how it ended."""
+    return Reply(
+        description,
+        {
+            "type": "object",
+            "required": ["received", "job_id", "outcome"],
+            "properties": {
+                "received": {"const": True},
+                "job_id": {"type": "string"},
+                "outcome": {"enum": [outcome.value for outcome in Outcome]},
+            },
+        },
+    )
+
+
 @operation(
     summary="Receive a provider webhook",
     tag="providers",
@@ -27,20 +43,7 @@ from service.providers import CALLBACK_ADAPTERS
         ),
     ),
     body={"type": "object", "description": "The provider's own callback body."},
-    replies={
-        200: Reply(
-            "Verified and stored (duplicates and late callbacks too, for audit).",
-            {
-                "type": "object",
-                "required": ["received", "job_id", "outcome"],
-                "properties": {
-                    "received": {"const": True},
-                    "job_id": {"type": "string"},
-                    "outcome": {"enum": [outcome.value for outcome in Outcome]},
-                },
-            },
-        )
-    },
+    replies={200: _stored("Verified and stored (duplicates and late callbacks too, for audit).")},
     errors=(400, 401, 404, 413),
     authenticated=False,
     # A provider that decorates the URL it was given must not have its webhook refused.
@@ -88,17 +91,8 @@ async def answer_callback(
     ),
     body={"type": "object", "description": "The provider's terminal job document."},
     replies={
-        200: Reply(
-            "Verified, matched to its job and stored (duplicates and late ones too, for audit).",
-            {
-                "type": "object",
-                "required": ["received", "job_id", "outcome"],
-                "properties": {
-                    "received": {"const": True},
-                    "job_id": {"type": "string"},
-                    "outcome": {"enum": [outcome.value for outcome in Outcome]},
-                },
-            },
+        200: _stored(
+            "Verified, matched to its job and stored (duplicates and late ones too, for audit)."
         ),
         202: Reply(
             "Verified but naming no job reelhook knows yet: kept, and applied when the "

@@ -117,7 +117,15 @@ class Deliveries:
         self, caller: Caller, chosen: DeliveryFilter, *, cursor: str | None, limit: int
     ) -> Page[Delivery]:
         """The deliveries ``caller`` may see, newest first."""
-        rows = await deliveries.list_page(
+        rows = await self._matching(caller, chosen, before_id=cursor, limit=limit + 1)
+        return page_of(rows, limit, lambda delivery: delivery.id)
+
+    async def _matching(
+        self, caller: Caller, chosen: DeliveryFilter, *, before_id: str | None, limit: int
+    ) -> list[Delivery]:
+        """Up to ``limit`` deliveries ``caller`` may see that ``chosen`` selects, newest first
+        (before ``before_id`` when given)."""
+        return await deliveries.list_page(
             self._db.reader,
             owner_key_id=caller.owner_filter,
             subscription_id=chosen.subscription_id,
@@ -127,10 +135,9 @@ class Deliveries:
             event_type=chosen.event_type,
             created_since=chosen.since,
             created_until=chosen.until,
-            before_id=cursor,
-            limit=limit + 1,
+            before_id=before_id,
+            limit=limit,
         )
-        return page_of(rows, limit, lambda delivery: delivery.id)
 
     async def resend_matching(
         self, caller: Caller, chosen: DeliveryFilter, *, limit: int = 500
@@ -138,18 +145,7 @@ class Deliveries:
         """Bulk retry: :meth:`resend` every delivery ``chosen`` selects (at most ``limit``,
         newest first) that can be resent; return (resent, skipped). Deliveries whose attempt is
         running, or whose subscription is disabled or deleted, are skipped, not errors."""
-        rows = await deliveries.list_page(
-            self._db.reader,
-            owner_key_id=caller.owner_filter,
-            subscription_id=chosen.subscription_id,
-            status=chosen.status,
-            event_id=chosen.event_id,
-            job_id=chosen.job_id,
-            event_type=chosen.event_type,
-            created_since=chosen.since,
-            created_until=chosen.until,
-            limit=limit,
-        )
+        rows = await self._matching(caller, chosen, before_id=None, limit=limit)
         resent = skipped = 0
         for delivery in rows:
             try:
