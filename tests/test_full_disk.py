@@ -127,6 +127,7 @@ def test_backoff_doubles_up_to_its_most_and_resets() -> None:
     assert backoff.next() == 1 and backoff.failures == 1
 
 
+@pytest.mark.sqlite_only("the database file is what fills the tmpfs; PostgreSQL's is on its server")
 async def test_a_full_disk_answers_503_with_retry_after_and_keeps_the_connection(
     disk: Disk,
 ) -> None:
