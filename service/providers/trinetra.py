@@ -28,7 +28,7 @@ from service.providers.base import (
 )
 
 STATUSES: Mapping[str, JobStatus] = {
-    # Documented on the seed pages.
+    # Documented on the provider pages (docs/seeds/, summarised in docs/providers.md §1).
     "queued": JobStatus.SUBMITTED,
     "succeeded": JobStatus.SUCCEEDED,
     # Inferred (docs/providers.md, Trinetra): usual spellings, those of Kling, which Trinetra
@@ -53,7 +53,7 @@ STATUSES: Mapping[str, JobStatus] = {
 """Trinetra's job statuses in reelhook's vocabulary. Any other word is read from the rest of the
 document (:func:`~service.providers.base.read_status`): outputs make it a success, an error a
 failure, and neither leaves the job open."""
-# Where a failed document may carry its reason, after ``error`` (providers.md §1: unknown).
+# Where a failed document may carry its reason, after ``error`` (docs/providers.md §1: unknown).
 _MESSAGE_FIELDS = ("message", "error_message", "failure_reason", "task_status_msg")
 _FORWARDED = (
     "prompt",
