@@ -12,21 +12,36 @@ import dataclasses
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
 
 import anyio
+import httpx
 import pytest
 
 from service.core.ids import new_id
-from service.core.models import Cost, DeliveryStatus, Job, JobStatus, Output, ProviderUpdate
+from service.core.models import (
+    Cost,
+    DeliveryStatus,
+    ErrorKind,
+    Job,
+    JobError,
+    JobStatus,
+    Output,
+    ProviderUpdate,
+)
+from service.core.retry import RetrySchedule
 from service.delivery.publisher import Publisher
 from service.jobs import lifecycle
+from service.jobs.held_requests import HeldRequests
 from service.ops.metrics import Metrics
 from service.ops.ratelimit import SharedRateLimiter
 from service.storage import deliveries, events, jobs, submissions
 from service.storage.announcements import Work
+from service.storage.blobs import LocalBlobStore
 from service.storage.deliveries import AttemptOutcome, Claimed
 from service.storage.events import NewEvent
 from service.storage.postgres import PostgresDatabase
+from service.storage.submissions import SubmitClaim
 
 pytestmark = pytest.mark.anyio
 
@@ -435,6 +450,19 @@ async def test_a_keys_rate_limit_is_shared_by_every_node(pg_database: str) -> No
 # --- Segmind held requests ----------------------------------------------------------------------
 
 
+async def hold(node: PostgresDatabase, publisher: Publisher) -> list[SubmitClaim]:
+    async with node.transaction() as conn:
+        return await lifecycle.hold_due_requests(
+            conn,
+            publisher,
+            ["segmind"],
+            time.time(),
+            10,
+            held_by=node.node_id,
+            node_timeout=node.node_timeout,
+        )
+
+
 async def test_a_held_request_is_recovered_only_once_its_node_is_dead(pg_database: str) -> None:
     """Node A holds a Segmind job's request; B starting up leaves it alone while A lives (ending
     it 'interrupted' would fail a job A is about to finish), and recovers it once A is dead."""
@@ -446,14 +474,149 @@ async def test_a_held_request_is_recovered_only_once_its_node_is_dead(pg_databas
         async with a.transaction() as conn:
             await jobs.insert(conn, held)
             await submissions.schedule(conn, held.id, next_at=NOW - 1)
-        async with a.transaction() as conn:
-            claimed = await lifecycle.hold_due_requests(
-                conn, publisher, ["segmind"], time.time(), 10, held_by=a.node_id
-            )
-        assert [job.id for job, _ in claimed] == [held.id]
+        claimed = await hold(a, publisher)
+        assert [claim.job.id for claim in claimed] == [held.id]
         assert await submissions.in_flight(b.reader, ["segmind"], alive_within=10) == []
         await declare_dead(b, a.node_id)
         (orphan,) = await submissions.in_flight(b.reader, ["segmind"], alive_within=10)
         assert orphan.id == held.id
         # One process owns a SQLite file: there every held request is the previous run's.
         assert len(await submissions.in_flight(b.reader, ["segmind"])) == 1
+
+
+def held_requests(node: PostgresDatabase, blobs: Path, client: httpx.AsyncClient) -> HeldRequests:
+    """A node's Segmind worker with Segmind not configured: only its recovery runs."""
+    return HeldRequests(
+        db=node,
+        publisher=Publisher(lambda digest, media_type: ""),
+        client=client,
+        blobs=LocalBlobStore(blobs),
+        endpoint=None,
+        clock=time.time,
+        concurrency=1,
+        timeout=60,
+        max_bytes=1 << 20,
+        retry_schedule=RetrySchedule.for_retries((1.0,)),
+    )
+
+
+async def test_the_leaders_sweep_recovers_a_dead_nodes_held_request_while_the_others_run(
+    pg_database: str, tmp_path: Path
+) -> None:
+    """A holds a Segmind request; B leads. While A heartbeats, B's recovery leaves the request
+    alone; once A stops, B's stale-node sweep declares it dead and B ends the job
+    'interrupted', with no node starting (before, only a starting node recovered it)."""
+    publisher = Publisher(lambda digest, media_type: "")
+    held = dataclasses.replace(
+        a_job(8), provider="segmind", status=JobStatus.PENDING, provider_job_id=None
+    )
+    async with cluster(pg_database, 2, node_timeout=2.0) as (a, b), httpx.AsyncClient() as client:
+        async with a.transaction() as conn:
+            await jobs.insert(conn, held)
+            await submissions.schedule(conn, held.id, next_at=NOW - 1)
+        await hold(a, publisher)
+        await b.upkeep_once()
+        await a.upkeep_once()
+        assert (a.is_leader, b.is_leader) == (False, True)
+        recovery = held_requests(b, tmp_path, client)
+        await recovery.sweep_once()  # the leader, while A is alive: nothing to recover
+        job = await jobs.get(b.reader, held.id)
+        assert job is not None and job.status is JobStatus.SUBMITTED
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(b.run)  # B heartbeats, leads and sweeps; A has stopped
+            tg.start_soon(recovery.run)
+            with anyio.fail_after(15):
+                while (job := await jobs.get(b.reader, held.id)) is not None and (  # noqa: ASYNC110 - asks the database
+                    job.status is JobStatus.SUBMITTED
+                ):
+                    await anyio.sleep(0.1)
+            tg.cancel_scope.cancel()
+        assert job is not None and job.status is JobStatus.FAILED
+        assert job.error is not None and job.error.kind is ErrorKind.INTERRUPTED
+        rows = await b.reader.execute_fetchall(
+            "SELECT type FROM events WHERE job_id = ? ORDER BY seq", (held.id,)
+        )
+        assert [row["type"] for row in rows] == ["job.submitted", "job.failed"]
+
+
+# --- provider submit retries: owned and fenced claims --------------------------------------------
+
+
+async def claim_submit(
+    node: PostgresDatabase, now: float, skip: tuple[str, ...] = ()
+) -> list[SubmitClaim]:
+    async with node.transaction() as conn:
+        return await submissions.claim_due(
+            conn,
+            providers=["trinetra"],
+            now=now,
+            lease_until=now + 60,
+            limit=10,
+            owner=node.node_id,
+            node_timeout=node.node_timeout,
+            skip=skip,
+        )
+
+
+async def test_a_submit_in_flight_on_a_live_node_is_never_claimed_again(pg_database: str) -> None:
+    """A claims a job's submit and the provider is slow: long after the lease ran out, neither B
+    nor A's own retry worker claims it again while A lives and runs the attempt (before, the
+    expired lease made it due and the paid request went out twice)."""
+    pending = dataclasses.replace(a_job(20), status=JobStatus.PENDING, provider_job_id=None)
+    async with cluster(pg_database, 2) as (a, b):
+        async with a.transaction() as conn:
+            await jobs.insert(conn, pending)
+            await submissions.schedule(conn, pending.id, next_at=NOW - 1)
+        (mine,) = await claim_submit(a, time.time())
+        later = time.time() + 3600  # the lease is long over; A is alive and still sending
+        assert await claim_submit(b, later) == []
+        assert (
+            await submissions.next_due_at(
+                b.reader, ["trinetra"], owner=b.node_id, node_timeout=b.node_timeout
+            )
+            is None
+        ), "B is not woken for a claim it may not take"
+        assert await claim_submit(a, later, skip=(pending.id,)) == []
+        # Once A's attempt is over (or failed without an outcome), A may take it again.
+        (again,) = await claim_submit(a, later)
+        assert again.token != mine.token and again.attempt == mine.attempt + 1
+
+
+async def test_a_late_submit_outcome_from_a_node_that_lost_its_claim_is_refused(
+    pg_database: str,
+) -> None:
+    """A claims a submit and stalls past its heartbeat; the leader's sweep hands the claim back at
+    once, B claims it under a new token; A's late acceptance is refused, B's is recorded: one
+    job.submitted, B's provider job id."""
+    publisher = Publisher(lambda digest, media_type: "")
+    pending = dataclasses.replace(a_job(21), status=JobStatus.PENDING, provider_job_id=None)
+    async with cluster(pg_database, 2) as (a, b):
+        async with a.transaction() as conn:
+            await jobs.insert(conn, pending)
+            await submissions.schedule(conn, pending.id, next_at=NOW - 1)
+        (mine,) = await claim_submit(a, time.time())
+        await declare_dead(b, a.node_id)
+        await b.upkeep_once()  # B leads and sweeps A out: its claim is due now, unowned
+        assert b.is_leader
+        (taken,) = await claim_submit(b, time.time())
+        assert taken.token != mine.token
+
+        late, moved = await lifecycle.mark_submitted(
+            a, publisher, pending.id, "tri-from-a", time.time(), token=mine.token
+        )
+        assert not moved and late is not None and late.status is JobStatus.PENDING
+        assert not await lifecycle.defer_submit(
+            a, pending.id, time.time() + 5, "timeout", time.time(), token=mine.token
+        )
+        assert not await lifecycle.refuse(
+            a, publisher, pending.id, JobError(ErrorKind.PROVIDER_ERROR, "x"), time.time(),
+            token=mine.token,
+        )  # fmt: skip
+        current, moved = await lifecycle.mark_submitted(
+            b, publisher, pending.id, "tri-from-b", time.time(), token=taken.token
+        )
+        assert moved and current is not None and current.provider_job_id == "tri-from-b"
+        rows = await a.reader.execute_fetchall(
+            "SELECT type FROM events WHERE job_id = ?", (pending.id,)
+        )
+        assert [row["type"] for row in rows] == ["job.submitted"]

@@ -387,6 +387,7 @@ def _wire(settings: Settings, clock: Clock, opened: Opened, shared: Shared) -> S
     db.subscribe(Work.DELIVERIES, dispatcher.wake)
     db.subscribe(Work.SUBMITS, submitter.wake)
     db.subscribe(Work.SUBMITS, held.wake)
+    db.subscribe(Work.NODES, held.nodes_died)
     db.subscribe(Work.DEADLINES, deadlines.wake)
     db.subscribe(Work.MIRRORS, mirrors.wake)
 

@@ -26,9 +26,9 @@ class Claimed:
     secrets: tuple[str, ...]
     headers: dict[str, str]
     payload: bytes
-    manual: bool = False
-    token: int = 0
+    token: int
     """The claim's fencing token: its outcome is recorded only while the claim is current."""
+    manual: bool = False
     template: str | None = None
     content_type: str = "application/json"
 
@@ -46,13 +46,15 @@ class AttemptOutcome:
     attempted_at: float
     latency_ms: float
     status: DeliveryStatus
+    token: int
+    """The fencing token of the claim this attempt was made under (:attr:`Claimed.token`):
+    required, so no outcome can be written without naming its claim (a default would let a
+    forgotten token match an unclaimed row)."""
     status_code: int | None = None
     error: str | None = None
     response_body: bytes | None = None
     next_attempt_at: float | None = None
     delete_subscription: bool = False
-    token: int = 0
-    """The fencing token of the claim this attempt was made under (:attr:`Claimed.token`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -410,7 +412,8 @@ async def record(conn: Connection, outcomes: Sequence[AttemptOutcome]) -> list[A
             ids,
         )
     }
-    accepted = [o for o in outcomes if current.get(o.delivery_id, -1) == (o.token or None)]
+    # A row handed back has no token (NULL), so it matches no outcome.
+    accepted = [o for o in outcomes if current.get(o.delivery_id) == o.token]
     if accepted:
         await _store_outcomes(conn, accepted)
     return accepted

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any, cast
 import anyio
 import asyncpg
 
-from service.storage import deliveries, nodes
-from service.storage.announcements import Work
+from service.storage import deliveries, nodes, submissions
+from service.storage.announcements import Work, announce
 from service.storage.database import (
     DATABASE_ERRORS,
     Connection,
@@ -253,11 +253,20 @@ class PostgresDatabase(Database):
             return
         async with self.transaction() as tx:
             dead = await nodes.sweep(tx, self.node_timeout)
-            released = await deliveries.release_orphaned(
-                tx, time.time(), node_timeout=self.node_timeout
+            if dead:
+                # The held Segmind requests of dead nodes are recovered by the domain's worker
+                # (service/jobs/held_requests.py) on the leader, woken by this.
+                announce(tx, Work.NODES)
+            now = time.time()
+            released = await deliveries.release_orphaned(tx, now, node_timeout=self.node_timeout)
+            submits = await submissions.release_orphaned(tx, now, node_timeout=self.node_timeout)
+        if dead or released or submits:
+            log.warning(
+                "nodes %s are dead: %d of their deliveries and %d of their submits handed back",
+                dead,
+                released,
+                submits,
             )
-        if dead or released:
-            log.warning("nodes %s are dead: %d of their deliveries handed back", dead, released)
 
     async def _upkeep(self) -> None:
         beating: asyncpg.Connection[asyncpg.Record] | None = None
