@@ -153,6 +153,11 @@ class Database(ABC):
         """How many nodes share the store now (always this one on SQLite)."""
         return 1
 
+    async def leader_id(self) -> str | None:
+        """The node running the singletons now (this one on SQLite; on PostgreSQL the holder
+        of an unexpired leader lease, None between two leaders)."""
+        return self.node_id
+
     async def run(self) -> None:
         """The store's own background work, until cancelled: on PostgreSQL heartbeats, the
         leader lease, the stale-node sweep and cross-node wake-ups; on SQLite nothing."""

@@ -225,6 +225,9 @@ class PostgresDatabase(Database):
     async def nodes_alive(self) -> int:
         return len(await nodes.alive(self.reader, self.node_timeout))
 
+    async def leader_id(self) -> str | None:
+        return await nodes.leader(self.reader)
+
     async def upkeep_once(self, raw: RawConnection | None = None) -> None:
         """One heartbeat: renew this node, take or renew the leader lease, and as leader sweep
         the dead nodes and hand their leases back (waking the workers to claim them).
