@@ -27,7 +27,7 @@ async def seed_backlog(env: dict[str, str], first: int, count: int, video_url: s
 
     publisher = Publisher(file_url)
     adapter = CALLBACK_ADAPTERS["trinetra"]
-    async with Database.open(settings.database_path) as db:
+    async with Database.open(settings.database_url) as db:
         for index in range(first, first + count):
             body = callback_body(index, video_url)
             await apply_update(
@@ -46,7 +46,7 @@ async def seed_due(env: dict[str, str], subscription_id: str, count: int) -> Non
     through reelhook's own storage code (the backlog a slow subscriber builds)."""
     settings = load_settings(env)
     now = time.time()
-    async with Database.open(settings.database_path) as db:
+    async with Database.open(settings.database_url) as db:
         for start in range(0, count, 20_000):
             batch = [
                 events.NewEvent(
