@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from bench import report
+from bench import report, stores
 from bench.backlog import seed_backlog, seed_due
 from bench.load import callback_body, percentiles
 from bench.procs import (
@@ -807,13 +807,23 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the work dir and its logs")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     parser.add_argument(
+        "--stores",
+        action="store_true",
+        help="only SQLite | PostgreSQL x1 | PostgreSQL x3 (bench/stores.py), merged into the"
+        " existing report",
+    )
+    parser.add_argument(
         "--fanout-only",
         action="store_true",
         help="only the fan-out scenarios (4 and 4f): a partial report, named fanout.md",
     )
     args = parser.parse_args()
+    if args.stores:
+        run_stores_only(args.quick, args.keep, args.out)
+        return
     sizes = Sizes.quick() if args.quick else Sizes()
     started = time.time()
+    store_columns: list[stores.Column] = []
     with workdir(args.keep) as work:
         bench = Bench(work, sizes)
         failed: str | None = None
@@ -823,6 +833,8 @@ def main() -> None:
             # Keep what was measured: the report says the run is incomplete and why.
             print(f"benchmark failed; process log:\n{bench.log.read_text()[-4000:]}")
             failed = f"{type(exc).__name__}: {exc}"[:300]
+        if not args.fanout_only:
+            store_columns = compare_stores(work, args.quick, bench.env, bench.log)
     result = {
         "started_at": started,
         "duration_s": time.time() - started,
@@ -834,14 +846,53 @@ def main() -> None:
         "failed": failed,
         "figures": [asdict(f) for f in bench.figures],
         "ledgers": [asdict(entry) for entry in bench.ledgers],
+        "stores": stores.as_json(store_columns),
     }
     name = "quick" if args.quick else "fanout" if args.fanout_only else "latest"
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / f"{name}.md").write_text(report.markdown(result))
-    print(report.markdown(result))
+    text = report.markdown(result)
+    if store_columns:
+        store_sizes = stores.StoreSizes.quick() if args.quick else stores.StoreSizes()
+        text = stores.merge_into(text, stores.markdown(store_columns, store_sizes, args.quick))
+    (args.out / f"{name}.md").write_text(text)
+    print(text)
     if failed:
         raise SystemExit(f"benchmark incomplete: {failed}")
+
+
+def compare_stores(work: Path, quick: bool, env: dict[str, str], log: Path) -> list[stores.Column]:
+    """SQLite | PostgreSQL x1 | PostgreSQL x3 (bench/stores.py), in the run's work dir."""
+    sizes = stores.StoreSizes.quick() if quick else stores.StoreSizes()
+    folder = work / "stores"
+    folder.mkdir()
+    with start_sink(log) as sink:
+        return stores.StoreBench(folder, sizes, env, sink, log, ADMIN_KEY).run()
+
+
+def run_stores_only(quick: bool, keep: bool, out: Path) -> None:
+    """``--stores``: only the store comparison, its section replaced in (or added to) the
+    existing report, the rest of which is kept as it was."""
+    started = time.time()
+    with workdir(keep) as work:
+        bench = Bench(work, Sizes.quick() if quick else Sizes())
+        columns = compare_stores(work, quick, bench.env, bench.log)
+        if any(c.failed for c in columns):
+            print(f"process log:\n{bench.log.read_text()[-4000:]}")
+    sizes = stores.StoreSizes.quick() if quick else stores.StoreSizes()
+    section = stores.markdown(columns, sizes, quick)
+    section += (
+        f"\n({time.time() - started:.0f} s, `python -m bench --stores{' --quick' * quick}`.)\n"
+    )
+    name = "quick" if quick else "latest"
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.md"
+    path.write_text(stores.merge_into(path.read_text() if path.exists() else "", section))
+    results = out / f"{name}.json"
+    data = json.loads(results.read_text()) if results.exists() else {}
+    data["stores"] = stores.as_json(columns)
+    results.write_text(json.dumps(data, indent=2) + "\n")
+    print(section)
 
 
 if __name__ == "__main__":
