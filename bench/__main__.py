@@ -893,6 +893,8 @@ def run_stores_only(quick: bool, keep: bool, out: Path) -> None:
     data["stores"] = stores.as_json(columns)
     results.write_text(json.dumps(data, indent=2) + "\n")
     print(section)
+    if any(c.failed for c in columns):
+        raise SystemExit("store comparison incomplete")
 
 
 if __name__ == "__main__":

@@ -151,7 +151,7 @@ class Deployment:
             caddyfile = self.work / "Caddyfile"
             upstreams = " ".join(f"127.0.0.1:{port}" for port in ports)
             caddyfile.write_text(
-                "{\n\tadmin off\n\tauto_https off\n\tpersist_config off\n}\n"
+                "{\n\tadmin off\n\tauto_https off\n}\n"
                 f"http://127.0.0.1:{front} {{\n"
                 f"\treverse_proxy {upstreams} {{\n\t\tlb_policy round_robin\n\t}}\n}}\n"
             )
