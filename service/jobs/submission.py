@@ -184,6 +184,7 @@ class Submitter:
         callback_secret: str | None = None
         async with self._db.transaction() as conn:
             if idempotency_key is not None:
+                await jobs.lock_idempotency_key(conn, owner_key_id, idempotency_key)
                 found = await jobs.find_by_idempotency_key(
                     conn, owner_key_id, idempotency_key, now - IDEMPOTENCY_WINDOW
                 )

@@ -1,16 +1,15 @@
 """The shared store: a PostgreSQL database several reelhook nodes use at once, through asyncpg.
 
 Reads go through a small pool (:attr:`PostgresDatabase.reader`); each write transaction takes a
-pooled connection of its own. Within one node, write transactions still run one at a time, as on
-SQLite, so code written for one writer keeps its in-process ordering; what several nodes do at
-once is made safe in SQL (row locks, advisory transaction locks, fencing tokens), see
-docs/scaling.md. Migrations run under a session advisory lock, so nodes starting together apply
-each one once.
+pooled connection of its own, and a node's write transactions run at once, as several nodes'
+do: every guarantee is kept in SQL (row locks, advisory transaction locks, fencing tokens), see
+docs/scaling.md, so one node needs no lock of its own around its writes (measured with
+``python -m bench.write_lock``). Migrations run under a session advisory lock, so nodes starting
+together apply each one once.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import re
@@ -176,7 +175,9 @@ class PostgresDatabase(Database):
 
     dialect = "postgresql"
 
-    def __init__(self, pool: asyncpg.Pool, url: str, *, node_timeout: float) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, url: str, *, node_timeout: float, pool_size: int = 8
+    ) -> None:
         super().__init__()
         self.pool = pool
         self.url = url
@@ -184,7 +185,10 @@ class PostgresDatabase(Database):
         self.backstop = BACKSTOP
         self._statements = _Statements()
         self.reader = PgReader(pool, self._statements)
-        self._write_lock = asyncio.Lock()
+        # Write transactions at once, at most half the pool: the other half stays for reads, so
+        # a transaction that reads through the reader meanwhile can always get a connection
+        # (writers holding every pooled connection while each waited for one more would stall).
+        self._writers = anyio.Semaphore(max(1, pool_size // 2))
         self._leader = False
         self.listening = anyio.Event()
 
@@ -204,7 +208,7 @@ class PostgresDatabase(Database):
             url, min_size=1, max_size=pool_size, server_settings=SERVER_SETTINGS
         )
         try:
-            db = cls(pool, url, node_timeout=node_timeout)
+            db = cls(pool, url, node_timeout=node_timeout, pool_size=pool_size)
             async with db.connection() as joined:
                 await nodes.register(joined, db.node_id)
             try:
@@ -340,8 +344,9 @@ class PostgresDatabase(Database):
     @asynccontextmanager
     async def transaction(self, *, durable: bool = True) -> AsyncIterator[Connection]:
         """One transaction (READ COMMITTED) on a pooled connection; ``durable=False`` commits
-        without waiting for the WAL flush (``synchronous_commit = off``)."""
-        async with self._write_lock, self.pool.acquire() as raw:
+        without waiting for the WAL flush (``synchronous_commit = off``). Transactions of this
+        node run at once, as other nodes' do (see the module docstring)."""
+        async with self._writers, self.pool.acquire() as raw:
             tx = raw.transaction()
             await tx.start()
             try:
