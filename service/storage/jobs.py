@@ -221,11 +221,6 @@ async def with_status(
         return [_from_row(row) for row in await cursor.fetchall()]
 
 
-async def hold(conn: Connection, job_id: str, node_id: str) -> None:
-    """Record that ``node_id`` holds ``job_id``'s request."""
-    await conn.execute("UPDATE jobs SET held_by = ? WHERE id = ?", (node_id, job_id))
-
-
 @dataclass(frozen=True, slots=True)
 class CallbackRecord:
     """A callback (or held answer) as kept for audit, with what it did to its job."""
