@@ -569,10 +569,8 @@ async def test_same_idempotency_key_and_body_replays_the_same_job(
 async def test_one_idempotency_key_sent_many_times_at_once_makes_one_job(
     api: httpx.AsyncClient,
 ) -> None:
-    """Requests with one key arriving together (a client retrying fast, or two nodes behind a
-    load balancer) store one job and replay it to the others. On PostgreSQL a node's write
-    transactions run at once: without the key's lock both look it up, find nothing, and the
-    second insert breaks the unique index (a 500)."""
+    """Requests with one key arriving together (a client retrying fast) store one job and replay
+    it to the others (across nodes: tests/test_cluster.py)."""
     answers: list[httpx.Response] = []
 
     async def create() -> None:

@@ -620,3 +620,39 @@ async def test_a_late_submit_outcome_from_a_node_that_lost_its_claim_is_refused(
             "SELECT type FROM events WHERE job_id = ?", (pending.id,)
         )
         assert [row["type"] for row in rows] == ["job.submitted"]
+
+
+# --- Idempotency-Key ----------------------------------------------------------------------------
+
+
+async def test_one_idempotency_key_on_two_nodes_at_once_makes_one_job(pg_database: str) -> None:
+    """Two nodes create a job under one Idempotency-Key at once, as Submitter.create does (hold
+    the key, look it up, insert): B waits for A's key and then finds A's job. Without the key's
+    lock B finds nothing and its insert breaks the unique index once A commits (a 500)."""
+    async with cluster(pg_database, 2) as (a, b):
+        found_by_b: list[tuple[Job, str] | None] = []
+        a_inserted = anyio.Event()
+
+        async def create_on_b() -> None:
+            await a_inserted.wait()
+            async with b.transaction() as conn:
+                await jobs.lock_idempotency_key(conn, "key_test", "order-1")
+                found = await jobs.find_by_idempotency_key(conn, "key_test", "order-1", NOW - 60)
+                found_by_b.append(found)
+                if found is None:
+                    await jobs.insert(conn, a_job(31), idempotency_key="order-1", request_hash="h")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(create_on_b)
+            async with a.transaction() as conn:
+                await jobs.lock_idempotency_key(conn, "key_test", "order-1")
+                assert await jobs.find_by_idempotency_key(conn, "key_test", "order-1", 0) is None
+                await jobs.insert(conn, a_job(30), idempotency_key="order-1", request_hash="h")
+                a_inserted.set()
+                with anyio.fail_after(10):
+                    while not await waiting_for_a_lock(a):  # noqa: ASYNC110 - asks the database
+                        await anyio.sleep(0.01)
+        ((replayed, request_hash),) = [found for found in found_by_b if found is not None]
+        assert (replayed.id, request_hash) == (a_job(30).id, "h")
+        rows = await a.reader.execute_fetchall("SELECT count(*) FROM jobs")
+        assert rows[0][0] == 1

@@ -1,11 +1,11 @@
 """The shared store: a PostgreSQL database several reelhook nodes use at once, through asyncpg.
 
 Reads go through a small pool (:attr:`PostgresDatabase.reader`); each write transaction takes a
-pooled connection of its own, and a node's write transactions run at once, as several nodes'
-do: every guarantee is kept in SQL (row locks, advisory transaction locks, fencing tokens), see
-docs/scaling.md, so one node needs no lock of its own around its writes (measured with
-``python -m bench.write_lock``). Migrations run under a session advisory lock, so nodes starting
-together apply each one once.
+pooled connection of its own. Within one node, write transactions still run one at a time, as on
+SQLite: the guarantees between nodes are kept in SQL (row locks, advisory transaction locks,
+fencing tokens), but some multi-row writers lock rows in different orders and deadlock when they
+overlap (docs/scaling.md: measured, and what it would take to lift). Migrations run under a
+session advisory lock, so nodes starting together apply each one once.
 """
 
 from __future__ import annotations
@@ -175,9 +175,7 @@ class PostgresDatabase(Database):
 
     dialect = "postgresql"
 
-    def __init__(
-        self, pool: asyncpg.Pool, url: str, *, node_timeout: float, pool_size: int = 8
-    ) -> None:
+    def __init__(self, pool: asyncpg.Pool, url: str, *, node_timeout: float) -> None:
         super().__init__()
         self.pool = pool
         self.url = url
@@ -185,10 +183,12 @@ class PostgresDatabase(Database):
         self.backstop = BACKSTOP
         self._statements = _Statements()
         self.reader = PgReader(pool, self._statements)
-        # Write transactions at once, at most half the pool: the other half stays for reads, so
-        # a transaction that reads through the reader meanwhile can always get a connection
-        # (writers holding every pooled connection while each waited for one more would stall).
-        self._writers = anyio.Semaphore(max(1, pool_size // 2))
+        # Write transactions of this node at once: one. Running them at once (up to half the
+        # pool, so a transaction reading through the reader meanwhile still finds a connection)
+        # was measured faster, but deleting a subscription deadlocked with recording its
+        # outcomes in the PostgreSQL pass (docs/scaling.md); ``python -m bench.write_lock``
+        # measures both.
+        self.writers = anyio.Semaphore(1)
         self._leader = False
         self.listening = anyio.Event()
 
@@ -208,7 +208,7 @@ class PostgresDatabase(Database):
             url, min_size=1, max_size=pool_size, server_settings=SERVER_SETTINGS
         )
         try:
-            db = cls(pool, url, node_timeout=node_timeout, pool_size=pool_size)
+            db = cls(pool, url, node_timeout=node_timeout)
             async with db.connection() as joined:
                 await nodes.register(joined, db.node_id)
             try:
@@ -344,9 +344,9 @@ class PostgresDatabase(Database):
     @asynccontextmanager
     async def transaction(self, *, durable: bool = True) -> AsyncIterator[Connection]:
         """One transaction (READ COMMITTED) on a pooled connection; ``durable=False`` commits
-        without waiting for the WAL flush (``synchronous_commit = off``). Transactions of this
-        node run at once, as other nodes' do (see the module docstring)."""
-        async with self._writers, self.pool.acquire() as raw:
+        without waiting for the WAL flush (``synchronous_commit = off``). One at a time within
+        the node (see the module docstring)."""
+        async with self.writers, self.pool.acquire() as raw:
             tx = raw.transaction()
             await tx.start()
             try:
