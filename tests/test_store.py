@@ -174,7 +174,7 @@ async def test_a_node_started_before_its_database_is_reachable_waits_for_it(
             tg.cancel_scope.cancel()
         await relaying.aclose()
     waits = [r.getMessage() for r in caplog.records if "not reachable yet" in r.getMessage()]
-    assert waits and all(target.username not in text for text in waits)
+    assert waits and all(str(target.username) not in text for text in waits)
 
 
 async def test_nodes_starting_together_apply_each_migration_once(pg_database: str) -> None:
