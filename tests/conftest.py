@@ -52,7 +52,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
     def elsewhere(item: pytest.Item) -> bool:
         if on_sqlite:
-            return not {"pg_database", "pg_cluster"}.isdisjoint(item.fixturenames)
+            # Every collected test is a pytest.Function; an Item as such has no fixtures.
+            fixtures: list[str] = getattr(item, "fixturenames", [])
+            return not {"pg_database", "pg_cluster"}.isdisjoint(fixtures)
         return item.get_closest_marker("sqlite_only") is not None
 
     other_pass = [item for item in items if elsewhere(item)]
