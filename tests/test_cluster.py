@@ -15,6 +15,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 import anyio
+import asyncpg
 import httpx
 import pytest
 
@@ -35,7 +36,7 @@ from service.jobs import lifecycle
 from service.jobs.held_requests import HeldRequests
 from service.ops.metrics import Metrics
 from service.ops.ratelimit import SharedRateLimiter
-from service.storage import deliveries, events, jobs, submissions
+from service.storage import deliveries, events, jobs, submissions, subscriptions
 from service.storage.announcements import Work
 from service.storage.blobs import LocalBlobStore
 from service.storage.deliveries import AttemptOutcome, Claimed
@@ -293,6 +294,62 @@ def a_job(number: int) -> Job:
         deadline_at=NOW - 1,  # overdue
         provider_job_id=f"tri-{number}",
     )
+
+
+async def test_a_deletion_locks_its_deliveries_in_the_order_outcome_recording_does(
+    pg_database: str,
+) -> None:
+    """Deleting a subscription cancels its open deliveries; recording outcomes locks rows in id
+    order. Were the deletion to lock in the order its plan reads rows, a node recording outcomes
+    on one node and a deletion on another could each hold a row the other waits for: a deadlock,
+    one of them aborted. Here the row read first has the higher id; while the recorder holds the
+    lower one, the waiting deletion must not hold the higher (taken in id order, it waits first
+    for the lower)."""
+    async with cluster(pg_database, 2) as (a, b):
+        sub_id = await subscription(a)
+        await due_deliveries(a, sub_id, 2)
+        async with a.transaction() as conn:
+            [(low,), (high,)] = await conn.execute_fetchall("SELECT id FROM deliveries ORDER BY id")
+            # Whatever the plan, a scan now meets the higher id first: the lower one moves to the
+            # end of the table, and the higher one is in flight ('inflight' sorts before
+            # 'pending' in the (subscription_id, status, id) index).
+            lowest = "del_" + "0" * (len(low) - 4)
+            await conn.execute("UPDATE deliveries SET id = ? WHERE id = ?", (lowest, low))
+            await conn.execute(
+                "UPDATE deliveries SET status = 'inflight', claim_token = 1 WHERE id = ?", (high,)
+            )
+        async with a.connection() as holder:
+            holding = holder.raw.transaction()
+            await holding.start()
+            await holder.raw.fetch("SELECT id FROM deliveries WHERE id = $1 FOR UPDATE", lowest)
+
+            async def delete() -> None:
+                async with b.transaction() as conn:
+                    assert await subscriptions.delete(conn, sub_id)
+
+            probe = await asyncpg.connect(pg_database)
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(delete)
+                    with anyio.fail_after(10):
+                        while True:  # until the deletion waits for the held row
+                            waiting = await probe.fetchval(
+                                "SELECT count(*) FROM pg_stat_activity "
+                                "WHERE wait_event_type = 'Lock'"
+                            )
+                            if waiting:
+                                break
+                            await anyio.sleep(0.02)
+                    async with probe.transaction():
+                        # NOWAIT: raises if the waiting deletion already holds the higher row.
+                        await probe.fetch(
+                            "SELECT id FROM deliveries WHERE id = $1 FOR UPDATE NOWAIT", high
+                        )
+                    await holding.commit()  # the deletion goes on
+            finally:
+                await probe.close()
+        rows = await a.reader.execute_fetchall("SELECT status FROM deliveries")
+        assert [row["status"] for row in rows] == ["canceled", "canceled"]
 
 
 async def test_one_callback_at_two_nodes_yields_one_terminal_event(pg_database: str) -> None:
