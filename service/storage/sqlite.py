@@ -41,6 +41,19 @@ _PRAGMAS = (
 )
 
 
+def _run(raw: sqlite3.Connection, sql: str, params: Sequence[Any]) -> Result:
+    """One statement on the database thread: its rows and the rows it changed."""
+    cursor = raw.execute(sql, params)
+    try:
+        return Result(cast(list[Row], cursor.fetchall()), cursor.rowcount)
+    finally:
+        cursor.close()
+
+
+def _statement(raw: aiosqlite.Connection, sql: str, params: Sequence[Any]) -> Result:
+    return _run(raw._conn, sql, params)
+
+
 class SqliteConnection(Connection):
     """An aiosqlite connection seen through :class:`Connection`."""
 
@@ -50,9 +63,10 @@ class SqliteConnection(Connection):
         self.raw = raw
 
     async def run(self, sql: str, params: Sequence[Any]) -> Result:
-        async with self.raw.execute(sql, params) as cursor:
-            rows = await cursor.fetchall()
-            return Result(cast(list[Row], list(rows)), cursor.rowcount)
+        # One trip to the database thread (execute, fetch, close there) instead of aiosqlite's
+        # three for a cursor: each trip waits for the thread and for the GIL back.
+        result: Result = await cast(Any, self.raw)._execute(_statement, self.raw, sql, params)
+        return result
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         await self.raw.executemany(sql, rows)
@@ -68,11 +82,7 @@ class _OnThread(Connection):
         self.raw = raw
 
     async def run(self, sql: str, params: Sequence[Any]) -> Result:
-        cursor = self.raw.execute(sql, params)
-        try:
-            return Result(cast(list[Row], cursor.fetchall()), cursor.rowcount)
-        finally:
-            cursor.close()
+        return _run(self.raw, sql, params)
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         self.raw.executemany(sql, rows).close()
