@@ -92,13 +92,18 @@ class Ingest:
     async def _commit(self, batch: list[tuple[Update, asyncio.Future[_Result]]]) -> None:
         results: list[_Result] = [_shutting_down() for _ in batch]
         try:
-            updates = [update for update, _ in batch]
-            now = self._clock()
-            # One trip to the database thread for the whole batch on SQLite; every request of
-            # the batch is answered only below, after the commit returned.
-            applied = await self._db.run_transaction(
-                lambda conn: apply_updates(conn, self._publisher, updates, now, mirror=self._mirror)
-            )
+            # A transaction block, not Database.run_transaction: the batch's Python work (the
+            # transitions, payloads, rows) stays on the event loop while SQLite's C work runs on
+            # its thread without the GIL; run on the database thread it held the GIL there and
+            # cost throughput (docs/performance.md §4).
+            async with self._db.transaction() as conn:
+                applied = await apply_updates(
+                    conn,
+                    self._publisher,
+                    [update for update, _ in batch],
+                    self._clock(),
+                    mirror=self._mirror,
+                )
             results = list(applied)
         except Exception as exc:
             full = out_of_space(exc)
