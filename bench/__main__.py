@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 
 from bench import report, stores
-from bench.backlog import seed_backlog, seed_due
+from bench.backlog import INGEST_BATCH, seed_backlog, seed_due
 from bench.load import callback_body, percentiles
 from bench.procs import (
     CpuTimes,
@@ -60,6 +60,8 @@ FEATURES: dict[str, dict[str, Any]] = {
     },
 }
 SECRET_KEY = "bench-secret-key-0123456789abcdef"
+INGEST_TARGETS = {100: 2_000, 1_000: 500}
+"""Callbacks/s that ingest must keep with this many subscribers matching every event (issue 16)."""
 
 
 @dataclass
@@ -73,7 +75,7 @@ class Sizes:
     burst: int = 10_000
     lag_rate: int = 500
     lag_seconds: int = 10
-    fanout: tuple[tuple[int, int], ...] = ((1, 20_000), (10, 2_000), (100, 200))
+    fanout: tuple[tuple[int, int], ...] = ((1, 20_000), (10, 2_000), (100, 200), (1_000, 20))
     big_jobs: int = 1_000_000
     slow_backlog: int = 1_000_000
 
@@ -85,7 +87,7 @@ class Sizes:
             ack_seconds=2,
             burst=2_000,
             lag_seconds=2,
-            fanout=((1, 1_000), (10, 100), (100, 10)),
+            fanout=((1, 1_000), (10, 100), (100, 10), (1_000, 2)),
             big_jobs=40_000,
             slow_backlog=20_000,
         )
@@ -219,6 +221,7 @@ class Bench:
         self.data = work / "data"
         self.log = work / "processes.log"
         self.figures: list[Figure] = []
+        self.published = 0.0  # callbacks/s of the last backlog put in (see ingest_beside)
         self.ledgers: list[Ledger] = []
         self.port = free_port()
         self.next_job = 0
@@ -501,8 +504,29 @@ class Bench:
                     ok and cpu <= 100,
                 )
             )
+            if subscribers in INGEST_TARGETS:
+                self.ingest_beside(subscribers, events, publish_cpu)
             if subscribers == FEATURE_SUBSCRIBERS:
                 self.feature_costs(sink, subscribers, events, rate, cpu, publish_cpu)
+
+    def ingest_beside(self, subscribers: int, events: int, publish_cpu: float) -> None:
+        """How fast the fan-out's backlog went in: the storage side of ingest (in batches of
+        the ingest writer's size, no HTTP) with every event matching ``subscribers``
+        subscriptions, and the CPU it cost per callback (this process and its database thread).
+        The callback's HTTP path adds scenario 1's CPU per callback."""
+        floor = INGEST_TARGETS[subscribers]
+        per_callback = publish_cpu * subscribers
+        self.figures.append(
+            Figure(
+                f"4i. ingest storage with {subscribers:,} matching subscribers "
+                f"({events:,} callbacks in batches of {INGEST_BATCH}; no HTTP)",
+                self.published,
+                "callbacks/s",
+                f"≥ {floor:,}/s",
+                self.published >= floor,
+                cpu_us={"bench writer (all threads)": per_callback},
+            )
+        )
 
     def feature_costs(
         self,
@@ -570,8 +594,9 @@ class Bench:
         # so what is timed below is the dispatcher draining it, not ingest.
         expected = subscribers * events
         publishing = time.process_time()
-        asyncio.run(seed_backlog(self.env, first, events, self.video_url(sink)))
+        seconds = asyncio.run(seed_backlog(self.env, first, events, self.video_url(sink)))
         publish_cpu = (time.process_time() - publishing) / expected * 1e6
+        self.published = events / seconds if seconds else 0.0
         reset(sink)
         with start_service(self.env, self.log) as service:
             cpu_before = service.cpu_seconds()
