@@ -5,6 +5,7 @@ body is read."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable
 
 import anyio
@@ -15,9 +16,16 @@ from starlette.types import Receive, Scope, Send
 
 from service.app.server import Server, guarded_http
 from tests.conftest import SettingsFactory
-from tests.helpers.callbacks import TOKENS
+from tests.helpers.callbacks import (
+    TOKENS,
+    TRINETRA_MODEL,
+    serve,
+    stored_replays,
+    trinetra_done,
+    trinetra_failed,
+)
 from tests.servers import loopback_socket, url_of
-from tests.support import api_client, assert_error
+from tests.support import api_client, assert_error, stored
 
 pytestmark = pytest.mark.anyio
 
@@ -194,3 +202,44 @@ async def test_a_client_dribbling_its_headers_is_disconnected() -> None:
         server.should_exit = True
     sock.close()
     assert closed
+
+
+async def test_replays_of_an_identical_callback_are_stored_once_and_counted(
+    settings_factory: SettingsFactory,
+) -> None:
+    """A verified callback sent again byte for byte (a provider's retry, or a replay) is answered
+    as before but not stored again: its row counts the replays. N replays, one copy."""
+    replays = 25
+    async with serve(settings_factory) as service:
+        job = await service.create_job(TRINETRA_MODEL)
+        token = TOKENS.callback(job["id"], "trinetra")
+        document = json.loads(trinetra_done(job["provider_job_id"]))
+        document["padding"] = "x" * 200_000  # what each copy would cost
+        body = json.dumps(document).encode()
+        first = await service.callback("trinetra", token, body)
+        answers = [await service.callback("trinetra", token, body) for _ in range(replays - 5)]
+
+        async def replay() -> None:
+            answers.append(await service.callback("trinetra", token, body))
+
+        async with anyio.create_task_group() as tg:  # some at once: shared batches
+            for _ in range(5):
+                tg.start_soon(replay)
+        # A different body for the same job is a new callback, stored on its own.
+        late = await service.callback("trinetra", token, trinetra_failed(job["provider_job_id"]))
+        assert (await service.job(job["id"]))["status"] == "succeeded"
+        assert (await service.event_types(job["id"]))["job.succeeded"] == 1
+    assert first.json() == {"received": True, "job_id": job["id"], "outcome": "applied"}
+    assert [a.status_code for a in answers] == [200] * replays
+    assert {a.json()["outcome"] for a in answers} == {"duplicate"}
+    assert late.json()["outcome"] == "late"
+    assert stored_replays(service.settings) == [
+        (job["id"], "applied", replays),
+        (job["id"], "late", 0),
+    ]
+    rows = stored(
+        service.settings,
+        "SELECT length(body), last_replay_at >= received_at FROM callbacks ORDER BY id",
+    )
+    assert rows[0] == (len(body), True)
+    assert sum(size for size, _ in rows) == len(body) + len(trinetra_failed(job["provider_job_id"]))
