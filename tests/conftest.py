@@ -39,17 +39,26 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "sqlite_only(reason): the test is about SQLite itself (its files, backups)"
     )
+    config.addinivalue_line(
+        "markers",
+        "one_store(reason): the test's reelhook keeps its own store whatever --store says, so "
+        "it runs in the SQLite pass only (the PostgreSQL pass would repeat it unchanged)",
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if config.getoption("--store") == "sqlite":
         return
+
     # Tests about SQLite itself ran in the SQLite pass; here they are deselected (listed as
     # such), never skipped: under CI a skip would read as a pass that did not happen.
-    sqlite_only = [item for item in items if item.get_closest_marker("sqlite_only") is not None]
+    def once(item: pytest.Item) -> bool:
+        return any(item.get_closest_marker(name) for name in ("sqlite_only", "one_store"))
+
+    sqlite_only = [item for item in items if once(item)]
     if sqlite_only:
         config.hook.pytest_deselected(items=sqlite_only)
-        items[:] = [item for item in items if item.get_closest_marker("sqlite_only") is None]
+        items[:] = [item for item in items if not once(item)]
 
 
 @pytest.fixture(scope="session")

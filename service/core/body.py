@@ -169,10 +169,13 @@ class Field:
 
 @dataclass(frozen=True, slots=True)
 class Body:
-    """A JSON object body with exactly these fields. ``partial`` (a PATCH) requires none."""
+    """A JSON object body with exactly these fields. ``partial`` (a PATCH) requires none.
+    ``rules`` state in JSON Schema what the operation checks across fields (the schema says
+    what it refuses); they document, :meth:`validate` does not apply them."""
 
     fields: tuple[Field, ...]
     partial: bool = False
+    rules: tuple[Schema, ...] = ()
 
     def validate(self, raw: Any, checks: Mapping[str, Check] | None = None) -> dict[str, Any]:
         """The fields sent (and the required ones), checked and converted, in declaration order;
@@ -211,4 +214,6 @@ class Body:
             schema["required"] = required
         schema["additionalProperties"] = False
         schema["properties"] = {field.name: field.schema() for field in self.fields}
+        if self.rules:
+            schema["allOf"] = list(self.rules)
         return schema

@@ -129,7 +129,9 @@ class BodyTemplate:
         return value
 
     def schema(self) -> Schema:
-        return {"type": ["string", "null"], "maxLength": Limits().max_source}
+        text = {"type": "string", "minLength": 1, "maxLength": Limits().max_source}
+        # Not only whitespace (what parse() refuses).
+        return {"anyOf": [{**text, "pattern": r"\S"}, {"type": "null"}]}
 
 
 _FIELDS = (
@@ -197,6 +199,15 @@ _FIELDS = (
         "exhausted its retries, so a failing endpoint holds back the rest.",
     ),
 )
+# Another content type than JSON needs a template to produce it (Subscriptions._check_body).
+_TEMPLATE_FOR_OTHER_TYPES: Schema = {
+    "if": {
+        "required": ["content_type"],
+        "properties": {"content_type": {"not": {"const": DEFAULT_CONTENT_TYPE}}},
+    },
+    "then": {"required": ["template"], "properties": {"template": {"type": "string"}}},
+}
+
 PREVIEW_BODY = Body(
     (
         Field(
@@ -207,8 +218,9 @@ PREVIEW_BODY = Body(
         *(field for field in _FIELDS if field.name in ("filter", "template", "content_type")),
     ),
     partial=True,
+    rules=(_TEMPLATE_FOR_OTHER_TYPES,),
 )
-NEW_SUBSCRIPTION = Body(_FIELDS)
+NEW_SUBSCRIPTION = Body(_FIELDS, rules=(_TEMPLATE_FOR_OTHER_TYPES,))
 TEST_BODY = Body(
     (
         Field(
