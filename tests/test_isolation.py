@@ -7,6 +7,7 @@ import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -15,7 +16,7 @@ import pytest
 from starlette.types import Receive, Scope, Send
 
 from service.delivery.fairness import Lanes
-from tests.conftest import SettingsFactory
+from tests.conftest import SettingsFactory, settings_for
 from tests.helpers.delivery import ping, subscribe
 from tests.helpers.keys import KEY_B, KEY_C, add_member_keys, as_key
 from tests.servers import loopback_socket, run_server, url_of
@@ -344,3 +345,74 @@ async def test_another_keys_ids_are_answered_as_unknown_ones(
         still = await http.get(f"/v1/subscriptions/{sub_id}", headers=as_key(KEY_C))
         assert still.status_code == 200 and still.json()["description"] == ""
         assert (await http.get(f"/v1/jobs/{job_id}", headers=as_key(KEY_C))).status_code == 200
+
+
+async def test_the_subscription_quota_holds_across_nodes(pg_database: str, tmp_path: Path) -> None:
+    """Two nodes on one PostgreSQL database creating one key's subscriptions at once: the quota
+    holds for the cluster, not per node (each counting in its own transaction lets both insert
+    the last one)."""
+    quota = 3
+    nodes = [
+        settings_for(
+            tmp_path / name,
+            DATABASE_URL=pg_database,
+            MAX_SUBSCRIPTIONS_PER_KEY=str(quota),
+            RATE_LIMIT="0",
+        )
+        for name in ("a", "b")
+    ]
+    await add_member_keys(nodes[0], KEY_B)
+    answers: list[int] = []
+    async with api_client(nodes[0]) as a, api_client(nodes[1]) as b:
+        for _ in range(3):  # rounds, so the race gets its chances
+
+            async def create(http: httpx.AsyncClient) -> None:
+                answer = await http.post(
+                    "/v1/subscriptions",
+                    json={"url": "https://example.com/hook"},
+                    headers=as_key(KEY_B),
+                )
+                answers.append(answer.status_code)
+
+            async with anyio.create_task_group() as tg:
+                for http in (a, b) * 4:
+                    tg.start_soon(create, http)
+        listed = await a.get("/v1/subscriptions", headers=as_key(KEY_B))
+    assert len(listed.json()["data"]) == quota
+    assert sorted(answers) == [201] * quota + [429] * (24 - quota)
+
+
+async def test_the_stream_quota_holds_across_nodes(pg_database: str, tmp_path: Path) -> None:
+    """Streams of one key open on two nodes count against one quota; a closed one, or one on
+    a node that stops, gives its place back."""
+    socks = [loopback_socket(), loopback_socket()]
+    nodes = [
+        settings_for(
+            tmp_path / name,
+            DATABASE_URL=pg_database,
+            PUBLIC_URL=url_of(sock),
+            STREAM_KEEPALIVE="60",
+            MAX_STREAMS_PER_KEY="2",
+        )
+        for name, sock in zip(("a", "b"), socks, strict=True)
+    ]
+    with socks[0], socks[1]:
+        async with served(nodes[0], socks[0]) as a, served(nodes[1], socks[1]) as b:
+            async with open_stream(a) as one, open_stream(b) as two:
+                await one.position()
+                await two.position()
+                # Each node holds one: a third, on either, is over the key's quota.
+                for http in (a, b):
+                    refused = await http.get("/v1/events/stream")
+                    error = assert_error(refused, 429, "quota_exceeded")
+                    assert "REELHOOK_MAX_STREAMS_PER_KEY" in error["message"]
+            # Closed streams give their places back, on every node.
+            with anyio.fail_after(10):
+                while True:
+                    try:
+                        async with open_stream(b) as three, open_stream(b) as four:
+                            await three.position()
+                            await four.position()
+                            break
+                    except AssertionError:
+                        await anyio.sleep(0.05)

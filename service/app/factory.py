@@ -445,6 +445,7 @@ def _wire(settings: Settings, clock: Clock, opened: Opened, shared: Shared) -> S
             shared.feed,
             keepalive=settings.stream_keepalive,
             max_streams_per_key=settings.max_streams_per_key,
+            clock=clock,
         ),
         workers=Workers(
             dispatcher=dispatcher,

@@ -38,7 +38,7 @@ from service.delivery.transform import (
 )
 from service.jobs.catalog import MODELS
 from service.net.guard import IPNetwork, check_url
-from service.storage import deliveries, health, subscriptions
+from service.storage import deliveries, health, quotas, subscriptions
 from service.storage.database import Connection, Database
 from service.storage.health import Health
 
@@ -338,7 +338,9 @@ class Subscriptions:
         )
         self._check_body(sub)
         async with self._db.transaction() as conn:
-            # Counted in the write transaction, so concurrent creates cannot overshoot.
+            # Counted in the write transaction under the key's lock, so concurrent creates
+            # cannot overshoot, on one node or several.
+            await quotas.lock_key(conn, quotas.SUBSCRIPTIONS, caller.key_id)
             if await subscriptions.count_standing(conn, caller.key_id) >= self._max_per_key:
                 raise QuotaExceeded.of(
                     "REELHOOK_MAX_SUBSCRIPTIONS_PER_KEY", self._max_per_key, "subscriptions"
