@@ -47,18 +47,26 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if config.getoption("--store") == "sqlite":
-        return
+    """Each test runs in one pass when the other would repeat it: tests about SQLite itself run
+    in the SQLite pass, as do tests whose reelhook keeps its own SQLite whatever ``--store`` says
+    (``one_store``); tests that start PostgreSQL nodes whatever ``--store`` says (they ask for
+    ``pg_database`` or ``pg_cluster``) run in the PostgreSQL pass. The rest run in both.
 
-    # Tests about SQLite itself ran in the SQLite pass; here they are deselected (listed as
-    # such), never skipped: under CI a skip would read as a pass that did not happen.
-    def once(item: pytest.Item) -> bool:
+    The others are deselected (listed as such), never skipped: under CI a skip would read as a
+    pass that did not happen."""
+    on_sqlite = config.getoption("--store") == "sqlite"
+
+    def elsewhere(item: pytest.Item) -> bool:
+        if on_sqlite:
+            # Every collected test is a pytest.Function; an Item as such has no fixtures.
+            fixtures: list[str] = getattr(item, "fixturenames", [])
+            return not {"pg_database", "pg_cluster"}.isdisjoint(fixtures)
         return any(item.get_closest_marker(name) for name in ("sqlite_only", "one_store"))
 
-    sqlite_only = [item for item in items if once(item)]
-    if sqlite_only:
-        config.hook.pytest_deselected(items=sqlite_only)
-        items[:] = [item for item in items if not once(item)]
+    other_pass = [item for item in items if elsewhere(item)]
+    if other_pass:
+        config.hook.pytest_deselected(items=other_pass)
+        items[:] = [item for item in items if not elsewhere(item)]
 
 
 @pytest.fixture(scope="session")
