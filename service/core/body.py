@@ -52,12 +52,14 @@ class Kind(Protocol):
 @dataclass(frozen=True, slots=True)
 class Text:
     """A string, at most ``max_length`` characters; ``strip`` trims it and refuses a blank one.
-    ``expected`` is the message for anything else."""
+    ``expected`` is the message for anything else. ``pattern`` states in the schema what a check
+    of the operation's own requires of it (an URL's scheme and host, say)."""
 
     expected: str
     max_length: int | None = None
     min_length: int | None = None
     strip: bool = False
+    pattern: str | None = None
 
     def parse(self, value: Any) -> str:
         if not isinstance(value, str):
@@ -78,6 +80,8 @@ class Text:
             schema["minLength"] = self.min_length
         if self.max_length is not None:
             schema["maxLength"] = self.max_length
+        if self.pattern is not None:
+            schema["pattern"] = self.pattern
         return schema
 
 

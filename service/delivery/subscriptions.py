@@ -37,7 +37,7 @@ from service.delivery.transform import (
     TemplateError,
 )
 from service.jobs.catalog import MODELS
-from service.net.guard import IPNetwork, check_url
+from service.net.guard import URL_PATTERN, IPNetwork, check_url
 from service.storage import deliveries, health, quotas, subscriptions
 from service.storage.database import Connection, Database
 from service.storage.health import Health
@@ -137,7 +137,7 @@ class BodyTemplate:
 _FIELDS = (
     Field(
         "url",
-        Text("is required and must be a string"),
+        Text("is required and must be a string", pattern=URL_PATTERN),
         "Where events are POSTed (http or https; private addresses are refused unless "
         "REELHOOK_ALLOW_PRIVATE_SUBSCRIBERS covers them).",
         required=True,
