@@ -39,12 +39,18 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "sqlite_only(reason): the test is about SQLite itself (its files, backups)"
     )
+    config.addinivalue_line(
+        "markers",
+        "one_store(reason): the test's reelhook keeps its own store whatever --store says, so "
+        "it runs in the SQLite pass only (the PostgreSQL pass would repeat it unchanged)",
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Each test runs in one pass when the other would repeat it: tests about SQLite itself run
-    in the SQLite pass, tests that start PostgreSQL nodes whatever ``--store`` says (they ask for
-    ``pg_database`` or ``pg_cluster``) in the PostgreSQL pass. The rest run in both.
+    in the SQLite pass, as do tests whose reelhook keeps its own SQLite whatever ``--store`` says
+    (``one_store``); tests that start PostgreSQL nodes whatever ``--store`` says (they ask for
+    ``pg_database`` or ``pg_cluster``) run in the PostgreSQL pass. The rest run in both.
 
     The others are deselected (listed as such), never skipped: under CI a skip would read as a
     pass that did not happen."""
@@ -55,7 +61,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             # Every collected test is a pytest.Function; an Item as such has no fixtures.
             fixtures: list[str] = getattr(item, "fixturenames", [])
             return not {"pg_database", "pg_cluster"}.isdisjoint(fixtures)
-        return item.get_closest_marker("sqlite_only") is not None
+        return any(item.get_closest_marker(name) for name in ("sqlite_only", "one_store"))
 
     other_pass = [item for item in items if elsewhere(item)]
     if other_pass:

@@ -384,6 +384,37 @@ async def test_one_callback_at_two_nodes_yields_one_terminal_event(pg_database: 
         assert [row["type"] for row in rows] == ["job.succeeded"]
 
 
+async def test_a_callback_replayed_at_two_nodes_at_once_is_stored_once(pg_database: str) -> None:
+    """The same verified body stored by two nodes at once (a provider retrying against a
+    load balancer): one stored copy, the others counted on it (the unique index decides, where
+    a look-up first would let both insert)."""
+    publisher = Publisher(lambda digest, media_type: "")
+    update = ProviderUpdate("tri-1", JobStatus.RUNNING)
+    raw = b'{"id": "tri-1", "status": "processing"}'
+    async with cluster(pg_database, 2) as (a, b):
+        async with a.transaction() as conn:
+            await jobs.insert(conn, a_job(1))
+
+        async def apply(node: PostgresDatabase) -> None:
+            await lifecycle.apply_update(
+                node,
+                publisher,
+                job_id=a_job(1).id,
+                provider="trinetra",
+                update=update,
+                raw=raw,
+                now=time.time(),
+            )
+
+        async with anyio.create_task_group() as tg:
+            for node in (a, b) * 4:
+                tg.start_soon(apply, node)
+        rows = await a.reader.execute_fetchall(
+            "SELECT replays, body FROM callbacks WHERE job_id = ?", (a_job(1).id,)
+        )
+        assert [(row["replays"], bytes(row["body"])) for row in rows] == [(7, raw)]
+
+
 async def test_two_nodes_expiring_at_once_expire_each_job_once(pg_database: str) -> None:
     """Two nodes that both believe they lead (a paused leader resuming) expire the same overdue
     jobs at once: exactly one job.expired each."""

@@ -10,6 +10,7 @@ import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,12 +22,12 @@ from service.app.factory import create_app
 from service.app.settings import Settings
 from service.console.session import COOKIE, SessionCodec
 from service.sim import Scenario, Simulator, create_sim_app
-from tests.conftest import SettingsFactory
+from tests.conftest import SettingsFactory, settings_for
 from tests.helpers.callbacks import TOKENS
 from tests.helpers.delivery import detail, exhausted, finished, replies_app, until_delivery
 from tests.helpers.keys import new_key
 from tests.servers import Sink, loopback_socket, run_server, url_of
-from tests.support import ADMIN_KEY, in_process, served
+from tests.support import ADMIN_KEY, in_process, served, stored
 
 pytestmark = pytest.mark.anyio
 
@@ -213,6 +214,71 @@ async def test_sign_out_revokes_the_session_on_the_server(service: Reelhook) -> 
     assert page.headers["location"].startswith("/console/sign-in")
     assert form.status_code in (303, 403)
     assert "sign-in" in form.headers.get("location", "/console/sign-in")
+
+
+async def stolen(service: Reelhook, cookies: dict[str, str]) -> httpx.AsyncClient:
+    """A browser holding a copy of someone's cookies."""
+    thief = service.browser()
+    for name, value in cookies.items():
+        thief.cookies.set(name, value, domain="reelhook.test", path="/console")
+    return thief
+
+
+async def refused_everything(service: Reelhook, cookies: dict[str, str], token: str) -> None:
+    """The copied cookie opens no page and its CSRF token submits no form: nothing is stored."""
+    async with await stolen(service, cookies) as thief:
+        page = await thief.get("/console/jobs")
+        form = await thief.post(
+            "/console/subscriptions", data={"url": "http://127.0.0.1:9/hook", "csrf": token}
+        )
+    assert page.status_code == 303, page.text
+    assert page.headers["location"].startswith("/console/sign-in")
+    assert form.status_code == 303, form.text
+    assert form.headers["location"].startswith("/console/sign-in")
+    listed = await service.api.get("/v1/subscriptions")
+    assert listed.json()["data"] == []
+
+
+async def test_a_sign_out_holds_across_a_restart(settings_factory: SettingsFactory) -> None:
+    """Signing out is recorded in the store: after a restart the old cookie and its CSRF token
+    are still refused, while a session that did not sign out still works."""
+    settings = settings_factory()
+    async with (
+        reelhook(settings) as first,
+        first.signed_in() as browser,
+        first.signed_in() as colleague,
+    ):
+        token = csrf_of(await browser.get("/console/subscriptions"))
+        copied = dict(browser.cookies)
+        kept = dict(colleague.cookies)
+        out = await browser.post("/console/sign-out", data={"csrf": token})
+        assert out.status_code == 303
+    async with reelhook(settings) as again:
+        await refused_everything(again, copied, token)
+        async with await stolen(again, kept) as colleague:
+            assert (await colleague.get("/console/jobs")).status_code == 200
+    # What the store keeps names no session: only a digest of its nonce.
+    (nonce_hash,) = [row[0] for row in stored(settings, "SELECT nonce_hash FROM console_sign_outs")]
+    assert all(nonce_hash not in value for value in copied.values())
+
+
+async def test_a_sign_out_on_one_node_holds_on_another(pg_database: str, tmp_path: Path) -> None:
+    """Two reelhook nodes on one PostgreSQL database: a session signed out on one is refused by
+    the other at once (an in-memory record would leave the other node accepting it)."""
+    a = settings_for(tmp_path / "a", DATABASE_URL=pg_database, PUBLIC_URL="http://127.0.0.1:9")
+    b = settings_for(tmp_path / "b", DATABASE_URL=pg_database, PUBLIC_URL="http://127.0.0.1:9")
+    async with reelhook(a) as node_a, reelhook(b) as node_b:
+        async with node_a.signed_in() as browser:
+            token = csrf_of(await browser.get("/console/subscriptions"))
+            copied = dict(browser.cookies)
+            # The same cookie works on both nodes (they share the secret keys) ...
+            async with await stolen(node_b, copied) as elsewhere:
+                assert (await elsewhere.get("/console/jobs")).status_code == 200
+            out = await browser.post("/console/sign-out", data={"csrf": token})
+            assert out.status_code == 303
+        # ... until it is signed out on one of them.
+        await refused_everything(node_b, copied, token)
+        await refused_everything(node_a, copied, token)
 
 
 # --- forged cookies and forms --------------------------------------------------------------------

@@ -5,6 +5,7 @@ body is read."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable
 
 import anyio
@@ -15,9 +16,16 @@ from starlette.types import Receive, Scope, Send
 
 from service.app.server import Server, guarded_http
 from tests.conftest import SettingsFactory
-from tests.helpers.callbacks import TOKENS
+from tests.helpers.callbacks import (
+    TOKENS,
+    TRINETRA_MODEL,
+    serve,
+    stored_replays,
+    trinetra_done,
+    trinetra_failed,
+)
 from tests.servers import loopback_socket, url_of
-from tests.support import api_client, assert_error
+from tests.support import api_client, assert_error, stored
 
 pytestmark = pytest.mark.anyio
 
@@ -158,6 +166,97 @@ async def test_a_callback_body_that_does_not_arrive_in_time_gets_408(
     assert after.status_code != 408
 
 
+ACCOUNT = f"/v1/callbacks/trinetra/account/{TOKENS.account_webhook('trinetra', 'sim_trinetra_key')}"
+
+
+async def post_account(
+    http: httpx.AsyncClient, content: bytes | AsyncIterator[bytes], length: int = len(BODY)
+) -> httpx.Response:
+    """A document on Trinetra's account webhook (the simulated account's URL)."""
+    return await http.post(ACCOUNT, content=content, headers={"Content-Length": str(length)})
+
+
+async def test_the_account_webhook_is_held_to_the_byte_budget(
+    settings_factory: SettingsFactory,
+) -> None:
+    """The provider account's webhook takes bodies from the same byte budget: a held body's
+    declared length is reserved, and one that does not fit is 503 before it is read."""
+    settings = settings_factory(
+        INBOUND_BUFFER_BYTES="1024", MAX_CALLBACK_BYTES="1024", CALLBACK_CONCURRENCY="100"
+    )
+    stalled = Stalled()
+
+    async def big() -> AsyncIterator[bytes]:
+        stalled.started += 1
+        yield b"x" * 10
+        await stalled.release.wait()
+        yield b"x" * 990
+
+    answers: list[httpx.Response] = []
+    async with api_client(settings) as http:
+
+        async def keep() -> None:
+            answers.append(await post_account(http, big(), 1000))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(keep)
+            await until(lambda: stalled.started >= 1)
+            refused = await post_account(http, b"y" * 100, 100)
+            # The budget is one: the per-job route finds it spent too.
+            per_job = await post_callback(http, BODY)
+            stalled.release.set()
+        after = await post_account(http, BODY)
+    for answer in (refused, per_job):
+        error = assert_error(answer, 503, "unavailable")
+        assert "REELHOOK_INBOUND_BUFFER_BYTES" in error["message"]
+        assert answer.headers["Retry-After"] == "1"
+    assert len(answers) == 1 and answers[0].status_code == 400, answers[0].text  # read, judged
+    assert after.status_code != 503, after.text
+
+
+async def test_the_account_webhook_has_its_own_concurrency_limit(
+    settings_factory: SettingsFactory,
+) -> None:
+    settings = settings_factory(CALLBACK_CONCURRENCY="2")
+    stalled = Stalled()
+    answers: list[httpx.Response] = []
+    async with api_client(settings) as http:
+
+        async def one() -> None:
+            answers.append(await post_account(http, stalled.body()))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(one)
+            tg.start_soon(one)
+            await until(lambda: stalled.started >= 2)
+            refused = await post_account(http, BODY)
+            # The per-job route of the same provider is not held up by it.
+            per_job = await post_callback(http, BODY)
+            stalled.release.set()
+        after = await post_account(http, BODY)
+    error = assert_error(refused, 503, "unavailable")
+    assert "REELHOOK_CALLBACK_CONCURRENCY" in error["message"]
+    assert "trinetra account" in error["message"]
+    assert refused.headers["Retry-After"] == "1"
+    assert per_job.status_code != 503, per_job.text
+    assert len(answers) == 2 and all(a.status_code != 503 for a in answers)
+    assert after.status_code != 503, after.text
+
+
+async def test_an_account_webhook_body_that_does_not_arrive_in_time_gets_408(
+    settings_factory: SettingsFactory,
+) -> None:
+    settings = settings_factory(BODY_TIMEOUT="0.2")
+    stalled = Stalled()
+    async with api_client(settings) as http:
+        answer = await post_account(http, stalled.body())
+        stalled.release.set()
+        after = await post_account(http, BODY)
+    error = assert_error(answer, 408, "request_timeout")
+    assert "0.2 seconds" in error["message"]
+    assert after.status_code != 408
+
+
 async def _ok(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["type"] != "http":
         return
@@ -194,3 +293,44 @@ async def test_a_client_dribbling_its_headers_is_disconnected() -> None:
         server.should_exit = True
     sock.close()
     assert closed
+
+
+async def test_replays_of_an_identical_callback_are_stored_once_and_counted(
+    settings_factory: SettingsFactory,
+) -> None:
+    """A verified callback sent again byte for byte (a provider's retry, or a replay) is answered
+    as before but not stored again: its row counts the replays. N replays, one copy."""
+    replays = 25
+    async with serve(settings_factory) as service:
+        job = await service.create_job(TRINETRA_MODEL)
+        token = TOKENS.callback(job["id"], "trinetra")
+        document = json.loads(trinetra_done(job["provider_job_id"]))
+        document["padding"] = "x" * 200_000  # what each copy would cost
+        body = json.dumps(document).encode()
+        first = await service.callback("trinetra", token, body)
+        answers = [await service.callback("trinetra", token, body) for _ in range(replays - 5)]
+
+        async def replay() -> None:
+            answers.append(await service.callback("trinetra", token, body))
+
+        async with anyio.create_task_group() as tg:  # some at once: shared batches
+            for _ in range(5):
+                tg.start_soon(replay)
+        # A different body for the same job is a new callback, stored on its own.
+        late = await service.callback("trinetra", token, trinetra_failed(job["provider_job_id"]))
+        assert (await service.job(job["id"]))["status"] == "succeeded"
+        assert (await service.event_types(job["id"]))["job.succeeded"] == 1
+    assert first.json() == {"received": True, "job_id": job["id"], "outcome": "applied"}
+    assert [a.status_code for a in answers] == [200] * replays
+    assert {a.json()["outcome"] for a in answers} == {"duplicate"}
+    assert late.json()["outcome"] == "late"
+    assert stored_replays(service.settings) == [
+        (job["id"], "applied", replays),
+        (job["id"], "late", 0),
+    ]
+    rows = stored(
+        service.settings,
+        "SELECT length(body), last_replay_at >= received_at FROM callbacks ORDER BY id",
+    )
+    assert rows[0] == (len(body), True)
+    assert sum(size for size, _ in rows) == len(body) + len(trinetra_failed(job["provider_job_id"]))

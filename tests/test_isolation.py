@@ -3,21 +3,25 @@ claim on the send pool) and per-key quotas on subscriptions and open event strea
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import anyio
+import httpx
 import pytest
 from starlette.types import Receive, Scope, Send
 
 from service.delivery.fairness import Lanes
-from tests.conftest import SettingsFactory
+from tests.conftest import SettingsFactory, settings_for
 from tests.helpers.delivery import ping, subscribe
-from tests.helpers.keys import KEY_B, add_member_keys, as_key
+from tests.helpers.keys import KEY_B, KEY_C, add_member_keys, as_key
 from tests.servers import loopback_socket, run_server, url_of
 from tests.sse_client import open_stream
-from tests.support import api_client, assert_error, served
+from tests.support import api_client, assert_error, in_process, served
 
 pytestmark = pytest.mark.anyio
 
@@ -237,3 +241,178 @@ async def test_after_another_keys_event_is_answered_as_an_unknown_one(
     )
     assert_error(stream, 422, "validation_failed", "after")
     assert own.status_code == 200, own.text
+
+
+_CSRF = re.compile(r'name="csrf" value="[^"]+"')
+
+
+def _same_answer(theirs: httpx.Response, unknown: httpx.Response, names: dict[str, str]) -> None:
+    """Two answers are the same but for the id asked about (``names``: their id -> unknown id)
+    and, on console pages, the CSRF token each page is issued with."""
+    texts = []
+    for answer in (theirs, unknown):
+        text = _CSRF.sub("", answer.text)
+        for their_id, unknown_id in names.items():
+            text = text.replace(their_id, unknown_id)
+        texts.append((answer.status_code, answer.headers.get("content-type"), text))
+    assert texts[0] == texts[1], theirs.request.url
+
+
+async def test_another_keys_ids_are_answered_as_unknown_ones(
+    settings_factory: SettingsFactory, dead_url: str
+) -> None:
+    """Every place a key can name an id: naming another key's job, subscription, delivery or
+    event gets exactly the answer an id that does not exist gets, status and body, so probing
+    cannot tell "not yours" from "not there"."""
+    settings = settings_factory(PUBLIC_URL=dead_url, SUBMIT_RETRY_SCHEDULE="0")
+    await add_member_keys(settings, KEY_B, KEY_C)
+    async with in_process(settings) as (http, app):
+        job = await http.post(
+            "/v1/jobs",
+            json={"model": "trinetra/kling-v2.5", "input": {"prompt": "A cat"}},
+            headers=as_key(KEY_C),
+        )
+        assert job.status_code == 202, job.text
+        job_id = job.json()["id"]
+        sub = await http.post(
+            "/v1/subscriptions", json={"url": f"{dead_url}/hook"}, headers=as_key(KEY_C)
+        )
+        sub_id = sub.json()["id"]
+        event_id = (
+            await http.post(f"/v1/subscriptions/{sub_id}/test", headers=as_key(KEY_C))
+        ).json()["event_id"]
+        listed = await http.get("/v1/deliveries", params={"event": event_id})
+        (delivery,) = listed.json()["data"]
+        names = {
+            job_id: "job_01JZZZZZZZZZZZZZZZZZZZZZZZ",
+            sub_id: "sub_01JZZZZZZZZZZZZZZZZZZZZZZZ",
+            event_id: "evt_01JZZZZZZZZZZZZZZZZZZZZZZZ",
+            delivery["id"]: "dlv_01JZZZZZZZZZZZZZZZZZZZZZZZ",
+        }
+        probes: list[tuple[str, str, dict[str, str], Any]] = [
+            ("GET", f"/v1/jobs/{job_id}", {}, None),
+            ("POST", f"/v1/jobs/{job_id}/cancel", {}, None),
+            ("GET", f"/v1/subscriptions/{sub_id}", {}, None),
+            ("PATCH", f"/v1/subscriptions/{sub_id}", {}, {"description": "mine now"}),
+            ("POST", f"/v1/subscriptions/{sub_id}/test", {}, None),
+            ("POST", f"/v1/subscriptions/{sub_id}/rotate-secret", {}, None),
+            ("POST", f"/v1/subscriptions/{sub_id}/recover", {"since": "0"}, None),
+            ("DELETE", f"/v1/subscriptions/{sub_id}", {}, None),
+            ("GET", f"/v1/deliveries/{delivery['id']}", {}, None),
+            ("POST", f"/v1/deliveries/{delivery['id']}/retry", {}, None),
+            ("GET", "/v1/deliveries", {"subscription": sub_id}, None),
+            ("GET", "/v1/deliveries", {"subscription_id": sub_id}, None),
+            ("GET", "/v1/deliveries", {"event": event_id}, None),
+            ("GET", "/v1/deliveries", {"job": job_id}, None),
+            ("GET", "/v1/events", {"after": event_id}, None),
+            ("GET", "/v1/events/stream", {"after": event_id}, None),
+        ]
+        for method, path, query, body in probes:
+            unknown_path, unknown_query = path, dict(query)
+            for their_id, unknown_id in names.items():
+                unknown_path = unknown_path.replace(their_id, unknown_id)
+                unknown_query = {
+                    k: v.replace(their_id, unknown_id) for k, v in unknown_query.items()
+                }
+            answers = [
+                await http.request(method, p, params=q, json=body, headers=as_key(KEY_B))
+                for p, q in ((path, query), (unknown_path, unknown_query))
+            ]
+            _same_answer(answers[0], answers[1], names)
+        # The same in the console, signed in as the probing key.
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://reelhook.test"
+        ) as browser:
+            form = await browser.get("/console/sign-in")
+            csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
+            assert csrf is not None
+            signed_in = await browser.post(
+                "/console/sign-in", data={"csrf": csrf.group(1), "api_key": KEY_B}
+            )
+            assert signed_in.status_code == 303, signed_in.text
+            for path in (
+                f"/console/jobs/{job_id}",
+                f"/console/subscriptions/{sub_id}",
+                f"/console/deliveries/{delivery['id']}",
+                f"/console/deliveries?subscription={sub_id}",
+            ):
+                unknown_path = path
+                for their_id, unknown_id in names.items():
+                    unknown_path = unknown_path.replace(their_id, unknown_id)
+                theirs, unknown = await browser.get(path), await browser.get(unknown_path)
+                _same_answer(theirs, unknown, names)
+        # Nothing of the other key's changed.
+        still = await http.get(f"/v1/subscriptions/{sub_id}", headers=as_key(KEY_C))
+        assert still.status_code == 200 and still.json()["description"] == ""
+        assert (await http.get(f"/v1/jobs/{job_id}", headers=as_key(KEY_C))).status_code == 200
+
+
+async def test_the_subscription_quota_holds_across_nodes(pg_database: str, tmp_path: Path) -> None:
+    """Two nodes on one PostgreSQL database creating one key's subscriptions at once: the quota
+    holds for the cluster, not per node (each counting in its own transaction lets both insert
+    the last one)."""
+    quota = 3
+    nodes = [
+        settings_for(
+            tmp_path / name,
+            DATABASE_URL=pg_database,
+            MAX_SUBSCRIPTIONS_PER_KEY=str(quota),
+            RATE_LIMIT="0",
+        )
+        for name in ("a", "b")
+    ]
+    await add_member_keys(nodes[0], KEY_B)
+    answers: list[int] = []
+    async with api_client(nodes[0]) as a, api_client(nodes[1]) as b:
+        for _ in range(3):  # rounds, so the race gets its chances
+
+            async def create(http: httpx.AsyncClient) -> None:
+                answer = await http.post(
+                    "/v1/subscriptions",
+                    json={"url": "https://example.com/hook"},
+                    headers=as_key(KEY_B),
+                )
+                answers.append(answer.status_code)
+
+            async with anyio.create_task_group() as tg:
+                for http in (a, b) * 4:
+                    tg.start_soon(create, http)
+        listed = await a.get("/v1/subscriptions", headers=as_key(KEY_B))
+    assert len(listed.json()["data"]) == quota
+    assert sorted(answers) == [201] * quota + [429] * (24 - quota)
+
+
+async def test_the_stream_quota_holds_across_nodes(pg_database: str, tmp_path: Path) -> None:
+    """Streams of one key open on two nodes count against one quota; a closed one, or one on
+    a node that stops, gives its place back."""
+    socks = [loopback_socket(), loopback_socket()]
+    nodes = [
+        settings_for(
+            tmp_path / name,
+            DATABASE_URL=pg_database,
+            PUBLIC_URL=url_of(sock),
+            STREAM_KEEPALIVE="60",
+            MAX_STREAMS_PER_KEY="2",
+        )
+        for name, sock in zip(("a", "b"), socks, strict=True)
+    ]
+    with socks[0], socks[1]:
+        async with served(nodes[0], socks[0]) as a, served(nodes[1], socks[1]) as b:
+            async with open_stream(a) as one, open_stream(b) as two:
+                await one.position()
+                await two.position()
+                # Each node holds one: a third, on either, is over the key's quota.
+                for http in (a, b):
+                    refused = await http.get("/v1/events/stream")
+                    error = assert_error(refused, 429, "quota_exceeded")
+                    assert "REELHOOK_MAX_STREAMS_PER_KEY" in error["message"]
+            # Closed streams give their places back, on every node.
+            with anyio.fail_after(10):
+                while True:
+                    try:
+                        async with open_stream(b) as three, open_stream(b) as four:
+                            await three.position()
+                            await four.position()
+                            break
+                    except AssertionError:
+                        await anyio.sleep(0.05)

@@ -7,7 +7,7 @@ from starlette.responses import JSONResponse, Response
 
 from service.access.scopes import Scope
 from service.api.context import authenticate
-from service.api.operation import Param, Reply, cursor_query, limit_query, operation
+from service.api.operation import OPTIONAL_TIME, Param, Reply, id_cursor, limit_query, operation
 from service.api.schemas import page_of, ref
 from service.app.services import services
 from service.core import params
@@ -21,22 +21,27 @@ _ID = {"type": "string"}
     summary="List deliveries",
     tag="deliveries",
     params=(
-        Param("subscription_id", "query", _ID, "Only deliveries to this subscription."),
-        Param("subscription", "query", _ID, "The same as `subscription_id`."),
+        Param(
+            "subscription_id",
+            "query",
+            _ID,
+            "Only deliveries to this subscription (also accepted as `subscription`).",
+        ),
+        Param("subscription", "query", _ID, "", alias_of="subscription_id"),
         Param("status", "query", {"enum": list(DeliveryStatus)}, "Only those in this state."),
-        Param("event_id", "query", _ID, "Only deliveries of this event."),
-        Param("event", "query", _ID, "The same as `event_id`."),
-        Param("job_id", "query", _ID, "Only deliveries of this job's events."),
-        Param("job", "query", _ID, "The same as `job_id`."),
+        Param("event_id", "query", _ID, "Only deliveries of this event (also `event`)."),
+        Param("event", "query", _ID, "", alias_of="event_id"),
+        Param("job_id", "query", _ID, "Only deliveries of this job's events (also `job`)."),
+        Param("job", "query", _ID, "", alias_of="job_id"),
         Param("event_type", "query", {"enum": list(EVENT_TYPES)}, "Only deliveries of this type."),
         Param(
             "since",
             "query",
-            {"type": "string"},
+            OPTIONAL_TIME,
             "Only deliveries created at or after this time: ISO 8601 or Unix seconds.",
         ),
-        Param("until", "query", {"type": "string"}, "Only deliveries created before this time."),
-        cursor_query("The `next_cursor` of the previous page."),
+        Param("until", "query", OPTIONAL_TIME, "Only deliveries created before this time."),
+        id_cursor("dlv"),
         limit_query(50, 200),
     ),
     replies={200: Reply("Deliveries, newest first.", page_of(ref("Delivery")))},

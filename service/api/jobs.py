@@ -7,7 +7,7 @@ from starlette.responses import JSONResponse, Response
 
 from service.access.scopes import Scope
 from service.api.context import authenticate, read_json
-from service.api.operation import Param, Reply, cursor_query, limit_query, operation
+from service.api.operation import OPTIONAL_TIME, Param, Reply, id_cursor, limit_query, operation
 from service.api.schemas import page_of, ref
 from service.app.services import services
 from service.core import params
@@ -108,17 +108,17 @@ async def cancel_job(request: Request) -> Response:
         Param(
             "since",
             "query",
-            {"type": "string"},
+            OPTIONAL_TIME,
             "Only jobs created at or after this time: ISO 8601 (UTC without an offset) or Unix "
             "seconds.",
         ),
         Param(
             "until",
             "query",
-            {"type": "string"},
+            OPTIONAL_TIME,
             "Only jobs created before this time: ISO 8601 (UTC without an offset) or Unix seconds.",
         ),
-        cursor_query("The `next_cursor` of the previous page."),
+        id_cursor("job"),
         limit_query(50, 200),
     ),
     replies={200: Reply("Jobs, newest first.", page_of(ref("Job")))},

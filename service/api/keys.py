@@ -8,7 +8,7 @@ from starlette.responses import JSONResponse, Response
 from service.access.keys import NEW_KEY, key_document
 from service.access.scopes import Scope
 from service.api.context import authenticate, read_json
-from service.api.operation import Reply, cursor_query, limit_query, operation
+from service.api.operation import Reply, id_cursor, limit_query, operation
 from service.api.schemas import page_of, ref
 from service.app.services import services
 from service.core import params
@@ -42,7 +42,7 @@ async def create_key(request: Request) -> Response:
 @operation(
     summary="List API keys",
     tag="keys",
-    params=(cursor_query("The `next_cursor` of the previous page."), limit_query(50, 200)),
+    params=(id_cursor("key"), limit_query(50, 200)),
     replies={200: Reply("API keys, revoked ones included, oldest first.", page_of(ref("ApiKey")))},
     errors=(422,),
 )

@@ -106,6 +106,8 @@ def _operation(path: str, op: Operation, errors: dict[int, str]) -> dict[str, An
             }
         )
     for param in declared.values():
+        if param.alias_of is not None:
+            continue
         entry: dict[str, Any] = {
             "name": param.name,
             "in": param.where,

@@ -18,14 +18,21 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from service.api.context import Endpoint
+from service.core import params
 from service.core.errors import ValidationFailed
+from service.core.ids import id_pattern
 
 Schema = dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
 class Param:
-    """A query, header or path parameter. ``explode=False`` marks a comma-separated list."""
+    """A query, header or path parameter. ``explode=False`` marks a comma-separated list.
+
+    ``alias_of`` marks a second spelling of another parameter: accepted, but left out of the
+    document, which offers the one spelling (given both ways with two values the operation
+    refuses the request, and OpenAPI cannot say two parameters must agree).
+    """
 
     name: str
     where: Literal["query", "header", "path"]
@@ -33,6 +40,7 @@ class Param:
     description: str
     required: bool = False
     explode: bool | None = None
+    alias_of: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,5 +188,31 @@ def limit_query(default: int, maximum: int) -> Param:
     )
 
 
-def cursor_query(description: str, schema: Schema | None = None) -> Param:
-    return Param("cursor", "query", schema or {"type": "string"}, description)
+_UNIX = {"type": "string", "pattern": f"^{params.UNIX_SECONDS}$"}
+# Times before the Unix epoch are refused (out of range): the document asks for 1971 or later.
+_ISO = {
+    "type": "string",
+    "format": "date-time",
+    "pattern": "^(197[1-9]|19[89][0-9]|[2-9][0-9]{3})-",
+}
+_EXAMPLES = ["2026-11-21T10:00:00Z", "1795255200"]
+
+TIME: Schema = {"anyOf": [_ISO, _UNIX], "examples": _EXAMPLES}
+"""A point in time in the query string, as :func:`service.core.params.parse_time` reads it:
+ISO 8601 (without an offset it is UTC) or Unix seconds."""
+
+OPTIONAL_TIME: Schema = {"anyOf": [_ISO, _UNIX, {"type": "string", "maxLength": 0}]}
+""":data:`TIME`, or empty for no bound (as an HTML form sends an empty field)."""
+
+
+def cursor_query(description: str, schema: Schema) -> Param:
+    """The ``cursor`` parameter; ``schema`` says exactly what the listing reads as one (for an
+    id-ordered listing ``{"type": "string", "pattern": id_pattern(prefix)}``)."""
+    return Param("cursor", "query", schema, description)
+
+
+def id_cursor(prefix: str) -> Param:
+    """The ``cursor`` of a listing ordered by ids with ``prefix`` (:func:`params.cursor`)."""
+    return cursor_query(
+        "The `next_cursor` of the previous page.", {"type": "string", "pattern": id_pattern(prefix)}
+    )

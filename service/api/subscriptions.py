@@ -8,7 +8,15 @@ from starlette.responses import JSONResponse, Response
 
 from service.access.scopes import Scope
 from service.api.context import MAX_REQUEST_BYTES, authenticate, read_body, read_json
-from service.api.operation import Param, Reply, cursor_query, limit_query, operation
+from service.api.operation import (
+    OPTIONAL_TIME,
+    TIME,
+    Param,
+    Reply,
+    id_cursor,
+    limit_query,
+    operation,
+)
 from service.api.schemas import page_of, ref
 from service.app.services import services
 from service.core import params
@@ -52,7 +60,7 @@ async def create_subscription(request: Request) -> Response:
 @operation(
     summary="List subscriptions",
     tag="subscriptions",
-    params=(cursor_query("The `next_cursor` of the previous page."), limit_query(50, 200)),
+    params=(id_cursor("sub"), limit_query(50, 200)),
     replies={200: Reply("Subscriptions, oldest first.", page_of(ref("Subscription")))},
     errors=(422,),
 )
@@ -172,9 +180,6 @@ async def rotate_secret(request: Request) -> Response:
     return JSONResponse(rotated.to_public(include_secret=True))
 
 
-_TIME_QUERY = {"type": "string", "examples": ["2026-11-21T10:00:00Z", "1795255200"]}
-
-
 @operation(
     summary="Resend failed deliveries",
     tag="subscriptions",
@@ -182,12 +187,12 @@ _TIME_QUERY = {"type": "string", "examples": ["2026-11-21T10:00:00Z", "179525520
         Param(
             "since",
             "query",
-            _TIME_QUERY,
+            TIME,
             "Deliveries created at or after this time: ISO 8601 (UTC without a zone) or Unix "
             "seconds; not in the future.",
             required=True,
         ),
-        Param("until", "query", _TIME_QUERY, "And before this time (later than `since`)."),
+        Param("until", "query", OPTIONAL_TIME, "And before this time (later than `since`)."),
     ),
     replies={
         202: Reply(

@@ -26,6 +26,7 @@ from service import console
 from service.access.callers import Authenticator
 from service.access.keys import ApiKeys
 from service.access.scopes import Scope as ApiScope
+from service.access.sign_outs import SignOuts
 from service.api import routes
 from service.api.context import authenticate
 from service.api.errors import (
@@ -417,6 +418,7 @@ def _wire(settings: Settings, clock: Clock, opened: Opened, shared: Shared) -> S
         feed=shared.feed,
         access=Authenticator(db, limiter, shared.metrics),
         keys=ApiKeys(db, clock, limiter),
+        sign_outs=SignOuts(db, clock),
         jobs=JobReader(db),
         submitter=submitter,
         ingest=ingest,
@@ -450,6 +452,7 @@ def _wire(settings: Settings, clock: Clock, opened: Opened, shared: Shared) -> S
             shared.feed,
             keepalive=settings.stream_keepalive,
             max_streams_per_key=settings.max_streams_per_key,
+            clock=clock,
         ),
         workers=Workers(
             dispatcher=dispatcher,

@@ -11,6 +11,7 @@ from starlette.requests import Request
 
 from service.access.callers import Authenticator
 from service.access.keys import ApiKeys
+from service.access.sign_outs import SignOuts
 from service.app.settings import Settings
 from service.core.clock import Clock
 from service.core.tokens import Tokens
@@ -74,6 +75,7 @@ class Services:
     # The operations.
     access: Authenticator
     keys: ApiKeys
+    sign_outs: SignOuts
     jobs: JobReader
     submitter: Submitter
     ingest: Ingest

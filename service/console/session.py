@@ -4,15 +4,16 @@ The cookie carries the SHA-256 digest of the key, never the key: the digest is w
 stores, so every request re-checks the key (a revoked key signs the console out), and a leaked
 cookie cannot be replayed as an ``X-API-Key``. Each session has a random nonce; a form's CSRF token
 is the nonce signed with a salt of its own, so a token is only good with the cookie it was made for,
-and a new nonce at sign-in makes tokens seen before it worthless.
+and a new nonce at sign-in makes tokens seen before it worthless. Signing out ends the session on
+the server too, in the store (:class:`service.access.sign_outs.SignOuts`): the old cookie and its
+tokens are refused after a restart and on every node.
 """
 
 from __future__ import annotations
 
 import hmac
 import secrets
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from itsdangerous import BadSignature, URLSafeSerializer, URLSafeTimedSerializer
 
@@ -75,21 +76,3 @@ class SessionCodec:
         except (BadSignature, ValueError, TypeError):
             return False
         return isinstance(nonce, str) and hmac.compare_digest(nonce, session.nonce)
-
-
-@dataclass
-class SignedOut:
-    """Sessions ended by signing out, refused even though their cookie is still validly signed
-    (a copied cookie, and its CSRF tokens, must not outlive the sign-out). Kept for the session
-    lifetime, in memory: a restart forgets them (one per app, built with it)."""
-
-    until: dict[str, float] = field(default_factory=dict)
-
-    def revoke(self, session: Session, now: float | None = None) -> None:
-        now = time.time() if now is None else now
-        for nonce in [n for n, expiry in self.until.items() if expiry <= now]:
-            del self.until[nonce]
-        self.until[session.nonce] = now + SESSION_TTL
-
-    def __contains__(self, session: Session) -> bool:
-        return session.nonce in self.until

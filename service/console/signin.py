@@ -5,7 +5,8 @@ from __future__ import annotations
 from starlette.responses import Response
 
 from service.access.callers import hash_key
-from service.console.view import View, safe_next, signed_out
+from service.console.session import SESSION_TTL
+from service.console.view import View, safe_next
 from service.core.errors import Unauthorized
 
 
@@ -33,7 +34,8 @@ async def sign_in(view: View) -> Response:
 
 
 async def sign_out(view: View) -> Response:
-    # Ended on the server too: the old cookie (and its CSRF tokens) no longer work anywhere.
-    signed_out(view.request).revoke(view.session)
+    # Ended on the server too, in the store: the old cookie (and its CSRF tokens) no longer
+    # work anywhere, after a restart and on every node.
+    await view.state.sign_outs.revoke(view.session.nonce, lifetime=SESSION_TTL)
     view.start_session(None)
     return view.redirect("/console/sign-in", "signed-out")

@@ -25,7 +25,6 @@ from service.console.session import (
     SESSION_TTL,
     Session,
     SessionCodec,
-    SignedOut,
 )
 from service.core.body import read_capped
 from service.core.errors import BadRequest, Forbidden, ReelhookError, Unauthorized
@@ -182,15 +181,6 @@ class View:
 Handler = Callable[[View], Awaitable[Response]]
 
 
-def signed_out(request: Request) -> SignedOut:
-    """The app's record of sessions ended by signing out (``app.state.signed_out``)."""
-    state = request.app.state
-    if not hasattr(state, "signed_out"):
-        state.signed_out = SignedOut()
-    found: SignedOut = state.signed_out
-    return found
-
-
 def endpoint(
     templates: Jinja2Templates, handler: Handler, scope: str | None, *, public: bool = False
 ) -> Endpoint:
@@ -203,8 +193,8 @@ def endpoint(
     async def run(request: Request) -> Response:
         codec = SessionCodec(services(request).tokens.secret_keys)
         found = codec.loads(request.cookies.get(COOKIE))
-        if found is not None and found in signed_out(request):
-            found = None  # signed out: the cookie is no session any more
+        if found is not None and await services(request).sign_outs.revoked(found.nonce):
+            found = None  # signed out: the cookie is no session any more, on any node
         view = View(request, templates, codec, found or codec.new())
         view.session_changed = found is None
         try:

@@ -52,12 +52,14 @@ class Kind(Protocol):
 @dataclass(frozen=True, slots=True)
 class Text:
     """A string, at most ``max_length`` characters; ``strip`` trims it and refuses a blank one.
-    ``expected`` is the message for anything else."""
+    ``expected`` is the message for anything else. ``pattern`` states in the schema what a check
+    of the operation's own requires of it (an URL's scheme and host, say)."""
 
     expected: str
     max_length: int | None = None
     min_length: int | None = None
     strip: bool = False
+    pattern: str | None = None
 
     def parse(self, value: Any) -> str:
         if not isinstance(value, str):
@@ -78,6 +80,8 @@ class Text:
             schema["minLength"] = self.min_length
         if self.max_length is not None:
             schema["maxLength"] = self.max_length
+        if self.pattern is not None:
+            schema["pattern"] = self.pattern
         return schema
 
 
@@ -169,10 +173,13 @@ class Field:
 
 @dataclass(frozen=True, slots=True)
 class Body:
-    """A JSON object body with exactly these fields. ``partial`` (a PATCH) requires none."""
+    """A JSON object body with exactly these fields. ``partial`` (a PATCH) requires none.
+    ``rules`` state in JSON Schema what the operation checks across fields (the schema says
+    what it refuses); they document, :meth:`validate` does not apply them."""
 
     fields: tuple[Field, ...]
     partial: bool = False
+    rules: tuple[Schema, ...] = ()
 
     def validate(self, raw: Any, checks: Mapping[str, Check] | None = None) -> dict[str, Any]:
         """The fields sent (and the required ones), checked and converted, in declaration order;
@@ -211,4 +218,6 @@ class Body:
             schema["required"] = required
         schema["additionalProperties"] = False
         schema["properties"] = {field.name: field.schema() for field in self.fields}
+        if self.rules:
+            schema["allOf"] = list(self.rules)
         return schema

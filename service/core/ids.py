@@ -17,6 +17,12 @@ _LOW_FIVE_BITS = bytes(_ALPHABET.encode()[b & 31] for b in range(256))
 _FROM_CROCKFORD = str.maketrans(_ALPHABET, "0123456789abcdefghijklmnopqrstuv")
 
 
+def id_pattern(prefix: str) -> str:
+    """The JSON Schema ``pattern`` of an id :func:`new_id` makes with ``prefix`` (what
+    :func:`timestamp_of` reads)."""
+    return f"^{prefix}_[{_ALPHABET}]{{26}}$"
+
+
 def new_id(prefix: str) -> str:
     """Return ``{prefix}_`` + 26 Crockford base32 characters (48-bit ms time, 80 random bits)."""
     raw = int(time.time() * 1000).to_bytes(10, "big") + os.urandom(10)

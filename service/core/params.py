@@ -78,7 +78,9 @@ def choices_list(query: Query, name: str, choices: Iterable[str], noun: str) -> 
     return values
 
 
-_UNIX_SECONDS = re.compile(r"[0-9]{1,12}(\.[0-9]{1,9})?")
+UNIX_SECONDS = r"[0-9]{1,12}(\.[0-9]{1,9})?"
+"""Unix seconds as the query string may spell them (the OpenAPI schema uses the same)."""
+_UNIX_SECONDS = re.compile(UNIX_SECONDS)
 _TIME_HINT = "an ISO 8601 time such as 2026-11-21T10:00:00Z, or Unix seconds"
 
 

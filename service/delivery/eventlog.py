@@ -9,19 +9,26 @@ a commit wakes it (see :mod:`service.delivery.eventfeed`) or a keep-alive commen
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+import anyio
+
 from service.access.callers import Caller
 from service.core import params, sse
+from service.core.clock import Clock, system_clock
 from service.core.errors import QuotaExceeded, ValidationFailed
+from service.core.ids import new_id
 from service.core.models import EVENT_TYPES
 from service.core.paging import Page, page_of
 from service.core.params import Query, is_decimal
 from service.delivery.eventfeed import EventFeed, render
-from service.storage import events
-from service.storage.database import Database
+from service.storage import events, quotas
+from service.storage.database import DATABASE_ERRORS, Database
+
+log = logging.getLogger(__name__)
 
 STREAM_PAGE = 200
 RECONNECT_MS = 2000
@@ -33,14 +40,25 @@ def event_types(query: Query) -> list[str]:
 
 
 class EventLog:
+    """The event log's pages and streams. The stream quota (``max_streams_per_key``) is counted
+    in memory for this process and, on PostgreSQL, in the store for the cluster
+    (``stream_leases``): a key holds at most that many streams over every node."""
+
     def __init__(
-        self, db: Database, feed: EventFeed, *, keepalive: float, max_streams_per_key: int = 100
+        self,
+        db: Database,
+        feed: EventFeed,
+        *,
+        keepalive: float,
+        max_streams_per_key: int = 100,
+        clock: Clock = system_clock,
     ) -> None:
         self._db = db
         self._feed = feed
         self._keepalive = keepalive
         self._max_streams = max_streams_per_key
-        # Open streams per API key (the stream quota).
+        self._clock = clock
+        # Open streams per API key on this node (the stream quota).
         self._open: Counter[str] = Counter()
 
     async def head(self) -> int:
@@ -112,10 +130,11 @@ class EventLog:
         (``last_event_id``). Bad parameters raise :class:`ValidationFailed` here, before any
         byte is sent; a key with its quota of streams open gets :class:`QuotaExceeded`."""
         types = event_types(query)
-        if self._open[caller.key_id] >= self._max_streams:
-            raise QuotaExceeded.of(
-                "REELHOOK_MAX_STREAMS_PER_KEY", self._max_streams, "event streams open"
-            )
+        if self._open[caller.key_id] >= self._max_streams or (
+            self._db.dialect == "postgresql"
+            and await quotas.open_streams(self._db.reader, caller.key_id) >= self._max_streams
+        ):
+            raise self._over_quota()
         after_seq = await self.start(
             [("Last-Event-ID", last_event_id), ("last_event_id", query.get("last_event_id"))],
             query.get("after"),
@@ -127,15 +146,54 @@ class EventLog:
         self, caller: Caller, types: Sequence[str], *, after_seq: int
     ) -> AsyncIterator[bytes]:
         """The log from ``after_seq`` on, as SSE bytes, until the feed closes (shutdown).
-        Counted against the caller's stream quota from its first byte until it is closed."""
+        Counted against the caller's stream quota from its first byte until it is closed (a
+        stream never iterated, as a HEAD's, is never counted)."""
         self._open[caller.key_id] += 1
+        lease = None
         try:
+            if self._db.dialect == "postgresql":
+                lease = await self._lease(caller)
+                if lease is None:
+                    # Another node took the key's last place since stream() looked: the quota
+                    # holds, so this stream ends before its first event.
+                    yield sse.comment(str(self._over_quota()))
+                    return
             async for chunk in self._follow(caller, types, after_seq=after_seq):
                 yield chunk
         finally:
             self._open[caller.key_id] -= 1
             if not self._open[caller.key_id]:
                 del self._open[caller.key_id]
+            if lease is not None:
+                await self._release(lease)
+
+    def _over_quota(self) -> QuotaExceeded:
+        return QuotaExceeded.of(
+            "REELHOOK_MAX_STREAMS_PER_KEY", self._max_streams, "event streams open"
+        )
+
+    async def _lease(self, caller: Caller) -> str | None:
+        """Count a stream of ``caller``'s in the store (PostgreSQL), unless the key already holds
+        its quota over every node: then None. Counted and added under the key's lock."""
+        lease = new_id("stream")
+        async with self._db.transaction(durable=False) as conn:
+            await quotas.lock_key(conn, quotas.STREAMS, caller.key_id)
+            if await quotas.open_streams(conn, caller.key_id) >= self._max_streams:
+                return None
+            await quotas.add_stream(
+                conn, lease, key_id=caller.key_id, node_id=self._db.node_id, now=self._clock()
+            )
+        return lease
+
+    async def _release(self, lease: str) -> None:
+        # Shielded: a stream ends by cancellation when its client goes. Should the store be
+        # unreachable, the lease goes with this node's row (docs/scaling.md).
+        with anyio.CancelScope(shield=True):
+            try:
+                async with self._db.transaction(durable=False) as conn:
+                    await quotas.remove_stream(conn, lease)
+            except DATABASE_ERRORS:
+                log.warning("could not release stream lease %s", lease, exc_info=True)
 
     async def _follow(
         self, caller: Caller, types: Sequence[str], *, after_seq: int

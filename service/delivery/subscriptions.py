@@ -37,8 +37,8 @@ from service.delivery.transform import (
     TemplateError,
 )
 from service.jobs.catalog import MODELS
-from service.net.guard import IPNetwork, check_url
-from service.storage import deliveries, health, subscriptions
+from service.net.guard import URL_PATTERN, IPNetwork, check_url
+from service.storage import deliveries, health, quotas, subscriptions
 from service.storage.database import Connection, Database
 from service.storage.health import Health
 
@@ -129,13 +129,15 @@ class BodyTemplate:
         return value
 
     def schema(self) -> Schema:
-        return {"type": ["string", "null"], "maxLength": Limits().max_source}
+        text = {"type": "string", "minLength": 1, "maxLength": Limits().max_source}
+        # Not only whitespace (what parse() refuses).
+        return {"anyOf": [{**text, "pattern": r"\S"}, {"type": "null"}]}
 
 
 _FIELDS = (
     Field(
         "url",
-        Text("is required and must be a string"),
+        Text("is required and must be a string", pattern=URL_PATTERN),
         "Where events are POSTed (http or https; private addresses are refused unless "
         "REELHOOK_ALLOW_PRIVATE_SUBSCRIBERS covers them).",
         required=True,
@@ -197,6 +199,15 @@ _FIELDS = (
         "exhausted its retries, so a failing endpoint holds back the rest.",
     ),
 )
+# Another content type than JSON needs a template to produce it (Subscriptions._check_body).
+_TEMPLATE_FOR_OTHER_TYPES: Schema = {
+    "if": {
+        "required": ["content_type"],
+        "properties": {"content_type": {"not": {"const": DEFAULT_CONTENT_TYPE}}},
+    },
+    "then": {"required": ["template"], "properties": {"template": {"type": "string"}}},
+}
+
 PREVIEW_BODY = Body(
     (
         Field(
@@ -207,8 +218,9 @@ PREVIEW_BODY = Body(
         *(field for field in _FIELDS if field.name in ("filter", "template", "content_type")),
     ),
     partial=True,
+    rules=(_TEMPLATE_FOR_OTHER_TYPES,),
 )
-NEW_SUBSCRIPTION = Body(_FIELDS)
+NEW_SUBSCRIPTION = Body(_FIELDS, rules=(_TEMPLATE_FOR_OTHER_TYPES,))
 TEST_BODY = Body(
     (
         Field(
@@ -326,7 +338,9 @@ class Subscriptions:
         )
         self._check_body(sub)
         async with self._db.transaction() as conn:
-            # Counted in the write transaction, so concurrent creates cannot overshoot.
+            # Counted in the write transaction under the key's lock, so concurrent creates
+            # cannot overshoot, on one node or several.
+            await quotas.lock_key(conn, quotas.SUBSCRIPTIONS, caller.key_id)
             if await subscriptions.count_standing(conn, caller.key_id) >= self._max_per_key:
                 raise QuotaExceeded.of(
                     "REELHOOK_MAX_SUBSCRIPTIONS_PER_KEY", self._max_per_key, "subscriptions"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterable, Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 
 from service.core.body import read_capped
 from service.core.clock import Clock
@@ -157,10 +158,19 @@ class Callbacks:
             raise _Rejected(
                 CallbackOutcome.BAD_TOKEN, Unauthorized("the account webhook token is not valid")
             ) from None
-        try:
-            body = await read_capped(chunks, declared_length, self._max_bytes)
-        except PayloadTooLarge as exc:
-            raise _Rejected(CallbackOutcome.TOO_LARGE, exc) from None
+        # The same bounds as the per-job route, with a concurrency limit of its own.
+        with self._hold(f"{provider} account", declared_length) as held:
+            body = await self._read(chunks, declared_length, held)
+            return await self._apply_account(provider, adapter, endpoint, headers, body)
+
+    async def _apply_account(
+        self,
+        provider: str,
+        adapter: CallbackAdapter,
+        endpoint: ProviderEndpoint,
+        headers: Mapping[str, str],
+        body: bytes,
+    ) -> tuple[Job | None, Outcome | None]:
         try:
             adapter.verify_callback(headers, body, endpoint.api_key)
         except ForgedCallback as exc:
@@ -249,27 +259,25 @@ class Callbacks:
             raise _Rejected(
                 CallbackOutcome.BAD_TOKEN, Unauthorized("the callback token is not valid")
             ) from None
+        with self._hold(provider, declared_length) as held:
+            body = await self._read(chunks, declared_length, held)
+            return await self._apply(provider, adapter, job_id, headers, body)
+
+    def _hold(self, route: str, declared_length: str | None) -> AbstractContextManager[Reservation]:
+        """What the body may take and a slot of ``route``, held until its commit is done
+        (:mod:`service.jobs.inbound`); 503 at once when there is no room. A body declared too
+        large reserves nothing: reading it is refused (413) before a byte is kept."""
         declared = int(declared_length) if declared_length and is_decimal(declared_length) else None
-        # What the body may take, held until its commit is done (service.jobs.inbound); a body
-        # declared too large is refused (413) without reserving anything.
         reserve = self._max_bytes if declared is None else declared
         if reserve > self._max_bytes:
             reserve = 0
-        with self._budget.hold(provider, reserve) as held:
-            return await self._read_and_store(
-                provider, adapter, job_id, headers, chunks, declared_length, held
-            )
+        return self._budget.hold(route, reserve)
 
-    async def _read_and_store(
-        self,
-        provider: str,
-        adapter: CallbackAdapter,
-        job_id: str,
-        headers: Mapping[str, str],
-        chunks: AsyncIterable[bytes],
-        declared_length: str | None,
-        held: Reservation,
-    ) -> tuple[Job, Outcome]:
+    async def _read(
+        self, chunks: AsyncIterable[bytes], declared_length: str | None, held: Reservation
+    ) -> bytes:
+        """The body, at most ``max_bytes`` of it and within the body timeout; what the
+        reservation held beyond its size is handed back."""
         try:
             # asyncio's own timeout: anyio's fail_after cost ~6 % of the event loop's time per
             # callback (a cancel scope and a backend lookup each time; docs/performance.md §4).
@@ -282,6 +290,16 @@ class Callbacks:
                 f"the body did not arrive within {self._body_timeout:g} seconds"
             ) from None
         held.shrink(len(body))
+        return body
+
+    async def _apply(
+        self,
+        provider: str,
+        adapter: CallbackAdapter,
+        job_id: str,
+        headers: Mapping[str, str],
+        body: bytes,
+    ) -> tuple[Job, Outcome]:
         try:
             adapter.verify_callback(headers, body, self._endpoints[provider].api_key)
         except ForgedCallback as exc:

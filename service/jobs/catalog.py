@@ -36,6 +36,28 @@ def _url_problem(value: Any) -> str | None:
     return None
 
 
+_URL_SCHEMA = {"pattern": "^https?://"}
+
+_CAMERA_CONTROL_SCHEMA: dict[str, Any] = {
+    "properties": {
+        "type": {"type": "string"},
+        "config": {
+            "type": "object",
+            "properties": {
+                axis: {"type": "number", "minimum": -10, "maximum": 10} for axis in _AXES
+            },
+            "additionalProperties": False,
+        },
+    },
+    "additionalProperties": False,
+}
+
+
+def _given(name: str) -> dict[str, Any]:
+    """JSON Schema: ``name`` is set (an optional parameter sent as null counts as absent)."""
+    return {"required": [name], "properties": {name: {"not": {"type": "null"}}}}
+
+
 def _prompt(max_length: int = 2500) -> Param:
     return Param("prompt", "string", "What the video shows.", required=True, max_length=max_length)
 
@@ -45,11 +67,13 @@ def _negative_prompt(max_length: int = 2500) -> Param:
 
 
 def _image_url(description: str = "Start frame for image-to-video.") -> Param:
-    return Param("image_url", "string", description, check=_url_problem)
+    return Param("image_url", "string", description, check=_url_problem, check_schema=_URL_SCHEMA)
 
 
 def _last_frame_url(description: str) -> Param:
-    return Param("last_frame_url", "string", description, check=_url_problem)
+    return Param(
+        "last_frame_url", "string", description, check=_url_problem, check_schema=_URL_SCHEMA
+    )
 
 
 def _cfg_scale(default: float | None, description: str = "Prompt adherence, 0-1.") -> Param:
@@ -68,6 +92,7 @@ _CAMERA_CONTROL = Param(
     "object",
     "Camera movement {type, config: {horizontal, vertical, pan, tilt, roll, zoom}}, each -10..10.",
     check=_camera_control_problem,
+    check_schema=_CAMERA_CONTROL_SCHEMA,
 )
 # Trinetra's pricing text says "pass resolution in your request" but no parameter table lists it
 # or a default, so reelhook sends it only when the caller chose one; the estimate then states the
@@ -93,8 +118,20 @@ def _last_frame_not_5s(data: Input) -> tuple[str, str] | None:
     return None
 
 
-_needs_image_for_last_frame = Rule("last_frame_url requires image_url", _last_frame_without_image)
-_last_frame_only_5s = Rule("last_frame_url is for 5 s clips only", _last_frame_not_5s)
+_needs_image_for_last_frame = Rule(
+    "last_frame_url requires image_url",
+    _last_frame_without_image,
+    {"if": _given("last_frame_url"), "then": _given("image_url")},
+)
+_last_frame_only_5s = Rule(
+    "last_frame_url is for 5 s clips only",
+    _last_frame_not_5s,
+    # duration's default is 5: absent (or null) is a 5 s clip.
+    {
+        "if": _given("last_frame_url"),
+        "then": {"properties": {"duration": {"enum": [5, None]}}},
+    },
+)
 
 
 _TRINETRA_LAST_FRAME_RULES: tuple[Rule, ...] = (_needs_image_for_last_frame, _last_frame_only_5s)
@@ -153,7 +190,14 @@ def _i2v_without_image(data: Input) -> tuple[str, str] | None:
     return None
 
 
-_i2v_needs_image = Rule("mode i2v requires image_url", _i2v_without_image)
+_i2v_needs_image = Rule(
+    "mode i2v requires image_url",
+    _i2v_without_image,
+    {
+        "if": {"required": ["mode"], "properties": {"mode": {"const": "i2v"}}},
+        "then": _given("image_url"),
+    },
+)
 
 
 def _v3_mode_default(data: Input) -> Input:

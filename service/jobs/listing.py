@@ -93,7 +93,8 @@ class JobReader:
                     if callback.provider == "segmind"
                     else f"callback from {callback.provider}"
                 ),
-                f"{callback.outcome}, {callback.size} bytes",
+                f"{callback.outcome}, {callback.size} bytes"
+                + (f", replayed {callback.replays} times" if callback.replays else ""),
                 callback.excerpt,
             )
             for callback in await timeline.callbacks_of(reader, job.id)

@@ -19,6 +19,8 @@ class Rule:
 
     description: str
     check: Callable[[Input], tuple[str, str] | None]
+    #: The rule in JSON Schema, for the OpenAPI document (so it refuses what ``check`` refuses).
+    schema: dict[str, Any] | None = None
 
     def __call__(self, data: Input) -> tuple[str, str] | None:
         return self.check(data)
@@ -44,6 +46,9 @@ class Param:
     maximum: float | None = None
     max_length: int | None = None
     check: Callable[[Any], str | None] | None = None
+    #: What ``check`` accepts, in JSON Schema (merged into :meth:`json_schema`), so the document
+    #: refuses what the check refuses.
+    check_schema: dict[str, Any] | None = None
     #: Also accept the number written as a string ("10"), where the provider's own example sends
     #: it so (Segmind's duration); it is stored and sent as the number.
     numeric_strings: bool = False
@@ -104,6 +109,8 @@ class Param:
             schema["maxLength"] = self.max_length
         if self.type == "string" and self.required:
             schema["pattern"] = r"\S"  # not empty or only whitespace
+        if self.check_schema is not None:
+            schema.update(self.check_schema)
         return schema
 
     def describe(self) -> dict[str, Any]:
@@ -203,7 +210,12 @@ class ModelSpec:
             "properties": {p.name: p.json_schema() for p in self.params},
             "required": [p.name for p in self.params if p.required],
             "additionalProperties": False,
+            **self._rules_schema(),
         }
+
+    def _rules_schema(self) -> dict[str, Any]:
+        stated = [rule.schema for rule in self.rules if rule.schema is not None]
+        return {"allOf": stated} if stated else {}
 
     def describe(self) -> dict[str, Any]:
         """The catalog entry served by ``GET /v1/models``."""

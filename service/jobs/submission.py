@@ -36,7 +36,7 @@ from service.jobs.lifecycle import defer_submit, mark_submitted, refuse
 from service.jobs.submit_queue import SubmitQueue
 from service.jobs.submit_retry import RetryAt, decide
 from service.net.failures import NETWORK_ERRORS, classify
-from service.net.guard import IPNetwork, check_url
+from service.net.guard import URL_PATTERN, IPNetwork, check_url
 from service.providers import CALLBACK_ADAPTERS, HELD_ADAPTERS
 from service.providers.base import InvalidCallback, Refusal, redact
 from service.storage import jobs, submissions, subscriptions
@@ -56,7 +56,7 @@ JOB_EXTRAS = Body(
         ),
         Field(
             "callback_url",
-            Text("must be a string"),
+            Text("must be a string", pattern=URL_PATTERN),
             "Also send this job's events here, signed with the `callback_secret` returned once.",
             nullable=True,
         ),

@@ -45,6 +45,11 @@ def address_allowed(address: IPAddress, allow: Sequence[IPNetwork]) -> bool:
     return address.is_global and not address.is_multicast
 
 
+URL_PATTERN = r"^[Hh][Tt][Tt][Pp][Ss]?://[^/?#@:\s]"
+"""What :func:`check_url` requires at the least, as a JSON Schema ``pattern``: an http(s) URL
+that names a host (its other rules depend on the address and the deployment)."""
+
+
 def check_url(url: str, allow: Sequence[IPNetwork], *, require_https: bool = False) -> str | None:
     """Why ``url`` can never be a subscriber URL, or None (names are rechecked on connect).
     ``require_https``: plain http is refused too (production's default)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -235,11 +236,26 @@ class CallbackRecord:
 
 
 async def record_callbacks(conn: Connection, records: Iterable[CallbackRecord]) -> None:
+    """Keep each callback for audit, once per job and body: the same bytes again for the same
+    job (a provider's retry, a replay) only count up the stored row's ``replays`` and set its
+    ``last_replay_at``, so replays cost a counter, never another copy of the body
+    (docs/architecture.md, "Bounded inbound memory"). The unique index makes this hold when
+    several nodes store the same replay at once."""
     await conn.executemany(
-        "INSERT INTO callbacks (job_id, provider, received_at, outcome, body, route) "
-        "VALUES (?, ?, ?, ?, ?, ?)",
-        ((r.job_id, r.provider, r.received_at, r.outcome, r.body, r.route) for r in records),
+        "INSERT INTO callbacks (job_id, provider, received_at, outcome, body, route, digest) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (job_id, digest) WHERE digest IS NOT NULL DO UPDATE SET "
+        "replays = callbacks.replays + 1, last_replay_at = excluded.received_at",
+        (
+            (r.job_id, r.provider, r.received_at, r.outcome, r.body, r.route, body_digest(r.body))
+            for r in records
+        ),
     )
+
+
+def body_digest(body: bytes) -> str:
+    """The SHA-256 of a callback body, hex: what tells a replay from a new callback."""
+    return hashlib.sha256(body).hexdigest()
 
 
 async def find_for_provider(

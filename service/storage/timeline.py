@@ -18,6 +18,8 @@ class CallbackRecord:
     outcome: str
     excerpt: str
     size: int
+    #: How many times the same body came again for the job (stored once, counted).
+    replays: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +33,7 @@ async def callbacks_of(conn: Connection, job_id: str) -> list[CallbackRecord]:
     """Every stored callback (or held answer) for the job, oldest first."""
     async with conn.execute(
         "SELECT provider, received_at, outcome, substr(body, 1, ?) AS excerpt, "
-        "length(body) AS size FROM callbacks WHERE job_id = ? ORDER BY id",
+        "length(body) AS size, replays FROM callbacks WHERE job_id = ? ORDER BY id",
         (EXCERPT_BYTES, job_id),
     ) as cursor:
         rows = await cursor.fetchall()
@@ -42,6 +44,7 @@ async def callbacks_of(conn: Connection, job_id: str) -> list[CallbackRecord]:
             outcome=row["outcome"],
             excerpt=excerpt_text(row["excerpt"]),
             size=row["size"],
+            replays=row["replays"],
         )
         for row in rows
     ]

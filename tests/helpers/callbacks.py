@@ -115,6 +115,13 @@ def stored_callbacks(settings: Settings) -> list[tuple[str, str, str, bytes]]:
     return [(str(j), str(p), str(o), bytes(b)) for j, p, o, b in rows]
 
 
+def stored_replays(settings: Settings) -> list[tuple[str, str, int]]:
+    """(job id, outcome, replays) of every stored callback, read after shutdown: a replay (the
+    same bytes again for the same job) is counted on the row its first copy made."""
+    rows = stored(settings, "SELECT job_id, outcome, replays FROM callbacks ORDER BY id")
+    return [(str(j), str(o), int(n)) for j, o, n in rows]
+
+
 def encode(document: dict[str, Any]) -> bytes:
     return json.dumps(document).encode()
 
