@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import sqlite3
+import sys
 import tempfile
 import threading
 import time
@@ -24,7 +25,7 @@ from typing import Any
 
 import httpx
 
-from bench import report
+from bench import isolation, report
 from bench.backlog import seed_backlog, seed_due
 from bench.load import callback_body, percentiles
 from bench.procs import (
@@ -811,6 +812,15 @@ def main() -> None:
         action="store_true",
         help="only the fan-out scenarios (4 and 4f): a partial report, named fanout.md",
     )
+    parser.add_argument(
+        "--no-isolation",
+        action="store_true",
+        help="leave out the isolation scenarios (bench/isolation.py) a full run ends with",
+    )
+    if sys.argv[1:2] == ["isolation"]:
+        # `python -m bench isolation [--quick] [--only ae]`: only issue 18's scenarios.
+        isolation.main(sys.argv[2:])
+        return
     args = parser.parse_args()
     sizes = Sizes.quick() if args.quick else Sizes()
     started = time.time()
@@ -840,6 +850,9 @@ def main() -> None:
     (args.out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.out / f"{name}.md").write_text(report.markdown(result))
     print(report.markdown(result))
+    if not args.fanout_only and not args.no_isolation:
+        with workdir(args.keep) as work:
+            isolation.run(work, quick=args.quick, out=args.out)
     if failed:
         raise SystemExit(f"benchmark incomplete: {failed}")
 
