@@ -203,8 +203,10 @@ async def uploads(spec: dict[str, Any]) -> dict[str, Any]:
         token = tokens.callback(job_id(index), "trinetra")
         head = (
             f"POST /v1/callbacks/trinetra/{token} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {size}\r\n"
-            "Connection: close\r\n\r\n"
+            # Kept alive, as providers' HTTP clients do: a refused upload is answered before its
+            # body is read, and the server reads the rest past it. (With `Connection: close` the
+            # server closes with the body unread, and the RST can beat its 503 to the client.)
+            f"Content-Type: application/json\r\nContent-Length: {size}\r\n\r\n"
         ).encode()
         await go.wait()
         writer: asyncio.StreamWriter | None = None

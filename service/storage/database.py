@@ -186,8 +186,13 @@ class Database(ABC):
         return PostgresDatabase.open_url(location, node_timeout=node_timeout)
 
     @abstractmethod
-    def transaction(self, *, durable: bool = True) -> AbstractAsyncContextManager[Connection]:
+    def transaction(
+        self, *, durable: bool = True, urgent: bool = False
+    ) -> AbstractAsyncContextManager[Connection]:
         """Run the block in one write transaction; commit, or roll back on error.
+
+        ``urgent``: a request is waiting on this commit (the ingest batch): it takes its turn
+        before every waiting non-urgent transaction (:mod:`service.storage.writeorder`).
 
         ``durable=False`` may commit without waiting for the disk, for bookkeeping whose loss in
         a power cut is harmless because it is redone (delivery leases and attempt outcomes: a

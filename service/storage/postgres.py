@@ -10,7 +10,6 @@ each one once.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import re
@@ -33,6 +32,7 @@ from service.storage.database import (
     migrations,
     refuse_newer,
 )
+from service.storage.writeorder import WriteOrder
 
 if TYPE_CHECKING:
     from typing import TypeAlias
@@ -184,7 +184,7 @@ class PostgresDatabase(Database):
         self.backstop = BACKSTOP
         self._statements = _Statements()
         self.reader = PgReader(pool, self._statements)
-        self._write_lock = asyncio.Lock()
+        self._write_lock = WriteOrder()
         self._leader = False
         self.listening = anyio.Event()
 
@@ -326,10 +326,13 @@ class PostgresDatabase(Database):
             yield PgConnection(raw, self._statements)
 
     @asynccontextmanager
-    async def transaction(self, *, durable: bool = True) -> AsyncIterator[Connection]:
+    async def transaction(
+        self, *, durable: bool = True, urgent: bool = False
+    ) -> AsyncIterator[Connection]:
         """One transaction (READ COMMITTED) on a pooled connection; ``durable=False`` commits
-        without waiting for the WAL flush (``synchronous_commit = off``)."""
-        async with self._write_lock, self.pool.acquire() as raw:
+        without waiting for the WAL flush (``synchronous_commit = off``); ``urgent`` ones take
+        their turn first (in this node's order; other nodes' transactions are their own)."""
+        async with self._write_lock.hold(urgent=urgent), self.pool.acquire() as raw:
             tx = raw.transaction()
             await tx.start()
             try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sqlite3
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -22,6 +21,7 @@ from service.storage.database import (
     migrations,
     refuse_newer,
 )
+from service.storage.writeorder import WriteOrder
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class SqliteDatabase(Database):
         self.writer = writer
         self._writer = SqliteConnection(writer)
         self.reader = SqliteConnection(reader)
-        self._write_lock = asyncio.Lock()
+        self._write_lock = WriteOrder()
 
     @classmethod
     @asynccontextmanager
@@ -93,10 +93,12 @@ class SqliteDatabase(Database):
             await writer.close()
 
     @asynccontextmanager
-    async def transaction(self, *, durable: bool = True) -> AsyncIterator[Connection]:
+    async def transaction(
+        self, *, durable: bool = True, urgent: bool = False
+    ) -> AsyncIterator[Connection]:
         """One ``BEGIN IMMEDIATE`` transaction; ``durable=False`` commits without an fsync
-        (``synchronous = NORMAL``)."""
-        async with self._write_lock:
+        (``synchronous = NORMAL``); ``urgent`` ones take their turn first."""
+        async with self._write_lock.hold(urgent=urgent):
             announced: set[Work] = set()
             self._writer.announced = announced
             relaxed = False
