@@ -15,6 +15,7 @@ import logging
 
 from service.core.clock import Clock
 from service.core.errors import ServiceUnavailable
+from service.core.lograte import Occasional
 from service.delivery.publisher import Publisher
 from service.jobs.lifecycle import Applied, JobMismatch, UnknownJob, Update, apply_updates
 from service.storage.database import Database
@@ -48,6 +49,7 @@ class Ingest:
         self._batch_size = batch_size
         self._mirror = mirror
         self._closed = False
+        self._full_disk_log = Occasional(log)
         self._queue: asyncio.Queue[tuple[Update, asyncio.Future[_Result]]] = asyncio.Queue(capacity)
 
     @property
@@ -106,7 +108,9 @@ class Ingest:
         except Exception as exc:
             full = out_of_space(exc)
             if full:
-                log.warning("could not store a batch of %d callbacks: out of space", len(batch))
+                self._full_disk_log.warning(
+                    "could not store a batch of %d callbacks: out of space", len(batch)
+                )
             else:
                 log.exception("could not store a batch of %d callbacks", len(batch))
             wait = str(RETRY_AFTER if full else 1)
