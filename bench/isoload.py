@@ -196,7 +196,9 @@ async def uploads(spec: dict[str, Any]) -> dict[str, Any]:
     tokens = Tokens([spec["secret_key"]])
     pad = memoryview(b"x" * size)
     results: dict[int, tuple[str, str | None]] = {}
+    failed_after: list[float] = []  # seconds from the start to each connection error
     go = asyncio.Event()
+    started = time.time()
 
     async def one(index: int) -> None:
         prefix, suffix, padding = large_body(index, spec["video_url"], size)
@@ -240,6 +242,7 @@ async def uploads(spec: dict[str, Any]) -> dict[str, Any]:
             results[index] = (status, retry_after)
         except (OSError, asyncio.IncompleteReadError) as exc:
             results[index] = (type(exc).__name__, None)
+            failed_after.append(time.time() - started)
         finally:
             if writer is not None:
                 writer.close()
@@ -262,6 +265,7 @@ async def uploads(spec: dict[str, Any]) -> dict[str, Any]:
         "elapsed_s": time.time() - started,
         "statuses": dict(statuses),
         "unanswered": count - len(results),
+        "connection_errors_after_s": percentiles(failed_after),
         "acked": sorted(i for i, (status, _) in results.items() if status.startswith("2")),
         "refused_503": len(refused),
         "refused_503_with_retry_after": sum(
