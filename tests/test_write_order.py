@@ -10,6 +10,7 @@ import anyio
 import pytest
 
 from service.storage.database import Database
+from service.storage.postgres import PostgresDatabase
 from service.storage.writeorder import WriteOrder
 from tests.conftest import SettingsFactory
 
@@ -128,3 +129,36 @@ async def commit_in_order(database: Database) -> None:
         await queued(order, 1, 1)
         finish.set()
     assert turns == ["ingest", "outcomes"]
+
+
+async def test_postgresql_reads_leave_a_connection_for_the_writer(pg_database: str) -> None:
+    """However many reads are in flight, at most all but one of the pool's connections read:
+    a write transaction goes through while the other connections are all busy reading."""
+    async with Database.open(pg_database) as database:
+        assert isinstance(database, PostgresDatabase)
+        readers = database.pool.get_max_size()
+        reading = 0
+        read_done = 0
+
+        async def slow_read() -> None:
+            nonlocal reading, read_done
+            reading += 1
+            await database.reader.execute("SELECT pg_sleep(60)")
+            read_done += 1
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(readers + 2):
+                tg.start_soon(slow_read)
+            with anyio.fail_after(10):
+                while True:
+                    busy = await database.pool.fetchval(
+                        "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60)'"
+                        " AND state = 'active'"
+                    )
+                    if busy == readers - 1:
+                        break
+                    await asyncio.sleep(0.05)
+                async with database.transaction(urgent=True) as conn:
+                    await conn.execute("SELECT 1")
+            tg.cancel_scope.cancel()
+    assert reading == readers + 2 and read_done == 0

@@ -10,6 +10,7 @@ each one once.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import re
@@ -169,20 +170,26 @@ class PgConnection(Connection):
 
 
 class PgReader(Connection):
-    """Reads outside any transaction, each on a connection borrowed from the pool."""
+    """Reads outside any transaction, each on a connection borrowed from the pool.
+
+    At most all but one of the pool's connections read at once, so however many reads are in
+    flight (API reads, streams catching up, the dispatcher's look-ups) a write transaction, the
+    ingest batch a provider waits on among them, always finds a connection (docs/architecture.md,
+    "Isolation of the hot path")."""
 
     dialect = "postgresql"
 
     def __init__(self, pool: asyncpg.Pool, statements: _Statements) -> None:
         self._pool = pool
         self._statements = statements
+        self._slots = asyncio.Semaphore(max(1, pool.get_max_size() - 1))
 
     async def run(self, sql: str, params: Sequence[Any]) -> Result:
-        async with self._pool.acquire() as raw:
+        async with self._slots, self._pool.acquire() as raw:
             return await PgConnection(raw, self._statements).run(sql, params)
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        async with self._pool.acquire() as raw:
+        async with self._slots, self._pool.acquire() as raw:
             await PgConnection(raw, self._statements).executemany(sql, rows)
 
 
