@@ -886,10 +886,14 @@ def write_section(path: Path, section: str) -> None:
     path.write_text(text)
 
 
-def run(work: Path, *, quick: bool, out: Path, only: str = "abcde") -> dict[str, Any]:
+def run(
+    work: Path, *, quick: bool, out: Path, only: str = "abcde", mix_rate: int | None = None
+) -> dict[str, Any]:
     """Run the scenarios in ``only``; write ``isolation.{md,json}`` and the section of
     ``latest.md`` (``quick.md`` for a quick run) under ``out``."""
     sizes = Sizes.quick() if quick else Sizes()
+    if mix_rate is not None:
+        sizes.mix_rate = mix_rate
     started = time.time()
     bench = Isolation(work, sizes)
     bench.run(only)
@@ -920,10 +924,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--keep", action="store_true", help="keep the work dir and its logs")
     parser.add_argument("--only", default="abcde", help="scenario letters to run, e.g. 'ae'")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument(
+        "--mix-rate", type=int, help="callbacks/s of scenario e (default 1,000, the issue's)"
+    )
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="reelhook-iso-", dir=os.environ.get("BENCH_DIR")))
     try:
-        run(work, quick=args.quick, out=args.out, only=args.only)
+        run(work, quick=args.quick, out=args.out, only=args.only, mix_rate=args.mix_rate)
     finally:
         if not args.keep:
             import shutil
