@@ -58,7 +58,8 @@ pytest: $(STAMP)
 	PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -n 2
 	PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -n 2 --store postgresql
 
-## bench: run the performance suite (about 5 minutes; loopback only) and write bench/results/latest.md
+## bench: run the performance suite (about 5 minutes; loopback only), then the isolation scenarios
+## (about 8 more; `python -m bench isolation --quick` alone), and write bench/results/latest.md
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
