@@ -42,14 +42,25 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if config.getoption("--store") == "sqlite":
-        return
-    # Tests about SQLite itself ran in the SQLite pass; here they are deselected (listed as
-    # such), never skipped: under CI a skip would read as a pass that did not happen.
-    sqlite_only = [item for item in items if item.get_closest_marker("sqlite_only") is not None]
-    if sqlite_only:
-        config.hook.pytest_deselected(items=sqlite_only)
-        items[:] = [item for item in items if item.get_closest_marker("sqlite_only") is None]
+    """Each test runs in one pass when the other would repeat it: tests about SQLite itself run
+    in the SQLite pass, tests that start PostgreSQL nodes whatever ``--store`` says (they ask for
+    ``pg_database`` or ``pg_cluster``) in the PostgreSQL pass. The rest run in both.
+
+    The others are deselected (listed as such), never skipped: under CI a skip would read as a
+    pass that did not happen."""
+    on_sqlite = config.getoption("--store") == "sqlite"
+
+    def elsewhere(item: pytest.Item) -> bool:
+        if on_sqlite:
+            # Every collected test is a pytest.Function; an Item as such has no fixtures.
+            fixtures: list[str] = getattr(item, "fixturenames", [])
+            return not {"pg_database", "pg_cluster"}.isdisjoint(fixtures)
+        return item.get_closest_marker("sqlite_only") is not None
+
+    other_pass = [item for item in items if elsewhere(item)]
+    if other_pass:
+        config.hook.pytest_deselected(items=other_pass)
+        items[:] = [item for item in items if not elsewhere(item)]
 
 
 @pytest.fixture(scope="session")
