@@ -1,6 +1,6 @@
-"""Isolation of the hot path (service/storage/writeorder.py): an urgent write transaction (the
-ingest batch a provider's request waits on) takes its turn before waiting bookkeeping, on both
-stores, without starving the bookkeeping."""
+"""Isolation of the hot path (service/storage/writeorder.py): the dispatcher's bookkeeping is a
+background write transaction, so the ingest batch a provider's request waits on takes its turn
+before it, on both stores, without starving it; other transactions stay in FIFO order."""
 
 from __future__ import annotations
 
@@ -17,49 +17,51 @@ from tests.conftest import SettingsFactory
 pytestmark = pytest.mark.anyio
 
 
-async def queued(order: WriteOrder, urgent: int, normal: int) -> None:
-    """Until ``urgent`` and ``normal`` transactions are waiting."""
+async def queued(order: WriteOrder, foreground: int, background: int) -> None:
+    """Until ``foreground`` and ``background`` transactions are waiting."""
     with anyio.fail_after(10):
         while True:
-            if order.waiting == (urgent, normal):
+            if order.waiting == (foreground, background):
                 return
             await asyncio.sleep(0)
 
 
-async def test_an_urgent_waiter_goes_before_earlier_non_urgent_ones() -> None:
+async def test_a_foreground_waiter_goes_before_earlier_background_ones_and_in_fifo_order() -> None:
     order = WriteOrder()
     turns: list[str] = []
 
-    async def take(name: str, urgent: bool) -> None:
-        async with order.hold(urgent=urgent):
+    async def take(name: str, background: bool) -> None:
+        async with order.hold(background=background):
             turns.append(name)
 
     await order.acquire()
     async with anyio.create_task_group() as tg:
-        tg.start_soon(take, "claim", False)
-        tg.start_soon(take, "outcomes", False)
+        tg.start_soon(take, "claim", True)
+        tg.start_soon(take, "outcomes", True)
         await queued(order, 0, 2)
-        tg.start_soon(take, "ingest", True)
+        tg.start_soon(take, "submission", False)
         await queued(order, 1, 2)
+        tg.start_soon(take, "ingest", False)
+        await queued(order, 2, 2)
         order.release()
-    assert turns == ["ingest", "claim", "outcomes"]
-    assert order.overtaken == 1 and not order.locked()
+    assert turns == ["submission", "ingest", "claim", "outcomes"]
+    assert order.overtaken == 2 and not order.locked()
 
 
-async def test_non_urgent_work_gets_a_turn_after_the_fair_share() -> None:
+async def test_background_work_gets_a_turn_after_the_fair_share() -> None:
     order = WriteOrder(fair_share=2)
     turns: list[str] = []
 
-    async def take(name: str, urgent: bool) -> None:
-        async with order.hold(urgent=urgent):
+    async def take(name: str, background: bool) -> None:
+        async with order.hold(background=background):
             turns.append(name)
 
     await order.acquire()
     async with anyio.create_task_group() as tg:
-        tg.start_soon(take, "claim", False)
+        tg.start_soon(take, "claim", True)
         await queued(order, 0, 1)
         for n in range(4):
-            tg.start_soon(take, f"ingest {n}", True)
+            tg.start_soon(take, f"ingest {n}", False)
         await queued(order, 4, 1)
         order.release()
     assert turns == ["ingest 0", "ingest 1", "claim", "ingest 2", "ingest 3"]
@@ -71,20 +73,20 @@ async def test_a_cancelled_waiter_is_skipped_and_a_granted_then_cancelled_one_pa
     order = WriteOrder()
     turns: list[str] = []
 
-    async def take(name: str, urgent: bool) -> None:
-        async with order.hold(urgent=urgent):
+    async def take(name: str, background: bool) -> None:
+        async with order.hold(background=background):
             turns.append(name)
 
     await order.acquire()
     async with anyio.create_task_group() as tg:
-        gone = asyncio.ensure_future(order.acquire(urgent=True))
-        tg.start_soon(take, "claim", False)
+        gone = asyncio.ensure_future(order.acquire())
+        tg.start_soon(take, "claim", True)
         await queued(order, 1, 1)
         gone.cancel()
         await asyncio.sleep(0)
         assert order.waiting == (0, 1)
         # Granted and cancelled before it ran: the turn goes on to the next waiter.
-        granted = asyncio.ensure_future(order.acquire(urgent=True))
+        granted = asyncio.ensure_future(order.acquire())
         await queued(order, 1, 1)
         order.release()
         granted.cancel()
@@ -94,11 +96,11 @@ async def test_a_cancelled_waiter_is_skipped_and_a_granted_then_cancelled_one_pa
         order.release()
 
 
-async def test_the_stores_commit_an_urgent_transaction_before_waiting_bookkeeping(
+async def test_the_stores_commit_a_foreground_transaction_before_waiting_bookkeeping(
     settings_factory: SettingsFactory,
 ) -> None:
-    """On SQLite and on PostgreSQL: while one transaction runs, a non-urgent one and then an
-    urgent one ask for the writer; the urgent one commits first."""
+    """On SQLite and on PostgreSQL: while one transaction runs, a background one and then a
+    foreground one ask for the writer; the foreground one commits first."""
     async with Database.open(settings_factory().database_path) as database:
         await commit_in_order(database)
 
@@ -114,8 +116,8 @@ async def commit_in_order(database: Database) -> None:
             await conn.execute("SELECT 1")
             await finish.wait()
 
-    async def write(name: str, urgent: bool) -> None:
-        async with database.transaction(urgent=urgent) as conn:
+    async def write(name: str, background: bool) -> None:
+        async with database.transaction(background=background) as conn:
             await conn.execute("SELECT 1")
             turns.append(name)
 
@@ -123,9 +125,9 @@ async def commit_in_order(database: Database) -> None:
     async with anyio.create_task_group() as tg:
         tg.start_soon(first)
         await running.wait()
-        tg.start_soon(write, "outcomes", False)
+        tg.start_soon(write, "outcomes", True)
         await queued(order, 0, 1)
-        tg.start_soon(write, "ingest", True)
+        tg.start_soon(write, "ingest", False)
         await queued(order, 1, 1)
         finish.set()
     assert turns == ["ingest", "outcomes"]
@@ -158,7 +160,7 @@ async def test_postgresql_reads_leave_a_connection_for_the_writer(pg_database: s
                     if busy == readers - 1:
                         break
                     await asyncio.sleep(0.05)
-                async with database.transaction(urgent=True) as conn:
+                async with database.transaction() as conn:
                     await conn.execute("SELECT 1")
             tg.cancel_scope.cancel()
     assert reading == readers + 2 and read_done == 0

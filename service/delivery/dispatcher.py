@@ -238,7 +238,8 @@ class Dispatcher:
                 else:
                     del rooms[sub]
         if rooms:
-            async with self._db.transaction(durable=False) as conn:
+            # Background: the ingest batch and API writes waiting for the writer go first.
+            async with self._db.transaction(durable=False, background=True) as conn:
                 started = time.perf_counter()
                 claimed = await deliveries.claim_due(
                     conn,
@@ -489,7 +490,7 @@ class Dispatcher:
         if not batch:
             return True
         try:
-            async with self._db.transaction(durable=False) as conn:
+            async with self._db.transaction(durable=False, background=True) as conn:
                 # Outcomes of claims no longer current (this node lost them) are refused.
                 accepted = await deliveries.record(conn, batch)
                 if len(accepted) < len(batch):

@@ -94,9 +94,9 @@ class Ingest:
     async def _commit(self, batch: list[tuple[Update, asyncio.Future[_Result]]]) -> None:
         results: list[_Result] = [_shutting_down() for _ in batch]
         try:
-            # Urgent: every request in the batch waits on this commit, so it goes before the
-            # dispatcher's claims and outcome batches waiting for the writer.
-            async with self._db.transaction(urgent=True) as conn:
+            # Every request in the batch waits on this commit: it goes before the dispatcher's
+            # claims and outcome batches (background transactions) waiting for the writer.
+            async with self._db.transaction() as conn:
                 applied = await apply_updates(
                     conn,
                     self._publisher,

@@ -187,12 +187,13 @@ class Database(ABC):
 
     @abstractmethod
     def transaction(
-        self, *, durable: bool = True, urgent: bool = False
+        self, *, durable: bool = True, background: bool = False
     ) -> AbstractAsyncContextManager[Connection]:
         """Run the block in one write transaction; commit, or roll back on error.
 
-        ``urgent``: a request is waiting on this commit (the ingest batch): it takes its turn
-        before every waiting non-urgent transaction (:mod:`service.storage.writeorder`).
+        ``background``: bookkeeping no request waits on (the dispatcher's claims and outcome
+        batches): it takes its turn after every other waiting transaction, so the ingest batch
+        a provider waits on does not queue behind it (:mod:`service.storage.writeorder`).
 
         ``durable=False`` may commit without waiting for the disk, for bookkeeping whose loss in
         a power cut is harmless because it is redone (delivery leases and attempt outcomes: a

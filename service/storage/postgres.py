@@ -346,12 +346,13 @@ class PostgresDatabase(Database):
 
     @asynccontextmanager
     async def transaction(
-        self, *, durable: bool = True, urgent: bool = False
+        self, *, durable: bool = True, background: bool = False
     ) -> AsyncIterator[Connection]:
         """One transaction (READ COMMITTED) on a pooled connection; ``durable=False`` commits
-        without waiting for the WAL flush (``synchronous_commit = off``); ``urgent`` ones take
-        their turn first (in this node's order; other nodes' transactions are their own)."""
-        async with self._write_lock.hold(urgent=urgent), self.pool.acquire() as raw:
+        without waiting for the WAL flush (``synchronous_commit = off``); ``background`` ones take
+        their turn after the others waiting (in this node's order; other nodes' transactions are
+        their own)."""
+        async with self._write_lock.hold(background=background), self.pool.acquire() as raw:
             tx = raw.transaction()
             await tx.start()
             try:

@@ -94,11 +94,12 @@ class SqliteDatabase(Database):
 
     @asynccontextmanager
     async def transaction(
-        self, *, durable: bool = True, urgent: bool = False
+        self, *, durable: bool = True, background: bool = False
     ) -> AsyncIterator[Connection]:
         """One ``BEGIN IMMEDIATE`` transaction; ``durable=False`` commits without an fsync
-        (``synchronous = NORMAL``); ``urgent`` ones take their turn first."""
-        async with self._write_lock.hold(urgent=urgent):
+        (``synchronous = NORMAL``); ``background`` ones take their turn after the others
+        waiting."""
+        async with self._write_lock.hold(background=background):
             announced: set[Work] = set()
             self._writer.announced = announced
             relaxed = False

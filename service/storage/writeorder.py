@@ -1,14 +1,16 @@
-"""The order in which one node's write transactions take their turn: urgent ones first.
+"""The order in which one node's write transactions take their turn: background ones last.
 
 Within a node write transactions run one at a time (on SQLite there is one writer; on
 PostgreSQL the node keeps its in-process order, see docs/scaling.md). With a plain FIFO lock a
 callback's commit, which a provider is waiting on, queued behind every claim and outcome batch
-the dispatcher had asked for before it. Here a transaction marked *urgent* (the ingest batch, see
-:mod:`service.jobs.ingest`) goes before every waiting non-urgent one, so its wait is at most the
-transaction in progress (docs/architecture.md, "Isolation of the hot path").
+the dispatcher had asked for before it. Here the dispatcher's bookkeeping is *background*: it
+takes its turn only when no other transaction waits, so the ingest batch (and any transaction a
+request waits on) waits at most for the transaction in progress (docs/architecture.md,
+"Isolation of the hot path"). Foreground transactions keep their FIFO order among themselves:
+a job's submission and the provider's callback for it commit in the order they asked.
 
-So that urgent work cannot starve the rest, a waiting non-urgent transaction goes next after
-``fair_share`` urgent ones in a row have passed it.
+So that the foreground cannot starve the background, a waiting background transaction goes
+next after ``fair_share`` foreground ones in a row have passed it.
 """
 
 from __future__ import annotations
@@ -25,26 +27,25 @@ class WriteOrder:
     def __init__(self, *, fair_share: int = 4) -> None:
         self._fair_share = fair_share
         self._locked = False
-        self._urgent: deque[asyncio.Future[None]] = deque()
-        self._normal: deque[asyncio.Future[None]] = deque()
-        self._passed = 0  # urgent turns in a row taken while a non-urgent one waited
-        self.urgent_turns = 0  # for tests and metrics: turns given to urgent waiters
-        self.overtaken = 0  # turns an urgent waiter took ahead of an earlier non-urgent one
+        self._foreground: deque[asyncio.Future[None]] = deque()
+        self._background: deque[asyncio.Future[None]] = deque()
+        self._passed = 0  # foreground turns in a row taken while a background one waited
+        self.overtaken = 0  # for tests and metrics: turns taken ahead of a waiting background one
 
     def locked(self) -> bool:
         return self._locked
 
     @property
     def waiting(self) -> tuple[int, int]:
-        """(urgent, non-urgent) transactions waiting for their turn."""
-        return len(self._urgent), len(self._normal)
+        """(foreground, background) transactions waiting for their turn."""
+        return len(self._foreground), len(self._background)
 
-    async def acquire(self, *, urgent: bool = False) -> None:
-        if not self._locked and not self._urgent and not self._normal:
+    async def acquire(self, *, background: bool = False) -> None:
+        if not self._locked and not self._foreground and not self._background:
             self._locked = True
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        queue = self._urgent if urgent else self._normal
+        queue = self._background if background else self._foreground
         queue.append(waiter)
         try:
             await waiter
@@ -56,22 +57,22 @@ class WriteOrder:
             raise
 
     def release(self) -> None:
-        """Hand the turn to the next waiter (urgent first, within the fair share), or unlock."""
+        """Hand the turn to the next waiter (foreground first, within the fair share), or
+        unlock."""
         if not self._locked:
             raise RuntimeError("release of an unlocked WriteOrder")
         while True:
-            if self._urgent and (not self._normal or self._passed < self._fair_share):
-                waiter = self._urgent.popleft()
+            if self._foreground and (not self._background or self._passed < self._fair_share):
+                waiter = self._foreground.popleft()
                 if waiter.done():
                     continue  # cancelled while waiting
-                if self._normal:
+                if self._background:
                     self._passed += 1
                     self.overtaken += 1
                 else:
                     self._passed = 0
-                self.urgent_turns += 1
-            elif self._normal:
-                waiter = self._normal.popleft()
+            elif self._background:
+                waiter = self._background.popleft()
                 if waiter.done():
                     continue
                 self._passed = 0
@@ -82,8 +83,8 @@ class WriteOrder:
             return
 
     @asynccontextmanager
-    async def hold(self, *, urgent: bool = False) -> AsyncIterator[None]:
-        await self.acquire(urgent=urgent)
+    async def hold(self, *, background: bool = False) -> AsyncIterator[None]:
+        await self.acquire(background=background)
         try:
             yield
         finally:
