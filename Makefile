@@ -62,9 +62,10 @@ pytest: $(STAMP)
 	PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -n $(PYTEST_WORKERS)
 	PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -n $(PYTEST_WORKERS) --store postgresql
 
-## bench: run the performance suite (about 10 minutes; loopback only), then the same ingest, ack
-## latency and fan-out on SQLite | PostgreSQL x1 | PostgreSQL x3 (bench/stores.py; `python -m
-## bench --stores --quick` alone takes a minute or two), and write bench/results/latest.md
+## bench: run the performance suite (loopback only), the isolation scenarios (`python -m bench
+## isolation --quick` alone), then the same ingest, ack latency and fan-out on SQLite |
+## PostgreSQL x1 | PostgreSQL x3 (`python -m bench --stores --quick` alone); about 25 minutes in
+## all. Writes bench/results/latest.md.
 bench: $(STAMP)
 	$(BIN)/python -m bench
 

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import sqlite3
+import sys
 import tempfile
 import threading
 import time
@@ -24,7 +25,7 @@ from typing import Any
 
 import httpx
 
-from bench import report, stores
+from bench import isolation, report, stores
 from bench.backlog import INGEST_BATCH, seed_backlog, seed_due
 from bench.load import callback_body, percentiles
 from bench.procs import (
@@ -842,6 +843,15 @@ def main() -> None:
         action="store_true",
         help="only the fan-out scenarios (4 and 4f): a partial report, named fanout.md",
     )
+    parser.add_argument(
+        "--no-isolation",
+        action="store_true",
+        help="leave out the isolation scenarios (bench/isolation.py) a full run ends with",
+    )
+    if sys.argv[1:2] == ["isolation"]:
+        # `python -m bench isolation [--quick] [--only ae]`: only issue 18's scenarios.
+        isolation.main(sys.argv[2:])
+        return
     args = parser.parse_args()
     if args.stores:
         run_stores_only(args.quick, args.keep, args.out)
@@ -882,6 +892,9 @@ def main() -> None:
         text = stores.merge_into(text, stores.markdown(store_columns, store_sizes, args.quick))
     (args.out / f"{name}.md").write_text(text)
     print(text)
+    if not args.fanout_only and not args.no_isolation:
+        with workdir(args.keep) as work:
+            isolation.run(work, quick=args.quick, out=args.out)
     if failed:
         raise SystemExit(f"benchmark incomplete: {failed}")
 

@@ -37,7 +37,11 @@ class Process:
         self.url = f"http://127.0.0.1:{port}"
         self._log = log.open("ab")
         self.popen = subprocess.Popen(argv, env=env, stdout=self._log, stderr=subprocess.STDOUT)
-        self._wait_listening()
+        try:
+            self._wait_listening()
+        except BaseException:
+            self.stop()  # not listening in time: no one else holds it to stop it
+            raise
 
     def _wait_listening(self, within: float = 30.0) -> None:
         deadline = time.monotonic() + within

@@ -13,6 +13,7 @@ import httpx
 import pytest
 import uvicorn
 from starlette.types import Receive, Scope, Send
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from service.app.server import Server, guarded_http
 from tests.conftest import SettingsFactory
@@ -334,3 +335,52 @@ async def test_replays_of_an_identical_callback_are_stored_once_and_counted(
     )
     assert rows[0] == (len(body), True)
     assert sum(size for size, _ in rows) == len(body) + len(trinetra_failed(job["provider_job_id"]))
+
+
+async def _refuse(scope: Scope, receive: Receive, send: Send) -> None:
+    """Answers 503 without reading the request's body (as a callback refused for want of
+    budget is); a bodiless request gets 204."""
+    if scope["type"] != "http":
+        return
+    status = 503 if scope["method"] == "POST" else 204
+    await send({"type": "http.response.start", "status": status, "headers": []})
+    await send({"type": "http.response.body", "body": b""})
+
+
+async def test_a_body_refused_unread_is_not_kept_with_the_connection() -> None:
+    """What the server read of a body ahead of the application (here 200 KiB of a declared
+    1 MiB) is dropped once the answer went without reading it, instead of staying with the
+    kept-alive connection; the rest of the body is read past and the connection stays usable."""
+    sock = loopback_socket()
+    config = uvicorn.Config(_refuse, lifespan="off", log_level="warning", http=guarded_http(10))
+    server = Server(config, on_shutdown=lambda: None)
+    host, port = sock.getsockname()[:2]
+    size, sent = 1 << 20, 200 * 1024
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(server.serve, [sock])
+        await until(lambda: server.started)
+        stream = await anyio.connect_tcp(host, port)
+        with anyio.fail_after(10):
+            await stream.send(
+                b"POST /v1/callbacks/x/y HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Length: %d\r\n\r\n" % size + b"x" * sent
+            )
+            answer = b""
+            while b"\r\n\r\n" not in answer:
+                answer += await stream.receive()
+            (connection,) = server.server_state.connections
+            assert isinstance(connection, HttpToolsProtocol)
+            await until(lambda: connection.cycle is not None and connection.cycle.response_complete)
+            assert connection.cycle is not None
+            held = len(connection.cycle.body)
+            await stream.send(b"x" * (size - sent))
+            await stream.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            again = b""
+            while b"\r\n\r\n" not in again:
+                again += await stream.receive()
+        await stream.aclose()
+        server.should_exit = True
+    sock.close()
+    assert answer.startswith(b"HTTP/1.1 503"), answer
+    assert held == 0
+    assert again.startswith(b"HTTP/1.1 204"), again

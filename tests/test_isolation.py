@@ -416,3 +416,35 @@ async def test_the_stream_quota_holds_across_nodes(pg_database: str, tmp_path: P
                             break
                     except AssertionError:
                         await anyio.sleep(0.05)
+
+
+async def test_hanging_subscribers_give_their_send_slots_back_before_any_timeout(
+    settings_factory: SettingsFactory,
+) -> None:
+    """Four subscriptions that never answer, with more attempts wanted than there are send
+    slots, and a delivery timeout (60 s) far beyond the test's waits (20 s): each attempt gives
+    its slot back once it has waited ``DELIVERY_SLOW_AFTER`` (or, once as many slow attempts
+    as slots are open, gives up as timed out), so a healthy subscription's deliveries all go
+    out long before any hanging request could time out."""
+    settings = settings_factory(
+        DELIVERY_CONCURRENCY="4",
+        SUBSCRIPTION_CONCURRENCY="2",
+        DELIVERY_TIMEOUT="60",
+        DELIVERY_SLOW_AFTER="0.05",
+        RETRY_OVERLOAD_FLOOR="0",
+    )
+    hangers = Hangers()
+    paths = [f"/hang/{n}" for n in range(4)]
+    async with run_server(hangers) as url, api_client(settings) as http:
+        hanging = [await subscribe(http, f"{url}{path}") for path in paths]
+        for sub in hanging:
+            for _ in range(3):
+                await ping(http, sub["id"])
+        # Every send slot was taken by a hanging request (2 each could be open at once).
+        await hangers.wait_for(lambda h: sum(h.open.values()) >= 4)
+        healthy = await subscribe(http, f"{url}/ok")
+        for count in range(1, 6):
+            await ping(http, healthy["id"])
+            await hangers.wait_for(_oks(count))
+    # Open at once: at most the four send slots plus as many slow attempts.
+    assert max(hangers.open_at_ok) <= 8, hangers.open_at_ok

@@ -108,3 +108,47 @@ async def test_idle_streams_are_neither_woken_nor_read_for_events_they_do_not_wa
     for chunks in received:
         text = b"".join(chunks)
         assert text.count(b"event: job.succeeded") == 1 and b"ping" not in text, text
+
+
+@pytest.mark.sqlite_only("it reads the statements SQLite runs, through its trace callback")
+async def test_an_idle_stream_left_behind_by_the_tail_does_not_read_the_log_itself(
+    tmp_path: Path,
+) -> None:
+    """Far more events than the tail keeps in memory pass that five streams may not see; their
+    keep-alive wake-ups then move them past those events instead of reading the log from where
+    they were (which every idle stream did at every keep-alive); an event they may see still
+    reaches each exactly once."""
+    feed = EventFeed(keep=4)
+    statements: list[str] = []
+    async with Database.open(tmp_path / "db.sqlite") as db, anyio.create_task_group() as tg:
+        db.subscribe(Work.EVENTS, feed.notify)
+        log = EventLog(db, feed, keepalive=0.02, max_streams_per_key=100)
+        tg.start_soon(feed.run, db.reader)
+        streams = [log.follow(ADMIN, ["job.succeeded"], after_seq=0) for _ in range(5)]
+        received: list[list[bytes]] = [[] for _ in streams]
+        for stream, into in zip(streams, received, strict=True):
+            assert b"id: 0" in await next_chunk(stream)
+            tg.start_soon(drain, stream, into)
+        await until(lambda: len(feed.listeners) == 5 and feed.head == 0)
+        assert isinstance(db.reader, SqliteConnection)
+        await db.reader.raw.set_trace_callback(statements.append)
+        await append(db, "ping", 30)
+        await until(lambda: feed.head == 30)
+        # Several keep-alives each, all after the pings were read by the tail.
+        marks = [len(r) for r in received]
+        await until(
+            lambda: all(
+                b"".join(r[m:]).count(b"keep-alive") >= 3
+                for r, m in zip(received, marks, strict=True)
+            )
+        )
+        own_reads = [sql for sql in statements if "FROM events e WHERE" in sql]
+        await append(db, "job.succeeded")
+        await until(lambda: all(any(b"job.succeeded" in c for c in r) for r in received))
+        await db.reader.raw.set_trace_callback(lambda sql: None)
+        tg.cancel_scope.cancel()
+    assert own_reads == []
+    for chunks in received:
+        text = b"".join(chunks)
+        assert text.count(b"event: job.succeeded") == 1 and b"ping" not in text, text
+        assert b"id: 31" in text

@@ -6,11 +6,13 @@ The console renders the same errors as pages (:mod:`service.console.view`).
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from service.core.errors import ReelhookError, ServiceUnavailable
+from service.core.lograte import Occasional
 from service.storage.space import RETRY_AFTER, out_of_space
 
 log = logging.getLogger(__name__)
@@ -50,15 +52,22 @@ def disk_full() -> ServiceUnavailable:
     )
 
 
-async def handle_storage_error(request: Request, exc: Exception) -> Response:
-    """A database or file error: 503 + Retry-After when the disk is full, else a 500.
+def storage_error_handler() -> Callable[[Request, Exception], Awaitable[Response]]:
+    """The handler of database and file errors for one application: 503 + Retry-After when the
+    disk is full (that warning logged at most every 10 s: while the disk is full every write
+    request fails the same way), else a 500.
 
     Registered for these exception classes (not ``Exception``), so Starlette answers from its
     exception middleware and the keep-alive connection stays open, where the catch-all handler
     re-raises after answering and the server closes the connection.
     """
-    if out_of_space(exc):
-        log.warning("%s %s: out of space (%s)", request.method, request.url.path, exc)
-        return error_response(disk_full())
-    log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
-    return error_response(ReelhookError())
+    full_disk_log = Occasional(log)
+
+    async def handle_storage_error(request: Request, exc: Exception) -> Response:
+        if out_of_space(exc):
+            full_disk_log.warning("%s %s: out of space (%s)", request.method, request.url.path, exc)
+            return error_response(disk_full())
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return error_response(ReelhookError())
+
+    return handle_storage_error

@@ -33,8 +33,8 @@ from service.api.errors import (
     error_response,
     handle_http_exception,
     handle_reelhook_error,
-    handle_storage_error,
     handle_unexpected,
+    storage_error_handler,
 )
 from service.api.fastpath import CallbackFastPath
 from service.app import bootstrap, startup_checks
@@ -218,6 +218,7 @@ def create_app(
                 max_age=600,
             )
         )
+    handle_storage_error = storage_error_handler()
     app = Starlette(
         routes=app_routes,
         middleware=middleware,
@@ -345,6 +346,7 @@ def _wire(settings: Settings, clock: Clock, opened: Opened, shared: Shared) -> S
         shutdown_grace=settings.shutdown_grace,
         observe_claim=shared.metrics.claim_duration.observe,
         renderer=renderer,
+        slow_after=settings.delivery_slow_after,
     )
 
     submit_retries = RetrySchedule.for_retries(settings.submit_retry_schedule)

@@ -77,6 +77,14 @@ def guarded_http(header_timeout: float) -> type[HttpToolsProtocol]:
             super().on_headers_complete()
 
         def on_response_complete(self) -> None:
+            cycle = self.cycle
+            if cycle is not None and cycle.more_body:
+                # Answered before its body was read (a callback refused with 503 when the inbound
+                # budget is spent): what uvicorn read ahead of the application, up to 64 KiB
+                # plus one socket read of up to 256 KiB, is dropped now instead of staying with
+                # the kept-alive connection until the client closes it. 2,000 such uploads at
+                # once held 340-440 MiB (bench/results/latest.md, isolation scenario c).
+                cycle.body = bytearray()
             super().on_response_complete()
             if not self.transport.is_closing():
                 self._arm()

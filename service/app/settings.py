@@ -78,6 +78,8 @@ class Settings:
     # The least delay before retrying a delivery that timed out or was answered 429.
     retry_overload_floor: float = 60.0
     delivery_timeout: float = 15.0
+    # An attempt unanswered this long gives its shared send slot back (service/delivery).
+    delivery_slow_after: float = 2.0
     disable_after: float = 432000.0
     job_deadline: float = 3600.0
     job_deadlines: Mapping[str, float] = field(default_factory=dict)
@@ -303,6 +305,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         retry_schedule=_schedule(read, "RETRY_SCHEDULE"),
         retry_overload_floor=read.number("RETRY_OVERLOAD_FLOOR", 60.0),
         delivery_timeout=read.number("DELIVERY_TIMEOUT", 15.0, minimum=0.1),
+        delivery_slow_after=read.number("DELIVERY_SLOW_AFTER", 2.0, minimum=0.01),
         disable_after=read.number("DISABLE_AFTER", 432000.0),
         job_deadline=read.number("JOB_DEADLINE", 3600.0, minimum=1.0),
         job_deadlines=_per_model_seconds(read, "JOB_DEADLINES"),

@@ -20,7 +20,8 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from functools import partial
 
@@ -44,6 +45,13 @@ log = logging.getLogger(__name__)
 
 # How long the final bookkeeping at shutdown (record outcomes, release leases) may take.
 _FINAL_WRITE_TIMEOUT = 5.0
+
+SLOW_AFTER = 2.0
+"""The default of ``REELHOOK_DELIVERY_SLOW_AFTER``: seconds after which an attempt still waiting
+for its answer gives its send slot back and narrows its subscription's lane
+(service.delivery.fairness). Without it, subscribers that never answer held the shared send
+slots for the whole delivery timeout before a timeout narrowed them: 64 of them stalled every
+healthy subscription for about 15 s (bench/results/latest.md, isolation scenario a)."""
 
 PREFETCH = 4
 """Deliveries claimed ahead per subscription, in multiples of its concurrency cap. Claiming is a
@@ -69,6 +77,7 @@ class Dispatcher:
         rng: Callable[[], float] = random.random,
         observe_claim: Callable[[float], None] = lambda seconds: None,
         renderer: Renderer | None = None,
+        slow_after: float = SLOW_AFTER,
     ) -> None:
         self._db = db
         self._sender = sender
@@ -99,6 +108,12 @@ class Dispatcher:
         self._busy: Counter[str] = Counter()
         self._lanes = Lanes(per_subscription=per_subscription, concurrency=concurrency)
         self._sends = asyncio.Semaphore(concurrency)
+        # Attempts past ``slow_after`` that gave their send slot back: at most ``concurrency``
+        # of them (so at most twice ``concurrency`` attempts are open at once; the sender's
+        # connection pool is sized for that in service.net.client).
+        self._slow_after = slow_after
+        self._slow = 0
+        self._slow_limit = concurrency
         self._senders: set[asyncio.Task[None]] = set()
         self._claim_limit = concurrency * PREFETCH
         self._prefetch = per_subscription * PREFETCH
@@ -237,8 +252,9 @@ class Dispatcher:
                 )
                 return claimed, time.perf_counter() - started
 
-            # One trip to SQLite's database thread for the whole claim (Database.run_transaction).
-            claimed, seconds = await self._db.run_transaction(claim, durable=False)
+            # One trip to SQLite's database thread for the whole claim (Database.run_transaction);
+            # background: the ingest batch and API writes waiting for the writer go first.
+            claimed, seconds = await self._db.run_transaction(claim, durable=False, background=True)
             self._observe_claim(seconds)
             for delivery in claimed:
                 sub = delivery.subscription_id
@@ -271,14 +287,20 @@ class Dispatcher:
     async def _deliver(self, delivery: Claimed) -> None:
         sub = delivery.subscription_id
         try:
-            async with self._lanes.slot(sub), self._sends:
-                if self._stop_requested.is_set():
-                    return  # claimed but not started: its lease is released for the next start
-                self._sending += 1
-                try:
-                    await self._attempt(delivery)
-                finally:
-                    self._sending -= 1
+            started = False
+            while not started:
+                give_up = anyio.CancelScope()
+                async with self._lanes.slot(sub), self._send_slot(sub, give_up) as admitted:
+                    if not admitted:
+                        continue  # its lane was narrowed while it waited: back in the lane
+                    started = True
+                    if self._stop_requested.is_set():
+                        return  # claimed but not started: its lease is released for the next start
+                    self._sending += 1
+                    try:
+                        await self._attempt(delivery, give_up)
+                    finally:
+                        self._sending -= 1
         finally:
             self._in_flight -= 1
             self._busy[sub] -= 1
@@ -292,21 +314,76 @@ class Dispatcher:
             ):
                 self.wake()
 
-    async def _attempt(self, delivery: Claimed) -> None:
+    @asynccontextmanager
+    async def _send_slot(
+        self, subscription_id: str, give_up: anyio.CancelScope
+    ) -> AsyncIterator[bool]:
+        """One of the shared send slots for an attempt, given back early if the attempt is still
+        waiting after ``slow_after`` seconds: the subscription's lane is then narrowed (as on a
+        timeout), so a subscriber that does not answer holds shared capacity for seconds, not
+        for the whole delivery timeout, and the attempt goes on outside the shared slots. When
+        as many slow attempts as send slots are open already, the attempt gives up instead
+        (``give_up`` is cancelled: it is recorded as timed out and retried on schedule), so
+        sockets stay bounded at twice the send slots.
+
+        Yields False (holding nothing) when the lane was narrowed while this delivery waited
+        for the slot, so it is over the lane's new width: it must queue in its lane again
+        instead of starting (else the deliveries that got lane slots before the narrowing would
+        take every send slot in turn)."""
+        await self._sends.acquire()
+        if self._lanes.over_width(subscription_id):
+            self._sends.release()
+            yield False
+            return
+        held = True
+        moved = False
+
+        def slow() -> None:
+            nonlocal held, moved
+            if not held:
+                return
+            self._lanes.observe(subscription_id, succeeded=False, timed_out=True)
+            if self._slow < self._slow_limit:
+                self._sends.release()
+                held, moved = False, True
+                self._slow += 1
+            else:
+                give_up.cancel()
+
+        timer = asyncio.get_running_loop().call_later(self._slow_after, slow)
+        try:
+            yield True
+        finally:
+            timer.cancel()
+            if held:
+                self._sends.release()
+            if moved:
+                self._slow -= 1
+
+    async def _attempt(self, delivery: Claimed, give_up: anyio.CancelScope) -> None:
         try:
             body = self._body(delivery)
             if isinstance(body, AttemptOutcome):
                 outcome = body
             else:
-                result = await self._sender.send(
-                    url=delivery.url,
-                    event_id=delivery.event_id,
-                    payload=body,
-                    secrets=list(delivery.secrets),
-                    headers=delivery.headers,
-                    timestamp=int(self._clock()),
-                    content_type=delivery.content_type,
-                )
+                started = time.perf_counter()
+                with give_up:
+                    result = await self._sender.send(
+                        url=delivery.url,
+                        event_id=delivery.event_id,
+                        payload=body,
+                        secrets=list(delivery.secrets),
+                        headers=delivery.headers,
+                        timestamp=int(self._clock()),
+                        content_type=delivery.content_type,
+                    )
+                if give_up.cancelled_caught:
+                    result = AttemptResult(
+                        None,
+                        round((time.perf_counter() - started) * 1000, 3),
+                        error="timed out (given up early: too many slow attempts open)",
+                        timed_out=True,
+                    )
                 self._lanes.observe(
                     delivery.subscription_id,
                     succeeded=result.succeeded,
@@ -432,8 +509,9 @@ class Dispatcher:
                     await subscriptions.delete(conn, outcome.subscription_id)
 
         try:
-            # One trip to SQLite's database thread for the whole batch (Database.run_transaction).
-            await self._db.run_transaction(record, durable=False)
+            # One trip to SQLite's database thread for the whole batch (Database.run_transaction),
+            # in the background like the claim.
+            await self._db.run_transaction(record, durable=False, background=True)
         except BaseException as exc:
             self._outcomes[:0] = batch
             if not isinstance(exc, Exception):

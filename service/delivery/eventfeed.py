@@ -57,6 +57,30 @@ class Listener:
         self.wakes = 0
         # Created only while the stream waits: anyio events need a running event loop.
         self._event: anyio.Event | None = None
+        # (start, end): the tail found none of the events start+1..end visible to this stream.
+        self._clean: tuple[int, int] | None = None
+
+    def skip_invisible(self, after_seq: int) -> int:
+        """``after_seq`` moved past the events the tail found this stream may not see.
+
+        Without it an idle stream (one that sees nothing that is being logged) kept its old
+        position; once more than the tail keeps in memory had been logged, every keep-alive
+        wake-up of every such stream read the log itself from that position: 1,000 idle streams
+        beside 300 callbacks/s made API reads 8x slower (bench/results/latest.md, isolation
+        scenario b)."""
+        clean = self._clean
+        if clean is not None and clean[0] <= after_seq < clean[1]:
+            return clean[1]
+        return after_seq
+
+    def track_from(self, seq: int | None) -> None:
+        """The tail reads on from ``seq`` (None: it stopped; nothing is known)."""
+        self._clean = None if seq is None else (seq, seq)
+
+    def passed(self, first: int, last: int) -> None:
+        """The tail read events ``first+1..last`` and this stream may see none of them."""
+        if self._clean is not None and self._clean[1] == first:
+            self._clean = (self._clean[0], last)
 
     def may_see(self, event: TailEvent) -> bool:
         if self.types and event.type not in self.types:
@@ -123,6 +147,7 @@ class EventFeed:
     def listen(self, owner_key_id: str | None, types: Sequence[str]) -> Iterator[Listener]:
         """Register a stream for the duration of the block."""
         listener = Listener(owner_key_id, types)
+        listener.track_from(self._head)
         self._listeners.add(listener)
         if self._head is None:
             self._wakeup.set()  # the tail starts reading
@@ -159,6 +184,8 @@ class EventFeed:
                 # The streams read the log themselves meanwhile (since() answers None).
                 self._head = None
                 self._recent.clear()
+                for listener in self._listeners:
+                    listener.track_from(None)
                 await anyio.sleep(1)
                 self._wakeup.set()
 
@@ -167,6 +194,7 @@ class EventFeed:
             self._head = await events.last_seq(reader)
             self._recent.clear()
             for listener in self._listeners:
+                listener.track_from(self._head)
                 listener.wake()  # each catches up from the log, then follows the tail
             return
         while True:
@@ -184,9 +212,12 @@ class EventFeed:
                 for row in rows
             ]
             self._recent.extend(new)
-            self._head = new[-1].seq
+            first, self._head = self._head, new[-1].seq
             for listener in self._listeners:
                 if any(listener.may_see(event) for event in new):
+                    listener.track_from(self._head)
                     listener.wake()
+                else:
+                    listener.passed(first, self._head)
             if len(rows) < KEEP:
                 return

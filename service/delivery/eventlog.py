@@ -205,6 +205,7 @@ class EventLog:
             while not self._feed.closed:
                 # Taken before the read: an event the tail finds after it still wakes the wait.
                 wakes = listener.wakes
+                after_seq = listener.skip_invisible(after_seq)
                 recent = self._feed.since(after_seq)
                 if recent is None:
                     # Behind what the shared tail keeps in memory: read the log itself.

@@ -77,6 +77,12 @@ class Lanes:
         """How many of the subscription's deliveries may be in flight at once now."""
         return self._narrowed.get(subscription_id, self._full)
 
+    def over_width(self, subscription_id: str) -> bool:
+        """Whether more of the subscription's deliveries hold lane slots than its width now
+        allows (it was narrowed after they got them)."""
+        lane = self._lanes.get(subscription_id)
+        return lane is not None and lane.active > lane.width
+
     def on_probation(self, subscription_id: str) -> bool:
         """Whether the subscription's last attempt timed out (and none has succeeded since)."""
         return self._narrowed.get(subscription_id) == 1

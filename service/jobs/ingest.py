@@ -15,6 +15,7 @@ import logging
 
 from service.core.clock import Clock
 from service.core.errors import ServiceUnavailable
+from service.core.lograte import Occasional
 from service.delivery.publisher import Publisher
 from service.jobs.lifecycle import Applied, JobMismatch, UnknownJob, Update, apply_updates
 from service.storage.database import Database
@@ -48,6 +49,7 @@ class Ingest:
         self._batch_size = batch_size
         self._mirror = mirror
         self._closed = False
+        self._full_disk_log = Occasional(log)
         self._queue: asyncio.Queue[tuple[Update, asyncio.Future[_Result]]] = asyncio.Queue(capacity)
 
     @property
@@ -96,6 +98,8 @@ class Ingest:
             # transitions, payloads, rows) stays on the event loop while SQLite's C work runs on
             # its thread without the GIL; run on the database thread it held the GIL there and
             # cost throughput (docs/performance.md §4).
+            # Every request in the batch waits on this commit: it goes before the dispatcher's
+            # claims and outcome batches (background transactions) waiting for the writer.
             async with self._db.transaction() as conn:
                 applied = await apply_updates(
                     conn,
@@ -108,7 +112,9 @@ class Ingest:
         except Exception as exc:
             full = out_of_space(exc)
             if full:
-                log.warning("could not store a batch of %d callbacks: out of space", len(batch))
+                self._full_disk_log.warning(
+                    "could not store a batch of %d callbacks: out of space", len(batch)
+                )
             else:
                 log.exception("could not store a batch of %d callbacks", len(batch))
             wait = str(RETRY_AFTER if full else 1)

@@ -214,9 +214,14 @@ def guarded_session(
     allow: Sequence[IPNetwork], *, timeout: float, concurrency: int
 ) -> aiohttp.ClientSession:
     """An ``aiohttp.ClientSession`` whose every socket passes the SSRF guard (the delivery
-    sender's: redirects are the caller's to refuse)."""
+    sender's: redirects are the caller's to refuse).
+
+    Its pool holds up to twice ``concurrency`` connections: the dispatcher sends at most
+    ``concurrency`` attempts at once, plus as many slow ones that gave their send slot back
+    (service.delivery.dispatcher, ``SLOW_AFTER``); a pool of exactly ``concurrency`` would let
+    the slow ones hold every connection the healthy ones need."""
     connector = aiohttp.TCPConnector(
-        limit=concurrency, ttl_dns_cache=30, socket_factory=guarded_socket_factory(allow)
+        limit=2 * concurrency, ttl_dns_cache=30, socket_factory=guarded_socket_factory(allow)
     )
     return aiohttp.ClientSession(
         connector=connector,

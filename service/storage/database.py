@@ -193,8 +193,14 @@ class Database(ABC):
         return PostgresDatabase.open_url(location, node_timeout=node_timeout)
 
     @abstractmethod
-    def transaction(self, *, durable: bool = True) -> AbstractAsyncContextManager[Connection]:
+    def transaction(
+        self, *, durable: bool = True, background: bool = False
+    ) -> AbstractAsyncContextManager[Connection]:
         """Run the block in one write transaction; commit, or roll back on error.
+
+        ``background``: bookkeeping no request waits on (the dispatcher's claims and outcome
+        batches): it takes its turn after every other waiting transaction, so the ingest batch
+        a provider waits on does not queue behind it (:mod:`service.storage.writeorder`).
 
         ``durable=False`` may commit without waiting for the disk, for bookkeeping whose loss in
         a power cut is harmless because it is redone (delivery leases and attempt outcomes: a
@@ -203,7 +209,11 @@ class Database(ABC):
         """
 
     async def run_transaction(
-        self, work: Callable[[Connection], Awaitable[T]], *, durable: bool = True
+        self,
+        work: Callable[[Connection], Awaitable[T]],
+        *,
+        durable: bool = True,
+        background: bool = False,
     ) -> T:
         """``await work(conn)`` in one write transaction (as :meth:`transaction`) and return what
         it returned; committed before this returns, rolled back if it raised.
@@ -212,7 +222,7 @@ class Database(ABC):
         the whole transaction, BEGIN to COMMIT, in one trip to its database thread instead of one
         per statement (docs/performance.md §4), and refuses work that waits for anything else.
         """
-        async with self.transaction(durable=durable) as conn:
+        async with self.transaction(durable=durable, background=background) as conn:
             return await work(conn)
 
     @abstractmethod

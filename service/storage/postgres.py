@@ -10,6 +10,7 @@ session advisory lock, so nodes starting together apply each one once.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import re
@@ -32,6 +33,7 @@ from service.storage.database import (
     migrations,
     refuse_newer,
 )
+from service.storage.writeorder import WriteOrder
 
 if TYPE_CHECKING:
     from typing import TypeAlias
@@ -168,20 +170,26 @@ class PgConnection(Connection):
 
 
 class PgReader(Connection):
-    """Reads outside any transaction, each on a connection borrowed from the pool."""
+    """Reads outside any transaction, each on a connection borrowed from the pool.
+
+    At most all but one of the pool's connections read at once, so however many reads are in
+    flight (API reads, streams catching up, the dispatcher's look-ups) a write transaction, the
+    ingest batch a provider waits on among them, always finds a connection (docs/architecture.md,
+    "Isolation of the hot path")."""
 
     dialect = "postgresql"
 
     def __init__(self, pool: asyncpg.Pool, statements: _Statements) -> None:
         self._pool = pool
         self._statements = statements
+        self._slots = asyncio.Semaphore(max(1, pool.get_max_size() - 1))
 
     async def run(self, sql: str, params: Sequence[Any]) -> Result:
-        async with self._pool.acquire() as raw:
+        async with self._slots, self._pool.acquire() as raw:
             return await PgConnection(raw, self._statements).run(sql, params)
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        async with self._pool.acquire() as raw:
+        async with self._slots, self._pool.acquire() as raw:
             await PgConnection(raw, self._statements).executemany(sql, rows)
 
 
@@ -198,12 +206,11 @@ class PostgresDatabase(Database):
         self.backstop = BACKSTOP
         self._statements = _Statements()
         self.reader = PgReader(pool, self._statements)
-        # Write transactions of this node at once: one. Running them at once (up to half the
-        # pool, so a transaction reading through the reader meanwhile still finds a connection)
-        # was measured faster, but deleting a subscription deadlocked with recording its
-        # outcomes in the PostgreSQL pass (docs/scaling.md); ``python -m bench.write_lock``
-        # measures both.
-        self.writers = anyio.Semaphore(1)
+        # Write transactions of this node: one at a time, background ones last (WriteOrder).
+        # Running them at once (up to half the pool) was measured faster, but deleting a
+        # subscription deadlocked with recording its outcomes in the PostgreSQL pass
+        # (docs/scaling.md); ``python -m bench.write_lock`` measures both.
+        self._write_lock = WriteOrder()
         self._leader = False
         self.listening = anyio.Event()
 
@@ -354,11 +361,14 @@ class PostgresDatabase(Database):
             yield PgConnection(raw, self._statements)
 
     @asynccontextmanager
-    async def transaction(self, *, durable: bool = True) -> AsyncIterator[Connection]:
+    async def transaction(
+        self, *, durable: bool = True, background: bool = False
+    ) -> AsyncIterator[Connection]:
         """One transaction (READ COMMITTED) on a pooled connection; ``durable=False`` commits
-        without waiting for the WAL flush (``synchronous_commit = off``). One at a time within
-        the node (see the module docstring)."""
-        async with self.writers, self.pool.acquire() as raw:
+        without waiting for the WAL flush (``synchronous_commit = off``); ``background`` ones take
+        their turn after the others waiting (in this node's order; other nodes' transactions are
+        their own)."""
+        async with self._write_lock.hold(background=background), self.pool.acquire() as raw:
             tx = raw.transaction()
             await tx.start()
             try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
@@ -23,6 +22,7 @@ from service.storage.database import (
     migrations,
     refuse_newer,
 )
+from service.storage.writeorder import WriteOrder
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ class SqliteDatabase(Database):
         self.writer = writer
         self._writer = SqliteConnection(writer)
         self.reader = SqliteConnection(reader)
-        self._write_lock = asyncio.Lock()
+        self._write_lock = WriteOrder()
 
     @classmethod
     @asynccontextmanager
@@ -141,10 +141,13 @@ class SqliteDatabase(Database):
             await writer.close()
 
     @asynccontextmanager
-    async def transaction(self, *, durable: bool = True) -> AsyncIterator[Connection]:
+    async def transaction(
+        self, *, durable: bool = True, background: bool = False
+    ) -> AsyncIterator[Connection]:
         """One ``BEGIN IMMEDIATE`` transaction; ``durable=False`` commits without an fsync
-        (``synchronous = NORMAL``)."""
-        async with self._write_lock:
+        (``synchronous = NORMAL``); ``background`` ones take their turn after the others
+        waiting."""
+        async with self._write_lock.hold(background=background):
             announced: set[Work] = set()
             self._writer.announced = announced
             relaxed = False
@@ -188,12 +191,16 @@ class SqliteDatabase(Database):
                 self._announce(tuple(announced))
 
     async def run_transaction(
-        self, work: Callable[[Connection], Awaitable[T]], *, durable: bool = True
+        self,
+        work: Callable[[Connection], Awaitable[T]],
+        *,
+        durable: bool = True,
+        background: bool = False,
     ) -> T:
         """The whole transaction, BEGIN, ``work`` and COMMIT, as one function on aiosqlite's
         thread: one trip there and back instead of one per statement (each ~0.1-1 ms of waiting
         for the thread and the GIL, docs/performance.md §4). Committed before this returns."""
-        async with self._write_lock:
+        async with self._write_lock.hold(background=background):
             conn = _OnThread(self.writer._conn)
             announced: set[Work] = set()
             conn.announced = announced

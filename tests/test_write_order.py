@@ -1,0 +1,166 @@
+"""Isolation of the hot path (service/storage/writeorder.py): the dispatcher's bookkeeping is a
+background write transaction, so the ingest batch a provider's request waits on takes its turn
+before it, on both stores, without starving it; other transactions stay in FIFO order."""
+
+from __future__ import annotations
+
+import asyncio
+
+import anyio
+import pytest
+
+from service.storage.database import Database
+from service.storage.postgres import PostgresDatabase
+from service.storage.writeorder import WriteOrder
+from tests.conftest import SettingsFactory
+
+pytestmark = pytest.mark.anyio
+
+
+async def queued(order: WriteOrder, foreground: int, background: int) -> None:
+    """Until ``foreground`` and ``background`` transactions are waiting."""
+    with anyio.fail_after(10):
+        while True:
+            if order.waiting == (foreground, background):
+                return
+            await asyncio.sleep(0)
+
+
+async def test_a_foreground_waiter_goes_before_earlier_background_ones_and_in_fifo_order() -> None:
+    order = WriteOrder()
+    turns: list[str] = []
+
+    async def take(name: str, background: bool) -> None:
+        async with order.hold(background=background):
+            turns.append(name)
+
+    await order.acquire()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(take, "claim", True)
+        tg.start_soon(take, "outcomes", True)
+        await queued(order, 0, 2)
+        tg.start_soon(take, "submission", False)
+        await queued(order, 1, 2)
+        tg.start_soon(take, "ingest", False)
+        await queued(order, 2, 2)
+        order.release()
+    assert turns == ["submission", "ingest", "claim", "outcomes"]
+    assert order.overtaken == 2 and not order.locked()
+
+
+async def test_background_work_gets_a_turn_after_the_fair_share() -> None:
+    order = WriteOrder(fair_share=2)
+    turns: list[str] = []
+
+    async def take(name: str, background: bool) -> None:
+        async with order.hold(background=background):
+            turns.append(name)
+
+    await order.acquire()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(take, "claim", True)
+        await queued(order, 0, 1)
+        for n in range(4):
+            tg.start_soon(take, f"ingest {n}", False)
+        await queued(order, 4, 1)
+        order.release()
+    assert turns == ["ingest 0", "ingest 1", "claim", "ingest 2", "ingest 3"]
+
+
+async def test_a_cancelled_waiter_is_skipped_and_a_granted_then_cancelled_one_passes_it_on() -> (
+    None
+):
+    order = WriteOrder()
+    turns: list[str] = []
+
+    async def take(name: str, background: bool) -> None:
+        async with order.hold(background=background):
+            turns.append(name)
+
+    await order.acquire()
+    async with anyio.create_task_group() as tg:
+        gone = asyncio.ensure_future(order.acquire())
+        tg.start_soon(take, "claim", True)
+        await queued(order, 1, 1)
+        gone.cancel()
+        await asyncio.sleep(0)
+        assert order.waiting == (0, 1)
+        # Granted and cancelled before it ran: the turn goes on to the next waiter.
+        granted = asyncio.ensure_future(order.acquire())
+        await queued(order, 1, 1)
+        order.release()
+        granted.cancel()
+    assert turns == ["claim"]
+    assert not order.locked()
+    with pytest.raises(RuntimeError):
+        order.release()
+
+
+async def test_the_stores_commit_a_foreground_transaction_before_waiting_bookkeeping(
+    settings_factory: SettingsFactory,
+) -> None:
+    """On SQLite and on PostgreSQL: while one transaction runs, a background one and then a
+    foreground one ask for the writer; the foreground one commits first."""
+    async with Database.open(settings_factory().database_path) as database:
+        await commit_in_order(database)
+
+
+async def commit_in_order(database: Database) -> None:
+    turns: list[str] = []
+    running = anyio.Event()
+    finish = anyio.Event()
+
+    async def first() -> None:
+        async with database.transaction(durable=False) as conn:
+            running.set()
+            await conn.execute("SELECT 1")
+            await finish.wait()
+
+    async def write(name: str, background: bool) -> None:
+        async with database.transaction(background=background) as conn:
+            await conn.execute("SELECT 1")
+            turns.append(name)
+
+    order = database._write_lock  # type: ignore[attr-defined]
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(first)
+        await running.wait()
+        tg.start_soon(write, "outcomes", True)
+        await queued(order, 0, 1)
+        tg.start_soon(write, "ingest", False)
+        await queued(order, 1, 1)
+        finish.set()
+    assert turns == ["ingest", "outcomes"]
+
+
+async def test_postgresql_reads_leave_a_connection_for_the_writer(pg_database: str) -> None:
+    """However many reads are in flight, at most all but one of the pool's connections read:
+    a write transaction goes through while the other connections are all busy reading."""
+    async with Database.open(pg_database) as database:
+        assert isinstance(database, PostgresDatabase)
+        readers = database.pool.get_max_size()
+        reading = 0
+        read_done = 0
+
+        async def slow_read() -> None:
+            nonlocal reading, read_done
+            reading += 1
+            await database.reader.execute("SELECT pg_sleep(60)")
+            read_done += 1
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(readers + 2):
+                tg.start_soon(slow_read)
+            with anyio.fail_after(10):
+                while True:
+                    busy = await database.pool.fetchval(
+                        "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60)'"
+                        " AND state = 'active'"
+                    )
+                    if busy == readers - 1:
+                        break
+                    await asyncio.sleep(0.05)
+                async with database.transaction() as conn:
+                    await conn.execute("SELECT 1")
+            tg.cancel_scope.cancel()
+    assert reading == readers + 2 and read_done == 0
