@@ -39,17 +39,30 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "sqlite_only(reason): the test is about SQLite itself (its files, backups)"
     )
+    config.addinivalue_line(
+        "markers",
+        "multinode: reelhook processes on a PostgreSQL of their own whatever --store says "
+        "(tests/test_multinode.py); run once, in the default pass",
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if config.getoption("--store") == "sqlite":
         return
     # Tests about SQLite itself ran in the SQLite pass; here they are deselected (listed as
-    # such), never skipped: under CI a skip would read as a pass that did not happen.
-    sqlite_only = [item for item in items if item.get_closest_marker("sqlite_only") is not None]
-    if sqlite_only:
-        config.hook.pytest_deselected(items=sqlite_only)
-        items[:] = [item for item in items if item.get_closest_marker("sqlite_only") is None]
+    # such), never skipped: under CI a skip would read as a pass that did not happen. So are
+    # the multi-node scenarios: they bring their own PostgreSQL databases whatever --store says,
+    # so the SQLite pass (the one `pytest tests/test_multinode.py` runs) already ran them as
+    # they would run here; `make test` runs them once.
+    once = [
+        item
+        for item in items
+        if item.get_closest_marker("sqlite_only") is not None
+        or item.get_closest_marker("multinode") is not None
+    ]
+    if once:
+        config.hook.pytest_deselected(items=once)
+        items[:] = [item for item in items if item not in once]
 
 
 @pytest.fixture(scope="session")

@@ -146,6 +146,11 @@ class Sinks:
     bodies: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     total: int = 0
     changed: anyio.Event = field(default_factory=anyio.Event)
+    # Which node sent each request: ``senders()`` names the node processes ({pid: number});
+    # ``sent_by`` lists (path, event id, node number or 0 when unknown, monotonic time).
+    senders: Callable[[], dict[int, int]] | None = None
+    sent_by: list[tuple[str, str, int, float]] = field(default_factory=list)
+    _ports: dict[int, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.gate.set()
@@ -176,12 +181,23 @@ class Sinks:
         headers = {k.decode(): v.decode() for k, v in scope["headers"]}
         key = (str(scope["path"]), headers["webhook-id"])
         self.counts[key] += 1
+        if self.senders is not None:
+            self.sent_by.append((*key, self._sender(scope), time.monotonic()))
         self.bodies.setdefault(key, json.loads(body))
         self.total += 1
         self.changed.set()
         self.changed = anyio.Event()
         await send({"type": "http.response.start", "status": 204, "headers": []})
         await send({"type": "http.response.body", "body": b""})
+
+    def _sender(self, scope: Scope) -> int:
+        """The node whose connection this request came on (0: not found). Connections are
+        pooled, so /proc is read once per connection, not once per request."""
+        client_port = scope["client"][1]
+        if client_port not in self._ports:
+            assert self.senders is not None
+            self._ports[client_port] = sender_of(client_port, scope["server"][1], self.senders())
+        return self._ports[client_port]
 
     async def wait_for(self, predicate: Callable[[], bool], within: float) -> None:
         with anyio.fail_after(within):
@@ -193,10 +209,40 @@ class Sinks:
         """(delivered, duplicates, lost) against the expected (path, event id) pairs; an
         arrival nobody expected fails the test."""
         strays = set(self.counts) - expected
-        assert not strays, f"{len(strays)} deliveries no subscription was owed: {sorted(strays)[:3]}"
+        assert not strays, (
+            f"{len(strays)} deliveries no subscription was owed: {sorted(strays)[:3]}"
+        )
         delivered = sum(1 for pair in expected if self.counts[pair])
         duplicates = sum(n - 1 for n in self.counts.values() if n > 1)
         return delivered, duplicates, len(expected) - delivered
+
+
+def sender_of(client_port: int, server_port: int, pids: dict[int, int]) -> int:
+    """Which of ``pids`` ({pid: number}) holds the loopback connection from ``client_port`` to
+    ``server_port``: its socket inode from /proc/net/tcp, then that inode among each process's
+    file descriptors. 0 when none does."""
+    inode = None
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote = (int(end.rsplit(":", 1)[1], 16) for end in fields[1:3])
+        if (local, remote) == (client_port, server_port):
+            inode = fields[9]
+            break
+    if inode is None:
+        return 0
+    wanted = f"socket:[{inode}]"
+    for pid, number in pids.items():
+        try:
+            descriptors = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in descriptors:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == wanted:
+                    return number
+            except OSError:
+                continue
+    return 0
 
 
 # --- processes ------------------------------------------------------------------------------------
@@ -237,7 +283,7 @@ class Proc:
     async def wait(self, within: float) -> bool:
         """Wait up to ``within`` seconds for the process to exit; whether it did."""
         with anyio.move_on_after(within):
-            while self.alive:
+            while self.alive:  # noqa: ASYNC110 - a child process has no event to wait on
                 await anyio.sleep(0.02)
         return not self.alive
 
@@ -357,6 +403,14 @@ class Fleet:
             timeout=30,
         )
 
+    def pids(self) -> dict[int, int]:
+        """{pid: node number} of the node processes running now."""
+        return {
+            node.proc.popen.pid: node.number
+            for node in self.nodes
+            if node.proc is not None and node.proc.alive
+        }
+
     async def sql(self, statement: str, *args: Any) -> list[asyncpg.Record]:
         conn = await asyncpg.connect(self.database_url)
         try:
@@ -385,7 +439,7 @@ class Fleet:
     async def outbox_empty(self, within: float) -> None:
         """Wait until no delivery is pending or in flight (asked of the database)."""
         with anyio.fail_after(within):
-            while await self.value(
+            while await self.value(  # noqa: ASYNC110 - asks the database
                 "SELECT count(*) FROM deliveries WHERE status IN ('pending', 'inflight')"
             ):
                 await anyio.sleep(0.1)
@@ -489,7 +543,7 @@ async def fleet(
     """
     caddy = caddy_binary()
     assert caddy is not None
-    root.mkdir(parents=True, exist_ok=True)
+    await anyio.Path(root).mkdir(parents=True, exist_ok=True)
     lb_port, sim_port = free_port(), free_port()
     lb, sim = f"http://127.0.0.1:{lb_port}", f"http://127.0.0.1:{sim_port}"
     bucket = bucket_name()

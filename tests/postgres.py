@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -39,6 +39,29 @@ class Cluster:
     password (trust authentication, loopback only)."""
 
     port: int
+    # Where its files are and how its tools are run (as root: as the ``postgres`` user), for
+    # :meth:`restart`.
+    data: Path | None = None
+    prefix: list[str] = field(default_factory=list)
+
+    def restart(self) -> None:
+        """``pg_ctl restart -m fast``: every connection is cut, the server comes back on the same
+        port with the same options (a test of reconnecting clients)."""
+        assert self.data is not None
+        subprocess.run(
+            [
+                *self.prefix,
+                str(BINDIR / "pg_ctl"),
+                "-D",
+                str(self.data),
+                "-m",
+                "fast",
+                "-w",
+                "restart",
+            ],
+            check=True,
+            capture_output=True,
+        )
 
     def url(self, database: str) -> str:
         return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
@@ -137,7 +160,7 @@ def throwaway_cluster() -> Iterator[Cluster]:
             capture_output=True,
         )
         try:
-            yield Cluster(port)
+            yield Cluster(port, data, prefix)
         finally:
             subprocess.run(
                 [*prefix, str(BINDIR / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
