@@ -153,6 +153,20 @@ class Database(ABC):
         """How many nodes share the store now (always this one on SQLite)."""
         return 1
 
+    @property
+    def life(self) -> int:
+        """Which life of this node is running: it changes when the node learns that the others
+        declared it dead (and took its leases). A claim made in one life may not be acted on
+        in another; always 0 on SQLite, where one process owns the store."""
+        return 0
+
+    async def still_holds(self, life: int) -> bool:
+        """Whether leases taken in ``life`` are still this node's, so work done under them
+        (sending a claimed delivery) is not done by another node too. True at once while the
+        node's heartbeat is fresh; after a pause (SIGSTOP, a frozen VM) it waits for the next
+        heartbeat to tell. Always True on SQLite."""
+        return life == self.life
+
     async def run(self) -> None:
         """The store's own background work, until cancelled: on PostgreSQL heartbeats, the
         leader lease, the stale-node sweep and cross-node wake-ups; on SQLite nothing."""
