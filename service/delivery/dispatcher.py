@@ -271,11 +271,14 @@ class Dispatcher:
             async with self._lanes.slot(sub), self._sends:
                 if self._stop_requested.is_set():
                     return  # claimed but not started: its lease is released for the next start
-                if not await self._db.still_holds(life):
-                    # PostgreSQL: this node was paused past its heartbeat and declared dead; its
-                    # claims went to other nodes, which send them. Sending too would put one
+                if not await self._db.still_holds(life) and not await deliveries.still_claimed(
+                    self._db.reader, delivery.id, delivery.token
+                ):
+                    # PostgreSQL: this node was paused past its heartbeat and declared dead, and
+                    # the claim went to another node, which sends it. Sending too would put one
                     # delivery out from two nodes (docs/scaling.md); the row is not ours to
-                    # release either.
+                    # release either. (A claim made after the sweep, before this node learned
+                    # of it, still carries its token: that one is ours and goes out.)
                     self._unfinished.discard(delivery.id)
                     log.warning("dropped delivery %s: its claim went to another node", delivery.id)
                     return

@@ -245,7 +245,8 @@ class PostgresDatabase(Database):
         its last heartbeat is ``node_timeout`` old in the database's clock, and that heartbeat
         was written after the moment this process started it. A node that was paused past
         that (SIGSTOP) cannot know, so it waits for its next heartbeat: one that finds it
-        declared dead starts a new life, and the claims of the old one are not acted on."""
+        declared dead starts a new life, and a claim of the old one is sent only if its fencing
+        token shows it is still current (deliveries.still_claimed)."""
         while life == self._life:
             if not self._beating:
                 return True  # no upkeep loop (a store opened for one task): nothing to judge by
