@@ -27,6 +27,11 @@ _READINESS = {
                     "description": "`writable`, or `not writable: ` and the reason.",
                 },
                 "dispatcher": {"enum": ["running", "not running"]},
+                "server": {
+                    "enum": ["draining"],
+                    "description": "Present while the node drains before it stops "
+                    "(`REELHOOK_DRAIN`): it still serves, but takes no new work from a balancer.",
+                },
             },
         },
     },
@@ -56,6 +61,9 @@ async def readyz(request: Request) -> Response:
         checks["database"] = f"not writable: {exc}"
     checks["dispatcher"] = "running" if state.workers.dispatcher.running else "not running"
     ready = checks["database"] == "writable" and checks["dispatcher"] == "running"
+    if getattr(request.app.state, "draining", False):
+        checks["server"] = "draining"
+        ready = False
     return JSONResponse(
         {"status": "ready" if ready else "not ready", "checks": checks},
         status_code=200 if ready else 503,

@@ -229,6 +229,13 @@ def create_app(
     # uvicorn waits for open responses before it runs the lifespan exit, and a live event stream
     # never ends by itself: service.server calls this as shutdown begins.
     app.state.end_streams = shared.feed.close
+    # Set as a drained shutdown begins (service.app.server): /readyz answers 503 from then on.
+    app.state.draining = False
+
+    def begin_drain() -> None:
+        app.state.draining = True
+
+    app.state.begin_drain = begin_drain
     return app
 
 
