@@ -58,9 +58,11 @@ pytest: $(STAMP)
 	PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -n 2
 	PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -n 2 --store postgresql
 
-## bench: run the performance suite (about 5 minutes; loopback only) and write bench/results/latest.md
+## bench: run the performance suite (about 5 minutes; loopback only) and write bench/results/latest.md,
+## then the multi-node scenarios at full size (bench/results/multinode.md: each scenario's ledger)
 bench: $(STAMP)
 	$(BIN)/python -m bench
+	PYTHONDONTWRITEBYTECODE= $(BIN)/python -m bench.multinode
 
 ## screenshots: regenerate docs/screenshots/ (the console's main pages) in headless Chromium
 screenshots: $(STAMP)

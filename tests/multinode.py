@@ -495,6 +495,8 @@ def node_environment(
         "REELHOOK_RETRY_SCHEDULE": "0,0.5,0.5,0.5",
         "REELHOOK_SUBMIT_RETRY_SCHEDULE": "0.2,0.5,1,1,2,2,4",
         "REELHOOK_SHUTDOWN_GRACE": "2",
+        # Caddy checks /readyz every 250 ms here: a stopping node drains for a second first.
+        "REELHOOK_DRAIN": "1",
         "REELHOOK_MIRROR_OUTPUTS": "false",
         "REELHOOK_BLOB_URL": f"s3://{bucket}/videos",
         "REELHOOK_S3_ENDPOINT_URL": moto,
@@ -560,7 +562,7 @@ async def fleet(
                 "tests.multinode",
                 "simulator",
                 str(sim_port),
-                json.dumps({"delay": 0.2, **(scenario or {})}),
+                json.dumps({"delay": 1.0, **(scenario or {})}),
             ],
             _environment(),
             root / "simulator.log",
@@ -604,12 +606,19 @@ async def fleet(
             yield Fleet(nodes, lb, sim, database_url, moto, bucket, api, caddy_proc, root)
     finally:
         with anyio.CancelScope(shield=True):
-            for proc in [node.proc for node in nodes if node.proc is not None] + procs:
-                try:
-                    await proc.stop()
-                except BaseException:
-                    proc.kill_now()
-                    raise
+            await stop_all([node.proc for node in nodes if node.proc is not None] + procs)
+
+
+async def stop_all(procs: list[Proc]) -> None:
+    """Stop every process at once (each: SIGCONT, SIGTERM, SIGKILL after its grace); whatever
+    goes wrong, none is left running."""
+    try:
+        async with anyio.create_task_group() as tg:
+            for proc in procs:
+                tg.start_soon(proc.stop)
+    finally:
+        for proc in procs:
+            proc.kill_now()
 
 
 @asynccontextmanager
