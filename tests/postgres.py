@@ -48,19 +48,25 @@ class Cluster:
         """``pg_ctl restart -m fast``: every connection is cut, the server comes back on the same
         port with the same options (a test of reconnecting clients)."""
         assert self.data is not None
+        # The new server logs to the cluster's file: with the output captured instead, it would
+        # hold the pipe open and this call would wait for ever.
         subprocess.run(
             [
                 *self.prefix,
                 str(BINDIR / "pg_ctl"),
                 "-D",
                 str(self.data),
+                "-l",
+                str(self.data.parent / "log"),
                 "-m",
                 "fast",
                 "-w",
                 "restart",
             ],
             check=True,
-            capture_output=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=60,
         )
 
     def url(self, database: str) -> str:
