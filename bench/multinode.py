@@ -58,6 +58,8 @@ def main() -> None:
             "-p",
             "no:cacheprovider",
             f"--basetemp={basetemp}",
+            "--store",
+            "postgresql",
             "tests/test_multinode.py",
         ]
         if args.k:

@@ -42,27 +42,34 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         "multinode: reelhook processes on a PostgreSQL of their own whatever --store says "
-        "(tests/test_multinode.py); run once, in the default pass",
+        "(tests/test_multinode.py); run once, in the PostgreSQL pass",
     )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if config.getoption("--store") == "sqlite":
-        return
-    # Tests about SQLite itself ran in the SQLite pass; here they are deselected (listed as
-    # such), never skipped: under CI a skip would read as a pass that did not happen. So are
-    # the multi-node scenarios: they bring their own PostgreSQL databases whatever --store says,
-    # so the SQLite pass (the one `pytest tests/test_multinode.py` runs) already ran them as
-    # they would run here; `make test` runs them once.
-    once = [
-        item
-        for item in items
-        if item.get_closest_marker("sqlite_only") is not None
-        or item.get_closest_marker("multinode") is not None
-    ]
-    if once:
-        config.hook.pytest_deselected(items=once)
-        items[:] = [item for item in items if item not in once]
+    """Each test runs in one pass when the other would repeat it: tests about SQLite itself run
+    in the SQLite pass, tests that start PostgreSQL nodes whatever ``--store`` says (they ask for
+    ``pg_database`` or ``pg_cluster``, or are marked ``multinode``: tests/test_multinode.py, some
+    of which start a PostgreSQL of their own) in the PostgreSQL pass. The rest run in both.
+
+    The others are deselected (listed as such), never skipped: under CI a skip would read as a
+    pass that did not happen."""
+    on_sqlite = config.getoption("--store") == "sqlite"
+
+    def elsewhere(item: pytest.Item) -> bool:
+        if on_sqlite:
+            # Every collected test is a pytest.Function; an Item as such has no fixtures.
+            fixtures: list[str] = getattr(item, "fixturenames", [])
+            return (
+                not {"pg_database", "pg_cluster"}.isdisjoint(fixtures)
+                or item.get_closest_marker("multinode") is not None
+            )
+        return item.get_closest_marker("sqlite_only") is not None
+
+    other_pass = [item for item in items if elsewhere(item)]
+    if other_pass:
+        config.hook.pytest_deselected(items=other_pass)
+        items[:] = [item for item in items if not elsewhere(item)]
 
 
 @pytest.fixture(scope="session")

@@ -41,8 +41,8 @@ pytestmark = [pytest.mark.anyio, pytest.mark.e2e, pytest.mark.slow]
 # ``--store postgresql``, and for the two-node test) a PostgreSQL database URL.
 Store = Path | str
 
-JOBS = 500  # two events each (job.submitted, job.succeeded), each to every subscriber
-PINGS_EACH = 250  # test events, each to one subscriber
+JOBS = 250  # two events each (job.submitted, job.succeeded), each to every subscriber
+PINGS_EACH = 125  # test events, each to one subscriber
 SUBSCRIBERS = 4
 KILL_AT = 0.4  # the share of all deliveries received when the process is killed
 

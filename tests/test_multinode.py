@@ -5,9 +5,10 @@ ledger (nothing lost; duplicates only where at-least-once allows them, bounded) 
 (printed, and one JSON line in ``multinode-ledgers.jsonl`` under the pytest base temp).
 
 These start their own PostgreSQL databases whatever ``--store`` says, so they run once per
-``make test``: in the default (SQLite) pass, deselected in the PostgreSQL pass (marker
-``multinode``, tests/conftest.py). ``REELHOOK_MULTINODE_DELIVERIES`` sizes the SIGKILL fan-out
-(2,000 here; ``python -m bench.multinode`` runs the issue's 20,000).
+``make test``: in the PostgreSQL pass (marker ``multinode``, deselected in the SQLite pass as
+every test that starts PostgreSQL nodes is, tests/conftest.py; run them alone with
+``pytest --store postgresql tests/test_multinode.py``). ``REELHOOK_MULTINODE_DELIVERIES``
+sizes the SIGKILL fan-out (2,000 here; ``python -m bench.multinode`` runs the issue's 20,000).
 """
 
 from __future__ import annotations

@@ -3,11 +3,15 @@ newer than the code: on SQLite and on PostgreSQL alike."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import sqlite3
 from contextlib import closing
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import anyio
+import anyio.abc
 import asyncpg
 import pytest
 
@@ -102,6 +106,75 @@ async def test_a_postgresql_database_of_a_newer_schema_is_refused(pg_database: s
     with pytest.raises(SchemaTooNew, match=f"schema version {newer}"):
         async with Database.open(pg_database):
             pass
+
+
+async def test_a_node_started_before_its_database_is_reachable_waits_for_it(
+    pg_database: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A node and its PostgreSQL are often started together: connections first dropped
+    mid-handshake, then refused, are retried until the server answers (here through a loopback
+    relay that only starts forwarding after a while); the password-free log says why it waits."""
+    target = urlsplit(pg_database)
+    dropped = 0
+    dropped_twice = anyio.Event()
+
+    async def drop(stream: anyio.abc.SocketStream) -> None:
+        nonlocal dropped
+        dropped += 1
+        if dropped == 2:
+            dropped_twice.set()
+        await stream.aclose()
+
+    async def relay(client: anyio.abc.SocketStream) -> None:
+        async with client, await anyio.connect_tcp("127.0.0.1", target.port or 5432) as server:
+
+            async def pump(source: anyio.abc.SocketStream, sink: anyio.abc.SocketStream) -> None:
+                with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+                    async for chunk in source:
+                        await sink.send(chunk)
+                with contextlib.suppress(anyio.BrokenResourceError, OSError):
+                    await sink.send_eof()
+
+            async with anyio.create_task_group() as pumps:
+                pumps.start_soon(pump, client, server)
+                pumps.start_soon(pump, server, client)
+
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    relayed = pg_database.replace(f":{target.port}/", f":{port}/")
+    opened = anyio.Event()
+    dropping, closed = anyio.CancelScope(), anyio.Event()
+
+    async def serve_drops() -> None:
+        with dropping:
+            async with listener:
+                await listener.serve(drop)
+        closed.set()
+
+    async def start() -> None:
+        async with Database.open(relayed) as db:
+            assert await db.nodes_alive() == 1
+            opened.set()
+
+    with caplog.at_level(logging.WARNING, logger="service.storage.postgres"):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(serve_drops)
+            tg.start_soon(start)
+            with anyio.fail_after(10):
+                await dropped_twice.wait()
+            assert not opened.is_set()
+            dropping.cancel()
+            await closed.wait()
+            # Nothing listens on the port for a moment (refused), then the server is there.
+            await anyio.sleep(0.3)
+            relaying = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=port)
+            tg.start_soon(relaying.serve, relay)
+            with anyio.fail_after(15):
+                await opened.wait()
+            tg.cancel_scope.cancel()
+        await relaying.aclose()
+    waits = [r.getMessage() for r in caplog.records if "not reachable yet" in r.getMessage()]
+    assert waits and all(str(target.username) not in text for text in waits)
 
 
 async def test_nodes_starting_together_apply_each_migration_once(pg_database: str) -> None:

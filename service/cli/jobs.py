@@ -11,7 +11,7 @@ import time
 from typing import Any, TextIO
 
 from service.cli.base import CliError, Commands, client_options, print_json, video_url
-from service.cli.remote import Remote
+from service.cli.remote import Remote, show_one_or_page
 from service.core.models import JOB_EVENT_TYPES, JobStatus
 from service.jobs.catalog import MODELS
 
@@ -241,31 +241,24 @@ def _wait(
 
 
 def list_jobs(args: argparse.Namespace) -> int:
-    with Remote(args.url, args.api_key) as remote:
-        if args.job_id:
-            job = remote.request("GET", f"/v1/jobs/{args.job_id}")
-            if args.json:
-                print_json(job)
-            else:
-                _print_job(job)
-            return 0
-        params = {"limit": str(args.limit)}
-        if args.status:
-            params["status"] = args.status
-        if args.model:
-            params["model"] = args.model
-        page = remote.request("GET", "/v1/jobs", params=params)
-    if args.json:
-        print_json(page)
-        return 0
-    if not page["data"]:
+    return show_one_or_page(
+        args,
+        "/v1/jobs",
+        args.job_id,
+        print_one=_print_job,
+        print_page=_print_jobs,
+        params={"limit": str(args.limit), "status": args.status, "model": args.model},
+    )
+
+
+def _print_jobs(jobs: list[dict[str, Any]]) -> None:
+    if not jobs:
         print("no jobs", file=sys.stderr)
-    for job in page["data"]:
+    for job in jobs:
         print(
             f"{job['id']}  {job['status']:<9}  {job['model']:<28}  {job['created_at']}  "
             f"{video_url(job) or ''}".rstrip()
         )
-    return 0
 
 
 def _print_job(job: dict[str, Any]) -> None:

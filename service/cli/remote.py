@@ -4,13 +4,14 @@ following the live event stream across dropped connections without missing or re
 
 from __future__ import annotations
 
+import argparse
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 
-from service.cli.base import CliError
+from service.cli.base import CliError, print_json
 from service.core import sse
 
 # A stream sends a keep-alive comment every 15 s by default: a minute of silence is a dead link.
@@ -119,3 +120,30 @@ def _raise_for_error(response: httpx.Response) -> None:
     except (ValueError, KeyError, TypeError):
         text = response.text.strip()[:200] or response.reason_phrase
     raise CliError(f"the service answered {response.status_code}: {text}")
+
+
+def show_one_or_page(
+    args: argparse.Namespace,
+    collection: str,
+    one: str | None,
+    *,
+    print_one: Callable[[dict[str, Any]], None],
+    print_page: Callable[[list[dict[str, Any]]], None],
+    params: dict[str, str | None] | None = None,
+) -> int:
+    """What ``reelhook <resource> [ID]`` does: fetch the resource named ``one`` from
+    ``collection``, or without it one page of the collection (``params`` whose value is empty are
+    left out), and print it as JSON (``--json``) or for people. Returns the exit status."""
+    with Remote(args.url, args.api_key) as remote:
+        if one:
+            found = remote.request("GET", f"{collection}/{one}")
+        else:
+            query = {name: value for name, value in (params or {}).items() if value}
+            found = remote.request("GET", collection, params=query)
+    if args.json:
+        print_json(found)
+    elif one:
+        print_one(found)
+    else:
+        print_page(found["data"])
+    return 0

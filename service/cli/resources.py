@@ -20,7 +20,7 @@ from service.cli.base import (
     print_json,
     print_table,
 )
-from service.cli.remote import Remote
+from service.cli.remote import Remote, show_one_or_page
 from service.core.models import EVENT_TYPES
 
 DELIVERY_STATUSES = ("pending", "succeeded", "failed", "canceled")
@@ -194,20 +194,14 @@ _SUBSCRIPTION_COLUMNS = [
 
 
 def show_subscriptions(args: argparse.Namespace) -> int:
-    with Remote(args.url, args.api_key) as remote:
-        if args.subscription_id:
-            sub = remote.request("GET", f"/v1/subscriptions/{args.subscription_id}")
-            if args.json:
-                print_json(sub)
-            else:
-                _print_subscription(sub)
-            return 0
-        page = remote.request("GET", "/v1/subscriptions", params={"limit": str(args.limit)})
-    if args.json:
-        print_json(page)
-    else:
-        print_table(page["data"], _SUBSCRIPTION_COLUMNS, "no subscriptions")
-    return 0
+    return show_one_or_page(
+        args,
+        "/v1/subscriptions",
+        args.subscription_id,
+        print_one=_print_subscription,
+        print_page=lambda rows: print_table(rows, _SUBSCRIPTION_COLUMNS, "no subscriptions"),
+        params={"limit": str(args.limit)},
+    )
 
 
 def _print_subscription(sub: dict[str, Any]) -> None:
@@ -289,29 +283,20 @@ _DELIVERY_COLUMNS = [
 
 
 def show_deliveries(args: argparse.Namespace) -> int:
-    with Remote(args.url, args.api_key) as remote:
-        if args.delivery_id:
-            delivery = remote.request("GET", f"/v1/deliveries/{args.delivery_id}")
-            if args.json:
-                print_json(delivery)
-            else:
-                _print_delivery(delivery)
-            return 0
-        params = {"limit": str(args.limit)}
-        for name, value in (
-            ("subscription_id", args.subscription),
-            ("status", args.status),
-            ("event_id", args.event),
-            ("job_id", args.job),
-        ):
-            if value:
-                params[name] = value
-        page = remote.request("GET", "/v1/deliveries", params=params)
-    if args.json:
-        print_json(page)
-    else:
-        print_table(page["data"], _DELIVERY_COLUMNS, "no deliveries")
-    return 0
+    return show_one_or_page(
+        args,
+        "/v1/deliveries",
+        args.delivery_id,
+        print_one=_print_delivery,
+        print_page=lambda rows: print_table(rows, _DELIVERY_COLUMNS, "no deliveries"),
+        params={
+            "limit": str(args.limit),
+            "subscription_id": args.subscription,
+            "status": args.status,
+            "event_id": args.event,
+            "job_id": args.job,
+        },
+    )
 
 
 def _print_delivery(delivery: dict[str, Any]) -> None:
@@ -401,20 +386,15 @@ _KEY_COLUMNS = [
 
 
 def show_keys(args: argparse.Namespace) -> int:
-    with Remote(args.url, args.api_key) as remote:
-        if args.key_id:
-            key = remote.request("GET", f"/v1/keys/{args.key_id}")
-            if args.json:
-                print_json(key)
-            else:
-                print_fields([(heading.lower(), key[name]) for heading, name in _KEY_COLUMNS])
-            return 0
-        page = remote.request("GET", "/v1/keys")
-    if args.json:
-        print_json(page)
-    else:
-        print_table(page["data"], _KEY_COLUMNS, "no keys")
-    return 0
+    return show_one_or_page(
+        args,
+        "/v1/keys",
+        args.key_id,
+        print_one=lambda key: print_fields(
+            [(heading.lower(), key[name]) for heading, name in _KEY_COLUMNS]
+        ),
+        print_page=lambda rows: print_table(rows, _KEY_COLUMNS, "no keys"),
+    )
 
 
 def create_api_key(args: argparse.Namespace) -> int:

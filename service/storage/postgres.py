@@ -54,6 +54,21 @@ MIGRATION_LOCK = 0x7265_656C_0001
 CHANNEL = "reelhook_work"
 _KINDS = {kind.value: kind for kind in Work}
 
+STARTUP_BUDGET = 30.0
+"""Seconds a starting node keeps trying to reach PostgreSQL: nodes and their database are often
+started together (systemd, a container platform), and a server that is starting, restarting or
+briefly out of connection slots refuses or drops connections it will accept a moment later."""
+
+# What a starting node retries: the server unreachable or dropping the connection (OSError,
+# which includes ConnectionError, raised by asyncpg when a connection is lost mid-handshake),
+# still starting up, or out of connection slots. Anything else (a wrong password, a missing
+# database, a newer schema) is the operator's to fix and fails at once.
+_TRANSIENT_CONNECT = (
+    OSError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+)
+
 BACKSTOP = 5.0
 """Seconds between wake-ups of every worker even without a notification: a LISTEN connection can
 die silently (asyncpg issues #519, #283), and a lost wake-up must cost at most this much delay."""
@@ -209,10 +224,7 @@ class PostgresDatabase(Database):
     ) -> AsyncIterator[PostgresDatabase]:
         """Connect to ``url``, migrate it (under an advisory lock), enter this node among the
         live ones, and on exit leave (handing the leader lease on) and close."""
-        await migrate_url(url)
-        pool = await asyncpg.create_pool(
-            url, min_size=1, max_size=pool_size, server_settings=SERVER_SETTINGS
-        )
+        pool = await _reach(url, pool_size)
         try:
             db = cls(pool, url, node_timeout=node_timeout)
             db._beat_started = time.monotonic()  # registering is the first heartbeat
@@ -452,6 +464,26 @@ async def migrate(conn: asyncpg.Connection) -> int:
         return current
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
+
+
+async def _reach(url: str, pool_size: int) -> asyncpg.Pool:
+    """Migrate the database at ``url`` and open a pool on it, retrying transient connection
+    failures with backoff for up to :data:`STARTUP_BUDGET` seconds (the last failure is raised)."""
+    deadline = time.monotonic() + STARTUP_BUDGET
+    pause = 0.1
+    while True:
+        try:
+            await migrate_url(url)
+            return await asyncpg.create_pool(
+                url, min_size=1, max_size=pool_size, server_settings=SERVER_SETTINGS
+            )
+        except _TRANSIENT_CONNECT as error:
+            if time.monotonic() + pause > deadline:
+                raise
+            # The kind of error only: its text may quote the URL, which may carry a password.
+            log.warning("PostgreSQL not reachable yet (%s); trying again", type(error).__name__)
+            await anyio.sleep(pause)
+            pause = min(pause * 2, 2.0)
 
 
 async def migrate_url(url: str) -> int:
