@@ -40,6 +40,10 @@ DATABASE_ERRORS: tuple[type[BaseException], ...] = (
     sqlite3.Error,
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
+    # asyncpg's connection left mid-operation when the server went away (a PostgreSQL restart):
+    # "cannot switch to state …; another operation is in progress". Not an InterfaceError; left
+    # out, it escaped the heartbeat loop and stopped every background worker of the node.
+    asyncpg.InternalClientError,
     OSError,
 )
 
