@@ -833,27 +833,33 @@ async def test_postgresql_restarted_under_load_loses_nothing_acknowledged(
                 load.stopping.set()
             for node in f.nodes:
                 await node.ready(within=30)
-            providers_ids = {
-                row[0]: row[1]
-                for row in await f.sql(
-                    "SELECT id, provider_job_id FROM jobs WHERE id = ANY($1::text[])",
-                    load.acknowledged,
-                )
-            }
-            assert set(providers_ids) == set(load.acknowledged), "an acknowledged job is missing"
+            providers_ids: dict[str, str | None] = {}
             terminal: dict[str, int | None] = {}
 
             async def every_result_sent() -> bool:
+                """Every acknowledged job reached the provider (a submit refused during the
+                restart is retried) and the provider sent its result."""
+                rows = await f.sql(
+                    "SELECT id, provider_job_id FROM jobs WHERE id = ANY($1::text[])",
+                    load.acknowledged,
+                )
+                providers_ids.update({row[0]: row[1] for row in rows})
                 async with httpx.AsyncClient(trust_env=False) as http:
                     log = (await http.get(f"{f.sim}/_sim/stats")).json()["callbacks"]
                 terminal.update({c["job_id"]: c["status"] for c in log if c["kind"] == "terminal"})
                 return set(providers_ids.values()) <= set(terminal)
 
-            await eventually(every_result_sent, 30, "the simulator sent every result")
+            try:
+                await eventually(every_result_sent, 60, "the simulator sent every result")
+            except pytest.fail.Exception:
+                missing = {j: p for j, p in providers_ids.items() if p not in terminal}
+                print(f"\nno result for {missing}\n{f.logs()}")
+                raise
+            assert set(providers_ids) == set(load.acknowledged), "an acknowledged job is missing"
             refused = [
                 job
                 for job, provider_id in providers_ids.items()
-                if not (terminal[provider_id] or 999) < 300
+                if provider_id is None or not (terminal[provider_id] or 999) < 300
             ]
             answered = [job for job in load.acknowledged if job not in refused]
             await all_done(f, answered, within=60)
