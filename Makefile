@@ -62,7 +62,9 @@ pytest: $(STAMP)
 	PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -n $(PYTEST_WORKERS)
 	PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -n $(PYTEST_WORKERS) --store postgresql
 
-## bench: run the performance suite (about 5 minutes; loopback only) and write bench/results/latest.md,
+## bench: run the performance suite (about 10 minutes; loopback only), then the same ingest, ack
+## latency and fan-out on SQLite | PostgreSQL x1 | PostgreSQL x3 (bench/stores.py; `python -m
+## bench --stores --quick` alone takes a minute or two), and write bench/results/latest.md
 ## then the multi-node scenarios at full size (bench/results/multinode.md: each scenario's ledger)
 bench: $(STAMP)
 	$(BIN)/python -m bench

@@ -24,8 +24,8 @@ from typing import Any
 
 import httpx
 
-from bench import report
-from bench.backlog import seed_backlog, seed_due
+from bench import report, stores
+from bench.backlog import INGEST_BATCH, seed_backlog, seed_due
 from bench.load import callback_body, percentiles
 from bench.procs import (
     CpuTimes,
@@ -60,6 +60,8 @@ FEATURES: dict[str, dict[str, Any]] = {
     },
 }
 SECRET_KEY = "bench-secret-key-0123456789abcdef"
+INGEST_TARGETS = {100: 2_000, 1_000: 500}
+"""Callbacks/s that ingest must keep with this many subscribers matching every event (issue 16)."""
 
 
 @dataclass
@@ -73,7 +75,7 @@ class Sizes:
     burst: int = 10_000
     lag_rate: int = 500
     lag_seconds: int = 10
-    fanout: tuple[tuple[int, int], ...] = ((1, 20_000), (10, 2_000), (100, 200))
+    fanout: tuple[tuple[int, int], ...] = ((1, 20_000), (10, 2_000), (100, 200), (1_000, 20))
     big_jobs: int = 1_000_000
     slow_backlog: int = 1_000_000
 
@@ -85,7 +87,7 @@ class Sizes:
             ack_seconds=2,
             burst=2_000,
             lag_seconds=2,
-            fanout=((1, 1_000), (10, 100), (100, 10)),
+            fanout=((1, 1_000), (10, 100), (100, 10), (1_000, 2)),
             big_jobs=40_000,
             slow_backlog=20_000,
         )
@@ -219,6 +221,7 @@ class Bench:
         self.data = work / "data"
         self.log = work / "processes.log"
         self.figures: list[Figure] = []
+        self.published = 0.0  # callbacks/s of the last backlog put in (see ingest_beside)
         self.ledgers: list[Ledger] = []
         self.port = free_port()
         self.next_job = 0
@@ -501,8 +504,29 @@ class Bench:
                     ok and cpu <= 100,
                 )
             )
+            if subscribers in INGEST_TARGETS:
+                self.ingest_beside(subscribers, events, publish_cpu)
             if subscribers == FEATURE_SUBSCRIBERS:
                 self.feature_costs(sink, subscribers, events, rate, cpu, publish_cpu)
+
+    def ingest_beside(self, subscribers: int, events: int, publish_cpu: float) -> None:
+        """How fast the fan-out's backlog went in: the storage side of ingest (in batches of
+        the ingest writer's size, no HTTP) with every event matching ``subscribers``
+        subscriptions, and the CPU it cost per callback (this process and its database thread).
+        The callback's HTTP path adds scenario 1's CPU per callback."""
+        floor = INGEST_TARGETS[subscribers]
+        per_callback = publish_cpu * subscribers
+        self.figures.append(
+            Figure(
+                f"4i. ingest storage with {subscribers:,} matching subscribers "
+                f"({events:,} callbacks in batches of {INGEST_BATCH}; no HTTP)",
+                self.published,
+                "callbacks/s",
+                f"≥ {floor:,}/s",
+                self.published >= floor,
+                cpu_us={"bench writer (all threads)": per_callback},
+            )
+        )
 
     def feature_costs(
         self,
@@ -570,8 +594,9 @@ class Bench:
         # so what is timed below is the dispatcher draining it, not ingest.
         expected = subscribers * events
         publishing = time.process_time()
-        asyncio.run(seed_backlog(self.env, first, events, self.video_url(sink)))
+        seconds = asyncio.run(seed_backlog(self.env, first, events, self.video_url(sink)))
         publish_cpu = (time.process_time() - publishing) / expected * 1e6
+        self.published = events / seconds if seconds else 0.0
         reset(sink)
         with start_service(self.env, self.log) as service:
             cpu_before = service.cpu_seconds()
@@ -807,13 +832,23 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the work dir and its logs")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     parser.add_argument(
+        "--stores",
+        action="store_true",
+        help="only SQLite | PostgreSQL x1 | PostgreSQL x3 (bench/stores.py), merged into the"
+        " existing report",
+    )
+    parser.add_argument(
         "--fanout-only",
         action="store_true",
         help="only the fan-out scenarios (4 and 4f): a partial report, named fanout.md",
     )
     args = parser.parse_args()
+    if args.stores:
+        run_stores_only(args.quick, args.keep, args.out)
+        return
     sizes = Sizes.quick() if args.quick else Sizes()
     started = time.time()
+    store_columns: list[stores.Column] = []
     with workdir(args.keep) as work:
         bench = Bench(work, sizes)
         failed: str | None = None
@@ -823,6 +858,8 @@ def main() -> None:
             # Keep what was measured: the report says the run is incomplete and why.
             print(f"benchmark failed; process log:\n{bench.log.read_text()[-4000:]}")
             failed = f"{type(exc).__name__}: {exc}"[:300]
+        if not args.fanout_only:
+            store_columns = compare_stores(work, args.quick, bench.env, bench.log)
     result = {
         "started_at": started,
         "duration_s": time.time() - started,
@@ -834,14 +871,55 @@ def main() -> None:
         "failed": failed,
         "figures": [asdict(f) for f in bench.figures],
         "ledgers": [asdict(entry) for entry in bench.ledgers],
+        "stores": stores.as_json(store_columns),
     }
     name = "quick" if args.quick else "fanout" if args.fanout_only else "latest"
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / f"{name}.md").write_text(report.markdown(result))
-    print(report.markdown(result))
+    text = report.markdown(result)
+    if store_columns:
+        store_sizes = stores.StoreSizes.quick() if args.quick else stores.StoreSizes()
+        text = stores.merge_into(text, stores.markdown(store_columns, store_sizes, args.quick))
+    (args.out / f"{name}.md").write_text(text)
+    print(text)
     if failed:
         raise SystemExit(f"benchmark incomplete: {failed}")
+
+
+def compare_stores(work: Path, quick: bool, env: dict[str, str], log: Path) -> list[stores.Column]:
+    """SQLite | PostgreSQL x1 | PostgreSQL x3 (bench/stores.py), in the run's work dir."""
+    sizes = stores.StoreSizes.quick() if quick else stores.StoreSizes()
+    folder = work / "stores"
+    folder.mkdir()
+    with start_sink(log) as sink:
+        return stores.StoreBench(folder, sizes, env, sink, log, ADMIN_KEY).run()
+
+
+def run_stores_only(quick: bool, keep: bool, out: Path) -> None:
+    """``--stores``: only the store comparison, its section replaced in (or added to) the
+    existing report, the rest of which is kept as it was."""
+    started = time.time()
+    with workdir(keep) as work:
+        bench = Bench(work, Sizes.quick() if quick else Sizes())
+        columns = compare_stores(work, quick, bench.env, bench.log)
+        if any(c.failed for c in columns):
+            print(f"process log:\n{bench.log.read_text()[-4000:]}")
+    sizes = stores.StoreSizes.quick() if quick else stores.StoreSizes()
+    section = stores.markdown(columns, sizes, quick)
+    section += (
+        f"\n({time.time() - started:.0f} s, `python -m bench --stores{' --quick' * quick}`.)\n"
+    )
+    name = "quick" if quick else "latest"
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.md"
+    path.write_text(stores.merge_into(path.read_text() if path.exists() else "", section))
+    results = out / f"{name}.json"
+    data = json.loads(results.read_text()) if results.exists() else {}
+    data["stores"] = stores.as_json(columns)
+    results.write_text(json.dumps(data, indent=2) + "\n")
+    print(section)
+    if any(c.failed for c in columns):
+        raise SystemExit("store comparison incomplete")
 
 
 if __name__ == "__main__":

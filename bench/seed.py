@@ -28,7 +28,7 @@ async def seed_jobs(env: dict[str, str], start: int, stop: int) -> None:
     """Store jobs ``start..stop-1`` as submitted Trinetra jobs owned by the admin key."""
     settings = load_settings(env)
     now = time.time()
-    async with Database.open(settings.database_path) as db:
+    async with Database.open(settings.database_url) as db:
         await bootstrap.admin_key(db, settings, time.time)
         assert settings.admin_key is not None
         async with db.transaction() as conn:

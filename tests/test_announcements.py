@@ -94,7 +94,13 @@ async def test_a_claim_moving_a_submit_later_wakes_no_one(db: Database) -> None:
     heard = listen(db)
     async with db.transaction() as conn:
         claimed = await submissions.claim_due(
-            conn, providers=("trinetra",), now=NOW, lease_until=NOW + 60, limit=10
+            conn,
+            providers=("trinetra",),
+            now=NOW,
+            lease_until=NOW + 60,
+            limit=10,
+            owner=db.node_id,
+            node_timeout=db.node_timeout,
         )
     assert len(claimed) == 1
     assert heard == Counter()

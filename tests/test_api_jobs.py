@@ -566,6 +566,28 @@ async def test_same_idempotency_key_and_body_replays_the_same_job(
     assert [j["id"] for j in listed] == [first.json()["id"]]
 
 
+async def test_one_idempotency_key_sent_many_times_at_once_makes_one_job(
+    api: httpx.AsyncClient,
+) -> None:
+    """Requests with one key arriving together (a client retrying fast) store one job and replay
+    it to the others (across nodes: tests/test_cluster.py)."""
+    answers: list[httpx.Response] = []
+
+    async def create() -> None:
+        answers.append(
+            await api.post("/v1/jobs", json=job_body(SEGMIND), headers={"Idempotency-Key": "k-9"})
+        )
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(6):
+            tg.start_soon(create)
+    assert [answer.status_code for answer in answers] == [202] * 6, [a.text for a in answers]
+    assert len({answer.json()["id"] for answer in answers}) == 1
+    assert sum(answer.headers.get("idempotent-replayed") == "true" for answer in answers) == 5
+    listed = (await api.get("/v1/jobs")).json()["data"]
+    assert [j["id"] for j in listed] == [answers[0].json()["id"]]
+
+
 async def test_same_idempotency_key_with_another_body_is_a_409(api: httpx.AsyncClient) -> None:
     first = await api.post("/v1/jobs", json=job_body(SEGMIND), headers={"Idempotency-Key": "k-1"})
     assert first.status_code == 202, first.text

@@ -12,21 +12,37 @@ import dataclasses
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
 
 import anyio
+import asyncpg
+import httpx
 import pytest
 
 from service.core.ids import new_id
-from service.core.models import Cost, DeliveryStatus, Job, JobStatus, Output, ProviderUpdate
+from service.core.models import (
+    Cost,
+    DeliveryStatus,
+    ErrorKind,
+    Job,
+    JobError,
+    JobStatus,
+    Output,
+    ProviderUpdate,
+)
+from service.core.retry import RetrySchedule
 from service.delivery.publisher import Publisher
 from service.jobs import lifecycle
+from service.jobs.held_requests import HeldRequests
 from service.ops.metrics import Metrics
 from service.ops.ratelimit import SharedRateLimiter
-from service.storage import deliveries, events, jobs, submissions
+from service.storage import deliveries, events, jobs, submissions, subscriptions
 from service.storage.announcements import Work
+from service.storage.blobs import LocalBlobStore
 from service.storage.deliveries import AttemptOutcome, Claimed
 from service.storage.events import NewEvent
 from service.storage.postgres import PostgresDatabase
+from service.storage.submissions import SubmitClaim
 
 pytestmark = pytest.mark.anyio
 
@@ -298,6 +314,62 @@ def a_job(number: int) -> Job:
     )
 
 
+async def test_a_deletion_locks_its_deliveries_in_the_order_outcome_recording_does(
+    pg_database: str,
+) -> None:
+    """Deleting a subscription cancels its open deliveries; recording outcomes locks rows in id
+    order. Were the deletion to lock in the order its plan reads rows, a node recording outcomes
+    on one node and a deletion on another could each hold a row the other waits for: a deadlock,
+    one of them aborted. Here the row read first has the higher id; while the recorder holds the
+    lower one, the waiting deletion must not hold the higher (taken in id order, it waits first
+    for the lower)."""
+    async with cluster(pg_database, 2) as (a, b):
+        sub_id = await subscription(a)
+        await due_deliveries(a, sub_id, 2)
+        async with a.transaction() as conn:
+            [(low,), (high,)] = await conn.execute_fetchall("SELECT id FROM deliveries ORDER BY id")
+            # Whatever the plan, a scan now meets the higher id first: the lower one moves to the
+            # end of the table, and the higher one is in flight ('inflight' sorts before
+            # 'pending' in the (subscription_id, status, id) index).
+            lowest = "del_" + "0" * (len(low) - 4)
+            await conn.execute("UPDATE deliveries SET id = ? WHERE id = ?", (lowest, low))
+            await conn.execute(
+                "UPDATE deliveries SET status = 'inflight', claim_token = 1 WHERE id = ?", (high,)
+            )
+        async with a.connection() as holder:
+            holding = holder.raw.transaction()
+            await holding.start()
+            await holder.raw.fetch("SELECT id FROM deliveries WHERE id = $1 FOR UPDATE", lowest)
+
+            async def delete() -> None:
+                async with b.transaction() as conn:
+                    assert await subscriptions.delete(conn, sub_id)
+
+            probe = await asyncpg.connect(pg_database)
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(delete)
+                    with anyio.fail_after(10):
+                        while True:  # until the deletion waits for the held row
+                            waiting = await probe.fetchval(
+                                "SELECT count(*) FROM pg_stat_activity "
+                                "WHERE wait_event_type = 'Lock'"
+                            )
+                            if waiting:
+                                break
+                            await anyio.sleep(0.02)
+                    async with probe.transaction():
+                        # NOWAIT: raises if the waiting deletion already holds the higher row.
+                        await probe.fetch(
+                            "SELECT id FROM deliveries WHERE id = $1 FOR UPDATE NOWAIT", high
+                        )
+                    await holding.commit()  # the deletion goes on
+            finally:
+                await probe.close()
+        rows = await a.reader.execute_fetchall("SELECT status FROM deliveries")
+        assert [row["status"] for row in rows] == ["canceled", "canceled"]
+
+
 async def test_one_callback_at_two_nodes_yields_one_terminal_event(pg_database: str) -> None:
     """The same terminal callback applied by two nodes at once: the job moves once, one
     job.succeeded (without row locks both read 'submitted' and both announce)."""
@@ -453,6 +525,19 @@ async def test_a_keys_rate_limit_is_shared_by_every_node(pg_database: str) -> No
 # --- Segmind held requests ----------------------------------------------------------------------
 
 
+async def hold(node: PostgresDatabase, publisher: Publisher) -> list[SubmitClaim]:
+    async with node.transaction() as conn:
+        return await lifecycle.hold_due_requests(
+            conn,
+            publisher,
+            ["segmind"],
+            time.time(),
+            10,
+            held_by=node.node_id,
+            node_timeout=node.node_timeout,
+        )
+
+
 async def test_a_held_request_is_recovered_only_once_its_node_is_dead(pg_database: str) -> None:
     """Node A holds a Segmind job's request; B starting up leaves it alone while A lives (ending
     it 'interrupted' would fail a job A is about to finish), and recovers it once A is dead."""
@@ -464,14 +549,185 @@ async def test_a_held_request_is_recovered_only_once_its_node_is_dead(pg_databas
         async with a.transaction() as conn:
             await jobs.insert(conn, held)
             await submissions.schedule(conn, held.id, next_at=NOW - 1)
-        async with a.transaction() as conn:
-            claimed = await lifecycle.hold_due_requests(
-                conn, publisher, ["segmind"], time.time(), 10, held_by=a.node_id
-            )
-        assert [job.id for job, _ in claimed] == [held.id]
+        claimed = await hold(a, publisher)
+        assert [claim.job.id for claim in claimed] == [held.id]
         assert await submissions.in_flight(b.reader, ["segmind"], alive_within=10) == []
         await declare_dead(b, a.node_id)
         (orphan,) = await submissions.in_flight(b.reader, ["segmind"], alive_within=10)
         assert orphan.id == held.id
         # One process owns a SQLite file: there every held request is the previous run's.
         assert len(await submissions.in_flight(b.reader, ["segmind"])) == 1
+
+
+def held_requests(node: PostgresDatabase, blobs: Path, client: httpx.AsyncClient) -> HeldRequests:
+    """A node's Segmind worker with Segmind not configured: only its recovery runs."""
+    return HeldRequests(
+        db=node,
+        publisher=Publisher(lambda digest, media_type: ""),
+        client=client,
+        blobs=LocalBlobStore(blobs),
+        endpoint=None,
+        clock=time.time,
+        concurrency=1,
+        timeout=60,
+        max_bytes=1 << 20,
+        retry_schedule=RetrySchedule.for_retries((1.0,)),
+    )
+
+
+async def test_the_leaders_sweep_recovers_a_dead_nodes_held_request_while_the_others_run(
+    pg_database: str, tmp_path: Path
+) -> None:
+    """A holds a Segmind request; B leads. While A heartbeats, B's recovery leaves the request
+    alone; once A stops, B's stale-node sweep declares it dead and B ends the job
+    'interrupted', with no node starting (before, only a starting node recovered it)."""
+    publisher = Publisher(lambda digest, media_type: "")
+    held = dataclasses.replace(
+        a_job(8), provider="segmind", status=JobStatus.PENDING, provider_job_id=None
+    )
+    async with cluster(pg_database, 2, node_timeout=2.0) as (a, b), httpx.AsyncClient() as client:
+        async with a.transaction() as conn:
+            await jobs.insert(conn, held)
+            await submissions.schedule(conn, held.id, next_at=NOW - 1)
+        await hold(a, publisher)
+        await b.upkeep_once()
+        await a.upkeep_once()
+        assert (a.is_leader, b.is_leader) == (False, True)
+        recovery = held_requests(b, tmp_path, client)
+        await recovery.sweep_once()  # the leader, while A is alive: nothing to recover
+        job = await jobs.get(b.reader, held.id)
+        assert job is not None and job.status is JobStatus.SUBMITTED
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(b.run)  # B heartbeats, leads and sweeps; A has stopped
+            tg.start_soon(recovery.run)
+            with anyio.fail_after(15):
+                while (job := await jobs.get(b.reader, held.id)) is not None and (  # noqa: ASYNC110 - asks the database
+                    job.status is JobStatus.SUBMITTED
+                ):
+                    await anyio.sleep(0.1)
+            tg.cancel_scope.cancel()
+        assert job is not None and job.status is JobStatus.FAILED
+        assert job.error is not None and job.error.kind is ErrorKind.INTERRUPTED
+        rows = await b.reader.execute_fetchall(
+            "SELECT type FROM events WHERE job_id = ? ORDER BY seq", (held.id,)
+        )
+        assert [row["type"] for row in rows] == ["job.submitted", "job.failed"]
+
+
+# --- provider submit retries: owned and fenced claims --------------------------------------------
+
+
+async def claim_submit(
+    node: PostgresDatabase, now: float, skip: tuple[str, ...] = ()
+) -> list[SubmitClaim]:
+    async with node.transaction() as conn:
+        return await submissions.claim_due(
+            conn,
+            providers=["trinetra"],
+            now=now,
+            lease_until=now + 60,
+            limit=10,
+            owner=node.node_id,
+            node_timeout=node.node_timeout,
+            skip=skip,
+        )
+
+
+async def test_a_submit_in_flight_on_a_live_node_is_never_claimed_again(pg_database: str) -> None:
+    """A claims a job's submit and the provider is slow: long after the lease ran out, neither B
+    nor A's own retry worker claims it again while A lives and runs the attempt (before, the
+    expired lease made it due and the paid request went out twice)."""
+    pending = dataclasses.replace(a_job(20), status=JobStatus.PENDING, provider_job_id=None)
+    async with cluster(pg_database, 2) as (a, b):
+        async with a.transaction() as conn:
+            await jobs.insert(conn, pending)
+            await submissions.schedule(conn, pending.id, next_at=NOW - 1)
+        (mine,) = await claim_submit(a, time.time())
+        later = time.time() + 3600  # the lease is long over; A is alive and still sending
+        assert await claim_submit(b, later) == []
+        assert (
+            await submissions.next_due_at(
+                b.reader, ["trinetra"], owner=b.node_id, node_timeout=b.node_timeout
+            )
+            is None
+        ), "B is not woken for a claim it may not take"
+        assert await claim_submit(a, later, skip=(pending.id,)) == []
+        # Once A's attempt is over (or failed without an outcome), A may take it again.
+        (again,) = await claim_submit(a, later)
+        assert again.token != mine.token and again.attempt == mine.attempt + 1
+
+
+async def test_a_late_submit_outcome_from_a_node_that_lost_its_claim_is_refused(
+    pg_database: str,
+) -> None:
+    """A claims a submit and stalls past its heartbeat; the leader's sweep hands the claim back at
+    once, B claims it under a new token; A's late acceptance is refused, B's is recorded: one
+    job.submitted, B's provider job id."""
+    publisher = Publisher(lambda digest, media_type: "")
+    pending = dataclasses.replace(a_job(21), status=JobStatus.PENDING, provider_job_id=None)
+    async with cluster(pg_database, 2) as (a, b):
+        async with a.transaction() as conn:
+            await jobs.insert(conn, pending)
+            await submissions.schedule(conn, pending.id, next_at=NOW - 1)
+        (mine,) = await claim_submit(a, time.time())
+        await declare_dead(b, a.node_id)
+        await b.upkeep_once()  # B leads and sweeps A out: its claim is due now, unowned
+        assert b.is_leader
+        (taken,) = await claim_submit(b, time.time())
+        assert taken.token != mine.token
+
+        late, moved = await lifecycle.mark_submitted(
+            a, publisher, pending.id, "tri-from-a", time.time(), token=mine.token
+        )
+        assert not moved and late is not None and late.status is JobStatus.PENDING
+        assert not await lifecycle.defer_submit(
+            a, pending.id, time.time() + 5, "timeout", time.time(), token=mine.token
+        )
+        assert not await lifecycle.refuse(
+            a, publisher, pending.id, JobError(ErrorKind.PROVIDER_ERROR, "x"), time.time(),
+            token=mine.token,
+        )  # fmt: skip
+        current, moved = await lifecycle.mark_submitted(
+            b, publisher, pending.id, "tri-from-b", time.time(), token=taken.token
+        )
+        assert moved and current is not None and current.provider_job_id == "tri-from-b"
+        rows = await a.reader.execute_fetchall(
+            "SELECT type FROM events WHERE job_id = ?", (pending.id,)
+        )
+        assert [row["type"] for row in rows] == ["job.submitted"]
+
+
+# --- Idempotency-Key ----------------------------------------------------------------------------
+
+
+async def test_one_idempotency_key_on_two_nodes_at_once_makes_one_job(pg_database: str) -> None:
+    """Two nodes create a job under one Idempotency-Key at once, as Submitter.create does (hold
+    the key, look it up, insert): B waits for A's key and then finds A's job. Without the key's
+    lock B finds nothing and its insert breaks the unique index once A commits (a 500)."""
+    async with cluster(pg_database, 2) as (a, b):
+        found_by_b: list[tuple[Job, str] | None] = []
+        a_inserted = anyio.Event()
+
+        async def create_on_b() -> None:
+            await a_inserted.wait()
+            async with b.transaction() as conn:
+                await jobs.lock_idempotency_key(conn, "key_test", "order-1")
+                found = await jobs.find_by_idempotency_key(conn, "key_test", "order-1", NOW - 60)
+                found_by_b.append(found)
+                if found is None:
+                    await jobs.insert(conn, a_job(31), idempotency_key="order-1", request_hash="h")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(create_on_b)
+            async with a.transaction() as conn:
+                await jobs.lock_idempotency_key(conn, "key_test", "order-1")
+                assert await jobs.find_by_idempotency_key(conn, "key_test", "order-1", 0) is None
+                await jobs.insert(conn, a_job(30), idempotency_key="order-1", request_hash="h")
+                a_inserted.set()
+                with anyio.fail_after(10):
+                    while not await waiting_for_a_lock(a):  # noqa: ASYNC110 - asks the database
+                        await anyio.sleep(0.01)
+        ((replayed, request_hash),) = [found for found in found_by_b if found is not None]
+        assert (replayed.id, request_hash) == (a_job(30).id, "h")
+        rows = await a.reader.execute_fetchall("SELECT count(*) FROM jobs")
+        assert rows[0][0] == 1

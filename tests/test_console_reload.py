@@ -223,6 +223,11 @@ async def test_a_job_submitted_from_the_form_finishes_plays_and_is_not_resubmitt
         await page.get_by_role("button", name="Submit job").click()
         await expect(page.locator("p.notice")).to_contain_text("Submitted")
         await expect(page.locator("#job-status")).to_have_text("succeeded", timeout=15_000)
+        # The live page reloads itself at a final state; a reload of ours during that one is
+        # aborted by the browser. Its end is the page drawn final: the video, no live note.
+        await expect(page.locator("video")).to_be_attached(timeout=15_000)
+        await expect(page.locator("[data-live-note]")).to_have_count(0)
+        await page.wait_for_load_state()
         await reload_is_a_get(page)
         [job] = (await api.get("/v1/jobs")).json()["data"]
         assert job["input"]["prompt"] == "A paper boat on a rainy street"

@@ -711,7 +711,7 @@ async def test_a_zero_disable_after_never_disables(settings_factory: SettingsFac
 def outcome(sub_id: str, at: float, status: str) -> AttemptOutcome:
     return AttemptOutcome(
         delivery_id=f"dlv_{at}", subscription_id=sub_id, attempted_at=at, latency_ms=1.0,
-        status=DeliveryStatus(status),
+        status=DeliveryStatus(status), token=1,
     )  # fmt: skip
 
 

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from service.core.ids import new_id, timestamp_of
+from service.core.ids import new_id, new_ids, timestamp_of
 
 CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 
@@ -33,6 +33,22 @@ def test_an_id_is_26_crockford_digits_of_its_millisecond_and_80_random_bits() ->
     assert len(set(made)) == len(made)
     # Ids minted later sort after (the random part only orders ids of the same millisecond).
     assert [i[:14] for i in made] == sorted(i[:14] for i in made)
+
+
+def test_ids_minted_in_a_batch_are_ids_of_the_same_shape_and_distinct() -> None:
+    before = int(time.time() * 1000)
+    made = new_ids("dlv", 5_000)
+    after = int(time.time() * 1000)
+    assert len(made) == 5_000 and len(set(made)) == 5_000
+    for identifier in made:
+        prefix, _, encoded = identifier.partition("_")
+        assert prefix == "dlv"
+        assert len(encoded) == 26 and set(encoded) <= set(CROCKFORD)
+        assert before <= _digits(encoded) >> 80 <= after
+    # Every symbol of the random parts turns up about equally often (5,000 x 16 draws of 32).
+    counts = [sum(i[-16:].count(char) for i in made) for char in CROCKFORD]
+    assert min(counts) > 0.8 * 2_500 and max(counts) < 1.2 * 2_500
+    assert new_ids("dlv", 0) == []
 
 
 @pytest.mark.parametrize(

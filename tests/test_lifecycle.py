@@ -26,6 +26,7 @@ from service.delivery.publisher import Publisher
 from service.jobs.lifecycle import Outcome, apply_update, mark_submitted, refuse, transition
 from service.storage import jobs
 from service.storage.database import Database
+from tests.helpers.jobs import claim
 
 pytestmark = pytest.mark.anyio
 
@@ -325,7 +326,9 @@ async def test_a_refusal_after_a_callback_moved_the_job_on_changes_nothing(db: D
     )
     assert outcome is Outcome.APPLIED and running.status is JobStatus.RUNNING
 
-    refused = await refuse(db, publisher, job.id, UNREACHABLE, NOW + 1)
+    refused = await refuse(
+        db, publisher, job.id, UNREACHABLE, NOW + 1, token=await claim(db, job.id)
+    )
 
     assert refused is False
     after = await jobs.get(db.reader, job.id)
@@ -344,7 +347,10 @@ async def test_a_refusal_after_a_terminal_callback_changes_nothing(
     done, _ = await apply_update(
         db, publisher, job_id=job.id, provider="trinetra", update=arrival, raw=b"{}", now=NOW
     )
-    assert await refuse(db, publisher, job.id, UNREACHABLE, NOW + 1) is False
+    assert (
+        await refuse(db, publisher, job.id, UNREACHABLE, NOW + 1, token=await claim(db, job.id))
+        is False
+    )
     assert await jobs.get(db.reader, job.id) == done
     assert await logged(db) == [(f"job.{terminal.value}", job.id)]
 
@@ -354,7 +360,9 @@ async def test_a_refusal_of_a_pending_job_fails_it_and_announces_it(db: Database
     publisher = Publisher(file_url)
     job = await stored(db, make_job(JobStatus.PENDING))
 
-    assert await refuse(db, publisher, job.id, UNREACHABLE, NOW) is True
+    assert (
+        await refuse(db, publisher, job.id, UNREACHABLE, NOW, token=await claim(db, job.id)) is True
+    )
 
     after = await jobs.get(db.reader, job.id)
     assert after is not None
@@ -364,8 +372,21 @@ async def test_a_refusal_of_a_pending_job_fails_it_and_announces_it(db: Database
     assert after.completed_at == NOW
     assert await logged(db) == [("job.failed", job.id)]
     # A second refusal (or one for a job that does not exist) is a no-op.
-    assert await refuse(db, publisher, job.id, UNREACHABLE, NOW + 1) is False
-    assert await refuse(db, publisher, "job_00000000000000000000000000", UNREACHABLE, NOW) is False
+    assert (
+        await refuse(db, publisher, job.id, UNREACHABLE, NOW + 1, token=await claim(db, job.id))
+        is False
+    )
+    assert (
+        await refuse(
+            db,
+            publisher,
+            "job_00000000000000000000000000",
+            UNREACHABLE,
+            NOW,
+            token=await claim(db, job.id),
+        )
+        is False
+    )
     assert await logged(db) == [("job.failed", job.id)]
 
 
@@ -385,7 +406,9 @@ async def test_an_acceptance_after_a_callback_only_fills_in_the_provider_job_id(
     )
     assert running.provider_job_id is None
 
-    current, moved = await mark_submitted(db, publisher, job.id, "job_klingv25_a1b2c3", NOW + 1)
+    current, moved = await mark_submitted(
+        db, publisher, job.id, "job_klingv25_a1b2c3", NOW + 1, token=await claim(db, job.id)
+    )
 
     assert moved is False
     expected = dataclasses.replace(running, provider_job_id="job_klingv25_a1b2c3")
@@ -398,7 +421,9 @@ async def test_an_acceptance_of_a_pending_job_submits_it(db: Database) -> None:
     publisher = Publisher(file_url)
     job = await stored(db, make_job(JobStatus.PENDING))
 
-    current, moved = await mark_submitted(db, publisher, job.id, "job_klingv25_a1b2c3", NOW)
+    current, moved = await mark_submitted(
+        db, publisher, job.id, "job_klingv25_a1b2c3", NOW, token=await claim(db, job.id)
+    )
 
     assert moved is True
     assert current is not None

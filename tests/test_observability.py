@@ -217,10 +217,42 @@ async def test_ready_when_the_database_takes_writes_and_the_dispatcher_runs(
 ) -> None:
     response = await api.get("/readyz")
     assert response.status_code == 200, response.text
-    assert response.json() == {
+    body = response.json()
+    assert {key: body[key] for key in ("status", "checks")} == {
         "status": "ready",
         "checks": {"database": "writable", "dispatcher": "running"},
     }
+    assert set(body) == {"status", "checks", "node", "cluster"}
+
+
+async def test_readiness_and_metrics_describe_the_node_and_the_cluster(
+    settings_factory: SettingsFactory, dead_url: str
+) -> None:
+    """/readyz names this node and gives the cluster's figures (nodes alive, leader, outbox
+    depth); /metrics has them too. On SQLite the one node is the whole cluster and leads; on
+    PostgreSQL the figures come from the nodes table and the leader lease."""
+    settings = settings_factory(RETRY_SCHEDULE="0,3600")
+    async with api_client(settings) as http:
+        sub = await http.post("/v1/subscriptions", json={"url": f"{dead_url}/hook"})
+        assert sub.status_code == 201, sub.text
+        pinged = await http.post(f"/v1/subscriptions/{sub.json()['id']}/test")
+        assert pinged.status_code == 202, pinged.text
+        with anyio.fail_after(10):
+            # A PostgreSQL node takes the leader lease with its first heartbeat, just after start.
+            while (body := (await http.get("/readyz")).json())["cluster"]["leader"] is None:  # noqa: ASYNC110 - asks the service
+                await anyio.sleep(0.05)
+        samples = await scrape(http)
+    node, cluster = body["node"], body["cluster"]
+    assert node["id"].startswith("node_") and node["leader"] is True
+    assert cluster == {
+        "store": "postgresql" if settings.uses_postgresql else "sqlite",
+        "nodes_alive": 1,
+        "leader": node["id"],
+        "outbox_depth": 1,
+    }
+    assert value(samples, "reelhook_cluster_nodes_alive") == 1
+    assert value(samples, "reelhook_cluster_leader") == 1
+    assert value(samples, "reelhook_outbox_depth") == 1
 
 
 @asynccontextmanager

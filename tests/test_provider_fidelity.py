@@ -35,7 +35,7 @@ from tests.helpers.callbacks import (
     stored_callbacks,
     trinetra_done,
 )
-from tests.helpers.jobs import make_job
+from tests.helpers.jobs import claim, make_job
 from tests.servers import loopback_socket, url_of
 from tests.support import send_without_key, served, wait_for_job
 
@@ -395,7 +395,9 @@ async def test_an_early_account_document_completes_its_job_when_the_id_is_record
                 reason="no job yet",
                 body=trinetra_done("job_klingv25_early"),
             )
-        after, moved = await mark_submitted(db, publisher, job.id, "job_klingv25_early", 2.0)
+        after, moved = await mark_submitted(
+            db, publisher, job.id, "job_klingv25_early", 2.0, token=await claim(db, job.id)
+        )
         events = await db.reader.execute_fetchall("SELECT type FROM events ORDER BY seq")
         waiting = await jobs.count_unmatched(db.reader)
     assert moved and after is not None

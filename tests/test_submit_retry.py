@@ -12,14 +12,16 @@ from pathlib import Path
 import aiosqlite
 import pytest
 
-from service.core.models import Job, JobStatus
+from service.core.models import JobStatus
 from service.core.retry import RetrySchedule
 from service.delivery.publisher import Publisher
 from service.jobs.lifecycle import defer_submit, hold_due_requests
 from service.storage import jobs, submissions
 from service.storage.database import Database
 from service.storage.sqlite import SqliteConnection, migrate
+from service.storage.submissions import SubmitClaim
 from tests.helpers.jobs import DEADLINE, NOW, make_job, store
+from tests.helpers.jobs import claim as own
 
 pytestmark = pytest.mark.anyio
 
@@ -77,9 +79,15 @@ async def db(tmp_path: Path) -> AsyncIterator[Database]:
 async def claim(db: Database, now: float, providers: tuple[str, ...] = ("trinetra",)) -> list[str]:
     async with db.transaction() as conn:
         claimed = await submissions.claim_due(
-            conn, providers=providers, now=now, lease_until=now + 60, limit=10
+            conn,
+            providers=providers,
+            now=now,
+            lease_until=now + 60,
+            limit=10,
+            owner=db.node_id,
+            node_timeout=db.node_timeout,
         )
-    return [f"{job.id[-1]}#{attempt}" for job, attempt in claimed]
+    return [f"{job.id[-1]}#{attempt}" for job, attempt, _ in claimed]
 
 
 async def test_a_claim_takes_due_jobs_in_order_and_leases_them(db: Database) -> None:
@@ -107,7 +115,8 @@ async def test_a_claim_takes_due_jobs_in_order_and_leases_them(db: Database) -> 
 async def test_a_deferred_attempt_keeps_the_job_pending_until_due(db: Database) -> None:
     job = make_job(1)
     await store(db, job, due=NOW + 60, attempts=1)
-    assert await defer_submit(db, job.id, NOW + 5, "rate_limited: slow down", NOW)
+    token = await own(db, job.id)
+    assert await defer_submit(db, job.id, NOW + 5, "rate_limited: slow down", NOW, token=token)
     assert await submissions.attempts_of(db.reader, job.id) == (1, NOW + 5)
     assert (await jobs.get(db.reader, job.id)) == job
     assert await claim(db, NOW + 4) == []
@@ -117,9 +126,10 @@ async def test_a_deferred_attempt_keeps_the_job_pending_until_due(db: Database) 
 async def test_a_job_a_callback_moved_on_is_not_deferred(db: Database) -> None:
     job = make_job(1, status=JobStatus.RUNNING)
     await store(db, job, due=None)
-    assert not await defer_submit(db, job.id, NOW + 5, "timeout", NOW)
-    assert not await defer_submit(db, job.id, NOW + 5, "timeout", NOW, held=True)
-    assert not await defer_submit(db, "job_missing", NOW + 5, "timeout", NOW)
+    token = await own(db, job.id)
+    assert not await defer_submit(db, job.id, NOW + 5, "timeout", NOW, token=token)
+    assert not await defer_submit(db, job.id, NOW + 5, "timeout", NOW, token=token, held=True)
+    assert not await defer_submit(db, "job_missing", NOW + 5, "timeout", NOW, token=token)
     assert await claim(db, NOW + 10) == []
 
 
@@ -133,23 +143,31 @@ async def test_a_held_request_refused_unworked_stays_submitted_and_is_announced_
     job = make_job(1, provider="segmind")
     await store(db, job, due=NOW)
 
-    async def hold(now: float) -> list[tuple[Job, int]]:
+    async def hold(now: float) -> list[SubmitClaim]:
         async with db.transaction() as conn:
-            return await hold_due_requests(conn, publisher, ["segmind"], now, 10)
+            return await hold_due_requests(
+                conn,
+                publisher,
+                ["segmind"],
+                now,
+                10,
+                held_by=db.node_id,
+                node_timeout=db.node_timeout,
+            )
 
-    ((held, attempt),) = await hold(NOW)
+    ((held, attempt, token),) = await hold(NOW)
     assert (held.status, held.submitted_at, attempt) == (JobStatus.SUBMITTED, NOW, 1)
     assert [j.id for j in await submissions.in_flight(db.reader, ["segmind"])] == [job.id]
     assert await hold(NOW + 1) == []
 
-    assert await defer_submit(db, job.id, NOW + 5, "rate_limited", NOW + 1, held=True)
+    assert await defer_submit(db, job.id, NOW + 5, "rate_limited", NOW + 1, token=token, held=True)
     waiting = await jobs.get(db.reader, job.id)
     assert waiting is not None
     assert (waiting.status, waiting.submitted_at) == (JobStatus.SUBMITTED, NOW)
     assert await submissions.in_flight(db.reader, ["segmind"]) == []
     assert await hold(NOW + 4) == []
 
-    ((again, attempt),) = await hold(NOW + 5)
+    ((again, attempt, _),) = await hold(NOW + 5)
     assert (again.status, again.submitted_at, attempt) == (JobStatus.SUBMITTED, NOW, 2)
     async with db.reader.execute("SELECT type FROM events ORDER BY seq") as cursor:
         assert [row[0] for row in await cursor.fetchall()] == ["job.submitted"]

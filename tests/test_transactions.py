@@ -3,13 +3,17 @@ leaves the writer back on ``synchronous = FULL`` outside any transaction."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 from pathlib import Path
 
 import aiosqlite
+import anyio
 import pytest
 
-from service.storage.database import Database
-from service.storage.sqlite import SqliteDatabase
+from service.storage.announcements import Work, announce
+from service.storage.database import Connection, Database
+from service.storage.sqlite import SqliteDatabase, Suspended
 
 pytestmark = pytest.mark.anyio
 
@@ -60,3 +64,84 @@ async def test_a_failed_transaction_rolls_back_and_leaves_the_writer_on_full(
         async with db.transaction(durable=durable) as conn:
             await conn.execute("INSERT INTO readiness (id, checked_at) VALUES (1, 2.0)")
         assert await _count(db) == 1
+
+
+def _store(tmp_path: Path) -> str | Path:
+    """This pass's store: PostgreSQL under ``--store postgresql``, else a SQLite file."""
+    return os.environ.get("REELHOOK_TEST_DATABASE_URL") or tmp_path / "db.sqlite"
+
+
+@pytest.mark.parametrize("durable", [True, False])
+async def test_run_transaction_commits_returns_and_then_announces(
+    tmp_path: Path, durable: bool
+) -> None:
+    async with Database.open(_store(tmp_path)) as db:
+        woken: list[int] = []
+        heard = asyncio.Event()
+
+        def wake() -> None:
+            woken.append(1)
+            heard.set()
+
+        db.subscribe(Work.EVENTS, wake)
+
+        async def work(conn: Connection) -> int:
+            await conn.execute("INSERT INTO readiness (id, checked_at) VALUES (1, 1.0)")
+            rows = await conn.execute_fetchall("SELECT count(*) FROM readiness")
+            announce(conn, Work.EVENTS)
+            assert not woken  # not before the commit
+            return int(rows[0][0])
+
+        assert await db.run_transaction(work, durable=durable) == 1
+        assert await _count(db) == 1
+        if isinstance(db, SqliteDatabase):
+            # (PostgreSQL's wake-ups come back through LISTEN in Database.run, which this test
+            # does not start; its run_transaction is its transaction block, tested there.)
+            with anyio.fail_after(10):
+                await heard.wait()
+            assert not db.writer.in_transaction
+            assert await _synchronous(db.writer) == FULL
+
+
+@pytest.mark.parametrize("durable", [True, False])
+async def test_run_transaction_rolls_back_what_failed_and_announces_nothing(
+    tmp_path: Path, durable: bool
+) -> None:
+    async with Database.open(_store(tmp_path)) as db:
+        woken: list[int] = []
+        db.subscribe(Work.EVENTS, lambda: woken.append(1))
+
+        async def work(conn: Connection) -> None:
+            await conn.execute("INSERT INTO readiness (id, checked_at) VALUES (1, 1.0)")
+            announce(conn, Work.EVENTS)
+            raise RuntimeError("boom")
+
+        with pytest.raises(RuntimeError, match="boom"):
+            await db.run_transaction(work, durable=durable)
+        assert await _count(db) == 0
+        assert not woken
+        if isinstance(db, SqliteDatabase):
+            assert not db.writer.in_transaction
+            assert await _synchronous(db.writer) == FULL
+
+        async def again(conn: Connection) -> None:
+            await conn.execute("INSERT INTO readiness (id, checked_at) VALUES (1, 2.0)")
+
+        await db.run_transaction(again)
+        assert await _count(db) == 1
+
+
+@pytest.mark.sqlite_only("SQLite runs the work on its database thread")
+async def test_sqlite_refuses_work_that_waits_for_anything_but_its_connection(
+    tmp_path: Path,
+) -> None:
+    async with Database.open(tmp_path / "db.sqlite") as db:
+
+        async def work(conn: Connection) -> None:
+            await conn.execute("INSERT INTO readiness (id, checked_at) VALUES (1, 1.0)")
+            await asyncio.sleep(0)  # an event-loop wait: it cannot happen on that thread
+
+        with pytest.raises(Suspended):
+            await db.run_transaction(work)
+        assert await _count(db) == 0
+        assert not _writer(db).in_transaction

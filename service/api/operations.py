@@ -3,11 +3,13 @@ site, as the Caddyfile in ``deploy/`` does)."""
 
 from __future__ import annotations
 
+import anyio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from service.api.operation import Reply, operation
 from service.app.services import services
+from service.storage import stats
 from service.storage.database import DATABASE_ERRORS
 
 # How long /readyz waits for the database to take its write before calling it not writable.
@@ -15,7 +17,7 @@ READY_WRITE_WAIT = 2.0
 
 _READINESS = {
     "type": "object",
-    "required": ["status", "checks"],
+    "required": ["status", "checks", "node", "cluster"],
     "properties": {
         "status": {"enum": ["ready", "not ready"]},
         "checks": {
@@ -34,6 +36,41 @@ _READINESS = {
                 },
             },
         },
+        "node": {
+            "type": "object",
+            "description": "This node (the process that answered).",
+            "required": ["id", "leader"],
+            "properties": {
+                "id": {"type": "string", "description": "Its id among the nodes of the store."},
+                "leader": {
+                    "type": "boolean",
+                    "description": "Whether it runs the singletons (deadlines, retention, the "
+                    "stale-node sweep); always true on SQLite.",
+                },
+            },
+        },
+        "cluster": {
+            "type": ["object", "null"],
+            "description": "Figures of every node sharing the store (on SQLite the one node); "
+            "null when the store could not be read.",
+            "required": ["store", "nodes_alive", "leader", "outbox_depth"],
+            "properties": {
+                "store": {"enum": ["sqlite", "postgresql"]},
+                "nodes_alive": {
+                    "type": "integer",
+                    "description": "Nodes with a fresh heartbeat (1 on SQLite).",
+                },
+                "leader": {
+                    "type": ["string", "null"],
+                    "description": "The id of the node running the singletons; null while the "
+                    "leader lease is changing hands.",
+                },
+                "outbox_depth": {
+                    "type": "integer",
+                    "description": "Deliveries waiting to be sent or in flight, on every node.",
+                },
+            },
+        },
     },
 }
 _EXPOSITION = {"type": "string", "description": "Prometheus text or OpenMetrics exposition."}
@@ -49,7 +86,9 @@ _EXPOSITION = {"type": "string", "description": "Prometheus text or OpenMetrics 
     authenticated=False,
 )
 async def readyz(request: Request) -> Response:
-    """200 when the database takes a write and the dispatcher runs; 503 naming what fails."""
+    """200 when the database takes a write and the dispatcher runs; 503 naming what fails. The
+    body also describes this node and the cluster (nodes alive, leader, outbox depth), which do
+    not decide readiness: a node is ready whatever the others do."""
     state = services(request)
     checks: dict[str, str] = {}
     try:
@@ -61,11 +100,28 @@ async def readyz(request: Request) -> Response:
         checks["database"] = f"not writable: {exc}"
     checks["dispatcher"] = "running" if state.workers.dispatcher.running else "not running"
     ready = checks["database"] == "writable" and checks["dispatcher"] == "running"
+    cluster: dict[str, object] | None = None
+    try:
+        with anyio.fail_after(READY_WRITE_WAIT):
+            depth, _ = await stats.outbox(state.db.reader)
+            cluster = {
+                "store": state.db.dialect,
+                "nodes_alive": await state.db.nodes_alive(),
+                "leader": await state.db.leader_id(),
+                "outbox_depth": depth,
+            }
+    except DATABASE_ERRORS:  # (TimeoutError is an OSError, among them)
+        pass  # the checks above say what fails
     if getattr(request.app.state, "draining", False):
         checks["server"] = "draining"
         ready = False
     return JSONResponse(
-        {"status": "ready" if ready else "not ready", "checks": checks},
+        {
+            "status": "ready" if ready else "not ready",
+            "checks": checks,
+            "node": {"id": state.db.node_id, "leader": state.db.is_leader},
+            "cluster": cluster,
+        },
         status_code=200 if ready else 503,
         headers={"Cache-Control": "no-store"},
     )

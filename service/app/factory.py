@@ -60,7 +60,8 @@ from service.jobs.ingest import Ingest
 from service.jobs.listing import JobReader
 from service.jobs.mirroring import Mirrors
 from service.jobs.submission import ProviderEndpoint, Providers, SubmitPolicy, Submitter
-from service.net.client import guarded_client, origin_of
+from service.net.client import USER_AGENT, guarded_client, origin_of
+from service.net.posts import PostPool
 from service.ops.instrumentation import MeteredSender, MeteredTransport
 from service.ops.metrics import Metrics
 from service.ops.ratelimit import Limiter, RateLimiter, SharedRateLimiter
@@ -170,6 +171,10 @@ def create_app(
                         concurrency=settings.delivery_concurrency,
                     )
                 ),
+                # The delivery fast path to plain-HTTP subscribers (service/net/posts.py).
+                posts=await stack.enter_async_context(
+                    PostPool(settings.allow_private_subscribers, USER_AGENT)
+                ),
                 downloads=await stack.enter_async_context(
                     guarded_client(
                         settings.allow_private_subscribers,
@@ -275,6 +280,7 @@ class Clients:
 
     providers: httpx.AsyncClient
     subscribers: aiohttp.ClientSession
+    posts: PostPool
     downloads: httpx.AsyncClient
 
 
@@ -332,7 +338,7 @@ def _wire(settings: Settings, clock: Clock, opened: Opened, shared: Shared) -> S
     renderer = Renderer()
     dispatcher = Dispatcher(
         db,
-        MeteredSender(opened.clients.subscribers, shared.metrics),
+        MeteredSender(opened.clients.subscribers, shared.metrics, opened.clients.posts),
         RetrySchedule.for_deliveries(
             settings.retry_schedule, overload_floor=settings.retry_overload_floor
         ),
@@ -396,6 +402,7 @@ def _wire(settings: Settings, clock: Clock, opened: Opened, shared: Shared) -> S
     db.subscribe(Work.DELIVERIES, dispatcher.wake)
     db.subscribe(Work.SUBMITS, submitter.wake)
     db.subscribe(Work.SUBMITS, held.wake)
+    db.subscribe(Work.NODES, held.nodes_died)
     db.subscribe(Work.DEADLINES, deadlines.wake)
     db.subscribe(Work.MIRRORS, mirrors.wake)
 

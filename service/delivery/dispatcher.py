@@ -225,7 +225,8 @@ class Dispatcher:
         if rooms:
             # The life the claim is made in (before it: a death noticed meanwhile voids it).
             life = self._db.life
-            async with self._db.transaction(durable=False) as conn:
+
+            async def claim(conn: Connection) -> tuple[list[Claimed], float]:
                 started = time.perf_counter()
                 claimed = await deliveries.claim_due(
                     conn,
@@ -236,7 +237,11 @@ class Dispatcher:
                     # PostgreSQL: every node's deliveries in flight count against the cap.
                     cluster_cap=self._per_subscription,
                 )
-                self._observe_claim(time.perf_counter() - started)
+                return claimed, time.perf_counter() - started
+
+            # One trip to SQLite's database thread for the whole claim (Database.run_transaction).
+            claimed, seconds = await self._db.run_transaction(claim, durable=False)
+            self._observe_claim(seconds)
             for delivery in claimed:
                 sub = delivery.subscription_id
                 self._in_flight += 1
@@ -425,19 +430,23 @@ class Dispatcher:
         batch, self._outcomes = self._outcomes, []
         if not batch:
             return True
+
+        async def record(conn: Connection) -> None:
+            # Outcomes of claims no longer current (this node lost them) are refused.
+            accepted = await deliveries.record(conn, batch)
+            if len(accepted) < len(batch):
+                log.warning(
+                    "refused %d outcomes of deliveries this node no longer holds",
+                    len(batch) - len(accepted),
+                )
+            await self._update_failure_windows(conn, accepted)
+            for outcome in accepted:
+                if outcome.delete_subscription:
+                    await subscriptions.delete(conn, outcome.subscription_id)
+
         try:
-            async with self._db.transaction(durable=False) as conn:
-                # Outcomes of claims no longer current (this node lost them) are refused.
-                accepted = await deliveries.record(conn, batch)
-                if len(accepted) < len(batch):
-                    log.warning(
-                        "refused %d outcomes of deliveries this node no longer holds",
-                        len(batch) - len(accepted),
-                    )
-                await self._update_failure_windows(conn, accepted)
-                for outcome in accepted:
-                    if outcome.delete_subscription:
-                        await subscriptions.delete(conn, outcome.subscription_id)
+            # One trip to SQLite's database thread for the whole batch (Database.run_transaction).
+            await self._db.run_transaction(record, durable=False)
         except BaseException as exc:
             self._outcomes[:0] = batch
             if not isinstance(exc, Exception):

@@ -96,14 +96,16 @@ class Publisher:
         body = job.to_document(self.file_url) if job is not None else (data or {})
         if to_subscription is not None:
             targets = [to_subscription]
+            fifo = None  # looked up by events.append
         else:
             (heard,) = await subscriptions.listeners(conn, [(owner_key_id, None)])
-            targets = [
-                sub.id
+            chosen = [
+                sub
                 for sub in heard
                 if sub.matches(event_type, None, None) and self._passes(sub, event_type, now, body)
             ]
-        event = self._event(event_type, now, body, job.id if job else None, targets)
+            targets, fifo = _targets(chosen)
+        event = self._event(event_type, now, body, job.id if job else None, targets, fifo)
         await events.append(conn, [event])
         return event.id
 
@@ -117,13 +119,15 @@ class Publisher:
         batch = []
         for (event_type, job), heard in zip(announced, audiences, strict=True):
             document = job.to_document(self.file_url)
-            targets = [
-                sub.id
-                for sub in heard
-                if sub.matches(event_type, job.model, job.id)
-                and self._passes(sub, event_type, now, document)
-            ]
-            batch.append(self._event(event_type, now, document, job.id, targets))
+            targets, fifo = _targets(
+                [
+                    sub
+                    for sub in heard
+                    if sub.matches(event_type, job.model, job.id)
+                    and self._passes(sub, event_type, now, document)
+                ]
+            )
+            batch.append(self._event(event_type, now, document, job.id, targets, fifo))
         await events.append(conn, batch)
         for (event_type, job), event in zip(announced, batch, strict=True):
             # The job lifecycle at INFO: every state change of every job passes through here.
@@ -144,6 +148,7 @@ class Publisher:
         body: dict[str, Any],
         job_id: str | None,
         targets: list[str],
+        fifo: set[str] | None,
     ) -> events.NewEvent:
         return events.NewEvent(
             id=new_id("evt"),
@@ -153,4 +158,11 @@ class Publisher:
             payload=payload(event_type, now, body),
             subscription_ids=targets,
             first_attempt_at=now + self.first_delay,
+            fifo=fifo,
         )
+
+
+def _targets(subs: Sequence[Subscription]) -> tuple[list[str], set[str]]:
+    """The ids of ``subs``, and those of them that deliver in order (read with them, in the
+    same transaction, so :func:`events.append` need not look them up)."""
+    return [sub.id for sub in subs], {sub.id for sub in subs if sub.ordering == "fifo"}

@@ -9,7 +9,9 @@ the job stays submitted with its next send due.
 
 A request that was in flight when reelhook stopped cannot be resumed, and sending it again would
 charge twice, so at start-up such jobs end ``interrupted`` — unless ``REELHOOK_SEGMIND_RESUBMIT``
-allows sending each such job once more (it is then due again at once).
+allows sending each such job once more (it is then due again at once). With several nodes
+(PostgreSQL) a node stopping does not restart anything: the leader recovers the requests of nodes
+its stale-node sweep declared dead, and only theirs, never a live node's (docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -17,15 +19,16 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
-from collections.abc import Callable
-from functools import partial
+from collections.abc import Callable, Collection
 
+import anyio
 import httpx
 
 from service.core.clock import Clock
 from service.core.jsonutil import dumps_bytes, finite_number
 from service.core.models import ErrorKind, Job, JobError, JobStatus, Output, ProviderUpdate
 from service.core.retry import RetrySchedule
+from service.core.worker import Wakeup, run_worker
 from service.delivery.publisher import Publisher
 from service.jobs.lifecycle import HELD_WAITING, apply_update, defer_submit, hold_due_requests
 from service.jobs.submission import ProviderEndpoint
@@ -37,6 +40,7 @@ from service.providers.base import Refusal
 from service.storage import jobs, submissions
 from service.storage.blobs import BlobStore, BlobTooLarge, BlobUnavailable
 from service.storage.database import Connection, Database
+from service.storage.submissions import SubmitClaim
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +76,13 @@ class HeldRequests:
         self._retry_schedule = retry_schedule
         self._resubmit = resubmit
         self._rng = rng
+        self._orphans = Wakeup()
         self._queue = SubmitQueue(
             db,
             clock=clock,
             name="the Segmind held-request worker",
             claim=self._claim,
-            next_due=partial(submissions.next_due_at, providers=_PROVIDERS, statuses=HELD_WAITING),
+            next_due=self._next_due,
             attempt=self._hold,
             concurrency=concurrency,
         )
@@ -85,17 +90,54 @@ class HeldRequests:
     def wake(self) -> None:
         self._queue.wake()
 
+    def nodes_died(self) -> None:
+        """The leader's sweep declared nodes dead (``Work.NODES``): recover what they held."""
+        self._orphans.set()
+
     async def run(self) -> None:
         """End (or make due again) requests lost to a restart, then hold each due job's request
-        until cancelled."""
+        until cancelled; with several nodes, also recover dead nodes' requests while leading."""
         await self._recover_lost()
-        if self._endpoint is None:
-            return  # Segmind is not configured, so no job can be waiting for it
-        await self._queue.run()
+        async with anyio.create_task_group() as tg:
+            if self._db.dialect != "sqlite":
+                tg.start_soon(
+                    run_worker, "the Segmind recovery sweep", self.sweep_once, self._orphans
+                )
+            if self._endpoint is not None:
+                # (Without it Segmind is not configured, so no job can be waiting for it.)
+                tg.start_soon(self._queue.run)
 
-    async def _claim(self, conn: Connection, now: float, limit: int) -> list[tuple[Job, int]]:
+    async def sweep_once(self) -> float | None:
+        """One round of the leader's recovery of dead nodes' requests (a singleton, as the
+        deadline timer is: nothing happens off the leader); returns when to look again."""
+        if not self._db.is_leader:
+            return self._db.node_timeout / 4  # look again when leadership may have moved
+        await self._recover_lost()
+        # Woken by the sweep (``Work.NODES``); the period is a backstop for a lost wake-up.
+        return self._db.node_timeout
+
+    async def _claim(
+        self, conn: Connection, now: float, limit: int, skip: Collection[str]
+    ) -> list[SubmitClaim]:
         return await hold_due_requests(
-            conn, self._publisher, _PROVIDERS, now, limit, held_by=self._db.node_id
+            conn,
+            self._publisher,
+            _PROVIDERS,
+            now,
+            limit,
+            held_by=self._db.node_id,
+            node_timeout=self._db.node_timeout,
+            skip=skip,
+        )
+
+    async def _next_due(self, conn: Connection, skip: Collection[str]) -> float | None:
+        return await submissions.next_due_at(
+            conn,
+            _PROVIDERS,
+            HELD_WAITING,
+            owner=self._db.node_id,
+            node_timeout=self._db.node_timeout,
+            skip=skip,
         )
 
     async def _recover_lost(self) -> None:
@@ -107,6 +149,14 @@ class HeldRequests:
         for job in await submissions.in_flight(
             self._db.reader, _PROVIDERS, alive_within=alive_within
         ):
+            # Taken over first, under a row lock: of two nodes recovering at once (a paused
+            # leader resuming beside the new one) only one acts on each job.
+            async with self._db.transaction() as conn:
+                taken = await submissions.take_orphan(
+                    conn, job.id, self._db.node_id, self._db.node_timeout
+                )
+            if not taken:
+                continue
             if await self._resubmit_once(job):
                 log.warning(
                     "segmind job %s was in flight at the last stop; sending it again", job.id
@@ -142,8 +192,9 @@ class HeldRequests:
             await submissions.schedule(conn, job.id, next_at=now)
         return True
 
-    async def _hold(self, job: Job, attempt: int) -> None:
+    async def _hold(self, claim: SubmitClaim) -> None:
         """Send the request of a claimed job and hold it until Segmind answers; never raises."""
+        job, attempt = claim.job, claim.attempt
         try:
             update, summary, refusal = await self._request(job)
             if await jobs.held_resubmits(self._db.reader, job.id):
@@ -162,7 +213,13 @@ class HeldRequests:
                     )
                     reason = f"{refusal.kind}: {refusal.message}"
                     if await defer_submit(
-                        self._db, job.id, decision.at, reason, self._clock(), held=True
+                        self._db,
+                        job.id,
+                        decision.at,
+                        reason,
+                        self._clock(),
+                        token=claim.token,
+                        held=True,
                     ):
                         return
                 final = decision.refusal if isinstance(decision, GiveUp) else refusal

@@ -92,6 +92,10 @@ class Ingest:
     async def _commit(self, batch: list[tuple[Update, asyncio.Future[_Result]]]) -> None:
         results: list[_Result] = [_shutting_down() for _ in batch]
         try:
+            # A transaction block, not Database.run_transaction: the batch's Python work (the
+            # transitions, payloads, rows) stays on the event loop while SQLite's C work runs on
+            # its thread without the GIL; run on the database thread it held the GIL there and
+            # cost throughput (docs/performance.md §4).
             async with self._db.transaction() as conn:
                 applied = await apply_updates(
                     conn,

@@ -9,7 +9,8 @@ a callback arriving after that is stored as ``late`` and does not revive it.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import logging
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -29,6 +30,9 @@ from service.providers.base import InvalidCallback
 from service.storage import jobs, mirrors, submissions
 from service.storage.database import Connection, Database
 from service.storage.mirrors import MirrorTask
+from service.storage.submissions import SubmitClaim
+
+log = logging.getLogger(__name__)
 
 
 class Outcome(StrEnum):
@@ -387,14 +391,26 @@ async def cancel(db: Database, publisher: Publisher, job_id: str, now: float) ->
 
 
 async def mark_submitted(
-    db: Database, publisher: Publisher, job_id: str, provider_job_id: str | None, now: float
+    db: Database,
+    publisher: Publisher,
+    job_id: str,
+    provider_job_id: str | None,
+    now: float,
+    *,
+    token: int,
 ) -> tuple[Job | None, bool]:
-    """The provider accepted a pending job: move it to submitted and announce it.
+    """The provider accepted a pending job, sent under the submit claim ``token``: move it to
+    submitted and announce it.
 
     Returns the job as it now is and whether it moved. A callback that overtook the provider's
-    answer has already moved the job on; then only its provider job id is filled in.
+    answer has already moved the job on; then only its provider job id is filled in. When the
+    claim is no longer current (another node took the job over), nothing is written: that node's
+    own attempt decides (docs/scaling.md).
     """
     async with db.transaction() as conn:
+        if not await submissions.settle(conn, job_id, token):
+            _refused_late(job_id, "acceptance")
+            return await jobs.get(conn, job_id), False
         current = await jobs.get(conn, job_id)
         if current is None:
             return None, False
@@ -443,14 +459,19 @@ async def _apply_unmatched(
 
 
 async def refuse(
-    db: Database, publisher: Publisher, job_id: str, error: JobError, now: float
+    db: Database, publisher: Publisher, job_id: str, error: JobError, now: float, *, token: int
 ) -> bool:
-    """The provider refused a pending job: fail it (nothing charged) and announce it.
+    """The provider refused a pending job sent under the submit claim ``token``: fail it
+    (nothing charged) and announce it.
 
     A job that is no longer pending was moved on by a callback, which is the better witness of
-    what the provider did, so it is left alone. Returns whether the job was failed.
+    what the provider did, so it is left alone; so is a job whose claim is no longer current.
+    Returns whether the job was failed.
     """
     async with db.transaction() as conn:
+        if not await submissions.settle(conn, job_id, token):
+            _refused_late(job_id, "refusal")
+            return False
         current = await jobs.get(conn, job_id)
         if current is None or current.status is not JobStatus.PENDING:
             return False
@@ -467,16 +488,28 @@ async def refuse(
 
 
 async def defer_submit(
-    db: Database, job_id: str, next_at: float, reason: str, now: float, *, held: bool = False
+    db: Database,
+    job_id: str,
+    next_at: float,
+    reason: str,
+    now: float,
+    *,
+    token: int,
+    held: bool = False,
 ) -> bool:
-    """Schedule another submit attempt of a job the provider throttled or did not answer.
+    """Schedule another submit attempt of a job the provider throttled or did not answer, sent
+    under the submit claim ``token``.
 
     A pending job stays pending, due again at ``next_at``; so does a ``held`` request the provider
     refused before doing any work, which stays submitted (a job's status only moves forward). A
-    job a callback has moved on is left alone. Returns whether the attempt was scheduled.
+    job a callback has moved on is left alone, and so is one whose claim is no longer current.
+    Returns whether the attempt was scheduled.
     """
     waiting = (JobStatus.PENDING, JobStatus.SUBMITTED) if held else (JobStatus.PENDING,)
     async with db.transaction() as conn:
+        if not await submissions.settle(conn, job_id, token):
+            _refused_late(job_id, "retry")
+            return False
         current = await jobs.get(conn, job_id)
         if current is None or current.status not in waiting:
             return False
@@ -491,12 +524,17 @@ async def hold_due_requests(
     now: float,
     limit: int,
     *,
-    held_by: str | None = None,
-) -> list[tuple[Job, int]]:
-    """Claim up to ``limit`` due held requests of ``providers``, each as it will be sent.
+    held_by: str,
+    node_timeout: float,
+    skip: Collection[str] = (),
+) -> list[SubmitClaim]:
+    """Claim up to ``limit`` due held requests of ``providers`` for the node ``held_by``, each
+    as it will be sent.
 
-    ``held_by`` (the claiming node) is recorded on each job, so that with several nodes only a
-    dead node's held requests are ever recovered (docs/scaling.md).
+    ``held_by`` (the claiming node) is recorded on each job with the claim's fencing token, so
+    that with several nodes only a dead node's held requests are ever recovered
+    (docs/scaling.md); ``skip`` and ``node_timeout`` are as for
+    :func:`~service.storage.submissions.claim_due`.
 
     A pending job becomes submitted, announced once; one sent before (refused without any work
     done, or resubmitted after a restart) already is. Either way it has no submit due while its
@@ -509,10 +547,13 @@ async def hold_due_requests(
         now=now,
         lease_until=None,
         limit=limit,
+        owner=held_by,
+        node_timeout=node_timeout,
+        skip=skip,
         statuses=HELD_WAITING,
     )
     sent = []
-    for job, attempt in claimed:
+    for job, attempt, token in claimed:
         if job.status is JobStatus.PENDING:
             announce = job.submitted_at is None  # else put back to pending by an older reelhook
             job = dataclasses.replace(
@@ -521,10 +562,17 @@ async def hold_due_requests(
             await jobs.save(conn, job, now)
             if announce:
                 await publisher.publish(conn, "job.submitted", now, job=job)
-        if held_by is not None:
-            await jobs.hold(conn, job.id, held_by)
-        sent.append((job, attempt))
+        sent.append(SubmitClaim(job, attempt, token))
     return sent
+
+
+def _refused_late(job_id: str, what: str) -> None:
+    log.warning(
+        "the %s of job %s came under a submit claim that is no longer current (another node "
+        "took the job over); not recorded",
+        what,
+        job_id,
+    )
 
 
 #: The statuses of a held request waiting to be sent: never sent, or sent and refused unworked.

@@ -7,9 +7,8 @@ import hashlib
 import json
 import logging
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 import httpx
@@ -42,6 +41,7 @@ from service.providers import CALLBACK_ADAPTERS, HELD_ADAPTERS
 from service.providers.base import InvalidCallback, Refusal, redact
 from service.storage import jobs, submissions, subscriptions
 from service.storage.database import Connection, Database
+from service.storage.submissions import SubmitClaim
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ class Submitter:
             clock=clock,
             name="the submit retry worker",
             claim=self._claim,
-            next_due=partial(submissions.next_due_at, providers=self._sent_here),
+            next_due=self._next_due,
             attempt=self._retry,
             concurrency=policy.retry_concurrency,
         )
@@ -184,6 +184,7 @@ class Submitter:
         callback_secret: str | None = None
         async with self._db.transaction() as conn:
             if idempotency_key is not None:
+                await jobs.lock_idempotency_key(conn, owner_key_id, idempotency_key)
                 found = await jobs.find_by_idempotency_key(
                     conn, owner_key_id, idempotency_key, now - IDEMPOTENCY_WINDOW
                 )
@@ -205,13 +206,16 @@ class Submitter:
                 next_at=now if held else now + self._lease,
                 attempts=0 if held else 1,
             )
+            # The first attempt is this node's claim, fenced like every retry's.
+            token = None if held else await submissions.own(conn, job.id, self._db.node_id)
             if callback_url is not None:
                 callback_secret = signing.new_secret()
                 await subscriptions.insert(conn, self._one_off(job, callback_url, callback_secret))
-        if held:
+        if token is None:
             return Created(job, callback_secret=callback_secret)
         try:
-            submitted = await self._attempt(job, 1)
+            with self._retries.attempting(job.id):
+                submitted = await self._attempt(job, 1, token)
         except (ProviderFailed, ValidationFailed) as refused:
             if callback_secret is not None:
                 # The job.failed event still goes to callback_url; this is the only answer
@@ -288,8 +292,9 @@ class Submitter:
             job_id=job.id,
         )
 
-    async def _attempt(self, job: Job, attempt: int) -> Job:
-        """Make submit attempt number ``attempt`` of a pending job; return the job after it.
+    async def _attempt(self, job: Job, attempt: int, token: int) -> Job:
+        """Make submit attempt number ``attempt`` of a pending job, under the submit claim
+        ``token``; return the job after it.
 
         The job ends submitted, stays pending with its next attempt scheduled, or fails; a failure
         raises the client's error (``ValidationFailed`` for the input's fault, ``ProviderFailed``
@@ -297,7 +302,7 @@ class Submitter:
         """
         answer = await self._send(job)
         if isinstance(answer, str):
-            return await self._mark_submitted(job, answer)
+            return await self._mark_submitted(job, answer, token)
         now = self._clock()
         decision = decide(job, answer, attempt, now, self._retry_schedule, self._rng)
         if isinstance(decision, RetryAt):
@@ -311,9 +316,9 @@ class Submitter:
                 decision.at - now,
             )
             reason = f"{answer.kind}: {answer.message}"
-            await defer_submit(self._db, job.id, decision.at, reason, now)
+            await defer_submit(self._db, job.id, decision.at, reason, now, token=token)
             return await jobs.get(self._db.reader, job.id) or job
-        await self._fail(job, decision.refusal)
+        await self._fail(job, decision.refusal, token)
         raise _client_error(job, decision.refusal)
 
     async def _send(self, job: Job) -> str | Refusal:
@@ -359,23 +364,41 @@ class Submitter:
         """
         await self._retries.run()
 
-    async def _claim(self, conn: Connection, now: float, limit: int) -> list[tuple[Job, int]]:
+    async def _claim(
+        self, conn: Connection, now: float, limit: int, skip: Collection[str]
+    ) -> list[SubmitClaim]:
         return await submissions.claim_due(
-            conn, providers=self._sent_here, now=now, lease_until=now + self._lease, limit=limit
+            conn,
+            providers=self._sent_here,
+            now=now,
+            lease_until=now + self._lease,
+            limit=limit,
+            owner=self._db.node_id,
+            node_timeout=self._db.node_timeout,
+            skip=skip,
         )
 
-    async def _retry(self, job: Job, attempt: int) -> None:
+    async def _next_due(self, conn: Connection, skip: Collection[str]) -> float | None:
+        return await submissions.next_due_at(
+            conn,
+            self._sent_here,
+            owner=self._db.node_id,
+            node_timeout=self._db.node_timeout,
+            skip=skip,
+        )
+
+    async def _retry(self, claim: SubmitClaim) -> None:
         # A refused job failed with its event; there is no client waiting for an answer.
         with contextlib.suppress(ProviderFailed, ValidationFailed):
-            await self._attempt(job, attempt)
+            await self._attempt(claim.job, claim.attempt, claim.token)
 
-    async def _mark_submitted(self, job: Job, provider_job_id: str) -> Job:
+    async def _mark_submitted(self, job: Job, provider_job_id: str, token: int) -> Job:
         current, _ = await mark_submitted(
-            self._db, self._publisher, job.id, provider_job_id, self._clock()
+            self._db, self._publisher, job.id, provider_job_id, self._clock(), token=token
         )
         return current or job
 
-    async def _fail(self, job: Job, failure: Refusal) -> None:
+    async def _fail(self, job: Job, failure: Refusal, token: int) -> None:
         log.warning(
             "%s refused job %s: HTTP %s %s", job.provider, job.id, failure.status_code, failure.kind
         )
@@ -384,7 +407,7 @@ class Submitter:
             failure.message,
             failure.provider_code or (str(failure.status_code) if failure.status_code else None),
         )
-        await refuse(self._db, self._publisher, job.id, error, self._clock())
+        await refuse(self._db, self._publisher, job.id, error, self._clock(), token=token)
 
 
 def _client_error(job: Job, failure: Refusal) -> ProviderFailed | ValidationFailed:

@@ -16,6 +16,7 @@ import httpx
 from service.core import ids
 from service.delivery.sender import AttemptResult, Sender
 from service.net.failures import classify
+from service.net.posts import PostPool
 from service.ops.metrics import Metrics
 
 
@@ -76,8 +77,8 @@ class MeteredSender(Sender):
     """A :class:`Sender` that counts each attempt's outcome and, for a 2xx, observes the lag
     from the event's creation (encoded in its id) to its delivery."""
 
-    def __init__(self, session: Any, metrics: Metrics) -> None:
-        super().__init__(session)
+    def __init__(self, session: Any, metrics: Metrics, posts: PostPool | None = None) -> None:
+        super().__init__(session, posts)
         self._metrics = metrics
 
     async def send(self, **options: Any) -> AttemptResult:

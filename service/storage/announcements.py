@@ -30,6 +30,9 @@ class Work(StrEnum):
     SUBMITS = "submits"  # a provider submit or held request is due sooner than before
     DEADLINES = "deadlines"  # a job with a deadline was stored: the deadline timer
     MIRRORS = "mirrors"  # output downloads were queued: the mirroring worker
+    # PostgreSQL: the leader's sweep declared nodes dead: the leader recovers the Segmind requests
+    # they held (their deliveries and submits were handed back as DELIVERIES and SUBMITS).
+    NODES = "nodes"
 
 
 Listener = Callable[[], None]

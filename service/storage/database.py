@@ -13,18 +13,20 @@ from __future__ import annotations
 
 import sqlite3
 from abc import ABC, abstractmethod
-from collections.abc import Generator, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from importlib import resources
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import asyncpg
 
 from service.core.ids import new_id
 from service.storage.announcements import Announcements, Listener, Work
+
+T = TypeVar("T")
 
 
 class StoreError(Exception):
@@ -171,6 +173,11 @@ class Database(ABC):
         heartbeat to tell. Always True on SQLite."""
         return life == self.life
 
+    async def leader_id(self) -> str | None:
+        """The node running the singletons now (this one on SQLite; on PostgreSQL the holder
+        of an unexpired leader lease, None between two leaders)."""
+        return self.node_id
+
     async def run(self) -> None:
         """The store's own background work, until cancelled: on PostgreSQL heartbeats, the
         leader lease, the stale-node sweep and cross-node wake-ups; on SQLite nothing."""
@@ -212,6 +219,19 @@ class Database(ABC):
         delivery whose outcome was lost is sent again, which at-least-once allows). The next
         durable commit makes it durable too; it can never be torn or reordered.
         """
+
+    async def run_transaction(
+        self, work: Callable[[Connection], Awaitable[T]], *, durable: bool = True
+    ) -> T:
+        """``await work(conn)`` in one write transaction (as :meth:`transaction`) and return what
+        it returned; committed before this returns, rolled back if it raised.
+
+        ``work`` may await only its connection's statements (the storage functions): SQLite runs
+        the whole transaction, BEGIN to COMMIT, in one trip to its database thread instead of one
+        per statement (docs/performance.md §4), and refuses work that waits for anything else.
+        """
+        async with self.transaction(durable=durable) as conn:
+            return await work(conn)
 
     @abstractmethod
     async def checkpoint(self, *, wait: float = 0.1) -> bool:

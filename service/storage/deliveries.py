@@ -26,9 +26,9 @@ class Claimed:
     secrets: tuple[str, ...]
     headers: dict[str, str]
     payload: bytes
-    manual: bool = False
-    token: int = 0
+    token: int
     """The claim's fencing token: its outcome is recorded only while the claim is current."""
+    manual: bool = False
     template: str | None = None
     content_type: str = "application/json"
 
@@ -46,13 +46,15 @@ class AttemptOutcome:
     attempted_at: float
     latency_ms: float
     status: DeliveryStatus
+    token: int
+    """The fencing token of the claim this attempt was made under (:attr:`Claimed.token`):
+    required, so no outcome can be written without naming its claim (a default would let a
+    forgotten token match an unclaimed row)."""
     status_code: int | None = None
     error: str | None = None
     response_body: bytes | None = None
     next_attempt_at: float | None = None
     delete_subscription: bool = False
-    token: int = 0
-    """The fencing token of the claim this attempt was made under (:attr:`Claimed.token`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -342,9 +344,11 @@ async def restart_queues(conn: Connection, now: float) -> int:
 
 async def release_queue(conn: Connection, sub_id: str, now: float) -> int:
     """Make every queued delivery of ``sub_id`` due at ``now`` (it no longer delivers in order)."""
+    queued = "subscription_id = ? AND status = 'queued'"
+    await lock_in_id_order(conn, queued, (sub_id,))
     cursor = await conn.execute(
         "UPDATE deliveries SET status = 'pending', next_attempt_at = ?, queue_seq = NULL, "
-        "updated_at = ? WHERE subscription_id = ? AND status = 'queued'",
+        f"updated_at = ? WHERE {queued}",
         (now, now, sub_id),
     )
     if cursor.rowcount > 0:
@@ -410,10 +414,26 @@ async def record(conn: Connection, outcomes: Sequence[AttemptOutcome]) -> list[A
             ids,
         )
     }
-    accepted = [o for o in outcomes if current.get(o.delivery_id, -1) == (o.token or None)]
+    # A row handed back has no token (NULL), so it matches no outcome.
+    accepted = [o for o in outcomes if current.get(o.delivery_id) == o.token]
     if accepted:
         await _store_outcomes(conn, accepted)
     return accepted
+
+
+async def lock_in_id_order(conn: Connection, where: str, params: Sequence[Any]) -> None:
+    """PostgreSQL: lock the deliveries ``where`` selects, in id order, in the caller's write
+    transaction, before a statement that writes several of them at once.
+
+    An UPDATE or DELETE locks rows in the order its plan reads them; :func:`record` locks in id
+    order. Two such writers on two nodes, each holding a row the other wants next, deadlock and
+    PostgreSQL aborts one (a subscription's deletion answered 500). Taking every multi-row lock in
+    one order rules that out (docs/scaling.md). SQLite has one writer: nothing to do.
+    """
+    if conn.dialect == "postgresql":
+        await conn.execute_fetchall(
+            f"SELECT id FROM deliveries WHERE {where} ORDER BY id FOR UPDATE", params
+        )
 
 
 async def _store_outcomes(conn: Connection, outcomes: Sequence[AttemptOutcome]) -> None:
@@ -471,17 +491,18 @@ async def release(
     another. The unfinished attempt is not counted, so it does not use up a place in the retry
     schedule.
     """
-    sql = f"{_RELEASE} WHERE status = 'inflight'"
-    params: list[Any] = [now, now]
+    where = "status = 'inflight'"
+    params: list[Any] = []
     if delivery_ids is not None:
         if not delivery_ids:
             return 0
-        sql += f" AND id IN ({', '.join('?' for _ in delivery_ids)})"
+        where += f" AND id IN ({', '.join('?' for _ in delivery_ids)})"
         params.extend(delivery_ids)
     if owner is not None:
-        sql += " AND lease_owner = ?"
+        where += " AND lease_owner = ?"
         params.append(owner)
-    cursor = await conn.execute(sql, params)
+    await lock_in_id_order(conn, where, params)
+    cursor = await conn.execute(f"{_RELEASE} WHERE {where}", [now, now, *params])
     if cursor.rowcount > 0:
         announce(conn, Work.DELIVERIES)
     return cursor.rowcount
@@ -511,12 +532,12 @@ async def release_orphaned(conn: Connection, now: float, *, node_timeout: float)
     What a live node holds is never touched, whatever its lease time says: start-up and the
     stale-node sweep both use this, so a starting node cannot steal a running node's work.
     """
-    cursor = await conn.execute(
-        f"{_RELEASE} WHERE status = 'inflight' AND (lease_owner IS NULL OR lease_owner NOT IN "
-        "(SELECT id FROM nodes WHERE heartbeat_at >= "
-        "extract(epoch from clock_timestamp()) - ?))",
-        (now, now, node_timeout),
+    orphaned = (
+        "status = 'inflight' AND (lease_owner IS NULL OR lease_owner NOT IN "
+        "(SELECT id FROM nodes WHERE heartbeat_at >= extract(epoch from clock_timestamp()) - ?))"
     )
+    await lock_in_id_order(conn, orphaned, (node_timeout,))
+    cursor = await conn.execute(f"{_RELEASE} WHERE {orphaned}", (now, now, node_timeout))
     if cursor.rowcount > 0:
         announce(conn, Work.DELIVERIES)
     return cursor.rowcount
@@ -674,10 +695,14 @@ async def recover(
 
     Each gets one manual attempt at ``now``, as with :func:`resend`.
     """
+    failed = (
+        "subscription_id = ? AND status = 'failed' AND created_at >= ? "
+        "AND (CAST(? AS DOUBLE PRECISION) IS NULL OR created_at < ?)"
+    )
+    await lock_in_id_order(conn, failed, (subscription_id, since, until, until))
     cursor = await conn.execute(
-        "UPDATE deliveries SET status = 'pending', manual = 1, next_attempt_at = ?, updated_at = ? "
-        "WHERE subscription_id = ? AND status = 'failed' AND created_at >= ? "
-        "AND (CAST(? AS DOUBLE PRECISION) IS NULL OR created_at < ?)",
+        f"UPDATE deliveries SET status = 'pending', manual = 1, next_attempt_at = ?, "
+        f"updated_at = ? WHERE {failed}",
         (now, now, subscription_id, since, until, until),
     )
     if cursor.rowcount > 0:

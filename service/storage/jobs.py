@@ -141,6 +141,17 @@ async def get_many(conn: Connection, job_ids: Iterable[str]) -> dict[str, Job]:
     return {row["id"]: _from_row(row) for row in rows}
 
 
+async def lock_idempotency_key(conn: Connection, owner_key_id: str, key: str) -> None:
+    """Hold ``key`` of ``owner_key_id`` until the caller's write transaction ends, so that two
+    requests with one key (on one node or two) look it up and store it one after the other:
+    without it both find nothing, and the second insert breaks the unique index (a 500 instead
+    of the replay). SQLite's single writer already runs them one after the other."""
+    if conn.dialect == "postgresql":
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", (f"{owner_key_id}\n{key}",)
+        )
+
+
 async def find_by_idempotency_key(
     conn: Connection, owner_key_id: str, key: str, not_before: float
 ) -> tuple[Job, str] | None:
@@ -208,11 +219,6 @@ async def with_status(
         (provider, *(s.value for s in statuses)),
     ) as cursor:
         return [_from_row(row) for row in await cursor.fetchall()]
-
-
-async def hold(conn: Connection, job_id: str, node_id: str) -> None:
-    """Record that ``node_id`` holds ``job_id``'s request."""
-    await conn.execute("UPDATE jobs SET held_by = ? WHERE id = ?", (node_id, job_id))
 
 
 @dataclass(frozen=True, slots=True)

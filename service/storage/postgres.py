@@ -2,15 +2,14 @@
 
 Reads go through a small pool (:attr:`PostgresDatabase.reader`); each write transaction takes a
 pooled connection of its own. Within one node, write transactions still run one at a time, as on
-SQLite, so code written for one writer keeps its in-process ordering; what several nodes do at
-once is made safe in SQL (row locks, advisory transaction locks, fencing tokens), see
-docs/scaling.md. Migrations run under a session advisory lock, so nodes starting together apply
-each one once.
+SQLite: the guarantees between nodes are kept in SQL (row locks, advisory transaction locks,
+fencing tokens), but some multi-row writers lock rows in different orders and deadlock when they
+overlap (docs/scaling.md: measured, and what it would take to lift). Migrations run under a
+session advisory lock, so nodes starting together apply each one once.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import re
@@ -22,8 +21,8 @@ from typing import TYPE_CHECKING, Any, cast
 import anyio
 import asyncpg
 
-from service.storage import deliveries, nodes
-from service.storage.announcements import Work
+from service.storage import deliveries, nodes, submissions
+from service.storage.announcements import Work, announce
 from service.storage.database import (
     DATABASE_ERRORS,
     Connection,
@@ -203,7 +202,12 @@ class PostgresDatabase(Database):
         self.backstop = BACKSTOP
         self._statements = _Statements()
         self.reader = PgReader(pool, self._statements)
-        self._write_lock = asyncio.Lock()
+        # Write transactions of this node at once: one. Running them at once (up to half the
+        # pool, so a transaction reading through the reader meanwhile still finds a connection)
+        # was measured faster, but deleting a subscription deadlocked with recording its
+        # outcomes in the PostgreSQL pass (docs/scaling.md); ``python -m bench.write_lock``
+        # measures both.
+        self.writers = anyio.Semaphore(1)
         self._leader = False
         self.listening = anyio.Event()
         # Heartbeats as this process saw them (monotonic clock): when the last one that found
@@ -273,6 +277,9 @@ class PostgresDatabase(Database):
                 await beat.wait()
         return False
 
+    async def leader_id(self) -> str | None:
+        return await nodes.leader(self.reader)
+
     async def upkeep_once(self, raw: RawConnection | None = None) -> None:
         """One heartbeat: renew this node, take or renew the leader lease, and as leader sweep
         the dead nodes and hand their leases back (waking the workers to claim them).
@@ -310,11 +317,20 @@ class PostgresDatabase(Database):
             return
         async with self.transaction() as tx:
             dead = await nodes.sweep(tx, self.node_timeout)
-            released = await deliveries.release_orphaned(
-                tx, time.time(), node_timeout=self.node_timeout
+            if dead:
+                # The held Segmind requests of dead nodes are recovered by the domain's worker
+                # (service/jobs/held_requests.py) on the leader, woken by this.
+                announce(tx, Work.NODES)
+            now = time.time()
+            released = await deliveries.release_orphaned(tx, now, node_timeout=self.node_timeout)
+            submits = await submissions.release_orphaned(tx, now, node_timeout=self.node_timeout)
+        if dead or released or submits:
+            log.warning(
+                "nodes %s are dead: %d of their deliveries and %d of their submits handed back",
+                dead,
+                released,
+                submits,
             )
-        if dead or released:
-            log.warning("nodes %s are dead: %d of their deliveries handed back", dead, released)
 
     async def _upkeep(self) -> None:
         beating: asyncpg.Connection[asyncpg.Record] | None = None
@@ -387,8 +403,9 @@ class PostgresDatabase(Database):
     @asynccontextmanager
     async def transaction(self, *, durable: bool = True) -> AsyncIterator[Connection]:
         """One transaction (READ COMMITTED) on a pooled connection; ``durable=False`` commits
-        without waiting for the WAL flush (``synchronous_commit = off``)."""
-        async with self._write_lock, self.pool.acquire() as raw:
+        without waiting for the WAL flush (``synchronous_commit = off``). One at a time within
+        the node (see the module docstring)."""
+        async with self.writers, self.pool.acquire() as raw:
             tx = raw.transaction()
             await tx.start()
             try:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from service.core.models import DeliveryStatus
 from service.storage.database import Connection
+from service.storage.deliveries import lock_in_id_order
 
 _OPEN = "('queued', 'pending', 'inflight')"
 
@@ -76,6 +77,7 @@ async def prune_events(conn: Connection, *, cutoff: float, after: int, limit: in
         f"(SELECT id FROM deliveries WHERE event_id IN ({marks}))",
         ids,
     )
+    await lock_in_id_order(conn, f"event_id IN ({marks})", ids)
     deliveries = await conn.execute(f"DELETE FROM deliveries WHERE event_id IN ({marks})", ids)
     events = await conn.execute(f"DELETE FROM events WHERE id IN ({marks})", ids)
     deleted = {

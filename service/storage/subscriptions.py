@@ -9,6 +9,7 @@ from dataclasses import replace
 from service.core.clock import isoformat
 from service.core.jsonutil import dumps
 from service.core.models import Subscription, SubscriptionStatus
+from service.storage import deliveries
 from service.storage.announcements import Work, announce
 from service.storage.database import Connection, Row
 
@@ -104,9 +105,10 @@ async def get(conn: Connection, sub_id: str) -> Subscription | None:
 
 async def delete(conn: Connection, sub_id: str) -> bool:
     """Delete it and cancel its open deliveries (kept for audit); True if it existed."""
+    open_ones = "subscription_id = ? AND status IN ('pending', 'inflight', 'queued')"
+    await deliveries.lock_in_id_order(conn, open_ones, (sub_id,))
     await conn.execute(
-        "UPDATE deliveries SET status = 'canceled', lease_until = NULL "
-        "WHERE subscription_id = ? AND status IN ('pending', 'inflight', 'queued')",
+        f"UPDATE deliveries SET status = 'canceled', lease_until = NULL WHERE {open_ones}",
         (sub_id,),
     )
     cursor = await conn.execute("DELETE FROM subscriptions WHERE id = ?", (sub_id,))

@@ -31,3 +31,10 @@ async def store(db: Database, job: Job, due: float | None, attempts: int = 0) ->
     async with db.transaction() as conn:
         await jobs.insert(conn, job)
         await submissions.schedule(conn, job.id, next_at=due, attempts=attempts)
+
+
+async def claim(db: Database, job_id: str) -> int:
+    """Make ``db``'s node the holder of ``job_id``'s submit claim; return its fencing token (what
+    the submitter does before an attempt)."""
+    async with db.transaction() as conn:
+        return await submissions.own(conn, job_id, db.node_id)
