@@ -63,11 +63,13 @@ pytest: $(STAMP)
 	PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -n $(PYTEST_WORKERS) --store postgresql
 
 ## bench: run the performance suite (loopback only), the isolation scenarios (`python -m bench
-## isolation --quick` alone), then the same ingest, ack latency and fan-out on SQLite |
-## PostgreSQL x1 | PostgreSQL x3 (`python -m bench --stores --quick` alone); about 25 minutes in
-## all. Writes bench/results/latest.md.
+## isolation --quick` alone), the same ingest, ack latency and fan-out on SQLite | PostgreSQL x1 |
+## PostgreSQL x3 (`python -m bench --stores --quick` alone), then the multi-node scenarios at
+## full size (bench/results/multinode.md: each scenario's ledger); about 30 minutes in all.
+## Writes bench/results/latest.md.
 bench: $(STAMP)
 	$(BIN)/python -m bench
+	PYTHONDONTWRITEBYTECODE= $(BIN)/python -m bench.multinode
 
 ## screenshots: regenerate docs/screenshots/ (the console's main pages) in headless Chromium
 screenshots: $(STAMP)

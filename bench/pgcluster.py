@@ -74,6 +74,31 @@ class Cluster:
         # FORCE: a node a failed run left running must not keep the database alive.
         self.sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
+    def restart(self) -> None:
+        """``pg_ctl restart -m fast``: every connection is cut and the server comes back on the
+        same port with the same options (tests/test_multinode.py restarts one under load). The
+        new server logs to the cluster's file: with its output captured it would hold the pipe
+        open and this call would never return."""
+        prefix, _ = _as_cluster_owner()
+        subprocess.run(
+            [
+                *prefix,
+                str(BINDIR / "pg_ctl"),
+                "-D",
+                str(self.data),
+                "-l",
+                str(self.data.parent / "log"),
+                "-m",
+                "fast",
+                "-w",
+                "restart",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=60,
+        )
+
     def postmaster_pid(self) -> int:
         """The server's main process (its backends are its children)."""
         return int((self.data / "postmaster.pid").read_text().split()[0])

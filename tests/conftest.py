@@ -44,13 +44,19 @@ def pytest_configure(config: pytest.Config) -> None:
         "one_store(reason): the test's reelhook keeps its own store whatever --store says, so "
         "it runs in the SQLite pass only (the PostgreSQL pass would repeat it unchanged)",
     )
+    config.addinivalue_line(
+        "markers",
+        "multinode: reelhook processes on a PostgreSQL of their own whatever --store says "
+        "(tests/test_multinode.py); run once, in the PostgreSQL pass",
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Each test runs in one pass when the other would repeat it: tests about SQLite itself run
     in the SQLite pass, as do tests whose reelhook keeps its own SQLite whatever ``--store`` says
     (``one_store``); tests that start PostgreSQL nodes whatever ``--store`` says (they ask for
-    ``pg_database`` or ``pg_cluster``) run in the PostgreSQL pass. The rest run in both.
+    ``pg_database`` or ``pg_cluster``, or are marked ``multinode``: tests/test_multinode.py, some
+    of which start a PostgreSQL of their own) run in the PostgreSQL pass. The rest run in both.
 
     The others are deselected (listed as such), never skipped: under CI a skip would read as a
     pass that did not happen."""
@@ -60,7 +66,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if on_sqlite:
             # Every collected test is a pytest.Function; an Item as such has no fixtures.
             fixtures: list[str] = getattr(item, "fixturenames", [])
-            return not {"pg_database", "pg_cluster"}.isdisjoint(fixtures)
+            return (
+                not {"pg_database", "pg_cluster"}.isdisjoint(fixtures)
+                or item.get_closest_marker("multinode") is not None
+            )
         return any(item.get_closest_marker(name) for name in ("sqlite_only", "one_store"))
 
     other_pass = [item for item in items if elsewhere(item)]

@@ -188,6 +188,24 @@ async def test_a_late_outcome_from_a_node_that_lost_its_lease_is_refused(pg_data
         assert not a.is_leader
 
 
+async def test_a_node_declared_dead_acts_on_none_of_the_claims_of_its_old_life(
+    pg_database: str,
+) -> None:
+    """A node paused past its heartbeat (SIGSTOP) and swept learns at its next heartbeat that it
+    was declared dead: claims made before are no longer its own, so its dispatcher drops them
+    unsent instead of sending what another node now sends (tests/test_multinode.py shows it
+    with real processes); claims of its new life are its own again."""
+    async with cluster(pg_database, 2) as (a, b):
+        before = a.life
+        assert await a.still_holds(before)
+        await declare_dead(b, a.node_id)
+        await b.upkeep_once()  # B leads and sweeps A out
+        await a.upkeep_once()  # A's heartbeat finds its row gone
+        assert a.life != before
+        assert not await a.still_holds(before)
+        assert await a.still_holds(a.life)
+
+
 async def test_starting_a_node_never_releases_a_live_nodes_leases(pg_database: str) -> None:
     """A node starting up hands back only leases of dead or unknown nodes: a running node's
     claims stay its own (releasing every lease at start-up would steal them)."""

@@ -6,7 +6,11 @@ own parser, before and after real traffic over loopback (service, simulator and 
 
 from __future__ import annotations
 
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -22,8 +26,8 @@ from service.api import operations
 from service.core.ids import new_id, timestamp_of
 from service.delivery.dispatcher import Dispatcher
 from tests.conftest import SettingsFactory
-from tests.servers import Sink, loopback_socket, run_server, url_of
-from tests.support import FakeClock, api_client, served
+from tests.servers import Sink, free_port, loopback_socket, run_server, url_of
+from tests.support import ADMIN_KEY, FakeClock, api_client, served
 
 pytestmark = pytest.mark.anyio
 
@@ -301,3 +305,58 @@ async def test_not_ready_when_the_dispatcher_is_not_running(
     assert ready.status_code == 503, ready.text
     assert ready.json()["checks"] == {"database": "writable", "dispatcher": "not running"}
     assert health.status_code == 503, health.text
+
+
+async def test_a_stopping_node_drains_serving_while_readyz_says_so(tmp_path: Path) -> None:
+    """With REELHOOK_DRAIN, SIGTERM first turns /readyz to 503 ("server": "draining") while
+    every other request is still served, so a load balancer's health check takes the node out
+    before its connections close (docs/scaling.md); then the process stops as usual."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REELHOOK_")}
+    env.update(
+        REELHOOK_PORT=str(port),
+        REELHOOK_DATA_DIR=str(tmp_path / "data"),
+        REELHOOK_ADMIN_KEY=ADMIN_KEY,
+        REELHOOK_DRAIN="2",
+        REELHOOK_LOG_LEVEL="WARNING",
+    )
+    if "REELHOOK_TEST_DATABASE_URL" in os.environ:
+        env.update(
+            REELHOOK_DATABASE_URL=os.environ["REELHOOK_TEST_DATABASE_URL"],
+            REELHOOK_SECRET_KEYS="test-secret-key-0123456789",
+        )
+    process = await anyio.open_process(
+        [sys.executable, "-m", "service", "serve"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}", headers={"X-API-Key": ADMIN_KEY}, trust_env=False
+        ) as http:
+            with anyio.fail_after(30):
+                while True:
+                    try:
+                        if (await http.get("/readyz")).status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        pass
+                    await anyio.sleep(0.05)
+            process.send_signal(signal.SIGTERM)
+            with anyio.fail_after(10):
+                while (draining := await http.get("/readyz")).status_code == 200:  # noqa: ASYNC110
+                    await anyio.sleep(0.02)
+            served_meanwhile = await http.get("/v1/jobs")
+        with anyio.fail_after(30):
+            await process.wait()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert draining.status_code == 503, draining.text
+    assert draining.json()["checks"]["server"] == "draining"
+    assert draining.json()["status"] == "not ready"
+    assert served_meanwhile.status_code == 200, served_meanwhile.text
+    # Stopped by itself (uvicorn ends by re-raising the SIGTERM it handled: -15).
+    assert process.returncode in (0, -signal.SIGTERM)

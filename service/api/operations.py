@@ -29,6 +29,11 @@ _READINESS = {
                     "description": "`writable`, or `not writable: ` and the reason.",
                 },
                 "dispatcher": {"enum": ["running", "not running"]},
+                "server": {
+                    "enum": ["draining"],
+                    "description": "Present while the node drains before it stops "
+                    "(`REELHOOK_DRAIN`): it still serves, but takes no new work from a balancer.",
+                },
             },
         },
         "node": {
@@ -107,6 +112,9 @@ async def readyz(request: Request) -> Response:
             }
     except DATABASE_ERRORS:  # (TimeoutError is an OSError, among them)
         pass  # the checks above say what fails
+    if getattr(request.app.state, "draining", False):
+        checks["server"] = "draining"
+        ready = False
     return JSONResponse(
         {
             "status": "ready" if ready else "not ready",

@@ -144,6 +144,11 @@ def create_app(
             db = await stack.enter_async_context(
                 Database.open(settings.database_url, node_timeout=settings.node_timeout)
             )
+            # The store's own upkeep (PostgreSQL: heartbeats, leader lease, LISTEN) starts at
+            # once: a node that took longer than REELHOOK_NODE_TIMEOUT to open its clients and
+            # blob store was swept as dead by the others before its first heartbeat.
+            tasks = await stack.enter_async_context(anyio.create_task_group())
+            tasks.start_soon(db.run)
             shared.feed.open()
             generated = await bootstrap.admin_key(db, settings, clock)
             # One TLS context (loading the CA bundle is slow) for provider calls, downloads and the
@@ -186,9 +191,6 @@ def create_app(
             blobs = await stack.enter_async_context(open_blob_store(settings))
             services = _wire(settings, clock, Opened(db, tokens, clients, blobs), shared)
             await services.blobs.remove_leftovers()
-            tasks = await stack.enter_async_context(anyio.create_task_group())
-            # The store's own upkeep (PostgreSQL: heartbeats, leader lease, LISTEN) first.
-            tasks.start_soon(db.run)
             for loop in services.workers.loops():
                 tasks.start_soon(loop)
             tasks.start_soon(shared.feed.run, db.reader)
@@ -234,6 +236,13 @@ def create_app(
     # uvicorn waits for open responses before it runs the lifespan exit, and a live event stream
     # never ends by itself: service.server calls this as shutdown begins.
     app.state.end_streams = shared.feed.close
+    # Set as a drained shutdown begins (service.app.server): /readyz answers 503 from then on.
+    app.state.draining = False
+
+    def begin_drain() -> None:
+        app.state.draining = True
+
+    app.state.begin_drain = begin_drain
     return app
 
 

@@ -19,9 +19,18 @@ class Server(uvicorn.Server):
     this every stop would wait out that timeout and then cut the streams mid-response.
     """
 
-    def __init__(self, config: uvicorn.Config, *, on_shutdown: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        *,
+        on_shutdown: Callable[[], None],
+        on_drain: Callable[[], None] | None = None,
+        drain: float = 0.0,
+    ) -> None:
         super().__init__(config)
         self._on_shutdown = on_shutdown
+        self._on_drain = on_drain
+        self._drain = drain
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         """Start (the application's lifespan runs here), then freeze the start-up heap.
@@ -36,6 +45,16 @@ class Server(uvicorn.Server):
         gc.freeze()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """Drain first (``REELHOOK_DRAIN`` seconds): report not ready while still serving every
+        request, so a load balancer's health check takes this node out before it closes its
+        connections. Closing at once raced the balancer: a request it had just sent on a kept-
+        alive connection was cut, and a provider's callback answered 502 may never come again
+        (docs/scaling.md). A second signal ends the drain early."""
+        if self._drain > 0 and self._on_drain is not None:
+            self._on_drain()
+            deadline = asyncio.get_running_loop().time() + self._drain
+            while not self.force_exit and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110 - uvicorn sets a plain flag
+                await asyncio.sleep(0.05)
         self._on_shutdown()
         await super().shutdown(sockets=sockets)
 

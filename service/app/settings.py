@@ -99,6 +99,9 @@ class Settings:
     file_link_ttl: float = 7 * 24 * 3600.0
     secret_rotation_grace: float = 86400.0
     shutdown_grace: float = 10.0
+    # Seconds a stopping node keeps serving while /readyz says it is draining, so a load
+    # balancer's health check takes it out first (docs/scaling.md); 0: stop at once.
+    drain: float = 0.0
     submit_retry_schedule: tuple[float, ...] = DEFAULT_SUBMIT_RETRY_SCHEDULE
     retention: float = 30 * 24 * 3600.0
     rate_limit: float = 100.0
@@ -327,6 +330,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         file_link_ttl=read.number("FILE_LINK_TTL", 7 * 24 * 3600.0, minimum=1.0),
         secret_rotation_grace=read.number("SECRET_ROTATION_GRACE", 86400.0),
         shutdown_grace=read.number("SHUTDOWN_GRACE", 10.0),
+        drain=read.number("DRAIN", 0.0),
         submit_retry_schedule=_schedule(
             read, "SUBMIT_RETRY_SCHEDULE", DEFAULT_SUBMIT_RETRY_SCHEDULE
         ),

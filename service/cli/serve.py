@@ -63,5 +63,10 @@ def serve(args: argparse.Namespace) -> int:
         log_config=None,
         access_log=args.access_log,
     )
-    Server(config, on_shutdown=app.state.end_streams).run()
+    Server(
+        config,
+        on_shutdown=app.state.end_streams,
+        on_drain=app.state.begin_drain,
+        drain=settings.drain,
+    ).run()
     return 0

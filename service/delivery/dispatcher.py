@@ -238,6 +238,8 @@ class Dispatcher:
                 else:
                     del rooms[sub]
         if rooms:
+            # The life the claim is made in (before it: a death noticed meanwhile voids it).
+            life = self._db.life
 
             async def claim(conn: Connection) -> tuple[list[Claimed], float]:
                 started = time.perf_counter()
@@ -261,7 +263,7 @@ class Dispatcher:
                 self._in_flight += 1
                 self._busy[sub] += 1
                 self._unfinished.add(delivery.id)
-                task = senders.create_task(self._deliver(delivery))
+                task = senders.create_task(self._deliver(delivery, life))
                 self._senders.add(task)
                 task.add_done_callback(self._senders.discard)
             if claimed:
@@ -284,7 +286,7 @@ class Dispatcher:
         cap = 1 if held < max(1, self._claim_limit // 4) else 0
         return dict.fromkeys(subs, cap)
 
-    async def _deliver(self, delivery: Claimed) -> None:
+    async def _deliver(self, delivery: Claimed, life: int) -> None:
         sub = delivery.subscription_id
         try:
             started = False
@@ -296,6 +298,19 @@ class Dispatcher:
                     started = True
                     if self._stop_requested.is_set():
                         return  # claimed but not started: its lease is released for the next start
+                    if not await self._db.still_holds(life) and not await deliveries.still_claimed(
+                        self._db.reader, delivery.id, delivery.token
+                    ):
+                        # PostgreSQL: this node was paused past its heartbeat and declared dead,
+                        # and the claim went to another node, which sends it. Sending too would
+                        # put one delivery out from two nodes (docs/scaling.md); the row is not
+                        # ours to release either. (A claim made after the sweep, before this node
+                        # learned of it, still carries its token: that one is ours and goes out.)
+                        self._unfinished.discard(delivery.id)
+                        log.warning(
+                            "dropped delivery %s: its claim went to another node", delivery.id
+                        )
+                        return
                     self._sending += 1
                     try:
                         await self._attempt(delivery, give_up)

@@ -42,6 +42,10 @@ DATABASE_ERRORS: tuple[type[BaseException], ...] = (
     sqlite3.Error,
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
+    # asyncpg's connection left mid-operation when the server went away (a PostgreSQL restart):
+    # "cannot switch to state …; another operation is in progress". Not an InterfaceError; left
+    # out, it escaped the heartbeat loop and stopped every background worker of the node.
+    asyncpg.InternalClientError,
     OSError,
 )
 
@@ -154,6 +158,20 @@ class Database(ABC):
     async def nodes_alive(self) -> int:
         """How many nodes share the store now (always this one on SQLite)."""
         return 1
+
+    @property
+    def life(self) -> int:
+        """Which life of this node is running: it changes when the node learns that the others
+        declared it dead (and took its leases). A claim made in one life may not be acted on
+        in another; always 0 on SQLite, where one process owns the store."""
+        return 0
+
+    async def still_holds(self, life: int) -> bool:
+        """Whether leases taken in ``life`` are still this node's, so work done under them
+        (sending a claimed delivery) is not done by another node too. True at once while the
+        node's heartbeat is fresh; after a pause (SIGSTOP, a frozen VM) it waits for the next
+        heartbeat to tell. Always True on SQLite."""
+        return life == self.life
 
     async def leader_id(self) -> str | None:
         """The node running the singletons now (this one on SQLite; on PostgreSQL the holder

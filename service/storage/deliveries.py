@@ -515,6 +515,16 @@ _RELEASE = (
 )
 
 
+async def still_claimed(conn: Connection, delivery_id: str, token: int) -> bool:
+    """Whether the claim with fencing ``token`` on the delivery is still the current one (no
+    other node took the delivery over since): asked by a node unsure of its leases."""
+    rows = await conn.execute_fetchall(
+        "SELECT 1 FROM deliveries WHERE id = ? AND claim_token = ? AND status = 'inflight'",
+        (delivery_id, token),
+    )
+    return bool(rows)
+
+
 async def release_orphaned(conn: Connection, now: float, *, node_timeout: float) -> int:
     """PostgreSQL: hand back every lease whose node is dead (no heartbeat within
     ``node_timeout`` seconds of the database's clock) or unknown; return how many.

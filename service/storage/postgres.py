@@ -74,6 +74,10 @@ BACKSTOP = 5.0
 """Seconds between wake-ups of every worker even without a notification: a LISTEN connection can
 die silently (asyncpg issues #519, #283), and a lost wake-up must cost at most this much delay."""
 
+# A lease counts as held while the last heartbeat started less than this share of the node
+# timeout ago; the rest is margin for the heartbeat's own round trip and clock-rate drift.
+LEASE_SAFETY = 0.75
+
 # Per session: a transaction left open by a stalled node must not hold the xmin horizon (queue
 # tables bloat) or its row locks forever; server-side keepalives notice a vanished node's
 # connection (and so release its advisory locks) in about 20 s instead of TCP's hours.
@@ -213,6 +217,12 @@ class PostgresDatabase(Database):
         self._write_lock = WriteOrder()
         self._leader = False
         self.listening = anyio.Event()
+        # Heartbeats as this process saw them (monotonic clock): when the last one that found
+        # this node alive was started, and the life it found (see :meth:`still_holds`).
+        self._life = 0
+        self._beat_started: float | None = None
+        self._beat = anyio.Event()
+        self._beating = False
 
     @property
     def is_leader(self) -> bool:
@@ -228,6 +238,7 @@ class PostgresDatabase(Database):
         pool = await _reach(url, pool_size)
         try:
             db = cls(pool, url, node_timeout=node_timeout)
+            db._beat_started = time.monotonic()  # registering is the first heartbeat
             async with db.connection() as joined:
                 await nodes.register(joined, db.node_id)
             try:
@@ -248,6 +259,31 @@ class PostgresDatabase(Database):
     async def nodes_alive(self) -> int:
         return len(await nodes.alive(self.reader, self.node_timeout))
 
+    @property
+    def life(self) -> int:
+        return self._life
+
+    async def still_holds(self, life: int) -> bool:
+        """Leases are this node's while its heartbeat is fresh: other nodes sweep it only once
+        its last heartbeat is ``node_timeout`` old in the database's clock, and that heartbeat
+        was written after the moment this process started it. A node that was paused past
+        that (SIGSTOP) cannot know, so it waits for its next heartbeat: one that finds it
+        declared dead starts a new life, and a claim of the old one is sent only if its fencing
+        token shows it is still current (deliveries.still_claimed)."""
+        while life == self._life:
+            if not self._beating:
+                return True  # no upkeep loop (a store opened for one task): nothing to judge by
+            started = self._beat_started
+            if (
+                started is not None
+                and time.monotonic() - started < self.node_timeout * LEASE_SAFETY
+            ):
+                return True
+            beat = self._beat
+            with anyio.move_on_after(self.node_timeout):
+                await beat.wait()
+        return False
+
     async def leader_id(self) -> str | None:
         return await nodes.leader(self.reader)
 
@@ -262,16 +298,25 @@ class PostgresDatabase(Database):
             if raw is None:
                 raw = (await stack.enter_async_context(self.connection())).raw
             conn = PgConnection(raw, self._statements)
+            started = time.monotonic()
             await stack.enter_async_context(raw.transaction())
             await conn.execute("SET LOCAL synchronous_commit = off")
-            if not await nodes.heartbeat(conn, self.node_id):
+            alive = await nodes.heartbeat(conn, self.node_id)
+            if not alive:
                 log.warning(
                     "node %s was declared dead (no heartbeat for %g s): its leases went to "
-                    "other nodes, and its late outcomes will be refused",
+                    "other nodes, its claims are dropped unsent and its late outcomes will be "
+                    "refused",
                     self.node_id,
                     self.node_timeout,
                 )
             term = await nodes.lead(conn, self.node_id, self.node_timeout)
+        # Committed: the heartbeat stands (from ``started`` on, in this process's clock).
+        if not alive:
+            self._life += 1
+        self._beat_started = started
+        self._beat.set()
+        self._beat = anyio.Event()
         if (term is not None) != self._leader:
             log.info("node %s %s the leader", self.node_id, "is now" if term else "is no longer")
         self._leader = term is not None
@@ -296,6 +341,7 @@ class PostgresDatabase(Database):
 
     async def _upkeep(self) -> None:
         beating: asyncpg.Connection[asyncpg.Record] | None = None
+        self._beating = True
         try:
             while True:
                 try:
@@ -312,6 +358,7 @@ class PostgresDatabase(Database):
                         beating = None
                 await anyio.sleep(self.node_timeout / 4)
         finally:
+            self._beating = False
             if beating is not None:
                 beating.terminate()
 
