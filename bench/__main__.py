@@ -15,7 +15,6 @@ import shutil
 import sqlite3
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,6 +31,7 @@ from bench.procs import (
     CpuTimes,
     LoadTimedOut,
     Process,
+    RssSampler,
     free_port,
     run_load,
     start_bare,
@@ -188,31 +188,6 @@ class CpuMeter:
         if top >= 0.8:
             return f"{name} at a full core ({shares})"
         return f"no process at a full core: latency-bound ({shares})"
-
-
-class RssSampler:
-    """The peak resident set size of a process, sampled every 100 ms in a thread."""
-
-    def __init__(self, process: Process) -> None:
-        self.process = process
-        self.peak = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.1):
-            try:
-                self.peak = max(self.peak, self.process.rss_mb())
-            except (OSError, RuntimeError):
-                return
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 class Bench:
@@ -702,7 +677,7 @@ class Bench:
 
     def memory(self, sink: Process, at_jobs: int, label: str) -> float:
         """Peak RSS while serving a short steady load with ``at_jobs`` jobs stored."""
-        with start_service(self.env, self.log) as service, RssSampler(service) as rss:
+        with start_service(self.env, self.log) as service, RssSampler(service, interval=0.1) as rss:
             count = 2_000
             first = self.take_jobs(count)
             self.callbacks(service.url, sink, first, count, mode="open", rate=1000)
@@ -760,7 +735,10 @@ class Bench:
                 self.fanout(sink)
             return
         with start_sink(self.log) as sink:
-            with start_service(self.env, self.log) as service, RssSampler(service) as rss:
+            with (
+                start_service(self.env, self.log) as service,
+                RssSampler(service, interval=0.1) as rss,
+            ):
                 self.ingest(service, sink)
                 self.ack_latency(service, sink)
                 self.burst(service, sink)

@@ -28,7 +28,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -40,7 +39,7 @@ from typing import Any, ClassVar
 import httpx
 
 from bench.load import callback_body, percentiles
-from bench.procs import Process, free_port, python, run_load, start_sink
+from bench.procs import Process, RssSampler, free_port, python, run_load, start_sink
 from bench.seed import job_id, seed_jobs
 
 ADMIN_KEY = "rh_bench_admin_key_not_secret"
@@ -279,31 +278,6 @@ def lags(load: dict[str, Any], records: list[tuple[str, str, str, float]]) -> li
     return [(t - sent_at[job]) * 1000 for _, _, job, t in records if job in sent_at]
 
 
-class RssPeak:
-    """Peak VmRSS of a process, sampled every 20 ms in a thread."""
-
-    def __init__(self, process: Process) -> None:
-        self.process = process
-        self.peak = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.02):
-            try:
-                self.peak = max(self.peak, self.process.rss_mb())
-            except (OSError, RuntimeError):
-                return
-
-    def __enter__(self) -> RssPeak:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 class Isolation:
     def __init__(self, work: Path, sizes: Sizes) -> None:
         self.work = work
@@ -477,7 +451,7 @@ class Isolation:
         run = Run(self.work, "c", self.log)
         run.seed(s.uploads)
         first = run.take(s.uploads)
-        with run.serving() as service, RssPeak(service) as rss:
+        with run.serving() as service, RssSampler(service, interval=0.02) as rss:
             idle = service.rss_mb()
             got = Helper(
                 "uploads",

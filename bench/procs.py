@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,3 +172,30 @@ def run_load(spec: dict[str, Any], *, timeout: float = 300) -> dict[str, Any]:
             raise RuntimeError(f"load generator failed: {stderr.decode()[-2000:]}")
         result: dict[str, Any] = json.loads(out.read_text())
     return result
+
+
+class RssSampler:
+    """The peak resident set size of a process, sampled every ``interval`` seconds in a thread
+    while the block runs."""
+
+    def __init__(self, process: Process, *, interval: float) -> None:
+        self.process = process
+        self.peak = 0.0
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self.peak = max(self.peak, self.process.rss_mb())
+            except (OSError, RuntimeError):
+                return
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
