@@ -36,7 +36,7 @@ import httpx
 from starlette.types import Receive, Scope, Send
 
 from tests.helpers.s3 import ACCESS_KEY_ID, SECRET_ACCESS_KEY, bucket_name, s3_client
-from tests.servers import free_port, run_server
+from tests.servers import free_port, read_body, run_lifespan, run_server
 from tests.support import ADMIN_KEY
 
 REPO = Path(__file__).resolve().parent.parent
@@ -163,18 +163,9 @@ class Sinks:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                kind = message["type"].rsplit(".", 1)[-1]
-                await send({"type": f"lifespan.{kind}.complete"})
-                if kind == "shutdown":
-                    return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body", False):
-                break
+            await run_lifespan(receive, send)
+            return
+        body = await read_body(receive)
         await self.gate.wait()
         if self.delay:
             await anyio.sleep(self.delay)

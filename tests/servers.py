@@ -22,7 +22,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Send
 
 from service.app.server import Server
 
@@ -173,3 +173,23 @@ class Sink:
         with anyio.fail_after(within):
             while not predicate(self):
                 await self.arrived.wait()
+
+
+async def run_lifespan(receive: Receive, send: Send) -> None:
+    """For a bare ASGI test app: complete the lifespan's startup and shutdown, then return."""
+    while True:
+        message = await receive()
+        kind = message["type"].rsplit(".", 1)[-1]
+        await send({"type": f"lifespan.{kind}.complete"})
+        if kind == "shutdown":
+            return
+
+
+async def read_body(receive: Receive) -> bytes:
+    """For a bare ASGI test app: the whole request body."""
+    body = b""
+    while True:
+        message = await receive()
+        body += bytes(message.get("body", b""))
+        if not message.get("more_body", False):
+            return body

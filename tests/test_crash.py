@@ -32,7 +32,7 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 from starlette.types import Receive, Scope, Send
 
-from tests.servers import loopback_socket, run_server
+from tests.servers import loopback_socket, read_body, run_lifespan, run_server
 from tests.support import ADMIN_KEY
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e, pytest.mark.slow]
@@ -60,18 +60,9 @@ class Counting:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                kind = message["type"].rsplit(".", 1)[-1]
-                await send({"type": f"lifespan.{kind}.complete"})
-                if kind == "shutdown":
-                    return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body", False):
-                break
+            await run_lifespan(receive, send)
+            return
+        body = await read_body(receive)
         await self.gate.wait()
         headers = {k.decode(): v.decode() for k, v in scope["headers"]}
         path: str = scope["path"]

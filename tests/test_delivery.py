@@ -42,7 +42,7 @@ from tests.helpers.delivery import (
     subscribe_as,
 )
 from tests.helpers.keys import KEY_B, KEY_C, add_member_keys, as_key
-from tests.servers import Sink, loopback_socket, run_server, url_of
+from tests.servers import Sink, loopback_socket, read_body, run_lifespan, run_server, url_of
 from tests.support import FakeClock, api_client, assert_error
 
 pytestmark = pytest.mark.anyio
@@ -329,16 +329,10 @@ class RawReplies:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await run_lifespan(receive, send)
+            return
         assert scope["type"] == "http"
-        while (await receive()).get("more_body", False):
-            pass
+        await read_body(receive)
         path: str = scope["path"]
         self.arrivals.append(path)
         self.changed.set()

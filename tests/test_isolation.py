@@ -19,7 +19,7 @@ from service.delivery.fairness import Lanes
 from tests.conftest import SettingsFactory, settings_for
 from tests.helpers.delivery import ping, subscribe
 from tests.helpers.keys import KEY_B, KEY_C, add_member_keys, as_key
-from tests.servers import loopback_socket, run_server, url_of
+from tests.servers import loopback_socket, read_body, run_lifespan, run_server, url_of
 from tests.sse_client import open_stream
 from tests.support import api_client, assert_error, in_process, served
 
@@ -43,15 +43,9 @@ class Hangers:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        while (await receive()).get("more_body", False):
-            pass
+            await run_lifespan(receive, send)
+            return
+        await read_body(receive)
         path: str = scope["path"]
         if path.startswith("/hang/"):
             self.open[path] += 1
