@@ -19,6 +19,8 @@ import asyncpg
 import httpx
 import pytest
 
+from service.access.callers import hash_key
+from service.app import bootstrap
 from service.core.ids import new_id
 from service.core.models import (
     Cost,
@@ -43,6 +45,8 @@ from service.storage.deliveries import AttemptOutcome, Claimed
 from service.storage.events import NewEvent
 from service.storage.postgres import PostgresDatabase
 from service.storage.submissions import SubmitClaim
+from tests.conftest import settings_for
+from tests.support import ADMIN_KEY
 
 pytestmark = pytest.mark.anyio
 
@@ -368,6 +372,34 @@ async def test_a_deletion_locks_its_deliveries_in_the_order_outcome_recording_do
                 await probe.close()
         rows = await a.reader.execute_fetchall("SELECT status FROM deliveries")
         assert [row["status"] for row in rows] == ["canceled", "canceled"]
+
+
+@pytest.mark.parametrize("configured", [True, False], ids=["REELHOOK_ADMIN_KEY", "generated"])
+async def test_nodes_starting_together_on_an_empty_database_make_one_admin_key(
+    pg_database: str, tmp_path: Path, configured: bool
+) -> None:
+    """Each starting node makes sure an admin key exists. Four at once on an empty database: the
+    configured key is registered once (before, the second insert failed on the unique digest and
+    its node did not start), or one key is generated (not one per node)."""
+    settings = settings_for(
+        tmp_path / "data", DATABASE_URL=pg_database, ADMIN_KEY=ADMIN_KEY if configured else ""
+    )
+    async with cluster(pg_database, 4) as nodes:
+        generated: list[str | None] = []
+
+        async def start(node: PostgresDatabase) -> None:
+            generated.append(await bootstrap.admin_key(node, settings, time.time))
+
+        async with anyio.create_task_group() as tg:
+            for node in nodes:
+                tg.start_soon(start, node)
+        rows = await nodes[0].reader.execute_fetchall("SELECT key_hash FROM api_keys")
+    assert len(rows) == 1
+    made = [key for key in generated if key is not None]
+    if configured:
+        assert made == [] and rows[0]["key_hash"] == hash_key(ADMIN_KEY)
+    else:
+        assert len(made) == 1 and rows[0]["key_hash"] == hash_key(made[0])
 
 
 async def test_one_callback_at_two_nodes_yields_one_terminal_event(pg_database: str) -> None:

@@ -47,6 +47,7 @@ async def admin_key(db: Database, settings: Settings, clock: Clock) -> str | Non
     generated on the first start, when the database holds no admin key.
     """
     async with db.transaction() as conn:
+        await keys.lock_bootstrap(conn)
         if settings.admin_key:
             digest = hash_key(settings.admin_key)
             known = await keys.find_by_hash(conn, digest)

@@ -32,6 +32,22 @@ def _from_row(row: Row) -> StoredKey:
     )
 
 
+# Serialises the first-start admin key across nodes (pg_advisory_xact_lock key; see
+# lock_bootstrap).
+BOOTSTRAP_LOCK = 0x7265_656C_0004
+
+
+async def lock_bootstrap(conn: Connection) -> None:
+    """Hold the admin-key bootstrap until the caller's transaction ends.
+
+    Nodes starting together on an empty PostgreSQL database each find no admin key: without this,
+    each inserted ``REELHOOK_ADMIN_KEY`` (the second failing on the unique digest, so that node did
+    not start) or generated an admin key of its own. SQLite has one writer: nothing to do.
+    """
+    if conn.dialect == "postgresql":
+        await conn.execute("SELECT pg_advisory_xact_lock(?)", (BOOTSTRAP_LOCK,))
+
+
 async def insert(
     conn: Connection,
     *,
