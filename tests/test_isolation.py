@@ -3,6 +3,7 @@ claim on the send pool) and per-key quotas on subscriptions and open event strea
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections import Counter
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from tests.conftest import SettingsFactory, settings_for
 from tests.helpers.delivery import ping, subscribe
 from tests.helpers.keys import KEY_B, KEY_C, add_member_keys, as_key
 from tests.servers import loopback_socket, read_body, run_lifespan, run_server, url_of
-from tests.sse_client import open_stream
+from tests.sse_client import Stream, open_stream
 from tests.support import api_client, assert_error, in_process, served
 
 pytestmark = pytest.mark.anyio
@@ -410,6 +411,66 @@ async def test_the_stream_quota_holds_across_nodes(pg_database: str, tmp_path: P
                             break
                     except AssertionError:
                         await anyio.sleep(0.05)
+
+
+async def test_streams_opened_at_once_past_the_quota_are_refused_with_429(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """One key opens one stream more than its quota, all at once (on PostgreSQL, over two nodes
+    on one database): exactly the quota's worth open, and the rest are refused with the 429
+    JSON error before any byte of a stream (neither a 200 that ends at once, nor a stream over
+    the quota). A HEAD holds no place once answered."""
+    quota = 3
+    on_postgresql = request.config.getoption("--store") == "postgresql"
+    socks = [loopback_socket(), loopback_socket()] if on_postgresql else [loopback_socket()]
+    nodes = [
+        settings_for(
+            tmp_path / f"node{n}",
+            PUBLIC_URL=url_of(sock),
+            STREAM_KEEPALIVE="60",
+            MAX_STREAMS_PER_KEY=str(quota),
+            RATE_LIMIT="0",
+        )
+        for n, sock in enumerate(socks)
+    ]
+    answers: list[int] = []
+    positions: list[str] = []
+    opened = anyio.Event()
+    done = anyio.Event()
+
+    async def open_one(http: httpx.AsyncClient) -> None:
+        async with http.stream("GET", "/v1/events/stream", timeout=httpx.Timeout(10.0)) as response:
+            answers.append(response.status_code)
+            if response.status_code == 200:
+                positions.append(await Stream(response).position())
+            else:
+                await response.aread()
+                error = assert_error(response, 429, "quota_exceeded")
+                assert error["details"] == {"quota": "REELHOOK_MAX_STREAMS_PER_KEY", "limit": quota}
+            if len(answers) == quota + 1 and len(positions) + answers.count(429) == quota + 1:
+                opened.set()
+            # Open streams stay open until every answer is in.
+            await done.wait()
+
+    async with contextlib.AsyncExitStack() as stack:
+        for sock in socks:
+            stack.enter_context(sock)
+        clients = [
+            await stack.enter_async_context(served(settings, sock))
+            for settings, sock in zip(nodes, socks, strict=True)
+        ]
+        for _ in range(quota + 1):
+            for http in clients:
+                head = await http.head("/v1/events/stream")
+                assert head.status_code == 200, head.text
+        async with anyio.create_task_group() as tg:
+            for n in range(quota + 1):
+                tg.start_soon(open_one, clients[n % len(clients)])
+            with anyio.fail_after(10):
+                await opened.wait()
+            assert sorted(answers) == [200] * quota + [429]
+            assert len(positions) == quota
+            done.set()
 
 
 async def test_hanging_subscribers_give_their_send_slots_back_before_any_timeout(

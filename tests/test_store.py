@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import sqlite3
 from contextlib import closing
 from pathlib import Path
@@ -13,6 +14,7 @@ from urllib.parse import urlsplit
 import anyio
 import anyio.abc
 import asyncpg
+import httpx
 import pytest
 
 from service.app.settings import SettingsError
@@ -28,7 +30,7 @@ from service.storage.postgres import PostgresDatabase, numbered
 from service.storage.sqlite import SqliteDatabase
 from tests.conftest import settings_for
 from tests.servers import Sink, loopback_socket, run_server, url_of
-from tests.support import api_client, served, wait_for_job
+from tests.support import ADMIN_KEY, in_process, served, wait_for_job
 
 pytestmark = pytest.mark.anyio
 
@@ -261,6 +263,12 @@ async def test_reelhook_copy_moves_a_sqlite_deployment_to_postgresql_once(
             with anyio.fail_after(10):
                 await sink.wait_for(lambda s: len(s.received) == 6)
             before = {path: (await http.get(path)).json() for path in READ_BACK}
+            # Two console sessions; one signs out.
+            signed_out, kept = await _console_session(http), await _console_session(http)
+            async with httpx.AsyncClient(base_url=http.base_url, headers=signed_out) as browser:
+                token = _csrf_of(await browser.get("/console/jobs"))
+                out = await browser.post("/console/sign-out", data={"csrf": token})
+                assert out.status_code == 303, out.text
 
     monkeypatch.setenv("REELHOOK_DATA_DIR", str(sqlite.data_dir))
     monkeypatch.setenv("REELHOOK_SECRET_KEYS", "test-secret-key-0123456789")
@@ -268,11 +276,39 @@ async def test_reelhook_copy_moves_a_sqlite_deployment_to_postgresql_once(
     assert await anyio.to_thread.run_sync(main, ["copy", "--to", pg_database]) == 1
 
     on_postgresql = settings_for(tmp_path / "node", DATABASE_URL=pg_database)
-    async with api_client(on_postgresql) as http:
+    async with in_process(on_postgresql) as (http, app):
         after = {path: (await http.get(path)).json() for path in READ_BACK}
+        # The sign-out came along: that session is still refused, the other still works.
+        for cookies, status in ((signed_out, 303), (kept, 200)):
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app),
+                base_url="http://reelhook.test",
+                headers=cookies,
+            ) as browser:
+                page = await browser.get("/console/jobs")
+                assert page.status_code == status, page.text
     assert after == before
     assert len(before["/v1/jobs"]["data"]) == 3 and len(before["/v1/events"]["data"]) == 6
     assert {d["status"] for d in before["/v1/deliveries"]["data"]} == {"succeeded"}
+
+
+async def _console_session(http: httpx.AsyncClient) -> dict[str, str]:
+    """The Cookie header of a new console session signed in with the admin key on ``http``'s
+    server."""
+    async with httpx.AsyncClient(base_url=http.base_url) as browser:
+        form = await browser.get("/console/sign-in")
+        answer = await browser.post(
+            "/console/sign-in",
+            data={"csrf": _csrf_of(form), "api_key": ADMIN_KEY, "next": ""},
+        )
+        assert answer.status_code == 303, answer.text
+        return {"Cookie": "; ".join(f"{name}={value}" for name, value in browser.cookies.items())}
+
+
+def _csrf_of(page: httpx.Response) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert found, page.text
+    return found.group(1)
 
 
 READ_BACK = ("/v1/jobs", "/v1/events", "/v1/deliveries", "/v1/subscriptions", "/v1/keys")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import Receive, Send
+from starlette.types import Scope as AsgiScope
 
 from service.access.callers import Caller
 from service.access.scopes import Scope
@@ -14,6 +16,7 @@ from service.api.operation import Param, Reply, operation
 from service.app.services import services
 from service.core.clock import isoformat
 from service.core.sse import STREAM_HEADERS
+from service.delivery.eventlog import EventStream
 
 _POSITION = {"type": "string", "pattern": "^[0-9]{1,18}$"}
 
@@ -102,10 +105,27 @@ async def create_stream_token(request: Request) -> Response:
 
 async def event_stream(request: Request, caller: Caller) -> Response:
     """The SSE response following the log for ``caller`` from where the request's position
-    (``Last-Event-ID``, ``last_event_id``, ``after``) says, with its ``type`` filter."""
-    body = await services(request).events.stream(
+    (``Last-Event-ID``, ``last_event_id``, ``after``) says, with its ``type`` filter. Over the
+    key's stream quota this raises before any response starts (a 429)."""
+    stream = await services(request).events.stream(
         caller, request.query_params, request.headers.get("last-event-id")
     )
     if request.method == "HEAD":
+        await stream.close()
         return Response(media_type="text/event-stream", headers=STREAM_HEADERS)
-    return StreamingResponse(body, media_type="text/event-stream", headers=STREAM_HEADERS)
+    return _StreamResponse(stream)
+
+
+class _StreamResponse(StreamingResponse):
+    """An event stream's response, which closes the stream (giving its quota place back)
+    however the response ends: finished, cancelled, or never started."""
+
+    def __init__(self, stream: EventStream) -> None:
+        super().__init__(stream, media_type="text/event-stream", headers=STREAM_HEADERS)
+        self._stream = stream
+
+    async def __call__(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._stream.close()

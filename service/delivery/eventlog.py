@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import Any
 
 import anyio
@@ -122,50 +122,46 @@ class EventLog:
             return await self._seq_of("after", after, caller)
         return head
 
-    async def stream(
-        self, caller: Caller, query: Query, last_event_id: str | None
-    ) -> AsyncIterator[bytes]:
+    async def stream(self, caller: Caller, query: Query, last_event_id: str | None) -> EventStream:
         """The live stream an edge answers with, positioned and filtered as the query string
         says (``type``, ``last_event_id``, ``after``) and the ``Last-Event-ID`` header
         (``last_event_id``). Bad parameters raise :class:`ValidationFailed` here, before any
-        byte is sent; a key with its quota of streams open gets :class:`QuotaExceeded`."""
+        byte is sent; a key with its quota of streams open (over every node) gets
+        :class:`QuotaExceeded`, also before any byte, so the edge can still answer 429. The
+        stream returned holds its place in the quota until it is closed, which its edge must
+        do however the response ends (a HEAD closes it at once)."""
         types = event_types(query)
-        if self._open[caller.key_id] >= self._max_streams or (
-            self._db.dialect == "postgresql"
-            and await quotas.open_streams(self._db.reader, caller.key_id) >= self._max_streams
-        ):
-            raise self._over_quota()
         after_seq = await self.start(
             [("Last-Event-ID", last_event_id), ("last_event_id", query.get("last_event_id"))],
             query.get("after"),
             caller,
         )
-        return self.follow(caller, types, after_seq=after_seq)
-
-    async def follow(
-        self, caller: Caller, types: Sequence[str], *, after_seq: int
-    ) -> AsyncIterator[bytes]:
-        """The log from ``after_seq`` on, as SSE bytes, until the feed closes (shutdown).
-        Counted against the caller's stream quota from its first byte until it is closed (a
-        stream never iterated, as a HEAD's, is never counted)."""
+        # Counted in memory first, with no await between the look and the count, so streams
+        # opened at once on this node cannot all pass the look before any is counted.
+        if self._open[caller.key_id] >= self._max_streams:
+            raise self._over_quota()
         self._open[caller.key_id] += 1
         lease = None
         try:
             if self._db.dialect == "postgresql":
                 lease = await self._lease(caller)
                 if lease is None:
-                    # Another node took the key's last place since stream() looked: the quota
-                    # holds, so this stream ends before its first event.
-                    yield sse.comment(str(self._over_quota()))
-                    return
-            async for chunk in self._follow(caller, types, after_seq=after_seq):
-                yield chunk
-        finally:
-            self._open[caller.key_id] -= 1
-            if not self._open[caller.key_id]:
-                del self._open[caller.key_id]
+                    raise self._over_quota()
+        except BaseException:
+            self._give_back(caller.key_id)
+            raise
+
+        async def release() -> None:
+            self._give_back(caller.key_id)
             if lease is not None:
                 await self._release(lease)
+
+        return EventStream(self.follow(caller, types, after_seq=after_seq), release)
+
+    def _give_back(self, key_id: str) -> None:
+        self._open[key_id] -= 1
+        if not self._open[key_id]:
+            del self._open[key_id]
 
     def _over_quota(self) -> QuotaExceeded:
         return QuotaExceeded.of(
@@ -195,9 +191,11 @@ class EventLog:
             except DATABASE_ERRORS:
                 log.warning("could not release stream lease %s", lease, exc_info=True)
 
-    async def _follow(
+    async def follow(
         self, caller: Caller, types: Sequence[str], *, after_seq: int
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
+        """The log from ``after_seq`` on, as SSE bytes, until the feed closes (shutdown). Not
+        counted against any quota: :meth:`stream` is what counts."""
         # An id-only block: the client's Last-Event-ID is right even before the first event
         # arrives.
         yield sse.message(id=str(after_seq), retry_ms=RECONNECT_MS)
@@ -236,3 +234,34 @@ class EventLog:
                 # Woken while reading: look again at once; idle for the keep-alive: say so.
                 if not await listener.wait(wakes, self._keepalive):
                     yield sse.comment("keep-alive")
+
+
+class EventStream:
+    """An open event stream: its SSE bytes, and its place in its key's stream quota, held from
+    :meth:`EventLog.stream` until :meth:`close` (idempotent). The place is given back by
+    ``close`` rather than by the bytes' generator, which never runs its cleanup when it is never
+    started (a HEAD, or a client gone before the first byte)."""
+
+    def __init__(
+        self, chunks: AsyncGenerator[bytes, None], release: Callable[[], Awaitable[None]]
+    ) -> None:
+        self._chunks = chunks
+        self._release = release
+        self._closed = False
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        return await self._chunks.__anext__()
+
+    async def close(self) -> None:
+        """End the stream and give its place back."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            with anyio.CancelScope(shield=True):
+                await self._chunks.aclose()
+        finally:
+            await self._release()

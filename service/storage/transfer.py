@@ -23,6 +23,8 @@ TABLES: tuple[tuple[str, str], ...] = (
     ("attempts", "id"),
     ("blobs", "digest"),
     ("mirrors", "job_id, output_index"),
+    # Signed-out console sessions: a copied deployment keeps refusing them.
+    ("console_sign_outs", "nonce_hash"),
 )
 
 # The PostgreSQL sequences behind identity columns, moved past the copied values.
