@@ -166,14 +166,17 @@ class Sinks:
             await run_lifespan(receive, send)
             return
         body = await read_body(receive)
+        # Who sent it and when, on arrival: a request held at the gate may be given up by its
+        # sender meanwhile, and a closed connection can no longer be traced to a process.
+        sender = (self._sender(scope), time.monotonic()) if self.senders is not None else None
         await self.gate.wait()
         if self.delay:
             await anyio.sleep(self.delay)
         headers = {k.decode(): v.decode() for k, v in scope["headers"]}
         key = (str(scope["path"]), headers["webhook-id"])
         self.counts[key] += 1
-        if self.senders is not None:
-            self.sent_by.append((*key, self._sender(scope), time.monotonic()))
+        if sender is not None:
+            self.sent_by.append((*key, *sender))
         self.bodies.setdefault(key, json.loads(body))
         self.total += 1
         self.changed.set()
@@ -185,7 +188,7 @@ class Sinks:
         """The node whose connection this request came on (0: not found). Connections are
         pooled, so /proc is read once per connection, not once per request."""
         client_port = scope["client"][1]
-        if client_port not in self._ports:
+        if not self._ports.get(client_port):  # unknown is looked up again, not remembered
             assert self.senders is not None
             self._ports[client_port] = sender_of(client_port, scope["server"][1], self.senders())
         return self._ports[client_port]
