@@ -483,9 +483,11 @@ def node_environment(
         "REELHOOK_NODE_TIMEOUT": str(NODE_TIMEOUT),
         "REELHOOK_LOG_LEVEL": "WARNING",
         "REELHOOK_RATE_LIMIT": "0",
-        # Subscribers held at a shut gate must not time out: every duplicate is then one the
-        # scenario caused, and the bound on them stays exact.
+        # Subscribers held at a shut gate must not time out, nor be given up as slow (fair
+        # sharing, docs/architecture.md): every duplicate is then one the scenario caused, and
+        # the bound on them stays exact.
         "REELHOOK_DELIVERY_TIMEOUT": "600",
+        "REELHOOK_DELIVERY_SLOW_AFTER": "600",
         "REELHOOK_RETRY_SCHEDULE": "0,0.5,0.5,0.5",
         "REELHOOK_SUBMIT_RETRY_SCHEDULE": "0.2,0.5,1,1,2,2,4",
         "REELHOOK_SHUTDOWN_GRACE": "2",
