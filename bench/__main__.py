@@ -28,19 +28,20 @@ from bench import isolation, report, stores
 from bench.backlog import INGEST_BATCH, seed_backlog, seed_due
 from bench.load import callback_body, percentiles
 from bench.procs import (
+    ADMIN_KEY,
+    SECRET_KEY,
     CpuTimes,
     LoadTimedOut,
     Process,
     RssSampler,
     free_port,
     run_load,
+    service_environment,
     start_bare,
     start_service,
     start_sink,
 )
 from bench.seed import database_bytes, disk_fsync_probe, job_id, seed_jobs
-
-ADMIN_KEY = "rh_bench_admin_key_not_secret"
 
 FEATURE_SUBSCRIBERS = 10
 """The fan-out size at which the cost of filters and templates is measured."""
@@ -60,7 +61,6 @@ FEATURES: dict[str, dict[str, Any]] = {
         "template": (Path(__file__).parent.parent / "examples/templates/slack.json.j2").read_text()
     },
 }
-SECRET_KEY = "bench-secret-key-0123456789abcdef"
 INGEST_TARGETS = {100: 2_000, 1_000: 500}
 """Callbacks/s that ingest must keep with this many subscribers matching every event (issue 16)."""
 
@@ -201,19 +201,7 @@ class Bench:
         self.ledgers: list[Ledger] = []
         self.port = free_port()
         self.next_job = 0
-        self.env = {
-            **os.environ,
-            "REELHOOK_DATA_DIR": str(self.data),
-            "REELHOOK_HOST": "127.0.0.1",
-            "REELHOOK_PORT": str(self.port),
-            "REELHOOK_PUBLIC_URL": f"http://127.0.0.1:{self.port}",
-            "REELHOOK_ADMIN_KEY": ADMIN_KEY,
-            "REELHOOK_SECRET_KEYS": SECRET_KEY,
-            "REELHOOK_ALLOW_PRIVATE_SUBSCRIBERS": "127.0.0.0/8",
-            "REELHOOK_MIRROR_OUTPUTS": "false",
-            "REELHOOK_LOG_LEVEL": "WARNING",
-            "REELHOOK_RATE_LIMIT": "0",
-        }
+        self.env = service_environment(self.data, self.port)
 
     def take_jobs(self, count: int) -> int:
         """The first index of ``count`` seeded jobs no scenario has used yet."""

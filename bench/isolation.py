@@ -39,11 +39,19 @@ from typing import Any, ClassVar
 import httpx
 
 from bench.load import callback_body, percentiles
-from bench.procs import Process, RssSampler, free_port, python, run_load, start_sink
+from bench.procs import (
+    ADMIN_KEY,
+    SECRET_KEY,
+    Process,
+    RssSampler,
+    free_port,
+    python,
+    run_load,
+    service_environment,
+    start_sink,
+)
 from bench.seed import job_id, seed_jobs
 
-ADMIN_KEY = "rh_bench_admin_key_not_secret"
-SECRET_KEY = "bench-secret-key-0123456789abcdef"
 BEGIN = "<!-- isolation: written by `python -m bench isolation` -->"
 END = "<!-- /isolation -->"
 
@@ -105,21 +113,7 @@ class Run:
         self.data = work / name
         self.log = log
         self.port = free_port()
-        self.env = {
-            **os.environ,
-            "REELHOOK_DATA_DIR": str(self.data),
-            "REELHOOK_HOST": "127.0.0.1",
-            "REELHOOK_PORT": str(self.port),
-            "REELHOOK_PUBLIC_URL": f"http://127.0.0.1:{self.port}",
-            "REELHOOK_ADMIN_KEY": ADMIN_KEY,
-            "REELHOOK_SECRET_KEYS": SECRET_KEY,
-            "REELHOOK_ALLOW_PRIVATE_SUBSCRIBERS": "127.0.0.0/8",
-            "REELHOOK_MIRROR_OUTPUTS": "false",
-            "REELHOOK_LOG_LEVEL": "WARNING",
-            "REELHOOK_RATE_LIMIT": "0",
-            "REELHOOK_SIM_DELAY": "3600",
-            **{f"REELHOOK_{k.upper()}": v for k, v in settings.items()},
-        }
+        self.env = service_environment(self.data, self.port, sim_delay="3600", **settings)
         self.url = f"http://127.0.0.1:{self.port}"
         self.next_job = 0
         self.service: Process | None = None

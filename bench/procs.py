@@ -199,3 +199,27 @@ class RssSampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+ADMIN_KEY = "rh_bench_admin_key_not_secret"
+SECRET_KEY = "bench-secret-key-0123456789abcdef"
+
+
+def service_environment(data: Path, port: int, **settings: str) -> dict[str, str]:
+    """The environment of a benchmarked ``reelhook serve``: its own data directory and loopback
+    port, the bench's keys, private subscribers on loopback allowed, no mirroring, no rate limit;
+    ``settings`` (names without the ``REELHOOK_`` prefix) on top."""
+    return {
+        **os.environ,
+        "REELHOOK_DATA_DIR": str(data),
+        "REELHOOK_HOST": "127.0.0.1",
+        "REELHOOK_PORT": str(port),
+        "REELHOOK_PUBLIC_URL": f"http://127.0.0.1:{port}",
+        "REELHOOK_ADMIN_KEY": ADMIN_KEY,
+        "REELHOOK_SECRET_KEYS": SECRET_KEY,
+        "REELHOOK_ALLOW_PRIVATE_SUBSCRIBERS": "127.0.0.0/8",
+        "REELHOOK_MIRROR_OUTPUTS": "false",
+        "REELHOOK_LOG_LEVEL": "WARNING",
+        "REELHOOK_RATE_LIMIT": "0",
+        **{f"REELHOOK_{name.upper()}": value for name, value in settings.items()},
+    }
