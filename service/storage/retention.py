@@ -119,26 +119,25 @@ async def _delete_attempts(
 
 async def prune_callbacks(conn: Connection, *, cutoff: float, after: int, limit: int) -> Batch:
     """Delete raw callbacks received before ``cutoff`` (the jobs they moved are kept)."""
-    old, last, young_at, finished = await _walk(
-        conn,
-        "SELECT id, id, received_at FROM callbacks WHERE id > ? ORDER BY id LIMIT ?",
-        after,
-        cutoff,
-        limit,
-    )
-    if not old:
-        return Batch({}, last, young_at, finished)
-    keys = [key for key, _ in old]
-    cursor = await conn.execute(f"DELETE FROM callbacks WHERE id IN ({_marks(keys)})", keys)
-    return Batch({"callbacks": cursor.rowcount}, last, young_at, finished)
+    return await _prune_received(conn, "callbacks", cutoff=cutoff, after=after, limit=limit)
 
 
 async def prune_unmatched(conn: Connection, *, cutoff: float, after: int, limit: int) -> Batch:
     """Delete account-webhook documents received before ``cutoff`` that never found their job
     (or were applied long ago): by then no submit answer will record their provider job id."""
+    return await _prune_received(
+        conn, "unmatched_callbacks", cutoff=cutoff, after=after, limit=limit
+    )
+
+
+async def _prune_received(
+    conn: Connection, table: str, *, cutoff: float, after: int, limit: int
+) -> Batch:
+    """One batch of ``table`` (a table of received documents: ``id``, ``received_at``), rows
+    received before ``cutoff`` deleted; ``table`` is one of this module's names, never input."""
     old, last, young_at, finished = await _walk(
         conn,
-        "SELECT id, id, received_at FROM unmatched_callbacks WHERE id > ? ORDER BY id LIMIT ?",
+        f"SELECT id, id, received_at FROM {table} WHERE id > ? ORDER BY id LIMIT ?",
         after,
         cutoff,
         limit,
@@ -146,7 +145,5 @@ async def prune_unmatched(conn: Connection, *, cutoff: float, after: int, limit:
     if not old:
         return Batch({}, last, young_at, finished)
     keys = [key for key, _ in old]
-    cursor = await conn.execute(
-        f"DELETE FROM unmatched_callbacks WHERE id IN ({_marks(keys)})", keys
-    )
-    return Batch({"unmatched_callbacks": cursor.rowcount}, last, young_at, finished)
+    cursor = await conn.execute(f"DELETE FROM {table} WHERE id IN ({_marks(keys)})", keys)
+    return Batch({table: cursor.rowcount}, last, young_at, finished)
