@@ -7,7 +7,10 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+if TYPE_CHECKING:
+    from service.app.settings import Settings
 
 Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 """What ``register(commands)`` functions add their sub-commands to."""
@@ -21,6 +24,20 @@ class CliError(Exception):
     def __init__(self, message: str, code: int = 1) -> None:
         super().__init__(message)
         self.code = code
+
+
+def environment_settings(doing: str) -> Settings | None:
+    """The ``REELHOOK_*`` settings of a command that runs reelhook itself; None once each problem
+    is printed as ``reelhook: cannot <doing>: ...`` (the command then exits 2)."""
+    # Imported here so client commands start without loading the server's settings.
+    from service.app.settings import SettingsError, load_settings
+
+    try:
+        return load_settings(os.environ)
+    except SettingsError as exc:
+        for line in str(exc).splitlines():
+            print(f"reelhook: cannot {doing}: {line}", file=sys.stderr)
+        return None
 
 
 def client_options() -> argparse.ArgumentParser:
@@ -41,6 +58,17 @@ def client_options() -> argparse.ArgumentParser:
         "--json", action="store_true", help="print the service's JSON instead of text"
     )
     return options
+
+
+def parse_headers(items: list[str]) -> dict[str, str]:
+    """``--header 'NAME: VALUE'`` options as a dict; a malformed one is a usage error."""
+    headers = {}
+    for item in items:
+        name, sep, value = item.partition(":")
+        if not sep or not name.strip():
+            raise CliError(f"--header {item!r}: expected 'NAME: VALUE'", code=2)
+        headers[name.strip()] = value.strip()
+    return headers
 
 
 def print_json(value: Any) -> None:

@@ -7,7 +7,14 @@ import json
 import sys
 from typing import Any
 
-from service.cli.base import CliError, Commands, client_options, print_json, video_url
+from service.cli.base import (
+    CliError,
+    Commands,
+    client_options,
+    parse_headers,
+    print_json,
+    video_url,
+)
 from service.cli.remote import Remote
 from service.core.models import EVENT_TYPES
 
@@ -97,16 +104,6 @@ def register(commands: Commands) -> None:
     tail_parser.set_defaults(handler=tail)
 
 
-def _headers(items: list[str]) -> dict[str, str]:
-    headers = {}
-    for item in items:
-        name, sep, value = item.partition(":")
-        if not sep or not name.strip():
-            raise CliError(f"--header {item!r}: expected 'NAME: VALUE'", code=2)
-        headers[name.strip()] = value.strip()
-    return headers
-
-
 def subscribe(args: argparse.Namespace) -> int:
     body: dict[str, Any] = {"url": args.target}
     if args.event:
@@ -114,7 +111,7 @@ def subscribe(args: argparse.Namespace) -> int:
     if args.model:
         body["models"] = args.model
     if args.header:
-        body["headers"] = _headers(args.header)
+        body["headers"] = parse_headers(args.header)
     if args.description is not None:
         body["description"] = args.description
     if args.filter is not None:

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from service.cli.base import CliError, Commands, client_options, print_json
+from service.cli.base import CliError, Commands, client_options, parse_headers, print_json
 from service.cli.remote import Remote
 from service.core.jsonutil import dumps_bytes
 from service.core.models import EVENT_TYPES
@@ -119,7 +119,7 @@ def listen(args: argparse.Namespace) -> int:
     if args.count is not None and args.count < 1:
         raise CliError("--count must be at least 1", code=2)
     secret = _secret(args.secret)
-    extra = _headers(args.header)
+    extra = parse_headers(args.header)
     forwarded = 0
     with (
         Remote(args.url, args.api_key) as remote,
@@ -156,16 +156,6 @@ def listen(args: argparse.Namespace) -> int:
             if args.count is not None and forwarded >= args.count:
                 break
     return 0
-
-
-def _headers(items: list[str]) -> dict[str, str]:
-    headers = {}
-    for item in items:
-        name, sep, value = item.partition(":")
-        if not sep or not name.strip():
-            raise CliError(f"--header {item!r}: expected 'NAME: VALUE'", code=2)
-        headers[name.strip()] = value.strip()
-    return headers
 
 
 def _forward(

@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from service.cli.base import Commands
+from service.cli.base import Commands, environment_settings
 
 
 def register(commands: Commands) -> None:
@@ -29,14 +29,10 @@ def register(commands: Commands) -> None:
 
 
 def migrate(args: argparse.Namespace) -> int:
-    from service.app.settings import SettingsError, load_settings
     from service.storage.database import DATABASE_ERRORS, StoreError, migrate_store
 
-    try:
-        settings = load_settings(os.environ)
-    except SettingsError as exc:
-        for line in str(exc).splitlines():
-            print(f"reelhook: cannot migrate: {line}", file=sys.stderr)
+    settings = environment_settings("migrate")
+    if settings is None:
         return 2
     try:
         dialect, version = asyncio.run(migrate_store(settings.database_url))

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-from service.cli.base import Commands
+from service.cli.base import Commands, environment_settings
 
 
 def register(commands: Commands) -> None:
@@ -29,14 +28,10 @@ def serve(args: argparse.Namespace) -> int:
     from service.app.factory import create_app
     from service.app.logs import configure_logging
     from service.app.server import Server, guarded_http
-    from service.app.settings import SettingsError, load_settings
     from service.storage import datadir
 
-    try:
-        settings = load_settings(os.environ)
-    except SettingsError as exc:
-        for line in str(exc).splitlines():
-            print(f"reelhook: cannot start: {line}", file=sys.stderr)
+    settings = environment_settings("start")
+    if settings is None:
         return 2
     try:
         # Checked before uvicorn starts, which would report it as a traceback; the lifespan
