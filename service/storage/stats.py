@@ -15,20 +15,21 @@ async def jobs_by_status(conn: Connection) -> dict[str, int]:
 async def outbox(conn: Connection) -> tuple[int, float | None]:
     """Deliveries waiting or in flight, and when the oldest of them was created.
 
-    One query per status so each reads its own partial index (``deliveries_pending``,
-    ``deliveries_lease``).
+    One statement, so one snapshot: counted by separate statements, a delivery claimed between
+    the pending and the in-flight count was counted twice. Each status is still its own branch
+    of the UNION, so each reads its own partial index (``deliveries_pending``,
+    ``deliveries_lease``); the status is a literal, which is what the planner matches partial
+    indexes on.
     """
+    statuses = (DeliveryStatus.QUEUED, DeliveryStatus.PENDING, DeliveryStatus.INFLIGHT)
+    sql = " UNION ALL ".join(
+        f"SELECT count(*), min(created_at) FROM deliveries WHERE status = '{status.value}'"
+        for status in statuses
+    )
     depth = 0
     oldest: float | None = None
-    for status in (DeliveryStatus.QUEUED, DeliveryStatus.PENDING, DeliveryStatus.INFLIGHT):
-        # A literal status, not a parameter: the planner matches partial indexes on literals.
-        async with conn.execute(
-            f"SELECT count(*), min(created_at) FROM deliveries WHERE status = '{status.value}'"
-        ) as cursor:
-            row = await cursor.fetchone()
-        if row is None:
-            continue
-        depth += int(row[0])
-        if row[1] is not None:
-            oldest = row[1] if oldest is None else min(oldest, row[1])
+    for count, created in await conn.execute_fetchall(sql):
+        depth += int(count)
+        if created is not None:
+            oldest = created if oldest is None else min(oldest, created)
     return depth, oldest
