@@ -414,12 +414,13 @@ async def test_the_stream_quota_holds_across_nodes(pg_database: str, tmp_path: P
 
 
 async def test_streams_opened_at_once_past_the_quota_are_refused_with_429(
-    request: pytest.FixtureRequest, tmp_path: Path
+    request: pytest.FixtureRequest, tmp_path: Path, dead_url: str
 ) -> None:
     """One key opens one stream more than its quota, all at once (on PostgreSQL, over two nodes
     on one database): exactly the quota's worth open, and the rest are refused with the 429
     JSON error before any byte of a stream (neither a 200 that ends at once, nor a stream over
-    the quota). A HEAD holds no place once answered."""
+    the quota); the streams let in are still open when the refusal comes (each carries the
+    next event). A HEAD holds no place once answered."""
     quota = 3
     on_postgresql = request.config.getoption("--store") == "postgresql"
     socks = [loopback_socket(), loopback_socket()] if on_postgresql else [loopback_socket()]
@@ -434,7 +435,10 @@ async def test_streams_opened_at_once_past_the_quota_are_refused_with_429(
         for n, sock in enumerate(socks)
     ]
     answers: list[int] = []
-    positions: list[str] = []
+    # Each open stream's reader stays referenced until the end: a dropped reader's line iterator
+    # is closed when it is collected, which closes its response and connection, so the server
+    # ends that stream and frees its place (a fourth stream, arriving later, then took it).
+    streams: list[Stream] = []
     opened = anyio.Event()
     done = anyio.Event()
 
@@ -442,14 +446,16 @@ async def test_streams_opened_at_once_past_the_quota_are_refused_with_429(
         async with http.stream("GET", "/v1/events/stream", timeout=httpx.Timeout(10.0)) as response:
             answers.append(response.status_code)
             if response.status_code == 200:
-                positions.append(await Stream(response).position())
+                stream = Stream(response)
+                await stream.position()
+                streams.append(stream)
             else:
                 await response.aread()
                 error = assert_error(response, 429, "quota_exceeded")
                 assert error["details"] == {"quota": "REELHOOK_MAX_STREAMS_PER_KEY", "limit": quota}
-            if len(answers) == quota + 1 and len(positions) + answers.count(429) == quota + 1:
+            if len(answers) == quota + 1 and len(streams) + answers.count(429) == quota + 1:
                 opened.set()
-            # Open streams stay open until every answer is in.
+            # Open streams stay open until every answer is in and checked.
             await done.wait()
 
     async with contextlib.AsyncExitStack() as stack:
@@ -459,6 +465,7 @@ async def test_streams_opened_at_once_past_the_quota_are_refused_with_429(
             await stack.enter_async_context(served(settings, sock))
             for settings, sock in zip(nodes, socks, strict=True)
         ]
+        sub = await subscribe(clients[0], dead_url)
         for _ in range(quota + 1):
             for http in clients:
                 head = await http.head("/v1/events/stream")
@@ -469,7 +476,12 @@ async def test_streams_opened_at_once_past_the_quota_are_refused_with_429(
             with anyio.fail_after(10):
                 await opened.wait()
             assert sorted(answers) == [200] * quota + [429]
-            assert len(positions) == quota
+            assert len(streams) == quota
+            # The streams let in were open when the fourth was refused, and still are.
+            sent = await ping(clients[0], sub["id"])
+            for stream in streams:
+                (event,) = await stream.events(1, within=10)
+                assert event["id"] == sent
             done.set()
 
 
