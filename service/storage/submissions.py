@@ -219,31 +219,51 @@ async def next_due_at(
     return float(row[0]) if row and row[0] is not None else None
 
 
+HELD_PROVIDERS = frozenset({"segmind"})
+"""The providers whose requests are held (answered on the connection that sent them): those the
+partial index ``jobs_held_in_flight`` covers (SQLite migration 0015, PostgreSQL 0013)."""
+
+# The index's condition, word for word: a query uses a partial index only when its own condition
+# states the index's, with the same literals (SQLite matches the terms as written).
+_IN_FLIGHT = "status IN ('submitted', 'running') AND next_submit_at IS NULL"
+
+
+def in_flight_query(provider: str, *, orphaned: bool) -> str:
+    """The statement :func:`in_flight` runs for ``provider`` (one of :data:`HELD_PROVIDERS`);
+    ``orphaned``: with the PostgreSQL condition on the holding node's heartbeat (one parameter,
+    seconds)."""
+    if provider not in HELD_PROVIDERS:
+        raise ValueError(f"not a held-request provider: {provider!r}")
+    # The provider as a literal too (a name of HELD_PROVIDERS, never outside input): the index
+    # holds only its rows.
+    sql = f"SELECT id FROM jobs WHERE provider = '{provider}' AND {_IN_FLIGHT}"
+    if orphaned:
+        sql += (
+            " AND (held_by IS NULL OR held_by NOT IN (SELECT id FROM nodes "
+            "WHERE heartbeat_at >= extract(epoch from clock_timestamp()) - ?))"
+        )
+    return f"{sql} ORDER BY id"
+
+
 async def in_flight(
     conn: Connection, providers: Collection[str], *, alive_within: float | None = None
 ) -> list[Job]:
-    """Held requests claimed and not answered: submitted or running jobs of ``providers`` with no
-    next submit due (see the module docstring).
+    """Held requests claimed and not answered: submitted or running jobs of ``providers`` (each
+    one of :data:`HELD_PROVIDERS`) with no next submit due (see the module docstring), oldest
+    id first. Read through ``jobs_held_in_flight``: the cost is the number of held requests in
+    flight, not the number of jobs waiting for a callback.
 
     ``alive_within`` (PostgreSQL): only those whose holding node has no heartbeat within that
     many seconds of the database's clock, or has none.
     """
-    if not providers:
-        return []
-    marks = ", ".join("?" for _ in providers)
-    orphaned = (
-        ""
-        if alive_within is None
-        else " AND (held_by IS NULL OR held_by NOT IN (SELECT id FROM nodes "
-        "WHERE heartbeat_at >= extract(epoch from clock_timestamp()) - ?))"
-    )
-    params = (JobStatus.SUBMITTED.value, JobStatus.RUNNING.value, *providers)
-    async with conn.execute(
-        "SELECT id FROM jobs WHERE status IN (?, ?) AND next_submit_at IS NULL "
-        f"AND provider IN ({marks}){orphaned} ORDER BY id",
-        params if alive_within is None else (*params, alive_within),
-    ) as cursor:
-        ids = [row[0] for row in await cursor.fetchall()]
+    ids: list[str] = []
+    for provider in sorted(providers):
+        async with conn.execute(
+            in_flight_query(provider, orphaned=alive_within is not None),
+            () if alive_within is None else (alive_within,),
+        ) as cursor:
+            ids += [row[0] for row in await cursor.fetchall()]
+    ids.sort()
     found = await jobs.get_many(conn, ids)
     return [found[job_id] for job_id in ids if job_id in found]
 
