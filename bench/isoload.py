@@ -214,10 +214,14 @@ async def uploads(spec: dict[str, Any]) -> dict[str, Any]:
         writer: asyncio.StreamWriter | None = None
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            # The request's head in the same step as the connection, as a provider's client sends
+            # it: written from the sending task, it could wait behind the 1,999 others' bodies for
+            # longer than reelhook's header timeout (REELHOOK_HEADER_TIMEOUT, 10 s) when this
+            # process was starved, and reelhook rightly closed a connection that had sent nothing.
+            writer.write(head + prefix)
 
             async def send_body() -> None:
                 assert writer is not None
-                writer.write(head + prefix)
                 step = 65536
                 for offset in range(0, padding, step):
                     writer.write(pad[offset : min(padding, offset + step)])

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import gc
 import socket
+import struct
+import termios
 from collections.abc import Callable
 
 import uvicorn
@@ -59,45 +62,98 @@ class Server(uvicorn.Server):
         await super().shutdown(sockets=sockets)
 
 
-def guarded_http(header_timeout: float) -> type[HttpToolsProtocol]:
+def guarded_http(header_timeout: float, body_timeout: float) -> type[HttpToolsProtocol]:
     """uvicorn's httptools protocol with a deadline for each request's headers.
 
     uvicorn 0.x starts no timer on a new connection, and each byte received cancels its
     keep-alive timer, so a client dribbling its headers (slowloris) held a connection for ever
     (3,000 of them were all held). Here the headers of every request, the first and each one on
     a kept-alive connection, must be complete ``header_timeout`` seconds after the connection
-    opened or the previous response ended; otherwise the connection is closed. Body read
-    timeouts are the routes' (see service/jobs/callbacks.py).
+    opened or the previous request ended; otherwise the connection is closed. Body read
+    timeouts are the routes' (see service/jobs/callbacks.py), except for a body answered before
+    it was read (a callback refused 503 when the inbound budget is spent): the rest of it is read
+    past, for at most ``body_timeout`` seconds from the answer, and the next request's header
+    deadline starts once it has all arrived.
     """
 
     class GuardedHttpToolsProtocol(HttpToolsProtocol):
+        # The one deadline of the connection: the next request's headers, or the rest of the
+        # body of a request answered before it was read.
         _header_timer: asyncio.TimerHandle | None = None
+        # Whether a byte of the request awaited has been parsed (its headers have begun).
+        _began = False
 
-        def _arm(self) -> None:
+        def _await_headers(self) -> None:
+            self._began = False
+            self._arm(header_timeout)
+
+        def _arm(self, timeout: float) -> None:
             self._disarm()
-            self._header_timer = self.loop.call_later(header_timeout, self._headers_too_slow)
+            self._header_timer = self.loop.call_later(timeout, self._too_slow)
 
         def _disarm(self) -> None:
             if self._header_timer is not None:
                 self._header_timer.cancel()
                 self._header_timer = None
 
-        def _headers_too_slow(self) -> None:
+        def _too_slow(self) -> None:
             self._header_timer = None
-            if not self.transport.is_closing():
-                self.transport.close()
+            if self.transport.is_closing():
+                return
+            draining = not self._waiting_for_headers()
+            if (draining or not self._began) and _unread_bytes(self.transport):
+                # What the client sent is in the socket and this process has not read it yet:
+                # the delay is ours (a loop busy with 2,000 uploads at once; after a stall the
+                # event loop runs its timers before it reads), not the client's. Closing then
+                # reset clients that had sent everything (isolation scenario c). A client that
+                # dribbles its headers has had its first bytes parsed and gets no more time.
+                self._arm(body_timeout if draining else header_timeout)
+                return
+            self.transport.close()
+
+        def timeout_keep_alive_handler(self) -> None:
+            if _unread_bytes(self.transport):
+                # The next request is in the socket, unread by this busy process: the connection
+                # is not idle (reading it cancels the keep-alive; the header deadline stands).
+                self.timeout_keep_alive_task = None
+                return
+            super().timeout_keep_alive_handler()
+
+        def _waiting_for_headers(self) -> bool:
+            return self.cycle is None or (self.cycle.response_complete and not self.cycle.more_body)
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
-            self._arm()
+            self._await_headers()
+
+        def on_message_begin(self) -> None:
+            self._began = True
+            super().on_message_begin()
 
         def on_headers_complete(self) -> None:
             self._disarm()
             super().on_headers_complete()
 
+        def on_message_complete(self) -> None:
+            cycle = self.cycle
+            read_past = cycle is not None and cycle.response_complete
+            super().on_message_complete()
+            if read_past and not self.transport.is_closing():
+                assert cycle is not None
+                # The last of a body answered before it was read: now the next request's
+                # headers are due.
+                cycle.more_body = False
+                self._await_headers()
+                self._unset_keepalive_if_required()
+                self.timeout_keep_alive_task = self.loop.call_later(
+                    self.timeout_keep_alive, self.timeout_keep_alive_handler
+                )
+
         def on_response_complete(self) -> None:
             cycle = self.cycle
-            if cycle is not None and cycle.more_body:
+            receiving = cycle is not None and cycle.more_body
+            if receiving:
+                assert cycle is not None
                 # Answered before its body was read (a callback refused with 503 when the inbound
                 # budget is spent): what uvicorn read ahead of the application, up to 64 KiB
                 # plus one socket read of up to 256 KiB, is dropped now instead of staying with
@@ -105,11 +161,34 @@ def guarded_http(header_timeout: float) -> type[HttpToolsProtocol]:
                 # once held 340-440 MiB (bench/results/latest.md, isolation scenario c).
                 cycle.body = bytearray()
             super().on_response_complete()
-            if not self.transport.is_closing():
-                self._arm()
+            if self.transport.is_closing():
+                return
+            if receiving:
+                # Not the header deadline nor uvicorn's keep-alive while the body is still coming:
+                # the connection is not idle. Most clients send the whole body before they read
+                # the answer, and closing with the body's rest unread resets the connection, so
+                # the client lost its 503 (under load 539 of 2,000 refused uploads, isolation
+                # scenario c).
+                self._unset_keepalive_if_required()
+                self._arm(body_timeout)
+            else:
+                self._await_headers()
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
             super().connection_lost(exc)
 
     return GuardedHttpToolsProtocol
+
+
+def _unread_bytes(transport: asyncio.BaseTransport) -> int:
+    """Bytes received on ``transport``'s socket that the process has not read yet."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return 0
+    try:
+        answer = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+    except OSError:
+        return 0
+    count: int = struct.unpack("i", answer)[0]
+    return count

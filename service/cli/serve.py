@@ -53,7 +53,7 @@ def serve(args: argparse.Namespace) -> int:
         port=settings.port,
         lifespan="on",
         loop="uvloop",
-        http=guarded_http(settings.header_timeout),
+        http=guarded_http(settings.header_timeout, settings.body_timeout),
         timeout_graceful_shutdown=10,
         log_config=None,
         access_log=args.access_log,
