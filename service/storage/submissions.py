@@ -221,7 +221,7 @@ async def next_due_at(
 
 HELD_PROVIDERS = frozenset({"segmind"})
 """The providers whose requests are held (answered on the connection that sent them): those the
-partial index ``jobs_held_in_flight`` covers (SQLite migration 0015, PostgreSQL 0013)."""
+partial index ``jobs_held_in_flight`` covers (SQLite migration 0014, PostgreSQL 0012)."""
 
 # The index's condition, word for word: a query uses a partial index only when its own condition
 # states the index's, with the same literals (SQLite matches the terms as written).
