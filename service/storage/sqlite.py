@@ -22,7 +22,6 @@ from service.storage.database import (
     migrations,
     refuse_newer,
 )
-from service.storage.writeorder import WriteOrder
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +121,6 @@ class SqliteDatabase(Database):
         self.writer = writer
         self._writer = SqliteConnection(writer)
         self.reader = SqliteConnection(reader)
-        self._write_lock = WriteOrder()
 
     @classmethod
     @asynccontextmanager
