@@ -14,7 +14,7 @@ from __future__ import annotations
 import sqlite3
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator, Sequence
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from importlib import resources
 from pathlib import Path
 from types import TracebackType
@@ -25,6 +25,7 @@ import asyncpg
 
 from service.core.ids import new_id
 from service.storage.announcements import Announcements, Listener, Work
+from service.storage.writeorder import WriteOrder
 
 T = TypeVar("T")
 
@@ -146,6 +147,8 @@ class Database(ABC):
 
     def __init__(self) -> None:
         self._announcements = Announcements()
+        # Write transactions of this node: one at a time, background ones last.
+        self._write_lock = WriteOrder()
         # This process's identity among the nodes sharing the store (one node on SQLite).
         self.node_id = new_id("node")
 
@@ -225,6 +228,12 @@ class Database(ABC):
         delivery whose outcome was lost is sent again, which at-least-once allows). The next
         durable commit makes it durable too; it can never be torn or reordered.
         """
+
+    def foreground_pending(self, pending: Callable[[], bool]) -> AbstractContextManager[None]:
+        """While the block runs, a write turn freed while ``pending()`` is true is kept for the
+        foreground transaction about to ask (the ingest writer's next batch) instead of going to
+        a waiting background one, within the fair share (:mod:`service.storage.writeorder`)."""
+        return self._write_lock.foreground_pending(pending)
 
     async def run_transaction(
         self,

@@ -33,7 +33,6 @@ from service.storage.database import (
     migrations,
     refuse_newer,
 )
-from service.storage.writeorder import WriteOrder
 
 if TYPE_CHECKING:
     from typing import TypeAlias
@@ -210,11 +209,10 @@ class PostgresDatabase(Database):
         self.backstop = BACKSTOP
         self._statements = _Statements()
         self.reader = PgReader(pool, self._statements)
-        # Write transactions of this node: one at a time, background ones last (WriteOrder).
-        # Running them at once (up to half the pool) was measured faster, but deleting a
+        # Write transactions of this node take turns (Database's WriteOrder), background ones
+        # last. Running them at once (up to half the pool) was measured faster, but deleting a
         # subscription deadlocked with recording its outcomes in the PostgreSQL pass
         # (docs/scaling.md); ``python -m bench.write_lock`` measures both.
-        self._write_lock = WriteOrder()
         self._leader = False
         self.listening = anyio.Event()
         # Heartbeats as this process saw them (monotonic clock): when the last one that found

@@ -22,7 +22,6 @@ from service.storage.database import (
     migrations,
     refuse_newer,
 )
-from service.storage.writeorder import WriteOrder
 
 log = logging.getLogger(__name__)
 
@@ -54,22 +53,95 @@ def _statement(raw: aiosqlite.Connection, sql: str, params: Sequence[Any]) -> Re
     return _run(raw._conn, sql, params)
 
 
+_BEGIN = "BEGIN IMMEDIATE"
+
+# A statement held back by a write transaction until its next trip to the database thread:
+# (sql, rows of an ``executemany``), or (sql, None) for a statement without parameters.
+_Held = tuple[str, list[Sequence[Any]] | None]
+
+
+def _with_held(
+    raw: aiosqlite.Connection, held: list[_Held], sql: str, params: Sequence[Any]
+) -> Result:
+    """The held statements in order, then ``sql``: one trip for all of them."""
+    conn = raw._conn
+    _run_held(conn, held)
+    return _run(conn, sql, params)
+
+
+def _run_held(conn: sqlite3.Connection, held: list[_Held]) -> None:
+    for statement, rows in held:
+        if rows is None:
+            conn.execute(statement).close()
+        else:
+            conn.executemany(statement, rows).close()
+
+
+def _held_then_script(raw: aiosqlite.Connection, held: list[_Held], script: str) -> None:
+    _run_held(raw._conn, held)
+    raw._conn.executescript(script).close()
+
+
 class SqliteConnection(Connection):
-    """An aiosqlite connection seen through :class:`Connection`."""
+    """An aiosqlite connection seen through :class:`Connection`.
+
+    Inside a write transaction (:meth:`SqliteDatabase.transaction`) its ``BEGIN`` and its
+    ``executemany`` writes, whose answer nobody reads, are held back and sent with the next
+    statement that returns something, or with the ``COMMIT``: one trip to the database thread
+    for all of them. Every trip waits for that thread and then for the event loop to take the
+    answer back, so the ingest batch took eight trips, each slower the busier the loop was
+    (under fan-out and API reads most of a callback's wait; docs/performance.md §4); now it
+    takes three. Statements still run in the order they were issued, each in the transaction;
+    an error in a held write is raised by the trip that ran it, still inside the transaction
+    block, so the transaction rolls back as before.
+    """
 
     dialect = "sqlite"
 
     def __init__(self, raw: aiosqlite.Connection) -> None:
         self.raw = raw
+        self._held: list[_Held] | None = None  # None: nothing is held back (the reader)
 
     async def run(self, sql: str, params: Sequence[Any]) -> Result:
         # One trip to the database thread (execute, fetch, close there) instead of aiosqlite's
         # three for a cursor: each trip waits for the thread and for the GIL back.
-        result: Result = await cast(Any, self.raw)._execute(_statement, self.raw, sql, params)
+        if not self._held:
+            result: Result = await cast(Any, self.raw)._execute(_statement, self.raw, sql, params)
+            return result
+        held, self._held = self._held, []
+        if held[0][0] == _BEGIN:
+            # Shielded as the BEGIN was on its own: a cancelled trip still runs on the thread,
+            # and a BEGIN landing after the transaction's rollback check would leave the shared
+            # writer inside a transaction.
+            with anyio.CancelScope(shield=True):
+                return await self._trip_with(held, sql, params)
+        return await self._trip_with(held, sql, params)
+
+    async def _trip_with(self, held: list[_Held], sql: str, params: Sequence[Any]) -> Result:
+        result: Result = await cast(Any, self.raw)._execute(_with_held, self.raw, held, sql, params)
         return result
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        if self._held is not None:
+            # The rows are built now, on the event loop, as the caller expects (a generator
+            # over its state is not run later, nor on the database thread).
+            self._held.append((sql, list(rows)))
+            return
         await self.raw.executemany(sql, rows)
+
+    async def _finish(self, script: str) -> None:
+        """The writes still held back, then ``script`` (``executescript``), in one trip."""
+        held, self._held = self._held or [], []
+        await cast(Any, self.raw)._execute(_held_then_script, self.raw, held, script)
+
+    def _hold_from_begin(self) -> None:
+        self._held = [(_BEGIN, None)]
+
+    def _hold(self) -> None:
+        self._held = []
+
+    def _drop_held(self) -> None:
+        self._held = None
 
 
 class _OnThread(Connection):
@@ -122,7 +194,6 @@ class SqliteDatabase(Database):
         self.writer = writer
         self._writer = SqliteConnection(writer)
         self.reader = SqliteConnection(reader)
-        self._write_lock = WriteOrder()
 
     @classmethod
     @asynccontextmanager
@@ -152,29 +223,33 @@ class SqliteDatabase(Database):
             self._writer.announced = announced
             relaxed = False
             try:
-                # Shielded: a cancelled await would not stop the statement on the database
-                # thread, and a BEGIN landing after the rollback check below would leave the
-                # writer inside a transaction.
-                with anyio.CancelScope(shield=True):
-                    if durable:
-                        await self.writer.execute("BEGIN IMMEDIATE")
-                    else:
+                if durable:
+                    # Sent with the block's first statement (SqliteConnection holds it back).
+                    self._writer._hold_from_begin()
+                else:
+                    # Shielded: a cancelled await would not stop the statement on the database
+                    # thread, and a BEGIN landing after the rollback check below would leave
+                    # the writer inside a transaction.
+                    with anyio.CancelScope(shield=True):
                         # One trip to the database thread instead of two (~0.1-1 ms each).
                         relaxed = True
                         await self.writer.executescript(
                             "PRAGMA synchronous = NORMAL; BEGIN IMMEDIATE"
                         )
+                    self._writer._hold()
                 yield self._writer
                 # Shielded: a commit cut short by a cancellation would leave it unknown whether
                 # the transaction landed, and the rollback below would fail instead.
                 with anyio.CancelScope(shield=True):
                     if relaxed:
                         # executescript commits the open transaction before its script (the
-                        # sqlite3 module documents it): commit and restore FULL in one trip.
-                        await self.writer.executescript("PRAGMA synchronous = FULL")
+                        # sqlite3 module documents it): commit and restore FULL in one trip,
+                        # after the writes still held back.
+                        await self._writer._finish("PRAGMA synchronous = FULL")
                         relaxed = False
                     else:
-                        await self.writer.commit()
+                        # The writes held back, then the COMMIT, in one trip.
+                        await self._writer.run("COMMIT", ())
             except BaseException:
                 # A failed BEGIN or COMMIT (or a cancellation) must not leave the shared writer
                 # inside a transaction, or every later write would fail.
@@ -183,6 +258,8 @@ class SqliteDatabase(Database):
                         await self.writer.rollback()
                 raise
             finally:
+                # Writes still held back belong to this transaction only (rolled back above).
+                self._writer._drop_held()
                 self._writer.announced = None
                 if relaxed:
                     with anyio.CancelScope(shield=True):

@@ -1,0 +1,125 @@
+"""SQLite write transactions hold back their BEGIN and ``executemany`` writes and send them with
+the next statement that answers, or with the COMMIT (service/storage/sqlite.py): the ingest
+batch takes three trips to the database thread instead of eight, with the same order, the same
+transaction and the same rollback on error."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from service.core.models import JobStatus, ProviderUpdate
+from service.delivery.publisher import Publisher
+from service.jobs.lifecycle import Update, apply_updates
+from service.storage import jobs, subscriptions
+from service.storage.database import Database
+from service.storage.sqlite import SqliteDatabase
+from tests.helpers.jobs import NOW, make_job
+from tests.test_claim import subscription_row
+
+pytestmark = [pytest.mark.anyio, pytest.mark.sqlite_only("SQLite's trips to its thread")]
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[SqliteDatabase]:
+    async with Database.open(tmp_path / "reelhook.sqlite3") as database:
+        assert isinstance(database, SqliteDatabase)
+        yield database
+
+
+def count_trips(db: SqliteDatabase) -> list[str]:
+    """Record each trip to the writer's thread (aiosqlite's ``_execute``), by function name."""
+    trips: list[str] = []
+    writer: Any = db.writer
+    execute = writer._execute
+
+    async def counted(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        trips.append(getattr(fn, "__name__", repr(fn)))
+        return await execute(fn, *args, **kwargs)
+
+    writer._execute = counted
+    return trips
+
+
+async def test_held_writes_run_in_order_before_the_next_read_and_commit_with_it(
+    db: SqliteDatabase,
+) -> None:
+    await db.writer.execute("CREATE TABLE t (n INTEGER PRIMARY KEY)")
+    trips = count_trips(db)
+    async with db.transaction() as conn:
+        await conn.executemany("INSERT INTO t (n) VALUES (?)", ((n,) for n in range(3)))
+        await conn.executemany("UPDATE t SET n = n + 10 WHERE n = ?", [(0,)])
+        assert not db.writer.in_transaction  # nothing sent yet, not even the BEGIN
+        rows = await conn.execute_fetchall("SELECT n FROM t ORDER BY n")
+        assert [row["n"] for row in rows] == [1, 2, 10]
+        assert db.writer.in_transaction
+        await conn.executemany("DELETE FROM t WHERE n = ?", [(1,)])
+    assert len(trips) == 2  # BEGIN + writes + read; write + COMMIT
+    assert not db.writer.in_transaction
+    rows = await db.reader.execute_fetchall("SELECT n FROM t ORDER BY n")
+    assert [row["n"] for row in rows] == [2, 10]
+
+
+async def test_an_error_in_a_held_write_rolls_the_whole_transaction_back(
+    db: SqliteDatabase,
+) -> None:
+    await db.writer.execute("CREATE TABLE t (n INTEGER PRIMARY KEY)")
+    with pytest.raises(sqlite3.IntegrityError):
+        async with db.transaction() as conn:
+            await conn.executemany("INSERT INTO t (n) VALUES (?)", [(1,)])
+            await conn.executemany("INSERT INTO t (n) VALUES (?)", [(2,), (2,)])
+    assert not db.writer.in_transaction
+    assert await db.reader.execute_fetchall("SELECT n FROM t") == []
+    # The writer is usable, and nothing of the failed transaction is sent again.
+    async with db.transaction() as conn:
+        await conn.executemany("INSERT INTO t (n) VALUES (?)", [(3,)])
+    rows = await db.reader.execute_fetchall("SELECT n FROM t")
+    assert [row["n"] for row in rows] == [3]
+
+
+async def test_a_block_cancelled_during_its_first_trip_leaves_no_transaction_open(
+    db: SqliteDatabase,
+) -> None:
+    """The trip that carries the held BEGIN is shielded: cancelled while it runs, the block
+    still rolls back what it began (else every later write would fail)."""
+    await db.writer.execute("CREATE TABLE t (n INTEGER PRIMARY KEY)")
+    with anyio.move_on_after(5) as scope:
+        async with db.transaction() as conn:
+            await conn.executemany("INSERT INTO t (n) VALUES (?)", [(1,)])
+            scope.cancel()
+            await conn.execute("SELECT count(*) FROM t")
+            await anyio.sleep(10)  # never reached: the cancellation lands after the trip
+    assert scope.cancelled_caught
+    assert not db.writer.in_transaction
+    assert await db.reader.execute_fetchall("SELECT n FROM t") == []
+    async with db.transaction() as conn:
+        await conn.executemany("INSERT INTO t (n) VALUES (?)", [(2,)])
+    rows = await db.reader.execute_fetchall("SELECT n FROM t")
+    assert [row["n"] for row in rows] == [2]
+
+
+async def test_an_ingest_batch_takes_three_trips(db: SqliteDatabase) -> None:
+    """BEGIN and the job read; the callbacks and jobs written with the audience read; the
+    event and its deliveries written with the COMMIT. It took eight, one per statement."""
+    async with db.transaction() as conn:
+        await subscriptions.insert(conn, subscription_row("sub_1"))
+    batch = []
+    for n in range(4):
+        job = make_job(n, provider_job_id=f"pj_{n}", status=JobStatus.RUNNING)
+        async with db.transaction() as conn:
+            await jobs.insert(conn, job)
+        update = ProviderUpdate(provider_job_id=f"pj_{n}", status=JobStatus.FAILED)
+        batch.append(Update(job.id, "trinetra", update, b"{}", "job"))
+    trips = count_trips(db)
+    publisher = Publisher(lambda digest, media_type: f"https://files.test/{digest}")
+    async with db.transaction() as conn:
+        applied = await apply_updates(conn, publisher, batch, NOW + 1)
+    assert len(trips) == 3
+    assert all(not isinstance(result, Exception) for result in applied)
+    rows = await db.reader.execute_fetchall("SELECT count(*) AS n FROM deliveries")
+    assert rows[0]["n"] == 4
