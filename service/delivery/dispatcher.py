@@ -280,7 +280,14 @@ class Dispatcher:
                 self._senders.add(task)
                 task.add_done_callback(self._senders.discard)
             if claimed:
-                return 0  # more may be due at once; the next pass skips whoever is now saturated
+                if len(ready) >= max(1, capacity) or any(
+                    self._busy.get(sub, 0) < self._refill_below for sub in rooms
+                ):
+                    return 0  # more may be due at once; the next pass skips the saturated
+                # Each subscription claimed for is saturated now, so a second pass would only
+                # read what is due again to skip them (one read per claim at one subscriber);
+                # the others' due times are timed below.
+                ready = [entry for entry in ready if entry.subscription_id not in rooms]
         if not ready:
             return None
         delay = ready[0].due - self._clock()
@@ -426,12 +433,12 @@ class Dispatcher:
         fires or ``RECORD_BATCH`` have gathered. Each batch is a write transaction of its own
         (about 0.2 ms of the database thread's time), and at one subscriber woken per outcome it
         recorded about 9 per batch (docs/performance.md §4). The recorder is woken at once when
-        nothing else is being sent (a quiet dispatcher adds no delay), and for a FIFO
+        no other delivery is claimed (a quiet dispatcher adds no delay), and for a FIFO
         subscription, whose next delivery waits for this one's outcome."""
         self._outcomes.append(outcome)
         if (
             len(self._outcomes) >= RECORD_BATCH
-            or self._sending <= 1
+            or self._in_flight <= 1
             or outcome.subscription_id in self._fifo
         ):
             self._record_now()
