@@ -52,11 +52,20 @@ for its answer gives its send slot back and narrows its subscription's lane
 slots for the whole delivery timeout before a timeout narrowed them: 64 of them stalled every
 healthy subscription for about 15 s (bench/results/latest.md, isolation scenario a)."""
 
-PREFETCH = 4
+PREFETCH = 8
 """Deliveries claimed ahead per subscription, in multiples of its concurrency cap. Claiming is a
 write transaction; claiming one row each time a slot frees made claims, not sending, the limit
 (about 800 deliveries/s to one subscriber). Claimed rows wait for a slot under their lease, which
-no one takes over while this process runs; a process that dies leaves them to the next start."""
+no one takes over while this process runs; a process that dies leaves them to the next start.
+A subscription is topped up once half of that is left, so a claim takes about half of it: at
+four times the cap, a fan-out to one subscriber spent about 12 µs of CPU per delivery more on
+claims than at eight (docs/performance.md §4). The send cap is untouched (lanes), and a
+subscription on probation is claimed for one delivery at a time (service.delivery.fairness);
+what it had claimed before it was narrowed waits in its lane."""
+
+CLAIM_AHEAD = 4
+"""Deliveries claimed ahead by the whole dispatcher, in multiples of its send slots: what all
+subscriptions together may hold claimed (and a quarter of it what those on probation may)."""
 
 RECORD_AFTER = 0.01
 """Seconds an outcome may wait to be recorded with the ones after it, while others are being
@@ -123,7 +132,7 @@ class Dispatcher:
         self._slow = 0
         self._slow_limit = concurrency
         self._senders: set[asyncio.Task[None]] = set()
-        self._claim_limit = concurrency * PREFETCH
+        self._claim_limit = concurrency * CLAIM_AHEAD
         self._prefetch = per_subscription * PREFETCH
         # A subscription is topped up once fewer than this many of its deliveries are claimed.
         self._refill_below = max(1, self._prefetch // 2)
