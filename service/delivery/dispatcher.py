@@ -52,16 +52,15 @@ for its answer gives its send slot back and narrows its subscription's lane
 slots for the whole delivery timeout before a timeout narrowed them: 64 of them stalled every
 healthy subscription for about 15 s (bench/results/latest.md, isolation scenario a)."""
 
-PREFETCH = 8
+PREFETCH = 4
 """Deliveries claimed ahead per subscription, in multiples of its concurrency cap. Claiming is a
 write transaction; claiming one row each time a slot frees made claims, not sending, the limit
 (about 800 deliveries/s to one subscriber). Claimed rows wait for a slot under their lease, which
 no one takes over while this process runs; a process that dies leaves them to the next start.
-A subscription is topped up once half of that is left, so a claim takes about half of it: at
-four times the cap, a fan-out to one subscriber spent about 12 µs of CPU per delivery more on
-claims than at eight (docs/performance.md §4). The send cap is untouched (lanes), and a
-subscription on probation is claimed for one delivery at a time (service.delivery.fairness);
-what it had claimed before it was narrowed waits in its lane."""
+A subscription is topped up once half of that is left, so a claim takes about half of it. Eight
+times the cap measured ~12 µs of CPU per delivery less at one subscriber (half the claims), but
+its claims of 32-64 rows took 1-2.7 ms of CPU under ingest, against the 2 ms every claim must
+stay under (docs/performance.md §3, §5): not taken."""
 
 CLAIM_AHEAD = 4
 """Deliveries claimed ahead by the whole dispatcher, in multiples of its send slots: what all
@@ -289,8 +288,10 @@ class Dispatcher:
                 self._senders.add(task)
                 task.add_done_callback(self._senders.discard)
             if claimed:
-                if len(ready) >= max(1, capacity) or any(
-                    self._busy.get(sub, 0) < self._refill_below for sub in rooms
+                if (
+                    len(ready) >= max(1, capacity)
+                    or sum(rooms.values()) >= capacity
+                    or any(self._busy.get(sub, 0) < self._refill_below for sub in rooms)
                 ):
                     return 0  # more may be due at once; the next pass skips the saturated
                 # Each subscription claimed for is saturated now, so a second pass would only
