@@ -51,5 +51,6 @@ def timestamp_of(identifier: str) -> float:
     _, _, encoded = identifier.rpartition("_")
     if len(encoded) != 26 or encoded.strip(_ALPHABET):
         raise ValueError(f"not a reelhook id: {identifier!r}")
-    # Python's own base-32 digits are 0-9a-v: translate, then let int() do the arithmetic.
-    return (int(encoded.translate(_FROM_CROCKFORD), 32) >> 80) / 1000
+    # Python's own base-32 digits are 0-9a-v: translate, then let int() do the arithmetic. The
+    # first 10 digits are the top 50 bits: 2 zero bits and the 48-bit time.
+    return int(encoded[:10].translate(_FROM_CROCKFORD), 32) / 1000

@@ -10,12 +10,12 @@ hot loop of retries and tracebacks. Nothing polls on a fixed tick.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import NoReturn
 
 import anyio
-import anyio.lowlevel
 
 log = logging.getLogger(__name__)
 
@@ -24,12 +24,17 @@ Step = Callable[[], Awaitable[float | None]]
 
 class Wakeup:
     """A level-triggered wake-up: :meth:`set` (cheap, from anywhere on the event loop) makes the
-    current or the next :meth:`wait` return."""
+    current or the next :meth:`wait` return.
+
+    Plain asyncio (an ``asyncio.Event`` and one timer handle per sleep): the dispatcher and its
+    outcome recorder wait on one of these between batches, and anyio's ``Event`` (which asks
+    sniffio for the backend on every creation) and ``move_on_after`` (a cancel scope) cost
+    several times more per wake-up (docs/performance.md §4)."""
 
     def __init__(self) -> None:
         self._set = False
-        # Created only while someone waits: anyio events need a running event loop.
-        self._event: anyio.Event | None = None
+        # Created only while someone waits, so a Wakeup is bound to no event loop.
+        self._event: asyncio.Event | None = None
 
     def set(self) -> None:
         self._set = True
@@ -42,11 +47,17 @@ class Wakeup:
         try:
             if self._set or (delay is not None and delay <= 0):
                 # Still a checkpoint: a worker with work at once must let other tasks run.
-                await anyio.lowlevel.checkpoint()
+                await asyncio.sleep(0)
                 return
-            self._event = anyio.Event()
-            with anyio.move_on_after(delay):
-                await self._event.wait()
+            event = self._event = asyncio.Event()
+            timer = (
+                None if delay is None else asyncio.get_running_loop().call_later(delay, event.set)
+            )
+            try:
+                await event.wait()
+            finally:
+                if timer is not None:
+                    timer.cancel()
         finally:
             self._set = False
             self._event = None

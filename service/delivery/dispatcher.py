@@ -19,9 +19,8 @@ import json
 import logging
 import random
 import time
-from collections import Counter
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections import Counter, deque
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import replace
 from functools import partial
 
@@ -57,7 +56,21 @@ PREFETCH = 4
 """Deliveries claimed ahead per subscription, in multiples of its concurrency cap. Claiming is a
 write transaction; claiming one row each time a slot frees made claims, not sending, the limit
 (about 800 deliveries/s to one subscriber). Claimed rows wait for a slot under their lease, which
-no one takes over while this process runs; a process that dies leaves them to the next start."""
+no one takes over while this process runs; a process that dies leaves them to the next start.
+A subscription is topped up once half of that is left, so a claim takes about half of it. Eight
+times the cap measured ~12 µs of CPU per delivery less at one subscriber (half the claims), but
+its claims of 32-64 rows took 1-2.7 ms of CPU under ingest, against the 2 ms every claim must
+stay under (docs/performance.md §3, §5): not taken."""
+
+CLAIM_AHEAD = 4
+"""Deliveries claimed ahead by the whole dispatcher, in multiples of its send slots: what all
+subscriptions together may hold claimed (and a quarter of it what those on probation may)."""
+
+RECORD_AFTER = 0.01
+"""Seconds an outcome may wait to be recorded with the ones after it, while others are being
+sent (see :meth:`Dispatcher._outcome`)."""
+RECORD_BATCH = 256
+"""Outcomes that are recorded at once, without waiting for ``RECORD_AFTER``."""
 
 
 class Dispatcher:
@@ -98,6 +111,9 @@ class Dispatcher:
         # replaced.
         self._outcomes: list[AttemptOutcome] = []
         self._outcomes_ready = Wakeup()
+        self._record_timer: asyncio.TimerHandle | None = None
+        # Subscriptions seen to deliver in order: their outcomes are recorded at once.
+        self._fifo: set[str] = set()
         self._record_backoff = Backoff(1.0, 30.0)
         self._in_flight = 0  # claimed and not yet recorded
         self._sending = 0
@@ -115,7 +131,11 @@ class Dispatcher:
         self._slow = 0
         self._slow_limit = concurrency
         self._senders: set[asyncio.Task[None]] = set()
-        self._claim_limit = concurrency * PREFETCH
+        # Claimed deliveries not yet taken by a worker, per subscription, and how many workers
+        # each subscription has (see _work).
+        self._waiting: dict[str, deque[tuple[Claimed, int]]] = {}
+        self._workers: Counter[str] = Counter()
+        self._claim_limit = concurrency * CLAIM_AHEAD
         self._prefetch = per_subscription * PREFETCH
         # A subscription is topped up once fewer than this many of its deliveries are claimed.
         self._refill_below = max(1, self._prefetch // 2)
@@ -227,6 +247,11 @@ class Dispatcher:
         ready = await deliveries.due_subscriptions(
             self._db.reader, skip=saturated, now=now, cap=self._prefetch, limit=max(1, capacity)
         )
+        for entry in ready:
+            if entry.fifo:
+                self._fifo.add(entry.subscription_id)
+            else:
+                self._fifo.discard(entry.subscription_id)
         rooms = deliveries.rooms_for(
             ready, self._busy, per_subscription=self._prefetch, limit=capacity
         )
@@ -263,11 +288,23 @@ class Dispatcher:
                 self._in_flight += 1
                 self._busy[sub] += 1
                 self._unfinished.add(delivery.id)
-                task = senders.create_task(self._deliver(delivery, life))
-                self._senders.add(task)
-                task.add_done_callback(self._senders.discard)
+                waiting = self._waiting.get(sub)
+                if waiting is None:
+                    waiting = self._waiting[sub] = deque()
+                waiting.append((delivery, life))
+            for sub in {delivery.subscription_id for delivery in claimed}:
+                self._start_workers(sub, senders)
             if claimed:
-                return 0  # more may be due at once; the next pass skips whoever is now saturated
+                if (
+                    len(ready) >= max(1, capacity)
+                    or sum(rooms.values()) >= capacity
+                    or any(self._busy.get(sub, 0) < self._refill_below for sub in rooms)
+                ):
+                    return 0  # more may be due at once; the next pass skips the saturated
+                # Each subscription claimed for is saturated now, so a second pass would only
+                # read what is due again to skip them (one read per claim at one subscriber);
+                # the others' due times are timed below.
+                ready = [entry for entry in ready if entry.subscription_id not in rooms]
         if not ready:
             return None
         delay = ready[0].due - self._clock()
@@ -286,113 +323,124 @@ class Dispatcher:
         cap = 1 if held < max(1, self._claim_limit // 4) else 0
         return dict.fromkeys(subs, cap)
 
+    def _start_workers(self, sub: str, senders: asyncio.TaskGroup) -> None:
+        """A worker for each waiting delivery, with at most the lane's width of them (each
+        worker is busy with a delivery of its own)."""
+        waiting = self._waiting.get(sub)
+        if not waiting:
+            return
+        for _ in range(min(len(waiting), self._lanes.width(sub) - self._workers[sub])):
+            self._workers[sub] += 1
+            task = senders.create_task(self._work(sub, senders))
+            self._senders.add(task)
+            task.add_done_callback(self._senders.discard)
+
+    async def _work(self, sub: str, senders: asyncio.TaskGroup) -> None:
+        """Deliver the subscription's waiting deliveries, one after the other, until none is
+        left. A worker per lane slot instead of a task per delivery: creating, scheduling and
+        tracking a task cost ~5-9 µs of the event loop's time per delivery (docs/performance.md
+        §4). Each delivery still queues for its lane and a send slot on its own (_deliver), so
+        widths, probation and the send cap apply as they did to a task per delivery."""
+        try:
+            while True:
+                waiting = self._waiting.get(sub)
+                if not waiting:
+                    return
+                delivery, life = waiting.popleft()
+                if not waiting:
+                    del self._waiting[sub]
+                await self._deliver(delivery, life)
+                # A success may have widened the lane: more workers may start.
+                if self._lanes.width(sub) > self._workers[sub]:
+                    self._start_workers(sub, senders)
+        finally:
+            self._workers[sub] -= 1
+            if not self._workers[sub]:
+                del self._workers[sub]
+
     async def _deliver(self, delivery: Claimed, life: int) -> None:
+        # Lane and send slot are taken and given back by plain calls, not context managers: this
+        # runs once per delivery, and each async generator context manager, anyio cancel scope
+        # and closure cost microseconds of the event loop's time (docs/performance.md §4).
         sub = delivery.subscription_id
         try:
-            started = False
-            while not started:
-                give_up = anyio.CancelScope()
-                async with self._lanes.slot(sub), self._send_slot(sub, give_up) as admitted:
-                    if not admitted:
-                        continue  # its lane was narrowed while it waited: back in the lane
-                    started = True
-                    if self._stop_requested.is_set():
-                        return  # claimed but not started: its lease is released for the next start
-                    if not await self._db.still_holds(life) and not await deliveries.still_claimed(
-                        self._db.reader, delivery.id, delivery.token
-                    ):
-                        # PostgreSQL: this node was paused past its heartbeat and declared dead,
-                        # and the claim went to another node, which sends it. Sending too would
-                        # put one delivery out from two nodes (docs/scaling.md); the row is not
-                        # ours to release either. (A claim made after the sweep, before this node
-                        # learned of it, still carries its token: that one is ours and goes out.)
-                        self._unfinished.discard(delivery.id)
-                        log.warning(
-                            "dropped delivery %s: its claim went to another node", delivery.id
-                        )
-                        return
-                    self._sending += 1
+            while True:
+                probation = await self._lanes.acquire(sub)
+                try:
+                    await self._sends.acquire()
+                    if self._lanes.over_width(sub):
+                        # Its lane was narrowed while it waited for the send slot, so it is over
+                        # the lane's new width: back in the lane instead of starting (else the
+                        # deliveries that got lane slots before the narrowing would take every
+                        # send slot in turn).
+                        self._sends.release()
+                        continue
+                    slot = _SendSlot(self, sub)
                     try:
-                        await self._attempt(delivery, give_up)
+                        if self._stop_requested.is_set():
+                            return  # claimed, not started: its lease is released for the next start
+                        if not await self._db.still_holds(
+                            life
+                        ) and not await deliveries.still_claimed(
+                            self._db.reader, delivery.id, delivery.token
+                        ):
+                            # PostgreSQL: this node was paused past its heartbeat and declared
+                            # dead, and the claim went to another node, which sends it. Sending
+                            # too would put one delivery out from two nodes (docs/scaling.md);
+                            # the row is not ours to release either. (A claim made after the
+                            # sweep, before this node learned of it, still carries its token:
+                            # that one is ours and goes out.)
+                            self._unfinished.discard(delivery.id)
+                            log.warning(
+                                "dropped delivery %s: its claim went to another node", delivery.id
+                            )
+                            return
+                        self._sending += 1
+                        try:
+                            await self._attempt(delivery, slot)
+                        finally:
+                            self._sending -= 1
                     finally:
-                        self._sending -= 1
+                        slot.close()
+                    return
+                finally:
+                    self._lanes.release(sub, probation)
         finally:
             self._in_flight -= 1
-            self._busy[sub] -= 1
-            if not self._busy[sub]:
+            busy = self._busy[sub] - 1
+            if busy:
+                self._busy[sub] = busy
+            else:
                 del self._busy[sub]
             self._slot_freed.set()
-            # Claim again once this subscription, or the dispatcher as a whole, runs low.
+            # Claim again once this subscription, or the dispatcher as a whole, runs low, or
+            # when it is on probation (claimed one at a time: its next one may be claimed now).
             if (
-                self._busy.get(sub, 0) == self._refill_below - 1
+                busy == self._refill_below - 1
                 or self._in_flight == self._claim_limit // 2
+                or self._lanes.on_probation(sub)
             ):
                 self.wake()
 
-    @asynccontextmanager
-    async def _send_slot(
-        self, subscription_id: str, give_up: anyio.CancelScope
-    ) -> AsyncIterator[bool]:
-        """One of the shared send slots for an attempt, given back early if the attempt is still
-        waiting after ``slow_after`` seconds: the subscription's lane is then narrowed (as on a
-        timeout), so a subscriber that does not answer holds shared capacity for seconds, not
-        for the whole delivery timeout, and the attempt goes on outside the shared slots. When
-        as many slow attempts as send slots are open already, the attempt gives up instead
-        (``give_up`` is cancelled: it is recorded as timed out and retried on schedule), so
-        sockets stay bounded at twice the send slots.
-
-        Yields False (holding nothing) when the lane was narrowed while this delivery waited
-        for the slot, so it is over the lane's new width: it must queue in its lane again
-        instead of starting (else the deliveries that got lane slots before the narrowing would
-        take every send slot in turn)."""
-        await self._sends.acquire()
-        if self._lanes.over_width(subscription_id):
-            self._sends.release()
-            yield False
-            return
-        held = True
-        moved = False
-
-        def slow() -> None:
-            nonlocal held, moved
-            if not held:
-                return
-            self._lanes.observe(subscription_id, succeeded=False, timed_out=True)
-            if self._slow < self._slow_limit:
-                self._sends.release()
-                held, moved = False, True
-                self._slow += 1
-            else:
-                give_up.cancel()
-
-        timer = asyncio.get_running_loop().call_later(self._slow_after, slow)
-        try:
-            yield True
-        finally:
-            timer.cancel()
-            if held:
-                self._sends.release()
-            if moved:
-                self._slow -= 1
-
-    async def _attempt(self, delivery: Claimed, give_up: anyio.CancelScope) -> None:
+    async def _attempt(self, delivery: Claimed, slot: _SendSlot) -> None:
         try:
             body = self._body(delivery)
             if isinstance(body, AttemptOutcome):
                 outcome = body
             else:
                 started = time.perf_counter()
-                with give_up:
-                    result = await self._sender.send(
+                result = await slot.send(
+                    self._sender.send(
                         url=delivery.url,
                         event_id=delivery.event_id,
                         payload=body,
-                        secrets=list(delivery.secrets),
+                        secrets=delivery.secrets,
                         headers=delivery.headers,
                         timestamp=int(self._clock()),
                         content_type=delivery.content_type,
                     )
-                if give_up.cancelled_caught:
+                )
+                if result is None:
                     result = AttemptResult(
                         None,
                         round((time.perf_counter() - started) * 1000, 3),
@@ -412,22 +460,49 @@ class Dispatcher:
             outcome = self._judge(delivery, error)
         # A failed attempt is news an operator wants at INFO (a subscriber is down); a success
         # is routine (DEBUG), and there may be thousands a minute.
-        log.log(
-            logging.DEBUG if outcome.status == DeliveryStatus.SUCCEEDED else logging.INFO,
-            "delivery %s of %s to %s: %s (%s)%s",
-            delivery.id,
-            delivery.event_id,
-            delivery.subscription_id,
-            "failed for good" if outcome.status == DeliveryStatus.FAILED else outcome.status,
-            outcome.status_code or outcome.error,
-            (
-                f"; next attempt due {isoformat(outcome.next_attempt_at)}"
-                if outcome.next_attempt_at is not None
-                else ""
-            ),
-        )
+        level = logging.DEBUG if outcome.status == DeliveryStatus.SUCCEEDED else logging.INFO
+        if log.isEnabledFor(level):
+            log.log(
+                level,
+                "delivery %s of %s to %s: %s (%s)%s",
+                delivery.id,
+                delivery.event_id,
+                delivery.subscription_id,
+                "failed for good" if outcome.status == DeliveryStatus.FAILED else outcome.status,
+                outcome.status_code or outcome.error,
+                (
+                    f"; next attempt due {isoformat(outcome.next_attempt_at)}"
+                    if outcome.next_attempt_at is not None
+                    else ""
+                ),
+            )
         self._unfinished.discard(delivery.id)
+        self._outcome(outcome)
+
+    def _outcome(self, outcome: AttemptOutcome) -> None:
+        """Hand an outcome to the recorder. Under load outcomes are recorded in batches: the
+        first of a batch starts a ``RECORD_AFTER`` timer, and the recorder is woken when it
+        fires or ``RECORD_BATCH`` have gathered. Each batch is a write transaction of its own
+        (about 0.2 ms of the database thread's time), and at one subscriber woken per outcome it
+        recorded about 9 per batch (docs/performance.md §4). The recorder is woken at once when
+        no other delivery is claimed (a quiet dispatcher adds no delay), and for a FIFO
+        subscription, whose next delivery waits for this one's outcome."""
         self._outcomes.append(outcome)
+        if (
+            len(self._outcomes) >= RECORD_BATCH
+            or self._in_flight <= 1
+            or outcome.subscription_id in self._fifo
+        ):
+            self._record_now()
+        elif self._record_timer is None:
+            self._record_timer = asyncio.get_running_loop().call_later(
+                RECORD_AFTER, self._record_now
+            )
+
+    def _record_now(self) -> None:
+        if self._record_timer is not None:
+            self._record_timer.cancel()
+            self._record_timer = None
         self._outcomes_ready.set()
 
     def _body(self, delivery: Claimed) -> bytes | AttemptOutcome:
@@ -507,6 +582,9 @@ class Dispatcher:
     async def _flush(self) -> bool:
         """Record the outcomes received so far; on failure keep them for the next try."""
         batch, self._outcomes = self._outcomes, []
+        if self._record_timer is not None:
+            self._record_timer.cancel()
+            self._record_timer = None
         if not batch:
             return True
 
@@ -559,6 +637,77 @@ class Dispatcher:
                 data=subscription_disabled_data(sub),
                 owner_key_id=sub.owner_key_id,
             )
+
+
+class _SendSlot:
+    """One of the dispatcher's shared send slots, held for one attempt, given back early if the
+    attempt is still waiting after ``slow_after`` seconds: the subscription's lane is then
+    narrowed (as on a timeout), so a subscriber that does not answer holds shared capacity for
+    seconds, not for the whole delivery timeout, and the attempt goes on outside the shared
+    slots. When as many slow attempts as send slots are open already, the attempt gives up
+    instead (:meth:`send` returns None: it is recorded as timed out and retried on schedule), so
+    sockets stay bounded at twice the send slots.
+
+    Plain asyncio (one timer, and the task cancelled only when giving up, as ``asyncio.timeout``
+    does): an anyio cancel scope and a context manager per attempt cost several microseconds of
+    the event loop's time per delivery (docs/performance.md §4)."""
+
+    __slots__ = (
+        "_dispatcher",
+        "_give_up",
+        "_held",
+        "_moved",
+        "_subscription_id",
+        "_task",
+        "_timer",
+    )
+
+    def __init__(self, dispatcher: Dispatcher, subscription_id: str) -> None:
+        self._dispatcher = dispatcher
+        self._subscription_id = subscription_id
+        self._held = True
+        self._moved = False
+        self._give_up = False
+        self._task: asyncio.Task[object] | None = None
+        self._timer = asyncio.get_running_loop().call_later(dispatcher._slow_after, self._slow)
+
+    def _slow(self) -> None:
+        if not self._held:
+            return
+        dispatcher = self._dispatcher
+        dispatcher._lanes.observe(self._subscription_id, succeeded=False, timed_out=True)
+        if dispatcher._slow < dispatcher._slow_limit:
+            dispatcher._sends.release()
+            self._held, self._moved = False, True
+            dispatcher._slow += 1
+        else:
+            self._give_up = True
+            if self._task is not None:
+                self._task.cancel()
+
+    async def send(self, attempt: Coroutine[object, None, AttemptResult]) -> AttemptResult | None:
+        """The attempt's result, or None when it was given up (before or while it ran)."""
+        if self._give_up:
+            attempt.close()
+            return None
+        task = self._task = asyncio.current_task()
+        try:
+            return await attempt
+        except asyncio.CancelledError:
+            # Ours (given up) unless the task was also cancelled from outside.
+            if self._give_up and task is not None and task.uncancel() == 0:
+                return None
+            raise
+        finally:
+            self._task = None
+
+    def close(self) -> None:
+        """Give the slot back (if still held) once the attempt is over."""
+        self._timer.cancel()
+        if self._held:
+            self._dispatcher._sends.release()
+        if self._moved:
+            self._dispatcher._slow -= 1
 
 
 def failure_windows(batch: Sequence[AttemptOutcome]) -> dict[str, tuple[bool, float | None]]:

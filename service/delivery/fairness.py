@@ -95,20 +95,40 @@ class Lanes:
     async def slot(self, subscription_id: str) -> AsyncIterator[None]:
         """Hold one of the subscription's lane slots (and a probation slot if it is on
         probation) for one attempt."""
+        probation = await self.acquire(subscription_id)
+        try:
+            yield
+        finally:
+            self.release(subscription_id, probation)
+
+    async def acquire(self, subscription_id: str) -> bool:
+        """Take one of the subscription's lane slots (and a probation slot if it is on
+        probation); return whether a probation slot was taken, for :meth:`release`. What
+        :meth:`slot` does, without a context manager's generator per attempt on the
+        dispatcher's per-delivery path (docs/performance.md §4)."""
         lane = self._lanes.get(subscription_id)
         if lane is None:
             lane = self._lanes[subscription_id] = _Lane(self.width(subscription_id))
         await lane.acquire()
+        if self._narrowed.get(subscription_id) != 1:
+            return False
         try:
-            if self.on_probation(subscription_id):
-                async with self._probation:
-                    yield
-            else:
-                yield
-        finally:
-            lane.release()
-            if lane.idle:
-                del self._lanes[subscription_id]
+            await self._probation.acquire()
+        except BaseException:
+            self._release_lane(subscription_id, lane)
+            raise
+        return True
+
+    def release(self, subscription_id: str, probation: bool) -> None:
+        """Give back what :meth:`acquire` took."""
+        if probation:
+            self._probation.release()
+        self._release_lane(subscription_id, self._lanes[subscription_id])
+
+    def _release_lane(self, subscription_id: str, lane: _Lane) -> None:
+        lane.release()
+        if lane.idle:
+            del self._lanes[subscription_id]
 
     def observe(self, subscription_id: str, *, succeeded: bool, timed_out: bool) -> None:
         """Adapt the lane to an attempt's outcome: a timeout narrows it to one, a success

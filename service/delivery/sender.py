@@ -44,6 +44,7 @@ class Sender:
         self._session = session
         self._posts = posts
         self._timeout = session.timeout.total or 30.0
+        self._signer = signing.Signer()
 
     @classmethod
     def session(
@@ -57,21 +58,26 @@ class Sender:
         url: str,
         event_id: str,
         payload: bytes,
-        secrets: list[str],
+        secrets: Sequence[str],
         headers: dict[str, str],
         timestamp: int,
         content_type: str = "application/json",
     ) -> AttemptResult:
         """POST ``payload`` (exactly these bytes, which are the ones signed) to ``url`` signed
         with ``secrets``; redirects are not followed."""
+        signature = self._signer.signature(secrets, event_id, timestamp, payload)
+        started = time.perf_counter()
+        if self._posts is not None and self._posts.handles(url):
+            return await self._fast(
+                url, payload, headers, content_type, event_id, timestamp, signature, started
+            )
         request_headers = {
             **headers,
             "Content-Type": content_type,
-            **signing.headers(secrets, event_id, timestamp, payload),
+            "webhook-id": event_id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": signature.decode("ascii"),
         }
-        started = time.perf_counter()
-        if self._posts is not None and self._posts.handles(url):
-            return await self._fast(url, payload, request_headers, started)
         try:
             async with self._session.post(
                 url, data=payload, headers=request_headers, allow_redirects=False
@@ -90,21 +96,44 @@ class Sender:
             return AttemptResult(None, _elapsed_ms(started), error=describe(exc, 500))
 
     async def _fast(
-        self, url: str, payload: bytes, headers: dict[str, str], started: float
+        self,
+        url: str,
+        payload: bytes,
+        headers: dict[str, str],
+        content_type: str,
+        event_id: str,
+        timestamp: int,
+        signature: bytes,
+        started: float,
     ) -> AttemptResult:
+        """The fast path: the request built in one join, the subscription's fixed headers
+        encoded once (:meth:`PostPool.head`), the same headers in the same order as over
+        aiohttp. (Reelhook's own ids, timestamps and signatures hold no line breaks.)"""
         assert self._posts is not None
         try:
-            answer = await self._posts.post(
-                url, headers, payload, timeout=self._timeout, keep=RESPONSE_KEEP_BYTES
+            request = b"".join(
+                (
+                    self._posts.head(url, {**headers, "Content-Type": content_type}),
+                    b"webhook-id: ",
+                    event_id.encode("ascii"),
+                    b"\r\nwebhook-timestamp: %d\r\nwebhook-signature: " % timestamp,
+                    signature,
+                    b"\r\nContent-Length: %d\r\n\r\n" % len(payload),
+                    payload,
+                )
+            )
+            answer = await self._posts.exchange(
+                url, request, timeout=self._timeout, keep=RESPONSE_KEEP_BYTES
             )
         except (aiohttp.ClientError, OSError) as exc:  # TimeoutError is an OSError
             if classify(exc).timed_out:
                 return AttemptResult(None, _elapsed_ms(started), error="timed out", timed_out=True)
             return AttemptResult(None, _elapsed_ms(started), error=describe(exc, 500))
+        status = answer.status
         return AttemptResult(
-            answer.status,
+            status,
             _elapsed_ms(started),
-            error=None if 200 <= answer.status < 300 else f"HTTP {answer.status}",
+            error=None if 200 <= status < 300 else f"HTTP {status}",
             response_body=answer.body,
             retry_after=answer.headers.get("retry-after"),
         )

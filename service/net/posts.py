@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from types import TracebackType
@@ -185,6 +185,7 @@ class PostPool:
     user_agent: str
     _idle: dict[tuple[str, int], deque[_Connection]] = field(default_factory=dict)
     _targets: dict[str, _Target | None] = field(default_factory=dict)
+    _heads: dict[tuple[object, ...], bytes] = field(default_factory=dict)
 
     async def __aenter__(self) -> PostPool:
         return self
@@ -229,6 +230,30 @@ class PostPool:
         self._targets[url] = target
         return target
 
+    def head(self, url: str, headers: Mapping[str, str]) -> bytes:
+        """The start of a request to ``url`` (one :meth:`handles` took) with ``headers``: the
+        request line, Host, User-Agent and ``headers``, each line ended; the caller appends its
+        own last headers, ``Content-Length`` and the body. Kept per URL and headers, so a
+        subscription's fixed part is checked and encoded once, not per delivery. Raises
+        ValueError for a header that holds a line break."""
+        key = (url, *headers.items())
+        head = self._heads.get(key)
+        if head is not None:
+            return head
+        target = self._target(url)
+        if target is None:
+            raise aiohttp.InvalidURL(url)
+        lines = [target.head]
+        for name, value in headers.items():
+            if "\r" in name or "\n" in name or "\r" in value or "\n" in value or ":" in name:
+                raise ValueError(f"header {name!r} holds a line break")
+            lines.append(f"{name}: {value}\r\n".encode("latin-1"))
+        head = b"".join(lines)
+        if len(self._heads) >= 4096:
+            self._heads.clear()
+        self._heads[key] = head
+        return head
+
     async def post(
         self,
         url: str,
@@ -241,30 +266,43 @@ class PostPool:
         """POST ``body`` with ``headers`` to ``url`` (one :meth:`handles` took); the answer with
         at most ``keep`` bytes of its body. Raises the aiohttp errors described above, or
         TimeoutError when the answer did not come within ``timeout`` seconds."""
+        request = b"".join(
+            (self.head(url, headers), b"Content-Length: %d\r\n\r\n" % len(body), body)
+        )
+        return await self.exchange(url, request, timeout=timeout, keep=keep)
+
+    async def exchange(
+        self,
+        url: str,
+        request: bytes,
+        *,
+        timeout: float,  # noqa: ASYNC109 - one deadline over connect, send and answer
+        keep: int,
+    ) -> Answer:
+        """Send ``request`` (a whole HTTP/1.1 request to ``url``, starting with its
+        :meth:`head`) and return the answer as :meth:`post` does."""
         target = self._target(url)
         if target is None:
             raise aiohttp.InvalidURL(url)
-        lines = [target.head]
-        for name, value in headers.items():
-            if "\r" in name or "\n" in name or "\r" in value or "\n" in value or ":" in name:
-                raise ValueError(f"header {name!r} holds a line break")
-            lines.append(f"{name}: {value}\r\n".encode("latin-1"))
-        lines.append(f"Content-Length: {len(body)}\r\n\r\n".encode("latin-1"))
-        lines.append(body)
-        request = b"".join(lines)
         loop = asyncio.get_running_loop()
         origin = (target.host, target.port)
-        async with asyncio.timeout(timeout):
-            conn = self._reuse(origin, loop.time())
-            if conn is not None:
-                answer = conn.send(request)
-                try:
-                    return await self._finish(origin, conn, answer, loop)
-                except aiohttp.ServerDisconnectedError:
-                    # The server closed the idle connection as it was reused, before answering
-                    # a byte: send once more on a new one (at-least-once allows a duplicate).
-                    if conn.received:
-                        raise
+        started = loop.time()
+        conn = self._reuse(origin, started)
+        if conn is not None:
+            # The usual case, an idle connection reused: the deadline is one timer that fails
+            # the answer (what asyncio.timeout's context manager did at about twice the cost).
+            answer = conn.send(request)
+            timer = loop.call_at(started + timeout, _expire, answer)
+            try:
+                return await self._finish(origin, conn, answer, loop)
+            except aiohttp.ServerDisconnectedError:
+                # The server closed the idle connection as it was reused, before answering
+                # a byte: send once more on a new one (at-least-once allows a duplicate).
+                if conn.received:
+                    raise
+            finally:
+                timer.cancel()
+        async with asyncio.timeout_at(started + timeout):
             conn = await self._connect(target, keep)
             return await self._finish(origin, conn, conn.send(request), loop)
 
@@ -324,6 +362,11 @@ class PostPool:
                 raise
             return conn
         raise aiohttp.ClientConnectorError(key, last or OSError(f"{target.host} has no address"))
+
+
+def _expire(answer: asyncio.Future[Answer]) -> None:
+    if not answer.done():
+        answer.set_exception(TimeoutError())
 
 
 def _plain(url: str) -> bool:

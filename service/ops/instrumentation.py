@@ -80,15 +80,22 @@ class MeteredSender(Sender):
     def __init__(self, session: Any, metrics: Metrics, posts: PostPool | None = None) -> None:
         super().__init__(session, posts)
         self._metrics = metrics
+        # Each labelled counter looked up once, not per delivery (docs/performance.md §4); made
+        # on first use, so /metrics shows only the outcomes that happened, as before.
+        self._attempts: dict[AttemptKind, Any] = {}
 
     async def send(self, **options: Any) -> AttemptResult:
         result = await super().send(**options)
-        outcome = attempt_outcome(result)
-        self._metrics.delivery_attempts.labels(outcome=outcome.value).inc()
-        event_id = str(options.get("event_id", ""))
+        kind = attempt_outcome(result)
+        counter = self._attempts.get(kind)
+        if counter is None:
+            counter = self._attempts[kind] = self._metrics.delivery_attempts.labels(
+                outcome=kind.value
+            )
+        counter.inc()
         if result.succeeded:
             try:
-                lag = time.time() - ids.timestamp_of(event_id)
+                lag = time.time() - ids.timestamp_of(str(options.get("event_id", "")))
             except ValueError:
                 pass
             else:

@@ -459,9 +459,13 @@ async def _store_outcomes(conn: Connection, outcomes: Sequence[AttemptOutcome]) 
     if finished:
         now = max(o.attempted_at for o in outcomes)
         await promote_queued(conn, sorted(await fifo_among(conn, finished)), now)
-    # Retries were scheduled (announced per batch, not checked per outcome: the dispatcher that
-    # records is awake anyway).
-    announce(conn, Work.DELIVERIES)
+    # Retries were scheduled: they are due work. Plain successes and final failures create none
+    # and announce nothing, so recording them does not wake every dispatcher for a read of what
+    # is due (a FIFO subscription's next delivery announces itself in promote_queued; the
+    # dispatcher claims again on its own as its deliveries finish). At one subscriber that read
+    # followed every batch of outcomes (docs/performance.md §4).
+    if any(o.status == DeliveryStatus.PENDING for o in outcomes):
+        announce(conn, Work.DELIVERIES)
 
 
 async def next_due_at(conn: Connection) -> float | None:
