@@ -44,14 +44,25 @@ def subscription_disabled_data(sub: Subscription) -> dict[str, Any]:
 
 _ANY_FIELD = FieldTree({}, open=True)
 
+FANOUT_THRESHOLD = 16
+"""An event matching more subscriptions than this gets one deferred fan-out row instead of a
+delivery row per subscription (service/storage/fanouts.py); at or below it, its rows are written
+at ingest, so the common one-to-three-subscriber event is claimable at once. ~16 rows cost about
+what the fan-out row and its expansion's extra transaction do (docs/performance.md §4)."""
+
 
 class Publisher:
     """Appends events. ``file_url`` mints the links to stored outputs in job documents;
-    ``first_delay`` is how long after an event its first delivery attempt is due."""
+    ``first_delay`` is how long after an event its first delivery attempt is due;
+    ``fanout_threshold`` how many matching subscriptions an event may have before its
+    deliveries are deferred (tests set 0 to force the deferred path)."""
 
-    def __init__(self, file_url: FileUrl, first_delay: float = 0.0) -> None:
+    def __init__(
+        self, file_url: FileUrl, first_delay: float = 0.0, fanout_threshold: int = FANOUT_THRESHOLD
+    ) -> None:
         self.file_url = file_url
         self.first_delay = first_delay
+        self.fanout_threshold = fanout_threshold
         # Parsed payload filters by their JSON text: a subscription's filter is parsed once, not
         # per event. Bounded, since filters change.
         self._filters: dict[str, Filter] = {}
@@ -137,7 +148,7 @@ class Publisher:
                 job.id,
                 job.model,
                 event.id,
-                len(event.subscription_ids),
+                len(event.subscription_ids) + len(event.deferred),
             )
         return [event.id for event in batch]
 
@@ -150,6 +161,12 @@ class Publisher:
         targets: list[str],
         fifo: set[str] | None,
     ) -> events.NewEvent:
+        deferred: list[str] = []
+        if fifo is not None and len(targets) > self.fanout_threshold:
+            # FIFO subscriptions keep their rows at ingest: their order is the order their rows
+            # are written in, which expansion on several nodes at once would not keep.
+            deferred = [sub for sub in targets if sub not in fifo]
+            targets = [sub for sub in targets if sub in fifo]
         return events.NewEvent(
             id=new_id("evt"),
             type=event_type,
@@ -159,6 +176,7 @@ class Publisher:
             subscription_ids=targets,
             first_attempt_at=now + self.first_delay,
             fifo=fifo,
+            deferred=deferred,
         )
 
 

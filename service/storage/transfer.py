@@ -20,6 +20,8 @@ TABLES: tuple[tuple[str, str], ...] = (
     ("events", "seq"),
     ("subscriptions", "id"),
     ("deliveries", "id"),
+    # Deferred fan-outs not yet expanded: deliveries still to be written.
+    ("event_fanouts", "seq"),
     ("attempts", "id"),
     ("blobs", "digest"),
     ("mirrors", "job_id, output_index"),
@@ -28,7 +30,12 @@ TABLES: tuple[tuple[str, str], ...] = (
 )
 
 # The PostgreSQL sequences behind identity columns, moved past the copied values.
-_SEQUENCES = (("callbacks", "id"), ("events", "seq"), ("attempts", "id"))
+_SEQUENCES = (
+    ("callbacks", "id"),
+    ("events", "seq"),
+    ("attempts", "id"),
+    ("event_fanouts", "seq"),
+)
 
 BATCH = 1000
 
