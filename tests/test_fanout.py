@@ -157,7 +157,7 @@ async def test_above_the_threshold_an_event_is_one_fanout_row_and_at_or_below_it
             "SELECT event_id, total, expanded, subscription_ids FROM event_fanouts"
         )
         assert [(r[0], r[1], r[2]) for r in rows] == [(deferred, FANOUT_THRESHOLD + 1, 0)]
-        assert sorted(rows[0][3].split(" ")) == sorted([*sub_ids(FANOUT_THRESHOLD), "sub_q000"])
+        assert sorted(rows[0][3].split()) == sorted([*sub_ids(FANOUT_THRESHOLD), "sub_q000"])
 
 
 async def test_expansion_in_bounded_steps_writes_each_delivery_once_and_the_depth_counts_the_rest(
