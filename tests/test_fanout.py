@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from ipaddress import ip_network
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from service.core.models import Subscription, SubscriptionStatus
+from service.core.models import Cost, Job, JobStatus, Subscription, SubscriptionStatus
 from service.core.retry import RetrySchedule
 from service.delivery.dispatcher import Dispatcher
 from service.delivery.publisher import FANOUT_THRESHOLD, Publisher
@@ -160,10 +161,69 @@ async def test_above_the_threshold_an_event_is_one_fanout_row_and_at_or_below_it
         assert sorted(rows[0][3].split()) == sorted([*sub_ids(FANOUT_THRESHOLD), "sub_q000"])
 
 
+@pytest.mark.parametrize("threshold", [0, FANOUT_THRESHOLD])
+async def test_one_batch_of_job_events_reaches_each_events_own_matching_subscriptions(
+    settings_factory: SettingsFactory, threshold: int
+) -> None:
+    """Matching is decided once per batch for what does not depend on the event (type, model),
+    and per event for payload filters and a job's own one-off subscription."""
+    now = time.time()
+    job = Job(
+        id="job_01JTESTFANOUT00000000000A",
+        owner_key_id="key_test",
+        model="trinetra/kling-v3",
+        provider="trinetra",
+        status=JobStatus.SUCCEEDED,
+        input={"prompt": "A cat"},
+        cost=Cost(estimated=50.0, unit="credits"),
+        created_at=now,
+        deadline_at=now + 3600,
+        metadata={"tier": "gold"},
+    )
+    other = replace(
+        job, id="job_01JTESTFANOUT00000000000B", model="trinetra/kling-v2.5", metadata={}
+    )
+    plain = subscription("sub_all", "http://127.0.0.1:9/all")
+    other_model = replace(plain, id="sub_v25", models=("trinetra/kling-v2.5",))
+    gold = replace(plain, id="sub_gold", filter={"path": "data.metadata.tier", "eq": "gold"})
+    own = replace(plain, id="sub_own", job_id=job.id)
+    async with Database.open(settings_factory().database_url) as db:
+        async with db.transaction() as conn:
+            for sub in (plain, other_model, gold, own):
+                await subscriptions.insert(conn, sub)
+        publisher = Publisher(_no_file, fanout_threshold=threshold)
+        async with db.transaction() as conn:
+            first, second, third = await publisher.publish_jobs(
+                conn,
+                [
+                    ("job.succeeded", job),
+                    ("job.succeeded", other),
+                    ("job.failed", replace(other, metadata={"tier": "gold"})),
+                ],
+                now,
+            )
+        async with db.transaction() as conn:
+            while (await fanouts.expand(conn)).more:
+                pass
+        assert await pairs(db) == Counter(
+            {
+                (first, "sub_all"): 1,
+                (first, "sub_gold"): 1,
+                (first, "sub_own"): 1,
+                (second, "sub_all"): 1,
+                (second, "sub_v25"): 1,
+                (third, "sub_all"): 1,
+                (third, "sub_v25"): 1,
+                (third, "sub_gold"): 1,
+            }
+        )
+
+
 async def test_expansion_in_bounded_steps_writes_each_delivery_once_and_the_depth_counts_the_rest(
     settings_factory: SettingsFactory,
 ) -> None:
-    subs = sub_ids(20)
+    # Ids of several lengths: each is padded to the longest in the packed list.
+    subs = [*sub_ids(18), "sub_x", "sub_a_much_longer_id_000000000000"]
     async with Database.open(settings_factory().database_url) as db:
         await add_subscriptions(db, subs, "http://127.0.0.1:9")
         event_ids = await publish(db, Publisher(_no_file, fanout_threshold=0), 3)

@@ -52,7 +52,11 @@ def _packed(subs: Sequence[str]) -> tuple[str, int]:
     """The ids as one text of fixed-width fields (padded with spaces, which ids never hold:
     service.core.ids), and the width: id ``i`` is at ``i * width``, so a step reads only its
     slice (``substr``) instead of the whole list, ~31 kB at 1,000 subscriptions."""
-    width = max(len(sub) for sub in subs) + 1
+    lengths = set(map(len, subs))
+    width = max(lengths) + 1
+    if len(lengths) == 1:
+        # Every id as long as the others (as reelhook's own are): a join pads them already.
+        return " ".join(subs) + " ", width
     return "".join(sub.ljust(width) for sub in subs), width
 
 
