@@ -19,6 +19,7 @@ import pytest
 
 from service.app.settings import SettingsError
 from service.cli import main
+from service.storage import jobs, transfer
 from service.storage.database import (
     Database,
     SchemaTooNew,
@@ -270,6 +271,18 @@ async def test_reelhook_copy_moves_a_sqlite_deployment_to_postgresql_once(
                 out = await browser.post("/console/sign-out", data={"csrf": token})
                 assert out.status_code == 303, out.text
 
+    # An account-webhook document still waiting for its job: a paid-for result, copied too.
+    early = b'{"id": "task_not_yet_recorded", "status": "succeeded"}'
+    async with Database.open(sqlite.database_url) as source, source.transaction() as conn:
+        await jobs.record_unmatched(
+            conn,
+            provider="trinetra",
+            provider_job_id="task_not_yet_recorded",
+            received_at=1.0,
+            reason="no job with this id yet",
+            body=early,
+        )
+
     monkeypatch.setenv("REELHOOK_DATA_DIR", str(sqlite.data_dir))
     monkeypatch.setenv("REELHOOK_SECRET_KEYS", "test-secret-key-0123456789")
     assert await anyio.to_thread.run_sync(main, ["copy", "--to", pg_database]) == 0
@@ -289,7 +302,31 @@ async def test_reelhook_copy_moves_a_sqlite_deployment_to_postgresql_once(
                 assert page.status_code == status, page.text
     assert after == before
     assert len(before["/v1/jobs"]["data"]) == 3 and len(before["/v1/events"]["data"]) == 6
+    async with Database.open(pg_database) as copied, copied.transaction() as conn:
+        waiting = await jobs.claim_unmatched(conn, "trinetra", "task_not_yet_recorded", ids[0])
+    assert waiting == [early]
     assert {d["status"] for d in before["/v1/deliveries"]["data"]} == {"succeeded"}
+
+
+async def test_every_table_of_either_schema_is_copied_or_said_not_to_be(
+    tmp_path: Path, pg_database: str
+) -> None:
+    """A table added by a migration but not to ``transfer.TABLES`` would be lost by
+    ``reelhook copy`` (as unmatched account documents once were)."""
+    copied = {table for table, _ in transfer.TABLES}
+    async with Database.open(f"sqlite:///{tmp_path / 'reelhook.db'}") as sqlite_db:
+        rows = await sqlite_db.reader.execute_fetchall(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+        )
+        in_sqlite = {row["name"] for row in rows}
+    async with Database.open(pg_database) as pg_db:
+        rows = await pg_db.reader.execute_fetchall(
+            "SELECT table_name FROM information_schema.tables "
+            "WHERE table_schema = current_schema() AND table_type = 'BASE TABLE'"
+        )
+        in_postgresql = {row["table_name"] for row in rows}
+    assert copied <= in_sqlite and copied <= in_postgresql
+    assert (in_sqlite | in_postgresql) - copied == set(transfer.NOT_COPIED)
 
 
 async def _console_session(http: httpx.AsyncClient) -> dict[str, str]:

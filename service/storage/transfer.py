@@ -25,9 +25,23 @@ TABLES: tuple[tuple[str, str], ...] = (
     ("attempts", "id"),
     ("blobs", "digest"),
     ("mirrors", "job_id, output_index"),
+    # Account-webhook documents that named no known job yet: results a provider was paid for,
+    # applied when their job's provider id is recorded (docs/providers.md).
+    ("unmatched_callbacks", "id"),
     # Signed-out console sessions: a copied deployment keeps refusing them.
     ("console_sign_outs", "nonce_hash"),
 )
+
+# The tables left out, and why: none holds what a stopped deployment knows. A test checks that
+# every table of either schema is in TABLES or here, so a new table cannot be forgotten.
+NOT_COPIED: dict[str, str] = {
+    "readiness": "one probe row that every /readyz rewrites",
+    "schema_version": "written by the target's own migrations",
+    "nodes": "the heartbeats of running PostgreSQL nodes",
+    "leader": "the leader lease among running PostgreSQL nodes",
+    "rate_buckets": "short-lived rate-limit counters of running nodes",
+    "stream_leases": "places of live event streams held by running nodes",
+}
 
 # The PostgreSQL sequences behind identity columns, moved past the copied values.
 _SEQUENCES = (
@@ -35,6 +49,7 @@ _SEQUENCES = (
     ("events", "seq"),
     ("attempts", "id"),
     ("event_fanouts", "seq"),
+    ("unmatched_callbacks", "id"),
 )
 
 BATCH = 1000
