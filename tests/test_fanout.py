@@ -440,3 +440,24 @@ async def test_two_nodes_expanding_the_same_fanouts_write_each_delivery_once(
             tg.start_soon(expand_all, "two", two)
         assert written["one"] + written["two"] == 30 * 40
         assert await pairs(one) == Counter({(e, s): 1 for e in event_ids for s in subs})
+
+
+async def test_two_nodes_dispatching_the_same_fanouts_deliver_each_once(pg_database: str) -> None:
+    """Two nodes on one database, both expanding and sending while events arrive: every
+    subscription gets every event once."""
+    sink = Sink()
+    subs = sub_ids(40)
+    async with (
+        run_server(sink.app()) as url,
+        Database.open(pg_database) as one,
+        Database.open(pg_database) as two,
+    ):
+        await add_subscriptions(one, subs, url)
+        publisher = Publisher(_no_file, fanout_threshold=0)
+        async with dispatching(one), dispatching(two):
+            for first in range(0, 20, 5):
+                await publish(one if first % 10 else two, publisher, 5, first=first)
+            await sink.wait_for(lambda s: len(s.received) >= 20 * len(subs), within=60)
+            await until(one, "SELECT count(*) FROM deliveries WHERE status = 'succeeded'", 800)
+        assert received(sink) == Counter({(s, n): 1 for s in subs for n in range(20)})
+        assert await count(one, "SELECT count(*) FROM event_fanouts") == 0
