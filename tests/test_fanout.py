@@ -461,3 +461,46 @@ async def test_two_nodes_dispatching_the_same_fanouts_deliver_each_once(pg_datab
             await until(one, "SELECT count(*) FROM deliveries WHERE status = 'succeeded'", 800)
         assert received(sink) == Counter({(s, n): 1 for s in subs for n in range(20)})
         assert await count(one, "SELECT count(*) FROM event_fanouts") == 0
+
+
+async def test_a_deletion_racing_an_expansion_on_another_node_cancels_what_it_wrote(
+    pg_database: str,
+) -> None:
+    """Node one's expansion has read the subscription and not committed; node two deletes it
+    meanwhile. The deletion waits for the expansion, then cancels the rows it wrote: none is
+    left pending for a subscription that no longer exists."""
+    subs = sub_ids(20)
+    async with Database.open(pg_database) as one, Database.open(pg_database) as two:
+        await add_subscriptions(one, subs, "http://127.0.0.1:9")
+        await publish(one, Publisher(_no_file, fanout_threshold=0), 2)
+        deleted = anyio.Event()
+
+        async def delete() -> None:
+            async with two.transaction() as conn:
+                assert await subscriptions.delete(conn, subs[0])
+            deleted.set()
+
+        async with anyio.create_task_group() as tg, one.transaction() as conn:
+            assert (await fanouts.expand(conn)).written == 40
+            tg.start_soon(delete)
+            # The deletion is waiting for this transaction's lock on the subscription.
+            await until(
+                two,
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                1,
+            )
+            assert not deleted.is_set()
+        with anyio.fail_after(10):
+            await deleted.wait()
+        assert (
+            await count(
+                one,
+                "SELECT count(*) FROM deliveries WHERE subscription_id = ? AND status = 'canceled'",
+                (subs[0],),
+            )
+            == 2
+        )
+        assert await count(one, "SELECT count(*) FROM deliveries WHERE status = 'pending'") == 2 * (
+            len(subs) - 1
+        )

@@ -84,7 +84,8 @@ async def expand(conn: Connection, *, budget: int = EXPAND_ROWS) -> Step:
     On PostgreSQL several nodes expand at once: the fan-out rows are taken ``FOR UPDATE SKIP
     LOCKED``, so each is advanced by one transaction at a time and each (event, subscription)
     gets one row; the subscriptions are read ``FOR KEY SHARE``, so a deletion racing the step
-    waits for its commit and then cancels what it wrote.
+    waits for its commit and then cancels what it wrote (:func:`subscriptions.delete` cancels
+    after deleting).
     """
     heads = await conn.execute_fetchall(
         "SELECT seq, event_id, total, expanded, width, first_attempt_at, created_at "

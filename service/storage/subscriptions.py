@@ -121,14 +121,19 @@ async def get(conn: Connection, sub_id: str) -> Subscription | None:
 
 
 async def delete(conn: Connection, sub_id: str) -> bool:
-    """Delete it and cancel its open deliveries (kept for audit); True if it existed."""
+    """Delete it and cancel its open deliveries (kept for audit); True if it existed.
+
+    The cancelling comes after the row's deletion: on PostgreSQL a fan-out expansion that read
+    the subscription holds it ``FOR KEY SHARE`` until it commits (service/storage/fanouts.py),
+    so the DELETE waits for it, and the UPDATE after it (a statement of its own, which sees what
+    committed meanwhile) cancels what the expansion wrote too."""
     open_ones = "subscription_id = ? AND status IN ('pending', 'inflight', 'queued')"
     await deliveries.lock_in_id_order(conn, open_ones, (sub_id,))
+    cursor = await conn.execute("DELETE FROM subscriptions WHERE id = ?", (sub_id,))
     await conn.execute(
         f"UPDATE deliveries SET status = 'canceled', lease_until = NULL WHERE {open_ones}",
         (sub_id,),
     )
-    cursor = await conn.execute("DELETE FROM subscriptions WHERE id = ?", (sub_id,))
     return cursor.rowcount > 0
 
 
