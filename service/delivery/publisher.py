@@ -67,6 +67,9 @@ class Publisher:
         # Parsed payload filters by their JSON text: a subscription's filter is parsed once, not
         # per event. Bounded, since filters change.
         self._filters: dict[str, Filter] = {}
+        # Subscriptions by their row's values, so an unchanged one read again by the next batch
+        # is not built again (subscriptions.listeners).
+        self._parsed: dict[tuple[Any, ...], Subscription] = {}
 
     def _passes(self, sub: Subscription, event_type: str, now: float, data: dict[str, Any]) -> bool:
         """Whether the event gets past ``sub``'s payload filter (applied after type and model)."""
@@ -110,7 +113,7 @@ class Publisher:
             targets = [to_subscription]
             fifo = None  # looked up by events.append
         else:
-            (heard,) = await subscriptions.listeners(conn, [(owner_key_id, None)])
+            (heard,) = await subscriptions.listeners(conn, [(owner_key_id, None)], self._parsed)
             targets, fifo = self._match(heard, event_type, None, None, now, body, {})
         event = self._event(event_type, now, body, job.id if job else None, targets, fifo)
         await events.append(conn, [event])
@@ -121,7 +124,7 @@ class Publisher:
     ) -> list[str]:
         """:meth:`publish` for many job events at once (one query for their audiences)."""
         audiences = await subscriptions.listeners(
-            conn, [(job.owner_key_id, job.id) for _, job in announced]
+            conn, [(job.owner_key_id, job.id) for _, job in announced], self._parsed
         )
         batch = []
         matched: dict[tuple[int, str, str | None], _Matched] = {}
