@@ -47,9 +47,10 @@ _ANY_FIELD = FieldTree({}, open=True)
 
 FANOUT_THRESHOLD = 16
 """An event matching more subscriptions than this gets one deferred fan-out row instead of a
-delivery row per subscription (service/storage/fanouts.py); at or below it, its rows are written
-at ingest, so the common one-to-three-subscriber event is claimable at once. ~16 rows cost about
-what the fan-out row and its expansion's extra transaction do (docs/performance.md §4)."""
+delivery row per subscription (service/storage/fanouts.py). At or below it, its rows are written
+at ingest, so the common event with one to three subscribers is claimable at once, with no
+expansion step in between. Above it, ingest's cost no longer grows with the subscribers
+(docs/performance.md §4). The value is a judgement, not a measured break-even."""
 
 
 class Publisher:
