@@ -477,7 +477,11 @@ class Bench:
         """How fast the fan-out's backlog went in: the storage side of ingest (in batches of
         the ingest writer's size, no HTTP) with every event matching ``subscribers``
         subscriptions, and the CPU it cost per callback (this process and its database thread).
-        The callback's HTTP path adds scenario 1's CPU per callback."""
+        The callback's HTTP path adds scenario 1's CPU per callback. An event matching more than
+        16 subscriptions is stored with one deferred fan-out row, which the service's dispatcher
+        expands into delivery rows once it starts, so the cost of those rows shows in scenario
+        4's server CPU per delivery, not here (``python -m bench.ingest_fanout`` times the
+        expansion on its own; docs/performance.md §5)."""
         floor = INGEST_TARGETS[subscribers]
         per_callback = publish_cpu * subscribers
         self.figures.append(

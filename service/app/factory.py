@@ -48,7 +48,7 @@ from service.delivery.deliveries import Deliveries
 from service.delivery.dispatcher import PREFETCH, Dispatcher
 from service.delivery.eventfeed import EventFeed
 from service.delivery.eventlog import EventLog
-from service.delivery.publisher import Publisher
+from service.delivery.publisher import FANOUT_THRESHOLD, Publisher
 from service.delivery.sender import Sender
 from service.delivery.subscriptions import Subscriptions
 from service.delivery.transform import Renderer
@@ -97,11 +97,14 @@ def create_app(
     *,
     clock: Clock = system_clock,
     callback_observers: Sequence[CallbackObserver] = (),
+    fanout_threshold: int = FANOUT_THRESHOLD,
 ) -> Starlette:
     """Build reelhook for ``settings``. Nothing is opened until the lifespan starts.
 
     ``clock`` is what every component reads the time from; ``callback_observers`` hear the
-    outcome of every provider callback (the metrics are one of them).
+    outcome of every provider callback (the metrics are one of them); ``fanout_threshold`` is
+    how many matching subscriptions an event may have before its deliveries are deferred
+    (:class:`~service.delivery.publisher.Publisher`; tests set 0 to take that path always).
     """
     simulator = (
         Simulator(
@@ -123,6 +126,7 @@ def create_app(
         limiter=RateLimiter(settings.rate_limit, settings.rate_burst),
         feed=EventFeed(),
         callback_observers=(metrics.callback_outcome, *callback_observers),
+        fanout_threshold=fanout_threshold,
     )
     app_routes: list[BaseRoute] = routes() + console.routes()
     if simulator is not None:
@@ -273,6 +277,7 @@ class Shared:
     limiter: RateLimiter
     feed: EventFeed
     callback_observers: tuple[CallbackObserver, ...]
+    fanout_threshold: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,7 +341,11 @@ def _wire(settings: Settings, clock: Clock, opened: Opened, shared: Shared) -> S
     def file_url(digest: str, media_type: str) -> str:
         return f"{settings.public_url}/v1/files/{tokens.file(digest, media_type)}"
 
-    publisher = Publisher(file_url, first_delay=settings.retry_schedule[0])
+    publisher = Publisher(
+        file_url,
+        first_delay=settings.retry_schedule[0],
+        fanout_threshold=shared.fanout_threshold,
+    )
     renderer = Renderer()
     dispatcher = Dispatcher(
         db,
@@ -403,6 +412,7 @@ def _wire(settings: Settings, clock: Clock, opened: Opened, shared: Shared) -> S
     # Every writer's commit announces the work it created; here each worker hears its kinds.
     db.subscribe(Work.EVENTS, shared.feed.notify)
     db.subscribe(Work.DELIVERIES, dispatcher.wake)
+    db.subscribe(Work.FANOUTS, dispatcher.expand_fanouts)
     db.subscribe(Work.SUBMITS, submitter.wake)
     db.subscribe(Work.SUBMITS, held.wake)
     db.subscribe(Work.NODES, held.nodes_died)

@@ -35,7 +35,7 @@ from service.delivery.publisher import Publisher, subscription_disabled_data
 from service.delivery.sender import AttemptResult, Sender
 from service.delivery.transform import Renderer, TemplateError
 from service.providers.base import parse_retry_after
-from service.storage import deliveries, subscriptions
+from service.storage import deliveries, fanouts, subscriptions
 from service.storage.database import Connection, Database
 from service.storage.deliveries import AttemptOutcome, Claimed
 from service.storage.space import out_of_space
@@ -105,6 +105,7 @@ class Dispatcher:
         self._observe_claim = observe_claim
         self._renderer = renderer or Renderer()
         self._wakeup = Wakeup()
+        self._fanouts = Wakeup()
         # Plain asyncio primitives on the per-delivery path: anyio's CapacityLimiter, Event (which
         # asks sniffio for the backend on every creation) and start_soon cost ~60 µs of event-loop
         # time per delivery, a third of it (docs/performance.md §4). Events are cleared, not
@@ -151,6 +152,10 @@ class Dispatcher:
         """New deliveries may be due (``Work.DELIVERIES``), or a slot or outcome is free."""
         self._wakeup.set()
 
+    def expand_fanouts(self) -> None:
+        """A deferred fan-out was stored (``Work.FANOUTS``): expand it into deliveries."""
+        self._fanouts.set()
+
     async def stop(self) -> None:
         """Stop claiming, let attempts in flight finish within the shutdown grace period, record
         them, release the leases of the rest; return once :meth:`run` has ended."""
@@ -179,6 +184,10 @@ class Dispatcher:
                             "the dispatcher",
                             partial(self._dispatch_once, senders),
                             self._wakeup,
+                        )
+                        # Its first step runs at once: fan-outs a previous run left are expanded.
+                        tg.start_soon(
+                            run_worker, "the fan-out expansion", self._expand_once, self._fanouts
                         )
                         await self._stop_requested.wait()
                         tg.cancel_scope.cancel()
@@ -313,6 +322,18 @@ class Dispatcher:
             # which wakes us; without one in flight, back off briefly instead of spinning.
             return None if self._in_flight > 0 else 0.05
         return delay
+
+    async def _expand_once(self) -> float | None:
+        """Expand the oldest deferred fan-outs by one bounded step (service/storage/fanouts.py);
+        run again at once while more are left, else sleep until the next is stored.
+
+        Background, like the claim: each step holds the writer for a few milliseconds and takes
+        its turn after the ingest batches waiting (service/storage/writeorder.py). The delivery
+        rows it writes announce themselves (``Work.DELIVERIES``) and wake the claim loop."""
+        step = await self._db.run_transaction(fanouts.expand, durable=False, background=True)
+        if step.skipped:
+            log.debug("fan-out: %d deliveries to deleted subscriptions skipped", step.skipped)
+        return 0 if step.more else None
 
     def _probation_caps(self) -> dict[str, int]:
         """Claim caps of the subscriptions on probation: one delivery claimed each, and none

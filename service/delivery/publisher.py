@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from service.core.clock import isoformat
@@ -44,17 +45,32 @@ def subscription_disabled_data(sub: Subscription) -> dict[str, Any]:
 
 _ANY_FIELD = FieldTree({}, open=True)
 
+FANOUT_THRESHOLD = 16
+"""An event matching more subscriptions than this gets one deferred fan-out row instead of a
+delivery row per subscription (service/storage/fanouts.py). At or below it, its rows are written
+at ingest, so the common event with one to three subscribers is claimable at once, with no
+expansion step in between. Above it, ingest's cost no longer grows with the subscribers
+(docs/performance.md §4). The value is a judgement, not a measured break-even."""
+
 
 class Publisher:
     """Appends events. ``file_url`` mints the links to stored outputs in job documents;
-    ``first_delay`` is how long after an event its first delivery attempt is due."""
+    ``first_delay`` is how long after an event its first delivery attempt is due;
+    ``fanout_threshold`` how many matching subscriptions an event may have before its
+    deliveries are deferred (tests set 0 to force the deferred path)."""
 
-    def __init__(self, file_url: FileUrl, first_delay: float = 0.0) -> None:
+    def __init__(
+        self, file_url: FileUrl, first_delay: float = 0.0, fanout_threshold: int = FANOUT_THRESHOLD
+    ) -> None:
         self.file_url = file_url
         self.first_delay = first_delay
+        self.fanout_threshold = fanout_threshold
         # Parsed payload filters by their JSON text: a subscription's filter is parsed once, not
         # per event. Bounded, since filters change.
         self._filters: dict[str, Filter] = {}
+        # Subscriptions by their row's values, so an unchanged one read again by the next batch
+        # is not built again (subscriptions.listeners).
+        self._parsed: dict[tuple[Any, ...], Subscription] = {}
 
     def _passes(self, sub: Subscription, event_type: str, now: float, data: dict[str, Any]) -> bool:
         """Whether the event gets past ``sub``'s payload filter (applied after type and model)."""
@@ -98,13 +114,8 @@ class Publisher:
             targets = [to_subscription]
             fifo = None  # looked up by events.append
         else:
-            (heard,) = await subscriptions.listeners(conn, [(owner_key_id, None)])
-            chosen = [
-                sub
-                for sub in heard
-                if sub.matches(event_type, None, None) and self._passes(sub, event_type, now, body)
-            ]
-            targets, fifo = _targets(chosen)
+            (heard,) = await subscriptions.listeners(conn, [(owner_key_id, None)], self._parsed)
+            targets, fifo = self._match(heard, event_type, None, None, now, body, {})
         event = self._event(event_type, now, body, job.id if job else None, targets, fifo)
         await events.append(conn, [event])
         return event.id
@@ -114,18 +125,14 @@ class Publisher:
     ) -> list[str]:
         """:meth:`publish` for many job events at once (one query for their audiences)."""
         audiences = await subscriptions.listeners(
-            conn, [(job.owner_key_id, job.id) for _, job in announced]
+            conn, [(job.owner_key_id, job.id) for _, job in announced], self._parsed
         )
         batch = []
+        matched: dict[tuple[int, str, str | None], _Matched] = {}
         for (event_type, job), heard in zip(announced, audiences, strict=True):
             document = job.to_document(self.file_url)
-            targets, fifo = _targets(
-                [
-                    sub
-                    for sub in heard
-                    if sub.matches(event_type, job.model, job.id)
-                    and self._passes(sub, event_type, now, document)
-                ]
+            targets, fifo = self._match(
+                heard, event_type, job.model, job.id, now, document, matched
             )
             batch.append(self._event(event_type, now, document, job.id, targets, fifo))
         await events.append(conn, batch)
@@ -137,9 +144,49 @@ class Publisher:
                 job.id,
                 job.model,
                 event.id,
-                len(event.subscription_ids),
+                len(event.subscription_ids) + len(event.deferred),
             )
         return [event.id for event in batch]
+
+    def _match(
+        self,
+        heard: subscriptions.Heard,
+        event_type: str,
+        model: str | None,
+        job_id: str | None,
+        now: float,
+        body: dict[str, Any],
+        matched: dict[tuple[int, str, str | None], _Matched],
+    ) -> tuple[list[str], set[str]]:
+        """The ids of the subscriptions in ``heard`` that the event goes to, and those of them
+        that deliver in order.
+
+        Whether a standing subscription takes an event of a type and model does not depend on
+        the event otherwise, so it is decided once per (standing list, type, model) in
+        ``matched`` (one batch's): with 1,000 subscriptions, deciding it per event was most of
+        ingest's CPU (docs/performance.md §4). Payload filters and one-off subscriptions are
+        still checked per event.
+        """
+        key = (id(heard.standing), event_type, model)
+        found = matched.get(key)
+        if found is None:
+            taken = [sub for sub in heard.standing if sub.matches(event_type, model, job_id)]
+            plain = [sub for sub in taken if sub.filter is None]
+            found = matched[key] = _Matched(
+                [sub.id for sub in plain],
+                {sub.id for sub in plain if sub.ordering == "fifo"},
+                [sub for sub in taken if sub.filter is not None],
+            )
+        extra = [sub for sub in found.filtered if self._passes(sub, event_type, now, body)]
+        extra += [
+            sub
+            for sub in heard.own
+            if sub.matches(event_type, model, job_id) and self._passes(sub, event_type, now, body)
+        ]
+        if not extra:
+            return list(found.ids), found.fifo
+        ids, fifo = _targets(extra)
+        return found.ids + ids, found.fifo | fifo
 
     def _event(
         self,
@@ -150,6 +197,15 @@ class Publisher:
         targets: list[str],
         fifo: set[str] | None,
     ) -> events.NewEvent:
+        deferred: list[str] = []
+        if fifo is not None and len(targets) > self.fanout_threshold:
+            # FIFO subscriptions keep their rows at ingest: their order is the order their rows
+            # are written in, which expansion on several nodes at once would not keep.
+            if fifo:
+                deferred = [sub for sub in targets if sub not in fifo]
+                targets = [sub for sub in targets if sub in fifo]
+            else:
+                deferred, targets = targets, []
         return events.NewEvent(
             id=new_id("evt"),
             type=event_type,
@@ -159,7 +215,18 @@ class Publisher:
             subscription_ids=targets,
             first_attempt_at=now + self.first_delay,
             fifo=fifo,
+            deferred=deferred,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class _Matched:
+    """Of one standing list, the subscriptions taking events of one type and model: the ids of
+    those without a payload filter (and which of them are FIFO), and those with one."""
+
+    ids: list[str]
+    fifo: set[str]
+    filtered: list[Subscription]
 
 
 def _targets(subs: Sequence[Subscription]) -> tuple[list[str], set[str]]:

@@ -27,6 +27,7 @@ class Work(StrEnum):
 
     EVENTS = "events"  # the event log grew: live event streams
     DELIVERIES = "deliveries"  # a delivery became due, or its subscription active: the dispatcher
+    FANOUTS = "fanouts"  # a deferred fan-out was stored: the dispatcher's expansion
     SUBMITS = "submits"  # a provider submit or held request is due sooner than before
     DEADLINES = "deadlines"  # a job with a deadline was stored: the deadline timer
     MIRRORS = "mirrors"  # output downloads were queued: the mirroring worker

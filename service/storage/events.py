@@ -6,10 +6,10 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from service.core.ids import new_ids
+from service.storage import fanouts
 from service.storage.announcements import Work, announce
 from service.storage.database import Connection, Row
-from service.storage.deliveries import fifo_among
+from service.storage.deliveries import NewRow, fifo_among, insert_new
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +26,10 @@ class NewEvent:
     fifo: Collection[str] | None = None
     """Those of ``subscription_ids`` that deliver in order (FIFO), when the caller knows (the
     publisher read them with the subscriptions); None: :func:`append` looks them up."""
+    deferred: Sequence[str] = ()
+    """Further subscriptions the event goes to through ONE fan-out row (:mod:`fanouts`), their
+    delivery rows written later by the dispatcher's expansion; never FIFO ones, whose order is
+    the order their rows are written in (docs/architecture.md, "A delivery")."""
 
 
 # Serialises appends to the event log across nodes (pg_advisory_xact_lock key; see append).
@@ -33,7 +37,8 @@ APPEND_LOCK = 0x7265_656C_0003
 
 
 async def append(conn: Connection, batch: Sequence[NewEvent]) -> None:
-    """Append events and one pending delivery per subscription each, in the caller's transaction.
+    """Append events and one pending delivery per subscription each, in the caller's transaction;
+    an event's ``deferred`` subscriptions get one fan-out row instead (:func:`fanouts.add`).
 
     On PostgreSQL a sequence number is taken at INSERT but becomes visible at COMMIT, and
     concurrent transactions commit in another order than they took numbers: a reader tailing
@@ -51,58 +56,21 @@ async def append(conn: Connection, batch: Sequence[NewEvent]) -> None:
         [(e.id, e.type, e.job_id, e.created_at, e.payload) for e in batch],
     )
     announce(conn, Work.EVENTS)
+    await fanouts.add(
+        conn, [(e.id, e.deferred, e.first_attempt_at, e.created_at) for e in batch if e.deferred]
+    )
     count = sum(len(e.subscription_ids) for e in batch)
     if not count:
         return
-    # Only a FIFO subscription's delivery may have to wait behind an open one; every other row
-    # is a plain insert (the per-row check below cost about as much as the row itself; on
-    # SQLite ~9 µs of ~20, docs/performance.md §4).
     unknown = {sub for e in batch if e.fifo is None for sub in e.subscription_ids}
     looked_up = await fifo_among(conn, unknown) if unknown else set()
-    ids = iter(new_ids("dlv", count))
-    plain: list[tuple[str, str, str, float, float, float]] = []
-    queued: list[tuple[str, str, str, float, str, float, float, str, str]] = []
+    rows: list[NewRow] = []
+    fifo: set[str] = set()
     for e in batch:
-        fifo = looked_up if e.fifo is None else e.fifo
-        for sub in e.subscription_ids:
-            id_ = next(ids)
-            if sub in fifo:
-                # Positional (both engines number ``?``): id, event, sub, due, event, at, at,
-                # sub, sub.
-                queued.append(
-                    (id_, e.id, sub, e.first_attempt_at, e.id, e.created_at, e.created_at, sub, sub)
-                )
-            else:
-                plain.append((id_, e.id, sub, e.first_attempt_at, e.created_at, e.created_at))
-    if plain:
-        await conn.executemany(
-            "INSERT INTO deliveries (id, event_id, subscription_id, status, next_attempt_at, "
-            "created_at, updated_at) VALUES (?, ?, ?, 'pending', ?, ?, ?)",
-            plain,
-        )
-    if queued:
-        # A delivery to a FIFO subscription that still has one open waits behind it, queued in
-        # event order (service/storage/deliveries.promote_queued); rows of one batch are inserted
-        # in order, so each sees the ones before it.
-        await conn.executemany(
-            "INSERT INTO deliveries (id, event_id, subscription_id, status, next_attempt_at, "
-            "queue_seq, created_at, updated_at) "
-            "SELECT CAST(? AS TEXT), CAST(? AS TEXT), CAST(? AS TEXT), "
-            "CASE WHEN q THEN 'queued' ELSE 'pending' END, "
-            "CASE WHEN q THEN NULL ELSE CAST(? AS DOUBLE PRECISION) END, "
-            "CASE WHEN q THEN (SELECT seq FROM events WHERE id = ?) END, "
-            "CAST(? AS DOUBLE PRECISION), CAST(? AS DOUBLE PRECISION) "
-            f"FROM (SELECT {_QUEUES} AS q) AS queues",
-            queued,
-        )
-    announce(conn, Work.DELIVERIES)
-
-
-_QUEUES = (
-    "(SELECT ordering FROM subscriptions WHERE id = CAST(? AS TEXT)) = 'fifo' AND EXISTS (SELECT 1 "
-    "FROM deliveries WHERE subscription_id = CAST(? AS TEXT) "
-    "AND status IN ('pending', 'inflight', 'queued'))"
-)
+        if e.subscription_ids:
+            fifo.update(looked_up if e.fifo is None else e.fifo)
+            rows.extend((e.id, sub, e.first_attempt_at, e.created_at) for sub in e.subscription_ids)
+    await insert_new(conn, rows, fifo)
 
 
 async def seq_of(conn: Connection, event_id: str, owner_key_id: str | None = None) -> int | None:

@@ -3,7 +3,8 @@
 Each function runs one batch in the caller's write transaction. A batch walks its table in key
 order from ``after`` (keys grow with time, so the old rows come first) and stops at the first row
 that is still young enough to keep. Deliveries still pending or in flight are never deleted, nor
-the events they belong to, nor their attempts.
+the events they belong to, nor their attempts, nor an event whose deferred fan-out is not fully
+expanded yet (its deliveries are still to be written).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from service.core.models import DeliveryStatus
+from service.storage import fanouts
 from service.storage.database import Connection
 from service.storage.deliveries import lock_in_id_order
 
@@ -50,8 +52,8 @@ async def _walk(
 
 
 async def prune_events(conn: Connection, *, cutoff: float, after: int, limit: int) -> Batch:
-    """Delete events created before ``cutoff`` whose deliveries are all settled, with those
-    deliveries and their attempts."""
+    """Delete events created before ``cutoff`` whose deliveries are all settled (and written: a
+    pending fan-out keeps its event), with those deliveries and their attempts."""
     old, last, young_at, finished = await _walk(
         conn,
         "SELECT seq, id, created_at FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
@@ -68,6 +70,7 @@ async def prune_events(conn: Connection, *, cutoff: float, after: int, limit: in
         ids,
     ) as cursor:
         held = {row[0] for row in await cursor.fetchall()}
+    held |= await fanouts.pending_of(conn, ids)
     ids = [event_id for event_id in ids if event_id not in held]
     if not ids:
         return Batch({}, last, young_at, finished)

@@ -13,7 +13,8 @@ async def jobs_by_status(conn: Connection) -> dict[str, int]:
 
 
 async def outbox(conn: Connection) -> tuple[int, float | None]:
-    """Deliveries waiting or in flight, and when the oldest of them was created.
+    """Deliveries waiting or in flight, and when the oldest of them was created; the deliveries
+    of deferred fan-outs not yet expanded count as waiting (service/storage/fanouts.py).
 
     One statement, so one snapshot: counted by separate statements, a delivery claimed between
     the pending and the in-flight count was counted twice. Each status is still its own branch
@@ -23,8 +24,11 @@ async def outbox(conn: Connection) -> tuple[int, float | None]:
     """
     statuses = (DeliveryStatus.QUEUED, DeliveryStatus.PENDING, DeliveryStatus.INFLIGHT)
     sql = " UNION ALL ".join(
-        f"SELECT count(*), min(created_at) FROM deliveries WHERE status = '{status.value}'"
-        for status in statuses
+        [
+            f"SELECT count(*), min(created_at) FROM deliveries WHERE status = '{status.value}'"
+            for status in statuses
+        ]
+        + ["SELECT coalesce(sum(total - expanded), 0), min(created_at) FROM event_fanouts"]
     )
     depth = 0
     oldest: float | None = None

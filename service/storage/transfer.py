@@ -20,6 +20,8 @@ TABLES: tuple[tuple[str, str], ...] = (
     ("events", "seq"),
     ("subscriptions", "id"),
     ("deliveries", "id"),
+    # Deferred fan-outs not yet expanded: deliveries still to be written.
+    ("event_fanouts", "seq"),
     ("attempts", "id"),
     ("blobs", "digest"),
     ("mirrors", "job_id, output_index"),
@@ -46,6 +48,7 @@ _SEQUENCES = (
     ("callbacks", "id"),
     ("events", "seq"),
     ("attempts", "id"),
+    ("event_fanouts", "seq"),
     ("unmatched_callbacks", "id"),
 )
 
