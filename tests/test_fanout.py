@@ -20,6 +20,10 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from service.core.models import Cost, Job, JobStatus, Subscription, SubscriptionStatus
 from service.core.retry import RetrySchedule
@@ -506,3 +510,50 @@ async def test_a_deletion_racing_an_expansion_on_another_node_cancels_what_it_wr
         assert await count(one, "SELECT count(*) FROM deliveries WHERE status = 'pending'") == 2 * (
             len(subs) - 1
         )
+
+
+async def test_a_backlog_deeper_than_the_cap_drains_without_a_backstop_wake_up(
+    settings_factory: SettingsFactory,
+) -> None:
+    """Each subscription has three times its cap (8) of deliveries due. On PostgreSQL the claim
+    counts every delivery in flight in the store against the cap (docs/scaling.md), so while the
+    first eight of each are out, claiming more finds no room, and only their recorded outcomes
+    make room again. Recording them must wake the dispatcher: before, nothing did (a success
+    announces no work), and one node waited for the LISTEN backstop (5 s; an hour here) with
+    its backlog due, which is what held a single PostgreSQL node's fan-out to ~400/s
+    (docs/scaling.md)."""
+    subs = sub_ids(2)
+    events = 24
+    held: list[str] = []
+    first_round = anyio.Event()
+    release = anyio.Event()
+
+    async def receive(request: Request) -> Response:
+        body = await request.json()
+        held.append(f"{request.url.path.rsplit('/', 1)[-1]}:{body['data']['n']}")
+        if len(held) == 8 * len(subs):
+            first_round.set()
+        if not release.is_set():
+            await release.wait()
+        return Response(status_code=204)
+
+    app = Starlette(routes=[Route("/{path:path}", receive, methods=["POST"])])
+    async with (
+        run_server(app) as url,
+        Database.open(settings_factory().database_url) as db,
+    ):
+        if db.dialect == "postgresql":
+            db.backstop = 3600.0  # type: ignore[attr-defined]
+        await add_subscriptions(db, subs, url)
+        # Below the fan-out threshold: the delivery rows are written with the events.
+        await publish(db, Publisher(_no_file), events)
+        async with dispatching(db):
+            with anyio.fail_after(30):
+                await first_round.wait()
+            # The first answers are held a moment: the dispatcher, meanwhile, claims again
+            # and (on PostgreSQL) finds every subscription at its cap.
+            await anyio.sleep(0.3)
+            release.set()
+            total = events * len(subs)
+            await until(db, "SELECT count(*) FROM deliveries WHERE status = 'succeeded'", total)
+        assert sorted(held) == sorted(f"{s}:{n}" for s in subs for n in range(events))

@@ -141,6 +141,11 @@ class Dispatcher:
         # A subscription is topped up once fewer than this many of its deliveries are claimed.
         self._refill_below = max(1, self._prefetch // 2)
         self._slot_freed = asyncio.Event()
+        # Subscriptions a claim found due but got fewer of than it asked for: on PostgreSQL the
+        # cap counts every delivery in flight in the store, this node's unrecorded ones too, so
+        # only recording outcomes makes room for them (see _record_outcomes).
+        self._cut_short: set[str] = set()
+        self._recorded: set[str] = set()  # subscriptions of the outcomes recorded since then
         # Claimed deliveries whose outcome has not arrived: released, not lost, at shutdown.
         self._unfinished: set[str] = set()
         self._stop_requested = anyio.Event()
@@ -301,8 +306,10 @@ class Dispatcher:
                 if waiting is None:
                     waiting = self._waiting[sub] = deque()
                 waiting.append((delivery, life))
-            for sub in {delivery.subscription_id for delivery in claimed}:
+            got = Counter(delivery.subscription_id for delivery in claimed)
+            for sub in got:
                 self._start_workers(sub, senders)
+            self._cut_short.update(sub for sub, room in rooms.items() if got[sub] < room)
             if claimed:
                 if (
                     len(ready) >= max(1, capacity)
@@ -595,9 +602,17 @@ class Dispatcher:
             await anyio.sleep(self._record_backoff.next())
             return 0.0
         self._record_backoff.reset()
-        # No wake-up here: a retry scheduled or a ``subscription.disabled`` event queued
-        # announces itself on commit (Work.DELIVERIES), and a freed slot wakes the claim loop
-        # from the sender that freed it.
+        # A retry scheduled or a ``subscription.disabled`` event queued announces itself on
+        # commit (Work.DELIVERIES), and a freed slot wakes the claim loop from the sender that
+        # freed it. A claim cut short is the exception: on PostgreSQL it was cut by the cap,
+        # which counts deliveries until their outcome is recorded, so the room it lacked exists
+        # only now. Without this wake-up, one node with a backlog deeper than the cap slept
+        # until the LISTEN backstop (5 s) once a claim found every subscription at its cap
+        # (docs/scaling.md).
+        if self._cut_short and self._recorded & self._cut_short:
+            self._cut_short -= self._recorded
+            self.wake()
+        self._recorded.clear()
         return None
 
     async def _flush(self) -> bool:
@@ -626,6 +641,7 @@ class Dispatcher:
             # One trip to SQLite's database thread for the whole batch (Database.run_transaction),
             # in the background like the claim.
             await self._db.run_transaction(record, durable=False, background=True)
+            self._recorded.update(outcome.subscription_id for outcome in batch)
         except BaseException as exc:
             self._outcomes[:0] = batch
             if not isinstance(exc, Exception):
