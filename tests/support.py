@@ -23,6 +23,7 @@ from starlette.types import ASGIApp
 
 from service.app.factory import create_app
 from service.app.settings import Settings
+from service.core.models import Subscription, SubscriptionStatus
 from service.storage.postgres import numbered
 from tests.servers import Sink, loopback_socket, run_server, url_of
 
@@ -209,3 +210,32 @@ async def stored_async(
 ) -> list[tuple[Any, ...]]:
     """:func:`stored` from async code, without blocking the event loop."""
     return await anyio.to_thread.run_sync(stored, settings, sql, params)
+
+
+TEST_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+def subscription_row(
+    sub_id: str,
+    url: str = "http://127.0.0.1:9/",
+    *,
+    at: float,
+    ordering: str = "none",
+    owner_key_id: str = "key_test",
+) -> Subscription:
+    """An active subscription to every event, created at ``at``, as the store keeps it: for
+    tests that write subscriptions through ``storage.subscriptions`` rather than the API."""
+    return Subscription(
+        id=sub_id,
+        owner_key_id=owner_key_id,
+        url=url,
+        secret=TEST_SECRET,
+        event_types=(),
+        models=(),
+        headers={},
+        description="",
+        status=SubscriptionStatus.ACTIVE,
+        created_at=at,
+        updated_at=at,
+        ordering=ordering,
+    )

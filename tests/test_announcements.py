@@ -18,7 +18,7 @@ from service.storage.announcements import Work
 from service.storage.database import Database
 from service.storage.events import NewEvent
 from tests.helpers.jobs import NOW, make_job, store
-from tests.test_claim import subscription_row
+from tests.support import subscription_row
 
 pytestmark = pytest.mark.anyio
 
@@ -114,7 +114,7 @@ async def test_an_event_with_deliveries_announces_them_and_a_claim_wakes_no_one(
 ) -> None:
     async with db.transaction() as conn:
         for sub_id in ("sub_a", "sub_b", "sub_c"):
-            await subscriptions.insert(conn, subscription_row(sub_id))
+            await subscriptions.insert(conn, subscription_row(sub_id, at=NOW - 100))
     heard = listen(db)
     async with db.transaction() as conn:
         await events.append(

@@ -20,7 +20,7 @@ import anyio
 import pytest
 
 from service.core.ids import new_id
-from service.core.models import Subscription, SubscriptionStatus
+from service.core.models import SubscriptionStatus
 from service.core.retry import RetrySchedule
 from service.delivery.dispatcher import PREFETCH, Dispatcher
 from service.delivery.publisher import Publisher
@@ -30,27 +30,12 @@ from service.storage.database import Connection, Database
 from service.storage.sqlite import SqliteConnection, SqliteDatabase
 from tests.helpers.delivery import Hanging
 from tests.servers import run_server
+from tests.support import subscription_row
 
 pytestmark = pytest.mark.anyio
 
 NOW = 1_800_000_000.0
 T = TypeVar("T")
-
-
-def subscription_row(sub_id: str, url: str = "http://127.0.0.1:9/") -> Subscription:
-    return Subscription(
-        id=sub_id,
-        owner_key_id="key_test",
-        url=url,
-        secret="whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
-        event_types=(),
-        models=(),
-        headers={},
-        description="",
-        status=SubscriptionStatus.ACTIVE,
-        created_at=NOW - 100,
-        updated_at=NOW - 100,
-    )
 
 
 async def _queue(db: Database, sub_id: str, count: int, *, due: float) -> None:
@@ -78,8 +63,8 @@ async def backlog(tmp_path: Path, rows: int) -> AsyncIterator[Database]:
     ``fast`` has 5."""
     async with Database.open(tmp_path / f"backlog-{rows}.sqlite") as db:
         async with db.transaction() as conn:
-            await subscriptions.insert(conn, subscription_row("sub_slow"))
-            await subscriptions.insert(conn, subscription_row("sub_fast"))
+            await subscriptions.insert(conn, subscription_row("sub_slow", at=NOW - 100))
+            await subscriptions.insert(conn, subscription_row("sub_fast", at=NOW - 100))
         await _queue(db, "sub_slow", rows, due=NOW - 60)
         await _queue(db, "sub_fast", 5, due=NOW - 30)
         yield db
@@ -230,8 +215,12 @@ async def test_a_saturated_subscription_is_not_claimed_for_again(tmp_path: Path)
         Sender.session(allow=[ip_network("127.0.0.0/8")], timeout=30, concurrency=64) as session,
     ):
         async with db.transaction() as conn:
-            await subscriptions.insert(conn, subscription_row("sub_slow", f"{url}/hang"))
-            await subscriptions.insert(conn, subscription_row("sub_fast", f"{url}/fast"))
+            await subscriptions.insert(
+                conn, subscription_row("sub_slow", f"{url}/hang", at=NOW - 100)
+            )
+            await subscriptions.insert(
+                conn, subscription_row("sub_fast", f"{url}/fast", at=NOW - 100)
+            )
         await _queue(db, "sub_slow", 50, due=0)
         dispatcher = Dispatcher(
             db,
@@ -321,7 +310,9 @@ async def test_one_claim_takes_one_due_delivery_from_each_of_a_hundred_subscript
         names = [f"sub_{n:03d}" for n in range(100)]
         async with db.transaction() as conn:
             for name in names:
-                await subscriptions.insert(conn, subscription_row(name, f"{url}/fast"))
+                await subscriptions.insert(
+                    conn, subscription_row(name, f"{url}/fast", at=NOW - 100)
+                )
         for name in names:
             await _queue(db, name, 1, due=0)
         await _writer(db).set_trace_callback(trace)

@@ -18,7 +18,7 @@ from standardwebhooks.webhooks import Webhook
 from starlette.types import Receive, Scope, Send
 
 from service.core.ids import new_id
-from service.core.models import DeliveryStatus, Subscription, SubscriptionStatus
+from service.core.models import DeliveryStatus
 from service.delivery import signing
 from service.delivery.sender import Sender
 from service.net.client import guarded_session
@@ -29,7 +29,7 @@ from service.storage.deliveries import AttemptOutcome
 from tests.conftest import SettingsFactory
 from tests.helpers.delivery import attempts_of, delivery_of, ping, subscribe
 from tests.servers import read_body, run_lifespan, run_server
-from tests.support import api_client
+from tests.support import api_client, subscription_row
 from tests.test_posts import LOOPBACK, NO_CONTENT, Server, pool, scripted
 
 pytestmark = pytest.mark.anyio
@@ -146,22 +146,6 @@ async def test_an_attempt_given_up_early_is_recorded_as_timed_out(
     assert row["status"] == "pending"  # retried on schedule
 
 
-def _subscription(sub_id: str) -> Subscription:
-    return Subscription(
-        id=sub_id,
-        owner_key_id="key_test",
-        url="http://127.0.0.1:9/",
-        secret="whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
-        event_types=(),
-        models=(),
-        headers={},
-        description="",
-        status=SubscriptionStatus.ACTIVE,
-        created_at=NOW - 100,
-        updated_at=NOW - 100,
-    )
-
-
 def _store(tmp_path: Path) -> str | Path:
     """This pass's store: PostgreSQL under ``--store postgresql``, else a SQLite file."""
     return os.environ.get("REELHOOK_TEST_DATABASE_URL") or tmp_path / "db.sqlite"
@@ -172,7 +156,7 @@ async def test_recording_successes_announces_no_work_and_a_retry_does(tmp_path: 
     dispatcher (each wake-up is a read of what is due); a scheduled retry does."""
     async with Database.open(_store(tmp_path)) as db:
         async with db.transaction() as conn:
-            await subscriptions.insert(conn, _subscription("sub_a"))
+            await subscriptions.insert(conn, subscription_row("sub_a", at=NOW - 100))
             await events.append(
                 conn,
                 [

@@ -21,7 +21,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from service.core.models import Cost, Job, JobStatus, Subscription, SubscriptionStatus
+from service.core.models import Cost, Job, JobStatus, SubscriptionStatus
 from service.core.retry import RetrySchedule
 from service.delivery.dispatcher import Dispatcher
 from service.delivery.publisher import FANOUT_THRESHOLD, Publisher
@@ -33,31 +33,13 @@ from service.storage.database import Database
 from service.storage.transfer import copy_store
 from tests.conftest import SettingsFactory
 from tests.servers import Sink, loopback_socket, run_server
-from tests.support import served
+from tests.support import served, subscription_row
 
 pytestmark = pytest.mark.anyio
 
 
 def _no_file(digest: str, media_type: str) -> str:
     return ""
-
-
-def subscription(sub_id: str, url: str, ordering: str = "none") -> Subscription:
-    now = time.time()
-    return Subscription(
-        id=sub_id,
-        owner_key_id="key_test",
-        url=url,
-        secret="whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
-        event_types=(),
-        models=(),
-        headers={},
-        description="",
-        status=SubscriptionStatus.ACTIVE,
-        created_at=now,
-        updated_at=now,
-        ordering=ordering,
-    )
 
 
 def sub_ids(count: int, prefix: str = "sub_p") -> list[str]:
@@ -69,7 +51,9 @@ async def add_subscriptions(
 ) -> None:
     async with db.transaction() as conn:
         for sub_id in ids:
-            await subscriptions.insert(conn, subscription(sub_id, f"{url}/{sub_id}", ordering))
+            await subscriptions.insert(
+                conn, subscription_row(sub_id, f"{url}/{sub_id}", at=time.time(), ordering=ordering)
+            )
 
 
 async def publish(db: Database, publisher: Publisher, count: int, first: int = 0) -> list[str]:
@@ -182,7 +166,7 @@ async def test_one_batch_of_job_events_reaches_each_events_own_matching_subscrip
     other = replace(
         job, id="job_01JTESTFANOUT00000000000B", model="trinetra/kling-v2.5", metadata={}
     )
-    plain = subscription("sub_all", "http://127.0.0.1:9/all")
+    plain = subscription_row("sub_all", "http://127.0.0.1:9/all", at=time.time())
     other_model = replace(plain, id="sub_v25", models=("trinetra/kling-v2.5",))
     gold = replace(plain, id="sub_gold", filter={"path": "data.metadata.tier", "eq": "gold"})
     own = replace(plain, id="sub_own", job_id=job.id)

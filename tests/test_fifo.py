@@ -23,36 +23,20 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from service.core.ids import new_id
-from service.core.models import DeliveryStatus, Subscription, SubscriptionStatus
+from service.core.models import DeliveryStatus
 from service.storage import deliveries, events, subscriptions
 from service.storage.database import Connection, Database
 from service.storage.deliveries import AttemptOutcome, Claimed
 from tests.conftest import SettingsFactory
 from tests.servers import run_server
-from tests.support import ADMIN_KEY, api_client, in_process
+from tests.support import ADMIN_KEY, api_client, in_process, subscription_row
 from tests.test_console import sign_in
 
 pytestmark = pytest.mark.anyio
 
 HOUR = 3600.0
 T0 = 1_790_000_000.0
-
-
-def subscription(sub_id: str, ordering: str) -> Subscription:
-    return Subscription(
-        id=sub_id,
-        owner_key_id="key_test",
-        url="https://hooks.example.test/x",
-        secret="whsec_" + "A" * 32,
-        event_types=(),
-        models=(),
-        headers={},
-        description="",
-        status=SubscriptionStatus.ACTIVE,
-        created_at=T0,
-        updated_at=T0,
-        ordering=ordering,
-    )
+HOOK = "https://hooks.example.test/x"
 
 
 async def publish(conn: Connection, count: int, at: float, subs: list[str]) -> list[str]:
@@ -108,8 +92,10 @@ async def queued(db: Database, sub_id: str) -> int:
 async def db(tmp_path: Path) -> AsyncIterator[Database]:
     async with Database.open(tmp_path / "reelhook.sqlite3") as database:
         async with database.transaction() as conn:
-            await subscriptions.insert(conn, subscription("sub_fifo", "fifo"))
-            await subscriptions.insert(conn, subscription("sub_free", "none"))
+            await subscriptions.insert(
+                conn, subscription_row("sub_fifo", HOOK, at=T0, ordering="fifo")
+            )
+            await subscriptions.insert(conn, subscription_row("sub_free", HOOK, at=T0))
         yield database
 
 

@@ -20,7 +20,7 @@ from service.storage import jobs, subscriptions
 from service.storage.database import Database
 from service.storage.sqlite import SqliteDatabase
 from tests.helpers.jobs import NOW, make_job
-from tests.test_claim import subscription_row
+from tests.support import subscription_row
 
 pytestmark = [pytest.mark.anyio, pytest.mark.sqlite_only("SQLite's trips to its thread")]
 
@@ -107,7 +107,7 @@ async def test_an_ingest_batch_takes_three_trips(db: SqliteDatabase) -> None:
     """BEGIN and the job read; the callbacks and jobs written with the audience read; the
     event and its deliveries written with the COMMIT. It took eight, one per statement."""
     async with db.transaction() as conn:
-        await subscriptions.insert(conn, subscription_row("sub_1"))
+        await subscriptions.insert(conn, subscription_row("sub_1", at=NOW - 100))
     batch = []
     for n in range(4):
         job = make_job(n, provider_job_id=f"pj_{n}", status=JobStatus.RUNNING)

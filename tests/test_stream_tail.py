@@ -26,6 +26,7 @@ from service.storage.sqlite import SqliteConnection
 pytestmark = pytest.mark.anyio
 
 ADMIN = Caller("key_admin", (Scope.ADMIN,))
+READER = Caller("key_reader", (Scope.READ,))
 
 
 async def append(db: Database, type_: str, count: int = 1) -> None:
@@ -152,3 +153,41 @@ async def test_an_idle_stream_left_behind_by_the_tail_does_not_read_the_log_itse
         text = b"".join(chunks)
         assert text.count(b"event: job.succeeded") == 1 and b"ping" not in text, text
         assert b"id: 31" in text
+
+
+@pytest.mark.sqlite_only("it reads the statements SQLite runs, through its trace callback")
+async def test_the_tail_does_no_work_per_idle_stream_of_another_key(tmp_path: Path) -> None:
+    """Two hundred streams of a read-only key, behind a tail that keeps four events: thirty
+    commits of events that key may not see are not matched against any of its streams (the tail
+    looks only at the streams of the events' owners and of admin keys), the streams' keep-alives
+    move them past those events without reading the log, and an admin stream still gets each
+    event. Before, every stream was matched against every batch the tail read: 200 x 30 here,
+    1,000 streams x every commit in isolation scenario b."""
+    feed = EventFeed(keep=4)
+    statements: list[str] = []
+    async with Database.open(tmp_path / "db.sqlite") as db, anyio.create_task_group() as tg:
+        db.subscribe(Work.EVENTS, feed.notify)
+        log = EventLog(db, feed, keepalive=0.05, max_streams_per_key=1000)
+        tg.start_soon(feed.run, db.reader)
+        idle = [log.follow(READER, [], after_seq=0) for _ in range(200)]
+        admin = log.follow(ADMIN, ["ping"], after_seq=0)
+        received: list[list[bytes]] = [[] for _ in range(len(idle) + 1)]
+        for stream, into in zip([*idle, admin], received, strict=True):
+            assert b"id: 0" in await next_chunk(stream)
+            tg.start_soon(drain, stream, into)
+        await until(lambda: len(feed.listeners) == 201 and feed.head == 0)
+        assert isinstance(db.reader, SqliteConnection)
+        await db.reader.raw.set_trace_callback(statements.append)
+        looked_at, reads = feed.looked_at, feed.reads
+        await append(db, "ping", 30)
+        await until(lambda: feed.head == 30)
+        await until(lambda: b"".join(received[-1]).count(b"event: ping") == 30)
+        marks = [len(r) for r in received[:-1]]
+        await until(lambda: all(len(r) >= m + 2 for r, m in zip(received, marks, strict=False)))
+        await db.reader.raw.set_trace_callback(lambda sql: None)
+        tg.cancel_scope.cancel()
+    # Only the admin stream was matched, at most once per tail read (a read may find nothing).
+    assert 1 <= feed.looked_at - looked_at <= feed.reads - reads <= 31
+    assert [sql for sql in statements if "FROM events e WHERE" in sql] == []
+    for chunks in received[:-1]:
+        assert b"event:" not in b"".join(chunks)

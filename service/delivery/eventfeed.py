@@ -51,14 +51,16 @@ def render(seq: int, event_id: str, type_: str, payload: bytes | str) -> bytes:
 class Listener:
     """One stream's interest: what it may see, and the wake-up the tail sets for it."""
 
-    def __init__(self, owner_key_id: str | None, types: Sequence[str]) -> None:
+    def __init__(self, feed: EventFeed, owner_key_id: str | None, types: Sequence[str]) -> None:
         self.owner_key_id = owner_key_id
         self.types = frozenset(types)
         self.wakes = 0
+        self._feed = feed
         # Created only while the stream waits: anyio events need a running event loop.
         self._event: anyio.Event | None = None
-        # (start, end): the tail found none of the events start+1..end visible to this stream.
-        self._clean: tuple[int, int] | None = None
+        # Every event after this position has gone through the tail while this stream listened
+        # (None: nothing is known, e.g. after the tail failed).
+        self._tracked_from: int | None = None
 
     def skip_invisible(self, after_seq: int) -> int:
         """``after_seq`` moved past the events the tail found this stream may not see.
@@ -67,20 +69,18 @@ class Listener:
         position; once more than the tail keeps in memory had been logged, every keep-alive
         wake-up of every such stream read the log itself from that position: 1,000 idle streams
         beside 300 callbacks/s made API reads 8x slower (bench/results/latest.md, isolation
-        scenario b)."""
-        clean = self._clean
-        if clean is not None and clean[0] <= after_seq < clean[1]:
-            return clean[1]
+        scenario b). It asks the feed for the last event this stream may see, so the tail does
+        no work per idle stream."""
+        start, head = self._tracked_from, self._feed.head
+        if start is None or head is None or after_seq < start or after_seq >= head:
+            return after_seq
+        if self._feed.last_visible_to(self) <= after_seq:
+            return head
         return after_seq
 
     def track_from(self, seq: int | None) -> None:
         """The tail reads on from ``seq`` (None: it stopped; nothing is known)."""
-        self._clean = None if seq is None else (seq, seq)
-
-    def passed(self, first: int, last: int) -> None:
-        """The tail read events ``first+1..last`` and this stream may see none of them."""
-        if self._clean is not None and self._clean[1] == first:
-            self._clean = (self._clean[0], last)
+        self._tracked_from = seq
 
     def may_see(self, event: TailEvent) -> bool:
         if self.types and event.type not in self.types:
@@ -105,15 +105,48 @@ class Listener:
         return self.wakes != wakes_seen
 
 
+class _LastSeen:
+    """The position of the last event the tail read, by what decides who may see it: its owner
+    and its type. Answers "the last event this stream may see" in a few lookups, however many
+    streams listen."""
+
+    def __init__(self) -> None:
+        self.any = 0
+        self.by_type: dict[str, int] = {}
+        self.by_owner: dict[str | None, int] = {}
+        self.by_owner_type: dict[tuple[str | None, str], int] = {}
+
+    def add(self, event: TailEvent) -> None:
+        self.any = event.seq
+        self.by_type[event.type] = event.seq
+        self.by_owner[event.owner_key_id] = event.seq
+        self.by_owner_type[(event.owner_key_id, event.type)] = event.seq
+
+    def visible_to(self, listener: Listener) -> int:
+        owner, types = listener.owner_key_id, listener.types
+        if owner is None:  # an admin key's stream sees every owner's events
+            if not types:
+                return self.any
+            return max((self.by_type.get(t, 0) for t in types), default=0)
+        if not types:
+            return self.by_owner.get(owner, 0)
+        return max((self.by_owner_type.get((owner, t), 0) for t in types), default=0)
+
+
 class EventFeed:
     def __init__(self, keep: int = KEEP) -> None:
         self._recent: deque[TailEvent] = deque(maxlen=keep)
         # The position the tail has read up to; None while no stream listens (nothing is read).
         self._head: int | None = None
         self._listeners: set[Listener] = set()
+        # The same streams by the owner whose events they see (None: admin keys, every owner's),
+        # so a batch of events is matched against its owners' streams only.
+        self._by_owner: dict[str | None, set[Listener]] = {}
+        self._last = _LastSeen()
         self._wakeup = Wakeup()
         self._closed = False
         self.reads = 0  # tail reads, for tests and metrics
+        self.looked_at = 0  # streams matched against a batch of events, for tests
 
     @property
     def closed(self) -> bool:
@@ -128,6 +161,10 @@ class EventFeed:
     def head(self) -> int | None:
         """Every event up to this position is in memory or has been read past by the tail."""
         return self._head
+
+    def last_visible_to(self, listener: Listener) -> int:
+        """The position of the last event the tail read that ``listener`` may see (0: none)."""
+        return self._last.visible_to(listener)
 
     def open(self) -> None:
         """Accept streams (again): called when the lifespan starts."""
@@ -146,15 +183,21 @@ class EventFeed:
     @contextmanager
     def listen(self, owner_key_id: str | None, types: Sequence[str]) -> Iterator[Listener]:
         """Register a stream for the duration of the block."""
-        listener = Listener(owner_key_id, types)
+        listener = Listener(self, owner_key_id, types)
         listener.track_from(self._head)
         self._listeners.add(listener)
+        self._by_owner.setdefault(owner_key_id, set()).add(listener)
         if self._head is None:
             self._wakeup.set()  # the tail starts reading
         try:
             yield listener
         finally:
             self._listeners.discard(listener)
+            same_owner = self._by_owner.get(owner_key_id)
+            if same_owner is not None:
+                same_owner.discard(listener)
+                if not same_owner:
+                    del self._by_owner[owner_key_id]
 
     def since(self, after_seq: int) -> list[TailEvent] | None:
         """The events in memory after ``after_seq``; None when some of them are no longer (or
@@ -175,24 +218,29 @@ class EventFeed:
             await self._wakeup.wait(None)
             if not self._listeners:
                 # Nobody to tell: stop tailing; the next stream to listen starts it again.
-                self._head = None
-                self._recent.clear()
+                self._forget()
                 continue
             try:
                 await self._read(reader)
             except Exception:
                 # The streams read the log themselves meanwhile (since() answers None).
-                self._head = None
-                self._recent.clear()
+                self._forget()
                 for listener in self._listeners:
                     listener.track_from(None)
                 await anyio.sleep(1)
                 self._wakeup.set()
 
+    def _forget(self) -> None:
+        """Stop tailing: nothing is in memory, nothing is known about what was logged."""
+        self._head = None
+        self._recent.clear()
+        self._last = _LastSeen()
+
     async def _read(self, reader: Connection) -> None:
         if self._head is None:
             self._head = await events.last_seq(reader)
             self._recent.clear()
+            self._last = _LastSeen()
             for listener in self._listeners:
                 listener.track_from(self._head)
                 listener.wake()  # each catches up from the log, then follows the tail
@@ -212,12 +260,16 @@ class EventFeed:
                 for row in rows
             ]
             self._recent.extend(new)
-            first, self._head = self._head, new[-1].seq
-            for listener in self._listeners:
-                if any(listener.may_see(event) for event in new):
-                    listener.track_from(self._head)
-                    listener.wake()
-                else:
-                    listener.passed(first, self._head)
+            for event in new:
+                self._last.add(event)
+            self._head = new[-1].seq
+            # Only the streams of these events' owners, and admin keys' streams, may see any
+            # of them; the others are not even looked at (their skip_invisible asks _last).
+            owners = {event.owner_key_id for event in new} | {None}
+            for owner in owners:
+                for listener in self._by_owner.get(owner, ()):
+                    self.looked_at += 1
+                    if any(listener.may_see(event) for event in new):
+                        listener.wake()
             if len(rows) < KEEP:
                 return
