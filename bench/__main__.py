@@ -718,10 +718,16 @@ class Bench:
             ).fetchone()
         return int(row[0])
 
-    def run(self, only_fanout: bool = False) -> None:
+    def run(self, only_fanout: bool = False, only_lag: bool = False) -> None:
         self.fsync = disk_fsync_probe(self.work)
         asyncio.run(seed_jobs(self.env, 0, self.sizes.jobs))
         self.under_load_rss = 0.0
+        if only_lag:
+            # Scenario 5 alone, on a fresh service: its lag is bimodal on this machine (the claims
+            # keep up or fall behind, docs/performance.md §5), so A/B runs need many of it.
+            with start_sink(self.log) as sink, start_service(self.env, self.log) as service:
+                self.lag(service, sink)
+            return
         if only_fanout:
             with start_sink(self.log) as sink:
                 self.fanout(sink)
@@ -814,6 +820,11 @@ def main() -> None:
         help="only the fan-out scenarios (4 and 4f): a partial report, named fanout.md",
     )
     parser.add_argument(
+        "--lag-only",
+        action="store_true",
+        help="only scenario 5 (end-to-end lag): a partial report, named lag.md",
+    )
+    parser.add_argument(
         "--no-isolation",
         action="store_true",
         help="leave out the isolation scenarios (bench/isolation.py) a full run ends with",
@@ -833,12 +844,12 @@ def main() -> None:
         bench = Bench(work, sizes)
         failed: str | None = None
         try:
-            bench.run(only_fanout=args.fanout_only)
+            bench.run(only_fanout=args.fanout_only, only_lag=args.lag_only)
         except Exception as exc:
             # Keep what was measured: the report says the run is incomplete and why.
             print(f"benchmark failed; process log:\n{bench.log.read_text()[-4000:]}")
             failed = f"{type(exc).__name__}: {exc}"[:300]
-        if not args.fanout_only:
+        if not args.fanout_only and not args.lag_only:
             store_columns = compare_stores(work, args.quick, bench.env, bench.log)
     result = {
         "started_at": started,
@@ -853,7 +864,15 @@ def main() -> None:
         "ledgers": [asdict(entry) for entry in bench.ledgers],
         "stores": stores.as_json(store_columns),
     }
-    name = "quick" if args.quick else "fanout" if args.fanout_only else "latest"
+    name = (
+        "quick"
+        if args.quick
+        else "fanout"
+        if args.fanout_only
+        else "lag"
+        if args.lag_only
+        else "latest"
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     text = report.markdown(result)
@@ -862,7 +881,7 @@ def main() -> None:
         text = stores.merge_into(text, stores.markdown(store_columns, store_sizes, args.quick))
     (args.out / f"{name}.md").write_text(text)
     print(text)
-    if not args.fanout_only and not args.no_isolation:
+    if not args.fanout_only and not args.lag_only and not args.no_isolation:
         with workdir(args.keep) as work:
             isolation.run(work, quick=args.quick, out=args.out)
     if failed:
