@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import select
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import anyio
 import httpx
@@ -155,20 +155,6 @@ async def test_a_provider_route_takes_at_most_its_concurrency_of_callbacks(
     assert after.status_code != 503, after.text
 
 
-async def test_a_callback_body_that_does_not_arrive_in_time_gets_408(
-    settings_factory: SettingsFactory,
-) -> None:
-    settings = settings_factory(BODY_TIMEOUT="0.2")
-    stalled = Stalled()
-    async with api_client(settings) as http:
-        answer = await post_callback(http, stalled.body())
-        stalled.release.set()
-        after = await post_callback(http, BODY)
-    error = assert_error(answer, 408, "request_timeout")
-    assert "0.2 seconds" in error["message"]
-    assert after.status_code != 408
-
-
 ACCOUNT = f"/v1/callbacks/trinetra/account/{TOKENS.account_webhook('trinetra', 'sim_trinetra_key')}"
 
 
@@ -246,15 +232,19 @@ async def test_the_account_webhook_has_its_own_concurrency_limit(
     assert after.status_code != 503, after.text
 
 
-async def test_an_account_webhook_body_that_does_not_arrive_in_time_gets_408(
+@pytest.mark.parametrize("post", [post_callback, post_account], ids=["per-job", "account"])
+async def test_a_callback_body_that_does_not_arrive_in_time_gets_408(
     settings_factory: SettingsFactory,
+    post: Callable[[httpx.AsyncClient, bytes | AsyncIterator[bytes]], Awaitable[httpx.Response]],
 ) -> None:
+    """Either callback route: a body still arriving after ``BODY_TIMEOUT`` is answered 408,
+    and the route takes the next one."""
     settings = settings_factory(BODY_TIMEOUT="0.2")
     stalled = Stalled()
     async with api_client(settings) as http:
-        answer = await post_account(http, stalled.body())
+        answer = await post(http, stalled.body())
         stalled.release.set()
-        after = await post_account(http, BODY)
+        after = await post(http, BODY)
     error = assert_error(answer, 408, "request_timeout")
     assert "0.2 seconds" in error["message"]
     assert after.status_code != 408
