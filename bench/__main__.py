@@ -594,6 +594,13 @@ class Bench:
         backlog = self.sizes.slow_backlog
         with start_service(self.env, self.log) as service:
             slow = self.subscribe(service, f"{sink.url}/slow/0")
+            # The baseline for ingest beside the backlog: the same database (a million jobs) and
+            # the same slow subscription matching every callback, before its backlog is put in.
+            # Scenario 1 ran on a tenth of the jobs with no subscription to write deliveries for,
+            # so against it the figure mixed the backlog's cost with those two.
+            prior, prior_ok, prior_cpu = self.durable_ingest(
+                service, sink, "ingest before the slow one's backlog"
+            )
         asyncio.run(seed_due(self.env, slow, backlog))
         limit = 120.0
         with start_service(self.env, self.log) as service:
@@ -623,17 +630,31 @@ class Bench:
             # Left subscribed: deleting it cancels its million open deliveries in one statement
             # (seconds under the write lock), and this is the last scenario.
         self.claim_figure(backlog, claims)
-        rate = got["rate_per_s"]
+        rate, base = got["rate_per_s"], prior["rate_per_s"]
         self.figures.append(
             Figure(
-                "7. durable ingest beside it (closed loop, c=50; baseline: scenario 1)",
+                "7. durable ingest beside it (closed loop, c=50; baseline: the same database and"
+                " subscription before the backlog)",
                 rate,
                 "callbacks/s",
-                "≥ 90 % of scenario 1",
-                ingest_ok and rate >= 0.9 * self.ingest_rate,
+                "≥ 90 % of the baseline",
+                ingest_ok and prior_ok and rate >= 0.9 * base,
+                baseline=base,
+                ratio=rate / base,
+                cpu_us=cpu.per_item(self.sizes.ingest, got),
+                baseline_cpu_us=prior_cpu.per_item(self.sizes.ingest, prior),
+            )
+        )
+        self.figures.append(
+            Figure(
+                "7. durable ingest beside it against scenario 1 (a tenth of the jobs, no"
+                " subscription)",
+                rate,
+                "callbacks/s",
+                "reported",
+                True,
                 baseline=self.ingest_rate,
                 ratio=rate / self.ingest_rate,
-                cpu_us=cpu.per_item(self.sizes.ingest, got),
             )
         )
         for name in ("p50", "p99"):
