@@ -103,3 +103,46 @@ async def test_storing_callbacks_leaves_no_cyclic_garbage(
             await writer.wait_closed()
     # Nothing at all today; fewer than one object per callback leaves room for a cache filling.
     assert sum(found.values()) < CALLBACKS, found.most_common(20)
+
+
+async def test_refused_callbacks_leave_no_cyclic_garbage(
+    settings_factory: SettingsFactory, collector_off: None
+) -> None:
+    # A refusal is an exception on its way to an error answer: one kept with its traceback
+    # would be a cycle holding the request's frames, its body among them, and any client can
+    # send refused callbacks as fast as it likes.
+    async with serve(settings_factory) as service:
+        job, other = [await service.create_job(TRINETRA_MODEL) for _ in range(2)]
+        token = TOKENS.callback(job["id"], "trinetra")
+        nobody = TOKENS.callback("job_01JNOSUCHJOB0000000000000", "trinetra")
+        refused = [
+            # A forged token: 401.
+            (f"/v1/callbacks/trinetra/{token[:-2]}xx", trinetra_done(job["provider_job_id"]), 401),
+            # Another job's document under this job's token, refused by the writer: 401.
+            (f"/v1/callbacks/trinetra/{token}", trinetra_done(other["provider_job_id"]), 401),
+            # A job that does not exist: 404.
+            (
+                f"/v1/callbacks/trinetra/{nobody}",
+                trinetra_done(job["provider_job_id"]),
+                404,
+            ),
+            # A body that is not JSON: 400.
+            (f"/v1/callbacks/trinetra/{token}", b"{not json", 400),
+            # The account webhook's route (through the framework's stack): a forged token, 401.
+            ("/v1/callbacks/trinetra/account/not-a-token", trinetra_done("p-1"), 401),
+        ]
+        url = urlsplit(str(service.provider.base_url))
+        reader, writer = await asyncio.open_connection(url.hostname, url.port)
+        try:
+            client = RawClient(reader, writer)
+            for path, body, status in refused:
+                assert (await client.post(path, body))[0] == status
+            cyclic_garbage()
+            for _ in range(CALLBACKS // len(refused)):
+                for path, body, status in refused:
+                    assert (await client.post(path, body))[0] == status
+            found = cyclic_garbage()
+        finally:
+            writer.close()
+            await writer.wait_closed()
+    assert sum(found.values()) < CALLBACKS // 2, found.most_common(20)
