@@ -111,7 +111,7 @@ async def test_refused_callbacks_leave_no_cyclic_garbage(
     # A refusal is an exception on its way to an error answer: one kept with its traceback
     # would be a cycle holding the request's frames, its body among them, and any client can
     # send refused callbacks as fast as it likes.
-    async with serve(settings_factory) as service:
+    async with serve(settings_factory, MAX_CALLBACK_BYTES="4096") as service:
         job, other = [await service.create_job(TRINETRA_MODEL) for _ in range(2)]
         token = TOKENS.callback(job["id"], "trinetra")
         nobody = TOKENS.callback("job_01JNOSUCHJOB0000000000000", "trinetra")
@@ -128,6 +128,8 @@ async def test_refused_callbacks_leave_no_cyclic_garbage(
             ),
             # A body that is not JSON: 400.
             (f"/v1/callbacks/trinetra/{token}", b"{not json", 400),
+            # A body over the limit: 413.
+            (f"/v1/callbacks/trinetra/{token}", b" " * 5000, 413),
             # The account webhook's route (through the framework's stack): a forged token, 401.
             ("/v1/callbacks/trinetra/account/not-a-token", trinetra_done("p-1"), 401),
         ]
