@@ -25,13 +25,12 @@ no more CPU per delivery; docs/performance.md §5)."""
 GC_THRESHOLDS = (20_000, 10, 10)
 """The collector's generation thresholds in the served process (Python's default is
 ``(700, 10, 10)``). A young collection runs when the objects allocated minus those freed since
-the last one exceed the first number. Serving creates almost no cyclic garbage (about 1,900
-objects in isolation scenario e's 30,000 callbacks), so at 700 the collector ran ~27 young and
-~2.5 middle collections a second only to find nothing: ~26 µs of CPU per callback and pauses of
-2-6 ms (middle) and up to 18 ms (full) in the ack tail. Steady load never nets 20,000 new
-objects, so at this threshold the collector runs only when the heap really grows or garbage
-piles up, which still bounds it; a young collection of 20,000 objects costs ~4 ms
-(docs/performance.md §4, "Garbage collection")."""
+the last one pass the first number. Serving makes almost no cyclic garbage (tests/
+test_gc_garbage.py), so at 700 the collector ran 50-65 young and ~6 middle collections a second
+under the isolation mix only to find nothing: 25-35 µs of CPU per callback and pauses of 2-6 ms
+(middle) and up to 19 ms (full) of CPU. Steady serving nets no new objects, so at 20,000 it runs
+only when the heap really grows or garbage piles up, which still bounds both; one such
+collection costs 4-17 ms (docs/performance.md §4, "Garbage collection")."""
 
 
 class Server(uvicorn.Server):
