@@ -30,7 +30,7 @@ test_gc_garbage.py), so at 700 the collector ran 50-65 young and ~6 middle colle
 under the isolation mix only to find nothing: 25-35 µs of CPU per callback and pauses of 2-6 ms
 (middle) and up to 19 ms (full) of CPU. Steady serving nets no new objects, so at 20,000 it runs
 only when the heap really grows or garbage piles up, which still bounds both; one such
-collection costs 4-17 ms (docs/performance.md §4, "Garbage collection")."""
+collection costs 2-17 ms (docs/performance.md §4, "Garbage collection")."""
 
 
 class Server(uvicorn.Server):
