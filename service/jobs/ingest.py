@@ -77,7 +77,14 @@ class Ingest:
         # Shielded: a client that hangs up must not undo a callback the writer is committing.
         result = await asyncio.shield(future)
         if isinstance(result, Exception):
-            raise result
+            try:
+                raise result
+            finally:
+                # This frame, which the exception's traceback refers to, must not refer to the
+                # exception (here and as the future's result): that cycle would be freed only
+                # by the garbage collector, which the served process runs rarely
+                # (docs/performance.md §4, "Garbage collection").
+                del result, future
         return result
 
     async def run(self) -> None:
