@@ -44,6 +44,7 @@ from bench.procs import (
     SECRET_KEY,
     Process,
     RssSampler,
+    cpu_times,
     free_port,
     python,
     run_load,
@@ -51,6 +52,11 @@ from bench.procs import (
     start_sink,
 )
 from bench.seed import job_id, seed_jobs
+
+# Seconds between a scenario b run's streams being open and its load starting.
+SETTLE = 3.0
+# Seconds of scenario b's load run once, unmeasured, before its baseline.
+WARM_SECONDS = 3
 
 BEGIN = "<!-- isolation: written by `python -m bench isolation` -->"
 END = "<!-- /isolation -->"
@@ -363,23 +369,38 @@ class Isolation:
         s = self.sizes
         count = s.stream_rate * s.stream_seconds
         run = Run(self.work, "b", self.log, max_streams_per_key=str(2 * s.streams))
-        run.seed(2 * count)
-        with run.serving():
+        warm = s.stream_rate * WARM_SECONDS
+        run.seed(2 * count + warm)
+        with run.serving() as service:
             with run.client() as client:
                 created = client.post("/v1/keys", json={"name": "streams", "scopes": ["jobs:read"]})
                 created.raise_for_status()
                 reader_key = created.json()["key"]
             run.subscribe([f"{sink.url}/lag/b/0"])
+            # Unmeasured: the first callbacks a fresh process takes pay for its caches (and
+            # would weigh on the baseline, which runs first).
+            run.callbacks(sink, run.take(warm), warm, rate=s.stream_rate)
+            wait_records(sink, "/lag/b/", warm, within=60)
             runs: dict[str, dict[str, Any]] = {}
             for label in ("without", "with"):
-                streams = None
+                # The process that holds the streams runs in both runs (holding none in the
+                # baseline), and both runs start after the same pause: its start and the
+                # opening of the streams are not what the figures measure. Its CPU, and
+                # reelhook's, are reported per callback.
+                streams = Helper(
+                    "streams",
+                    {
+                        "base_url": run.url,
+                        "key": reader_key,
+                        "count": s.streams if label == "with" else 0,
+                    },
+                )
+                opened = streams.ready(within=180)
                 if label == "with":
-                    streams = Helper(
-                        "streams", {"base_url": run.url, "key": reader_key, "count": s.streams}
-                    )
-                    opened = streams.ready(within=180)
                     runs["streams_opened"] = opened
+                time.sleep(SETTLE)
                 httpx.post(f"{sink.url}/_reset").raise_for_status()
+                served, held = service.cpu(), cpu_times(streams.popen.pid)
                 first = run.take(count)
                 paths = [f"/v1/jobs/{job_id(i)}" for i in range(first, first + 50)]
                 paths += ["/v1/jobs?limit=20", "/v1/events?limit=20"]
@@ -396,7 +417,14 @@ class Isolation:
                 load = run.callbacks(sink, first, count, rate=s.stream_rate, record_send_times=True)
                 read = reads.result()
                 records = wait_records(sink, "/lag/b/", count, within=180)
+                served = service.cpu() - served
+                held = cpu_times(streams.popen.pid) - held
                 runs[label] = {
+                    "cpu_us_per_callback": {
+                        "reelhook": served.total / count * 1e6,
+                        "reelhook_main_thread": served.main / count * 1e6,
+                        "streams_client": held.total / count * 1e6,
+                    },
                     "ack_ms": load["latency_ms"],
                     "read_ms": read["latency_ms"],
                     "read_statuses": read["statuses"],
@@ -409,12 +437,11 @@ class Isolation:
                     stored=run.stored(first, count),
                     received_unique=len({(p, e) for p, e, _, _ in records}),
                 )
-                if streams is not None:
-                    streams.stop()
-                    runs["streams_end"] = streams.result()
+                streams.stop()
+                runs[f"streams_end_{label}"] = streams.result()
         before, after = runs["without"], runs["with"]
         opened = runs["streams_opened"]["open"]
-        still = runs["streams_end"]["still_open"]
+        still = runs["streams_end_with"]["still_open"]
         self.figure(
             "b",
             f"idle streams open from one read-only key (held through the run: {still:,})",
@@ -422,8 +449,23 @@ class Isolation:
             "streams",
             f"{s.streams:,}",
             opened == s.streams and still == s.streams,
-            detail={"opened": runs["streams_opened"], "end": runs["streams_end"]},
+            detail={"opened": runs["streams_opened"], "end": runs["streams_end_with"]},
         )
+        for who, what in (
+            ("reelhook", "reelhook CPU"),
+            ("reelhook_main_thread", "reelhook event-loop thread CPU"),
+            ("streams_client", "the streams' client process CPU"),
+        ):
+            self.figure(
+                "b",
+                f"{what} per callback with {s.streams:,} idle streams (the steady figure; "
+                "the latencies below are noisy on a shared machine)",
+                after["cpu_us_per_callback"][who],
+                "µs",
+                "reported",
+                None,
+                baseline=before["cpu_us_per_callback"][who] or None,
+            )
         for key, what in (("lag_ms", "subscriber lag"), ("read_ms", "API read"), ("ack_ms", "ack")):
             value, base = after[key]["p99"], before[key]["p99"]
             self.figure(
