@@ -2,9 +2,10 @@
 
 Every commit that appended events calls :meth:`EventFeed.notify` (it listens for ``Work.EVENTS``,
 see :mod:`service.storage.announcements`). One task (:meth:`EventFeed.run`) then reads the new
-events once, renders each as an SSE message once, keeps the most recent in memory, and wakes only
-the streams that may see one of them (their owner, their type filter). So an idle stream costs
-nothing: no query, no wake-up, whatever else commits (docs/architecture.md, "Streams").
+events once, keeps the most recent in memory (each rendered as an SSE message once, when a stream
+first sends it), and wakes only the streams that may see one of them (their owner, their type
+filter). So an idle stream costs nothing: no query, no wake-up, whatever else commits
+(docs/architecture.md, "Streams").
 
 A stream registers with :meth:`EventFeed.listen` before it reads, so an event committed between
 its read and its wait still wakes it. A stream that is further behind than the events kept in
@@ -17,7 +18,6 @@ import json
 from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import anyio
 
@@ -31,13 +31,37 @@ KEEP = 1024
 """Recent events kept in memory for the streams (one message each, rendered once)."""
 
 
-@dataclass(frozen=True, slots=True)
 class TailEvent:
-    seq: int
-    type: str
-    # The API key whose job it is (None: not a job's event, seen by admin keys only).
-    owner_key_id: str | None
-    message: bytes
+    """An event the tail read, rendered as its SSE message only when a stream first sends it.
+
+    Most events are seen by no stream (issue 18's idle streams are another key's): rendering
+    every one (a JSON parse and dump) was most of the tail's CPU (docs/performance.md, "Idle
+    streams")."""
+
+    __slots__ = ("_id", "_message", "_payload", "owner_key_id", "seq", "type")
+
+    def __init__(
+        self, seq: int, type_: str, owner_key_id: str | None, event_id: str, payload: bytes | str
+    ) -> None:
+        self.seq = seq
+        self.type = type_
+        # The API key whose job it is (None: not a job's event, seen by admin keys only).
+        self.owner_key_id = owner_key_id
+        self._id = event_id
+        self._payload = payload
+        self._message: bytes | None = None
+
+    @property
+    def rendered(self) -> bool:
+        """Whether :attr:`message` was made (some stream sent this event)."""
+        return self._message is not None
+
+    @property
+    def message(self) -> bytes:
+        """The SSE message (:func:`render`), made once, on first use."""
+        if self._message is None:
+            self._message = render(self.seq, self._id, self.type, self._payload)
+        return self._message
 
 
 def render(seq: int, event_id: str, type_: str, payload: bytes | str) -> bytes:
@@ -251,12 +275,7 @@ class EventFeed:
             if not rows:
                 return
             new = [
-                TailEvent(
-                    row["seq"],
-                    row["type"],
-                    row["owner_key_id"],
-                    render(row["seq"], row["id"], row["type"], row["payload"]),
-                )
+                TailEvent(row["seq"], row["type"], row["owner_key_id"], row["id"], row["payload"])
                 for row in rows
             ]
             self._recent.extend(new)

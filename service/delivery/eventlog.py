@@ -32,6 +32,14 @@ log = logging.getLogger(__name__)
 
 STREAM_PAGE = 200
 RECONNECT_MS = 2000
+_GOLDEN = 0.6180339887498949  # (sqrt(5) - 1) / 2: successive multiples spread evenly over [0, 1)
+
+
+def first_keepalive(number: int, interval: float) -> float:
+    """When the ``number``-th stream followed sends its first keep-alive: after 50-100 % of
+    ``interval``, successive streams spread evenly over that half (multiples of the golden
+    ratio, modulo 1), so streams opened together do not all wake in the same instant."""
+    return interval * (0.5 + ((number * _GOLDEN) % 1.0) / 2)
 
 
 def event_types(query: Query) -> list[str]:
@@ -60,6 +68,7 @@ class EventLog:
         self._clock = clock
         # Open streams per API key on this node (the stream quota).
         self._open: Counter[str] = Counter()
+        self._followed = 0  # streams followed so far: spreads their keep-alives (follow)
 
     async def head(self) -> int:
         """The position of the last event in the log (0 when empty)."""
@@ -199,6 +208,11 @@ class EventLog:
         # An id-only block: the client's Last-Event-ID is right even before the first event
         # arrives.
         yield sse.message(id=str(after_seq), retry_ms=RECONNECT_MS)
+        # Streams opened together (a client reconnecting a thousand) would otherwise send
+        # their keep-alives in the same instant, every interval: a thousand wake-ups and
+        # writes in one burst on the loop (docs/performance.md, "Idle streams").
+        self._followed += 1
+        idle = first_keepalive(self._followed, self._keepalive)
         with self._feed.listen(caller.owner_filter, types) as listener:
             while not self._feed.closed:
                 # Taken before the read: an event the tail finds after it still wakes the wait.
@@ -232,8 +246,9 @@ class EventLog:
                     if recent:
                         after_seq = recent[-1].seq
                 # Woken while reading: look again at once; idle for the keep-alive: say so.
-                if not await listener.wait(wakes, self._keepalive):
+                if not await listener.wait(wakes, idle):
                     yield sse.comment("keep-alive")
+                idle = self._keepalive
 
 
 class EventStream:
