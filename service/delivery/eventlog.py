@@ -24,7 +24,7 @@ from service.core.ids import new_id
 from service.core.models import EVENT_TYPES
 from service.core.paging import Page, page_of
 from service.core.params import Query, is_decimal
-from service.delivery.eventfeed import EventFeed, render
+from service.delivery.eventfeed import EventFeed, Waited, render
 from service.storage import events, quotas
 from service.storage.database import DATABASE_ERRORS, Database
 
@@ -131,14 +131,21 @@ class EventLog:
             return await self._seq_of("after", after, caller)
         return head
 
-    async def stream(self, caller: Caller, query: Query, last_event_id: str | None) -> EventStream:
+    async def stream(
+        self,
+        caller: Caller,
+        query: Query,
+        last_event_id: str | None,
+        gone: Callable[[], Awaitable[object]] | None = None,
+    ) -> EventStream:
         """The live stream an edge answers with, positioned and filtered as the query string
         says (``type``, ``last_event_id``, ``after``) and the ``Last-Event-ID`` header
         (``last_event_id``). Bad parameters raise :class:`ValidationFailed` here, before any
         byte is sent; a key with its quota of streams open (over every node) gets
         :class:`QuotaExceeded`, also before any byte, so the edge can still answer 429. The
         stream returned holds its place in the quota until it is closed, which its edge must
-        do however the response ends (a HEAD closes it at once)."""
+        do however the response ends (a HEAD closes it at once). ``gone``, when given, returns
+        once the client has gone: the stream then ends by itself (see :meth:`follow`)."""
         types = event_types(query)
         after_seq = await self.start(
             [("Last-Event-ID", last_event_id), ("last_event_id", query.get("last_event_id"))],
@@ -165,7 +172,7 @@ class EventLog:
             if lease is not None:
                 await self._release(lease)
 
-        return EventStream(self.follow(caller, types, after_seq=after_seq), release)
+        return EventStream(self.follow(caller, types, after_seq=after_seq, gone=gone), release)
 
     def _give_back(self, key_id: str) -> None:
         self._open[key_id] -= 1
@@ -201,10 +208,17 @@ class EventLog:
                 log.warning("could not release stream lease %s", lease, exc_info=True)
 
     async def follow(
-        self, caller: Caller, types: Sequence[str], *, after_seq: int
+        self,
+        caller: Caller,
+        types: Sequence[str],
+        *,
+        after_seq: int,
+        gone: Callable[[], Awaitable[object]] | None = None,
     ) -> AsyncGenerator[bytes, None]:
-        """The log from ``after_seq`` on, as SSE bytes, until the feed closes (shutdown). Not
-        counted against any quota: :meth:`stream` is what counts."""
+        """The log from ``after_seq`` on, as SSE bytes, until the feed closes (shutdown) or,
+        with ``gone`` (which returns once the client has gone), until the client goes: it is
+        watched while the stream waits, in the stream's own task. Not counted against any
+        quota: :meth:`stream` is what counts."""
         # An id-only block: the client's Last-Event-ID is right even before the first event
         # arrives.
         yield sse.message(id=str(after_seq), retry_ms=RECONNECT_MS)
@@ -246,7 +260,10 @@ class EventLog:
                     if recent:
                         after_seq = recent[-1].seq
                 # Woken while reading: look again at once; idle for the keep-alive: say so.
-                if not await listener.wait(wakes, idle):
+                waited = await listener.wait(wakes, idle, gone)
+                if waited is Waited.GONE:
+                    return
+                if waited is Waited.IDLE:
                     yield sse.comment("keep-alive")
                 idle = self._keepalive
 
