@@ -6,6 +6,7 @@ the feed's counters show who read and who was woken."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -201,8 +202,10 @@ async def test_the_tail_renders_only_the_events_a_stream_sends(tmp_path: Path) -
     them gets each, as the same message GET /v1/events would list, and only those are
     rendered."""
     feed = EventFeed()
-    async with Database.open(tmp_path / "db.sqlite") as db, anyio.create_task_group() as tg:
+    target = os.environ.get("REELHOOK_TEST_DATABASE_URL") or tmp_path / "db.sqlite"
+    async with Database.open(target) as db, anyio.create_task_group() as tg:
         db.subscribe(Work.EVENTS, feed.notify)
+        tg.start_soon(db.run)  # PostgreSQL: the LISTEN connection that hears the commits
         log = EventLog(db, feed, keepalive=60, max_streams_per_key=1000)
         tg.start_soon(feed.run, db.reader)
         idle = [log.follow(READER, [], after_seq=0) for _ in range(200)]
