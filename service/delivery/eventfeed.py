@@ -134,7 +134,7 @@ class Listener:
 
         The stream's own task does the waiting, in ``gone`` itself when given: a stream needs
         no second task listening for its client's disconnection (Starlette's StreamingResponse
-        runs one per stream), which with 1,000 open streams was a fifth of the objects every
+        runs one per stream), which with 1,000 open streams was over a quarter of the objects every
         full garbage collection walks (docs/performance.md, "Idle streams")."""
         if self.wakes == wakes_seen:
             with anyio.move_on_after(idle) as scope:
