@@ -20,7 +20,7 @@ from service.access.scopes import Scope
 from service.core.ids import new_id
 from service.core.jsonutil import dumps_bytes
 from service.delivery.eventfeed import EventFeed
-from service.delivery.eventlog import EventLog, first_keepalive
+from service.delivery.eventlog import KEEPALIVE_SLOTS, EventLog, first_keepalive
 from service.storage import events
 from service.storage.announcements import Work
 from service.storage.database import Database
@@ -238,12 +238,12 @@ async def test_the_tail_renders_only_the_events_a_stream_sends(tmp_path: Path) -
 
 
 def test_streams_opened_together_spread_their_first_keep_alives() -> None:
-    """The first keep-alive of each stream comes after 50-100 % of the interval, and a thousand
-    streams opened at once spread evenly over that half: no twentieth of it holds more than
-    one and a half times its share."""
+    """The first keep-alive of each stream comes after 50-100 % of the interval, at one of
+    KEEPALIVE_SLOTS instants of that half; a thousand streams opened at once use every instant,
+    none more than one and a half times its share."""
     interval = 15.0
     firsts = [first_keepalive(number, interval) for number in range(1, 1001)]
     assert all(interval / 2 <= first < interval for first in firsts)
-    slots = Counter(int((first - interval / 2) / (interval / 2) * 20) for first in firsts)
-    assert len(slots) == 20
-    assert max(slots.values()) <= 1.5 * 1000 / 20
+    instants = Counter(firsts)
+    assert len(instants) == KEEPALIVE_SLOTS
+    assert max(instants.values()) <= 1.5 * 1000 / KEEPALIVE_SLOTS
