@@ -37,6 +37,7 @@ from service.api.errors import (
     storage_error_handler,
 )
 from service.api.fastpath import CallbackFastPath
+from service.api.streampath import StreamFastPath
 from service.app import bootstrap, startup_checks
 from service.app.services import Services, Workers
 from service.app.settings import Settings
@@ -224,6 +225,9 @@ def create_app(
                 max_age=600,
             )
         )
+    # Event streams, open for hours, skip the router too: fewer objects held per stream
+    # (docs/performance.md, "Idle streams"). Inside CORS, which a browser's EventSource needs.
+    middleware.append(Middleware(StreamFastPath))
     handle_storage_error = storage_error_handler()
     app = Starlette(
         routes=app_routes,
