@@ -13,7 +13,7 @@ from service.core.jsonutil import dumps, dumps_bytes
 from service.core.models import FileUrl, Job, Subscription
 from service.delivery.filters import FieldTree, Filter, FilterError, parse
 from service.storage import events, subscriptions
-from service.storage.database import Connection
+from service.storage.database import Connection, Row
 
 log = logging.getLogger(__name__)
 
@@ -121,12 +121,22 @@ class Publisher:
         return event.id
 
     async def publish_jobs(
-        self, conn: Connection, announced: Sequence[tuple[str, Job]], now: float
+        self,
+        conn: Connection,
+        announced: Sequence[tuple[str, Job]],
+        now: float,
+        *,
+        listening: Sequence[Row] | None = None,
     ) -> list[str]:
-        """:meth:`publish` for many job events at once (one query for their audiences)."""
-        audiences = await subscriptions.listeners(
-            conn, [(job.owner_key_id, job.id) for _, job in announced], self._parsed
-        )
+        """:meth:`publish` for many job events at once (one query for their audiences).
+
+        ``listening``: the rows of :func:`subscriptions.listening_to_jobs` for jobs including
+        these, read earlier in the same transaction; then no query is made here."""
+        wanted = [(job.owner_key_id, job.id) for _, job in announced]
+        if listening is None:
+            audiences = await subscriptions.listeners(conn, wanted, self._parsed)
+        else:
+            audiences = subscriptions.heard_by(listening, wanted, self._parsed)
         batch = []
         matched: dict[tuple[int, str, str | None], _Matched] = {}
         for (event_type, job), heard in zip(announced, audiences, strict=True):

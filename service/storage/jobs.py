@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from service.core.jsonutil import dumps
 from service.core.models import Cost, Job, JobError, JobStatus, Notice, Output
 from service.storage.announcements import Work, announce
-from service.storage.database import Connection, Row
+from service.storage.database import Connection, Row, Statement
 
 _COLUMNS = (
     "id, owner_key_id, model, provider, provider_job_id, status, input, outputs, error, cost, "
@@ -133,12 +133,22 @@ async def get_many(conn: Connection, job_ids: Iterable[str]) -> dict[str, Job]:
     wanted = list(dict.fromkeys(job_ids))
     if not wanted:
         return {}  # PostgreSQL refuses an empty IN ()
-    marks = ", ".join("?" for _ in wanted)
     # execute_fetchall: one trip to the database thread instead of three (execute, fetch, close).
+    return by_id(await conn.execute_fetchall(*select_many(conn, wanted)))
+
+
+def select_many(conn: Connection, job_ids: Sequence[str]) -> Statement:
+    """The statement :func:`get_many` runs for ``job_ids`` (at least one), for a caller that
+    runs it with others (:meth:`Connection.run_all`); :func:`by_id` reads its rows. In a write
+    transaction on PostgreSQL it locks the rows."""
+    marks = ", ".join("?" for _ in job_ids)
     # In id order: two nodes locking overlapping batches then queue instead of deadlocking.
-    rows = await conn.execute_fetchall(
-        f"SELECT {_COLUMNS} FROM jobs WHERE id IN ({marks}) ORDER BY id{conn.for_update}", wanted
-    )
+    sql = f"SELECT {_COLUMNS} FROM jobs WHERE id IN ({marks}) ORDER BY id{conn.for_update}"
+    return sql, list(job_ids)
+
+
+def by_id(rows: Iterable[Row]) -> dict[str, Job]:
+    """The jobs of :func:`select_many`'s rows, by id."""
     return {row["id"]: _from_row(row) for row in rows}
 
 
