@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from service.core.jsonutil import InvalidJSON, loads
+from service.core.jsonutil import InvalidJSON, dumps, loads
 
 
 @pytest.mark.parametrize(
@@ -24,6 +24,29 @@ def test_what_is_accepted_parses_exactly_as_the_stdlib_does(body: bytes) -> None
     parsed = loads(body)
     assert parsed == json.loads(body)
     assert type(parsed) is type(json.loads(body))
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"prompt": "un chat é 😀", "n": 5, "ratio": 0.1, "none": None, "ok": False},
+        [{"url": "https://x.test/a.mp4", "big": 123456789012345678901234567890}],
+        {"estimated": 1e-07, "charged": 1e16, "unit": "credits"},
+    ],
+)
+def test_a_stored_column_parses_from_its_text_as_the_stdlib_does(value: object) -> None:
+    """Job rows come back from the store as text, written by :func:`dumps`; they are read
+    through the same fast parser (service/storage/jobs.py), with the same answers."""
+    text = dumps(value)
+    assert text == json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    assert loads(text) == json.loads(text) == value
+    assert loads(text.encode()) == value
+
+
+def test_dumps_refuses_non_finite_numbers() -> None:
+    for number in (float("nan"), float("inf"), -float("inf")):
+        with pytest.raises(ValueError, match="not JSON compliant"):
+            dumps({"cost": number})
 
 
 def test_integers_past_64_bits_stay_exact() -> None:
