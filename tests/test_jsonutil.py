@@ -49,6 +49,22 @@ def test_dumps_refuses_non_finite_numbers() -> None:
             dumps({"cost": number})
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"n": 1234567890123456789}',
+        b'{"n": 18446744073709551616, "m": 123456789012345678}',
+        b'{"s": "1234567890123456789012", "n": 99999999999999999999}',
+        b"[123456789012345678, 0.1234567890123456789]",
+    ],
+)
+def test_runs_of_nineteen_digits_or_more_parse_exactly(body: bytes) -> None:
+    """Such a run may be an integer past 64 bits, which only the stdlib parser keeps exact;
+    shorter runs go through the fast parser. Either way the answer is the stdlib's."""
+    assert loads(body) == json.loads(body)
+    assert loads(body.decode()) == json.loads(body)
+
+
 def test_integers_past_64_bits_stay_exact() -> None:
     assert loads(b'{"n": 123456789012345678901234567890}')["n"] == 123456789012345678901234567890
 
@@ -63,8 +79,18 @@ def test_integers_past_64_bits_stay_exact() -> None:
         (b'"\xff"', "not UTF-8"),
         (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
         (b'{"a": 1', "Expecting"),
+        (b'{"n": 1234567890123456789\x00}', "Expecting"),
     ],
-    ids=["nan", "infinity", "minus-infinity", "lone-surrogate", "bad-utf8", "too-deep", "cut"],
+    ids=[
+        "nan",
+        "infinity",
+        "minus-infinity",
+        "lone-surrogate",
+        "bad-utf8",
+        "too-deep",
+        "cut",
+        "nul-after-digits",
+    ],
 )
 def test_what_is_refused_is_refused_with_a_readable_reason(body: bytes, reason: str) -> None:
     with pytest.raises(InvalidJSON, match=reason):

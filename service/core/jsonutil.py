@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from typing import Any
 
 import orjson
 
-_LONG_DIGITS = re.compile(rb"[0-9]{19}")
-_LONG_DIGITS_TEXT = re.compile(r"[0-9]{19}")
+# A run of 19 digits, found as 19 NUL bytes once every digit is one: one C pass (~0.7 µs for a
+# 635-byte callback body, where the regular expression [0-9]{19} took ~5.4 µs). A NUL already in
+# the data (never valid JSON) can only send it to the stdlib parser, which decides.
+_DIGITS_TO_NUL = bytes.maketrans(b"0123456789", bytes(10))
+_NINETEEN_DIGITS = bytes(19)
 
 
 class InvalidJSON(ValueError):
@@ -45,13 +47,13 @@ def loads(data: bytes | str) -> Any:
     which decides, with its own readable reason; so do bodies with a 19-digit run, since orjson
     turns integers past 64 bits into floats where the stdlib keeps them exact.
     """
-    if isinstance(data, str):
-        long_digits = _LONG_DIGITS_TEXT.search(data) is not None
-    else:
-        long_digits = _LONG_DIGITS.search(data) is not None
-    if not long_digits:
+    try:
+        raw = data.encode() if isinstance(data, str) else data
+    except UnicodeEncodeError:  # a lone surrogate: the stdlib parser says why it is refused
+        return _stdlib_loads(data)
+    if _NINETEEN_DIGITS not in raw.translate(_DIGITS_TO_NUL):
         try:
-            return orjson.loads(data)
+            return orjson.loads(raw)
         except orjson.JSONDecodeError:
             pass
     return _stdlib_loads(data)
