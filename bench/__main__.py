@@ -698,14 +698,16 @@ class Bench:
     @contextmanager
     def profiled(self, service: Process, name: str) -> Iterator[None]:
         """With ``--py-spy DIR``: a py-spy profile of the served process while the block runs,
-        written to ``DIR/<name>.txt`` (collapsed stacks per thread, native frames included, so the
-        event loop's own C code is counted; idle samples left out). Otherwise nothing."""
+        written to ``DIR/<name>.txt`` (collapsed stacks per thread). Sampled only while a thread
+        holds the GIL, without stopping the process and without native frames: stopping it for
+        native stacks puts the samples at system calls, far from where the CPU goes
+        (docs/performance.md §4). Otherwise nothing."""
         if self.py_spy is None:
             yield
             return
         self.py_spy.mkdir(parents=True, exist_ok=True)
         spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-        argv = [spy, "record", "--format", "raw", "--rate", "250", "--native"]
+        argv = [spy, "record", "--format", "raw", "--rate", "250", "--gil", "--nonblocking"]
         argv += ["--threads", "-o", str(self.py_spy / f"{name}.txt"), "-p", str(service.popen.pid)]
         with self.log.open("ab") as out:
             recorder = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
