@@ -12,7 +12,9 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import sqlite3
+import subprocess
 import sys
 import tempfile
 import time
@@ -202,6 +204,7 @@ class Bench:
         self.port = free_port()
         self.next_job = 0
         self.env = service_environment(self.data, self.port)
+        self.py_spy: Path | None = None
 
     def take_jobs(self, count: int) -> int:
         """The first index of ``count`` seeded jobs no scenario has used yet."""
@@ -713,6 +716,29 @@ class Bench:
 
     # -- helpers ---------------------------------------------------------------------------------
 
+    @contextmanager
+    def profiled(self, service: Process, name: str) -> Iterator[None]:
+        """With ``--py-spy DIR``: a py-spy profile of the served process while the block runs,
+        written to ``DIR/<name>.txt`` (collapsed stacks per thread). Sampled only while a thread
+        holds the GIL, without stopping the process and without native frames: stopping it for
+        native stacks puts the samples at system calls, far from where the CPU goes
+        (docs/performance.md §4). Otherwise nothing."""
+        if self.py_spy is None:
+            yield
+            return
+        self.py_spy.mkdir(parents=True, exist_ok=True)
+        spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        argv = [spy, "record", "--format", "raw", "--rate", "250", "--gil", "--nonblocking"]
+        argv += ["--threads", "-o", str(self.py_spy / f"{name}.txt"), "-p", str(service.popen.pid)]
+        with self.log.open("ab") as out:
+            recorder = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            time.sleep(1)  # py-spy attaches before the load begins
+            yield
+        finally:
+            recorder.send_signal(signal.SIGINT)
+            recorder.wait(timeout=60)
+
     def auth(self) -> dict[str, str]:
         return {"X-API-Key": ADMIN_KEY}
 
@@ -739,10 +765,21 @@ class Bench:
             ).fetchone()
         return int(row[0])
 
-    def run(self, only_fanout: bool = False, only_lag: bool = False) -> None:
+    def run(
+        self, only_fanout: bool = False, only_lag: bool = False, only_ingest: bool = False
+    ) -> None:
         self.fsync = disk_fsync_probe(self.work)
         asyncio.run(seed_jobs(self.env, 0, self.sizes.jobs))
         self.under_load_rss = 0.0
+        if only_ingest:
+            # Scenarios 1 and 2 alone, on one fresh service as a full run has them: CPU per
+            # callback moves little between runs, so A/B runs of the ingest path need only these.
+            with start_sink(self.log) as sink, start_service(self.env, self.log) as service:
+                with self.profiled(service, "ingest"):
+                    self.ingest(service, sink)
+                with self.profiled(service, "ack"):
+                    self.ack_latency(service, sink)
+            return
         if only_lag:
             # Scenario 5 alone, on a fresh service: its lag is bimodal on this machine (the claims
             # keep up or fall behind, docs/performance.md §5), so A/B runs need many of it.
@@ -846,6 +883,19 @@ def main() -> None:
         help="only scenario 5 (end-to-end lag): a partial report, named lag.md",
     )
     parser.add_argument(
+        "--ingest-only",
+        action="store_true",
+        help="only scenarios 1 and 2 (durable ingest, ack latency): a partial report, named"
+        " ingest.md",
+    )
+    parser.add_argument(
+        "--py-spy",
+        type=Path,
+        metavar="DIR",
+        help="with --ingest-only: record py-spy profiles of the served process (py-spy on PATH"
+        " or beside this Python) during scenarios 1 and 2 into DIR",
+    )
+    parser.add_argument(
         "--no-isolation",
         action="store_true",
         help="leave out the isolation scenarios (bench/isolation.py) a full run ends with",
@@ -863,14 +913,18 @@ def main() -> None:
     store_columns: list[stores.Column] = []
     with workdir(args.keep) as work:
         bench = Bench(work, sizes)
+        bench.py_spy = args.py_spy
+        partial = args.fanout_only or args.lag_only or args.ingest_only
         failed: str | None = None
         try:
-            bench.run(only_fanout=args.fanout_only, only_lag=args.lag_only)
+            bench.run(
+                only_fanout=args.fanout_only, only_lag=args.lag_only, only_ingest=args.ingest_only
+            )
         except Exception as exc:
             # Keep what was measured: the report says the run is incomplete and why.
             print(f"benchmark failed; process log:\n{bench.log.read_text()[-4000:]}")
             failed = f"{type(exc).__name__}: {exc}"[:300]
-        if not args.fanout_only and not args.lag_only:
+        if not partial:
             store_columns = compare_stores(work, args.quick, bench.env, bench.log)
     result = {
         "started_at": started,
@@ -892,6 +946,8 @@ def main() -> None:
         if args.fanout_only
         else "lag"
         if args.lag_only
+        else "ingest"
+        if args.ingest_only
         else "latest"
     )
     args.out.mkdir(parents=True, exist_ok=True)
@@ -902,7 +958,7 @@ def main() -> None:
         text = stores.merge_into(text, stores.markdown(store_columns, store_sizes, args.quick))
     (args.out / f"{name}.md").write_text(text)
     print(text)
-    if not args.fanout_only and not args.lag_only and not args.no_isolation:
+    if not partial and not args.no_isolation:
         with workdir(args.keep) as work:
             isolation.run(work, quick=args.quick, out=args.out)
     if failed:

@@ -346,15 +346,18 @@ class Callbacks:
         level = logging.DEBUG if outcome.accepted else logging.INFO
         if outcome in (CallbackOutcome.LATE_RESULT, CallbackOutcome.UNMATCHED):
             level = logging.WARNING  # a result that reached no job (yet): someone should look
-        log.log(
-            level,
-            "%s %scallback %s%s",
-            provider,
-            "account " if route == "account" else "",
-            outcome.value,
-            f" for {job_id}" if job_id else "",
-            extra={"provider": provider, "callback_outcome": outcome.value, "route": route},
-        )
+        # Checked first: the arguments (a formatted string, a dict) were built for every
+        # callback even when the level is off, as it is for accepted ones in production.
+        if log.isEnabledFor(level):
+            log.log(
+                level,
+                "%s %scallback %s%s",
+                provider,
+                "account " if route == "account" else "",
+                outcome.value,
+                f" for {job_id}" if job_id else "",
+                extra={"provider": provider, "callback_outcome": outcome.value, "route": route},
+            )
         for observe in self._observers:
             try:
                 observe(provider, outcome)

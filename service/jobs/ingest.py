@@ -74,8 +74,11 @@ class Ingest:
                 "reelhook is storing a burst of callbacks; send this one again shortly",
                 headers={"Retry-After": "1"},
             ) from None
-        # Shielded: a client that hangs up must not undo a callback the writer is committing.
-        result = await asyncio.shield(future)
+        # Not shielded: a client that hangs up cancels only this future, never the callback,
+        # which the writer has taken from the queue and commits whatever happens to its waiter
+        # (it skips a future already done). A shield cost an extra future and two callbacks
+        # per callback (docs/performance.md §4).
+        result = await future
         if isinstance(result, Exception):
             try:
                 raise result
@@ -106,7 +109,10 @@ class Ingest:
         return not self._queue.empty()
 
     async def _commit(self, batch: list[tuple[Update, asyncio.Future[_Result]]]) -> None:
-        results: list[_Result] = [_shutting_down() for _ in batch]
+        # None until the batch is stored or has failed: cancelled in between (shutdown), every
+        # request is told to send again. Built only then: an exception per callback built ahead
+        # of every commit cost more than the rest of the batch's bookkeeping.
+        results: list[_Result] | None = None
         try:
             # A transaction block, not Database.run_transaction: the batch's Python work (the
             # transitions, payloads, rows) stays on the event loop while SQLite's C work runs on
@@ -142,9 +148,9 @@ class Ingest:
         finally:
             # Results, errors included, are values: a future whose requester hung up is then
             # dropped silently instead of logging an unretrieved exception.
-            for (_, future), result in zip(batch, results, strict=True):
+            for index, (_, future) in enumerate(batch):
                 if not future.done():
-                    future.set_result(result)
+                    future.set_result(_shutting_down() if results is None else results[index])
 
     def _refuse_waiting(self) -> None:
         self._closed = True
