@@ -426,6 +426,8 @@ def _wire(settings: Settings, clock: Clock, opened: Opened, shared: Shared) -> S
         capacity=settings.ingest_queue,
         batch_size=settings.ingest_batch,
         mirror=settings.mirror_outputs,
+        # Fresh deliveries claimed at ingest and handed over in memory (docs/architecture.md).
+        hot=dispatcher.hot_claims,
     )
     return Services(
         settings=settings,

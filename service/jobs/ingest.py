@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from service.core.clock import Clock
 from service.core.errors import ServiceUnavailable
 from service.core.lograte import Occasional
-from service.delivery.publisher import Publisher
+from service.delivery.publisher import HotClaims, Publisher
 from service.jobs.lifecycle import Applied, JobMismatch, UnknownJob, Update, apply_updates
 from service.storage.database import Database
 from service.storage.space import RETRY_AFTER, out_of_space
@@ -30,7 +31,9 @@ class Ingest:
     """The callback writer. Run :meth:`run` in the lifespan task group; call :meth:`store`.
 
     ``mirror`` is :func:`apply_updates`'s. What a batch queued (deliveries, downloads) is
-    announced by its commit (:mod:`service.storage.announcements`).
+    announced by its commit (:mod:`service.storage.announcements`). ``hot`` (the dispatcher's
+    ``hot_claims``) gives each batch room for deliveries written already claimed and handed to
+    the dispatcher in memory after the commit (:meth:`Publisher.publish_jobs`).
     """
 
     def __init__(
@@ -42,8 +45,10 @@ class Ingest:
         capacity: int,
         batch_size: int,
         mirror: bool,
+        hot: Callable[[], HotClaims | None] | None = None,
     ) -> None:
         self._db = db
+        self._hot = hot
         self._publisher = publisher
         self._clock = clock
         self._batch_size = batch_size
@@ -100,6 +105,8 @@ class Ingest:
 
     async def _commit(self, batch: list[tuple[Update, asyncio.Future[_Result]]]) -> None:
         results: list[_Result] = [_shutting_down() for _ in batch]
+        # Room reserved before the commit, sent from after it, given back if it fails.
+        hot = self._hot() if self._hot is not None else None
         try:
             # A transaction block, not Database.run_transaction: the batch's Python work (the
             # transitions, payloads, rows) stays on the event loop while SQLite's C work runs on
@@ -107,14 +114,22 @@ class Ingest:
             # cost throughput (docs/performance.md §4).
             # Every request in the batch waits on this commit: it goes before the dispatcher's
             # claims and outcome batches (background transactions) waiting for the writer.
-            async with self._db.transaction() as conn:
-                applied = await apply_updates(
-                    conn,
-                    self._publisher,
-                    [update for update, _ in batch],
-                    self._clock(),
-                    mirror=self._mirror,
-                )
+            try:
+                async with self._db.transaction() as conn:
+                    applied = await apply_updates(
+                        conn,
+                        self._publisher,
+                        [update for update, _ in batch],
+                        self._clock(),
+                        mirror=self._mirror,
+                        hot=hot,
+                    )
+            except BaseException:
+                if hot is not None:
+                    hot.abort()
+                raise
+            if hot is not None:
+                hot.commit()
             results = list(applied)
         except Exception as exc:
             full = out_of_space(exc)
