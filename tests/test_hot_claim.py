@@ -383,10 +383,9 @@ async def test_a_node_killed_after_the_commit_loses_nothing(
                 }
                 assert len(held) == 6
         assert subscriber.arrived == []
-        async with Database.open(url_of_store, node_timeout=1.0) as db:
-            async with node(db) as running:
-                await until_settled(db, 6)
-                assert running.dispatcher.hot_claimed == 0
+        async with Database.open(url_of_store, node_timeout=1.0) as db, node(db) as running:
+            await until_settled(db, 6)
+            assert running.dispatcher.hot_claimed == 0
         assert sorted(subscriber.arrived) == sorted(
             (f"/{name}", job_id) for name in ("a", "b") for job_id in job_ids
         )
