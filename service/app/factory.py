@@ -363,6 +363,7 @@ def _wire(settings: Settings, clock: Clock, opened: Opened, shared: Shared) -> S
         disable_after=settings.disable_after,
         shutdown_grace=settings.shutdown_grace,
         observe_claim=shared.metrics.claim_duration.observe,
+        observe_claimed_at_ingest=shared.metrics.claimed_at_ingest.inc,
         renderer=renderer,
         slow_after=settings.delivery_slow_after,
     )

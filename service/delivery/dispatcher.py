@@ -90,6 +90,7 @@ class Dispatcher:
         shutdown_grace: float = 0.0,
         rng: Callable[[], float] = random.random,
         observe_claim: Callable[[float], None] = lambda seconds: None,
+        observe_claimed_at_ingest: Callable[[int], None] = lambda count: None,
         renderer: Renderer | None = None,
         slow_after: float = SLOW_AFTER,
     ) -> None:
@@ -104,6 +105,7 @@ class Dispatcher:
         self._shutdown_grace = shutdown_grace
         self._rng = rng
         self._observe_claim = observe_claim
+        self._observe_claimed_at_ingest = observe_claimed_at_ingest
         self._renderer = renderer or Renderer()
         self._wakeup = Wakeup()
         self._fanouts = Wakeup()
@@ -761,6 +763,8 @@ class _HotClaims:
                 d._done(delivery.subscription_id)
             return
         d.hot_claimed += len(claimed)
+        if claimed:
+            d._observe_claimed_at_ingest(len(claimed))
         subs: set[str] = set()
         for delivery in claimed:
             sub = delivery.subscription_id
