@@ -21,7 +21,7 @@ from starlette.types import Receive, Scope, Send
 
 from service.core.models import JobStatus, ProviderUpdate, SubscriptionStatus
 from service.core.retry import RetrySchedule
-from service.delivery.dispatcher import Dispatcher
+from service.delivery.dispatcher import PREFETCH, Dispatcher
 from service.delivery.publisher import Publisher
 from service.delivery.sender import Sender
 from service.jobs.ingest import Ingest
@@ -304,12 +304,16 @@ async def test_room_is_reserved_until_commit_and_refused_when_there_is_none(
     settings_factory: SettingsFactory,
 ) -> None:
     """What :meth:`HotClaims.reserve` refuses: a disabled subscription, a FIFO one, one on
-    probation, and one whose lane is full counting the reservations not yet committed; giving
-    one back makes room again."""
+    probation, and one whose room is taken, counting the reservations of batches not yet
+    committed; giving them back makes room again. At full width the room reaches just below
+    the claim loop's top-up mark (PREFETCH x width / 2), so the claim loop keeps room to claim
+    the subscription's older due deliveries; a narrowed lane's room is its width."""
+    width = 4
     async with (
         Database.open(settings_factory().database_url) as db,
-        node(db, per_subscription=2) as running,
+        node(db, per_subscription=width) as running,
     ):
+        lanes = running.dispatcher._lanes
         plain = subscription_row("sub_plain", at=time.time())
         disabled = replace(plain, id="sub_off", status=SubscriptionStatus.DISABLED)
         fifo = replace(plain, id="sub_fifo", ordering="fifo")
@@ -318,16 +322,25 @@ async def test_room_is_reserved_until_commit_and_refused_when_there_is_none(
         assert hot is not None
         assert not hot.reserve(disabled)
         assert not hot.reserve(fifo)
-        running.dispatcher._lanes.observe("sub_slow", succeeded=False, timed_out=True)
-        assert not hot.reserve(slow)
+        lanes.observe("sub_slow", succeeded=False, timed_out=True)
+        assert not hot.reserve(slow)  # on probation
+        lanes.observe("sub_slow", succeeded=True, timed_out=False)
+        assert lanes.width("sub_slow") == 2
+        assert hot.reserve(slow) and hot.reserve(slow)
+        assert not hot.reserve(slow)  # a narrowed lane: its width
+        top_up_mark = PREFETCH * width // 2
         assert hot.reserve(plain)
         other = running.dispatcher.hot_claims()
         assert other is not None
-        assert other.reserve(plain)  # a second batch: the lane's width is 2
+        for _ in range(top_up_mark - 2):
+            assert other.reserve(plain)  # a second batch shares the same room
         assert not hot.reserve(plain)
         assert not other.reserve(plain)
         other.abort()
         assert hot.reserve(plain)
+        hot.abort()
+        assert all(hot.reserve(plain) for _ in range(top_up_mark - 1))
+        assert not hot.reserve(plain)
         hot.abort()
 
 

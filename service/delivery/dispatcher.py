@@ -365,6 +365,18 @@ class Dispatcher:
             log.debug("fan-out: %d deliveries to deleted subscriptions skipped", step.skipped)
         return 0 if step.more else None
 
+    def _hot_room(self, sub: str) -> int:
+        """How many deliveries of ``sub`` may be claimed before ingest claims no more of them:
+        its lane's width, and at full width up to just below where the claim loop tops a
+        subscription up (``_refill_below``). An ingest batch brings a burst (a batch of 50
+        callbacks is 50 deliveries to each subscriber at once), and at the width alone most of
+        a burst took the claim loop's path (docs/performance.md §4). Never more: the claim loop
+        always keeps room to claim the subscription's older due deliveries (retries), which
+        fresh ones would otherwise starve, and those claimed ahead of the lane wait for its
+        slots as the claim loop's own do."""
+        width = self._lanes.width(sub)
+        return max(width, self._refill_below - 1) if width >= self._per_subscription else width
+
     def _probation_caps(self) -> dict[str, int]:
         """Claim caps of the subscriptions on probation: one delivery claimed each, and none
         at all once a quarter of the claim capacity is theirs, so hanging subscribers cannot hold
@@ -711,10 +723,10 @@ class _HotClaims:
     reservation counts as a claimed delivery of its subscription (``_busy``) and of the
     dispatcher (``_in_flight``) at once, so a claim made meanwhile cannot take the same room.
     A subscription has room while fewer of its deliveries are claimed than its lane's width
-    now, so each one reserved can start sending at once; none has room on probation (a
-    quarter of the send slots are for those, claimed one at a time by the claim loop), or
-    when the dispatcher holds its claim limit. Lanes and the send slots still apply to every
-    attempt as to claimed ones (``_deliver``)."""
+    (at full width: than just below the claim loop's top-up mark, ``Dispatcher._hot_room``);
+    none has room on probation (a quarter of the send slots are for those, claimed one at a
+    time by the claim loop), or when the dispatcher holds its claim limit. Lanes and the send
+    slots still apply to every attempt as to claimed ones (``_deliver``)."""
 
     __slots__ = ("_claimed", "_dispatcher", "_life", "_reserved", "lease")
 
@@ -732,7 +744,7 @@ class _HotClaims:
             sub.status != SubscriptionStatus.ACTIVE
             or sub.ordering == "fifo"
             or d._in_flight >= d._claim_limit
-            or d._busy.get(sub_id, 0) >= d._lanes.width(sub_id)
+            or d._busy.get(sub_id, 0) >= d._hot_room(sub_id)
             or d._lanes.on_probation(sub_id)
         ):
             return False
