@@ -128,9 +128,9 @@ class Ingest:
                 if hot is not None:
                     hot.abort()
                 raise
-            if hot is not None:
-                hot.commit()
             results = list(applied)
+            if hot is not None:
+                _hand_over(hot)
         except Exception as exc:
             full = out_of_space(exc)
             if full:
@@ -160,6 +160,16 @@ class Ingest:
             _, future = self._queue.get_nowait()
             if not future.done():
                 future.set_result(_shutting_down())
+
+
+def _hand_over(hot: HotClaims) -> None:
+    """Start sending what the committed batch claimed. Never raises: the batch is committed and
+    its callbacks are answered as stored whatever happens here; a failure leaves the claimed
+    rows in flight under this node's lease, handed back by the next start like any claim."""
+    try:
+        hot.commit()
+    except Exception:
+        log.exception("could not hand over the deliveries this batch claimed")
 
 
 def _shutting_down() -> ServiceUnavailable:
