@@ -398,23 +398,28 @@ async def insert_claimed(
     for _, sub, _, _ in rows:
         seen[sub] = seen.get(sub, 0) + 1
         ranks.append(seen[sub])
-    written = await conn.execute_fetchall(
+    # Only the rows written pending come back (normally none): no row per delivery to decode.
+    pending = await conn.execute_fetchall(
         """
-        INSERT INTO deliveries (id, event_id, subscription_id, status, next_attempt_at, attempts,
-                                lease_until, claim_token, lease_owner, created_at, updated_at)
-        SELECT w.id, w.event_id, w.sub, CASE WHEN h.hot THEN 'inflight' ELSE 'pending' END,
-               w.due, CASE WHEN h.hot THEN 1 ELSE 0 END,
-               CASE WHEN h.hot THEN CAST(? AS DOUBLE PRECISION) END,
-               CASE WHEN h.hot THEN CAST(? AS BIGINT) END,
-               CASE WHEN h.hot THEN CAST(? AS TEXT) END, w.created, CAST(? AS DOUBLE PRECISION)
-        FROM unnest(?::text[], ?::text[], ?::text[], ?::float8[], ?::float8[], ?::int[])
-             AS w(id, event_id, sub, due, created, rank)
-        CROSS JOIN LATERAL (
-            SELECT (SELECT count(*) FROM deliveries b
-                    WHERE b.subscription_id = w.sub AND b.status = 'inflight') + w.rank
-                   <= CAST(? AS INTEGER) AS hot
-        ) AS h
-        RETURNING id, status
+        WITH written AS (
+            INSERT INTO deliveries (id, event_id, subscription_id, status, next_attempt_at,
+                                    attempts, lease_until, claim_token, lease_owner, created_at,
+                                    updated_at)
+            SELECT w.id, w.event_id, w.sub, CASE WHEN h.hot THEN 'inflight' ELSE 'pending' END,
+                   w.due, CASE WHEN h.hot THEN 1 ELSE 0 END,
+                   CASE WHEN h.hot THEN CAST(? AS DOUBLE PRECISION) END,
+                   CASE WHEN h.hot THEN CAST(? AS BIGINT) END,
+                   CASE WHEN h.hot THEN CAST(? AS TEXT) END, w.created, CAST(? AS DOUBLE PRECISION)
+            FROM unnest(?::text[], ?::text[], ?::text[], ?::float8[], ?::float8[], ?::int[])
+                 AS w(id, event_id, sub, due, created, rank)
+            CROSS JOIN LATERAL (
+                SELECT (SELECT count(*) FROM deliveries b
+                        WHERE b.subscription_id = w.sub AND b.status = 'inflight') + w.rank
+                       <= CAST(? AS INTEGER) AS hot
+            ) AS h
+            RETURNING id, status
+        )
+        SELECT id FROM written WHERE status = 'pending'
         """,
         (
             lease.lease_until,
@@ -430,10 +435,11 @@ async def insert_claimed(
             lease.cluster_cap,
         ),
     )
-    hot = {row["id"] for row in written if row["status"] == "inflight"}
-    if len(hot) < len(rows):
-        announce(conn, Work.DELIVERIES)  # those written pending are due work for any node
-    return [(id_, row[0], row[1]) for id_, row in zip(ids, rows, strict=True) if id_ in hot]
+    if not pending:
+        return [(id_, row[0], row[1]) for id_, row in zip(ids, rows, strict=True)]
+    announce(conn, Work.DELIVERIES)  # those written pending are due work for any node
+    cut = {row["id"] for row in pending}
+    return [(id_, row[0], row[1]) for id_, row in zip(ids, rows, strict=True) if id_ not in cut]
 
 
 async def take_claim_lock(conn: Connection) -> None:
