@@ -7,6 +7,7 @@ Both stores; the cross-node cap runs on PostgreSQL."""
 
 from __future__ import annotations
 
+import base64
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
@@ -17,6 +18,7 @@ from typing import Any
 
 import anyio
 import pytest
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from starlette.types import Receive, Scope, Send
 
 from service.core.models import JobStatus, ProviderUpdate, SubscriptionStatus
@@ -32,7 +34,7 @@ from service.storage.database import Database
 from tests.conftest import SettingsFactory
 from tests.helpers.jobs import make_job
 from tests.servers import read_body, run_lifespan, run_server
-from tests.support import subscription_row
+from tests.support import TEST_SECRET, subscription_row
 
 pytestmark = pytest.mark.anyio
 
@@ -51,6 +53,7 @@ class Subscriber:
     open_now: Counter[str] = field(default_factory=Counter)
     most_open: Counter[str] = field(default_factory=Counter)
     changed: anyio.Event = field(default_factory=anyio.Event)
+    requests: list[tuple[bytes, dict[str, str]]] = field(default_factory=list)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -61,6 +64,7 @@ class Subscriber:
         self.open_now[path] += 1
         self.most_open[path] = max(self.most_open[path], self.open_now[path])
         job_id = body.split(b'"id":"', 1)[-1].split(b'"', 1)[0].decode()
+        self.requests.append((body, {k.decode(): v.decode() for k, v in scope["headers"]}))
         self.arrived.append((path, job_id))
         self._note()
         try:
@@ -235,6 +239,41 @@ async def test_a_fresh_events_deliveries_are_sent_without_a_claim(
                 job_ids
             )
         assert {(row["status"], row["attempts"]) for row in await rows(db)} == {("succeeded", 1)}
+        # Signed as a claimed delivery is: each verifies with the subscription's secret.
+        for body, headers in subscriber.requests:
+            Webhook(TEST_SECRET).verify(body, headers)
+
+
+async def test_a_delivery_claimed_at_ingest_is_signed_with_both_secrets_during_a_rotation(
+    settings_factory: SettingsFactory,
+) -> None:
+    """While a rotated secret's grace period lasts, a delivery claimed at ingest carries a
+    signature by each secret, as a claimed one does; after it, only the current one's."""
+    current = "whsec_" + base64.b64encode(b"c" * 24).decode()
+    subscriber = Subscriber()
+    async with (
+        run_server(subscriber) as url,
+        Database.open(settings_factory().database_url) as db,
+    ):
+        async with db.transaction() as conn:
+            for name, until in (("grace", time.time() + 3600), ("over", time.time() - 1)):
+                row = subscription_row(f"sub_{name}", f"{url}/{name}", at=time.time())
+                await subscriptions.insert(conn, row)
+                await subscriptions.rotate_secret(
+                    conn, row.id, current, previous_until=until, now=time.time()
+                )
+        job_ids = await add_jobs(db, 1)
+        async with node(db) as running:
+            await running.ingest.store(finish(job_ids[0]))
+            await until_settled(db, 2)
+            assert running.dispatcher.hot_claimed == 2
+    arrived = zip(subscriber.arrived, subscriber.requests, strict=True)
+    signed = {path: request for (path, _), request in arrived}
+    for secret in (current, TEST_SECRET):
+        Webhook(secret).verify(*signed["/grace"])
+    Webhook(current).verify(*signed["/over"])
+    with pytest.raises(WebhookVerificationError):
+        Webhook(TEST_SECRET).verify(*signed["/over"])
 
 
 async def test_a_subscription_of_width_one_never_has_two_in_flight(
