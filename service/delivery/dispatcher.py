@@ -373,9 +373,12 @@ class Dispatcher:
         a burst took the claim loop's path (docs/performance.md §4). Never more: the claim loop
         always keeps room to claim the subscription's older due deliveries (retries), which
         fresh ones would otherwise starve, and those claimed ahead of the lane wait for its
-        slots as the claim loop's own do."""
+        slots as the claim loop's own do. On PostgreSQL the width: there the cap counted across
+        nodes bounds claims, not only sends (``claim_due``), and would write the rest pending."""
         width = self._lanes.width(sub)
-        return max(width, self._refill_below - 1) if width >= self._per_subscription else width
+        if width < self._per_subscription or self._db.dialect == "postgresql":
+            return width
+        return max(width, self._refill_below - 1)
 
     def _probation_caps(self) -> dict[str, int]:
         """Claim caps of the subscriptions on probation: one delivery claimed each, and none
