@@ -367,7 +367,14 @@ class Bench:
 
     def lag(self, service: Process, sink: Process) -> None:
         rate, subscribers = self.sizes.lag_rate, 3
+        hot_before = claimed_at_ingest(service)
+        claims_before = claim_buckets(service).get("+Inf", 0)
         got, spread, ok, cpu = self.lag_run(service, sink, "end-to-end lag")
+        # How many of the deliveries were claimed at ingest, and how many claims the rest took.
+        paths = {
+            "claimed_at_ingest": claimed_at_ingest(service) - hot_before,
+            "claims": claim_buckets(service).get("+Inf", 0) - claims_before,
+        }
         self.lag_ms = spread
         self.figures.append(
             Figure(
@@ -376,7 +383,7 @@ class Bench:
                 "ms",
                 "p50 ≤ 5 ms",
                 ok and spread["p50"] <= 5,
-                detail={"lag_ms": spread, "load": {**got, "send_times": []}},
+                detail={"lag_ms": spread, "load": {**got, "send_times": []}, **paths},
                 cpu_us=cpu.per_item(rate * self.sizes.lag_seconds, got),
             )
         )
@@ -815,6 +822,16 @@ class Bench:
                 )
             )
             self.slow_subscriber(sink)
+
+
+def claimed_at_ingest(service: Process) -> int:
+    """``reelhook_deliveries_claimed_at_ingest_total`` from /metrics: deliveries sent without a
+    claim (docs/architecture.md, "A delivery")."""
+    text = httpx.get(f"{service.url}/metrics", timeout=60).text
+    for line in text.splitlines():
+        if line.startswith("reelhook_deliveries_claimed_at_ingest_total "):
+            return int(float(line.rsplit(" ", 1)[1]))
+    return 0
 
 
 def claim_buckets(service: Process) -> dict[str, int]:
