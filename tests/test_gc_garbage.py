@@ -15,10 +15,13 @@ from types import FrameType
 from typing import Any
 from urllib.parse import urlsplit
 
+import anyio
 import pytest
+from starlette.types import Receive, Scope, Send
 
 from tests.conftest import SettingsFactory
 from tests.helpers.callbacks import TOKENS, TRINETRA_MODEL, serve, trinetra_done
+from tests.servers import run_server
 
 pytestmark = pytest.mark.anyio
 
@@ -148,3 +151,58 @@ async def test_refused_callbacks_leave_no_cyclic_garbage(
             writer.close()
             await writer.wait_closed()
     assert sum(found.values()) < CALLBACKS // 2, found.most_common(20)
+
+
+async def test_callbacks_fanned_out_to_subscribers_leave_no_cyclic_garbage(
+    settings_factory: SettingsFactory, collector_off: None
+) -> None:
+    # The delivery path too: each callback's event claimed at ingest and sent to 3 subscribers.
+    received: list[str] = []
+    expected = [0]
+    arrived = asyncio.Event()  # set once ``expected[0]`` deliveries have been received
+
+    async def subscriber(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        while (await receive()).get("more_body"):
+            pass
+        received.append(scope["path"])
+        if len(received) >= expected[0]:
+            arrived.set()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def delivered(count: int) -> None:
+        expected[0] = count
+        arrived.clear()
+        if len(received) < count:
+            with anyio.fail_after(30):
+                await arrived.wait()
+
+    async with run_server(subscriber) as subscriber_url, serve(settings_factory) as service:
+        for n in range(3):
+            answer = await service.api.post(
+                "/v1/subscriptions",
+                json={"url": f"{subscriber_url}/s{n}", "event_types": ["job.succeeded"]},
+            )
+            assert answer.status_code == 201, answer.text
+        jobs = [await service.create_job(TRINETRA_MODEL) for _ in range(CALLBACKS + 1)]
+        paths = [f"/v1/callbacks/trinetra/{TOKENS.callback(job['id'], 'trinetra')}" for job in jobs]
+        bodies = [trinetra_done(job["provider_job_id"]) for job in jobs]
+        url = urlsplit(str(service.provider.base_url))
+        reader, writer = await asyncio.open_connection(url.hostname, url.port)
+        try:
+            client = RawClient(reader, writer)
+            # The first callback and its deliveries warm the subscribers' connections.
+            assert (await client.post(paths[0], bodies[0]))[0] == 200
+            await delivered(3)
+            cyclic_garbage()
+            for path, body in zip(paths[1:], bodies[1:], strict=True):
+                assert (await client.post(path, body))[0] == 200
+            await delivered(3 * len(jobs))
+            found = cyclic_garbage()
+        finally:
+            writer.close()
+            await writer.wait_closed()
+    assert sorted(received) == sorted(f"/s{n}" for n in range(3) for _ in jobs)
+    assert sum(found.values()) < CALLBACKS, found.most_common(20)
