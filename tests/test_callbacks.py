@@ -52,6 +52,16 @@ async def test_terminal_duplicate_and_late_callbacks(settings_factory: SettingsF
         response = await service.callback("trinetra", token, body)
         assert response.status_code == 200, response.text
         assert response.json() == {"received": True, "job_id": job_id, "outcome": "applied"}
+        # Compact JSON, as the framework's JSONResponse renders it (the answer is built by
+        # orjson, docs/performance.md §4).
+        assert (
+            response.content
+            == json.dumps(
+                {"received": True, "job_id": job_id, "outcome": "applied"}, separators=(",", ":")
+            ).encode()
+        )
+        assert response.headers["content-type"] == "application/json"
+        assert response.headers["content-length"] == str(len(response.content))
         done = await service.job(job_id)
         assert done["status"] == "succeeded"
         assert done["outputs"] == [{"url": "https://cdn.trinetra.ai/out/a1.mp4", "type": "video"}]

@@ -7,6 +7,7 @@ lock the writer cannot commit, so callbacks pile up in the bounded queue exactly
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,12 @@ import anyio
 import httpx
 import pytest
 
+from service.core.models import Job, JobStatus, ProviderUpdate
+from service.delivery.publisher import Publisher
+from service.jobs.ingest import Ingest
+from service.jobs.lifecycle import Outcome, Update
+from service.storage import jobs
+from service.storage.database import Database
 from tests.conftest import SettingsFactory
 from tests.helpers.callbacks import (
     TOKENS,
@@ -25,6 +32,7 @@ from tests.helpers.callbacks import (
     stored_replays,
     trinetra_done,
 )
+from tests.helpers.jobs import NOW, make_job
 from tests.support import assert_error
 
 pytestmark = pytest.mark.anyio
@@ -126,3 +134,47 @@ async def test_a_refused_callback_does_not_spoil_its_batch(
         for job in jobs:
             assert (await service.job(job["id"]))["status"] == "succeeded"
     assert len(stored_callbacks(service.settings)) == 3
+
+
+async def test_a_waiter_cancelled_before_its_commit_does_not_undo_its_callback(
+    tmp_path: Path,
+) -> None:
+    """The writer owns a queued callback: a request cancelled while it waits for the commit
+    (no shield around its wait, docs/performance.md §4) is stored all the same, and the
+    writer goes on with the next batch."""
+    target = os.environ.get("REELHOOK_TEST_DATABASE_URL") or tmp_path / "db.sqlite"
+    async with Database.open(target) as db:
+        first, second = make_job(1, status=JobStatus.RUNNING), make_job(2, status=JobStatus.RUNNING)
+        async with db.transaction() as conn:
+            await jobs.insert_many(conn, [first, second])
+        publisher = Publisher(lambda digest, media_type: f"https://files.test/{digest}")
+        ingest = Ingest(db, publisher, clock=lambda: NOW, capacity=10, batch_size=10, mirror=False)
+
+        def update(job: Job) -> Update:
+            done = ProviderUpdate(provider_job_id=None, status=JobStatus.FAILED)
+            return Update(job.id, "trinetra", done, b"{}")
+
+        async with anyio.create_task_group() as writer:
+            writer.start_soon(ingest.run)
+            holding, release = anyio.Event(), anyio.Event()
+
+            async def hold_the_writer() -> None:
+                async with db.transaction():
+                    holding.set()
+                    await release.wait()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(hold_the_writer)
+                await holding.wait()
+                async with anyio.create_task_group() as waiter:
+                    waiter.start_soon(ingest.store, update(first))
+                    await anyio.wait_all_tasks_blocked()
+                    assert ingest.depth == 0  # taken by the writer, which waits for its turn
+                    waiter.cancel_scope.cancel()
+                release.set()
+            job, outcome = await ingest.store(update(second))
+            assert (job.status, outcome) == (JobStatus.FAILED, Outcome.APPLIED)
+            writer.cancel_scope.cancel()
+        async with db.transaction() as conn:
+            stored = await jobs.get(conn, first.id)
+        assert stored is not None and stored.status is JobStatus.FAILED

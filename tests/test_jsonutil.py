@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from service.core.jsonutil import InvalidJSON, loads
+from service.core.jsonutil import InvalidJSON, dumps, loads
 
 
 @pytest.mark.parametrize(
@@ -26,6 +26,45 @@ def test_what_is_accepted_parses_exactly_as_the_stdlib_does(body: bytes) -> None
     assert type(parsed) is type(json.loads(body))
 
 
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"prompt": "un chat é 😀", "n": 5, "ratio": 0.1, "none": None, "ok": False},
+        [{"url": "https://x.test/a.mp4", "big": 123456789012345678901234567890}],
+        {"estimated": 1e-07, "charged": 1e16, "unit": "credits"},
+    ],
+)
+def test_a_stored_column_parses_from_its_text_as_the_stdlib_does(value: object) -> None:
+    """Job rows come back from the store as text, written by :func:`dumps`; they are read
+    through the same fast parser (service/storage/jobs.py), with the same answers."""
+    text = dumps(value)
+    assert text == json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    assert loads(text) == json.loads(text) == value
+    assert loads(text.encode()) == value
+
+
+def test_dumps_refuses_non_finite_numbers() -> None:
+    for number in (float("nan"), float("inf"), -float("inf")):
+        with pytest.raises(ValueError, match="not JSON compliant"):
+            dumps({"cost": number})
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"n": 1234567890123456789}',
+        b'{"n": 18446744073709551616, "m": 123456789012345678}',
+        b'{"s": "1234567890123456789012", "n": 99999999999999999999}',
+        b"[123456789012345678, 0.1234567890123456789]",
+    ],
+)
+def test_runs_of_nineteen_digits_or_more_parse_exactly(body: bytes) -> None:
+    """Such a run may be an integer past 64 bits, which only the stdlib parser keeps exact;
+    shorter runs go through the fast parser. Either way the answer is the stdlib's."""
+    assert loads(body) == json.loads(body)
+    assert loads(body.decode()) == json.loads(body)
+
+
 def test_integers_past_64_bits_stay_exact() -> None:
     assert loads(b'{"n": 123456789012345678901234567890}')["n"] == 123456789012345678901234567890
 
@@ -40,8 +79,18 @@ def test_integers_past_64_bits_stay_exact() -> None:
         (b'"\xff"', "not UTF-8"),
         (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
         (b'{"a": 1', "Expecting"),
+        (b'{"n": 1234567890123456789\x00}', "Expecting"),
     ],
-    ids=["nan", "infinity", "minus-infinity", "lone-surrogate", "bad-utf8", "too-deep", "cut"],
+    ids=[
+        "nan",
+        "infinity",
+        "minus-infinity",
+        "lone-surrogate",
+        "bad-utf8",
+        "too-deep",
+        "cut",
+        "nul-after-digits",
+    ],
 )
 def test_what_is_refused_is_refused_with_a_readable_reason(body: bytes, reason: str) -> None:
     with pytest.raises(InvalidJSON, match=reason):

@@ -247,3 +247,25 @@ def test_streams_opened_together_spread_their_first_keep_alives() -> None:
     instants = Counter(firsts)
     assert len(instants) == KEEPALIVE_SLOTS
     assert max(instants.values()) <= 1.5 * 1000 / KEEPALIVE_SLOTS
+
+
+async def test_commits_while_no_stream_listens_do_not_wake_the_tail(tmp_path: Path) -> None:
+    """Every ingest commit announces its events; with no stream listening the tail is not even
+    woken (docs/performance.md §4). The first stream starts it, and it follows from there."""
+    feed = EventFeed()
+    async with Database.open(tmp_path / "db.sqlite") as db, anyio.create_task_group() as tg:
+        db.subscribe(Work.EVENTS, feed.notify)
+        log = EventLog(db, feed, keepalive=60, max_streams_per_key=100)
+        tg.start_soon(feed.run, db.reader)
+        await append(db, "ping", 5)
+        await anyio.wait_all_tasks_blocked()
+        assert (feed.wakeups, feed.reads) == (0, 0)
+        stream = log.follow(ADMIN, ["job.succeeded"], after_seq=5)
+        assert b"id: 5" in await next_chunk(stream)
+        received: list[bytes] = []
+        tg.start_soon(drain, stream, received)
+        await until(lambda: feed.head == 5)
+        await append(db, "job.succeeded")
+        await until(lambda: any(b"event: job.succeeded" in chunk for chunk in received))
+        assert feed.wakeups >= 2 and feed.reads >= 1
+        tg.cancel_scope.cancel()

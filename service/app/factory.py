@@ -367,6 +367,7 @@ def _wire(settings: Settings, clock: Clock, opened: Opened, shared: Shared) -> S
         disable_after=settings.disable_after,
         shutdown_grace=settings.shutdown_grace,
         observe_claim=shared.metrics.claim_duration.observe,
+        observe_claimed_at_ingest=shared.metrics.claimed_at_ingest.inc,
         renderer=renderer,
         slow_after=settings.delivery_slow_after,
     )
@@ -430,6 +431,8 @@ def _wire(settings: Settings, clock: Clock, opened: Opened, shared: Shared) -> S
         capacity=settings.ingest_queue,
         batch_size=settings.ingest_batch,
         mirror=settings.mirror_outputs,
+        # Fresh deliveries claimed at ingest and handed over in memory (docs/architecture.md).
+        hot=dispatcher.hot_claims,
     )
     return Services(
         settings=settings,

@@ -192,6 +192,7 @@ class EventFeed:
         self._wakeup = Wakeup()
         self._closed = False
         self.reads = 0  # tail reads, for tests and metrics
+        self.wakeups = 0  # times the tail task woke, for tests
         self.looked_at = 0  # streams matched against a batch of events, for tests
 
     @property
@@ -217,8 +218,13 @@ class EventFeed:
         self._closed = False
 
     def notify(self) -> None:
-        """The log may have grown. Cheap; safe to call often."""
-        self._wakeup.set()
+        """The log may have grown. Cheap; safe to call often.
+
+        While no stream listens and the tail has stopped (nothing in memory), the tail is not
+        woken: it would find no one to tell and stop again, and every ingest commit paid for
+        that wake-up (docs/performance.md §4). The first stream to listen starts it."""
+        if self._listeners or self._head is not None:
+            self._wakeup.set()
 
     def close(self) -> None:
         """End every stream: they finish their response cleanly instead of waiting forever."""
@@ -262,6 +268,7 @@ class EventFeed:
         streams, and none at all while no stream listens."""
         while True:
             await self._wakeup.wait(None)
+            self.wakeups += 1
             if not self._listeners:
                 # Nobody to tell: stop tailing; the next stream to listen starts it again.
                 self._forget()

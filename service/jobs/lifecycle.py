@@ -24,10 +24,10 @@ from service.core.models import (
     event_type_for,
     with_notice,
 )
-from service.delivery.publisher import Publisher
+from service.delivery.publisher import HotClaims, Publisher
 from service.providers import CALLBACK_ADAPTERS
 from service.providers.base import InvalidCallback
-from service.storage import jobs, mirrors, submissions
+from service.storage import jobs, mirrors, submissions, subscriptions
 from service.storage.database import Connection, Database
 from service.storage.mirrors import MirrorTask
 from service.storage.submissions import SubmitClaim
@@ -173,6 +173,7 @@ async def apply_updates(
     now: float,
     *,
     mirror: bool = False,
+    hot: HotClaims | None = None,
 ) -> list[Applied | UnknownJob | JobMismatch]:
     """Apply updates in order inside the caller's transaction, with a fixed number of statements.
 
@@ -184,8 +185,19 @@ async def apply_updates(
     With ``mirror``, a success with provider-hosted outputs queues their downloads instead of
     announcing it: :func:`record_mirror` publishes ``job.succeeded`` once the last one ends, so
     the event can carry ``mirror_url``.
+
+    ``hot``: the ingest batch's room in the dispatcher's lanes, for deliveries written already
+    claimed (:meth:`Publisher.publish_jobs`).
     """
-    current = await jobs.get_many(conn, [item.job_id for item in batch])
+    job_ids = list(dict.fromkeys(item.job_id for item in batch))
+    if not job_ids:
+        return []
+    # The jobs and every subscription that may hear of them in one trip to the store
+    # (docs/performance.md §4): read before it is known which jobs announce anything.
+    found, listening = await conn.run_all(
+        [jobs.select_many(conn, job_ids), subscriptions.listening_to_jobs(job_ids)]
+    )
+    current = jobs.by_id(found.rows)
     results: list[Applied | UnknownJob | JobMismatch] = []
     records: list[jobs.CallbackRecord] = []
     changed: dict[str, Job] = {}
@@ -241,7 +253,7 @@ async def apply_updates(
     for job_id, to_copy in copies:
         await mirrors.enqueue(conn, job_id, to_copy, now)
     if announced:
-        await publisher.publish_jobs(conn, announced, now)
+        await publisher.publish_jobs(conn, announced, now, hot, listening=listening.rows)
     return results
 
 

@@ -102,6 +102,10 @@ class Query:
         return None
 
 
+Statement = tuple[str, Sequence[Any]]
+"""One SQL statement and its parameters."""
+
+
 class Connection(ABC):
     """Where storage operations run SQL: a transaction, or the reader outside any transaction.
 
@@ -128,6 +132,12 @@ class Connection(ABC):
     @abstractmethod
     async def run(self, sql: str, params: Sequence[Any]) -> Result:
         """Run one statement and fetch every row it returns."""
+
+    async def run_all(self, statements: Sequence[Statement]) -> list[Result]:
+        """Run ``statements`` in order and return each one's result. SQLite runs them in one
+        trip to its database thread (each trip costs both threads a wake-up, the ingest batch's
+        largest fixed cost, docs/performance.md §4); elsewhere they run one after the other."""
+        return [await self.run(sql, params) for sql, params in statements]
 
     @abstractmethod
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:

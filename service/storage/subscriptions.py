@@ -12,7 +12,7 @@ from service.core.jsonutil import dumps
 from service.core.models import Subscription, SubscriptionStatus
 from service.storage import deliveries
 from service.storage.announcements import Work, announce
-from service.storage.database import Connection, Row
+from service.storage.database import Connection, Row, Statement
 
 _COLUMNS = (
     "id, owner_key_id, url, secret, event_types, models, headers, description, status, job_id, "
@@ -216,7 +216,32 @@ async def listeners(
         f"SELECT {_SELECT}, {_ADMIN_OWNER} AS admin_owner FROM subscriptions"
         f" WHERE {' AND '.join(clauses)} ORDER BY id"
     )
-    found = await conn.execute_fetchall(sql, params)
+    return heard_by(await conn.execute_fetchall(sql, params), audiences, parsed)
+
+
+def listening_to_jobs(job_ids: Sequence[str]) -> Statement:
+    """A statement reading every subscription that may hear of the jobs ``job_ids`` (at least
+    one), their owners found by the statement itself: what :func:`listeners` reads for these
+    jobs' events, or more. It can therefore run before the batch knows which jobs announce
+    anything, in the same trip as the jobs' own read (:meth:`Connection.run_all`); pass its
+    rows to :func:`heard_by`, which picks each audience's as :func:`listeners` does."""
+    marks = _marks(job_ids)
+    sql = (
+        f"SELECT {_SELECT}, {_ADMIN_OWNER} AS admin_owner FROM subscriptions"
+        f" WHERE status = 'active' AND (job_id IS NULL OR job_id IN ({marks}))"
+        f" AND (owner_key_id IN (SELECT owner_key_id FROM jobs WHERE id IN ({marks}))"
+        f" OR {_ADMIN_OWNER}) ORDER BY id"
+    )
+    return sql, [*job_ids, *job_ids]
+
+
+def heard_by(
+    found: Sequence[Row],
+    audiences: Sequence[Audience],
+    parsed: dict[tuple[Any, ...], Subscription] | None = None,
+) -> list[Heard]:
+    """:func:`listeners`' answer from rows read by it or by :func:`listening_to_jobs` (for jobs
+    that include every audience's): each audience's subscriptions among them."""
     texts: dict[str, Any] = {}
     if parsed is None:
         rows = [(_from_row(row, texts), bool(row["admin_owner"])) for row in found]
