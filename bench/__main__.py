@@ -367,7 +367,14 @@ class Bench:
 
     def lag(self, service: Process, sink: Process) -> None:
         rate, subscribers = self.sizes.lag_rate, 3
+        hot_before = claimed_at_ingest(service)
+        claims_before = claim_buckets(service).get("+Inf", 0)
         got, spread, ok, cpu = self.lag_run(service, sink, "end-to-end lag")
+        # How many of the deliveries were claimed at ingest, and how many claims the rest took.
+        paths = {
+            "claimed_at_ingest": claimed_at_ingest(service) - hot_before,
+            "claims": claim_buckets(service).get("+Inf", 0) - claims_before,
+        }
         self.lag_ms = spread
         self.figures.append(
             Figure(
@@ -376,7 +383,7 @@ class Bench:
                 "ms",
                 "p50 ≤ 5 ms",
                 ok and spread["p50"] <= 5,
-                detail={"lag_ms": spread, "load": {**got, "send_times": []}},
+                detail={"lag_ms": spread, "load": {**got, "send_times": []}, **paths},
                 cpu_us=cpu.per_item(rate * self.sizes.lag_seconds, got),
             )
         )
@@ -597,6 +604,13 @@ class Bench:
         backlog = self.sizes.slow_backlog
         with start_service(self.env, self.log) as service:
             slow = self.subscribe(service, f"{sink.url}/slow/0")
+            # The baseline for ingest beside the backlog: the same database (a million jobs) and
+            # the same slow subscription matching every callback, before its backlog is put in.
+            # Scenario 1 ran on a tenth of the jobs with no subscription to write deliveries for,
+            # so against it the figure mixed the backlog's cost with those two.
+            prior, prior_ok, prior_cpu = self.durable_ingest(
+                service, sink, "ingest before the slow one's backlog"
+            )
         asyncio.run(seed_due(self.env, slow, backlog))
         limit = 120.0
         with start_service(self.env, self.log) as service:
@@ -626,17 +640,31 @@ class Bench:
             # Left subscribed: deleting it cancels its million open deliveries in one statement
             # (seconds under the write lock), and this is the last scenario.
         self.claim_figure(backlog, claims)
-        rate = got["rate_per_s"]
+        rate, base = got["rate_per_s"], prior["rate_per_s"]
         self.figures.append(
             Figure(
-                "7. durable ingest beside it (closed loop, c=50; baseline: scenario 1)",
+                "7. durable ingest beside it (closed loop, c=50; baseline: the same database and"
+                " subscription before the backlog)",
                 rate,
                 "callbacks/s",
-                "≥ 90 % of scenario 1",
-                ingest_ok and rate >= 0.9 * self.ingest_rate,
+                "≥ 90 % of the baseline",
+                ingest_ok and prior_ok and rate >= 0.9 * base,
+                baseline=base,
+                ratio=rate / base,
+                cpu_us=cpu.per_item(self.sizes.ingest, got),
+                baseline_cpu_us=prior_cpu.per_item(self.sizes.ingest, prior),
+            )
+        )
+        self.figures.append(
+            Figure(
+                "7. durable ingest beside it against scenario 1 (a tenth of the jobs, no"
+                " subscription)",
+                rate,
+                "callbacks/s",
+                "reported",
+                True,
                 baseline=self.ingest_rate,
                 ratio=rate / self.ingest_rate,
-                cpu_us=cpu.per_item(self.sizes.ingest, got),
             )
         )
         for name in ("p50", "p99"):
@@ -794,6 +822,16 @@ class Bench:
                 )
             )
             self.slow_subscriber(sink)
+
+
+def claimed_at_ingest(service: Process) -> int:
+    """``reelhook_deliveries_claimed_at_ingest_total`` from /metrics: deliveries sent without a
+    claim (docs/architecture.md, "A delivery")."""
+    text = httpx.get(f"{service.url}/metrics", timeout=60).text
+    for line in text.splitlines():
+        if line.startswith("reelhook_deliveries_claimed_at_ingest_total "):
+            return int(float(line.rsplit(" ", 1)[1]))
+    return 0
 
 
 def claim_buckets(service: Process) -> dict[str, int]:

@@ -55,6 +55,7 @@ class Counting:
     gate: anyio.Event = field(default_factory=anyio.Event)
     counts: Counter[tuple[str, str]] = field(default_factory=Counter)
     total: int = 0
+    held: int = 0  # requests that reached the gate (counted or not)
     first: dict[str, tuple[bytes, dict[str, str]]] = field(default_factory=dict)
     changed: anyio.Event = field(default_factory=anyio.Event)
 
@@ -63,6 +64,9 @@ class Counting:
             await run_lifespan(receive, send)
             return
         body = await read_body(receive)
+        self.held += 1
+        self.changed.set()
+        self.changed = anyio.Event()
         await self.gate.wait()
         headers = {k.decode(): v.decode() for k, v in scope["headers"]}
         path: str = scope["path"]
@@ -73,6 +77,11 @@ class Counting:
         self.changed = anyio.Event()
         await send({"type": "http.response.start", "status": 204, "headers": []})
         await send({"type": "http.response.body", "body": b""})
+
+    async def wait_for_held(self, held: int, within: float) -> None:
+        with anyio.fail_after(within):
+            while self.held < held:
+                await self.changed.wait()
 
     async def wait_for_total(self, total: int, within: float) -> None:
         with anyio.fail_after(within):
@@ -206,6 +215,78 @@ async def test_a_sigkill_mid_fan_out_loses_nothing_and_duplicates_only_what_was_
     ``--store postgresql``, where the new start is another node and the killed one's leases
     come back once it counts as dead)."""
     await sigkill_mid_fan_out(tmp_path, os.environ.get("REELHOOK_TEST_DATABASE_URL"))
+
+
+async def test_deliveries_claimed_at_ingest_survive_a_sigkill(tmp_path: Path) -> None:
+    """Callbacks' deliveries are written claimed by the ingest batch and sent at once
+    (docs/architecture.md, "A delivery"); the subscribers hold every request; the process is
+    SIGKILLed, so those rows stay in flight under its lease. The next start (under ``--store
+    postgresql`` another node, once the dead one's heartbeat is stale) hands them back: every
+    delivery arrives, the only duplicates are what was in flight at the kill."""
+    subscriber = Counting()
+    url = os.environ.get("REELHOOK_TEST_DATABASE_URL")
+    database: Store = url if url is not None else tmp_path / "data" / "reelhook.db"
+    # Mirroring off: with it, ``job.succeeded`` is published by the mirroring worker once the
+    # outputs are copied, not by the ingest batch.
+    env = {**environment(tmp_path, free_port(), database), "REELHOOK_MIRROR_OUTPUTS": "false"}
+    log = tmp_path / "reelhook.log"
+    jobs, subscribers = 20, 2
+    by_status = "SELECT status, count(*) FROM deliveries GROUP BY status"
+    expected = jobs * subscribers
+    async with AsyncExitStack() as servers:
+        paths = [f"/hook/{n}" for n in range(subscribers)]
+        urls = [await servers.enter_async_context(run_server(subscriber)) for _ in paths]
+        async with reelhook_process(env, log) as (process, http):
+            path_of = {}
+            for base, path in zip(urls, paths, strict=True):
+                created = await http.post(
+                    "/v1/subscriptions",
+                    json={"url": f"{base}{path}", "event_types": ["job.succeeded"]},
+                )
+                assert created.status_code == 201, created.text
+                path_of[created.json()["id"]] = path
+            for number in range(jobs):
+                job = {"model": "trinetra/kling-v2.5", "input": {"prompt": f"shot {number}"}}
+                response = await http.post("/v1/jobs", json=job)
+                assert response.status_code == 202, response.text
+            # Each job's success arrives as the simulator's callback, through the ingest batch.
+            await eventually_count(database, "SELECT count(*) FROM deliveries", expected, 30)
+            metrics = (await http.get("/metrics")).text
+            claimed = next(
+                float(line.rsplit(" ", 1)[1])
+                for line in metrics.splitlines()
+                if line.startswith("reelhook_deliveries_claimed_at_ingest_total ")
+            )
+            assert claimed > 0
+            # Deliveries claimed at ingest went out at once, as many as each subscription's lane
+            # lets out (8 by default): those are held at the gate, the rest wait claimed.
+            await subscriber.wait_for_held(min(int(claimed), 8 * subscribers), within=30)
+            assert subscriber.total == 0
+            process.send_signal(signal.SIGKILL)
+            await process.wait()
+        at_kill = dict(await query(database, by_status))
+        assert at_kill.get("inflight", 0) >= claimed, at_kill
+        assert "succeeded" not in at_kill, at_kill
+        subscriber.gate.set()
+        async with reelhook_process(env, log) as (_, http):
+            with anyio.fail_after(60):
+                while True:
+                    left = [
+                        (
+                            await http.get("/v1/deliveries", params={"status": s, "limit": "1"})
+                        ).json()["data"]
+                        for s in ("pending", "inflight")
+                    ]
+                    if left == [[], []]:
+                        break
+                    await anyio.sleep(0.1)
+        after = dict(await query(database, by_status))
+        pairs = await query(database, "SELECT event_id, subscription_id FROM deliveries")
+    assert after == {"succeeded": expected}, after
+    missing = [(e, s) for e, s in pairs if subscriber.counts[(path_of[s], e)] == 0]
+    assert missing == []
+    duplicates = sum(n - 1 for n in subscriber.counts.values() if n > 1)
+    assert duplicates <= at_kill.get("inflight", 0)
 
 
 async def test_a_sigkilled_nodes_fan_out_is_finished_by_the_surviving_node(

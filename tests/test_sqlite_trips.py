@@ -21,7 +21,9 @@ from service.storage import jobs, subscriptions
 from service.storage.database import Database
 from service.storage.sqlite import SqliteDatabase
 from tests.helpers.jobs import NOW, make_job
+from tests.servers import run_server
 from tests.support import subscription_row
+from tests.test_hot_claim import Subscriber, node
 
 pytestmark = [pytest.mark.anyio, pytest.mark.sqlite_only("SQLite's trips to its thread")]
 
@@ -143,3 +145,35 @@ async def test_run_all_sends_its_statements_and_the_held_writes_in_one_trip(
     results = await db.reader.run_all([("SELECT 1 AS n", ()), ("SELECT 2 AS n", ())])
     assert [r.rows[0]["n"] for r in results] == [1, 2]
     assert len(trips) == reader_trips  # the reader has its own thread and holds nothing back
+
+
+async def test_an_ingest_batch_that_claims_its_deliveries_takes_two_trips(
+    db: SqliteDatabase,
+) -> None:
+    """Deliveries written already claimed (docs/architecture.md, "A delivery") go with the
+    batch's held writes: still two trips, and the rows are in flight when it commits."""
+    subscriber = Subscriber()
+    async with run_server(subscriber) as url:
+        async with db.transaction() as conn:
+            await subscriptions.insert(conn, subscription_row("sub_1", f"{url}/a", at=NOW - 100))
+        batch = []
+        for n in range(4):
+            job = make_job(n, provider_job_id=f"pj_{n}", status=JobStatus.RUNNING)
+            async with db.transaction() as conn:
+                await jobs.insert(conn, job)
+            update = ProviderUpdate(provider_job_id=f"pj_{n}", status=JobStatus.FAILED)
+            batch.append(Update(job.id, "trinetra", update, b"{}", "job"))
+        async with node(db) as running:
+            hot = running.dispatcher.hot_claims()
+            assert hot is not None
+            trips = count_trips(db)
+            async with db.transaction() as conn:
+                await apply_updates(conn, running.publisher, batch, NOW + 1, hot=hot)
+            during = len(trips)
+            rows = await db.reader.execute_fetchall(
+                "SELECT status, count(*) AS n FROM deliveries GROUP BY status"
+            )
+            hot.commit()
+            await subscriber.wait_for("/a", 4)
+    assert during == 2
+    assert [(row["status"], row["n"]) for row in rows] == [("inflight", 4)]

@@ -6,7 +6,9 @@ the feed's counters show who read and who was woken."""
 
 from __future__ import annotations
 
+import os
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -16,8 +18,9 @@ import pytest
 from service.access.callers import Caller
 from service.access.scopes import Scope
 from service.core.ids import new_id
+from service.core.jsonutil import dumps_bytes
 from service.delivery.eventfeed import EventFeed
-from service.delivery.eventlog import EventLog
+from service.delivery.eventlog import KEEPALIVE_SLOTS, EventLog, first_keepalive
 from service.storage import events
 from service.storage.announcements import Work
 from service.storage.database import Database
@@ -191,6 +194,59 @@ async def test_the_tail_does_no_work_per_idle_stream_of_another_key(tmp_path: Pa
     assert [sql for sql in statements if "FROM events e WHERE" in sql] == []
     for chunks in received[:-1]:
         assert b"event:" not in b"".join(chunks)
+
+
+async def test_the_tail_renders_only_the_events_a_stream_sends(tmp_path: Path) -> None:
+    """Thirty pings pass two hundred streams that may not see them: the tail reads them but
+    renders none (rendering every event was most of its CPU); then an admin stream that may see
+    them gets each, as the same message GET /v1/events would list, and only those are
+    rendered."""
+    feed = EventFeed()
+    target = os.environ.get("REELHOOK_TEST_DATABASE_URL") or tmp_path / "db.sqlite"
+    async with Database.open(target) as db, anyio.create_task_group() as tg:
+        db.subscribe(Work.EVENTS, feed.notify)
+        tg.start_soon(db.run)  # PostgreSQL: the LISTEN connection that hears the commits
+        log = EventLog(db, feed, keepalive=60, max_streams_per_key=1000)
+        tg.start_soon(feed.run, db.reader)
+        idle = [log.follow(READER, [], after_seq=0) for _ in range(200)]
+        received: list[list[bytes]] = [[] for _ in idle]
+        for stream, into in zip(idle, received, strict=True):
+            assert b"id: 0" in await next_chunk(stream)
+            tg.start_soon(drain, stream, into)
+        await until(lambda: len(feed.listeners) == 200 and feed.head == 0)
+        await append(db, "ping", 30)
+        await until(lambda: feed.head == 30)
+        read = feed.since(0)
+        assert read is not None and len(read) == 30
+        assert not any(event.rendered for event in read)
+        await append(db, "job.succeeded")
+        await until(lambda: feed.head == 31)
+        admin = log.follow(ADMIN, ["ping"], after_seq=0)
+        assert b"id: 0" in await next_chunk(admin)
+        sent = await next_chunk(admin)
+        page = await log.page(ADMIN, ["ping"], cursor=None, after=None, limit=100)
+        tg.cancel_scope.cancel()
+    assert sent.count(b"event: ping") == 30 and b"job.succeeded" not in sent
+    assert len(page.items) == 30
+    for item in page.items:
+        assert b"\ndata: " + dumps_bytes(item) + b"\n" in sent
+    read_after = feed.since(0)
+    assert read_after is not None
+    assert [event.rendered for event in read_after] == [True] * 30 + [False]
+    for chunks in received:
+        assert b"event:" not in b"".join(chunks)
+
+
+def test_streams_opened_together_spread_their_first_keep_alives() -> None:
+    """The first keep-alive of each stream comes after 50-100 % of the interval, at one of
+    KEEPALIVE_SLOTS instants of that half; a thousand streams opened at once use every instant,
+    none more than one and a half times its share."""
+    interval = 15.0
+    firsts = [first_keepalive(number, interval) for number in range(1, 1001)]
+    assert all(interval / 2 <= first < interval for first in firsts)
+    instants = Counter(firsts)
+    assert len(instants) == KEEPALIVE_SLOTS
+    assert max(instants.values()) <= 1.5 * 1000 / KEEPALIVE_SLOTS
 
 
 async def test_commits_while_no_stream_listens_do_not_wake_the_tail(tmp_path: Path) -> None:

@@ -110,6 +110,31 @@ async def test_cors_answers_configured_origins_only(settings_factory: SettingsFa
         assert "access-control-allow-origin" not in plain.headers
 
 
+async def test_the_event_stream_answers_configured_origins_too(
+    settings_factory: SettingsFactory,
+) -> None:
+    """The stream is opened in front of the router (service/api/streampath.py), inside CORS:
+    an open stream and a refused one both carry the origin's header, another origin's not."""
+    origin = "https://app.example.com"
+    async with service(settings_factory, CORS_ORIGINS=origin) as http:
+        async with http.stream(
+            "GET", "/v1/events/stream", headers={"Origin": origin}, timeout=10
+        ) as opened:
+            assert opened.status_code == 200
+            assert opened.headers["access-control-allow-origin"] == origin
+        refused = await http.get(
+            "/v1/events/stream", headers={"Origin": origin, "X-API-Key": "rh_wrong"}
+        )
+        assert refused.status_code == 401, refused.text
+        assert refused.json()["error"]["code"] == "unauthorized"
+        assert refused.headers["access-control-allow-origin"] == origin
+        async with http.stream(
+            "GET", "/v1/events/stream", headers={"Origin": "https://evil.example"}, timeout=10
+        ) as other:
+            assert other.status_code == 200
+            assert "access-control-allow-origin" not in other.headers
+
+
 @pytest.mark.parametrize("value", ["app.example.com", "https://a.example/path", "ftp://x"])
 def test_a_bad_cors_origin_stops_start_up_naming_it(value: str) -> None:
     with pytest.raises(SettingsError, match=r"REELHOOK_CORS_ORIGINS: .* is not an origin"):

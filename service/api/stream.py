@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
-from starlette.requests import Request
+from collections.abc import Awaitable, Callable
+
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Send
 from starlette.types import Scope as AsgiScope
@@ -108,7 +110,7 @@ async def event_stream(request: Request, caller: Caller) -> Response:
     (``Last-Event-ID``, ``last_event_id``, ``after``) says, with its ``type`` filter. Over the
     key's stream quota this raises before any response starts (a 429)."""
     stream = await services(request).events.stream(
-        caller, request.query_params, request.headers.get("last-event-id")
+        caller, request.query_params, request.headers.get("last-event-id"), _gone(request.receive)
     )
     if request.method == "HEAD":
         await stream.close()
@@ -116,9 +118,24 @@ async def event_stream(request: Request, caller: Caller) -> Response:
     return _StreamResponse(stream)
 
 
+def _gone(receive: Receive) -> Callable[[], Awaitable[None]]:
+    """What returns once the client has gone (the request has no body to read: a GET)."""
+
+    async def gone() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    return gone
+
+
 class _StreamResponse(StreamingResponse):
     """An event stream's response, which closes the stream (giving its quota place back)
-    however the response ends: finished, cancelled, or never started."""
+    however the response ends: finished, cancelled, or never started.
+
+    It sends the stream's chunks from the request's own task. StreamingResponse runs a second
+    task per response listening for the client's disconnection; the stream watches for that
+    itself while it waits (``_gone``), and ends when the client goes (docs/performance.md,
+    "Idle streams")."""
 
     def __init__(self, stream: EventStream) -> None:
         super().__init__(stream, media_type="text/event-stream", headers=STREAM_HEADERS)
@@ -126,6 +143,9 @@ class _StreamResponse(StreamingResponse):
 
     async def __call__(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
         try:
-            await super().__call__(scope, receive, send)
+            await self.stream_response(send)
+        except OSError:
+            # A server on ASGI spec 2.4 says so when the client has gone (as StreamingResponse).
+            raise ClientDisconnect from None
         finally:
             await self._stream.close()

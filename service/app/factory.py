@@ -37,6 +37,7 @@ from service.api.errors import (
     storage_error_handler,
 )
 from service.api.fastpath import CallbackFastPath
+from service.api.streampath import StreamFastPath
 from service.app import bootstrap, startup_checks
 from service.app.services import Services, Workers
 from service.app.settings import Settings
@@ -224,6 +225,9 @@ def create_app(
                 max_age=600,
             )
         )
+    # Event streams, open for hours, skip the router too: fewer objects held per stream
+    # (docs/performance.md, "Idle streams"). Inside CORS, which a browser's EventSource needs.
+    middleware.append(Middleware(StreamFastPath))
     handle_storage_error = storage_error_handler()
     app = Starlette(
         routes=app_routes,
@@ -363,6 +367,7 @@ def _wire(settings: Settings, clock: Clock, opened: Opened, shared: Shared) -> S
         disable_after=settings.disable_after,
         shutdown_grace=settings.shutdown_grace,
         observe_claim=shared.metrics.claim_duration.observe,
+        observe_claimed_at_ingest=shared.metrics.claimed_at_ingest.inc,
         renderer=renderer,
         slow_after=settings.delivery_slow_after,
     )
@@ -426,6 +431,8 @@ def _wire(settings: Settings, clock: Clock, opened: Opened, shared: Shared) -> S
         capacity=settings.ingest_queue,
         batch_size=settings.ingest_batch,
         mirror=settings.mirror_outputs,
+        # Fresh deliveries claimed at ingest and handed over in memory (docs/architecture.md).
+        hot=dispatcher.hot_claims,
     )
     return Services(
         settings=settings,

@@ -22,6 +22,16 @@ claim of 200 rows that needed 3 ms of CPU held the write lock for up to 22 ms (a
 subscribers: 274 of 747 ms of claim time was waiting, against 111 of 566 at this interval, with
 no more CPU per delivery; docs/performance.md §5)."""
 
+GC_THRESHOLDS = (20_000, 10, 10)
+"""The collector's generation thresholds in the served process (Python's default is
+``(700, 10, 10)``). A young collection runs when the objects allocated minus those freed since
+the last one pass the first number. Serving makes almost no cyclic garbage (tests/
+test_gc_garbage.py), so at 700 the collector ran 50-65 young and ~6 middle collections a second
+under the isolation mix only to find nothing: 25-35 µs of CPU per callback and pauses of 2-6 ms
+(middle) and up to 19 ms (full) of CPU. Steady serving nets no new objects, so at 20,000 it runs
+only when the heap really grows or garbage piles up, which still bounds both; one such
+collection costs 2-17 ms (docs/performance.md §4, "Garbage collection")."""
+
 
 class Server(uvicorn.Server):
     """uvicorn that ends reelhook's open event streams as soon as shutdown begins.
@@ -53,10 +63,12 @@ class Server(uvicorn.Server):
         docs/performance.md). Only the served process does this: a test process starts many
         applications, and frozen objects are never freed.
 
-        It also shortens the interpreter's GIL switch interval (``SWITCH_INTERVAL``).
+        Then the collector runs at ``GC_THRESHOLDS``, and the interpreter's GIL switch interval
+        is shortened (``SWITCH_INTERVAL``).
         """
         await super().startup(sockets=sockets)
         gc.freeze()
+        gc.set_threshold(*GC_THRESHOLDS)
         sys.setswitchinterval(SWITCH_INTERVAL)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:

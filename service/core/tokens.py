@@ -79,7 +79,11 @@ class Tokens:
         """Raise :class:`InvalidToken` unless ``token`` was minted for this provider account."""
         try:
             bound_provider, fingerprint = self._accounts.loads(token)
-        except (BadSignature, ValueError, TypeError):
+        except (BadSignature, ValueError, TypeError) as exc:
+            # itsdangerous's loads keeps the exception in a local of a frame its traceback
+            # holds: without the traceback, no cycle left for the garbage collector per refused
+            # token (docs/performance.md §4, "Garbage collection").
+            exc.__traceback__ = None
             raise InvalidToken from None
         if bound_provider != provider or fingerprint != _fingerprint(provider, api_key):
             raise InvalidToken

@@ -18,6 +18,7 @@ import asyncio
 import json
 import logging
 import random
+import secrets
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Coroutine, Sequence
@@ -27,17 +28,17 @@ from functools import partial
 import anyio
 
 from service.core.clock import Clock, isoformat
-from service.core.models import DeliveryStatus
+from service.core.models import DeliveryStatus, Subscription, SubscriptionStatus
 from service.core.retry import RetrySchedule
 from service.core.worker import Backoff, Wakeup, run_worker
 from service.delivery.fairness import Lanes
-from service.delivery.publisher import Publisher, subscription_disabled_data
+from service.delivery.publisher import HotClaims, Publisher, subscription_disabled_data
 from service.delivery.sender import AttemptResult, Sender
 from service.delivery.transform import Renderer, TemplateError
 from service.providers.base import parse_retry_after
 from service.storage import deliveries, fanouts, subscriptions
 from service.storage.database import Connection, Database
-from service.storage.deliveries import AttemptOutcome, Claimed
+from service.storage.deliveries import AttemptOutcome, Claimed, HotLease
 from service.storage.space import out_of_space
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,7 @@ class Dispatcher:
         shutdown_grace: float = 0.0,
         rng: Callable[[], float] = random.random,
         observe_claim: Callable[[float], None] = lambda seconds: None,
+        observe_claimed_at_ingest: Callable[[int], None] = lambda count: None,
         renderer: Renderer | None = None,
         slow_after: float = SLOW_AFTER,
     ) -> None:
@@ -103,6 +105,7 @@ class Dispatcher:
         self._shutdown_grace = shutdown_grace
         self._rng = rng
         self._observe_claim = observe_claim
+        self._observe_claimed_at_ingest = observe_claimed_at_ingest
         self._renderer = renderer or Renderer()
         self._wakeup = Wakeup()
         self._fanouts = Wakeup()
@@ -150,6 +153,10 @@ class Dispatcher:
         self._unfinished: set[str] = set()
         self._stop_requested = anyio.Event()
         self._stopped = anyio.Event()
+        # The senders' task group while running: deliveries claimed at ingest start there.
+        self._group: asyncio.TaskGroup | None = None
+        self.hot_claimed = 0
+        """Deliveries claimed at ingest and handed over in memory so far."""
         self._started = False
         self.running = False
 
@@ -160,6 +167,20 @@ class Dispatcher:
     def expand_fanouts(self) -> None:
         """A deferred fan-out was stored (``Work.FANOUTS``): expand it into deliveries."""
         self._fanouts.set()
+
+    def hot_claims(self) -> HotClaims | None:
+        """Room for deliveries claimed at ingest, for one write transaction (see
+        :class:`service.delivery.publisher.HotClaims`); None while this dispatcher does not
+        run (the rows are then written pending, as always)."""
+        if self._group is None or self._stop_requested.is_set():
+            return None
+        lease = HotLease(
+            token=secrets.randbits(62),
+            owner=self._db.node_id,
+            lease_until=self._clock() + self._lease,
+            cluster_cap=self._per_subscription,
+        )
+        return _HotClaims(self, lease, self._db.life)
 
     async def stop(self) -> None:
         """Stop claiming, let attempts in flight finish within the shutdown grace period, record
@@ -176,6 +197,7 @@ class Dispatcher:
         try:
             await self._release_previous_leases()
             async with asyncio.TaskGroup() as senders:
+                self._group = senders
                 try:
                     async with anyio.create_task_group() as tg:
                         tg.start_soon(
@@ -203,6 +225,7 @@ class Dispatcher:
                     if self._in_flight:
                         log.info("shutdown: releasing %d unfinished deliveries", self._in_flight)
                 finally:
+                    self._group = None
                     for task in self._senders:
                         task.cancel()
         finally:
@@ -342,6 +365,21 @@ class Dispatcher:
             log.debug("fan-out: %d deliveries to deleted subscriptions skipped", step.skipped)
         return 0 if step.more else None
 
+    def _hot_room(self, sub: str) -> int:
+        """How many deliveries of ``sub`` may be claimed before ingest claims no more of them:
+        its lane's width, and at full width up to just below where the claim loop tops a
+        subscription up (``_refill_below``). An ingest batch brings a burst (a batch of 50
+        callbacks is 50 deliveries to each subscriber at once), and at the width alone most of
+        a burst took the claim loop's path (docs/performance.md §4). Never more: the claim loop
+        always keeps room to claim the subscription's older due deliveries (retries), which
+        fresh ones would otherwise starve, and those claimed ahead of the lane wait for its
+        slots as the claim loop's own do. On PostgreSQL the width: there the cap counted across
+        nodes bounds claims, not only sends (``claim_due``), and would write the rest pending."""
+        width = self._lanes.width(sub)
+        if width < self._per_subscription or self._db.dialect == "postgresql":
+            return width
+        return max(width, self._refill_below - 1)
+
     def _probation_caps(self) -> dict[str, int]:
         """Claim caps of the subscriptions on probation: one delivery claimed each, and none
         at all once a quarter of the claim capacity is theirs, so hanging subscribers cannot hold
@@ -434,21 +472,25 @@ class Dispatcher:
                 finally:
                     self._lanes.release(sub, probation)
         finally:
-            self._in_flight -= 1
-            busy = self._busy[sub] - 1
-            if busy:
-                self._busy[sub] = busy
-            else:
-                del self._busy[sub]
-            self._slot_freed.set()
-            # Claim again once this subscription, or the dispatcher as a whole, runs low, or
-            # when it is on probation (claimed one at a time: its next one may be claimed now).
-            if (
-                busy == self._refill_below - 1
-                or self._in_flight == self._claim_limit // 2
-                or self._lanes.on_probation(sub)
-            ):
-                self.wake()
+            self._done(sub)
+
+    def _done(self, sub: str) -> None:
+        """One claimed delivery of ``sub`` is finished (or a reservation for one given back)."""
+        self._in_flight -= 1
+        busy = self._busy[sub] - 1
+        if busy:
+            self._busy[sub] = busy
+        else:
+            del self._busy[sub]
+        self._slot_freed.set()
+        # Claim again once this subscription, or the dispatcher as a whole, runs low, or
+        # when it is on probation (claimed one at a time: its next one may be claimed now).
+        if (
+            busy == self._refill_below - 1
+            or self._in_flight == self._claim_limit // 2
+            or self._lanes.on_probation(sub)
+        ):
+            self.wake()
 
     async def _attempt(self, delivery: Claimed, slot: _SendSlot) -> None:
         try:
@@ -674,6 +716,88 @@ class Dispatcher:
                 data=subscription_disabled_data(sub),
                 owner_key_id=sub.owner_key_id,
             )
+
+
+class _HotClaims:
+    """A dispatcher's room for the deliveries one ingest transaction writes already claimed
+    (:class:`service.delivery.publisher.HotClaims`; docs/architecture.md, "A delivery").
+
+    Room is taken from the same accounting the claim loop uses, before the commit: a
+    reservation counts as a claimed delivery of its subscription (``_busy``) and of the
+    dispatcher (``_in_flight``) at once, so a claim made meanwhile cannot take the same room.
+    A subscription has room while fewer of its deliveries are claimed than its lane's width
+    (at full width: than just below the claim loop's top-up mark, ``Dispatcher._hot_room``);
+    none has room on probation (a quarter of the send slots are for those, claimed one at a
+    time by the claim loop), or when the dispatcher holds its claim limit. Lanes and the send
+    slots still apply to every attempt as to claimed ones (``_deliver``)."""
+
+    __slots__ = ("_claimed", "_dispatcher", "_life", "_reserved", "lease")
+
+    def __init__(self, dispatcher: Dispatcher, lease: HotLease, life: int) -> None:
+        self._dispatcher = dispatcher
+        self.lease = lease
+        self._life = life
+        self._reserved: Counter[str] = Counter()
+        self._claimed: list[Claimed] = []
+
+    def reserve(self, sub: Subscription) -> bool:
+        d = self._dispatcher
+        sub_id = sub.id
+        if (
+            sub.status != SubscriptionStatus.ACTIVE
+            or sub.ordering == "fifo"
+            or d._in_flight >= d._claim_limit
+            or d._busy.get(sub_id, 0) >= d._hot_room(sub_id)
+            or d._lanes.on_probation(sub_id)
+        ):
+            return False
+        d._busy[sub_id] += 1
+        d._in_flight += 1
+        self._reserved[sub_id] += 1
+        return True
+
+    def claimed(self, delivery: Claimed) -> None:
+        self._claimed.append(delivery)
+
+    def release(self, subscription_id: str) -> None:
+        if self._reserved[subscription_id] > 0:
+            self._reserved[subscription_id] -= 1
+            self._dispatcher._done(subscription_id)
+
+    def commit(self) -> None:
+        d = self._dispatcher
+        claimed, self._claimed = self._claimed, []
+        for delivery in claimed:
+            self._reserved[delivery.subscription_id] -= 1
+        self.abort()  # reservations no row was written for, if any
+        if d._group is None or d._stop_requested.is_set():
+            # Stopping: not sent here. Their leases are handed back with the others unfinished
+            # (or, once that is done, by the next start), as for a claim made at this moment.
+            d._unfinished.update(delivery.id for delivery in claimed)
+            for delivery in claimed:
+                d._done(delivery.subscription_id)
+            return
+        d.hot_claimed += len(claimed)
+        if claimed:
+            d._observe_claimed_at_ingest(len(claimed))
+        subs: set[str] = set()
+        for delivery in claimed:
+            sub = delivery.subscription_id
+            d._unfinished.add(delivery.id)
+            waiting = d._waiting.get(sub)
+            if waiting is None:
+                waiting = d._waiting[sub] = deque()
+            waiting.append((delivery, self._life))
+            subs.add(sub)
+        for sub in subs:
+            d._start_workers(sub, d._group)
+
+    def abort(self) -> None:
+        reserved, self._reserved = self._reserved, Counter()
+        self._claimed = []
+        for sub, count in reserved.items():
+            for _ in range(count):
+                self._dispatcher._done(sub)
 
 
 class _SendSlot:

@@ -2,9 +2,10 @@
 
 Every commit that appended events calls :meth:`EventFeed.notify` (it listens for ``Work.EVENTS``,
 see :mod:`service.storage.announcements`). One task (:meth:`EventFeed.run`) then reads the new
-events once, renders each as an SSE message once, keeps the most recent in memory, and wakes only
-the streams that may see one of them (their owner, their type filter). So an idle stream costs
-nothing: no query, no wake-up, whatever else commits (docs/architecture.md, "Streams").
+events once, keeps the most recent in memory (each rendered as an SSE message once, when a stream
+first sends it), and wakes only the streams that may see one of them (their owner, their type
+filter). So an idle stream costs nothing: no query, no wake-up, whatever else commits
+(docs/architecture.md, "Streams").
 
 A stream registers with :meth:`EventFeed.listen` before it reads, so an event committed between
 its read and its wait still wakes it. A stream that is further behind than the events kept in
@@ -15,9 +16,9 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from enum import Enum
 
 import anyio
 
@@ -31,13 +32,37 @@ KEEP = 1024
 """Recent events kept in memory for the streams (one message each, rendered once)."""
 
 
-@dataclass(frozen=True, slots=True)
 class TailEvent:
-    seq: int
-    type: str
-    # The API key whose job it is (None: not a job's event, seen by admin keys only).
-    owner_key_id: str | None
-    message: bytes
+    """An event the tail read, rendered as its SSE message only when a stream first sends it.
+
+    Most events are seen by no stream (issue 18's idle streams are another key's): rendering
+    every one (a JSON parse and dump) was most of the tail's CPU (docs/performance.md, "Idle
+    streams")."""
+
+    __slots__ = ("_id", "_message", "_payload", "owner_key_id", "seq", "type")
+
+    def __init__(
+        self, seq: int, type_: str, owner_key_id: str | None, event_id: str, payload: bytes | str
+    ) -> None:
+        self.seq = seq
+        self.type = type_
+        # The API key whose job it is (None: not a job's event, seen by admin keys only).
+        self.owner_key_id = owner_key_id
+        self._id = event_id
+        self._payload = payload
+        self._message: bytes | None = None
+
+    @property
+    def rendered(self) -> bool:
+        """Whether :attr:`message` was made (some stream sent this event)."""
+        return self._message is not None
+
+    @property
+    def message(self) -> bytes:
+        """The SSE message (:func:`render`), made once, on first use."""
+        if self._message is None:
+            self._message = render(self.seq, self._id, self.type, self._payload)
+        return self._message
 
 
 def render(seq: int, event_id: str, type_: str, payload: bytes | str) -> bytes:
@@ -48,6 +73,14 @@ def render(seq: int, event_id: str, type_: str, payload: bytes | str) -> bytes:
     )
 
 
+class Waited(Enum):
+    """How :meth:`Listener.wait` ended."""
+
+    WOKEN = "woken"  # an event it may see was read (or the feed closed)
+    IDLE = "idle"  # the time ran out: a keep-alive is due
+    GONE = "gone"  # the stream's client went away
+
+
 class Listener:
     """One stream's interest: what it may see, and the wake-up the tail sets for it."""
 
@@ -56,8 +89,8 @@ class Listener:
         self.types = frozenset(types)
         self.wakes = 0
         self._feed = feed
-        # Created only while the stream waits: anyio events need a running event loop.
-        self._event: anyio.Event | None = None
+        # Only while the stream waits: what wake() cancels to end the wait.
+        self._waiting: anyio.CancelScope | None = None
         # Every event after this position has gone through the tail while this stream listened
         # (None: nothing is known, e.g. after the tail failed).
         self._tracked_from: int | None = None
@@ -89,20 +122,33 @@ class Listener:
 
     def wake(self) -> None:
         self.wakes += 1
-        if self._event is not None:
-            self._event.set()
+        if self._waiting is not None:
+            self._waiting.cancel()
 
-    async def wait(self, wakes_seen: int, idle: float) -> bool:
+    async def wait(
+        self, wakes_seen: int, idle: float, gone: Callable[[], Awaitable[object]] | None = None
+    ) -> Waited:
         """Wait until woken after the ``wakes_seen``-th wake-up (at once if already), at most
-        ``idle`` seconds; False when the time ran out without one."""
+        ``idle`` seconds, or (with ``gone``, which returns when the stream's client has gone)
+        until the client goes.
+
+        The stream's own task does the waiting, in ``gone`` itself when given: a stream needs
+        no second task listening for its client's disconnection (Starlette's StreamingResponse
+        runs one per stream), which with 1,000 open streams was over a quarter of the objects every
+        full garbage collection walks (docs/performance.md, "Idle streams")."""
         if self.wakes == wakes_seen:
-            self._event = anyio.Event()
-            try:
-                with anyio.move_on_after(idle):
-                    await self._event.wait()
-            finally:
-                self._event = None
-        return self.wakes != wakes_seen
+            with anyio.move_on_after(idle) as scope:
+                self._waiting = scope
+                try:
+                    if gone is None:
+                        await anyio.sleep_forever()
+                    else:
+                        await gone()
+                finally:
+                    self._waiting = None
+            if not scope.cancel_called and self.wakes == wakes_seen:
+                return Waited.GONE
+        return Waited.WOKEN if self.wakes != wakes_seen else Waited.IDLE
 
 
 class _LastSeen:
@@ -258,12 +304,7 @@ class EventFeed:
             if not rows:
                 return
             new = [
-                TailEvent(
-                    row["seq"],
-                    row["type"],
-                    row["owner_key_id"],
-                    render(row["seq"], row["id"], row["type"], row["payload"]),
-                )
+                TailEvent(row["seq"], row["type"], row["owner_key_id"], row["id"], row["payload"])
                 for row in rows
             ]
             self._recent.extend(new)

@@ -24,7 +24,7 @@ from service.core.ids import new_id
 from service.core.models import EVENT_TYPES
 from service.core.paging import Page, page_of
 from service.core.params import Query, is_decimal
-from service.delivery.eventfeed import EventFeed, render
+from service.delivery.eventfeed import EventFeed, Waited, render
 from service.storage import events, quotas
 from service.storage.database import DATABASE_ERRORS, Database
 
@@ -32,6 +32,19 @@ log = logging.getLogger(__name__)
 
 STREAM_PAGE = 200
 RECONNECT_MS = 2000
+KEEPALIVE_SLOTS = 16
+_GOLDEN = 0.6180339887498949  # (sqrt(5) - 1) / 2: successive multiples spread evenly over [0, 1)
+
+
+def first_keepalive(number: int, interval: float) -> float:
+    """When the ``number``-th stream followed sends its first keep-alive: after 50-100 % of
+    ``interval``, at one of ``KEEPALIVE_SLOTS`` instants of that half, successive streams spread
+    evenly over them (multiples of the golden ratio, modulo 1). Streams opened together then do
+    not all wake in the same instant (1,000 keep-alives in one burst held the loop for ~90 ms),
+    nor each alone: a keep-alive sent alone cost 257 µs of CPU against 87 µs in a batch
+    (docs/performance.md §7)."""
+    slot = int((number * _GOLDEN) % 1.0 * KEEPALIVE_SLOTS)
+    return interval * (0.5 + slot / KEEPALIVE_SLOTS / 2)
 
 
 def event_types(query: Query) -> list[str]:
@@ -60,6 +73,7 @@ class EventLog:
         self._clock = clock
         # Open streams per API key on this node (the stream quota).
         self._open: Counter[str] = Counter()
+        self._followed = 0  # streams followed so far: spreads their keep-alives (follow)
 
     async def head(self) -> int:
         """The position of the last event in the log (0 when empty)."""
@@ -122,14 +136,21 @@ class EventLog:
             return await self._seq_of("after", after, caller)
         return head
 
-    async def stream(self, caller: Caller, query: Query, last_event_id: str | None) -> EventStream:
+    async def stream(
+        self,
+        caller: Caller,
+        query: Query,
+        last_event_id: str | None,
+        gone: Callable[[], Awaitable[object]] | None = None,
+    ) -> EventStream:
         """The live stream an edge answers with, positioned and filtered as the query string
         says (``type``, ``last_event_id``, ``after``) and the ``Last-Event-ID`` header
         (``last_event_id``). Bad parameters raise :class:`ValidationFailed` here, before any
         byte is sent; a key with its quota of streams open (over every node) gets
         :class:`QuotaExceeded`, also before any byte, so the edge can still answer 429. The
         stream returned holds its place in the quota until it is closed, which its edge must
-        do however the response ends (a HEAD closes it at once)."""
+        do however the response ends (a HEAD closes it at once). ``gone``, when given, returns
+        once the client has gone: the stream then ends by itself (see :meth:`follow`)."""
         types = event_types(query)
         after_seq = await self.start(
             [("Last-Event-ID", last_event_id), ("last_event_id", query.get("last_event_id"))],
@@ -156,7 +177,7 @@ class EventLog:
             if lease is not None:
                 await self._release(lease)
 
-        return EventStream(self.follow(caller, types, after_seq=after_seq), release)
+        return EventStream(self.follow(caller, types, after_seq=after_seq, gone=gone), release)
 
     def _give_back(self, key_id: str) -> None:
         self._open[key_id] -= 1
@@ -192,13 +213,25 @@ class EventLog:
                 log.warning("could not release stream lease %s", lease, exc_info=True)
 
     async def follow(
-        self, caller: Caller, types: Sequence[str], *, after_seq: int
+        self,
+        caller: Caller,
+        types: Sequence[str],
+        *,
+        after_seq: int,
+        gone: Callable[[], Awaitable[object]] | None = None,
     ) -> AsyncGenerator[bytes, None]:
-        """The log from ``after_seq`` on, as SSE bytes, until the feed closes (shutdown). Not
-        counted against any quota: :meth:`stream` is what counts."""
+        """The log from ``after_seq`` on, as SSE bytes, until the feed closes (shutdown) or,
+        with ``gone`` (which returns once the client has gone), until the client goes: it is
+        watched while the stream waits, in the stream's own task. Not counted against any
+        quota: :meth:`stream` is what counts."""
         # An id-only block: the client's Last-Event-ID is right even before the first event
         # arrives.
         yield sse.message(id=str(after_seq), retry_ms=RECONNECT_MS)
+        # Streams opened together (a client reconnecting a thousand) would otherwise send
+        # their keep-alives in the same instant, every interval: a thousand wake-ups and
+        # writes in one burst on the loop (docs/performance.md, "Idle streams").
+        self._followed += 1
+        idle = first_keepalive(self._followed, self._keepalive)
         with self._feed.listen(caller.owner_filter, types) as listener:
             while not self._feed.closed:
                 # Taken before the read: an event the tail finds after it still wakes the wait.
@@ -232,8 +265,12 @@ class EventLog:
                     if recent:
                         after_seq = recent[-1].seq
                 # Woken while reading: look again at once; idle for the keep-alive: say so.
-                if not await listener.wait(wakes, self._keepalive):
+                waited = await listener.wait(wakes, idle, gone)
+                if waited is Waited.GONE:
+                    return
+                if waited is Waited.IDLE:
                     yield sse.comment("keep-alive")
+                idle = self._keepalive
 
 
 class EventStream:

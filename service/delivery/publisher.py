@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
 
 from service.core.clock import isoformat
 from service.core.ids import new_id, new_ids
@@ -14,6 +14,7 @@ from service.core.models import FileUrl, Job, Subscription
 from service.delivery.filters import FieldTree, Filter, FilterError, parse
 from service.storage import events, subscriptions
 from service.storage.database import Connection, Row
+from service.storage.deliveries import Claimed, HotLease
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,41 @@ def subscription_disabled_data(sub: Subscription) -> dict[str, Any]:
 
 
 _ANY_FIELD = FieldTree({}, open=True)
+
+
+class HotClaims(Protocol):
+    """Room in a dispatcher's lanes for deliveries claimed at ingest, for one write transaction
+    (docs/architecture.md, "A delivery"; made by ``Dispatcher.hot_claims``).
+
+    The publisher :meth:`reserve`s room per delivery while it builds the batch, the rows are
+    written claimed under :attr:`lease`, and it hands each one written so over with
+    :meth:`claimed` (or gives back a reservation not used with :meth:`release`). The owner of
+    the transaction calls :meth:`commit` once it committed, which starts sending them, or
+    :meth:`abort` when it did not, which gives every reservation back."""
+
+    lease: HotLease
+
+    def reserve(self, sub: Subscription) -> bool:
+        """Take room for one delivery to ``sub``; False when it has none now (or is not
+        active, or delivers in order): its row is then written pending, as without this."""
+        ...
+
+    def claimed(self, delivery: Claimed) -> None:
+        """A reserved delivery was written claimed; sent once :meth:`commit` is called."""
+        ...
+
+    def release(self, subscription_id: str) -> None:
+        """Give back one reservation of ``subscription_id`` that no row was written for."""
+        ...
+
+    def commit(self) -> None:
+        """The transaction committed: send what was claimed."""
+        ...
+
+    def abort(self) -> None:
+        """The transaction did not commit: give every reservation back."""
+        ...
+
 
 FANOUT_THRESHOLD = 16
 """An event matching more subscriptions than this gets one deferred fan-out row instead of a
@@ -125,13 +161,20 @@ class Publisher:
         conn: Connection,
         announced: Sequence[tuple[str, Job]],
         now: float,
+        hot: HotClaims | None = None,
         *,
         listening: Sequence[Row] | None = None,
     ) -> list[str]:
         """:meth:`publish` for many job events at once (one query for their audiences).
 
         ``listening``: the rows of :func:`subscriptions.listening_to_jobs` for jobs including
-        these, read earlier in the same transaction; then no query is made here."""
+        these, read earlier in the same transaction; then no query is made here.
+
+        With ``hot`` (the ingest batch's), deliveries to subscriptions with room in the
+        dispatcher's lanes are written already claimed and handed to it in memory once the
+        transaction commits: no read of what is due and no claim transaction between the
+        commit and the send (docs/performance.md §4). FIFO subscriptions, deferred fan-outs and
+        deliveries not due at once keep the ordinary path."""
         wanted = [(job.owner_key_id, job.id) for _, job in announced]
         if listening is None:
             audiences = await subscriptions.listeners(conn, wanted, self._parsed)
@@ -139,6 +182,8 @@ class Publisher:
             audiences = subscriptions.heard_by(listening, wanted, self._parsed)
         batch = []
         matched: dict[tuple[int, str, str | None], _Matched] = {}
+        reserved: dict[tuple[str, str], Subscription] = {}
+        indexes: dict[int, dict[str, Subscription]] = {}
         # One clock read and one encoding for the batch's event ids (new_id is ~3 µs each).
         event_ids = new_ids("evt", len(announced))
         for (event_type, job), heard, event_id in zip(announced, audiences, event_ids, strict=True):
@@ -146,10 +191,20 @@ class Publisher:
             targets, fifo = self._match(
                 heard, event_type, job.model, job.id, now, document, matched
             )
-            batch.append(
-                self._event(event_type, now, document, job.id, targets, fifo, event_id=event_id)
-            )
-        await events.append(conn, batch)
+            event = self._event(event_type, now, document, job.id, targets, fifo, event_id=event_id)
+            if hot is not None and event.subscription_ids and self.first_delay <= 0:
+                event = _reserve(event, heard, hot, reserved, indexes)
+            batch.append(event)
+        if hot is None or not reserved:
+            await events.append(conn, batch)
+        else:
+            written = await events.append(conn, batch, hot.lease)
+            payloads = {event.id: event.payload for event in batch}
+            for delivery_id, event_id, sub_id in written:
+                sub = reserved.pop((event_id, sub_id))
+                hot.claimed(_claimed(delivery_id, event_id, sub, payloads[event_id], hot, now))
+            for _, sub_id in reserved:
+                hot.release(sub_id)  # PostgreSQL: the cap across nodes left it no room
         for (event_type, job), event in zip(announced, batch, strict=True):
             # The job lifecycle at INFO: every state change of every job passes through here.
             log.info(
@@ -158,7 +213,7 @@ class Publisher:
                 job.id,
                 job.model,
                 event.id,
-                len(event.subscription_ids) + len(event.deferred),
+                len(event.subscription_ids) + len(event.deferred) + len(event.claimed),
             )
         return [event.id for event in batch]
 
@@ -233,6 +288,58 @@ class Publisher:
             fifo=fifo,
             deferred=deferred,
         )
+
+
+def _reserve(
+    event: events.NewEvent,
+    heard: subscriptions.Heard,
+    hot: HotClaims,
+    reserved: dict[tuple[str, str], Subscription],
+    indexes: dict[int, dict[str, Subscription]],
+) -> events.NewEvent:
+    """``event`` with the subscriptions ``hot`` has room for moved to its ``claimed`` ones
+    (noted in ``reserved``); FIFO subscriptions are never among them. ``indexes`` finds a
+    standing list's subscriptions by id (built once per list and batch)."""
+    index = indexes.get(id(heard.standing))
+    if index is None:
+        index = indexes[id(heard.standing)] = {sub.id: sub for sub in heard.standing}
+    fifo = event.fifo or ()
+    keep: list[str] = []
+    claimed: list[str] = []
+    for sub_id in event.subscription_ids:
+        sub = index.get(sub_id) or next((own for own in heard.own if own.id == sub_id), None)
+        if sub is not None and sub_id not in fifo and hot.reserve(sub):
+            claimed.append(sub_id)
+            reserved[(event.id, sub_id)] = sub
+        else:
+            keep.append(sub_id)
+    if not claimed:
+        return event
+    return replace(event, subscription_ids=keep, claimed=claimed)
+
+
+def _claimed(
+    delivery_id: str, event_id: str, sub: Subscription, body: bytes, hot: HotClaims, now: float
+) -> Claimed:
+    """The delivery written claimed, as :func:`deliveries.claim_due` would have returned it."""
+    # The current secret, and the one it replaced while its rotation grace period lasts.
+    until = sub.previous_secret_until
+    signing: tuple[str, ...] = (sub.secret,)
+    if sub.previous_secret and until is not None and until > now:
+        signing = (sub.secret, sub.previous_secret)
+    return Claimed(
+        id=delivery_id,
+        event_id=event_id,
+        subscription_id=sub.id,
+        attempt=1,
+        url=sub.url,
+        secrets=signing,
+        headers=sub.headers,
+        payload=body,
+        token=hot.lease.token,
+        template=sub.template,
+        content_type=sub.content_type,
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,8 +53,18 @@ class _Rejected(Exception):
     ) -> None:
         super().__init__(outcome.value)
         self.outcome = outcome
-        self.error = error
+        self._error: ReelhookError | None = error
         self.job_id = job_id
+
+    def take_error(self) -> ReelhookError:
+        """The error to answer with, handed over once. Raised while this is being handled, the
+        error refers to this as its ``__context__``; were this still to refer to the error, the
+        two (with their tracebacks' frames, the request's body among them) would be a cycle that
+        only the garbage collector frees, one per refused callback, and the served process runs
+        it rarely (docs/performance.md §4, "Garbage collection")."""
+        error, self._error = self._error, None
+        assert error is not None, "the error of a rejection is taken once"
+        return error
 
 
 def account_adapter(provider: str) -> CallbackAdapter | None:
@@ -106,7 +116,7 @@ class Callbacks:
             job, outcome = await self._receive(provider, token, headers, body, declared_length)
         except _Rejected as rejected:
             self._report(label, rejected.outcome, rejected.job_id)
-            raise rejected.error from None
+            raise rejected.take_error() from None
         self._report(label, CallbackOutcome(outcome.value), job.id)
         return job, outcome
 
@@ -130,7 +140,7 @@ class Callbacks:
             )
         except _Rejected as rejected:
             self._report(label, rejected.outcome, rejected.job_id, route="account")
-            raise rejected.error from None
+            raise rejected.take_error() from None
         if job is None or outcome is None:
             self._report(label, CallbackOutcome.UNMATCHED, route="account")
             return None, None

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from service.core.clock import Clock
 from service.core.errors import ServiceUnavailable
 from service.core.lograte import Occasional
-from service.delivery.publisher import Publisher
+from service.delivery.publisher import HotClaims, Publisher
 from service.jobs.lifecycle import Applied, JobMismatch, UnknownJob, Update, apply_updates
 from service.storage.database import Database
 from service.storage.space import RETRY_AFTER, out_of_space
@@ -30,7 +31,9 @@ class Ingest:
     """The callback writer. Run :meth:`run` in the lifespan task group; call :meth:`store`.
 
     ``mirror`` is :func:`apply_updates`'s. What a batch queued (deliveries, downloads) is
-    announced by its commit (:mod:`service.storage.announcements`).
+    announced by its commit (:mod:`service.storage.announcements`). ``hot`` (the dispatcher's
+    ``hot_claims``) gives each batch room for deliveries written already claimed and handed to
+    the dispatcher in memory after the commit (:meth:`Publisher.publish_jobs`).
     """
 
     def __init__(
@@ -42,8 +45,10 @@ class Ingest:
         capacity: int,
         batch_size: int,
         mirror: bool,
+        hot: Callable[[], HotClaims | None] | None = None,
     ) -> None:
         self._db = db
+        self._hot = hot
         self._publisher = publisher
         self._clock = clock
         self._batch_size = batch_size
@@ -80,7 +85,14 @@ class Ingest:
         # per callback (docs/performance.md §4).
         result = await future
         if isinstance(result, Exception):
-            raise result
+            try:
+                raise result
+            finally:
+                # This frame, which the exception's traceback refers to, must not refer to the
+                # exception (here and as the future's result): that cycle would be freed only
+                # by the garbage collector, which the served process runs rarely
+                # (docs/performance.md §4, "Garbage collection").
+                del result, future
         return result
 
     async def run(self) -> None:
@@ -106,6 +118,8 @@ class Ingest:
         # request is told to send again. Built only then: an exception per callback built ahead
         # of every commit cost more than the rest of the batch's bookkeeping.
         results: list[_Result] | None = None
+        # Room reserved before the commit, sent from after it, given back if it fails.
+        hot = self._hot() if self._hot is not None else None
         try:
             # A transaction block, not Database.run_transaction: the batch's Python work (the
             # transitions, payloads, rows) stays on the event loop while SQLite's C work runs on
@@ -113,15 +127,23 @@ class Ingest:
             # cost throughput (docs/performance.md §4).
             # Every request in the batch waits on this commit: it goes before the dispatcher's
             # claims and outcome batches (background transactions) waiting for the writer.
-            async with self._db.transaction() as conn:
-                applied = await apply_updates(
-                    conn,
-                    self._publisher,
-                    [update for update, _ in batch],
-                    self._clock(),
-                    mirror=self._mirror,
-                )
+            try:
+                async with self._db.transaction() as conn:
+                    applied = await apply_updates(
+                        conn,
+                        self._publisher,
+                        [update for update, _ in batch],
+                        self._clock(),
+                        mirror=self._mirror,
+                        hot=hot,
+                    )
+            except BaseException:
+                if hot is not None:
+                    hot.abort()
+                raise
             results = list(applied)
+            if hot is not None:
+                _hand_over(hot)
         except Exception as exc:
             full = out_of_space(exc)
             if full:
@@ -151,6 +173,16 @@ class Ingest:
             _, future = self._queue.get_nowait()
             if not future.done():
                 future.set_result(_shutting_down())
+
+
+def _hand_over(hot: HotClaims) -> None:
+    """Start sending what the committed batch claimed. Never raises: the batch is committed and
+    its callbacks are answered as stored whatever happens here; a failure leaves the claimed
+    rows in flight under this node's lease, handed back by the next start like any claim."""
+    try:
+        hot.commit()
+    except Exception:
+        log.exception("could not hand over the deliveries this batch claimed")
 
 
 def _shutting_down() -> ServiceUnavailable:

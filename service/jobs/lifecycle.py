@@ -24,7 +24,7 @@ from service.core.models import (
     event_type_for,
     with_notice,
 )
-from service.delivery.publisher import Publisher
+from service.delivery.publisher import HotClaims, Publisher
 from service.providers import CALLBACK_ADAPTERS
 from service.providers.base import InvalidCallback
 from service.storage import jobs, mirrors, submissions, subscriptions
@@ -173,6 +173,7 @@ async def apply_updates(
     now: float,
     *,
     mirror: bool = False,
+    hot: HotClaims | None = None,
 ) -> list[Applied | UnknownJob | JobMismatch]:
     """Apply updates in order inside the caller's transaction, with a fixed number of statements.
 
@@ -184,6 +185,9 @@ async def apply_updates(
     With ``mirror``, a success with provider-hosted outputs queues their downloads instead of
     announcing it: :func:`record_mirror` publishes ``job.succeeded`` once the last one ends, so
     the event can carry ``mirror_url``.
+
+    ``hot``: the ingest batch's room in the dispatcher's lanes, for deliveries written already
+    claimed (:meth:`Publisher.publish_jobs`).
     """
     job_ids = list(dict.fromkeys(item.job_id for item in batch))
     if not job_ids:
@@ -249,7 +253,7 @@ async def apply_updates(
     for job_id, to_copy in copies:
         await mirrors.enqueue(conn, job_id, to_copy, now)
     if announced:
-        await publisher.publish_jobs(conn, announced, now, listening=listening.rows)
+        await publisher.publish_jobs(conn, announced, now, hot, listening=listening.rows)
     return results
 
 

@@ -61,6 +61,13 @@ class Metrics:
             buckets=_CLAIM_BUCKETS,
             registry=registry,
         )
+        # Deliveries that never waited for a claim: against the claim histogram's count, how
+        # much of the fan-out the claim loop still carries (docs/architecture.md, "A delivery").
+        self.claimed_at_ingest = Counter(
+            "reelhook_deliveries_claimed_at_ingest",
+            "Deliveries written already claimed by the ingest batch and sent without a claim",
+            registry=registry,
+        )
         self.provider_latency = Histogram(
             "reelhook_provider_request_seconds",
             "Latency of job submissions to providers, until the answer's headers",

@@ -349,6 +349,108 @@ async def insert_new(conn: Connection, rows: Sequence[NewRow], fifo: Collection[
     return len(rows)
 
 
+@dataclass(frozen=True, slots=True)
+class HotLease:
+    """The claim under which ingest writes a fresh event's deliveries already claimed by this
+    node (docs/architecture.md, "A delivery"): the same columns a claim (:func:`claim_due`) sets,
+    so such a row is in every way a claimed one, and a node that dies leaves it to be handed
+    back as any claimed row is (:func:`release`, :func:`release_orphaned`)."""
+
+    token: int
+    owner: str | None
+    lease_until: float
+    cluster_cap: int
+    """PostgreSQL: the most deliveries of one subscription in flight on all nodes together."""
+
+
+async def insert_claimed(
+    conn: Connection, rows: Sequence[NewRow], lease: HotLease, now: float
+) -> list[tuple[str, str, str]]:
+    """Write one delivery per row already claimed under ``lease`` (in flight, one attempt
+    counted), in the caller's write transaction; return (delivery id, event id, subscription
+    id) of the rows written claimed, in the order given.
+
+    The caller reserved room for each in this node's lanes (service/delivery/dispatcher.py), so
+    on SQLite, one node, every row is written claimed. On PostgreSQL other nodes claim from the
+    same table: the cap on a subscription's deliveries in flight across nodes is counted as
+    :func:`claim_due` counts it, under the same advisory lock (``CLAIM_LOCK``, taken by
+    :func:`take_claim_lock` before the event log's lock), and a row that would pass it is written
+    pending instead (announced as due work; the caller releases its reservation).
+    """
+    if not rows:
+        return []
+    ids = new_ids("dlv", len(rows))
+    if conn.dialect != "postgresql":
+        await conn.executemany(
+            "INSERT INTO deliveries (id, event_id, subscription_id, status, next_attempt_at, "
+            "attempts, lease_until, claim_token, lease_owner, created_at, updated_at) "
+            "VALUES (?, ?, ?, 'inflight', ?, 1, ?, ?, ?, ?, ?)",
+            [
+                (id_, event_id, sub, due, lease.lease_until, lease.token, lease.owner, created, now)
+                for id_, (event_id, sub, due, created) in zip(ids, rows, strict=True)
+            ],
+        )
+        return [(id_, row[0], row[1]) for id_, row in zip(ids, rows, strict=True)]
+    # Each row's rank among this batch's rows of its subscription: the statement does not see
+    # its own inserts, so the count of rows in flight is the same for all of them.
+    seen: dict[str, int] = {}
+    ranks = []
+    for _, sub, _, _ in rows:
+        seen[sub] = seen.get(sub, 0) + 1
+        ranks.append(seen[sub])
+    # Only the rows written pending come back (normally none): no row per delivery to decode.
+    pending = await conn.execute_fetchall(
+        """
+        WITH written AS (
+            INSERT INTO deliveries (id, event_id, subscription_id, status, next_attempt_at,
+                                    attempts, lease_until, claim_token, lease_owner, created_at,
+                                    updated_at)
+            SELECT w.id, w.event_id, w.sub, CASE WHEN h.hot THEN 'inflight' ELSE 'pending' END,
+                   w.due, CASE WHEN h.hot THEN 1 ELSE 0 END,
+                   CASE WHEN h.hot THEN CAST(? AS DOUBLE PRECISION) END,
+                   CASE WHEN h.hot THEN CAST(? AS BIGINT) END,
+                   CASE WHEN h.hot THEN CAST(? AS TEXT) END, w.created, CAST(? AS DOUBLE PRECISION)
+            FROM unnest(?::text[], ?::text[], ?::text[], ?::float8[], ?::float8[], ?::int[])
+                 AS w(id, event_id, sub, due, created, rank)
+            CROSS JOIN LATERAL (
+                SELECT (SELECT count(*) FROM deliveries b
+                        WHERE b.subscription_id = w.sub AND b.status = 'inflight') + w.rank
+                       <= CAST(? AS INTEGER) AS hot
+            ) AS h
+            RETURNING id, status
+        )
+        SELECT id FROM written WHERE status = 'pending'
+        """,
+        (
+            lease.lease_until,
+            lease.token,
+            lease.owner,
+            now,
+            ids,
+            [row[0] for row in rows],
+            [row[1] for row in rows],
+            [row[2] for row in rows],
+            [row[3] for row in rows],
+            ranks,
+            lease.cluster_cap,
+        ),
+    )
+    if not pending:
+        return [(id_, row[0], row[1]) for id_, row in zip(ids, rows, strict=True)]
+    announce(conn, Work.DELIVERIES)  # those written pending are due work for any node
+    cut = {row["id"] for row in pending}
+    return [(id_, row[0], row[1]) for id_, row in zip(ids, rows, strict=True) if id_ not in cut]
+
+
+async def take_claim_lock(conn: Connection) -> None:
+    """PostgreSQL: the lock :func:`claim_due` counts deliveries in flight under, for a write
+    transaction about to write claimed rows (:func:`insert_claimed`); held to its commit.
+    Taken before the event log's lock (``events.APPEND_LOCK``): a transaction holding both always
+    took them in that order, so two never wait on each other. SQLite: nothing to do."""
+    if conn.dialect == "postgresql":
+        await conn.execute("SELECT pg_advisory_xact_lock(?)", (CLAIM_LOCK,))
+
+
 _QUEUES = (
     "(SELECT ordering FROM subscriptions WHERE id = CAST(? AS TEXT)) = 'fifo' AND EXISTS (SELECT 1 "
     "FROM deliveries WHERE subscription_id = CAST(? AS TEXT) "

@@ -9,7 +9,14 @@ from typing import Any
 from service.storage import fanouts
 from service.storage.announcements import Work, announce
 from service.storage.database import Connection, Row
-from service.storage.deliveries import NewRow, fifo_among, insert_new
+from service.storage.deliveries import (
+    HotLease,
+    NewRow,
+    fifo_among,
+    insert_claimed,
+    insert_new,
+    take_claim_lock,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,15 +37,24 @@ class NewEvent:
     """Further subscriptions the event goes to through ONE fan-out row (:mod:`fanouts`), their
     delivery rows written later by the dispatcher's expansion; never FIFO ones, whose order is
     the order their rows are written in (docs/architecture.md, "A delivery")."""
+    claimed: Sequence[str] = ()
+    """Further subscriptions whose delivery row is written already claimed by this node under
+    the ``lease`` given to :func:`append` (the dispatcher reserved room for them in its lanes);
+    never FIFO ones."""
 
 
 # Serialises appends to the event log across nodes (pg_advisory_xact_lock key; see append).
 APPEND_LOCK = 0x7265_656C_0003
 
 
-async def append(conn: Connection, batch: Sequence[NewEvent]) -> None:
+async def append(
+    conn: Connection, batch: Sequence[NewEvent], lease: HotLease | None = None
+) -> list[tuple[str, str, str]]:
     """Append events and one pending delivery per subscription each, in the caller's transaction;
-    an event's ``deferred`` subscriptions get one fan-out row instead (:func:`fanouts.add`).
+    an event's ``deferred`` subscriptions get one fan-out row instead (:func:`fanouts.add`), and
+    its ``claimed`` ones a row claimed under ``lease`` (:func:`deliveries.insert_claimed`).
+    Return (delivery id, event id, subscription id) of the rows written claimed; on PostgreSQL a
+    row the cross-node cap leaves no room for is written pending instead, and is not returned.
 
     On PostgreSQL a sequence number is taken at INSERT but becomes visible at COMMIT, and
     concurrent transactions commit in another order than they took numbers: a reader tailing
@@ -48,7 +64,12 @@ async def append(conn: Connection, batch: Sequence[NewEvent]) -> None:
     (docs/scaling.md). SQLite's single writer already gives that.
     """
     if not batch:
-        return
+        return []
+    hot: list[NewRow] = []
+    if lease is not None:
+        hot = [(e.id, sub, e.first_attempt_at, e.created_at) for e in batch for sub in e.claimed]
+        if hot:
+            await take_claim_lock(conn)  # before APPEND_LOCK, always (see take_claim_lock)
     if conn.dialect == "postgresql":
         await conn.execute("SELECT pg_advisory_xact_lock(?)", (APPEND_LOCK,))
     await conn.executemany(
@@ -59,18 +80,20 @@ async def append(conn: Connection, batch: Sequence[NewEvent]) -> None:
     await fanouts.add(
         conn, [(e.id, e.deferred, e.first_attempt_at, e.created_at) for e in batch if e.deferred]
     )
-    count = sum(len(e.subscription_ids) for e in batch)
-    if not count:
-        return
-    unknown = {sub for e in batch if e.fifo is None for sub in e.subscription_ids}
-    looked_up = await fifo_among(conn, unknown) if unknown else set()
+    claimed = await insert_claimed(conn, hot, lease, batch[0].created_at) if lease else []
     rows: list[NewRow] = []
     fifo: set[str] = set()
+    unknown = {sub for e in batch if e.fifo is None for sub in e.subscription_ids}
+    looked_up = await fifo_among(conn, unknown) if unknown else set()
     for e in batch:
         if e.subscription_ids:
             fifo.update(looked_up if e.fifo is None else e.fifo)
             rows.extend((e.id, sub, e.first_attempt_at, e.created_at) for sub in e.subscription_ids)
+        if lease is None and e.claimed:
+            # Without a lease, the subscriptions meant to be claimed get ordinary rows.
+            rows.extend((e.id, sub, e.first_attempt_at, e.created_at) for sub in e.claimed)
     await insert_new(conn, rows, fifo)
+    return claimed
 
 
 async def seq_of(conn: Connection, event_id: str, owner_key_id: str | None = None) -> int | None:
