@@ -142,6 +142,10 @@ class Ingest:
                     hot.abort()
                 raise
             results = list(applied)
+            # The answers before the hand-over: each request's task is then queued to write its
+            # 200 ahead of the workers sending what the batch claimed, which had run first and
+            # made every acknowledgement wait for the batch's sends (docs/performance.md §4).
+            _answer(batch, results)
             if hot is not None:
                 _hand_over(hot)
         except Exception as exc:
@@ -161,11 +165,9 @@ class Ingest:
                 for _ in batch
             ]
         finally:
-            # Results, errors included, are values: a future whose requester hung up is then
-            # dropped silently instead of logging an unretrieved exception.
-            for index, (_, future) in enumerate(batch):
-                if not future.done():
-                    future.set_result(_shutting_down() if results is None else results[index])
+            if results is None:
+                results = [_shutting_down() for _ in batch]
+            _answer(batch, results)
 
     def _refuse_waiting(self) -> None:
         self._closed = True
@@ -173,6 +175,15 @@ class Ingest:
             _, future = self._queue.get_nowait()
             if not future.done():
                 future.set_result(_shutting_down())
+
+
+def _answer(batch: list[tuple[Update, asyncio.Future[_Result]]], results: list[_Result]) -> None:
+    """Give each waiting request its result. Results, errors included, are values: a future
+    whose requester hung up is then dropped silently instead of logging an unretrieved
+    exception. Answered ones are left as they are (called again by ``finally``)."""
+    for (_, future), result in zip(batch, results, strict=True):
+        if not future.done():
+            future.set_result(result)
 
 
 def _hand_over(hot: HotClaims) -> None:
