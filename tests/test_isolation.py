@@ -22,7 +22,7 @@ from tests.helpers.delivery import ping, subscribe
 from tests.helpers.keys import KEY_B, KEY_C, add_member_keys, as_key
 from tests.servers import loopback_socket, read_body, run_lifespan, run_server, url_of
 from tests.sse_client import Stream, open_stream
-from tests.support import api_client, assert_error, in_process, served
+from tests.support import ADMIN_KEY, api_client, assert_error, in_process, served
 
 pytestmark = pytest.mark.anyio
 
@@ -375,6 +375,48 @@ async def test_the_subscription_quota_holds_across_nodes(pg_database: str, tmp_p
         listed = await a.get("/v1/subscriptions", headers=as_key(KEY_B))
     assert len(listed.json()["data"]) == quota
     assert sorted(answers) == [201] * quota + [429] * (24 - quota)
+
+
+async def test_the_console_stream_counts_against_the_quota_and_gives_its_place_back(
+    tmp_path: Path,
+) -> None:
+    """The console's live stream holds a place of the signed-in key's stream quota, as the API's
+    does, and gives it back however it ends: a HEAD once answered, a page when it goes."""
+    with loopback_socket() as sock:
+        settings = settings_for(
+            tmp_path, PUBLIC_URL=url_of(sock), STREAM_KEEPALIVE="60", MAX_STREAMS_PER_KEY="1"
+        )
+        async with (
+            served(settings, sock) as api,
+            httpx.AsyncClient(base_url=api.base_url) as browser,
+        ):
+            form = await browser.get("/console/sign-in")
+            csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
+            assert csrf, form.text
+            signed_in = await browser.post(
+                "/console/sign-in", data={"csrf": csrf.group(1), "api_key": ADMIN_KEY}
+            )
+            assert signed_in.status_code == 303, signed_in.text
+            for _ in range(3):
+                head = await browser.head("/console/stream")
+                assert head.status_code == 200, head.text
+                assert head.headers["content-type"].startswith("text/event-stream")
+            for _ in range(3):
+                # The place of the page before is given back when its connection goes, which the
+                # server sees a moment after the client dropped it.
+                with anyio.fail_after(10):
+                    while True:
+                        async with browser.stream(
+                            "GET", "/console/stream", timeout=httpx.Timeout(10.0)
+                        ) as page:
+                            if page.status_code == 200:
+                                await Stream(page).position()
+                                refused = await api.get("/v1/events/stream")
+                                assert_error(refused, 429, "quota_exceeded")
+                                break
+                            await page.aread()
+                            assert_error(page, 429, "quota_exceeded")
+                        await anyio.sleep(0.05)
 
 
 async def test_the_stream_quota_holds_across_nodes(pg_database: str, tmp_path: Path) -> None:

@@ -3,22 +3,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
-from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.types import Receive, Send
-from starlette.types import Scope as AsgiScope
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 
 from service.access.callers import Caller
 from service.access.scopes import Scope
 from service.api.context import authenticate, authenticate_stream_token
 from service.api.events import AFTER_QUERY, TYPE_QUERY
 from service.api.operation import Param, Reply, operation
+from service.app.event_streams import client_gone, stream_response
 from service.app.services import services
 from service.core.clock import isoformat
-from service.core.sse import STREAM_HEADERS
-from service.delivery.eventlog import EventStream
 
 _POSITION = {"type": "string", "pattern": "^[0-9]{1,18}$"}
 
@@ -110,42 +105,9 @@ async def event_stream(request: Request, caller: Caller) -> Response:
     (``Last-Event-ID``, ``last_event_id``, ``after``) says, with its ``type`` filter. Over the
     key's stream quota this raises before any response starts (a 429)."""
     stream = await services(request).events.stream(
-        caller, request.query_params, request.headers.get("last-event-id"), _gone(request.receive)
+        caller,
+        request.query_params,
+        request.headers.get("last-event-id"),
+        client_gone(request.receive),
     )
-    if request.method == "HEAD":
-        await stream.close()
-        return Response(media_type="text/event-stream", headers=STREAM_HEADERS)
-    return _StreamResponse(stream)
-
-
-def _gone(receive: Receive) -> Callable[[], Awaitable[None]]:
-    """What returns once the client has gone (the request has no body to read: a GET)."""
-
-    async def gone() -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-
-    return gone
-
-
-class _StreamResponse(StreamingResponse):
-    """An event stream's response, which closes the stream (giving its quota place back)
-    however the response ends: finished, cancelled, or never started.
-
-    It sends the stream's chunks from the request's own task. StreamingResponse runs a second
-    task per response listening for the client's disconnection; the stream watches for that
-    itself while it waits (``_gone``), and ends when the client goes (docs/performance.md,
-    "Idle streams")."""
-
-    def __init__(self, stream: EventStream) -> None:
-        super().__init__(stream, media_type="text/event-stream", headers=STREAM_HEADERS)
-        self._stream = stream
-
-    async def __call__(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
-        try:
-            await self.stream_response(send)
-        except OSError:
-            # A server on ASGI spec 2.4 says so when the client has gone (as StreamingResponse).
-            raise ClientDisconnect from None
-        finally:
-            await self._stream.close()
+    return await stream_response(stream, request.method)

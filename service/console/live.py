@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
+from service.app.event_streams import client_gone, stream_response
 from service.console.view import View
 from service.core.models import EVENT_TYPES
-from service.core.sse import STREAM_HEADERS
 
 
 async def follow(view: View) -> dict[str, str]:
@@ -29,9 +29,12 @@ async def live_page(view: View) -> Response:
 async def stream(view: View) -> Response:
     """``GET /v1/events/stream`` for the signed-in key: the same stream, the same scope."""
     request = view.request
-    body = await view.state.events.stream(
-        view.signed_in_caller, request.query_params, request.headers.get("last-event-id")
+    stream = await view.state.events.stream(
+        view.signed_in_caller,
+        request.query_params,
+        request.headers.get("last-event-id"),
+        client_gone(request.receive),
     )
-    if request.method == "HEAD":
-        return Response(media_type="text/event-stream", headers=STREAM_HEADERS)
-    return StreamingResponse(body, media_type="text/event-stream", headers=STREAM_HEADERS)
+    # Closed however the response ends, as the API's: a page left open holds one place of the
+    # key's stream quota, and gives it back when it goes.
+    return await stream_response(stream, request.method)
