@@ -208,6 +208,21 @@ async def eventually_count(database: Store, sql: str, count: int, within: float)
             await anyio.sleep(0.1)
 
 
+async def until_no_delivery_is_left(http: httpx.AsyncClient) -> None:
+    """Wait (a minute at most) until the API lists no pending and no in-flight delivery."""
+    with anyio.fail_after(60):
+        while True:
+            left = [
+                (await http.get("/v1/deliveries", params={"status": s, "limit": "1"})).json()[
+                    "data"
+                ]
+                for s in ("pending", "inflight")
+            ]
+            if left == [[], []]:
+                return
+            await anyio.sleep(0.1)
+
+
 async def test_a_sigkill_mid_fan_out_loses_nothing_and_duplicates_only_what_was_in_flight(
     tmp_path: Path,
 ) -> None:
@@ -269,17 +284,7 @@ async def test_deliveries_claimed_at_ingest_survive_a_sigkill(tmp_path: Path) ->
         assert "succeeded" not in at_kill, at_kill
         subscriber.gate.set()
         async with reelhook_process(env, log) as (_, http):
-            with anyio.fail_after(60):
-                while True:
-                    left = [
-                        (
-                            await http.get("/v1/deliveries", params={"status": s, "limit": "1"})
-                        ).json()["data"]
-                        for s in ("pending", "inflight")
-                    ]
-                    if left == [[], []]:
-                        break
-                    await anyio.sleep(0.1)
+            await until_no_delivery_is_left(http)
         after = dict(await query(database, by_status))
         pairs = await query(database, "SELECT event_id, subscription_id FROM deliveries")
     assert after == {"succeeded": expected}, after
@@ -366,17 +371,7 @@ async def sigkill_mid_fan_out(tmp_path: Path, url: str | None, *, survivor: bool
             if other is None:
                 _, other = await restarted.enter_async_context(reelhook_process(env, log))
             assert other is not None
-            with anyio.fail_after(60):
-                while True:
-                    left = [
-                        (
-                            await other.get("/v1/deliveries", params={"status": s, "limit": "1"})
-                        ).json()["data"]
-                        for s in ("pending", "inflight")
-                    ]
-                    if left == [[], []]:
-                        break
-                    await anyio.sleep(0.1)
+            await until_no_delivery_is_left(other)
         after = dict(await query(database, by_status))
         pairs = await query(database, "SELECT event_id, subscription_id FROM deliveries")
         fan_out = dict(await query(database, "SELECT type, count(*) FROM events GROUP BY type"))

@@ -10,12 +10,14 @@ import asyncio
 import gc
 import json
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from types import FrameType
 from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
+import httpx
 import pytest
 from starlette.types import Receive, Scope, Send
 
@@ -62,6 +64,24 @@ class RawClient:
         return int(status_line.split()[1]), answer
 
 
+@asynccontextmanager
+async def raw_client(provider: httpx.AsyncClient) -> AsyncIterator[RawClient]:
+    """A :class:`RawClient` on a connection of its own to the server ``provider`` talks to."""
+    url = urlsplit(str(provider.base_url))
+    reader, writer = await asyncio.open_connection(url.hostname, url.port)
+    try:
+        yield RawClient(reader, writer)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+def successes(jobs: list[dict[str, Any]]) -> tuple[list[str], list[bytes]]:
+    """The callback path and the success body of each of ``jobs``."""
+    paths = [f"/v1/callbacks/trinetra/{TOKENS.callback(job['id'], 'trinetra')}" for job in jobs]
+    return paths, [trinetra_done(job["provider_job_id"]) for job in jobs]
+
+
 def cyclic_garbage() -> Counter[str]:
     """What a full collection finds unreachable now, by type (code name for frames)."""
     gc.set_debug(gc.DEBUG_SAVEALL)
@@ -84,12 +104,8 @@ async def test_storing_callbacks_leaves_no_cyclic_garbage(
 ) -> None:
     async with serve(settings_factory) as service:
         jobs = [await service.create_job(TRINETRA_MODEL) for _ in range(CALLBACKS + 1)]
-        paths = [f"/v1/callbacks/trinetra/{TOKENS.callback(job['id'], 'trinetra')}" for job in jobs]
-        bodies = [trinetra_done(job["provider_job_id"]) for job in jobs]
-        url = urlsplit(str(service.provider.base_url))
-        reader, writer = await asyncio.open_connection(url.hostname, url.port)
-        try:
-            client = RawClient(reader, writer)
+        paths, bodies = successes(jobs)
+        async with raw_client(service.provider) as client:
             # The first callback warms what is built once (caches, statements, connections).
             assert (await client.post(paths[0], bodies[0]))[0] == 200
             # What creating the jobs left (httpx's requests, the test's and the submissions').
@@ -101,9 +117,6 @@ async def test_storing_callbacks_leaves_no_cyclic_garbage(
                 status, answer = await client.post(path, body)
                 assert (status, answer["outcome"]) == (200, "duplicate")
             found = cyclic_garbage()
-        finally:
-            writer.close()
-            await writer.wait_closed()
     # Nothing at all today; fewer than one object per callback leaves room for a cache filling.
     assert sum(found.values()) < CALLBACKS, found.most_common(20)
 
@@ -136,10 +149,7 @@ async def test_refused_callbacks_leave_no_cyclic_garbage(
             # The account webhook's route (through the framework's stack): a forged token, 401.
             ("/v1/callbacks/trinetra/account/not-a-token", trinetra_done("p-1"), 401),
         ]
-        url = urlsplit(str(service.provider.base_url))
-        reader, writer = await asyncio.open_connection(url.hostname, url.port)
-        try:
-            client = RawClient(reader, writer)
+        async with raw_client(service.provider) as client:
             for path, body, status in refused:
                 assert (await client.post(path, body))[0] == status
             cyclic_garbage()
@@ -147,9 +157,6 @@ async def test_refused_callbacks_leave_no_cyclic_garbage(
                 for path, body, status in refused:
                     assert (await client.post(path, body))[0] == status
             found = cyclic_garbage()
-        finally:
-            writer.close()
-            await writer.wait_closed()
     assert sum(found.values()) < CALLBACKS // 2, found.most_common(20)
 
 
@@ -187,12 +194,8 @@ async def test_callbacks_fanned_out_to_subscribers_leave_no_cyclic_garbage(
             )
             assert answer.status_code == 201, answer.text
         jobs = [await service.create_job(TRINETRA_MODEL) for _ in range(CALLBACKS + 1)]
-        paths = [f"/v1/callbacks/trinetra/{TOKENS.callback(job['id'], 'trinetra')}" for job in jobs]
-        bodies = [trinetra_done(job["provider_job_id"]) for job in jobs]
-        url = urlsplit(str(service.provider.base_url))
-        reader, writer = await asyncio.open_connection(url.hostname, url.port)
-        try:
-            client = RawClient(reader, writer)
+        paths, bodies = successes(jobs)
+        async with raw_client(service.provider) as client:
             # The first callback and its deliveries warm the subscribers' connections.
             assert (await client.post(paths[0], bodies[0]))[0] == 200
             await delivered(3)
@@ -201,8 +204,5 @@ async def test_callbacks_fanned_out_to_subscribers_leave_no_cyclic_garbage(
                 assert (await client.post(path, body))[0] == 200
             await delivered(3 * len(jobs))
             found = cyclic_garbage()
-        finally:
-            writer.close()
-            await writer.wait_closed()
     assert sorted(received) == sorted(f"/s{n}" for n in range(3) for _ in jobs)
     assert sum(found.values()) < CALLBACKS, found.most_common(20)

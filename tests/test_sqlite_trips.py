@@ -106,19 +106,25 @@ async def test_a_block_cancelled_during_its_first_trip_leaves_no_transaction_ope
     assert [row["n"] for row in rows] == [2]
 
 
+async def failing_jobs(db: SqliteDatabase, count: int) -> list[Update]:
+    """``count`` running jobs stored one by one, and the batch of callbacks that fails them."""
+    batch = []
+    for n in range(count):
+        job = make_job(n, provider_job_id=f"pj_{n}", status=JobStatus.RUNNING)
+        async with db.transaction() as conn:
+            await jobs.insert(conn, job)
+        update = ProviderUpdate(provider_job_id=f"pj_{n}", status=JobStatus.FAILED)
+        batch.append(Update(job.id, "trinetra", update, b"{}", "job"))
+    return batch
+
+
 async def test_an_ingest_batch_takes_two_trips(db: SqliteDatabase) -> None:
     """BEGIN with the job read and the audience read; the callbacks, jobs, event and its
     deliveries written with the COMMIT. It took eight, one per statement, then three (the
     audience read went with the callbacks and jobs written, docs/performance.md §4)."""
     async with db.transaction() as conn:
         await subscriptions.insert(conn, subscription_row("sub_1", at=NOW - 100))
-    batch = []
-    for n in range(4):
-        job = make_job(n, provider_job_id=f"pj_{n}", status=JobStatus.RUNNING)
-        async with db.transaction() as conn:
-            await jobs.insert(conn, job)
-        update = ProviderUpdate(provider_job_id=f"pj_{n}", status=JobStatus.FAILED)
-        batch.append(Update(job.id, "trinetra", update, b"{}", "job"))
+    batch = await failing_jobs(db, 4)
     trips = count_trips(db)
     publisher = Publisher(lambda digest, media_type: f"https://files.test/{digest}")
     async with db.transaction() as conn:
@@ -156,13 +162,7 @@ async def test_an_ingest_batch_that_claims_its_deliveries_takes_two_trips(
     async with run_server(subscriber) as url:
         async with db.transaction() as conn:
             await subscriptions.insert(conn, subscription_row("sub_1", f"{url}/a", at=NOW - 100))
-        batch = []
-        for n in range(4):
-            job = make_job(n, provider_job_id=f"pj_{n}", status=JobStatus.RUNNING)
-            async with db.transaction() as conn:
-                await jobs.insert(conn, job)
-            update = ProviderUpdate(provider_job_id=f"pj_{n}", status=JobStatus.FAILED)
-            batch.append(Update(job.id, "trinetra", update, b"{}", "job"))
+        batch = await failing_jobs(db, 4)
         async with node(db) as running:
             hot = running.dispatcher.hot_claims()
             assert hot is not None

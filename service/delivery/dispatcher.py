@@ -321,14 +321,9 @@ class Dispatcher:
             claimed, seconds = await self._db.run_transaction(claim, durable=False, background=True)
             self._observe_claim(seconds)
             for delivery in claimed:
-                sub = delivery.subscription_id
                 self._in_flight += 1
-                self._busy[sub] += 1
-                self._unfinished.add(delivery.id)
-                waiting = self._waiting.get(sub)
-                if waiting is None:
-                    waiting = self._waiting[sub] = deque()
-                waiting.append((delivery, life))
+                self._busy[delivery.subscription_id] += 1
+                self._queue(delivery, life)
             got = Counter(delivery.subscription_id for delivery in claimed)
             for sub in got:
                 self._start_workers(sub, senders)
@@ -364,6 +359,15 @@ class Dispatcher:
         if step.skipped:
             log.debug("fan-out: %d deliveries to deleted subscriptions skipped", step.skipped)
         return 0 if step.more else None
+
+    def _queue(self, delivery: Claimed, life: int) -> None:
+        """Queue a claimed delivery, already counted in ``_busy`` and ``_in_flight``, for its
+        subscription's workers (started by ``_start_workers``)."""
+        self._unfinished.add(delivery.id)
+        waiting = self._waiting.get(delivery.subscription_id)
+        if waiting is None:
+            waiting = self._waiting[delivery.subscription_id] = deque()
+        waiting.append((delivery, life))
 
     def _hot_room(self, sub: str) -> int:
         """How many deliveries of ``sub`` may be claimed before ingest claims no more of them:
@@ -780,16 +784,9 @@ class _HotClaims:
         d.hot_claimed += len(claimed)
         if claimed:
             d._observe_claimed_at_ingest(len(claimed))
-        subs: set[str] = set()
         for delivery in claimed:
-            sub = delivery.subscription_id
-            d._unfinished.add(delivery.id)
-            waiting = d._waiting.get(sub)
-            if waiting is None:
-                waiting = d._waiting[sub] = deque()
-            waiting.append((delivery, self._life))
-            subs.add(sub)
-        for sub in subs:
+            d._queue(delivery, self._life)
+        for sub in {delivery.subscription_id for delivery in claimed}:
             d._start_workers(sub, d._group)
 
     def abort(self) -> None:
