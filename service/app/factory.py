@@ -415,7 +415,7 @@ def _wire(settings: Settings, clock: Clock, opened: Opened, shared: Shared) -> S
     )
 
     # Every writer's commit announces the work it created; here each worker hears its kinds.
-    db.subscribe(Work.EVENTS, shared.feed.notify)
+    db.subscribe_appended(shared.feed.appended)
     db.subscribe(Work.DELIVERIES, dispatcher.wake)
     db.subscribe(Work.FANOUTS, dispatcher.expand_fanouts)
     db.subscribe(Work.SUBMITS, submitter.wake)

@@ -1,7 +1,11 @@
 """One shared tail of the event log, fanned out in memory to every live stream.
 
-Every commit that appended events calls :meth:`EventFeed.notify` (it listens for ``Work.EVENTS``,
-see :mod:`service.storage.announcements`). One task (:meth:`EventFeed.run`) then reads the new
+Every commit that appended events calls :meth:`EventFeed.appended` (see
+:mod:`service.storage.announcements`), saying, when this process committed it, how many events
+and who may see them. When no open stream may see any of them the tail does not read them yet:
+it reads once such events have piled up (half of what it keeps in memory), or when a stream that
+may see what it has not read opens or an event a stream may see is committed. Otherwise (or for
+a commit it knows nothing about: another node's) one task (:meth:`EventFeed.run`) reads the new
 events once, keeps the most recent in memory (each rendered as an SSE message once, when a stream
 first sends it), and wakes only the streams that may see one of them (their owner, their type
 filter). So an idle stream costs nothing: no query, no wake-up, whatever else commits
@@ -15,7 +19,7 @@ memory reads the log itself until it has caught up. Nothing polls.
 from __future__ import annotations
 
 import json
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from enum import Enum
@@ -26,10 +30,17 @@ from service.core import sse
 from service.core.jsonutil import dumps
 from service.core.worker import Wakeup
 from service.storage import events
+from service.storage.announcements import Appended, Seer
 from service.storage.database import Connection
 
 KEEP = 1024
 """Recent events kept in memory for the streams (one message each, rendered once)."""
+
+UNREAD = KEEP // 2
+"""Events no open stream may see that the tail leaves unread before it reads them all at once.
+Reading after each commit was ~200 µs of the event loop per callback at 300 callbacks/s with
+1,000 idle streams (docs/performance.md, "Idle streams"); reading them at all keeps the log's
+position and what was logged per owner and type in memory exact, and this bounds the read."""
 
 
 class TailEvent:
@@ -189,6 +200,12 @@ class EventFeed:
         # so a batch of events is matched against its owners' streams only.
         self._by_owner: dict[str | None, set[Listener]] = {}
         self._last = _LastSeen()
+        # How many streams listen for each (owner, type) (type None: every type), so a commit's
+        # seers are matched in a few lookups however many streams listen.
+        self._wants: Counter[tuple[str | None, str | None]] = Counter()
+        # Events committed after _head that no stream listening may see, not read yet (a
+        # count, for the bound UNREAD; the tail reads them with the next read).
+        self._unread = 0
         self._wakeup = Wakeup()
         self._closed = False
         self.reads = 0  # tail reads, for tests and metrics
@@ -217,6 +234,31 @@ class EventFeed:
         """Accept streams (again): called when the lifespan starts."""
         self._closed = False
 
+    def appended(self, what: Appended | None) -> None:
+        """A commit appended events: ``what`` says how many and who may see them (None: not
+        known). Cheap; called after every such commit.
+
+        Events no listening stream may see are left unread, up to :data:`UNREAD` of them: they
+        stay after the tail's position, and the next read (any event a stream may see, a stream
+        opening, or that bound) reads them all in order."""
+        if (
+            what is not None
+            and self._head is not None
+            and self._unread + what.count < UNREAD
+            and not any(self._wanted(seer) for seer in what.seers)
+        ):
+            self._unread += what.count
+            return
+        self.notify()
+
+    def _wanted(self, seer: Seer) -> bool:
+        """Whether a listening stream may see an event of this owner and type."""
+        owner, type_ = seer
+        wants = self._wants
+        if wants[(None, None)] or wants[(None, type_)]:
+            return True  # an admin key's stream
+        return owner is not None and bool(wants[(owner, None)] or wants[(owner, type_)])
+
     def notify(self) -> None:
         """The log may have grown. Cheap; safe to call often.
 
@@ -239,11 +281,20 @@ class EventFeed:
         listener.track_from(self._head)
         self._listeners.add(listener)
         self._by_owner.setdefault(owner_key_id, set()).add(listener)
-        if self._head is None:
-            self._wakeup.set()  # the tail starts reading
+        wants: list[tuple[str | None, str | None]] = [(owner_key_id, t) for t in listener.types]
+        wants = wants or [(owner_key_id, None)]
+        self._wants.update(wants)
+        if self._head is None or self._unread:
+            # The tail starts reading; or it left events unread that no stream could see then,
+            # and this one may: it reads them now, and wakes this stream for them.
+            self._wakeup.set()
         try:
             yield listener
         finally:
+            self._wants.subtract(wants)
+            for want in wants:
+                if self._wants[want] <= 0:
+                    del self._wants[want]
             self._listeners.discard(listener)
             same_owner = self._by_owner.get(owner_key_id)
             if same_owner is not None:
@@ -286,11 +337,13 @@ class EventFeed:
     def _forget(self) -> None:
         """Stop tailing: nothing is in memory, nothing is known about what was logged."""
         self._head = None
+        self._unread = 0
         self._recent.clear()
         self._last = _LastSeen()
 
     async def _read(self, reader: Connection) -> None:
         if self._head is None:
+            self._unread = 0
             self._head = await events.last_seq(reader)
             self._recent.clear()
             self._last = _LastSeen()
@@ -299,6 +352,9 @@ class EventFeed:
                 listener.wake()  # each catches up from the log, then follows the tail
             return
         while True:
+            # Whatever was left unread is committed, so this read finds it (a commit telling
+            # of more while it runs counts again: the count only bounds).
+            self._unread = 0
             rows = await events.tail(reader, after_seq=self._head, limit=KEEP)
             self.reads += 1
             if not rows:

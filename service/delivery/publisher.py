@@ -152,7 +152,7 @@ class Publisher:
         else:
             (heard,) = await subscriptions.listeners(conn, [(owner_key_id, None)], self._parsed)
             targets, fifo = self._match(heard, event_type, None, None, now, body, {})
-        event = self._event(event_type, now, body, job.id if job else None, targets, fifo)
+        event = self._event(event_type, now, body, job, targets, fifo)
         await events.append(conn, [event])
         return event.id
 
@@ -191,7 +191,7 @@ class Publisher:
             targets, fifo = self._match(
                 heard, event_type, job.model, job.id, now, document, matched
             )
-            event = self._event(event_type, now, document, job.id, targets, fifo, event_id=event_id)
+            event = self._event(event_type, now, document, job, targets, fifo, event_id=event_id)
             if hot is not None and event.subscription_ids and self.first_delay <= 0:
                 event = _reserve(event, heard, hot, reserved, indexes)
             batch.append(event)
@@ -262,7 +262,7 @@ class Publisher:
         event_type: str,
         now: float,
         body: dict[str, Any],
-        job_id: str | None,
+        job: Job | None,
         targets: list[str],
         fifo: set[str] | None,
         *,
@@ -280,13 +280,16 @@ class Publisher:
         return events.NewEvent(
             id=event_id or new_id("evt"),
             type=event_type,
-            job_id=job_id,
+            job_id=job.id if job is not None else None,
             created_at=now,
             payload=payload(event_type, now, body),
             subscription_ids=targets,
             first_attempt_at=now + self.first_delay,
             fifo=fifo,
             deferred=deferred,
+            # As the log reads it: the job's owner; an event of no job has none (admin keys'
+            # streams see it), whoever's subscriptions it goes to.
+            owner_key_id=job.owner_key_id if job is not None else None,
         )
 
 

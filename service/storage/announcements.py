@@ -13,11 +13,18 @@ of deliveries, and a trigger would add its cost to every one of them.
 This is the seam a second store implements the same way: PostgreSQL's write functions calling
 ``NOTIFY`` (delivered by the server only after commit) and a ``LISTEN`` connection that calls
 :meth:`Announcements.deliver`.
+
+One exception to "never data": a commit that appended events says, when the process that
+committed it knows, how many and who may see them (:class:`Appended`), so the live streams'
+shared tail need not read the log after a commit whose events no open stream may see
+(docs/performance.md, "Idle streams"). A commit of another node (PostgreSQL) says nothing: the
+tail reads.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
@@ -38,6 +45,21 @@ class Work(StrEnum):
 
 Listener = Callable[[], None]
 
+Seer = tuple[str | None, str]
+"""Who may see an event in the live streams: the API key owning its job (None for an event of
+no job, which admin keys' streams see) and its type."""
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    """What one commit appended to the event log: ``count`` events, seen by ``seers``."""
+
+    count: int
+    seers: frozenset[Seer]
+
+
+AppendedListener = Callable[[Appended | None], None]
+
 
 class WorkSource(Protocol):
     """What a store offers workers: a wake-up after each commit that created work of a kind."""
@@ -52,15 +74,25 @@ class Announcements:
 
     def __init__(self) -> None:
         self._listeners: dict[Work, list[Listener]] = {kind: [] for kind in Work}
+        self._appended: list[AppendedListener] = []
 
     def subscribe(self, kind: Work, listener: Listener) -> None:
         self._listeners[kind].append(listener)
 
-    def deliver(self, kinds: Iterable[Work]) -> None:
-        """Wake every listener of ``kinds`` (work announced by a transaction that committed)."""
+    def subscribe_appended(self, listener: AppendedListener) -> None:
+        """Call ``listener`` after every commit that announced ``Work.EVENTS``, with what it
+        appended when that is known (None: not known)."""
+        self._appended.append(listener)
+
+    def deliver(self, kinds: Iterable[Work], appended: Appended | None = None) -> None:
+        """Wake every listener of ``kinds`` (work announced by a transaction that committed);
+        ``appended``: what it appended to the event log, when known."""
         for kind in kinds:
             for listener in self._listeners[kind]:
                 listener()
+            if kind is Work.EVENTS:
+                for heard in self._appended:
+                    heard(appended)
 
 
 class Announcing(Protocol):
@@ -68,6 +100,7 @@ class Announcing(Protocol):
     store's write transaction (:class:`service.storage.database.Connection`), None elsewhere."""
 
     announced: set[Work] | None
+    appended: list[Seer | None] | None
 
 
 def announce(conn: Announcing, kind: Work) -> None:
@@ -77,3 +110,22 @@ def announce(conn: Announcing, kind: Work) -> None:
     outside a store transaction (a script's own, the reader) announces nothing."""
     if conn.announced is not None:
         conn.announced.add(kind)
+        if kind is Work.EVENTS and conn.appended is not None:
+            conn.appended.append(None)  # events whose seers are not known
+
+
+def announce_appended(conn: Announcing, seers: Iterable[Seer | None]) -> None:
+    """:func:`announce` ``Work.EVENTS`` for events appended in ``conn``'s write transaction,
+    one entry per event: who may see it (None: not known)."""
+    if conn.announced is not None:
+        conn.announced.add(Work.EVENTS)
+        if conn.appended is not None:
+            conn.appended.extend(seers)
+
+
+def appended_of(seers: list[Seer | None] | None) -> Appended | None:
+    """What a committed transaction appended, from its ``appended`` entries; None when any
+    event's seers are not known (or none was recorded)."""
+    if not seers or None in seers:
+        return None
+    return Appended(len(seers), frozenset(seer for seer in seers if seer is not None))

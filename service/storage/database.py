@@ -24,7 +24,14 @@ from urllib.parse import unquote, urlsplit
 import asyncpg
 
 from service.core.ids import new_id
-from service.storage.announcements import Announcements, Listener, Work
+from service.storage.announcements import (
+    Announcements,
+    Appended,
+    AppendedListener,
+    Listener,
+    Seer,
+    Work,
+)
 from service.storage.writeorder import WriteOrder
 
 T = TypeVar("T")
@@ -122,6 +129,9 @@ class Connection(ABC):
     announced: set[Work] | None = None
     """Inside a write transaction, the kinds of work it announced (:func:`announce`), woken after
     its commit; None on the reader and outside transactions."""
+    appended: list[Seer | None] | None = None
+    """Inside a write transaction, who may see each event it appended (None: not known), for
+    the live streams' tail (:func:`service.storage.announcements.announce_appended`)."""
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Query:
         return Query(self, sql, params)
@@ -201,8 +211,14 @@ class Database(ABC):
         (see :mod:`service.storage.announcements`); on PostgreSQL, a commit on any node."""
         self._announcements.subscribe(kind, listener)
 
-    def _announce(self, kinds: Iterable[Work]) -> None:
-        self._announcements.deliver(kinds)
+    def subscribe_appended(self, listener: AppendedListener) -> None:
+        """Call ``listener`` (quick, never raising) after every commit that appended events,
+        with what it appended when this process knows it (its own commit on SQLite), else None
+        (see :mod:`service.storage.announcements`)."""
+        self._announcements.subscribe_appended(listener)
+
+    def _announce(self, kinds: Iterable[Work], appended: Appended | None = None) -> None:
+        self._announcements.deliver(kinds, appended)
 
     @staticmethod
     def open(

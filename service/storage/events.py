@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import Any
+from enum import Enum
+from typing import Any, Final, Literal
 
 from service.storage import fanouts
-from service.storage.announcements import Work, announce
+from service.storage.announcements import Seer, announce_appended
 from service.storage.database import Connection, Row
 from service.storage.deliveries import (
     HotLease,
@@ -17,6 +18,15 @@ from service.storage.deliveries import (
     insert_new,
     take_claim_lock,
 )
+
+
+class _Unknown(Enum):
+    OWNER = "unknown"
+
+
+UNKNOWN_OWNER: Final = _Unknown.OWNER
+"""A :class:`NewEvent`'s owner when its writer did not say: the live streams' tail reads the
+log to learn who may see it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +51,18 @@ class NewEvent:
     """Further subscriptions whose delivery row is written already claimed by this node under
     the ``lease`` given to :func:`append` (the dispatcher reserved room for them in its lanes);
     never FIFO ones."""
+    owner_key_id: str | Literal[_Unknown.OWNER] | None = UNKNOWN_OWNER
+    """The API key owning the event's job (None: an event of no job), exactly as the log reads
+    it (``jobs.owner_key_id``): with the type, who may see the event in a live stream. Told to
+    the streams' tail with the commit, which then reads the log only when an open stream may
+    see one of the events (:mod:`service.delivery.eventfeed`)."""
+
+    @property
+    def seer(self) -> Seer | None:
+        """Who may see this event in a live stream; None: not known."""
+        if self.owner_key_id is UNKNOWN_OWNER:
+            return None
+        return (self.owner_key_id, self.type)
 
 
 # Serialises appends to the event log across nodes (pg_advisory_xact_lock key; see append).
@@ -76,7 +98,7 @@ async def append(
         "INSERT INTO events (id, type, job_id, created_at, payload) VALUES (?, ?, ?, ?, ?)",
         [(e.id, e.type, e.job_id, e.created_at, e.payload) for e in batch],
     )
-    announce(conn, Work.EVENTS)
+    announce_appended(conn, [e.seer for e in batch])
     await fanouts.add(
         conn, [(e.id, e.deferred, e.first_attempt_at, e.created_at) for e in batch if e.deferred]
     )

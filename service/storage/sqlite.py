@@ -12,7 +12,7 @@ from typing import Any, cast
 import aiosqlite
 import anyio
 
-from service.storage.announcements import Work
+from service.storage.announcements import Seer, Work, appended_of
 from service.storage.database import (
     Connection,
     Database,
@@ -245,7 +245,9 @@ class SqliteDatabase(Database):
         waiting."""
         async with self._write_lock.hold(background=background):
             announced: set[Work] = set()
+            seers: list[Seer | None] = []
             self._writer.announced = announced
+            self._writer.appended = seers
             relaxed = False
             try:
                 if durable:
@@ -286,11 +288,12 @@ class SqliteDatabase(Database):
                 # Writes still held back belong to this transaction only (rolled back above).
                 self._writer._drop_held()
                 self._writer.announced = None
+                self._writer.appended = None
                 if relaxed:
                     with anyio.CancelScope(shield=True):
                         await self.writer.execute("PRAGMA synchronous = FULL")
             if announced:
-                self._announce(tuple(announced))
+                self._announce(tuple(announced), appended_of(seers))
 
     async def run_transaction(
         self,
@@ -305,7 +308,9 @@ class SqliteDatabase(Database):
         async with self._write_lock.hold(background=background):
             conn = _OnThread(self.writer._conn)
             announced: set[Work] = set()
+            seers: list[Seer | None] = []
             conn.announced = announced
+            conn.appended = seers
 
             def transaction() -> T:
                 raw = conn.raw
@@ -334,7 +339,7 @@ class SqliteDatabase(Database):
                 # public methods use.
                 result: T = await cast(Any, self.writer)._execute(transaction)
         if announced:
-            self._announce(tuple(announced))
+            self._announce(tuple(announced), appended_of(seers))
         return result
 
     @asynccontextmanager
