@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,9 +15,9 @@ import pytest
 from service.core.ids import new_id
 from service.core.models import SubscriptionStatus
 from service.storage import deliveries, events, jobs, submissions, subscriptions
-from service.storage.announcements import Work
+from service.storage.announcements import Appended, Work
 from service.storage.database import Database
-from service.storage.events import NewEvent
+from service.storage.events import UNKNOWN_OWNER, NewEvent
 from tests.helpers.jobs import NOW, make_job, store
 from tests.support import subscription_row
 
@@ -140,3 +141,43 @@ async def test_an_event_with_deliveries_announces_them_and_a_claim_wakes_no_one(
         )
     assert len(claimed) == 2
     assert heard == Counter()
+
+
+def event(number: int, owner: str | None, type_: str = "ping") -> NewEvent:
+    return NewEvent(
+        id=f"evt_{number}",
+        type=type_,
+        job_id=None,
+        created_at=NOW,
+        payload=b"{}",
+        subscription_ids=[],
+        first_attempt_at=NOW,
+        owner_key_id=owner,
+    )
+
+
+async def test_a_commit_that_appended_events_says_how_many_and_who_may_see_them(
+    db: Database,
+) -> None:
+    """The live streams' tail hears, with each commit that appended events, how many and of
+    which (owner, type): every append of the transaction counted, a rolled-back one nothing,
+    and when any event's owner was not given, nothing (the tail then reads)."""
+    heard: list[Appended | None] = []
+    db.subscribe_appended(heard.append)
+    async with db.transaction() as conn:
+        await events.append(conn, [event(1, "key_a"), event(2, None)])
+        await events.append(conn, [event(3, "key_a", "job.succeeded")])
+    with pytest.raises(RuntimeError):
+        async with db.transaction() as conn:
+            await events.append(conn, [event(4, "key_b")])
+            raise RuntimeError("abandoned")
+    await db.run_transaction(lambda conn: events.append(conn, [event(5, "key_c")]))
+    async with db.transaction() as conn:
+        await events.append(
+            conn, [event(6, "key_a"), replace(event(7, None), owner_key_id=UNKNOWN_OWNER)]
+        )
+    assert heard == [
+        Appended(3, frozenset({("key_a", "ping"), (None, "ping"), ("key_a", "job.succeeded")})),
+        Appended(1, frozenset({("key_c", "ping")})),
+        None,
+    ]

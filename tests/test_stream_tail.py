@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Literal
 
 import anyio
 import pytest
@@ -21,10 +22,12 @@ from service.core.ids import new_id
 from service.core.jsonutil import dumps_bytes
 from service.delivery.eventfeed import EventFeed
 from service.delivery.eventlog import KEEPALIVE_SLOTS, EventLog, first_keepalive
-from service.storage import events
+from service.storage import events, jobs
 from service.storage.announcements import Work
 from service.storage.database import Database
+from service.storage.events import UNKNOWN_OWNER, _Unknown
 from service.storage.sqlite import SqliteConnection
+from tests.helpers.jobs import make_job
 
 pytestmark = pytest.mark.anyio
 
@@ -32,8 +35,16 @@ ADMIN = Caller("key_admin", (Scope.ADMIN,))
 READER = Caller("key_reader", (Scope.READ,))
 
 
-async def append(db: Database, type_: str, count: int = 1) -> None:
-    """``count`` events of ``type_``, one commit each."""
+async def append(
+    db: Database,
+    type_: str,
+    count: int = 1,
+    *,
+    job_id: str | None = None,
+    owner: str | Literal[_Unknown.OWNER] | None = UNKNOWN_OWNER,
+) -> None:
+    """``count`` events of ``type_``, one commit each; ``owner``: the owner the commit tells the
+    tail (the job's, as the publisher does; by default not told, so the tail reads)."""
     for _ in range(count):
         now = time.time()
         async with db.transaction() as conn:
@@ -43,11 +54,12 @@ async def append(db: Database, type_: str, count: int = 1) -> None:
                     events.NewEvent(
                         id=new_id("evt"),
                         type=type_,
-                        job_id=None,
+                        job_id=job_id,
                         created_at=now,
                         payload=b'{"type": "%s", "data": {}}' % type_.encode(),
                         subscription_ids=[],
                         first_attempt_at=now,
+                        owner_key_id=owner,
                     )
                 ],
             )
@@ -268,4 +280,137 @@ async def test_commits_while_no_stream_listens_do_not_wake_the_tail(tmp_path: Pa
         await append(db, "job.succeeded")
         await until(lambda: any(b"event: job.succeeded" in chunk for chunk in received))
         assert feed.wakeups >= 2 and feed.reads >= 1
+        tg.cancel_scope.cancel()
+
+
+async def own_job(db: Database, caller: Caller) -> str:
+    """A job of ``caller``'s key in the store (what the tail reads an event's owner from)."""
+    job = make_job(1, owner_key_id=caller.key_id)
+    async with db.transaction() as conn:
+        await jobs.insert(conn, job)
+    return job.id
+
+
+@pytest.mark.sqlite_only(
+    "only a SQLite commit tells the tail what it appended; a PostgreSQL one is heard through "
+    "NOTIFY, and read (the test after this one holds on both)"
+)
+async def test_commits_no_open_stream_may_see_are_not_read_until_one_may(tmp_path: Path) -> None:
+    """Fifty streams of a read-only key: thirty commits of events of no job (which only admin
+    keys see) wake no task and are not read at all, the streams' keep-alives go on; then an
+    event of that key's job is read in one go with the thirty, and each stream gets it exactly
+    once, and nothing else."""
+    feed = EventFeed()
+    async with Database.open(tmp_path / "db.sqlite") as db, anyio.create_task_group() as tg:
+        db.subscribe_appended(feed.appended)
+        log = EventLog(db, feed, keepalive=0.05, max_streams_per_key=100)
+        tg.start_soon(feed.run, db.reader)
+        mine = await own_job(db, READER)
+        idle = [log.follow(READER, [], after_seq=0) for _ in range(50)]
+        received: list[list[bytes]] = [[] for _ in idle]
+        for stream, into in zip(idle, received, strict=True):
+            assert b"id: 0" in await next_chunk(stream)
+            tg.start_soon(drain, stream, into)
+        await until(lambda: len(feed.listeners) == 50 and feed.head == 0)
+        reads, wakeups = feed.reads, feed.wakeups
+        await append(db, "ping", 30, owner=None)
+        marks = [len(r) for r in received]
+        await until(lambda: all(len(r) >= m + 2 for r, m in zip(received, marks, strict=True)))
+        assert (feed.reads, feed.wakeups, feed.head, feed.unread) == (reads, wakeups, 0, 30)
+        await append(db, "job.succeeded", job_id=mine, owner=READER.key_id)
+        await until(lambda: all(b"job.succeeded" in b"".join(r) for r in received))
+        assert feed.head == 31 and feed.unread == 0
+        assert feed.reads - reads <= 2  # the 31 events in one query (and one finding nothing)
+        tg.cancel_scope.cancel()
+    for chunks in received:
+        text = b"".join(chunks)
+        assert text.count(b"event: job.succeeded") == 1 and b"ping" not in text, text
+        assert b"id: 31" in text
+
+
+async def test_a_stream_opened_after_events_left_unread_gets_those_it_may_see(
+    tmp_path: Path,
+) -> None:
+    """While only a read-only key's stream listens, pings (which it may not see) are left
+    unread (SQLite; on PostgreSQL they are read). Admin streams opened then, resuming from a
+    position before them, from one among them and from the end, each get exactly the pings
+    after their position, in log order, and then the next one; the read-only stream gets
+    none."""
+    feed = EventFeed()
+    target = os.environ.get("REELHOOK_TEST_DATABASE_URL") or tmp_path / "db.sqlite"
+    async with Database.open(target) as db, anyio.create_task_group() as tg:
+        db.subscribe_appended(feed.appended)
+        tg.start_soon(db.run)  # PostgreSQL: the LISTEN connection that hears the commits
+        log = EventLog(db, feed, keepalive=60, max_streams_per_key=100)
+        tg.start_soon(feed.run, db.reader)
+        await append(db, "ping", 5, owner=None)
+        idle = log.follow(READER, [], after_seq=5)
+        assert b"id: 5" in await next_chunk(idle)
+        seen_by_idle: list[bytes] = []
+        tg.start_soon(drain, idle, seen_by_idle)
+        await until(lambda: feed.head == 5)
+        await append(db, "ping", 20, owner=None)
+        if db.dialect == "sqlite":
+            assert feed.head == 5 and feed.unread == 20
+        received: dict[int, list[bytes]] = {}
+        for after in (3, 12, 25):
+            stream = log.follow(ADMIN, ["ping"], after_seq=after)
+            assert b"id: %d" % after in await next_chunk(stream)
+            received[after] = []
+            tg.start_soon(drain, stream, received[after])
+        await until(lambda: feed.unread == 0 and feed.head == 25)
+        await append(db, "ping", owner=None)
+
+        def ids(chunks: list[bytes]) -> list[int]:
+            return [int(line[4:]) for line in b"".join(chunks).split(b"\n") if line[:4] == b"id: "]
+
+        await until(lambda: all(ids(r)[-1:] == [26] for r in received.values()))
+        tg.cancel_scope.cancel()
+    for after, chunks in received.items():
+        assert ids(chunks) == list(range(after + 1, 27)), (after, chunks)
+    assert b"event:" not in b"".join(seen_by_idle)
+
+
+@pytest.mark.sqlite_only("only a SQLite commit tells the tail what it appended")
+async def test_events_no_stream_may_see_are_read_once_half_of_what_the_tail_keeps_piles_up(
+    tmp_path: Path,
+) -> None:
+    """A tail keeping 8 events leaves at most 3 unread (fewer than half): ten commits of pings
+    no stream may see cost it at most three reads, never one per commit, and it is never more
+    than 3 behind."""
+    feed = EventFeed(keep=8)
+    async with Database.open(tmp_path / "db.sqlite") as db, anyio.create_task_group() as tg:
+        db.subscribe_appended(feed.appended)
+        log = EventLog(db, feed, keepalive=60, max_streams_per_key=100)
+        tg.start_soon(feed.run, db.reader)
+        idle = log.follow(READER, [], after_seq=0)
+        assert b"id: 0" in await next_chunk(idle)
+        tg.start_soon(drain, idle, [])
+        await until(lambda: feed.head == 0)
+        reads = feed.reads
+        for number in range(1, 11):
+            await append(db, "ping", owner=None)
+            assert feed.unread <= 3
+            await until(lambda number=number: (feed.head or 0) + feed.unread == number)  # type: ignore[misc]
+        assert 2 <= feed.reads - reads <= 3
+        tg.cancel_scope.cancel()
+
+
+async def test_events_of_an_unknown_owner_are_read_as_before(tmp_path: Path) -> None:
+    """A commit that does not say whose its events are (another node's, on PostgreSQL) is
+    read at once, even when no open stream could see them."""
+    feed = EventFeed()
+    target = os.environ.get("REELHOOK_TEST_DATABASE_URL") or tmp_path / "db.sqlite"
+    async with Database.open(target) as db, anyio.create_task_group() as tg:
+        db.subscribe_appended(feed.appended)
+        tg.start_soon(db.run)
+        log = EventLog(db, feed, keepalive=60, max_streams_per_key=100)
+        tg.start_soon(feed.run, db.reader)
+        idle = log.follow(READER, [], after_seq=0)
+        assert b"id: 0" in await next_chunk(idle)
+        tg.start_soon(drain, idle, [])
+        await until(lambda: feed.head == 0)
+        await append(db, "ping", 3)
+        await until(lambda: feed.head == 3)
+        assert feed.unread == 0
         tg.cancel_scope.cancel()

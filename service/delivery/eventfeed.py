@@ -36,12 +36,6 @@ from service.storage.database import Connection
 KEEP = 1024
 """Recent events kept in memory for the streams (one message each, rendered once)."""
 
-UNREAD = KEEP // 2
-"""Events no open stream may see that the tail leaves unread before it reads them all at once.
-Reading after each commit was ~200 µs of the event loop per callback at 300 callbacks/s with
-1,000 idle streams (docs/performance.md, "Idle streams"); reading them at all keeps the log's
-position and what was logged per owner and type in memory exact, and this bounds the read."""
-
 
 class TailEvent:
     """An event the tail read, rendered as its SSE message only when a stream first sends it.
@@ -193,6 +187,12 @@ class _LastSeen:
 class EventFeed:
     def __init__(self, keep: int = KEEP) -> None:
         self._recent: deque[TailEvent] = deque(maxlen=keep)
+        # Events no open stream may see that the tail leaves unread before it reads them all
+        # at once. Reading after every commit was most of what 1,000 idle streams cost the
+        # event loop at 300 callbacks/s (docs/performance.md, "Idle streams"); reading them
+        # at all keeps the tail's position and what was logged per owner and type exact, and
+        # the bound keeps that read within one page of the tail's.
+        self._unread_max = max(1, keep // 2)
         # The position the tail has read up to; None while no stream listens (nothing is read).
         self._head: int | None = None
         self._listeners: set[Listener] = set()
@@ -204,7 +204,7 @@ class EventFeed:
         # seers are matched in a few lookups however many streams listen.
         self._wants: Counter[tuple[str | None, str | None]] = Counter()
         # Events committed after _head that no stream listening may see, not read yet (a
-        # count, for the bound UNREAD; the tail reads them with the next read).
+        # count, for the bound _unread_max; the tail reads them with the next read).
         self._unread = 0
         self._wakeup = Wakeup()
         self._closed = False
@@ -220,6 +220,12 @@ class EventFeed:
     def listeners(self) -> tuple[Listener, ...]:
         """The streams listening now."""
         return tuple(self._listeners)
+
+    @property
+    def unread(self) -> int:
+        """How many events committed after :attr:`head` the tail left unread (no stream
+        listening may see them), as far as it was told."""
+        return self._unread
 
     @property
     def head(self) -> int | None:
@@ -238,13 +244,13 @@ class EventFeed:
         """A commit appended events: ``what`` says how many and who may see them (None: not
         known). Cheap; called after every such commit.
 
-        Events no listening stream may see are left unread, up to :data:`UNREAD` of them: they
-        stay after the tail's position, and the next read (any event a stream may see, a stream
-        opening, or that bound) reads them all in order."""
+        Events no listening stream may see are left unread, up to half of what the tail keeps
+        in memory: they stay after the tail's position, and the next read (for an event a
+        stream may see, a stream opening, or that bound) reads them all, in order."""
         if (
             what is not None
             and self._head is not None
-            and self._unread + what.count < UNREAD
+            and self._unread + what.count < self._unread_max
             and not any(self._wanted(seer) for seer in what.seers)
         ):
             self._unread += what.count
