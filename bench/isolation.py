@@ -6,7 +6,8 @@ same-run baseline and a ledger:
 a. 500 healthy subscriptions, then the same load with 64 more that never answer: healthy lag p99
    within 2x of the run without them.
 b. 1,000 idle SSE streams from one read-only key: subscriber lag, API read p99 and callback ack
-   p99 within 20 % of the run without them.
+   p99 within 20 % of the run without them (medians of two runs with streams and of three
+   without, interleaved; a noise floor from the runs without; reelhook's CPU per callback).
 c. 2,000 concurrent ~1 MiB callback uploads: reelhook's peak RSS (from /proc) at most 300 MB,
    every acknowledged callback stored, every other answer 503 + Retry-After.
 d. A full disk (a small tmpfs as the data directory): only 503s with Retry-After, mirror
@@ -25,6 +26,7 @@ import asyncio
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -76,6 +78,9 @@ class Sizes:
     streams: int = 1_000
     stream_rate: int = 300  # callbacks/s in scenario b
     stream_seconds: int = 15
+    # Runs with the streams in scenario b, each between two runs without (which it shares with
+    # its neighbours): 2 gives without, with, without, with, without.
+    stream_rounds: int = 2
     uploads: int = 2_000
     upload_bytes: int = 1_048_000
     full_rate: int = 50  # callbacks/s in scenario d
@@ -370,7 +375,15 @@ class Isolation:
         count = s.stream_rate * s.stream_seconds
         run = Run(self.work, "b", self.log, max_streams_per_key=str(2 * s.streams))
         warm = s.stream_rate * WARM_SECONDS
-        run.seed(3 * count + warm)
+        # Without, with, without, with, ... without: each run with streams sits between two
+        # without, so a drift (such as the store growing) weighs on both sides alike.
+        labels = ["without"]
+        for _ in range(s.stream_rounds):
+            labels += ["with", "without"]
+        run.seed(len(labels) * count + warm)
+        runs: list[dict[str, Any]] = []
+        opened: dict[str, Any] = {}
+        ended: dict[str, Any] = {}
         with run.serving() as service:
             with run.client() as client:
                 created = client.post("/v1/keys", json={"name": "streams", "scopes": ["jobs:read"]})
@@ -381,13 +394,9 @@ class Isolation:
             # would weigh on the baseline, which runs first).
             run.callbacks(sink, run.take(warm), warm, rate=s.stream_rate)
             wait_records(sink, "/lag/b/", warm, within=60)
-            runs: dict[str, dict[str, Any]] = {}
-            # Without, with, without again: the baseline is the mean of the two runs around
-            # the one with streams (a drift, such as the store growing, cancels out), and how
-            # far the two runs without streams differ is the noise floor of the ratios.
-            for label in ("without", "with", "again"):
-                # The process that holds the streams runs in both runs (holding none in the
-                # baseline), and both runs start after the same pause: its start and the
+            for number, label in enumerate(labels):
+                # The process that holds the streams runs in every run (holding none without
+                # streams), and every run starts after the same pause: its start and the
                 # opening of the streams are not what the figures measure. Its CPU, and
                 # reelhook's, are reported per callback.
                 streams = Helper(
@@ -398,9 +407,9 @@ class Isolation:
                         "count": s.streams if label == "with" else 0,
                     },
                 )
-                opened = streams.ready(within=180)
+                ready = streams.ready(within=180)
                 if label == "with":
-                    runs["streams_opened"] = opened
+                    opened = ready
                 time.sleep(SETTLE)
                 httpx.post(f"{sink.url}/_reset").raise_for_status()
                 served, held = service.cpu(), cpu_times(streams.popen.pid)
@@ -422,48 +431,57 @@ class Isolation:
                 records = wait_records(sink, "/lag/b/", count, within=180)
                 served = service.cpu() - served
                 held = cpu_times(streams.popen.pid) - held
-                runs[label] = {
-                    "cpu_us_per_callback": {
-                        "reelhook": served.total / count * 1e6,
-                        "reelhook_main_thread": served.main / count * 1e6,
-                        "streams_client": held.total / count * 1e6,
-                    },
-                    "ack_ms": load["latency_ms"],
-                    "read_ms": read["latency_ms"],
-                    "read_statuses": read["statuses"],
-                    "lag_ms": percentiles(lags(load, records)),
-                }
+                runs.append(
+                    {
+                        "label": label,
+                        "load_average": _loadavg(),
+                        "cpu_us_per_callback": {
+                            "reelhook": served.total / count * 1e6,
+                            "reelhook_main_thread": served.main / count * 1e6,
+                            "streams_client": held.total / count * 1e6,
+                        },
+                        "ack_ms": load["latency_ms"],
+                        "read_ms": read["latency_ms"],
+                        "read_statuses": read["statuses"],
+                        "lag_ms": percentiles(lags(load, records)),
+                    }
+                )
                 self.ledger(
-                    f"b. {'with' if label == 'with' else 'without'} {s.streams} idle streams"
-                    + (" (again)" if label == "again" else ""),
+                    f"b. run {number + 1} of {len(labels)}, {label} {s.streams} idle streams",
                     sent=count,
                     acked=load["acked"],
                     stored=run.stored(first, count),
                     received_unique=len({(p, e) for p, e, _, _ in records}),
                 )
                 streams.stop()
-                runs[f"streams_end_{label}"] = streams.result()
-        first_run, after, again = runs["without"], runs["with"], runs["again"]
+                end = streams.result()
+                if label == "with":
+                    ended = end
+        with_runs = [one for one in runs if one["label"] == "with"]
+        without_runs = [one for one in runs if one["label"] == "without"]
 
-        def mean(*path: str) -> float:
-            values = []
-            for one in (first_run, again):
-                value: Any = one
-                for key in path:
-                    value = value[key]
-                values.append(float(value))
-            return sum(values) / len(values)
+        def value(one: dict[str, Any], *path: str) -> float:
+            found: Any = one
+            for key in path:
+                found = found[key]
+            return float(found)
 
-        opened = runs["streams_opened"]["open"]
-        still = runs["streams_end_with"]["still_open"]
+        def median(group: list[dict[str, Any]], *path: str) -> float:
+            return statistics.median(value(one, *path) for one in group)
+
+        still = ended["still_open"]
         self.figure(
             "b",
             f"idle streams open from one read-only key (held through the run: {still:,})",
-            opened,
+            opened["open"],
             "streams",
             f"{s.streams:,}",
-            opened == s.streams and still == s.streams,
-            detail={"opened": runs["streams_opened"], "end": runs["streams_end_with"]},
+            opened["open"] == s.streams and still == s.streams,
+            detail={"opened": opened, "end": ended},
+        )
+        rounds = (
+            f"median of {len(with_runs)} runs with them against the median of "
+            f"{len(without_runs)} without, interleaved"
         )
         for who, what in (
             ("reelhook", "reelhook CPU"),
@@ -473,35 +491,59 @@ class Isolation:
             self.figure(
                 "b",
                 f"{what} per callback with {s.streams:,} idle streams (the steady figure; "
-                "the latencies below are noisy on a shared machine)",
-                after["cpu_us_per_callback"][who],
+                f"the latencies below are noisy on a shared machine; {rounds})",
+                median(with_runs, "cpu_us_per_callback", who),
                 "µs",
                 "reported",
                 None,
-                baseline=mean("cpu_us_per_callback", who) or None,
+                baseline=median(without_runs, "cpu_us_per_callback", who) or None,
             )
+        # The noise floor: a run without streams against the mean of the runs without streams
+        # on either side of it, the comparison a run with streams gets, with none open (with a
+        # single round: the second run without against the first).
+        middle = len(without_runs) // 2
+        quiet = without_runs[middle]
+        around = (
+            without_runs[middle - 1 : middle + 2 : 2]
+            if middle + 1 < len(without_runs)
+            else without_runs[:1]
+        )
+        floor = f"run {runs.index(quiet) + 1} (without streams) against " + " and ".join(
+            f"run {runs.index(one) + 1}" for one in around
+        )
+        self.notes.append(
+            "b. each run (lag / API read / ack p99 in ms; reelhook CPU µs per callback, of it "
+            "the event loop's; load average after): "
+            + "; ".join(
+                f"{number}. {one['label']} {value(one, 'lag_ms', 'p99'):,.1f} / "
+                f"{value(one, 'read_ms', 'p99'):,.1f} / {value(one, 'ack_ms', 'p99'):,.1f}, "
+                f"{value(one, 'cpu_us_per_callback', 'reelhook'):,.0f} "
+                f"({value(one, 'cpu_us_per_callback', 'reelhook_main_thread'):,.0f}), "
+                f"{one['load_average']}"
+                for number, one in enumerate(runs, 1)
+            )
+        )
         for key, what in (("lag_ms", "subscriber lag"), ("read_ms", "API read"), ("ack_ms", "ack")):
-            value, base = after[key]["p99"], mean(key, "p99")
+            found, base = median(with_runs, key, "p99"), median(without_runs, key, "p99")
             self.figure(
                 "b",
                 f"{what} p99 with {s.streams:,} idle streams ({s.stream_rate}/s callbacks, "
-                f"{s.reads_per_s} reads/s; baseline: the mean of the runs before and after)",
-                value,
+                f"{s.reads_per_s} reads/s; {rounds})",
+                found,
                 "ms",
                 "≤ 120 % of without them",
-                value <= 1.2 * base,
+                found <= 1.2 * base,
                 baseline=base,
-                detail={"with": after, "without": first_run, "without_again": again},
+                detail={"runs": runs},
             )
             self.figure(
                 "b",
-                f"{what} p99 of the second run without streams against the first (the noise "
-                "floor of the ratio above)",
-                again[key]["p99"],
+                f"{what} p99 of {floor} (the noise floor of the ratio above)",
+                value(quiet, key, "p99"),
                 "ms",
                 "reported",
                 None,
-                baseline=first_run[key]["p99"],
+                baseline=statistics.mean(value(one, key, "p99") for one in around),
             )
 
     # -- c. concurrent large uploads -------------------------------------------------------------
