@@ -6,7 +6,7 @@ same-run baseline and a ledger:
 a. 500 healthy subscriptions, then the same load with 64 more that never answer: healthy lag p99
    within 2x of the run without them.
 b. 1,000 idle SSE streams from one read-only key: subscriber lag, API read p99 and callback ack
-   p99 within 20 % of the run without them (medians of two runs with streams and of three
+   p99 within 20 % of the run without them (medians of three runs with streams and of four
    without, interleaved; a noise floor from the runs without; reelhook's CPU per callback).
 c. 2,000 concurrent ~1 MiB callback uploads: reelhook's peak RSS (from /proc) at most 300 MB,
    every acknowledged callback stored, every other answer 503 + Retry-After.
@@ -79,8 +79,10 @@ class Sizes:
     stream_rate: int = 300  # callbacks/s in scenario b
     stream_seconds: int = 15
     # Runs with the streams in scenario b, each between two runs without (which it shares with
-    # its neighbours): 2 gives without, with, without, with, without.
-    stream_rounds: int = 2
+    # its neighbours): 3 gives without, with, without, with, without, with, without. On this
+    # shared machine one 15 s run in three or four had p99s several times its neighbours' with
+    # or without the streams: the median of three with against four without outvotes one.
+    stream_rounds: int = 3
     uploads: int = 2_000
     upload_bytes: int = 1_048_000
     full_rate: int = 50  # callbacks/s in scenario d
