@@ -131,11 +131,12 @@ def _render_waiting(waits: _Waits, times: int, limits: Limits) -> bytes:
 
 
 def test_the_time_limit_counts_cpu_so_a_busy_machine_does_not_fail_a_valid_template() -> None:
-    # Five waits of 30 ms: 150 ms of wall time against a 20 ms limit, almost no CPU. The old
-    # wall-clock limit refused this on the second iteration (a validation 422 under load).
-    waits = _Waits(0.03)
-    assert _render_waiting(waits, 5, Limits(seconds=0.02)) == b"....."
-    assert waits.calls == 5
+    # Two waits of 150 ms: 0.3 s of wall time against the 0.1 s limit, almost no CPU. The old
+    # wall-clock limit refused this on the second iteration (a validation 422 under load); the
+    # wall-time cut-off (1 s) leaves a loaded machine 0.7 s of slack.
+    waits = _Waits(0.15)
+    assert _render_waiting(waits, 2, Limits(seconds=0.1)) == b".."
+    assert waits.calls == 2
 
 
 def test_a_render_still_stops_at_ten_times_the_limit_of_wall_time() -> None:
