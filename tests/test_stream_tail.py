@@ -397,7 +397,7 @@ async def test_events_no_stream_may_see_are_read_once_half_of_what_the_tail_keep
 
 
 async def test_events_of_an_unknown_owner_are_read_as_before(tmp_path: Path) -> None:
-    """A commit that does not say whose its events are (another node's, on PostgreSQL) is
+    """A commit that does not say whose its events are (every commit on PostgreSQL) is
     read at once, even when no open stream could see them."""
     feed = EventFeed()
     target = os.environ.get("REELHOOK_TEST_DATABASE_URL") or tmp_path / "db.sqlite"

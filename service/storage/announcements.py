@@ -17,8 +17,8 @@ This is the seam a second store implements the same way: PostgreSQL's write func
 One exception to "never data": a commit that appended events says, when the process that
 committed it knows, how many and who may see them (:class:`Appended`), so the live streams'
 shared tail need not read the log after a commit whose events no open stream may see
-(docs/performance.md, "Idle streams"). A commit of another node (PostgreSQL) says nothing: the
-tail reads.
+(docs/performance.md, "Idle streams"). On PostgreSQL, where every commit is heard through
+``NOTIFY`` (this node's too), a commit says nothing more than before: the tail reads.
 """
 
 from __future__ import annotations
