@@ -384,8 +384,10 @@ class Isolation:
             labels += ["with", "without"]
         run.seed(len(labels) * count + warm)
         runs: list[dict[str, Any]] = []
-        opened: dict[str, Any] = {}
-        ended: dict[str, Any] = {}
+        # What the streams' client reported when its streams were open, and at its end, per
+        # run with streams.
+        opened: list[dict[str, Any]] = []
+        ended: list[dict[str, Any]] = []
         with run.serving() as service:
             with run.client() as client:
                 created = client.post("/v1/keys", json={"name": "streams", "scopes": ["jobs:read"]})
@@ -411,7 +413,7 @@ class Isolation:
                 )
                 ready = streams.ready(within=180)
                 if label == "with":
-                    opened = ready
+                    opened.append(ready)
                 time.sleep(SETTLE)
                 httpx.post(f"{sink.url}/_reset").raise_for_status()
                 served, held = service.cpu(), cpu_times(streams.popen.pid)
@@ -458,7 +460,7 @@ class Isolation:
                 streams.stop()
                 end = streams.result()
                 if label == "with":
-                    ended = end
+                    ended.append(end)
         with_runs = [one for one in runs if one["label"] == "with"]
         without_runs = [one for one in runs if one["label"] == "without"]
 
@@ -471,14 +473,16 @@ class Isolation:
         def median(group: list[dict[str, Any]], *path: str) -> float:
             return statistics.median(value(one, *path) for one in group)
 
-        still = ended["still_open"]
+        fewest = min(one["open"] for one in opened)
+        still = min(one["still_open"] for one in ended)
         self.figure(
             "b",
-            f"idle streams open from one read-only key (held through the run: {still:,})",
-            opened["open"],
+            f"idle streams open from one read-only key, fewest in a run with them (held "
+            f"through every run: {still:,})",
+            fewest,
             "streams",
             f"{s.streams:,}",
-            opened["open"] == s.streams and still == s.streams,
+            fewest == s.streams and still == s.streams,
             detail={"opened": opened, "end": ended},
         )
         rounds = (
