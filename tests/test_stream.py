@@ -174,6 +174,37 @@ async def test_type_filters_and_owner_scope_match_the_event_log(
                 assert own["type"] == "job.failed"
 
 
+async def test_a_member_keys_stream_alone_gets_its_own_jobs_events_and_no_others(
+    settings_factory: SettingsFactory, dead_url: str
+) -> None:
+    """Only a member key's stream is open (no admin stream, which may see every event and so
+    makes the tail read every commit): key B's failed job passes it by, its own key's arrives.
+    Each commit tells the tail whose job its events are, and the tail reads only for events an
+    open stream may see (docs/architecture.md, "Streams")."""
+    with loopback_socket() as sock:
+        settings = settings_factory(
+            PUBLIC_URL=dead_url, STREAM_KEEPALIVE="60", SUBMIT_RETRY_SCHEDULE="0"
+        )
+        await add_member_keys(settings, KEY_B, KEY_C)
+        async with (
+            served(settings, sock) as http,
+            open_stream(http, params={"type": "job.failed"}, X_API_Key=KEY_C) as c_only,
+        ):
+            await c_only.position()
+            jobs = {}
+            for key in (KEY_B, KEY_C):
+                answer = await http.post(
+                    "/v1/jobs",
+                    json={"model": "trinetra/kling-v3", "input": {"prompt": "p"}},
+                    headers=as_key(key),
+                )
+                assert answer.status_code == 202, answer.text
+                jobs[key] = answer.json()["id"]
+            [own] = await c_only.events(1)
+            assert own["type"] == "job.failed"
+            assert own["data"]["id"] == jobs[KEY_C]
+
+
 async def test_an_idle_stream_sends_keep_alive_comments(
     settings_factory: SettingsFactory,
 ) -> None:
