@@ -241,6 +241,13 @@ class Helper:
         if self.popen.poll() is None:
             self.popen.send_signal(signal.SIGTERM)
 
+    def kill(self) -> None:
+        """End it now, whatever it was doing, and wait for it."""
+        if self.popen.poll() is None:
+            self.popen.kill()
+        self.popen.communicate()
+        self._folder.cleanup()
+
     def result(self, within: float = 600) -> dict[str, Any]:
         try:
             _, stderr = self.popen.communicate(timeout=within)
@@ -411,52 +418,59 @@ class Isolation:
                         "count": s.streams if label == "with" else 0,
                     },
                 )
-                ready = streams.ready(within=180)
-                if label == "with":
-                    opened.append(ready)
-                time.sleep(SETTLE)
-                httpx.post(f"{sink.url}/_reset").raise_for_status()
-                served, held = service.cpu(), cpu_times(streams.popen.pid)
-                first = run.take(count)
-                paths = [f"/v1/jobs/{job_id(i)}" for i in range(first, first + 50)]
-                paths += ["/v1/jobs?limit=20", "/v1/events?limit=20"]
-                reads = Helper(
-                    "reads",
-                    {
-                        "base_url": run.url,
-                        "key": ADMIN_KEY,
-                        "rate": s.reads_per_s,
-                        "seconds": s.stream_seconds,
-                        "paths": paths,
-                    },
-                )
-                load = run.callbacks(sink, first, count, rate=s.stream_rate, record_send_times=True)
-                read = reads.result()
-                records = wait_records(sink, "/lag/b/", count, within=180)
-                served = service.cpu() - served
-                held = cpu_times(streams.popen.pid) - held
-                runs.append(
-                    {
-                        "label": label,
-                        "load_average": _loadavg(),
-                        "cpu_us_per_callback": {
-                            "reelhook": served.total / count * 1e6,
-                            "reelhook_main_thread": served.main / count * 1e6,
-                            "streams_client": held.total / count * 1e6,
+                try:
+                    ready = streams.ready(within=180)
+                    if label == "with":
+                        opened.append(ready)
+                    time.sleep(SETTLE)
+                    httpx.post(f"{sink.url}/_reset").raise_for_status()
+                    served, held = service.cpu(), cpu_times(streams.popen.pid)
+                    first = run.take(count)
+                    paths = [f"/v1/jobs/{job_id(i)}" for i in range(first, first + 50)]
+                    paths += ["/v1/jobs?limit=20", "/v1/events?limit=20"]
+                    reads = Helper(
+                        "reads",
+                        {
+                            "base_url": run.url,
+                            "key": ADMIN_KEY,
+                            "rate": s.reads_per_s,
+                            "seconds": s.stream_seconds,
+                            "paths": paths,
                         },
-                        "ack_ms": load["latency_ms"],
-                        "read_ms": read["latency_ms"],
-                        "read_statuses": read["statuses"],
-                        "lag_ms": percentiles(lags(load, records)),
-                    }
-                )
-                self.ledger(
-                    f"b. run {number + 1} of {len(labels)}, {label} {s.streams} idle streams",
-                    sent=count,
-                    acked=load["acked"],
-                    stored=run.stored(first, count),
-                    received_unique=len({(p, e) for p, e, _, _ in records}),
-                )
+                    )
+                    load = run.callbacks(
+                        sink, first, count, rate=s.stream_rate, record_send_times=True
+                    )
+                    read = reads.result()
+                    records = wait_records(sink, "/lag/b/", count, within=180)
+                    served = service.cpu() - served
+                    held = cpu_times(streams.popen.pid) - held
+                    runs.append(
+                        {
+                            "label": label,
+                            "load_average": _loadavg(),
+                            "cpu_us_per_callback": {
+                                "reelhook": served.total / count * 1e6,
+                                "reelhook_main_thread": served.main / count * 1e6,
+                                "streams_client": held.total / count * 1e6,
+                            },
+                            "ack_ms": load["latency_ms"],
+                            "read_ms": read["latency_ms"],
+                            "read_statuses": read["statuses"],
+                            "lag_ms": percentiles(lags(load, records)),
+                        }
+                    )
+                    self.ledger(
+                        f"b. run {number + 1} of {len(labels)}, {label} {s.streams} idle streams",
+                        sent=count,
+                        acked=load["acked"],
+                        stored=run.stored(first, count),
+                        received_unique=len({(p, e) for p, e, _, _ in records}),
+                    )
+                except BaseException:
+                    # A failed run must not leave its streams' client holding them open.
+                    streams.kill()
+                    raise
                 streams.stop()
                 end = streams.result()
                 if label == "with":
