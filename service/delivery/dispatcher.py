@@ -21,7 +21,7 @@ import random
 import secrets
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Collection, Coroutine, Sequence
 from dataclasses import replace
 from functools import partial
 
@@ -733,9 +733,19 @@ class _HotClaims:
     (at full width: than just below the claim loop's top-up mark, ``Dispatcher._hot_room``);
     none has room on probation (a quarter of the send slots are for those, claimed one at a
     time by the claim loop), or when the dispatcher holds its claim limit. Lanes and the send
-    slots still apply to every attempt as to claimed ones (``_deliver``)."""
+    slots still apply to every attempt as to claimed ones (``_deliver``).
 
-    __slots__ = ("_claimed", "_dispatcher", "_life", "_reserved", "lease")
+    A subscription refused while saturated (as many claimed as the claim loop tops it up to,
+    ``_refill_below`` or more) is :attr:`quiet` on SQLite: its rows written pending announce
+    nothing, since the claim loop skips it until one of its deliveries finishes and then claims
+    again on its own (``_done``). Before, each such ingest commit woke the claim loop for a
+    read of what is due that could find only saturated subscriptions, so nothing to claim: one
+    pass per commit beside a slow subscriber's backlog (docs/performance.md §3). :meth:`commit`
+    wakes the claim loop itself if one of them has room by then (its deliveries finished
+    between the check and the commit, whose wake-up read could not see these rows). On
+    PostgreSQL other nodes may have room for them: always announced."""
+
+    __slots__ = ("_claimed", "_dispatcher", "_life", "_loud", "_quiet", "_reserved", "lease")
 
     def __init__(self, dispatcher: Dispatcher, lease: HotLease, life: int) -> None:
         self._dispatcher = dispatcher
@@ -743,17 +753,33 @@ class _HotClaims:
         self._life = life
         self._reserved: Counter[str] = Counter()
         self._claimed: list[Claimed] = []
+        self._quiet: set[str] = set()
+        self._loud: set[str] = set()  # refused while not saturated: announced
+
+    @property
+    def quiet(self) -> Collection[str]:
+        return self._quiet - self._loud if self._loud else self._quiet
 
     def reserve(self, sub: Subscription) -> bool:
         d = self._dispatcher
         sub_id = sub.id
+        busy = d._busy.get(sub_id, 0)
         if (
             sub.status != SubscriptionStatus.ACTIVE
             or sub.ordering == "fifo"
             or d._in_flight >= d._claim_limit
-            or d._busy.get(sub_id, 0) >= d._hot_room(sub_id)
+            or busy >= d._hot_room(sub_id)
             or d._lanes.on_probation(sub_id)
         ):
+            if (
+                busy >= d._refill_below
+                and sub.status == SubscriptionStatus.ACTIVE
+                and sub.ordering != "fifo"
+                and d._db.dialect == "sqlite"
+            ):
+                self._quiet.add(sub_id)
+            else:
+                self._loud.add(sub_id)
             return False
         d._busy[sub_id] += 1
         d._in_flight += 1
@@ -770,6 +796,8 @@ class _HotClaims:
 
     def commit(self) -> None:
         d = self._dispatcher
+        if any(d._busy.get(sub, 0) < d._refill_below for sub in self.quiet):
+            d.wake()  # room came meanwhile: claim the rows written pending (see the class)
         claimed, self._claimed = self._claimed, []
         for delivery in claimed:
             self._reserved[delivery.subscription_id] -= 1
