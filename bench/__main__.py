@@ -576,7 +576,10 @@ class Bench:
         publish_cpu = (time.process_time() - publishing) / expected * 1e6
         self.published = events / seconds if seconds else 0.0
         reset(sink)
-        with start_service(self.env, self.log) as service:
+        with (
+            start_service(self.env, self.log) as service,
+            self.profiled(service, f"fanout-{subscribers}-{label.replace(' ', '-')}"),
+        ):
             cpu_before = service.cpu_seconds()
             records = wait_for_records(sink, expected, within=240)
             cpu_used = service.cpu_seconds() - cpu_before
@@ -923,6 +926,11 @@ def main() -> None:
         " ingest.md",
     )
     parser.add_argument(
+        "--fanout-subscribers",
+        metavar="N,N",
+        help="with --fanout-only: only these sizes of scenario 4 (e.g. 1 or 1,10)",
+    )
+    parser.add_argument(
         "--backlog-only",
         action="store_true",
         help="only scenario 7 (a slow subscriber's backlog), after scenarios 1 and 5 for its"
@@ -932,9 +940,10 @@ def main() -> None:
         "--py-spy",
         type=Path,
         metavar="DIR",
-        help="with --ingest-only or --backlog-only: record py-spy profiles of the served process"
-        " (py-spy on PATH or beside this Python) during scenarios 1 and 2, or during scenario 7's"
-        " two ingest runs, into DIR",
+        help="with --ingest-only, --backlog-only or --fanout-only: record py-spy profiles of the"
+        " served process (py-spy on PATH or beside this Python) during scenarios 1 and 2, scenario"
+        " 7's two ingest runs, or each fan-out's drain, into DIR (a drain starts before py-spy"
+        " attaches: its CPU per delivery is then not comparable)",
     )
     parser.add_argument(
         "--no-isolation",
@@ -950,6 +959,9 @@ def main() -> None:
         run_stores_only(args.quick, args.keep, args.out)
         return
     sizes = Sizes.quick() if args.quick else Sizes()
+    if args.fanout_subscribers:
+        keep = {int(n) for n in args.fanout_subscribers.split(",")}
+        sizes.fanout = tuple(size for size in sizes.fanout if size[0] in keep)
     started = time.time()
     store_columns: list[stores.Column] = []
     with workdir(args.keep) as work:
