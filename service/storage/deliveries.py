@@ -15,9 +15,14 @@ from service.storage.announcements import Work, announce
 from service.storage.database import Connection, Row
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Claimed:
-    """A delivery claimed for one attempt, with everything needed to send it."""
+    """A delivery claimed for one attempt, with everything needed to send it. Not changed
+    once made (``dataclasses.replace`` makes another).
+
+    Neither this nor :class:`AttemptOutcome` is ``frozen``: a frozen dataclass's ``__init__``
+    sets each field through ``object.__setattr__``, ~3 µs more for a dozen fields, and one of
+    each is made per delivery (docs/performance.md §4)."""
 
     id: str
     event_id: str
@@ -34,7 +39,7 @@ class Claimed:
     content_type: str = "application/json"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AttemptOutcome:
     """The result of one attempt and what happens next.
 
