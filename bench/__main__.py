@@ -576,7 +576,10 @@ class Bench:
         publish_cpu = (time.process_time() - publishing) / expected * 1e6
         self.published = events / seconds if seconds else 0.0
         reset(sink)
-        with start_service(self.env, self.log) as service:
+        with (
+            start_service(self.env, self.log) as service,
+            self.profiled(service, f"fanout-{subscribers}-{label.replace(' ', '-')}"),
+        ):
             cpu_before = service.cpu_seconds()
             records = wait_for_records(sink, expected, within=240)
             cpu_used = service.cpu_seconds() - cpu_before
@@ -608,16 +611,18 @@ class Bench:
             # the same slow subscription matching every callback, before its backlog is put in.
             # Scenario 1 ran on a tenth of the jobs with no subscription to write deliveries for,
             # so against it the figure mixed the backlog's cost with those two.
-            prior, prior_ok, prior_cpu = self.durable_ingest(
-                service, sink, "ingest before the slow one's backlog"
-            )
+            with self.profiled(service, "backlog-before"):
+                prior, prior_ok, prior_cpu = self.durable_ingest(
+                    service, sink, "ingest before the slow one's backlog"
+                )
         asyncio.run(seed_due(self.env, slow, backlog))
         limit = 120.0
         with start_service(self.env, self.log) as service:
             try:
-                got, ingest_ok, cpu = self.durable_ingest(
-                    service, sink, "ingest beside a slow one", timeout=limit
-                )
+                with self.profiled(service, "backlog-beside"):
+                    got, ingest_ok, cpu = self.durable_ingest(
+                        service, sink, "ingest beside a slow one", timeout=limit
+                    )
                 lag_got, spread, lag_ok, _ = self.lag_run(service, sink, "lag beside a slow one")
             except LoadTimedOut:
                 # The claim blocks ingest so long that the load cannot finish: report that.
@@ -773,11 +778,26 @@ class Bench:
         return int(row[0])
 
     def run(
-        self, only_fanout: bool = False, only_lag: bool = False, only_ingest: bool = False
+        self,
+        only_fanout: bool = False,
+        only_lag: bool = False,
+        only_ingest: bool = False,
+        only_backlog: bool = False,
     ) -> None:
         self.fsync = disk_fsync_probe(self.work)
         asyncio.run(seed_jobs(self.env, 0, self.sizes.jobs))
         self.under_load_rss = 0.0
+        if only_backlog:
+            # Scenario 7 alone, on the store a full run gives it (as many jobs as figure 6 leaves),
+            # after scenarios 1 and 5 on a fresh service for the baselines its figures name.
+            with start_sink(self.log) as sink:
+                with start_service(self.env, self.log) as service:
+                    self.ingest(service, sink)
+                    self.lag(service, sink)
+                asyncio.run(seed_jobs(self.env, self.sizes.jobs, self.sizes.big_jobs))
+                self.next_job = self.sizes.jobs
+                self.slow_subscriber(sink)
+            return
         if only_ingest:
             # Scenarios 1 and 2 alone, on one fresh service as a full run has them: CPU per
             # callback moves little between runs, so A/B runs of the ingest path need only these.
@@ -906,11 +926,24 @@ def main() -> None:
         " ingest.md",
     )
     parser.add_argument(
+        "--fanout-subscribers",
+        metavar="N,N",
+        help="with --fanout-only: only these sizes of scenario 4 (e.g. 1 or 1,10)",
+    )
+    parser.add_argument(
+        "--backlog-only",
+        action="store_true",
+        help="only scenario 7 (a slow subscriber's backlog), after scenarios 1 and 5 for its"
+        " baselines: a partial report, named backlog.md",
+    )
+    parser.add_argument(
         "--py-spy",
         type=Path,
         metavar="DIR",
-        help="with --ingest-only: record py-spy profiles of the served process (py-spy on PATH"
-        " or beside this Python) during scenarios 1 and 2 into DIR",
+        help="with --ingest-only, --backlog-only or --fanout-only: record py-spy profiles of the"
+        " served process (py-spy on PATH or beside this Python) during scenarios 1 and 2, scenario"
+        " 7's two ingest runs, or each fan-out's drain, into DIR (a drain starts before py-spy"
+        " attaches: its CPU per delivery is then not comparable)",
     )
     parser.add_argument(
         "--no-isolation",
@@ -926,16 +959,22 @@ def main() -> None:
         run_stores_only(args.quick, args.keep, args.out)
         return
     sizes = Sizes.quick() if args.quick else Sizes()
+    if args.fanout_subscribers:
+        keep = {int(n) for n in args.fanout_subscribers.split(",")}
+        sizes.fanout = tuple(size for size in sizes.fanout if size[0] in keep)
     started = time.time()
     store_columns: list[stores.Column] = []
     with workdir(args.keep) as work:
         bench = Bench(work, sizes)
         bench.py_spy = args.py_spy
-        partial = args.fanout_only or args.lag_only or args.ingest_only
+        partial = args.fanout_only or args.lag_only or args.ingest_only or args.backlog_only
         failed: str | None = None
         try:
             bench.run(
-                only_fanout=args.fanout_only, only_lag=args.lag_only, only_ingest=args.ingest_only
+                only_fanout=args.fanout_only,
+                only_lag=args.lag_only,
+                only_ingest=args.ingest_only,
+                only_backlog=args.backlog_only,
             )
         except Exception as exc:
             # Keep what was measured: the report says the run is incomplete and why.
@@ -965,6 +1004,8 @@ def main() -> None:
         if args.lag_only
         else "ingest"
         if args.ingest_only
+        else "backlog"
+        if args.backlog_only
         else "latest"
     )
     args.out.mkdir(parents=True, exist_ok=True)

@@ -508,3 +508,90 @@ async def test_the_cap_across_nodes_holds_for_deliveries_claimed_at_ingest(
             await until_settled(one, 2)
         assert subscriber.most_open["/a"] == 1
         assert sorted(job for _, job in subscriber.arrived) == sorted(job_ids)
+
+
+async def test_a_batch_for_a_saturated_subscription_wakes_no_claim_and_loses_no_delivery(
+    settings_factory: SettingsFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A subscription holding all the claim loop claims ahead of it (a slow subscriber): on
+    SQLite, ingest batches that write its deliveries pending wake no read of what is due (the
+    claim loop could claim none of them); once its deliveries finish, every one is sent."""
+    subscriber = Subscriber(held={"/a"})
+    async with (
+        run_server(subscriber) as url,
+        Database.open(settings_factory().database_url) as db,
+    ):
+        await add_subscriptions(db, url, ["a"])
+        job_ids = await add_jobs(db, 10)
+        reads = 0
+        due_subscriptions = deliveries.due_subscriptions
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            nonlocal reads
+            reads += 1
+            return await due_subscriptions(*args, **kwargs)
+
+        monkeypatch.setattr(deliveries, "due_subscriptions", counted)
+        async with node(db, per_subscription=1) as running:
+            # The first is claimed at ingest, the second by the claim loop: the subscription
+            # then holds what it is topped up to (half its prefetch), so it is saturated. On
+            # PostgreSQL the cap across nodes (its width, 1) bounds what is claimed.
+            saturated = 1 if db.dialect == "postgresql" else PREFETCH * 1 // 2
+            for job_id in job_ids[:saturated]:
+                await running.ingest.store(finish(job_id))
+            with anyio.fail_after(10):
+                while len(await rows(db, "status = 'inflight'")) < saturated:  # noqa: ASYNC110
+                    await anyio.sleep(0.01)
+            await anyio.sleep(0.1)  # any wake-up still under way has run
+            before = reads
+            for job_id in job_ids[saturated:]:
+                await running.ingest.store(finish(job_id))
+            await anyio.sleep(0.1)
+            if db.dialect == "sqlite":
+                assert reads == before
+            assert len(await rows(db, "status = 'pending'")) == len(job_ids) - saturated
+            subscriber.let("/a")
+            await until_settled(db, len(job_ids))
+        assert sorted(job for _, job in subscriber.arrived) == sorted(job_ids)
+        assert subscriber.most_open["/a"] == 1
+
+
+async def test_a_subscription_with_more_due_is_topped_up_without_reading_what_is_due(
+    settings_factory: SettingsFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backlog several prefetches deep to one subscriber (the claim loop's path): once a
+    claim got all it asked for, each top-up is a claim alone, without a read of what is due
+    first; the read comes back when a claim finds less than it asked for. Every delivery is
+    sent once."""
+    subscriber = Subscriber()
+    async with (
+        run_server(subscriber) as url,
+        Database.open(settings_factory().database_url) as db,
+    ):
+        await add_subscriptions(db, url, ["a"])
+        job_ids = await add_jobs(db, 60)
+        # Written pending while no dispatcher runs: the backlog the claim loop drains.
+        async with db.transaction() as conn:
+            await apply_updates(
+                conn, Publisher(_no_file), [finish(job_id) for job_id in job_ids], time.time()
+            )
+        counting = Counting(monkeypatch)
+        reads = 0
+        found = deliveries.due_subscriptions
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            nonlocal reads
+            reads += 1
+            return await found(*args, **kwargs)
+
+        monkeypatch.setattr(deliveries, "due_subscriptions", counted)
+        async with node(db, per_subscription=2) as running:
+            await until_settled(db, len(job_ids))
+            assert running.dispatcher.hot_claimed == 0
+        # 60 deliveries, topped up from 3 to 8 claimed (PREFETCH x 2): about a dozen claims.
+        assert counting.claims >= len(job_ids) // (PREFETCH * 2)
+        if db.dialect == "sqlite":
+            assert reads * 3 <= counting.claims
+        # (On PostgreSQL the cap across nodes, the width, cuts every claim short: each claim
+        # is made after recording outcomes freed room, and reads what is due first.)
+        assert sorted(job for _, job in subscriber.arrived) == sorted(job_ids)

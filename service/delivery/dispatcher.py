@@ -21,7 +21,7 @@ import random
 import secrets
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Collection, Coroutine, Sequence
 from dataclasses import replace
 from functools import partial
 
@@ -30,7 +30,7 @@ import anyio
 from service.core.clock import Clock, isoformat
 from service.core.models import DeliveryStatus, Subscription, SubscriptionStatus
 from service.core.retry import RetrySchedule
-from service.core.worker import Backoff, Wakeup, run_worker
+from service.core.worker import Backoff, Wakeup, run_worker, until
 from service.delivery.fairness import Lanes
 from service.delivery.publisher import HotClaims, Publisher, subscription_disabled_data
 from service.delivery.sender import AttemptResult, Sender
@@ -144,6 +144,15 @@ class Dispatcher:
         # A subscription is topped up once fewer than this many of its deliveries are claimed.
         self._refill_below = max(1, self._prefetch // 2)
         self._slot_freed = asyncio.Event()
+        # Why the claim loop was woken since its last pass: subscriptions that fell to their
+        # top-up mark (``_refills``), or anything else (``_woken``: an announcement, the
+        # dispatcher running low, probation). Subscriptions whose last claim got all it asked
+        # for (``_full``: more may be due) are topped up by a claim alone, without first reading
+        # what is due (see _top_up). When the next delivery is due, from the last full pass.
+        self._refills: set[str] = set()
+        self._woken = True
+        self._full: set[str] = set()
+        self._next_due: float | None = None
         # Subscriptions a claim found due but got fewer of than it asked for: on PostgreSQL the
         # cap counts every delivery in flight in the store, this node's unrecorded ones too, so
         # only recording outcomes makes room for them (see _record_outcomes).
@@ -162,6 +171,7 @@ class Dispatcher:
 
     def wake(self) -> None:
         """New deliveries may be due (``Work.DELIVERIES``), or a slot or outcome is free."""
+        self._woken = True
         self._wakeup.set()
 
     def expand_fanouts(self) -> None:
@@ -267,6 +277,83 @@ class Dispatcher:
 
     async def _dispatch_once(self, senders: asyncio.TaskGroup) -> float | None:
         """Claim what is due and start sending it; return how long to sleep."""
+        refills, self._refills = self._refills, set()
+        woken, self._woken = self._woken, False
+        # Only top-ups were asked for, and the last full pass's timer has not run out (a
+        # delivery it timed is not left waiting behind a stream of top-ups).
+        if not woken and refills and (self._next_due is None or self._next_due > self._clock()):
+            rooms = self._top_up(refills)
+            if rooms is not None:
+                await self._claim(rooms, self._clock(), senders)
+                return until(self._next_due, self._clock())
+        delay = await self._pass(senders)
+        now = self._clock()
+        self._next_due = None if delay is None else now + delay
+        return delay
+
+    def _top_up(self, refills: set[str]) -> dict[str, int] | None:
+        """Rooms for a claim that tops up ``refills`` (subscriptions that fell to their top-up
+        mark) without a read of what is due first, or None when that read is needed: when one
+        of them may have nothing due (its last claim got less than it asked for), delivers in
+        order or is on probation. At one subscriber that read, one trip to the reader's thread
+        per claim, cost ~10 µs of CPU per delivery (docs/performance.md §4). A claim that finds
+        less than its room takes the subscription out of ``_full``, so the next top-up reads
+        first; new deliveries announce themselves (``wake``), which always reads first, so
+        other subscriptions' work is found as before."""
+        capacity = self._claim_limit - self._in_flight
+        rooms: dict[str, int] = {}
+        for sub in refills:
+            if sub not in self._full or sub in self._fifo or self._lanes.on_probation(sub):
+                return None
+            room = min(self._prefetch - self._busy.get(sub, 0), capacity)
+            if room > 0:
+                rooms[sub] = room
+                capacity -= room
+        return rooms
+
+    async def _claim(
+        self, rooms: dict[str, int], now: float, senders: asyncio.TaskGroup
+    ) -> list[Claimed]:
+        """Claim up to ``rooms`` due deliveries per subscription and start sending them."""
+        if not rooms:
+            return []
+        # The life the claim is made in (before it: a death noticed meanwhile voids it).
+        life = self._db.life
+
+        async def claim(conn: Connection) -> tuple[list[Claimed], float]:
+            started = time.perf_counter()
+            claimed = await deliveries.claim_due(
+                conn,
+                now=now,
+                lease_until=now + self._lease,
+                rooms=rooms,
+                owner=self._db.node_id,
+                # PostgreSQL: every node's deliveries in flight count against the cap.
+                cluster_cap=self._per_subscription,
+            )
+            return claimed, time.perf_counter() - started
+
+        # One trip to SQLite's database thread for the whole claim (Database.run_transaction);
+        # background: the ingest batch and API writes waiting for the writer go first.
+        claimed, seconds = await self._db.run_transaction(claim, durable=False, background=True)
+        self._observe_claim(seconds)
+        for delivery in claimed:
+            self._in_flight += 1
+            self._busy[delivery.subscription_id] += 1
+            self._queue(delivery, life)
+        got = Counter(delivery.subscription_id for delivery in claimed)
+        for sub in got:
+            self._start_workers(sub, senders)
+        for sub, room in rooms.items():
+            if got[sub] < room:
+                self._cut_short.add(sub)
+                self._full.discard(sub)
+            else:
+                self._full.add(sub)
+        return claimed
+
+    async def _pass(self, senders: asyncio.TaskGroup) -> float | None:
+        """Read what is due, claim it and start sending it; return how long to sleep."""
         capacity = self._claim_limit - self._in_flight
         # Saturated subscriptions are left out before anything is read: their rows are never
         # walked, and a wake-up while only they have work due takes no write lock at all.
@@ -300,34 +387,7 @@ class Dispatcher:
                 else:
                     del rooms[sub]
         if rooms:
-            # The life the claim is made in (before it: a death noticed meanwhile voids it).
-            life = self._db.life
-
-            async def claim(conn: Connection) -> tuple[list[Claimed], float]:
-                started = time.perf_counter()
-                claimed = await deliveries.claim_due(
-                    conn,
-                    now=now,
-                    lease_until=now + self._lease,
-                    rooms=rooms,
-                    owner=self._db.node_id,
-                    # PostgreSQL: every node's deliveries in flight count against the cap.
-                    cluster_cap=self._per_subscription,
-                )
-                return claimed, time.perf_counter() - started
-
-            # One trip to SQLite's database thread for the whole claim (Database.run_transaction);
-            # background: the ingest batch and API writes waiting for the writer go first.
-            claimed, seconds = await self._db.run_transaction(claim, durable=False, background=True)
-            self._observe_claim(seconds)
-            for delivery in claimed:
-                self._in_flight += 1
-                self._busy[delivery.subscription_id] += 1
-                self._queue(delivery, life)
-            got = Counter(delivery.subscription_id for delivery in claimed)
-            for sub in got:
-                self._start_workers(sub, senders)
-            self._cut_short.update(sub for sub, room in rooms.items() if got[sub] < room)
+            claimed = await self._claim(rooms, now, senders)
             if claimed:
                 if (
                     len(ready) >= max(1, capacity)
@@ -489,12 +549,11 @@ class Dispatcher:
         self._slot_freed.set()
         # Claim again once this subscription, or the dispatcher as a whole, runs low, or
         # when it is on probation (claimed one at a time: its next one may be claimed now).
-        if (
-            busy == self._refill_below - 1
-            or self._in_flight == self._claim_limit // 2
-            or self._lanes.on_probation(sub)
-        ):
+        if self._in_flight == self._claim_limit // 2 or self._lanes.on_probation(sub):
             self.wake()
+        elif busy == self._refill_below - 1:
+            self._refills.add(sub)
+            self._wakeup.set()
 
     async def _attempt(self, delivery: Claimed, slot: _SendSlot) -> None:
         try:
@@ -733,9 +792,19 @@ class _HotClaims:
     (at full width: than just below the claim loop's top-up mark, ``Dispatcher._hot_room``);
     none has room on probation (a quarter of the send slots are for those, claimed one at a
     time by the claim loop), or when the dispatcher holds its claim limit. Lanes and the send
-    slots still apply to every attempt as to claimed ones (``_deliver``)."""
+    slots still apply to every attempt as to claimed ones (``_deliver``).
 
-    __slots__ = ("_claimed", "_dispatcher", "_life", "_reserved", "lease")
+    A subscription refused while saturated (as many claimed as the claim loop tops it up to,
+    ``_refill_below`` or more) is :attr:`quiet` on SQLite: its rows written pending announce
+    nothing, since the claim loop skips it until one of its deliveries finishes and then claims
+    again on its own (``_done``). Before, each such ingest commit woke the claim loop for a
+    read of what is due that could find only saturated subscriptions, so nothing to claim: one
+    pass per commit beside a slow subscriber's backlog (docs/performance.md §3). :meth:`commit`
+    wakes the claim loop itself if one of them has room by then (its deliveries finished
+    between the check and the commit, whose wake-up read could not see these rows). On
+    PostgreSQL other nodes may have room for them: always announced."""
+
+    __slots__ = ("_claimed", "_dispatcher", "_life", "_loud", "_quiet", "_reserved", "lease")
 
     def __init__(self, dispatcher: Dispatcher, lease: HotLease, life: int) -> None:
         self._dispatcher = dispatcher
@@ -743,17 +812,33 @@ class _HotClaims:
         self._life = life
         self._reserved: Counter[str] = Counter()
         self._claimed: list[Claimed] = []
+        self._quiet: set[str] = set()
+        self._loud: set[str] = set()  # refused while not saturated: announced
+
+    @property
+    def quiet(self) -> Collection[str]:
+        return self._quiet - self._loud if self._loud else self._quiet
 
     def reserve(self, sub: Subscription) -> bool:
         d = self._dispatcher
         sub_id = sub.id
+        busy = d._busy.get(sub_id, 0)
         if (
             sub.status != SubscriptionStatus.ACTIVE
             or sub.ordering == "fifo"
             or d._in_flight >= d._claim_limit
-            or d._busy.get(sub_id, 0) >= d._hot_room(sub_id)
+            or busy >= d._hot_room(sub_id)
             or d._lanes.on_probation(sub_id)
         ):
+            if (
+                busy >= d._refill_below
+                and sub.status == SubscriptionStatus.ACTIVE
+                and sub.ordering != "fifo"
+                and d._db.dialect == "sqlite"
+            ):
+                self._quiet.add(sub_id)
+            else:
+                self._loud.add(sub_id)
             return False
         d._busy[sub_id] += 1
         d._in_flight += 1
@@ -770,6 +855,8 @@ class _HotClaims:
 
     def commit(self) -> None:
         d = self._dispatcher
+        if any(d._busy.get(sub, 0) < d._refill_below for sub in self.quiet):
+            d.wake()  # room came meanwhile: claim the rows written pending (see the class)
         claimed, self._claimed = self._claimed, []
         for delivery in claimed:
             self._reserved[delivery.subscription_id] -= 1

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -58,6 +58,14 @@ class HotClaims(Protocol):
     :meth:`abort` when it did not, which gives every reservation back."""
 
     lease: HotLease
+
+    @property
+    def quiet(self) -> Collection[str]:
+        """Subscriptions :meth:`reserve` found with no room whose rows, written pending, need
+        not wake the claim loop: it holds all it claims ahead of them and claims again as they
+        finish (``events.append``'s ``quiet``). Wakes it itself at :meth:`commit` if one has
+        room by then."""
+        ...
 
     def reserve(self, sub: Subscription) -> bool:
         """Take room for one delivery to ``sub``; False when it has none now (or is not
@@ -195,10 +203,12 @@ class Publisher:
             if hot is not None and event.subscription_ids and self.first_delay <= 0:
                 event = _reserve(event, heard, hot, reserved, indexes)
             batch.append(event)
-        if hot is None or not reserved:
+        if hot is None:
             await events.append(conn, batch)
+        elif not reserved:
+            await events.append(conn, batch, quiet=hot.quiet)
         else:
-            written = await events.append(conn, batch, hot.lease)
+            written = await events.append(conn, batch, hot.lease, quiet=hot.quiet)
             payloads = {event.id: event.payload for event in batch}
             for delivery_id, event_id, sub_id in written:
                 sub = reserved.pop((event_id, sub_id))

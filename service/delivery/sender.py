@@ -21,7 +21,7 @@ from service.net.posts import PostPool
 RESPONSE_KEEP_BYTES = 20_000
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: made per delivery (see storage.deliveries.Claimed)
 class AttemptResult:
     status_code: int | None
     latency_ms: float

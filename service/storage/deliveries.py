@@ -15,9 +15,14 @@ from service.storage.announcements import Work, announce
 from service.storage.database import Connection, Row
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Claimed:
-    """A delivery claimed for one attempt, with everything needed to send it."""
+    """A delivery claimed for one attempt, with everything needed to send it. Not changed
+    once made (``dataclasses.replace`` makes another).
+
+    Neither this nor :class:`AttemptOutcome` is ``frozen``: a frozen dataclass's ``__init__``
+    sets each field through ``object.__setattr__``, ~3 µs more for a dozen fields, and one of
+    each is made per delivery (docs/performance.md §4)."""
 
     id: str
     event_id: str
@@ -34,7 +39,7 @@ class Claimed:
     content_type: str = "application/json"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AttemptOutcome:
     """The result of one attempt and what happens next.
 
@@ -149,13 +154,6 @@ def rooms_for(
             rooms[sub.subscription_id] = room
             left -= room
     return rooms
-
-
-def _index_hint(conn: Connection) -> str:
-    """SQLite's unary ``+`` before a column keeps its planner off that column's index (walking
-    the due-time index and stopping at LIMIT is what stays cheap); PostgreSQL has no such
-    operator for text and plans from statistics."""
-    return "+" if conn.dialect == "sqlite" else ""
 
 
 async def claim_due(
@@ -304,13 +302,24 @@ NewRow = tuple[str, str, float, float]
 """A delivery to write: (event id, subscription id, first attempt due at, event created at)."""
 
 
-async def insert_new(conn: Connection, rows: Sequence[NewRow], fifo: Collection[str]) -> int:
+async def insert_new(
+    conn: Connection,
+    rows: Sequence[NewRow],
+    fifo: Collection[str],
+    quiet: Collection[str] = (),
+) -> int:
     """Write one pending delivery per row, in the caller's transaction; return how many.
 
     The statements ingest writes its delivery rows with, and the deferred fan-out's expansion
     too (service/storage/fanouts.py). Rows to a subscription in ``fifo`` whose subscription
     still delivers in order and has a delivery open wait behind it as 'queued', in event order
     (:func:`promote_queued`); rows are inserted in order, so each sees the ones before it.
+
+    The rows are announced as due work (``Work.DELIVERIES``) unless every one goes to a
+    subscription in ``quiet``: those the caller knows will be claimed without a wake-up (on
+    SQLite, one node, subscriptions whose dispatcher holds all it claims ahead of them and
+    claims again as they finish; see ``Dispatcher.hot_claims``). Waking it for them cost a read
+    of what is due per ingest commit that found nothing it could claim (docs/performance.md §3).
     """
     if not rows:
         return 0
@@ -345,7 +354,8 @@ async def insert_new(conn: Connection, rows: Sequence[NewRow], fifo: Collection[
             f"FROM (SELECT {_QUEUES} AS q) AS queues",
             queued,
         )
-    announce(conn, Work.DELIVERIES)
+    if not quiet or any(sub not in quiet for _, sub, _, _ in rows):
+        announce(conn, Work.DELIVERIES)
     return len(rows)
 
 
@@ -625,17 +635,6 @@ async def _store_outcomes(conn: Connection, outcomes: Sequence[AttemptOutcome]) 
     # followed every batch of outcomes (docs/performance.md §4).
     if any(o.status == DeliveryStatus.PENDING for o in outcomes):
         announce(conn, Work.DELIVERIES)
-
-
-async def next_due_at(conn: Connection) -> float | None:
-    """When the earliest pending delivery of an active subscription is due, if ever."""
-    rows = await conn.execute_fetchall(
-        "SELECT min(next_attempt_at) FROM deliveries WHERE status = 'pending'"
-        f" AND {_index_hint(conn)}subscription_id IN"
-        " (SELECT id FROM subscriptions WHERE status = 'active')"
-    )
-    row = next(iter(rows), None)
-    return float(row[0]) if row and row[0] is not None else None
 
 
 async def release(

@@ -70,13 +70,19 @@ APPEND_LOCK = 0x7265_656C_0003
 
 
 async def append(
-    conn: Connection, batch: Sequence[NewEvent], lease: HotLease | None = None
+    conn: Connection,
+    batch: Sequence[NewEvent],
+    lease: HotLease | None = None,
+    *,
+    quiet: Collection[str] = (),
 ) -> list[tuple[str, str, str]]:
     """Append events and one pending delivery per subscription each, in the caller's transaction;
     an event's ``deferred`` subscriptions get one fan-out row instead (:func:`fanouts.add`), and
     its ``claimed`` ones a row claimed under ``lease`` (:func:`deliveries.insert_claimed`).
     Return (delivery id, event id, subscription id) of the rows written claimed; on PostgreSQL a
     row the cross-node cap leaves no room for is written pending instead, and is not returned.
+    Pending rows only to subscriptions in ``quiet`` announce no due work
+    (:func:`deliveries.insert_new`).
 
     On PostgreSQL a sequence number is taken at INSERT but becomes visible at COMMIT, and
     concurrent transactions commit in another order than they took numbers: a reader tailing
@@ -114,7 +120,7 @@ async def append(
         if lease is None and e.claimed:
             # Without a lease, the subscriptions meant to be claimed get ordinary rows.
             rows.extend((e.id, sub, e.first_attempt_at, e.created_at) for sub in e.claimed)
-    await insert_new(conn, rows, fifo)
+    await insert_new(conn, rows, fifo, quiet)
     return claimed
 
 
