@@ -7,6 +7,7 @@ import contextlib
 import logging
 import re
 import sqlite3
+import time
 from contextlib import closing
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -272,13 +273,15 @@ async def test_reelhook_copy_moves_a_sqlite_deployment_to_postgresql_once(
                 assert out.status_code == 303, out.text
 
     # An account-webhook document still waiting for its job: a paid-for result, copied too.
+    # Received now: one from 1970 is past retention, which the copy's node may run before the
+    # check below (it did once under load).
     early = b'{"id": "task_not_yet_recorded", "status": "succeeded"}'
     async with Database.open(sqlite.database_url) as source, source.transaction() as conn:
         await jobs.record_unmatched(
             conn,
             provider="trinetra",
             provider_job_id="task_not_yet_recorded",
-            received_at=1.0,
+            received_at=time.time(),
             reason="no job with this id yet",
             body=early,
         )
