@@ -151,7 +151,8 @@ class Connection(ABC):
 
     async def execute_values(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         """Run ``sql`` for every row of ``rows``, which all have the same width. ``sql`` holds
-        ``{rows}`` where a ``VALUES`` list goes: here it becomes one row of placeholders, run once
+        ``{rows}`` where a ``VALUES`` list goes (it is read by ``str.format``: any other brace is
+        doubled): here it becomes one row of placeholders, run once
         per row (:meth:`executemany`). SQLite runs it with many rows in each statement
         (:class:`service.storage.sqlite.SqliteConnection`), which must then mean the same as
         running it row after row (an ``INSERT`` whose later rows see the earlier ones)."""
