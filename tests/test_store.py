@@ -7,6 +7,7 @@ import contextlib
 import logging
 import re
 import sqlite3
+import time
 from contextlib import closing
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -278,7 +279,9 @@ async def test_reelhook_copy_moves_a_sqlite_deployment_to_postgresql_once(
             conn,
             provider="trinetra",
             provider_job_id="task_not_yet_recorded",
-            received_at=1.0,
+            # Received now: at 1.0 (1970) the PostgreSQL node's first retention pass (30 days)
+            # could delete it before it is claimed below, when that node became leader in time.
+            received_at=time.time(),
             reason="no job with this id yet",
             body=early,
         )
