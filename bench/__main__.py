@@ -740,7 +740,7 @@ class Bench:
             return
         self.py_spy.mkdir(parents=True, exist_ok=True)
         spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-        argv = [spy, "record", "--format", "raw", "--rate", "250", "--gil", "--nonblocking"]
+        argv = [spy, "record", "--format", "raw", "--rate", "500", "--gil", "--nonblocking"]
         argv += ["--threads", "-o", str(self.py_spy / f"{name}.txt"), "-p", str(service.popen.pid)]
         with self.log.open("ab") as out:
             recorder = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)

@@ -19,7 +19,7 @@ import pytest
 from service.core.models import Job, JobStatus, ProviderUpdate
 from service.delivery.publisher import Publisher
 from service.jobs.ingest import Ingest
-from service.jobs.lifecycle import Outcome, Update
+from service.jobs.lifecycle import Outcome, Update, apply_updates
 from service.storage import jobs
 from service.storage.database import Database
 from tests.conftest import SettingsFactory
@@ -178,3 +178,48 @@ async def test_a_waiter_cancelled_before_its_commit_does_not_undo_its_callback(
         async with db.transaction() as conn:
             stored = await jobs.get(conn, first.id)
         assert stored is not None and stored.status is JobStatus.FAILED
+
+
+async def test_one_batch_with_replays_stores_each_body_once_and_moves_each_job_once(
+    tmp_path: Path,
+) -> None:
+    """A batch is written with a few statements of many rows each on SQLite (docs/performance.md
+    §4): a replay in the same batch as its first copy still counts up that copy, every job moves
+    once, and the events are appended in the batch's order (on both stores)."""
+    target = os.environ.get("REELHOOK_TEST_DATABASE_URL") or tmp_path / "db.sqlite"
+    async with Database.open(target) as db:
+        running = [make_job(n, status=JobStatus.RUNNING) for n in range(1, 6)]
+        async with db.transaction() as conn:
+            await jobs.insert_many(conn, running)
+        publisher = Publisher(lambda digest, media_type: f"https://files.test/{digest}")
+        done = ProviderUpdate(provider_job_id=None, status=JobStatus.FAILED)
+        first, second = running[0], running[1]
+        batch = [
+            Update(first.id, "trinetra", done, b'{"a": 1}'),
+            Update(first.id, "trinetra", done, b'{"a": 1}'),  # a replay: same job, same bytes
+            *(Update(job.id, "trinetra", done, b"{}") for job in running[1:]),
+            Update(first.id, "trinetra", done, b'{"a": 1}'),
+            Update(second.id, "trinetra", done, b'{"b": 2}'),  # a new body for a moved job
+        ]
+        async with db.transaction() as conn:
+            results = await apply_updates(conn, publisher, batch, NOW)
+        outcomes = [result[1] for result in results if not isinstance(result, Exception)]
+        assert outcomes == [Outcome.APPLIED, Outcome.DUPLICATE] + [Outcome.APPLIED] * 4 + [
+            Outcome.DUPLICATE,
+            Outcome.DUPLICATE,
+        ]
+        stored = await db.reader.execute_fetchall(
+            "SELECT job_id, outcome, replays FROM callbacks ORDER BY id"
+        )
+        assert [(row["job_id"], row["outcome"], row["replays"]) for row in stored] == [
+            (first.id, "applied", 2),
+            *((job.id, "applied", 0) for job in running[1:]),
+            (second.id, "duplicate", 0),
+        ]
+        saved = await jobs.get_many(db.reader, [job.id for job in running])
+        assert {job.status for job in saved.values()} == {JobStatus.FAILED}
+        assert {job.completed_at for job in saved.values()} == {NOW}
+        logged = await db.reader.execute_fetchall("SELECT job_id, type FROM events ORDER BY seq")
+        assert [(row["job_id"], row["type"]) for row in logged] == [
+            (job.id, "job.failed") for job in running
+        ]

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import json
+import math
+import random
+import struct
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import Enum
+from typing import Any
 
 import pytest
 
-from service.core.jsonutil import InvalidJSON, dumps, loads
+from service.core import jsonutil
+from service.core.jsonutil import InvalidJSON, dumps, dumps_bytes, loads
 
 
 @pytest.mark.parametrize(
@@ -95,3 +103,75 @@ def test_integers_past_64_bits_stay_exact() -> None:
 def test_what_is_refused_is_refused_with_a_readable_reason(body: bytes, reason: str) -> None:
     with pytest.raises(InvalidJSON, match=reason):
         loads(body)
+
+
+_STDLIB = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def test_dumps_writes_what_the_stdlib_encoder_writes() -> None:
+    """dumps goes through orjson where its bytes are the stdlib's and to the stdlib elsewhere
+    (docs/performance.md §4): either way the text is the stdlib's, byte for byte."""
+    everything = "".join(chr(c) for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF)
+    rnd = random.Random(16)
+    floats = [struct.unpack("d", struct.pack("Q", rnd.getrandbits(64)))[0] for _ in range(20_000)]
+    floats += [rnd.random() * 10.0 ** rnd.randint(-12, 20) for _ in range(20_000)]
+    values: list[Any] = [
+        everything,
+        [f for f in floats if math.isfinite(f)],
+        [1e-4, 9.99e-5, 1e-5, 1.5e-7, 1e-300, 5e-324, 1e16, 1e22, -0.0, 0.0, 2**64 - 1, -(2**63)],
+        {"prompt": "a single-shot e-mail at 0.00001", "n": 2**70, "ok": True, "none": None},
+        {"outputs": (1, 2), "nested": [[{"a": {}}]]},  # a tuple writes as a list
+        {1: "a", 2.5: "b", None: "c"},  # keys that are not strings: written as strings
+    ]
+    for value in values:
+        assert dumps(value) == _STDLIB.encode(value)
+        assert dumps_bytes(value) == _STDLIB.encode(value).encode()
+
+
+def test_a_job_event_payload_takes_the_fast_encoder() -> None:
+    """What reelhook encodes on every callback (a job document, its stored columns) is plain
+    JSON data orjson writes as the stdlib does: the fast encoder takes it."""
+    document = {
+        "type": "job.succeeded",
+        "timestamp": "2026-12-05T17:00:00.123Z",
+        "data": {
+            "id": "job_01JTESTSUBMITRETRY00000001",
+            "input": {"prompt": "A cat on a beach", "duration": 5, "cfg_scale": 0.5},
+            "outputs": [{"url": "https://cdn.trinetra.ai/out/a1.mp4", "type": "video"}],
+            "error": None,
+            "cost": {"estimated": 50.0, "charged": 10, "unit": "credits"},
+            "notices": [{"kind": "unknown_status", "message": "m", "at": 1764950000.123456}],
+        },
+    }
+    assert jsonutil._orjson_dumps(document) == _STDLIB.encode(document).encode()
+
+
+class _Plain(Enum):
+    A = "a"
+
+
+@dataclass
+class _Point:
+    x: int
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"deep": [{"cost": float("nan")}]},
+        [1.0, float("inf")],
+        {"kind": _Plain.A},
+        {"at": datetime.now(UTC)},
+        {"point": _Point(1)},
+    ],
+    ids=["nan", "infinity", "enum", "datetime", "dataclass"],
+)
+def test_what_the_stdlib_refuses_dumps_refuses(value: Any) -> None:
+    """orjson writes these (NaN as null, the others as values); reelhook's dumps refuses them as
+    the stdlib encoder does."""
+    with pytest.raises((ValueError, TypeError)):
+        _STDLIB.encode(value)
+    with pytest.raises((ValueError, TypeError)):
+        dumps(value)
+    with pytest.raises((ValueError, TypeError)):
+        dumps_bytes(value)

@@ -19,6 +19,7 @@ from service.core.models import (
     Job,
     JobError,
     JobStatus,
+    Notice,
     Output,
     ProviderUpdate,
 )
@@ -432,3 +433,28 @@ async def test_an_acceptance_of_a_pending_job_submits_it(db: Database) -> None:
     assert current.submitted_at == NOW
     assert await jobs.get(db.reader, job.id) == current
     assert await logged(db) == [("job.submitted", job.id)]
+
+
+def test_a_terminal_move_carries_every_other_field_of_the_job() -> None:
+    """transition builds the finished job field by field (not dataclasses.replace, for speed,
+    docs/performance.md §4): every field it does not change must come across as it was."""
+    assert {field.name for field in dataclasses.fields(Job)} == {
+        "id", "owner_key_id", "model", "provider", "status", "input", "cost", "created_at",
+        "deadline_at", "metadata", "provider_job_id", "outputs", "error", "submitted_at",
+        "completed_at", "notices",
+    }, "a new Job field: carry it over in lifecycle.transition, then add it here"  # fmt: skip
+    notice = Notice("unknown_status", "it said 'warming'", SUBMITTED + 1)
+    job = make_job(JobStatus.RUNNING, notices=(notice,), outputs=(), error=None)
+    failure = update(
+        JobStatus.FAILED, error=JobError(ErrorKind.PROVIDER_ERROR, "boom", "E1"), charged=3
+    )
+    moved, outcome = transition(job, failure, NOW)
+    assert outcome is Outcome.APPLIED
+    assert moved == dataclasses.replace(
+        job,
+        status=JobStatus.FAILED,
+        error=failure.error,
+        outputs=(),
+        cost=dataclasses.replace(job.cost, charged=3),
+        completed_at=NOW,
+    )

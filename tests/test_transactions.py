@@ -11,9 +11,11 @@ import aiosqlite
 import anyio
 import pytest
 
+from service.storage import jobs as jobs_store
 from service.storage.announcements import Work, announce
 from service.storage.database import Connection, Database
 from service.storage.sqlite import SqliteDatabase, Suspended
+from tests.helpers.jobs import make_job
 
 pytestmark = pytest.mark.anyio
 
@@ -145,3 +147,25 @@ async def test_sqlite_refuses_work_that_waits_for_anything_but_its_connection(
             await db.run_transaction(work)
         assert await _count(db) == 0
         assert not _writer(db).in_transaction
+
+
+@pytest.mark.parametrize("count", [1, 3, 64, 65, 200])
+async def test_execute_values_writes_every_row_in_order(tmp_path: Path, count: int) -> None:
+    """Connection.execute_values: one row per statement on PostgreSQL, chunks of powers of two
+    (up to 64 rows) on SQLite; either way every row, in the order given."""
+    target = os.environ.get("REELHOOK_TEST_DATABASE_URL") or tmp_path / "db.sqlite"
+    rows = [(make_job(n).id, "trinetra", float(n), "applied", b"x" * n) for n in range(count)]
+    async with Database.open(target) as db:
+        async with db.transaction() as conn:
+            await jobs_store.insert_many(conn, [make_job(n) for n in range(count)])
+            await conn.execute_values(
+                "INSERT INTO callbacks (job_id, provider, received_at, outcome, body) "
+                "VALUES {rows}",
+                rows,
+            )
+        stored = await db.reader.execute_fetchall(
+            "SELECT job_id, received_at, body FROM callbacks ORDER BY id"
+        )
+    assert [(r["job_id"], r["received_at"], bytes(r["body"])) for r in stored] == [
+        (make_job(n).id, float(n), b"x" * n) for n in range(count)
+    ]

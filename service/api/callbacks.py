@@ -54,13 +54,14 @@ async def receive_callback(request: Request) -> Response:
     """Where providers deliver job updates; reelhook puts this URL in each submit. The token in
     the path is the credential: it is verified, then the provider's signature, then that the
     body names the stored job, before anything is stored."""
-    return await answer_callback(
+    body = await answer_callback(
         services(request),
         request.path_params["provider"],
         request.path_params["token"],
         request.headers,
         request.stream(),
     )
+    return Response(body, media_type="application/json")
 
 
 async def answer_callback(
@@ -69,17 +70,17 @@ async def answer_callback(
     token: str,
     headers: Mapping[str, str],
     chunks: AsyncIterable[bytes],
-) -> Response:
-    """The callback route's answer, for the routed handler above and for the lean ASGI path in
-    front of the framework (:mod:`service.api.fastpath`); raises the :class:`ReelhookError` to
-    answer with when the callback is rejected."""
+) -> bytes:
+    """The body of the callback route's 200 answer (``application/json``), for the routed
+    handler above and for the lean ASGI path in front of the framework
+    (:mod:`service.api.fastpath`); raises the :class:`ReelhookError` to answer with when the
+    callback is rejected."""
     job, outcome = await state.callbacks.receive(
         provider, token, headers, chunks, headers.get("content-length")
     )
     # The same bytes JSONResponse renders for this ASCII-only object, encoded by orjson instead
     # of a stdlib encoder built per response (docs/performance.md §4).
-    body = orjson.dumps({"received": True, "job_id": job.id, "outcome": outcome.value})
-    return Response(body, media_type="application/json")
+    return orjson.dumps({"received": True, "job_id": job.id, "outcome": outcome.value})
 
 
 @operation(

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterable, Callable, Mapping, Sequence
-from contextlib import AbstractContextManager
 
 from service.core.body import read_capped
 from service.core.clock import Clock
@@ -45,6 +44,9 @@ UnknownStatusObserver = Callable[[str, str], None]
 """Called with (provider, status word) for each status word reelhook does not know."""
 
 log = logging.getLogger(__name__)
+
+# How each lifecycle outcome is reported: a table, not an Enum call by value per callback.
+_REPORTED = {outcome: CallbackOutcome(outcome.value) for outcome in Outcome}
 
 
 class _Rejected(Exception):
@@ -117,7 +119,7 @@ class Callbacks:
         except _Rejected as rejected:
             self._report(label, rejected.outcome, rejected.job_id)
             raise rejected.take_error() from None
-        self._report(label, CallbackOutcome(outcome.value), job.id)
+        self._report(label, _REPORTED[outcome], job.id)
         return job, outcome
 
     async def receive_account(
@@ -144,7 +146,7 @@ class Callbacks:
         if job is None or outcome is None:
             self._report(label, CallbackOutcome.UNMATCHED, route="account")
             return None, None
-        self._report(label, CallbackOutcome(outcome.value), job.id, route="account")
+        self._report(label, _REPORTED[outcome], job.id, route="account")
         return job, outcome
 
     async def _receive_account(
@@ -273,7 +275,7 @@ class Callbacks:
             body = await self._read(chunks, declared_length, held)
             return await self._apply(provider, adapter, job_id, headers, body)
 
-    def _hold(self, route: str, declared_length: str | None) -> AbstractContextManager[Reservation]:
+    def _hold(self, route: str, declared_length: str | None) -> Reservation:
         """What the body may take and a slot of ``route``, held until its commit is done
         (:mod:`service.jobs.inbound`); 503 at once when there is no room. A body declared too
         large reserves nothing: reading it is refused (413) before a byte is kept."""

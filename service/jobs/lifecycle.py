@@ -121,19 +121,28 @@ def transition(job: Job, update: ProviderUpdate, now: float) -> tuple[Job | None
             cost = dataclasses.replace(cost, charged=None, charged_unknown=True)
         elif update.status is not JobStatus.SUCCEEDED:
             cost = dataclasses.replace(cost, charged=0)
-        return (
-            dataclasses.replace(
-                job,
-                status=update.status,
-                provider_job_id=job.provider_job_id or update.provider_job_id,
-                outputs=update.outputs,
-                error=update.error,
-                cost=cost,
-                completed_at=now,
-                submitted_at=job.submitted_at or now,
-            ),
-            Outcome.APPLIED,
+        # Built field by field, not by dataclasses.replace, which walks the class's fields on
+        # every call (~4 of the event loop's µs per callback, docs/performance.md §4);
+        # tests/test_lifecycle.py checks every field of Job is carried over.
+        finished = Job(
+            id=job.id,
+            owner_key_id=job.owner_key_id,
+            model=job.model,
+            provider=job.provider,
+            status=update.status,
+            input=job.input,
+            cost=cost,
+            created_at=job.created_at,
+            deadline_at=job.deadline_at,
+            metadata=job.metadata,
+            provider_job_id=job.provider_job_id or update.provider_job_id,
+            outputs=update.outputs,
+            error=update.error,
+            submitted_at=job.submitted_at or now,
+            completed_at=now,
+            notices=job.notices,
         )
+        return finished, Outcome.APPLIED
     if update.status is JobStatus.RUNNING and job.status is not JobStatus.RUNNING:
         changed = dataclasses.replace(
             job,

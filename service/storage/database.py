@@ -113,6 +113,12 @@ Statement = tuple[str, Sequence[Any]]
 """One SQL statement and its parameters."""
 
 
+def value_rows(count: int, width: int) -> str:
+    """``count`` rows of ``width`` placeholders for a ``VALUES`` list: ``(?, ?), (?, ?)``."""
+    row = f"({', '.join('?' * width)})"
+    return ", ".join([row] * count)
+
+
 class Connection(ABC):
     """Where storage operations run SQL: a transaction, or the reader outside any transaction.
 
@@ -152,6 +158,16 @@ class Connection(ABC):
     @abstractmethod
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         """Run one statement once per parameter row."""
+
+    async def execute_values(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Run ``sql`` for every row of ``rows``, which all have the same width. ``sql`` holds
+        ``{rows}`` where a ``VALUES`` list goes (it is read by ``str.format``: any other brace is
+        doubled): here it becomes one row of placeholders, run once
+        per row (:meth:`executemany`). SQLite runs it with many rows in each statement
+        (:class:`service.storage.sqlite.SqliteConnection`), which must then mean the same as
+        running it row after row (an ``INSERT`` whose later rows see the earlier ones)."""
+        if rows:
+            await self.executemany(sql.format(rows=value_rows(1, len(rows[0]))), rows)
 
 
 class Database(ABC):

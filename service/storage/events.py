@@ -100,8 +100,8 @@ async def append(
             await take_claim_lock(conn)  # before APPEND_LOCK, always (see take_claim_lock)
     if conn.dialect == "postgresql":
         await conn.execute("SELECT pg_advisory_xact_lock(?)", (APPEND_LOCK,))
-    await conn.executemany(
-        "INSERT INTO events (id, type, job_id, created_at, payload) VALUES (?, ?, ?, ?, ?)",
+    await conn.execute_values(
+        "INSERT INTO events (id, type, job_id, created_at, payload) VALUES {rows}",
         [(e.id, e.type, e.job_id, e.created_at, e.payload) for e in batch],
     )
     announce_appended(conn, [e.seer for e in batch])

@@ -117,9 +117,24 @@ async def save(conn: Connection, job: Job, now: float) -> None:
     await conn.execute(_UPDATE, _mutable(job, now))
 
 
+# SQLite: many jobs per statement, each found by its primary key (the plan reads the VALUES
+# rows and searches jobs by id for each); the same columns and values as _UPDATE.
+_UPDATE_FROM_VALUES = (
+    "UPDATE jobs SET provider_job_id = v.column1, status = v.column2, outputs = v.column3, "
+    "error = v.column4, cost = v.column5, submitted_at = v.column6, completed_at = v.column7, "
+    "notices = v.column8, updated_at = v.column9 FROM (VALUES {rows}) AS v "
+    "WHERE jobs.id = v.column10"
+)
+
+
 async def save_many(conn: Connection, batch: Iterable[Job], now: float) -> None:
-    """:func:`save` for many jobs in one statement."""
-    await conn.executemany(_UPDATE, (_mutable(job, now) for job in batch))
+    """:func:`save` for many distinct jobs: one statement per row on PostgreSQL (asyncpg's
+    executemany), a few statements of many rows each on SQLite (docs/performance.md §4)."""
+    rows = [_mutable(job, now) for job in batch]
+    if conn.dialect == "sqlite":
+        await conn.execute_values(_UPDATE_FROM_VALUES, rows)
+    else:
+        await conn.executemany(_UPDATE, rows)
 
 
 async def get(conn: Connection, job_id: str) -> Job | None:
@@ -246,21 +261,24 @@ class CallbackRecord:
     route: str = "job"
 
 
-async def record_callbacks(conn: Connection, records: Iterable[CallbackRecord]) -> None:
+async def record_callbacks(conn: Connection, records: Sequence[CallbackRecord]) -> None:
     """Keep each callback for audit, once per job and body: the same bytes again for the same
     job (a provider's retry, a replay) only count up the stored row's ``replays`` and set its
     ``last_replay_at``, so replays cost a counter, never another copy of the body
     (docs/architecture.md, "Bounded inbound memory"). The unique index makes this hold when
     several nodes store the same replay at once."""
-    await conn.executemany(
+    # Row after row, as a multi-row VALUES on SQLite: a replay in the same batch as its first
+    # copy conflicts with the row written just before it and counts up, as it did with
+    # executemany (tests/test_ingest.py).
+    await conn.execute_values(
         "INSERT INTO callbacks (job_id, provider, received_at, outcome, body, route, digest) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?) "
+        "VALUES {rows} "
         "ON CONFLICT (job_id, digest) WHERE digest IS NOT NULL DO UPDATE SET "
         "replays = callbacks.replays + 1, last_replay_at = excluded.received_at",
-        (
+        [
             (r.job_id, r.provider, r.received_at, r.outcome, r.body, r.route, body_digest(r.body))
             for r in records
-        ),
+        ],
     )
 
 

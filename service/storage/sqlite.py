@@ -22,6 +22,7 @@ from service.storage.database import (
     T,
     migrations,
     refuse_newer,
+    value_rows,
 )
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,12 @@ def _statement(raw: aiosqlite.Connection, sql: str, params: Sequence[Any]) -> Re
 
 
 _BEGIN = "BEGIN IMMEDIATE"
+
+VALUES_CHUNK = 64
+"""The most rows :meth:`SqliteConnection.execute_values` puts in one statement (at most 7 shapes
+of each statement: 1, 2, 4 … 64 rows; an ingest batch is up to 256 callbacks by default)."""
+
+_MAX_PARAMETERS = 32766  # SQLITE_MAX_VARIABLE_NUMBER's default since SQLite 3.32
 
 # A statement held back by a write transaction until its next trip to the database thread:
 # (sql, rows of an ``executemany``), or (sql, None) for a statement without parameters.
@@ -153,6 +160,24 @@ class SqliteConnection(Connection):
             self._held.append((sql, list(rows)))
             return
         await self.raw.executemany(sql, rows)
+
+    async def execute_values(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        # Many rows per statement: one sqlite3_step for up to VALUES_CHUNK rows where
+        # executemany stepped once per row, and the database thread gives up the GIL for every
+        # step and must win it back from a busy event loop (docs/performance.md §4). Chunks
+        # are powers of two, so each statement has at most a few shapes and stays in the
+        # connection's statement cache.
+        if not rows:
+            return
+        width = len(rows[0])
+        most = max(1, min(VALUES_CHUNK, _MAX_PARAMETERS // width))
+        start = 0
+        while start < len(rows):
+            count = 1 << (min(most, len(rows) - start).bit_length() - 1)
+            chunk = rows[start : start + count]
+            flat = [value for row in chunk for value in row]
+            await self.executemany(sql.format(rows=value_rows(count, width)), [flat])
+            start += count
 
     async def _finish(self, script: str) -> None:
         """The writes still held back, then ``script`` (``executescript``), in one trip."""
