@@ -262,6 +262,13 @@ class Database(ABC):
         async with self.transaction(durable=durable, background=background) as conn:
             return await work(conn)
 
+    async def fold_log(self) -> float | None:
+        """Fold the write-ahead log back into the database where the engine leaves that to
+        reelhook, off the writers' path; the seconds until it is due again, or None when the
+        engine needs none (PostgreSQL's checkpointer folds its own; SQLite's is
+        :meth:`SqliteDatabase.fold_log <service.storage.sqlite.SqliteDatabase.fold_log>`)."""
+        return None
+
     @abstractmethod
     async def checkpoint(self, *, wait: float = 0.1) -> bool:
         """Let the engine fold its write-ahead log back; False when it had to give up."""
