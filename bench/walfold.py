@@ -100,7 +100,7 @@ def run_arm(path: Path, arm: str, *, rate: int, seconds: float, jobs: int) -> di
         if arrivals[taken] > now:
             time.sleep(arrivals[taken] - now)
             now = time.perf_counter()
-        batch = []
+        batch: list[float] = []
         while taken < count and arrivals[taken] <= now and len(batch) < BATCH:
             batch.append(arrivals[taken])
             taken += 1
