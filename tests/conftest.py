@@ -15,7 +15,7 @@ from starlette.types import ASGIApp
 
 from service.app.settings import Settings, load_settings
 from service.sim import Simulator
-from tests.postgres import Cluster, throwaway_cluster
+from tests.postgres import Cluster, ReusedDatabase, throwaway_cluster
 from tests.servers import loopback_socket, url_of
 from tests.support import ADMIN_KEY, api_client, in_process
 
@@ -97,14 +97,24 @@ def pg_database(pg_cluster: Cluster, request: pytest.FixtureRequest) -> Iterator
 _database_numbers = itertools.count(1)
 
 
+@pytest.fixture(scope="session")
+def pg_reused_database(pg_cluster: Cluster) -> ReusedDatabase:
+    """The session's migrated database that each test empties before use (tests/postgres.py)."""
+    return ReusedDatabase(pg_cluster, f"reused_{os.getpid()}")
+
+
 @pytest.fixture(autouse=True)
 def _store(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Under ``--store postgresql`` every test's reelhook runs on a fresh PostgreSQL database:
+    """Under ``--store postgresql`` every test's reelhook runs on a PostgreSQL database of its
+    own, migrated and empty (a test that asks for ``pg_database`` gets that fresh one instead):
     :func:`settings_for` reads it from ``REELHOOK_TEST_DATABASE_URL``."""
     if request.config.getoption("--store") != "postgresql":
         monkeypatch.delenv("REELHOOK_TEST_DATABASE_URL", raising=False)
         return
-    url = request.getfixturevalue("pg_database")
+    if "pg_database" in request.fixturenames:
+        url = request.getfixturevalue("pg_database")
+    else:
+        url = request.getfixturevalue("pg_reused_database").emptied()
     monkeypatch.setenv("REELHOOK_TEST_DATABASE_URL", url)
 
 

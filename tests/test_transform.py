@@ -4,6 +4,7 @@ bounded time and memory."""
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -108,6 +109,43 @@ def test_includes_are_not_possible() -> None:
 def test_templates_that_never_finish_are_stopped(source: str, words: str) -> None:
     with pytest.raises(TemplateError, match=words):
         render(source)
+
+
+class _Waits:
+    """Stands for a busy machine: each call takes wall time without using the thread's CPU."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.calls = 0
+
+    def wait(self) -> str:
+        self.calls += 1
+        time.sleep(self.seconds)
+        return "."
+
+
+def _render_waiting(waits: _Waits, times: int, limits: Limits) -> bytes:
+    body = {**BODY, "data": waits}
+    source = "{% for i in range(" + str(times) + ") %}{{ data.wait() }}{% endfor %}"
+    return Renderer(limits).render(source, "text/plain", "evt_1", body)
+
+
+def test_the_time_limit_counts_cpu_so_a_busy_machine_does_not_fail_a_valid_template() -> None:
+    # Two waits of 150 ms: 0.3 s of wall time against the 0.1 s limit, almost no CPU. The old
+    # wall-clock limit refused this on the second iteration (a validation 422 under load); the
+    # wall-time cut-off (1 s) leaves a loaded machine 0.7 s of slack.
+    waits = _Waits(0.15)
+    assert _render_waiting(waits, 2, Limits(seconds=0.1)) == b".."
+    assert waits.calls == 2
+
+
+def test_a_render_still_stops_at_ten_times_the_limit_of_wall_time() -> None:
+    waits = _Waits(0.03)
+    with pytest.raises(TemplateError, match=r"longer than 0\.02 s") as refused:
+        _render_waiting(waits, 50, Limits(seconds=0.02))
+    assert refused.value.transient
+    # 200 ms of wall time is the cut-off: it stops after about seven waits, far before fifty.
+    assert waits.calls < 50
 
 
 @pytest.mark.parametrize(
