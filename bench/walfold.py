@@ -68,15 +68,17 @@ def _seed(path: Path, jobs: int) -> None:
 
 
 def run_arm(path: Path, arm: str, *, rate: int, seconds: float, jobs: int) -> dict[str, Any]:
-    writer = _connect(path, 0 if arm == "none" else 16_384 if arm == "fold" else 1000)
-    folder = _connect(path, 0) if arm == "fold" else None
+    # "fold" folds every 0.25 s as reelhook does; "fold@0.05" every 0.05 s, and so on.
+    folding_every = float(arm.partition("@")[2] or 0.25) if arm.startswith("fold") else None
+    writer = _connect(path, 0 if arm == "none" else 16_384 if folding_every is not None else 1000)
+    folder = _connect(path, 0) if folding_every is not None else None
     lock = threading.Lock()  # the write turn, as reelhook's write order
     stop = threading.Event()
     folds: list[float] = []
 
     def fold() -> None:
-        assert folder is not None
-        while not stop.wait(0.25):
+        assert folder is not None and folding_every is not None
+        while not stop.wait(folding_every):
             started = time.perf_counter()
             frames = folder.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
             if frames >= 4096:
@@ -149,19 +151,21 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--jobs", type=int, default=100_000)
-    parser.add_argument("--arms", default="inline,fold,none")
+    parser.add_argument(
+        "--arms", default="inline,fold,none", help="also fold@SECONDS: fold that often"
+    )
     args = parser.parse_args()
     results = []
     with tempfile.TemporaryDirectory(prefix="reelhook-walfold-") as folder:
         for round_ in range(args.rounds):
             for arm in args.arms.split(","):
-                path = Path(folder) / f"{arm}-{round_}.db"
+                path = Path(folder) / f"{arm.replace('@', '-')}-{round_}.db"
                 _seed(path, args.jobs)
                 got = run_arm(path, arm, rate=args.rate, seconds=args.seconds, jobs=args.jobs)
                 results.append(got)
                 lat, com = got["latency_ms"], got["commit_ms"]
                 print(
-                    f"{arm:6} round {round_ + 1}: latency p50 {lat['p50']:.2f} p99 "
+                    f"{arm:9} round {round_ + 1}: latency p50 {lat['p50']:.2f} p99 "
                     f"{lat['p99']:.2f} p99.9 {got['latency_p999_ms']:.1f} ms; "
                     f"{got['batches']} commits p50 {com['p50']:.2f} p99 {com['p99']:.1f} ms; "
                     f"folds {got['folds']}; WAL {got['wal_mib']:.1f} MiB; load {got['load']}",
