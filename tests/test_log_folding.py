@@ -16,7 +16,7 @@ import anyio
 import pytest
 
 from service.storage.database import Database
-from service.storage.sqlite import WRITER_AUTOCHECKPOINT_PAGES, SqliteDatabase
+from service.storage.sqlite import FOLD_EVERY, WRITER_AUTOCHECKPOINT_PAGES, SqliteDatabase
 from tests.conftest import SettingsFactory
 from tests.support import api_client
 
@@ -78,9 +78,13 @@ async def test_commits_leave_the_wal_to_the_fold(tmp_path: Path) -> None:
         assert _in_the_file(path) is None
         assert await db.fold_log() is not None
         assert _in_the_file(path) == 1
-        # Nothing written since: nothing to fold, and nothing changes.
-        assert await db.fold_log() is not None
+        # Nothing written since: nothing to fold (the folder sleeps until a commit), and
+        # nothing changes.
+        assert await db.fold_log() is None
         assert _in_the_file(path) == 1
+        await _write(db, 2)
+        assert await db.fold_log() is not None
+        assert _in_the_file(path) == 2
 
 
 @pytest.mark.sqlite_only("the WAL and its checkpoints are SQLite's")
@@ -136,17 +140,21 @@ async def test_fold_log_folds_on_sqlite_and_is_nothing_on_postgresql(tmp_path: P
 
 
 async def test_the_served_app_folds_its_log(settings_factory: SettingsFactory) -> None:
-    """The lifespan runs the log folder: on SQLite a key created over the API reaches the
-    database file with no checkpoint in any commit; on PostgreSQL the folder idles and the app
-    serves as ever."""
+    """The lifespan runs the log folder: on SQLite keys created over the API reach the database
+    file with no checkpoint in any commit, the second after the folder had found nothing to
+    fold and slept until a commit woke it; on PostgreSQL the folder sleeps and the app serves
+    as ever."""
     settings = settings_factory()
     async with api_client(settings) as http:
-        created = await http.post("/v1/keys", json={"name": "folded", "scopes": ["jobs:read"]})
-        assert created.status_code == 201, created.text
-        if not settings.uses_postgresql:
-            # The folder runs every FOLD_EVERY seconds; this bounds a hang, it times nothing.
-            with anyio.fail_after(30):
-                while not _keys_in_the_file(settings.database_path, "folded"):  # noqa: ASYNC110 - reads the file
-                    await anyio.sleep(0.05)
+        for name in ("folded", "folded-after-a-sleep"):
+            created = await http.post("/v1/keys", json={"name": name, "scopes": ["jobs:read"]})
+            assert created.status_code == 201, created.text
+            if not settings.uses_postgresql:
+                # The folder runs every FOLD_EVERY seconds; this bounds a hang, it times nothing.
+                with anyio.fail_after(30):
+                    while not _keys_in_the_file(settings.database_path, name):  # noqa: ASYNC110 - reads the file
+                        await anyio.sleep(0.05)
+                # Past the next fold, which finds nothing written and sleeps until a commit.
+                await anyio.sleep(2 * FOLD_EVERY)
         listed = await http.get("/v1/keys")
-        assert "folded" in listed.text
+        assert "folded" in listed.text and "folded-after-a-sleep" in listed.text

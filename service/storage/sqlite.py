@@ -267,6 +267,10 @@ class SqliteDatabase(Database):
         finally:
             await writer.close()
 
+    def _wrote(self) -> None:
+        self._writes += 1
+        self.written.set()
+
     async def fold_log(self) -> float | None:
         """A PASSIVE checkpoint of the WAL on a connection of its own, beside the writer: it
         copies committed pages into the database file while write transactions go on, so no
@@ -276,10 +280,10 @@ class SqliteDatabase(Database):
         reused. Past ``rewind_frames`` WAL frames (:data:`REWIND_FRAMES`) it then waits for a
         background write turn and folds what the writes in between added, so the next write
         transaction starts the WAL over.
-        Skipped while nothing was written since the last fold. Returns the seconds until the
-        next fold is due."""
+        Returns :data:`FOLD_EVERY`, the seconds to wait before the next, or None without
+        folding when nothing was written since the last fold."""
         if self._writes == self._folded_at:
-            return FOLD_EVERY
+            return None
         self._folded_at = self._writes
         if self._folder is None:
             self._folder = await _connect(self._path)
@@ -336,7 +340,7 @@ class SqliteDatabase(Database):
                     else:
                         # The writes held back, then the COMMIT, in one trip.
                         await self._writer.run("COMMIT", ())
-                self._writes += 1
+                self._wrote()
             except BaseException:
                 # A failed BEGIN or COMMIT (or a cancellation) must not leave the shared writer
                 # inside a transaction, or every later write would fail.
@@ -395,7 +399,7 @@ class SqliteDatabase(Database):
                 # aiosqlite's own way onto its thread (``Connection._execute``), the one its
                 # public methods use.
                 result: T = await cast(Any, self.writer)._execute(transaction)
-            self._writes += 1
+            self._wrote()
         if announced:
             self._announce(tuple(announced))
         return result
@@ -447,7 +451,7 @@ class SqliteDatabase(Database):
                         (now,),
                     )
                     await conn.commit()
-                    self._writes += 1
+                    self._wrote()
                 except BaseException:
                     if conn.in_transaction:
                         await conn.rollback()
