@@ -29,11 +29,15 @@ def _store(tmp_path: Path) -> str | Path:
 
 
 def _keys_in_the_file(path: Path, name: str) -> int:
+    """Keys named ``name`` in the database file itself, the WAL ignored; 0 while a fold is
+    writing the file (read as immutable it may then look torn: the WAL, not the file, holds
+    what is committed until the fold ends)."""
     conn = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
     try:
-        return int(
-            conn.execute("SELECT count(*) FROM api_keys WHERE name = ?", (name,)).fetchone()[0]
-        )
+        found = conn.execute("SELECT count(*) FROM api_keys WHERE name = ?", (name,)).fetchone()
+        return int(found[0])
+    except sqlite3.DatabaseError:
+        return 0
     finally:
         conn.close()
 
