@@ -230,16 +230,20 @@ class SqliteDatabase(Database):
     dialect = "sqlite"
 
     def __init__(
-        self, writer: aiosqlite.Connection, reader: aiosqlite.Connection, path: Path
+        self,
+        writer: aiosqlite.Connection,
+        reader: aiosqlite.Connection,
+        folder: aiosqlite.Connection,
     ) -> None:
         super().__init__()
         self.writer = writer
         self._writer = SqliteConnection(writer)
         self.reader = SqliteConnection(reader)
-        self._path = path
+        # The fold's own connection (its own thread, idle between folds); opened with the
+        # others rather than by the first fold, which a shutdown could cancel mid-way and so
+        # leave a connection nobody closes.
+        self._folder = folder
         self.rewind_frames = REWIND_FRAMES
-        # The fold's own connection (its own thread), opened by the first fold.
-        self._folder: aiosqlite.Connection | None = None
         # Write transactions ended so far, and as of the last fold: no writes, no fold. The
         # first fold runs whatever the count (the migrations, a previous run's WAL).
         self._writes = 0
@@ -256,12 +260,11 @@ class SqliteDatabase(Database):
             await writer.execute(f"PRAGMA wal_autocheckpoint = {WRITER_AUTOCHECKPOINT_PAGES}")
             reader = await _connect(path)
             try:
-                db = cls(writer, reader, path)
+                folder = await _connect(path)
                 try:
-                    yield db
+                    yield cls(writer, reader, folder)
                 finally:
-                    if db._folder is not None:
-                        await db._folder.close()
+                    await folder.close()
             finally:
                 await reader.close()
         finally:
@@ -285,8 +288,6 @@ class SqliteDatabase(Database):
         if self._writes == self._folded_at:
             return None
         self._folded_at = self._writes
-        if self._folder is None:
-            self._folder = await _connect(self._path)
         frames = await self._checkpoint_passive(self._folder)
         if frames >= self.rewind_frames:
             async with self._write_lock.hold(background=True):
