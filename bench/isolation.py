@@ -40,6 +40,7 @@ from typing import Any, ClassVar
 
 import httpx
 
+from bench.disk import DiskSampler, dirty_kib, settle
 from bench.load import callback_body, percentiles
 from bench.procs import (
     ADMIN_KEY,
@@ -293,9 +294,10 @@ def lags(load: dict[str, Any], records: list[tuple[str, str, str, float]]) -> li
 
 
 class Isolation:
-    def __init__(self, work: Path, sizes: Sizes) -> None:
+    def __init__(self, work: Path, sizes: Sizes, *, settle: bool = True) -> None:
         self.work = work
         self.sizes = sizes
+        self.settle = settle
         self.log = work / "processes.log"
         self.figures: list[Figure] = []
         self.ledgers: list[Ledger] = []
@@ -812,10 +814,18 @@ class Isolation:
                             "paths": paths,
                         },
                     )
-                load = run.callbacks(
-                    sink, first, count, rate=s.mix_rate, record_send_times=bool(ids)
-                )
-                runs[label] = {"ack_ms": load["latency_ms"], "statuses": load["statuses"]}
+                load_before = _loadavg()
+                # The disk under the phase: its fsync latency is a floor under the ack's.
+                with DiskSampler(self.work) as disk:
+                    load = run.callbacks(
+                        sink, first, count, rate=s.mix_rate, record_send_times=bool(ids)
+                    )
+                runs[label] = {
+                    "ack_ms": load["latency_ms"],
+                    "statuses": load["statuses"],
+                    "disk": disk.summary(),
+                    "load_before": load_before,
+                }
                 stored = run.stored(first, count)
                 entries = {"sent": count, "acked": load["acked"], "stored": stored}
                 if reads is not None:
@@ -832,6 +842,15 @@ class Isolation:
                     }
                 self.ledger(f"e. {label}", **entries)
         mix, alone = runs["mix"], runs["alone"]
+        for label, phase in runs.items():
+            fsync, dirty = phase["disk"]["fsync_ms"], phase["disk"]["dirty_mib"]
+            wb = phase["disk"]["writeback_mib"]
+            self.notes.append(
+                f"e. {label}: data disk 1 KiB fdatasync p50 {fsync['p50']:.2f} ms, p99 "
+                f"{fsync['p99']:.1f} ms, max {fsync['max']:.0f} ms; Dirty p50 {dirty['p50']:.0f} "
+                f"MiB, max {dirty['max']:.0f} MiB; Writeback max {wb['max']:.0f} MiB; 1-minute "
+                f"load average {phase['load_before']} at its start"
+            )
         self.figure(
             "e",
             f"ack p99 at {s.mix_rate:,}/s with fan-out to 3 and {s.reads_per_s} reads/s "
@@ -867,6 +886,19 @@ class Isolation:
                 if name not in only:
                     continue
                 print(f"isolation scenario {name}", flush=True)
+                if self.settle:
+                    # What the previous scenario (or its seeding) left for the disk to write
+                    # back is written now, not under this scenario's fsyncs (docs/performance.md).
+                    settled = settle()
+                    self.notes.append(
+                        f"{name}. settled: sync took {settled['seconds']:.1f} s, dirty + "
+                        f"writeback {settled['before_mib']:.0f} → {settled['after_mib']:.0f} MiB"
+                    )
+                dirty, writeback = dirty_kib()
+                self.notes.append(
+                    f"{name}. at its start: Dirty {dirty / 1024:.0f} MiB, Writeback "
+                    f"{writeback / 1024:.0f} MiB; the bench's child processes: {_children()}"
+                )
                 started, load_before = time.monotonic(), _loadavg()
                 try:
                     scenario(self, sink)
@@ -920,6 +952,21 @@ def _fill(path: Path) -> None:
 
 def _loadavg() -> str:
     return Path("/proc/loadavg").read_text().split()[0]
+
+
+def _children() -> str:
+    """The bench's live child processes (helpers, sink, services), by name."""
+    me = str(os.getpid())
+    names = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)
+        except OSError:
+            continue
+        if fields[1].split()[1] == me:
+            cmdline = (stat.parent / "cmdline").read_bytes().split(b"\0")
+            names.append(" ".join(part.decode(errors="replace") for part in cmdline[1:4]))
+    return "; ".join(sorted(names)) or "none"
 
 
 def _lines(path: Path) -> int:
@@ -983,7 +1030,13 @@ def write_section(path: Path, section: str) -> None:
 
 
 def run(
-    work: Path, *, quick: bool, out: Path, only: str = "abcde", mix_rate: int | None = None
+    work: Path,
+    *,
+    quick: bool,
+    out: Path,
+    only: str = "abcde",
+    mix_rate: int | None = None,
+    settle: bool = True,
 ) -> dict[str, Any]:
     """Run the scenarios in ``only``; write ``isolation.{md,json}`` and the section of
     ``latest.md`` (``quick.md`` for a quick run) under ``out``."""
@@ -991,13 +1044,14 @@ def run(
     if mix_rate is not None:
         sizes.mix_rate = mix_rate
     started = time.time()
-    bench = Isolation(work, sizes)
+    bench = Isolation(work, sizes, settle=settle)
     bench.run(only)
     result = {
         "started_at": started,
         "duration_s": time.time() - started,
         "quick": quick,
         "only": only,
+        "settle": settle,
         "figures": [asdict(f) for f in bench.figures],
         "ledgers": [asdict(entry) for entry in bench.ledgers],
         "notes": bench.notes,
@@ -1023,10 +1077,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--mix-rate", type=int, help="callbacks/s of scenario e (default 1,000, the issue's)"
     )
+    parser.add_argument(
+        "--no-settle",
+        action="store_true",
+        help="do not sync and wait for the disk's writeback before each scenario",
+    )
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="reelhook-iso-", dir=os.environ.get("BENCH_DIR")))
     try:
-        run(work, quick=args.quick, out=args.out, only=args.only, mix_rate=args.mix_rate)
+        run(
+            work,
+            quick=args.quick,
+            out=args.out,
+            only=args.only,
+            mix_rate=args.mix_rate,
+            settle=not args.no_settle,
+        )
     finally:
         if not args.keep:
             import shutil

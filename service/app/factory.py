@@ -65,6 +65,7 @@ from service.jobs.submission import ProviderEndpoint, Providers, SubmitPolicy, S
 from service.net.client import USER_AGENT, guarded_client, origin_of
 from service.net.posts import PostPool
 from service.ops.instrumentation import MeteredSender, MeteredTransport
+from service.ops.logfolding import LogFolder
 from service.ops.metrics import Metrics
 from service.ops.ratelimit import Limiter, RateLimiter, SharedRateLimiter
 from service.ops.retention import Retention
@@ -490,6 +491,7 @@ def _wire(settings: Settings, clock: Clock, opened: Opened, shared: Shared) -> S
             mirrors=mirrors,
             submitter=submitter,
             retention=Retention(db, shared.metrics, clock=clock, max_age=settings.retention),
+            log_folder=LogFolder(db),
         ),
     )
 

@@ -28,6 +28,7 @@ from service.jobs.ingest import Ingest
 from service.jobs.listing import JobReader
 from service.jobs.mirroring import Mirrors
 from service.jobs.submission import ProviderEndpoint, Submitter
+from service.ops.logfolding import LogFolder
 from service.ops.metrics import Metrics
 from service.ops.retention import Retention
 from service.storage.blobs import BlobStore
@@ -45,6 +46,7 @@ class Workers:
     mirrors: Mirrors
     submitter: Submitter
     retention: Retention
+    log_folder: LogFolder
 
     def loops(self) -> list[Callable[[], Coroutine[Any, Any, None]]]:
         return [
@@ -55,6 +57,7 @@ class Workers:
             self.mirrors.run,
             self.submitter.run_retries,
             self.retention.run,
+            self.log_folder.run,
         ]
 
 

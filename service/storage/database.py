@@ -24,6 +24,7 @@ from urllib.parse import unquote, urlsplit
 import asyncpg
 
 from service.core.ids import new_id
+from service.core.worker import Wakeup
 from service.storage.announcements import (
     Announcements,
     Appended,
@@ -183,6 +184,9 @@ class Database(ABC):
 
     def __init__(self) -> None:
         self._announcements = Announcements()
+        # Set after each commit by a store that folds its own log (:meth:`fold_log`): what the
+        # log folder sleeps on while nothing is written, instead of polling.
+        self.written = Wakeup()
         # Write transactions of this node: one at a time, background ones last.
         self._write_lock = WriteOrder()
         # This process's identity among the nodes sharing the store (one node on SQLite).
@@ -293,6 +297,14 @@ class Database(ABC):
         """
         async with self.transaction(durable=durable, background=background) as conn:
             return await work(conn)
+
+    async def fold_log(self) -> float | None:
+        """Fold the write-ahead log back into the database where the engine leaves that to
+        reelhook, off the writers' path; the seconds to wait before the next fold, or None when
+        there is nothing to fold until :attr:`written` is set (PostgreSQL's checkpointer folds
+        its own log, so there never is; SQLite's is
+        :meth:`SqliteDatabase.fold_log <service.storage.sqlite.SqliteDatabase.fold_log>`)."""
+        return None
 
     @abstractmethod
     async def checkpoint(self, *, wait: float = 0.1) -> bool:

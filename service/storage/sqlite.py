@@ -42,6 +42,21 @@ _PRAGMAS = (
 )
 
 
+# The writer's own automatic checkpoint is a backstop only (docs/performance.md §4, "WAL
+# checkpoints"): SQLite's default, 1,000 pages, ran a checkpoint (two more fsyncs and ~1,000
+# page writes) inside whichever commit crossed it, about one ingest commit in sixty at 1,000
+# callbacks/s, and the callbacks of that batch and those queued behind it waited for it. The
+# lifespan's :class:`~service.ops.logfolding.LogFolder` folds the WAL from a connection of its
+# own (:meth:`SqliteDatabase.fold_log`); the writer folds only past this (64 MiB of 4 KiB
+# pages, the ``journal_size_limit``), e.g. when nothing runs that folder (the CLI).
+WRITER_AUTOCHECKPOINT_PAGES = 16_384
+# WAL frames past which a fold also waits for a turn between write transactions, so it can
+# catch up with every frame and the next write transaction starts the WAL from its beginning.
+REWIND_FRAMES = 4_096
+# Seconds between folds while writes keep coming.
+FOLD_EVERY = 0.25
+
+
 def _run(raw: sqlite3.Connection, sql: str, params: Sequence[Any]) -> Result:
     """One statement on the database thread: its rows and the rows it changed."""
     cursor = raw.execute(sql, params)
@@ -239,11 +254,25 @@ class SqliteDatabase(Database):
 
     dialect = "sqlite"
 
-    def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
+    def __init__(
+        self,
+        writer: aiosqlite.Connection,
+        reader: aiosqlite.Connection,
+        folder: aiosqlite.Connection,
+    ) -> None:
         super().__init__()
         self.writer = writer
         self._writer = SqliteConnection(writer)
         self.reader = SqliteConnection(reader)
+        # The fold's own connection (its own thread, idle between folds); opened with the
+        # others rather than by the first fold, which a shutdown could cancel mid-way and so
+        # leave a connection nobody closes.
+        self._folder = folder
+        self.rewind_frames = REWIND_FRAMES
+        # Write transactions ended so far, and as of the last fold: no writes, no fold. The
+        # first fold runs whatever the count (the migrations, a previous run's WAL).
+        self._writes = 0
+        self._folded_at = -1
 
     @classmethod
     @asynccontextmanager
@@ -253,13 +282,50 @@ class SqliteDatabase(Database):
         writer = await _connect(path)
         try:
             await migrate(writer)
+            await writer.execute(f"PRAGMA wal_autocheckpoint = {WRITER_AUTOCHECKPOINT_PAGES}")
             reader = await _connect(path)
             try:
-                yield cls(writer, reader)
+                folder = await _connect(path)
+                try:
+                    yield cls(writer, reader, folder)
+                finally:
+                    await folder.close()
             finally:
                 await reader.close()
         finally:
             await writer.close()
+
+    def _wrote(self) -> None:
+        self._writes += 1
+        self.written.set()
+
+    async def fold_log(self) -> float | None:
+        """A PASSIVE checkpoint of the WAL on a connection of its own, beside the writer: it
+        copies committed pages into the database file while write transactions go on, so no
+        commit waits for it (docs/performance.md §4, "WAL checkpoints"). Durability is the
+        commit's (``synchronous = FULL`` syncs the WAL before a commit returns); a checkpoint
+        only moves what is already durable, and syncs the database file before the WAL may be
+        reused. Past ``rewind_frames`` WAL frames (:data:`REWIND_FRAMES`) it then waits for a
+        background write turn and folds what the writes in between added, so the next write
+        transaction starts the WAL over.
+        Returns :data:`FOLD_EVERY`, the seconds to wait before the next, or None without
+        folding when nothing was written since the last fold."""
+        if self._writes == self._folded_at:
+            return None
+        self._folded_at = self._writes
+        frames = await self._checkpoint_passive(self._folder)
+        if frames >= self.rewind_frames:
+            async with self._write_lock.hold(background=True):
+                await self._checkpoint_passive(self._folder)
+        return FOLD_EVERY
+
+    @staticmethod
+    async def _checkpoint_passive(conn: aiosqlite.Connection) -> int:
+        """One PASSIVE checkpoint; the WAL's frames as it began."""
+        with anyio.CancelScope(shield=True):
+            async with conn.execute("PRAGMA wal_checkpoint(PASSIVE)") as cursor:
+                row = await cursor.fetchone()
+        return int(row[1]) if row is not None else 0
 
     @asynccontextmanager
     async def transaction(
@@ -302,6 +368,7 @@ class SqliteDatabase(Database):
                     else:
                         # The writes held back, then the COMMIT, in one trip.
                         await self._writer.run("COMMIT", ())
+                self._wrote()
             except BaseException:
                 # A failed BEGIN or COMMIT (or a cancellation) must not leave the shared writer
                 # inside a transaction, or every later write would fail.
@@ -363,6 +430,7 @@ class SqliteDatabase(Database):
                 # aiosqlite's own way onto its thread (``Connection._execute``), the one its
                 # public methods use.
                 result: T = await cast(Any, self.writer)._execute(transaction)
+            self._wrote()
         if announced:
             self._announce(tuple(announced), appended_of(seers))
         return result
@@ -414,6 +482,7 @@ class SqliteDatabase(Database):
                         (now,),
                     )
                     await conn.commit()
+                    self._wrote()
                 except BaseException:
                     if conn.in_transaction:
                         await conn.rollback()
