@@ -9,6 +9,7 @@ elsewhere the tests skip, and under CI=true they fail).
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import sqlite3
 import subprocess
@@ -191,11 +192,12 @@ async def test_a_full_disk_answers_503_with_retry_after_and_keeps_the_connection
 
 
 async def test_a_full_disk_defers_a_mirror_and_it_resumes_when_space_returns(
-    tmp_path: Path, tmpfs: Callable[[Path], Disk]
+    tmp_path: Path, tmpfs: Callable[[Path], Disk], caplog: pytest.LogCaptureFixture
 ) -> None:
     """A download that runs out of space (the blob store's disk is full, the database's is
     not) is tried again later without using up an attempt, and is never recorded as a permanent
-    error; once space returns it ends mirrored."""
+    error; once space returns it ends mirrored. The deferrals are one warning, not one each."""
+    caplog.set_level(logging.WARNING, logger="service.jobs.mirroring")
     files = Files(hang=True)
     disk = tmpfs(tmp_path / "data" / "blobs")
     with loopback_socket() as sock:
@@ -226,5 +228,7 @@ async def test_a_full_disk_defers_a_mirror_and_it_resumes_when_space_returns(
     # Three downloads failed for want of space; none used up one of the three attempts.
     assert [(row["status"], row["attempts"]) for row in while_full] == [("pending", 0)]
     assert while_full[0]["error"] == "no space left to store the copy"
+    deferrals = [r for r in caplog.records if "deferred: no space left" in r.getMessage()]
+    assert len(deferrals) == 1, [r.getMessage() for r in deferrals]
     (output,) = event["data"]["outputs"]
     assert "mirror_url" in output and "mirror_error" not in output, output

@@ -20,6 +20,7 @@ import anyio.abc
 import httpx
 
 from service.core.clock import Clock
+from service.core.lograte import Occasional
 from service.core.retry import RetrySchedule
 from service.core.worker import Backoff, Wakeup, run_worker, until
 from service.delivery.publisher import Publisher
@@ -78,6 +79,10 @@ class Mirrors:
         # After an outcome that could not be recorded, a download's slot stays taken for a
         # growing while, so the same row is not fetched again and again (a hot loop).
         self._unrecorded = Backoff(min(retry_delays, default=1.0), 60.0)
+        # A full disk defers every finished job's mirror, one after another: a line each was
+        # most of the log while full (docs/architecture.md, "Overload and a full disk").
+        self._deferrals = Occasional(log)
+        self._unrecordable = Occasional(log)
 
     def wake(self) -> None:
         """Tell the worker downloads may have been queued (call after their commit)."""
@@ -123,7 +128,9 @@ class Mirrors:
             # The row stays pending and is tried again once the back-off has passed.
             wait = self._unrecorded.next()
             if out_of_space(exc):
-                log.warning("could not record the mirror of %s: out of space", task.job_id)
+                self._unrecordable.warning(
+                    "could not record the mirror of %s: out of space", task.job_id
+                )
             else:
                 log.exception("could not record the mirror of %s", task.job_id)
             await anyio.sleep(wait)
@@ -138,7 +145,7 @@ class Mirrors:
         if isinstance(result, Failure) and result.deferred:
             async with self._db.transaction() as conn:
                 await mirrors.defer(conn, task, now + self._defer, result.reason, now)
-            log.warning("mirroring %s deferred: %s", task.job_id, result.reason)
+            self._deferrals.warning("mirroring %s deferred: %s", task.job_id, result.reason)
             return
         if isinstance(result, Failure) and result.retryable:
             at = self._retries.next_attempt_at(task.attempts + 1, now)
