@@ -14,7 +14,7 @@ import pytest
 from service.storage import jobs as jobs_store
 from service.storage.announcements import Work, announce
 from service.storage.database import Connection, Database
-from service.storage.sqlite import SqliteDatabase, Suspended
+from service.storage.sqlite import VALUES_CHUNK, SqliteDatabase, Suspended, fitting_rows
 from tests.helpers.jobs import make_job
 
 pytestmark = pytest.mark.anyio
@@ -149,12 +149,20 @@ async def test_sqlite_refuses_work_that_waits_for_anything_but_its_connection(
         assert not _writer(db).in_transaction
 
 
-@pytest.mark.parametrize("count", [1, 3, 64, 65, 200])
-async def test_execute_values_writes_every_row_in_order(tmp_path: Path, count: int) -> None:
+@pytest.mark.parametrize(
+    ("count", "size"),
+    [(1, None), (3, None), (64, None), (65, None), (200, None), (9, 400_000), (5, 1_200_000)],
+)
+async def test_execute_values_writes_every_row_in_order(
+    tmp_path: Path, count: int, size: int | None
+) -> None:
     """Connection.execute_values: one row per statement on PostgreSQL, chunks of powers of two
-    (up to 64 rows) on SQLite; either way every row, in the order given."""
+    (up to 64 rows, and 1 MiB of bodies unless a row is larger alone) on SQLite; either way every
+    row, in the order given."""
     target = os.environ.get("REELHOOK_TEST_DATABASE_URL") or tmp_path / "db.sqlite"
-    rows = [(make_job(n).id, "trinetra", float(n), "applied", b"x" * n) for n in range(count)]
+    rows = [
+        (make_job(n).id, "trinetra", float(n), "applied", b"x" * (size or n)) for n in range(count)
+    ]
     async with Database.open(target) as db:
         async with db.transaction() as conn:
             await jobs_store.insert_many(conn, [make_job(n) for n in range(count)])
@@ -167,5 +175,25 @@ async def test_execute_values_writes_every_row_in_order(tmp_path: Path, count: i
             "SELECT job_id, received_at, body FROM callbacks ORDER BY id"
         )
     assert [(r["job_id"], r["received_at"], bytes(r["body"])) for r in stored] == [
-        (make_job(n).id, float(n), b"x" * n) for n in range(count)
+        (make_job(n).id, float(n), b"x" * (size or n)) for n in range(count)
     ]
+
+
+@pytest.mark.parametrize(
+    ("sizes", "start", "fitting"),
+    [
+        ([10] * 100, 0, 64),  # small rows: as many as the statement takes
+        ([10] * 100, 90, 10),  # the rows left
+        ([400_000] * 9, 0, 2),  # 800,000 bytes fit in 1 MiB, a third would not
+        ([400_000] * 9, 8, 1),
+        ([2_000_000, 10, 10], 0, 1),  # a row larger than the budget goes alone
+        ([10, 2_000_000, 10], 0, 1),  # and is not joined to the one before it
+    ],
+)
+def test_a_sqlite_statement_of_many_rows_binds_at_most_a_mebibyte(
+    sizes: list[int], start: int, fitting: int
+) -> None:
+    """SQLite copies every value a statement binds while it runs: 64 bodies of 1 MiB in one
+    statement held 64 MiB more at once (isolation scenario c's RSS)."""
+    rows = [("job", "x" * size, 1.0) for size in sizes]
+    assert fitting_rows(rows, start, VALUES_CHUNK) == fitting
