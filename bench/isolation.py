@@ -428,18 +428,7 @@ class Isolation:
                     httpx.post(f"{sink.url}/_reset").raise_for_status()
                     served, held = service.cpu(), cpu_times(streams.popen.pid)
                     first = run.take(count)
-                    paths = [f"/v1/jobs/{job_id(i)}" for i in range(first, first + 50)]
-                    paths += ["/v1/jobs?limit=20", "/v1/events?limit=20"]
-                    reads = Helper(
-                        "reads",
-                        {
-                            "base_url": run.url,
-                            "key": ADMIN_KEY,
-                            "rate": s.reads_per_s,
-                            "seconds": s.stream_seconds,
-                            "paths": paths,
-                        },
-                    )
+                    reads = _api_reads(run, first, s.reads_per_s, s.stream_seconds)
                     load = run.callbacks(
                         sink, first, count, rate=s.stream_rate, record_send_times=True
                     )
@@ -802,18 +791,7 @@ class Isolation:
                 httpx.post(f"{sink.url}/_reset").raise_for_status()
                 if label == "mix":
                     ids = run.subscribe([f"{sink.url}/lag/e/{n}" for n in range(3)])
-                    paths = [f"/v1/jobs/{job_id(i)}" for i in range(first, first + 50)]
-                    paths += ["/v1/jobs?limit=20", "/v1/events?limit=20"]
-                    reads = Helper(
-                        "reads",
-                        {
-                            "base_url": run.url,
-                            "key": ADMIN_KEY,
-                            "rate": s.reads_per_s,
-                            "seconds": s.mix_seconds,
-                            "paths": paths,
-                        },
-                    )
+                    reads = _api_reads(run, first, s.reads_per_s, s.mix_seconds)
                 load_before = _loadavg()
                 # The disk under the phase: its fsync latency is a floor under the ack's.
                 with DiskSampler(self.work) as disk:
@@ -948,6 +926,17 @@ def _fill(path: Path) -> None:
                     break
     finally:
         os.close(fd)
+
+
+def _api_reads(run: Run, first: int, rate: float, seconds: float) -> Helper:
+    """A process reading the API beside the callbacks (scenarios b and e): the 50 jobs from
+    ``first`` and the first page of jobs and of events, ``rate`` reads a second."""
+    paths = [f"/v1/jobs/{job_id(i)}" for i in range(first, first + 50)]
+    paths += ["/v1/jobs?limit=20", "/v1/events?limit=20"]
+    return Helper(
+        "reads",
+        {"base_url": run.url, "key": ADMIN_KEY, "rate": rate, "seconds": seconds, "paths": paths},
+    )
 
 
 def _loadavg() -> str:
