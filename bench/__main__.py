@@ -531,6 +531,7 @@ class Bench:
                     baseline=plain,
                     ratio=rate / plain if plain else None,
                     detail={"fields": fields},
+                    cpu_us={"reelhook": cpu, "publishing (ingest side)": publish_cpu},
                 )
             )
             self.figures.append(
