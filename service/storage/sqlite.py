@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -278,7 +277,6 @@ class SqliteDatabase(Database):
         writer: aiosqlite.Connection,
         reader: aiosqlite.Connection,
         folder: aiosqlite.Connection,
-        path: Path,
     ) -> None:
         super().__init__()
         self.writer = writer
@@ -288,7 +286,6 @@ class SqliteDatabase(Database):
         # others rather than by the first fold, which a shutdown could cancel mid-way and so
         # leave a connection nobody closes.
         self._folder = folder
-        self._path = path
         self.rewind_frames = REWIND_FRAMES
         # Write transactions ended so far, and as of the last fold: no writes, no fold. The
         # first fold runs whatever the count (the migrations, a previous run's WAL).
@@ -308,7 +305,7 @@ class SqliteDatabase(Database):
             try:
                 folder = await _connect(path)
                 try:
-                    yield cls(writer, reader, folder, path)
+                    yield cls(writer, reader, folder)
                 finally:
                     await folder.close()
             finally:
@@ -326,8 +323,7 @@ class SqliteDatabase(Database):
         commit waits for it (docs/performance.md §4, "WAL checkpoints"). Durability is the
         commit's (``synchronous = FULL`` syncs the WAL before a commit returns); a checkpoint
         only moves what is already durable, and syncs the database file before the WAL may be
-        reused. Past ``rewind_frames`` WAL frames (:data:`REWIND_FRAMES`) it then writes the
-        database file back to the disk, still beside the writer, and only then waits for a
+        reused. Past ``rewind_frames`` WAL frames (:data:`REWIND_FRAMES`) it then waits for a
         background write turn and folds what the writes in between added, so the next write
         transaction starts the WAL over.
         Returns :data:`FOLD_EVERY`, the seconds to wait before the next, or None without
@@ -337,23 +333,9 @@ class SqliteDatabase(Database):
         self._folded_at = self._writes
         frames = await self._checkpoint_passive(self._folder)
         if frames >= self.rewind_frames:
-            # SQLite syncs the database file only in a checkpoint that catches up with the
-            # whole WAL, which under steady writes is only the one in the write turn below:
-            # every page the folds beside the writer had copied since the last such turn was
-            # written back inside it, and each ingest batch waited (turns of 2-35 ms, about one
-            # a second at 1,000 callbacks/s; docs/performance.md §5, "Ack p99"). Written back
-            # here first, that turn syncs only what the writes in between added. An extra sync
-            # only ever makes more durable.
-            await self._sync_file(self._folder, self._path)
             async with self._write_lock.hold(background=True):
                 await self._checkpoint_passive(self._folder)
         return FOLD_EVERY
-
-    @staticmethod
-    async def _sync_file(conn: aiosqlite.Connection, path: Path) -> None:
-        """``fdatasync`` of the database file, on ``conn``'s thread (off the event loop)."""
-        with anyio.CancelScope(shield=True):
-            await cast(Any, conn)._execute(_fdatasync, path)
 
     @staticmethod
     async def _checkpoint_passive(conn: aiosqlite.Connection) -> int:
@@ -523,14 +505,6 @@ class SqliteDatabase(Database):
                     if conn.in_transaction:
                         await conn.rollback()
                     raise
-
-
-def _fdatasync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fdatasync(fd)
-    finally:
-        os.close(fd)
 
 
 async def _connect(path: Path) -> aiosqlite.Connection:
