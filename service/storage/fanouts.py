@@ -12,12 +12,15 @@ rows in short background transactions, oldest first (docs/architecture.md, "A de
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
+from service.core.models import Subscription
+from service.storage import subscriptions
 from service.storage.announcements import Work, announce
 from service.storage.database import Connection
-from service.storage.deliveries import NewRow, insert_new
+from service.storage.deliveries import HotLease, NewRow, insert_claimed, insert_new
 
 EXPAND_ROWS = 256
 """Delivery rows written per expansion transaction: ~14 µs each on SQLite, so a step holds the
@@ -60,6 +63,26 @@ def _packed(subs: Sequence[str]) -> tuple[str, int]:
     return "".join(sub.ljust(width) for sub in subs), width
 
 
+class Claimer(Protocol):
+    """Room in this node's dispatcher for deliveries an expansion step writes already claimed
+    (the dispatcher's ``hot_claims()``, as an ingest batch gets: service/delivery/publisher.py,
+    ``HotClaims``). :meth:`reserve` takes room for one delivery (False: none, and the row is
+    written pending); the rows reserved are written claimed under :attr:`lease`."""
+
+    lease: HotLease
+
+    @property
+    def quiet(self) -> Collection[str]:
+        """Subscriptions whose rows written pending need not announce themselves."""
+        ...
+
+    def reserve(self, sub: Subscription) -> bool: ...
+
+
+HotRow = tuple[str, str, Subscription, bytes]
+"""A delivery an expansion step wrote claimed: (delivery id, event id, subscription, payload)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Step:
     """What one :func:`expand` did: delivery rows written, subscriptions skipped because they
@@ -70,11 +93,26 @@ class Step:
     skipped: int
     finished: int
     more: bool
+    claimed: tuple[HotRow, ...] = ()
+    """With a ``hot`` claimer: the rows written claimed, for the caller to send."""
 
 
-async def expand(conn: Connection, *, budget: int = EXPAND_ROWS) -> Step:
+async def expand(
+    conn: Connection,
+    *,
+    budget: int = EXPAND_ROWS,
+    hot: Claimer | None = None,
+    now: float = 0.0,
+) -> Step:
     """Write the next delivery rows of the oldest pending fan-outs, at most ``budget``, in the
     caller's write transaction.
+
+    With ``hot`` (SQLite only; ignored on PostgreSQL), rows due by ``now`` to subscriptions
+    ``hot`` has room for are written already claimed (:func:`deliveries.insert_claimed`) and
+    returned in :attr:`Step.claimed`, as ingest writes a fresh event's deliveries: no claim
+    (a read of what is due, then the claim's read and ``UPDATE`` of each row) between writing
+    a row and sending it (docs/performance.md §5, "Wide fan-out"). FIFO subscriptions' rows
+    are never written claimed.
 
     Rows are the ones ingest would have written (:func:`deliveries.insert_new`, FIFO check
     included). A subscription deleted since the event gets none: deleting cancels a
@@ -125,10 +163,21 @@ async def expand(conn: Connection, *, budget: int = EXPAND_ROWS) -> Step:
     wanted: list[tuple[str, str, float, float]] = []
     for seq, event_id, _, _, _, _, due, created in chosen:
         wanted.extend((event_id, sub, due, created) for sub in slices[seq].split())
-    ordering = await _still_there(conn, sorted({sub for _, sub, _, _ in wanted}))
+    sub_ids = sorted({sub for _, sub, _, _ in wanted})
+    if hot is None or conn.dialect != "sqlite":
+        hot = None
+        ordering = await _still_there(conn, sub_ids)
+        found: dict[str, Subscription] = {}
+    else:
+        found = await subscriptions.by_ids(conn, sub_ids)
+        ordering = {sub_id: sub.ordering for sub_id, sub in found.items()}
     rows: list[NewRow] = [row for row in wanted if row[1] in ordering]
     fifo = {sub for sub, order in ordering.items() if order == "fifo"}
-    written = await insert_new(conn, rows, fifo)
+    claimed: tuple[HotRow, ...] = ()
+    if hot is None:
+        written = await insert_new(conn, rows, fifo)
+    else:
+        claimed, written = await _insert_hot(conn, rows, fifo, found, hot, now)
     finished: list[int] = []
     advanced: list[tuple[int, int]] = []
     for seq, _, expanded, take, total, _, _, _ in chosen:
@@ -141,7 +190,44 @@ async def expand(conn: Connection, *, budget: int = EXPAND_ROWS) -> Step:
     if advanced:
         await conn.executemany("UPDATE event_fanouts SET expanded = ? WHERE seq = ?", advanced)
     more = bool(advanced) or len(heads) == _SCAN
-    return Step(written, len(wanted) - len(rows), len(finished), more)
+    return Step(written, len(wanted) - len(rows), len(finished), more, claimed)
+
+
+async def _insert_hot(
+    conn: Connection,
+    rows: Sequence[NewRow],
+    fifo: Collection[str],
+    found: dict[str, Subscription],
+    hot: Claimer,
+    now: float,
+) -> tuple[tuple[HotRow, ...], int]:
+    """SQLite: ``rows`` written as :func:`insert_new` writes them, except those ``hot`` takes
+    room for (due by ``now``, not FIFO), written claimed under its lease; (the rows written
+    claimed, how many rows were written in all)."""
+    claimable: list[NewRow] = []
+    pending: list[NewRow] = []
+    for row in rows:
+        sub = found[row[1]]
+        if row[2] <= now and row[1] not in fifo and hot.reserve(sub):
+            claimable.append(row)
+        else:
+            pending.append(row)
+    written = await insert_new(conn, pending, fifo, hot.quiet)
+    if not claimable:
+        return (), written
+    payloads = {
+        str(row[0]): bytes(row[1])
+        for row in await conn.execute_fetchall(
+            "SELECT id, payload FROM events WHERE id IN (SELECT value FROM json_each(?))",
+            (json.dumps(sorted({row[0] for row in claimable})),),
+        )
+    }
+    # One node on SQLite: every row reserved is written claimed (insert_claimed).
+    done = await insert_claimed(conn, claimable, hot.lease, now)
+    return (
+        tuple((id_, event_id, found[sub], payloads[event_id]) for id_, event_id, sub in done),
+        written + len(done),
+    )
 
 
 async def _slices(conn: Connection, wanted: Sequence[tuple[int, int, int]]) -> dict[int, str]:
