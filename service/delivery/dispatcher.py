@@ -427,15 +427,19 @@ class Dispatcher:
 
         Background, like the claim: each step holds the writer for a few milliseconds and takes
         its turn after the ingest batches waiting (service/storage/writeorder.py). The delivery
-        rows it writes announce themselves (``Work.DELIVERIES``) and wake the claim loop."""
+        rows it writes pending announce themselves (``Work.DELIVERIES``) and wake the claim loop.
+
+        On SQLite (one node) a step writes the rows this dispatcher has room for already claimed
+        (:meth:`_expand_claiming`), and waits while more than half the claim limit is claimed:
+        a step then would find no room and write its rows pending, each to be read and updated
+        again by a claim, ~half the database thread's CPU per delivery (docs/performance.md §5,
+        "Wide fan-out"). It runs again once enough of them finish (:meth:`_done`), or at the
+        latest after ``EXPAND_WAIT``."""
         hot = self.hot_claims() if self._db.dialect == "sqlite" else None
         if hot is None:
             step = await self._db.run_transaction(fanouts.expand, durable=False, background=True)
         else:
-            if self._in_flight >= self._claim_limit // 2:
-                # Paced to sending: a step now would find no room and write its rows pending,
-                # for claims to read and update again. It runs once half the claimed deliveries
-                # are done (_done), or at the latest after EXPAND_WAIT.
+            if self._in_flight > self._claim_limit // 2:
                 self._expand_paced = True
                 return EXPAND_WAIT
             step = await self._expand_claiming(hot)
