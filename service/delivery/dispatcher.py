@@ -450,19 +450,28 @@ class Dispatcher:
     async def _expand_claiming(self, hot: HotClaims) -> fanouts.Step:
         """One expansion step that writes the rows this dispatcher has room for already
         claimed and starts sending them once it commits (SQLite, one node; see
-        :meth:`_expand_once`). Statement by statement on this loop, not in one trip
-        (``run_transaction``): the room is taken from the dispatcher's accounting between the
-        statements, which only this loop may touch."""
+        :meth:`_expand_once`). The step ahead is read on the reader first and room reserved for
+        its rows here, on the loop, from the accounting only this loop touches; the step itself
+        is then one trip to the database thread (``run_transaction``), as before: a transaction
+        block with its statements' trips on a busy loop held the writer several times longer
+        (docs/performance.md §5)."""
         now = self._clock()
+        pairs = frozenset(
+            (event_id, sub.id)
+            for event_id, sub in await fanouts.upcoming(self._db.reader, now=now)
+            if hot.reserve(sub)
+        )
+        claiming = fanouts.Claiming(pairs, hot.lease, frozenset(hot.quiet), now)
         try:
-            async with self._db.transaction(durable=False, background=True) as conn:
-                step = await fanouts.expand(conn, hot=hot, now=now)
-                for delivery_id, event_id, sub, payload in step.claimed:
-                    hot.claimed(claimed_delivery(delivery_id, event_id, sub, payload, hot, now))
+            step = await self._db.run_transaction(
+                partial(fanouts.expand, claiming=claiming), durable=False, background=True
+            )
         except BaseException:
             hot.abort()
             raise
-        hot.commit()
+        for delivery_id, event_id, sub, payload in step.claimed:
+            hot.claimed(claimed_delivery(delivery_id, event_id, sub, payload, hot, now))
+        hot.commit()  # and gives back the room of rows the step did not write claimed
         return step
 
     def _queue(self, delivery: Claimed, life: int) -> None:

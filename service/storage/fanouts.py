@@ -14,12 +14,11 @@ from __future__ import annotations
 import json
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
-from service.core.models import Subscription
+from service.core.models import Subscription, SubscriptionStatus
 from service.storage import subscriptions
 from service.storage.announcements import Work, announce
-from service.storage.database import Connection
+from service.storage.database import Connection, Row
 from service.storage.deliveries import HotLease, NewRow, insert_claimed, insert_new
 
 EXPAND_ROWS = 256
@@ -63,20 +62,18 @@ def _packed(subs: Sequence[str]) -> tuple[str, int]:
     return "".join(sub.ljust(width) for sub in subs), width
 
 
-class Claimer(Protocol):
-    """Room in this node's dispatcher for deliveries an expansion step writes already claimed
-    (the dispatcher's ``hot_claims()``, as an ingest batch gets: service/delivery/publisher.py,
-    ``HotClaims``). :meth:`reserve` takes room for one delivery (False: none, and the row is
-    written pending); the rows reserved are written claimed under :attr:`lease`."""
+@dataclass(frozen=True, slots=True)
+class Claiming:
+    """What an :func:`expand` step may write already claimed (SQLite, one node): the (event id,
+    subscription id) pairs the dispatcher reserved room for after reading the step ahead
+    (:func:`upcoming`), the lease they are written under, and the subscriptions it refused room
+    while saturated, whose rows written pending need not announce themselves (``quiet``, as
+    :func:`deliveries.insert_new` takes it)."""
 
+    pairs: frozenset[tuple[str, str]]
     lease: HotLease
-
-    @property
-    def quiet(self) -> Collection[str]:
-        """Subscriptions whose rows written pending need not announce themselves."""
-        ...
-
-    def reserve(self, sub: Subscription) -> bool: ...
+    quiet: frozenset[str]
+    now: float
 
 
 HotRow = tuple[str, str, Subscription, bytes]
@@ -94,25 +91,24 @@ class Step:
     finished: int
     more: bool
     claimed: tuple[HotRow, ...] = ()
-    """With a ``hot`` claimer: the rows written claimed, for the caller to send."""
+    """With ``claiming``: the rows written claimed, for the caller to send."""
 
 
 async def expand(
     conn: Connection,
     *,
     budget: int = EXPAND_ROWS,
-    hot: Claimer | None = None,
-    now: float = 0.0,
+    claiming: Claiming | None = None,
 ) -> Step:
     """Write the next delivery rows of the oldest pending fan-outs, at most ``budget``, in the
     caller's write transaction.
 
-    With ``hot`` (SQLite only; ignored on PostgreSQL), rows due by ``now`` to subscriptions
-    ``hot`` has room for are written already claimed (:func:`deliveries.insert_claimed`) and
-    returned in :attr:`Step.claimed`, as ingest writes a fresh event's deliveries: no claim
-    (a read of what is due, then the claim's read and ``UPDATE`` of each row) between writing
-    a row and sending it (docs/performance.md §5, "Wide fan-out"). FIFO subscriptions' rows
-    are never written claimed.
+    With ``claiming`` (SQLite only; ignored on PostgreSQL), the rows of its pairs that are due
+    by its ``now`` and go to an active subscription that does not deliver in order are written
+    already claimed (:func:`deliveries.insert_claimed`) and returned in :attr:`Step.claimed`,
+    as ingest writes a fresh event's deliveries: no claim (a read of what is due, then the
+    claim's read and ``UPDATE`` of each row) between writing a row and sending it
+    (docs/performance.md §5, "Wide fan-out"). The rest are written pending as without it.
 
     Rows are the ones ingest would have written (:func:`deliveries.insert_new`, FIFO check
     included). A subscription deleted since the event gets none: deleting cancels a
@@ -125,47 +121,13 @@ async def expand(
     waits for its commit and then cancels what it wrote (:func:`subscriptions.delete` cancels
     after deleting).
     """
-    heads = await conn.execute_fetchall(
-        "SELECT seq, event_id, total, expanded, width, first_attempt_at, created_at "
-        f"FROM event_fanouts ORDER BY seq LIMIT ?{conn.skip_locked}",
-        (_SCAN,),
-    )
-    if not heads:
+    ahead = await _ahead(conn, budget)
+    if ahead is None:
         return Step(0, 0, 0, False)
-    left = budget
-    # Each event taken gets an equal share of the step: the same few subscriptions' rows for
-    # several events, not one event's rows for hundreds of subscriptions. Each subscription's
-    # rows sit together in its indexes (deliveries_pending, deliveries_subscription), so a step
-    # dirties a few index pages per subscription it touches, and a commit writes every page it
-    # dirtied: one event across 256 subscriptions cost ~18 µs of CPU per row, 16 events across
-    # 16 subscriptions about half that (docs/performance.md §4).
-    share = -(-budget // len(heads))
-    # (seq, event id, expanded before, to take now, total, width, due, created)
-    chosen: list[tuple[int, str, int, int, int, int, float, float]] = []
-    for seq, event_id, total, expanded, width, due, created in heads:
-        if left <= 0:
-            break
-        take = min(int(total) - int(expanded), share, left)
-        chosen.append(
-            (
-                int(seq),
-                event_id,
-                int(expanded),
-                take,
-                int(total),
-                int(width),
-                float(due),
-                float(created),
-            )
-        )
-        left -= take
-    slices = await _slices(conn, [(c[0], c[2] * c[5] + 1, c[3] * c[5]) for c in chosen])
-    wanted: list[tuple[str, str, float, float]] = []
-    for seq, event_id, _, _, _, _, due, created in chosen:
-        wanted.extend((event_id, sub, due, created) for sub in slices[seq].split())
+    heads, chosen, wanted = ahead
     sub_ids = sorted({sub for _, sub, _, _ in wanted})
-    if hot is None or conn.dialect != "sqlite":
-        hot = None
+    if claiming is None or conn.dialect != "sqlite":
+        claiming = None
         ordering = await _still_there(conn, sub_ids)
         found: dict[str, Subscription] = {}
     else:
@@ -174,10 +136,10 @@ async def expand(
     rows: list[NewRow] = [row for row in wanted if row[1] in ordering]
     fifo = {sub for sub, order in ordering.items() if order == "fifo"}
     claimed: tuple[HotRow, ...] = ()
-    if hot is None:
+    if claiming is None:
         written = await insert_new(conn, rows, fifo)
     else:
-        claimed, written = await _insert_hot(conn, rows, fifo, found, hot, now)
+        claimed, written = await _insert_hot(conn, rows, fifo, found, claiming)
     finished: list[int] = []
     advanced: list[tuple[int, int]] = []
     for seq, _, expanded, take, total, _, _, _ in chosen:
@@ -198,21 +160,26 @@ async def _insert_hot(
     rows: Sequence[NewRow],
     fifo: Collection[str],
     found: dict[str, Subscription],
-    hot: Claimer,
-    now: float,
+    claiming: Claiming,
 ) -> tuple[tuple[HotRow, ...], int]:
-    """SQLite: ``rows`` written as :func:`insert_new` writes them, except those ``hot`` takes
-    room for (due by ``now``, not FIFO), written claimed under its lease; (the rows written
-    claimed, how many rows were written in all)."""
+    """SQLite: ``rows`` written as :func:`insert_new` writes them, except those ``claiming``
+    reserved room for that are due by its ``now`` and go to an active subscription that does
+    not deliver in order, written claimed under its lease; (the rows written claimed, how many
+    rows were written in all)."""
     claimable: list[NewRow] = []
     pending: list[NewRow] = []
     for row in rows:
         sub = found[row[1]]
-        if row[2] <= now and row[1] not in fifo and hot.reserve(sub):
+        if (
+            (row[0], row[1]) in claiming.pairs
+            and row[2] <= claiming.now
+            and row[1] not in fifo
+            and sub.status == SubscriptionStatus.ACTIVE
+        ):
             claimable.append(row)
         else:
             pending.append(row)
-    written = await insert_new(conn, pending, fifo, hot.quiet)
+    written = await insert_new(conn, pending, fifo, claiming.quiet)
     if not claimable:
         return (), written
     payloads = {
@@ -222,12 +189,78 @@ async def _insert_hot(
             (json.dumps(sorted({row[0] for row in claimable})),),
         )
     }
-    # One node on SQLite: every row reserved is written claimed (insert_claimed).
-    done = await insert_claimed(conn, claimable, hot.lease, now)
+    # One node on SQLite: every row is written claimed (insert_claimed).
+    done = await insert_claimed(conn, claimable, claiming.lease, claiming.now)
     return (
         tuple((id_, event_id, found[sub], payloads[event_id]) for id_, event_id, sub in done),
         written + len(done),
     )
+
+
+_Chosen = tuple[int, str, int, int, int, int, float, float]
+"""A fan-out a step takes rows of: (seq, event id, expanded before, to take now, total, width,
+due, created)."""
+
+
+async def _ahead(
+    conn: Connection, budget: int
+) -> tuple[list[Row], list[_Chosen], list[NewRow]] | None:
+    """The next step: the oldest fan-out rows (locked on PostgreSQL), how many rows of each it
+    takes, and the rows (event id, subscription id, due, created); None when none is left."""
+    heads = await conn.execute_fetchall(
+        "SELECT seq, event_id, total, expanded, width, first_attempt_at, created_at "
+        f"FROM event_fanouts ORDER BY seq LIMIT ?{conn.skip_locked}",
+        (_SCAN,),
+    )
+    if not heads:
+        return None
+    left = budget
+    # Each event taken gets an equal share of the step: the same few subscriptions' rows for
+    # several events, not one event's rows for hundreds of subscriptions. Each subscription's
+    # rows sit together in its indexes (deliveries_pending, deliveries_subscription), so a step
+    # dirties a few index pages per subscription it touches, and a commit writes every page it
+    # dirtied: one event across 256 subscriptions cost ~18 µs of CPU per row, 16 events across
+    # 16 subscriptions about half that (docs/performance.md §4).
+    share = -(-budget // len(heads))
+    chosen: list[_Chosen] = []
+    for seq, event_id, total, expanded, width, due, created in heads:
+        if left <= 0:
+            break
+        take = min(int(total) - int(expanded), share, left)
+        chosen.append(
+            (
+                int(seq),
+                event_id,
+                int(expanded),
+                take,
+                int(total),
+                int(width),
+                float(due),
+                float(created),
+            )
+        )
+        left -= take
+    slices = await _slices(conn, [(c[0], c[2] * c[5] + 1, c[3] * c[5]) for c in chosen])
+    wanted: list[NewRow] = []
+    for seq, event_id, _, _, _, _, due, created in chosen:
+        wanted.extend((event_id, sub, due, created) for sub in slices[seq].split())
+    return list(heads), chosen, wanted
+
+
+async def upcoming(
+    conn: Connection, *, now: float, budget: int = EXPAND_ROWS
+) -> list[tuple[str, Subscription]]:
+    """SQLite, on the reader: the rows the next :func:`expand` step is to write that are due by
+    ``now``, as (event id, subscription), for the dispatcher to reserve room for before the
+    step (``Dispatcher._expand_claiming``). One node expands on SQLite, so the step writes
+    these unless a fan-out committed meanwhile changed the shares; a reservation the step does
+    not use only gives its room back."""
+    ahead = await _ahead(conn, budget)
+    if ahead is None:
+        return []
+    due = [(event_id, sub_id) for event_id, sub_id, at, _ in ahead[2] if at <= now]
+    found = await subscriptions.by_ids(conn, sorted({sub_id for _, sub_id in due}))
+    return [(event_id, found[sub_id]) for event_id, sub_id in due if sub_id in found]
 
 
 async def _slices(conn: Connection, wanted: Sequence[tuple[int, int, int]]) -> dict[int, str]:
