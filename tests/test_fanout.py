@@ -34,6 +34,7 @@ from service.ops.backup import backup, restore
 from service.storage import fanouts, retention, stats, subscriptions
 from service.storage.announcements import Work
 from service.storage.database import Database
+from service.storage.deliveries import HotLease
 from service.storage.transfer import copy_store
 from tests.conftest import SettingsFactory
 from tests.servers import Sink, loopback_socket, run_server
@@ -304,6 +305,42 @@ async def test_on_sqlite_expansion_writes_what_the_dispatcher_has_room_for_claim
         assert received(sink) == Counter({(s, n): 1 for s in subs for n in range(2)})
         assert await pairs(db) == Counter({(e, s): 1 for e in event_ids for s in subs})
         assert await count(db, "SELECT count(*) FROM attempts") == 40
+
+
+@pytest.mark.sqlite_only("one node: expansion writes rows claimed only where no other node claims")
+async def test_a_step_writes_claimed_only_the_reserved_rows_of_active_subscriptions(
+    settings_factory: SettingsFactory,
+) -> None:
+    """The dispatcher reserves room for the rows :func:`fanouts.upcoming` reads ahead; the step
+    writes claimed only those of its reserved rows whose subscription is still active (one
+    disabled in between gets its row pending), and every other row pending, as before."""
+    subs = sub_ids(20)
+    paused = subs[0]
+    async with Database.open(settings_factory().database_url) as db:
+        await add_subscriptions(db, subs, "http://127.0.0.1:9")
+        (event_id,) = await publish(db, Publisher(_no_file, fanout_threshold=0), 1)
+        now = time.time()
+        ahead = await fanouts.upcoming(db.reader, now=now)
+        assert sorted((e, sub.id) for e, sub in ahead) == [(event_id, s) for s in subs]
+        async with db.transaction() as conn:
+            await subscriptions.set_status(
+                conn, paused, SubscriptionStatus.DISABLED, reason="test", now=now
+            )
+        lease = HotLease(token=7, owner=None, lease_until=now + 60, cluster_cap=8)
+        reserved = frozenset((event_id, s) for s in subs[:10])
+        claiming = fanouts.Claiming(reserved, lease, frozenset(), now)
+        async with db.transaction() as conn:
+            step = await fanouts.expand(conn, claiming=claiming)
+        assert step.written == 20
+        assert sorted(sub.id for _, _, sub, _ in step.claimed) == subs[1:10]
+        assert all(e == event_id and body for _, e, _, body in step.claimed)
+        rows = await db.reader.execute_fetchall(
+            "SELECT subscription_id, status, claim_token, attempts FROM deliveries"
+        )
+        states = {row[0]: (row[1], row[2], row[3]) for row in rows}
+        assert states == {
+            s: ("inflight", 7, 1) if s in subs[1:10] else ("pending", None, 0) for s in subs
+        }
 
 
 async def test_expansion_paced_to_a_small_dispatcher_delivers_every_event_once(
