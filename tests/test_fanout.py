@@ -34,7 +34,6 @@ from service.ops.backup import backup, restore
 from service.storage import fanouts, retention, stats, subscriptions
 from service.storage.announcements import Work
 from service.storage.database import Database
-from service.storage.deliveries import HotLease
 from service.storage.transfer import copy_store
 from tests.conftest import SettingsFactory
 from tests.servers import Sink, loopback_socket, run_server
@@ -89,10 +88,10 @@ async def pairs(db: Database) -> Counter[tuple[str, str]]:
 
 
 @asynccontextmanager
-async def dispatching(db: Database, concurrency: int = 64) -> AsyncIterator[Dispatcher]:
+async def dispatching(db: Database) -> AsyncIterator[Dispatcher]:
     """A dispatcher on ``db``, woken by its commits as the app wires it, until the block ends."""
     async with Sender.session(
-        allow=[ip_network("127.0.0.0/8")], timeout=30, concurrency=concurrency
+        allow=[ip_network("127.0.0.0/8")], timeout=30, concurrency=64
     ) as session:
         dispatcher = Dispatcher(
             db,
@@ -100,7 +99,7 @@ async def dispatching(db: Database, concurrency: int = 64) -> AsyncIterator[Disp
             RetrySchedule.for_deliveries((0.0, 0.2)),
             clock=time.time,
             lease=60,
-            concurrency=concurrency,
+            concurrency=64,
             per_subscription=8,
             publisher=Publisher(_no_file),
         )
@@ -281,92 +280,6 @@ async def test_every_subscription_gets_every_event_once_and_fifo_ones_in_order(
         )
         assert await count(db, "SELECT count(*) FROM event_fanouts") == 0
         assert (await stats.outbox(db.reader))[0] == 0
-
-
-@pytest.mark.sqlite_only("one node: expansion writes rows claimed only where no other node claims")
-async def test_on_sqlite_expansion_writes_what_the_dispatcher_has_room_for_claimed(
-    settings_factory: SettingsFactory,
-) -> None:
-    """Each subscription here has room for every one of its deliveries (15 ahead of its lane
-    at 8 per subscription), so expansion writes them all claimed and they go out without a
-    claim; each is received once and recorded as succeeded."""
-    sink = Sink()
-    subs = sub_ids(20)
-    async with (
-        run_server(sink.app()) as url,
-        Database.open(settings_factory().database_url) as db,
-    ):
-        await add_subscriptions(db, subs, url)
-        event_ids = await publish(db, Publisher(_no_file, fanout_threshold=0), 2)
-        async with dispatching(db) as dispatcher:
-            await sink.wait_for(lambda s: len(s.received) >= 40, within=30)
-            await until(db, "SELECT count(*) FROM deliveries WHERE status = 'succeeded'", 40)
-            assert dispatcher.hot_claimed == 40
-        assert received(sink) == Counter({(s, n): 1 for s in subs for n in range(2)})
-        assert await pairs(db) == Counter({(e, s): 1 for e in event_ids for s in subs})
-        assert await count(db, "SELECT count(*) FROM attempts") == 40
-
-
-@pytest.mark.sqlite_only("one node: expansion writes rows claimed only where no other node claims")
-async def test_a_step_writes_claimed_only_the_reserved_rows_of_active_subscriptions(
-    settings_factory: SettingsFactory,
-) -> None:
-    """The dispatcher reserves room for the rows :func:`fanouts.upcoming` reads ahead; the step
-    writes claimed only those of its reserved rows whose subscription is still active (one
-    disabled in between gets its row pending), and every other row pending, as before."""
-    subs = sub_ids(20)
-    paused = subs[0]
-    async with Database.open(settings_factory().database_url) as db:
-        await add_subscriptions(db, subs, "http://127.0.0.1:9")
-        (event_id,) = await publish(db, Publisher(_no_file, fanout_threshold=0), 1)
-        now = time.time()
-        ahead = await fanouts.upcoming(db.reader, now=now)
-        assert sorted((e, sub.id) for e, sub in ahead) == [(event_id, s) for s in subs]
-        async with db.transaction() as conn:
-            await subscriptions.set_status(
-                conn, paused, SubscriptionStatus.DISABLED, reason="test", now=now
-            )
-        lease = HotLease(token=7, owner=None, lease_until=now + 60, cluster_cap=8)
-        reserved = frozenset((event_id, s) for s in subs[:10])
-        claiming = fanouts.Claiming(reserved, lease, frozenset(), now)
-        async with db.transaction() as conn:
-            step = await fanouts.expand(conn, claiming=claiming)
-        assert step.written == 20
-        assert sorted(sub.id for _, _, sub, _ in step.claimed) == subs[1:10]
-        assert all(e == event_id and body for _, e, _, body in step.claimed)
-        rows = await db.reader.execute_fetchall(
-            "SELECT subscription_id, status, claim_token, attempts FROM deliveries"
-        )
-        states = {row[0]: (row[1], row[2], row[3]) for row in rows}
-        assert states == {
-            s: ("inflight", 7, 1) if s in subs[1:10] else ("pending", None, 0) for s in subs
-        }
-
-
-async def test_expansion_paced_to_a_small_dispatcher_delivers_every_event_once(
-    settings_factory: SettingsFactory,
-) -> None:
-    """A dispatcher that holds at most 8 claimed deliveries (2 send slots): on SQLite the
-    expansion waits for half of them to finish before each step and writes the rest of a step
-    pending, for the claim loop; every delivery still goes out once."""
-    sink = Sink()
-    subs = sub_ids(20)
-    async with (
-        run_server(sink.app()) as url,
-        Database.open(settings_factory().database_url) as db,
-    ):
-        await add_subscriptions(db, subs, url)
-        event_ids = await publish(db, Publisher(_no_file, fanout_threshold=0), 6)
-        async with dispatching(db, concurrency=2) as dispatcher:
-            await sink.wait_for(lambda s: len(s.received) >= 120, within=30)
-            await until(db, "SELECT count(*) FROM deliveries WHERE status = 'succeeded'", 120)
-            await until(db, "SELECT count(*) FROM event_fanouts", 0)
-            if db.dialect == "sqlite":
-                assert 0 < dispatcher.hot_claimed < 120
-            else:
-                assert dispatcher.hot_claimed == 0
-        assert received(sink) == Counter({(s, n): 1 for s in subs for n in range(6)})
-        assert await pairs(db) == Counter({(e, s): 1 for e in event_ids for s in subs})
 
 
 async def test_a_subscription_deleted_before_expansion_gets_nothing_and_a_disabled_one_waits(

@@ -32,12 +32,7 @@ from service.core.models import DeliveryStatus, Subscription, SubscriptionStatus
 from service.core.retry import RetrySchedule
 from service.core.worker import Backoff, Wakeup, run_worker, until
 from service.delivery.fairness import Lanes
-from service.delivery.publisher import (
-    HotClaims,
-    Publisher,
-    claimed_delivery,
-    subscription_disabled_data,
-)
+from service.delivery.publisher import HotClaims, Publisher, subscription_disabled_data
 from service.delivery.sender import AttemptResult, Sender
 from service.delivery.transform import Renderer, TemplateError
 from service.providers.base import parse_retry_after
@@ -67,12 +62,6 @@ A subscription is topped up once half of that is left, so a claim takes about ha
 times the cap measured ~12 µs of CPU per delivery less at one subscriber (half the claims), but
 its claims of 32-64 rows took 1-2.7 ms of CPU under ingest, against the 2 ms every claim must
 stay under (docs/performance.md §3, §5): not taken."""
-
-EXPAND_WAIT = 1.0
-"""On SQLite, seconds the fan-out expansion waits at most for room in the dispatcher (half its
-claims done) before its next step; each step writes the deliveries it has room for already
-claimed (:meth:`Dispatcher._expand_claiming`). A dispatcher full of a slow subscriber's
-claims still gets the rest written, at one step per wait."""
 
 CLAIM_AHEAD = 4
 """Deliveries claimed ahead by the whole dispatcher, in multiples of its send slots: what all
@@ -155,8 +144,6 @@ class Dispatcher:
         # A subscription is topped up once fewer than this many of its deliveries are claimed.
         self._refill_below = max(1, self._prefetch // 2)
         self._slot_freed = asyncio.Event()
-        # The fan-out expansion waits for room (see _expand_once).
-        self._expand_paced = False
         # Why the claim loop was woken since its last pass: subscriptions that fell to their
         # top-up mark (``_refills``), or anything else (``_woken``: an announcement, the
         # dispatcher running low, probation). Subscriptions whose last claim got all it asked
@@ -427,52 +414,11 @@ class Dispatcher:
 
         Background, like the claim: each step holds the writer for a few milliseconds and takes
         its turn after the ingest batches waiting (service/storage/writeorder.py). The delivery
-        rows it writes pending announce themselves (``Work.DELIVERIES``) and wake the claim loop.
-
-        On SQLite (one node) a step writes the rows this dispatcher has room for already claimed
-        (:meth:`_expand_claiming`), and waits while more than half the claim limit is claimed:
-        a step then would find no room and write its rows pending, each to be read and updated
-        again by a claim, ~half the database thread's CPU per delivery (docs/performance.md §5,
-        "Wide fan-out"). It runs again once enough of them finish (:meth:`_done`), or at the
-        latest after ``EXPAND_WAIT``."""
-        hot = self.hot_claims() if self._db.dialect == "sqlite" else None
-        if hot is None:
-            step = await self._db.run_transaction(fanouts.expand, durable=False, background=True)
-        else:
-            if self._in_flight > self._claim_limit // 2:
-                self._expand_paced = True
-                return EXPAND_WAIT
-            step = await self._expand_claiming(hot)
+        rows it writes announce themselves (``Work.DELIVERIES``) and wake the claim loop."""
+        step = await self._db.run_transaction(fanouts.expand, durable=False, background=True)
         if step.skipped:
             log.debug("fan-out: %d deliveries to deleted subscriptions skipped", step.skipped)
         return 0 if step.more else None
-
-    async def _expand_claiming(self, hot: HotClaims) -> fanouts.Step:
-        """One expansion step that writes the rows this dispatcher has room for already
-        claimed and starts sending them once it commits (SQLite, one node; see
-        :meth:`_expand_once`). The step ahead is read on the reader first and room reserved for
-        its rows here, on the loop, from the accounting only this loop touches; the step itself
-        is then one trip to the database thread (``run_transaction``), as before: a transaction
-        block with its statements' trips on a busy loop held the writer several times longer
-        (docs/performance.md §5)."""
-        now = self._clock()
-        pairs = frozenset(
-            (event_id, sub.id)
-            for event_id, sub in await fanouts.upcoming(self._db.reader, now=now)
-            if hot.reserve(sub)
-        )
-        claiming = fanouts.Claiming(pairs, hot.lease, frozenset(hot.quiet), now)
-        try:
-            step = await self._db.run_transaction(
-                partial(fanouts.expand, claiming=claiming), durable=False, background=True
-            )
-        except BaseException:
-            hot.abort()
-            raise
-        for delivery_id, event_id, sub, payload in step.claimed:
-            hot.claimed(claimed_delivery(delivery_id, event_id, sub, payload, hot, now))
-        hot.commit()  # and gives back the room of rows the step did not write claimed
-        return step
 
     def _queue(self, delivery: Claimed, life: int) -> None:
         """Queue a claimed delivery, already counted in ``_busy`` and ``_in_flight``, for its
@@ -605,9 +551,6 @@ class Dispatcher:
         # when it is on probation (claimed one at a time: its next one may be claimed now).
         if self._in_flight == self._claim_limit // 2 or self._lanes.on_probation(sub):
             self.wake()
-            if self._expand_paced and self._in_flight == self._claim_limit // 2:
-                self._expand_paced = False
-                self._fanouts.set()
         elif busy == self._refill_below - 1:
             self._refills.add(sub)
             self._wakeup.set()

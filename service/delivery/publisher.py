@@ -212,9 +212,7 @@ class Publisher:
             payloads = {event.id: event.payload for event in batch}
             for delivery_id, event_id, sub_id in written:
                 sub = reserved.pop((event_id, sub_id))
-                hot.claimed(
-                    claimed_delivery(delivery_id, event_id, sub, payloads[event_id], hot, now)
-                )
+                hot.claimed(_claimed(delivery_id, event_id, sub, payloads[event_id], hot, now))
             for _, sub_id in reserved:
                 hot.release(sub_id)  # PostgreSQL: the cap across nodes left it no room
         for (event_type, job), event in zip(announced, batch, strict=True):
@@ -333,11 +331,10 @@ def _reserve(
     return replace(event, subscription_ids=keep, claimed=claimed)
 
 
-def claimed_delivery(
+def _claimed(
     delivery_id: str, event_id: str, sub: Subscription, body: bytes, hot: HotClaims, now: float
 ) -> Claimed:
-    """The delivery written claimed, as :func:`deliveries.claim_due` would have returned it
-    (at ingest here, or by a fan-out's expansion: ``Dispatcher._expand_once``)."""
+    """The delivery written claimed, as :func:`deliveries.claim_due` would have returned it."""
     # The current secret, and the one it replaced while its rotation grace period lasts.
     until = sub.previous_secret_until
     signing: tuple[str, ...] = (sub.secret,)

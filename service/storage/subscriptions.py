@@ -112,19 +112,6 @@ async def save(conn: Connection, sub: Subscription) -> None:
     )
 
 
-async def by_ids(conn: Connection, sub_ids: Sequence[str]) -> dict[str, Subscription]:
-    """Those of ``sub_ids`` that exist, by id, in one statement (SQLite; json_each keeps one
-    statement text, and SQLite's prepared statement, for any count)."""
-    if not sub_ids:
-        return {}
-    texts: dict[str, Any] = {}
-    rows = await conn.execute_fetchall(
-        f"SELECT {_SELECT} FROM subscriptions WHERE id IN (SELECT value FROM json_each(?))",
-        (json.dumps(list(sub_ids)),),
-    )
-    return {row["id"]: _from_row(row, texts) for row in rows}
-
-
 async def get(conn: Connection, sub_id: str) -> Subscription | None:
     async with conn.execute(
         f"SELECT {_SELECT} FROM subscriptions WHERE id = ?{conn.for_update}", (sub_id,)
