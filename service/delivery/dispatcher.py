@@ -102,6 +102,7 @@ class Dispatcher:
         observe_claimed_at_ingest: Callable[[int], None] = lambda count: None,
         renderer: Renderer | None = None,
         slow_after: float = SLOW_AFTER,
+        quiet_after: float = QUIET_AFTER,
     ) -> None:
         self._db = db
         self._sender = sender
@@ -150,6 +151,7 @@ class Dispatcher:
         self._workers: Counter[str] = Counter()
         self._claim_limit = concurrency * CLAIM_AHEAD
         self._prefetch = per_subscription * PREFETCH
+        self._quiet_after = quiet_after
         # A subscription is topped up once fewer than this many of its deliveries are claimed.
         self._refill_below = max(1, self._prefetch // 2)
         self._slot_freed = asyncio.Event()
@@ -311,7 +313,7 @@ class Dispatcher:
         other subscriptions' work is found as before."""
         capacity = self._claim_limit - self._in_flight
         prefetch = self._prefetch
-        if self._db.dialect == "sqlite" and self._db.foreground_idle() >= QUIET_AFTER:
+        if self._db.dialect == "sqlite" and self._db.foreground_idle() >= self._quiet_after:
             prefetch *= 2  # no ingest to wait behind the claim: fewer, larger claims
         rooms: dict[str, int] = {}
         for sub in refills:
