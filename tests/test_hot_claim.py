@@ -24,6 +24,7 @@ from starlette.types import Receive, Scope, Send
 
 from service.core.models import JobStatus, ProviderUpdate, SubscriptionStatus
 from service.core.retry import RetrySchedule
+from service.delivery import dispatcher as dispatcher_module
 from service.delivery.dispatcher import PREFETCH, QUIET_AFTER, Dispatcher
 from service.delivery.publisher import Publisher
 from service.delivery.sender import Sender
@@ -616,3 +617,29 @@ async def test_while_no_foreground_write_comes_top_ups_claim_twice_the_prefetch(
             assert counting.claims <= len(job_ids) // (PREFETCH * 2)
         assert sorted(job for _, job in subscriber.arrived) == sorted(job_ids)
         assert len(subscriber.arrived) == len(job_ids)
+
+
+async def test_a_slow_subscription_keeps_top_ups_of_the_prefetch_while_the_writer_is_quiet(
+    settings_factory: SettingsFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same backlog and a quiet writer, but the subscription counts as slow (topped up
+    again later than ``BRISK_WITHIN`` after its last claim; here every top-up is): its top-ups
+    stay at the prefetch, as a slow subscriber's beside a large backlog must."""
+    monkeypatch.setattr(dispatcher_module, "BRISK_WITHIN", 0.0)
+    subscriber = Subscriber()
+    async with (
+        run_server(subscriber) as url,
+        Database.open(settings_factory().database_url) as db,
+    ):
+        await add_subscriptions(db, url, ["a"])
+        job_ids = await add_jobs(db, 60)
+        async with db.transaction() as conn:
+            await apply_updates(
+                conn, Publisher(_no_file), [finish(job_id) for job_id in job_ids], time.time()
+            )
+        counting = Counting(monkeypatch)
+        async with node(db, per_subscription=2, quiet_after=0.0) as running:
+            await until_settled(db, len(job_ids))
+            assert running.dispatcher.hot_claimed == 0
+        assert counting.claims >= len(job_ids) // (PREFETCH * 2)
+        assert sorted(job for _, job in subscriber.arrived) == sorted(job_ids)

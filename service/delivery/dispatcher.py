@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import random
 import secrets
 import time
@@ -76,6 +77,12 @@ claims stay at the prefetch: there a claim of 32-64 rows took
 that arrives during a larger claim waits for it once (~1 ms), and the next top-ups are back at
 the prefetch (docs/performance.md §5, "Larger top-ups while the writer is quiet"). Not on
 PostgreSQL, where the cap across nodes cuts each claim to the lane's width anyway."""
+
+BRISK_WITHIN = 1.0
+"""Seconds: a subscription topped up again within this of its last claim drains fast enough for
+the larger top-ups of a quiet writer (``QUIET_AFTER``). A slow one (a subscriber answering in a
+second drains 8 a second) gains nothing from them, and its claims beside a million due rows must
+stay small (figure 7's claims under 2 ms, docs/performance.md §5)."""
 
 CLAIM_AHEAD = 4
 """Deliveries claimed ahead by the whole dispatcher, in multiples of its send slots: what all
@@ -168,6 +175,8 @@ class Dispatcher:
         self._refills: set[str] = set()
         self._woken = True
         self._full: set[str] = set()
+        # When each subscription in ``_full`` was last claimed for (time.monotonic()).
+        self._claimed_at: dict[str, float] = {}
         self._next_due: float | None = None
         # Subscriptions a claim found due but got fewer of than it asked for: on PostgreSQL the
         # cap counts every delivery in flight in the store, this node's unrecorded ones too, so
@@ -317,13 +326,17 @@ class Dispatcher:
         first; new deliveries announce themselves (``wake``), which always reads first, so
         other subscriptions' work is found as before."""
         capacity = self._claim_limit - self._in_flight
-        prefetch = self._prefetch
-        if self._db.dialect == "sqlite" and self._db.foreground_idle() >= self._quiet_after:
-            prefetch *= 2  # no ingest to wait behind the claim: fewer, larger claims
+        # No ingest to wait behind the claim: fewer, larger claims for the subscriptions that
+        # drain fast (QUIET_AFTER, BRISK_WITHIN).
+        quiet = self._db.dialect == "sqlite" and self._db.foreground_idle() >= self._quiet_after
+        brisk_since = time.monotonic() - BRISK_WITHIN
         rooms: dict[str, int] = {}
         for sub in refills:
             if sub not in self._full or sub in self._fifo or self._lanes.on_probation(sub):
                 return None
+            prefetch = self._prefetch
+            if quiet and self._claimed_at.get(sub, -math.inf) > brisk_since:
+                prefetch *= 2
             room = min(prefetch - self._busy.get(sub, 0), capacity)
             if room > 0:
                 rooms[sub] = room
@@ -367,8 +380,10 @@ class Dispatcher:
             if got[sub] < room:
                 self._cut_short.add(sub)
                 self._full.discard(sub)
+                self._claimed_at.pop(sub, None)
             else:
                 self._full.add(sub)
+                self._claimed_at[sub] = time.monotonic()
         return claimed
 
     async def _pass(self, senders: asyncio.TaskGroup) -> float | None:
