@@ -8,6 +8,7 @@ Both stores; the cross-node cap runs on PostgreSQL."""
 from __future__ import annotations
 
 import base64
+import math
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
@@ -23,7 +24,8 @@ from starlette.types import Receive, Scope, Send
 
 from service.core.models import JobStatus, ProviderUpdate, SubscriptionStatus
 from service.core.retry import RetrySchedule
-from service.delivery.dispatcher import PREFETCH, Dispatcher
+from service.delivery import dispatcher as dispatcher_module
+from service.delivery.dispatcher import PREFETCH, QUIET_AFTER, Dispatcher
 from service.delivery.publisher import Publisher
 from service.delivery.sender import Sender
 from service.jobs.ingest import Ingest
@@ -103,7 +105,11 @@ class Node:
 
 @asynccontextmanager
 async def node(
-    db: Database, *, per_subscription: int = 8, concurrency: int = 64
+    db: Database,
+    *,
+    per_subscription: int = 8,
+    concurrency: int = 64,
+    quiet_after: float = QUIET_AFTER,
 ) -> AsyncIterator[Node]:
     """A dispatcher and the ingest writer on ``db``, wired as the app wires them."""
     publisher = Publisher(_no_file)
@@ -119,6 +125,7 @@ async def node(
             concurrency=concurrency,
             per_subscription=per_subscription,
             publisher=publisher,
+            quiet_after=quiet_after,
         )
         ingest = Ingest(
             db,
@@ -570,7 +577,8 @@ async def test_a_subscription_with_more_due_is_topped_up_without_reading_what_is
                 conn, Publisher(_no_file), [finish(job_id) for job_id in job_ids], time.time()
             )
         counting = Counting(monkeypatch)
-        async with node(db, per_subscription=2) as running:
+        # Top-ups to the prefetch, as beside ingest (never the larger ones of a quiet writer).
+        async with node(db, per_subscription=2, quiet_after=math.inf) as running:
             await until_settled(db, len(job_ids))
             assert running.dispatcher.hot_claimed == 0
         # 60 deliveries, topped up from 3 to 8 claimed (PREFETCH x 2): about a dozen claims.
@@ -579,4 +587,59 @@ async def test_a_subscription_with_more_due_is_topped_up_without_reading_what_is
             assert counting.due_reads * 3 <= counting.claims
         # (On PostgreSQL the cap across nodes, the width, cuts every claim short: each claim
         # is made after recording outcomes freed room, and reads what is due first.)
+        assert sorted(job for _, job in subscriber.arrived) == sorted(job_ids)
+
+
+async def test_while_no_foreground_write_comes_top_ups_claim_twice_the_prefetch(
+    settings_factory: SettingsFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same backlog while no ingest batch or API write has asked for the writer (for
+    ``quiet_after``, here at once): on SQLite each top-up claims up to twice the prefetch, so
+    about half as many claims drain it; every delivery is still sent once and recorded."""
+    subscriber = Subscriber()
+    async with (
+        run_server(subscriber) as url,
+        Database.open(settings_factory().database_url) as db,
+    ):
+        await add_subscriptions(db, url, ["a"])
+        job_ids = await add_jobs(db, 60)
+        async with db.transaction() as conn:
+            await apply_updates(
+                conn, Publisher(_no_file), [finish(job_id) for job_id in job_ids], time.time()
+            )
+        counting = Counting(monkeypatch)
+        async with node(db, per_subscription=2, quiet_after=0.0) as running:
+            await until_settled(db, len(job_ids))
+            assert running.dispatcher.hot_claimed == 0
+        if db.dialect == "sqlite":
+            # A first claim of 8 (PREFETCH x 2), then top-ups from 3 to 16 claimed: 13 each, and
+            # one that finds less than it asked for; at the prefetch it took a dozen.
+            assert counting.claims <= len(job_ids) // (PREFETCH * 2)
+        assert sorted(job for _, job in subscriber.arrived) == sorted(job_ids)
+        assert len(subscriber.arrived) == len(job_ids)
+
+
+async def test_a_slow_subscription_keeps_top_ups_of_the_prefetch_while_the_writer_is_quiet(
+    settings_factory: SettingsFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same backlog and a quiet writer, but the subscription counts as slow (topped up
+    again later than ``BRISK_WITHIN`` after its last claim; here every top-up is): its top-ups
+    stay at the prefetch, as a slow subscriber's beside a large backlog must."""
+    monkeypatch.setattr(dispatcher_module, "BRISK_WITHIN", 0.0)
+    subscriber = Subscriber()
+    async with (
+        run_server(subscriber) as url,
+        Database.open(settings_factory().database_url) as db,
+    ):
+        await add_subscriptions(db, url, ["a"])
+        job_ids = await add_jobs(db, 60)
+        async with db.transaction() as conn:
+            await apply_updates(
+                conn, Publisher(_no_file), [finish(job_id) for job_id in job_ids], time.time()
+            )
+        counting = Counting(monkeypatch)
+        async with node(db, per_subscription=2, quiet_after=0.0) as running:
+            await until_settled(db, len(job_ids))
+            assert running.dispatcher.hot_claimed == 0
+        assert counting.claims >= len(job_ids) // (PREFETCH * 2)
         assert sorted(job for _, job in subscriber.arrived) == sorted(job_ids)

@@ -54,6 +54,28 @@ async def test_a_foreground_waiter_goes_before_earlier_background_ones_and_in_fi
     assert order.overtaken == 2 and not order.locked()
 
 
+async def test_only_foreground_turns_mark_the_writer_busy(
+    settings_factory: SettingsFactory,
+) -> None:
+    """``Database.foreground_idle`` counts from the last foreground transaction's turn: the
+    dispatcher's background bookkeeping does not reset it (docs/performance.md §5)."""
+    async with Database.open(settings_factory().database_url) as db:
+        assert db.foreground_idle() == float("inf")
+
+        async def nothing(conn: object) -> None:
+            return None
+
+        await db.run_transaction(nothing, durable=False, background=True)
+        assert db.foreground_idle() == float("inf")
+        async with db.transaction():
+            pass
+        assert 0 <= db.foreground_idle() < 60
+        order = WriteOrder()
+        async with order.hold(background=True):
+            pass
+        assert order.foreground_at == float("-inf")
+
+
 async def test_background_work_gets_a_turn_after_the_fair_share() -> None:
     order = WriteOrder(fair_share=2)
     turns: list[str] = []

@@ -12,6 +12,7 @@ its code (:class:`SchemaTooNew`). See docs/scaling.md.
 from __future__ import annotations
 
 import sqlite3
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
@@ -274,6 +275,11 @@ class Database(ABC):
         delivery whose outcome was lost is sent again, which at-least-once allows). The next
         durable commit makes it durable too; it can never be torn or reordered.
         """
+
+    def foreground_idle(self) -> float:
+        """Seconds since a foreground write transaction of this node last asked for its turn
+        (infinite if none has): how long the writer has served background work alone."""
+        return time.monotonic() - self._write_lock.foreground_at
 
     def foreground_pending(self, pending: Callable[[], bool]) -> AbstractContextManager[None]:
         """While the block runs, a write turn freed while ``pending()`` is true is kept for the

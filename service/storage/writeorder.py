@@ -23,6 +23,8 @@ held-back turn lasts one pass of the event loop at most and counts against the f
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -40,6 +42,8 @@ class WriteOrder:
         self.overtaken = 0  # for tests and metrics: turns taken ahead of a waiting background one
         self._pending: list[Callable[[], bool]] = []
         self.held_back = 0  # for tests and metrics: freed turns kept for a pending foreground one
+        # When a foreground transaction last asked for a turn (time.monotonic()).
+        self.foreground_at = -math.inf
 
     def locked(self) -> bool:
         return self._locked
@@ -63,6 +67,8 @@ class WriteOrder:
             self._resume_background()
 
     async def acquire(self, *, background: bool = False) -> None:
+        if not background:
+            self.foreground_at = time.monotonic()
         if not self._locked and not self._foreground:
             if not self._background:
                 self._locked = True
