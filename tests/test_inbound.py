@@ -297,10 +297,10 @@ async def test_a_kept_alive_connection_keeps_its_deadlines_without_a_timer_per_r
     monkeypatch: pytest.MonkeyPatch, deadline: str
 ) -> None:
     """The header deadline and uvicorn's keep-alive timeout are deadlines on one timer per
-    connection (docs/performance.md §5, "The loop's timers"): many requests on a connection
-    make no timer each, and after them each deadline still falls due: an idle connection is
-    closed by the keep-alive timeout, and one whose next request's headers stall by the header
-    deadline (the other deadline set far off)."""
+    connection (docs/performance.md §5, "The ingest path's sixth pass"): many requests on a
+    connection make no timer each, and after them each deadline still falls due: an idle
+    connection is closed by the keep-alive timeout, and one whose next request's headers stall
+    by the header deadline (the other deadline set far off)."""
     loop = asyncio.get_running_loop()
     call_at = loop.call_at
     made: list[object] = []
