@@ -106,7 +106,7 @@ def guarded_http(header_timeout: float, body_timeout: float) -> type[HttpToolsPr
         # deadline (the next request's headers, or the rest of the body of a request answered
         # before it was read) and uvicorn's keep-alive timeout. Both are moved or cleared on
         # every request, and a timer made and cancelled for each (uvloop: a libuv timer
-        # started, stopped and closed) cost ~2 µs apiece per request (docs/performance.md §5,
+        # started, stopped and closed) cost ~0.6 µs apiece per request (docs/performance.md §5,
         # "The ingest path's sixth pass"). So they are plain numbers, with one timer per
         # connection that is made only when none is pending or a deadline falls before it:
         # when it fires it runs what is due and waits again for what is not. Each deadline
