@@ -11,7 +11,7 @@ import json
 import select
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, cast
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -21,7 +21,7 @@ import uvicorn
 from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from service.app.server import Server, _OneWritePerTurn, guarded_http
+from service.app.server import Server, guarded_http
 from tests.conftest import SettingsFactory
 from tests.helpers.callbacks import (
     TOKENS,
@@ -544,53 +544,3 @@ async def test_a_request_waiting_unread_in_the_socket_is_not_closed_as_idle() ->
         server.should_exit = True
     sock.close()
     assert answer.startswith(b"HTTP/1.1 204"), answer
-
-
-class _Recording:
-    """A transport that records what is done to it."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, bytes]] = []
-        self.closing = False
-
-    def write(self, data: bytes) -> None:
-        self.calls.append(("write", bytes(data)))
-
-    def close(self) -> None:
-        self.calls.append(("close", b""))
-        self.closing = True
-
-    def abort(self) -> None:
-        self.calls.append(("abort", b""))
-        self.closing = True
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-
-async def test_a_response_head_and_body_written_in_one_turn_are_sent_in_one_write() -> None:
-    """uvicorn writes a response's head and body separately; the served connection sends what
-    one turn of the event loop writes together, in order (docs/performance.md §5, "The ingest
-    path's sixth pass"), and a lone write at the end of the turn."""
-    loop = asyncio.get_running_loop()
-    raw = _Recording()
-    transport = _OneWritePerTurn(cast(asyncio.Transport, raw), loop)
-    transport.write(b"HTTP/1.1 200 OK\r\n\r\n")
-    transport.write(bytearray(b"{}"))
-    assert raw.calls == [("write", b"HTTP/1.1 200 OK\r\n\r\n{}")]
-    transport.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
-    assert len(raw.calls) == 1  # held for the rest of the turn
-    await asyncio.sleep(0)
-    assert raw.calls[1:] == [("write", b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")]
-    transport.write(b"0\r\n\r\n")
-    transport.close()
-    assert raw.calls[2:] == [("write", b"0\r\n\r\n"), ("close", b"")]
-    await asyncio.sleep(0)
-    assert len(raw.calls) == 4  # nothing written twice, nothing after the close
-    # An aborted connection sends nothing it held.
-    aborted = _Recording()
-    transport = _OneWritePerTurn(cast(asyncio.Transport, aborted), loop)
-    transport.write(b"HTTP/1.1 200 OK\r\n\r\n")
-    transport.abort()
-    await asyncio.sleep(0)
-    assert aborted.calls == [("abort", b"")]

@@ -10,7 +10,6 @@ import struct
 import sys
 import termios
 from collections.abc import Callable
-from typing import Any, cast
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -187,8 +186,7 @@ def guarded_http(header_timeout: float, body_timeout: float) -> type[HttpToolsPr
             return self.cycle is None or (self.cycle.response_complete and not self.cycle.more_body)
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            # uvicorn types it as asyncio.Transport; it has every method uvicorn calls.
-            super().connection_made(cast(asyncio.Transport, _OneWritePerTurn(transport, self.loop)))
+            super().connection_made(transport)
             self._await_headers()
 
         def on_message_begin(self) -> None:
@@ -254,61 +252,6 @@ def guarded_http(header_timeout: float, body_timeout: float) -> type[HttpToolsPr
             super().connection_lost(exc)
 
     return GuardedHttpToolsProtocol
-
-
-class _OneWritePerTurn:
-    """A connection's transport as uvicorn sees it, sending a response's head and body in one
-    write. uvicorn writes the head at ``http.response.start`` and the body at the next message,
-    and uvloop sends each at once: two system calls and two loopback segments per answer, where
-    one write costs ~4 µs less of the server's CPU (docs/performance.md §5, "The ingest path's
-    sixth pass"). Here a write is held until the next write takes it along, the connection is
-    closed, or the turn of the event loop ends; the bytes and their order are unchanged.
-    Everything else is the transport's."""
-
-    __slots__ = ("_held", "_loop", "_transport")
-
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
-        self._transport = transport
-        self._loop = loop
-        self._held: bytes | None = None
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        held = self._held
-        if held is None:
-            self._held = bytes(data)
-            self._loop.call_soon(self._flush)
-            return
-        self._held = None
-        self._transport.write(b"".join((held, data)))
-
-    def _flush(self) -> None:
-        held, self._held = self._held, None
-        if held is not None and not self._transport.is_closing():
-            self._transport.write(held)
-
-    def close(self) -> None:
-        self._flush()
-        self._transport.close()
-
-    def abort(self) -> None:
-        self._held = None
-        self._transport.abort()
-
-    def is_closing(self) -> bool:
-        return self._transport.is_closing()
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return self._transport.get_extra_info(name, default)
-
-    def pause_reading(self) -> None:
-        self._transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        self._transport.resume_reading()
-
-    def __getattr__(self, name: str) -> Any:
-        # The rest of asyncio.Transport (uvicorn's WebSocket upgrade hands it on, for one).
-        return getattr(self._transport, name)
 
 
 def _unread_bytes(transport: asyncio.BaseTransport) -> int:
