@@ -5,12 +5,16 @@ body is read."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import select
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import anyio
+import anyio.abc
 import httpx
 import pytest
 import uvicorn
@@ -286,6 +290,59 @@ async def test_a_client_dribbling_its_headers_is_disconnected() -> None:
         server.should_exit = True
     sock.close()
     assert closed
+
+
+@pytest.mark.parametrize("deadline", ["keep-alive", "headers"])
+async def test_a_kept_alive_connection_keeps_its_deadlines_without_a_timer_per_request(
+    monkeypatch: pytest.MonkeyPatch, deadline: str
+) -> None:
+    """The header deadline and uvicorn's keep-alive timeout are deadlines on one timer per
+    connection (docs/performance.md §5, "The ingest path's sixth pass"): many requests on a
+    connection make no timer each, and after them each deadline still falls due: an idle
+    connection is closed by the keep-alive timeout, and one whose next request's headers stall
+    by the header deadline (the other deadline set far off)."""
+    loop = asyncio.get_running_loop()
+    call_at = loop.call_at
+    made: list[object] = []
+
+    def counting(when: float, callback: Callable[..., object], *args: Any, **kw: Any) -> Any:
+        if isinstance(getattr(callback, "__self__", None), HttpToolsProtocol):
+            made.append(callback)
+        return call_at(when, callback, *args, **kw)
+
+    monkeypatch.setattr(loop, "call_at", counting)
+    short, far = 1, 60
+    header_timeout, keep_alive = (far, short) if deadline == "keep-alive" else (short, far)
+    sock = loopback_socket()
+    config = uvicorn.Config(
+        _ok,
+        lifespan="off",
+        log_level="warning",
+        http=guarded_http(header_timeout, 10),
+        timeout_keep_alive=keep_alive,
+    )
+    server = Server(config, on_shutdown=lambda: None)
+    host, port = sock.getsockname()[:2]
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(server.serve, [sock])
+        await until(lambda: server.started)
+        stream = await anyio.connect_tcp(host, port)
+        for _ in range(50):
+            await stream.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            answer = b""
+            while not answer.endswith(b"\r\n\r\n"):
+                answer += await stream.receive()
+            assert answer.startswith(b"HTTP/1.1 204"), answer
+        assert len(made) <= 2, made  # the connection's first deadlines, not one per request
+        if deadline == "headers":
+            await stream.send(b"GET / HTTP/1.1\r\nHost: x\r\n")  # and never the rest
+        started = loop.time()
+        with anyio.fail_after(10), contextlib.suppress(anyio.EndOfStream, OSError):
+            assert await stream.receive() == b""
+        assert loop.time() - started >= short - 0.05  # closed by its deadline, not before
+        await stream.aclose()
+        server.should_exit = True
+    sock.close()
 
 
 async def test_replays_of_an_identical_callback_are_stored_once_and_counted(

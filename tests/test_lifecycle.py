@@ -435,6 +435,19 @@ async def test_an_acceptance_of_a_pending_job_submits_it(db: Database) -> None:
     assert await logged(db) == [("job.submitted", job.id)]
 
 
+def test_a_new_charge_carries_every_other_field_of_the_cost() -> None:
+    """Cost.with_charge builds the cost field by field (not dataclasses.replace, for speed,
+    docs/performance.md §5): every field it does not set must come across as it was."""
+    assert {field.name for field in dataclasses.fields(Cost)} == {
+        "estimated", "unit", "charged", "assumed", "charged_unknown",
+    }, "a new Cost field: carry it over in Cost.with_charge, then add it here"  # fmt: skip
+    cost = Cost(12.5, "credits", 3.0, {"resolution": "720p"}, charged_unknown=True)
+    assert cost.with_charge(7, unknown=False) == dataclasses.replace(
+        cost, charged=7, charged_unknown=False
+    )
+    assert cost.with_charge(None, unknown=True) == dataclasses.replace(cost, charged=None)
+
+
 def test_a_terminal_move_carries_every_other_field_of_the_job() -> None:
     """transition builds the finished job field by field (not dataclasses.replace, for speed,
     docs/performance.md §4): every field it does not change must come across as it was."""

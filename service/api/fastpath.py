@@ -2,7 +2,8 @@
 
 Provider callbacks are reelhook's hottest route: the router, the ``Request`` object and the
 operation wrapper cost about 50 µs of a callback's ~250 µs on the event loop (docs/performance.md
-§4). This middleware answers exactly that route itself, through the same function as the routed
+§4). This wrapper, in front of the whole application (service.app.factory), answers exactly that
+route itself, through the same function as the routed
 handler (:func:`service.api.callbacks.answer_callback`): the same checks in the same order, the
 same answers, errors in the same JSON shape. Anything else, including a path the route would not
 match, goes to the framework untouched. The routed handler stays: it is what ``/openapi.json``
@@ -28,7 +29,7 @@ _PREFIX = "/v1/callbacks/"
 
 
 class CallbackFastPath:
-    """ASGI middleware: callbacks answered directly, everything else passed to ``app``."""
+    """ASGI wrapper: callbacks answered directly, everything else passed to ``app``."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app

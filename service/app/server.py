@@ -101,9 +101,19 @@ def guarded_http(header_timeout: float, body_timeout: float) -> type[HttpToolsPr
     """
 
     class GuardedHttpToolsProtocol(HttpToolsProtocol):
-        # The one deadline of the connection: the next request's headers, or the rest of the
-        # body of a request answered before it was read.
-        _header_timer: asyncio.TimerHandle | None = None
+        # The connection's two deadlines, as loop times (None when not running): the header
+        # deadline (the next request's headers, or the rest of the body of a request answered
+        # before it was read) and uvicorn's keep-alive timeout. Both are moved or cleared on
+        # every request, and a timer made and cancelled for each (uvloop: a libuv timer
+        # started, stopped and closed) cost ~0.6 µs apiece per request (docs/performance.md §5,
+        # "The ingest path's sixth pass"). So they are plain numbers, with one timer per
+        # connection that is made only when none is pending or a deadline falls before it:
+        # when it fires it runs what is due and waits again for what is not. Each deadline
+        # still falls due at the same moment as its own timer did.
+        _header_due: float | None = None
+        _keep_alive_due: float | None = None
+        _timer: asyncio.TimerHandle | None = None
+        _timer_due = 0.0
         # Whether a byte of the request awaited has been parsed (its headers have begun).
         _began = False
 
@@ -112,16 +122,45 @@ def guarded_http(header_timeout: float, body_timeout: float) -> type[HttpToolsPr
             self._arm(header_timeout)
 
         def _arm(self, timeout: float) -> None:
-            self._disarm()
-            self._header_timer = self.loop.call_later(timeout, self._too_slow)
+            self._header_due = due = self.loop.time() + timeout
+            self._wake_by(due)
 
         def _disarm(self) -> None:
-            if self._header_timer is not None:
-                self._header_timer.cancel()
-                self._header_timer = None
+            self._header_due = None
+
+        def _keep_alive(self) -> None:
+            """uvicorn's keep-alive timer (``timeout_keep_alive_handler`` after
+            ``timeout_keep_alive`` seconds with nothing received), as a deadline."""
+            self._keep_alive_due = due = self.loop.time() + self.timeout_keep_alive
+            self._wake_by(due)
+
+        def _unset_keepalive_if_required(self) -> None:
+            # uvicorn calls this for every read; the deadline is dropped, the timer left.
+            self._keep_alive_due = None
+
+        def _wake_by(self, due: float) -> None:
+            if self._timer is not None:
+                if self._timer_due <= due:
+                    return  # it fires first and waits again for the rest
+                self._timer.cancel()
+            self._timer_due = due
+            self._timer = self.loop.call_at(due, self._on_timer)
+
+        def _on_timer(self) -> None:
+            self._timer = None
+            now = self.loop.time()
+            if self._keep_alive_due is not None and self._keep_alive_due <= now:
+                self._keep_alive_due = None
+                self.timeout_keep_alive_handler()
+            if self._header_due is not None and self._header_due <= now:
+                self._header_due = None
+                self._too_slow()
+            later = [due for due in (self._keep_alive_due, self._header_due) if due is not None]
+            if later:
+                self._wake_by(min(later))
 
         def _too_slow(self) -> None:
-            self._header_timer = None
+            self._header_due = None
             if self.transport.is_closing():
                 return
             draining = not self._waiting_for_headers()
@@ -139,7 +178,7 @@ def guarded_http(header_timeout: float, body_timeout: float) -> type[HttpToolsPr
             if _unread_bytes(self.transport):
                 # The next request is in the socket, unread by this busy process: the connection
                 # is not idle (reading it cancels the keep-alive; the header deadline stands).
-                self.timeout_keep_alive_task = None
+                self._keep_alive_due = None
                 return
             super().timeout_keep_alive_handler()
 
@@ -169,9 +208,7 @@ def guarded_http(header_timeout: float, body_timeout: float) -> type[HttpToolsPr
                 cycle.more_body = False
                 self._await_headers()
                 self._unset_keepalive_if_required()
-                self.timeout_keep_alive_task = self.loop.call_later(
-                    self.timeout_keep_alive, self.timeout_keep_alive_handler
-                )
+                self._keep_alive()
 
         def on_response_complete(self) -> None:
             cycle = self.cycle
@@ -184,9 +221,18 @@ def guarded_http(header_timeout: float, body_timeout: float) -> type[HttpToolsPr
                 # the kept-alive connection until the client closes it. 2,000 such uploads at
                 # once held 340-440 MiB (bench/results/latest.md, isolation scenario c).
                 cycle.body = bytearray()
-            super().on_response_complete()
+            # uvicorn's own on_response_complete (0.55), with its keep-alive timer a deadline.
+            self.server_state.total_requests += 1
             if self.transport.is_closing():
                 return
+            self._unset_keepalive_if_required()
+            self.flow.resume_reading()
+            if self.pipeline:
+                # Pipelined requests are started now; otherwise the keep-alive runs.
+                pipelined, app = self.pipeline.pop()
+                self._start_asgi_task(pipelined, app)
+            else:
+                self._keep_alive()
             if receiving:
                 # Not the header deadline nor uvicorn's keep-alive while the body is still coming:
                 # the connection is not idle. Most clients send the whole body before they read
@@ -199,7 +245,10 @@ def guarded_http(header_timeout: float, body_timeout: float) -> type[HttpToolsPr
                 self._await_headers()
 
         def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm()
+            self._header_due = self._keep_alive_due = None
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
             super().connection_lost(exc)
 
     return GuardedHttpToolsProtocol

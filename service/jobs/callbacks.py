@@ -13,12 +13,12 @@ place (:meth:`Callbacks._report`): the log, then each observer.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterable, Callable, Mapping, Sequence
 
 from service.core.body import read_capped
 from service.core.clock import Clock
+from service.core.eager import within
 from service.core.errors import (
     BadRequest,
     NotFound,
@@ -291,10 +291,13 @@ class Callbacks:
         """The body, at most ``max_bytes`` of it and within the body timeout; what the
         reservation held beyond its size is handed back."""
         try:
-            # asyncio's own timeout: anyio's fail_after cost ~6 % of the event loop's time per
-            # callback (a cancel scope and a backend lookup each time; docs/performance.md §4).
-            async with asyncio.timeout(self._body_timeout):
-                body = await read_capped(chunks, declared_length, self._max_bytes)
+            # asyncio's own timeout (anyio's fail_after cost ~6 % of the event loop's time per
+            # callback: a cancel scope and a backend lookup each time), and made only if the read
+            # has to wait: a body that has already arrived whole is read without a timer
+            # (docs/performance.md §4 and §5, "The ingest path's sixth pass").
+            body = await within(
+                read_capped(chunks, declared_length, self._max_bytes), self._body_timeout
+            )
         except PayloadTooLarge as exc:
             raise _Rejected(CallbackOutcome.TOO_LARGE, exc) from None
         except TimeoutError:

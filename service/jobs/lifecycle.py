@@ -116,11 +116,11 @@ def transition(job: Job, update: ProviderUpdate, now: float) -> tuple[Job | None
     if update.status.terminal:
         cost = job.cost
         if update.charged is not None:
-            cost = dataclasses.replace(cost, charged=update.charged, charged_unknown=False)
+            cost = cost.with_charge(update.charged, unknown=False)
         elif update.charge_unknown:
-            cost = dataclasses.replace(cost, charged=None, charged_unknown=True)
+            cost = cost.with_charge(None, unknown=True)
         elif update.status is not JobStatus.SUCCEEDED:
-            cost = dataclasses.replace(cost, charged=0)
+            cost = cost.with_charge(0, unknown=cost.charged_unknown)
         # Built field by field, not by dataclasses.replace, which walks the class's fields on
         # every call (~4 of the event loop's µs per callback, docs/performance.md §4);
         # tests/test_lifecycle.py checks every field of Job is carried over.

@@ -221,10 +221,17 @@ def fitting_rows(rows: Sequence[Sequence[Any]], start: int, most: int) -> int:
     size = 0
     end = min(len(rows), start + most)
     for index in range(start, end):
-        size += sum(len(value) for value in rows[index] if isinstance(value, (str, bytes)))
+        # A plain loop: a generator per row in sum() cost ~40 % more, ~0.3 µs a row, for every
+        # row an ingest batch writes (docs/performance.md §5, "The ingest path's sixth pass").
+        for value in rows[index]:
+            if isinstance(value, _SIZED):
+                size += len(value)
         if size > VALUES_BYTES:
             return max(1, index - start)
     return end - start
+
+
+_SIZED = (str, bytes)
 
 
 class _OnThread(Connection):
