@@ -557,6 +557,26 @@ async def test_a_batch_for_a_saturated_subscription_wakes_no_claim_and_loses_no_
         assert subscriber.most_open["/a"] == 1
 
 
+async def drain_backlog(
+    db: Database, url: str, monkeypatch: pytest.MonkeyPatch, *, quiet_after: float
+) -> tuple[Counting, list[str]]:
+    """60 finished jobs' deliveries to one subscription ``a`` at ``url``, written pending while
+    no dispatcher runs (the backlog the claim loop drains), then drained by a node whose top-ups
+    grow once the writer has been quiet for ``quiet_after``: what the drain counted, and the
+    jobs. Nothing of it is claimed at ingest."""
+    await add_subscriptions(db, url, ["a"])
+    job_ids = await add_jobs(db, 60)
+    async with db.transaction() as conn:
+        await apply_updates(
+            conn, Publisher(_no_file), [finish(job_id) for job_id in job_ids], time.time()
+        )
+    counting = Counting(monkeypatch)
+    async with node(db, per_subscription=2, quiet_after=quiet_after) as running:
+        await until_settled(db, len(job_ids))
+        assert running.dispatcher.hot_claimed == 0
+    return counting, job_ids
+
+
 async def test_a_subscription_with_more_due_is_topped_up_without_reading_what_is_due(
     settings_factory: SettingsFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -569,18 +589,8 @@ async def test_a_subscription_with_more_due_is_topped_up_without_reading_what_is
         run_server(subscriber) as url,
         Database.open(settings_factory().database_url) as db,
     ):
-        await add_subscriptions(db, url, ["a"])
-        job_ids = await add_jobs(db, 60)
-        # Written pending while no dispatcher runs: the backlog the claim loop drains.
-        async with db.transaction() as conn:
-            await apply_updates(
-                conn, Publisher(_no_file), [finish(job_id) for job_id in job_ids], time.time()
-            )
-        counting = Counting(monkeypatch)
         # Top-ups to the prefetch, as beside ingest (never the larger ones of a quiet writer).
-        async with node(db, per_subscription=2, quiet_after=math.inf) as running:
-            await until_settled(db, len(job_ids))
-            assert running.dispatcher.hot_claimed == 0
+        counting, job_ids = await drain_backlog(db, url, monkeypatch, quiet_after=math.inf)
         # 60 deliveries, topped up from 3 to 8 claimed (PREFETCH x 2): about a dozen claims.
         assert counting.claims >= len(job_ids) // (PREFETCH * 2)
         if db.dialect == "sqlite":
@@ -601,16 +611,7 @@ async def test_while_no_foreground_write_comes_top_ups_claim_twice_the_prefetch(
         run_server(subscriber) as url,
         Database.open(settings_factory().database_url) as db,
     ):
-        await add_subscriptions(db, url, ["a"])
-        job_ids = await add_jobs(db, 60)
-        async with db.transaction() as conn:
-            await apply_updates(
-                conn, Publisher(_no_file), [finish(job_id) for job_id in job_ids], time.time()
-            )
-        counting = Counting(monkeypatch)
-        async with node(db, per_subscription=2, quiet_after=0.0) as running:
-            await until_settled(db, len(job_ids))
-            assert running.dispatcher.hot_claimed == 0
+        counting, job_ids = await drain_backlog(db, url, monkeypatch, quiet_after=0.0)
         if db.dialect == "sqlite":
             # A first claim of 8 (PREFETCH x 2), then top-ups from 3 to 16 claimed: 13 each, and
             # one that finds less than it asked for; at the prefetch it took a dozen.
@@ -631,15 +632,6 @@ async def test_a_slow_subscription_keeps_top_ups_of_the_prefetch_while_the_write
         run_server(subscriber) as url,
         Database.open(settings_factory().database_url) as db,
     ):
-        await add_subscriptions(db, url, ["a"])
-        job_ids = await add_jobs(db, 60)
-        async with db.transaction() as conn:
-            await apply_updates(
-                conn, Publisher(_no_file), [finish(job_id) for job_id in job_ids], time.time()
-            )
-        counting = Counting(monkeypatch)
-        async with node(db, per_subscription=2, quiet_after=0.0) as running:
-            await until_settled(db, len(job_ids))
-            assert running.dispatcher.hot_claimed == 0
+        counting, job_ids = await drain_backlog(db, url, monkeypatch, quiet_after=0.0)
         assert counting.claims >= len(job_ids) // (PREFETCH * 2)
         assert sorted(job for _, job in subscriber.arrived) == sorted(job_ids)
