@@ -216,9 +216,15 @@ def test_jobs_lists_and_shows_jobs(service: Service, cli: Callable[..., Ran]) ->
     assert fields["model"].strip() == "apiframe/kling-2.5-turbo-pro"
     as_json = cli("jobs", job_id, "--json", service=service)
     assert json.loads(as_json.stdout)["id"] == job_id
+    # A second job of its own, so a page of one has a next page whichever
+    # tests ran before this one on the module's shared service.
+    second = cli("submit", "apiframe/kling-2.5-turbo-pro", "a dog", service=service)
+    assert second.returncode == 0, second.stderr
+    second_id = second.stdout.split()[0]
     page = json.loads(cli("jobs", "--limit", "1", "--json", service=service).stdout)
     assert len(page["data"]) == 1 and page["next_cursor"]
     finished(service, job_id)  # so its events do not land in a later test's tail
+    finished(service, second_id)
 
 
 def finished(service: Service, job_id: str) -> None:
