@@ -16,15 +16,14 @@ import pytest
 
 from service.core.models import JobStatus, ProviderUpdate
 from service.delivery.publisher import Publisher
-from service.jobs.ingest import ONE_TRIP_BATCH, Ingest
-from service.jobs.lifecycle import Outcome, Update, apply_updates
+from service.jobs.lifecycle import Update, apply_updates
 from service.storage import jobs, subscriptions
 from service.storage.database import Database
 from service.storage.sqlite import SqliteDatabase
 from tests.helpers.jobs import NOW, make_job
 from tests.servers import run_server
 from tests.support import subscription_row
-from tests.test_hot_claim import Subscriber, add_jobs, add_subscriptions, finish, node
+from tests.test_hot_claim import Subscriber, node
 
 pytestmark = [pytest.mark.anyio, pytest.mark.sqlite_only("SQLite's trips to its thread")]
 
@@ -178,94 +177,3 @@ async def test_an_ingest_batch_that_claims_its_deliveries_takes_two_trips(
             await subscriber.wait_for("/a", 4)
     assert during == 2
     assert [(row["status"], row["n"]) for row in rows] == [("inflight", 4)]
-
-
-async def stored_alone(ingest: Ingest, updates: list[Update]) -> list[object]:
-    """``updates`` through a running ``ingest``, queued together before its writer starts (so
-    they make one batch); what each request got."""
-    results: list[object] = []
-
-    async def store(update: Update) -> None:
-        results.append(await ingest.store(update))
-
-    async with anyio.create_task_group() as requests:
-        for update in updates:
-            requests.start_soon(store, update)
-        await anyio.wait_all_tasks_blocked()
-        async with anyio.create_task_group() as writer:
-            writer.start_soon(ingest.run)
-            with anyio.fail_after(10):
-                while len(results) < len(updates):  # noqa: ASYNC110 - answered by the writer
-                    await anyio.sleep(0.01)
-            writer.cancel_scope.cancel()
-    return results
-
-
-async def test_a_small_ingest_batch_that_claims_nothing_takes_one_trip(
-    db: SqliteDatabase,
-) -> None:
-    """Up to ONE_TRIP_BATCH callbacks, BEGIN to COMMIT, run as one function on the database
-    thread (docs/performance.md §5, "Ack p99: one trip per batch"); committed before any is
-    answered. A subscription hears it, but with no dispatcher running its deliveries are
-    written pending, as on the event loop's path."""
-    async with db.transaction() as conn:
-        await subscriptions.insert(conn, subscription_row("sub_1", at=NOW - 100))
-    batch = await failing_jobs(db, ONE_TRIP_BATCH)
-    publisher = Publisher(lambda digest, media_type: f"https://files.test/{digest}")
-    ingest = Ingest(db, publisher, clock=lambda: NOW + 1, capacity=20, batch_size=20, mirror=False)
-    trips = count_trips(db)
-    results = await stored_alone(ingest, batch)
-    assert trips == ["transaction"]
-    assert sorted(result[1] for result in results) == [Outcome.APPLIED] * ONE_TRIP_BATCH  # type: ignore[index]
-    assert not db.writer.in_transaction
-    failed = await db.reader.execute_fetchall(
-        "SELECT count(*) AS n FROM jobs WHERE status = 'failed'"
-    )
-    events = await db.reader.execute_fetchall("SELECT count(*) AS n FROM events")
-    pending = await db.reader.execute_fetchall(
-        "SELECT count(*) AS n FROM deliveries WHERE status = 'pending'"
-    )
-    assert (failed[0]["n"], events[0]["n"], pending[0]["n"]) == (ONE_TRIP_BATCH,) * 3
-
-
-async def test_a_larger_ingest_batch_stays_a_transaction_block(db: SqliteDatabase) -> None:
-    """Past ONE_TRIP_BATCH the batch's Python work stays on the event loop: two trips."""
-    batch = await failing_jobs(db, ONE_TRIP_BATCH + 1)
-    publisher = Publisher(lambda digest, media_type: f"https://files.test/{digest}")
-    ingest = Ingest(db, publisher, clock=lambda: NOW + 1, capacity=20, batch_size=20, mirror=False)
-    trips = count_trips(db)
-    results = await stored_alone(ingest, batch)
-    assert trips == ["_with_held_all", "_with_held"]
-    assert sorted(result[1] for result in results) == [Outcome.APPLIED] * (ONE_TRIP_BATCH + 1)  # type: ignore[index]
-
-
-async def test_a_small_batch_that_claims_at_ingest_runs_on_the_event_loop(
-    db: SqliteDatabase,
-) -> None:
-    """Room in the dispatcher's lanes is the event loop's state: a batch that would reserve it
-    is rolled back on the database thread, leaving nothing behind, and run again as a
-    transaction block, which claims its delivery; the next batch goes there at once."""
-    subscriber = Subscriber(held={"/a"})  # nothing finishes, so no outcome batch meanwhile
-    async with run_server(subscriber) as url:
-        await add_subscriptions(db, url, ["a"])
-        job_ids = await add_jobs(db, 2)
-        async with node(db) as running:
-            trips = count_trips(db)
-            await running.ingest.store(finish(job_ids[0]))
-            first = list(trips)
-            await running.ingest.store(finish(job_ids[1]))
-            second = trips[len(first) :]
-            assert running.dispatcher.hot_claimed == 2
-            events = await db.reader.execute_fetchall(
-                "SELECT job_id, count(*) AS n FROM events GROUP BY job_id ORDER BY job_id"
-            )
-            deliveries = await db.reader.execute_fetchall(
-                "SELECT status, count(*) AS n FROM deliveries GROUP BY status"
-            )
-            subscriber.let("/a")
-            await subscriber.wait_for("/a", 2)
-    assert first == ["transaction", "_with_held_all", "_with_held"]
-    assert second == ["_with_held_all", "_with_held"]
-    assert [(row["job_id"], row["n"]) for row in events] == [(job_id, 1) for job_id in job_ids]
-    assert [(row["status"], row["n"]) for row in deliveries] == [("inflight", 2)]
-    assert sorted(job for _, job in subscriber.arrived) == sorted(job_ids)

@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 
 from service.core.clock import Clock
 from service.core.errors import ServiceUnavailable
 from service.core.lograte import Occasional
-from service.core.models import Subscription
 from service.delivery.publisher import HotClaims, Publisher
 from service.jobs.lifecycle import Applied, JobMismatch, UnknownJob, Update, apply_updates
 from service.storage.database import Database
-from service.storage.deliveries import Claimed, HotLease
 from service.storage.space import RETRY_AFTER, out_of_space
 
 log = logging.getLogger(__name__)
@@ -56,12 +54,6 @@ class Ingest:
         self._batch_size = batch_size
         self._mirror = mirror
         self._closed = False
-        # Only SQLite runs Database.run_transaction away from the event loop (PostgreSQL runs it
-        # as a transaction block, the same as the loop's path below).
-        self._one_trip = db.dialect == "sqlite"
-        # Whether the last batch reserved room for deliveries claimed at ingest: the next one
-        # goes straight to the event loop's path rather than trying the database thread first.
-        self._reserved_last = False
         self._full_disk_log = Occasional(log)
         self._queue: asyncio.Queue[tuple[Update, asyncio.Future[_Result]]] = asyncio.Queue(capacity)
 
@@ -121,28 +113,6 @@ class Ingest:
     def _has_queued(self) -> bool:
         return not self._queue.empty()
 
-    async def _in_one_trip(
-        self, updates: list[Update], now: float, hot: HotClaims | None
-    ) -> list[Applied | UnknownJob | JobMismatch] | None:
-        """A small batch as one function on the database thread (:meth:`Database.run_transaction`):
-        one trip there and back instead of two (the reads, then the writes and the ``COMMIT``),
-        the hand-offs that most of a batch cycle at 1,000 callbacks/s is made of besides the
-        fsync (docs/performance.md §5, "Ack p99: one trip per batch"). Committed when it returns.
-
-        None, with nothing written, when the batch would claim deliveries at ingest: ``hot``'s
-        room is the dispatcher's state on the event loop, never touched from another thread.
-        The batch is then rolled back on the thread and run again as a transaction block."""
-        guard = _OffLoop(hot) if hot is not None else None
-        try:
-            return await self._db.run_transaction(
-                lambda conn: apply_updates(
-                    conn, self._publisher, updates, now, mirror=self._mirror, hot=guard
-                )
-            )
-        except _NeedsLoop:
-            self._reserved_last = True
-            return None
-
     async def _commit(self, batch: list[tuple[Update, asyncio.Future[_Result]]]) -> None:
         # None until the batch is stored or has failed: cancelled in between (shutdown), every
         # request is told to send again. Built only then: an exception per callback built ahead
@@ -151,26 +121,22 @@ class Ingest:
         # Room reserved before the commit, sent from after it, given back if it fails.
         hot = self._hot() if self._hot is not None else None
         try:
-            updates = [update for update, _ in batch]
-            now = self._clock()
+            # A transaction block, not Database.run_transaction: the batch's Python work (the
+            # transitions, payloads, rows) stays on the event loop while SQLite's C work runs on
+            # its thread without the GIL; run on the database thread it held the GIL there and
+            # cost throughput (docs/performance.md §4).
+            # Every request in the batch waits on this commit: it goes before the dispatcher's
+            # claims and outcome batches (background transactions) waiting for the writer.
             try:
-                applied = None
-                if len(batch) <= ONE_TRIP_BATCH and not self._reserved_last and self._one_trip:
-                    applied = await self._in_one_trip(updates, now, hot)
-                if applied is None:
-                    # A transaction block: the batch's Python work (the transitions, payloads,
-                    # rows) stays on the event loop while SQLite's C work runs on its thread
-                    # without the GIL; a large batch run on the database thread held the GIL
-                    # there and cost throughput (docs/performance.md §4).
-                    # Every request in the batch waits on this commit: it goes before the
-                    # dispatcher's claims and outcome batches (background transactions) waiting
-                    # for the writer.
-                    watched = _Watched(hot) if hot is not None else None
-                    async with self._db.transaction() as conn:
-                        applied = await apply_updates(
-                            conn, self._publisher, updates, now, mirror=self._mirror, hot=watched
-                        )
-                    self._reserved_last = watched is not None and watched.reserved
+                async with self._db.transaction() as conn:
+                    applied = await apply_updates(
+                        conn,
+                        self._publisher,
+                        [update for update, _ in batch],
+                        self._clock(),
+                        mirror=self._mirror,
+                        hot=hot,
+                    )
             except BaseException:
                 if hot is not None:
                     hot.abort()
@@ -218,77 +184,6 @@ def _answer(batch: list[tuple[Update, asyncio.Future[_Result]]], results: list[_
     for (_, future), result in zip(batch, results, strict=True):
         if not future.done():
             future.set_result(result)
-
-
-ONE_TRIP_BATCH = 8
-"""Batches of at most this many callbacks run as one function on the database thread
-(:meth:`Ingest._in_one_trip`); larger ones as a transaction block with their Python work on the
-event loop. At 1,000 callbacks/s a batch holds 2-3; a closed loop of 50 fills them to ~15-35,
-where the block's overlap of the loop's work with SQLite's is worth its second trip
-(docs/performance.md §4 and §5)."""
-
-
-class _NeedsLoop(Exception):
-    """The batch run on the database thread would have reserved room in the dispatcher's lanes."""
-
-
-class _OffLoop:
-    """``hot`` for a batch run on the database thread: refuses every reservation (raising
-    :class:`_NeedsLoop`, so the transaction rolls back there), since a reservation changes the
-    dispatcher's counts, which only the event loop may touch. A batch that claims nothing at
-    ingest (no subscription hears it, or its first attempts are delayed) never asks."""
-
-    __slots__ = ("lease", "quiet")
-
-    def __init__(self, hot: HotClaims) -> None:
-        self.lease = hot.lease
-        self.quiet: Collection[str] = ()
-
-    def reserve(self, sub: Subscription) -> bool:
-        raise _NeedsLoop
-
-    def claimed(self, delivery: Claimed) -> None:
-        raise _NeedsLoop
-
-    def release(self, subscription_id: str) -> None:
-        raise _NeedsLoop
-
-    def commit(self) -> None:
-        return None
-
-    def abort(self) -> None:
-        return None
-
-
-class _Watched:
-    """``hot`` as given, noting whether the batch reserved room (:attr:`reserved`)."""
-
-    __slots__ = ("_hot", "lease", "reserved")
-
-    def __init__(self, hot: HotClaims) -> None:
-        self._hot = hot
-        self.lease: HotLease = hot.lease
-        self.reserved = False
-
-    @property
-    def quiet(self) -> Collection[str]:
-        return self._hot.quiet
-
-    def reserve(self, sub: Subscription) -> bool:
-        self.reserved = True
-        return self._hot.reserve(sub)
-
-    def claimed(self, delivery: Claimed) -> None:
-        self._hot.claimed(delivery)
-
-    def release(self, subscription_id: str) -> None:
-        self._hot.release(subscription_id)
-
-    def commit(self) -> None:
-        self._hot.commit()
-
-    def abort(self) -> None:
-        self._hot.abort()
 
 
 def _hand_over(hot: HotClaims) -> None:

@@ -4,15 +4,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import (
-    AsyncIterator,
-    Awaitable,
-    Callable,
-    Coroutine,
-    Iterable,
-    Iterator,
-    Sequence,
-)
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, cast
@@ -196,8 +188,17 @@ class SqliteConnection(Connection):
         # step and must win it back from a busy event loop (docs/performance.md §4). Chunks
         # are powers of two, so each statement has at most a few shapes and stays in the
         # connection's statement cache.
-        for statement, flat in values_chunks(sql, rows):
-            await self.executemany(statement, [flat])
+        if not rows:
+            return
+        width = len(rows[0])
+        most = max(1, min(VALUES_CHUNK, _MAX_PARAMETERS // width))
+        start = 0
+        while start < len(rows):
+            count = 1 << (min(fitting_rows(rows, start, most), len(rows) - start).bit_length() - 1)
+            chunk = rows[start : start + count]
+            flat = [value for row in chunk for value in row]
+            await self.executemany(sql.format(rows=value_rows(count, width)), [flat])
+            start += count
 
     async def _finish(self, script: str) -> None:
         """The writes still held back, then ``script`` (``executescript``), in one trip."""
@@ -212,22 +213,6 @@ class SqliteConnection(Connection):
 
     def _drop_held(self) -> None:
         self._held = None
-
-
-def values_chunks(sql: str, rows: Sequence[Sequence[Any]]) -> Iterator[tuple[str, list[Any]]]:
-    """``sql`` with ``{rows}`` filled in for successive chunks of ``rows`` (powers of two, at
-    most :data:`VALUES_CHUNK` rows, :data:`_MAX_PARAMETERS` parameters and about
-    :data:`VALUES_BYTES` of text and blobs each), with each chunk's parameters flattened."""
-    if not rows:
-        return
-    width = len(rows[0])
-    most = max(1, min(VALUES_CHUNK, _MAX_PARAMETERS // width))
-    start = 0
-    while start < len(rows):
-        count = 1 << (min(fitting_rows(rows, start, most), len(rows) - start).bit_length() - 1)
-        chunk = rows[start : start + count]
-        yield sql.format(rows=value_rows(count, width)), [value for row in chunk for value in row]
-        start += count
 
 
 def fitting_rows(rows: Sequence[Sequence[Any]], start: int, most: int) -> int:
@@ -263,11 +248,6 @@ class _OnThread(Connection):
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         self.raw.executemany(sql, rows).close()
-
-    async def execute_values(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        # Many rows per statement, as SqliteConnection.execute_values (one sqlite3_step each).
-        for statement, flat in values_chunks(sql, rows):
-            self.raw.execute(statement, flat).close()
 
 
 class Suspended(RuntimeError):
