@@ -397,10 +397,11 @@ async def count_unmatched(conn: Connection, provider: str | None = None) -> int:
     return int(next(iter(rows))[0])
 
 
-# Unfinished jobs, spelled exactly as jobs_deadline's WHERE (migration 0016 on SQLite, 0014 on
-# PostgreSQL): SQLite uses a partial index only for a query whose WHERE implies the index's with
-# literals (``status = 'pending'`` implies this OR, not an ``IN`` list), and PostgreSQL proves it
-# only from literals (tests/test_ingest_writes.py checks both plans).
+# jobs_deadline holds unfinished jobs only (migration 0016 on SQLite, 0014 on PostgreSQL), and
+# _ANY_UNFINISHED spells its WHERE exactly. A planner uses a partial index only for a query whose
+# WHERE implies the index's from literals: SQLite sees that ``status = 'pending'`` implies this
+# OR (not an ``IN`` list), and neither engine can tell from a parameter (tests/test_ingest_writes.py
+# checks both plans).
 _UNFINISHED = tuple(status.value for status in JobStatus if not status.terminal)
 _ANY_UNFINISHED = "(" + " OR ".join(f"status = '{status}'" for status in _UNFINISHED) + ")"
 
