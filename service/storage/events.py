@@ -124,13 +124,20 @@ async def append(
     return claimed
 
 
+OWNED_BY = "EXISTS (SELECT 1 FROM jobs j WHERE j.id = e.job_id AND j.owner_key_id = ?)"
+"""Whether event ``e`` is of a job of the key given as the parameter, checked per event by the
+job's primary key. Written as ``job_id IN (SELECT id FROM jobs WHERE owner_key_id = ?)`` it made
+SQLite list all of the key's jobs before reading one event: 191 ms a page for a key with 300k
+jobs, against 0.1 ms (docs/performance.md §5, "A tenant's lists read its own rows")."""
+
+
 async def seq_of(conn: Connection, event_id: str, owner_key_id: str | None = None) -> int | None:
     """The position of ``event_id`` in the log; None when there is no such event, or (with
     ``owner_key_id``) when it is not an event of that key's jobs."""
-    sql = "SELECT seq FROM events WHERE id = ?"
+    sql = "SELECT e.seq FROM events e WHERE e.id = ?"
     params: tuple[str, ...] = (event_id,)
     if owner_key_id is not None:
-        sql += " AND job_id IN (SELECT id FROM jobs WHERE owner_key_id = ?)"
+        sql += f" AND {OWNED_BY}"
         params = (event_id, owner_key_id)
     async with conn.execute(sql, params) as cursor:
         row = await cursor.fetchone()
@@ -152,7 +159,7 @@ async def list_page(
         clauses.append(f"e.type IN ({', '.join('?' for _ in types)})")
         params.extend(types)
     if owner_key_id is not None:
-        clauses.append("e.job_id IN (SELECT id FROM jobs WHERE owner_key_id = ?)")
+        clauses.append(OWNED_BY)
         params.append(owner_key_id)
     params.append(limit)
     sql = (
