@@ -648,7 +648,7 @@ class Bench:
                                 service, sink, f"ingest {arm} a slow one's backlog", limit
                             )
                         with self.profiled(service, f"backlog-lag-{arm}-{round_}"):
-                            lag_got, spread, lag_ok, _ = self.lag_run(
+                            lag_got, spread, lag_ok, lag_cpu = self.lag_run(
                                 service, sink, f"lag {arm} a slow one's backlog"
                             )
                     except LoadTimedOut:
@@ -667,6 +667,9 @@ class Bench:
                         "rate": got["rate_per_s"],
                         "cpu_us": cpu.per_item(self.sizes.ingest, got),
                         "lag_ms": spread,
+                        "lag_cpu_us": lag_cpu.per_item(
+                            self.sizes.lag_rate * self.sizes.lag_seconds
+                        ),
                         "lag_load": {**lag_got, "send_times": []},
                     }
                 )
@@ -757,6 +760,8 @@ class Bench:
                     detail={
                         "lag_ms_beside": [r["lag_ms"] for r in beside],
                         "lag_ms_before": [r["lag_ms"] for r in before],
+                        "lag_cpu_us_beside": [r["lag_cpu_us"] for r in beside],
+                        "lag_cpu_us_before": [r["lag_cpu_us"] for r in before],
                         "load_beside": [r["lag_load"] for r in beside],
                     },
                 )
