@@ -716,6 +716,8 @@ class Bench:
         detail = {
             "rates_beside": [r["rate"] for r in beside],
             "rates_before": [r["rate"] for r in before],
+            "cpu_us_beside": [r["cpu_us"] for r in beside],
+            "cpu_us_before": [r["cpu_us"] for r in before],
         }
         self.figures.append(
             Figure(
