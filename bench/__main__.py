@@ -641,6 +641,7 @@ class Bench:
             first = self.next_job
             for arm in ("before", "beside") if round_ % 2 == 0 else ("beside", "before"):
                 self.next_job = first  # the same jobs, each store has its own copy of them
+                load_average = os.getloadavg()[0]
                 with self.store(envs[arm]), start_service(self.env, self.log) as service:
                     try:
                         with self.profiled(service, f"backlog-{arm}-{round_}"):
@@ -664,6 +665,7 @@ class Bench:
                 balanced = balanced and ingest_ok and lag_ok
                 runs[arm].append(
                     {
+                        "load_average": load_average,
                         "rate": got["rate_per_s"],
                         "cpu_us": cpu.per_item(self.sizes.ingest, got),
                         "lag_ms": spread,
@@ -718,6 +720,8 @@ class Bench:
             "rates_before": [r["rate"] for r in before],
             "cpu_us_beside": [r["cpu_us"] for r in beside],
             "cpu_us_before": [r["cpu_us"] for r in before],
+            "load_average_beside": [r["load_average"] for r in beside],
+            "load_average_before": [r["load_average"] for r in before],
         }
         self.figures.append(
             Figure(
