@@ -659,8 +659,10 @@ class Bench:
                         # that.
                         self.backlog_timed_out(backlog, limit, claim_buckets(service))
                         return
+                    buckets = claim_buckets(service)
+                    hot = claimed_at_ingest(service)
                     if arm == "beside":
-                        for le, count in claim_buckets(service).items():
+                        for le, count in buckets.items():
                             claims[le] = claims.get(le, 0) + count
                 balanced = balanced and ingest_ok and lag_ok
                 runs[arm].append(
@@ -673,6 +675,10 @@ class Bench:
                             self.sizes.lag_rate * self.sizes.lag_seconds
                         ),
                         "lag_load": {**lag_got, "send_times": []},
+                        # How the service's deliveries went: claims (and their times), and
+                        # deliveries claimed at ingest instead.
+                        "claim_buckets": buckets,
+                        "claimed_at_ingest": hot,
                     }
                 )
             # Left subscribed: deleting it cancels its million open deliveries in one statement
@@ -722,6 +728,10 @@ class Bench:
             "cpu_us_before": [r["cpu_us"] for r in before],
             "load_average_beside": [r["load_average"] for r in beside],
             "load_average_before": [r["load_average"] for r in before],
+            "claims_beside": [r["claim_buckets"] for r in beside],
+            "claims_before": [r["claim_buckets"] for r in before],
+            "claimed_at_ingest_beside": [r["claimed_at_ingest"] for r in beside],
+            "claimed_at_ingest_before": [r["claimed_at_ingest"] for r in before],
         }
         self.figures.append(
             Figure(
