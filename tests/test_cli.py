@@ -223,6 +223,18 @@ def test_jobs_lists_and_shows_jobs(service: Service, cli: Callable[..., Ran]) ->
     second_id = second.stdout.split()[0]
     page = json.loads(cli("jobs", "--limit", "1", "--json", service=service).stdout)
     assert len(page["data"]) == 1 and page["next_cursor"]
+    following = cli("jobs", "--limit", "1", "--cursor", page["next_cursor"], service=service)
+    assert following.returncode == 0, following.stderr
+    newest_two = {page["data"][0]["id"], following.stdout.split()[0]}
+    assert newest_two == {job_id, second_id}
+    # For people, a full page says how to ask for the next one, on stderr so pipes see only rows.
+    first = cli("jobs", "--limit", "1", service=service)
+    assert first.stdout.split()[0] == page["data"][0]["id"]
+    assert f"more: add --cursor {page['next_cursor']}" in first.stderr
+    assert "--cursor" not in first.stdout
+    bad = cli("jobs", "--cursor", "not-a-job-id", service=service)
+    assert bad.returncode == 1 and bad.stdout == ""
+    assert "answered 422: validation_failed: cursor: is not a cursor" in bad.stderr
     finished(service, job_id)  # so its events do not land in a later test's tail
     finished(service, second_id)
 
@@ -719,6 +731,16 @@ def test_models_subscriptions_deliveries_events_as_tables_and_json(
     receiver.secret = new_secret
     cli("test", sub_id, service=service)
     receiver.wait_for(4)
+
+    # Three pings went out (the retry resent the first): two pages of two, by --cursor.
+    by_sub = ("deliveries", "--subscription", sub_id, "--limit", "2")
+    front = json.loads(cli(*by_sub, "--json", service=service).stdout)
+    assert len(front["data"]) == 2 and front["next_cursor"]
+    back = cli(*by_sub, "--cursor", front["next_cursor"], service=service)
+    assert back.returncode == 0, back.stderr
+    rest = [line.split()[0] for line in back.stdout.splitlines()[1:]]
+    assert len(rest) == 1 and rest[0] not in {row["id"] for row in front["data"]}
+    assert "--cursor" not in back.stderr  # the last page says nothing more follows
 
     paused = cli("pause", sub_id, service=service)
     assert paused.stdout.strip() == f"{sub_id} disabled"

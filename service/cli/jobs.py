@@ -11,7 +11,7 @@ import time
 from typing import Any, TextIO
 
 from service.cli.base import CliError, Commands, client_options, print_json, video_url
-from service.cli.remote import Remote, show_one_or_page
+from service.cli.remote import Remote, add_paging, show_one_or_page
 from service.core.models import JOB_EVENT_TYPES, JobStatus
 from service.jobs.catalog import MODELS
 
@@ -74,7 +74,7 @@ def register(commands: Commands) -> None:
     jobs_parser.add_argument("job_id", nargs="?", help="show this job")
     jobs_parser.add_argument("--status", choices=[s.value for s in JobStatus])
     jobs_parser.add_argument("--model", metavar="MODEL", help="only jobs of this model")
-    jobs_parser.add_argument("--limit", type=int, default=20, help="how many (default 20)")
+    add_paging(jobs_parser, 20)
     jobs_parser.set_defaults(handler=list_jobs)
 
 
@@ -247,7 +247,7 @@ def list_jobs(args: argparse.Namespace) -> int:
         args.job_id,
         print_one=_print_job,
         print_page=_print_jobs,
-        params={"limit": str(args.limit), "status": args.status, "model": args.model},
+        params={"status": args.status, "model": args.model},
     )
 
 

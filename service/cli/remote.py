@@ -5,6 +5,7 @@ following the live event stream across dropped connections without missing or re
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -122,6 +123,16 @@ def _raise_for_error(response: httpx.Response) -> None:
     raise CliError(f"the service answered {response.status_code}: {text}")
 
 
+def add_paging(parser: argparse.ArgumentParser, default_limit: int) -> None:
+    """``--limit`` and ``--cursor`` for a command listing one page of an id-ordered collection."""
+    parser.add_argument(
+        "--limit", type=int, default=default_limit, help=f"how many (default {default_limit})"
+    )
+    parser.add_argument(
+        "--cursor", metavar="CURSOR", help="the page after this one (printed under a full page)"
+    )
+
+
 def show_one_or_page(
     args: argparse.Namespace,
     collection: str,
@@ -132,13 +143,16 @@ def show_one_or_page(
     params: dict[str, str | None] | None = None,
 ) -> int:
     """What ``reelhook <resource> [ID]`` does: fetch the resource named ``one`` from
-    ``collection``, or without it one page of the collection (``params`` whose value is empty are
-    left out), and print it as JSON (``--json``) or for people. Returns the exit status."""
+    ``collection``, or without it one page of the collection from ``--limit`` and ``--cursor``
+    (:func:`add_paging`) and ``params`` (those whose value is empty are left out), and print it as
+    JSON (``--json``) or for people. For people, when more follows, how to ask for it goes to
+    stderr, so a pipe reading stdout sees only rows. Returns the exit status."""
     with Remote(args.url, args.api_key) as remote:
         if one:
             found = remote.request("GET", f"{collection}/{one}")
         else:
-            query = {name: value for name, value in (params or {}).items() if value}
+            paging = {"limit": str(args.limit), "cursor": args.cursor}
+            query = {name: value for name, value in {**paging, **(params or {})}.items() if value}
             found = remote.request("GET", collection, params=query)
     if args.json:
         print_json(found)
@@ -146,4 +160,6 @@ def show_one_or_page(
         print_one(found)
     else:
         print_page(found["data"])
+        if found.get("next_cursor"):
+            print(f"more: add --cursor {found['next_cursor']}", file=sys.stderr)
     return 0

@@ -20,7 +20,7 @@ from service.cli.base import (
     print_json,
     print_table,
 )
-from service.cli.remote import Remote, show_one_or_page
+from service.cli.remote import Remote, add_paging, show_one_or_page
 from service.core.models import EVENT_TYPES
 
 DELIVERY_STATUSES = ("pending", "succeeded", "failed", "canceled")
@@ -42,7 +42,7 @@ def register(commands: Commands) -> None:
 
     subs = add("subscriptions", "list subscriptions, or show one", show_subscriptions)
     subs.add_argument("subscription_id", nargs="?", metavar="ID", help="show this one")
-    subs.add_argument("--limit", type=int, default=50, help="how many (default 50)")
+    add_paging(subs, 50)
 
     test = add("test", "send a ping event to a subscription now", test_subscription)
     test.add_argument("subscription_id", metavar="ID", help="sub_...")
@@ -83,7 +83,7 @@ def register(commands: Commands) -> None:
     deliveries.add_argument("--status", choices=DELIVERY_STATUSES)
     deliveries.add_argument("--event", metavar="EVENT_ID", help="only of this event")
     deliveries.add_argument("--job", metavar="JOB_ID", help="only of this job's events")
-    deliveries.add_argument("--limit", type=int, default=20, help="how many (default 20)")
+    add_paging(deliveries, 20)
 
     retry = add("retry", "send deliveries again now", retry_deliveries)
     retry.add_argument("delivery_ids", nargs="+", metavar="ID", help="del_... (one or more)")
@@ -95,6 +95,7 @@ def register(commands: Commands) -> None:
 
     key_list = add("keys", "list API keys, or show one (admin)", show_keys)
     key_list.add_argument("key_id", nargs="?", metavar="ID", help="show this one")
+    add_paging(key_list, 50)
 
     create_key = add("create-key", "create an API key, shown once (admin)", create_api_key)
     create_key.add_argument("name", help="who or what uses it")
@@ -200,7 +201,6 @@ def show_subscriptions(args: argparse.Namespace) -> int:
         args.subscription_id,
         print_one=_print_subscription,
         print_page=lambda rows: print_table(rows, _SUBSCRIPTION_COLUMNS, "no subscriptions"),
-        params={"limit": str(args.limit)},
     )
 
 
@@ -290,7 +290,6 @@ def show_deliveries(args: argparse.Namespace) -> int:
         print_one=_print_delivery,
         print_page=lambda rows: print_table(rows, _DELIVERY_COLUMNS, "no deliveries"),
         params={
-            "limit": str(args.limit),
             "subscription_id": args.subscription,
             "status": args.status,
             "event_id": args.event,
