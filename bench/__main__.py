@@ -29,6 +29,7 @@ import httpx
 
 from bench import isolation, report, stores
 from bench.backlog import INGEST_BATCH, seed_backlog, seed_due
+from bench.disk import settle
 from bench.load import callback_body, percentiles
 from bench.procs import (
     ADMIN_KEY,
@@ -641,6 +642,10 @@ class Bench:
             first = self.next_job
             for arm in ("before", "beside") if round_ % 2 == 0 else ("beside", "before"):
                 self.next_job = first  # the same jobs, each store has its own copy of them
+                # What the copy, the backlog's seeding (~1 GB) or the arm before left for the
+                # disk is written back first, not while an arm measures (its commits' fsyncs
+                # queue behind it; docs/performance.md §5, "Figure 7 settled").
+                settled = settle()
                 load_average = os.getloadavg()[0]
                 with self.store(envs[arm]), start_service(self.env, self.log) as service:
                     try:
@@ -668,6 +673,7 @@ class Bench:
                 runs[arm].append(
                     {
                         "load_average": load_average,
+                        "settled": settled,
                         "rate": got["rate_per_s"],
                         "cpu_us": cpu.per_item(self.sizes.ingest, got),
                         "lag_ms": spread,
@@ -728,6 +734,8 @@ class Bench:
             "cpu_us_before": [r["cpu_us"] for r in before],
             "load_average_beside": [r["load_average"] for r in beside],
             "load_average_before": [r["load_average"] for r in before],
+            "settled_beside": [r["settled"] for r in beside],
+            "settled_before": [r["settled"] for r in before],
             "claims_beside": [r["claim_buckets"] for r in beside],
             "claims_before": [r["claim_buckets"] for r in before],
             "claimed_at_ingest_beside": [r["claimed_at_ingest"] for r in beside],
