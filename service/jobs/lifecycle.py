@@ -212,6 +212,9 @@ async def apply_updates(
     changed: dict[str, Job] = {}
     announced: list[tuple[str, Job]] = []
     copies: list[tuple[str, list[tuple[int, str]]]] = []
+    # Whether a job learns its provider job id here; if none does, the stored ids are left
+    # as they are (jobs.save_many).
+    provider_job_ids = False
     for item in batch:
         job = current.get(item.job_id)
         if job is None or job.provider != item.provider:
@@ -247,6 +250,8 @@ async def apply_updates(
         )
         if moved is not None:
             current[job.id] = changed[job.id] = moved
+            if moved.provider_job_id != job.provider_job_id:
+                provider_job_ids = True
             # A notice alone (late result, unknown status) is saved but announces nothing.
             if moved.status is not job.status:
                 to_copy = _provider_hosted(moved) if mirror else []
@@ -258,7 +263,7 @@ async def apply_updates(
         results.append((moved or job, outcome))
     await jobs.record_callbacks(conn, records)
     if changed:
-        await jobs.save_many(conn, changed.values(), now)
+        await jobs.save_many(conn, changed.values(), now, provider_job_ids=provider_job_ids)
     for job_id, to_copy in copies:
         await mirrors.enqueue(conn, job_id, to_copy, now)
     if announced:

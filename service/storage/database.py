@@ -121,6 +121,24 @@ def value_rows(count: int, width: int) -> str:
     return ", ".join([row] * count)
 
 
+PADDED_MOST = 1024
+
+
+def padded(values: Sequence[T]) -> list[T]:
+    """``values`` (at least one) with the last repeated up to the next power of two: the
+    parameters of an ``IN (…)`` list whose statement then has one of a few shapes. Each count
+    of placeholders is another SQL text, and the SQLite connection keeps 128 prepared
+    statements: the ingest batch's two reads, one text per batch size, pushed each other and
+    the batch's writes out of that cache, and preparing them again cost 16-70 µs each
+    (docs/performance.md §5, "The database thread's share per callback"). A value repeated in
+    an ``IN`` list selects nothing twice. Past :data:`PADDED_MOST` values (batches larger than
+    the default 256) nothing is added, so no list nears the engines' parameter limits."""
+    count = len(values)
+    if count > PADDED_MOST:
+        return list(values)
+    return [*values, *[values[-1]] * ((1 << (count - 1).bit_length()) - count)]
+
+
 class Connection(ABC):
     """Where storage operations run SQL: a transaction, or the reader outside any transaction.
 

@@ -10,7 +10,7 @@ from typing import Any
 from service.core.jsonutil import dumps, loads
 from service.core.models import Cost, Job, JobError, JobStatus, Notice, Output
 from service.storage.announcements import Work, announce
-from service.storage.database import Connection, Row, Statement
+from service.storage.database import Connection, Row, Statement, padded
 
 _COLUMNS = (
     "id, owner_key_id, model, provider, provider_job_id, status, input, outputs, error, cost, "
@@ -143,15 +143,40 @@ _UPDATE_FROM_VALUES = (
     "WHERE jobs.id = v.column10"
 )
 
+# The same, leaving provider_job_id as it is. SQLite rewrites an index's entry for every row
+# whose update names one of the index's columns, changed or not: naming provider_job_id cost
+# each callback a delete and an insert in jobs_provider_job (docs/performance.md §5, "The
+# database thread's share per callback").
+_UPDATE_KEEPING_PROVIDER_ID = (
+    "UPDATE jobs SET status = ?, outputs = ?, error = ?, cost = ?, "
+    "submitted_at = ?, completed_at = ?, notices = ?, updated_at = ? WHERE id = ?"
+)
+_UPDATE_FROM_VALUES_KEEPING_PROVIDER_ID = (
+    "UPDATE jobs SET status = v.column1, outputs = v.column2, "
+    "error = v.column3, cost = v.column4, submitted_at = v.column5, completed_at = v.column6, "
+    "notices = v.column7, updated_at = v.column8 FROM (VALUES {rows}) AS v "
+    "WHERE jobs.id = v.column9"
+)
 
-async def save_many(conn: Connection, batch: Iterable[Job], now: float) -> None:
+
+async def save_many(
+    conn: Connection, batch: Iterable[Job], now: float, *, provider_job_ids: bool = True
+) -> None:
     """:func:`save` for many distinct jobs: one statement per row on PostgreSQL (asyncpg's
-    executemany), a few statements of many rows each on SQLite (docs/performance.md §4)."""
+    executemany), a few statements of many rows each on SQLite (docs/performance.md §4).
+
+    ``provider_job_ids=False``: the caller knows that no job's ``provider_job_id`` differs from
+    the stored one, and the column is not written (nor its unique index touched)."""
     rows = [_mutable(job, now) for job in batch]
+    if not provider_job_ids:
+        rows = [row[1:] for row in rows]
     if conn.dialect == "sqlite":
-        await conn.execute_values(_UPDATE_FROM_VALUES, rows)
+        await conn.execute_values(
+            _UPDATE_FROM_VALUES if provider_job_ids else _UPDATE_FROM_VALUES_KEEPING_PROVIDER_ID,
+            rows,
+        )
     else:
-        await conn.executemany(_UPDATE, rows)
+        await conn.executemany(_UPDATE if provider_job_ids else _UPDATE_KEEPING_PROVIDER_ID, rows)
 
 
 async def get(conn: Connection, job_id: str) -> Job | None:
@@ -174,10 +199,12 @@ def select_many(conn: Connection, job_ids: Sequence[str]) -> Statement:
     """The statement :func:`get_many` runs for ``job_ids`` (at least one), for a caller that
     runs it with others (:meth:`Connection.run_all`); :func:`by_id` reads its rows. In a write
     transaction on PostgreSQL it locks the rows."""
-    marks = ", ".join("?" for _ in job_ids)
+    # Padded to a power of two: a few SQL texts, all kept prepared (database.padded).
+    wanted = padded(job_ids)
+    marks = ", ".join("?" for _ in wanted)
     # In id order: two nodes locking overlapping batches then queue instead of deadlocking.
     sql = f"SELECT {_COLUMNS} FROM jobs WHERE id IN ({marks}) ORDER BY id{conn.for_update}"
-    return sql, list(job_ids)
+    return sql, wanted
 
 
 def by_id(rows: Iterable[Row]) -> dict[str, Job]:
@@ -370,29 +397,40 @@ async def count_unmatched(conn: Connection, provider: str | None = None) -> int:
     return int(next(iter(rows))[0])
 
 
+# jobs_deadline holds unfinished jobs only (migration 0016 on SQLite, 0014 on PostgreSQL), and
+# _ANY_UNFINISHED spells its WHERE exactly. A planner uses a partial index only for a query whose
+# WHERE implies the index's from literals: SQLite sees that ``status = 'pending'`` implies this
+# OR (not an ``IN`` list), and neither engine can tell from a parameter (tests/test_ingest_writes.py
+# checks both plans).
 _UNFINISHED = tuple(status.value for status in JobStatus if not status.terminal)
+_ANY_UNFINISHED = "(" + " OR ".join(f"status = '{status}'" for status in _UNFINISHED) + ")"
+
+NEXT_DEADLINE = "SELECT min(t) FROM ({}) AS per_status".format(
+    " UNION ALL ".join(
+        f"SELECT min(deadline_at) AS t FROM jobs WHERE status = '{status}'"
+        for status in _UNFINISHED
+    )
+)
+"""One min() per status: each a single probe of jobs_deadline, where min() over all three
+would read every unfinished job."""
+
+PAST_DEADLINE = (
+    f"SELECT {_COLUMNS} FROM jobs WHERE {_ANY_UNFINISHED} AND deadline_at <= ? "
+    "ORDER BY deadline_at LIMIT ?"
+)
+"""The unfinished jobs due by a time (parameters: the time, how many), earliest first."""
 
 
 async def next_deadline(conn: Connection) -> float | None:
     """The earliest deadline of a job that has not reached a terminal state, if any."""
-    # One min() per status: each is a single index probe, where min() over an IN list would
-    # scan every unfinished job.
-    per_status = " UNION ALL ".join(
-        "SELECT min(deadline_at) AS t FROM jobs WHERE status = ?" for _ in _UNFINISHED
-    )
-    sql = f"SELECT min(t) FROM ({per_status}) AS per_status"
-    async with conn.execute(sql, _UNFINISHED) as cursor:
+    async with conn.execute(NEXT_DEADLINE, ()) as cursor:
         row = await cursor.fetchone()
     return float(row[0]) if row and row[0] is not None else None
 
 
 async def past_deadline(conn: Connection, now: float, limit: int) -> list[Job]:
     """Unfinished jobs whose deadline is at or before ``now``, earliest first."""
-    async with conn.execute(
-        f"SELECT {_COLUMNS} FROM jobs WHERE status IN (?, ?, ?) AND deadline_at <= ? "
-        f"ORDER BY deadline_at LIMIT ?{conn.skip_locked}",
-        (*_UNFINISHED, now, limit),
-    ) as cursor:
+    async with conn.execute(PAST_DEADLINE + conn.skip_locked, (now, limit)) as cursor:
         return [_from_row(row) for row in await cursor.fetchall()]
 
 

@@ -12,7 +12,7 @@ from service.core.jsonutil import dumps
 from service.core.models import Subscription, SubscriptionStatus
 from service.storage import deliveries
 from service.storage.announcements import Work, announce
-from service.storage.database import Connection, Row, Statement
+from service.storage.database import Connection, Row, Statement, padded
 
 _COLUMNS = (
     "id, owner_key_id, url, secret, event_types, models, headers, description, status, job_id, "
@@ -225,14 +225,16 @@ def listening_to_jobs(job_ids: Sequence[str]) -> Statement:
     jobs' events, or more. It can therefore run before the batch knows which jobs announce
     anything, in the same trip as the jobs' own read (:meth:`Connection.run_all`); pass its
     rows to :func:`heard_by`, which picks each audience's as :func:`listeners` does."""
-    marks = _marks(job_ids)
+    # Padded to a power of two: a few SQL texts, all kept prepared (database.padded).
+    wanted = padded(job_ids)
+    marks = _marks(wanted)
     sql = (
         f"SELECT {_SELECT}, {_ADMIN_OWNER} AS admin_owner FROM subscriptions"
         f" WHERE status = 'active' AND (job_id IS NULL OR job_id IN ({marks}))"
         f" AND (owner_key_id IN (SELECT owner_key_id FROM jobs WHERE id IN ({marks}))"
         f" OR {_ADMIN_OWNER}) ORDER BY id"
     )
-    return sql, [*job_ids, *job_ids]
+    return sql, [*wanted, *wanted]
 
 
 def heard_by(
