@@ -41,25 +41,19 @@ def url_of(sock: socket.socket) -> str:
 
 
 @asynccontextmanager
-async def run_server(
-    app: ASGIApp,
+async def serving(
+    config: uvicorn.Config,
     sock: socket.socket | None = None,
     *,
     on_shutdown: Callable[[], None] | None = None,
-    graceful_timeout: int = 2,
-) -> AsyncIterator[str]:
-    """Serve ``app`` with uvicorn on ``sock`` (or a fresh loopback socket); yield its base URL.
+) -> AsyncIterator[tuple[Server, socket.socket]]:
+    """reelhook's :class:`Server` for ``config`` on ``sock`` (or a fresh loopback socket),
+    started; yield it and its socket, for a test that needs the server's own state. Asked to
+    exit and its socket closed on the way out.
 
     ``on_shutdown`` runs as shutdown begins, as ``reelhook serve`` does (see service.server).
     """
     sock = sock or loopback_socket()
-    config = uvicorn.Config(
-        app,
-        lifespan="on",
-        log_level="warning",
-        timeout_graceful_shutdown=graceful_timeout,
-        http="httptools",
-    )
     server = Server(config, on_shutdown=on_shutdown or (lambda: None))
     try:
         async with anyio.create_task_group() as tg:
@@ -70,11 +64,32 @@ async def run_server(
                         raise RuntimeError("server failed to start")
                     await anyio.sleep(0.01)
             try:
-                yield url_of(sock)
+                yield server, sock
             finally:
                 server.should_exit = True
     finally:
         sock.close()
+
+
+@asynccontextmanager
+async def run_server(
+    app: ASGIApp,
+    sock: socket.socket | None = None,
+    *,
+    on_shutdown: Callable[[], None] | None = None,
+    graceful_timeout: int = 2,
+) -> AsyncIterator[str]:
+    """Serve ``app`` with uvicorn on ``sock`` (or a fresh loopback socket); yield its base URL
+    (:func:`serving`)."""
+    config = uvicorn.Config(
+        app,
+        lifespan="on",
+        log_level="warning",
+        timeout_graceful_shutdown=graceful_timeout,
+        http="httptools",
+    )
+    async with serving(config, sock, on_shutdown=on_shutdown) as (_, served):
+        yield url_of(served)
 
 
 def free_port() -> int:

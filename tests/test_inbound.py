@@ -18,7 +18,7 @@ import anyio.abc
 import httpx
 import pytest
 import uvicorn
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from service.app.server import Server, guarded_http
@@ -31,7 +31,7 @@ from tests.helpers.callbacks import (
     trinetra_done,
     trinetra_failed,
 )
-from tests.servers import loopback_socket, url_of
+from tests.servers import serving
 from tests.support import api_client, assert_error, stored
 
 pytestmark = pytest.mark.anyio
@@ -62,6 +62,19 @@ async def until(predicate: Callable[[], bool]) -> None:
             if predicate():
                 return
             await anyio.sleep(0.01)
+
+
+@contextlib.asynccontextmanager
+async def guarded(
+    app: ASGIApp, header_timeout: float, body_timeout: float, **config: Any
+) -> AsyncIterator[tuple[Server, str, int]]:
+    """``app`` served by reelhook's server with its guarded HTTP protocol (:func:`guarded_http`)
+    on loopback, started; yield the server, its host and its port."""
+    http = guarded_http(header_timeout, body_timeout)
+    options = uvicorn.Config(app, lifespan="off", log_level="warning", http=http, **config)
+    async with serving(options) as (server, sock):
+        host, port = sock.getsockname()[:2]
+        yield server, host, port
 
 
 async def post_callback(
@@ -262,15 +275,9 @@ async def _ok(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 async def test_a_client_dribbling_its_headers_is_disconnected() -> None:
-    sock = loopback_socket()
-    config = uvicorn.Config(_ok, lifespan="off", log_level="warning", http=guarded_http(0.3, 10))
-    server = Server(config, on_shutdown=lambda: None)
-    host, port = sock.getsockname()[:2]
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(server.serve, [sock])
-        await until(lambda: server.started)
+    async with guarded(_ok, 0.3, 10) as (_, host, port):
         # A well-behaved client gets its answer, and its kept-alive connection stays usable.
-        async with httpx.AsyncClient(base_url=url_of(sock)) as http:
+        async with httpx.AsyncClient(base_url=f"http://{host}:{port}") as http:
             assert (await http.get("/")).status_code == 204
             assert (await http.get("/")).status_code == 204
         # A slowloris client sends a byte of header at a time and never finishes.
@@ -287,8 +294,6 @@ async def test_a_client_dribbling_its_headers_is_disconnected() -> None:
             except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
                 closed = True
         await stream.aclose()
-        server.should_exit = True
-    sock.close()
     assert closed
 
 
@@ -313,19 +318,7 @@ async def test_a_kept_alive_connection_keeps_its_deadlines_without_a_timer_per_r
     monkeypatch.setattr(loop, "call_at", counting)
     short, far = 1, 60
     header_timeout, keep_alive = (far, short) if deadline == "keep-alive" else (short, far)
-    sock = loopback_socket()
-    config = uvicorn.Config(
-        _ok,
-        lifespan="off",
-        log_level="warning",
-        http=guarded_http(header_timeout, 10),
-        timeout_keep_alive=keep_alive,
-    )
-    server = Server(config, on_shutdown=lambda: None)
-    host, port = sock.getsockname()[:2]
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(server.serve, [sock])
-        await until(lambda: server.started)
+    async with guarded(_ok, header_timeout, 10, timeout_keep_alive=keep_alive) as (_, host, port):
         stream = await anyio.connect_tcp(host, port)
         for _ in range(50):
             await stream.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -341,8 +334,6 @@ async def test_a_kept_alive_connection_keeps_its_deadlines_without_a_timer_per_r
             assert await stream.receive() == b""
         assert loop.time() - started >= short - 0.05  # closed by its deadline, not before
         await stream.aclose()
-        server.should_exit = True
-    sock.close()
 
 
 async def test_replays_of_an_identical_callback_are_stored_once_and_counted(
@@ -400,14 +391,8 @@ async def test_a_body_refused_unread_is_not_kept_with_the_connection() -> None:
     """What the server read of a body ahead of the application (here 200 KiB of a declared
     1 MiB) is dropped once the answer went without reading it, instead of staying with the
     kept-alive connection; the rest of the body is read past and the connection stays usable."""
-    sock = loopback_socket()
-    config = uvicorn.Config(_refuse, lifespan="off", log_level="warning", http=guarded_http(10, 10))
-    server = Server(config, on_shutdown=lambda: None)
-    host, port = sock.getsockname()[:2]
     size, sent = 1 << 20, 200 * 1024
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(server.serve, [sock])
-        await until(lambda: server.started)
+    async with guarded(_refuse, 10, 10) as (server, host, port):
         stream = await anyio.connect_tcp(host, port)
         with anyio.fail_after(10):
             await stream.send(
@@ -428,8 +413,6 @@ async def test_a_body_refused_unread_is_not_kept_with_the_connection() -> None:
             while b"\r\n\r\n" not in again:
                 again += await stream.receive()
         await stream.aclose()
-        server.should_exit = True
-    sock.close()
     assert answer.startswith(b"HTTP/1.1 503"), answer
     assert held == 0
     assert again.startswith(b"HTTP/1.1 204"), again
@@ -442,17 +425,9 @@ async def test_a_refused_body_still_arriving_past_the_header_timeout_is_read_to_
     the connection with the body's rest unread, the reset reached the client while it was
     still writing, and it never read its 503 (under load 539 of 2,000 refused uploads,
     bench/results/latest.md, isolation scenario c)."""
-    sock = loopback_socket()
     header_timeout = 0.3
-    config = uvicorn.Config(
-        _refuse, lifespan="off", log_level="warning", http=guarded_http(header_timeout, 10)
-    )
-    server = Server(config, on_shutdown=lambda: None)
-    host, port = sock.getsockname()[:2]
     size, chunk = 1 << 20, 64 * 1024
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(server.serve, [sock])
-        await until(lambda: server.started)
+    async with guarded(_refuse, header_timeout, 10) as (_, host, port):
         stream = await anyio.connect_tcp(host, port)
         with anyio.fail_after(10):
             await stream.send(
@@ -477,8 +452,6 @@ async def test_a_refused_body_still_arriving_past_the_header_timeout_is_read_to_
                 except anyio.EndOfStream:
                     idle = b"closed"
         await stream.aclose()
-        server.should_exit = True
-    sock.close()
     assert answer.startswith(b"HTTP/1.1 503"), answer
     assert again.startswith(b"HTTP/1.1 204"), again
     assert idle == b"closed"
@@ -487,15 +460,7 @@ async def test_a_refused_body_still_arriving_past_the_header_timeout_is_read_to_
 async def test_a_refused_body_that_never_ends_is_cut_after_the_body_timeout() -> None:
     """Reading a refused body to its end is bounded: a client that stops sending it (a slowloris
     on the body) is disconnected ``body_timeout`` seconds after its answer."""
-    sock = loopback_socket()
-    config = uvicorn.Config(
-        _refuse, lifespan="off", log_level="warning", http=guarded_http(10, 0.3)
-    )
-    server = Server(config, on_shutdown=lambda: None)
-    host, port = sock.getsockname()[:2]
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(server.serve, [sock])
-        await until(lambda: server.started)
+    async with guarded(_refuse, 10, 0.3) as (_, host, port):
         stream = await anyio.connect_tcp(host, port)
         closed = False
         with anyio.fail_after(10):
@@ -510,8 +475,6 @@ async def test_a_refused_body_that_never_ends_is_cut_after_the_body_timeout() ->
             except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
                 closed = True
         await stream.aclose()
-        server.should_exit = True
-    sock.close()
     assert answer.startswith(b"HTTP/1.1 503"), answer
     assert closed
 
@@ -521,13 +484,7 @@ async def test_a_request_waiting_unread_in_the_socket_is_not_closed_as_idle() ->
     process was busy; after a stall the event loop runs its timers before it reads), neither
     the header deadline nor the keep-alive timeout closes the connection: the delay is the
     server's, and closing reset clients that had sent everything (isolation scenario c)."""
-    sock = loopback_socket()
-    config = uvicorn.Config(_ok, lifespan="off", log_level="warning", http=guarded_http(0.3, 10))
-    server = Server(config, on_shutdown=lambda: None)
-    host, port = sock.getsockname()[:2]
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(server.serve, [sock])
-        await until(lambda: server.started)
+    async with guarded(_ok, 0.3, 10) as (server, host, port):
         with socket.create_connection((host, port)) as raw:
             await until(lambda: len(server.server_state.connections) == 1)
             (connection,) = server.server_state.connections
@@ -541,6 +498,4 @@ async def test_a_request_waiting_unread_in_the_socket_is_not_closed_as_idle() ->
             connection._too_slow()
             assert not connection.transport.is_closing()
             answer: bytes = await anyio.to_thread.run_sync(raw.recv, 4096)
-        server.should_exit = True
-    sock.close()
     assert answer.startswith(b"HTTP/1.1 204"), answer
