@@ -15,9 +15,10 @@ from starlette.types import ASGIApp
 
 from service.app.settings import Settings, load_settings
 from service.sim import Simulator
+from service.storage.database import Database
 from tests.postgres import Cluster, ReusedDatabase, throwaway_cluster
 from tests.servers import loopback_socket, url_of
-from tests.support import ADMIN_KEY, api_client, in_process
+from tests.support import ADMIN_KEY, api_client, in_process, store_target
 
 SettingsFactory = Callable[..., Settings]
 
@@ -208,6 +209,13 @@ def settings_for(data_dir: Path, **overrides: str) -> Settings:
         environ["REELHOOK_DATABASE_URL"] = store
     environ.update({f"REELHOOK_{key}": value for key, value in overrides.items()})
     return load_settings(environ)
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[Database]:
+    """This pass's store (:func:`tests.support.store_target`), opened and migrated."""
+    async with Database.open(store_target(tmp_path)) as database:
+        yield database
 
 
 @pytest.fixture

@@ -27,6 +27,13 @@ from service.core.models import Subscription, SubscriptionStatus
 from service.storage.postgres import numbered
 from tests.servers import Sink, loopback_socket, run_server, url_of
 
+
+def store_target(tmp_path: Path) -> str | Path:
+    """This pass's store: the PostgreSQL database under ``--store postgresql``
+    (``REELHOOK_TEST_DATABASE_URL``), else a SQLite file in ``tmp_path``."""
+    return os.environ.get("REELHOOK_TEST_DATABASE_URL") or tmp_path / "db.sqlite"
+
+
 ADMIN_KEY = "rh_test_admin_key_0123456789abcdef"
 
 

@@ -6,7 +6,6 @@ the store ``--store`` names."""
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from service.storage.deliveries import AttemptOutcome
 from tests.conftest import SettingsFactory
 from tests.helpers.delivery import attempts_of, delivery_of, ping, subscribe
 from tests.servers import read_body, run_lifespan, run_server
-from tests.support import api_client, subscription_row
+from tests.support import api_client, store_target, subscription_row
 from tests.test_posts import LOOPBACK, NO_CONTENT, Server, pool, scripted
 
 pytestmark = pytest.mark.anyio
@@ -146,15 +145,10 @@ async def test_an_attempt_given_up_early_is_recorded_as_timed_out(
     assert row["status"] == "pending"  # retried on schedule
 
 
-def _store(tmp_path: Path) -> str | Path:
-    """This pass's store: PostgreSQL under ``--store postgresql``, else a SQLite file."""
-    return os.environ.get("REELHOOK_TEST_DATABASE_URL") or tmp_path / "db.sqlite"
-
-
 async def test_recording_successes_announces_no_work_and_a_retry_does(tmp_path: Path) -> None:
     """A delivered or finally failed outcome creates no due work, so its batch wakes no
     dispatcher (each wake-up is a read of what is due); a scheduled retry does."""
-    async with Database.open(_store(tmp_path)) as db:
+    async with Database.open(store_target(tmp_path)) as db:
         async with db.transaction() as conn:
             await subscriptions.insert(conn, subscription_row("sub_a", at=NOW - 100))
             await events.append(

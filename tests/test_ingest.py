@@ -7,7 +7,6 @@ lock the writer cannot commit, so callbacks pile up in the bounded queue exactly
 from __future__ import annotations
 
 import contextlib
-import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,7 +32,7 @@ from tests.helpers.callbacks import (
     trinetra_done,
 )
 from tests.helpers.jobs import NOW, make_job
-from tests.support import assert_error
+from tests.support import assert_error, store_target
 
 pytestmark = pytest.mark.anyio
 
@@ -142,8 +141,7 @@ async def test_a_waiter_cancelled_before_its_commit_does_not_undo_its_callback(
     """The writer owns a queued callback: a request cancelled while it waits for the commit
     (no shield around its wait, docs/performance.md §4) is stored all the same, and the
     writer goes on with the next batch."""
-    target = os.environ.get("REELHOOK_TEST_DATABASE_URL") or tmp_path / "db.sqlite"
-    async with Database.open(target) as db:
+    async with Database.open(store_target(tmp_path)) as db:
         first, second = make_job(1, status=JobStatus.RUNNING), make_job(2, status=JobStatus.RUNNING)
         async with db.transaction() as conn:
             await jobs.insert_many(conn, [first, second])
@@ -186,8 +184,7 @@ async def test_one_batch_with_replays_stores_each_body_once_and_moves_each_job_o
     """A batch is written with a few statements of many rows each on SQLite (docs/performance.md
     §4): a replay in the same batch as its first copy still counts up that copy, every job moves
     once, and the events are appended in the batch's order (on both stores)."""
-    target = os.environ.get("REELHOOK_TEST_DATABASE_URL") or tmp_path / "db.sqlite"
-    async with Database.open(target) as db:
+    async with Database.open(store_target(tmp_path)) as db:
         running = [make_job(n, status=JobStatus.RUNNING) for n in range(1, 6)]
         async with db.transaction() as conn:
             await jobs.insert_many(conn, running)

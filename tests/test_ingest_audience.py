@@ -6,9 +6,6 @@ must still reach exactly its audience (docs/performance.md §4). Real stores, bo
 from __future__ import annotations
 
 import dataclasses
-import os
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -21,13 +18,6 @@ from tests.helpers.jobs import NOW, make_job
 from tests.support import subscription_row
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    target = os.environ.get("REELHOOK_TEST_DATABASE_URL") or tmp_path / "db.sqlite"
-    async with Database.open(target) as database:
-        yield database
 
 
 async def test_each_event_of_a_batch_reaches_its_audience_and_no_other(db: Database) -> None:

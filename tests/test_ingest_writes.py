@@ -5,10 +5,6 @@ reads in a few statement shapes. Real stores, both engines."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import pytest
 
 from service.core.models import JobStatus, ProviderUpdate
@@ -20,13 +16,6 @@ from service.storage.postgres import PostgresDatabase
 from tests.helpers.jobs import NOW, make_job
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    target = os.environ.get("REELHOOK_TEST_DATABASE_URL") or tmp_path / "db.sqlite"
-    async with Database.open(target) as database:
-        yield database
 
 
 def _publisher() -> Publisher:

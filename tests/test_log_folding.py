@@ -8,7 +8,6 @@ PostgreSQL there is nothing to fold: ``fold_log`` answers None and the worker sl
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from pathlib import Path
 
@@ -18,14 +17,9 @@ import pytest
 from service.storage.database import Database
 from service.storage.sqlite import FOLD_EVERY, WRITER_AUTOCHECKPOINT_PAGES, SqliteDatabase
 from tests.conftest import SettingsFactory
-from tests.support import api_client
+from tests.support import api_client, store_target
 
 pytestmark = pytest.mark.anyio
-
-
-def _store(tmp_path: Path) -> str | Path:
-    """This pass's store: PostgreSQL under ``--store postgresql``, else a SQLite file."""
-    return os.environ.get("REELHOOK_TEST_DATABASE_URL") or tmp_path / "db.sqlite"
 
 
 def _keys_in_the_file(path: Path, name: str) -> int:
@@ -132,7 +126,7 @@ async def test_a_long_wal_is_folded_whole_so_the_next_writes_start_it_over(
 
 
 async def test_fold_log_folds_on_sqlite_and_is_nothing_on_postgresql(tmp_path: Path) -> None:
-    async with Database.open(_store(tmp_path)) as db:
+    async with Database.open(store_target(tmp_path)) as db:
         await _write(db, 1)
         due = await db.fold_log()
         if isinstance(db, SqliteDatabase):

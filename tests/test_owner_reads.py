@@ -4,10 +4,6 @@ job's primary key. Real stores, both engines."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import pytest
 
 from service.storage import events, jobs
@@ -21,19 +17,16 @@ MINE = "key_small"
 THEIRS = "key_busy"
 
 
-@pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    target = os.environ.get("REELHOOK_TEST_DATABASE_URL") or tmp_path / "db.sqlite"
-    async with Database.open(target) as database:
-        # Every tenth job is MINE; each job has one event, in job order.
-        owned = [make_job(n, owner_key_id=MINE if n % 10 == 0 else THEIRS) for n in range(1, 201)]
-        async with database.transaction() as conn:
-            await jobs.insert_many(conn, owned)
-            await conn.execute_values(
-                "INSERT INTO events (id, type, job_id, created_at, payload) VALUES {rows}",
-                [(f"evt_{job.id[4:]}", "job.succeeded", job.id, NOW, b"{}") for job in owned],
-            )
-        yield database
+@pytest.fixture(autouse=True)
+async def tenants(db: Database) -> None:
+    """Every tenth job is MINE; each job has one event, in job order."""
+    owned = [make_job(n, owner_key_id=MINE if n % 10 == 0 else THEIRS) for n in range(1, 201)]
+    async with db.transaction() as conn:
+        await jobs.insert_many(conn, owned)
+        await conn.execute_values(
+            "INSERT INTO events (id, type, job_id, created_at, payload) VALUES {rows}",
+            [(f"evt_{job.id[4:]}", "job.succeeded", job.id, NOW, b"{}") for job in owned],
+        )
 
 
 async def _plan(db: Database, sql: str, params: tuple[object, ...]) -> list[str]:

@@ -6,7 +6,6 @@ the feed's counters show who read and who was woken."""
 
 from __future__ import annotations
 
-import os
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -28,6 +27,7 @@ from service.storage.database import Database
 from service.storage.events import UNKNOWN_OWNER, _Unknown
 from service.storage.sqlite import SqliteConnection
 from tests.helpers.jobs import make_job
+from tests.support import store_target
 
 pytestmark = pytest.mark.anyio
 
@@ -214,8 +214,7 @@ async def test_the_tail_renders_only_the_events_a_stream_sends(tmp_path: Path) -
     them gets each, as the same message GET /v1/events would list, and only those are
     rendered."""
     feed = EventFeed()
-    target = os.environ.get("REELHOOK_TEST_DATABASE_URL") or tmp_path / "db.sqlite"
-    async with Database.open(target) as db, anyio.create_task_group() as tg:
+    async with Database.open(store_target(tmp_path)) as db, anyio.create_task_group() as tg:
         db.subscribe(Work.EVENTS, feed.notify)
         tg.start_soon(db.run)  # PostgreSQL: the LISTEN connection that hears the commits
         log = EventLog(db, feed, keepalive=60, max_streams_per_key=1000)
@@ -337,8 +336,7 @@ async def test_a_stream_opened_after_events_left_unread_gets_those_it_may_see(
     after their position, in log order, and then the next one; the read-only stream gets
     none."""
     feed = EventFeed()
-    target = os.environ.get("REELHOOK_TEST_DATABASE_URL") or tmp_path / "db.sqlite"
-    async with Database.open(target) as db, anyio.create_task_group() as tg:
+    async with Database.open(store_target(tmp_path)) as db, anyio.create_task_group() as tg:
         db.subscribe_appended(feed.appended)
         tg.start_soon(db.run)  # PostgreSQL: the LISTEN connection that hears the commits
         log = EventLog(db, feed, keepalive=60, max_streams_per_key=100)
@@ -400,8 +398,7 @@ async def test_events_of_an_unknown_owner_are_read_as_before(tmp_path: Path) -> 
     """A commit that does not say whose its events are (every commit on PostgreSQL) is
     read at once, even when no open stream could see them."""
     feed = EventFeed()
-    target = os.environ.get("REELHOOK_TEST_DATABASE_URL") or tmp_path / "db.sqlite"
-    async with Database.open(target) as db, anyio.create_task_group() as tg:
+    async with Database.open(store_target(tmp_path)) as db, anyio.create_task_group() as tg:
         db.subscribe_appended(feed.appended)
         tg.start_soon(db.run)
         log = EventLog(db, feed, keepalive=60, max_streams_per_key=100)
