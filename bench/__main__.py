@@ -726,21 +726,23 @@ class Bench:
         def cpu(arm: list[dict[str, Any]]) -> dict[str, float]:
             return {key: median([run["cpu_us"][key] for run in arm]) for key in arm[0]["cpu_us"]}
 
+        def each_round(**named: str) -> dict[str, list[Any]]:
+            """Each round's ``named`` values in both arms: ``{name}_beside``, ``{name}_before``."""
+            return {
+                f"{name}_{arm}": [run[key] for run in runs[arm]]
+                for name, key in named.items()
+                for arm in ("beside", "before")
+            }
+
         rate, base = median([r["rate"] for r in beside]), median([r["rate"] for r in before])
-        detail = {
-            "rates_beside": [r["rate"] for r in beside],
-            "rates_before": [r["rate"] for r in before],
-            "cpu_us_beside": [r["cpu_us"] for r in beside],
-            "cpu_us_before": [r["cpu_us"] for r in before],
-            "load_average_beside": [r["load_average"] for r in beside],
-            "load_average_before": [r["load_average"] for r in before],
-            "settled_beside": [r["settled"] for r in beside],
-            "settled_before": [r["settled"] for r in before],
-            "claims_beside": [r["claim_buckets"] for r in beside],
-            "claims_before": [r["claim_buckets"] for r in before],
-            "claimed_at_ingest_beside": [r["claimed_at_ingest"] for r in beside],
-            "claimed_at_ingest_before": [r["claimed_at_ingest"] for r in before],
-        }
+        detail = each_round(
+            rates="rate",
+            cpu_us="cpu_us",
+            load_average="load_average",
+            settled="settled",
+            claims="claim_buckets",
+            claimed_at_ingest="claimed_at_ingest",
+        )
         self.figures.append(
             Figure(
                 "7. durable ingest beside it (closed loop, c=50; baseline: the same store and"
@@ -782,10 +784,7 @@ class Bench:
                     baseline=without,
                     ratio=value / without,
                     detail={
-                        "lag_ms_beside": [r["lag_ms"] for r in beside],
-                        "lag_ms_before": [r["lag_ms"] for r in before],
-                        "lag_cpu_us_beside": [r["lag_cpu_us"] for r in beside],
-                        "lag_cpu_us_before": [r["lag_cpu_us"] for r in before],
+                        **each_round(lag_ms="lag_ms", lag_cpu_us="lag_cpu_us"),
                         "load_beside": [r["lag_load"] for r in beside],
                     },
                 )
