@@ -123,40 +123,46 @@ def _mutable(job: Job, now: float) -> tuple[Any, ...]:
     )
 
 
-_UPDATE = (
-    "UPDATE jobs SET provider_job_id = ?, status = ?, outputs = ?, error = ?, cost = ?, "
-    "submitted_at = ?, completed_at = ?, notices = ?, updated_at = ? WHERE id = ?"
+# The columns _mutable's values are for, in its order (the job's id follows them).
+_MUTABLE_COLUMNS = (
+    "provider_job_id",
+    "status",
+    "outputs",
+    "error",
+    "cost",
+    "submitted_at",
+    "completed_at",
+    "notices",
+    "updated_at",
+)
+
+
+def _updates(columns: Sequence[str]) -> tuple[str, str]:
+    """The UPDATE of ``columns`` then the job's id: one row per statement, and (SQLite) many
+    rows per statement, each found by its primary key (the plan reads the VALUES rows and
+    searches jobs by id for each; ``{rows}`` is for :meth:`Connection.execute_values`)."""
+    one = ", ".join(f"{column} = ?" for column in columns)
+    many = ", ".join(f"{column} = v.column{n}" for n, column in enumerate(columns, 1))
+    by_id = f"jobs.id = v.column{len(columns) + 1}"
+    return (
+        f"UPDATE jobs SET {one} WHERE id = ?",
+        f"UPDATE jobs SET {many} FROM (VALUES {{rows}}) AS v WHERE {by_id}",
+    )
+
+
+_UPDATE, _UPDATE_FROM_VALUES = _updates(_MUTABLE_COLUMNS)
+# The same, leaving provider_job_id as it is. SQLite rewrites an index's entry for every row
+# whose update names one of the index's columns, changed or not: naming provider_job_id cost
+# each callback a delete and an insert in jobs_provider_job (docs/performance.md §5, "The
+# database thread's share per callback").
+_UPDATE_KEEPING_PROVIDER_ID, _UPDATE_FROM_VALUES_KEEPING_PROVIDER_ID = _updates(
+    _MUTABLE_COLUMNS[1:]
 )
 
 
 async def save(conn: Connection, job: Job, now: float) -> None:
     """Write back every mutable field of ``job``."""
     await conn.execute(_UPDATE, _mutable(job, now))
-
-
-# SQLite: many jobs per statement, each found by its primary key (the plan reads the VALUES
-# rows and searches jobs by id for each); the same columns and values as _UPDATE.
-_UPDATE_FROM_VALUES = (
-    "UPDATE jobs SET provider_job_id = v.column1, status = v.column2, outputs = v.column3, "
-    "error = v.column4, cost = v.column5, submitted_at = v.column6, completed_at = v.column7, "
-    "notices = v.column8, updated_at = v.column9 FROM (VALUES {rows}) AS v "
-    "WHERE jobs.id = v.column10"
-)
-
-# The same, leaving provider_job_id as it is. SQLite rewrites an index's entry for every row
-# whose update names one of the index's columns, changed or not: naming provider_job_id cost
-# each callback a delete and an insert in jobs_provider_job (docs/performance.md §5, "The
-# database thread's share per callback").
-_UPDATE_KEEPING_PROVIDER_ID = (
-    "UPDATE jobs SET status = ?, outputs = ?, error = ?, cost = ?, "
-    "submitted_at = ?, completed_at = ?, notices = ?, updated_at = ? WHERE id = ?"
-)
-_UPDATE_FROM_VALUES_KEEPING_PROVIDER_ID = (
-    "UPDATE jobs SET status = v.column1, outputs = v.column2, "
-    "error = v.column3, cost = v.column4, submitted_at = v.column5, completed_at = v.column6, "
-    "notices = v.column7, updated_at = v.column8 FROM (VALUES {rows}) AS v "
-    "WHERE jobs.id = v.column9"
-)
 
 
 async def save_many(
