@@ -9,9 +9,7 @@ service tests run the real dispatcher against loopback receivers.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -89,14 +87,12 @@ async def queued(db: Database, sub_id: str) -> int:
 
 
 @pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    async with Database.open(tmp_path / "reelhook.sqlite3") as database:
-        async with database.transaction() as conn:
-            await subscriptions.insert(
-                conn, subscription_row("sub_fifo", HOOK, at=T0, ordering="fifo")
-            )
-            await subscriptions.insert(conn, subscription_row("sub_free", HOOK, at=T0))
-        yield database
+async def db(db: Database) -> Database:
+    """This pass's store (conftest's ``db``) with a FIFO subscription and a free one."""
+    async with db.transaction() as conn:
+        await subscriptions.insert(conn, subscription_row("sub_fifo", HOOK, at=T0, ordering="fifo"))
+        await subscriptions.insert(conn, subscription_row("sub_free", HOOK, at=T0))
+    return db
 
 
 async def test_a_fifo_subscription_failing_for_hours_holds_only_its_own_queue(

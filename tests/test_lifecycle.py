@@ -7,8 +7,6 @@ duplicates, late and out-of-order updates are classified and change nothing.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -293,12 +291,6 @@ UNREACHABLE = JobError(ErrorKind.PROVIDER_ERROR, "could not reach trinetra: Conn
 
 def file_url(digest: str, media_type: str) -> str:
     return f"https://reelhook.example.test/v1/files/{digest}"
-
-
-@pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    async with Database.open(tmp_path / "reelhook.sqlite3") as database:
-        yield database
 
 
 async def stored(db: Database, job: Job) -> Job:

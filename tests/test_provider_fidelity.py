@@ -38,7 +38,7 @@ from tests.helpers.callbacks import (
 )
 from tests.helpers.jobs import claim, make_job
 from tests.servers import loopback_socket, url_of
-from tests.support import send_without_key, served, wait_for_job
+from tests.support import send_without_key, served, store_target, wait_for_job
 
 pytestmark = pytest.mark.anyio
 
@@ -382,7 +382,7 @@ async def test_an_early_account_document_completes_its_job_when_the_id_is_record
     provider's job id is recorded."""
     publisher = Publisher(file_url)
     job = make_job(1, model="trinetra/kling-v2.5")
-    async with Database.open(tmp_path / "reelhook.sqlite3") as db:
+    async with Database.open(store_target(tmp_path)) as db:
         async with db.transaction() as conn:
             await jobs.insert(conn, job)
             await jobs.record_unmatched(
@@ -431,7 +431,7 @@ async def test_a_held_request_that_failed_after_it_started_has_an_unknown_charge
 
 
 async def test_retention_prunes_old_unmatched_account_documents(tmp_path: Path) -> None:
-    async with Database.open(tmp_path / "reelhook.sqlite3") as db:
+    async with Database.open(store_target(tmp_path)) as db:
         async with db.transaction() as conn:
             for received_at in (10.0, 20.0, 500.0):
                 await jobs.record_unmatched(

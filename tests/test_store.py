@@ -84,6 +84,7 @@ def test_the_shipped_migrations_are_numbered_one_to_latest(dialect: str) -> None
     assert versions == list(range(1, latest_migration(dialect) + 1))
 
 
+@pytest.mark.sqlite_only("SQLite's file and its user_version; the PostgreSQL twin follows")
 async def test_a_sqlite_file_of_a_newer_schema_is_refused_untouched(tmp_path: Path) -> None:
     path = tmp_path / "reelhook.db"
     async with Database.open(path):
@@ -200,6 +201,7 @@ async def test_nodes_starting_together_apply_each_migration_once(pg_database: st
     assert sorted(versions) == list(range(1, latest_migration("postgresql") + 1))
 
 
+@pytest.mark.sqlite_only("how a SQLite file is named")
 async def test_the_sqlite_url_and_the_path_open_the_same_file(tmp_path: Path) -> None:
     path = tmp_path / "reelhook.db"
     async with Database.open(f"sqlite:///{path}") as db:

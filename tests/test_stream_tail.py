@@ -1,8 +1,8 @@
 """Streams that cost nothing while idle: one shared tail of the event log, fanned out in memory,
 wakes a stream only for events it may see (service/delivery/eventfeed.py).
 
-Real components: a SQLite store in tmp_path, the feed's tail task and the streams' generators;
-the feed's counters show who read and who was woken."""
+Real components: this pass's store (a SQLite file in tmp_path, or PostgreSQL), the feed's tail
+task and the streams' generators; the feed's counters show who read and who was woken."""
 
 from __future__ import annotations
 
@@ -264,8 +264,9 @@ async def test_commits_while_no_stream_listens_do_not_wake_the_tail(tmp_path: Pa
     """Every ingest commit announces its events; with no stream listening the tail is not even
     woken (docs/performance.md §4). The first stream starts it, and it follows from there."""
     feed = EventFeed()
-    async with Database.open(tmp_path / "db.sqlite") as db, anyio.create_task_group() as tg:
+    async with Database.open(store_target(tmp_path)) as db, anyio.create_task_group() as tg:
         db.subscribe(Work.EVENTS, feed.notify)
+        tg.start_soon(db.run)  # PostgreSQL: the LISTEN connection that hears the commits
         log = EventLog(db, feed, keepalive=60, max_streams_per_key=100)
         tg.start_soon(feed.run, db.reader)
         await append(db, "ping", 5)

@@ -1,10 +1,9 @@
-"""Write transactions: a relaxed (``durable=False``) one commits, or rolls back, and always
-leaves the writer back on ``synchronous = FULL`` outside any transaction."""
+"""Write transactions: a relaxed (``durable=False``) one commits, or rolls back, on either store;
+on SQLite it always leaves the writer back on ``synchronous = FULL`` outside any transaction."""
 
 from __future__ import annotations
 
 import asyncio
-import os
 from pathlib import Path
 
 import aiosqlite
@@ -16,6 +15,7 @@ from service.storage.announcements import Work, announce
 from service.storage.database import Connection, Database
 from service.storage.sqlite import VALUES_CHUNK, SqliteDatabase, Suspended, fitting_rows
 from tests.helpers.jobs import make_job
+from tests.support import store_target
 
 pytestmark = pytest.mark.anyio
 
@@ -41,12 +41,14 @@ async def _count(db: Database) -> int:
 async def test_a_transaction_commits_and_leaves_the_writer_on_full(
     tmp_path: Path, durable: bool
 ) -> None:
-    async with Database.open(tmp_path / "db.sqlite") as db:
+    async with Database.open(store_target(tmp_path)) as db:
         async with db.transaction(durable=durable) as conn:
-            assert await _synchronous(_writer(db)) == (FULL if durable else NORMAL)
+            if isinstance(db, SqliteDatabase):
+                assert await _synchronous(db.writer) == (FULL if durable else NORMAL)
             await conn.execute("INSERT INTO readiness (id, checked_at) VALUES (1, 1.0)")
-        assert not _writer(db).in_transaction
-        assert await _synchronous(_writer(db)) == FULL
+        if isinstance(db, SqliteDatabase):
+            assert not db.writer.in_transaction
+            assert await _synchronous(db.writer) == FULL
         assert await _count(db) == 1
 
 
@@ -54,13 +56,14 @@ async def test_a_transaction_commits_and_leaves_the_writer_on_full(
 async def test_a_failed_transaction_rolls_back_and_leaves_the_writer_on_full(
     tmp_path: Path, durable: bool
 ) -> None:
-    async with Database.open(tmp_path / "db.sqlite") as db:
+    async with Database.open(store_target(tmp_path)) as db:
         with pytest.raises(RuntimeError, match="boom"):
             async with db.transaction(durable=durable) as conn:
                 await conn.execute("INSERT INTO readiness (id, checked_at) VALUES (1, 1.0)")
                 raise RuntimeError("boom")
-        assert not _writer(db).in_transaction
-        assert await _synchronous(_writer(db)) == FULL
+        if isinstance(db, SqliteDatabase):
+            assert not db.writer.in_transaction
+            assert await _synchronous(db.writer) == FULL
         assert await _count(db) == 0
         # The writer is usable again.
         async with db.transaction(durable=durable) as conn:
@@ -68,16 +71,11 @@ async def test_a_failed_transaction_rolls_back_and_leaves_the_writer_on_full(
         assert await _count(db) == 1
 
 
-def _store(tmp_path: Path) -> str | Path:
-    """This pass's store: PostgreSQL under ``--store postgresql``, else a SQLite file."""
-    return os.environ.get("REELHOOK_TEST_DATABASE_URL") or tmp_path / "db.sqlite"
-
-
 @pytest.mark.parametrize("durable", [True, False])
 async def test_run_transaction_commits_returns_and_then_announces(
     tmp_path: Path, durable: bool
 ) -> None:
-    async with Database.open(_store(tmp_path)) as db:
+    async with Database.open(store_target(tmp_path)) as db:
         woken: list[int] = []
         heard = asyncio.Event()
 
@@ -109,7 +107,7 @@ async def test_run_transaction_commits_returns_and_then_announces(
 async def test_run_transaction_rolls_back_what_failed_and_announces_nothing(
     tmp_path: Path, durable: bool
 ) -> None:
-    async with Database.open(_store(tmp_path)) as db:
+    async with Database.open(store_target(tmp_path)) as db:
         woken: list[int] = []
         db.subscribe(Work.EVENTS, lambda: woken.append(1))
 
@@ -159,11 +157,10 @@ async def test_execute_values_writes_every_row_in_order(
     """Connection.execute_values: one row per statement on PostgreSQL, chunks of powers of two
     (up to 64 rows, and 1 MiB of bodies unless a row is larger alone) on SQLite; either way every
     row, in the order given."""
-    target = os.environ.get("REELHOOK_TEST_DATABASE_URL") or tmp_path / "db.sqlite"
     rows = [
         (make_job(n).id, "trinetra", float(n), "applied", b"x" * (size or n)) for n in range(count)
     ]
-    async with Database.open(target) as db:
+    async with Database.open(store_target(tmp_path)) as db:
         async with db.transaction() as conn:
             await jobs_store.insert_many(conn, [make_job(n) for n in range(count)])
             await conn.execute_values(
