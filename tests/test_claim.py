@@ -4,16 +4,17 @@ A claim runs under the write lock, so every row it reads delays every ingest com
 measured without timing: SQLite's virtual-machine step counter (``set_progress_handler`` with
 N=1) counts the work of each statement, so a claim against a 100,000-row backlog is compared with
 the same claim against a 1,000-row one. A claim that walked the backlog would take ~100x the
-steps; an index seek grows by a B-tree level at most.
+steps; an index seek grows by a B-tree level at most. Those measurements are SQLite's own; what
+the claim answers, and which claims the dispatcher makes, is tested on this pass's store.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from ipaddress import ip_network
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import aiosqlite
 import anyio
@@ -30,7 +31,7 @@ from service.storage.database import Connection, Database
 from service.storage.sqlite import SqliteConnection, SqliteDatabase
 from tests.helpers.delivery import Hanging
 from tests.servers import run_server
-from tests.support import subscription_row
+from tests.support import store_target, subscription_row
 
 pytestmark = pytest.mark.anyio
 
@@ -58,10 +59,10 @@ async def _queue(db: Database, sub_id: str, count: int, *, due: float) -> None:
 
 
 @asynccontextmanager
-async def backlog(tmp_path: Path, rows: int) -> AsyncIterator[Database]:
-    """A database where ``slow`` has ``rows`` due deliveries (queued first, so earliest due) and
-    ``fast`` has 5."""
-    async with Database.open(tmp_path / f"backlog-{rows}.sqlite") as db:
+async def backlog(target: Path | str, rows: int) -> AsyncIterator[Database]:
+    """A database at ``target`` where ``slow`` has ``rows`` due deliveries (queued first, so
+    earliest due) and ``fast`` has 5."""
+    async with Database.open(target) as db:
         async with db.transaction() as conn:
             await subscriptions.insert(conn, subscription_row("sub_slow", at=NOW - 100))
             await subscriptions.insert(conn, subscription_row("sub_fast", at=NOW - 100))
@@ -127,10 +128,11 @@ async def _measure(db: Database) -> dict[str, tuple[object, int]]:
     return out
 
 
+@pytest.mark.sqlite_only("it counts SQLite's virtual-machine steps")
 async def test_a_claim_costs_the_same_with_100k_rows_waiting_as_with_1k(tmp_path: Path) -> None:
-    async with backlog(tmp_path, 1_000) as small_db:
+    async with backlog(tmp_path / "backlog-1000.sqlite", 1_000) as small_db:
         small = await _measure(small_db)
-    async with backlog(tmp_path, 100_000) as big_db:
+    async with backlog(tmp_path / "backlog-100000.sqlite", 100_000) as big_db:
         big = await _measure(big_db)
     # Same answers: the saturated subscription is skipped, the other one gets all five of its
     # rows, and claiming for the big one takes exactly its room.
@@ -142,8 +144,9 @@ async def test_a_claim_costs_the_same_with_100k_rows_waiting_as_with_1k(tmp_path
         assert big[name][1] <= small[name][1] * 1.5 + 50, (name, small[name][1], big[name][1])
 
 
+@pytest.mark.sqlite_only("it reads SQLite's EXPLAIN QUERY PLAN of the statements SQLite ran")
 async def test_the_claim_query_plans_read_indexes_never_scan_the_outbox(tmp_path: Path) -> None:
-    async with backlog(tmp_path, 100) as db:
+    async with backlog(tmp_path / "backlog-100.sqlite", 100) as db:
         plans: list[str] = []
 
         def trace(sql: str) -> None:
@@ -175,7 +178,7 @@ async def test_the_claim_query_plans_read_indexes_never_scan_the_outbox(tmp_path
 async def test_due_subscriptions_orders_by_earliest_due_and_leaves_disabled_ones_out(
     tmp_path: Path,
 ) -> None:
-    async with backlog(tmp_path, 3) as db:
+    async with backlog(store_target(tmp_path), 3) as db:
         assert await deliveries.due_subscriptions(db.reader, skip=[], now=NOW, cap=2, limit=10) == [
             deliveries.Ready("sub_slow", NOW - 60, 2),
             deliveries.Ready("sub_fast", NOW - 30, 2),
@@ -199,10 +202,15 @@ async def test_due_subscriptions_orders_by_earliest_due_and_leaves_disabled_ones
         ) == [deliveries.Ready("sub_fast", NOW - 30, 5)]
 
 
-async def test_a_saturated_subscription_is_not_claimed_for_again(tmp_path: Path) -> None:
+async def test_a_saturated_subscription_is_not_claimed_for_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """One subscriber hangs with far more due than its prefetch: once its prefetch is claimed,
     waking the dispatcher (as every commit and outcome flush does) runs no claim for it, while
-    another subscription's deliveries are still claimed and sent."""
+    another subscription's deliveries are still claimed and sent.
+
+    On either store the write transactions begun and the claims asked for are recorded; on
+    SQLite every statement its writer ran, too."""
     hanging = Hanging()
     written: list[str] = []
 
@@ -211,9 +219,10 @@ async def test_a_saturated_subscription_is_not_claimed_for_again(tmp_path: Path)
 
     async with (
         run_server(hanging.app()) as url,
-        Database.open(tmp_path / "saturated.sqlite") as db,
+        Database.open(store_target(tmp_path)) as db,
         Sender.session(allow=[ip_network("127.0.0.0/8")], timeout=30, concurrency=64) as session,
     ):
+        writes = WriteSpy(db, monkeypatch)
         async with db.transaction() as conn:
             await subscriptions.insert(
                 conn, subscription_row("sub_slow", f"{url}/hang", at=NOW - 100)
@@ -236,31 +245,42 @@ async def test_a_saturated_subscription_is_not_claimed_for_again(tmp_path: Path)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(dispatcher.run)
                 await hanging.wait_for(lambda h: h.hanging == 1)
-                prefetch = PREFETCH * 1
+                # On PostgreSQL the cap counted across nodes (per_subscription) bounds claims too.
+                prefetch = PREFETCH * 1 if isinstance(db, SqliteDatabase) else 1
                 await _until(lambda: _count_inflight(db, "sub_slow"), prefetch)
-                await _writer(db).set_trace_callback(trace)
+                if isinstance(db, SqliteDatabase):
+                    await db.writer.set_trace_callback(trace)
+                writes.start()
                 for _ in range(5):
                     dispatcher.wake()
                     await anyio.sleep(0.01)
                 # Only the saturated subscription has work due: no write transaction at all.
                 while_saturated = list(written)
+                transactions_while_saturated = list(writes.transactions)
                 # Work for the other subscription is claimed and delivered meanwhile.
                 await _queue(db, "sub_fast", 3, due=0)
+                writes.start()
                 dispatcher.wake()
                 await hanging.wait_for(lambda h: h.on("/fast") == 3)
                 await _until(lambda: _count_inflight(db, "sub_fast"), 0)
-                await _writer(db).set_trace_callback(None)  # type: ignore[arg-type]
+                if isinstance(db, SqliteDatabase):
+                    await db.writer.set_trace_callback(None)  # type: ignore[arg-type]
                 slow_inflight = await _inflight(db, "sub_slow")
+                slow_ids = await _ids_of(db, "sub_slow")
                 hanging.release.set()
                 await dispatcher.stop()
         finally:
             hanging.release.set()
     assert len(slow_inflight) == prefetch
     assert while_saturated == []
-    claims = [sql for sql in written if "SET status = 'inflight'" in sql]
-    assert claims, "the other subscription's deliveries were claimed"
-    slow_ids = await _ids_of(tmp_path / "saturated.sqlite", "sub_slow")
-    assert not [sql for sql in claims if any(i in sql for i in slow_ids)]
+    assert transactions_while_saturated == []
+    assert writes.claims, "the other subscription's deliveries were claimed"
+    assert all(set(rooms) == {"sub_fast"} for rooms, _ in writes.claims), writes.claims
+    assert all(d.subscription_id == "sub_fast" for _, got in writes.claims for d in got)
+    if isinstance(db, SqliteDatabase):
+        claims = [sql for sql in written if "SET status = 'inflight'" in sql]
+        assert claims, "the other subscription's deliveries were claimed"
+        assert not [sql for sql in claims if any(i in sql for i in slow_ids)]
 
 
 async def _until(count: Callable[[], Awaitable[int]], expected: int) -> None:
@@ -282,19 +302,57 @@ async def _inflight(db: Database, sub_id: str) -> list[str]:
     return [row[0] for row in rows]
 
 
-async def _ids_of(path: Path, sub_id: str) -> list[str]:
-    async with aiosqlite.connect(path) as conn:
-        rows = await conn.execute_fetchall(
-            "SELECT id FROM deliveries WHERE subscription_id = ?", (sub_id,)
-        )
+async def _ids_of(db: Database, sub_id: str) -> list[str]:
+    rows = await db.reader.execute_fetchall(
+        "SELECT id FROM deliveries WHERE subscription_id = ?", (sub_id,)
+    )
     return [row[0] for row in rows]
 
 
+class WriteSpy:
+    """The write transactions begun on ``db`` and the claims run in them (the rooms asked for
+    and the deliveries claimed), from :meth:`start` on; either store."""
+
+    def __init__(self, db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.transactions: list[str] = []
+        self.claims: list[tuple[dict[str, int], list[deliveries.Claimed]]] = []
+        self._recording = False
+        transaction, run_transaction = db.transaction, db.run_transaction
+        claim_due = deliveries.claim_due
+
+        def counted_transaction(**options: Any) -> AbstractAsyncContextManager[Connection]:
+            self._record("transaction")
+            return transaction(**options)
+
+        async def counted_run_transaction(work: Any, **options: Any) -> Any:
+            self._record("run_transaction")
+            return await run_transaction(work, **options)
+
+        async def counted_claim(conn: Connection, **options: Any) -> list[deliveries.Claimed]:
+            claimed = await claim_due(conn, **options)
+            if self._recording:
+                self.claims.append((dict(options["rooms"]), claimed))
+            return claimed
+
+        monkeypatch.setattr(db, "transaction", counted_transaction)
+        monkeypatch.setattr(db, "run_transaction", counted_run_transaction)
+        monkeypatch.setattr(deliveries, "claim_due", counted_claim)
+
+    def start(self) -> None:
+        self._recording = True
+        self.transactions.clear()
+
+    def _record(self, kind: str) -> None:
+        if self._recording:
+            self.transactions.append(kind)
+
+
 async def test_one_claim_takes_one_due_delivery_from_each_of_a_hundred_subscriptions(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Rooms are sized by what is due: a hundred subscriptions with one delivery each are all
-    claimed in one transaction, not a prefetch's worth of subscriptions per claim."""
+    claimed in one transaction, not a prefetch's worth of subscriptions per claim (on SQLite,
+    one claiming statement among those its writer ran)."""
     hanging = Hanging()
     claims: set[str] = set()
 
@@ -304,7 +362,7 @@ async def test_one_claim_takes_one_due_delivery_from_each_of_a_hundred_subscript
 
     async with (
         run_server(hanging.app()) as url,
-        Database.open(tmp_path / "many.sqlite") as db,
+        Database.open(store_target(tmp_path)) as db,
         Sender.session(allow=[ip_network("127.0.0.0/8")], timeout=30, concurrency=64) as session,
     ):
         names = [f"sub_{n:03d}" for n in range(100)]
@@ -315,7 +373,10 @@ async def test_one_claim_takes_one_due_delivery_from_each_of_a_hundred_subscript
                 )
         for name in names:
             await _queue(db, name, 1, due=0)
-        await _writer(db).set_trace_callback(trace)
+        writes = WriteSpy(db, monkeypatch)
+        writes.start()
+        if isinstance(db, SqliteDatabase):
+            await db.writer.set_trace_callback(trace)
         dispatcher = Dispatcher(
             db,
             Sender(session),
@@ -330,5 +391,9 @@ async def test_one_claim_takes_one_due_delivery_from_each_of_a_hundred_subscript
             tg.start_soon(dispatcher.run)
             await hanging.wait_for(lambda h: h.on("/fast") == 100)
             await dispatcher.stop()
-        await _writer(db).set_trace_callback(None)  # type: ignore[arg-type]
-    assert len(claims) == 1
+        if isinstance(db, SqliteDatabase):
+            await db.writer.set_trace_callback(None)  # type: ignore[arg-type]
+            assert len(claims) == 1
+    made = [got for _, got in writes.claims if got]
+    assert len(made) == 1, writes.claims
+    assert sorted(d.subscription_id for d in made[0]) == names

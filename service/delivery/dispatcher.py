@@ -164,8 +164,15 @@ class Dispatcher:
         self._claim_limit = concurrency * CLAIM_AHEAD
         self._prefetch = per_subscription * PREFETCH
         self._quiet_after = quiet_after
-        # A subscription is topped up once fewer than this many of its deliveries are claimed.
+        # A subscription is topped up once fewer than this many of its deliveries are claimed,
+        # and left out of claims (saturated) while it has this many. On PostgreSQL at most
+        # ``per_subscription`` of a subscription's deliveries are in flight across all nodes
+        # (claim_due's cluster cap, counting this node's own), so one with that many claimed here
+        # is saturated: a claim for it finds nothing, and each wake-up ran one, a write
+        # transaction under the cap's advisory lock (tests/test_claim.py).
         self._refill_below = max(1, self._prefetch // 2)
+        if db.dialect == "postgresql":
+            self._refill_below = min(self._refill_below, max(1, per_subscription))
         self._slot_freed = asyncio.Event()
         # Why the claim loop was woken since its last pass: subscriptions that fell to their
         # top-up mark (``_refills``), or anything else (``_woken``: an announcement, the
