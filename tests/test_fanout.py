@@ -392,6 +392,8 @@ def test_a_backup_and_its_restore_carry_a_pending_fanout(tmp_path: Path) -> None
 
 
 async def test_reelhook_copy_carries_a_pending_fanout(tmp_path: Path, pg_database: str) -> None:
+    # A SQLite file as the source by design: reelhook copy moves a SQLite deployment onto
+    # PostgreSQL (it asks for pg_database, so it runs in the PostgreSQL pass).
     async with Database.open(tmp_path / "source.db") as source:
         await add_subscriptions(source, sub_ids(20), "http://127.0.0.1:9")
         await publish(source, Publisher(_no_file, fanout_threshold=0), 3)

@@ -10,6 +10,7 @@ from importlib import resources
 from pathlib import Path
 
 import aiosqlite
+import asyncpg
 import pytest
 
 from service.core.models import JobStatus
@@ -17,7 +18,8 @@ from service.core.retry import RetrySchedule
 from service.delivery.publisher import Publisher
 from service.jobs.lifecycle import defer_submit, hold_due_requests
 from service.storage import jobs, submissions
-from service.storage.database import Database
+from service.storage.database import Database, migrations
+from service.storage.postgres import PgConnection, _Statements
 from service.storage.sqlite import SqliteConnection, migrate
 from service.storage.submissions import SubmitClaim
 from tests.helpers.jobs import DEADLINE, NOW, make_job, store
@@ -205,6 +207,35 @@ async def test_a_held_request_in_flight_under_an_older_version_is_found_in_fligh
         await submissions.schedule(old, make_job(2).id, next_at=NOW)
         assert await migrate(conn) >= 7
     async with Database.open(path) as db:
+        lost = await submissions.in_flight(db.reader, ["segmind"])
+        assert [job.id for job in lost] == [make_job(1).id]
+        assert await submissions.attempts_of(db.reader, make_job(2).id) == (0, NOW)
+
+
+async def test_a_held_request_in_flight_under_an_older_postgresql_schema_is_found_in_flight(
+    pg_database: str,
+) -> None:
+    """The PostgreSQL twin of the test above: before its migration 0007 a held request in flight
+    kept its claim's lease as its due time; once migrated it is found in flight (never sent
+    twice), and a pending one stays due."""
+    raw = await asyncpg.connect(pg_database)
+    try:
+        await raw.execute(
+            "CREATE TABLE schema_version ("
+            " version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+        )
+        for version, script in migrations("postgresql")[:6]:
+            async with raw.transaction():
+                await raw.execute(script)
+                await raw.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
+        old = PgConnection(raw, _Statements())
+        await jobs.insert(old, make_job(1, provider="segmind", status=JobStatus.SUBMITTED))
+        await jobs.insert(old, make_job(2, provider="segmind"))
+        await submissions.schedule(old, make_job(1).id, next_at=NOW + 60, attempts=1)
+        await submissions.schedule(old, make_job(2).id, next_at=NOW)
+    finally:
+        await raw.close()
+    async with Database.open(pg_database) as db:
         lost = await submissions.in_flight(db.reader, ["segmind"])
         assert [job.id for job in lost] == [make_job(1).id]
         assert await submissions.attempts_of(db.reader, make_job(2).id) == (0, NOW)
