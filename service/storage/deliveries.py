@@ -481,10 +481,12 @@ async def fifo_among(conn: Connection, sub_ids: set[str]) -> set[str]:
     """Those of ``sub_ids`` that deliver in order."""
     if not sub_ids:
         return set()
-    marks = ", ".join("?" for _ in sub_ids)
+    # Padded (database.padded): outcome batches name any number of subscriptions.
+    ids = padded(sorted(sub_ids))
     rows = await conn.execute_fetchall(
-        f"SELECT id FROM subscriptions WHERE id IN ({marks}) AND ordering = 'fifo'",
-        tuple(sub_ids),
+        f"SELECT id FROM subscriptions WHERE id IN ({', '.join('?' for _ in ids)}) "
+        "AND ordering = 'fifo'",
+        ids,
     )
     return {row["id"] for row in rows}
 
@@ -565,12 +567,6 @@ def _signing_secrets(sub: Row, now: float) -> tuple[str, ...]:
     return (sub["secret"],)
 
 
-async def _by_id(conn: Connection, select: str, ids: set[str]) -> dict[str, Row]:
-    marks = ", ".join("?" for _ in ids)
-    rows = await conn.execute_fetchall(f"{select} WHERE id IN ({marks})", tuple(ids))
-    return {row["id"]: row for row in rows}
-
-
 async def record(conn: Connection, outcomes: Sequence[AttemptOutcome]) -> list[AttemptOutcome]:
     """Store each attempt and move each delivery to its next state, in the caller's transaction;
     return the outcomes recorded.
@@ -582,7 +578,8 @@ async def record(conn: Connection, outcomes: Sequence[AttemptOutcome]) -> list[A
     """
     if not outcomes:
         return []
-    ids = sorted({o.delivery_id for o in outcomes})
+    # Padded: one statement text per power of two, not per batch size (database.padded).
+    ids = padded(sorted({o.delivery_id for o in outcomes}))
     lock = " FOR UPDATE" if conn.dialect == "postgresql" else ""
     current = {
         row["id"]: row["claim_token"]
