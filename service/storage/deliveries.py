@@ -12,7 +12,7 @@ from typing import Any
 from service.core.ids import new_ids
 from service.core.models import DeliveryStatus
 from service.storage.announcements import Work, announce
-from service.storage.database import Connection, Row
+from service.storage.database import Connection, Row, padded
 
 
 @dataclass(slots=True)
@@ -219,15 +219,24 @@ async def claim_due(
             chosen.append(row)
     if not chosen:
         return []
-    marks = ", ".join("?" for _ in chosen)
-    leased = await conn.execute_fetchall(
+    ids = padded([row["id"] for row in chosen])
+    lease = (
         f"UPDATE deliveries SET status = 'inflight', lease_until = ?, attempts = attempts + 1, "
         f"updated_at = ?, claim_token = ?, lease_owner = ? "
-        f"WHERE id IN ({marks}) AND status = 'pending' RETURNING id",
-        (lease_until, now, token, owner, *(row["id"] for row in chosen)),
+        f"WHERE id IN ({', '.join('?' for _ in ids)}) AND status = 'pending'"
     )
-    # On PostgreSQL a row another node took between the read and the lease is not ours.
-    ours = {row["id"] for row in leased}
+    params = (lease_until, now, token, owner, *ids)
+    if conn.dialect == "postgresql":
+        # Another node may have taken a row between the read and the lease: it is not ours.
+        leased = await conn.execute_fetchall(f"{lease} RETURNING id", params)
+        ours = {row["id"] for row in leased}
+    else:
+        # One writer, and the rows were read pending in this write transaction: all of them
+        # are leased. Without RETURNING the statement is one sqlite3_step instead of one per
+        # row, each of which gives up the GIL and may wait for a busy event loop to hand it
+        # back (docs/performance.md §4).
+        await conn.execute(lease, params)
+        ours = {row["id"] for row in chosen}
     # Parsed once per subscription, not once per delivery.
     headers: dict[str, dict[str, str]] = {}
     signing: dict[str, tuple[str, ...]] = {}
@@ -472,10 +481,12 @@ async def fifo_among(conn: Connection, sub_ids: set[str]) -> set[str]:
     """Those of ``sub_ids`` that deliver in order."""
     if not sub_ids:
         return set()
-    marks = ", ".join("?" for _ in sub_ids)
+    # Padded (database.padded): outcome batches name any number of subscriptions.
+    ids = padded(sorted(sub_ids))
     rows = await conn.execute_fetchall(
-        f"SELECT id FROM subscriptions WHERE id IN ({marks}) AND ordering = 'fifo'",
-        tuple(sub_ids),
+        f"SELECT id FROM subscriptions WHERE id IN ({', '.join('?' for _ in ids)}) "
+        "AND ordering = 'fifo'",
+        ids,
     )
     return {row["id"] for row in rows}
 
@@ -556,12 +567,6 @@ def _signing_secrets(sub: Row, now: float) -> tuple[str, ...]:
     return (sub["secret"],)
 
 
-async def _by_id(conn: Connection, select: str, ids: set[str]) -> dict[str, Row]:
-    marks = ", ".join("?" for _ in ids)
-    rows = await conn.execute_fetchall(f"{select} WHERE id IN ({marks})", tuple(ids))
-    return {row["id"]: row for row in rows}
-
-
 async def record(conn: Connection, outcomes: Sequence[AttemptOutcome]) -> list[AttemptOutcome]:
     """Store each attempt and move each delivery to its next state, in the caller's transaction;
     return the outcomes recorded.
@@ -573,7 +578,8 @@ async def record(conn: Connection, outcomes: Sequence[AttemptOutcome]) -> list[A
     """
     if not outcomes:
         return []
-    ids = sorted({o.delivery_id for o in outcomes})
+    # Padded: one statement text per power of two, not per batch size (database.padded).
+    ids = padded(sorted({o.delivery_id for o in outcomes}))
     lock = " FOR UPDATE" if conn.dialect == "postgresql" else ""
     current = {
         row["id"]: row["claim_token"]
