@@ -1,39 +1,156 @@
-"""SQL behind the scrape-time gauges: each query reads an index, not the whole table."""
+"""SQL behind ``/readyz``'s outbox figure and the scrape-time gauges: none of it reads a table's
+rows for a count, and no statement reads more than a bounded number of index entries, so a
+backlog of millions never holds the shared reader connection for long (docs/performance.md §5,
+"/readyz and /metrics over a million due deliveries")."""
 
 from __future__ import annotations
 
-from service.core.models import DeliveryStatus
+from dataclasses import dataclass
+
+from service.core.models import DeliveryStatus, JobStatus
 from service.storage.database import Connection
 
+CHUNK = 10_000
+"""Index entries one counting statement reads at most (~2-5 ms of SQLite's time here): between
+two statements the reader serves everyone else, the dispatcher's read of what is due first."""
 
-async def jobs_by_status(conn: Connection) -> dict[str, int]:
-    """The number of stored jobs in each status (a scan of the ``jobs_status`` index)."""
-    async with conn.execute("SELECT status, count(*) FROM jobs GROUP BY status") as cursor:
-        return {row[0]: int(row[1]) for row in await cursor.fetchall()}
+SUBSCRIPTIONS_PAGE = 500
+"""Subscriptions one statement of :func:`outbox` looks at (six index seeks each)."""
+
+_WAITING = (DeliveryStatus.QUEUED, DeliveryStatus.PENDING, DeliveryStatus.INFLIGHT)
 
 
-async def outbox(conn: Connection) -> tuple[int, float | None]:
+@dataclass(frozen=True)
+class Depth:
+    """A bounded count: ``count`` is exact when ``capped`` is false, else a floor."""
+
+    count: int
+    capped: bool
+
+
+async def outbox_depth_up_to(conn: Connection, cap: int) -> Depth:
+    """Deliveries waiting or in flight (unexpanded deferred fan-outs included), counted up to
+    ``cap``: at most ``cap + 1`` index entries per status and ``cap + 1`` fan-out rows are read,
+    whatever the backlog. One statement, so one snapshot.
+
+    Each status is its own branch on a literal, which is what the planner matches the partial
+    indexes (``deliveries_queue``, ``deliveries_pending``, ``deliveries_lease``) on. A fan-out
+    row is deleted once expanded, so each row read stands for at least one delivery.
+    """
+    branches = [
+        f"SELECT count(*) FROM (SELECT 1 FROM deliveries WHERE status = '{status.value}' "
+        f"LIMIT {int(cap) + 1}) AS w"
+        for status in _WAITING
+    ]
+    branches.append(
+        "SELECT coalesce(sum(total - expanded), 0) FROM "
+        f"(SELECT total, expanded FROM event_fanouts LIMIT {int(cap) + 1}) AS f"
+    )
+    rows = await conn.execute_fetchall(" UNION ALL ".join(branches))
+    total = sum(int(row[0]) for row in rows)
+    return Depth(cap, True) if total > cap else Depth(total, False)
+
+
+async def _count_chunked(
+    conn: Connection, table_sql: str, where: str, params: tuple[str, ...], chunk: int
+) -> int:
+    """``count(*)`` of the rows ``where`` selects, read ``chunk`` index entries per statement in
+    ``id`` order (keyset: each statement starts after the last id of the one before)."""
+    total, after = 0, ""
+    while True:
+        rows = await conn.execute_fetchall(
+            f"SELECT count(*), max(id) FROM (SELECT id FROM {table_sql} WHERE {where} "
+            "AND id > ? ORDER BY id LIMIT ?) AS chunk",
+            (*params, after, chunk),
+        )
+        counted, last = int(rows[0][0]), rows[0][1]
+        total += counted
+        if counted < chunk or last is None:
+            return total
+        after = last
+
+
+async def jobs_by_status(conn: Connection, *, chunk: int = CHUNK) -> dict[str, int]:
+    """The number of stored jobs in each status (statuses with none are left out), counted from
+    the ``jobs_status`` index (status, id) ``chunk`` entries per statement; no table row read.
+
+    Several statements, so not one snapshot: a job changing status meanwhile may be counted in
+    both statuses or in neither (off by the jobs that moved during the read)."""
+    counts = {}
+    for status in JobStatus:
+        counted = await _count_chunked(conn, "jobs", "status = ?", (status.value,), chunk)
+        if counted:
+            counts[status.value] = counted
+    return counts
+
+
+async def outbox(conn: Connection, *, chunk: int = CHUNK) -> tuple[int, float | None]:
     """Deliveries waiting or in flight, and when the oldest of them was created; the deliveries
     of deferred fan-outs not yet expanded count as waiting (service/storage/fanouts.py).
 
-    One statement, so one snapshot: counted by separate statements, a delivery claimed between
-    the pending and the in-flight count was counted twice. Each status is still its own branch
-    of the UNION, so each reads its own partial index (``deliveries_pending``,
-    ``deliveries_lease``); the status is a literal, which is what the planner matches partial
-    indexes on.
+    Read subscription by subscription from the ``deliveries_subscription`` index
+    (subscription_id, status, id): per subscription and status, a count of at most ``chunk``
+    entries and one seek to the lowest id, then, for a stretch longer than ``chunk``, a keyset
+    count ``chunk`` entries per statement. No table row is read for a count, and the work per
+    statement is bounded whatever the backlog; the whole read is O(subscriptions + waiting
+    entries / chunk statements).
+
+    The oldest is the creation time of each stretch's lowest id (ids are time-ordered: the
+    first written of what waits), or of the oldest unexpanded fan-out. A deferred fan-out's rows
+    are written when expanded, possibly after a newer event's rows to the same subscription, so
+    the age can read low by the expansion's lag (seconds; the fan-out itself is counted until
+    then). An open delivery's subscription exists: deleting a subscription cancels its open
+    deliveries (service/storage/subscriptions.py).
+
+    Several statements, so not one snapshot: a delivery changing status meanwhile may be counted
+    twice or not at all (off by the deliveries that moved during the read).
     """
-    statuses = (DeliveryStatus.QUEUED, DeliveryStatus.PENDING, DeliveryStatus.INFLIGHT)
-    sql = " UNION ALL ".join(
-        [
-            f"SELECT count(*), min(created_at) FROM deliveries WHERE status = '{status.value}'"
-            for status in statuses
-        ]
-        + ["SELECT coalesce(sum(total - expanded), 0), min(created_at) FROM event_fanouts"]
-    )
     depth = 0
     oldest: float | None = None
-    for count, created in await conn.execute_fetchall(sql):
-        depth += int(count)
+
+    def older(created: float | None) -> None:
+        nonlocal oldest
         if created is not None:
             oldest = created if oldest is None else min(oldest, created)
+
+    columns = []
+    for status in _WAITING:
+        open_ = f"d.subscription_id = s.id AND d.status = '{status.value}'"
+        columns.append(
+            f"(SELECT count(*) FROM (SELECT 1 FROM deliveries d WHERE {open_} LIMIT ?) AS c)"
+        )
+        columns.append(
+            f"(SELECT d.created_at FROM deliveries d WHERE {open_} ORDER BY d.id LIMIT 1)"
+        )
+    page_sql = (
+        f"SELECT s.id, {', '.join(columns)} FROM subscriptions s WHERE s.id > ? "
+        "ORDER BY s.id LIMIT ?"
+    )
+    long_stretches: list[tuple[str, str]] = []
+    after = ""
+    while True:
+        rows = await conn.execute_fetchall(
+            page_sql, (chunk, chunk, chunk, after, SUBSCRIPTIONS_PAGE)
+        )
+        for row in rows:
+            for index, status in enumerate(_WAITING):
+                counted, created = int(row[1 + 2 * index]), row[2 + 2 * index]
+                if counted >= chunk:
+                    long_stretches.append((row[0], status.value))
+                else:
+                    depth += counted
+                older(created)
+        if len(rows) < SUBSCRIPTIONS_PAGE:
+            break
+        after = rows[-1][0]
+    for sub_id, status_value in long_stretches:
+        depth += await _count_chunked(
+            conn, "deliveries", "subscription_id = ? AND status = ?", (sub_id, status_value), chunk
+        )
+    # A fan-out row is deleted once expanded, so the table holds only the ones in progress.
+    fanout_rows = await conn.execute_fetchall(
+        "SELECT coalesce(sum(total - expanded), 0), min(created_at) FROM event_fanouts"
+    )
+    depth += int(fanout_rows[0][0])
+    older(fanout_rows[0][1])
     return depth, oldest
