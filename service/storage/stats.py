@@ -11,7 +11,7 @@ from service.core.models import DeliveryStatus, JobStatus
 from service.storage.database import Connection
 
 CHUNK = 10_000
-"""Index entries one counting statement reads at most (~2-5 ms of SQLite's time here): between
+"""Index entries one counting statement reads at most (a few ms of SQLite's time here): between
 two statements the reader serves everyone else, the dispatcher's read of what is due first."""
 
 SUBSCRIPTIONS_PAGE = 500
@@ -28,15 +28,8 @@ class Depth:
     capped: bool
 
 
-async def outbox_depth_up_to(conn: Connection, cap: int) -> Depth:
-    """Deliveries waiting or in flight (unexpanded deferred fan-outs included), counted up to
-    ``cap``: at most ``cap + 1`` index entries per status and ``cap + 1`` fan-out rows are read,
-    whatever the backlog. One statement, so one snapshot.
-
-    Each status is its own branch on a literal, which is what the planner matches the partial
-    indexes (``deliveries_queue``, ``deliveries_pending``, ``deliveries_lease``) on. A fan-out
-    row is deleted once expanded, so each row read stands for at least one delivery.
-    """
+def depth_up_to_sql(cap: int) -> str:
+    """The statement of :func:`outbox_depth_up_to`: one row per branch, each a count."""
     branches = [
         f"SELECT count(*) FROM (SELECT 1 FROM deliveries WHERE status = '{status.value}' "
         f"LIMIT {int(cap) + 1}) AS w"
@@ -46,23 +39,68 @@ async def outbox_depth_up_to(conn: Connection, cap: int) -> Depth:
         "SELECT coalesce(sum(total - expanded), 0) FROM "
         f"(SELECT total, expanded FROM event_fanouts LIMIT {int(cap) + 1}) AS f"
     )
-    rows = await conn.execute_fetchall(" UNION ALL ".join(branches))
+    return " UNION ALL ".join(branches)
+
+
+async def outbox_depth_up_to(conn: Connection, cap: int) -> Depth:
+    """Deliveries waiting or in flight (unexpanded deferred fan-outs included), counted up to
+    ``cap``: at most ``cap + 1`` index entries per status and ``cap + 1`` fan-out rows are read,
+    whatever the backlog. One statement, so one snapshot.
+
+    Each status is its own branch on a literal, which is what the planner matches the partial
+    indexes (``deliveries_queue``, ``deliveries_pending``, ``deliveries_lease``) on. A fan-out
+    row is deleted once expanded, so each row read stands for at least one delivery.
+    """
+    rows = await conn.execute_fetchall(depth_up_to_sql(cap))
     total = sum(int(row[0]) for row in rows)
     return Depth(cap, True) if total > cap else Depth(total, False)
 
 
-async def _count_chunked(
-    conn: Connection, table_sql: str, where: str, params: tuple[str, ...], chunk: int
-) -> int:
-    """``count(*)`` of the rows ``where`` selects, read ``chunk`` index entries per statement in
-    ``id`` order (keyset: each statement starts after the last id of the one before)."""
+def _chunk_sql(table: str, where: str) -> str:
+    # Keyset: each statement starts after the last id of the one before, in index order.
+    return (
+        f"SELECT count(*), max(id) FROM (SELECT id FROM {table} WHERE {where} "
+        "AND id > ? ORDER BY id LIMIT ?) AS chunk"
+    )
+
+
+JOBS_CHUNK = _chunk_sql("jobs", "status = ?")
+"""Jobs in one status after an id, at most a chunk of them: (count, last id). Parameters
+(status, after, chunk); reads the ``jobs_status`` index (status, id) only."""
+
+DELIVERIES_CHUNK = _chunk_sql("deliveries", "subscription_id = ? AND status = ?")
+"""One subscription's deliveries in one status after an id, at most a chunk: (count, last id).
+Parameters (subscription, status, after, chunk); reads the ``deliveries_subscription`` index
+(subscription_id, status, id) only."""
+
+
+def _page_columns() -> str:
+    columns = []
+    for status in _WAITING:
+        open_ = f"d.subscription_id = s.id AND d.status = '{status.value}'"
+        columns.append(
+            f"(SELECT count(*) FROM (SELECT 1 FROM deliveries d WHERE {open_} LIMIT ?) AS c)"
+        )
+        columns.append(
+            f"(SELECT d.created_at FROM deliveries d WHERE {open_} ORDER BY d.id LIMIT 1)"
+        )
+    return ", ".join(columns)
+
+
+OUTBOX_PAGE = (
+    f"SELECT s.id, {_page_columns()} FROM subscriptions s WHERE s.id > ? ORDER BY s.id LIMIT ?"
+)
+"""A page of subscriptions after an id, each with, per waiting status (queued, pending, in
+flight), its deliveries counted up to a chunk and the creation time of its lowest id.
+Parameters (chunk, chunk, chunk, after, page size)."""
+
+
+async def _count_chunked(conn: Connection, sql: str, params: tuple[str, ...], chunk: int) -> int:
+    """The rows ``sql`` (:data:`JOBS_CHUNK` or :data:`DELIVERIES_CHUNK`) selects for
+    ``params``, counted ``chunk`` index entries per statement."""
     total, after = 0, ""
     while True:
-        rows = await conn.execute_fetchall(
-            f"SELECT count(*), max(id) FROM (SELECT id FROM {table_sql} WHERE {where} "
-            "AND id > ? ORDER BY id LIMIT ?) AS chunk",
-            (*params, after, chunk),
-        )
+        rows = await conn.execute_fetchall(sql, (*params, after, chunk))
         counted, last = int(rows[0][0]), rows[0][1]
         total += counted
         if counted < chunk or last is None:
@@ -72,13 +110,14 @@ async def _count_chunked(
 
 async def jobs_by_status(conn: Connection, *, chunk: int = CHUNK) -> dict[str, int]:
     """The number of stored jobs in each status (statuses with none are left out), counted from
-    the ``jobs_status`` index (status, id) ``chunk`` entries per statement; no table row read.
+    the ``jobs_status`` index ``chunk`` entries per statement (:data:`JOBS_CHUNK`); no table row
+    is read.
 
     Several statements, so not one snapshot: a job changing status meanwhile may be counted in
     both statuses or in neither (off by the jobs that moved during the read)."""
     counts = {}
     for status in JobStatus:
-        counted = await _count_chunked(conn, "jobs", "status = ?", (status.value,), chunk)
+        counted = await _count_chunked(conn, JOBS_CHUNK, (status.value,), chunk)
         if counted:
             counts[status.value] = counted
     return counts
@@ -89,18 +128,19 @@ async def outbox(conn: Connection, *, chunk: int = CHUNK) -> tuple[int, float | 
     of deferred fan-outs not yet expanded count as waiting (service/storage/fanouts.py).
 
     Read subscription by subscription from the ``deliveries_subscription`` index
-    (subscription_id, status, id): per subscription and status, a count of at most ``chunk``
-    entries and one seek to the lowest id, then, for a stretch longer than ``chunk``, a keyset
-    count ``chunk`` entries per statement. No table row is read for a count, and the work per
-    statement is bounded whatever the backlog; the whole read is O(subscriptions + waiting
-    entries / chunk statements).
+    (subscription_id, status, id), :data:`SUBSCRIPTIONS_PAGE` subscriptions per statement
+    (:data:`OUTBOX_PAGE`): per subscription and status, a count of at most ``chunk`` entries and
+    one seek to the lowest id; then a stretch of ``chunk`` or more is counted again ``chunk``
+    entries per statement (:data:`DELIVERIES_CHUNK`). No table row is read for a count, and no
+    statement's work grows with the backlog; the whole read is O(subscriptions + waiting
+    deliveries), in O(subscriptions / page + waiting deliveries / chunk) statements.
 
     The oldest is the creation time of each stretch's lowest id (ids are time-ordered: the
     first written of what waits), or of the oldest unexpanded fan-out. A deferred fan-out's rows
     are written when expanded, possibly after a newer event's rows to the same subscription, so
-    the age can read low by the expansion's lag (seconds; the fan-out itself is counted until
-    then). An open delivery's subscription exists: deleting a subscription cancels its open
-    deliveries (service/storage/subscriptions.py).
+    the age can read low by the expansion's lag (the fan-out itself counts until expanded). An
+    open delivery's subscription exists: deleting a subscription cancels its open deliveries
+    (service/storage/subscriptions.py).
 
     Several statements, so not one snapshot: a delivery changing status meanwhile may be counted
     twice or not at all (off by the deliveries that moved during the read).
@@ -113,24 +153,11 @@ async def outbox(conn: Connection, *, chunk: int = CHUNK) -> tuple[int, float | 
         if created is not None:
             oldest = created if oldest is None else min(oldest, created)
 
-    columns = []
-    for status in _WAITING:
-        open_ = f"d.subscription_id = s.id AND d.status = '{status.value}'"
-        columns.append(
-            f"(SELECT count(*) FROM (SELECT 1 FROM deliveries d WHERE {open_} LIMIT ?) AS c)"
-        )
-        columns.append(
-            f"(SELECT d.created_at FROM deliveries d WHERE {open_} ORDER BY d.id LIMIT 1)"
-        )
-    page_sql = (
-        f"SELECT s.id, {', '.join(columns)} FROM subscriptions s WHERE s.id > ? "
-        "ORDER BY s.id LIMIT ?"
-    )
     long_stretches: list[tuple[str, str]] = []
     after = ""
     while True:
         rows = await conn.execute_fetchall(
-            page_sql, (chunk, chunk, chunk, after, SUBSCRIPTIONS_PAGE)
+            OUTBOX_PAGE, (chunk, chunk, chunk, after, SUBSCRIPTIONS_PAGE)
         )
         for row in rows:
             for index, status in enumerate(_WAITING):
@@ -144,9 +171,7 @@ async def outbox(conn: Connection, *, chunk: int = CHUNK) -> tuple[int, float | 
             break
         after = rows[-1][0]
     for sub_id, status_value in long_stretches:
-        depth += await _count_chunked(
-            conn, "deliveries", "subscription_id = ? AND status = ?", (sub_id, status_value), chunk
-        )
+        depth += await _count_chunked(conn, DELIVERIES_CHUNK, (sub_id, status_value), chunk)
     # A fan-out row is deleted once expanded, so the table holds only the ones in progress.
     fanout_rows = await conn.execute_fetchall(
         "SELECT coalesce(sum(total - expanded), 0), min(created_at) FROM event_fanouts"
