@@ -33,7 +33,7 @@ from bench.seed import seed_jobs
 from service.app.factory import create_app
 from service.app.settings import load_settings
 from service.core.models import Subscription, SubscriptionStatus
-from service.storage import subscriptions
+from service.storage import deliveries, stats, subscriptions
 from service.storage.database import Database
 
 ADMIN_KEY = "rh_bench_admin_key_0123456789abcdef"
@@ -56,7 +56,9 @@ def _children(parent: int) -> list[int]:
 def _server_cpu(postmaster: int | None) -> float:
     if postmaster is None:
         return 0.0
-    total = 0.0
+    # The postmaster's reaped children too (cutime, cstime): parallel workers end within a call.
+    fields = Path(f"/proc/{postmaster}/stat").read_text().rsplit(")", 1)[1].split()
+    total = (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
     for pid in [postmaster, *_children(postmaster)]:
         with contextlib.suppress(OSError):  # a backend that ended meanwhile
             total += cpu_times(pid).total
@@ -126,7 +128,47 @@ async def _measure(env: dict[str, str], calls: int, postmaster: int | None) -> d
                     for line in first.text.splitlines()
                     if line.startswith(("reelhook_outbox", "reelhook_oldest", "reelhook_jobs{"))
                 ]
+    figures["read"] = await _read_beside_the_dispatcher(env, postmaster)
     return figures
+
+
+async def _read_beside_the_dispatcher(env: dict[str, str], postmaster: int | None) -> object:
+    """The gauges' read as /metrics does it (jobs by status, then the outbox), timed alone, and
+    how long the dispatcher's read of what is due waits on the same reader meanwhile (asked
+    every 5 ms; its worst and median latency)."""
+    rounds = []
+    async with Database.open(load_settings(env).database_url) as db:
+        for _ in range(3):
+            waits: list[float] = []
+            stop = asyncio.Event()
+
+            async def dispatcher(waits: list[float], stop: asyncio.Event) -> None:
+                while not stop.is_set():
+                    asked = time.perf_counter()
+                    await deliveries.due_subscriptions(
+                        db.reader, skip=[], now=time.time(), cap=32, limit=100
+                    )
+                    waits.append(time.perf_counter() - asked)
+                    await asyncio.sleep(0.005)
+
+            task = asyncio.create_task(dispatcher(waits, stop))
+            await asyncio.sleep(0.05)
+            cpu0, server0, wall0 = time.process_time(), _server_cpu(postmaster), time.perf_counter()
+            await stats.jobs_by_status(db.reader)
+            await stats.outbox(db.reader)
+            wall = time.perf_counter() - wall0
+            cpu = time.process_time() - cpu0 + _server_cpu(postmaster) - server0
+            stop.set()
+            await task
+            rounds.append(
+                {
+                    "wall_ms": round(wall * 1000, 1),
+                    "cpu_ms": round(cpu * 1000, 1),
+                    "due_read_ms_max": round(max(waits) * 1000, 1),
+                    "due_read_ms_median": round(statistics.median(waits) * 1000, 2),
+                }
+            )
+    return rounds
 
 
 @contextmanager
