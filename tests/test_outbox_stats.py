@@ -200,13 +200,22 @@ async def _plan(db: Database, sql: str, params: tuple[object, ...]) -> list[str]
 
 async def test_the_counting_statements_read_index_entries_only(db: Database) -> None:
     await _mixed_outbox(db)
-    jobs_plan = await _plan(db, stats.JOBS_CHUNK, ("submitted", "", 100))
-    chunk_plan = await _plan(db, stats.DELIVERIES_CHUNK, ("sub_plain", "pending", "", 100))
+    jobs_plan = await _plan(db, stats.JOBS_CHUNK_END, ("submitted", "", 99))
+    jobs_plan += await _plan(db, stats.JOBS_REST, ("submitted", "", 100))
+    chunk_plan = await _plan(db, stats.DELIVERIES_CHUNK_END, ("sub_plain", "pending", "", 99))
+    chunk_plan += await _plan(db, stats.DELIVERIES_REST, ("sub_plain", "pending", "", 100))
     page_plan = await _plan(db, stats.OUTBOX_PAGE, (100, 100, 100, "", 10))
     depth_plan = await _plan(db, stats.depth_up_to_sql(100), ())
     if db.dialect == "sqlite":
-        assert any("COVERING INDEX jobs_status" in step for step in jobs_plan), jobs_plan
-        assert any("COVERING INDEX deliveries_subscription" in s for s in chunk_plan), chunk_plan
+        # (A rest's count reads its subquery's rows: CO-ROUTINE rest, SCAN rest.)
+        reads = [s for s in jobs_plan + chunk_plan if s.startswith("SEARCH")]
+        jobs_read = "SEARCH jobs USING COVERING INDEX jobs_status (status=? AND id>?)"
+        deliveries_read = (
+            "SEARCH deliveries USING COVERING INDEX deliveries_subscription "
+            "(subscription_id=? AND status=? AND id>?)"
+        )
+        assert reads == [jobs_read] * 2 + [deliveries_read] * 2, jobs_plan + chunk_plan
+        assert not [s for s in jobs_plan + chunk_plan if s.startswith(("SCAN j", "SCAN d"))]
         counts = [s for s in page_plan if "COVERING INDEX deliveries_subscription" in s]
         assert len(counts) == 3, page_plan
         scans = [s for s in page_plan + depth_plan if s.startswith(("SCAN d ", "SCAN deliveries"))]
@@ -217,10 +226,13 @@ async def test_the_counting_statements_read_index_entries_only(db: Database) -> 
             "SCAN deliveries USING INDEX deliveries_queue",
         ], page_plan + depth_plan
     else:
-        assert any("Index Only Scan using jobs_status" in step for step in jobs_plan), jobs_plan
-        assert any(
-            "Index Only Scan using deliveries_subscription" in step for step in chunk_plan
-        ), chunk_plan
+        scans = [s.strip(" ->") for s in jobs_plan + chunk_plan if " on " in s]
+        assert [s.split("  (")[0] for s in scans] == [
+            "Index Only Scan using jobs_status on jobs",
+            "Index Only Scan using jobs_status on jobs",
+            "Index Only Scan using deliveries_subscription on deliveries",
+            "Index Only Scan using deliveries_subscription on deliveries",
+        ], jobs_plan + chunk_plan
         assert not [s for s in page_plan + depth_plan if "Seq Scan on deliveries" in s]
         # Six seeks per subscription, each into an index (the planner picks among the partial
         # ones and deliveries_subscription by its statistics).
@@ -306,7 +318,7 @@ async def test_no_statement_does_more_work_with_100k_rows_waiting_than_with_2k(
     # The gauges: more statements, none of them longer (within a B-tree level).
     for name in ("outbox", "jobs"):
         small_steps, big_steps = small[name][1], big[name][1]
-        assert len(big_steps) > len(small_steps) * 3, (name, small_steps, big_steps)
+        assert len(big_steps) > len(small_steps) * 2, (name, small_steps, big_steps)
         assert max(big_steps) <= max(small_steps) * 1.5 + 50, (name, small_steps, big_steps)
 
 
