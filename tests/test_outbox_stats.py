@@ -226,13 +226,12 @@ async def test_the_counting_statements_read_index_entries_only(db: Database) -> 
             "SCAN deliveries USING INDEX deliveries_queue",
         ], page_plan + depth_plan
     else:
-        scans = [s.strip(" ->") for s in jobs_plan + chunk_plan if " on " in s]
-        assert [s.split("  (")[0] for s in scans] == [
-            "Index Only Scan using jobs_status on jobs",
-            "Index Only Scan using jobs_status on jobs",
-            "Index Only Scan using deliveries_subscription on deliveries",
-            "Index Only Scan using deliveries_subscription on deliveries",
-        ], jobs_plan + chunk_plan
+        # PostgreSQL counts a long stretch in one statement (stats._count_chunked): an index's.
+        counts = await _plan(db, stats.JOBS_COUNT, ("submitted",))
+        counts += await _plan(db, stats.DELIVERIES_COUNT, ("sub_plain", "pending"))
+        reads = [s.strip(" ->") for s in counts if " on " in s]
+        assert len(reads) == 2, counts
+        assert all(s.startswith(("Index Scan", "Index Only Scan")) for s in reads), counts
         assert not [s for s in page_plan + depth_plan if "Seq Scan on deliveries" in s]
         # Six seeks per subscription, each into an index (the planner picks among the partial
         # ones and deliveries_subscription by its statistics).

@@ -1,7 +1,7 @@
-"""SQL behind ``/readyz``'s outbox figure and the scrape-time gauges: none of it reads a table's
-rows for a count, and no statement reads more than a bounded number of index entries, so a
-backlog of millions never holds the shared reader connection for long (docs/performance.md §5,
-"/readyz and /metrics over a million due deliveries")."""
+"""SQL behind ``/readyz``'s outbox figure and the scrape-time gauges: no count reads a table's
+rows, and on SQLite no statement reads more than a bounded number of index entries, so a backlog
+of millions never holds its one reader connection for long (docs/performance.md §5, "/readyz and
+/metrics over a million due deliveries")."""
 
 from __future__ import annotations
 
@@ -72,6 +72,12 @@ def _rest_sql(table: str, where: str) -> str:
     )
 
 
+JOBS_COUNT = "SELECT count(*) FROM jobs WHERE status = ?"
+"""Jobs in one status, in one statement: PostgreSQL's way (see :func:`_count_chunked`)."""
+
+DELIVERIES_COUNT = "SELECT count(*) FROM deliveries WHERE subscription_id = ? AND status = ?"
+"""One subscription's deliveries in one status, in one statement: PostgreSQL's way."""
+
 JOBS_CHUNK_END = _chunk_end_sql("jobs", "status = ?")
 """The id ending the next chunk of jobs in one status after an id, if there are that many.
 Parameters (status, after, chunk - 1); reads the ``jobs_status`` index (status, id) only."""
@@ -112,11 +118,25 @@ Parameters (chunk, chunk, chunk, after, page size)."""
 
 
 async def _count_chunked(
-    conn: Connection, end_sql: str, rest_sql: str, params: tuple[str, ...], chunk: int
+    conn: Connection,
+    sqls: tuple[str, str, str],
+    params: tuple[str, ...],
+    chunk: int,
 ) -> int:
-    """The rows of ``params`` in an index, counted ``chunk`` entries per statement: ``end_sql``
-    finds where each full chunk ends (keyset: each starts after the end of the one before), and
-    ``rest_sql`` counts what is left when no full chunk is."""
+    """The rows of ``params`` in an index. ``sqls`` are the one-statement count, the chunk's end
+    and the rest (:data:`JOBS_COUNT`, :data:`JOBS_CHUNK_END`, :data:`JOBS_REST`, or the
+    deliveries' three).
+
+    On SQLite, ``chunk`` entries per statement: the chunk's end finds where each full chunk ends
+    (keyset: each starts after the end of the one before), and the rest counts what is left
+    when no full chunk is; SQLite's reader is one connection, which the dispatcher's read of
+    what is due waits for. On PostgreSQL, one count: its reader is a pool, so a long statement
+    holds up no other read, and its executor walks an OFFSET at ~3x the CPU of a count
+    (docs/performance.md §5, "/readyz and /metrics over a million due deliveries")."""
+    count_sql, end_sql, rest_sql = sqls
+    if conn.dialect == "postgresql":
+        rows = await conn.execute_fetchall(count_sql, params)
+        return int(rows[0][0])
     total, after = 0, ""
     while True:
         rows = await conn.execute_fetchall(end_sql, (*params, after, chunk - 1))
@@ -129,14 +149,16 @@ async def _count_chunked(
 
 async def jobs_by_status(conn: Connection, *, chunk: int = CHUNK) -> dict[str, int]:
     """The number of stored jobs in each status (statuses with none are left out), counted from
-    the ``jobs_status`` index ``chunk`` entries per statement (:data:`JOBS_CHUNK_END`,
-    :data:`JOBS_REST`); no table row is read.
+    the ``jobs_status`` index (on SQLite ``chunk`` entries per statement; see
+    :func:`_count_chunked`).
 
     Several statements, so not one snapshot: a job changing status meanwhile may be counted in
     both statuses or in neither (off by the jobs that moved during the read)."""
     counts = {}
     for status in JobStatus:
-        counted = await _count_chunked(conn, JOBS_CHUNK_END, JOBS_REST, (status.value,), chunk)
+        counted = await _count_chunked(
+            conn, (JOBS_COUNT, JOBS_CHUNK_END, JOBS_REST), (status.value,), chunk
+        )
         if counted:
             counts[status.value] = counted
     return counts
@@ -149,11 +171,10 @@ async def outbox(conn: Connection, *, chunk: int = CHUNK) -> tuple[int, float | 
     Read subscription by subscription from the ``deliveries_subscription`` index
     (subscription_id, status, id), :data:`SUBSCRIPTIONS_PAGE` subscriptions per statement
     (:data:`OUTBOX_PAGE`): per subscription and status, a count of at most ``chunk`` entries and
-    one seek to the lowest id; then a stretch of ``chunk`` or more is counted again ``chunk``
-    entries per statement (:data:`DELIVERIES_CHUNK_END`, :data:`DELIVERIES_REST`). No table row
-    is read for a count, and no statement's work grows with the backlog; the whole read is
-    O(subscriptions + waiting deliveries), in O(subscriptions / page + waiting deliveries /
-    chunk) statements.
+    one seek to the lowest id; then a stretch of ``chunk`` or more is counted again (on SQLite
+    ``chunk`` entries per statement; see :func:`_count_chunked`). No table row is read for a
+    count; on SQLite no statement's work grows with the backlog. The whole read is
+    O(subscriptions + waiting deliveries).
 
     The oldest is the creation time of each stretch's lowest id (ids are time-ordered: the
     first written of what waits), or of the oldest unexpanded fan-out. A deferred fan-out's rows
@@ -192,7 +213,10 @@ async def outbox(conn: Connection, *, chunk: int = CHUNK) -> tuple[int, float | 
         after = rows[-1][0]
     for sub_id, status_value in long_stretches:
         depth += await _count_chunked(
-            conn, DELIVERIES_CHUNK_END, DELIVERIES_REST, (sub_id, status_value), chunk
+            conn,
+            (DELIVERIES_COUNT, DELIVERIES_CHUNK_END, DELIVERIES_REST),
+            (sub_id, status_value),
+            chunk,
         )
     # A fan-out row is deleted once expanded, so the table holds only the ones in progress.
     fanout_rows = await conn.execute_fetchall(
