@@ -15,7 +15,7 @@ from service.storage.database import DATABASE_ERRORS
 # How long /readyz waits for the database to take its write before calling it not writable.
 READY_WRITE_WAIT = 2.0
 # /readyz counts the outbox up to this many deliveries and then says "at least": the figure is
-# informational, and a full count of a million-row backlog took 0.4-1 s of the shared reader on
+# informational, and a full count of a million-row backlog took 0.3-1 s of the shared reader on
 # every health check (docs/performance.md §5, "/readyz and /metrics over a million due deliveries").
 READY_DEPTH_CAP = 1000
 
@@ -158,8 +158,7 @@ async def metrics(request: Request) -> Response:
     lag, provider submissions, rate-limited requests and pruned rows, and gauges of stored state
     (jobs by status, outbox depth, oldest waiting delivery) read from the store at most every
     second or so, more rarely when the read takes long (:class:`service.ops.metrics.Metrics`).
-    The format follows the `Accept` header:
-    Prometheus text by default, or OpenMetrics."""
+    The format follows the `Accept` header: Prometheus text by default, or OpenMetrics."""
     state = services(request)
     await state.metrics.refresh(state.db.reader, state.clock())
     state.metrics.cluster(await state.db.nodes_alive(), state.db.is_leader)
