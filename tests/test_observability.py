@@ -84,10 +84,13 @@ async def test_metrics_move_as_callbacks_and_deliveries_happen(
             await sink.wait_for(lambda s: len(s.on("/hook")) == 5)
             forged = await http.post("/v1/callbacks/trinetra/not-a-token", json={})
             assert forged.status_code == 401, forged.text
+            # The stored-state gauges are one read of the store, at most a second old: the
+            # read that sees both jobs succeeded saw their deliveries written (one transaction).
             after = await scrape_until(
                 http,
                 lambda s: (
                     value(s, "reelhook_delivery_attempts_total", outcome="succeeded") == 5
+                    and value(s, "reelhook_jobs", status="succeeded") == 2
                     and value(s, "reelhook_outbox_depth") == 0
                 ),
             )
@@ -249,6 +252,7 @@ async def test_readiness_and_metrics_describe_the_node_and_the_cluster(
         "nodes_alive": 1,
         "leader": node["id"],
         "outbox_depth": 1,
+        "outbox_depth_capped": False,
     }
     assert value(samples, "reelhook_cluster_nodes_alive") == 1
     assert value(samples, "reelhook_cluster_leader") == 1

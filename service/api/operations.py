@@ -14,6 +14,10 @@ from service.storage.database import DATABASE_ERRORS
 
 # How long /readyz waits for the database to take its write before calling it not writable.
 READY_WRITE_WAIT = 2.0
+# /readyz counts the outbox up to this many deliveries and then says "at least": the figure is
+# informational, and a full count of a million-row backlog took 0.3-1 s of the shared reader on
+# every health check (docs/performance.md §5, "/readyz and /metrics over a million due deliveries").
+READY_DEPTH_CAP = 1000
 
 _READINESS = {
     "type": "object",
@@ -53,7 +57,7 @@ _READINESS = {
             "type": ["object", "null"],
             "description": "Figures of every node sharing the store (on SQLite the one node); "
             "null when the store could not be read.",
-            "required": ["store", "nodes_alive", "leader", "outbox_depth"],
+            "required": ["store", "nodes_alive", "leader", "outbox_depth", "outbox_depth_capped"],
             "properties": {
                 "store": {"enum": ["sqlite", "postgresql"]},
                 "nodes_alive": {
@@ -67,7 +71,14 @@ _READINESS = {
                 },
                 "outbox_depth": {
                     "type": "integer",
-                    "description": "Deliveries waiting to be sent or in flight, on every node.",
+                    "description": "Deliveries waiting to be sent or in flight, on every node, "
+                    "counted up to 1000: with `outbox_depth_capped` true there are at least "
+                    "that many (the metric `reelhook_outbox_depth` has the full count).",
+                },
+                "outbox_depth_capped": {
+                    "type": "boolean",
+                    "description": "True when the count stopped at its cap (`outbox_depth` is a "
+                    "floor), false when `outbox_depth` is exact.",
                 },
             },
         },
@@ -87,8 +98,9 @@ _EXPOSITION = {"type": "string", "description": "Prometheus text or OpenMetrics 
 )
 async def readyz(request: Request) -> Response:
     """200 when the database takes a write and the dispatcher runs; 503 naming what fails. The
-    body also describes this node and the cluster (nodes alive, leader, outbox depth), which do
-    not decide readiness: a node is ready whatever the others do."""
+    body also describes this node and the cluster (nodes alive, leader, outbox depth counted up
+    to :data:`READY_DEPTH_CAP`), which do not decide readiness: a node is ready whatever the
+    others do. Its store work is bounded whatever the backlog."""
     state = services(request)
     checks: dict[str, str] = {}
     try:
@@ -103,12 +115,13 @@ async def readyz(request: Request) -> Response:
     cluster: dict[str, object] | None = None
     try:
         with anyio.fail_after(READY_WRITE_WAIT):
-            depth, _ = await stats.outbox(state.db.reader)
+            depth = await stats.outbox_depth_up_to(state.db.reader, READY_DEPTH_CAP)
             cluster = {
                 "store": state.db.dialect,
                 "nodes_alive": await state.db.nodes_alive(),
                 "leader": await state.db.leader_id(),
-                "outbox_depth": depth,
+                "outbox_depth": depth.count,
+                "outbox_depth_capped": depth.capped,
             }
     except DATABASE_ERRORS:  # (TimeoutError is an OSError, among them)
         pass  # the checks above say what fails
@@ -143,8 +156,9 @@ async def readyz(request: Request) -> Response:
 async def metrics(request: Request) -> Response:
     """This process's metrics for a Prometheus scrape: provider callbacks, delivery attempts and
     lag, provider submissions, rate-limited requests and pruned rows, and gauges of stored state
-    (jobs by status, outbox depth) read at scrape time. The format follows the `Accept` header:
-    Prometheus text by default, or OpenMetrics."""
+    (jobs by status, outbox depth, oldest waiting delivery) read from the store at most every
+    second or so, more rarely when the read takes long (:class:`service.ops.metrics.Metrics`).
+    The format follows the `Accept` header: Prometheus text by default, or OpenMetrics."""
     state = services(request)
     await state.metrics.refresh(state.db.reader, state.clock())
     state.metrics.cluster(await state.db.nodes_alive(), state.db.is_leader)

@@ -1,11 +1,14 @@
 """reelhook's Prometheus metrics, in a registry of their own (one per application).
 
 Counters and histograms move as things happen; the gauges that describe stored state (jobs by
-status, outbox depth, oldest waiting delivery) are read from SQLite indexes when scraped.
+status, outbox depth, oldest waiting delivery) are read from the store's indexes when scraped, at
+most once per :data:`STATE_MIN_GAP` seconds and per :data:`STATE_GAP_FACTOR` times the last
+read's duration (docs/performance.md §5, "/readyz and /metrics over a million due deliveries").
 """
 
 from __future__ import annotations
 
+import anyio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 
@@ -22,6 +25,13 @@ _LAG_BUCKETS = (
 # as long as the video takes to render.
 _CLAIM_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 _PROVIDER_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+STATE_MIN_GAP = 1.0
+"""Seconds at least between two reads of the stored-state gauges: scrapes closer together (or
+at once) share one read."""
+STATE_GAP_FACTOR = 20.0
+"""And at least this many times the last read's duration, so the reads take at most ~5 % of
+the reader's time however large the tables grow and however often /metrics is scraped."""
 
 
 class Metrics:
@@ -113,6 +123,9 @@ class Metrics:
             "Age of the oldest delivery waiting to be sent or in flight (0 when none)",
             registry=registry,
         )
+        self._state_lock = anyio.Lock()
+        self._state_next: float | None = None  # anyio.current_time() of the next read allowed
+        self._oldest: float | None = None
 
     def callback_outcome(self, provider: str, outcome: CallbackOutcome) -> None:
         """A callback observer (see :mod:`service.callback_outcomes`)."""
@@ -132,12 +145,25 @@ class Metrics:
         self.unknown_statuses.labels(provider=provider, status=label).inc()
 
     async def refresh(self, conn: Connection, now: float) -> None:
-        """Read the gauges that describe stored state (called at scrape time)."""
-        counts = await stats.jobs_by_status(conn)
-        for status in JobStatus:
-            self.jobs.labels(status=status.value).set(counts.get(status.value, 0))
-        depth, oldest = await stats.outbox(conn)
-        self.outbox_depth.set(depth)
+        """Bring the gauges that describe stored state up to date (called at scrape time, ``now``
+        by the service's clock).
+
+        The counts are read from the store only when :data:`STATE_MIN_GAP` seconds and
+        :data:`STATE_GAP_FACTOR` times the last read's duration have passed since the last read
+        began; otherwise they are the last read's. Concurrent scrapes wait for one read. The
+        oldest delivery's age is ``now`` minus its creation time on every call, so it grows
+        between reads as it should."""
+        async with self._state_lock:
+            started = anyio.current_time()
+            if self._state_next is None or started >= self._state_next:
+                counts = await stats.jobs_by_status(conn)
+                for status in JobStatus:
+                    self.jobs.labels(status=status.value).set(counts.get(status.value, 0))
+                depth, self._oldest = await stats.outbox(conn)
+                self.outbox_depth.set(depth)
+                took = anyio.current_time() - started
+                self._state_next = started + max(STATE_MIN_GAP, STATE_GAP_FACTOR * took)
+            oldest = self._oldest
         self.oldest_pending_delivery.set(max(0.0, now - oldest) if oldest is not None else 0.0)
 
     def cluster(self, nodes_alive: int, leader: bool) -> None:
