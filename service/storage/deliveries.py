@@ -328,13 +328,12 @@ async def insert_new(
     # SQLite ~9 µs of ~20, docs/performance.md §4).
     ids = iter(new_ids("dlv", len(rows)))
     plain: list[tuple[str, str, str, float, float, float]] = []
-    queued: list[tuple[str, str, str, float, str, float, float, str, str, str, str]] = []
+    queued: list[tuple[str, str, str, float, str, float, float, str, str]] = []
     for event_id, sub, due, created in rows:
         id_ = next(ids)
         if sub in fifo:
-            # Positional (both engines number ``?``): id, event, sub, due, event, at, at, then sub
-            # for the ordering and for each status checked (_QUEUES).
-            queued.append((id_, event_id, sub, due, event_id, created, created, sub, sub, sub, sub))
+            # Positional (both engines number ``?``): id, event, sub, due, event, at, at, sub, sub.
+            queued.append((id_, event_id, sub, due, event_id, created, created, sub, sub))
         else:
             plain.append((id_, event_id, sub, due, created, created))
     if plain:
@@ -462,23 +461,10 @@ async def take_claim_lock(conn: Connection) -> None:
         await conn.execute("SELECT pg_advisory_xact_lock(?)", (CLAIM_LOCK,))
 
 
-def _open_in(status: str, sub: str) -> str:
-    """An EXISTS for a row of subscription ``sub`` (an SQL expression) in ``status``: one seek
-    into that status's partial index (``deliveries_pending``, ``deliveries_inflight``,
-    ``deliveries_queue``). The status must be a literal, one per EXISTS: ``status IN (…)`` would
-    walk every row of the subscription (``deliveries_subscription`` no longer names the status;
-    docs/performance.md §5, "A delivery's index entries without its status")."""
-    return (
-        f"EXISTS (SELECT 1 FROM deliveries WHERE subscription_id = {sub} AND status = '{status}')"
-    )
-
-
 _QUEUES = (
-    "(SELECT ordering FROM subscriptions WHERE id = CAST(? AS TEXT)) = 'fifo' AND ("
-    + " OR ".join(
-        _open_in(status, "CAST(? AS TEXT)") for status in ("pending", "inflight", "queued")
-    )
-    + ")"
+    "(SELECT ordering FROM subscriptions WHERE id = CAST(? AS TEXT)) = 'fifo' AND EXISTS (SELECT 1 "
+    "FROM deliveries WHERE subscription_id = CAST(? AS TEXT) "
+    "AND status IN ('pending', 'inflight', 'queued'))"
 )
 
 
@@ -506,9 +492,9 @@ async def promote_queued(conn: Connection, sub_ids: Sequence[str], now: float) -
         cursor = await conn.execute(
             "UPDATE deliveries SET status = 'pending', next_attempt_at = ?, queue_seq = NULL, "
             "updated_at = ? WHERE id = (SELECT id FROM deliveries WHERE subscription_id = ? "
-            f"AND status = 'queued' ORDER BY queue_seq LIMIT 1) AND NOT {_open_in('pending', '?')} "
-            f"AND NOT {_open_in('inflight', '?')}",
-            (now, now, sub_id, sub_id, sub_id),
+            "AND status = 'queued' ORDER BY queue_seq LIMIT 1) AND NOT EXISTS (SELECT 1 FROM "
+            "deliveries WHERE subscription_id = ? AND status IN ('pending', 'inflight'))",
+            (now, now, sub_id, sub_id),
         )
         promoted += cursor.rowcount
     if promoted:
@@ -549,12 +535,10 @@ class Queue:
 
 
 async def queue_of(conn: Connection, sub_id: str) -> Queue:
-    # Each status its own branch, so each reads its partial index (see _open_in).
     rows = await conn.execute_fetchall(
-        f"SELECT * FROM ({_DELIVERY_SELECT} WHERE d.subscription_id = ? AND d.status = 'pending' "
-        f"UNION ALL {_DELIVERY_SELECT} WHERE d.subscription_id = ? AND d.status = 'inflight') "
-        "AS head ORDER BY next_attempt_at LIMIT 1",
-        (sub_id, sub_id),
+        f"{_DELIVERY_SELECT} WHERE d.subscription_id = ? AND d.status IN ('pending', 'inflight') "
+        "ORDER BY d.next_attempt_at LIMIT 1",
+        (sub_id,),
     )
     head = _delivery(next(iter(rows))) if rows else None
     counted = await conn.execute_fetchall(

@@ -19,7 +19,7 @@ async def outbox(conn: Connection) -> tuple[int, float | None]:
     One statement, so one snapshot: counted by separate statements, a delivery claimed between
     the pending and the in-flight count was counted twice. Each status is still its own branch
     of the UNION, so each reads its own partial index (``deliveries_pending``,
-    ``deliveries_inflight``); the status is a literal, which is what the planner matches partial
+    ``deliveries_lease``); the status is a literal, which is what the planner matches partial
     indexes on.
     """
     statuses = (DeliveryStatus.QUEUED, DeliveryStatus.PENDING, DeliveryStatus.INFLIGHT)

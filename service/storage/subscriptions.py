@@ -127,18 +127,12 @@ async def delete(conn: Connection, sub_id: str) -> bool:
     the subscription holds it ``FOR KEY SHARE`` until it commits (service/storage/fanouts.py),
     so the DELETE waits for it, and the UPDATE after it (a statement of its own, which sees what
     committed meanwhile) cancels what the expansion wrote too."""
-    # One term per status, each read from that status's partial index (an OR of indexes):
-    # ``status IN (…)`` would read every delivery the subscription ever had
-    # (docs/performance.md §5, "A delivery's index entries without its status").
-    open_ones = " OR ".join(
-        f"(subscription_id = ? AND status = '{status}')"
-        for status in ("pending", "inflight", "queued")
-    )
-    await deliveries.lock_in_id_order(conn, open_ones, (sub_id, sub_id, sub_id))
+    open_ones = "subscription_id = ? AND status IN ('pending', 'inflight', 'queued')"
+    await deliveries.lock_in_id_order(conn, open_ones, (sub_id,))
     cursor = await conn.execute("DELETE FROM subscriptions WHERE id = ?", (sub_id,))
     await conn.execute(
         f"UPDATE deliveries SET status = 'canceled', lease_until = NULL WHERE {open_ones}",
-        (sub_id, sub_id, sub_id),
+        (sub_id,),
     )
     return cursor.rowcount > 0
 
