@@ -774,7 +774,13 @@ async def list_page(
     limit: int,
 ) -> list[Delivery]:
     """Deliveries newest first, filtered; ``owner_key_id`` limits them to that key's
-    subscriptions (None: everyone's); ``created_since`` inclusive, ``created_until`` not."""
+    subscriptions (None: everyone's); ``created_since`` inclusive, ``created_until`` not.
+
+    One subscription's deliveries of every status are read as one newest-first page per status
+    from ``deliveries_subscription`` (subscription_id, status, id), merged: that index orders a
+    subscription's rows by status first, and one ORDER BY over all of them sorted the whole
+    history of the subscription for each page (a million rows for a slow subscriber's backlog;
+    docs/performance.md §5, "A subscription's deliveries a page at a time")."""
     clauses: list[str] = []
     params: list[Any] = []
     if owner_key_id is not None:
@@ -800,9 +806,23 @@ async def list_page(
     if before_id is not None:
         clauses.append("d.id < ?")
         params.append(before_id)
-    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-    params.append(limit)
-    async with conn.execute(f"{_DELIVERY_SELECT} {where} ORDER BY d.id DESC LIMIT ?", params) as c:
+    if subscription_id is not None and status is None and event_id is None:
+        # Each branch is a page of one status in id order, read from the index and no further;
+        # the status is a literal in each, and ORDER BY with LIMIT inside a compound query must
+        # sit in a subquery on both engines.
+        where = " AND ".join(clauses)
+        branches = " UNION ALL ".join(
+            f"SELECT id FROM (SELECT d.id FROM deliveries d JOIN events e ON e.id = d.event_id "
+            f"WHERE {where} AND d.status = '{each.value}' ORDER BY d.id DESC LIMIT ?) AS b{n}"
+            for n, each in enumerate(DeliveryStatus)
+        )
+        sql = f"{_DELIVERY_SELECT} WHERE d.id IN ({branches}) ORDER BY d.id DESC LIMIT ?"
+        params = [*[*params, limit] * len(DeliveryStatus), limit]
+    else:
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        sql = f"{_DELIVERY_SELECT} {where} ORDER BY d.id DESC LIMIT ?"
+        params.append(limit)
+    async with conn.execute(sql, params) as c:
         return [_delivery(row) for row in await c.fetchall()]
 
 
