@@ -23,8 +23,11 @@ from starlette.types import ASGIApp
 
 from service.app.factory import create_app
 from service.app.settings import Settings
+from service.core.ids import new_id
 from service.core.models import Subscription, SubscriptionStatus
-from service.storage.postgres import numbered
+from service.storage import events
+from service.storage.database import Database
+from service.storage.postgres import PostgresDatabase, numbered
 from tests.servers import Sink, loopback_socket, run_server, url_of
 
 
@@ -246,3 +249,36 @@ def subscription_row(
         updated_at=at,
         ordering=ordering,
     )
+
+
+async def queue_due(db: Database, sub_id: str, count: int, *, due: float) -> None:
+    """``count`` events created at ``due``, each with one pending delivery to ``sub_id`` due
+    then, through ``storage.events`` (20,000 per transaction)."""
+    batch = [
+        events.NewEvent(
+            id=new_id("evt"),
+            type="ping",
+            job_id=None,
+            created_at=due,
+            payload=b'{"type":"ping"}',
+            subscription_ids=[sub_id],
+            first_attempt_at=due,
+        )
+        for _ in range(count)
+    ]
+    for start in range(0, count, 20_000):
+        async with db.transaction(durable=False) as conn:
+            await events.append(conn, batch[start : start + 20_000])
+
+
+async def query_plan(db: Database, sql: str, params: tuple[object, ...]) -> list[str]:
+    """The plan of ``sql`` on this store, a line per step: SQLite's ``EXPLAIN QUERY PLAN``
+    details, or PostgreSQL's ``EXPLAIN`` with sequential scans off (tables this small may well be
+    read whole otherwise, which says nothing of the indexes)."""
+    if db.dialect == "sqlite":
+        rows = await db.reader.execute_fetchall(f"EXPLAIN QUERY PLAN {sql}", params)
+        return [str(row[3]) for row in rows]
+    assert isinstance(db, PostgresDatabase)
+    async with db.pool.acquire() as raw, raw.transaction():
+        await raw.execute("SET LOCAL enable_seqscan = off")
+        return [str(row[0]) for row in await raw.fetch(f"EXPLAIN {numbered(sql)}", *params)]

@@ -20,42 +20,22 @@ import aiosqlite
 import anyio
 import pytest
 
-from service.core.ids import new_id
 from service.core.models import SubscriptionStatus
 from service.core.retry import RetrySchedule
 from service.delivery.dispatcher import PREFETCH, Dispatcher
 from service.delivery.publisher import Publisher
 from service.delivery.sender import Sender
-from service.storage import deliveries, events, subscriptions
+from service.storage import deliveries, subscriptions
 from service.storage.database import Connection, Database
 from service.storage.sqlite import SqliteConnection, SqliteDatabase
 from tests.helpers.delivery import Hanging
 from tests.servers import run_server
-from tests.support import store_target, subscription_row
+from tests.support import queue_due, store_target, subscription_row
 
 pytestmark = pytest.mark.anyio
 
 NOW = 1_800_000_000.0
 T = TypeVar("T")
-
-
-async def _queue(db: Database, sub_id: str, count: int, *, due: float) -> None:
-    """``count`` events, each with one pending delivery to ``sub_id`` due at ``due``."""
-    batch = [
-        events.NewEvent(
-            id=new_id("evt"),
-            type="ping",
-            job_id=None,
-            created_at=due,
-            payload=b'{"type":"ping"}',
-            subscription_ids=[sub_id],
-            first_attempt_at=due,
-        )
-        for _ in range(count)
-    ]
-    for start in range(0, count, 20_000):
-        async with db.transaction(durable=False) as conn:
-            await events.append(conn, batch[start : start + 20_000])
 
 
 @asynccontextmanager
@@ -66,8 +46,8 @@ async def backlog(target: Path | str, rows: int) -> AsyncIterator[Database]:
         async with db.transaction() as conn:
             await subscriptions.insert(conn, subscription_row("sub_slow", at=NOW - 100))
             await subscriptions.insert(conn, subscription_row("sub_fast", at=NOW - 100))
-        await _queue(db, "sub_slow", rows, due=NOW - 60)
-        await _queue(db, "sub_fast", 5, due=NOW - 30)
+        await queue_due(db, "sub_slow", rows, due=NOW - 60)
+        await queue_due(db, "sub_fast", 5, due=NOW - 30)
         yield db
 
 
@@ -230,7 +210,7 @@ async def test_a_saturated_subscription_is_not_claimed_for_again(
             await subscriptions.insert(
                 conn, subscription_row("sub_fast", f"{url}/fast", at=NOW - 100)
             )
-        await _queue(db, "sub_slow", 50, due=0)
+        await queue_due(db, "sub_slow", 50, due=0)
         dispatcher = Dispatcher(
             db,
             Sender(session),
@@ -258,7 +238,7 @@ async def test_a_saturated_subscription_is_not_claimed_for_again(
                 while_saturated = list(written)
                 transactions_while_saturated = list(writes.transactions)
                 # Work for the other subscription is claimed and delivered meanwhile.
-                await _queue(db, "sub_fast", 3, due=0)
+                await queue_due(db, "sub_fast", 3, due=0)
                 writes.start()
                 dispatcher.wake()
                 await hanging.wait_for(lambda h: h.on("/fast") == 3)
@@ -372,7 +352,7 @@ async def test_one_claim_takes_one_due_delivery_from_each_of_a_hundred_subscript
                     conn, subscription_row(name, f"{url}/fast", at=NOW - 100)
                 )
         for name in names:
-            await _queue(db, name, 1, due=0)
+            await queue_due(db, name, 1, due=0)
         writes = WriteSpy(db, monkeypatch)
         writes.start()
         if isinstance(db, SqliteDatabase):

@@ -93,10 +93,11 @@ async def _pages(db: Database, limit: int, **filters: Any) -> list[list[str]]:
     """Every page of MINE's deliveries, following each page's last id as the cursor."""
     pages: list[list[str]] = []
     before: str | None = None
+    owner_key_id = filters.pop("owner_key_id", None)
     while True:
         page = await deliveries.list_page(
             db.reader,
-            owner_key_id=filters.pop("owner_key_id", None) if not pages else None,
+            owner_key_id=owner_key_id,
             subscription_id=MINE,
             before_id=before,
             limit=limit,

@@ -14,6 +14,7 @@ import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TypeVar
 
 import aiosqlite
@@ -27,11 +28,10 @@ from service.ops import metrics as metrics_module
 from service.ops.metrics import Metrics
 from service.storage import deliveries, events, jobs, stats, subscriptions
 from service.storage.database import Database
-from service.storage.postgres import PostgresDatabase
 from service.storage.sqlite import SqliteConnection
 from tests.conftest import SettingsFactory
 from tests.helpers.jobs import make_job
-from tests.support import api_client, subscription_row
+from tests.support import api_client, query_plan, queue_due, subscription_row
 
 pytestmark = pytest.mark.anyio
 
@@ -45,25 +45,6 @@ async def _subscribe(db: Database, sub_id: str, **changes: object) -> None:
         await subscriptions.insert(conn, sub)
 
 
-async def _queue(db: Database, sub_id: str, count: int, *, at: float) -> None:
-    """``count`` events created at ``at``, each with one delivery to ``sub_id`` due then."""
-    batch = [
-        events.NewEvent(
-            id=new_id("evt"),
-            type="ping",
-            job_id=None,
-            created_at=at,
-            payload=b'{"type":"ping"}',
-            subscription_ids=[sub_id],
-            first_attempt_at=at,
-        )
-        for _ in range(count)
-    ]
-    for start in range(0, count, 20_000):
-        async with db.transaction(durable=False) as conn:
-            await events.append(conn, batch[start : start + 20_000])
-
-
 async def _mixed_outbox(db: Database) -> None:
     """12 waiting deliveries: ``sub_plain`` 3 pending and 2 in flight (the oldest, at NOW -
     500), ``sub_fifo`` 1 pending and 4 queued behind it, and a deferred fan-out of 2 (to
@@ -71,8 +52,8 @@ async def _mixed_outbox(db: Database) -> None:
     await _subscribe(db, "sub_plain")
     await _subscribe(db, "sub_other")
     await _subscribe(db, "sub_fifo", ordering="fifo")
-    await _queue(db, "sub_plain", 2, at=NOW - 500)
-    await _queue(db, "sub_plain", 4, at=NOW - 400)
+    await queue_due(db, "sub_plain", 2, due=NOW - 500)
+    await queue_due(db, "sub_plain", 4, due=NOW - 400)
     async with db.transaction() as conn:
         claimed = await deliveries.claim_due(
             conn, now=NOW, lease_until=NOW + 60, rooms={"sub_plain": 3}
@@ -82,7 +63,7 @@ async def _mixed_outbox(db: Database) -> None:
             "UPDATE deliveries SET status = 'succeeded', lease_until = NULL WHERE id = ?",
             (claimed[-1].id,),
         )
-    await _queue(db, "sub_fifo", 5, at=NOW - 300)
+    await queue_due(db, "sub_fifo", 5, due=NOW - 300)
     async with db.transaction() as conn:
         await events.append(
             conn,
@@ -147,7 +128,7 @@ async def test_readyz_counts_the_outbox_up_to_its_cap_and_says_when_it_stopped(
     async with Database.open(settings.database_url) as db:
         # Disabled: the dispatcher leaves its deliveries waiting.
         await _subscribe(db, "sub_held", status=SubscriptionStatus.DISABLED)
-        await _queue(db, "sub_held", 7, at=NOW)
+        await queue_due(db, "sub_held", 7, due=NOW)
     async with api_client(settings) as http:
         monkeypatch.setattr(operations, "READY_DEPTH_CAP", 5)
         capped = (await http.get("/readyz")).json()["cluster"]
@@ -160,9 +141,16 @@ async def test_readyz_counts_the_outbox_up_to_its_cap_and_says_when_it_stopped(
 async def test_scrapes_within_the_gap_share_the_last_read_and_the_age_keeps_growing(
     db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(metrics_module, "STATE_MIN_GAP", 0.5)
+    # The gap is timed by anyio.current_time(): here a clock the test moves, so a slow machine
+    # cannot carry the second scrape past the gap.
+    clock = [100.0]
+    monkeypatch.setattr(
+        metrics_module,
+        "anyio",
+        SimpleNamespace(Lock=anyio.Lock, current_time=lambda: clock[0]),
+    )
     await _subscribe(db, "sub_plain")
-    await _queue(db, "sub_plain", 2, at=NOW - 60)
+    await queue_due(db, "sub_plain", 2, due=NOW - 60)
     gauges = Metrics()
 
     def sample(name: str) -> float | None:
@@ -171,41 +159,27 @@ async def test_scrapes_within_the_gap_share_the_last_read_and_the_age_keeps_grow
     await gauges.refresh(db.reader, NOW)
     assert sample("reelhook_outbox_depth") == 2
     assert sample("reelhook_oldest_pending_delivery_age_seconds") == 60
-    await _queue(db, "sub_plain", 3, at=NOW)
+    await queue_due(db, "sub_plain", 3, due=NOW)
     # Within the gap: the last read's counts, the age by the scrape's clock.
+    clock[0] += metrics_module.STATE_MIN_GAP * 0.9
     await gauges.refresh(db.reader, NOW + 30)
     assert sample("reelhook_outbox_depth") == 2
     assert sample("reelhook_oldest_pending_delivery_age_seconds") == 90
-    with anyio.fail_after(5):
-        while sample("reelhook_outbox_depth") == 2:
-            await anyio.sleep(0.05)
-            await gauges.refresh(db.reader, NOW + 31)
+    # The gap past (the read took no time by this clock): read again.
+    clock[0] = 100.0 + metrics_module.STATE_MIN_GAP
+    await gauges.refresh(db.reader, NOW + 31)
     assert sample("reelhook_outbox_depth") == 5
     assert gauges.registry.get_sample_value("reelhook_jobs", {"status": "pending"}) == 0
 
 
-async def _plan(db: Database, sql: str, params: tuple[object, ...]) -> list[str]:
-    if db.dialect == "sqlite":
-        rows = await db.reader.execute_fetchall(f"EXPLAIN QUERY PLAN {sql}", params)
-        return [str(row[3]) for row in rows]
-    assert isinstance(db, PostgresDatabase)
-    numbered = sql
-    for n in range(1, len(params) + 1):
-        numbered = numbered.replace("?", f"${n}", 1)
-    async with db.pool.acquire() as raw, raw.transaction():
-        # Usable at all: a table this small may well be read whole otherwise.
-        await raw.execute("SET LOCAL enable_seqscan = off")
-        return [str(row[0]) for row in await raw.fetch(f"EXPLAIN {numbered}", *params)]
-
-
 async def test_the_counting_statements_read_index_entries_only(db: Database) -> None:
     await _mixed_outbox(db)
-    jobs_plan = await _plan(db, stats.JOBS_CHUNK_END, ("submitted", "", 99))
-    jobs_plan += await _plan(db, stats.JOBS_REST, ("submitted", "", 100))
-    chunk_plan = await _plan(db, stats.DELIVERIES_CHUNK_END, ("sub_plain", "pending", "", 99))
-    chunk_plan += await _plan(db, stats.DELIVERIES_REST, ("sub_plain", "pending", "", 100))
-    page_plan = await _plan(db, stats.OUTBOX_PAGE, (100, 100, 100, "", 10))
-    depth_plan = await _plan(db, stats.depth_up_to_sql(100), ())
+    jobs_plan = await query_plan(db, stats.JOBS_CHUNK_END, ("submitted", "", 99))
+    jobs_plan += await query_plan(db, stats.JOBS_REST, ("submitted", "", 100))
+    chunk_plan = await query_plan(db, stats.DELIVERIES_CHUNK_END, ("sub_plain", "pending", "", 99))
+    chunk_plan += await query_plan(db, stats.DELIVERIES_REST, ("sub_plain", "pending", "", 100))
+    page_plan = await query_plan(db, stats.OUTBOX_PAGE, (100, 100, 100, "", 10))
+    depth_plan = await query_plan(db, stats.depth_up_to_sql(100), ())
     if db.dialect == "sqlite":
         # (A rest's count reads its subquery's rows: CO-ROUTINE rest, SCAN rest.)
         reads = [s for s in jobs_plan + chunk_plan if s.startswith("SEARCH")]
@@ -227,8 +201,8 @@ async def test_the_counting_statements_read_index_entries_only(db: Database) -> 
         ], page_plan + depth_plan
     else:
         # PostgreSQL counts a long stretch in one statement (stats._count_chunked): an index's.
-        counts = await _plan(db, stats.JOBS_COUNT, ("submitted",))
-        counts += await _plan(db, stats.DELIVERIES_COUNT, ("sub_plain", "pending"))
+        counts = await query_plan(db, stats.JOBS_COUNT, ("submitted",))
+        counts += await query_plan(db, stats.DELIVERIES_COUNT, ("sub_plain", "pending"))
         reads = [s.strip(" ->") for s in counts if " on " in s]
         assert len(reads) == 2, counts
         assert all(s.startswith(("Index Scan", "Index Only Scan")) for s in reads), counts
@@ -281,8 +255,8 @@ async def backlog(tmp_path: Path, rows: int) -> AsyncIterator[Database]:
     async with Database.open(tmp_path / f"stats-{rows}.sqlite") as db:
         await _subscribe(db, "sub_slow")
         await _subscribe(db, "sub_fast")
-        await _queue(db, "sub_slow", rows, at=NOW - 60)
-        await _queue(db, "sub_fast", 5, at=NOW - 30)
+        await queue_due(db, "sub_slow", rows, due=NOW - 60)
+        await queue_due(db, "sub_fast", 5, due=NOW - 30)
         made = [make_job(n, status=JobStatus.SUCCEEDED) for n in range(rows // 4 + 2000)]
         for start in range(0, len(made), 20_000):
             async with db.transaction(durable=False) as conn:

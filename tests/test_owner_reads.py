@@ -8,8 +8,8 @@ import pytest
 
 from service.storage import events, jobs
 from service.storage.database import Database
-from service.storage.postgres import PostgresDatabase
 from tests.helpers.jobs import NOW, make_job
+from tests.support import query_plan
 
 pytestmark = pytest.mark.anyio
 
@@ -29,20 +29,6 @@ async def tenants(db: Database) -> None:
         )
 
 
-async def _plan(db: Database, sql: str, params: tuple[object, ...]) -> list[str]:
-    if db.dialect == "sqlite":
-        rows = await db.reader.execute_fetchall(f"EXPLAIN QUERY PLAN {sql}", params)
-        return [str(row[3]) for row in rows]
-    assert isinstance(db, PostgresDatabase)
-    numbered = sql
-    for n in range(1, len(params) + 1):
-        numbered = numbered.replace("?", f"${n}", 1)
-    async with db.pool.acquire() as raw, raw.transaction():
-        # Usable at all: a table this small may well be read whole otherwise.
-        await raw.execute("SET LOCAL enable_seqscan = off")
-        return [str(row[0]) for row in await raw.fetch(f"EXPLAIN {numbered}", *params)]
-
-
 async def test_a_keys_jobs_page_newest_first_through_its_own_index(db: Database) -> None:
     first = await jobs.list_page(
         db.reader, owner_key_id=MINE, status=None, model=None, before_id=None, limit=15
@@ -53,7 +39,7 @@ async def test_a_keys_jobs_page_newest_first_through_its_own_index(db: Database)
     )
     assert [job.id for job in rest] == [make_job(n).id for n in (50, 40, 30, 20, 10)]
     sql = "SELECT id FROM jobs WHERE owner_key_id = ? ORDER BY id DESC LIMIT ?"
-    plan = await _plan(db, sql, (MINE, 15))
+    plan = await query_plan(db, sql, (MINE, 15))
     assert any("jobs_owner" in step for step in plan), plan
 
 
@@ -71,6 +57,6 @@ async def test_a_keys_events_are_checked_per_event_not_by_listing_its_jobs(db: D
     if db.dialect == "sqlite":
         # The log in order, each event's job by its primary key; never every job of the key.
         sql = f"SELECT e.seq FROM events e WHERE e.seq > ? AND {events.OWNED_BY} LIMIT ?"
-        plan = await _plan(db, sql, (0, MINE, 8))
+        plan = await query_plan(db, sql, (0, MINE, 8))
         assert not any(step.startswith("SCAN j") for step in plan), plan
         assert not any("LIST SUBQUERY" in step for step in plan), plan

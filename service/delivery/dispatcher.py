@@ -169,7 +169,7 @@ class Dispatcher:
         # ``per_subscription`` of a subscription's deliveries are in flight across all nodes
         # (claim_due's cluster cap, counting this node's own), so one with that many claimed here
         # is saturated: a claim for it finds nothing, and each wake-up ran one, a write
-        # transaction under the cap's advisory lock (tests/test_claim.py).
+        # transaction under the cap's advisory lock (docs/scaling.md: the cap bounds claims).
         self._refill_below = max(1, self._prefetch // 2)
         if db.dialect == "postgresql":
             self._refill_below = min(self._refill_below, max(1, per_subscription))

@@ -125,7 +125,7 @@ class Metrics:
         )
         self._state_lock = anyio.Lock()
         self._state_next: float | None = None  # anyio.current_time() of the next read allowed
-        self._oldest: float | None = None
+        self._oldest_created: float | None = None  # the oldest waiting delivery's created_at
 
     def callback_outcome(self, provider: str, outcome: CallbackOutcome) -> None:
         """A callback observer (see :mod:`service.callback_outcomes`)."""
@@ -159,11 +159,11 @@ class Metrics:
                 counts = await stats.jobs_by_status(conn)
                 for status in JobStatus:
                     self.jobs.labels(status=status.value).set(counts.get(status.value, 0))
-                depth, self._oldest = await stats.outbox(conn)
+                depth, self._oldest_created = await stats.outbox(conn)
                 self.outbox_depth.set(depth)
                 took = anyio.current_time() - started
                 self._state_next = started + max(STATE_MIN_GAP, STATE_GAP_FACTOR * took)
-            oldest = self._oldest
+            oldest = self._oldest_created
         self.oldest_pending_delivery.set(max(0.0, now - oldest) if oldest is not None else 0.0)
 
     def cluster(self, nodes_alive: int, leader: bool) -> None:

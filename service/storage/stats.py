@@ -1,7 +1,8 @@
-"""SQL behind ``/readyz``'s outbox figure and the scrape-time gauges: no count reads a table's
-rows, and on SQLite no statement reads more than a bounded number of index entries, so a backlog
-of millions never holds its one reader connection for long (docs/performance.md §5, "/readyz and
-/metrics over a million due deliveries")."""
+"""SQL behind ``/readyz``'s outbox figure and the scrape-time gauges: the gauges count index
+entries only, ``/readyz`` reads at most its cap's worth of rows per status, and on SQLite no
+statement reads more than a bounded number of entries, so a backlog of millions never holds its
+one reader connection for long (docs/performance.md §5, "/readyz and /metrics over a million due
+deliveries")."""
 
 from __future__ import annotations
 
@@ -44,11 +45,13 @@ def depth_up_to_sql(cap: int) -> str:
 
 async def outbox_depth_up_to(conn: Connection, cap: int) -> Depth:
     """Deliveries waiting or in flight (unexpanded deferred fan-outs included), counted up to
-    ``cap``: at most ``cap + 1`` index entries per status and ``cap + 1`` fan-out rows are read,
+    ``cap``: at most ``cap + 1`` entries per status and ``cap + 1`` fan-out rows are read,
     whatever the backlog. One statement, so one snapshot.
 
     Each status is its own branch on a literal, which is what the planner matches the partial
-    indexes (``deliveries_queue``, ``deliveries_pending``, ``deliveries_lease``) on. A fan-out
+    indexes (``deliveries_queue``, ``deliveries_pending``, ``deliveries_lease``) on. They do not
+    hold ``status``, so SQLite reads each entry's table row too (``SCAN deliveries USING INDEX``,
+    not a covering index; docs/performance.md §5): bounded by the cap all the same. A fan-out
     row is deleted once expanded, so each row read stands for at least one delivery.
     """
     rows = await conn.execute_fetchall(depth_up_to_sql(cap))
