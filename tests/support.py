@@ -251,21 +251,32 @@ def subscription_row(
     )
 
 
+def ping_event(
+    at: float,
+    subscription_ids: Sequence[str] = (),
+    *,
+    type_: str = "ping",
+    payload: bytes = b'{"type":"ping"}',
+    deferred: Sequence[str] = (),
+) -> events.NewEvent:
+    """An event created at ``at`` with a delivery to each of ``subscription_ids`` due then (and
+    to ``deferred`` through one fan-out row), as storage tests append it with ``events.append``."""
+    return events.NewEvent(
+        id=new_id("evt"),
+        type=type_,
+        job_id=None,
+        created_at=at,
+        payload=payload,
+        subscription_ids=list(subscription_ids),
+        first_attempt_at=at,
+        deferred=list(deferred),
+    )
+
+
 async def queue_due(db: Database, sub_id: str, count: int, *, due: float) -> None:
     """``count`` events created at ``due``, each with one pending delivery to ``sub_id`` due
     then, through ``storage.events`` (20,000 per transaction)."""
-    batch = [
-        events.NewEvent(
-            id=new_id("evt"),
-            type="ping",
-            job_id=None,
-            created_at=due,
-            payload=b'{"type":"ping"}',
-            subscription_ids=[sub_id],
-            first_attempt_at=due,
-        )
-        for _ in range(count)
-    ]
+    batch = [ping_event(due, [sub_id]) for _ in range(count)]
     for start in range(0, count, 20_000):
         async with db.transaction(durable=False) as conn:
             await events.append(conn, batch[start : start + 20_000])

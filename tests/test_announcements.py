@@ -12,7 +12,6 @@ from dataclasses import replace
 import anyio
 import pytest
 
-from service.core.ids import new_id
 from service.core.models import SubscriptionStatus
 from service.storage import deliveries, events, jobs, submissions, subscriptions
 from service.storage.announcements import Appended, Work, announce
@@ -20,7 +19,7 @@ from service.storage.database import Database
 from service.storage.events import UNKNOWN_OWNER, NewEvent
 from service.storage.postgres import PostgresDatabase
 from tests.helpers.jobs import NOW, make_job, store
-from tests.support import subscription_row
+from tests.support import ping_event, subscription_row
 
 pytestmark = pytest.mark.anyio
 
@@ -159,17 +158,7 @@ async def test_an_event_with_deliveries_announces_them_and_a_claim_wakes_no_one(
     async with db.transaction() as conn:
         await events.append(
             conn,
-            [
-                events.NewEvent(
-                    id=new_id("evt"),
-                    type="ping",
-                    job_id=None,
-                    created_at=NOW,
-                    payload=b"{}",
-                    subscription_ids=["sub_a", "sub_b", "sub_c"],
-                    first_attempt_at=NOW,
-                )
-            ],
+            [ping_event(NOW, ["sub_a", "sub_b", "sub_c"], payload=b"{}")],
         )
     # One commit, one wake-up per kind, however many subscribers the event fans out to.
     assert await heard_by_now(db, heard) == Counter({Work.EVENTS: 1, Work.DELIVERIES: 1})

@@ -16,13 +16,12 @@ from typing import Any
 
 import pytest
 
-from service.core.ids import new_id
 from service.core.models import DeliveryStatus
 from service.storage import deliveries, events, subscriptions
 from service.storage.database import Connection, Database, Result
 from service.storage.postgres import PostgresDatabase, numbered
 from service.storage.sqlite import SqliteConnection
-from tests.support import subscription_row
+from tests.support import ping_event, subscription_row
 from tests.test_claim import steps
 
 pytestmark = pytest.mark.anyio
@@ -42,18 +41,7 @@ async def _append(
 ) -> None:
     """``count`` events, the n-th of type ``types[n % len(types)]``, each with a delivery to
     every subscription in ``to`` (MINE and OTHER: their rows interleave in id order)."""
-    batch = [
-        events.NewEvent(
-            id=new_id("evt"),
-            type=types[n % len(types)],
-            job_id=None,
-            created_at=NOW + n,
-            payload=b'{"type":"ping"}',
-            subscription_ids=list(to),
-            first_attempt_at=NOW + n,
-        )
-        for n in range(count)
-    ]
+    batch = [ping_event(NOW + n, to, type_=types[n % len(types)]) for n in range(count)]
     for start in range(0, count, 10_000):
         async with db.transaction(durable=False) as conn:
             await events.append(conn, batch[start : start + 10_000])

@@ -16,7 +16,6 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 from starlette.types import Receive, Scope, Send
 
-from service.core.ids import new_id
 from service.core.models import DeliveryStatus
 from service.delivery import signing
 from service.delivery.sender import Sender
@@ -28,7 +27,7 @@ from service.storage.deliveries import AttemptOutcome
 from tests.conftest import SettingsFactory
 from tests.helpers.delivery import attempts_of, delivery_of, ping, subscribe
 from tests.servers import read_body, run_lifespan, run_server
-from tests.support import api_client, store_target, subscription_row
+from tests.support import api_client, ping_event, store_target, subscription_row
 from tests.test_posts import LOOPBACK, NO_CONTENT, Server, pool, scripted
 
 pytestmark = pytest.mark.anyio
@@ -153,18 +152,7 @@ async def test_recording_successes_announces_no_work_and_a_retry_does(tmp_path: 
             await subscriptions.insert(conn, subscription_row("sub_a", at=NOW - 100))
             await events.append(
                 conn,
-                [
-                    events.NewEvent(
-                        id=new_id("evt"),
-                        type="ping",
-                        job_id=None,
-                        created_at=NOW - 10,
-                        payload=b'{"type":"ping"}',
-                        subscription_ids=["sub_a"],
-                        first_attempt_at=NOW - 10,
-                    )
-                    for _ in range(3)
-                ],
+                [ping_event(NOW - 10, ["sub_a"]) for _ in range(3)],
             )
         async with db.transaction() as conn:
             claimed = await deliveries.claim_due(

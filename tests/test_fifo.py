@@ -20,14 +20,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from service.core.ids import new_id
 from service.core.models import DeliveryStatus
 from service.storage import deliveries, events, subscriptions
 from service.storage.database import Connection, Database
 from service.storage.deliveries import AttemptOutcome, Claimed
 from tests.conftest import SettingsFactory
 from tests.servers import run_server
-from tests.support import ADMIN_KEY, api_client, in_process, subscription_row
+from tests.support import ADMIN_KEY, api_client, in_process, ping_event, subscription_row
 from tests.test_console import sign_in
 
 pytestmark = pytest.mark.anyio
@@ -40,15 +39,7 @@ HOOK = "https://hooks.example.test/x"
 async def publish(conn: Connection, count: int, at: float, subs: list[str]) -> list[str]:
     """``count`` events, one transaction, each to every one of ``subs``; their ids in order."""
     batch = [
-        events.NewEvent(
-            id=new_id("evt"),
-            type="job.succeeded",
-            job_id=None,
-            created_at=at,
-            payload=json.dumps({"n": n}).encode(),
-            subscription_ids=subs,
-            first_attempt_at=at,
-        )
+        ping_event(at, subs, type_="job.succeeded", payload=json.dumps({"n": n}).encode())
         for n in range(count)
     ]
     await events.append(conn, batch)

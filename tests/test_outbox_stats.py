@@ -22,7 +22,6 @@ import anyio
 import pytest
 
 from service.api import operations
-from service.core.ids import new_id
 from service.core.models import JobStatus, SubscriptionStatus
 from service.ops import metrics as metrics_module
 from service.ops.metrics import Metrics
@@ -31,7 +30,7 @@ from service.storage.database import Database
 from service.storage.sqlite import SqliteConnection
 from tests.conftest import SettingsFactory
 from tests.helpers.jobs import make_job
-from tests.support import api_client, query_plan, queue_due, subscription_row
+from tests.support import api_client, ping_event, query_plan, queue_due, subscription_row
 
 pytestmark = pytest.mark.anyio
 
@@ -67,18 +66,7 @@ async def _mixed_outbox(db: Database) -> None:
     async with db.transaction() as conn:
         await events.append(
             conn,
-            [
-                events.NewEvent(
-                    id=new_id("evt"),
-                    type="ping",
-                    job_id=None,
-                    created_at=NOW - 200,
-                    payload=b'{"type":"ping"}',
-                    subscription_ids=[],
-                    first_attempt_at=NOW - 200,
-                    deferred=["sub_plain", "sub_other"],
-                )
-            ],
+            [ping_event(NOW - 200, deferred=["sub_plain", "sub_other"])],
         )
 
 
