@@ -14,7 +14,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Collection, Generator, Iterable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from importlib import resources
 from pathlib import Path
@@ -119,6 +119,11 @@ def value_rows(count: int, width: int) -> str:
     """``count`` rows of ``width`` placeholders for a ``VALUES`` list: ``(?, ?), (?, ?)``."""
     row = f"({', '.join('?' * width)})"
     return ", ".join([row] * count)
+
+
+def marks(values: Collection[object]) -> str:
+    """One ``?`` per value, for an ``IN (…)`` list: ``?, ?, ?``."""
+    return ", ".join("?" for _ in values)
 
 
 PADDED_MOST = 1024

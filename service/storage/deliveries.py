@@ -12,7 +12,7 @@ from typing import Any
 from service.core.ids import new_ids
 from service.core.models import DeliveryStatus
 from service.storage.announcements import Work, announce
-from service.storage.database import Connection, Row, padded
+from service.storage.database import Connection, Row, marks, padded
 
 
 @dataclass(slots=True)
@@ -223,7 +223,7 @@ async def claim_due(
     lease = (
         f"UPDATE deliveries SET status = 'inflight', lease_until = ?, attempts = attempts + 1, "
         f"updated_at = ?, claim_token = ?, lease_owner = ? "
-        f"WHERE id IN ({', '.join('?' for _ in ids)}) AND status = 'pending'"
+        f"WHERE id IN ({marks(ids)}) AND status = 'pending'"
     )
     params = (lease_until, now, token, owner, *ids)
     if conn.dialect == "postgresql":
@@ -484,8 +484,7 @@ async def fifo_among(conn: Connection, sub_ids: set[str]) -> set[str]:
     # Padded (database.padded): outcome batches name any number of subscriptions.
     ids = padded(sorted(sub_ids))
     rows = await conn.execute_fetchall(
-        f"SELECT id FROM subscriptions WHERE id IN ({', '.join('?' for _ in ids)}) "
-        "AND ordering = 'fifo'",
+        f"SELECT id FROM subscriptions WHERE id IN ({marks(ids)}) AND ordering = 'fifo'",
         ids,
     )
     return {row["id"] for row in rows}
@@ -584,7 +583,7 @@ async def record(conn: Connection, outcomes: Sequence[AttemptOutcome]) -> list[A
     current = {
         row["id"]: row["claim_token"]
         for row in await conn.execute_fetchall(
-            f"SELECT id, claim_token FROM deliveries WHERE id IN ({', '.join('?' for _ in ids)}) "
+            f"SELECT id, claim_token FROM deliveries WHERE id IN ({marks(ids)}) "
             f"AND status = 'inflight' ORDER BY id{lock}",
             ids,
         )
@@ -664,7 +663,7 @@ async def release(
     if delivery_ids is not None:
         if not delivery_ids:
             return 0
-        where += f" AND id IN ({', '.join('?' for _ in delivery_ids)})"
+        where += f" AND id IN ({marks(delivery_ids)})"
         params.extend(delivery_ids)
     if owner is not None:
         where += " AND lease_owner = ?"

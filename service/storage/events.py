@@ -9,7 +9,7 @@ from typing import Any, Final, Literal
 
 from service.storage import fanouts
 from service.storage.announcements import Seer, announce_appended
-from service.storage.database import Connection, Row
+from service.storage.database import Connection, Row, marks
 from service.storage.deliveries import (
     HotLease,
     NewRow,
@@ -156,7 +156,7 @@ async def list_page(
     clauses = ["e.seq > ?"]
     params: list[Any] = [after_seq]
     if types:
-        clauses.append(f"e.type IN ({', '.join('?' for _ in types)})")
+        clauses.append(f"e.type IN ({marks(types)})")
         params.extend(types)
     if owner_key_id is not None:
         clauses.append(OWNED_BY)

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from service.storage.announcements import Work, announce
-from service.storage.database import Connection
+from service.storage.database import Connection, marks
 from service.storage.deliveries import NewRow, insert_new
 
 EXPAND_ROWS = 256
@@ -137,7 +137,7 @@ async def expand(conn: Connection, *, budget: int = EXPAND_ROWS) -> Step:
         else:
             advanced.append((expanded + take, seq))
     if finished:
-        await conn.execute(f"DELETE FROM event_fanouts WHERE seq IN ({_marks(finished)})", finished)
+        await conn.execute(f"DELETE FROM event_fanouts WHERE seq IN ({marks(finished)})", finished)
     if advanced:
         await conn.executemany("UPDATE event_fanouts SET expanded = ? WHERE seq = ?", advanced)
     more = bool(advanced) or len(heads) == _SCAN
@@ -184,16 +184,12 @@ async def _still_there(conn: Connection, sub_ids: list[str]) -> dict[str, str]:
     return {str(row[0]): str(row[1]) for row in found}
 
 
-def _marks(values: Sequence[object]) -> str:
-    return ", ".join("?" for _ in values)
-
-
 async def pending_of(conn: Connection, event_ids: Sequence[str]) -> set[str]:
     """Those of ``event_ids`` whose fan-out is not fully expanded yet."""
     if not event_ids:
         return set()
     rows = await conn.execute_fetchall(
-        f"SELECT event_id FROM event_fanouts WHERE event_id IN ({_marks(event_ids)})",
+        f"SELECT event_id FROM event_fanouts WHERE event_id IN ({marks(event_ids)})",
         list(event_ids),
     )
     return {str(row[0]) for row in rows}

@@ -10,7 +10,7 @@ from typing import Any
 from service.core.jsonutil import dumps, loads
 from service.core.models import Cost, Job, JobError, JobStatus, Notice, Output
 from service.storage.announcements import Work, announce
-from service.storage.database import Connection, Row, Statement, padded
+from service.storage.database import Connection, Row, Statement, marks, padded
 
 _COLUMNS = (
     "id, owner_key_id, model, provider, provider_job_id, status, input, outputs, error, cost, "
@@ -207,9 +207,8 @@ def select_many(conn: Connection, job_ids: Sequence[str]) -> Statement:
     transaction on PostgreSQL it locks the rows."""
     # Padded to a power of two: a few SQL texts, all kept prepared (database.padded).
     wanted = padded(job_ids)
-    marks = ", ".join("?" for _ in wanted)
     # In id order: two nodes locking overlapping batches then queue instead of deadlocking.
-    sql = f"SELECT {_COLUMNS} FROM jobs WHERE id IN ({marks}) ORDER BY id{conn.for_update}"
+    sql = f"SELECT {_COLUMNS} FROM jobs WHERE id IN ({marks(wanted)}) ORDER BY id{conn.for_update}"
     return sql, wanted
 
 
@@ -290,9 +289,9 @@ async def list_page(
 async def with_status(
     conn: Connection, provider: str, statuses: tuple[JobStatus, ...]
 ) -> list[Job]:
-    marks = ", ".join("?" for _ in statuses)
     async with conn.execute(
-        f"SELECT {_COLUMNS} FROM jobs WHERE provider = ? AND status IN ({marks}) ORDER BY id",
+        f"SELECT {_COLUMNS} FROM jobs WHERE provider = ? AND status IN ({marks(statuses)}) "
+        "ORDER BY id",
         (provider, *(s.value for s in statuses)),
     ) as cursor:
         return [_from_row(row) for row in await cursor.fetchall()]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from service.core.models import DeliveryStatus
 from service.storage import fanouts
-from service.storage.database import Connection
+from service.storage.database import Connection, marks
 from service.storage.deliveries import lock_in_id_order
 
 _OPEN = "('queued', 'pending', 'inflight')"
@@ -29,10 +29,6 @@ class Batch:
     last: int
     young_at: float | None
     finished: bool
-
-
-def _marks(values: list[str] | list[int]) -> str:
-    return ", ".join("?" for _ in values)
 
 
 async def _walk(
@@ -65,7 +61,7 @@ async def prune_events(conn: Connection, *, cutoff: float, after: int, limit: in
     if not ids:
         return Batch({}, last, young_at, finished)
     async with conn.execute(
-        f"SELECT DISTINCT event_id FROM deliveries WHERE event_id IN ({_marks(ids)}) "
+        f"SELECT DISTINCT event_id FROM deliveries WHERE event_id IN ({marks(ids)}) "
         f"AND status IN {_OPEN}",
         ids,
     ) as cursor:
@@ -74,15 +70,15 @@ async def prune_events(conn: Connection, *, cutoff: float, after: int, limit: in
     ids = [event_id for event_id in ids if event_id not in held]
     if not ids:
         return Batch({}, last, young_at, finished)
-    marks = _marks(ids)
+    listed = marks(ids)
     attempts = await conn.execute(
         f"DELETE FROM attempts WHERE delivery_id IN "
-        f"(SELECT id FROM deliveries WHERE event_id IN ({marks}))",
+        f"(SELECT id FROM deliveries WHERE event_id IN ({listed}))",
         ids,
     )
-    await lock_in_id_order(conn, f"event_id IN ({marks})", ids)
-    deliveries = await conn.execute(f"DELETE FROM deliveries WHERE event_id IN ({marks})", ids)
-    events = await conn.execute(f"DELETE FROM events WHERE id IN ({marks})", ids)
+    await lock_in_id_order(conn, f"event_id IN ({listed})", ids)
+    deliveries = await conn.execute(f"DELETE FROM deliveries WHERE event_id IN ({listed})", ids)
+    events = await conn.execute(f"DELETE FROM events WHERE id IN ({listed})", ids)
     deleted = {
         "events": events.rowcount,
         "deliveries": deliveries.rowcount,
@@ -116,7 +112,7 @@ async def _delete_attempts(
 ) -> Batch:
     if not doomed:
         return Batch({}, last, young_at, done)
-    cursor = await conn.execute(f"DELETE FROM attempts WHERE id IN ({_marks(doomed)})", doomed)
+    cursor = await conn.execute(f"DELETE FROM attempts WHERE id IN ({marks(doomed)})", doomed)
     return Batch({"attempts": cursor.rowcount}, last, young_at, done)
 
 
@@ -148,5 +144,5 @@ async def _prune_received(
     if not old:
         return Batch({}, last, young_at, finished)
     keys = [key for key, _ in old]
-    cursor = await conn.execute(f"DELETE FROM {table} WHERE id IN ({_marks(keys)})", keys)
+    cursor = await conn.execute(f"DELETE FROM {table} WHERE id IN ({marks(keys)})", keys)
     return Batch({table: cursor.rowcount}, last, young_at, finished)

@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 from service.core.models import Job, JobStatus
 from service.storage import jobs
 from service.storage.announcements import Work, announce
-from service.storage.database import Connection
+from service.storage.database import Connection, marks
 
 _DB_NOW = "extract(epoch from clock_timestamp())"
 
@@ -53,7 +53,7 @@ def _claimable(
     one process owns the file: any other owner is a previous run's."""
     sql, params = "", list[Any]()
     if skip:
-        sql += f" AND id NOT IN ({', '.join('?' for _ in skip)})"
+        sql += f" AND id NOT IN ({marks(skip)})"
         params += sorted(skip)
     if conn.dialect == "postgresql":
         sql += (
@@ -115,7 +115,7 @@ async def claim_due(
     """
     if not providers or limit <= 0:
         return []
-    marks = ", ".join("?" for _ in providers)
+    listed = marks(providers)
     owned, owned_params = _claimable(conn, owner, skip, node_timeout)
     rows: list[tuple[float, str, int]] = []
     for status in statuses:
@@ -124,7 +124,7 @@ async def claim_due(
         async with conn.execute(
             "SELECT id, submit_attempts, next_submit_at FROM jobs "
             f"WHERE status = '{status.value}' AND next_submit_at IS NOT NULL "
-            f"AND next_submit_at <= ? AND provider IN ({marks}){owned} "
+            f"AND next_submit_at <= ? AND provider IN ({listed}){owned} "
             f"ORDER BY next_submit_at LIMIT ?{conn.skip_locked}",
             (now, *providers, *owned_params, limit),
         ) as cursor:
@@ -202,7 +202,7 @@ async def next_due_at(
     for a claim it may not take, such as another live node's lease that ran out)."""
     if not providers or not statuses:
         return None
-    marks = ", ".join("?" for _ in providers)
+    listed = marks(providers)
     owned, owned_params = (
         _claimable(conn, owner, skip, node_timeout) if owner is not None else ("", [])
     )
@@ -210,7 +210,7 @@ async def next_due_at(
     # use its partial index (jobs_submit_due, jobs_resend_due), where ``status IN (?)`` could not.
     per_status = " UNION ALL ".join(
         f"SELECT MIN(next_submit_at) AS t FROM jobs WHERE status = '{status.value}' "
-        f"AND next_submit_at IS NOT NULL AND provider IN ({marks}){owned}"
+        f"AND next_submit_at IS NOT NULL AND provider IN ({listed}){owned}"
         for status in statuses
     )
     params = [value for _ in statuses for value in (*providers, *owned_params)]

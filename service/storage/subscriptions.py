@@ -12,7 +12,7 @@ from service.core.jsonutil import dumps
 from service.core.models import Subscription, SubscriptionStatus
 from service.storage import deliveries
 from service.storage.announcements import Work, announce
-from service.storage.database import Connection, Row, Statement, padded
+from service.storage.database import Connection, Row, Statement, marks, padded
 
 _COLUMNS = (
     "id, owner_key_id, url, secret, event_types, models, headers, description, status, job_id, "
@@ -207,10 +207,10 @@ async def listeners(
     """
     job_ids = sorted({job for _, job in audiences if job is not None})
     owners = sorted({owner for owner, _ in audiences if owner is not None})
-    clauses = ["status = 'active'", f"(job_id IS NULL OR job_id IN ({_marks(job_ids)}))"]
+    clauses = ["status = 'active'", f"(job_id IS NULL OR job_id IN ({marks(job_ids)}))"]
     params: list[str] = [*job_ids]
     if all(owner is not None for owner, _ in audiences):
-        clauses.append(f"(owner_key_id IN ({_marks(owners)}) OR {_ADMIN_OWNER})")
+        clauses.append(f"(owner_key_id IN ({marks(owners)}) OR {_ADMIN_OWNER})")
         params.extend(owners)
     sql = (
         f"SELECT {_SELECT}, {_ADMIN_OWNER} AS admin_owner FROM subscriptions"
@@ -227,11 +227,11 @@ def listening_to_jobs(job_ids: Sequence[str]) -> Statement:
     rows to :func:`heard_by`, which picks each audience's as :func:`listeners` does."""
     # Padded to a power of two: a few SQL texts, all kept prepared (database.padded).
     wanted = padded(job_ids)
-    marks = _marks(wanted)
+    listed = marks(wanted)
     sql = (
         f"SELECT {_SELECT}, {_ADMIN_OWNER} AS admin_owner FROM subscriptions"
-        f" WHERE status = 'active' AND (job_id IS NULL OR job_id IN ({marks}))"
-        f" AND (owner_key_id IN (SELECT owner_key_id FROM jobs WHERE id IN ({marks}))"
+        f" WHERE status = 'active' AND (job_id IS NULL OR job_id IN ({listed}))"
+        f" AND (owner_key_id IN (SELECT owner_key_id FROM jobs WHERE id IN ({listed}))"
         f" OR {_ADMIN_OWNER}) ORDER BY id"
     )
     return sql, [*wanted, *wanted]
@@ -283,10 +283,6 @@ def heard_by(
 
 
 _ADMIN_OWNER = "owner_key_id IN (SELECT id FROM api_keys WHERE scopes LIKE '%\"admin\"%')"
-
-
-def _marks(values: Sequence[object]) -> str:
-    return ", ".join("?" for _ in values)
 
 
 async def rotate_secret(
@@ -345,9 +341,8 @@ async def disable_failing(
     earlier; return them as disabled."""
     if not sub_ids:
         return []
-    marks = ", ".join("?" for _ in sub_ids)
     async with conn.execute(
-        f"SELECT {_SELECT} FROM subscriptions WHERE id IN ({marks}) AND status = 'active' "
+        f"SELECT {_SELECT} FROM subscriptions WHERE id IN ({marks(sub_ids)}) AND status = 'active' "
         f"AND failing_since IS NOT NULL AND failing_since <= ? ORDER BY id{conn.for_update}",
         (*sub_ids, failing_before),
     ) as cursor:

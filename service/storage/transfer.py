@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from service.storage.database import Connection, Database, StoreError
+from service.storage.database import Connection, Database, StoreError, marks
 
 # Parents before children (foreign keys), each with the column that orders its rows.
 TABLES: tuple[tuple[str, str], ...] = (
@@ -115,8 +115,7 @@ async def _copy_table(
     source: Connection, target: Connection, table: str, order: str, columns: Sequence[str]
 ) -> None:
     names = ", ".join(columns)
-    marks = ", ".join("?" for _ in columns)
-    insert = f"INSERT INTO {table} ({names}) VALUES ({marks})"
+    insert = f"INSERT INTO {table} ({names}) VALUES ({marks(columns)})"
     offset = 0
     while True:
         rows = await source.execute_fetchall(
