@@ -190,13 +190,7 @@ async def outbox(conn: Connection, *, chunk: int = CHUNK) -> tuple[int, float | 
     twice or not at all (off by the deliveries that moved during the read).
     """
     depth = 0
-    oldest: float | None = None
-
-    def older(created: float | None) -> None:
-        nonlocal oldest
-        if created is not None:
-            oldest = created if oldest is None else min(oldest, created)
-
+    created: list[float] = []  # the creation time of each stretch's first, and the fan-outs'
     long_stretches: list[tuple[str, str]] = []
     after = ""
     while True:
@@ -205,12 +199,13 @@ async def outbox(conn: Connection, *, chunk: int = CHUNK) -> tuple[int, float | 
         )
         for row in rows:
             for index, status in enumerate(_WAITING):
-                counted, created = int(row[1 + 2 * index]), row[2 + 2 * index]
+                counted, first = int(row[1 + 2 * index]), row[2 + 2 * index]
                 if counted >= chunk:
                     long_stretches.append((row[0], status.value))
                 else:
                     depth += counted
-                older(created)
+                if first is not None:
+                    created.append(first)
         if len(rows) < SUBSCRIPTIONS_PAGE:
             break
         after = rows[-1][0]
@@ -226,5 +221,6 @@ async def outbox(conn: Connection, *, chunk: int = CHUNK) -> tuple[int, float | 
         "SELECT coalesce(sum(total - expanded), 0), min(created_at) FROM event_fanouts"
     )
     depth += int(fanout_rows[0][0])
-    older(fanout_rows[0][1])
-    return depth, oldest
+    if fanout_rows[0][1] is not None:
+        created.append(fanout_rows[0][1])
+    return depth, min(created, default=None)
