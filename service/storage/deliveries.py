@@ -219,31 +219,34 @@ async def claim_due(
             chosen.append(row)
     if not chosen:
         return []
-    ids = padded([row["id"] for row in chosen])
-    lease = (
-        f"UPDATE deliveries SET status = 'inflight', lease_until = ?, attempts = attempts + 1, "
-        f"updated_at = ?, claim_token = ?, lease_owner = ? "
-        f"WHERE id IN ({marks(ids)}) AND status = 'pending'"
+    settings = (
+        "status = 'inflight', lease_until = ?, attempts = attempts + 1, updated_at = ?, "
+        "claim_token = ?, lease_owner = ?"
     )
-    params = (lease_until, now, token, owner, *ids)
     if conn.dialect == "postgresql":
-        # Another node may have taken a row between the read and the lease: it is not ours.
-        leased = await conn.execute_fetchall(f"{lease} RETURNING id", params)
-        ours = {row["id"] for row in leased}
+        # The rows were locked pending when chosen (_due_shared): all of them are leased. By
+        # id alone: with ``AND status = 'pending'`` the planner, its statistics from before a
+        # burst of new deliveries, read all of ``deliveries_pending`` beside the primary key
+        # (10,023 entries to lease 13; docs/performance.md §3).
+        await conn.execute(
+            f"UPDATE deliveries SET {settings} WHERE id = ANY(?::text[])",
+            (lease_until, now, token, owner, [row["id"] for row in chosen]),
+        )
     else:
         # One writer, and the rows were read pending in this write transaction: all of them
         # are leased. Without RETURNING the statement is one sqlite3_step instead of one per
         # row, each of which gives up the GIL and may wait for a busy event loop to hand it
         # back (docs/performance.md §4).
-        await conn.execute(lease, params)
-        ours = {row["id"] for row in chosen}
+        ids = padded([row["id"] for row in chosen])
+        await conn.execute(
+            f"UPDATE deliveries SET {settings} WHERE id IN ({marks(ids)}) AND status = 'pending'",
+            (lease_until, now, token, owner, *ids),
+        )
     # Parsed once per subscription, not once per delivery.
     headers: dict[str, dict[str, str]] = {}
     signing: dict[str, tuple[str, ...]] = {}
     claimed = []
     for row in chosen:
-        if row["id"] not in ours:
-            continue
         sub = row["subscription_id"]
         if sub not in headers:
             headers[sub] = json.loads(row["headers"])
@@ -280,6 +283,12 @@ async def _due_shared(
     The lock is taken before the choosing statement starts, so (READ COMMITTED) its snapshot
     includes every claim committed before ours; rows leaving 'inflight' meanwhile only make the
     counts err high, never past the cap.
+
+    The rows chosen are locked (a row another writer holds is left for the next claim), so
+    they are still pending when :func:`claim_due` leases them. Ordered as ``deliveries_pending``
+    is, so its LIMIT stops the index scan at the room: a tie-break by id too had PostgreSQL read
+    every due row of the subscription and sort them (5,000 rows for a claim of 8;
+    docs/performance.md §3). Ties are broken by id afterwards.
     """
     await conn.execute("SELECT pg_advisory_xact_lock(?)", (CLAIM_LOCK,))
     subs = sorted(rooms)
@@ -298,8 +307,9 @@ async def _due_shared(
         CROSS JOIN LATERAL (
             SELECT x.* FROM deliveries x
             WHERE x.subscription_id = w.sub AND x.status = 'pending' AND x.next_attempt_at <= ?
-            ORDER BY x.next_attempt_at, x.id
+            ORDER BY x.next_attempt_at
             LIMIT GREATEST(0, LEAST(w.room, ? - busy.n))
+            FOR UPDATE SKIP LOCKED
         ) AS d
         JOIN events e ON e.id = d.event_id
         """,
