@@ -200,8 +200,8 @@ async def test_postgresql_a_claim_reads_its_room_not_the_backlog(
     """The PostgreSQL twin of the step count (asking for ``pg_database`` runs it in the
     PostgreSQL pass, on that database): the claim's statements read about the rows they take,
     not the 5,000 due to ``sub_slow``, with the planner's statistics taken before the backlog
-    was written, as after a burst of ingest. Each statement's plan is read with EXPLAIN ANALYZE
-    in a transaction rolled back."""
+    was written, as after a burst of ingest; nor does the read of what is due before it. Each
+    statement's plan is read with EXPLAIN ANALYZE in a transaction rolled back."""
     assert isinstance(db, PostgresDatabase)
     async with db.pool.acquire() as raw:
         # Statistics of a table with no deliveries yet, kept so: autovacuum must not analyze it
@@ -222,22 +222,36 @@ async def test_postgresql_a_claim_reads_its_room_not_the_backlog(
             )
             raise _RolledBack
     assert Counter(c.subscription_id for c in claimed) == {"sub_slow": 8, "sub_fast": 5}
-    statements = [(sql, params) for sql, params in kept.sent if "deliveries" in sql]
-    assert [sql.split()[0] for sql, _ in statements] == ["SELECT", "UPDATE"]
+    reader = _Kept(db.reader)
+    ready = await deliveries.due_subscriptions(reader, skip=[], now=NOW, cap=32, limit=10)
+    assert ready == [
+        deliveries.Ready("sub_slow", NOW - 60, 32),
+        deliveries.Ready("sub_fast", NOW - 30, 5),
+    ]
+    statements = {
+        name: sent
+        for name, sent in zip(
+            ("choose", "lease", "due"),
+            [(sql, params) for sql, params in kept.sent if "deliveries" in sql] + reader.sent,
+            strict=True,
+        )
+    }
     read: dict[str, int] = {}
     async with db.pool.acquire() as raw:
         transaction = raw.transaction()
         await transaction.start()
         try:
-            for sql, params in statements:
+            for name, (sql, params) in statements.items():
                 plan = json.loads(
                     await raw.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) {numbered(sql)}", *params)
                 )
-                read[sql.split()[0]] = _deliveries_read(plan[0]["Plan"])
+                read[name] = _deliveries_read(plan[0]["Plan"])
         finally:
             await transaction.rollback()
-    # 13 rows taken; each is met in an index and in the table, and the lease reads them again.
-    assert read["SELECT"] <= 4 * 13 and read["UPDATE"] <= 4 * 13, read
+    # 13 rows taken, each met in an index and in the table, and the lease finds them again;
+    # what is due: each subscription's first entry and up to 32 counted.
+    assert read["choose"] <= 4 * 13 and read["lease"] <= 4 * 13, read
+    assert read["due"] <= 2 * (1 + 32 + 1 + 5), read
 
 
 async def test_due_subscriptions_orders_by_earliest_due_and_leaves_disabled_ones_out(
