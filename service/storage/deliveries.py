@@ -355,7 +355,18 @@ async def insert_new(
             queued.append((id_, event_id, sub, due, event_id, created, created, sub, sub))
         else:
             plain.append((id_, event_id, sub, due, created, created))
-    if plain:
+    if plain and conn.dialect == "postgresql":
+        # One statement, the rows as arrays: a statement per row cost ~23 µs of PostgreSQL's
+        # executor each (docs/performance.md §3).
+        ids_, events_, subs_, dues, ats, _ = zip(*plain, strict=True)
+        await conn.execute(
+            "INSERT INTO deliveries (id, event_id, subscription_id, status, next_attempt_at, "
+            "created_at, updated_at) SELECT u.id, u.event_id, u.sub, 'pending', u.due, u.at, u.at "
+            "FROM unnest(?::text[], ?::text[], ?::text[], ?::float8[], ?::float8[]) "
+            "AS u(id, event_id, sub, due, at)",
+            (list(ids_), list(events_), list(subs_), list(dues), list(ats)),
+        )
+    elif plain:
         await conn.executemany(
             "INSERT INTO deliveries (id, event_id, subscription_id, status, next_attempt_at, "
             "created_at, updated_at) VALUES (?, ?, ?, 'pending', ?, ?, ?)",
@@ -621,6 +632,62 @@ async def lock_in_id_order(conn: Connection, where: str, params: Sequence[Any]) 
 
 
 async def _store_outcomes(conn: Connection, outcomes: Sequence[AttemptOutcome]) -> None:
+    if conn.dialect == "postgresql":
+        await _store_outcomes_as_arrays(conn, outcomes)
+    else:
+        await _store_outcomes_by_row(conn, outcomes)
+    # A FIFO subscription's head that is done lets the next queued delivery go.
+    finished = {o.subscription_id for o in outcomes if o.status != "pending"}
+    if finished:
+        now = max(o.attempted_at for o in outcomes)
+        await promote_queued(conn, sorted(await fifo_among(conn, finished)), now)
+    # Retries were scheduled: they are due work. Plain successes and final failures create none
+    # and announce nothing, so recording them does not wake every dispatcher for a read of what
+    # is due (a FIFO subscription's next delivery announces itself in promote_queued; the
+    # dispatcher claims again on its own as its deliveries finish). At one subscriber that read
+    # followed every batch of outcomes (docs/performance.md §4).
+    if any(o.status == DeliveryStatus.PENDING for o in outcomes):
+        announce(conn, Work.DELIVERIES)
+
+
+async def _store_outcomes_as_arrays(conn: Connection, outcomes: Sequence[AttemptOutcome]) -> None:
+    """PostgreSQL: the batch's attempts and deliveries as one statement each, the rows passed as
+    arrays; a statement per row cost 13-23 µs of the executor each (docs/performance.md §3).
+    The deliveries were locked in :func:`record` and are still in flight under these claims, so
+    they are updated by id alone, through the primary key (see :func:`claim_due`'s lease)."""
+    await conn.execute(
+        "INSERT INTO attempts (delivery_id, attempted_at, status_code, latency_ms, error, "
+        "response_body) SELECT * FROM unnest(?::text[], ?::float8[], ?::int[], ?::float8[], "
+        "?::text[], ?::bytea[])",
+        (
+            [o.delivery_id for o in outcomes],
+            [o.attempted_at for o in outcomes],
+            [o.status_code for o in outcomes],
+            [o.latency_ms for o in outcomes],
+            [o.error for o in outcomes],
+            [o.response_body for o in outcomes],
+        ),
+    )
+    await conn.execute(
+        "UPDATE deliveries AS d SET status = u.status, next_attempt_at = u.next_attempt_at, "
+        "lease_until = NULL, manual = 0, last_status_code = u.status_code, last_error = u.error, "
+        "updated_at = u.attempted_at, claim_token = NULL, lease_owner = NULL "
+        "FROM unnest(?::text[], ?::text[], ?::float8[], ?::int[], ?::text[], ?::float8[]) "
+        "AS u(id, status, next_attempt_at, status_code, error, attempted_at) WHERE d.id = u.id",
+        (
+            [o.delivery_id for o in outcomes],
+            [o.status for o in outcomes],
+            [o.next_attempt_at for o in outcomes],
+            [o.status_code for o in outcomes],
+            [o.error for o in outcomes],
+            [o.attempted_at for o in outcomes],
+        ),
+    )
+
+
+async def _store_outcomes_by_row(conn: Connection, outcomes: Sequence[AttemptOutcome]) -> None:
+    """SQLite: a statement per row (``UPDATE … FROM (VALUES …)`` measured about twice the CPU
+    of ``executemany`` there, docs/performance.md §5)."""
     await conn.executemany(
         "INSERT INTO attempts (delivery_id, attempted_at, status_code, latency_ms, error, "
         "response_body) VALUES (?, ?, ?, ?, ?, ?)",
@@ -638,18 +705,6 @@ async def _store_outcomes(conn: Connection, outcomes: Sequence[AttemptOutcome]) 
             for o in outcomes
         ],
     )
-    # A FIFO subscription's head that is done lets the next queued delivery go.
-    finished = {o.subscription_id for o in outcomes if o.status != "pending"}
-    if finished:
-        now = max(o.attempted_at for o in outcomes)
-        await promote_queued(conn, sorted(await fifo_among(conn, finished)), now)
-    # Retries were scheduled: they are due work. Plain successes and final failures create none
-    # and announce nothing, so recording them does not wake every dispatcher for a read of what
-    # is due (a FIFO subscription's next delivery announces itself in promote_queued; the
-    # dispatcher claims again on its own as its deliveries finish). At one subscriber that read
-    # followed every batch of outcomes (docs/performance.md §4).
-    if any(o.status == DeliveryStatus.PENDING for o in outcomes):
-        announce(conn, Work.DELIVERIES)
 
 
 async def release(

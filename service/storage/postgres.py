@@ -111,15 +111,28 @@ def numbered(sql: str) -> str:
 
 
 def _without_nul(params: Sequence[Any]) -> Sequence[Any]:
-    """``params`` with U+0000 in strings replaced by U+FFFD: PostgreSQL text cannot hold NUL,
-    where SQLite takes it. Stored JSON escapes it (``\\u0000``) and ids are generated, so a NUL
-    only arrives in an identifier from a request (``/v1/jobs/%00``), which matches nothing
-    either way; without this it would be a 500 instead of a 404."""
-    if not any(isinstance(value, str) and "\x00" in value for value in params):
+    """``params`` with U+0000 in strings, and in lists of strings (arrays), replaced by U+FFFD:
+    PostgreSQL text cannot hold NUL, where SQLite takes it. Stored JSON escapes it
+    (``\\u0000``) and ids are generated, so a NUL only arrives in an identifier from a request
+    (``/v1/jobs/%00``), which matches nothing either way; without this it would be a 500
+    instead of a 404."""
+    if not any(_has_nul(value) for value in params):
         return params
-    return [
-        value.replace("\x00", "\ufffd") if isinstance(value, str) else value for value in params
-    ]
+    return [_nul_replaced(value) for value in params]
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    return isinstance(value, list) and any(isinstance(v, str) and "\x00" in v for v in value)
+
+
+def _nul_replaced(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, list):
+        return [_nul_replaced(v) for v in value]
+    return value
 
 
 def _rowcount(status: str) -> int:
