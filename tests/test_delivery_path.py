@@ -187,6 +187,67 @@ async def test_recording_successes_announces_no_work_and_a_retry_does(tmp_path: 
             assert Work.DELIVERIES in conn.announced
 
 
+async def test_a_batch_of_outcomes_lands_each_on_its_own_delivery(tmp_path: Path) -> None:
+    """Every field of every outcome in a batch is stored on its own delivery and attempt (on
+    PostgreSQL the batch is written as arrays, one statement each), an error holding a NUL
+    among them (PostgreSQL text cannot hold one: it is stored as U+FFFD there)."""
+
+    def kept(text: str | None) -> str | None:
+        return None if text is None else text.replace("\x00", "\ufffd")
+
+    async with Database.open(store_target(tmp_path)) as db:
+        async with db.transaction() as conn:
+            await subscriptions.insert(conn, subscription_row("sub_a", at=NOW - 100))
+            await events.append(conn, [ping_event(NOW - 10, ["sub_a"]) for _ in range(5)])
+        async with db.transaction() as conn:
+            claimed = await deliveries.claim_due(
+                conn, now=NOW, lease_until=NOW + 60, rooms={"sub_a": 5}, owner=db.node_id
+            )
+        assert len(claimed) == 5
+        given = [
+            (DeliveryStatus.SUCCEEDED, 204, None, None, b"ok"),
+            (DeliveryStatus.PENDING, 503, "HTTP 503", NOW + 30, None),
+            (DeliveryStatus.FAILED, 410, "HTTP 410", None, b"gone"),
+            (DeliveryStatus.PENDING, None, "bad header \x00 value", NOW + 60, None),
+            (DeliveryStatus.SUCCEEDED, 200, None, None, b""),
+        ]
+        outcomes = [
+            AttemptOutcome(
+                delivery_id=delivery.id,
+                subscription_id="sub_a",
+                attempted_at=NOW + index,
+                latency_ms=10.0 + index,
+                status=status,
+                token=delivery.token,
+                status_code=code,
+                error=error,
+                next_attempt_at=retry,
+                response_body=body,
+            )
+            for index, (delivery, (status, code, error, retry, body)) in enumerate(
+                zip(claimed, given, strict=True)
+            )
+        ]
+        async with db.transaction() as conn:
+            assert await deliveries.record(conn, outcomes) == outcomes
+        for index, (delivery, (status, code, error, retry, body)) in enumerate(
+            zip(claimed, given, strict=True)
+        ):
+            stored = await deliveries.get(db.reader, delivery.id, owner_key_id=None)
+            assert stored is not None
+            assert (stored.status, stored.next_attempt_at, stored.last_status_code) == (
+                status,
+                retry,
+                code,
+            )
+            assert (kept(stored.last_error), stored.updated_at) == (kept(error), NOW + index)
+            (attempt,) = await deliveries.attempts_of(db.reader, delivery.id)
+            assert attempt == deliveries.Attempt(
+                NOW + index, code, 10.0 + index, attempt.error, body
+            )
+            assert kept(attempt.error) == kept(error)
+
+
 async def test_a_reused_connection_that_never_answers_times_out_and_is_dropped() -> None:
     """The deadline on a reused connection (one timer on the answer): a TimeoutError, as
     aiohttp's total timeout raises, and the connection is never used again."""
