@@ -601,13 +601,17 @@ async def record(conn: Connection, outcomes: Sequence[AttemptOutcome]) -> list[A
     # Padded: one statement text per power of two, not per batch size (database.padded).
     ids = padded(sorted({o.delivery_id for o in outcomes}))
     lock = " FOR UPDATE" if conn.dialect == "postgresql" else ""
+    # By id alone, the status checked here: with ``AND status = 'inflight'`` PostgreSQL's
+    # planner may read every row in flight on every node beside the primary key (see
+    # claim_due's lease).
     current = {
         row["id"]: row["claim_token"]
         for row in await conn.execute_fetchall(
-            f"SELECT id, claim_token FROM deliveries WHERE id IN ({marks(ids)}) "
-            f"AND status = 'inflight' ORDER BY id{lock}",
+            f"SELECT id, claim_token, status FROM deliveries WHERE id IN ({marks(ids)}) "
+            f"ORDER BY id{lock}",
             ids,
         )
+        if row["status"] == DeliveryStatus.INFLIGHT
     }
     # A row handed back has no token (NULL), so it matches no outcome.
     accepted = [o for o in outcomes if current.get(o.delivery_id) == o.token]
