@@ -358,13 +358,14 @@ async def insert_new(
     if plain and conn.dialect == "postgresql":
         # One statement, the rows as arrays: a statement per row cost ~23 µs of PostgreSQL's
         # executor each (docs/performance.md §3).
-        ids_, events_, subs_, dues, ats, _ = zip(*plain, strict=True)
+        # Each row's columns, as arrays: id, event, subscription, due, created (twice).
+        columns = [list(column) for column in zip(*plain, strict=True)]
         await conn.execute(
             "INSERT INTO deliveries (id, event_id, subscription_id, status, next_attempt_at, "
             "created_at, updated_at) SELECT u.id, u.event_id, u.sub, 'pending', u.due, u.at, u.at "
             "FROM unnest(?::text[], ?::text[], ?::text[], ?::float8[], ?::float8[]) "
             "AS u(id, event_id, sub, due, at)",
-            (list(ids_), list(events_), list(subs_), list(dues), list(ats)),
+            columns[:5],
         )
     elif plain:
         await conn.executemany(

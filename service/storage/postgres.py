@@ -114,8 +114,8 @@ def _without_nul(params: Sequence[Any]) -> Sequence[Any]:
     """``params`` with U+0000 in strings, and in lists of strings (arrays), replaced by U+FFFD:
     PostgreSQL text cannot hold NUL, where SQLite takes it. Stored JSON escapes it
     (``\\u0000``) and ids are generated, so a NUL only arrives in an identifier from a request
-    (``/v1/jobs/%00``), which matches nothing either way; without this it would be a 500
-    instead of a 404."""
+    (``/v1/jobs/%00``), which matches nothing either way (without this it would be a 500
+    instead of a 404), or in an attempt's error, which may quote what a subscriber sent."""
     if not any(_has_nul(value) for value in params):
         return params
     return [_nul_replaced(value) for value in params]
