@@ -664,13 +664,14 @@ async def _store_outcomes_as_arrays(conn: Connection, outcomes: Sequence[Attempt
         "INSERT INTO attempts (delivery_id, attempted_at, status_code, latency_ms, error, "
         "response_body) SELECT * FROM unnest(?::text[], ?::float8[], ?::int[], ?::float8[], "
         "?::text[], ?::bytea[])",
-        (
-            [o.delivery_id for o in outcomes],
-            [o.attempted_at for o in outcomes],
-            [o.status_code for o in outcomes],
-            [o.latency_ms for o in outcomes],
-            [o.error for o in outcomes],
-            [o.response_body for o in outcomes],
+        _fields(
+            outcomes,
+            "delivery_id",
+            "attempted_at",
+            "status_code",
+            "latency_ms",
+            "error",
+            "response_body",
         ),
     )
     await conn.execute(
@@ -679,15 +680,21 @@ async def _store_outcomes_as_arrays(conn: Connection, outcomes: Sequence[Attempt
         "updated_at = u.attempted_at, claim_token = NULL, lease_owner = NULL "
         "FROM unnest(?::text[], ?::text[], ?::float8[], ?::int[], ?::text[], ?::float8[]) "
         "AS u(id, status, next_attempt_at, status_code, error, attempted_at) WHERE d.id = u.id",
-        (
-            [o.delivery_id for o in outcomes],
-            [o.status for o in outcomes],
-            [o.next_attempt_at for o in outcomes],
-            [o.status_code for o in outcomes],
-            [o.error for o in outcomes],
-            [o.attempted_at for o in outcomes],
+        _fields(
+            outcomes,
+            "delivery_id",
+            "status",
+            "next_attempt_at",
+            "status_code",
+            "error",
+            "attempted_at",
         ),
     )
+
+
+def _fields(outcomes: Sequence[AttemptOutcome], *names: str) -> list[list[Any]]:
+    """Each named field of ``outcomes`` as a list, in the outcomes' order: a statement's arrays."""
+    return [[getattr(o, name) for o in outcomes] for name in names]
 
 
 async def _store_outcomes_by_row(conn: Connection, outcomes: Sequence[AttemptOutcome]) -> None:
