@@ -99,9 +99,11 @@ _database_numbers = itertools.count(1)
 
 
 @pytest.fixture(scope="session")
-def pg_reused_database(pg_cluster: Cluster) -> ReusedDatabase:
+def pg_reused_database(pg_cluster: Cluster) -> Iterator[ReusedDatabase]:
     """The session's migrated database that each test empties before use (tests/postgres.py)."""
-    return ReusedDatabase(pg_cluster, f"reused_{os.getpid()}")
+    reused = ReusedDatabase(pg_cluster, f"reused_{os.getpid()}")
+    yield reused
+    reused.close()
 
 
 @pytest.fixture(autouse=True)
