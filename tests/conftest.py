@@ -11,6 +11,7 @@ import httpx
 import httpx._config as httpx_config
 import httpx._transports.default as httpx_transports
 import pytest
+from schemathesis.pytest.plugin import SchemathesisFunction
 from starlette.types import ASGIApp
 
 from service.app.settings import Settings, load_settings
@@ -50,6 +51,24 @@ def pytest_configure(config: pytest.Config) -> None:
         "multinode: reelhook processes on a PostgreSQL of their own whatever --store says "
         "(tests/test_multinode.py); run once, in the PostgreSQL pass",
     )
+    if config.getoption("--store") == "postgresql":
+        _collect_schemathesis_tests_unbuilt(config)
+
+
+def _collect_schemathesis_tests_unbuilt(config: pytest.Config) -> None:
+    """In the PostgreSQL pass every schemathesis test (tests/test_openapi.py, ``one_store``) is
+    deselected, yet collecting one builds its Hypothesis test for each operation of the document
+    (the coverage phase's cases, the explicit examples): ~8 s of CPU in every worker, more than
+    the rest of the collection. Here the same items (same names, same count) are collected around
+    the test function as written; :func:`pytest_collection_modifyitems` refuses to run any."""
+    from schemathesis.pytest import _test_builder
+
+    def unbuilt(*, test_func: Callable[..., Any], **_: Any) -> Callable[..., Any]:
+        return test_func
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(_test_builder, "build_operation_test", unbuilt)
+    config.add_cleanup(patch.undo)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -77,6 +96,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if other_pass:
         config.hook.pytest_deselected(items=other_pass)
         items[:] = [item for item in items if not elsewhere(item)]
+    if not on_sqlite:
+        unbuilt = [item.nodeid for item in items if isinstance(item, SchemathesisFunction)]
+        if unbuilt:
+            raise pytest.UsageError(
+                f"schemathesis tests are collected unbuilt in the PostgreSQL pass: {unbuilt}"
+            )
 
 
 @pytest.fixture(scope="session")
