@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import functools
+import inspect
 import itertools
 import os
 import ssl
@@ -11,7 +13,6 @@ import httpx
 import httpx._config as httpx_config
 import httpx._transports.default as httpx_transports
 import pytest
-from schemathesis.pytest.plugin import SchemathesisFunction
 from starlette.types import ASGIApp
 
 from service.app.settings import Settings, load_settings
@@ -51,24 +52,63 @@ def pytest_configure(config: pytest.Config) -> None:
         "multinode: reelhook processes on a PostgreSQL of their own whatever --store says "
         "(tests/test_multinode.py); run once, in the PostgreSQL pass",
     )
-    if config.getoption("--store") == "postgresql":
-        _collect_schemathesis_tests_unbuilt(config)
+    _build_schemathesis_tests_when_they_run(config)
 
 
-def _collect_schemathesis_tests_unbuilt(config: pytest.Config) -> None:
-    """In the PostgreSQL pass every schemathesis test (tests/test_openapi.py, ``one_store``) is
-    deselected, yet collecting one builds its Hypothesis test for each operation of the document
-    (the coverage phase's cases, the explicit examples): ~8 s of CPU in every worker, more than
-    the rest of the collection. Here the same items (same names, same count) are collected around
-    the test function as written; :func:`pytest_collection_modifyitems` refuses to run any."""
+def _build_schemathesis_tests_when_they_run(config: pytest.Config) -> None:
+    """schemathesis builds each operation's Hypothesis test (the coverage phase's cases, the
+    explicit examples) while it collects, ~8 s of CPU for the document's operations, and every
+    xdist worker collects every test: four builds of everything per pass, where the items are
+    run once in all (tests/test_openapi.py, ``one_store``: in the SQLite pass; in the
+    PostgreSQL pass they are collected and deselected). Here collection gets a stand-in carrying
+    what collection reads (name, signature, marks, that it is a Hypothesis test), and
+    :func:`pytest_runtest_setup` puts the test schemathesis builds, with the same arguments, in
+    its place when the item is about to run: each operation's test is built once, where it runs,
+    and runs as it would have. A document schemathesis cannot build a test from fails that test
+    (at its setup) instead of a test named after the error."""
     from schemathesis.pytest import _test_builder
 
-    def unbuilt(*, test_func: Callable[..., Any], **_: Any) -> Callable[..., Any]:
-        return test_func
+    build = _test_builder.build_operation_test
+
+    def deferred(**arguments: Any) -> Callable[..., Any]:
+        return _DeferredOperationTest(functools.partial(build, **arguments), arguments)
 
     patch = pytest.MonkeyPatch()
-    patch.setattr(_test_builder, "build_operation_test", unbuilt)
+    patch.setattr(_test_builder, "build_operation_test", deferred)
     config.add_cleanup(patch.undo)
+
+
+class _DeferredOperationTest:
+    """Stands for the Hypothesis test of one operation until :meth:`build` (see above)."""
+
+    is_hypothesis_test = True
+
+    def __init__(self, build: Callable[[], Callable[..., Any]], arguments: dict[str, Any]) -> None:
+        test_func: Callable[..., Any] = arguments["test_func"]
+        # What @given leaves of the signature: ``case`` (and any ``schema.given`` argument) is
+        # drawn by Hypothesis, the rest are fixtures.
+        given = {"case", *arguments["given_kwargs"]}
+        self.build = build
+        signature = inspect.signature(test_func)
+        self.__signature__ = signature.replace(
+            parameters=[p for p in signature.parameters.values() if p.name not in given]
+        )
+        self.__name__ = test_func.__name__
+        self.__qualname__ = test_func.__qualname__
+        self.__module__ = test_func.__module__
+        self.__doc__ = test_func.__doc__
+        self.__wrapped__ = test_func  # where the test is written (reports, locations)
+        self.pytestmark = getattr(test_func, "pytestmark", [])
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a schemathesis test ran unbuilt (tests/conftest.py)")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    deferred = getattr(item, "_obj", None)
+    if isinstance(deferred, _DeferredOperationTest):
+        item.obj = deferred.build()  # type: ignore[attr-defined]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -96,12 +136,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if other_pass:
         config.hook.pytest_deselected(items=other_pass)
         items[:] = [item for item in items if not elsewhere(item)]
-    if not on_sqlite:
-        unbuilt = [item.nodeid for item in items if isinstance(item, SchemathesisFunction)]
-        if unbuilt:
-            raise pytest.UsageError(
-                f"schemathesis tests are collected unbuilt in the PostgreSQL pass: {unbuilt}"
-            )
 
 
 @pytest.fixture(scope="session")
