@@ -52,16 +52,12 @@ typecheck: $(STAMP)
 
 ## pytest: the suite on SQLite and then again on PostgreSQL (the conformance run: both must
 ## pass; a test that starts PostgreSQL nodes whatever the store runs in the second pass only).
-## Six pytest-xdist workers on two cores: the suite waits far more than it computes (servers
+## Four pytest-xdist workers on two cores: the suite waits far more than it computes (servers
 ## starting, simulated providers answering, retries falling due), so workers beyond the core
-## count overlap those waits. Measured on this 2-core machine (2026-12-06, shared and noisy):
-## the SQLite pass took 120 s with 4 workers, 99 s with 6, 90 s with 8; the PostgreSQL pass
-## 259 s with 4, 210 s with 6, 190 s with 8, where the multi-node SIGKILL scenario (nodes declared
-## dead 2 s after their last heartbeat) once counted duplicates beyond its bound: CPU-starved
-## nodes miss heartbeats. Six, not eight. Bytecode caching is switched back on (an environment
-## with PYTHONDONTWRITEBYTECODE=1 would otherwise have every worker and every reelhook process
-## the tests start compile, and pytest re-rewrite, every module from source).
-PYTEST_WORKERS ?= 6
+## count overlap those waits. Bytecode caching is switched back on (an environment with
+## PYTHONDONTWRITEBYTECODE=1 would otherwise have every worker and every reelhook process the
+## tests start compile, and pytest re-rewrite, every module from source).
+PYTEST_WORKERS ?= 4
 pytest: $(STAMP)
 	PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -n $(PYTEST_WORKERS)
 	PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -n $(PYTEST_WORKERS) --store postgresql
