@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import functools
+import inspect
 import itertools
 import os
 import ssl
@@ -50,6 +52,63 @@ def pytest_configure(config: pytest.Config) -> None:
         "multinode: reelhook processes on a PostgreSQL of their own whatever --store says "
         "(tests/test_multinode.py); run once, in the PostgreSQL pass",
     )
+    _build_schemathesis_tests_when_they_run(config)
+
+
+def _build_schemathesis_tests_when_they_run(config: pytest.Config) -> None:
+    """schemathesis builds each operation's Hypothesis test (the coverage phase's cases, the
+    explicit examples) while it collects, ~8 s of CPU for the document's operations, and every
+    xdist worker collects every test: four builds of everything per pass, where the items are
+    run once in all (tests/test_openapi.py, ``one_store``: in the SQLite pass; in the
+    PostgreSQL pass they are collected and deselected). Here collection gets a stand-in carrying
+    what collection reads (name, signature, marks, that it is a Hypothesis test), and
+    :func:`pytest_runtest_setup` puts the test schemathesis builds, with the same arguments, in
+    its place when the item is about to run: each operation's test is built once, where it runs,
+    and runs as it would have. A document schemathesis cannot build a test from fails that test
+    (at its setup) instead of a test named after the error."""
+    from schemathesis.pytest import _test_builder
+
+    build = _test_builder.build_operation_test
+
+    def deferred(**arguments: Any) -> Callable[..., Any]:
+        return _DeferredOperationTest(functools.partial(build, **arguments), arguments)
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(_test_builder, "build_operation_test", deferred)
+    config.add_cleanup(patch.undo)
+
+
+class _DeferredOperationTest:
+    """Stands for the Hypothesis test of one operation until :meth:`build` (see above)."""
+
+    is_hypothesis_test = True
+
+    def __init__(self, build: Callable[[], Callable[..., Any]], arguments: dict[str, Any]) -> None:
+        test_func: Callable[..., Any] = arguments["test_func"]
+        # What @given leaves of the signature: ``case`` (and any ``schema.given`` argument) is
+        # drawn by Hypothesis, the rest are fixtures.
+        given = {"case", *arguments["given_kwargs"]}
+        self.build = build
+        signature = inspect.signature(test_func)
+        self.__signature__ = signature.replace(
+            parameters=[p for p in signature.parameters.values() if p.name not in given]
+        )
+        self.__name__ = test_func.__name__
+        self.__qualname__ = test_func.__qualname__
+        self.__module__ = test_func.__module__
+        self.__doc__ = test_func.__doc__
+        self.__wrapped__ = test_func  # where the test is written (reports, locations)
+        self.pytestmark = getattr(test_func, "pytestmark", [])
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a schemathesis test ran unbuilt (tests/conftest.py)")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    deferred = getattr(item, "_obj", None)
+    if isinstance(deferred, _DeferredOperationTest):
+        item.obj = deferred.build()  # type: ignore[attr-defined]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -99,9 +158,11 @@ _database_numbers = itertools.count(1)
 
 
 @pytest.fixture(scope="session")
-def pg_reused_database(pg_cluster: Cluster) -> ReusedDatabase:
+def pg_reused_database(pg_cluster: Cluster) -> Iterator[ReusedDatabase]:
     """The session's migrated database that each test empties before use (tests/postgres.py)."""
-    return ReusedDatabase(pg_cluster, f"reused_{os.getpid()}")
+    reused = ReusedDatabase(pg_cluster, f"reused_{os.getpid()}")
+    yield reused
+    reused.close()
 
 
 @pytest.fixture(autouse=True)
