@@ -113,6 +113,13 @@ def _stat_seconds(path: Path) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
+def reaped_children_seconds(pid: int) -> float:
+    """CPU seconds of the children ``pid`` has waited for (``cutime`` + ``cstime``, fields 16
+    and 17): what its children took with them when they exited."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[13]) + int(fields[14])) / _TICK
+
+
 def cpu_times(pid: int) -> CpuTimes:
     """Per /proc: the whole thread group (finished threads included) and the main thread."""
     return CpuTimes(
