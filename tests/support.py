@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import sqlite3
@@ -13,7 +14,7 @@ from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, closing
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import asyncpg
@@ -29,6 +30,9 @@ from service.storage import events
 from service.storage.database import Database
 from service.storage.postgres import PostgresDatabase, numbered
 from tests.servers import Sink, loopback_socket, run_server, url_of
+
+if TYPE_CHECKING:
+    from service.storage.postgres import RawConnection
 
 
 def store_target(tmp_path: Path) -> str | Path:
@@ -293,3 +297,28 @@ async def query_plan(db: Database, sql: str, params: tuple[object, ...]) -> list
     async with db.pool.acquire() as raw, raw.transaction():
         await raw.execute("SET LOCAL enable_seqscan = off")
         return [str(row[0]) for row in await raw.fetch(f"EXPLAIN {numbered(sql)}", *params)]
+
+
+async def deliveries_read(raw: RawConnection, sql: str, params: Sequence[Any]) -> int:
+    """PostgreSQL: run ``sql`` (``?`` placeholders) under EXPLAIN ANALYZE on ``raw`` and return
+    the entries of ``deliveries`` and of its indexes that its plan's nodes read, over all their
+    loops: the rows they passed on and the rows they filtered out. A write is carried out: run it
+    in a transaction the caller rolls back."""
+    plan = json.loads(
+        await raw.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) {numbered(sql)}", *params)
+    )
+
+    def read(node: dict[str, Any]) -> int:
+        here = 0
+        if node.get("Relation Name") == "deliveries" or node.get("Index Name", "").startswith(
+            "deliveries"
+        ):
+            passed = (
+                node["Actual Rows"]
+                + node.get("Rows Removed by Filter", 0)
+                + node.get("Rows Removed by Index Recheck", 0)
+            )
+            here = passed * node["Actual Loops"]
+        return here + sum(read(child) for child in node.get("Plans", []))
+
+    return read(plan[0]["Plan"])

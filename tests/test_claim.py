@@ -10,7 +10,6 @@ the claim answers, and which claims the dispatcher makes, is tested on this pass
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -29,11 +28,11 @@ from service.delivery.publisher import Publisher
 from service.delivery.sender import Sender
 from service.storage import deliveries, subscriptions
 from service.storage.database import Connection, Database, Result
-from service.storage.postgres import PostgresDatabase, numbered
+from service.storage.postgres import PostgresDatabase
 from service.storage.sqlite import SqliteConnection, SqliteDatabase
 from tests.helpers.delivery import Hanging
 from tests.servers import run_server
-from tests.support import queue_due, store_target, subscription_row
+from tests.support import deliveries_read, queue_due, store_target, subscription_row
 
 pytestmark = pytest.mark.anyio
 
@@ -178,22 +177,6 @@ class _RolledBack(Exception):
     """Ends a transaction whose writes the test does not keep."""
 
 
-def _deliveries_read(node: dict[str, Any]) -> int:
-    """Entries of ``deliveries`` and of its indexes that a plan's nodes read, over all their
-    loops: the rows they passed on and the rows they filtered out."""
-    here = 0
-    if node.get("Relation Name") == "deliveries" or node.get("Index Name", "").startswith(
-        "deliveries"
-    ):
-        passed = (
-            node["Actual Rows"]
-            + node.get("Rows Removed by Filter", 0)
-            + node.get("Rows Removed by Index Recheck", 0)
-        )
-        here = passed * node["Actual Loops"]
-    return here + sum(_deliveries_read(child) for child in node.get("Plans", []))
-
-
 async def test_postgresql_a_claim_reads_its_room_not_the_backlog(
     pg_database: str, db: Database
 ) -> None:
@@ -242,10 +225,7 @@ async def test_postgresql_a_claim_reads_its_room_not_the_backlog(
         await transaction.start()
         try:
             for name, (sql, params) in statements.items():
-                plan = json.loads(
-                    await raw.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) {numbered(sql)}", *params)
-                )
-                read[name] = _deliveries_read(plan[0]["Plan"])
+                read[name] = await deliveries_read(raw, sql, params)
         finally:
             await transaction.rollback()
     # 13 rows taken, each met in an index and in the table, and the lease finds them again;

@@ -11,7 +11,6 @@ by the rows PostgreSQL's executor reads.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
@@ -19,9 +18,9 @@ import pytest
 from service.core.models import DeliveryStatus
 from service.storage import deliveries, events, subscriptions
 from service.storage.database import Connection, Database, Result
-from service.storage.postgres import PostgresDatabase, numbered
+from service.storage.postgres import PostgresDatabase
 from service.storage.sqlite import SqliteConnection
-from tests.support import ping_event, subscription_row
+from tests.support import deliveries_read, ping_event, subscription_row
 from tests.test_claim import steps
 
 pytestmark = pytest.mark.anyio
@@ -222,16 +221,5 @@ async def test_postgresql_reads_a_page_of_each_status_not_the_history(
     ((sql, params),) = recorder.sent
     async with db.pool.acquire() as raw:
         await raw.execute("ANALYZE deliveries")
-        plan = json.loads(
-            await raw.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) {numbered(sql)}", *params)
-        )
-
-    def read(node: dict[str, Any]) -> int:
-        """Rows of ``deliveries`` the plan's scans read: returned or filtered out."""
-        rows = 0
-        if node.get("Relation Name") == "deliveries":
-            passed = node["Actual Rows"] + node.get("Rows Removed by Filter", 0)
-            rows = passed * node["Actual Loops"]
-        return rows + sum(read(child) for child in node.get("Plans", []))
-
-    assert read(plan[0]["Plan"]) <= 20 * (len(DeliveryStatus) + 1), plan
+        read = await deliveries_read(raw, sql, params)
+    assert read <= 20 * (len(DeliveryStatus) + 1), read
