@@ -27,7 +27,6 @@ from service.ops import metrics as metrics_module
 from service.ops.metrics import Metrics
 from service.storage import deliveries, events, jobs, stats, subscriptions
 from service.storage.database import Database
-from service.storage.postgres import PostgresDatabase
 from service.storage.sqlite import SqliteConnection
 from tests.conftest import SettingsFactory
 from tests.helpers.jobs import make_job
@@ -163,11 +162,6 @@ async def test_scrapes_within_the_gap_share_the_last_read_and_the_age_keeps_grow
 
 async def test_the_counting_statements_read_index_entries_only(db: Database) -> None:
     await _mixed_outbox(db)
-    if isinstance(db, PostgresDatabase):
-        # Plans from this test's rows, not from statistics another test's rows left in the
-        # session's reused database (the planner picked a bitmap scan from those once).
-        async with db.pool.acquire() as raw:
-            await raw.execute("ANALYZE jobs, deliveries")
     jobs_plan = await query_plan(db, stats.JOBS_CHUNK_END, ("submitted", "", 99))
     jobs_plan += await query_plan(db, stats.JOBS_REST, ("submitted", "", 100))
     chunk_plan = await query_plan(db, stats.DELIVERIES_CHUNK_END, ("sub_plain", "pending", "", 99))
