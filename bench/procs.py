@@ -107,17 +107,18 @@ class CpuTimes:
         return CpuTimes(self.total - other.total, self.main - other.main)
 
 
-def _stat_seconds(path: Path) -> float:
-    # Fields after the command name (which may contain spaces): utime and stime are 14 and 15.
+def _stat_seconds(path: Path, first: int = 14) -> float:
+    """Fields ``first`` and ``first + 1`` of a ``stat`` file, in seconds: utime and stime at 14,
+    the waited-for children's cutime and cstime at 16."""
+    # Counted after the command name, which may contain spaces: field 3 is the first.
     fields = path.read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK
+    return (int(fields[first - 3]) + int(fields[first - 2])) / _TICK
 
 
 def reaped_children_seconds(pid: int) -> float:
     """CPU seconds of the children ``pid`` has waited for (``cutime`` + ``cstime``, fields 16
     and 17): what its children took with them when they exited."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[13]) + int(fields[14])) / _TICK
+    return _stat_seconds(Path(f"/proc/{pid}/stat"), first=16)
 
 
 def cpu_times(pid: int) -> CpuTimes:
