@@ -30,6 +30,7 @@ import httpx
 from bench import isolation, report, stores
 from bench.backlog import INGEST_BATCH, seed_backlog, seed_due
 from bench.disk import settle
+from bench.floor import stored as floor_stored
 from bench.load import callback_body, percentiles
 from bench.procs import (
     ADMIN_KEY,
@@ -42,6 +43,7 @@ from bench.procs import (
     run_load,
     service_environment,
     start_bare,
+    start_floor,
     start_service,
     start_sink,
 )
@@ -173,9 +175,9 @@ class CpuMeter:
         scale = 1e6 / max(1, items)
         for name, used in self.used.items():
             out[name] = used.total * scale
-            if name == "reelhook":
-                out["reelhook loop"] = used.main * scale
-                out["reelhook threads"] = (used.total - used.main) * scale
+            if name in ("reelhook", "floor"):
+                out[f"{name} loop"] = used.main * scale
+                out[f"{name} threads"] = (used.total - used.main) * scale
         if load is not None:
             out["load"] = float(load["cpu_s"]) * scale
         return out
@@ -293,6 +295,42 @@ class Bench:
                 ok and server <= 120,
             )
         )
+        least, least_ok, least_cpu = self.floor_ingest(sink, "floor ingest", concurrency=50)
+        floor_us = least_cpu.per_item(count)["floor"]
+        self.figures.append(
+            Figure(
+                "1. floor: server CPU per durable callback of the least durable ingest on this"
+                f" stack (bench/floor.py, same load: {least['rate_per_s']:,.0f} callbacks/s;"
+                f" reelhook's {server:.0f} µs is {server / floor_us:.1f}x this)",
+                floor_us,
+                "µs",
+                "reported: what the 120 µs target must fit above",
+                least_ok,
+                detail={"floor": least},
+                cpu_us=least_cpu.per_item(count, least),
+            )
+        )
+
+    def floor_ingest(
+        self, sink: Process, scenario: str, **load: Any
+    ) -> tuple[dict[str, Any], bool, CpuMeter]:
+        """Figure 1's load (or ``load``) against :mod:`bench.floor` on a database of its own;
+        (load result, ledger balanced, CPU)."""
+        count = int(load.pop("count", self.sizes.ingest))
+        database = self.work / f"{scenario.replace(' ', '-')}.db"
+        mode = "open" if "rate" in load else "closed"
+        with start_floor(self.log, database, count) as least, CpuMeter(floor=least) as cpu:
+            got = self.callbacks(least.url, sink, 0, count, mode=mode, **load)
+        jobs, callbacks, events = floor_stored(str(database))
+        ok = self.ledger(
+            scenario,
+            sent=got["sent"],
+            acked=got["acked"],
+            stored=jobs,
+            callbacks=callbacks,
+            events=events,
+        )
+        return got, ok, cpu
 
     def durable_ingest(
         self, service: Process, sink: Process, scenario: str, timeout: float = 300
@@ -336,6 +374,22 @@ class Bench:
                 ratio=p99 / base["latency_ms"]["p99"],
                 detail={"reelhook": got, "bare": base},
                 cpu_us=cpu.per_item(count, got),
+            )
+        )
+        least, least_ok, least_cpu = self.floor_ingest(
+            sink, "floor ack latency", count=count, rate=rate, connections=200
+        )
+        floor_p99, floor_p50 = least["latency_ms"]["p99"], least["latency_ms"]["p50"]
+        self.figures.append(
+            Figure(
+                f"2. floor: ack latency p99 at {rate:,}/s of the least durable ingest"
+                f" (bench/floor.py, same load; p50 {floor_p50:.1f} ms)",
+                floor_p99,
+                "ms",
+                "reported: what the same disk and server answer in",
+                least_ok,
+                detail={"floor": least},
+                cpu_us=least_cpu.per_item(count, least),
             )
         )
 

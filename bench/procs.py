@@ -143,6 +143,13 @@ def start_bare(log: Path) -> Process:
     return Process("bare", python("-m", "bench.bare", str(port)), port, dict(os.environ), log)
 
 
+def start_floor(log: Path, database: Path, jobs: int) -> Process:
+    """:mod:`bench.floor` on a free port, its database at ``database`` with ``jobs`` waiting."""
+    port = free_port()
+    argv = python("-m", "bench.floor", str(port), str(database), str(jobs))
+    return Process("floor", argv, port, dict(os.environ), log)
+
+
 def start_service(env: dict[str, str], log: Path) -> Process:
     service = Process(
         "reelhook", python("-m", "service", "serve"), int(env["REELHOOK_PORT"]), env, log

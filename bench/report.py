@@ -45,18 +45,19 @@ def _number(value: float | None, unit: str = "") -> str:
 
 
 def _cpu(per_item: dict[str, float]) -> str:
-    """``reelhook 150 (loop 110 + threads 40) · load 60 · sink 30``; — when not measured."""
+    """``reelhook 150 (loop 110 + threads 40) · load 60 · sink 30``; — when not measured.
+    A process measured per thread (reelhook, the floor) is split into its loop and the rest."""
     if not per_item:
         return "—"
     parts = []
     for name, value in per_item.items():
-        if name in ("reelhook loop", "reelhook threads"):
+        if name.endswith((" loop", " threads")):
             continue
         text = f"{name} {value:,.0f}"
-        if name == "reelhook" and "reelhook loop" in per_item:
+        if f"{name} loop" in per_item:
             text += (
-                f" (loop {per_item['reelhook loop']:,.0f} + "
-                f"threads {per_item['reelhook threads']:,.0f})"
+                f" (loop {per_item[f'{name} loop']:,.0f} + "
+                f"threads {per_item[f'{name} threads']:,.0f})"
             )
         parts.append(text)
     return " · ".join(parts)
