@@ -33,6 +33,8 @@ from tests.test_mirroring import Files, create, mirror_rows, succeeded_document,
 pytestmark = pytest.mark.anyio
 
 JOB = {"model": "trinetra/kling-v3", "input": {"prompt": "A lighthouse in a storm"}}
+# Jobs created before the disk fills, whose callbacks are sent while it is full.
+CALLBACKS = 30
 
 
 class Disk:
@@ -146,7 +148,12 @@ async def test_a_full_disk_answers_503_with_retry_after_and_keeps_the_connection
             trace = {"trace": connections}
             first = await http.post("/v1/jobs", json=JOB, extensions=trace)
             assert first.status_code == 202, first.text
-            job = first.json()
+            # Jobs waiting for their callbacks, sent once the disk is full.
+            waiting = [first.json()]
+            for _ in range(CALLBACKS):
+                created = await http.post("/v1/jobs", json=JOB, extensions=trace)
+                assert created.status_code == 202, created.text
+                waiting.append(created.json())
             disk.fill()
             answers = []
             for _ in range(200):
@@ -154,12 +161,22 @@ async def test_a_full_disk_answers_503_with_retry_after_and_keeps_the_connection
                 answers.append(answer)
                 if answer.status_code == 503:
                     break
-            # A callback while the disk is full is refused the same way.
-            token = TOKENS.callback(job["id"], "trinetra")
-            callback = succeeded_document(job["provider_job_id"], "https://cdn.example/v.mp4")
-            refused_callback = await http.post(
-                f"/v1/callbacks/trinetra/{token}", content=callback, extensions=trace
-            )
+            # A callback while the disk is full is refused the same way. One may still be
+            # stored first: SQLite reuses the log file's pages once a fold has copied them
+            # back, so a small write can fit where a job's could not. Every one answered 200
+            # must then be stored, and one must be refused before the jobs run out.
+            stored_first: list[str] = []
+            refused_callback: httpx.Response | None = None
+            for job in waiting:
+                token = TOKENS.callback(job["id"], "trinetra")
+                callback = succeeded_document(job["provider_job_id"], "https://cdn.example/v.mp4")
+                sent = await http.post(
+                    f"/v1/callbacks/trinetra/{token}", content=callback, extensions=trace
+                )
+                if sent.status_code != 200:
+                    refused_callback = sent
+                    break
+                stored_first.append(job["id"])
             disk.free()
             # Space is back: the same requests succeed, on the same connection.
             with anyio.fail_after(10):
@@ -175,6 +192,11 @@ async def test_a_full_disk_answers_503_with_retry_after_and_keeps_the_connection
                 a.json()["id"] for a in [first, *answers, again] if a.status_code == 202
             ]
             listed = {j["id"] for j in (await http.get("/v1/jobs?limit=200")).json()["data"]}
+            succeeded = {
+                job_id
+                for job_id in [*stored_first, job["id"]]
+                if (await http.get(f"/v1/jobs/{job_id}")).json()["status"] == "succeeded"
+            }
     statuses = {answer.status_code for answer in answers}
     assert statuses <= {202, 503}, [a.text for a in answers if a.status_code not in (202, 503)]
     refused = answers[-1]
@@ -182,12 +204,15 @@ async def test_a_full_disk_answers_503_with_retry_after_and_keeps_the_connection
     assert int(refused.headers["Retry-After"]) >= 1
     assert refused.json()["error"]["code"] == "unavailable"
     assert "space" in refused.json()["error"]["message"]
+    assert refused_callback is not None, f"all {len(waiting)} callbacks fitted on a full disk"
     assert refused_callback.status_code == 503, refused_callback.text
     assert int(refused_callback.headers["Retry-After"]) >= 1
     assert again.status_code == 202, again.text
     assert stored_callback.status_code == 200, stored_callback.text
-    # Every job acknowledged is there; one connection carried every request.
+    # Every job acknowledged is there, every callback answered 200 was applied (the refused
+    # one once sent again); one connection carried every request.
     assert set(acknowledged) <= listed
+    assert succeeded == {*stored_first, job["id"]}
     assert connections.opened == 1
 
 
