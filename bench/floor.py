@@ -137,6 +137,7 @@ class Floor:
                 if self.writer is not None:
                     self.writer.cancel()
                 self.thread.shutdown()
+                self.conn.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -146,33 +147,47 @@ class Floor:
             await self.wake.wait()
             self.wake.clear()
             batch, self.pending = self.pending, []
-            await loop.run_in_executor(self.thread, self.commit, batch)
+            if not batch:
+                continue
+            try:
+                await loop.run_in_executor(self.thread, self.commit, batch)
+            except Exception as exc:  # each request then fails with a 500; none is lost
+                for pending in batch:
+                    pending[4].set_exception(exc)
+                continue
             for pending in batch:
                 pending[4].set_result(None)
 
     def commit(self, batch: list[_Pending]) -> None:
         """On the writer thread: the batch's rows, then the commit that makes them durable. A
-        callback already stored (the same job and digest) changes nothing more."""
+        callback already stored (the same job and digest) changes nothing more; a failure
+        rolls the whole batch back."""
         now = time.time()
         conn = self.conn
-        fresh = []
         conn.execute("BEGIN IMMEDIATE")
-        for job, digest, body, status, _ in batch:
-            if conn.execute(
-                "INSERT OR IGNORE INTO callbacks (job_id, digest, body, received_at)"
-                " VALUES (?, ?, ?, ?)",
-                (job, digest, body, now),
-            ).rowcount:
-                fresh.append((job, body, status))
-        conn.executemany(
-            "UPDATE jobs SET status = ?, document = ?, updated_at = ? WHERE id = ?",
-            [(status, body, now, job) for job, body, status in fresh],
-        )
-        conn.executemany(
-            "INSERT INTO events (job_id, type, payload, created_at) VALUES (?, ?, ?, ?)",
-            [(job, f"job.{status}", body, now) for job, body, status in fresh],
-        )
-        conn.execute("COMMIT")
+        try:
+            fresh = [
+                (job, body, status)
+                for job, digest, body, status, _ in batch
+                if conn.execute(
+                    "INSERT OR IGNORE INTO callbacks (job_id, digest, body, received_at)"
+                    " VALUES (?, ?, ?, ?)",
+                    (job, digest, body, now),
+                ).rowcount
+            ]
+            conn.executemany(
+                "UPDATE jobs SET status = ?, document = ?, updated_at = ? WHERE id = ?",
+                [(status, body, now, job) for job, body, status in fresh],
+            )
+            conn.executemany(
+                "INSERT INTO events (job_id, type, payload, created_at) VALUES (?, ?, ?, ?)",
+                [(job, f"job.{status}", body, now) for job, body, status in fresh],
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
 
 
 async def answer(send: Send, status: int, body: bytes) -> None:
