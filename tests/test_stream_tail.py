@@ -261,13 +261,13 @@ async def test_the_tail_does_no_work_per_idle_stream_of_another_key(
         tg.cancel_scope.cancel()
     # Only the admin stream was matched, at most once per tail read (a read may find nothing).
     assert 1 <= feed.looked_at - looked_at <= feed.reads - reads <= 31
-    assert [sql for sql in statements if "FROM events e WHERE" in sql] == []
-    # On either store, none of the read-only key's streams read the log. (On PostgreSQL the
-    # commits are heard through NOTIFY, several at a time: a tail read that takes more than the
-    # four events it keeps can leave the admin stream behind, and that one then reads the log
-    # itself, as a stream behind the tail does; on SQLite the trace above holds every stream,
-    # the admin one too, to no read of its own.)
-    assert [call for call in own.calls if call[1] == READER.key_id] == []
+    # None of the read-only key's streams read the log. A read of it, if any, is the admin
+    # stream's own: a tail read that takes more than the four events it keeps (commits heard
+    # several at a time: NOTIFY on PostgreSQL, a busy loop on SQLite) can leave that stream
+    # behind, and a stream behind the tail reads the log itself.
+    log_reads = [sql for sql in statements if "FROM events e WHERE" in sql]
+    assert len(log_reads) <= len(own.calls), (log_reads, own.calls)
+    assert all(owner is None for _, owner in own.calls), own.calls
     for chunks in received[:-1]:
         assert b"event:" not in b"".join(chunks)
 
