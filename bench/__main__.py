@@ -198,6 +198,11 @@ class CpuMeter:
         return f"no process at a full core: latency-bound ({shares})"
 
 
+def floor_detail(got: dict[str, Any], cpu: CpuMeter, count: int) -> dict[str, Any]:
+    """A floor figure's detail and CPU per callback (:meth:`Bench.floor_ingest`)."""
+    return {"detail": {"floor": got}, "cpu_us": cpu.per_item(count, got)}
+
+
 class Bench:
     def __init__(self, work: Path, sizes: Sizes) -> None:
         self.work = work
@@ -306,8 +311,7 @@ class Bench:
                 "µs",
                 "reported: what the 120 µs target must fit above",
                 least_ok,
-                detail={"floor": least},
-                cpu_us=least_cpu.per_item(count, least),
+                **floor_detail(least, least_cpu, count),
             )
         )
 
@@ -388,8 +392,7 @@ class Bench:
                 "ms",
                 "reported: what the same disk and server answer in",
                 least_ok,
-                detail={"floor": least},
-                cpu_us=least_cpu.per_item(count, least),
+                **floor_detail(least, least_cpu, count),
             )
         )
 

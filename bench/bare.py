@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
@@ -16,17 +17,22 @@ async def callback(request: Request) -> Response:
     return JSONResponse({"received": True})
 
 
-def main() -> None:
-    app = Starlette(routes=[Route("/v1/callbacks/{provider}/{token}", callback, methods=["POST"])])
+def serve(app: Any, port: int) -> None:
+    """Serve ``app`` on 127.0.0.1:``port`` with the server, loop and parser reelhook runs on."""
     uvicorn.run(
         app,
         host="127.0.0.1",
-        port=int(sys.argv[1]),
+        port=port,
         loop="uvloop",
         http="httptools",
         log_level="warning",
         access_log=False,
     )
+
+
+def main() -> None:
+    app = Starlette(routes=[Route("/v1/callbacks/{provider}/{token}", callback, methods=["POST"])])
+    serve(app, int(sys.argv[1]))
 
 
 if __name__ == "__main__":

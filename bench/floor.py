@@ -29,8 +29,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import orjson
-import uvicorn
 
+from bench.bare import serve
 from bench.procs import SECRET_KEY
 from bench.seed import job_id
 from service.core.tokens import InvalidToken, Tokens
@@ -203,16 +203,7 @@ async def answer(send: Send, status: int, body: bytes) -> None:
 
 def main() -> None:
     port, path, jobs = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-    app = Floor(open_store(path, jobs), Tokens([SECRET_KEY]))
-    uvicorn.run(
-        app,
-        host="127.0.0.1",
-        port=port,
-        loop="uvloop",
-        http="httptools",
-        log_level="warning",
-        access_log=False,
-    )
+    serve(Floor(open_store(path, jobs), Tokens([SECRET_KEY])), port)
 
 
 if __name__ == "__main__":
