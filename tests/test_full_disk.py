@@ -167,6 +167,7 @@ async def test_a_full_disk_answers_503_with_retry_after_and_keeps_the_connection
             # must then be stored, and one must be refused before the jobs run out.
             stored_first: list[str] = []
             refused_callback: httpx.Response | None = None
+            refused_job = waiting[-1]
             for job in waiting:
                 token = TOKENS.callback(job["id"], "trinetra")
                 callback = succeeded_document(job["provider_job_id"], "https://cdn.example/v.mp4")
@@ -174,7 +175,7 @@ async def test_a_full_disk_answers_503_with_retry_after_and_keeps_the_connection
                     f"/v1/callbacks/trinetra/{token}", content=callback, extensions=trace
                 )
                 if sent.status_code != 200:
-                    refused_callback = sent
+                    refused_callback, refused_job = sent, job
                     break
                 stored_first.append(job["id"])
             disk.free()
@@ -194,7 +195,7 @@ async def test_a_full_disk_answers_503_with_retry_after_and_keeps_the_connection
             listed = {j["id"] for j in (await http.get("/v1/jobs?limit=200")).json()["data"]}
             succeeded = {
                 job_id
-                for job_id in [*stored_first, job["id"]]
+                for job_id in [*stored_first, refused_job["id"]]
                 if (await http.get(f"/v1/jobs/{job_id}")).json()["status"] == "succeeded"
             }
     statuses = {answer.status_code for answer in answers}
@@ -212,7 +213,7 @@ async def test_a_full_disk_answers_503_with_retry_after_and_keeps_the_connection
     # Every job acknowledged is there, every callback answered 200 was applied (the refused
     # one once sent again); one connection carried every request.
     assert set(acknowledged) <= listed
-    assert succeeded == {*stored_first, job["id"]}
+    assert succeeded == {*stored_first, refused_job["id"]}
     assert connections.opened == 1
 
 

@@ -326,7 +326,7 @@ async def open_blob_store(settings: Settings) -> AsyncIterator[BlobStore]:
     if settings.s3 is None:
         yield LocalBlobStore(settings.blob_dir)
         return
-    # Imported only when a bucket is configured: aiobotocore and botocore are ~0.3 s of CPU at
+    # Imported only when a bucket is configured: aiobotocore and botocore are ~0.1 s of CPU at
     # every start (`reelhook serve`, each CLI command), most of them without S3.
     import aiobotocore.session
     from aiobotocore.config import AioConfig
