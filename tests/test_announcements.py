@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from typing import Any
 
 import anyio
 import pytest
@@ -17,7 +18,7 @@ from service.storage import deliveries, events, jobs, submissions, subscriptions
 from service.storage.announcements import Appended, Work, announce
 from service.storage.database import Database
 from service.storage.events import UNKNOWN_OWNER, NewEvent
-from service.storage.postgres import PostgresDatabase
+from service.storage.postgres import PgConnection, PostgresDatabase
 from tests.helpers.jobs import NOW, make_job, store
 from tests.support import ping_event, subscription_row
 
@@ -223,3 +224,28 @@ async def test_a_commit_that_appended_events_says_how_many_and_who_may_see_them(
         # A PostgreSQL commit is heard through NOTIFY, which names the kind of work only (this
         # node's own commits too): the tail reads (service/storage/announcements.py).
         assert heard == [None, None, None]
+
+
+async def test_postgresql_a_commit_notifies_every_kind_in_one_statement(
+    pg_database: str, db: Database
+) -> None:
+    """Asking for ``pg_database`` runs this in the PostgreSQL pass: a commit announcing two kinds
+    sends one ``pg_notify`` statement for both (a round trip each cost an ingest batch two or
+    three), and every node still hears each kind once."""
+    assert isinstance(db, PostgresDatabase)
+    heard = listen(db)
+    sent: list[str] = []
+
+    def logged(record: Any) -> None:
+        sent.append(record.query)
+
+    async with db.transaction() as conn:
+        assert isinstance(conn, PgConnection)
+        # Left on the pooled connection: the notifications are sent after this block, and the
+        # pool closes with this test's store.
+        conn.raw.add_query_logger(logged)
+        job = make_job(4)
+        await jobs.insert(conn, job)
+        await submissions.schedule(conn, job.id, next_at=NOW)
+    assert len([query for query in sent if "pg_notify" in query]) == 1, sent
+    assert await heard_by_now(db, heard) == Counter({Work.DEADLINES: 1, Work.SUBMITS: 1})

@@ -437,9 +437,14 @@ class PostgresDatabase(Database):
                 yield conn
                 # The server delivers these only if (and once) the commit lands, to every node
                 # LISTENing, this one included (docs/architecture.md; migration 0009 dropped the
-                # triggers that used to notify instead).
-                for kind in sorted(conn.announced):
-                    await raw.execute("SELECT pg_notify($1, $2)", CHANNEL, kind.value)
+                # triggers that used to notify instead). Every kind in one round trip: an
+                # ingest batch announces two or three.
+                if conn.announced:
+                    await raw.execute(
+                        "SELECT pg_notify($1, kind) FROM unnest($2::text[]) AS kind",
+                        CHANNEL,
+                        [kind.value for kind in sorted(conn.announced)],
+                    )
                 conn.announced = None
             except BaseException:
                 with anyio.CancelScope(shield=True):
