@@ -15,10 +15,19 @@ import pytest
 
 from service.core.models import SubscriptionStatus
 from service.storage import deliveries, events, jobs, submissions, subscriptions
-from service.storage.announcements import Appended, Work, announce
+from service.storage.announcements import (
+    APPENDED_PREFIX,
+    Appended,
+    AppendedTwins,
+    Work,
+    announce,
+    appended_from,
+    appended_payload,
+    notifications,
+)
 from service.storage.database import Database
 from service.storage.events import UNKNOWN_OWNER, NewEvent
-from service.storage.postgres import PgConnection, PostgresDatabase
+from service.storage.postgres import CHANNEL, PgConnection, PostgresDatabase
 from tests.helpers.jobs import NOW, make_job, store
 from tests.support import ping_event, subscription_row
 
@@ -196,8 +205,8 @@ async def test_a_commit_that_appended_events_says_how_many_and_who_may_see_them(
 ) -> None:
     """The live streams' tail hears, with each commit that appended events, how many and of
     which (owner, type): every append of the transaction counted, a rolled-back one nothing,
-    and when any event's owner was not given, nothing (the tail then reads). On PostgreSQL each
-    commit that appended events is heard once, saying nothing more."""
+    and when any event's owner was not given, nothing (the tail then reads). Each commit that
+    appended events is heard once, on either store."""
     heard: list[Appended | None] = []
     db.subscribe_appended(heard.append)
     commits = listen(db)
@@ -214,16 +223,12 @@ async def test_a_commit_that_appended_events_says_how_many_and_who_may_see_them(
             conn, [event(6, "key_a"), replace(event(7, None), owner_key_id=UNKNOWN_OWNER)]
         )
     assert await heard_by_now(db, commits) == Counter({Work.EVENTS: 3})
-    if db.dialect == "sqlite":
-        assert heard == [
-            Appended(3, frozenset({("key_a", "ping"), (None, "ping"), ("key_a", "job.succeeded")})),
-            Appended(1, frozenset({("key_c", "ping")})),
-            None,
-        ]
-    else:
-        # A PostgreSQL commit is heard through NOTIFY, which names the kind of work only (this
-        # node's own commits too): the tail reads (service/storage/announcements.py).
-        assert heard == [None, None, None]
+    # On PostgreSQL through NOTIFY (this node's commits too), as every node hears it.
+    assert heard == [
+        Appended(3, frozenset({("key_a", "ping"), (None, "ping"), ("key_a", "job.succeeded")})),
+        Appended(1, frozenset({("key_c", "ping")})),
+        None,
+    ]
 
 
 async def test_postgresql_a_commit_notifies_every_kind_in_one_statement(
@@ -249,3 +254,47 @@ async def test_postgresql_a_commit_notifies_every_kind_in_one_statement(
         await submissions.schedule(conn, job.id, next_at=NOW)
     assert len([query for query in sent if "pg_notify" in query]) == 1, sent
     assert await heard_by_now(db, heard) == Counter({Work.DEADLINES: 1, Work.SUBMITS: 1})
+
+
+async def test_postgresql_a_node_of_the_version_before_is_heard_and_hears(
+    pg_database: str, db: Database
+) -> None:
+    """A rolling restart mixes versions. A plain ``events`` from a node that sends no description
+    still wakes the tail, saying nothing more; this node's description is followed by the plain
+    twin such a node reads, which this node skips. Asking for ``pg_database`` runs this in the
+    PostgreSQL pass."""
+    assert isinstance(db, PostgresDatabase)
+    heard: list[Appended | None] = []
+    db.subscribe_appended(heard.append)
+    commits = listen(db)
+    async with db.pool.acquire() as raw:
+        await raw.execute("SELECT pg_notify($1, 'events')", CHANNEL)
+    async with db.transaction() as conn:
+        await events.append(conn, [event(1, "key_a")])
+    sent = notifications([Work.EVENTS], [("key_a", "ping")])
+    assert sent[1:] == ["events"] and sent[0].startswith(APPENDED_PREFIX)
+    assert await heard_by_now(db, commits) == Counter({Work.EVENTS: 2})
+    assert heard == [None, Appended(1, frozenset({("key_a", "ping")}))]
+
+
+def test_what_a_commit_appended_travels_in_its_payload_when_it_fits() -> None:
+    seen = Appended(3, frozenset({("key_a", "ping"), (None, "job.failed")}))
+    assert appended_from(appended_payload(seen) or "") == seen
+    # Too many owners for one NOTIFY: announced plainly, and the tail reads.
+    many = Appended(500, frozenset((f"key_{n:04d}", "job.succeeded") for n in range(500)))
+    assert appended_payload(many) is None
+    assert notifications([Work.EVENTS, Work.DELIVERIES], [("key_a", "ping"), None]) == [
+        "deliveries",
+        "events",
+    ]
+    for other in ("events", "events:", "events:[1]", "events:{", "deliveries"):
+        assert appended_from(other) is None
+    twins = AppendedTwins()
+    payloads = notifications([Work.DELIVERIES, Work.EVENTS], [("key_a", "ping")])
+    assert [twins.read(payload) for payload in [*payloads, "events", "nonsense"]] == [
+        (Work.DELIVERIES, None),
+        (Work.EVENTS, Appended(1, frozenset({("key_a", "ping")}))),
+        None,  # the twin
+        (Work.EVENTS, None),  # another commit's, of a node that describes nothing
+        None,
+    ]

@@ -355,18 +355,15 @@ async def own_job(db: Database, caller: Caller) -> str:
     return job.id
 
 
-@pytest.mark.sqlite_only(
-    "only a SQLite commit tells the tail what it appended; a PostgreSQL one is heard through "
-    "NOTIFY, and read (the test after this one holds on both)"
-)
 async def test_commits_no_open_stream_may_see_are_not_read_until_one_may(tmp_path: Path) -> None:
     """Fifty streams of a read-only key: thirty commits of events of no job (which only admin
     keys see) wake no task and are not read at all, the streams' keep-alives go on; then an
     event of that key's job is read in one go with the thirty, and each stream gets it exactly
-    once, and nothing else."""
+    once, and nothing else. On PostgreSQL what each commit appended is heard through NOTIFY."""
     feed = EventFeed()
-    async with Database.open(tmp_path / "db.sqlite") as db, anyio.create_task_group() as tg:
+    async with Database.open(store_target(tmp_path)) as db, anyio.create_task_group() as tg:
         db.subscribe_appended(feed.appended)
+        await hearing(db, tg)
         log = EventLog(db, feed, keepalive=0.05, max_streams_per_key=100)
         tg.start_soon(feed.run, db.reader)
         mine = await own_job(db, READER)
@@ -378,6 +375,7 @@ async def test_commits_no_open_stream_may_see_are_not_read_until_one_may(tmp_pat
         await until(lambda: len(feed.listeners) == 50 and feed.head == 0)
         reads, wakeups = feed.reads, feed.wakeups
         await append(db, "ping", 30, owner=None)
+        await until(lambda: feed.unread == 30)
         marks = [len(r) for r in received]
         await until(lambda: all(len(r) >= m + 2 for r, m in zip(received, marks, strict=True)))
         assert (feed.reads, feed.wakeups, feed.head, feed.unread) == (reads, wakeups, 0, 30)
@@ -396,14 +394,14 @@ async def test_a_stream_opened_after_events_left_unread_gets_those_it_may_see(
     tmp_path: Path,
 ) -> None:
     """While only a read-only key's stream listens, pings (which it may not see) are left
-    unread (SQLite; on PostgreSQL they are read). Admin streams opened then, resuming from a
+    unread. Admin streams opened then, resuming from a
     position before them, from one among them and from the end, each get exactly the pings
     after their position, in log order, and then the next one; the read-only stream gets
     none."""
     feed = EventFeed()
     async with Database.open(store_target(tmp_path)) as db, anyio.create_task_group() as tg:
         db.subscribe_appended(feed.appended)
-        tg.start_soon(db.run)  # PostgreSQL: the LISTEN connection that hears the commits
+        await hearing(db, tg)
         log = EventLog(db, feed, keepalive=60, max_streams_per_key=100)
         tg.start_soon(feed.run, db.reader)
         await append(db, "ping", 5, owner=None)
@@ -413,8 +411,8 @@ async def test_a_stream_opened_after_events_left_unread_gets_those_it_may_see(
         tg.start_soon(drain, idle, seen_by_idle)
         await until(lambda: feed.head == 5)
         await append(db, "ping", 20, owner=None)
-        if db.dialect == "sqlite":
-            assert feed.head == 5 and feed.unread == 20
+        await until(lambda: feed.unread == 20)
+        assert feed.head == 5
         received: dict[int, list[bytes]] = {}
         for after in (3, 12, 25):
             stream = log.follow(ADMIN, ["ping"], after_seq=after)
@@ -434,7 +432,6 @@ async def test_a_stream_opened_after_events_left_unread_gets_those_it_may_see(
     assert b"event:" not in b"".join(seen_by_idle)
 
 
-@pytest.mark.sqlite_only("only a SQLite commit tells the tail what it appended")
 async def test_events_no_stream_may_see_are_read_once_half_of_what_the_tail_keeps_piles_up(
     tmp_path: Path,
 ) -> None:
@@ -442,8 +439,9 @@ async def test_events_no_stream_may_see_are_read_once_half_of_what_the_tail_keep
     no stream may see cost it at most three reads, never one per commit, and it is never more
     than 3 behind."""
     feed = EventFeed(keep=8)
-    async with Database.open(tmp_path / "db.sqlite") as db, anyio.create_task_group() as tg:
+    async with Database.open(store_target(tmp_path)) as db, anyio.create_task_group() as tg:
         db.subscribe_appended(feed.appended)
+        await hearing(db, tg)
         log = EventLog(db, feed, keepalive=60, max_streams_per_key=100)
         tg.start_soon(feed.run, db.reader)
         idle = log.follow(READER, [], after_seq=0)

@@ -18,11 +18,13 @@ One exception to "never data": a commit that appended events says, when the proc
 committed it knows, how many and who may see them (:class:`Appended`), so the live streams'
 shared tail need not read the log after a commit whose events no open stream may see
 (docs/performance.md, "Idle streams"). On PostgreSQL, where every commit is heard through
-``NOTIFY`` (this node's too), a commit says nothing more than before: the tail reads.
+``NOTIFY`` (this node's too), that travels in the notification's payload
+(:func:`appended_payload`), to every node.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -129,3 +131,73 @@ def appended_of(seers: list[Seer | None] | None) -> Appended | None:
     if not seers or None in seers:
         return None
     return Appended(len(seers), frozenset(seer for seer in seers if seer is not None))
+
+
+APPENDED_PREFIX = "events:"
+"""How a notification saying what a commit appended begins (PostgreSQL's ``NOTIFY`` payloads)."""
+
+APPENDED_MOST = 7_000
+"""The longest such payload: PostgreSQL refuses one of 8,000 bytes or more. A commit whose
+appended events would say more (many owners and types) is announced plainly: the tail reads."""
+
+
+def appended_payload(appended: Appended | None) -> str | None:
+    """``appended`` as a ``NOTIFY`` payload (:data:`APPENDED_PREFIX` and JSON), or None when it
+    is not known or would not fit in :data:`APPENDED_MOST` bytes."""
+    if appended is None:
+        return None
+    seers = sorted(appended.seers, key=lambda seer: (seer[0] or "", seer[1]))
+    payload = APPENDED_PREFIX + json.dumps([appended.count, seers], separators=(",", ":"))
+    return payload if len(payload.encode()) <= APPENDED_MOST else None
+
+
+def appended_from(payload: str) -> Appended | None:
+    """The :class:`Appended` an :func:`appended_payload` says; None for anything else."""
+    if not payload.startswith(APPENDED_PREFIX):
+        return None
+    try:
+        count, seers = json.loads(payload[len(APPENDED_PREFIX) :])
+        return Appended(
+            int(count),
+            frozenset((owner if owner is None else str(owner), str(kind)) for owner, kind in seers),
+        )
+    except (ValueError, TypeError):
+        return None
+
+
+def notifications(kinds: Iterable[Work], seers: list[Seer | None] | None) -> list[str]:
+    """The ``NOTIFY`` payloads of a commit that announced ``kinds`` and appended events seen by
+    ``seers``: each kind, and just before ``events``, what the events were when that is known
+    (:func:`appended_payload`). The plain ``events`` stays for nodes that read kinds only (a
+    version before this one, during a rolling restart); a node that read the description skips
+    the plain twin right after it (:class:`AppendedTwins`)."""
+    payloads = [kind.value for kind in sorted(kinds)]
+    if Work.EVENTS.value in payloads:
+        described = appended_payload(appended_of(seers))
+        if described is not None:
+            payloads.insert(payloads.index(Work.EVENTS.value), described)
+    return payloads
+
+
+class AppendedTwins:
+    """Reads :func:`notifications` in the order a listener hears them. PostgreSQL delivers one
+    transaction's notifications together and in the order sent, so a plain ``events`` right
+    after a description is the same commit's twin."""
+
+    def __init__(self) -> None:
+        self._described = False
+
+    def read(self, payload: str) -> tuple[Work, Appended | None] | None:
+        """The kind of work ``payload`` announces and what it appended; None for a twin or a
+        payload that names nothing."""
+        after_description, self._described = self._described, False
+        appended = appended_from(payload)
+        if appended is not None:
+            self._described = True
+            return Work.EVENTS, appended
+        if payload == Work.EVENTS.value and after_description:
+            return None
+        try:
+            return Work(payload), None
+        except ValueError:
+            return None

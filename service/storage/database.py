@@ -257,8 +257,9 @@ class Database(ABC):
 
     def subscribe_appended(self, listener: AppendedListener) -> None:
         """Call ``listener`` (quick, never raising) after every commit that appended events,
-        with what it appended when this process knows it (its own commit on SQLite), else None
-        (see :mod:`service.storage.announcements`)."""
+        with what it appended when that is known (every event's owner given; on PostgreSQL
+        carried by the commit's notification to every node), else None (see
+        :mod:`service.storage.announcements`)."""
         self._announcements.subscribe_appended(listener)
 
     def _announce(self, kinds: Iterable[Work], appended: Appended | None = None) -> None:

@@ -23,7 +23,7 @@ import anyio
 import asyncpg
 
 from service.storage import deliveries, nodes, submissions
-from service.storage.announcements import Work, announce
+from service.storage.announcements import AppendedTwins, Seer, Work, announce, notifications
 from service.storage.database import (
     DATABASE_ERRORS,
     Connection,
@@ -228,6 +228,7 @@ class PostgresDatabase(Database):
         # (docs/scaling.md); ``python -m bench.write_lock`` measures both.
         self._leader = False
         self.listening = anyio.Event()
+        self._twins = AppendedTwins()  # the LISTEN connection's; anew with each connection
         # Heartbeats as this process saw them (monotonic clock): when the last one that found
         # this node alive was started, and the life it found (see :meth:`still_holds`).
         self._life = 0
@@ -374,8 +375,10 @@ class PostgresDatabase(Database):
                 beating.terminate()
 
     def _notified(self, conn: object, pid: int, channel: str, payload: object) -> None:
-        if isinstance(payload, str) and payload in _KINDS:
-            self._announce([_KINDS[payload]])
+        heard = self._twins.read(payload) if isinstance(payload, str) else None
+        if heard is not None:
+            kind, appended = heard
+            self._announce([kind], appended)
 
     def _wake_everything(self) -> None:
         self._announce(_KINDS.values())
@@ -390,6 +393,7 @@ class PostgresDatabase(Database):
             try:
                 conn = await asyncpg.connect(self.url, server_settings=SERVER_SETTINGS)
                 conn.add_termination_listener(functools.partial(_set, lost))
+                self._twins = AppendedTwins()
                 await conn.add_listener(CHANNEL, self._notified)
                 delay = 0.1
                 self.listening.set()
@@ -434,6 +438,8 @@ class PostgresDatabase(Database):
                     await raw.execute("SET LOCAL synchronous_commit = off")
                 conn = PgConnection(raw, self._statements)
                 conn.announced = set()
+                seers: list[Seer | None] = []
+                conn.appended = seers
                 yield conn
                 # The server delivers these only if (and once) the commit lands, to every node
                 # LISTENing, this one included (docs/architecture.md; migration 0009 dropped the
@@ -441,11 +447,12 @@ class PostgresDatabase(Database):
                 # ingest batch announces two or three.
                 if conn.announced:
                     await raw.execute(
-                        "SELECT pg_notify($1, kind) FROM unnest($2::text[]) AS kind",
+                        "SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS payload",
                         CHANNEL,
-                        [kind.value for kind in sorted(conn.announced)],
+                        notifications(conn.announced, seers),
                     )
                 conn.announced = None
+                conn.appended = None
             except BaseException:
                 with anyio.CancelScope(shield=True):
                     await tx.rollback()
