@@ -10,7 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, closing
 from pathlib import Path
@@ -27,7 +27,7 @@ from service.app.settings import Settings
 from service.core.ids import new_id
 from service.core.models import Subscription, SubscriptionStatus
 from service.storage import events
-from service.storage.database import Database
+from service.storage.database import Connection, Database, Result
 from service.storage.postgres import PostgresDatabase, numbered
 from tests.servers import Sink, loopback_socket, run_server, url_of
 
@@ -297,6 +297,23 @@ async def query_plan(db: Database, sql: str, params: tuple[object, ...]) -> list
     async with db.pool.acquire() as raw, raw.transaction():
         await raw.execute("SET LOCAL enable_seqscan = off")
         return [str(row[0]) for row in await raw.fetch(f"EXPLAIN {numbered(sql)}", *params)]
+
+
+class StatementsKept(Connection):
+    """Runs each statement on ``inner`` and keeps it (``sent``: SQL and parameters), so that a
+    test can read the plan of what a storage function sent."""
+
+    def __init__(self, inner: Connection) -> None:
+        self.dialect = inner.dialect
+        self.inner = inner
+        self.sent: list[tuple[str, list[Any]]] = []
+
+    async def run(self, sql: str, params: Sequence[Any]) -> Result:
+        self.sent.append((sql, list(params)))
+        return await self.inner.run(sql, params)
+
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        await self.inner.executemany(sql, rows)
 
 
 async def deliveries_read(raw: RawConnection, sql: str, params: Sequence[Any]) -> int:

@@ -11,7 +11,7 @@ the claim answers, and which claims the dispatcher makes, is tested on this pass
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from ipaddress import ip_network
 from pathlib import Path
@@ -27,12 +27,18 @@ from service.delivery.dispatcher import PREFETCH, Dispatcher
 from service.delivery.publisher import Publisher
 from service.delivery.sender import Sender
 from service.storage import deliveries, subscriptions
-from service.storage.database import Connection, Database, Result
+from service.storage.database import Connection, Database
 from service.storage.postgres import PostgresDatabase
 from service.storage.sqlite import SqliteConnection, SqliteDatabase
 from tests.helpers.delivery import Hanging
 from tests.servers import run_server
-from tests.support import deliveries_read, queue_due, store_target, subscription_row
+from tests.support import (
+    StatementsKept,
+    deliveries_read,
+    queue_due,
+    store_target,
+    subscription_row,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -157,22 +163,6 @@ async def test_the_claim_query_plans_read_indexes_never_scan_the_outbox(tmp_path
     assert any("deliveries_pending" in d for d in details), details
 
 
-class _Kept(Connection):
-    """Runs each statement on ``inner`` and keeps it, so that its plan can be read afterwards."""
-
-    def __init__(self, inner: Connection) -> None:
-        self.dialect = inner.dialect
-        self.inner = inner
-        self.sent: list[tuple[str, list[Any]]] = []
-
-    async def run(self, sql: str, params: Sequence[Any]) -> Result:
-        self.sent.append((sql, list(params)))
-        return await self.inner.run(sql, params)
-
-    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        await self.inner.executemany(sql, rows)
-
-
 class _RolledBack(Exception):
     """Ends a transaction whose writes the test does not keep."""
 
@@ -199,13 +189,13 @@ async def test_postgresql_a_claim_reads_its_room_not_the_backlog(
     claimed: list[deliveries.Claimed] = []
     with pytest.raises(_RolledBack):
         async with db.transaction(durable=False) as conn:
-            kept = _Kept(conn)
+            kept = StatementsKept(conn)
             claimed = await deliveries.claim_due(
                 kept, now=NOW, lease_until=NOW + 60, rooms={"sub_slow": 8, "sub_fast": 8}
             )
             raise _RolledBack
     assert Counter(c.subscription_id for c in claimed) == {"sub_slow": 8, "sub_fast": 5}
-    reader = _Kept(db.reader)
+    reader = StatementsKept(db.reader)
     ready = await deliveries.due_subscriptions(reader, skip=[], now=NOW, cap=32, limit=10)
     assert ready == [
         deliveries.Ready("sub_slow", NOW - 60, 32),

@@ -17,10 +17,10 @@ import pytest
 
 from service.core.models import DeliveryStatus
 from service.storage import deliveries, events, subscriptions
-from service.storage.database import Connection, Database, Result
+from service.storage.database import Database
 from service.storage.postgres import PostgresDatabase
 from service.storage.sqlite import SqliteConnection
-from tests.support import deliveries_read, ping_event, subscription_row
+from tests.support import StatementsKept, deliveries_read, ping_event, subscription_row
 from tests.test_claim import steps
 
 pytestmark = pytest.mark.anyio
@@ -155,21 +155,6 @@ async def test_the_merged_page_keeps_every_other_filter(
     assert [d.id for d in failed] == [id_ for id_ in newest if status_of[id_] == "failed"]
 
 
-class _Recorder(Connection):
-    """Keeps the statement a storage function sends, and answers it with no rows."""
-
-    def __init__(self, dialect: str) -> None:
-        self.dialect = dialect
-        self.sent: list[tuple[str, list[Any]]] = []
-
-    async def run(self, sql: str, params: Any) -> Result:
-        self.sent.append((sql, list(params)))
-        return Result([], 0)
-
-    async def executemany(self, sql: str, rows: Any) -> None:
-        raise AssertionError("a list writes nothing")
-
-
 async def _history(db: Database, count: int) -> None:
     """``count`` deliveries to MINE, all succeeded but the newest 10 (pending): the history a
     subscriber that keeps up leaves behind; then as many, newer, to OTHER. Reading MINE's newest
@@ -216,7 +201,7 @@ async def test_postgresql_reads_a_page_of_each_status_not_the_history(
     ``deliveries`` per status, not the 5,000 the subscription had."""
     assert isinstance(db, PostgresDatabase)
     await _history(db, 5_000)
-    recorder = _Recorder("postgresql")
+    recorder = StatementsKept(db.reader)
     await deliveries.list_page(recorder, owner_key_id=None, subscription_id=MINE, limit=20)
     ((sql, params),) = recorder.sent
     async with db.pool.acquire() as raw:

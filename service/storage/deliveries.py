@@ -357,8 +357,8 @@ async def insert_new(
             plain.append((id_, event_id, sub, due, created, created))
     if plain and conn.dialect == "postgresql":
         # One statement, the rows as arrays: a statement per row cost ~23 µs of PostgreSQL's
-        # executor each (docs/performance.md §3).
-        # Each row's columns, as arrays: id, event, subscription, due, created (twice).
+        # executor each (docs/performance.md §3). The columns id, event, subscription, due and
+        # created (the row's last column repeats it).
         columns = [list(column) for column in zip(*plain, strict=True)]
         await conn.execute(
             "INSERT INTO deliveries (id, event_id, subscription_id, status, next_attempt_at, "
