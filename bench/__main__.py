@@ -559,7 +559,7 @@ class Bench:
         16 subscriptions is stored with one deferred fan-out row, which the service's dispatcher
         expands into delivery rows once it starts, so the cost of those rows shows in scenario
         4's server CPU per delivery, not here (``python -m bench.ingest_fanout`` times the
-        expansion on its own; docs/performance.md §5)."""
+        expansion on its own; docs/performance-journal.md)."""
         floor = INGEST_TARGETS[subscribers]
         per_callback = publish_cpu * subscribers
         self.figures.append(
@@ -680,7 +680,7 @@ class Bench:
         The baseline is the same store and slow subscription without the backlog: the store is
         copied once the subscription exists and the backlog is put into the copy only, then
         rounds of durable ingest and the lag run go to each copy in turn, on a fresh service
-        each, alternating which goes first, with the same jobs in both (docs/performance.md §5,
+        each, alternating which goes first, with the same jobs in both (docs/performance-journal.md,
         "Figure 7 settled"). The figures compare the medians of the rounds: one run of either
         arm moved by a factor of up to 20 between runs on this shared machine (scenario 5's p99
         5.1-146 ms), so a single baseline decided the ratio."""
@@ -701,7 +701,7 @@ class Bench:
                 self.next_job = first  # the same jobs, each store has its own copy of them
                 # What the copy, the backlog's seeding (~1 GB) or the arm before left for the
                 # disk is written back first, not while an arm measures (its commits' fsyncs
-                # queue behind it; docs/performance.md §5, "Figure 7 settled").
+                # queue behind it; docs/performance-journal.md, "Figure 7 settled").
                 settled = settle()
                 load_average = os.getloadavg()[0]
                 with self.store(envs[arm]), start_service(self.env, self.log) as service:
@@ -864,7 +864,7 @@ class Bench:
         """Claims over 2 ms in the services beside the backlog (the target); with ``without``,
         the same count in the rounds on the store without it, reported as the control: a claim
         that waits for a core on the two shared cores is over 2 ms whatever the backlog
-        (docs/performance.md §5, "Figure 7's claims: waiting for a core")."""
+        (docs/performance-journal.md, "Figure 7's claims: waiting for a core")."""
 
         def over(buckets: dict[str, int]) -> tuple[int, int, float]:
             total = buckets.get("+Inf", 0)
@@ -1004,7 +1004,7 @@ class Bench:
             return
         if only_lag:
             # Scenario 5 alone, on a fresh service: its lag is bimodal on this machine (the claims
-            # keep up or fall behind, docs/performance.md §5), so A/B runs need many of it.
+            # keep up or fall behind, docs/performance-journal.md), so A/B runs need many of it.
             with start_sink(self.log) as sink, start_service(self.env, self.log) as service:
                 self.lag(service, sink)
             return

@@ -1,5 +1,6 @@
 """Figure 4's drain on two stores: the one ``--fanout-only`` starts from against the one a full
-run's fan-out starts from (docs/performance.md §5, "Figure 4 in the full run against standalone").
+run's fan-out starts from (docs/performance-journal.md, "Figure 4 in the full run against
+standalone").
 
 ``python -m bench.fanstate prepare DIR`` writes two data directories: ``DIR/A``, the seeded jobs
 alone, and ``DIR/B``, the same after scenarios 1-3 and 5 (as ``make bench`` runs them).

@@ -1,5 +1,5 @@
 """Figure 4i on its own: the storage side of ingest with many matching subscribers, and what
-expanding the deferred fan-outs costs afterwards (docs/performance.md §5).
+expanding the deferred fan-outs costs afterwards (docs/performance-journal.md).
 
 ``python -m bench.ingest_fanout [--subscribers 100,1000] [--callbacks 2000,200] [--rounds 3]``
 

@@ -4,9 +4,9 @@
 each page: ``deliveries_subscription`` orders a subscription's rows by status before id, so one
 ORDER BY over all statuses could not read the index in order (11.8 s a page for a subscriber
 with a million due deliveries). The list now reads a page of each status from the index and
-merges them (docs/performance.md §5, "A subscription's deliveries a page at a time"). The answers
-are checked on this pass's store; the work is checked without timing, by SQLite's VM steps and
-by the rows PostgreSQL's executor reads.
+merges them (docs/performance-journal.md, "A subscription's deliveries a page at a time").
+The answers are checked on this pass's store; the work is checked without timing, by
+SQLite's VM steps and by the rows PostgreSQL's executor reads.
 """
 
 from __future__ import annotations

@@ -302,7 +302,7 @@ async def test_a_kept_alive_connection_keeps_its_deadlines_without_a_timer_per_r
     monkeypatch: pytest.MonkeyPatch, deadline: str
 ) -> None:
     """The header deadline and uvicorn's keep-alive timeout are deadlines on one timer per
-    connection (docs/performance.md §5, "The ingest path's sixth pass"): many requests on a
+    connection (docs/performance-journal.md, "The ingest path's sixth pass"): many requests on a
     connection make no timer each, and after them each deadline still falls due: an idle
     connection is closed by the keep-alive timeout, and one whose next request's headers stall
     by the header deadline (the other deadline set far off)."""

@@ -1,7 +1,7 @@
-"""What an ingest batch writes, and what it no longer writes (docs/performance.md §5, "The database
-thread's share per callback"): the provider job id only when a job learns one, no deadline
-entry for a finished job, one index of callbacks for both replays and a job's history, and its
-reads in a few statement shapes. Real stores, both engines."""
+"""What an ingest batch writes, and what it no longer writes (docs/performance-journal.md,
+"The database thread's share per callback"): the provider job id only when a job learns one,
+no deadline entry for a finished job, one index of callbacks for both replays and a job's
+history, and its reads in a few statement shapes. Real stores, both engines."""
 
 from __future__ import annotations
 

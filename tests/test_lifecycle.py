@@ -429,7 +429,7 @@ async def test_an_acceptance_of_a_pending_job_submits_it(db: Database) -> None:
 
 def test_a_new_charge_carries_every_other_field_of_the_cost() -> None:
     """Cost.with_charge builds the cost field by field (not dataclasses.replace, for speed,
-    docs/performance.md §5): every field it does not set must come across as it was."""
+    docs/performance-journal.md): every field it does not set must come across as it was."""
     assert {field.name for field in dataclasses.fields(Cost)} == {
         "estimated", "unit", "charged", "assumed", "charged_unknown",
     }, "a new Cost field: carry it over in Cost.with_charge, then add it here"  # fmt: skip

@@ -1,5 +1,5 @@
 """/readyz and the /metrics gauges of stored state do bounded store work whatever the backlog
-(docs/performance.md §5, "/readyz and /metrics over a million due deliveries").
+(docs/performance-journal.md, "/readyz and /metrics over a million due deliveries").
 
 /readyz counts the outbox up to a cap; the gauges are counted from index entries only, a bounded
 number per statement, and read at most once per gap however often /metrics is scraped. Real

@@ -1,6 +1,6 @@
-"""A key's lists read its own rows, not everyone's (docs/performance.md §5, "A tenant's lists read
-its own rows"): jobs by owner through ``jobs_owner``, events by owner checked per event by the
-job's primary key. Real stores, both engines."""
+"""A key's lists read its own rows, not everyone's (docs/performance-journal.md, "A tenant's
+lists read its own rows"): jobs by owner through ``jobs_owner``, events by owner checked per
+event by the job's primary key. Real stores, both engines."""
 
 from __future__ import annotations
 

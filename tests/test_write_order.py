@@ -58,7 +58,7 @@ async def test_only_foreground_turns_mark_the_writer_busy(
     settings_factory: SettingsFactory,
 ) -> None:
     """``Database.foreground_idle`` counts from the last foreground transaction's turn: the
-    dispatcher's background bookkeeping does not reset it (docs/performance.md §5)."""
+    dispatcher's background bookkeeping does not reset it (docs/performance-journal.md)."""
     async with Database.open(settings_factory().database_url) as db:
         assert db.foreground_idle() == float("inf")
 

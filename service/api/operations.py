@@ -16,8 +16,8 @@ from service.storage.database import DATABASE_ERRORS
 READY_WRITE_WAIT = 2.0
 # /readyz counts the outbox up to this many deliveries and then says "at least": the figure is
 # informational, and a full count of a million-row backlog took 0.2-0.55 s (~185 ms of CPU) of the
-# reader on every health check (docs/performance.md §5, "/readyz and /metrics over a million due
-# deliveries").
+# reader on every health check (docs/performance-journal.md, "/readyz and /metrics over a
+# million due deliveries").
 READY_DEPTH_CAP = 1000
 
 _READINESS = {

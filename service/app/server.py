@@ -20,7 +20,7 @@ SWITCH_INTERVAL = 0.0005
 each; while the event loop was busy, each retake waited up to the whole default interval, so a
 claim of 200 rows that needed 3 ms of CPU held the write lock for up to 22 ms (a fan-out to 10
 subscribers: 274 of 747 ms of claim time was waiting, against 111 of 566 at this interval, with
-no more CPU per delivery; docs/performance.md §5)."""
+no more CPU per delivery; docs/performance-journal.md)."""
 
 GC_THRESHOLDS = (20_000, 10, 10)
 """The collector's generation thresholds in the served process (Python's default is
@@ -105,7 +105,7 @@ def guarded_http(header_timeout: float, body_timeout: float) -> type[HttpToolsPr
         # deadline (the next request's headers, or the rest of the body of a request answered
         # before it was read) and uvicorn's keep-alive timeout. Both are moved or cleared on
         # every request, and a timer made and cancelled for each (uvloop: a libuv timer
-        # started, stopped and closed) cost ~0.6 µs apiece per request (docs/performance.md §5,
+        # started, stopped and closed) cost ~0.6 µs apiece per request (docs/performance-journal.md,
         # "The ingest path's sixth pass"). So they are plain numbers, with one timer per
         # connection that is made only when none is pending or a deadline falls before it:
         # when it fires it runs what is due and waits again for what is not. Each deadline

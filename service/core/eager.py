@@ -4,7 +4,7 @@
 and closed again) and costs ~3.9 µs of CPU even when what it guards never waits (this costs
 ~0.4 µs then). A provider's callback body has almost always arrived whole before the route
 reads it, so the body read finishes in its first step and that timer was pure cost
-(docs/performance.md §5, "The ingest path's sixth pass"). :func:`within` runs that first
+(docs/performance-journal.md, "The ingest path's sixth pass"). :func:`within` runs that first
 step at once and enters ``asyncio.timeout`` only if the work suspends: the same deadline,
 measured from the moment the work first waits, which is the moment it starts (no time passes
 on the loop before it).

@@ -193,7 +193,7 @@ class Cost:
     def with_charge(self, charged: float | None, *, unknown: bool) -> Cost:
         """This cost with ``charged`` and ``charged_unknown`` set, every other field carried
         over: built directly, where ``dataclasses.replace`` walked the class's fields on every
-        terminal callback (~2 µs; docs/performance.md §5, "The ingest path's sixth pass")."""
+        terminal callback (~2 µs; docs/performance-journal.md, "The ingest path's sixth pass")."""
         return Cost(self.estimated, self.unit, charged, self.assumed, unknown)
 
     @classmethod

@@ -62,8 +62,8 @@ no one takes over while this process runs; a process that dies leaves them to th
 A subscription is topped up once half of that is left, so a claim takes about half of it. Eight
 times the cap measured ~12 µs of CPU per delivery less at one subscriber (half the claims), but
 its claims of 32-64 rows took 1-2.7 ms of CPU under ingest, against the 2 ms every claim must
-stay under (docs/performance.md §3, §5): not taken, except while no foreground write comes
-(``QUIET_AFTER``)."""
+stay under (docs/performance.md §3; docs/performance-journal.md): not taken, except while no
+foreground write comes (``QUIET_AFTER``)."""
 
 QUIET_AFTER = 0.25
 """Seconds without a foreground write transaction (ingest, the API) after which a top-up claims
@@ -75,14 +75,14 @@ early in a drain, and ingest of even four batches a second keeps the prefetch. B
 claims stay at the prefetch: there a claim of 32-64 rows took
 1-2.7 ms, against the 2 ms every claim beside ingest must stay under; a foreground transaction
 that arrives during a larger claim waits for it once (~1 ms), and the next top-ups are back at
-the prefetch (docs/performance.md §5, "Larger top-ups while the writer is quiet"). Not on
+the prefetch (docs/performance-journal.md, "Larger top-ups while the writer is quiet"). Not on
 PostgreSQL, where the cap across nodes cuts each claim to the lane's width anyway."""
 
 BRISK_WITHIN = 1.0
 """Seconds: a subscription topped up again within this of its last claim drains fast enough for
 the larger top-ups of a quiet writer (``QUIET_AFTER``). A slow one (a subscriber answering in a
 second drains 8 a second) gains nothing from them, and its claims beside a million due rows must
-stay small (figure 7's claims under 2 ms, docs/performance.md §5)."""
+stay small (figure 7's claims under 2 ms, docs/performance-journal.md)."""
 
 CLAIM_AHEAD = 4
 """Deliveries claimed ahead by the whole dispatcher, in multiples of its send slots: what all

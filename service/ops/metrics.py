@@ -3,7 +3,7 @@
 Counters and histograms move as things happen; the gauges that describe stored state (jobs by
 status, outbox depth, oldest waiting delivery) are read from the store's indexes when scraped, at
 most once per :data:`STATE_MIN_GAP` seconds and per :data:`STATE_GAP_FACTOR` times the last
-read's duration (docs/performance.md §5, "/readyz and /metrics over a million due deliveries").
+read's duration (docs/performance-journal.md, "/readyz and /metrics over a million due deliveries").
 """
 
 from __future__ import annotations

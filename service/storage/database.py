@@ -135,7 +135,7 @@ def padded(values: Sequence[T]) -> list[T]:
     of placeholders is another SQL text, and the SQLite connection keeps 128 prepared
     statements: the ingest batch's two reads, one text per batch size, pushed each other and
     the batch's writes out of that cache, and preparing them again cost 16-70 µs each
-    (docs/performance.md §5, "The database thread's share per callback"). A value repeated in
+    (docs/performance-journal.md, "The database thread's share per callback"). A value repeated in
     an ``IN`` list selects nothing twice. Past :data:`PADDED_MOST` values (batches larger than
     the default 256) nothing is added, so no list nears the engines' parameter limits."""
     count = len(values)

@@ -699,7 +699,7 @@ def _fields(outcomes: Sequence[AttemptOutcome], *names: str) -> list[list[Any]]:
 
 async def _store_outcomes_by_row(conn: Connection, outcomes: Sequence[AttemptOutcome]) -> None:
     """SQLite: a statement per row (``UPDATE … FROM (VALUES …)`` measured about twice the CPU
-    of ``executemany`` there, docs/performance.md §5)."""
+    of ``executemany`` there, docs/performance-journal.md)."""
     await conn.executemany(
         "INSERT INTO attempts (delivery_id, attempted_at, status_code, latency_ms, error, "
         "response_body) VALUES (?, ?, ?, ?, ?, ?)",
@@ -856,7 +856,7 @@ async def list_page(
     from ``deliveries_subscription`` (subscription_id, status, id), merged: that index orders a
     subscription's rows by status first, and one ORDER BY over all of them sorted the whole
     history of the subscription for each page (a million rows for a slow subscriber's backlog;
-    docs/performance.md §5, "A subscription's deliveries a page at a time")."""
+    docs/performance-journal.md, "A subscription's deliveries a page at a time")."""
     clauses: list[str] = []
     params: list[Any] = []
     if owner_key_id is not None:

@@ -128,7 +128,7 @@ OWNED_BY = "EXISTS (SELECT 1 FROM jobs j WHERE j.id = e.job_id AND j.owner_key_i
 """Whether event ``e`` is of a job of the key given as the parameter, checked per event by the
 job's primary key. Written as ``job_id IN (SELECT id FROM jobs WHERE owner_key_id = ?)`` it made
 SQLite list all of the key's jobs before reading one event: 191 ms a page for a key with 300k
-jobs, against 0.1 ms (docs/performance.md §5, "A tenant's lists read its own rows")."""
+jobs, against 0.1 ms (docs/performance-journal.md, "A tenant's lists read its own rows")."""
 
 
 async def seq_of(conn: Connection, event_id: str, owner_key_id: str | None = None) -> int | None:

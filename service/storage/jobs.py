@@ -29,7 +29,7 @@ def _from_row(row: Row) -> Job:
     # The JSON columns through jsonutil.loads (orjson, the stdlib where they could differ):
     # about a quarter of the stdlib parser's time for the five columns of every job read.
     # Outputs and notices are most often the empty list, read without a parse or a generator
-    # (~1.5 µs of every job an ingest batch reads; docs/performance.md §5, "The ingest path's
+    # (~1.5 µs of every job an ingest batch reads; docs/performance-journal.md, "The ingest path's
     # sixth pass").
     error = loads(row["error"]) if row["error"] else None
     status = row["status"]
@@ -153,7 +153,7 @@ def _updates(columns: Sequence[str]) -> tuple[str, str]:
 _UPDATE, _UPDATE_FROM_VALUES = _updates(_MUTABLE_COLUMNS)
 # The same, leaving provider_job_id as it is. SQLite rewrites an index's entry for every row
 # whose update names one of the index's columns, changed or not: naming provider_job_id cost
-# each callback a delete and an insert in jobs_provider_job (docs/performance.md §5, "The
+# each callback a delete and an insert in jobs_provider_job (docs/performance-journal.md, "The
 # database thread's share per callback").
 _UPDATE_KEEPING_PROVIDER_ID, _UPDATE_FROM_VALUES_KEEPING_PROVIDER_ID = _updates(
     _MUTABLE_COLUMNS[1:]

@@ -222,7 +222,7 @@ def fitting_rows(rows: Sequence[Sequence[Any]], start: int, most: int) -> int:
     end = min(len(rows), start + most)
     for index in range(start, end):
         # A plain loop: a generator per row in sum() cost ~40 % more, ~0.3 µs a row, for every
-        # row an ingest batch writes (docs/performance.md §5, "The ingest path's sixth pass").
+        # row an ingest batch writes (docs/performance-journal.md, "The ingest path's sixth pass").
         for value in rows[index]:
             if isinstance(value, _SIZED):
                 size += len(value)

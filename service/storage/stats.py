@@ -1,8 +1,8 @@
 """SQL behind ``/readyz``'s outbox figure and the scrape-time gauges: the gauges count index
 entries only, ``/readyz`` reads at most its cap's worth of rows per status, and on SQLite no
 statement reads more than a bounded number of entries, so a backlog of millions never holds its
-one reader connection for long (docs/performance.md §5, "/readyz and /metrics over a million due
-deliveries")."""
+one reader connection for long (docs/performance-journal.md, "/readyz and /metrics over a
+million due deliveries")."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ async def outbox_depth_up_to(conn: Connection, cap: int) -> Depth:
     Each status is its own branch on a literal, which is what the planner matches the partial
     indexes (``deliveries_queue``, ``deliveries_pending``, ``deliveries_lease``) on. They do not
     hold ``status``, so SQLite reads each entry's table row too (``SCAN deliveries USING INDEX``,
-    not a covering index; docs/performance.md §5): bounded by the cap all the same. A fan-out
+    not a covering index; docs/performance-journal.md): bounded by the cap all the same. A fan-out
     row is deleted once expanded, so each row read stands for at least one delivery.
     """
     rows = await conn.execute_fetchall(depth_up_to_sql(cap))
@@ -62,7 +62,7 @@ async def outbox_depth_up_to(conn: Connection, cap: int) -> Depth:
 def _chunk_end_sql(table: str, where: str) -> str:
     # The last id of the next chunk, by a walk of the index without reading the rows it passes
     # (4-5x less CPU than counting the chunk's rows and taking their max(id), measured in
-    # docs/performance.md §5, "/readyz and /metrics over a million due deliveries").
+    # docs/performance-journal.md, "/readyz and /metrics over a million due deliveries").
     return f"SELECT id FROM {table} WHERE {where} AND id > ? ORDER BY id LIMIT 1 OFFSET ?"
 
 
@@ -135,7 +135,7 @@ async def _count_chunked(
     when no full chunk is; SQLite's reader is one connection, which the dispatcher's read of
     what is due waits for. On PostgreSQL, one count: its reader is a pool, so a long statement
     holds up no other read, and its executor walks an OFFSET at ~3x the CPU of a count
-    (docs/performance.md §5, "/readyz and /metrics over a million due deliveries")."""
+    (docs/performance-journal.md, "/readyz and /metrics over a million due deliveries")."""
     count_sql, end_sql, rest_sql = sqls
     if conn.dialect == "postgresql":
         rows = await conn.execute_fetchall(count_sql, params)

@@ -1,4 +1,4 @@
--- Index entries an ingest batch no longer writes (docs/performance.md §5, "The database
+-- Index entries an ingest batch no longer writes (docs/performance-journal.md, "The database
 -- thread's share per callback"), as SQLite's 0016: each callback stored cost an entry in
 -- callbacks_job and in callbacks_replay, and each job it finished an entry in jobs_deadline.
 --
