@@ -1,5 +1,5 @@
-"""What ``GET /readyz`` and a ``GET /metrics`` scrape cost over a large backlog (docs/performance.md
-§5, "/readyz and /metrics over a million due deliveries").
+"""What ``GET /readyz`` and a ``GET /metrics`` scrape cost over a large backlog
+(docs/performance-journal.md, "/readyz and /metrics over a million due deliveries").
 
 ``python -m bench.outboxstats --store sqlite|postgresql [--rows N] [--calls K]`` seeds ``N`` due
 deliveries (events of one delivery each to one disabled subscription, so the dispatcher leaves

@@ -180,7 +180,7 @@ async def test_a_member_keys_stream_alone_gets_its_own_jobs_events_and_no_others
     """Only a member key's stream is open (no admin stream, which may see every event and so
     makes the tail read every commit): key B's failed job passes it by, its own key's arrives.
     Each commit tells the tail whose job its events are, and the tail reads only for events an
-    open stream may see (docs/architecture.md, "Streams")."""
+    open stream may see (docs/architecture.md, "A delivery", step 5)."""
     with loopback_socket() as sock:
         settings = settings_factory(
             PUBLIC_URL=dead_url, STREAM_KEEPALIVE="60", SUBMIT_RETRY_SCHEDULE="0"

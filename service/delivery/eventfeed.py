@@ -1,15 +1,16 @@
 """One shared tail of the event log, fanned out in memory to every live stream.
 
 Every commit that appended events calls :meth:`EventFeed.appended` (see
-:mod:`service.storage.announcements`), saying, when this process committed it (SQLite), how many
-events and who may see them. When no open stream may see any of them the tail does not read them
-yet: it reads them once such events have piled up (half of what it keeps in memory), or when a
-stream opens (it may see them) or an event a stream may see is committed. Otherwise (and for a
-commit it is told nothing about: on PostgreSQL, every commit) one task (:meth:`EventFeed.run`)
-reads the new events once, keeps the most recent in memory (each rendered as an SSE message
-once, when a stream first sends it), and wakes only the streams that may see one of them (their
-owner, their type filter). So an idle stream costs nothing: no query, no wake-up, whatever else
-commits (docs/architecture.md, "Streams").
+:mod:`service.storage.announcements`), saying how many events and who may see them: SQLite's
+commits in this process, and on PostgreSQL every node's, through the commit's ``NOTIFY``. When no
+open stream may see any of them the tail does not read them yet: it reads them once such events
+have piled up (half of what it keeps in memory), or when a stream opens (it may see them) or an
+event a stream may see is committed. Otherwise (and for a commit it is told nothing about: an
+event without its owner, or more owners than a notification holds) one task
+(:meth:`EventFeed.run`) reads the new events once, keeps the most recent in memory (each
+rendered as an SSE message once, when a stream first sends it), and wakes only the streams that
+may see one of them (their owner, their type filter). So an idle stream costs nothing: no query,
+no wake-up, whatever else commits (docs/architecture.md, "A delivery", step 5).
 
 A stream registers with :meth:`EventFeed.listen` before it reads, so an event committed between
 its read and its wait still wakes it. A stream that is further behind than the events kept in

@@ -294,7 +294,7 @@ class Callbacks:
             # asyncio's own timeout (anyio's fail_after cost ~6 % of the event loop's time per
             # callback: a cancel scope and a backend lookup each time), and made only if the read
             # has to wait: a body that has already arrived whole is read without a timer
-            # (docs/performance.md §4 and §5, "The ingest path's sixth pass").
+            # (docs/performance.md §4; docs/performance-journal.md, "The ingest path's sixth pass").
             body = await within(
                 read_capped(chunks, declared_length, self._max_bytes), self._body_timeout
             )
