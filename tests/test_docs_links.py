@@ -17,6 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 _LINK = re.compile(r"\[[^\]\n]*\]\(([^)\s]+)\)")
 _CITATION = re.compile(r'docs/([\w.-]+\.md)(?: §\d+)?,? "([^"]{2,150})"')
+_NUMBERED = re.compile(r"\b([\w-]+\.md) §(\d+)")
 # A line break inside a comment, docstring or paragraph, with what starts the next line of a
 # comment: a citation may be wrapped anywhere.
 _WRAP = re.compile(r"[ \t]*\n[ \t]*(?:#+[ \t]*|--[ \t]*)?")
@@ -91,6 +92,17 @@ def test_every_cited_section_of_a_document_exists() -> None:
     assert missing == []
 
 
+def test_every_cited_section_number_exists() -> None:
+    missing = []
+    for path in _tracked("*.py", "*.md", "*.sql"):
+        for name, number in _NUMBERED.findall(_WRAP.sub(" ", path.read_text())):
+            document = REPO / "docs" / name
+            numbered = re.compile(rf"#{{1,6}} {number}\. ", re.M)
+            if document.exists() and not numbered.search(document.read_text()):
+                missing.append(f"{path.relative_to(REPO)}: docs/{name} has no §{number}")
+    assert missing == []
+
+
 def test_a_citation_of_a_missing_section_is_found(tmp_path: Path) -> None:
     """The check above can fail: a moved section is reported, a present one is not."""
     document = tmp_path / "guide.md"
@@ -103,7 +115,8 @@ def test_a_citation_of_a_missing_section_is_found(tmp_path: Path) -> None:
         assert not any(entry.startswith("Moved away") for entry in entries)
     finally:
         _entries.cache_clear()
-    source = 'x = 1  # see (docs/guide.md, "Moved\n    # away") for why\n'
+    # Put together here, so that the scan above does not take this file's example as a citation.
+    source = "x = 1  # see (docs/" + 'guide.md, "Moved\n    # away") for why\n'
     assert _CITATION.findall(_WRAP.sub(" ", source)) == [("guide.md", "Moved away")]
     page = tmp_path / "page.md"
     page.write_text("[ok](guide.md#2-kept-here) [gone](guide.md#moved-away) [none](nothing.md)\n")
