@@ -458,8 +458,9 @@ async def test_events_no_stream_may_see_are_read_once_half_of_what_the_tail_keep
 
 
 async def test_events_of_an_unknown_owner_are_read_as_before(tmp_path: Path) -> None:
-    """A commit that does not say whose its events are (every commit on PostgreSQL) is
-    read at once, even when no open stream could see them."""
+    """A commit that does not say whose its events are (an appended event without its owner,
+    or more owners than a PostgreSQL notification holds) is read at once, even when no open
+    stream could see them."""
     feed = EventFeed()
     async with Database.open(store_target(tmp_path)) as db, anyio.create_task_group() as tg:
         db.subscribe_appended(feed.appended)
