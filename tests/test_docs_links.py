@@ -27,10 +27,28 @@ _OPENING = re.compile(r"^(?:#+\s*|\d+\.\s+|-\s+|\*\*)+")
 
 
 def _tracked(*patterns: str) -> list[Path]:
-    listed = subprocess.run(
-        ["git", "ls-files", "--", *patterns], cwd=REPO, capture_output=True, text=True, check=True
-    ).stdout.split()
+    """The repository's files matching ``patterns``: git's list of them or, outside a git
+    checkout (an unpacked archive), every such file outside hidden and generated folders."""
+    try:
+        listed = subprocess.run(
+            ["git", "ls-files", "--", *patterns],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+    except (OSError, subprocess.CalledProcessError):
+        found = {path for pattern in patterns for path in REPO.rglob(pattern)}
+        return sorted(path for path in found if path.is_file() and not _generated(path))
     return [REPO / name for name in listed if (REPO / name).is_file()]
+
+
+_GENERATED = frozenset({".venv", "node_modules", "__pycache__", "data"})
+
+
+def _generated(path: Path) -> bool:
+    folders = path.relative_to(REPO).parts[:-1]
+    return any(folder.startswith(".") or folder in _GENERATED for folder in folders)
 
 
 def _markdown() -> list[Path]:
