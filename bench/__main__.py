@@ -650,8 +650,9 @@ class Bench:
             self.profiled(service, f"fanout-{subscribers}-{label.replace(' ', '-')}"),
         ):
             cpu_before = service.cpu()
-            # The drain starts with the service, before this block (after py-spy's second with
-            # --py-spy): CPU from here is per delivery received from here.
+            # The drain starts with the service, before this block (and a second before it with
+            # --py-spy): the CPU measured from here is divided by the deliveries received from
+            # here.
             counted_from = time.time()
             records = wait_for_records(sink, expected, within=240)
             cpu_times = service.cpu() - cpu_before
