@@ -52,7 +52,6 @@ MIGRATION_LOCK = 0x7265_656C_0001
 # Each transaction notifies this channel with the kinds of work it announced; each
 # node LISTENs on a dedicated connection: how a commit on one node wakes the workers of all.
 CHANNEL = "reelhook_work"
-_KINDS = {kind.value: kind for kind in Work}
 
 STARTUP_BUDGET = 30.0
 """Seconds a starting node keeps trying to reach PostgreSQL: nodes and their database are often
@@ -381,7 +380,7 @@ class PostgresDatabase(Database):
             self._announce([kind], appended)
 
     def _wake_everything(self) -> None:
-        self._announce(_KINDS.values())
+        self._announce(list(Work))
 
     async def _listen(self) -> None:
         """LISTEN on a dedicated connection (outside the pool) for as long as the node runs;
