@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import sys
 from typing import Any
 
@@ -17,17 +18,14 @@ async def callback(request: Request) -> Response:
     return JSONResponse({"received": True})
 
 
-def serve(app: Any, port: int) -> None:
-    """Serve ``app`` on 127.0.0.1:``port`` with the server, loop and parser reelhook runs on."""
-    uvicorn.run(
-        app,
-        host="127.0.0.1",
-        port=port,
-        loop="uvloop",
-        http="httptools",
-        log_level="warning",
-        access_log=False,
+def serve(app: Any, fd: int, **options: Any) -> None:
+    """Serve ``app`` on the listening socket inherited as file descriptor ``fd``
+    (:func:`bench.procs.start_served`), with the server, loop and parser reelhook runs on;
+    ``options`` for :class:`uvicorn.Config` on top."""
+    config = uvicorn.Config(
+        app, loop="uvloop", http="httptools", log_level="warning", access_log=False, **options
     )
+    uvicorn.Server(config).run(sockets=[socket.socket(fileno=fd)])
 
 
 def main() -> None:

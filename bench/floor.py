@@ -13,8 +13,9 @@ and nothing reelhook adds on top:
 
 No job state machine, no event document (the event carries the body as received), no audit,
 no metrics, no limits, no outbox. So figure 1 minus this is what reelhook's own work costs, and
-this alone is what figure 1's CPU target has to fit above. ``python -m bench.floor PORT DB JOBS``
-seeds ``JOBS`` waiting jobs named as :func:`bench.seed.job_id` names them, then serves.
+this alone is what figure 1's CPU target has to fit above. ``python -m bench.floor FD DB JOBS``
+(as :func:`bench.procs.start_floor` runs it) seeds ``JOBS`` waiting jobs named as
+:func:`bench.seed.job_id` names them, then serves the listening socket inherited as ``FD``.
 """
 
 from __future__ import annotations
@@ -202,8 +203,8 @@ async def answer(send: Send, status: int, body: bytes) -> None:
 
 
 def main() -> None:
-    port, path, jobs = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-    serve(Floor(open_store(path, jobs), Tokens([SECRET_KEY])), port)
+    fd, path, jobs = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+    serve(Floor(open_store(path, jobs), Tokens([SECRET_KEY])), fd)
 
 
 if __name__ == "__main__":

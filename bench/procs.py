@@ -30,16 +30,35 @@ def free_port() -> int:
 
 
 class Process:
-    """A child process serving HTTP on a loopback port; stopped with SIGTERM on exit."""
+    """A child process serving HTTP on a loopback port; stopped with SIGTERM on exit.
 
-    def __init__(self, name: str, argv: list[str], port: int, env: dict[str, str], log: Path):
+    With ``listener`` (:func:`start_served`) the child inherits that listening socket and is
+    ready once it answers ``GET probe``; without, once its port takes connections."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        port: int,
+        env: dict[str, str],
+        log: Path,
+        *,
+        listener: socket.socket | None = None,
+        probe: str = "/",
+    ):
         self.name = name
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self._log = log.open("ab")
-        self.popen = subprocess.Popen(argv, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        inherited = () if listener is None else (listener.fileno(),)
+        self.popen = subprocess.Popen(
+            argv, env=env, stdout=self._log, stderr=subprocess.STDOUT, pass_fds=inherited
+        )
         try:
-            self._wait_listening()
+            if listener is None:
+                self._wait_listening()
+            else:
+                self._wait_answering(probe)
         except BaseException:
             self.stop()  # not listening in time: no one else holds it to stop it
             raise
@@ -47,14 +66,30 @@ class Process:
     def _wait_listening(self, within: float = 30.0) -> None:
         deadline = time.monotonic() + within
         while time.monotonic() < deadline:
-            if self.popen.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.popen.returncode}; see the log")
+            self._check_running()
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
                     return
             except OSError:
                 time.sleep(0.05)
         raise RuntimeError(f"{self.name} did not listen on port {self.port} within {within} s")
+
+    def _wait_answering(self, probe: str, within: float = 30.0) -> None:
+        # The inherited socket takes connections from the start; what is queued on it is
+        # answered once the child serves. Any answer will do.
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            self._check_running()
+            try:
+                httpx.get(self.url + probe, timeout=0.5)
+                return
+            except httpx.TransportError:
+                time.sleep(0.05)
+        raise RuntimeError(f"{self.name} did not answer on port {self.port} within {within} s")
+
+    def _check_running(self) -> None:
+        if self.popen.poll() is not None:
+            raise RuntimeError(f"{self.name} exited with {self.popen.returncode}; see the log")
 
     def cpu(self) -> CpuTimes:
         """CPU seconds used so far, read from /proc (see :func:`cpu_times`)."""
@@ -133,21 +168,32 @@ def python(*args: str) -> list[str]:
     return [sys.executable, *args]
 
 
+def start_served(name: str, module: str, *args: str, log: Path, probe: str = "/") -> Process:
+    """``python -m module FD args…``: one of the bench's own servers (:func:`bench.bare.serve`),
+    serving the loopback socket it inherits as file descriptor ``FD``. The socket is bound and
+    listening before the child starts, so no other process can take its port in between (a
+    port found free and then bound by the child could be, by a test running beside it, and the
+    child's requests went to that test's server)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1024)
+        argv = python("-m", module, str(listener.fileno()), *args)
+        port = listener.getsockname()[1]
+        return Process(name, argv, port, dict(os.environ), log, listener=listener, probe=probe)
+
+
 def start_sink(log: Path) -> Process:
-    port = free_port()
-    return Process("sink", python("-m", "bench.sink", str(port)), port, dict(os.environ), log)
+    return start_served("sink", "bench.sink", log=log, probe="/_records")
 
 
 def start_bare(log: Path) -> Process:
-    port = free_port()
-    return Process("bare", python("-m", "bench.bare", str(port)), port, dict(os.environ), log)
+    return start_served("bare", "bench.bare", log=log)
 
 
 def start_floor(log: Path, database: Path, jobs: int) -> Process:
-    """:mod:`bench.floor` on a free port, its database at ``database`` with ``jobs`` waiting."""
-    port = free_port()
-    argv = python("-m", "bench.floor", str(port), str(database), str(jobs))
-    return Process("floor", argv, port, dict(os.environ), log)
+    """:mod:`bench.floor` on a loopback port, its database at ``database`` with ``jobs``
+    waiting."""
+    return start_served("floor", "bench.floor", str(database), str(jobs), log=log)
 
 
 def start_service(env: dict[str, str], log: Path) -> Process:

@@ -13,7 +13,7 @@ import sys
 import time
 from typing import Any
 
-import uvicorn
+from bench.bare import serve
 
 Scope = dict[str, Any]
 
@@ -63,16 +63,7 @@ async def _reply(send: Any, status: int, body: bytes) -> None:
 
 
 def main() -> None:
-    uvicorn.run(
-        Sink(),
-        host="127.0.0.1",
-        port=int(sys.argv[1]),
-        loop="uvloop",
-        http="httptools",
-        log_level="warning",
-        access_log=False,
-        lifespan="off",
-    )
+    serve(Sink(), int(sys.argv[1]), lifespan="off")
 
 
 if __name__ == "__main__":
