@@ -314,6 +314,24 @@ class Bench:
                 **floor_detail(least, least_cpu, count),
             )
         )
+        # The same load generator sends the same requests to both: its CPU per callback moves
+        # with the machine's speed (this VM's host shares its cores), and the server's over it
+        # does not (docs/performance-journal.md, "Figure 1 in the load generator's units").
+        own = server / cpu.per_item(count, got)["load"]
+        floors = floor_us / least_cpu.per_item(count, least)["load"]
+        self.figures.append(
+            Figure(
+                "1. server CPU per durable callback over the load generator's for the same"
+                f" requests in the same scenario (floor: {floors:.2f}; steady when the"
+                " machine's speed moves)",
+                own,
+                "x",
+                f"reported: 120 µs needs the load generator at ≤ {120 / own:.0f} µs per callback",
+                True,
+                baseline=floors,
+                ratio=own / floors if floors else None,
+            )
+        )
 
     def floor_ingest(
         self, sink: Process, scenario: str, **load: Any
@@ -863,6 +881,37 @@ class Bench:
                     ratio=value / self.lag_ms[name],
                 )
             )
+            # What the ±10 % above can resolve: the same arm, the same store, the same load,
+            # rounds a few minutes apart.
+            spread = sorted(r["lag_ms"][name] for r in before)
+            self.figures.append(
+                Figure(
+                    f"7. other subscribers' lag {name} without the backlog, its slowest round"
+                    " against its fastest (the noise floor of the ratio above)",
+                    spread[-1],
+                    "ms",
+                    "reported",
+                    True,
+                    baseline=spread[0],
+                    ratio=spread[-1] / spread[0] if spread[0] else None,
+                )
+            )
+        # The steady figure beside those lags: what the backlog costs reelhook per event sent
+        # to the other subscribers, all threads.
+        cpu_beside = median([r["lag_cpu_us"]["reelhook"] for r in beside])
+        cpu_before = median([r["lag_cpu_us"]["reelhook"] for r in before])
+        self.figures.append(
+            Figure(
+                "7. reelhook CPU per event of the lag runs beside it (baseline: without the"
+                f" backlog; medians of {rounds} alternated rounds)",
+                cpu_beside,
+                "µs",
+                "reported",
+                True,
+                baseline=cpu_before,
+                ratio=cpu_beside / cpu_before if cpu_before else None,
+            )
+        )
 
     def claim_figure(
         self, backlog: int, claims: dict[str, int], without: dict[str, int] | None = None

@@ -40,6 +40,8 @@ def versions() -> dict[str, str]:
 def _number(value: float | None, unit: str = "") -> str:
     if value is None:
         return "—"
+    if unit == "x":  # a multiple, near 1: two decimals say how steady it is
+        return f"{value:.2f}x"
     text = f"{value:,.0f}" if abs(value) >= 100 else f"{value:,.1f}"
     return f"{text} {unit}".strip()
 
