@@ -326,7 +326,14 @@ class Simulator:
             status = response.status_code
             self.callbacks_sent[plan.provider] += 1
         except httpx.HTTPError as exc:
-            log.warning("simulated %s callback to %s failed: %s", plan.provider, url, exc)
+            # A timeout's text is empty: the class says what happened.
+            log.warning(
+                "simulated %s callback to %s failed: %s%s",
+                plan.provider,
+                url,
+                type(exc).__name__,
+                f" ({exc})" if str(exc) else "",
+            )
         self.record(plan, job_id=job_id, kind=kind, status=status)
         return status
 
