@@ -850,6 +850,27 @@ class Bench:
                 ratio=rate / self.ingest_rate,
             )
         )
+
+        def in_load_units(arm: list[dict[str, Any]]) -> float:
+            return median(
+                [float(run["cpu_us"]["reelhook"]) / float(run["cpu_us"]["load"]) for run in arm]
+            )
+
+        # As figure 1's: the machine's speed moves the rate of each round, the server's CPU over
+        # its load generator's for the same requests does not.
+        own, without_it = in_load_units(beside), in_load_units(before)
+        self.figures.append(
+            Figure(
+                "7. reelhook CPU per callback over the load generator's, beside it (baseline:"
+                f" without the backlog; medians of {rounds} alternated rounds)",
+                own,
+                "x",
+                "reported",
+                True,
+                baseline=without_it,
+                ratio=own / without_it if without_it else None,
+            )
+        )
         for name in ("p50", "p99"):
             value = median([r["lag_ms"][name] for r in beside])
             without = median([r["lag_ms"][name] for r in before])
