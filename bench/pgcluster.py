@@ -123,11 +123,13 @@ def _free_port() -> int:
 
 
 @contextmanager
-def throwaway_cluster(*, durable: bool = False) -> Iterator[Cluster]:
+def throwaway_cluster(*, durable: bool = False, port: int | None = None) -> Iterator[Cluster]:
     """Start a fresh cluster; stop it (immediately) and delete its files on exit.
 
     ``durable``: fsync, full-page writes and synchronous commit on (the server's defaults), for
-    measurements; otherwise all off, for tests. Raises :class:`Unavailable`.
+    measurements; otherwise all off, for tests. ``port``: where it listens, by default a port
+    free now (the tests pass one of tests/servers.py's, which no other server can take before
+    the cluster binds it). Raises :class:`Unavailable`.
     """
     if not (BINDIR / "initdb").exists():
         raise Unavailable(
@@ -155,7 +157,7 @@ def throwaway_cluster(*, durable: bool = False) -> Iterator[Cluster]:
             check=True,
             capture_output=True,
         )
-        port = _free_port()
+        port = _free_port() if port is None else port
         options = f"-p {port} -c listen_addresses=127.0.0.1 -k {root} -c max_connections=300"
         if not durable:
             options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"

@@ -18,6 +18,7 @@ import pytest
 from bench.pgcluster import BINDIR, SUPERUSER, Cluster, Unavailable
 from bench.pgcluster import throwaway_cluster as _throwaway_cluster
 from service.storage.postgres import migrate_url
+from tests.servers import free_port
 
 __all__ = ["BINDIR", "SUPERUSER", "Cluster", "ReusedDatabase", "missing", "throwaway_cluster"]
 
@@ -93,7 +94,7 @@ def throwaway_cluster() -> Iterator[Cluster]:
     """Start a fresh cluster (fsync off); stop it and delete its files on exit."""
     with ExitStack() as stack:
         try:
-            cluster = stack.enter_context(_throwaway_cluster(durable=False))
+            cluster = stack.enter_context(_throwaway_cluster(durable=False, port=free_port()))
         except Unavailable as exc:
             missing(str(exc))
             raise  # (missing() has raised already)

@@ -13,6 +13,9 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
+from functools import cache
+from itertools import cycle
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -92,12 +95,43 @@ async def run_server(
         yield url_of(served)
 
 
+PORTS_FROM = 10_000
+PORTS_PER_WORKER = 1_000
+
+
 def free_port() -> int:
-    """A loopback port nothing listens on now (for a server started in another process)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
+    """A loopback port nothing listens on now, for a server started in another process.
+
+    Between this check and the child's bind the port is free, so it must be one that nothing
+    else is handed meanwhile. A port from the kernel (a bind to port 0) could be: every server
+    run in-process binds port 0, and under xdist one of another test took such a port just
+    freed, so the child could not listen and the other test's server got its requests (two
+    tests of a make test run failed together). These come from below the kernel's ephemeral
+    range, where a bind to port 0 never lands, each xdist worker from a slice of its own, in
+    turn, skipping any in use."""
+    return next(_ports())
+
+
+@cache
+def _ports() -> Iterator[int]:
+    """This process's ports for :func:`free_port`, in turn (a cycle over its worker's slice)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 0
+    first = PORTS_FROM + index * PORTS_PER_WORKER
+    ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    if first + PORTS_PER_WORKER > ephemeral:
+        raise RuntimeError(f"worker {worker}'s ports reach the ephemeral range ({ephemeral})")
+
+    def in_turn() -> Iterator[int]:
+        for port in cycle(range(first, first + PORTS_PER_WORKER)):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    continue  # in use, or just closed by a server of this worker
+            yield port
+
+    return in_turn()
 
 
 @contextmanager

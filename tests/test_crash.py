@@ -32,7 +32,7 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 from starlette.types import Receive, Scope, Send
 
-from tests.servers import loopback_socket, read_body, run_lifespan, run_server
+from tests.servers import free_port, read_body, run_lifespan, run_server
 from tests.support import ADMIN_KEY
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e, pytest.mark.slow]
@@ -87,12 +87,6 @@ class Counting:
         with anyio.fail_after(within):
             while self.total < total:
                 await self.changed.wait()
-
-
-def free_port() -> int:
-    with closing(loopback_socket()) as sock:
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def environment(tmp_path: Path, port: int, store: Store | None = None) -> dict[str, str]:

@@ -23,14 +23,13 @@ from tests.conftest import SettingsFactory, settings_for
 from tests.helpers.s3 import (
     SECRET_ACCESS_KEY,
     bucket_name,
-    free_port,
     moto_server,
     require_moto,
     s3_client,
     s3_settings,
 )
 from tests.helpers.segmind import finished_segmind_job
-from tests.servers import loopback_socket, url_of
+from tests.servers import free_port, loopback_socket, url_of
 from tests.support import api_client, run_serve, served
 from tests.test_mirroring import V3, create, digest_of, mirror_rows, succeeded_event
 

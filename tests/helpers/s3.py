@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,8 @@ import aiobotocore.session
 import httpx
 import pytest
 from types_aiobotocore_s3 import S3Client
+
+from tests.servers import free_port
 
 # moto accepts any credentials; these only have to be well formed.
 ACCESS_KEY_ID = "AKIATESTREELHOOK0001"
@@ -32,13 +33,6 @@ def require_moto() -> None:
         if os.environ.get("CI") == "true":
             pytest.fail(f"the S3 blob-store tests cannot run under CI: {reason}", pytrace=False)
         pytest.skip(reason)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @contextmanager
