@@ -65,7 +65,7 @@ pytest: $(STAMP)
 ## bench: run the performance suite (loopback only), the isolation scenarios (`python -m bench
 ## isolation --quick` alone), the same ingest, ack latency and fan-out on SQLite | PostgreSQL x1 |
 ## PostgreSQL x3 (`python -m bench --stores --quick` alone), then the multi-node scenarios at
-## full size (bench/results/multinode.md: each scenario's ledger); about 30 minutes in all.
+## full size (bench/results/multinode.md: each scenario's ledger); about 20 minutes in all.
 ## Writes bench/results/latest.md.
 bench: $(STAMP)
 	$(BIN)/python -m bench
