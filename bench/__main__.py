@@ -565,14 +565,16 @@ class Bench:
                     ok and cpu <= 100,
                 )
             )
-            # As figure 1's quotient: the same deliveries cost the sink the same work whoever
-            # sends them, so the server's CPU over the sink's does not move with the machine.
+            # As figure 1's quotient: the sink does the same work for each delivery whoever sends
+            # it, so its CPU per delivery follows the machine's speed (and, less, how its requests
+            # arrive), and the server's over it moves less than the server's alone.
             bare_sink = bare_cpu.per_item(expected, base).get("sink")
             self.figures.append(
                 Figure(
                     f"4. server CPU per delivery over the sink's for the same deliveries at the"
                     f" same moment, {subscribers} subscriber(s) (the sink's in the bare run:"
-                    f" {bare_sink or 0:.0f} µs; steady when the machine's speed moves)",
+                    f" {bare_sink or 0:.0f} µs; steadier than the CPU alone when the machine's"
+                    " speed moves)",
                     cpu / sink_cpu if sink_cpu else 0.0,
                     "x",
                     f"reported: 100 µs needs the sink at ≤ {100 * sink_cpu / cpu:.0f} µs"
@@ -699,8 +701,8 @@ class Bench:
             counted = counted or expected
             # The event loop's share, for the report (the rest is mostly the database thread).
             self.fan_loop_cpu = cpu_times.main / counted * 1e6
-            # The sink's, for the same deliveries at the same moment: its work per request does
-            # not depend on who sends it, so it moves only with the machine's speed.
+            # The sink's, for the same deliveries at the same moment: the same work per request
+            # whoever sends it, so it follows the machine's speed.
             self.fan_sink_cpu = sink_used / counted * 1e6
             times = sorted(t for *_, t in records)
             rate = expected / (times[-1] - times[0]) if len(times) > 1 else 0.0
