@@ -112,26 +112,27 @@ def free_port() -> int:
     return next(_ports())
 
 
-@cache
-def _ports() -> Iterator[int]:
-    """This process's ports for :func:`free_port`, in turn (a cycle over its worker's slice)."""
+def worker_ports() -> range:
+    """This xdist worker's slice of the ports :func:`free_port` hands out."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
     index = int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 0
     first = PORTS_FROM + index * PORTS_PER_WORKER
     ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     if first + PORTS_PER_WORKER > ephemeral:
         raise RuntimeError(f"worker {worker}'s ports reach the ephemeral range ({ephemeral})")
+    return range(first, first + PORTS_PER_WORKER)
 
-    def in_turn() -> Iterator[int]:
-        for port in cycle(range(first, first + PORTS_PER_WORKER)):
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-                try:
-                    sock.bind(("127.0.0.1", port))
-                except OSError:
-                    continue  # in use, or just closed by a server of this worker
-            yield port
 
-    return in_turn()
+@cache
+def _ports() -> Iterator[int]:
+    """This process's ports for :func:`free_port`, in turn (a cycle over its worker's slice)."""
+    for port in cycle(worker_ports()):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # in use, or just closed by a server of this worker
+        yield port
 
 
 @contextmanager
