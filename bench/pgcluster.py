@@ -15,13 +15,14 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from bench.procs import free_port
 
 BINDIR = Path("/usr/lib/postgresql/15/bin")
 SUPERUSER = "reelhook"
@@ -115,13 +116,6 @@ def _as_cluster_owner() -> tuple[list[str], str | None]:
     return ["runuser", "-u", "postgres", "--"], "postgres"
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @contextmanager
 def throwaway_cluster(*, durable: bool = False, port: int | None = None) -> Iterator[Cluster]:
     """Start a fresh cluster; stop it (immediately) and delete its files on exit.
@@ -157,7 +151,7 @@ def throwaway_cluster(*, durable: bool = False, port: int | None = None) -> Iter
             check=True,
             capture_output=True,
         )
-        port = _free_port() if port is None else port
+        port = free_port() if port is None else port
         options = f"-p {port} -c listen_addresses=127.0.0.1 -k {root} -c max_connections=300"
         if not durable:
             options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
