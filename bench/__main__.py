@@ -203,6 +203,32 @@ def floor_detail(got: dict[str, Any], cpu: CpuMeter, count: int) -> dict[str, An
     return {"detail": {"floor": got}, "cpu_us": cpu.per_item(count, got)}
 
 
+def sink_quotient(
+    subscribers: int, cpu: float, sink_cpu: float, bare_sink: float | None
+) -> Figure | None:
+    """Figure 4's server CPU per delivery over the sink's in the same drain, or None when either
+    was not measured.
+
+    As figure 1's quotient: the sink does the same work for each delivery whoever sends it, so
+    its CPU per delivery follows the machine's speed (and, less, how its requests arrive), and the
+    server's over it moves less than the server's alone. A drain of a few of /proc's 10 ms ticks
+    (``--quick``'s 1,000 deliveries) can read none for the sink: a quotient of 0 ("100 µs needs
+    the sink at ≤ 0 µs") would be a figure made of nothing.
+    """
+    if cpu <= 0 or sink_cpu <= 0:
+        return None
+    return Figure(
+        f"4. server CPU per delivery over the sink's for the same deliveries at the same moment,"
+        f" {subscribers} subscriber(s) (the sink's in the bare run: {bare_sink or 0:.0f} µs;"
+        " steadier than the CPU alone when the machine's speed moves)",
+        cpu / sink_cpu,
+        "x",
+        f"reported: 100 µs needs the sink at ≤ {100 * sink_cpu / cpu:.0f} µs",
+        True,
+        cpu_us={"reelhook": cpu, "sink": sink_cpu},
+    )
+
+
 class Bench:
     def __init__(self, work: Path, sizes: Sizes) -> None:
         self.work = work
@@ -565,25 +591,10 @@ class Bench:
                     ok and cpu <= 100,
                 )
             )
-            # As figure 1's quotient: the sink does the same work for each delivery whoever sends
-            # it, so its CPU per delivery follows the machine's speed (and, less, how its requests
-            # arrive), and the server's over it moves less than the server's alone.
             bare_sink = bare_cpu.per_item(expected, base).get("sink")
-            self.figures.append(
-                Figure(
-                    f"4. server CPU per delivery over the sink's for the same deliveries at the"
-                    f" same moment, {subscribers} subscriber(s) (the sink's in the bare run:"
-                    f" {bare_sink or 0:.0f} µs; steadier than the CPU alone when the machine's"
-                    " speed moves)",
-                    cpu / sink_cpu if sink_cpu else 0.0,
-                    "x",
-                    f"reported: 100 µs needs the sink at ≤ {100 * sink_cpu / cpu:.0f} µs"
-                    if cpu
-                    else "reported",
-                    True,
-                    cpu_us={"reelhook": cpu, "sink": sink_cpu},
-                )
-            )
+            quotient = sink_quotient(subscribers, cpu, sink_cpu, bare_sink)
+            if quotient is not None:
+                self.figures.append(quotient)
             if subscribers in INGEST_TARGETS:
                 self.ingest_beside(subscribers, events, publish_cpu)
             if subscribers == FEATURE_SUBSCRIBERS:
