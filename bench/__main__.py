@@ -198,6 +198,30 @@ class CpuMeter:
         return f"no process at a full core: latency-bound ({shares})"
 
 
+def against(
+    name: str,
+    value: float,
+    unit: str,
+    baseline: float,
+    *,
+    target: str = "reported",
+    met: bool = True,
+    **fields: Any,
+) -> Figure:
+    """A figure read against ``baseline``, with its ratio to it (none when the baseline is 0):
+    reported, unless ``target`` and ``met`` say otherwise."""
+    return Figure(
+        name,
+        value,
+        unit,
+        target,
+        met,
+        baseline=baseline,
+        ratio=value / baseline if baseline else None,
+        **fields,
+    )
+
+
 def floor_detail(got: dict[str, Any], cpu: CpuMeter, count: int) -> dict[str, Any]:
     """A floor figure's detail and CPU per callback (:meth:`Bench.floor_ingest`)."""
     return {"detail": {"floor": got}, "cpu_us": cpu.per_item(count, got)}
@@ -347,16 +371,15 @@ class Bench:
         own = server / cpu.per_item(count, got)["load"]
         floors = floor_us / least_cpu.per_item(count, least)["load"]
         self.figures.append(
-            Figure(
+            against(
                 "1. server CPU per durable callback over the load generator's for the same"
                 f" requests in the same scenario (floor: {floors:.2f}; steady when the"
                 " machine's speed moves)",
                 own,
                 "x",
-                f"reported: 120 µs needs the load generator at ≤ {120 / own:.0f} µs per callback",
-                True,
-                baseline=floors,
-                ratio=own / floors if floors else None,
+                floors,
+                target=f"reported: 120 µs needs the load generator at ≤ {120 / own:.0f} µs per"
+                " callback",
             )
         )
 
@@ -639,38 +662,33 @@ class Bench:
         for label, fields in FEATURES.items():
             rate, ok, cpu, publish_cpu = self.fan(sink, subscribers, events, label, **fields)
             self.figures.append(
-                Figure(
+                against(
                     f"4f. fan-out to {subscribers} with a {label} on each subscription",
                     rate,
                     "deliveries/s",
-                    "reported: the feature's cost against plain fan-out",
-                    ok,
-                    baseline=plain,
-                    ratio=rate / plain if plain else None,
+                    plain,
+                    target="reported: the feature's cost against plain fan-out",
+                    met=ok,
                     detail={"fields": fields},
                     cpu_us={"reelhook": cpu, "publishing (ingest side)": publish_cpu},
                 )
             )
             self.figures.append(
-                Figure(
+                against(
                     f"4f. send CPU per delivery with a {label} (plain fan-out as baseline)",
                     cpu,
                     "µs",
-                    "reported",
-                    ok,
-                    baseline=plain_cpu,
-                    ratio=cpu / plain_cpu if plain_cpu else None,
+                    plain_cpu,
+                    met=ok,
                 )
             )
             self.figures.append(
-                Figure(
+                against(
                     f"4f. publish CPU per delivery with a {label} (plain fan-out as baseline)",
                     publish_cpu,
                     "µs",
-                    "reported",
-                    ok,
-                    baseline=plain_publish_cpu,
-                    ratio=publish_cpu / plain_publish_cpu if plain_publish_cpu else None,
+                    plain_publish_cpu,
+                    met=ok,
                 )
             )
 
@@ -896,15 +914,12 @@ class Bench:
         # its load generator's for the same requests does not.
         own, without_it = in_load_units(beside), in_load_units(before)
         self.figures.append(
-            Figure(
+            against(
                 "7. reelhook CPU per callback over the load generator's, beside it (baseline:"
                 f" without the backlog; medians of {rounds} alternated rounds)",
                 own,
                 "x",
-                "reported",
-                True,
-                baseline=without_it,
-                ratio=own / without_it if without_it else None,
+                without_it,
             )
         )
         for name in ("p50", "p99"):
@@ -942,15 +957,12 @@ class Bench:
             # rounds a few minutes apart.
             spread = sorted(r["lag_ms"][name] for r in before)
             self.figures.append(
-                Figure(
+                against(
                     f"7. other subscribers' lag {name} without the backlog, its slowest round"
                     " against its fastest (the noise floor of the ratio above)",
                     spread[-1],
                     "ms",
-                    "reported",
-                    True,
-                    baseline=spread[0],
-                    ratio=spread[-1] / spread[0] if spread[0] else None,
+                    spread[0],
                 )
             )
         # The steady figure beside those lags: what the backlog costs reelhook per event sent
@@ -958,15 +970,12 @@ class Bench:
         cpu_beside = median([r["lag_cpu_us"]["reelhook"] for r in beside])
         cpu_before = median([r["lag_cpu_us"]["reelhook"] for r in before])
         self.figures.append(
-            Figure(
+            against(
                 "7. reelhook CPU per event of the lag runs beside it (baseline: without the"
                 f" backlog; medians of {rounds} alternated rounds)",
                 cpu_beside,
                 "µs",
-                "reported",
-                True,
-                baseline=cpu_before,
-                ratio=cpu_beside / cpu_before if cpu_before else None,
+                cpu_before,
             )
         )
 
